@@ -1,0 +1,267 @@
+"""Typed configuration: dataclasses, YAML files, dotted CLI overrides, up-front validation.
+
+OmegaConf does the merging (YAML + `a.b=c` overrides onto typed dataclasses); it already rejects
+unknown keys and wrong types naming the full key. `validate()` adds the cross-field rules of a
+parallel layout, so a bad launch fails before any weight is allocated.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration problem, naming the offending key."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"config error at '{key}': {message}")
+
+
+@dataclass
+class ModelConfig:
+    """DeepSeek-V3-architecture model shapes (names follow the HF config where one exists)."""
+
+    vocab_size: int = 256
+    hidden_size: int = 64
+    intermediate_size: int = 128  # dense FFN of the first_k_dense_replace layers
+    moe_intermediate_size: int = 32  # per routed / shared expert
+    num_layers: int = 2
+    num_heads: int = 4
+    q_lora_rank: Optional[int] = 32  # null: plain q_proj (V2-Lite)
+    kv_lora_rank: int = 16
+    qk_nope_head_dim: int = 16
+    qk_rope_head_dim: int = 8
+    v_head_dim: int = 16
+    n_routed_experts: int = 8
+    n_shared_experts: int = 1
+    num_experts_per_tok: int = 2
+    n_group: int = 1
+    topk_group: int = 1
+    scoring_func: str = "sigmoid"  # sigmoid (V3) | softmax (V2)
+    topk_method: str = "noaux_tc"  # noaux_tc (V3) | greedy | group_limited_greedy (V2)
+    norm_topk_prob: bool = True
+    routed_scaling_factor: float = 1.0
+    first_k_dense_replace: int = 1
+    moe_layer_freq: int = 1
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[dict[str, Any]] = None  # HF/DeepSeek yarn dict, or null
+    rope_interleave: bool = True
+    max_position_embeddings: int = 4096
+    attention_bias: bool = False
+    num_mtp_layers: int = 0  # HF num_nextn_predict_layers
+    tie_word_embeddings: bool = False
+    hidden_act: str = "silu"
+    initializer_range: float = 0.02
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return (
+            self.n_routed_experts > 0
+            and layer >= self.first_k_dense_replace
+            and layer % self.moe_layer_freq == 0
+        )
+
+    @classmethod
+    def from_hf(cls, source: str | dict) -> "ModelConfig":
+        """Read a Hugging Face DeepSeek-V3/R1/V2(-Lite) `config.json` (path, directory or dict)."""
+        if isinstance(source, str):
+            path = os.path.join(source, "config.json") if os.path.isdir(source) else source
+            with open(path) as f:
+                source = json.load(f)
+        hf = dict(source)
+        model_type = hf.get("model_type", "deepseek_v3")
+        if model_type not in ("deepseek_v3", "deepseek_v2"):
+            raise ConfigError("model_type", f"expected deepseek_v3 or deepseek_v2, got {model_type!r}")
+        is_v3 = model_type == "deepseek_v3"
+        rope = hf.get("rope_scaling") or hf.get("rope_parameters")
+        rope_theta = hf.get("rope_theta", (rope or {}).get("rope_theta", 10000.0))
+        if rope is not None:
+            rope = {k: v for k, v in rope.items() if k != "rope_theta"}
+            kind = rope.get("rope_type", rope.get("type", "default"))
+            rope = None if kind == "default" else {**rope, "type": kind}
+        n_experts = hf.get("n_routed_experts") or 0
+        return cls(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            moe_intermediate_size=hf.get("moe_intermediate_size", 0),
+            num_layers=hf["num_hidden_layers"],
+            num_heads=hf["num_attention_heads"],
+            q_lora_rank=hf.get("q_lora_rank"),
+            kv_lora_rank=hf["kv_lora_rank"],
+            qk_nope_head_dim=hf["qk_nope_head_dim"],
+            qk_rope_head_dim=hf["qk_rope_head_dim"],
+            v_head_dim=hf["v_head_dim"],
+            n_routed_experts=n_experts,
+            n_shared_experts=hf.get("n_shared_experts") or 0,
+            num_experts_per_tok=hf.get("num_experts_per_tok") or 0,
+            n_group=hf.get("n_group") or 1,
+            topk_group=hf.get("topk_group") or 1,
+            scoring_func=hf.get("scoring_func", "sigmoid" if is_v3 else "softmax"),
+            topk_method=hf.get("topk_method", "noaux_tc" if is_v3 else "greedy"),
+            # transformers' V2 router never renormalises; keep parity with it
+            norm_topk_prob=bool(hf.get("norm_topk_prob", is_v3)) if is_v3 else False,
+            routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)),
+            first_k_dense_replace=hf.get("first_k_dense_replace", 0),
+            moe_layer_freq=hf.get("moe_layer_freq", 1),
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            rope_theta=float(rope_theta),
+            rope_scaling=rope,
+            rope_interleave=hf.get("rope_interleave", True),
+            max_position_embeddings=hf.get("max_position_embeddings", 4096),
+            attention_bias=hf.get("attention_bias", False),
+            num_mtp_layers=hf.get("num_nextn_predict_layers", 0),
+            tie_word_embeddings=hf.get("tie_word_embeddings", False),
+            hidden_act=hf.get("hidden_act", "silu"),
+            initializer_range=hf.get("initializer_range", 0.02),
+        )
+
+
+@dataclass
+class ParallelConfig:
+    """Megatron-style explicit sizes. dp is derived from the world size when left null."""
+
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    etp: Optional[int] = None  # expert tensor parallel; null means = tp (Megatron's default)
+    dp: Optional[int] = None
+    sp: bool = False  # sequence parallel (needs tp > 1 to matter)
+    pp_layers: Optional[list[int]] = None  # layers per stage for uneven splits; null: even split
+
+    @property
+    def expert_tp(self) -> int:
+        return self.tp if self.etp is None else self.etp
+
+
+@dataclass
+class DataConfig:
+    seq_length: int = 16
+    micro_batch_size: int = 2
+    global_batch_size: int = 4
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    seed: int = 1234
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
+    """YAML file (optional) + dotted overrides -> typed Config. Unknown keys and bad types raise ConfigError."""
+    schema = OmegaConf.structured(Config)
+    try:
+        merged = schema
+        if path is not None:
+            if not os.path.exists(path):
+                raise ConfigError("--config", f"file not found: {path}")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        if overrides:
+            for item in overrides:
+                if "=" not in item:
+                    raise ConfigError(item, "overrides take the form key.path=value")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(str(key), str(e).splitlines()[0]) from None
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def resolve_parallel(par: ParallelConfig, world_size: int) -> ParallelConfig:
+    """Fill in dp from the world size, after checking the layout divides it."""
+    for name in ("tp", "pp", "ep"):
+        if getattr(par, name) < 1:
+            raise ConfigError(f"parallel.{name}", f"must be >= 1, got {getattr(par, name)}")
+    if par.etp is not None and par.etp < 1:
+        raise ConfigError("parallel.etp", f"must be >= 1, got {par.etp}")
+    mp = par.tp * par.pp
+    if par.dp is None:
+        if world_size % mp:
+            raise ConfigError(
+                "parallel", f"world size {world_size} is not divisible by tp x pp = {par.tp} x {par.pp}"
+            )
+        dp = world_size // mp
+    else:
+        dp = par.dp
+        if par.tp * par.pp * dp != world_size:
+            raise ConfigError(
+                "parallel.dp",
+                f"world size {world_size} != tp x pp x dp = {par.tp} x {par.pp} x {dp}",
+            )
+    out = ParallelConfig(**{f.name: getattr(par, f.name) for f in fields(par)})
+    out.dp = dp
+    return out
+
+
+def validate(cfg: Config, world_size: int) -> Config:
+    """Cross-field checks of model x layout. Raises ConfigError naming the key; allocates nothing."""
+    m, par = cfg.model, resolve_parallel(cfg.parallel, world_size)
+    tp, pp, ep, etp = par.tp, par.pp, par.ep, par.expert_tp
+
+    def need(cond: bool, key: str, msg: str):
+        if not cond:
+            raise ConfigError(key, msg)
+
+    for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "kv_lora_rank",
+                "qk_rope_head_dim", "v_head_dim"):
+        need(getattr(m, key) > 0, f"model.{key}", f"must be > 0, got {getattr(m, key)}")
+    need(m.qk_rope_head_dim % 2 == 0, "model.qk_rope_head_dim",
+         f"rotary dimension must be even, got {m.qk_rope_head_dim}")
+    need(m.num_heads % tp == 0, "model.num_heads",
+         f"{m.num_heads} attention heads are not divisible by parallel.tp={tp}")
+    need(m.vocab_size % tp == 0, "model.vocab_size",
+         f"vocab_size {m.vocab_size} is not divisible by parallel.tp={tp}")
+    need(m.intermediate_size % tp == 0, "model.intermediate_size",
+         f"{m.intermediate_size} is not divisible by parallel.tp={tp}")
+    need(m.num_layers >= pp, "parallel.pp",
+         f"{m.num_layers} layers cannot fill {pp} pipeline stages (model.num_layers < parallel.pp)")
+    if par.pp_layers is not None:
+        need(len(par.pp_layers) == pp, "parallel.pp_layers",
+             f"has {len(par.pp_layers)} entries for {pp} pipeline stages")
+        need(all(n >= 1 for n in par.pp_layers), "parallel.pp_layers", "every stage needs >= 1 layer")
+        need(sum(par.pp_layers) == m.num_layers, "parallel.pp_layers",
+             f"sums to {sum(par.pp_layers)} but model.num_layers = {m.num_layers}")
+    need(m.scoring_func in ("sigmoid", "softmax"), "model.scoring_func",
+         f"expected sigmoid or softmax, got {m.scoring_func!r}")
+    need(m.hidden_act == "silu", "model.hidden_act", f"only silu is supported, got {m.hidden_act!r}")
+    if m.n_routed_experts > 0:
+        need(m.n_routed_experts % ep == 0, "model.n_routed_experts",
+             f"{m.n_routed_experts} experts are not divisible by parallel.ep={ep}")
+        need(m.moe_intermediate_size % etp == 0, "model.moe_intermediate_size",
+             f"{m.moe_intermediate_size} is not divisible by expert tensor parallel size {etp}")
+        if m.n_shared_experts:
+            need((m.moe_intermediate_size * m.n_shared_experts) % tp == 0, "model.moe_intermediate_size",
+                 f"shared-expert width {m.moe_intermediate_size * m.n_shared_experts} "
+                 f"is not divisible by parallel.tp={tp}")
+        need(m.n_routed_experts % m.n_group == 0, "model.n_group",
+             f"{m.n_routed_experts} experts do not split into {m.n_group} groups")
+        need(1 <= m.topk_group <= m.n_group, "model.topk_group",
+             f"must be in [1, n_group={m.n_group}], got {m.topk_group}")
+        per_group = m.n_routed_experts // m.n_group
+        need(1 <= m.num_experts_per_tok <= per_group * m.topk_group, "model.num_experts_per_tok",
+             f"{m.num_experts_per_tok} exceeds the {per_group * m.topk_group} experts in the "
+             f"{m.topk_group} selected groups")
+        if m.scoring_func == "sigmoid" and m.n_group > 1:
+            need(per_group >= 2, "model.n_group", "sigmoid group scores sum the top-2 of each group")
+        # Expert layout: etp x ep x edp must tile the tp x dp ranks of one pipeline stage.
+        need((tp * par.dp) % (etp * ep) == 0, "parallel.ep",
+             f"expert tp x ep = {etp} x {ep} does not divide the {tp * par.dp} ranks "
+             f"(tp x dp) of a pipeline stage")
+    elif ep > 1:
+        raise ConfigError("parallel.ep", f"ep={ep} but the model has no routed experts")
+    cfg.parallel = par
+    return cfg

@@ -1,0 +1,80 @@
+"""Multi-head Latent Attention, heads split over TP.
+
+    x ──q_a_proj─q_a_layernorm─q_b_proj──> q [nope | rope]     (or q_proj when q_lora_rank is null)
+    x ──kv_a_proj_with_mqa──> [c_kv (kv_lora_rank) | k_rope (shared by all heads)]
+         c_kv ─kv_a_layernorm─kv_b_proj─> [k_nope | v] per head
+The low-rank down projections are replicated on every TP rank (small); q_b/kv_b are
+column-parallel by heads, o_proj row-parallel.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from r1mega.config import ModelConfig
+from r1mega.models.deepseek_v3.rope import RotaryEmbedding, softmax_scale
+from r1mega.parallel.layout import ParallelState
+from r1mega.parallel.tensor_parallel import (
+    ColumnParallelLinear, ReplicatedLinear, RMSNorm, RowParallelLinear, enter_tp_region, leave_tp_region,
+)
+
+LATENT_NORM_EPS = 1e-6  # q_a/kv_a layernorms use the reference's default eps, not rms_norm_eps
+
+
+class MLA(nn.Module):
+    def __init__(self, cfg: ModelConfig, ps: ParallelState):
+        super().__init__()
+        self.cfg, self.ps = cfg, ps
+        self.local_heads = cfg.num_heads // ps.tp
+        std, D = cfg.initializer_range, cfg.hidden_size
+        if cfg.q_lora_rank:
+            self.q_a_proj = ReplicatedLinear(D, cfg.q_lora_rank, "region", std, bias=cfg.attention_bias)
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, LATENT_NORM_EPS, "region")
+            self.q_b_proj = ColumnParallelLinear(cfg.q_lora_rank, cfg.num_heads * cfg.qk_head_dim, ps, std)
+        else:
+            self.q_proj = ColumnParallelLinear(D, cfg.num_heads * cfg.qk_head_dim, ps, std)
+        self.kv_a_proj_with_mqa = ReplicatedLinear(D, cfg.kv_lora_rank + cfg.qk_rope_head_dim, "region", std,
+                                                   bias=cfg.attention_bias)
+        self.kv_a_layernorm = RMSNorm(cfg.kv_lora_rank, LATENT_NORM_EPS, "region")
+        self.kv_b_proj = ColumnParallelLinear(cfg.kv_lora_rank, cfg.num_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim),
+                                              ps, std)
+        self.o_proj = RowParallelLinear(cfg.num_heads * cfg.v_head_dim, D, ps, std, bias=cfg.attention_bias)
+        self.scale = softmax_scale(cfg.qk_head_dim, cfg.rope_scaling)
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.q_lora_rank:
+            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        else:
+            q = self.q_proj(x)
+        return q.view(*x.shape[:2], self.local_heads, self.cfg.qk_head_dim)
+
+    def latent(self, x: torch.Tensor, rope: RotaryEmbedding, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [s, b, D] -> normalised latent c_kv [s, b, kv_lora_rank], rotated k_rope [s, b, rope_dim]."""
+        c, k_rope = self.kv_a_proj_with_mqa(x).split([self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim], -1)
+        k_rope = rope.apply(k_rope.unsqueeze(2), cos, sin).squeeze(2)
+        return self.kv_a_layernorm(c), k_rope
+
+    def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cos: torch.Tensor, sin: torch.Tensor,
+                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x [s_local, b, D] residual-stream layout -> same layout. attn_mask: bool [b, 1, s, s]
+        (True = attend) for packed sequences; causal when None."""
+        cfg = self.cfg
+        x = enter_tp_region(x, self.ps)  # [s, b, D]
+        s, b, _ = x.shape
+        q_nope, q_rope = self.query(x).split([cfg.qk_nope_head_dim, cfg.qk_rope_head_dim], -1)
+        q_rope = rope.apply(q_rope, cos, sin)
+        c, k_rope = self.latent(x, rope, cos, sin)
+        kv = self.kv_b_proj(c).view(s, b, self.local_heads, cfg.qk_nope_head_dim + cfg.v_head_dim)
+        k_nope, v = kv.split([cfg.qk_nope_head_dim, cfg.v_head_dim], -1)
+        q = torch.cat([q_nope, q_rope], -1)
+        k = torch.cat([k_nope, k_rope.unsqueeze(2).expand(s, b, self.local_heads, cfg.qk_rope_head_dim)], -1)
+        # [s, b, h, d] -> [b, h, s, d]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+                                             scale=self.scale)
+        out = out.permute(2, 0, 1, 3).reshape(s, b, self.local_heads * cfg.v_head_dim)
+        out = leave_tp_region(self.o_proj(out), self.ps)
+        return out if self.o_proj.bias is None else out + self.o_proj.bias

@@ -1,0 +1,145 @@
+"""DeepSeekMoE: a router, shared experts (a TP-sharded dense FFN) and routed experts (EP + expert-TP).
+
+The routed path works on tokens that are distinct on every rank of a pipeline stage: under SP
+the residual stream is already sequence-sharded; without SP each TP rank takes its 1/tp slice
+of the (replicated) tokens and the outputs are all-gathered back.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from r1mega.config import ModelConfig
+from r1mega.parallel.comm import gather_dim0, split_dim0
+from r1mega.parallel.expert_dispatch import AllToAllDispatcher
+from r1mega.parallel.layout import ParallelState
+from r1mega.parallel.tensor_parallel import (
+    ColumnParallelLinear, RowParallelLinear, enter_tp_region, leave_tp_region, tag,
+)
+
+
+class DenseMLP(nn.Module):
+    """SwiGLU FFN, gate/up column-parallel and down row-parallel; residual-stream layout in and out."""
+
+    def __init__(self, hidden: int, inner: int, ps: ParallelState, std: float):
+        super().__init__()
+        self.ps = ps
+        self.gate_proj = ColumnParallelLinear(hidden, inner, ps, std)
+        self.up_proj = ColumnParallelLinear(hidden, inner, ps, std)
+        self.down_proj = RowParallelLinear(inner, hidden, ps, std)
+
+    def forward(self, x):
+        x = enter_tp_region(x, self.ps)
+        return leave_tp_region(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)), self.ps)
+
+
+class Router(nn.Module):
+    """Top-k expert choice. V3: sigmoid scores, group score = sum of a group's top-2 biased scores,
+    `e_score_correction_bias` used for selection only (aux-loss-free balancing). V2: softmax
+    scores, greedy or group-limited greedy (group score = max)."""
+
+    def __init__(self, cfg: ModelConfig, ps: ParallelState):
+        super().__init__()
+        self.cfg = cfg
+        self.weight = tag(nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.hidden_size)), tp_partial="region")
+        nn.init.normal_(self.weight, std=cfg.initializer_range)
+        # only sigmoid (aux-loss-free) routing carries the selection bias
+        bias = torch.zeros(cfg.n_routed_experts, dtype=torch.float32) if cfg.scoring_func == "sigmoid" else None
+        self.register_buffer("e_score_correction_bias", bias)
+
+    def _group_mask(self, choice: torch.Tensor, group_score) -> torch.Tensor:
+        cfg = self.cfg
+        grouped = choice.view(choice.shape[0], cfg.n_group, -1)
+        top_groups = group_score(grouped).topk(cfg.topk_group, dim=-1, sorted=False).indices
+        keep = torch.zeros(grouped.shape[:2], dtype=torch.bool, device=choice.device)
+        keep.scatter_(1, top_groups, True)
+        return keep.unsqueeze(-1).expand_as(grouped).reshape_as(choice)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [T, D] -> (topk_idx [T, k], topk_weight [T, k] float32, scores [T, E] float32)."""
+        cfg = self.cfg
+        logits = F.linear(x.float(), self.weight.float())
+        k = cfg.num_experts_per_tok
+        if cfg.scoring_func == "sigmoid":
+            scores = logits.sigmoid()
+            choice = scores.detach() + self.e_score_correction_bias
+            if cfg.n_group > 1:
+                keep = self._group_mask(choice, lambda g: g.topk(2, dim=-1).values.sum(-1))
+                choice = choice.masked_fill(~keep, float("-inf"))
+            idx = choice.topk(k, dim=-1, sorted=False).indices
+            weight = scores.gather(1, idx)
+        else:
+            scores = logits.softmax(dim=-1)
+            masked = scores
+            if cfg.topk_method == "group_limited_greedy" and cfg.n_group > 1:
+                keep = self._group_mask(scores.detach(), lambda g: g.max(dim=-1).values)
+                masked = scores.masked_fill(~keep, 0.0)
+            weight, idx = masked.topk(k, dim=-1, sorted=False)
+        if cfg.norm_topk_prob and k > 1:
+            weight = weight / (weight.sum(dim=-1, keepdim=True) + 1e-20)
+        return idx, weight * cfg.routed_scaling_factor, scores
+
+
+class GroupedExperts(nn.Module):
+    """This rank's routed experts as stacked weights; FFN columns split over expert-TP.
+    w_gate/w_up [E_local, I/etp, D], w_down [E_local, D, I/etp]."""
+
+    def __init__(self, cfg: ModelConfig, ps: ParallelState):
+        super().__init__()
+        self.num_local = cfg.n_routed_experts // ps.ep
+        self.first_expert = ps.r("ep") * self.num_local
+        inner = cfg.moe_intermediate_size // ps.etp
+        D, std = cfg.hidden_size, cfg.initializer_range
+
+        def param(*shape, shard_dim):
+            p = nn.Parameter(torch.empty(*shape))
+            nn.init.normal_(p, std=std)
+            return tag(p, is_expert=True, etp_shard_dim=shard_dim)
+
+        self.w_gate = param(self.num_local, inner, D, shard_dim=1)
+        self.w_up = param(self.num_local, inner, D, shard_dim=1)
+        self.w_down = param(self.num_local, D, inner, shard_dim=2)
+
+    def forward(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """rows [N, D] grouped by local expert with `counts` rows each -> [N, D] (partial over etp)."""
+        outs = []
+        for e, chunk in enumerate(rows.split(counts.tolist())):
+            h = F.silu(chunk @ self.w_gate[e].t()) * (chunk @ self.w_up[e].t())
+            outs.append(h @ self.w_down[e].t())
+        return torch.cat(outs) if outs else rows.new_zeros(0, rows.shape[1])
+
+
+class MoE(nn.Module):
+    def __init__(self, cfg: ModelConfig, ps: ParallelState):
+        super().__init__()
+        self.cfg, self.ps = cfg, ps
+        self.gate = Router(cfg, ps)
+        self.experts = GroupedExperts(cfg, ps)
+        self.dispatcher = AllToAllDispatcher(cfg.n_routed_experts, ps)
+        self.shared_experts = (
+            DenseMLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts, ps, cfg.initializer_range)
+            if cfg.n_shared_experts else None
+        )
+        self.last_topk_idx: Optional[torch.Tensor] = None  # this rank's routing, for load statistics
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.reshape(-1, x.shape[-1])
+        n = tokens.shape[0]
+        split = self.ps.tp > 1 and not self.ps.sp
+        if split:  # replicated tokens: each TP rank routes its own slice (padded to divide evenly)
+            pad = (-n) % self.ps.tp
+            if pad:
+                tokens = F.pad(tokens, (0, 0, 0, pad))
+            tokens = split_dim0(tokens, self.ps.g("tp"))
+        idx, weight, _ = self.gate(tokens)
+        self.last_topk_idx = idx.detach()
+        routed = self.dispatcher(tokens, idx, weight, self.experts)
+        if split:
+            routed = gather_dim0(routed, self.ps.g("tp"))[:n]
+        out = routed.view_as(x)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(x)
+        return out

@@ -1,0 +1,238 @@
+"""Differentiable collectives (Megatron's f/g operators and friends) over an explicit group.
+
+Every op is the identity when the group is None (size 1), so the single-process model runs the
+same code. Collectives act on dim 0 (tokens / sequence, since activations are [seq, batch, ...]).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+Group = Optional[dist.ProcessGroup]
+
+
+def _size(group: Group) -> int:
+    return 1 if group is None else dist.get_world_size(group)
+
+
+def _rank(group: Group) -> int:
+    return 0 if group is None else dist.get_rank(group)
+
+
+def _all_reduce(x: torch.Tensor, group: Group) -> torch.Tensor:
+    x = x.contiguous().clone()
+    dist.all_reduce(x, group=group)
+    return x
+
+
+def _all_gather(x: torch.Tensor, group: Group) -> torch.Tensor:
+    x = x.contiguous()
+    out = x.new_empty((x.shape[0] * _size(group),) + tuple(x.shape[1:]))
+    dist.all_gather_into_tensor(out, x, group=group)
+    return out
+
+
+def _reduce_scatter(x: torch.Tensor, group: Group) -> torch.Tensor:
+    n = _size(group)
+    if x.shape[0] % n:
+        raise ValueError(f"reduce-scatter: dim 0 of shape {tuple(x.shape)} is not divisible by group size {n}")
+    x = x.contiguous()
+    out = x.new_empty((x.shape[0] // n,) + tuple(x.shape[1:]))
+    dist.reduce_scatter_tensor(out, x, group=group)
+    return out
+
+
+def _split(x: torch.Tensor, group: Group) -> torch.Tensor:
+    n = _size(group)
+    if x.shape[0] % n:
+        raise ValueError(f"split: dim 0 of shape {tuple(x.shape)} is not divisible by group size {n}")
+    return x.chunk(n, dim=0)[_rank(group)].contiguous()
+
+
+class _CopyToGroup(torch.autograd.Function):
+    """Enter a TP region with a replicated input: forward identity, backward all-reduce."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        return _all_reduce(g, ctx.group), None
+
+
+class _ReduceFromGroup(torch.autograd.Function):
+    """Leave a TP region to a replicated output: forward all-reduce, backward identity."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        return _all_reduce(x, group)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
+class _GatherReduceScatter(torch.autograd.Function):
+    """Enter a TP region from sequence shards: forward all-gather, backward reduce-scatter."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _all_gather(x, group)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _reduce_scatter(g, ctx.group), None
+
+
+class _ReduceScatterGather(torch.autograd.Function):
+    """Leave a TP region to sequence shards: forward reduce-scatter, backward all-gather."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _reduce_scatter(x, group)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _all_gather(g, ctx.group), None
+
+
+class _SplitGather(torch.autograd.Function):
+    """Take this rank's chunk of a replicated tensor: forward split, backward all-gather."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _split(x, group)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _all_gather(g, ctx.group), None
+
+
+class _GatherSplit(torch.autograd.Function):
+    """Reassemble chunks into a replicated tensor: forward all-gather, backward split."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _all_gather(x, group)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _split(g, ctx.group), None
+
+
+def copy_to_group(x, group: Group):
+    return x if group is None else _CopyToGroup.apply(x, group)
+
+
+def reduce_from_group(x, group: Group):
+    return x if group is None else _ReduceFromGroup.apply(x, group)
+
+
+def gather_seq(x, group: Group):
+    return x if group is None else _GatherReduceScatter.apply(x, group)
+
+
+def reduce_scatter_seq(x, group: Group):
+    return x if group is None else _ReduceScatterGather.apply(x, group)
+
+
+def split_dim0(x, group: Group):
+    return x if group is None else _SplitGather.apply(x, group)
+
+
+def gather_dim0(x, group: Group):
+    return x if group is None else _GatherSplit.apply(x, group)
+
+
+# ---- uneven token exchanges for the expert dispatcher ---------------------------------------
+
+def _all_to_all(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group: Group) -> torch.Tensor:
+    x = x.contiguous()
+    out = x.new_empty((sum(out_splits),) + tuple(x.shape[1:]))
+    dist.all_to_all_single(out, x, output_split_sizes=out_splits, input_split_sizes=in_splits, group=group)
+    return out
+
+
+class _AllToAll(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, out_splits, in_splits, group):
+        ctx.splits, ctx.group = (out_splits, in_splits), group
+        return _all_to_all(x, out_splits, in_splits, group)
+
+    @staticmethod
+    def backward(ctx, g):
+        out_splits, in_splits = ctx.splits
+        return _all_to_all(g, in_splits, out_splits, ctx.group), None, None, None
+
+
+def all_to_all(x, out_splits: list[int], in_splits: list[int], group: Group):
+    """Send rows x[sum(in_splits[:j]) : ...] to rank j; receive out_splits[j] rows from rank j."""
+    return x if group is None else _AllToAll.apply(x, out_splits, in_splits, group)
+
+
+def _gather_uneven(x: torch.Tensor, sizes: list[int], group: Group) -> torch.Tensor:
+    # gloo has no uneven all-gather: pad every rank's rows to the largest, then unpad
+    width = max(sizes)
+    padded = x.new_zeros((width,) + tuple(x.shape[1:]))
+    padded[: x.shape[0]] = x
+    full = _all_gather(padded, group)
+    return torch.cat([full[i * width: i * width + n] for i, n in enumerate(sizes)])
+
+
+def _reduce_scatter_uneven(x: torch.Tensor, sizes: list[int], group: Group) -> torch.Tensor:
+    width = max(sizes)
+    padded = x.new_zeros((width * len(sizes),) + tuple(x.shape[1:]))
+    offset = 0
+    for i, n in enumerate(sizes):
+        padded[i * width: i * width + n] = x[offset: offset + n]
+        offset += n
+    return _reduce_scatter(padded, group)[: sizes[_rank(group)]]
+
+
+class _GatherUneven(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, sizes, group):
+        ctx.sizes, ctx.group = sizes, group
+        return _gather_uneven(x, sizes, group)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _reduce_scatter_uneven(g, ctx.sizes, ctx.group), None, None
+
+
+class _ReduceScatterUneven(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, sizes, group):
+        ctx.sizes, ctx.group = sizes, group
+        return _reduce_scatter_uneven(x, sizes, group)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _gather_uneven(g, ctx.sizes, ctx.group), None, None
+
+
+def gather_uneven(x, sizes: list[int], group: Group):
+    """All-gather rows where rank i holds sizes[i] rows; backward reduce-scatters."""
+    return x if group is None else _GatherUneven.apply(x, sizes, group)
+
+
+def reduce_scatter_uneven(x, sizes: list[int], group: Group):
+    """Sum over ranks, then keep this rank's sizes[rank] rows; backward all-gathers."""
+    return x if group is None else _ReduceScatterUneven.apply(x, sizes, group)
+
+
+def all_gather_sizes(n: int, group: Group, device: torch.device) -> list[int]:
+    if group is None:
+        return [n]
+    t = torch.tensor([n], dtype=torch.long, device=device)
+    out = torch.empty(_size(group), dtype=torch.long, device=device)
+    dist.all_gather_into_tensor(out, t, group=group)
+    return out.tolist()

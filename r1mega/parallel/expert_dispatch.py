@@ -1,0 +1,86 @@
+"""Routed-expert token dispatch: all-to-all over EP, all-gather over expert-TP, and back.
+
+Each rank brings its own tokens (distinct across the tp x dp ranks of a pipeline stage). Experts
+are owned in contiguous blocks: EP rank j holds experts [j*E/ep, (j+1)*E/ep). With expert-TP
+(MoE parallel folding) every expert's FFN columns are split over `etp` ranks, which therefore all
+see the same tokens (all-gather in) and sum their partial outputs (reduce-scatter out).
+
+    tokens [T, D] --sort by expert--> [T*k, D] --all-to-all(ep)--> --all-gather(etp)-->
+    grouped expert FFN --reduce-scatter(etp)--> --all-to-all(ep)--> weighted scatter-add [T, D]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from r1mega.parallel.comm import all_gather_sizes, all_to_all, gather_uneven, reduce_scatter_uneven
+from r1mega.parallel.layout import ParallelState
+
+
+@dataclass
+class DispatchPlan:
+    order: torch.Tensor  # permutation of the T*k (token, slot) pairs, grouped by global expert
+    send_splits: list[int]  # rows sent to each EP rank
+    recv_splits: list[int]  # rows received from each EP rank
+    etp_sizes: list[int]  # rows each expert-TP rank holds after the all-to-all
+    local_expert_counts: torch.Tensor  # rows per local expert, in the gathered order
+
+
+class AllToAllDispatcher:
+    def __init__(self, num_experts: int, ps: ParallelState):
+        self.ps = ps
+        self.num_experts = num_experts
+        self.num_local = num_experts // ps.ep
+        self.ep_group, self.etp_group = ps.g("ep"), ps.g("etp")
+
+    def _plan(self, topk_idx: torch.Tensor) -> DispatchPlan:
+        flat = topk_idx.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=self.num_experts)  # per global expert
+        per_src = counts.view(1, self.num_experts)
+        send_splits = recv_splits = [int(flat.numel())]
+        if self.ep_group is not None:
+            ep = self.ps.ep
+            send_splits = counts.view(ep, self.num_local).sum(1).tolist()
+            recv = torch.empty_like(counts)
+            # counts[j*E_local:(j+1)*E_local] go to EP rank j; we receive our experts' counts from each
+            dist.all_to_all_single(recv, counts, group=self.ep_group)
+            per_src = recv.view(ep, self.num_local)
+            recv_splits = per_src.sum(1).tolist()
+        else:
+            per_src = counts.view(1, self.num_local)
+        etp_sizes = [sum(recv_splits)]
+        if self.etp_group is not None:
+            gathered = torch.empty((self.ps.etp,) + tuple(per_src.shape), dtype=per_src.dtype,
+                                   device=per_src.device)
+            dist.all_gather_into_tensor(gathered, per_src.contiguous(), group=self.etp_group)
+            per_src = gathered.view(-1, self.num_local)
+            etp_sizes = all_gather_sizes(sum(recv_splits), self.etp_group, per_src.device)
+        return DispatchPlan(order, send_splits, recv_splits, etp_sizes, per_src)
+
+    def __call__(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor,
+                 experts: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """x [T, D], topk_idx/topk_weight [T, k]; experts(rows, rows_per_local_expert) -> rows."""
+        k = topk_idx.shape[1]
+        plan = self._plan(topk_idx)
+        token_of = plan.order // k
+        rows = x[token_of]
+        rows = all_to_all(rows, plan.recv_splits, plan.send_splits, self.ep_group)
+        rows = gather_uneven(rows, plan.etp_sizes, self.etp_group)
+        # rows arrive grouped by (etp rank, source ep rank) then by local expert; regroup by expert
+        chunk_counts = plan.local_expert_counts  # [chunks, E_local]
+        expert_of_row = torch.repeat_interleave(
+            torch.arange(self.num_local, device=x.device).repeat(chunk_counts.shape[0]),
+            chunk_counts.reshape(-1),
+        )
+        by_expert = torch.argsort(expert_of_row, stable=True)
+        out_sorted = experts(rows[by_expert], chunk_counts.sum(0))
+        out = torch.empty_like(out_sorted).index_copy(0, by_expert, out_sorted)
+        out = reduce_scatter_uneven(out, plan.etp_sizes, self.etp_group)
+        out = all_to_all(out, plan.send_splits, plan.recv_splits, self.ep_group)
+        weights = topk_weight.reshape(-1)[plan.order].unsqueeze(-1)
+        combined = torch.zeros_like(x)
+        return combined.index_add(0, token_of, (out * weights).to(x.dtype))

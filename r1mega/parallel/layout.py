@@ -1,0 +1,149 @@
+"""Rank layout and process groups, explicit and passed around (no module-level state).
+
+The rank order is Megatron-LM's default `tp-cp-ep-dp-pp` (tp fastest), with MoE parallel
+folding: attention ranks decompose as (tp, dp, pp) and expert ranks as (etp, ep, edp, pp) over the
+same world, so EP may span attention TP/DP ranks. `rank_groups` reproduces
+megatron.core.parallel_state.RankGenerator (a test checks it rank for rank); it is re-written here
+because importing megatron.core costs ~7 s per process, which every spawned rank would pay.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from r1mega.config import ParallelConfig
+
+
+def rank_groups(sizes: list[tuple[str, int]], name: str) -> list[list[int]]:
+    """Groups of ranks that differ only along dimension `name`; `sizes` lists dims fastest first."""
+    names = [n for n, _ in sizes]
+    dim = names.index(name)
+    strides, acc = [], 1
+    for _, s in sizes:
+        strides.append(acc)
+        acc *= s
+    others = [(s, st) for i, ((_, s), st) in enumerate(zip(sizes, strides)) if i != dim]
+    groups = []
+    n_other = acc // sizes[dim][1]
+    for idx in range(n_other):
+        base, rem = 0, idx
+        for s, st in others:
+            base += (rem % s) * st
+            rem //= s
+        groups.append([base + k * strides[dim] for k in range(sizes[dim][1])])
+    return groups
+
+
+def attention_dims(p: ParallelConfig) -> list[tuple[str, int]]:
+    return [("tp", p.tp), ("dp", p.dp), ("pp", p.pp)]
+
+
+def expert_dims(p: ParallelConfig) -> list[tuple[str, int]]:
+    edp = p.tp * p.dp // (p.expert_tp * p.ep)
+    return [("etp", p.expert_tp), ("ep", p.ep), ("edp", edp), ("pp", p.pp)]
+
+
+@dataclass
+class ParallelState:
+    """This rank's place in the layout and the groups it belongs to (None for a size-1 group)."""
+
+    cfg: ParallelConfig
+    rank: int = 0
+    world: int = 1
+    ranks: dict[str, int] = field(default_factory=dict)  # tp/dp/pp/etp/ep/edp -> index
+    groups: dict[str, Optional[dist.ProcessGroup]] = field(default_factory=dict)
+    members: dict[str, list[int]] = field(default_factory=dict)  # global ranks of each group
+
+    # sizes -----------------------------------------------------------------
+    @property
+    def tp(self) -> int:
+        return self.cfg.tp
+
+    @property
+    def pp(self) -> int:
+        return self.cfg.pp
+
+    @property
+    def dp(self) -> int:
+        return self.cfg.dp
+
+    @property
+    def ep(self) -> int:
+        return self.cfg.ep
+
+    @property
+    def etp(self) -> int:
+        return self.cfg.expert_tp
+
+    @property
+    def edp(self) -> int:
+        return self.tp * self.dp // (self.etp * self.ep)
+
+    @property
+    def sp(self) -> bool:
+        return self.cfg.sp and self.cfg.tp > 1
+
+    # ranks -----------------------------------------------------------------
+    def r(self, name: str) -> int:
+        return self.ranks.get(name, 0)
+
+    def g(self, name: str) -> Optional[dist.ProcessGroup]:
+        return self.groups.get(name)
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.r("pp") == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.r("pp") == self.pp - 1
+
+    def describe(self) -> str:
+        return (f"rank {self.rank}: tp {self.r('tp')}/{self.tp} pp {self.r('pp')}/{self.pp} "
+                f"dp {self.r('dp')}/{self.dp} ep {self.r('ep')}/{self.ep} etp {self.r('etp')}/{self.etp} "
+                f"edp {self.r('edp')}/{self.edp} sp={self.sp}")
+
+
+def single_process_state() -> ParallelState:
+    return ParallelState(cfg=ParallelConfig(tp=1, pp=1, ep=1, etp=1, dp=1))
+
+
+def build_parallel_state(cfg: ParallelConfig) -> ParallelState:
+    """Create every group of the layout. All ranks must call this together (dist initialised)."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    assert cfg.dp is not None and cfg.tp * cfg.pp * cfg.dp == world, "call config.validate first"
+    state = ParallelState(cfg=cfg, rank=rank, world=world)
+    plans = [(n, attention_dims(cfg)) for n in ("tp", "dp", "pp")]
+    plans += [(n, expert_dims(cfg)) for n in ("etp", "ep", "edp")]
+    for name, dims in plans:
+        for ranks in rank_groups(dims, name):
+            # new_group is collective over the world: every rank creates every group, in order
+            group = dist.new_group(ranks) if len(ranks) > 1 else None
+            if rank in ranks:
+                state.groups[name] = group
+                state.members[name] = ranks
+                state.ranks[name] = ranks.index(rank)
+    # First and last pipeline stage share the embedding (MTP's copy lives on the last stage).
+    if cfg.pp > 1:
+        for ranks in rank_groups(attention_dims(cfg), "pp"):
+            pair = [ranks[0], ranks[-1]]
+            group = dist.new_group(pair)
+            if rank in pair:
+                state.groups["embed"] = group
+                state.members["embed"] = pair
+    return state
+
+
+def init_distributed(backend: Optional[str] = None) -> None:
+    """Initialise torch.distributed from torchrun's environment (gloo on CPU, nccl on GPU)."""
+    if dist.is_initialized():
+        return
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)

@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="r1mega",
+    version="0.1.0",
+    description="Megatron-style 3D-parallel engine for DeepSeek-V3/R1-style reasoning models",
+    python_requires=">=3.10",
+    packages=find_packages(include=["r1mega", "r1mega.*", "tools", "tools.*"]),
+    # torch is a range so GPU images keep their own build; on a fresh CPU machine install
+    # torch==2.13.0 first (see README) so pip does not pull a CUDA build.
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0",
+        "safetensors>=0.4",
+        "omegaconf>=2.3",
+        "pyyaml>=6",
+        "numpy",
+    ],
+    extras_require={
+        "megatron": ["megatron-core>=0.16,<0.17"],
+        "test": ["pytest>=8"],
+    },
+    entry_points={"console_scripts": ["r1mega=r1mega.cli:main"]},
+)
