@@ -12,6 +12,10 @@ import torch.distributed as dist
 
 Group = Optional[dist.ProcessGroup]
 
+# torch 2.13 renamed the tensor collectives (*_single); older images (e.g. 2.11) have only the old names
+_all_gather_base = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_base = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
 
 def _size(group: Group) -> int:
     return 1 if group is None else dist.get_world_size(group)
@@ -27,10 +31,11 @@ def _all_reduce(x: torch.Tensor, group: Group) -> torch.Tensor:
     return x
 
 
-def _all_gather(x: torch.Tensor, group: Group) -> torch.Tensor:
+def all_gather_nograd(x: torch.Tensor, group: Group) -> torch.Tensor:
+    """Concatenate every rank's x along dim 0 (not differentiable; see gather_seq/gather_dim0)."""
     x = x.contiguous()
     out = x.new_empty((x.shape[0] * _size(group),) + tuple(x.shape[1:]))
-    dist.all_gather_into_tensor(out, x, group=group)
+    _all_gather_base(out, x, group=group)
     return out
 
 
@@ -40,7 +45,7 @@ def _reduce_scatter(x: torch.Tensor, group: Group) -> torch.Tensor:
         raise ValueError(f"reduce-scatter: dim 0 of shape {tuple(x.shape)} is not divisible by group size {n}")
     x = x.contiguous()
     out = x.new_empty((x.shape[0] // n,) + tuple(x.shape[1:]))
-    dist.reduce_scatter_tensor(out, x, group=group)
+    _reduce_scatter_base(out, x, group=group)
     return out
 
 
@@ -82,7 +87,7 @@ class _GatherReduceScatter(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, group):
         ctx.group = group
-        return _all_gather(x, group)
+        return all_gather_nograd(x, group)
 
     @staticmethod
     def backward(ctx, g):
@@ -99,7 +104,7 @@ class _ReduceScatterGather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        return _all_gather(g, ctx.group), None
+        return all_gather_nograd(g, ctx.group), None
 
 
 class _SplitGather(torch.autograd.Function):
@@ -112,7 +117,7 @@ class _SplitGather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        return _all_gather(g, ctx.group), None
+        return all_gather_nograd(g, ctx.group), None
 
 
 class _GatherSplit(torch.autograd.Function):
@@ -121,7 +126,7 @@ class _GatherSplit(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, group):
         ctx.group = group
-        return _all_gather(x, group)
+        return all_gather_nograd(x, group)
 
     @staticmethod
     def backward(ctx, g):
@@ -183,7 +188,7 @@ def _gather_uneven(x: torch.Tensor, sizes: list[int], group: Group) -> torch.Ten
     width = max(sizes)
     padded = x.new_zeros((width,) + tuple(x.shape[1:]))
     padded[: x.shape[0]] = x
-    full = _all_gather(padded, group)
+    full = all_gather_nograd(padded, group)
     return torch.cat([full[i * width: i * width + n] for i, n in enumerate(sizes)])
 
 
@@ -232,7 +237,4 @@ def reduce_scatter_uneven(x, sizes: list[int], group: Group):
 def all_gather_sizes(n: int, group: Group, device: torch.device) -> list[int]:
     if group is None:
         return [n]
-    t = torch.tensor([n], dtype=torch.long, device=device)
-    out = torch.empty(_size(group), dtype=torch.long, device=device)
-    dist.all_gather_into_tensor(out, t, group=group)
-    return out.tolist()
+    return all_gather_nograd(torch.tensor([n], dtype=torch.long, device=device), group).tolist()

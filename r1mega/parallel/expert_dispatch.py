@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from r1mega.parallel.comm import all_gather_sizes, all_to_all, gather_uneven, reduce_scatter_uneven
+from r1mega.parallel.comm import all_gather_nograd, all_gather_sizes, all_to_all, gather_uneven, reduce_scatter_uneven
 from r1mega.parallel.layout import ParallelState
 
 
@@ -54,10 +54,7 @@ class AllToAllDispatcher:
             per_src = counts.view(1, self.num_local)
         etp_sizes = [sum(recv_splits)]
         if self.etp_group is not None:
-            gathered = torch.empty((self.ps.etp,) + tuple(per_src.shape), dtype=per_src.dtype,
-                                   device=per_src.device)
-            dist.all_gather_into_tensor(gathered, per_src.contiguous(), group=self.etp_group)
-            per_src = gathered.view(-1, self.num_local)
+            per_src = all_gather_nograd(per_src, self.etp_group)
             etp_sizes = all_gather_sizes(sum(recv_splits), self.etp_group, per_src.device)
         return DispatchPlan(order, send_splits, recv_splits, etp_sizes, per_src)
 
