@@ -8,7 +8,8 @@ from r1mega.models.deepseek_v3.hf_weights import CheckpointError, gather_full, l
 from r1mega.models.deepseek_v3.model import DeepseekV3
 from r1mega.parallel.layout import single_process_state
 from r1mega.train.lm_step import lm_forward_backward
-from tiny_models import VARIANTS, batch, hf_grads, make_hf_model
+from r1mega.models.deepseek_v3.tiny import batch
+from tiny_variants import VARIANTS, hf_grads, make_variant
 
 
 def load_single(hf_dir):
@@ -20,7 +21,7 @@ def load_single(hf_dir):
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_matches_transformers(variant, tmp_path):
-    hf = make_hf_model(variant)
+    hf = make_variant(variant)
     hf.save_pretrained(tmp_path)
     model, report = load_single(str(tmp_path))
     # transformers' checkpoints carry no MTP layer: only the MTP modules may keep their init
@@ -49,7 +50,7 @@ def test_matches_transformers(variant, tmp_path):
 def test_routing_actually_uses_the_selection_bias(tmp_path):
     """Changing e_score_correction_bias must change routing (selection) but not the weighting
     formula: a model with a different bias must disagree with the reference."""
-    hf = make_hf_model("v3_grouped")
+    hf = make_variant("v3_grouped")
     hf.save_pretrained(tmp_path)
     model, _ = load_single(str(tmp_path))
     ids, labels = batch(hf.config.vocab_size, 2, 16)
@@ -64,7 +65,7 @@ def test_routing_actually_uses_the_selection_bias(tmp_path):
 
 
 def test_misshaped_checkpoint_tensor_is_named(tmp_path):
-    hf = make_hf_model("v3_grouped")
+    hf = make_variant("v3_grouped")
     hf.save_pretrained(tmp_path)
     cfg = ModelConfig.from_hf(str(tmp_path))
     cfg.kv_lora_rank = 12  # the checkpoint has 8

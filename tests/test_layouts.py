@@ -5,10 +5,11 @@ One spawned gloo group runs several layouts in turn (process start-up is the slo
 import pytest
 import torch
 
-from r1mega.config import ParallelConfig
-from r1mega.parallel.spawn import run_ranks
 from layout_workers import build, evaluate, layouts_worker
-from tiny_models import add_mtp_layer, batch, make_hf_model
+from r1mega.config import ParallelConfig
+from r1mega.models.deepseek_v3.tiny import add_mtp_layer, batch
+from r1mega.parallel.spawn import run_ranks
+from tiny_variants import make_variant
 
 MTP_WEIGHT = 0.3
 BATCH, SEQ = 4, 16  # SEQ divisible by tp for SP; BATCH by dp x microbatches
@@ -17,7 +18,7 @@ BATCH, SEQ = 4, 16  # SEQ divisible by tp for SP; BATCH by dp x microbatches
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("v3_mtp")
-    make_hf_model("v3_grouped").save_pretrained(path)
+    make_variant("v3_grouped").save_pretrained(path)
     add_mtp_layer(str(path))
     return str(path)
 

@@ -42,11 +42,11 @@ def lm_forward_backward(model, ps: ParallelState, input_ids: torch.Tensor, label
     num_tokens = int((labels != IGNORE_INDEX).sum())
     denom = max(num_tokens, 1)
     mbs = [Microbatch(i, l) for i, l in zip(ids.chunk(num_microbatches), lab.chunk(num_microbatches))]
-    sums = torch.zeros(2, dtype=torch.float64)
+    sums = torch.zeros(2, dtype=torch.float64, device=input_ids.device)
 
     def loss_fn(out: StageOutput, mb: Microbatch):
         main = out.token_loss.sum() / denom
-        mtp = torch.zeros((), dtype=main.dtype)
+        mtp = main.new_zeros(())
         if out.mtp_token_loss:
             mtp = sum(t.sum() for t in out.mtp_token_loss) / (denom * len(out.mtp_token_loss))
         sums[0] += float(main.detach())
