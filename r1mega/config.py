@@ -149,6 +149,45 @@ class DataConfig:
     seq_length: int = 16
     micro_batch_size: int = 2
     global_batch_size: int = 4
+    # pretrain: indexed dataset prefixes (<prefix>.bin/.idx); sft: JSONL chat files (the first is used)
+    paths: list[str] = field(default_factory=list)
+    weights: Optional[list[float]] = None  # blending weights for `paths` (pretrain)
+    tokenizer: Optional[str] = None  # tokenizer.json / directory / sentencepiece .model
+    # "arithmetic": build the corpus, tokenizer and indexed files under cache_dir when missing
+    synthetic: Optional[str] = None
+    synthetic_docs: int = 2000
+    cache_dir: str = "runs/data"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    warmup_steps: int = 0
+    decay: str = "cosine"  # cosine | constant | linear
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    clip_grad: float = 1.0  # 0 disables clipping
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20
+    schedule: str = "1f1b"  # gpipe | 1f1b | interleaved
+    virtual_stages: int = 1  # model chunks per pipeline rank (interleaved schedule)
+    dtype: str = "float32"  # float32 | bfloat16 (weights; master weights are always float32)
+    mtp_weight: float = 0.3  # lambda of the MTP loss (DeepSeek-V3: 0.3 early, 0.1 later)
+    balance_alpha: float = 1e-4  # sequence-wise balance loss weight
+    bias_update_rate: float = 1e-3  # gamma of the aux-loss-free bias update
+    log_interval: int = 1
+    run_dir: str = "runs/train"
+    save_interval: int = 0  # 0: only at the end
+    load: Optional[str] = None  # a checkpoint directory; by default resume from run_dir/checkpoints
+    wandb: bool = False
+    wandb_project: str = "r1mega"
+    peak_tflops: Optional[float] = None  # per device, for MFU; None: H100 bf16 dense on GPU, none on CPU
 
 
 @dataclass
@@ -156,6 +195,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 1234
 
 
@@ -264,4 +305,38 @@ def validate(cfg: Config, world_size: int) -> Config:
     elif ep > 1:
         raise ConfigError("parallel.ep", f"ep={ep} but the model has no routed experts")
     cfg.parallel = par
+    return cfg
+
+
+def validate_training(cfg: Config, world_size: int) -> Config:
+    """validate() plus the batch / schedule / data rules of a training run."""
+    cfg = validate(cfg, world_size)
+    m, par, d, t = cfg.model, cfg.parallel, cfg.data, cfg.train
+    tp, pp = par.tp, par.pp
+
+    def need(cond: bool, key: str, msg: str):
+        if not cond:
+            raise ConfigError(key, msg)
+
+    need(t.schedule in ("gpipe", "1f1b", "interleaved"), "train.schedule",
+         f"expected gpipe, 1f1b or interleaved, got {t.schedule!r}")
+    need(t.virtual_stages >= 1, "train.virtual_stages", "must be >= 1")
+    if t.virtual_stages > 1:
+        need(t.schedule in ("interleaved", "gpipe"), "train.schedule",
+             "virtual_stages > 1 needs the interleaved (or gpipe) schedule")
+        need(m.num_layers >= pp * t.virtual_stages, "train.virtual_stages",
+             f"{m.num_layers} layers cannot fill pp x virtual_stages = {pp * t.virtual_stages} stages")
+    need(t.dtype in ("float32", "bfloat16"), "train.dtype", f"expected float32 or bfloat16, got {t.dtype!r}")
+    per_step = par.dp * d.micro_batch_size
+    need(d.global_batch_size % per_step == 0, "data.global_batch_size",
+         f"{d.global_batch_size} is not a multiple of dp x micro_batch_size = {par.dp} x {d.micro_batch_size}")
+    if par.sp and tp > 1:
+        need(d.seq_length % tp == 0, "data.seq_length",
+             f"sequence parallel needs seq_length {d.seq_length} divisible by tp={tp}")
+    if t.schedule == "interleaved" and pp > 1:
+        micro = d.global_batch_size // per_step
+        need(micro % pp == 0, "data.global_batch_size",
+             f"the interleaved schedule needs microbatches per DP rank ({micro}) divisible by pp={pp}")
+    need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
+    need(bool(d.paths) or d.synthetic is not None, "data.paths", "no data: give data.paths or data.synthetic")
     return cfg

@@ -10,8 +10,8 @@ from r1mega.config import Config, ConfigError, ModelConfig, ParallelConfig, load
 from r1mega.models.deepseek_v3 import model as model_module
 from r1mega.parallel.layout import attention_dims, expert_dims, rank_groups
 
-REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference",
-                         "deepseek_v3_671b_config.json")
+# the published DeepSeek-V3 (= R1) config.json, kept in the repo
+REFERENCE = os.path.join(os.path.dirname(__file__), "..", "configs", "model", "hf", "deepseek_v3_671b.json")
 
 
 def cfg_with(world, model=None, **par):

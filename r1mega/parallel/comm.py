@@ -39,7 +39,8 @@ def all_gather_nograd(x: torch.Tensor, group: Group) -> torch.Tensor:
     return out
 
 
-def _reduce_scatter(x: torch.Tensor, group: Group) -> torch.Tensor:
+def reduce_scatter_nograd(x: torch.Tensor, group: Group) -> torch.Tensor:
+    """Sum over ranks and keep this rank's 1/n of dim 0 (not differentiable)."""
     n = _size(group)
     if x.shape[0] % n:
         raise ValueError(f"reduce-scatter: dim 0 of shape {tuple(x.shape)} is not divisible by group size {n}")
@@ -91,7 +92,7 @@ class _GatherReduceScatter(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        return _reduce_scatter(g, ctx.group), None
+        return reduce_scatter_nograd(g, ctx.group), None
 
 
 class _ReduceScatterGather(torch.autograd.Function):
@@ -100,7 +101,7 @@ class _ReduceScatterGather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, group):
         ctx.group = group
-        return _reduce_scatter(x, group)
+        return reduce_scatter_nograd(x, group)
 
     @staticmethod
     def backward(ctx, g):
@@ -199,7 +200,7 @@ def _reduce_scatter_uneven(x: torch.Tensor, sizes: list[int], group: Group) -> t
     for i, n in enumerate(sizes):
         padded[i * width: i * width + n] = x[offset: offset + n]
         offset += n
-    return _reduce_scatter(padded, group)[: sizes[_rank(group)]]
+    return reduce_scatter_nograd(padded, group)[: sizes[_rank(group)]]
 
 
 class _GatherUneven(torch.autograd.Function):

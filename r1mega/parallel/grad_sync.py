@@ -36,14 +36,17 @@ def tp_partial(p: torch.nn.Parameter, ps: ParallelState) -> bool:
 
 
 @torch.no_grad()
-def sync_grads(model: torch.nn.Module, ps: ParallelState) -> None:
+def sync_grads(model: torch.nn.Module, ps: ParallelState, data_parallel: bool = True) -> None:
+    """TP and tied-embedding reductions, then (unless a ZeRO optimizer reduce-scatters them
+    itself, data_parallel=False) the DP / expert-DP sums."""
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:  # every rank must bring the same tensors to each collective
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     if ps.tp > 1:
         _all_reduce_coalesced([p.grad for p in params if tp_partial(p, ps)], ps.g("tp"))
-    _all_reduce_coalesced([p.grad for p in params if not getattr(p, "is_expert", False)], ps.g("dp"))
-    _all_reduce_coalesced([p.grad for p in params if getattr(p, "is_expert", False)], ps.g("edp"))
     if "embed" in ps.groups:
         _all_reduce_coalesced([p.grad for p in params if getattr(p, "tied_embedding", False)], ps.g("embed"))
+    if data_parallel:
+        _all_reduce_coalesced([p.grad for p in params if not getattr(p, "is_expert", False)], ps.g("dp"))
+        _all_reduce_coalesced([p.grad for p in params if getattr(p, "is_expert", False)], ps.g("edp"))

@@ -1,7 +1,13 @@
-"""Pipeline execution over microbatches: point-to-point activations between stages.
+"""Pipeline schedules over microbatches, with model chunks for virtual stages.
 
-This is the plain schedule (all forwards, then all backwards, GPipe order). The schedule is
-the only part that changes for 1F1B / interleaved; stages, p2p and the loss hook stay.
+A schedule is only an order of ("F"|"B", microbatch, chunk) actions for this rank; one executor
+runs any of them: activations go forward and gradients back with asynchronous sends (kept alive
+until the end) and blocking, tagged receives. Stage of chunk c on pp rank r is c * pp + r.
+
+  gpipe        all forwards, then all backwards (holds every microbatch's activations)
+  1f1b         warm-up of (pp - r - 1) forwards, then one-forward-one-backward (<= pp in flight)
+  interleaved  1F1B over v chunks per rank (Megatron's virtual pipeline): smaller bubble
+A new schedule (e.g. DualPipe) is one more order function in SCHEDULES.
 """
 from __future__ import annotations
 
@@ -18,8 +24,51 @@ from r1mega.parallel.layout import ParallelState
 class Microbatch:
     input_ids: torch.Tensor  # [b, s]
     labels: Optional[torch.Tensor] = None  # [b, s], -100 = ignored
-    attn_mask: Optional[torch.Tensor] = None
-    position_ids: Optional[torch.Tensor] = None
+    attn_mask: Optional[torch.Tensor] = None  # bool [b, 1, s, s], packed sequences
+    position_ids: Optional[torch.Tensor] = None  # [b, s]
+
+
+Action = tuple[str, int, int]  # ("F" | "B", microbatch, chunk)
+
+
+def gpipe_order(pp: int, rank: int, m: int, v: int) -> list[Action]:
+    fwd = [("F", mb, c) for c in range(v) for mb in range(m)]
+    return fwd + [("B", mb, c) for c in reversed(range(v)) for mb in range(m)]
+
+
+def one_f_one_b_order(pp: int, rank: int, m: int, v: int) -> list[Action]:
+    if v != 1:
+        raise ValueError("the 1f1b schedule takes one model chunk per rank; use 'interleaved' for more")
+    warmup = min(pp - rank - 1, m)
+    order = [("F", mb, 0) for mb in range(warmup)]
+    for i in range(m - warmup):
+        order += [("F", warmup + i, 0), ("B", i, 0)]
+    return order + [("B", mb, 0) for mb in range(m - warmup, m)]
+
+
+def interleaved_order(pp: int, rank: int, m: int, v: int) -> list[Action]:
+    if m % pp:
+        raise ValueError(f"the interleaved schedule needs microbatches ({m}) divisible by pp ({pp})")
+    total = m * v
+
+    def fwd(k: int) -> tuple[int, int]:
+        group, within = divmod(k, pp * v)
+        return group * pp + within % pp, within // pp
+
+    def bwd(k: int) -> tuple[int, int]:
+        mb, chunk = fwd(k)
+        return mb, v - 1 - chunk
+
+    warmup = min((pp - rank - 1) * 2 + (v - 1) * pp, total)
+    order = [("F", *fwd(k)) for k in range(warmup)]
+    for i in range(total - warmup):
+        order += [("F", *fwd(warmup + i)), ("B", *bwd(i))]
+    return order + [("B", *bwd(i)) for i in range(total - warmup, total)]
+
+
+SCHEDULES: dict[str, Callable[[int, int, int, int], list[Action]]] = {
+    "gpipe": gpipe_order, "1f1b": one_f_one_b_order, "interleaved": interleaved_order,
+}
 
 
 def activation_shape(mb: Microbatch, hidden: int, ps: ParallelState) -> tuple[int, int, int]:
@@ -27,56 +76,95 @@ def activation_shape(mb: Microbatch, hidden: int, ps: ParallelState) -> tuple[in
     return (s // ps.tp if ps.sp else s, b, hidden)
 
 
-class P2P:
-    def __init__(self, ps: ParallelState, dtype: torch.dtype, device: torch.device):
-        self.ps, self.dtype, self.device = ps, dtype, device
-        ranks, me = ps.members.get("pp", [ps.rank]), ps.r("pp")
-        self.prev = ranks[me - 1] if me > 0 else None
-        self.next = ranks[me + 1] if me < len(ranks) - 1 else None
+@dataclass
+class ScheduleStats:
+    max_in_flight: int = 0  # most microbatch activations held at once on this rank
 
-    def recv(self, shape, src: int) -> torch.Tensor:
+
+class _Executor:
+    def __init__(self, chunks, ps: ParallelState, m: int):
+        self.chunks, self.ps = chunks, ps
+        self.pp, self.rank = ps.pp, ps.r("pp")
+        self.members = ps.members.get("pp", [ps.rank])
+        self.num_stages = self.pp * len(chunks)
+        self.m = m
+        param = next(chunks[0].parameters())
+        self.dtype, self.device = param.dtype, param.device
+        self.sends: list = []
+
+    def stage(self, chunk: int) -> int:
+        return chunk * self.pp + self.rank
+
+    def tag(self, mb: int, stage: int, backward: bool) -> int:
+        return 2 * (mb * self.num_stages + stage) + int(backward)
+
+    def recv(self, shape, stage: int, mb: int, backward: bool) -> torch.Tensor:
+        src = self.members[(stage + (1 if backward else -1)) % self.pp]
         t = torch.empty(shape, dtype=self.dtype, device=self.device)
-        dist.recv(t, src=src)
+        dist.recv(t, src=src, tag=self.tag(mb, stage, backward))
         return t
 
-    def send(self, t: torch.Tensor, dst: int) -> None:
-        dist.send(t.detach().contiguous(), dst=dst)
+    def send(self, t: torch.Tensor, to_stage: int, mb: int, backward: bool) -> None:
+        dst = self.members[to_stage % self.pp]
+        t = t.detach().contiguous()
+        self.sends.append((dist.isend(t, dst=dst, tag=self.tag(mb, to_stage, backward)), t))
+
+    def finish(self) -> None:
+        for work, _ in self.sends:
+            work.wait()
+        self.sends.clear()
 
 
-def run_stage(model, mb: Microbatch, hidden: Optional[torch.Tensor]):
-    return model(mb.input_ids, hidden=hidden, labels=mb.labels, attn_mask=mb.attn_mask,
-                 position_ids=mb.position_ids)
+def forward_backward(chunks, microbatches: list[Microbatch], ps: ParallelState, loss_fn: Callable,
+                     forward_only: bool = False, schedule: str = "1f1b",
+                     stats: Optional[ScheduleStats] = None) -> list:
+    """Run every microbatch through this rank's model chunks (a module or a list of them).
 
-
-def forward_backward(model, microbatches: list[Microbatch], ps: ParallelState,
-                     loss_fn: Callable, forward_only: bool = False) -> list:
-    """Run every microbatch through this stage. On the last stage returns loss_fn(output, mb) per
-    microbatch (already backpropagated unless forward_only); elsewhere an empty list."""
-    param = next(model.parameters())
-    p2p = P2P(ps, param.dtype, param.device)
-    inputs, outputs, results = [], [], []
-    for mb in microbatches:
-        x = None
-        if p2p.prev is not None:
-            x = p2p.recv(activation_shape(mb, model.cfg.hidden_size, ps), p2p.prev)
-            x.requires_grad_(not forward_only)
-        with torch.set_grad_enabled(not forward_only):
-            out = run_stage(model, mb, x)
-            if p2p.next is None:
-                result = loss_fn(out, mb)
-                results.append(result)
-                outputs.append(result[0] if isinstance(result, tuple) else result)
-            else:
-                p2p.send(out.hidden, p2p.next)
-                outputs.append(out.hidden)
-        inputs.append(x)
+    loss_fn(StageOutput, Microbatch) -> loss or (loss, extra), called on the last stage; its
+    results are returned in microbatch order (elsewhere an empty list)."""
+    chunks = list(chunks) if isinstance(chunks, (list, tuple, torch.nn.ModuleList)) else [chunks]
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown pipeline schedule {schedule!r}; choose from {sorted(SCHEDULES)}")
+    ex = _Executor(chunks, ps, len(microbatches))
+    v, m = len(chunks), len(microbatches)
+    if ps.pp == 1 and v == 1:
+        order = [a for mb in range(m) for a in (("F", mb, 0), ("B", mb, 0))]
+    else:
+        order = SCHEDULES[schedule](ps.pp, ex.rank, m, v)
     if forward_only:
-        return results
-    for x, y, mb in zip(inputs, outputs, microbatches):
-        if p2p.next is None:
-            y.backward()
+        order = [a for a in order if a[0] == "F"]
+    held: dict[tuple[int, int], tuple] = {}
+    results: dict[int, object] = {}
+    hidden = chunks[0].cfg.hidden_size
+    for kind, mb_i, c in order:
+        mb, stage = microbatches[mb_i], ex.stage(c)
+        last = stage == ex.num_stages - 1
+        if kind == "F":
+            x = None
+            if stage > 0:
+                x = ex.recv(activation_shape(mb, hidden, ps), stage, mb_i, backward=False)
+                x.requires_grad_(not forward_only)
+            with torch.set_grad_enabled(not forward_only):
+                out = chunks[c](mb.input_ids, hidden=x, labels=mb.labels, attn_mask=mb.attn_mask,
+                                position_ids=mb.position_ids)
+                if last:
+                    res = loss_fn(out, mb)
+                    results[mb_i] = res
+                    y = res[0] if isinstance(res, tuple) else res
+                else:
+                    ex.send(out.hidden, stage + 1, mb_i, backward=False)
+                    y = out.hidden
+            if not forward_only:
+                held[(mb_i, c)] = (x, y)
+                if stats is not None:
+                    stats.max_in_flight = max(stats.max_in_flight, len(held))
         else:
-            torch.autograd.backward(y, p2p.recv(y.shape, p2p.next))
-        if p2p.prev is not None:
-            p2p.send(x.grad, p2p.prev)
-    return results
+            x, y = held.pop((mb_i, c))
+            if last:
+                y.backward()
+            else:
+                torch.autograd.backward(y, ex.recv(y.shape, stage, mb_i, backward=True))
+            if stage > 0:
+                ex.send(x.grad, stage - 1, mb_i, backward=True)
+    ex.finish()
+    return [results[i] for i in sorted(results)]

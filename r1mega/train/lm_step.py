@@ -6,7 +6,8 @@ ranks and microbatches gives exactly the one-process gradient (no per-rank mean-
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -14,7 +15,8 @@ import torch.distributed as dist
 from r1mega.models.deepseek_v3.model import IGNORE_INDEX, StageOutput
 from r1mega.parallel.grad_sync import sync_grads
 from r1mega.parallel.layout import ParallelState
-from r1mega.parallel.pipeline import Microbatch, forward_backward
+from r1mega.parallel.pipeline import Microbatch, ScheduleStats, forward_backward
+from r1mega.train.moe_balance import set_balance_loss_scale
 
 
 @dataclass
@@ -22,26 +24,41 @@ class StepResult:
     loss: float  # main LM loss, global mean over target tokens (valid on every rank)
     mtp_loss: float
     num_tokens: int
-    logits: list  # last stage only: vocab-sharded [s, b, V/tp] per microbatch (forward_only)
+    logits: list = field(default_factory=list)  # last stage, forward_only: [s, b, V/tp] per microbatch
+    schedule: ScheduleStats = field(default_factory=ScheduleStats)
 
 
-def dp_slice(t: torch.Tensor, ps: ParallelState) -> torch.Tensor:
+def dp_slice(t: Optional[torch.Tensor], ps: ParallelState) -> Optional[torch.Tensor]:
+    if t is None:
+        return None
     if t.shape[0] % ps.dp:
         raise ValueError(f"global batch of {t.shape[0]} sequences does not split over dp={ps.dp} ranks")
     n = t.shape[0] // ps.dp
     return t[ps.r("dp") * n:(ps.r("dp") + 1) * n]
 
 
+def _chunks(t: Optional[torch.Tensor], n: int) -> list:
+    return [None] * n if t is None else list(t.chunk(n))
+
+
 def lm_forward_backward(model, ps: ParallelState, input_ids: torch.Tensor, labels: torch.Tensor,
-                        num_microbatches: int = 1, mtp_weight: float = 0.0,
-                        forward_only: bool = False) -> StepResult:
-    """input_ids/labels: the *global* batch [B, s] (identical on every rank)."""
+                        num_microbatches: int = 1, mtp_weight: float = 0.0, forward_only: bool = False,
+                        attn_mask: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
+                        schedule: str = "1f1b", balance_alpha: float = 0.0,
+                        reduce_dp: bool = True) -> StepResult:
+    """input_ids/labels (and the packing extras): the *global* batch [B, s], identical on every rank.
+    `model` is a stage module or a ModuleList of virtual-stage chunks. reduce_dp=False leaves the
+    data-parallel gradient reduction to a ZeRO optimizer."""
     ids, lab = dp_slice(input_ids, ps), dp_slice(labels, ps)
     if ids.shape[0] % num_microbatches:
         raise ValueError(f"{ids.shape[0]} sequences per DP rank do not split into {num_microbatches} microbatches")
     num_tokens = int((labels != IGNORE_INDEX).sum())
     denom = max(num_tokens, 1)
-    mbs = [Microbatch(i, l) for i, l in zip(ids.chunk(num_microbatches), lab.chunk(num_microbatches))]
+    mbs = [Microbatch(*parts) for parts in zip(
+        ids.chunk(num_microbatches), lab.chunk(num_microbatches),
+        _chunks(dp_slice(attn_mask, ps), num_microbatches), _chunks(dp_slice(position_ids, ps), num_microbatches))]
+    modules = model if isinstance(model, torch.nn.ModuleList) else torch.nn.ModuleList([model])
+    set_balance_loss_scale(modules, 0.0 if forward_only else balance_alpha, input_ids.shape[0])
     sums = torch.zeros(2, dtype=torch.float64, device=input_ids.device)
 
     def loss_fn(out: StageOutput, mb: Microbatch):
@@ -54,14 +71,15 @@ def lm_forward_backward(model, ps: ParallelState, input_ids: torch.Tensor, label
         total = main + mtp_weight * mtp if out.mtp_token_loss else main
         return total, out.logits.detach() if forward_only else None
 
-    results = forward_backward(model, mbs, ps, loss_fn, forward_only=forward_only)
+    stats = ScheduleStats()
+    results = forward_backward(list(modules), mbs, ps, loss_fn, forward_only=forward_only,
+                               schedule=schedule, stats=stats)
     if not forward_only:
-        sync_grads(model, ps)
+        sync_grads(modules, ps, data_parallel=reduce_dp)
     if ps.world > 1:  # every rank learns the loss: sum over DP, then share from the last stage
         if ps.g("dp") is not None:
             dist.all_reduce(sums, group=ps.g("dp"))
-        last = ps.members.get("pp", [ps.rank])[-1]
         if ps.pp > 1:
-            dist.broadcast(sums, src=last, group=ps.g("pp"))
+            dist.broadcast(sums, src=ps.members["pp"][-1], group=ps.g("pp"))
     return StepResult(float(sums[0]), float(sums[1]), num_tokens,
-                      [r[1] for r in results] if forward_only else [])
+                      [r[1] for r in results] if forward_only else [], stats)

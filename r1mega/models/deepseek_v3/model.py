@@ -87,28 +87,36 @@ def shift_left(t: torch.Tensor, k: int, fill: int) -> torch.Tensor:
 
 
 class DeepseekV3(nn.Module):
-    def __init__(self, cfg: ModelConfig, ps: ParallelState, pp_layers: Optional[list[int]] = None):
+    """Pipeline stage `stage` of `num_stages` (default: this rank's pp rank of pp). With virtual
+    pipeline stages (interleaved schedule) a rank holds several, stage = chunk * pp + pp_rank."""
+
+    def __init__(self, cfg: ModelConfig, ps: ParallelState, pp_layers: Optional[list[int]] = None,
+                 stage: Optional[int] = None, num_stages: Optional[int] = None):
         super().__init__()
         self.cfg, self.ps = cfg, ps
-        self.layer_ids = stage_layers(cfg.num_layers, ps.pp, ps.r("pp"), pp_layers)
+        self.stage = ps.r("pp") if stage is None else stage
+        self.num_stages = ps.pp if num_stages is None else num_stages
+        self.is_first = self.stage == 0
+        self.is_last = self.stage == self.num_stages - 1
+        self.layer_ids = stage_layers(cfg.num_layers, self.num_stages, self.stage, pp_layers)
         std = cfg.initializer_range
         self.rope = RotaryEmbedding(cfg.qk_rope_head_dim, cfg.rope_theta, cfg.rope_scaling,
                                     cfg.max_position_embeddings, cfg.rope_interleave)
         self.embed_tokens = (VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, ps, std)
-                             if ps.is_first_stage else None)
+                             if self.is_first else None)
         self.layers = nn.ModuleDict({str(i): DecoderLayer(cfg, ps, i) for i in self.layer_ids})
         self.norm = self.lm_head = self.mtp = self.mtp_embed = None
-        if ps.is_last_stage:
+        if self.is_last:
             self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "stream")
             self.lm_head = ColumnParallelLinear(cfg.hidden_size, cfg.vocab_size, ps, std)
             if cfg.num_mtp_layers:
                 n = cfg.num_layers
                 self.mtp = nn.ModuleDict({str(n + k): MTPLayer(cfg, ps, n + k) for k in range(cfg.num_mtp_layers)})
-                if not ps.is_first_stage:
+                if not self.is_first:
                     # a copy of the embedding; grad_sync sums its gradient with the first stage's
                     self.mtp_embed = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, ps, std)
-                    tag(self.mtp_embed.weight, tied_embedding=True)
-        if self.embed_tokens is not None and cfg.num_mtp_layers and ps.pp > 1:
+                    tag(self.mtp_embed.weight, tied_embedding=True, is_mtp_copy=True)
+        if self.embed_tokens is not None and cfg.num_mtp_layers and self.num_stages > 1:
             tag(self.embed_tokens.weight, tied_embedding=True)
 
     # ------------------------------------------------------------------------------------------
@@ -127,10 +135,10 @@ class DeepseekV3(nn.Module):
                      else torch.arange(s, device=input_ids.device))
         cos, sin = self.rope.cos_sin(positions)
         ids_sb = input_ids.t()
-        h = self.embed_tokens(ids_sb) if self.ps.is_first_stage else hidden
+        h = self.embed_tokens(ids_sb) if self.is_first else hidden
         for layer in self.layers.values():
             h = layer(h, self.rope, cos, sin, attn_mask)
-        if not self.ps.is_last_stage:
+        if not self.is_last:
             return StageOutput(hidden=h)
         h = self.norm(h)
         out = StageOutput(logits=self.lm_head(enter_tp_region(h, self.ps)))

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1mega.config import ModelConfig
-from r1mega.parallel.comm import gather_dim0, split_dim0
+from r1mega.parallel.comm import gather_dim0, reduce_from_group, split_dim0
 from r1mega.parallel.expert_dispatch import AllToAllDispatcher
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.tensor_parallel import (
@@ -112,6 +112,21 @@ class GroupedExperts(nn.Module):
         return torch.cat(outs) if outs else rows.new_zeros(0, rows.shape[1])
 
 
+class _AttachAuxLoss(torch.autograd.Function):
+    """Return `out` unchanged; in backward, give `aux` (already scaled) a gradient of one. This puts
+    a layer's balance loss into the backward pass wherever the layer sits in the pipeline."""
+
+    @staticmethod
+    def forward(ctx, out, aux):
+        ctx.save_for_backward(aux)
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (aux,) = ctx.saved_tensors
+        return grad, torch.ones_like(aux)
+
+
 class MoE(nn.Module):
     def __init__(self, cfg: ModelConfig, ps: ParallelState):
         super().__init__()
@@ -123,20 +138,53 @@ class MoE(nn.Module):
             DenseMLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts, ps, cfg.initializer_range)
             if cfg.n_shared_experts else None
         )
-        self.last_topk_idx: Optional[torch.Tensor] = None  # this rank's routing, for load statistics
+        # training statistics, read and reset by r1mega.train.moe_balance
+        self.register_buffer("expert_load", torch.zeros(cfg.n_routed_experts), persistent=False)
+        self.aux_loss_scale = 0.0  # alpha / global number of sequences, set per step
+        self.aux_loss_sum = 0.0
+        self.last_topk_idx: Optional[torch.Tensor] = None  # this rank's routing (real tokens)
+
+    def _seq_balance_loss(self, scores, idx, seq_of_token, num_seqs: int, seq_len: int, split: bool):
+        """DeepSeek-V3's sequence-wise balance loss: sum_i f_i P_i per sequence, summed over sequences."""
+        E, K = self.cfg.n_routed_experts, self.cfg.num_experts_per_tok
+        real = seq_of_token >= 0
+        seq = seq_of_token.clamp(min=0)
+        probs = scores / scores.sum(-1, keepdim=True)
+        psum = torch.zeros(num_seqs, E, dtype=probs.dtype, device=probs.device).index_add(0, seq[real], probs[real])
+        hits = torch.zeros(num_seqs, E, dtype=probs.dtype, device=probs.device)
+        hits.index_add_(0, seq[real].repeat_interleave(K),
+                        F.one_hot(idx[real].reshape(-1), E).to(probs.dtype))
+        if split or self.ps.sp:  # each TP rank saw part of every sequence
+            hits = reduce_from_group(hits, self.ps.g("tp"))
+            psum = reduce_from_group(psum, self.ps.g("tp"))
+        f = hits.detach() * E / (K * seq_len)
+        return (f * psum / seq_len).sum()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.reshape(-1, x.shape[-1])
         n = tokens.shape[0]
+        b = x.shape[1]
         split = self.ps.tp > 1 and not self.ps.sp
+        flat = torch.arange(n, device=x.device)  # token t = (position t // b, sequence t % b)
         if split:  # replicated tokens: each TP rank routes its own slice (padded to divide evenly)
             pad = (-n) % self.ps.tp
             if pad:
                 tokens = F.pad(tokens, (0, 0, 0, pad))
+                flat = F.pad(flat, (0, pad), value=-1)
             tokens = split_dim0(tokens, self.ps.g("tp"))
-        idx, weight, _ = self.gate(tokens)
-        self.last_topk_idx = idx.detach()
+            flat = flat.chunk(self.ps.tp)[self.ps.r("tp")]
+        seq_of_token = torch.where(flat >= 0, flat % b, flat)
+        idx, weight, scores = self.gate(tokens)
+        self.last_topk_idx = idx[seq_of_token >= 0].detach()
         routed = self.dispatcher(tokens, idx, weight, self.experts)
+        if self.training:
+            self.expert_load += torch.bincount(self.last_topk_idx.reshape(-1),
+                                               minlength=self.cfg.n_routed_experts).to(self.expert_load)
+            if self.aux_loss_scale > 0:
+                seq_len = x.shape[0] * (self.ps.tp if self.ps.sp else 1)
+                aux = self._seq_balance_loss(scores, idx, seq_of_token, b, seq_len, split)
+                self.aux_loss_sum += float(aux.detach()) * self.aux_loss_scale
+                routed = _AttachAuxLoss.apply(routed, aux * self.aux_loss_scale)
         if split:
             routed = gather_dim0(routed, self.ps.g("tp"))[:n]
         out = routed.view_as(x)

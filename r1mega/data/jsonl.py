@@ -1,0 +1,34 @@
+"""JSONL reading that reports a malformed line by file and line number, never skipping it."""
+from __future__ import annotations
+
+import json
+from typing import Iterator, Optional
+
+
+class DataError(ValueError):
+    pass
+
+
+def iter_jsonl(path: str) -> Iterator[tuple[str, dict]]:
+    """Yields (where, record) with where = 'path:line'; blank lines are allowed."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            yield where, rec
+
+
+def iter_texts(path: str, key: str = "text", limit: Optional[int] = None) -> Iterator[str]:
+    for n, (where, rec) in enumerate(iter_jsonl(path)):
+        if limit is not None and n >= limit:
+            return
+        if not isinstance(rec.get(key), str):
+            raise DataError(f"{where}: field {key!r} is missing or not a string")
+        yield rec[key]

@@ -1,0 +1,169 @@
+"""ZeRO-1 distributed AdamW and the learning-rate schedule.
+
+Parameters are split into two buckets: dense ones, sharded over data-parallel ranks, and routed
+experts, sharded over expert-data-parallel ranks. Each bucket is one flat fp32 space; every rank
+owns a contiguous 1/n of it (fp32 master weights + AdamW moments). A step is:
+    reduce-scatter grads over the bucket's group -> global grad norm (each element counted once
+    across the world) -> NaN/Inf check -> clip -> AdamW on the owned shard -> all-gather params.
+The AdamW update is torch.optim.AdamW's, element for element (decoupled weight decay).
+"""
+from __future__ import annotations
+
+import math
+import torch
+import torch.distributed as dist
+
+from r1mega.config import OptimConfig
+from r1mega.parallel.comm import all_gather_nograd, reduce_scatter_nograd
+from r1mega.parallel.layout import ParallelState
+
+
+def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """Linear warmup to lr over warmup_steps, then decay to min_lr at total_steps."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.decay == "constant":
+        return cfg.lr
+    span = max(total_steps - cfg.warmup_steps, 1)
+    frac = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+    if cfg.decay == "linear":
+        return cfg.lr + (cfg.min_lr - cfg.lr) * frac
+    if cfg.decay == "cosine":
+        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
+    raise ValueError(f"optim.decay: unknown schedule {cfg.decay!r} (cosine, constant, linear)")
+
+
+def decays(name: str, p: torch.Tensor) -> bool:
+    """Weight decay on matrices only: not on norms, biases or the router's selection state."""
+    return p.dim() >= 2 and "norm" not in name
+
+
+def counted_once(p: torch.nn.Parameter, ps: ParallelState) -> bool:
+    """Whether this rank counts p in the global grad norm (replicas are counted on one rank)."""
+    if getattr(p, "tied_embedding", False) and getattr(p, "is_mtp_copy", False):
+        return False
+    if getattr(p, "is_expert", False) or getattr(p, "tp_shard_dim", None) is not None:
+        return True
+    return ps.r("tp") == 0
+
+
+class _Bucket:
+    def __init__(self, named: list[tuple[str, torch.nn.Parameter]], group, size: int, rank: int):
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.group, self.size, self.rank = group, size, rank
+        self.numel = sum(p.numel() for p in self.params)
+        self.shard = -(-self.numel // size) if self.numel else 0
+        self.lo = rank * self.shard
+        self.hi = self.lo + self.shard
+        flat = self._flat([p.detach() for p in self.params])
+        self.master = flat[self.lo:self.hi].clone()
+        self.exp_avg = torch.zeros_like(self.master)
+        self.exp_avg_sq = torch.zeros_like(self.master)
+
+    def _flat(self, tensors) -> torch.Tensor:
+        dev = self.params[0].device if self.params else None
+        flat = torch.zeros(self.shard * self.size, dtype=torch.float32, device=dev)
+        if tensors:
+            flat[: self.numel] = torch.cat([t.reshape(-1).float() for t in tensors])
+        return flat
+
+    def mask(self, flags: list[bool]) -> torch.Tensor:
+        return self._flat([torch.full(p.shape, float(f), device=p.device) for p, f in zip(self.params, flags)])[
+            self.lo:self.hi]
+
+    def reduce_scatter_grads(self) -> torch.Tensor:
+        flat = self._flat([p.grad for p in self.params])
+        if self.group is None:
+            return flat
+        return reduce_scatter_nograd(flat, self.group)
+
+    def gather_full(self, shard: torch.Tensor) -> list[torch.Tensor]:
+        """The full bucket from every rank's shard, split back into parameter shapes."""
+        flat = all_gather_nograd(shard, self.group) if self.group is not None else shard
+        out, at = [], 0
+        for p in self.params:
+            out.append(flat[at:at + p.numel()].view(p.shape))
+            at += p.numel()
+        return out
+
+    def write_params(self) -> None:
+        for p, full in zip(self.params, self.gather_full(self.master)):
+            p.data.copy_(full)
+
+
+class DistributedAdamW:
+    def __init__(self, chunks: torch.nn.Module, ps: ParallelState, cfg: OptimConfig):
+        self.ps, self.cfg = ps, cfg
+        named = [(n, p) for n, p in chunks.named_parameters() if p.requires_grad]
+        dense = [(n, p) for n, p in named if not getattr(p, "is_expert", False)]
+        expert = [(n, p) for n, p in named if getattr(p, "is_expert", False)]
+        self.buckets = [
+            _Bucket(dense, ps.g("dp"), ps.dp, ps.r("dp")),
+            _Bucket(expert, ps.g("edp"), ps.edp, ps.r("edp")),
+        ]
+        self.wd_masks = [b.mask([decays(n, p) for n, p in zip(b.names, b.params)]) for b in self.buckets]
+        self.norm_masks = [b.mask([counted_once(p, ps) for p in b.params]) for b in self.buckets]
+        self.step_count = 0
+        self.skipped = 0
+
+    @torch.no_grad()
+    def step(self, lr: float) -> tuple[float, bool]:
+        """One update from the parameters' .grad (already TP/tie-reduced). Returns (grad norm, skipped)."""
+        grads = [b.reduce_scatter_grads() for b in self.buckets]
+        sq = sum((g * g * m).sum() for g, m in zip(grads, self.norm_masks))
+        sq = torch.as_tensor(sq, dtype=torch.float64, device=grads[0].device).reshape(1)
+        if self.ps.world > 1:
+            dist.all_reduce(sq)
+        norm = float(sq.sqrt())
+        if not math.isfinite(norm):
+            self.skipped += 1
+            return norm, True
+        clip = self.cfg.clip_grad
+        coef = min(1.0, clip / (norm + 1e-6)) if clip > 0 else 1.0
+        self.step_count += 1
+        c = self.cfg
+        bc1 = 1 - c.beta1 ** self.step_count
+        bc2_sqrt = math.sqrt(1 - c.beta2 ** self.step_count)
+        for b, g, wd in zip(self.buckets, grads, self.wd_masks):
+            if b.shard == 0:
+                continue
+            if coef != 1.0:
+                g = g * coef
+            b.master.mul_(1 - lr * c.weight_decay * wd)
+            b.exp_avg.lerp_(g, 1 - c.beta1)
+            b.exp_avg_sq.mul_(c.beta2).addcmul_(g, g, value=1 - c.beta2)
+            denom = (b.exp_avg_sq.sqrt() / bc2_sqrt).add_(c.eps)
+            b.master.addcdiv_(b.exp_avg, denom, value=-lr / bc1)
+        for b in self.buckets:
+            if b.numel:
+                b.write_params()
+        return norm, False
+
+    # ---- checkpoint support: per-parameter states, independent of the DP sharding -------------
+    @torch.no_grad()
+    def full_states(self) -> dict[str, dict[str, torch.Tensor]]:
+        """{param name: {master, exp_avg, exp_avg_sq}} in local (TP/EP-sharded) shapes. Collective."""
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for b in self.buckets:
+            if not b.numel:
+                continue
+            parts = {k: b.gather_full(getattr(b, k)) for k in ("master", "exp_avg", "exp_avg_sq")}
+            for i, name in enumerate(b.names):
+                out[name] = {k: v[i].clone() for k, v in parts.items()}
+        return out
+
+    @torch.no_grad()
+    def load_full_states(self, states: dict[str, dict[str, torch.Tensor]], step_count: int) -> None:
+        for b in self.buckets:
+            if not b.numel:
+                continue
+            for k in ("master", "exp_avg", "exp_avg_sq"):
+                flat = b._flat([states[n][k] for n in b.names])
+                getattr(b, k).copy_(flat[b.lo:b.hi])
+            b.write_params()
+        self.step_count = step_count
+
+    def zero_grad(self, chunks: torch.nn.Module) -> None:
+        for p in chunks.parameters():
+            p.grad = None

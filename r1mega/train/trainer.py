@@ -1,0 +1,169 @@
+"""`r1mega pretrain` / `r1mega sft`: the training loop, on any layout, launched by torchrun.
+
+    for each step: global batch (a pure function of the sample position)
+                   -> pipeline-scheduled forward/backward of the microbatches (lm_step)
+                   -> ZeRO-1 AdamW step (skipped on a NaN/Inf gradient) -> routing-bias update
+                   -> log, and checkpoint at intervals and at the end
+A run resumes from the newest checkpoint in <run_dir>/checkpoints (or train.load) by itself.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import zlib
+
+import torch
+import torch.distributed as dist
+
+from r1mega.config import Config, validate_training
+from r1mega.data.prepare import resolve_data
+from r1mega.data.tokenizer import Tokenizer
+from r1mega.models.deepseek_v3.hf_weights import param_slices
+from r1mega.models.deepseek_v3.model import DeepseekV3
+from r1mega.models.deepseek_v3.params import flops_per_token
+from r1mega.parallel.layout import ParallelState, build_parallel_state, init_distributed, single_process_state
+from r1mega.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from r1mega.train.lm_step import lm_forward_backward
+from r1mega.train.metrics_log import MetricsLog
+from r1mega.train.moe_balance import update_routing_bias
+from r1mega.train.optimizer import DistributedAdamW, lr_at
+
+H100_BF16_DENSE_TFLOPS = 989.0
+
+
+def build_chunks(cfg: Config, ps: ParallelState) -> torch.nn.ModuleList:
+    """This rank's model chunks (one per virtual pipeline stage)."""
+    v = cfg.train.virtual_stages
+    return torch.nn.ModuleList(
+        DeepseekV3(cfg.model, ps, cfg.parallel.pp_layers if v == 1 else None,
+                   stage=c * ps.pp + ps.r("pp"), num_stages=ps.pp * v)
+        for c in range(v))
+
+
+@torch.no_grad()
+def init_weights(chunks: torch.nn.ModuleList, seed: int) -> None:
+    """Layout-independent initialisation: each tensor is drawn whole from a generator seeded by
+    (seed, its checkpoint name), then sliced, so every layout starts from the same model."""
+    std = chunks[0].cfg.initializer_range
+    for chunk in chunks:
+        for spec in param_slices(chunk):
+            leaf = spec.key.rsplit(".", 1)[-1] if "." in spec.key else spec.key
+            if "norm" in spec.key:
+                spec.local.fill_(1.0)
+            elif leaf in ("bias", "e_score_correction_bias"):
+                spec.local.zero_()
+            else:
+                g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(spec.key.encode()))
+                full = torch.randn(spec.full_shape, generator=g) * std
+                if spec.dim is not None:
+                    full = full.chunk(spec.parts, dim=spec.dim)[spec.rank]
+                spec.local.copy_(full)
+
+
+def _data(cfg: Config, kind: str):
+    from r1mega.data.pretrain import PretrainData
+    from r1mega.data.sft import SFTData
+
+    d = resolve_data(cfg.data, kind, cfg.model.vocab_size)
+    if d.tokenizer is None and kind == "sft":
+        raise ValueError("data.tokenizer: SFT renders chat records and needs a tokenizer")
+    if d.tokenizer is not None:
+        tok = Tokenizer(d.tokenizer)
+        if tok.vocab_size > cfg.model.vocab_size:
+            raise ValueError(f"data.tokenizer {d.tokenizer} has {tok.vocab_size} tokens but "
+                             f"model.vocab_size is {cfg.model.vocab_size}")
+    if kind == "pretrain":
+        return PretrainData(d.paths, d.weights, d.seq_length, cfg.seed)
+    return SFTData(d.paths[0], tok, d.seq_length, cfg.seed)
+
+
+def _batch(data, kind: str, first: int, size: int) -> dict:
+    if kind == "pretrain":
+        ids, labels = data.batch(first, size)
+        return {"input_ids": ids, "labels": labels}
+    return data.batch(first, size)
+
+
+def train(cfg: Config, kind: str) -> dict:
+    """Run (or resume) a training run. Returns {'final_loss', 'steps', 'losses', 'skipped'}."""
+    owns_group = not dist.is_initialized()
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 or not owns_group
+    if distributed:
+        init_distributed()
+    world = dist.get_world_size() if distributed else 1
+    cfg = validate_training(cfg, world)  # before any weight exists
+    ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
+    torch.manual_seed(cfg.seed)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    t = cfg.train
+    dtype = getattr(torch, t.dtype)
+
+    chunks = build_chunks(cfg, ps)
+    init_weights(chunks, cfg.seed)
+    chunks.to(device=device, dtype=dtype)
+    for chunk in chunks:  # the selection bias stays float32 whatever the weights' dtype
+        for m in chunk.modules():
+            if getattr(m, "e_score_correction_bias", None) is not None:
+                m.e_score_correction_bias.data = m.e_score_correction_bias.float()
+    optimizer = DistributedAdamW(chunks, ps, cfg.optim)
+    data = _data(cfg, kind)
+
+    ckpt_root = os.path.join(t.run_dir, "checkpoints")
+    start, consumed = 0, 0
+    resume = t.load or latest_checkpoint(ckpt_root)
+    if resume:
+        meta = load_checkpoint(resume, chunks, optimizer, ps)
+        start, consumed = meta["step"], meta["consumed_samples"]
+    log = MetricsLog(t.run_dir, t.steps, start, ps.rank == 0, t.wandb_project if t.wandb else None, cfg)
+    if resume:
+        log.print(f"resumed from {resume} at step {start} (saved under layout {meta['layout']})")
+
+    gbs = cfg.data.global_batch_size
+    micro = gbs // (ps.dp * cfg.data.micro_batch_size)
+    tokens_per_step = gbs * cfg.data.seq_length
+    flops_step = flops_per_token(cfg.model, cfg.data.seq_length) * tokens_per_step
+    peak = t.peak_tflops or (H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
+    losses: list[float] = []
+    chunks.train()
+    for step in range(start, t.steps):
+        t0 = time.perf_counter()
+        batch = {k: v.to(device) for k, v in _batch(data, kind, consumed, gbs).items()}
+        lr = lr_at(step, t.steps, cfg.optim)
+        res = lm_forward_backward(
+            chunks, ps, batch["input_ids"], batch["labels"], micro, t.mtp_weight,
+            attn_mask=batch.get("attn_mask"), position_ids=batch.get("position_ids"),
+            schedule=t.schedule, balance_alpha=t.balance_alpha, reduce_dp=False)
+        if math.isfinite(res.loss):
+            grad_norm, skipped = optimizer.step(lr)
+        else:
+            grad_norm, skipped = float("nan"), True
+            optimizer.skipped += 1
+        balance = update_routing_bias(chunks, ps, 0.0 if skipped else t.bias_update_rate)
+        optimizer.zero_grad(chunks)
+        consumed += gbs
+        dt = time.perf_counter() - t0
+        losses.append(res.loss)
+        metrics = {"loss": res.loss, "mtp_loss": res.mtp_loss, "lr": lr, "grad_norm": grad_norm,
+                   "skipped_steps": optimizer.skipped, "tok/s": tokens_per_step / dt,
+                   "tflops_per_device": flops_step / dt / world / 1e12,
+                   "expert_max_load": balance["max_load_ratio"], "expert_min_load": balance["min_load_ratio"],
+                   "balance_loss": balance["balance_loss"]}
+        if peak:
+            metrics["mfu"] = metrics["tflops_per_device"] / peak
+        if skipped:
+            log.print(f"step {step + 1}: non-finite loss or gradient, update skipped "
+                      f"({optimizer.skipped} so far)")
+        log.log(step + 1, metrics, echo=(step + 1) % t.log_interval == 0 or step + 1 == t.steps)
+        last = step + 1 == t.steps
+        if last or (t.save_interval and (step + 1) % t.save_interval == 0):
+            save_checkpoint(ckpt_root, step + 1, chunks, optimizer, ps,
+                            {"consumed_samples": consumed, "kind": kind})
+    log.close()
+    final = losses[-1] if losses else float("nan")
+    if ps.rank == 0:
+        print(f"final_loss={final:.6f} steps={t.steps}", flush=True)
+    result = {"final_loss": final, "steps": t.steps, "losses": losses, "skipped": optimizer.skipped}
+    if distributed and owns_group:
+        dist.destroy_process_group()
+    return result
