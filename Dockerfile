@@ -10,7 +10,7 @@ COPY tools ./tools
 COPY configs ./configs
 COPY launch ./launch
 # Same install step CI runs, minus the torch pin: the image's own CUDA torch satisfies the range.
-RUN python -m pip install --no-cache-dir -e ".[megatron]"
+RUN python -m pip install --no-cache-dir -e ".[wandb]"
 
 ENV OMP_NUM_THREADS=1 \
     NCCL_IB_DISABLE=0 \

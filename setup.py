@@ -15,9 +15,14 @@ setup(
         "omegaconf>=2.3",
         "pyyaml>=6",
         "numpy",
+        "tqdm",
+        "sentencepiece",
+        "tokenizers",
+        # indexed datasets (.bin/.idx) and the rank-layout reference; 0.17+ needs Python 3.12
+        "megatron-core>=0.16,<0.17",
     ],
     extras_require={
-        "megatron": ["megatron-core>=0.16,<0.17"],
+        "wandb": ["wandb"],
         "test": ["pytest>=8"],
     },
     entry_points={"console_scripts": ["r1mega=r1mega.cli:main"]},

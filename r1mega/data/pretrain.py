@@ -9,6 +9,7 @@ one integer and resuming under another layout sees the same batches.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Iterable, Optional
 
 import numpy as np
@@ -18,8 +19,6 @@ import torch
 def _indexed():
     # megatron.core costs seconds to import; only pay it when indexed data is used. Its import
     # warns that Transformer Engine / apex are absent, which does not concern the dataset code.
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
@@ -33,9 +32,11 @@ def write_indexed(prefix: str, documents: Iterable[list[int]], vocab_size: int) 
     dtype = np.uint16 if vocab_size < 65500 else np.int32
     builder = Builder(prefix + ".bin", dtype=dtype)
     total = 0
-    for doc in documents:
-        builder.add_document(torch.tensor(doc, dtype=torch.int64), [len(doc)])
-        total += len(doc)
+    with warnings.catch_warnings():  # numpy 2 deprecation inside megatron-core's builder
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for doc in documents:
+            builder.add_document(torch.tensor(doc, dtype=torch.int64), [len(doc)])
+            total += len(doc)
     builder.finalize(prefix + ".idx")
     return total
 

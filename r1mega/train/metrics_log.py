@@ -23,7 +23,10 @@ class MetricsLog:
         self.file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
         self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, desc="train")
         if wandb_project:
-            import wandb
+            try:
+                import wandb
+            except ImportError:
+                raise SystemExit("train.wandb=true needs wandb: pip install 'r1mega[wandb]'") from None
 
             self.wandb = wandb.init(project=wandb_project, dir=run_dir, mode=os.environ.get("WANDB_MODE", "offline"),
                                     config=asdict(config) if config is not None else None)

@@ -54,7 +54,9 @@ def init_weights(chunks: torch.nn.ModuleList, seed: int) -> None:
             elif leaf in ("bias", "e_score_correction_bias"):
                 spec.local.zero_()
             else:
-                g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(spec.key.encode()))
+                # the last stage's embedding copy (MTP under PP) starts equal to the embedding
+                key = "model.embed_tokens.weight" if getattr(spec.param, "is_mtp_copy", False) else spec.key
+                g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
                 full = torch.randn(spec.full_shape, generator=g) * std
                 if spec.dim is not None:
                     full = full.chunk(spec.parts, dim=spec.dim)[spec.rank]
