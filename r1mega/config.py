@@ -381,5 +381,7 @@ def validate_training(cfg: Config, world_size: int) -> Config:
         need(micro % pp == 0, "data.global_batch_size",
              f"the interleaved schedule needs microbatches per DP rank ({micro}) divisible by pp={pp}")
     need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
+    need(cfg.student is None, "student", "training dense students is not supported yet; "
+         "`r1mega plan` sizes them and their configs document the distillation recipe")
     need(bool(d.paths) or d.synthetic is not None, "data.paths", "no data: give data.paths or data.synthetic")
     return cfg

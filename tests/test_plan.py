@@ -133,3 +133,15 @@ def test_slurm_script_builds_the_torchrun_command(tmp_path):
     assert words[-5:-1] == ["pretrain", "--config", "configs/model/deepseek_v3_671b.yaml", "parallel.pp=16"]
     assert words[-1] == f"train.run_dir={tmp_path}/runs/r1-4242"
     assert (tmp_path / "runs" / "r1-4242").is_dir()
+
+
+def test_every_shipped_config_loads():
+    files = glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
+    assert len(files) >= 15
+    for path in files:
+        cfg = load_config(path)
+        assert cfg.model.num_layers >= 1 or cfg.student is not None, path
+    zero = load_config(os.path.join(ROOT, "configs", "stage", "r1_zero.yaml"))
+    assert (zero.optim.lr, zero.rl.kl_coef, zero.rl.temperature, zero.rl.group_size, zero.rl.prompts_per_step,
+            zero.rl.ref_refresh_steps) == (3e-6, 0.001, 1.0, 16, 32, 400)
+    assert load_config(os.path.join(ROOT, "configs", "stage", "reasoning_rl.yaml")).rl.clip_high == 10.0
