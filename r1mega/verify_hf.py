@@ -24,7 +24,9 @@ from r1mega.train.lm_step import lm_forward_backward
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--hf-dir", required=True, help="Hugging Face checkpoint directory")
+    p.add_argument("--hf-dir", required=True, help="Hugging Face checkpoint directory (transformers' side)")
+    p.add_argument("--ckpt", default=None,
+                   help="load r1mega's side from this r1mega checkpoint (e.g. made by r1mega-convert import)")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
     p.add_argument("--ep", type=int, default=1)
@@ -53,12 +55,18 @@ def run(args: argparse.Namespace) -> int:
     ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
     batch = args.batch_size or ps.dp
     if rank == 0:
-        _report(f"verify-hf: {args.hf_dir} on {world} ranks: tp={ps.tp} pp={ps.pp} ep={ps.ep} "
+        _report(f"verify-hf: {args.ckpt or args.hf_dir} vs transformers({args.hf_dir}) on {world} ranks: tp={ps.tp} pp={ps.pp} ep={ps.ep} "
                 f"etp={ps.etp} dp={ps.dp} sp={ps.sp}; batch {batch} x {args.seq_length} tokens, {args.dtype}")
 
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     model = DeepseekV3(cfg.model, ps, cfg.parallel.pp_layers).to(device=device, dtype=dtype)
-    report = load_hf_weights(model, args.hf_dir)
+    if args.ckpt:
+        from r1mega.models.deepseek_v3.hf_weights import load_weights
+        from r1mega.train.checkpoint import PieceReader
+
+        report = load_weights(model, PieceReader(args.ckpt, "model"))
+    else:
+        report = load_hf_weights(model, args.hf_dir)
     if rank == 0 and report.kept_init:
         _report(f"note: the checkpoint has no MTP layer; {len(report.kept_init)} MTP tensors keep their init")
 

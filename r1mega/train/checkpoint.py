@@ -24,7 +24,8 @@ import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from r1mega.models.deepseek_v3.hf_weights import CheckpointError, load_weights, param_slices
+from r1mega.models.deepseek_v3.fp8 import dequantize, scale_name
+from r1mega.models.deepseek_v3.hf_weights import CheckpointError, load_weights, param_slices, shard
 from r1mega.parallel.layout import ParallelState
 from r1mega.train.optimizer import DistributedAdamW
 
@@ -130,7 +131,7 @@ class PieceReader:
         self.path, self.kind = path, kind
         self.pieces: dict[str, list[tuple[str, dict]]] = {}
         for entry in sorted(os.listdir(path)):
-            if entry.startswith("rank") and entry.endswith(".json"):
+            if entry.endswith(".json") and entry != "meta.json":
                 with open(os.path.join(path, entry)) as f:
                     for key, info in json.load(f).items():
                         self.pieces.setdefault(key, []).append((entry[:-5] + ".safetensors", info))
@@ -155,6 +156,10 @@ class PieceReader:
         shape = tuple(found[0][1]["shape"])
         if shape != tuple(full_shape):
             raise CheckpointError(f"tensor {key!r}: checkpoint shape {shape} != model shape {tuple(full_shape)}")
+        scale = f"{self.kind}/{scale_name(key)}"
+        if scale in self.pieces:  # imported with --fp8 keep: dequantise on read
+            w = self._slice(found[0][0], name)[:]
+            return shard(dequantize(w, self._slice(self.pieces[scale][0][0], scale)[:]), dim, rank, parts)
         axis = dim if dim is not None else next((i["dim"] for _, i in found if i["dim"] is not None), None)
         if axis is None:  # whole tensor wanted, whole tensor stored
             return self._slice(found[0][0], name)[:]
@@ -187,7 +192,7 @@ def load_checkpoint(path: str, chunks: torch.nn.ModuleList, optimizer: Optional[
         meta = json.load(f)
     for chunk in chunks:
         load_weights(chunk, PieceReader(path, "model"))
-    if optimizer is not None:
+    if optimizer is not None and "optimizer_step" in meta:  # converted checkpoints hold weights only
         # fp32 master weights come from "model/", not from the (possibly bf16) parameters
         readers = {"master": PieceReader(path, "model"), **{k: PieceReader(path, k) for k in STATES}}
         states: dict[str, dict[str, torch.Tensor]] = {}
@@ -205,6 +210,7 @@ def load_checkpoint(path: str, chunks: torch.nn.ModuleList, optimizer: Optional[
                     (entry[k] if spec.index is None else entry[k][spec.index]).copy_(t)
         optimizer.load_full_states(states, meta["optimizer_step"])
         optimizer.skipped = meta.get("skipped_steps", 0)
-    rng = torch.load(os.path.join(path, "rng.pt"), weights_only=True)
-    torch.set_rng_state(rng["torch"])
+    rng_file = os.path.join(path, "rng.pt")
+    if os.path.exists(rng_file):  # absent in checkpoints made by r1mega-convert
+        torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch"])
     return meta

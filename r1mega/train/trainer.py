@@ -12,6 +12,7 @@ import math
 import os
 import time
 import zlib
+from dataclasses import asdict
 
 import torch
 import torch.distributed as dist
@@ -113,10 +114,11 @@ def train(cfg: Config, kind: str) -> dict:
 
     ckpt_root = os.path.join(t.run_dir, "checkpoints")
     start, consumed = 0, 0
-    resume = t.load or latest_checkpoint(ckpt_root)
+    # the run's own newest checkpoint wins over train.load, so a requeued job continues where it was
+    resume = latest_checkpoint(ckpt_root) or t.load
     if resume:
         meta = load_checkpoint(resume, chunks, optimizer, ps)
-        start, consumed = meta["step"], meta["consumed_samples"]
+        start, consumed = meta.get("step", 0), meta.get("consumed_samples", 0)
     log = MetricsLog(t.run_dir, t.steps, start, ps.rank == 0, t.wandb_project if t.wandb else None, cfg)
     if resume:
         log.print(f"resumed from {resume} at step {start} (saved under layout {meta['layout']})")
@@ -160,7 +162,7 @@ def train(cfg: Config, kind: str) -> dict:
         last = step + 1 == t.steps
         if last or (t.save_interval and (step + 1) % t.save_interval == 0):
             save_checkpoint(ckpt_root, step + 1, chunks, optimizer, ps,
-                            {"consumed_samples": consumed, "kind": kind})
+                            {"consumed_samples": consumed, "kind": kind, "model_config": asdict(cfg.model)})
     log.close()
     final = losses[-1] if losses else float("nan")
     if ps.rank == 0:

@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from safetensors import safe_open
 
+from r1mega.models.deepseek_v3.fp8 import dequantize, scale_name
 from r1mega.models.deepseek_v3.model import DeepseekV3
 
 EXPERT_PROJ = {"w_gate": "gate_proj", "w_up": "up_proj", "w_down": "down_proj"}
@@ -141,12 +142,18 @@ class SafetensorsDir:
         shape = tuple(sl.get_shape())
         if shape != tuple(full_shape):
             raise CheckpointError(f"tensor {key!r}: checkpoint shape {shape} != model shape {tuple(full_shape)}")
+        if scale_name(key) in self.where:  # DeepSeek FP8: dequantise whole, then slice (block scales)
+            return shard(dequantize(sl[:], self.slice(scale_name(key))[:]), dim, rank, parts)
         if dim is None or parts == 1:
             return sl[:]
         n = shape[dim] // parts
         index = [slice(None)] * len(shape)
         index[dim] = slice(rank * n, (rank + 1) * n)
         return sl[tuple(index)]
+
+
+def shard(t: torch.Tensor, dim: Optional[int], rank: int, parts: int) -> torch.Tensor:
+    return t if dim is None or parts == 1 else t.chunk(parts, dim=dim)[rank].contiguous()
 
 
 @dataclass

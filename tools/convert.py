@@ -1,0 +1,396 @@
+"""`r1mega-convert` (also `python -m tools.convert`): Hugging Face <-> r1mega checkpoints.
+
+    r1mega-convert import --hf-dir DIR --out CKPT [--fp8 dequant|keep] [--dtype bfloat16]
+    r1mega-convert export --ckpt CKPT --out DIR [--fp8-blocks] [--tokenizer-dir DIR]
+
+An r1mega checkpoint is the trainer's layout-independent format (see r1mega/train/checkpoint.py):
+whole tensors under their Hugging Face names, split into part files, plus meta.json. Any layout
+loads it (`train.load=CKPT`, `verify-hf --ckpt CKPT`).
+
+Streaming: one input shard is open at a time and output parts are flushed at --shard-size, so
+peak memory stays near the largest shard, not the model. Before anything is written, the tensor
+names, shapes and dtypes are checked against the config (DeepSeek-V3/R1, V2-Lite-style, Qwen2,
+Llama); an existing output directory is never overwritten unless --overwrite is given, and then
+only once the new one is complete. Only safetensors are read.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from dataclasses import asdict
+from typing import Iterator, Optional
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from r1mega.config import ModelConfig
+from r1mega.models.deepseek_v3.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
+from r1mega.train.checkpoint import PieceReader
+
+DENSE_TYPES = ("qwen2", "llama")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "generation_config.json")
+
+
+class ConvertError(ValueError):
+    pass
+
+
+# ---- what the config says the checkpoint must hold -------------------------------------------
+
+def expected_tensors(hf_config: dict) -> dict[str, tuple[int, ...]]:
+    """Checkpoint name -> shape, from the config alone (models built on the meta device)."""
+    kind = hf_config.get("model_type")
+    if kind in ("deepseek_v3", "deepseek_v2"):
+        from r1mega.models.deepseek_v3.hf_weights import param_slices
+        from r1mega.models.deepseek_v3.model import DeepseekV3
+        from r1mega.parallel.layout import single_process_state
+
+        cfg = ModelConfig.from_hf(hf_config)
+        with torch.device("meta"):
+            model = DeepseekV3(cfg, single_process_state())
+        return {s.key: s.full_shape for s in param_slices(model)}
+    if kind in DENSE_TYPES:
+        import transformers
+
+        cls = {"qwen2": "Qwen2", "llama": "Llama"}[kind]
+        conf = getattr(transformers, f"{cls}Config")(**{k: v for k, v in hf_config.items()
+                                                        if k not in ("architectures", "model_type")})
+        with torch.device("meta"):
+            model = getattr(transformers, f"{cls}ForCausalLM")(conf)
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if conf.tie_word_embeddings:
+            shapes.pop("lm_head.weight", None)
+        return shapes
+    raise ConvertError(f"config.json: model_type {kind!r} is not one of deepseek_v3, deepseek_v2, qwen2, llama")
+
+
+def optional_tensor(key: str, hf_config: dict) -> bool:
+    """Present in real checkpoints but not needed by the model (checked by shape where known)."""
+    n = hf_config.get("num_hidden_layers")
+    mtp = f"model.layers.{n}." if n is not None else None
+    return (key.endswith("_scale_inv") or key.endswith("rotary_emb.inv_freq")
+            or (mtp is not None and key in (mtp + "embed_tokens.weight", mtp + "shared_head.head.weight")))
+
+
+def check(index: dict[str, tuple[tuple[int, ...], str]], hf_config: dict, origin: str) -> None:
+    """Every expected tensor present with its shape; nothing unexplained extra. Raises naming them."""
+    expected = expected_tensors(hf_config)
+    n_mtp = hf_config.get("num_nextn_predict_layers", 0)
+    mtp_prefix = f"model.layers.{hf_config.get('num_hidden_layers')}."
+    has_mtp = any(k.startswith(mtp_prefix) for k in index)
+    problems = []
+    for key, shape in expected.items():
+        if key.startswith(mtp_prefix) and n_mtp and not has_mtp:
+            continue  # transformers drops the MTP layer; r1mega then initialises it
+        if key not in index:
+            problems.append(f"missing tensor {key} (expected shape {tuple(shape)})")
+        elif tuple(index[key][0]) != tuple(shape):
+            problems.append(f"tensor {key}: shape {tuple(index[key][0])} in {origin}, {tuple(shape)} from config.json")
+    for key, (shape, dtype) in index.items():
+        if key not in expected and not optional_tensor(key, hf_config):
+            problems.append(f"unexpected tensor {key} {tuple(shape)} {dtype}")
+        if dtype not in ("F32", "F16", "BF16", "F8_E4M3"):
+            problems.append(f"tensor {key}: unsupported dtype {dtype}")
+    if problems:
+        more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
+        raise ConvertError(f"{origin} does not match its config.json:\n  " + "\n  ".join(problems[:20]) + more)
+
+
+# ---- reading -----------------------------------------------------------------------------------
+
+def hf_files(hf_dir: str) -> dict[str, list[str]]:
+    """file -> keys (from the index when there is one)."""
+    index = os.path.join(hf_dir, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            where = json.load(f)["weight_map"]
+        files: dict[str, list[str]] = {}
+        for k, v in where.items():
+            files.setdefault(v, []).append(k)
+        return files
+    names = sorted(n for n in os.listdir(hf_dir) if n.endswith(".safetensors"))
+    if not names:
+        raise ConvertError(f"{hf_dir}: no *.safetensors files (only safetensors checkpoints are read)")
+    out = {}
+    for n in names:
+        with safe_open(os.path.join(hf_dir, n), "pt") as f:
+            out[n] = list(f.keys())
+    return out
+
+
+def tensor_index(directory: str, files: dict[str, list[str]]) -> dict[str, tuple[tuple[int, ...], str]]:
+    index = {}
+    for name, keys in files.items():
+        with safe_open(os.path.join(directory, name), "pt") as f:
+            for k in keys:
+                sl = f.get_slice(k)
+                index[k] = (tuple(sl.get_shape()), sl.get_dtype())
+    return index
+
+
+class PartWriter:
+    """Buffers tensors and writes a safetensors part whenever --shard-size is reached."""
+
+    def __init__(self, out: str, stem: str, shard_bytes: int, pieces_json: bool):
+        self.out, self.stem, self.limit, self.pieces_json = out, stem, shard_bytes, pieces_json
+        self.buf: dict[str, torch.Tensor] = {}
+        self.size = 0
+        self.parts: list[tuple[str, list[str]]] = []
+
+    def add(self, key: str, t: torch.Tensor) -> None:
+        nbytes = t.numel() * t.element_size()
+        if self.buf and self.size + nbytes > self.limit:
+            self.flush()
+        self.buf[key] = t.contiguous()
+        self.size += nbytes
+
+    def flush(self) -> None:
+        if not self.buf:
+            return
+        name = f"{self.stem}{len(self.parts):05d}"
+        save_file(self.buf, os.path.join(self.out, name + ".safetensors"), metadata={"format": "pt"})
+        if self.pieces_json:  # r1mega checkpoint: whole tensors, no offsets
+            with open(os.path.join(self.out, name + ".json"), "w") as f:
+                json.dump({k: {"shape": list(v.shape), "dim": None, "start": 0, "length": None}
+                           for k, v in self.buf.items()}, f)
+        self.parts.append((name + ".safetensors", list(self.buf)))
+        self.buf, self.size = {}, 0
+
+
+def _prepare_out(out: str, overwrite: bool) -> str:
+    if os.path.exists(out) and os.listdir(out) and not overwrite:
+        raise ConvertError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    tmp = out.rstrip("/") + ".converting"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    return tmp
+
+
+def _publish(tmp: str, out: str) -> None:
+    """Replace `out` only once the new directory is complete."""
+    if os.path.exists(out):
+        old = out.rstrip("/") + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, out)
+
+
+def _progress(total_bytes: int, total_tensors: int, what: str) -> tqdm:
+    return tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"{what} (0/{total_tensors} tensors)",
+                dynamic_ncols=True, disable=None)
+
+
+# ---- import --------------------------------------------------------------------------------
+
+def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat16",
+              shard_bytes: int = 5 * 1024 ** 3, overwrite: bool = False) -> dict:
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        hf_config = json.load(f)
+    files = hf_files(hf_dir)
+    index = tensor_index(hf_dir, files)
+    check(index, hf_config, hf_dir)
+    tmp = _prepare_out(out, overwrite)
+    writer = PartWriter(tmp, "part", shard_bytes, pieces_json=True)
+    target = getattr(torch, dtype)
+    total = sum(os.path.getsize(os.path.join(hf_dir, n)) for n in files)
+    bar, done = _progress(total, len(index), "import"), 0
+    scales = {k for k in index if k.endswith("_scale_inv")}
+    fp8_count = 0
+    for name, keys in files.items():
+        with safe_open(os.path.join(hf_dir, name), "pt") as f:
+            for key in keys:
+                if key in scales and fp8 == "dequant":
+                    continue
+                t = f.get_tensor(key)
+                if t.dtype == FP8:
+                    fp8_count += 1
+                    if fp8 == "dequant":
+                        t = dequantize(t, _scale_for(key, f, hf_dir, files), BLOCK, target)
+                writer.add(f"model/{key}", t)
+                done += 1
+                bar.set_description(f"import ({done}/{len(index)} tensors)")
+        bar.update(os.path.getsize(os.path.join(hf_dir, name)))
+    writer.flush()
+    bar.close()
+    meta = {"kind": "import", "source": os.path.abspath(hf_dir), "hf_config": hf_config, "step": 0,
+            "fp8": fp8 if fp8_count else None, "tensors": len(index) - (len(scales) if fp8 == "dequant" else 0)}
+    if hf_config.get("model_type") in ("deepseek_v3", "deepseek_v2"):
+        meta["model_config"] = asdict(ModelConfig.from_hf(hf_config))
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    for extra in TOKENIZER_FILES:
+        if os.path.exists(os.path.join(hf_dir, extra)):
+            shutil.copy(os.path.join(hf_dir, extra), tmp)
+    _publish(tmp, out)
+    return meta
+
+
+def _scale_for(key: str, f, hf_dir: str, files: dict[str, list[str]]) -> torch.Tensor:
+    s = scale_name(key)
+    if s in f.keys():
+        return f.get_tensor(s)
+    for name, keys in files.items():  # the scale may sit in another shard
+        if s in keys:
+            with safe_open(os.path.join(hf_dir, name), "pt") as g:
+                return g.get_tensor(s)
+    raise ConvertError(f"FP8 tensor {key} has no {s}")
+
+
+# ---- export --------------------------------------------------------------------------------
+
+def fp8_quantizable(key: str, t: torch.Tensor) -> bool:
+    """The linears DeepSeek stores in FP8: every 2-D *_proj weight (not embeddings, head, router, norms)."""
+    return t.dim() == 2 and key.endswith("proj.weight")
+
+
+def _whole(reader, ckpt: str, key: str) -> torch.Tensor:
+    file = reader.pieces["model/" + key][0][0]
+    with safe_open(os.path.join(ckpt, file), "pt") as f:
+        return f.get_tensor("model/" + key)
+
+
+def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Optional[str] = None,
+              shard_bytes: int = 5 * 1024 ** 3, overwrite: bool = False, hf_config: Optional[dict] = None,
+              dtype: Optional[str] = None) -> dict:
+    """Checkpoint (converted, or saved by the trainer under any layout: pieces are reassembled one
+    tensor at a time) -> Hugging Face directory. dtype None keeps each tensor's stored dtype."""
+    with open(os.path.join(ckpt, "meta.json")) as f:
+        meta = json.load(f)
+    config = hf_config or meta.get("hf_config")
+    if config is None:
+        config = hf_config_from(ModelConfig(**meta["model_config"]))
+    reader = PieceReader(ckpt, "model")
+    keys = sorted(reader.keys())
+    shapes = {k: (tuple(reader.pieces["model/" + k][0][1]["shape"]), "") for k in keys}
+    with_dtypes = {}
+    for k in keys:
+        file = reader.pieces["model/" + k][0][0]
+        with safe_open(os.path.join(ckpt, file), "pt") as f:
+            with_dtypes[k] = (shapes[k][0], f.get_slice("model/" + k).get_dtype())
+    check(with_dtypes, config, ckpt)
+    tmp = _prepare_out(out, overwrite)
+    writer = PartWriter(tmp, "model-", shard_bytes, pieces_json=False)
+    target = getattr(torch, dtype) if dtype else None
+    total = sum(os.path.getsize(os.path.join(ckpt, n)) for n in os.listdir(ckpt) if n.endswith(".safetensors"))
+    bar = _progress(total, len(keys), "export")
+    for done, key in enumerate(keys, start=1):
+        if key.endswith("_scale_inv"):
+            continue  # written next to its weight below
+        shape = shapes[key][0]
+        raw_fp8 = with_dtypes[key][1] == "F8_E4M3"
+        if raw_fp8:  # an FP8 weight kept at import goes out as it came in, with its scales
+            t = _whole(reader, ckpt, key)
+            writer.add(key, t)
+            writer.add(scale_name(key), _whole(reader, ckpt, scale_name(key)))
+            bar.update(t.numel() * t.element_size())
+            continue
+        else:
+            t = reader.read(key, shape, None, 0, 1)
+            if target is not None and t.is_floating_point():
+                t = t.to(target)
+        if fp8_blocks and fp8_quantizable(key, t):
+            q, s = quantize(t)
+            writer.add(key, q)
+            writer.add(scale_name(key), s)
+        else:
+            writer.add(key, t)
+        bar.update(t.numel() * t.element_size())
+        bar.set_description(f"export ({done}/{len(keys)} tensors)")
+    writer.flush()
+    bar.close()
+    n = len(writer.parts)
+    weight_map, renamed = {}, []
+    for i, (name, keys) in enumerate(writer.parts):
+        final = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        os.rename(os.path.join(tmp, name), os.path.join(tmp, final))
+        renamed.append(final)
+        weight_map.update({k: final for k in keys})
+    total_size = sum(os.path.getsize(os.path.join(tmp, r)) for r in renamed)
+    with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total_size}, "weight_map": weight_map}, f, indent=1)
+    config = dict(config)
+    if fp8_blocks:
+        config["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                         "weight_block_size": [BLOCK, BLOCK]}
+    elif meta.get("fp8") != "keep":
+        config.pop("quantization_config", None)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    for src in (tokenizer_dir, ckpt, meta.get("source")):
+        if src and os.path.isdir(src):
+            for extra in TOKENIZER_FILES:
+                if os.path.exists(os.path.join(src, extra)) and not os.path.exists(os.path.join(tmp, extra)):
+                    shutil.copy(os.path.join(src, extra), tmp)
+    _publish(tmp, out)
+    return {"tensors": len(weight_map), "files": n}
+
+
+def hf_config_from(m: ModelConfig) -> dict:
+    """A transformers DeepseekV3 config.json for a model trained from scratch."""
+    rope = {"rope_type": "default", "rope_theta": m.rope_theta} if not m.rope_scaling else \
+        {**m.rope_scaling, "rope_type": m.rope_scaling.get("type", "yarn"), "rope_theta": m.rope_theta}
+    return {
+        "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "vocab_size": m.vocab_size,
+        "hidden_size": m.hidden_size, "intermediate_size": m.intermediate_size,
+        "moe_intermediate_size": m.moe_intermediate_size, "num_hidden_layers": m.num_layers,
+        "num_attention_heads": m.num_heads, "num_key_value_heads": m.num_heads, "q_lora_rank": m.q_lora_rank,
+        "kv_lora_rank": m.kv_lora_rank, "qk_nope_head_dim": m.qk_nope_head_dim, "qk_rope_head_dim": m.qk_rope_head_dim,
+        "v_head_dim": m.v_head_dim, "n_routed_experts": m.n_routed_experts, "n_shared_experts": m.n_shared_experts,
+        "num_experts_per_tok": m.num_experts_per_tok, "n_group": m.n_group, "topk_group": m.topk_group,
+        "topk_method": m.topk_method, "scoring_func": m.scoring_func, "norm_topk_prob": m.norm_topk_prob,
+        "routed_scaling_factor": m.routed_scaling_factor, "first_k_dense_replace": m.first_k_dense_replace,
+        "moe_layer_freq": m.moe_layer_freq, "rms_norm_eps": m.rms_norm_eps, "rope_parameters": rope,
+        "rope_interleave": m.rope_interleave, "max_position_embeddings": m.max_position_embeddings,
+        "attention_bias": m.attention_bias, "num_nextn_predict_layers": m.num_mtp_layers,
+        "tie_word_embeddings": m.tie_word_embeddings, "hidden_act": m.hidden_act,
+        "initializer_range": m.initializer_range, "bos_token_id": 0, "eos_token_id": 1,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="r1mega-convert", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="Hugging Face directory -> r1mega checkpoint")
+    imp.add_argument("--hf-dir", required=True)
+    imp.add_argument("--out", required=True)
+    imp.add_argument("--fp8", choices=["dequant", "keep"], default="dequant",
+                     help="FP8 block-scaled weights: dequantize exactly, or keep FP8 with their scales")
+    imp.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="of dequantized weights")
+    exp = sub.add_parser("export", help="r1mega checkpoint -> Hugging Face directory")
+    exp.add_argument("--ckpt", required=True)
+    exp.add_argument("--out", required=True)
+    exp.add_argument("--fp8-blocks", action="store_true", help="quantize linears to e4m3 with 128x128 block scales")
+    exp.add_argument("--tokenizer-dir", default=None)
+    exp.add_argument("--dtype", default=None, choices=["bfloat16", "float32", "float16"],
+                     help="cast weights (default: as stored; trainer checkpoints store float32)")
+    for q in (imp, exp):
+        q.add_argument("--shard-size", type=float, default=5.0, help="GiB per output file")
+        q.add_argument("--overwrite", action="store_true", help="replace an existing --out once done")
+    args = p.parse_args(argv)
+    shard = int(args.shard_size * 1024 ** 3)
+    try:
+        if args.command == "import":
+            meta = do_import(args.hf_dir, args.out, args.fp8, args.dtype, shard, args.overwrite)
+            print(f"imported {meta['tensors']} tensors -> {args.out}")
+        else:
+            res = do_export(args.ckpt, args.out, args.fp8_blocks, args.tokenizer_dir, shard, args.overwrite,
+                            dtype=args.dtype)
+            print(f"exported {res['tensors']} tensors in {res['files']} files -> {args.out}")
+    except ConvertError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
