@@ -18,6 +18,8 @@ setup(
         "tqdm",
         "sentencepiece",
         "tokenizers",
+        "math-verify",  # answer checking for the accuracy reward
+        "matplotlib",  # the demo's plot
         # indexed datasets (.bin/.idx) and the rank-layout reference; 0.17+ needs Python 3.12
         "megatron-core>=0.16,<0.17",
     ],

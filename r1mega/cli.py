@@ -1,6 +1,7 @@
 """The `r1mega` command. Each subcommand lives in its own module; this file only dispatches.
 
-    r1mega demo                       built-in first run (see README)
+    r1mega demo                       built-in first run: R1-Zero on a tiny MoE (see README)
+    r1mega grpo --config configs/tiny/r1_zero_demo.yaml train.load=CKPT [key=value ...]
     r1mega pretrain --config configs/tiny/pretrain.yaml [key=value ...]
     r1mega sft --config configs/tiny/sft.yaml [key=value ...]
     r1mega plan --config configs/model/deepseek_v3_671b.yaml --tp 2 --pp 16 --ep 64 --dp 64 --sp
@@ -22,10 +23,10 @@ def main(argv=None) -> int:
     from r1mega import demo, plan, verify_hf
 
     verify_hf.add_args(sub.add_parser("verify-hf", help="compare a sharded HF checkpoint with transformers"))
-    demo.add_args(sub.add_parser("demo", help="the built-in demo on a tiny model (CPU, minutes)"))
+    demo.add_args(sub.add_parser("demo", help="R1-Zero on a tiny model: pretrain, then GRPO (CPU, minutes)"))
     plan.add_args(sub.add_parser("plan", help="parameters, memory and communication of a layout (no GPUs)"))
 
-    for kind in ("pretrain", "sft"):
+    for kind in ("pretrain", "sft", "grpo"):
         p = sub.add_parser(kind, help=f"{kind} (torchrun for several ranks)")
         p.add_argument("--config", required=True, help="YAML config")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. parallel.tp=2 train.steps=50")
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
 def _dispatch(parser, args) -> int:
     from r1mega import demo, plan, verify_hf
 
-    if args.command in ("pretrain", "sft"):
+    if args.command in ("pretrain", "sft", "grpo"):
         from r1mega.config import load_config
 
         cfg = load_config(args.config, args.overrides)
@@ -54,6 +55,11 @@ def _dispatch(parser, args) -> int:
             par = cfg.parallel
             world = args.world or par.tp * par.pp * (par.dp or 1)
             return dry_run(cfg, world, args.gpu_mem)
+        if args.command == "grpo":
+            from r1mega.rl.grpo import grpo
+
+            grpo(cfg, eval_every=cfg.train.log_interval * 2)
+            return 0
         from r1mega.train.trainer import train
 
         train(cfg, args.command)

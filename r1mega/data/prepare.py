@@ -1,6 +1,7 @@
 """Make the data a run needs when the config asks for a synthetic corpus.
 
-Builds (once, on rank 0, under data.cache_dir) a corpus of worked arithmetic, a sentencepiece
+Builds (once, on rank 0, under data.cache_dir) a corpus ("arithmetic": worked sums and
+differences; "addition": the R1-Zero demo's biased single-digit sums), a sentencepiece
 tokenizer trained on it, the pretraining indexed dataset and the SFT chat JSONL - the same files
 `tools/train_tokenizer.py` and `tools/preprocess_data.py` produce from user data.
 """
@@ -18,9 +19,10 @@ from r1mega.data.pretrain import write_indexed
 from r1mega.data.tokenizer import EOS, Tokenizer, train_sentencepiece
 
 
-def _build_arithmetic(root: str, docs: int, vocab_size: int) -> None:
+def _build(kind: str, root: str, docs: int, vocab_size: int) -> None:
     os.makedirs(root, exist_ok=True)
-    corpus = synthetic.pretrain_corpus(docs, seed=0)
+    corpus = (synthetic.pretrain_corpus(docs, seed=0) if kind == "arithmetic"
+              else synthetic.biased_addition_corpus(docs, seed=0))
     chats = synthetic.sft_records(max(docs // 2, 64), seed=1)
     texts = corpus + [m["content"] for c in chats for m in c["messages"]]
     tok = Tokenizer(train_sentencepiece(texts, os.path.join(root, "tokenizer"), vocab_size))
@@ -37,12 +39,12 @@ def resolve_data(cfg: DataConfig, kind: str, vocab_size: int) -> DataConfig:
     """Fill paths/tokenizer for a synthetic corpus (built if missing). Collective when distributed."""
     if cfg.synthetic is None:
         return cfg
-    if cfg.synthetic != "arithmetic":
-        raise ValueError(f"data.synthetic: unknown corpus {cfg.synthetic!r} (arithmetic)")
-    root = os.path.join(cfg.cache_dir, f"arithmetic-{cfg.synthetic_docs}-v{vocab_size}")
+    if cfg.synthetic not in ("arithmetic", "addition"):
+        raise ValueError(f"data.synthetic: unknown corpus {cfg.synthetic!r} (arithmetic, addition)")
+    root = os.path.join(cfg.cache_dir, f"{cfg.synthetic}-{cfg.synthetic_docs}-v{vocab_size}")
     first = not dist.is_initialized() or dist.get_rank() == 0
     if first and not os.path.exists(os.path.join(root, "DONE")):
-        _build_arithmetic(root, cfg.synthetic_docs, vocab_size)
+        _build(cfg.synthetic, root, cfg.synthetic_docs, vocab_size)
     if dist.is_initialized():
         dist.barrier()
     paths = [os.path.join(root, "pretrain")] if kind == "pretrain" else [os.path.join(root, "sft.jsonl")]

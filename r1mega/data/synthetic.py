@@ -46,3 +46,24 @@ def sft_records(num: int, seed: int = 0) -> list[dict]:
             {"role": "assistant", "content": f"<think>{r}</think> The answer is \\boxed{{{a}}}."},
         ]})
     return records
+
+
+def addition_pair_is_heldout(a: int, b: int) -> bool:
+    """A fixed ~30% of the single-digit sums are kept out of RL prompts, for evaluation only."""
+    return (a * 7 + b * 3) % 10 < 3
+
+
+def biased_addition_corpus(num_docs: int, seed: int = 0, correct_rate: float = 0.3) -> list[str]:
+    """Single-digit sums whose written answers are right only `correct_rate` of the time and
+    otherwise off by one (a + b + 1): a base model that knows the right answer but prefers a
+    wrong one - the situation R1-Zero-style RL with a correctness reward is meant to fix."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(num_docs):
+        lines = []
+        for _ in range(rng.randint(3, 8)):
+            a, b = rng.randrange(10), rng.randrange(10)
+            c = a + b if rng.random() < correct_rate else a + b + 1
+            lines.append(f"Q: {a}+{b}= A: {c}")
+        docs.append("\n".join(lines))
+    return docs

@@ -26,6 +26,8 @@ class Microbatch:
     labels: Optional[torch.Tensor] = None  # [b, s], -100 = ignored
     attn_mask: Optional[torch.Tensor] = None  # bool [b, 1, s, s], packed sequences
     position_ids: Optional[torch.Tensor] = None  # [b, s]
+    routing: Optional[dict] = None  # {layer: experts [s, b, k]} to replay (RL)
+    extra: Optional[dict] = None  # per-sequence data the loss needs (RL: targets, advantages, ...)
 
 
 Action = tuple[str, int, int]  # ("F" | "B", microbatch, chunk)
@@ -146,7 +148,7 @@ def forward_backward(chunks, microbatches: list[Microbatch], ps: ParallelState, 
                 x.requires_grad_(not forward_only)
             with torch.set_grad_enabled(not forward_only):
                 out = chunks[c](mb.input_ids, hidden=x, labels=mb.labels, attn_mask=mb.attn_mask,
-                                position_ids=mb.position_ids)
+                                position_ids=mb.position_ids, routing=mb.routing)
                 if last:
                     res = loss_fn(out, mb)
                     results[mb_i] = res

@@ -187,7 +187,8 @@ class PieceReader:
 @torch.no_grad()
 def load_checkpoint(path: str, chunks: torch.nn.ModuleList, optimizer: Optional[DistributedAdamW],
                     ps: ParallelState) -> dict:
-    """Load weights (and optimizer states, RNG) saved under any layout. Returns the meta dict."""
+    """Load weights (and optimizer states, RNG) saved under any layout. Returns the meta dict.
+    A checkpoint without optimizer states leaves the optimizer fresh, starting from the loaded weights."""
     with open(os.path.join(path, "meta.json")) as f:
         meta = json.load(f)
     for chunk in chunks:
@@ -210,6 +211,8 @@ def load_checkpoint(path: str, chunks: torch.nn.ModuleList, optimizer: Optional[
                     (entry[k] if spec.index is None else entry[k][spec.index]).copy_(t)
         optimizer.load_full_states(states, meta["optimizer_step"])
         optimizer.skipped = meta.get("skipped_steps", 0)
+    elif optimizer is not None:  # weights only (converted checkpoint): the optimizer starts from them
+        optimizer.reset_from_params()
     rng_file = os.path.join(path, "rng.pt")
     if os.path.exists(rng_file):  # absent in checkpoints made by r1mega-convert
         torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch"])

@@ -164,6 +164,16 @@ class DistributedAdamW:
             b.write_params()
         self.step_count = step_count
 
+    @torch.no_grad()
+    def reset_from_params(self) -> None:
+        """Master weights from the current parameters, fresh moments (after loading weights only)."""
+        for b in self.buckets:
+            if b.numel:
+                b.master.copy_(b._flat([p.detach() for p in b.params])[b.lo:b.hi])
+                b.exp_avg.zero_()
+                b.exp_avg_sq.zero_()
+        self.step_count = 0
+
     def zero_grad(self, chunks: torch.nn.Module) -> None:
         for p in chunks.parameters():
             p.grad = None

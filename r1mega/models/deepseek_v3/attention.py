@@ -58,15 +58,20 @@ class MLA(nn.Module):
         return self.kv_a_layernorm(c), k_rope
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cos: torch.Tensor, sin: torch.Tensor,
-                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                attn_mask: Optional[torch.Tensor] = None, cache=None) -> torch.Tensor:
         """x [s_local, b, D] residual-stream layout -> same layout. attn_mask: bool [b, 1, s, s]
-        (True = attend) for packed sequences; causal when None."""
+        (True = attend) for packed sequences; causal when None. cache: this layer's slot of a
+        `KVCache` (inference): the new tokens' latents are appended and attention reads the cache."""
         cfg = self.cfg
         x = enter_tp_region(x, self.ps)  # [s, b, D]
         s, b, _ = x.shape
         q_nope, q_rope = self.query(x).split([cfg.qk_nope_head_dim, cfg.qk_rope_head_dim], -1)
         q_rope = rope.apply(q_rope, cos, sin)
         c, k_rope = self.latent(x, rope, cos, sin)
+        if cache is not None:
+            out = self._absorbed_attention(q_nope, q_rope, c, k_rope, cache)
+            out = leave_tp_region(self.o_proj(out), self.ps)
+            return out if self.o_proj.bias is None else out + self.o_proj.bias
         kv = self.kv_b_proj(c).view(s, b, self.local_heads, cfg.qk_nope_head_dim + cfg.v_head_dim)
         k_nope, v = kv.split([cfg.qk_nope_head_dim, cfg.v_head_dim], -1)
         q = torch.cat([q_nope, q_rope], -1)
@@ -78,3 +83,23 @@ class MLA(nn.Module):
         out = out.permute(2, 0, 1, 3).reshape(s, b, self.local_heads * cfg.v_head_dim)
         out = leave_tp_region(self.o_proj(out), self.ps)
         return out if self.o_proj.bias is None else out + self.o_proj.bias
+
+    def _absorbed_attention(self, q_nope, q_rope, c, k_rope, cache) -> torch.Tensor:
+        """Attention over the latent cache with kv_b_proj absorbed into the query and the output:
+        scores = (q_nope W_uk) . c + q_rope . k_rope, out = (softmax . c) W_uv. The cache holds only
+        c (kv_lora_rank) and k_rope (qk_rope_head_dim) per token, never per-head keys and values."""
+        cfg, h = self.cfg, self.local_heads
+        latent, krope, valid, start = cache.append(c, k_rope)  # [b, L, r], [b, L, rope], [b, L]
+        s = q_nope.shape[0]
+        w = self.kv_b_proj.weight.view(h, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank)
+        w_uk, w_uv = w[:, : cfg.qk_nope_head_dim], w[:, cfg.qk_nope_head_dim:]
+        q_lat = torch.einsum("sbhd,hdr->bhsr", q_nope, w_uk)
+        scores = torch.einsum("bhsr,blr->bhsl", q_lat, latent) + torch.einsum("sbhd,bld->bhsl", q_rope, krope)
+        L = latent.shape[1]
+        query_slot = torch.arange(start, start + s, device=latent.device)
+        allowed = (torch.arange(L, device=latent.device)[None, :] <= query_slot[:, None])[None] & valid[:, None, :]
+        allowed |= (torch.arange(L, device=latent.device)[None, :] == query_slot[:, None])[None]  # pads see themselves
+        scores = (scores.float() * self.scale).masked_fill(~allowed[:, None], float("-inf"))
+        probs = scores.softmax(-1).to(latent.dtype)
+        out = torch.einsum("bhsr,hvr->sbhv", torch.einsum("bhsl,blr->bhsr", probs, latent), w_uv)
+        return out.reshape(s, q_nope.shape[1], h * cfg.v_head_dim)

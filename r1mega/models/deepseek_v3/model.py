@@ -42,9 +42,10 @@ class DecoderLayer(nn.Module):
         self.mlp = (MoE(cfg, ps) if cfg.is_moe_layer(layer_idx)
                     else DenseMLP(cfg.hidden_size, cfg.intermediate_size, ps, cfg.initializer_range))
 
-    def forward(self, h, rope, cos, sin, attn_mask=None):
-        h = h + self.self_attn(self.input_layernorm(h), rope, cos, sin, attn_mask)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def forward(self, h, rope, cos, sin, attn_mask=None, cache=None, replay=None):
+        h = h + self.self_attn(self.input_layernorm(h), rope, cos, sin, attn_mask, cache)
+        m = self.post_attention_layernorm(h)
+        return h + (self.mlp(m, cache, replay) if isinstance(self.mlp, MoE) else self.mlp(m))
 
 
 class SharedHead(nn.Module):
@@ -126,8 +127,10 @@ class DeepseekV3(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, hidden: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
-                position_ids: Optional[torch.Tensor] = None) -> StageOutput:
-        """input_ids/labels [b, s] (every stage gets them); hidden: the previous stage's output."""
+                position_ids: Optional[torch.Tensor] = None, cache=None,
+                routing: Optional[dict] = None) -> StageOutput:
+        """input_ids/labels [b, s] (every stage gets them); hidden: the previous stage's output.
+        cache: a KVCache (inference, this stage's layers); routing: {layer: experts [s, b, k]} to replay."""
         b, s = input_ids.shape
         if self.ps.sp and s % self.ps.tp:
             raise ValueError(f"sequence parallel: sequence length {s} is not divisible by tp={self.ps.tp}")
@@ -136,8 +139,11 @@ class DeepseekV3(nn.Module):
         cos, sin = self.rope.cos_sin(positions)
         ids_sb = input_ids.t()
         h = self.embed_tokens(ids_sb) if self.is_first else hidden
-        for layer in self.layers.values():
-            h = layer(h, self.rope, cos, sin, attn_mask)
+        for name, layer in self.layers.items():
+            h = layer(h, self.rope, cos, sin, attn_mask, cache.layer(int(name)) if cache is not None else None,
+                      routing.get(int(name)) if routing else None)
+        if cache is not None:
+            cache.advance(s)
         if not self.is_last:
             return StageOutput(hidden=h)
         h = self.norm(h)

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1mega.config import ModelConfig
-from r1mega.parallel.comm import gather_dim0, reduce_from_group, split_dim0
+from r1mega.parallel.comm import all_gather_nograd, gather_dim0, reduce_from_group, split_dim0
 from r1mega.parallel.expert_dispatch import AllToAllDispatcher
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.tensor_parallel import (
@@ -58,12 +58,17 @@ class Router(nn.Module):
         keep.scatter_(1, top_groups, True)
         return keep.unsqueeze(-1).expand_as(grouped).reshape_as(choice)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [T, D] -> (topk_idx [T, k], topk_weight [T, k] float32, scores [T, E] float32)."""
+    def forward(self, x: torch.Tensor, forced_idx: Optional[torch.Tensor] = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [T, D] -> (topk_idx [T, k], topk_weight [T, k] float32, scores [T, E] float32).
+        forced_idx replays a recorded choice of experts; their weights still come from the scores."""
         cfg = self.cfg
         logits = F.linear(x.float(), self.weight.float())
         k = cfg.num_experts_per_tok
-        if cfg.scoring_func == "sigmoid":
+        if forced_idx is not None:
+            scores = logits.sigmoid() if cfg.scoring_func == "sigmoid" else logits.softmax(dim=-1)
+            idx, weight = forced_idx, scores.gather(1, forced_idx)
+        elif cfg.scoring_func == "sigmoid":
             scores = logits.sigmoid()
             choice = scores.detach() + self.e_score_correction_bias
             if cfg.n_group > 1:
@@ -128,6 +133,16 @@ class _AttachAuxLoss(torch.autograd.Function):
 
 
 class MoE(nn.Module):
+    def _whole_sequence_routing(self, idx: torch.Tensor, flat: torch.Tensor, n: int, b: int) -> torch.Tensor:
+        """Every token's experts [s, b, k] from this rank's part (gathered over TP when split)."""
+        if self.ps.tp > 1:
+            idx = all_gather_nograd(idx.contiguous(), self.ps.g("tp"))
+            flat = all_gather_nograd(flat.contiguous(), self.ps.g("tp"))
+        full = torch.empty(n * (self.ps.tp if self.ps.sp else 1), idx.shape[1], dtype=idx.dtype, device=idx.device)
+        keep = flat >= 0
+        full[flat[keep]] = idx[keep]
+        return full.view(-1, b, idx.shape[1])
+
     def __init__(self, cfg: ModelConfig, ps: ParallelState):
         super().__init__()
         self.cfg, self.ps = cfg, ps
@@ -160,12 +175,16 @@ class MoE(nn.Module):
         f = hits.detach() * E / (K * seq_len)
         return (f * psum / seq_len).sum()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache=None, replay: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x [s_local, b, D]. cache: a KVCache slot that records the experts chosen per token
+        (rollout); replay: recorded experts [s, b, k] to reuse instead of choosing (routing replay)."""
         tokens = x.reshape(-1, x.shape[-1])
         n = tokens.shape[0]
         b = x.shape[1]
         split = self.ps.tp > 1 and not self.ps.sp
         flat = torch.arange(n, device=x.device)  # token t = (position t // b, sequence t % b)
+        if self.ps.sp:
+            flat = flat + self.ps.r("tp") * n  # index in the whole sequence
         if split:  # replicated tokens: each TP rank routes its own slice (padded to divide evenly)
             pad = (-n) % self.ps.tp
             if pad:
@@ -174,8 +193,13 @@ class MoE(nn.Module):
             tokens = split_dim0(tokens, self.ps.g("tp"))
             flat = flat.chunk(self.ps.tp)[self.ps.r("tp")]
         seq_of_token = torch.where(flat >= 0, flat % b, flat)
-        idx, weight, scores = self.gate(tokens)
+        forced = None
+        if replay is not None:
+            forced = replay.reshape(-1, replay.shape[-1])[flat.clamp(min=0)]
+        idx, weight, scores = self.gate(tokens, forced)
         self.last_topk_idx = idx[seq_of_token >= 0].detach()
+        if cache is not None:
+            cache.record_routing(self._whole_sequence_routing(idx, flat, n, b))
         routed = self.dispatcher(tokens, idx, weight, self.experts)
         if self.training:
             self.expert_load += torch.bincount(self.last_topk_idx.reshape(-1),

@@ -1,0 +1,188 @@
+"""Batched generation on the training model itself, in inference mode, under any TP/PP/EP/DP layout.
+
+Same processes, same parameter shards: no copy into another engine. Prompts of different
+lengths are left-padded and decode in lockstep with per-sequence positions; each layer appends
+to the MLA latent cache (`kv_cache.py`) and attends with absorbed projections. Under PP the
+batch is split into microbatches that flow through the stages each step; the last stage samples
+and broadcasts the tokens to the other stages. Sequence parallelism is switched off while
+generating (one new token per sequence cannot be split); the same weights serve both modes.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from r1mega.inference.kv_cache import KVCache
+from r1mega.inference.sampling import row_keys, sample
+from r1mega.parallel.layout import ParallelState
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    eos_id: Optional[int] = None
+    stop: Optional[Callable[[list[int]], bool]] = None  # e.g. a stop-string check on decoded text
+    seed: int = 0
+    record_routing: bool = False
+    vocab_size: Optional[int] = None  # the tokenizer's, when the model's embedding is padded past it
+
+
+@dataclass
+class Rollout:
+    tokens: torch.Tensor  # [B, P + N]: left-padded prompt, then completion (EOS/pad after the end)
+    prompt_len: int  # P, the padded prompt length
+    pad: torch.Tensor  # [B] left-pad length of each prompt
+    completion_mask: torch.Tensor  # [B, P + N] True on generated tokens up to and including the stop
+    logprobs: torch.Tensor  # [B, P + N] log-prob of each generated token when it was sampled (0 elsewhere)
+    routing: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> experts [P + N, B, k]
+    cache_values_per_token_layer: int = 0
+    cache_bytes: int = 0
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        n = self.tokens.shape[1]
+        return (torch.arange(n, device=self.tokens.device)[None, :] - self.pad[:, None]).clamp(min=0)
+
+    def completions(self) -> list[list[int]]:
+        return [row[m].tolist() for row, m in zip(self.tokens, self.completion_mask)]
+
+
+@contextlib.contextmanager
+def sequence_parallel_off(ps: ParallelState):
+    was = ps.cfg.sp
+    ps.cfg.sp = False
+    try:
+        yield
+    finally:
+        ps.cfg.sp = was
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long, device=device)
+    pad = torch.empty(len(prompts), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, longest - len(p):] = torch.tensor(p, dtype=torch.long)
+        pad[i] = longest - len(p)
+    return ids, pad
+
+
+@torch.no_grad()
+def generate(model, ps: ParallelState, prompts: list[list[int]], gen: GenerationConfig,
+             row_offset: int = 0, microbatches: Optional[int] = None) -> Rollout:
+    """Sample completions for this DP rank's prompts. `model` is this rank's pipeline stage (or a
+    one-element ModuleList). row_offset: global index of the first prompt (distinct noise per row)."""
+    if isinstance(model, torch.nn.ModuleList):
+        if len(model) != 1:
+            raise ValueError("generation runs on one model chunk per rank (train.virtual_stages=1)")
+        model = model[0]
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    cfg = model.cfg
+    pad_id = gen.eos_id if gen.eos_id is not None else 0
+    ids, pad = left_pad(prompts, pad_id, device)
+    B, P = ids.shape
+    total = P + gen.max_new_tokens
+    m = microbatches or (ps.pp if B % ps.pp == 0 else 1)
+    bounds = [(i * B // m, (i + 1) * B // m) for i in range(m)]
+    valid = torch.arange(total, device=device)[None, :] >= pad[:, None]
+    caches = [KVCache(model.layer_ids, hi - lo, total, cfg.kv_lora_rank, cfg.qk_rope_head_dim, valid[lo:hi],
+                      dtype, device) for lo, hi in bounds]
+    tokens = torch.cat([ids, torch.full((B, gen.max_new_tokens), pad_id, dtype=torch.long, device=device)], 1)
+    logprobs = torch.zeros(B, total, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    mask = torch.zeros(B, total, dtype=torch.bool, device=device)
+    pp_ranks = ps.members.get("pp", [ps.rank])
+    prev = pp_ranks[ps.r("pp") - 1] if not model.is_first else None
+    nxt = pp_ranks[ps.r("pp") + 1] if not model.is_last else None
+    rows = torch.arange(row_offset, row_offset + B, device=device)
+
+    with sequence_parallel_off(ps):
+        for step in range(gen.max_new_tokens):
+            start = 0 if step == 0 else P + step - 1
+            end = P + step
+            new_tok = torch.zeros(B, dtype=torch.long, device=device)
+            new_lp = torch.zeros(B, device=device)
+            for (lo, hi), cache in zip(bounds, caches):
+                inp = tokens[lo:hi, start:end]
+                pos = (torch.arange(start, end, device=device)[None, :] - pad[lo:hi, None]).clamp(min=0)
+                hidden = None
+                if prev is not None:
+                    hidden = torch.empty(end - start, hi - lo, cfg.hidden_size, dtype=dtype, device=device)
+                    dist.recv(hidden, src=prev)
+                out = model(inp, hidden=hidden, position_ids=pos, cache=cache)
+                if nxt is not None:
+                    dist.send(out.hidden.contiguous(), dst=nxt)
+                    continue
+                keys = row_keys(gen.seed, step, rows[lo:hi])
+                tok, lp = sample(out.logits[-1], ps, gen.temperature, gen.top_p, gen.top_k, keys,
+                                 gen.vocab_size or cfg.vocab_size)
+                new_tok[lo:hi], new_lp[lo:hi] = tok, lp
+            if ps.pp > 1:  # the last stage tells every stage what was sampled
+                both = torch.stack([new_tok.double(), new_lp.double()])
+                dist.broadcast(both, src=pp_ranks[-1], group=ps.g("pp"))
+                new_tok, new_lp = both[0].long(), both[1].float()
+            live = ~done
+            tokens[:, end] = torch.where(live, new_tok, torch.full_like(new_tok, pad_id))
+            logprobs[:, end] = torch.where(live, new_lp, torch.zeros_like(new_lp))
+            mask[:, end] = live
+            if gen.eos_id is not None:
+                done |= live & (new_tok == gen.eos_id)
+            if gen.stop is not None:
+                for b in torch.nonzero(live & ~done).flatten().tolist():
+                    if gen.stop(tokens[b, P:end + 1][mask[b, P:end + 1]].tolist()):
+                        done[b] = True
+            if bool(done.all()):
+                break
+    used = P + step + 1
+    routing = {}
+    if gen.record_routing:
+        per_layer = [c.routing() for c in caches]
+        for layer in per_layer[0]:
+            routing[layer] = torch.cat([p[layer] for p in per_layer], dim=1)[:used]
+    rollout = Rollout(tokens[:, :used], P, pad, mask[:, :used], logprobs[:, :used], routing,
+                      caches[0].values_per_token_per_layer(), sum(c.nbytes() for c in caches))
+    del caches  # the KV cache is gone before any training step
+    if was_training:
+        model.train()
+    return rollout
+
+
+@torch.no_grad()
+def greedy_by_full_forward(model, ps: ParallelState, prompts: list[list[int]], max_new_tokens: int,
+                           pad_id: int = 0) -> torch.Tensor:
+    """Reference decoding without a cache: re-run the whole sequence for every new token."""
+    model = model[0] if isinstance(model, torch.nn.ModuleList) else model
+    model.eval()
+    param = next(model.parameters())
+    ids, pad = left_pad(prompts, pad_id, param.device)
+    pp_ranks = ps.members.get("pp", [ps.rank])
+    with sequence_parallel_off(ps):
+        for _ in range(max_new_tokens):
+            n = ids.shape[1]
+            pos = (torch.arange(n)[None, :] - pad[:, None]).clamp(min=0)
+            keys = torch.arange(n)[None, :] >= pad[:, None]
+            mask = (torch.ones(n, n, dtype=torch.bool).tril()[None] & keys[:, None, :]) | torch.eye(n, dtype=torch.bool)
+            hidden = None
+            if not model.is_first:
+                hidden = torch.empty(n, ids.shape[0], model.cfg.hidden_size, dtype=param.dtype)
+                dist.recv(hidden, src=pp_ranks[ps.r("pp") - 1])
+            out = model(ids, hidden=hidden, position_ids=pos, attn_mask=mask[:, None])
+            nxt = torch.zeros(ids.shape[0], dtype=torch.long)
+            if not model.is_last:
+                dist.send(out.hidden.contiguous(), dst=pp_ranks[ps.r("pp") + 1])
+            else:
+                nxt, _ = sample(out.logits[-1], ps, 0.0)
+            if ps.pp > 1:
+                dist.broadcast(nxt, src=pp_ranks[-1], group=ps.g("pp"))
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+    return ids

@@ -1,0 +1,51 @@
+"""Spawned-rank code for the rollout tests (no transformers import)."""
+from __future__ import annotations
+
+import torch
+
+from r1mega.config import Config, ModelConfig, ParallelConfig, validate
+from r1mega.inference.generate import GenerationConfig, generate, greedy_by_full_forward
+from r1mega.parallel.layout import build_parallel_state, single_process_state
+from r1mega.train.trainer import build_chunks, init_weights
+
+PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [3, 4, 5, 6, 7, 8, 9, 10], [40, 41, 42, 43]]
+
+
+def sharp_model(par: dict, world: int):
+    cfg = validate(Config(model=ModelConfig(vocab_size=128, num_layers=4, num_mtp_layers=1),
+                          parallel=ParallelConfig(**par)), world)
+    ps = build_parallel_state(cfg.parallel) if world > 1 else single_process_state()
+    chunks = build_chunks(cfg, ps)
+    init_weights(chunks, seed=5)
+    with torch.no_grad():  # larger weights: peaked distributions, no near-ties in greedy decoding
+        for p in chunks.parameters():
+            if p.dim() > 1:
+                p.mul_(8)
+    return chunks, ps
+
+
+def generation_worker(rank: int, world: int, layouts: list[dict], new_tokens: int) -> list[dict]:
+    out = []
+    for par in layouts:
+        chunks, ps = sharp_model(par, world)
+        cached = generate(chunks, ps, PROMPTS, GenerationConfig(max_new_tokens=new_tokens, temperature=0.0))
+        full = greedy_by_full_forward(chunks, ps, PROMPTS, new_tokens)
+        sampled = generate(chunks, ps, PROMPTS, GenerationConfig(max_new_tokens=new_tokens, temperature=0.9,
+                                                                 top_p=0.9, top_k=40, seed=11))
+        out.append({"cached": cached.tokens, "full": full, "sampled": sampled.tokens,
+                    "sampled_logprobs": sampled.logprobs, "values_per_token": cached.cache_values_per_token_layer})
+    return out
+
+
+def grpo_worker(rank: int, world: int, overrides: list[str]) -> dict:
+    import json
+    import os
+
+    from r1mega.config import load_config
+    from r1mega.rl.grpo import grpo
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(root, "configs", "tiny", "r1_zero_demo.yaml"), overrides)
+    out = grpo(cfg, eval_problems=8)
+    rows = [json.loads(line) for line in open(os.path.join(cfg.train.run_dir, "metrics.jsonl"))] if rank == 0 else []
+    return {"before": out["accuracy_before"], "after": out["accuracy_after"], "rows": rows}
