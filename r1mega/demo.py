@@ -11,6 +11,7 @@ The last line is `accuracy_before=<float> accuracy_after=<float>`.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -78,9 +79,11 @@ def run(args: argparse.Namespace) -> int:
     ckpt = f"{out}/pretrain/checkpoints/step_{args.pretrain_steps:08d}"
     grpo_dir = f"{out}/grpo"
     # RL settings of the demo: 16 samples x 8 prompts per step, constant lr 3e-4, no KL (as R1-Zero's
-    # rule-based setting allows), one microbatch of 64 sequences per forward
+    # rule-based setting allows), microbatches of 32 sequences
     rl = ["optim.lr=3e-4", "optim.min_lr=3e-4", "optim.decay=constant", "optim.warmup_steps=0",
-          "rl.group_size=16", "rl.prompts_per_step=8", "data.micro_batch_size=64", "data.global_batch_size=64"]
+          "rl.group_size=16", "rl.prompts_per_step=8", "data.micro_batch_size=32", "data.global_batch_size=64"]
+    if importlib.util.find_spec("wandb") is not None:  # offline unless WANDB_MODE says otherwise
+        rl.append("train.wandb=true")
     text = _run("grpo", data + rl + [f"train.run_dir={grpo_dir}", f"train.load={ckpt}",
                                      f"train.steps={args.grpo_steps}", "train.log_interval=5"], args.nproc)
     m = re.search(r"accuracy_before=(\S+) accuracy_after=(\S+)", text)

@@ -49,3 +49,13 @@ def grpo_worker(rank: int, world: int, overrides: list[str]) -> dict:
     out = grpo(cfg, eval_problems=8)
     rows = [json.loads(line) for line in open(os.path.join(cfg.train.run_dir, "metrics.jsonl"))] if rank == 0 else []
     return {"before": out["accuracy_before"], "after": out["accuracy_after"], "rows": rows}
+
+
+def uneven_stop_worker(rank: int, world: int) -> dict:
+    """EP spans the two DP ranks; rank 0's sequences stop at once, rank 1's never do, and rank 1
+    has one more prompt. Both must keep running the same number of forwards (no hang)."""
+    chunks, ps = sharp_model(dict(ep=2, etp=1), world)
+    prompts = PROMPTS[:2] if rank == 0 else PROMPTS[:3]
+    gen = GenerationConfig(max_new_tokens=5, temperature=0.0, stop=(lambda ids: True) if rank == 0 else None)
+    r = generate(chunks, ps, prompts, gen)
+    return {"generated": r.completion_mask.sum(1)}

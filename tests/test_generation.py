@@ -61,3 +61,11 @@ def test_sampling_follows_the_distribution_and_its_filters():
     assert torch.equal(again, tokens)
     u = uniform_noise(keys[:2], 0, 1000)
     assert torch.equal(uniform_noise(keys[:2], 400, 50), u[:, 400:450])  # any slice, same numbers
+
+
+def test_data_parallel_ranks_stop_together_when_experts_span_them():
+    from rl_workers import uneven_stop_worker
+
+    r0, r1 = run_ranks(uneven_stop_worker, 2)
+    assert r0["generated"].tolist() == [1, 1]  # stopped after its first token
+    assert r1["generated"].tolist() == [5, 5, 5]  # the other rank decoded on to the limit

@@ -54,6 +54,14 @@ class Rollout:
         return [row[m].tolist() for row, m in zip(self.tokens, self.completion_mask)]
 
 
+def _dp_min(value: int, ps: ParallelState, device) -> int:
+    if ps.g("dp") is None:
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=ps.g("dp"))
+    return int(t.item())
+
+
 @contextlib.contextmanager
 def sequence_parallel_off(ps: ParallelState):
     was = ps.cfg.sp
@@ -92,7 +100,9 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     ids, pad = left_pad(prompts, pad_id, device)
     B, P = ids.shape
     total = P + gen.max_new_tokens
-    m = microbatches or (ps.pp if B % ps.pp == 0 else 1)
+    # Expert parallelism spans data-parallel ranks, so every DP rank must run the same number of
+    # forwards per step: microbatch count and stopping step are agreed over the DP group.
+    m = min(microbatches or ps.pp, _dp_min(B, ps, device))
     bounds = [(i * B // m, (i + 1) * B // m) for i in range(m)]
     valid = torch.arange(total, device=device)[None, :] >= pad[:, None]
     caches = [KVCache(model.layer_ids, hi - lo, total, cfg.kv_lora_rank, cfg.qk_rope_head_dim, valid[lo:hi],
@@ -141,7 +151,7 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
                 for b in torch.nonzero(live & ~done).flatten().tolist():
                     if gen.stop(tokens[b, P:end + 1][mask[b, P:end + 1]].tolist()):
                         done[b] = True
-            if bool(done.all()):
+            if _dp_min(int(done.all()), ps, device):
                 break
     used = P + step + 1
     routing = {}

@@ -36,7 +36,7 @@ from r1mega.rl.tasks import addition_prompts, arithmetic_prompts, stops_after_an
 from r1mega.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, lr_at
-from r1mega.train.trainer import build_chunks, init_weights
+from r1mega.train.trainer import build_chunks, init_weights, place
 
 
 @dataclass
@@ -54,10 +54,10 @@ def to_train_batch(r: Rollout, keep: torch.Tensor) -> TrainBatch:
     """Rollout sequences as next-token training rows (same left-padded layout as generation, so the
     recorded routing lines up token for token). keep [B]: sequences that take part in the loss."""
     ids = r.tokens
-    n = ids.shape[1] - 1
-    valid = torch.arange(n)[None, :] >= r.pad[:, None]
-    causal = torch.ones(n, n, dtype=torch.bool).tril()
-    attn = (causal[None] & valid[:, None, :]) | torch.eye(n, dtype=torch.bool)[None]
+    n, dev = ids.shape[1] - 1, ids.device
+    valid = torch.arange(n, device=dev)[None, :] >= r.pad[:, None]
+    causal = torch.ones(n, n, dtype=torch.bool, device=dev).tril()
+    attn = (causal[None] & valid[:, None, :]) | torch.eye(n, dtype=torch.bool, device=dev)[None]
     return TrainBatch(ids[:, :-1], ids[:, 1:], r.completion_mask[:, 1:] & keep[:, None], r.position_ids[:, :-1],
                       attn[:, None], r.logprobs[:, 1:], {k: v[:n] for k, v in r.routing.items()} or None)
 
@@ -104,7 +104,8 @@ def evaluate_accuracy(chunks, ps: ParallelState, tok: Tokenizer, problems: list[
                            stop=lambda ids: stops_after_answer(tok.decode(ids)), vocab_size=tok.vocab_size)
     r = generate(chunks, ps, [tok.encode(p["prompt"]) for p in mine], gen)
     hits = sum(total_reward(["accuracy"], tok.decode(c), p) for c, p in zip(r.completions(), mine))
-    both = _sum_dp(torch.tensor([hits, float(len(mine))], dtype=torch.float64), ps)
+    device = next(chunks.parameters()).device
+    both = _sum_dp(torch.tensor([hits, float(len(mine))], dtype=torch.float64, device=device), ps)
     return float(both[0] / both[1])
 
 
@@ -131,8 +132,10 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     d = resolve_data(cfg.data, "pretrain", cfg.model.vocab_size)
     tok = Tokenizer(d.tokenizer)
 
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     chunks = build_chunks(cfg, ps)
     init_weights(chunks, cfg.seed)
+    place(chunks, device, getattr(torch, t.dtype))
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
     ckpt_root = os.path.join(t.run_dir, "checkpoints")
     start = 0
@@ -145,7 +148,7 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
             optimizer.reset_from_params()
     reference = None
     if rl.kl_coef:
-        reference = build_chunks(cfg, ps)
+        reference = place(build_chunks(cfg, ps), device, getattr(torch, t.dtype))
         copy_weights(chunks, reference)
         reference.eval()
 
@@ -167,12 +170,15 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
         gen = GenerationConfig(rl.max_new_tokens, rl.temperature, rl.top_p, rl.top_k, tok.eos_id,
                                lambda ids: stops_after_answer(tok.decode(ids)), seed=cfg.seed + step,
                                record_routing=rl.routing_replay, vocab_size=tok.vocab_size)
+        if device.type == "cuda":  # make room for the KV cache: optimizer states wait in host memory
+            optimizer.offload()
         rollout = generate(chunks, ps, [tok.encode(s["prompt"]) for s in samples], gen,
                            row_offset=ps.r("dp") * len(samples))
+        optimizer.reload()
         texts = [tok.decode(c) for c in rollout.completions()]
-        rewards = torch.tensor([total_reward(rl.rewards, x, s) for x, s in zip(texts, samples)])
+        rewards = torch.tensor([total_reward(rl.rewards, x, s) for x, s in zip(texts, samples)], device=device)
         adv = group_advantages(rewards, G)
-        keep = torch.ones(len(samples), dtype=torch.bool)
+        keep = torch.ones(len(samples), dtype=torch.bool, device=device)
         if rl.drop_equal_reward_groups:
             keep = ~equal_reward_groups(rewards, G).repeat_interleave(G)
         batch = to_train_batch(rollout, keep)
@@ -182,7 +188,7 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
         base = microbatches(batch, n_micro, {"adv": adv}, rl.routing_replay)
         old = sequence_logprobs(chunks, ps, base, rl.temperature)
         ref = sequence_logprobs(reference, ps, base, rl.temperature) if reference is not None else old
-        stats = torch.zeros(6, dtype=torch.float64)  # gap max, gap sum, tokens, kl sum, clipped, loss
+        stats = torch.zeros(6, dtype=torch.float64, device=device)  # gap max, gap sum, tokens, kl, clipped, loss
         if old is not None:
             gap = (old - batch.rollout_logp).abs()[batch.mask]
             stats[0] = gap.max() if gap.numel() else 0.0
@@ -212,7 +218,7 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
         stats = _from_last_stage(stats, ps)
         gap_max = float(_sum_dp(stats[0:1].clone(), ps, dist.ReduceOp.MAX)[0])
         sums = _sum_dp(torch.cat([stats[1:], rewards.sum().double().reshape(1), torch.tensor([float(len(samples))],
-                                  dtype=torch.float64), (rewards > 0).sum().double().reshape(1),
+                                  dtype=torch.float64, device=device), (rewards > 0).sum().double().reshape(1),
                                   rollout.completion_mask.sum().double().reshape(1)]), ps)
         tokens, n_seq = max(float(sums[1]), 1.0), float(sums[6])
         metrics = {"reward": float(sums[5]) / n_seq, "train_accuracy": float(sums[7]) / n_seq,

@@ -164,6 +164,26 @@ class DistributedAdamW:
             b.write_params()
         self.step_count = step_count
 
+    def offload(self) -> None:
+        """Move master weights and moments to host memory (e.g. while rollouts need the GPU)."""
+        self._home = self.buckets[0].master.device
+        if self._home.type == "cpu":
+            return
+        for b in self.buckets:
+            for k in ("master", "exp_avg", "exp_avg_sq"):
+                setattr(b, k, getattr(b, k).to("cpu", non_blocking=True).pin_memory())
+
+    def reload(self) -> None:
+        home = getattr(self, "_home", None)
+        if home is None or home.type == "cpu":
+            return
+        for b in self.buckets:
+            for k in ("master", "exp_avg", "exp_avg_sq"):
+                setattr(b, k, getattr(b, k).to(home, non_blocking=True))
+        for m in (self.wd_masks, self.norm_masks):
+            for i, t in enumerate(m):
+                m[i] = t.to(home)
+
     @torch.no_grad()
     def reset_from_params(self) -> None:
         """Master weights from the current parameters, fresh moments (after loading weights only)."""

@@ -42,6 +42,15 @@ def build_chunks(cfg: Config, ps: ParallelState) -> torch.nn.ModuleList:
         for c in range(v))
 
 
+def place(chunks: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Move to the device and weight dtype; the routing selection bias stays float32."""
+    chunks.to(device=device, dtype=dtype)
+    for m in chunks.modules():
+        if getattr(m, "e_score_correction_bias", None) is not None:
+            m.e_score_correction_bias.data = m.e_score_correction_bias.float()
+    return chunks
+
+
 @torch.no_grad()
 def init_weights(chunks: torch.nn.ModuleList, seed: int) -> None:
     """Layout-independent initialisation: each tensor is drawn whole from a generator seeded by
@@ -104,11 +113,7 @@ def train(cfg: Config, kind: str) -> dict:
 
     chunks = build_chunks(cfg, ps)
     init_weights(chunks, cfg.seed)
-    chunks.to(device=device, dtype=dtype)
-    for chunk in chunks:  # the selection bias stays float32 whatever the weights' dtype
-        for m in chunk.modules():
-            if getattr(m, "e_score_correction_bias", None) is not None:
-                m.e_score_correction_bias.data = m.e_score_correction_bias.float()
+    place(chunks, device, dtype)
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
     data = _data(cfg, kind)
 
