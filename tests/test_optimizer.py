@@ -57,3 +57,25 @@ def test_lr_schedule_warmup_then_cosine():
     assert abs(lrs[12] - 0.55) < 1e-12  # halfway through the decay: (lr + min_lr) / 2
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] > 0.1
     assert lr_at(100, 20, cfg) == 0.1
+
+
+def test_non_finite_gradient_skips_the_step_without_touching_weights():
+    from r1mega.train.optimizer import DistributedAdamW
+
+    cfg = validate(Config(model=ModelConfig(vocab_size=128), parallel=ParallelConfig()), 1)
+    ps = single_process_state()
+    chunks = build_chunks(cfg, ps)
+    init_weights(chunks, seed=3)
+    opt = DistributedAdamW(chunks, ps, OptimConfig(lr=1e-2))
+    before = {n: p.detach().clone() for n, p in chunks.named_parameters()}
+    for p in chunks.parameters():
+        p.grad = torch.ones_like(p)
+    next(chunks.parameters()).grad[0, 0] = float("inf")
+    norm, skipped = opt.step(1e-2)
+    assert skipped and opt.skipped == 1 and opt.step_count == 0 and not torch.isfinite(torch.tensor(norm))
+    assert all(torch.equal(p, before[n]) for n, p in chunks.named_parameters())
+    for p in chunks.parameters():
+        p.grad = torch.ones_like(p)
+    _, skipped = opt.step(1e-2)  # the next finite step goes through
+    assert not skipped and opt.step_count == 1
+    assert any(not torch.equal(p, before[n]) for n, p in chunks.named_parameters())
