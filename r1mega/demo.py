@@ -30,22 +30,19 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=CONFIG)
 
 
-def _run(kind: str, overrides: list[str], nproc: int) -> str:
+def _run(kind: str, config: str, overrides: list[str], nproc: int) -> str:
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "r1mega.cli", kind, "--config", CONFIG_PATH[0], *overrides,
+               "-m", "r1mega.cli", kind, "--config", config, *overrides,
                "parallel.tp=2", f"parallel.ep={2 if nproc >= 4 else 1}"]
     else:
-        cmd = [sys.executable, "-m", "r1mega.cli", kind, "--config", CONFIG_PATH[0], *overrides]
+        cmd = [sys.executable, "-m", "r1mega.cli", kind, "--config", config, *overrides]
     print("$ r1mega " + " ".join(cmd[cmd.index(kind):]), flush=True)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     print(proc.stdout, end="", flush=True)
     if proc.returncode:
         raise SystemExit(f"demo: {kind} failed (exit {proc.returncode})")
     return proc.stdout
-
-
-CONFIG_PATH = [CONFIG]
 
 
 def plot(metrics_file: str, png: str, before: float, after: float, steps: int) -> None:
@@ -71,10 +68,9 @@ def plot(metrics_file: str, png: str, before: float, after: float, steps: int) -
 def run(args: argparse.Namespace) -> int:
     if args.nproc not in (1, 2, 4):
         raise SystemExit(f"--nproc must be 1, 2 (TP2) or 4 (TP2 x EP2), got {args.nproc}")
-    CONFIG_PATH[0] = args.config
     out = os.path.abspath(args.out)
     data = [f"data.cache_dir={out}/data"]
-    _run("pretrain", data + [f"train.run_dir={out}/pretrain", f"train.steps={args.pretrain_steps}",
+    _run("pretrain", args.config, data + [f"train.run_dir={out}/pretrain", f"train.steps={args.pretrain_steps}",
                              "train.log_interval=50"], args.nproc)
     ckpt = f"{out}/pretrain/checkpoints/step_{args.pretrain_steps:08d}"
     grpo_dir = f"{out}/grpo"
@@ -84,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
           "rl.group_size=16", "rl.prompts_per_step=8", "data.micro_batch_size=32", "data.global_batch_size=64"]
     if importlib.util.find_spec("wandb") is not None:  # offline unless WANDB_MODE says otherwise
         rl.append("train.wandb=true")
-    text = _run("grpo", data + rl + [f"train.run_dir={grpo_dir}", f"train.load={ckpt}",
+    text = _run("grpo", args.config, data + rl + [f"train.run_dir={grpo_dir}", f"train.load={ckpt}",
                                      f"train.steps={args.grpo_steps}", "train.log_interval=5"], args.nproc)
     m = re.search(r"accuracy_before=(\S+) accuracy_after=(\S+)", text)
     if not m:

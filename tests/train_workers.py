@@ -4,8 +4,6 @@ from __future__ import annotations
 import os
 import signal
 
-import torch
-
 from r1mega.config import Config, DataConfig, ModelConfig, OptimConfig, ParallelConfig, TrainConfig, validate
 from r1mega.models.deepseek_v3.hf_weights import gather_full
 from r1mega.parallel.layout import build_parallel_state, single_process_state

@@ -21,7 +21,7 @@ import os
 import shutil
 import sys
 from dataclasses import asdict
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 from safetensors import safe_open

@@ -13,7 +13,6 @@ Per step, on every rank of any TP/PP/EP/DP layout:
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
