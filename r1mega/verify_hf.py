@@ -8,7 +8,6 @@ last line is `max_abs_logit_diff=<float>`; the exit status is non-zero above tol
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from r1mega.config import Config, ModelConfig, ParallelConfig, validate
 from r1mega.models.deepseek_v3.hf_weights import load_hf_weights
 from r1mega.models.deepseek_v3.model import DeepseekV3
-from r1mega.parallel.layout import build_parallel_state, init_distributed, single_process_state
+from r1mega.parallel.layout import build_parallel_state, default_device, join_ranks, single_process_state
 from r1mega.parallel.vocab_parallel import gather_vocab
 from r1mega.train.lm_step import lm_forward_backward
 
@@ -44,10 +43,7 @@ def _report(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
-    if distributed:
-        init_distributed()
-    world = dist.get_world_size() if distributed else 1
+    distributed, owns_group, world = join_ranks()
     rank = dist.get_rank() if distributed else 0
     dtype = getattr(torch, args.dtype)
     par = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, sp=args.sp)
@@ -58,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         _report(f"verify-hf: {args.ckpt or args.hf_dir} vs transformers({args.hf_dir}) on {world} ranks: tp={ps.tp} pp={ps.pp} ep={ps.ep} "
                 f"etp={ps.etp} dp={ps.dp} sp={ps.sp}; batch {batch} x {args.seq_length} tokens, {args.dtype}")
 
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = default_device()
     model = DeepseekV3(cfg.model, ps, cfg.parallel.pp_layers).to(device=device, dtype=dtype)
     if args.ckpt:
         from r1mega.models.deepseek_v3.hf_weights import load_weights
@@ -105,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         failed[0] = 0 if ok else 1
     if distributed:
         dist.broadcast(failed, src=0)
-        dist.destroy_process_group()
+        if owns_group:
+            dist.destroy_process_group()
     return int(failed.item())
 
 

@@ -72,6 +72,14 @@ def sequence_parallel_off(ps: ParallelState):
         ps.cfg.sp = was
 
 
+def left_padded_causal_mask(pad: torch.Tensor, n: int) -> torch.Tensor:
+    """bool [b, 1, n, n]: causal, pad keys hidden; every position sees itself (pad rows stay finite)."""
+    idx = torch.arange(n, device=pad.device)
+    valid = idx[None, :] >= pad[:, None]
+    causal = idx[None, :] <= idx[:, None]
+    return ((causal[None] & valid[:, None, :]) | (idx[None, :] == idx[:, None])[None]).unsqueeze(1)
+
+
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     longest = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long, device=device)
@@ -180,13 +188,11 @@ def greedy_by_full_forward(model, ps: ParallelState, prompts: list[list[int]], m
         for _ in range(max_new_tokens):
             n = ids.shape[1]
             pos = (torch.arange(n)[None, :] - pad[:, None]).clamp(min=0)
-            keys = torch.arange(n)[None, :] >= pad[:, None]
-            mask = (torch.ones(n, n, dtype=torch.bool).tril()[None] & keys[:, None, :]) | torch.eye(n, dtype=torch.bool)
             hidden = None
             if not model.is_first:
                 hidden = torch.empty(n, ids.shape[0], model.cfg.hidden_size, dtype=param.dtype)
                 dist.recv(hidden, src=pp_ranks[ps.r("pp") - 1])
-            out = model(ids, hidden=hidden, position_ids=pos, attn_mask=mask[:, None])
+            out = model(ids, hidden=hidden, position_ids=pos, attn_mask=left_padded_causal_mask(pad, n))
             nxt = torch.zeros(ids.shape[0], dtype=torch.long)
             if not model.is_last:
                 dist.send(out.hidden.contiguous(), dst=pp_ranks[ps.r("pp") + 1])

@@ -147,3 +147,17 @@ def init_distributed(backend: Optional[str] = None) -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
+
+
+def join_ranks() -> tuple[bool, bool, int]:
+    """(distributed, owns_group, world): join torchrun's process group if launched by it; a caller
+    that already initialised one (tests) keeps it, and the command must not destroy it."""
+    owns_group = not dist.is_initialized()
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 or not owns_group
+    if distributed:
+        init_distributed()
+    return distributed, owns_group, dist.get_world_size() if distributed else 1
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")

@@ -24,9 +24,11 @@ import torch.distributed as dist
 from r1mega.config import Config, validate_training
 from r1mega.data.prepare import resolve_data
 from r1mega.data.tokenizer import Tokenizer
-from r1mega.inference.generate import GenerationConfig, Rollout, generate
+from r1mega.inference.generate import GenerationConfig, Rollout, generate, left_padded_causal_mask
 from r1mega.parallel.grad_sync import sync_grads
-from r1mega.parallel.layout import ParallelState, build_parallel_state, init_distributed, single_process_state
+from r1mega.parallel.layout import (
+    ParallelState, build_parallel_state, default_device, join_ranks, single_process_state,
+)
 from r1mega.parallel.pipeline import Microbatch, forward_backward
 from r1mega.parallel.vocab_parallel import vocab_parallel_log_probs
 from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss
@@ -52,13 +54,10 @@ class TrainBatch:
 def to_train_batch(r: Rollout, keep: torch.Tensor) -> TrainBatch:
     """Rollout sequences as next-token training rows (same left-padded layout as generation, so the
     recorded routing lines up token for token). keep [B]: sequences that take part in the loss."""
-    ids = r.tokens
-    n, dev = ids.shape[1] - 1, ids.device
-    valid = torch.arange(n, device=dev)[None, :] >= r.pad[:, None]
-    causal = torch.ones(n, n, dtype=torch.bool, device=dev).tril()
-    attn = (causal[None] & valid[:, None, :]) | torch.eye(n, dtype=torch.bool, device=dev)[None]
+    ids, n = r.tokens, r.tokens.shape[1] - 1
     return TrainBatch(ids[:, :-1], ids[:, 1:], r.completion_mask[:, 1:] & keep[:, None], r.position_ids[:, :-1],
-                      attn[:, None], r.logprobs[:, 1:], {k: v[:n] for k, v in r.routing.items()} or None)
+                      left_padded_causal_mask(r.pad, n), r.logprobs[:, 1:],
+                      {k: v[:n] for k, v in r.routing.items()} or None)
 
 
 def microbatches(b: TrainBatch, n: int, extra: dict[str, torch.Tensor], replay: bool) -> list[Microbatch]:
@@ -115,11 +114,7 @@ def copy_weights(src: torch.nn.ModuleList, dst: torch.nn.ModuleList) -> None:
 
 
 def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
-    owns_group = not dist.is_initialized()
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 or not owns_group
-    if distributed:
-        init_distributed()
-    world = dist.get_world_size() if distributed else 1
+    distributed, owns_group, world = join_ranks()
     cfg = validate_training(cfg, world)
     rl, t = cfg.rl, cfg.train
     if t.virtual_stages != 1:
@@ -131,7 +126,7 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     d = resolve_data(cfg.data, "pretrain", cfg.model.vocab_size)
     tok = Tokenizer(d.tokenizer)
 
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = default_device()
     chunks = build_chunks(cfg, ps)
     init_weights(chunks, cfg.seed)
     place(chunks, device, getattr(torch, t.dtype))

@@ -23,7 +23,9 @@ from r1mega.data.tokenizer import Tokenizer
 from r1mega.models.deepseek_v3.hf_weights import param_slices
 from r1mega.models.deepseek_v3.model import DeepseekV3
 from r1mega.models.deepseek_v3.params import flops_per_token
-from r1mega.parallel.layout import ParallelState, build_parallel_state, init_distributed, single_process_state
+from r1mega.parallel.layout import (
+    ParallelState, build_parallel_state, default_device, join_ranks, single_process_state,
+)
 from r1mega.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
@@ -99,15 +101,11 @@ def _batch(data, kind: str, first: int, size: int) -> dict:
 
 def train(cfg: Config, kind: str) -> dict:
     """Run (or resume) a training run. Returns {'final_loss', 'steps', 'losses', 'skipped'}."""
-    owns_group = not dist.is_initialized()
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 or not owns_group
-    if distributed:
-        init_distributed()
-    world = dist.get_world_size() if distributed else 1
+    distributed, owns_group, world = join_ranks()
     cfg = validate_training(cfg, world)  # before any weight exists
     ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
     torch.manual_seed(cfg.seed)
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = default_device()
     t = cfg.train
     dtype = getattr(torch, t.dtype)
 
