@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from r1mega.kernels import linear
 from r1mega.parallel.comm import copy_to_group, gather_seq, reduce_from_group, reduce_scatter_seq
 from r1mega.parallel.layout import ParallelState
 
@@ -52,7 +53,7 @@ class ColumnParallelLinear(nn.Module):
         self.bias = tag(nn.Parameter(torch.zeros(out_features // ps.tp)), tp_shard_dim=0) if bias else None
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class RowParallelLinear(nn.Module):
@@ -69,7 +70,7 @@ class RowParallelLinear(nn.Module):
         self.bias = tag(nn.Parameter(torch.zeros(out_features)), tp_partial="stream") if bias else None
 
     def forward(self, x):
-        return F.linear(x, self.weight)
+        return linear(x, self.weight)
 
 
 class ReplicatedLinear(nn.Linear):
@@ -83,6 +84,9 @@ class ReplicatedLinear(nn.Linear):
         if bias:
             nn.init.zeros_(self.bias)
             tag(self.bias, tp_partial=where)
+
+    def forward(self, x):
+        return linear(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1mega.config import ModelConfig
+from r1mega.kernels import grouped_linear
 from r1mega.parallel.comm import all_gather_nograd, gather_dim0, reduce_from_group, split_dim0
 from r1mega.parallel.expert_dispatch import AllToAllDispatcher
 from r1mega.parallel.layout import ParallelState
@@ -110,11 +111,9 @@ class GroupedExperts(nn.Module):
 
     def forward(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """rows [N, D] grouped by local expert with `counts` rows each -> [N, D] (partial over etp)."""
-        outs = []
-        for e, chunk in enumerate(rows.split(counts.tolist())):
-            h = F.silu(chunk @ self.w_gate[e].t()) * (chunk @ self.w_up[e].t())
-            outs.append(h @ self.w_down[e].t())
-        return torch.cat(outs) if outs else rows.new_zeros(0, rows.shape[1])
+        offsets = counts.cumsum(0).to(torch.int32)
+        h = F.silu(grouped_linear(rows, self.w_gate, offsets)) * grouped_linear(rows, self.w_up, offsets)
+        return grouped_linear(h, self.w_down, offsets)
 
 
 class _AttachAuxLoss(torch.autograd.Function):
