@@ -25,6 +25,9 @@ def main(argv=None) -> int:
     verify_hf.add_args(sub.add_parser("verify-hf", help="compare a sharded HF checkpoint with transformers"))
     demo.add_args(sub.add_parser("demo", help="R1-Zero on a tiny model: pretrain, then GRPO (CPU, minutes)"))
     plan.add_args(sub.add_parser("plan", help="parameters, memory and communication of a layout (no GPUs)"))
+    from r1mega.generation import run as generation_run
+
+    generation_run.add_args(sub.add_parser("generate", help="k samples per prompt to sharded JSONL (resumable)"))
 
     for kind in ("pretrain", "sft", "grpo"):
         p = sub.add_parser(kind, help=f"{kind} (torchrun for several ranks)")
@@ -70,6 +73,10 @@ def _dispatch(parser, args) -> int:
         return demo.run(args)
     if args.command == "plan":
         return plan.run(args)
+    if args.command == "generate":
+        from r1mega.generation import run as generation_run
+
+        return generation_run.run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
