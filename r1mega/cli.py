@@ -28,6 +28,9 @@ def main(argv=None) -> int:
     from r1mega.generation import run as generation_run
 
     generation_run.add_args(sub.add_parser("generate", help="k samples per prompt to sharded JSONL (resumable)"))
+    from r1mega.eval import benchmark
+
+    benchmark.add_args(sub.add_parser("eval", help="pass@1 over k samples, pass@k, cons@k per benchmark"))
 
     for kind in ("pretrain", "sft", "grpo"):
         p = sub.add_parser(kind, help=f"{kind} (torchrun for several ranks)")
@@ -77,6 +80,10 @@ def _dispatch(parser, args) -> int:
         from r1mega.generation import run as generation_run
 
         return generation_run.run(args)
+    if args.command == "eval":
+        from r1mega.eval import benchmark
+
+        return benchmark.run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -5,7 +5,7 @@ from itertools import combinations
 import pytest
 
 from r1mega.eval.metrics import (
-    ProblemScore, equivalent, majority_vote, pass_at_k, score_problem, summarize,
+    ProblemScore, cons_correct, equivalent, majority_vote, pass_at_k, score_problem, summarize,
 )
 
 
@@ -34,7 +34,9 @@ def test_equivalent_answers_vote_together():
     assert not equivalent("1/2", "2") and equivalent("B", " b ")
     # three spellings of 1/2 outvote two 3s, though "3" alone is the most frequent string
     vote = majority_vote(["3", "1/2", "0.5", "3", "\\frac{1}{2}"])
-    assert (vote.answer, vote.votes, vote.clusters) == ("1/2", 3, 2)
+    assert (vote.answer, vote.first, vote.votes, vote.clusters) == ("1/2", 1, 3, 2)
+    # a caller's own equality (e.g. exact program text for code problems)
+    assert majority_vote(["a", "A", "A"], same=lambda x, y: x == y).answer == "A"
 
 
 def test_ties_go_to_the_first_seen_cluster_and_missing_answers_never_win():
@@ -47,15 +49,16 @@ def test_ties_go_to_the_first_seen_cluster_and_missing_answers_never_win():
 
 
 def test_problem_scores_and_summary():
-    gold = "0.5"
+    assert cons_correct(["3", "1/2", "0.5", "3", "\\frac{1}{2}"], "0.5")
+    assert not cons_correct(["3", "3", "0.5"], "0.5")
     # k=4: two correct in different spellings, one wrong, one missing -> cons right, pass@1 = 0.5
-    a = score_problem([True, False, True, False], ["1/2", "3", "\\frac{1}{2}", None], gold)
+    a = score_problem([True, False, True, False], ["1/2", "3", "\\frac{1}{2}", None])
     assert (a.n, a.correct, a.cons, a.answered) == (4, 2, True, 3)
     # all wrong, with the wrong answers agreeing
-    b = score_problem([False] * 4, ["2", "2", "3", None], gold)
+    b = score_problem([False] * 4, ["2", "2", "3", None])
     assert (b.correct, b.cons) == (0, False)
     # nothing answered: cons is wrong, not an error
-    c = score_problem([False] * 4, [None] * 4, gold)
+    c = score_problem([False] * 4, [None] * 4)
     assert not c.cons and c.answered == 0
     s = summarize([a, b, c])
     assert s["problems"] == 3 and s["samples"] == 4
@@ -71,4 +74,5 @@ def test_k_equals_one():
     assert s["pass@1"] == pytest.approx(1 / 3) and s["cons@1"] == pytest.approx(1 / 3)
     assert "pass@2" not in s
     # with one sample the vote is that sample's answer
-    assert score_problem([True], ["1/2"], "0.5").cons and not score_problem([False], [None], "0.5").cons
+    assert score_problem([True], ["1/2"]).cons and not score_problem([False], [None]).cons
+    assert cons_correct(["1/2"], "0.5") and not cons_correct([None], "0.5")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -66,29 +66,30 @@ def equivalent(a: str, b: str) -> bool:
 @dataclass
 class Vote:
     answer: Optional[str]  # the winning cluster's first answer; None when no sample had an answer
+    first: int  # sample index of that answer (-1 when none)
     votes: int  # size of the winning cluster
     clusters: int  # number of distinct answers
 
 
-def majority_vote(answers: Sequence[Optional[str]]) -> Vote:
+def majority_vote(answers: Sequence[Optional[str]], same: Callable[[str, str], bool] = equivalent) -> Vote:
     """Cluster equivalent answers (each joins the first cluster whose first answer it equals) and
     return the largest cluster; ties go to the cluster that appeared first. None never votes."""
-    reps: list[str] = []
+    firsts: list[int] = []
     counts: list[int] = []
-    for a in answers:
+    for i, a in enumerate(answers):
         if a is None:
             continue
-        for i, r in enumerate(reps):
-            if equivalent(r, a):
-                counts[i] += 1
+        for c, f in enumerate(firsts):
+            if same(answers[f], a):
+                counts[c] += 1
                 break
         else:
-            reps.append(a)
+            firsts.append(i)
             counts.append(1)
-    if not reps:
-        return Vote(None, 0, 0)
-    best = max(range(len(reps)), key=lambda i: (counts[i], -i))
-    return Vote(reps[best], counts[best], len(reps))
+    if not firsts:
+        return Vote(None, -1, 0, 0)
+    best = max(range(len(firsts)), key=lambda c: (counts[c], -c))
+    return Vote(answers[firsts[best]], firsts[best], counts[best], len(firsts))
 
 
 def cons_correct(answers: Sequence[Optional[str]], gold: str) -> bool:
@@ -104,10 +105,14 @@ class ProblemScore:
     answered: int  # samples with a final answer
 
 
-def score_problem(correct: Sequence[bool], answers: Sequence[Optional[str]], gold: str) -> ProblemScore:
+def score_problem(correct: Sequence[bool], answers: Sequence[Optional[str]],
+                  same: Callable[[str, str], bool] = equivalent) -> ProblemScore:
+    """correct[i]: sample i judged right; answers[i]: its final answer (None: none). The vote is
+    right when the winning cluster's first sample is."""
     if len(correct) != len(answers):
         raise ValueError(f"{len(correct)} correctness flags for {len(answers)} answers")
-    return ProblemScore(len(correct), sum(map(bool, correct)), cons_correct(answers, gold),
+    vote = majority_vote(answers, same)
+    return ProblemScore(len(correct), sum(map(bool, correct)), vote.first >= 0 and bool(correct[vote.first]),
                         sum(a is not None for a in answers))
 
 

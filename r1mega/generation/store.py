@@ -77,8 +77,12 @@ class SampleStore:
         self._file = None
         self._lines = 0
 
+    @staticmethod
+    def shard_paths(out_dir: str) -> list[str]:
+        return sorted(glob.glob(os.path.join(out_dir, "shard-[0-9][0-9][0-9][0-9][0-9].jsonl")))
+
     def shards(self) -> list[str]:
-        return sorted(glob.glob(os.path.join(self.dir, "shard-[0-9][0-9][0-9][0-9][0-9].jsonl")))
+        return self.shard_paths(self.dir)
 
     def _recover(self, path: str) -> None:
         recs, torn = _read_shard(path)
