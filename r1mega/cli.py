@@ -31,6 +31,9 @@ def main(argv=None) -> int:
     from r1mega.eval import benchmark
 
     benchmark.add_args(sub.add_parser("eval", help="pass@1 over k samples, pass@k, cons@k per benchmark"))
+    from r1mega.generation import reject_sample
+
+    reject_sample.add_args(sub.add_parser("reject-sample", help="sample, keep correct readable ones, write SFT JSONL"))
 
     for kind in ("pretrain", "sft", "grpo"):
         p = sub.add_parser(kind, help=f"{kind} (torchrun for several ranks)")
@@ -84,6 +87,10 @@ def _dispatch(parser, args) -> int:
         from r1mega.eval import benchmark
 
         return benchmark.run(args)
+    if args.command == "reject-sample":
+        from r1mega.generation import reject_sample
+
+        return reject_sample.run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -35,8 +35,12 @@ def read_prompt_records(path: str, need_answer: bool = False) -> list[dict]:
             raise DataError(f"{where}: needs a string 'prompt' or a 'messages' list of {{role, content}}")
         if need_answer and "answer" not in rec and "tests" not in rec:
             raise DataError(f"{where}: needs an 'answer' (or 'tests') to be scored")
-        if "tests" in rec and not isinstance(rec["tests"], (str, list)):
-            raise DataError(f"{where}: 'tests' must be a string or a list of strings")
+        if "tests" in rec:
+            tests = rec["tests"]
+            if isinstance(tests, list) and all(isinstance(t, str) for t in tests):
+                rec["tests"] = "\n".join(tests)  # the sandbox runs one test script
+            elif not isinstance(tests, str):
+                raise DataError(f"{where}: 'tests' must be a string or a list of strings")
         out.append(rec)
     if not out:
         raise DataError(f"{path}: no records")
