@@ -34,6 +34,9 @@ def main(argv=None) -> int:
     from r1mega.generation import reject_sample
 
     reject_sample.add_args(sub.add_parser("reject-sample", help="sample, keep correct readable ones, write SFT JSONL"))
+    from r1mega import pipeline
+
+    pipeline.add_args(sub.add_parser("pipeline", help="the DeepSeek-R1 recipe stage by stage, each evaluated"))
 
     for kind in ("pretrain", "sft", "grpo"):
         p = sub.add_parser(kind, help=f"{kind} (torchrun for several ranks)")
@@ -91,6 +94,10 @@ def _dispatch(parser, args) -> int:
         from r1mega.generation import reject_sample
 
         return reject_sample.run(args)
+    if args.command == "pipeline":
+        from r1mega import pipeline
+
+        return pipeline.run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
