@@ -132,3 +132,27 @@ def test_four_ranks_match_one_process_and_completions_score_the_same(tiny, tmp_p
     comp.write_text(comp.read_text() + json.dumps({"id": "p3", "completion": "A: 6"}) + "\n")
     with pytest.raises(DataError, match="'p3' has 5|different sample counts"):
         read_completions(str(comp), read_prompt_records(tiny["prompts"]))
+
+
+def test_store_repairs_a_torn_tail_and_refuses_other_settings(tmp_path):
+    from r1mega.generation.store import SampleStore
+
+    meta = {"template": "raw", "model": "/m", "sampling": {"temperature": 0.6}}
+    rec = lambda pid, i: {"id": pid, "sample": i, "completion": f"{pid}-{i}"}  # noqa: E731
+    store = SampleStore(str(tmp_path), 2, meta)
+    store.write([("a", [rec("a", 0), rec("a", 1)]), ("b", [rec("b", 0), rec("b", 1)])])
+    store.close()
+    shard = tmp_path / "shard-00000.jsonl"
+    with open(shard, "a") as f:  # a round cut short: one whole sample of "c", then half a line
+        f.write(json.dumps(rec("c", 0)) + "\n" + '{"id": "c", "sam')
+    again = SampleStore(str(tmp_path), 2, meta)
+    assert again.done == {"a", "b"} and again.repaired == 1
+    assert [json.loads(x)["id"] for x in shard.read_text().splitlines()] == ["a", "a", "b", "b"]
+    again.write([("c", [rec("c", 0), rec("c", 1)])])  # a new session writes a new shard
+    again.close()
+    assert sorted((r["id"], r["sample"]) for r in again.records()) == [(p, i) for p in "abc" for i in (0, 1)]
+    assert (tmp_path / "shard-00001.jsonl").exists()
+    with pytest.raises(ValueError, match="different settings"):
+        SampleStore(str(tmp_path), 2, {**meta, "sampling": {"temperature": 1.0}})
+    with pytest.raises(ValueError, match="different settings"):
+        SampleStore(str(tmp_path), 3, meta)

@@ -169,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
             g, _ = score_benchmark(recs, greedy_texts[name])
             summary["greedy"] = g["pass@1"]
         _write(os.path.join(where, "summary.json"), json.dumps(summary, indent=1) + "\n")
+        _write(os.path.join(where, "summary.md"), markdown_table({name: summary}))
         table[name] = summary
         everything.extend(scores)
         print(f"{name}: " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"

@@ -100,9 +100,9 @@ def generate_rounds(chunks, ps: ParallelState, tok: Tokenizer, problems: list[di
         out = None
         if ps.r("tp") == 0 and ps.r("pp") == 0:
             out = []
-            for (p, s), ids, row in zip(mine, rollout.completions(), range(len(mine))):
+            for row, ((p, s), ids) in enumerate(zip(mine, rollout.completions())):
                 if lo + row >= len(batch) * k:
-                    break  # padding
+                    break  # padding rows
                 text, reason = _finish(ids, tok.decode(ids), tok, params)
                 out.append((p, Sample(s, text, len(encoded[p]), len(ids), reason)))
         parts = [None] * ps.world if ps.rank == 0 else None

@@ -59,7 +59,7 @@ def load_model(model: str, parallel: ParallelConfig, world: int, distributed: bo
     cfg.parallel = parallel
     cfg.train.virtual_stages = 1
     hf = is_hf_dir(model)
-    source = model if hf else resolve_checkpoint(model)
+    source = os.path.abspath(model if hf else resolve_checkpoint(model))
     if hf:
         cfg.model = ModelConfig.from_hf(model)
     else:

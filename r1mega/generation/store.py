@@ -56,7 +56,8 @@ class SampleStore:
         if os.path.exists(meta_file):
             with open(meta_file) as f:
                 old = json.load(f)
-            changed = {k: (old.get(k), v) for k, v in meta.items() if k in ("samples", "template")
+            # mixing samples of another model or other sampling settings into one set would go unseen
+            changed = {k: (old.get(k), v) for k, v in meta.items() if k in ("samples", "template", "model", "sampling")
                        and old.get(k) != v}
             if changed:
                 raise ValueError(f"{out_dir} holds samples made with different settings "
