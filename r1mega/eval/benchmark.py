@@ -43,9 +43,14 @@ def _code_block(text: str) -> Optional[str]:
     return blocks[-1].strip() if blocks else None
 
 
+def is_code(rec: dict) -> bool:
+    """Judged by its tests (no reference answer)."""
+    return rec.get("answer") is None and rec.get("tests") is not None
+
+
 def judge(rec: dict, completion: str) -> tuple[Optional[str], bool]:
     """(final answer, correct) of one completion."""
-    if "tests" in rec and "answer" not in rec:
+    if is_code(rec):
         from r1mega.rl.rewards import code_reward
 
         code = _code_block(completion)
@@ -61,9 +66,8 @@ def score_benchmark(records: list[dict], completions: dict[str, list[str]], out_
     for rec in records:
         texts = completions[rec["id"]]
         judged = [judge(rec, t) for t in texts]
-        code = "tests" in rec and "answer" not in rec
         scores.append(score_problem([c for _, c in judged], [a for a, _ in judged],
-                                    (lambda x, y: x == y) if code else equivalent))
+                                    (lambda x, y: x == y) if is_code(rec) else equivalent))
         lines.extend(json.dumps({"id": rec["id"], "sample": i, "answer": a, "correct": c, "completion": t},
                                 ensure_ascii=False) + "\n" for i, ((a, c), t) in enumerate(zip(judged, texts)))
     if out_dir is not None:

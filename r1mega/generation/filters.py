@@ -61,11 +61,11 @@ def longest_paragraph(cot: str) -> int:
 
 
 def correctness(rec: dict, completion: str) -> Optional[str]:
-    if "answer" in rec:
+    if rec.get("answer") is not None:
         from r1mega.eval.benchmark import judge
 
         return None if judge(rec, completion)[1] else "wrong"
-    if "tests" in rec:
+    if rec.get("tests") is not None:
         return None if code_reward(completion, rec) > 0 else "tests_failed"
     return None
 

@@ -92,16 +92,23 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
     """Generate the problems not yet complete in `out`. Collective. Returns stats on rank 0."""
     ps = loaded.ps
     tok = Tokenizer(loaded.tokenizer)
-    store, todo = None, None
+    store, todo, error = None, None, None
     if ps.rank == 0:
-        store = SampleStore(out, params.samples, {**meta, "template": template, "model": loaded.source,
-                                                  "sampling": asdict(params)}, shard_records)
-        todo = [i for i, r in enumerate(records) if r["id"] not in store.done]
-        if store.repaired:
-            print(f"{desc}: dropped {store.repaired} samples of unfinished problems (crash recovery)", flush=True)
-        if len(todo) < len(records):
-            print(f"{desc}: resuming, {len(records) - len(todo)} of {len(records)} problems already done", flush=True)
-    todo = _broadcast(todo, ps)
+        try:
+            store = SampleStore(out, params.samples, {**meta, "template": template, "model": loaded.source,
+                                                      "sampling": asdict(params)}, shard_records)
+        except (ValueError, OSError) as e:  # told to every rank, so none waits for the others forever
+            error = str(e)
+        else:
+            todo = [i for i, r in enumerate(records) if r["id"] not in store.done]
+            if store.repaired:
+                print(f"{desc}: dropped {store.repaired} samples of unfinished problems (crash recovery)", flush=True)
+            if len(todo) < len(records):
+                print(f"{desc}: resuming, {len(records) - len(todo)} of {len(records)} problems already done",
+                      flush=True)
+    todo, error = _broadcast((todo, error), ps)
+    if error:
+        raise SystemExit(f"{desc}: {error}")
     problems = [records[i] for i in todo]
     prompts = [apply_template(r, template) for r in problems]
     bar = None
