@@ -8,8 +8,9 @@ from, `data` the stage whose kept samples an SFT stage trains on):
   grpo           `r1mega grpo` from the `from` stage's weights (R1-Zero, reasoning RL, alignment RL)
   reject_sample  `r1mega reject-sample` on the RL prompt split with the `from` stage's model
   sft            `r1mega sft` from the `from` stage's weights on the `data` stage's sft.jsonl
-  distill        SFT of a dense student on the `data` stage's samples; skipped (with a note) while
-                 this checkout has no dense student family
+A stage may name its own `model_config`: distillation is a pretrained dense student (a config with
+`student:`) fine-tuned on the teacher's rejection-sampled data. A stage that cannot run in this
+checkout (a student without the dense model family) and the stages built on it are skipped with a note.
 Every stage with weights is then scored by `r1mega eval` on the held-out split (k samples, the
 config's `eval` settings). Each stage runs as its own process (torchrun for --nproc > 1) and writes
 <out>/<stage>/DONE when finished, so a rerun skips finished stages and a crashed one resumes from its
@@ -31,8 +32,9 @@ from typing import Optional
 
 from r1mega.config import ConfigError
 
-KINDS = ("pretrain", "grpo", "reject_sample", "sft", "distill")
-STAGE_KEYS = {"name", "kind", "from", "data", "overrides", "samples", "keep", "require_format", "max_new_tokens"}
+KINDS = ("pretrain", "grpo", "reject_sample", "sft")
+STAGE_KEYS = {"name", "kind", "from", "data", "model_config", "overrides", "samples", "keep", "require_format",
+              "max_new_tokens"}
 TOP_KEYS = {"model_config", "out", "rl_common", "sft_common", "eval", "stages"}
 EVAL_KEYS = {"samples", "temperature", "top_p", "max_new_tokens", "template", "stop"}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,7 +85,7 @@ def load_pipeline(path: str) -> dict:
             raise ConfigError(f"{where}.from", f"{st.get('from')!r} is not an earlier stage")
         if needs_from and st.get("from") and seen[st["from"]]["kind"] == "reject_sample":
             raise ConfigError(f"{where}.from", f"{st['from']!r} makes data, not weights")
-        if st["kind"] in ("sft", "distill"):
+        if st["kind"] == "sft":
             src = seen.get(st.get("data"))
             if src is None or src["kind"] != "reject_sample":
                 raise ConfigError(f"{where}.data", f"{st.get('data')!r} is not an earlier reject_sample stage")
@@ -93,16 +95,21 @@ def load_pipeline(path: str) -> dict:
 
 class Runner:
     def __init__(self, cfg: dict, out: str, nproc: int):
-        from r1mega.config import load_config
-
         self.cfg, self.out, self.nproc = cfg, os.path.abspath(out), nproc
-        self.model_config = cfg["model_config"]
-        if not os.path.isabs(self.model_config) and not os.path.exists(self.model_config):
-            self.model_config = os.path.join(REPO, self.model_config)
-        self.base = load_config(self.model_config, [f"data.cache_dir={self.out}/data"])
+        self.model_config = _config_path(cfg["model_config"])
         self.layout = LAYOUT_4 if nproc == 4 else (["parallel.tp=2"] if nproc == 2 else [])
         self.eval_cfg = {"samples": 8, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 32, "template": "raw",
                          "stop": [], **cfg.get("eval", {})}
+        self.stages = {st["name"]: st for st in cfg["stages"]}
+
+    def config_of(self, stage: str) -> str:
+        st = self.stages[stage]
+        return _config_path(st["model_config"]) if st.get("model_config") else self.model_config
+
+    def run_config(self, stage: str, overrides: Optional[list[str]] = None):
+        from r1mega.config import load_config
+
+        return load_config(self.config_of(stage), [f"data.cache_dir={self.out}/data", *(overrides or [])])
 
     # ---- processes -------------------------------------------------------------------------
     def launch(self, argv: list[str], log: str) -> str:
@@ -123,14 +130,22 @@ class Runner:
             raise SystemExit(f"pipeline: `{argv[0]}` failed (exit {proc.returncode}); log {log}:\n{tail}")
         return proc.stdout
 
-    def model_args(self) -> list[str]:
+    def layout_of(self, stage: str) -> list[str]:
+        """--nproc's layout; a dense student has no experts to spread, so its ranks are TP x DP."""
+        if self.run_config(stage).student is not None:
+            return [o for o in self.layout if not o.startswith("parallel.ep=")]
+        return self.layout
+
+    def model_args(self, stage: str) -> list[str]:
+        """`--config` and layout flags for generate / eval / reject-sample on a stage's model."""
         tp_ep = {"parallel.tp=2": ["--tp", "2"], "parallel.ep=2": ["--ep", "2"]}
-        flags = [f for o in self.layout for f in tp_ep[o]]
-        return ["--config", self.model_config, *flags, f"data.cache_dir={self.out}/data"]
+        flags = [f for o in self.layout_of(stage) for f in tp_ep[o]]
+        return ["--config", self.config_of(stage), *flags, f"data.cache_dir={self.out}/data"]
 
     # ---- data --------------------------------------------------------------------------------
     def prompt_files(self) -> tuple[str, str]:
         """The RL prompt split and the held-out split, as prompt JSONL."""
+        from r1mega.config import load_config
         from r1mega.rl.tasks import addition_prompts, arithmetic_prompts
 
         root = os.path.join(self.out, "prompts")
@@ -138,7 +153,7 @@ class Runner:
         if os.path.exists(held):
             return train, held
         os.makedirs(root, exist_ok=True)
-        if self.base.data.synthetic == "addition":
+        if load_config(self.model_config).data.synthetic == "addition":
             splits = {train: addition_prompts(0, 0, heldout=False), held: addition_prompts(0, 0, heldout=True)}
         else:  # the seeds GRPO's own held-out evaluation uses for these tasks
             splits = {train: arithmetic_prompts(128, seed=3), held: arithmetic_prompts(128, seed=10_007)}
@@ -147,10 +162,12 @@ class Runner:
                                  for i, r in enumerate(rows)))
         return train, held
 
-    def tokenizer(self) -> str:
+    def tokenizer(self, stage: str) -> str:
         from r1mega.data.prepare import resolve_data
 
-        return resolve_data(self.base.data, "pretrain", self.base.model.vocab_size).tokenizer
+        cfg = self.run_config(stage)
+        vocab = (cfg.student or cfg.model).vocab_size
+        return resolve_data(cfg.data, "pretrain", vocab).tokenizer
 
     # ---- stages --------------------------------------------------------------------------------
     def weights(self, stage: str) -> str:
@@ -168,39 +185,41 @@ class Runner:
         for name in os.listdir(src):
             if name.startswith("rank"):
                 shutil.copy2(os.path.join(src, name), tmp)
-        from dataclasses import asdict
-
         with open(os.path.join(src, "meta.json")) as f:
-            layout = json.load(f).get("layout")
-        _write(os.path.join(tmp, "meta.json"), json.dumps({"kind": "weights", "source": src, "step": 0, "layout": layout,
-                                                           "model_config": asdict(self.base.model)}, indent=1))
+            meta = json.load(f)
+        meta = {k: v for k, v in meta.items() if k not in ("optimizer_step", "skipped_steps", "consumed_samples")}
+        _write(os.path.join(tmp, "meta.json"), json.dumps({**meta, "kind": "weights", "source": src, "step": 0},
+                                                          indent=1))
         os.replace(tmp, dst)
         return dst
 
-    def run_stage(self, st: dict, train_prompts: str) -> Optional[str]:
-        """Run one stage; returns a skip note or None."""
-        from r1mega.config import load_config
+    def unavailable(self, stage: str) -> Optional[str]:
+        """Why a stage cannot run in this checkout (a dense student without the dense family), or None."""
+        if self.run_config(stage).student is not None and importlib.util.find_spec("r1mega.models.dense") is None:
+            return "skipped: this checkout has no dense student family (r1mega/models/dense, issue #13)"
+        return None
 
+    def run_stage(self, st: dict, train_prompts: str) -> None:
         name, kind = st["name"], st["kind"]
         where = os.path.join(self.out, name)
-        common = [f"data.cache_dir={self.out}/data", f"train.run_dir={where}/run", *self.layout]
+        config = self.config_of(name)
+        common = [f"data.cache_dir={self.out}/data", f"train.run_dir={where}/run", *self.layout_of(name)]
         if kind in ("pretrain", "grpo", "sft"):  # GRPO saves only at intervals: make its last step one
-            steps = load_config(self.model_config, st.get("overrides", [])).train.steps
-            common.append(f"train.save_interval={steps}")
+            common.append(f"train.save_interval={self.run_config(name, st.get('overrides')).train.steps}")
         log = os.path.join(where, "log.txt")
         if kind == "pretrain":
-            self.launch([kind, "--config", self.model_config, *common, *st.get("overrides", [])], log)
+            self.launch([kind, "--config", config, *common, *st.get("overrides", [])], log)
         elif kind == "grpo":
-            self.launch(["grpo", "--config", self.model_config, *common, *self.cfg.get("rl_common", []),
+            self.launch(["grpo", "--config", config, *common, *self.cfg.get("rl_common", []),
                          f"train.load={self.weights(st['from'])}", *st.get("overrides", [])], log)
         elif kind == "sft":
             data = os.path.join(self.out, st["data"], "sft.jsonl")
-            self.launch(["sft", "--config", self.model_config, *common, *self.cfg.get("sft_common", []),
-                         "data.synthetic=null", f"data.tokenizer={self.tokenizer()}", f"data.paths=[{data}]",
+            self.launch(["sft", "--config", config, *common, *self.cfg.get("sft_common", []),
+                         "data.synthetic=null", f"data.tokenizer={self.tokenizer(name)}", f"data.paths=[{data}]",
                          f"train.load={self.weights(st['from'])}", *st.get("overrides", [])], log)
         elif kind == "reject_sample":
             e = self.eval_cfg
-            argv = ["reject-sample", "--model", self.weights(st["from"]), *self.model_args(),
+            argv = ["reject-sample", "--model", self.weights(st["from"]), *self.model_args(st["from"]),
                     "--prompts", train_prompts, "--out", where, "--samples", str(st.get("samples", 8)),
                     "--keep", str(st.get("keep", 2)), "--temperature", "1.0", "--top-p", "1.0",
                     "--max-new-tokens", str(st.get("max_new_tokens", e["max_new_tokens"])),
@@ -209,25 +228,26 @@ class Runner:
                 argv.append("--no-require-format")
             out = self.launch(argv, log)
             print("\n".join(out.strip().splitlines()[-6:]), flush=True)
-        elif kind == "distill":
-            if importlib.util.find_spec("r1mega.models.dense") is None:
-                return ("skipped: this checkout has no dense student family (r1mega/models/dense, issue #13); "
-                        "the rejection-sampled data is ready at " + os.path.join(self.out, st["data"], "sft.jsonl"))
-            raise SystemExit("pipeline: the distill stage is not wired to the dense students yet")
-        return None
 
     def evaluate(self, stage: str, held_out: str) -> dict:
         e = self.eval_cfg
         out = os.path.join(self.out, "eval", stage)
         summary = os.path.join(out, "summary.json")
         if not os.path.exists(summary):
-            self.launch(["eval", "--model", self.weights(stage), *self.model_args(), "--data", held_out,
+            self.launch(["eval", "--model", self.weights(stage), *self.model_args(stage), "--data", held_out,
                          "--out", out, "--samples", str(e["samples"]), "--temperature", str(e["temperature"]),
                          "--top-p", str(e["top_p"]), "--max-new-tokens", str(e["max_new_tokens"]),
                          "--template", e["template"], "--greedy", "--problems-per-round", "32",
                          *[f"--stop={s}" for s in e["stop"]]], os.path.join(out, "log.txt"))
         with open(summary) as f:
             return json.load(f)["heldout"]
+
+
+def _config_path(path: str) -> str:
+    """A model config path as given, else relative to the repository (configs/... from anywhere)."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    return os.path.join(REPO, path)
 
 
 def _quote(a: str) -> str:
@@ -279,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
     runner = Runner(cfg, args.out or cfg.get("out", "runs/pipeline"), args.nproc)
     train_prompts, held_out = runner.prompt_files()
     k = int(runner.eval_cfg["samples"])
-    rows, t_all = [], time.perf_counter()
+    rows, notes, t_all = [], {}, time.perf_counter()
     for st in cfg["stages"]:
         name = st["name"]
         done = os.path.join(runner.out, name, "DONE")
@@ -291,12 +311,18 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"== {name} ({st['kind']})", flush=True)
             t0 = time.perf_counter()
-            note = runner.run_stage(st, train_prompts)
+            skipped = [s for s in (st.get("from"), st.get("data")) if s in notes]
+            note = (f"skipped: stage {skipped[0]} was skipped" if skipped else runner.unavailable(name))
+            if note is None:
+                runner.run_stage(st, train_prompts)
             row["minutes"] = (time.perf_counter() - t0) / 60
-            if note:
+            if note:  # no DONE: a later run in a checkout that can do it will
                 row["note"] = note
                 print(f"   {name}: {note}", flush=True)
-            _write(done, json.dumps({k2: v for k2, v in row.items() if k2 in ("minutes", "note")}))
+            else:
+                _write(done, json.dumps({"minutes": row["minutes"]}))
+        if row.get("note"):
+            notes[name] = row["note"]
         if st["kind"] in ("pretrain", "grpo", "sft") and "note" not in row:
             s = runner.evaluate(name, held_out)
             row.update({key: s.get(key) for key in ("pass@1", f"cons@{k}", f"pass@{k}", "greedy")})

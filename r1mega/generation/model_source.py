@@ -1,7 +1,7 @@
 """Load a model for generation under any TP/PP/EP/DP layout, from either source r1mega uses:
 
-  an r1mega checkpoint   a step directory (has meta.json) or a checkpoints root (has `latest`);
-                         shapes from the checkpoint's saved model config, else from --config
+  an r1mega checkpoint   a step directory (has meta.json), a checkpoints root (has `latest`) or a
+                         run directory; shapes from --config, else the checkpoint's saved model config
   a Hugging Face dir     config.json + safetensors (DeepSeek-V3/R1/V2); its tokenizer.json too
 
 Each rank builds only its shards and reads only its slices (`load_checkpoint` / `load_hf_weights`).
@@ -62,13 +62,12 @@ def load_model(model: str, parallel: ParallelConfig, world: int, distributed: bo
     source = os.path.abspath(model if hf else resolve_checkpoint(model))
     if hf:
         cfg.model = ModelConfig.from_hf(model)
-    else:
+    elif config is None:  # shapes from the checkpoint itself; an explicit --config wins
         with open(os.path.join(source, "meta.json")) as f:
             saved = json.load(f).get("model_config")
-        if saved:
-            cfg.model = ModelConfig(**saved)
-        elif config is None:
+        if not saved:
             raise ConfigError("--config", f"{source} does not record its model shapes; pass the YAML it was trained with")
+        cfg.model = ModelConfig(**saved)
     cfg = validate(cfg, world)
     ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
     if tokenizer is None:
