@@ -143,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     if args.completions:
         if len(args.data) != 1:
             raise SystemExit("--completions scores one benchmark: pass a single --data file")
+        if args.greedy or args.model:
+            raise SystemExit("--completions scores given completions: --greedy and --model generate, drop them")
         texts = {names[0]: read_completions(args.completions, benchmarks[names[0]])}
         greedy_texts = {}
     else:
