@@ -1,0 +1,365 @@
+"""The sandbox's supervisor and init (stdlib only; started by r1mega.rl.sandbox as
+`python -I -S -B -X utf8 sandbox_init.py` with an empty environment, fds 0/1/2 as pipes to the
+trainer and fd 3 as the trusted status channel; the job arrives as JSON on stdin).
+
+Process tree, one per program:
+  supervisor (this file's main, outside the new PID namespace; trusted)
+    enters new user/mount/network/IPC/UTS/cgroup namespaces as an unprivileged uid and forks
+  init (PID 1 of a new PID namespace)
+    builds a fresh root (read-only binds of the Python stdlib and system libraries, /dev/null &
+    co., a size-capped tmpfs at /tmp, no /proc, no /etc), pivots into it, sets rlimits, drops
+    every capability, sets no_new_privs and the seccomp filter, then runs the program and, only
+    after the program (and its tests) finished, prints the job's random token as its last line.
+When init exits or is killed, the kernel kills every process left in its PID namespace; init
+dies with the supervisor (PR_SET_PDEATHSIG, which the seccomp filter stops it from clearing), and
+the supervisor kills init at the wall-clock limit. The supervisor reports on fd 3, which the
+program never holds.
+"""
+import base64
+import fcntl
+import ctypes
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+
+NOBODY = 65534
+CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x2000000, 0x4000000, 0x8000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME, MS_STRICTATIME = 1024, 2048, 1 << 21, 1 << 24
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 1, 24, 38, 47
+PR_CAP_AMBIENT_CLEAR_ALL, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 4, 22, 2
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+SYSTEM_LIBS = ("/usr/lib", "/usr/lib64", "/usr/lib32", "/lib", "/lib64", "/lib32")
+DEVICES = ("null", "zero", "random", "urandom")
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(src, target, fstype, flags, data=None) -> None:
+    enc = lambda s: None if s is None else os.fsencode(s)  # noqa: E731
+    _check(libc.mount(enc(src), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
+           f"mount {src} on {target}")
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- supervisor: the root and namespaces
+
+
+def enter_sandbox(disk_bytes: int) -> None:
+    """Build the sandbox's root and enter new user/mount/net/IPC/UTS/cgroup namespaces (and a PID
+    namespace for the next child) as an unprivileged uid.
+
+    As root: the root is built in a private mount namespace while still root (so the stdlib may
+    live where nobody cannot look, e.g. /root/.pyenv), then the user namespace is entered and a
+    helper forked beforehand (still root outside) maps nobody to nobody; the mounts then belong to
+    a namespace the sandbox has no capability over. This also works where unprivileged user
+    namespaces are restricted. Otherwise: an ordinary unprivileged user namespace mapping only
+    the caller's own ids, then the same root."""
+    flags = CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID
+    flags |= CLONE_NEWCGROUP if os.path.exists("/proc/self/ns/cgroup") else 0
+    if os.geteuid() != 0:
+        uid, gid = os.geteuid(), os.getegid()
+        _check(libc.unshare(flags | CLONE_NEWNS), "unshare(user, mount, net, ipc, uts, pid namespaces)")
+        _write("/proc/self/setgroups", "deny")
+        _write("/proc/self/uid_map", f"{uid} {uid} 1")
+        _write("/proc/self/gid_map", f"{gid} {gid} 1")
+        build_root(uid, gid, disk_bytes)
+        return
+    os.setgroups([])  # root's supplementary groups must not follow into the sandbox
+    me = os.open(f"/proc/{os.getpid()}", os.O_PATH | os.O_DIRECTORY)
+    go_r, go_w = os.pipe()
+    helper = os.fork()
+    if helper == 0:  # stays root in the host's namespaces: may map nobody for its parent
+        os.close(go_w)
+        code = 1
+        try:
+            if os.read(go_r, 1) == b"u":
+                for name, text in (("setgroups", "deny"), ("uid_map", f"{NOBODY} {NOBODY} 1"),
+                                   ("gid_map", f"{NOBODY} {NOBODY} 1")):
+                    fd = os.open(name, os.O_WRONLY, dir_fd=me)
+                    os.write(fd, text.encode())
+                    os.close(fd)
+                code = 0
+        except OSError as e:
+            sys.stderr.write(f"sandbox-setup: writing the id maps: {e}\n")
+        os._exit(code)
+    os.close(go_r)
+    os.close(me)
+    try:
+        _check(libc.unshare(CLONE_NEWNS), "unshare(mount namespace)")
+        build_root(NOBODY, NOBODY, disk_bytes)
+        _check(libc.unshare(flags), "unshare(user, net, ipc, uts, pid namespaces)")
+    except BaseException:
+        os.close(go_w)  # the helper reads EOF and leaves
+        os.waitpid(helper, 0)
+        raise
+    os.write(go_w, b"u")
+    os.close(go_w)
+    _, status = os.waitpid(helper, 0)
+    if status != 0:
+        raise OSError("could not write the sandbox's uid/gid maps")
+    os.setresgid(NOBODY, NOBODY, NOBODY)  # the maps make nobody the only id that exists inside
+    os.setresuid(NOBODY, NOBODY, NOBODY)
+
+
+def drop_to_nobody() -> None:  # the unsafe mode's only identity change
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setresgid(NOBODY, NOBODY, NOBODY)
+        os.setresuid(NOBODY, NOBODY, NOBODY)
+
+
+def _bind_ro(src_fd: int, target: str, device: bool = False) -> None:
+    _mount(f"/proc/self/fd/{src_fd}", target, None, MS_BIND)
+    st = os.statvfs(target)
+    keep = 0  # flags the kernel locks on mounts inherited into a user namespace must be restated
+    for f_flag, ms in ((os.ST_NOEXEC, MS_NOEXEC), (os.ST_NOATIME, MS_NOATIME),
+                       (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME),
+                       (os.ST_NODEV, MS_NODEV)):
+        keep |= ms if st.f_flag & f_flag else 0
+    if not st.f_flag & (os.ST_NOATIME | os.ST_RELATIME):
+        keep |= MS_STRICTATIME
+    extra = MS_NOEXEC if device else MS_NODEV
+    _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | extra | keep)
+
+
+def _visible_paths() -> list[str]:
+    """The host paths the program may read: system libraries (for extension modules' .so
+    dependencies) and the interpreter's own stdlib directories; nothing else."""
+    paths = [p for p in SYSTEM_LIBS if os.path.lexists(p)]
+    for p in sys.path:
+        if p and os.path.isdir(p) and not any(p == q or p.startswith(q + "/") for q in paths):
+            paths.append(os.path.abspath(p))
+    return paths
+
+
+def build_root(uid: int, gid: int, disk_bytes: int) -> None:
+    """A fresh tmpfs root with read-only binds, device nodes and a writable /tmp owned by uid,
+    pivoted into; the host's root is detached. Runs in a mount namespace of its own."""
+    sources = {}  # opened before /tmp is covered, in case a path lives under it
+    for p in _visible_paths():
+        sources[p] = os.readlink(p) if os.path.islink(p) else os.open(p, os.O_PATH | os.O_DIRECTORY)
+    devices = {d: os.open(f"/dev/{d}", os.O_PATH) for d in DEVICES if os.path.exists(f"/dev/{d}")}
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    root = "/tmp"
+    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=0755")
+    for p, src in sorted(sources.items(), key=lambda kv: len(kv[0])):
+        target = root + p
+        if isinstance(src, str):  # e.g. /lib -> usr/lib on merged-/usr systems
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.symlink(src, target)
+            continue
+        os.makedirs(target, exist_ok=True)
+        _bind_ro(src, target)
+        os.close(src)
+    os.mkdir(root + "/dev")
+    for d, fd in devices.items():
+        open(f"{root}/dev/{d}", "w").close()
+        _bind_ro(fd, f"{root}/dev/{d}", device=True)
+        os.close(fd)
+    os.mkdir(root + "/tmp")
+    _mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+           f"size={int(disk_bytes)},nr_inodes=1024,mode=0700,uid={uid},gid={gid}")
+    os.chdir(root)
+    _check(libc.syscall(SYS_PIVOT_ROOT[os.uname().machine], b".", b"."), "pivot_root")
+    _check(libc.umount2(b".", MNT_DETACH), "detaching the host's root")
+    os.chdir("/")
+    _mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+# ---------------------------------------------------------------- init: drop everything
+
+
+def set_limits(lim: dict) -> None:
+    stack = resource.getrlimit(resource.RLIMIT_STACK)[1]
+    stack = 64 << 20 if stack == resource.RLIM_INFINITY else min(stack, 64 << 20)
+    for res, value in ((resource.RLIMIT_AS, lim["memory_bytes"]), (resource.RLIMIT_FSIZE, lim["file_bytes"]),
+                       (resource.RLIMIT_NPROC, lim["processes"]), (resource.RLIMIT_NOFILE, lim["open_files"]),
+                       (resource.RLIMIT_CORE, 0), (resource.RLIMIT_MEMLOCK, 0), (resource.RLIMIT_STACK, stack),
+                       (resource.RLIMIT_MSGQUEUE, 0)):
+        hard = resource.getrlimit(res)[1]
+        value = int(value) if hard == resource.RLIM_INFINITY else min(int(value), hard)
+        resource.setrlimit(res, (value, value))
+    cpu = int(lim["cpu_seconds"])
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # SIGXCPU, then SIGKILL a second later
+
+
+def drop_capabilities() -> None:
+    _check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clearing ambient capabilities")
+    for cap in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != 22:  # EINVAL: no such cap
+            _check(-1, f"dropping capability {cap} from the bounding set")
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable x 2 words: all empty
+    _check(libc.capset(header, data), "capset (drop all capabilities)")
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def install_seccomp(program: bytes) -> None:
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(no_new_privs)")
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
+    _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0), "installing the seccomp filter")
+
+
+def stdin_from(data: bytes) -> None:
+    """The program's stdin: a sealed in-memory file (no pipe to fill, nothing written to disk)."""
+    fd = os.memfd_create("stdin", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.dup2(fd, 0)
+    os.close(fd)
+
+
+# ---------------------------------------------------------------- init: run the program
+
+
+def run_program(code: str, tests, stdio: bool, token: bytes) -> None:
+    """Runs the program, then its tests; the token goes out only if both completed. With stdio
+    (no tests) a clean sys.exit(0) ends the program normally; with tests any exit is a failure."""
+    glb = {"__name__": "__main__", "__builtins__": __builtins__}
+    sys.argv = ["solution.py"]
+    ok = False
+    try:
+        exec(compile(code, "solution.py", "exec"), glb)
+        if tests is not None:
+            exec(compile(tests, "tests.py", "exec"), glb)
+        ok = True
+    except SystemExit as e:
+        ok = stdio and e.code in (None, 0)
+        if not ok:
+            sys.stderr.write(f"SystemExit({e.code!r}) before the {'tests finished' if not stdio else 'end'}\n")
+    except BaseException:
+        traceback.print_exc()
+    try:
+        sys.stdout.flush()
+    except BaseException:
+        ok = False
+    if ok:
+        os.write(1, b"\n" + token + b"\n")
+    os._exit(0 if ok else 1)
+
+
+def init(job: dict, report_w: int, alive_r: int) -> None:
+    """PID 1 of the sandbox: confine this process, report 'ok' to the supervisor, run the job."""
+    isolate = job["isolate"]
+    try:
+        if isolate:
+            _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(pdeathsig)")
+            if select.select([alive_r], [], [], 0)[0]:  # the supervisor already died
+                os._exit(1)
+            os.chdir("/tmp")
+        else:
+            os.setsid()  # the unsafe mode kills a process group: the best it can do
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            os.chdir(job["workdir"])
+        os.closerange(3, report_w)
+        os.closerange(report_w + 1, 1 << 16)
+        stdin_from(job["stdin"].encode())
+        os.environ.clear()
+        os.environ.update({"HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"})
+        set_limits(job["limits"])
+        if isolate:
+            drop_capabilities()
+        install_seccomp(base64.b64decode(job["seccomp"]))
+    except BaseException as e:
+        os.write(report_w, f"{type(e).__name__}: {e}".encode()[:4000])
+        os._exit(71)
+    os.write(report_w, b"ok")
+    os.close(report_w)
+    code, tests, token = job["code"], job["tests"], job["token"].encode()
+    stdio = tests is None
+    del job
+    run_program(code, tests, stdio, token)
+
+
+# ---------------------------------------------------------------- supervisor
+
+
+def main() -> None:
+    status = os.fdopen(int(sys.argv[1]), "w")  # to the trainer only; init closes it
+
+    def report(**kw) -> None:
+        status.write(json.dumps(kw))
+        status.flush()
+
+    job = json.loads(sys.stdin.buffer.read())
+    os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
+    workdir = None
+    try:
+        if job["isolate"]:
+            enter_sandbox(job["limits"]["disk_bytes"])
+        else:
+            job["workdir"] = workdir = tempfile.mkdtemp(prefix="r1mega-unsafe-sandbox-")
+            if os.geteuid() == 0:
+                os.chown(workdir, NOBODY, NOBODY)
+            drop_to_nobody()
+    except OSError as e:
+        report(setup=f"{e}")
+        return
+    report_r, report_w = os.pipe()
+    alive_r, alive_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status.close()
+        os.close(report_r)
+        os.close(alive_w)
+        init(job, report_w, alive_r)
+        os._exit(70)  # not reached
+    os.close(report_w)
+    os.close(alive_r)
+    ready = select.select([report_r], [], [], 30.0)[0]  # setup is trusted code: bounded all the same
+    msg = os.read(report_r, 4096).decode(errors="replace") if ready else "setup did not finish in 30 s"
+    os.close(report_r)
+    if msg != "ok":
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        report(setup=msg or "init died during setup")
+        return
+    deadline = time.monotonic() + float(job["limits"]["wall_seconds"])
+    pidfd = os.pidfd_open(pid)
+    timed_out = not select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))[0]
+    if timed_out:
+        os.kill(pid, signal.SIGKILL)  # init's death takes its whole PID namespace with it
+    if not job["isolate"]:
+        try:  # the unsafe mode: the program's process group, as far as it stayed in it
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _, st = os.waitpid(pid, 0)
+    if workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report(setup="ok", timeout=timed_out, exit=os.waitstatus_to_exitcode(st))
+
+
+if __name__ == "__main__":
+    main()
