@@ -97,7 +97,9 @@ def isolation_problem() -> Optional[str]:
     return res.reason if res.reason.startswith("sandbox setup failed") else f"sandbox self-test failed: {res.reason}"
 
 
-def _isolate() -> bool:
+def require_isolation() -> bool:
+    """True where the isolated sandbox runs; else raise SandboxUnavailable with the reason, or,
+    with allow_unsafe(True), warn and return False (programs then run without isolation)."""
     problem = isolation_problem()
     if problem is None:
         return True
@@ -110,7 +112,7 @@ def _isolate() -> bool:
 
 def run_code(code: str, stdin: str = "", limits: Limits = Limits(), tests: Optional[str] = None) -> SandboxResult:
     """Run `code` (then `tests`, if given) on `stdin`; never raises for anything the code does."""
-    return _run(Job(code, stdin, tests, limits), _isolate())
+    return _run(Job(code, stdin, tests, limits), require_isolation())
 
 
 def run_tests(code: str, tests: str, limits: Limits = Limits()) -> SandboxResult:
@@ -126,7 +128,7 @@ def run_many(jobs: list[Job], workers: Optional[int] = None) -> list[SandboxResu
     """Run jobs concurrently (one sandbox each; threads only wait on pipes), results in order."""
     if not jobs:
         return []
-    isolate = _isolate()
+    isolate = require_isolation()
     with ThreadPoolExecutor(max_workers=min(len(jobs), workers or default_workers())) as pool:
         return list(pool.map(lambda j: _run(j, isolate), jobs))
 
@@ -251,16 +253,18 @@ def _result(out: bytes, err: bytes, st: dict, killed: Optional[str], token: str,
         return SandboxResult(False, "sandbox supervisor died without a status", code, stdout, stderr)
     if finished and code == 0:
         return SandboxResult(True, "ok", 0, stdout, stderr)
-    return SandboxResult(False, _reason(code, stderr, lim), code, stdout, stderr)
+    return SandboxResult(False, _reason(code, stderr, float(st.get("cpu", 0.0)), lim), code, stdout, stderr)
 
 
-def _reason(code: int, err: str, lim: Limits) -> str:
-    if code == -signal.SIGXCPU or code == -signal.SIGKILL:
-        return f"CPU time limit ({lim.cpu_seconds} s)" if code == -signal.SIGXCPU else "killed (SIGKILL)"
+def _reason(code: int, err: str, cpu: float, lim: Limits) -> str:
+    if code in (-signal.SIGKILL, -signal.SIGXCPU) and cpu >= lim.cpu_seconds - 0.05:
+        return f"CPU time limit ({lim.cpu_seconds} s)"
     if code == -signal.SIGXFSZ:
         return f"file size limit ({lim.file_bytes} bytes)"
     if "MemoryError" in err:
         return f"memory limit ({lim.memory_bytes // 2 ** 20} MiB)"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}" if -code in signal.valid_signals() else f"killed ({code})"
     if code == 0:
         return "exited before the harness finished (no completion token)"
     last = err.strip().splitlines()[-1] if err.strip() else f"exit status {code}"

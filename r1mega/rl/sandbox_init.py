@@ -204,7 +204,8 @@ def set_limits(lim: dict) -> None:
         value = int(value) if hard == resource.RLIM_INFINITY else min(int(value), hard)
         resource.setrlimit(res, (value, value))
     cpu = int(lim["cpu_seconds"])
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # SIGXCPU, then SIGKILL a second later
+    # init of a PID namespace ignores SIGXCPU; the hard limit's SIGKILL always lands
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
 
 
 def drop_capabilities() -> None:
@@ -355,10 +356,10 @@ def main() -> None:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    _, st = os.waitpid(pid, 0)
+    _, st, usage = os.wait4(pid, 0)
     if workdir:
         shutil.rmtree(workdir, ignore_errors=True)
-    report(setup="ok", timeout=timed_out, exit=os.waitstatus_to_exitcode(st))
+    report(setup="ok", timeout=timed_out, exit=os.waitstatus_to_exitcode(st), cpu=usage.ru_utime + usage.ru_stime)
 
 
 if __name__ == "__main__":
