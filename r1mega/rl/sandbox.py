@@ -26,8 +26,10 @@ import os
 import secrets
 import selectors
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -136,50 +138,102 @@ def run_many(jobs: list[Job], workers: Optional[int] = None) -> list[SandboxResu
 # ---------------------------------------------------------------- one program
 
 
+class _Zygote:
+    """The per-process forker of supervisors (sandbox_init.zygote), started on first use."""
+
+    _lock = threading.Lock()
+    _current: Optional["_Zygote"] = None
+
+    def __init__(self):
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-B", "-X", "utf8", INIT, str(theirs.fileno())], env={}, cwd="/",
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
+                start_new_session=True)
+        finally:
+            theirs.close()
+        self.owner = os.getpid()
+
+    @classmethod
+    def submit(cls, fds: list[int]) -> None:
+        for attempt in range(2):
+            with cls._lock:
+                z = cls._current
+                if z is None or z.owner != os.getpid() or z.proc.poll() is not None:
+                    z = cls._current = _Zygote()  # first use, a forked trainer, or a dead zygote
+            try:
+                socket.send_fds(z.sock, [b"job"], fds)
+                return
+            except OSError:
+                if attempt:
+                    raise
+                with cls._lock:
+                    if cls._current is z:
+                        cls._current = None
+
+
 def _run(job: Job, isolate: bool) -> SandboxResult:
     lim = job.limits
     token = "r1mega-sandbox-done-" + secrets.token_hex(16)
     payload = json.dumps({
         "code": job.code, "tests": job.tests, "stdin": job.stdin, "token": token, "isolate": isolate,
-        "limits": asdict(lim), "seccomp": base64.b64encode(seccomp.build_filter()).decode(),
+        "limits": asdict(lim), "seccomp": _filter_b64(),
     }).encode()
-    status_r, status_w = os.pipe()
+    theirs, mine = [], []
+    for _ in range(4):  # job/abort, stdout, stderr, status
+        r, w = os.pipe()
+        theirs.append(r if not theirs else w)
+        mine.append(w if len(mine) == 0 else r)
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-B", "-X", "utf8", INIT, str(status_w)], env={}, cwd="/",
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(status_w,),
-            start_new_session=True)
+        _Zygote.submit(theirs)
     except OSError as e:
-        os.close(status_r)
-        return SandboxResult(False, f"sandbox setup failed: could not start the supervisor: {e}", -1, "", "")
+        for fd in mine:
+            os.close(fd)
+        return SandboxResult(False, f"sandbox setup failed: could not reach the sandbox zygote: {e}", -1, "", "")
     finally:
-        os.close(status_w)
-    out, err, status, killed = _exchange(proc, payload, status_r, lim)
+        for fd in theirs:
+            os.close(fd)
+    out, err, status, killed = _exchange(mine, len(payload).to_bytes(8, "little") + payload, lim)
     return _result(out, err, status, killed, token, lim)
 
 
-def _exchange(proc: subprocess.Popen, payload: bytes, status_r: int, lim: Limits):
-    """Feed the job, collect capped output and the supervisor's status, all before a deadline."""
-    in_fd, out_fd, err_fd = proc.stdin.fileno(), proc.stdout.fileno(), proc.stderr.fileno()
-    caps = {out_fd: lim.output_bytes + 128, err_fd: lim.stderr_bytes}  # + room for the token line
+@functools.lru_cache(maxsize=None)
+def _filter_b64() -> str:
+    return base64.b64encode(seccomp.build_filter()).decode()
+
+
+def _exchange(fds: list[int], payload: bytes, lim: Limits):
+    """Feed the job, collect capped output and the supervisor's status, all before a deadline.
+    Closing the job pipe is the abort: the supervisor then kills the program's namespace."""
+    in_fd, out_fd, err_fd, status_fd = fds
+    caps = {out_fd: lim.output_bytes + 128, err_fd: lim.stderr_bytes, status_fd: 65536}  # + the token line
     bufs = {fd: bytearray() for fd in caps}
-    status = bytearray()
     sel = selectors.DefaultSelector()
     os.set_blocking(in_fd, False)
     sel.register(in_fd, selectors.EVENT_WRITE)
-    for fd in (*caps, status_r):
+    for fd in caps:
         sel.register(fd, selectors.EVENT_READ)
-    view, killed = memoryview(payload), None
+    view, killed, aborted = memoryview(payload), None, False
     deadline = time.monotonic() + lim.wall_seconds + SETUP_GRACE
+
+    def abort(why: str) -> None:
+        nonlocal killed, aborted, deadline
+        killed = killed or why
+        if not aborted:
+            aborted = True
+            if in_fd in sel.get_map():
+                sel.unregister(in_fd)
+            os.close(in_fd)
+        deadline = min(deadline, time.monotonic() + 2.0)
+
     try:
         while sel.get_map():
             left = deadline - time.monotonic()
             if left <= 0:
-                if killed:  # already killed and still not at EOF: stop waiting
+                if aborted:  # aborted and still no EOF: stop waiting
                     break
-                killed = killed or "timeout"
-                _kill(proc)
-                deadline = time.monotonic() + 2.0
+                abort("timeout")
                 continue
             for key, _ in sel.select(timeout=left):
                 fd = key.fd
@@ -192,47 +246,26 @@ def _exchange(proc: subprocess.Popen, payload: bytes, status_r: int, lim: Limits
                         view = view[:0]
                     if not view:
                         sel.unregister(fd)
-                        proc.stdin.close()
                     continue
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     sel.unregister(fd)
                     continue
-                if fd == status_r:
-                    status += chunk[:65536 - len(status)]
-                    continue
                 room = caps[fd] - len(bufs[fd])
                 bufs[fd] += chunk[:max(room, 0)]
-                if len(chunk) > room and fd == out_fd and not killed:
-                    killed = "output"
-                    _kill(proc)
-                    deadline = min(deadline, time.monotonic() + 2.0)
+                if len(chunk) > room and fd == out_fd:
+                    abort("output")
     finally:
         sel.close()
-        for f in (proc.stdin, proc.stdout, proc.stderr):
-            try:
-                f.close()
-            except OSError:
-                pass
-        os.close(status_r)
-        try:
-            proc.wait(timeout=2.0)
-        except subprocess.TimeoutExpired:
-            _kill(proc)
-            proc.wait(timeout=2.0)
+        if not aborted:
+            os.close(in_fd)
+        for fd in (out_fd, err_fd, status_fd):
+            os.close(fd)
     try:
-        st = json.loads(bytes(status)) if status else {}
+        st = json.loads(bytes(bufs[status_fd])) if bufs[status_fd] else {}
     except ValueError:
         st = {}
     return bytes(bufs[out_fd]), bytes(bufs[err_fd]), st, killed
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    """SIGKILL the supervisor; the kernel then kills init (parent-death signal) and its namespace."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _result(out: bytes, err: bytes, st: dict, killed: Optional[str], token: str, lim: Limits) -> SandboxResult:

@@ -1,9 +1,8 @@
-"""The sandbox's supervisor and init (stdlib only; started by r1mega.rl.sandbox as
-`python -I -S -B -X utf8 sandbox_init.py` with an empty environment, fds 0/1/2 as pipes to the
-trainer and fd 3 as the trusted status channel; the job arrives as JSON on stdin).
+"""The sandbox's supervisor and init (stdlib only). r1mega.rl.sandbox starts this file once per
+trainer process as a zygote (`python -I -S -B -X utf8 sandbox_init.py <control fd>`, empty
+environment); for each job it receives the job's pipes over the control socket and forks:
 
-Process tree, one per program:
-  supervisor (this file's main, outside the new PID namespace; trusted)
+  supervisor (`supervise`, outside the new PID namespace; trusted)
     enters new user/mount/network/IPC/UTS/cgroup namespaces as an unprivileged uid and forks
   init (PID 1 of a new PID namespace)
     builds a fresh root (read-only binds of the Python stdlib and system libraries, /dev/null &
@@ -12,8 +11,8 @@ Process tree, one per program:
     after the program (and its tests) finished, prints the job's random token as its last line.
 When init exits or is killed, the kernel kills every process left in its PID namespace; init
 dies with the supervisor (PR_SET_PDEATHSIG, which the seccomp filter stops it from clearing), and
-the supervisor kills init at the wall-clock limit. The supervisor reports on fd 3, which the
-program never holds.
+the supervisor kills init at the wall-clock limit or when the trainer closes the job pipe. The
+supervisor reports on a status pipe the program never holds.
 """
 import base64
 import fcntl
@@ -22,12 +21,9 @@ import json
 import os
 import resource
 import select
-import shutil
 import signal
 import sys
-import tempfile
 import time
-import traceback
 
 NOBODY = 65534
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x2000000, 0x4000000, 0x8000000
@@ -260,6 +256,8 @@ def run_program(code: str, tests, stdio: bool, token: bytes) -> None:
         if not ok:
             sys.stderr.write(f"SystemExit({e.code!r}) before the {'tests finished' if not stdio else 'end'}\n")
     except BaseException:
+        import traceback
+
         traceback.print_exc()
     try:
         sys.stdout.flush()
@@ -306,20 +304,34 @@ def init(job: dict, report_w: int, alive_r: int) -> None:
 # ---------------------------------------------------------------- supervisor
 
 
-def main() -> None:
-    status = os.fdopen(int(sys.argv[1]), "w")  # to the trainer only; init closes it
+def _read_exactly(fd: int, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise EOFError("the trainer closed the job pipe early")
+        buf += chunk
+    return bytes(buf)
+
+
+def supervise(status_fd: int) -> None:
+    """One job: fd 0 brings an 8-byte length and the JSON job, then stays open as the abort
+    channel (EOF: the trainer gave up or died: kill the program now); fds 1/2 are the program's
+    stdout/stderr; `status_fd` gets this supervisor's verdict as JSON."""
+    status = os.fdopen(status_fd, "w")
 
     def report(**kw) -> None:
         status.write(json.dumps(kw))
         status.flush()
 
-    job = json.loads(sys.stdin.buffer.read())
-    os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
+    job = json.loads(_read_exactly(0, int.from_bytes(_read_exactly(0, 8), "little")))
     workdir = None
     try:
         if job["isolate"]:
             enter_sandbox(job["limits"]["disk_bytes"])
         else:
+            import tempfile
+
             job["workdir"] = workdir = tempfile.mkdtemp(prefix="r1mega-unsafe-sandbox-")
             if os.geteuid() == 0:
                 os.chown(workdir, NOBODY, NOBODY)
@@ -348,8 +360,9 @@ def main() -> None:
         return
     deadline = time.monotonic() + float(job["limits"]["wall_seconds"])
     pidfd = os.pidfd_open(pid)
-    timed_out = not select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))[0]
-    if timed_out:
+    ready = select.select([pidfd, 0], [], [], max(0.0, deadline - time.monotonic()))[0]
+    aborted, timed_out = 0 in ready and pidfd not in ready, not ready
+    if aborted or timed_out:
         os.kill(pid, signal.SIGKILL)  # init's death takes its whole PID namespace with it
     if not job["isolate"]:
         try:  # the unsafe mode: the program's process group, as far as it stayed in it
@@ -358,9 +371,55 @@ def main() -> None:
             pass
     _, st, usage = os.wait4(pid, 0)
     if workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
-    report(setup="ok", timeout=timed_out, exit=os.waitstatus_to_exitcode(st), cpu=usage.ru_utime + usage.ru_stime)
+        import shutil
 
+        shutil.rmtree(workdir, ignore_errors=True)
+    report(setup="ok", timeout=timed_out, aborted=aborted, exit=os.waitstatus_to_exitcode(st),
+           cpu=usage.ru_utime + usage.ru_stime)
+
+
+def zygote(control_fd: int) -> None:
+    """Forks one supervisor per job received on the control socket (the fds of its pipes come
+    with the message), so no job pays for an interpreter's start-up or a fork of the trainer.
+    Holds no job data itself; exits when the trainer closes the socket."""
+    import socket
+
+    for name in PRELOAD:  # shared by every program through fork
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    sock = socket.socket(fileno=control_fd)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 16, 4)
+        except InterruptedError:
+            continue
+        if not msg:
+            return
+        if len(fds) != 4:
+            for fd in fds:
+                os.close(fd)
+            continue
+        if os.fork() == 0:
+            try:
+                sock.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for target, fd in enumerate(fds[:3]):
+                    os.dup2(fd, target)
+                for fd in fds[:3]:
+                    if fd > 2:
+                        os.close(fd)
+                supervise(fds[3])
+            finally:
+                os._exit(0)
+        for fd in fds:
+            os.close(fd)
+
+
+PRELOAD = ("traceback", "collections", "itertools", "functools", "heapq", "bisect", "math", "string", "re",
+           "random", "typing", "dataclasses", "fractions", "decimal", "statistics")
 
 if __name__ == "__main__":
-    main()
+    zygote(int(sys.argv[1]))
