@@ -296,6 +296,28 @@ print('keyctl', libc.syscall(250, 0, 0), ctypes.get_errno())
 print('setuid0', libc.setuid(0), ctypes.get_errno())
 open('/r1mega-escape-marker', 'w')
 """,
+    "scheduler_hostname_clone_parent": """
+import ctypes, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+for f in (lambda: os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(50)),
+          lambda: os.setpriority(os.PRIO_PROCESS, 0, -20)):
+    try: f(); print('raised priority')
+    except Exception as e: print(e)
+print('host', socket.gethostname())
+r = libc.syscall(56 if os.uname().machine == 'x86_64' else 220, 0x8000 | 17, 0, 0, 0, 0)  # CLONE_PARENT
+if r == 0: os._exit(0)
+print('clone_parent', r, ctypes.get_errno())
+""",
+    "setuid_binary_and_memfd_exec": """
+import os, shutil
+print(os.listdir('/'), os.listdir('/usr'))
+open('/tmp/x', 'wb').write(open('/dev/zero', 'rb').read(64)); os.chmod('/tmp/x', 0o4755)
+try: os.execv('/tmp/x', ['x'])
+except Exception as e: print('exec tmp', e)
+fd = os.memfd_create('x'); os.write(fd, b'#!/bin/sh' + bytes([10]) + b'touch /tmp/r1mega-escape-marker')
+try: os.execve(fd, ['x'], {{}})
+except Exception as e: print('exec memfd', e)
+""",
     "fork_bomb": """
 import os
 while True:
@@ -305,7 +327,7 @@ while True:
     "memory_bomb": """
 x = []
 while True:
-    x.append(bytearray(10 ** 7))
+    x.append(bytearray(10 ** 8))
 """,
     "stdlib_poisoning": """
 import os
@@ -376,6 +398,9 @@ def test_escapes_are_contained(host):
     assert "opened" not in devs
     sig = r["signals_to_parent_and_host"].stdout
     assert f"{host['ppid']} [Errno 3]" in sig and f"{host['victim']} [Errno 3]" in sig, sig  # no such process
+    sched = r["scheduler_hostname_clone_parent"].stdout
+    assert "raised priority" not in sched and "host sandbox\n" in sched and "clone_parent -1 22" in sched, sched
+    assert "exec tmp [Errno 13]" in r["setuid_binary_and_memfd_exec"].stdout  # noexec /tmp
     secrets_out = r["read_secrets"].stdout
     assert "glob" not in secrets_out and "/work" not in secrets_out
     # the next program runs normally, and sees nothing left over

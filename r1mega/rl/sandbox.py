@@ -280,7 +280,7 @@ def _result(out: bytes, err: bytes, st: dict, killed: Optional[str], token: str,
         stdout = stdout[:-len(tail)]
     if killed == "output":
         return SandboxResult(False, f"output limit ({lim.output_bytes} bytes)", code, stdout, stderr)
-    if killed == "timeout" or st.get("timeout"):
+    if killed == "timeout" or st.get("timeout") and code == -signal.SIGKILL:  # else it ended on its own just then
         return SandboxResult(False, f"wall-clock timeout after {lim.wall_seconds:g} s", code, stdout, stderr)
     if setup is None:
         return SandboxResult(False, "sandbox supervisor died without a status", code, stdout, stderr)

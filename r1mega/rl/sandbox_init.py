@@ -35,7 +35,7 @@ MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 1, 24, 38, 47
 PR_CAP_AMBIENT_CLEAR_ALL, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 4, 22, 2
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
-SYSTEM_LIBS = ("/usr/lib", "/usr/lib64", "/usr/lib32", "/lib", "/lib64", "/lib32")
+SYSTEM_LIB_LINKS = ("/lib", "/lib64", "/lib32", "/libx32")
 DEVICES = ("null", "zero", "random", "urandom")
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -82,6 +82,7 @@ def enter_sandbox(disk_bytes: int) -> None:
         _write("/proc/self/setgroups", "deny")
         _write("/proc/self/uid_map", f"{uid} {uid} 1")
         _write("/proc/self/gid_map", f"{gid} {gid} 1")
+        _check(libc.sethostname(b"sandbox", 7), "sethostname")
         build_root(uid, gid, disk_bytes)
         return
     os.setgroups([])  # root's supplementary groups must not follow into the sandbox
@@ -119,6 +120,7 @@ def enter_sandbox(disk_bytes: int) -> None:
         raise OSError("could not write the sandbox's uid/gid maps")
     os.setresgid(NOBODY, NOBODY, NOBODY)  # the maps make nobody the only id that exists inside
     os.setresuid(NOBODY, NOBODY, NOBODY)
+    _check(libc.sethostname(b"sandbox", 7), "sethostname")  # not the host's name
 
 
 def drop_to_nobody() -> None:  # the unsafe mode's only identity change
@@ -143,12 +145,22 @@ def _bind_ro(src_fd: int, target: str, device: bool = False) -> None:
 
 
 def _visible_paths() -> list[str]:
-    """The host paths the program may read: system libraries (for extension modules' .so
-    dependencies) and the interpreter's own stdlib directories; nothing else."""
-    paths = [p for p in SYSTEM_LIBS if os.path.lexists(p)]
-    for p in sys.path:
-        if p and os.path.isdir(p) and not any(p == q or p.startswith(q + "/") for q in paths):
-            paths.append(os.path.abspath(p))
+    """The host paths the program may read, nothing else: the directories of the shared objects
+    this interpreter has loaded (so extension modules find their .so dependencies next to libc),
+    the interpreter's stdlib directories, and the top-level /lib* symlinks of merged-/usr systems."""
+    dirs = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(None, 5)
+            path = fields[5].strip() if len(fields) == 6 else ""
+            if path.startswith("/") and ".so" in os.path.basename(path):
+                d = os.path.dirname(path)
+                dirs += [d, "/usr" + d] if d.startswith("/lib") else [d]
+    dirs += [os.path.abspath(p) for p in sys.path if p]
+    paths = [p for p in SYSTEM_LIB_LINKS if os.path.islink(p)]
+    for p in sorted(set(dirs), key=len):
+        if os.path.isdir(p) and not os.path.islink(p) and not any(p == q or p.startswith(q + "/") for q in paths):
+            paths.append(p)
     return paths
 
 
@@ -195,7 +207,7 @@ def set_limits(lim: dict) -> None:
     for res, value in ((resource.RLIMIT_AS, lim["memory_bytes"]), (resource.RLIMIT_FSIZE, lim["file_bytes"]),
                        (resource.RLIMIT_NPROC, lim["processes"]), (resource.RLIMIT_NOFILE, lim["open_files"]),
                        (resource.RLIMIT_CORE, 0), (resource.RLIMIT_MEMLOCK, 0), (resource.RLIMIT_STACK, stack),
-                       (resource.RLIMIT_MSGQUEUE, 0)):
+                       (resource.RLIMIT_MSGQUEUE, 0), (resource.RLIMIT_RTPRIO, 0), (resource.RLIMIT_NICE, 0)):
         hard = resource.getrlimit(res)[1]
         value = int(value) if hard == resource.RLIM_INFINITY else min(int(value), hard)
         resource.setrlimit(res, (value, value))
@@ -336,8 +348,8 @@ def supervise(status_fd: int) -> None:
             if os.geteuid() == 0:
                 os.chown(workdir, NOBODY, NOBODY)
             drop_to_nobody()
-    except OSError as e:
-        report(setup=f"{e}")
+    except Exception as e:  # noqa: BLE001 - any failure to confine is reported, never run past
+        report(setup=f"{type(e).__name__}: {e}")
         return
     report_r, report_w = os.pipe()
     alive_r, alive_w = os.pipe()

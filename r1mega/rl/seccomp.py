@@ -48,7 +48,7 @@ _ARCHES = {  # machine -> (AUDIT_ARCH_*, syscall numbers)
         quotactl=179, quotactl_fd=443, fanotify_init=300, lookup_dcookie=212, uselib=134, ustat=136,
         sysfs=139, vhangup=153, iopl=172, ioperm=173, modify_ldt=154, sethostname=170,
         setdomainname=171, nfsservctl=180, migrate_pages=256, move_pages=279, vmsplice=278,
-        memfd_secret=447, create_module=174, get_kernel_syms=177, query_module=178,
+        memfd_secret=447, process_madvise=440, create_module=174, get_kernel_syms=177, query_module=178,
         personality=135, clone=56, clone3=435, socket=41, socketpair=53, ioctl=16, prctl=157)),
     "aarch64": (0xC00000B7, dict(
         ptrace=117, process_vm_readv=270, process_vm_writev=271, pidfd_getfd=438, kcmp=272,
@@ -61,7 +61,7 @@ _ARCHES = {  # machine -> (AUDIT_ARCH_*, syscall numbers)
         syslog=116, acct=89, settimeofday=170, clock_settime=112, clock_adjtime=266, adjtimex=171,
         quotactl=60, quotactl_fd=443, fanotify_init=262, lookup_dcookie=18, vhangup=58,
         sethostname=161, setdomainname=162, nfsservctl=42, migrate_pages=238, move_pages=239,
-        vmsplice=75, memfd_secret=447,
+        vmsplice=75, memfd_secret=447, process_madvise=440,
         personality=92, clone=220, clone3=435, socket=198, socketpair=199, ioctl=29, prctl=167)),
 }
 _ARG_CHECKED = {"personality", "clone", "clone3", "socket", "socketpair", "ioctl", "prctl"}
