@@ -65,27 +65,31 @@ def _write(path: str, text: str) -> None:
 
 
 def enter_sandbox(disk_bytes: int) -> None:
-    """Build the sandbox's root and enter new user/mount/net/IPC/UTS/cgroup namespaces (and a PID
-    namespace for the next child) as an unprivileged uid.
+    """Enter new user/mount/net/IPC/UTS/cgroup namespaces (and a PID namespace for the next
+    child), build the sandbox's root in them, and become an unprivileged uid.
 
-    As root: the root is built in a private mount namespace while still root (so the stdlib may
-    live where nobody cannot look, e.g. /root/.pyenv), then the user namespace is entered and a
-    helper forked beforehand (still root outside) maps nobody to nobody; the mounts then belong to
-    a namespace the sandbox has no capability over. This also works where unprivileged user
-    namespaces are restricted. Otherwise: an ordinary unprivileged user namespace mapping only
-    the caller's own ids, then the same root."""
-    flags = CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID
+    As root, the sandbox's uid is nobody: a helper forked beforehand (still root outside, so
+    allowed to) maps nobody to nobody, and the root is built before the switch (root still owns
+    /root, where the stdlib may live, e.g. /root/.pyenv). Otherwise the caller's own uid is the
+    only one mapped. Needs no capability outside the new user namespace."""
+    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID
     flags |= CLONE_NEWCGROUP if os.path.exists("/proc/self/ns/cgroup") else 0
+    what = "unshare(user, mount, net, ipc, uts, pid namespaces)"
     if os.geteuid() != 0:
         uid, gid = os.geteuid(), os.getegid()
-        _check(libc.unshare(flags | CLONE_NEWNS), "unshare(user, mount, net, ipc, uts, pid namespaces)")
+        _check(libc.unshare(flags), what)
         _write("/proc/self/setgroups", "deny")
         _write("/proc/self/uid_map", f"{uid} {uid} 1")
         _write("/proc/self/gid_map", f"{gid} {gid} 1")
-        _check(libc.sethostname(b"sandbox", 7), "sethostname")
-        build_root(uid, gid, disk_bytes)
-        return
-    os.setgroups([])  # root's supplementary groups must not follow into the sandbox
+    else:
+        uid = gid = NOBODY
+        os.setgroups([])  # root's supplementary groups must not follow into the sandbox
+        _map_nobody_with_helper(flags, what)
+    _check(libc.sethostname(b"sandbox", 7), "sethostname")  # not the host's name
+    build_root(uid, gid, disk_bytes)
+
+
+def _map_nobody_with_helper(flags: int, what: str) -> None:
     me = os.open(f"/proc/{os.getpid()}", os.O_PATH | os.O_DIRECTORY)
     go_r, go_w = os.pipe()
     helper = os.fork()
@@ -105,22 +109,16 @@ def enter_sandbox(disk_bytes: int) -> None:
         os._exit(code)
     os.close(go_r)
     os.close(me)
-    try:
-        _check(libc.unshare(CLONE_NEWNS), "unshare(mount namespace)")
-        build_root(NOBODY, NOBODY, disk_bytes)
-        _check(libc.unshare(flags), "unshare(user, net, ipc, uts, pid namespaces)")
-    except BaseException:
+    if libc.unshare(flags) != 0:
+        err = ctypes.get_errno()
         os.close(go_w)  # the helper reads EOF and leaves
         os.waitpid(helper, 0)
-        raise
+        raise OSError(err, f"{what}: {os.strerror(err)}")
     os.write(go_w, b"u")
     os.close(go_w)
     _, status = os.waitpid(helper, 0)
     if status != 0:
         raise OSError("could not write the sandbox's uid/gid maps")
-    os.setresgid(NOBODY, NOBODY, NOBODY)  # the maps make nobody the only id that exists inside
-    os.setresuid(NOBODY, NOBODY, NOBODY)
-    _check(libc.sethostname(b"sandbox", 7), "sethostname")  # not the host's name
 
 
 def drop_to_nobody() -> None:  # the unsafe mode's only identity change
@@ -165,12 +163,15 @@ def _visible_paths() -> list[str]:
 
 
 def build_root(uid: int, gid: int, disk_bytes: int) -> None:
-    """A fresh tmpfs root with read-only binds, device nodes and a writable /tmp owned by uid,
-    pivoted into; the host's root is detached. Runs in a mount namespace of its own."""
+    """A fresh tmpfs root with read-only binds, device nodes and a writable /tmp, pivoted into;
+    the host's root is detached. Runs in the new mount namespace; what it shows is opened first
+    (as the caller), then the identity becomes uid/gid for good and the rest is built as them."""
     sources = {}  # opened before /tmp is covered, in case a path lives under it
     for p in _visible_paths():
         sources[p] = os.readlink(p) if os.path.islink(p) else os.open(p, os.O_PATH | os.O_DIRECTORY)
     devices = {d: os.open(f"/dev/{d}", os.O_PATH) for d in DEVICES if os.path.exists(f"/dev/{d}")}
+    os.setresgid(gid, gid, gid)  # from here on the only ids that exist inside (capabilities stay)
+    os.setresuid(uid, uid, uid)
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     root = "/tmp"
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=0755")
