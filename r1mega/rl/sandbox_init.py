@@ -238,24 +238,32 @@ def install_seccomp(program: bytes) -> None:
     _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0), "installing the seccomp filter")
 
 
-def stdin_from(data: bytes) -> None:
-    """The program's stdin: a sealed in-memory file (no pipe to fill, nothing written to disk)."""
-    fd = os.memfd_create("stdin", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+def _sealed(data: bytes, cloexec: bool) -> int:
+    """A read-only in-memory file holding data (sealed: nobody can change it afterwards)."""
+    fd = os.memfd_create("data", (os.MFD_CLOEXEC if cloexec else 0) | os.MFD_ALLOW_SEALING)
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
     fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
     os.lseek(fd, 0, os.SEEK_SET)
-    os.dup2(fd, 0)
+    return fd
+
+
+def stdin_from(data: bytes) -> None:
+    """The program's stdin: a sealed in-memory file (no pipe to fill, nothing written to disk)."""
+    fd = _sealed(data, cloexec=True)
+    os.dup2(fd, 0)  # dup2 clears close-on-exec on fd 0
     os.close(fd)
 
 
 # ---------------------------------------------------------------- init: run the program
 
 
-def run_program(code: str, tests, stdio: bool, token: bytes) -> None:
+def run_program(code: str, tests, stdio: bool, token_fd: int) -> None:
     """Runs the program, then its tests; the token goes out only if both completed. With stdio
-    (no tests) a clean sys.exit(0) ends the program normally; with tests any exit is a failure."""
+    (no tests) a clean sys.exit(0) ends the program normally; with tests any exit is a failure.
+    The token is read from its sealed memfd only at the end, so no Python object holds it while
+    the program runs (a program that hunts for that fd can still find it: see the README)."""
     glb = {"__name__": "__main__", "__builtins__": __builtins__}
     sys.argv = ["solution.py"]
     ok = False
@@ -277,7 +285,7 @@ def run_program(code: str, tests, stdio: bool, token: bytes) -> None:
     except BaseException:
         ok = False
     if ok:
-        os.write(1, b"\n" + token + b"\n")
+        os.write(1, b"\n" + os.pread(token_fd, 256, 0) + b"\n")
     os._exit(0 if ok else 1)
 
 
@@ -297,6 +305,7 @@ def init(job: dict, report_w: int, alive_r: int) -> None:
         os.closerange(3, report_w)
         os.closerange(report_w + 1, 1 << 16)
         stdin_from(job["stdin"].encode())
+        token_fd = _sealed(job.pop("token").encode(), cloexec=True)  # out of the job dict the callers hold
         os.environ.clear()
         os.environ.update({"HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"})
         set_limits(job["limits"])
@@ -308,10 +317,9 @@ def init(job: dict, report_w: int, alive_r: int) -> None:
         os._exit(71)
     os.write(report_w, b"ok")
     os.close(report_w)
-    code, tests, token = job["code"], job["tests"], job["token"].encode()
-    stdio = tests is None
+    code, tests = job["code"], job["tests"]
     del job
-    run_program(code, tests, stdio, token)
+    run_program(code, tests, tests is None, token_fd)
 
 
 # ---------------------------------------------------------------- supervisor
