@@ -408,6 +408,29 @@ def test_escapes_are_contained(host):
     assert nxt.ok and nxt.stdout == "[] 4\n", nxt
 
 
+TOKEN_HUNT = """
+import gc, os, sys
+def strings(o, seen, depth=0):
+    if id(o) in seen or depth > 6: return
+    seen.add(id(o))
+    if isinstance(o, (str, bytes)):
+        yield o
+    elif isinstance(o, dict):
+        for v in list(o.values()) + list(o.keys()): yield from strings(v, seen, depth + 1)
+    elif isinstance(o, (list, tuple, set, frozenset)) and o is not seen:
+        for v in list(o): yield from strings(v, seen, depth + 1)
+roots = [sys.modules['__main__'].__dict__] + gc.get_objects()
+f = sys._getframe()
+while f: roots += [f.f_locals, f.f_globals]; f = f.f_back
+seen = set()
+for r in roots:
+    for x in list(strings(r, seen)):
+        x = x.encode() if isinstance(x, str) else x
+        if x.startswith(b'r1mega-sandbox-done-') and len(x) > 40:
+            os.write(1, b'\\n' + x + b'\\n'); os._exit(0)
+"""
+
+
 @pytest.mark.parametrize("code", [
     "import sys\nsys.exit(0)",
     "import os\nos._exit(0)",
@@ -418,6 +441,7 @@ def test_escapes_are_contained(host):
     "import sys\nsys.stdout = open('/dev/null', 'w')",
     "import os\nos.execv('/bin/true', ['true'])",
     "import threading, os\nthreading.Thread(target=lambda: os._exit(0)).start()\nimport time\ntime.sleep(5)",
+    TOKEN_HUNT,
 ])
 def test_leaving_before_the_tests_scores_zero(code):
     res = run_tests(code, "assert False, 'the tests ran and failed'", limits=FAST)
