@@ -578,3 +578,33 @@ def test_seccomp_numbers_match_libseccomp():
     for machine, (arch, table) in sc._ARCHES.items():
         for name, nr in table.items():
             assert lib.seccomp_syscall_resolve_name_arch(arch, name.encode()) == nr, (machine, name)
+
+
+ID_PATHS = """
+import os, sys
+from r1mega.rl import sandbox
+canary = sys.argv[1]
+assert sandbox.isolation_problem() is None, sandbox.isolation_problem()
+r = sandbox.run_code(f"import os\\nprint(os.getuid(), os.listdir('/'))\\nopen({canary!r}, 'w').write('x')")
+assert not r.ok and "No such file or directory" in r.reason, r
+inside = int(r.stdout.split()[0])
+ok = sandbox.run_tests("def f():\\n    return 1\\n", "assert f() == 1").ok
+gamed = sandbox.run_tests("import sys\\nsys.exit(0)", "assert False").ok
+print(os.geteuid(), inside, ok, gamed)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/unshare"), reason="needs root and util-linux unshare")
+@pytest.mark.parametrize("wrap, outer, inside", [
+    (["--map-user=1000", "--map-group=1000"], 1000, 1000),  # an ordinary user: unprivileged user namespace
+    (["--map-root-user"], 0, 65534),  # a rootless container's root, where nobody does not exist
+])
+def test_other_identities(tmp_path, wrap, outer, inside):
+    canary = tmp_path / "canary"
+    canary.write_text("keep")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(sandbox.__file__))))
+    p = subprocess.run(["unshare", "--user", *wrap, sys.executable, "-c", ID_PATHS, str(canary)],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == [str(outer), str(inside), "True", "False"], p.stdout
+    assert canary.read_text() == "keep"

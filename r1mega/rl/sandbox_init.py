@@ -70,23 +70,46 @@ def enter_sandbox(disk_bytes: int) -> None:
 
     As root, the sandbox's uid is nobody: a helper forked beforehand (still root outside, so
     allowed to) maps nobody to nobody, and the root is built before the switch (root still owns
-    /root, where the stdlib may live, e.g. /root/.pyenv). Otherwise the caller's own uid is the
-    only one mapped. Needs no capability outside the new user namespace."""
+    /root, where the stdlib may live, e.g. /root/.pyenv). Where nobody does not exist (a rootless
+    container mapping only its root), nobody inside is mapped onto the caller. Otherwise the
+    caller's own uid is the only one mapped. Needs no capability outside the new user namespace;
+    uid 0 never exists inside."""
     flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID
     flags |= CLONE_NEWCGROUP if os.path.exists("/proc/self/ns/cgroup") else 0
     what = "unshare(user, mount, net, ipc, uts, pid namespaces)"
-    if os.geteuid() != 0:
-        uid, gid = os.geteuid(), os.getegid()
+    root = os.geteuid() == 0
+    if root and _setgroups_allowed():
+        os.setgroups([])  # root's supplementary groups must not follow into the sandbox
+    if root and _mapped("uid", NOBODY) and _mapped("gid", NOBODY):
+        uid = gid = NOBODY
+        _map_nobody_with_helper(flags, what)
+    else:
+        outer_uid, outer_gid = os.geteuid(), os.getegid()
+        uid, gid = (NOBODY, NOBODY) if root else (outer_uid, outer_gid)
         _check(libc.unshare(flags), what)
         _write("/proc/self/setgroups", "deny")
-        _write("/proc/self/uid_map", f"{uid} {uid} 1")
-        _write("/proc/self/gid_map", f"{gid} {gid} 1")
-    else:
-        uid = gid = NOBODY
-        os.setgroups([])  # root's supplementary groups must not follow into the sandbox
-        _map_nobody_with_helper(flags, what)
+        _write("/proc/self/uid_map", f"{uid} {outer_uid} 1")
+        _write("/proc/self/gid_map", f"{gid} {outer_gid} 1")
     _check(libc.sethostname(b"sandbox", 7), "sethostname")  # not the host's name
     build_root(uid, gid, disk_bytes)
+
+
+def _setgroups_allowed() -> bool:  # "deny" in a user namespace set up that way (then groups are fixed)
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() != "deny"
+    except OSError:
+        return True
+
+
+def _mapped(kind: str, ident: int) -> bool:
+    """Whether id exists in this process's user namespace (per /proc/self/{uid,gid}_map)."""
+    with open(f"/proc/self/{kind}_map") as f:
+        for line in f:
+            first, _, count = map(int, line.split())
+            if first <= ident < first + count:
+                return True
+    return False
 
 
 def _map_nobody_with_helper(flags: int, what: str) -> None:
