@@ -193,10 +193,11 @@ for fam in (socket.AF_NETLINK, socket.AF_PACKET):
     except Exception as e: print(e)
 """,
     "setsid_grandchild_outlives_timeout": """
-import os, time
+import ctypes, os, time
 if os.fork() == 0:
     os.setsid()
     if os.fork() == 0:
+        ctypes.CDLL(None).prctl(15, b'r1m-leftover', 0, 0, 0)  # PR_SET_NAME: findable if it survives
         time.sleep(4)
         for p in ('{canary}', '/tmp/r1mega-escape-marker'):
             try: open(p, 'w').write('late')
@@ -206,9 +207,10 @@ if os.fork() == 0:
 time.sleep(60)
 """,
     "grandchild_holds_stdout_open": """
-import os, time
+import ctypes, os, time
 if os.fork() == 0:
     os.setsid()
+    ctypes.CDLL(None).prctl(15, b'r1m-leftover', 0, 0, 0)
     time.sleep(60)
     os._exit(0)
 print('parent leaves')
@@ -221,6 +223,8 @@ for p in ('/etc/passwd', '/etc/shadow', '{ckpt}', '{canary}', '/proc/{ppid}/envi
     except Exception as e: print(type(e).__name__)
 print(dict(os.environ))
 print(glob.glob('/*'), glob.glob('/work/*'), glob.glob('{root}/*'))
+site = os.path.join(os.path.dirname(os.__file__), 'site-packages')
+print('site-packages', os.listdir(site) if os.path.isdir(site) else [])
 for fd in range(3, 256):
     try: print(fd, os.read(fd, 4096))
     except OSError: pass
@@ -352,9 +356,11 @@ def _assert_host_untouched(host: dict) -> None:
             s.accept()
     assert host["victim_proc"].poll() is None, "the host process was killed"
     assert os.getpid() == host["ppid"]
-    zygote = f"/proc/{sandbox._Zygote._current.proc.pid}/cmdline"  # every sandbox process is its fork
-    leftovers = [p for p in glob.glob("/proc/[0-9]*/cmdline") if sandbox.INIT.encode() in _read(p) and p != zygote]
+    zygote = sandbox._Zygote._current.proc.pid  # every sandbox process descends from it
+    leftovers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if zygote in _ancestors(pid)]
     assert not leftovers, "sandbox processes outlived their run"
+    named = [p for p in glob.glob("/proc/[0-9]*/comm") if _read(p).strip() == b"r1m-leftover"]
+    assert not named, "a program's grandchild outlived its run"
 
 
 def _read(p: str) -> bytes:
@@ -362,6 +368,17 @@ def _read(p: str) -> bytes:
         return open(p, "rb").read()
     except OSError:
         return b""
+
+
+def _ancestors(pid: int) -> list[int]:
+    chain = []
+    while pid > 1:
+        try:
+            pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        chain.append(pid)
+    return chain
 
 
 def test_escapes_are_contained(host):
@@ -402,7 +419,7 @@ def test_escapes_are_contained(host):
     assert "raised priority" not in sched and "host sandbox\n" in sched and "clone_parent -1 22" in sched, sched
     assert "exec tmp [Errno 13]" in r["setuid_binary_and_memfd_exec"].stdout  # noexec /tmp
     secrets_out = r["read_secrets"].stdout
-    assert "glob" not in secrets_out and "/work" not in secrets_out
+    assert "glob" not in secrets_out and "/work" not in secrets_out and "site-packages []\n" in secrets_out
     # the next program runs normally, and sees nothing left over
     nxt = run_code("import os\nprint(os.listdir('/tmp'), 2 + 2)", limits=FAST)
     assert nxt.ok and nxt.stdout == "[] 4\n", nxt

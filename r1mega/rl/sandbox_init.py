@@ -207,6 +207,11 @@ def build_root(uid: int, gid: int, disk_bytes: int) -> None:
         os.makedirs(target, exist_ok=True)
         _bind_ro(src, target)
         os.close(src)
+        for sub in ("", "/python3", f"/python{sys.version_info[0]}.{sys.version_info[1]}"):
+            for name in ("site-packages", "dist-packages"):  # installed packages: not needed, not shown
+                if os.path.isdir(f"{target}{sub}/{name}"):
+                    _mount("tmpfs", f"{target}{sub}/{name}", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                           "size=4k,nr_inodes=1,mode=0555")
     os.mkdir(root + "/dev")
     for d, fd in devices.items():
         open(f"{root}/dev/{d}", "w").close()
