@@ -11,10 +11,10 @@ from __future__ import annotations
 import ast
 import glob
 import os
-import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -186,7 +186,9 @@ print('unshare', libc.unshare(0x10000000 | 0x40000000), ctypes.get_errno())
 for fam, addr in ((socket.AF_INET, ('127.0.0.1', {port})), (socket.AF_INET6, ('::1', {port}))):
     try: socket.create_connection(addr, timeout=1).send(b'pwned')
     except Exception as e: print(e)
-try: s = socket.socket(socket.AF_UNIX); s.connect('\\0r1mega-sandbox-test-' + 'r1mega-secret-7f3a9c'); print('abstract ok')
+try:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect('\\0r1mega-sandbox-test-' + 'r1mega-secret-7f3a9c'); print('abstract ok')
 except Exception as e: print(e)
 for fam in (socket.AF_NETLINK, socket.AF_PACKET):
     try: socket.socket(fam, socket.SOCK_RAW); print('raw socket', fam)
@@ -396,7 +398,8 @@ def test_escapes_are_contained(host):
     r = results
     assert r["setsid_grandchild_outlives_timeout"].reason.startswith("wall-clock timeout")
     assert r["grandchild_holds_stdout_open"].ok and r["grandchild_holds_stdout_open"].stdout == "parent leaves\n"
-    assert r["huge_stdout"].reason.startswith("output limit") and len(r["huge_stdout"].stdout) <= FAST.output_bytes + 200
+    huge = r["huge_stdout"]
+    assert huge.reason.startswith("output limit") and len(huge.stdout) <= FAST.output_bytes + 200, huge.reason
     disk = r["fill_the_disk"].stdout
     assert "one file [Errno 27] File too large" in disk and "stopped [Errno 28] No space left" in disk, disk
     assert int(disk.rsplit("wrote ", 1)[1]) <= FAST.disk_bytes
@@ -469,51 +472,134 @@ def test_leaving_before_the_tests_scores_zero(code):
 
 # ---------------------------------------------------------------- correct programs keep passing
 
-SOLVED = [  # (code, tests or stdin/stdout cases)
-    ("def two_sum(nums, target):\n    seen = {}\n    for i, x in enumerate(nums):\n        if target - x in seen:\n"
-     "            return [seen[target - x], i]\n        seen[x] = i\n",
-     "assert two_sum([2, 7, 11, 15], 9) == [0, 1]\nassert two_sum([3, 2, 4], 6) == [1, 2]"),
-    ("from bisect import bisect_left\ndef lis(a):\n    t = []\n    for x in a:\n        i = bisect_left(t, x)\n"
-     "        t[i:i + 1] = [x]\n    return len(t)\n",
-     "assert lis([10, 9, 2, 5, 3, 7, 101, 18]) == 4\nassert lis(list(range(5000))) == 5000"),
-    ("import heapq, sys\ndef main():\n    data = sys.stdin.read().split()\n    n, m = int(data[0]), int(data[1])\n"
-     "    g = [[] for _ in range(n)]\n    for i in range(m):\n        u, v, w = map(int, data[2 + 3 * i: 5 + 3 * i])\n"
-     "        g[u].append((v, w)); g[v].append((u, w))\n    d = [float('inf')] * n; d[0] = 0; h = [(0, 0)]\n"
-     "    while h:\n        du, u = heapq.heappop(h)\n        if du > d[u]:\n            continue\n"
-     "        for v, w in g[u]:\n            if du + w < d[v]:\n                d[v] = du + w; heapq.heappush(h, (d[v], v))\n"
-     "    print(' '.join(map(str, d)))\nmain()\n",
-     [{"input": "4 4\n0 1 1\n1 2 2\n0 2 5\n2 3 1\n", "output": "0 1 3 4"}]),
-    ("import re\nfrom collections import Counter\ndef top_words(text, k):\n"
-     "    c = Counter(re.findall(r'[a-z]+', text.lower()))\n    return [w for w, _ in sorted(c.items(), key=lambda x: (-x[1], x[0]))[:k]]\n",
-     "assert top_words('The cat and the hat. The END and', 2) == ['the', 'and']"),
-    ("from itertools import permutations, combinations\ndef count_perm(n):\n    return sum(1 for _ in permutations(range(n)))\n"
-     "def pairs(s):\n    return [''.join(c) for c in combinations(s, 2)]\n",
-     "assert count_perm(7) == 5040\nassert pairs('abc') == ['ab', 'ac', 'bc']"),
-    ("from functools import lru_cache\n@lru_cache(maxsize=None)\ndef fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n",
-     "assert fib(200) == 280571172992510140037611932413038677189525"),
-    ("import sys\nsys.setrecursionlimit(1 << 20)\ndef depth(n):\n    return 0 if n == 0 else 1 + depth(n - 1)\n",
-     "assert depth(100000) == 100000"),
-    ("import string\ndef caesar(s, k):\n    a = string.ascii_lowercase\n    return s.translate(str.maketrans(a, a[k:] + a[:k]))\n",
-     "assert caesar('hello', 3) == 'khoor'"),
-    ("import math\ndef stats(n):\n    return math.isqrt(n), math.gcd(n, 84), math.lcm(4, 6), round(math.log2(n), 3)\n",
-     "assert stats(1000) == (31, 4, 12, 9.966)"),
-    ("def big_sum(n):\n    a = list(range(n))\n    b = [x * 2 for x in a]\n    return sum(b)\n",
-     "assert big_sum(3_000_000) == 3_000_000 * (3_000_000 - 1)"),
-    ("import sys\nnums = sorted(map(int, sys.stdin.read().split()))\nprint(*nums[:3])\nprint(sum(nums))\nsys.exit(0)\n",
-     [{"input": " ".join(str((i * 7919) % 100003) for i in range(100000)), "output": "0 1 2\n"
-       + str(sum((i * 7919) % 100003 for i in range(100000)))}]),
-    ("from collections import deque, defaultdict\nfrom fractions import Fraction\nfrom decimal import Decimal\n"
-     "import dataclasses, typing, random, statistics, tempfile, json\n"
-     "def bfs(edges, s):\n    g = defaultdict(list)\n    for u, v in edges:\n        g[u].append(v)\n"
-     "    seen, q = {s}, deque([s])\n    while q:\n        u = q.popleft()\n        for v in g[u]:\n"
-     "            if v not in seen:\n                seen.add(v); q.append(v)\n    return sorted(seen)\n"
-     "with tempfile.TemporaryDirectory() as d:\n    open(d + '/x.json', 'w').write(json.dumps([1]))\n",
-     "assert bfs([(1, 2), (2, 3), (4, 5)], 1) == [1, 2, 3]\nassert Fraction(1, 3) + Fraction(1, 6) == Fraction(1, 2)\n"
-     "assert str(Decimal('0.1') + Decimal('0.2')) == '0.3'\nassert statistics.median([3, 1, 2]) == 2"),
-    ("n = int(input())\nfor i in range(1, n + 1):\n    print('FizzBuzz' if i % 15 == 0 else 'Fizz' if i % 3 == 0 else "
-     "'Buzz' if i % 5 == 0 else i)\n",
-     [{"input": "5\n", "output": "1 2 Fizz 4 Buzz"}, {"input": "15\n", "output": "1 2 Fizz 4 Buzz Fizz 7 8 Fizz Buzz 11 Fizz 13 14 FizzBuzz"}]),
-]
+def _solved(code: str, tests) -> tuple:
+    return textwrap.dedent(code).lstrip("\n"), textwrap.dedent(tests).strip() if isinstance(tests, str) else tests
+
+
+NUMBERS = " ".join(str((i * 7919) % 100003) for i in range(100000))
+SOLVED = [_solved(*case) for case in [  # (solution, asserts run after it, or stdin/stdout cases)
+    ("""
+     def two_sum(nums, target):
+         seen = {}
+         for i, x in enumerate(nums):
+             if target - x in seen:
+                 return [seen[target - x], i]
+             seen[x] = i
+     """, "assert two_sum([2, 7, 11, 15], 9) == [0, 1]\nassert two_sum([3, 2, 4], 6) == [1, 2]"),
+    ("""
+     from bisect import bisect_left
+     def lis(a):
+         t = []
+         for x in a:
+             i = bisect_left(t, x)
+             t[i:i + 1] = [x]
+         return len(t)
+     """, "assert lis([10, 9, 2, 5, 3, 7, 101, 18]) == 4\nassert lis(list(range(5000))) == 5000"),
+    ("""
+     import heapq, sys
+     def main():
+         data = sys.stdin.read().split()
+         n, m = int(data[0]), int(data[1])
+         g = [[] for _ in range(n)]
+         for i in range(m):
+             u, v, w = map(int, data[2 + 3 * i: 5 + 3 * i])
+             g[u].append((v, w))
+             g[v].append((u, w))
+         d = [float("inf")] * n
+         d[0], h = 0, [(0, 0)]
+         while h:
+             du, u = heapq.heappop(h)
+             if du > d[u]:
+                 continue
+             for v, w in g[u]:
+                 if du + w < d[v]:
+                     d[v] = du + w
+                     heapq.heappush(h, (d[v], v))
+         print(" ".join(map(str, d)))
+     main()
+     """, [{"input": "4 4\n0 1 1\n1 2 2\n0 2 5\n2 3 1\n", "output": "0 1 3 4"}]),
+    ("""
+     import re
+     from collections import Counter
+     def top_words(text, k):
+         c = Counter(re.findall(r"[a-z]+", text.lower()))
+         return [w for w, _ in sorted(c.items(), key=lambda x: (-x[1], x[0]))[:k]]
+     """, "assert top_words('The cat and the hat. The END and', 2) == ['the', 'and']"),
+    ("""
+     from itertools import permutations, combinations
+     def count_perm(n):
+         return sum(1 for _ in permutations(range(n)))
+     def pairs(s):
+         return ["".join(c) for c in combinations(s, 2)]
+     """, "assert count_perm(7) == 5040\nassert pairs('abc') == ['ab', 'ac', 'bc']"),
+    ("""
+     from functools import lru_cache
+     @lru_cache(maxsize=None)
+     def fib(n):
+         return n if n < 2 else fib(n - 1) + fib(n - 2)
+     """, "assert fib(200) == 280571172992510140037611932413038677189525"),
+    ("""
+     import sys
+     sys.setrecursionlimit(1 << 20)
+     def depth(n):
+         return 0 if n == 0 else 1 + depth(n - 1)
+     """, "assert depth(100000) == 100000"),
+    ("""
+     import string
+     def caesar(s, k):
+         a = string.ascii_lowercase
+         return s.translate(str.maketrans(a, a[k:] + a[:k]))
+     """, "assert caesar('hello', 3) == 'khoor'"),
+    ("""
+     import math
+     def stats(n):
+         return math.isqrt(n), math.gcd(n, 84), math.lcm(4, 6), round(math.log2(n), 3)
+     """, "assert stats(1000) == (31, 4, 12, 9.966)"),
+    ("""
+     def big_sum(n):
+         a = list(range(n))
+         b = [x * 2 for x in a]
+         return sum(b)
+     """, "assert big_sum(3_000_000) == 3_000_000 * (3_000_000 - 1)"),
+    ("""
+     import sys
+     nums = sorted(map(int, sys.stdin.read().split()))
+     print(*nums[:3])
+     print(sum(nums))
+     sys.exit(0)
+     """, [{"input": NUMBERS, "output": f"0 1 2\n{sum(map(int, NUMBERS.split()))}"}]),
+    ("""
+     from collections import deque, defaultdict
+     from fractions import Fraction
+     from decimal import Decimal
+     import dataclasses, typing, random, statistics, tempfile, json
+     def bfs(edges, s):
+         g = defaultdict(list)
+         for u, v in edges:
+             g[u].append(v)
+         seen, q = {s}, deque([s])
+         while q:
+             u = q.popleft()
+             for v in g[u]:
+                 if v not in seen:
+                     seen.add(v)
+                     q.append(v)
+         return sorted(seen)
+     with tempfile.TemporaryDirectory() as d:
+         open(d + "/x.json", "w").write(json.dumps([1]))
+     """, """
+     assert bfs([(1, 2), (2, 3), (4, 5)], 1) == [1, 2, 3]
+     assert Fraction(1, 3) + Fraction(1, 6) == Fraction(1, 2)
+     assert str(Decimal("0.1") + Decimal("0.2")) == "0.3"
+     assert statistics.median([3, 1, 2]) == 2
+     """),
+    ("""
+     n = int(input())
+     for i in range(1, n + 1):
+         print("FizzBuzz" if i % 15 == 0 else "Fizz" if i % 3 == 0 else "Buzz" if i % 5 == 0 else i)
+     """, [{"input": "5\n", "output": "1 2 Fizz 4 Buzz"},
+           {"input": "15\n", "output": "1 2 Fizz 4 Buzz Fizz 7 8 Fizz Buzz 11 Fizz 13 14 FizzBuzz"}]),
+]]
 
 
 def test_correct_programs_pass_through_the_code_reward():
@@ -611,7 +697,8 @@ print(os.geteuid(), inside, ok, gamed)
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/unshare"), reason="needs root and util-linux unshare")
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/unshare"),
+                    reason="needs root and util-linux unshare")
 @pytest.mark.parametrize("wrap, outer, inside", [
     (["--map-user=1000", "--map-group=1000"], 1000, 1000),  # an ordinary user: unprivileged user namespace
     (["--map-root-user"], 0, 65534),  # a rootless container's root, where nobody does not exist
