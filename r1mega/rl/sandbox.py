@@ -1,10 +1,11 @@
 """Run untrusted generated code (the `code` reward) in kernel-enforced isolation.
 
-Each program gets a fresh supervisor process (`sandbox_init.py`) that puts it in new user, PID,
-mount, network, IPC, UTS and cgroup namespaces as an unprivileged uid (nobody when the trainer is
-root), on a root built from scratch: read-only binds of the Python stdlib and system libraries,
+Each program gets a fresh supervisor process (`sandbox_init.py`, forked by a zygote started once
+per trainer process) that puts it in new user, PID, mount, network, IPC, UTS and cgroup namespaces
+as an unprivileged uid (nobody when the trainer is root), on a root built from scratch: read-only
+binds of the Python stdlib and of the directories of the shared libraries the interpreter loaded,
 /dev/{null,zero,random,urandom}, a size-capped private tmpfs at /tmp, and no /proc, /etc, home,
-checkpoints or sockets of the host. It then drops every capability, sets no_new_privs and a
+site-packages, checkpoints or sockets of the host. It then drops every capability, sets no_new_privs and a
 seccomp filter (r1mega/rl/seccomp.py), and applies memory, CPU, process, file-size and open-file
 rlimits. The program runs as PID 1 of its namespace, so killing it (at the wall-clock limit, by the
 supervisor; or by the kernel when the supervisor dies) kills every process it started. Output is
@@ -180,11 +181,8 @@ def _run(job: Job, isolate: bool) -> SandboxResult:
         "code": job.code, "tests": job.tests, "stdin": job.stdin, "token": token, "isolate": isolate,
         "limits": asdict(lim), "seccomp": _filter_b64(),
     }).encode()
-    theirs, mine = [], []
-    for _ in range(4):  # job/abort, stdout, stderr, status
-        r, w = os.pipe()
-        theirs.append(r if not theirs else w)
-        mine.append(w if len(mine) == 0 else r)
+    (job_r, job_w), (out_r, out_w), (err_r, err_w), (st_r, st_w) = (os.pipe() for _ in range(4))
+    theirs, mine = [job_r, out_w, err_w, st_w], [job_w, out_r, err_r, st_r]  # job pipe: job, then abort
     try:
         _Zygote.submit(theirs)
     except OSError as e:

@@ -3,20 +3,22 @@ trainer process as a zygote (`python -I -S -B -X utf8 sandbox_init.py <control f
 environment); for each job it receives the job's pipes over the control socket and forks:
 
   supervisor (`supervise`, outside the new PID namespace; trusted)
-    enters new user/mount/network/IPC/UTS/cgroup namespaces as an unprivileged uid and forks
+    enters new user/mount/network/IPC/UTS/cgroup namespaces, builds a fresh root there
+    (read-only binds of the stdlib and of the loaded shared libraries' directories, /dev/null &
+    co., a size-capped tmpfs at /tmp; no /proc, /etc, site-packages), pivots into it, becomes an
+    unprivileged uid and forks
   init (PID 1 of a new PID namespace)
-    builds a fresh root (read-only binds of the Python stdlib and system libraries, /dev/null &
-    co., a size-capped tmpfs at /tmp, no /proc, no /etc), pivots into it, sets rlimits, drops
-    every capability, sets no_new_privs and the seccomp filter, then runs the program and, only
-    after the program (and its tests) finished, prints the job's random token as its last line.
+    sets rlimits, drops every capability, sets no_new_privs and the seccomp filter, then runs the
+    program and, only after the program (and its tests) finished, prints the job's random token
+    as its last line.
 When init exits or is killed, the kernel kills every process left in its PID namespace; init
 dies with the supervisor (PR_SET_PDEATHSIG, which the seccomp filter stops it from clearing), and
 the supervisor kills init at the wall-clock limit or when the trainer closes the job pipe. The
 supervisor reports on a status pipe the program never holds.
 """
 import base64
-import fcntl
 import ctypes
+import fcntl
 import json
 import os
 import resource
