@@ -666,6 +666,19 @@ def test_refuses_without_isolation_unless_opted_in(monkeypatch):
         sandbox.allow_unsafe(False)
 
 
+def test_grpo_with_a_code_reward_refuses_at_start_up(monkeypatch, tmp_path):
+    from r1mega.config import load_config
+    from r1mega.rl.grpo import grpo
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(sandbox.__file__)))
+    cfg = load_config(os.path.join(os.path.dirname(root), "configs", "tiny", "r1_zero_demo.yaml"),
+                      [f"train.run_dir={tmp_path}/run", "rl.rewards=[accuracy,code]"])
+    monkeypatch.setattr(sandbox, "isolation_problem", lambda: "user namespaces are disabled (test)")
+    with pytest.raises(sandbox.SandboxUnavailable, match="user namespaces are disabled"):
+        grpo(cfg)
+    assert not os.path.exists(f"{tmp_path}/run")  # nothing started
+
+
 def test_seccomp_numbers_match_libseccomp():
     """The hand-written syscall tables agree with libseccomp's where that library is installed."""
     import ctypes
