@@ -32,7 +32,7 @@ def test_each_rejection_reason():
     assert judge_sample(MATH, s(code), cfg) == "code_in_cot"
     assert judge_sample(MATH, s(code), FilterConfig(allow_code_in_cot=True)) is None
     # code problems: the record's tests decide, in the sandbox
-    prog = {"id": "c", "prompt": "add", "tests": "assert add(2, 3) == 5", "entry_point": "add"}
+    prog = {"id": "c", "prompt": "add", "tests": "assert add(2, 3) == 5"}
     ok = "<think>add them</think>\n```python\ndef add(a, b):\n    return a + b\n```"
     bad = ok.replace("a + b", "a - b")
     assert judge_sample(prog, s(ok), cfg) is None and judge_sample(prog, s(bad), cfg) == "tests_failed"

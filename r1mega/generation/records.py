@@ -37,10 +37,12 @@ def read_prompt_records(path: str, need_answer: bool = False) -> list[dict]:
             raise DataError(f"{where}: needs an 'answer' (or 'tests') to be scored")
         if "tests" in rec:
             tests = rec["tests"]
-            if isinstance(tests, list) and all(isinstance(t, str) for t in tests):
-                rec["tests"] = "\n".join(tests)  # the sandbox runs one test script
-            elif not isinstance(tests, str):
-                raise DataError(f"{where}: 'tests' must be a string or a list of strings")
+            cases = isinstance(tests, list) and tests and all(
+                isinstance(c, dict) and isinstance(c.get("input"), str) and isinstance(c.get("output"), str)
+                for c in tests)
+            if not (isinstance(tests, str) or cases):
+                raise DataError(f"{where}: 'tests' must be Python asserts (a string) or a list of "
+                                f"{{\"input\": str, \"output\": str}} stdin/stdout cases")
         out.append(rec)
     if not out:
         raise DataError(f"{path}: no records")
