@@ -36,6 +36,10 @@ def test_each_rejection_reason():
     ok = "<think>add them</think>\n```python\ndef add(a, b):\n    return a + b\n```"
     bad = ok.replace("a + b", "a - b")
     assert judge_sample(prog, s(ok), cfg) is None and judge_sample(prog, s(bad), cfg) == "tests_failed"
+    io = {"id": "d", "prompt": "double n", "tests": [{"input": "3\n", "output": "6\n"}]}
+    double = "<think>read, double</think>\n```python\nprint(2 * int(input()))\n```"
+    assert judge_sample(io, s(double), cfg) is None
+    assert judge_sample(io, s(double.replace("2 *", "3 *")), cfg) == "tests_failed"
     # records without answer or tests (non-reasoning data) are judged on readability only
     assert judge_sample({"id": "x", "prompt": "hi"}, s("<think>greet</think> Hello!"), cfg) is None
 
