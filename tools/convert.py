@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from r1mega.config import ModelConfig
+from r1mega.errors import R1MegaError
 from r1mega.models.deepseek_v3.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
 from r1mega.train.checkpoint import PieceReader
 
@@ -37,8 +38,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                    "generation_config.json")
 
 
-class ConvertError(ValueError):
-    pass
+class ConvertError(R1MegaError):
+    """A conversion refused before (or instead of) publishing its output."""
 
 
 # ---- what the config says the checkpoint must hold -------------------------------------------

@@ -4,9 +4,7 @@ from __future__ import annotations
 import json
 from typing import Iterator, Optional
 
-
-class DataError(ValueError):
-    pass
+from r1mega.errors import DataError  # noqa: F401  (re-exported)
 
 
 def iter_jsonl(path: str) -> Iterator[tuple[str, dict]]:
