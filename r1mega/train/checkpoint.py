@@ -305,8 +305,10 @@ class PieceReader:
         self.pieces: dict[str, list[tuple[str, dict]]] = {}
         if not os.path.isdir(path):
             raise CheckpointError(f"{path}: no such checkpoint directory")
-        for entry in sorted(os.listdir(path)):
-            if entry.endswith(".json") and entry != "meta.json":
+        entries = sorted(os.listdir(path))
+        for entry in entries:
+            # a piece listing sits beside its safetensors file (tokenizer files etc. may sit there too)
+            if entry.endswith(".json") and entry[:-5] + ".safetensors" in entries:
                 file = os.path.join(path, entry)
                 try:
                     with open(file) as f:
