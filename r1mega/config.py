@@ -327,6 +327,8 @@ def _one_of(value, key: str, choices: tuple) -> None:
 
 
 ROPE_KINDS = ("default", "yarn")
+ROPE_SCALING_KEYS = ("type", "rope_type", "factor", "original_max_position_embeddings", "mscale", "mscale_all_dim",
+                     "beta_fast", "beta_slow", "attention_factor", "truncate")
 TOPK_METHODS = ("noaux_tc", "greedy", "group_limited_greedy")
 
 
@@ -346,6 +348,8 @@ def validate_model(m: ModelConfig) -> None:
     _one_of(m.topk_method, "model.topk_method", TOPK_METHODS)
     _need(m.hidden_act == "silu", "model.hidden_act", f"only silu is supported, got {m.hidden_act!r}")
     if m.rope_scaling is not None:
+        for k in m.rope_scaling:
+            _need(k in ROPE_SCALING_KEYS, "model.rope_scaling", f"unknown key {k!r} (known: {', '.join(ROPE_SCALING_KEYS)})")
         kind = m.rope_scaling.get("rope_type", m.rope_scaling.get("type", "default"))
         _one_of(kind, "model.rope_scaling.type", ROPE_KINDS)
         if kind == "yarn":

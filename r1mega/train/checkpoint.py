@@ -296,9 +296,9 @@ def resume_from(candidates: list[str], chunks: torch.nn.ModuleList, optimizer: O
 
 
 class PieceReader:
-    """Assembles any slice of a checkpoint tensor from the pieces that ranks wrote. With `verify`,
-    each piece read is checked against its recorded CRC32 (once) and every result for finiteness;
-    any unreadable file, mismatch or NaN/Inf is a CheckpointError naming the file and tensor."""
+    """Assembles any slice of a checkpoint tensor from the pieces that ranks wrote. Every result is
+    checked finite and, with `verify`, each piece read is checked (once) against its recorded CRC32;
+    an unreadable file, a mismatch or NaN/Inf is a CheckpointError naming the file and tensor."""
 
     def __init__(self, path: str, kind: str = "model", verify: bool = True):
         self.path, self.kind, self.verify = path, kind, verify
@@ -354,7 +354,7 @@ class PieceReader:
             raise CheckpointError(f"{where}: tensor {key!r} unreadable ({e}); truncated or corrupt") from None
 
     def _finite(self, t: torch.Tensor, key: str, files) -> torch.Tensor:
-        if self.verify and _non_finite(t):
+        if _non_finite(t):  # always: cheap, and NaN weights are never worth training on
             names = ", ".join(sorted({os.path.join(self.path, f) for f in files}))
             raise CheckpointError(f"{names}: tensor {self.kind}/{key} holds NaN or Inf")
         return t
