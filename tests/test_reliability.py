@@ -257,21 +257,25 @@ def test_bad_indexed_data_is_named_up_front(capsys, tmp_path, yaml_config, damag
     assert snapshot(str(tmp_path)) == before and not (tmp_path / "run").exists()
 
 
-def test_preprocess_failure_leaves_existing_outputs_untouched(tmp_path, tokenizer):
+def test_preprocess_failure_leaves_existing_outputs_untouched(tmp_path, tokenizer, capsys):
+    from tools.preprocess_data import main as preprocess
+
     good = tmp_path / "docs.jsonl"
     good.write_text("\n".join(json.dumps({"text": f"Q: {i}+1= A: {i + 1}"}) for i in range(30)) + "\n")
-    tool = [sys.executable, os.path.join(ROOT, "tools", "preprocess_data.py"), "--tokenizer", tokenizer,
-            "--output-prefix", str(tmp_path / "out" / "corpus")]
+    args = ["--tokenizer", tokenizer, "--output-prefix", str(tmp_path / "out" / "corpus")]
     os.makedirs(tmp_path / "out")
-    assert subprocess.run(tool + ["--input", str(good)], capture_output=True, cwd=ROOT).returncode == 0
+    assert preprocess(args + ["--input", str(good)]) == 0
     before = snapshot(str(tmp_path / "out"))
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(good.read_bytes() + b'{"text": "\xff"}\n')
-    for inputs, text in (([str(bad)], f"{bad}:31: not UTF-8"), ([str(good), str(tmp_path / "nope.jsonl")],
-                                                                     "nope.jsonl: no such file")):
-        res = subprocess.run(tool + ["--input", *inputs], capture_output=True, text=True, cwd=ROOT)
-        assert res.returncode == 2 and res.stderr.startswith("error: ") and text in res.stderr, res.stderr
-        assert snapshot(str(tmp_path / "out")) == before  # no truncation, no temp files left behind
+    for inputs, text in (([str(bad)], f"{bad}:31: not UTF-8"),
+                         ([str(good), str(tmp_path / "nope.jsonl")], "nope.jsonl: no such file")):
+        capsys.readouterr()
+        assert preprocess(args + ["--input", *inputs]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and text in err, err
+        assert snapshot(str(tmp_path / "out")) == before  # no truncation
+        assert sorted(os.listdir(tmp_path / "out")) == ["corpus.bin", "corpus.idx"]  # no temp files left
 
 
 # ---- checkpoints: verified, with fallback, never overwritten ------------------------------
@@ -344,6 +348,36 @@ def test_latest_naming_a_missing_directory_falls_back(run_copy, corpus, capsys):
     err = capsys.readouterr().err
     assert "step_00000009 is unusable" in err and "meta.json: missing" in err
     assert len(out["losses"]) == 1  # resumed from step 2
+
+
+@pytest.mark.parametrize("pointer", ["", "not_a_step"])
+def test_latest_naming_no_step_falls_back_to_the_newest_step(run_copy, corpus, capsys, pointer):
+    open(os.path.join(run_copy, "checkpoints", "latest"), "w").write(pointer)
+    out = run_train(run_copy, corpus, "train.steps=3")
+    assert "is unusable" in capsys.readouterr().err and len(out["losses"]) == 1  # resumed from step 2
+
+
+def test_missing_train_load_is_named(capsys, tmp_path, yaml_config):
+    err = cli_error(capsys, ["pretrain", "--config", yaml_config, f"train.run_dir={tmp_path}/run",
+                             f"train.load={tmp_path}/nope"])
+    assert f"train.load={tmp_path}/nope: no such checkpoint directory" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_full_disk_during_save_is_named_and_keeps_the_previous(run_copy, corpus, monkeypatch):
+    import errno
+
+    import r1mega.train.checkpoint as checkpoint
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    before = snapshot(run_copy, skip=("metrics.jsonl",))
+    with pytest.raises(CheckpointError, match="No space left on device.*step 3 was not saved"):
+        run_train(run_copy, corpus, "train.steps=3")
+    after = snapshot(run_copy, skip=("metrics.jsonl",))
+    assert {k: v for k, v in after.items() if not k.startswith("checkpoints/.step_")} == before
 
 
 def test_no_usable_checkpoint_is_an_error_and_nothing_changes(run_copy, corpus):
@@ -469,7 +503,8 @@ def test_convert_leaves_foreign_siblings_alone(tmp_path, hf_dir):
     assert _convert("import", "--hf-dir", hf_dir, "--out", str(out)) == 0
     assert _convert("import", "--hf-dir", hf_dir, "--out", str(out), "--overwrite") == 0
     after = snapshot(str(tmp_path))
-    assert {k: v for k, v in after.items() if not k.startswith("ck/")} == before  # siblings intact, no leftovers
+    assert {k: v for k, v in after.items() if not k.startswith("ck/")} == before  # siblings intact
+    assert sorted(os.listdir(tmp_path)) == ["ck", "ck.converting", "ck.old"]  # and no leftovers
 
 
 def test_convert_refuses_non_finite_tensors_and_cleans_only_its_own(tmp_path, hf_dir, capsys):
@@ -486,7 +521,7 @@ def test_convert_refuses_non_finite_tensors_and_cleans_only_its_own(tmp_path, hf
     rc = _convert("import", "--hf-dir", str(src), "--out", str(tmp_path / "ck"), "--overwrite")
     err = capsys.readouterr().err
     assert rc == 2 and "kv_a_proj_with_mqa.weight holds NaN or Inf" in err and st in err, err
-    assert snapshot(str(tmp_path)) == before
+    assert snapshot(str(tmp_path)) == before and sorted(os.listdir(tmp_path)) == ["ck", "nan"]
 
 
 def test_convert_verify_catches_a_converter_mixup(tmp_path, hf_dir, capsys, monkeypatch):

@@ -133,10 +133,14 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
         os.makedirs(tmp)
     _barrier(ps)
     stem = os.path.join(tmp, f"rank{ps.rank:05d}")
-    if tensors:
-        save_file(tensors, stem + ".safetensors")
-        with open(stem + ".json", "w") as f:
-            json.dump(pieces, f)
+    try:
+        if tensors:
+            save_file(tensors, stem + ".safetensors")
+            with open(stem + ".json", "w") as f:
+                json.dump(pieces, f)
+    except OSError as e:  # e.g. a full disk: the unpublished directory is all that is affected
+        raise CheckpointError(f"writing {stem}.safetensors failed ({e.strerror}); step {step} was not saved and "
+                              f"{os.path.join(root, 'latest')} still names the previous checkpoint") from None
     if ps.rank == 0:
         meta = {**meta, "step": step, "optimizer_step": optimizer.step_count, "skipped_steps": optimizer.skipped,
                 "layout": {"tp": ps.tp, "pp": ps.pp, "dp": ps.dp, "ep": ps.ep, "etp": ps.etp}}
@@ -228,7 +232,8 @@ def find_resume_checkpoint(root: str, load: Optional[str] = None, model_config: 
     if os.path.exists(pointer):
         with open(pointer) as f:
             named = os.path.join(root, f.read().strip())
-        candidates = [named] + [p for p in step_dirs(root) if _step_of(p) < _step_of(named)]
+        newest = _step_of(named)  # -1 when `latest` names no step directory: every one is older
+        candidates = [named] + [p for p in step_dirs(root) if p != named and (newest < 0 or _step_of(p) < newest)]
     elif latest_checkpoint(root) is None and load:  # (refuses when `latest` is gone but steps exist)
         if not os.path.isdir(load):
             raise CheckpointError(f"train.load={load}: no such checkpoint directory")
