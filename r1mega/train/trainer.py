@@ -81,6 +81,9 @@ def _data(cfg: Config, kind: str):
     from r1mega.data.sft import SFTData
 
     d = resolve_data(cfg.data, kind, cfg.model.vocab_size)
+    if kind == "sft" and (len(d.paths) > 1 or d.weights is not None):
+        raise ConfigError("data.paths", f"SFT reads one chat JSONL file, got {len(d.paths)} paths"
+                          + (" and data.weights" if d.weights is not None else "") + "; concatenate the files")
     if d.tokenizer is None and kind == "sft":
         raise ConfigError("data.tokenizer", "SFT renders chat records and needs a tokenizer")
     if d.tokenizer is not None:
