@@ -235,6 +235,7 @@ def _indexed(tmp_path, name, docs):
     ("idx", "truncated"),
     ("idx_header", "not a Megatron index file"),
     ("missing", "not found"),
+    ("suffix", "without the extension"),
     ("short", "cannot fill one sample"),
 ])
 def test_bad_indexed_data_is_named_up_front(capsys, tmp_path, yaml_config, damage, text):
@@ -250,6 +251,8 @@ def test_bad_indexed_data_is_named_up_front(capsys, tmp_path, yaml_config, damag
         open(prefix + ".idx", "wb").write(b"garbage")
     if damage == "missing":
         os.remove(prefix + ".bin")
+    if damage == "suffix":
+        prefix += ".bin"
     before = snapshot(str(tmp_path))
     err = cli_error(capsys, ["pretrain", "--config", yaml_config, f"train.run_dir={tmp_path}/run",
                              f"data.paths=[{prefix}]"])
@@ -323,6 +326,8 @@ DAMAGE = {
     "nan_with_valid_checksum": (lambda p: _rewrite_piece(p, _nan), "model.norm.weight holds NaN or Inf"),
     "swapped_tensors": (lambda p: _rewrite_piece(p, _swap, fix_crc=False), "experts.0.up_proj.weight' fails its checksum"),
     "rng_garbage": (lambda p: open(os.path.join(p, "rng.pt"), "wb").write(b"junk"), "rng.pt: unreadable"),
+    "meta_negative_step": (lambda p: json.dump({"step": -5}, open(os.path.join(p, "meta.json"), "w")),
+                           "integer 'step' >= 0"),
 }
 
 
@@ -553,6 +558,16 @@ def test_convert_bad_source_is_named(tmp_path, hf_dir, capsys, damage, text):
     assert _convert("import", "--hf-dir", str(src), "--out", str(tmp_path / "ck")) == 2
     assert text in capsys.readouterr().err
     assert snapshot(str(tmp_path)) == before
+
+
+def test_convert_refuses_to_write_over_its_input(tmp_path, hf_dir, capsys):
+    src = tmp_path / "src"
+    shutil.copytree(hf_dir, src)
+    before = snapshot(str(tmp_path))
+    for out in (src, src / "inside"):
+        assert _convert("import", "--hf-dir", str(src), "--out", str(out), "--overwrite") == 2
+        assert "overlaps the input" in capsys.readouterr().err
+    assert snapshot(str(tmp_path)) == before and sorted(os.listdir(tmp_path)) == ["src"]
 
 
 def test_export_of_a_damaged_checkpoint_is_named(run_copy, tmp_path, capsys):

@@ -192,7 +192,10 @@ class PartWriter:
         self.buf, self.size = {}, 0
 
 
-def _check_out(out: str, overwrite: bool) -> None:
+def _check_out(out: str, overwrite: bool, source: str) -> None:
+    a, b = os.path.realpath(out), os.path.realpath(source)
+    if a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep):
+        raise ConvertError(f"--out {out} overlaps the input {source}; write the result somewhere else")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConvertError(f"--out {out} exists and is not a directory; choose another --out")
     if os.path.exists(out) and os.listdir(out) and not overwrite:
@@ -208,8 +211,8 @@ def _sibling(out: str, what: str) -> str:
             return path
 
 
-def _prepare_out(out: str, overwrite: bool) -> str:
-    _check_out(out, overwrite)
+def _prepare_out(out: str, overwrite: bool, source: str) -> str:
+    _check_out(out, overwrite, source)
     tmp = _sibling(out, "converting")
     os.makedirs(tmp)  # fails rather than reuse a directory this run did not make
     return tmp
@@ -249,8 +252,7 @@ def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat1
     if verify and hf_config.get("model_type") not in ("deepseek_v3", "deepseek_v2"):
         raise ConvertError(f"--verify compares r1mega's DeepSeek model with transformers; "
                            f"model_type {hf_config.get('model_type')!r} has no r1mega model to compare")
-    _check_out(out, overwrite)
-    tmp = _prepare_out(out, overwrite)
+    tmp = _prepare_out(out, overwrite, hf_dir)
     try:
         meta = _import_into(tmp, hf_dir, hf_config, files, index, fp8, dtype, shard_bytes)
         if verify:
@@ -354,7 +356,7 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
         with safe_open(os.path.join(ckpt, file), "pt") as f:
             with_dtypes[k] = (shapes[k][0], f.get_slice("model/" + k).get_dtype())
     check(with_dtypes, config, ckpt)
-    tmp = _prepare_out(out, overwrite)
+    tmp = _prepare_out(out, overwrite, ckpt)
     try:
         res = _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8_blocks, tokenizer_dir,
                            shard_bytes, dtype)

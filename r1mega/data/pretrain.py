@@ -78,8 +78,10 @@ def check_index_files(prefix: str) -> None:
     idx, bin_ = prefix + ".idx", prefix + ".bin"
     for path in (idx, bin_):
         if not os.path.exists(path):
+            hint = (f"; give the prefix {prefix[:-4]} without the extension" if prefix.endswith((".bin", ".idx"))
+                    else "")
             raise DataError(f"{path}: not found (data.paths takes prefixes of <prefix>.bin/.idx pairs, "
-                            f"made by tools/preprocess_data.py)")
+                            f"made by tools/preprocess_data.py){hint}")
     size = os.path.getsize(idx)
     with open(idx, "rb") as f:
         head = f.read(_HEADER)

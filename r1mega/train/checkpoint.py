@@ -197,8 +197,9 @@ def read_meta(path: str) -> dict:
         raise CheckpointError(f"{file}: unreadable ({e})") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{file}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("step", 0), int):
-        raise CheckpointError(f"{file}: expected an object with an integer 'step'")
+    step = meta.get("step", 0) if isinstance(meta, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{file}: expected an object with an integer 'step' >= 0")
     return meta
 
 
