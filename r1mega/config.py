@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from r1mega.errors import ConfigError  # noqa: F401  (re-exported: `from r1mega.config import ConfigError`)
@@ -262,7 +263,15 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
         if path is not None:
             if not os.path.exists(path):
                 raise ConfigError("--config", f"file not found: {path}")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            try:
+                loaded = OmegaConf.load(path)
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                where = f"{path}:{mark.line + 1}" if mark is not None else path
+                raise ConfigError("--config", f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+            if not isinstance(loaded, DictConfig):
+                raise ConfigError("--config", f"{path}: expected a mapping of sections (model:, data:, ...)")
+            merged = OmegaConf.merge(merged, loaded)
         if overrides:
             for item in overrides:
                 if "=" not in item:

@@ -161,6 +161,28 @@ def test_bad_key_is_named_before_anything_is_touched(capsys, tmp_path, yaml_conf
     assert not run.exists()  # nothing created
 
 
+@pytest.mark.parametrize("text, message", [
+    ("model:\n  hidden_size: [1,\n", ":3: not valid YAML"),
+    ("- 1\n- 2\n", "expected a mapping of sections"),
+    ("model:\n  hidden_sise: 3\n", "config error at 'model.hidden_sise'"),
+])
+def test_bad_yaml_file_is_named(capsys, tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    err = cli_error(capsys, ["pretrain", "--config", str(path)])
+    assert message in err and (str(path) in err or "hidden_sise" in err), err
+
+
+def test_hf_config_missing_a_key_is_named(capsys, tmp_path, hf_dir):
+    src = tmp_path / "hf"
+    shutil.copytree(hf_dir, src)
+    cfg = json.load(open(src / "config.json"))
+    del cfg["hidden_size"]
+    json.dump(cfg, open(src / "config.json", "w"))
+    err = cli_error(capsys, ["verify-hf", "--hf-dir", str(src)])
+    assert f"config error at '{src}/config.json': missing key 'hidden_size'" in err
+
+
 def test_validation_errors_in_config_api_are_config_errors(corpus, tmp_path):
     with pytest.raises(ConfigError, match="'data.global_batch_size': 6 is not a multiple"):
         run_train(tmp_path / "r", corpus, "data.global_batch_size=6", "data.micro_batch_size=4")
