@@ -294,7 +294,7 @@ def plot(rows: list[dict], k: int, png: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.nproc not in (1, 2, 4):
-        raise SystemExit(f"--nproc must be 1, 2 (TP2) or 4 (TP2 x EP2), got {args.nproc}")
+        raise ConfigError("--nproc", f"must be 1, 2 (TP2) or 4 (TP2 x EP2), got {args.nproc}")
     cfg = load_pipeline(args.config)
     runner = Runner(cfg, args.out or cfg.get("out", "runs/pipeline"), args.nproc)
     train_prompts, held_out = runner.prompt_files()

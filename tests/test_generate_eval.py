@@ -135,6 +135,7 @@ def test_four_ranks_match_one_process_and_completions_score_the_same(tiny, tmp_p
 
 
 def test_store_repairs_a_torn_tail_and_refuses_other_settings(tmp_path):
+    from r1mega.errors import ConfigError
     from r1mega.generation.store import SampleStore
 
     meta = {"template": "raw", "model": "/m", "sampling": {"temperature": 0.6}}
@@ -152,9 +153,9 @@ def test_store_repairs_a_torn_tail_and_refuses_other_settings(tmp_path):
     again.close()
     assert sorted((r["id"], r["sample"]) for r in again.records()) == [(p, i) for p in "abc" for i in (0, 1)]
     assert (tmp_path / "shard-00001.jsonl").exists()
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(ConfigError, match="different settings"):
         SampleStore(str(tmp_path), 2, {**meta, "sampling": {"temperature": 1.0}})
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(ConfigError, match="different settings"):
         SampleStore(str(tmp_path), 3, meta)
 
 

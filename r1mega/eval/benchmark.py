@@ -21,6 +21,7 @@ import re
 from typing import Optional
 
 from r1mega.data.jsonl import DataError, iter_jsonl
+from r1mega.errors import ConfigError
 from r1mega.eval.metrics import ProblemScore, equivalent, score_problem, summarize
 from r1mega.generation.records import read_prompt_records
 from r1mega.rl.rewards import final_answer
@@ -136,20 +137,20 @@ def run(args: argparse.Namespace) -> int:
 
     names = [benchmark_name(p) for p in args.data]
     if len(set(names)) != len(names):
-        raise SystemExit(f"--data: two benchmarks share a file name {names}; their outputs would collide")
+        raise ConfigError("--data", f"two benchmarks share a file name {names}; their outputs would collide")
     benchmarks = {n: read_prompt_records(p, need_answer=True) for n, p in zip(names, args.data)}
     loaded = None
     distributed = owns_group = False
     if args.completions:
         if len(args.data) != 1:
-            raise SystemExit("--completions scores one benchmark: pass a single --data file")
+            raise ConfigError("--completions", "scores one benchmark: pass a single --data file")
         if args.greedy or args.model:
-            raise SystemExit("--completions scores given completions: --greedy and --model generate, drop them")
+            raise ConfigError("--completions", "scores given completions: --greedy and --model generate, drop them")
         texts = {names[0]: read_completions(args.completions, benchmarks[names[0]])}
         greedy_texts = {}
     else:
-        loaded, distributed, owns_group = open_model(args)
         params = sampling_params(args)
+        loaded, distributed, owns_group = open_model(args)
         texts, greedy_texts = {}, {}
         for name, recs in benchmarks.items():
             where = os.path.join(args.out, name)

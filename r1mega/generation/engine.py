@@ -18,6 +18,7 @@ from typing import Iterator, Optional
 import torch.distributed as dist
 
 from r1mega.data.tokenizer import Tokenizer
+from r1mega.errors import ConfigError
 from r1mega.inference.generate import GenerationConfig, generate
 from r1mega.parallel.layout import ParallelState
 
@@ -34,13 +35,13 @@ class SamplingParams:
 
     def check(self) -> None:
         if self.samples < 1:
-            raise ValueError(f"--samples must be >= 1, got {self.samples}")
+            raise ConfigError("--samples", f"must be >= 1, got {self.samples}")
         if self.max_new_tokens < 1:
-            raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+            raise ConfigError("--max-new-tokens", f"must be >= 1, got {self.max_new_tokens}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+            raise ConfigError("--top-p", f"must be in (0, 1], got {self.top_p}")
         if self.temperature < 0:
-            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+            raise ConfigError("--temperature", f"must be >= 0 (0 is greedy), got {self.temperature}")
 
 
 @dataclass

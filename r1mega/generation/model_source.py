@@ -42,8 +42,8 @@ def resolve_checkpoint(path: str) -> str:
             return root
         if os.path.isfile(os.path.join(root, "latest")):
             return latest_checkpoint(root)
-    raise FileNotFoundError(f"--model {path}: neither an r1mega checkpoint (meta.json or latest) "
-                            f"nor a Hugging Face directory (config.json + *.safetensors)")
+    raise ConfigError("--model", f"{path}: neither an r1mega checkpoint (meta.json or latest) "
+                      f"nor a Hugging Face directory (config.json + *.safetensors)")
 
 
 def load_model(model: str, parallel: ParallelConfig, world: int, distributed: bool,
@@ -54,7 +54,7 @@ def load_model(model: str, parallel: ParallelConfig, world: int, distributed: bo
     from r1mega.train.trainer import build_chunks, place
 
     if not os.path.exists(model):
-        raise FileNotFoundError(f"--model {model}: no such file or directory")
+        raise ConfigError("--model", f"{model}: no such file or directory")
     cfg = load_config(config, overrides)
     cfg.parallel = parallel
     cfg.train.virtual_stages = 1

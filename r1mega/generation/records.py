@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from r1mega.data.jsonl import DataError, iter_jsonl
 from r1mega.data.tokenizer import ASSISTANT, BOS, EOS, USER
+from r1mega.errors import ConfigError
 
 TEMPLATES = ("raw", "r1")
 
@@ -77,4 +78,4 @@ def apply_template(rec: dict, template: str) -> str:
             else:
                 parts.append(ASSISTANT + m["content"] + EOS)
         return "".join(parts) + ASSISTANT
-    raise ValueError(f"--template: unknown template {template!r}; choose from {TEMPLATES}")
+    raise ConfigError("--template", f"unknown template {template!r}; choose from {TEMPLATES}")

@@ -19,6 +19,7 @@ import os
 from collections import Counter
 
 from r1mega.data.jsonl import DataError, iter_jsonl
+from r1mega.errors import ConfigError
 from r1mega.generation.filters import REASONS, FilterConfig, judge_sample, normalized
 from r1mega.generation.records import chat_messages, read_prompt_records
 
@@ -97,15 +98,16 @@ def run(args: argparse.Namespace) -> int:
     from r1mega.generation.run import finish, open_model, sample_to_store, sampling_params
 
     if args.keep < 1:
-        raise SystemExit(f"--keep must be >= 1, got {args.keep}")
+        raise ConfigError("--keep", f"must be >= 1, got {args.keep}")
     records = read_prompt_records(args.prompts)
     os.makedirs(args.out, exist_ok=True)
     distributed = owns_group = False
     if args.samples_from:
         samples = read_samples(args.samples_from)
     else:
+        params = sampling_params(args)
         loaded, distributed, owns_group = open_model(args)
-        sample_to_store(loaded, records, os.path.join(args.out, "samples"), sampling_params(args), args.template,
+        sample_to_store(loaded, records, os.path.join(args.out, "samples"), params, args.template,
                         args.problems_per_round, {"prompts": args.prompts}, desc="reject-sample")
         if loaded.ps.rank != 0:
             finish(distributed, owns_group)

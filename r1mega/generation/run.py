@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from r1mega.config import ParallelConfig
 from r1mega.data.tokenizer import Tokenizer
+from r1mega.errors import ConfigError, R1MegaError
 from r1mega.generation.engine import SamplingParams, generate_rounds
 from r1mega.generation.model_source import LoadedModel, load_model
 from r1mega.generation.records import TEMPLATES, apply_template
@@ -64,13 +65,16 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
-    return SamplingParams(args.samples, args.temperature, args.top_p, args.top_k, args.max_new_tokens,
-                          args.seed, list(args.stop))
+    """The sampling flags, checked (before any model is loaded)."""
+    params = SamplingParams(args.samples, args.temperature, args.top_p, args.top_k, args.max_new_tokens,
+                            args.seed, list(args.stop))
+    params.check()
+    return params
 
 
 def open_model(args: argparse.Namespace) -> tuple[LoadedModel, bool, bool]:
     if not args.model:
-        raise SystemExit("--model is required to generate (or pass --completions to score existing ones)")
+        raise ConfigError("--model", "required to generate (`r1mega eval --completions C.jsonl` scores existing ones)")
     distributed, owns_group, world = join_ranks()
     par = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp)
     loaded = load_model(args.model, par, world, distributed, args.config, args.overrides, args.tokenizer,
@@ -97,7 +101,7 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
         try:
             store = SampleStore(out, params.samples, {**meta, "template": template, "model": loaded.source,
                                                       "sampling": asdict(params)}, shard_records)
-        except (ValueError, OSError) as e:  # told to every rank, so none waits for the others forever
+        except R1MegaError as e:  # told to every rank, so none waits for the others forever
             error = str(e)
         else:
             todo = [i for i, r in enumerate(records) if r["id"] not in store.done]
@@ -108,7 +112,7 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
                       flush=True)
     todo, error = _broadcast((todo, error), ps)
     if error:
-        raise SystemExit(f"{desc}: {error}")
+        raise R1MegaError(f"{desc}: {error}")
     problems = [records[i] for i in todo]
     prompts = [apply_template(r, template) for r in problems]
     bar = None
@@ -146,8 +150,9 @@ def run(args: argparse.Namespace) -> int:
     from r1mega.generation.records import read_prompt_records
 
     records = read_prompt_records(args.prompts)
+    params = sampling_params(args)
     loaded, distributed, owns_group = open_model(args)
-    stats = sample_to_store(loaded, records, args.out, sampling_params(args), args.template,
+    stats = sample_to_store(loaded, records, args.out, params, args.template,
                             args.problems_per_round, {"prompts": args.prompts}, args.shard_records)
     if stats is not None:
         print(f"problems={stats['problems']} samples={stats['samples']} tokens={stats['tokens']} "

@@ -17,7 +17,7 @@ import json
 import os
 from typing import Iterator
 
-from r1mega.data.jsonl import DataError
+from r1mega.errors import ConfigError, DataError
 
 SHARD = "shard-{:05d}.jsonl"
 
@@ -60,7 +60,7 @@ class SampleStore:
             changed = {k: (old.get(k), v) for k, v in meta.items() if k in ("samples", "template", "model", "sampling")
                        and old.get(k) != v}
             if changed:
-                raise ValueError(f"{out_dir} holds samples made with different settings "
+                raise ConfigError("--out", f"{out_dir} holds samples made with different settings "
                                  f"{ {k: f'{a!r} -> {b!r}' for k, (a, b) in changed.items()} }; "
                                  f"use another --out or the same settings")
         else:
