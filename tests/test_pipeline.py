@@ -19,7 +19,7 @@ CONFIG = os.path.join(REPO, "configs", "tiny", "r1_pipeline.yaml")
 def _short_config(tmp_path) -> str:
     cfg = yaml.safe_load(open(CONFIG))
     cfg["model_config"] = os.path.join(REPO, cfg["model_config"])
-    steps = {"base": 300, "r1_zero": 20, "cold_start_sft": 10, "reasoning_rl": 4, "rejection_sft": 10,
+    steps = {"base": 400, "r1_zero": 20, "cold_start_sft": 10, "reasoning_rl": 4, "rejection_sft": 10,
              "alignment_rl": 2, "student_base": 100, "distill": 5}
     for st in cfg["stages"]:
         if st["name"] in steps:
