@@ -8,7 +8,7 @@ reduced (reduce-scatter to sequence shards under SP, all-reduce otherwise).
 Every parameter carries how its gradient must be reduced (`grad_sync.py` reads these tags):
   - `tp_shard_dim`: sharded over TP along that dim (no TP reduction);
   - `tp_partial = "region"`: replicated but used inside a TP region, so each rank holds a partial
-    gradient (MLA down-projections, their norms, the router) - all-reduced over TP;
+    gradient (the router, which sees each TP rank's own slice of the tokens) - all-reduced over TP;
   - `tp_partial = "stream"`: replicated on the residual stream (norms); partial only under SP.
 """
 from __future__ import annotations
