@@ -223,3 +223,123 @@ def test_backend_selection():
     assert isinstance(b, EmulatedBlockwiseFP8) and b.recipe == BlockwiseRecipe(64, True)
     with pytest.raises(ValueError, match="fp8_backend='te'"):
         fp8_backend("blockwise", "te")
+
+
+# ---- parallel layouts under the emulation -------------------------------------------------------
+# Block 8 lays several blocks on every tiny tensor and keeps TP/expert-TP shard boundaries on block
+# boundaries, so each shard quantises on the unsharded tensor's grid. Power-of-2 scales make a
+# tile's quantisation independent of last-ulp differences in its amax (fp32 summation order differs
+# between layouts); with fp32 scales such a difference rescales the whole tile.
+LAYOUT_BLOCK = 8
+FP8_LAYOUTS = {  # name -> (layout, microbatches of the one-process reference with the same token tiles)
+    "TP2+SP": (dict(tp=2, sp=True), 1),
+    "TP2 etp1 EP2": (dict(tp=2, etp=1, ep=2), 1),
+    "PP2": (dict(pp=2, microbatches=2), 2),
+    "EP2 (dp2)": (dict(ep=2), 2),
+}
+
+
+@pytest.fixture(scope="module")
+def layout_checkpoint(tmp_path_factory):
+    from r1mega.models.deepseek_v3.tiny import add_mtp_layer
+    from tiny_variants import make_variant
+
+    path = tmp_path_factory.mktemp("fp8_v3")
+    make_variant("v3_grouped").save_pretrained(path)
+    add_mtp_layer(str(path))
+    return str(path)
+
+
+def test_layouts_equal_one_process_under_the_emulation(layout_checkpoint):
+    from fp8_workers import fp8_layouts_worker
+    from layout_workers import build, evaluate
+    from r1mega.config import ParallelConfig
+    from r1mega.models.deepseek_v3.tiny import batch
+    from r1mega.parallel.spawn import run_ranks
+
+    ids, labels = batch(128, 4, 16, seed=3)
+    recipe = BlockwiseRecipe(LAYOUT_BLOCK, pow2_scales=True)
+    refs, hp = {}, None
+    with use_backend(EmulatedBlockwiseFP8(recipe)):
+        for m in (1, 2):
+            refs[m] = evaluate(*build(layout_checkpoint, ParallelConfig(), 1), ids, labels, m, 0.3)
+    hp = evaluate(*build(layout_checkpoint, ParallelConfig(), 1), ids, labels, 1, 0.3)
+    # the emulation is FP8: near the fp32 model, not equal to it
+    assert 1e-4 < abs(refs[1]["loss"] - hp["loss"]) / hp["loss"] < 0.02
+
+    layouts = [lay for lay, _ in FP8_LAYOUTS.values()]
+    per_rank = run_ranks(fp8_layouts_worker, 2, LAYOUT_BLOCK, True, layout_checkpoint, layouts, ids, labels, 0.3)
+    for i, (name, (lay, micro)) in enumerate(FP8_LAYOUTS.items()):
+        ref, results = refs[micro], [r[i] for r in per_rank]
+        for r in results:
+            assert r["loss"] == pytest.approx(ref["loss"], abs=1e-6), name
+            assert r["mtp_loss"] == pytest.approx(ref["mtp_loss"], abs=1e-6), name
+        logits = {}
+        for r in results:
+            if "logits" in r:
+                logits.setdefault(r["dp"], r["logits"])
+        full = torch.cat([logits[d] for d in sorted(logits)])
+        torch.testing.assert_close(full, ref["logits"], atol=1e-5, rtol=1e-5, msg=lambda m: f"{name} logits: {m}")
+        grads = {}
+        for r in results:
+            grads.update(r.get("grads", {}))
+        grads.pop("model.layers.3.embed_tokens.weight", None)  # PP's MTP copy of the embedding
+        assert set(grads) == set(ref["grads"]), name
+        for key, g in ref["grads"].items():
+            if lay.get("ep", 1) > 1 and ".experts." in key and micro > 1:
+                # tokens of both DP ranks meet in one expert GEMM: wgrad's token tiles differ from
+                # one process's per-microbatch tiles; still within FP8 error of each other
+                assert (grads[key] - g).norm() <= 0.05 * g.norm() + 1e-9, (name, key)
+                continue
+            torch.testing.assert_close(grads[key], g, atol=1e-6, rtol=1e-4, msg=lambda m: f"{name} {key}: {m}")
+
+
+# ---- FP8 checkpoints as training starts ----------------------------------------------------------
+def test_fp8_checkpoint_gives_exact_fp32_masters_whose_blocks_are_the_recipes(tmp_path):
+    """`convert import --fp8 keep`, then training in bf16: the fp32 master weights are the exact
+    dequantised checkpoint (not bf16-rounded), and the recipe's 128 x 128 quantisation of them gives
+    back the checkpoint's FP8 bytes, so the first FP8 step computes on the checkpoint's own values."""
+    from safetensors.torch import load_file, save_file
+
+    from r1mega.config import Config, ModelConfig, TrainConfig
+    from r1mega.models.deepseek_v3.fp8 import dequantize as checkpoint_dequantize
+    from r1mega.models.deepseek_v3.fp8 import quantize as checkpoint_quantize
+    from r1mega.models.deepseek_v3.hf_weights import param_slices
+    from r1mega.models.deepseek_v3.tiny import make_hf_model
+    from r1mega.parallel.layout import single_process_state
+    from r1mega.train.checkpoint import load_checkpoint
+    from r1mega.train.optimizer import DistributedAdamW
+    from r1mega.train.trainer import build_chunks, place
+    from tools.convert import do_import
+
+    src = str(tmp_path / "hf")  # hidden 160, widths 200 / 136 / 132: ragged 128-blocks everywhere
+    make_hf_model("DeepseekV3", hidden_size=160, intermediate_size=200, moe_intermediate_size=136,
+                  q_lora_rank=132, n_group=2, topk_group=1, num_hidden_layers=2).save_pretrained(src)
+    sd = load_file(os.path.join(src, "model.safetensors"))
+    fp8 = {}
+    for k in list(sd):
+        if k.endswith("proj.weight"):
+            sd[k], sd[k + "_scale_inv"] = fp8[k] = checkpoint_quantize(sd[k] * 40)
+    save_file(sd, os.path.join(src, "model.safetensors"), metadata={"format": "pt"})
+    do_import(src, str(tmp_path / "ck"), fp8="keep")
+
+    cfg = Config(model=ModelConfig.from_hf(src), train=TrainConfig(dtype="bfloat16"))
+    ps = single_process_state()
+    chunks = place(build_chunks(cfg, ps), torch.device("cpu"), torch.bfloat16)
+    optimizer = DistributedAdamW(chunks, ps, cfg.optim)
+    load_checkpoint(str(tmp_path / "ck"), chunks, optimizer, ps)
+    masters = optimizer.full_states()
+    checked = 0
+    for spec in param_slices(chunks[0]):
+        if spec.key not in fp8:
+            continue
+        q, scale_inv = fp8[spec.key]
+        master = masters[f"0.{spec.local_name}"]["master"]
+        master = master if spec.index is None else master[spec.index]
+        assert master.dtype == torch.float32
+        assert torch.equal(master, checkpoint_dequantize(q, scale_inv)), spec.key
+        rq, rs = quantize(master, (128, 128))
+        assert torch.equal(rq.view(torch.uint8), q.view(torch.uint8)), spec.key
+        torch.testing.assert_close(rs, scale_inv, rtol=2 ** -21, atol=0)  # 1 / (448 / amax) vs amax / 448
+        checked += 1
+    assert checked == len(fp8)
