@@ -63,7 +63,7 @@ def quantize(x: torch.Tensor, tile: tuple[int, int], pow2: bool = False) -> tupl
     xf = x.float()
     if R % tr or C % tc:  # zeros never raise a tile's amax
         xf = torch.nn.functional.pad(xf, (0, nc * tc - C, 0, nr * tr - R))
-    tiles = xf.view(*batch, nr, tr, nc, tc)
+    tiles = xf.reshape(*batch, nr, tr, nc, tc)
     scale = scale_from_amax(tiles.abs().amax(dim=(-3, -1)), pow2)  # [..., nr, nc]
     q = _cast(tiles, scale[..., :, None, :, None]).view(*batch, nr * tr, nc * tc)[..., :R, :C]
     return q, torch.ones_like(scale) / scale
