@@ -259,7 +259,7 @@ def test_layouts_equal_one_process_under_the_emulation(layout_checkpoint):
 
     ids, labels = batch(128, 4, 16, seed=3)
     recipe = BlockwiseRecipe(LAYOUT_BLOCK, pow2_scales=True)
-    refs, hp = {}, None
+    refs = {}
     with use_backend(EmulatedBlockwiseFP8(recipe)):
         for m in (1, 2):
             refs[m] = evaluate(*build(layout_checkpoint, ParallelConfig(), 1), ids, labels, m, 0.3)
