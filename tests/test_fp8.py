@@ -216,6 +216,39 @@ def test_bf16_activations_stay_bf16_and_near_the_bf16_result():
     assert 1e-3 < rel < 0.06, rel  # e4m3: ~2^-4 relative per operand, bf16 alone ~2^-9
 
 
+def test_fp8_runs_every_linear_and_keeps_embeddings_head_and_router_in_high_precision():
+    from r1mega.config import ModelConfig
+    from r1mega.models.deepseek_v3.model import DeepseekV3
+    from r1mega.parallel.layout import single_process_state
+    from r1mega.train.lm_step import lm_forward_backward
+
+    class Recording(EmulatedBlockwiseFP8):
+        def __init__(self):
+            super().__init__(BlockwiseRecipe(16))
+            self.seen = set()
+
+        def linear(self, x, weight, bias=None):
+            self.seen.add(id(weight))
+            return super().linear(x, weight, bias)
+
+        def grouped_linear(self, rows, weight, offsets):
+            self.seen.add(id(weight))
+            return super().grouped_linear(rows, weight, offsets)
+
+    torch.manual_seed(0)
+    ps = single_process_state()
+    model = DeepseekV3(ModelConfig(num_layers=2, num_mtp_layers=1, n_group=2, topk_group=1), ps)
+    ids = torch.randint(0, 256, (2, 8))
+    backend = Recording()
+    with use_backend(backend):
+        step = lm_forward_backward(model, ps, ids, ids, 1, 0.3)
+    assert math.isfinite(step.loss)
+    for name, p in model.named_parameters():
+        high_precision = name.startswith(("embed_tokens.", "lm_head.")) or name.endswith("mlp.gate.weight")
+        assert (id(p) in backend.seen) == (p.dim() >= 2 and not high_precision), name
+        assert p.grad is not None, name
+
+
 def test_backend_selection():
     assert resolve_backend_name("auto") == "emulated"  # no Transformer Engine backend built in
     assert fp8_backend("none") is None
