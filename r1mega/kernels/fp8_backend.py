@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from r1mega.kernels.fp8_blockwise import BlockwiseRecipe, fake_quantize, fake_quantize_segments
 
 FP8_MODES = ("none", "blockwise")
-BACKEND_CHOICES = ("auto", "emulated", "te")
 
 
 def _rows(t: torch.Tensor, r: BlockwiseRecipe) -> torch.Tensor:
