@@ -289,18 +289,64 @@ def stdin_from(data: bytes) -> None:
 # ---------------------------------------------------------------- init: run the program
 
 
-def run_program(code: str, tests, stdio: bool, token_fd: int) -> None:
-    """Runs the program, then its tests; the token goes out only if both completed. With stdio
-    (no tests) a clean sys.exit(0) ends the program normally; with tests any exit is a failure.
-    The token is read from its sealed memfd only at the end, so no Python object holds it while
-    the program runs (a program that hunts for that fd can still find it: see the README)."""
+VALUES_PREFIX = "r1mega-values:"
+MAX_DEPTH = 100  # as r1mega.rl.code_tests.MAX_DEPTH
+_SEQ_TAGS = ((list, "l"), (tuple, "t"), (set, "s"), (frozenset, "fs"))
+
+
+def encode_value(v, depth: int = 0):
+    """A returned value in the strict wire format r1mega.rl.code_tests.decode reads: exact builtin
+    types only, so nothing of the program's (an __eq__, a __repr__) reaches the trainer's judgement."""
+    if depth > MAX_DEPTH:
+        raise ValueError("value nested too deeply")
+    t = type(v)
+    if v is None or t is bool or t is str:
+        return v
+    if t is int:
+        return ["i", str(v)]
+    if t is float:
+        return ["f", repr(v)]
+    if t is complex:
+        return ["c", repr(v.real), repr(v.imag)]
+    if t is bytes:
+        return ["b", v.hex()]
+    for typ, tag in _SEQ_TAGS:
+        if t is typ:
+            return [tag, [encode_value(i, depth + 1) for i in v]]
+    if t is dict:
+        return ["d", [[encode_value(k, depth + 1), encode_value(i, depth + 1)] for k, i in v.items()]]
+    raise TypeError(f"a {t.__name__} is not a plain value (int, float, str, bytes, bool, None, list, tuple, dict, set)")
+
+
+def _call_values(calls: dict, glb: dict) -> str:
+    """Evaluates each program-side expression; the expected values are not here (the trainer has them)."""
+    exec(compile(calls["setup"], "tests.py", "exec"), glb)
+    names = {name: glb[target] for name, target in calls["bind"].items() if target in glb}
+    values = []
+    for expr in calls["exprs"]:
+        try:  # bound names as globals, so comprehensions inside the expression see them too
+            values.append({"v": encode_value(eval(compile(expr, "tests.py", "eval"), {**glb, **names}))})
+        except BaseException as e:  # noqa: BLE001 - SystemExit too: a failed check, not the end
+            values.append({"e": type(e).__name__})
+    return VALUES_PREFIX + json.dumps(values, separators=(",", ":"))
+
+
+def run_program(code: str, tests, calls, token_fd: int) -> None:
+    """Runs the program, then its tests (asserts run here) or its calls (values sent to the trainer,
+    which judges them); the token goes out only if all of that completed. With neither (stdio) a
+    clean sys.exit(0) ends the program normally; otherwise any exit is a failure. The token is read
+    from its sealed memfd only at the end, so no Python object holds it while the program runs (a
+    program that hunts for that fd can still find it: see the README)."""
+    stdio = tests is None and calls is None
     glb = {"__name__": "__main__", "__builtins__": __builtins__}
     sys.argv = ["solution.py"]
-    ok = False
+    ok, tail = False, ""
     try:
         exec(compile(code, "solution.py", "exec"), glb)
         if tests is not None:
             exec(compile(tests, "tests.py", "exec"), glb)
+        if calls is not None:
+            tail = _call_values(calls, glb) + "\n"
         ok = True
     except SystemExit as e:
         ok = stdio and e.code in (None, 0)
@@ -315,7 +361,9 @@ def run_program(code: str, tests, stdio: bool, token_fd: int) -> None:
     except BaseException:
         ok = False
     if ok:
-        os.write(1, b"\n" + os.pread(token_fd, 256, 0) + b"\n")
+        out = ("\n" + tail).encode() + os.pread(token_fd, 256, 0) + b"\n"
+        while out:
+            out = out[os.write(1, out):]
     os._exit(0 if ok else 1)
 
 
@@ -347,9 +395,9 @@ def init(job: dict, report_w: int, alive_r: int) -> None:
         os._exit(71)
     os.write(report_w, b"ok")
     os.close(report_w)
-    code, tests = job["code"], job["tests"]
+    code, tests, calls = job["code"], job["tests"], job.get("calls")
     del job
-    run_program(code, tests, tests is None, token_fd)
+    run_program(code, tests, calls, token_fd)
 
 
 # ---------------------------------------------------------------- supervisor
