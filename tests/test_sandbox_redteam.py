@@ -104,7 +104,7 @@ ATTACKS = {
         except OSError:
             pass
         print('kids', kids)
-        if kids > 6: print('PWNED', kids, 'processes')
+        if kids > 4: print('PWNED', kids, 'processes')
         """,
     "signals_realtime_network": """
         import socket

@@ -56,7 +56,7 @@ class Limits:
     memory_bytes: int = 512 * 2 ** 20  # address space per process (no cgroup: a program holds <= processes x this)
     disk_bytes: int = 16 * 2 ** 20  # the writable tmpfs at /tmp, shared by all its processes
     file_bytes: int = 4 * 2 ** 20  # one file
-    processes: int = 8  # processes + threads of the sandbox's uid, supervisor and init included
+    processes: int = 6  # processes + threads of the sandbox's uid, supervisor and init included
     open_files: int = 64
     output_bytes: int = 2 ** 20  # stdout kept; more kills the program
     stderr_bytes: int = 64 * 2 ** 10  # stderr kept; more is dropped
