@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 MAX_DEPTH = 100  # nesting of a returned value, both when the sandbox encodes and here
+MAX_INT_DIGITS = 4300  # Python's default int <-> str limit
 MAX_SHARED_HASH = 8  # set/dict keys of one returned value that may share a hash
 
 _OPS: dict[type, Callable[[Any, Any], Any]] = {
@@ -220,7 +221,9 @@ def decode(x: Any, depth: int = 0) -> Any:
     if x is None or isinstance(x, (bool, str)):
         return x
     tag, body = x[0], x[1]
-    if tag == "i":
+    if tag == "i":  # bounded here too: a trainer may have lifted Python's int-digits limit (quadratic parse)
+        if len(body) > MAX_INT_DIGITS:
+            raise ValueError("integer too long")
         return int(body)
     if tag == "f":
         return float(body)
