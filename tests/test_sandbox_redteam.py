@@ -192,6 +192,8 @@ GAMING = {  # each scores 0 on both test styles
                            "def add(a, b): return E()",
     "int_subclass_always_equal": "class I(int):\n    __eq__ = lambda s, o: True\ndef add(a, b): return I(0)",
     "string_lookalike": "def add(a, b): return str(a + b)",
+    "container_subclass_that_lies": "class L(list):\n    __iter__ = lambda s: iter([5])\n    __eq__ = lambda s, o: True\n"
+                                    "    __getitem__ = lambda s, i: 5\ndef add(a, b): return L()",
     "token_from_its_fd": "import os\ndef add(a, b): return 0\nfor fd in range(3, 64):\n    try:\n"
                          "        t = os.pread(fd, 256, 0)\n    except OSError:\n        continue\n"
                          "    if t.startswith(b'r1mega-sandbox-done-'):\n        os.write(1, b'\\n' + t + b'\\n'); os._exit(0)",
@@ -302,6 +304,16 @@ SOLVED = [  # (code, tests, entry_point): real solutions through the call path, 
      "assert grid(2) == [[0, 0], [0, 1]]\nassert len(grid(3)) == 3\nassert grid(1) != [[1]]", None),
     ("def rev(b):\n    return b[::-1]", "assert rev(b'ab') == b'ba'\nassert rev('xy') == 'yx'", None),
     ("def inf():\n    return float('inf')", "assert inf() > 1e308", None),
+    ("def count(s):\n    from collections import Counter\n    return Counter(s)",
+     "assert count('abca') == {'a': 2, 'b': 1, 'c': 1}", None),
+    ("def groups(xs):\n    from collections import defaultdict\n    d = defaultdict(list)\n    for x in xs:\n"
+     "        d[x % 2].append(x)\n    return d", "assert groups([1, 2, 3]) == {1: [1, 3], 0: [2]}", None),
+    ("def point():\n    from collections import namedtuple\n    return namedtuple('P', 'x y')(1, 2)",
+     "assert point() == (1, 2)", None),
+    ("def half(n):\n    from fractions import Fraction\n    return Fraction(n, 2)",
+     "assert half(4) == 2\nassert half(1) == 0.5", None),
+    ("def tenth():\n    from decimal import Decimal\n    return Decimal('0.1') * 3", "assert tenth() * 10 == 3", None),
+    ("def color():\n    import enum\n    class C(enum.IntEnum):\n        RED = 2\n    return C.RED", "assert color() == 2", None),
     ("def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)",
      "def check(candidate):\n    assert candidate(10) == 55\n    assert [candidate(i) for i in range(5)] == [0, 1, 1, 2, 3]\n",
      "fib"),

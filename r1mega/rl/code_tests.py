@@ -3,7 +3,8 @@
 Tests such as `assert add(2, 3) == 5` (MBPP) or HumanEval's `def check(candidate): assert
 candidate(...) == ...` are split here, in the trainer, with `ast`: only the side the program
 must compute (`add(2, 3)`) goes into the sandbox, which sends back its value strictly serialised
-(exact builtin types only: no subclass, no object with its own __eq__); the expected side (`5`)
+(plain data only: builtin types, subclasses read through their base type, Fraction, Decimal; no
+object's own __eq__ ever reaches the trainer); the expected side (`5`)
 and the comparison stay here. The program never sees an expected value, so whatever it does to
 its own interpreter (always-equal objects, patched builtins, a forged completion token, reading
 its memory) it can only pass by producing values equal to the expected ones.
@@ -28,6 +29,8 @@ import builtins
 import json
 import operator
 from collections import Counter
+from decimal import Decimal
+from fractions import Fraction
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -73,7 +76,7 @@ class CallTests:
                 return False
             try:
                 value = decode(item["v"])
-            except (ValueError, TypeError, KeyError, IndexError, RecursionError):
+            except (ValueError, TypeError, KeyError, IndexError, RecursionError, ArithmeticError):
                 return False
             if not check.passes(value):
                 return False
@@ -211,7 +214,7 @@ def parse(tests: str, entry_point: Optional[str] = None) -> Optional[CallTests]:
 
 # ------------------------------------------------------------- the values' wire format
 # The sandbox's side (encode) is r1mega/rl/sandbox_init.py:encode_value (stdlib only, same format):
-# None/bool/str as JSON; ["i", digits], ["f", repr], ["c", re, im], ["b", hex],
+# None/bool/str as JSON; ["i", digits], ["f", repr], ["c", re, im], ["b", hex], ["q", num, den], ["D", str],
 # ["l"|"t"|"s"|"fs", [items]], ["d", [[k, v], ...]].
 
 
@@ -231,6 +234,14 @@ def decode(x: Any, depth: int = 0) -> Any:
         return complex(float(body), float(x[2]))
     if tag == "b":
         return bytes.fromhex(body)
+    if tag == "q":
+        if len(body) > MAX_INT_DIGITS or len(x[2]) > MAX_INT_DIGITS:
+            raise ValueError("integer too long")
+        return Fraction(int(body), int(x[2]))
+    if tag == "D":
+        if len(body) > MAX_INT_DIGITS:
+            raise ValueError("decimal too long")
+        return Decimal(body)
     if tag in ("l", "t", "s", "fs"):
         items = [decode(i, depth + 1) for i in body]
         if tag in ("s", "fs"):

@@ -26,6 +26,8 @@ import select
 import signal
 import sys
 import time
+from decimal import Decimal as _Decimal
+from fractions import Fraction as _Fraction
 
 NOBODY = 65534
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x2000000, 0x4000000, 0x8000000
@@ -291,31 +293,46 @@ def stdin_from(data: bytes) -> None:
 
 VALUES_PREFIX = "r1mega-values:"
 MAX_DEPTH = 100  # as r1mega.rl.code_tests.MAX_DEPTH
-_SEQ_TAGS = ((list, "l"), (tuple, "t"), (set, "s"), (frozenset, "fs"))
 
 
 def encode_value(v, depth: int = 0):
-    """A returned value in the strict wire format r1mega.rl.code_tests.decode reads: exact builtin
-    types only, so nothing of the program's (an __eq__, a __repr__) reaches the trainer's judgement."""
+    """A returned value in the wire format r1mega.rl.code_tests.decode reads: plain data only.
+    Subclasses of the builtin types (Counter, defaultdict, namedtuple, IntEnum) are read through
+    their base type's own C methods, so what travels is the data they hold, never the result of
+    an override (__eq__, __iter__, __repr__); Fraction and Decimal travel as numbers. Nothing here
+    is a security boundary (the program may print any values line it likes): it only carries honest
+    values faithfully; the trainer never sees the expected values leave its side."""
     if depth > MAX_DEPTH:
         raise ValueError("value nested too deeply")
     t = type(v)
-    if v is None or t is bool or t is str:
+    if v is None or t is bool:
         return v
-    if t is int:
-        return ["i", str(v)]
-    if t is float:
-        return ["f", repr(v)]
-    if t is complex:
-        return ["c", repr(v.real), repr(v.imag)]
-    if t is bytes:
-        return ["b", v.hex()]
-    for typ, tag in _SEQ_TAGS:
-        if t is typ:
-            return [tag, [encode_value(i, depth + 1) for i in v]]
-    if t is dict:
-        return ["d", [[encode_value(k, depth + 1), encode_value(i, depth + 1)] for k, i in v.items()]]
-    raise TypeError(f"a {t.__name__} is not a plain value (int, float, str, bytes, bool, None, list, tuple, dict, set)")
+    if isinstance(v, int):
+        return ["i", str(int.__index__(v))]
+    if isinstance(v, float):
+        return ["f", repr(float.__float__(v))]
+    if isinstance(v, str):
+        return str.__str__(v)
+    if isinstance(v, complex):
+        return ["c", repr(complex.real.__get__(v)), repr(complex.imag.__get__(v))]
+    if isinstance(v, bytes):
+        return ["b", bytes.hex(v)]
+    if isinstance(v, _Fraction):
+        return ["q", str(_FRACTION_NUM.__get__(v)), str(_FRACTION_DEN.__get__(v))]
+    if isinstance(v, _Decimal):
+        return ["D", _Decimal.__str__(v)]
+    if isinstance(v, dict):
+        return ["d", [[encode_value(k, depth + 1), encode_value(i, depth + 1)] for k, i in dict.items(dict.copy(v))]]
+    for typ, tag, plain in _CONTAINERS:
+        if isinstance(v, typ):
+            return [tag, [encode_value(i, depth + 1) for i in plain(v)]]
+    raise TypeError(f"a {t.__name__} is not a plain value (int, float, str, bytes, bool, None, list, tuple, "
+                    "dict, set, Fraction, Decimal or a subclass)")
+
+
+_CONTAINERS = ((list, "l", list.copy), (tuple, "t", lambda v: tuple.__getitem__(v, slice(None))),
+               (set, "s", set.copy), (frozenset, "fs", frozenset.copy))
+_FRACTION_NUM, _FRACTION_DEN = _Fraction.__dict__["_numerator"], _Fraction.__dict__["_denominator"]
 
 
 def _call_values(calls: dict, glb: dict) -> str:
