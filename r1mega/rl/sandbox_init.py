@@ -331,7 +331,8 @@ def encode_value(v, depth: int = 0):
 
 
 _CONTAINERS = ((list, "l", list.copy), (tuple, "t", lambda v: tuple.__getitem__(v, slice(None))),
-               (set, "s", set.copy), (frozenset, "fs", frozenset.copy))
+               (set, "s", set.copy), (frozenset, "fs", frozenset.copy),
+               (type({}.keys()), "s", set), (type({}.items()), "s", set))  # views compare like sets
 _FRACTION_NUM, _FRACTION_DEN = _Fraction.__dict__["_numerator"], _Fraction.__dict__["_denominator"]
 
 
