@@ -33,8 +33,8 @@ ATTACKS = {
         """,
     "stdlib_is_read_only": """
         d = os.path.dirname(os.__file__)
-        for f in (lambda: open(os.__file__, 'a'), lambda: open(d + '/PWN.py', 'w'), lambda: os.utime(os.__file__, (1, 1)),
-                  lambda: os.link(os.__file__, '/tmp/l')):
+        for f in (lambda: open(os.__file__, 'a'), lambda: open(d + '/PWN.py', 'w'),
+                  lambda: os.utime(os.__file__, (1, 1)), lambda: os.link(os.__file__, '/tmp/l')):
             try:
                 f(); print('PWNED stdlib')
             except OSError:
@@ -59,7 +59,8 @@ ATTACKS = {
             os.chroot('/tmp'); print('PWNED chroot')
         except OSError:
             pass
-        nrs = ((155, 303, 304, 428, 430, 432, 433, 442, 457, 458) if X86 else (41, 264, 265, 428, 430, 432, 433, 442, 457, 458))
+        nrs = (155, 303, 304) if X86 else (41, 264, 265)
+        nrs += (428, 430, 432, 433, 442, 457, 458)
         for nr in nrs:  # pivot_root, name_to_handle_at, open_by_handle_at, new mount API, statmount, listmount
             r, e = sc(nr, 0, 0, 0, 0, 0)
             if e != errno.EPERM: print('PWNED syscall reachable', nr, r, e)
@@ -124,7 +125,8 @@ ATTACKS = {
             pass
         for fam in (socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK, socket.AF_PACKET):
             try:
-                socket.socket(fam, socket.SOCK_RAW if fam in (socket.AF_NETLINK, socket.AF_PACKET) else socket.SOCK_DGRAM)
+                raw = fam in (socket.AF_NETLINK, socket.AF_PACKET)
+                socket.socket(fam, socket.SOCK_RAW if raw else socket.SOCK_DGRAM)
                 print('PWNED socket', fam)
             except OSError:
                 pass
@@ -192,17 +194,20 @@ GAMING = {  # each scores 0 on both test styles
                            "def add(a, b): return E()",
     "int_subclass_always_equal": "class I(int):\n    __eq__ = lambda s, o: True\ndef add(a, b): return I(0)",
     "string_lookalike": "def add(a, b): return str(a + b)",
-    "container_subclass_that_lies": "class L(list):\n    __iter__ = lambda s: iter([5])\n    __eq__ = lambda s, o: True\n"
+    "container_subclass_that_lies": "class L(list):\n    __iter__ = lambda s: iter([5])\n"
+                                    "    __eq__ = lambda s, o: True\n"
                                     "    __getitem__ = lambda s, i: 5\ndef add(a, b): return L()",
     "token_from_its_fd": "import os\ndef add(a, b): return 0\nfor fd in range(3, 64):\n    try:\n"
                          "        t = os.pread(fd, 256, 0)\n    except OSError:\n        continue\n"
-                         "    if t.startswith(b'r1mega-sandbox-done-'):\n        os.write(1, b'\\n' + t + b'\\n'); os._exit(0)",
+                         "    if t.startswith(b'r1mega-sandbox-done-'):\n"
+                         "        os.write(1, b'\\n' + t + b'\\n'); os._exit(0)",
     "builtins_exec_replaced": "import builtins\ndef add(a, b): return 0\nbuiltins.exec = lambda *a, **k: None",
     "systemexit_inside_the_call": "def add(a, b): raise SystemExit(0)",
     "expected_values_from_memory": "import gc, re\ndef add(a, b):\n    for o in gc.get_objects():\n"
                                    "        if isinstance(o, dict):\n            for v in list(o.values()):\n"
                                    "                if isinstance(v, str) and '==' in v:\n"
-                                   "                    for m in re.finditer(r'\\((-?\\d+), (-?\\d+)\\) == (-?\\d+)', v):\n"
+                                   "                    pat = r'\\((-?\\d+), (-?\\d+)\\) == (-?\\d+)'\n"
+                                   "                    for m in re.finditer(pat, v):\n"
                                    "                        if (int(m[1]), int(m[2])) == (a, b): return int(m[3])",
     "forged_values_line": "import os, json\ndef add(a, b): return 0\n"
                           "os.write(1, b'\\nr1mega-values:' + json.dumps([{'v': ['i', '5']}] * 3).encode() + b'\\n')",
@@ -292,7 +297,8 @@ def test_reward_gaming_scores_zero(outcome):
 SOLVED = [  # (code, tests, entry_point): real solutions through the call path, every value type
     ("def area(r):\n    import math\n    return math.pi * r * r",
      "import math\nassert abs(area(2) - 12.566370614359172) < 1e-9\nassert area(0) == 0", None),
-    ("def split(s):\n    return tuple(s.split(','))", "assert split('a,b') == ('a', 'b')\nassert split('') == ('',)", None),
+    ("def split(s):\n    return tuple(s.split(','))",
+     "assert split('a,b') == ('a', 'b')\nassert split('') == ('',)", None),
     ("def freq(s):\n    from collections import Counter\n    return dict(Counter(s))",
      "assert freq('aab') == {'a': 2, 'b': 1}", None),
     ("def uniq(xs):\n    return set(xs)", "assert uniq([1, 1, 2]) == {1, 2}\nassert 2 in uniq([2])", None),
@@ -300,7 +306,8 @@ SOLVED = [  # (code, tests, entry_point): real solutions through the call path, 
     ("def is_prime(n):\n    return n > 1 and all(n % d for d in range(2, int(n ** .5) + 1))",
      "assert is_prime(7)\nassert not is_prime(9)\nassert is_prime(2) is True", None),
     ("def nothing(x):\n    return None", "assert nothing(3) is None", None),
-    ("def big(n):\n    return 2 ** n", "assert big(200) == 1606938044258990275541962092341162602522202993782792835301376", None),
+    ("def big(n):\n    return 2 ** n",
+     "assert big(200) == 1606938044258990275541962092341162602522202993782792835301376", None),
     ("def grid(n):\n    return [[i * j for j in range(n)] for i in range(n)]",
      "assert grid(2) == [[0, 0], [0, 1]]\nassert len(grid(3)) == 3\nassert grid(1) != [[1]]", None),
     ("def rev(b):\n    return b[::-1]", "assert rev(b'ab') == b'ba'\nassert rev('xy') == 'yx'", None),
@@ -314,9 +321,11 @@ SOLVED = [  # (code, tests, entry_point): real solutions through the call path, 
     ("def half(n):\n    from fractions import Fraction\n    return Fraction(n, 2)",
      "assert half(4) == 2\nassert half(1) == 0.5", None),
     ("def tenth():\n    from decimal import Decimal\n    return Decimal('0.1') * 3", "assert tenth() * 10 == 3", None),
-    ("def color():\n    import enum\n    class C(enum.IntEnum):\n        RED = 2\n    return C.RED", "assert color() == 2", None),
+    ("def color():\n    import enum\n    class C(enum.IntEnum):\n        RED = 2\n    return C.RED",
+     "assert color() == 2", None),
     ("def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)",
-     "def check(candidate):\n    assert candidate(10) == 55\n    assert [candidate(i) for i in range(5)] == [0, 1, 1, 2, 3]\n",
+     "def check(candidate):\n    assert candidate(10) == 55\n"
+     "    assert [candidate(i) for i in range(5)] == [0, 1, 1, 2, 3]\n",
      "fib"),
 ]
 
@@ -355,7 +364,9 @@ def test_values_the_trainer_refuses_to_decode():
     deep = ["l", []]
     for _ in range(code_tests.MAX_DEPTH + 5):
         deep = ["l", [deep]]
-    for bad in (colliding, ["d", [[x, None] for x in colliding[1]]], deep, ["i", "9" * 5000], ["s", [["l", []]]], ["?", 1]):
+    refused = (colliding, ["d", [[x, None] for x in colliding[1]]], deep, ["i", "9" * 5000],
+               ["s", [["l", []]]], ["?", 1])
+    for bad in refused:
         with pytest.raises((ValueError, TypeError)):
             code_tests.decode(bad)
     assert code_tests.decode(["d", [[["i", "-1"], "a"], [["t", [["f", "nan"], None]], ["fs", [True]]]]])[-1] == "a"
