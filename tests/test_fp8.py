@@ -186,10 +186,11 @@ def test_grouped_linear_forward_backward_exact_vs_reference_and_near_fp32():
     dyc = ref_dequantize(dy, segment_tiles(ends, out, block), False)
     rc = ref_dequantize(r, segment_tiles(ends, D, block), False)
     starts = [0] + ends[:-1]
+    groups = list(enumerate(zip(starts, ends)))
     tol = dict(rtol=1e-6, atol=1e-6)  # grouped_mm vs per-expert matmuls: fp32 summation order only
-    torch.testing.assert_close(y.detach(), torch.cat([rq[s:e] @ wq[i].t() for i, (s, e) in enumerate(zip(starts, ends))]), **tol)
-    torch.testing.assert_close(rows.grad, torch.cat([dyq[s:e] @ wq[i] for i, (s, e) in enumerate(zip(starts, ends))]), **tol)
-    torch.testing.assert_close(w.grad, torch.stack([dyc[s:e].t() @ rc[s:e] for s, e in zip(starts, ends)]), **tol)
+    torch.testing.assert_close(y.detach(), torch.cat([rq[s:e] @ wq[i].t() for i, (s, e) in groups]), **tol)
+    torch.testing.assert_close(rows.grad, torch.cat([dyq[s:e] @ wq[i] for i, (s, e) in groups]), **tol)
+    torch.testing.assert_close(w.grad, torch.stack([dyc[s:e].t() @ rc[s:e] for i, (s, e) in groups]), **tol)
     assert not w.grad[1].any()
     # within FP8 error of the high-precision result
     hp_rows = rows.detach().clone().requires_grad_()
