@@ -1,4 +1,5 @@
 """`r1mega verify-hf`: load an HF checkpoint under a layout and compare with transformers.
+Any model family: DeepSeek-V3/V2 or a dense Qwen2/Llama student, chosen by config.json's model_type.
 
     torchrun --nproc_per_node N -m r1mega.cli verify-hf --hf-dir DIR --tp T --pp P --ep E
 
@@ -14,9 +15,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from r1mega.config import Config, ModelConfig, ParallelConfig, validate
-from r1mega.models.deepseek_v3.hf_weights import load_hf_weights
-from r1mega.models.deepseek_v3.model import DeepseekV3
+from r1mega.config import ParallelConfig, validate
+from r1mega.models.family import build_config, family_for_hf
+from r1mega.models.weights import load_hf_weights, load_weights
 from r1mega.parallel.layout import build_parallel_state, default_device, join_ranks, single_process_state
 from r1mega.parallel.vocab_parallel import gather_vocab
 from r1mega.train.lm_step import lm_forward_backward
@@ -47,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     rank = dist.get_rank() if distributed else 0
     dtype = getattr(torch, args.dtype)
     par = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, sp=args.sp)
-    cfg = validate(Config(model=ModelConfig.from_hf(args.hf_dir), parallel=par), world)
+    family, model_cfg = family_for_hf(args.hf_dir)
+    cfg = validate(build_config(model_cfg, par), world)
     ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
     batch = args.batch_size or ps.dp
     if rank == 0:
@@ -55,9 +57,8 @@ def run(args: argparse.Namespace) -> int:
                 f"etp={ps.etp} dp={ps.dp} sp={ps.sp}; batch {batch} x {args.seq_length} tokens, {args.dtype}")
 
     device = default_device()
-    model = DeepseekV3(cfg.model, ps, cfg.parallel.pp_layers).to(device=device, dtype=dtype)
+    model = family.build_stage(cfg.active_model, ps, cfg.parallel.pp_layers).to(device=device, dtype=dtype)
     if args.ckpt:
-        from r1mega.models.deepseek_v3.hf_weights import load_weights
         from r1mega.train.checkpoint import PieceReader
 
         report = load_weights(model, PieceReader(args.ckpt, "model"))
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         _report(f"note: the checkpoint has no MTP layer; {len(report.kept_init)} MTP tensors keep their init")
 
     g = torch.Generator().manual_seed(args.seed)
-    ids = torch.randint(0, cfg.model.vocab_size, (batch, args.seq_length), generator=g).to(device)
+    ids = torch.randint(0, cfg.active_model.vocab_size, (batch, args.seq_length), generator=g).to(device)
     labels = torch.full_like(ids, -100)
     labels[:, :-1] = ids[:, 1:]
     with torch.no_grad():

@@ -334,26 +334,9 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
     return {"tensors": len(weight_map), "files": n}
 
 
-def hf_config_from(m: ModelConfig) -> dict:
-    """A transformers DeepseekV3 config.json for a model trained from scratch."""
-    rope = {"rope_type": "default", "rope_theta": m.rope_theta} if not m.rope_scaling else \
-        {**m.rope_scaling, "rope_type": m.rope_scaling.get("type", "yarn"), "rope_theta": m.rope_theta}
-    return {
-        "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "vocab_size": m.vocab_size,
-        "hidden_size": m.hidden_size, "intermediate_size": m.intermediate_size,
-        "moe_intermediate_size": m.moe_intermediate_size, "num_hidden_layers": m.num_layers,
-        "num_attention_heads": m.num_heads, "num_key_value_heads": m.num_heads, "q_lora_rank": m.q_lora_rank,
-        "kv_lora_rank": m.kv_lora_rank, "qk_nope_head_dim": m.qk_nope_head_dim, "qk_rope_head_dim": m.qk_rope_head_dim,
-        "v_head_dim": m.v_head_dim, "n_routed_experts": m.n_routed_experts, "n_shared_experts": m.n_shared_experts,
-        "num_experts_per_tok": m.num_experts_per_tok, "n_group": m.n_group, "topk_group": m.topk_group,
-        "topk_method": m.topk_method, "scoring_func": m.scoring_func, "norm_topk_prob": m.norm_topk_prob,
-        "routed_scaling_factor": m.routed_scaling_factor, "first_k_dense_replace": m.first_k_dense_replace,
-        "moe_layer_freq": m.moe_layer_freq, "rms_norm_eps": m.rms_norm_eps, "rope_parameters": rope,
-        "rope_interleave": m.rope_interleave, "max_position_embeddings": m.max_position_embeddings,
-        "attention_bias": m.attention_bias, "num_nextn_predict_layers": m.num_mtp_layers,
-        "tie_word_embeddings": m.tie_word_embeddings, "hidden_act": m.hidden_act,
-        "initializer_range": m.initializer_range, "bos_token_id": 0, "eos_token_id": 1,
-    }
+def hf_config_from(m) -> dict:
+    """A transformers config.json for a model trained from scratch (either family)."""
+    return m.to_hf()
 
 
 def main(argv=None) -> int:

@@ -5,7 +5,7 @@
     <dir>/step_00000100/meta.json               step, optimizer step, data position, config, RNG
     <dir>/latest                                name of the newest complete step directory
 
-Keys are the Hugging Face tensor names (`hf_weights.param_slices`), so a checkpoint saved under one
+Keys are the Hugging Face tensor names (each stage's `param_slices()`, `r1mega.models.weights`), so a checkpoint saved under one
 TP/PP/EP/DP layout loads under any other: each rank assembles exactly the slices it needs from
 whichever pieces overlap them. Only one replica of each piece is written (DP rank 0; TP rank 0 for
 TP-replicated tensors). "model/" holds the fp32 master weights, so a resumed run continues exactly.
@@ -24,9 +24,10 @@ import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from r1mega.models.deepseek_v3.fp8 import dequantize, scale_name
-from r1mega.models.deepseek_v3.hf_weights import CheckpointError, load_weights, param_slices, shard
+from r1mega.models.fp8 import dequantize, scale_name
+from r1mega.models.weights import CheckpointError, load_weights, shard
 from r1mega.parallel.layout import ParallelState
+from r1mega.parallel.param_spec import spec_of
 from r1mega.train.optimizer import DistributedAdamW
 
 STATES = ("exp_avg", "exp_avg_sq")
@@ -39,12 +40,12 @@ def _barrier(ps: ParallelState) -> None:
 
 def _writes(spec, ps: ParallelState) -> bool:
     """One replica per piece: DP rank 0 (expert-DP for experts), TP rank 0 for TP-replicated ones."""
-    p = spec.param
-    if getattr(p, "is_mtp_copy", False):
-        return False  # the last stage's embedding copy equals the first stage's
-    if getattr(p, "is_expert", False):
+    p = spec_of(spec.param)
+    if p.copy_of is not None:
+        return False  # a tied copy (the last stage's embedding) equals the first stage's
+    if p.is_expert:
         return ps.r("edp") == 0
-    return ps.r("dp") == 0 and (getattr(p, "tp_shard_dim", None) is not None or ps.r("tp") == 0)
+    return ps.r("dp") == 0 and (p.tp_shard_dim is not None or ps.r("tp") == 0)
 
 
 def _fsync_dir(path: str) -> None:
@@ -68,7 +69,7 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
     states = optimizer.full_states()  # collective over DP groups
     tensors, pieces = {}, {}
     for c, chunk in enumerate(chunks):
-        for spec in param_slices(chunk):
+        for spec in chunk.param_slices():
             if not _writes(spec, ps):
                 continue
             start = spec.rank * spec.local.shape[spec.dim] if spec.dim is not None else 0
@@ -198,14 +199,14 @@ def load_checkpoint(path: str, chunks: torch.nn.ModuleList, optimizer: Optional[
         readers = {"master": PieceReader(path, "model"), **{k: PieceReader(path, k) for k in STATES}}
         states: dict[str, dict[str, torch.Tensor]] = {}
         for c, chunk in enumerate(chunks):
-            for spec in param_slices(chunk):
+            for spec in chunk.param_slices():
                 if not spec.param.requires_grad:
                     continue
                 entry = states.setdefault(f"{c}.{spec.local_name}",
                                           {k: torch.zeros(spec.param.shape) for k in readers})
                 key = spec.key
-                if getattr(spec.param, "is_mtp_copy", False) and key not in readers["exp_avg"]:
-                    key = "model.embed_tokens.weight"
+                if spec.fallback is not None and key not in readers["exp_avg"]:
+                    key = spec.fallback
                 for k, reader in readers.items():
                     t = reader.read(key, spec.full_shape, spec.dim, spec.rank, spec.parts)
                     (entry[k] if spec.index is None else entry[k][spec.index]).copy_(t)

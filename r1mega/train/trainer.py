@@ -20,9 +20,8 @@ import torch.distributed as dist
 from r1mega.config import Config, validate_training
 from r1mega.data.prepare import resolve_data
 from r1mega.data.tokenizer import Tokenizer
-from r1mega.models.deepseek_v3.hf_weights import param_slices
-from r1mega.models.deepseek_v3.model import DeepseekV3
-from r1mega.models.deepseek_v3.params import flops_per_token
+from r1mega.models.family import family_for
+from r1mega.parallel.param_spec import spec_of
 from r1mega.parallel.layout import (
     ParallelState, build_parallel_state, default_device, join_ranks, single_process_state,
 )
@@ -36,11 +35,12 @@ H100_BF16_DENSE_TFLOPS = 989.0
 
 
 def build_chunks(cfg: Config, ps: ParallelState) -> torch.nn.ModuleList:
-    """This rank's model chunks (one per virtual pipeline stage)."""
+    """This rank's model chunks (one per virtual pipeline stage) of the config's model family."""
     v = cfg.train.virtual_stages
+    family, model_cfg = family_for(cfg)
     return torch.nn.ModuleList(
-        DeepseekV3(cfg.model, ps, cfg.parallel.pp_layers if v == 1 else None,
-                   stage=c * ps.pp + ps.r("pp"), num_stages=ps.pp * v)
+        family.build_stage(model_cfg, ps, cfg.parallel.pp_layers if v == 1 else None,
+                           stage=c * ps.pp + ps.r("pp"), num_stages=ps.pp * v)
         for c in range(v))
 
 
@@ -56,18 +56,20 @@ def place(chunks: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> 
 @torch.no_grad()
 def init_weights(chunks: torch.nn.ModuleList, seed: int) -> None:
     """Layout-independent initialisation: each tensor is drawn whole from a generator seeded by
-    (seed, its checkpoint name), then sliced, so every layout starts from the same model."""
+    (seed, its checkpoint name), then sliced, so every layout starts from the same model. What a
+    tensor starts as (normal, ones, zeros) is its parameter spec's `init`."""
     std = chunks[0].cfg.initializer_range
     for chunk in chunks:
-        for spec in param_slices(chunk):
-            leaf = spec.key.rsplit(".", 1)[-1] if "." in spec.key else spec.key
-            if "norm" in spec.key:
+        for spec in chunk.param_slices():
+            pspec = spec_of(spec.param)
+            kind = pspec.init_kind(spec.local)
+            if kind == "ones":
                 spec.local.fill_(1.0)
-            elif leaf in ("bias", "e_score_correction_bias"):
+            elif kind == "zeros":
                 spec.local.zero_()
             else:
-                # the last stage's embedding copy (MTP under PP) starts equal to the embedding
-                key = "model.embed_tokens.weight" if getattr(spec.param, "is_mtp_copy", False) else spec.key
+                # a tied copy (the last stage's embedding under PP) starts equal to its source
+                key = pspec.copy_of or spec.key
                 g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
                 full = torch.randn(spec.full_shape, generator=g) * std
                 if spec.dim is not None:
@@ -79,14 +81,15 @@ def _data(cfg: Config, kind: str):
     from r1mega.data.pretrain import PretrainData
     from r1mega.data.sft import SFTData
 
-    d = resolve_data(cfg.data, kind, cfg.model.vocab_size)
+    vocab = cfg.active_model.vocab_size
+    d = resolve_data(cfg.data, kind, vocab)
     if d.tokenizer is None and kind == "sft":
         raise ValueError("data.tokenizer: SFT renders chat records and needs a tokenizer")
     if d.tokenizer is not None:
         tok = Tokenizer(d.tokenizer)
-        if tok.vocab_size > cfg.model.vocab_size:
+        if tok.vocab_size > vocab:
             raise ValueError(f"data.tokenizer {d.tokenizer} has {tok.vocab_size} tokens but "
-                             f"model.vocab_size is {cfg.model.vocab_size}")
+                             f"the model's vocab_size is {vocab}")
     if kind == "pretrain":
         return PretrainData(d.paths, d.weights, d.seq_length, cfg.seed)
     return SFTData(d.paths[0], tok, d.seq_length, cfg.seed)
@@ -119,9 +122,11 @@ def train(cfg: Config, kind: str) -> dict:
     start, consumed = 0, 0
     # the run's own newest checkpoint wins over train.load, so a requeued job continues where it was
     resume = latest_checkpoint(ckpt_root) or t.load
+    hf_config = None  # the imported model's config.json travels on, so an export reproduces it
     if resume:
         meta = load_checkpoint(resume, chunks, optimizer, ps)
         start, consumed = meta.get("step", 0), meta.get("consumed_samples", 0)
+        hf_config = meta.get("hf_config")
     log = MetricsLog(t.run_dir, t.steps, start, ps.rank == 0, t.wandb_project if t.wandb else None, cfg)
     if resume:
         log.print(f"resumed from {resume} at step {start} (saved under layout {meta['layout']})")
@@ -129,7 +134,8 @@ def train(cfg: Config, kind: str) -> dict:
     gbs = cfg.data.global_batch_size
     micro = gbs // (ps.dp * cfg.data.micro_batch_size)
     tokens_per_step = gbs * cfg.data.seq_length
-    flops_step = flops_per_token(cfg.model, cfg.data.seq_length) * tokens_per_step
+    family, model_cfg = family_for(cfg)
+    flops_step = family.flops_per_token(model_cfg, cfg.data.seq_length) * tokens_per_step
     peak = t.peak_tflops or (H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
     losses: list[float] = []
     chunks.train()
@@ -165,7 +171,8 @@ def train(cfg: Config, kind: str) -> dict:
         last = step + 1 == t.steps
         if last or (t.save_interval and (step + 1) % t.save_interval == 0):
             save_checkpoint(ckpt_root, step + 1, chunks, optimizer, ps,
-                            {"consumed_samples": consumed, "kind": kind, "model_config": asdict(cfg.model)})
+                            {"consumed_samples": consumed, "kind": kind, "family": family.name,
+                             "model_config": asdict(model_cfg), "hf_config": hf_config})
     log.close()
     final = losses[-1] if losses else float("nan")
     if ps.rank == 0:
