@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from r1mega.config import Config, ConfigError, ModelConfig, ParallelConfig, load_config, validate
-from r1mega.models.deepseek_v3.model import stage_layers
-from r1mega.models.deepseek_v3.params import attention_params, count_params, dense_params, layer_params
+from r1mega.models.family import family_for
+from r1mega.models.stage import stage_layers
 
 GiB = 1024 ** 3
 
@@ -49,6 +49,8 @@ class Plan:
 
 def _stage_params(m: ModelConfig, p: ParallelConfig, stage: int) -> tuple[float, float]:
     """(dense params, expert params) held by one GPU of pipeline stage `stage`."""
+    from r1mega.models.deepseek_v3.params import attention_params, layer_params
+
     D, V = m.hidden_size, m.vocab_size
     dense = expert = 0.0
     layers = list(stage_layers(m.num_layers, p.pp, stage, p.pp_layers))
@@ -99,7 +101,7 @@ def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch:
               weight_bytes: int = 2, rollout_batch: int = 0, rollout_len: int = 0) -> Plan:
     cfg = validate(cfg, world)
     m, p = cfg.model, cfg.parallel
-    counts = count_params(m)
+    counts = family_for(cfg)[0].count_params(m)
     edp = p.tp * p.dp // (p.expert_tp * p.ep)
     gbs = global_batch or micro_batch * p.dp
     micro_per_rank = max(gbs // (micro_batch * p.dp), 1)
@@ -152,14 +154,10 @@ def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch:
 def make_dense_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch: Optional[int] = None,
                     weight_bytes: int = 2) -> Plan:
     """The same accounting for a dense student (GQA attention, SwiGLU), layers split evenly over pp."""
+    cfg = validate(cfg, world)
     s, p = cfg.student, cfg.parallel
-    if p.dp is None:
-        p.dp = world // (p.tp * p.pp)
-    if s.num_heads % p.tp or s.num_kv_heads % p.tp and p.tp % s.num_kv_heads:
-        raise ConfigError("parallel.tp", f"{s.num_heads} heads / {s.num_kv_heads} KV heads do not split over tp={p.tp}")
-    if p.tp * p.pp * p.dp != world:
-        raise ConfigError("parallel.dp", f"world size {world} != tp x pp x dp = {p.tp} x {p.pp} x {p.dp}")
-    counts = dense_params(s)
+    family = family_for(cfg)[0]
+    counts = family.count_params(s)
     layers = -(-s.num_layers // p.pp)
     emb = s.vocab_size * s.hidden_size
     held = layers * counts["per_layer"] / p.tp + emb / p.tp  # worst stage: its layers + embedding or head

@@ -28,11 +28,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from r1mega.config import ModelConfig
-from r1mega.models.deepseek_v3.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
+from r1mega.config import ConfigError
+from r1mega.models.family import family_for_hf, family_from_meta
+from r1mega.models.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
 from r1mega.train.checkpoint import PieceReader
-
-DENSE_TYPES = ("qwen2", "llama")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                    "generation_config.json")
 
@@ -44,37 +43,24 @@ class ConvertError(ValueError):
 # ---- what the config says the checkpoint must hold -------------------------------------------
 
 def expected_tensors(hf_config: dict) -> dict[str, tuple[int, ...]]:
-    """Checkpoint name -> shape, from the config alone (models built on the meta device)."""
-    kind = hf_config.get("model_type")
-    if kind in ("deepseek_v3", "deepseek_v2"):
-        from r1mega.models.deepseek_v3.hf_weights import param_slices
-        from r1mega.models.deepseek_v3.model import DeepseekV3
-        from r1mega.parallel.layout import single_process_state
+    """Checkpoint name -> shape, from the config alone (the family's model built on the meta device)."""
+    from r1mega.parallel.layout import single_process_state
 
-        cfg = ModelConfig.from_hf(hf_config)
-        with torch.device("meta"):
-            model = DeepseekV3(cfg, single_process_state())
-        return {s.key: s.full_shape for s in param_slices(model)}
-    if kind in DENSE_TYPES:
-        import transformers
-
-        cls = {"qwen2": "Qwen2", "llama": "Llama"}[kind]
-        conf = getattr(transformers, f"{cls}Config")(**{k: v for k, v in hf_config.items()
-                                                        if k not in ("architectures", "model_type")})
-        with torch.device("meta"):
-            model = getattr(transformers, f"{cls}ForCausalLM")(conf)
-        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        if conf.tie_word_embeddings:
-            shapes.pop("lm_head.weight", None)
-        return shapes
-    raise ConvertError(f"config.json: model_type {kind!r} is not one of deepseek_v3, deepseek_v2, qwen2, llama")
+    try:
+        family, model_cfg = family_for_hf(hf_config)
+    except ConfigError as e:
+        raise ConvertError(f"config.json: {e}") from None
+    with torch.device("meta"):
+        model = family.build_stage(model_cfg, single_process_state())
+    return {s.key: s.full_shape for s in model.param_slices()}
 
 
 def optional_tensor(key: str, hf_config: dict) -> bool:
     """Present in real checkpoints but not needed by the model (checked by shape where known)."""
     n = hf_config.get("num_hidden_layers")
     mtp = f"model.layers.{n}." if n is not None else None
-    return (key.endswith("_scale_inv") or key.endswith("rotary_emb.inv_freq")
+    tied_head = key == "lm_head.weight" and hf_config.get("tie_word_embeddings", False)  # some tied checkpoints keep it
+    return (key.endswith("_scale_inv") or key.endswith("rotary_emb.inv_freq") or tied_head
             or (mtp is not None and key in (mtp + "embed_tokens.weight", mtp + "shared_head.head.weight")))
 
 
@@ -223,8 +209,8 @@ def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat1
     bar.close()
     meta = {"kind": "import", "source": os.path.abspath(hf_dir), "hf_config": hf_config, "step": 0,
             "fp8": fp8 if fp8_count else None, "tensors": len(index) - (len(scales) if fp8 == "dequant" else 0)}
-    if hf_config.get("model_type") in ("deepseek_v3", "deepseek_v2"):
-        meta["model_config"] = asdict(ModelConfig.from_hf(hf_config))
+    family, model_cfg = family_for_hf(hf_config)
+    meta["family"], meta["model_config"] = family.name, asdict(model_cfg)
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     for extra in TOKENIZER_FILES:
@@ -266,8 +252,9 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
     with open(os.path.join(ckpt, "meta.json")) as f:
         meta = json.load(f)
     config = hf_config or meta.get("hf_config")
-    if config is None:
-        config = hf_config_from(ModelConfig(**meta["model_config"]))
+    if config is None:  # trained from scratch: the family writes the config
+        family, model_cfg = family_from_meta(meta)
+        config = family.config_to_hf(model_cfg)
     reader = PieceReader(ckpt, "model")
     keys = sorted(reader.keys())
     shapes = {k: (tuple(reader.pieces["model/" + k][0][1]["shape"]), "") for k in keys}
@@ -335,7 +322,7 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
 
 
 def hf_config_from(m) -> dict:
-    """A transformers config.json for a model trained from scratch (either family)."""
+    """A transformers config.json for a model trained from scratch (either family's config)."""
     return m.to_hf()
 
 

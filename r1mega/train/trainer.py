@@ -129,7 +129,7 @@ def train(cfg: Config, kind: str) -> dict:
         hf_config = meta.get("hf_config")
     log = MetricsLog(t.run_dir, t.steps, start, ps.rank == 0, t.wandb_project if t.wandb else None, cfg)
     if resume:
-        log.print(f"resumed from {resume} at step {start} (saved under layout {meta['layout']})")
+        log.print(f"resumed from {resume} at step {start} (saved under layout {meta.get('layout', 'of a conversion')})")
 
     gbs = cfg.data.global_batch_size
     micro = gbs // (ps.dp * cfg.data.micro_batch_size)
