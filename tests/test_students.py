@@ -127,7 +127,7 @@ def test_layouts_equal_one_process_and_decoding_is_cached_exactly(students, data
     assert one["qwen2"]["values_per_token"] == 2 * 2 * 12 and one["llama"]["values_per_token"] == 2 * 3 * 8
 
     cases = [("eval", paths[k], lay) for k, lay in FOUR_RANKS.values()]
-    cases += [("decode", paths["qwen2"], dict(tp=2, pp=2)), ("decode", paths["llama"], dict(tp=4 // 2, sp=True))]
+    cases += [("decode", paths["qwen2"], dict(tp=2, pp=2)), ("decode", paths["llama"], dict(tp=2, sp=True))]
     per_rank = run_ranks(students_worker, 4, cases, ids, labels)
     for i, (name, (kind, _)) in enumerate(FOUR_RANKS.items()):
         check([r[i] for r in per_rank], reference[kind], name)
