@@ -109,6 +109,19 @@ THREE_RANKS = {
 }
 
 
+def test_parameter_spec_is_typed():
+    from r1mega.parallel.param_spec import ParamSpec, spec_of, tag
+
+    p = torch.nn.Parameter(torch.zeros(2, 2))
+    with pytest.raises(TypeError, match="unknown parameter spec field"):
+        tag(p, tp_shard=0)
+    with pytest.raises(ValueError, match="either TP-sharded"):
+        tag(p, tp_shard_dim=0, tp_partial="region")
+    tag(tag(p, tp_shard_dim=0), weight_decay=False)  # facts accumulate
+    assert spec_of(p) == ParamSpec(tp_shard_dim=0, weight_decay=False) and not spec_of(p).decays(p)
+    assert spec_of(torch.zeros(3)).init_kind(torch.zeros(3)) == "zeros"
+
+
 def test_kv_heads_of_rank():
     assert [kv_heads_of_rank(6, 3, 3, r)[:2] for r in range(3)] == [(0, 1), (1, 1), (2, 1)]
     first, n, of_q = kv_heads_of_rank(6, 3, 2, 1)  # query heads 3, 4, 5 use KV heads 1, 2, 2
