@@ -328,12 +328,14 @@ class Config:
         return self.student if self.student is not None else self.model
 
 
-def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
-    """YAML file (optional) + dotted overrides -> typed Config. Unknown keys and bad types raise ConfigError."""
+def load_config(path: Optional[str | list[str]] = None, overrides: Optional[list[str]] = None) -> Config:
+    """YAML file(s) (optional; later files override earlier ones, e.g. a student's shapes then a stage
+    recipe) + dotted overrides -> typed Config. Unknown keys and bad types raise ConfigError."""
     schema = OmegaConf.structured(Config)
+    paths = [path] if isinstance(path, str) else list(path or [])
     try:
         merged = schema
-        if path is not None:
+        for path in paths:
             if not os.path.exists(path):
                 raise ConfigError("--config", f"file not found: {path}")
             merged = OmegaConf.merge(merged, OmegaConf.load(path))
