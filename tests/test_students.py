@@ -222,3 +222,23 @@ def test_verify_hf_command_on_students(students, tmp_path):
     assert torchrun_verify(4, "--hf-dir", qwen, "--ckpt", str(tmp_path / "ck"), "--tp", "2", "--pp", "2",
                            "--sp") < 1e-4
     assert torchrun_verify(3, "--hf-dir", llama, "--tp", "3") < 1e-4
+
+
+@pytest.mark.slow
+def test_grpo_on_a_student_under_tp2_with_replicated_kv(tmp_path):
+    """Students are RL'ed by the same GRPO code: rollouts on the training shards (per-head KV cache),
+    their log-probs equal the training forward's."""
+    from rl_workers import grpo_worker
+
+    student = ["student.vocab_size=384", "student.hidden_size=32", "student.intermediate_size=64",
+               "student.num_layers=2", "student.num_heads=4", "student.num_kv_heads=1",
+               "student.tie_word_embeddings=true"]
+    overrides = [f"train.run_dir={tmp_path}/run", f"data.cache_dir={tmp_path}/data", "train.steps=2",
+                 "parallel.tp=2", "parallel.sp=true", "rl.group_size=4", "rl.prompts_per_step=4", "rl.kl_coef=0.01",
+                 "rl.updates_per_rollout=2", "data.micro_batch_size=8", "data.global_batch_size=8",
+                 "data.synthetic_docs=300", *student]
+    rows = run_ranks(grpo_worker, 2, overrides)[0]["rows"]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["logprob_gap_max"] < 1e-4, r
+        assert r["response_len"] > 0 and r["rollout_kv_cache_bytes"] > 0
