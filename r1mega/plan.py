@@ -152,18 +152,22 @@ def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch:
 
 
 def make_dense_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch: Optional[int] = None,
-                    weight_bytes: int = 2) -> Plan:
-    """The same accounting for a dense student (GQA attention, SwiGLU), layers split evenly over pp."""
+                    weight_bytes: int = 2, rollout_batch: int = 0, rollout_len: int = 0) -> Plan:
+    """The same accounting for a dense student (GQA attention, SwiGLU), layers split evenly over pp.
+    KV heads that do not split over tp are replicated (k/v projections and cache held whole per rank)."""
     cfg = validate(cfg, world)
     s, p = cfg.student, cfg.parallel
     family = family_for(cfg)[0]
     counts = family.count_params(s)
     layers = -(-s.num_layers // p.pp)
     emb = s.vocab_size * s.hidden_size
-    held = layers * counts["per_layer"] / p.tp + emb / p.tp  # worst stage: its layers + embedding or head
+    D, hd = s.hidden_size, s.head_size
+    kv_split = s.num_kv_heads % p.tp == 0
+    kv_weights = 2 * D * s.num_kv_heads * hd
+    per_layer_held = counts["per_layer"] / p.tp + (0 if kv_split else kv_weights * (1 - 1 / p.tp))
+    held = layers * per_layer_held + emb / p.tp  # worst stage: its layers + embedding or head
     gbs = global_batch or micro_batch * p.dp
     micro_per_rank = max(gbs // (micro_batch * p.dp), 1)
-    D, hd = s.hidden_size, s.head_dim or s.hidden_size // s.num_heads
     tokens = micro_batch * seq
     per_layer = tokens * (4 * D + D + (s.num_heads + 2 * s.num_kv_heads) * hd / p.tp * 2
                           + (D + 3 * s.intermediate_size / p.tp))
@@ -176,6 +180,11 @@ def make_dense_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_
     act = tokens * D * weight_bytes
     plan.comm = {"tp": 8 * act * ring(p.tp) * layers * micro_per_rank, "ep": 0.0,
                  "pp": 2 * act * micro_per_rank if p.pp > 1 else 0.0, "dp": 2 * weight_bytes * held * ring(p.dp)}
+    if rollout_batch and rollout_len:  # per-head K and V of the KV heads a rank attends with
+        lh, group = s.num_heads // p.tp, s.num_heads // s.num_kv_heads
+        kv_local = max((r * lh + lh - 1) // group - (r * lh) // group + 1 for r in range(p.tp))
+        n = rollout_batch * rollout_len * layers * weight_bytes / p.dp
+        plan.kv_cache = {"gqa_heads": n * 2 * kv_local * hd}
     return plan
 
 
@@ -271,7 +280,8 @@ def run(args: argparse.Namespace) -> int:
                                   sp=args.sp or cfg.parallel.sp, pp_layers=cfg.parallel.pp_layers)
     world = args.tp * args.pp * args.dp
     if cfg.student is not None:
-        plan = make_dense_plan(cfg, world, args.micro_batch, args.seq_length, args.global_batch)
+        plan = make_dense_plan(cfg, world, args.micro_batch, args.seq_length, args.global_batch,
+                               rollout_batch=args.rollout_batch, rollout_len=args.rollout_len)
     else:
         plan = make_plan(cfg, world, args.micro_batch, args.seq_length, args.global_batch,
                          rollout_batch=args.rollout_batch, rollout_len=args.rollout_len)
