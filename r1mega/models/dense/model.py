@@ -29,16 +29,15 @@ from r1mega.parallel.tensor_parallel import (
 from r1mega.parallel.vocab_parallel import VocabParallelEmbedding
 
 
-def kv_heads_of_rank(num_heads: int, num_kv_heads: int, tp: int, rank: int) -> tuple[int, int, torch.Tensor]:
+def kv_heads_of_rank(num_heads: int, num_kv_heads: int, tp: int, rank: int) -> tuple[int, int, list[int]]:
     """(first KV head, KV heads held, local KV index of each local query head) for TP rank `rank`:
     query head h uses KV head h // (num_heads / num_kv_heads)."""
     local = num_heads // tp
     if num_kv_heads % tp == 0:
         per = num_kv_heads // tp
-        return rank * per, per, torch.arange(local) // (local // per)
-    kv = (rank * local + torch.arange(local)) // (num_heads // num_kv_heads)
-    first = int(kv[0])
-    return first, int(kv[-1]) - first + 1, kv - first
+        return rank * per, per, [h // (local // per) for h in range(local)]
+    kv = [(rank * local + h) // (num_heads // num_kv_heads) for h in range(local)]
+    return kv[0], kv[-1] - kv[0] + 1, [k - kv[0] for k in kv]
 
 
 class GQAttention(nn.Module):
@@ -49,7 +48,10 @@ class GQAttention(nn.Module):
         self.head_dim, self.local_heads = hd, H // ps.tp
         self.split_kv = KV % ps.tp == 0
         self.kv_first, self.kv_local, kv_of_q = kv_heads_of_rank(H, KV, ps.tp, ps.r("tp"))
-        self.register_buffer("kv_of_q", kv_of_q, persistent=False)
+        # query heads in equal consecutive groups per local KV head: SDPA reads the shared K/V itself
+        per = self.local_heads // self.kv_local
+        self.grouped = kv_of_q == [h // per for h in range(self.local_heads)] and per * self.kv_local == self.local_heads
+        self.register_buffer("kv_of_q", torch.tensor(kv_of_q), persistent=False)
         self.q_proj = ColumnParallelLinear(D, H * hd, ps, std, bias=cfg.qkv_bias)
         if self.split_kv:
             self.k_proj = ColumnParallelLinear(D, KV * hd, ps, std, bias=cfg.qkv_bias)
@@ -82,11 +84,11 @@ class GQAttention(nn.Module):
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # [b, kv, L, d]
         else:
             k, v = k.permute(1, 2, 0, 3), v.permute(1, 2, 0, 3)
-        # every local query head reads its group's KV head
-        k, v = k.index_select(1, self.kv_of_q), v.index_select(1, self.kv_of_q)
+        if not self.grouped:  # uneven groups (KV heads replicated over TP): each query head its KV head
+            k, v = k.index_select(1, self.kv_of_q), v.index_select(1, self.kv_of_q)
         q = q.permute(1, 2, 0, 3)  # [b, h, s, d]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
-                                             scale=self.scale)
+                                             scale=self.scale, enable_gqa=self.grouped)
         out = out.permute(2, 0, 1, 3).reshape(s, b, self.local_heads * self.head_dim)
         out = leave_tp_region(self.o_proj(out), self.ps)
         return out if self.o_proj.bias is None else out + self.o_proj.bias
