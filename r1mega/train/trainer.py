@@ -28,7 +28,7 @@ from r1mega.parallel.layout import (
 from r1mega.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
-from r1mega.train.moe_balance import update_routing_bias
+from r1mega.train.moe_balance import moe_layers, update_routing_bias
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 
 H100_BF16_DENSE_TFLOPS = 989.0
@@ -138,6 +138,7 @@ def train(cfg: Config, kind: str) -> dict:
     flops_step = family.flops_per_token(model_cfg, cfg.data.seq_length) * tokens_per_step
     peak = t.peak_tflops or (H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
     losses: list[float] = []
+    moe_or_mtp = bool(moe_layers(chunks)) or getattr(model_cfg, "num_mtp_layers", 0) > 0
     chunks.train()
     for step in range(start, t.steps):
         t0 = time.perf_counter()
@@ -162,6 +163,9 @@ def train(cfg: Config, kind: str) -> dict:
                    "tflops_per_device": flops_step / dt / world / 1e12,
                    "expert_max_load": balance["max_load_ratio"], "expert_min_load": balance["min_load_ratio"],
                    "balance_loss": balance["balance_loss"]}
+        if not moe_or_mtp:  # e.g. a dense student: no MTP or expert statistics to report
+            for k in ("mtp_loss", "expert_max_load", "expert_min_load", "balance_loss"):
+                metrics.pop(k)
         if peak:
             metrics["mfu"] = metrics["tflops_per_device"] / peak
         if skipped:
