@@ -483,7 +483,7 @@ def validate(cfg: Config, world_size: int) -> Config:
 def validate_training(cfg: Config, world_size: int) -> Config:
     """validate() plus the batch / schedule / data rules of a training run."""
     cfg = validate(cfg, world_size)
-    m, par, d, t = cfg.model, cfg.parallel, cfg.data, cfg.train
+    par, d, t = cfg.parallel, cfg.data, cfg.train
     tp, pp = par.tp, par.pp
 
     def need(cond: bool, key: str, msg: str):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Protocol
+from typing import Optional, Protocol
 
 import torch
 import torch.distributed as dist
