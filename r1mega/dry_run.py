@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from r1mega.config import Config, validate
 from r1mega.parallel.layout import attention_dims, expert_dims, rank_groups
-from r1mega.plan import fits, make_dense_plan, make_plan, print_plan
+from r1mega.plan import fits, plan_for, print_plan
 
 
 def dry_run(cfg: Config, world: int, gpu_mem: float = 80.0) -> int:
@@ -17,8 +17,7 @@ def dry_run(cfg: Config, world: int, gpu_mem: float = 80.0) -> int:
         groups = rank_groups(dims, name)
         print(f"  {name:<4} {len(groups):>5} groups of {len(groups[0]):>4}; rank 0's: {groups[0][:8]}"
               + (" ..." if len(groups[0]) > 8 else ""))
-    make = make_dense_plan if cfg.student is not None else make_plan
-    plan = make(cfg, world, cfg.data.micro_batch_size, cfg.data.seq_length, cfg.data.global_batch_size)
+    plan = plan_for(cfg, world, cfg.data.micro_batch_size, cfg.data.seq_length, cfg.data.global_batch_size)
     print_plan(plan, gpu_mem)
     overflow = fits(plan, gpu_mem)
     print(overflow or f"fits in {gpu_mem:g} GiB per GPU")

@@ -188,6 +188,15 @@ def make_dense_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_
     return plan
 
 
+PLANNERS = {"deepseek_v3": make_plan, "dense": make_dense_plan}  # by model family
+
+
+def plan_for(cfg: Config, world: int, micro_batch: int, seq: int, global_batch: Optional[int] = None,
+             **kw) -> Plan:
+    """The plan of the config's model family."""
+    return PLANNERS[family_for(cfg)[0].name](cfg, world, micro_batch, seq, global_batch, **kw)
+
+
 def fits(plan: Plan, gpu_mem_gib: float) -> Optional[str]:
     """None if the plan fits, else what overflows by how much."""
     budget = gpu_mem_gib * GiB
@@ -279,12 +288,8 @@ def run(args: argparse.Namespace) -> int:
     cfg.parallel = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=etp, dp=args.dp,
                                   sp=args.sp or cfg.parallel.sp, pp_layers=cfg.parallel.pp_layers)
     world = args.tp * args.pp * args.dp
-    if cfg.student is not None:
-        plan = make_dense_plan(cfg, world, args.micro_batch, args.seq_length, args.global_batch,
-                               rollout_batch=args.rollout_batch, rollout_len=args.rollout_len)
-    else:
-        plan = make_plan(cfg, world, args.micro_batch, args.seq_length, args.global_batch,
-                         rollout_batch=args.rollout_batch, rollout_len=args.rollout_len)
+    plan = plan_for(cfg, world, args.micro_batch, args.seq_length, args.global_batch,
+                    rollout_batch=args.rollout_batch, rollout_len=args.rollout_len)
     print_plan(plan, args.gpu_mem)
     overflow = fits(plan, args.gpu_mem)
     if overflow:
