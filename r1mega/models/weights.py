@@ -19,11 +19,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from safetensors import safe_open
 
+from r1mega.errors import CheckpointError
 from r1mega.models.fp8 import dequantize, scale_name
-
-
-class CheckpointError(ValueError):
-    pass
 
 
 def hf_name(local: str) -> str:
