@@ -274,10 +274,13 @@ class DenseConfig:
             rope = None if kind == "default" else {**rope, "rope_type": kind}
         heads = hf["num_attention_heads"]
         bias = bool(hf.get("attention_bias", False))
+        head_dim = hf.get("head_dim")
+        if head_dim == hf["hidden_size"] // heads:
+            head_dim = None  # the default, spelled out: keep configs comparable (checkpoint arch check)
         return cls(
             arch=arch, vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
             intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"], num_heads=heads,
-            num_kv_heads=hf.get("num_key_value_heads") or heads, head_dim=hf.get("head_dim"),
+            num_kv_heads=hf.get("num_key_value_heads") or heads, head_dim=head_dim,
             qkv_bias=True if arch == "qwen2" else bias, o_bias=arch == "llama" and bias,
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)), rope_theta=float(theta),
             rope_scaling=rope, rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
