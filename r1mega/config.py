@@ -254,11 +254,23 @@ class DenseConfig:
     @classmethod
     def from_hf(cls, source: str | dict) -> "DenseConfig":
         """Read a Hugging Face Qwen2/Qwen2.5 or Llama `config.json` (path, directory or dict)."""
+        where = "config.json"
         if isinstance(source, str):
-            path = os.path.join(source, "config.json") if os.path.isdir(source) else source
-            with open(path) as f:
-                source = json.load(f)
-        hf = dict(source)
+            where = os.path.join(source, "config.json") if os.path.isdir(source) else source
+            try:
+                with open(where) as f:
+                    source = json.load(f)
+            except OSError as e:
+                raise ConfigError(where, f"cannot read: {e.strerror}") from None
+            except json.JSONDecodeError as e:
+                raise ConfigError(where, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+        try:
+            return cls._from_hf_dict(dict(source))
+        except KeyError as e:
+            raise ConfigError(where, f"missing key {e.args[0]!r} that a Qwen2/Llama config must have") from None
+
+    @classmethod
+    def _from_hf_dict(cls, hf: dict) -> "DenseConfig":
         arch = hf.get("model_type")
         if arch not in ("qwen2", "llama"):
             raise ConfigError("model_type", f"expected qwen2 or llama for a dense student, got {arch!r}")

@@ -93,18 +93,23 @@ def read_hf_config(source: str | dict) -> dict:
     if isinstance(source, dict):
         return source
     path = os.path.join(source, "config.json") if os.path.isdir(source) else source
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as e:
+        raise ConfigError(path, f"cannot read: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(path, f"not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
 def family_for_hf(source: str | dict) -> tuple[ModelFamily, Any]:
-    """(family, model config) of a Hugging Face checkpoint's config.json, by its model_type."""
-    hf = read_hf_config(source)
-    kind = hf.get("model_type", "deepseek_v3")
+    """(family, model config) of a Hugging Face checkpoint's config.json (path, directory or dict),
+    by its model_type."""
+    kind = read_hf_config(source).get("model_type", "deepseek_v3")
     for name in _BUILDERS:
         fam = family_named(name)
         if kind in fam.hf_model_types:
-            return fam, fam.config_from_hf(hf)
+            return fam, fam.config_from_hf(source)  # the path, when given, names errors
     known = [t for n in _BUILDERS for t in family_named(n).hf_model_types]
     raise ConfigError("model_type", f"{kind!r} is not a supported model type ({', '.join(known)})")
 
