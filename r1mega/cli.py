@@ -4,7 +4,8 @@
     r1mega grpo --config configs/tiny/r1_zero_demo.yaml train.load=CKPT [key=value ...]
     r1mega pretrain --config configs/tiny/pretrain.yaml [key=value ...]
     r1mega sft --config configs/tiny/sft.yaml [key=value ...]
-    r1mega sft --config configs/model/students/qwen2.5_1.5b.yaml --config configs/stage/distillation.yaml train.load=CKPT
+    r1mega sft --config configs/model/students/qwen2.5_1.5b.yaml --config configs/stage/distillation.yaml
+        train.load=CKPT                  (one command: a student's shapes, then a stage recipe)
     r1mega plan --config configs/model/deepseek_v3_671b.yaml --tp 2 --pp 16 --ep 64 --dp 64 --sp
     torchrun --nproc_per_node N -m r1mega.cli verify-hf --hf-dir DIR --tp T --pp P --ep E
 

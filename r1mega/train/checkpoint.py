@@ -9,7 +9,8 @@
 Keys are the Hugging Face tensor names (each stage's `param_slices()`, see `r1mega.models.weights`),
 so a checkpoint saved under one TP/PP/EP/DP layout loads under any other: each rank assembles
 exactly the slices it needs from whichever pieces overlap them. Only one replica of each piece is
-written (DP rank 0; TP rank 0 for TP-replicated tensors). "model/" holds the fp32 master weights, so a resumed run continues exactly.
+written (DP rank 0; TP rank 0 for TP-replicated tensors). "model/" holds the fp32 master weights,
+so a resumed run continues exactly.
 Saving writes into a hidden temporary directory and publishes it by rename, then updates
 `latest` by atomic replace: a crash at any point leaves the previous checkpoint loadable.
 

@@ -50,7 +50,8 @@ class GQAttention(nn.Module):
         self.kv_first, self.kv_local, kv_of_q = kv_heads_of_rank(H, KV, ps.tp, ps.r("tp"))
         # query heads in equal consecutive groups per local KV head: SDPA reads the shared K/V itself
         per = self.local_heads // self.kv_local
-        self.grouped = kv_of_q == [h // per for h in range(self.local_heads)] and per * self.kv_local == self.local_heads
+        self.grouped = (per * self.kv_local == self.local_heads
+                        and kv_of_q == [h // per for h in range(self.local_heads)])
         self.register_buffer("kv_of_q", torch.tensor(kv_of_q), persistent=False)
         self.q_proj = ColumnParallelLinear(D, H * hd, ps, std, bias=cfg.qkv_bias)
         if self.split_kv:
