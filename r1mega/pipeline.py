@@ -166,8 +166,7 @@ class Runner:
         from r1mega.data.prepare import resolve_data
 
         cfg = self.run_config(stage)
-        vocab = (cfg.student or cfg.model).vocab_size
-        return resolve_data(cfg.data, "pretrain", vocab).tokenizer
+        return resolve_data(cfg.data, "pretrain", cfg.active_model.vocab_size).tokenizer
 
     # ---- stages --------------------------------------------------------------------------------
     def weights(self, stage: str) -> str:

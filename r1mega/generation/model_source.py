@@ -2,7 +2,8 @@
 
   an r1mega checkpoint   a step directory (has meta.json), a checkpoints root (has `latest`) or a
                          run directory; shapes from --config, else the checkpoint's saved model config
-  a Hugging Face dir     config.json + safetensors (DeepSeek-V3/R1/V2); its tokenizer.json too
+  a Hugging Face dir     config.json + safetensors (DeepSeek-V3/R1/V2, or a Qwen2/Llama student);
+                         its tokenizer.json too
 
 Each rank builds only its shards and reads only its slices (`load_checkpoint` / `load_hf_weights`).
 """
@@ -15,7 +16,8 @@ from typing import Optional
 
 import torch
 
-from r1mega.config import Config, ConfigError, ModelConfig, ParallelConfig, load_config, validate
+from r1mega.config import Config, ConfigError, DenseConfig, ParallelConfig, load_config, validate
+from r1mega.models.family import family_for_hf, family_from_meta
 from r1mega.parallel.layout import ParallelState, build_parallel_state, default_device, single_process_state
 
 
@@ -26,6 +28,15 @@ class LoadedModel:
     cfg: Config
     tokenizer: str  # path
     source: str  # what was loaded (a step directory or an HF dir)
+
+
+def _with_model(cfg: Config, model_cfg) -> Config:
+    """The run config with `model_cfg` as its active model (a dense student or a DeepSeek model)."""
+    if isinstance(model_cfg, DenseConfig):
+        cfg.student = model_cfg
+    else:
+        cfg.model, cfg.student = model_cfg, None
+    return cfg
 
 
 def is_hf_dir(path: str) -> bool:
@@ -61,26 +72,27 @@ def load_model(model: str, parallel: ParallelConfig, world: int, distributed: bo
     hf = is_hf_dir(model)
     source = os.path.abspath(model if hf else resolve_checkpoint(model))
     if hf:
-        cfg.model = ModelConfig.from_hf(model)
+        _, model_cfg = family_for_hf(model)
+        cfg = _with_model(cfg, model_cfg)
     elif config is None:  # shapes from the checkpoint itself; an explicit --config wins
         with open(os.path.join(source, "meta.json")) as f:
-            saved = json.load(f).get("model_config")
-        if not saved:
+            meta = json.load(f)
+        if not meta.get("model_config") and meta.get("hf_config") is None:
             raise ConfigError("--config", f"{source} does not record its model shapes; pass the YAML it was trained with")
-        cfg.model = ModelConfig(**saved)
+        cfg = _with_model(cfg, family_from_meta(meta)[1])
     cfg = validate(cfg, world)
     ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
     if tokenizer is None:
         if hf and os.path.isfile(os.path.join(model, "tokenizer.json")):
             tokenizer = model
         else:
-            tokenizer = resolve_data(cfg.data, "pretrain", cfg.model.vocab_size).tokenizer
+            tokenizer = resolve_data(cfg.data, "pretrain", cfg.active_model.vocab_size).tokenizer
     if tokenizer is None:
         raise ConfigError("--tokenizer", "no tokenizer: pass --tokenizer, or a --config with data.tokenizer")
     chunks = build_chunks(cfg, ps)
     place(chunks, default_device(), getattr(torch, dtype))
     if hf:
-        from r1mega.models.deepseek_v3.hf_weights import load_hf_weights
+        from r1mega.models.weights import load_hf_weights
 
         load_hf_weights(chunks[0], model)
     else:
