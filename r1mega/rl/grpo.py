@@ -24,7 +24,8 @@ import torch.distributed as dist
 from r1mega.config import Config, validate_training
 from r1mega.data.prepare import resolve_data
 from r1mega.data.tokenizer import Tokenizer
-from r1mega.inference.generate import GenerationConfig, Rollout, generate, left_padded_causal_mask
+from r1mega.inference.generate import GenerationConfig, Rollout, generate
+from r1mega.models.deepseek_v3.block_attention import documents_from_pad
 from r1mega.parallel.grad_sync import sync_grads
 from r1mega.parallel.layout import (
     ParallelState, build_parallel_state, default_device, join_ranks, single_process_state,
@@ -46,7 +47,7 @@ class TrainBatch:
     targets: torch.Tensor  # [B, S]
     mask: torch.Tensor  # [B, S] completion tokens that are trained
     position_ids: torch.Tensor
-    attn_mask: torch.Tensor  # [B, 1, S, S]
+    attn_mask: torch.Tensor  # [B, S] document ids: each left pad its own, the sequence one
     rollout_logp: torch.Tensor
     routing: Optional[dict]
 
@@ -56,7 +57,7 @@ def to_train_batch(r: Rollout, keep: torch.Tensor) -> TrainBatch:
     recorded routing lines up token for token). keep [B]: sequences that take part in the loss."""
     ids, n = r.tokens, r.tokens.shape[1] - 1
     return TrainBatch(ids[:, :-1], ids[:, 1:], r.completion_mask[:, 1:] & keep[:, None], r.position_ids[:, :-1],
-                      left_padded_causal_mask(r.pad, n), r.logprobs[:, 1:],
+                      documents_from_pad(r.pad, n), r.logprobs[:, 1:],
                       {k: v[:n] for k, v in r.routing.items()} or None)
 
 

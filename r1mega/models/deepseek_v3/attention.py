@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1mega.config import ModelConfig
+from r1mega.models.deepseek_v3.block_attention import block_attention
 from r1mega.models.deepseek_v3.rope import RotaryEmbedding, softmax_scale
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.tensor_parallel import (
@@ -59,8 +60,9 @@ class MLA(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cos: torch.Tensor, sin: torch.Tensor,
                 attn_mask: Optional[torch.Tensor] = None, cache=None) -> torch.Tensor:
-        """x [s_local, b, D] residual-stream layout -> same layout. attn_mask: bool [b, 1, s, s]
-        (True = attend) for packed sequences; causal when None. cache: this layer's slot of a
+        """x [s_local, b, D] residual-stream layout -> same layout. attn_mask: None (causal), document
+        ids [b, s] (int; packing and left padding, see block_attention.py), or a dense bool
+        [b, 1, s, s] (True = attend; a reference only: O(s^2) memory). cache: this layer's slot of a
         `KVCache` (inference): the new tokens' latents are appended and attention reads the cache."""
         cfg = self.cfg
         x = enter_tp_region(x, self.ps)  # [s, b, D]
@@ -78,11 +80,24 @@ class MLA(nn.Module):
         k = torch.cat([k_nope, k_rope.unsqueeze(2).expand(s, b, self.local_heads, cfg.qk_rope_head_dim)], -1)
         # [s, b, h, d] -> [b, h, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
-                                             scale=self.scale)
+        out = self._core_attention(q, k, v, attn_mask)
         out = out.permute(2, 0, 1, 3).reshape(s, b, self.local_heads * cfg.v_head_dim)
         out = leave_tp_region(self.o_proj(out), self.ps)
         return out if self.o_proj.bias is None else out + self.o_proj.bias
+
+    def _core_attention(self, q, k, v, attn_mask) -> torch.Tensor:
+        """q, k, v [b, h, s, d] -> [b, h, s, dv]. Plain causal rows on GPU take SDPA's fused kernel;
+        document ids, and CPU (where SDPA falls back to building the s x s causal mask when the
+        q/k and v head dims differ, as MLA's do), take the blockwise kernel."""
+        if (attn_mask is None and q.is_cuda) or (attn_mask is not None and attn_mask.dim() == 4):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+                                                  scale=self.scale)
+        if attn_mask is None:
+            return block_attention(q, k, v, self.scale)[0]
+        if attn_mask.shape != (q.shape[0], q.shape[2]) or attn_mask.is_floating_point():
+            raise ValueError(f"attention: document ids must be integer [b, s] = {[q.shape[0], q.shape[2]]}, "
+                             f"got {attn_mask.dtype} {list(attn_mask.shape)}")
+        return block_attention(q, k, v, self.scale, attn_mask, attn_mask)[0]
 
     def _absorbed_attention(self, q_nope, q_rope, c, k_rope, cache) -> torch.Tensor:
         """Attention over the latent cache with kv_b_proj absorbed into the query and the output:
