@@ -15,6 +15,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
+RECOMPUTE_MODES = ("none", "selective", "full")
+SELECTIVE_RECOMPUTE_MODULES = ("mla_up_proj", "core_attn", "moe_act", "layernorm", "shared_experts")
+
+
 class ConfigError(ValueError):
     """A configuration problem, naming the offending key."""
 
@@ -188,6 +192,8 @@ class TrainConfig:
     wandb: bool = False
     wandb_project: str = "r1mega"
     peak_tflops: Optional[float] = None  # per device, for MFU; None: H100 bf16 dense on GPU, none on CPU
+    recompute: str = "none"  # none | selective | full (activation recompute, models/recompute.py)
+    recompute_modules: list[str] = field(default_factory=lambda: list(SELECTIVE_RECOMPUTE_MODULES))
 
 
 @dataclass
@@ -381,6 +387,11 @@ def validate_training(cfg: Config, world_size: int) -> Config:
         need(micro % pp == 0, "data.global_batch_size",
              f"the interleaved schedule needs microbatches per DP rank ({micro}) divisible by pp={pp}")
     need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
+    need(t.recompute in RECOMPUTE_MODES, "train.recompute",
+         f"expected one of {', '.join(RECOMPUTE_MODES)}, got {t.recompute!r}")
+    unknown = [x for x in t.recompute_modules if x not in SELECTIVE_RECOMPUTE_MODULES]
+    need(not unknown, "train.recompute_modules",
+         f"unknown {unknown}; choose from {', '.join(SELECTIVE_RECOMPUTE_MODULES)}")
     need(cfg.student is None, "student", "training dense students is not supported yet; "
          "`r1mega plan` sizes them and their configs document the distillation recipe")
     need(bool(d.paths) or d.synthetic is not None, "data.paths", "no data: give data.paths or data.synthetic")

@@ -23,6 +23,7 @@ from r1mega.data.tokenizer import Tokenizer
 from r1mega.models.deepseek_v3.hf_weights import param_slices
 from r1mega.models.deepseek_v3.model import DeepseekV3
 from r1mega.models.deepseek_v3.params import flops_per_token
+from r1mega.models.recompute import set_recompute
 from r1mega.parallel.layout import (
     ParallelState, build_parallel_state, default_device, join_ranks, single_process_state,
 )
@@ -38,10 +39,12 @@ H100_BF16_DENSE_TFLOPS = 989.0
 def build_chunks(cfg: Config, ps: ParallelState) -> torch.nn.ModuleList:
     """This rank's model chunks (one per virtual pipeline stage)."""
     v = cfg.train.virtual_stages
-    return torch.nn.ModuleList(
+    chunks = torch.nn.ModuleList(
         DeepseekV3(cfg.model, ps, cfg.parallel.pp_layers if v == 1 else None,
                    stage=c * ps.pp + ps.r("pp"), num_stages=ps.pp * v)
         for c in range(v))
+    set_recompute(chunks, cfg.train.recompute, cfg.train.recompute_modules)
+    return chunks
 
 
 def place(chunks: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from r1mega.config import ModelConfig
 from r1mega.models.deepseek_v3.block_attention import block_attention
 from r1mega.models.deepseek_v3.rope import RotaryEmbedding, softmax_scale
+from r1mega.models.recompute import recomputed
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.tensor_parallel import (
     ColumnParallelLinear, ReplicatedLinear, RMSNorm, RowParallelLinear, enter_tp_region, leave_tp_region,
@@ -45,12 +46,18 @@ class MLA(nn.Module):
         self.o_proj = RowParallelLinear(cfg.num_heads * cfg.v_head_dim, D, ps, std, bias=cfg.attention_bias)
         self.scale = softmax_scale(cfg.qk_head_dim, cfg.rope_scaling)
 
+    recompute: frozenset = frozenset()  # "mla_up_proj" / "core_attn" (models/recompute.py)
+
+    def query_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """What the query up-projection reads: the normalised q latent, or x without q LoRA."""
+        return self.q_a_layernorm(self.q_a_proj(x)) if self.cfg.q_lora_rank else x
+
+    def query_up(self, q_in: torch.Tensor) -> torch.Tensor:
+        q = self.q_b_proj(q_in) if self.cfg.q_lora_rank else self.q_proj(q_in)
+        return q.view(*q_in.shape[:2], self.local_heads, self.cfg.qk_head_dim)
+
     def query(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.q_lora_rank:
-            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
-        else:
-            q = self.q_proj(x)
-        return q.view(*x.shape[:2], self.local_heads, self.cfg.qk_head_dim)
+        return self.query_up(self.query_latent(x))
 
     def latent(self, x: torch.Tensor, rope: RotaryEmbedding, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
         """x [s, b, D] -> normalised latent c_kv [s, b, kv_lora_rank], rotated k_rope [s, b, rope_dim]."""
@@ -66,24 +73,32 @@ class MLA(nn.Module):
         `KVCache` (inference): the new tokens' latents are appended and attention reads the cache."""
         cfg = self.cfg
         x = enter_tp_region(x, self.ps)  # [s, b, D]
-        s, b, _ = x.shape
-        q_nope, q_rope = self.query(x).split([cfg.qk_nope_head_dim, cfg.qk_rope_head_dim], -1)
-        q_rope = rope.apply(q_rope, cos, sin)
         c, k_rope = self.latent(x, rope, cos, sin)
         if cache is not None:
-            out = self._absorbed_attention(q_nope, q_rope, c, k_rope, cache)
-            out = leave_tp_region(self.o_proj(out), self.ps)
-            return out if self.o_proj.bias is None else out + self.o_proj.bias
+            q_nope, q_rope = self.query(x).split([cfg.qk_nope_head_dim, cfg.qk_rope_head_dim], -1)
+            out = self._absorbed_attention(q_nope, rope.apply(q_rope, cos, sin), c, k_rope, cache)
+        else:
+            attend = lambda q_in, c_, k_rope_, cos_, sin_: self._up_and_attend(  # noqa: E731
+                q_in, c_, k_rope_, rope, cos_, sin_, attn_mask)
+            out = recomputed("mla_up_proj" in self.recompute, attend, self.query_latent(x), c, k_rope, cos, sin)
+        out = leave_tp_region(self.o_proj(out), self.ps)
+        return out if self.o_proj.bias is None else out + self.o_proj.bias
+
+    def _up_and_attend(self, q_in, c, k_rope, rope, cos, sin, attn_mask) -> torch.Tensor:
+        """Latents -> per-head q, k, v (up-projections, RoPE) -> attention output [s, b, h * dv]."""
+        cfg = self.cfg
+        s, b = c.shape[:2]
+        q_nope, q_rope = self.query_up(q_in).split([cfg.qk_nope_head_dim, cfg.qk_rope_head_dim], -1)
+        q_rope = rope.apply(q_rope, cos, sin)
         kv = self.kv_b_proj(c).view(s, b, self.local_heads, cfg.qk_nope_head_dim + cfg.v_head_dim)
         k_nope, v = kv.split([cfg.qk_nope_head_dim, cfg.v_head_dim], -1)
         q = torch.cat([q_nope, q_rope], -1)
         k = torch.cat([k_nope, k_rope.unsqueeze(2).expand(s, b, self.local_heads, cfg.qk_rope_head_dim)], -1)
         # [s, b, h, d] -> [b, h, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
-        out = self._core_attention(q, k, v, attn_mask)
-        out = out.permute(2, 0, 1, 3).reshape(s, b, self.local_heads * cfg.v_head_dim)
-        out = leave_tp_region(self.o_proj(out), self.ps)
-        return out if self.o_proj.bias is None else out + self.o_proj.bias
+        core = lambda q_, k_, v_: self._core_attention(q_, k_, v_, attn_mask)  # noqa: E731
+        out = recomputed("core_attn" in self.recompute and "mla_up_proj" not in self.recompute, core, q, k, v)
+        return out.permute(2, 0, 1, 3).reshape(s, b, self.local_heads * cfg.v_head_dim)
 
     def _core_attention(self, q, k, v, attn_mask) -> torch.Tensor:
         """q, k, v [b, h, s, d] -> [b, h, s, dv]. Plain causal rows on GPU take SDPA's fused kernel;

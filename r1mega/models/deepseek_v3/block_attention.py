@@ -4,7 +4,7 @@ Masks are described per token, not per pair: `docs` [b, s] integer document ids,
 global index i may attend a key at index j iff j <= i and docs[i] == docs[j]. Packed SFT rows use
 one id per packed example; left-padded rollouts give every pad its own id, so it sees only itself.
 
-Queries are processed in blocks of `block` rows against the keys they can reach causally, so the
+Queries are processed in blocks of `block` rows (at most 512) against the keys they can reach causally, so the
 largest transient is [b, h, block, s_k] scores. The autograd Function saves only q, k, v, the
 output and the per-row log-sum-exp, and recomputes each block's probabilities in backward
 (FlashAttention's recipe), so activation memory stays linear in s. The log-sum-exp is also what
@@ -20,7 +20,8 @@ from typing import Optional
 
 import torch
 
-DEFAULT_BLOCK = 512
+SCORE_BUDGET = 1 << 24  # elements of one block's [b, h, block, s_k] scores (64 MiB in fp32)
+MAX_BLOCK = 512
 
 
 def _block_mask(docs_q: Optional[torch.Tensor], docs_k: Optional[torch.Tensor], q_lo: int, q_hi: int,
@@ -82,14 +83,18 @@ class _BlockAttention(torch.autograd.Function):
 
 def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                     docs_q: Optional[torch.Tensor] = None, docs_k: Optional[torch.Tensor] = None,
-                    q_start: int = 0, block: int = DEFAULT_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+                    q_start: int = 0, block: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """q [b, h, s, d], k [b, h, s_k, d], v [b, h, s_k, dv]; queries are global indices
     q_start..q_start+s-1, keys 0..s_k-1. docs_q [b, s] / docs_k [b, s_k]: document ids (None:
-    one document). Returns out [b, h, s, dv] and the log-sum-exp [b, h, s] (float32)."""
+    one document). block: query rows per step (default: as many as keep the scores within
+    SCORE_BUDGET, at most MAX_BLOCK). Returns out [b, h, s, dv] and the log-sum-exp [b, h, s]."""
     if (docs_q is None) != (docs_k is None):
         raise ValueError("block_attention: give document ids for both queries and keys, or neither")
     if q_start + q.shape[2] > k.shape[2]:
         raise ValueError(f"block_attention: queries end at {q_start + q.shape[2]} past the {k.shape[2]} keys")
+    if block is None:
+        b, h, _, s_k = *q.shape[:3], k.shape[2]
+        block = max(16, min(MAX_BLOCK, SCORE_BUDGET // max(b * h * s_k, 1)))
     return _BlockAttention.apply(q, k, v, docs_q, docs_k, scale, q_start, block)
 
 

@@ -16,6 +16,7 @@ from r1mega.config import ModelConfig
 from r1mega.models.deepseek_v3.attention import MLA
 from r1mega.models.deepseek_v3.moe import DenseMLP, MoE
 from r1mega.models.deepseek_v3.rope import RotaryEmbedding
+from r1mega.models.recompute import recomputed
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.tensor_parallel import (
     ColumnParallelLinear, ReplicatedLinear, RMSNorm, enter_tp_region, tag,
@@ -42,7 +43,25 @@ class DecoderLayer(nn.Module):
         self.mlp = (MoE(cfg, ps) if cfg.is_moe_layer(layer_idx)
                     else DenseMLP(cfg.hidden_size, cfg.intermediate_size, ps, cfg.initializer_range))
 
+    recompute: frozenset = frozenset()  # "full": keep only the layer input (models/recompute.py)
+
     def forward(self, h, rope, cos, sin, attn_mask=None, cache=None, replay=None):
+        if "full" not in self.recompute or cache is not None:
+            return self._forward(h, rope, cos, sin, attn_mask, cache, replay)
+        runs = []
+
+        def body(h_, cos_, sin_):
+            if isinstance(self.mlp, MoE):
+                self.mlp.recomputing = bool(runs)
+            runs.append(1)
+            try:
+                return self._forward(h_, rope, cos_, sin_, attn_mask, None, replay)
+            finally:
+                if isinstance(self.mlp, MoE):
+                    self.mlp.recomputing = False
+        return recomputed(True, body, h, cos, sin)
+
+    def _forward(self, h, rope, cos, sin, attn_mask, cache, replay):
         h = h + self.self_attn(self.input_layernorm(h), rope, cos, sin, attn_mask, cache)
         m = self.post_attention_layernorm(h)
         return h + (self.mlp(m, cache, replay) if isinstance(self.mlp, MoE) else self.mlp(m))
