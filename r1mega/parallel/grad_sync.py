@@ -1,7 +1,8 @@
 """Gradient reductions after backward, driven by the tags the parallel layers put on parameters.
 
   TP:  replicated params with partial grads (`tp_partial`: "region" always, "stream" under SP)
-  DP:  dense params summed over data-parallel ranks, expert params over expert-data-parallel ranks
+  DP:  dense params summed over data- and context-parallel ranks (dp_cp), expert params over
+       expert-data-parallel ranks (which span cp)
   PP:  the embedding copy MTP keeps on the last stage summed with the first stage's (`tied_embedding`)
 Losses are normalised by the global token count, so every reduction is a plain sum.
 Grads of one group are flattened into one buffer per collective (one call, not one per tensor).
@@ -48,5 +49,5 @@ def sync_grads(model: torch.nn.Module, ps: ParallelState, data_parallel: bool = 
     if "embed" in ps.groups:
         _all_reduce_coalesced([p.grad for p in params if getattr(p, "tied_embedding", False)], ps.g("embed"))
     if data_parallel:
-        _all_reduce_coalesced([p.grad for p in params if not getattr(p, "is_expert", False)], ps.g("dp"))
+        _all_reduce_coalesced([p.grad for p in params if not getattr(p, "is_expert", False)], ps.g("dp_cp"))
         _all_reduce_coalesced([p.grad for p in params if getattr(p, "is_expert", False)], ps.g("edp"))

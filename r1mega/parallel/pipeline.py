@@ -75,6 +75,7 @@ SCHEDULES: dict[str, Callable[[int, int, int, int], list[Action]]] = {
 
 def activation_shape(mb: Microbatch, hidden: int, ps: ParallelState) -> tuple[int, int, int]:
     b, s = mb.input_ids.shape
+    s //= ps.cp  # whole rows in, this context-parallel rank's tokens out
     return (s // ps.tp if ps.sp else s, b, hidden)
 
 

@@ -44,7 +44,7 @@ def _writes(spec, ps: ParallelState) -> bool:
         return False  # the last stage's embedding copy equals the first stage's
     if getattr(p, "is_expert", False):
         return ps.r("edp") == 0
-    return ps.r("dp") == 0 and (getattr(p, "tp_shard_dim", None) is not None or ps.r("tp") == 0)
+    return ps.r("dp_cp") == 0 and (getattr(p, "tp_shard_dim", None) is not None or ps.r("tp") == 0)
 
 
 def _fsync_dir(path: str) -> None:

@@ -77,8 +77,8 @@ def lm_forward_backward(model, ps: ParallelState, input_ids: torch.Tensor, label
     if not forward_only:
         sync_grads(modules, ps, data_parallel=reduce_dp)
     if ps.world > 1:  # every rank learns the loss: sum over DP, then share from the last stage
-        if ps.g("dp") is not None:
-            dist.all_reduce(sums, group=ps.g("dp"))
+        if ps.g("dp_cp") is not None:  # cp ranks hold different tokens of the same sequences
+            dist.all_reduce(sums, group=ps.g("dp_cp"))
         if ps.pp > 1:
             dist.broadcast(sums, src=ps.members["pp"][-1], group=ps.g("pp"))
     return StepResult(float(sums[0]), float(sums[1]), num_tokens,

@@ -99,7 +99,7 @@ class DistributedAdamW:
         dense = [(n, p) for n, p in named if not getattr(p, "is_expert", False)]
         expert = [(n, p) for n, p in named if getattr(p, "is_expert", False)]
         self.buckets = [
-            _Bucket(dense, ps.g("dp"), ps.dp, ps.r("dp")),
+            _Bucket(dense, ps.g("dp_cp"), ps.dp * ps.cp, ps.r("dp_cp")),  # cp ranks hold replicas too
             _Bucket(expert, ps.g("edp"), ps.edp, ps.r("edp")),
         ]
         self.wd_masks = [b.mask([decays(n, p) for n, p in zip(b.names, b.params)]) for b in self.buckets]

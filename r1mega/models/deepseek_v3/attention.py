@@ -18,6 +18,7 @@ from r1mega.config import ModelConfig
 from r1mega.models.deepseek_v3.block_attention import block_attention
 from r1mega.models.deepseek_v3.rope import RotaryEmbedding, softmax_scale
 from r1mega.models.recompute import recomputed
+from r1mega.parallel.context_parallel import ContextParallelAttention, gather_sequence
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.tensor_parallel import (
     ColumnParallelLinear, ReplicatedLinear, RMSNorm, RowParallelLinear, enter_tp_region, leave_tp_region,
@@ -69,7 +70,8 @@ class MLA(nn.Module):
                 attn_mask: Optional[torch.Tensor] = None, cache=None) -> torch.Tensor:
         """x [s_local, b, D] residual-stream layout -> same layout. attn_mask: None (causal), document
         ids [b, s] (int; packing and left padding, see block_attention.py), or a dense bool
-        [b, 1, s, s] (True = attend; a reference only: O(s^2) memory). cache: this layer's slot of a
+        [b, 1, s, s] (True = attend; a reference only: O(s^2) memory), or a ContextParallelAttention
+        (set by the model under cp > 1). cache: this layer's slot of a
         `KVCache` (inference): the new tokens' latents are appended and attention reads the cache."""
         cfg = self.cfg
         x = enter_tp_region(x, self.ps)  # [s, b, D]
@@ -78,6 +80,9 @@ class MLA(nn.Module):
             q_nope, q_rope = self.query(x).split([cfg.qk_nope_head_dim, cfg.qk_rope_head_dim], -1)
             out = self._absorbed_attention(q_nope, rope.apply(q_rope, cos, sin), c, k_rope, cache)
         else:
+            if isinstance(attn_mask, ContextParallelAttention):  # keys of the whole sequence
+                latent = gather_sequence(torch.cat([c, k_rope], -1), self.ps, attn_mask.seq_len)
+                c, k_rope = latent.split([cfg.kv_lora_rank, cfg.qk_rope_head_dim], -1)
             attend = lambda q_in, c_, k_rope_, cos_, sin_: self._up_and_attend(  # noqa: E731
                 q_in, c_, k_rope_, rope, cos_, sin_, attn_mask)
             out = recomputed("mla_up_proj" in self.recompute, attend, self.query_latent(x), c, k_rope, cos, sin)
@@ -85,15 +90,17 @@ class MLA(nn.Module):
         return out if self.o_proj.bias is None else out + self.o_proj.bias
 
     def _up_and_attend(self, q_in, c, k_rope, rope, cos, sin, attn_mask) -> torch.Tensor:
-        """Latents -> per-head q, k, v (up-projections, RoPE) -> attention output [s, b, h * dv]."""
+        """Latents -> per-head q, k, v (up-projections, RoPE) -> attention output [s, b, h * dv].
+        Under context parallelism c/k_rope cover the whole sequence and q_in this rank's tokens."""
         cfg = self.cfg
-        s, b = c.shape[:2]
+        s_k, b = c.shape[:2]
+        s = q_in.shape[0]
         q_nope, q_rope = self.query_up(q_in).split([cfg.qk_nope_head_dim, cfg.qk_rope_head_dim], -1)
         q_rope = rope.apply(q_rope, cos, sin)
-        kv = self.kv_b_proj(c).view(s, b, self.local_heads, cfg.qk_nope_head_dim + cfg.v_head_dim)
+        kv = self.kv_b_proj(c).view(s_k, b, self.local_heads, cfg.qk_nope_head_dim + cfg.v_head_dim)
         k_nope, v = kv.split([cfg.qk_nope_head_dim, cfg.v_head_dim], -1)
         q = torch.cat([q_nope, q_rope], -1)
-        k = torch.cat([k_nope, k_rope.unsqueeze(2).expand(s, b, self.local_heads, cfg.qk_rope_head_dim)], -1)
+        k = torch.cat([k_nope, k_rope.unsqueeze(2).expand(s_k, b, self.local_heads, cfg.qk_rope_head_dim)], -1)
         # [s, b, h, d] -> [b, h, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
         core = lambda q_, k_, v_: self._core_attention(q_, k_, v_, attn_mask)  # noqa: E731
@@ -101,9 +108,19 @@ class MLA(nn.Module):
         return out.permute(2, 0, 1, 3).reshape(s, b, self.local_heads * cfg.v_head_dim)
 
     def _core_attention(self, q, k, v, attn_mask) -> torch.Tensor:
-        """q, k, v [b, h, s, d] -> [b, h, s, dv]. Plain causal rows on GPU take SDPA's fused kernel;
-        document ids, and CPU (where SDPA falls back to building the s x s causal mask when the
-        q/k and v head dims differ, as MLA's do), take the blockwise kernel."""
+        """q [b, h, s, d], k/v [b, h, s_k, d] -> [b, h, s, dv]. Plain causal rows on GPU take
+        SDPA's fused kernel; document ids, context-parallel chunks, and CPU (where SDPA falls back
+        to building the s x s causal mask when the q/k and v head dims differ, as MLA's do) take
+        the blockwise kernel."""
+        if isinstance(attn_mask, ContextParallelAttention):  # this rank's zigzag query chunks
+            outs, at = [], 0
+            for start, end in attn_mask.chunks:
+                n = end - start
+                docs_q = None if attn_mask.docs is None else attn_mask.docs_local[:, at:at + n]
+                outs.append(block_attention(q[:, :, at:at + n], k, v, self.scale, docs_q, attn_mask.docs,
+                                            q_start=start)[0])
+                at += n
+            return torch.cat(outs, dim=2)
         if (attn_mask is None and q.is_cuda) or (attn_mask is not None and attn_mask.dim() == 4):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
                                                   scale=self.scale)

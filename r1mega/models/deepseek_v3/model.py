@@ -17,6 +17,7 @@ from r1mega.models.deepseek_v3.attention import MLA
 from r1mega.models.deepseek_v3.moe import DenseMLP, MoE
 from r1mega.models.deepseek_v3.rope import RotaryEmbedding
 from r1mega.models.recompute import recomputed
+from r1mega.parallel.context_parallel import ContextParallelAttention, zigzag_chunks, zigzag_index
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.tensor_parallel import (
     ColumnParallelLinear, ReplicatedLinear, RMSNorm, enter_tp_region, tag,
@@ -149,10 +150,28 @@ class DeepseekV3(nn.Module):
                 position_ids: Optional[torch.Tensor] = None, cache=None,
                 routing: Optional[dict] = None) -> StageOutput:
         """input_ids/labels [b, s] (every stage gets them); hidden: the previous stage's output.
-        cache: a KVCache (inference, this stage's layers); routing: {layer: experts [s, b, k]} to replay."""
+        cache: a KVCache (inference, this stage's layers); routing: {layer: experts [s, b, k]} to replay.
+        Under context parallelism (training and scoring, not cached decoding) the inputs are whole
+        rows; this rank keeps its zigzag chunks and the outputs (hidden, logits, token losses) are
+        for those tokens only, in local order."""
         b, s = input_ids.shape
-        if self.ps.sp and s % self.ps.tp:
-            raise ValueError(f"sequence parallel: sequence length {s} is not divisible by tp={self.ps.tp}")
+        full_ids, full_labels = input_ids, labels
+        local = None
+        if self.ps.cp > 1 and cache is None:
+            local = zigzag_index(s, self.ps.cp, self.ps.r("cp"), input_ids.device)
+            if attn_mask is not None and attn_mask.dim() != 2:
+                raise ValueError("context parallel: the attention mask must be document ids [b, s], "
+                                 f"got shape {list(attn_mask.shape)}")
+            docs = attn_mask
+            attn_mask = ContextParallelAttention(s, zigzag_chunks(s, self.ps.cp, self.ps.r("cp")), docs,
+                                                 None if docs is None else docs[:, local])
+            position_ids = local[None].expand(b, -1) if position_ids is None else position_ids[:, local]
+            input_ids = input_ids[:, local]
+            labels = None if labels is None else labels[:, local]
+            routing = {k: v[local] for k, v in routing.items()} if routing else routing
+        s_local = input_ids.shape[1]
+        if self.ps.sp and s_local % self.ps.tp:
+            raise ValueError(f"sequence parallel: sequence length {s_local} is not divisible by tp={self.ps.tp}")
         positions = (position_ids.t() if position_ids is not None
                      else torch.arange(s, device=input_ids.device))
         cos, sin = self.rope.cos_sin(positions)
@@ -171,10 +190,13 @@ class DeepseekV3(nn.Module):
             out.token_loss = self._token_loss(out.logits, labels)
         if self.mtp is not None and labels is not None:
             for k, layer in enumerate(self.mtp.values(), start=1):
-                emb = self._embed(shift_left(input_ids, k, 0).t())
-                h = layer(h, emb, self.rope, cos, sin, attn_mask)
+                # shift the whole rows, then keep this rank's tokens (t_{i+k} may live on another)
+                next_ids, next_labels = shift_left(full_ids, k, 0), shift_left(full_labels, k, IGNORE_INDEX)
+                if local is not None:
+                    next_ids, next_labels = next_ids[:, local], next_labels[:, local]
+                h = layer(h, self._embed(next_ids.t()), self.rope, cos, sin, attn_mask)
                 logits = self.lm_head(enter_tp_region(layer.shared_head.norm(h), self.ps))
-                out.mtp_token_loss.append(self._token_loss(logits, shift_left(labels, k, IGNORE_INDEX)))
+                out.mtp_token_loss.append(self._token_loss(logits, next_labels))
         return out
 
     def _token_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

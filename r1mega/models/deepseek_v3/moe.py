@@ -180,6 +180,9 @@ class MoE(nn.Module):
         if split or self.ps.sp:  # each TP rank saw part of every sequence
             hits = reduce_from_group(hits, self.ps.g("tp"))
             psum = reduce_from_group(psum, self.ps.g("tp"))
+        if self.ps.cp > 1:  # and each CP rank its zigzag chunks
+            hits = reduce_from_group(hits, self.ps.g("cp"))
+            psum = reduce_from_group(psum, self.ps.g("cp"))
         f = hits.detach() * E / (K * seq_len)
         return (f * psum / seq_len).sum()
 
@@ -214,7 +217,7 @@ class MoE(nn.Module):
                 self.expert_load += torch.bincount(self.last_topk_idx.reshape(-1),
                                                    minlength=self.cfg.n_routed_experts).to(self.expert_load)
             if self.aux_loss_scale > 0:
-                seq_len = x.shape[0] * (self.ps.tp if self.ps.sp else 1)
+                seq_len = x.shape[0] * (self.ps.tp if self.ps.sp else 1) * self.ps.cp
                 aux = self._seq_balance_loss(scores, idx, seq_of_token, b, seq_len, split)
                 if not self.recomputing:
                     self.aux_loss_sum += float(aux.detach()) * self.aux_loss_scale
