@@ -280,20 +280,16 @@ def resolve_parallel(par: ParallelConfig, world_size: int) -> ParallelConfig:
     if par.etp is not None and par.etp < 1:
         raise ConfigError("parallel.etp", f"must be >= 1, got {par.etp}")
     mp = par.tp * par.cp * par.pp
+    names, sizes = ("tp x pp", f"{par.tp} x {par.pp}") if par.cp == 1 else \
+        ("tp x cp x pp", f"{par.tp} x {par.cp} x {par.pp}")
     if par.dp is None:
         if world_size % mp:
-            raise ConfigError(
-                "parallel", f"world size {world_size} is not divisible by tp x cp x pp = "
-                            f"{par.tp} x {par.cp} x {par.pp}"
-            )
+            raise ConfigError("parallel", f"world size {world_size} is not divisible by {names} = {sizes}")
         dp = world_size // mp
     else:
         dp = par.dp
         if mp * dp != world_size:
-            raise ConfigError(
-                "parallel.dp",
-                f"world size {world_size} != tp x cp x pp x dp = {par.tp} x {par.cp} x {par.pp} x {dp}",
-            )
+            raise ConfigError("parallel.dp", f"world size {world_size} != {names} x dp = {sizes} x {dp}")
     out = ParallelConfig(**{f.name: getattr(par, f.name) for f in fields(par)})
     out.dp = dp
     return out

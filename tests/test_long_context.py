@@ -120,7 +120,7 @@ def test_recompute_gives_identical_gradients_and_saves_measured_memory():
     for mode in ("none", "selective", "full"):
         set_recompute(model, mode)
         run = lambda: model(ids, labels=ids, attn_mask=docs).token_loss.sum()  # noqa: E731
-        held[mode] = saved_bytes(run)
+        held[mode] = saved_bytes(run, model)
         model.zero_grad()
         run().backward()
         grads[mode] = [p.grad.clone() for p in model.parameters()]
