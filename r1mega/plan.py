@@ -47,6 +47,7 @@ class Plan:
     comm: dict[str, float] = field(default_factory=dict)  # bytes per GPU per step
     kv_cache: dict[str, float] = field(default_factory=dict)
     stage: int = 0  # the stage the memory figures are for
+    recompute: str = "none"  # train.recompute the activation figures assume
 
     @property
     def total_memory(self) -> float:
@@ -142,7 +143,7 @@ def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch:
             mem["activations"] += micro_batch * seq / p.cp * m.vocab_size / p.tp * 4
         if worst is None or sum(mem.values()) > sum(worst[1].values()):
             worst = (stage, mem, dense, expert)
-    plan.stage, plan.memory = worst[0], worst[1]
+    plan.stage, plan.memory, plan.recompute = worst[0], worst[1], t.recompute
     dense, expert = worst[2], worst[3]
 
     # communication per GPU per step (bytes sent)
@@ -243,9 +244,10 @@ def search(cfg: Config, gpus: int, gpus_per_node: int, gpu_mem: float, micro_bat
 
 def print_plan(plan: Plan, gpu_mem: Optional[float] = None) -> None:
     lay = plan.layout
-    print(f"layout: tp={lay['tp']} cp={lay.get('cp', 1)} pp={lay['pp']} ep={lay['ep']} etp={lay['etp']} dp={lay['dp']} "
+    cp = f" cp={lay['cp']}" if lay.get("cp", 1) > 1 else ""
+    print(f"layout: tp={lay['tp']} pp={lay['pp']} ep={lay['ep']} etp={lay['etp']} dp={lay['dp']}{cp} "
           f"edp={lay['edp']} on {lay['world']} GPUs")
-    print(f"memory per GPU (stage {plan.stage}, the largest):")
+    print(f"memory per GPU (stage {plan.stage}, the largest; activations measured, recompute={plan.recompute}):")
     for k, v in plan.memory.items():
         print(f"  {k:<12} {v / GiB:10.2f} GiB")
     print(f"  {'total':<12} {plan.total_memory / GiB:10.2f} GiB" + (f" of {gpu_mem:g}" if gpu_mem else ""))
@@ -297,7 +299,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(found)} layouts of {args.search} GPUs that fit, least communication first:")
         for plan, lay in found:
             comm = sum(plan.comm.values()) / GiB
-            print(f"  tp={lay['tp']} cp={lay['cp']} pp={lay['pp']} ep={lay['ep']} etp={lay['etp']} dp={plan.layout['dp']}: "
+            cp = f" cp={lay['cp']}" if lay["cp"] > 1 else ""
+            print(f"  tp={lay['tp']} pp={lay['pp']} ep={lay['ep']} etp={lay['etp']} dp={plan.layout['dp']}{cp}: "
                   f"{plan.total_memory / GiB:.1f} GiB/GPU, {comm:.1f} GiB sent/GPU/step")
         return 0
     etp = args.etp if args.etp is not None else cfg.parallel.etp
