@@ -72,6 +72,7 @@ def test_cp2_layouts(checkpoint, reference):
         check([r[i] for r in per_rank], ref, name)
 
 
+@pytest.mark.slow
 def test_cp4_and_composed_layouts(checkpoint, reference):
     ids, labels, docs, positions, ref = reference
     per_rank = run_ranks(cp_layouts_worker, 4, checkpoint, list(CP_LAYOUTS_4.values()), ids, labels, docs,

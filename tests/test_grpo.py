@@ -11,7 +11,7 @@ from rl_workers import grpo_worker
     (["parallel.tp=2", "parallel.ep=2", "parallel.etp=1"], False),
     (["parallel.tp=2", "parallel.ep=2", "parallel.etp=1"], True),
     (["parallel.pp=2"], True),
-    (["parallel.cp=2"], True),  # context parallel training forward on rollouts of any length
+    pytest.param(["parallel.cp=2"], True, marks=pytest.mark.slow),  # CP training forward, rows of any length
 ])
 def test_grpo_runs_and_logprobs_agree(tmp_path, layout, replay):
     overrides = [f"train.run_dir={tmp_path}/run", f"data.cache_dir={tmp_path}/data", "train.steps=2", *layout,
