@@ -38,9 +38,11 @@ def cp_layouts_worker(rank: int, world: int, hf_dir: str, layouts: list[dict], i
         lay = dict(lay)
         micro = lay.pop("microbatches", 1)
         recompute = lay.pop("recompute", "none")
+        packed = lay.pop("packed", True)  # False: plain causal rows (pretraining)
         model, ps = build(hf_dir, ParallelConfig(**lay), world)
         set_recompute(model, recompute)
-        res = cp_evaluate(model, ps, ids, labels, docs, positions, micro, mtp_weight)
+        res = cp_evaluate(model, ps, ids, labels, docs if packed else None, positions if packed else None,
+                          micro, mtp_weight)
         if ps.r("dp") != 0 or ps.r("tp") != 0 or ps.r("cp") != 0:
             res.pop("grads")
         results.append(res)

@@ -41,7 +41,9 @@ def reference(checkpoint):
     ids, labels = batch(128, BATCH, SEQ, seed=3)
     docs, positions = packed(BATCH, SEQ)
     model, ps = build(checkpoint, ParallelConfig(), 1)
-    return ids, labels, docs, positions, cp_evaluate(model, ps, ids, labels, docs, positions, 1, MTP_WEIGHT)
+    packed_ref = cp_evaluate(model, ps, ids, labels, docs, positions, 1, MTP_WEIGHT)
+    causal_ref = cp_evaluate(model, ps, ids, labels, None, None, 1, MTP_WEIGHT)
+    return ids, labels, docs, positions, packed_ref, causal_ref
 
 
 def test_zigzag_split_balances_causal_work():
@@ -65,16 +67,18 @@ CP_LAYOUTS_4 = {
 
 
 def test_cp2_layouts(checkpoint, reference):
-    ids, labels, docs, positions, ref = reference
-    per_rank = run_ranks(cp_layouts_worker, 2, checkpoint, [dict(cp=2), dict(cp=2, ep=2)], ids, labels, docs,
+    ids, labels, docs, positions, packed_ref, causal_ref = reference
+    layouts = {"CP2": (dict(cp=2), packed_ref), "CP2 x EP2": (dict(cp=2, ep=2), packed_ref),
+               "CP2 causal rows": (dict(cp=2, packed=False), causal_ref)}
+    per_rank = run_ranks(cp_layouts_worker, 2, checkpoint, [lay for lay, _ in layouts.values()], ids, labels, docs,
                          positions, MTP_WEIGHT)
-    for i, name in enumerate(["CP2", "CP2 x EP2"]):
+    for i, (name, (_, ref)) in enumerate(layouts.items()):
         check([r[i] for r in per_rank], ref, name)
 
 
 @pytest.mark.slow
 def test_cp4_and_composed_layouts(checkpoint, reference):
-    ids, labels, docs, positions, ref = reference
+    ids, labels, docs, positions, ref, _ = reference
     per_rank = run_ranks(cp_layouts_worker, 4, checkpoint, list(CP_LAYOUTS_4.values()), ids, labels, docs,
                          positions, MTP_WEIGHT)
     for i, name in enumerate(CP_LAYOUTS_4):
