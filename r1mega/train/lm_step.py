@@ -25,6 +25,7 @@ class StepResult:
     mtp_loss: float
     num_tokens: int
     logits: list = field(default_factory=list)  # last stage, forward_only: [s, b, V/tp] per microbatch
+    # (under context parallelism this rank's tokens [s/cp, b, V/tp]; context_parallel.gather_sequence)
     schedule: ScheduleStats = field(default_factory=ScheduleStats)
 
 
@@ -46,7 +47,8 @@ def lm_forward_backward(model, ps: ParallelState, input_ids: torch.Tensor, label
                         attn_mask: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
                         schedule: str = "1f1b", balance_alpha: float = 0.0,
                         reduce_dp: bool = True) -> StepResult:
-    """input_ids/labels (and the packing extras): the *global* batch [B, s], identical on every rank.
+    """input_ids/labels (and the packing extras: document ids as attn_mask, position_ids): the *global*
+    batch [B, s], identical on every rank (context-parallel ranks each keep their chunks).
     `model` is a stage module or a ModuleList of virtual-stage chunks. reduce_dp=False leaves the
     data-parallel gradient reduction to a ZeRO optimizer."""
     ids, lab = dp_slice(input_ids, ps), dp_slice(labels, ps)
