@@ -83,3 +83,11 @@ def test_cp4_and_composed_layouts(checkpoint, reference):
                          positions, MTP_WEIGHT)
     for i, name in enumerate(CP_LAYOUTS_4):
         check([r[i] for r in per_rank], ref, name)
+
+
+@pytest.mark.slow
+def test_cp2_with_tp_sp_pp_ep_on_eight_ranks(checkpoint, reference):
+    ids, labels, docs, positions, ref, _ = reference
+    lay = dict(cp=2, tp=2, sp=True, pp=2, ep=4, etp=1, microbatches=2, recompute="selective")
+    per_rank = run_ranks(cp_layouts_worker, 8, checkpoint, [lay], ids, labels, docs, positions, MTP_WEIGHT)
+    check([r[0] for r in per_rank], ref, "CP2 x TP2+SP x PP2 x EP4 etp1")
