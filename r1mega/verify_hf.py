@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     batch = args.batch_size or ps.dp
     if rank == 0:
         _report(f"verify-hf: {args.ckpt or args.hf_dir} vs transformers({args.hf_dir}) on {world} ranks: tp={ps.tp} pp={ps.pp} ep={ps.ep} "
-                f"etp={ps.etp} dp={ps.dp} cp={ps.cp} sp={ps.sp}; batch {batch} x {args.seq_length} tokens, {args.dtype}")
+                f"etp={ps.etp} dp={ps.dp} cp={ps.cp} sp={ps.sp}; "
+                f"batch {batch} x {args.seq_length} tokens, {args.dtype}")
 
     device = default_device()
     model = DeepseekV3(cfg.model, ps, cfg.parallel.pp_layers).to(device=device, dtype=dtype)
