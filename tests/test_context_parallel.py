@@ -68,7 +68,8 @@ CP_LAYOUTS_4 = {
 
 def test_cp2_layouts(checkpoint, reference):
     ids, labels, docs, positions, packed_ref, causal_ref = reference
-    layouts = {"CP2": (dict(cp=2), packed_ref), "CP2 x EP2": (dict(cp=2, ep=2), packed_ref),
+    layouts = {"CP2": (dict(cp=2), packed_ref),
+               "CP2 x EP2, full recompute": (dict(cp=2, ep=2, recompute="full"), packed_ref),
                "CP2 causal rows": (dict(cp=2, packed=False), causal_ref)}
     per_rank = run_ranks(cp_layouts_worker, 2, checkpoint, [lay for lay, _ in layouts.values()], ids, labels, docs,
                          positions, MTP_WEIGHT)
