@@ -236,6 +236,8 @@ class RLConfig:
     routing_replay: bool = False
     rewards: list[str] = field(default_factory=lambda: ["accuracy", "format"])
     language: Optional[str] = None  # target language for the language-consistency reward
+    # run code rewards without the isolated sandbox where it cannot be set up (only for trusted code)
+    unsafe_code_sandbox: bool = False
 
 
 @dataclass
