@@ -30,6 +30,9 @@ def cfg_with(world, model=None, **par):
     (4, {}, dict(tp=2, ep=4), "parallel.ep", "does not divide"),
     (2, {"vocab_size": 127}, dict(tp=2), "model.vocab_size", "not divisible"),
     (1, {"scoring_func": "relu"}, {}, "model.scoring_func", "sigmoid or softmax"),
+    (1, {}, dict(cp=0), "parallel.cp", "must be >= 1"),
+    (6, {}, dict(tp=2, cp=2), "parallel", "not divisible by tp x cp x pp = 2 x 2 x 1"),
+    (4, {}, dict(cp=2, ep=8, etp=1), "parallel.ep", "(tp x cp x dp)"),
 ])
 def test_bad_layouts_name_the_key(world, model, par, key, text):
     with pytest.raises(ConfigError) as err:

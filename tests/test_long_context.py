@@ -1,8 +1,9 @@
 """Long sequences: attention without an s x s mask, activation recompute, memory linear in s."""
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from r1mega.config import Config, ModelConfig, validate
+from r1mega.config import Config, ConfigError, ModelConfig, ParallelConfig, TrainConfig, validate, validate_training
 from r1mega.data.sft import block_causal_mask
 from r1mega.inference.generate import left_padded_causal_mask
 from r1mega.models.activation_memory import PeakLiveBytes, saved_bytes
@@ -146,3 +147,14 @@ def test_training_step_peak_memory_grows_linearly_in_sequence_length():
             model(ids, labels=ids, attn_mask=docs).token_loss.sum().backward()
         peak[s] = rec.peak
     assert 6 < peak[4096] / peak[512] < 10, peak
+
+
+def test_long_context_keys_are_validated():
+    cases = [(dict(train=TrainConfig(recompute="partial")), 1, "train.recompute"),
+             (dict(train=TrainConfig(recompute="selective", recompute_modules=["mlp"])), 1, "train.recompute_modules"),
+             (dict(parallel=ParallelConfig(cp=4)), 4, "data.seq_length")]
+    for kw, world, key in cases:
+        cfg = Config(**kw)
+        cfg.data.seq_length = 36  # not a multiple of 2 x cp = 8
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            validate_training(cfg, world)
