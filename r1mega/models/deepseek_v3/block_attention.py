@@ -11,8 +11,9 @@ output and the per-row log-sum-exp, and recomputes each block's probabilities in
 context parallelism needs: queries of one rank's zigzag chunks, `q_start` giving the global index
 of the first one, attend the all-gathered keys 0..s_k-1.
 
-Why not FlexAttention: on CPU in eager mode (no torch.compile) it falls back to a reference path
-that builds the full score matrix, which is exactly what this module must avoid.
+Why not FlexAttention: in torch 2.13 on CPU it raises "FlexAttention does not support backward on
+CPU" for inputs that require grad (checked), so it cannot train there; this kernel runs the same
+code on CPU and GPU.
 """
 from __future__ import annotations
 
