@@ -7,7 +7,8 @@
    config by the narrow-width fit `r1mega plan` uses.
 2. Peak live tensor bytes of one training forward+backward of the tiny model on packed rows at
    each length, next to the dense-mask path it replaces (which builds [b, 1, s, s] masks and
-   s x s scores), side by side in one process. Linear growth: peak / s stays flat.
+   s x s scores), side by side in one process, with the step's seconds (under the recording
+   mode, so slower than a plain step). Linear growth: peak / s stays flat.
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def main() -> None:
         print(f"  {mode:<10} {a['dense']:>12,.0f} {a['moe']:>12,.0f} {b['dense']:>12,.0f} {b['moe']:>12,.0f}")
 
     print("\npeak live bytes of one training step (tiny model, packed rows, batch 1):")
-    print(f"  {'s':>6} {'recompute':<10} {'doc ids MiB':>12} {'KiB/token':>10} {'dense mask MiB':>15} {'ratio':>6}")
+    print(f"  {'s':>6} {'recompute':<10} {'doc ids MiB':>12} {'KiB/token':>10} {'step s':>7} "
+          f"{'dense mask MiB':>15} {'ratio':>6} {'step s':>7}")
     for s in args.lengths:
         cfg = validate(Config(model=ModelConfig(max_position_embeddings=max(s, 4096))), 1).model
         model = DeepseekV3(cfg, single_process_state())
@@ -70,12 +72,12 @@ def main() -> None:
         docs = packed_docs(s)
         for mode in ("none", "full"):
             set_recompute(model, mode)
-            peak, _ = step_peak(model, s, docs)
+            peak, dt = step_peak(model, s, docs)
             dense = ""
             if mode == "none" and s <= args.dense_up_to:
-                dpeak, _ = step_peak(model, s, block_causal_mask(docs))
-                dense = f"{dpeak / MiB:>15.1f} {dpeak / peak:>6.1f}"
-            print(f"  {s:>6} {mode:<10} {peak / MiB:>12.1f} {peak / s / 1024:>10.1f} {dense}")
+                dpeak, ddt = step_peak(model, s, block_causal_mask(docs))
+                dense = f"{dpeak / MiB:>15.1f} {dpeak / peak:>6.1f} {ddt:>7.2f}"
+            print(f"  {s:>6} {mode:<10} {peak / MiB:>12.1f} {peak / s / 1024:>10.1f} {dt:>7.2f} {dense}")
 
 
 if __name__ == "__main__":
