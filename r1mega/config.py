@@ -206,6 +206,11 @@ class TrainConfig:
     allow_arch_change: list[str] = field(default_factory=list)
     recompute: str = "none"  # none | selective | full (activation recompute, models/recompute.py)
     recompute_modules: list[str] = field(default_factory=lambda: list(SELECTIVE_RECOMPUTE_MODULES))
+    # FP8 linears (DeepSeek-V3's blockwise recipe): none | blockwise
+    fp8: str = "none"
+    fp8_backend: str = "auto"  # auto | emulated | te (auto: Transformer Engine where built and usable)
+    fp8_block: int = 128  # tile length: 1 x block for activations/gradients, block x block for weights
+    fp8_pow2_scales: bool = False  # round scales down to powers of two
 
 
 @dataclass
@@ -494,6 +499,12 @@ def validate_training(cfg: Config, world_size: int) -> Config:
     unknown = [x for x in t.recompute_modules if x not in SELECTIVE_RECOMPUTE_MODULES]
     need(not unknown, "train.recompute_modules",
          f"unknown {unknown}; choose from {', '.join(SELECTIVE_RECOMPUTE_MODULES)}")
+    need(t.fp8 in ("none", "blockwise"), "train.fp8", f"expected none or blockwise, got {t.fp8!r}")
+    need(t.fp8_backend in ("auto", "emulated", "te"), "train.fp8_backend",
+         f"expected auto, emulated or te, got {t.fp8_backend!r}")
+    need(t.fp8_backend != "te", "train.fp8_backend",
+         "the Transformer Engine backend is not built in yet; use auto or emulated")
+    need(t.fp8_block >= 1, "train.fp8_block", f"must be >= 1, got {t.fp8_block}")
     need(cfg.student is None, "student", "training dense students is not supported yet; "
          "`r1mega plan` sizes them and their configs document the distillation recipe")
     need(bool(d.paths) or d.synthetic is not None, "data.paths", "no data: give data.paths or data.synthetic")

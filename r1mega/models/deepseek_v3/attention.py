@@ -3,8 +3,11 @@
     x ──q_a_proj─q_a_layernorm─q_b_proj──> q [nope | rope]     (or q_proj when q_lora_rank is null)
     x ──kv_a_proj_with_mqa──> [c_kv (kv_lora_rank) | k_rope (shared by all heads)]
          c_kv ─kv_a_layernorm─kv_b_proj─> [k_nope | v] per head
-The low-rank down projections are replicated on every TP rank (small); q_b/kv_b are
-column-parallel by heads, o_proj row-parallel.
+The low-rank down projections are replicated on every TP rank (small) and run on the residual-
+stream layout (this rank's tokens under SP); only their small outputs enter the TP region (as in
+Megatron-LM). So they see complete output gradients, which FP8 quantises exactly as one process
+would, and the region entry moves q_lora + kv_lora + rope features per token instead of hidden.
+q_b/kv_b are column-parallel by heads, o_proj row-parallel.
 """
 from __future__ import annotations
 
@@ -34,14 +37,14 @@ class MLA(nn.Module):
         self.local_heads = cfg.num_heads // ps.tp
         std, D = cfg.initializer_range, cfg.hidden_size
         if cfg.q_lora_rank:
-            self.q_a_proj = ReplicatedLinear(D, cfg.q_lora_rank, "region", std, bias=cfg.attention_bias)
-            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, LATENT_NORM_EPS, "region")
+            self.q_a_proj = ReplicatedLinear(D, cfg.q_lora_rank, "stream", std, bias=cfg.attention_bias)
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, LATENT_NORM_EPS, "stream")
             self.q_b_proj = ColumnParallelLinear(cfg.q_lora_rank, cfg.num_heads * cfg.qk_head_dim, ps, std)
         else:
             self.q_proj = ColumnParallelLinear(D, cfg.num_heads * cfg.qk_head_dim, ps, std)
-        self.kv_a_proj_with_mqa = ReplicatedLinear(D, cfg.kv_lora_rank + cfg.qk_rope_head_dim, "region", std,
+        self.kv_a_proj_with_mqa = ReplicatedLinear(D, cfg.kv_lora_rank + cfg.qk_rope_head_dim, "stream", std,
                                                    bias=cfg.attention_bias)
-        self.kv_a_layernorm = RMSNorm(cfg.kv_lora_rank, LATENT_NORM_EPS, "region")
+        self.kv_a_layernorm = RMSNorm(cfg.kv_lora_rank, LATENT_NORM_EPS, "stream")
         self.kv_b_proj = ColumnParallelLinear(cfg.kv_lora_rank, cfg.num_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim),
                                               ps, std)
         self.o_proj = RowParallelLinear(cfg.num_heads * cfg.v_head_dim, D, ps, std, bias=cfg.attention_bias)
@@ -49,22 +52,32 @@ class MLA(nn.Module):
 
     recompute: frozenset = frozenset()  # "mla_up_proj" / "core_attn" (models/recompute.py)
 
-    def query_latent(self, x: torch.Tensor) -> torch.Tensor:
-        """What the query up-projection reads: the normalised q latent, or x without q LoRA."""
-        return self.q_a_layernorm(self.q_a_proj(x)) if self.cfg.q_lora_rank else x
+    def project_latents(self, x: torch.Tensor, rope: RotaryEmbedding, cos, sin):
+        """x [s_local, b, D] residual-stream layout -> in the TP region: what the query
+        up-projection reads (the normalised q latent, or x without q LoRA), the normalised latent
+        c_kv [s, b, kv_lora_rank] and the rotated k_rope [s, b, rope_dim]."""
+        cfg = self.cfg
+        c, k_rope = self.kv_a_proj_with_mqa(x).split([cfg.kv_lora_rank, cfg.qk_rope_head_dim], -1)
+        parts = [self.kv_a_layernorm(c), k_rope]
+        if cfg.q_lora_rank:
+            parts.append(self.q_a_layernorm(self.q_a_proj(x)))
+        parts = enter_tp_region(torch.cat(parts, -1), self.ps).split([p.shape[-1] for p in parts], -1)
+        c, k_rope = parts[0], rope.apply(parts[1].unsqueeze(2), cos, sin).squeeze(2)
+        q_in = parts[2] if cfg.q_lora_rank else enter_tp_region(x, self.ps)
+        return q_in, c, k_rope
 
-    def query_up(self, q_in: torch.Tensor) -> torch.Tensor:
-        q = self.q_b_proj(q_in) if self.cfg.q_lora_rank else self.q_proj(q_in)
-        return q.view(*q_in.shape[:2], self.local_heads, self.cfg.qk_head_dim)
+    def query_up(self, q_in: torch.Tensor, rope: RotaryEmbedding, cos, sin):
+        """q_in -> per-head q_nope and rotated q_rope [s, b, h_local, *]."""
+        cfg = self.cfg
+        q = self.q_b_proj(q_in) if cfg.q_lora_rank else self.q_proj(q_in)
+        q = q.view(*q_in.shape[:2], self.local_heads, cfg.qk_head_dim)
+        q_nope, q_rope = q.split([cfg.qk_nope_head_dim, cfg.qk_rope_head_dim], -1)
+        return q_nope, rope.apply(q_rope, cos, sin)
 
-    def query(self, x: torch.Tensor) -> torch.Tensor:
-        return self.query_up(self.query_latent(x))
-
-    def latent(self, x: torch.Tensor, rope: RotaryEmbedding, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [s, b, D] -> normalised latent c_kv [s, b, kv_lora_rank], rotated k_rope [s, b, rope_dim]."""
-        c, k_rope = self.kv_a_proj_with_mqa(x).split([self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim], -1)
-        k_rope = rope.apply(k_rope.unsqueeze(2), cos, sin).squeeze(2)
-        return self.kv_a_layernorm(c), k_rope
+    def project(self, x: torch.Tensor, rope: RotaryEmbedding, cos, sin):
+        """x [s_local, b, D] -> in the TP region: q_nope, rotated q_rope, c_kv, rotated k_rope."""
+        q_in, c, k_rope = self.project_latents(x, rope, cos, sin)
+        return (*self.query_up(q_in, rope, cos, sin), c, k_rope)
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cos: torch.Tensor, sin: torch.Tensor,
                 attn_mask: Optional[torch.Tensor] = None, cache=None) -> torch.Tensor:
@@ -74,18 +87,17 @@ class MLA(nn.Module):
         (set by the model under cp > 1). cache: this layer's slot of a
         `KVCache` (inference): the new tokens' latents are appended and attention reads the cache."""
         cfg = self.cfg
-        x = enter_tp_region(x, self.ps)  # [s, b, D]
-        c, k_rope = self.latent(x, rope, cos, sin)
+        q_in, c, k_rope = self.project_latents(x, rope, cos, sin)
         if cache is not None:
-            q_nope, q_rope = self.query(x).split([cfg.qk_nope_head_dim, cfg.qk_rope_head_dim], -1)
-            out = self._absorbed_attention(q_nope, rope.apply(q_rope, cos, sin), c, k_rope, cache)
+            q_nope, q_rope = self.query_up(q_in, rope, cos, sin)
+            out = self._absorbed_attention(q_nope, q_rope, c, k_rope, cache)
         else:
             if isinstance(attn_mask, ContextParallelAttention):  # keys of the whole sequence
                 latent = gather_sequence(torch.cat([c, k_rope], -1), self.ps, attn_mask.seq_len)
                 c, k_rope = latent.split([cfg.kv_lora_rank, cfg.qk_rope_head_dim], -1)
             attend = lambda q_in, c_, k_rope_, cos_, sin_: self._up_and_attend(  # noqa: E731
                 q_in, c_, k_rope_, rope, cos_, sin_, attn_mask)
-            out = recomputed("mla_up_proj" in self.recompute, attend, self.query_latent(x), c, k_rope, cos, sin)
+            out = recomputed("mla_up_proj" in self.recompute, attend, q_in, c, k_rope, cos, sin)
         out = leave_tp_region(self.o_proj(out), self.ps)
         return out if self.o_proj.bias is None else out + self.o_proj.bias
 
@@ -95,8 +107,7 @@ class MLA(nn.Module):
         cfg = self.cfg
         s_k, b = c.shape[:2]
         s = q_in.shape[0]
-        q_nope, q_rope = self.query_up(q_in).split([cfg.qk_nope_head_dim, cfg.qk_rope_head_dim], -1)
-        q_rope = rope.apply(q_rope, cos, sin)
+        q_nope, q_rope = self.query_up(q_in, rope, cos, sin)
         kv = self.kv_b_proj(c).view(s_k, b, self.local_heads, cfg.qk_nope_head_dim + cfg.v_head_dim)
         k_nope, v = kv.split([cfg.qk_nope_head_dim, cfg.v_head_dim], -1)
         q = torch.cat([q_nope, q_rope], -1)
