@@ -89,7 +89,7 @@ class PeakLiveBytes(TorchDispatchMode):
 def _layer_bytes_per_token(m, recompute: str, modules, tokens: int) -> dict[str, float]:
     """Measured bytes per token a dense and a MoE decoder layer of config `m` hold for backward."""
     from r1mega.models.deepseek_v3.model import DecoderLayer
-    from r1mega.models.deepseek_v3.rope import RotaryEmbedding
+    from r1mega.models.rope import RotaryEmbedding
     from r1mega.models.recompute import set_recompute
     from r1mega.parallel.layout import single_process_state
 

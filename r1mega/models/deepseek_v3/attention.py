@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from r1mega.config import ModelConfig
 from r1mega.models.deepseek_v3.block_attention import block_attention
-from r1mega.models.deepseek_v3.rope import RotaryEmbedding, softmax_scale
 from r1mega.models.recompute import recomputed
+from r1mega.models.rope import RotaryEmbedding, softmax_scale
 from r1mega.parallel.context_parallel import ContextParallelAttention, gather_sequence
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.tensor_parallel import (
