@@ -18,6 +18,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from r1mega.errors import ConfigError  # noqa: F401  (re-exported: `from r1mega.config import ConfigError`)
 
+RECOMPUTE_MODES = ("none", "selective", "full")
+SELECTIVE_RECOMPUTE_MODULES = ("mla_up_proj", "core_attn", "moe_act", "layernorm", "shared_experts")
+
 
 @dataclass
 class ModelConfig:
@@ -168,6 +171,7 @@ class ParallelConfig:
     etp: Optional[int] = None  # expert tensor parallel; null means = tp (Megatron's default)
     dp: Optional[int] = None
     sp: bool = False  # sequence parallel (needs tp > 1 to matter)
+    cp: int = 1  # context parallel: each sequence in 2*cp zigzag chunks over cp ranks
     pp_layers: Optional[list[int]] = None  # layers per stage for uneven splits; null: even split
 
     @property
@@ -223,6 +227,8 @@ class TrainConfig:
     verify_checkpoint: bool = True  # check each loaded piece's CRC32 against the checkpoint's record
     # model keys allowed to differ from the checkpoint's on resume (e.g. [rope_scaling] to extend context)
     allow_arch_change: list[str] = field(default_factory=list)
+    recompute: str = "none"  # none | selective | full (activation recompute, models/recompute.py)
+    recompute_modules: list[str] = field(default_factory=lambda: list(SELECTIVE_RECOMPUTE_MODULES))
     # FP8 linears (DeepSeek-V3's blockwise recipe): none | blockwise
     fp8: str = "none"
     fp8_backend: str = "auto"  # auto | emulated | te (auto: Transformer Engine where built and usable)
@@ -397,25 +403,22 @@ def load_config(path: Optional[str | list[str]] = None, overrides: Optional[list
 
 def resolve_parallel(par: ParallelConfig, world_size: int) -> ParallelConfig:
     """Fill in dp from the world size, after checking the layout divides it."""
-    for name in ("tp", "pp", "ep"):
+    for name in ("tp", "pp", "ep", "cp"):
         if getattr(par, name) < 1:
             raise ConfigError(f"parallel.{name}", f"must be >= 1, got {getattr(par, name)}")
     if par.etp is not None and par.etp < 1:
         raise ConfigError("parallel.etp", f"must be >= 1, got {par.etp}")
-    mp = par.tp * par.pp
+    mp = par.tp * par.cp * par.pp
+    names, sizes = ("tp x pp", f"{par.tp} x {par.pp}") if par.cp == 1 else \
+        ("tp x cp x pp", f"{par.tp} x {par.cp} x {par.pp}")
     if par.dp is None:
         if world_size % mp:
-            raise ConfigError(
-                "parallel", f"world size {world_size} is not divisible by tp x pp = {par.tp} x {par.pp}"
-            )
+            raise ConfigError("parallel", f"world size {world_size} is not divisible by {names} = {sizes}")
         dp = world_size // mp
     else:
         dp = par.dp
-        if par.tp * par.pp * dp != world_size:
-            raise ConfigError(
-                "parallel.dp",
-                f"world size {world_size} != tp x pp x dp = {par.tp} x {par.pp} x {dp}",
-            )
+        if mp * dp != world_size:
+            raise ConfigError("parallel.dp", f"world size {world_size} != {names} x dp = {sizes} x {dp}")
     out = ParallelConfig(**{f.name: getattr(par, f.name) for f in fields(par)})
     out.dp = dp
     return out
@@ -563,10 +566,10 @@ def validate(cfg: Config, world_size: int) -> Config:
              f"{m.topk_group} selected groups")
         if m.scoring_func == "sigmoid" and m.n_group > 1:
             need(per_group >= 2, "model.n_group", "sigmoid group scores sum the top-2 of each group")
-        # Expert layout: etp x ep x edp must tile the tp x dp ranks of one pipeline stage.
-        need((tp * par.dp) % (etp * ep) == 0, "parallel.ep",
-             f"expert tp x ep = {etp} x {ep} does not divide the {tp * par.dp} ranks "
-             f"(tp x dp) of a pipeline stage")
+        # Expert layout: etp x ep x edp must tile the tp x cp x dp ranks of one pipeline stage.
+        need((tp * par.cp * par.dp) % (etp * ep) == 0, "parallel.ep",
+             f"expert tp x ep = {etp} x {ep} does not divide the {tp * par.cp * par.dp} ranks "
+             f"(tp x cp x dp) of a pipeline stage")
     elif ep > 1:
         raise ConfigError("parallel.ep", f"ep={ep} but the model has no routed experts")
     cfg.parallel = par
@@ -622,11 +625,21 @@ def validate_training(cfg: Config, world_size: int) -> Config:
     if par.sp and tp > 1:
         need(d.seq_length % tp == 0, "data.seq_length",
              f"sequence parallel needs seq_length {d.seq_length} divisible by tp={tp}")
+    if par.cp > 1:
+        unit = 2 * par.cp * (tp if par.sp and tp > 1 else 1)
+        need(d.seq_length % unit == 0, "data.seq_length",
+             f"context parallel needs seq_length {d.seq_length} divisible by 2 x cp"
+             f"{' x tp (sequence parallel)' if unit != 2 * par.cp else ''} = {unit}")
     if t.schedule == "interleaved" and pp > 1:
         micro = d.global_batch_size // per_step
         need(micro % pp == 0, "data.global_batch_size",
              f"the interleaved schedule needs microbatches per DP rank ({micro}) divisible by pp={pp}")
     need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
+    need(t.recompute in RECOMPUTE_MODES, "train.recompute",
+         f"expected one of {', '.join(RECOMPUTE_MODES)}, got {t.recompute!r}")
+    unknown = [x for x in t.recompute_modules if x not in SELECTIVE_RECOMPUTE_MODULES]
+    need(not unknown, "train.recompute_modules",
+         f"unknown {unknown}; choose from {', '.join(SELECTIVE_RECOMPUTE_MODULES)}")
     need(t.fp8 in ("none", "blockwise"), "train.fp8", f"expected none or blockwise, got {t.fp8!r}")
     need(t.fp8_backend in ("auto", "emulated", "te"), "train.fp8_backend",
          f"expected auto, emulated or te, got {t.fp8_backend!r}")

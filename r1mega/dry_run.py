@@ -12,7 +12,8 @@ def dry_run(cfg: Config, world: int, gpu_mem: float = 80.0) -> int:
     p = cfg.parallel
     m = cfg.active_model
     print(f"dry run: {world} ranks, model {m.num_layers} layers / {getattr(m, 'n_routed_experts', 0)} experts")
-    for name, dims in (("tp", attention_dims(p)), ("dp", attention_dims(p)), ("pp", attention_dims(p)),
+    cp = [("cp", attention_dims(p))] if p.cp > 1 else []
+    for name, dims in (("tp", attention_dims(p)), *cp, ("dp", attention_dims(p)), ("pp", attention_dims(p)),
                        ("ep", expert_dims(p)), ("etp", expert_dims(p)), ("edp", expert_dims(p))):
         groups = rank_groups(dims, name)
         print(f"  {name:<4} {len(groups):>5} groups of {len(groups[0]):>4}; rank 0's: {groups[0][:8]}"

@@ -9,24 +9,30 @@ instantiated models in the tests). Memory per GPU (the worst pipeline stage):
   grads        same count x grad bytes (gradients live in the parameters' dtype)
   optimizer    ZeRO-1: fp32 master + two AdamW moments = 12 bytes per parameter, / dp (experts: / edp)
   activations  per layer, per microbatch in flight (1F1B keeps up to pp on the first stage), the
-               tensors saved for backward without recomputation: residual-stream and norm inputs,
-               MLA projections and attention outputs, the routed tokens' expert FFN inputs/outputs
+               bytes per token a layer holds for backward under `train.recompute`, *measured* by
+               running one dense and one MoE layer of the model (models/activation_memory.py),
+               times the tokens a GPU holds: micro_batch x seq / cp (/ tp under SP); plus the
+               fp32 logits of one microbatch on the last stage
   kv cache     for rollouts: MLA caches kv_lora_rank + qk_rope_head_dim values per token and layer
                instead of heads x (qk_head_dim + v_head_dim) for full keys and values
 Communication per GPU and step (bytes sent, ring algorithms): TP all-gather/reduce-scatter of
-the activations at every TP region edge, EP all-to-all of routed tokens (dispatch + combine,
-forward + backward), PP activations and gradients between stages, DP reduce-scatter of gradients
-and all-gather of parameters.
+the activations at every TP region edge, CP all-gather of the MLA latent per layer (reduce-
+scatter in backward), EP all-to-all of routed tokens (dispatch + combine, forward + backward), PP
+activations and gradients between stages, DP reduce-scatter of gradients and all-gather of
+parameters (dense ones over dp x cp).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
+import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from r1mega.config import Config, ConfigError, ModelConfig, ParallelConfig, load_config, validate
+from r1mega.models.activation_memory import layer_activation_bytes
 from r1mega.models.family import family_for
 from r1mega.models.stage import stage_layers
 
@@ -41,6 +47,7 @@ class Plan:
     comm: dict[str, float] = field(default_factory=dict)  # bytes per GPU per step
     kv_cache: dict[str, float] = field(default_factory=dict)
     stage: int = 0  # the stage the memory figures are for
+    recompute: str = "none"  # train.recompute the activation figures assume
 
     @property
     def total_memory(self) -> float:
@@ -77,58 +84,72 @@ def _stage_params(m: ModelConfig, p: ParallelConfig, stage: int) -> tuple[float,
     return dense, expert
 
 
-def _activation_bytes(m: ModelConfig, p: ParallelConfig, layers: int, mb: int, seq: int, act_bytes: int) -> float:
-    """Saved activations of `layers` layers for one microbatch on one GPU (no recomputation)."""
-    D, H = m.hidden_size, m.num_heads
-    tokens = seq * mb
-    sp = p.sp and p.tp > 1
-    stream = tokens / (p.tp if sp else 1)  # residual-stream tokens held by this GPU
-    full = tokens  # tokens inside a TP region (gathered under SP)
-    per_layer = stream * D * 4  # two norm inputs + two residual adds
-    q_rank = m.q_lora_rank or 0
-    per_layer += full * (D + q_rank + m.kv_lora_rank + m.qk_rope_head_dim)  # region input + latents
-    per_layer += full * H / p.tp * (2 * m.qk_head_dim + 2 * m.v_head_dim)  # q, k, v, attention out
-    moe = m.n_routed_experts > 0
-    inner = m.moe_intermediate_size if moe else m.intermediate_size
-    ffn_tokens = full if not moe else full * m.num_experts_per_tok / (p.tp if not sp else 1)
-    per_layer += ffn_tokens * (D + 3 * inner / (p.expert_tp if moe else p.tp))  # FFN in, gate/up/act
-    if moe and m.n_shared_experts:
-        per_layer += full * 3 * m.n_shared_experts * m.moe_intermediate_size / p.tp
-    return per_layer * layers * act_bytes
+def _activation_bytes(m: ModelConfig, p: ParallelConfig, layer_ids: list[int], mb: int, seq: int, act_bytes: int,
+                      recompute: str, recompute_modules: Optional[list[str]]) -> float:
+    """Activations `layer_ids` hold for one microbatch on one GPU, from measured bytes per token."""
+    measured = _measured(m, recompute, recompute_modules)
+    tokens = mb * seq / p.cp / (p.tp if p.sp and p.tp > 1 else 1)  # without SP, conservatively unsplit
+    kinds = ["moe" if m.n_routed_experts and (i >= m.num_layers or m.is_moe_layer(i)) else "dense"
+             for i in layer_ids]
+    per_token = sum(measured[k] + 4 * m.hidden_size for k in kinds)  # + the layer input, kept in every mode
+    total = per_token * tokens
+    if p.cp > 1 and recompute != "full":
+        # Keys of the other cp ranks' tokens are held too: per-head K/V from the gathered latent,
+        # or only the latent when the up-projections are recomputed.
+        others = mb * seq * (p.cp - 1) / p.cp
+        up_recomputed = recompute == "selective" and "mla_up_proj" in (recompute_modules or ["mla_up_proj"])
+        width = (m.kv_lora_rank + m.qk_rope_head_dim) if up_recomputed else \
+            m.num_heads / p.tp * (m.qk_head_dim + m.v_head_dim) + m.kv_lora_rank + m.qk_rope_head_dim
+        total += others * width * 4 * len(kinds)
+    if recompute == "full" and kinds:  # backward re-runs one layer at a time: its activations, once
+        worst = max(kinds, key=lambda k: _measured(m, "none", None)[k])
+        total += _measured(m, "none", None)[worst] * tokens
+    return total * act_bytes / 4  # measured in float32
+
+
+@functools.lru_cache(maxsize=32)
+def _measured_cached(key: str, recompute: str, modules: Optional[tuple]) -> dict[str, float]:
+    return layer_activation_bytes(ModelConfig(**json.loads(key)), recompute, modules)
+
+
+def _measured(m: ModelConfig, recompute: str, modules: Optional[list[str]]) -> dict[str, float]:
+    return _measured_cached(json.dumps(asdict(m), sort_keys=True), recompute,
+                            tuple(modules) if modules is not None else None)
 
 
 def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch: Optional[int] = None,
               weight_bytes: int = 2, rollout_batch: int = 0, rollout_len: int = 0) -> Plan:
     cfg = validate(cfg, world)
-    m, p = cfg.model, cfg.parallel
+    m, p, t = cfg.model, cfg.parallel, cfg.train
     counts = family_for(cfg)[0].count_params(m)
-    edp = p.tp * p.dp // (p.expert_tp * p.ep)
+    edp = p.tp * p.cp * p.dp // (p.expert_tp * p.ep)
     gbs = global_batch or micro_batch * p.dp
     micro_per_rank = max(gbs // (micro_batch * p.dp), 1)
-    plan = Plan(counts=counts, layout={"tp": p.tp, "pp": p.pp, "ep": p.ep, "etp": p.expert_tp, "dp": p.dp,
-                                       "edp": edp, "world": world})
+    plan = Plan(counts=counts, layout={"tp": p.tp, "cp": p.cp, "pp": p.pp, "ep": p.ep, "etp": p.expert_tp,
+                                       "dp": p.dp, "edp": edp, "world": world})
     worst = None
     for stage in range(p.pp):
         dense, expert = _stage_params(m, p, stage)
-        n_layers = len(stage_layers(m.num_layers, p.pp, stage, p.pp_layers))
+        layer_ids = list(stage_layers(m.num_layers, p.pp, stage, p.pp_layers))
         if stage == p.pp - 1:
-            n_layers += m.num_mtp_layers
+            layer_ids += [m.num_layers + k for k in range(m.num_mtp_layers)]
         in_flight = min(p.pp - stage, micro_per_rank)
+        acts = _activation_bytes(m, p, layer_ids, micro_batch, seq, weight_bytes, t.recompute, t.recompute_modules)
         mem = {
             "weights": (dense + expert) * weight_bytes,
             "grads": (dense + expert) * weight_bytes,
-            "optimizer": 12 * (dense / p.dp + expert / edp),
-            "activations": _activation_bytes(m, p, n_layers, micro_batch, seq, weight_bytes) * in_flight,
+            "optimizer": 12 * (dense / (p.dp * p.cp) + expert / edp),
+            "activations": acts * in_flight,
         }
         if stage == p.pp - 1:  # fp32 logits of one microbatch for the loss
-            mem["activations"] += micro_batch * seq * m.vocab_size / p.tp * 4
+            mem["activations"] += micro_batch * seq / p.cp * m.vocab_size / p.tp * 4
         if worst is None or sum(mem.values()) > sum(worst[1].values()):
             worst = (stage, mem, dense, expert)
-    plan.stage, plan.memory = worst[0], worst[1]
+    plan.stage, plan.memory, plan.recompute = worst[0], worst[1], t.recompute
     dense, expert = worst[2], worst[3]
 
     # communication per GPU per step (bytes sent)
-    D, tokens = m.hidden_size, micro_batch * seq
+    D, tokens = m.hidden_size, micro_batch * seq / p.cp  # this GPU's tokens
     act = tokens * D * weight_bytes
     layers_here = len(stage_layers(m.num_layers, p.pp, worst[0], p.pp_layers))
     ring = lambda n: (n - 1) / n if n > 1 else 0.0  # noqa: E731
@@ -139,7 +160,10 @@ def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch:
     plan.comm["ep"] = 4 * routed * ring(p.ep) * moe_layers * micro_per_rank
     local_tokens = tokens / (p.tp if p.sp and p.tp > 1 else 1)
     plan.comm["pp"] = (2 * local_tokens * D * weight_bytes * micro_per_rank) if p.pp > 1 else 0.0
-    plan.comm["dp"] = 2 * weight_bytes * (dense * ring(p.dp) + expert * ring(edp))
+    plan.comm["dp"] = 2 * weight_bytes * (dense * ring(p.dp * p.cp) + expert * ring(edp))
+    # every layer all-gathers its [c_kv | k_rope] latent in forward, reduce-scatters it in backward
+    latent = tokens * (m.kv_lora_rank + m.qk_rope_head_dim) * weight_bytes
+    plan.comm["cp"] = 2 * latent * (p.cp - 1) * layers_here * micro_per_rank
 
     if rollout_batch and rollout_len:
         per_token_layer_latent = m.kv_lora_rank + m.qk_rope_head_dim
@@ -213,18 +237,22 @@ def search(cfg: Config, gpus: int, gpus_per_node: int, gpu_mem: float, micro_bat
     m = cfg.model
     found = []
     pow2 = [2 ** i for i in range(0, 12)]
+    cps = [c for c in (1, 2, 4, 8, 16) if seq % (2 * c) == 0]
     for tp, pp, ep, etp in itertools.product(pow2, pow2, pow2, [1, 2, 4, 8]):
         if tp > gpus_per_node or tp * pp > gpus or gpus % (tp * pp) or pp > m.num_layers:
             continue
         if m.n_routed_experts == 0 and (ep > 1 or etp > 1):
             continue
-        par = ParallelConfig(tp=tp, pp=pp, ep=ep, etp=etp, sp=tp > 1)
-        try:
-            plan = make_plan(Config(model=m, parallel=par), gpus, micro_batch, seq, global_batch)
-        except ConfigError:
-            continue
-        if fits(plan, gpu_mem) is None:
-            found.append((plan, {"tp": tp, "pp": pp, "ep": ep, "etp": etp}))
+        for cp in cps:
+            if tp * pp * cp > gpus or gpus % (tp * pp * cp):
+                continue
+            par = ParallelConfig(tp=tp, pp=pp, ep=ep, etp=etp, sp=tp > 1, cp=cp)
+            try:
+                plan = make_plan(Config(model=m, parallel=par, train=cfg.train), gpus, micro_batch, seq, global_batch)
+            except ConfigError:
+                continue
+            if fits(plan, gpu_mem) is None:
+                found.append((plan, {"tp": tp, "cp": cp, "pp": pp, "ep": ep, "etp": etp}))
     # prefer little communication, then little memory
     found.sort(key=lambda x: (sum(x[0].comm.values()), x[0].total_memory))
     return found[:limit]
@@ -232,9 +260,10 @@ def search(cfg: Config, gpus: int, gpus_per_node: int, gpu_mem: float, micro_bat
 
 def print_plan(plan: Plan, gpu_mem: Optional[float] = None) -> None:
     lay = plan.layout
-    print(f"layout: tp={lay['tp']} pp={lay['pp']} ep={lay['ep']} etp={lay['etp']} dp={lay['dp']} "
+    cp = f" cp={lay['cp']}" if lay.get("cp", 1) > 1 else ""
+    print(f"layout: tp={lay['tp']} pp={lay['pp']} ep={lay['ep']} etp={lay['etp']} dp={lay['dp']}{cp} "
           f"edp={lay['edp']} on {lay['world']} GPUs")
-    print(f"memory per GPU (stage {plan.stage}, the largest):")
+    print(f"memory per GPU (stage {plan.stage}, the largest; activations measured, recompute={plan.recompute}):")
     for k, v in plan.memory.items():
         print(f"  {k:<12} {v / GiB:10.2f} GiB")
     print(f"  {'total':<12} {plan.total_memory / GiB:10.2f} GiB" + (f" of {gpu_mem:g}" if gpu_mem else ""))
@@ -257,6 +286,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--etp", type=int, default=None)
     p.add_argument("--dp", type=int, default=1)
     p.add_argument("--sp", action="store_true")
+    p.add_argument("--cp", type=int, default=1, help="context parallel size")
+    p.add_argument("--recompute", choices=["none", "selective", "full"], default=None,
+                   help="activation recompute (default: train.recompute of the config)")
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--gpu-mem", type=float, default=80.0, help="GiB per GPU")
     p.add_argument("--micro-batch", type=int, default=1)
@@ -270,6 +302,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    if args.recompute is not None:
+        cfg.train.recompute = args.recompute
     if args.search and cfg.student is not None:
         raise SystemExit("--search covers DeepSeek MoE configs; give a layout for dense students")
     if args.search:
@@ -281,13 +315,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(found)} layouts of {args.search} GPUs that fit, least communication first:")
         for plan, lay in found:
             comm = sum(plan.comm.values()) / GiB
-            print(f"  tp={lay['tp']} pp={lay['pp']} ep={lay['ep']} etp={lay['etp']} dp={plan.layout['dp']}: "
+            cp = f" cp={lay['cp']}" if lay["cp"] > 1 else ""
+            print(f"  tp={lay['tp']} pp={lay['pp']} ep={lay['ep']} etp={lay['etp']} dp={plan.layout['dp']}{cp}: "
                   f"{plan.total_memory / GiB:.1f} GiB/GPU, {comm:.1f} GiB sent/GPU/step")
         return 0
     etp = args.etp if args.etp is not None else cfg.parallel.etp
-    cfg.parallel = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=etp, dp=args.dp,
+    cfg.parallel = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=etp, dp=args.dp, cp=args.cp,
                                   sp=args.sp or cfg.parallel.sp, pp_layers=cfg.parallel.pp_layers)
-    world = args.tp * args.pp * args.dp
+    world = args.tp * args.cp * args.pp * args.dp
     plan = plan_for(cfg, world, args.micro_batch, args.seq_length, args.global_batch,
                     rollout_batch=args.rollout_batch, rollout_len=args.rollout_len)
     print_plan(plan, args.gpu_mem)

@@ -15,9 +15,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from r1mega.config import ParallelConfig, validate
+from r1mega.config import ConfigError, ParallelConfig, validate
 from r1mega.models.family import build_config, family_for_hf
 from r1mega.models.weights import load_hf_weights, load_weights
+from r1mega.parallel.context_parallel import gather_sequence
 from r1mega.parallel.layout import build_parallel_state, default_device, join_ranks, single_process_state
 from r1mega.parallel.vocab_parallel import gather_vocab
 from r1mega.train.lm_step import lm_forward_backward
@@ -32,6 +33,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ep", type=int, default=1)
     p.add_argument("--etp", type=int, default=None, help="expert tensor parallel size (default: tp)")
     p.add_argument("--sp", action="store_true", help="sequence parallel")
+    p.add_argument("--cp", type=int, default=1, help="context parallel size (seq-length divisible by 2 x cp)")
     p.add_argument("--seq-length", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=0, help="global batch (default: dp)")
     p.add_argument("--seed", type=int, default=0)
@@ -81,14 +83,19 @@ def run(args: argparse.Namespace) -> int:
     distributed, owns_group, world = join_ranks()
     rank = dist.get_rank() if distributed else 0
     dtype = getattr(torch, args.dtype)
-    par = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, sp=args.sp)
+    par = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, sp=args.sp, cp=args.cp)
+    unit = 2 * args.cp * (args.tp if args.sp else 1)
+    if args.seq_length % unit:
+        raise ConfigError("--seq-length", f"{args.seq_length} is not divisible by 2 x cp"
+                                          f"{' x tp' if args.sp else ''} = {unit}")
     family, model_cfg = family_for_hf(args.hf_dir)
     cfg = validate(build_config(model_cfg, par), world)
     ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
     batch = args.batch_size or ps.dp
     if rank == 0:
         _report(f"verify-hf: {args.ckpt or args.hf_dir} vs transformers({args.hf_dir}) on {world} ranks: tp={ps.tp} pp={ps.pp} ep={ps.ep} "
-                f"etp={ps.etp} dp={ps.dp} sp={ps.sp}; batch {batch} x {args.seq_length} tokens, {args.dtype}")
+                f"etp={ps.etp} dp={ps.dp} cp={ps.cp} sp={ps.sp}; "
+                f"batch {batch} x {args.seq_length} tokens, {args.dtype}")
 
     device = default_device()
     model = family.build_stage(cfg.active_model, ps, cfg.parallel.pp_layers).to(device=device, dtype=dtype)
@@ -111,13 +118,16 @@ def run(args: argparse.Namespace) -> int:
     if args.grad_tol >= 0:
         lm_forward_backward(model, ps, ids, labels)
         full = family.gather_full(model, grads=True)  # collective over the stage's groups
-        if ps.r("tp") == 0 and ps.r("dp") == 0:  # one copy per pipeline stage goes to rank 0
+        if ps.r("tp") == 0 and ps.r("dp_cp") == 0:  # one copy per pipeline stage goes to rank 0
             grads = {k: v.float().cpu() for k, v in full.items()}
     mine = None
     if ps.is_last_stage:
-        mine = gather_vocab(step.logits[0], ps.g("tp")).transpose(0, 1).float().cpu()
-    # rank 0 collects each DP rank's rows (from the tp-rank-0 of the last stage)
-    rows = (ps.r("dp"), mine) if ps.is_last_stage and ps.r("tp") == 0 else None
+        mine = gather_vocab(step.logits[0], ps.g("tp"))
+        if ps.cp > 1:  # this rank's zigzag chunks -> whole rows
+            mine = gather_sequence(mine, ps, args.seq_length)
+        mine = mine.transpose(0, 1).float().cpu()
+    # rank 0 collects each DP rank's rows (from the tp- and cp-rank-0 of the last stage)
+    rows = (ps.r("dp"), mine) if ps.is_last_stage and ps.r("tp") == 0 and ps.r("cp") == 0 else None
     if distributed:
         gathered = [None] * world if rank == 0 else None
         dist.gather_object((rows, grads), gathered, dst=0)

@@ -30,6 +30,9 @@ def cfg_with(world, model=None, **par):
     (4, {}, dict(tp=2, ep=4), "parallel.ep", "does not divide"),
     (2, {"vocab_size": 127}, dict(tp=2), "model.vocab_size", "not divisible"),
     (1, {"scoring_func": "relu"}, {}, "model.scoring_func", "sigmoid or softmax"),
+    (1, {}, dict(cp=0), "parallel.cp", "must be >= 1"),
+    (6, {}, dict(tp=2, cp=2), "parallel", "not divisible by tp x cp x pp = 2 x 2 x 1"),
+    (4, {}, dict(cp=2, ep=8, etp=1), "parallel.ep", "(tp x cp x dp)"),
 ])
 def test_bad_layouts_name_the_key(world, model, par, key, text):
     with pytest.raises(ConfigError) as err:
@@ -106,15 +109,17 @@ def test_bad_layout_fails_before_any_weight_is_allocated(tmp_path, monkeypatch):
         verify_hf.run(parser.parse_args(["--hf-dir", str(tmp_path), "--tp", "3"]))
 
 
-@pytest.mark.parametrize("tp, pp, ep, etp, dp", [(2, 2, 2, 2, 2), (2, 2, 4, 1, 2), (1, 2, 4, 1, 4), (4, 1, 2, 2, 2)])
-def test_rank_layout_matches_megatron_core(tp, pp, ep, etp, dp):
+@pytest.mark.parametrize("tp, pp, ep, etp, dp, cp", [(2, 2, 2, 2, 2, 1), (2, 2, 4, 1, 2, 1), (1, 2, 4, 1, 4, 1),
+                                                (4, 1, 2, 2, 2, 1), (2, 2, 4, 1, 1, 2), (1, 1, 8, 1, 2, 4),
+                                                (2, 1, 2, 2, 2, 2)])
+def test_rank_layout_matches_megatron_core(tp, pp, ep, etp, dp, cp):
     from megatron.core.parallel_state import RankGenerator
 
-    par = ParallelConfig(tp=tp, pp=pp, ep=ep, etp=etp, dp=dp)
-    dense = RankGenerator(tp=tp, ep=1, dp=dp, pp=pp, cp=1, order="tp-cp-ep-dp-pp")
-    edp = tp * dp // (etp * ep)
+    par = ParallelConfig(tp=tp, pp=pp, ep=ep, etp=etp, dp=dp, cp=cp)
+    dense = RankGenerator(tp=tp, ep=1, dp=dp, pp=pp, cp=cp, order="tp-cp-ep-dp-pp")
+    edp = tp * cp * dp // (etp * ep)
     expert = RankGenerator(tp=etp, ep=ep, dp=edp, pp=pp, cp=1, order="tp-cp-ep-dp-pp")
-    for name in ("tp", "dp", "pp"):
-        assert rank_groups(attention_dims(par), name) == dense.get_ranks(name)
+    for name in ("tp", "cp", "dp", "pp", "cp-dp"):
+        assert rank_groups(attention_dims(par), name) == dense.get_ranks(name if name != "cp-dp" else "dp-cp")
     for ours, theirs in (("etp", "tp"), ("ep", "ep"), ("edp", "dp"), ("pp", "pp")):
         assert rank_groups(expert_dims(par), ours) == expert.get_ranks(theirs)

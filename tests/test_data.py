@@ -111,4 +111,4 @@ def test_sft_data_batches_are_deterministic(tmp_path, tok):
     d1, d2 = SFTData(str(path), tok, 32, seed=4), SFTData(str(path), tok, 32, seed=4)
     b1, b2 = d1.batch(5, 3), d2.batch(5, 3)
     assert all(torch.equal(b1[k], b2[k]) for k in b1)
-    assert b1["attn_mask"].shape == (3, 1, 32, 32)
+    assert b1["attn_mask"].shape == (3, 32)  # document ids, not an s x s mask

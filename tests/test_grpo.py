@@ -1,5 +1,5 @@
 """The GRPO loop on the same sharded weights, end to end on 2 ranks (TP2 with EP2 folded over it,
-and PP2): rollout and training log-probs agree, with and without routing replay, and the KL/clip
+PP2, and CP2): rollout and training log-probs agree, with and without routing replay, and the KL/clip
 machinery runs."""
 import pytest
 
@@ -11,6 +11,7 @@ from rl_workers import grpo_worker
     (["parallel.tp=2", "parallel.ep=2", "parallel.etp=1"], False),
     (["parallel.tp=2", "parallel.ep=2", "parallel.etp=1"], True),
     (["parallel.pp=2"], True),
+    pytest.param(["parallel.cp=2"], True, marks=pytest.mark.slow),  # CP training forward, rows of any length
 ])
 def test_grpo_runs_and_logprobs_agree(tmp_path, layout, replay):
     overrides = [f"train.run_dir={tmp_path}/run", f"data.cache_dir={tmp_path}/data", "train.steps=2", *layout,

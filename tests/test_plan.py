@@ -146,3 +146,34 @@ def test_every_shipped_config_loads():
     assert (zero.optim.lr, zero.rl.kl_coef, zero.rl.temperature, zero.rl.group_size, zero.rl.prompts_per_step,
             zero.rl.ref_refresh_steps) == (3e-6, 0.001, 1.0, 16, 32, 400)
     assert load_config(os.path.join(ROOT, "configs", "stage", "reasoning_rl.yaml")).rl.clip_high == 10.0
+
+
+def test_activation_bytes_are_measured_and_extrapolate_exactly():
+    """The planner's per-token layer activations come from running layers; the narrow-width fit
+    reproduces a direct measurement of the full width, for every recompute mode."""
+    from dataclasses import replace
+
+    from r1mega.models.activation_memory import _layer_bytes_per_token, layer_activation_bytes
+
+    m = replace(ModelConfig(), hidden_size=256, num_heads=16, q_lora_rank=128, kv_lora_rank=64,
+                intermediate_size=512, moe_intermediate_size=64, n_routed_experts=32, num_experts_per_tok=4)
+    direct = replace(m, n_group=1, topk_group=1, num_layers=2)
+    modules = ["mla_up_proj", "core_attn", "moe_act", "layernorm", "shared_experts"]
+    sizes = {}
+    for mode in ("none", "selective", "full"):
+        sizes[mode] = layer_activation_bytes(m, mode)
+        assert sizes[mode] == pytest.approx(_layer_bytes_per_token(direct, mode, modules, 64), rel=1e-6)
+    assert sizes["full"]["moe"] < sizes["selective"]["moe"] < sizes["none"]["moe"]
+
+
+def test_671b_grpo_step_at_32k_tokens_fits_with_context_parallelism():
+    """R1's GRPO step, 512 sequences x 32K tokens: the same layout fits 80 GB with cp=4 and
+    selective recompute, and is refused without cp."""
+    cfg = load_config(CFG("deepseek_v3_671b.yaml"), ["train.recompute=selective"])
+    with_cp = make_plan(Config(model=cfg.model, train=cfg.train, parallel=ParallelConfig(
+        tp=8, sp=True, cp=4, pp=16, ep=64, etp=1)), 1024, 1, 32768, 512)
+    without = make_plan(Config(model=cfg.model, train=cfg.train, parallel=ParallelConfig(
+        tp=8, sp=True, pp=16, ep=64, etp=1)), 1024, 1, 32768, 512)
+    assert fits(with_cp, 80) is None and "does not fit" in fits(without, 80)
+    assert with_cp.layout["cp"] == 4 and with_cp.comm["cp"] > 0
+    assert with_cp.memory["activations"] < 0.4 * without.memory["activations"]

@@ -40,3 +40,16 @@ def test_torchrun_tp2_pp2_ep2(tiny_ckpt):
     lines = proc.stdout.strip().splitlines()
     assert "tp=2 pp=2 ep=2 etp=2 dp=2" in proc.stdout
     assert float(re.fullmatch(r"max_abs_logit_diff=(\S+)", lines[-1]).group(1)) < 1e-4
+
+
+@pytest.mark.slow
+def test_torchrun_cp2_with_tp2_pp2_ep2(tiny_ckpt):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=8",
+           "-m", "r1mega.cli", "verify-hf", "--hf-dir", tiny_ckpt, "--cp", "2", "--tp", "2", "--pp", "2",
+           "--ep", "2", "--sp"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.strip().splitlines()
+    assert "tp=2 pp=2 ep=2 etp=2 dp=1 cp=2" in proc.stdout
+    assert float(re.fullmatch(r"max_abs_logit_diff=(\S+)", lines[-1]).group(1)) < 1e-4

@@ -4,7 +4,8 @@ A record is {"messages": [{"role": "system"|"user"|"assistant", "content": str},
 contents carry the reasoning as `<think> ... </think>` then the answer. Rendering follows
 DeepSeek-R1's chat template: BOS, system text, then `<｜User｜>` / `<｜Assistant｜>` turns, each
 assistant turn closed by EOS. Examples are packed first-fit into fixed-length rows; each row
-carries per-document position ids and a block-diagonal causal mask, so no token attends across
+carries per-document position ids and per-token document ids, which attention turns into a
+block-diagonal causal mask block by block (never an s x s tensor), so no token attends across
 documents.
 """
 from __future__ import annotations
@@ -102,7 +103,8 @@ def pack(examples: list[tuple[list[int], list[bool]]], seq_length: int, pad_id: 
 
 
 def block_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
-    """[b, s] document ids -> bool [b, 1, s, s], True where query i may attend key j."""
+    """[b, s] document ids -> bool [b, 1, s, s], True where query i may attend key j. The dense
+    equivalent of passing the ids themselves; a reference for tests (O(s^2) memory)."""
     s = doc_ids.shape[1]
     same = doc_ids.unsqueeze(2) == doc_ids.unsqueeze(1)
     causal = torch.ones(s, s, dtype=torch.bool).tril()
@@ -129,6 +131,6 @@ class SFTData:
     def batch(self, first_sample: int, size: int) -> dict:
         rows = [self._row(first_sample + k) for k in range(size)]
         stack = lambda f: torch.from_numpy(np.stack([getattr(r, f) for r in rows]))  # noqa: E731
-        doc = stack("doc_ids")
+        # attn_mask carries the document ids [b, s]; trailing padding (-1) is one more document
         return {"input_ids": stack("input_ids"), "labels": stack("labels"),
-                "position_ids": stack("position_ids"), "attn_mask": block_causal_mask(doc)}
+                "position_ids": stack("position_ids"), "attn_mask": stack("doc_ids")}

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
+from r1mega.models.deepseek_v3.block_attention import documents_from_pad
 from r1mega.inference.sampling import row_keys, sample
 from r1mega.parallel.layout import ParallelState
 
@@ -73,7 +74,8 @@ def sequence_parallel_off(ps: ParallelState):
 
 
 def left_padded_causal_mask(pad: torch.Tensor, n: int) -> torch.Tensor:
-    """bool [b, 1, n, n]: causal, pad keys hidden; every position sees itself (pad rows stay finite)."""
+    """bool [b, 1, n, n]: causal, pad keys hidden; every position sees itself (pad rows stay finite).
+    The dense equivalent of `documents_from_pad(pad, n)`; a reference for tests (O(n^2) memory)."""
     idx = torch.arange(n, device=pad.device)
     valid = idx[None, :] >= pad[:, None]
     causal = idx[None, :] <= idx[:, None]
@@ -190,7 +192,7 @@ def greedy_by_full_forward(model, ps: ParallelState, prompts: list[list[int]], m
             if not model.is_first:
                 hidden = torch.empty(n, ids.shape[0], model.hidden_size, dtype=param.dtype)
                 dist.recv(hidden, src=pp_ranks[ps.r("pp") - 1])
-            out = model(ids, hidden=hidden, position_ids=pos, attn_mask=left_padded_causal_mask(pad, n))
+            out = model(ids, hidden=hidden, position_ids=pos, attn_mask=documents_from_pad(pad, n))
             nxt = torch.zeros(ids.shape[0], dtype=torch.long)
             if not model.is_last:
                 dist.send(out.hidden.contiguous(), dst=pp_ranks[ps.r("pp") + 1])

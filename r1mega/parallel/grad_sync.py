@@ -1,7 +1,8 @@
 """Gradient reductions after backward, driven by each parameter's spec (`param_spec.py`).
 
   TP:  replicated params with partial grads (`tp_partial`: "region" always, "stream" under SP)
-  DP:  dense params summed over data-parallel ranks, expert params over expert-data-parallel ranks
+  DP:  dense params summed over data- and context-parallel ranks (dp_cp), expert params over
+       expert-data-parallel ranks (which span cp)
   tie: copies of the embedding (MTP's under PP, a tied output head on the last stage) summed with
        the first stage's (`tied_embedding`): locally when one rank holds several, then over "embed"
 Losses are normalised by the global token count, so every reduction is a plain sum.
@@ -56,5 +57,5 @@ def sync_grads(model: torch.nn.Module, ps: ParallelState, data_parallel: bool = 
         _all_reduce_coalesced([p.grad for p in params if spec_of(p).tp_reduced(ps.sp)], ps.g("tp"))
     _sum_tied([p.grad for p in params if spec_of(p).tied_embedding], ps)
     if data_parallel:
-        _all_reduce_coalesced([p.grad for p in params if not spec_of(p).is_expert], ps.g("dp"))
+        _all_reduce_coalesced([p.grad for p in params if not spec_of(p).is_expert], ps.g("dp_cp"))
         _all_reduce_coalesced([p.grad for p in params if spec_of(p).is_expert], ps.g("edp"))

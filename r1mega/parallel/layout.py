@@ -1,8 +1,10 @@
 """Rank layout and process groups, explicit and passed around (no module-level state).
 
 The rank order is Megatron-LM's default `tp-cp-ep-dp-pp` (tp fastest), with MoE parallel
-folding: attention ranks decompose as (tp, dp, pp) and expert ranks as (etp, ep, edp, pp) over the
-same world, so EP may span attention TP/DP ranks. `rank_groups` reproduces
+folding: attention ranks decompose as (tp, cp, dp, pp) and expert ranks as (etp, ep, edp, pp) over
+the same world, so EP may span attention TP/CP/DP ranks. Context-parallel ranks hold different
+tokens of the same sequences, so gradients of dense parameters are summed over `dp_cp` (the
+ranks differing in cp or dp, Megatron's dp-cp group); experts' edp already spans cp. `rank_groups` reproduces
 megatron.core.parallel_state.RankGenerator (a test checks it rank for rank); it is re-written here
 because importing megatron.core costs ~7 s per process, which every spawned rank would pay.
 """
@@ -19,9 +21,18 @@ from r1mega.config import ParallelConfig
 
 
 def rank_groups(sizes: list[tuple[str, int]], name: str) -> list[list[int]]:
-    """Groups of ranks that differ only along dimension `name`; `sizes` lists dims fastest first."""
+    """Groups of ranks that differ only along dimension `name` (or along several, "cp-dp": the
+    named dims must be adjacent, fastest first); `sizes` lists dims fastest first."""
     names = [n for n, _ in sizes]
-    dim = names.index(name)
+    wanted = name.split("-")
+    first = names.index(wanted[0])
+    if names[first:first + len(wanted)] != wanted:
+        raise ValueError(f"rank_groups: {name!r} are not adjacent dims of {names}")
+    merged = 1
+    for _, s in sizes[first:first + len(wanted)]:
+        merged *= s
+    sizes = sizes[:first] + [(name, merged)] + sizes[first + len(wanted):]
+    dim = first
     strides, acc = [], 1
     for _, s in sizes:
         strides.append(acc)
@@ -39,11 +50,11 @@ def rank_groups(sizes: list[tuple[str, int]], name: str) -> list[list[int]]:
 
 
 def attention_dims(p: ParallelConfig) -> list[tuple[str, int]]:
-    return [("tp", p.tp), ("dp", p.dp), ("pp", p.pp)]
+    return [("tp", p.tp), ("cp", p.cp), ("dp", p.dp), ("pp", p.pp)]
 
 
 def expert_dims(p: ParallelConfig) -> list[tuple[str, int]]:
-    edp = p.tp * p.dp // (p.expert_tp * p.ep)
+    edp = p.tp * p.cp * p.dp // (p.expert_tp * p.ep)
     return [("etp", p.expert_tp), ("ep", p.ep), ("edp", edp), ("pp", p.pp)]
 
 
@@ -54,7 +65,7 @@ class ParallelState:
     cfg: ParallelConfig
     rank: int = 0
     world: int = 1
-    ranks: dict[str, int] = field(default_factory=dict)  # tp/dp/pp/etp/ep/edp -> index
+    ranks: dict[str, int] = field(default_factory=dict)  # tp/cp/dp/dp_cp/pp/etp/ep/edp -> index
     groups: dict[str, Optional[dist.ProcessGroup]] = field(default_factory=dict)
     members: dict[str, list[int]] = field(default_factory=dict)  # global ranks of each group
 
@@ -72,6 +83,10 @@ class ParallelState:
         return self.cfg.dp
 
     @property
+    def cp(self) -> int:
+        return self.cfg.cp
+
+    @property
     def ep(self) -> int:
         return self.cfg.ep
 
@@ -81,7 +96,7 @@ class ParallelState:
 
     @property
     def edp(self) -> int:
-        return self.tp * self.dp // (self.etp * self.ep)
+        return self.tp * self.cp * self.dp // (self.etp * self.ep)
 
     @property
     def sp(self) -> bool:
@@ -105,7 +120,7 @@ class ParallelState:
     def describe(self) -> str:
         return (f"rank {self.rank}: tp {self.r('tp')}/{self.tp} pp {self.r('pp')}/{self.pp} "
                 f"dp {self.r('dp')}/{self.dp} ep {self.r('ep')}/{self.ep} etp {self.r('etp')}/{self.etp} "
-                f"edp {self.r('edp')}/{self.edp} sp={self.sp}")
+                f"edp {self.r('edp')}/{self.edp} cp {self.r('cp')}/{self.cp} sp={self.sp}")
 
 
 def single_process_state() -> ParallelState:
@@ -115,12 +130,13 @@ def single_process_state() -> ParallelState:
 def build_parallel_state(cfg: ParallelConfig) -> ParallelState:
     """Create every group of the layout. All ranks must call this together (dist initialised)."""
     world, rank = dist.get_world_size(), dist.get_rank()
-    assert cfg.dp is not None and cfg.tp * cfg.pp * cfg.dp == world, "call config.validate first"
+    assert cfg.dp is not None and cfg.tp * cfg.cp * cfg.pp * cfg.dp == world, "call config.validate first"
     state = ParallelState(cfg=cfg, rank=rank, world=world)
-    plans = [(n, attention_dims(cfg)) for n in ("tp", "dp", "pp")]
-    plans += [(n, expert_dims(cfg)) for n in ("etp", "ep", "edp")]
-    for name, dims in plans:
-        for ranks in rank_groups(dims, name):
+    plans = [(n, n, attention_dims(cfg)) for n in ("tp", "cp", "dp", "pp")]
+    plans += [("dp_cp", "cp-dp", attention_dims(cfg))]
+    plans += [(n, n, expert_dims(cfg)) for n in ("etp", "ep", "edp")]
+    for name, dims_name, dims in plans:
+        for ranks in rank_groups(dims, dims_name):
             # new_group is collective over the world: every rank creates every group, in order
             group = dist.new_group(ranks) if len(ranks) > 1 else None
             if rank in ranks:

@@ -24,7 +24,7 @@ from r1mega.parallel.layout import ParallelState
 class Microbatch:
     input_ids: torch.Tensor  # [b, s]
     labels: Optional[torch.Tensor] = None  # [b, s], -100 = ignored
-    attn_mask: Optional[torch.Tensor] = None  # bool [b, 1, s, s], packed sequences
+    attn_mask: Optional[torch.Tensor] = None  # document ids [b, s] (packing, left padding); None: causal
     position_ids: Optional[torch.Tensor] = None  # [b, s]
     routing: Optional[dict] = None  # {layer: experts [s, b, k]} to replay (RL)
     extra: Optional[dict] = None  # per-sequence data the loss needs (RL: targets, advantages, ...)
@@ -83,6 +83,7 @@ SCHEDULES: dict[str, Callable[[int, int, int, int], list[Action]]] = {
 
 def activation_shape(mb: Microbatch, hidden: int, ps: ParallelState) -> tuple[int, int, int]:
     b, s = mb.input_ids.shape
+    s //= ps.cp  # whole rows in, this context-parallel rank's tokens out
     return (s // ps.tp if ps.sp else s, b, hidden)
 
 

@@ -24,7 +24,9 @@ import torch.distributed as dist
 from r1mega.config import Config, validate_training
 from r1mega.data.prepare import resolve_data
 from r1mega.data.tokenizer import Tokenizer
-from r1mega.inference.generate import GenerationConfig, Rollout, generate, left_padded_causal_mask
+from r1mega.inference.generate import GenerationConfig, Rollout, generate
+from r1mega.models.deepseek_v3.block_attention import documents_from_pad
+from r1mega.parallel.context_parallel import gather_tokens, local_tokens
 from r1mega.parallel.grad_sync import sync_grads
 from r1mega.parallel.layout import (
     ParallelState, build_parallel_state, default_device, join_ranks, single_process_state,
@@ -47,18 +49,32 @@ class TrainBatch:
     targets: torch.Tensor  # [B, S]
     mask: torch.Tensor  # [B, S] completion tokens that are trained
     position_ids: torch.Tensor
-    attn_mask: torch.Tensor  # [B, 1, S, S]
+    attn_mask: torch.Tensor  # [B, S] document ids: each left pad its own, the sequence one
     rollout_logp: torch.Tensor
     routing: Optional[dict]
 
 
-def to_train_batch(r: Rollout, keep: torch.Tensor) -> TrainBatch:
+def to_train_batch(r: Rollout, keep: torch.Tensor, multiple: int = 1) -> TrainBatch:
     """Rollout sequences as next-token training rows (same left-padded layout as generation, so the
-    recorded routing lines up token for token). keep [B]: sequences that take part in the loss."""
+    recorded routing lines up token for token). keep [B]: sequences that take part in the loss.
+    multiple: rows are right-padded to a multiple of it (context parallelism splits them evenly);
+    each pad is its own document, untrained."""
     ids, n = r.tokens, r.tokens.shape[1] - 1
-    return TrainBatch(ids[:, :-1], ids[:, 1:], r.completion_mask[:, 1:] & keep[:, None], r.position_ids[:, :-1],
-                      left_padded_causal_mask(r.pad, n), r.logprobs[:, 1:],
-                      {k: v[:n] for k, v in r.routing.items()} or None)
+    batch = TrainBatch(ids[:, :-1], ids[:, 1:], r.completion_mask[:, 1:] & keep[:, None], r.position_ids[:, :-1],
+                       documents_from_pad(r.pad, n), r.logprobs[:, 1:],
+                       {k: v[:n] for k, v in r.routing.items()} or None)
+    extra = (-n) % multiple
+    if extra:
+        B, dev = ids.shape[0], ids.device
+        right = lambda t, fill: torch.cat([t, t.new_full((B, extra), fill)], 1)  # noqa: E731
+        tail = torch.arange(n, n + extra, device=dev)
+        batch = TrainBatch(right(batch.input_ids, 0), right(batch.targets, 0), right(batch.mask, False),
+                           torch.cat([batch.position_ids, batch.position_ids[:, -1:] + 1 + tail - n], 1),
+                           torch.cat([batch.attn_mask, (-1 - tail).expand(B, -1)], 1), right(batch.rollout_logp, 0.0),
+                           None if batch.routing is None else {
+                               k: torch.cat([v, torch.arange(v.shape[-1], device=dev).expand(extra, B, -1)])
+                               for k, v in batch.routing.items()})
+    return batch
 
 
 def microbatches(b: TrainBatch, n: int, extra: dict[str, torch.Tensor], replay: bool) -> list[Microbatch]:
@@ -76,11 +92,20 @@ def microbatches(b: TrainBatch, n: int, extra: dict[str, torch.Tensor], replay: 
 def sequence_logprobs(chunks, ps: ParallelState, mbs: list[Microbatch], temperature: float) -> Optional[torch.Tensor]:
     """Log-probs of the targets under the model [B, S] (last pipeline stage; None elsewhere)."""
     def loss_fn(out, mb):
-        logp = vocab_parallel_log_probs(out.logits.float() / temperature, mb.extra["targets"].t(), ps).t()
+        logp = _whole_row_log_probs(out.logits, mb.extra["targets"], temperature, ps)
         return logp.new_zeros(()), logp
 
     res = forward_backward(list(chunks), mbs, ps, loss_fn, forward_only=True)
     return torch.cat([r[1] for r in res]) if res else None
+
+
+def _whole_row_log_probs(logits: torch.Tensor, targets: torch.Tensor, temperature: float,
+                         ps: ParallelState) -> torch.Tensor:
+    """Log-probs [b, S] of the targets from this rank's logits (under context parallelism its
+    tokens only: scored locally, then gathered so every cp rank sees whole rows)."""
+    local = local_tokens(targets, ps)
+    logp = vocab_parallel_log_probs(logits.float() / temperature, local.t(), ps).t()
+    return gather_tokens(logp, ps, targets.shape[1])
 
 
 def _sum_dp(t: torch.Tensor, ps: ParallelState, op=dist.ReduceOp.SUM) -> torch.Tensor:
@@ -180,7 +205,7 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
         keep = torch.ones(len(samples), dtype=torch.bool, device=device)
         if rl.drop_equal_reward_groups:
             keep = ~equal_reward_groups(rewards, G).repeat_interleave(G)
-        batch = to_train_batch(rollout, keep)
+        batch = to_train_batch(rollout, keep, 2 * ps.cp * (ps.tp if ps.sp else 1) if ps.cp > 1 else 1)
         n_micro = micro if batch.input_ids.shape[0] % micro == 0 else 1
         count = batch.mask.sum() if rl.token_level_loss else (batch.mask.any(1)).sum()
         count = float(_sum_dp(count.double().reshape(1), ps)[0])
@@ -196,7 +221,7 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
         mbs = microbatches(batch, n_micro, extra, rl.routing_replay)
 
         def loss_fn(out, mb):
-            logp = vocab_parallel_log_probs(out.logits.float() / rl.temperature, mb.extra["targets"].t(), ps).t()
+            logp = _whole_row_log_probs(out.logits, mb.extra["targets"], rl.temperature, ps)
             terms = grpo_loss(logp, mb.extra["old"], mb.extra["ref"], mb.extra["adv"], mb.extra["mask"],
                               rl.clip_low, rl.clip_high, rl.kl_coef, rl.token_level_loss, max(count, 1.0))
             m = mb.extra["mask"]

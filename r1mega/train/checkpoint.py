@@ -88,7 +88,7 @@ def _writes(spec, ps: ParallelState) -> bool:
         return False  # a tied copy (the last stage's embedding) equals the first stage's
     if p.is_expert:
         return ps.r("edp") == 0
-    return ps.r("dp") == 0 and (p.tp_shard_dim is not None or ps.r("tp") == 0)
+    return ps.r("dp_cp") == 0 and (p.tp_shard_dim is not None or ps.r("tp") == 0)
 
 
 def _fsync_dir(path: str) -> None:

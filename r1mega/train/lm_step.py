@@ -25,6 +25,7 @@ class StepResult:
     mtp_loss: float
     num_tokens: int
     logits: list = field(default_factory=list)  # last stage, forward_only: [s, b, V/tp] per microbatch
+    # (under context parallelism this rank's tokens [s/cp, b, V/tp]; context_parallel.gather_sequence)
     schedule: ScheduleStats = field(default_factory=ScheduleStats)
 
 
@@ -46,7 +47,8 @@ def lm_forward_backward(model, ps: ParallelState, input_ids: torch.Tensor, label
                         attn_mask: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
                         schedule: str = "1f1b", balance_alpha: float = 0.0,
                         reduce_dp: bool = True) -> StepResult:
-    """input_ids/labels (and the packing extras): the *global* batch [B, s], identical on every rank.
+    """input_ids/labels (and the packing extras: document ids as attn_mask, position_ids): the *global*
+    batch [B, s], identical on every rank (context-parallel ranks each keep their chunks).
     `model` is a stage module or a ModuleList of virtual-stage chunks. reduce_dp=False leaves the
     data-parallel gradient reduction to a ZeRO optimizer."""
     ids, lab = dp_slice(input_ids, ps), dp_slice(labels, ps)
@@ -77,8 +79,8 @@ def lm_forward_backward(model, ps: ParallelState, input_ids: torch.Tensor, label
     if not forward_only:
         sync_grads(modules, ps, data_parallel=reduce_dp)
     if ps.world > 1:  # every rank learns the loss: sum over DP, then share from the last stage
-        if ps.g("dp") is not None:
-            dist.all_reduce(sums, group=ps.g("dp"))
+        if ps.g("dp_cp") is not None:  # cp ranks hold different tokens of the same sequences
+            dist.all_reduce(sums, group=ps.g("dp_cp"))
         if ps.pp > 1:
             dist.broadcast(sums, src=ps.members["pp"][-1], group=ps.g("pp"))
     return StepResult(float(sums[0]), float(sums[1]), num_tokens,

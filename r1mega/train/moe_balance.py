@@ -32,7 +32,7 @@ def update_routing_bias(chunks, ps: ParallelState, rate: float) -> dict[str, flo
     layers = moe_layers(chunks)
     for _, m in layers:
         load = m.expert_load
-        for group in (ps.g("tp"), ps.g("dp")):
+        for group in (ps.g("tp"), ps.g("dp_cp")):  # every rank counted its own tokens
             if group is not None:
                 dist.all_reduce(load, group=group)
         mean = load.mean()

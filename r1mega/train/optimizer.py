@@ -101,7 +101,7 @@ class DistributedAdamW:
         dense = [(n, p) for n, p in named if not spec_of(p).is_expert]
         expert = [(n, p) for n, p in named if spec_of(p).is_expert]
         self.buckets = [
-            _Bucket(dense, ps.g("dp"), ps.dp, ps.r("dp")),
+            _Bucket(dense, ps.g("dp_cp"), ps.dp * ps.cp, ps.r("dp_cp")),  # cp ranks hold replicas too
             _Bucket(expert, ps.g("edp"), ps.edp, ps.r("edp")),
         ]
         self.wd_masks = [b.mask([decays(p) for p in b.params]) for b in self.buckets]

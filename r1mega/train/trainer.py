@@ -25,6 +25,7 @@ from r1mega.data.tokenizer import Tokenizer
 from r1mega.kernels import use_backend
 from r1mega.kernels.fp8_backend import fp8_backend
 from r1mega.models.family import family_for
+from r1mega.models.recompute import set_recompute
 from r1mega.parallel.param_spec import spec_of
 from r1mega.parallel.layout import (
     ParallelState, build_parallel_state, default_device, join_ranks, single_process_state,
@@ -42,10 +43,12 @@ def build_chunks(cfg: Config, ps: ParallelState) -> torch.nn.ModuleList:
     """This rank's model chunks (one per virtual pipeline stage) of the config's model family."""
     v = cfg.train.virtual_stages
     family, model_cfg = family_for(cfg)
-    return torch.nn.ModuleList(
+    chunks = torch.nn.ModuleList(
         family.build_stage(model_cfg, ps, cfg.parallel.pp_layers if v == 1 else None,
                            stage=c * ps.pp + ps.r("pp"), num_stages=ps.pp * v)
         for c in range(v))
+    set_recompute(chunks, cfg.train.recompute, cfg.train.recompute_modules)
+    return chunks
 
 
 def place(chunks: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:

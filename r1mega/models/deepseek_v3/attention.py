@@ -18,7 +18,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1mega.config import ModelConfig
+from r1mega.models.deepseek_v3.block_attention import block_attention
+from r1mega.models.recompute import recomputed
 from r1mega.models.rope import RotaryEmbedding, softmax_scale
+from r1mega.parallel.context_parallel import ContextParallelAttention, gather_sequence
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.tensor_parallel import (
     ColumnParallelLinear, ReplicatedLinear, RMSNorm, RowParallelLinear, enter_tp_region, leave_tp_region,
@@ -47,9 +50,12 @@ class MLA(nn.Module):
         self.o_proj = RowParallelLinear(cfg.num_heads * cfg.v_head_dim, D, ps, std, bias=cfg.attention_bias)
         self.scale = softmax_scale(cfg.qk_head_dim, cfg.rope_scaling)
 
-    def project(self, x: torch.Tensor, rope: RotaryEmbedding, cos, sin):
-        """x [s_local, b, D] residual-stream layout -> in the TP region: q_nope and rotated q_rope
-        [s, b, h_local, *], normalised latent c_kv [s, b, kv_lora_rank], rotated k_rope [s, b, rope_dim]."""
+    recompute: frozenset = frozenset()  # "mla_up_proj" / "core_attn" (models/recompute.py)
+
+    def project_latents(self, x: torch.Tensor, rope: RotaryEmbedding, cos, sin):
+        """x [s_local, b, D] residual-stream layout -> in the TP region: what the query
+        up-projection reads (the normalised q latent, or x without q LoRA), the normalised latent
+        c_kv [s, b, kv_lora_rank] and the rotated k_rope [s, b, rope_dim]."""
         cfg = self.cfg
         c, k_rope = self.kv_a_proj_with_mqa(x).split([cfg.kv_lora_rank, cfg.qk_rope_head_dim], -1)
         parts = [self.kv_a_layernorm(c), k_rope]
@@ -57,34 +63,84 @@ class MLA(nn.Module):
             parts.append(self.q_a_layernorm(self.q_a_proj(x)))
         parts = enter_tp_region(torch.cat(parts, -1), self.ps).split([p.shape[-1] for p in parts], -1)
         c, k_rope = parts[0], rope.apply(parts[1].unsqueeze(2), cos, sin).squeeze(2)
-        q = self.q_b_proj(parts[2]) if cfg.q_lora_rank else self.q_proj(enter_tp_region(x, self.ps))
-        q = q.view(*c.shape[:2], self.local_heads, cfg.qk_head_dim)
+        q_in = parts[2] if cfg.q_lora_rank else enter_tp_region(x, self.ps)
+        return q_in, c, k_rope
+
+    def query_up(self, q_in: torch.Tensor, rope: RotaryEmbedding, cos, sin):
+        """q_in -> per-head q_nope and rotated q_rope [s, b, h_local, *]."""
+        cfg = self.cfg
+        q = self.q_b_proj(q_in) if cfg.q_lora_rank else self.q_proj(q_in)
+        q = q.view(*q_in.shape[:2], self.local_heads, cfg.qk_head_dim)
         q_nope, q_rope = q.split([cfg.qk_nope_head_dim, cfg.qk_rope_head_dim], -1)
-        return q_nope, rope.apply(q_rope, cos, sin), c, k_rope
+        return q_nope, rope.apply(q_rope, cos, sin)
+
+    def project(self, x: torch.Tensor, rope: RotaryEmbedding, cos, sin):
+        """x [s_local, b, D] -> in the TP region: q_nope, rotated q_rope, c_kv, rotated k_rope."""
+        q_in, c, k_rope = self.project_latents(x, rope, cos, sin)
+        return (*self.query_up(q_in, rope, cos, sin), c, k_rope)
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cos: torch.Tensor, sin: torch.Tensor,
                 attn_mask: Optional[torch.Tensor] = None, cache=None) -> torch.Tensor:
-        """x [s_local, b, D] residual-stream layout -> same layout. attn_mask: bool [b, 1, s, s]
-        (True = attend) for packed sequences; causal when None. cache: this layer's slot of a
+        """x [s_local, b, D] residual-stream layout -> same layout. attn_mask: None (causal), document
+        ids [b, s] (int; packing and left padding, see block_attention.py), or a dense bool
+        [b, 1, s, s] (True = attend; a reference only: O(s^2) memory), or a ContextParallelAttention
+        (set by the model under cp > 1). cache: this layer's slot of a
         `KVCache` (inference): the new tokens' latents are appended and attention reads the cache."""
         cfg = self.cfg
-        q_nope, q_rope, c, k_rope = self.project(x, rope, cos, sin)
-        s, b = c.shape[:2]
+        q_in, c, k_rope = self.project_latents(x, rope, cos, sin)
         if cache is not None:
+            q_nope, q_rope = self.query_up(q_in, rope, cos, sin)
             out = self._absorbed_attention(q_nope, q_rope, c, k_rope, cache)
-            out = leave_tp_region(self.o_proj(out), self.ps)
-            return out if self.o_proj.bias is None else out + self.o_proj.bias
-        kv = self.kv_b_proj(c).view(s, b, self.local_heads, cfg.qk_nope_head_dim + cfg.v_head_dim)
-        k_nope, v = kv.split([cfg.qk_nope_head_dim, cfg.v_head_dim], -1)
-        q = torch.cat([q_nope, q_rope], -1)
-        k = torch.cat([k_nope, k_rope.unsqueeze(2).expand(s, b, self.local_heads, cfg.qk_rope_head_dim)], -1)
-        # [s, b, h, d] -> [b, h, s, d]
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
-                                             scale=self.scale)
-        out = out.permute(2, 0, 1, 3).reshape(s, b, self.local_heads * cfg.v_head_dim)
+        else:
+            if isinstance(attn_mask, ContextParallelAttention):  # keys of the whole sequence
+                latent = gather_sequence(torch.cat([c, k_rope], -1), self.ps, attn_mask.seq_len)
+                c, k_rope = latent.split([cfg.kv_lora_rank, cfg.qk_rope_head_dim], -1)
+            attend = lambda q_in, c_, k_rope_, cos_, sin_: self._up_and_attend(  # noqa: E731
+                q_in, c_, k_rope_, rope, cos_, sin_, attn_mask)
+            out = recomputed("mla_up_proj" in self.recompute, attend, q_in, c, k_rope, cos, sin)
         out = leave_tp_region(self.o_proj(out), self.ps)
         return out if self.o_proj.bias is None else out + self.o_proj.bias
+
+    def _up_and_attend(self, q_in, c, k_rope, rope, cos, sin, attn_mask) -> torch.Tensor:
+        """Latents -> per-head q, k, v (up-projections, RoPE) -> attention output [s, b, h * dv].
+        Under context parallelism c/k_rope cover the whole sequence and q_in this rank's tokens."""
+        cfg = self.cfg
+        s_k, b = c.shape[:2]
+        s = q_in.shape[0]
+        q_nope, q_rope = self.query_up(q_in, rope, cos, sin)
+        kv = self.kv_b_proj(c).view(s_k, b, self.local_heads, cfg.qk_nope_head_dim + cfg.v_head_dim)
+        k_nope, v = kv.split([cfg.qk_nope_head_dim, cfg.v_head_dim], -1)
+        q = torch.cat([q_nope, q_rope], -1)
+        k = torch.cat([k_nope, k_rope.unsqueeze(2).expand(s_k, b, self.local_heads, cfg.qk_rope_head_dim)], -1)
+        # [s, b, h, d] -> [b, h, s, d]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
+        core = lambda q_, k_, v_: self._core_attention(q_, k_, v_, attn_mask)  # noqa: E731
+        out = recomputed("core_attn" in self.recompute and "mla_up_proj" not in self.recompute, core, q, k, v)
+        return out.permute(2, 0, 1, 3).reshape(s, b, self.local_heads * cfg.v_head_dim)
+
+    def _core_attention(self, q, k, v, attn_mask) -> torch.Tensor:
+        """q [b, h, s, d], k/v [b, h, s_k, d] -> [b, h, s, dv]. Plain causal rows on GPU take
+        SDPA's fused kernel; document ids, context-parallel chunks, and CPU (where SDPA falls back
+        to building the s x s causal mask when the q/k and v head dims differ, as MLA's do) take
+        the blockwise kernel."""
+        if isinstance(attn_mask, ContextParallelAttention):  # this rank's zigzag query chunks
+            outs, at = [], 0
+            for start, end in attn_mask.chunks:
+                n = end - start
+                docs_q = None if attn_mask.docs is None else attn_mask.docs_local[:, at:at + n]
+                outs.append(block_attention(q[:, :, at:at + n], k, v, self.scale, docs_q, attn_mask.docs,
+                                            q_start=start)[0])
+                at += n
+            return torch.cat(outs, dim=2)
+        if (attn_mask is None and q.is_cuda) or (attn_mask is not None and attn_mask.dim() == 4):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+                                                  scale=self.scale)
+        if attn_mask is None:
+            return block_attention(q, k, v, self.scale)[0]
+        if attn_mask.shape != (q.shape[0], q.shape[2]) or attn_mask.is_floating_point():
+            raise ValueError(f"attention: document ids must be integer [b, s] = {[q.shape[0], q.shape[2]]}, "
+                             f"got {attn_mask.dtype} {list(attn_mask.shape)}")
+        return block_attention(q, k, v, self.scale, attn_mask, attn_mask)[0]
 
     def _absorbed_attention(self, q_nope, q_rope, c, k_rope, cache) -> torch.Tensor:
         """Attention over the latent cache with kv_b_proj absorbed into the query and the output:

@@ -15,10 +15,12 @@ from r1mega.config import ModelConfig
 from r1mega.inference.kv_cache import KVCache
 from r1mega.models.deepseek_v3.attention import MLA
 from r1mega.models.deepseek_v3.moe import DenseMLP, MoE
+from r1mega.models.recompute import recomputed
 from r1mega.models.rope import RotaryEmbedding
 from r1mega.models.stage import (  # noqa: F401  (re-exported for existing callers)
     IGNORE_INDEX, StageOutput, check_sequence_parallel, shift_left, stage_layers, token_loss,
 )
+from r1mega.parallel.context_parallel import ContextParallelAttention, zigzag_chunks, zigzag_index
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.tensor_parallel import (
     ColumnParallelLinear, ReplicatedLinear, RMSNorm, enter_tp_region, tag,
@@ -34,7 +36,25 @@ class DecoderLayer(nn.Module):
         self.mlp = (MoE(cfg, ps) if cfg.is_moe_layer(layer_idx)
                     else DenseMLP(cfg.hidden_size, cfg.intermediate_size, ps, cfg.initializer_range))
 
+    recompute: frozenset = frozenset()  # "full": keep only the layer input (models/recompute.py)
+
     def forward(self, h, rope, cos, sin, attn_mask=None, cache=None, replay=None):
+        if "full" not in self.recompute or cache is not None:
+            return self._forward(h, rope, cos, sin, attn_mask, cache, replay)
+        runs = []
+
+        def body(h_, cos_, sin_):
+            if isinstance(self.mlp, MoE):
+                self.mlp.recomputing = bool(runs)
+            runs.append(1)
+            try:
+                return self._forward(h_, rope, cos_, sin_, attn_mask, None, replay)
+            finally:
+                if isinstance(self.mlp, MoE):
+                    self.mlp.recomputing = False
+        return recomputed(True, body, h, cos, sin)
+
+    def _forward(self, h, rope, cos, sin, attn_mask, cache, replay):
         h = h + self.self_attn(self.input_layernorm(h), rope, cos, sin, attn_mask, cache)
         m = self.post_attention_layernorm(h)
         return h + (self.mlp(m, cache, replay) if isinstance(self.mlp, MoE) else self.mlp(m))
@@ -119,9 +139,26 @@ class DeepseekV3(nn.Module):
                 position_ids: Optional[torch.Tensor] = None, cache=None,
                 routing: Optional[dict] = None) -> StageOutput:
         """input_ids/labels [b, s] (every stage gets them); hidden: the previous stage's output.
-        cache: a KVCache (inference, this stage's layers); routing: {layer: experts [s, b, k]} to replay."""
+        cache: a KVCache (inference, this stage's layers); routing: {layer: experts [s, b, k]} to replay.
+        Under context parallelism (training and scoring, not cached decoding) the inputs are whole
+        rows; this rank keeps its zigzag chunks and the outputs (hidden, logits, token losses) are
+        for those tokens only, in local order."""
         b, s = input_ids.shape
-        check_sequence_parallel(s, self.ps)
+        full_ids, full_labels = input_ids, labels
+        local = None
+        if self.ps.cp > 1 and cache is None:
+            local = zigzag_index(s, self.ps.cp, self.ps.r("cp"), input_ids.device)
+            if attn_mask is not None and attn_mask.dim() != 2:
+                raise ValueError("context parallel: the attention mask must be document ids [b, s], "
+                                 f"got shape {list(attn_mask.shape)}")
+            docs = attn_mask
+            attn_mask = ContextParallelAttention(s, zigzag_chunks(s, self.ps.cp, self.ps.r("cp")), docs,
+                                                 None if docs is None else docs[:, local])
+            position_ids = local[None].expand(b, -1) if position_ids is None else position_ids[:, local]
+            input_ids = input_ids[:, local]
+            labels = None if labels is None else labels[:, local]
+            routing = {k: v[local] for k, v in routing.items()} if routing else routing
+        check_sequence_parallel(input_ids.shape[1], self.ps)
         positions = (position_ids.t() if position_ids is not None
                      else torch.arange(s, device=input_ids.device))
         cos, sin = self.rope.cos_sin(positions)
@@ -140,8 +177,11 @@ class DeepseekV3(nn.Module):
             out.token_loss = token_loss(out.logits, labels, self.ps)
         if self.mtp is not None and labels is not None:
             for k, layer in enumerate(self.mtp.values(), start=1):
-                emb = self._embed(shift_left(input_ids, k, 0).t())
-                h = layer(h, emb, self.rope, cos, sin, attn_mask)
+                # shift the whole rows, then keep this rank's tokens (t_{i+k} may live on another)
+                next_ids, next_labels = shift_left(full_ids, k, 0), shift_left(full_labels, k, IGNORE_INDEX)
+                if local is not None:
+                    next_ids, next_labels = next_ids[:, local], next_labels[:, local]
+                h = layer(h, self._embed(next_ids.t()), self.rope, cos, sin, attn_mask)
                 logits = self.lm_head(enter_tp_region(layer.shared_head.norm(h), self.ps))
-                out.mtp_token_loss.append(token_loss(logits, shift_left(labels, k, IGNORE_INDEX), self.ps))
+                out.mtp_token_loss.append(token_loss(logits, next_labels, self.ps))
         return out

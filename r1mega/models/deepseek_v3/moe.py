@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from r1mega.config import ModelConfig
 from r1mega.kernels import grouped_linear
+from r1mega.models.recompute import recomputed
 from r1mega.parallel.comm import all_gather_nograd, gather_dim0, reduce_from_group, split_dim0
 from r1mega.parallel.expert_dispatch import AllToAllDispatcher
 from r1mega.parallel.layout import ParallelState
@@ -109,11 +110,16 @@ class GroupedExperts(nn.Module):
         self.w_up = param(self.num_local, inner, D, shard_dim=1)
         self.w_down = param(self.num_local, D, inner, shard_dim=2)
 
+    recompute: frozenset = frozenset()  # "moe_act" (models/recompute.py)
+
     def forward(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """rows [N, D] grouped by local expert with `counts` rows each -> [N, D] (partial over etp)."""
         offsets = counts.cumsum(0).to(torch.int32)
-        h = F.silu(grouped_linear(rows, self.w_gate, offsets)) * grouped_linear(rows, self.w_up, offsets)
-        return grouped_linear(h, self.w_down, offsets)
+        gate, up = grouped_linear(rows, self.w_gate, offsets), grouped_linear(rows, self.w_up, offsets)
+        return recomputed("moe_act" in self.recompute, self._act_down, gate, up, offsets)
+
+    def _act_down(self, gate: torch.Tensor, up: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return grouped_linear(F.silu(gate) * up, self.w_down, offsets)
 
 
 class _AttachAuxLoss(torch.autograd.Function):
@@ -132,6 +138,8 @@ class _AttachAuxLoss(torch.autograd.Function):
 
 
 class MoE(nn.Module):
+    recompute: frozenset = frozenset()  # "shared_experts" (models/recompute.py)
+
     def _whole_sequence_routing(self, idx: torch.Tensor, flat: torch.Tensor, n: int, b: int) -> torch.Tensor:
         """Every token's experts [s, b, k] from this rank's part (gathered over TP when split)."""
         if self.ps.tp > 1:
@@ -157,6 +165,7 @@ class MoE(nn.Module):
         self.aux_loss_scale = 0.0  # alpha / global number of sequences, set per step
         self.aux_loss_sum = 0.0
         self.last_topk_idx: Optional[torch.Tensor] = None  # this rank's routing (real tokens)
+        self.recomputing = False  # set while a full-layer recompute re-runs this forward
 
     def _seq_balance_loss(self, scores, idx, seq_of_token, num_seqs: int, seq_len: int, split: bool):
         """DeepSeek-V3's sequence-wise balance loss: sum_i f_i P_i per sequence, summed over sequences."""
@@ -171,6 +180,9 @@ class MoE(nn.Module):
         if split or self.ps.sp:  # each TP rank saw part of every sequence
             hits = reduce_from_group(hits, self.ps.g("tp"))
             psum = reduce_from_group(psum, self.ps.g("tp"))
+        if self.ps.cp > 1:  # and each CP rank its zigzag chunks
+            hits = reduce_from_group(hits, self.ps.g("cp"))
+            psum = reduce_from_group(psum, self.ps.g("cp"))
         f = hits.detach() * E / (K * seq_len)
         return (f * psum / seq_len).sum()
 
@@ -201,16 +213,18 @@ class MoE(nn.Module):
             cache.record_routing(self._whole_sequence_routing(idx, flat, n, b))
         routed = self.dispatcher(tokens, idx, weight, self.experts)
         if self.training:
-            self.expert_load += torch.bincount(self.last_topk_idx.reshape(-1),
-                                               minlength=self.cfg.n_routed_experts).to(self.expert_load)
+            if not self.recomputing:  # statistics count each forward once, not again in recompute
+                self.expert_load += torch.bincount(self.last_topk_idx.reshape(-1),
+                                                   minlength=self.cfg.n_routed_experts).to(self.expert_load)
             if self.aux_loss_scale > 0:
-                seq_len = x.shape[0] * (self.ps.tp if self.ps.sp else 1)
+                seq_len = x.shape[0] * (self.ps.tp if self.ps.sp else 1) * self.ps.cp
                 aux = self._seq_balance_loss(scores, idx, seq_of_token, b, seq_len, split)
-                self.aux_loss_sum += float(aux.detach()) * self.aux_loss_scale
+                if not self.recomputing:
+                    self.aux_loss_sum += float(aux.detach()) * self.aux_loss_scale
                 routed = _AttachAuxLoss.apply(routed, aux * self.aux_loss_scale)
         if split:
             routed = gather_dim0(routed, self.ps.g("tp"))[:n]
         out = routed.view_as(x)
         if self.shared_experts is not None:
-            out = out + self.shared_experts(x)
+            out = out + recomputed("shared_experts" in self.recompute, self.shared_experts, x)
         return out

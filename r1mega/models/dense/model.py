@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from r1mega.config import DenseConfig
 from r1mega.inference.heads_cache import HeadsKVCache
 from r1mega.kernels import linear
+from r1mega.models.deepseek_v3.block_attention import block_attention
 from r1mega.models.rope import RotaryEmbedding
 from r1mega.models.stage import StageOutput, check_sequence_parallel, stage_layers, token_loss
 from r1mega.models.weights import SliceSpec, full_shape, hf_name
@@ -68,8 +69,8 @@ class GQAttention(nn.Module):
         return t if self.split_kv else t[:, :, self.kv_first:self.kv_first + self.kv_local]
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cos, sin, attn_mask=None, cache=None):
-        """x [s_local, b, D] residual-stream layout -> same. attn_mask bool [b, 1, s, s] (True = attend),
-        causal when None; cache: this layer's slot of a `HeadsKVCache` (generation)."""
+        """x [s_local, b, D] residual-stream layout -> same. attn_mask: document ids [b, s] (packing,
+        left padding; see block_attention.py) or bool [b, 1, s, s] (True = attend), causal when None; cache: this layer's slot of a `HeadsKVCache` (generation)."""
         x = enter_tp_region(x, self.ps)
         s, b, _ = x.shape
         q = rope.apply(self.q_proj(x).view(s, b, self.local_heads, self.head_dim), cos, sin)
@@ -88,8 +89,13 @@ class GQAttention(nn.Module):
         if not self.grouped:  # uneven groups (KV heads replicated over TP): each query head its KV head
             k, v = k.index_select(1, self.kv_of_q), v.index_select(1, self.kv_of_q)
         q = q.permute(1, 2, 0, 3)  # [b, h, s, d]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
-                                             scale=self.scale, enable_gqa=self.grouped)
+        if attn_mask is not None and attn_mask.dim() == 2:  # document ids [b, s]: no s x s mask
+            if k.shape[1] != q.shape[1]:  # query head i reads KV head i // group, as enable_gqa does
+                k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], 1) for t in (k, v))
+            out = block_attention(q, k, v, self.scale, attn_mask, attn_mask)[0]
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+                                                 scale=self.scale, enable_gqa=self.grouped)
         out = out.permute(2, 0, 1, 3).reshape(s, b, self.local_heads * self.head_dim)
         out = leave_tp_region(self.o_proj(out), self.ps)
         return out if self.o_proj.bias is None else out + self.o_proj.bias

@@ -1,0 +1,47 @@
+"""Activation recompute (`train.recompute`): trade backward-pass compute for activation memory.
+
+  none       every tensor autograd needs is kept from forward to backward
+  full       each decoder layer keeps only its input; the layer runs again in backward
+  selective  only the listed parts (`train.recompute_modules`, Megatron's names) run again:
+               mla_up_proj     q_b/kv_b up-projections, RoPE and core attention: keeps the small
+                               latents instead of per-head q, k, v (the largest MLA tensors)
+               core_attn       the attention kernel alone
+               moe_act         routed experts' SwiGLU activation and down projection
+               layernorm       RMSNorm internals (float32 copies), keeping only the input
+               shared_experts  the shared experts' FFN
+Recompute uses torch.utils.checkpoint without reentrancy, so gradients are identical; a module
+opts in by reading `self.recompute` (a set of these names, set by `set_recompute`).
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from r1mega.config import RECOMPUTE_MODES, SELECTIVE_RECOMPUTE_MODULES as SELECTIVE_MODULES
+
+MODES = RECOMPUTE_MODES
+
+
+def recomputed(enabled: bool, fn: Callable, *args):
+    """fn(*args), run again in backward when `enabled` and autograd is recording."""
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+def recompute_set(mode: str, modules: Iterable[str] = SELECTIVE_MODULES) -> frozenset:
+    if mode == "none":
+        return frozenset()
+    if mode == "full":
+        return frozenset({"full"})
+    return frozenset(modules)
+
+
+def set_recompute(model: torch.nn.Module, mode: str, modules: Iterable[str] = SELECTIVE_MODULES) -> None:
+    """Give every module that can recompute (those with a `recompute` attribute) the selection."""
+    which = recompute_set(mode, modules)
+    for m in model.modules():
+        if hasattr(m, "recompute"):
+            m.recompute = which
