@@ -55,9 +55,10 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer: DistributedAdamW,
+def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer: Optional[DistributedAdamW],
                     ps: ParallelState, meta: dict) -> str:
-    """Collective. Returns the published step directory."""
+    """Collective. Returns the published step directory. optimizer None: weights only (e.g. GRPO's
+    reference policy), from the parameters themselves."""
     name = f"step_{step:08d}"
     final, tmp = os.path.join(root, name), os.path.join(root, f".{name}.tmp")
     if ps.rank == 0:
@@ -65,7 +66,7 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
         shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a crashed save
         os.makedirs(tmp)
     _barrier(ps)
-    states = optimizer.full_states()  # collective over DP groups
+    states = optimizer.full_states() if optimizer is not None else {}  # collective over DP groups
     tensors, pieces = {}, {}
     for c, chunk in enumerate(chunks):
         for spec in param_slices(chunk):
@@ -89,8 +90,9 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
         with open(stem + ".json", "w") as f:
             json.dump(pieces, f)
     if ps.rank == 0:
-        meta = {**meta, "step": step, "optimizer_step": optimizer.step_count, "skipped_steps": optimizer.skipped,
-                "layout": {"tp": ps.tp, "pp": ps.pp, "dp": ps.dp, "ep": ps.ep, "etp": ps.etp}}
+        meta = {**meta, "step": step, "layout": {"tp": ps.tp, "pp": ps.pp, "dp": ps.dp, "ep": ps.ep, "etp": ps.etp}}
+        if optimizer is not None:
+            meta.update(optimizer_step=optimizer.step_count, skipped_steps=optimizer.skipped)
         torch.save({"torch": torch.get_rng_state()}, os.path.join(tmp, "rng.pt"))
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump(meta, f, indent=1)
