@@ -308,12 +308,12 @@ def validate_rl(cfg: "Config", world_size: int) -> "Config":
     need(rl.log_rollouts >= 0, "rl.log_rollouts", f"must be >= 0, got {rl.log_rollouts}")
     need(bool(rl.prompts) or cfg.data.synthetic is not None, "rl.prompts",
          "no prompts: give rl.prompts=[file.jsonl, ...] or data.synthetic")
+    for i, path in enumerate(rl.prompts):
+        need(os.path.isfile(path), f"rl.prompts[{i}]", f"file not found: {path}")
     need(not rl.prompts or cfg.data.tokenizer is not None or cfg.train.load is not None, "data.tokenizer",
          "rl.prompts needs a tokenizer: data.tokenizer=DIR (or train.load=CKPT holding tokenizer.json)")
     need(rl.template != "chat" or bool(rl.prompts), "rl.template",
          "the chat template needs rl.prompts and a tokenizer with a chat_template")
-    for i, path in enumerate(rl.prompts):
-        need(os.path.isfile(path), f"rl.prompts[{i}]", f"file not found: {path}")
     need(cfg.train.virtual_stages == 1, "train.virtual_stages",
          "GRPO generates on one model chunk per pipeline rank")
     return cfg

@@ -8,8 +8,9 @@ reference answer (or tests, or the target language). The step's reward is their 
             the last \\boxed{...} outside <think>...</think>; without one, the text after the
             last "A:" outside the thought (the built-in corpus's form). Problems with tests and no
             answer are judged by the code reward.
-  format    1 for exactly "<think> non-empty thought </think>" followed by an answer (a non-empty
-            <answer>...</answer>, or a \\boxed{...}), each tag once, nothing before the thought
+  format    1 for exactly "<think> non-empty thought </think>" followed by an answer: one non-empty
+            <answer>...</answer> with nothing after it, or (chat style, no answer tags) non-empty
+            text; each think tag once, nothing before the thought
   language  share of the chain-of-thought's words in the target language (R1's consistency
             reward); the target is the sample's `language`, else rl.language, else en
   code      1 if the code block passes the sample's tests in the sandbox, else 0
@@ -90,7 +91,7 @@ def format_reward(text: str, sample: dict) -> float:
         a = ANSWER.search(after)
         ok = n_open == 1 and n_close == 1 and a is not None and a.group(1).strip() != ""
         return 1.0 if ok and not after[a.end():].strip() else 0.0
-    return 1.0 if _last_boxed(after) is not None else 0.0
+    return 1.0 if after.strip() else 0.0  # no answer tags (chat style): the text after the thought
 
 
 def language_reward(text: str, sample: dict) -> float:
