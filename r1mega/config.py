@@ -259,8 +259,9 @@ RL_TEMPLATES = ("r1_zero", "chat", "raw")
 RL_LOSS_NORMS = ("sequence", "token", "constant")
 
 
-def validate_rl(cfg: "Config", world_size: int) -> "Config":
-    """The rl.* rules of a GRPO run (after validate_training). Raises ConfigError naming the key."""
+def validate_rl(cfg: "Config", world_size: int, resuming: bool = False) -> "Config":
+    """The rl.* rules of a GRPO run (after validate_training). Raises ConfigError naming the key.
+    resuming: the run directory holds the run's own checkpoint (no train.load needed)."""
     from r1mega.rl.rewards import REWARDS  # the reward registry is the source of valid names
 
     rl, par = cfg.rl, cfg.parallel
@@ -293,7 +294,6 @@ def validate_rl(cfg: "Config", world_size: int) -> "Config":
         last = entry[0]
     need(rl.kl_coef >= 0, "rl.kl_coef", f"must be >= 0, got {rl.kl_coef}")
     need(rl.clip_low >= 0 and rl.clip_high >= 0, "rl.clip_low", "clip ranges must be >= 0")
-    need(rl.clip_low < 1, "rl.clip_low", f"must be < 1 (the ratio is clipped to [1 - clip_low, ...]), got {rl.clip_low}")
     need(rl.ref_refresh_steps >= 0, "rl.ref_refresh_steps", f"must be >= 0, got {rl.ref_refresh_steps}")
     need(rl.loss_norm in RL_LOSS_NORMS, "rl.loss_norm", f"expected one of {RL_LOSS_NORMS}, got {rl.loss_norm!r}")
     need(not (rl.token_level_loss and rl.loss_norm == "constant"), "rl.token_level_loss",
@@ -310,6 +310,9 @@ def validate_rl(cfg: "Config", world_size: int) -> "Config":
          "no prompts: give rl.prompts=[file.jsonl, ...] or data.synthetic")
     for i, path in enumerate(rl.prompts):
         need(os.path.isfile(path), f"rl.prompts[{i}]", f"file not found: {path}")
+    need(not rl.prompts or resuming or cfg.train.load is not None, "train.load",
+         "GRPO on rl.prompts starts from a trained model: give train.load=CKPT (r1mega-convert import "
+         "makes one from a Hugging Face model directory)")
     need(not rl.prompts or cfg.data.tokenizer is not None or cfg.train.load is not None, "data.tokenizer",
          "rl.prompts needs a tokenizer: data.tokenizer=DIR (or train.load=CKPT holding tokenizer.json)")
     need(rl.template != "chat" or bool(rl.prompts), "rl.template",

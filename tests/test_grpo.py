@@ -26,3 +26,83 @@ def test_grpo_runs_and_logprobs_agree(tmp_path, layout, replay):
         assert r["response_len"] > 0 and r["rollout_kv_cache_bytes"] > 0
         assert r["kl"] >= 0
     assert per_rank[0]["before"] == per_rank[1]["before"]  # every rank reports the same evaluation
+
+
+# ---- GRPO on a user's own prompts, tokenizer and model (r1mega-convert import + r1mega grpo) ----
+
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from r1mega.data.templates import R1_ZERO  # noqa: E402
+from rl_data import CODE, MATH, imported_checkpoint, write_jsonl  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGE = os.path.join(ROOT, "configs", "stage", "r1_zero.yaml")
+
+
+@pytest.fixture(scope="module")
+def user_data(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("user"))
+    return {"ckpt": imported_checkpoint(root), "math": write_jsonl(f"{root}/math.jsonl", MATH),
+            "code": write_jsonl(f"{root}/code.jsonl", CODE)}
+
+
+def grpo_cli(run_dir, data, prompts, rewards, nproc=1, extra=()):
+    """The stage config as written, given a model, prompts and small sizes."""
+    args = ["-m", "r1mega.cli", "grpo", "--config", STAGE, f"train.load={data['ckpt']}",
+            f"rl.prompts=[{data[prompts]}]", f"rl.rewards=[{rewards}]", f"train.run_dir={run_dir}",
+            "train.dtype=float32", "rl.group_size=4", "rl.prompts_per_step=2", "rl.minibatches=2",
+            "rl.max_new_tokens=8", "data.micro_batch_size=4", "data.global_batch_size=4", "train.steps=2",
+            "optim.lr=1e-2", "optim.min_lr=1e-2", "rl.kl_coef=0.01", "rl.language=en", *extra]
+    cmd = [sys.executable, *args] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    samples = [json.loads(line) for line in open(os.path.join(run_dir, "rollouts.jsonl"))]
+    return rows, samples
+
+
+def test_r1_zero_on_user_math_prompts_one_process_with_resume(tmp_path, user_data):
+    run = str(tmp_path / "run")
+    rows, samples = grpo_cli(run, user_data, "math", "accuracy,format,language",
+                             extra=["train.save_interval=2", "rl.max_new_tokens_schedule=[[2,6]]"])
+    assert [r["step"] for r in rows] == [1, 2]
+    first, second = rows
+    assert first["logprob_gap_max"] < 1e-4 and first["sampler_kl"] < 1e-8  # float32: sampler == trainer
+    # the first minibatch runs on the rollout's own policy (ratio 1, reference = policy); the second
+    # reuses the rollout's old log-probs after one update, so the ratio moves and the clip acts
+    assert first["clip_frac"] == 0 and first["kl"] < 1e-9
+    assert second["clip_frac"] > 0 and second["kl"] > 0
+    assert first["max_new_tokens"] == 8 and set(first) >= {"reward_accuracy", "reward_format", "reward_language"}
+    # sample rollouts: the rendered R1-Zero prompt, the completion and each reward
+    questions = {p["prompt"] for p in MATH}
+    assert len(samples) == 4 and all(s["step"] == 1 for s in samples)
+    assert all(s["prompt"] in {R1_ZERO.format(prompt=q) for q in questions} for s in samples)
+    assert all(set(s["rewards"]) == {"accuracy", "format", "language"} for s in samples)
+    meta = json.load(open(os.path.join(run, "checkpoints", "step_00000002", "meta.json")))
+    assert meta["reference"] == os.path.join("reference", "step_00000000") and meta["prompt_position"] == 4
+    # a requeue: the same command with more steps resumes; the reference is the saved one, not the
+    # current policy (which would make the first minibatch's KL exactly 0); the length switch applies
+    rows, samples = grpo_cli(run, user_data, "math", "accuracy,format,language",
+                             extra=["train.steps=4", "rl.max_new_tokens_schedule=[[2,6]]"])
+    resumed = rows[2:]
+    assert [r["step"] for r in resumed] == [3, 4]
+    assert resumed[0]["kl"] > 1e-6 and resumed[0]["clip_frac"] == 0
+    assert resumed[0]["max_new_tokens"] == 6 and resumed[0]["response_len"] <= 6
+    assert {s["step"] for s in samples} == {1, 3}
+
+
+def test_stage_configs_name_what_is_missing(tmp_path, user_data, capsys):
+    from r1mega.cli import main
+
+    for stage in ("r1_zero", "reasoning_rl", "alignment_rl"):
+        config = os.path.join(ROOT, "configs", "stage", f"{stage}.yaml")
+        run = [f"train.run_dir={tmp_path}/{stage}"]
+        assert main(["grpo", "--config", config, *run]) == 2
+        assert "'rl.prompts'" in capsys.readouterr().err
+        assert main(["grpo", "--config", config, *run, f"rl.prompts=[{user_data['math']}]"]) == 2
+        assert "'train.load'" in capsys.readouterr().err
