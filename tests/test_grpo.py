@@ -54,7 +54,7 @@ def grpo_cli(run_dir, data, prompts, rewards, nproc=1, extra=()):
     args = ["-m", "r1mega.cli", "grpo", "--config", STAGE, f"train.load={data['ckpt']}",
             f"rl.prompts=[{data[prompts]}]", f"rl.rewards=[{rewards}]", f"train.run_dir={run_dir}",
             "train.dtype=float32", "rl.group_size=4", "rl.prompts_per_step=2", "rl.minibatches=2",
-            "rl.max_new_tokens=8", "data.micro_batch_size=4", "data.global_batch_size=4", "train.steps=2",
+            "rl.max_new_tokens=8", "data.micro_batch_size=4", "data.global_batch_size=8", "train.steps=2",
             "optim.lr=1e-2", "optim.min_lr=1e-2", "rl.kl_coef=0.01", "rl.language=en", *extra]
     cmd = [sys.executable, *args] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
@@ -106,3 +106,53 @@ def test_stage_configs_name_what_is_missing(tmp_path, user_data, capsys):
         assert "'rl.prompts'" in capsys.readouterr().err
         assert main(["grpo", "--config", config, *run, f"rl.prompts=[{user_data['math']}]"]) == 2
         assert "'train.load'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompts, rewards, layout, nproc", [
+    ("code", "code,format,language", ["parallel.tp=2", "parallel.ep=2"], 4),  # TP2 x EP2 (DP2)
+    ("math", "accuracy,format,language", ["parallel.pp=2"], 2),
+])
+def test_user_prompts_under_a_layout_equal_one_process(tmp_path, user_data, prompts, rewards, layout, nproc):
+    extra = ["rl.routing_replay=true"]
+    one, one_samples = grpo_cli(str(tmp_path / "one"), user_data, prompts, rewards, extra=extra)
+    many, many_samples = grpo_cli(str(tmp_path / "many"), user_data, prompts, rewards, nproc, extra=extra + layout)
+    # the same rows draw the same noise on any layout: identical rollouts, rewards and updates
+    assert [s["completion"] for s in many_samples] == [s["completion"] for s in one_samples]
+    for a, b in zip(one, many):
+        for key in ("reward", "response_len", "zero_advantage_frac"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+        for key in ("loss", "grad_norm", "kl", "clip_frac"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-6), key
+        assert b["logprob_gap_max"] < 1e-4
+
+
+def test_a_non_finite_loss_skips_the_update(tmp_path, user_data, monkeypatch):
+    import torch
+
+    import r1mega.rl.grpo as grpo_module
+    from r1mega.config import load_config
+
+    real, calls = grpo_module.grpo_loss, []
+
+    def poisoned(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:  # the first minibatch's loss is NaN
+            terms.loss = terms.loss * float("nan")
+        return terms
+
+    monkeypatch.setattr(grpo_module, "grpo_loss", poisoned)
+    run = str(tmp_path / "run")
+    cfg = load_config(STAGE, [f"train.load={user_data['ckpt']}", f"rl.prompts=[{user_data['math']}]",
+                              "rl.rewards=[accuracy,format,language]", f"train.run_dir={run}", "train.dtype=float32",
+                              "rl.group_size=4", "rl.prompts_per_step=1", "rl.minibatches=2", "rl.max_new_tokens=6",
+                              "data.micro_batch_size=4", "data.global_batch_size=4", "train.steps=2", "optim.lr=1e-2"])
+    torch.set_num_threads(1)
+    first, second = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))] \
+        if grpo_module.grpo(cfg) else []
+    assert first["skipped"] and first["skipped_steps"] == 1 and not second["skipped"]
+    # the weights did not move: the second minibatch still sees ratio 1 against the old log-probs
+    assert second["clip_frac"] == 0 and second["kl"] < 1e-9
+    meta = json.load(open(os.path.join(run, "checkpoints", "step_00000002", "meta.json")))
+    assert meta["skipped_steps"] == 1 and meta["optimizer_step"] == 1

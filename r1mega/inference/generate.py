@@ -92,9 +92,10 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
 
 @torch.no_grad()
 def generate(model, ps: ParallelState, prompts: list[list[int]], gen: GenerationConfig,
-             row_offset: int = 0, microbatches: Optional[int] = None) -> Rollout:
+             row_offset: int = 0, microbatches: Optional[int] = None, rows: Optional[torch.Tensor] = None) -> Rollout:
     """Sample completions for this DP rank's prompts. `model` is this rank's pipeline stage (or a
-    one-element ModuleList). row_offset: global index of the first prompt (distinct noise per row)."""
+    one-element ModuleList). row_offset: global index of the first prompt (distinct noise per row);
+    rows: each prompt's global index instead, when this rank's prompts are not contiguous."""
     if isinstance(model, torch.nn.ModuleList):
         if len(model) != 1:
             raise ValueError("generation runs on one model chunk per rank (train.virtual_stages=1)")
@@ -122,7 +123,7 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     pp_ranks = ps.members.get("pp", [ps.rank])
     prev = pp_ranks[ps.r("pp") - 1] if not model.is_first else None
     nxt = pp_ranks[ps.r("pp") + 1] if not model.is_last else None
-    rows = torch.arange(row_offset, row_offset + B, device=device)
+    rows = torch.arange(row_offset, row_offset + B, device=device) if rows is None else rows.to(device)
 
     with sequence_parallel_off(ps):
         for step in range(gen.max_new_tokens):

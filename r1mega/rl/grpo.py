@@ -7,8 +7,9 @@
         advantages = group-normalised (0 for all-equal groups; Dr.GRPO: no std)
         old, ref   = log-probs of the sampled tokens by the trainer (kept for every minibatch) and
                      by the reference policy (its own routing); the sampler/trainer gap is logged
-        for each of the `minibatches` random splits: one clipped-surrogate (+TIS) + k3-KL
-                     optimizer step; the reference is refreshed every rl.ref_refresh_steps steps
+        for each of the `minibatches` blocks of whole groups (the data order is shuffled): one
+                     clipped-surrogate (+TIS) + k3-KL optimizer step on the rollout's old log-probs;
+                     the reference is refreshed every rl.ref_refresh_steps steps
 A step is one optimizer step; checkpoints hold the policy, optimizer, the prompt position and the
 reference policy, so a restart continues exactly where the last checkpoint was.
 """
@@ -121,17 +122,23 @@ def max_new_tokens_at(cfg: Config, step: int) -> int:
     return tokens
 
 
-def rollout_problems(cfg: Config, ps: ParallelState, source: PromptSource, position: int, index: int) -> list[dict]:
-    """This DP rank's questions of rollout `index` (global positions [position, position + n))."""
-    n = cfg.rl.prompts_per_step * cfg.rl.minibatches
-    everyone = source.take(position, n, index)
-    share = n // ps.dp
-    return everyone[ps.r("dp") * share:(ps.r("dp") + 1) * share]
+def rollout_problems(cfg: Config, ps: ParallelState, source: PromptSource, position: int,
+                     index: int) -> tuple[list[dict], list[int]]:
+    """This DP rank's questions of rollout `index` and their indices within the rollout. The rollout
+    holds `minibatches` consecutive blocks of prompts_per_step questions (global positions from
+    `position`); each DP rank takes its slice of every block, so minibatch j is the same questions
+    on any layout and this rank's questions of minibatch j are its j-th contiguous share."""
+    P, M = cfg.rl.prompts_per_step, cfg.rl.minibatches
+    everyone = source.take(position, P * M, index)
+    share = P // ps.dp
+    at = [j * P + ps.r("dp") * share + i for j in range(M) for i in range(share)]
+    return [everyone[g] for g in at], at
 
 
-def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: list[dict], step: int,
-                   index: int) -> ScoredRollout:
-    """G samples per question on the training shards, then the rewards of each output."""
+def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: list[dict], where: list[int],
+                   step: int, index: int) -> ScoredRollout:
+    """G samples per question on the training shards, then the rewards of each output. where: the
+    questions' indices in the rollout, which key the sampling noise (layout-independent samples)."""
     cfg, ps, tok = run.cfg, run.ps, source.tok
     G = cfg.rl.group_size
     outputs = [p for p in problems for _ in range(G)]
@@ -144,7 +151,8 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
                            vocab_size=tok.vocab_size)
     if run.device.type == "cuda":  # make room for the KV cache: optimizer states wait in host memory
         optimizer.offload()
-    rollout = generate(chunks, ps, prompt_ids, gen, row_offset=ps.r("dp") * len(outputs))
+    rows = torch.tensor([g * G + k for g in where for k in range(G)], dtype=torch.long)
+    rollout = generate(chunks, ps, prompt_ids, gen, rows=rows)
     optimizer.reload()
     responses, truncated = [], []
     for ids, r in zip(rollout.completions(), rendered):
@@ -287,9 +295,9 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     last: Optional[StepMetrics] = None
     while step < t.steps:
         t0 = time.perf_counter()
-        problems = rollout_problems(cfg, ps, source, position, index)
+        problems, where = rollout_problems(cfg, ps, source, position, index)
         position += rl.prompts_per_step * rl.minibatches
-        scored = sample_rollout(run, chunks, optimizer, source, problems, step, index)
+        scored = sample_rollout(run, chunks, optimizer, source, problems, where, step, index)
         if run.is_logger and rl.log_rollouts:
             append_rollouts(rollouts_file, step + 1, scored, rl.log_rollouts)
         adv, keep = advantages(cfg, scored)
@@ -308,8 +316,8 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
         extra = {"adv": adv, "rollout": batch.rollout_logp,
                  "old": old if old is not None else zeros, "ref": (ref if ref is not None else
                                                                    (old if old is not None else zeros))}
-        order = torch.randperm(batch.input_ids.shape[0], generator=torch.Generator().manual_seed(cfg.seed + index))
-        for part in order.to(run.device).chunk(rl.minibatches):
+        # the data order is already shuffled: minibatch j is this rank's j-th block of whole groups
+        for part in torch.arange(batch.input_ids.shape[0], device=run.device).chunk(rl.minibatches):
             if step >= t.steps:
                 break
             sums = minibatch_update(run, chunks, optimizer, batch.rows(part), {k: v[part] for k, v in extra.items()},
