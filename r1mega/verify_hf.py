@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from r1mega.config import Config, ModelConfig, ParallelConfig, validate
 from r1mega.models.deepseek_v3.hf_weights import load_hf_weights
 from r1mega.models.deepseek_v3.model import DeepseekV3
-from r1mega.parallel.layout import build_parallel_state, default_device, join_ranks, single_process_state
 from r1mega.parallel.vocab_parallel import gather_vocab
 from r1mega.train.lm_step import lm_forward_backward
+from r1mega.train.setup import finish_run, start_run
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -43,18 +43,17 @@ def _report(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    distributed, owns_group, world = join_ranks()
-    rank = dist.get_rank() if distributed else 0
     dtype = getattr(torch, args.dtype)
     par = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, sp=args.sp)
-    cfg = validate(Config(model=ModelConfig.from_hf(args.hf_dir), parallel=par), world)
-    ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
+    run = start_run(Config(model=ModelConfig.from_hf(args.hf_dir), parallel=par), validate)
+    cfg, ps, distributed, world = run.cfg, run.ps, run.distributed, run.world
+    rank = ps.rank
     batch = args.batch_size or ps.dp
     if rank == 0:
         _report(f"verify-hf: {args.ckpt or args.hf_dir} vs transformers({args.hf_dir}) on {world} ranks: tp={ps.tp} pp={ps.pp} ep={ps.ep} "
                 f"etp={ps.etp} dp={ps.dp} sp={ps.sp}; batch {batch} x {args.seq_length} tokens, {args.dtype}")
 
-    device = default_device()
+    device = run.device
     model = DeepseekV3(cfg.model, ps, cfg.parallel.pp_layers).to(device=device, dtype=dtype)
     if args.ckpt:
         from r1mega.models.deepseek_v3.hf_weights import load_weights
@@ -101,8 +100,7 @@ def run(args: argparse.Namespace) -> int:
         failed[0] = 0 if ok else 1
     if distributed:
         dist.broadcast(failed, src=0)
-        if owns_group:
-            dist.destroy_process_group()
+    finish_run(run)
     return int(failed.item())
 
 

@@ -12,25 +12,23 @@ import math
 import os
 import time
 import zlib
-from dataclasses import asdict
+from dataclasses import replace
 
 import torch
-import torch.distributed as dist
 
 from r1mega.config import Config, validate_training
 from r1mega.data.prepare import resolve_data
-from r1mega.data.tokenizer import Tokenizer
+from r1mega.data.tokenizer import Tokenizer, check_fits
 from r1mega.models.deepseek_v3.hf_weights import param_slices
 from r1mega.models.deepseek_v3.model import DeepseekV3
 from r1mega.models.deepseek_v3.params import flops_per_token
-from r1mega.parallel.layout import (
-    ParallelState, build_parallel_state, default_device, join_ranks, single_process_state,
-)
+from r1mega.parallel.layout import ParallelState
 from r1mega.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.moe_balance import update_routing_bias
 from r1mega.train.optimizer import DistributedAdamW, lr_at
+from r1mega.train.setup import build_model, finish_run, run_meta, start_run
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
@@ -80,13 +78,14 @@ def _data(cfg: Config, kind: str):
     from r1mega.data.sft import SFTData
 
     d = resolve_data(cfg.data, kind, cfg.model.vocab_size)
+    load = cfg.train.load
+    if d.tokenizer is None and load and os.path.exists(os.path.join(load, "tokenizer.json")):
+        d = replace(d, tokenizer=load)  # the tokenizer r1mega-convert import copied beside the weights
     if d.tokenizer is None and kind == "sft":
         raise ValueError("data.tokenizer: SFT renders chat records and needs a tokenizer")
     if d.tokenizer is not None:
         tok = Tokenizer(d.tokenizer)
-        if tok.vocab_size > cfg.model.vocab_size:
-            raise ValueError(f"data.tokenizer {d.tokenizer} has {tok.vocab_size} tokens but "
-                             f"model.vocab_size is {cfg.model.vocab_size}")
+        check_fits(tok, cfg.model.vocab_size)
     if kind == "pretrain":
         return PretrainData(d.paths, d.weights, d.seq_length, cfg.seed)
     return SFTData(d.paths[0], tok, d.seq_length, cfg.seed)
@@ -101,24 +100,19 @@ def _batch(data, kind: str, first: int, size: int) -> dict:
 
 def train(cfg: Config, kind: str) -> dict:
     """Run (or resume) a training run. Returns {'final_loss', 'steps', 'losses', 'skipped'}."""
-    distributed, owns_group, world = join_ranks()
-    cfg = validate_training(cfg, world)  # before any weight exists
-    ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
-    torch.manual_seed(cfg.seed)
-    device = default_device()
+    ckpt_root = os.path.join(cfg.train.run_dir, "checkpoints")
+    own = latest_checkpoint(ckpt_root)
+    run = start_run(cfg, validate_training, own)  # validated before any weight exists
+    cfg, ps, world, device = run.cfg, run.ps, run.world, run.device
     t = cfg.train
-    dtype = getattr(torch, t.dtype)
 
-    chunks = build_chunks(cfg, ps)
-    init_weights(chunks, cfg.seed)
-    place(chunks, device, dtype)
+    chunks = build_model(cfg, ps, device, run.dtype)
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
     data = _data(cfg, kind)
 
-    ckpt_root = os.path.join(t.run_dir, "checkpoints")
     start, consumed = 0, 0
     # the run's own newest checkpoint wins over train.load, so a requeued job continues where it was
-    resume = latest_checkpoint(ckpt_root) or t.load
+    resume = own or t.load
     if resume:
         meta = load_checkpoint(resume, chunks, optimizer, ps)
         start, consumed = meta.get("step", 0), meta.get("consumed_samples", 0)
@@ -164,13 +158,11 @@ def train(cfg: Config, kind: str) -> dict:
         log.log(step + 1, metrics, echo=(step + 1) % t.log_interval == 0 or step + 1 == t.steps)
         last = step + 1 == t.steps
         if last or (t.save_interval and (step + 1) % t.save_interval == 0):
-            save_checkpoint(ckpt_root, step + 1, chunks, optimizer, ps,
-                            {"consumed_samples": consumed, "kind": kind, "model_config": asdict(cfg.model)})
+            save_checkpoint(ckpt_root, step + 1, chunks, optimizer, ps, run_meta(cfg, kind, consumed_samples=consumed))
     log.close()
     final = losses[-1] if losses else float("nan")
     if ps.rank == 0:
         print(f"final_loss={final:.6f} steps={t.steps}", flush=True)
     result = {"final_loss": final, "steps": t.steps, "losses": losses, "skipped": optimizer.skipped}
-    if distributed and owns_group:
-        dist.destroy_process_group()
+    finish_run(run)
     return result
