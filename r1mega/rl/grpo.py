@@ -147,7 +147,7 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
     prompt_ids = [source.encode(r) for r in rendered]
     limit = max_new_tokens_at(cfg, step)
     gen = GenerationConfig(limit, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.top_k, tok.eos_id, source.stop(),
-                           seed=cfg.seed * 7919 + index, record_routing=cfg.rl.routing_replay,
+                           seed=cfg.seed + index, record_routing=cfg.rl.routing_replay,
                            vocab_size=tok.vocab_size)
     if run.device.type == "cuda":  # make room for the KV cache: optimizer states wait in host memory
         optimizer.offload()
