@@ -106,6 +106,30 @@ def test_stage_configs_name_what_is_missing(tmp_path, user_data, capsys):
         assert "'rl.prompts'" in capsys.readouterr().err
         assert main(["grpo", "--config", config, *run, f"rl.prompts=[{user_data['math']}]"]) == 2
         assert "'train.load'" in capsys.readouterr().err
+    # a tokenizer with more ids than the model's embedding rows is refused by name before any weight
+    assert main(["grpo", "--config", STAGE, f"train.run_dir={tmp_path}/big", f"train.load={user_data['ckpt']}",
+                 f"rl.prompts=[{user_data['math']}]", "model.vocab_size=384", "rl.max_new_tokens=4"]) == 2
+    err = capsys.readouterr().err
+    assert "'data.tokenizer'" in err and "model.vocab_size=384" in err
+
+
+def test_reference_is_scored_with_its_own_routing(tmp_path, user_data, monkeypatch):
+    import r1mega.rl.grpo as grpo_module
+    from r1mega.config import load_config
+
+    real, seen = grpo_module.sequence_logprobs, []
+
+    def spy(chunks, ps, mbs, temperature):
+        seen.append(all(mb.routing is not None for mb in mbs))
+        return real(chunks, ps, mbs, temperature)
+
+    monkeypatch.setattr(grpo_module, "sequence_logprobs", spy)
+    cfg = load_config(STAGE, [f"train.load={user_data['ckpt']}", f"rl.prompts=[{user_data['math']}]",
+                              f"train.run_dir={tmp_path}/run", "train.dtype=float32", "rl.group_size=2",
+                              "rl.prompts_per_step=1", "rl.minibatches=1", "rl.max_new_tokens=4", "train.steps=1",
+                              "data.micro_batch_size=2", "data.global_batch_size=2", "rl.routing_replay=true"])
+    grpo_module.grpo(cfg)
+    assert seen == [True, False]  # old log-probs replay the rollout's experts; the reference routes itself
 
 
 @pytest.mark.slow
