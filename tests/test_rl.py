@@ -223,3 +223,18 @@ def test_rl_keys_are_checked_up_front(override, key):
     with pytest.raises(ConfigError) as e:
         validate_rl(validate_training(cfg, 1, needs_data=False), 1)
     assert e.value.key == key
+
+
+def test_which_outputs_take_part_in_the_loss():
+    from r1mega.config import Config
+    from r1mega.rl.grpo import ScoredRollout, advantages
+
+    cfg = Config()
+    cfg.rl.group_size = 2
+    scored = ScoredRollout(None, [], [], [], [], torch.tensor([1.0, 0.0, 0.5, 0.5], dtype=torch.float64),
+                           torch.tensor([False, True, False, False]), 8)
+    adv, keep = advantages(cfg, scored)
+    assert keep.tolist() == [True] * 4 and adv[2:].tolist() == [0.0, 0.0]
+    cfg.rl.overlong_filter, cfg.rl.drop_equal_reward_groups = True, True
+    _, keep = advantages(cfg, scored)
+    assert keep.tolist() == [True, False, False, False]  # DAPO: truncated out; equal-reward group out
