@@ -11,7 +11,9 @@
                      clipped-surrogate (+TIS) + k3-KL optimizer step on the rollout's old log-probs;
                      the reference is refreshed every rl.ref_refresh_steps steps
 A step is one optimizer step; checkpoints hold the policy, optimizer, the prompt position and the
-reference policy, so a restart continues exactly where the last checkpoint was.
+reference policy, so a restart continues where the last checkpoint was (a checkpoint taken inside a
+rollout resumes with the next rollout: choose train.save_interval as a multiple of rl.minibatches to
+lose nothing).
 """
 from __future__ import annotations
 
