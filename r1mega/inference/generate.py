@@ -19,6 +19,7 @@ import torch.distributed as dist
 from r1mega.inference.kv_cache import KVCache
 from r1mega.inference.sampling import row_keys, sample
 from r1mega.parallel.layout import ParallelState
+from r1mega.parallel.pipeline import recv_activation, send_activation
 
 
 @dataclass
@@ -136,11 +137,10 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
                 pos = (torch.arange(start, end, device=device)[None, :] - pad[lo:hi, None]).clamp(min=0)
                 hidden = None
                 if prev is not None:
-                    hidden = torch.empty(end - start, hi - lo, cfg.hidden_size, dtype=dtype, device=device)
-                    dist.recv(hidden, src=prev)
+                    hidden = recv_activation((end - start, hi - lo, cfg.hidden_size), dtype, device, prev)
                 out = model(inp, hidden=hidden, position_ids=pos, cache=cache)
                 if nxt is not None:
-                    dist.send(out.hidden.contiguous(), dst=nxt)
+                    send_activation(out.hidden, nxt)
                     continue
                 keys = row_keys(gen.seed, step, rows[lo:hi])
                 tok, lp = sample(out.logits[-1], ps, gen.temperature, gen.top_p, gen.top_k, keys,
@@ -191,12 +191,12 @@ def greedy_by_full_forward(model, ps: ParallelState, prompts: list[list[int]], m
             pos = (torch.arange(n)[None, :] - pad[:, None]).clamp(min=0)
             hidden = None
             if not model.is_first:
-                hidden = torch.empty(n, ids.shape[0], model.cfg.hidden_size, dtype=param.dtype)
-                dist.recv(hidden, src=pp_ranks[ps.r("pp") - 1])
+                hidden = recv_activation((n, ids.shape[0], model.cfg.hidden_size), param.dtype, param.device,
+                                         pp_ranks[ps.r("pp") - 1])
             out = model(ids, hidden=hidden, position_ids=pos, attn_mask=left_padded_causal_mask(pad, n))
             nxt = torch.zeros(ids.shape[0], dtype=torch.long)
             if not model.is_last:
-                dist.send(out.hidden.contiguous(), dst=pp_ranks[ps.r("pp") + 1])
+                send_activation(out.hidden, pp_ranks[ps.r("pp") + 1])
             else:
                 nxt, _ = sample(out.logits[-1], ps, 0.0)
             if ps.pp > 1:
