@@ -253,6 +253,8 @@ class RLConfig:
     prompts: list[str] = field(default_factory=list)
     template: str = "raw"  # r1_zero | chat | raw
     log_rollouts: int = 4  # sample rollouts appended to <run_dir>/rollouts.jsonl per step
+    # run code rewards without the isolated sandbox where it cannot be set up (only for trusted code)
+    unsafe_code_sandbox: bool = False
 
 
 RL_TEMPLATES = ("r1_zero", "chat", "raw")

@@ -37,8 +37,9 @@ from r1mega.parallel.vocab_parallel import vocab_parallel_log_probs
 from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, overlong_shaping
 from r1mega.rl.metrics import StepMetrics, global_values
 from r1mega.rl.prompt_source import PromptSource
+from r1mega.rl import sandbox
 from r1mega.rl.reference import ReferencePolicy
-from r1mega.rl.rewards import reward_terms, total_reward
+from r1mega.rl.rewards import code_rewards_in_parallel, reward_terms, total_reward
 from r1mega.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, lr_at
@@ -162,7 +163,8 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
         text = r.response_prefix + tok.decode(ids[:-1] if finished else ids)
         responses.append(text)
         truncated.append(len(ids) >= limit and not finished and not source.is_stopped(text))
-    terms = [reward_terms(cfg.rl.rewards, text, p) for text, p in zip(responses, outputs)]
+    with code_rewards_in_parallel(responses, outputs):  # every program of the batch at once
+        terms = [reward_terms(cfg.rl.rewards, text, p) for text, p in zip(responses, outputs)]
     rewards = torch.tensor([sum(t.values()) for t in terms], dtype=torch.float64, device=run.device)
     lengths = rollout.completion_mask.sum(1)
     rewards += overlong_shaping(lengths, limit, cfg.rl.overlong_buffer, cfg.rl.overlong_penalty).to(rewards)
@@ -267,6 +269,9 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     own = latest_checkpoint(ckpt_root)  # this run's own checkpoint (a restart) wins over train.load
     run = start_run(cfg, lambda c, w: validate_rl(validate_training(c, w, needs_data=False), w, own is not None), own)
     cfg, ps, rl, t = run.cfg, run.ps, run.cfg.rl, run.cfg.train
+    sandbox.allow_unsafe(rl.unsafe_code_sandbox)
+    if "code" in rl.rewards or (rl.prompts and "accuracy" in rl.rewards):  # accuracy runs code problems' tests
+        sandbox.require_isolation()  # refuse before any work, naming why, where it cannot be set up
     tok = _tokenizer(cfg)
     source = PromptSource(cfg, tok)
     chunks = build_model(cfg, ps, run.device, run.dtype)

@@ -13,14 +13,17 @@ reference answer (or tests, or the target language). The step's reward is their 
             text; each think tag once, nothing before the thought
   language  share of the chain-of-thought's words in the target language (R1's consistency
             reward); the target is the sample's `language`, else rl.language, else en
-  code      1 if the code block passes the sample's tests in the sandbox, else 0
+  code      1 if the last code block outside the thought passes every test of the sample in the
+            sandbox (r1mega/rl/sandbox.py), else 0: `tests` as Python run after the code (then
+            `check(entry_point)` when given), or a list of {input, output} stdin/stdout cases
 """
 from __future__ import annotations
 
 import re
-from typing import Callable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
-from r1mega.rl.sandbox import run_code, run_tests
+from r1mega.rl.sandbox import Job, SandboxResult, run_many
 
 THINK = re.compile(r"^\s*<think>(.*?)</think>(.*)$", re.DOTALL)
 ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -109,23 +112,50 @@ def language_reward(text: str, sample: dict) -> float:
     return hits / len(words)
 
 
-def code_reward(text: str, sample: dict) -> float:
-    """The last fenced code block outside the thought must pass every test: Python `tests` run after
-    it (then `check(entry_point)` when given), or each {input, output} case on stdin/stdout."""
-    tests = sample.get("tests")
-    blocks = re.findall(r"```(?:python|py)?[ \t]*\n(.*?)```", outside_thought(text), re.DOTALL)
+CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
+_prefetched: dict[tuple, SandboxResult] = {}  # filled by code_rewards_in_parallel for its block
+
+
+def _code_jobs(text: str, sample: dict) -> Optional[list[Job]]:
+    tests, blocks = sample.get("tests"), CODE_BLOCK.findall(outside_thought(text))  # the answer, not the thought
     if tests is None or not blocks:
-        return 0.0
+        return None
     code = blocks[-1]
-    if isinstance(tests, list):
-        for case in tests:
-            res = run_code(code, stdin=case["input"])
-            if not res.ok or res.stdout.split() != case["output"].split():
-                return 0.0
-        return 1.0
+    if isinstance(tests, list):  # stdin/stdout cases, judged here (outside the sandbox)
+        return [Job(code, stdin=str(case["input"])) for case in tests]
     if sample.get("entry_point"):
         tests = f"{tests}\n\ncheck({sample['entry_point']})"
-    return 1.0 if run_tests(code, tests).ok else 0.0
+    return [Job(code, tests=tests)]
+
+
+def _key(job: Job) -> tuple:
+    return job.code, job.stdin, job.tests
+
+
+def code_reward(text: str, sample: dict) -> float:
+    jobs = _code_jobs(text, sample)
+    if jobs is None:
+        return 0.0
+    missing = [j for j in jobs if _key(j) not in _prefetched]
+    results = dict(zip(map(_key, missing), run_many(missing)))
+    results.update({_key(j): _prefetched[_key(j)] for j in jobs if _key(j) in _prefetched})
+    tests = sample["tests"]
+    if isinstance(tests, list):
+        return float(all(results[_key(j)].ok and results[_key(j)].stdout.split() == str(case["output"]).split()
+                         for j, case in zip(jobs, tests)))
+    return float(results[_key(jobs[0])].ok)
+
+
+@contextmanager
+def code_rewards_in_parallel(texts: list[str], samples: list[dict]) -> Iterator[None]:
+    """Runs every program of a batch at once on the sandbox's worker pool; code_reward calls
+    inside the block (through any reward) reuse those results instead of running one by one."""
+    jobs = {_key(j): j for t, s in zip(texts, samples) for j in (_code_jobs(t, s) or [])}
+    _prefetched.update(zip(jobs, run_many(list(jobs.values()))))
+    try:
+        yield
+    finally:
+        _prefetched.clear()
 
 
 REWARDS: dict[str, Callable[[str, dict], float]] = {
