@@ -264,6 +264,35 @@ def append_rollouts(path: str, step: int, scored: ScoredRollout, n: int) -> None
                                 "truncated": bool(scored.truncated[i])}, ensure_ascii=False) + "\n")
 
 
+def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW, reference: Optional[ReferencePolicy],
+            own: Optional[str], ckpt_root: str) -> tuple[int, int, int]:
+    """Load the run's own checkpoint (policy, optimizer, reference, prompt position) or start from
+    train.load. Returns (step, prompt position, rollout index)."""
+    step, position, index, meta = 0, 0, 0, {}
+    if own or cfg.train.load:
+        meta = load_checkpoint(own or cfg.train.load, chunks, optimizer, ps)
+        if own:
+            step, position, index = meta.get("step", 0), meta.get("prompt_position", 0), meta.get("rollout_index", 0)
+        else:  # a pretrained/SFT model: its optimizer moments do not carry over to RL
+            optimizer.reset_from_params()
+    if reference is not None and not (own and reference.restore(ckpt_root, meta.get("reference"), step)):
+        reference.refresh(chunks, step)
+    return step, position, index
+
+
+def old_and_reference_logprobs(cfg: Config, ps: ParallelState, chunks, reference: Optional[ReferencePolicy],
+                               batch: TrainBatch) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The trainer's log-probs of the sampled tokens before any update (kept for every minibatch,
+    replaying the rollout's experts if asked) and the reference's, routed by the reference itself.
+    Both [B, S] on the last pipeline stage, None elsewhere (ref None without a KL term)."""
+    size, rl = cfg.data.micro_batch_size, cfg.rl
+    old = sequence_logprobs(chunks, ps, microbatches(batch, size, {}, rl.routing_replay), rl.temperature)
+    ref = None
+    if reference is not None:
+        ref = sequence_logprobs(reference.model, ps, microbatches(batch, size, {}, False), rl.temperature)
+    return old, ref
+
+
 def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     ckpt_root = os.path.join(cfg.train.run_dir, "checkpoints")
     own = latest_checkpoint(ckpt_root)  # this run's own checkpoint (a restart) wins over train.load
@@ -278,15 +307,7 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
     reference = (ReferencePolicy(build_model(cfg, ps, run.device, run.dtype), ps, rl.ref_refresh_steps)
                  if rl.kl_coef else None)
-    step, position, index, meta = 0, 0, 0, {}
-    if own or t.load:
-        meta = load_checkpoint(own or t.load, chunks, optimizer, ps)
-        if own:
-            step, position, index = meta.get("step", 0), meta.get("prompt_position", 0), meta.get("rollout_index", 0)
-        else:  # a pretrained/SFT model: its optimizer moments do not carry over to RL
-            optimizer.reset_from_params()
-    if reference is not None and not (own and reference.restore(ckpt_root, meta.get("reference"), step)):
-        reference.refresh(chunks, step)
+    step, position, index = restore(cfg, ps, chunks, optimizer, reference, own, ckpt_root)
 
     log = MetricsLog(t.run_dir, t.steps, step, run.is_logger, t.wandb_project if t.wandb else None, cfg)
     if own:
@@ -309,20 +330,14 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
             append_rollouts(rollouts_file, step + 1, scored, rl.log_rollouts)
         adv, keep = advantages(cfg, scored)
         batch = to_train_batch(scored.rollout, keep)
-        zeros = torch.zeros_like(batch.rollout_logp)
-        base = microbatches(batch, cfg.data.micro_batch_size, {}, rl.routing_replay)
-        old = sequence_logprobs(chunks, ps, base, rl.temperature)
-        ref = None
-        if reference is not None:  # scored with its own routing: never the policy's replayed experts
-            ref = sequence_logprobs(reference.model, ps, microbatches(batch, cfg.data.micro_batch_size, {}, False),
-                                    rl.temperature)
+        old, ref = old_and_reference_logprobs(cfg, ps, chunks, reference, batch)
         rollout_sums = rollout_stats(cfg, scored, batch, old)
         gap_max = global_values({"gap_max": rollout_sums.pop("gap_max_local")}, ps, run.device,
                                 torch.distributed.ReduceOp.MAX)["gap_max"]
         rollout_vals = global_values(rollout_sums, ps, run.device)
-        extra = {"adv": adv, "rollout": batch.rollout_logp,
-                 "old": old if old is not None else zeros, "ref": (ref if ref is not None else
-                                                                   (old if old is not None else zeros))}
+        zeros = torch.zeros_like(batch.rollout_logp)  # stages before the last have no log-probs
+        extra = {"adv": adv, "rollout": batch.rollout_logp, "old": zeros if old is None else old,
+                 "ref": zeros if old is None else (old if ref is None else ref)}
         # the data order is already shuffled: minibatch j is this rank's j-th block of whole groups
         for part in torch.arange(batch.input_ids.shape[0], device=run.device).chunk(rl.minibatches):
             if step >= t.steps:
