@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
 
 from r1mega.config import Config, validate_rl, validate_training
 from r1mega.data.prepare import resolve_data
+from r1mega.errors import TrainingError
 from r1mega.data.templates import Rendered
 from r1mega.data.tokenizer import Tokenizer, check_fits
 from r1mega.inference.generate import GenerationConfig, Rollout, generate, left_padded_causal_mask
@@ -40,7 +41,7 @@ from r1mega.rl.prompt_source import PromptSource
 from r1mega.rl import sandbox
 from r1mega.rl.reference import ReferencePolicy
 from r1mega.rl.rewards import code_rewards_in_parallel, reward_terms, total_reward
-from r1mega.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from r1mega.train.checkpoint import find_resume_checkpoint, latest_checkpoint, resume_from, save_checkpoint
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.train.setup import Run, build_model, finish_run, run_meta, start_run
@@ -265,19 +266,22 @@ def append_rollouts(path: str, step: int, scored: ScoredRollout, n: int) -> None
 
 
 def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW, reference: Optional[ReferencePolicy],
-            own: Optional[str], ckpt_root: str) -> tuple[int, int, int]:
-    """Load the run's own checkpoint (policy, optimizer, reference, prompt position) or start from
-    train.load. Returns (step, prompt position, rollout index)."""
-    step, position, index, meta = 0, 0, 0, {}
-    if own or cfg.train.load:
-        meta = load_checkpoint(own or cfg.train.load, chunks, optimizer, ps)
-        if own:
-            step, position, index = meta.get("step", 0), meta.get("prompt_position", 0), meta.get("rollout_index", 0)
-        else:  # a pretrained/SFT model: its optimizer moments do not carry over to RL
-            optimizer.reset_from_params()
+            candidates: list[str], ckpt_root: str) -> tuple[int, int, int, Optional[str]]:
+    """Load the run's own newest good checkpoint (policy, optimizer, reference, prompt position;
+    the trainer's rules: verified, older ones as fallback) or start from train.load. Returns
+    (step, prompt position, rollout index, the checkpoint resumed from or None)."""
+    t = cfg.train
+    path, meta = resume_from(candidates, chunks, optimizer, ps, asdict(cfg.model), t.allow_arch_change,
+                             t.verify_checkpoint)
+    own = path is not None and os.path.abspath(os.path.dirname(os.path.normpath(path))) == os.path.abspath(ckpt_root)
+    step, position, index = 0, 0, 0
+    if own:
+        step, position, index = meta.get("step", 0), meta.get("prompt_position", 0), meta.get("rollout_index", 0)
+    elif path is not None:  # a pretrained/SFT model: its optimizer moments do not carry over to RL
+        optimizer.reset_from_params()
     if reference is not None and not (own and reference.restore(ckpt_root, meta.get("reference"), step)):
         reference.refresh(chunks, step)
-    return step, position, index
+    return step, position, index, path if own else None
 
 
 def old_and_reference_logprobs(cfg: Config, ps: ParallelState, chunks, reference: Optional[ReferencePolicy],
@@ -303,15 +307,17 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
         sandbox.require_isolation()  # refuse before any work, naming why, where it cannot be set up
     tok = _tokenizer(cfg)
     source = PromptSource(cfg, tok)
+    # checkpoints and their architecture are checked before any weight exists
+    candidates = find_resume_checkpoint(ckpt_root, t.load, asdict(cfg.model), t.allow_arch_change)
     chunks = build_model(cfg, ps, run.device, run.dtype)
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
     reference = (ReferencePolicy(build_model(cfg, ps, run.device, run.dtype), ps, rl.ref_refresh_steps)
                  if rl.kl_coef else None)
-    step, position, index = restore(cfg, ps, chunks, optimizer, reference, own, ckpt_root)
+    step, position, index, resumed = restore(cfg, ps, chunks, optimizer, reference, candidates, ckpt_root)
 
     log = MetricsLog(t.run_dir, t.steps, step, run.is_logger, t.wandb_project if t.wandb else None, cfg)
-    if own:
-        log.print(f"resumed from {own} at step {step} (prompt position {position})")
+    if resumed:
+        log.print(f"resumed from {resumed} at step {step} (prompt position {position})")
     rollouts_file = os.path.join(t.run_dir, "rollouts.jsonl")
     held_out = source.held_out(eval_problems)
     history: dict[str, list] = {"accuracy": [], "reward": []}
@@ -321,6 +327,7 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
         history["accuracy"].append((step, acc0))
         log.print(f"held-out accuracy before GRPO: {acc0:.3f}")
     last: Optional[StepMetrics] = None
+    in_a_row = 0  # consecutive skipped steps
     while step < t.steps:
         t0 = time.perf_counter()
         problems, where = rollout_problems(cfg, ps, source, position, index)
@@ -351,6 +358,12 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
             last = step_metrics(cfg, rollout_vals, gap_max, upd, sums, optimizer, scored, step, t0)
             if sums["skipped"]:
                 log.print(f"step {step}: non-finite loss or gradient, update skipped ({optimizer.skipped} so far)")
+            in_a_row = in_a_row + 1 if sums["skipped"] else 0  # the same on every rank (a global norm)
+            if t.max_consecutive_skips and in_a_row >= t.max_consecutive_skips:
+                log.close()
+                raise TrainingError(f"steps {step + 1 - in_a_row}..{step} all had a non-finite loss or gradient "
+                                    f"(train.max_consecutive_skips={t.max_consecutive_skips}); stopped without "
+                                    f"saving. Check the rewards and lower optim.lr, or raise the limit")
             history["reward"].append((step, last.reward))
             if held_out is not None and eval_every and step % eval_every == 0 and step < t.steps:
                 last.heldout_accuracy = evaluate_accuracy(chunks, ps, source, held_out, rl.max_new_tokens)
