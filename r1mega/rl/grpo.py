@@ -41,10 +41,10 @@ from r1mega.rl.prompt_source import PromptSource
 from r1mega.rl import sandbox
 from r1mega.rl.reference import ReferencePolicy
 from r1mega.rl.rewards import code_rewards_in_parallel, reward_terms, total_reward
-from r1mega.train.checkpoint import find_resume_checkpoint, latest_checkpoint, resume_from, save_checkpoint
+from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, lr_at
-from r1mega.train.setup import Run, build_model, finish_run, run_meta, start_run
+from r1mega.train.setup import Run, build_model, finish_run, own_checkpoint, run_meta, start_run
 
 
 # ---- the data of one rollout -----------------------------------------------------------------
@@ -299,7 +299,7 @@ def old_and_reference_logprobs(cfg: Config, ps: ParallelState, chunks, reference
 
 def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     ckpt_root = os.path.join(cfg.train.run_dir, "checkpoints")
-    own = latest_checkpoint(ckpt_root)  # this run's own checkpoint (a restart) wins over train.load
+    own = own_checkpoint(ckpt_root)  # this run's own checkpoint (a restart) wins over train.load
     run = start_run(cfg, lambda c, w: validate_rl(validate_training(c, w, needs_data=False), w, own is not None), own)
     cfg, ps, rl, t = run.cfg, run.ps, run.cfg.rl, run.cfg.train
     sandbox.allow_unsafe(rl.unsafe_code_sandbox)

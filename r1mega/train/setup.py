@@ -38,6 +38,20 @@ class Run:
         return self.ps.rank == 0
 
 
+def own_checkpoint(ckpt_root: str) -> Optional[str]:
+    """The run's own newest checkpoint whose meta.json reads (None for a fresh run); damaged ones
+    are left to the resume rules (r1mega/train/checkpoint.py), which warn and fall back."""
+    from r1mega.train.checkpoint import CheckpointError, find_resume_checkpoint, read_meta
+
+    for path in find_resume_checkpoint(ckpt_root):
+        try:
+            read_meta(path)
+            return path
+        except CheckpointError:
+            continue
+    return None
+
+
 def checkpoint_meta(path: str) -> dict:
     meta_file = os.path.join(path, "meta.json")
     if not os.path.exists(meta_file):

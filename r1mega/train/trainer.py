@@ -24,12 +24,12 @@ from r1mega.models.deepseek_v3.hf_weights import param_slices
 from r1mega.models.deepseek_v3.model import DeepseekV3
 from r1mega.models.deepseek_v3.params import flops_per_token
 from r1mega.parallel.layout import ParallelState
-from r1mega.train.checkpoint import find_resume_checkpoint, latest_checkpoint, resume_from, save_checkpoint
+from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.moe_balance import update_routing_bias
 from r1mega.train.optimizer import DistributedAdamW, lr_at
-from r1mega.train.setup import build_model, finish_run, start_run
+from r1mega.train.setup import build_model, finish_run, own_checkpoint, start_run
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
@@ -108,7 +108,7 @@ def train(cfg: Config, kind: str) -> dict:
     """Run (or resume) a training run. Returns {'final_loss', 'steps', 'losses', 'skipped'}."""
     ckpt_root = os.path.join(cfg.train.run_dir, "checkpoints")
     # ranks joined, the model's shapes taken from the checkpoint if the config has none, validated
-    run = start_run(cfg, validate_training, latest_checkpoint(ckpt_root))
+    run = start_run(cfg, validate_training, own_checkpoint(ckpt_root))
     cfg, ps, world, device = run.cfg, run.ps, run.world, run.device
     t = cfg.train
 
