@@ -200,6 +200,11 @@ class TrainConfig:
     verify_checkpoint: bool = True  # check each loaded piece's CRC32 against the checkpoint's record
     # model keys allowed to differ from the checkpoint's on resume (e.g. [rope_scaling] to extend context)
     allow_arch_change: list[str] = field(default_factory=list)
+    # FP8 linears (DeepSeek-V3's blockwise recipe): none | blockwise
+    fp8: str = "none"
+    fp8_backend: str = "auto"  # auto | emulated | te (auto: Transformer Engine where built and usable)
+    fp8_block: int = 128  # tile length: 1 x block for activations/gradients, block x block for weights
+    fp8_pow2_scales: bool = False  # round scales down to powers of two
 
 
 @dataclass
@@ -572,6 +577,12 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
         need(micro % pp == 0, "data.global_batch_size",
              f"the interleaved schedule needs microbatches per DP rank ({micro}) divisible by pp={pp}")
     need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
+    need(t.fp8 in ("none", "blockwise"), "train.fp8", f"expected none or blockwise, got {t.fp8!r}")
+    need(t.fp8_backend in ("auto", "emulated", "te"), "train.fp8_backend",
+         f"expected auto, emulated or te, got {t.fp8_backend!r}")
+    need(t.fp8_backend != "te", "train.fp8_backend",
+         "the Transformer Engine backend is not built in yet; use auto or emulated")
+    need(t.fp8_block >= 1, "train.fp8_block", f"must be >= 1, got {t.fp8_block}")
     need(cfg.student is None, "student", "training dense students is not supported yet; "
          "`r1mega plan` sizes them and their configs document the distillation recipe")
     need(not needs_data or bool(d.paths) or d.synthetic is not None, "data.paths", "no data: give data.paths or data.synthetic")

@@ -418,26 +418,32 @@ def load_checkpoint(path: str, chunks: torch.nn.ModuleList, optimizer: Optional[
     model_reader = PieceReader(path, "model", verify)
     for chunk in chunks:
         load_weights(chunk, model_reader)
-    if optimizer is not None and "optimizer_step" in meta:  # converted checkpoints hold weights only
-        # fp32 master weights come from "model/", not from the (possibly bf16) parameters
-        readers = {"master": model_reader, **{k: PieceReader(path, k, verify) for k in STATES}}
+    if optimizer is not None:
+        # fp32 master weights come from "model/" (dequantised exactly where the checkpoint holds
+        # FP8 blocks), never from the possibly bf16 parameters. A converted checkpoint has no
+        # optimizer states: fresh moments, and tensors it lacks (an MTP module) keep their init.
+        has_states = "optimizer_step" in meta
+        readers = {"master": model_reader}
+        if has_states:
+            readers.update({k: PieceReader(path, k, verify) for k in STATES})
         states: dict[str, dict[str, torch.Tensor]] = {}
         for c, chunk in enumerate(chunks):
             for spec in param_slices(chunk):
                 if not spec.param.requires_grad:
                     continue
                 entry = states.setdefault(f"{c}.{spec.local_name}",
-                                          {k: torch.zeros(spec.param.shape) for k in readers})
+                                          {k: torch.zeros(spec.param.shape) for k in ("master", *STATES)})
                 key = spec.key
-                if getattr(spec.param, "is_mtp_copy", False) and key not in readers["exp_avg"]:
+                if getattr(spec.param, "is_mtp_copy", False) and any(key not in r for r in readers.values()):
                     key = "model.embed_tokens.weight"
                 for k, reader in readers.items():
-                    t = reader.read(key, spec.full_shape, spec.dim, spec.rank, spec.parts)
+                    if not has_states and key not in reader:
+                        t = spec.local.detach().float().cpu()
+                    else:
+                        t = reader.read(key, spec.full_shape, spec.dim, spec.rank, spec.parts)
                     (entry[k] if spec.index is None else entry[k][spec.index]).copy_(t)
-        optimizer.load_full_states(states, meta["optimizer_step"])
+        optimizer.load_full_states(states, meta["optimizer_step"] if has_states else 0)
         optimizer.skipped = meta.get("skipped_steps", 0)
-    elif optimizer is not None:  # weights only (converted checkpoint): the optimizer starts from them
-        optimizer.reset_from_params()
     rng_file = os.path.join(path, "rng.pt")
     if os.path.exists(rng_file):  # absent in checkpoints made by r1mega-convert
         try:

@@ -8,6 +8,7 @@ A run resumes from the newest checkpoint in <run_dir>/checkpoints (or train.load
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -20,6 +21,8 @@ from r1mega.config import Config, ConfigError, validate_training
 from r1mega.errors import TrainingError
 from r1mega.data.prepare import resolve_data
 from r1mega.data.tokenizer import Tokenizer, check_fits
+from r1mega.kernels import use_backend
+from r1mega.kernels.fp8_backend import fp8_backend
 from r1mega.models.deepseek_v3.hf_weights import param_slices
 from r1mega.models.deepseek_v3.model import DeepseekV3
 from r1mega.models.deepseek_v3.params import flops_per_token
@@ -141,6 +144,11 @@ def train(cfg: Config, kind: str) -> dict:
     tokens_per_step = gbs * cfg.data.seq_length
     flops_step = flops_per_token(cfg.model, cfg.data.seq_length) * tokens_per_step
     peak = t.peak_tflops or (H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
+    # FP8 GEMMs for the linears and routed experts (the head, router, norms, attention core stay high precision)
+    kernels = fp8_backend(t.fp8, t.fp8_backend, t.fp8_block, t.fp8_pow2_scales)
+    if kernels is not None:
+        log.print(f"FP8 {t.fp8} (block {t.fp8_block}{', power-of-2 scales' if t.fp8_pow2_scales else ''}) "
+                  f"through the {kernels.name} backend")
     losses: list[float] = []
     in_a_row, last_saved = 0, resume  # consecutive non-finite steps; newest checkpoint on disk
     chunks.train()
@@ -148,10 +156,11 @@ def train(cfg: Config, kind: str) -> dict:
         t0 = time.perf_counter()
         batch = {k: v.to(device) for k, v in _batch(data, kind, consumed, gbs).items()}
         lr = lr_at(step, t.steps, cfg.optim)
-        res = lm_forward_backward(
-            chunks, ps, batch["input_ids"], batch["labels"], micro, t.mtp_weight,
-            attn_mask=batch.get("attn_mask"), position_ids=batch.get("position_ids"),
-            schedule=t.schedule, balance_alpha=t.balance_alpha, reduce_dp=False)
+        with use_backend(kernels) if kernels is not None else contextlib.nullcontext():
+            res = lm_forward_backward(
+                chunks, ps, batch["input_ids"], batch["labels"], micro, t.mtp_weight,
+                attn_mask=batch.get("attn_mask"), position_ids=batch.get("position_ids"),
+                schedule=t.schedule, balance_alpha=t.balance_alpha, reduce_dp=False)
         if math.isfinite(res.loss):
             grad_norm, skipped = optimizer.step(lr)
         else:
