@@ -5,11 +5,11 @@ holds its own heads / FFN columns. Entering it, activations become whole on ever
 (all-gather of sequence shards under SP, plain copy otherwise); leaving it, partial sums are
 reduced (reduce-scatter to sequence shards under SP, all-reduce otherwise).
 
-Every parameter carries how its gradient must be reduced (`grad_sync.py` reads these tags):
-  - `tp_shard_dim`: sharded over TP along that dim (no TP reduction);
-  - `tp_partial = "region"`: replicated but used inside a TP region, so each rank holds a partial
-    gradient (the router, which sees each TP rank's own slice of the tokens) - all-reduced over TP;
-  - `tp_partial = "stream"`: replicated on the residual stream (norms); partial only under SP.
+Every parameter carries a typed spec (`param_spec.py`) of how it is sharded and how its gradient
+must be reduced: `tp_shard_dim` (sharded over TP, no reduction), `tp_partial="region"` (replicated
+but used inside a TP region, partial gradient all-reduced over TP: the router, which sees each TP
+rank's own slice of the tokens; replicated GQA key/value projections), `tp_partial="stream"`
+(replicated on the residual stream, e.g. norms; partial only under SP).
 """
 from __future__ import annotations
 
@@ -20,12 +20,7 @@ import torch.nn.functional as F
 from r1mega.kernels import linear
 from r1mega.parallel.comm import copy_to_group, gather_seq, reduce_from_group, reduce_scatter_seq
 from r1mega.parallel.layout import ParallelState
-
-
-def tag(param: nn.Parameter, **attrs) -> nn.Parameter:
-    for k, v in attrs.items():
-        setattr(param, k, v)
-    return param
+from r1mega.parallel.param_spec import tag  # noqa: F401  (layers tag what they create)
 
 
 def enter_tp_region(x: torch.Tensor, ps: ParallelState) -> torch.Tensor:
@@ -97,7 +92,7 @@ class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float, where: str):
         super().__init__()
         self.eps = eps
-        self.weight = tag(nn.Parameter(torch.ones(dim)), tp_partial=where)
+        self.weight = tag(nn.Parameter(torch.ones(dim)), tp_partial=where, init="ones")
 
     def forward(self, x):
         dtype = x.dtype

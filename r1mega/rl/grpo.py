@@ -228,14 +228,14 @@ def minibatch_update(run: Run, chunks, optimizer: DistributedAdamW, batch: Train
 # ---- the loop --------------------------------------------------------------------------------
 
 def _tokenizer(cfg: Config) -> Tokenizer:
-    d = resolve_data(cfg.data, "pretrain", cfg.model.vocab_size)  # builds the synthetic corpus if asked
+    d = resolve_data(cfg.data, "pretrain", cfg.active_model.vocab_size)  # builds the synthetic corpus if asked
     path = d.tokenizer or (cfg.train.load if cfg.rl.prompts else None)
     if path is None:
         from r1mega.config import ConfigError
 
         raise ConfigError("data.tokenizer", "GRPO needs a tokenizer: data.tokenizer=DIR or data.synthetic")
     tok = Tokenizer(path)
-    check_fits(tok, cfg.model.vocab_size)
+    check_fits(tok, cfg.active_model.vocab_size)
     return tok
 
 
@@ -271,7 +271,7 @@ def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW,
     the trainer's rules: verified, older ones as fallback) or start from train.load. Returns
     (step, prompt position, rollout index, the checkpoint resumed from or None)."""
     t = cfg.train
-    path, meta = resume_from(candidates, chunks, optimizer, ps, asdict(cfg.model), t.allow_arch_change,
+    path, meta = resume_from(candidates, chunks, optimizer, ps, asdict(cfg.active_model), t.allow_arch_change,
                              t.verify_checkpoint)
     own = path is not None and os.path.abspath(os.path.dirname(os.path.normpath(path))) == os.path.abspath(ckpt_root)
     step, position, index = 0, 0, 0
@@ -308,7 +308,7 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     tok = _tokenizer(cfg)
     source = PromptSource(cfg, tok)
     # checkpoints and their architecture are checked before any weight exists
-    candidates = find_resume_checkpoint(ckpt_root, t.load, asdict(cfg.model), t.allow_arch_change)
+    candidates = find_resume_checkpoint(ckpt_root, t.load, asdict(cfg.active_model), t.allow_arch_change)
     chunks = build_model(cfg, ps, run.device, run.dtype)
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
     reference = (ReferencePolicy(build_model(cfg, ps, run.device, run.dtype), ps, rl.ref_refresh_steps)

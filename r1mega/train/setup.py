@@ -65,10 +65,11 @@ def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> Config:
     starts from (the run's own, else train.load: r1mega-convert import and the trainer record them),
     so a stage config runs on any imported model without restating its architecture."""
     source = own or cfg.train.load
-    if source is None or cfg.model != ModelConfig():
+    if source is None or cfg.student is not None or cfg.model != ModelConfig():
         return cfg
-    saved = checkpoint_meta(source).get("model_config")
-    if saved is None:
+    meta = checkpoint_meta(source)
+    saved = meta.get("model_config")
+    if saved is None or meta.get("family", "deepseek_v3") != "deepseek_v3":
         return cfg
     known = set(ModelConfig.__dataclass_fields__)
     return replace(cfg, model=ModelConfig(**{k: v for k, v in saved.items() if k in known}))
@@ -100,4 +101,7 @@ def finish_run(run: Run) -> None:
 
 def run_meta(cfg: Config, kind: str, **extra) -> dict:
     """What a checkpoint records about the run besides weights (read back by model_from_checkpoint)."""
-    return {"kind": kind, "model_config": asdict(cfg.model), **extra}
+    from r1mega.models.family import family_for
+
+    family, model_cfg = family_for(cfg)
+    return {"kind": kind, "family": family.name, "model_config": asdict(model_cfg), **extra}

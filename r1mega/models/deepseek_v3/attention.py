@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1mega.config import ModelConfig
-from r1mega.models.deepseek_v3.rope import RotaryEmbedding, softmax_scale
+from r1mega.models.rope import RotaryEmbedding, softmax_scale
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.tensor_parallel import (
     ColumnParallelLinear, ReplicatedLinear, RMSNorm, RowParallelLinear, enter_tp_region, leave_tp_region,
