@@ -99,13 +99,14 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer: DistributedAdamW,
+def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer: Optional[DistributedAdamW],
                     ps: ParallelState, meta: dict) -> str:
     """Collective. Returns the published step directory. Refuses (on every rank) to save non-finite
-    values; an existing directory of the same step is moved aside, never overwritten."""
+    values; an existing directory of the same step is moved aside, never overwritten. optimizer
+    None: weights only (e.g. GRPO's reference policy), from the parameters themselves."""
     name = f"step_{step:08d}"
     final, tmp = os.path.join(root, name), os.path.join(root, f".{name}.tmp")
-    states = optimizer.full_states()  # collective over DP groups
+    states = optimizer.full_states() if optimizer is not None else {}  # collective over DP groups
     tensors, pieces = {}, {}
     for c, chunk in enumerate(chunks):
         for spec in chunk.param_slices():
@@ -144,8 +145,9 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
         raise CheckpointError(f"writing {stem}.safetensors failed ({e.strerror}); step {step} was not saved and "
                               f"{os.path.join(root, 'latest')} still names the previous checkpoint") from None
     if ps.rank == 0:
-        meta = {**meta, "step": step, "optimizer_step": optimizer.step_count, "skipped_steps": optimizer.skipped,
-                "layout": {"tp": ps.tp, "pp": ps.pp, "dp": ps.dp, "ep": ps.ep, "etp": ps.etp}}
+        meta = {**meta, "step": step, "layout": {"tp": ps.tp, "pp": ps.pp, "dp": ps.dp, "ep": ps.ep, "etp": ps.etp}}
+        if optimizer is not None:
+            meta.update(optimizer_step=optimizer.step_count, skipped_steps=optimizer.skipped)
         torch.save({"torch": torch.get_rng_state()}, os.path.join(tmp, "rng.pt"))
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump(meta, f, indent=1)
