@@ -265,8 +265,12 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
         if path is not None:
             if not os.path.exists(path):
                 raise ConfigError("--config", f"file not found: {path}")
+            if not os.path.isfile(path):
+                raise ConfigError("--config", f"{path} is not a file (give the YAML file itself)")
             try:
                 loaded = OmegaConf.load(path)
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError("--config", f"{path}: unreadable ({e})") from None
             except yaml.YAMLError as e:
                 mark = getattr(e, "problem_mark", None)
                 where = f"{path}:{mark.line + 1}" if mark is not None else path
@@ -289,6 +293,8 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
 
 def resolve_parallel(par: ParallelConfig, world_size: int) -> ParallelConfig:
     """Fill in dp from the world size, after checking the layout divides it."""
+    if world_size < 1:
+        raise ConfigError("parallel", f"world size must be >= 1, got {world_size}")
     for name in ("tp", "pp", "ep"):
         if getattr(par, name) < 1:
             raise ConfigError(f"parallel.{name}", f"must be >= 1, got {getattr(par, name)}")
@@ -343,8 +349,16 @@ ROPE_SCALING_KEYS = ("type", "rope_type", "factor", "original_max_position_embed
 TOPK_METHODS = ("noaux_tc", "greedy", "group_limited_greedy")
 
 
+# no real model comes near this; a larger value is a typo that would overflow tensor sizes
+MAX_MODEL_DIM = 2 ** 31 - 1
+
+
 def validate_model(m: ModelConfig) -> None:
     """Ranges and enums of the model keys alone (no layout)."""
+    for f in fields(m):
+        v = getattr(m, f.name)
+        if isinstance(v, int) and not isinstance(v, bool):
+            _need(v <= MAX_MODEL_DIM, f"model.{f.name}", f"{v} is beyond any supported size (at most {MAX_MODEL_DIM})")
     _positive(m, "model", "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
               "kv_lora_rank", "qk_rope_head_dim", "v_head_dim", "max_position_embeddings", "rope_theta",
               "rms_norm_eps", "routed_scaling_factor")
@@ -435,6 +449,13 @@ def validate_training(cfg: Config, world_size: int) -> Config:
     need = _need
 
     _at_least(d, "data", 1, "seq_length", "micro_batch_size", "global_batch_size", "synthetic_docs")
+    need(d.seq_length <= m.max_position_embeddings, "data.seq_length",
+         f"{d.seq_length} exceeds model.max_position_embeddings={m.max_position_embeddings}; shorten the "
+         f"sequences or extend the context (model.rope_scaling yarn and a larger max_position_embeddings)")
+    if d.synthetic is not None:  # the built corpus brings its own files: user ones would be ignored
+        for name in ("paths", "tokenizer"):
+            need(not getattr(d, name), f"data.{name}", f"is set together with data.synthetic={d.synthetic}, "
+                 f"which builds its own corpus and tokenizer; set data.synthetic=null to use your {name}")
     if d.synthetic is not None:
         _one_of(d.synthetic, "data.synthetic", ("arithmetic", "addition"))
     if d.weights is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 import zlib
 from dataclasses import asdict
@@ -116,12 +117,24 @@ def train(cfg: Config, kind: str) -> dict:
     dtype = getattr(torch, t.dtype)
 
     # everything a user can get wrong is checked before any weight exists: data, checkpoints, arch
+    for key, path in (("train.run_dir", t.run_dir), ("train.run_dir", os.path.join(t.run_dir, "checkpoints"))):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ConfigError(key, f"{path} exists and is not a directory")
+    if ps.rank == 0 and cfg.optim.warmup_steps > t.steps:
+        print(f"warning: optim.warmup_steps={cfg.optim.warmup_steps} exceeds train.steps={t.steps}: the run ends "
+              f"before the learning rate reaches optim.lr={cfg.optim.lr}", file=sys.stderr, flush=True)
     data = _data(cfg, kind)
     ckpt_root = os.path.join(t.run_dir, "checkpoints")
     model_config = asdict(cfg.model)
     candidates = find_resume_checkpoint(ckpt_root, t.load, model_config, t.allow_arch_change)
 
-    chunks = build_chunks(cfg, ps)
+    try:
+        chunks = build_chunks(cfg, ps)
+    except (RuntimeError, MemoryError) as e:  # e.g. a model too large for this machine
+        if "alloc" not in str(e).lower() and not isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+            raise
+        raise ConfigError("model", f"this rank's share of the model does not fit in memory ({str(e).splitlines()[0]}); "
+                          f"check the model sizes, or size a layout with `r1mega plan`") from None
     init_weights(chunks, cfg.seed)
     place(chunks, device, dtype)
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
