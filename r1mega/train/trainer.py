@@ -21,7 +21,7 @@ import torch.distributed as dist
 from r1mega.config import Config, ConfigError, validate_training
 from r1mega.errors import TrainingError
 from r1mega.data.prepare import resolve_data
-from r1mega.data.tokenizer import Tokenizer
+from r1mega.data.tokenizer import load_tokenizer
 from r1mega.models.deepseek_v3.hf_weights import param_slices
 from r1mega.models.deepseek_v3.model import DeepseekV3
 from r1mega.models.deepseek_v3.params import flops_per_token
@@ -90,7 +90,7 @@ def _data(cfg: Config, kind: str):
     if d.tokenizer is not None:
         if not os.path.exists(d.tokenizer):
             raise ConfigError("data.tokenizer", f"{d.tokenizer}: not found")
-        tok = Tokenizer(d.tokenizer)
+        tok = load_tokenizer(d.tokenizer)
         if tok.vocab_size > cfg.model.vocab_size:
             raise ConfigError("data.tokenizer", f"{d.tokenizer} has {tok.vocab_size} tokens but "
                               f"model.vocab_size is {cfg.model.vocab_size}")
