@@ -80,10 +80,23 @@ class ModelConfig:
                 raise ConfigError(where, f"cannot read: {e.strerror}") from None
             except json.JSONDecodeError as e:
                 raise ConfigError(where, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+        if not isinstance(source, dict):
+            raise ConfigError(where, f"expected a JSON object of model settings, got {type(source).__name__}")
         try:
-            return cls._from_hf_dict(dict(source))
+            cfg = cls._from_hf_dict(dict(source))
         except KeyError as e:
             raise ConfigError(where, f"missing key {e.args[0]!r} that a DeepSeek config must have") from None
+        except (TypeError, ValueError) as e:  # e.g. float("abc") for rope_theta
+            raise ConfigError(where, f"a value has the wrong type ({e})") from None
+        for f in fields(cfg):  # a string where a number belongs would fail deep inside the model
+            v, kind = getattr(cfg, f.name), str(f.type)
+            ok = (v is None and "Optional" in kind) or (
+                isinstance(v, bool) if kind == "bool" else
+                isinstance(v, int) and not isinstance(v, bool) if kind.replace("Optional[", "").startswith("int") else
+                isinstance(v, (int, float)) and not isinstance(v, bool) if kind == "float" else True)
+            if not ok:
+                raise ConfigError(f"{where}: {f.name}", f"expected {kind}, got {v!r}")
+        return cfg
 
     @classmethod
     def _from_hf_dict(cls, hf: dict) -> "ModelConfig":
