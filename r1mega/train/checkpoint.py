@@ -270,6 +270,13 @@ def find_resume_checkpoint(root: str, load: Optional[str] = None, model_config: 
     elif latest_checkpoint(root) is None and load:  # (refuses when `latest` is gone but steps exist)
         if not os.path.isdir(load):
             raise CheckpointError(f"train.load={load}: no such checkpoint directory")
+        if not os.path.exists(os.path.join(load, "meta.json")):  # say what it is instead, when we can tell
+            if os.path.exists(os.path.join(load, "config.json")):
+                raise CheckpointError(f"train.load={load} is a Hugging Face model directory; convert it first: "
+                                      f"r1mega-convert import --hf-dir {load} --out CKPT, then train.load=CKPT")
+            if os.path.isdir(os.path.join(load, "checkpoints")):
+                raise CheckpointError(f"train.load={load} is a run directory; give one of its checkpoints, "
+                                      f"e.g. train.load={os.path.join(load, 'checkpoints', 'step_NNNNNNNN')}")
         candidates = [load]
     return _checked(candidates, model_config, allow_arch_change)
 
