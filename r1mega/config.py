@@ -465,12 +465,11 @@ def validate_training(cfg: Config, world_size: int) -> Config:
     need(d.seq_length <= m.max_position_embeddings, "data.seq_length",
          f"{d.seq_length} exceeds model.max_position_embeddings={m.max_position_embeddings}; shorten the "
          f"sequences or extend the context (model.rope_scaling yarn and a larger max_position_embeddings)")
-    if d.synthetic is not None:  # the built corpus brings its own files: user ones would be ignored
-        for name in ("paths", "tokenizer"):
-            need(not getattr(d, name), f"data.{name}", f"is set together with data.synthetic={d.synthetic}, "
-                 f"which builds its own corpus and tokenizer; set data.synthetic=null to use your {name}")
     if d.synthetic is not None:
         _one_of(d.synthetic, "data.synthetic", ("arithmetic", "addition"))
+        for name in ("paths", "tokenizer"):  # the built corpus brings its own files: yours would be ignored
+            need(not getattr(d, name), f"data.{name}", f"is set together with data.synthetic={d.synthetic}, "
+                 f"which builds its own corpus and tokenizer; set data.synthetic=null to use your {name}")
     if d.weights is not None:
         need(len(d.weights) == len(d.paths), "data.weights",
              f"has {len(d.weights)} entries for {len(d.paths)} data.paths")
