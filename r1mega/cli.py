@@ -4,6 +4,8 @@
     r1mega grpo --config configs/tiny/r1_zero_demo.yaml train.load=CKPT [key=value ...]
     r1mega pretrain --config configs/tiny/pretrain.yaml [key=value ...]
     r1mega sft --config configs/tiny/sft.yaml [key=value ...]
+    r1mega sft --config configs/model/students/qwen2.5_1.5b.yaml --config configs/stage/distillation.yaml
+        train.load=CKPT                  (one command: a student's shapes, then a stage recipe)
     r1mega plan --config configs/model/deepseek_v3_671b.yaml --tp 2 --pp 16 --ep 64 --dp 64 --sp
     torchrun --nproc_per_node N -m r1mega.cli verify-hf --hf-dir DIR --tp T --pp P --ep E
 
@@ -34,7 +36,8 @@ def main(argv=None) -> int:
 
     for kind in ("pretrain", "sft", "grpo"):
         p = sub.add_parser(kind, help=f"{kind} (torchrun for several ranks)")
-        p.add_argument("--config", required=True, help="YAML config")
+        p.add_argument("--config", required=True, action="append",
+                       help="YAML config; repeat to layer files (later ones win), e.g. a student then a stage")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. parallel.tp=2 train.steps=50")
         p.add_argument("--dry-run", action="store_true", help="print the layout and plan; allocate nothing")
         p.add_argument("--world", type=int, default=None, help="ranks for --dry-run (default: tp x pp x dp)")

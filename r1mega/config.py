@@ -67,6 +67,29 @@ class ModelConfig:
             and layer % self.moe_layer_freq == 0
         )
 
+    def to_hf(self) -> dict:
+        """A transformers DeepseekV3 config.json for this model."""
+        m = self
+        rope = {"rope_type": "default", "rope_theta": m.rope_theta} if not m.rope_scaling else \
+            {**m.rope_scaling, "rope_type": m.rope_scaling.get("type", "yarn"), "rope_theta": m.rope_theta}
+        return {
+            "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "vocab_size": m.vocab_size,
+            "hidden_size": m.hidden_size, "intermediate_size": m.intermediate_size,
+            "moe_intermediate_size": m.moe_intermediate_size, "num_hidden_layers": m.num_layers,
+            "num_attention_heads": m.num_heads, "num_key_value_heads": m.num_heads, "q_lora_rank": m.q_lora_rank,
+            "kv_lora_rank": m.kv_lora_rank, "qk_nope_head_dim": m.qk_nope_head_dim,
+            "qk_rope_head_dim": m.qk_rope_head_dim,
+            "v_head_dim": m.v_head_dim, "n_routed_experts": m.n_routed_experts, "n_shared_experts": m.n_shared_experts,
+            "num_experts_per_tok": m.num_experts_per_tok, "n_group": m.n_group, "topk_group": m.topk_group,
+            "topk_method": m.topk_method, "scoring_func": m.scoring_func, "norm_topk_prob": m.norm_topk_prob,
+            "routed_scaling_factor": m.routed_scaling_factor, "first_k_dense_replace": m.first_k_dense_replace,
+            "moe_layer_freq": m.moe_layer_freq, "rms_norm_eps": m.rms_norm_eps, "rope_parameters": rope,
+            "rope_interleave": m.rope_interleave, "max_position_embeddings": m.max_position_embeddings,
+            "attention_bias": m.attention_bias, "num_nextn_predict_layers": m.num_mtp_layers,
+            "tie_word_embeddings": m.tie_word_embeddings, "hidden_act": m.hidden_act,
+            "initializer_range": m.initializer_range, "bos_token_id": 0, "eos_token_id": 1,
+        }
+
     @classmethod
     def from_hf(cls, source: str | dict) -> "ModelConfig":
         """Read a Hugging Face DeepSeek-V3/R1/V2(-Lite) `config.json` (path, directory or dict)."""
@@ -213,11 +236,17 @@ class TrainConfig:
     verify_checkpoint: bool = True  # check each loaded piece's CRC32 against the checkpoint's record
     # model keys allowed to differ from the checkpoint's on resume (e.g. [rope_scaling] to extend context)
     allow_arch_change: list[str] = field(default_factory=list)
+    # FP8 linears (DeepSeek-V3's blockwise recipe): none | blockwise
+    fp8: str = "none"
+    fp8_backend: str = "auto"  # auto | emulated | te (auto: Transformer Engine where built and usable)
+    fp8_block: int = 128  # tile length: 1 x block for activations/gradients, block x block for weights
+    fp8_pow2_scales: bool = False  # round scales down to powers of two
 
 
 @dataclass
 class DenseConfig:
-    """A dense student (Qwen2/Qwen2.5, Llama 3) for R1 distillation: GQA attention + SwiGLU FFN."""
+    """A dense student (Qwen2/Qwen2.5, Llama 3) for R1 distillation: GQA attention + SwiGLU FFN.
+    A config with a `student:` section trains, generates and converts this model instead of `model:`."""
 
     arch: str = "qwen2"  # qwen2 | llama
     vocab_size: int = 151936
@@ -228,10 +257,82 @@ class DenseConfig:
     num_kv_heads: int = 2
     head_dim: Optional[int] = None  # default hidden_size // num_heads
     qkv_bias: bool = True  # Qwen2 has q/k/v biases, Llama none
+    o_bias: bool = False  # Llama's attention_bias=true also gives o_proj a bias
     tie_word_embeddings: bool = False
     rope_theta: float = 1000000.0
+    rope_scaling: Optional[dict[str, Any]] = None  # {"rope_type": "llama3"|"yarn"|"linear", ...} or null
     rms_norm_eps: float = 1e-6
     max_position_embeddings: int = 32768
+    hidden_act: str = "silu"
+    initializer_range: float = 0.02
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_hf(cls, source: str | dict) -> "DenseConfig":
+        """Read a Hugging Face Qwen2/Qwen2.5 or Llama `config.json` (path, directory or dict)."""
+        where = "config.json"
+        if isinstance(source, str):
+            where = os.path.join(source, "config.json") if os.path.isdir(source) else source
+            try:
+                with open(where) as f:
+                    source = json.load(f)
+            except OSError as e:
+                raise ConfigError(where, f"cannot read: {e.strerror}") from None
+            except json.JSONDecodeError as e:
+                raise ConfigError(where, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+        try:
+            return cls._from_hf_dict(dict(source))
+        except KeyError as e:
+            raise ConfigError(where, f"missing key {e.args[0]!r} that a Qwen2/Llama config must have") from None
+
+    @classmethod
+    def _from_hf_dict(cls, hf: dict) -> "DenseConfig":
+        arch = hf.get("model_type")
+        if arch not in ("qwen2", "llama"):
+            raise ConfigError("model_type", f"expected qwen2 or llama for a dense student, got {arch!r}")
+        if hf.get("use_sliding_window"):
+            raise ConfigError("use_sliding_window", "sliding-window attention is not supported for students")
+        if hf.get("mlp_bias"):
+            raise ConfigError("mlp_bias", "MLP biases are not supported for students")
+        rope = hf.get("rope_scaling") or hf.get("rope_parameters")
+        theta = hf.get("rope_theta", (rope or {}).get("rope_theta", 10000.0))
+        if rope is not None:
+            rope = {k: v for k, v in rope.items() if k != "rope_theta"}
+            kind = rope.get("rope_type", rope.get("type", "default"))
+            rope = None if kind == "default" else {**rope, "rope_type": kind}
+        heads = hf["num_attention_heads"]
+        bias = bool(hf.get("attention_bias", False))
+        head_dim = hf.get("head_dim")
+        if head_dim == hf["hidden_size"] // heads:
+            head_dim = None  # the default, spelled out: keep configs comparable (checkpoint arch check)
+        return cls(
+            arch=arch, vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"], num_heads=heads,
+            num_kv_heads=hf.get("num_key_value_heads") or heads, head_dim=head_dim,
+            qkv_bias=True if arch == "qwen2" else bias, o_bias=arch == "llama" and bias,
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)), rope_theta=float(theta),
+            rope_scaling=rope, rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            max_position_embeddings=hf.get("max_position_embeddings", 32768),
+            hidden_act=hf.get("hidden_act", "silu"), initializer_range=hf.get("initializer_range", 0.02))
+
+    def to_hf(self) -> dict:
+        """A transformers Qwen2/Llama config.json for this student."""
+        rope = {"rope_type": "default", "rope_theta": self.rope_theta} if not self.rope_scaling else \
+            {**self.rope_scaling, "rope_theta": self.rope_theta}
+        cls = {"qwen2": "Qwen2", "llama": "Llama"}[self.arch]
+        out = {"architectures": [f"{cls}ForCausalLM"], "model_type": self.arch, "vocab_size": self.vocab_size,
+               "hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,
+               "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
+               "num_key_value_heads": self.num_kv_heads, "head_dim": self.head_size,
+               "tie_word_embeddings": self.tie_word_embeddings, "rope_parameters": rope,
+               "rms_norm_eps": self.rms_norm_eps, "max_position_embeddings": self.max_position_embeddings,
+               "hidden_act": self.hidden_act, "initializer_range": self.initializer_range}
+        if self.arch == "llama":
+            out["attention_bias"] = self.o_bias
+        return out
 
 
 @dataclass
@@ -269,13 +370,20 @@ class Config:
     rl: RLConfig = field(default_factory=RLConfig)
     seed: int = 1234
 
+    @property
+    def active_model(self):
+        """The model being trained: the dense student when `student:` is set, else `model:`."""
+        return self.student if self.student is not None else self.model
 
-def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
-    """YAML file (optional) + dotted overrides -> typed Config. Unknown keys and bad types raise ConfigError."""
+
+def load_config(path: Optional[str | list[str]] = None, overrides: Optional[list[str]] = None) -> Config:
+    """YAML file(s) (optional; later files override earlier ones, e.g. a student's shapes then a stage
+    recipe) + dotted overrides -> typed Config. Unknown keys and bad types raise ConfigError."""
     schema = OmegaConf.structured(Config)
+    paths = [path] if isinstance(path, str) else list(path or [])
     try:
         merged = schema
-        if path is not None:
+        for path in paths:
             if not os.path.exists(path):
                 raise ConfigError("--config", f"file not found: {path}")
             if not os.path.isfile(path):
@@ -404,6 +512,39 @@ def validate_model(m: ModelConfig) -> None:
               f"must be >= 1 for a model with routed experts, got {m.num_experts_per_tok}")
 
 
+def validate_student(s: DenseConfig, par: ParallelConfig) -> None:
+    """A dense student x layout. KV heads need not divide tp: they are then replicated over TP."""
+    need = _need
+
+    need(s.arch in ("qwen2", "llama"), "student.arch", f"expected qwen2 or llama, got {s.arch!r}")
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
+        need(getattr(s, key) > 0, f"student.{key}", f"must be > 0, got {getattr(s, key)}")
+    need(s.num_heads % s.num_kv_heads == 0, "student.num_kv_heads",
+         f"{s.num_heads} attention heads do not split into groups of {s.num_kv_heads} KV heads")
+    need(s.head_size % 2 == 0, "student.head_dim", f"rotary dimension must be even, got {s.head_size}")
+    need(s.num_heads % par.tp == 0, "student.num_heads",
+         f"{s.num_heads} attention heads are not divisible by parallel.tp={par.tp}")
+    need(s.vocab_size % par.tp == 0, "student.vocab_size",
+         f"vocab_size {s.vocab_size} is not divisible by parallel.tp={par.tp}")
+    need(s.intermediate_size % par.tp == 0, "student.intermediate_size",
+         f"{s.intermediate_size} is not divisible by parallel.tp={par.tp}")
+    need(s.num_layers >= par.pp, "parallel.pp",
+         f"{s.num_layers} layers cannot fill {par.pp} pipeline stages (student.num_layers < parallel.pp)")
+    if par.pp_layers is not None:
+        need(len(par.pp_layers) == par.pp and all(n >= 1 for n in par.pp_layers)
+             and sum(par.pp_layers) == s.num_layers, "parallel.pp_layers",
+             f"{par.pp_layers} must give each of {par.pp} stages >= 1 layer, {s.num_layers} in all")
+    need(par.ep == 1 and par.expert_tp in (1, par.tp), "parallel.ep", "a dense student has no experts to shard")
+    need(s.hidden_act == "silu", "student.hidden_act", f"only silu is supported, got {s.hidden_act!r}")
+    if s.arch == "qwen2":
+        need(s.qkv_bias and not s.o_bias, "student.qkv_bias", "Qwen2 has q/k/v biases and no o_proj bias")
+    else:
+        need(s.qkv_bias == s.o_bias, "student.o_bias", "Llama's attention_bias sets q/k/v and o_proj biases together")
+    kind = (s.rope_scaling or {}).get("rope_type", (s.rope_scaling or {}).get("type", "default"))
+    need(kind in ("default", "linear", "llama3", "yarn"), "student.rope_scaling",
+         f"unsupported rope type {kind!r} (default, linear, llama3, yarn)")
+
+
 def validate(cfg: Config, world_size: int) -> Config:
     """Cross-field checks of model x layout. Raises ConfigError naming the key; allocates nothing."""
     validate_model(cfg.model)
@@ -411,6 +552,11 @@ def validate(cfg: Config, world_size: int) -> Config:
     tp, pp, ep, etp = par.tp, par.pp, par.ep, par.expert_tp
     need = _need
     _need(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
+
+    if cfg.student is not None:
+        validate_student(cfg.student, par)
+        cfg.parallel = par
+        return cfg
     need(m.num_heads % tp == 0, "model.num_heads",
          f"{m.num_heads} attention heads are not divisible by parallel.tp={tp}")
     need(m.vocab_size % tp == 0, "model.vocab_size",
@@ -457,14 +603,15 @@ def validate(cfg: Config, world_size: int) -> Config:
 def validate_training(cfg: Config, world_size: int) -> Config:
     """validate() plus the batch / schedule / data / optimizer rules of a training run."""
     cfg = validate(cfg, world_size)
-    m, par, d, t, o = cfg.model, cfg.parallel, cfg.data, cfg.train, cfg.optim
+    par, d, t, o = cfg.parallel, cfg.data, cfg.train, cfg.optim
     tp, pp = par.tp, par.pp
     need = _need
 
     _at_least(d, "data", 1, "seq_length", "micro_batch_size", "global_batch_size", "synthetic_docs")
-    need(d.seq_length <= m.max_position_embeddings, "data.seq_length",
-         f"{d.seq_length} exceeds model.max_position_embeddings={m.max_position_embeddings}; shorten the "
-         f"sequences or extend the context (model.rope_scaling yarn and a larger max_position_embeddings)")
+    active, section = cfg.active_model, "student" if cfg.student is not None else "model"
+    need(d.seq_length <= active.max_position_embeddings, "data.seq_length",
+         f"{d.seq_length} exceeds {section}.max_position_embeddings={active.max_position_embeddings}; shorten "
+         f"the sequences or extend the context (rope scaling and a larger max_position_embeddings)")
     if d.synthetic is not None:
         _one_of(d.synthetic, "data.synthetic", ("arithmetic", "addition"))
         for name in ("paths", "tokenizer"):  # the built corpus brings its own files: yours would be ignored
@@ -500,8 +647,8 @@ def validate_training(cfg: Config, world_size: int) -> Config:
     if t.virtual_stages > 1:
         need(t.schedule in ("interleaved", "gpipe"), "train.schedule",
              "virtual_stages > 1 needs the interleaved (or gpipe) schedule")
-        need(m.num_layers >= pp * t.virtual_stages, "train.virtual_stages",
-             f"{m.num_layers} layers cannot fill pp x virtual_stages = {pp * t.virtual_stages} stages")
+        need(cfg.active_model.num_layers >= pp * t.virtual_stages, "train.virtual_stages",
+             f"{cfg.active_model.num_layers} layers cannot fill pp x virtual_stages = {pp * t.virtual_stages} stages")
     need(t.dtype in ("float32", "bfloat16"), "train.dtype", f"expected float32 or bfloat16, got {t.dtype!r}")
     per_step = par.dp * d.micro_batch_size
     need(d.global_batch_size % per_step == 0, "data.global_batch_size",
@@ -514,7 +661,11 @@ def validate_training(cfg: Config, world_size: int) -> Config:
         need(micro % pp == 0, "data.global_batch_size",
              f"the interleaved schedule needs microbatches per DP rank ({micro}) divisible by pp={pp}")
     need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
-    need(cfg.student is None, "student", "training dense students is not supported yet; "
-         "`r1mega plan` sizes them and their configs document the distillation recipe")
+    need(t.fp8 in ("none", "blockwise"), "train.fp8", f"expected none or blockwise, got {t.fp8!r}")
+    need(t.fp8_backend in ("auto", "emulated", "te"), "train.fp8_backend",
+         f"expected auto, emulated or te, got {t.fp8_backend!r}")
+    need(t.fp8_backend != "te", "train.fp8_backend",
+         "the Transformer Engine backend is not built in yet; use auto or emulated")
+    need(t.fp8_block >= 1, "train.fp8_block", f"must be >= 1, got {t.fp8_block}")
     need(bool(d.paths) or d.synthetic is not None, "data.paths", "no data: give data.paths or data.synthetic")
     return cfg

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from r1mega.config import Config, validate
 from r1mega.parallel.layout import attention_dims, expert_dims, rank_groups
-from r1mega.plan import check_sizes, fits, make_plan, print_plan
+from r1mega.plan import check_sizes, fits, plan_for, print_plan
 
 
 def dry_run(cfg: Config, world: int, gpu_mem: float = 80.0) -> int:
     check_sizes(world=world, gpu_mem=gpu_mem)
     cfg = validate(cfg, world)
     p = cfg.parallel
-    print(f"dry run: {world} ranks, model {cfg.model.num_layers} layers / {cfg.model.n_routed_experts} experts")
+    m = cfg.active_model
+    print(f"dry run: {world} ranks, model {m.num_layers} layers / {getattr(m, 'n_routed_experts', 0)} experts")
     for name, dims in (("tp", attention_dims(p)), ("dp", attention_dims(p)), ("pp", attention_dims(p)),
                        ("ep", expert_dims(p)), ("etp", expert_dims(p)), ("edp", expert_dims(p))):
         groups = rank_groups(dims, name)
         print(f"  {name:<4} {len(groups):>5} groups of {len(groups[0]):>4}; rank 0's: {groups[0][:8]}"
               + (" ..." if len(groups[0]) > 8 else ""))
-    plan = make_plan(cfg, world, cfg.data.micro_batch_size, cfg.data.seq_length, cfg.data.global_batch_size)
+    plan = plan_for(cfg, world, cfg.data.micro_batch_size, cfg.data.seq_length, cfg.data.global_batch_size)
     print_plan(plan, gpu_mem)
     overflow = fits(plan, gpu_mem)
     print(overflow or f"fits in {gpu_mem:g} GiB per GPU")

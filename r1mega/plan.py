@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from r1mega.config import Config, ConfigError, ModelConfig, ParallelConfig, load_config, validate
-from r1mega.models.deepseek_v3.model import stage_layers
-from r1mega.models.deepseek_v3.params import attention_params, count_params, dense_params, layer_params
+from r1mega.models.family import family_for
+from r1mega.models.stage import stage_layers
 
 GiB = 1024 ** 3
 
@@ -49,6 +49,8 @@ class Plan:
 
 def _stage_params(m: ModelConfig, p: ParallelConfig, stage: int) -> tuple[float, float]:
     """(dense params, expert params) held by one GPU of pipeline stage `stage`."""
+    from r1mega.models.deepseek_v3.params import attention_params, layer_params
+
     D, V = m.hidden_size, m.vocab_size
     dense = expert = 0.0
     layers = list(stage_layers(m.num_layers, p.pp, stage, p.pp_layers))
@@ -99,7 +101,7 @@ def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch:
               weight_bytes: int = 2, rollout_batch: int = 0, rollout_len: int = 0) -> Plan:
     cfg = validate(cfg, world)
     m, p = cfg.model, cfg.parallel
-    counts = count_params(m)
+    counts = family_for(cfg)[0].count_params(m)
     edp = p.tp * p.dp // (p.expert_tp * p.ep)
     gbs = global_batch or micro_batch * p.dp
     micro_per_rank = max(gbs // (micro_batch * p.dp), 1)
@@ -150,22 +152,22 @@ def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch:
 
 
 def make_dense_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch: Optional[int] = None,
-                    weight_bytes: int = 2) -> Plan:
-    """The same accounting for a dense student (GQA attention, SwiGLU), layers split evenly over pp."""
+                    weight_bytes: int = 2, rollout_batch: int = 0, rollout_len: int = 0) -> Plan:
+    """The same accounting for a dense student (GQA attention, SwiGLU), layers split evenly over pp.
+    KV heads that do not split over tp are replicated (k/v projections and cache held whole per rank)."""
+    cfg = validate(cfg, world)
     s, p = cfg.student, cfg.parallel
-    if p.dp is None:
-        p.dp = world // (p.tp * p.pp)
-    if s.num_heads % p.tp or s.num_kv_heads % p.tp and p.tp % s.num_kv_heads:
-        raise ConfigError("parallel.tp", f"{s.num_heads} heads / {s.num_kv_heads} KV heads do not split over tp={p.tp}")
-    if p.tp * p.pp * p.dp != world:
-        raise ConfigError("parallel.dp", f"world size {world} != tp x pp x dp = {p.tp} x {p.pp} x {p.dp}")
-    counts = dense_params(s)
+    family = family_for(cfg)[0]
+    counts = family.count_params(s)
     layers = -(-s.num_layers // p.pp)
     emb = s.vocab_size * s.hidden_size
-    held = layers * counts["per_layer"] / p.tp + emb / p.tp  # worst stage: its layers + embedding or head
+    D, hd = s.hidden_size, s.head_size
+    kv_split = s.num_kv_heads % p.tp == 0
+    kv_weights = 2 * D * s.num_kv_heads * hd
+    per_layer_held = counts["per_layer"] / p.tp + (0 if kv_split else kv_weights * (1 - 1 / p.tp))
+    held = layers * per_layer_held + emb / p.tp  # worst stage: its layers + embedding or head
     gbs = global_batch or micro_batch * p.dp
     micro_per_rank = max(gbs // (micro_batch * p.dp), 1)
-    D, hd = s.hidden_size, s.head_dim or s.hidden_size // s.num_heads
     tokens = micro_batch * seq
     per_layer = tokens * (4 * D + D + (s.num_heads + 2 * s.num_kv_heads) * hd / p.tp * 2
                           + (D + 3 * s.intermediate_size / p.tp))
@@ -178,7 +180,21 @@ def make_dense_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_
     act = tokens * D * weight_bytes
     plan.comm = {"tp": 8 * act * ring(p.tp) * layers * micro_per_rank, "ep": 0.0,
                  "pp": 2 * act * micro_per_rank if p.pp > 1 else 0.0, "dp": 2 * weight_bytes * held * ring(p.dp)}
+    if rollout_batch and rollout_len:  # per-head K and V of the KV heads a rank attends with
+        lh, group = s.num_heads // p.tp, s.num_heads // s.num_kv_heads
+        kv_local = max((r * lh + lh - 1) // group - (r * lh) // group + 1 for r in range(p.tp))
+        n = rollout_batch * rollout_len * layers * weight_bytes / p.dp
+        plan.kv_cache = {"gqa_heads": n * 2 * kv_local * hd}
     return plan
+
+
+PLANNERS = {"deepseek_v3": make_plan, "dense": make_dense_plan}  # by model family
+
+
+def plan_for(cfg: Config, world: int, micro_batch: int, seq: int, global_batch: Optional[int] = None,
+             **kw) -> Plan:
+    """The plan of the config's model family."""
+    return PLANNERS[family_for(cfg)[0].name](cfg, world, micro_batch, seq, global_batch, **kw)
 
 
 def fits(plan: Plan, gpu_mem_gib: float) -> Optional[str]:
@@ -284,11 +300,8 @@ def run(args: argparse.Namespace) -> int:
     cfg.parallel = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=etp, dp=args.dp,
                                   sp=args.sp or cfg.parallel.sp, pp_layers=cfg.parallel.pp_layers)
     world = args.tp * args.pp * args.dp
-    if cfg.student is not None:
-        plan = make_dense_plan(cfg, world, args.micro_batch, args.seq_length, args.global_batch)
-    else:
-        plan = make_plan(cfg, world, args.micro_batch, args.seq_length, args.global_batch,
-                         rollout_batch=args.rollout_batch, rollout_len=args.rollout_len)
+    plan = plan_for(cfg, world, args.micro_batch, args.seq_length, args.global_batch,
+                    rollout_batch=args.rollout_batch, rollout_len=args.rollout_len)
     print_plan(plan, args.gpu_mem)
     overflow = fits(plan, args.gpu_mem)
     if overflow:

@@ -1,4 +1,5 @@
 """`r1mega verify-hf`: load an HF checkpoint under a layout and compare with transformers.
+Any model family: DeepSeek-V3/V2 or a dense Qwen2/Llama student, chosen by config.json's model_type.
 
     torchrun --nproc_per_node N -m r1mega.cli verify-hf --hf-dir DIR --tp T --pp P --ep E
 
@@ -14,9 +15,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from r1mega.config import Config, ModelConfig, ParallelConfig, validate
-from r1mega.models.deepseek_v3.hf_weights import load_hf_weights
-from r1mega.models.deepseek_v3.model import DeepseekV3
+from r1mega.config import ParallelConfig, validate
+from r1mega.models.family import build_config, family_for_hf
+from r1mega.models.weights import load_hf_weights, load_weights
 from r1mega.parallel.layout import build_parallel_state, default_device, join_ranks, single_process_state
 from r1mega.parallel.vocab_parallel import gather_vocab
 from r1mega.train.lm_step import lm_forward_backward
@@ -35,6 +36,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=0, help="global batch (default: dp)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tol", type=float, default=1e-4, help="max |logit diff| allowed (float32)")
+    p.add_argument("--grad-tol", type=float, default=1e-4,
+                   help="max |grad diff| / max |grad| allowed per tensor (float32); negative: skip gradients")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
 
 
@@ -42,12 +45,45 @@ def _report(msg: str) -> None:
     print(msg, flush=True)
 
 
+def hf_param_grads(model) -> dict[str, torch.Tensor]:
+    """transformers' gradients under checkpoint names (its fused expert tensors split per expert)."""
+    out = {}
+    for name, p in model.named_parameters():
+        if p.grad is None:
+            continue
+        g = p.grad.float()
+        if name.endswith("mlp.experts.gate_up_proj"):
+            base = name[: -len("gate_up_proj")]
+            gate, up = g.chunk(2, dim=1)
+            for e in range(g.shape[0]):
+                out[f"{base}{e}.gate_proj.weight"], out[f"{base}{e}.up_proj.weight"] = gate[e], up[e]
+        elif name.endswith("mlp.experts.down_proj"):
+            base = name[: -len("down_proj")]
+            for e in range(g.shape[0]):
+                out[f"{base}{e}.down_proj.weight"] = g[e]
+        else:
+            out[name] = g
+    return out
+
+
+def grad_diff(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> tuple[float, str]:
+    """Worst relative difference over transformers' parameters (a missing gradient counts as 1)."""
+    worst, where = 0.0, "-"
+    for name, g in ref.items():
+        rel = 1.0 if name not in ours or ours[name].shape != g.shape else \
+            float((ours[name] - g).abs().max() / g.abs().max().clamp(min=1e-12))
+        if rel > worst:
+            worst, where = rel, name
+    return worst, where
+
+
 def run(args: argparse.Namespace) -> int:
     distributed, owns_group, world = join_ranks()
     rank = dist.get_rank() if distributed else 0
     dtype = getattr(torch, args.dtype)
     par = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, sp=args.sp)
-    cfg = validate(Config(model=ModelConfig.from_hf(args.hf_dir), parallel=par), world)
+    family, model_cfg = family_for_hf(args.hf_dir)
+    cfg = validate(build_config(model_cfg, par), world)
     ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
     batch = args.batch_size or ps.dp
     if rank == 0:
@@ -55,9 +91,8 @@ def run(args: argparse.Namespace) -> int:
                 f"etp={ps.etp} dp={ps.dp} sp={ps.sp}; batch {batch} x {args.seq_length} tokens, {args.dtype}")
 
     device = default_device()
-    model = DeepseekV3(cfg.model, ps, cfg.parallel.pp_layers).to(device=device, dtype=dtype)
+    model = family.build_stage(cfg.active_model, ps, cfg.parallel.pp_layers).to(device=device, dtype=dtype)
     if args.ckpt:
-        from r1mega.models.deepseek_v3.hf_weights import load_weights
         from r1mega.train.checkpoint import PieceReader
 
         report = load_weights(model, PieceReader(args.ckpt, "model"))
@@ -67,11 +102,17 @@ def run(args: argparse.Namespace) -> int:
         _report(f"note: the checkpoint has no MTP layer; {len(report.kept_init)} MTP tensors keep their init")
 
     g = torch.Generator().manual_seed(args.seed)
-    ids = torch.randint(0, cfg.model.vocab_size, (batch, args.seq_length), generator=g).to(device)
+    ids = torch.randint(0, cfg.active_model.vocab_size, (batch, args.seq_length), generator=g).to(device)
     labels = torch.full_like(ids, -100)
     labels[:, :-1] = ids[:, 1:]
     with torch.no_grad():
         step = lm_forward_backward(model, ps, ids, labels, forward_only=True)
+    grads = None
+    if args.grad_tol >= 0:
+        lm_forward_backward(model, ps, ids, labels)
+        full = family.gather_full(model, grads=True)  # collective over the stage's groups
+        if ps.r("tp") == 0 and ps.r("dp") == 0:  # one copy per pipeline stage goes to rank 0
+            grads = {k: v.float().cpu() for k, v in full.items()}
     mine = None
     if ps.is_last_stage:
         mine = gather_vocab(step.logits[0], ps.g("tp")).transpose(0, 1).float().cpu()
@@ -79,23 +120,31 @@ def run(args: argparse.Namespace) -> int:
     rows = (ps.r("dp"), mine) if ps.is_last_stage and ps.r("tp") == 0 else None
     if distributed:
         gathered = [None] * world if rank == 0 else None
-        dist.gather_object(rows, gathered, dst=0)
+        dist.gather_object((rows, grads), gathered, dst=0)
     else:
-        gathered = [rows]
+        gathered = [(rows, grads)]
 
     failed = torch.zeros(1, device=device)
     if rank == 0:
-        parts = dict(r for r in gathered if r is not None)
+        parts = dict(r for r, _ in gathered if r is not None)
         ours = torch.cat([parts[d] for d in sorted(parts)])
+        our_grads = {}
+        for _, g in gathered:
+            our_grads.update(g or {})
         from transformers import AutoModelForCausalLM  # only rank 0 pays for the import
 
         hf = AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=dtype).eval()
-        with torch.no_grad():
-            ref = hf(ids.cpu()).logits.float()
-        ref_loss = F.cross_entropy(ref.flatten(0, 1), labels.cpu().flatten(), ignore_index=-100).item()
-        diff = (ours - ref).abs().max().item()
+        ref = hf(ids.cpu()).logits.float()
+        loss = F.cross_entropy(ref.flatten(0, 1), labels.cpu().flatten(), ignore_index=-100)
+        ref_loss = loss.item()
+        diff = (ours - ref.detach()).abs().max().item()
         _report(f"loss r1mega={step.loss:.6f} transformers={ref_loss:.6f} loss_diff={abs(step.loss - ref_loss):.3e}")
         ok = diff <= args.tol
+        if args.grad_tol >= 0:
+            loss.backward()
+            worst, name = grad_diff(our_grads, hf_param_grads(hf))
+            _report(f"gradients: worst {name} max_abs_diff/max_abs_grad={worst:.3e}")
+            ok = ok and worst <= args.grad_tol
         _report(f"{'PASS' if ok else 'FAIL'}: tolerance {args.tol:g}")
         _report(f"max_abs_logit_diff={diff:.6e}")
         failed[0] = 0 if ok else 1

@@ -100,7 +100,6 @@ def test_bad_layout_fails_before_any_weight_is_allocated(tmp_path, monkeypatch):
         raise AssertionError("model was built before the layout was validated")
 
     monkeypatch.setattr(model_module.DeepseekV3, "__init__", no_allocation)
-    monkeypatch.setattr(verify_hf, "DeepseekV3", model_module.DeepseekV3)
     parser = argparse.ArgumentParser()
     verify_hf.add_args(parser)
     with pytest.raises(ConfigError, match="world size 1 is not divisible by tp x pp = 3 x 1"):

@@ -21,8 +21,8 @@ def reference_params(ids, labels):
     named = list(chunks.named_parameters())
     initial = {n: p.detach().clone() for n, p in named}
     opt = torch.optim.AdamW([
-        {"params": [p for n, p in named if decays(n, p)], "weight_decay": 0.1},
-        {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
+        {"params": [p for n, p in named if decays(p)], "weight_decay": 0.1},
+        {"params": [p for n, p in named if not decays(p)], "weight_decay": 0.0},
     ], lr=1e-2, betas=(0.9, 0.95), eps=EPS)
     norms = []
     for _ in range(STEPS):

@@ -10,7 +10,8 @@ import torch
 from r1mega import cli
 from r1mega.config import Config, ModelConfig, ParallelConfig, load_config
 from r1mega.models.deepseek_v3.model import DeepseekV3
-from r1mega.models.deepseek_v3.params import count_params, dense_params
+from r1mega.models.deepseek_v3.params import count_params
+from r1mega.models.dense.params import count_params as dense_params
 from r1mega.parallel.layout import single_process_state
 from r1mega.plan import GiB, fits, make_plan, search
 

@@ -693,7 +693,10 @@ def test_seccomp_numbers_match_libseccomp():
     lib.seccomp_syscall_resolve_name_arch.argtypes = [ctypes.c_uint32, ctypes.c_char_p]
     for machine, (arch, table) in sc._ARCHES.items():
         for name, nr in table.items():
-            assert lib.seccomp_syscall_resolve_name_arch(arch, name.encode()) == nr, (machine, name)
+            got = lib.seccomp_syscall_resolve_name_arch(arch, name.encode())
+            if got < 0 and nr >= 457:  # statmount and later: newer than an older libseccomp knows
+                continue
+            assert got == nr, (machine, name)
 
 
 ID_PATHS = """

@@ -32,12 +32,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from r1mega.config import ModelConfig
+from r1mega.config import ConfigError
 from r1mega.errors import R1MegaError, debug_requested, run_command
-from r1mega.models.deepseek_v3.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
+from r1mega.models.family import family_for_hf, family_from_meta
+from r1mega.models.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
 from r1mega.train.checkpoint import PieceReader, crc32, read_meta
-
-DENSE_TYPES = ("qwen2", "llama")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                    "generation_config.json")
 
@@ -49,37 +48,24 @@ class ConvertError(R1MegaError):
 # ---- what the config says the checkpoint must hold -------------------------------------------
 
 def expected_tensors(hf_config: dict) -> dict[str, tuple[int, ...]]:
-    """Checkpoint name -> shape, from the config alone (models built on the meta device)."""
-    kind = hf_config.get("model_type")
-    if kind in ("deepseek_v3", "deepseek_v2"):
-        from r1mega.models.deepseek_v3.hf_weights import param_slices
-        from r1mega.models.deepseek_v3.model import DeepseekV3
-        from r1mega.parallel.layout import single_process_state
+    """Checkpoint name -> shape, from the config alone (the family's model built on the meta device)."""
+    from r1mega.parallel.layout import single_process_state
 
-        cfg = ModelConfig.from_hf(hf_config)
-        with torch.device("meta"):
-            model = DeepseekV3(cfg, single_process_state())
-        return {s.key: s.full_shape for s in param_slices(model)}
-    if kind in DENSE_TYPES:
-        import transformers
-
-        cls = {"qwen2": "Qwen2", "llama": "Llama"}[kind]
-        conf = getattr(transformers, f"{cls}Config")(**{k: v for k, v in hf_config.items()
-                                                        if k not in ("architectures", "model_type")})
-        with torch.device("meta"):
-            model = getattr(transformers, f"{cls}ForCausalLM")(conf)
-        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        if conf.tie_word_embeddings:
-            shapes.pop("lm_head.weight", None)
-        return shapes
-    raise ConvertError(f"config.json: model_type {kind!r} is not one of deepseek_v3, deepseek_v2, qwen2, llama")
+    try:
+        family, model_cfg = family_for_hf(hf_config)
+    except ConfigError as e:
+        raise ConvertError(f"config.json: {e}") from None
+    with torch.device("meta"):
+        model = family.build_stage(model_cfg, single_process_state())
+    return {s.key: s.full_shape for s in model.param_slices()}
 
 
 def optional_tensor(key: str, hf_config: dict) -> bool:
     """Present in real checkpoints but not needed by the model (checked by shape where known)."""
     n = hf_config.get("num_hidden_layers")
     mtp = f"model.layers.{n}." if n is not None else None
-    return (key.endswith("_scale_inv") or key.endswith("rotary_emb.inv_freq")
+    tied_head = key == "lm_head.weight" and hf_config.get("tie_word_embeddings", False)  # some tied checkpoints keep it
+    return (key.endswith("_scale_inv") or key.endswith("rotary_emb.inv_freq") or tied_head
             or (mtp is not None and key in (mtp + "embed_tokens.weight", mtp + "shared_head.head.weight")))
 
 
@@ -257,9 +243,6 @@ def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat1
     files = hf_files(hf_dir)
     index = tensor_index(hf_dir, files)
     check(index, hf_config, hf_dir)
-    if verify and hf_config.get("model_type") not in ("deepseek_v3", "deepseek_v2"):
-        raise ConvertError(f"--verify compares r1mega's DeepSeek model with transformers; "
-                           f"model_type {hf_config.get('model_type')!r} has no r1mega model to compare")
     tmp = _prepare_out(out, overwrite, hf_dir)
     try:
         meta = _import_into(tmp, hf_dir, hf_config, files, index, fp8, dtype, shard_bytes)
@@ -299,8 +282,8 @@ def _import_into(tmp: str, hf_dir: str, hf_config: dict, files, index, fp8: str,
     bar.close()
     meta = {"kind": "import", "source": os.path.abspath(hf_dir), "hf_config": hf_config, "step": 0,
             "fp8": fp8 if fp8_count else None, "tensors": len(index) - (len(scales) if fp8 == "dequant" else 0)}
-    if hf_config.get("model_type") in ("deepseek_v3", "deepseek_v2"):
-        meta["model_config"] = asdict(ModelConfig.from_hf(hf_config))
+    family, model_cfg = family_for_hf(hf_config)
+    meta["family"], meta["model_config"] = family.name, asdict(model_cfg)
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     for extra in TOKENIZER_FILES:
@@ -316,7 +299,7 @@ def _verify(hf_dir: str, ckpt: str, tol: float) -> None:
     parser = argparse.ArgumentParser()
     verify_hf.add_args(parser)
     args = parser.parse_args(["--hf-dir", hf_dir, "--ckpt", ckpt, "--tol", str(tol), "--seq-length", "16",
-                              "--batch-size", "2"])
+                              "--batch-size", "2", "--grad-tol", "-1"])
     if verify_hf.run(args) != 0:
         raise ConvertError(f"--verify: r1mega's logits on the converted checkpoint differ from transformers' on "
                            f"{hf_dir} by more than {tol:g} (see max_abs_logit_diff above); nothing was written")
@@ -353,8 +336,9 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
     tensor at a time) -> Hugging Face directory. dtype None keeps each tensor's stored dtype."""
     meta = read_meta(ckpt)
     config = hf_config or meta.get("hf_config")
-    if config is None:
-        config = hf_config_from(ModelConfig(**meta["model_config"]))
+    if config is None:  # trained from scratch: the family writes the config
+        family, model_cfg = family_from_meta(meta)
+        config = family.config_to_hf(model_cfg)
     reader = PieceReader(ckpt, "model")
     keys = sorted(reader.keys())
     shapes = {k: (tuple(reader.pieces["model/" + k][0][1]["shape"]), "") for k in keys}
@@ -432,26 +416,9 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
     return {"tensors": len(weight_map), "files": n}
 
 
-def hf_config_from(m: ModelConfig) -> dict:
-    """A transformers DeepseekV3 config.json for a model trained from scratch."""
-    rope = {"rope_type": "default", "rope_theta": m.rope_theta} if not m.rope_scaling else \
-        {**m.rope_scaling, "rope_type": m.rope_scaling.get("type", "yarn"), "rope_theta": m.rope_theta}
-    return {
-        "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "vocab_size": m.vocab_size,
-        "hidden_size": m.hidden_size, "intermediate_size": m.intermediate_size,
-        "moe_intermediate_size": m.moe_intermediate_size, "num_hidden_layers": m.num_layers,
-        "num_attention_heads": m.num_heads, "num_key_value_heads": m.num_heads, "q_lora_rank": m.q_lora_rank,
-        "kv_lora_rank": m.kv_lora_rank, "qk_nope_head_dim": m.qk_nope_head_dim, "qk_rope_head_dim": m.qk_rope_head_dim,
-        "v_head_dim": m.v_head_dim, "n_routed_experts": m.n_routed_experts, "n_shared_experts": m.n_shared_experts,
-        "num_experts_per_tok": m.num_experts_per_tok, "n_group": m.n_group, "topk_group": m.topk_group,
-        "topk_method": m.topk_method, "scoring_func": m.scoring_func, "norm_topk_prob": m.norm_topk_prob,
-        "routed_scaling_factor": m.routed_scaling_factor, "first_k_dense_replace": m.first_k_dense_replace,
-        "moe_layer_freq": m.moe_layer_freq, "rms_norm_eps": m.rms_norm_eps, "rope_parameters": rope,
-        "rope_interleave": m.rope_interleave, "max_position_embeddings": m.max_position_embeddings,
-        "attention_bias": m.attention_bias, "num_nextn_predict_layers": m.num_mtp_layers,
-        "tie_word_embeddings": m.tie_word_embeddings, "hidden_act": m.hidden_act,
-        "initializer_range": m.initializer_range, "bos_token_id": 0, "eos_token_id": 1,
-    }
+def hf_config_from(m) -> dict:
+    """A transformers config.json for a model trained from scratch (either family's config)."""
+    return m.to_hf()
 
 
 def main(argv=None) -> int:

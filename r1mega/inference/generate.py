@@ -2,7 +2,8 @@
 
 Same processes, same parameter shards: no copy into another engine. Prompts of different
 lengths are left-padded and decode in lockstep with per-sequence positions; each layer appends
-to the MLA latent cache (`kv_cache.py`) and attends with absorbed projections. Under PP the
+to the KV cache its model family builds (`stage.new_kv_cache`: MLA's latent cache with absorbed
+projections, or per-head keys and values for the dense students). Under PP the
 batch is split into microbatches that flow through the stages each step; the last stage samples
 and broadcasts the tokens to the other stages. Sequence parallelism is switched off while
 generating (one new token per sequence cannot be split); the same weights serve both modes.
@@ -16,7 +17,6 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from r1mega.inference.kv_cache import KVCache
 from r1mega.inference.sampling import row_keys, sample
 from r1mega.parallel.layout import ParallelState
 
@@ -103,7 +103,6 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     model.eval()
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
-    cfg = model.cfg
     pad_id = gen.eos_id if gen.eos_id is not None else 0
     ids, pad = left_pad(prompts, pad_id, device)
     B, P = ids.shape
@@ -113,8 +112,7 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     m = min(microbatches or ps.pp, _dp_min(B, ps, device))
     bounds = [(i * B // m, (i + 1) * B // m) for i in range(m)]
     valid = torch.arange(total, device=device)[None, :] >= pad[:, None]
-    caches = [KVCache(model.layer_ids, hi - lo, total, cfg.kv_lora_rank, cfg.qk_rope_head_dim, valid[lo:hi],
-                      dtype, device) for lo, hi in bounds]
+    caches = [model.new_kv_cache(hi - lo, total, valid[lo:hi], dtype, device) for lo, hi in bounds]
     tokens = torch.cat([ids, torch.full((B, gen.max_new_tokens), pad_id, dtype=torch.long, device=device)], 1)
     logprobs = torch.zeros(B, total, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -135,7 +133,7 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
                 pos = (torch.arange(start, end, device=device)[None, :] - pad[lo:hi, None]).clamp(min=0)
                 hidden = None
                 if prev is not None:
-                    hidden = torch.empty(end - start, hi - lo, cfg.hidden_size, dtype=dtype, device=device)
+                    hidden = torch.empty(end - start, hi - lo, model.hidden_size, dtype=dtype, device=device)
                     dist.recv(hidden, src=prev)
                 out = model(inp, hidden=hidden, position_ids=pos, cache=cache)
                 if nxt is not None:
@@ -143,7 +141,7 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
                     continue
                 keys = row_keys(gen.seed, step, rows[lo:hi])
                 tok, lp = sample(out.logits[-1], ps, gen.temperature, gen.top_p, gen.top_k, keys,
-                                 gen.vocab_size or cfg.vocab_size)
+                                 gen.vocab_size or model.vocab_size)
                 new_tok[lo:hi], new_lp[lo:hi] = tok, lp
             if ps.pp > 1:  # the last stage tells every stage what was sampled
                 both = torch.stack([new_tok.double(), new_lp.double()])
@@ -190,7 +188,7 @@ def greedy_by_full_forward(model, ps: ParallelState, prompts: list[list[int]], m
             pos = (torch.arange(n)[None, :] - pad[:, None]).clamp(min=0)
             hidden = None
             if not model.is_first:
-                hidden = torch.empty(n, ids.shape[0], model.cfg.hidden_size, dtype=param.dtype)
+                hidden = torch.empty(n, ids.shape[0], model.hidden_size, dtype=param.dtype)
                 dist.recv(hidden, src=pp_ranks[ps.r("pp") - 1])
             out = model(ids, hidden=hidden, position_ids=pos, attn_mask=left_padded_causal_mask(pad, n))
             nxt = torch.zeros(ids.shape[0], dtype=torch.long)

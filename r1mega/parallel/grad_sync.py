@@ -1,8 +1,9 @@
-"""Gradient reductions after backward, driven by the tags the parallel layers put on parameters.
+"""Gradient reductions after backward, driven by each parameter's spec (`param_spec.py`).
 
   TP:  replicated params with partial grads (`tp_partial`: "region" always, "stream" under SP)
   DP:  dense params summed over data-parallel ranks, expert params over expert-data-parallel ranks
-  PP:  the embedding copy MTP keeps on the last stage summed with the first stage's (`tied_embedding`)
+  tie: copies of the embedding (MTP's under PP, a tied output head on the last stage) summed with
+       the first stage's (`tied_embedding`): locally when one rank holds several, then over "embed"
 Losses are normalised by the global token count, so every reduction is a plain sum.
 Grads of one group are flattened into one buffer per collective (one call, not one per tensor).
 """
@@ -15,6 +16,7 @@ import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from r1mega.parallel.layout import ParallelState
+from r1mega.parallel.param_spec import spec_of
 
 
 def _all_reduce_coalesced(grads: list[torch.Tensor], group) -> None:
@@ -30,9 +32,16 @@ def _all_reduce_coalesced(grads: list[torch.Tensor], group) -> None:
             g.copy_(synced)
 
 
-def tp_partial(p: torch.nn.Parameter, ps: ParallelState) -> bool:
-    where = getattr(p, "tp_partial", None)
-    return where == "region" or (where == "stream" and ps.sp)
+def _sum_tied(grads: list[torch.Tensor], ps: ParallelState) -> None:
+    if not grads:
+        return
+    total = grads[0].clone()
+    for g in grads[1:]:  # several chunks of one rank (virtual stages) hold copies
+        total += g
+    if "embed" in ps.groups:
+        dist.all_reduce(total, group=ps.g("embed"))
+    for g in grads:
+        g.copy_(total)
 
 
 @torch.no_grad()
@@ -44,9 +53,8 @@ def sync_grads(model: torch.nn.Module, ps: ParallelState, data_parallel: bool = 
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     if ps.tp > 1:
-        _all_reduce_coalesced([p.grad for p in params if tp_partial(p, ps)], ps.g("tp"))
-    if "embed" in ps.groups:
-        _all_reduce_coalesced([p.grad for p in params if getattr(p, "tied_embedding", False)], ps.g("embed"))
+        _all_reduce_coalesced([p.grad for p in params if spec_of(p).tp_reduced(ps.sp)], ps.g("tp"))
+    _sum_tied([p.grad for p in params if spec_of(p).tied_embedding], ps)
     if data_parallel:
-        _all_reduce_coalesced([p.grad for p in params if not getattr(p, "is_expert", False)], ps.g("dp"))
-        _all_reduce_coalesced([p.grad for p in params if getattr(p, "is_expert", False)], ps.g("edp"))
+        _all_reduce_coalesced([p.grad for p in params if not spec_of(p).is_expert], ps.g("dp"))
+        _all_reduce_coalesced([p.grad for p in params if spec_of(p).is_expert], ps.g("edp"))

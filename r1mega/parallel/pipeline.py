@@ -29,6 +29,14 @@ class Microbatch:
     routing: Optional[dict] = None  # {layer: experts [s, b, k]} to replay (RL)
     extra: Optional[dict] = None  # per-sequence data the loss needs (RL: targets, advantages, ...)
 
+    def stage_inputs(self) -> dict:
+        """Keyword arguments of a stage call (`r1mega.models.stage`), beside input_ids and hidden;
+        optional ones only when set, so a family without e.g. routing replay needs no such argument."""
+        out = {"labels": self.labels, "attn_mask": self.attn_mask, "position_ids": self.position_ids}
+        if self.routing is not None:
+            out["routing"] = self.routing
+        return out
+
 
 Action = tuple[str, int, int]  # ("F" | "B", microbatch, chunk)
 
@@ -137,7 +145,7 @@ def forward_backward(chunks, microbatches: list[Microbatch], ps: ParallelState, 
         order = [a for a in order if a[0] == "F"]
     held: dict[tuple[int, int], tuple] = {}
     results: dict[int, object] = {}
-    hidden = chunks[0].cfg.hidden_size
+    hidden = chunks[0].hidden_size
     for kind, mb_i, c in order:
         mb, stage = microbatches[mb_i], ex.stage(c)
         last = stage == ex.num_stages - 1
@@ -147,8 +155,7 @@ def forward_backward(chunks, microbatches: list[Microbatch], ps: ParallelState, 
                 x = ex.recv(activation_shape(mb, hidden, ps), stage, mb_i, backward=False)
                 x.requires_grad_(not forward_only)
             with torch.set_grad_enabled(not forward_only):
-                out = chunks[c](mb.input_ids, hidden=x, labels=mb.labels, attn_mask=mb.attn_mask,
-                                position_ids=mb.position_ids, routing=mb.routing)
+                out = chunks[c](mb.input_ids, hidden=x, **mb.stage_inputs())
                 if last:
                     res = loss_fn(out, mb)
                     results[mb_i] = res

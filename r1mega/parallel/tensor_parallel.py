@@ -5,11 +5,11 @@ holds its own heads / FFN columns. Entering it, activations become whole on ever
 (all-gather of sequence shards under SP, plain copy otherwise); leaving it, partial sums are
 reduced (reduce-scatter to sequence shards under SP, all-reduce otherwise).
 
-Every parameter carries how its gradient must be reduced (`grad_sync.py` reads these tags):
-  - `tp_shard_dim`: sharded over TP along that dim (no TP reduction);
-  - `tp_partial = "region"`: replicated but used inside a TP region, so each rank holds a partial
-    gradient (MLA down-projections, their norms, the router) - all-reduced over TP;
-  - `tp_partial = "stream"`: replicated on the residual stream (norms); partial only under SP.
+Every parameter carries a typed spec (`param_spec.py`) of how it is sharded and how its gradient
+must be reduced: `tp_shard_dim` (sharded over TP, no reduction), `tp_partial="region"` (replicated
+but used inside a TP region, partial gradient all-reduced over TP: the router, which sees each TP
+rank's own slice of the tokens; replicated GQA key/value projections), `tp_partial="stream"`
+(replicated on the residual stream, e.g. norms; partial only under SP).
 """
 from __future__ import annotations
 
@@ -20,12 +20,7 @@ import torch.nn.functional as F
 from r1mega.kernels import linear
 from r1mega.parallel.comm import copy_to_group, gather_seq, reduce_from_group, reduce_scatter_seq
 from r1mega.parallel.layout import ParallelState
-
-
-def tag(param: nn.Parameter, **attrs) -> nn.Parameter:
-    for k, v in attrs.items():
-        setattr(param, k, v)
-    return param
+from r1mega.parallel.param_spec import tag  # noqa: F401  (layers tag what they create)
 
 
 def enter_tp_region(x: torch.Tensor, ps: ParallelState) -> torch.Tensor:
@@ -41,19 +36,21 @@ def _init(weight: torch.Tensor, std: float):
 
 
 class ColumnParallelLinear(nn.Module):
-    """y = x W^T with W's output rows split over TP. Input must already be in the TP region."""
+    """y = x W^T with W's output rows split over TP. Input must already be in the TP region.
+    high_precision: plain F.linear, never a low-precision kernel backend (the output head)."""
 
     def __init__(self, in_features: int, out_features: int, ps: ParallelState, std: float = 0.02,
-                 bias: bool = False):
+                 bias: bool = False, high_precision: bool = False):
         super().__init__()
         assert out_features % ps.tp == 0, (out_features, ps.tp)
         self.in_features, self.out_features = in_features, out_features
+        self.high_precision = high_precision
         self.weight = tag(nn.Parameter(torch.empty(out_features // ps.tp, in_features)), tp_shard_dim=0)
         _init(self.weight, std)
         self.bias = tag(nn.Parameter(torch.zeros(out_features // ps.tp)), tp_shard_dim=0) if bias else None
 
     def forward(self, x):
-        return linear(x, self.weight, self.bias)
+        return (F.linear if self.high_precision else linear)(x, self.weight, self.bias)
 
 
 class RowParallelLinear(nn.Module):
@@ -95,7 +92,7 @@ class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float, where: str):
         super().__init__()
         self.eps = eps
-        self.weight = tag(nn.Parameter(torch.ones(dim)), tp_partial=where)
+        self.weight = tag(nn.Parameter(torch.ones(dim)), tp_partial=where, init="ones")
 
     def forward(self, x):
         dtype = x.dtype

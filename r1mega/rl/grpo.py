@@ -127,7 +127,7 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     torch.manual_seed(cfg.seed)
     if rl.prompts_per_step % ps.dp:
         raise ValueError(f"rl.prompts_per_step {rl.prompts_per_step} does not split over dp={ps.dp}")
-    d = resolve_data(cfg.data, "pretrain", cfg.model.vocab_size)
+    d = resolve_data(cfg.data, "pretrain", cfg.active_model.vocab_size)
     tok = Tokenizer(d.tokenizer)
 
     device = default_device()

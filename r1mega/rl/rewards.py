@@ -8,14 +8,19 @@ answer (or tests, or the target language). The step's reward is their sum.
   language  share of the chain-of-thought's words in the target language (R1's consistency reward)
   code      1 if the last code block passes every test of the sample in the sandbox
             (r1mega/rl/sandbox.py), else 0: `tests` as Python run after the code (then
-            `check(entry_point)` when given), or a list of {input, output} stdin/stdout cases
+            `check(entry_point)` when given), or a list of {input, output} stdin/stdout cases.
+            Assert tests of the shapes in r1mega/rl/code_tests.py are judged in the trainer on
+            the values the sandbox returns (forge-proof); other test code runs in the sandbox
 """
 from __future__ import annotations
 
+import functools
+import json
 import re
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
+from r1mega.rl import code_tests
 from r1mega.rl.sandbox import Job, SandboxResult, run_many
 
 THINK = re.compile(r"^\s*<think>(.*?)</think>\s*(\S.*)$", re.DOTALL)
@@ -79,13 +84,21 @@ def _code_jobs(text: str, sample: dict) -> Optional[list[Job]]:
     code = blocks[-1]
     if isinstance(tests, list):  # stdin/stdout cases, judged here (outside the sandbox)
         return [Job(code, stdin=str(case["input"])) for case in tests]
+    calls = _call_tests(tests, sample.get("entry_point"))
+    if calls is not None:  # judged here on returned values: the program never sees what is expected
+        return [Job(code, calls=calls.payload())]
     if sample.get("entry_point"):
         tests = f"{tests}\n\ncheck({sample['entry_point']})"
     return [Job(code, tests=tests)]
 
 
+@functools.lru_cache(maxsize=4096)  # a prompt's tests are parsed once for all its samples
+def _call_tests(tests: str, entry_point: Optional[str]) -> Optional[code_tests.CallTests]:
+    return code_tests.parse(tests, entry_point)
+
+
 def _key(job: Job) -> tuple:
-    return job.code, job.stdin, job.tests
+    return job.code, job.stdin, job.tests, json.dumps(job.calls)
 
 
 def code_reward(text: str, sample: dict) -> float:
@@ -99,7 +112,10 @@ def code_reward(text: str, sample: dict) -> float:
     if isinstance(tests, list):
         return float(all(results[_key(j)].ok and results[_key(j)].stdout.split() == str(case["output"]).split()
                          for j, case in zip(jobs, tests)))
-    return float(results[_key(jobs[0])].ok)
+    res = results[_key(jobs[0])]
+    if jobs[0].calls is not None:
+        return float(res.ok and _call_tests(tests, sample.get("entry_point")).judge(res.values))
+    return float(res.ok)
 
 
 @contextmanager

@@ -53,10 +53,10 @@ class SandboxUnavailable(RuntimeError):
 class Limits:
     wall_seconds: float = 5.0
     cpu_seconds: int = 4
-    memory_bytes: int = 512 * 2 ** 20  # address space per process
+    memory_bytes: int = 512 * 2 ** 20  # address space per process (no cgroup: a program holds <= processes x this)
     disk_bytes: int = 16 * 2 ** 20  # the writable tmpfs at /tmp, shared by all its processes
     file_bytes: int = 4 * 2 ** 20  # one file
-    processes: int = 16  # processes + threads of the sandbox's uid, supervisor included
+    processes: int = 6  # processes + threads of the sandbox's uid, supervisor and init included
     open_files: int = 64
     output_bytes: int = 2 ** 20  # stdout kept; more kills the program
     stderr_bytes: int = 64 * 2 ** 10  # stderr kept; more is dropped
@@ -67,8 +67,9 @@ class SandboxResult:
     ok: bool  # ran to the end (the harness's token arrived) within every limit
     reason: str  # "ok" or what stopped it
     returncode: int  # the program's exit status (negative: killed by that signal)
-    stdout: str  # without the harness's token line
+    stdout: str  # without the harness's token line (and values line)
     stderr: str
+    values: Optional[list] = None  # with Job.calls: one {"v": encoded value} or {"e": error} per expression
 
 
 @dataclass
@@ -77,6 +78,9 @@ class Job:
     stdin: str = ""
     tests: Optional[str] = None  # Python run after the code in the same namespace (asserts)
     limits: Limits = field(default_factory=Limits)
+    # instead of tests: {"setup", "exprs", "bind"} from r1mega.rl.code_tests; the expressions' values
+    # come back in SandboxResult.values and are judged in the trainer (the forge-proof path)
+    calls: Optional[dict] = None
 
 
 _policy = {"unsafe": False}
@@ -178,7 +182,8 @@ def _run(job: Job, isolate: bool) -> SandboxResult:
     lim = job.limits
     token = "r1mega-sandbox-done-" + secrets.token_hex(16)
     payload = json.dumps({
-        "code": job.code, "tests": job.tests, "stdin": job.stdin, "token": token, "isolate": isolate,
+        "code": job.code, "tests": job.tests, "calls": job.calls, "stdin": job.stdin, "token": token,
+        "isolate": isolate,
         "limits": asdict(lim), "seccomp": _filter_b64(),
     }).encode()
     (job_r, job_w), (out_r, out_w), (err_r, err_w), (st_r, st_w) = (os.pipe() for _ in range(4))
@@ -193,7 +198,12 @@ def _run(job: Job, isolate: bool) -> SandboxResult:
         for fd in theirs:
             os.close(fd)
     out, err, status, killed = _exchange(mine, len(payload).to_bytes(8, "little") + payload, lim)
-    return _result(out, err, status, killed, token, lim)
+    res = _result(out, err, status, killed, token, lim)
+    if job.calls is not None and res.ok:
+        from r1mega.rl.code_tests import values_from_stdout
+
+        res.stdout, res.values = values_from_stdout(res.stdout)
+    return res
 
 
 @functools.lru_cache(maxsize=None)
@@ -277,7 +287,7 @@ def _result(out: bytes, err: bytes, st: dict, killed: Optional[str], token: str,
     if finished:
         stdout = stdout[:-len(tail)]
     if killed == "output":
-        return SandboxResult(False, f"output limit ({lim.output_bytes} bytes)", code, stdout, stderr)
+        return SandboxResult(False, f"output limit ({lim.output_bytes} bytes)", code, stdout[:lim.output_bytes], stderr)
     if killed == "timeout" or st.get("timeout") and code == -signal.SIGKILL:  # else it ended on its own just then
         return SandboxResult(False, f"wall-clock timeout after {lim.wall_seconds:g} s", code, stdout, stderr)
     if setup is None:

@@ -26,6 +26,8 @@ import select
 import signal
 import sys
 import time
+from decimal import Decimal as _Decimal
+from fractions import Fraction as _Fraction
 
 NOBODY = 65534
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x2000000, 0x4000000, 0x8000000
@@ -289,18 +291,80 @@ def stdin_from(data: bytes) -> None:
 # ---------------------------------------------------------------- init: run the program
 
 
-def run_program(code: str, tests, stdio: bool, token_fd: int) -> None:
-    """Runs the program, then its tests; the token goes out only if both completed. With stdio
-    (no tests) a clean sys.exit(0) ends the program normally; with tests any exit is a failure.
-    The token is read from its sealed memfd only at the end, so no Python object holds it while
-    the program runs (a program that hunts for that fd can still find it: see the README)."""
+VALUES_PREFIX = "r1mega-values:"
+MAX_DEPTH = 100  # as r1mega.rl.code_tests.MAX_DEPTH
+
+
+def encode_value(v, depth: int = 0):
+    """A returned value in the wire format r1mega.rl.code_tests.decode reads: plain data only.
+    Subclasses of the builtin types (Counter, defaultdict, namedtuple, IntEnum) are read through
+    their base type's own C methods, so what travels is the data they hold, never the result of
+    an override (__eq__, __iter__, __repr__); Fraction and Decimal travel as numbers. Nothing here
+    is a security boundary (the program may print any values line it likes): it only carries honest
+    values faithfully; the trainer never sees the expected values leave its side."""
+    if depth > MAX_DEPTH:
+        raise ValueError("value nested too deeply")
+    t = type(v)
+    if v is None or t is bool:
+        return v
+    if isinstance(v, int):
+        return ["i", str(int.__index__(v))]
+    if isinstance(v, float):
+        return ["f", repr(float.__float__(v))]
+    if isinstance(v, str):
+        return str.__str__(v)
+    if isinstance(v, complex):
+        return ["c", repr(complex.real.__get__(v)), repr(complex.imag.__get__(v))]
+    if isinstance(v, bytes):
+        return ["b", bytes.hex(v)]
+    if isinstance(v, _Fraction):
+        return ["q", str(_FRACTION_NUM.__get__(v)), str(_FRACTION_DEN.__get__(v))]
+    if isinstance(v, _Decimal):
+        return ["D", _Decimal.__str__(v)]
+    if isinstance(v, dict):
+        return ["d", [[encode_value(k, depth + 1), encode_value(i, depth + 1)] for k, i in dict.items(dict.copy(v))]]
+    for typ, tag, plain in _CONTAINERS:
+        if isinstance(v, typ):
+            return [tag, [encode_value(i, depth + 1) for i in plain(v)]]
+    raise TypeError(f"a {t.__name__} is not a plain value (int, float, str, bytes, bool, None, list, tuple, "
+                    "dict, set, Fraction, Decimal or a subclass)")
+
+
+_CONTAINERS = ((list, "l", list.copy), (tuple, "t", lambda v: tuple.__getitem__(v, slice(None))),
+               (set, "s", set.copy), (frozenset, "fs", frozenset.copy),
+               (type({}.keys()), "s", set), (type({}.items()), "s", set))  # views compare like sets
+_FRACTION_NUM, _FRACTION_DEN = _Fraction.__dict__["_numerator"], _Fraction.__dict__["_denominator"]
+
+
+def _call_values(calls: dict, glb: dict) -> str:
+    """Evaluates each program-side expression; the expected values are not here (the trainer has them)."""
+    exec(compile(calls["setup"], "tests.py", "exec"), glb)
+    names = {name: glb[target] for name, target in calls["bind"].items() if target in glb}
+    values = []
+    for expr in calls["exprs"]:
+        try:  # bound names as globals, so comprehensions inside the expression see them too
+            values.append({"v": encode_value(eval(compile(expr, "tests.py", "eval"), {**glb, **names}))})
+        except BaseException as e:  # noqa: BLE001 - SystemExit too: a failed check, not the end
+            values.append({"e": type(e).__name__})
+    return VALUES_PREFIX + json.dumps(values, separators=(",", ":"))
+
+
+def run_program(code: str, tests, calls, token_fd: int) -> None:
+    """Runs the program, then its tests (asserts run here) or its calls (values sent to the trainer,
+    which judges them); the token goes out only if all of that completed. With neither (stdio) a
+    clean sys.exit(0) ends the program normally; otherwise any exit is a failure. The token is read
+    from its sealed memfd only at the end, so no Python object holds it while the program runs (a
+    program that hunts for that fd can still find it: see the README)."""
+    stdio = tests is None and calls is None
     glb = {"__name__": "__main__", "__builtins__": __builtins__}
     sys.argv = ["solution.py"]
-    ok = False
+    ok, tail = False, ""
     try:
         exec(compile(code, "solution.py", "exec"), glb)
         if tests is not None:
             exec(compile(tests, "tests.py", "exec"), glb)
+        if calls is not None:
+            tail = _call_values(calls, glb) + "\n"
         ok = True
     except SystemExit as e:
         ok = stdio and e.code in (None, 0)
@@ -315,7 +379,9 @@ def run_program(code: str, tests, stdio: bool, token_fd: int) -> None:
     except BaseException:
         ok = False
     if ok:
-        os.write(1, b"\n" + os.pread(token_fd, 256, 0) + b"\n")
+        out = ("\n" + tail).encode() + os.pread(token_fd, 256, 0) + b"\n"
+        while out:
+            out = out[os.write(1, out):]
     os._exit(0 if ok else 1)
 
 
@@ -347,9 +413,9 @@ def init(job: dict, report_w: int, alive_r: int) -> None:
         os._exit(71)
     os.write(report_w, b"ok")
     os.close(report_w)
-    code, tests = job["code"], job["tests"]
+    code, tests, calls = job["code"], job["tests"], job.get("calls")
     del job
-    run_program(code, tests, tests is None, token_fd)
+    run_program(code, tests, calls, token_fd)
 
 
 # ---------------------------------------------------------------- supervisor

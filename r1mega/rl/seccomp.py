@@ -7,7 +7,9 @@ nothing but `struct`.
 
 Policy (a deny-list on top of the namespaces, which already withhold every capability): calls that
 reach kernel surface a solution never needs (namespaces, mounts, ptrace and cross-process memory,
-BPF, io_uring, keyrings, modules, perf, userfaultfd, clocks, swap, reboot ...) fail with EPERM;
+BPF, io_uring, keyrings, modules, perf, userfaultfd, clocks, swap, reboot, mount listing ...) fail
+with EPERM; so do memory that no rlimit counts (SysV shared memory, message queues and semaphores,
+memfd_create: pages that outlive every mapping, so RLIMIT_AS never sees them);
 clone() with any namespace flag fails; clone3() answers ENOSYS so libc falls back to clone();
 sockets other than AF_UNIX fail; TIOCSTI/TIOCLINUX ioctls fail; prctl(PR_SET_PDEATHSIG) fails so
 the sandbox's init cannot detach itself from its supervisor; personality() may only query. Any
@@ -49,6 +51,9 @@ _ARCHES = {  # machine -> (AUDIT_ARCH_*, syscall numbers)
         sysfs=139, vhangup=153, iopl=172, ioperm=173, modify_ldt=154, sethostname=170,
         setdomainname=171, nfsservctl=180, migrate_pages=256, move_pages=279, vmsplice=278,
         memfd_secret=447, process_madvise=440, create_module=174, get_kernel_syms=177, query_module=178,
+        memfd_create=319, shmget=29, shmat=30, shmctl=31, shmdt=67, semget=64, semop=65, semctl=66,
+        semtimedop=220, msgget=68, msgsnd=69, msgrcv=70, msgctl=71, statmount=457, listmount=458,
+        open_tree_attr=467,
         personality=135, clone=56, clone3=435, socket=41, socketpair=53, ioctl=16, prctl=157)),
     "aarch64": (0xC00000B7, dict(
         ptrace=117, process_vm_readv=270, process_vm_writev=271, pidfd_getfd=438, kcmp=272,
@@ -62,6 +67,9 @@ _ARCHES = {  # machine -> (AUDIT_ARCH_*, syscall numbers)
         quotactl=60, quotactl_fd=443, fanotify_init=262, lookup_dcookie=18, vhangup=58,
         sethostname=161, setdomainname=162, nfsservctl=42, migrate_pages=238, move_pages=239,
         vmsplice=75, memfd_secret=447, process_madvise=440,
+        memfd_create=279, shmget=194, shmctl=195, shmat=196, shmdt=197, semget=190, semctl=191,
+        semtimedop=192, semop=193, msgget=186, msgctl=187, msgrcv=188, msgsnd=189, statmount=457,
+        listmount=458, open_tree_attr=467,
         personality=92, clone=220, clone3=435, socket=198, socketpair=199, ioctl=29, prctl=167)),
 }
 _ARG_CHECKED = {"personality", "clone", "clone3", "socket", "socketpair", "ioctl", "prctl"}

@@ -6,10 +6,11 @@
     <dir>/step_00000100/rng.pt                  torch RNG state
     <dir>/latest                                name of the newest complete step directory
 
-Keys are the Hugging Face tensor names (`hf_weights.param_slices`), so a checkpoint saved under one
-TP/PP/EP/DP layout loads under any other: each rank assembles exactly the slices it needs from
-whichever pieces overlap them. Only one replica of each piece is written (DP rank 0; TP rank 0 for
-TP-replicated tensors). "model/" holds the fp32 master weights, so a resumed run continues exactly.
+Keys are the Hugging Face tensor names (each stage's `param_slices()`, see `r1mega.models.weights`),
+so a checkpoint saved under one TP/PP/EP/DP layout loads under any other: each rank assembles
+exactly the slices it needs from whichever pieces overlap them. Only one replica of each piece is
+written (DP rank 0; TP rank 0 for TP-replicated tensors). "model/" holds the fp32 master weights,
+so a resumed run continues exactly.
 Saving writes into a hidden temporary directory and publishes it by rename, then updates
 `latest` by atomic replace: a crash at any point leaves the previous checkpoint loadable.
 
@@ -36,9 +37,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from r1mega.errors import CheckpointError
-from r1mega.models.deepseek_v3.fp8 import dequantize, scale_name
-from r1mega.models.deepseek_v3.hf_weights import load_weights, param_slices, shard
+from r1mega.models.fp8 import dequantize, scale_name
+from r1mega.models.weights import load_weights, shard
 from r1mega.parallel.layout import ParallelState
+from r1mega.parallel.param_spec import spec_of
 from r1mega.train.optimizer import DistributedAdamW
 
 STATES = ("exp_avg", "exp_avg_sq")
@@ -81,12 +83,12 @@ def _barrier(ps: ParallelState) -> None:
 
 def _writes(spec, ps: ParallelState) -> bool:
     """One replica per piece: DP rank 0 (expert-DP for experts), TP rank 0 for TP-replicated ones."""
-    p = spec.param
-    if getattr(p, "is_mtp_copy", False):
-        return False  # the last stage's embedding copy equals the first stage's
-    if getattr(p, "is_expert", False):
+    p = spec_of(spec.param)
+    if p.copy_of is not None:
+        return False  # a tied copy (the last stage's embedding) equals the first stage's
+    if p.is_expert:
         return ps.r("edp") == 0
-    return ps.r("dp") == 0 and (getattr(p, "tp_shard_dim", None) is not None or ps.r("tp") == 0)
+    return ps.r("dp") == 0 and (p.tp_shard_dim is not None or ps.r("tp") == 0)
 
 
 def _fsync_dir(path: str) -> None:
@@ -106,7 +108,7 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
     states = optimizer.full_states()  # collective over DP groups
     tensors, pieces = {}, {}
     for c, chunk in enumerate(chunks):
-        for spec in param_slices(chunk):
+        for spec in chunk.param_slices():
             if not _writes(spec, ps):
                 continue
             start = spec.rank * spec.local.shape[spec.dim] if spec.dim is not None else 0
@@ -460,26 +462,32 @@ def load_checkpoint(path: str, chunks: torch.nn.ModuleList, optimizer: Optional[
     model_reader = PieceReader(path, "model", verify)
     for chunk in chunks:
         load_weights(chunk, model_reader)
-    if optimizer is not None and "optimizer_step" in meta:  # converted checkpoints hold weights only
-        # fp32 master weights come from "model/", not from the (possibly bf16) parameters
-        readers = {"master": model_reader, **{k: PieceReader(path, k, verify) for k in STATES}}
+    if optimizer is not None:
+        # fp32 master weights come from "model/" (dequantised exactly where the checkpoint holds
+        # FP8 blocks), never from the possibly bf16 parameters. A converted checkpoint has no
+        # optimizer states: fresh moments, and tensors it lacks (an MTP module) keep their init.
+        has_states = "optimizer_step" in meta
+        readers = {"master": model_reader}
+        if has_states:
+            readers.update({k: PieceReader(path, k, verify) for k in STATES})
         states: dict[str, dict[str, torch.Tensor]] = {}
         for c, chunk in enumerate(chunks):
-            for spec in param_slices(chunk):
+            for spec in chunk.param_slices():
                 if not spec.param.requires_grad:
                     continue
                 entry = states.setdefault(f"{c}.{spec.local_name}",
-                                          {k: torch.zeros(spec.param.shape) for k in readers})
+                                          {k: torch.zeros(spec.param.shape) for k in ("master", *STATES)})
                 key = spec.key
-                if getattr(spec.param, "is_mtp_copy", False) and key not in readers["exp_avg"]:
-                    key = "model.embed_tokens.weight"
+                if spec.fallback is not None and any(key not in r for r in readers.values()):
+                    key = spec.fallback
                 for k, reader in readers.items():
-                    t = reader.read(key, spec.full_shape, spec.dim, spec.rank, spec.parts)
+                    if not has_states and key not in reader:
+                        t = spec.local.detach().float().cpu()
+                    else:
+                        t = reader.read(key, spec.full_shape, spec.dim, spec.rank, spec.parts)
                     (entry[k] if spec.index is None else entry[k][spec.index]).copy_(t)
-        optimizer.load_full_states(states, meta["optimizer_step"])
+        optimizer.load_full_states(states, meta["optimizer_step"] if has_states else 0)
         optimizer.skipped = meta.get("skipped_steps", 0)
-    elif optimizer is not None:  # weights only (converted checkpoint): the optimizer starts from them
-        optimizer.reset_from_params()
     rng_file = os.path.join(path, "rng.pt")
     if os.path.exists(rng_file):  # absent in checkpoints made by r1mega-convert
         try:

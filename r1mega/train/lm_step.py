@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from r1mega.models.deepseek_v3.model import IGNORE_INDEX, StageOutput
+from r1mega.models.stage import IGNORE_INDEX, StageOutput
 from r1mega.parallel.grad_sync import sync_grads
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.pipeline import Microbatch, ScheduleStats, forward_backward

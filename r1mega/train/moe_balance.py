@@ -10,12 +10,13 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from r1mega.models.deepseek_v3.moe import MoE
 from r1mega.parallel.layout import ParallelState
 
 
-def moe_layers(chunks) -> list[tuple[str, MoE]]:
-    return [(name, m) for name, m in chunks.named_modules() if isinstance(m, MoE)]
+def moe_layers(chunks) -> list:
+    """The routed-expert layers (DeepSeekMoE's `MoE`, found by its load counter, so dense families
+    simply have none)."""
+    return [(name, m) for name, m in chunks.named_modules() if hasattr(m, "expert_load")]
 
 
 def set_balance_loss_scale(chunks, alpha: float, global_sequences: int) -> None:

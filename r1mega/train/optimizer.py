@@ -16,6 +16,7 @@ import torch.distributed as dist
 from r1mega.config import ConfigError, OptimConfig
 from r1mega.parallel.comm import all_gather_nograd, reduce_scatter_nograd
 from r1mega.parallel.layout import ParallelState
+from r1mega.parallel.param_spec import spec_of
 
 
 def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
@@ -33,16 +34,17 @@ def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
     raise ConfigError("optim.decay", f"unknown schedule {cfg.decay!r} (cosine, constant, linear)")
 
 
-def decays(name: str, p: torch.Tensor) -> bool:
-    """Weight decay on matrices only: not on norms, biases or the router's selection state."""
-    return p.dim() >= 2 and "norm" not in name
+def decays(p: torch.Tensor) -> bool:
+    """Weight decay as the parameter's spec says (default: matrices, not norms or biases)."""
+    return spec_of(p).decays(p)
 
 
 def counted_once(p: torch.nn.Parameter, ps: ParallelState) -> bool:
     """Whether this rank counts p in the global grad norm (replicas are counted on one rank)."""
-    if getattr(p, "tied_embedding", False) and getattr(p, "is_mtp_copy", False):
+    spec = spec_of(p)
+    if spec.copy_of is not None:
         return False
-    if getattr(p, "is_expert", False) or getattr(p, "tp_shard_dim", None) is not None:
+    if spec.is_expert or spec.tp_shard_dim is not None:
         return True
     return ps.r("tp") == 0
 
@@ -96,13 +98,13 @@ class DistributedAdamW:
     def __init__(self, chunks: torch.nn.Module, ps: ParallelState, cfg: OptimConfig):
         self.ps, self.cfg = ps, cfg
         named = [(n, p) for n, p in chunks.named_parameters() if p.requires_grad]
-        dense = [(n, p) for n, p in named if not getattr(p, "is_expert", False)]
-        expert = [(n, p) for n, p in named if getattr(p, "is_expert", False)]
+        dense = [(n, p) for n, p in named if not spec_of(p).is_expert]
+        expert = [(n, p) for n, p in named if spec_of(p).is_expert]
         self.buckets = [
             _Bucket(dense, ps.g("dp"), ps.dp, ps.r("dp")),
             _Bucket(expert, ps.g("edp"), ps.edp, ps.r("edp")),
         ]
-        self.wd_masks = [b.mask([decays(n, p) for n, p in zip(b.names, b.params)]) for b in self.buckets]
+        self.wd_masks = [b.mask([decays(p) for p in b.params]) for b in self.buckets]
         self.norm_masks = [b.mask([counted_once(p, ps) for p in b.params]) for b in self.buckets]
         self.step_count = 0
         self.skipped = 0

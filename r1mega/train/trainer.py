@@ -8,6 +8,7 @@ A run resumes from the newest checkpoint in <run_dir>/checkpoints (or train.load
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -22,27 +23,29 @@ from r1mega.config import Config, ConfigError, validate_training
 from r1mega.errors import TrainingError
 from r1mega.data.prepare import resolve_data
 from r1mega.data.tokenizer import load_tokenizer
-from r1mega.models.deepseek_v3.hf_weights import param_slices
-from r1mega.models.deepseek_v3.model import DeepseekV3
-from r1mega.models.deepseek_v3.params import flops_per_token
+from r1mega.kernels import use_backend
+from r1mega.kernels.fp8_backend import fp8_backend
+from r1mega.models.family import family_for
+from r1mega.parallel.param_spec import spec_of
 from r1mega.parallel.layout import (
     ParallelState, build_parallel_state, default_device, join_ranks, single_process_state,
 )
 from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
-from r1mega.train.moe_balance import update_routing_bias
+from r1mega.train.moe_balance import moe_layers, update_routing_bias
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
 
 def build_chunks(cfg: Config, ps: ParallelState) -> torch.nn.ModuleList:
-    """This rank's model chunks (one per virtual pipeline stage)."""
+    """This rank's model chunks (one per virtual pipeline stage) of the config's model family."""
     v = cfg.train.virtual_stages
+    family, model_cfg = family_for(cfg)
     return torch.nn.ModuleList(
-        DeepseekV3(cfg.model, ps, cfg.parallel.pp_layers if v == 1 else None,
-                   stage=c * ps.pp + ps.r("pp"), num_stages=ps.pp * v)
+        family.build_stage(model_cfg, ps, cfg.parallel.pp_layers if v == 1 else None,
+                           stage=c * ps.pp + ps.r("pp"), num_stages=ps.pp * v)
         for c in range(v))
 
 
@@ -58,18 +61,20 @@ def place(chunks: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> 
 @torch.no_grad()
 def init_weights(chunks: torch.nn.ModuleList, seed: int) -> None:
     """Layout-independent initialisation: each tensor is drawn whole from a generator seeded by
-    (seed, its checkpoint name), then sliced, so every layout starts from the same model."""
+    (seed, its checkpoint name), then sliced, so every layout starts from the same model. What a
+    tensor starts as (normal, ones, zeros) is its parameter spec's `init`."""
     std = chunks[0].cfg.initializer_range
     for chunk in chunks:
-        for spec in param_slices(chunk):
-            leaf = spec.key.rsplit(".", 1)[-1] if "." in spec.key else spec.key
-            if "norm" in spec.key:
+        for spec in chunk.param_slices():
+            pspec = spec_of(spec.param)
+            kind = pspec.init_kind(spec.local)
+            if kind == "ones":
                 spec.local.fill_(1.0)
-            elif leaf in ("bias", "e_score_correction_bias"):
+            elif kind == "zeros":
                 spec.local.zero_()
             else:
-                # the last stage's embedding copy (MTP under PP) starts equal to the embedding
-                key = "model.embed_tokens.weight" if getattr(spec.param, "is_mtp_copy", False) else spec.key
+                # a tied copy (the last stage's embedding under PP) starts equal to its source
+                key = pspec.copy_of or spec.key
                 g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
                 full = torch.randn(spec.full_shape, generator=g) * std
                 if spec.dim is not None:
@@ -81,7 +86,8 @@ def _data(cfg: Config, kind: str):
     from r1mega.data.pretrain import PretrainData
     from r1mega.data.sft import SFTData
 
-    d = resolve_data(cfg.data, kind, cfg.model.vocab_size)
+    vocab = cfg.active_model.vocab_size
+    d = resolve_data(cfg.data, kind, vocab)
     if kind == "sft" and (len(d.paths) > 1 or d.weights is not None):
         raise ConfigError("data.paths", f"SFT reads one chat JSONL file, got {len(d.paths)} paths"
                           + (" and data.weights" if d.weights is not None else "") + "; concatenate the files")
@@ -91,11 +97,11 @@ def _data(cfg: Config, kind: str):
         if not os.path.exists(d.tokenizer):
             raise ConfigError("data.tokenizer", f"{d.tokenizer}: not found")
         tok = load_tokenizer(d.tokenizer)
-        if tok.vocab_size > cfg.model.vocab_size:
+        if tok.vocab_size > vocab:
             raise ConfigError("data.tokenizer", f"{d.tokenizer} has {tok.vocab_size} tokens but "
-                              f"model.vocab_size is {cfg.model.vocab_size}")
+                              f"the model's vocab_size is {vocab}")
     if kind == "pretrain":
-        return PretrainData(d.paths, d.weights, d.seq_length, cfg.seed, cfg.model.vocab_size)
+        return PretrainData(d.paths, d.weights, d.seq_length, cfg.seed, vocab)
     return SFTData(d.paths[0], tok, d.seq_length, cfg.seed)
 
 
@@ -125,7 +131,8 @@ def train(cfg: Config, kind: str) -> dict:
               f"before the learning rate reaches optim.lr={cfg.optim.lr}", file=sys.stderr, flush=True)
     data = _data(cfg, kind)
     ckpt_root = os.path.join(t.run_dir, "checkpoints")
-    model_config = asdict(cfg.model)
+    family, model_cfg = family_for(cfg)
+    model_config = asdict(model_cfg)
     candidates = find_resume_checkpoint(ckpt_root, t.load, model_config, t.allow_arch_change)
 
     try:
@@ -143,6 +150,7 @@ def train(cfg: Config, kind: str) -> dict:
     resume, meta = resume_from(candidates, chunks, optimizer, ps, model_config, t.allow_arch_change,
                                t.verify_checkpoint)
     start, consumed = meta.get("step", 0), meta.get("consumed_samples", 0)
+    hf_config = meta.get("hf_config")  # an imported model's config.json travels on, so an export reproduces it
     if start >= t.steps:  # nothing left: say so rather than report an empty run
         if ps.rank == 0:
             print(f"run {t.run_dir} is complete: {resume} is at step {start} and train.steps={t.steps}. "
@@ -159,19 +167,26 @@ def train(cfg: Config, kind: str) -> dict:
     gbs = cfg.data.global_batch_size
     micro = gbs // (ps.dp * cfg.data.micro_batch_size)
     tokens_per_step = gbs * cfg.data.seq_length
-    flops_step = flops_per_token(cfg.model, cfg.data.seq_length) * tokens_per_step
+    flops_step = family.flops_per_token(model_cfg, cfg.data.seq_length) * tokens_per_step
     peak = t.peak_tflops or (H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
+    # FP8 GEMMs for the linears and routed experts (the head, router, norms, attention core stay high precision)
+    kernels = fp8_backend(t.fp8, t.fp8_backend, t.fp8_block, t.fp8_pow2_scales)
+    if kernels is not None:
+        log.print(f"FP8 {t.fp8} (block {t.fp8_block}{', power-of-2 scales' if t.fp8_pow2_scales else ''}) "
+                  f"through the {kernels.name} backend")
     losses: list[float] = []
+    moe_or_mtp = bool(moe_layers(chunks)) or getattr(model_cfg, "num_mtp_layers", 0) > 0
     in_a_row, last_saved = 0, resume  # consecutive non-finite steps; newest checkpoint on disk
     chunks.train()
     for step in range(start, t.steps):
         t0 = time.perf_counter()
         batch = {k: v.to(device) for k, v in _batch(data, kind, consumed, gbs).items()}
         lr = lr_at(step, t.steps, cfg.optim)
-        res = lm_forward_backward(
-            chunks, ps, batch["input_ids"], batch["labels"], micro, t.mtp_weight,
-            attn_mask=batch.get("attn_mask"), position_ids=batch.get("position_ids"),
-            schedule=t.schedule, balance_alpha=t.balance_alpha, reduce_dp=False)
+        with use_backend(kernels) if kernels is not None else contextlib.nullcontext():
+            res = lm_forward_backward(
+                chunks, ps, batch["input_ids"], batch["labels"], micro, t.mtp_weight,
+                attn_mask=batch.get("attn_mask"), position_ids=batch.get("position_ids"),
+                schedule=t.schedule, balance_alpha=t.balance_alpha, reduce_dp=False)
         if math.isfinite(res.loss):
             grad_norm, skipped = optimizer.step(lr)
         else:
@@ -187,6 +202,9 @@ def train(cfg: Config, kind: str) -> dict:
                    "tflops_per_device": flops_step / dt / world / 1e12,
                    "expert_max_load": balance["max_load_ratio"], "expert_min_load": balance["min_load_ratio"],
                    "balance_loss": balance["balance_loss"]}
+        if not moe_or_mtp:  # e.g. a dense student: no MTP or expert statistics to report
+            for k in ("mtp_loss", "expert_max_load", "expert_min_load", "balance_loss"):
+                metrics.pop(k)
         if peak:
             metrics["mfu"] = metrics["tflops_per_device"] / peak
         if skipped:
@@ -204,7 +222,8 @@ def train(cfg: Config, kind: str) -> dict:
         last = step + 1 == t.steps
         if last or (t.save_interval and (step + 1) % t.save_interval == 0):
             last_saved = save_checkpoint(ckpt_root, step + 1, chunks, optimizer, ps,
-                                         {"consumed_samples": consumed, "kind": kind, "model_config": model_config,
+                                         {"consumed_samples": consumed, "kind": kind, "family": family.name,
+                                          "model_config": model_config, "hf_config": hf_config,
                                           "loss": res.loss if math.isfinite(res.loss) else None})
     log.close()
     final = losses[-1] if losses else float("nan")

@@ -6,32 +6,24 @@ parameter names mirror the Hugging Face checkpoint (`hf_weights.py` maps the few
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from r1mega.config import ModelConfig
+from r1mega.inference.kv_cache import KVCache
 from r1mega.models.deepseek_v3.attention import MLA
 from r1mega.models.deepseek_v3.moe import DenseMLP, MoE
-from r1mega.models.deepseek_v3.rope import RotaryEmbedding
+from r1mega.models.rope import RotaryEmbedding
+from r1mega.models.stage import (  # noqa: F401  (re-exported for existing callers)
+    IGNORE_INDEX, StageOutput, check_sequence_parallel, shift_left, stage_layers, token_loss,
+)
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.tensor_parallel import (
     ColumnParallelLinear, ReplicatedLinear, RMSNorm, enter_tp_region, tag,
 )
-from r1mega.parallel.vocab_parallel import VocabParallelEmbedding, vocab_parallel_cross_entropy
-
-IGNORE_INDEX = -100
-
-
-def stage_layers(num_layers: int, pp: int, stage: int, pp_layers: Optional[list[int]] = None) -> range:
-    """Layer indices of pipeline stage `stage`. Even split; extra layers go to the earlier stages,
-    since the last stage also carries the head and the MTP modules."""
-    counts = pp_layers or [num_layers // pp + (1 if i < num_layers % pp else 0) for i in range(pp)]
-    start = sum(counts[:stage])
-    return range(start, start + counts[stage])
-
+from r1mega.parallel.vocab_parallel import VocabParallelEmbedding
 
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, ps: ParallelState, layer_idx: int):
@@ -70,23 +62,6 @@ class MTPLayer(DecoderLayer):
         return super().forward(x, rope, cos, sin, attn_mask)
 
 
-@dataclass
-class StageOutput:
-    hidden: Optional[torch.Tensor] = None  # [s_local, b, D] to send on (non-last stages)
-    logits: Optional[torch.Tensor] = None  # [s, b, V/tp] vocab-sharded (last stage)
-    token_loss: Optional[torch.Tensor] = None  # [b, s] per-token CE, 0 where ignored
-    mtp_token_loss: list[torch.Tensor] = field(default_factory=list)  # per MTP depth, [b, s]
-
-
-def shift_left(t: torch.Tensor, k: int, fill: int) -> torch.Tensor:
-    """t[:, i] <- t[:, i + k], the last k columns filled."""
-    if k == 0:
-        return t
-    out = torch.full_like(t, fill)
-    out[:, :-k] = t[:, k:]
-    return out
-
-
 class DeepseekV3(nn.Module):
     """Pipeline stage `stage` of `num_stages` (default: this rank's pp rank of pp). With virtual
     pipeline stages (interleaved schedule) a rank holds several, stage = chunk * pp + pp_rank."""
@@ -100,6 +75,7 @@ class DeepseekV3(nn.Module):
         self.is_first = self.stage == 0
         self.is_last = self.stage == self.num_stages - 1
         self.layer_ids = stage_layers(cfg.num_layers, self.num_stages, self.stage, pp_layers)
+        self.hidden_size, self.vocab_size = cfg.hidden_size, cfg.vocab_size
         std = cfg.initializer_range
         self.rope = RotaryEmbedding(cfg.qk_rope_head_dim, cfg.rope_theta, cfg.rope_scaling,
                                     cfg.max_position_embeddings, cfg.rope_interleave)
@@ -109,16 +85,29 @@ class DeepseekV3(nn.Module):
         self.norm = self.lm_head = self.mtp = self.mtp_embed = None
         if self.is_last:
             self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "stream")
-            self.lm_head = ColumnParallelLinear(cfg.hidden_size, cfg.vocab_size, ps, std)
+            # DeepSeek-V3 keeps the output head in high precision (also under FP8)
+            self.lm_head = ColumnParallelLinear(cfg.hidden_size, cfg.vocab_size, ps, std, high_precision=True)
             if cfg.num_mtp_layers:
                 n = cfg.num_layers
                 self.mtp = nn.ModuleDict({str(n + k): MTPLayer(cfg, ps, n + k) for k in range(cfg.num_mtp_layers)})
                 if not self.is_first:
                     # a copy of the embedding; grad_sync sums its gradient with the first stage's
                     self.mtp_embed = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, ps, std)
-                    tag(self.mtp_embed.weight, tied_embedding=True, is_mtp_copy=True)
+                    tag(self.mtp_embed.weight, tied_embedding=True, copy_of="model.embed_tokens.weight")
         if self.embed_tokens is not None and cfg.num_mtp_layers and self.num_stages > 1:
             tag(self.embed_tokens.weight, tied_embedding=True)
+
+    def param_slices(self):
+        """Checkpoint slices of this stage's tensors (`r1mega.models.weights.SliceSpec`)."""
+        from r1mega.models.deepseek_v3.hf_weights import param_slices
+
+        return param_slices(self)
+
+    def new_kv_cache(self, batch: int, max_len: int, valid: torch.Tensor, dtype: torch.dtype,
+                     device: torch.device) -> KVCache:
+        """MLA latent cache for this stage's layers (generation)."""
+        return KVCache(self.layer_ids, batch, max_len, self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim, valid,
+                       dtype, device)
 
     # ------------------------------------------------------------------------------------------
     def _embed(self, ids_sb: torch.Tensor) -> torch.Tensor:
@@ -132,8 +121,7 @@ class DeepseekV3(nn.Module):
         """input_ids/labels [b, s] (every stage gets them); hidden: the previous stage's output.
         cache: a KVCache (inference, this stage's layers); routing: {layer: experts [s, b, k]} to replay."""
         b, s = input_ids.shape
-        if self.ps.sp and s % self.ps.tp:
-            raise ValueError(f"sequence parallel: sequence length {s} is not divisible by tp={self.ps.tp}")
+        check_sequence_parallel(s, self.ps)
         positions = (position_ids.t() if position_ids is not None
                      else torch.arange(s, device=input_ids.device))
         cos, sin = self.rope.cos_sin(positions)
@@ -149,15 +137,11 @@ class DeepseekV3(nn.Module):
         h = self.norm(h)
         out = StageOutput(logits=self.lm_head(enter_tp_region(h, self.ps)))
         if labels is not None:
-            out.token_loss = self._token_loss(out.logits, labels)
+            out.token_loss = token_loss(out.logits, labels, self.ps)
         if self.mtp is not None and labels is not None:
             for k, layer in enumerate(self.mtp.values(), start=1):
                 emb = self._embed(shift_left(input_ids, k, 0).t())
                 h = layer(h, emb, self.rope, cos, sin, attn_mask)
                 logits = self.lm_head(enter_tp_region(layer.shared_head.norm(h), self.ps))
-                out.mtp_token_loss.append(self._token_loss(logits, shift_left(labels, k, IGNORE_INDEX)))
+                out.mtp_token_loss.append(token_loss(logits, shift_left(labels, k, IGNORE_INDEX), self.ps))
         return out
-
-    def _token_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        loss = vocab_parallel_cross_entropy(logits, labels.t(), self.ps).t()  # [b, s]
-        return loss.masked_fill(labels == IGNORE_INDEX, 0.0)

@@ -53,14 +53,3 @@ def flops_per_token(c: ModelConfig, seq_length: int) -> float:
     # QK^T and AV: 2 x s x heads x (qk + v) multiply-adds per token, halved by the causal mask, x3 for fwd+bwd
     attn = 6 * c.num_layers * seq_length * c.num_heads * (c.qk_head_dim + c.v_head_dim) / 2
     return 6.0 * count_params(c)["active"] + attn
-
-
-def dense_params(c) -> dict[str, int]:
-    """A dense student (config.DenseConfig): GQA attention, SwiGLU, RMSNorm."""
-    D, hd = c.hidden_size, c.head_dim or c.hidden_size // c.num_heads
-    q, kv = c.num_heads * hd, c.num_kv_heads * hd
-    attn = D * q + 2 * D * kv + q * D + ((q + 2 * kv) if c.qkv_bias else 0)
-    layer = attn + 3 * D * c.intermediate_size + 2 * D
-    emb = c.vocab_size * D * (1 if c.tie_word_embeddings else 2)
-    total = emb + c.num_layers * layer + D
-    return {"total": total, "active": total, "mtp": 0, "per_layer": layer, "attention": attn}

@@ -1,0 +1,52 @@
+"""The rollout KV cache of grouped-query attention (dense students): per layer, the rotated keys
+and the values of the KV heads this TP rank attends with - not the query heads they serve.
+Same interface as the MLA latent cache (`kv_cache.py`): sequences are left-padded to a common
+prompt length and decode in lockstep; `valid` marks the pad slots no query may attend to."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+
+class HeadsLayerCache:
+    def __init__(self, owner: "HeadsKVCache", b: int, max_len: int, kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device):
+        self.owner = owner
+        self.k = torch.zeros(b, max_len, kv_heads, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros(b, max_len, kv_heads, head_dim, dtype=dtype, device=device)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor):
+        """k, v [s, b, kv_heads, d] -> keys and values so far [b, L, kv_heads, d], valid [b, L], first new slot."""
+        start, s = self.owner.length, k.shape[0]
+        if start + s > self.k.shape[1]:
+            raise ValueError(f"KV cache overflow: {start + s} tokens > capacity {self.k.shape[1]}")
+        self.k[:, start:start + s] = k.transpose(0, 1)
+        self.v[:, start:start + s] = v.transpose(0, 1)
+        end = start + s
+        return self.k[:, :end], self.v[:, :end], self.owner.valid[:, :end], start
+
+
+class HeadsKVCache:
+    def __init__(self, layer_ids: Iterable[int], batch: int, max_len: int, kv_heads: int, head_dim: int,
+                 valid: torch.Tensor, dtype: torch.dtype, device: torch.device):
+        self.length = 0
+        self.valid = valid  # [b, max_len] bool
+        self.layers = {i: HeadsLayerCache(self, batch, max_len, kv_heads, head_dim, dtype, device)
+                       for i in layer_ids}
+
+    def layer(self, i: int) -> HeadsLayerCache:
+        return self.layers[i]
+
+    def advance(self, s: int) -> None:
+        self.length += s
+
+    def values_per_token_per_layer(self) -> int:
+        c = next(iter(self.layers.values()))
+        return 2 * c.k.shape[2] * c.k.shape[3]
+
+    def routing(self) -> dict[int, torch.Tensor]:
+        return {}  # dense layers route nothing
+
+    def nbytes(self) -> int:
+        return sum(2 * c.k.numel() * c.k.element_size() for c in self.layers.values())

@@ -1,0 +1,194 @@
+"""A dense student (Qwen2/Qwen2.5, Llama 3) as one pipeline stage: GQA attention with rotary
+embeddings, a SwiGLU FFN, RMSNorm, optionally tied input/output embeddings.
+
+    q_proj, k_proj, v_proj column-parallel by heads, o_proj row-parallel; gate/up column-, down row-parallel
+When the KV heads do not split evenly over TP (fewer KV heads than TP ranks, or a count TP does
+not divide), k_proj/v_proj are replicated on every TP rank, each rank attends with the KV heads its
+query heads use, and their partial gradients are all-reduced over TP (`tp_partial="region"`).
+Module and parameter names mirror the Hugging Face checkpoint (`model.` prefix aside).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from r1mega.config import DenseConfig
+from r1mega.inference.heads_cache import HeadsKVCache
+from r1mega.kernels import linear
+from r1mega.models.rope import RotaryEmbedding
+from r1mega.models.stage import StageOutput, check_sequence_parallel, stage_layers, token_loss
+from r1mega.models.weights import SliceSpec, full_shape, hf_name
+from r1mega.parallel.layout import ParallelState
+from r1mega.parallel.param_spec import spec_of, tag
+from r1mega.parallel.tensor_parallel import (
+    ColumnParallelLinear, ReplicatedLinear, RMSNorm, RowParallelLinear, enter_tp_region, leave_tp_region,
+)
+from r1mega.parallel.vocab_parallel import VocabParallelEmbedding
+
+
+def kv_heads_of_rank(num_heads: int, num_kv_heads: int, tp: int, rank: int) -> tuple[int, int, list[int]]:
+    """(first KV head, KV heads held, local KV index of each local query head) for TP rank `rank`:
+    query head h uses KV head h // (num_heads / num_kv_heads)."""
+    local = num_heads // tp
+    if num_kv_heads % tp == 0:
+        per = num_kv_heads // tp
+        return rank * per, per, [h // (local // per) for h in range(local)]
+    kv = [(rank * local + h) // (num_heads // num_kv_heads) for h in range(local)]
+    return kv[0], kv[-1] - kv[0] + 1, [k - kv[0] for k in kv]
+
+
+class GQAttention(nn.Module):
+    def __init__(self, cfg: DenseConfig, ps: ParallelState):
+        super().__init__()
+        self.ps = ps
+        D, H, KV, hd, std = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_size, cfg.initializer_range
+        self.head_dim, self.local_heads = hd, H // ps.tp
+        self.split_kv = KV % ps.tp == 0
+        self.kv_first, self.kv_local, kv_of_q = kv_heads_of_rank(H, KV, ps.tp, ps.r("tp"))
+        # query heads in equal consecutive groups per local KV head: SDPA reads the shared K/V itself
+        per = self.local_heads // self.kv_local
+        self.grouped = (per * self.kv_local == self.local_heads
+                        and kv_of_q == [h // per for h in range(self.local_heads)])
+        self.register_buffer("kv_of_q", torch.tensor(kv_of_q), persistent=False)
+        self.q_proj = ColumnParallelLinear(D, H * hd, ps, std, bias=cfg.qkv_bias)
+        if self.split_kv:
+            self.k_proj = ColumnParallelLinear(D, KV * hd, ps, std, bias=cfg.qkv_bias)
+            self.v_proj = ColumnParallelLinear(D, KV * hd, ps, std, bias=cfg.qkv_bias)
+        else:
+            self.k_proj = ReplicatedLinear(D, KV * hd, "region", std, bias=cfg.qkv_bias)
+            self.v_proj = ReplicatedLinear(D, KV * hd, "region", std, bias=cfg.qkv_bias)
+        self.o_proj = RowParallelLinear(H * hd, D, ps, std, bias=cfg.o_bias)
+        self.scale = hd ** -0.5
+
+    def _kv(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        t = proj(x).view(*x.shape[:2], -1, self.head_dim)
+        return t if self.split_kv else t[:, :, self.kv_first:self.kv_first + self.kv_local]
+
+    def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cos, sin, attn_mask=None, cache=None):
+        """x [s_local, b, D] residual-stream layout -> same. attn_mask bool [b, 1, s, s] (True = attend),
+        causal when None; cache: this layer's slot of a `HeadsKVCache` (generation)."""
+        x = enter_tp_region(x, self.ps)
+        s, b, _ = x.shape
+        q = rope.apply(self.q_proj(x).view(s, b, self.local_heads, self.head_dim), cos, sin)
+        k = rope.apply(self._kv(self.k_proj, x), cos, sin)
+        v = self._kv(self.v_proj, x)
+        if cache is not None:
+            k, v, valid, start = cache.append(k, v)  # [b, L, kv, d]
+            L = k.shape[1]
+            key_slot = torch.arange(L, device=x.device)[None, :]
+            query_slot = torch.arange(start, start + s, device=x.device)[:, None]
+            attn_mask = ((key_slot <= query_slot)[None] & valid[:, None, :]) | (key_slot == query_slot)[None]
+            attn_mask = attn_mask[:, None]
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [b, kv, L, d]
+        else:
+            k, v = k.permute(1, 2, 0, 3), v.permute(1, 2, 0, 3)
+        if not self.grouped:  # uneven groups (KV heads replicated over TP): each query head its KV head
+            k, v = k.index_select(1, self.kv_of_q), v.index_select(1, self.kv_of_q)
+        q = q.permute(1, 2, 0, 3)  # [b, h, s, d]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+                                             scale=self.scale, enable_gqa=self.grouped)
+        out = out.permute(2, 0, 1, 3).reshape(s, b, self.local_heads * self.head_dim)
+        out = leave_tp_region(self.o_proj(out), self.ps)
+        return out if self.o_proj.bias is None else out + self.o_proj.bias
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)): gate/up column-parallel, down row-parallel; residual layout in and out."""
+
+    def __init__(self, hidden: int, inner: int, ps: ParallelState, std: float):
+        super().__init__()
+        self.ps = ps
+        self.gate_proj = ColumnParallelLinear(hidden, inner, ps, std)
+        self.up_proj = ColumnParallelLinear(hidden, inner, ps, std)
+        self.down_proj = RowParallelLinear(inner, hidden, ps, std)
+
+    def forward(self, x):
+        x = enter_tp_region(x, self.ps)
+        return leave_tp_region(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)), self.ps)
+
+
+class DenseDecoderLayer(nn.Module):
+    def __init__(self, cfg: DenseConfig, ps: ParallelState):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "stream")
+        self.self_attn = GQAttention(cfg, ps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "stream")
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, ps, cfg.initializer_range)
+
+    def forward(self, h, rope, cos, sin, attn_mask=None, cache=None):
+        h = h + self.self_attn(self.input_layernorm(h), rope, cos, sin, attn_mask, cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class DenseStudent(nn.Module):
+    """Pipeline stage `stage` of `num_stages` (default: this rank's pp rank of pp); with virtual
+    stages (interleaved schedule) stage = chunk * pp + pp_rank. Tied embeddings under PP: the last
+    stage holds a copy of the embedding as its head, its gradient summed with the first stage's."""
+
+    def __init__(self, cfg: DenseConfig, ps: ParallelState, pp_layers: Optional[list[int]] = None,
+                 stage: Optional[int] = None, num_stages: Optional[int] = None):
+        super().__init__()
+        self.cfg, self.ps = cfg, ps
+        self.stage = ps.r("pp") if stage is None else stage
+        self.num_stages = ps.pp if num_stages is None else num_stages
+        self.is_first = self.stage == 0
+        self.is_last = self.stage == self.num_stages - 1
+        self.layer_ids = stage_layers(cfg.num_layers, self.num_stages, self.stage, pp_layers)
+        self.hidden_size, self.vocab_size = cfg.hidden_size, cfg.vocab_size
+        std, tied = cfg.initializer_range, cfg.tie_word_embeddings
+        self.rope = RotaryEmbedding(cfg.head_size, cfg.rope_theta, cfg.rope_scaling, cfg.max_position_embeddings,
+                                    interleave=False)
+        self.embed_tokens = (VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, ps, std)
+                             if self.is_first else None)
+        self.layers = nn.ModuleDict({str(i): DenseDecoderLayer(cfg, ps) for i in self.layer_ids})
+        self.norm = self.lm_head = None
+        if self.is_last:
+            self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "stream")
+            if not (tied and self.is_first):  # one stage with tied embeddings: the head is the embedding
+                self.lm_head = ColumnParallelLinear(cfg.hidden_size, cfg.vocab_size, ps, std)
+                if tied:
+                    tag(self.lm_head.weight, tied_embedding=True, copy_of="model.embed_tokens.weight")
+        if tied and self.is_first and self.num_stages > 1:
+            tag(self.embed_tokens.weight, tied_embedding=True)
+
+    def param_slices(self):
+        """Checkpoint slices of this stage's tensors (`r1mega.models.weights.SliceSpec`)."""
+        ps = self.ps
+        for name, p in self.named_parameters():
+            spec = spec_of(p)
+            key = spec.copy_of or hf_name(name)
+            dim = spec.tp_shard_dim
+            parts = ps.tp if dim is not None else 1
+            yield SliceSpec(name, p, None, key, full_shape(p.shape, dim, parts), dim, ps.r("tp"), parts, "tp")
+
+    def new_kv_cache(self, batch: int, max_len: int, valid: torch.Tensor, dtype: torch.dtype,
+                     device: torch.device) -> HeadsKVCache:
+        attn = next(iter(self.layers.values())).self_attn
+        return HeadsKVCache(self.layer_ids, batch, max_len, attn.kv_local, attn.head_dim, valid, dtype, device)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        h = enter_tp_region(self.norm(h), self.ps)
+        return self.lm_head(h) if self.lm_head is not None else linear(h, self.embed_tokens.weight)
+
+    def forward(self, input_ids: torch.Tensor, hidden: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.Tensor] = None, cache=None) -> StageOutput:
+        """input_ids/labels [b, s] (every stage gets them); hidden: the previous stage's output."""
+        s = input_ids.shape[1]
+        check_sequence_parallel(s, self.ps)
+        positions = position_ids.t() if position_ids is not None else torch.arange(s, device=input_ids.device)
+        cos, sin = self.rope.cos_sin(positions)
+        h = self.embed_tokens(input_ids.t()) if self.is_first else hidden
+        for name, layer in self.layers.items():
+            h = layer(h, self.rope, cos, sin, attn_mask, cache.layer(int(name)) if cache is not None else None)
+        if cache is not None:
+            cache.advance(s)
+        if not self.is_last:
+            return StageOutput(hidden=h)
+        out = StageOutput(logits=self.head(h))
+        if labels is not None:
+            out.token_loss = token_loss(out.logits, labels, self.ps)
+        return out

@@ -1,0 +1,53 @@
+"""What every model family's pipeline stage shares: the stage's layers, its output, the token loss.
+
+A stage module is called as `stage(input_ids, hidden=..., **Microbatch.stage_inputs())` and
+exposes `is_first`, `is_last`, `layer_ids`, `hidden_size`, `vocab_size` and `new_kv_cache(...)`,
+so the pipeline, the trainer and generation never need to know which family it is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from r1mega.parallel.layout import ParallelState
+from r1mega.parallel.vocab_parallel import vocab_parallel_cross_entropy
+
+IGNORE_INDEX = -100
+
+
+def stage_layers(num_layers: int, pp: int, stage: int, pp_layers: Optional[list[int]] = None) -> range:
+    """Layer indices of pipeline stage `stage`. Even split; extra layers go to the earlier stages,
+    since the last stage also carries the head (and DeepSeek's MTP modules)."""
+    counts = pp_layers or [num_layers // pp + (1 if i < num_layers % pp else 0) for i in range(pp)]
+    start = sum(counts[:stage])
+    return range(start, start + counts[stage])
+
+
+@dataclass
+class StageOutput:
+    hidden: Optional[torch.Tensor] = None  # [s_local, b, D] to send on (non-last stages)
+    logits: Optional[torch.Tensor] = None  # [s, b, V/tp] vocab-sharded (last stage)
+    token_loss: Optional[torch.Tensor] = None  # [b, s] per-token CE, 0 where ignored
+    mtp_token_loss: list[torch.Tensor] = field(default_factory=list)  # per MTP depth, [b, s]
+
+
+def shift_left(t: torch.Tensor, k: int, fill: int) -> torch.Tensor:
+    """t[:, i] <- t[:, i + k], the last k columns filled."""
+    if k == 0:
+        return t
+    out = torch.full_like(t, fill)
+    out[:, :-k] = t[:, k:]
+    return out
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor, ps: ParallelState) -> torch.Tensor:
+    """Per-token cross-entropy [b, s] from vocab-sharded logits [s, b, V/tp]; 0 where ignored."""
+    loss = vocab_parallel_cross_entropy(logits, labels.t(), ps).t()
+    return loss.masked_fill(labels == IGNORE_INDEX, 0.0)
+
+
+def check_sequence_parallel(s: int, ps: ParallelState) -> None:
+    if ps.sp and s % ps.tp:
+        raise ValueError(f"sequence parallel: sequence length {s} is not divisible by tp={ps.tp}")

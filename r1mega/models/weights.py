@@ -1,0 +1,176 @@
+"""Which slice of which checkpoint tensor each local parameter is, and reading/gathering by it,
+for any model family.
+
+A family's stage module yields `SliceSpec`s (`stage.param_slices()`); one mapping then serves
+loading a Hugging Face checkpoint, saving and loading r1mega's layout-independent checkpoints,
+initialisation, and rebuilding full tensors from shards. Every rank reads only its own slices
+(safetensors' `get_slice`), for any TP/PP/EP/expert-TP layout. Checkpoint keys are the Hugging
+Face names (`hf_name`): r1mega `X` is HF `model.X`, `lm_head` stays `lm_head`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Protocol
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from safetensors import safe_open
+
+from r1mega.errors import CheckpointError
+from r1mega.models.fp8 import dequantize, scale_name
+
+
+def hf_name(local: str) -> str:
+    return local if local.startswith("lm_head.") else "model." + local
+
+
+@dataclass
+class SliceSpec:
+    """Local tensor `param[index]` is part `rank` of `parts` along `dim` of checkpoint tensor `key`."""
+
+    local_name: str
+    param: torch.Tensor
+    index: Optional[int]  # expert slot in a stacked expert tensor
+    key: str
+    full_shape: tuple[int, ...]
+    dim: Optional[int]
+    rank: int
+    parts: int
+    group: Optional[str] = None  # the parallel group the parts are spread over ("tp", "etp")
+    fallback: Optional[str] = None  # key to read when `key` is absent (a tied copy's source)
+    # the tensor keeps its initialisation when the checkpoint has nothing under this prefix
+    # (DeepSeek's MTP layer, which transformers' checkpoints drop)
+    optional_prefix: Optional[str] = None
+
+    @property
+    def local(self) -> torch.Tensor:
+        return self.param if self.index is None else self.param[self.index]
+
+
+def full_shape(shape, dim: Optional[int], parts: int) -> tuple[int, ...]:
+    shape = list(shape)
+    if dim is not None:
+        shape[dim] *= parts
+    return tuple(shape)
+
+
+class TensorSource(Protocol):
+    def keys(self): ...
+
+    def __contains__(self, key: str) -> bool: ...
+
+    def read(self, key: str, full_shape: tuple[int, ...], dim: Optional[int], rank: int,
+             parts: int) -> torch.Tensor: ...
+
+
+class SafetensorsDir:
+    """A Hugging Face checkpoint directory (sharded with an index, or single files)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        index = os.path.join(path, "model.safetensors.index.json")
+        if os.path.exists(index):
+            with open(index) as f:
+                self.where = json.load(f)["weight_map"]
+        else:
+            files = sorted(n for n in os.listdir(path) if n.endswith(".safetensors")) if os.path.isdir(path) else []
+            if not files:
+                raise CheckpointError(f"{path}: no *.safetensors files and no model.safetensors.index.json")
+            self.where = {}
+            for name in files:
+                with safe_open(os.path.join(path, name), "pt") as f:
+                    for k in f.keys():
+                        self.where[k] = name
+        self._open: dict[str, object] = {}
+
+    def keys(self):
+        return self.where.keys()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.where
+
+    def slice(self, key: str):
+        if key not in self.where:
+            raise CheckpointError(f"{self.path}: tensor {key!r} is missing from the checkpoint")
+        name = self.where[key]
+        if name not in self._open:
+            self._open[name] = safe_open(os.path.join(self.path, name), "pt")
+        return self._open[name].get_slice(key)
+
+    def read(self, key, full_shape, dim, rank, parts) -> torch.Tensor:
+        sl = self.slice(key)
+        shape = tuple(sl.get_shape())
+        if shape != tuple(full_shape):
+            raise CheckpointError(f"tensor {key!r}: checkpoint shape {shape} != model shape {tuple(full_shape)}")
+        if scale_name(key) in self.where:  # DeepSeek FP8: dequantise whole, then slice (block scales)
+            return shard(dequantize(sl[:], self.slice(scale_name(key))[:]), dim, rank, parts)
+        if dim is None or parts == 1:
+            return sl[:]
+        n = shape[dim] // parts
+        index = [slice(None)] * len(shape)
+        index[dim] = slice(rank * n, (rank + 1) * n)
+        return sl[tuple(index)]
+
+
+def shard(t: torch.Tensor, dim: Optional[int], rank: int, parts: int) -> torch.Tensor:
+    return t if dim is None or parts == 1 else t.chunk(parts, dim=dim)[rank].contiguous()
+
+
+@dataclass
+class LoadReport:
+    read: list[str] = field(default_factory=list)  # checkpoint keys read (this rank's slices)
+    kept_init: list[str] = field(default_factory=list)  # local tensors left at their initialisation
+
+
+@torch.no_grad()
+def load_weights(model: nn.Module, source: TensorSource, prefix: str = "") -> LoadReport:
+    """Fill this rank's shards of a stage from `source` (keys optionally under `prefix`). A missing
+    or misshaped tensor is an error naming it, except those the family marks optional."""
+    report = LoadReport()
+    present: dict[str, bool] = {}
+    for spec in model.param_slices():
+        if spec.optional_prefix is not None:
+            want = prefix + spec.optional_prefix
+            if want not in present:
+                present[want] = any(k.startswith(want) for k in source.keys())
+            if not present[want]:
+                if spec.local_name not in report.kept_init:
+                    report.kept_init.append(spec.local_name)
+                continue
+        key = prefix + spec.key
+        if spec.fallback is not None and key not in source:
+            key = prefix + spec.fallback
+        spec.local.copy_(source.read(key, spec.full_shape, spec.dim, spec.rank, spec.parts))
+        report.read.append(key)
+    return report
+
+
+def load_hf_weights(model: nn.Module, hf_dir: str) -> LoadReport:
+    return load_weights(model, SafetensorsDir(hf_dir))
+
+
+def gather(t: torch.Tensor, dim: int, group) -> torch.Tensor:
+    if group is None:
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, t.contiguous(), group=group)
+    return torch.cat(parts, dim=dim)
+
+
+@torch.no_grad()
+def gather_sharded(model: nn.Module, grads: bool = False) -> dict[str, torch.Tensor]:
+    """Full checkpoint-named tensors (or gradients) of a stage without stacked experts, on every
+    rank of it. Collective over the groups the slices are spread over."""
+    out: dict[str, torch.Tensor] = {}
+    for spec in model.param_slices():
+        if spec.index is not None:
+            raise ValueError(f"{spec.local_name}: stacked expert tensors need the family's own gather")
+        t = spec.param.grad if grads else spec.param
+        t = (torch.zeros_like(spec.param) if t is None else t).detach()
+        if spec.dim is not None and spec.parts > 1:
+            t = gather(t, spec.dim, model.ps.g(spec.group))
+        out[spec.key] = t.clone()
+    return out
