@@ -106,10 +106,23 @@ class ModelConfig:
                 raise ConfigError(where, f"cannot read: {e.strerror}") from None
             except json.JSONDecodeError as e:
                 raise ConfigError(where, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+        if not isinstance(source, dict):
+            raise ConfigError(where, f"expected a JSON object of model settings, got {type(source).__name__}")
         try:
-            return cls._from_hf_dict(dict(source))
+            cfg = cls._from_hf_dict(dict(source))
         except KeyError as e:
             raise ConfigError(where, f"missing key {e.args[0]!r} that a DeepSeek config must have") from None
+        except (TypeError, ValueError) as e:  # e.g. float("abc") for rope_theta
+            raise ConfigError(where, f"a value has the wrong type ({e})") from None
+        for f in fields(cfg):  # a string where a number belongs would fail deep inside the model
+            v, kind = getattr(cfg, f.name), str(f.type)
+            ok = (v is None and "Optional" in kind) or (
+                isinstance(v, bool) if kind == "bool" else
+                isinstance(v, int) and not isinstance(v, bool) if kind.replace("Optional[", "").startswith("int") else
+                isinstance(v, (int, float)) and not isinstance(v, bool) if kind == "float" else True)
+            if not ok:
+                raise ConfigError(f"{where}: {f.name}", f"expected {kind}, got {v!r}")
+        return cfg
 
     @classmethod
     def _from_hf_dict(cls, hf: dict) -> "ModelConfig":
@@ -469,8 +482,12 @@ def load_config(path: Optional[str | list[str]] = None, overrides: Optional[list
         for path in paths:
             if not os.path.exists(path):
                 raise ConfigError("--config", f"file not found: {path}")
+            if not os.path.isfile(path):
+                raise ConfigError("--config", f"{path} is not a file (give the YAML file itself)")
             try:
                 loaded = OmegaConf.load(path)
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError("--config", f"{path}: unreadable ({e})") from None
             except yaml.YAMLError as e:
                 mark = getattr(e, "problem_mark", None)
                 where = f"{path}:{mark.line + 1}" if mark is not None else path
@@ -493,6 +510,8 @@ def load_config(path: Optional[str | list[str]] = None, overrides: Optional[list
 
 def resolve_parallel(par: ParallelConfig, world_size: int) -> ParallelConfig:
     """Fill in dp from the world size, after checking the layout divides it."""
+    if world_size < 1:
+        raise ConfigError("parallel", f"world size must be >= 1, got {world_size}")
     for name in ("tp", "pp", "ep", "cp"):
         if getattr(par, name) < 1:
             raise ConfigError(f"parallel.{name}", f"must be >= 1, got {getattr(par, name)}")
@@ -544,8 +563,16 @@ ROPE_SCALING_KEYS = ("type", "rope_type", "factor", "original_max_position_embed
 TOPK_METHODS = ("noaux_tc", "greedy", "group_limited_greedy")
 
 
+# no real model comes near this; a larger value is a typo that would overflow tensor sizes
+MAX_MODEL_DIM = 2 ** 31 - 1
+
+
 def validate_model(m: ModelConfig) -> None:
     """Ranges and enums of the model keys alone (no layout)."""
+    for f in fields(m):
+        v = getattr(m, f.name)
+        if isinstance(v, int) and not isinstance(v, bool):
+            _need(v <= MAX_MODEL_DIM, f"model.{f.name}", f"{v} is beyond any supported size (at most {MAX_MODEL_DIM})")
     _positive(m, "model", "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
               "kv_lora_rank", "qk_rope_head_dim", "v_head_dim", "max_position_embeddings", "rope_theta",
               "rms_norm_eps", "routed_scaling_factor")
@@ -675,8 +702,15 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
     need = _need
 
     _at_least(d, "data", 1, "seq_length", "micro_batch_size", "global_batch_size", "synthetic_docs")
+    active, section = cfg.active_model, "student" if cfg.student is not None else "model"
+    need(d.seq_length <= active.max_position_embeddings, "data.seq_length",
+         f"{d.seq_length} exceeds {section}.max_position_embeddings={active.max_position_embeddings}; shorten "
+         f"the sequences or extend the context (rope scaling and a larger max_position_embeddings)")
     if d.synthetic is not None:
         _one_of(d.synthetic, "data.synthetic", ("arithmetic", "addition"))
+        for name in ("paths", "tokenizer"):  # the built corpus brings its own files: yours would be ignored
+            need(not getattr(d, name), f"data.{name}", f"is set together with data.synthetic={d.synthetic}, "
+                 f"which builds its own corpus and tokenizer; set data.synthetic=null to use your {name}")
     if d.weights is not None:
         need(len(d.weights) == len(d.paths), "data.weights",
              f"has {len(d.weights)} entries for {len(d.paths)} data.paths")

@@ -131,14 +131,24 @@ def train_sentencepiece(texts, prefix: str, vocab_size: int) -> str:
 
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     texts = list(texts)
+    # train under a temporary name beside the target, then rename: an existing tokenizer is
+    # replaced only by a complete one, never left half-written by a crash or a refusal
+    tmp = os.path.join(os.path.dirname(os.path.abspath(prefix)), f".{os.path.basename(prefix)}.tmp-{os.getpid()}")
     try:
-        _train_spm(spm, texts, prefix, vocab_size)
-    except RuntimeError as e:
-        # BPE needs an exact size; a small corpus supports fewer pieces - take what it supports
-        found = re.search(r"value <= (\d+)", str(e))
-        if not found:
-            raise
-        _train_spm(spm, texts, prefix, int(found.group(1)))
+        try:
+            _train_spm(spm, texts, tmp, vocab_size)
+        except RuntimeError as e:
+            # BPE needs an exact size; a small corpus supports fewer pieces - take what it supports
+            found = re.search(r"value <= (\d+)", str(e))
+            if not found:
+                raise
+            _train_spm(spm, texts, tmp, int(found.group(1)))
+        for ext in (".vocab", ".model"):  # .model last: its presence means the pair is complete
+            os.replace(tmp + ext, prefix + ext)
+    finally:
+        for ext in (".model", ".vocab"):
+            if os.path.exists(tmp + ext):
+                os.remove(tmp + ext)  # this call's own temporary files
     return prefix + ".model"
 
 
@@ -149,3 +159,17 @@ def _train_spm(spm, texts: list[str], prefix: str, vocab_size: int) -> None:
         bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, split_digits=True, add_dummy_prefix=False,
         normalization_rule_name="identity", minloglevel=2, num_threads=1,
     )
+
+
+def load_tokenizer(path: str, what: str = "data.tokenizer") -> Tokenizer:
+    """Tokenizer(path), with a missing, corrupt or foreign file reported as a DataError naming it."""
+    from r1mega.errors import DataError, R1MegaError
+
+    try:
+        return Tokenizer(path)
+    except R1MegaError:
+        raise
+    except Exception as e:  # tokenizers/sentencepiece raise bare Exception/RuntimeError on bad files
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{what} {path}: cannot load a tokenizer ({msg}); expected a tokenizer.json, a "
+                        f"directory holding one, or a sentencepiece .model file") from None

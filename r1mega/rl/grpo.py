@@ -425,7 +425,8 @@ def rollout_stats(cfg: Config, scored: ScoredRollout, batch: TrainBatch,
         out[f"r/{name}"] = sum(t[name] for t in scored.terms)
     if old is not None:
         gen_mask = scored.rollout.completion_mask[:, 1:]
-        d = (old - batch.rollout_logp)[gen_mask].double()
+        n = gen_mask.shape[1]  # rows may be right-padded beyond it (context parallelism)
+        d = (old[:, :n] - batch.rollout_logp[:, :n])[gen_mask].double()
         if d.numel():
             out.update(gap_sum=float(d.abs().sum()), gap_tokens=float(d.numel()),
                        gap_max_local=float(d.abs().max()), sampler_kl=float((d.exp() - d - 1).sum()))

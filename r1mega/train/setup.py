@@ -89,7 +89,14 @@ def build_model(cfg: Config, ps: ParallelState, device: torch.device, dtype: tor
     """This rank's model chunks, initialised layout-independently, on the device in the weight dtype."""
     from r1mega.train.trainer import build_chunks, init_weights, place
 
-    chunks = build_chunks(cfg, ps)
+    try:
+        chunks = build_chunks(cfg, ps)
+    except (RuntimeError, MemoryError) as e:  # e.g. a model too large for this machine
+        if "alloc" not in str(e).lower() and not isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+            raise
+        raise ConfigError("model", f"this rank's share of the model does not fit in memory "
+                          f"({str(e).splitlines()[0]}); check the model sizes, or size a layout with `r1mega plan`"
+                          ) from None
     init_weights(chunks, cfg.seed)
     return place(chunks, device, dtype)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 import zlib
 from dataclasses import asdict, replace
@@ -20,7 +21,7 @@ import torch
 from r1mega.config import Config, ConfigError, validate_training
 from r1mega.errors import TrainingError
 from r1mega.data.prepare import resolve_data
-from r1mega.data.tokenizer import Tokenizer, check_fits
+from r1mega.data.tokenizer import check_fits, load_tokenizer
 from r1mega.kernels import use_backend
 from r1mega.kernels.fp8_backend import fp8_backend
 from r1mega.models.family import family_for
@@ -99,7 +100,7 @@ def _data(cfg: Config, kind: str):
     if d.tokenizer is not None:
         if not os.path.exists(d.tokenizer):
             raise ConfigError("data.tokenizer", f"{d.tokenizer}: not found")
-        tok = Tokenizer(d.tokenizer)
+        tok = load_tokenizer(d.tokenizer)
         check_fits(tok, vocab)
     if kind == "pretrain":
         return PretrainData(d.paths, d.weights, d.seq_length, cfg.seed, vocab)
@@ -122,6 +123,12 @@ def train(cfg: Config, kind: str) -> dict:
     t = cfg.train
 
     # everything a user can get wrong is checked before any weight exists: data, checkpoints, arch
+    for key, path in (("train.run_dir", t.run_dir), ("train.run_dir", os.path.join(t.run_dir, "checkpoints"))):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ConfigError(key, f"{path} exists and is not a directory")
+    if ps.rank == 0 and cfg.optim.warmup_steps > t.steps:
+        print(f"warning: optim.warmup_steps={cfg.optim.warmup_steps} exceeds train.steps={t.steps}: the run ends "
+              f"before the learning rate reaches optim.lr={cfg.optim.lr}", file=sys.stderr, flush=True)
     data = _data(cfg, kind)
     family, model_cfg = family_for(cfg)
     model_config = asdict(model_cfg)
