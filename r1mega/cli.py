@@ -71,7 +71,7 @@ def _dispatch(parser, args) -> int:
             from r1mega.dry_run import dry_run
 
             par = cfg.parallel
-            world = args.world or par.tp * par.cp * par.pp * (par.dp or 1)
+            world = args.world if args.world is not None else par.tp * par.cp * par.pp * (par.dp or 1)
             return dry_run(cfg, world, args.gpu_mem)
         if args.command == "grpo":
             from r1mega.rl.grpo import grpo

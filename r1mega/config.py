@@ -106,10 +106,23 @@ class ModelConfig:
                 raise ConfigError(where, f"cannot read: {e.strerror}") from None
             except json.JSONDecodeError as e:
                 raise ConfigError(where, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+        if not isinstance(source, dict):
+            raise ConfigError(where, f"expected a JSON object of model settings, got {type(source).__name__}")
         try:
-            return cls._from_hf_dict(dict(source))
+            cfg = cls._from_hf_dict(dict(source))
         except KeyError as e:
             raise ConfigError(where, f"missing key {e.args[0]!r} that a DeepSeek config must have") from None
+        except (TypeError, ValueError) as e:  # e.g. float("abc") for rope_theta
+            raise ConfigError(where, f"a value has the wrong type ({e})") from None
+        for f in fields(cfg):  # a string where a number belongs would fail deep inside the model
+            v, kind = getattr(cfg, f.name), str(f.type)
+            ok = (v is None and "Optional" in kind) or (
+                isinstance(v, bool) if kind == "bool" else
+                isinstance(v, int) and not isinstance(v, bool) if kind.replace("Optional[", "").startswith("int") else
+                isinstance(v, (int, float)) and not isinstance(v, bool) if kind == "float" else True)
+            if not ok:
+                raise ConfigError(f"{where}: {f.name}", f"expected {kind}, got {v!r}")
+        return cfg
 
     @classmethod
     def _from_hf_dict(cls, hf: dict) -> "ModelConfig":
@@ -330,26 +343,116 @@ class DenseConfig:
 
 @dataclass
 class RLConfig:
-    """GRPO. Defaults are DeepSeek-R1-Zero's published settings (DeepSeek-R1, Nature version)."""
+    """GRPO. Defaults are DeepSeek-R1-Zero's published settings (DeepSeek-R1, Nature version).
+
+    A training step is one optimizer step on prompts_per_step x group_size outputs (R1: 32 x 16 =
+    512). A rollout samples `minibatches` steps' worth at once (R1: 8,192 outputs = 16 mini-batches)
+    and every mini-batch reuses the rollout's old log-probs, so the ratio and clip act."""
 
     group_size: int = 16  # samples per question
-    prompts_per_step: int = 32  # questions per step (512 outputs per step)
+    prompts_per_step: int = 32  # questions per optimizer step (512 outputs per step)
+    minibatches: int = 1  # optimizer steps per rollout (R1: 16)
+    rollout_batch: Optional[int] = None  # outputs per rollout; null: prompts_per_step x group_size x minibatches
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 32768
+    # [[step, tokens], ...]: from `step` on, generate up to `tokens` (R1: [[8200, 65536]])
+    max_new_tokens_schedule: list[list[int]] = field(default_factory=list)
     kl_coef: float = 0.001  # k3 estimator against the reference policy; 0 disables the KL term
     clip_low: float = 0.2
     clip_high: float = 0.2  # > clip_low: asymmetric "clip-higher"; R1's first RL stage uses 10
     ref_refresh_steps: int = 400
-    updates_per_rollout: int = 1  # optimizer steps on each rollout batch (old log-probs kept)
-    token_level_loss: bool = False  # normalise by all tokens of the batch instead of per sequence
+    updates_per_rollout: int = 1  # passes over each rollout's mini-batches (old log-probs kept)
+    # loss normaliser: sequence (mean per sequence, then over sequences; DeepSeekMath), token (over all
+    # tokens of the step) or constant (token sums / (sequences x max_new_tokens); Dr.GRPO)
+    loss_norm: str = "sequence"
+    token_level_loss: bool = False  # shorthand for loss_norm=token
+    scale_rewards: bool = True  # divide advantages by the group's std; false: Dr.GRPO
     drop_equal_reward_groups: bool = False
+    overlong_filter: bool = False  # DAPO: truncated outputs take no part in the loss
+    overlong_buffer: int = 0  # DAPO soft overlong punishment over the last N tokens of the budget
+    overlong_penalty: float = 1.0  # reward subtracted at the very end of the buffer
+    # truncated importance sampling against the rollout's own log-probs (sampler/trainer mismatch);
+    # null: on when train.dtype is bfloat16
+    tis: Optional[bool] = None
+    tis_cap: float = 2.0
     routing_replay: bool = False
     rewards: list[str] = field(default_factory=lambda: ["accuracy", "format"])
-    language: Optional[str] = None  # target language for the language-consistency reward
+    language: Optional[str] = None  # target language for the language-consistency reward (default en)
+    # prompt datasets: JSONL files, one problem per line (see r1mega/data/prompts.py); empty: data.synthetic
+    prompts: list[str] = field(default_factory=list)
+    template: str = "raw"  # r1_zero | chat | raw
+    log_rollouts: int = 4  # sample rollouts appended to <run_dir>/rollouts.jsonl per step
     # run code rewards without the isolated sandbox where it cannot be set up (only for trusted code)
     unsafe_code_sandbox: bool = False
+
+
+RL_TEMPLATES = ("r1_zero", "chat", "raw")
+RL_LOSS_NORMS = ("sequence", "token", "constant")
+
+
+def validate_rl(cfg: "Config", world_size: int, resuming: bool = False) -> "Config":
+    """The rl.* rules of a GRPO run (after validate_training). Raises ConfigError naming the key.
+    resuming: the run directory holds the run's own checkpoint (no train.load needed)."""
+    from r1mega.rl.rewards import REWARDS  # the reward registry is the source of valid names
+
+    rl, par = cfg.rl, cfg.parallel
+
+    def need(cond: bool, key: str, msg: str):
+        if not cond:
+            raise ConfigError(key, msg)
+
+    need(rl.group_size >= 2, "rl.group_size", f"GRPO compares outputs within a group: needs >= 2, got {rl.group_size}")
+    need(rl.prompts_per_step >= 1, "rl.prompts_per_step", f"must be >= 1, got {rl.prompts_per_step}")
+    need(rl.minibatches >= 1, "rl.minibatches", f"must be >= 1, got {rl.minibatches}")
+    need(rl.updates_per_rollout >= 1, "rl.updates_per_rollout", f"must be >= 1, got {rl.updates_per_rollout}")
+    per_rollout = rl.prompts_per_step * rl.group_size * rl.minibatches
+    need(rl.rollout_batch is None or rl.rollout_batch == per_rollout, "rl.rollout_batch",
+         f"{rl.rollout_batch} outputs per rollout != prompts_per_step x group_size x minibatches = "
+         f"{rl.prompts_per_step} x {rl.group_size} x {rl.minibatches} = {per_rollout}")
+    need(rl.prompts_per_step % par.dp == 0, "rl.prompts_per_step",
+         f"{rl.prompts_per_step} questions do not split over dp={par.dp} (groups never straddle ranks)")
+    need(rl.temperature > 0 and math.isfinite(rl.temperature), "rl.temperature",
+         f"must be > 0 (log-probs are of softmax(logits / T)), got {rl.temperature}")
+    need(0 < rl.top_p <= 1, "rl.top_p", f"must be in (0, 1], got {rl.top_p}")
+    need(rl.top_k >= 0, "rl.top_k", f"must be >= 0 (0 = off), got {rl.top_k}")
+    need(rl.max_new_tokens >= 1, "rl.max_new_tokens", f"must be >= 1, got {rl.max_new_tokens}")
+    last = -1
+    for i, entry in enumerate(rl.max_new_tokens_schedule):
+        key = f"rl.max_new_tokens_schedule[{i}]"
+        need(len(entry) == 2, key, f"expected [step, tokens], got {entry}")
+        need(entry[0] > last, key, f"steps must increase, got {entry[0]} after {last}")
+        need(entry[1] >= 1, key, f"tokens must be >= 1, got {entry[1]}")
+        last = entry[0]
+    need(rl.kl_coef >= 0, "rl.kl_coef", f"must be >= 0, got {rl.kl_coef}")
+    need(rl.clip_low >= 0 and rl.clip_high >= 0, "rl.clip_low", "clip ranges must be >= 0")
+    need(rl.ref_refresh_steps >= 0, "rl.ref_refresh_steps", f"must be >= 0, got {rl.ref_refresh_steps}")
+    need(rl.loss_norm in RL_LOSS_NORMS, "rl.loss_norm", f"expected one of {RL_LOSS_NORMS}, got {rl.loss_norm!r}")
+    need(not (rl.token_level_loss and rl.loss_norm == "constant"), "rl.token_level_loss",
+         "conflicts with rl.loss_norm=constant")
+    need(rl.overlong_buffer >= 0, "rl.overlong_buffer", f"must be >= 0, got {rl.overlong_buffer}")
+    need(rl.tis_cap >= 1, "rl.tis_cap", f"must be >= 1, got {rl.tis_cap}")
+    need(len(rl.rewards) > 0, "rl.rewards", "no reward function given")
+    unknown = [n for n in rl.rewards if n not in REWARDS]
+    need(not unknown, "rl.rewards", f"unknown reward(s) {unknown}; choose from {sorted(REWARDS)}")
+    need(rl.language in (None, "en", "zh"), "rl.language", f"expected en or zh, got {rl.language!r}")
+    need(rl.template in RL_TEMPLATES, "rl.template", f"expected one of {RL_TEMPLATES}, got {rl.template!r}")
+    need(rl.log_rollouts >= 0, "rl.log_rollouts", f"must be >= 0, got {rl.log_rollouts}")
+    need(bool(rl.prompts) or cfg.data.synthetic is not None, "rl.prompts",
+         "no prompts: give rl.prompts=[file.jsonl, ...] or data.synthetic")
+    for i, path in enumerate(rl.prompts):
+        need(os.path.isfile(path), f"rl.prompts[{i}]", f"file not found: {path}")
+    need(not rl.prompts or resuming or cfg.train.load is not None, "train.load",
+         "GRPO on rl.prompts starts from a trained model: give train.load=CKPT (r1mega-convert import "
+         "makes one from a Hugging Face model directory)")
+    need(not rl.prompts or cfg.data.tokenizer is not None or cfg.train.load is not None, "data.tokenizer",
+         "rl.prompts needs a tokenizer: data.tokenizer=DIR (or train.load=CKPT holding tokenizer.json)")
+    need(rl.template != "chat" or bool(rl.prompts), "rl.template",
+         "the chat template needs rl.prompts and a tokenizer with a chat_template")
+    need(cfg.train.virtual_stages == 1, "train.virtual_stages",
+         "GRPO generates on one model chunk per pipeline rank")
+    return cfg
 
 
 @dataclass
@@ -379,8 +482,12 @@ def load_config(path: Optional[str | list[str]] = None, overrides: Optional[list
         for path in paths:
             if not os.path.exists(path):
                 raise ConfigError("--config", f"file not found: {path}")
+            if not os.path.isfile(path):
+                raise ConfigError("--config", f"{path} is not a file (give the YAML file itself)")
             try:
                 loaded = OmegaConf.load(path)
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError("--config", f"{path}: unreadable ({e})") from None
             except yaml.YAMLError as e:
                 mark = getattr(e, "problem_mark", None)
                 where = f"{path}:{mark.line + 1}" if mark is not None else path
@@ -403,6 +510,8 @@ def load_config(path: Optional[str | list[str]] = None, overrides: Optional[list
 
 def resolve_parallel(par: ParallelConfig, world_size: int) -> ParallelConfig:
     """Fill in dp from the world size, after checking the layout divides it."""
+    if world_size < 1:
+        raise ConfigError("parallel", f"world size must be >= 1, got {world_size}")
     for name in ("tp", "pp", "ep", "cp"):
         if getattr(par, name) < 1:
             raise ConfigError(f"parallel.{name}", f"must be >= 1, got {getattr(par, name)}")
@@ -454,8 +563,16 @@ ROPE_SCALING_KEYS = ("type", "rope_type", "factor", "original_max_position_embed
 TOPK_METHODS = ("noaux_tc", "greedy", "group_limited_greedy")
 
 
+# no real model comes near this; a larger value is a typo that would overflow tensor sizes
+MAX_MODEL_DIM = 2 ** 31 - 1
+
+
 def validate_model(m: ModelConfig) -> None:
     """Ranges and enums of the model keys alone (no layout)."""
+    for f in fields(m):
+        v = getattr(m, f.name)
+        if isinstance(v, int) and not isinstance(v, bool):
+            _need(v <= MAX_MODEL_DIM, f"model.{f.name}", f"{v} is beyond any supported size (at most {MAX_MODEL_DIM})")
     _positive(m, "model", "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
               "kv_lora_rank", "qk_rope_head_dim", "v_head_dim", "max_position_embeddings", "rope_theta",
               "rms_norm_eps", "routed_scaling_factor")
@@ -576,16 +693,24 @@ def validate(cfg: Config, world_size: int) -> Config:
     return cfg
 
 
-def validate_training(cfg: Config, world_size: int) -> Config:
-    """validate() plus the batch / schedule / data / optimizer rules of a training run."""
+def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> Config:
+    """validate() plus the batch / schedule / data / optimizer rules of a training run.
+    needs_data=False: GRPO, whose data are rl.prompts (see validate_rl)."""
     cfg = validate(cfg, world_size)
     par, d, t, o = cfg.parallel, cfg.data, cfg.train, cfg.optim
     tp, pp = par.tp, par.pp
     need = _need
 
     _at_least(d, "data", 1, "seq_length", "micro_batch_size", "global_batch_size", "synthetic_docs")
+    active, section = cfg.active_model, "student" if cfg.student is not None else "model"
+    need(d.seq_length <= active.max_position_embeddings, "data.seq_length",
+         f"{d.seq_length} exceeds {section}.max_position_embeddings={active.max_position_embeddings}; shorten "
+         f"the sequences or extend the context (rope scaling and a larger max_position_embeddings)")
     if d.synthetic is not None:
         _one_of(d.synthetic, "data.synthetic", ("arithmetic", "addition"))
+        for name in ("paths", "tokenizer"):  # the built corpus brings its own files: yours would be ignored
+            need(not getattr(d, name), f"data.{name}", f"is set together with data.synthetic={d.synthetic}, "
+                 f"which builds its own corpus and tokenizer; set data.synthetic=null to use your {name}")
     if d.weights is not None:
         need(len(d.weights) == len(d.paths), "data.weights",
              f"has {len(d.weights)} entries for {len(d.paths)} data.paths")
@@ -646,5 +771,5 @@ def validate_training(cfg: Config, world_size: int) -> Config:
     need(t.fp8_backend != "te", "train.fp8_backend",
          "the Transformer Engine backend is not built in yet; use auto or emulated")
     need(t.fp8_block >= 1, "train.fp8_block", f"must be >= 1, got {t.fp8_block}")
-    need(bool(d.paths) or d.synthetic is not None, "data.paths", "no data: give data.paths or data.synthetic")
+    need(not needs_data or bool(d.paths) or d.synthetic is not None, "data.paths", "no data: give data.paths or data.synthetic")
     return cfg

@@ -18,6 +18,8 @@ import re
 import subprocess
 import sys
 
+from r1mega.errors import ConfigError
+
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny",
                       "r1_zero_demo.yaml")
 
@@ -67,7 +69,7 @@ def plot(metrics_file: str, png: str, before: float, after: float, steps: int) -
 
 def run(args: argparse.Namespace) -> int:
     if args.nproc not in (1, 2, 4):
-        raise SystemExit(f"--nproc must be 1, 2 (TP2) or 4 (TP2 x EP2), got {args.nproc}")
+        raise ConfigError("--nproc", f"must be 1, 2 (TP2) or 4 (TP2 x EP2), got {args.nproc}")
     out = os.path.abspath(args.out)
     data = [f"data.cache_dir={out}/data"]
     _run("pretrain", args.config, data + [f"train.run_dir={out}/pretrain", f"train.steps={args.pretrain_steps}",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from r1mega.config import Config, validate
 from r1mega.parallel.layout import attention_dims, expert_dims, rank_groups
-from r1mega.plan import fits, plan_for, print_plan
+from r1mega.plan import check_sizes, fits, plan_for, print_plan
 
 
 def dry_run(cfg: Config, world: int, gpu_mem: float = 80.0) -> int:
+    check_sizes(world=world, gpu_mem=gpu_mem)
     cfg = validate(cfg, world)
     p = cfg.parallel
     m = cfg.active_model

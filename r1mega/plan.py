@@ -300,12 +300,24 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*")
 
 
+def check_sizes(**sizes: float) -> None:
+    """Command-line sizes (--gpu-mem, --world, ...) must be finite and positive."""
+    for name, v in sizes.items():
+        if v is not None and not (v == v and 0 < v < float("inf")):
+            raise ConfigError("--" + name.replace("_", "-"), f"must be > 0, got {v}")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_sizes(gpu_mem=args.gpu_mem, gpus_per_node=args.gpus_per_node, micro_batch=args.micro_batch,
+                seq_length=args.seq_length, global_batch=args.global_batch, search=args.search or None)
+    for name in ("rollout_batch", "rollout_len"):
+        if getattr(args, name) < 0:
+            raise ConfigError("--" + name.replace("_", "-"), f"must be >= 0, got {getattr(args, name)}")
     cfg = load_config(args.config, args.overrides)
     if args.recompute is not None:
         cfg.train.recompute = args.recompute
     if args.search and cfg.student is not None:
-        raise SystemExit("--search covers DeepSeek MoE configs; give a layout for dense students")
+        raise ConfigError("--search", "covers DeepSeek MoE configs; give a layout (--tp/--pp/--dp) for dense students")
     if args.search:
         found = search(cfg, args.search, args.gpus_per_node, args.gpu_mem, args.micro_batch, args.seq_length,
                        args.global_batch)

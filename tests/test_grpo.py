@@ -27,3 +27,157 @@ def test_grpo_runs_and_logprobs_agree(tmp_path, layout, replay):
         assert r["response_len"] > 0 and r["rollout_kv_cache_bytes"] > 0
         assert r["kl"] >= 0
     assert per_rank[0]["before"] == per_rank[1]["before"]  # every rank reports the same evaluation
+
+
+# ---- GRPO on a user's own prompts, tokenizer and model (r1mega-convert import + r1mega grpo) ----
+
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from r1mega.data.templates import R1_ZERO  # noqa: E402
+from rl_data import CODE, MATH, imported_checkpoint, write_jsonl  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGE = os.path.join(ROOT, "configs", "stage", "r1_zero.yaml")
+
+
+@pytest.fixture(scope="module")
+def user_data(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("user"))
+    return {"ckpt": imported_checkpoint(root), "math": write_jsonl(f"{root}/math.jsonl", MATH),
+            "code": write_jsonl(f"{root}/code.jsonl", CODE)}
+
+
+def grpo_cli(run_dir, data, prompts, rewards, nproc=1, extra=()):
+    """The stage config as written, given a model, prompts and small sizes."""
+    args = ["-m", "r1mega.cli", "grpo", "--config", STAGE, f"train.load={data['ckpt']}",
+            f"rl.prompts=[{data[prompts]}]", f"rl.rewards=[{rewards}]", f"train.run_dir={run_dir}",
+            "train.dtype=float32", "rl.group_size=4", "rl.prompts_per_step=2", "rl.minibatches=2",
+            "rl.max_new_tokens=8", "data.micro_batch_size=4", "data.global_batch_size=8", "train.steps=2",
+            "optim.lr=1e-2", "optim.min_lr=1e-2", "rl.kl_coef=0.01", "rl.language=en", *extra]
+    cmd = [sys.executable, *args] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    samples = [json.loads(line) for line in open(os.path.join(run_dir, "rollouts.jsonl"))]
+    return rows, samples
+
+
+def test_r1_zero_on_user_math_prompts_one_process_with_resume(tmp_path, user_data):
+    run = str(tmp_path / "run")
+    rows, samples = grpo_cli(run, user_data, "math", "accuracy,format,language",
+                             extra=["train.save_interval=2", "rl.max_new_tokens_schedule=[[2,6]]"])
+    assert [r["step"] for r in rows] == [1, 2]
+    first, second = rows
+    assert first["logprob_gap_max"] < 1e-4 and first["sampler_kl"] < 1e-8  # float32: sampler == trainer
+    # the first minibatch runs on the rollout's own policy (ratio 1, reference = policy); the second
+    # reuses the rollout's old log-probs after one update, so the ratio moves and the clip acts
+    assert first["clip_frac"] == 0 and first["kl"] < 1e-9
+    assert second["clip_frac"] > 0 and second["kl"] > 0
+    assert first["max_new_tokens"] == 8 and set(first) >= {"reward_accuracy", "reward_format", "reward_language"}
+    # sample rollouts: the rendered R1-Zero prompt, the completion and each reward
+    questions = {p["prompt"] for p in MATH}
+    assert len(samples) == 4 and all(s["step"] == 1 for s in samples)
+    assert all(s["prompt"] in {R1_ZERO.format(prompt=q) for q in questions} for s in samples)
+    assert all(set(s["rewards"]) == {"accuracy", "format", "language"} for s in samples)
+    meta = json.load(open(os.path.join(run, "checkpoints", "step_00000002", "meta.json")))
+    assert meta["reference"] == os.path.join("reference", "step_00000000") and meta["prompt_position"] == 4
+    # a requeue: the same command with more steps resumes; the reference is the saved one, not the
+    # current policy (which would make the first minibatch's KL exactly 0); the length switch applies
+    rows, samples = grpo_cli(run, user_data, "math", "accuracy,format,language",
+                             extra=["train.steps=4", "rl.max_new_tokens_schedule=[[2,6]]"])
+    resumed = rows[2:]
+    assert [r["step"] for r in resumed] == [3, 4]
+    assert resumed[0]["kl"] > 1e-6 and resumed[0]["clip_frac"] == 0
+    assert resumed[0]["max_new_tokens"] == 6 and resumed[0]["response_len"] <= 6
+    assert {s["step"] for s in samples} == {1, 3}
+
+
+def test_stage_configs_name_what_is_missing(tmp_path, user_data, capsys):
+    from r1mega.cli import main
+
+    for stage in ("r1_zero", "reasoning_rl", "alignment_rl"):
+        config = os.path.join(ROOT, "configs", "stage", f"{stage}.yaml")
+        run = [f"train.run_dir={tmp_path}/{stage}"]
+        assert main(["grpo", "--config", config, *run]) == 2
+        assert "'rl.prompts'" in capsys.readouterr().err
+        assert main(["grpo", "--config", config, *run, f"rl.prompts=[{user_data['math']}]"]) == 2
+        assert "'train.load'" in capsys.readouterr().err
+    # a tokenizer with more ids than the model's embedding rows is refused by name before any weight
+    assert main(["grpo", "--config", STAGE, f"train.run_dir={tmp_path}/big", f"train.load={user_data['ckpt']}",
+                 f"rl.prompts=[{user_data['math']}]", "model.vocab_size=384", "rl.max_new_tokens=4"]) == 2
+    err = capsys.readouterr().err
+    assert "'data.tokenizer'" in err and "model.vocab_size=384" in err
+
+
+def test_reference_is_scored_with_its_own_routing(tmp_path, user_data, monkeypatch):
+    import r1mega.rl.grpo as grpo_module
+    from r1mega.config import load_config
+
+    real, seen = grpo_module.sequence_logprobs, []
+
+    def spy(chunks, ps, mbs, temperature):
+        seen.append(all(mb.routing is not None for mb in mbs))
+        return real(chunks, ps, mbs, temperature)
+
+    monkeypatch.setattr(grpo_module, "sequence_logprobs", spy)
+    cfg = load_config(STAGE, [f"train.load={user_data['ckpt']}", f"rl.prompts=[{user_data['math']}]",
+                              f"train.run_dir={tmp_path}/run", "train.dtype=float32", "rl.group_size=2",
+                              "rl.prompts_per_step=1", "rl.minibatches=1", "rl.max_new_tokens=4", "train.steps=1",
+                              "data.micro_batch_size=2", "data.global_batch_size=2", "rl.routing_replay=true"])
+    grpo_module.grpo(cfg)
+    assert seen == [True, False]  # old log-probs replay the rollout's experts; the reference routes itself
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompts, rewards, layout, nproc", [
+    ("code", "code,format,language", ["parallel.tp=2", "parallel.ep=2"], 4),  # TP2 x EP2 (DP2)
+    ("math", "accuracy,format,language", ["parallel.pp=2"], 2),
+])
+def test_user_prompts_under_a_layout_equal_one_process(tmp_path, user_data, prompts, rewards, layout, nproc):
+    extra = ["rl.routing_replay=true"]
+    one, one_samples = grpo_cli(str(tmp_path / "one"), user_data, prompts, rewards, extra=extra)
+    many, many_samples = grpo_cli(str(tmp_path / "many"), user_data, prompts, rewards, nproc, extra=extra + layout)
+    # the same rows draw the same noise on any layout: identical rollouts, rewards and updates
+    assert [s["completion"] for s in many_samples] == [s["completion"] for s in one_samples]
+    for a, b in zip(one, many):
+        for key in ("reward", "response_len", "zero_advantage_frac"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+        for key in ("loss", "grad_norm", "kl", "clip_frac"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-6), key
+        assert b["logprob_gap_max"] < 1e-4
+
+
+def test_a_non_finite_loss_skips_the_update(tmp_path, user_data, monkeypatch):
+    import torch
+
+    import r1mega.rl.grpo as grpo_module
+    from r1mega.config import load_config
+
+    real, calls = grpo_module.grpo_loss, []
+
+    def poisoned(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:  # the first minibatch's loss is NaN
+            terms.loss = terms.loss * float("nan")
+        return terms
+
+    monkeypatch.setattr(grpo_module, "grpo_loss", poisoned)
+    run = str(tmp_path / "run")
+    cfg = load_config(STAGE, [f"train.load={user_data['ckpt']}", f"rl.prompts=[{user_data['math']}]",
+                              "rl.rewards=[accuracy,format,language]", f"train.run_dir={run}", "train.dtype=float32",
+                              "rl.group_size=4", "rl.prompts_per_step=1", "rl.minibatches=2", "rl.max_new_tokens=6",
+                              "data.micro_batch_size=4", "data.global_batch_size=4", "train.steps=2", "optim.lr=1e-2"])
+    torch.set_num_threads(1)
+    first, second = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))] \
+        if grpo_module.grpo(cfg) else []
+    assert first["skipped"] and first["skipped_steps"] == 1 and not second["skipped"]
+    # the weights did not move: the second minibatch still sees ratio 1 against the old log-probs
+    assert second["clip_frac"] == 0 and second["kl"] < 1e-9
+    meta = json.load(open(os.path.join(run, "checkpoints", "step_00000002", "meta.json")))
+    assert meta["skipped_steps"] == 1 and meta["optimizer_step"] == 1

@@ -99,7 +99,10 @@ def read_hf_config(hf_dir: str) -> dict:
     path = os.path.join(hf_dir, "config.json")
     try:
         with open(path) as f:
-            return json.load(f)
+            config = json.load(f)
+        if not isinstance(config, dict):
+            raise ConvertError(f"{path}: expected a JSON object of model settings, got {type(config).__name__}")
+        return config
     except OSError as e:
         raise ConvertError(f"{path}: cannot read ({e.strerror}); --hf-dir must be a Hugging Face model directory") \
             from None
@@ -123,10 +126,15 @@ def hf_files(hf_dir: str) -> dict[str, list[str]]:
     names = sorted(n for n in os.listdir(hf_dir) if n.endswith(".safetensors"))
     if not names:
         raise ConvertError(f"{hf_dir}: no *.safetensors files (only safetensors checkpoints are read)")
-    out = {}
+    out, seen = {}, {}
     for n in names:
         with _open_safetensors(os.path.join(hf_dir, n)) as f:
             out[n] = list(f.keys())
+        for k in out[n]:  # without an index nothing says which copy is meant: refuse to guess
+            if k in seen:
+                raise ConvertError(f"{hf_dir}: tensor {k} is stored in both {seen[k]} and {n}; remove the stray "
+                                   f"file or add a model.safetensors.index.json naming the right one")
+            seen[k] = n
     return out
 
 
@@ -440,9 +448,11 @@ def main(argv=None) -> int:
         q.add_argument("--overwrite", action="store_true", help="replace an existing --out once done")
         q.add_argument("--debug", action="store_true", help="show tracebacks of user errors (also R1MEGA_DEBUG=1)")
     args = p.parse_args(argv)
-    shard = int(args.shard_size * 1024 ** 3)
 
     def body() -> int:
+        if not (0 < args.shard_size < float("inf")):
+            raise ConvertError(f"--shard-size must be a positive number of GiB, got {args.shard_size}")
+        shard = max(1, int(args.shard_size * 1024 ** 3))
         if args.command == "import":
             tol = args.verify_tol if args.verify_tol is not None else (1e-4 if args.dtype == "float32" else 2e-2)
             meta = do_import(args.hf_dir, args.out, args.fp8, args.dtype, shard, args.overwrite, args.verify, tol)

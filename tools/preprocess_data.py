@@ -15,7 +15,7 @@ import sys
 
 from r1mega.data.jsonl import iter_texts
 from r1mega.data.pretrain import write_indexed
-from r1mega.data.tokenizer import EOS, Tokenizer
+from r1mega.data.tokenizer import EOS, load_tokenizer
 from r1mega.errors import DataError, debug_requested, run_command
 
 
@@ -40,7 +40,13 @@ def _run(args) -> int:
     folder = os.path.dirname(os.path.abspath(args.output_prefix))
     if not os.path.isdir(folder):
         raise DataError(f"--output-prefix {args.output_prefix}: directory {folder} does not exist")
-    tok = Tokenizer(args.tokenizer)
+    if os.path.isdir(args.output_prefix) or args.output_prefix.endswith(os.sep):
+        raise DataError(f"--output-prefix {args.output_prefix} is a directory; give a file prefix inside it "
+                        f"(e.g. {os.path.join(args.output_prefix, 'corpus')})")
+    for ext in (".bin", ".idx"):
+        if os.path.isdir(args.output_prefix + ext):
+            raise DataError(f"--output-prefix {args.output_prefix}: {args.output_prefix}{ext} is a directory")
+    tok = load_tokenizer(args.tokenizer, "--tokenizer")
     eos = "" if args.no_eos else EOS
 
     def docs():

@@ -43,8 +43,16 @@ def resolve_data(cfg: DataConfig, kind: str, vocab_size: int) -> DataConfig:
         raise ConfigError("data.synthetic", f"unknown corpus {cfg.synthetic!r} (arithmetic, addition)")
     root = os.path.join(cfg.cache_dir, f"{cfg.synthetic}-{cfg.synthetic_docs}-v{vocab_size}")
     first = not dist.is_initialized() or dist.get_rank() == 0
+    if os.path.exists(cfg.cache_dir) and not os.path.isdir(cfg.cache_dir):
+        raise ConfigError("data.cache_dir", f"{cfg.cache_dir} exists and is not a directory")
     if first and not os.path.exists(os.path.join(root, "DONE")):
-        _build(cfg.synthetic, root, cfg.synthetic_docs, vocab_size)
+        try:
+            _build(cfg.synthetic, root, cfg.synthetic_docs, vocab_size)
+        except RuntimeError as e:  # sentencepiece refuses a vocabulary too small for the corpus
+            if "vocab" not in str(e).lower():
+                raise
+            raise ConfigError("model.vocab_size", f"{vocab_size} is too small for the synthetic {cfg.synthetic} "
+                              f"corpus's tokenizer ({str(e).splitlines()[0][-120:]})") from None
     if dist.is_initialized():
         dist.barrier()
     paths = [os.path.join(root, "pretrain")] if kind == "pretrain" else [os.path.join(root, "sft.jsonl")]

@@ -1,8 +1,10 @@
 """Tokenizers: Hugging Face `tokenizer.json` (DeepSeek's own) or a sentencepiece model (small runs)."""
 from __future__ import annotations
 
+import json
 import os
 import re
+from typing import Optional
 
 # DeepSeek-R1's chat markers; a sentencepiece model for small runs is trained with them as symbols
 BOS = "<｜begin▁of▁sentence｜>"
@@ -12,9 +14,26 @@ ASSISTANT = "<｜Assistant｜>"
 CHAT_SYMBOLS = [BOS, EOS, USER, ASSISTANT, "<think>", "</think>"]
 
 
+def _token_text(value) -> Optional[str]:
+    """tokenizer_config.json writes special tokens as strings or as {"content": ...} objects."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
 class Tokenizer:
+    """Encode/decode with `tokenizers` (HF tokenizer.json) or sentencepiece (.model).
+
+    `path` may be a tokenizer.json, a .model file, or a directory holding tokenizer.json - a
+    Hugging Face checkpoint directory or an r1mega checkpoint made by `r1mega-convert import`. Its
+    tokenizer_config.json (when present) names the special tokens (eos_token, bos_token) and the
+    chat template (also read from chat_template.jinja)."""
+
     def __init__(self, path: str):
         self.path = path
+        self.chat_template: Optional[str] = None
+        self.add_bos = False  # tokenizer_config.json's add_bos_token: prompts start with BOS
+        self.special: dict[str, Optional[str]] = {"eos_token": EOS, "bos_token": BOS}
         if path.endswith(".model"):
             import sentencepiece as spm
 
@@ -26,12 +45,46 @@ class Tokenizer:
 
             file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
             if not os.path.exists(file):
-                raise FileNotFoundError(f"tokenizer: {file} not found (expected tokenizer.json or a .model file)")
+                raise FileNotFoundError(f"data.tokenizer: {file} not found (expected tokenizer.json, a directory "
+                                        "holding one, or a sentencepiece .model file)")
             self._hf = HFTokenizer.from_file(file)
             self._sp = None
             self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
-        self.eos_id = self.token_id(EOS)
-        self.bos_id = self.token_id(BOS)
+            self._read_config(os.path.dirname(os.path.abspath(file)))
+        self.eos_id = self.token_id(self.special["eos_token"]) if self.special["eos_token"] else None
+        self.bos_id = self.token_id(self.special["bos_token"]) if self.special["bos_token"] else None
+        if self.eos_id is None:
+            self.eos_id = self._generation_eos(path)
+
+    def _read_config(self, folder: str) -> None:
+        cfg_file = os.path.join(folder, "tokenizer_config.json")
+        if os.path.exists(cfg_file):
+            with open(cfg_file, encoding="utf-8") as f:
+                try:
+                    cfg = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{cfg_file}: not valid JSON ({e.msg}, line {e.lineno})") from None
+            for key in ("eos_token", "bos_token", "pad_token"):
+                if key in cfg:
+                    self.special[key] = _token_text(cfg[key])
+            self.add_bos = bool(cfg.get("add_bos_token", False))
+            template = cfg.get("chat_template")
+            if isinstance(template, list):  # named templates: take the default one
+                template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+            self.chat_template = template
+        jinja = os.path.join(folder, "chat_template.jinja")
+        if self.chat_template is None and os.path.exists(jinja):
+            with open(jinja, encoding="utf-8") as f:
+                self.chat_template = f.read()
+
+    @staticmethod
+    def _generation_eos(path: str) -> Optional[int]:
+        gen = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "generation_config.json")
+        if os.path.exists(gen):
+            with open(gen) as f:
+                eos = json.load(f).get("eos_token_id")
+            return eos[0] if isinstance(eos, list) else eos
+        return None
 
     def token_id(self, token: str):
         if self._sp is not None:
@@ -50,6 +103,27 @@ class Tokenizer:
             return self._sp.decode(ids)
         return self._hf.decode(ids, skip_special_tokens=False)
 
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """Render a chat with the tokenizer's own template (transformers' sandboxed jinja renderer)."""
+        if not self.chat_template:
+            raise ValueError(f"data.tokenizer {self.path}: no chat_template in tokenizer_config.json "
+                             "(or chat_template.jinja); use rl.template=r1_zero or raw")
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        rendered, _ = render_jinja_template([messages], chat_template=self.chat_template,
+                                            add_generation_prompt=add_generation_prompt,
+                                            **{k: v for k, v in self.special.items() if v is not None})
+        return rendered[0]
+
+
+def check_fits(tok: Tokenizer, model_vocab: int) -> None:
+    """A token id past the embedding would index out of range: refuse before any weight exists."""
+    if tok.vocab_size > model_vocab:
+        from r1mega.config import ConfigError
+
+        raise ConfigError("data.tokenizer", f"{tok.path} has {tok.vocab_size} tokens but the model's embedding "
+                          f"has model.vocab_size={model_vocab} rows")
+
 
 def train_sentencepiece(texts, prefix: str, vocab_size: int) -> str:
     """Train a small BPE sentencepiece model with the chat markers as atomic symbols."""
@@ -57,14 +131,24 @@ def train_sentencepiece(texts, prefix: str, vocab_size: int) -> str:
 
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     texts = list(texts)
+    # train under a temporary name beside the target, then rename: an existing tokenizer is
+    # replaced only by a complete one, never left half-written by a crash or a refusal
+    tmp = os.path.join(os.path.dirname(os.path.abspath(prefix)), f".{os.path.basename(prefix)}.tmp-{os.getpid()}")
     try:
-        _train_spm(spm, texts, prefix, vocab_size)
-    except RuntimeError as e:
-        # BPE needs an exact size; a small corpus supports fewer pieces - take what it supports
-        found = re.search(r"value <= (\d+)", str(e))
-        if not found:
-            raise
-        _train_spm(spm, texts, prefix, int(found.group(1)))
+        try:
+            _train_spm(spm, texts, tmp, vocab_size)
+        except RuntimeError as e:
+            # BPE needs an exact size; a small corpus supports fewer pieces - take what it supports
+            found = re.search(r"value <= (\d+)", str(e))
+            if not found:
+                raise
+            _train_spm(spm, texts, tmp, int(found.group(1)))
+        for ext in (".vocab", ".model"):  # .model last: its presence means the pair is complete
+            os.replace(tmp + ext, prefix + ext)
+    finally:
+        for ext in (".model", ".vocab"):
+            if os.path.exists(tmp + ext):
+                os.remove(tmp + ext)  # this call's own temporary files
     return prefix + ".model"
 
 
@@ -75,3 +159,17 @@ def _train_spm(spm, texts: list[str], prefix: str, vocab_size: int) -> None:
         bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, split_digits=True, add_dummy_prefix=False,
         normalization_rule_name="identity", minloglevel=2, num_threads=1,
     )
+
+
+def load_tokenizer(path: str, what: str = "data.tokenizer") -> Tokenizer:
+    """Tokenizer(path), with a missing, corrupt or foreign file reported as a DataError naming it."""
+    from r1mega.errors import DataError, R1MegaError
+
+    try:
+        return Tokenizer(path)
+    except R1MegaError:
+        raise
+    except Exception as e:  # tokenizers/sentencepiece raise bare Exception/RuntimeError on bad files
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{what} {path}: cannot load a tokenizer ({msg}); expected a tokenizer.json, a "
+                        f"directory holding one, or a sentencepiece .model file") from None

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from r1mega.models.deepseek_v3.block_attention import documents_from_pad
 from r1mega.inference.sampling import row_keys, sample
 from r1mega.parallel.layout import ParallelState
+from r1mega.parallel.pipeline import recv_activation, send_activation
 
 
 @dataclass
@@ -94,9 +95,10 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
 
 @torch.no_grad()
 def generate(model, ps: ParallelState, prompts: list[list[int]], gen: GenerationConfig,
-             row_offset: int = 0, microbatches: Optional[int] = None) -> Rollout:
+             row_offset: int = 0, microbatches: Optional[int] = None, rows: Optional[torch.Tensor] = None) -> Rollout:
     """Sample completions for this DP rank's prompts. `model` is this rank's pipeline stage (or a
-    one-element ModuleList). row_offset: global index of the first prompt (distinct noise per row)."""
+    one-element ModuleList). row_offset: global index of the first prompt (distinct noise per row);
+    rows: each prompt's global index instead, when this rank's prompts are not contiguous."""
     if isinstance(model, torch.nn.ModuleList):
         if len(model) != 1:
             raise ValueError("generation runs on one model chunk per rank (train.virtual_stages=1)")
@@ -122,7 +124,7 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     pp_ranks = ps.members.get("pp", [ps.rank])
     prev = pp_ranks[ps.r("pp") - 1] if not model.is_first else None
     nxt = pp_ranks[ps.r("pp") + 1] if not model.is_last else None
-    rows = torch.arange(row_offset, row_offset + B, device=device)
+    rows = torch.arange(row_offset, row_offset + B, device=device) if rows is None else rows.to(device)
 
     with sequence_parallel_off(ps):
         for step in range(gen.max_new_tokens):
@@ -135,11 +137,10 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
                 pos = (torch.arange(start, end, device=device)[None, :] - pad[lo:hi, None]).clamp(min=0)
                 hidden = None
                 if prev is not None:
-                    hidden = torch.empty(end - start, hi - lo, model.hidden_size, dtype=dtype, device=device)
-                    dist.recv(hidden, src=prev)
+                    hidden = recv_activation((end - start, hi - lo, model.hidden_size), dtype, device, prev)
                 out = model(inp, hidden=hidden, position_ids=pos, cache=cache)
                 if nxt is not None:
-                    dist.send(out.hidden.contiguous(), dst=nxt)
+                    send_activation(out.hidden, nxt)
                     continue
                 keys = row_keys(gen.seed, step, rows[lo:hi])
                 tok, lp = sample(out.logits[-1], ps, gen.temperature, gen.top_p, gen.top_k, keys,
@@ -190,12 +191,12 @@ def greedy_by_full_forward(model, ps: ParallelState, prompts: list[list[int]], m
             pos = (torch.arange(n)[None, :] - pad[:, None]).clamp(min=0)
             hidden = None
             if not model.is_first:
-                hidden = torch.empty(n, ids.shape[0], model.hidden_size, dtype=param.dtype)
-                dist.recv(hidden, src=pp_ranks[ps.r("pp") - 1])
+                hidden = recv_activation((n, ids.shape[0], model.hidden_size), param.dtype, param.device,
+                                         pp_ranks[ps.r("pp") - 1])
             out = model(ids, hidden=hidden, position_ids=pos, attn_mask=documents_from_pad(pad, n))
             nxt = torch.zeros(ids.shape[0], dtype=torch.long)
             if not model.is_last:
-                dist.send(out.hidden.contiguous(), dst=pp_ranks[ps.r("pp") + 1])
+                send_activation(out.hidden, pp_ranks[ps.r("pp") + 1])
             else:
                 nxt, _ = sample(out.logits[-1], ps, 0.0)
             if ps.pp > 1:

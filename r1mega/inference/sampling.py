@@ -101,7 +101,9 @@ def sample(logits: torch.Tensor, ps: ParallelState, temperature: float, top_p: f
     scaled = logits / temperature
     keep = real[None, :].expand_as(scaled).clone()
     if 0 < top_k < vocab:
-        local_top = scaled.topk(min(top_k, n_local), dim=-1).values  # [b, k']
+        # rank only real ids: padded ids must neither be kept nor push real ones out of the top k
+        real_scores = scaled.masked_fill(~real, float("-inf"))
+        local_top = real_scores.topk(min(top_k, n_local), dim=-1).values  # [b, k']
         everyone = all_gather_nograd(local_top.t().contiguous(), group).t() if group is not None else local_top
         kth = everyone.topk(top_k, dim=-1).values[:, -1]
         keep &= scaled >= kth[:, None]

@@ -81,6 +81,24 @@ SCHEDULES: dict[str, Callable[[int, int, int, int], list[Action]]] = {
 }
 
 
+def recv_activation(shape, dtype: torch.dtype, device, src: int, tag: int = 0) -> torch.Tensor:
+    """Blocking receive of a stage-to-stage tensor (training schedules and generation alike)."""
+    t = torch.empty(shape, dtype=dtype, device=device)
+    dist.recv(t, src=src, tag=tag)
+    return t
+
+
+def send_activation(t: torch.Tensor, dst: int, tag: int = 0, wait: bool = True):
+    """Send a stage-to-stage tensor. wait=False returns (work, tensor): keep both alive until
+    work.wait() (the schedules overlap sends with compute)."""
+    t = t.detach().contiguous()
+    work = dist.isend(t, dst=dst, tag=tag)
+    if wait:
+        work.wait()
+        return None
+    return work, t
+
+
 def activation_shape(mb: Microbatch, hidden: int, ps: ParallelState) -> tuple[int, int, int]:
     b, s = mb.input_ids.shape
     s //= ps.cp  # whole rows in, this context-parallel rank's tokens out
@@ -111,14 +129,11 @@ class _Executor:
 
     def recv(self, shape, stage: int, mb: int, backward: bool) -> torch.Tensor:
         src = self.members[(stage + (1 if backward else -1)) % self.pp]
-        t = torch.empty(shape, dtype=self.dtype, device=self.device)
-        dist.recv(t, src=src, tag=self.tag(mb, stage, backward))
-        return t
+        return recv_activation(shape, self.dtype, self.device, src, self.tag(mb, stage, backward))
 
     def send(self, t: torch.Tensor, to_stage: int, mb: int, backward: bool) -> None:
         dst = self.members[to_stage % self.pp]
-        t = t.detach().contiguous()
-        self.sends.append((dist.isend(t, dst=dst, tag=self.tag(mb, to_stage, backward)), t))
+        self.sends.append(send_activation(t, dst, self.tag(mb, to_stage, backward), wait=False))
 
     def finish(self) -> None:
         for work, _ in self.sends:

@@ -1,64 +1,90 @@
-"""`r1mega grpo`: GRPO with rollouts on the very weights being trained.
+"""`r1mega grpo`: GRPO with rollouts on the very weights being trained, as DeepSeek-R1 ran it.
 
-Per step, on every rank of any TP/PP/EP/DP layout:
-  1. this DP rank's prompts x G samples are generated in inference mode on the training shards
-     (KV cache built and freed inside `generate`), recording each token's experts if asked;
-  2. rule-based rewards -> group-normalised advantages (groups never straddle DP ranks);
-  3. log-probs of the sampled tokens by the training forward (the "old" policy, kept for all
-     updates of this batch) and by the frozen reference; the gap to the rollout's own log-probs
-     is measured and logged every step;
-  4. `rl.updates_per_rollout` clipped-surrogate + k3-KL updates with the ZeRO-1 optimizer,
-     optionally replaying the rollout's routing in every training forward;
-  5. the reference policy is refreshed every `rl.ref_refresh_steps`.
+    for each rollout (on every rank of any TP/PP/EP/DP layout):
+        problems   = the next prompts_per_step x minibatches questions (this DP rank's share)
+        rollout    = G samples per question, generated in inference mode on the training shards
+        rewards    = rule-based rewards per output (+ DAPO overlong shaping)
+        advantages = group-normalised (0 for all-equal groups; Dr.GRPO: no std)
+        old, ref   = log-probs of the sampled tokens by the trainer (kept for every minibatch) and
+                     by the reference policy (its own routing); the sampler/trainer gap is logged
+        for each of the `minibatches` blocks of whole groups (the data order is shuffled): one
+                     clipped-surrogate (+TIS) + k3-KL optimizer step on the rollout's old log-probs;
+                     the reference is refreshed every rl.ref_refresh_steps steps
+A step is one optimizer step; checkpoints hold the policy, optimizer, the prompt position and the
+reference policy, so a restart continues where the last checkpoint was (a checkpoint taken inside a
+rollout resumes with the next rollout: choose train.save_interval as a multiple of rl.minibatches to
+lose nothing).
 """
 from __future__ import annotations
 
+import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 
-from r1mega.config import Config, validate_training
+from r1mega.config import Config, validate_rl, validate_training
 from r1mega.data.prepare import resolve_data
-from r1mega.data.tokenizer import Tokenizer
+from r1mega.errors import TrainingError
+from r1mega.data.templates import Rendered
+from r1mega.data.tokenizer import Tokenizer, check_fits
 from r1mega.inference.generate import GenerationConfig, Rollout, generate
 from r1mega.models.deepseek_v3.block_attention import documents_from_pad
 from r1mega.parallel.context_parallel import gather_tokens, local_tokens
 from r1mega.parallel.grad_sync import sync_grads
-from r1mega.parallel.layout import (
-    ParallelState, build_parallel_state, default_device, join_ranks, single_process_state,
-)
+from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.pipeline import Microbatch, forward_backward
 from r1mega.parallel.vocab_parallel import vocab_parallel_log_probs
-from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss
+from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, overlong_shaping
+from r1mega.rl.metrics import StepMetrics, global_values
+from r1mega.rl.prompt_source import PromptSource
 from r1mega.rl import sandbox
-from r1mega.rl.rewards import code_rewards_in_parallel, total_reward
-from r1mega.rl.tasks import addition_prompts, arithmetic_prompts, stops_after_answer
-from r1mega.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from r1mega.rl.reference import ReferencePolicy
+from r1mega.rl.rewards import code_rewards_in_parallel, reward_terms, total_reward
+from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, lr_at
-from r1mega.train.trainer import build_chunks, init_weights, place
+from r1mega.train.setup import Run, build_model, finish_run, own_checkpoint, run_meta, start_run
+
+
+# ---- the data of one rollout -----------------------------------------------------------------
+
+@dataclass
+class ScoredRollout:
+    rollout: Rollout
+    problems: list[dict]  # one per output (each question repeated G times, groups contiguous)
+    rendered: list[Rendered]
+    responses: list[str]  # what the rewards judged: the template's response prefix + the completion
+    terms: list[dict[str, float]]  # each reward function's value per output
+    rewards: torch.Tensor  # [B] total, after overlong shaping
+    truncated: torch.Tensor  # [B] bool: cut at max_new_tokens
+    max_new_tokens: int
 
 
 @dataclass
 class TrainBatch:
+    """Rollout sequences as next-token training rows (the generation's left-padded layout, so the
+    recorded routing lines up token for token)."""
+
     input_ids: torch.Tensor  # [B, S]
     targets: torch.Tensor  # [B, S]
-    mask: torch.Tensor  # [B, S] completion tokens that are trained
+    mask: torch.Tensor  # [B, S] completion tokens that take part in the loss
     position_ids: torch.Tensor
     attn_mask: torch.Tensor  # [B, S] document ids: each left pad its own, the sequence one
-    rollout_logp: torch.Tensor
-    routing: Optional[dict]
+    rollout_logp: torch.Tensor  # [B, S] the sampler's log-probs
+    routing: Optional[dict]  # {layer: experts [S, B, k]} recorded while sampling
+
+    def rows(self, index: torch.Tensor) -> "TrainBatch":
+        routing = {k: v[:, index] for k, v in self.routing.items()} if self.routing else None
+        return TrainBatch(self.input_ids[index], self.targets[index], self.mask[index], self.position_ids[index],
+                          self.attn_mask[index], self.rollout_logp[index], routing)
 
 
 def to_train_batch(r: Rollout, keep: torch.Tensor, multiple: int = 1) -> TrainBatch:
-    """Rollout sequences as next-token training rows (same left-padded layout as generation, so the
-    recorded routing lines up token for token). keep [B]: sequences that take part in the loss.
-    multiple: rows are right-padded to a multiple of it (context parallelism splits them evenly);
-    each pad is its own document, untrained."""
+    """keep [B]: sequences that take part in the loss. multiple: rows are right-padded to a
+    multiple of it (context parallelism splits them evenly); each pad is its own document, untrained."""
     ids, n = r.tokens, r.tokens.shape[1] - 1
     batch = TrainBatch(ids[:, :-1], ids[:, 1:], r.completion_mask[:, 1:] & keep[:, None], r.position_ids[:, :-1],
                        documents_from_pad(r.pad, n), r.logprobs[:, 1:],
@@ -77,10 +103,13 @@ def to_train_batch(r: Rollout, keep: torch.Tensor, multiple: int = 1) -> TrainBa
     return batch
 
 
-def microbatches(b: TrainBatch, n: int, extra: dict[str, torch.Tensor], replay: bool) -> list[Microbatch]:
+def microbatches(b: TrainBatch, size: int, extra: dict[str, torch.Tensor], replay: bool) -> list[Microbatch]:
+    """Split rows into microbatches of `size` (one microbatch when size does not divide them)."""
+    rows = b.input_ids.shape[0]
+    n = rows // size if size and rows % size == 0 else 1
     out = []
     for i in range(n):
-        lo, hi = i * b.input_ids.shape[0] // n, (i + 1) * b.input_ids.shape[0] // n
+        lo, hi = i * rows // n, (i + 1) * rows // n
         routing = {k: v[:, lo:hi] for k, v in b.routing.items()} if replay and b.routing else None
         out.append(Microbatch(b.input_ids[lo:hi], None, b.attn_mask[lo:hi], b.position_ids[lo:hi], routing,
                               {"targets": b.targets[lo:hi], "mask": b.mask[lo:hi],
@@ -88,182 +117,333 @@ def microbatches(b: TrainBatch, n: int, extra: dict[str, torch.Tensor], replay: 
     return out
 
 
-@torch.no_grad()
-def sequence_logprobs(chunks, ps: ParallelState, mbs: list[Microbatch], temperature: float) -> Optional[torch.Tensor]:
-    """Log-probs of the targets under the model [B, S] (last pipeline stage; None elsewhere)."""
-    def loss_fn(out, mb):
-        logp = _whole_row_log_probs(out.logits, mb.extra["targets"], temperature, ps)
-        return logp.new_zeros(()), logp
-
-    res = forward_backward(list(chunks), mbs, ps, loss_fn, forward_only=True)
-    return torch.cat([r[1] for r in res]) if res else None
-
-
-def _whole_row_log_probs(logits: torch.Tensor, targets: torch.Tensor, temperature: float,
-                         ps: ParallelState) -> torch.Tensor:
-    """Log-probs [b, S] of the targets from this rank's logits (under context parallelism its
-    tokens only: scored locally, then gathered so every cp rank sees whole rows)."""
-    local = local_tokens(targets, ps)
-    logp = vocab_parallel_log_probs(logits.float() / temperature, local.t(), ps).t()
+def token_logprobs(out, mb: Microbatch, ps: ParallelState, temperature: float) -> torch.Tensor:
+    """log softmax(logits / T) at the targets [b, s], in float32 like the sampler's. Under context
+    parallelism this rank scores its own tokens, then the rows are gathered whole over cp."""
+    targets = mb.extra["targets"]
+    logp = vocab_parallel_log_probs(out.logits.float() / temperature, local_tokens(targets, ps).t(), ps).t()
     return gather_tokens(logp, ps, targets.shape[1])
 
 
-def _sum_dp(t: torch.Tensor, ps: ParallelState, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    if ps.g("dp") is not None:
-        dist.all_reduce(t, op=op, group=ps.g("dp"))
-    return t
+@torch.no_grad()
+def sequence_logprobs(chunks, ps: ParallelState, mbs: list[Microbatch], temperature: float) -> Optional[torch.Tensor]:
+    """Log-probs of the targets under the model [B, S] (last pipeline stage; None elsewhere)."""
+    res = forward_backward(list(chunks), mbs, ps,
+                           lambda out, mb: (out.logits.new_zeros(()), token_logprobs(out, mb, ps, temperature)),
+                           forward_only=True)
+    return torch.cat([r[1] for r in res]) if res else None
 
 
-def _from_last_stage(t: torch.Tensor, ps: ParallelState) -> torch.Tensor:
-    if ps.pp > 1:
-        dist.broadcast(t, src=ps.members["pp"][-1], group=ps.g("pp"))
-    return t
+# ---- the algorithm's steps -------------------------------------------------------------------
+
+def max_new_tokens_at(cfg: Config, step: int) -> int:
+    """rl.max_new_tokens, switched by rl.max_new_tokens_schedule ([[step, tokens], ...])."""
+    tokens = cfg.rl.max_new_tokens
+    for at, n in cfg.rl.max_new_tokens_schedule:
+        if step >= at:
+            tokens = n
+    return tokens
+
+
+def rollout_problems(cfg: Config, ps: ParallelState, source: PromptSource, position: int,
+                     index: int) -> tuple[list[dict], list[int]]:
+    """This DP rank's questions of rollout `index` and their indices within the rollout. The rollout
+    holds `minibatches` consecutive blocks of prompts_per_step questions (global positions from
+    `position`); each DP rank takes its slice of every block, so minibatch j is the same questions
+    on any layout and this rank's questions of minibatch j are its j-th contiguous share."""
+    P, M = cfg.rl.prompts_per_step, cfg.rl.minibatches
+    everyone = source.take(position, P * M, index)
+    share = P // ps.dp
+    at = [j * P + ps.r("dp") * share + i for j in range(M) for i in range(share)]
+    return [everyone[g] for g in at], at
+
+
+def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: list[dict], where: list[int],
+                   step: int, index: int) -> ScoredRollout:
+    """G samples per question on the training shards, then the rewards of each output. where: the
+    questions' indices in the rollout, which key the sampling noise (layout-independent samples)."""
+    cfg, ps, tok = run.cfg, run.ps, source.tok
+    G = cfg.rl.group_size
+    outputs = [p for p in problems for _ in range(G)]
+    rendered = [source.render(p) for p in problems]
+    rendered = [r for r in rendered for _ in range(G)]
+    prompt_ids = [source.encode(r) for r in rendered]
+    limit = max_new_tokens_at(cfg, step)
+    gen = GenerationConfig(limit, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.top_k, tok.eos_id, source.stop(),
+                           seed=cfg.seed + index, record_routing=cfg.rl.routing_replay,
+                           vocab_size=tok.vocab_size)
+    if run.device.type == "cuda":  # make room for the KV cache: optimizer states wait in host memory
+        optimizer.offload()
+    rows = torch.tensor([g * G + k for g in where for k in range(G)], dtype=torch.long)
+    rollout = generate(chunks, ps, prompt_ids, gen, rows=rows)
+    optimizer.reload()
+    responses, truncated = [], []
+    for ids, r in zip(rollout.completions(), rendered):
+        finished = bool(ids) and ids[-1] == tok.eos_id
+        text = r.response_prefix + tok.decode(ids[:-1] if finished else ids)
+        responses.append(text)
+        truncated.append(len(ids) >= limit and not finished and not source.is_stopped(text))
+    with code_rewards_in_parallel(responses, outputs):  # every program of the batch at once
+        terms = [reward_terms(cfg.rl.rewards, text, p) for text, p in zip(responses, outputs)]
+    rewards = torch.tensor([sum(t.values()) for t in terms], dtype=torch.float64, device=run.device)
+    lengths = rollout.completion_mask.sum(1)
+    rewards += overlong_shaping(lengths, limit, cfg.rl.overlong_buffer, cfg.rl.overlong_penalty).to(rewards)
+    return ScoredRollout(rollout, outputs, rendered, responses, terms, rewards,
+                         torch.tensor(truncated, dtype=torch.bool, device=run.device), limit)
+
+
+def advantages(cfg: Config, scored: ScoredRollout) -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantages [B], keep [B]: outputs that take part in the loss)."""
+    G = cfg.rl.group_size
+    adv = group_advantages(scored.rewards, G, scale=cfg.rl.scale_rewards)
+    keep = torch.ones_like(scored.truncated)
+    if cfg.rl.drop_equal_reward_groups:
+        keep &= ~equal_reward_groups(scored.rewards, G).repeat_interleave(G)
+    if cfg.rl.overlong_filter:
+        keep &= ~scored.truncated
+    return adv, keep
+
+
+def use_tis(cfg: Config) -> bool:
+    return cfg.rl.tis if cfg.rl.tis is not None else cfg.train.dtype == "bfloat16"
+
+
+def minibatch_update(run: Run, chunks, optimizer: DistributedAdamW, batch: TrainBatch, extra: dict, step: int,
+                     max_new_tokens: int) -> dict[str, float]:
+    """One optimizer step on one minibatch; returns its local sums (kl, clipped, loss, ...)."""
+    cfg, ps, rl = run.cfg, run.ps, run.cfg.rl
+    norm = "token" if rl.token_level_loss else rl.loss_norm
+    seqs = batch.input_ids.shape[0]
+    local = {"sequence": float(batch.mask.any(1).sum()), "token": float(batch.mask.sum()),
+             "constant": float(seqs * max_new_tokens)}[norm]
+    count = max(global_values({"n": local}, ps, run.device)["n"], 1.0)
+    mbs = microbatches(batch, cfg.data.micro_batch_size, extra, rl.routing_replay)
+    tis_cap = rl.tis_cap if use_tis(cfg) else 0.0
+    sums = {k: torch.zeros((), dtype=torch.float64, device=run.device) for k in ("kl", "clipped", "tis_capped", "loss")}
+
+    def loss_fn(out, mb):
+        e = mb.extra
+        terms = grpo_loss(token_logprobs(out, mb, ps, rl.temperature), e["old"], e["ref"], e["adv"], e["mask"],
+                          rl.clip_low, rl.clip_high, rl.kl_coef, False, count,
+                          rollout_logp=e["rollout"], tis_cap=tis_cap, norm=norm)
+        m = e["mask"]
+        sums["kl"] += (terms.kl.detach() * m).sum()
+        sums["clipped"] += terms.clipped.sum()
+        sums["tis_capped"] += terms.tis_capped.sum()
+        sums["loss"] += terms.loss.detach()
+        return terms.loss
+
+    for _ in range(rl.updates_per_rollout):
+        forward_backward(list(chunks), mbs, ps, loss_fn, schedule=cfg.train.schedule)
+        sync_grads(chunks, ps, data_parallel=False)
+        # a non-finite loss makes a non-finite gradient norm (reduced over every rank): the
+        # optimizer then leaves the weights as they are and counts the skip
+        grad_norm, skipped = optimizer.step(lr_at(step, cfg.train.steps, cfg.optim))
+        optimizer.zero_grad(chunks)
+    out = {k: float(v) / rl.updates_per_rollout for k, v in sums.items()}
+    return {**out, "tokens": float(batch.mask.sum()), "grad_norm": grad_norm, "skipped": float(skipped)}
+
+
+# ---- the loop --------------------------------------------------------------------------------
+
+def _tokenizer(cfg: Config) -> Tokenizer:
+    d = resolve_data(cfg.data, "pretrain", cfg.active_model.vocab_size)  # builds the synthetic corpus if asked
+    path = d.tokenizer or (cfg.train.load if cfg.rl.prompts else None)
+    if path is None:
+        from r1mega.config import ConfigError
+
+        raise ConfigError("data.tokenizer", "GRPO needs a tokenizer: data.tokenizer=DIR or data.synthetic")
+    tok = Tokenizer(path)
+    check_fits(tok, cfg.active_model.vocab_size)
+    return tok
 
 
 @torch.no_grad()
-def evaluate_accuracy(chunks, ps: ParallelState, tok: Tokenizer, problems: list[dict], max_new_tokens: int) -> float:
+def evaluate_accuracy(chunks, ps: ParallelState, source: PromptSource, problems: list[dict],
+                      max_new_tokens: int) -> float:
     """Greedy accuracy on held-out problems (split over DP ranks)."""
+    tok = source.tok
     mine = problems[ps.r("dp")::ps.dp]
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, eos_id=tok.eos_id,
-                           stop=lambda ids: stops_after_answer(tok.decode(ids)), vocab_size=tok.vocab_size)
-    r = generate(chunks, ps, [tok.encode(p["prompt"]) for p in mine], gen)
+                           stop=source.stop(), vocab_size=tok.vocab_size)
+    r = generate(chunks, ps, [source.encode(source.render(p)) for p in mine], gen)
     hits = sum(total_reward(["accuracy"], tok.decode(c), p) for c, p in zip(r.completions(), mine))
     device = next(chunks.parameters()).device
-    both = _sum_dp(torch.tensor([hits, float(len(mine))], dtype=torch.float64, device=device), ps)
-    return float(both[0] / both[1])
+    both = global_values({"hits": hits, "n": float(len(mine))}, ps, device)
+    return both["hits"] / both["n"]
 
 
-def copy_weights(src: torch.nn.ModuleList, dst: torch.nn.ModuleList) -> None:
-    with torch.no_grad():
-        for a, b in zip(src.state_dict().values(), dst.state_dict().values()):
-            b.copy_(a)
+def append_rollouts(path: str, step: int, scored: ScoredRollout, n: int) -> None:
+    """A few sample rollouts per step, for reading what the policy writes (like TRL/verl)."""
+    with open(path, "a", encoding="utf-8") as f:
+        for i in range(min(n, len(scored.responses))):
+            p = scored.problems[i]
+            f.write(json.dumps({"step": step, "id": p.get("id"), "prompt": scored.rendered[i].text,
+                                "completion": scored.responses[i], "reward": float(scored.rewards[i]),
+                                "rewards": scored.terms[i], "answer": p.get("answer"),
+                                "truncated": bool(scored.truncated[i])}, ensure_ascii=False) + "\n")
+
+
+def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW, reference: Optional[ReferencePolicy],
+            candidates: list[str], ckpt_root: str) -> tuple[int, int, int, Optional[str]]:
+    """Load the run's own newest good checkpoint (policy, optimizer, reference, prompt position;
+    the trainer's rules: verified, older ones as fallback) or start from train.load. Returns
+    (step, prompt position, rollout index, the checkpoint resumed from or None)."""
+    t = cfg.train
+    path, meta = resume_from(candidates, chunks, optimizer, ps, asdict(cfg.active_model), t.allow_arch_change,
+                             t.verify_checkpoint)
+    own = path is not None and os.path.abspath(os.path.dirname(os.path.normpath(path))) == os.path.abspath(ckpt_root)
+    step, position, index = 0, 0, 0
+    if own:
+        step, position, index = meta.get("step", 0), meta.get("prompt_position", 0), meta.get("rollout_index", 0)
+    elif path is not None:  # a pretrained/SFT model: its optimizer moments do not carry over to RL
+        optimizer.reset_from_params()
+    if reference is not None and not (own and reference.restore(ckpt_root, meta.get("reference"), step)):
+        reference.refresh(chunks, step)
+    return step, position, index, path if own else None
+
+
+def old_and_reference_logprobs(cfg: Config, ps: ParallelState, chunks, reference: Optional[ReferencePolicy],
+                               batch: TrainBatch) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The trainer's log-probs of the sampled tokens before any update (kept for every minibatch,
+    replaying the rollout's experts if asked) and the reference's, routed by the reference itself.
+    Both [B, S] on the last pipeline stage, None elsewhere (ref None without a KL term)."""
+    size, rl = cfg.data.micro_batch_size, cfg.rl
+    old = sequence_logprobs(chunks, ps, microbatches(batch, size, {}, rl.routing_replay), rl.temperature)
+    ref = None
+    if reference is not None:
+        ref = sequence_logprobs(reference.model, ps, microbatches(batch, size, {}, False), rl.temperature)
+    return old, ref
 
 
 def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
-    distributed, owns_group, world = join_ranks()
-    cfg = validate_training(cfg, world)
-    rl, t = cfg.rl, cfg.train
+    ckpt_root = os.path.join(cfg.train.run_dir, "checkpoints")
+    own = own_checkpoint(ckpt_root)  # this run's own checkpoint (a restart) wins over train.load
+    run = start_run(cfg, lambda c, w: validate_rl(validate_training(c, w, needs_data=False), w, own is not None), own)
+    cfg, ps, rl, t = run.cfg, run.ps, run.cfg.rl, run.cfg.train
     sandbox.allow_unsafe(rl.unsafe_code_sandbox)
-    if "code" in rl.rewards:
+    if "code" in rl.rewards or (rl.prompts and "accuracy" in rl.rewards):  # accuracy runs code problems' tests
         sandbox.require_isolation()  # refuse before any work, naming why, where it cannot be set up
-    if t.virtual_stages != 1:
-        raise ValueError("train.virtual_stages: GRPO generates on one model chunk per pipeline rank")
-    ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
-    torch.manual_seed(cfg.seed)
-    if rl.prompts_per_step % ps.dp:
-        raise ValueError(f"rl.prompts_per_step {rl.prompts_per_step} does not split over dp={ps.dp}")
-    d = resolve_data(cfg.data, "pretrain", cfg.active_model.vocab_size)
-    tok = Tokenizer(d.tokenizer)
-
-    device = default_device()
-    chunks = build_chunks(cfg, ps)
-    init_weights(chunks, cfg.seed)
-    place(chunks, device, getattr(torch, t.dtype))
+    tok = _tokenizer(cfg)
+    source = PromptSource(cfg, tok)
+    # checkpoints and their architecture are checked before any weight exists
+    candidates = find_resume_checkpoint(ckpt_root, t.load, asdict(cfg.active_model), t.allow_arch_change)
+    chunks = build_model(cfg, ps, run.device, run.dtype)
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
-    ckpt_root = os.path.join(t.run_dir, "checkpoints")
-    start = 0
-    own = latest_checkpoint(ckpt_root)  # this run's own checkpoint (a restart) wins over train.load
-    resume = own or t.load
-    if resume:
-        meta = load_checkpoint(resume, chunks, optimizer, ps)
-        start = meta.get("step", 0) if own else 0
-        if not own:  # a pretrained/SFT model: its optimizer moments do not carry over to RL
-            optimizer.reset_from_params()
-    reference = None
-    if rl.kl_coef:
-        reference = place(build_chunks(cfg, ps), device, getattr(torch, t.dtype))
-        copy_weights(chunks, reference)
-        reference.eval()
+    reference = (ReferencePolicy(build_model(cfg, ps, run.device, run.dtype), ps, rl.ref_refresh_steps)
+                 if rl.kl_coef else None)
+    step, position, index, resumed = restore(cfg, ps, chunks, optimizer, reference, candidates, ckpt_root)
 
-    addition = cfg.data.synthetic == "addition"
-    held_out = addition_prompts(0, 0, heldout=True) if addition else arithmetic_prompts(eval_problems, seed=10_007)
-    log = MetricsLog(t.run_dir, t.steps, start, ps.rank == 0, t.wandb_project if t.wandb else None, cfg)
-    history = {"accuracy": [], "reward": []}
-    acc0 = evaluate_accuracy(chunks, ps, tok, held_out, rl.max_new_tokens)
-    history["accuracy"].append((start, acc0))
-    log.print(f"held-out accuracy before GRPO: {acc0:.3f}")
-    G, P_local = rl.group_size, rl.prompts_per_step // ps.dp
-    micro = max(1, (P_local * G) // max(cfg.data.micro_batch_size, 1))
-    for step in range(start, t.steps):
+    log = MetricsLog(t.run_dir, t.steps, step, run.is_logger, t.wandb_project if t.wandb else None, cfg)
+    if resumed:
+        log.print(f"resumed from {resumed} at step {step} (prompt position {position})")
+    rollouts_file = os.path.join(t.run_dir, "rollouts.jsonl")
+    held_out = source.held_out(eval_problems)
+    history: dict[str, list] = {"accuracy": [], "reward": []}
+    acc0 = None
+    if held_out is not None:
+        acc0 = evaluate_accuracy(chunks, ps, source, held_out, rl.max_new_tokens)
+        history["accuracy"].append((step, acc0))
+        log.print(f"held-out accuracy before GRPO: {acc0:.3f}")
+    last: Optional[StepMetrics] = None
+    in_a_row = 0  # consecutive skipped steps
+    while step < t.steps:
         t0 = time.perf_counter()
-        problems = (addition_prompts(rl.prompts_per_step, cfg.seed * 100_003 + step, heldout=False) if addition
-                    else arithmetic_prompts(rl.prompts_per_step, seed=cfg.seed * 100_003 + step))
-        mine = problems[ps.r("dp") * P_local:(ps.r("dp") + 1) * P_local]
-        samples = [p for p in mine for _ in range(G)]
-        gen = GenerationConfig(rl.max_new_tokens, rl.temperature, rl.top_p, rl.top_k, tok.eos_id,
-                               lambda ids: stops_after_answer(tok.decode(ids)), seed=cfg.seed + step,
-                               record_routing=rl.routing_replay, vocab_size=tok.vocab_size)
-        if device.type == "cuda":  # make room for the KV cache: optimizer states wait in host memory
-            optimizer.offload()
-        rollout = generate(chunks, ps, [tok.encode(s["prompt"]) for s in samples], gen,
-                           row_offset=ps.r("dp") * len(samples))
-        optimizer.reload()
-        texts = [tok.decode(c) for c in rollout.completions()]
-        with code_rewards_in_parallel(texts, samples):
-            rewards = torch.tensor([total_reward(rl.rewards, x, s) for x, s in zip(texts, samples)], device=device)
-        adv = group_advantages(rewards, G)
-        keep = torch.ones(len(samples), dtype=torch.bool, device=device)
-        if rl.drop_equal_reward_groups:
-            keep = ~equal_reward_groups(rewards, G).repeat_interleave(G)
-        batch = to_train_batch(rollout, keep, 2 * ps.cp * (ps.tp if ps.sp else 1) if ps.cp > 1 else 1)
-        n_micro = micro if batch.input_ids.shape[0] % micro == 0 else 1
-        count = batch.mask.sum() if rl.token_level_loss else (batch.mask.any(1)).sum()
-        count = float(_sum_dp(count.double().reshape(1), ps)[0])
-        base = microbatches(batch, n_micro, {"adv": adv}, rl.routing_replay)
-        old = sequence_logprobs(chunks, ps, base, rl.temperature)
-        ref = sequence_logprobs(reference, ps, base, rl.temperature) if reference is not None else old
-        stats = torch.zeros(6, dtype=torch.float64, device=device)  # gap max, gap sum, tokens, kl, clipped, loss
-        if old is not None:
-            gap = (old - batch.rollout_logp).abs()[batch.mask]
-            stats[0] = gap.max() if gap.numel() else 0.0
-            stats[1], stats[2] = gap.sum(), batch.mask.sum()
-        extra = {"adv": adv, "old": old if old is not None else adv, "ref": ref if ref is not None else adv}
-        mbs = microbatches(batch, n_micro, extra, rl.routing_replay)
-
-        def loss_fn(out, mb):
-            logp = _whole_row_log_probs(out.logits, mb.extra["targets"], rl.temperature, ps)
-            terms = grpo_loss(logp, mb.extra["old"], mb.extra["ref"], mb.extra["adv"], mb.extra["mask"],
-                              rl.clip_low, rl.clip_high, rl.kl_coef, rl.token_level_loss, max(count, 1.0))
-            m = mb.extra["mask"]
-            stats[3] += float((terms.kl * m).sum())
-            stats[4] += float(terms.clipped.sum())
-            stats[5] += float(terms.loss.detach())
-            return terms.loss
-
-        lr = lr_at(step, t.steps, cfg.optim)
-        grad_norm = float("nan")
-        for _ in range(rl.updates_per_rollout):
-            forward_backward(list(chunks), mbs, ps, loss_fn)
-            sync_grads(chunks, ps, data_parallel=False)
-            grad_norm, _ = optimizer.step(lr)
-            optimizer.zero_grad(chunks)
-        if reference is not None and rl.ref_refresh_steps and (step + 1) % rl.ref_refresh_steps == 0:
-            copy_weights(chunks, reference)
-        stats = _from_last_stage(stats, ps)
-        gap_max = float(_sum_dp(stats[0:1].clone(), ps, dist.ReduceOp.MAX)[0])
-        sums = _sum_dp(torch.cat([stats[1:], rewards.sum().double().reshape(1), torch.tensor([float(len(samples))],
-                                  dtype=torch.float64, device=device), (rewards > 0).sum().double().reshape(1),
-                                  rollout.completion_mask.sum().double().reshape(1)]), ps)
-        tokens, n_seq = max(float(sums[1]), 1.0), float(sums[6])
-        metrics = {"reward": float(sums[5]) / n_seq, "train_accuracy": float(sums[7]) / n_seq,
-                   "logprob_gap_max": gap_max, "logprob_gap_mean": float(sums[0]) / tokens,
-                   "kl": float(sums[2]) / tokens, "clip_frac": float(sums[3]) / tokens / rl.updates_per_rollout,
-                   "loss": float(sums[4]) / rl.updates_per_rollout, "grad_norm": grad_norm, "lr": lr,
-                   "response_len": float(sums[8]) / n_seq, "rollout_kv_cache_bytes": rollout.cache_bytes,
-                   "step_seconds": time.perf_counter() - t0}
-        history["reward"].append((step + 1, metrics["reward"]))
-        if eval_every and (step + 1) % eval_every == 0 and step + 1 < t.steps:
-            metrics["heldout_accuracy"] = evaluate_accuracy(chunks, ps, tok, held_out, rl.max_new_tokens)
-            history["accuracy"].append((step + 1, metrics["heldout_accuracy"]))
-        log.log(step + 1, metrics, echo=(step + 1) % t.log_interval == 0)
-        if t.save_interval and (step + 1) % t.save_interval == 0:
-            save_checkpoint(ckpt_root, step + 1, chunks, optimizer, ps, {"kind": "grpo"})
-    acc1 = evaluate_accuracy(chunks, ps, tok, held_out, rl.max_new_tokens)
-    history["accuracy"].append((t.steps, acc1))
-    log.print(f"held-out accuracy after GRPO: {acc1:.3f}")
+        problems, where = rollout_problems(cfg, ps, source, position, index)
+        position += rl.prompts_per_step * rl.minibatches
+        scored = sample_rollout(run, chunks, optimizer, source, problems, where, step, index)
+        if run.is_logger and rl.log_rollouts:
+            append_rollouts(rollouts_file, step + 1, scored, rl.log_rollouts)
+        adv, keep = advantages(cfg, scored)
+        batch = to_train_batch(scored.rollout, keep, 2 * ps.cp * (ps.tp if ps.sp else 1) if ps.cp > 1 else 1)
+        old, ref = old_and_reference_logprobs(cfg, ps, chunks, reference, batch)
+        rollout_sums = rollout_stats(cfg, scored, batch, old)
+        gap_max = global_values({"gap_max": rollout_sums.pop("gap_max_local")}, ps, run.device,
+                                torch.distributed.ReduceOp.MAX)["gap_max"]
+        rollout_vals = global_values(rollout_sums, ps, run.device)
+        zeros = torch.zeros_like(batch.rollout_logp)  # stages before the last have no log-probs
+        extra = {"adv": adv, "rollout": batch.rollout_logp, "old": zeros if old is None else old,
+                 "ref": zeros if old is None else (old if ref is None else ref)}
+        # the data order is already shuffled: minibatch j is this rank's j-th block of whole groups
+        for part in torch.arange(batch.input_ids.shape[0], device=run.device).chunk(rl.minibatches):
+            if step >= t.steps:
+                break
+            sums = minibatch_update(run, chunks, optimizer, batch.rows(part), {k: v[part] for k, v in extra.items()},
+                                    step, scored.max_new_tokens)
+            step += 1
+            if reference is not None and reference.due(step):
+                reference.refresh(chunks, step)
+            upd = global_values({k: v for k, v in sums.items() if k not in ("grad_norm", "skipped")}, ps, run.device)
+            last = step_metrics(cfg, rollout_vals, gap_max, upd, sums, optimizer, scored, step, t0)
+            if sums["skipped"]:
+                log.print(f"step {step}: non-finite loss or gradient, update skipped ({optimizer.skipped} so far)")
+            in_a_row = in_a_row + 1 if sums["skipped"] else 0  # the same on every rank (a global norm)
+            if t.max_consecutive_skips and in_a_row >= t.max_consecutive_skips:
+                log.close()
+                raise TrainingError(f"steps {step + 1 - in_a_row}..{step} all had a non-finite loss or gradient "
+                                    f"(train.max_consecutive_skips={t.max_consecutive_skips}); stopped without "
+                                    f"saving. Check the rewards and lower optim.lr, or raise the limit")
+            history["reward"].append((step, last.reward))
+            if held_out is not None and eval_every and step % eval_every == 0 and step < t.steps:
+                last.heldout_accuracy = evaluate_accuracy(chunks, ps, source, held_out, rl.max_new_tokens)
+                history["accuracy"].append((step, last.heldout_accuracy))
+            log.log(step, last.as_dict(), echo=step % t.log_interval == 0)
+            if (t.save_interval and step % t.save_interval == 0) or step == t.steps:
+                ref_dir = reference.save(ckpt_root) if reference is not None else None
+                save_checkpoint(ckpt_root, step, chunks, optimizer, ps,
+                                run_meta(cfg, "grpo", prompt_position=position, rollout_index=index + 1,
+                                         reference=ref_dir))
+            t0 = time.perf_counter()
+        index += 1
+    acc1 = None
+    if held_out is not None:
+        acc1 = evaluate_accuracy(chunks, ps, source, held_out, rl.max_new_tokens)
+        history["accuracy"].append((t.steps, acc1))
+        log.print(f"held-out accuracy after GRPO: {acc1:.3f}")
     log.close()
-    if ps.rank == 0:
-        print(f"accuracy_before={acc0:.4f} accuracy_after={acc1:.4f}", flush=True)
-    if distributed and owns_group:
-        dist.destroy_process_group()
-    return {"accuracy_before": acc0, "accuracy_after": acc1, "history": history}
+    if run.is_logger:
+        if acc0 is not None:
+            print(f"accuracy_before={acc0:.4f} accuracy_after={acc1:.4f}", flush=True)
+        if last is not None:
+            print(f"final_reward={last.reward:.4f} steps={t.steps}", flush=True)
+    finish_run(run)
+    return {"accuracy_before": acc0, "accuracy_after": acc1, "history": history,
+            "final": last.as_dict() if last is not None else None}
+
+
+def rollout_stats(cfg: Config, scored: ScoredRollout, batch: TrainBatch,
+                  old: Optional[torch.Tensor]) -> dict[str, float]:
+    """Local sums over this rank's outputs (the gap ones only on the last stage, which has `old`)."""
+    G = cfg.rl.group_size
+    out = {"n": float(len(scored.responses)), "reward": float(scored.rewards.sum()),
+           "positive": float((scored.rewards > 0).sum()),
+           "zero_adv": float(equal_reward_groups(scored.rewards, G).sum() * G),
+           "response_tokens": float(scored.rollout.completion_mask.sum()),
+           "truncated": float(scored.truncated.sum()), "gap_sum": 0.0, "gap_tokens": 0.0, "sampler_kl": 0.0,
+           "gap_max_local": 0.0}
+    for name in cfg.rl.rewards:
+        out[f"r/{name}"] = sum(t[name] for t in scored.terms)
+    if old is not None:
+        gen_mask = scored.rollout.completion_mask[:, 1:]
+        n = gen_mask.shape[1]  # rows may be right-padded beyond it (context parallelism)
+        d = (old[:, :n] - batch.rollout_logp[:, :n])[gen_mask].double()
+        if d.numel():
+            out.update(gap_sum=float(d.abs().sum()), gap_tokens=float(d.numel()),
+                       gap_max_local=float(d.abs().max()), sampler_kl=float((d.exp() - d - 1).sum()))
+    return out
+
+
+def step_metrics(cfg: Config, r: dict, gap_max: float, upd: dict, local: dict, optimizer, scored: ScoredRollout,
+                 step: int, t0: float) -> StepMetrics:
+    n, tokens = max(r["n"], 1.0), max(r["gap_tokens"], 1.0)
+    trained = max(upd["tokens"], 1.0)
+    return StepMetrics(
+        reward=r["reward"] / n, rewards={k: r[f"r/{k}"] / n for k in cfg.rl.rewards},
+        train_accuracy=r["positive"] / n, zero_advantage_frac=r["zero_adv"] / n,
+        response_len=r["response_tokens"] / n, truncated_frac=r["truncated"] / n,
+        max_new_tokens=scored.max_new_tokens, logprob_gap_max=gap_max, logprob_gap_mean=r["gap_sum"] / tokens,
+        sampler_kl=r["sampler_kl"] / tokens, kl=upd["kl"] / trained, clip_frac=upd["clipped"] / trained,
+        tis_capped_frac=upd["tis_capped"] / trained, loss=upd["loss"], grad_norm=local["grad_norm"],
+        lr=lr_at(step - 1, cfg.train.steps, cfg.optim), skipped=bool(local["skipped"]),
+        skipped_steps=optimizer.skipped, rollout_kv_cache_bytes=scored.rollout.cache_bytes,
+        step_seconds=time.perf_counter() - t0)

@@ -99,13 +99,14 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer: DistributedAdamW,
+def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer: Optional[DistributedAdamW],
                     ps: ParallelState, meta: dict) -> str:
     """Collective. Returns the published step directory. Refuses (on every rank) to save non-finite
-    values; an existing directory of the same step is moved aside, never overwritten."""
+    values; an existing directory of the same step is moved aside, never overwritten. optimizer
+    None: weights only (e.g. GRPO's reference policy), from the parameters themselves."""
     name = f"step_{step:08d}"
     final, tmp = os.path.join(root, name), os.path.join(root, f".{name}.tmp")
-    states = optimizer.full_states()  # collective over DP groups
+    states = optimizer.full_states() if optimizer is not None else {}  # collective over DP groups
     tensors, pieces = {}, {}
     for c, chunk in enumerate(chunks):
         for spec in chunk.param_slices():
@@ -144,8 +145,9 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
         raise CheckpointError(f"writing {stem}.safetensors failed ({e.strerror}); step {step} was not saved and "
                               f"{os.path.join(root, 'latest')} still names the previous checkpoint") from None
     if ps.rank == 0:
-        meta = {**meta, "step": step, "optimizer_step": optimizer.step_count, "skipped_steps": optimizer.skipped,
-                "layout": {"tp": ps.tp, "pp": ps.pp, "dp": ps.dp, "ep": ps.ep, "etp": ps.etp}}
+        meta = {**meta, "step": step, "layout": {"tp": ps.tp, "pp": ps.pp, "dp": ps.dp, "ep": ps.ep, "etp": ps.etp}}
+        if optimizer is not None:
+            meta.update(optimizer_step=optimizer.step_count, skipped_steps=optimizer.skipped)
         torch.save({"torch": torch.get_rng_state()}, os.path.join(tmp, "rng.pt"))
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump(meta, f, indent=1)
@@ -200,9 +202,33 @@ def read_meta(path: str) -> dict:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{file}: not valid JSON ({e.msg} at line {e.lineno})") from None
     step = meta.get("step", 0) if isinstance(meta, dict) else None
-    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+    if not _count(step):
         raise CheckpointError(f"{file}: expected an object with an integer 'step' >= 0")
+    for key in ("optimizer_step", "consumed_samples", "skipped_steps"):  # what a resume computes with
+        if key in meta and not _count(meta[key]):
+            raise CheckpointError(f"{file}: '{key}' must be an integer >= 0, got {meta[key]!r}")
+    for key in ("model_config", "layout", "hf_config"):
+        if key in meta and meta[key] is not None and not isinstance(meta[key], dict):
+            raise CheckpointError(f"{file}: '{key}' must be an object, got {type(meta[key]).__name__}")
     return meta
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _read_pointer(pointer: str) -> str:
+    """The step directory `latest` names. It holds a bare step name inside its own directory;
+    anything else (a path elsewhere, an empty or unreadable file) is a CheckpointError."""
+    try:
+        with open(pointer) as f:
+            name = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{pointer}: unreadable ({e})") from None
+    if not STEP_DIR.match(name):
+        raise CheckpointError(f"{pointer} should name a step directory beside it (step_NNNNNNNN), "
+                              f"but holds {name[:80]!r}")
+    return os.path.join(os.path.dirname(pointer), name)
 
 
 def latest_checkpoint(root: str) -> Optional[str]:
@@ -218,8 +244,7 @@ def latest_checkpoint(root: str) -> Optional[str]:
                 f"and overwrite them. To resume, write the name of one into it "
                 f"(echo {os.path.basename(steps[0])} > {pointer}); to start afresh, choose another train.run_dir")
         return None
-    with open(pointer) as f:
-        path = os.path.join(root, f.read().strip())
+    path = _read_pointer(pointer)
     if not os.path.exists(os.path.join(path, "meta.json")):
         raise CheckpointError(f"{pointer} names {path}, which has no meta.json")
     return path
@@ -232,15 +257,36 @@ def find_resume_checkpoint(root: str, load: Optional[str] = None, model_config: 
     with `model_config`, the newest readable one's architecture is checked before any weight exists."""
     pointer = os.path.join(root, "latest")
     candidates: list[str] = []
-    if os.path.exists(pointer):
-        with open(pointer) as f:
-            named = os.path.join(root, f.read().strip())
-        newest = _step_of(named)  # -1 when `latest` names no step directory: every one is older
-        candidates = [named] + [p for p in step_dirs(root) if p != named and (newest < 0 or _step_of(p) < newest)]
+    if os.path.isdir(pointer):  # saving could never replace it: say so before any work
+        raise CheckpointError(f"{pointer} is a directory, but it must be the file naming the newest step "
+                              f"directory; move it aside")
+    if os.path.lexists(pointer):
+        try:
+            named = _read_pointer(pointer)
+        except CheckpointError as e:  # the step directories themselves may be fine: fall back to them
+            steps = step_dirs(root)
+            if not steps:
+                raise
+            _warn(f"{pointer} is unusable ({e}); falling back to the step directories beside it, newest first")
+            return _checked(steps, model_config, allow_arch_change)
+        newest = _step_of(named)
+        candidates = [named] + [p for p in step_dirs(root) if p != named and _step_of(p) < newest]
     elif latest_checkpoint(root) is None and load:  # (refuses when `latest` is gone but steps exist)
         if not os.path.isdir(load):
             raise CheckpointError(f"train.load={load}: no such checkpoint directory")
+        if not os.path.exists(os.path.join(load, "meta.json")):  # say what it is instead, when we can tell
+            if os.path.exists(os.path.join(load, "config.json")):
+                raise CheckpointError(f"train.load={load} is a Hugging Face model directory; convert it first: "
+                                      f"r1mega-convert import --hf-dir {load} --out CKPT, then train.load=CKPT")
+            if os.path.isdir(os.path.join(load, "checkpoints")):
+                raise CheckpointError(f"train.load={load} is a run directory; give one of its checkpoints, "
+                                      f"e.g. train.load={os.path.join(load, 'checkpoints', 'step_NNNNNNNN')}")
         candidates = [load]
+    return _checked(candidates, model_config, allow_arch_change)
+
+
+def _checked(candidates: list[str], model_config: Optional[dict], allow_arch_change: Iterable[str]) -> list[str]:
+    """With `model_config`, the newest readable candidate's architecture is checked (metadata only)."""
     if model_config is not None:
         for path in candidates:
             try:

@@ -13,6 +13,8 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from r1mega.errors import ConfigError
+
 
 class MetricsLog:
     def __init__(self, run_dir: str, total_steps: int, start_step: int, enabled: bool,
@@ -30,7 +32,7 @@ class MetricsLog:
             try:
                 import wandb
             except ImportError:
-                raise SystemExit("train.wandb=true needs wandb: pip install 'r1mega[wandb]'") from None
+                raise ConfigError("train.wandb", "true needs the wandb package: pip install 'r1mega[wandb]'") from None
 
             self.wandb = wandb.init(project=wandb_project, dir=run_dir, mode=os.environ.get("WANDB_MODE", "offline"),
                                     config=asdict(config) if config is not None else None)

@@ -11,30 +11,29 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 import zlib
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
-import torch.distributed as dist
 
 from r1mega.config import Config, ConfigError, validate_training
 from r1mega.errors import TrainingError
 from r1mega.data.prepare import resolve_data
-from r1mega.data.tokenizer import Tokenizer
+from r1mega.data.tokenizer import check_fits, load_tokenizer
 from r1mega.kernels import use_backend
 from r1mega.kernels.fp8_backend import fp8_backend
 from r1mega.models.family import family_for
 from r1mega.models.recompute import set_recompute
 from r1mega.parallel.param_spec import spec_of
-from r1mega.parallel.layout import (
-    ParallelState, build_parallel_state, default_device, join_ranks, single_process_state,
-)
+from r1mega.parallel.layout import ParallelState
 from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.moe_balance import moe_layers, update_routing_bias
 from r1mega.train.optimizer import DistributedAdamW, lr_at
+from r1mega.train.setup import build_model, finish_run, own_checkpoint, start_run
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
@@ -90,6 +89,9 @@ def _data(cfg: Config, kind: str):
 
     vocab = cfg.active_model.vocab_size
     d = resolve_data(cfg.data, kind, vocab)
+    load = cfg.train.load
+    if d.tokenizer is None and load and os.path.exists(os.path.join(load, "tokenizer.json")):
+        d = replace(d, tokenizer=load)  # the tokenizer r1mega-convert import copied beside the weights
     if kind == "sft" and (len(d.paths) > 1 or d.weights is not None):
         raise ConfigError("data.paths", f"SFT reads one chat JSONL file, got {len(d.paths)} paths"
                           + (" and data.weights" if d.weights is not None else "") + "; concatenate the files")
@@ -98,10 +100,8 @@ def _data(cfg: Config, kind: str):
     if d.tokenizer is not None:
         if not os.path.exists(d.tokenizer):
             raise ConfigError("data.tokenizer", f"{d.tokenizer}: not found")
-        tok = Tokenizer(d.tokenizer)
-        if tok.vocab_size > vocab:
-            raise ConfigError("data.tokenizer", f"{d.tokenizer} has {tok.vocab_size} tokens but "
-                              f"the model's vocab_size is {vocab}")
+        tok = load_tokenizer(d.tokenizer)
+        check_fits(tok, vocab)
     if kind == "pretrain":
         return PretrainData(d.paths, d.weights, d.seq_length, cfg.seed, vocab)
     return SFTData(d.paths[0], tok, d.seq_length, cfg.seed)
@@ -116,24 +116,25 @@ def _batch(data, kind: str, first: int, size: int) -> dict:
 
 def train(cfg: Config, kind: str) -> dict:
     """Run (or resume) a training run. Returns {'final_loss', 'steps', 'losses', 'skipped'}."""
-    distributed, owns_group, world = join_ranks()
-    cfg = validate_training(cfg, world)  # before any weight exists
-    ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
-    torch.manual_seed(cfg.seed)
-    device = default_device()
+    ckpt_root = os.path.join(cfg.train.run_dir, "checkpoints")
+    # ranks joined, the model's shapes taken from the checkpoint if the config has none, validated
+    run = start_run(cfg, validate_training, own_checkpoint(ckpt_root))
+    cfg, ps, world, device = run.cfg, run.ps, run.world, run.device
     t = cfg.train
-    dtype = getattr(torch, t.dtype)
 
     # everything a user can get wrong is checked before any weight exists: data, checkpoints, arch
+    for key, path in (("train.run_dir", t.run_dir), ("train.run_dir", os.path.join(t.run_dir, "checkpoints"))):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ConfigError(key, f"{path} exists and is not a directory")
+    if ps.rank == 0 and cfg.optim.warmup_steps > t.steps:
+        print(f"warning: optim.warmup_steps={cfg.optim.warmup_steps} exceeds train.steps={t.steps}: the run ends "
+              f"before the learning rate reaches optim.lr={cfg.optim.lr}", file=sys.stderr, flush=True)
     data = _data(cfg, kind)
-    ckpt_root = os.path.join(t.run_dir, "checkpoints")
     family, model_cfg = family_for(cfg)
     model_config = asdict(model_cfg)
     candidates = find_resume_checkpoint(ckpt_root, t.load, model_config, t.allow_arch_change)
 
-    chunks = build_chunks(cfg, ps)
-    init_weights(chunks, cfg.seed)
-    place(chunks, device, dtype)
+    chunks = build_model(cfg, ps, device, run.dtype)
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
 
     # the run's own newest checkpoint wins over train.load, so a requeued job continues where it was
@@ -146,8 +147,7 @@ def train(cfg: Config, kind: str) -> dict:
             print(f"run {t.run_dir} is complete: {resume} is at step {start} and train.steps={t.steps}. "
                   f"To train further, raise train.steps (e.g. train.steps={start + t.steps}); "
                   f"to start afresh, choose another train.run_dir.", flush=True)
-        if distributed and owns_group:
-            dist.destroy_process_group()
+        finish_run(run)
         return {"final_loss": meta.get("loss"), "steps": start, "losses": [], "skipped": optimizer.skipped,
                 "complete": True}
     log = MetricsLog(t.run_dir, t.steps, start, ps.rank == 0, t.wandb_project if t.wandb else None, cfg)
@@ -220,6 +220,5 @@ def train(cfg: Config, kind: str) -> dict:
     if ps.rank == 0:
         print(f"final_loss={final:.6f} steps={t.steps}", flush=True)
     result = {"final_loss": final, "steps": t.steps, "losses": losses, "skipped": optimizer.skipped}
-    if distributed and owns_group:
-        dist.destroy_process_group()
+    finish_run(run)
     return result

@@ -148,8 +148,12 @@ class MLA(nn.Module):
         c (kv_lora_rank) and k_rope (qk_rope_head_dim) per token, never per-head keys and values."""
         cfg, h = self.cfg, self.local_heads
         latent, krope, valid, start = cache.append(c, k_rope)  # [b, L, r], [b, L, rope], [b, L]
-        s = q_nope.shape[0]
-        w = self.kv_b_proj.weight.view(h, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank)
+        s, dtype = q_nope.shape[0], q_nope.dtype
+        # float32 throughout: the absorbed products round differently from the training path's
+        # (kv_b_proj applied first) in bf16; in float32 both are close to exact, which cut the
+        # sampler/trainer log-prob gap of bf16 GRPO ~60x in KL (README, bench/grpo_logprob_gap.py)
+        q_nope, q_rope, latent, krope = q_nope.float(), q_rope.float(), latent.float(), krope.float()
+        w = self.kv_b_proj.weight.float().view(h, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank)
         w_uk, w_uv = w[:, : cfg.qk_nope_head_dim], w[:, cfg.qk_nope_head_dim:]
         q_lat = torch.einsum("sbhd,hdr->bhsr", q_nope, w_uk)
         scores = torch.einsum("bhsr,blr->bhsl", q_lat, latent) + torch.einsum("sbhd,bld->bhsl", q_rope, krope)
@@ -157,7 +161,7 @@ class MLA(nn.Module):
         query_slot = torch.arange(start, start + s, device=latent.device)
         allowed = (torch.arange(L, device=latent.device)[None, :] <= query_slot[:, None])[None] & valid[:, None, :]
         allowed |= (torch.arange(L, device=latent.device)[None, :] == query_slot[:, None])[None]  # pads see themselves
-        scores = (scores.float() * self.scale).masked_fill(~allowed[:, None], float("-inf"))
-        probs = scores.softmax(-1).to(latent.dtype)
+        scores = (scores * self.scale).masked_fill(~allowed[:, None], float("-inf"))
+        probs = scores.softmax(-1)
         out = torch.einsum("bhsr,hvr->sbhv", torch.einsum("bhsl,blr->bhsr", probs, latent), w_uv)
-        return out.reshape(s, q_nope.shape[1], h * cfg.v_head_dim)
+        return out.reshape(s, q_nope.shape[1], h * cfg.v_head_dim).to(dtype)

@@ -1,0 +1,58 @@
+"""How a problem becomes the text the policy continues (`rl.template`), and where generation stops.
+
+  r1_zero  DeepSeek-R1-Zero's template (DeepSeek-R1 paper, Table 1), the question in place of
+           {prompt}; generation stops at EOS or after "</answer>"
+  chat     the tokenizer's own chat template (e.g. DeepSeek-R1's) with the generation prompt, then
+           the thinking prefix "<think>\\n" when the template does not already open the thought
+           (DeepSeek recommends forcing it); stops at EOS
+  raw      the question as it is; stops at EOS
+
+A response is what the rewards judge: the response prefix the template already wrote for the
+model (the chat template's "<think>\\n") followed by the generated completion.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from r1mega.data.prompts import question_text
+
+R1_ZERO = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with "
+    "the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> "
+    "</answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here "
+    "</answer>. User: {prompt}. Assistant:"
+)
+THINK_PREFIX = "<think>\n"
+
+
+@dataclass
+class Rendered:
+    text: str  # what the model is conditioned on
+    response_prefix: str  # the part of `text` that belongs to the response (judged by the rewards)
+
+
+def render(problem: dict, template: str, tokenizer=None) -> Rendered:
+    if template == "r1_zero":
+        return Rendered(R1_ZERO.format(prompt=question_text(problem)), "")
+    if template == "raw":
+        return Rendered(question_text(problem), "")
+    if template == "chat":
+        messages = problem.get("messages") or [{"role": "user", "content": problem["prompt"]}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        if text.rstrip().endswith("<think>"):  # the template opened the thought itself
+            return Rendered(text, text[text.rstrip().rfind("<think>"):])
+        return Rendered(text + THINK_PREFIX, THINK_PREFIX)
+    raise ValueError(f"rl.template: unknown template {template!r} (r1_zero, chat, raw)")
+
+
+def stop_strings(template: str) -> list[str]:
+    """Text after which a completion is finished (besides EOS)."""
+    return ["</answer>"] if template == "r1_zero" else []
+
+
+def stops_at(stops: list[str]):
+    """A GenerationConfig.stop predicate for decoded completion text, or None without stop strings."""
+    if not stops:
+        return None
+    return lambda text: any(s in text for s in stops)

@@ -1,0 +1,64 @@
+"""Where GRPO's questions come from: the user's prompt files (`rl.prompts`, rendered by
+`rl.template`) or the built-in synthetic sums (`data.synthetic`), as token ids with a stop rule.
+
+Both are addressed by a global position (questions drawn so far), saved in the checkpoint: the
+questions of a rollout are a pure function of (seed, position), whatever the DP size.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from r1mega.config import Config
+from r1mega.data.prompts import PromptOrder, load_prompts
+from r1mega.data.templates import Rendered, render, stop_strings
+from r1mega.data.tokenizer import Tokenizer
+from r1mega.rl.tasks import addition_prompts, arithmetic_prompts, stops_after_answer
+
+
+STOP_TAIL_TOKENS = 32
+
+
+class PromptSource:
+    def __init__(self, cfg: Config, tok: Tokenizer):
+        rl = cfg.rl
+        self.tok, self.template, self.seed = tok, rl.template, cfg.seed
+        self.default_language = rl.language
+        self.order = PromptOrder(load_prompts(rl.prompts), cfg.seed) if rl.prompts else None
+        self.synthetic = None if rl.prompts else cfg.data.synthetic
+        self.stops = stop_strings(self.template) if self.order is not None else []
+
+    def take(self, position: int, n: int, rollout_index: int) -> list[dict]:
+        """n problems from global position `position` (files), or n fresh synthetic ones."""
+        if self.order is not None:
+            problems = self.order.take(position, n)
+        else:
+            seed = self.seed * 100_003 + rollout_index
+            problems = (addition_prompts(n, seed, heldout=False) if self.synthetic == "addition"
+                        else arithmetic_prompts(n, seed=seed))
+        # the target language travels with the problem, so every reward sees the same one
+        return [{**p, "language": p.get("language") or self.default_language} for p in problems]
+
+    def held_out(self, n: int) -> Optional[list[dict]]:
+        """Problems for greedy held-out accuracy: the synthetic task's held-out split (none for files)."""
+        if self.synthetic is None:
+            return None
+        return addition_prompts(0, 0, heldout=True) if self.synthetic == "addition" else arithmetic_prompts(n, 10_007)
+
+    def render(self, problem: dict) -> Rendered:
+        return render(problem, self.template, self.tok)
+
+    def encode(self, rendered: Rendered) -> list[int]:
+        ids = self.tok.encode(rendered.text)
+        if self.tok.add_bos and self.tok.bos_id is not None and self.template != "chat":
+            ids = [self.tok.bos_id] + ids  # the chat template writes its own BOS
+        return ids
+
+    def stop(self) -> Callable[[list[int]], bool]:
+        """Stop predicate on a completion's ids (EOS is handled by generation itself)."""
+        if self.order is None:
+            return lambda ids: stops_after_answer(self.tok.decode(ids))
+        stops = self.stops  # a stop string spans a few tokens: decoding the tail is enough
+        return lambda ids: any(s in self.tok.decode(ids[-STOP_TAIL_TOKENS:]) for s in stops)
+
+    def is_stopped(self, text: str) -> bool:
+        return stops_after_answer(text) if self.order is None else any(s in text for s in self.stops)

@@ -1,0 +1,57 @@
+"""GRPO's reference policy (the KL anchor): a frozen copy of the policy, refreshed every
+`rl.ref_refresh_steps`, saved beside the policy's checkpoints and restored on resume, so a requeued
+job keeps the anchor it had instead of resetting it to the current policy.
+
+    <run_dir>/checkpoints/reference/step_00000400/   weights of the policy at the refresh step
+A policy checkpoint's meta.json names the reference directory it goes with.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from r1mega.parallel.layout import ParallelState
+from r1mega.train.checkpoint import load_checkpoint, save_checkpoint
+
+
+@torch.no_grad()
+def copy_weights(src: torch.nn.ModuleList, dst: torch.nn.ModuleList) -> None:
+    """Parameters and buffers (e.g. the routing bias), same layout on both sides."""
+    for a, b in zip(src.state_dict().values(), dst.state_dict().values()):
+        b.copy_(a)
+
+
+class ReferencePolicy:
+    def __init__(self, model: torch.nn.ModuleList, ps: ParallelState, refresh_steps: int):
+        self.model, self.ps, self.refresh_steps = model, ps, refresh_steps
+        self.model.eval()
+        self.since_step = 0  # the policy step the reference is a copy of
+
+    def refresh(self, policy: torch.nn.ModuleList, step: int) -> None:
+        copy_weights(policy, self.model)
+        self.since_step = step
+
+    def due(self, step: int) -> bool:
+        """After optimizer step `step` (1-based), is it time to copy the policy?"""
+        return bool(self.refresh_steps) and step % self.refresh_steps == 0
+
+    def save(self, ckpt_root: str) -> str:
+        """Collective. Written once per refresh; returns its directory relative to ckpt_root."""
+        rel = os.path.join("reference", f"step_{self.since_step:08d}")
+        if not os.path.exists(os.path.join(ckpt_root, rel, "meta.json")):
+            save_checkpoint(os.path.join(ckpt_root, "reference"), self.since_step, self.model, None, self.ps,
+                            {"kind": "grpo-reference"})
+        return rel
+
+    def restore(self, ckpt_root: str, rel: Optional[str], step: int) -> bool:
+        """Load the saved reference; False when the checkpoint has none (then the caller copies)."""
+        if not rel:
+            return False
+        path = os.path.join(ckpt_root, rel)
+        rng = torch.get_rng_state()
+        load_checkpoint(path, self.model, None, self.ps)
+        torch.set_rng_state(rng)  # the policy checkpoint's RNG is the one that counts
+        self.since_step = int(os.path.basename(rel).split("_")[-1]) if rel else step
+        return True

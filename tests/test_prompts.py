@@ -1,0 +1,100 @@
+"""Prompt datasets, templates and real tokenizers for GRPO on a user's own data."""
+import json
+import shutil
+
+import pytest
+
+from r1mega.config import ConfigError
+from r1mega.data.jsonl import DataError
+from r1mega.data.prompts import PromptOrder, load_prompts
+from r1mega.data.templates import R1_ZERO, THINK_PREFIX, render, stop_strings
+from r1mega.data.tokenizer import BOS, EOS, Tokenizer, check_fits
+from rl_data import CODE, MATH, write_jsonl, write_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return Tokenizer(write_tokenizer(str(tmp_path_factory.mktemp("tok"))))
+
+
+def test_records_of_every_kind_load(tmp_path):
+    probs = load_prompts([write_jsonl(str(tmp_path / "m.jsonl"), MATH), write_jsonl(str(tmp_path / "c.jsonl"), CODE)])
+    assert len(probs) == len(MATH) + len(CODE)
+    assert probs[0]["answer"] == "3" and probs[0]["id"] == "add-1-2"
+    code = probs[len(MATH):]
+    assert code[1]["entry_point"] == "double" and isinstance(code[2]["tests"], list)
+    assert code[3]["messages"][0]["content"].startswith("Write neg") and code[3]["id"].endswith("c.jsonl:4")
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"answer": "1"}, "needs 'prompt' (a string) or 'messages'"),
+    ({"prompt": "", "answer": "1"}, "'prompt' must be a non-empty string"),
+    ({"prompt": "q"}, "needs 'answer' (math) or 'tests' (code)"),
+    ({"prompt": "q", "answer": [1]}, "'answer' must be a string or a number"),
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "answer": "1"},
+     "the last message must be the user's"),
+    ({"messages": [{"role": "bot", "content": "q"}], "answer": "1"}, "messages[0] needs role"),
+    ({"prompt": "q", "tests": [{"input": "1"}]}, "tests[0] must be"),
+    ({"prompt": "q", "tests": [{"input": "1", "output": "2"}], "entry_point": "f"}, "'entry_point' goes with"),
+    ({"prompt": "q", "tests": "assert True", "entry_point": "not valid"}, "'entry_point' must be a Python identifier"),
+    ({"prompt": "q", "answer": "1", "language": "fr"}, "'language' must be one of"),
+])
+def test_bad_records_are_named_by_file_and_line(tmp_path, record, message):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(MATH[0]) + "\n\n" + json.dumps(record) + "\n")
+    with pytest.raises(DataError) as e:
+        load_prompts([str(path)])
+    assert str(e.value).startswith(f"{path}:3: ") and message in str(e.value)
+
+
+def test_broken_json_and_missing_file(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(MATH[0]) + "\n{\"prompt\": \n")
+    with pytest.raises(DataError, match=f"{path}:2: not valid JSON"):
+        load_prompts([str(path)])
+    with pytest.raises(DataError, match="prompt file not found"):
+        load_prompts([str(tmp_path / "nope.jsonl")])
+
+
+def test_order_is_a_seeded_shuffle_per_epoch_and_a_pure_function_of_position():
+    problems = [{"id": i} for i in range(10)]
+    order = PromptOrder(problems, seed=3)
+    first = [p["id"] for p in order.take(0, 10)]
+    second = [p["id"] for p in order.take(10, 10)]
+    assert sorted(first) == sorted(second) == list(range(10))  # each epoch is a permutation
+    assert first != second and first != list(range(10))  # reshuffled per epoch
+    # any split of positions (resume, DP ranks) gives the same problems
+    again = PromptOrder(problems, seed=3)
+    assert [p["id"] for p in again.take(7, 6)] == (first + second)[7:13]
+    assert [p["id"] for p in PromptOrder(problems, seed=4).take(0, 10)] != first
+
+
+def test_templates(tok):
+    p = {"prompt": "What is 1 + 2?", "messages": None}
+    r1 = render(p, "r1_zero")
+    assert r1.text == R1_ZERO.format(prompt="What is 1 + 2?") and r1.response_prefix == ""
+    assert r1.text.startswith("A conversation between User and Assistant.") and r1.text.endswith(
+        "User: What is 1 + 2?. Assistant:")
+    assert stop_strings("r1_zero") == ["</answer>"] and stop_strings("chat") == [] and stop_strings("raw") == []
+    assert render(p, "raw").text == "What is 1 + 2?"
+    chat = render({"prompt": None, "messages": [{"role": "user", "content": "hi"}]}, "chat", tok)
+    assert chat.text == f"{BOS}<｜User｜>hi<｜Assistant｜>{THINK_PREFIX}" and chat.response_prefix == THINK_PREFIX
+    with pytest.raises(ValueError, match="unknown template"):
+        render(p, "alpaca")
+
+
+def test_tokenizer_directory_with_config(tmp_path, tok):
+    assert tok.eos_id == tok.token_id(EOS) and tok.bos_id == tok.token_id(BOS) and tok.add_bos
+    ids = tok.encode(f"<think> 3 </think> <answer> 3 </answer>{EOS}")
+    assert ids[-1] == tok.eos_id and tok.token_id("<answer>") in ids  # special tokens stay atomic
+    assert tok.decode(ids) == f"<think> 3 </think> <answer> 3 </answer>{EOS}"
+    check_fits(tok, tok.vocab_size)
+    with pytest.raises(ConfigError, match=f"data.tokenizer.*{tok.vocab_size} tokens.*model.vocab_size=64"):
+        check_fits(tok, 64)
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        Tokenizer(str(tmp_path))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(f"{tok.path}/tokenizer.json", bare)  # no tokenizer_config.json: no chat template
+    with pytest.raises(ValueError, match="no chat_template"):
+        render({"prompt": "q"}, "chat", Tokenizer(str(bare)))
