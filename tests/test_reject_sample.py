@@ -53,3 +53,20 @@ def test_select_dedups_and_keeps_up_to_n():
     assert [(r["id"], r["sample"]) for r in rows] == [("m", 0), ("m", 3), ("n", 0)]
     assert rows[0]["messages"] == [{"role": "user", "content": "What is 1/2?"},
                                    {"role": "assistant", "content": GOOD}]
+
+
+def test_response_prefix_is_judged_and_trained_with_the_completion():
+    """The chat template writes "<think>\\n" for the model: that prefix is part of the response."""
+    from r1mega.generation.records import render_prompt
+
+    class ChatTok:
+        def apply_chat_template(self, messages, add_generation_prompt=True):
+            return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+    text, prefix = render_prompt(MATH, "chat", ChatTok())
+    assert (text, prefix) == ("<user>What is 1/2?<assistant><think>\n", "<think>\n")
+    assert render_prompt(MATH, "raw") == ("What is 1/2?", "")
+    sample = {**s("Half of one.</think> The answer is \\boxed{0.5}."), "response_prefix": prefix}
+    rows, counts = select([MATH], {"m": [sample]}, FilterConfig(), keep=1)
+    assert counts == {"kept": 1}
+    assert rows[0]["messages"][-1]["content"] == "<think>\nHalf of one.</think> The answer is \\boxed{0.5}."

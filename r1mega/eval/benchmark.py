@@ -107,12 +107,12 @@ def read_completions(path: str, records: list[dict]) -> dict[str, list[str]]:
 
 
 def _store_completions(out_dir: str) -> dict[str, list[str]]:
-    from r1mega.generation.store import SampleStore
+    from r1mega.generation.store import SampleStore, response_text
 
     by_id: dict[str, dict[int, str]] = {}
     for path in SampleStore.shard_paths(out_dir):
         for where, r in iter_jsonl(path):
-            by_id.setdefault(str(r["id"]), {})[r["sample"]] = r["completion"]
+            by_id.setdefault(str(r["id"]), {})[r["sample"]] = response_text(r)
     return {pid: [s[i] for i in sorted(s)] for pid, s in by_id.items()}
 
 

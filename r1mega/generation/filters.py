@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from r1mega.generation.store import response_text
 from r1mega.rl.rewards import THINK, code_reward, format_reward
 
 REASONS = ("truncated", "too_long", "format", "wrong", "tests_failed", "language_mixing", "long_paragraph",
@@ -72,7 +73,7 @@ def correctness(rec: dict, completion: str) -> Optional[str]:
 
 def judge_sample(rec: dict, sample: dict, cfg: FilterConfig) -> Optional[str]:
     """The first reason to reject this sample, or None to keep it (before dedup and the quota)."""
-    text = sample["completion"]
+    text = response_text(sample)
     if sample.get("finish_reason") == "length":
         return "truncated"
     if cfg.max_tokens and sample.get("completion_tokens", 0) > cfg.max_tokens:

@@ -6,9 +6,12 @@ or chat `messages`, and what checks the answer: `answer`, or `tests` (+ `entry_p
 its line number. Bad records are errors naming file:line.
 
 Templates:
-  raw  the prompt text as it is (base models; the tiny runs' "Q: 3+4=" format)
-  r1   DeepSeek-R1's chat format, as `r1mega sft` renders it: BOS, system text, `<｜User｜>` turns,
-       then `<｜Assistant｜>` for the model to continue
+  raw      the prompt text as it is (base models; the tiny runs' "Q: 3+4=" format)
+  r1       DeepSeek-R1's chat format, as `r1mega sft` renders it: BOS, system text, `<｜User｜>` turns,
+           then `<｜Assistant｜>` for the model to continue
+  r1_zero  R1-Zero's template (`r1mega.data.templates`, as GRPO poses it); stops after </answer>
+  chat     the tokenizer's own chat template with the thinking prefix "<think>\n" (as GRPO poses it);
+           that prefix belongs to the response: it is judged and trained together with the completion
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from r1mega.data.jsonl import DataError, iter_jsonl
 from r1mega.data.tokenizer import ASSISTANT, BOS, EOS, USER
 from r1mega.errors import ConfigError
 
-TEMPLATES = ("raw", "r1")
+TEMPLATES = ("raw", "r1", "r1_zero", "chat")
 
 
 def read_prompt_records(path: str, need_answer: bool = False) -> list[dict]:
@@ -61,6 +64,22 @@ def chat_messages(rec: dict) -> list[dict]:
     if isinstance(rec.get("prompt"), str):
         return [{"role": "user", "content": rec["prompt"]}]
     return [m for m in rec["messages"] if m["role"] != "assistant" or m is not rec["messages"][-1]]
+
+
+def render_prompt(rec: dict, template: str, tokenizer=None) -> tuple[str, str]:
+    """(text the model continues, response prefix that text already holds: judged with the completion)."""
+    if template in ("r1_zero", "chat"):
+        from r1mega.data.templates import render
+
+        r = render(rec, template, tokenizer)
+        return r.text, r.response_prefix
+    return apply_template(rec, template), ""
+
+
+def template_stops(template: str) -> list[str]:
+    from r1mega.data.templates import stop_strings
+
+    return stop_strings(template)
 
 
 def apply_template(rec: dict, template: str) -> str:

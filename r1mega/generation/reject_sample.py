@@ -22,6 +22,7 @@ from r1mega.data.jsonl import DataError, iter_jsonl
 from r1mega.errors import ConfigError
 from r1mega.generation.filters import REASONS, FilterConfig, judge_sample, normalized
 from r1mega.generation.records import chat_messages, read_prompt_records
+from r1mega.generation.store import response_text
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -57,17 +58,17 @@ def select(records: list[dict], samples: dict[str, list[dict]], cfg: FilterConfi
         seen, kept = set(), 0
         for s in sorted(samples.get(rec["id"], []), key=lambda s: s["sample"]):
             reason = judge_sample(rec, s, cfg)
-            if reason is None and normalized(s["completion"]) in seen:
+            if reason is None and normalized(response_text(s)) in seen:
                 reason = "duplicate"
             if reason is None and kept >= keep:
                 reason = "over_quota"
             if reason is not None:
                 counts[reason] += 1
                 continue
-            seen.add(normalized(s["completion"]))
+            seen.add(normalized(response_text(s)))
             kept += 1
             counts["kept"] += 1
-            out.append({"messages": chat_messages(rec) + [{"role": "assistant", "content": s["completion"]}],
+            out.append({"messages": chat_messages(rec) + [{"role": "assistant", "content": response_text(s)}],
                         "id": rec["id"], "sample": s["sample"]})
     return out, counts
 

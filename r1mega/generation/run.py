@@ -22,7 +22,7 @@ from r1mega.data.tokenizer import Tokenizer
 from r1mega.errors import ConfigError, R1MegaError
 from r1mega.generation.engine import SamplingParams, generate_rounds
 from r1mega.generation.model_source import LoadedModel, load_model
-from r1mega.generation.records import TEMPLATES, apply_template
+from r1mega.generation.records import TEMPLATES, render_prompt, template_stops
 from r1mega.generation.store import SampleStore
 from r1mega.parallel.layout import join_ranks
 
@@ -66,8 +66,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
     """The sampling flags, checked (before any model is loaded)."""
+    stops = list(args.stop) + [s for s in template_stops(args.template) if s not in args.stop]
     params = SamplingParams(args.samples, args.temperature, args.top_p, args.top_k, args.max_new_tokens,
-                            args.seed, list(args.stop))
+                            args.seed, stops)
     params.check()
     return params
 
@@ -114,7 +115,9 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
     if error:
         raise R1MegaError(f"{desc}: {error}")
     problems = [records[i] for i in todo]
-    prompts = [apply_template(r, template) for r in problems]
+    rendered = [render_prompt(r, template, tok) for r in problems]
+    prompts = [text for text, _ in rendered]
+    prefix = {r["id"]: pre for r, (_, pre) in zip(problems, rendered)}
     bar = None
     if ps.rank == 0:
         from tqdm import tqdm
@@ -127,7 +130,9 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
             continue
         store.write([(prob["id"], [{"id": prob["id"], "sample": s.index, "completion": s.completion,
                                     "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
-                                    "finish_reason": s.finish_reason} for s in samples])
+                                    "finish_reason": s.finish_reason,
+                                    **({"response_prefix": prefix[prob["id"]]} if prefix[prob["id"]] else {})}
+                                   for s in samples])
                      for prob, samples in results])
         tokens += stats["completion_tokens"]
         bar.update(len(results))

@@ -2,7 +2,7 @@
 
     <out>/meta.json            what was generated (samples per problem, sampling parameters, model)
     <out>/shard-00000.jsonl    {"id", "sample", "completion", "prompt_tokens", "completion_tokens",
-    <out>/shard-00001.jsonl     "finish_reason", ...} one line per sample
+    <out>/shard-00001.jsonl     "finish_reason", ["response_prefix"]} one line per sample
 
 Only rank 0 writes. Each round's records are appended as whole lines in one write, then flushed and
 fsynced, so after a crash a shard ends at worst with a torn last line and some problems with fewer
@@ -20,6 +20,11 @@ from typing import Iterator
 from r1mega.errors import ConfigError, DataError
 
 SHARD = "shard-{:05d}.jsonl"
+
+
+def response_text(record: dict) -> str:
+    """What the model answered: the template's response prefix (e.g. "<think>\\n") + the completion."""
+    return record.get("response_prefix", "") + record["completion"]
 
 
 def _fsync_dir(path: str) -> None:
