@@ -69,13 +69,16 @@ class AllToAllDispatcher:
         rows = gather_uneven(rows, plan.etp_sizes, self.etp_group)
         # rows arrive grouped by (etp rank, source ep rank) then by local expert; regroup by expert
         chunk_counts = plan.local_expert_counts  # [chunks, E_local]
-        expert_of_row = torch.repeat_interleave(
-            torch.arange(self.num_local, device=x.device).repeat(chunk_counts.shape[0]),
-            chunk_counts.reshape(-1),
-        )
-        by_expert = torch.argsort(expert_of_row, stable=True)
-        out_sorted = experts(rows[by_expert], chunk_counts.sum(0))
-        out = torch.empty_like(out_sorted).index_copy(0, by_expert, out_sorted)
+        if chunk_counts.shape[0] == 1:  # one source: already grouped by expert
+            out = experts(rows, chunk_counts[0])
+        else:
+            expert_of_row = torch.repeat_interleave(
+                torch.arange(self.num_local, device=x.device).repeat(chunk_counts.shape[0]),
+                chunk_counts.reshape(-1),
+            )
+            by_expert = torch.argsort(expert_of_row, stable=True)
+            out_sorted = experts(rows[by_expert], chunk_counts.sum(0))
+            out = torch.empty_like(out_sorted).index_copy(0, by_expert, out_sorted)
         out = reduce_scatter_uneven(out, plan.etp_sizes, self.etp_group)
         out = all_to_all(out, plan.send_splits, plan.recv_splits, self.ep_group)
         weights = topk_weight.reshape(-1)[plan.order].unsqueeze(-1)

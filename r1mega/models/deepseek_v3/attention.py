@@ -78,8 +78,12 @@ class MLA(nn.Module):
         k = torch.cat([k_nope, k_rope.unsqueeze(2).expand(s, b, self.local_heads, cfg.qk_rope_head_dim)], -1)
         # [s, b, h, d] -> [b, h, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
+        if cfg.v_head_dim < cfg.qk_head_dim:
+            # fused (flash) SDPA kernels want one head dim for q, k and v; zero columns of v give
+            # zero output columns, sliced off below (same numbers, faster than the unfused path)
+            v = F.pad(v, (0, cfg.qk_head_dim - cfg.v_head_dim))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
-                                             scale=self.scale)
+                                             scale=self.scale)[..., :cfg.v_head_dim]
         out = out.permute(2, 0, 1, 3).reshape(s, b, self.local_heads * cfg.v_head_dim)
         out = leave_tp_region(self.o_proj(out), self.ps)
         return out if self.o_proj.bias is None else out + self.o_proj.bias
