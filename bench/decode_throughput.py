@@ -91,7 +91,7 @@ def self_check(args) -> None:
     r = generate(model, ps, prompts, GenerationConfig(max_new_tokens=args.lengths[-1], temperature=1.0, seed=1))
     batch = to_train_batch(r, torch.ones(args.batch, dtype=torch.bool))
     mb = Microbatch(batch.input_ids, None, batch.attn_mask, batch.position_ids, None, {"targets": batch.targets})
-    train_logp = sequence_logprobs(model, ps, [mb], temperature=1.0)
+    train_logp = sequence_logprobs(torch.nn.ModuleList([model]), ps, [mb], temperature=1.0)
     gap = (train_logp - batch.rollout_logp).abs()[batch.mask]
     print(f"rollout vs training log-prob gap over {gap.numel()} sampled tokens: max {gap.max():.3e}, "
           f"mean {gap.mean():.3e} (float32)")
