@@ -6,16 +6,22 @@
     r1mega sft --config configs/tiny/sft.yaml [key=value ...]
     r1mega plan --config configs/model/deepseek_v3_671b.yaml --tp 2 --pp 16 --ep 64 --dp 64 --sp
     torchrun --nproc_per_node N -m r1mega.cli verify-hf --hf-dir DIR --tp T --pp P --ep E
+
+A bad config, data file or checkpoint ends in one line `error: ...` and exit status 2; add
+--debug (anywhere) or set R1MEGA_DEBUG=1 for the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from r1mega.config import ConfigError
+from r1mega.errors import debug_requested, run_command
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    argv = [a for a in argv if a != "--debug"]
     parser = argparse.ArgumentParser(prog="r1mega", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -34,12 +40,9 @@ def main(argv=None) -> int:
         p.add_argument("--world", type=int, default=None, help="ranks for --dry-run (default: tp x pp x dp)")
         p.add_argument("--gpu-mem", type=float, default=80.0, help="GiB per GPU, for --dry-run")
 
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors (also R1MEGA_DEBUG=1)")
     args = parser.parse_args(argv)
-    try:
-        return _dispatch(parser, args)
-    except ConfigError as e:  # a bad config is the user's to fix: say which key, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _dispatch(parser, args), debug)
 
 
 def _dispatch(parser, args) -> int:

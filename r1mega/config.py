@@ -7,20 +7,16 @@ parallel layout, so a bad launch fails before any weight is allocated.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A configuration problem, naming the offending key."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"config error at '{key}': {message}")
+from r1mega.errors import ConfigError  # noqa: F401  (re-exported: `from r1mega.config import ConfigError`)
 
 
 @dataclass
@@ -74,11 +70,23 @@ class ModelConfig:
     @classmethod
     def from_hf(cls, source: str | dict) -> "ModelConfig":
         """Read a Hugging Face DeepSeek-V3/R1/V2(-Lite) `config.json` (path, directory or dict)."""
+        where = "config.json"
         if isinstance(source, str):
-            path = os.path.join(source, "config.json") if os.path.isdir(source) else source
-            with open(path) as f:
-                source = json.load(f)
-        hf = dict(source)
+            where = os.path.join(source, "config.json") if os.path.isdir(source) else source
+            try:
+                with open(where) as f:
+                    source = json.load(f)
+            except OSError as e:
+                raise ConfigError(where, f"cannot read: {e.strerror}") from None
+            except json.JSONDecodeError as e:
+                raise ConfigError(where, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+        try:
+            return cls._from_hf_dict(dict(source))
+        except KeyError as e:
+            raise ConfigError(where, f"missing key {e.args[0]!r} that a DeepSeek config must have") from None
+
+    @classmethod
+    def _from_hf_dict(cls, hf: dict) -> "ModelConfig":
         model_type = hf.get("model_type", "deepseek_v3")
         if model_type not in ("deepseek_v3", "deepseek_v2"):
             raise ConfigError("model_type", f"expected deepseek_v3 or deepseek_v2, got {model_type!r}")
@@ -188,6 +196,15 @@ class TrainConfig:
     wandb: bool = False
     wandb_project: str = "r1mega"
     peak_tflops: Optional[float] = None  # per device, for MFU; None: H100 bf16 dense on GPU, none on CPU
+    max_consecutive_skips: int = 10  # stop when this many steps in a row are non-finite; 0: never
+    verify_checkpoint: bool = True  # check each loaded piece's CRC32 against the checkpoint's record
+    # model keys allowed to differ from the checkpoint's on resume (e.g. [rope_scaling] to extend context)
+    allow_arch_change: list[str] = field(default_factory=list)
+    # FP8 linears (DeepSeek-V3's blockwise recipe): none | blockwise
+    fp8: str = "none"
+    fp8_backend: str = "auto"  # auto | emulated | te (auto: Transformer Engine where built and usable)
+    fp8_block: int = 128  # tile length: 1 x block for activations/gradients, block x block for weights
+    fp8_pow2_scales: bool = False  # round scales down to powers of two
 
 
 @dataclass
@@ -229,6 +246,8 @@ class RLConfig:
     routing_replay: bool = False
     rewards: list[str] = field(default_factory=lambda: ["accuracy", "format"])
     language: Optional[str] = None  # target language for the language-consistency reward
+    # run code rewards without the isolated sandbox where it cannot be set up (only for trusted code)
+    unsafe_code_sandbox: bool = False
 
 
 @dataclass
@@ -251,7 +270,15 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
         if path is not None:
             if not os.path.exists(path):
                 raise ConfigError("--config", f"file not found: {path}")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            try:
+                loaded = OmegaConf.load(path)
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                where = f"{path}:{mark.line + 1}" if mark is not None else path
+                raise ConfigError("--config", f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+            if not isinstance(loaded, DictConfig):
+                raise ConfigError("--config", f"{path}: expected a mapping of sections (model:, data:, ...)")
+            merged = OmegaConf.merge(merged, loaded)
         if overrides:
             for item in overrides:
                 if "=" not in item:
@@ -291,20 +318,77 @@ def resolve_parallel(par: ParallelConfig, world_size: int) -> ParallelConfig:
     return out
 
 
+def _need(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(key, msg)
+
+
+def _at_least(obj, section: str, minimum: float, *names: str) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        _need(v is not None and math.isfinite(v) and v >= minimum, f"{section}.{name}",
+              f"must be >= {minimum}, got {v}")
+
+
+def _positive(obj, section: str, *names: str) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        _need(v is not None and math.isfinite(v) and v > 0, f"{section}.{name}", f"must be > 0, got {v}")
+
+
+def _one_of(value, key: str, choices: tuple) -> None:
+    names = [str(c) for c in choices]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+    _need(value in choices, key, f"expected {listed}, got {value!r}")
+
+
+ROPE_KINDS = ("default", "yarn")
+ROPE_SCALING_KEYS = ("type", "rope_type", "factor", "original_max_position_embeddings", "mscale", "mscale_all_dim",
+                     "beta_fast", "beta_slow", "attention_factor", "truncate")
+TOPK_METHODS = ("noaux_tc", "greedy", "group_limited_greedy")
+
+
+def validate_model(m: ModelConfig) -> None:
+    """Ranges and enums of the model keys alone (no layout)."""
+    _positive(m, "model", "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+              "kv_lora_rank", "qk_rope_head_dim", "v_head_dim", "max_position_embeddings", "rope_theta",
+              "rms_norm_eps", "routed_scaling_factor")
+    _at_least(m, "model", 0, "qk_nope_head_dim", "n_routed_experts", "n_shared_experts",
+              "first_k_dense_replace", "num_mtp_layers", "initializer_range")
+    _at_least(m, "model", 1, "moe_layer_freq", "n_group", "topk_group")
+    if m.q_lora_rank is not None:
+        _need(m.q_lora_rank > 0, "model.q_lora_rank", f"must be > 0 or null (plain q_proj), got {m.q_lora_rank}")
+    _need(m.qk_rope_head_dim % 2 == 0, "model.qk_rope_head_dim",
+          f"rotary dimension must be even, got {m.qk_rope_head_dim}")
+    _one_of(m.scoring_func, "model.scoring_func", ("sigmoid", "softmax"))
+    _one_of(m.topk_method, "model.topk_method", TOPK_METHODS)
+    _need(m.hidden_act == "silu", "model.hidden_act", f"only silu is supported, got {m.hidden_act!r}")
+    if m.rope_scaling is not None:
+        for k in m.rope_scaling:
+            _need(k in ROPE_SCALING_KEYS, "model.rope_scaling", f"unknown key {k!r} (known: {', '.join(ROPE_SCALING_KEYS)})")
+        kind = m.rope_scaling.get("rope_type", m.rope_scaling.get("type", "default"))
+        _one_of(kind, "model.rope_scaling.type", ROPE_KINDS)
+        if kind == "yarn":
+            orig = m.rope_scaling.get("original_max_position_embeddings")
+            _need(isinstance(orig, int) and orig > 0, "model.rope_scaling.original_max_position_embeddings",
+                  f"yarn needs a positive integer, got {orig!r}")
+            factor = m.rope_scaling.get("factor")
+            _need(factor is None or (isinstance(factor, (int, float)) and factor > 0), "model.rope_scaling.factor",
+                  f"must be > 0, got {factor!r}")
+    if m.n_routed_experts > 0:
+        _need(m.moe_intermediate_size > 0, "model.moe_intermediate_size",
+              f"must be > 0 for a model with routed experts, got {m.moe_intermediate_size}")
+        _need(m.num_experts_per_tok >= 1, "model.num_experts_per_tok",
+              f"must be >= 1 for a model with routed experts, got {m.num_experts_per_tok}")
+
+
 def validate(cfg: Config, world_size: int) -> Config:
     """Cross-field checks of model x layout. Raises ConfigError naming the key; allocates nothing."""
+    validate_model(cfg.model)
     m, par = cfg.model, resolve_parallel(cfg.parallel, world_size)
     tp, pp, ep, etp = par.tp, par.pp, par.ep, par.expert_tp
-
-    def need(cond: bool, key: str, msg: str):
-        if not cond:
-            raise ConfigError(key, msg)
-
-    for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "kv_lora_rank",
-                "qk_rope_head_dim", "v_head_dim"):
-        need(getattr(m, key) > 0, f"model.{key}", f"must be > 0, got {getattr(m, key)}")
-    need(m.qk_rope_head_dim % 2 == 0, "model.qk_rope_head_dim",
-         f"rotary dimension must be even, got {m.qk_rope_head_dim}")
+    need = _need
+    _need(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
     need(m.num_heads % tp == 0, "model.num_heads",
          f"{m.num_heads} attention heads are not divisible by parallel.tp={tp}")
     need(m.vocab_size % tp == 0, "model.vocab_size",
@@ -319,9 +403,6 @@ def validate(cfg: Config, world_size: int) -> Config:
         need(all(n >= 1 for n in par.pp_layers), "parallel.pp_layers", "every stage needs >= 1 layer")
         need(sum(par.pp_layers) == m.num_layers, "parallel.pp_layers",
              f"sums to {sum(par.pp_layers)} but model.num_layers = {m.num_layers}")
-    need(m.scoring_func in ("sigmoid", "softmax"), "model.scoring_func",
-         f"expected sigmoid or softmax, got {m.scoring_func!r}")
-    need(m.hidden_act == "silu", "model.hidden_act", f"only silu is supported, got {m.hidden_act!r}")
     if m.n_routed_experts > 0:
         need(m.n_routed_experts % ep == 0, "model.n_routed_experts",
              f"{m.n_routed_experts} experts are not divisible by parallel.ep={ep}")
@@ -336,7 +417,7 @@ def validate(cfg: Config, world_size: int) -> Config:
         need(1 <= m.topk_group <= m.n_group, "model.topk_group",
              f"must be in [1, n_group={m.n_group}], got {m.topk_group}")
         per_group = m.n_routed_experts // m.n_group
-        need(1 <= m.num_experts_per_tok <= per_group * m.topk_group, "model.num_experts_per_tok",
+        need(m.num_experts_per_tok <= per_group * m.topk_group, "model.num_experts_per_tok",
              f"{m.num_experts_per_tok} exceeds the {per_group * m.topk_group} experts in the "
              f"{m.topk_group} selected groups")
         if m.scoring_func == "sigmoid" and m.n_group > 1:
@@ -352,15 +433,39 @@ def validate(cfg: Config, world_size: int) -> Config:
 
 
 def validate_training(cfg: Config, world_size: int) -> Config:
-    """validate() plus the batch / schedule / data rules of a training run."""
+    """validate() plus the batch / schedule / data / optimizer rules of a training run."""
     cfg = validate(cfg, world_size)
-    m, par, d, t = cfg.model, cfg.parallel, cfg.data, cfg.train
+    m, par, d, t, o = cfg.model, cfg.parallel, cfg.data, cfg.train, cfg.optim
     tp, pp = par.tp, par.pp
+    need = _need
 
-    def need(cond: bool, key: str, msg: str):
-        if not cond:
-            raise ConfigError(key, msg)
-
+    _at_least(d, "data", 1, "seq_length", "micro_batch_size", "global_batch_size", "synthetic_docs")
+    if d.synthetic is not None:
+        _one_of(d.synthetic, "data.synthetic", ("arithmetic", "addition"))
+    if d.weights is not None:
+        need(len(d.weights) == len(d.paths), "data.weights",
+             f"has {len(d.weights)} entries for {len(d.paths)} data.paths")
+        for i, w in enumerate(d.weights):
+            need(math.isfinite(w) and w >= 0, f"data.weights[{i}]", f"must be a finite weight >= 0, got {w}")
+        need(sum(d.weights) > 0, "data.weights", "all weights are 0: nothing to sample from")
+    _at_least(o, "optim", 0, "lr", "min_lr", "warmup_steps", "weight_decay", "clip_grad")
+    _positive(o, "optim", "eps")
+    _one_of(o.decay, "optim.decay", ("cosine", "constant", "linear"))
+    if o.decay != "constant":
+        need(o.min_lr <= o.lr, "optim.min_lr",
+             f"{o.min_lr} is above optim.lr={o.lr}, but optim.decay={o.decay} decays from lr to min_lr")
+    for name in ("beta1", "beta2"):
+        v = getattr(o, name)
+        need(0 <= v < 1, f"optim.{name}", f"must be in [0, 1), got {v}")
+    _at_least(t, "train", 0, "mtp_weight", "balance_alpha", "bias_update_rate", "save_interval",
+              "max_consecutive_skips")
+    _at_least(t, "train", 1, "log_interval")
+    if t.peak_tflops is not None:
+        _positive(t, "train", "peak_tflops")
+    need(bool(t.run_dir), "train.run_dir", "must name a directory")
+    arch = {f.name for f in fields(ModelConfig)}
+    for k in t.allow_arch_change:
+        need(k in arch, "train.allow_arch_change", f"{k!r} is not a model key (one of {', '.join(sorted(arch))})")
     need(t.schedule in ("gpipe", "1f1b", "interleaved"), "train.schedule",
          f"expected gpipe, 1f1b or interleaved, got {t.schedule!r}")
     need(t.virtual_stages >= 1, "train.virtual_stages", "must be >= 1")
@@ -381,6 +486,12 @@ def validate_training(cfg: Config, world_size: int) -> Config:
         need(micro % pp == 0, "data.global_batch_size",
              f"the interleaved schedule needs microbatches per DP rank ({micro}) divisible by pp={pp}")
     need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
+    need(t.fp8 in ("none", "blockwise"), "train.fp8", f"expected none or blockwise, got {t.fp8!r}")
+    need(t.fp8_backend in ("auto", "emulated", "te"), "train.fp8_backend",
+         f"expected auto, emulated or te, got {t.fp8_backend!r}")
+    need(t.fp8_backend != "te", "train.fp8_backend",
+         "the Transformer Engine backend is not built in yet; use auto or emulated")
+    need(t.fp8_block >= 1, "train.fp8_block", f"must be >= 1, got {t.fp8_block}")
     need(cfg.student is None, "student", "training dense students is not supported yet; "
          "`r1mega plan` sizes them and their configs document the distillation recipe")
     need(bool(d.paths) or d.synthetic is not None, "data.paths", "no data: give data.paths or data.synthetic")

@@ -51,7 +51,7 @@ def test_preprocess_tool_and_bad_line(tmp_path, tok):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "fine"}) + "\n" + '{"text": "broken\n')
     res = run("--input", str(bad), "--tokenizer", tok.path, "--output-prefix", str(tmp_path / "d"))
-    assert res.returncode == 1 and f"{bad}:2: not valid JSON" in res.stderr
+    assert res.returncode == 2 and f"{bad}:2: not valid JSON" in res.stderr
 
 
 @pytest.mark.parametrize("line, message", [

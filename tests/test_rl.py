@@ -6,7 +6,6 @@ import torch
 
 from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, k3_kl
 from r1mega.rl.rewards import accuracy_reward, final_answer, format_reward, language_reward, total_reward
-from r1mega.rl.sandbox import Limits, run_code
 
 
 def test_advantages_by_hand():
@@ -58,22 +57,3 @@ def test_rewards():
     assert total_reward(["accuracy", "format"], r"<think>x</think> \boxed{3}", {"answer": "3"}) == 2.0
     with pytest.raises(ValueError, match="unknown reward"):
         total_reward(["vibes"], "", {})
-
-
-LIMITS = Limits(wall_seconds=4, cpu_seconds=2, memory_bytes=256 * 2 ** 20)
-
-
-@pytest.mark.parametrize("code, reason", [
-    ("while True:\n    pass", "CPU time limit"),
-    ("x = []\nwhile True:\n    x.append(bytearray(10 ** 7))", "memory limit"),
-    ("import os\nwhile True:\n    os.fork()", "blocked: process creation"),
-    ("import socket\nsocket.create_connection(('10.0.0.1', 80), timeout=1)", "blocked: network access"),
-    ("open('/tmp/r1mega-escape.txt', 'w').write('x')", "blocked: write outside the sandbox directory"),
-    ("import time\ntime.sleep(60)", "wall-clock timeout"),
-])
-def test_sandbox_stops_escapes_with_a_reason(code, reason):
-    res = run_code(code, limits=LIMITS)
-    assert not res.ok and res.reason.startswith(reason), res
-    # and the caller goes on: the next program runs normally
-    ok = run_code("open('scratch.txt', 'w').write('fine')\nprint(2 + 2)", limits=LIMITS)
-    assert ok.ok and ok.stdout.strip() == "4"

@@ -10,8 +10,11 @@ loads it (`train.load=CKPT`, `verify-hf --ckpt CKPT`).
 Streaming: one input shard is open at a time and output parts are flushed at --shard-size, so
 peak memory stays near the largest shard, not the model. Before anything is written, the tensor
 names, shapes and dtypes are checked against the config (DeepSeek-V3/R1, V2-Lite-style, Qwen2,
-Llama); an existing output directory is never overwritten unless --overwrite is given, and then
-only once the new one is complete. Only safetensors are read.
+Llama); every tensor is checked finite as it streams through. Output goes to a uniquely named
+temporary directory beside --out and is renamed into place once complete; an existing --out is
+replaced only with --overwrite. Nothing the tool did not create in this run is ever removed.
+`import --verify` runs verify-hf's logit parity check against transformers on the new checkpoint
+(one process) before publishing it. Only safetensors are read.
 """
 from __future__ import annotations
 
@@ -20,25 +23,27 @@ import json
 import os
 import shutil
 import sys
+import uuid
 from dataclasses import asdict
 from typing import Optional
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
 from r1mega.config import ModelConfig
+from r1mega.errors import R1MegaError, debug_requested, run_command
 from r1mega.models.deepseek_v3.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
-from r1mega.train.checkpoint import PieceReader
+from r1mega.train.checkpoint import PieceReader, crc32, read_meta
 
 DENSE_TYPES = ("qwen2", "llama")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                    "generation_config.json")
 
 
-class ConvertError(ValueError):
-    pass
+class ConvertError(R1MegaError):
+    """A conversion refused before (or instead of) publishing its output."""
 
 
 # ---- what the config says the checkpoint must hold -------------------------------------------
@@ -104,12 +109,27 @@ def check(index: dict[str, tuple[tuple[int, ...], str]], hf_config: dict, origin
 
 # ---- reading -----------------------------------------------------------------------------------
 
+def read_hf_config(hf_dir: str) -> dict:
+    path = os.path.join(hf_dir, "config.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as e:
+        raise ConvertError(f"{path}: cannot read ({e.strerror}); --hf-dir must be a Hugging Face model directory") \
+            from None
+    except json.JSONDecodeError as e:
+        raise ConvertError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
 def hf_files(hf_dir: str) -> dict[str, list[str]]:
     """file -> keys (from the index when there is one)."""
     index = os.path.join(hf_dir, "model.safetensors.index.json")
     if os.path.exists(index):
-        with open(index) as f:
-            where = json.load(f)["weight_map"]
+        try:
+            with open(index) as f:
+                where = json.load(f)["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ConvertError(f"{index}: not a safetensors index (JSON with a 'weight_map')") from None
         files: dict[str, list[str]] = {}
         for k, v in where.items():
             files.setdefault(v, []).append(k)
@@ -119,16 +139,25 @@ def hf_files(hf_dir: str) -> dict[str, list[str]]:
         raise ConvertError(f"{hf_dir}: no *.safetensors files (only safetensors checkpoints are read)")
     out = {}
     for n in names:
-        with safe_open(os.path.join(hf_dir, n), "pt") as f:
+        with _open_safetensors(os.path.join(hf_dir, n)) as f:
             out[n] = list(f.keys())
     return out
+
+
+def _open_safetensors(path: str):
+    try:
+        return safe_open(path, "pt")
+    except (SafetensorError, OSError) as e:
+        raise ConvertError(f"{path}: unreadable safetensors file ({e}); truncated or corrupt?") from None
 
 
 def tensor_index(directory: str, files: dict[str, list[str]]) -> dict[str, tuple[tuple[int, ...], str]]:
     index = {}
     for name, keys in files.items():
-        with safe_open(os.path.join(directory, name), "pt") as f:
+        with _open_safetensors(os.path.join(directory, name)) as f:
             for k in keys:
+                if k not in f.keys():
+                    raise ConvertError(f"{os.path.join(directory, name)}: has no tensor {k} (named by the index)")
                 sl = f.get_slice(k)
                 index[k] = (tuple(sl.get_shape()), sl.get_dtype())
     return index
@@ -157,31 +186,53 @@ class PartWriter:
         save_file(self.buf, os.path.join(self.out, name + ".safetensors"), metadata={"format": "pt"})
         if self.pieces_json:  # r1mega checkpoint: whole tensors, no offsets
             with open(os.path.join(self.out, name + ".json"), "w") as f:
-                json.dump({k: {"shape": list(v.shape), "dim": None, "start": 0, "length": None}
+                json.dump({k: {"shape": list(v.shape), "dim": None, "start": 0, "length": None, "crc32": crc32(v)}
                            for k, v in self.buf.items()}, f)
         self.parts.append((name + ".safetensors", list(self.buf)))
         self.buf, self.size = {}, 0
 
 
-def _prepare_out(out: str, overwrite: bool) -> str:
+def _check_out(out: str, overwrite: bool, source: str) -> None:
+    a, b = os.path.realpath(out), os.path.realpath(source)
+    if a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep):
+        raise ConvertError(f"--out {out} overlaps the input {source}; write the result somewhere else")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConvertError(f"--out {out} exists and is not a directory; choose another --out")
     if os.path.exists(out) and os.listdir(out) and not overwrite:
         raise ConvertError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
-    tmp = out.rstrip("/") + ".converting"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+
+
+def _sibling(out: str, what: str) -> str:
+    """A name beside `out` that nothing uses: this run's own, so it may remove it later."""
+    out = os.path.normpath(out)
+    while True:
+        path = os.path.join(os.path.dirname(out) or ".", f".{os.path.basename(out)}.{what}-{uuid.uuid4().hex[:12]}")
+        if not os.path.exists(path):
+            return path
+
+
+def _prepare_out(out: str, overwrite: bool, source: str) -> str:
+    _check_out(out, overwrite, source)
+    tmp = _sibling(out, "converting")
+    os.makedirs(tmp)  # fails rather than reuse a directory this run did not make
     return tmp
 
 
 def _publish(tmp: str, out: str) -> None:
     """Replace `out` only once the new directory is complete."""
     if os.path.exists(out):
-        old = out.rstrip("/") + ".old"
-        shutil.rmtree(old, ignore_errors=True)
+        old = _sibling(out, "replaced")
         os.rename(out, old)
         os.rename(tmp, out)
-        shutil.rmtree(old)
+        shutil.rmtree(old)  # the previous --out, which --overwrite asked to replace
     else:
         os.rename(tmp, out)
+
+
+def _finite(t: torch.Tensor, key: str, where: str) -> None:
+    """NaN/Inf in a weight is a damaged checkpoint, never a value to train on."""
+    if t.is_floating_point() and not bool(torch.isfinite(t if t.dtype.itemsize > 1 else t.float()).all()):
+        raise ConvertError(f"{where}: tensor {key} holds NaN or Inf; the checkpoint is damaged, nothing was written")
 
 
 def _progress(total_bytes: int, total_tensors: int, what: str) -> tqdm:
@@ -192,13 +243,29 @@ def _progress(total_bytes: int, total_tensors: int, what: str) -> tqdm:
 # ---- import --------------------------------------------------------------------------------
 
 def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat16",
-              shard_bytes: int = 5 * 1024 ** 3, overwrite: bool = False) -> dict:
-    with open(os.path.join(hf_dir, "config.json")) as f:
-        hf_config = json.load(f)
+              shard_bytes: int = 5 * 1024 ** 3, overwrite: bool = False, verify: bool = False,
+              verify_tol: float = 1e-4) -> dict:
+    hf_config = read_hf_config(hf_dir)
     files = hf_files(hf_dir)
     index = tensor_index(hf_dir, files)
     check(index, hf_config, hf_dir)
-    tmp = _prepare_out(out, overwrite)
+    if verify and hf_config.get("model_type") not in ("deepseek_v3", "deepseek_v2"):
+        raise ConvertError(f"--verify compares r1mega's DeepSeek model with transformers; "
+                           f"model_type {hf_config.get('model_type')!r} has no r1mega model to compare")
+    tmp = _prepare_out(out, overwrite, hf_dir)
+    try:
+        meta = _import_into(tmp, hf_dir, hf_config, files, index, fp8, dtype, shard_bytes)
+        if verify:
+            _verify(hf_dir, tmp, verify_tol)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # this run's own temporary directory
+        raise
+    return meta
+
+
+def _import_into(tmp: str, hf_dir: str, hf_config: dict, files, index, fp8: str, dtype: str,
+                 shard_bytes: int) -> dict:
     writer = PartWriter(tmp, "part", shard_bytes, pieces_json=True)
     target = getattr(torch, dtype)
     total = sum(os.path.getsize(os.path.join(hf_dir, n)) for n in files)
@@ -211,6 +278,7 @@ def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat1
                 if key in scales and fp8 == "dequant":
                     continue
                 t = f.get_tensor(key)
+                _finite(t, key, os.path.join(hf_dir, name))
                 if t.dtype == FP8:
                     fp8_count += 1
                     if fp8 == "dequant":
@@ -230,8 +298,20 @@ def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat1
     for extra in TOKENIZER_FILES:
         if os.path.exists(os.path.join(hf_dir, extra)):
             shutil.copy(os.path.join(hf_dir, extra), tmp)
-    _publish(tmp, out)
     return meta
+
+
+def _verify(hf_dir: str, ckpt: str, tol: float) -> None:
+    """verify-hf's parity check on one process: r1mega on `ckpt` vs transformers on `hf_dir`."""
+    from r1mega import verify_hf
+
+    parser = argparse.ArgumentParser()
+    verify_hf.add_args(parser)
+    args = parser.parse_args(["--hf-dir", hf_dir, "--ckpt", ckpt, "--tol", str(tol), "--seq-length", "16",
+                              "--batch-size", "2"])
+    if verify_hf.run(args) != 0:
+        raise ConvertError(f"--verify: r1mega's logits on the converted checkpoint differ from transformers' on "
+                           f"{hf_dir} by more than {tol:g} (see max_abs_logit_diff above); nothing was written")
 
 
 def _scale_for(key: str, f, hf_dir: str, files: dict[str, list[str]]) -> torch.Tensor:
@@ -263,8 +343,7 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
               dtype: Optional[str] = None) -> dict:
     """Checkpoint (converted, or saved by the trainer under any layout: pieces are reassembled one
     tensor at a time) -> Hugging Face directory. dtype None keeps each tensor's stored dtype."""
-    with open(os.path.join(ckpt, "meta.json")) as f:
-        meta = json.load(f)
+    meta = read_meta(ckpt)
     config = hf_config or meta.get("hf_config")
     if config is None:
         config = hf_config_from(ModelConfig(**meta["model_config"]))
@@ -277,7 +356,19 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
         with safe_open(os.path.join(ckpt, file), "pt") as f:
             with_dtypes[k] = (shapes[k][0], f.get_slice("model/" + k).get_dtype())
     check(with_dtypes, config, ckpt)
-    tmp = _prepare_out(out, overwrite)
+    tmp = _prepare_out(out, overwrite, ckpt)
+    try:
+        res = _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8_blocks, tokenizer_dir,
+                           shard_bytes, dtype)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # this run's own temporary directory
+        raise
+    return res
+
+
+def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8_blocks, tokenizer_dir,
+                 shard_bytes, dtype) -> dict:
     writer = PartWriter(tmp, "model-", shard_bytes, pieces_json=False)
     target = getattr(torch, dtype) if dtype else None
     total = sum(os.path.getsize(os.path.join(ckpt, n)) for n in os.listdir(ckpt) if n.endswith(".safetensors"))
@@ -294,7 +385,7 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
             bar.update(t.numel() * t.element_size())
             continue
         else:
-            t = reader.read(key, shape, None, 0, 1)
+            t = reader.read(key, shape, None, 0, 1)  # checksum- and finiteness-checked
             if target is not None and t.is_floating_point():
                 t = t.to(target)
         if fp8_blocks and fp8_quantizable(key, t):
@@ -330,7 +421,6 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
             for extra in TOKENIZER_FILES:
                 if os.path.exists(os.path.join(src, extra)) and not os.path.exists(os.path.join(tmp, extra)):
                     shutil.copy(os.path.join(src, extra), tmp)
-    _publish(tmp, out)
     return {"tensors": len(weight_map), "files": n}
 
 
@@ -373,23 +463,30 @@ def main(argv=None) -> int:
     exp.add_argument("--tokenizer-dir", default=None)
     exp.add_argument("--dtype", default=None, choices=["bfloat16", "float32", "float16"],
                      help="cast weights (default: as stored; trainer checkpoints store float32)")
+    imp.add_argument("--verify", action="store_true",
+                     help="before publishing, compare r1mega's logits on the new checkpoint with transformers' "
+                          "on --hf-dir (verify-hf, one process)")
+    imp.add_argument("--verify-tol", type=float, default=None,
+                     help="max |logit diff| for --verify (default 1e-4 for float32, 2e-2 for bfloat16)")
     for q in (imp, exp):
         q.add_argument("--shard-size", type=float, default=5.0, help="GiB per output file")
         q.add_argument("--overwrite", action="store_true", help="replace an existing --out once done")
+        q.add_argument("--debug", action="store_true", help="show tracebacks of user errors (also R1MEGA_DEBUG=1)")
     args = p.parse_args(argv)
     shard = int(args.shard_size * 1024 ** 3)
-    try:
+
+    def body() -> int:
         if args.command == "import":
-            meta = do_import(args.hf_dir, args.out, args.fp8, args.dtype, shard, args.overwrite)
+            tol = args.verify_tol if args.verify_tol is not None else (1e-4 if args.dtype == "float32" else 2e-2)
+            meta = do_import(args.hf_dir, args.out, args.fp8, args.dtype, shard, args.overwrite, args.verify, tol)
             print(f"imported {meta['tensors']} tensors -> {args.out}")
         else:
             res = do_export(args.ckpt, args.out, args.fp8_blocks, args.tokenizer_dir, shard, args.overwrite,
                             dtype=args.dtype)
             print(f"exported {res['tensors']} tensors in {res['files']} files -> {args.out}")
-    except ConvertError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command(body, args.debug or debug_requested())
 
 
 if __name__ == "__main__":

@@ -4,18 +4,25 @@ from __future__ import annotations
 import json
 from typing import Iterator, Optional
 
-
-class DataError(ValueError):
-    pass
+from r1mega.errors import DataError  # noqa: F401  (re-exported)
 
 
 def iter_jsonl(path: str) -> Iterator[tuple[str, dict]]:
     """Yields (where, record) with where = 'path:line'; blank lines are allowed."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot open ({e.strerror})") from None
+    with f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                f"re-encode the file as UTF-8") from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:

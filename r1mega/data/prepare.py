@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import torch.distributed as dist
 
-from r1mega.config import DataConfig
+from r1mega.config import ConfigError, DataConfig
 from r1mega.data import synthetic
 from r1mega.data.pretrain import write_indexed
 from r1mega.data.tokenizer import EOS, Tokenizer, train_sentencepiece
@@ -40,7 +40,7 @@ def resolve_data(cfg: DataConfig, kind: str, vocab_size: int) -> DataConfig:
     if cfg.synthetic is None:
         return cfg
     if cfg.synthetic not in ("arithmetic", "addition"):
-        raise ValueError(f"data.synthetic: unknown corpus {cfg.synthetic!r} (arithmetic, addition)")
+        raise ConfigError("data.synthetic", f"unknown corpus {cfg.synthetic!r} (arithmetic, addition)")
     root = os.path.join(cfg.cache_dir, f"{cfg.synthetic}-{cfg.synthetic_docs}-v{vocab_size}")
     first = not dist.is_initialized() or dist.get_rank() == 0
     if first and not os.path.exists(os.path.join(root, "DONE")):

@@ -114,6 +114,8 @@ def block_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
 class SFTData:
     def __init__(self, path: str, tok: Tokenizer, seq_length: int, seed: int):
         convs = read_chat_jsonl(path)
+        if not convs:
+            raise DataError(f"{path}: no conversations (the file is empty or has only blank lines)")
         pad = tok.eos_id if tok.eos_id is not None else 0
         self.rows, self.truncated = pack([render(c, tok) for c in convs], seq_length, pad)
         self.seed = seed

@@ -8,7 +8,7 @@ reduced (reduce-scatter to sequence shards under SP, all-reduce otherwise).
 Every parameter carries how its gradient must be reduced (`grad_sync.py` reads these tags):
   - `tp_shard_dim`: sharded over TP along that dim (no TP reduction);
   - `tp_partial = "region"`: replicated but used inside a TP region, so each rank holds a partial
-    gradient (MLA down-projections, their norms, the router) - all-reduced over TP;
+    gradient (the router, which sees each TP rank's own slice of the tokens) - all-reduced over TP;
   - `tp_partial = "stream"`: replicated on the residual stream (norms); partial only under SP.
 """
 from __future__ import annotations
@@ -41,19 +41,21 @@ def _init(weight: torch.Tensor, std: float):
 
 
 class ColumnParallelLinear(nn.Module):
-    """y = x W^T with W's output rows split over TP. Input must already be in the TP region."""
+    """y = x W^T with W's output rows split over TP. Input must already be in the TP region.
+    high_precision: plain F.linear, never a low-precision kernel backend (the output head)."""
 
     def __init__(self, in_features: int, out_features: int, ps: ParallelState, std: float = 0.02,
-                 bias: bool = False):
+                 bias: bool = False, high_precision: bool = False):
         super().__init__()
         assert out_features % ps.tp == 0, (out_features, ps.tp)
         self.in_features, self.out_features = in_features, out_features
+        self.high_precision = high_precision
         self.weight = tag(nn.Parameter(torch.empty(out_features // ps.tp, in_features)), tp_shard_dim=0)
         _init(self.weight, std)
         self.bias = tag(nn.Parameter(torch.zeros(out_features // ps.tp)), tp_shard_dim=0) if bias else None
 
     def forward(self, x):
-        return linear(x, self.weight, self.bias)
+        return (F.linear if self.high_precision else linear)(x, self.weight, self.bias)
 
 
 class RowParallelLinear(nn.Module):

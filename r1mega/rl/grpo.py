@@ -32,7 +32,8 @@ from r1mega.parallel.layout import (
 from r1mega.parallel.pipeline import Microbatch, forward_backward
 from r1mega.parallel.vocab_parallel import vocab_parallel_log_probs
 from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss
-from r1mega.rl.rewards import total_reward
+from r1mega.rl import sandbox
+from r1mega.rl.rewards import code_rewards_in_parallel, total_reward
 from r1mega.rl.tasks import addition_prompts, arithmetic_prompts, stops_after_answer
 from r1mega.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r1mega.train.metrics_log import MetricsLog
@@ -117,6 +118,9 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     distributed, owns_group, world = join_ranks()
     cfg = validate_training(cfg, world)
     rl, t = cfg.rl, cfg.train
+    sandbox.allow_unsafe(rl.unsafe_code_sandbox)
+    if "code" in rl.rewards:
+        sandbox.require_isolation()  # refuse before any work, naming why, where it cannot be set up
     if t.virtual_stages != 1:
         raise ValueError("train.virtual_stages: GRPO generates on one model chunk per pipeline rank")
     ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
@@ -170,7 +174,8 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
                            row_offset=ps.r("dp") * len(samples))
         optimizer.reload()
         texts = [tok.decode(c) for c in rollout.completions()]
-        rewards = torch.tensor([total_reward(rl.rewards, x, s) for x, s in zip(texts, samples)], device=device)
+        with code_rewards_in_parallel(texts, samples):
+            rewards = torch.tensor([total_reward(rl.rewards, x, s) for x, s in zip(texts, samples)], device=device)
         adv = group_advantages(rewards, G)
         keep = torch.ones(len(samples), dtype=torch.bool, device=device)
         if rl.drop_equal_reward_groups:

@@ -1,137 +1,312 @@
-"""Run untrusted generated code: a child process with CPU-time, memory, file-size, open-file and
-process limits, a wall-clock timeout that kills its whole process group, a fresh temporary working
-directory, an empty environment, no network, and no writes outside its directory.
+"""Run untrusted generated code (the `code` reward) in kernel-enforced isolation.
 
-Layers, outermost first: (1) a new network namespace (only a down loopback) where the kernel
-allows it (root, or unprivileged user namespaces); (2) rlimits (RLIMIT_NPROC binds non-root users
-only; for root the audit hook is what stops a fork bomb); (3) inside the child, a Python audit hook
-that refuses sockets, process creation, ctypes and writes outside the working directory before
-they happen, and reports which rule fired. Every outcome comes back as a
-`SandboxResult` with a one-line reason; nothing raises into the trainer.
+Each program gets a fresh supervisor process (`sandbox_init.py`, forked by a zygote started once
+per trainer process) that puts it in new user, PID, mount, network, IPC, UTS and cgroup namespaces
+as an unprivileged uid (nobody when the trainer is root), on a root built from scratch: read-only
+binds of the Python stdlib and of the directories of the shared libraries the interpreter loaded,
+/dev/{null,zero,random,urandom}, a size-capped private tmpfs at /tmp, and no /proc, /etc, home,
+site-packages, checkpoints or sockets of the host. It then drops every capability, sets no_new_privs and a
+seccomp filter (r1mega/rl/seccomp.py), and applies memory, CPU, process, file-size and open-file
+rlimits. The program runs as PID 1 of its namespace, so killing it (at the wall-clock limit, by the
+supervisor; or by the kernel when the supervisor dies) kills every process it started. Output is
+read here with a byte cap and a deadline; nothing waits unboundedly.
+
+Success is never the exit status: the harness prints a random per-run token as the last line of
+stdout only after the program (and its tests) ran to the end.
+
+Where the kernel refuses the namespaces (e.g. containers whose seccomp profile blocks unshare),
+code rewards raise SandboxUnavailable naming the reason, unless the run opted in with
+`rl.unsafe_code_sandbox=true` (then: rlimits, nobody, seccomp and timeouts only, and a warning).
 """
 from __future__ import annotations
 
-import ctypes
+import base64
+import functools
+import json
 import os
-import resource
-import shutil
+import secrets
+import selectors
 import signal
+import socket
 import subprocess
 import sys
-import tempfile
-from dataclasses import dataclass
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Optional
 
-CLONE_NEWNET = 0x40000000
-CLONE_NEWUSER = 0x10000000
-BLOCKED_EXIT = 97  # the child's audit hook refused an operation; stderr names it
+from r1mega.rl import seccomp
 
-RUNNER = r'''
-import os, sys
-root = os.path.realpath(os.getcwd())
-
-def refuse(what):
-    sys.stderr.write("sandbox-blocked: " + what + "\n")
-    sys.stderr.flush()
-    os._exit(%(blocked)d)
-
-def hook(event, args):
-    if event in ("socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo"):
-        refuse("network access (" + event + ")")
-    if event in ("os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
-                 "subprocess.Popen", "os.kill", "os.killpg"):
-        refuse("process creation (" + event + ")")
-    if event in ("ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata"):
-        refuse("native code (" + event + ")")
-    if event == "open":
-        path, mode, flags = args
-        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-            isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND))
-        if writing and isinstance(path, (str, bytes)):
-            p = os.path.realpath(os.fsdecode(path))
-            if not (p == root or p.startswith(root + os.sep)):
-                refuse("write outside the sandbox directory (" + p + ")")
-    if event in ("os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.symlink", "os.link"):
-        p = os.path.realpath(os.fsdecode(args[0]))
-        if not (p == root or p.startswith(root + os.sep)):
-            refuse("filesystem change outside the sandbox directory (" + p + ")")
-
-sys.addaudithook(hook)
-del hook
-with open("solution.py") as f:
-    source = f.read()
-exec(compile(source, "solution.py", "exec"), {"__name__": "__main__"})
-''' % {"blocked": BLOCKED_EXIT}
+INIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_init.py")
+SETUP_GRACE = 15.0  # seconds the trainer allows beyond the wall limit for start-up and teardown
+UNSAFE_HINT = ("set rl.unsafe_code_sandbox=true to run generated code without isolation "
+               "(only for code you trust: it can then read and write what the trainer's user can)")
 
 
-@dataclass
-class SandboxResult:
-    ok: bool  # exited 0 within every limit
-    reason: str  # "ok" or what stopped it
-    returncode: int
-    stdout: str
-    stderr: str
+class SandboxUnavailable(RuntimeError):
+    """Strong isolation cannot be set up on this machine and the run did not opt out of it."""
 
 
 @dataclass
 class Limits:
     wall_seconds: float = 5.0
     cpu_seconds: int = 4
-    memory_bytes: int = 512 * 2 ** 20
-    file_bytes: int = 4 * 2 ** 20
-    processes: int = 16
+    memory_bytes: int = 512 * 2 ** 20  # address space per process (no cgroup: a program holds <= processes x this)
+    disk_bytes: int = 16 * 2 ** 20  # the writable tmpfs at /tmp, shared by all its processes
+    file_bytes: int = 4 * 2 ** 20  # one file
+    processes: int = 6  # processes + threads of the sandbox's uid, supervisor and init included
     open_files: int = 64
+    output_bytes: int = 2 ** 20  # stdout kept; more kills the program
+    stderr_bytes: int = 64 * 2 ** 10  # stderr kept; more is dropped
 
 
-def _preexec(limits: Limits, root: bool) -> None:
-    os.setsid()
-    try:  # a private network namespace: no interface but a down loopback
-        ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET if root else CLONE_NEWNET | CLONE_NEWUSER)
-    except Exception:
-        pass  # the audit hook still refuses sockets
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
-    resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+@dataclass
+class SandboxResult:
+    ok: bool  # ran to the end (the harness's token arrived) within every limit
+    reason: str  # "ok" or what stopped it
+    returncode: int  # the program's exit status (negative: killed by that signal)
+    stdout: str  # without the harness's token line (and values line)
+    stderr: str
+    values: Optional[list] = None  # with Job.calls: one {"v": encoded value} or {"e": error} per expression
 
 
-def run_code(code: str, stdin: str = "", limits: Limits = Limits()) -> SandboxResult:
-    workdir = tempfile.mkdtemp(prefix="r1mega-sandbox-")
-    root = os.geteuid() == 0
-    try:
-        with open(os.path.join(workdir, "solution.py"), "w") as f:
-            f.write(code)
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", RUNNER], cwd=workdir, env={"PATH": "/usr/bin:/bin"},
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=lambda: _preexec(limits, root))
-        try:
-            out, err = proc.communicate(stdin, timeout=limits.wall_seconds)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-            return SandboxResult(False, f"wall-clock timeout after {limits.wall_seconds:g} s", -9, out, err)
-        return SandboxResult(proc.returncode == 0, _reason(proc.returncode, err, limits), proc.returncode, out, err)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+@dataclass
+class Job:
+    code: str
+    stdin: str = ""
+    tests: Optional[str] = None  # Python run after the code in the same namespace (asserts)
+    limits: Limits = field(default_factory=Limits)
+    # instead of tests: {"setup", "exprs", "bind"} from r1mega.rl.code_tests; the expressions' values
+    # come back in SandboxResult.values and are judged in the trainer (the forge-proof path)
+    calls: Optional[dict] = None
 
 
-def _reason(code: int, err: str, limits: Limits) -> str:
-    if code == 0:
-        return "ok"
-    if code == BLOCKED_EXIT and "sandbox-blocked:" in err:
-        return "blocked: " + err.split("sandbox-blocked:", 1)[1].strip().splitlines()[0]
-    if code == -signal.SIGXCPU or code == -signal.SIGKILL and "MemoryError" not in err:
-        return f"CPU time limit ({limits.cpu_seconds} s)" if code == -signal.SIGXCPU else "killed"
-    if code == -signal.SIGXFSZ:
-        return f"file size limit ({limits.file_bytes} bytes)"
-    if "MemoryError" in err:
-        return f"memory limit ({limits.memory_bytes // 2 ** 20} MiB)"
-    last = err.strip().splitlines()[-1] if err.strip() else f"exit status {code}"
-    return f"error: {last}"
+_policy = {"unsafe": False}
+
+
+def allow_unsafe(flag: bool) -> None:
+    """rl.unsafe_code_sandbox: where isolation is unavailable, run code without it (warned)."""
+    _policy["unsafe"] = bool(flag)
+
+
+@functools.lru_cache(maxsize=None)
+def isolation_problem() -> Optional[str]:
+    """None where the isolated sandbox works on this machine, else why not (probed once)."""
+    if not sys.platform.startswith("linux"):
+        return f"the sandbox needs Linux namespaces; this is {sys.platform}"
+    if not seccomp.supported():
+        return f"no seccomp syscall table for {os.uname().machine}"
+    res = _run(Job("print(6 * 7)", limits=Limits(wall_seconds=20)), isolate=True)
+    if res.ok and res.stdout == "42\n":
+        return None
+    return res.reason if res.reason.startswith("sandbox setup failed") else f"sandbox self-test failed: {res.reason}"
+
+
+def require_isolation() -> bool:
+    """True where the isolated sandbox runs; else raise SandboxUnavailable with the reason, or,
+    with allow_unsafe(True), warn and return False (programs then run without isolation)."""
+    problem = isolation_problem()
+    if problem is None:
+        return True
+    if not _policy["unsafe"]:
+        raise SandboxUnavailable(f"refusing to run generated code: {problem}; {UNSAFE_HINT}")
+    warnings.warn(f"rl.unsafe_code_sandbox=true: running generated code WITHOUT isolation ({problem})",
+                  RuntimeWarning, stacklevel=3)
+    return False
+
+
+def run_code(code: str, stdin: str = "", limits: Limits = Limits(), tests: Optional[str] = None) -> SandboxResult:
+    """Run `code` (then `tests`, if given) on `stdin`; never raises for anything the code does."""
+    return _run(Job(code, stdin, tests, limits), require_isolation())
 
 
 def run_tests(code: str, tests: str, limits: Limits = Limits()) -> SandboxResult:
-    """Run generated code followed by its test code (asserts) in one sandboxed process."""
-    return run_code(code + "\n\n" + tests + "\n", limits=limits)
+    """Run generated code followed by its test code (asserts) in one sandboxed program."""
+    return run_code(code, limits=limits, tests=tests)
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def run_many(jobs: list[Job], workers: Optional[int] = None) -> list[SandboxResult]:
+    """Run jobs concurrently (one sandbox each; threads only wait on pipes), results in order."""
+    if not jobs:
+        return []
+    isolate = require_isolation()
+    with ThreadPoolExecutor(max_workers=min(len(jobs), workers or default_workers())) as pool:
+        return list(pool.map(lambda j: _run(j, isolate), jobs))
+
+
+# ---------------------------------------------------------------- one program
+
+
+class _Zygote:
+    """The per-process forker of supervisors (sandbox_init.zygote), started on first use."""
+
+    _lock = threading.Lock()
+    _current: Optional["_Zygote"] = None
+
+    def __init__(self):
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-B", "-X", "utf8", INIT, str(theirs.fileno())], env={}, cwd="/",
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
+                start_new_session=True)
+        finally:
+            theirs.close()
+        self.owner = os.getpid()
+
+    @classmethod
+    def submit(cls, fds: list[int]) -> None:
+        for attempt in range(2):
+            with cls._lock:
+                z = cls._current
+                if z is None or z.owner != os.getpid() or z.proc.poll() is not None:
+                    z = cls._current = _Zygote()  # first use, a forked trainer, or a dead zygote
+            try:
+                socket.send_fds(z.sock, [b"job"], fds)
+                return
+            except OSError:
+                if attempt:
+                    raise
+                with cls._lock:
+                    if cls._current is z:
+                        cls._current = None
+
+
+def _run(job: Job, isolate: bool) -> SandboxResult:
+    lim = job.limits
+    token = "r1mega-sandbox-done-" + secrets.token_hex(16)
+    payload = json.dumps({
+        "code": job.code, "tests": job.tests, "calls": job.calls, "stdin": job.stdin, "token": token,
+        "isolate": isolate,
+        "limits": asdict(lim), "seccomp": _filter_b64(),
+    }).encode()
+    (job_r, job_w), (out_r, out_w), (err_r, err_w), (st_r, st_w) = (os.pipe() for _ in range(4))
+    theirs, mine = [job_r, out_w, err_w, st_w], [job_w, out_r, err_r, st_r]  # job pipe: job, then abort
+    try:
+        _Zygote.submit(theirs)
+    except OSError as e:
+        for fd in mine:
+            os.close(fd)
+        return SandboxResult(False, f"sandbox setup failed: could not reach the sandbox zygote: {e}", -1, "", "")
+    finally:
+        for fd in theirs:
+            os.close(fd)
+    out, err, status, killed = _exchange(mine, len(payload).to_bytes(8, "little") + payload, lim)
+    res = _result(out, err, status, killed, token, lim)
+    if job.calls is not None and res.ok:
+        from r1mega.rl.code_tests import values_from_stdout
+
+        res.stdout, res.values = values_from_stdout(res.stdout)
+    return res
+
+
+@functools.lru_cache(maxsize=None)
+def _filter_b64() -> str:
+    return base64.b64encode(seccomp.build_filter()).decode()
+
+
+def _exchange(fds: list[int], payload: bytes, lim: Limits):
+    """Feed the job, collect capped output and the supervisor's status, all before a deadline.
+    Closing the job pipe is the abort: the supervisor then kills the program's namespace."""
+    in_fd, out_fd, err_fd, status_fd = fds
+    caps = {out_fd: lim.output_bytes + 128, err_fd: lim.stderr_bytes, status_fd: 65536}  # + the token line
+    bufs = {fd: bytearray() for fd in caps}
+    sel = selectors.DefaultSelector()
+    os.set_blocking(in_fd, False)
+    sel.register(in_fd, selectors.EVENT_WRITE)
+    for fd in caps:
+        sel.register(fd, selectors.EVENT_READ)
+    view, killed, aborted = memoryview(payload), None, False
+    deadline = time.monotonic() + lim.wall_seconds + SETUP_GRACE
+
+    def abort(why: str) -> None:
+        nonlocal killed, aborted, deadline
+        killed = killed or why
+        if not aborted:
+            aborted = True
+            if in_fd in sel.get_map():
+                sel.unregister(in_fd)
+            os.close(in_fd)
+        deadline = min(deadline, time.monotonic() + 2.0)
+
+    try:
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if aborted:  # aborted and still no EOF: stop waiting
+                    break
+                abort("timeout")
+                continue
+            for key, _ in sel.select(timeout=left):
+                fd = key.fd
+                if fd == in_fd:
+                    try:
+                        view = view[os.write(fd, view[:65536]):]
+                    except BlockingIOError:
+                        continue
+                    except BrokenPipeError:  # the supervisor died; its status (or none) says why
+                        view = view[:0]
+                    if not view:
+                        sel.unregister(fd)
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    sel.unregister(fd)
+                    continue
+                room = caps[fd] - len(bufs[fd])
+                bufs[fd] += chunk[:max(room, 0)]
+                if len(chunk) > room and fd == out_fd:
+                    abort("output")
+    finally:
+        sel.close()
+        if not aborted:
+            os.close(in_fd)
+        for fd in (out_fd, err_fd, status_fd):
+            os.close(fd)
+    try:
+        st = json.loads(bytes(bufs[status_fd])) if bufs[status_fd] else {}
+    except ValueError:
+        st = {}
+    return bytes(bufs[out_fd]), bytes(bufs[err_fd]), st, killed
+
+
+def _result(out: bytes, err: bytes, st: dict, killed: Optional[str], token: str, lim: Limits) -> SandboxResult:
+    stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+    setup = st.get("setup")
+    code = int(st.get("exit", -signal.SIGKILL))
+    if setup not in (None, "ok"):
+        return SandboxResult(False, f"sandbox setup failed: {setup}", code, "", stderr)
+    tail = f"\n{token}\n"
+    finished = stdout.endswith(tail)
+    if finished:
+        stdout = stdout[:-len(tail)]
+    if killed == "output":
+        return SandboxResult(False, f"output limit ({lim.output_bytes} bytes)", code, stdout[:lim.output_bytes], stderr)
+    if killed == "timeout" or st.get("timeout") and code == -signal.SIGKILL:  # else it ended on its own just then
+        return SandboxResult(False, f"wall-clock timeout after {lim.wall_seconds:g} s", code, stdout, stderr)
+    if setup is None:
+        return SandboxResult(False, "sandbox supervisor died without a status", code, stdout, stderr)
+    if finished and code == 0:
+        return SandboxResult(True, "ok", 0, stdout, stderr)
+    return SandboxResult(False, _reason(code, stderr, float(st.get("cpu", 0.0)), lim), code, stdout, stderr)
+
+
+def _reason(code: int, err: str, cpu: float, lim: Limits) -> str:
+    if code in (-signal.SIGKILL, -signal.SIGXCPU) and cpu >= lim.cpu_seconds - 0.05:
+        return f"CPU time limit ({lim.cpu_seconds} s)"
+    if code == -signal.SIGXFSZ:
+        return f"file size limit ({lim.file_bytes} bytes)"
+    if "MemoryError" in err:
+        return f"memory limit ({lim.memory_bytes // 2 ** 20} MiB)"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}" if -code in signal.valid_signals() else f"killed ({code})"
+    if code == 0:
+        return "exited before the harness finished (no completion token)"
+    last = err.strip().splitlines()[-1] if err.strip() else f"exit status {code}"
+    return f"error: {last}"

@@ -1,8 +1,9 @@
 """Sharded, layout-independent, atomic checkpoints.
 
     <dir>/step_00000100/rank00003.safetensors   this rank's pieces: model/<key>, exp_avg/<key>, exp_avg_sq/<key>
-    <dir>/step_00000100/rank00003.json          for each piece: checkpoint key, full shape, dim, start, length
-    <dir>/step_00000100/meta.json               step, optimizer step, data position, config, RNG
+    <dir>/step_00000100/rank00003.json          for each piece: checkpoint key, full shape, dim, start, length, crc32
+    <dir>/step_00000100/meta.json               step, optimizer step, data position, model config, last loss
+    <dir>/step_00000100/rng.pt                  torch RNG state
     <dir>/latest                                name of the newest complete step directory
 
 Keys are the Hugging Face tensor names (`hf_weights.param_slices`), so a checkpoint saved under one
@@ -11,25 +12,66 @@ whichever pieces overlap them. Only one replica of each piece is written (DP ran
 TP-replicated tensors). "model/" holds the fp32 master weights, so a resumed run continues exactly.
 Saving writes into a hidden temporary directory and publishes it by rename, then updates
 `latest` by atomic replace: a crash at any point leaves the previous checkpoint loadable.
+
+Nothing is lost, nothing is silent: every stored piece carries a CRC32 of its bytes, checked when
+it is read (train.verify_checkpoint=false skips it), and values are checked finite on save and on
+load. Resuming tries the newest checkpoint first and falls back to the previous good one with a
+warning naming the bad file. An existing step directory is never overwritten (it is moved aside),
+a run whose `latest` is gone while step directories exist is refused, and a resume whose model
+config differs from the checkpoint's is refused key by key unless train.allow_arch_change lists it.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-from typing import Optional
+import sys
+import zlib
+from typing import Iterable, Optional
 
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from r1mega.errors import CheckpointError
 from r1mega.models.deepseek_v3.fp8 import dequantize, scale_name
-from r1mega.models.deepseek_v3.hf_weights import CheckpointError, load_weights, param_slices, shard
+from r1mega.models.deepseek_v3.hf_weights import load_weights, param_slices, shard
 from r1mega.parallel.layout import ParallelState
 from r1mega.train.optimizer import DistributedAdamW
 
 STATES = ("exp_avg", "exp_avg_sq")
+STEP_DIR = re.compile(r"^step_(\d+)$")
+# model keys that do not change the function a checkpoint computes (only how a fresh model is drawn)
+NON_ARCH_KEYS = ("initializer_range",)
+
+
+class ArchitectureMismatch(CheckpointError):
+    """The checkpoint was trained with another model config; falling back would not help."""
+
+
+def crc32(t: torch.Tensor) -> int:
+    """CRC32 of a tensor's raw bytes (what safetensors stores), any dtype."""
+    raw = t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
+    return zlib.crc32(raw)
+
+
+def _non_finite(t: torch.Tensor) -> bool:
+    return t.is_floating_point() and t.dtype.itemsize > 1 and not bool(torch.isfinite(t).all())
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def _gather_errors(ps: ParallelState, error: Optional[str]) -> list[str]:
+    """Every rank's error (None when fine), on every rank, so all take the same decision."""
+    if ps.world == 1:
+        return [error] if error else []
+    out: list = [None] * ps.world
+    dist.all_gather_object(out, error)
+    return [e for e in out if e]
 
 
 def _barrier(ps: ParallelState) -> None:
@@ -57,14 +99,10 @@ def _fsync_dir(path: str) -> None:
 
 def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer: DistributedAdamW,
                     ps: ParallelState, meta: dict) -> str:
-    """Collective. Returns the published step directory."""
+    """Collective. Returns the published step directory. Refuses (on every rank) to save non-finite
+    values; an existing directory of the same step is moved aside, never overwritten."""
     name = f"step_{step:08d}"
     final, tmp = os.path.join(root, name), os.path.join(root, f".{name}.tmp")
-    if ps.rank == 0:
-        os.makedirs(root, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a crashed save
-        os.makedirs(tmp)
-    _barrier(ps)
     states = optimizer.full_states()  # collective over DP groups
     tensors, pieces = {}, {}
     for c, chunk in enumerate(chunks):
@@ -82,12 +120,27 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
                 t = full_local if spec.index is None else full_local[spec.index]
                 key = f"{kind}/{spec.key}"
                 tensors[key] = t.detach().float().contiguous().cpu()
-                pieces[key] = info
+                pieces[key] = {**info, "crc32": crc32(tensors[key])}
+    bad = [k for k, t in tensors.items() if _non_finite(t)]
+    errors = _gather_errors(ps, f"rank {ps.rank}: {', '.join(bad[:5])}" + (" ..." if len(bad) > 5 else "")
+                            if bad else None)
+    if errors:
+        raise CheckpointError(f"refusing to save step {step} to {root}: non-finite values in " + "; ".join(errors)
+                              + ". The previous checkpoint stays the latest.")
+    if ps.rank == 0:
+        os.makedirs(root, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a crashed save of this very step
+        os.makedirs(tmp)
+    _barrier(ps)
     stem = os.path.join(tmp, f"rank{ps.rank:05d}")
-    if tensors:
-        save_file(tensors, stem + ".safetensors")
-        with open(stem + ".json", "w") as f:
-            json.dump(pieces, f)
+    try:
+        if tensors:
+            save_file(tensors, stem + ".safetensors")
+            with open(stem + ".json", "w") as f:
+                json.dump(pieces, f)
+    except OSError as e:  # e.g. a full disk: the unpublished directory is all that is affected
+        raise CheckpointError(f"writing {stem}.safetensors failed ({e.strerror}); step {step} was not saved and "
+                              f"{os.path.join(root, 'latest')} still names the previous checkpoint") from None
     if ps.rank == 0:
         meta = {**meta, "step": step, "optimizer_step": optimizer.step_count, "skipped_steps": optimizer.skipped,
                 "layout": {"tp": ps.tp, "pp": ps.pp, "dp": ps.dp, "ep": ps.ep, "etp": ps.etp}}
@@ -99,8 +152,10 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
         for entry in os.listdir(tmp):
             with open(os.path.join(tmp, entry), "rb") as f:
                 os.fsync(f.fileno())
-        if os.path.exists(final):
-            shutil.rmtree(final)
+        if os.path.exists(final):  # e.g. a corrupt checkpoint this run fell back from: keep it aside
+            aside = _unused_name(final + ".replaced")
+            os.rename(final, aside)
+            _warn(f"{final} existed; moved it to {aside} (delete it yourself once you no longer need it)")
         os.rename(tmp, final)
         pointer = os.path.join(root, ".latest.tmp")
         with open(pointer, "w") as f:
@@ -113,9 +168,53 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
     return final
 
 
+def _unused_name(base: str) -> str:
+    n, path = 1, base
+    while os.path.exists(path):
+        n += 1
+        path = f"{base}{n}"
+    return path
+
+
+def step_dirs(root: str) -> list[str]:
+    """Published step directories under root, newest first."""
+    if not os.path.isdir(root):
+        return []
+    found = [(int(m.group(1)), e) for e in os.listdir(root) if (m := STEP_DIR.match(e))
+             and os.path.isdir(os.path.join(root, e))]
+    return [os.path.join(root, e) for _, e in sorted(found, reverse=True)]
+
+
+def read_meta(path: str) -> dict:
+    """meta.json of a checkpoint directory, or a CheckpointError naming the file."""
+    file = os.path.join(path, "meta.json")
+    try:
+        with open(file) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing (not a complete checkpoint directory)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: unreadable ({e})") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    step = meta.get("step", 0) if isinstance(meta, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{file}: expected an object with an integer 'step' >= 0")
+    return meta
+
+
 def latest_checkpoint(root: str) -> Optional[str]:
+    """The step directory `latest` names (None for a fresh run). Refuses a run directory whose
+    `latest` is gone while step directories exist, rather than start over and overwrite them."""
     pointer = os.path.join(root, "latest")
     if not os.path.exists(pointer):
+        steps = step_dirs(root)
+        if steps:
+            names = ", ".join(os.path.basename(p) for p in steps[:3]) + (" ..." if len(steps) > 3 else "")
+            raise CheckpointError(
+                f"{pointer} is missing but {root} holds checkpoints ({names}); refusing to start over "
+                f"and overwrite them. To resume, write the name of one into it "
+                f"(echo {os.path.basename(steps[0])} > {pointer}); to start afresh, choose another train.run_dir")
         return None
     with open(pointer) as f:
         path = os.path.join(root, f.read().strip())
@@ -124,18 +223,112 @@ def latest_checkpoint(root: str) -> Optional[str]:
     return path
 
 
-class PieceReader:
-    """Assembles any slice of a checkpoint tensor from the pieces that ranks wrote."""
+def find_resume_checkpoint(root: str, load: Optional[str] = None, model_config: Optional[dict] = None,
+                           allow_arch_change: Iterable[str] = ()) -> list[str]:
+    """Checkpoints to resume from, best first: the run's own (`latest`'s target, then the older
+    step directories, for fallback), else train.load. Empty for a fresh run. Reads only metadata:
+    with `model_config`, the newest readable one's architecture is checked before any weight exists."""
+    pointer = os.path.join(root, "latest")
+    candidates: list[str] = []
+    if os.path.exists(pointer):
+        with open(pointer) as f:
+            named = os.path.join(root, f.read().strip())
+        newest = _step_of(named)  # -1 when `latest` names no step directory: every one is older
+        candidates = [named] + [p for p in step_dirs(root) if p != named and (newest < 0 or _step_of(p) < newest)]
+    elif latest_checkpoint(root) is None and load:  # (refuses when `latest` is gone but steps exist)
+        if not os.path.isdir(load):
+            raise CheckpointError(f"train.load={load}: no such checkpoint directory")
+        candidates = [load]
+    if model_config is not None:
+        for path in candidates:
+            try:
+                meta = read_meta(path)
+            except CheckpointError:
+                continue  # resume_from warns about it and falls back
+            check_architecture(meta, model_config, allow_arch_change, path)
+            break
+    return candidates
 
-    def __init__(self, path: str, kind: str = "model"):
-        self.path, self.kind = path, kind
+
+def _step_of(path: str) -> int:
+    m = STEP_DIR.match(os.path.basename(os.path.normpath(path)))
+    return int(m.group(1)) if m else -1
+
+
+def check_architecture(meta: dict, model_config: dict, allowed: Iterable[str], where: str) -> None:
+    """Compare the model config a checkpoint was saved with to this run's; name every difference."""
+    stored = meta.get("model_config")
+    if not isinstance(stored, dict):
+        return  # weights-only checkpoints of other families: shapes are still checked on load
+    mine = json.loads(json.dumps(model_config))
+    allowed = set(allowed)
+    diffs = [f"model.{k}: checkpoint {stored[k]!r}, config {mine[k]!r}"
+             for k in sorted(mine) if k in stored and k not in NON_ARCH_KEYS and k not in allowed
+             and stored[k] != mine[k]]
+    if diffs:
+        keys = ",".join(k.split(":")[0].split(".", 1)[1] for k in diffs)
+        raise ArchitectureMismatch(
+            f"{where} was saved with another model architecture:\n  " + "\n  ".join(diffs)
+            + f"\nSet the model keys back to the checkpoint's values, or, if the change is deliberate, "
+              f"pass train.allow_arch_change=[{keys}]")
+
+
+def resume_from(candidates: list[str], chunks: torch.nn.ModuleList, optimizer: Optional[DistributedAdamW],
+                ps: ParallelState, model_config: dict, allow_arch_change: Iterable[str] = (),
+                verify: bool = True) -> tuple[Optional[str], dict]:
+    """Collective. Load the first candidate every rank reads cleanly; warn about each bad one
+    (naming its file) and fall back to the next. Returns (path, meta), or (None, {}) for none.
+    A model-config mismatch is an error at once: an older checkpoint of the same run has it too."""
+    if not candidates:
+        return None, {}
+    for path in candidates:
+        meta, error = {}, None
+        try:
+            meta = read_meta(path)
+            check_architecture(meta, model_config, allow_arch_change, path)
+            load_checkpoint(path, chunks, optimizer, ps, verify=verify, meta=meta)
+        except ArchitectureMismatch:
+            raise
+        except CheckpointError as e:
+            error = f"rank {ps.rank}: {e}" if ps.world > 1 else str(e)
+        errors = _gather_errors(ps, error)
+        if not errors:
+            return path, meta
+        if ps.rank == 0:
+            _warn(f"checkpoint {path} is unusable ({'; '.join(errors)}); "
+                  + ("falling back to the previous one" if path != candidates[-1] else "no older one left"))
+    raise CheckpointError(f"no usable checkpoint among {', '.join(candidates)} (see the warnings above); "
+                          f"repair or move them aside, or set train.load to a good one")
+
+
+class PieceReader:
+    """Assembles any slice of a checkpoint tensor from the pieces that ranks wrote. Every result is
+    checked finite and, with `verify`, each piece read is checked (once) against its recorded CRC32;
+    an unreadable file, a mismatch or NaN/Inf is a CheckpointError naming the file and tensor."""
+
+    def __init__(self, path: str, kind: str = "model", verify: bool = True):
+        self.path, self.kind, self.verify = path, kind, verify
         self.pieces: dict[str, list[tuple[str, dict]]] = {}
-        for entry in sorted(os.listdir(path)):
-            if entry.endswith(".json") and entry != "meta.json":
-                with open(os.path.join(path, entry)) as f:
-                    for key, info in json.load(f).items():
+        if not os.path.isdir(path):
+            raise CheckpointError(f"{path}: no such checkpoint directory")
+        entries = sorted(os.listdir(path))
+        for entry in entries:
+            # a piece listing sits beside its safetensors file (tokenizer files etc. may sit there too)
+            if entry.endswith(".json") and entry[:-5] + ".safetensors" in entries:
+                file = os.path.join(path, entry)
+                try:
+                    with open(file) as f:
+                        listing = json.load(f)
+                    for key, info in listing.items():
+                        if not {"shape", "dim", "start", "length"} <= set(info):
+                            raise KeyError(key)
                         self.pieces.setdefault(key, []).append((entry[:-5] + ".safetensors", info))
+                except json.JSONDecodeError as e:
+                    raise CheckpointError(f"{file}: not valid JSON ({e.msg} at line {e.lineno})") from None
+                except (AttributeError, KeyError, TypeError):
+                    raise CheckpointError(f"{file}: not a piece listing (key -> shape, dim, start, length)") from None
         self._open: dict[str, object] = {}
+        self._verified: set[tuple[str, str]] = set()
 
     def keys(self):
         return [k.split("/", 1)[1] for k in self.pieces if k.startswith(self.kind + "/")]
@@ -143,19 +336,48 @@ class PieceReader:
     def __contains__(self, key: str) -> bool:
         return f"{self.kind}/{key}" in self.pieces
 
-    def _slice(self, file: str, key: str):
+    def _file(self, file: str):
         if file not in self._open:
-            self._open[file] = safe_open(os.path.join(self.path, file), "pt")
-        return self._open[file].get_slice(key)
+            try:
+                self._open[file] = safe_open(os.path.join(self.path, file), "pt")
+            except (SafetensorError, OSError) as e:
+                raise CheckpointError(f"{os.path.join(self.path, file)}: unreadable ({e}); "
+                                      f"truncated or corrupt") from None
+        return self._open[file]
+
+    def _slice(self, file: str, key: str):
+        where = os.path.join(self.path, file)
+        info = next((i for f, i in self.pieces.get(key, []) if f == file), {})
+        try:
+            if self.verify and "crc32" in info and (file, key) not in self._verified:
+                whole = self._file(file).get_tensor(key)
+                if crc32(whole) != info["crc32"]:
+                    raise CheckpointError(f"{where}: tensor {key!r} fails its checksum (crc32 {crc32(whole):08x}, "
+                                          f"recorded {info['crc32']:08x}); the file is corrupt")
+                self._verified.add((file, key))
+            return self._file(file).get_slice(key)
+        except SafetensorError as e:
+            raise CheckpointError(f"{where}: tensor {key!r} unreadable ({e}); truncated or corrupt") from None
+
+    def _finite(self, t: torch.Tensor, key: str, files) -> torch.Tensor:
+        if _non_finite(t):  # always: cheap, and NaN weights are never worth training on
+            names = ", ".join(sorted({os.path.join(self.path, f) for f in files}))
+            raise CheckpointError(f"{names}: tensor {self.kind}/{key} holds NaN or Inf")
+        return t
 
     def read(self, key, full_shape, dim, rank, parts) -> torch.Tensor:
+        t = self._read(key, full_shape, dim, rank, parts)
+        return self._finite(t, key, [f for f, _ in self.pieces[f"{self.kind}/{key}"]])
+
+    def _read(self, key, full_shape, dim, rank, parts) -> torch.Tensor:
         name = f"{self.kind}/{key}"
         if name not in self.pieces:
             raise CheckpointError(f"{self.path}: tensor {key!r} ({self.kind}) is missing from the checkpoint")
         found = self.pieces[name]
         shape = tuple(found[0][1]["shape"])
         if shape != tuple(full_shape):
-            raise CheckpointError(f"tensor {key!r}: checkpoint shape {shape} != model shape {tuple(full_shape)}")
+            raise CheckpointError(f"{self.path}: tensor {key!r}: checkpoint shape {shape} != model shape "
+                                  f"{tuple(full_shape)}")
         scale = f"{self.kind}/{scale_name(key)}"
         if scale in self.pieces:  # imported with --fp8 keep: dequantise on read
             w = self._slice(found[0][0], name)[:]
@@ -186,34 +408,44 @@ class PieceReader:
 
 @torch.no_grad()
 def load_checkpoint(path: str, chunks: torch.nn.ModuleList, optimizer: Optional[DistributedAdamW],
-                    ps: ParallelState) -> dict:
+                    ps: ParallelState, verify: bool = True, meta: Optional[dict] = None) -> dict:
     """Load weights (and optimizer states, RNG) saved under any layout. Returns the meta dict.
-    A checkpoint without optimizer states leaves the optimizer fresh, starting from the loaded weights."""
-    with open(os.path.join(path, "meta.json")) as f:
-        meta = json.load(f)
+    A checkpoint without optimizer states leaves the optimizer fresh, starting from the loaded weights.
+    Not collective: a CheckpointError here is this rank's (resume_from agrees on it across ranks)."""
+    meta = read_meta(path) if meta is None else meta
+    model_reader = PieceReader(path, "model", verify)
     for chunk in chunks:
-        load_weights(chunk, PieceReader(path, "model"))
-    if optimizer is not None and "optimizer_step" in meta:  # converted checkpoints hold weights only
-        # fp32 master weights come from "model/", not from the (possibly bf16) parameters
-        readers = {"master": PieceReader(path, "model"), **{k: PieceReader(path, k) for k in STATES}}
+        load_weights(chunk, model_reader)
+    if optimizer is not None:
+        # fp32 master weights come from "model/" (dequantised exactly where the checkpoint holds
+        # FP8 blocks), never from the possibly bf16 parameters. A converted checkpoint has no
+        # optimizer states: fresh moments, and tensors it lacks (an MTP module) keep their init.
+        has_states = "optimizer_step" in meta
+        readers = {"master": model_reader}
+        if has_states:
+            readers.update({k: PieceReader(path, k, verify) for k in STATES})
         states: dict[str, dict[str, torch.Tensor]] = {}
         for c, chunk in enumerate(chunks):
             for spec in param_slices(chunk):
                 if not spec.param.requires_grad:
                     continue
                 entry = states.setdefault(f"{c}.{spec.local_name}",
-                                          {k: torch.zeros(spec.param.shape) for k in readers})
+                                          {k: torch.zeros(spec.param.shape) for k in ("master", *STATES)})
                 key = spec.key
-                if getattr(spec.param, "is_mtp_copy", False) and key not in readers["exp_avg"]:
+                if getattr(spec.param, "is_mtp_copy", False) and any(key not in r for r in readers.values()):
                     key = "model.embed_tokens.weight"
                 for k, reader in readers.items():
-                    t = reader.read(key, spec.full_shape, spec.dim, spec.rank, spec.parts)
+                    if not has_states and key not in reader:
+                        t = spec.local.detach().float().cpu()
+                    else:
+                        t = reader.read(key, spec.full_shape, spec.dim, spec.rank, spec.parts)
                     (entry[k] if spec.index is None else entry[k][spec.index]).copy_(t)
-        optimizer.load_full_states(states, meta["optimizer_step"])
+        optimizer.load_full_states(states, meta["optimizer_step"] if has_states else 0)
         optimizer.skipped = meta.get("skipped_steps", 0)
-    elif optimizer is not None:  # weights only (converted checkpoint): the optimizer starts from them
-        optimizer.reset_from_params()
     rng_file = os.path.join(path, "rng.pt")
     if os.path.exists(rng_file):  # absent in checkpoints made by r1mega-convert
-        torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch"])
+        try:
+            torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch"])
+        except Exception as e:  # any unpickling failure means the file is damaged
+            raise CheckpointError(f"{rng_file}: unreadable ({type(e).__name__}: {e})") from None
     return meta

@@ -1,6 +1,8 @@
 """Run logging on rank 0: a progress bar with the step's numbers, a JSONL file, optional wandb.
 
 wandb runs offline unless WANDB_MODE says otherwise (no network is assumed); `wandb sync` uploads later.
+A resumed run first drops the records of steps after its checkpoint (they are trained again), so
+metrics.jsonl holds each step once.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ class MetricsLog:
         if not enabled:
             return
         os.makedirs(run_dir, exist_ok=True)
-        self.file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+        path = os.path.join(run_dir, "metrics.jsonl")
+        _keep_steps_upto(path, start_step)
+        self.file = open(path, "a")
         self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, desc="train")
         if wandb_project:
             try:
@@ -57,3 +61,29 @@ class MetricsLog:
         self.file.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _keep_steps_upto(path: str, last: int) -> None:
+    """Rewrite (atomically) a metrics file without the records of steps > last, and without a
+    line cut short by a crash."""
+    if not os.path.exists(path):
+        return
+    kept, dropped = [], 0
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                rec = json.loads(raw)
+                keep = isinstance(rec, dict) and int(rec.get("step", 0)) <= last
+            except (ValueError, TypeError):
+                keep = False
+            if keep:
+                kept.append(raw if raw.endswith(b"\n") else raw + b"\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)

@@ -13,7 +13,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from r1mega.config import OptimConfig
+from r1mega.config import ConfigError, OptimConfig
 from r1mega.parallel.comm import all_gather_nograd, reduce_scatter_nograd
 from r1mega.parallel.layout import ParallelState
 
@@ -30,7 +30,7 @@ def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
         return cfg.lr + (cfg.min_lr - cfg.lr) * frac
     if cfg.decay == "cosine":
         return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
-    raise ValueError(f"optim.decay: unknown schedule {cfg.decay!r} (cosine, constant, linear)")
+    raise ConfigError("optim.decay", f"unknown schedule {cfg.decay!r} (cosine, constant, linear)")
 
 
 def decays(name: str, p: torch.Tensor) -> bool:

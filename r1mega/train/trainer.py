@@ -8,6 +8,7 @@ A run resumes from the newest checkpoint in <run_dir>/checkpoints (or train.load
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -17,16 +18,19 @@ from dataclasses import asdict
 import torch
 import torch.distributed as dist
 
-from r1mega.config import Config, validate_training
+from r1mega.config import Config, ConfigError, validate_training
+from r1mega.errors import TrainingError
 from r1mega.data.prepare import resolve_data
 from r1mega.data.tokenizer import Tokenizer
+from r1mega.kernels import use_backend
+from r1mega.kernels.fp8_backend import fp8_backend
 from r1mega.models.deepseek_v3.hf_weights import param_slices
 from r1mega.models.deepseek_v3.model import DeepseekV3
 from r1mega.models.deepseek_v3.params import flops_per_token
 from r1mega.parallel.layout import (
     ParallelState, build_parallel_state, default_device, join_ranks, single_process_state,
 )
-from r1mega.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.moe_balance import update_routing_bias
@@ -80,15 +84,20 @@ def _data(cfg: Config, kind: str):
     from r1mega.data.sft import SFTData
 
     d = resolve_data(cfg.data, kind, cfg.model.vocab_size)
+    if kind == "sft" and (len(d.paths) > 1 or d.weights is not None):
+        raise ConfigError("data.paths", f"SFT reads one chat JSONL file, got {len(d.paths)} paths"
+                          + (" and data.weights" if d.weights is not None else "") + "; concatenate the files")
     if d.tokenizer is None and kind == "sft":
-        raise ValueError("data.tokenizer: SFT renders chat records and needs a tokenizer")
+        raise ConfigError("data.tokenizer", "SFT renders chat records and needs a tokenizer")
     if d.tokenizer is not None:
+        if not os.path.exists(d.tokenizer):
+            raise ConfigError("data.tokenizer", f"{d.tokenizer}: not found")
         tok = Tokenizer(d.tokenizer)
         if tok.vocab_size > cfg.model.vocab_size:
-            raise ValueError(f"data.tokenizer {d.tokenizer} has {tok.vocab_size} tokens but "
-                             f"model.vocab_size is {cfg.model.vocab_size}")
+            raise ConfigError("data.tokenizer", f"{d.tokenizer} has {tok.vocab_size} tokens but "
+                              f"model.vocab_size is {cfg.model.vocab_size}")
     if kind == "pretrain":
-        return PretrainData(d.paths, d.weights, d.seq_length, cfg.seed)
+        return PretrainData(d.paths, d.weights, d.seq_length, cfg.seed, cfg.model.vocab_size)
     return SFTData(d.paths[0], tok, d.seq_length, cfg.seed)
 
 
@@ -109,38 +118,56 @@ def train(cfg: Config, kind: str) -> dict:
     t = cfg.train
     dtype = getattr(torch, t.dtype)
 
+    # everything a user can get wrong is checked before any weight exists: data, checkpoints, arch
+    data = _data(cfg, kind)
+    ckpt_root = os.path.join(t.run_dir, "checkpoints")
+    model_config = asdict(cfg.model)
+    candidates = find_resume_checkpoint(ckpt_root, t.load, model_config, t.allow_arch_change)
+
     chunks = build_chunks(cfg, ps)
     init_weights(chunks, cfg.seed)
     place(chunks, device, dtype)
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
-    data = _data(cfg, kind)
 
-    ckpt_root = os.path.join(t.run_dir, "checkpoints")
-    start, consumed = 0, 0
     # the run's own newest checkpoint wins over train.load, so a requeued job continues where it was
-    resume = latest_checkpoint(ckpt_root) or t.load
-    if resume:
-        meta = load_checkpoint(resume, chunks, optimizer, ps)
-        start, consumed = meta.get("step", 0), meta.get("consumed_samples", 0)
+    resume, meta = resume_from(candidates, chunks, optimizer, ps, model_config, t.allow_arch_change,
+                               t.verify_checkpoint)
+    start, consumed = meta.get("step", 0), meta.get("consumed_samples", 0)
+    if start >= t.steps:  # nothing left: say so rather than report an empty run
+        if ps.rank == 0:
+            print(f"run {t.run_dir} is complete: {resume} is at step {start} and train.steps={t.steps}. "
+                  f"To train further, raise train.steps (e.g. train.steps={start + t.steps}); "
+                  f"to start afresh, choose another train.run_dir.", flush=True)
+        if distributed and owns_group:
+            dist.destroy_process_group()
+        return {"final_loss": meta.get("loss"), "steps": start, "losses": [], "skipped": optimizer.skipped,
+                "complete": True}
     log = MetricsLog(t.run_dir, t.steps, start, ps.rank == 0, t.wandb_project if t.wandb else None, cfg)
     if resume:
-        log.print(f"resumed from {resume} at step {start} (saved under layout {meta['layout']})")
+        log.print(f"resumed from {resume} at step {start} (saved under layout {meta.get('layout', 'n/a')})")
 
     gbs = cfg.data.global_batch_size
     micro = gbs // (ps.dp * cfg.data.micro_batch_size)
     tokens_per_step = gbs * cfg.data.seq_length
     flops_step = flops_per_token(cfg.model, cfg.data.seq_length) * tokens_per_step
     peak = t.peak_tflops or (H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
+    # FP8 GEMMs for the linears and routed experts (the head, router, norms, attention core stay high precision)
+    kernels = fp8_backend(t.fp8, t.fp8_backend, t.fp8_block, t.fp8_pow2_scales)
+    if kernels is not None:
+        log.print(f"FP8 {t.fp8} (block {t.fp8_block}{', power-of-2 scales' if t.fp8_pow2_scales else ''}) "
+                  f"through the {kernels.name} backend")
     losses: list[float] = []
+    in_a_row, last_saved = 0, resume  # consecutive non-finite steps; newest checkpoint on disk
     chunks.train()
     for step in range(start, t.steps):
         t0 = time.perf_counter()
         batch = {k: v.to(device) for k, v in _batch(data, kind, consumed, gbs).items()}
         lr = lr_at(step, t.steps, cfg.optim)
-        res = lm_forward_backward(
-            chunks, ps, batch["input_ids"], batch["labels"], micro, t.mtp_weight,
-            attn_mask=batch.get("attn_mask"), position_ids=batch.get("position_ids"),
-            schedule=t.schedule, balance_alpha=t.balance_alpha, reduce_dp=False)
+        with use_backend(kernels) if kernels is not None else contextlib.nullcontext():
+            res = lm_forward_backward(
+                chunks, ps, batch["input_ids"], batch["labels"], micro, t.mtp_weight,
+                attn_mask=batch.get("attn_mask"), position_ids=batch.get("position_ids"),
+                schedule=t.schedule, balance_alpha=t.balance_alpha, reduce_dp=False)
         if math.isfinite(res.loss):
             grad_norm, skipped = optimizer.step(lr)
         else:
@@ -162,10 +189,19 @@ def train(cfg: Config, kind: str) -> dict:
             log.print(f"step {step + 1}: non-finite loss or gradient, update skipped "
                       f"({optimizer.skipped} so far)")
         log.log(step + 1, metrics, echo=(step + 1) % t.log_interval == 0 or step + 1 == t.steps)
+        in_a_row = in_a_row + 1 if skipped else 0  # the skip decision is the same on every rank
+        if t.max_consecutive_skips and in_a_row >= t.max_consecutive_skips:
+            log.close()
+            raise TrainingError(
+                f"steps {step + 2 - in_a_row}..{step + 1} all had a non-finite loss or gradient "
+                f"(train.max_consecutive_skips={t.max_consecutive_skips}); stopped without saving. "
+                f"The newest checkpoint is {last_saved or 'none'}; check the data and lower optim.lr, "
+                f"or raise train.max_consecutive_skips")
         last = step + 1 == t.steps
         if last or (t.save_interval and (step + 1) % t.save_interval == 0):
-            save_checkpoint(ckpt_root, step + 1, chunks, optimizer, ps,
-                            {"consumed_samples": consumed, "kind": kind, "model_config": asdict(cfg.model)})
+            last_saved = save_checkpoint(ckpt_root, step + 1, chunks, optimizer, ps,
+                                         {"consumed_samples": consumed, "kind": kind, "model_config": model_config,
+                                          "loss": res.loss if math.isfinite(res.loss) else None})
     log.close()
     final = losses[-1] if losses else float("nan")
     if ps.rank == 0:

@@ -3,8 +3,11 @@
     x ──q_a_proj─q_a_layernorm─q_b_proj──> q [nope | rope]     (or q_proj when q_lora_rank is null)
     x ──kv_a_proj_with_mqa──> [c_kv (kv_lora_rank) | k_rope (shared by all heads)]
          c_kv ─kv_a_layernorm─kv_b_proj─> [k_nope | v] per head
-The low-rank down projections are replicated on every TP rank (small); q_b/kv_b are
-column-parallel by heads, o_proj row-parallel.
+The low-rank down projections are replicated on every TP rank (small) and run on the residual-
+stream layout (this rank's tokens under SP); only their small outputs enter the TP region (as in
+Megatron-LM). So they see complete output gradients, which FP8 quantises exactly as one process
+would, and the region entry moves q_lora + kv_lora + rope features per token instead of hidden.
+q_b/kv_b are column-parallel by heads, o_proj row-parallel.
 """
 from __future__ import annotations
 
@@ -31,31 +34,33 @@ class MLA(nn.Module):
         self.local_heads = cfg.num_heads // ps.tp
         std, D = cfg.initializer_range, cfg.hidden_size
         if cfg.q_lora_rank:
-            self.q_a_proj = ReplicatedLinear(D, cfg.q_lora_rank, "region", std, bias=cfg.attention_bias)
-            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, LATENT_NORM_EPS, "region")
+            self.q_a_proj = ReplicatedLinear(D, cfg.q_lora_rank, "stream", std, bias=cfg.attention_bias)
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, LATENT_NORM_EPS, "stream")
             self.q_b_proj = ColumnParallelLinear(cfg.q_lora_rank, cfg.num_heads * cfg.qk_head_dim, ps, std)
         else:
             self.q_proj = ColumnParallelLinear(D, cfg.num_heads * cfg.qk_head_dim, ps, std)
-        self.kv_a_proj_with_mqa = ReplicatedLinear(D, cfg.kv_lora_rank + cfg.qk_rope_head_dim, "region", std,
+        self.kv_a_proj_with_mqa = ReplicatedLinear(D, cfg.kv_lora_rank + cfg.qk_rope_head_dim, "stream", std,
                                                    bias=cfg.attention_bias)
-        self.kv_a_layernorm = RMSNorm(cfg.kv_lora_rank, LATENT_NORM_EPS, "region")
+        self.kv_a_layernorm = RMSNorm(cfg.kv_lora_rank, LATENT_NORM_EPS, "stream")
         self.kv_b_proj = ColumnParallelLinear(cfg.kv_lora_rank, cfg.num_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim),
                                               ps, std)
         self.o_proj = RowParallelLinear(cfg.num_heads * cfg.v_head_dim, D, ps, std, bias=cfg.attention_bias)
         self.scale = softmax_scale(cfg.qk_head_dim, cfg.rope_scaling)
 
-    def query(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.q_lora_rank:
-            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
-        else:
-            q = self.q_proj(x)
-        return q.view(*x.shape[:2], self.local_heads, self.cfg.qk_head_dim)
-
-    def latent(self, x: torch.Tensor, rope: RotaryEmbedding, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [s, b, D] -> normalised latent c_kv [s, b, kv_lora_rank], rotated k_rope [s, b, rope_dim]."""
-        c, k_rope = self.kv_a_proj_with_mqa(x).split([self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim], -1)
-        k_rope = rope.apply(k_rope.unsqueeze(2), cos, sin).squeeze(2)
-        return self.kv_a_layernorm(c), k_rope
+    def project(self, x: torch.Tensor, rope: RotaryEmbedding, cos, sin):
+        """x [s_local, b, D] residual-stream layout -> in the TP region: q_nope and rotated q_rope
+        [s, b, h_local, *], normalised latent c_kv [s, b, kv_lora_rank], rotated k_rope [s, b, rope_dim]."""
+        cfg = self.cfg
+        c, k_rope = self.kv_a_proj_with_mqa(x).split([cfg.kv_lora_rank, cfg.qk_rope_head_dim], -1)
+        parts = [self.kv_a_layernorm(c), k_rope]
+        if cfg.q_lora_rank:
+            parts.append(self.q_a_layernorm(self.q_a_proj(x)))
+        parts = enter_tp_region(torch.cat(parts, -1), self.ps).split([p.shape[-1] for p in parts], -1)
+        c, k_rope = parts[0], rope.apply(parts[1].unsqueeze(2), cos, sin).squeeze(2)
+        q = self.q_b_proj(parts[2]) if cfg.q_lora_rank else self.q_proj(enter_tp_region(x, self.ps))
+        q = q.view(*c.shape[:2], self.local_heads, cfg.qk_head_dim)
+        q_nope, q_rope = q.split([cfg.qk_nope_head_dim, cfg.qk_rope_head_dim], -1)
+        return q_nope, rope.apply(q_rope, cos, sin), c, k_rope
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cos: torch.Tensor, sin: torch.Tensor,
                 attn_mask: Optional[torch.Tensor] = None, cache=None) -> torch.Tensor:
@@ -63,11 +68,8 @@ class MLA(nn.Module):
         (True = attend) for packed sequences; causal when None. cache: this layer's slot of a
         `KVCache` (inference): the new tokens' latents are appended and attention reads the cache."""
         cfg = self.cfg
-        x = enter_tp_region(x, self.ps)  # [s, b, D]
-        s, b, _ = x.shape
-        q_nope, q_rope = self.query(x).split([cfg.qk_nope_head_dim, cfg.qk_rope_head_dim], -1)
-        q_rope = rope.apply(q_rope, cos, sin)
-        c, k_rope = self.latent(x, rope, cos, sin)
+        q_nope, q_rope, c, k_rope = self.project(x, rope, cos, sin)
+        s, b = c.shape[:2]
         if cache is not None:
             out = self._absorbed_attention(q_nope, q_rope, c, k_rope, cache)
             out = leave_tp_region(self.o_proj(out), self.ps)

@@ -23,14 +23,11 @@ import torch.nn as nn
 from safetensors import safe_open
 
 from r1mega.models.deepseek_v3.fp8 import dequantize, scale_name
+from r1mega.errors import CheckpointError  # noqa: F401  (re-exported)
 from r1mega.models.deepseek_v3.model import DeepseekV3
 
 EXPERT_PROJ = {"w_gate": "gate_proj", "w_up": "up_proj", "w_down": "down_proj"}
 _EXPERT_RE = re.compile(r"^(.*\.mlp\.experts)\.(w_gate|w_up|w_down)$")
-
-
-class CheckpointError(ValueError):
-    pass
 
 
 def hf_name(local: str) -> str:

@@ -109,7 +109,8 @@ class DeepseekV3(nn.Module):
         self.norm = self.lm_head = self.mtp = self.mtp_embed = None
         if self.is_last:
             self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "stream")
-            self.lm_head = ColumnParallelLinear(cfg.hidden_size, cfg.vocab_size, ps, std)
+            # DeepSeek-V3 keeps the output head in high precision (also under FP8)
+            self.lm_head = ColumnParallelLinear(cfg.hidden_size, cfg.vocab_size, ps, std, high_precision=True)
             if cfg.num_mtp_layers:
                 n = cfg.num_layers
                 self.mtp = nn.ModuleDict({str(n + k): MTPLayer(cfg, ps, n + k) for k in range(cfg.num_mtp_layers)})
