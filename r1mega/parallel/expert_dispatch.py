@@ -20,6 +20,13 @@ from r1mega.parallel.comm import all_gather_nograd, all_gather_sizes, all_to_all
 from r1mega.parallel.layout import ParallelState
 
 
+def count_per_expert(topk_idx: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Choices per expert (int64 [num_experts]). bincount sizes its output from the data's max,
+    which makes the host wait for the device; a fixed-size scatter-add does not."""
+    flat = topk_idx.reshape(-1)
+    return torch.zeros(num_experts, dtype=torch.long, device=flat.device).index_add_(0, flat, torch.ones_like(flat))
+
+
 @dataclass
 class DispatchPlan:
     order: torch.Tensor  # permutation of the T*k (token, slot) pairs, grouped by global expert
@@ -39,7 +46,7 @@ class AllToAllDispatcher:
     def _plan(self, topk_idx: torch.Tensor) -> DispatchPlan:
         flat = topk_idx.reshape(-1)
         order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=self.num_experts)  # per global expert
+        counts = count_per_expert(flat, self.num_experts)  # per global expert
         per_src = counts.view(1, self.num_experts)
         send_splits = recv_splits = [int(flat.numel())]
         if self.ep_group is not None:

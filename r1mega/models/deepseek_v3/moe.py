@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from r1mega.config import ModelConfig
 from r1mega.kernels import grouped_linear
 from r1mega.parallel.comm import all_gather_nograd, gather_dim0, reduce_from_group, split_dim0
-from r1mega.parallel.expert_dispatch import AllToAllDispatcher
+from r1mega.parallel.expert_dispatch import AllToAllDispatcher, count_per_expert
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.tensor_parallel import (
     ColumnParallelLinear, RowParallelLinear, enter_tp_region, leave_tp_region, tag,
@@ -166,8 +166,9 @@ class MoE(nn.Module):
         seq, scores, idx = seq_of_token, scores[:n_real], idx[:n_real]
         probs = scores / scores.sum(-1, keepdim=True)
         psum = torch.zeros(num_seqs, E, dtype=probs.dtype, device=probs.device).index_add(0, seq, probs)
-        hits = torch.zeros(num_seqs, E, dtype=probs.dtype, device=probs.device)
-        hits.index_add_(0, seq.repeat_interleave(K), F.one_hot(idx.reshape(-1), E).to(probs.dtype))
+        # hits[seq, e] += 1 per choice; flat indices instead of one_hot, which checks its range on the host
+        hits = torch.zeros(num_seqs * E, dtype=probs.dtype, device=probs.device).index_add_(
+            0, (seq.unsqueeze(1) * E + idx).reshape(-1), probs.new_ones(idx.numel())).view(num_seqs, E)
         if split or self.ps.sp:  # each TP rank saw part of every sequence
             hits = reduce_from_group(hits, self.ps.g("tp"))
             psum = reduce_from_group(psum, self.ps.g("tp"))
@@ -204,7 +205,7 @@ class MoE(nn.Module):
             cache.record_routing(self._whole_sequence_routing(idx, n, b))
         routed = self.dispatcher(tokens, idx, weight, self.experts)
         if self.training:
-            self.expert_load += torch.bincount(self.last_topk_idx.reshape(-1), minlength=self.cfg.n_routed_experts)
+            self.expert_load += count_per_expert(self.last_topk_idx, self.cfg.n_routed_experts)
             if self.aux_loss_scale > 0:
                 seq_len = x.shape[0] * (self.ps.tp if self.ps.sp else 1)
                 aux = self._seq_balance_loss(scores, idx, seq_of_token, b, seq_len, split) * self.aux_loss_scale
