@@ -27,7 +27,7 @@ def hf_step(model, ids, labels):
     logits = model(ids).logits
     loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
     loss.backward()
-    return float(loss)
+    return float(loss.detach())
 
 
 def timed(fn, device) -> float:
