@@ -33,6 +33,18 @@ def main(argv=None) -> int:
     verify_hf.add_args(sub.add_parser("verify-hf", help="compare a sharded HF checkpoint with transformers"))
     demo.add_args(sub.add_parser("demo", help="R1-Zero on a tiny model: pretrain, then GRPO (CPU, minutes)"))
     plan.add_args(sub.add_parser("plan", help="parameters, memory and communication of a layout (no GPUs)"))
+    from r1mega.generation import run as generation_run
+
+    generation_run.add_args(sub.add_parser("generate", help="k samples per prompt to sharded JSONL (resumable)"))
+    from r1mega.eval import benchmark
+
+    benchmark.add_args(sub.add_parser("eval", help="pass@1 over k samples, pass@k, cons@k per benchmark"))
+    from r1mega.generation import reject_sample
+
+    reject_sample.add_args(sub.add_parser("reject-sample", help="sample, keep correct readable ones, write SFT JSONL"))
+    from r1mega import pipeline
+
+    pipeline.add_args(sub.add_parser("pipeline", help="the DeepSeek-R1 recipe stage by stage, each evaluated"))
 
     for kind in ("pretrain", "sft", "grpo"):
         p = sub.add_parser(kind, help=f"{kind} (torchrun for several ranks)")
@@ -76,6 +88,22 @@ def _dispatch(parser, args) -> int:
         return demo.run(args)
     if args.command == "plan":
         return plan.run(args)
+    if args.command == "generate":
+        from r1mega.generation import run as generation_run
+
+        return generation_run.run(args)
+    if args.command == "eval":
+        from r1mega.eval import benchmark
+
+        return benchmark.run(args)
+    if args.command == "reject-sample":
+        from r1mega.generation import reject_sample
+
+        return reject_sample.run(args)
+    if args.command == "pipeline":
+        from r1mega import pipeline
+
+        return pipeline.run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -1,0 +1,195 @@
+"""`r1mega eval`: benchmarks scored the way DeepSeek-R1 reports them.
+
+    r1mega eval --model CKPT_OR_HF_DIR --data aime.jsonl math500.jsonl --samples 64 [--greedy]
+    torchrun --nproc_per_node 4 -m r1mega.cli eval ... --tp 2 --ep 2
+    r1mega eval --data D.jsonl --completions C.jsonl     # score completions made by another engine
+
+Benchmarks are JSONL records with `id`, `prompt` (or `messages`) and `answer` (or `tests` for
+code). k samples per problem at temperature 0.6, top-p 0.95 (the paper's setting) go through
+`r1mega generate`'s resumable store under <out>/<benchmark>/samples. Each sample's final answer
+(last \\boxed{...}, else the text after the last "A:") is checked against the reference with
+math-verify; code runs its tests in the sandbox. Per benchmark it writes <out>/<benchmark>/scored.jsonl
+(one line per sample) and summary.json; <out>/summary.md and summary.json hold the table of all.
+The last line is `pass@1=<float> cons@<k>=<float> problems=<n> samples=<k>` over all problems.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from typing import Optional
+
+from r1mega.data.jsonl import DataError, iter_jsonl
+from r1mega.errors import ConfigError
+from r1mega.eval.metrics import ProblemScore, equivalent, score_problem, summarize
+from r1mega.generation.records import read_prompt_records
+from r1mega.rl.rewards import final_answer
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    from r1mega.generation.run import add_model_args, add_sampling_args
+
+    p.add_argument("--data", nargs="+", required=True, help="benchmark JSONL file(s): id, prompt, answer")
+    p.add_argument("--completions", default=None,
+                   help="score these completions ({id, completion} per sample) instead of generating")
+    p.add_argument("--out", default="runs/eval", help="directory for samples, scores and summaries")
+    p.add_argument("--greedy", action="store_true", help="also report greedy (temperature 0) accuracy")
+    add_model_args(p)
+    add_sampling_args(p, samples=4)
+
+
+def _code_block(text: str) -> Optional[str]:
+    blocks = re.findall(r"```(?:python)?\n(.*?)```", text, re.DOTALL)
+    return blocks[-1].strip() if blocks else None
+
+
+def is_code(rec: dict) -> bool:
+    """Judged by its tests (no reference answer)."""
+    return rec.get("answer") is None and rec.get("tests") is not None
+
+
+def judge(rec: dict, completion: str) -> tuple[Optional[str], bool]:
+    """(final answer, correct) of one completion."""
+    if is_code(rec):
+        from r1mega.rl.rewards import code_reward
+
+        code = _code_block(completion)
+        return code, code is not None and code_reward(completion, rec) > 0
+    answer = final_answer(completion)
+    return answer, answer is not None and equivalent(str(rec["answer"]), answer)
+
+
+def score_benchmark(records: list[dict], completions: dict[str, list[str]], out_dir: Optional[str] = None
+                    ) -> tuple[dict, list[ProblemScore]]:
+    """completions: id -> the k completions in sample order. Writes scored.jsonl when out_dir is given."""
+    scores, lines = [], []
+    for rec in records:
+        texts = completions[rec["id"]]
+        judged = [judge(rec, t) for t in texts]
+        scores.append(score_problem([c for _, c in judged], [a for a, _ in judged],
+                                    (lambda x, y: x == y) if is_code(rec) else equivalent))
+        lines.extend(json.dumps({"id": rec["id"], "sample": i, "answer": a, "correct": c, "completion": t},
+                                ensure_ascii=False) + "\n" for i, ((a, c), t) in enumerate(zip(judged, texts)))
+    if out_dir is not None:
+        _write(os.path.join(out_dir, "scored.jsonl"), "".join(lines))
+    return summarize(scores), scores
+
+
+def _write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def read_completions(path: str, records: list[dict]) -> dict[str, list[str]]:
+    """{id: [completion, ...]} in file order; every record needs the same number of completions."""
+    known = {r["id"] for r in records}
+    out: dict[str, list[str]] = {}
+    for where, rec in iter_jsonl(path):
+        if not isinstance(rec.get("completion"), str) or "id" not in rec:
+            raise DataError(f"{where}: expected {{\"id\", \"completion\"}} with a string completion")
+        pid = str(rec["id"])
+        if pid not in known:
+            raise DataError(f"{where}: id {pid!r} is not in the benchmark")
+        out.setdefault(pid, []).append(rec["completion"])
+    missing = [r["id"] for r in records if r["id"] not in out]
+    if missing:
+        raise DataError(f"{path}: no completions for {len(missing)} problem(s), e.g. {missing[:3]}")
+    counts = {len(v) for v in out.values()}
+    if len(counts) != 1:
+        few = min(out, key=lambda k: len(out[k]))
+        raise DataError(f"{path}: problems have different sample counts {sorted(counts)} "
+                        f"(e.g. {few!r} has {len(out[few])}); pass@k and cons@k need the same k for all")
+    return out
+
+
+def _store_completions(out_dir: str) -> dict[str, list[str]]:
+    from r1mega.generation.store import SampleStore, response_text
+
+    by_id: dict[str, dict[int, str]] = {}
+    for path in SampleStore.shard_paths(out_dir):
+        for where, r in iter_jsonl(path):
+            by_id.setdefault(str(r["id"]), {})[r["sample"]] = response_text(r)
+    return {pid: [s[i] for i in sorted(s)] for pid, s in by_id.items()}
+
+
+def markdown_table(rows: dict[str, dict]) -> str:
+    ks = sorted({k for s in rows.values() for k in s if k.startswith("pass@") and k != "pass@1"},
+                key=lambda k: int(k[5:]))
+    cons = sorted({k for s in rows.values() for k in s if k.startswith("cons@")}, key=lambda k: int(k[5:]))
+    cols = ["problems", "samples", "pass@1", *ks, *cons, "greedy", "answer_rate"]
+    cols = [c for c in cols if any(c in s for s in rows.values())]
+    head = "| benchmark | " + " | ".join(cols) + " |\n|" + " --- |" * (len(cols) + 1) + "\n"
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    return head + "".join(f"| {name} | " + " | ".join(fmt(s.get(c, "")) for c in cols) + " |\n"
+                          for name, s in rows.items())
+
+
+def benchmark_name(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def run(args: argparse.Namespace) -> int:
+    from r1mega.generation.run import finish, open_model, sample_to_store, sampling_params
+
+    names = [benchmark_name(p) for p in args.data]
+    if len(set(names)) != len(names):
+        raise ConfigError("--data", f"two benchmarks share a file name {names}; their outputs would collide")
+    benchmarks = {n: read_prompt_records(p, need_answer=True) for n, p in zip(names, args.data)}
+    loaded = None
+    distributed = owns_group = False
+    if args.completions:
+        if len(args.data) != 1:
+            raise ConfigError("--completions", "scores one benchmark: pass a single --data file")
+        if args.greedy or args.model:
+            raise ConfigError("--completions", "scores given completions: --greedy and --model generate, drop them")
+        texts = {names[0]: read_completions(args.completions, benchmarks[names[0]])}
+        greedy_texts = {}
+    else:
+        params = sampling_params(args)
+        loaded, distributed, owns_group = open_model(args)
+        texts, greedy_texts = {}, {}
+        for name, recs in benchmarks.items():
+            where = os.path.join(args.out, name)
+            sample_to_store(loaded, recs, os.path.join(where, "samples"), params, args.template,
+                            args.problems_per_round, {"prompts": name}, desc=f"eval {name}")
+            if args.greedy:
+                greedy = sampling_params(args)
+                greedy.samples, greedy.temperature = 1, 0.0
+                sample_to_store(loaded, recs, os.path.join(where, "greedy"), greedy, args.template,
+                                args.problems_per_round, {"prompts": name}, desc=f"greedy {name}")
+            if loaded.ps.rank == 0:
+                texts[name] = _store_completions(os.path.join(where, "samples"))
+                if args.greedy:
+                    greedy_texts[name] = _store_completions(os.path.join(where, "greedy"))
+        if loaded.ps.rank != 0:
+            finish(distributed, owns_group)
+            return 0
+    table, everything = {}, []
+    for name, recs in benchmarks.items():
+        where = os.path.join(args.out, name)
+        summary, scores = score_benchmark(recs, texts[name], where)
+        if name in greedy_texts:
+            g, _ = score_benchmark(recs, greedy_texts[name])
+            summary["greedy"] = g["pass@1"]
+        _write(os.path.join(where, "summary.json"), json.dumps(summary, indent=1) + "\n")
+        _write(os.path.join(where, "summary.md"), markdown_table({name: summary}))
+        table[name] = summary
+        everything.extend(scores)
+        print(f"{name}: " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                     for k, v in summary.items()), flush=True)
+    total = summarize(everything)
+    if len(table) > 1:
+        table["all"] = total
+    md = markdown_table(table)
+    _write(os.path.join(args.out, "summary.md"), md)
+    _write(os.path.join(args.out, "summary.json"), json.dumps(table, indent=1) + "\n")
+    print(md, end="", flush=True)
+    k = total["samples"]
+    print(f"pass@1={total['pass@1']:.4f} cons@{k}={total[f'cons@{k}']:.4f} problems={total['problems']} "
+          f"samples={k}", flush=True)
+    finish(distributed, owns_group)
+    return 0

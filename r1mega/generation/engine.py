@@ -1,0 +1,128 @@
+"""k samples per problem on the sharded model, in rounds that every rank runs together.
+
+A round takes the next problems, expands them to problems x k rows, splits the rows evenly over
+the DP replicas (padding with copies of the last row so every replica runs the same forwards, as
+expert parallelism across DP requires) and generates with `inference.generate`. One rank per
+replica decodes its rows; rank 0 gathers them and yields each problem with its k samples.
+
+Sampling noise is keyed by (seed, the round's first problem id, row), so the same round on any
+layout draws the same tokens (`inference/sampling.py`), whatever the DP size.
+"""
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import torch.distributed as dist
+
+from r1mega.data.tokenizer import Tokenizer
+from r1mega.errors import ConfigError
+from r1mega.inference.generate import GenerationConfig, generate
+from r1mega.parallel.layout import ParallelState
+
+
+@dataclass
+class SamplingParams:
+    samples: int = 1
+    temperature: float = 0.6  # DeepSeek-R1's evaluation setting
+    top_p: float = 0.95
+    top_k: int = 0
+    max_new_tokens: int = 32768
+    seed: int = 0
+    stop: list[str] = field(default_factory=list)  # stop strings (EOS always stops)
+
+    def check(self) -> None:
+        if self.samples < 1:
+            raise ConfigError("--samples", f"must be >= 1, got {self.samples}")
+        if self.max_new_tokens < 1:
+            raise ConfigError("--max-new-tokens", f"must be >= 1, got {self.max_new_tokens}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("--top-p", f"must be in (0, 1], got {self.top_p}")
+        if self.temperature < 0:
+            raise ConfigError("--temperature", f"must be >= 0 (0 is greedy), got {self.temperature}")
+
+
+@dataclass
+class Sample:
+    index: int
+    completion: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # eos | stop (a stop string) | length
+
+
+def _stop_check(tok: Tokenizer, stops: list[str]):
+    if not stops:
+        return None
+    tail = max(32, 4 * max(len(s) for s in stops))  # decode only the end: a stop string fits in it
+
+    def hit(ids: list[int]) -> bool:
+        text = tok.decode(ids[-tail:])
+        return any(s in text for s in stops)
+    return hit
+
+
+def _finish(ids: list[int], text: str, tok: Tokenizer, params: SamplingParams) -> tuple[str, str]:
+    """(completion text without EOS, finish reason)."""
+    if ids and tok.eos_id is not None and ids[-1] == tok.eos_id:
+        return tok.decode(ids[:-1]), "eos"
+    if any(s in text for s in params.stop):
+        return text, "stop"
+    return text, "length"
+
+
+def round_seed(seed: int, first_id: str) -> int:
+    return (seed * 1_000_003 + zlib.crc32(first_id.encode())) % (1 << 31)
+
+
+def generate_rounds(chunks, ps: ParallelState, tok: Tokenizer, problems: list[dict], prompts: list[str],
+                    params: SamplingParams, problems_per_round: int
+                    ) -> Iterator[tuple[Optional[list[tuple[dict, list[Sample]]]], dict]]:
+    """Yields (rank 0: [(problem, its k samples)], else None; stats) per round. Collective: every
+    rank passes the same problems."""
+    params.check()
+    k = params.samples
+    encoded = [tok.encode(p) for p in prompts]
+    stop = _stop_check(tok, params.stop)
+    for at in range(0, len(problems), problems_per_round):
+        t0 = time.perf_counter()
+        batch = list(range(at, min(at + problems_per_round, len(problems))))
+        rows = [(p, s) for p in batch for s in range(k)]
+        rows += [rows[-1]] * (-len(rows) % ps.dp)  # padding rows: generated, then dropped
+        per = len(rows) // ps.dp
+        lo = ps.r("dp") * per
+        mine = rows[lo:lo + per]
+        gen = GenerationConfig(params.max_new_tokens, params.temperature, params.top_p, params.top_k, tok.eos_id,
+                               stop, seed=round_seed(params.seed, problems[batch[0]]["id"]),
+                               vocab_size=tok.vocab_size)
+        rollout = generate(chunks, ps, [encoded[p] for p, _ in mine], gen, row_offset=lo)
+        out = None
+        if ps.r("tp") == 0 and ps.r("pp") == 0:
+            out = []
+            for row, ((p, s), ids) in enumerate(zip(mine, rollout.completions())):
+                if lo + row >= len(batch) * k:
+                    break  # padding rows
+                text, reason = _finish(ids, tok.decode(ids), tok, params)
+                out.append((p, Sample(s, text, len(encoded[p]), len(ids), reason)))
+        parts = [None] * ps.world if ps.rank == 0 else None
+        if ps.world > 1:
+            dist.gather_object(out, parts, dst=0)
+        else:
+            parts = [out]
+        stats = {"seconds": time.perf_counter() - t0}
+        if ps.rank != 0:
+            yield None, stats
+            continue
+        by_problem: dict[int, list[Sample]] = {p: [] for p in batch}
+        for part in parts:
+            for p, sample in part or []:
+                by_problem[p].append(sample)
+        results = []
+        for p in batch:
+            samples = sorted(by_problem[p], key=lambda x: x.index)
+            assert [x.index for x in samples] == list(range(k)), f"problem {p}: samples {[x.index for x in samples]}"
+            results.append((problems[p], samples))
+        stats["completion_tokens"] = sum(x.completion_tokens for _, ss in results for x in ss)
+        yield results, stats

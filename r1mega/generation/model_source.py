@@ -1,0 +1,103 @@
+"""Load a model for generation under any TP/PP/EP/DP layout, from either source r1mega uses:
+
+  an r1mega checkpoint   a step directory (has meta.json), a checkpoints root (has `latest`) or a
+                         run directory; shapes from --config, else the checkpoint's saved model config
+  a Hugging Face dir     config.json + safetensors (DeepSeek-V3/R1/V2, or a Qwen2/Llama student);
+                         its tokenizer.json too
+
+Each rank builds only its shards and reads only its slices (`load_checkpoint` / `load_hf_weights`).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from r1mega.config import Config, ConfigError, DenseConfig, ParallelConfig, load_config, validate
+from r1mega.models.family import family_for_hf, family_from_meta
+from r1mega.parallel.layout import ParallelState, build_parallel_state, default_device, single_process_state
+
+
+@dataclass
+class LoadedModel:
+    chunks: torch.nn.ModuleList  # this rank's pipeline stage (one chunk)
+    ps: ParallelState
+    cfg: Config
+    tokenizer: str  # path
+    source: str  # what was loaded (a step directory or an HF dir)
+
+
+def _with_model(cfg: Config, model_cfg) -> Config:
+    """The run config with `model_cfg` as its active model (a dense student or a DeepSeek model)."""
+    if isinstance(model_cfg, DenseConfig):
+        cfg.student = model_cfg
+    else:
+        cfg.model, cfg.student = model_cfg, None
+    return cfg
+
+
+def is_hf_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json")) and any(
+        f.endswith(".safetensors") for f in os.listdir(path))
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A step directory from a step directory, a checkpoints root or a run directory."""
+    from r1mega.train.checkpoint import latest_checkpoint
+
+    for root in (path, os.path.join(path, "checkpoints")):
+        if os.path.isfile(os.path.join(root, "meta.json")):
+            return root
+        if os.path.isfile(os.path.join(root, "latest")):
+            return latest_checkpoint(root)
+    raise ConfigError("--model", f"{path}: neither an r1mega checkpoint (meta.json or latest) "
+                      f"nor a Hugging Face directory (config.json + *.safetensors)")
+
+
+def load_model(model: str, parallel: ParallelConfig, world: int, distributed: bool,
+               config: Optional[str] = None, overrides: Optional[list[str]] = None,
+               tokenizer: Optional[str] = None, dtype: str = "float32") -> LoadedModel:
+    """Collective when distributed: builds the layout's groups, then this rank's weights."""
+    from r1mega.data.prepare import resolve_data
+    from r1mega.train.trainer import build_chunks, place
+
+    if not os.path.exists(model):
+        raise ConfigError("--model", f"{model}: no such file or directory")
+    cfg = load_config(config, overrides)
+    cfg.parallel = parallel
+    cfg.train.virtual_stages = 1
+    hf = is_hf_dir(model)
+    source = os.path.abspath(model if hf else resolve_checkpoint(model))
+    if hf:
+        _, model_cfg = family_for_hf(model)
+        cfg = _with_model(cfg, model_cfg)
+    elif config is None:  # shapes from the checkpoint itself; an explicit --config wins
+        with open(os.path.join(source, "meta.json")) as f:
+            meta = json.load(f)
+        if not meta.get("model_config") and meta.get("hf_config") is None:
+            raise ConfigError("--config", f"{source} does not record its model shapes; pass the YAML it was trained with")
+        cfg = _with_model(cfg, family_from_meta(meta)[1])
+    cfg = validate(cfg, world)
+    ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
+    if tokenizer is None:
+        if hf and os.path.isfile(os.path.join(model, "tokenizer.json")):
+            tokenizer = model
+        else:
+            tokenizer = resolve_data(cfg.data, "pretrain", cfg.active_model.vocab_size).tokenizer
+    if tokenizer is None:
+        raise ConfigError("--tokenizer", "no tokenizer: pass --tokenizer, or a --config with data.tokenizer")
+    chunks = build_chunks(cfg, ps)
+    place(chunks, default_device(), getattr(torch, dtype))
+    if hf:
+        from r1mega.models.weights import load_hf_weights
+
+        load_hf_weights(chunks[0], model)
+    else:
+        from r1mega.train.checkpoint import load_checkpoint
+
+        load_checkpoint(source, chunks, None, ps)
+    chunks.eval()
+    return LoadedModel(chunks, ps, cfg, tokenizer, source)

@@ -1,0 +1,133 @@
+"""`r1mega reject-sample`: sample, keep what is correct and readable, write SFT data (R1 stage 3).
+
+    r1mega reject-sample --model CKPT --prompts P.jsonl --out DIR --samples 16 --keep 4 \\
+        [--max-tokens N --no-require-format --language en --max-paragraph-chars N]
+    r1mega reject-sample --samples-from GEN_DIR --prompts P.jsonl --out DIR   # filter `r1mega generate` output
+
+Samples go through `r1mega generate`'s resumable store (<out>/samples), then the filters of
+`filters.py` in order, then per-problem dedup and a quota of `--keep`. Kept samples are written to
+<out>/sft.jsonl as {"messages": [..., {"role": "assistant", "content": completion}], "id", "sample"},
+the chat format `r1mega sft` reads (data.paths=[<out>/sft.jsonl]); <out>/report.json has the counts.
+Prints kept/total and the count per rejection reason; the last line is
+`kept=<n> total=<n> problems_with_kept=<n> problems=<n>`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import Counter
+
+from r1mega.data.jsonl import DataError, iter_jsonl
+from r1mega.errors import ConfigError
+from r1mega.generation.filters import REASONS, FilterConfig, judge_sample, normalized
+from r1mega.generation.records import chat_messages, read_prompt_records
+from r1mega.generation.store import response_text
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    from r1mega.generation.run import add_model_args, add_sampling_args
+
+    add_model_args(p)
+    p.add_argument("--prompts", required=True, help="prompt JSONL: id, prompt or messages, answer or tests")
+    p.add_argument("--out", required=True, help="directory: samples/, sft.jsonl, report.json")
+    p.add_argument("--samples-from", default=None, help="filter the samples of this `r1mega generate` "
+                   "directory instead of generating")
+    p.add_argument("--keep", type=int, default=4, help="at most this many samples kept per problem")
+    p.add_argument("--max-tokens", type=int, default=0, help="reject completions longer than this (0: no cap)")
+    p.add_argument("--no-require-format", dest="require_format", action="store_false",
+                   help="do not require <think> ... </think> then an answer")
+    p.add_argument("--language", default="en", help="target language of the chain of thought (en, zh)")
+    p.add_argument("--min-language-share", type=float, default=0.95)
+    p.add_argument("--max-paragraph-chars", type=int, default=3000)
+    p.add_argument("--allow-code-in-cot", action="store_true")
+    add_sampling_args(p, samples=16, temperature=0.6, top_p=0.95)
+
+
+def filter_config(args: argparse.Namespace) -> FilterConfig:
+    return FilterConfig(args.max_tokens, args.require_format, args.language, args.min_language_share,
+                        args.max_paragraph_chars, args.allow_code_in_cot)
+
+
+def select(records: list[dict], samples: dict[str, list[dict]], cfg: FilterConfig, keep: int
+           ) -> tuple[list[dict], Counter]:
+    """(SFT records of the kept samples, counts: 'kept', each rejection reason, 'over_quota')."""
+    counts: Counter = Counter()
+    out = []
+    for rec in records:
+        seen, kept = set(), 0
+        for s in sorted(samples.get(rec["id"], []), key=lambda s: s["sample"]):
+            reason = judge_sample(rec, s, cfg)
+            if reason is None and normalized(response_text(s)) in seen:
+                reason = "duplicate"
+            if reason is None and kept >= keep:
+                reason = "over_quota"
+            if reason is not None:
+                counts[reason] += 1
+                continue
+            seen.add(normalized(response_text(s)))
+            kept += 1
+            counts["kept"] += 1
+            out.append({"messages": chat_messages(rec) + [{"role": "assistant", "content": response_text(s)}],
+                        "id": rec["id"], "sample": s["sample"]})
+    return out, counts
+
+
+def read_samples(out_dir: str) -> dict[str, list[dict]]:
+    from r1mega.generation.store import SampleStore
+
+    paths = SampleStore.shard_paths(out_dir)
+    if not paths:
+        raise DataError(f"{out_dir}: no shard-*.jsonl samples (made by `r1mega generate`)")
+    by_id: dict[str, list[dict]] = {}
+    for path in paths:
+        for where, r in iter_jsonl(path):
+            by_id.setdefault(str(r["id"]), []).append(r)
+    return by_id
+
+
+def _write_jsonl(path: str, rows: list[dict]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from r1mega.generation.run import finish, open_model, sample_to_store, sampling_params
+
+    if args.keep < 1:
+        raise ConfigError("--keep", f"must be >= 1, got {args.keep}")
+    records = read_prompt_records(args.prompts)
+    os.makedirs(args.out, exist_ok=True)
+    distributed = owns_group = False
+    if args.samples_from:
+        samples = read_samples(args.samples_from)
+    else:
+        params = sampling_params(args)
+        loaded, distributed, owns_group = open_model(args)
+        sample_to_store(loaded, records, os.path.join(args.out, "samples"), params, args.template,
+                        args.problems_per_round, {"prompts": args.prompts}, desc="reject-sample")
+        if loaded.ps.rank != 0:
+            finish(distributed, owns_group)
+            return 0
+        samples = read_samples(os.path.join(args.out, "samples"))
+    rows, counts = select(records, samples, filter_config(args), args.keep)
+    total = sum(len(samples.get(r["id"], [])) for r in records)
+    _write_jsonl(os.path.join(args.out, "sft.jsonl"), rows)
+    problems_kept = len({r["id"] for r in rows})
+    report = {"kept": counts["kept"], "total": total, "problems": len(records), "problems_with_kept": problems_kept,
+              "rejected": {k: counts[k] for k in (*REASONS, "over_quota") if counts[k]}}
+    with open(os.path.join(args.out, "report.json.tmp"), "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(os.path.join(args.out, "report.json.tmp"), os.path.join(args.out, "report.json"))
+    print(f"kept {counts['kept']}/{total} samples ({problems_kept}/{len(records)} problems) -> "
+          f"{os.path.join(args.out, 'sft.jsonl')}", flush=True)
+    for reason, n in report["rejected"].items():
+        print(f"  rejected {reason}: {n}", flush=True)
+    print(f"kept={counts['kept']} total={total} problems_with_kept={problems_kept} problems={len(records)}",
+          flush=True)
+    finish(distributed, owns_group)
+    return 0

@@ -1,0 +1,166 @@
+"""`r1mega generate`: k samples per prompt from a model, as sharded JSONL that resumes after a crash.
+
+    r1mega generate --model CKPT_OR_HF_DIR --prompts P.jsonl --out DIR --samples 16 \\
+        [--temperature 0.6 --top-p 0.95 --max-new-tokens N --template r1 --stop STR]
+    torchrun --nproc_per_node 4 -m r1mega.cli generate ... --tp 2 --ep 2
+
+Problems already complete in DIR are skipped (see `store.py`). A progress bar shows problems done
+and generated tokens/s; the last line is `problems=<n> samples=<n> tokens=<n> tokens_per_s=<float>`.
+The same machinery serves `r1mega eval` and `r1mega reject-sample`.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict
+from typing import Optional
+
+import torch.distributed as dist
+
+from r1mega.config import ParallelConfig
+from r1mega.data.tokenizer import Tokenizer
+from r1mega.errors import ConfigError, R1MegaError
+from r1mega.generation.engine import SamplingParams, generate_rounds
+from r1mega.generation.model_source import LoadedModel, load_model
+from r1mega.generation.records import TEMPLATES, render_prompt, template_stops
+from r1mega.generation.store import SampleStore
+from r1mega.parallel.layout import join_ranks
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and layout")
+    g.add_argument("--model", required=False, help="r1mega checkpoint (step dir, checkpoints root, run dir) or HF dir")
+    g.add_argument("--config", default=None, help="YAML with the model shapes (when the checkpoint lacks them) "
+                   "and data.tokenizer / data.synthetic")
+    g.add_argument("--tokenizer", default=None, help="tokenizer.json / dir / sentencepiece .model")
+    g.add_argument("--tp", type=int, default=1)
+    g.add_argument("--pp", type=int, default=1)
+    g.add_argument("--ep", type=int, default=1)
+    g.add_argument("--etp", type=int, default=None, help="expert tensor parallel size (default: tp)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    g.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.cache_dir=runs/data")
+
+
+def add_sampling_args(p: argparse.ArgumentParser, samples: int = 1, temperature: float = 0.6,
+                      top_p: float = 0.95) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--samples", type=int, default=samples, help="samples per problem (k)")
+    g.add_argument("--temperature", type=float, default=temperature)
+    g.add_argument("--top-p", type=float, default=top_p)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--max-new-tokens", type=int, default=32768)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable); EOS always stops")
+    g.add_argument("--template", default="r1", choices=TEMPLATES)
+    g.add_argument("--problems-per-round", type=int, default=8,
+                   help="problems generated together (x samples rows per round, split over DP)")
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--prompts", required=True, help="prompt JSONL: id, prompt or messages, answer/tests")
+    p.add_argument("--out", required=True, help="output directory (sharded JSONL; resumed if it exists)")
+    p.add_argument("--shard-records", type=int, default=100_000, help="samples per output shard")
+    add_sampling_args(p)
+
+
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    """The sampling flags, checked (before any model is loaded)."""
+    stops = list(args.stop) + [s for s in template_stops(args.template) if s not in args.stop]
+    params = SamplingParams(args.samples, args.temperature, args.top_p, args.top_k, args.max_new_tokens,
+                            args.seed, stops)
+    params.check()
+    return params
+
+
+def open_model(args: argparse.Namespace) -> tuple[LoadedModel, bool, bool]:
+    if not args.model:
+        raise ConfigError("--model", "required to generate (`r1mega eval --completions C.jsonl` scores existing ones)")
+    distributed, owns_group, world = join_ranks()
+    par = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp)
+    loaded = load_model(args.model, par, world, distributed, args.config, args.overrides, args.tokenizer,
+                        args.dtype)
+    return loaded, distributed, owns_group
+
+
+def _broadcast(obj, ps):
+    if ps.world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: SamplingParams, template: str,
+                    problems_per_round: int, meta: dict, shard_records: int = 100_000,
+                    desc: str = "generate") -> Optional[dict]:
+    """Generate the problems not yet complete in `out`. Collective. Returns stats on rank 0."""
+    ps = loaded.ps
+    tok = Tokenizer(loaded.tokenizer)
+    store, todo, error = None, None, None
+    if ps.rank == 0:
+        try:
+            store = SampleStore(out, params.samples, {**meta, "template": template, "model": loaded.source,
+                                                      "sampling": asdict(params)}, shard_records)
+        except R1MegaError as e:  # told to every rank, so none waits for the others forever
+            error = str(e)
+        else:
+            todo = [i for i, r in enumerate(records) if r["id"] not in store.done]
+            if store.repaired:
+                print(f"{desc}: dropped {store.repaired} samples of unfinished problems (crash recovery)", flush=True)
+            if len(todo) < len(records):
+                print(f"{desc}: resuming, {len(records) - len(todo)} of {len(records)} problems already done",
+                      flush=True)
+    todo, error = _broadcast((todo, error), ps)
+    if error:
+        raise R1MegaError(f"{desc}: {error}")
+    problems = [records[i] for i in todo]
+    rendered = [render_prompt(r, template, tok) for r in problems]
+    prompts = [text for text, _ in rendered]
+    prefix = {r["id"]: pre for r, (_, pre) in zip(problems, rendered)}
+    bar = None
+    if ps.rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(records), initial=len(records) - len(todo), desc=desc, dynamic_ncols=True)
+    tokens, t0 = 0, time.perf_counter()
+    for results, stats in generate_rounds(loaded.chunks, ps, tok, problems, prompts, params,
+                                          max(1, problems_per_round)):
+        if results is None:
+            continue
+        store.write([(prob["id"], [{"id": prob["id"], "sample": s.index, "completion": s.completion,
+                                    "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
+                                    "finish_reason": s.finish_reason,
+                                    **({"response_prefix": prefix[prob["id"]]} if prefix[prob["id"]] else {})}
+                                   for s in samples])
+                     for prob, samples in results])
+        tokens += stats["completion_tokens"]
+        bar.update(len(results))
+        bar.set_postfix({"tok/s": f"{tokens / (time.perf_counter() - t0):.1f}"})
+    if ps.rank != 0:
+        return None
+    bar.close()
+    store.close()
+    dt = time.perf_counter() - t0
+    return {"problems": len(records), "generated_problems": len(todo), "samples": params.samples,
+            "tokens": tokens, "tokens_per_s": tokens / dt if dt > 0 else 0.0, "store": store}
+
+
+def finish(distributed: bool, owns_group: bool) -> None:
+    if distributed and owns_group:
+        dist.destroy_process_group()
+
+
+def run(args: argparse.Namespace) -> int:
+    from r1mega.generation.records import read_prompt_records
+
+    records = read_prompt_records(args.prompts)
+    params = sampling_params(args)
+    loaded, distributed, owns_group = open_model(args)
+    stats = sample_to_store(loaded, records, args.out, params, args.template,
+                            args.problems_per_round, {"prompts": args.prompts}, args.shard_records)
+    if stats is not None:
+        print(f"problems={stats['problems']} samples={stats['samples']} tokens={stats['tokens']} "
+              f"tokens_per_s={stats['tokens_per_s']:.2f}", flush=True)
+    finish(distributed, owns_group)
+    return 0

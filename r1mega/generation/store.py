@@ -1,0 +1,145 @@
+"""Sharded JSONL of samples that survives a crash (kill -9) without duplicating or losing samples.
+
+    <out>/meta.json            what was generated (samples per problem, sampling parameters, model)
+    <out>/shard-00000.jsonl    {"id", "sample", "completion", "prompt_tokens", "completion_tokens",
+    <out>/shard-00001.jsonl     "finish_reason", ["response_prefix"]} one line per sample
+
+Only rank 0 writes. Each round's records are appended as whole lines in one write, then flushed and
+fsynced, so after a crash a shard ends at worst with a torn last line and some problems with fewer
+than k samples. Opening the store repairs that: a shard with a torn line or an incomplete problem is
+rewritten (temp file + rename) without them, and those problems count as not done. Every session
+appends to a new shard, so finished shards are never opened for writing again.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Iterator
+
+from r1mega.errors import ConfigError, DataError
+
+SHARD = "shard-{:05d}.jsonl"
+
+
+def response_text(record: dict) -> str:
+    """What the model answered: the template's response prefix (e.g. "<think>\\n") + the completion."""
+    return record.get("response_prefix", "") + record["completion"]
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_shard(path: str) -> tuple[list[dict], bool]:
+    """(records, whether the file needs repair: a torn or unparsable last line)."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    torn = lines[-1] != ""  # a complete file ends with a newline
+    recs = []
+    for n, line in enumerate(lines[:-1], start=1):
+        if not line.strip():
+            continue
+        try:
+            recs.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: not valid JSON ({e.msg}) - not a crash artefact, "
+                            f"this file was edited or written by something else") from None
+    return recs, torn
+
+
+class SampleStore:
+    def __init__(self, out_dir: str, samples: int, meta: dict, shard_records: int = 100_000):
+        self.dir, self.k, self.shard_records = out_dir, samples, shard_records
+        os.makedirs(out_dir, exist_ok=True)
+        meta_file = os.path.join(out_dir, "meta.json")
+        meta = {**meta, "samples": samples}
+        if os.path.exists(meta_file):
+            with open(meta_file) as f:
+                old = json.load(f)
+            # mixing samples of another model or other sampling settings into one set would go unseen
+            changed = {k: (old.get(k), v) for k, v in meta.items() if k in ("samples", "template", "model", "sampling")
+                       and old.get(k) != v}
+            if changed:
+                raise ConfigError("--out", f"{out_dir} holds samples made with different settings "
+                                 f"{ {k: f'{a!r} -> {b!r}' for k, (a, b) in changed.items()} }; "
+                                 f"use another --out or the same settings")
+        else:
+            tmp = meta_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(meta, f, indent=1)
+            os.replace(tmp, meta_file)
+        self.done: set[str] = set()
+        self.repaired = 0  # samples dropped from unfinished problems
+        shards = self.shards()
+        for path in shards:
+            self._recover(path)
+        nums = [int(os.path.basename(p)[6:11]) for p in shards]
+        self._next = max(nums, default=-1) + 1
+        self._file = None
+        self._lines = 0
+
+    @staticmethod
+    def shard_paths(out_dir: str) -> list[str]:
+        return sorted(glob.glob(os.path.join(out_dir, "shard-[0-9][0-9][0-9][0-9][0-9].jsonl")))
+
+    def shards(self) -> list[str]:
+        return self.shard_paths(self.dir)
+
+    def _recover(self, path: str) -> None:
+        recs, torn = _read_shard(path)
+        by_id: dict[str, list[dict]] = {}
+        for r in recs:
+            by_id.setdefault(str(r["id"]), []).append(r)
+        complete = set()
+        for pid, rs in by_id.items():
+            if pid in self.done:
+                raise DataError(f"{path}: problem {pid!r} also appears complete in an earlier shard")
+            if sorted(r["sample"] for r in rs) == list(range(self.k)):
+                complete.add(pid)
+            elif len(rs) > self.k or len({r["sample"] for r in rs}) != len(rs):
+                raise DataError(f"{path}: problem {pid!r} has duplicate samples {sorted(r['sample'] for r in rs)}")
+        self.done |= complete
+        keep = [r for r in recs if str(r["id"]) in complete]
+        if torn or len(keep) != len(recs):
+            self.repaired += len(recs) - len(keep)
+            tmp = path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in keep)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(self.dir)
+
+    def write(self, problems: list[tuple[str, list[dict]]]) -> None:
+        """Append the records of finished problems (each with all k samples) durably."""
+        lines = []
+        for pid, recs in problems:
+            if len(recs) != self.k:
+                raise ValueError(f"problem {pid!r}: {len(recs)} samples, expected {self.k}")
+            lines.extend(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
+        if self._file is None or self._lines >= self.shard_records:
+            if self._file is not None:
+                self._file.close()
+            self._file = open(os.path.join(self.dir, SHARD.format(self._next)), "a", encoding="utf-8")
+            self._next += 1
+            self._lines = 0
+            _fsync_dir(self.dir)
+        self._file.write("".join(lines))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._lines += len(lines)
+        self.done |= {pid for pid, _ in problems}
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def records(self) -> Iterator[dict]:
+        for path in self.shards():
+            yield from _read_shard(path)[0]

@@ -1,0 +1,344 @@
+"""`r1mega pipeline`: the DeepSeek-R1 recipe end to end, one stage after another, each evaluated.
+
+    r1mega pipeline --config configs/tiny/r1_pipeline.yaml [--nproc 4] [--out DIR]
+
+Stage kinds (the config lists them in order; `from` names the stage whose weights a stage starts
+from, `data` the stage whose kept samples an SFT stage trains on):
+  pretrain       `r1mega pretrain` (the base model)
+  grpo           `r1mega grpo` from the `from` stage's weights (R1-Zero, reasoning RL, alignment RL)
+  reject_sample  `r1mega reject-sample` on the RL prompt split with the `from` stage's model
+  sft            `r1mega sft` from the `from` stage's weights on the `data` stage's sft.jsonl
+A stage may name its own `model_config`: distillation is a pretrained dense student (a config with
+`student:`) fine-tuned on the teacher's rejection-sampled data. A stage that cannot run in this
+checkout (a student without the dense model family) and the stages built on it are skipped with a note.
+Every stage with weights is then scored by `r1mega eval` on the held-out split (k samples, the
+config's `eval` settings). Each stage runs as its own process (torchrun for --nproc > 1) and writes
+<out>/<stage>/DONE when finished, so a rerun skips finished stages and a crashed one resumes from its
+own checkpoints. At the end: a table of every stage's held-out pass@1 / cons@k (Markdown, JSON, PNG);
+the last line is `stages=<n> final_stage=<name> pass@1=<float> cons@<k>=<float>`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from typing import Optional
+
+from r1mega.config import ConfigError
+
+KINDS = ("pretrain", "grpo", "reject_sample", "sft")
+STAGE_KEYS = {"name", "kind", "from", "data", "model_config", "overrides", "samples", "keep", "require_format",
+              "max_new_tokens"}
+TOP_KEYS = {"model_config", "out", "rl_common", "sft_common", "eval", "stages"}
+EVAL_KEYS = {"samples", "temperature", "top_p", "max_new_tokens", "template", "stop"}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAYOUT_4 = ["parallel.tp=2", "parallel.ep=2"]  # --nproc 4: TP2 x EP2 (DP2), as the demo
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="pipeline YAML (configs/tiny/r1_pipeline.yaml)")
+    p.add_argument("--out", default=None, help="run directory (default: the config's `out`)")
+    p.add_argument("--nproc", type=int, default=1, help="ranks per stage (1, 2 = TP2, or 4 = TP2 x EP2)")
+
+
+def load_pipeline(path: str) -> dict:
+    """The YAML as plain data, checked: unknown keys, kinds and references are errors naming the key."""
+    from omegaconf import OmegaConf
+
+    if not os.path.exists(path):
+        raise ConfigError("--config", f"file not found: {path}")
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as e:  # YAML syntax: the parser's message names line and column
+        raise ConfigError("--config", f"{path}: {' '.join(str(e).split())}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError("--config", f"{path}: expected a mapping of pipeline keys")
+    for k in cfg:
+        if k not in TOP_KEYS:
+            raise ConfigError(k, f"unknown pipeline key; expected one of {sorted(TOP_KEYS)}")
+    for k in ("model_config", "stages"):
+        if k not in cfg:
+            raise ConfigError(k, "missing")
+    for k in cfg.get("eval", {}):
+        if k not in EVAL_KEYS:
+            raise ConfigError(f"eval.{k}", f"unknown key; expected one of {sorted(EVAL_KEYS)}")
+    seen: dict[str, dict] = {}
+    for i, st in enumerate(cfg["stages"]):
+        where = f"stages[{i}]"
+        for k in st:
+            if k not in STAGE_KEYS:
+                raise ConfigError(f"{where}.{k}", f"unknown stage key; expected one of {sorted(STAGE_KEYS)}")
+        if "name" not in st or not re.fullmatch(r"[A-Za-z0-9_\-]+", str(st["name"])):
+            raise ConfigError(f"{where}.name", "every stage needs a name of letters, digits, _ or -")
+        if st["name"] in seen:
+            raise ConfigError(f"{where}.name", f"{st['name']!r} is used twice")
+        if st.get("kind") not in KINDS:
+            raise ConfigError(f"{where}.kind", f"got {st.get('kind')!r}; expected one of {KINDS}")
+        needs_from = st["kind"] != "pretrain"
+        if needs_from and st.get("from") not in seen:
+            raise ConfigError(f"{where}.from", f"{st.get('from')!r} is not an earlier stage")
+        if needs_from and st.get("from") and seen[st["from"]]["kind"] == "reject_sample":
+            raise ConfigError(f"{where}.from", f"{st['from']!r} makes data, not weights")
+        if st["kind"] == "sft":
+            src = seen.get(st.get("data"))
+            if src is None or src["kind"] != "reject_sample":
+                raise ConfigError(f"{where}.data", f"{st.get('data')!r} is not an earlier reject_sample stage")
+        seen[st["name"]] = st
+    return cfg
+
+
+class Runner:
+    def __init__(self, cfg: dict, out: str, nproc: int):
+        self.cfg, self.out, self.nproc = cfg, os.path.abspath(out), nproc
+        self.model_config = _config_path(cfg["model_config"])
+        self.layout = LAYOUT_4 if nproc == 4 else (["parallel.tp=2"] if nproc == 2 else [])
+        self.eval_cfg = {"samples": 8, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 32, "template": "raw",
+                         "stop": [], **cfg.get("eval", {})}
+        self.stages = {st["name"]: st for st in cfg["stages"]}
+
+    def config_of(self, stage: str) -> str:
+        st = self.stages[stage]
+        return _config_path(st["model_config"]) if st.get("model_config") else self.model_config
+
+    def run_config(self, stage: str, overrides: Optional[list[str]] = None):
+        from r1mega.config import load_config
+
+        return load_config(self.config_of(stage), [f"data.cache_dir={self.out}/data", *(overrides or [])])
+
+    # ---- processes -------------------------------------------------------------------------
+    def launch(self, argv: list[str], log: str) -> str:
+        if self.nproc > 1:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}",
+                   "-m", "r1mega.cli", *argv]
+        else:
+            cmd = [sys.executable, "-m", "r1mega.cli", *argv]
+        print("$ r1mega " + " ".join(_quote(a) for a in argv), flush=True)
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        with open(log, "w") as f:
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+        with open(log, "a") as f:
+            f.write(proc.stdout)
+        if proc.returncode:
+            tail = open(log).read()[-3000:]
+            raise SystemExit(f"pipeline: `{argv[0]}` failed (exit {proc.returncode}); log {log}:\n{tail}")
+        return proc.stdout
+
+    def layout_of(self, stage: str) -> list[str]:
+        """--nproc's layout; a dense student has no experts to spread, so its ranks are TP x DP."""
+        if self.run_config(stage).student is not None:
+            return [o for o in self.layout if not o.startswith("parallel.ep=")]
+        return self.layout
+
+    def model_args(self, stage: str) -> list[str]:
+        """`--config` and layout flags for generate / eval / reject-sample on a stage's model."""
+        tp_ep = {"parallel.tp=2": ["--tp", "2"], "parallel.ep=2": ["--ep", "2"]}
+        flags = [f for o in self.layout_of(stage) for f in tp_ep[o]]
+        return ["--config", self.config_of(stage), *flags, f"data.cache_dir={self.out}/data"]
+
+    # ---- data --------------------------------------------------------------------------------
+    def prompt_files(self) -> tuple[str, str]:
+        """The RL prompt split and the held-out split, as prompt JSONL."""
+        from r1mega.config import load_config
+        from r1mega.rl.tasks import addition_prompts, arithmetic_prompts
+
+        root = os.path.join(self.out, "prompts")
+        train, held = os.path.join(root, "train.jsonl"), os.path.join(root, "heldout.jsonl")
+        if os.path.exists(held):
+            return train, held
+        os.makedirs(root, exist_ok=True)
+        if load_config(self.model_config).data.synthetic == "addition":
+            splits = {train: addition_prompts(0, 0, heldout=False), held: addition_prompts(0, 0, heldout=True)}
+        else:  # the seeds GRPO's own held-out evaluation uses for these tasks
+            splits = {train: arithmetic_prompts(128, seed=3), held: arithmetic_prompts(128, seed=10_007)}
+        for path, rows in splits.items():
+            _write(path, "".join(json.dumps({"id": f"{os.path.basename(path)[:-6]}-{i}", **r}) + "\n"
+                                 for i, r in enumerate(rows)))
+        return train, held
+
+    def tokenizer(self, stage: str) -> str:
+        from r1mega.data.prepare import resolve_data
+
+        cfg = self.run_config(stage)
+        return resolve_data(cfg.data, "pretrain", cfg.active_model.vocab_size).tokenizer
+
+    # ---- stages --------------------------------------------------------------------------------
+    def weights(self, stage: str) -> str:
+        """A weights-only copy of a stage's final checkpoint (step 0, no optimizer states), so the next
+        stage starts from the weights with its own step count and a fresh optimizer."""
+        from r1mega.generation.model_source import resolve_checkpoint
+
+        dst = os.path.join(self.out, stage, "weights")
+        if os.path.exists(os.path.join(dst, "meta.json")):
+            return dst
+        src = resolve_checkpoint(os.path.join(self.out, stage, "run"))
+        tmp = dst + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        for name in os.listdir(src):
+            if name.startswith("rank"):
+                shutil.copy2(os.path.join(src, name), tmp)
+        with open(os.path.join(src, "meta.json")) as f:
+            meta = json.load(f)
+        meta = {k: v for k, v in meta.items() if k not in ("optimizer_step", "skipped_steps", "consumed_samples")}
+        _write(os.path.join(tmp, "meta.json"), json.dumps({**meta, "kind": "weights", "source": src, "step": 0},
+                                                          indent=1))
+        os.replace(tmp, dst)
+        return dst
+
+    def unavailable(self, stage: str) -> Optional[str]:
+        """Why a stage cannot run in this checkout (a dense student without the dense family), or None."""
+        if self.run_config(stage).student is not None and importlib.util.find_spec("r1mega.models.dense") is None:
+            return "skipped: this checkout has no dense student family (r1mega/models/dense, issue #13)"
+        return None
+
+    def run_stage(self, st: dict, train_prompts: str) -> None:
+        name, kind = st["name"], st["kind"]
+        where = os.path.join(self.out, name)
+        config = self.config_of(name)
+        common = [f"data.cache_dir={self.out}/data", f"train.run_dir={where}/run", *self.layout_of(name)]
+        if kind in ("pretrain", "grpo", "sft"):  # GRPO saves only at intervals: make its last step one
+            common.append(f"train.save_interval={self.run_config(name, st.get('overrides')).train.steps}")
+        log = os.path.join(where, "log.txt")
+        if kind == "pretrain":
+            self.launch([kind, "--config", config, *common, *st.get("overrides", [])], log)
+        elif kind == "grpo":
+            self.launch(["grpo", "--config", config, *common, *self.cfg.get("rl_common", []),
+                         f"train.load={self.weights(st['from'])}", *st.get("overrides", [])], log)
+        elif kind == "sft":
+            data = os.path.join(self.out, st["data"], "sft.jsonl")
+            self.launch(["sft", "--config", config, *common, *self.cfg.get("sft_common", []),
+                         "data.synthetic=null", f"data.tokenizer={self.tokenizer(name)}", f"data.paths=[{data}]",
+                         f"train.load={self.weights(st['from'])}", *st.get("overrides", [])], log)
+        elif kind == "reject_sample":
+            e = self.eval_cfg
+            argv = ["reject-sample", "--model", self.weights(st["from"]), *self.model_args(st["from"]),
+                    "--prompts", train_prompts, "--out", where, "--samples", str(st.get("samples", 8)),
+                    "--keep", str(st.get("keep", 2)), "--temperature", "1.0", "--top-p", "1.0",
+                    "--max-new-tokens", str(st.get("max_new_tokens", e["max_new_tokens"])),
+                    "--template", e["template"], "--problems-per-round", "16", *[f"--stop={s}" for s in e["stop"]]]
+            if not st.get("require_format", False):
+                argv.append("--no-require-format")
+            out = self.launch(argv, log)
+            print("\n".join(out.strip().splitlines()[-6:]), flush=True)
+
+    def evaluate(self, stage: str, held_out: str) -> dict:
+        e = self.eval_cfg
+        out = os.path.join(self.out, "eval", stage)
+        summary = os.path.join(out, "summary.json")
+        if not os.path.exists(summary):
+            self.launch(["eval", "--model", self.weights(stage), *self.model_args(stage), "--data", held_out,
+                         "--out", out, "--samples", str(e["samples"]), "--temperature", str(e["temperature"]),
+                         "--top-p", str(e["top_p"]), "--max-new-tokens", str(e["max_new_tokens"]),
+                         "--template", e["template"], "--greedy", "--problems-per-round", "32",
+                         *[f"--stop={s}" for s in e["stop"]]], os.path.join(out, "log.txt"))
+        with open(summary) as f:
+            return json.load(f)["heldout"]
+
+
+def _config_path(path: str) -> str:
+    """A model config path as given, else relative to the repository (configs/... from anywhere)."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    return os.path.join(REPO, path)
+
+
+def _quote(a: str) -> str:
+    return repr(a) if (not a or any(c in a for c in " \n\t")) else a
+
+
+def _write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def table(rows: list[dict], k: int) -> str:
+    head = f"| stage | kind | from | held-out pass@1 | cons@{k} | pass@{k} | greedy | minutes |\n" \
+           "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("-" if v is None else str(v))  # noqa: E731
+    return head + "".join(
+        f"| {r['stage']} | {r['kind']} | {r.get('from') or '-'} | {fmt(r.get('pass@1'))} | {fmt(r.get(f'cons@{k}'))} | "
+        f"{fmt(r.get(f'pass@{k}'))} | {fmt(r.get('greedy'))} | {fmt(r.get('minutes'))} |\n" for r in rows)
+
+
+def plot(rows: list[dict], k: int, png: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [r for r in rows if r.get("pass@1") is not None]
+    xs = range(len(scored))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    w = 0.38
+    ax.bar([x - w / 2 for x in xs], [r["pass@1"] for r in scored], w, label="pass@1 (mean over k samples)")
+    ax.bar([x + w / 2 for x in xs], [r[f"cons@{k}"] for r in scored], w, label=f"cons@{k} (majority vote)")
+    ax.set_xticks(list(xs), [r["stage"] for r in scored], rotation=20, ha="right")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(f"r1mega pipeline: DeepSeek-R1 stages on a tiny MoE (k={k}, T=0.6, top-p 0.95)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.nproc not in (1, 2, 4):
+        raise ConfigError("--nproc", f"must be 1, 2 (TP2) or 4 (TP2 x EP2), got {args.nproc}")
+    cfg = load_pipeline(args.config)
+    runner = Runner(cfg, args.out or cfg.get("out", "runs/pipeline"), args.nproc)
+    train_prompts, held_out = runner.prompt_files()
+    k = int(runner.eval_cfg["samples"])
+    rows, notes, t_all = [], {}, time.perf_counter()
+    for st in cfg["stages"]:
+        name = st["name"]
+        done = os.path.join(runner.out, name, "DONE")
+        row = {"stage": name, "kind": st["kind"], "from": st.get("from")}
+        if os.path.exists(done):
+            with open(done) as f:
+                row.update(json.load(f))
+            print(f"== {name}: done earlier, skipped", flush=True)
+        else:
+            print(f"== {name} ({st['kind']})", flush=True)
+            t0 = time.perf_counter()
+            skipped = [s for s in (st.get("from"), st.get("data")) if s in notes]
+            note = (f"skipped: stage {skipped[0]} was skipped" if skipped else runner.unavailable(name))
+            if note is None:
+                runner.run_stage(st, train_prompts)
+            row["minutes"] = (time.perf_counter() - t0) / 60
+            if note:  # no DONE: a later run in a checkout that can do it will
+                row["note"] = note
+                print(f"   {name}: {note}", flush=True)
+            else:
+                _write(done, json.dumps({"minutes": row["minutes"]}))
+        if row.get("note"):
+            notes[name] = row["note"]
+        if st["kind"] in ("pretrain", "grpo", "sft") and "note" not in row:
+            s = runner.evaluate(name, held_out)
+            row.update({key: s.get(key) for key in ("pass@1", f"cons@{k}", f"pass@{k}", "greedy")})
+            print(f"   {name}: held-out pass@1={s['pass@1']:.3f} cons@{k}={s[f'cons@{k}']:.3f} "
+                  f"greedy={s.get('greedy', float('nan')):.3f}", flush=True)
+        rows.append(row)
+    md = table(rows, k)
+    _write(os.path.join(runner.out, "table.md"), md)
+    _write(os.path.join(runner.out, "table.json"), json.dumps(rows, indent=1))
+    png = os.path.join(runner.out, "stages.png")
+    plot(rows, k, png)
+    print(md, end="")
+    for r in rows:
+        if r.get("note"):
+            print(f"{r['stage']}: {r['note']}")
+    print(f"plot: {png}  ({(time.perf_counter() - t_all) / 60:.1f} min this run)")
+    last = [r for r in rows if r.get("pass@1") is not None][-1]
+    print(f"stages={len(rows)} final_stage={last['stage']} pass@1={last['pass@1']:.4f} "
+          f"cons@{k}={last[f'cons@{k}']:.4f}", flush=True)
+    return 0
