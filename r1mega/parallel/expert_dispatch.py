@@ -20,6 +20,13 @@ from r1mega.parallel.comm import all_gather_nograd, all_gather_sizes, all_to_all
 from r1mega.parallel.layout import ParallelState
 
 
+def count_per_expert(topk_idx: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Choices per expert (int64 [num_experts]). bincount sizes its output from the data's max,
+    which makes the host wait for the device; a fixed-size scatter-add does not."""
+    flat = topk_idx.reshape(-1)
+    return torch.zeros(num_experts, dtype=torch.long, device=flat.device).index_add_(0, flat, torch.ones_like(flat))
+
+
 @dataclass
 class DispatchPlan:
     order: torch.Tensor  # permutation of the T*k (token, slot) pairs, grouped by global expert
@@ -39,7 +46,7 @@ class AllToAllDispatcher:
     def _plan(self, topk_idx: torch.Tensor) -> DispatchPlan:
         flat = topk_idx.reshape(-1)
         order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=self.num_experts)  # per global expert
+        counts = count_per_expert(flat, self.num_experts)  # per global expert
         per_src = counts.view(1, self.num_experts)
         send_splits = recv_splits = [int(flat.numel())]
         if self.ep_group is not None:
@@ -69,13 +76,16 @@ class AllToAllDispatcher:
         rows = gather_uneven(rows, plan.etp_sizes, self.etp_group)
         # rows arrive grouped by (etp rank, source ep rank) then by local expert; regroup by expert
         chunk_counts = plan.local_expert_counts  # [chunks, E_local]
-        expert_of_row = torch.repeat_interleave(
-            torch.arange(self.num_local, device=x.device).repeat(chunk_counts.shape[0]),
-            chunk_counts.reshape(-1),
-        )
-        by_expert = torch.argsort(expert_of_row, stable=True)
-        out_sorted = experts(rows[by_expert], chunk_counts.sum(0))
-        out = torch.empty_like(out_sorted).index_copy(0, by_expert, out_sorted)
+        if chunk_counts.shape[0] == 1:  # one source: already grouped by expert
+            out = experts(rows, chunk_counts[0])
+        else:
+            expert_of_row = torch.repeat_interleave(
+                torch.arange(self.num_local, device=x.device).repeat(chunk_counts.shape[0]),
+                chunk_counts.reshape(-1),
+            )
+            by_expert = torch.argsort(expert_of_row, stable=True)
+            out_sorted = experts(rows[by_expert], chunk_counts.sum(0))
+            out = torch.empty_like(out_sorted).index_copy(0, by_expert, out_sorted)
         out = reduce_scatter_uneven(out, plan.etp_sizes, self.etp_group)
         out = all_to_all(out, plan.send_splits, plan.recv_splits, self.ep_group)
         weights = topk_weight.reshape(-1)[plan.order].unsqueeze(-1)

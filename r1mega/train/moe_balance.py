@@ -22,27 +22,33 @@ def moe_layers(chunks) -> list:
 def set_balance_loss_scale(chunks, alpha: float, global_sequences: int) -> None:
     for _, m in moe_layers(chunks):
         m.aux_loss_scale = alpha / max(global_sequences, 1)
-        m.aux_loss_sum = 0.0
+        m.aux_loss_sum = None
 
 
 @torch.no_grad()
 def update_routing_bias(chunks, ps: ParallelState, rate: float) -> dict[str, float]:
-    """Apply the bias update from this step's loads; reset them. Returns load statistics."""
-    stats = {"max_load_ratio": 0.0, "min_load_ratio": float("inf"), "balance_loss": 0.0}
-    layers = moe_layers(chunks)
-    for _, m in layers:
-        load = m.expert_load
-        for group in (ps.g("tp"), ps.g("dp_cp")):  # every rank counted its own tokens
-            if group is not None:
-                dist.all_reduce(load, group=group)
-        mean = load.mean()
-        if m.gate.e_score_correction_bias is not None and rate > 0:
-            m.gate.e_score_correction_bias.add_(rate * torch.sign(mean - load))
-        if mean > 0:
-            stats["max_load_ratio"] = max(stats["max_load_ratio"], float(load.max() / mean))
-            stats["min_load_ratio"] = min(stats["min_load_ratio"], float(load.min() / mean))
-        stats["balance_loss"] += m.aux_loss_sum
-        load.zero_()
+    """Apply the bias update from this step's loads; reset them. Returns load statistics.
+    All layers' loads travel in one all-reduce per group and are read on the host once."""
+    layers = [m for _, m in moe_layers(chunks)]
     if not layers:
-        stats["min_load_ratio"] = 0.0
-    return stats
+        return {"max_load_ratio": 0.0, "min_load_ratio": 0.0, "balance_loss": 0.0}
+    loads = torch.stack([m.expert_load for m in layers])  # [layers, experts], int64 counts
+    for group in (ps.g("tp"), ps.g("dp_cp")):  # every rank counted its own tokens
+        if group is not None:
+            dist.all_reduce(loads, group=group)
+    loads = loads.double()
+    mean = loads.mean(dim=1, keepdim=True)
+    for m, load, avg in zip(layers, loads, mean):
+        if m.gate.e_score_correction_bias is not None and rate > 0:
+            bias = m.gate.e_score_correction_bias
+            bias.add_((rate * torch.sign(avg - load)).to(bias.dtype))
+        m.expert_load.zero_()
+    used = mean[:, 0] > 0
+    ratio = loads / mean.clamp(min=torch.finfo(loads.dtype).tiny)
+    inf = torch.tensor(float("inf"), device=loads.device)
+    stats = torch.stack([
+        torch.where(used, ratio.max(dim=1).values, 0.0).max(),
+        torch.where(used, ratio.min(dim=1).values, inf).min(),
+        sum((m.aux_loss_sum.to(loads) for m in layers if m.aux_loss_sum is not None), loads.new_zeros(())),
+    ]).tolist()
+    return {"max_load_ratio": stats[0], "min_load_ratio": stats[1], "balance_loss": stats[2]}

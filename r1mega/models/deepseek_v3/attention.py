@@ -144,24 +144,27 @@ class MLA(nn.Module):
 
     def _absorbed_attention(self, q_nope, q_rope, c, k_rope, cache) -> torch.Tensor:
         """Attention over the latent cache with kv_b_proj absorbed into the query and the output:
-        scores = (q_nope W_uk) . c + q_rope . k_rope, out = (softmax . c) W_uv. The cache holds only
-        c (kv_lora_rank) and k_rope (qk_rope_head_dim) per token, never per-head keys and values."""
-        cfg, h = self.cfg, self.local_heads
-        latent, krope, valid, start = cache.append(c, k_rope)  # [b, L, r], [b, L, rope], [b, L]
-        s, dtype = q_nope.shape[0], q_nope.dtype
+        scores = [q_nope W_uk | q_rope] . [c | k_rope], out = (softmax . c) W_uv. The cache holds only
+        c (kv_lora_rank) and k_rope (qk_rope_head_dim) per token, never per-head keys and values.
+        Every product is one batched matmul over (batch x heads) or heads."""
+        cfg, h, r = self.cfg, self.local_heads, self.cfg.kv_lora_rank
+        keys, allowed = cache.append(c, k_rope)  # [b, L, r + rope], bool [b, s, L]
+        s, b = q_nope.shape[:2]
+        dtype = q_nope.dtype
         # float32 throughout: the absorbed products round differently from the training path's
         # (kv_b_proj applied first) in bf16; in float32 both are close to exact, which cut the
         # sampler/trainer log-prob gap of bf16 GRPO ~60x in KL (README, bench/grpo_logprob_gap.py)
-        q_nope, q_rope, latent, krope = q_nope.float(), q_rope.float(), latent.float(), krope.float()
-        w = self.kv_b_proj.weight.float().view(h, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank)
+        q_nope, q_rope, keys = q_nope.float(), q_rope.float(), keys.float()
+        w = self.kv_b_proj.weight.float().view(h, cfg.qk_nope_head_dim + cfg.v_head_dim, r)
         w_uk, w_uv = w[:, : cfg.qk_nope_head_dim], w[:, cfg.qk_nope_head_dim:]
-        q_lat = torch.einsum("sbhd,hdr->bhsr", q_nope, w_uk)
-        scores = torch.einsum("bhsr,blr->bhsl", q_lat, latent) + torch.einsum("sbhd,bld->bhsl", q_rope, krope)
-        L = latent.shape[1]
-        query_slot = torch.arange(start, start + s, device=latent.device)
-        allowed = (torch.arange(L, device=latent.device)[None, :] <= query_slot[:, None])[None] & valid[:, None, :]
-        allowed |= (torch.arange(L, device=latent.device)[None, :] == query_slot[:, None])[None]  # pads see themselves
-        scores = (scores * self.scale).masked_fill(~allowed[:, None], float("-inf"))
-        probs = scores.softmax(-1)
-        out = torch.einsum("bhsr,hvr->sbhv", torch.einsum("bhsl,blr->bhsr", probs, latent), w_uv)
-        return out.reshape(s, q_nope.shape[1], h * cfg.v_head_dim).to(dtype)
+        # q_nope [s, b, h, d] -> [h, s*b, d] @ w_uk [h, d, r] -> latent queries
+        q_lat = torch.bmm(q_nope.reshape(s * b, h, -1).transpose(0, 1), w_uk)
+        q_lat = q_lat.view(h, s, b, r).permute(2, 0, 1, 3)  # [b, h, s, r]
+        query = torch.cat([q_lat, q_rope.permute(1, 2, 0, 3)], dim=-1).reshape(b, h * s, -1)
+        scores = torch.bmm(query, keys.transpose(1, 2)).view(b, h, s, -1)  # [b, h, s, L]
+        scores = (scores * self.scale).masked_fill_(~allowed[:, None], float("-inf"))
+        probs = scores.softmax(-1).view(b, h * s, -1)
+        ctx = torch.bmm(probs, keys[..., :r]).view(b, h, s, r)  # attention-weighted latents
+        # [b, h, s, r] -> [h, s*b, r] @ w_uv^T [h, r, v] -> [s, b, h, v]
+        out = torch.bmm(ctx.permute(1, 2, 0, 3).reshape(h, s * b, r), w_uv.transpose(1, 2))
+        return out.view(h, s, b, cfg.v_head_dim).permute(1, 2, 0, 3).reshape(s, b, h * cfg.v_head_dim).to(dtype)

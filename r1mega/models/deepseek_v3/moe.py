@@ -16,7 +16,7 @@ from r1mega.config import ModelConfig
 from r1mega.kernels import grouped_linear
 from r1mega.models.recompute import recomputed
 from r1mega.parallel.comm import all_gather_nograd, gather_dim0, reduce_from_group, split_dim0
-from r1mega.parallel.expert_dispatch import AllToAllDispatcher
+from r1mega.parallel.expert_dispatch import AllToAllDispatcher, count_per_expert
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.tensor_parallel import (
     ColumnParallelLinear, RowParallelLinear, enter_tp_region, leave_tp_region, tag,
@@ -140,15 +140,12 @@ class _AttachAuxLoss(torch.autograd.Function):
 class MoE(nn.Module):
     recompute: frozenset = frozenset()  # "shared_experts" (models/recompute.py)
 
-    def _whole_sequence_routing(self, idx: torch.Tensor, flat: torch.Tensor, n: int, b: int) -> torch.Tensor:
-        """Every token's experts [s, b, k] from this rank's part (gathered over TP when split)."""
+    def _whole_sequence_routing(self, idx: torch.Tensor, n: int, b: int) -> torch.Tensor:
+        """Every token's experts [s, b, k] from this rank's part (gathered over TP when split or SP).
+        TP ranks hold consecutive slices of the token order, padding only at the very end."""
         if self.ps.tp > 1:
             idx = all_gather_nograd(idx.contiguous(), self.ps.g("tp"))
-            flat = all_gather_nograd(flat.contiguous(), self.ps.g("tp"))
-        full = torch.empty(n * (self.ps.tp if self.ps.sp else 1), idx.shape[1], dtype=idx.dtype, device=idx.device)
-        keep = flat >= 0
-        full[flat[keep]] = idx[keep]
-        return full.view(-1, b, idx.shape[1])
+        return idx[:n * (self.ps.tp if self.ps.sp else 1)].view(-1, b, idx.shape[1])
 
     def __init__(self, cfg: ModelConfig, ps: ParallelState):
         super().__init__()
@@ -161,22 +158,26 @@ class MoE(nn.Module):
             if cfg.n_shared_experts else None
         )
         # training statistics, read and reset by r1mega.train.moe_balance
-        self.register_buffer("expert_load", torch.zeros(cfg.n_routed_experts), persistent=False)
+        # integer counts: a model cast to bf16 must not round them (module.to leaves ints alone)
+        self.register_buffer("expert_load", torch.zeros(cfg.n_routed_experts, dtype=torch.long), persistent=False)
         self.aux_loss_scale = 0.0  # alpha / global number of sequences, set per step
-        self.aux_loss_sum = 0.0
+        # scaled balance loss summed over this step's microbatches (float32, on the device: a
+        # float() here would stall every MoE layer of every microbatch); read once per step
+        self.aux_loss_sum: Optional[torch.Tensor] = None
         self.last_topk_idx: Optional[torch.Tensor] = None  # this rank's routing (real tokens)
         self.recomputing = False  # set while a full-layer recompute re-runs this forward
 
     def _seq_balance_loss(self, scores, idx, seq_of_token, num_seqs: int, seq_len: int, split: bool):
-        """DeepSeek-V3's sequence-wise balance loss: sum_i f_i P_i per sequence, summed over sequences."""
+        """DeepSeek-V3's sequence-wise balance loss: sum_i f_i P_i per sequence, summed over sequences.
+        Only the first len(seq_of_token) rows of scores/idx are real tokens (the rest is TP padding)."""
         E, K = self.cfg.n_routed_experts, self.cfg.num_experts_per_tok
-        real = seq_of_token >= 0
-        seq = seq_of_token.clamp(min=0)
+        n_real = seq_of_token.shape[0]
+        seq, scores, idx = seq_of_token, scores[:n_real], idx[:n_real]
         probs = scores / scores.sum(-1, keepdim=True)
-        psum = torch.zeros(num_seqs, E, dtype=probs.dtype, device=probs.device).index_add(0, seq[real], probs[real])
-        hits = torch.zeros(num_seqs, E, dtype=probs.dtype, device=probs.device)
-        hits.index_add_(0, seq[real].repeat_interleave(K),
-                        F.one_hot(idx[real].reshape(-1), E).to(probs.dtype))
+        psum = torch.zeros(num_seqs, E, dtype=probs.dtype, device=probs.device).index_add(0, seq, probs)
+        # hits[seq, e] += 1 per choice; flat indices instead of one_hot, which checks its range on the host
+        hits = torch.zeros(num_seqs * E, dtype=probs.dtype, device=probs.device).index_add_(
+            0, (seq.unsqueeze(1) * E + idx).reshape(-1), probs.new_ones(idx.numel())).view(num_seqs, E)
         if split or self.ps.sp:  # each TP rank saw part of every sequence
             hits = reduce_from_group(hits, self.ps.g("tp"))
             psum = reduce_from_group(psum, self.ps.g("tp"))
@@ -203,25 +204,28 @@ class MoE(nn.Module):
                 flat = F.pad(flat, (0, pad), value=-1)
             tokens = split_dim0(tokens, self.ps.g("tp"))
             flat = flat.chunk(self.ps.tp)[self.ps.r("tp")]
-        seq_of_token = torch.where(flat >= 0, flat % b, flat)
+        # TP padding sits at the end of the last ranks' slices: this rank's real tokens are its first
+        # n_real rows, known on the host (boolean masks would cost a device sync)
+        n_real = max(0, min(tokens.shape[0], n - self.ps.r("tp") * tokens.shape[0])) if split else n
+        seq_of_token = flat[:n_real] % b
         forced = None
         if replay is not None:
             forced = replay.reshape(-1, replay.shape[-1])[flat.clamp(min=0)]
         idx, weight, scores = self.gate(tokens, forced)
-        self.last_topk_idx = idx[seq_of_token >= 0].detach()
+        self.last_topk_idx = idx[:n_real].detach()
         if cache is not None:
-            cache.record_routing(self._whole_sequence_routing(idx, flat, n, b))
+            cache.record_routing(self._whole_sequence_routing(idx, n, b))
         routed = self.dispatcher(tokens, idx, weight, self.experts)
         if self.training:
             if not self.recomputing:  # statistics count each forward once, not again in recompute
-                self.expert_load += torch.bincount(self.last_topk_idx.reshape(-1),
-                                                   minlength=self.cfg.n_routed_experts).to(self.expert_load)
+                self.expert_load += count_per_expert(self.last_topk_idx, self.cfg.n_routed_experts)
             if self.aux_loss_scale > 0:
                 seq_len = x.shape[0] * (self.ps.tp if self.ps.sp else 1) * self.ps.cp
-                aux = self._seq_balance_loss(scores, idx, seq_of_token, b, seq_len, split)
+                aux = self._seq_balance_loss(scores, idx, seq_of_token, b, seq_len, split) * self.aux_loss_scale
                 if not self.recomputing:
-                    self.aux_loss_sum += float(aux.detach()) * self.aux_loss_scale
-                routed = _AttachAuxLoss.apply(routed, aux * self.aux_loss_scale)
+                    total = aux.detach().float()
+                    self.aux_loss_sum = total if self.aux_loss_sum is None else self.aux_loss_sum + total
+                routed = _AttachAuxLoss.apply(routed, aux)
         if split:
             routed = gather_dim0(routed, self.ps.g("tp"))[:n]
         out = routed.view_as(x)
