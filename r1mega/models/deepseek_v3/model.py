@@ -14,7 +14,8 @@ import torch.nn as nn
 from r1mega.config import ModelConfig
 from r1mega.inference.kv_cache import KVCache
 from r1mega.models.deepseek_v3.attention import MLA
-from r1mega.models.deepseek_v3.moe import DenseMLP, MoE
+from r1mega.models.deepseek_v3.moe import MoE
+from r1mega.models.ffn import SwiGLU
 from r1mega.models.recompute import recomputed
 from r1mega.models.rope import RotaryEmbedding
 from r1mega.models.stage import (  # noqa: F401  (re-exported for existing callers)
@@ -34,7 +35,7 @@ class DecoderLayer(nn.Module):
         self.self_attn = MLA(cfg, ps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "stream")
         self.mlp = (MoE(cfg, ps) if cfg.is_moe_layer(layer_idx)
-                    else DenseMLP(cfg.hidden_size, cfg.intermediate_size, ps, cfg.initializer_range))
+                    else SwiGLU(cfg.hidden_size, cfg.intermediate_size, ps, cfg.initializer_range))
 
     recompute: frozenset = frozenset()  # "full": keep only the layer input (models/recompute.py)
 

@@ -14,28 +14,12 @@ import torch.nn.functional as F
 
 from r1mega.config import ModelConfig
 from r1mega.kernels import grouped_linear
+from r1mega.models.ffn import SwiGLU
 from r1mega.models.recompute import recomputed
 from r1mega.parallel.comm import all_gather_nograd, gather_dim0, reduce_from_group, split_dim0
 from r1mega.parallel.expert_dispatch import AllToAllDispatcher, count_per_expert
 from r1mega.parallel.layout import ParallelState
-from r1mega.parallel.tensor_parallel import (
-    ColumnParallelLinear, RowParallelLinear, enter_tp_region, leave_tp_region, tag,
-)
-
-
-class DenseMLP(nn.Module):
-    """SwiGLU FFN, gate/up column-parallel and down row-parallel; residual-stream layout in and out."""
-
-    def __init__(self, hidden: int, inner: int, ps: ParallelState, std: float):
-        super().__init__()
-        self.ps = ps
-        self.gate_proj = ColumnParallelLinear(hidden, inner, ps, std)
-        self.up_proj = ColumnParallelLinear(hidden, inner, ps, std)
-        self.down_proj = RowParallelLinear(inner, hidden, ps, std)
-
-    def forward(self, x):
-        x = enter_tp_region(x, self.ps)
-        return leave_tp_region(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)), self.ps)
+from r1mega.parallel.param_spec import tag
 
 
 class Router(nn.Module):
@@ -154,7 +138,7 @@ class MoE(nn.Module):
         self.experts = GroupedExperts(cfg, ps)
         self.dispatcher = AllToAllDispatcher(cfg.n_routed_experts, ps)
         self.shared_experts = (
-            DenseMLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts, ps, cfg.initializer_range)
+            SwiGLU(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts, ps, cfg.initializer_range)
             if cfg.n_shared_experts else None
         )
         # training statistics, read and reset by r1mega.train.moe_balance

@@ -19,6 +19,7 @@ from r1mega.config import DenseConfig
 from r1mega.inference.heads_cache import HeadsKVCache
 from r1mega.kernels import linear
 from r1mega.models.deepseek_v3.block_attention import block_attention
+from r1mega.models.ffn import SwiGLU
 from r1mega.models.rope import RotaryEmbedding
 from r1mega.models.stage import StageOutput, check_sequence_parallel, stage_layers, token_loss
 from r1mega.models.weights import SliceSpec, full_shape, hf_name
@@ -99,21 +100,6 @@ class GQAttention(nn.Module):
         out = out.permute(2, 0, 1, 3).reshape(s, b, self.local_heads * self.head_dim)
         out = leave_tp_region(self.o_proj(out), self.ps)
         return out if self.o_proj.bias is None else out + self.o_proj.bias
-
-
-class SwiGLU(nn.Module):
-    """down(silu(gate(x)) * up(x)): gate/up column-parallel, down row-parallel; residual layout in and out."""
-
-    def __init__(self, hidden: int, inner: int, ps: ParallelState, std: float):
-        super().__init__()
-        self.ps = ps
-        self.gate_proj = ColumnParallelLinear(hidden, inner, ps, std)
-        self.up_proj = ColumnParallelLinear(hidden, inner, ps, std)
-        self.down_proj = RowParallelLinear(inner, hidden, ps, std)
-
-    def forward(self, x):
-        x = enter_tp_region(x, self.ps)
-        return leave_tp_region(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)), self.ps)
 
 
 class DenseDecoderLayer(nn.Module):
