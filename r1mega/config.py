@@ -22,6 +22,21 @@ RECOMPUTE_MODES = ("none", "selective", "full")
 SELECTIVE_RECOMPUTE_MODULES = ("mla_up_proj", "core_attn", "moe_act", "layernorm", "shared_experts")
 
 
+def read_hf_config(source: "str | dict") -> tuple[dict, str]:
+    """A Hugging Face `config.json` (its path, its directory, or the dict itself) -> (dict, where),
+    unreadable or malformed files named."""
+    if not isinstance(source, str):
+        return source, "config.json"
+    where = os.path.join(source, "config.json") if os.path.isdir(source) else source
+    try:
+        with open(where) as f:
+            return json.load(f), where
+    except OSError as e:
+        raise ConfigError(where, f"cannot read: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(where, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
 @dataclass
 class ModelConfig:
     """DeepSeek-V3-architecture model shapes (names follow the HF config where one exists)."""
@@ -96,16 +111,7 @@ class ModelConfig:
     @classmethod
     def from_hf(cls, source: str | dict) -> "ModelConfig":
         """Read a Hugging Face DeepSeek-V3/R1/V2(-Lite) `config.json` (path, directory or dict)."""
-        where = "config.json"
-        if isinstance(source, str):
-            where = os.path.join(source, "config.json") if os.path.isdir(source) else source
-            try:
-                with open(where) as f:
-                    source = json.load(f)
-            except OSError as e:
-                raise ConfigError(where, f"cannot read: {e.strerror}") from None
-            except json.JSONDecodeError as e:
-                raise ConfigError(where, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+        source, where = read_hf_config(source)
         if not isinstance(source, dict):
             raise ConfigError(where, f"expected a JSON object of model settings, got {type(source).__name__}")
         try:
@@ -279,16 +285,7 @@ class DenseConfig:
     @classmethod
     def from_hf(cls, source: str | dict) -> "DenseConfig":
         """Read a Hugging Face Qwen2/Qwen2.5 or Llama `config.json` (path, directory or dict)."""
-        where = "config.json"
-        if isinstance(source, str):
-            where = os.path.join(source, "config.json") if os.path.isdir(source) else source
-            try:
-                with open(where) as f:
-                    source = json.load(f)
-            except OSError as e:
-                raise ConfigError(where, f"cannot read: {e.strerror}") from None
-            except json.JSONDecodeError as e:
-                raise ConfigError(where, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+        source, where = read_hf_config(source)
         try:
             return cls._from_hf_dict(dict(source))
         except KeyError as e:

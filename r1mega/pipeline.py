@@ -30,6 +30,7 @@ import sys
 import time
 from typing import Optional
 
+from r1mega.atomic_io import write_text_atomic
 from r1mega.config import ConfigError
 
 KINDS = ("pretrain", "grpo", "reject_sample", "sft")
@@ -158,7 +159,7 @@ class Runner:
         else:  # the seeds GRPO's own held-out evaluation uses for these tasks
             splits = {train: arithmetic_prompts(128, seed=3), held: arithmetic_prompts(128, seed=10_007)}
         for path, rows in splits.items():
-            _write(path, "".join(json.dumps({"id": f"{os.path.basename(path)[:-6]}-{i}", **r}) + "\n"
+            write_text_atomic(path, "".join(json.dumps({"id": f"{os.path.basename(path)[:-6]}-{i}", **r}) + "\n"
                                  for i, r in enumerate(rows)))
         return train, held
 
@@ -187,7 +188,7 @@ class Runner:
         with open(os.path.join(src, "meta.json")) as f:
             meta = json.load(f)
         meta = {k: v for k, v in meta.items() if k not in ("optimizer_step", "skipped_steps", "consumed_samples")}
-        _write(os.path.join(tmp, "meta.json"), json.dumps({**meta, "kind": "weights", "source": src, "step": 0},
+        write_text_atomic(os.path.join(tmp, "meta.json"), json.dumps({**meta, "kind": "weights", "source": src, "step": 0},
                                                           indent=1))
         os.replace(tmp, dst)
         return dst
@@ -253,14 +254,6 @@ def _quote(a: str) -> str:
     return repr(a) if (not a or any(c in a for c in " \n\t")) else a
 
 
-def _write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def table(rows: list[dict], k: int) -> str:
     head = f"| stage | kind | from | held-out pass@1 | cons@{k} | pass@{k} | greedy | minutes |\n" \
            "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
@@ -319,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
                 row["note"] = note
                 print(f"   {name}: {note}", flush=True)
             else:
-                _write(done, json.dumps({"minutes": row["minutes"]}))
+                write_text_atomic(done, json.dumps({"minutes": row["minutes"]}))
         if row.get("note"):
             notes[name] = row["note"]
         if st["kind"] in ("pretrain", "grpo", "sft") and "note" not in row:
@@ -329,8 +322,8 @@ def run(args: argparse.Namespace) -> int:
                   f"greedy={s.get('greedy', float('nan')):.3f}", flush=True)
         rows.append(row)
     md = table(rows, k)
-    _write(os.path.join(runner.out, "table.md"), md)
-    _write(os.path.join(runner.out, "table.json"), json.dumps(rows, indent=1))
+    write_text_atomic(os.path.join(runner.out, "table.md"), md)
+    write_text_atomic(os.path.join(runner.out, "table.json"), json.dumps(rows, indent=1))
     png = os.path.join(runner.out, "stages.png")
     plot(rows, k, png)
     print(md, end="")

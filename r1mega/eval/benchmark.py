@@ -20,6 +20,7 @@ import os
 import re
 from typing import Optional
 
+from r1mega.atomic_io import write_text_atomic
 from r1mega.data.jsonl import DataError, iter_jsonl
 from r1mega.errors import ConfigError
 from r1mega.eval.metrics import ProblemScore, equivalent, score_problem, summarize
@@ -72,16 +73,8 @@ def score_benchmark(records: list[dict], completions: dict[str, list[str]], out_
         lines.extend(json.dumps({"id": rec["id"], "sample": i, "answer": a, "correct": c, "completion": t},
                                 ensure_ascii=False) + "\n" for i, ((a, c), t) in enumerate(zip(judged, texts)))
     if out_dir is not None:
-        _write(os.path.join(out_dir, "scored.jsonl"), "".join(lines))
+        write_text_atomic(os.path.join(out_dir, "scored.jsonl"), "".join(lines))
     return summarize(scores), scores
-
-
-def _write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def read_completions(path: str, records: list[dict]) -> dict[str, list[str]]:
@@ -175,8 +168,8 @@ def run(args: argparse.Namespace) -> int:
         if name in greedy_texts:
             g, _ = score_benchmark(recs, greedy_texts[name])
             summary["greedy"] = g["pass@1"]
-        _write(os.path.join(where, "summary.json"), json.dumps(summary, indent=1) + "\n")
-        _write(os.path.join(where, "summary.md"), markdown_table({name: summary}))
+        write_text_atomic(os.path.join(where, "summary.json"), json.dumps(summary, indent=1) + "\n")
+        write_text_atomic(os.path.join(where, "summary.md"), markdown_table({name: summary}))
         table[name] = summary
         everything.extend(scores)
         print(f"{name}: " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
@@ -185,8 +178,8 @@ def run(args: argparse.Namespace) -> int:
     if len(table) > 1:
         table["all"] = total
     md = markdown_table(table)
-    _write(os.path.join(args.out, "summary.md"), md)
-    _write(os.path.join(args.out, "summary.json"), json.dumps(table, indent=1) + "\n")
+    write_text_atomic(os.path.join(args.out, "summary.md"), md)
+    write_text_atomic(os.path.join(args.out, "summary.json"), json.dumps(table, indent=1) + "\n")
     print(md, end="", flush=True)
     k = total["samples"]
     print(f"pass@1={total['pass@1']:.4f} cons@{k}={total[f'cons@{k}']:.4f} problems={total['problems']} "

@@ -17,6 +17,7 @@ import json
 import os
 from typing import Iterator
 
+from r1mega.atomic_io import fsync_dir
 from r1mega.errors import ConfigError, DataError
 
 SHARD = "shard-{:05d}.jsonl"
@@ -25,14 +26,6 @@ SHARD = "shard-{:05d}.jsonl"
 def response_text(record: dict) -> str:
     """What the model answered: the template's response prefix (e.g. "<think>\\n") + the completion."""
     return record.get("response_prefix", "") + record["completion"]
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_shard(path: str) -> tuple[list[dict], bool]:
@@ -113,7 +106,7 @@ class SampleStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
 
     def write(self, problems: list[tuple[str, list[dict]]]) -> None:
         """Append the records of finished problems (each with all k samples) durably."""
@@ -128,7 +121,7 @@ class SampleStore:
             self._file = open(os.path.join(self.dir, SHARD.format(self._next)), "a", encoding="utf-8")
             self._next += 1
             self._lines = 0
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         self._file.write("".join(lines))
         self._file.flush()
         os.fsync(self._file.fileno())

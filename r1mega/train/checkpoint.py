@@ -36,6 +36,7 @@ import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from r1mega.atomic_io import fsync_dir
 from r1mega.errors import CheckpointError
 from r1mega.models.fp8 import dequantize, scale_name
 from r1mega.models.weights import load_weights, shard
@@ -89,14 +90,6 @@ def _writes(spec, ps: ParallelState) -> bool:
     if p.is_expert:
         return ps.r("edp") == 0
     return ps.r("dp_cp") == 0 and (p.tp_shard_dim is not None or ps.r("tp") == 0)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer: Optional[DistributedAdamW],
@@ -167,7 +160,7 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
             f.flush()
             os.fsync(f.fileno())
         os.replace(pointer, os.path.join(root, "latest"))
-        _fsync_dir(root)
+        fsync_dir(root)
     _barrier(ps)
     return final
 
