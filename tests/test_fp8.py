@@ -382,9 +382,9 @@ def test_fp8_checkpoint_gives_exact_fp32_masters_whose_blocks_are_the_recipes(tm
 # ---- end to end ------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_tiny_pretraining_with_fp8_ends_within_one_percent(tmp_path):
-    """The tiny config (hidden 64: one ragged 128-tile per row, per-tensor weight blocks), 40 steps
-    with and without FP8. Measured: 2.3037 vs 2.3071 (+0.15%). At the config's 80 steps the gap
-    grows to ~2% (README, FP8 training), so this checks the bound where it holds."""
+    """The tiny config exactly as shipped (80 steps; hidden 64: one ragged 128-tile per row,
+    per-tensor weight blocks), with and without FP8. Measured over seeds 1234/1/2/3: +0.24%,
+    -0.03%, +0.17%, +0.11% (README, FP8 training)."""
     from r1mega.config import load_config
     from r1mega.train.trainer import train
 
@@ -393,9 +393,10 @@ def test_tiny_pretraining_with_fp8_ends_within_one_percent(tmp_path):
     for mode in ("none", "blockwise"):
         cfg = load_config(os.path.join(root, "configs", "tiny", "pretrain.yaml"),
                           [f"train.run_dir={tmp_path / mode}", f"data.cache_dir={tmp_path / 'data'}",
-                           "train.steps=40", f"train.fp8={mode}", "train.log_interval=1000"])
+                           f"train.fp8={mode}", "train.log_interval=1000"])
         out = train(cfg, "pretrain")
-        assert out["skipped"] == 0
+        assert out["skipped"] == 0 and out["steps"] == 80
         final[mode] = out["final_loss"]
+    assert final["none"] < 0.45 * out["losses"][0]  # it trained
     assert final["blockwise"] != final["none"]  # FP8 did run
     assert abs(final["blockwise"] - final["none"]) <= 0.01 * final["none"], final

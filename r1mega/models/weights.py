@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Union
 
 import torch
 import torch.distributed as dist
@@ -33,7 +33,7 @@ class SliceSpec:
 
     local_name: str
     param: torch.Tensor
-    index: Optional[int]  # expert slot in a stacked expert tensor
+    index: Optional[Union[int, tuple]]  # expert slot (and part) in a stacked expert tensor: param[index]
     key: str
     full_shape: tuple[int, ...]
     dim: Optional[int]

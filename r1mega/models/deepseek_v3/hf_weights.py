@@ -4,7 +4,9 @@ The generic reading, loading and gathering lives in `r1mega.models.weights`; nam
 checkpoint and differ only in three places:
   r1mega `X`                            HF `model.X` (lm_head stays `lm_head`)
   `mtp.<L>.*`                           `model.layers.<L>.*` (the official MTP layer index)
-  `layers.<L>.mlp.experts.w_gate[e]`    `model.layers.<L>.mlp.experts.<E0+e>.gate_proj.weight`
+  `layers.<L>.mlp.experts.w_gate_up[e]` `model.layers.<L>.mlp.experts.<E0+e>.gate_proj.weight` (first
+                                        half of dim 1) and `...up_proj.weight` (second half)
+  `layers.<L>.mlp.experts.w_down[e]`    `model.layers.<L>.mlp.experts.<E0+e>.down_proj.weight`
 """
 from __future__ import annotations
 
@@ -20,8 +22,18 @@ from r1mega.models.weights import (  # noqa: F401  (re-exported for existing cal
 )
 from r1mega.parallel.param_spec import spec_of
 
-EXPERT_PROJ = {"w_gate": "gate_proj", "w_up": "up_proj", "w_down": "down_proj"}
-_EXPERT_RE = re.compile(r"^(.*\.mlp\.experts)\.(w_gate|w_up|w_down)$")
+# the HF tensors stacked in each local expert weight, in order along the expert-TP shard dim
+EXPERT_PROJ = {"w_gate_up": ("gate_proj", "up_proj"), "w_down": ("down_proj",)}
+_EXPERT_RE = re.compile(r"^(.*\.mlp\.experts)\.(w_gate_up|w_down)$")
+
+
+def _expert_parts(t: torch.Tensor, projs: tuple[str, ...], dim: int):
+    """(HF projection name, index into the stacked [E, ...] tensor giving its [E, out, in] part)."""
+    size = t.shape[dim] // len(projs)
+    for j, proj in enumerate(projs):
+        index = [slice(None)] * t.dim()
+        index[dim] = slice(j * size, (j + 1) * size)
+        yield proj, tuple(index)
 
 
 def hf_name(local: str) -> str:
@@ -49,10 +61,12 @@ def param_slices(model) -> Iterator[SliceSpec]:
         if m:
             experts = model.get_submodule(name.rsplit(".", 1)[0])
             dim = spec.etp_shard_dim - 1  # of the per-expert 2-D weight
-            full = full_shape(p.shape[1:], dim, ps.etp)
-            for e in range(p.shape[0]):
-                key = f"{hf_name(m.group(1))}.{experts.first_expert + e}.{EXPERT_PROJ[m.group(2)]}.weight"
-                yield SliceSpec(name, p, e, key, full, dim, ps.r("etp"), ps.etp, "etp", None, optional)
+            for proj, part in _expert_parts(p, EXPERT_PROJ[m.group(2)], spec.etp_shard_dim):
+                full = full_shape(p[part].shape[1:], dim, ps.etp)
+                for e in range(p.shape[0]):
+                    key = f"{hf_name(m.group(1))}.{experts.first_expert + e}.{proj}.weight"
+                    yield SliceSpec(name, p, (e, *part[1:]), key, full, dim, ps.r("etp"), ps.etp, "etp", None,
+                                    optional)
             continue
         if name.startswith("mtp_embed."):  # the official checkpoint keeps a copy with the MTP layer
             key = f"model.layers.{model.cfg.num_layers}.embed_tokens.weight"
@@ -76,9 +90,10 @@ def gather_full(model, grads: bool = False) -> dict[str, torch.Tensor]:
         spec = spec_of(p)
         m = _EXPERT_RE.match(name)
         if m:
-            t = gather(gather(t, spec.etp_shard_dim, ps.g("etp")), 0, ps.g("ep"))
-            for e in range(t.shape[0]):
-                out[f"{hf_name(m.group(1))}.{e}.{EXPERT_PROJ[m.group(2)]}.weight"] = t[e].clone()
+            for proj, part in _expert_parts(t, EXPERT_PROJ[m.group(2)], spec.etp_shard_dim):
+                whole = gather(gather(t[part], spec.etp_shard_dim, ps.g("etp")), 0, ps.g("ep"))
+                for e in range(whole.shape[0]):
+                    out[f"{hf_name(m.group(1))}.{e}.{proj}.weight"] = whole[e].clone()
             continue
         if spec.tp_shard_dim is not None:
             t = gather(t, spec.tp_shard_dim, ps.g("tp"))

@@ -76,13 +76,15 @@ class Router(nn.Module):
 
 class GroupedExperts(nn.Module):
     """This rank's routed experts as stacked weights; FFN columns split over expert-TP.
-    w_gate/w_up [E_local, I/etp, D], w_down [E_local, D, I/etp]."""
+    w_gate_up [E_local, 2 * I/etp, D]: each expert's gate rows then its up rows (HF's gate_proj and
+    up_proj, this rank's expert-TP slice of each), so both run as one grouped GEMM (a third fewer
+    GEMM calls than separate weights, as transformers' and Megatron's fused fc1); w_down [E_local, D, I/etp]."""
 
     def __init__(self, cfg: ModelConfig, ps: ParallelState):
         super().__init__()
         self.num_local = cfg.n_routed_experts // ps.ep
         self.first_expert = ps.r("ep") * self.num_local
-        inner = cfg.moe_intermediate_size // ps.etp
+        self.inner = cfg.moe_intermediate_size // ps.etp
         D, std = cfg.hidden_size, cfg.initializer_range
 
         def param(*shape, shard_dim):
@@ -90,19 +92,19 @@ class GroupedExperts(nn.Module):
             nn.init.normal_(p, std=std)
             return tag(p, is_expert=True, etp_shard_dim=shard_dim)
 
-        self.w_gate = param(self.num_local, inner, D, shard_dim=1)
-        self.w_up = param(self.num_local, inner, D, shard_dim=1)
-        self.w_down = param(self.num_local, D, inner, shard_dim=2)
+        self.w_gate_up = param(self.num_local, 2 * self.inner, D, shard_dim=1)
+        self.w_down = param(self.num_local, D, self.inner, shard_dim=2)
 
     recompute: frozenset = frozenset()  # "moe_act" (models/recompute.py)
 
     def forward(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """rows [N, D] grouped by local expert with `counts` rows each -> [N, D] (partial over etp)."""
         offsets = counts.cumsum(0).to(torch.int32)
-        gate, up = grouped_linear(rows, self.w_gate, offsets), grouped_linear(rows, self.w_up, offsets)
-        return recomputed("moe_act" in self.recompute, self._act_down, gate, up, offsets)
+        gate_up = grouped_linear(rows, self.w_gate_up, offsets)
+        return recomputed("moe_act" in self.recompute, self._act_down, gate_up, offsets)
 
-    def _act_down(self, gate: torch.Tensor, up: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    def _act_down(self, gate_up: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        gate, up = gate_up.split(self.inner, dim=-1)
         return grouped_linear(F.silu(gate) * up, self.w_down, offsets)
 
 
