@@ -85,3 +85,70 @@ def test_backend_seam_uses_grouped_mm_and_takes_any_gradient_layout():
     view = torch.randn(13 * 16 + 1)[1:].view(13, 16)
     torch.testing.assert_close(grouped_linear(view[1:], weight.detach(), offsets),
                                grouped_linear_loop(view[1:], weight.detach(), offsets))
+
+
+# ---- decoding on a multi-core CPU: experts spread over cores (kernels/cpu_experts.py) ----------
+def test_split_runs_covers_every_expert_with_rows_once():
+    from r1mega.kernels.cpu_experts import split_runs
+
+    for counts in ([0, 3, 0, 0, 5, 1, 0], [4], [0, 0, 2], [1] * 9, [7, 0, 0, 0, 0, 0, 1], [0, 5, 0]):
+        ends = torch.tensor(counts).cumsum(0).tolist()
+        for parts in (2, 3, 4):
+            runs = split_runs(ends, parts)
+            assert len(runs) <= parts
+            assert all(e0 < e1 for e0, e1 in runs) and all(a[1] <= b[0] for a, b in zip(runs, runs[1:]))
+            covered = [e for e0, e1 in runs for e in range(e0, e1)]
+            assert [e for e, c in enumerate(counts) if c] == [e for e in covered if counts[e]]
+            assert sum(counts[e] for e in covered) == sum(counts)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_experts_over_cores_is_bitwise_one_grouped_mm(dtype):
+    """Every expert's GEMM is the same single-threaded call on the same rows, only on another thread."""
+    from r1mega.kernels import cpu_experts
+
+    threads = torch.get_num_threads()
+    try:
+        for seed, counts in enumerate(([0, 3, 0, 0, 5, 1, 0, 2], [0, 0, 0, 4], [1, 1, 1, 1, 1, 1], [6, 0, 0, 0])):
+            rows, weight, offsets, _ = _case(counts, 32, 24, dtype, seed)
+            with torch.no_grad():
+                torch.set_num_threads(1)
+                plain = grouped_linear(rows, weight, offsets)
+                torch.set_num_threads(3)
+                assert not cpu_experts.usable(rows)
+                with cpu_experts.experts_over_cores(torch.device("cpu")):
+                    assert torch.get_num_threads() == 1 and cpu_experts.usable(rows)
+                    spread = grouped_linear(rows, weight, offsets)
+            assert torch.equal(plain, spread), counts
+        assert torch.get_num_threads() == 3  # given back
+        with cpu_experts.experts_over_cores(torch.device("cpu")):  # with autograd on: the plain path
+            assert not cpu_experts.usable(rows)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_generation_with_experts_over_cores_gives_the_same_tokens_and_logprobs():
+    from r1mega.config import ModelConfig
+    from r1mega.inference.generate import GenerationConfig, generate
+    from r1mega.models.deepseek_v3.model import DeepseekV3
+    from r1mega.parallel.layout import single_process_state
+
+    torch.manual_seed(0)
+    ps = single_process_state()
+    # 32 experts, top-2, 4 sequences: 0.25 rows per expert, the spread path
+    model = DeepseekV3(ModelConfig(num_layers=2, n_routed_experts=32, num_experts_per_tok=2, n_group=1,
+                                   topk_group=1, num_mtp_layers=0), ps)
+    assert model.routed_rows_per_expert(4) <= 2
+    prompts = [torch.randint(0, 256, (n,)).tolist() for n in (5, 3, 7, 4)]
+    gen = GenerationConfig(max_new_tokens=8, temperature=1.0, seed=3)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        plain = generate(model, ps, prompts, gen)
+        torch.set_num_threads(2)
+        spread = generate(model, ps, prompts, gen)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(plain.tokens, spread.tokens)
+    torch.testing.assert_close(plain.logprobs, spread.logprobs, atol=1e-6, rtol=1e-6)

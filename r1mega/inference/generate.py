@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from r1mega.models.deepseek_v3.block_attention import documents_from_pad
 from r1mega.inference.sampling import row_keys, sample
+from r1mega.kernels.cpu_experts import SPREAD_EXPERTS_BELOW_ROWS, experts_over_cores
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.pipeline import recv_activation, send_activation
 
@@ -126,7 +127,11 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     nxt = pp_ranks[ps.r("pp") + 1] if not model.is_last else None
     rows = torch.arange(row_offset, row_offset + B, device=device) if rows is None else rows.to(device)
 
-    with sequence_parallel_off(ps):
+    # few rows per routed expert (GEMV-like expert GEMMs): on a multi-core CPU spread the experts over
+    # the cores (kernels/cpu_experts.py)
+    per_expert = getattr(model, "routed_rows_per_expert", lambda b: None)(B)
+    spread = per_expert is not None and per_expert <= SPREAD_EXPERTS_BELOW_ROWS
+    with sequence_parallel_off(ps), experts_over_cores(device) if spread else contextlib.nullcontext():
         for step in range(gen.max_new_tokens):
             start = 0 if step == 0 else P + step - 1
             end = P + step
@@ -138,7 +143,7 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
                 hidden = None
                 if prev is not None:
                     hidden = recv_activation((end - start, hi - lo, model.hidden_size), dtype, device, prev)
-                out = model(inp, hidden=hidden, position_ids=pos, cache=cache)
+                out = model(inp, hidden=hidden, position_ids=pos, cache=cache, last_logits_only=True)
                 if nxt is not None:
                     send_activation(out.hidden, nxt)
                     continue

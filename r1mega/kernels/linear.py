@@ -15,6 +15,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from r1mega.kernels import cpu_experts
+
 
 class TorchBackend:
     """Plain torch: F.linear, and the routed experts as one grouped GEMM per weight."""
@@ -29,6 +31,8 @@ class TorchBackend:
         end row of each expert's group (offsets[-1] == N) -> [N, out], rows of expert e times
         weight[e]^T. Empty groups are fine. No host sync on the grouped_mm path."""
         if grouped_mm_usable(rows, weight):
+            if rows.shape[0] and cpu_experts.usable(rows):  # decoding on a multi-core CPU
+                return cpu_experts.grouped_mm_over_cores(_aligned(rows), weight.transpose(-2, -1), offsets)
             return _GroupedLinear.apply(rows, weight, offsets)
         return grouped_linear_loop(rows, weight, offsets)
 

@@ -130,6 +130,13 @@ class DeepseekV3(nn.Module):
         return KVCache(self.layer_ids, batch, max_len, self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim, valid,
                        dtype, device)
 
+    def routed_rows_per_expert(self, batch: int) -> Optional[float]:
+        """Rows each local routed expert gets, on average, in a decoding step of `batch` sequences
+        (None without MoE layers on this stage); generation uses it to pick the CPU expert path."""
+        if not any(self.cfg.is_moe_layer(i) for i in self.layer_ids):
+            return None
+        return batch * self.cfg.num_experts_per_tok / (self.cfg.n_routed_experts // self.ps.ep)
+
     # ------------------------------------------------------------------------------------------
     def _embed(self, ids_sb: torch.Tensor) -> torch.Tensor:
         table = self.embed_tokens if self.embed_tokens is not None else self.mtp_embed
@@ -138,9 +145,10 @@ class DeepseekV3(nn.Module):
     def forward(self, input_ids: torch.Tensor, hidden: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, cache=None,
-                routing: Optional[dict] = None) -> StageOutput:
+                routing: Optional[dict] = None, last_logits_only: bool = False) -> StageOutput:
         """input_ids/labels [b, s] (every stage gets them); hidden: the previous stage's output.
-        cache: a KVCache (inference, this stage's layers); routing: {layer: experts [s, b, k]} to replay.
+        cache: a KVCache (inference, this stage's layers); routing: {layer: experts [s, b, k]} to replay;
+        last_logits_only: logits of the last position only (sampling reads no others).
         Under context parallelism (training and scoring, not cached decoding) the inputs are whole
         rows; this rank keeps its zigzag chunks and the outputs (hidden, logits, token losses) are
         for those tokens only, in local order."""
@@ -173,7 +181,7 @@ class DeepseekV3(nn.Module):
         if not self.is_last:
             return StageOutput(hidden=h)
         h = self.norm(h)
-        out = StageOutput(logits=self.lm_head(enter_tp_region(h, self.ps)))
+        out = StageOutput(logits=self.lm_head(enter_tp_region(h[-1:] if last_logits_only else h, self.ps)))
         if labels is not None:
             out.token_loss = token_loss(out.logits, labels, self.ps)
         if self.mtp is not None and labels is not None:

@@ -167,8 +167,9 @@ class DenseStudent(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, hidden: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
-                position_ids: Optional[torch.Tensor] = None, cache=None) -> StageOutput:
-        """input_ids/labels [b, s] (every stage gets them); hidden: the previous stage's output."""
+                position_ids: Optional[torch.Tensor] = None, cache=None, last_logits_only: bool = False) -> StageOutput:
+        """input_ids/labels [b, s] (every stage gets them); hidden: the previous stage's output.
+        last_logits_only: logits of the last position only (sampling reads no others)."""
         s = input_ids.shape[1]
         check_sequence_parallel(s, self.ps)
         positions = position_ids.t() if position_ids is not None else torch.arange(s, device=input_ids.device)
@@ -180,7 +181,7 @@ class DenseStudent(nn.Module):
             cache.advance(s)
         if not self.is_last:
             return StageOutput(hidden=h)
-        out = StageOutput(logits=self.head(h))
+        out = StageOutput(logits=self.head(h[-1:] if last_logits_only else h))
         if labels is not None:
             out.token_loss = token_loss(out.logits, labels, self.ps)
         return out
