@@ -9,6 +9,7 @@ the same way and a rule changed here holds for all of them.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, replace
@@ -17,7 +18,9 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from r1mega.config import Config, ConfigError, ModelConfig
+from r1mega.config import Config, ConfigError, ModelConfig, TrainConfig
+from r1mega.kernels import use_backend
+from r1mega.kernels.fp8_backend import fp8_backend
 from r1mega.parallel.layout import (
     ParallelState, build_parallel_state, default_device, join_ranks, single_process_state,
 )
@@ -99,6 +102,22 @@ def build_model(cfg: Config, ps: ParallelState, device: torch.device, dtype: tor
                           ) from None
     init_weights(chunks, cfg.seed)
     return place(chunks, device, dtype)
+
+
+def fp8_kernels(t: TrainConfig, log, applies_to: str = ""):
+    """The kernels backend for train.fp8 (None for train.fp8=none), announced once in the run's log.
+    FP8 covers the GEMMs of the linears and routed experts; the head, router, norms and attention
+    core stay in train.dtype. applies_to: what of the run it covers, when not all of it."""
+    kernels = fp8_backend(t.fp8, t.fp8_backend, t.fp8_block, t.fp8_pow2_scales)
+    if kernels is not None:
+        log.print(f"FP8 {t.fp8} (block {t.fp8_block}{', power-of-2 scales' if t.fp8_pow2_scales else ''}) "
+                  f"through the {kernels.name} backend{applies_to}")
+    return kernels
+
+
+def kernels_scope(kernels):
+    """Run a block on `kernels` (from fp8_kernels), or on the default kernels when it is None."""
+    return use_backend(kernels) if kernels is not None else contextlib.nullcontext()
 
 
 def finish_run(run: Run) -> None:
