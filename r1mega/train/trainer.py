@@ -37,6 +37,9 @@ H100_BF16_DENSE_TFLOPS = 989.0
 
 def build_chunks(cfg: Config, ps: ParallelState) -> torch.nn.ModuleList:
     """This rank's model chunks (one per virtual pipeline stage) of the config's model family."""
+    from r1mega.train.setup import refuse_unbuildable
+
+    refuse_unbuildable(cfg, ps.world)  # before a layer-by-layer build that could never finish
     v = cfg.train.virtual_stages
     family, model_cfg = family_for(cfg)
     chunks = torch.nn.ModuleList(
