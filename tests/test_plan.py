@@ -212,13 +212,26 @@ def test_absurd_num_layers_is_answered_at_once(tmp_path):
     runs = [f"plan --config {CFG('deepseek_v3_671b.yaml')} --tp 2 --pp 16 --ep 64 --dp 64 --sp {huge}",
             f"pretrain --config {CFG('deepseek_v3_671b.yaml')} --dry-run --world 2048 {huge}",
             f"pretrain --config {os.path.join(ROOT, 'configs', 'tiny', 'pretrain.yaml')} {huge} "
-            f"train.run_dir={tmp_path}/run data.cache_dir={tmp_path}/data"]
+            f"train.run_dir={tmp_path}/run data.cache_dir={tmp_path}/data",
+            f"pretrain --config {CFG('deepseek_v3_671b.yaml')} --dry-run --world 1073741824"]  # 2^30 ranks
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     res = subprocess.run([sys.executable, "-c", script, *runs], capture_output=True, text=True, env=env,
                          timeout=120, cwd=str(tmp_path))
-    assert [line for line in res.stdout.splitlines() if line.startswith("rc ")] == ["rc 1", "rc 1", "rc 2"], \
+    assert [line for line in res.stdout.splitlines() if line.startswith("rc ")] == ["rc 1", "rc 1", "rc 2", "rc 0"], \
         res.stdout[-2000:] + res.stderr[-2000:]
     m = replace(load_config(CFG("deepseek_v3_671b.yaml")).model, num_layers=10 ** 9)
     assert f"total_params={count_params(m)['total']}" in res.stdout
     assert "REFUSED: does not fit" in res.stderr and "does not fit: stage" in res.stdout
     assert "error: config error at 'model.num_layers':" in res.stderr
+    assert "dry run: 1073741824 ranks" in res.stdout and "edp   1024 groups of 1048576" in res.stdout
+
+
+def test_dry_run_group_summary_equals_the_rank_groups():
+    from r1mega.dry_run import group_summary
+    from r1mega.parallel.layout import attention_dims, expert_dims, rank_groups
+
+    for par in (ParallelConfig(tp=2, cp=2, pp=2, dp=3, ep=4, etp=1), ParallelConfig(tp=4, pp=3, dp=2, ep=2, etp=2)):
+        for dims, names in ((attention_dims(par), ("tp", "cp", "dp", "pp")), (expert_dims(par), ("ep", "etp", "edp"))):
+            for name in names:
+                groups = rank_groups(dims, name)
+                assert group_summary(dims, name, show=100) == (len(groups), len(groups[0]), groups[0])
