@@ -371,7 +371,7 @@ class RLConfig:
     overlong_buffer: int = 0  # DAPO soft overlong punishment over the last N tokens of the budget
     overlong_penalty: float = 1.0  # reward subtracted at the very end of the buffer
     # truncated importance sampling against the rollout's own log-probs (sampler/trainer mismatch);
-    # null: on when train.dtype is bfloat16
+    # null: on when train.dtype is bfloat16 or train.fp8 is on (the sampler then runs train.dtype)
     tis: Optional[bool] = None
     tis_cap: float = 2.0
     routing_replay: bool = False

@@ -2,9 +2,21 @@
 so a 2048-GPU launch can be checked on a laptop."""
 from __future__ import annotations
 
+import math
+
 from r1mega.config import Config, validate
-from r1mega.parallel.layout import attention_dims, expert_dims, rank_groups
+from r1mega.parallel.layout import attention_dims, expert_dims
 from r1mega.plan import check_sizes, fits, plan_for, print_plan
+
+
+def group_summary(dims: list[tuple[str, int]], name: str, show: int = 8) -> tuple[int, int, list[int]]:
+    """(number of `name` groups, their size, rank 0's group's first `show` ranks), as
+    `parallel.layout.rank_groups` lays them out (dims fastest first), without listing every
+    group: a dry run of any world size answers at once."""
+    names = [n for n, _ in dims]
+    at = names.index(name)
+    size, stride = dims[at][1], math.prod(s for _, s in dims[:at])
+    return math.prod(s for _, s in dims) // size, size, [k * stride for k in range(min(size, show))]
 
 
 def dry_run(cfg: Config, world: int, gpu_mem: float = 80.0) -> int:
@@ -16,9 +28,8 @@ def dry_run(cfg: Config, world: int, gpu_mem: float = 80.0) -> int:
     cp = [("cp", attention_dims(p))] if p.cp > 1 else []
     for name, dims in (("tp", attention_dims(p)), *cp, ("dp", attention_dims(p)), ("pp", attention_dims(p)),
                        ("ep", expert_dims(p)), ("etp", expert_dims(p)), ("edp", expert_dims(p))):
-        groups = rank_groups(dims, name)
-        print(f"  {name:<4} {len(groups):>5} groups of {len(groups[0]):>4}; rank 0's: {groups[0][:8]}"
-              + (" ..." if len(groups[0]) > 8 else ""))
+        count, size, first = group_summary(dims, name)
+        print(f"  {name:<4} {count:>5} groups of {size:>4}; rank 0's: {first}" + (" ..." if size > 8 else ""))
     plan = plan_for(cfg, world, cfg.data.micro_batch_size, cfg.data.seq_length, cfg.data.global_batch_size)
     print_plan(plan, gpu_mem)
     overflow = fits(plan, gpu_mem)

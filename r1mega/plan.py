@@ -33,6 +33,7 @@ from typing import Optional
 
 from r1mega.config import Config, ConfigError, ModelConfig, ParallelConfig, load_config, validate
 from r1mega.models.activation_memory import layer_activation_bytes
+from r1mega.models.deepseek_v3.params import attention_params, kind_params, moe_layer_count
 from r1mega.models.family import family_for
 from r1mega.models.stage import stage_layers
 
@@ -54,25 +55,24 @@ class Plan:
         return sum(self.memory.values())
 
 
-def _stage_params(m: ModelConfig, p: ParallelConfig, stage: int) -> tuple[float, float]:
-    """(dense params, expert params) held by one GPU of pipeline stage `stage`."""
-    from r1mega.models.deepseek_v3.params import attention_params, layer_params
+def _stage_layer_kinds(m: ModelConfig, p: ParallelConfig, stage: int) -> tuple[range, int]:
+    """(the decoder layers of pipeline stage `stage`, how many MTP modules it holds: the last's)."""
+    return stage_layers(m.num_layers, p.pp, stage, p.pp_layers), m.num_mtp_layers if stage == p.pp - 1 else 0
 
+
+def _stage_params(m: ModelConfig, p: ParallelConfig, stage: int) -> tuple[float, float]:
+    """(dense params, expert params) held by one GPU of pipeline stage `stage`. Layers of a kind
+    hold the same, so they are counted, not visited: any num_layers costs the same."""
     D, V = m.hidden_size, m.vocab_size
-    dense = expert = 0.0
-    layers = list(stage_layers(m.num_layers, p.pp, stage, p.pp_layers))
-    if stage == p.pp - 1 and m.num_mtp_layers:
-        layers += [m.num_layers + k for k in range(m.num_mtp_layers)]
-    for layer in layers:
-        total, _ = layer_params(m, layer)
-        attn = attention_params(m)
-        if m.is_moe_layer(layer):
-            e_all = m.n_routed_experts * 3 * D * m.moe_intermediate_size
-            expert += e_all / (p.ep * p.expert_tp)
-            shared = m.n_shared_experts * 3 * D * m.moe_intermediate_size
-            dense += attn / p.tp + shared / p.tp + m.n_routed_experts * D + 2 * D
-        else:
-            dense += (total - 2 * D) / p.tp + 2 * D
+    layers, mtp = _stage_layer_kinds(m, p, stage)
+    # MTP module k's layer is index num_layers + k
+    moe = moe_layer_count(m, layers) + moe_layer_count(m, range(m.num_layers, m.num_layers + mtp))
+    n_dense = len(layers) + mtp - moe
+    e_all = m.n_routed_experts * 3 * D * m.moe_intermediate_size
+    expert = moe * (e_all / (p.ep * p.expert_tp))
+    shared = m.n_shared_experts * 3 * D * m.moe_intermediate_size
+    dense = moe * (attention_params(m) / p.tp + shared / p.tp + m.n_routed_experts * D + 2 * D)
+    dense += n_dense * ((kind_params(m, False)[0] - 2 * D) / p.tp + 2 * D)
     if stage == 0:
         dense += V * D / p.tp
     if stage == p.pp - 1:
@@ -84,14 +84,17 @@ def _stage_params(m: ModelConfig, p: ParallelConfig, stage: int) -> tuple[float,
     return dense, expert
 
 
-def _activation_bytes(m: ModelConfig, p: ParallelConfig, layer_ids: list[int], mb: int, seq: int, act_bytes: int,
-                      recompute: str, recompute_modules: Optional[list[str]]) -> float:
-    """Activations `layer_ids` hold for one microbatch on one GPU, from measured bytes per token."""
+def _activation_bytes(m: ModelConfig, p: ParallelConfig, layers: range, mtp: int, mb: int, seq: int,
+                      act_bytes: int, recompute: str, recompute_modules: Optional[list[str]]) -> float:
+    """Activations the decoder `layers` and `mtp` MTP modules hold for one microbatch on one GPU,
+    from measured bytes per token (per layer kind, times the layers of that kind)."""
     measured = _measured(m, recompute, recompute_modules)
     tokens = mb * seq / p.cp / (p.tp if p.sp and p.tp > 1 else 1)  # without SP, conservatively unsplit
-    kinds = ["moe" if m.n_routed_experts and (i >= m.num_layers or m.is_moe_layer(i)) else "dense"
-             for i in layer_ids]
-    per_token = sum(measured[k] + 4 * m.hidden_size for k in kinds)  # + the layer input, kept in every mode
+    moe = moe_layer_count(m, layers) + (mtp if m.n_routed_experts else 0)  # MTP modules carry a MoE layer
+    kinds = {k: n for k, n in (("dense", len(layers) + mtp - moe), ("moe", moe)) if n}
+    n_layers = sum(kinds.values())
+    # + the layer input, kept in every mode
+    per_token = sum(n * (measured[k] + 4 * m.hidden_size) for k, n in kinds.items())
     total = per_token * tokens
     if p.cp > 1 and recompute != "full":
         # Keys of the other cp ranks' tokens are held too: per-head K/V from the gathered latent,
@@ -100,7 +103,7 @@ def _activation_bytes(m: ModelConfig, p: ParallelConfig, layer_ids: list[int], m
         up_recomputed = recompute == "selective" and "mla_up_proj" in (recompute_modules or ["mla_up_proj"])
         width = (m.kv_lora_rank + m.qk_rope_head_dim) if up_recomputed else \
             m.num_heads / p.tp * (m.qk_head_dim + m.v_head_dim) + m.kv_lora_rank + m.qk_rope_head_dim
-        total += others * width * 4 * len(kinds)
+        total += others * width * 4 * n_layers
     if recompute == "full" and kinds:  # backward re-runs one layer at a time: its activations, once
         worst = max(kinds, key=lambda k: _measured(m, "none", None)[k])
         total += _measured(m, "none", None)[worst] * tokens
@@ -130,11 +133,9 @@ def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch:
     worst = None
     for stage in range(p.pp):
         dense, expert = _stage_params(m, p, stage)
-        layer_ids = list(stage_layers(m.num_layers, p.pp, stage, p.pp_layers))
-        if stage == p.pp - 1:
-            layer_ids += [m.num_layers + k for k in range(m.num_mtp_layers)]
+        layers, mtp = _stage_layer_kinds(m, p, stage)
         in_flight = min(p.pp - stage, micro_per_rank)
-        acts = _activation_bytes(m, p, layer_ids, micro_batch, seq, weight_bytes, t.recompute, t.recompute_modules)
+        acts = _activation_bytes(m, p, layers, mtp, micro_batch, seq, weight_bytes, t.recompute, t.recompute_modules)
         mem = {
             "weights": (dense + expert) * weight_bytes,
             "grads": (dense + expert) * weight_bytes,
@@ -155,7 +156,7 @@ def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch:
     ring = lambda n: (n - 1) / n if n > 1 else 0.0  # noqa: E731
     # 2 TP regions per layer, each entered and left in forward and in backward
     plan.comm["tp"] = 8 * act * ring(p.tp) * layers_here * micro_per_rank
-    moe_layers = sum(1 for i in stage_layers(m.num_layers, p.pp, worst[0], p.pp_layers) if m.is_moe_layer(i))
+    moe_layers = moe_layer_count(m, stage_layers(m.num_layers, p.pp, worst[0], p.pp_layers))
     routed = tokens / p.tp * m.num_experts_per_tok * D * weight_bytes
     plan.comm["ep"] = 4 * routed * ring(p.ep) * moe_layers * micro_per_rank
     local_tokens = tokens / (p.tp if p.sp and p.tp > 1 else 1)

@@ -3,6 +3,7 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -183,3 +184,54 @@ def test_671b_grpo_step_at_32k_tokens_fits_with_context_parallelism():
     assert fits(with_cp, 80) is None and "does not fit" in fits(without, 80)
     assert with_cp.layout["cp"] == 4 and with_cp.comm["cp"] > 0
     assert with_cp.memory["activations"] < 0.4 * without.memory["activations"]
+
+
+def test_moe_layer_count_equals_visiting_every_layer():
+    from dataclasses import replace
+
+    from r1mega.models.deepseek_v3.params import moe_layer_count
+
+    for first_k, freq, experts in ((0, 1, 8), (1, 1, 8), (3, 2, 8), (2, 3, 8), (1, 1, 0)):
+        m = replace(ModelConfig(), num_layers=12, first_k_dense_replace=first_k, moe_layer_freq=freq,
+                    n_routed_experts=experts)
+        for lo in range(14):
+            for hi in range(lo, 15):
+                assert moe_layer_count(m, range(lo, hi)) == sum(m.is_moe_layer(i) for i in range(lo, hi))
+
+
+def test_absurd_num_layers_is_answered_at_once(tmp_path):
+    """model.num_layers=10**9: the planner and the dry run count layers by kind, so they answer (it
+    does not fit) instead of visiting a billion layers; a command that builds weights refuses by key."""
+    from dataclasses import replace
+
+    huge = "model.num_layers=1000000000"
+    script = (
+        "import sys\nfrom r1mega import cli\n"
+        "for argv in sys.argv[1:]:\n"
+        "    print('rc', cli.main(argv.split()), flush=True)\n")
+    runs = [f"plan --config {CFG('deepseek_v3_671b.yaml')} --tp 2 --pp 16 --ep 64 --dp 64 --sp {huge}",
+            f"pretrain --config {CFG('deepseek_v3_671b.yaml')} --dry-run --world 2048 {huge}",
+            f"pretrain --config {os.path.join(ROOT, 'configs', 'tiny', 'pretrain.yaml')} {huge} "
+            f"train.run_dir={tmp_path}/run data.cache_dir={tmp_path}/data",
+            f"pretrain --config {CFG('deepseek_v3_671b.yaml')} --dry-run --world 1073741824"]  # 2^30 ranks
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run([sys.executable, "-c", script, *runs], capture_output=True, text=True, env=env,
+                         timeout=120, cwd=str(tmp_path))
+    assert [line for line in res.stdout.splitlines() if line.startswith("rc ")] == ["rc 1", "rc 1", "rc 2", "rc 0"], \
+        res.stdout[-2000:] + res.stderr[-2000:]
+    m = replace(load_config(CFG("deepseek_v3_671b.yaml")).model, num_layers=10 ** 9)
+    assert f"total_params={count_params(m)['total']}" in res.stdout
+    assert "REFUSED: does not fit" in res.stderr and "does not fit: stage" in res.stdout
+    assert "error: config error at 'model.num_layers':" in res.stderr
+    assert "dry run: 1073741824 ranks" in res.stdout and "edp   1024 groups of 1048576" in res.stdout
+
+
+def test_dry_run_group_summary_equals_the_rank_groups():
+    from r1mega.dry_run import group_summary
+    from r1mega.parallel.layout import attention_dims, expert_dims, rank_groups
+
+    for par in (ParallelConfig(tp=2, cp=2, pp=2, dp=3, ep=4, etp=1), ParallelConfig(tp=4, pp=3, dp=2, ep=2, etp=2)):
+        for dims, names in ((attention_dims(par), ("tp", "cp", "dp", "pp")), (expert_dims(par), ("ep", "etp", "edp"))):
+            for name in names:
+                groups = rank_groups(dims, name)
+                assert group_summary(dims, name, show=100) == (len(groups), len(groups[0]), groups[0])

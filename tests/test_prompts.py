@@ -40,11 +40,46 @@ def test_records_of_every_kind_load(tmp_path):
     ({"prompt": "q", "answer": "1", "language": "fr"}, "'language' must be one of"),
 ])
 def test_bad_records_are_named_by_file_and_line(tmp_path, record, message):
+    from r1mega.generation.records import read_prompt_records
+
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps(MATH[0]) + "\n\n" + json.dumps(record) + "\n")
     with pytest.raises(DataError) as e:
         load_prompts([str(path)])
     assert str(e.value).startswith(f"{path}:3: ") and message in str(e.value)
+    # generation reads the same format through the same reader: the same error, unless the record
+    # is one generation takes (no answer; a chat ending with the assistant's reply)
+    if "needs 'answer'" in message or "the last message" in message:
+        assert read_prompt_records(str(path))[1]["id"] == "3"
+        return
+    with pytest.raises(DataError) as gen:
+        read_prompt_records(str(path))
+    assert str(gen.value) == str(e.value)
+
+
+def test_generation_records_answerless_sft_chats_and_keyed_ids(tmp_path):
+    from r1mega.generation.records import apply_template, read_prompt_records, render_prompt
+
+    sft = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+2?"},
+                        {"role": "assistant", "content": "3"}]}
+    path = write_jsonl(str(tmp_path / "g.jsonl"), [{"prompt": "hi"}, {"id": 7, "prompt": "q", "answer": 5}, sft])
+    recs = read_prompt_records(path)
+    assert [r["id"] for r in recs] == ["1", "7", "3"] and recs[1]["answer"] == "5"
+    # the SFT reply is dropped: every template poses the user's question
+    assert recs[2]["messages"][-1] == {"role": "user", "content": "1+2?"}
+    assert render_prompt(recs[2], "r1_zero")[0] == R1_ZERO.format(prompt="1+2?")
+    assert apply_template(recs[2], "raw") == "Be brief.\n1+2?"
+    with pytest.raises(DataError, match=r"g.jsonl:1: needs 'answer' \(math\) or 'tests'"):
+        read_prompt_records(path, need_answer=True)
+    dup = write_jsonl(str(tmp_path / "d.jsonl"), [{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}])
+    with pytest.raises(DataError, match=r"d.jsonl:2: id 'a' already used at .*d.jsonl:1"):
+        read_prompt_records(dup)
+    (tmp_path / "empty.jsonl").write_text("\n")
+    for read in (read_prompt_records, lambda p: load_prompts([p])):
+        with pytest.raises(DataError, match="empty.jsonl: no problems in the file"):
+            read(str(tmp_path / "empty.jsonl"))
+        with pytest.raises(DataError, match="nope.jsonl: prompt file not found"):
+            read(str(tmp_path / "nope.jsonl"))
 
 
 def test_broken_json_and_missing_file(tmp_path):

@@ -1,4 +1,4 @@
-"""Prompt datasets for RL and evaluation: JSONL files of problems with checkable answers.
+"""Prompt datasets for RL, evaluation and generation: JSONL files of problems, read by one reader.
 
 Record format, one JSON object per line (blank lines are skipped):
 
@@ -18,7 +18,11 @@ Record format, one JSON object per line (blank lines are skipped):
   id           optional str/int; default "<file>:<line>"
 
 Every record needs `prompt` or `messages`, and `answer` or `tests`; a bad record raises DataError
-naming file:line. `load_prompts` returns plain dicts (the rewards read them) with every key present.
+naming file:line. `load_prompts` (RL) returns plain dicts (the rewards read them) with every key
+present. `read_problems` is the reader under it, with what generation needs as options: records
+without answers (`r1mega generate` on any prompts), a chat ending in the assistant's reply (an SFT
+record: the reply is dropped, the model answers the user turn before it), and ids that key an
+output store (strings, the line number by default, unique in the file).
 
 `PromptOrder` serves them in a deterministic order: each epoch is a fresh shuffle seeded by
 (seed, epoch), so the problems of global position p are a pure function of (seed, p): saving p in
@@ -36,7 +40,10 @@ ROLES = ("system", "user", "assistant")
 LANGUAGES = ("en", "zh")
 
 
-def _problem(where: str, rec: dict) -> dict:
+def parse_problem(where: str, rec: dict, answers: bool = True, sft_chats: bool = False) -> dict:
+    """One record, checked, as a dict with every key of the format (see the module docstring).
+    answers: the record must say how it is checked (answer or tests). sft_chats: a chat may end with
+    the assistant's reply, which is dropped."""
     def bad(msg: str) -> DataError:
         return DataError(f"{where}: {msg}")
 
@@ -51,10 +58,13 @@ def _problem(where: str, rec: dict) -> dict:
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
                 raise bad(f"messages[{i}] needs role ({'/'.join(ROLES)}) and string content")
+        if sft_chats and messages[-1]["role"] == "assistant" and len(messages) > 1:
+            messages = messages[:-1]
         if messages[-1]["role"] != "user":
-            raise bad("the last message must be the user's (the model answers it)")
+            raise bad("the last message must be the user's (the model answers it)"
+                      + (", or the assistant's reply to it" if sft_chats else ""))
     answer, tests = rec.get("answer"), rec.get("tests")
-    if answer is None and tests is None:
+    if answers and answer is None and tests is None:
         raise bad("needs 'answer' (math) or 'tests' (code) to be checked against")
     if answer is not None and (isinstance(answer, bool) or not isinstance(answer, (str, int, float))):
         raise bad(f"'answer' must be a string or a number, got {type(answer).__name__}")
@@ -84,18 +94,33 @@ def _problem(where: str, rec: dict) -> dict:
             "language": lang, "where": where}
 
 
+def read_problems(path: str, answers: bool = True, sft_chats: bool = False, keyed: bool = False) -> list[dict]:
+    """Every record of one JSONL file, checked, in file order. answers, sft_chats: as parse_problem.
+    keyed: the ids key an output store (generation): strings, the line number when a record has
+    none, and no id twice in the file."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: prompt file not found")
+    problems, seen = [], {}
+    for where, rec in iter_jsonl(path):
+        problem = parse_problem(where, rec, answers, sft_chats)
+        if keyed:
+            pid = problem["id"] = str(rec.get("id", where.rsplit(":", 1)[1]))
+            if pid in seen:
+                raise DataError(f"{where}: id {pid!r} already used at {seen[pid]}")
+            seen[pid] = where
+        problems.append(problem)
+    if not problems:
+        raise DataError(f"{path}: no problems in the file")
+    return problems
+
+
 def load_prompts(paths: list[str]) -> list[dict]:
-    """Read and check every record of the JSONL files, in file order (see the module docstring)."""
+    """RL's problems: every record of the JSONL files, each with an answer or tests, in file order."""
     problems: list[dict] = []
     for path in paths:
-        if not os.path.isfile(path):
-            raise DataError(f"{path}: prompt file not found")
-        if not path.endswith((".jsonl", ".json")):
+        if os.path.isfile(path) and not path.endswith((".jsonl", ".json")):
             raise DataError(f"{path}: prompt files are JSONL (one JSON object per line)")
-        before = len(problems)
-        problems.extend(_problem(where, rec) for where, rec in iter_jsonl(path))
-        if len(problems) == before:
-            raise DataError(f"{path}: no problems in the file")
+        problems.extend(read_problems(path))
     return problems
 
 

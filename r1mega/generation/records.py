@@ -1,9 +1,10 @@
 """Prompt records for generation, evaluation and rejection sampling, and how a record becomes text.
 
-A record (one JSON object per line, the RL prompt-set format) has `id`, either `prompt` (a string)
-or chat `messages`, and what checks the answer: `answer`, or `tests` (+ `entry_point`) for code;
-`language` names the target language of the chain of thought. A record without `id` is named by
-its line number. Bad records are errors naming file:line.
+Records are the RL prompt-set format, read and checked by r1mega.data.prompts (the one reader:
+file:line errors, the same field rules). Generation also takes records without `answer`/`tests`
+(`r1mega generate` on any prompts; `eval` requires them), chats that end with the assistant's reply
+(SFT records: the reply is dropped), and names a record without `id` by its line number; ids are
+strings and unique in a file (they key the sample store).
 
 Templates:
   raw      the prompt text as it is (base models; the tiny runs' "Q: 3+4=" format)
@@ -15,7 +16,7 @@ Templates:
 """
 from __future__ import annotations
 
-from r1mega.data.jsonl import DataError, iter_jsonl
+from r1mega.data.prompts import read_problems
 from r1mega.data.tokenizer import ASSISTANT, BOS, EOS, USER
 from r1mega.errors import ConfigError
 
@@ -23,41 +24,8 @@ TEMPLATES = ("raw", "r1", "r1_zero", "chat")
 
 
 def read_prompt_records(path: str, need_answer: bool = False) -> list[dict]:
-    out, seen = [], {}
-    for where, rec in iter_jsonl(path):
-        rec = dict(rec)
-        rec.setdefault("id", where.rsplit(":", 1)[1])
-        rec["id"] = str(rec["id"])
-        if rec["id"] in seen:
-            raise DataError(f"{where}: id {rec['id']!r} already used at {seen[rec['id']]}")
-        seen[rec["id"]] = where
-        has_prompt = isinstance(rec.get("prompt"), str)
-        msgs = rec.get("messages")
-        if not has_prompt and not (isinstance(msgs, list) and msgs and all(
-                isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
-                and isinstance(m.get("content"), str) for m in msgs)):
-            raise DataError(f"{where}: needs a string 'prompt' or a 'messages' list of {{role, content}}")
-        if need_answer and "answer" not in rec and "tests" not in rec:
-            raise DataError(f"{where}: needs an 'answer' (or 'tests') to be scored")
-        if "tests" in rec:
-            tests = rec["tests"]
-            cases = isinstance(tests, list) and tests and all(
-                isinstance(c, dict) and isinstance(c.get("input"), str) and isinstance(c.get("output"), str)
-                for c in tests)
-            if not (isinstance(tests, str) or cases):
-                raise DataError(f"{where}: 'tests' must be Python asserts (a string) or a list of "
-                                f"{{\"input\": str, \"output\": str}} stdin/stdout cases")
-        out.append(rec)
-    if not out:
-        raise DataError(f"{path}: no records")
-    return out
-
-
-def user_text(rec: dict) -> str:
-    """The question as the user asked it (the last user turn of a chat record)."""
-    if isinstance(rec.get("prompt"), str):
-        return rec["prompt"]
-    return [m["content"] for m in rec["messages"] if m["role"] == "user"][-1]
+    """The records of one prompt file; need_answer: each must have an `answer` or `tests` (eval)."""
+    return read_problems(path, answers=need_answer, sft_chats=True, keyed=True)
 
 
 def chat_messages(rec: dict) -> list[dict]:

@@ -7,6 +7,8 @@
         advantages = group-normalised (0 for all-equal groups; Dr.GRPO: no std)
         old, ref   = log-probs of the sampled tokens by the trainer (kept for every minibatch) and
                      by the reference policy (its own routing); the sampler/trainer gap is logged
+        (train.fp8: the trainer's forwards -- old log-probs and the update -- run in FP8; sampling
+                     and the reference stay in train.dtype, as rollout engines serve bf16 weights)
         for each of the `minibatches` blocks of whole groups (the data order is shuffled): one
                      clipped-surrogate (+TIS) + k3-KL optimizer step on the rollout's old log-probs;
                      the reference is refreshed every rl.ref_refresh_steps steps
@@ -46,7 +48,9 @@ from r1mega.rl.rewards import code_rewards_in_parallel, reward_terms, total_rewa
 from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, lr_at
-from r1mega.train.setup import Run, build_model, finish_run, own_checkpoint, run_meta, start_run
+from r1mega.train.setup import (
+    Run, build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta, start_run,
+)
 
 
 # ---- the data of one rollout -----------------------------------------------------------------
@@ -205,12 +209,16 @@ def advantages(cfg: Config, scored: ScoredRollout) -> tuple[torch.Tensor, torch.
 
 
 def use_tis(cfg: Config) -> bool:
-    return cfg.rl.tis if cfg.rl.tis is not None else cfg.train.dtype == "bfloat16"
+    """On by default wherever sampler and trainer compute differently: bf16, or an FP8 trainer."""
+    if cfg.rl.tis is not None:
+        return cfg.rl.tis
+    return cfg.train.dtype == "bfloat16" or cfg.train.fp8 != "none"
 
 
 def minibatch_update(run: Run, chunks, optimizer: DistributedAdamW, batch: TrainBatch, extra: dict, step: int,
-                     max_new_tokens: int) -> dict[str, float]:
-    """One optimizer step on one minibatch; returns its local sums (kl, clipped, loss, ...)."""
+                     max_new_tokens: int, kernels=None) -> dict[str, float]:
+    """One optimizer step on one minibatch; returns its local sums (kl, clipped, loss, ...).
+    kernels: the FP8 backend (train.fp8) the forward/backward runs on, None for train.dtype."""
     cfg, ps, rl = run.cfg, run.ps, run.cfg.rl
     norm = "token" if rl.token_level_loss else rl.loss_norm
     seqs = batch.input_ids.shape[0]
@@ -234,7 +242,8 @@ def minibatch_update(run: Run, chunks, optimizer: DistributedAdamW, batch: Train
         return terms.loss
 
     for _ in range(rl.updates_per_rollout):
-        forward_backward(list(chunks), mbs, ps, loss_fn, schedule=cfg.train.schedule)
+        with kernels_scope(kernels):
+            forward_backward(list(chunks), mbs, ps, loss_fn, schedule=cfg.train.schedule)
         sync_grads(chunks, ps, data_parallel=False)
         # a non-finite loss makes a non-finite gradient norm (reduced over every rank): the
         # optimizer then leaves the weights as they are and counts the skip
@@ -304,12 +313,15 @@ def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW,
 
 
 def old_and_reference_logprobs(cfg: Config, ps: ParallelState, chunks, reference: Optional[ReferencePolicy],
-                               batch: TrainBatch) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+                               batch: TrainBatch, kernels=None
+                               ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """The trainer's log-probs of the sampled tokens before any update (kept for every minibatch,
-    replaying the rollout's experts if asked) and the reference's, routed by the reference itself.
+    replaying the rollout's experts if asked; on `kernels`, the update's FP8 backend, so the first
+    update's ratio is exactly 1) and the reference's, routed by the reference itself, in train.dtype.
     Both [B, S] on the last pipeline stage, None elsewhere (ref None without a KL term)."""
     size, rl = cfg.data.micro_batch_size, cfg.rl
-    old = sequence_logprobs(chunks, ps, microbatches(batch, size, {}, rl.routing_replay), rl.temperature)
+    with kernels_scope(kernels):
+        old = sequence_logprobs(chunks, ps, microbatches(batch, size, {}, rl.routing_replay), rl.temperature)
     ref = None
     if reference is not None:
         ref = sequence_logprobs(reference.model, ps, microbatches(batch, size, {}, False), rl.temperature)
@@ -337,6 +349,7 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     log = MetricsLog(t.run_dir, t.steps, step, run.is_logger, t.wandb_project if t.wandb else None, cfg)
     if resumed:
         log.print(f"resumed from {resumed} at step {step} (prompt position {position})")
+    kernels = fp8_kernels(t, log, f" for the policy update (rollouts and the reference in {t.dtype})")
     rollouts_file = os.path.join(t.run_dir, "rollouts.jsonl")
     held_out = source.held_out(eval_problems)
     history: dict[str, list] = {"accuracy": [], "reward": []}
@@ -356,7 +369,7 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
             append_rollouts(rollouts_file, step + 1, scored, rl.log_rollouts)
         adv, keep = advantages(cfg, scored)
         batch = to_train_batch(scored.rollout, keep, 2 * ps.cp * (ps.tp if ps.sp else 1) if ps.cp > 1 else 1)
-        old, ref = old_and_reference_logprobs(cfg, ps, chunks, reference, batch)
+        old, ref = old_and_reference_logprobs(cfg, ps, chunks, reference, batch, kernels)
         rollout_sums = rollout_stats(cfg, scored, batch, old)
         gap_max = global_values({"gap_max": rollout_sums.pop("gap_max_local")}, ps, run.device,
                                 torch.distributed.ReduceOp.MAX)["gap_max"]
@@ -369,7 +382,7 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
             if step >= t.steps:
                 break
             sums = minibatch_update(run, chunks, optimizer, batch.rows(part), {k: v[part] for k, v in extra.items()},
-                                    step, scored.max_new_tokens)
+                                    step, scored.max_new_tokens, kernels)
             step += 1
             if reference is not None and reference.due(step):
                 reference.refresh(chunks, step)

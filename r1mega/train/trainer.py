@@ -8,7 +8,6 @@ A run resumes from the newest checkpoint in <run_dir>/checkpoints (or train.load
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
@@ -22,8 +21,6 @@ from r1mega.config import Config, ConfigError, validate_training
 from r1mega.errors import TrainingError
 from r1mega.data.prepare import resolve_data
 from r1mega.data.tokenizer import check_fits, load_tokenizer
-from r1mega.kernels import use_backend
-from r1mega.kernels.fp8_backend import fp8_backend
 from r1mega.models.family import family_for
 from r1mega.models.recompute import set_recompute
 from r1mega.parallel.param_spec import spec_of
@@ -33,13 +30,16 @@ from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.moe_balance import moe_layers, update_routing_bias
 from r1mega.train.optimizer import DistributedAdamW, lr_at
-from r1mega.train.setup import build_model, finish_run, own_checkpoint, start_run
+from r1mega.train.setup import build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, start_run
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
 
 def build_chunks(cfg: Config, ps: ParallelState) -> torch.nn.ModuleList:
     """This rank's model chunks (one per virtual pipeline stage) of the config's model family."""
+    from r1mega.train.setup import refuse_unbuildable
+
+    refuse_unbuildable(cfg, ps.world)  # before a layer-by-layer build that could never finish
     v = cfg.train.virtual_stages
     family, model_cfg = family_for(cfg)
     chunks = torch.nn.ModuleList(
@@ -159,11 +159,7 @@ def train(cfg: Config, kind: str) -> dict:
     tokens_per_step = gbs * cfg.data.seq_length
     flops_step = family.flops_per_token(model_cfg, cfg.data.seq_length) * tokens_per_step
     peak = t.peak_tflops or (H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
-    # FP8 GEMMs for the linears and routed experts (the head, router, norms, attention core stay high precision)
-    kernels = fp8_backend(t.fp8, t.fp8_backend, t.fp8_block, t.fp8_pow2_scales)
-    if kernels is not None:
-        log.print(f"FP8 {t.fp8} (block {t.fp8_block}{', power-of-2 scales' if t.fp8_pow2_scales else ''}) "
-                  f"through the {kernels.name} backend")
+    kernels = fp8_kernels(t, log)  # None unless train.fp8
     losses: list[float] = []
     moe_or_mtp = bool(moe_layers(chunks)) or getattr(model_cfg, "num_mtp_layers", 0) > 0
     in_a_row, last_saved = 0, resume  # consecutive non-finite steps; newest checkpoint on disk
@@ -172,7 +168,7 @@ def train(cfg: Config, kind: str) -> dict:
         t0 = time.perf_counter()
         batch = {k: v.to(device) for k, v in _batch(data, kind, consumed, gbs).items()}
         lr = lr_at(step, t.steps, cfg.optim)
-        with use_backend(kernels) if kernels is not None else contextlib.nullcontext():
+        with kernels_scope(kernels):
             res = lm_forward_backward(
                 chunks, ps, batch["input_ids"], batch["labels"], micro, t.mtp_weight,
                 attn_mask=batch.get("attn_mask"), position_ids=batch.get("position_ids"),

@@ -17,11 +17,22 @@ def attention_params(c: ModelConfig) -> int:
     return q + kv + o + bias
 
 
-def layer_params(c: ModelConfig, layer: int) -> tuple[int, int]:
-    """(total, activated) parameters of decoder layer `layer` (norms included)."""
+def moe_layer_count(c: ModelConfig, layers: range) -> int:
+    """How many of the consecutive layer indices `layers` are MoE layers (c.is_moe_layer), in O(1):
+    the multiples of moe_layer_freq from first_k_dense_replace on. Counting by kind keeps counts and
+    plans instant for any num_layers."""
+    lo, hi = max(layers.start, c.first_k_dense_replace), layers.stop
+    if c.n_routed_experts <= 0 or lo >= hi:
+        return 0
+    f = c.moe_layer_freq
+    return (hi - 1) // f - (lo - 1) // f
+
+
+def kind_params(c: ModelConfig, moe: bool) -> tuple[int, int]:
+    """(total, activated) parameters of one dense or MoE decoder layer (norms included)."""
     D = c.hidden_size
     base = attention_params(c) + 2 * D
-    if not c.is_moe_layer(layer):
+    if not moe:
         ffn = 3 * D * c.intermediate_size
         return base + ffn, base + ffn
     expert = 3 * D * c.moe_intermediate_size
@@ -30,6 +41,11 @@ def layer_params(c: ModelConfig, layer: int) -> tuple[int, int]:
     total = base + router + shared + c.n_routed_experts * expert
     active = base + router + shared + c.num_experts_per_tok * expert
     return total, active
+
+
+def layer_params(c: ModelConfig, layer: int) -> tuple[int, int]:
+    """(total, activated) parameters of decoder layer `layer` (norms included)."""
+    return kind_params(c, c.is_moe_layer(layer))
 
 
 def mtp_params(c: ModelConfig) -> int:
@@ -42,9 +58,10 @@ def mtp_params(c: ModelConfig) -> int:
 def count_params(c: ModelConfig) -> dict[str, int]:
     D, V = c.hidden_size, c.vocab_size
     emb_head = 2 * V * D
-    layers = [layer_params(c, i) for i in range(c.num_layers)]
-    total = emb_head + D + sum(t for t, _ in layers)
-    active = emb_head + D + sum(a for _, a in layers)
+    moe = moe_layer_count(c, range(c.num_layers))
+    (dense_total, dense_active), (moe_total, moe_active) = kind_params(c, False), kind_params(c, True)
+    total = emb_head + D + (c.num_layers - moe) * dense_total + moe * moe_total
+    active = emb_head + D + (c.num_layers - moe) * dense_active + moe * moe_active
     return {"total": total, "active": active, "mtp": mtp_params(c)}
 
 
