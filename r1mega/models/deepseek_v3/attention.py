@@ -119,10 +119,10 @@ class MLA(nn.Module):
         return out.permute(2, 0, 1, 3).reshape(s, b, self.local_heads * cfg.v_head_dim)
 
     def _core_attention(self, q, k, v, attn_mask) -> torch.Tensor:
-        """q [b, h, s, d], k/v [b, h, s_k, d] -> [b, h, s, dv]. Plain causal rows on GPU take
-        SDPA's fused kernel; document ids, context-parallel chunks, and CPU (where SDPA falls back
-        to building the s x s causal mask when the q/k and v head dims differ, as MLA's do) take
-        the blockwise kernel."""
+        """q [b, h, s, d], k/v [b, h, s_k, d] -> [b, h, s, dv]. Plain causal rows take SDPA's fused
+        kernel (on CPU with v padded to d: with unequal head dims, as MLA's, SDPA would fall back to
+        building the s x s causal mask); document ids and context-parallel chunks take the
+        blockwise kernel."""
         if isinstance(attn_mask, ContextParallelAttention):  # this rank's zigzag query chunks
             outs, at = [], 0
             for start, end in attn_mask.chunks:
@@ -136,7 +136,12 @@ class MLA(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
                                                   scale=self.scale)
         if attn_mask is None:
-            return block_attention(q, k, v, self.scale)[0]
+            # plain causal rows on CPU: v zero-padded to the q/k head dim lets SDPA take its fused
+            # flash kernel (blockwise, no s x s tensor); measured 1.35x (256 tokens) to 2.7x (1K)
+            # faster than the block kernel for forward + backward, equal within float rounding
+            dv = v.shape[-1]
+            v = F.pad(v, (0, q.shape[-1] - dv)) if dv < q.shape[-1] else v
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)[..., :dv]
         if attn_mask.shape != (q.shape[0], q.shape[2]) or attn_mask.is_floating_point():
             raise ValueError(f"attention: document ids must be integer [b, s] = {[q.shape[0], q.shape[2]]}, "
                              f"got {attn_mask.dtype} {list(attn_mask.shape)}")
