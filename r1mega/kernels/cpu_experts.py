@@ -5,7 +5,7 @@ expert a handful of rows: GEMMs that small run on one core whatever the intra-op
 (measured: equal times with 1 and 2 threads in fp32), so the other cores idle while the hit
 experts' weights stream through one. Inside `experts_over_cores()` the engine runs with one
 intra-op thread, and each grouped GEMM is cut into one contiguous run of experts per core (about
-equal rows each) whose grouped GEMMs run on a pool of single-threaded workers (torch releases the
+equal weight reads each) whose grouped GEMMs run on a pool of single-threaded workers (torch releases the
 GIL inside the op). Every expert's GEMM is the same call on the same rows, so results are bitwise
 those of one grouped_mm run single-threaded (multi-threaded BLAS may round differently). Why one intra-op thread meanwhile: an OpenMP team's threads keep spinning
 after each parallel op, and beside extra workers they take the cores away (measured: 2x slower).
@@ -69,13 +69,21 @@ def usable(rows: torch.Tensor) -> bool:
 
 
 def split_runs(ends: list[int], parts: int) -> list[tuple[int, int]]:
-    """Contiguous expert runs [e0, e1) holding rows, about equal rows each."""
-    total, runs, start = ends[-1], [], 0
+    """Contiguous expert runs [e0, e1) holding rows, of about equal cost each. With a few rows per
+    expert a GEMM's time is reading that expert's weight, so an expert with rows costs 1, plus a
+    little per row (1/8: rows matter once an expert gets several)."""
+    cost, before = [], 0
+    for end in ends:
+        rows, before = end - before, end
+        cost.append((1.0 + rows / 8.0) if rows else 0.0)
+    total = sum(cost)
+    runs, start, acc = [], 0, 0.0
     for p in range(1, parts + 1):
         stop = start
-        while stop < len(ends) and (p == parts or ends[stop] <= total * p / parts):
+        while stop < len(ends) and (p == parts or acc + cost[stop] <= total * p / parts + 1e-9):
+            acc += cost[stop]
             stop += 1
-        if stop > start and ends[stop - 1] > (ends[start - 1] if start else 0):
+        if stop > start and any(cost[start:stop]):
             runs.append((start, stop))
         start = stop
     return runs
