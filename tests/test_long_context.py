@@ -112,6 +112,30 @@ def test_no_s_by_s_tensor_in_training_or_grpo_forward():
         assert not quadratic, quadratic[:5]
 
 
+def test_rollout_prompt_forward_has_no_s_by_s_tensor():
+    """A long left-padded prompt's first forward through the KV cache (MLA and a dense student) attends
+    like training, with no prompt x prompt mask or scores; decoding then continues from the cache and
+    gives the tokens of re-running the whole sequence."""
+    from r1mega.config import DenseConfig
+    from r1mega.inference.generate import GenerationConfig, generate, greedy_by_full_forward
+    from r1mega.models.dense.model import DenseStudent
+
+    s = 2048  # attention blocks are 512 x s at most
+    ps = single_process_state()
+    students = DenseStudent(DenseConfig(hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
+                                      num_kv_heads=2, vocab_size=256, max_position_embeddings=s + 8), ps)
+    for model in (tiny_model(max_position_embeddings=s + 8), students):
+        g = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (s, s - 700)]
+        rec = ShapeRecorder()
+        with rec:
+            out = generate(model, ps, prompts, GenerationConfig(max_new_tokens=3, temperature=0.0))
+        assert len(rec.shapes) > 100
+        quadratic = [sh for sh in rec.shapes if sum(d >= s // 2 for d in sh) >= 2]
+        assert not quadratic, (type(model).__name__, quadratic[:5])
+        assert torch.equal(out.tokens, greedy_by_full_forward(model, ps, prompts, 3))
+
+
 def test_recompute_gives_identical_gradients_and_saves_measured_memory():
     s = 256
     model = tiny_model(max_position_embeddings=s).train()

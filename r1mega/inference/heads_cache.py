@@ -8,6 +8,8 @@ from typing import Iterable
 
 import torch
 
+from r1mega.inference.kv_cache import prompt_documents
+
 
 class HeadsLayerCache:
     def __init__(self, owner: "HeadsKVCache", b: int, max_len: int, kv_heads: int, head_dim: int,
@@ -40,6 +42,10 @@ class HeadsKVCache:
 
     def advance(self, s: int) -> None:
         self.length += s
+
+    def prompt_documents(self, s: int):
+        """As the MLA cache's: document ids of the prompt's forward (no s x s mask), else None."""
+        return prompt_documents(self.valid, self.length, s)
 
     def values_per_token_per_layer(self) -> int:
         c = next(iter(self.layers.values()))

@@ -6,9 +6,16 @@ left-padded to a common prompt length and decode in lockstep; `valid` marks the 
 query may attend to."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
+
+from r1mega.models.deepseek_v3.block_attention import documents_from_valid
+
+
+def prompt_documents(valid: torch.Tensor, length: int, s: int) -> Optional[torch.Tensor]:
+    """Shared by the caches: document ids of a cache's first multi-token forward, else None."""
+    return documents_from_valid(valid[:, :s]) if length == 0 and s > 1 else None
 
 
 class LayerCache:
@@ -19,16 +26,21 @@ class LayerCache:
         self.keys = torch.zeros(b, max_len, kv_lora_rank + rope_dim, dtype=dtype, device=device)
         self.routing: list[torch.Tensor] = []  # experts chosen per forward, [s, b, k] each
 
-    def append(self, c: torch.Tensor, k_rope: torch.Tensor):
-        """c [s, b, r], k_rope [s, b, rope] -> (cached [latent | k_rope] so far [b, L, r + rope],
-        attention mask [b, s, L] (True = attend) for the new queries)."""
+    def store(self, c: torch.Tensor, k_rope: torch.Tensor) -> None:
+        """c [s, b, r], k_rope [s, b, rope]: the new tokens' latents into their slots."""
         start, s = self.owner.length, c.shape[0]
         if start + s > self.keys.shape[1]:
             raise ValueError(f"KV cache overflow: {start + s} tokens > capacity {self.keys.shape[1]}")
         new = self.keys[:, start:start + s]
         new[..., :self.rank] = c.transpose(0, 1)
         new[..., self.rank:] = k_rope.transpose(0, 1)
-        return self.keys[:, :start + s], self.owner.mask(s)
+
+    def append(self, c: torch.Tensor, k_rope: torch.Tensor):
+        """store(), then (cached [latent | k_rope] so far [b, L, r + rope], attention mask [b, s, L]
+        (True = attend) for the new queries). For decoding steps (s x L, s small); a prompt's first
+        forward attends through `owner.prompt_documents` instead (no s x s mask)."""
+        self.store(c, k_rope)
+        return self.keys[:, :self.owner.length + c.shape[0]], self.owner.mask(c.shape[0])
 
     def record_routing(self, idx: torch.Tensor) -> None:
         self.routing.append(idx)
@@ -59,6 +71,11 @@ class KVCache:
 
     def advance(self, s: int) -> None:
         self.length += s
+
+    def prompt_documents(self, s: int):
+        """Document ids [b, s] of a first forward of s > 1 tokens (the prompt), else None: that forward
+        attends like training (block kernel over document ids, O(s) memory), not through an s x s mask."""
+        return prompt_documents(self.valid, self.length, s)
 
     def values_per_token_per_layer(self) -> int:
         return next(iter(self.layers.values())).keys.shape[-1]

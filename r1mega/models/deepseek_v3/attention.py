@@ -88,7 +88,11 @@ class MLA(nn.Module):
         `KVCache` (inference): the new tokens' latents are appended and attention reads the cache."""
         cfg = self.cfg
         q_in, c, k_rope = self.project_latents(x, rope, cos, sin)
-        if cache is not None:
+        prompt_docs = cache.owner.prompt_documents(x.shape[0]) if cache is not None else None
+        if prompt_docs is not None:  # the prompt: cache its latents, attend as training does (O(s) memory)
+            cache.store(c, k_rope)
+            out = self._up_and_attend(q_in, c, k_rope, rope, cos, sin, prompt_docs)
+        elif cache is not None:  # decoding: absorbed attention over the latent cache
             q_nope, q_rope = self.query_up(q_in, rope, cos, sin)
             out = self._absorbed_attention(q_nope, q_rope, c, k_rope, cache)
         else:

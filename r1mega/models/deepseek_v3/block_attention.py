@@ -102,6 +102,11 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
 def documents_from_pad(pad: torch.Tensor, n: int) -> torch.Tensor:
     """Left-padded rows (pad [b] leading pad tokens) -> document ids [b, n]: real tokens share id 0,
     each pad token its own negative id so it attends only to itself."""
-    idx = torch.arange(n, device=pad.device)
-    return torch.where(idx[None, :] >= pad[:, None], torch.zeros((), dtype=torch.long, device=pad.device),
-                       -1 - idx[None, :])
+    return documents_from_valid(torch.arange(n, device=pad.device)[None, :] >= pad[:, None])
+
+
+def documents_from_valid(valid: torch.Tensor) -> torch.Tensor:
+    """valid [b, n] bool (False = pad) -> document ids [b, n]: real tokens share id 0, each pad token
+    its own negative id (it attends only to itself)."""
+    idx = torch.arange(valid.shape[1], device=valid.device)
+    return torch.where(valid, torch.zeros((), dtype=torch.long, device=valid.device), -1 - idx[None, :])

@@ -77,6 +77,10 @@ class GQAttention(nn.Module):
         q = rope.apply(self.q_proj(x).view(s, b, self.local_heads, self.head_dim), cos, sin)
         k = rope.apply(self._kv(self.k_proj, x), cos, sin)
         v = self._kv(self.v_proj, x)
+        prompt_docs = cache.owner.prompt_documents(s) if cache is not None else None
+        if prompt_docs is not None:  # the prompt: cache its keys/values, attend as training does (O(s) memory)
+            cache.append(k, v)
+            attn_mask, cache = prompt_docs, None
         if cache is not None:
             k, v, valid, start = cache.append(k, v)  # [b, L, kv, d]
             L = k.shape[1]
