@@ -96,9 +96,14 @@ def grouped_mm_over_cores(rows: torch.Tensor, weight_t: torch.Tensor, offsets: t
     if len(runs) < 2:
         return F.grouped_mm(rows, weight_t, offs=offsets)
 
+    # grad and inference mode are per thread: the workers take the caller's (usable() means no grad),
+    # else they would record autograd graphs and refuse inference tensors
+    inference = torch.is_inference_mode_enabled()
+
     def run(e0: int, e1: int) -> torch.Tensor:
         first = ends[e0 - 1] if e0 else 0
-        return F.grouped_mm(rows[first:ends[e1 - 1]], weight_t[e0:e1], offs=offsets[e0:e1] - first)
+        with torch.no_grad(), torch.inference_mode(inference):
+            return F.grouped_mm(rows[first:ends[e1 - 1]], weight_t[e0:e1], offs=offsets[e0:e1] - first)
 
     futures = [_workers(_active).submit(run, e0, e1) for e0, e1 in runs[1:]]
     first = run(*runs[0])  # the calling thread takes a share too

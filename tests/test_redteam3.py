@@ -1,0 +1,40 @@
+"""Hostile probes of the CPU expert spreading, prompt prefill over documents and the stacked
+gate|up expert weight that found bugs (each test failed before its fix)."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from r1mega.kernels import cpu_experts
+from r1mega.kernels import grouped_linear
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_spread_experts_under_inference_mode_match_plain_path():
+    """A caller in torch.inference_mode (or no_grad) with weights that require grad: the worker
+    threads must not record autograd (grad mode is per thread), so the result is the plain one."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(8, 32, 16, generator=g))
+    rows = torch.randn(9, 16, generator=g)
+    offsets = torch.tensor([1, 2, 2, 4, 5, 7, 8, 9], dtype=torch.int32)
+    with torch.no_grad(), _threads(1):
+        want = grouped_linear(rows, weight, offsets)
+    with _threads(2), cpu_experts.experts_over_cores(torch.device("cpu")):
+        assert cpu_experts._active == 2
+        with torch.inference_mode():
+            got = grouped_linear(rows.clone(), weight, offsets)
+        with torch.no_grad():
+            got_no_grad = grouped_linear(rows, weight, offsets)
+    assert cpu_experts._active == 0
+    assert torch.equal(got, want) and torch.equal(got_no_grad, want)
+    assert not got_no_grad.requires_grad
