@@ -38,3 +38,31 @@ def test_spread_experts_under_inference_mode_match_plain_path():
     assert cpu_experts._active == 0
     assert torch.equal(got, want) and torch.equal(got_no_grad, want)
     assert not got_no_grad.requires_grad
+
+
+def test_spread_experts_survive_another_thread_leaving_mid_call(monkeypatch):
+    """Concurrent generate calls share the module's worker count: one leaving experts_over_cores()
+    (worker count back to 0) or another entering with a different thread count (pool resized)
+    while this one is between splitting the experts and submitting them must not break it."""
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(8, 32, 16, generator=g)
+    rows = torch.randn(9, 16, generator=g)
+    offsets = torch.tensor([1, 2, 2, 4, 5, 7, 8, 9], dtype=torch.int32)
+    with torch.no_grad(), _threads(1):
+        want = grouped_linear(rows, weight, offsets)
+    split = cpu_experts.split_runs
+    for interleave in ("leave", "resize"):
+        def split_then_other_thread(ends, parts):
+            runs = split(ends, parts)
+            if interleave == "leave":
+                cpu_experts._active = 0  # as the other thread's exit does
+            else:
+                cpu_experts._workers(parts + 1)  # as another thread entering with more threads does
+            return runs
+
+        with _threads(2), torch.no_grad(), cpu_experts.experts_over_cores(torch.device("cpu")):
+            monkeypatch.setattr(cpu_experts, "split_runs", split_then_other_thread)
+            got = grouped_linear(rows, weight, offsets)
+            monkeypatch.setattr(cpu_experts, "split_runs", split)
+        assert torch.equal(got, want), interleave
+        assert cpu_experts._active == 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,22 +26,19 @@ import torch.nn.functional as F
 # than spreading the experts gains).
 SPREAD_EXPERTS_BELOW_ROWS = 2.0
 
-_pool: Optional[ThreadPoolExecutor] = None
-_pool_size = 0
+# one pool per worker count, never shut down: a generate call in another thread may still be
+# submitting to a pool when this one enters with a different thread count
+_pools: dict[int, ThreadPoolExecutor] = {}
 _active = 0  # worker count while inside experts_over_cores(); 0 outside
 _lock = threading.Lock()
 
 
 def _workers(n: int) -> ThreadPoolExecutor:
-    global _pool, _pool_size
     with _lock:
-        if _pool is None or _pool_size != n:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(n, thread_name_prefix="r1mega-experts",
-                                       initializer=torch.set_num_threads, initargs=(1,))
-            _pool_size = n
-        return _pool
+        if n not in _pools:
+            _pools[n] = ThreadPoolExecutor(n, thread_name_prefix="r1mega-experts",
+                                           initializer=torch.set_num_threads, initargs=(1,))
+        return _pools[n]
 
 
 @contextlib.contextmanager
@@ -92,7 +88,11 @@ def split_runs(ends: list[int], parts: int) -> list[tuple[int, int]]:
 def grouped_mm_over_cores(rows: torch.Tensor, weight_t: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """rows [N, K] grouped by expert, weight_t [E, K, M], offsets [E] int32 cumulative -> [N, M]."""
     ends = offsets.tolist()  # a CPU tensor: nothing to wait for
-    runs = split_runs(ends, _active)
+    workers = _active  # read once: another thread's generate may leave the block meanwhile
+    if workers < 2:
+        return F.grouped_mm(rows, weight_t, offs=offsets)
+    pool = _workers(workers)
+    runs = split_runs(ends, workers)
     if len(runs) < 2:
         return F.grouped_mm(rows, weight_t, offs=offsets)
 
@@ -105,6 +105,6 @@ def grouped_mm_over_cores(rows: torch.Tensor, weight_t: torch.Tensor, offsets: t
         with torch.no_grad(), torch.inference_mode(inference):
             return F.grouped_mm(rows[first:ends[e1 - 1]], weight_t[e0:e1], offs=offsets[e0:e1] - first)
 
-    futures = [_workers(_active).submit(run, e0, e1) for e0, e1 in runs[1:]]
+    futures = [pool.submit(run, e0, e1) for e0, e1 in runs[1:]]
     first = run(*runs[0])  # the calling thread takes a share too
     return torch.cat([first] + [f.result() for f in futures])
