@@ -170,3 +170,13 @@ def test_verify_after_import_under_tp2_pp2_ep2(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
     assert float(re.fullmatch(r"max_abs_logit_diff=(\S+)", last).group(1)) < 1e-4
+
+
+def test_checkpoint_meta_without_a_model_is_a_named_error():
+    from r1mega.errors import CheckpointError
+    from r1mega.models.family import family_from_meta
+
+    with pytest.raises(CheckpointError, match="neither hf_config nor model_config"):
+        family_from_meta({"family": "deepseek_v3"})
+    with pytest.raises(CheckpointError, match="model_config does not fit deepseek_v3"):
+        family_from_meta({"family": "deepseek_v3", "model_config": {"hidden_size": 64, "no_such_key": 1}})

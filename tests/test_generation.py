@@ -69,3 +69,20 @@ def test_data_parallel_ranks_stop_together_when_experts_span_them():
     r0, r1 = run_ranks(uneven_stop_worker, 2)
     assert r0["generated"].tolist() == [1, 1]  # stopped after its first token
     assert r1["generated"].tolist() == [5, 5, 5]  # the other rank decoded on to the limit
+
+
+def test_generation_gives_the_training_mode_back_when_it_fails():
+    from r1mega.config import ModelConfig
+    from r1mega.inference.generate import GenerationConfig, generate
+    from r1mega.models.deepseek_v3.model import DeepseekV3
+
+    torch.manual_seed(0)
+    model = DeepseekV3(ModelConfig(num_layers=2, n_group=1, topk_group=1, num_mtp_layers=0), single_process_state())
+    model.train()
+
+    def stop(tokens):
+        raise RuntimeError("a stop check that fails")
+
+    with pytest.raises(RuntimeError, match="a stop check that fails"):
+        generate(model, single_process_state(), [[1, 2, 3]], GenerationConfig(max_new_tokens=3, stop=stop))
+    assert model.training and all(m.training for m in model.modules())

@@ -94,6 +94,15 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
     return ids, pad
 
 
+@contextlib.contextmanager
+def _mode_restored(model, was_training: bool):
+    """Give the model its training mode back however generation ends (an exception included)."""
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def generate(model, ps: ParallelState, prompts: list[list[int]], gen: GenerationConfig,
              row_offset: int = 0, microbatches: Optional[int] = None, rows: Optional[torch.Tensor] = None) -> Rollout:
@@ -132,7 +141,7 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     # every intra-op thread (with one, a 512-token prompt's prefill ran 1.65x slower)
     per_expert = getattr(model, "routed_rows_per_expert", lambda b: None)(B)
     spread = per_expert is not None and per_expert <= SPREAD_EXPERTS_BELOW_ROWS
-    with sequence_parallel_off(ps), contextlib.ExitStack() as decoding:
+    with sequence_parallel_off(ps), _mode_restored(model, was_training), contextlib.ExitStack() as decoding:
         for step in range(gen.max_new_tokens):
             if step == 1 and spread:
                 decoding.enter_context(experts_over_cores(device))
@@ -179,8 +188,6 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     rollout = Rollout(tokens[:, :used], P, pad, mask[:, :used], logprobs[:, :used], routing,
                       caches[0].values_per_token_per_layer(), sum(c.nbytes() for c in caches))
     del caches  # the KV cache is gone before any training step
-    if was_training:
-        model.train()
     return rollout
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 import torch.nn as nn
 
 from r1mega.config import Config, ConfigError, DenseConfig, ModelConfig
+from r1mega.errors import CheckpointError
 from r1mega.parallel.layout import ParallelState
 
 
@@ -119,7 +120,14 @@ def family_from_meta(meta: dict) -> tuple[ModelFamily, Any]:
     if meta.get("hf_config") is not None:
         return family_for_hf(meta["hf_config"])
     fam = family_named(meta.get("family", "deepseek_v3"))
-    return fam, fam.config_cls(**meta["model_config"])
+    recorded = meta.get("model_config")
+    if not isinstance(recorded, dict):
+        raise CheckpointError("the checkpoint's meta.json has neither hf_config nor model_config: nothing says "
+                              "what model it holds; it was not written by r1mega, or meta.json was edited")
+    try:
+        return fam, fam.config_cls(**recorded)
+    except TypeError as e:
+        raise CheckpointError(f"the checkpoint's meta.json model_config does not fit {fam.name}: {e}") from None
 
 
 def build_config(model_cfg, parallel=None) -> Config:
