@@ -25,6 +25,19 @@ def stage_layers(num_layers: int, pp: int, stage: int, pp_layers: Optional[list[
     return range(start, start + counts[stage])
 
 
+def place_stage(module, cfg, ps: ParallelState, pp_layers: Optional[list[int]], stage: Optional[int],
+                num_stages: Optional[int]) -> None:
+    """Set where a family's stage module sits in the pipeline: cfg/ps, stage (default: this rank's pp
+    rank) of num_stages (default: pp), is_first/is_last, its layer_ids, and hidden/vocab sizes."""
+    module.cfg, module.ps = cfg, ps
+    module.stage = ps.r("pp") if stage is None else stage
+    module.num_stages = ps.pp if num_stages is None else num_stages
+    module.is_first = module.stage == 0
+    module.is_last = module.stage == module.num_stages - 1
+    module.layer_ids = stage_layers(cfg.num_layers, module.num_stages, module.stage, pp_layers)
+    module.hidden_size, module.vocab_size = cfg.hidden_size, cfg.vocab_size
+
+
 @dataclass
 class StageOutput:
     hidden: Optional[torch.Tensor] = None  # [s_local, b, D] to send on (non-last stages)

@@ -19,7 +19,7 @@ from r1mega.models.ffn import SwiGLU
 from r1mega.models.recompute import recomputed
 from r1mega.models.rope import RotaryEmbedding
 from r1mega.models.stage import (  # noqa: F401  (re-exported for existing callers)
-    IGNORE_INDEX, StageOutput, check_sequence_parallel, shift_left, stage_layers, token_loss,
+    IGNORE_INDEX, StageOutput, check_sequence_parallel, place_stage, shift_left, stage_layers, token_loss,
 )
 from r1mega.parallel.context_parallel import ContextParallelAttention, zigzag_chunks, zigzag_index
 from r1mega.parallel.layout import ParallelState
@@ -90,13 +90,7 @@ class DeepseekV3(nn.Module):
     def __init__(self, cfg: ModelConfig, ps: ParallelState, pp_layers: Optional[list[int]] = None,
                  stage: Optional[int] = None, num_stages: Optional[int] = None):
         super().__init__()
-        self.cfg, self.ps = cfg, ps
-        self.stage = ps.r("pp") if stage is None else stage
-        self.num_stages = ps.pp if num_stages is None else num_stages
-        self.is_first = self.stage == 0
-        self.is_last = self.stage == self.num_stages - 1
-        self.layer_ids = stage_layers(cfg.num_layers, self.num_stages, self.stage, pp_layers)
-        self.hidden_size, self.vocab_size = cfg.hidden_size, cfg.vocab_size
+        place_stage(self, cfg, ps, pp_layers, stage, num_stages)
         std = cfg.initializer_range
         self.rope = RotaryEmbedding(cfg.qk_rope_head_dim, cfg.rope_theta, cfg.rope_scaling,
                                     cfg.max_position_embeddings, cfg.rope_interleave)

@@ -21,7 +21,7 @@ from r1mega.kernels import linear
 from r1mega.models.deepseek_v3.block_attention import block_attention
 from r1mega.models.ffn import SwiGLU
 from r1mega.models.rope import RotaryEmbedding
-from r1mega.models.stage import StageOutput, check_sequence_parallel, stage_layers, token_loss
+from r1mega.models.stage import StageOutput, check_sequence_parallel, place_stage, token_loss
 from r1mega.models.weights import SliceSpec, full_shape, hf_name
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.param_spec import spec_of, tag
@@ -127,13 +127,7 @@ class DenseStudent(nn.Module):
     def __init__(self, cfg: DenseConfig, ps: ParallelState, pp_layers: Optional[list[int]] = None,
                  stage: Optional[int] = None, num_stages: Optional[int] = None):
         super().__init__()
-        self.cfg, self.ps = cfg, ps
-        self.stage = ps.r("pp") if stage is None else stage
-        self.num_stages = ps.pp if num_stages is None else num_stages
-        self.is_first = self.stage == 0
-        self.is_last = self.stage == self.num_stages - 1
-        self.layer_ids = stage_layers(cfg.num_layers, self.num_stages, self.stage, pp_layers)
-        self.hidden_size, self.vocab_size = cfg.hidden_size, cfg.vocab_size
+        place_stage(self, cfg, ps, pp_layers, stage, num_stages)
         std, tied = cfg.initializer_range, cfg.tie_word_embeddings
         self.rope = RotaryEmbedding(cfg.head_size, cfg.rope_theta, cfg.rope_scaling, cfg.max_position_embeddings,
                                     interleave=False)
