@@ -21,9 +21,9 @@ from r1mega.config import Config, ModelConfig, load_config, validate
 from r1mega.data.sft import block_causal_mask
 from r1mega.models.activation_memory import PeakLiveBytes, layer_activation_bytes
 from r1mega.models.deepseek_v3.model import DeepseekV3
-from r1mega.models.recompute import set_recompute
+from r1mega.parallel.recompute import set_recompute
 from r1mega.parallel.layout import single_process_state
-from r1mega.train.trainer import init_weights
+from r1mega.train.model_build import init_weights
 
 MiB = 2 ** 20
 

@@ -5,7 +5,7 @@
 Times, for a GRPO step's worth of programs (default 512: 32 prompts x 16 samples), each a small
 solved problem with its assert tests:
   bare     `python -I -S -c` per program, no isolation (the floor: interpreter start-up)
-  sandbox  r1mega.rl.sandbox.run_many (namespaces, fresh root, seccomp, limits, token check)
+  sandbox  r1mega.sandbox.isolation.run_many (namespaces, fresh root, seccomp, limits, token check)
   judged   the same, through the forge-proof path: only `lis(...)` runs in the sandbox, its value
            comes back serialised and is compared here (r1mega/rl/code_tests.py)
 both through the same thread pool, and the per-program latency of one program at a time. Best of
@@ -22,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from r1mega.rl import code_tests  # noqa: E402
-from r1mega.rl.sandbox import Job, default_workers, require_isolation, run_many  # noqa: E402
+from r1mega.sandbox import code_tests  # noqa: E402
+from r1mega.sandbox.isolation import Job, default_workers, require_isolation, run_many  # noqa: E402
 
 CODE = "from bisect import bisect_left\ndef lis(a):\n    t = []\n    for x in a:\n        i = bisect_left(t, x)\n" \
        "        t[i:i + 1] = [x]\n    return len(t)\n"

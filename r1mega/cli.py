@@ -42,9 +42,9 @@ def main(argv=None) -> int:
     from r1mega.generation import reject_sample
 
     reject_sample.add_args(sub.add_parser("reject-sample", help="sample, keep correct readable ones, write SFT JSONL"))
-    from r1mega import pipeline
+    from r1mega import recipe
 
-    pipeline.add_args(sub.add_parser("pipeline", help="the DeepSeek-R1 recipe stage by stage, each evaluated"))
+    recipe.add_args(sub.add_parser("pipeline", help="the DeepSeek-R1 recipe stage by stage, each evaluated"))
 
     for kind in ("pretrain", "sft", "grpo"):
         p = sub.add_parser(kind, help=f"{kind} (torchrun for several ranks)")
@@ -101,9 +101,9 @@ def _dispatch(parser, args) -> int:
 
         return reject_sample.run(args)
     if args.command == "pipeline":
-        from r1mega import pipeline
+        from r1mega import recipe
 
-        return pipeline.run(args)
+        return recipe.run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

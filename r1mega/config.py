@@ -246,7 +246,7 @@ class TrainConfig:
     verify_checkpoint: bool = True  # check each loaded piece's CRC32 against the checkpoint's record
     # model keys allowed to differ from the checkpoint's on resume (e.g. [rope_scaling] to extend context)
     allow_arch_change: list[str] = field(default_factory=list)
-    recompute: str = "none"  # none | selective | full (activation recompute, models/recompute.py)
+    recompute: str = "none"  # none | selective | full (activation recompute, parallel/recompute.py)
     recompute_modules: list[str] = field(default_factory=lambda: list(SELECTIVE_RECOMPUTE_MODULES))
     # FP8 linears (DeepSeek-V3's blockwise recipe): none | blockwise
     fp8: str = "none"

@@ -6,7 +6,7 @@ import torch
 from layout_workers import build
 from r1mega.config import ParallelConfig
 from r1mega.models.deepseek_v3.hf_weights import gather_full
-from r1mega.models.recompute import set_recompute
+from r1mega.parallel.recompute import set_recompute
 from r1mega.parallel.context_parallel import gather_sequence
 from r1mega.parallel.vocab_parallel import gather_vocab
 from r1mega.train.lm_step import lm_forward_backward

@@ -58,7 +58,7 @@ def write_jsonl(path: str, records: list[dict]) -> str:
 def imported_checkpoint(root: str, vocab_size: int = 640) -> str:
     """A tiny random DeepSeek-V3 (vocab padded past the tokenizer's) saved as Hugging Face does,
     with the tokenizer beside it, then imported by r1mega-convert. Returns the checkpoint dir."""
-    from r1mega.models.deepseek_v3.tiny import make_hf_model
+    from tiny_hf import make_hf_model
     from tools.convert import do_import
 
     hf_dir = os.path.join(root, "hf")

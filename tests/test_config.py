@@ -95,7 +95,7 @@ def test_v2_lite_style_config_reads():
 
 
 def test_bad_layout_fails_before_any_weight_is_allocated(tmp_path, monkeypatch):
-    from r1mega.models.deepseek_v3.tiny import make_hf_model
+    from tiny_hf import make_hf_model
 
     make_hf_model("DeepseekV3").save_pretrained(tmp_path)
 

@@ -6,7 +6,7 @@ import torch
 from cp_workers import cp_evaluate, cp_layouts_worker
 from layout_workers import build
 from r1mega.config import ParallelConfig
-from r1mega.models.deepseek_v3.tiny import add_mtp_layer, batch
+from tiny_hf import add_mtp_layer, batch
 from r1mega.parallel.context_parallel import global_order, zigzag_chunks, zigzag_index
 from r1mega.parallel.spawn import run_ranks
 from test_layouts import MTP_WEIGHT, check

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from r1mega.models.deepseek_v3.fp8 import FP8, dequantize, quantize
-from r1mega.models.deepseek_v3.tiny import add_mtp_layer, make_hf_model
+from r1mega.models.fp8 import FP8, dequantize, quantize
+from tiny_hf import add_mtp_layer, make_hf_model
 from tools.convert import ConvertError, do_export, do_import, main as convert_main
 
 

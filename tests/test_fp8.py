@@ -275,7 +275,7 @@ FP8_LAYOUTS = {  # name -> (layout, microbatches of the one-process reference wi
 
 @pytest.fixture(scope="module")
 def layout_checkpoint(tmp_path_factory):
-    from r1mega.models.deepseek_v3.tiny import add_mtp_layer
+    from tiny_hf import add_mtp_layer
     from tiny_variants import make_variant
 
     path = tmp_path_factory.mktemp("fp8_v3")
@@ -288,7 +288,7 @@ def test_layouts_equal_one_process_under_the_emulation(layout_checkpoint):
     from fp8_workers import fp8_layouts_worker
     from layout_workers import build, evaluate
     from r1mega.config import ParallelConfig
-    from r1mega.models.deepseek_v3.tiny import batch
+    from tiny_hf import batch
     from r1mega.parallel.spawn import run_ranks
 
     ids, labels = batch(128, 4, 16, seed=3)
@@ -336,14 +336,14 @@ def test_fp8_checkpoint_gives_exact_fp32_masters_whose_blocks_are_the_recipes(tm
     from safetensors.torch import load_file, save_file
 
     from r1mega.config import Config, ModelConfig, TrainConfig
-    from r1mega.models.deepseek_v3.fp8 import dequantize as checkpoint_dequantize
-    from r1mega.models.deepseek_v3.fp8 import quantize as checkpoint_quantize
+    from r1mega.models.fp8 import dequantize as checkpoint_dequantize
+    from r1mega.models.fp8 import quantize as checkpoint_quantize
     from r1mega.models.deepseek_v3.hf_weights import param_slices
-    from r1mega.models.deepseek_v3.tiny import make_hf_model
+    from tiny_hf import make_hf_model
     from r1mega.parallel.layout import single_process_state
     from r1mega.train.checkpoint import load_checkpoint
     from r1mega.train.optimizer import DistributedAdamW
-    from r1mega.train.trainer import build_chunks, place
+    from r1mega.train.model_build import build_chunks, place
     from tools.convert import do_import
 
     src = str(tmp_path / "hf")  # hidden 160, widths 200 / 136 / 132: ragged 128-blocks everywhere

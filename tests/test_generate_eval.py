@@ -25,7 +25,7 @@ def tiny(tmp_path_factory):
     from r1mega.parallel.layout import single_process_state
     from r1mega.train.checkpoint import save_checkpoint
     from r1mega.train.optimizer import DistributedAdamW
-    from r1mega.train.trainer import build_chunks, init_weights
+    from r1mega.train.model_build import build_chunks, init_weights
 
     root = tmp_path_factory.mktemp("tiny")
     tok = train_sentencepiece(pretrain_corpus(200), str(root / "tok"), 384)
@@ -165,7 +165,7 @@ def test_hf_directory_greedy_equals_transformers(tiny, tmp_path):
 
     from r1mega.cli import main
     from r1mega.data.tokenizer import Tokenizer
-    from r1mega.models.deepseek_v3.tiny import make_hf_model
+    from tiny_hf import make_hf_model
 
     hf = make_hf_model(vocab_size=384, seed=3, n_group=2, topk_group=1)
     hf.save_pretrained(tmp_path / "hf")

@@ -8,7 +8,7 @@ from r1mega.models.deepseek_v3.hf_weights import CheckpointError, gather_full, l
 from r1mega.models.deepseek_v3.model import DeepseekV3
 from r1mega.parallel.layout import single_process_state
 from r1mega.train.lm_step import lm_forward_backward
-from r1mega.models.deepseek_v3.tiny import batch
+from tiny_hf import batch
 from tiny_variants import VARIANTS, hf_grads, make_variant
 
 

@@ -7,11 +7,11 @@ from r1mega.config import Config, ConfigError, ModelConfig, ParallelConfig, Trai
 from r1mega.data.sft import block_causal_mask
 from r1mega.inference.generate import left_padded_causal_mask
 from r1mega.models.activation_memory import PeakLiveBytes, saved_bytes
-from r1mega.models.deepseek_v3.block_attention import block_attention, documents_from_pad
+from r1mega.kernels.block_attention import block_attention, documents_from_pad
 from r1mega.models.deepseek_v3.model import DeepseekV3
-from r1mega.models.recompute import set_recompute
+from r1mega.parallel.recompute import set_recompute
 from r1mega.parallel.layout import single_process_state
-from r1mega.train.trainer import init_weights
+from r1mega.train.model_build import init_weights
 
 
 def tiny_model(seed=1, **model):

@@ -2,12 +2,12 @@
 import torch
 
 from r1mega.config import Config, ModelConfig, OptimConfig, ParallelConfig, validate
-from r1mega.models.deepseek_v3.tiny import batch
+from tiny_hf import batch
 from r1mega.parallel.layout import single_process_state
 from r1mega.parallel.spawn import run_ranks
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.optimizer import decays, lr_at
-from r1mega.train.trainer import build_chunks, init_weights
+from r1mega.train.model_build import build_chunks, init_weights
 from train_workers import EPS, optimizer_worker
 
 STEPS = 4

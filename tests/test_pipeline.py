@@ -72,7 +72,7 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path):
 
 
 def test_bad_pipeline_configs_are_named(tmp_path):
-    from r1mega.pipeline import load_pipeline
+    from r1mega.recipe import load_pipeline
 
     def bad(cfg, key):
         p = tmp_path / "p.yaml"

@@ -143,7 +143,7 @@ def test_every_shipped_config_loads():
     for path in files:
         with open(path) as f:
             if any(line.startswith("stages:") for line in f):  # an `r1mega pipeline` recipe, not a run config
-                from r1mega.pipeline import load_pipeline
+                from r1mega.recipe import load_pipeline
 
                 assert load_pipeline(path)["stages"], path
                 continue

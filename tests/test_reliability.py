@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from r1mega import cli
 from r1mega.config import load_config
 from r1mega.data.pretrain import write_indexed
-from r1mega.errors import CheckpointError, ConfigError, DataError, TrainingError
+from r1mega.errors import CheckpointError, ConfigError, TrainingError
 from r1mega.train.checkpoint import ArchitectureMismatch, crc32
 from r1mega.train.trainer import train
 
@@ -478,7 +478,7 @@ def test_save_refuses_non_finite_weights(tmp_path):
     from r1mega.parallel.layout import single_process_state
     from r1mega.train.checkpoint import save_checkpoint
     from r1mega.train.optimizer import DistributedAdamW
-    from r1mega.train.trainer import build_chunks, init_weights
+    from r1mega.train.model_build import build_chunks, init_weights
 
     cfg = validate(Config(model=ModelConfig(**TINY["model"])), 1)
     ps = single_process_state()
@@ -508,7 +508,7 @@ def test_non_finite_run_stops_after_max_consecutive_skips(tmp_path, corpus):
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    from r1mega.models.deepseek_v3.tiny import make_hf_model
+    from tiny_hf import make_hf_model
 
     src = str(tmp_path_factory.mktemp("hf") / "hf")
     make_hf_model("DeepseekV3", n_group=2, topk_group=1).save_pretrained(src)

@@ -19,9 +19,9 @@ import time
 
 import pytest
 
-from r1mega.rl import sandbox
+from r1mega.sandbox import isolation as sandbox
 from r1mega.rl.rewards import code_reward, code_rewards_in_parallel
-from r1mega.rl.sandbox import Job, Limits, run_code, run_many, run_tests
+from r1mega.sandbox.isolation import Job, Limits, run_code, run_many, run_tests
 
 pytestmark = pytest.mark.skipif(sandbox.isolation_problem() is not None,
                                 reason=f"isolated sandbox unavailable here: {sandbox.isolation_problem()}")
@@ -684,7 +684,7 @@ def test_seccomp_numbers_match_libseccomp():
     import ctypes
     import ctypes.util
 
-    from r1mega.rl import seccomp as sc
+    from r1mega.sandbox import seccomp as sc
 
     path = ctypes.util.find_library("seccomp")
     if not path:
@@ -701,7 +701,7 @@ def test_seccomp_numbers_match_libseccomp():
 
 ID_PATHS = """
 import os, sys
-from r1mega.rl import sandbox
+from r1mega.sandbox import isolation as sandbox
 canary = sys.argv[1]
 assert sandbox.isolation_problem() is None, sandbox.isolation_problem()
 r = sandbox.run_code(f"import os\\nprint(os.getuid(), os.listdir('/'))\\nopen({canary!r}, 'w').write('x')")

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from r1mega.models.deepseek_v3.tiny import batch
+from tiny_hf import batch
 from r1mega.parallel.pipeline import interleaved_order, one_f_one_b_order
 from r1mega.parallel.spawn import run_ranks
 from train_workers import grads_under, schedules_worker

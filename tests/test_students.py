@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from r1mega.config import load_config
-from r1mega.models.deepseek_v3.tiny import batch, randomize
+from tiny_hf import batch, randomize
 from r1mega.models.dense.model import kv_heads_of_rank
 from r1mega.models.family import family_for_hf
 from r1mega.parallel.spawn import run_ranks

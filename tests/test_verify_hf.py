@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from r1mega import cli
-from r1mega.models.deepseek_v3.tiny import add_mtp_layer, make_hf_model
+from tiny_hf import add_mtp_layer, make_hf_model
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Tiny model variants for the parity tests, each differing in a feature the parity must cover."""
 import torch
 
-from r1mega.models.deepseek_v3.tiny import make_hf_model
+from tiny_hf import make_hf_model
 
 # name -> (HF class name, config overrides)
 VARIANTS = {

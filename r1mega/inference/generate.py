@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from r1mega.models.deepseek_v3.block_attention import documents_from_pad
+from r1mega.kernels.block_attention import documents_from_pad
 from r1mega.inference.sampling import row_keys, sample
 from r1mega.kernels.cpu_experts import SPREAD_EXPERTS_BELOW_ROWS, experts_over_cores
 from r1mega.parallel.layout import ParallelState

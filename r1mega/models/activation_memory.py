@@ -90,7 +90,7 @@ def _layer_bytes_per_token(m, recompute: str, modules, tokens: int) -> dict[str,
     """Measured bytes per token a dense and a MoE decoder layer of config `m` hold for backward."""
     from r1mega.models.deepseek_v3.model import DecoderLayer
     from r1mega.models.rope import RotaryEmbedding
-    from r1mega.models.recompute import set_recompute
+    from r1mega.parallel.recompute import set_recompute
     from r1mega.parallel.layout import single_process_state
 
     ps = single_process_state()

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1mega.kernels import linear
-from r1mega.models.recompute import recomputed
+from r1mega.parallel.recompute import recomputed
 from r1mega.parallel.comm import copy_to_group, gather_seq, reduce_from_group, reduce_scatter_seq
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.param_spec import tag  # noqa: F401  (layers tag what they create)
@@ -95,7 +95,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = tag(nn.Parameter(torch.ones(dim)), tp_partial=where, init="ones")
 
-    recompute: frozenset = frozenset()  # "layernorm": keep only the input (models/recompute.py)
+    recompute: frozenset = frozenset()  # "layernorm": keep only the input (parallel/recompute.py)
 
     def forward(self, x):
         return recomputed("layernorm" in self.recompute, self._norm, x)

@@ -33,7 +33,7 @@ from r1mega.errors import TrainingError
 from r1mega.data.templates import Rendered
 from r1mega.data.tokenizer import Tokenizer, check_fits
 from r1mega.inference.generate import GenerationConfig, Rollout, generate
-from r1mega.models.deepseek_v3.block_attention import documents_from_pad
+from r1mega.kernels.block_attention import documents_from_pad
 from r1mega.parallel.context_parallel import gather_tokens, local_tokens
 from r1mega.parallel.grad_sync import sync_grads
 from r1mega.parallel.layout import ParallelState
@@ -42,7 +42,7 @@ from r1mega.parallel.vocab_parallel import vocab_parallel_log_probs
 from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, overlong_shaping
 from r1mega.rl.metrics import StepMetrics, global_values
 from r1mega.rl.prompt_source import PromptSource
-from r1mega.rl import sandbox
+from r1mega.sandbox import isolation as sandbox
 from r1mega.rl.reference import ReferencePolicy
 from r1mega.rl.rewards import code_rewards_in_parallel, reward_terms, total_reward
 from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint

@@ -14,7 +14,7 @@ reference answer (or tests, or the target language). The step's reward is their 
   language  share of the chain-of-thought's words in the target language (R1's consistency
             reward); the target is the sample's `language`, else rl.language, else en
   code      1 if the last code block outside the thought passes every test of the sample in the
-            sandbox (r1mega/rl/sandbox.py), else 0: `tests` as Python run after the code (then
+            sandbox (r1mega/sandbox/isolation.py), else 0: `tests` as Python run after the code (then
             `check(entry_point)` when given), or a list of {input, output} stdin/stdout cases.
             Assert tests of the shapes in r1mega/rl/code_tests.py are judged in the trainer on
             the values the sandbox returns (forge-proof); other test code runs in the sandbox
@@ -27,8 +27,8 @@ import re
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
-from r1mega.rl import code_tests
-from r1mega.rl.sandbox import Job, SandboxResult, run_many
+from r1mega.sandbox import code_tests
+from r1mega.sandbox.isolation import Job, SandboxResult, run_many
 
 THINK = re.compile(r"^\s*<think>(.*?)</think>(.*)$", re.DOTALL)
 ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from r1mega.config import Config, ConfigError, ModelConfig, TrainConfig
 from r1mega.kernels import use_backend
 from r1mega.kernels.fp8_backend import fp8_backend
+from r1mega.train.model_build import build_chunks, init_weights, place, refuse_unbuildable  # noqa: F401
 from r1mega.parallel.layout import (
     ParallelState, build_parallel_state, default_device, join_ranks, single_process_state,
 )
@@ -88,40 +89,8 @@ def start_run(cfg: Config, validate_fn: Callable[[Config, int], Config], own_che
     return Run(cfg, ps, distributed, owns_group, world, default_device(), getattr(torch, cfg.train.dtype))
 
 
-def host_memory_bytes() -> Optional[int]:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not a POSIX system that reports it
-        return None
-
-
-def refuse_unbuildable(cfg: Config, world: int) -> None:
-    """Refuse a model no rank of this machine could hold, before building it. Construction goes
-    layer by layer, so an absurd size (model.num_layers=10**9) would otherwise run for hours before
-    the allocator gives up. The bound is a floor -- every rank holds at least 1/world of the
-    parameters, built in float32 -- so nothing that could fit is refused (`r1mega plan` sizes a
-    layout exactly). It blames num_layers when one layer of the model would fit."""
-    from r1mega.models.family import family_for
-
-    memory = host_memory_bytes()
-    if memory is None:
-        return
-    family, m = family_for(cfg)
-    section = "student" if cfg.student is not None else "model"
-    need = lambda c: family.count_params(c)["total"] * 4 / max(world, 1)  # noqa: E731
-    if need(m) <= memory:
-        return
-    key = f"{section}.num_layers" if need(replace(m, num_layers=1)) <= memory else section
-    raise ConfigError(key, f"{family.count_params(m)['total']:,} parameters ({section}.num_layers={m.num_layers}, "
-                      f"{section}.hidden_size={m.hidden_size}) need at least {need(m) / 2**30:,.1f} GiB per rank on "
-                      f"{world} rank(s), more than this machine's {memory / 2**30:,.1f} GiB of memory; check the "
-                      f"model sizes, or size a layout with `r1mega plan`")
-
-
 def build_model(cfg: Config, ps: ParallelState, device: torch.device, dtype: torch.dtype) -> torch.nn.ModuleList:
     """This rank's model chunks, initialised layout-independently, on the device in the weight dtype."""
-    from r1mega.train.trainer import build_chunks, init_weights, place
-
     try:
         chunks = build_chunks(cfg, ps)
     except (RuntimeError, MemoryError) as e:  # e.g. a model too large for this machine

@@ -12,19 +12,14 @@ import math
 import os
 import sys
 import time
-import zlib
 from dataclasses import asdict, replace
 
-import torch
 
 from r1mega.config import Config, ConfigError, validate_training
 from r1mega.errors import TrainingError
 from r1mega.data.prepare import resolve_data
 from r1mega.data.tokenizer import check_fits, load_tokenizer
 from r1mega.models.family import family_for
-from r1mega.models.recompute import set_recompute
-from r1mega.parallel.param_spec import spec_of
-from r1mega.parallel.layout import ParallelState
 from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
@@ -33,54 +28,6 @@ from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.train.setup import build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, start_run
 
 H100_BF16_DENSE_TFLOPS = 989.0
-
-
-def build_chunks(cfg: Config, ps: ParallelState) -> torch.nn.ModuleList:
-    """This rank's model chunks (one per virtual pipeline stage) of the config's model family."""
-    from r1mega.train.setup import refuse_unbuildable
-
-    refuse_unbuildable(cfg, ps.world)  # before a layer-by-layer build that could never finish
-    v = cfg.train.virtual_stages
-    family, model_cfg = family_for(cfg)
-    chunks = torch.nn.ModuleList(
-        family.build_stage(model_cfg, ps, cfg.parallel.pp_layers if v == 1 else None,
-                           stage=c * ps.pp + ps.r("pp"), num_stages=ps.pp * v)
-        for c in range(v))
-    set_recompute(chunks, cfg.train.recompute, cfg.train.recompute_modules)
-    return chunks
-
-
-def place(chunks: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """Move to the device and weight dtype; the routing selection bias stays float32."""
-    chunks.to(device=device, dtype=dtype)
-    for m in chunks.modules():
-        if getattr(m, "e_score_correction_bias", None) is not None:
-            m.e_score_correction_bias.data = m.e_score_correction_bias.float()
-    return chunks
-
-
-@torch.no_grad()
-def init_weights(chunks: torch.nn.ModuleList, seed: int) -> None:
-    """Layout-independent initialisation: each tensor is drawn whole from a generator seeded by
-    (seed, its checkpoint name), then sliced, so every layout starts from the same model. What a
-    tensor starts as (normal, ones, zeros) is its parameter spec's `init`."""
-    std = chunks[0].cfg.initializer_range
-    for chunk in chunks:
-        for spec in chunk.param_slices():
-            pspec = spec_of(spec.param)
-            kind = pspec.init_kind(spec.local)
-            if kind == "ones":
-                spec.local.fill_(1.0)
-            elif kind == "zeros":
-                spec.local.zero_()
-            else:
-                # a tied copy (the last stage's embedding under PP) starts equal to its source
-                key = pspec.copy_of or spec.key
-                g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
-                full = torch.randn(spec.full_shape, generator=g) * std
-                if spec.dim is not None:
-                    full = full.chunk(spec.parts, dim=spec.dim)[spec.rank]
-                spec.local.copy_(full)
 
 
 def _data(cfg: Config, kind: str):

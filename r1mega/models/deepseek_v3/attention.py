@@ -18,8 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1mega.config import ModelConfig
-from r1mega.models.deepseek_v3.block_attention import block_attention
-from r1mega.models.recompute import recomputed
+from r1mega.kernels.block_attention import block_attention
+from r1mega.parallel.recompute import recomputed
 from r1mega.models.rope import RotaryEmbedding, softmax_scale
 from r1mega.parallel.context_parallel import ContextParallelAttention, gather_sequence
 from r1mega.parallel.layout import ParallelState
@@ -50,7 +50,7 @@ class MLA(nn.Module):
         self.o_proj = RowParallelLinear(cfg.num_heads * cfg.v_head_dim, D, ps, std, bias=cfg.attention_bias)
         self.scale = softmax_scale(cfg.qk_head_dim, cfg.rope_scaling)
 
-    recompute: frozenset = frozenset()  # "mla_up_proj" / "core_attn" (models/recompute.py)
+    recompute: frozenset = frozenset()  # "mla_up_proj" / "core_attn" (parallel/recompute.py)
 
     def project_latents(self, x: torch.Tensor, rope: RotaryEmbedding, cos, sin):
         """x [s_local, b, D] residual-stream layout -> in the TP region: what the query

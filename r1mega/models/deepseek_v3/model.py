@@ -12,11 +12,11 @@ import torch
 import torch.nn as nn
 
 from r1mega.config import ModelConfig
-from r1mega.inference.kv_cache import KVCache
+from r1mega.models.deepseek_v3.kv_cache import KVCache
 from r1mega.models.deepseek_v3.attention import MLA
 from r1mega.models.deepseek_v3.moe import MoE
 from r1mega.models.ffn import SwiGLU
-from r1mega.models.recompute import recomputed
+from r1mega.parallel.recompute import recomputed
 from r1mega.models.rope import RotaryEmbedding
 from r1mega.models.stage import (  # noqa: F401  (re-exported for existing callers)
     IGNORE_INDEX, StageOutput, check_sequence_parallel, place_stage, shift_left, stage_layers, token_loss,
@@ -37,7 +37,7 @@ class DecoderLayer(nn.Module):
         self.mlp = (MoE(cfg, ps) if cfg.is_moe_layer(layer_idx)
                     else SwiGLU(cfg.hidden_size, cfg.intermediate_size, ps, cfg.initializer_range))
 
-    recompute: frozenset = frozenset()  # "full": keep only the layer input (models/recompute.py)
+    recompute: frozenset = frozenset()  # "full": keep only the layer input (parallel/recompute.py)
 
     def forward(self, h, rope, cos, sin, attn_mask=None, cache=None, replay=None):
         if "full" not in self.recompute or cache is not None:

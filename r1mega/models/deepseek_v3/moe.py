@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from r1mega.config import ModelConfig
 from r1mega.kernels import grouped_linear
 from r1mega.models.ffn import SwiGLU
-from r1mega.models.recompute import recomputed
+from r1mega.parallel.recompute import recomputed
 from r1mega.parallel.comm import all_gather_nograd, gather_dim0, reduce_from_group, split_dim0
 from r1mega.parallel.expert_dispatch import AllToAllDispatcher, count_per_expert
 from r1mega.parallel.layout import ParallelState
@@ -95,7 +95,7 @@ class GroupedExperts(nn.Module):
         self.w_gate_up = param(self.num_local, 2 * self.inner, D, shard_dim=1)
         self.w_down = param(self.num_local, D, self.inner, shard_dim=2)
 
-    recompute: frozenset = frozenset()  # "moe_act" (models/recompute.py)
+    recompute: frozenset = frozenset()  # "moe_act" (parallel/recompute.py)
 
     def forward(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """rows [N, D] grouped by local expert with `counts` rows each -> [N, D] (partial over etp)."""
@@ -124,7 +124,7 @@ class _AttachAuxLoss(torch.autograd.Function):
 
 
 class MoE(nn.Module):
-    recompute: frozenset = frozenset()  # "shared_experts" (models/recompute.py)
+    recompute: frozenset = frozenset()  # "shared_experts" (parallel/recompute.py)
 
     def _whole_sequence_routing(self, idx: torch.Tensor, n: int, b: int) -> torch.Tensor:
         """Every token's experts [s, b, k] from this rank's part (gathered over TP when split or SP).

@@ -16,9 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1mega.config import DenseConfig
-from r1mega.inference.heads_cache import HeadsKVCache
+from r1mega.models.dense.kv_cache import HeadsKVCache
 from r1mega.kernels import linear
-from r1mega.models.deepseek_v3.block_attention import block_attention
+from r1mega.kernels.block_attention import block_attention
 from r1mega.models.ffn import SwiGLU
 from r1mega.models.rope import RotaryEmbedding
 from r1mega.models.stage import StageOutput, check_sequence_parallel, place_stage, token_loss

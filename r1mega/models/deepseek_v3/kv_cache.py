@@ -6,16 +6,11 @@ left-padded to a common prompt length and decode in lockstep; `valid` marks the 
 query may attend to."""
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable
 
 import torch
 
-from r1mega.models.deepseek_v3.block_attention import documents_from_valid
-
-
-def prompt_documents(valid: torch.Tensor, length: int, s: int) -> Optional[torch.Tensor]:
-    """Shared by the caches: document ids of a cache's first multi-token forward, else None."""
-    return documents_from_valid(valid[:, :s]) if length == 0 and s > 1 else None
+from r1mega.kernels.block_attention import prompt_documents
 
 
 class LayerCache:

@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 
-from r1mega.rl import code_tests
+from r1mega.sandbox import code_tests
 from r1mega.rl.rewards import code_reward, code_rewards_in_parallel
-from r1mega.rl.sandbox import Job, Limits, isolation_problem, run_many
+from r1mega.sandbox.isolation import Job, Limits, isolation_problem, run_many
 
 pytestmark = pytest.mark.skipif(isolation_problem() is not None, reason=f"no isolation: {isolation_problem()}")
 

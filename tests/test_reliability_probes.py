@@ -68,7 +68,7 @@ def test_zero_or_negative_world_is_named():
 
 
 def test_mistyped_hf_config_is_named_by_key():
-    from r1mega.models.deepseek_v3.tiny import make_hf_model
+    from tiny_hf import make_hf_model
 
     hf = make_hf_model("DeepseekV3").config.to_dict()
     with pytest.raises(ConfigError, match="hidden_size.*expected int, got '64'"):
@@ -232,7 +232,7 @@ def test_train_load_of_the_wrong_directory_says_what_to_give(capsys, base_run, t
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    from r1mega.models.deepseek_v3.tiny import make_hf_model
+    from tiny_hf import make_hf_model
 
     d = tmp_path_factory.mktemp("hf") / "model"
     make_hf_model("DeepseekV3").save_pretrained(d)

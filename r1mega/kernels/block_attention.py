@@ -110,3 +110,8 @@ def documents_from_valid(valid: torch.Tensor) -> torch.Tensor:
     its own negative id (it attends only to itself)."""
     idx = torch.arange(valid.shape[1], device=valid.device)
     return torch.where(valid, torch.zeros((), dtype=torch.long, device=valid.device), -1 - idx[None, :])
+
+
+def prompt_documents(valid: torch.Tensor, length: int, s: int) -> Optional[torch.Tensor]:
+    """Shared by the KV caches of every family: document ids of a cache's first multi-token forward, else None."""
+    return documents_from_valid(valid[:, :s]) if length == 0 and s > 1 else None

@@ -1,4 +1,4 @@
-"""The sandbox's supervisor and init (stdlib only). r1mega.rl.sandbox starts this file once per
+"""The sandbox's supervisor and init (stdlib only). r1mega.sandbox.isolation starts this file once per
 trainer process as a zygote (`python -I -S -B -X utf8 sandbox_init.py <control fd>`, empty
 environment); for each job it receives the job's pipes over the control socket and forks:
 
@@ -292,11 +292,11 @@ def stdin_from(data: bytes) -> None:
 
 
 VALUES_PREFIX = "r1mega-values:"
-MAX_DEPTH = 100  # as r1mega.rl.code_tests.MAX_DEPTH
+MAX_DEPTH = 100  # as r1mega.sandbox.code_tests.MAX_DEPTH
 
 
 def encode_value(v, depth: int = 0):
-    """A returned value in the wire format r1mega.rl.code_tests.decode reads: plain data only.
+    """A returned value in the wire format r1mega.sandbox.code_tests.decode reads: plain data only.
     Subclasses of the builtin types (Counter, defaultdict, namedtuple, IntEnum) are read through
     their base type's own C methods, so what travels is the data they hold, never the result of
     an override (__eq__, __iter__, __repr__); Fraction and Decimal travel as numbers. Nothing here

@@ -6,7 +6,7 @@ as an unprivileged uid (nobody when the trainer is root), on a root built from s
 binds of the Python stdlib and of the directories of the shared libraries the interpreter loaded,
 /dev/{null,zero,random,urandom}, a size-capped private tmpfs at /tmp, and no /proc, /etc, home,
 site-packages, checkpoints or sockets of the host. It then drops every capability, sets no_new_privs and a
-seccomp filter (r1mega/rl/seccomp.py), and applies memory, CPU, process, file-size and open-file
+seccomp filter (r1mega/sandbox/seccomp.py), and applies memory, CPU, process, file-size and open-file
 rlimits. The program runs as PID 1 of its namespace, so killing it (at the wall-clock limit, by the
 supervisor; or by the kernel when the supervisor dies) kills every process it started. Output is
 read here with a byte cap and a deadline; nothing waits unboundedly.
@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from r1mega.rl import seccomp
+from r1mega.sandbox import seccomp
 
 INIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_init.py")
 SETUP_GRACE = 15.0  # seconds the trainer allows beyond the wall limit for start-up and teardown
@@ -78,7 +78,7 @@ class Job:
     stdin: str = ""
     tests: Optional[str] = None  # Python run after the code in the same namespace (asserts)
     limits: Limits = field(default_factory=Limits)
-    # instead of tests: {"setup", "exprs", "bind"} from r1mega.rl.code_tests; the expressions' values
+    # instead of tests: {"setup", "exprs", "bind"} from r1mega.sandbox.code_tests; the expressions' values
     # come back in SandboxResult.values and are judged in the trainer (the forge-proof path)
     calls: Optional[dict] = None
 
@@ -200,7 +200,7 @@ def _run(job: Job, isolate: bool) -> SandboxResult:
     out, err, status, killed = _exchange(mine, len(payload).to_bytes(8, "little") + payload, lim)
     res = _result(out, err, status, killed, token, lim)
     if job.calls is not None and res.ok:
-        from r1mega.rl.code_tests import values_from_stdout
+        from r1mega.sandbox.code_tests import values_from_stdout
 
         res.stdout, res.values = values_from_stdout(res.stdout)
     return res

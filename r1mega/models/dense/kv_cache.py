@@ -1,6 +1,6 @@
 """The rollout KV cache of grouped-query attention (dense students): per layer, the rotated keys
 and the values of the KV heads this TP rank attends with - not the query heads they serve.
-Same interface as the MLA latent cache (`kv_cache.py`): sequences are left-padded to a common
+Same interface as the MLA latent cache (`models/deepseek_v3/kv_cache.py`): sequences are left-padded to a common
 prompt length and decode in lockstep; `valid` marks the pad slots no query may attend to."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Iterable
 
 import torch
 
-from r1mega.inference.kv_cache import prompt_documents
+from r1mega.kernels.block_attention import prompt_documents
 
 
 class HeadsLayerCache:

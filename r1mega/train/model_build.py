@@ -1,0 +1,90 @@
+"""Building this rank's model: the family's stage modules for each virtual pipeline chunk,
+layout-independent initial weights, and placement on the device in the weight dtype."""
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import replace
+from typing import Optional
+
+import torch
+
+from r1mega.config import Config, ConfigError
+from r1mega.models.family import family_for
+from r1mega.parallel.layout import ParallelState
+from r1mega.parallel.param_spec import spec_of
+from r1mega.parallel.recompute import set_recompute
+
+
+def host_memory_bytes() -> Optional[int]:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system that reports it
+        return None
+
+
+def refuse_unbuildable(cfg: Config, world: int) -> None:
+    """Refuse a model no rank of this machine could hold, before building it. Construction goes
+    layer by layer, so an absurd size (model.num_layers=10**9) would otherwise run for hours before
+    the allocator gives up. The bound is a floor -- every rank holds at least 1/world of the
+    parameters, built in float32 -- so nothing that could fit is refused (`r1mega plan` sizes a
+    layout exactly). It blames num_layers when one layer of the model would fit."""
+    memory = host_memory_bytes()
+    if memory is None:
+        return
+    family, m = family_for(cfg)
+    section = "student" if cfg.student is not None else "model"
+    need = lambda c: family.count_params(c)["total"] * 4 / max(world, 1)  # noqa: E731
+    if need(m) <= memory:
+        return
+    key = f"{section}.num_layers" if need(replace(m, num_layers=1)) <= memory else section
+    raise ConfigError(key, f"{family.count_params(m)['total']:,} parameters ({section}.num_layers={m.num_layers}, "
+                      f"{section}.hidden_size={m.hidden_size}) need at least {need(m) / 2**30:,.1f} GiB per rank on "
+                      f"{world} rank(s), more than this machine's {memory / 2**30:,.1f} GiB of memory; check the "
+                      f"model sizes, or size a layout with `r1mega plan`")
+
+
+def build_chunks(cfg: Config, ps: ParallelState) -> torch.nn.ModuleList:
+    """This rank's model chunks (one per virtual pipeline stage) of the config's model family."""
+    refuse_unbuildable(cfg, ps.world)  # before a layer-by-layer build that could never finish
+    v = cfg.train.virtual_stages
+    family, model_cfg = family_for(cfg)
+    chunks = torch.nn.ModuleList(
+        family.build_stage(model_cfg, ps, cfg.parallel.pp_layers if v == 1 else None,
+                           stage=c * ps.pp + ps.r("pp"), num_stages=ps.pp * v)
+        for c in range(v))
+    set_recompute(chunks, cfg.train.recompute, cfg.train.recompute_modules)
+    return chunks
+
+
+def place(chunks: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Move to the device and weight dtype; the routing selection bias stays float32."""
+    chunks.to(device=device, dtype=dtype)
+    for m in chunks.modules():
+        if getattr(m, "e_score_correction_bias", None) is not None:
+            m.e_score_correction_bias.data = m.e_score_correction_bias.float()
+    return chunks
+
+
+@torch.no_grad()
+def init_weights(chunks: torch.nn.ModuleList, seed: int) -> None:
+    """Layout-independent initialisation: each tensor is drawn whole from a generator seeded by
+    (seed, its checkpoint name), then sliced, so every layout starts from the same model. What a
+    tensor starts as (normal, ones, zeros) is its parameter spec's `init`."""
+    std = chunks[0].cfg.initializer_range
+    for chunk in chunks:
+        for spec in chunk.param_slices():
+            pspec = spec_of(spec.param)
+            kind = pspec.init_kind(spec.local)
+            if kind == "ones":
+                spec.local.fill_(1.0)
+            elif kind == "zeros":
+                spec.local.zero_()
+            else:
+                # a tied copy (the last stage's embedding under PP) starts equal to its source
+                key = pspec.copy_of or spec.key
+                g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
+                full = torch.randn(spec.full_shape, generator=g) * std
+                if spec.dim is not None:
+                    full = full.chunk(spec.parts, dim=spec.dim)[spec.rank]
+                spec.local.copy_(full)
