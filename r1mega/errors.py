@@ -20,7 +20,7 @@ class ConfigError(R1MegaError):
     """A configuration problem, naming the offending key."""
 
     def __init__(self, key: str, message: str):
-        self.key = key
+        self.key, self.message = key, message
         super().__init__(f"config error at '{key}': {message}")
 
 

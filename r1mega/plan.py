@@ -181,7 +181,7 @@ def make_dense_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_
     """The same accounting for a dense student (GQA attention, SwiGLU), layers split evenly over pp.
     KV heads that do not split over tp are replicated (k/v projections and cache held whole per rank)."""
     cfg = validate(cfg, world)
-    s, p = cfg.student, cfg.parallel
+    s, p = cfg.active_model, cfg.parallel
     family = family_for(cfg)[0]
     counts = family.count_params(s)
     layers = -(-s.num_layers // p.pp)
@@ -317,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.recompute is not None:
         cfg.train.recompute = args.recompute
-    if args.search and cfg.student is not None:
+    if args.search and family_for(cfg)[0].name != "deepseek_v3":
         raise ConfigError("--search", "covers DeepSeek MoE configs; give a layout (--tp/--pp/--dp) for dense students")
     if args.search:
         found = search(cfg, args.search, args.gpus_per_node, args.gpu_mem, args.micro_batch, args.seq_length,

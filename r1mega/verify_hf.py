@@ -16,7 +16,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from r1mega.config import ConfigError, ParallelConfig, validate
-from r1mega.models.family import build_config, family_for_hf
+from r1mega.config import build_config
+from r1mega.models.family import family_for_hf
 from r1mega.models.weights import load_hf_weights, load_weights
 from r1mega.parallel.context_parallel import gather_sequence
 from r1mega.parallel.layout import build_parallel_state, default_device, join_ranks, single_process_state

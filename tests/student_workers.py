@@ -5,7 +5,8 @@ import torch
 
 from r1mega.config import ParallelConfig, TrainConfig, validate
 from r1mega.inference.generate import GenerationConfig, generate, greedy_by_full_forward
-from r1mega.models.family import build_config, family_for_hf
+from r1mega.config import build_config
+from r1mega.models.family import family_for_hf
 from r1mega.models.weights import load_hf_weights
 from r1mega.parallel.layout import build_parallel_state, single_process_state
 from r1mega.parallel.vocab_parallel import gather_vocab

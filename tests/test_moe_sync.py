@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from r1mega.config import Config, ModelConfig, validate
 from r1mega.models.deepseek_v3.moe import MoE
 from r1mega.parallel.layout import single_process_state
-from r1mega.train.moe_balance import set_balance_loss_scale, update_routing_bias
+from r1mega.models.deepseek_v3.balance import set_balance_loss_scale, update_routing_bias
 
 # ops whose result size or value the host must wait for
 SYNCING = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.masked_select.default",

@@ -197,11 +197,12 @@ def test_rl_keys_are_checked_up_front(override, key):
     import os
 
     from r1mega.config import ConfigError, load_config, validate_rl, validate_training
+    from r1mega.rl.rewards import REWARDS
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cfg = load_config(os.path.join(root, "configs", "tiny", "r1_zero_demo.yaml"), [override])
     with pytest.raises(ConfigError) as e:
-        validate_rl(validate_training(cfg, 1, needs_data=False), 1)
+        validate_rl(validate_training(cfg, 1, needs_data=False), 1, rewards=REWARDS)
     assert e.value.key == key
 
 

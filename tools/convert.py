@@ -35,6 +35,7 @@ from tqdm import tqdm
 from r1mega.config import ConfigError
 from r1mega.errors import R1MegaError, debug_requested, run_command
 from r1mega.models.family import family_for_hf, family_from_meta
+from r1mega.models.hf_config import read_hf_config as shared_read_hf_config
 from r1mega.models.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
 from r1mega.train.checkpoint import PieceReader, crc32, read_meta
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
@@ -61,12 +62,11 @@ def expected_tensors(hf_config: dict) -> dict[str, tuple[int, ...]]:
 
 
 def optional_tensor(key: str, hf_config: dict) -> bool:
-    """Present in real checkpoints but not needed by the model (checked by shape where known)."""
-    n = hf_config.get("num_hidden_layers")
-    mtp = f"model.layers.{n}." if n is not None else None
+    """Present in real checkpoints but not needed by the model (checked by shape where known):
+    FP8 scales, rotary tables, a tied head kept anyway, and what the family says (e.g. MTP copies)."""
     tied_head = key == "lm_head.weight" and hf_config.get("tie_word_embeddings", False)  # some tied checkpoints keep it
     return (key.endswith("_scale_inv") or key.endswith("rotary_emb.inv_freq") or tied_head
-            or (mtp is not None and key in (mtp + "embed_tokens.weight", mtp + "shared_head.head.weight")))
+            or family_for_hf(hf_config)[0].hf_optional(key, hf_config))
 
 
 def check(index: dict[str, tuple[tuple[int, ...], str]], hf_config: dict, origin: str) -> None:
@@ -96,18 +96,12 @@ def check(index: dict[str, tuple[tuple[int, ...], str]], hf_config: dict, origin
 # ---- reading -----------------------------------------------------------------------------------
 
 def read_hf_config(hf_dir: str) -> dict:
-    path = os.path.join(hf_dir, "config.json")
+    """The directory's config.json (the one reader, r1mega/models/hf_config.py), errors as ConvertError."""
     try:
-        with open(path) as f:
-            config = json.load(f)
-        if not isinstance(config, dict):
-            raise ConvertError(f"{path}: expected a JSON object of model settings, got {type(config).__name__}")
-        return config
-    except OSError as e:
-        raise ConvertError(f"{path}: cannot read ({e.strerror}); --hf-dir must be a Hugging Face model directory") \
-            from None
-    except json.JSONDecodeError as e:
-        raise ConvertError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        return shared_read_hf_config(os.path.join(hf_dir, "config.json"))[0]
+    except ConfigError as e:
+        hint = "; --hf-dir must be a Hugging Face model directory" if "cannot read" in e.message else ""
+        raise ConvertError(f"{e.key}: {e.message}{hint}") from None
 
 
 def hf_files(hf_dir: str) -> dict[str, list[str]]:

@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from r1mega.config import Config, ConfigError, DenseConfig, ParallelConfig, load_config, validate
+from r1mega.config import Config, ConfigError, ParallelConfig, load_config, validate
 from r1mega.models.family import family_for_hf, family_from_meta
 from r1mega.parallel.layout import ParallelState, build_parallel_state, default_device, single_process_state
 
@@ -31,11 +31,8 @@ class LoadedModel:
 
 
 def _with_model(cfg: Config, model_cfg) -> Config:
-    """The run config with `model_cfg` as its active model (a dense student or a DeepSeek model)."""
-    if isinstance(model_cfg, DenseConfig):
-        cfg.student = model_cfg
-    else:
-        cfg.model, cfg.student = model_cfg, None
+    """The run config with `model_cfg` (of any family) as its active model."""
+    cfg.model, cfg.student = model_cfg, None
     return cfg
 
 

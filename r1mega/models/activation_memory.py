@@ -124,7 +124,7 @@ def layer_activation_bytes(m, recompute: str = "none", modules=None, tokens: int
     and read at f = 1. Tiny configs (f = 1) are measured as they are."""
     from dataclasses import replace
 
-    from r1mega.config import SELECTIVE_RECOMPUTE_MODULES
+    from r1mega.parallel.recompute import SELECTIVE_RECOMPUTE_MODULES
 
     modules = list(SELECTIVE_RECOMPUTE_MODULES if modules is None else modules)
     moe = m.n_routed_experts > 0

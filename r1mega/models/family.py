@@ -1,117 +1,84 @@
 """The model-family seam: everything generic code needs to know about a model architecture.
 
-A family supplies its config type (read from / written to a Hugging Face config.json), the
-module for one pipeline stage (which yields its checkpoint slices and builds its KV cache, see
-`r1mega.models.stage`), a full-tensor gather for tests and conversions, and parameter/FLOP counts.
-Pipeline, trainer, GRPO, generation, checkpoints, conversion and the planner go through this
-module and import no model package directly.
+Generic code (trainer, GRPO, generation, checkpoints, the converter, verify-hf, the planner) talks to
+a `ModelFamily` and imports no model package. A family lives in its own folder,
+`r1mega/models/<name>/`, and owns there:
 
-    deepseek_v3   DeepSeek-V3/R1 and V2(-Lite): MLA (latent KV cache), DeepSeekMoE, MTP   (`model:`)
-    dense         Qwen2/Qwen2.5, Llama 3 students: GQA (per-head KV cache), SwiGLU      (`student:`)
+    config.py   its config dataclass (the `model:` section, `model.family: <name>`), read from and
+                written to a Hugging Face config.json, and its rules: `validate_keys(cfg, section)`
+                (keys alone) and `validate_layout(cfg, parallel, section)` (keys x TP/PP/EP/CP)
+    model.py    the module for one pipeline stage, built as `stage_cls(cfg, ps, pp_layers, stage=,
+                num_stages=)`, see `r1mega.models.stage` for what a stage exposes (its checkpoint
+                slices, `new_kv_cache`, ...)
+    spec.py     `FAMILY = ModelFamily(...)`: the pieces below, put together
+
+and the registry below names it in one line. Adding a family: a folder with those three files and
+one line in `_REGISTRY`.
+
+    deepseek_v3   DeepSeek-V3/R1 and V2(-Lite): MLA (latent KV cache), DeepSeekMoE, MTP
+    dense         Qwen2/Qwen2.5, Llama 3: GQA (per-head KV cache), SwiGLU   (`student:` is its older section name)
+
+There is no default here: a family is named by a config's section (`model.family`), an HF
+config's `model_type`, or a checkpoint's meta.json, and anything else is an error.
 """
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Optional
 
-import torch.nn as nn
+from r1mega.errors import CheckpointError, ConfigError
+from r1mega.models.deepseek_v3 import spec as deepseek_v3
+from r1mega.models.dense import spec as dense
+from r1mega.models.hf_config import read_hf_config
+from r1mega.models.spec import ModelFamily, TrainingHooks  # noqa: F401  (the protocol, re-exported)
 
-from r1mega.config import Config, ConfigError, DenseConfig, ModelConfig
-from r1mega.errors import CheckpointError
-from r1mega.parallel.layout import ParallelState
-
-
-@dataclass(frozen=True)
-class ModelFamily:
-    name: str
-    hf_model_types: tuple[str, ...]
-    config_cls: type
-    stage_cls: Callable[..., nn.Module]  # (cfg, ps, pp_layers=None, stage=None, num_stages=None)
-    gather_full: Callable[..., dict]  # (stage, grads=False) -> {checkpoint key: full tensor}
-    count_params: Callable[[Any], dict]  # -> {"total", "active", "mtp", ...}
-    flops_per_token: Callable[[Any, int], float]
-    kv_cache: str  # what generation caches per token and layer
-
-    def config_from_hf(self, source: str | dict):
-        return self.config_cls.from_hf(source)
-
-    def config_to_hf(self, cfg) -> dict:
-        return cfg.to_hf()
-
-    def build_stage(self, cfg, ps: ParallelState, pp_layers: Optional[list[int]] = None,
-                    stage: Optional[int] = None, num_stages: Optional[int] = None) -> nn.Module:
-        return self.stage_cls(cfg, ps, pp_layers, stage=stage, num_stages=num_stages)
-
-
-def _deepseek_v3() -> ModelFamily:
-    from r1mega.models.deepseek_v3 import params
-    from r1mega.models.deepseek_v3.hf_weights import gather_full
-    from r1mega.models.deepseek_v3.model import DeepseekV3
-
-    return ModelFamily("deepseek_v3", ("deepseek_v3", "deepseek_v2"), ModelConfig, DeepseekV3, gather_full,
-                       params.count_params, params.flops_per_token, "mla_latent")
-
-
-def _dense() -> ModelFamily:
-    from r1mega.models.dense import params
-    from r1mega.models.dense.model import DenseStudent
-    from r1mega.models.weights import gather_sharded
-
-    return ModelFamily("dense", ("qwen2", "llama"), DenseConfig, DenseStudent, gather_sharded,
-                       params.count_params, params.flops_per_token, "heads")
-
-
-_BUILDERS = {"deepseek_v3": _deepseek_v3, "dense": _dense}
-_CACHE: dict[str, ModelFamily] = {}
+_REGISTRY: dict[str, ModelFamily] = {f.name: f for f in (
+    deepseek_v3.FAMILY,
+    dense.FAMILY,
+)}
+DEFAULT_FAMILY = deepseek_v3.FAMILY.name  # what a run config's `model:` section is when it names none
 
 
 def family_named(name: str) -> ModelFamily:
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model family {name!r}; known: {sorted(_BUILDERS)}")
-    if name not in _CACHE:
-        _CACHE[name] = _BUILDERS[name]()
-    return _CACHE[name]
+    if name not in _REGISTRY:
+        raise ConfigError("model.family", f"unknown model family {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def families() -> list[ModelFamily]:
+    return list(_REGISTRY.values())
 
 
 def family_of_config(model_cfg) -> ModelFamily:
-    """The family of a model config object (ModelConfig or DenseConfig)."""
-    return family_named("dense" if isinstance(model_cfg, DenseConfig) else "deepseek_v3")
+    """The family of a model config object (its class is registered by exactly one family)."""
+    for fam in _REGISTRY.values():
+        if type(model_cfg) is fam.config_cls:
+            return fam
+    raise TypeError(f"{type(model_cfg).__name__} is no registered model family's config "
+                    f"(known: {', '.join(sorted(_REGISTRY))})")
 
 
-def family_for(cfg: Config) -> tuple[ModelFamily, Any]:
-    """(family, its model config) of a run config: the student when `student:` is set."""
+def family_for(cfg) -> tuple[ModelFamily, Any]:
+    """(family, its model config) of a run config (its active model: `student:` when set, else `model:`)."""
     m = cfg.active_model
     return family_of_config(m), m
 
 
-def family_of(stage: nn.Module) -> ModelFamily:
+def family_of(stage) -> ModelFamily:
     return family_of_config(stage.cfg)
 
 
-def read_hf_config(source: str | dict) -> dict:
-    if isinstance(source, dict):
-        return source
-    path = os.path.join(source, "config.json") if os.path.isdir(source) else source
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except OSError as e:
-        raise ConfigError(path, f"cannot read: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(path, f"not valid JSON ({e.msg} at line {e.lineno})") from None
-
-
-def family_for_hf(source: str | dict) -> tuple[ModelFamily, Any]:
+def family_for_hf(source: "str | dict") -> tuple[ModelFamily, Any]:
     """(family, model config) of a Hugging Face checkpoint's config.json (path, directory or dict),
     by its model_type."""
-    kind = read_hf_config(source).get("model_type", "deepseek_v3")
-    for name in _BUILDERS:
-        fam = family_named(name)
+    hf, where = read_hf_config(source)
+    kind = hf.get("model_type")
+    known = [t for f in _REGISTRY.values() for t in f.hf_model_types]
+    if kind is None:
+        raise ConfigError(f"{where}: model_type", f"missing: nothing says which architecture it is ({', '.join(known)})")
+    for fam in _REGISTRY.values():
         if kind in fam.hf_model_types:
             return fam, fam.config_from_hf(source)  # the path, when given, names errors
-    known = [t for n in _BUILDERS for t in family_named(n).hf_model_types]
     raise ConfigError("model_type", f"{kind!r} is not a supported model type ({', '.join(known)})")
 
 
@@ -119,22 +86,18 @@ def family_from_meta(meta: dict) -> tuple[ModelFamily, Any]:
     """(family, model config) recorded in an r1mega checkpoint's meta.json."""
     if meta.get("hf_config") is not None:
         return family_for_hf(meta["hf_config"])
-    fam = family_named(meta.get("family", "deepseek_v3"))
     recorded = meta.get("model_config")
     if not isinstance(recorded, dict):
         raise CheckpointError("the checkpoint's meta.json has neither hf_config nor model_config: nothing says "
                               "what model it holds; it was not written by r1mega, or meta.json was edited")
-    try:
-        return fam, fam.config_cls(**recorded)
-    except TypeError as e:
-        raise CheckpointError(f"the checkpoint's meta.json model_config does not fit {fam.name}: {e}") from None
-
-
-def build_config(model_cfg, parallel=None) -> Config:
-    """A run Config whose active model is `model_cfg` (for verify-hf, tools and tests)."""
-    from r1mega.config import ParallelConfig
-
-    par = parallel or ParallelConfig()
-    if isinstance(model_cfg, DenseConfig):
-        return Config(student=model_cfg, parallel=par)
-    return Config(model=model_cfg, parallel=par)
+    name = meta.get("family", recorded.get("family"))
+    if name not in _REGISTRY:
+        raise CheckpointError(f"the checkpoint's meta.json names model family {name!r}; known: "
+                              f"{', '.join(sorted(_REGISTRY))}")
+    fam = _REGISTRY[name]
+    known = {f.name for f in fields(fam.config_cls)}
+    unknown = sorted(set(recorded) - known)
+    if unknown:
+        raise CheckpointError(f"the checkpoint's meta.json model_config does not fit {fam.name}: "
+                              f"unknown keys {unknown}")
+    return fam, fam.config_cls(**recorded)

@@ -19,9 +19,9 @@ from typing import Callable, Iterable
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from r1mega.config import RECOMPUTE_MODES, SELECTIVE_RECOMPUTE_MODULES as SELECTIVE_MODULES
-
-MODES = RECOMPUTE_MODES
+RECOMPUTE_MODES = ("none", "selective", "full")  # train.recompute
+SELECTIVE_RECOMPUTE_MODULES = ("mla_up_proj", "core_attn", "moe_act", "layernorm", "shared_experts")
+MODES, SELECTIVE_MODULES = RECOMPUTE_MODES, SELECTIVE_RECOMPUTE_MODULES
 
 
 def recomputed(enabled: bool, fn: Callable, *args):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -44,12 +44,12 @@ from r1mega.rl.metrics import StepMetrics, global_values
 from r1mega.rl.prompt_source import PromptSource
 from r1mega.sandbox import isolation as sandbox
 from r1mega.rl.reference import ReferencePolicy
-from r1mega.rl.rewards import code_rewards_in_parallel, reward_terms, total_reward
+from r1mega.rl.rewards import REWARDS, code_rewards_in_parallel, reward_terms, total_reward
 from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.train.setup import (
-    Run, build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta, start_run,
+    Run, architecture, build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta, start_run,
 )
 
 
@@ -299,7 +299,7 @@ def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW,
     the trainer's rules: verified, older ones as fallback) or start from train.load. Returns
     (step, prompt position, rollout index, the checkpoint resumed from or None)."""
     t = cfg.train
-    path, meta = resume_from(candidates, chunks, optimizer, ps, asdict(cfg.active_model), t.allow_arch_change,
+    path, meta = resume_from(candidates, chunks, optimizer, ps, architecture(cfg), t.allow_arch_change,
                              t.verify_checkpoint)
     own = path is not None and os.path.abspath(os.path.dirname(os.path.normpath(path))) == os.path.abspath(ckpt_root)
     step, position, index = 0, 0, 0
@@ -331,7 +331,8 @@ def old_and_reference_logprobs(cfg: Config, ps: ParallelState, chunks, reference
 def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     ckpt_root = os.path.join(cfg.train.run_dir, "checkpoints")
     own = own_checkpoint(ckpt_root)  # this run's own checkpoint (a restart) wins over train.load
-    run = start_run(cfg, lambda c, w: validate_rl(validate_training(c, w, needs_data=False), w, own is not None), own)
+    run = start_run(cfg, lambda c, w: validate_rl(validate_training(c, w, needs_data=False), w, own is not None,
+                                                   REWARDS), own)
     cfg, ps, rl, t = run.cfg, run.ps, run.cfg.rl, run.cfg.train
     sandbox.allow_unsafe(rl.unsafe_code_sandbox)
     if "code" in rl.rewards or (rl.prompts and "accuracy" in rl.rewards):  # accuracy runs code problems' tests
@@ -339,7 +340,7 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     tok = _tokenizer(cfg)
     source = PromptSource(cfg, tok)
     # checkpoints and their architecture are checked before any weight exists
-    candidates = find_resume_checkpoint(ckpt_root, t.load, asdict(cfg.active_model), t.allow_arch_change)
+    candidates = find_resume_checkpoint(ckpt_root, t.load, architecture(cfg), t.allow_arch_change)
     chunks = build_model(cfg, ps, run.device, run.dtype)
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
     reference = (ReferencePolicy(build_model(cfg, ps, run.device, run.dtype), ps, rl.ref_refresh_steps)
@@ -368,7 +369,7 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
         if run.is_logger and rl.log_rollouts:
             append_rollouts(rollouts_file, step + 1, scored, rl.log_rollouts)
         adv, keep = advantages(cfg, scored)
-        batch = to_train_batch(scored.rollout, keep, 2 * ps.cp * (ps.tp if ps.sp else 1) if ps.cp > 1 else 1)
+        batch = to_train_batch(scored.rollout, keep, ps.cfg.sequence_multiple)
         old, ref = old_and_reference_logprobs(cfg, ps, chunks, reference, batch, kernels)
         rollout_sums = rollout_stats(cfg, scored, batch, old)
         gap_max = global_values({"gap_max": rollout_sums.pop("gap_max_local")}, ps, run.device,

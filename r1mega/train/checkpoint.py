@@ -24,6 +24,7 @@ config differs from the checkpoint's is refused key by key unless train.allow_ar
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -296,6 +297,16 @@ def _step_of(path: str) -> int:
     return int(m.group(1)) if m else -1
 
 
+def _same_setting(a, b) -> bool:
+    """Equal, floats to float32 precision: a config.json often holds float32-rounded values
+    (rms_norm_eps 9.999999747378752e-06 for 1e-05)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-6)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_setting(a[k], b[k]) for k in a)
+    return a == b
+
+
 def check_architecture(meta: dict, model_config: dict, allowed: Iterable[str], where: str) -> None:
     """Compare the model config a checkpoint was saved with to this run's; name every difference."""
     stored = meta.get("model_config")
@@ -305,7 +316,7 @@ def check_architecture(meta: dict, model_config: dict, allowed: Iterable[str], w
     allowed = set(allowed)
     diffs = [f"model.{k}: checkpoint {stored[k]!r}, config {mine[k]!r}"
              for k in sorted(mine) if k in stored and k not in NON_ARCH_KEYS and k not in allowed
-             and stored[k] != mine[k]]
+             and not _same_setting(stored[k], mine[k])]
     if diffs:
         keys = ",".join(k.split(":")[0].split(".", 1)[1] for k in diffs)
         raise ArchitectureMismatch(

@@ -12,11 +12,11 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from r1mega.models.family import family_of
 from r1mega.models.stage import IGNORE_INDEX, StageOutput
 from r1mega.parallel.grad_sync import sync_grads
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.pipeline import Microbatch, ScheduleStats, forward_backward
-from r1mega.train.moe_balance import set_balance_loss_scale
 
 
 @dataclass
@@ -60,7 +60,8 @@ def lm_forward_backward(model, ps: ParallelState, input_ids: torch.Tensor, label
         ids.chunk(num_microbatches), lab.chunk(num_microbatches),
         _chunks(dp_slice(attn_mask, ps), num_microbatches), _chunks(dp_slice(position_ids, ps), num_microbatches))]
     modules = model if isinstance(model, torch.nn.ModuleList) else torch.nn.ModuleList([model])
-    set_balance_loss_scale(modules, 0.0 if forward_only else balance_alpha, input_ids.shape[0])
+    family_of(modules[0]).training.set_balance_loss(modules, 0.0 if forward_only else balance_alpha,
+                                                    input_ids.shape[0])
     sums = torch.zeros(2, dtype=torch.float64, device=input_ids.device)
 
     def loss_fn(out: StageOutput, mb: Microbatch):

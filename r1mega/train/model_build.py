@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 
 from r1mega.config import Config, ConfigError
-from r1mega.models.family import family_for
+from r1mega.models.family import family_for, family_of
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.param_spec import spec_of
 from r1mega.parallel.recompute import set_recompute
@@ -33,7 +33,7 @@ def refuse_unbuildable(cfg: Config, world: int) -> None:
     if memory is None:
         return
     family, m = family_for(cfg)
-    section = "student" if cfg.student is not None else "model"
+    section = cfg.model_section
     need = lambda c: family.count_params(c)["total"] * 4 / max(world, 1)  # noqa: E731
     if need(m) <= memory:
         return
@@ -58,12 +58,18 @@ def build_chunks(cfg: Config, ps: ParallelState) -> torch.nn.ModuleList:
 
 
 def place(chunks: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """Move to the device and weight dtype; the routing selection bias stays float32."""
+    """Move to the device and weight dtype; what the family keeps in float32 (e.g. DeepSeek-V3's
+    routing selection bias) stays float32."""
     chunks.to(device=device, dtype=dtype)
-    for m in chunks.modules():
-        if getattr(m, "e_score_correction_bias", None) is not None:
-            m.e_score_correction_bias.data = m.e_score_correction_bias.float()
+    keep = family_of(_first_stage(chunks)).fp32_params
+    for name, t in [*chunks.named_parameters(), *chunks.named_buffers()]:
+        if name.rsplit(".", 1)[-1] in keep:
+            t.data = t.data.float()
     return chunks
+
+
+def _first_stage(chunks: torch.nn.Module) -> torch.nn.Module:
+    return chunks[0] if isinstance(chunks, torch.nn.ModuleList) else chunks
 
 
 @torch.no_grad()

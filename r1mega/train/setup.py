@@ -18,7 +18,8 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from r1mega.config import Config, ConfigError, ModelConfig, TrainConfig
+from r1mega.config import Config, ConfigError, TrainConfig
+from r1mega.models.family import family_for, family_from_meta
 from r1mega.kernels import use_backend
 from r1mega.kernels.fp8_backend import fp8_backend
 from r1mega.train.model_build import build_chunks, init_weights, place, refuse_unbuildable  # noqa: F401
@@ -65,18 +66,18 @@ def checkpoint_meta(path: str) -> dict:
 
 
 def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> Config:
-    """A config that leaves `model` at its defaults takes the model's shapes from the checkpoint it
-    starts from (the run's own, else train.load: r1mega-convert import and the trainer record them),
-    so a stage config runs on any imported model without restating its architecture."""
+    """A config that leaves its model at its family's defaults takes the model's family and shapes
+    from the checkpoint it starts from (the run's own, else train.load: r1mega-convert import and the
+    trainer record them), so a stage config runs on any imported model without restating it. The
+    config's training keys (e.g. model.mtp_weight) are kept."""
     source = own or cfg.train.load
-    if source is None or cfg.student is not None or cfg.model != ModelConfig():
+    family, m = family_for(cfg)
+    if source is None or family.architecture(m) != family.architecture(family.config_cls()):
         return cfg
-    meta = checkpoint_meta(source)
-    saved = meta.get("model_config")
-    if saved is None or meta.get("family", "deepseek_v3") != "deepseek_v3":
-        return cfg
-    known = set(ModelConfig.__dataclass_fields__)
-    return replace(cfg, model=ModelConfig(**{k: v for k, v in saved.items() if k in known}))
+    saved_family, saved = family_from_meta(checkpoint_meta(source))
+    if saved_family is family:
+        saved = replace(saved, **{k: getattr(m, k) for k in family.training_keys})
+    return replace(cfg, model=saved, student=None)
 
 
 def start_run(cfg: Config, validate_fn: Callable[[Config, int], Config], own_checkpoint: Optional[str] = None) -> Run:
@@ -124,9 +125,13 @@ def finish_run(run: Run) -> None:
         dist.destroy_process_group()
 
 
+def architecture(cfg: Config) -> dict:
+    """The active model's architecture keys, as checkpoints are compared against (resume, train.load)."""
+    family, model_cfg = family_for(cfg)
+    return family.architecture(model_cfg)
+
+
 def run_meta(cfg: Config, kind: str, **extra) -> dict:
     """What a checkpoint records about the run besides weights (read back by model_from_checkpoint)."""
-    from r1mega.models.family import family_for
-
     family, model_cfg = family_for(cfg)
     return {"kind": kind, "family": family.name, "model_config": asdict(model_cfg), **extra}

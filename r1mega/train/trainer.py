@@ -23,7 +23,6 @@ from r1mega.models.family import family_for
 from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
-from r1mega.train.moe_balance import moe_layers, update_routing_bias
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.train.setup import build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, start_run
 
@@ -78,14 +77,14 @@ def train(cfg: Config, kind: str) -> dict:
               f"before the learning rate reaches optim.lr={cfg.optim.lr}", file=sys.stderr, flush=True)
     data = _data(cfg, kind)
     family, model_cfg = family_for(cfg)
-    model_config = asdict(model_cfg)
-    candidates = find_resume_checkpoint(ckpt_root, t.load, model_config, t.allow_arch_change)
+    model_config, arch = asdict(model_cfg), family.architecture(model_cfg)  # saved; compared on resume
+    candidates = find_resume_checkpoint(ckpt_root, t.load, arch, t.allow_arch_change)
 
     chunks = build_model(cfg, ps, device, run.dtype)
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
 
     # the run's own newest checkpoint wins over train.load, so a requeued job continues where it was
-    resume, meta = resume_from(candidates, chunks, optimizer, ps, model_config, t.allow_arch_change,
+    resume, meta = resume_from(candidates, chunks, optimizer, ps, arch, t.allow_arch_change,
                                t.verify_checkpoint)
     start, consumed = meta.get("step", 0), meta.get("consumed_samples", 0)
     hf_config = meta.get("hf_config")  # an imported model's config.json travels on, so an export reproduces it
@@ -108,7 +107,7 @@ def train(cfg: Config, kind: str) -> dict:
     peak = t.peak_tflops or (H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
     kernels = fp8_kernels(t, log)  # None unless train.fp8
     losses: list[float] = []
-    moe_or_mtp = bool(moe_layers(chunks)) or getattr(model_cfg, "num_mtp_layers", 0) > 0
+    hooks = family.training  # the family's extra losses and its work after each optimizer step
     in_a_row, last_saved = 0, resume  # consecutive non-finite steps; newest checkpoint on disk
     chunks.train()
     for step in range(start, t.steps):
@@ -117,27 +116,22 @@ def train(cfg: Config, kind: str) -> dict:
         lr = lr_at(step, t.steps, cfg.optim)
         with kernels_scope(kernels):
             res = lm_forward_backward(
-                chunks, ps, batch["input_ids"], batch["labels"], micro, t.mtp_weight,
+                chunks, ps, batch["input_ids"], batch["labels"], micro,
                 attn_mask=batch.get("attn_mask"), position_ids=batch.get("position_ids"),
-                schedule=t.schedule, balance_alpha=t.balance_alpha, reduce_dp=False)
+                schedule=t.schedule, reduce_dp=False, **hooks.loss_weights(model_cfg))
         if math.isfinite(res.loss):
             grad_norm, skipped = optimizer.step(lr)
         else:
             grad_norm, skipped = float("nan"), True
             optimizer.skipped += 1
-        balance = update_routing_bias(chunks, ps, 0.0 if skipped else t.bias_update_rate)
+        family_metrics = hooks.after_step(chunks, ps, model_cfg, skipped, res)
         optimizer.zero_grad(chunks)
         consumed += gbs
         dt = time.perf_counter() - t0
         losses.append(res.loss)
-        metrics = {"loss": res.loss, "mtp_loss": res.mtp_loss, "lr": lr, "grad_norm": grad_norm,
+        metrics = {"loss": res.loss, "lr": lr, "grad_norm": grad_norm,
                    "skipped_steps": optimizer.skipped, "tok/s": tokens_per_step / dt,
-                   "tflops_per_device": flops_step / dt / world / 1e12,
-                   "expert_max_load": balance["max_load_ratio"], "expert_min_load": balance["min_load_ratio"],
-                   "balance_loss": balance["balance_loss"]}
-        if not moe_or_mtp:  # e.g. a dense student: no MTP or expert statistics to report
-            for k in ("mtp_loss", "expert_max_load", "expert_min_load", "balance_loss"):
-                metrics.pop(k)
+                   "tflops_per_device": flops_step / dt / world / 1e12, **family_metrics}
         if peak:
             metrics["mfu"] = metrics["tflops_per_device"] / peak
         if skipped:

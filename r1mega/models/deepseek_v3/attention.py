@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from r1mega.config import ModelConfig
+from r1mega.models.deepseek_v3.config import ModelConfig
 from r1mega.kernels.block_attention import block_attention
 from r1mega.parallel.recompute import recomputed
 from r1mega.models.rope import RotaryEmbedding, softmax_scale

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from r1mega.config import ModelConfig
+from r1mega.models.deepseek_v3.config import ModelConfig
 from r1mega.models.deepseek_v3.kv_cache import KVCache
 from r1mega.models.deepseek_v3.attention import MLA
 from r1mega.models.deepseek_v3.moe import MoE

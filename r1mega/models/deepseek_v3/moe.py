@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from r1mega.config import ModelConfig
+from r1mega.models.deepseek_v3.config import ModelConfig
 from r1mega.kernels import grouped_linear
 from r1mega.models.ffn import SwiGLU
 from r1mega.parallel.recompute import recomputed
@@ -143,7 +143,7 @@ class MoE(nn.Module):
             SwiGLU(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts, ps, cfg.initializer_range)
             if cfg.n_shared_experts else None
         )
-        # training statistics, read and reset by r1mega.train.moe_balance
+        # training statistics, read and reset by r1mega.models.deepseek_v3.balance
         # integer counts: a model cast to bf16 must not round them (module.to leaves ints alone)
         self.register_buffer("expert_load", torch.zeros(cfg.n_routed_experts, dtype=torch.long), persistent=False)
         self.aux_loss_scale = 0.0  # alpha / global number of sequences, set per step

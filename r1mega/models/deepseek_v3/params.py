@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from r1mega.config import ModelConfig
+from r1mega.models.deepseek_v3.config import ModelConfig
 
 
 def attention_params(c: ModelConfig) -> int:

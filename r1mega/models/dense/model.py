@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from r1mega.config import DenseConfig
+from r1mega.models.dense.config import DenseConfig
 from r1mega.models.dense.kv_cache import HeadsKVCache
 from r1mega.kernels import linear
 from r1mega.kernels.block_attention import block_attention

@@ -1,7 +1,7 @@
 """Dense-student parameter counts and training FLOPs from the config alone (no weights)."""
 from __future__ import annotations
 
-from r1mega.config import DenseConfig
+from r1mega.models.dense.config import DenseConfig
 
 
 def count_params(c: DenseConfig) -> dict[str, int]:

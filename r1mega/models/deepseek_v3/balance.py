@@ -1,4 +1,4 @@
-"""DeepSeekMoE training rules around the optimizer step.
+"""DeepSeekMoE training rules around the optimizer step (the family's training hooks, spec.py).
 
 Aux-loss-free balancing (DeepSeek-V3 sec. 2.1.2): after each step, every routed expert's
 selection bias moves by `rate` against the sign of its load error, b_i += rate * sign(mean - load_i),
@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from r1mega.models.deepseek_v3.moe import MoE
 from r1mega.parallel.layout import ParallelState
 
 
 def moe_layers(chunks) -> list:
-    """The routed-expert layers (DeepSeekMoE's `MoE`, found by its load counter, so dense families
-    simply have none)."""
-    return [(name, m) for name, m in chunks.named_modules() if hasattr(m, "expert_load")]
+    """The routed-expert layers (DeepSeekMoE's `MoE`) of these stage chunks."""
+    return [(name, m) for name, m in chunks.named_modules() if isinstance(m, MoE)]
 
 
 def set_balance_loss_scale(chunks, alpha: float, global_sequences: int) -> None:

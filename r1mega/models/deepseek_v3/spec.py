@@ -1,0 +1,68 @@
+"""The DeepSeek-V3 family as the engine sees it (see r1mega/models/family.py for the protocol).
+Model code is imported when first used, so reading a config does not load it."""
+from __future__ import annotations
+
+from r1mega.models.deepseek_v3.config import FAMILY as NAME, TRAINING_KEYS, ModelConfig, validate_keys, validate_layout
+from r1mega.models.spec import ModelFamily, TrainingHooks
+
+
+def _stage(*args, **kwargs):
+    from r1mega.models.deepseek_v3.model import DeepseekV3
+
+    return DeepseekV3(*args, **kwargs)
+
+
+def _gather_full(stage, grads: bool = False) -> dict:
+    from r1mega.models.deepseek_v3.hf_weights import gather_full
+
+    return gather_full(stage, grads)
+
+
+def _count_params(cfg: ModelConfig) -> dict:
+    from r1mega.models.deepseek_v3.params import count_params
+
+    return count_params(cfg)
+
+
+def _flops_per_token(cfg: ModelConfig, seq_length: int) -> float:
+    from r1mega.models.deepseek_v3.params import flops_per_token
+
+    return flops_per_token(cfg, seq_length)
+
+
+def hf_optional(key: str, hf_config: dict) -> bool:
+    """The MTP layer's copies of the embedding and head (DeepSeek-V3 ships them; r1mega shares the
+    main model's) are present in real checkpoints but not needed."""
+    n = hf_config.get("num_hidden_layers")
+    mtp = f"model.layers.{n}." if n is not None else None
+    return mtp is not None and key in (mtp + "embed_tokens.weight", mtp + "shared_head.head.weight")
+
+
+class MoETraining(TrainingHooks):
+    """DeepSeek-V3's rules around a step: the MTP loss (weight model.mtp_weight), the sequence-wise
+    balance loss (model.balance_alpha) and the aux-loss-free routing-bias update (model.bias_update_rate)."""
+
+    def set_balance_loss(self, chunks, alpha: float, global_sequences: int) -> None:
+        from r1mega.models.deepseek_v3.balance import set_balance_loss_scale
+
+        set_balance_loss_scale(chunks, alpha, global_sequences)
+
+    def loss_weights(self, m: ModelConfig) -> dict[str, float]:
+        return {"mtp_weight": m.mtp_weight, "balance_alpha": m.balance_alpha}
+
+    def after_step(self, chunks, ps, m: ModelConfig, skipped: bool, result) -> dict[str, float]:
+        from r1mega.models.deepseek_v3.balance import moe_layers, update_routing_bias
+
+        balance = update_routing_bias(chunks, ps, 0.0 if skipped else m.bias_update_rate)
+        if not moe_layers(chunks) and m.num_mtp_layers == 0:
+            return {}  # no MTP or expert statistics to report
+        return {"mtp_loss": result.mtp_loss, "expert_max_load": balance["max_load_ratio"],
+                "expert_min_load": balance["min_load_ratio"], "balance_loss": balance["balance_loss"]}
+
+
+FAMILY = ModelFamily(
+    name=NAME, hf_model_types=("deepseek_v3", "deepseek_v2"), config_cls=ModelConfig,
+    validate_keys=validate_keys, validate_layout=validate_layout, stage_cls=_stage, gather_full=_gather_full,
+    count_params=_count_params, flops_per_token=_flops_per_token, kv_cache="mla_latent",
+    training_keys=TRAINING_KEYS, fp32_params=("e_score_correction_bias",), hf_optional=hf_optional,
+    training=MoETraining())

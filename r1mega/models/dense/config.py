@@ -1,0 +1,129 @@
+"""Dense (Qwen2/Qwen2.5, Llama 3) model config: its keys, its Hugging Face config.json mapping and its rules.
+
+The `model:` section with `model.family: dense`; `student:` is the same section under its older name
+(the R1 recipe distils into dense students). Imports nothing of the engine but errors and the checks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from r1mega.checks import need, pipeline_split
+from r1mega.errors import ConfigError
+from r1mega.models.hf_config import read_hf_config, rope_from_hf
+
+FAMILY = "dense"
+TRAINING_KEYS: tuple[str, ...] = ()
+
+
+@dataclass
+class DenseConfig:
+    """A dense student (Qwen2/Qwen2.5, Llama 3) for R1 distillation: GQA attention + SwiGLU FFN.
+    A config with a `student:` section trains, generates and converts this model instead of `model:`."""
+
+    arch: str = "qwen2"  # qwen2 | llama
+    vocab_size: int = 151936
+    hidden_size: int = 1536
+    intermediate_size: int = 8960
+    num_layers: int = 28
+    num_heads: int = 12
+    num_kv_heads: int = 2
+    head_dim: Optional[int] = None  # default hidden_size // num_heads
+    qkv_bias: bool = True  # Qwen2 has q/k/v biases, Llama none
+    o_bias: bool = False  # Llama's attention_bias=true also gives o_proj a bias
+    tie_word_embeddings: bool = False
+    rope_theta: float = 1000000.0
+    rope_scaling: Optional[dict[str, Any]] = None  # {"rope_type": "llama3"|"yarn"|"linear", ...} or null
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 32768
+    hidden_act: str = "silu"
+    initializer_range: float = 0.02
+    family: str = FAMILY  # the `model.family` key; fixed for this class
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_hf(cls, source: str | dict) -> "DenseConfig":
+        """Read a Hugging Face Qwen2/Qwen2.5 or Llama `config.json` (path, directory or dict)."""
+        source, where = read_hf_config(source)
+        try:
+            return cls._from_hf_dict(dict(source))
+        except KeyError as e:
+            raise ConfigError(where, f"missing key {e.args[0]!r} that a Qwen2/Llama config must have") from None
+
+    @classmethod
+    def _from_hf_dict(cls, hf: dict) -> "DenseConfig":
+        arch = hf.get("model_type")
+        if arch not in ("qwen2", "llama"):
+            raise ConfigError("model_type", f"expected qwen2 or llama for a dense student, got {arch!r}")
+        if hf.get("use_sliding_window"):
+            raise ConfigError("use_sliding_window", "sliding-window attention is not supported for students")
+        if hf.get("mlp_bias"):
+            raise ConfigError("mlp_bias", "MLP biases are not supported for students")
+        theta, rope = rope_from_hf(hf, "rope_type")
+        heads = hf["num_attention_heads"]
+        bias = bool(hf.get("attention_bias", False))
+        head_dim = hf.get("head_dim")
+        if head_dim == hf["hidden_size"] // heads:
+            head_dim = None  # the default, spelled out: keep configs comparable (checkpoint arch check)
+        return cls(
+            arch=arch, vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"], num_heads=heads,
+            num_kv_heads=hf.get("num_key_value_heads") or heads, head_dim=head_dim,
+            qkv_bias=True if arch == "qwen2" else bias, o_bias=arch == "llama" and bias,
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)), rope_theta=float(theta),
+            rope_scaling=rope, rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            max_position_embeddings=hf.get("max_position_embeddings", 32768),
+            hidden_act=hf.get("hidden_act", "silu"), initializer_range=hf.get("initializer_range", 0.02))
+
+    def to_hf(self) -> dict:
+        """A transformers Qwen2/Llama config.json for this student."""
+        rope = {"rope_type": "default", "rope_theta": self.rope_theta} if not self.rope_scaling else \
+            {**self.rope_scaling, "rope_theta": self.rope_theta}
+        cls = {"qwen2": "Qwen2", "llama": "Llama"}[self.arch]
+        out = {"architectures": [f"{cls}ForCausalLM"], "model_type": self.arch, "vocab_size": self.vocab_size,
+               "hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,
+               "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
+               "num_key_value_heads": self.num_kv_heads, "head_dim": self.head_size,
+               "tie_word_embeddings": self.tie_word_embeddings, "rope_parameters": rope,
+               "rms_norm_eps": self.rms_norm_eps, "max_position_embeddings": self.max_position_embeddings,
+               "hidden_act": self.hidden_act, "initializer_range": self.initializer_range}
+        if self.arch == "llama":
+            out["attention_bias"] = self.o_bias
+        return out
+
+
+
+def validate_keys(s: DenseConfig, section: str = "model") -> None:
+    """The keys alone (no layout); the layout rules below repeat nothing of these."""
+    need(s.family == FAMILY, f"{section}.family", f"a dense model section names family {FAMILY}, got {s.family!r}")
+
+
+def validate_layout(s: DenseConfig, par, section: str = "model") -> None:
+    """The model keys x a resolved parallel layout. KV heads need not divide tp: they are then
+    replicated over TP."""
+    need(s.arch in ("qwen2", "llama"), f"{section}.arch", f"expected qwen2 or llama, got {s.arch!r}")
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
+        need(getattr(s, key) > 0, f"{section}.{key}", f"must be > 0, got {getattr(s, key)}")
+    need(s.num_heads % s.num_kv_heads == 0, f"{section}.num_kv_heads",
+         f"{s.num_heads} attention heads do not split into groups of {s.num_kv_heads} KV heads")
+    need(s.head_size % 2 == 0, f"{section}.head_dim", f"rotary dimension must be even, got {s.head_size}")
+    need(s.num_heads % par.tp == 0, f"{section}.num_heads",
+         f"{s.num_heads} attention heads are not divisible by parallel.tp={par.tp}")
+    need(s.vocab_size % par.tp == 0, f"{section}.vocab_size",
+         f"vocab_size {s.vocab_size} is not divisible by parallel.tp={par.tp}")
+    need(s.intermediate_size % par.tp == 0, f"{section}.intermediate_size",
+         f"{s.intermediate_size} is not divisible by parallel.tp={par.tp}")
+    pipeline_split(s.num_layers, par.pp, par.pp_layers, section)
+    need(par.ep == 1 and par.expert_tp in (1, par.tp), "parallel.ep", "a dense model has no experts to shard")
+    need(s.hidden_act == "silu", f"{section}.hidden_act", f"only silu is supported, got {s.hidden_act!r}")
+    if s.arch == "qwen2":
+        need(s.qkv_bias and not s.o_bias, f"{section}.qkv_bias", "Qwen2 has q/k/v biases and no o_proj bias")
+    else:
+        need(s.qkv_bias == s.o_bias, f"{section}.o_bias", "Llama's attention_bias sets q/k/v and o_proj biases together")
+    kind = (s.rope_scaling or {}).get("rope_type", (s.rope_scaling or {}).get("type", "default"))
+    need(kind in ("default", "linear", "llama3", "yarn"), f"{section}.rope_scaling",
+         f"unsupported rope type {kind!r} (default, linear, llama3, yarn)")
+

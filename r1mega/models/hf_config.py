@@ -1,0 +1,37 @@
+"""Reading a Hugging Face `config.json`: the one reader every family, the converter and the loaders use."""
+from __future__ import annotations
+
+import json
+import os
+
+from r1mega.errors import ConfigError
+
+
+def read_hf_config(source: "str | dict") -> tuple[dict, str]:
+    """A config.json (its path, its directory, or the dict itself) -> (dict, where it came from);
+    unreadable, malformed or non-object files are named."""
+    if not isinstance(source, str):
+        return source, "config.json"
+    where = os.path.join(source, "config.json") if os.path.isdir(source) else source
+    try:
+        with open(where) as f:
+            hf = json.load(f)
+    except OSError as e:
+        raise ConfigError(where, f"cannot read: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(where, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(hf, dict):
+        raise ConfigError(where, f"expected a JSON object of model settings, got {type(hf).__name__}")
+    return hf, where
+
+
+def rope_from_hf(hf: dict, kind_key: str) -> tuple[float, "dict | None"]:
+    """(rope_theta, rope scaling dict or None) from either spelling transformers writes
+    (`rope_scaling` + `rope_theta`, or 5.x's `rope_parameters`); the kind is stored under `kind_key`."""
+    rope = hf.get("rope_scaling") or hf.get("rope_parameters")
+    theta = hf.get("rope_theta", (rope or {}).get("rope_theta", 10000.0))
+    if rope is not None:
+        rope = {k: v for k, v in rope.items() if k != "rope_theta"}
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        rope = None if kind == "default" else {**rope, kind_key: kind}
+    return float(theta), rope

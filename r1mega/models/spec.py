@@ -1,0 +1,57 @@
+"""The model-family protocol: what one architecture supplies to the engine (`r1mega.models.family`
+keeps the registry). Each family builds one `ModelFamily` in its `spec.py`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+
+class TrainingHooks:
+    """What a family adds to a training step: extra loss terms, the work after the optimizer
+    step, and the metrics both produce. The base class adds nothing (a plain dense model)."""
+
+    def set_balance_loss(self, chunks, alpha: float, global_sequences: int) -> None:
+        """Weight of a load-balancing loss the layers add in the next forward (0: none)."""
+
+    def loss_weights(self, model_cfg) -> dict[str, float]:
+        """Keyword weights of the family's extra losses for `lm_forward_backward` (e.g. MTP)."""
+        return {}
+
+    def after_step(self, chunks, ps, model_cfg, skipped: bool, result) -> dict[str, float]:
+        """Collective. Runs after every optimizer step (skipped or not); returns the family's metrics."""
+        return {}
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    hf_model_types: tuple[str, ...]  # config.json `model_type`s this family reads
+    config_cls: type  # the `model:` section (a dataclass with from_hf / to_hf)
+    validate_keys: Callable[..., None]  # (cfg, section) -> None, raises ConfigError
+    validate_layout: Callable[..., None]  # (cfg, resolved ParallelConfig, section) -> None
+    stage_cls: Callable[..., Any]  # (cfg, ps, pp_layers=None, stage=None, num_stages=None) -> nn.Module
+    gather_full: Callable[..., dict]  # (stage, grads=False) -> {checkpoint key: full tensor}
+    count_params: Callable[[Any], dict]  # -> {"total", "active", "mtp", ...}
+    flops_per_token: Callable[[Any, int], float]
+    kv_cache: str  # what generation caches per token and layer
+    training_keys: tuple[str, ...] = ()  # config keys that are training rules, not architecture
+    fp32_params: tuple[str, ...] = ()  # parameter names kept in float32 whatever the weight dtype
+    # HF checkpoint tensors a model need not hold (e.g. MTP copies of the embedding), by name
+    hf_optional: Callable[[str, dict], bool] = lambda key, hf_config: False
+    training: TrainingHooks = TrainingHooks()
+
+    def config_from_hf(self, source: "str | dict"):
+        return self.config_cls.from_hf(source)
+
+    def config_to_hf(self, cfg) -> dict:
+        return cfg.to_hf()
+
+    def build_stage(self, cfg, ps, pp_layers: Optional[list[int]] = None,
+                    stage: Optional[int] = None, num_stages: Optional[int] = None):
+        return self.stage_cls(cfg, ps, pp_layers, stage=stage, num_stages=num_stages)
+
+    def architecture(self, cfg) -> dict:
+        """The config's keys that shape the model (training rules and the family name left out)."""
+        from dataclasses import asdict
+
+        return {k: v for k, v in asdict(cfg).items() if k not in self.training_keys and k != "family"}

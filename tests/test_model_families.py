@@ -1,0 +1,110 @@
+"""The model-family seam: a config names its family, and every command that starts from a
+checkpoint takes the family and the shapes from it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from r1mega.config import ConfigError, load_config, validate
+from r1mega.models.family import family_for, family_for_hf, family_from_meta
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+
+
+def test_model_section_names_its_family():
+    cfg = validate(load_config(None, ["model.family=dense", "model.arch=llama", "model.qkv_bias=false",
+                                      "model.vocab_size=64", "model.num_layers=2"]), 1)
+    family, m = family_for(cfg)
+    assert family.name == "dense" and m.arch == "llama" and m.vocab_size == 64
+    # keys of another family are refused by name
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["model.family=dense", "model.kv_lora_rank=8"])
+    assert "kv_lora_rank" in e.value.key
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["model.family=gpt9"])
+    assert e.value.key == "model.family"
+    # `student:` stays the dense family's section
+    student = load_config(os.path.join(ROOT, "configs", "tiny", "distill_student.yaml"))
+    assert family_for(student)[0].name == "dense"
+
+
+def test_no_silent_default_family():
+    with pytest.raises(ConfigError):
+        family_for_hf({"vocab_size": 8})  # no model_type
+    with pytest.raises(Exception) as e:
+        family_from_meta({"model_config": {"vocab_size": 8}})  # no family recorded
+    assert "family" in str(e.value)
+
+
+def test_train_aliases_set_the_family_training_keys():
+    cfg = validate(load_config(None, ["train.mtp_weight=0.1", "train.bias_update_rate=0"]), 1)
+    assert cfg.model.mtp_weight == 0.1 and cfg.model.bias_update_rate == 0.0
+    cfg = validate(load_config(None, ["model.mtp_weight=0.2"]), 1)
+    assert cfg.model.mtp_weight == 0.2
+    # a dense model has no MTP: the alias is ignored, as distillation configs set it to 0
+    validate(load_config(os.path.join(ROOT, "configs", "tiny", "distill_student.yaml")), 1)
+
+
+def test_float32_rounded_settings_match_the_checkpoint():
+    from r1mega.train.checkpoint import ArchitectureMismatch, check_architecture
+
+    meta = {"model_config": {"rms_norm_eps": 9.999999747378752e-06, "vocab_size": 64}}
+    check_architecture(meta, {"rms_norm_eps": 1e-5, "vocab_size": 64}, (), "ckpt")
+    with pytest.raises(ArchitectureMismatch):
+        check_architecture(meta, {"rms_norm_eps": 1e-6, "vocab_size": 64}, (), "ckpt")
+
+
+@pytest.mark.slow
+def test_dense_hf_model_runs_grpo_and_generates_from_the_checkpoint_alone(tmp_path):
+    """The user story: a Llama-architecture HF model imported with r1mega-convert, then the R1-Zero
+    stage config with only train.load (no model section): the dense model is built from the
+    checkpoint (its vocab, its float32-rounded rms_norm_eps), one GRPO step runs, and generate
+    loads the result with no --config."""
+    import transformers
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from rl_data import MATH, write_jsonl, write_tokenizer
+
+    hf_dir, ckpt = str(tmp_path / "hf"), str(tmp_path / "ckpt")
+    cfg = transformers.LlamaConfig(vocab_size=640, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                   rms_norm_eps=1e-5, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(hf_dir)
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        hf = json.load(f)
+    hf["rms_norm_eps"] = 9.999999747378752e-06  # as a float32 round trip writes it
+    with open(os.path.join(hf_dir, "config.json"), "w") as f:
+        json.dump(hf, f)
+    write_tokenizer(hf_dir)
+    prompts = write_jsonl(str(tmp_path / "math.jsonl"), MATH)
+    run = lambda *args: subprocess.run([sys.executable, *args], env=_env(), cwd=ROOT, capture_output=True,  # noqa: E731
+                                       text=True, timeout=600)
+    res = run("-m", "tools.convert", "import", "--hf-dir", hf_dir, "--out", ckpt, "--dtype", "float32")
+    assert res.returncode == 0, res.stderr
+    res = run("-m", "r1mega.cli", "grpo", "--config", os.path.join(ROOT, "configs", "stage", "r1_zero.yaml"),
+              f"train.load={ckpt}", f"rl.prompts=[{prompts}]", f"train.run_dir={tmp_path / 'run'}",
+              "train.steps=1", "train.dtype=float32", "rl.group_size=2", "rl.prompts_per_step=2",
+              "rl.minibatches=1", "rl.max_new_tokens=4", "rl.max_new_tokens_schedule=[]",
+              "data.micro_batch_size=4", "data.global_batch_size=4", "train.save_interval=0")
+    assert res.returncode == 0, res.stderr[-3000:]
+    step = tmp_path / "run" / "checkpoints" / "step_00000001"
+    meta = json.loads((step / "meta.json").read_text())
+    family, model_cfg = family_from_meta(meta)
+    assert family.name == "dense" and model_cfg.vocab_size == 640 and model_cfg.arch == "llama"
+    out = tmp_path / "gen"
+    res = run("-m", "r1mega.cli", "generate", "--model", str(step), "--tokenizer", hf_dir, "--prompts", prompts,
+              "--out", str(out), "--max-new-tokens", "4", "--samples", "1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(line) for name in sorted(os.listdir(out)) if name.startswith("shard-")
+            for line in (out / name).read_text().splitlines()]
+    assert len(rows) == len(MATH)
