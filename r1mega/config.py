@@ -6,7 +6,6 @@ parallel layout, so a bad launch fails before any weight is allocated.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field, fields

@@ -48,23 +48,18 @@ def _run(kind: str, config: str, overrides: list[str], nproc: int) -> str:
 
 
 def plot(metrics_file: str, png: str, before: float, after: float, steps: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from r1mega.plotting import saved_figure
 
     rows = [json.loads(line) for line in open(metrics_file)]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in rows], [r["reward"] for r in rows], label="rollout reward (train prompts)")
     evals = [(0, before)] + [(r["step"], r["heldout_accuracy"]) for r in rows if "heldout_accuracy" in r]
     evals.append((steps, after))
-    ax.plot([s for s, _ in evals], [a for _, a in evals], "o-", label="held-out greedy accuracy")
-    ax.set_xlabel("GRPO step")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("r1mega demo: R1-Zero-style GRPO on a tiny DeepSeek-V3 MoE")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
+    with saved_figure(png, (7, 4)) as ax:
+        ax.plot([r["step"] for r in rows], [r["reward"] for r in rows], label="rollout reward (train prompts)")
+        ax.plot([s for s, _ in evals], [a for _, a in evals], "o-", label="held-out greedy accuracy")
+        ax.set_xlabel("GRPO step")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title("r1mega demo: R1-Zero-style GRPO on a tiny DeepSeek-V3 MoE")
+        ax.legend()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,16 +24,12 @@ parameters (dense ones over dp x cp).
 from __future__ import annotations
 
 import argparse
-import functools
 import itertools
-import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Optional
 
-from r1mega.config import Config, ConfigError, ModelConfig, ParallelConfig, load_config, validate
-from r1mega.models.activation_memory import layer_activation_bytes
-from r1mega.models.deepseek_v3.params import attention_params, kind_params, moe_layer_count
+from r1mega.config import Config, ConfigError, ParallelConfig, load_config, validate
 from r1mega.models.family import family_for
 from r1mega.models.stage import stage_layers
 
@@ -55,76 +51,15 @@ class Plan:
         return sum(self.memory.values())
 
 
-def _stage_layer_kinds(m: ModelConfig, p: ParallelConfig, stage: int) -> tuple[range, int]:
-    """(the decoder layers of pipeline stage `stage`, how many MTP modules it holds: the last's)."""
-    return stage_layers(m.num_layers, p.pp, stage, p.pp_layers), m.num_mtp_layers if stage == p.pp - 1 else 0
-
-
-def _stage_params(m: ModelConfig, p: ParallelConfig, stage: int) -> tuple[float, float]:
-    """(dense params, expert params) held by one GPU of pipeline stage `stage`. Layers of a kind
-    hold the same, so they are counted, not visited: any num_layers costs the same."""
-    D, V = m.hidden_size, m.vocab_size
-    layers, mtp = _stage_layer_kinds(m, p, stage)
-    # MTP module k's layer is index num_layers + k
-    moe = moe_layer_count(m, layers) + moe_layer_count(m, range(m.num_layers, m.num_layers + mtp))
-    n_dense = len(layers) + mtp - moe
-    e_all = m.n_routed_experts * 3 * D * m.moe_intermediate_size
-    expert = moe * (e_all / (p.ep * p.expert_tp))
-    shared = m.n_shared_experts * 3 * D * m.moe_intermediate_size
-    dense = moe * (attention_params(m) / p.tp + shared / p.tp + m.n_routed_experts * D + 2 * D)
-    dense += n_dense * ((kind_params(m, False)[0] - 2 * D) / p.tp + 2 * D)
-    if stage == 0:
-        dense += V * D / p.tp
-    if stage == p.pp - 1:
-        dense += V * D / p.tp + D
-        if m.num_mtp_layers:
-            dense += m.num_mtp_layers * (2 * D * D + 3 * D)
-            if p.pp > 1:
-                dense += V * D / p.tp  # the embedding copy MTP keeps on the last stage
-    return dense, expert
-
-
-def _activation_bytes(m: ModelConfig, p: ParallelConfig, layers: range, mtp: int, mb: int, seq: int,
-                      act_bytes: int, recompute: str, recompute_modules: Optional[list[str]]) -> float:
-    """Activations the decoder `layers` and `mtp` MTP modules hold for one microbatch on one GPU,
-    from measured bytes per token (per layer kind, times the layers of that kind)."""
-    measured = _measured(m, recompute, recompute_modules)
-    tokens = mb * seq / p.cp / (p.tp if p.sp and p.tp > 1 else 1)  # without SP, conservatively unsplit
-    moe = moe_layer_count(m, layers) + (mtp if m.n_routed_experts else 0)  # MTP modules carry a MoE layer
-    kinds = {k: n for k, n in (("dense", len(layers) + mtp - moe), ("moe", moe)) if n}
-    n_layers = sum(kinds.values())
-    # + the layer input, kept in every mode
-    per_token = sum(n * (measured[k] + 4 * m.hidden_size) for k, n in kinds.items())
-    total = per_token * tokens
-    if p.cp > 1 and recompute != "full":
-        # Keys of the other cp ranks' tokens are held too: per-head K/V from the gathered latent,
-        # or only the latent when the up-projections are recomputed.
-        others = mb * seq * (p.cp - 1) / p.cp
-        up_recomputed = recompute == "selective" and "mla_up_proj" in (recompute_modules or ["mla_up_proj"])
-        width = (m.kv_lora_rank + m.qk_rope_head_dim) if up_recomputed else \
-            m.num_heads / p.tp * (m.qk_head_dim + m.v_head_dim) + m.kv_lora_rank + m.qk_rope_head_dim
-        total += others * width * 4 * n_layers
-    if recompute == "full" and kinds:  # backward re-runs one layer at a time: its activations, once
-        worst = max(kinds, key=lambda k: _measured(m, "none", None)[k])
-        total += _measured(m, "none", None)[worst] * tokens
-    return total * act_bytes / 4  # measured in float32
-
-
-@functools.lru_cache(maxsize=32)
-def _measured_cached(key: str, recompute: str, modules: Optional[tuple]) -> dict[str, float]:
-    return layer_activation_bytes(ModelConfig(**json.loads(key)), recompute, modules)
-
-
-def _measured(m: ModelConfig, recompute: str, modules: Optional[list[str]]) -> dict[str, float]:
-    return _measured_cached(json.dumps(asdict(m), sort_keys=True), recompute,
-                            tuple(modules) if modules is not None else None)
-
-
 def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch: Optional[int] = None,
               weight_bytes: int = 2, rollout_batch: int = 0, rollout_len: int = 0) -> Plan:
+    """The plan of a config's model on a layout, for any family: the family says what a GPU of each
+    stage holds and what one microbatch leaves for backward (`family.planner`); the rest is the same
+    for every model (ZeRO-1 optimizer, microbatches in flight under 1F1B, fp32 logits, TP/PP/DP traffic)."""
     cfg = validate(cfg, world)
-    m, p, t = cfg.model, cfg.parallel, cfg.train
-    counts = family_for(cfg)[0].count_params(m)
+    family, m = family_for(cfg)
+    p, t, fam_plan = cfg.parallel, cfg.train, family.planner
+    counts = family.count_params(m)
     edp = p.tp * p.cp * p.dp // (p.expert_tp * p.ep)
     gbs = global_batch or micro_batch * p.dp
     micro_per_rank = max(gbs // (micro_batch * p.dp), 1)
@@ -132,10 +67,10 @@ def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch:
                                        "dp": p.dp, "edp": edp, "world": world})
     worst = None
     for stage in range(p.pp):
-        dense, expert = _stage_params(m, p, stage)
-        layers, mtp = _stage_layer_kinds(m, p, stage)
+        dense, expert = fam_plan.stage_params(m, p, stage)
         in_flight = min(p.pp - stage, micro_per_rank)
-        acts = _activation_bytes(m, p, layers, mtp, micro_batch, seq, weight_bytes, t.recompute, t.recompute_modules)
+        acts = fam_plan.activation_bytes(m, p, stage, micro_batch, seq, weight_bytes, t.recompute,
+                                         t.recompute_modules)
         mem = {
             "weights": (dense + expert) * weight_bytes,
             "grads": (dense + expert) * weight_bytes,
@@ -147,79 +82,27 @@ def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch:
         if worst is None or sum(mem.values()) > sum(worst[1].values()):
             worst = (stage, mem, dense, expert)
     plan.stage, plan.memory, plan.recompute = worst[0], worst[1], t.recompute
-    dense, expert = worst[2], worst[3]
+    stage, dense, expert = worst[0], worst[2], worst[3]
 
     # communication per GPU per step (bytes sent)
     D, tokens = m.hidden_size, micro_batch * seq / p.cp  # this GPU's tokens
     act = tokens * D * weight_bytes
-    layers_here = len(stage_layers(m.num_layers, p.pp, worst[0], p.pp_layers))
+    layers_here = len(stage_layers(m.num_layers, p.pp, stage, p.pp_layers))
     ring = lambda n: (n - 1) / n if n > 1 else 0.0  # noqa: E731
     # 2 TP regions per layer, each entered and left in forward and in backward
     plan.comm["tp"] = 8 * act * ring(p.tp) * layers_here * micro_per_rank
-    moe_layers = moe_layer_count(m, stage_layers(m.num_layers, p.pp, worst[0], p.pp_layers))
-    routed = tokens / p.tp * m.num_experts_per_tok * D * weight_bytes
-    plan.comm["ep"] = 4 * routed * ring(p.ep) * moe_layers * micro_per_rank
+    extra = fam_plan.family_comm(m, p, stage, tokens, micro_per_rank, weight_bytes)
+    plan.comm["ep"] = extra.pop("ep", 0.0)
     local_tokens = tokens / (p.tp if p.sp and p.tp > 1 else 1)
     plan.comm["pp"] = (2 * local_tokens * D * weight_bytes * micro_per_rank) if p.pp > 1 else 0.0
     plan.comm["dp"] = 2 * weight_bytes * (dense * ring(p.dp * p.cp) + expert * ring(edp))
-    # every layer all-gathers its [c_kv | k_rope] latent in forward, reduce-scatters it in backward
-    latent = tokens * (m.kv_lora_rank + m.qk_rope_head_dim) * weight_bytes
-    plan.comm["cp"] = 2 * latent * (p.cp - 1) * layers_here * micro_per_rank
-
+    plan.comm.update(extra)
     if rollout_batch and rollout_len:
-        per_token_layer_latent = m.kv_lora_rank + m.qk_rope_head_dim
-        per_token_layer_full = m.num_heads * (m.qk_head_dim + m.v_head_dim)
-        layers_per_gpu = m.num_layers / p.pp
-        n = rollout_batch * rollout_len * layers_per_gpu * weight_bytes / p.dp
-        # the latent is shared by all heads (replicated over TP); full K/V split by heads
-        plan.kv_cache = {"mla_latent": n * per_token_layer_latent, "full_heads": n * per_token_layer_full / p.tp}
+        plan.kv_cache = fam_plan.kv_cache_bytes(m, p, rollout_batch * rollout_len, weight_bytes)
     return plan
 
 
-def make_dense_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch: Optional[int] = None,
-                    weight_bytes: int = 2, rollout_batch: int = 0, rollout_len: int = 0) -> Plan:
-    """The same accounting for a dense student (GQA attention, SwiGLU), layers split evenly over pp.
-    KV heads that do not split over tp are replicated (k/v projections and cache held whole per rank)."""
-    cfg = validate(cfg, world)
-    s, p = cfg.active_model, cfg.parallel
-    family = family_for(cfg)[0]
-    counts = family.count_params(s)
-    layers = -(-s.num_layers // p.pp)
-    emb = s.vocab_size * s.hidden_size
-    D, hd = s.hidden_size, s.head_size
-    kv_split = s.num_kv_heads % p.tp == 0
-    kv_weights = 2 * D * s.num_kv_heads * hd
-    per_layer_held = counts["per_layer"] / p.tp + (0 if kv_split else kv_weights * (1 - 1 / p.tp))
-    held = layers * per_layer_held + emb / p.tp  # worst stage: its layers + embedding or head
-    gbs = global_batch or micro_batch * p.dp
-    micro_per_rank = max(gbs // (micro_batch * p.dp), 1)
-    tokens = micro_batch * seq
-    per_layer = tokens * (4 * D + D + (s.num_heads + 2 * s.num_kv_heads) * hd / p.tp * 2
-                          + (D + 3 * s.intermediate_size / p.tp))
-    plan = Plan(counts={k: counts[k] for k in ("total", "active", "mtp")},
-                layout={"tp": p.tp, "pp": p.pp, "ep": 1, "etp": 1, "dp": p.dp, "edp": p.dp, "world": world})
-    plan.memory = {"weights": held * weight_bytes, "grads": held * weight_bytes, "optimizer": 12 * held / p.dp,
-                   "activations": per_layer * layers * weight_bytes * min(p.pp, micro_per_rank)
-                   + tokens * s.vocab_size / p.tp * 4}
-    ring = lambda n: (n - 1) / n if n > 1 else 0.0  # noqa: E731
-    act = tokens * D * weight_bytes
-    plan.comm = {"tp": 8 * act * ring(p.tp) * layers * micro_per_rank, "ep": 0.0,
-                 "pp": 2 * act * micro_per_rank if p.pp > 1 else 0.0, "dp": 2 * weight_bytes * held * ring(p.dp)}
-    if rollout_batch and rollout_len:  # per-head K and V of the KV heads a rank attends with
-        lh, group = s.num_heads // p.tp, s.num_heads // s.num_kv_heads
-        kv_local = max((r * lh + lh - 1) // group - (r * lh) // group + 1 for r in range(p.tp))
-        n = rollout_batch * rollout_len * layers * weight_bytes / p.dp
-        plan.kv_cache = {"gqa_heads": n * 2 * kv_local * hd}
-    return plan
-
-
-PLANNERS = {"deepseek_v3": make_plan, "dense": make_dense_plan}  # by model family
-
-
-def plan_for(cfg: Config, world: int, micro_batch: int, seq: int, global_batch: Optional[int] = None,
-             **kw) -> Plan:
-    """The plan of the config's model family."""
-    return PLANNERS[family_for(cfg)[0].name](cfg, world, micro_batch, seq, global_batch, **kw)
+plan_for = make_plan  # the name dry_run and older callers use
 
 
 def fits(plan: Plan, gpu_mem_gib: float) -> Optional[str]:
@@ -235,14 +118,14 @@ def fits(plan: Plan, gpu_mem_gib: float) -> Optional[str]:
 
 def search(cfg: Config, gpus: int, gpus_per_node: int, gpu_mem: float, micro_batch: int, seq: int,
            global_batch: Optional[int], limit: int = 10) -> list[tuple[Plan, dict]]:
-    m = cfg.model
+    m = cfg.active_model
     found = []
     pow2 = [2 ** i for i in range(0, 12)]
     cps = [c for c in (1, 2, 4, 8, 16) if seq % (2 * c) == 0]
     for tp, pp, ep, etp in itertools.product(pow2, pow2, pow2, [1, 2, 4, 8]):
         if tp > gpus_per_node or tp * pp > gpus or gpus % (tp * pp) or pp > m.num_layers:
             continue
-        if m.n_routed_experts == 0 and (ep > 1 or etp > 1):
+        if getattr(m, "n_routed_experts", 0) == 0 and (ep > 1 or etp > 1):
             continue
         for cp in cps:
             if tp * pp * cp > gpus or gpus % (tp * pp * cp):
@@ -317,8 +200,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.recompute is not None:
         cfg.train.recompute = args.recompute
-    if args.search and family_for(cfg)[0].name != "deepseek_v3":
-        raise ConfigError("--search", "covers DeepSeek MoE configs; give a layout (--tp/--pp/--dp) for dense students")
     if args.search:
         found = search(cfg, args.search, args.gpus_per_node, args.gpu_mem, args.micro_batch, args.seq_length,
                        args.global_batch)

@@ -264,24 +264,19 @@ def table(rows: list[dict], k: int) -> str:
 
 
 def plot(rows: list[dict], k: int, png: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from r1mega.plotting import saved_figure
 
     scored = [r for r in rows if r.get("pass@1") is not None]
     xs = range(len(scored))
-    fig, ax = plt.subplots(figsize=(8, 4))
-    w = 0.38
-    ax.bar([x - w / 2 for x in xs], [r["pass@1"] for r in scored], w, label="pass@1 (mean over k samples)")
-    ax.bar([x + w / 2 for x in xs], [r[f"cons@{k}"] for r in scored], w, label=f"cons@{k} (majority vote)")
-    ax.set_xticks(list(xs), [r["stage"] for r in scored], rotation=20, ha="right")
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("held-out accuracy")
-    ax.set_title(f"r1mega pipeline: DeepSeek-R1 stages on a tiny MoE (k={k}, T=0.6, top-p 0.95)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
+    with saved_figure(png, (8, 4)) as ax:
+        w = 0.38
+        ax.bar([x - w / 2 for x in xs], [r["pass@1"] for r in scored], w, label="pass@1 (mean over k samples)")
+        ax.bar([x + w / 2 for x in xs], [r[f"cons@{k}"] for r in scored], w, label=f"cons@{k} (majority vote)")
+        ax.set_xticks(list(xs), [r["stage"] for r in scored], rotation=20, ha="right")
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("held-out accuracy")
+        ax.set_title(f"r1mega pipeline: DeepSeek-R1 stages on a tiny MoE (k={k}, T=0.6, top-p 0.95)")
+        ax.legend()
 
 
 def run(args: argparse.Namespace) -> int:

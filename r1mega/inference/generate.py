@@ -20,7 +20,7 @@ import torch.distributed as dist
 from r1mega.kernels.block_attention import documents_from_pad
 from r1mega.inference.sampling import row_keys, sample
 from r1mega.kernels.cpu_experts import SPREAD_EXPERTS_BELOW_ROWS, experts_over_cores
-from r1mega.parallel.layout import ParallelState
+from r1mega.parallel.layout import ParallelState, sequence_parallel_off
 from r1mega.parallel.pipeline import recv_activation, send_activation
 
 
@@ -63,16 +63,6 @@ def _dp_min(value: int, ps: ParallelState, device) -> int:
     t = torch.tensor([value], dtype=torch.long, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN, group=ps.g("dp"))
     return int(t.item())
-
-
-@contextlib.contextmanager
-def sequence_parallel_off(ps: ParallelState):
-    was = ps.cfg.sp
-    ps.cfg.sp = False
-    try:
-        yield
-    finally:
-        ps.cfg.sp = was
 
 
 def left_padded_causal_mask(pad: torch.Tensor, n: int) -> torch.Tensor:

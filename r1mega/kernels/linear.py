@@ -2,8 +2,10 @@
 
 Every linear layer (attention projections, dense and shared-expert FFNs) calls `linear`, and the
 routed experts call `grouped_linear`. A backend object supplies both; the default one is plain
-torch. Other backends (FP8 blockwise emulation, Transformer Engine) register themselves and are
-switched on per run with `use_backend`, so models never name a kernel library.
+torch. Other backends (FP8 blockwise emulation, Transformer Engine) are chosen for a block of code
+with `use_backend`, so models never name a kernel library. The choice is a context variable, not
+module state: it holds for the code run inside the block (its thread or task) and nowhere else;
+activation recompute re-enters the forward's choice (parallel/recompute.py).
 
 Embeddings, the output head, the router, norms and the attention core do not go through here:
 DeepSeek-V3 keeps them in high precision.
@@ -11,6 +13,7 @@ DeepSeek-V3 keeps them in high precision.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 
 import torch
 import torch.nn.functional as F
@@ -100,27 +103,26 @@ def grouped_linear_loop(rows: torch.Tensor, weight: torch.Tensor, offsets: torch
     return torch.cat(outs) if outs else rows.new_zeros(0, weight.shape[1])
 
 
-_active = TorchBackend()
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("r1mega_kernels", default=TorchBackend())
 
 
 def active_backend():
-    return _active
+    return _ACTIVE.get()
 
 
 @contextlib.contextmanager
 def use_backend(backend):
-    """Run a block with `backend` supplying linear/grouped_linear; restores the previous one."""
-    global _active
-    previous, _active = _active, backend
+    """Run a block with `backend` supplying linear/grouped_linear; the previous one holds again after."""
+    token = _ACTIVE.set(backend)
     try:
         yield backend
     finally:
-        _active = previous
+        _ACTIVE.reset(token)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    return _active.linear(x, weight, bias)
+    return _ACTIVE.get().linear(x, weight, bias)
 
 
 def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    return _active.grouped_linear(rows, weight, offsets)
+    return _ACTIVE.get().grouped_linear(rows, weight, offsets)

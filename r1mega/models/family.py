@@ -23,8 +23,8 @@ config's `model_type`, or a checkpoint's meta.json, and anything else is an erro
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Optional
+from dataclasses import fields
+from typing import Any
 
 from r1mega.errors import CheckpointError, ConfigError
 from r1mega.models.deepseek_v3 import spec as deepseek_v3

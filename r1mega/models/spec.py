@@ -2,7 +2,7 @@
 keeps the registry). Each family builds one `ModelFamily` in its `spec.py`."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 
@@ -39,6 +39,13 @@ class ModelFamily:
     # HF checkpoint tensors a model need not hold (e.g. MTP copies of the embedding), by name
     hf_optional: Callable[[str, dict], bool] = lambda key, hf_config: False
     training: TrainingHooks = TrainingHooks()
+    # () -> the family's share of `r1mega plan` (a module, see models/<family>/plan.py): stage_params,
+    # activation_bytes, family_comm, kv_cache_bytes; imported when first asked for
+    plan_module: Callable[[], Any] = lambda: None
+
+    @property
+    def planner(self):
+        return self.plan_module()
 
     def config_from_hf(self, source: "str | dict"):
         return self.config_cls.from_hf(source)

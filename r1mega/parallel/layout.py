@@ -10,6 +10,8 @@ because importing megatron.core costs ~7 s per process, which every spawned rank
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -100,7 +102,7 @@ class ParallelState:
 
     @property
     def sp(self) -> bool:
-        return self.cfg.sp and self.cfg.tp > 1
+        return self.cfg.sp and self.cfg.tp > 1 and _SP_OFF.get() is not self
 
     # ranks -----------------------------------------------------------------
     def r(self, name: str) -> int:
@@ -121,6 +123,21 @@ class ParallelState:
         return (f"rank {self.rank}: tp {self.r('tp')}/{self.tp} pp {self.r('pp')}/{self.pp} "
                 f"dp {self.r('dp')}/{self.dp} ep {self.r('ep')}/{self.ep} etp {self.r('etp')}/{self.etp} "
                 f"edp {self.r('edp')}/{self.edp} cp {self.r('cp')}/{self.cp} sp={self.sp}")
+
+
+# the ParallelState whose sequence parallelism is off in this context (decoding), see below
+_SP_OFF: contextvars.ContextVar = contextvars.ContextVar("r1mega_sequence_parallel_off", default=None)
+
+
+@contextlib.contextmanager
+def sequence_parallel_off(ps: ParallelState):
+    """Run a block with `ps.sp` False (a decoding step's one token per row cannot be split over tp).
+    Scoped to the block's thread or task; the layout itself is not changed."""
+    token = _SP_OFF.set(ps)
+    try:
+        yield
+    finally:
+        _SP_OFF.reset(token)
 
 
 def single_process_state() -> ParallelState:

@@ -14,10 +14,13 @@ opts in by reading `self.recompute` (a set of these names, set by `set_recompute
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Iterable
 
 import torch
 from torch.utils.checkpoint import checkpoint
+
+from r1mega.kernels.linear import active_backend, use_backend
 
 RECOMPUTE_MODES = ("none", "selective", "full")  # train.recompute
 SELECTIVE_RECOMPUTE_MODULES = ("mla_up_proj", "core_attn", "moe_act", "layernorm", "shared_experts")
@@ -25,9 +28,13 @@ MODES, SELECTIVE_MODULES = RECOMPUTE_MODES, SELECTIVE_RECOMPUTE_MODULES
 
 
 def recomputed(enabled: bool, fn: Callable, *args):
-    """fn(*args), run again in backward when `enabled` and autograd is recording."""
+    """fn(*args), run again in backward when `enabled` and autograd is recording. The rerun uses the
+    kernels backend of the forward: backward may run on another thread (a GPU's autograd worker),
+    where the forward's `use_backend` scope does not hold."""
     if enabled and torch.is_grad_enabled():
-        return checkpoint(fn, *args, use_reentrant=False)
+        backend = active_backend()
+        return checkpoint(fn, *args, use_reentrant=False,
+                          context_fn=lambda: (contextlib.nullcontext(), use_backend(backend)))
     return fn(*args)
 
 

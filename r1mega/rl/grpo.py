@@ -29,7 +29,6 @@ import torch
 
 from r1mega.config import Config, validate_rl, validate_training
 from r1mega.data.prepare import resolve_data
-from r1mega.errors import TrainingError
 from r1mega.data.templates import Rendered
 from r1mega.data.tokenizer import Tokenizer, check_fits
 from r1mega.inference.generate import GenerationConfig, Rollout, generate
@@ -48,6 +47,7 @@ from r1mega.rl.rewards import REWARDS, code_rewards_in_parallel, reward_terms, t
 from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, lr_at
+from r1mega.train.skip_guard import SkipGuard
 from r1mega.train.setup import (
     Run, architecture, build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta, start_run,
 )
@@ -360,7 +360,7 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
         history["accuracy"].append((step, acc0))
         log.print(f"held-out accuracy before GRPO: {acc0:.3f}")
     last: Optional[StepMetrics] = None
-    in_a_row = 0  # consecutive skipped steps
+    guard = SkipGuard(t.max_consecutive_skips, log)  # stops after too many non-finite steps in a row
     while step < t.steps:
         t0 = time.perf_counter()
         problems, where = rollout_problems(cfg, ps, source, position, index)
@@ -389,14 +389,8 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
                 reference.refresh(chunks, step)
             upd = global_values({k: v for k, v in sums.items() if k not in ("grad_norm", "skipped")}, ps, run.device)
             last = step_metrics(cfg, rollout_vals, gap_max, upd, sums, optimizer, scored, step, t0)
-            if sums["skipped"]:
-                log.print(f"step {step}: non-finite loss or gradient, update skipped ({optimizer.skipped} so far)")
-            in_a_row = in_a_row + 1 if sums["skipped"] else 0  # the same on every rank (a global norm)
-            if t.max_consecutive_skips and in_a_row >= t.max_consecutive_skips:
-                log.close()
-                raise TrainingError(f"steps {step + 1 - in_a_row}..{step} all had a non-finite loss or gradient "
-                                    f"(train.max_consecutive_skips={t.max_consecutive_skips}); stopped without "
-                                    f"saving. Check the rewards and lower optim.lr, or raise the limit")
+            guard.after_step(step, bool(sums["skipped"]), optimizer.skipped,
+                             "Check the rewards and lower optim.lr, or raise the limit")
             history["reward"].append((step, last.reward))
             if held_out is not None and eval_every and step % eval_every == 0 and step < t.steps:
                 last.heldout_accuracy = evaluate_accuracy(chunks, ps, source, held_out, rl.max_new_tokens)

@@ -16,7 +16,6 @@ from dataclasses import asdict, replace
 
 
 from r1mega.config import Config, ConfigError, validate_training
-from r1mega.errors import TrainingError
 from r1mega.data.prepare import resolve_data
 from r1mega.data.tokenizer import check_fits, load_tokenizer
 from r1mega.models.family import family_for
@@ -24,6 +23,7 @@ from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_ch
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, lr_at
+from r1mega.train.skip_guard import SkipGuard
 from r1mega.train.setup import build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, start_run
 
 H100_BF16_DENSE_TFLOPS = 989.0
@@ -108,7 +108,7 @@ def train(cfg: Config, kind: str) -> dict:
     kernels = fp8_kernels(t, log)  # None unless train.fp8
     losses: list[float] = []
     hooks = family.training  # the family's extra losses and its work after each optimizer step
-    in_a_row, last_saved = 0, resume  # consecutive non-finite steps; newest checkpoint on disk
+    guard, last_saved = SkipGuard(t.max_consecutive_skips, log), resume  # newest checkpoint on disk
     chunks.train()
     for step in range(start, t.steps):
         t0 = time.perf_counter()
@@ -134,18 +134,10 @@ def train(cfg: Config, kind: str) -> dict:
                    "tflops_per_device": flops_step / dt / world / 1e12, **family_metrics}
         if peak:
             metrics["mfu"] = metrics["tflops_per_device"] / peak
-        if skipped:
-            log.print(f"step {step + 1}: non-finite loss or gradient, update skipped "
-                      f"({optimizer.skipped} so far)")
         log.log(step + 1, metrics, echo=(step + 1) % t.log_interval == 0 or step + 1 == t.steps)
-        in_a_row = in_a_row + 1 if skipped else 0  # the skip decision is the same on every rank
-        if t.max_consecutive_skips and in_a_row >= t.max_consecutive_skips:
-            log.close()
-            raise TrainingError(
-                f"steps {step + 2 - in_a_row}..{step + 1} all had a non-finite loss or gradient "
-                f"(train.max_consecutive_skips={t.max_consecutive_skips}); stopped without saving. "
-                f"The newest checkpoint is {last_saved or 'none'}; check the data and lower optim.lr, "
-                f"or raise train.max_consecutive_skips")
+        guard.after_step(step + 1, skipped, optimizer.skipped,
+                         f"The newest checkpoint is {last_saved or 'none'}; check the data and lower optim.lr, "
+                         f"or raise train.max_consecutive_skips")
         last = step + 1 == t.steps
         if last or (t.save_interval and (step + 1) % t.save_interval == 0):
             last_saved = save_checkpoint(ckpt_root, step + 1, chunks, optimizer, ps,

@@ -18,6 +18,12 @@ def _gather_full(stage, grads: bool = False) -> dict:
     return gather_full(stage, grads)
 
 
+def _planner():
+    from r1mega.models.deepseek_v3 import plan
+
+    return plan
+
+
 def _count_params(cfg: ModelConfig) -> dict:
     from r1mega.models.deepseek_v3.params import count_params
 
@@ -63,6 +69,6 @@ class MoETraining(TrainingHooks):
 FAMILY = ModelFamily(
     name=NAME, hf_model_types=("deepseek_v3", "deepseek_v2"), config_cls=ModelConfig,
     validate_keys=validate_keys, validate_layout=validate_layout, stage_cls=_stage, gather_full=_gather_full,
-    count_params=_count_params, flops_per_token=_flops_per_token, kv_cache="mla_latent",
+    count_params=_count_params, plan_module=_planner, flops_per_token=_flops_per_token, kv_cache="mla_latent",
     training_keys=TRAINING_KEYS, fp32_params=("e_score_correction_bias",), hf_optional=hf_optional,
     training=MoETraining())

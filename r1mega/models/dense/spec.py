@@ -18,6 +18,12 @@ def _gather_full(stage, grads: bool = False) -> dict:
     return gather_sharded(stage, grads)
 
 
+def _planner():
+    from r1mega.models.dense import plan
+
+    return plan
+
+
 def _count_params(cfg: DenseConfig) -> dict:
     from r1mega.models.dense.params import count_params
 
@@ -33,5 +39,5 @@ def _flops_per_token(cfg: DenseConfig, seq_length: int) -> float:
 FAMILY = ModelFamily(
     name=NAME, hf_model_types=("qwen2", "llama"), config_cls=DenseConfig,
     validate_keys=validate_keys, validate_layout=validate_layout, stage_cls=_stage, gather_full=_gather_full,
-    count_params=_count_params, flops_per_token=_flops_per_token, kv_cache="heads",
+    count_params=_count_params, plan_module=_planner, flops_per_token=_flops_per_token, kv_cache="heads",
     training_keys=TRAINING_KEYS)

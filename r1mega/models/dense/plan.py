@@ -1,0 +1,50 @@
+"""The dense family's share of `r1mega plan` (the planner is r1mega/plan.py): parameters one GPU of
+a stage holds (KV heads that do not split over tp are replicated: k/v projections held whole),
+activations of one microbatch (GQA attention, SwiGLU) and the per-head rollout KV cache."""
+from __future__ import annotations
+
+from typing import Optional
+
+from r1mega.models.dense.config import DenseConfig
+from r1mega.models.dense.params import count_params
+from r1mega.models.stage import stage_layers
+
+
+def _per_layer_held(s: DenseConfig, p) -> float:
+    kv_weights = 2 * s.hidden_size * s.num_kv_heads * s.head_size
+    replicated = 0 if s.num_kv_heads % p.tp == 0 else kv_weights * (1 - 1 / p.tp)
+    return count_params(s)["per_layer"] / p.tp + replicated
+
+
+def stage_params(s: DenseConfig, p, stage: int) -> tuple[float, float]:
+    """(dense params, expert params = 0) held by one GPU of pipeline stage `stage`."""
+    layers = stage_layers(s.num_layers, p.pp, stage, p.pp_layers)
+    emb = s.vocab_size * s.hidden_size / p.tp
+    held = len(layers) * _per_layer_held(s, p)
+    if stage == 0:
+        held += emb
+    if stage == p.pp - 1:
+        held += s.hidden_size + (emb if not s.tie_word_embeddings or p.pp > 1 else 0)
+    return held, 0.0
+
+
+def activation_bytes(s: DenseConfig, p, stage: int, mb: int, seq: int, act_bytes: int, recompute: str,
+                     recompute_modules: Optional[list[str]]) -> float:
+    """Activations the stage's layers hold for one microbatch on one GPU (no recompute modelled)."""
+    D, hd = s.hidden_size, s.head_size
+    tokens = mb * seq / p.cp
+    per_layer = tokens * (4 * D + D + (s.num_heads + 2 * s.num_kv_heads) * hd / p.tp * 2
+                          + (D + 3 * s.intermediate_size / p.tp))
+    return per_layer * len(stage_layers(s.num_layers, p.pp, stage, p.pp_layers)) * act_bytes
+
+
+def family_comm(s: DenseConfig, p, stage: int, tokens: float, micro_per_rank: int, weight_bytes: int) -> dict:
+    return {"ep": 0.0}
+
+
+def kv_cache_bytes(s: DenseConfig, p, tokens: int, weight_bytes: int) -> dict[str, float]:
+    """Per-head K and V of the KV heads a rank attends with (GQA)."""
+    lh, group = s.num_heads // p.tp, s.num_heads // s.num_kv_heads
+    kv_local = max((r * lh + lh - 1) // group - (r * lh) // group + 1 for r in range(p.tp))
+    layers = -(-s.num_layers // p.pp)
+    return {"gqa_heads": tokens * layers * weight_bytes / p.dp * 2 * kv_local * s.head_size}
