@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from r1mega.checks import at_least as _at_least, need as _need, one_of as _one_of, positive as _positive
 from r1mega.errors import ConfigError  # noqa: F401  (re-exported: `from r1mega.config import ConfigError`)
 from r1mega.models.family import DEFAULT_FAMILY, family_named, family_of_config
+from r1mega.parallel.config import ParallelConfig  # noqa: F401  (the parallel: section, beside its owner)
 from r1mega.parallel.recompute import RECOMPUTE_MODES, SELECTIVE_RECOMPUTE_MODULES
 
 # The model sections live with their families (r1mega/models/<family>/config.py). These two names
@@ -25,30 +26,6 @@ from r1mega.parallel.recompute import RECOMPUTE_MODES, SELECTIVE_RECOMPUTE_MODUL
 ModelConfig = family_named(DEFAULT_FAMILY).config_cls
 DenseConfig = family_named("dense").config_cls
 
-
-
-@dataclass
-class ParallelConfig:
-    """Megatron-style explicit sizes. dp is derived from the world size when left null."""
-
-    tp: int = 1
-    pp: int = 1
-    ep: int = 1
-    etp: Optional[int] = None  # expert tensor parallel; null means = tp (Megatron's default)
-    dp: Optional[int] = None
-    sp: bool = False  # sequence parallel (needs tp > 1 to matter)
-    cp: int = 1  # context parallel: each sequence in 2*cp zigzag chunks over cp ranks
-    pp_layers: Optional[list[int]] = None  # layers per stage for uneven splits; null: even split
-
-    @property
-    def expert_tp(self) -> int:
-        return self.tp if self.etp is None else self.etp
-
-    @property
-    def sequence_multiple(self) -> int:
-        """What every sequence length must divide by: 2 x cp zigzag chunks, each split over tp
-        under sequence parallelism (1 without context parallelism)."""
-        return 2 * self.cp * (self.tp if self.sp and self.tp > 1 else 1) if self.cp > 1 else 1
 
 
 @dataclass

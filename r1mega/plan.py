@@ -118,14 +118,16 @@ def fits(plan: Plan, gpu_mem_gib: float) -> Optional[str]:
 
 def search(cfg: Config, gpus: int, gpus_per_node: int, gpu_mem: float, micro_batch: int, seq: int,
            global_batch: Optional[int], limit: int = 10) -> list[tuple[Plan, dict]]:
-    m = cfg.active_model
+    family, m = family_for(cfg)
+    counts = family.count_params(m)
+    sparse = counts["active"] < counts["total"]  # routed experts to spread over ep / etp
     found = []
     pow2 = [2 ** i for i in range(0, 12)]
     cps = [c for c in (1, 2, 4, 8, 16) if seq % (2 * c) == 0]
     for tp, pp, ep, etp in itertools.product(pow2, pow2, pow2, [1, 2, 4, 8]):
         if tp > gpus_per_node or tp * pp > gpus or gpus % (tp * pp) or pp > m.num_layers:
             continue
-        if getattr(m, "n_routed_experts", 0) == 0 and (ep > 1 or etp > 1):
+        if not sparse and (ep > 1 or etp > 1):
             continue
         for cp in cps:
             if tp * pp * cp > gpus or gpus % (tp * pp * cp):

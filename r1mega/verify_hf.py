@@ -15,8 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from r1mega.config import ConfigError, ParallelConfig, validate
-from r1mega.config import build_config
+from r1mega.config import ConfigError, ParallelConfig, build_config, validate
 from r1mega.models.family import family_for_hf
 from r1mega.models.weights import load_hf_weights, load_weights
 from r1mega.parallel.context_parallel import gather_sequence
@@ -85,10 +84,10 @@ def run(args: argparse.Namespace) -> int:
     rank = dist.get_rank() if distributed else 0
     dtype = getattr(torch, args.dtype)
     par = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, sp=args.sp, cp=args.cp)
-    unit = 2 * args.cp * (args.tp if args.sp else 1)
+    unit = max(par.sequence_multiple, args.tp if args.sp else 1)  # CP's zigzag chunks; SP's tp shards
     if args.seq_length % unit:
-        raise ConfigError("--seq-length", f"{args.seq_length} is not divisible by 2 x cp"
-                                          f"{' x tp' if args.sp else ''} = {unit}")
+        what = " x ".join((["2 x cp"] if args.cp > 1 else []) + (["tp"] if args.sp else []))
+        raise ConfigError("--seq-length", f"{args.seq_length} is not divisible by {what} = {unit}")
     family, model_cfg = family_for_hf(args.hf_dir)
     cfg = validate(build_config(model_cfg, par), world)
     ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()

@@ -75,7 +75,8 @@ def family_for_hf(source: "str | dict") -> tuple[ModelFamily, Any]:
     kind = hf.get("model_type")
     known = [t for f in _REGISTRY.values() for t in f.hf_model_types]
     if kind is None:
-        raise ConfigError(f"{where}: model_type", f"missing: nothing says which architecture it is ({', '.join(known)})")
+        raise ConfigError(f"{where}: model_type",
+                          f"missing: nothing says which architecture it is ({', '.join(known)})")
     for fam in _REGISTRY.values():
         if kind in fam.hf_model_types:
             return fam, fam.config_from_hf(source)  # the path, when given, names errors
@@ -83,20 +84,20 @@ def family_for_hf(source: "str | dict") -> tuple[ModelFamily, Any]:
 
 
 def family_from_meta(meta: dict) -> tuple[ModelFamily, Any]:
-    """(family, model config) recorded in an r1mega checkpoint's meta.json."""
-    if meta.get("hf_config") is not None:
-        return family_for_hf(meta["hf_config"])
+    """(family, model config) recorded in an r1mega checkpoint's meta.json: the model config it was
+    saved with (the importer and the trainer both record it; after train.allow_arch_change it differs
+    from an imported model's config.json, which travels on only for the export)."""
     recorded = meta.get("model_config")
     if not isinstance(recorded, dict):
-        raise CheckpointError("the checkpoint's meta.json has neither hf_config nor model_config: nothing says "
-                              "what model it holds; it was not written by r1mega, or meta.json was edited")
+        has = "only hf_config" if meta.get("hf_config") is not None else "neither hf_config nor model_config"
+        raise CheckpointError(f"the checkpoint's meta.json has {has}: nothing says what model it holds; it was "
+                              f"not written by r1mega, or meta.json was edited")
     name = meta.get("family", recorded.get("family"))
     if name not in _REGISTRY:
         raise CheckpointError(f"the checkpoint's meta.json names model family {name!r}; known: "
                               f"{', '.join(sorted(_REGISTRY))}")
     fam = _REGISTRY[name]
-    known = {f.name for f in fields(fam.config_cls)}
-    unknown = sorted(set(recorded) - known)
+    unknown = sorted(set(recorded) - {f.name for f in fields(fam.config_cls)})
     if unknown:
         raise CheckpointError(f"the checkpoint's meta.json model_config does not fit {fam.name}: "
                               f"unknown keys {unknown}")

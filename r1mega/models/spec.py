@@ -2,7 +2,7 @@
 keeps the registry). Each family builds one `ModelFamily` in its `spec.py`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 
 
@@ -58,7 +58,5 @@ class ModelFamily:
         return self.stage_cls(cfg, ps, pp_layers, stage=stage, num_stages=num_stages)
 
     def architecture(self, cfg) -> dict:
-        """The config's keys that shape the model (training rules and the family name left out)."""
-        from dataclasses import asdict
-
-        return {k: v for k, v in asdict(cfg).items() if k not in self.training_keys and k != "family"}
+        """The config's keys that shape the model, its family included (training rules left out)."""
+        return {k: v for k, v in asdict(cfg).items() if k not in self.training_keys}

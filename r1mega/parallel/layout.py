@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from r1mega.config import ParallelConfig
+from r1mega.parallel.config import ParallelConfig
 
 
 def rank_groups(sizes: list[tuple[str, int]], name: str) -> list[list[int]]:

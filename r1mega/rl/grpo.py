@@ -47,9 +47,9 @@ from r1mega.rl.rewards import REWARDS, code_rewards_in_parallel, reward_terms, t
 from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, lr_at
-from r1mega.train.skip_guard import SkipGuard
 from r1mega.train.setup import (
-    Run, architecture, build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta, start_run,
+    Run, SkipGuard, architecture, build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta,
+    start_run,
 )
 
 

@@ -23,17 +23,16 @@ def host_memory_bytes() -> Optional[int]:
         return None
 
 
-def refuse_unbuildable(cfg: Config, world: int) -> None:
+def refuse_unbuildable(family, m, section: str, world: int) -> None:
     """Refuse a model no rank of this machine could hold, before building it. Construction goes
     layer by layer, so an absurd size (model.num_layers=10**9) would otherwise run for hours before
     the allocator gives up. The bound is a floor -- every rank holds at least 1/world of the
     parameters, built in float32 -- so nothing that could fit is refused (`r1mega plan` sizes a
-    layout exactly). It blames num_layers when one layer of the model would fit."""
+    layout exactly). It blames num_layers when one layer of the model would fit. `m`: the model
+    config of `family`, given in the run config's `section`."""
     memory = host_memory_bytes()
     if memory is None:
         return
-    family, m = family_for(cfg)
-    section = cfg.model_section
     need = lambda c: family.count_params(c)["total"] * 4 / max(world, 1)  # noqa: E731
     if need(m) <= memory:
         return
@@ -46,9 +45,10 @@ def refuse_unbuildable(cfg: Config, world: int) -> None:
 
 def build_chunks(cfg: Config, ps: ParallelState) -> torch.nn.ModuleList:
     """This rank's model chunks (one per virtual pipeline stage) of the config's model family."""
-    refuse_unbuildable(cfg, ps.world)  # before a layer-by-layer build that could never finish
-    v = cfg.train.virtual_stages
     family, model_cfg = family_for(cfg)
+    # before a layer-by-layer build that could never finish
+    refuse_unbuildable(family, model_cfg, cfg.model_section, ps.world)
+    v = cfg.train.virtual_stages
     chunks = torch.nn.ModuleList(
         family.build_stage(model_cfg, ps, cfg.parallel.pp_layers if v == 1 else None,
                            stage=c * ps.pp + ps.r("pp"), num_stages=ps.pp * v)

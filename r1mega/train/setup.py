@@ -4,7 +4,7 @@ the same way and a rule changed here holds for all of them.
 
     run = start_run(cfg, validate_training)            # ranks, config checked, ParallelState, seed
     chunks = build_model(run.cfg, run.ps, run.device, run.dtype)
-    ... optimizer, resume (each command's own rules), loop ...
+    ... optimizer, resume (each command's own rules), loop (SkipGuard: stop on non-finite steps) ...
     finish_run(run)
 """
 from __future__ import annotations
@@ -19,7 +19,8 @@ import torch
 import torch.distributed as dist
 
 from r1mega.config import Config, ConfigError, TrainConfig
-from r1mega.models.family import family_for, family_from_meta
+from r1mega.errors import TrainingError
+from r1mega.models.family import ModelFamily, family_for, family_from_meta, family_of_config
 from r1mega.kernels import use_backend
 from r1mega.kernels.fp8_backend import fp8_backend
 from r1mega.train.model_build import build_chunks, init_weights, place, refuse_unbuildable  # noqa: F401
@@ -37,6 +38,10 @@ class Run:
     world: int
     device: torch.device
     dtype: torch.dtype
+    @property
+    def family(self) -> ModelFamily:
+        """The family of the active model (cfg.active_model)."""
+        return family_of_config(self.cfg.active_model)
 
     @property
     def is_logger(self) -> bool:
@@ -118,6 +123,26 @@ def fp8_kernels(t: TrainConfig, log, applies_to: str = ""):
 def kernels_scope(kernels):
     """Run a block on `kernels` (from fp8_kernels), or on the default kernels when it is None."""
     return use_backend(kernels) if kernels is not None else contextlib.nullcontext()
+
+
+class SkipGuard:
+    """A step whose loss or gradient is NaN/Inf leaves the weights as they were (the optimizer skips
+    it) and is announced; after train.max_consecutive_skips of them in a row the run stops rather
+    than save a broken model."""
+
+    def __init__(self, limit: int, log):
+        self.limit, self.log, self.in_a_row = limit, log, 0
+
+    def after_step(self, step: int, skipped: bool, skipped_so_far: int, advice: str) -> None:
+        """`step`: the 1-based step just taken. The skip decision is the same on every rank (a
+        global norm), so every rank stops together. advice: what the user can do, for the error."""
+        if skipped:
+            self.log.print(f"step {step}: non-finite loss or gradient, update skipped ({skipped_so_far} so far)")
+        self.in_a_row = self.in_a_row + 1 if skipped else 0
+        if self.limit and self.in_a_row >= self.limit:
+            self.log.close()
+            raise TrainingError(f"steps {step + 1 - self.in_a_row}..{step} all had a non-finite loss or gradient "
+                                f"(train.max_consecutive_skips={self.limit}); stopped without saving. {advice}")
 
 
 def finish_run(run: Run) -> None:

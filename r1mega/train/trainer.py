@@ -18,13 +18,13 @@ from dataclasses import asdict, replace
 from r1mega.config import Config, ConfigError, validate_training
 from r1mega.data.prepare import resolve_data
 from r1mega.data.tokenizer import check_fits, load_tokenizer
-from r1mega.models.family import family_for
 from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, lr_at
-from r1mega.train.skip_guard import SkipGuard
-from r1mega.train.setup import build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, start_run
+from r1mega.train.setup import (
+    SkipGuard, build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, start_run,
+)
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
@@ -76,7 +76,7 @@ def train(cfg: Config, kind: str) -> dict:
         print(f"warning: optim.warmup_steps={cfg.optim.warmup_steps} exceeds train.steps={t.steps}: the run ends "
               f"before the learning rate reaches optim.lr={cfg.optim.lr}", file=sys.stderr, flush=True)
     data = _data(cfg, kind)
-    family, model_cfg = family_for(cfg)
+    family, model_cfg = run.family, cfg.active_model
     model_config, arch = asdict(model_cfg), family.architecture(model_cfg)  # saved; compared on resume
     candidates = find_resume_checkpoint(ckpt_root, t.load, arch, t.allow_arch_change)
 

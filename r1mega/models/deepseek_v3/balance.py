@@ -10,12 +10,14 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from r1mega.models.deepseek_v3.moe import MoE
+from r1mega.models.spec import TrainingHooks
 from r1mega.parallel.layout import ParallelState
 
 
 def moe_layers(chunks) -> list:
     """The routed-expert layers (DeepSeekMoE's `MoE`) of these stage chunks."""
+    from r1mega.models.deepseek_v3.moe import MoE  # model code loads when a model exists
+
     return [(name, m) for name, m in chunks.named_modules() if isinstance(m, MoE)]
 
 
@@ -52,3 +54,21 @@ def update_routing_bias(chunks, ps: ParallelState, rate: float) -> dict[str, flo
         sum((m.aux_loss_sum.to(loads) for m in layers if m.aux_loss_sum is not None), loads.new_zeros(())),
     ]).tolist()
     return {"max_load_ratio": stats[0], "min_load_ratio": stats[1], "balance_loss": stats[2]}
+
+
+class MoETraining(TrainingHooks):
+    """DeepSeek-V3's rules around a step: the MTP loss (weight model.mtp_weight), the sequence-wise
+    balance loss (model.balance_alpha) and the aux-loss-free routing-bias update (model.bias_update_rate)."""
+
+    def set_balance_loss(self, chunks, alpha: float, global_sequences: int) -> None:
+        set_balance_loss_scale(chunks, alpha, global_sequences)
+
+    def loss_weights(self, m) -> dict[str, float]:
+        return {"mtp_weight": m.mtp_weight, "balance_alpha": m.balance_alpha}
+
+    def after_step(self, chunks, ps, m, skipped: bool, result) -> dict[str, float]:
+        balance = update_routing_bias(chunks, ps, 0.0 if skipped else m.bias_update_rate)
+        if not moe_layers(chunks) and m.num_mtp_layers == 0:
+            return {}  # no MTP or expert statistics to report
+        return {"mtp_loss": result.mtp_loss, "expert_max_load": balance["max_load_ratio"],
+                "expert_min_load": balance["min_load_ratio"], "balance_loss": balance["balance_loss"]}

@@ -3,7 +3,8 @@ Model code is imported when first used, so reading a config does not load it."""
 from __future__ import annotations
 
 from r1mega.models.deepseek_v3.config import FAMILY as NAME, TRAINING_KEYS, ModelConfig, validate_keys, validate_layout
-from r1mega.models.spec import ModelFamily, TrainingHooks
+from r1mega.models.deepseek_v3.balance import MoETraining
+from r1mega.models.spec import ModelFamily
 
 
 def _stage(*args, **kwargs):
@@ -42,28 +43,6 @@ def hf_optional(key: str, hf_config: dict) -> bool:
     n = hf_config.get("num_hidden_layers")
     mtp = f"model.layers.{n}." if n is not None else None
     return mtp is not None and key in (mtp + "embed_tokens.weight", mtp + "shared_head.head.weight")
-
-
-class MoETraining(TrainingHooks):
-    """DeepSeek-V3's rules around a step: the MTP loss (weight model.mtp_weight), the sequence-wise
-    balance loss (model.balance_alpha) and the aux-loss-free routing-bias update (model.bias_update_rate)."""
-
-    def set_balance_loss(self, chunks, alpha: float, global_sequences: int) -> None:
-        from r1mega.models.deepseek_v3.balance import set_balance_loss_scale
-
-        set_balance_loss_scale(chunks, alpha, global_sequences)
-
-    def loss_weights(self, m: ModelConfig) -> dict[str, float]:
-        return {"mtp_weight": m.mtp_weight, "balance_alpha": m.balance_alpha}
-
-    def after_step(self, chunks, ps, m: ModelConfig, skipped: bool, result) -> dict[str, float]:
-        from r1mega.models.deepseek_v3.balance import moe_layers, update_routing_bias
-
-        balance = update_routing_bias(chunks, ps, 0.0 if skipped else m.bias_update_rate)
-        if not moe_layers(chunks) and m.num_mtp_layers == 0:
-            return {}  # no MTP or expert statistics to report
-        return {"mtp_loss": result.mtp_loss, "expert_max_load": balance["max_load_ratio"],
-                "expert_min_load": balance["min_load_ratio"], "balance_loss": balance["balance_loss"]}
 
 
 FAMILY = ModelFamily(
