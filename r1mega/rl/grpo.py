@@ -48,7 +48,7 @@ from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_ch
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.train.setup import (
-    Run, SkipGuard, architecture, build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta,
+    Run, SkipGuard, build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta,
     start_run,
 )
 
@@ -294,12 +294,12 @@ def append_rollouts(path: str, step: int, scored: ScoredRollout, n: int) -> None
 
 
 def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW, reference: Optional[ReferencePolicy],
-            candidates: list[str], ckpt_root: str) -> tuple[int, int, int, Optional[str]]:
+            candidates: list[str], ckpt_root: str, arch: dict) -> tuple[int, int, int, Optional[str]]:
     """Load the run's own newest good checkpoint (policy, optimizer, reference, prompt position;
     the trainer's rules: verified, older ones as fallback) or start from train.load. Returns
     (step, prompt position, rollout index, the checkpoint resumed from or None)."""
     t = cfg.train
-    path, meta = resume_from(candidates, chunks, optimizer, ps, architecture(cfg), t.allow_arch_change,
+    path, meta = resume_from(candidates, chunks, optimizer, ps, arch, t.allow_arch_change,
                              t.verify_checkpoint)
     own = path is not None and os.path.abspath(os.path.dirname(os.path.normpath(path))) == os.path.abspath(ckpt_root)
     step, position, index = 0, 0, 0
@@ -340,12 +340,13 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     tok = _tokenizer(cfg)
     source = PromptSource(cfg, tok)
     # checkpoints and their architecture are checked before any weight exists
-    candidates = find_resume_checkpoint(ckpt_root, t.load, architecture(cfg), t.allow_arch_change)
-    chunks = build_model(cfg, ps, run.device, run.dtype)
+    arch = run.arch  # the model keys a checkpoint must match
+    candidates = find_resume_checkpoint(ckpt_root, t.load, arch, t.allow_arch_change)
+    chunks = build_model(run)
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
-    reference = (ReferencePolicy(build_model(cfg, ps, run.device, run.dtype), ps, rl.ref_refresh_steps)
+    reference = (ReferencePolicy(build_model(run), ps, rl.ref_refresh_steps)
                  if rl.kl_coef else None)
-    step, position, index, resumed = restore(cfg, ps, chunks, optimizer, reference, candidates, ckpt_root)
+    step, position, index, resumed = restore(cfg, ps, chunks, optimizer, reference, candidates, ckpt_root, arch)
 
     log = MetricsLog(t.run_dir, t.steps, step, run.is_logger, t.wandb_project if t.wandb else None, cfg)
     if resumed:
@@ -399,7 +400,7 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
             if (t.save_interval and step % t.save_interval == 0) or step == t.steps:
                 ref_dir = reference.save(ckpt_root) if reference is not None else None
                 save_checkpoint(ckpt_root, step, chunks, optimizer, ps,
-                                run_meta(cfg, "grpo", prompt_position=position, rollout_index=index + 1,
+                                run_meta(run, "grpo", prompt_position=position, rollout_index=index + 1,
                                          reference=ref_dir))
             t0 = time.perf_counter()
         index += 1

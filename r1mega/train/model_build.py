@@ -45,7 +45,12 @@ def refuse_unbuildable(family, m, section: str, world: int) -> None:
 
 def build_chunks(cfg: Config, ps: ParallelState) -> torch.nn.ModuleList:
     """This rank's model chunks (one per virtual pipeline stage) of the config's model family."""
-    family, model_cfg = family_for(cfg)
+    return build_stages(family_for(cfg)[0], cfg, ps)
+
+
+def build_stages(family, cfg: Config, ps: ParallelState) -> torch.nn.ModuleList:
+    """build_chunks of a known family (that of cfg.active_model)."""
+    model_cfg = cfg.active_model
     # before a layer-by-layer build that could never finish
     refuse_unbuildable(family, model_cfg, cfg.model_section, ps.world)
     v = cfg.train.virtual_stages
@@ -60,8 +65,12 @@ def build_chunks(cfg: Config, ps: ParallelState) -> torch.nn.ModuleList:
 def place(chunks: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """Move to the device and weight dtype; what the family keeps in float32 (e.g. DeepSeek-V3's
     routing selection bias) stays float32."""
+    return place_as(chunks, device, dtype, family_of(_first_stage(chunks)).fp32_params)
+
+
+def place_as(chunks: torch.nn.Module, device: torch.device, dtype: torch.dtype, keep) -> torch.nn.Module:
+    """place(), the names of the parameters and buffers kept in float32 given."""
     chunks.to(device=device, dtype=dtype)
-    keep = family_of(_first_stage(chunks)).fp32_params
     for name, t in [*chunks.named_parameters(), *chunks.named_buffers()]:
         if name.rsplit(".", 1)[-1] in keep:
             t.data = t.data.float()

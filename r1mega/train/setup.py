@@ -2,8 +2,8 @@
 model. A thin composition of the functions that do the work, so trainer, grpo and verify-hf start
 the same way and a rule changed here holds for all of them.
 
-    run = start_run(cfg, validate_training)            # ranks, config checked, ParallelState, seed
-    chunks = build_model(run.cfg, run.ps, run.device, run.dtype)
+    run = start_run(cfg, validate_training)            # ranks, config checked, ParallelState, family, seed
+    chunks = build_model(run)
     ... optimizer, resume (each command's own rules), loop (SkipGuard: stop on non-finite steps) ...
     finish_run(run)
 """
@@ -20,10 +20,10 @@ import torch.distributed as dist
 
 from r1mega.config import Config, ConfigError, TrainConfig
 from r1mega.errors import TrainingError
-from r1mega.models.family import ModelFamily, family_for, family_from_meta, family_of_config
+from r1mega.models.family import ModelFamily, family_from_meta, family_of_config
 from r1mega.kernels import use_backend
 from r1mega.kernels.fp8_backend import fp8_backend
-from r1mega.train.model_build import build_chunks, init_weights, place, refuse_unbuildable  # noqa: F401
+from r1mega.train.model_build import build_stages, init_weights, place_as
 from r1mega.parallel.layout import (
     ParallelState, build_parallel_state, default_device, join_ranks, single_process_state,
 )
@@ -38,10 +38,8 @@ class Run:
     world: int
     device: torch.device
     dtype: torch.dtype
-    @property
-    def family(self) -> ModelFamily:
-        """The family of the active model (cfg.active_model)."""
-        return family_of_config(self.cfg.active_model)
+    family: ModelFamily  # of the active model, cfg.active_model
+    arch: dict  # its architecture keys (training keys left out): what a checkpoint must match
 
     @property
     def is_logger(self) -> bool:
@@ -70,35 +68,46 @@ def checkpoint_meta(path: str) -> dict:
         return json.load(f)
 
 
-def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> Config:
-    """A config that leaves its model at its family's defaults takes the model's family and shapes
-    from the checkpoint it starts from (the run's own, else train.load: r1mega-convert import and the
-    trainer record them), so a stage config runs on any imported model without restating it. The
-    config's training keys (e.g. model.mtp_weight) are kept."""
-    source = own or cfg.train.load
-    family, m = family_for(cfg)
-    if source is None or family.architecture(m) != family.architecture(family.config_cls()):
-        return cfg
-    saved_family, saved = family_from_meta(checkpoint_meta(source))
+def _at_family_defaults(m) -> bool:
+    """The model config says nothing but its family: its architecture keys are the class defaults."""
+    keep = {k: getattr(m, k) for k in type(m).training_keys}
+    return replace(type(m)(), **keep) == m
+
+
+def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> tuple[Config, ModelFamily]:
+    """(config, its model's family). A config that leaves its model at its family's defaults takes
+    the model's family and shapes from the checkpoint it starts from (the run's own, else train.load:
+    r1mega-convert import and the trainer record them), so a stage config runs on any imported model
+    without restating it. The config's training keys (e.g. model.mtp_weight) are kept."""
+    source, m = own or cfg.train.load, cfg.active_model
+    meta = checkpoint_meta(source) if source is not None and _at_family_defaults(m) else None
+    family = family_of_config(m)
+    if meta is None:
+        return cfg, family
+    saved_family, saved = family_from_meta(meta)
     if saved_family is family:
         saved = replace(saved, **{k: getattr(m, k) for k in family.training_keys})
-    return replace(cfg, model=saved, student=None)
+    return replace(cfg, model=saved, student=None), saved_family
 
 
 def start_run(cfg: Config, validate_fn: Callable[[Config, int], Config], own_checkpoint: Optional[str] = None) -> Run:
     """Join torchrun's group (if launched by it), fill the model from the checkpoint if the config
     has none, validate before any weight exists, build the rank layout, seed."""
     distributed, owns_group, world = join_ranks()
-    cfg = validate_fn(model_from_checkpoint(cfg, own_checkpoint), world)
+    cfg, family = model_from_checkpoint(cfg, own_checkpoint)
+    cfg = validate_fn(cfg, world)
     ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
     torch.manual_seed(cfg.seed)
-    return Run(cfg, ps, distributed, owns_group, world, default_device(), getattr(torch, cfg.train.dtype))
+    arch = {k: v for k, v in asdict(cfg.active_model).items() if k not in family.training_keys}
+    return Run(cfg, ps, distributed, owns_group, world, default_device(), getattr(torch, cfg.train.dtype), family,
+               arch)
 
 
-def build_model(cfg: Config, ps: ParallelState, device: torch.device, dtype: torch.dtype) -> torch.nn.ModuleList:
+def build_model(run: Run) -> torch.nn.ModuleList:
     """This rank's model chunks, initialised layout-independently, on the device in the weight dtype."""
+    cfg = run.cfg
     try:
-        chunks = build_chunks(cfg, ps)
+        chunks = build_stages(run.family, cfg, run.ps)
     except (RuntimeError, MemoryError) as e:  # e.g. a model too large for this machine
         if "alloc" not in str(e).lower() and not isinstance(e, (MemoryError, torch.OutOfMemoryError)):
             raise
@@ -106,7 +115,7 @@ def build_model(cfg: Config, ps: ParallelState, device: torch.device, dtype: tor
                           f"({str(e).splitlines()[0]}); check the model sizes, or size a layout with `r1mega plan`"
                           ) from None
     init_weights(chunks, cfg.seed)
-    return place(chunks, device, dtype)
+    return place_as(chunks, run.device, run.dtype, run.family.fp32_params)
 
 
 def fp8_kernels(t: TrainConfig, log, applies_to: str = ""):
@@ -150,13 +159,6 @@ def finish_run(run: Run) -> None:
         dist.destroy_process_group()
 
 
-def architecture(cfg: Config) -> dict:
-    """The active model's architecture keys, as checkpoints are compared against (resume, train.load)."""
-    family, model_cfg = family_for(cfg)
-    return family.architecture(model_cfg)
-
-
-def run_meta(cfg: Config, kind: str, **extra) -> dict:
+def run_meta(run: Run, kind: str, **extra) -> dict:
     """What a checkpoint records about the run besides weights (read back by model_from_checkpoint)."""
-    family, model_cfg = family_for(cfg)
-    return {"kind": kind, "family": family.name, "model_config": asdict(model_cfg), **extra}
+    return {"kind": kind, "family": run.family.name, "model_config": asdict(run.cfg.active_model), **extra}

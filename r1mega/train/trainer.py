@@ -77,10 +77,10 @@ def train(cfg: Config, kind: str) -> dict:
               f"before the learning rate reaches optim.lr={cfg.optim.lr}", file=sys.stderr, flush=True)
     data = _data(cfg, kind)
     family, model_cfg = run.family, cfg.active_model
-    model_config, arch = asdict(model_cfg), family.architecture(model_cfg)  # saved; compared on resume
+    model_config, arch = asdict(model_cfg), run.arch  # saved; compared on resume
     candidates = find_resume_checkpoint(ckpt_root, t.load, arch, t.allow_arch_change)
 
-    chunks = build_model(cfg, ps, device, run.dtype)
+    chunks = build_model(run)
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
 
     # the run's own newest checkpoint wins over train.load, so a requeued job continues where it was

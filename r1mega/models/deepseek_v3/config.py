@@ -6,7 +6,7 @@ the engine but errors and the shared checks, so the run config can compose it.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from r1mega.checks import at_least, need, one_of, pipeline_split, positive
 from r1mega.errors import ConfigError
@@ -58,6 +58,7 @@ class ModelConfig:
     balance_alpha: float = 1e-4  # sequence-wise balance loss weight
     bias_update_rate: float = 1e-3  # gamma of the aux-loss-free bias update
     family: str = FAMILY  # the `model.family` key; fixed for this class
+    training_keys: ClassVar[tuple[str, ...]] = TRAINING_KEYS  # training rules, not architecture
 
     @property
     def qk_head_dim(self) -> int:

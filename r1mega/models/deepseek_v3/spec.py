@@ -2,7 +2,7 @@
 Model code is imported when first used, so reading a config does not load it."""
 from __future__ import annotations
 
-from r1mega.models.deepseek_v3.config import FAMILY as NAME, TRAINING_KEYS, ModelConfig, validate_keys, validate_layout
+from r1mega.models.deepseek_v3.config import FAMILY as NAME, ModelConfig, validate_keys, validate_layout
 from r1mega.models.deepseek_v3.balance import MoETraining
 from r1mega.models.spec import ModelFamily
 
@@ -49,5 +49,5 @@ FAMILY = ModelFamily(
     name=NAME, hf_model_types=("deepseek_v3", "deepseek_v2"), config_cls=ModelConfig,
     validate_keys=validate_keys, validate_layout=validate_layout, stage_cls=_stage, gather_full=_gather_full,
     count_params=_count_params, plan_module=_planner, flops_per_token=_flops_per_token, kv_cache="mla_latent",
-    training_keys=TRAINING_KEYS, fp32_params=("e_score_correction_bias",), hf_optional=hf_optional,
+    training_keys=ModelConfig.training_keys, fp32_params=("e_score_correction_bias",), hf_optional=hf_optional,
     training=MoETraining())

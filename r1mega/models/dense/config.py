@@ -6,7 +6,7 @@ The `model:` section with `model.family: dense`; `student:` is the same section 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from r1mega.checks import need, pipeline_split
 from r1mega.errors import ConfigError
@@ -39,6 +39,7 @@ class DenseConfig:
     hidden_act: str = "silu"
     initializer_range: float = 0.02
     family: str = FAMILY  # the `model.family` key; fixed for this class
+    training_keys: ClassVar[tuple[str, ...]] = TRAINING_KEYS  # training rules, not architecture
 
     @property
     def head_size(self) -> int:
