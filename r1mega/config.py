@@ -197,6 +197,18 @@ class ParallelConfig:
     def expert_tp(self) -> int:
         return self.tp if self.etp is None else self.etp
 
+    @property
+    def sequence_divisor(self) -> int:
+        """What every sequence length must be a multiple of: 2 x cp zigzag chunks (cp > 1), each
+        cp rank's tokens split again over tp under SP. Validation, verify-hf, the planner and
+        GRPO's row padding all ask this one rule."""
+        return (2 * self.cp if self.cp > 1 else 1) * (self.tp if self.sp and self.tp > 1 else 1)
+
+    def sequence_divisor_text(self) -> str:
+        """How sequence_divisor is made up, for error messages."""
+        parts = (["2 x cp"] if self.cp > 1 else []) + (["tp (sequence parallel)"] if self.sp and self.tp > 1 else [])
+        return f"{' x '.join(parts)} = {self.sequence_divisor}"
+
 
 @dataclass
 class DataConfig:
@@ -690,6 +702,15 @@ def validate(cfg: Config, world_size: int) -> Config:
     return cfg
 
 
+def validate_sequence_split(cfg: Config) -> None:
+    """data.seq_length must split into the layout's context-/sequence-parallel pieces (the dry run
+    asks this too, so it never plans a length the run refuses)."""
+    par, n = cfg.parallel, cfg.data.seq_length
+    _need(n % par.sequence_divisor == 0, "data.seq_length",
+          f"{'context' if par.cp > 1 else 'sequence'} parallel needs seq_length {n} divisible by "
+          f"{par.sequence_divisor_text()}")
+
+
 def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> Config:
     """validate() plus the batch / schedule / data / optimizer rules of a training run.
     needs_data=False: GRPO, whose data are rl.prompts (see validate_rl)."""
@@ -744,14 +765,7 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
     per_step = par.dp * d.micro_batch_size
     need(d.global_batch_size % per_step == 0, "data.global_batch_size",
          f"{d.global_batch_size} is not a multiple of dp x micro_batch_size = {par.dp} x {d.micro_batch_size}")
-    if par.sp and tp > 1:
-        need(d.seq_length % tp == 0, "data.seq_length",
-             f"sequence parallel needs seq_length {d.seq_length} divisible by tp={tp}")
-    if par.cp > 1:
-        unit = 2 * par.cp * (tp if par.sp and tp > 1 else 1)
-        need(d.seq_length % unit == 0, "data.seq_length",
-             f"context parallel needs seq_length {d.seq_length} divisible by 2 x cp"
-             f"{' x tp (sequence parallel)' if unit != 2 * par.cp else ''} = {unit}")
+    validate_sequence_split(cfg)
     if t.schedule == "interleaved" and pp > 1:
         micro = d.global_batch_size // per_step
         need(micro % pp == 0, "data.global_batch_size",

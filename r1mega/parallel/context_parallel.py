@@ -26,13 +26,6 @@ from r1mega.parallel.comm import gather_seq
 from r1mega.parallel.layout import ParallelState
 
 
-def sequence_divisor(cp: int, tp: int = 1, sp: bool = False) -> int:
-    """What every sequence length must be a multiple of: 2 x cp zigzag chunks (cp > 1), and under
-    sequence parallelism each rank's tokens split again over tp. The one rule that validation,
-    verify-hf, the planner and GRPO's row padding all apply."""
-    return (2 * cp if cp > 1 else 1) * (tp if sp and tp > 1 else 1)
-
-
 def zigzag_chunks(s: int, cp: int, rank: int) -> list[tuple[int, int]]:
     """The (start, end) global token ranges cp rank `rank` holds, in its local order."""
     if s % (2 * cp):
