@@ -35,3 +35,17 @@ def dense_cp_worker(rank: int, world: int, cases: list[tuple[str, dict, bool]], 
     """cases: (hf_dir, layout, packed) run in turn in one process group; packed=False: causal rows."""
     return [evaluate(d, lay, world, ids, labels, docs if packed else None, positions if packed else None)
             for d, lay, packed in cases]
+
+
+def sft_worker(rank: int, world: int, overrides: list[str]) -> list[dict]:
+    """A short `r1mega sft` of the tiny distillation student; its metrics.jsonl rows (rank 0)."""
+    import json
+    import os
+
+    from r1mega.config import load_config
+    from r1mega.train.trainer import train
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(root, "configs", "tiny", "distill_student.yaml"), overrides)
+    train(cfg, "sft")
+    return [json.loads(line) for line in open(os.path.join(cfg.train.run_dir, "metrics.jsonl"))] if rank == 0 else []

@@ -70,3 +70,49 @@ def test_cp2_equals_one_process(students, data, reference):
 @pytest.mark.slow
 def test_cp2_composed_with_tp_sp_pp_dp(students, data, reference):
     _run(4, FOUR_RANKS, students, data, reference)
+
+
+def _sft_overrides(tmp_path, name: str, cp: int) -> list[str]:
+    return [f"train.run_dir={tmp_path / name}", f"data.cache_dir={tmp_path / 'data'}", "train.steps=3",
+            f"parallel.cp={cp}", "data.seq_length=64", "data.synthetic_docs=200"]
+
+
+def test_sft_run_under_cp2_equals_one_process(tmp_path):
+    """The training run users start (`r1mega sft` of a student with parallel.cp=2): loss and gradient
+    norm of every step equal one process (they were exactly 2x before the dense forward split rows)."""
+    from dense_cp_workers import sft_worker
+
+    one = sft_worker(0, 1, _sft_overrides(tmp_path, "one", 1))
+    two = run_ranks(sft_worker, 2, _sft_overrides(tmp_path, "cp2", 2))[0]
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3]
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), (a, b)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), (a, b)
+
+
+def _verify(nproc: int, *args: str) -> tuple[float, float]:
+    """(max |logit diff|, |loss diff|) of `r1mega verify-hf` under torchrun; exit status 0."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "r1mega.cli", "verify-hf", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "gradients: worst" in proc.stdout and "PASS" in proc.stdout
+    loss_diff = float(re.search(r"loss_diff=(\S+)", proc.stdout).group(1))
+    return float(re.fullmatch(r"max_abs_logit_diff=(\S+)", proc.stdout.strip().splitlines()[-1]).group(1)), loss_diff
+
+
+@pytest.mark.slow
+def test_verify_hf_cp2_on_students(students):
+    """`verify-hf --cp 2` on a student matches transformers (logits, loss, gradients): Qwen2 alone,
+    Llama with 3 KV heads composed with TP2+SP."""
+    for nproc, args in ((2, ("--hf-dir", students["qwen2"], "--cp", "2")),
+                        (4, ("--hf-dir", students["llama"], "--cp", "2", "--tp", "2", "--sp"))):
+        logit_diff, loss_diff = _verify(nproc, *args)
+        assert logit_diff < 1e-4 and loss_diff < 1e-5, (args, logit_diff, loss_diff)
