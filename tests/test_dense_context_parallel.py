@@ -116,3 +116,33 @@ def test_verify_hf_cp2_on_students(students):
                         (4, ("--hf-dir", students["llama"], "--cp", "2", "--tp", "2", "--sp"))):
         logit_diff, loss_diff = _verify(nproc, *args)
         assert logit_diff < 1e-4 and loss_diff < 1e-5, (args, logit_diff, loss_diff)
+
+
+@pytest.mark.slow
+def test_grpo_step_of_a_student_under_cp2_equals_one_process(tmp_path):
+    """GRPO on a student with parallel.cp=2: every cp rank of a DP rank decodes the same rollouts in
+    full (the cached decode is not split, as for MLA; noise keyed by problem and sample), then the
+    training forward splits rows. Rewards, loss, KL and gradient norm equal one process."""
+    from rl_workers import grpo_worker
+
+    student = ["student.vocab_size=384", "student.hidden_size=32", "student.intermediate_size=64",
+               "student.num_layers=2", "student.num_heads=4", "student.num_kv_heads=2",
+               "student.tie_word_embeddings=true"]
+
+    def overrides(name: str, cp: int) -> list[str]:
+        # the language reward varies over random outputs, so advantages (and gradients) are not zero
+        return [f"train.run_dir={tmp_path / name}", f"data.cache_dir={tmp_path / 'data'}", "train.steps=2",
+                f"parallel.cp={cp}", "rl.group_size=4", "rl.prompts_per_step=4", "rl.kl_coef=0.01",
+                "rl.updates_per_rollout=2", "rl.rewards=[language]", "data.micro_batch_size=8",
+                "data.global_batch_size=8", "data.synthetic_docs=300", *student]
+
+    one = grpo_worker(0, 1, overrides("one", 1))["rows"]
+    two = run_ranks(grpo_worker, 2, overrides("cp2", 2))[0]["rows"]
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2]
+    for a, b in zip(one, two):
+        assert a["grad_norm"] > 0 and a["zero_advantage_frac"] < 1, a
+        for key in ("reward", "response_len", "zero_advantage_frac"):
+            assert b[key] == a[key], (key, a, b)
+        for key in ("loss", "kl", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (key, a, b)
+        assert b["logprob_gap_max"] < 1e-4
