@@ -44,7 +44,7 @@ from r1mega.rl.metrics import StepMetrics, global_values
 from r1mega.rl.prompt_source import PromptSource
 from r1mega.sandbox import isolation as sandbox
 from r1mega.rl.reference import ReferencePolicy
-from r1mega.rl.rewards import code_rewards_in_parallel, reward_terms, total_reward
+from r1mega.rl.rewards import reward_terms, run_programs, total_reward
 from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, lr_at
@@ -187,8 +187,9 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
         text = r.response_prefix + tok.decode(ids[:-1] if finished else ids)
         responses.append(text)
         truncated.append(len(ids) >= limit and not finished and not source.is_stopped(text))
-    with code_rewards_in_parallel(responses, outputs):  # every program of the batch at once
-        terms = [reward_terms(cfg.rl.rewards, text, p) for text, p in zip(responses, outputs)]
+    programs = run_programs(responses, outputs)  # every program of the batch at once
+    terms = [reward_terms(cfg.rl.rewards, text, p, programs, cfg.rl.answer_fallback)
+             for text, p in zip(responses, outputs)]
     rewards = torch.tensor([sum(t.values()) for t in terms], dtype=torch.float64, device=run.device)
     lengths = rollout.completion_mask.sum(1)
     rewards += overlong_shaping(lengths, limit, cfg.rl.overlong_buffer, cfg.rl.overlong_penalty).to(rewards)
