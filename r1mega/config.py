@@ -207,6 +207,8 @@ class DataConfig:
     paths: list[str] = field(default_factory=list)
     weights: Optional[list[float]] = None  # blending weights for `paths` (pretrain)
     tokenizer: Optional[str] = None  # tokenizer.json / directory / sentencepiece .model
+    # sft: how a chat record becomes tokens: auto | model | r1 | raw (r1mega/data/sft.py)
+    sft_template: str = "auto"
     # "arithmetic": build the corpus, tokenizer and indexed files under cache_dir when missing
     synthetic: Optional[str] = None
     synthetic_docs: int = 2000
