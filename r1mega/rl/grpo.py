@@ -46,7 +46,7 @@ from r1mega.sandbox import isolation as sandbox
 from r1mega.rl.reference import ReferencePolicy
 from r1mega.rl.rewards import reward_terms, run_programs, total_reward
 from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint
-from r1mega.train.metrics_log import MetricsLog
+from r1mega.train.metrics_log import MetricsLog, table_due
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.train.setup import (
     Run, build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta, start_run,
@@ -283,15 +283,15 @@ def evaluate_accuracy(chunks, ps: ParallelState, source: PromptSource, problems:
     return both["hits"] / both["n"]
 
 
-def append_rollouts(path: str, step: int, scored: ScoredRollout, n: int) -> None:
-    """A few sample rollouts per step, for reading what the policy writes (like TRL/verl)."""
+def append_rollouts(path: str, step: int, scored: ScoredRollout, n: int) -> list[dict]:
+    """A few sample rollouts per step, for reading what the policy writes (like TRL/verl); returns them."""
+    rows = [{"step": step, "id": scored.problems[i].get("id"), "prompt": scored.rendered[i].text,
+             "completion": scored.responses[i], "reward": float(scored.rewards[i]), "rewards": scored.terms[i],
+             "answer": scored.problems[i].get("answer"), "truncated": bool(scored.truncated[i])}
+            for i in range(min(n, len(scored.responses)))]
     with open(path, "a", encoding="utf-8") as f:
-        for i in range(min(n, len(scored.responses))):
-            p = scored.problems[i]
-            f.write(json.dumps({"step": step, "id": p.get("id"), "prompt": scored.rendered[i].text,
-                                "completion": scored.responses[i], "reward": float(scored.rewards[i]),
-                                "rewards": scored.terms[i], "answer": p.get("answer"),
-                                "truncated": bool(scored.truncated[i])}, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return rows
 
 
 def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW, reference: Optional[ReferencePolicy],
@@ -367,7 +367,9 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
         position += rl.prompts_per_step * rl.minibatches
         scored = sample_rollout(run, chunks, optimizer, source, problems, where, step, index)
         if run.is_logger and rl.log_rollouts:
-            append_rollouts(rollouts_file, step + 1, scored, rl.log_rollouts)
+            shown = append_rollouts(rollouts_file, step + 1, scored, rl.log_rollouts)
+            if table_due(step, rl.minibatches, rl.log_rollouts_every):
+                log.rollout_table(step + 1, shown)
         adv, keep = advantages(cfg, scored)
         batch = to_train_batch(scored.rollout, keep, 2 * ps.cp * (ps.tp if ps.sp else 1) if ps.cp > 1 else 1)
         old, ref = old_and_reference_logprobs(cfg, ps, chunks, reference, batch, kernels)
