@@ -219,6 +219,8 @@ class DataConfig:
     paths: list[str] = field(default_factory=list)
     weights: Optional[list[float]] = None  # blending weights for `paths` (pretrain)
     tokenizer: Optional[str] = None  # tokenizer.json / directory / sentencepiece .model
+    # sft: how a chat record becomes tokens: auto | model | r1 | raw (r1mega/data/sft.py)
+    sft_template: str = "auto"
     # "arithmetic": build the corpus, tokenizer and indexed files under cache_dir when missing
     synthetic: Optional[str] = None
     synthetic_docs: int = 2000
@@ -389,15 +391,18 @@ class RLConfig:
     routing_replay: bool = False
     rewards: list[str] = field(default_factory=lambda: ["accuracy", "format"])
     language: Optional[str] = None  # target language for the language-consistency reward (default en)
+    # final answer when there is neither <answer> nor \boxed after the thought (r1mega/judge/answers.py)
+    answer_fallback: str = "auto"  # auto ("A:" line, else last number) | a_colon | last_number | none
     # prompt datasets: JSONL files, one problem per line (see r1mega/data/prompts.py); empty: data.synthetic
     prompts: list[str] = field(default_factory=list)
-    template: str = "raw"  # r1_zero | chat | raw
+    template: str = "raw"  # r1_zero | chat | chat_think | raw (r1mega/data/templates.py)
     log_rollouts: int = 4  # sample rollouts appended to <run_dir>/rollouts.jsonl per step
+    log_rollouts_every: int = 10  # steps between wandb tables of those rollouts (train.wandb; 0: none)
     # run code rewards without the isolated sandbox where it cannot be set up (only for trusted code)
     unsafe_code_sandbox: bool = False
 
 
-RL_TEMPLATES = ("r1_zero", "chat", "raw")
+RL_TEMPLATES = ("r1_zero", "chat", "chat_think", "raw")
 RL_LOSS_NORMS = ("sequence", "token", "constant")
 
 
@@ -445,7 +450,11 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False) -> "Conf
     need(len(rl.rewards) > 0, "rl.rewards", "no reward function given")
     unknown = [n for n in rl.rewards if n not in REWARDS]
     need(not unknown, "rl.rewards", f"unknown reward(s) {unknown}; choose from {sorted(REWARDS)}")
-    need(rl.language in (None, "en", "zh"), "rl.language", f"expected en or zh, got {rl.language!r}")
+    from r1mega.judge import FALLBACKS, LANGUAGES
+
+    need(rl.language in (None, *LANGUAGES), "rl.language", f"expected one of {LANGUAGES}, got {rl.language!r}")
+    need(rl.answer_fallback in FALLBACKS, "rl.answer_fallback", f"expected one of {FALLBACKS}, got {rl.answer_fallback!r}")
+    need(rl.log_rollouts_every >= 0, "rl.log_rollouts_every", f"must be >= 0, got {rl.log_rollouts_every}")
     need(rl.template in RL_TEMPLATES, "rl.template", f"expected one of {RL_TEMPLATES}, got {rl.template!r}")
     need(rl.log_rollouts >= 0, "rl.log_rollouts", f"must be >= 0, got {rl.log_rollouts}")
     need(bool(rl.prompts) or cfg.data.synthetic is not None, "rl.prompts",
@@ -457,7 +466,7 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False) -> "Conf
          "makes one from a Hugging Face model directory)")
     need(not rl.prompts or cfg.data.tokenizer is not None or cfg.train.load is not None, "data.tokenizer",
          "rl.prompts needs a tokenizer: data.tokenizer=DIR (or train.load=CKPT holding tokenizer.json)")
-    need(rl.template != "chat" or bool(rl.prompts), "rl.template",
+    need(rl.template not in ("chat", "chat_think") or bool(rl.prompts), "rl.template",
          "the chat template needs rl.prompts and a tokenizer with a chat_template")
     need(cfg.train.virtual_stages == 1, "train.virtual_stages",
          "GRPO generates on one model chunk per pipeline rank")
