@@ -7,7 +7,7 @@ Pipeline, trainer, GRPO, generation, checkpoints, conversion and the planner go 
 module and import no model package directly.
 
     deepseek_v3   DeepSeek-V3/R1 and V2(-Lite): MLA (latent KV cache), DeepSeekMoE, MTP   (`model:`)
-    dense         Qwen2/Qwen2.5, Llama 3 students: GQA (per-head KV cache), SwiGLU      (`student:`)
+    dense         Qwen2/Qwen2.5, Qwen3, Llama 3 students: GQA (per-head KV cache), SwiGLU (`student:`)
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 
 import torch.nn as nn
 
-from r1mega.config import Config, ConfigError, DenseConfig, ModelConfig
+from r1mega.config import DENSE_ARCHS, Config, ConfigError, DenseConfig, ModelConfig
 from r1mega.errors import CheckpointError
 from r1mega.parallel.layout import ParallelState
 
@@ -59,7 +59,7 @@ def _dense() -> ModelFamily:
     from r1mega.models.dense.model import DenseStudent
     from r1mega.models.weights import gather_sharded
 
-    return ModelFamily("dense", ("qwen2", "llama"), DenseConfig, DenseStudent, gather_sharded,
+    return ModelFamily("dense", DENSE_ARCHS, DenseConfig, DenseStudent, gather_sharded,
                        params.count_params, params.flops_per_token, "heads")
 
 
