@@ -18,7 +18,7 @@ import torch
 from r1mega.models.deepseek_v3.attention import MLA
 from r1mega.models.deepseek_v3.moe import _AttachAuxLoss
 from r1mega.models.deepseek_v32.index_loss import index_kl_loss
-from r1mega.models.deepseek_v32.indexer import Indexer
+from r1mega.models.deepseek_v32.indexer import Indexer, top_keys
 from r1mega.models.deepseek_v32.sparse_mla import absorbed_queries, sparse_mla
 from r1mega.parallel.context_parallel import ContextParallelAttention
 from r1mega.parallel.recompute import recomputed
@@ -93,7 +93,7 @@ class DSAttention(MLA):
         if not self.dense and keys.shape[1] > self.indexer.topk:
             iq, iw = self.indexer.queries(q_in, x_all, cos, sin)
             score = Indexer.scores(iq.transpose(0, 1), iw.transpose(0, 1), keys)
-            top = score.masked_fill(~allowed, float("-inf")).topk(self.indexer.topk, dim=-1).indices
+            top = top_keys(score.masked_fill(~allowed, float("-inf")), self.indexer.topk)[1]
             cache.selected = torch.zeros_like(allowed).scatter_(-1, top, True)
         q_nope, q_rope = self.query_up(q_in, rope, cos, sin)
         return self._absorbed_attention(q_nope, q_rope, c, k_rope, cache)

@@ -106,8 +106,16 @@ class Indexer(nn.Module):
             allowed = allowed[None]
             if docs is not None:
                 allowed = allowed & (docs[:, lo:hi, None] == docs[:, None, :m])
-            score = score.masked_fill(~allowed, float("-inf"))
-            top = score.topk(topk, dim=-1)
-            idx.append(top.indices)
-            valid.append(top.values > float("-inf"))
+            top, picks = top_keys(score.masked_fill(~allowed, float("-inf")), topk)
+            idx.append(picks)
+            valid.append(top > float("-inf"))
         return torch.cat(idx, 1), torch.cat(valid, 1)
+
+
+def top_keys(score: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) of the k best keys along the last dim; equal scores go to the earlier key.
+    ReLU scores tie exactly (a key no head scores above 0 gets 0 + ...), and topk's tie order depends
+    on the row length, which differs between query blocks, full forwards and decoding steps; a
+    stable sort picks the same keys in every one of them."""
+    values, order = score.sort(dim=-1, descending=True, stable=True)
+    return values[..., :k], order[..., :k]
