@@ -253,6 +253,9 @@ class TrainConfig:
     fp8_backend: str = "auto"  # auto | emulated | te (auto: Transformer Engine where built and usable)
     fp8_block: int = 128  # tile length: 1 x block for activations/gradients, block x block for weights
     fp8_pow2_scales: bool = False  # round scales down to powers of two
+    # DeepSeek-V3.2 indexer training (models/deepseek_v32/training.py): null | dense_warmup | sparse
+    dsa_stage: Optional[str] = None
+    index_loss_weight: float = 1.0  # weight of the indexer's KL loss (per target token)
 
 
 DENSE_ARCHS = ("qwen2", "qwen3", "llama")  # Hugging Face model_type of each dense student
@@ -779,4 +782,9 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
          "the Transformer Engine backend is not built in yet; use auto or emulated")
     need(t.fp8_block >= 1, "train.fp8_block", f"must be >= 1, got {t.fp8_block}")
     need(not needs_data or bool(d.paths) or d.synthetic is not None, "data.paths", "no data: give data.paths or data.synthetic")
+    need(t.dsa_stage in (None, "dense_warmup", "sparse"), "train.dsa_stage",
+         f"expected dense_warmup, sparse or null, got {t.dsa_stage!r}")
+    need(t.dsa_stage is None or hasattr(cfg.active_model, "index_topk"), "train.dsa_stage",
+         f"{t.dsa_stage} trains DeepSeek-V3.2's indexer; this model has none (model_type deepseek_v32)")
+    need(t.index_loss_weight >= 0, "train.index_loss_weight", f"must be >= 0, got {t.index_loss_weight}")
     return cfg

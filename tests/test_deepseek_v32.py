@@ -231,3 +231,40 @@ def test_convert_round_trip_is_bit_exact(models, tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert json.load(open(tmp_path / "out" / "config.json"))["model_type"] == "deepseek_v32"
+
+
+@pytest.mark.parametrize("stage", ["dense_warmup", "sparse"])
+def test_dsa_training_stage_from_a_converted_checkpoint(stage, tmp_path):
+    """r1mega-convert import of a tiny transformers V3.2, then `train.dsa_stage`: the indexer's KL
+    loss falls; the warm-up changes the indexer only, sparse training changes everything."""
+    import transformers
+
+    from r1mega.config import load_config
+    from r1mega.train.trainer import train
+    from tools.convert import do_export, do_import
+
+    shapes = {**SHAPES["sparse"], "vocab_size": 384, "index_topk": 16}
+    hf_cfg = transformers.DeepseekV32Config(**shapes)
+    torch.manual_seed(0)
+    hf = transformers.DeepseekV32ForCausalLM(hf_cfg)
+    randomize(hf)  # peaked attention, an untrained indexer: a KL to close
+    hf.save_pretrained(str(tmp_path / "hf"))
+    do_import(str(tmp_path / "hf"), str(tmp_path / "ck"), dtype="float32")
+    run = tmp_path / "run"
+    cfg = load_config(None, [f"train.run_dir={run}", f"data.cache_dir={tmp_path / 'data'}", "data.synthetic=arithmetic",
+                             "data.synthetic_docs=300", "data.seq_length=48", "data.micro_batch_size=4",
+                             "data.global_batch_size=4", "train.steps=10", f"train.load={tmp_path / 'ck'}",
+                             f"train.dsa_stage={stage}", "optim.lr=0.003", "optim.min_lr=0.003", "optim.decay=constant",
+                             "optim.weight_decay=0"])
+    train(cfg, "pretrain")
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    index = [r["index_loss"] for r in rows]
+    assert len(index) == 10 and index[0] > 0
+    assert sum(index[-3:]) / 3 < 0.8 * sum(index[:3]) / 3, index
+    do_export(str(run / "checkpoints" / "step_00000010"), str(tmp_path / "out"))
+    before, after = all_tensors(str(tmp_path / "hf")), all_tensors(str(tmp_path / "out"))
+    changed = {k: not torch.equal(before[k], after[k]) for k in before}
+    indexer = [k for k in changed if ".indexer." in k]
+    assert all(changed[k] for k in indexer if "k_norm" not in k)
+    others = [changed[k] for k in changed if ".indexer." not in k]
+    assert (not any(others)) if stage == "dense_warmup" else all(others)
