@@ -268,3 +268,49 @@ def test_dsa_training_stage_from_a_converted_checkpoint(stage, tmp_path):
     assert all(changed[k] for k in indexer if "k_norm" not in k)
     others = [changed[k] for k in changed if ".indexer." not in k]
     assert (not any(others)) if stage == "dense_warmup" else all(others)
+
+
+def test_fp8_checkpoint_round_trips_with_its_scales(tmp_path):
+    """DeepSeek's FP8 layout for V3.2: *_proj weights and the indexer's wq_b/wk in e4m3 with 128x128
+    scale_inv (ragged edge blocks); weights_proj, norms, router, embeddings in high precision.
+    fp8=keep passes them through bit-exactly; fp8=dequant then --fp8-blocks gives the scales back."""
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    from r1mega.models.fp8 import FP8, quantize
+    from tools.convert import do_export, do_import, fp8_quantizable
+
+    src = str(tmp_path / "hf")
+    shapes = {**SHAPES["sparse"], "hidden_size": 160, "intermediate_size": 200, "moe_intermediate_size": 136,
+              "q_lora_rank": 132, "index_n_heads": 2, "index_head_dim": 72, "num_hidden_layers": 2}
+    transformers.DeepseekV32ForCausalLM(transformers.DeepseekV32Config(**shapes)).save_pretrained(src)
+    sd = load_file(os.path.join(src, "model.safetensors"))
+    for k in list(sd):
+        if fp8_quantizable(k, sd[k]):
+            sd[k], sd[k + "_scale_inv"] = quantize(sd[k] * 40)
+    assert "model.layers.0.self_attn.indexer.wk.weight_scale_inv" in sd
+    assert sd["model.layers.0.self_attn.indexer.weights_proj.weight"].dtype != FP8
+    save_file(sd, os.path.join(src, "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.load(open(os.path.join(src, "config.json")))
+    cfg["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                  "weight_block_size": [128, 128]}
+    json.dump(cfg, open(os.path.join(src, "config.json"), "w"))
+
+    def same(a, b):
+        return a.dtype == b.dtype and torch.equal(a.view(torch.uint8) if a.dtype == FP8 else a,
+                                                  b.view(torch.uint8) if b.dtype == FP8 else b)
+
+    do_import(src, str(tmp_path / "keep"), fp8="keep")
+    do_export(str(tmp_path / "keep"), str(tmp_path / "out_keep"))
+    back = all_tensors(str(tmp_path / "out_keep"))
+    assert set(back) == set(sd) and all(same(back[k], v) for k, v in sd.items())
+
+    do_import(src, str(tmp_path / "deq"), fp8="dequant", dtype="float32")
+    do_export(str(tmp_path / "deq"), str(tmp_path / "out_deq"), fp8_blocks=True)
+    back = all_tensors(str(tmp_path / "out_deq"))
+    assert set(back) == set(sd)
+    for k, v in sd.items():
+        if v.dtype == FP8:
+            assert back[k].dtype == FP8 and torch.equal(back[k].view(torch.uint8), v.view(torch.uint8)), k
+        elif k.endswith("_scale_inv"):
+            torch.testing.assert_close(back[k], v, rtol=1e-6, atol=0)
