@@ -314,3 +314,28 @@ def test_fp8_checkpoint_round_trips_with_its_scales(tmp_path):
             assert back[k].dtype == FP8 and torch.equal(back[k].view(torch.uint8), v.view(torch.uint8)), k
         elif k.endswith("_scale_inv"):
             torch.testing.assert_close(back[k], v, rtol=1e-6, atol=0)
+
+
+def test_index_loss_layouts_equal_one_process(models, data):
+    """The indexer's KL loss and every gradient (the indexer's from the KL, the rest from the LM
+    loss) under TP (+SP), PP and DP equal one process, in both stages."""
+    from dsa_workers import dsa_worker, evaluate_with_index_loss
+
+    ids, labels = data
+    cases = [(models["sparse"][0], dict(tp=2, sp=True), "sparse"), (models["sparse"][0], dict(pp=2, microbatches=2),
+                                                                       "sparse"),
+             (models["yarn"][0], dict(tp=2, pp=2, microbatches=2), "sparse"),
+             (models["sparse"][0], dict(tp=2), "dense_warmup")]
+    per_rank = run_ranks(dsa_worker, 4, cases, ids, labels)
+    for i, (path, lay, stage) in enumerate(cases):
+        ref = evaluate_with_index_loss(path, {}, 1, stage, ids, labels)
+        assert ref["index_loss"] > 0
+        grads = {}
+        for r in per_rank:
+            assert r[i]["loss"] == pytest.approx(ref["loss"], abs=1e-5)
+            assert r[i]["index_loss"] == pytest.approx(ref["index_loss"], rel=1e-4)
+            grads.update(r[i].get("grads", {}))
+        assert set(grads) == set(ref["grads"])
+        assert any(g.abs().max() > 0 for k, g in ref["grads"].items() if ".indexer.wq_b" in k)
+        for key, g in ref["grads"].items():
+            torch.testing.assert_close(grads[key], g, atol=1e-6, rtol=1e-4, msg=lambda m: f"{lay} {stage} {key}: {m}")
