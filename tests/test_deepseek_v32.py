@@ -339,3 +339,20 @@ def test_index_loss_layouts_equal_one_process(models, data):
         assert any(g.abs().max() > 0 for k, g in ref["grads"].items() if ".indexer.wq_b" in k)
         for key, g in ref["grads"].items():
             torch.testing.assert_close(grads[key], g, atol=1e-6, rtol=1e-4, msg=lambda m: f"{lay} {stage} {key}: {m}")
+
+
+def test_sparse_attention_by_recomputed_query_blocks(models, data, monkeypatch):
+    """One query per block (each recomputed in backward) gives the loss and gradients of one block."""
+    import r1mega.models.deepseek_v32.sparse_mla as sparse_mod
+
+    ids, labels = data
+    results = []
+    for budget in (sparse_mod.GATHER_BUDGET, 1):
+        monkeypatch.setattr(sparse_mod, "GATHER_BUDGET", budget)
+        family, model = one_process(models["sparse"][0])
+        loss = model(ids, labels=labels).token_loss.sum()
+        loss.backward()
+        results.append((loss.detach(), family.gather_full(model, grads=True)))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-6)
+    for k, g in results[0][1].items():
+        torch.testing.assert_close(results[1][1][k], g, atol=1e-6, rtol=1e-5, msg=k)
