@@ -355,4 +355,4 @@ def test_sparse_attention_by_recomputed_query_blocks(models, data, monkeypatch):
         results.append((loss.detach(), family.gather_full(model, grads=True)))
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-6)
     for k, g in results[0][1].items():
-        torch.testing.assert_close(results[1][1][k], g, atol=1e-6, rtol=1e-5, msg=k)
+        assert (results[1][1][k] - g).abs().max() <= 1e-5 * g.abs().max() + 1e-7, k
