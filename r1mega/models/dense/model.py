@@ -1,5 +1,6 @@
-"""A dense student (Qwen2/Qwen2.5, Llama 3) as one pipeline stage: GQA attention with rotary
-embeddings, a SwiGLU FFN, RMSNorm, optionally tied input/output embeddings.
+"""A dense student (Qwen2/Qwen2.5, Qwen3, Llama 3) as one pipeline stage: GQA attention with rotary
+embeddings (Qwen3: each query/key head RMS-normalised first), a SwiGLU FFN, RMSNorm, optionally tied
+input/output embeddings.
 
     q_proj, k_proj, v_proj column-parallel by heads, o_proj row-parallel; gate/up column-, down row-parallel
 When the KV heads do not split evenly over TP (fewer KV heads than TP ranks, or a count TP does
@@ -66,6 +67,9 @@ class GQAttention(nn.Module):
             self.k_proj = ReplicatedLinear(D, KV * hd, "region", std, bias=cfg.qkv_bias)
             self.v_proj = ReplicatedLinear(D, KV * hd, "region", std, bias=cfg.qkv_bias)
         self.o_proj = RowParallelLinear(H * hd, D, ps, std, bias=cfg.o_bias)
+        # Qwen3: one norm weight shared by every head; each TP rank's gradient covers its own heads
+        self.q_norm = RMSNorm(hd, cfg.rms_norm_eps, "region") if cfg.qk_norm else None
+        self.k_norm = RMSNorm(hd, cfg.rms_norm_eps, "region") if cfg.qk_norm else None
         self.scale = hd ** -0.5
 
     def _kv(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -80,8 +84,10 @@ class GQAttention(nn.Module):
         `HeadsKVCache` (generation)."""
         x = enter_tp_region(x, self.ps)
         s, b, _ = x.shape
-        q = rope.apply(self.q_proj(x).view(s, b, self.local_heads, self.head_dim), cos, sin)
-        k = rope.apply(self._kv(self.k_proj, x), cos, sin)
+        q, k = self.q_proj(x).view(s, b, self.local_heads, self.head_dim), self._kv(self.k_proj, x)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rope.apply(q, cos, sin), rope.apply(k, cos, sin)
         v = self._kv(self.v_proj, x)
         if isinstance(attn_mask, ContextParallelAttention):  # keys and values of the whole sequence
             kv = gather_sequence(torch.cat([k, v], -1), self.ps, attn_mask.seq_len)
