@@ -91,7 +91,7 @@ def left_padded_causal_mask(pad: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    longest = max(len(p) for p in prompts)
+    longest = max((len(p) for p in prompts), default=0)
     ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long, device=device)
     pad = torch.empty(len(prompts), dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
@@ -139,7 +139,7 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     pad_id = engine.pad_id
     ids, pad = left_pad(prompts, pad_id, device)
     B, P = ids.shape
-    N = _dp_max_int(max(len(r.out) for r in engine.rows), ps, device)
+    N = _dp_max_int(max((len(r.out) for r in engine.rows), default=0), ps, device)
     tokens = torch.cat([ids, torch.full((B, N), pad_id, dtype=torch.long, device=device)], 1)
     mask = torch.zeros(B, P + N, dtype=torch.bool, device=device)
     logprobs = torch.zeros(B, P + N, device=device)
