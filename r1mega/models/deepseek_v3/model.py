@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from r1mega.config import ModelConfig
-from r1mega.models.deepseek_v3.kv_cache import KVCache
+from r1mega.models.deepseek_v3.kv_cache import KVCache, paged_latent_layout
 from r1mega.models.deepseek_v3.attention import MLA
 from r1mega.models.deepseek_v3.moe import MoE
 from r1mega.models.ffn import SwiGLU
@@ -128,6 +128,10 @@ class DeepseekV3(nn.Module):
         """MLA latent cache for this stage's layers (generation)."""
         return KVCache(self.layer_ids, batch, max_len, self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim, valid,
                        dtype, device)
+
+    def paged_kv_layout(self):
+        """(features per token per layer, layer view) of the paged rollout cache (inference/paged_cache.py)."""
+        return paged_latent_layout(self.layer_ids, self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim)
 
     def routed_rows_per_expert(self, batch: int) -> Optional[float]:
         """Rows each local routed expert gets, on average, in a decoding step of `batch` sequences

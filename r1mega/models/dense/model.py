@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1mega.config import DenseConfig
-from r1mega.models.dense.kv_cache import HeadsKVCache
+from r1mega.models.dense.kv_cache import HeadsKVCache, paged_heads_layout
 from r1mega.kernels import linear
 from r1mega.kernels.block_attention import block_attention
 from r1mega.models.ffn import SwiGLU
@@ -94,7 +94,7 @@ class GQAttention(nn.Module):
             k, v = kv.split(self.head_dim, -1)
         prompt_docs = cache.owner.prompt_documents(s) if cache is not None else None
         if prompt_docs is not None:  # the prompt: cache its keys/values, attend as training does (O(s) memory)
-            cache.append(k, v)
+            cache.store(k, v)
             attn_mask, cache = prompt_docs, None
         if cache is not None:
             k, v, valid, start = cache.append(k, v)  # [b, L, kv, d]
@@ -176,6 +176,11 @@ class DenseStudent(nn.Module):
                      device: torch.device) -> HeadsKVCache:
         attn = next(iter(self.layers.values())).self_attn
         return HeadsKVCache(self.layer_ids, batch, max_len, attn.kv_local, attn.head_dim, valid, dtype, device)
+
+    def paged_kv_layout(self):
+        """(features per token per layer, layer view) of the paged rollout cache (inference/paged_cache.py)."""
+        attn = next(iter(self.layers.values())).self_attn
+        return paged_heads_layout(self.layer_ids, attn.kv_local, attn.head_dim)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         h = enter_tp_region(self.norm(h), self.ps)
