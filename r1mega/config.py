@@ -37,6 +37,8 @@ class DataConfig:
     paths: list[str] = field(default_factory=list)
     weights: Optional[list[float]] = None  # blending weights for `paths` (pretrain)
     tokenizer: Optional[str] = None  # tokenizer.json / directory / sentencepiece .model
+    # sft: how a chat record becomes tokens: auto | model | r1 | raw (r1mega/data/sft.py)
+    sft_template: str = "auto"
     # "arithmetic": build the corpus, tokenizer and indexed files under cache_dir when missing
     synthetic: Optional[str] = None
     synthetic_docs: int = 2000
@@ -85,6 +87,9 @@ class TrainConfig:
     fp8_backend: str = "auto"  # auto | emulated | te (auto: Transformer Engine where built and usable)
     fp8_block: int = 128  # tile length: 1 x block for activations/gradients, block x block for weights
     fp8_pow2_scales: bool = False  # round scales down to powers of two
+    # DeepSeek-V3.2 indexer training (models/deepseek_v32/training.py): null | dense_warmup | sparse
+    dsa_stage: Optional[str] = None
+    index_loss_weight: float = 1.0  # weight of the indexer's KL loss (per target token)
 
 
 @dataclass
@@ -126,15 +131,18 @@ class RLConfig:
     routing_replay: bool = False
     rewards: list[str] = field(default_factory=lambda: ["accuracy", "format"])
     language: Optional[str] = None  # target language for the language-consistency reward (default en)
+    # final answer when there is neither <answer> nor \boxed after the thought (r1mega/judge/answers.py)
+    answer_fallback: str = "auto"  # auto ("A:" line, else last number) | a_colon | last_number | none
     # prompt datasets: JSONL files, one problem per line (see r1mega/data/prompts.py); empty: data.synthetic
     prompts: list[str] = field(default_factory=list)
-    template: str = "raw"  # r1_zero | chat | raw
+    template: str = "raw"  # r1_zero | chat | chat_think | raw (r1mega/data/templates.py)
     log_rollouts: int = 4  # sample rollouts appended to <run_dir>/rollouts.jsonl per step
+    log_rollouts_every: int = 10  # steps between wandb tables of those rollouts (train.wandb; 0: none)
     # run code rewards without the isolated sandbox where it cannot be set up (only for trusted code)
     unsafe_code_sandbox: bool = False
 
 
-RL_TEMPLATES = ("r1_zero", "chat", "raw")
+RL_TEMPLATES = ("r1_zero", "chat", "chat_think", "raw")
 RL_LOSS_NORMS = ("sequence", "token", "constant")
 
 
@@ -182,7 +190,11 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False, rewards=
     need(len(rl.rewards) > 0, "rl.rewards", "no reward function given")
     unknown = [n for n in rl.rewards if rewards is not None and n not in rewards]
     need(not unknown, "rl.rewards", f"unknown reward(s) {unknown}; choose from {sorted(rewards or ())}")
-    need(rl.language in (None, "en", "zh"), "rl.language", f"expected en or zh, got {rl.language!r}")
+    from r1mega.judge import FALLBACKS, LANGUAGES
+
+    need(rl.language in (None, *LANGUAGES), "rl.language", f"expected one of {LANGUAGES}, got {rl.language!r}")
+    need(rl.answer_fallback in FALLBACKS, "rl.answer_fallback", f"expected one of {FALLBACKS}, got {rl.answer_fallback!r}")
+    need(rl.log_rollouts_every >= 0, "rl.log_rollouts_every", f"must be >= 0, got {rl.log_rollouts_every}")
     need(rl.template in RL_TEMPLATES, "rl.template", f"expected one of {RL_TEMPLATES}, got {rl.template!r}")
     need(rl.log_rollouts >= 0, "rl.log_rollouts", f"must be >= 0, got {rl.log_rollouts}")
     need(bool(rl.prompts) or cfg.data.synthetic is not None, "rl.prompts",
@@ -194,7 +206,7 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False, rewards=
          "makes one from a Hugging Face model directory)")
     need(not rl.prompts or cfg.data.tokenizer is not None or cfg.train.load is not None, "data.tokenizer",
          "rl.prompts needs a tokenizer: data.tokenizer=DIR (or train.load=CKPT holding tokenizer.json)")
-    need(rl.template != "chat" or bool(rl.prompts), "rl.template",
+    need(rl.template not in ("chat", "chat_think") or bool(rl.prompts), "rl.template",
          "the chat template needs rl.prompts and a tokenizer with a chat_template")
     need(cfg.train.virtual_stages == 1, "train.virtual_stages",
          "GRPO generates on one model chunk per pipeline rank")
@@ -342,12 +354,21 @@ def validate(cfg: Config, world_size: int) -> Config:
     return cfg
 
 
+def validate_sequence_split(cfg: Config) -> None:
+    """data.seq_length must split into the layout's context-/sequence-parallel pieces (the dry run
+    asks this too, so it never plans a length the run refuses)."""
+    par, n = cfg.parallel, cfg.data.seq_length
+    _need(n % par.sequence_divisor == 0, "data.seq_length",
+          f"{'context' if par.cp > 1 else 'sequence'} parallel needs seq_length {n} divisible by "
+          f"{par.sequence_divisor_text()}")
+
+
 def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> Config:
     """validate() plus the batch / schedule / data / optimizer rules of a training run.
     needs_data=False: GRPO, whose data are rl.prompts (see validate_rl)."""
     cfg = validate(cfg, world_size)
     par, d, t, o = cfg.parallel, cfg.data, cfg.train, cfg.optim
-    tp, pp = par.tp, par.pp
+    pp = par.pp
     need = _need
 
     _at_least(d, "data", 1, "seq_length", "micro_batch_size", "global_batch_size", "synthetic_docs")
@@ -395,14 +416,7 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
     per_step = par.dp * d.micro_batch_size
     need(d.global_batch_size % per_step == 0, "data.global_batch_size",
          f"{d.global_batch_size} is not a multiple of dp x micro_batch_size = {par.dp} x {d.micro_batch_size}")
-    if par.sp and tp > 1:
-        need(d.seq_length % tp == 0, "data.seq_length",
-             f"sequence parallel needs seq_length {d.seq_length} divisible by tp={tp}")
-    if par.cp > 1:
-        unit = par.sequence_multiple
-        need(d.seq_length % unit == 0, "data.seq_length",
-             f"context parallel needs seq_length {d.seq_length} divisible by 2 x cp"
-             f"{' x tp (sequence parallel)' if unit != 2 * par.cp else ''} = {unit}")
+    validate_sequence_split(cfg)
     if t.schedule == "interleaved" and pp > 1:
         micro = d.global_batch_size // per_step
         need(micro % pp == 0, "data.global_batch_size",
@@ -420,4 +434,9 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
          "the Transformer Engine backend is not built in yet; use auto or emulated")
     need(t.fp8_block >= 1, "train.fp8_block", f"must be >= 1, got {t.fp8_block}")
     need(not needs_data or bool(d.paths) or d.synthetic is not None, "data.paths", "no data: give data.paths or data.synthetic")
+    need(t.dsa_stage in (None, "dense_warmup", "sparse"), "train.dsa_stage",
+         f"expected dense_warmup, sparse or null, got {t.dsa_stage!r}")
+    need(t.dsa_stage is None or hasattr(cfg.active_model, "index_topk"), "train.dsa_stage",
+         f"{t.dsa_stage} trains DeepSeek-V3.2's indexer; this model has none (model_type deepseek_v32)")
+    need(t.index_loss_weight >= 0, "train.index_loss_weight", f"must be >= 0, got {t.index_loss_weight}")
     return cfg

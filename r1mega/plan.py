@@ -102,7 +102,13 @@ def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch:
     return plan
 
 
-plan_for = make_plan  # the name dry_run and older callers use
+def plan_for(cfg: Config, world: int, micro_batch: int, seq: int, global_batch: Optional[int] = None,
+             **kw) -> Plan:
+    """make_plan, refusing a sequence length the layout cannot split, as the real run does."""
+    if seq % cfg.parallel.sequence_divisor:
+        raise ConfigError("--seq-length", f"{seq} is not divisible by {cfg.parallel.sequence_divisor_text()}, "
+                                          "which the run refuses")
+    return make_plan(cfg, world, micro_batch, seq, global_batch, **kw)
 
 
 def fits(plan: Plan, gpu_mem_gib: float) -> Optional[str]:
@@ -123,7 +129,7 @@ def search(cfg: Config, gpus: int, gpus_per_node: int, gpu_mem: float, micro_bat
     sparse = counts["active"] < counts["total"]  # routed experts to spread over ep / etp
     found = []
     pow2 = [2 ** i for i in range(0, 12)]
-    cps = [c for c in (1, 2, 4, 8, 16) if seq % (2 * c) == 0]
+    cps = [1, 2, 4, 8, 16]
     for tp, pp, ep, etp in itertools.product(pow2, pow2, pow2, [1, 2, 4, 8]):
         if tp > gpus_per_node or tp * pp > gpus or gpus % (tp * pp) or pp > m.num_layers:
             continue
@@ -133,6 +139,8 @@ def search(cfg: Config, gpus: int, gpus_per_node: int, gpu_mem: float, micro_bat
             if tp * pp * cp > gpus or gpus % (tp * pp * cp):
                 continue
             par = ParallelConfig(tp=tp, pp=pp, ep=ep, etp=etp, sp=tp > 1, cp=cp)
+            if seq % par.sequence_divisor:
+                continue
             try:
                 plan = make_plan(Config(model=m, parallel=par, train=cfg.train), gpus, micro_batch, seq, global_batch)
             except ConfigError:

@@ -16,7 +16,8 @@ and the registry below names it in one line. Adding a family: a folder with thos
 one line in `_REGISTRY`.
 
     deepseek_v3   DeepSeek-V3/R1 and V2(-Lite): MLA (latent KV cache), DeepSeekMoE, MTP
-    dense         Qwen2/Qwen2.5, Llama 3: GQA (per-head KV cache), SwiGLU   (`student:` is its older section name)
+    deepseek_v32  DeepSeek-V3.2: V3 + DeepSeek Sparse Attention (indexer keys cached too)
+    dense         Qwen2/Qwen2.5, Qwen3, Llama 3: GQA (per-head KV cache), SwiGLU  (`student:` is its older section name)
 
 There is no default here: a family is named by a config's section (`model.family`), an HF
 config's `model_type`, or a checkpoint's meta.json, and anything else is an error.
@@ -28,12 +29,14 @@ from typing import Any
 
 from r1mega.errors import CheckpointError, ConfigError
 from r1mega.models.deepseek_v3 import spec as deepseek_v3
+from r1mega.models.deepseek_v32 import spec as deepseek_v32
 from r1mega.models.dense import spec as dense
 from r1mega.models.hf_config import read_hf_config
 from r1mega.models.spec import ModelFamily, TrainingHooks  # noqa: F401  (the protocol, re-exported)
 
 _REGISTRY: dict[str, ModelFamily] = {f.name: f for f in (
     deepseek_v3.FAMILY,
+    deepseek_v32.FAMILY,
     dense.FAMILY,
 )}
 DEFAULT_FAMILY = deepseek_v3.FAMILY.name  # what a run config's `model:` section is when it names none

@@ -18,7 +18,8 @@ class TrainingHooks:
         return {}
 
     def after_step(self, chunks, ps, model_cfg, skipped: bool, result) -> dict[str, float]:
-        """Collective. Runs after every optimizer step (skipped or not); returns the family's metrics."""
+        """Collective. Runs after every optimizer step; skipped: the step left the main model's
+        weights as they were (non-finite, or frozen). Returns the family's metrics."""
         return {}
 
 

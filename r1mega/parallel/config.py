@@ -24,7 +24,13 @@ class ParallelConfig:
         return self.tp if self.etp is None else self.etp
 
     @property
-    def sequence_multiple(self) -> int:
-        """What every sequence length must divide by: 2 x cp zigzag chunks, each split over tp
-        under sequence parallelism (1 without context parallelism)."""
-        return 2 * self.cp * (self.tp if self.sp and self.tp > 1 else 1) if self.cp > 1 else 1
+    def sequence_divisor(self) -> int:
+        """What every sequence length must be a multiple of: 2 x cp zigzag chunks (cp > 1), each
+        cp rank's tokens split again over tp under SP. Validation, verify-hf, the planner and
+        GRPO's row padding all ask this one rule."""
+        return (2 * self.cp if self.cp > 1 else 1) * (self.tp if self.sp and self.tp > 1 else 1)
+
+    def sequence_divisor_text(self) -> str:
+        """How sequence_divisor is made up, for error messages."""
+        parts = (["2 x cp"] if self.cp > 1 else []) + (["tp (sequence parallel)"] if self.sp and self.tp > 1 else [])
+        return f"{' x '.join(parts)} = {self.sequence_divisor}"

@@ -172,7 +172,8 @@ MAX_MODEL_DIM = 2 ** 31 - 1
 
 def validate_keys(m: ModelConfig, section: str = "model") -> None:
     """Ranges and enums of the model keys alone (no layout)."""
-    need(m.family == FAMILY, f"{section}.family", f"this section's keys are {FAMILY}'s, got family {m.family!r}")
+    own = type(m).__dataclass_fields__["family"].default  # a subclass (V3.2) names its own family
+    need(m.family == own, f"{section}.family", f"this section's keys are {own}'s, got family {m.family!r}")
     for f in fields(m):
         v = getattr(m, f.name)
         if isinstance(v, int) and not isinstance(v, bool):

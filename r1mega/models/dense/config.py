@@ -13,15 +13,16 @@ from r1mega.errors import ConfigError
 from r1mega.models.hf_config import read_hf_config, rope_from_hf
 
 FAMILY = "dense"
+DENSE_ARCHS = ("qwen2", "qwen3", "llama")  # Hugging Face model_type of each dense architecture
 TRAINING_KEYS: tuple[str, ...] = ()
 
 
 @dataclass
 class DenseConfig:
-    """A dense student (Qwen2/Qwen2.5, Llama 3) for R1 distillation: GQA attention + SwiGLU FFN.
+    """A dense student (Qwen2/Qwen2.5, Qwen3, Llama 3) for R1 distillation: GQA attention + SwiGLU FFN.
     A config with a `student:` section trains, generates and converts this model instead of `model:`."""
 
-    arch: str = "qwen2"  # qwen2 | llama
+    arch: str = "qwen2"  # qwen2 | qwen3 | llama
     vocab_size: int = 151936
     hidden_size: int = 1536
     intermediate_size: int = 8960
@@ -29,7 +30,7 @@ class DenseConfig:
     num_heads: int = 12
     num_kv_heads: int = 2
     head_dim: Optional[int] = None  # default hidden_size // num_heads
-    qkv_bias: bool = True  # Qwen2 has q/k/v biases, Llama none
+    qkv_bias: bool = True  # Qwen2 has q/k/v biases, Llama and Qwen3 none
     o_bias: bool = False  # Llama's attention_bias=true also gives o_proj a bias
     tie_word_embeddings: bool = False
     rope_theta: float = 1000000.0
@@ -45,6 +46,11 @@ class DenseConfig:
     def head_size(self) -> int:
         return self.head_dim or self.hidden_size // self.num_heads
 
+    @property
+    def qk_norm(self) -> bool:
+        """Qwen3 RMS-normalises each query and key head (weights of head_dim) before the rotary."""
+        return self.arch == "qwen3"
+
     @classmethod
     def from_hf(cls, source: str | dict) -> "DenseConfig":
         """Read a Hugging Face Qwen2/Qwen2.5 or Llama `config.json` (path, directory or dict)."""
@@ -57,8 +63,9 @@ class DenseConfig:
     @classmethod
     def _from_hf_dict(cls, hf: dict) -> "DenseConfig":
         arch = hf.get("model_type")
-        if arch not in ("qwen2", "llama"):
-            raise ConfigError("model_type", f"expected qwen2 or llama for a dense student, got {arch!r}")
+        if arch not in DENSE_ARCHS:
+            raise ConfigError("model_type", f"expected one of {', '.join(DENSE_ARCHS)} for a dense student, "
+                                            f"got {arch!r}")
         if hf.get("use_sliding_window"):
             raise ConfigError("use_sliding_window", "sliding-window attention is not supported for students")
         if hf.get("mlp_bias"):
@@ -73,7 +80,7 @@ class DenseConfig:
             arch=arch, vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
             intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"], num_heads=heads,
             num_kv_heads=hf.get("num_key_value_heads") or heads, head_dim=head_dim,
-            qkv_bias=True if arch == "qwen2" else bias, o_bias=arch == "llama" and bias,
+            qkv_bias=True if arch == "qwen2" else bias, o_bias=arch != "qwen2" and bias,
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)), rope_theta=float(theta),
             rope_scaling=rope, rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             max_position_embeddings=hf.get("max_position_embeddings", 32768),
@@ -83,7 +90,7 @@ class DenseConfig:
         """A transformers Qwen2/Llama config.json for this student."""
         rope = {"rope_type": "default", "rope_theta": self.rope_theta} if not self.rope_scaling else \
             {**self.rope_scaling, "rope_theta": self.rope_theta}
-        cls = {"qwen2": "Qwen2", "llama": "Llama"}[self.arch]
+        cls = {"qwen2": "Qwen2", "qwen3": "Qwen3", "llama": "Llama"}[self.arch]
         out = {"architectures": [f"{cls}ForCausalLM"], "model_type": self.arch, "vocab_size": self.vocab_size,
                "hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,
                "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
@@ -91,7 +98,7 @@ class DenseConfig:
                "tie_word_embeddings": self.tie_word_embeddings, "rope_parameters": rope,
                "rms_norm_eps": self.rms_norm_eps, "max_position_embeddings": self.max_position_embeddings,
                "hidden_act": self.hidden_act, "initializer_range": self.initializer_range}
-        if self.arch == "llama":
+        if self.arch != "qwen2":
             out["attention_bias"] = self.o_bias
         return out
 
@@ -105,7 +112,7 @@ def validate_keys(s: DenseConfig, section: str = "model") -> None:
 def validate_layout(s: DenseConfig, par, section: str = "model") -> None:
     """The model keys x a resolved parallel layout. KV heads need not divide tp: they are then
     replicated over TP."""
-    need(s.arch in ("qwen2", "llama"), f"{section}.arch", f"expected qwen2 or llama, got {s.arch!r}")
+    need(s.arch in DENSE_ARCHS, f"{section}.arch", f"expected one of {', '.join(DENSE_ARCHS)}, got {s.arch!r}")
     for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
         need(getattr(s, key) > 0, f"{section}.{key}", f"must be > 0, got {getattr(s, key)}")
     need(s.num_heads % s.num_kv_heads == 0, f"{section}.num_kv_heads",
@@ -123,7 +130,8 @@ def validate_layout(s: DenseConfig, par, section: str = "model") -> None:
     if s.arch == "qwen2":
         need(s.qkv_bias and not s.o_bias, f"{section}.qkv_bias", "Qwen2 has q/k/v biases and no o_proj bias")
     else:
-        need(s.qkv_bias == s.o_bias, f"{section}.o_bias", "Llama's attention_bias sets q/k/v and o_proj biases together")
+        need(s.qkv_bias == s.o_bias, f"{section}.o_bias",
+             f"{s.arch}'s attention_bias sets q/k/v and o_proj biases together")
     kind = (s.rope_scaling or {}).get("rope_type", (s.rope_scaling or {}).get("type", "default"))
     need(kind in ("default", "linear", "llama3", "yarn"), f"{section}.rope_scaling",
          f"unsupported rope type {kind!r} (default, linear, llama3, yarn)")

@@ -28,23 +28,35 @@ def stage_params(s: DenseConfig, p, stage: int) -> tuple[float, float]:
     return held, 0.0
 
 
+def _kv_heads_local(s: DenseConfig, p) -> tuple[int, int]:
+    """(query heads per TP rank, the most KV heads a TP rank attends with)."""
+    lh, group = s.num_heads // p.tp, s.num_heads // s.num_kv_heads
+    return lh, max((r * lh + lh - 1) // group - (r * lh) // group + 1 for r in range(p.tp))
+
+
 def activation_bytes(s: DenseConfig, p, stage: int, mb: int, seq: int, act_bytes: int, recompute: str,
                      recompute_modules: Optional[list[str]]) -> float:
     """Activations the stage's layers hold for one microbatch on one GPU (no recompute modelled)."""
     D, hd = s.hidden_size, s.head_size
-    tokens = mb * seq / p.cp
+    tokens = mb * seq / p.cp  # this GPU's tokens: its zigzag chunks under context parallelism
     per_layer = tokens * (4 * D + D + (s.num_heads + 2 * s.num_kv_heads) * hd / p.tp * 2
                           + (D + 3 * s.intermediate_size / p.tp))
+    if p.cp > 1:  # the other cp ranks' keys and values: gathered (kv heads), then widened to the query heads
+        lh, kv_local = _kv_heads_local(s, p)
+        per_layer += mb * seq * (p.cp - 1) / p.cp * 2 * hd * (kv_local + lh)
     return per_layer * len(stage_layers(s.num_layers, p.pp, stage, p.pp_layers)) * act_bytes
 
 
 def family_comm(s: DenseConfig, p, stage: int, tokens: float, micro_per_rank: int, weight_bytes: int) -> dict:
-    return {"ep": 0.0}
+    """CP: every layer all-gathers its rotated K and V in forward, reduce-scatters them in backward."""
+    layers = len(stage_layers(s.num_layers, p.pp, stage, p.pp_layers))
+    kv_local = _kv_heads_local(s, p)[1]
+    return {"ep": 0.0, "cp": 2 * tokens * 2 * kv_local * s.head_size * weight_bytes * (p.cp - 1) * layers
+            * micro_per_rank}
 
 
 def kv_cache_bytes(s: DenseConfig, p, tokens: int, weight_bytes: int) -> dict[str, float]:
     """Per-head K and V of the KV heads a rank attends with (GQA)."""
-    lh, group = s.num_heads // p.tp, s.num_heads // s.num_kv_heads
-    kv_local = max((r * lh + lh - 1) // group - (r * lh) // group + 1 for r in range(p.tp))
+    kv_local = _kv_heads_local(s, p)[1]
     layers = -(-s.num_layers // p.pp)
     return {"gqa_heads": tokens * layers * weight_bytes / p.dp * 2 * kv_local * s.head_size}

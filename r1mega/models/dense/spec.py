@@ -2,7 +2,7 @@
 Model code is imported when first used, so reading a config does not load it."""
 from __future__ import annotations
 
-from r1mega.models.dense.config import FAMILY as NAME, DenseConfig, validate_keys, validate_layout
+from r1mega.models.dense.config import DENSE_ARCHS, FAMILY as NAME, DenseConfig, validate_keys, validate_layout
 from r1mega.models.spec import ModelFamily
 
 
@@ -37,7 +37,7 @@ def _flops_per_token(cfg: DenseConfig, seq_length: int) -> float:
 
 
 FAMILY = ModelFamily(
-    name=NAME, hf_model_types=("qwen2", "llama"), config_cls=DenseConfig,
+    name=NAME, hf_model_types=DENSE_ARCHS, config_cls=DenseConfig,
     validate_keys=validate_keys, validate_layout=validate_layout, stage_cls=_stage, gather_full=_gather_full,
     count_params=_count_params, plan_module=_planner, flops_per_token=_flops_per_token, kv_cache="heads",
     training_keys=DenseConfig.training_keys)

@@ -1,0 +1,35 @@
+"""The DeepSeek-V3.2 family as the engine sees it (see r1mega/models/family.py for the protocol):
+DeepSeek-V3's rules, weights, training hooks and plan, with the indexer's keys, parameters and cache.
+Model code is imported when first used, so reading a config does not load it."""
+from __future__ import annotations
+
+from r1mega.models.deepseek_v3 import spec as v3
+from r1mega.models.deepseek_v3.config import validate_layout
+from r1mega.models.deepseek_v32.config import FAMILY as NAME, DSAConfig, validate_keys
+from r1mega.models.spec import ModelFamily
+
+
+def _stage(*args, **kwargs):
+    from r1mega.models.deepseek_v32.model import DeepseekV32
+
+    return DeepseekV32(*args, **kwargs)
+
+
+def _count_params(cfg: DSAConfig) -> dict:
+    from r1mega.models.deepseek_v32.params import count_params
+
+    return count_params(cfg)
+
+
+def _flops_per_token(cfg: DSAConfig, seq_length: int) -> float:
+    from r1mega.models.deepseek_v32.params import flops_per_token
+
+    return flops_per_token(cfg, seq_length)
+
+
+FAMILY = ModelFamily(
+    name=NAME, hf_model_types=("deepseek_v32",), config_cls=DSAConfig,
+    validate_keys=validate_keys, validate_layout=validate_layout, stage_cls=_stage, gather_full=v3.FAMILY.gather_full,
+    count_params=_count_params, plan_module=v3.FAMILY.plan_module, flops_per_token=_flops_per_token,
+    kv_cache="mla_latent+index_keys", training_keys=DSAConfig.training_keys, fp32_params=v3.FAMILY.fp32_params,
+    hf_optional=v3.FAMILY.hf_optional, training=v3.FAMILY.training)
