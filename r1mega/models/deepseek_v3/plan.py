@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Optional
 
 from r1mega.models.activation_memory import layer_activation_bytes
@@ -77,8 +77,10 @@ def _measured_cached(key: str, recompute: str, modules: Optional[tuple]) -> dict
 
 
 def _measured(m: ModelConfig, recompute: str, modules: Optional[list[str]]) -> dict[str, float]:
-    return _measured_cached(json.dumps(asdict(m), sort_keys=True), recompute,
-                            tuple(modules) if modules is not None else None)
+    """Measured on DeepSeek-V3's layers (a V3.2 config is measured without its indexer)."""
+    own = {f.name for f in fields(ModelConfig)} - {"family"}
+    key = json.dumps({k: v for k, v in asdict(m).items() if k in own}, sort_keys=True)
+    return _measured_cached(key, recompute, tuple(modules) if modules is not None else None)
 
 
 def family_comm(m: ModelConfig, p, stage: int, tokens: float, micro_per_rank: int, weight_bytes: int) -> dict:
