@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from r1mega.models.stage import IGNORE_INDEX
-from r1mega.train.dsa_stage import index_loss, prepare_stage, set_index_loss_scale
+from r1mega.models.deepseek_v32.training import index_loss, prepare_stage, set_index_loss_scale
 from r1mega.train.lm_step import lm_forward_backward
 from student_workers import build
 

@@ -10,6 +10,12 @@ class TrainingHooks:
     """What a family adds to a training step: extra loss terms, the work after the optimizer
     step, and the metrics both produce. The base class adds nothing (a plain dense model)."""
 
+    def prepare(self, chunks, train) -> None:
+        """Before the optimizer is built: e.g. freeze what a training stage keeps fixed (train: TrainConfig)."""
+
+    def before_step(self, chunks, train, labels) -> None:
+        """Before a step's forward, with the global batch's labels [B, s]."""
+
     def set_balance_loss(self, chunks, alpha: float, global_sequences: int) -> None:
         """Weight of a load-balancing loss the layers add in the next forward (0: none)."""
 
@@ -17,7 +23,7 @@ class TrainingHooks:
         """Keyword weights of the family's extra losses for `lm_forward_backward` (e.g. MTP)."""
         return {}
 
-    def after_step(self, chunks, ps, model_cfg, skipped: bool, result) -> dict[str, float]:
+    def after_step(self, chunks, ps, model_cfg, skipped: bool, result, train=None) -> dict[str, float]:
         """Collective. Runs after every optimizer step; skipped: the step left the main model's
         weights as they were (non-finite, or frozen). Returns the family's metrics."""
         return {}

@@ -22,8 +22,6 @@ from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_ch
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, lr_at
-from r1mega.models.stage import IGNORE_INDEX
-from r1mega.train.dsa_stage import index_loss, prepare_stage, set_index_loss_scale
 from r1mega.train.setup import (
     SkipGuard, build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, start_run,
 )
@@ -83,7 +81,8 @@ def train(cfg: Config, kind: str) -> dict:
     candidates = find_resume_checkpoint(ckpt_root, t.load, arch, t.allow_arch_change)
 
     chunks = build_model(run)
-    dsa = prepare_stage(chunks, t.dsa_stage) if t.dsa_stage else []  # DeepSeek-V3.2: freezes before the optimizer
+    hooks = family.training  # the family's extra losses and its work around each optimizer step
+    hooks.prepare(chunks, t)  # e.g. DeepSeek-V3.2's dense warm-up freezes all but the indexer
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
 
     # the run's own newest checkpoint wins over train.load, so a requeued job continues where it was
@@ -110,16 +109,13 @@ def train(cfg: Config, kind: str) -> dict:
     peak = t.peak_tflops or (H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
     kernels = fp8_kernels(t, log)  # None unless train.fp8
     losses: list[float] = []
-    hooks = family.training  # the family's extra losses and its work after each optimizer step
     guard, last_saved = SkipGuard(t.max_consecutive_skips, log), resume  # newest checkpoint on disk
     chunks.train()
     for step in range(start, t.steps):
         t0 = time.perf_counter()
         batch = {k: v.to(device) for k, v in _batch(data, kind, consumed, gbs).items()}
         lr = lr_at(step, t.steps, cfg.optim)
-        if dsa:
-            num_tokens = int((batch["labels"] != IGNORE_INDEX).sum())
-            set_index_loss_scale(dsa, t.index_loss_weight, num_tokens)
+        hooks.before_step(chunks, t, batch["labels"])
         with kernels_scope(kernels):
             res = lm_forward_backward(
                 chunks, ps, batch["input_ids"], batch["labels"], micro,
@@ -130,8 +126,7 @@ def train(cfg: Config, kind: str) -> dict:
         else:
             grad_norm, skipped = float("nan"), True
             optimizer.skipped += 1
-        frozen = t.dsa_stage == "dense_warmup"  # the main model, routing biases included, stays as it is
-        family_metrics = hooks.after_step(chunks, ps, model_cfg, skipped or frozen, res)
+        family_metrics = hooks.after_step(chunks, ps, model_cfg, skipped, res, t)
         optimizer.zero_grad(chunks)
         consumed += gbs
         dt = time.perf_counter() - t0
@@ -139,8 +134,6 @@ def train(cfg: Config, kind: str) -> dict:
         metrics = {"loss": res.loss, "lr": lr, "grad_norm": grad_norm,
                    "skipped_steps": optimizer.skipped, "tok/s": tokens_per_step / dt,
                    "tflops_per_device": flops_step / dt / world / 1e12, **family_metrics}
-        if dsa:
-            metrics["index_loss"] = index_loss(dsa, ps, num_tokens)
         if peak:
             metrics["mfu"] = metrics["tflops_per_device"] / peak
         log.log(step + 1, metrics, echo=(step + 1) % t.log_interval == 0 or step + 1 == t.steps)

@@ -66,7 +66,7 @@ class MoETraining(TrainingHooks):
     def loss_weights(self, m) -> dict[str, float]:
         return {"mtp_weight": m.mtp_weight, "balance_alpha": m.balance_alpha}
 
-    def after_step(self, chunks, ps, m, skipped: bool, result) -> dict[str, float]:
+    def after_step(self, chunks, ps, m, skipped: bool, result, train=None) -> dict[str, float]:
         balance = update_routing_bias(chunks, ps, 0.0 if skipped else m.bias_update_rate)
         if not moe_layers(chunks) and m.num_mtp_layers == 0:
             return {}  # no MTP or expert statistics to report

@@ -30,7 +30,7 @@ class DSAttention(MLA):
         super().__init__(cfg, ps)
         self.indexer = Indexer(cfg, cfg.initializer_range)
         self.dense = False  # the dense warm-up stage: attend to every key whatever the length
-        self.index_loss_scale = 0.0  # weight / global tokens, set per step (train/dsa_stage.py)
+        self.index_loss_scale = 0.0  # weight / global tokens, set per step (models/deepseek_v32/training.py)
         self.index_loss_sum: Optional[torch.Tensor] = None  # this step's summed KL (float32, unscaled)
 
     def forward(self, x, rope, cos, sin, attn_mask=None, cache=None):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from r1mega.models.deepseek_v3 import spec as v3
 from r1mega.models.deepseek_v3.config import validate_layout
 from r1mega.models.deepseek_v32.config import FAMILY as NAME, DSAConfig, validate_keys
+from r1mega.models.deepseek_v32.training import DSATraining
 from r1mega.models.spec import ModelFamily
 
 
@@ -32,4 +33,4 @@ FAMILY = ModelFamily(
     validate_keys=validate_keys, validate_layout=validate_layout, stage_cls=_stage, gather_full=v3.FAMILY.gather_full,
     count_params=_count_params, plan_module=v3.FAMILY.plan_module, flops_per_token=_flops_per_token,
     kv_cache="mla_latent+index_keys", training_keys=DSAConfig.training_keys, fp32_params=v3.FAMILY.fp32_params,
-    hf_optional=v3.FAMILY.hf_optional, training=v3.FAMILY.training)
+    hf_optional=v3.FAMILY.hf_optional, training=DSATraining())

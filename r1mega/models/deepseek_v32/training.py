@@ -1,6 +1,5 @@
-"""DeepSeek-V3.2's two indexer training stages (`train.dsa_stage`), applied to a built model. The
-sparse-attention layers are found by their `index_loss_scale` (models/deepseek_v32/attention.py),
-so the trainer imports no model package.
+"""DeepSeek-V3.2's two indexer training stages (`train.dsa_stage`), applied to a built model: the
+family's training hooks (DSATraining below; the trainer sees only the protocol, models/spec.py).
 
     dense_warmup  dense attention; only the indexer trains (everything else frozen, routing biases
                   kept), by its KL loss to the main attention's head-summed distribution
@@ -17,13 +16,18 @@ import torch
 import torch.distributed as dist
 
 from r1mega.errors import ConfigError
+from r1mega.models.deepseek_v3.balance import MoETraining
+from r1mega.models.stage import IGNORE_INDEX
 from r1mega.parallel.layout import ParallelState
 
 DSA_STAGES = ("dense_warmup", "sparse")
 
 
 def dsa_layers(chunks: torch.nn.Module) -> list:
-    return [m for m in chunks.modules() if hasattr(m, "index_loss_scale")]
+    """The sparse-attention layers (DSAttention) of these stage chunks."""
+    from r1mega.models.deepseek_v32.attention import DSAttention  # model code loads when a model exists
+
+    return [m for m in chunks.modules() if isinstance(m, DSAttention)]
 
 
 def prepare_stage(chunks: torch.nn.Module, stage: Optional[str]) -> list:
@@ -59,3 +63,24 @@ def index_loss(layers: list, ps: ParallelState, num_tokens: int) -> float:
         if group is not None:
             dist.all_reduce(total, group=group)
     return float(total) / max(num_tokens, 1)
+
+
+class DSATraining(MoETraining):
+    """DeepSeek-V3's step rules, plus the indexer's stage: prepared before the optimizer exists, its KL
+    loss weighted per target token before each step and reported after; in the dense warm-up the main
+    model (routing biases included) stays as it is."""
+
+    def prepare(self, chunks, train) -> None:
+        if train.dsa_stage:
+            prepare_stage(chunks, train.dsa_stage)
+
+    def before_step(self, chunks, train, labels: torch.Tensor) -> None:
+        if train.dsa_stage:
+            set_index_loss_scale(dsa_layers(chunks), train.index_loss_weight, int((labels != IGNORE_INDEX).sum()))
+
+    def after_step(self, chunks, ps, m, skipped: bool, result, train=None) -> dict[str, float]:
+        stage = train.dsa_stage if train is not None else None
+        metrics = super().after_step(chunks, ps, m, skipped or stage == "dense_warmup", result, train)
+        if stage:
+            metrics["index_loss"] = index_loss(dsa_layers(chunks), ps, result.num_tokens)
+        return metrics
