@@ -77,6 +77,7 @@ def _sft_overrides(tmp_path, name: str, cp: int) -> list[str]:
             f"parallel.cp={cp}", "data.seq_length=64", "data.synthetic_docs=200"]
 
 
+@pytest.mark.slow
 def test_sft_run_under_cp2_equals_one_process(tmp_path):
     """The training run users start (`r1mega sft` of a student with parallel.cp=2): loss and gradient
     norm of every step equal one process (they were exactly 2x before the dense forward split rows)."""
