@@ -147,3 +147,47 @@ def test_grpo_step_of_a_student_under_cp2_equals_one_process(tmp_path):
         for key in ("loss", "kl", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (key, a, b)
         assert b["logprob_gap_max"] < 1e-4
+
+
+@pytest.mark.parametrize("config", ["configs/tiny/distill_student.yaml", "configs/tiny/pretrain.yaml"])
+def test_dry_run_and_plan_refuse_what_the_run_refuses(config, capsys):
+    """seq_length 90 does not split into 2 x cp = 4 zigzag chunks: the run refuses it, and so do
+    `--dry-run` and `r1mega plan` (they said "fits"), for a student and for DeepSeek-V3; 96 passes."""
+    import os
+
+    from r1mega import cli
+    from r1mega.config import ConfigError, load_config, validate_training
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), config)
+    kind = "sft" if "student" in config else "pretrain"
+    with pytest.raises(ConfigError, match="data.seq_length"):  # what the run's own validation says
+        validate_training(load_config(path, ["parallel.cp=2", "data.seq_length=90"]), 2)
+    assert cli.main([kind, "--config", path, "--dry-run", "parallel.cp=2", "data.seq_length=90"]) == 2
+    assert "'data.seq_length': context parallel needs seq_length 90 divisible by 2 x cp = 4" in capsys.readouterr().err
+    assert cli.main(["plan", "--config", path, "--cp", "2", "--seq-length", "90"]) == 2
+    assert "'--seq-length': 90 is not divisible by 2 x cp = 4" in capsys.readouterr().err
+    assert cli.main(["plan", "--config", path, "--cp", "2", "--tp", "2", "--sp", "--seq-length", "100"]) == 2
+    assert "2 x cp x tp (sequence parallel) = 8" in capsys.readouterr().err
+    assert cli.main([kind, "--config", path, "--dry-run", "parallel.cp=2", "data.seq_length=96"]) == 0
+    assert "cp=2" in capsys.readouterr().out
+
+
+def test_student_plan_counts_context_parallel():
+    """The student planner splits a GPU's tokens over cp and adds the gathered K/V and their traffic."""
+    import os
+
+    from r1mega.config import ParallelConfig, load_config
+    from r1mega.plan import plan_for
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "configs", "model", "students", "qwen2.5_32b.yaml")
+    plans = {}
+    for cp in (1, 4):
+        cfg = load_config(path)
+        cfg.parallel = ParallelConfig(tp=8, sp=True, pp=4, cp=cp, dp=16 // cp)
+        plans[cp] = plan_for(cfg, 512, 1, 32768, 64)
+    one, four = plans[1], plans[4]
+    assert four.layout["cp"] == 4 and one.comm["cp"] == 0 < four.comm["cp"]
+    assert four.memory["weights"] == one.memory["weights"]
+    assert four.memory["optimizer"] == pytest.approx(one.memory["optimizer"])  # ZeRO over dp x cp: same 16 replicas
+    assert 0.25 < four.memory["activations"] / one.memory["activations"] < 0.3  # a quarter of the tokens, + K/V
