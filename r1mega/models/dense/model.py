@@ -1,5 +1,6 @@
-"""A dense student (Qwen2/Qwen2.5, Llama 3) as one pipeline stage: GQA attention with rotary
-embeddings, a SwiGLU FFN, RMSNorm, optionally tied input/output embeddings.
+"""A dense student (Qwen2/Qwen2.5, Qwen3, Llama 3) as one pipeline stage: GQA attention with rotary
+embeddings (Qwen3: each query/key head RMS-normalised first), a SwiGLU FFN, RMSNorm, optionally tied
+input/output embeddings.
 
     q_proj, k_proj, v_proj column-parallel by heads, o_proj row-parallel; gate/up column-, down row-parallel
 When the KV heads do not split evenly over TP (fewer KV heads than TP ranks, or a count TP does
@@ -16,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1mega.config import DenseConfig
-from r1mega.models.dense.kv_cache import HeadsKVCache
+from r1mega.models.dense.kv_cache import HeadsKVCache, paged_heads_layout
 from r1mega.kernels import linear
 from r1mega.kernels.block_attention import block_attention
 from r1mega.models.ffn import SwiGLU
@@ -66,6 +67,9 @@ class GQAttention(nn.Module):
             self.k_proj = ReplicatedLinear(D, KV * hd, "region", std, bias=cfg.qkv_bias)
             self.v_proj = ReplicatedLinear(D, KV * hd, "region", std, bias=cfg.qkv_bias)
         self.o_proj = RowParallelLinear(H * hd, D, ps, std, bias=cfg.o_bias)
+        # Qwen3: one norm weight shared by every head; each TP rank's gradient covers its own heads
+        self.q_norm = RMSNorm(hd, cfg.rms_norm_eps, "region") if cfg.qk_norm else None
+        self.k_norm = RMSNorm(hd, cfg.rms_norm_eps, "region") if cfg.qk_norm else None
         self.scale = hd ** -0.5
 
     def _kv(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -80,15 +84,17 @@ class GQAttention(nn.Module):
         `HeadsKVCache` (generation)."""
         x = enter_tp_region(x, self.ps)
         s, b, _ = x.shape
-        q = rope.apply(self.q_proj(x).view(s, b, self.local_heads, self.head_dim), cos, sin)
-        k = rope.apply(self._kv(self.k_proj, x), cos, sin)
+        q, k = self.q_proj(x).view(s, b, self.local_heads, self.head_dim), self._kv(self.k_proj, x)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rope.apply(q, cos, sin), rope.apply(k, cos, sin)
         v = self._kv(self.v_proj, x)
         if isinstance(attn_mask, ContextParallelAttention):  # keys and values of the whole sequence
             kv = gather_sequence(torch.cat([k, v], -1), self.ps, attn_mask.seq_len)
             k, v = kv.split(self.head_dim, -1)
         prompt_docs = cache.owner.prompt_documents(s) if cache is not None else None
         if prompt_docs is not None:  # the prompt: cache its keys/values, attend as training does (O(s) memory)
-            cache.append(k, v)
+            cache.store(k, v)
             attn_mask, cache = prompt_docs, None
         if cache is not None:
             k, v, valid, start = cache.append(k, v)  # [b, L, kv, d]
@@ -170,6 +176,11 @@ class DenseStudent(nn.Module):
                      device: torch.device) -> HeadsKVCache:
         attn = next(iter(self.layers.values())).self_attn
         return HeadsKVCache(self.layer_ids, batch, max_len, attn.kv_local, attn.head_dim, valid, dtype, device)
+
+    def paged_kv_layout(self):
+        """(features per token per layer, layer view) of the paged rollout cache (inference/paged_cache.py)."""
+        attn = next(iter(self.layers.values())).self_attn
+        return paged_heads_layout(self.layer_ids, attn.kv_local, attn.head_dim)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         h = enter_tp_region(self.norm(h), self.ps)
