@@ -1,5 +1,5 @@
 """Context parallelism on the dense students (Qwen2 with q/k/v biases and tied embeddings, Llama 3
-with 3 KV heads and llama3 RoPE): logits, loss and every gradient equal one process, with packed
+with 3 KV heads and llama3 RoPE, Qwen3 with per-head q/k norms): logits, loss and every gradient equal one process, with packed
 documents and plain causal rows, alone and composed with TP (KV heads split or replicated), SP,
 PP and DP."""
 import pytest
@@ -8,6 +8,7 @@ import torch
 from dense_cp_workers import dense_cp_worker, evaluate
 from r1mega.parallel.spawn import run_ranks
 from test_context_parallel import packed
+from test_qwen3 import make_qwen3
 from test_students import STUDENTS, check, make_student
 from tiny_hf import batch
 
@@ -18,7 +19,9 @@ VOCAB = 96
 @pytest.fixture(scope="module")
 def students(tmp_path_factory):
     root = tmp_path_factory.mktemp("cp_students")
-    return {kind: str(root / kind) for kind in STUDENTS if make_student(kind, str(root / kind)) is not None}
+    paths = {kind: str(root / kind) for kind in STUDENTS if make_student(kind, str(root / kind)) is not None}
+    make_qwen3("untied", str(root / "qwen3"))
+    return {**paths, "qwen3": str(root / "qwen3")}
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +43,7 @@ TWO_RANKS = {
     "qwen2 CP2 packed": ("qwen2", dict(cp=2), True),
     "qwen2 CP2 causal rows": ("qwen2", dict(cp=2), False),
     "llama CP2 packed": ("llama", dict(cp=2), True),
+    "qwen3 CP2 packed (q/k norms, 3 KV heads)": ("qwen3", dict(cp=2), True),
 }
 FOUR_RANKS = {
     "qwen2 CP2 x TP2+SP, 2 KV heads split": ("qwen2", dict(cp=2, tp=2, sp=True), True),
@@ -59,7 +63,7 @@ def _run(world: int, layouts: dict, students, data, reference):
 
 def test_packed_reference_differs_from_causal(reference):
     """The packed layouts test something: documents change the logits."""
-    for kind in STUDENTS:
+    for kind in (*STUDENTS, "qwen3"):
         assert (reference[(kind, True)]["logits"] - reference[(kind, False)]["logits"]).abs().max() > 1e-2
 
 
