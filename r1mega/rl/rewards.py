@@ -16,18 +16,15 @@ reference answer (or tests, or the target language). The step's reward is their 
   code      1 if the last code block outside the thought passes every test of the sample in the
             sandbox (r1mega/sandbox/isolation.py), else 0: `tests` as Python run after the code (then
             `check(entry_point)` when given), or a list of {input, output} stdin/stdout cases.
-            Assert tests of the shapes in r1mega/rl/code_tests.py are judged in the trainer on
-            the values the sandbox returns (forge-proof); other test code runs in the sandbox
+            Tests run in a judge interpreter that never held the program's code, calling the
+            program's functions through plain data (r1mega/sandbox/code_tests.py)
 """
 from __future__ import annotations
 
-import functools
-import json
 import re
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
-from r1mega.sandbox import code_tests
 from r1mega.sandbox.isolation import Job, SandboxResult, run_many
 
 THINK = re.compile(r"^\s*<think>(.*?)</think>(.*)$", re.DOTALL)
@@ -128,21 +125,11 @@ def _code_jobs(text: str, sample: dict) -> Optional[list[Job]]:
     code = blocks[-1]
     if isinstance(tests, list):  # stdin/stdout cases, judged here (outside the sandbox)
         return [Job(code, stdin=str(case["input"])) for case in tests]
-    calls = _call_tests(tests, sample.get("entry_point"))
-    if calls is not None:  # judged here on returned values: the program never sees what is expected
-        return [Job(code, calls=calls.payload())]
-    if sample.get("entry_point"):
-        tests = f"{tests}\n\ncheck({sample['entry_point']})"
-    return [Job(code, tests=tests)]
-
-
-@functools.lru_cache(maxsize=4096)  # a prompt's tests are parsed once for all its samples
-def _call_tests(tests: str, entry_point: Optional[str]) -> Optional[code_tests.CallTests]:
-    return code_tests.parse(tests, entry_point)
+    return [Job(code, tests=tests, entry_point=sample.get("entry_point"), judged=True)]  # judged apart from it
 
 
 def _key(job: Job) -> tuple:
-    return job.code, job.stdin, job.tests, json.dumps(job.calls)
+    return job.code, job.stdin, job.tests, job.entry_point
 
 
 def code_reward(text: str, sample: dict) -> float:
@@ -156,10 +143,7 @@ def code_reward(text: str, sample: dict) -> float:
     if isinstance(tests, list):
         return float(all(results[_key(j)].ok and results[_key(j)].stdout.split() == str(case["output"]).split()
                          for j, case in zip(jobs, tests)))
-    res = results[_key(jobs[0])]
-    if jobs[0].calls is not None:
-        return float(res.ok and _call_tests(tests, sample.get("entry_point")).judge(res.values))
-    return float(res.ok)
+    return float(results[_key(jobs[0])].ok)
 
 
 @contextmanager
