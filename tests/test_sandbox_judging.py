@@ -4,7 +4,6 @@ and ordinary correct programs that must pass.
 Forgeries: every wrong program below passes when its tests run in its own interpreter (asserted
 too, so each attack is real) and scores 0 through the code reward, where the tests run in a judge
 interpreter that never held the program's code and only plain data crosses."""
-import ctypes
 import gzip
 import json
 import os

@@ -1,8 +1,9 @@
 """Run untrusted generated code (the `code` reward) in kernel-enforced isolation.
 
 Each program gets a fresh supervisor process (`sandbox_init.py`, forked by a zygote started once
-per trainer process) that puts it in new user, PID, mount, network, IPC, UTS and cgroup namespaces
-as an unprivileged uid (nobody when the trainer is root), on a root built from scratch: read-only
+per trainer process) that puts it in a memory cgroup of its own (where one can be made) and new
+user, PID, mount, network, IPC, UTS and cgroup namespaces as an unprivileged uid (nobody inside,
+a host uid of its own when the trainer is root), on a root built from scratch: read-only
 binds of the Python stdlib and of the directories of the shared libraries the interpreter loaded,
 /dev/{null,zero,random,urandom}, a size-capped private tmpfs at /tmp, and no /proc, /etc, home,
 site-packages, checkpoints or sockets of the host. It then drops every capability, sets no_new_privs and a
@@ -12,7 +13,8 @@ supervisor; or by the kernel when the supervisor dies) kills every process it st
 read here with a byte cap and a deadline; nothing waits unboundedly.
 
 Success is never the exit status: the harness prints a random per-run token as the last line of
-stdout only after the program (and its tests) ran to the end.
+stdout only after the program (and its tests) ran to the end. Judged jobs (the code reward's)
+run their tests in a separate judge process that calls the program over plain data (_judged).
 
 Where the kernel refuses the namespaces (e.g. containers whose seccomp profile blocks unshare),
 code rewards raise SandboxUnavailable naming the reason, unless the run opted in with

@@ -35,7 +35,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME, MS_STRICTATIME = 1024, 2048, 1 << 21, 1 << 24
 MNT_DETACH = 2
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 1, 24, 38, 47
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_SET_NAME = 1, 24, 38, 47, 15
 PR_CAP_AMBIENT_CLEAR_ALL, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 4, 22, 2
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429  # the same on x86_64 and aarch64
@@ -51,6 +51,10 @@ def _check(ret: int, what: str) -> None:
     if ret != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _name(comm: bytes) -> None:  # what ps/top show for each role
+    libc.prctl(PR_SET_NAME, comm, 0, 0, 0)
 
 
 def _mount(src, target, fstype, flags, data=None) -> None:
@@ -129,6 +133,7 @@ def _map_nobody_with_helper(flags: int, what: str, outer: int) -> None:
     go_r, go_w = os.pipe()
     helper = os.fork()
     if helper == 0:  # stays root in the host's namespaces: may map nobody for its parent
+        _name(b"r1m-idmap")
         os.close(go_w)
         code = 1
         try:
@@ -158,8 +163,20 @@ def _map_nobody_with_helper(flags: int, what: str, outer: int) -> None:
         raise OSError("could not write the sandbox's uid/gid maps")
 
 
+def own_id() -> int:
+    """The uid/gid for a process outside the namespaces (the unsafe mode's program, a judge): one
+    of its own where this user namespace maps it, else nobody, else (no root) the caller's."""
+    own = SANDBOX_ID_BASE + os.getpid()
+    if os.geteuid() != 0:
+        return os.geteuid()
+    for ident in (own, NOBODY):
+        if _setgroups_allowed() and _mapped("uid", ident) and _mapped("gid", ident):
+            return ident
+    return os.geteuid()
+
+
 def drop_to(ident: int) -> None:  # the unsafe mode's (and the judge's) only identity change
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and ident != 0:
         os.setgroups([])
         os.setresgid(ident, ident, ident)
         os.setresuid(ident, ident, ident)
@@ -216,7 +233,7 @@ def open_sources(detached: bool) -> tuple[dict, dict, bool]:
             return fd
         return os.open(path, os.O_PATH | (os.O_DIRECTORY if directory else 0))
 
-    sources = {p: os.readlink(p) if os.path.islink(p) else grab(p, True) for p in _visible_paths()}
+    sources = {p: os.readlink(p) if os.path.islink(p) else grab(p, True) for p in VISIBLE or _visible_paths()}
     devices = {d: grab(f"/dev/{d}", False) for d in DEVICES if os.path.exists(f"/dev/{d}")}
     return sources, devices, detached
 
@@ -449,6 +466,7 @@ def judge_process(job_r: int, err_w: int, verdict_w: int, rpc_fd: int) -> None:
     verdict_w: "ok", "fail" or "in-process"."""
     verdict = "fail"
     try:
+        _name(b"r1m-judge")
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         job = json.loads(_read_all(job_r, 64 << 20))
         devnull = os.open("/dev/null", os.O_RDONLY)
@@ -458,7 +476,7 @@ def judge_process(job_r: int, err_w: int, verdict_w: int, rpc_fd: int) -> None:
         for fd in sorted((verdict_w, rpc_fd)) + [1 << 16]:
             os.closerange(low, fd)
             low = fd + 1
-        drop_to(SANDBOX_ID_BASE + os.getpid())
+        drop_to(own_id())
         os.chdir("/")
         os.environ.clear()
         os.environ.update({"LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"})
@@ -590,6 +608,7 @@ def run_program(job: dict, token_fd: int, rpc_fd) -> None:
 
 def init(job: dict, report_w: int, alive_r: int, rpc_fd) -> None:
     """PID 1 of the sandbox: confine this process, report 'ok' to the supervisor, run the job."""
+    _name(b"r1m-program")
     isolate = job["isolate"]
     try:
         if isolate:
@@ -638,6 +657,7 @@ def supervise(status_fd: int, rpc_fd=None) -> None:
     """One job: fd 0 brings an 8-byte length and the JSON job, then stays open as the abort
     channel (EOF: the trainer gave up or died: kill the program now); fds 1/2 are the program's
     stdout/stderr; `status_fd` gets this supervisor's verdict as JSON."""
+    _name(b"r1m-supervisor")
     status = os.fdopen(status_fd, "w")
 
     def report(**kw) -> None:
@@ -655,7 +675,7 @@ def supervise(status_fd: int, rpc_fd=None) -> None:
             import tempfile
 
             job["workdir"] = workdir = tempfile.mkdtemp(prefix="r1mega-unsafe-sandbox-")
-            own = SANDBOX_ID_BASE + os.getpid()
+            own = own_id()
             if os.geteuid() == 0:
                 os.chown(workdir, own, own)
             drop_to(own)
@@ -785,6 +805,7 @@ def _oom_kills(cgroup):
 
 
 MEMORY_CGROUP = None  # set in the zygote
+VISIBLE = None  # the host paths every sandbox shows, worked out once in the zygote
 
 
 def zygote(control_fd: int) -> None:
@@ -798,13 +819,14 @@ def zygote(control_fd: int) -> None:
         raise SystemExit(code)
 
     builtins.exit = builtins.quit = exit
-    global MEMORY_CGROUP
+    global MEMORY_CGROUP, VISIBLE
     MEMORY_CGROUP = find_memory_cgroup()
     for name in PRELOAD:  # shared by every program through fork
         try:
             __import__(name)
         except ImportError:
             pass
+    VISIBLE = _visible_paths()  # after the preloads, whose shared objects it includes
     import gc
 
     gc.freeze()  # what the zygote holds is never scanned again: its forks keep sharing those pages
@@ -840,8 +862,7 @@ def zygote(control_fd: int) -> None:
 
 
 PRELOAD = ("traceback", "collections", "itertools", "functools", "heapq", "bisect", "math", "string", "re",
-           "random", "typing", "dataclasses", "fractions", "decimal", "statistics", "tempfile", "shutil", "types",
-           "concurrent.futures", "threading")
+           "random", "typing", "dataclasses", "fractions", "decimal", "statistics")
 
 if __name__ == "__main__":
     zygote(int(sys.argv[1]))
