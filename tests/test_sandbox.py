@@ -359,8 +359,8 @@ def _assert_host_untouched(host: dict) -> None:
             s.accept()
     assert host["victim_proc"].poll() is None, "the host process was killed"
     assert os.getpid() == host["ppid"]
-    zygote = sandbox._Zygote._current.proc.pid  # every sandbox process descends from it
-    leftovers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if zygote in _ancestors(pid)]
+    zygotes = {z.proc.pid for z in sandbox._Zygote._all}  # every sandbox process descends from one
+    leftovers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if zygotes & set(_ancestors(pid))]
     assert not leftovers, "sandbox processes outlived their run"
     named = [p for p in glob.glob("/proc/[0-9]*/comm") if _read(p).strip() == b"r1m-leftover"]
     assert not named, "a program's grandchild outlived its run"

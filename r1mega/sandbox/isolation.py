@@ -37,8 +37,9 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from typing import Optional
+from typing import Iterator, Optional
 
 from r1mega.sandbox import code_tests, seccomp
 
@@ -136,7 +137,10 @@ def run_tests(code: str, tests: str, limits: Limits = Limits()) -> SandboxResult
 
 
 def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    """Two programs per CPU: much of a program's setup waits on the kernel (namespaces, RCU), not
+    on a CPU, and a judged program is two processes that take turns."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, 2 * cpus)
 
 
 def run_many(jobs: list[Job], workers: Optional[int] = None) -> list[SandboxResult]:
@@ -172,18 +176,23 @@ def _judged(job: Job, isolate: bool) -> SandboxResult:
 
 
 def _run_pair(job: Job, plan: "code_tests.Plan", isolate: bool) -> Optional[SandboxResult]:
+    with _Zygote.lease() as zygote:  # the judge shares the program's memory cgroup
+        return _run_pair_on(job, plan, isolate, zygote)
+
+
+def _run_pair_on(job: Job, plan: "code_tests.Plan", isolate: bool, zygote: _Zygote) -> Optional[SandboxResult]:
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     stop_r, stop_w = os.pipe()
     box = {}
 
     def program() -> None:
-        box["res"] = _run(Job(job.code, limits=job.limits), isolate, rpc=theirs.detach(), stop=stop_r)
+        box["res"] = _run(Job(job.code, limits=job.limits), isolate, rpc=theirs.detach(), stop=stop_r, zygote=zygote)
 
     t = threading.Thread(target=program, daemon=True)
     t.start()
     lim = replace(JUDGE_LIMITS, wall_seconds=job.limits.wall_seconds + 1.0, cpu_seconds=job.limits.cpu_seconds + 1)
     verdict, err = _run_judge({"proxies": plan.proxies, "modules": plan.modules, "tests": plan.script}, lim,
-                              mine.detach())
+                              mine.detach(), zygote)
     os.write(stop_w, b"x")  # the verdict is in: the program has nothing more to do
     t.join()
     os.close(stop_r)
@@ -202,14 +211,14 @@ def _run_pair(job: Job, plan: "code_tests.Plan", isolate: bool) -> Optional[Sand
     return SandboxResult(False, reason, pres.returncode, pres.stdout, pres.stderr + err)
 
 
-def _run_judge(judge_job: dict, lim: Limits, rpc: int) -> tuple[str, str]:
+def _run_judge(judge_job: dict, lim: Limits, rpc: int, zygote: _Zygote) -> tuple[str, str]:
     """The tests in a judge process forked straight from the zygote (sandbox_init.judge_process);
     (verdict, its stderr). It ends itself at the wall limit (SIGALRM); this waits a little longer."""
     payload = json.dumps({"judge": judge_job, "limits": asdict(lim), "seccomp": _filter_b64()}).encode()
     (job_r, job_w), (err_r, err_w), (v_r, v_w) = os.pipe(), os.pipe(), os.pipe()
     theirs = [job_r, err_w, v_w, rpc]
     try:
-        _Zygote.submit(theirs, b"judge")
+        zygote.submit(theirs, b"judge")
     except OSError as e:
         for fd in (job_w, err_r, v_r):
             os.close(fd)
@@ -258,10 +267,13 @@ def _run_judge(judge_job: dict, lim: Limits, rpc: int) -> tuple[str, str]:
 
 
 class _Zygote:
-    """The per-process forker of supervisors (sandbox_init.zygote), started on first use."""
+    """A forker of supervisors (sandbox_init.zygote), started on first use. One per program
+    running at once (leased): each lives in a memory cgroup of its own where one can be made, so
+    its forks are born in it and no program pays for a cgroup migration."""
 
     _lock = threading.Lock()
-    _current: Optional["_Zygote"] = None
+    _idle: list["_Zygote"] = []
+    _all: list["_Zygote"] = []
 
     def __init__(self):
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -274,39 +286,72 @@ class _Zygote:
             theirs.close()
         self.owner = os.getpid()
 
+    def alive(self) -> bool:
+        return self.owner == os.getpid() and self.proc.poll() is None
+
     @classmethod
-    def submit(cls, fds: list[int], kind: bytes = b"job") -> None:
-        for attempt in range(2):
+    @contextmanager
+    def lease(cls) -> Iterator["_Zygote"]:
+        with cls._lock:
+            z = None
+            while z is None and cls._idle:
+                c = cls._idle.pop()
+                z = c if c.alive() else None
+            if z is None:  # first use, more programs at once than before, a forked trainer, a dead zygote
+                z = _Zygote()
+                cls._all.append(z)
+        try:
+            yield z
+        finally:
             with cls._lock:
-                z = cls._current
-                if z is None or z.owner != os.getpid() or z.proc.poll() is not None:
-                    z = cls._current = _Zygote()  # first use, a forked trainer, or a dead zygote
+                if z.alive():
+                    cls._idle.append(z)
+
+    def submit(self, fds: list[int], kind: bytes = b"job") -> None:
+        socket.send_fds(self.sock, [kind], fds)
+
+
+@atexit.register
+def _stop_zygotes() -> None:
+    """Each zygote leaves when its socket closes; then its memory cgroup (named by its pid) goes."""
+    mine = [z for z in _Zygote._all if z.owner == os.getpid()]
+    for z in mine:
+        z.sock.close()
+    parent = None
+    for z in mine:
+        try:
+            z.proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            continue
+        if parent is None:
+            from r1mega.sandbox.sandbox_init import find_memory_cgroup
+
+            found = find_memory_cgroup()
+            parent = found[0] if found else ""
+        if parent:
             try:
-                socket.send_fds(z.sock, [kind], fds)
-                return
+                os.rmdir(f"{parent}/r1mega-zygote-{z.proc.pid}")
             except OSError:
-                if attempt:
-                    raise
-                with cls._lock:
-                    if cls._current is z:
-                        cls._current = None
+                pass
 
 
 def _run(job: Job, isolate: bool, rpc: Optional[int] = None, stop: Optional[int] = None,
-         extra: Optional[dict] = None) -> SandboxResult:
+         extra: Optional[dict] = None, zygote: Optional[_Zygote] = None) -> SandboxResult:
     """One sandboxed program. rpc: a socket fd handed to it (and closed here); stop: an fd whose
-    becoming readable ends it early (the judge has its verdict)."""
+    becoming readable ends it early (the judge has its verdict); zygote: the one leased for it."""
+    if zygote is None:
+        with _Zygote.lease() as z:
+            return _run(job, isolate, rpc, stop, extra, z)
     lim = job.limits
     token = "r1mega-sandbox-done-" + secrets.token_hex(16)
     payload = json.dumps({
         "code": job.code, "tests": _with_entry_point(job), "stdin": job.stdin, "token": token,
-        "isolate": isolate, "cgroup": "r1mega-" + secrets.token_hex(8) if extra is None or "judge" not in extra else None,
-        "limits": asdict(lim), "seccomp": _filter_b64(), **(extra or {}),
+        "isolate": isolate, "limits": asdict(lim), "seccomp": _filter_b64(), **(extra or {}),
     }).encode()
     (job_r, job_w), (out_r, out_w), (err_r, err_w), (st_r, st_w) = (os.pipe() for _ in range(4))
     theirs, mine = [job_r, out_w, err_w, st_w], [job_w, out_r, err_r, st_r]  # job pipe: job, then abort
     try:
-        _Zygote.submit(theirs + ([rpc] if rpc is not None else []))
+        zygote.submit(theirs + ([rpc] if rpc is not None else []))
     except OSError as e:
         for fd in mine:
             os.close(fd)
@@ -315,7 +360,6 @@ def _run(job: Job, isolate: bool, rpc: Optional[int] = None, stop: Optional[int]
         for fd in theirs + ([rpc] if rpc is not None else []):
             os.close(fd)
     out, err, status, killed = _exchange(mine, len(payload).to_bytes(8, "little") + payload, lim, stop)
-    _remove_cgroup(status.get("cgroup"))
     return _result(out, err, status, killed, token, lim)
 
 
@@ -323,35 +367,6 @@ def _with_entry_point(job: Job) -> Optional[str]:
     if job.tests is None or not job.entry_point or job.judged:
         return job.tests
     return f"{job.tests}\n\ncheck({job.entry_point})\n"
-
-
-_stale_cgroups: list[str] = []
-
-
-def _remove_cgroup(path) -> None:
-    """The program's memory cgroup, once empty (its supervisor may still be exiting: retried on
-    later runs and at exit)."""
-    if isinstance(path, str) and os.path.basename(path).startswith("r1mega-"):
-        _stale_cgroups.append(path)
-    for p in list(_stale_cgroups):
-        try:
-            os.rmdir(p)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            continue
-        try:
-            _stale_cgroups.remove(p)
-        except ValueError:
-            pass
-
-
-@atexit.register
-def _remove_stale_cgroups() -> None:
-    deadline = time.monotonic() + 2.0
-    while _stale_cgroups and time.monotonic() < deadline:
-        _remove_cgroup(None)
-        time.sleep(0.01)
 
 
 @functools.lru_cache(maxsize=None)

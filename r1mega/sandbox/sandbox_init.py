@@ -468,6 +468,8 @@ def judge_process(job_r: int, err_w: int, verdict_w: int, rpc_fd: int) -> None:
     try:
         _name(b"r1m-judge")
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if ZYGOTE_CGROUP is not None:
+            _oom_score(0)
         job = json.loads(_read_all(job_r, 64 << 20))
         devnull = os.open("/dev/null", os.O_RDONLY)
         for target, fd in ((0, devnull), (1, err_w), (2, err_w)):
@@ -665,10 +667,12 @@ def supervise(status_fd: int, rpc_fd=None) -> None:
         status.flush()
 
     job = json.loads(_read_exactly(0, int.from_bytes(_read_exactly(0, 8), "little")))
-    workdir, cgroup = None, None
+    workdir, cgroup, ooms = None, ZYGOTE_CGROUP, 0
     try:
-        if job.get("cgroup") and MEMORY_CGROUP is not None:  # before this process gives up root
-            cgroup = join_memory_cgroup(job["cgroup"], int(job["limits"]["memory_total_bytes"]))
+        if cgroup is not None:  # before this process gives up root
+            _oom_score(0)  # what it starts may be picked again (the zygote may not)
+            ooms = _oom_kills(cgroup)
+            cap_memory(cgroup, int(job["limits"]["memory_total_bytes"]))
         if job["isolate"]:
             enter_sandbox(job["limits"]["disk_bytes"])
         else:
@@ -683,7 +687,7 @@ def supervise(status_fd: int, rpc_fd=None) -> None:
         if cgroup is None:  # no memory cgroup: processes x address space must bound the total
             lim["processes"] = max(1, min(int(lim["processes"]), int(lim["memory_total_bytes"]) // int(lim["memory_bytes"])))
     except Exception as e:  # noqa: BLE001 - any failure to confine is reported, never run past
-        report(setup=f"{type(e).__name__}: {e}", cgroup=cgroup and cgroup[0])
+        report(setup=f"{type(e).__name__}: {e}")
         return
     report_r, report_w = os.pipe()
     alive_r, alive_w = os.pipe()
@@ -702,7 +706,7 @@ def supervise(status_fd: int, rpc_fd=None) -> None:
     if msg != "ok":
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        report(setup=msg or "init died during setup", cgroup=cgroup and cgroup[0])
+        report(setup=msg or "init died during setup")
         return
     deadline = time.monotonic() + float(job["limits"]["wall_seconds"])
     pidfd = os.pidfd_open(pid)
@@ -721,7 +725,7 @@ def supervise(status_fd: int, rpc_fd=None) -> None:
 
         shutil.rmtree(workdir, ignore_errors=True)
     report(setup="ok", timeout=timed_out, aborted=aborted, exit=os.waitstatus_to_exitcode(st),
-           cpu=usage.ru_utime + usage.ru_stime, cgroup=cgroup and cgroup[0], oom_kills=_oom_kills(cgroup))
+           cpu=usage.ru_utime + usage.ru_stime, oom_kills=_oom_kills(cgroup) - ooms)
 
 
 # ---------------------------------------------------------------- one memory cap for all of a program's processes
@@ -764,28 +768,45 @@ def find_memory_cgroup():
     return None
 
 
-def join_memory_cgroup(name: str, total: int):
-    """Move this supervisor (and so every process the program starts) into a new memory cgroup
-    capped at `total` bytes, swap included; (path, dir fd) for reading its OOM count later."""
+CGROUP_HEADROOM = 64 << 20  # the supervisor's and the judge's own pages, besides the program's total
+
+
+def join_memory_cgroup() -> tuple:
+    """The zygote moves into a memory cgroup of its own (its pages so far stay charged where
+    they were): every supervisor, program and judge it forks is born there, one program at a
+    time. (path, dir fd); the trainer removes it after the zygote exits."""
     parent, version = MEMORY_CGROUP
-    if not name.replace("-", "").isalnum():
-        raise ValueError(f"bad cgroup name {name!r}")
-    path = f"{parent}/{name}"
+    path = f"{parent}/r1mega-zygote-{os.getpid()}"
     os.mkdir(path)
     try:
         dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        if version == 2:
-            limits = (("memory.max", total), ("memory.swap.max", 0))
-        else:
-            limits = (("memory.limit_in_bytes", total), ("memory.memsw.limit_in_bytes", total))
-        for knob, value in limits:
-            if os.path.exists(f"{path}/{knob}"):
-                _write(f"{path}/{knob}", str(value))
+        if version == 2 and os.path.exists(f"{path}/memory.swap.max"):
+            _write(f"{path}/memory.swap.max", "0")
         _write(f"{path}/cgroup.procs", str(os.getpid()))
     except BaseException:
         os.rmdir(path)
         raise
-    return path, dfd
+    return path, dfd, version
+
+
+def _oom_score(adj: int) -> None:
+    try:
+        _write("/proc/self/oom_score_adj", str(adj))
+    except OSError:  # e.g. a container that withholds lowering it
+        pass
+
+
+def cap_memory(cgroup: tuple, total: int) -> None:
+    """This job's cap over all its processes, swap included (set per job, as root, by its supervisor)."""
+    path, _, version = cgroup
+    knobs = ["memory.max"] if version == 2 else ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]
+    knobs = [k for k in knobs if os.path.exists(f"{path}/{k}")]
+    try:  # v1: memory may not exceed memory+swap, so lowering goes memory first, raising the other way
+        for knob in knobs:
+            _write(f"{path}/{knob}", str(total + CGROUP_HEADROOM))
+    except OSError:
+        for knob in reversed(knobs):
+            _write(f"{path}/{knob}", str(total + CGROUP_HEADROOM))
 
 
 def _oom_kills(cgroup):
@@ -804,7 +825,8 @@ def _oom_kills(cgroup):
     return 0
 
 
-MEMORY_CGROUP = None  # set in the zygote
+MEMORY_CGROUP = None  # where memory cgroups can be made (set in the zygote)
+ZYGOTE_CGROUP = None  # the zygote's own
 VISIBLE = None  # the host paths every sandbox shows, worked out once in the zygote
 
 
@@ -827,6 +849,13 @@ def zygote(control_fd: int) -> None:
         except ImportError:
             pass
     VISIBLE = _visible_paths()  # after the preloads, whose shared objects it includes
+    global ZYGOTE_CGROUP
+    if MEMORY_CGROUP is not None:
+        try:
+            ZYGOTE_CGROUP = join_memory_cgroup()
+        except OSError:
+            ZYGOTE_CGROUP = None
+        _oom_score(-1000)  # the kernel's OOM killer picks the program, never this (where allowed)
     import gc
 
     gc.freeze()  # what the zygote holds is never scanned again: its forks keep sharing those pages
