@@ -171,7 +171,19 @@ def test_wire_carries_plain_values_and_refuses_the_rest():
             return True
 
     assert wire.loads(wire.dumps(I(4))) == 4 and type(wire.loads(wire.dumps(I(4)))) is int
-    for bad in (object(), lambda: 1, iter([1]), [object()]):
+    assert wire.loads(wire.dumps(range(1, 9, 2))) == range(1, 9, 2)
+    it = wire.loads(wire.dumps((x * x for x in range(3))))
+    assert it != [0, 1, 4] and list(it) == [0, 1, 4]  # an iterator, as the program returned
+    with pytest.raises(wire.NotPlain):
+        wire.encode(__import__("itertools").count())  # endless: stopped at the item cap
+    class Counting:  # an iterator of its own class: its __next__ could say anything
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            raise StopIteration
+
+    for bad in (object(), lambda: 1, Counting(), [object()]):
         with pytest.raises(wire.NotPlain):
             wire.encode(bad)
     deep = []
@@ -303,6 +315,9 @@ def test_ordinary_programs_pass():
         (thread_pool, {"tests": "assert squares(200) == [x * x for x in range(200)]"}),
         (thread_pool, {"tests": "def check(c):\n    assert c(50)[-1] == 2401\n", "entry_point": "squares"}),
         ("def f():\n    return bytearray(b'ab')", {"tests": "assert f() == b'ab'"}),
+        ("def f(n):\n    return (i * i for i in range(n))\ndef g(n):\n    return map(str, range(n))\n"
+         "def h(n):\n    return range(n)", {"tests": "assert list(f(3)) == [0, 1, 4]\nassert ''.join(g(3)) == '012'\n"
+                                                     "assert h(3) == range(3)\nassert sum(f(4)) == 14"}),
         ("def f(x):\n    return {'a': (1, 2.5), 'b': {1, 2}, 'c': frozenset(), 'd': b'x', 'e': 1j}",
          {"tests": "assert f(0) == {'a': (1, 2.5), 'b': {1, 2}, 'c': frozenset(), 'd': b'x', 'e': 1j}"}),
         ("def f(x):\n    raise ValueError('no')",

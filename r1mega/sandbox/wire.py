@@ -2,7 +2,9 @@
 
 A value crosses as JSON built from its data alone: None/bool/str as themselves; ["i", digits],
 ["f", repr], ["c", re, im], ["b", hex] (bytes), ["ba", hex] (bytearray), ["q", num, den]
-(Fraction), ["D", str] (Decimal), ["l"|"t"|"s"|"fs", [items]], ["d", [[k, v], ...]].
+(Fraction), ["D", str] (Decimal), ["l"|"t"|"s"|"fs", [items]], ["d", [[k, v], ...]],
+["r", start, stop, step] (range), ["it", [items]] (a generator or builtin iterator, drained here
+within the caps and arriving as an iterator over those items).
 Subclasses of the builtin types (Counter, defaultdict, namedtuple, IntEnum, an int subclass with
 its own __eq__) are read through their base type's own C methods, so what travels is the data
 they hold, never the result of an override (__eq__, __iter__, __repr__, __sub__ ...); on the
@@ -11,7 +13,9 @@ is refused. Both directions are capped: nesting (MAX_DEPTH), total items (MAX_IT
 an int (MAX_INT_DIGITS), and set/dict keys sharing a hash (MAX_SHARED_HASH), so decoding a
 hostile value costs linear time.
 """
+import itertools
 import json
+import types
 from collections import Counter
 from decimal import Decimal
 from fractions import Fraction
@@ -26,6 +30,11 @@ class NotPlain(TypeError):
     """A value that is not plain data (or exceeds a cap) and so cannot cross."""
 
 
+_ITERATORS = (types.GeneratorType, map, filter, zip, enumerate, reversed, type(iter([])), type(iter(())),
+              type(iter("")), type(iter(range(0))), type(iter(set())), type(iter({})), type(iter({}.values())),
+              type(iter({}.items())), type(iter(b"")), itertools.chain, itertools.islice, itertools.count,
+              itertools.product, itertools.permutations, itertools.combinations, itertools.accumulate,
+              itertools.starmap, itertools.zip_longest, itertools.repeat, itertools.cycle)
 _FRACTION_NUM, _FRACTION_DEN = Fraction.__dict__["_numerator"], Fraction.__dict__["_denominator"]
 _CONTAINERS = ((list, "l", list.copy), (tuple, "t", lambda v: tuple.__getitem__(v, slice(None))),
                (set, "s", set.copy), (frozenset, "fs", frozenset.copy),
@@ -61,6 +70,15 @@ def encode(v, _budget=None, depth: int = 0):
         return ["q", int.__repr__(_FRACTION_NUM.__get__(v)), int.__repr__(_FRACTION_DEN.__get__(v))]
     if isinstance(v, Decimal):
         return ["D", Decimal.__str__(v)]
+    if t is range:
+        return ["r", int.__repr__(v.start), int.__repr__(v.stop), int.__repr__(v.step)]
+    if t in _ITERATORS:  # exact types only: a class of the program's with __next__ is not plain
+        items = []
+        for item in v:  # runs the program's generator, in its own process
+            if len(items) >= budget[0]:
+                raise NotPlain("value too large")
+            items.append(item)
+        return ["it", [encode(i, budget, depth + 1) for i in items]]
     if isinstance(v, dict):
         return ["d", [[encode(k, budget, depth + 1), encode(i, budget, depth + 1)] for k, i in dict.items(dict.copy(v))]]
     for typ, tag, plain in _CONTAINERS:
@@ -87,7 +105,7 @@ def decode(x, _budget=None, depth: int = 0):
     if not isinstance(x, list) or len(x) < 2 or not isinstance(x[0], str):
         raise ValueError("malformed value")
     tag, body = x[0], x[1]
-    if tag in ("i", "q", "D", "f", "c", "b", "ba") and not (isinstance(body, str) and all(isinstance(p, str) for p in x[2:])):
+    if tag in ("i", "q", "D", "f", "c", "b", "ba", "r") and not (isinstance(body, str) and all(isinstance(p, str) for p in x[2:])):
         raise ValueError("malformed scalar")
     if tag == "i":  # bounded here too: a process may have lifted Python's int-digits limit (quadratic parse)
         if len(body) > MAX_INT_DIGITS:
@@ -109,8 +127,14 @@ def decode(x, _budget=None, depth: int = 0):
         if len(body) > MAX_INT_DIGITS:
             raise ValueError("decimal too long")
         return Decimal(body)
+    if tag == "r":
+        if len(x) != 4 or any(len(p) > MAX_INT_DIGITS for p in x[1:]):
+            raise ValueError("malformed range")
+        return range(int(body), int(x[2]), int(x[3]))
     if not isinstance(body, list):
         raise ValueError("malformed container")
+    if tag == "it":
+        return iter([decode(i, budget, depth + 1) for i in body])
     if tag in ("l", "t", "s", "fs"):
         items = [decode(i, budget, depth + 1) for i in body]
         if tag in ("s", "fs"):
