@@ -320,7 +320,7 @@ def test_ordinary_programs_pass():
                                                      "assert h(3) == range(3)\nassert sum(f(4)) == 14"}),
         ("def f(x):\n    return {'a': (1, 2.5), 'b': {1, 2}, 'c': frozenset(), 'd': b'x', 'e': 1j}",
          {"tests": "assert f(0) == {'a': (1, 2.5), 'b': {1, 2}, 'c': frozenset(), 'd': b'x', 'e': 1j}"}),
-        ("def f(x):\n    raise ValueError('no')",
+        ("class Bad(ValueError):\n    pass\ndef f(x):\n    raise Bad('no')",
          {"tests": "try:\n    f(1)\n    raise AssertionError('no error')\nexcept ValueError:\n    pass"}),
         ("def f(xs):\n    return sorted(xs)", {"tests": "import random\nfor _ in range(20):\n"
                                                          "    xs = [random.random() for _ in range(10)]\n"

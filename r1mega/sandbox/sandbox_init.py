@@ -400,12 +400,23 @@ def _serve(glb: dict, rpc_fd: int) -> None:
             kwargs = {k: wire.decode(v) for k, v in call["k"].items()}
             out = {"v": wire.encode(glb[call["f"]](*args, **kwargs))}
         except BaseException as e:  # noqa: BLE001 - SystemExit too: that call failed, nothing more
-            out = {"e": type(e).__name__}
+            out = {"e": _builtin_base(type(e))}
         try:
             text = json.dumps(out, separators=(",", ":"))
         except BaseException as e:  # noqa: BLE001
             text = json.dumps({"e": type(e).__name__})
         _send(rpc_fd, text)
+
+
+def _builtin_base(cls) -> str:
+    """The name of the nearest builtin exception class an exception's class derives from (so a
+    program's `class NotFound(KeyError)` reaches the tests as a KeyError)."""
+    import builtins
+
+    for base in getattr(cls, "__mro__", ()):
+        if getattr(builtins, getattr(base, "__name__", ""), None) is base:
+            return base.__name__
+    return "Exception"
 
 
 class ProgramError(Exception):
