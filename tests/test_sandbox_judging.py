@@ -374,3 +374,20 @@ def test_human_eval_canonical_solutions_pass_and_stubs_fail():
     failed = [p["task_id"] for p, r in zip(problems, rewards) if r != 1.0]
     assert failed == [], failed
     assert rewards[len(problems):] == [0.0] * (2 * len(stubs))
+
+
+def test_eval_and_reject_sample_judge_the_same_way():
+    """`r1mega eval` and the rejection filter score code through the same judged path: a forgery
+    the issue found there (an object whose __sub__ gives 0.0, against HumanEval's tolerance shape)
+    is wrong in both, the honest program right."""
+    from r1mega.eval.benchmark import judge as eval_judge
+    from r1mega.generation.filters import FilterConfig, judge_sample
+
+    rec = {"id": "h", "prompt": "half", "tests": "def check(candidate):\n    assert abs(candidate(2) - 0.5) < 1e-6\n",
+           "entry_point": "f"}
+    honest = _block("def f(x):\n    return 1 / x\n")
+    forged = _block(obj("def __sub__(s, o): return 0.0", "__rsub__ = __sub__").replace("def f(*a)", "def f(x)"))
+    assert eval_judge(rec, honest)[1] is True and eval_judge(rec, forged)[1] is False
+    sample = {"sample": 0, "completion": forged, "finish_reason": "eos", "completion_tokens": 10}
+    assert judge_sample(rec, sample, FilterConfig()) == "tests_failed"
+    assert judge_sample(rec, dict(sample, completion=honest), FilterConfig()) is None
