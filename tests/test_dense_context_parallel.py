@@ -50,6 +50,7 @@ FOUR_RANKS = {
     "llama CP2 x TP2, 3 KV heads replicated unevenly": ("llama", dict(cp=2, tp=2), True),
     "qwen2 CP2 x PP2 (tied embedding across stages)": ("qwen2", dict(cp=2, pp=2, microbatches=2), True),
     "llama CP2 x DP2 causal rows": ("llama", dict(cp=2, microbatches=2), False),
+    "qwen3 CP2 x TP2+SP, q/k norms, 3 KV heads replicated unevenly": ("qwen3", dict(cp=2, tp=2, sp=True), True),
 }
 
 
