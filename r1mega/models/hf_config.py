@@ -11,15 +11,16 @@ def read_hf_config(source: "str | dict") -> tuple[dict, str]:
     """A config.json (its path, its directory, or the dict itself) -> (dict, where it came from);
     unreadable, malformed or non-object files are named."""
     if not isinstance(source, str):
-        return source, "config.json"
-    where = os.path.join(source, "config.json") if os.path.isdir(source) else source
-    try:
-        with open(where) as f:
-            hf = json.load(f)
-    except OSError as e:
-        raise ConfigError(where, f"cannot read: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(where, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+        hf, where = source, "config.json"
+    else:
+        where = os.path.join(source, "config.json") if os.path.isdir(source) else source
+        try:
+            with open(where) as f:
+                hf = json.load(f)
+        except OSError as e:
+            raise ConfigError(where, f"cannot read: {e.strerror}") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(where, f"not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(hf, dict):
         raise ConfigError(where, f"expected a JSON object of model settings, got {type(hf).__name__}")
     return hf, where
