@@ -356,3 +356,46 @@ def test_sparse_attention_by_recomputed_query_blocks(models, data, monkeypatch):
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-6)
     for k, g in results[0][1].items():
         assert (results[1][1][k] - g).abs().max() <= 1e-5 * g.abs().max() + 1e-7, k
+
+
+@pytest.mark.slow
+def test_671b_config_and_the_long_context_plan():
+    """The published V3.2 shapes: transformers' DeepseekV32Config defaults, our count equals its
+    (meta-device) parameter count; the planner adds the indexer; DSA's attention FLOPs per token stop
+    growing past top-k while dense MLA's grow linearly."""
+    import transformers
+
+    from r1mega.config import ParallelConfig
+    from r1mega.models.deepseek_v32.config import DSAConfig
+    from r1mega.models.deepseek_v32.params import attention_flops_per_token, count_params
+    from r1mega.models.deepseek_v32.plan import base_config, long_context_table
+    from r1mega.models.family import build_config
+    from r1mega.plan import plan_for
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    m = DSAConfig.from_hf(os.path.join(root, "configs", "model", "hf", "deepseek_v32_671b.json"))
+    d = transformers.DeepseekV32Config()
+    assert (m.index_n_heads, m.index_head_dim, m.index_topk) == (d.index_n_heads, d.index_head_dim, d.index_topk)
+    with torch.device("meta"):
+        hf = transformers.DeepseekV32ForCausalLM(d)
+    assert count_params(m)["total"] == sum(p.numel() for p in hf.parameters()) == 671_877_929_216
+    k = m.index_topk
+    assert attention_flops_per_token(m, k, sparse=False) < attention_flops_per_token(m, k, sparse=True)  # + indexer
+    rows = {r["seq"]: r for r in long_context_table(m)}
+    assert rows[131072]["attn_tflop_per_token_dense"] == pytest.approx(4 * rows[32768]["attn_tflop_per_token_dense"])
+    assert rows[131072]["attn_tflop_per_token_dsa"] < 0.25 * rows[131072]["attn_tflop_per_token_dense"]
+    par = dict(tp=8, pp=16, ep=64, etp=1, dp=8, cp=4, sp=True)
+    plans = [plan_for(build_config(x, ParallelConfig(**par)), 8 * 16 * 8 * 4, 1, 32768, 64, rollout_batch=64,
+                      rollout_len=32768) for x in (m, base_config(m))]
+    assert plans[0].counts["total"] == count_params(m)["total"]
+    assert plans[0].memory["weights"] > plans[1].memory["weights"]
+    assert plans[0].kv_cache["index_keys"] == pytest.approx(plans[0].kv_cache["mla_latent"] * 128 / 576)
+
+
+@pytest.mark.slow
+def test_verify_hf_command_on_v32(models):
+    """`r1mega verify-hf` on V3.2 (selection active at 32 tokens): TP2 x EP2 and TP2 x PP2."""
+    from test_students import torchrun_verify
+
+    assert torchrun_verify(4, "--hf-dir", models["sparse"][0], "--tp", "2", "--ep", "2") < 1e-4
+    assert torchrun_verify(4, "--hf-dir", models["yarn"][0], "--tp", "2", "--pp", "2", "--sp") < 1e-4
