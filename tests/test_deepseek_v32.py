@@ -138,9 +138,9 @@ def test_selection_by_query_blocks_and_documents(models, monkeypatch):
     indexer = model.layers["0"].self_attn.indexer
     q, w, k = (torch.randn(16, 2, 16, 16, generator=g), torch.randn(16, 2, 16, generator=g),
                torch.randn(16, 2, 16, generator=g))
-    picks = indexer.select(q, w, k, docs.expand(2, -1), 5)
+    picks = indexer.select(q, w, k, docs.expand(2, -1), docs.expand(2, -1), 5)
     monkeypatch.setattr(indexer_mod, "SCORE_BUDGET", 1 << 24)
-    assert all(torch.equal(x, y) for x, y in zip(picks, indexer.select(q, w, k, docs.expand(2, -1), 5)))
+    assert all(torch.equal(x, y) for x, y in zip(picks, indexer.select(q, w, k, docs.expand(2, -1), docs.expand(2, -1), 5)))
     assert not picks[1][:, :4].all() and picks[1][:, 4:9].all() and not picks[1][:, 9:13].all()
     torch.testing.assert_close(whole, apart, atol=1e-5, rtol=1e-5)
 
@@ -318,14 +318,17 @@ def test_fp8_checkpoint_round_trips_with_its_scales(tmp_path):
 
 def test_index_loss_layouts_equal_one_process(models, data):
     """The indexer's KL loss and every gradient (the indexer's from the KL, the rest from the LM
-    loss) under TP (+SP), PP and DP equal one process, in both stages."""
+    loss) under TP (+SP), PP, CP and DP equal one process, in both stages."""
     from dsa_workers import dsa_worker, evaluate_with_index_loss
 
     ids, labels = data
     cases = [(models["sparse"][0], dict(tp=2, sp=True), "sparse"), (models["sparse"][0], dict(pp=2, microbatches=2),
                                                                        "sparse"),
              (models["yarn"][0], dict(tp=2, pp=2, microbatches=2), "sparse"),
-             (models["sparse"][0], dict(tp=2), "dense_warmup")]
+             (models["sparse"][0], dict(tp=2), "dense_warmup"),
+             # context parallel: zigzag query chunks select over the whole causal prefix
+             (models["sparse"][0], dict(cp=2), "sparse"), (models["yarn"][0], dict(cp=2, tp=2), "sparse"),
+             (models["sparse"][0], dict(cp=2), "dense_warmup")]
     per_rank = run_ranks(dsa_worker, 4, cases, ids, labels)
     for i, (path, lay, stage) in enumerate(cases):
         ref = evaluate_with_index_loss(path, {}, 1, stage, ids, labels)
