@@ -7,8 +7,9 @@ per key) on one sequence, run both ways in the same process on the same weights:
 over every preceding key (as V3, and as V3.2's dense warm-up), `DSA` selects each query's top-k
 keys with the indexer (by query blocks) and attends to those only. Past top-k, DSA's attention
 (O(s k)) stops growing per token while dense MLA's (O(s^2)) grows linearly; what still grows under
-DSA is the indexer's scoring (O(s^2) too, but ~17x cheaper per key). Timings on a shared CPU are
-noisy; the ratios within one run are what to read. Median of --repeats runs.
+DSA is the indexer's scoring (O(s^2) too, ~17x fewer multiply-adds per key; DeepSeek runs it in
+FP8), shown in its own column (timed alone) with the rest ("DSA attention") beside it. Timings on a
+shared CPU are noisy; the ratios within one run are what to read. Median of --repeats runs.
 """
 from __future__ import annotations
 
@@ -53,6 +54,21 @@ def timed(attn, rope, x, dense: bool, backward: bool, repeats: int) -> float:
     return statistics.median(runs)
 
 
+def indexer_time(attn, rope, x, repeats: int) -> float:
+    """Seconds of the indexer alone (queries, keys, blockwise top-k) on the same inputs."""
+    cos, sin = rope.cos_sin(torch.arange(x.shape[0]))
+    runs = []
+    with torch.no_grad():
+        q_in, _, _ = attn.project_latents(x, rope, cos, sin)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            k = attn.indexer.keys(x, cos, sin)
+            q, w = attn.indexer.queries(q_in, x, cos, sin)
+            attn.indexer.select(q, w, k, None, None, attn.indexer.topk)
+            runs.append(time.perf_counter() - t0)
+    return statistics.median(runs)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
@@ -63,13 +79,15 @@ def main(argv=None) -> None:
     attn, rope, cfg = layer(args.topk)
     print(f"one attention layer, top-k {args.topk}, {'forward+backward' if args.backward else 'forward'}, "
           f"{torch.get_num_threads()} threads")
-    print(f"{'tokens':>8} {'dense us/token':>15} {'DSA us/token':>13} {'dense/DSA':>10}")
+    print(f"{'tokens':>8} {'dense us/token':>15} {'DSA us/token':>13} {'of which indexer':>17} "
+          f"{'DSA attention':>14} {'dense/DSA':>10}")
     for s in args.lengths:
         x = torch.randn(s, 1, cfg.hidden_size, generator=torch.Generator().manual_seed(s),
                         requires_grad=args.backward)
         dense = timed(attn, rope, x, True, args.backward, args.repeats) / s * 1e6
         sparse = timed(attn, rope, x, False, args.backward, args.repeats) / s * 1e6
-        print(f"{s:>8} {dense:>15.1f} {sparse:>13.1f} {dense / sparse:>10.2f}")
+        index = indexer_time(attn, rope, x.detach(), args.repeats) / s * 1e6 if s > args.topk else 0.0
+        print(f"{s:>8} {dense:>15.1f} {sparse:>13.1f} {index:>17.1f} {sparse - index:>14.1f} {dense / sparse:>10.2f}")
 
 
 if __name__ == "__main__":

@@ -397,8 +397,9 @@ def test_671b_config_and_the_long_context_plan():
 
 @pytest.mark.slow
 def test_verify_hf_command_on_v32(models):
-    """`r1mega verify-hf` on V3.2 (selection active at 32 tokens): TP2 x EP2 and TP2 x PP2."""
+    """`r1mega verify-hf` on V3.2 (selection active at 32 tokens): TP2 x EP2, TP2+SP x PP2, CP2 x TP2."""
     from test_students import torchrun_verify
 
     assert torchrun_verify(4, "--hf-dir", models["sparse"][0], "--tp", "2", "--ep", "2") < 1e-4
     assert torchrun_verify(4, "--hf-dir", models["yarn"][0], "--tp", "2", "--pp", "2", "--sp") < 1e-4
+    assert torchrun_verify(4, "--hf-dir", models["sparse"][0], "--cp", "2", "--tp", "2") < 1e-4
