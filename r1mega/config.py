@@ -197,6 +197,18 @@ class ParallelConfig:
     def expert_tp(self) -> int:
         return self.tp if self.etp is None else self.etp
 
+    @property
+    def sequence_divisor(self) -> int:
+        """What every sequence length must be a multiple of: 2 x cp zigzag chunks (cp > 1), each
+        cp rank's tokens split again over tp under SP. Validation, verify-hf, the planner and
+        GRPO's row padding all ask this one rule."""
+        return (2 * self.cp if self.cp > 1 else 1) * (self.tp if self.sp and self.tp > 1 else 1)
+
+    def sequence_divisor_text(self) -> str:
+        """How sequence_divisor is made up, for error messages."""
+        parts = (["2 x cp"] if self.cp > 1 else []) + (["tp (sequence parallel)"] if self.sp and self.tp > 1 else [])
+        return f"{' x '.join(parts)} = {self.sequence_divisor}"
+
 
 @dataclass
 class DataConfig:
@@ -207,6 +219,8 @@ class DataConfig:
     paths: list[str] = field(default_factory=list)
     weights: Optional[list[float]] = None  # blending weights for `paths` (pretrain)
     tokenizer: Optional[str] = None  # tokenizer.json / directory / sentencepiece .model
+    # sft: how a chat record becomes tokens: auto | model | r1 | raw (r1mega/data/sft.py)
+    sft_template: str = "auto"
     # "arithmetic": build the corpus, tokenizer and indexed files under cache_dir when missing
     synthetic: Optional[str] = None
     synthetic_docs: int = 2000
@@ -389,15 +403,18 @@ class RLConfig:
     routing_replay: bool = False
     rewards: list[str] = field(default_factory=lambda: ["accuracy", "format"])
     language: Optional[str] = None  # target language for the language-consistency reward (default en)
+    # final answer when there is neither <answer> nor \boxed after the thought (r1mega/judge/answers.py)
+    answer_fallback: str = "auto"  # auto ("A:" line, else last number) | a_colon | last_number | none
     # prompt datasets: JSONL files, one problem per line (see r1mega/data/prompts.py); empty: data.synthetic
     prompts: list[str] = field(default_factory=list)
-    template: str = "raw"  # r1_zero | chat | raw
+    template: str = "raw"  # r1_zero | chat | chat_think | raw (r1mega/data/templates.py)
     log_rollouts: int = 4  # sample rollouts appended to <run_dir>/rollouts.jsonl per step
+    log_rollouts_every: int = 10  # steps between wandb tables of those rollouts (train.wandb; 0: none)
     # run code rewards without the isolated sandbox where it cannot be set up (only for trusted code)
     unsafe_code_sandbox: bool = False
 
 
-RL_TEMPLATES = ("r1_zero", "chat", "raw")
+RL_TEMPLATES = ("r1_zero", "chat", "chat_think", "raw")
 RL_LOSS_NORMS = ("sequence", "token", "constant")
 
 
@@ -445,7 +462,11 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False) -> "Conf
     need(len(rl.rewards) > 0, "rl.rewards", "no reward function given")
     unknown = [n for n in rl.rewards if n not in REWARDS]
     need(not unknown, "rl.rewards", f"unknown reward(s) {unknown}; choose from {sorted(REWARDS)}")
-    need(rl.language in (None, "en", "zh"), "rl.language", f"expected en or zh, got {rl.language!r}")
+    from r1mega.judge import FALLBACKS, LANGUAGES
+
+    need(rl.language in (None, *LANGUAGES), "rl.language", f"expected one of {LANGUAGES}, got {rl.language!r}")
+    need(rl.answer_fallback in FALLBACKS, "rl.answer_fallback", f"expected one of {FALLBACKS}, got {rl.answer_fallback!r}")
+    need(rl.log_rollouts_every >= 0, "rl.log_rollouts_every", f"must be >= 0, got {rl.log_rollouts_every}")
     need(rl.template in RL_TEMPLATES, "rl.template", f"expected one of {RL_TEMPLATES}, got {rl.template!r}")
     need(rl.log_rollouts >= 0, "rl.log_rollouts", f"must be >= 0, got {rl.log_rollouts}")
     need(bool(rl.prompts) or cfg.data.synthetic is not None, "rl.prompts",
@@ -457,7 +478,7 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False) -> "Conf
          "makes one from a Hugging Face model directory)")
     need(not rl.prompts or cfg.data.tokenizer is not None or cfg.train.load is not None, "data.tokenizer",
          "rl.prompts needs a tokenizer: data.tokenizer=DIR (or train.load=CKPT holding tokenizer.json)")
-    need(rl.template != "chat" or bool(rl.prompts), "rl.template",
+    need(rl.template not in ("chat", "chat_think") or bool(rl.prompts), "rl.template",
          "the chat template needs rl.prompts and a tokenizer with a chat_template")
     need(cfg.train.virtual_stages == 1, "train.virtual_stages",
          "GRPO generates on one model chunk per pipeline rank")
@@ -703,6 +724,15 @@ def validate(cfg: Config, world_size: int) -> Config:
     return cfg
 
 
+def validate_sequence_split(cfg: Config) -> None:
+    """data.seq_length must split into the layout's context-/sequence-parallel pieces (the dry run
+    asks this too, so it never plans a length the run refuses)."""
+    par, n = cfg.parallel, cfg.data.seq_length
+    _need(n % par.sequence_divisor == 0, "data.seq_length",
+          f"{'context' if par.cp > 1 else 'sequence'} parallel needs seq_length {n} divisible by "
+          f"{par.sequence_divisor_text()}")
+
+
 def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> Config:
     """validate() plus the batch / schedule / data / optimizer rules of a training run.
     needs_data=False: GRPO, whose data are rl.prompts (see validate_rl)."""
@@ -757,14 +787,7 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
     per_step = par.dp * d.micro_batch_size
     need(d.global_batch_size % per_step == 0, "data.global_batch_size",
          f"{d.global_batch_size} is not a multiple of dp x micro_batch_size = {par.dp} x {d.micro_batch_size}")
-    if par.sp and tp > 1:
-        need(d.seq_length % tp == 0, "data.seq_length",
-             f"sequence parallel needs seq_length {d.seq_length} divisible by tp={tp}")
-    if par.cp > 1:
-        unit = 2 * par.cp * (tp if par.sp and tp > 1 else 1)
-        need(d.seq_length % unit == 0, "data.seq_length",
-             f"context parallel needs seq_length {d.seq_length} divisible by 2 x cp"
-             f"{' x tp (sequence parallel)' if unit != 2 * par.cp else ''} = {unit}")
+    validate_sequence_split(cfg)
     if t.schedule == "interleaved" and pp > 1:
         micro = d.global_batch_size // per_step
         need(micro % pp == 0, "data.global_batch_size",

@@ -53,7 +53,7 @@ def _data(cfg: Config, kind: str):
         check_fits(tok, vocab)
     if kind == "pretrain":
         return PretrainData(d.paths, d.weights, d.seq_length, cfg.seed, vocab)
-    return SFTData(d.paths[0], tok, d.seq_length, cfg.seed)
+    return SFTData(d.paths[0], tok, d.seq_length, cfg.seed, d.sft_template)
 
 
 def _batch(data, kind: str, first: int, size: int) -> dict:
