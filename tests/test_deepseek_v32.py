@@ -146,12 +146,25 @@ def test_selection_by_query_blocks_and_documents(models, monkeypatch):
 
 
 def test_cached_decode_equals_full_forward(models):
+    """Greedy decoding with the indexer's keys cached (paged cache of continuous batching, and the
+    static cache of the reference engine) equals full re-forwards; prompts + 5 tokens > top-k, so
+    decoding steps select."""
+    from r1mega.inference.generate import GenerationConfig, generate_static
+    from student_workers import build
+
     for kind in ("sparse", "yarn"):
         res = decode(models[kind][0], {}, 1)
         assert torch.equal(res["cached"], res["full"]), kind
         assert res["cached"].shape == (len(PROMPTS), 8 + 5)
         cfg = family_for_hf(models[kind][0])[1]
         assert res["values_per_token"] == cfg.kv_lora_rank + cfg.qk_rope_head_dim + cfg.index_head_dim
+        _, chunks, ps, _, _ = build(models[kind][0], {}, 1)
+        with torch.no_grad():
+            for p in chunks.parameters():
+                if p.dim() > 1:
+                    p.mul_(3)  # as decode() does
+        static = generate_static(chunks, ps, PROMPTS, GenerationConfig(max_new_tokens=5, temperature=0.0))
+        assert torch.equal(static.tokens, res["full"]), kind
 
 
 def test_parameter_count_equals_transformers(models):

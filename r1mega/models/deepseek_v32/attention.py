@@ -99,7 +99,7 @@ class DSAttention(MLA):
         """A decoding step: the indexer scores every cached token; past index_topk the absorbed
         attention reads only the top-k slots."""
         keys = cache.store_index(ik)  # [b, L, d]
-        allowed = cache.owner.mask(q_in.shape[0])  # [b, s, L]
+        allowed = cache.decode_mask(q_in.shape[0])  # [b, s, L]
         if not self.dense and keys.shape[1] > self.indexer.topk:
             iq, iw = self.indexer.queries(q_in, x_all, cos, sin)
             score = Indexer.scores(iq.transpose(0, 1), iw.transpose(0, 1), keys)
