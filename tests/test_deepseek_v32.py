@@ -416,3 +416,23 @@ def test_verify_hf_command_on_v32(models):
     assert torchrun_verify(4, "--hf-dir", models["sparse"][0], "--tp", "2", "--ep", "2") < 1e-4
     assert torchrun_verify(4, "--hf-dir", models["yarn"][0], "--tp", "2", "--pp", "2", "--sp") < 1e-4
     assert torchrun_verify(4, "--hf-dir", models["sparse"][0], "--cp", "2", "--tp", "2") < 1e-4
+
+
+def test_full_recompute_with_the_index_loss(models, data):
+    """train.recompute=full re-runs each DSA layer in backward: same gradients, the KL counted once."""
+    from r1mega.parallel.recompute import set_recompute
+
+    ids, labels = data
+    runs = []
+    for mode in ("none", "full"):
+        family, model = one_process(models["sparse"][0])
+        model.train()
+        set_recompute(model, mode)
+        attns = [m for m in model.modules() if hasattr(m, "indexer")]
+        for m in attns:
+            m.index_loss_scale = 0.5
+        model(ids, labels=labels).token_loss.sum().backward()
+        runs.append((sum(m.index_loss_sum for m in attns), family.gather_full(model, grads=True)))
+    torch.testing.assert_close(runs[1][0], runs[0][0], atol=0, rtol=1e-6)
+    for k, g in runs[0][1].items():
+        torch.testing.assert_close(runs[1][1][k], g, atol=1e-6, rtol=1e-5, msg=k)

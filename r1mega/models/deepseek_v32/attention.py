@@ -7,7 +7,7 @@ the top-k tokens MLA attends to.
               cached prefix and the absorbed attention reads only the selected slots
 The indexer reads detached inputs; with `index_loss_scale` > 0 in training its KL loss
 (index_loss.py) rides on the attention output into backward, like MoE's balance loss, wherever the
-layer sits in the pipeline.
+layer sits in the pipeline, and is counted for logging in that backward.
 """
 from __future__ import annotations
 
@@ -16,13 +16,32 @@ from typing import Optional
 import torch
 
 from r1mega.models.deepseek_v3.attention import MLA
-from r1mega.models.deepseek_v3.moe import _AttachAuxLoss
 from r1mega.models.deepseek_v32.index_loss import index_kl_loss
 from r1mega.models.deepseek_v32.indexer import Indexer, top_keys
 from r1mega.models.deepseek_v32.sparse_mla import absorbed_queries, sparse_mla
 from r1mega.parallel.context_parallel import ContextParallelAttention, gather_sequence
 from r1mega.parallel.recompute import recomputed
 from r1mega.parallel.tensor_parallel import enter_tp_region, leave_tp_region
+
+
+class _AttachIndexLoss(torch.autograd.Function):
+    """Return `out` unchanged; in backward give the indexer loss `kl` the gradient `weight`, and
+    count it into its layer's `index_loss_sum` there: backward runs once per microbatch, also when
+    full-layer recompute runs the forward twice."""
+
+    @staticmethod
+    def forward(ctx, out, kl, weight: float, layer):
+        ctx.save_for_backward(kl)
+        ctx.weight, ctx.layer = weight, layer
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (kl,) = ctx.saved_tensors
+        total = kl.detach()
+        layer = ctx.layer
+        layer.index_loss_sum = total if layer.index_loss_sum is None else layer.index_loss_sum + total
+        return grad, torch.full_like(kl, ctx.weight), None, None
 
 
 class DSAttention(MLA):
@@ -88,11 +107,8 @@ class DSAttention(MLA):
                 latent = torch.cat([c, k_rope], -1).transpose(0, 1)
             kl = index_kl_loss(query, latent, iq.transpose(0, 1), iw.transpose(0, 1), ik.transpose(0, 1), sel, valid,
                                docs_q, docs_k, self.scale, self.ps.g("tp"), positions)
-            if not getattr(self, "recomputing", False):
-                total = kl.detach()
-                self.index_loss_sum = total if self.index_loss_sum is None else self.index_loss_sum + total
             # every TP rank computes the whole loss; 1/tp each, summed by the indexer's region reduction
-            out = _AttachAuxLoss.apply(out, kl * (self.index_loss_scale / self.ps.tp))
+            out = _AttachIndexLoss.apply(out, kl, self.index_loss_scale / self.ps.tp, self)
         return out
 
     def _decode(self, q_in, c, k_rope, x_all, ik, rope, cos, sin, cache):
