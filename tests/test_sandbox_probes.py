@@ -1,0 +1,94 @@
+"""Hostile probes of the judged code sandbox that once forged a pass (each was 1.0 before its fix).
+
+Wrong programs must score 0 and their correct twins 1, through the trainer's path (judge /
+code_reward). See README "Code-reward sandbox" for the layer that stops each.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from r1mega.sandbox import isolation as sandbox
+
+pytestmark = pytest.mark.skipif(sandbox.isolation_problem() is not None,
+                                reason=f"no isolated sandbox here: {sandbox.isolation_problem()}")
+
+ALWAYS_EQUAL = "class A:\n    def __eq__(self, o):\n        return True\n    __hash__ = object.__hash__\n"
+
+# (name, wrong program, its correct twin, tests, entry point)
+FORGERIES = [
+    # a program's StopIteration ended the tests' map() early: all(...) of nothing is True
+    ("stop_iteration_in_map", "def f(x):\n    raise StopIteration\n", "def f(x):\n    return x + 1\n",
+     "assert all(map(lambda c: f(c[0]) == c[1], [(1, 2), (2, 3)]))", None),
+    ("stop_iteration_in_zip_loop", "def f(x):\n    raise StopIteration\n", "def f(x):\n    return x + 1\n",
+     "for x, y in zip([1, 2], map(f, [1, 2])):\n    assert y == x + 1\n", None),
+    ("stop_async_iteration", "def f(x):\n    raise StopAsyncIteration\n", "def f(x):\n    return x + 1\n",
+     "assert all(map(lambda c: f(c[0]) == c[1], [(1, 2), (2, 3)]))", None),
+    # an exception class whose metaclass lies about its __mro__ (reaches the tests as StopIteration)
+    ("lying_mro", "class M(type):\n    @property\n    def __mro__(cls):\n        return (StopIteration,)\n"
+     "class E(Exception, metaclass=M):\n    pass\ndef f(x):\n    raise E()\n", "def f(x):\n    return x + 1\n",
+     "assert all(map(lambda c: f(c[0]) == c[1], [(1, 2), (2, 3)]))", None),
+    # a returned value nested to the cap, wrapped by the tests, forced the in-process fallback
+    ("fallback_forced_by_depth",
+     "def parse(s):\n    v = 0\n    for _ in range(100):\n        v = [v]\n    return v\n" + ALWAYS_EQUAL
+     + "def total(xs):\n    return A()\n",
+     "def parse(s):\n    return int(s)\ndef total(xs):\n    return sum(xs)\n",
+     "assert total([parse(s) for s in ['1', '2']]) == 3", None),
+    # a returned dict whose .values() the tests pass on forced the fallback
+    ("fallback_forced_by_dict_values", "def parse(s):\n    return {'a': 1}\n" + ALWAYS_EQUAL
+     + "def total(xs):\n    return A()\n",
+     "def parse(s):\n    return {'a': 1, 'b': 2}\ndef total(xs):\n    return sum(xs)\n",
+     "assert total(parse('x').values()) == 3", None),
+    # an entry point named like a builtin made the tests' own len() the program's
+    ("entry_point_shadows_builtin", "def len(x):\n    return 99\n",
+     "def len(x):\n    n = 0\n    for _ in x:\n        n += 1\n    return n\n",
+     "def check(candidate):\n    assert candidate('abc') == len('abc')\n    assert candidate([]) == len([])\n", "len"),
+]
+
+
+@pytest.mark.parametrize("name, wrong, right, tests, entry", FORGERIES, ids=[f[0] for f in FORGERIES])
+def test_forgery_scores_zero(name, wrong, right, tests, entry):
+    bad = sandbox.judge(wrong, tests, entry)
+    assert not bad.ok, (name, bad)
+    good = sandbox.judge(right, tests, entry)
+    assert good.ok, (name, good)
+
+
+def test_tests_own_callables_and_objects_still_run():
+    """Tests that pass the program a lambda or their own object still run (in its interpreter)."""
+    code = "def apply(g, x):\n    return g(x)\ndef area(p):\n    return p.w * p.h\n"
+    tests = ("assert apply(lambda v: v * 2, 3) == 6\nassert apply(len, 'ab') == 2\n"
+             "class P:\n    w, h = 2, 3\nassert area(P()) == 6\n")
+    assert sandbox.judge(code, tests).ok
+    assert not sandbox.judge(code.replace("g(x)", "g(x) + 1"), tests).ok
+
+
+def test_builtin_named_entry_point_through_code_reward():
+    from r1mega.rl.rewards import code_reward
+
+    sample = {"tests": "def check(candidate):\n    assert candidate([3, 1, 2]) == max([3, 1, 2])\n", "entry_point": "max"}
+    wrong = "<think>x</think>\n```python\ndef max(xs):\n    return -1\n```"
+    right = "<think>x</think>\n```python\ndef max(xs):\n    best = xs[0]\n    for v in xs:\n        best = v if v > best else best\n    return best\n```"
+    assert code_reward(wrong, sample) == 0.0
+    assert code_reward(right, sample) == 1.0
+
+
+PLAIN_USER = """
+import sys
+from r1mega.sandbox import isolation as sandbox
+from tests.test_sandbox_probes import FORGERIES
+assert sandbox.isolation_problem() is None, sandbox.isolation_problem()
+print(sum(sandbox.judge(w, t, e).ok for _, w, _, t, e in FORGERIES),
+      sum(sandbox.judge(r, t, e).ok for _, _, r, t, e in FORGERIES))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/unshare"), reason="needs root and util-linux unshare")
+def test_forgeries_as_a_plain_user():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    p = subprocess.run(["unshare", "--user", "--map-user=1000", "--map-group=1000", sys.executable, "-c", PLAIN_USER],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=root)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["0", str(len(FORGERIES))], p.stdout
