@@ -44,6 +44,9 @@ FORGERIES = [
     ("entry_point_shadows_builtin", "def len(x):\n    return 99\n",
      "def len(x):\n    n = 0\n    for _ in x:\n        n += 1\n    return n\n",
      "def check(candidate):\n    assert candidate('abc') == len('abc')\n    assert candidate([]) == len([])\n", "len"),
+    # tests holding a reference solution under the entry point's name tested themselves
+    ("entry_point_bound_by_the_tests", "def f(x):\n    return 0\n", "def f(x):\n    return x + 1\n",
+     "def f(x):\n    return x + 1\ndef check(candidate):\n    for i in range(3):\n        assert candidate(i) == f(i)\n", "f"),
 ]
 
 
@@ -62,6 +65,13 @@ def test_tests_own_callables_and_objects_still_run():
              "class P:\n    w, h = 2, 3\nassert area(P()) == 6\n")
     assert sandbox.judge(code, tests).ok
     assert not sandbox.judge(code.replace("g(x)", "g(x) + 1"), tests).ok
+
+
+def test_check_parameter_named_like_the_entry_point():
+    """`def check(f)` with entry point f: check gets the program's f (it was a NameError, a false negative)."""
+    tests = "def check(f):\n    assert f(1) == 2\n"
+    assert sandbox.judge("def f(x):\n    return x + 1\n", tests, "f").ok
+    assert not sandbox.judge("def f(x):\n    return x\n", tests, "f").ok
 
 
 def test_builtin_named_entry_point_through_code_reward():

@@ -70,15 +70,21 @@ def plan(tests: str, entry_point: Optional[str] = None) -> Union[Plan, str]:
     """The judged form of `tests`, or why they cannot run at all (a string)."""
     if entry_point is not None and not entry_point.isidentifier():
         return f"entry_point {entry_point!r} is not a name"
-    # an entry point named like a builtin (`def max`) reaches check() under an alias: the tests'
-    # own max() stays the builtin, so a program cannot change the expected values they compute
-    aliases = {ENTRY_ALIAS: entry_point} if entry_point and hasattr(builtins, entry_point) else {}
-    script = f"{tests}\n\ncheck({ENTRY_ALIAS if aliases else entry_point})\n" if entry_point else tests
     try:
-        tree = ast.parse(script)
+        tree = ast.parse(tests)
     except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
         return f"the tests do not parse ({type(e).__name__})"
     bound, imported = _bound_names(tree)
+    # an entry point named like a builtin (`def max`) or like a name the tests bind themselves (a
+    # reference solution, check's parameter) reaches check() under an alias: the tests' own max()
+    # or reference stays theirs, so a program cannot change the values they compare against
+    aliased = bool(entry_point) and (hasattr(builtins, entry_point) or entry_point in bound)
+    aliases = {ENTRY_ALIAS: entry_point} if aliased else {}
+    if entry_point:
+        script = f"{tests}\n\ncheck({ENTRY_ALIAS if aliased else entry_point})\n"
+        tree = ast.parse(script)
+    else:
+        script = tests
     used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
     free = used - bound - {"__name__", "__file__", "__builtins__"}
     free = {n for n in free if not hasattr(builtins, n)}  # a builtin name is the builtin (a program's `def abs` never is)
