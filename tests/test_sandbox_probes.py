@@ -74,6 +74,14 @@ def test_check_parameter_named_like_the_entry_point():
     assert not sandbox.judge("def f(x):\n    return x\n", tests, "f").ok
 
 
+def test_builtin_named_entry_point_in_the_fallback():
+    """Tests that pass a lambda run in the program's interpreter: check() runs once, on the
+    program's map, while the tests' own map() stays the builtin."""
+    tests = "def check(candidate):\n    assert candidate(lambda v: v + 1, [1]) == [2]\n    assert list(map(str, [1])) == ['1']\n"
+    assert sandbox.judge("def map(g, xs):\n    return [g(x) for x in xs]\n", tests, "map").ok
+    assert not sandbox.judge("def map(g, xs):\n    return [g(x) + 1 for x in xs]\n", tests, "map").ok
+
+
 def test_builtin_named_entry_point_through_code_reward():
     from r1mega.rl.rewards import code_reward
 

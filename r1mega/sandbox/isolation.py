@@ -172,7 +172,8 @@ def _judged(job: Job, isolate: bool) -> SandboxResult:
     if res is not None:
         return res
     restore = {"names": plan.proxies, "aliases": plan.aliases, "modules": plan.modules + plan.imported}
-    return _run(replace(job, tests=plan.script, judged=False), isolate, extra={"restore": restore})
+    return _run(replace(job, tests=plan.script, judged=False, entry_point=None), isolate,  # the script has check() already
+                extra={"restore": restore})
 
 
 def _run_pair(job: Job, plan: "code_tests.Plan", isolate: bool) -> Optional[SandboxResult]:
