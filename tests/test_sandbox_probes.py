@@ -110,3 +110,13 @@ def test_forgeries_as_a_plain_user():
                        capture_output=True, text=True, timeout=300, env=env, cwd=root)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["0", str(len(FORGERIES))], p.stdout
+
+
+def test_thread_pool_of_32_workers_fits():
+    """ThreadPoolExecutor()'s default on a machine with 28+ CPUs is 32 threads: glibc's per-thread
+    malloc arenas (64 MiB of address space each) exhausted the 512 MiB cap after ~12 (a false negative)."""
+    code = ("import time\nfrom concurrent.futures import ThreadPoolExecutor\n"
+            "def squares(n):\n    def sq(i):\n        time.sleep(0.05)\n        return [i * i] * 100\n"
+            "    with ThreadPoolExecutor(32) as pool:\n        return [v[0] for v in pool.map(sq, range(n))]\n")
+    r = sandbox.judge(code, "assert squares(64) == [i * i for i in range(64)]")
+    assert r.ok, r

@@ -43,6 +43,7 @@ OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC, MOVE_MOUNT_F_EMPTY_PATH, AT_FDCWD = 1, 0o200
 SYSTEM_LIB_LINKS = ("/lib", "/lib64", "/lib32", "/libx32")
 DEVICES = ("null", "zero", "random", "urandom")
 THREAD_STACK = 4 << 20
+M_ARENA_MAX = -8  # mallopt(): how many malloc arenas threads may spread over
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -300,6 +301,9 @@ def set_limits(lim: dict) -> None:
 
     # threads get THREAD_STACK, not the main thread's 64 MiB, so a default thread pool fits the address space
     _thread.stack_size(THREAD_STACK)
+    # glibc gives each new thread that allocates an arena reserving 64 MiB of address space (up to
+    # 8 per CPU): 20 threads would exhaust the cap above before their stacks do
+    libc.mallopt(M_ARENA_MAX, 2)
 
 
 def drop_capabilities() -> None:
