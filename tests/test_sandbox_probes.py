@@ -120,3 +120,16 @@ def test_thread_pool_of_32_workers_fits():
             "    with ThreadPoolExecutor(32) as pool:\n        return [v[0] for v in pool.map(sq, range(n))]\n")
     r = sandbox.judge(code, "assert squares(64) == [i * i for i in range(64)]")
     assert r.ok, r
+
+
+def test_eval_and_reject_sample_refuse_the_forgeries():
+    """The same wrong programs through `r1mega eval`'s judge and the rejection filter."""
+    from r1mega.eval.benchmark import judge as eval_judge
+    from r1mega.generation.filters import FilterConfig, judge_sample
+
+    for name, wrong, right, tests, entry in FORGERIES[:1] + FORGERIES[-2:]:
+        rec = {"id": name, "prompt": "p", "tests": tests, **({"entry_point": entry} if entry else {})}
+        block = lambda c: f"<think>ok</think>\n```python\n{c}```"  # noqa: E731
+        assert eval_judge(rec, block(wrong))[1] is False and eval_judge(rec, block(right))[1] is True, name
+        sample = {"sample": 0, "completion": block(wrong), "finish_reason": "eos", "completion_tokens": 10}
+        assert judge_sample(rec, sample, FilterConfig()) == "tests_failed", name
