@@ -72,7 +72,10 @@ def to_train_batch(r: Rollout, keep: torch.Tensor, multiple: int = 1) -> TrainBa
     ids, n = r.tokens, r.tokens.shape[1] - 1
     docs = documents_from_pad(r.pad, n)
     B = ids.shape[0]
-    seq = torch.where(docs == 0, torch.arange(B, device=ids.device)[:, None], torch.full_like(docs, -1))
+    first, end = sequence_spans(r)
+    cols = torch.arange(n, device=ids.device)[None, :]
+    inside = (cols >= first[:, None]) & (cols < end[:, None])  # columns after the last sample hold no token
+    seq = torch.where(inside, torch.arange(B, device=ids.device)[:, None], torch.full_like(docs, -1))
     batch = TrainBatch(ids[:, :-1], ids[:, 1:], r.completion_mask[:, 1:] & keep[:, None], r.position_ids[:, :-1],
                        docs, r.logprobs[:, 1:], {k: v[:n] for k, v in r.routing.items()} or None, seq,
                        r.completion_mask[:, 1:].clone(), B)
