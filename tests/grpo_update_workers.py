@@ -91,3 +91,58 @@ def update_parity_worker(rank: int, world: int, par: dict, rl_options: dict, mic
         for p in chunks.parameters():
             p.grad = None
     return out
+
+
+def vocab_parallel_scores_worker(rank: int, world: int) -> dict:
+    """Log-probs and entropy from TP2 vocab shards, over the whole vocabulary and over a support,
+    with their gradients (each rank: its shard's)."""
+    from r1mega.rl.policy_scores import sampler_support, scores, support_with_targets
+
+    cfg, _, ps = model(dict(tp=2), world, seed=1)
+    g = torch.Generator().manual_seed(0)
+    full = torch.randn(6, 32, generator=g) * 2
+    target = torch.tensor([0, 5, 17, 31, 16, 3])
+    shard = full[:, rank * 16:(rank + 1) * 16].clone().requires_grad_(True)
+    out = {}
+    for name, keep in (("all", None), ("support", sampler_support(shard.detach(), ps, 0.8, 6))):
+        if keep is not None:
+            keep = support_with_targets(keep, target, ps)
+            out["keep"] = keep
+        logp, ent = scores(shard, target, ps, keep, entropy=True)
+        (logp.sum() + 0.5 * ent.sum()).backward()
+        out[name] = (logp.detach(), ent.detach(), shard.grad.clone())
+        shard.grad = None
+    return out
+
+
+def dynamic_sampling_worker(rank: int, world: int) -> dict:
+    """DP2: rank 0's first draw already has every group informative, rank 1's has none; both must
+    draw again together (rank 1's second draw has what it needs)."""
+    from r1mega.rl.dynamic_sampling import draw_until_informative
+
+    _, _, ps = model({}, world, seed=1)
+    calls = []
+
+    def draw(n):
+        calls.append(n)
+        return fake_scored([1.0, 0.0, 1.0, 0.0] if rank == 1 else [1.0, 1.0, 0.0, 0.0], offset=10 * n)
+
+    first = fake_scored([1.0, 0.0, 0.0, 1.0] if rank == 0 else [1.0, 1.0, 0.0, 0.0], offset=0)
+    scored, counts = draw_until_informative(first, draw, 2, 3, ps, torch.device("cpu"))
+    return {"calls": calls, "counts": counts, "rewards": scored.rewards, "tokens": scored.rollout.tokens}
+
+
+def fake_scored(rewards: list[float], offset: int, prompt_len: int = 3, new: int = 2):
+    """A ScoredRollout of len(rewards) sequences whose tokens name the sequence (offset + row)."""
+    from r1mega.inference.generate import Rollout
+    from r1mega.rl.grpo import ScoredRollout
+
+    B = len(rewards)
+    tokens = torch.tensor([[offset + b] * (prompt_len + new) for b in range(B)])
+    mask = torch.zeros(B, prompt_len + new, dtype=torch.bool)
+    mask[:, prompt_len:] = True
+    routing = {0: torch.full((prompt_len + new, B, 2), offset)}
+    rollout = Rollout(tokens, prompt_len, torch.zeros(B, dtype=torch.long), mask, mask.float() * -1.0, routing)
+    return ScoredRollout(rollout, [{"id": offset + b} for b in range(B)], [None] * B, [f"r{offset + b}" for b in range(B)],
+                         [{"accuracy": r} for r in rewards], torch.tensor(rewards, dtype=torch.float64),
+                         torch.zeros(B, dtype=torch.bool), new)
