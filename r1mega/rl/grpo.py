@@ -3,15 +3,19 @@
     for each rollout (on every rank of any TP/PP/EP/DP layout):
         problems   = the next prompts_per_step x minibatches questions (this DP rank's share)
         rollout    = G samples per question, generated in inference mode on the training shards
+                     (rl.dynamic_sampling: more prompts until every group's rewards differ, DAPO)
         rewards    = rule-based rewards per output (+ DAPO overlong shaping)
         advantages = group-normalised (0 for all-equal groups; Dr.GRPO: no std)
+        rows       = each minibatch's sequences packed whole into rows (rl.packed_update; or left-padded)
         old, ref   = log-probs of the sampled tokens by the trainer (kept for every minibatch) and
                      by the reference policy (its own routing); the sampler/trainer gap is logged
+                     (rl.keep_sampling_mask: over the sampler's top-p/top-k support, kept from here on)
         (train.fp8: the trainer's forwards -- old log-probs and the update -- run in FP8; sampling
                      and the reference stay in train.dtype, as rollout engines serve bf16 weights)
-        for each of the `minibatches` blocks of whole groups (the data order is shuffled): one
-                     clipped-surrogate (+TIS) + k3-KL optimizer step on the rollout's old log-probs;
-                     the reference is refreshed every rl.ref_refresh_steps steps
+        for each of rl.updates_per_rollout epochs, for each of the `minibatches` blocks of whole
+                     groups (the data order is shuffled): one clipped-surrogate (+TIS) + KL (+entropy)
+                     optimizer step on the rollout's old log-probs; the reference is refreshed every
+                     rl.ref_refresh_steps steps
 A step is one optimizer step; checkpoints hold the policy, optimizer, the prompt position and the
 reference policy, so a restart continues where the last checkpoint was (a checkpoint taken inside a
 rollout resumes with the next rollout: choose train.save_interval as a multiple of rl.minibatches to
