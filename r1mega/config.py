@@ -360,7 +360,7 @@ class RLConfig:
     clip_low: float = 0.2
     clip_high: float = 0.2  # > clip_low: asymmetric "clip-higher"; R1's first RL stage uses 10
     ref_refresh_steps: int = 400
-    updates_per_rollout: int = 1  # passes over each rollout's mini-batches (old log-probs kept)
+    updates_per_rollout: int = 1  # epochs over all of a rollout's mini-batches (old log-probs kept), a step each
     # loss normaliser: sequence (mean per sequence, then over sequences; DeepSeekMath), token (over all
     # tokens of the step) or constant (token sums / (sequences x max_new_tokens); Dr.GRPO)
     loss_norm: str = "sequence"

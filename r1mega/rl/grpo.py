@@ -18,8 +18,8 @@
                      rl.ref_refresh_steps steps
 A step is one optimizer step; checkpoints hold the policy, optimizer, the prompt position and the
 reference policy, so a restart continues where the last checkpoint was (a checkpoint taken inside a
-rollout resumes with the next rollout: choose train.save_interval as a multiple of rl.minibatches to
-lose nothing).
+rollout resumes with the next rollout: choose train.save_interval as a multiple of rl.minibatches x
+rl.updates_per_rollout to lose nothing).
 """
 from __future__ import annotations
 
