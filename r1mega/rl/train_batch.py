@@ -114,14 +114,15 @@ def pack_batch(r: Rollout, keep: torch.Tensor, index: torch.Tensor, budget: int 
     rows of `budget` tokens (0 or less than the longest sequence: the longest sequence). Sequences
     with keep False are left out (they take no part in the loss) when drop_unkept. min_rows: empty
     rows added up to it (every rank of an expert-parallel group must run as many microbatches)."""
+    r = rows_of(r, index)  # this minibatch's sequences only; seq ids name their rows of the whole rollout
+    keep, index = keep[index], index.tolist()
     padded = to_train_batch(r, keep)
     first, end = sequence_spans(r)
-    index = index.tolist()
-    chosen = [j for j, b in enumerate(index) if keep[b] or not drop_unkept]
-    lengths = [int(end[index[j]] - first[index[j]]) for j in chosen]
+    chosen = [j for j in range(len(index)) if keep[j] or not drop_unkept]
+    lengths = [int(end[j] - first[j]) for j in chosen]
     budget = max([budget] + lengths + [1])
     rows = [[chosen[j] for j in row] for row in first_fit_decreasing(lengths, budget)] if chosen else []
-    used = max([sum(int(end[index[j]] - first[index[j]]) for j in row) for row in rows] + [1])
+    used = max([sum(int(end[j] - first[j]) for j in row) for row in rows] + [1])
     S = used + (-used) % multiple
     R = max(len(rows), min_rows, 1)
     dev = r.tokens.device
@@ -133,12 +134,11 @@ def pack_batch(r: Rollout, keep: torch.Tensor, index: torch.Tensor, budget: int 
     for ri, row in enumerate(rows):
         at = 0
         for doc, j in enumerate(row):
-            b = index[j]
-            lo, hi = int(first[b]), int(end[b])
+            lo, hi = int(first[j]), int(end[j])
             n = hi - lo
-            src_row[ri, at:at + n] = b
+            src_row[ri, at:at + n] = j
             src_col[ri, at:at + n] = torch.arange(lo, hi)
-            seq[ri, at:at + n] = b
+            seq[ri, at:at + n] = index[j]
             docs[ri, at:at + n] = doc
             pos[ri, at:at + n] = torch.arange(n)
             at += n
@@ -158,6 +158,12 @@ def pack_batch(r: Rollout, keep: torch.Tensor, index: torch.Tensor, budget: int 
             routing[layer] = torch.where(used_slot[..., None], moved, dummy).transpose(0, 1).contiguous()
     return TrainBatch(take(padded.input_ids, 0), take(padded.targets, 0), take(padded.mask, False), pos, docs,
                       take(padded.rollout_logp, 0.0), routing, seq, take(padded.generated, False), len(index))
+
+
+def rows_of(r: Rollout, index: torch.Tensor) -> Rollout:
+    """The rollout's rows `index` (same columns)."""
+    return Rollout(r.tokens[index], r.prompt_len, r.pad[index], r.completion_mask[index], r.logprobs[index],
+                   {k: v[:, index] for k, v in r.routing.items()}, r.cache_values_per_token_layer, r.cache_bytes)
 
 
 def merge_rollouts(parts: list[tuple[Rollout, torch.Tensor]]) -> Rollout:
