@@ -174,10 +174,9 @@ def merge_rollouts(parts: list[tuple[Rollout, torch.Tensor]]) -> Rollout:
     toks, pads, masks, lps, routes = [], [], [], [], []
     for r, idx in parts:
         left, right = P - r.prompt_len, N - (r.tokens.shape[1] - r.prompt_len)
-        pad_id = int(r.tokens[idx][0, 0]) if r.tokens.shape[0] and int(r.pad[idx].min()) > 0 else 0
         grow = lambda t, fill: torch.cat([t.new_full((len(idx), left), fill), t[idx],  # noqa: E731
                                           t.new_full((len(idx), right), fill)], 1)
-        toks.append(grow(r.tokens, pad_id))
+        toks.append(grow(r.tokens, 0))  # pads are one-token documents outside the loss: any id serves
         pads.append(r.pad[idx] + left)
         masks.append(grow(r.completion_mask, False))
         lps.append(grow(r.logprobs, 0.0))
