@@ -165,8 +165,9 @@ def rollout_problems(cfg: Config, ps: ParallelState, source: PromptSource, posit
 
 def shifted_problems(cfg: Config, ps: ParallelState, source: PromptSource, position: int, index: int,
                      draw: int) -> tuple[list[dict], list[int]]:
-    """Dynamic sampling's extra draw `draw` (1, 2, ...) of rollout `index`: the next block of
-    questions, with its own rows of sampling noise (and its own synthetic problems)."""
+    """Dynamic sampling's extra draw `draw` (1, 2, ...) of rollout `index`, which started at prompt
+    `position`: the draw-th next block of questions, with its own rows of sampling noise (and its
+    own synthetic problems)."""
     block = cfg.rl.prompts_per_step * cfg.rl.minibatches
     problems, where = rollout_problems(cfg, ps, source, position + draw * block, index + DRAW_INDEX_STRIDE * draw)
     return problems, [w + draw * block for w in where]
@@ -444,12 +445,13 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     while step < t.steps:
         t0 = time.perf_counter()
         problems, where = rollout_problems(cfg, ps, source, position, index)
+        first = position
         position += rl.prompts_per_step * rl.minibatches
         scored = sample_rollout(run, chunks, optimizer, source, problems, where, step, index)
         drawn: dict[str, float] = {}
         if rl.dynamic_sampling:  # DAPO: more prompts until every group of the step is informative
             draw = lambda n: sample_rollout(  # noqa: E731
-                run, chunks, optimizer, source, *shifted_problems(cfg, ps, source, position, index, n), step, index)
+                run, chunks, optimizer, source, *shifted_problems(cfg, ps, source, first, index, n), step, index)
             scored, drawn = draw_until_informative(scored, draw, rl.group_size, rl.dynamic_sampling_max_draws,
                                                    ps, run.device)
             position += int(drawn["dynamic_extra_draws"]) * rl.prompts_per_step * rl.minibatches
