@@ -14,7 +14,7 @@ Both carry `seq` [R, S]: each token's sequence (its row in the rollout; -1 for p
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -162,8 +162,8 @@ def pack_batch(r: Rollout, keep: torch.Tensor, index: torch.Tensor, budget: int 
 
 def rows_of(r: Rollout, index: torch.Tensor) -> Rollout:
     """The rollout's rows `index` (same columns)."""
-    return Rollout(r.tokens[index], r.prompt_len, r.pad[index], r.completion_mask[index], r.logprobs[index],
-                   {k: v[:, index] for k, v in r.routing.items()}, r.cache_values_per_token_layer, r.cache_bytes)
+    return replace(r, tokens=r.tokens[index], pad=r.pad[index], completion_mask=r.completion_mask[index],
+                   logprobs=r.logprobs[index], routing={k: v[:, index] for k, v in r.routing.items()})
 
 
 def merge_rollouts(parts: list[tuple[Rollout, torch.Tensor]]) -> Rollout:
@@ -193,6 +193,10 @@ def merge_rollouts(parts: list[tuple[Rollout, torch.Tensor]]) -> Rollout:
             short = r.tokens.shape[1] - v.shape[0]
             cols.append(torch.cat([dummy(left), v, dummy(right + short)]))
         routing[layer] = torch.cat(cols, 1)
-    first = parts[0][0]
-    return Rollout(torch.cat(toks), P, torch.cat(pads), torch.cat(masks), torch.cat(lps), routing,
-                   first.cache_values_per_token_layer, max(r.cache_bytes for r, _ in parts))
+    # the cache numbers of the draws: they ran one after another (peak: the largest; work: the sum)
+    rollouts = [r for r, _ in parts]
+    return replace(rollouts[0], tokens=torch.cat(toks), prompt_len=P, pad=torch.cat(pads),
+                   completion_mask=torch.cat(masks), logprobs=torch.cat(lps), routing=routing,
+                   cache_bytes=max(getattr(r, "cache_bytes", 0) for r in rollouts),
+                   **{k: sum(getattr(r, k) for r in rollouts) for k in ("decode_row_steps", "forwards")
+                      if hasattr(rollouts[0], k)})
