@@ -436,3 +436,25 @@ def test_full_recompute_with_the_index_loss(models, data):
     torch.testing.assert_close(runs[1][0], runs[0][0], atol=0, rtol=1e-6)
     for k, g in runs[0][1].items():
         torch.testing.assert_close(runs[1][1][k], g, atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_grpo_on_v32_rollout_logprobs_equal_training(tmp_path):
+    """GRPO runs on a V3.2 model: rollouts (paged cache with the indexer's keys, top-4 per decoding
+    step) and the training forward (blockwise top-4) give the same log-probs."""
+    from dataclasses import asdict
+
+    from r1mega.config import load_config
+    from r1mega.models.deepseek_v32.config import DSAConfig
+    from r1mega.rl.grpo import grpo
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(root, "configs", "tiny", "r1_zero_demo.yaml"),
+                      [f"train.run_dir={tmp_path}/run", f"data.cache_dir={tmp_path}/data", "train.steps=2",
+                       "rl.group_size=4", "rl.prompts_per_step=4", "data.micro_batch_size=8",
+                       "data.global_batch_size=8", "data.synthetic_docs=300"])
+    cfg.model = DSAConfig(**asdict(cfg.model), index_n_heads=8, index_head_dim=16, index_topk=4)
+    grpo(cfg, eval_problems=4)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["logprob_gap_max"] < 1e-4 and r["response_len"] > 0, r
