@@ -31,6 +31,3 @@ class DeepseekV32(DeepseekV3):
         """(features per token per layer, layer view) of the paged rollout cache: latents + indexer keys."""
         return paged_indexed_layout(self.layer_ids, self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim,
                                     self.cfg.index_head_dim)
-
-    def dsa_attention(self):
-        return [m for m in self.modules() if isinstance(m, DSAttention)]
