@@ -19,7 +19,7 @@ import torch
 
 from r1mega.config import ParallelConfig, load_config, validate
 from r1mega.models.activation_memory import PeakLiveBytes
-from r1mega.models.family import build_config
+from r1mega.config import build_config
 from r1mega.parallel.layout import build_parallel_state, single_process_state
 from r1mega.parallel.spawn import run_ranks
 from r1mega.train.lm_step import lm_forward_backward

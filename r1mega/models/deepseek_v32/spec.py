@@ -16,6 +16,12 @@ def _stage(*args, **kwargs):
     return DeepseekV32(*args, **kwargs)
 
 
+def _planner():
+    from r1mega.models.deepseek_v32 import plan
+
+    return plan
+
+
 def _count_params(cfg: DSAConfig) -> dict:
     from r1mega.models.deepseek_v32.params import count_params
 
@@ -31,6 +37,6 @@ def _flops_per_token(cfg: DSAConfig, seq_length: int) -> float:
 FAMILY = ModelFamily(
     name=NAME, hf_model_types=("deepseek_v32",), config_cls=DSAConfig,
     validate_keys=validate_keys, validate_layout=validate_layout, stage_cls=_stage, gather_full=v3.FAMILY.gather_full,
-    count_params=_count_params, plan_module=v3.FAMILY.plan_module, flops_per_token=_flops_per_token,
+    count_params=_count_params, plan_module=_planner, flops_per_token=_flops_per_token,
     kv_cache="mla_latent+index_keys", training_keys=DSAConfig.training_keys, fp32_params=v3.FAMILY.fp32_params,
     hf_optional=v3.FAMILY.hf_optional, training=DSATraining())
