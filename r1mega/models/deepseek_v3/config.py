@@ -60,6 +60,10 @@ class ModelConfig:
     family: str = FAMILY  # the `model.family` key; fixed for this class
     training_keys: ClassVar[tuple[str, ...]] = TRAINING_KEYS  # training rules, not architecture
 
+    def __post_init__(self):
+        # the class is the family (a config copied from another family's takes this one's name)
+        self.family = type(self).__dataclass_fields__["family"].default
+
     @property
     def qk_head_dim(self) -> int:
         return self.qk_nope_head_dim + self.qk_rope_head_dim

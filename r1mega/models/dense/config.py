@@ -42,6 +42,10 @@ class DenseConfig:
     family: str = FAMILY  # the `model.family` key; fixed for this class
     training_keys: ClassVar[tuple[str, ...]] = TRAINING_KEYS  # training rules, not architecture
 
+    def __post_init__(self):
+        # the class is the family (a config copied from another family's takes this one's name)
+        self.family = type(self).__dataclass_fields__["family"].default
+
     @property
     def head_size(self) -> int:
         return self.head_dim or self.hidden_size // self.num_heads
