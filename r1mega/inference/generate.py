@@ -1,12 +1,15 @@
-"""Batched generation on the training model itself, in inference mode, under any TP/PP/EP/DP layout.
+"""Generation on the training model itself, in inference mode, under any TP/PP/EP/DP layout.
 
-Same processes, same parameter shards: no copy into another engine. Prompts of different
-lengths are left-padded and decode in lockstep with per-sequence positions; each layer appends
-to the KV cache its model family builds (`stage.new_kv_cache`: MLA's latent cache with absorbed
-projections, or per-head keys and values for the dense students). Under PP the
-batch is split into microbatches that flow through the stages each step; the last stage samples
-and broadcasts the tokens to the other stages. Sequence parallelism is switched off while
-generating (one new token per sequence cannot be split); the same weights serve both modes.
+Same processes, same parameter shards: no copy into another engine. `generate` is the rollout
+engine of `continuous.py`: continuous batching over a paged cache (`paged_cache.py`; the family's
+layer view: MLA's latent with absorbed projections, or per-head keys and values for the dense
+students), a prompt prefilled once for all its samples, finished rows retired at once. Its result
+keeps the static layout (left-padded prompts, completions, pads after the end) so GRPO's update
+and routing replay line up token for token. `generate_static` is the former lockstep engine (every
+row decodes until the longest ends, caches preallocated), kept as the tests' and benchmarks'
+reference. The last pipeline stage samples and broadcasts the tokens to the other stages.
+Sequence parallelism is switched off while generating (one new token per sequence cannot be
+split); the same weights serve both modes.
 """
 from __future__ import annotations
 
