@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from r1mega.inference.generate import left_pad  # generate.py imports this module when called, not at import
 from r1mega.inference.paged_cache import NULL_BLOCK, BlockPool, decode_view, prefill_view
 from r1mega.inference.sampling import row_keys, sample
 from r1mega.kernels.cpu_experts import SPREAD_EXPERTS_BELOW_ROWS, experts_over_cores
@@ -194,8 +195,6 @@ class ContinuousBatcher:
         self.live = still
 
     def prefill(self, groups: list[_Group]) -> None:
-        from r1mega.inference.generate import left_pad
-
         ids, pad = left_pad([g.prompt for g in groups], self.pad_id, self.device)
         s = ids.shape[1]
         for g in groups:
