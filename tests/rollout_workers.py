@@ -31,4 +31,4 @@ def layout_samples_worker(rank: int, world: int, par: dict) -> dict:
     lo, hi = cuts[d], cuts[d + 1]
     r = generate(chunks, ps, prompts[lo:hi], long_tail_config(), rows=keys[lo:hi])
     return {"keys": keys[lo:hi], "completions": r.completions(), "logprobs": r.logprobs[r.completion_mask],
-            "forwards": r.forwards}
+            "forwards": r.forwards, "routing": r.routing}
