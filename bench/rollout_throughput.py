@@ -100,7 +100,7 @@ def shared_prefix(args) -> None:
     prompt = torch.randint(3, vocab, (args.prefix_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
     print(f"shared_prefix: tiny model, one {len(prompt)}-token prompt, {args.prefix_new} new tokens per sample, T=1")
     print(f"{'engine':>10} {'samples':>7} {'s':>7} {'x one sample':>12} {'cache MiB':>10}")
-    for name, fn in (("continuous", generate), ("static", generate_static)):
+    for name, fn in (("continuous", generate), ("static", generate_static))[:1 if args.skip_static else 2]:
         times = {}
         for k in (1, args.prefix_samples):
             gen = GenerationConfig(max_new_tokens=args.prefix_new, temperature=1.0, seed=1)
@@ -203,6 +203,8 @@ def main() -> None:
     p.add_argument("--prefix-tokens", type=int, default=4052)
     p.add_argument("--prefix-samples", type=int, default=16)
     p.add_argument("--prefix-new", type=int, default=4)
+    p.add_argument("--skip-static", action="store_true", help="shared_prefix: the continuous engine only (the static "
+                   "one prefills the prompt once per sample: minutes at 4K x 16)")
     p.add_argument("--uniform-batch", type=int, default=16)
     p.add_argument("--uniform-prompt", type=int, default=32)
     p.add_argument("--uniform-new", type=int, default=48)
