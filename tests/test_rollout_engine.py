@@ -71,13 +71,13 @@ def test_cache_follows_the_tokens_and_a_prompt_is_prefilled_once(model):
     static = generate_static(chunks, ps, [prompt] * 8, gen)
     assert torch.equal(shared.tokens, static.tokens)
     lengths = shared.completion_mask.sum(1)
-    layers = 4
-    block_bytes = 4 * layers * shared.cache_values_per_token_layer * 4  # float32
+    block, layers, fp32 = 4, 4, 4
+    block_bytes = block * layers * shared.cache_values_per_token_layer * fp32
     # at most: the prompt's blocks once, plus each sample's own blocks (its copy of the partial one and its tokens)
     bound = (-(-37 // 4)) + sum(-(-(37 % 4 + int(n)) // 4) for n in lengths)
     assert shared.cache_bytes <= bound * block_bytes
     assert shared.cache_bytes < 8 * 10 * block_bytes  # less than 8 copies of the prompt alone
-    assert static.cache_bytes == 8 * (37 + 40) * layers * shared.cache_values_per_token_layer * 4
+    assert static.cache_bytes == 8 * (37 + 40) * layers * shared.cache_values_per_token_layer * fp32
     # one prefill forward for the 8 samples, then one decoding forward per step
     assert shared.forwards == 1 + int(lengths.max()) - 1
 
