@@ -142,6 +142,8 @@ def uniform(args) -> None:
     pairs = (("MoE proxy", lambda: build_pair(shape, 64, torch.float32, device)),
              ("dense Qwen2", lambda: dense_pair(device, torch.float32)))
     for label, make in pairs:
+        if label.split()[0].lower() not in args.uniform_models:
+            continue
         hf, ours = make()
         hf.generation_config.eos_token_id = None
         g = torch.Generator().manual_seed(1)
@@ -205,6 +207,7 @@ def main() -> None:
     p.add_argument("--prefix-new", type=int, default=4)
     p.add_argument("--skip-static", action="store_true", help="shared_prefix: the continuous engine only (the static "
                    "one prefills the prompt once per sample: minutes at 4K x 16)")
+    p.add_argument("--uniform-models", nargs="+", default=["moe", "dense"], choices=["moe", "dense"])
     p.add_argument("--uniform-batch", type=int, default=16)
     p.add_argument("--uniform-prompt", type=int, default=32)
     p.add_argument("--uniform-new", type=int, default=48)
