@@ -93,8 +93,9 @@ def _broadcast(obj, ps):
 
 def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: SamplingParams, template: str,
                     problems_per_round: int, meta: dict, shard_records: int = 100_000,
-                    desc: str = "generate") -> Optional[dict]:
-    """Generate the problems not yet complete in `out`. Collective. Returns stats on rank 0."""
+                    desc: str = "generate", keep_ids: bool = False) -> Optional[dict]:
+    """Generate the problems not yet complete in `out`. Collective. Returns stats on rank 0.
+    keep_ids: each record also holds its prompt_ids and completion_ids (what SFT trains on)."""
     ps = loaded.ps
     tok = Tokenizer(loaded.tokenizer)
     store, todo, error = None, None, None
@@ -124,6 +125,7 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
 
         bar = tqdm(total=len(records), initial=len(records) - len(todo), desc=desc, dynamic_ncols=True)
     tokens, t0 = 0, time.perf_counter()
+    vocab_hash = tok.fingerprint() if keep_ids and ps.rank == 0 else None  # which tokenizer the ids are of
     for results, stats in generate_rounds(loaded.chunks, ps, tok, problems, prompts, params,
                                           max(1, problems_per_round)):
         if results is None:
@@ -131,7 +133,9 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
         store.write([(prob["id"], [{"id": prob["id"], "sample": s.index, "completion": s.completion,
                                     "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
                                     "finish_reason": s.finish_reason,
-                                    **({"response_prefix": prefix[prob["id"]]} if prefix[prob["id"]] else {})}
+                                    **({"response_prefix": prefix[prob["id"]]} if prefix[prob["id"]] else {}),
+                                    **({"prompt_ids": s.prompt_ids, "completion_ids": s.completion_ids,
+                                        "tokenizer": vocab_hash} if keep_ids else {})}
                                    for s in samples])
                      for prob, samples in results])
         tokens += stats["completion_tokens"]

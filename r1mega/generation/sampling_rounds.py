@@ -54,6 +54,8 @@ class Sample:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # eos | stop (a stop string) | length
+    prompt_ids: Optional[list[int]] = None  # the tokens the model was given ...
+    completion_ids: Optional[list[int]] = None  # ... and the ones it sampled (EOS included when it ended so)
 
 
 def _stop_check(tok: Tokenizer, stops: list[str]):
@@ -105,7 +107,7 @@ def generate_rounds(chunks, ps: ParallelState, tok: Tokenizer, problems: list[di
             out = []
             for (p, s), ids in zip(mine, rollout.completions()):
                 text, reason = _finish(ids, tok.decode(ids), tok, params)
-                out.append((p, Sample(s, text, len(encoded[p]), len(ids), reason)))
+                out.append((p, Sample(s, text, len(encoded[p]), len(ids), reason, encoded[p], list(ids))))
         parts = [None] * ps.world if ps.rank == 0 else None
         if ps.world > 1:
             dist.gather_object(out, parts, dst=0)
