@@ -352,9 +352,11 @@ def test_which_names_the_judge_takes_from_the_program():
              ("assert sorted(f([2, 1])) == [1, 2]\nassert math.fabs(h(0)) < 1", None): (["f", "h"], ["math"]),
              ("from math import *\nassert isclose(f(1), 1)", None): (["f", "isclose"], []),  # the star import rebinds it
              ("METADATA = {}\ndef check(c):\n    for i in range(3):\n        assert c(i) == poly(i)\n", "f"): (["f", "poly"], []),
-             ("def check(c):\n    assert c([3, 1]) == [1, 3]\n", "sorted"): (["sorted"], [])}  # an entry point may shadow a builtin
+             # an entry point may shadow a builtin: check() gets it under an alias, the tests' sorted stays the builtin
+             ("def check(c):\n    assert c([3, 1]) == sorted([3, 1])\n", "sorted"): ([code_tests.ENTRY_ALIAS], [])}
     for (tests, entry), (proxies, modules) in cases.items():
         p = code_tests.plan(tests, entry)
         assert (p.proxies, p.modules) == (proxies, modules), tests
+    assert code_tests.plan("def check(c):\n    pass\n", "sorted").aliases == {code_tests.ENTRY_ALIAS: "sorted"}
     assert isinstance(code_tests.plan("assert (", None), str)
     assert isinstance(code_tests.plan("pass", "not a name"), str)

@@ -132,7 +132,7 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     from r1mega.inference.continuous import ContinuousBatcher, step_group
 
     model = _one_chunk(model)
-    if getattr(model, "paged_kv_layout", lambda: None)() is None:  # a family without a paged cache yet
+    if getattr(model, "paged_kv_layout", None) is None:  # a family without a paged cache yet
         return generate_static(model, ps, prompts, gen, row_offset, microbatches, rows)
     was_training = model.training
     model.eval()

@@ -31,6 +31,7 @@ class Plan:
     proxies: list[str]  # the program's names the tests use: answered by the program over plain data
     modules: list[str]  # stdlib modules the tests use without importing them (fresh in the judge)
     imported: list[str]  # top-level modules the tests import
+    aliases: dict  # proxy name in the tests -> the program's name (an entry point named like a builtin)
 
 
 def _bound_names(tree: ast.AST) -> tuple[set[str], set[str]]:
@@ -61,21 +62,32 @@ def _bound_names(tree: ast.AST) -> tuple[set[str], set[str]]:
     return bound, imported
 
 
+ENTRY_ALIAS = "_r1mega_entry_point"
+
+
 @functools.lru_cache(maxsize=4096)  # a prompt's tests are planned once for all its samples
 def plan(tests: str, entry_point: Optional[str] = None) -> Union[Plan, str]:
     """The judged form of `tests`, or why they cannot run at all (a string)."""
     if entry_point is not None and not entry_point.isidentifier():
         return f"entry_point {entry_point!r} is not a name"
-    script = f"{tests}\n\ncheck({entry_point})\n" if entry_point else tests
     try:
-        tree = ast.parse(script)
+        tree = ast.parse(tests)
     except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
         return f"the tests do not parse ({type(e).__name__})"
     bound, imported = _bound_names(tree)
+    # an entry point named like a builtin (`def max`) or like a name the tests bind themselves (a
+    # reference solution, check's parameter) reaches check() under an alias: the tests' own max()
+    # or reference stays theirs, so a program cannot change the values they compare against
+    aliased = bool(entry_point) and (hasattr(builtins, entry_point) or entry_point in bound)
+    aliases = {ENTRY_ALIAS: entry_point} if aliased else {}
+    if entry_point:
+        script = f"{tests}\n\ncheck({ENTRY_ALIAS if aliased else entry_point})\n"
+        tree = ast.parse(script)
+    else:
+        script = tests
     used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
     free = used - bound - {"__name__", "__file__", "__builtins__"}
-    # a builtin name is the builtin (a program's `def abs` never stands in for it), unless it is the entry point
-    free = {n for n in free if n == entry_point or not hasattr(builtins, n)}
+    free = {n for n in free if not hasattr(builtins, n)}  # a builtin name is the builtin (a program's `def abs` never is)
     modules = sorted(n for n in free if n in sys.stdlib_module_names and n != entry_point)
     proxies = sorted(free - set(modules))
-    return Plan(script, proxies, modules, sorted(imported & set(sys.stdlib_module_names)))
+    return Plan(script, proxies, modules, sorted(imported & set(sys.stdlib_module_names)), aliases)

@@ -171,8 +171,9 @@ def _judged(job: Job, isolate: bool) -> SandboxResult:
     res = _run_pair(job, plan, isolate)
     if res is not None:
         return res
-    restore = {"names": plan.proxies, "modules": plan.modules + plan.imported}
-    return _run(replace(job, tests=plan.script, judged=False), isolate, extra={"restore": restore})
+    restore = {"names": plan.proxies, "aliases": plan.aliases, "modules": plan.modules + plan.imported}
+    return _run(replace(job, tests=plan.script, judged=False, entry_point=None), isolate,  # the script has check() already
+                extra={"restore": restore})
 
 
 def _run_pair(job: Job, plan: "code_tests.Plan", isolate: bool) -> Optional[SandboxResult]:
@@ -191,7 +192,8 @@ def _run_pair_on(job: Job, plan: "code_tests.Plan", isolate: bool, zygote: _Zygo
     t = threading.Thread(target=program, daemon=True)
     t.start()
     lim = replace(JUDGE_LIMITS, wall_seconds=job.limits.wall_seconds + 1.0, cpu_seconds=job.limits.cpu_seconds + 1)
-    verdict, err = _run_judge({"proxies": plan.proxies, "modules": plan.modules, "tests": plan.script}, lim,
+    verdict, err = _run_judge({"proxies": plan.proxies, "aliases": plan.aliases, "modules": plan.modules,
+                               "tests": plan.script}, lim,
                               mine.detach(), zygote)
     os.write(stop_w, b"x")  # the verdict is in: the program has nothing more to do
     t.join()

@@ -27,7 +27,13 @@ MAX_SHARED_HASH = 8  # set/dict keys of one value that may share a hash
 
 
 class NotPlain(TypeError):
-    """A value that is not plain data (or exceeds a cap) and so cannot cross."""
+    """A value that is not plain data (or exceeds a cap) and so cannot cross. `value` is the
+    offending object (None for a cap), so the judge can tell the tests' own lambdas and objects
+    from anything derived from the program's answers."""
+
+    def __init__(self, message: str, value=None):
+        super().__init__(message)
+        self.value = value
 
 
 _ITERATORS = (types.GeneratorType, map, filter, zip, enumerate, reversed, type(iter([])), type(iter(())),
@@ -38,7 +44,8 @@ _ITERATORS = (types.GeneratorType, map, filter, zip, enumerate, reversed, type(i
 _FRACTION_NUM, _FRACTION_DEN = Fraction.__dict__["_numerator"], Fraction.__dict__["_denominator"]
 _CONTAINERS = ((list, "l", list.copy), (tuple, "t", lambda v: tuple.__getitem__(v, slice(None))),
                (set, "s", set.copy), (frozenset, "fs", frozenset.copy),
-               (type({}.keys()), "s", set), (type({}.items()), "s", set))  # views compare like sets
+               (type({}.keys()), "s", set), (type({}.items()), "s", set),  # these views compare like sets
+               (type({}.values()), "l", list))
 
 
 def encode(v, _budget=None, depth: int = 0):
@@ -85,7 +92,7 @@ def encode(v, _budget=None, depth: int = 0):
         if isinstance(v, typ):
             return [tag, [encode(i, budget, depth + 1) for i in plain(v)]]
     raise NotPlain(f"a {t.__name__} is not plain data (int, float, complex, str, bytes, bytearray, bool, None, "
-                   "list, tuple, dict, set, frozenset, Fraction, Decimal or a subclass of one)")
+                   "list, tuple, dict, set, frozenset, Fraction, Decimal or a subclass of one)", v)
 
 
 def dumps(v) -> str:

@@ -130,10 +130,7 @@ class DeepseekV3(nn.Module):
                        dtype, device)
 
     def paged_kv_layout(self):
-        """(features per token per layer, layer view) of the paged rollout cache (inference/paged_cache.py);
-        None for a variant with its own cache (V3.2's indexer keys), which the static engine serves."""
-        if type(self).new_kv_cache is not DeepseekV3.new_kv_cache:
-            return None
+        """(features per token per layer, layer view) of the paged rollout cache (inference/paged_cache.py)."""
         return paged_latent_layout(self.layer_ids, self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim)
 
     def routed_rows_per_expert(self, batch: int) -> Optional[float]:
