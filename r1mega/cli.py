@@ -57,7 +57,12 @@ def main(argv=None) -> int:
 
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors (also R1MEGA_DEBUG=1)")
     args = parser.parse_args(argv)
-    return run_command(lambda: _dispatch(parser, args), debug)
+    from r1mega.output_dir import release_all
+
+    try:
+        return run_command(lambda: _dispatch(parser, args), debug)
+    finally:
+        release_all()  # the output-directory locks this command took, however it ended
 
 
 def _dispatch(parser, args) -> int:

@@ -50,6 +50,8 @@ def parse_problem(where: str, rec: dict, answers: bool = True, sft_chats: bool =
     prompt, messages = rec.get("prompt"), rec.get("messages")
     if prompt is None and messages is None:
         raise bad("needs 'prompt' (a string) or 'messages' (a chat)")
+    if prompt is not None and messages is not None:
+        raise bad("has both 'prompt' and 'messages'; give one (which one is the question is unclear)")
     if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
         raise bad("'prompt' must be a non-empty string")
     if messages is not None:

@@ -331,7 +331,8 @@ def old_and_reference_logprobs(cfg: Config, ps: ParallelState, chunks, reference
 def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     ckpt_root = os.path.join(cfg.train.run_dir, "checkpoints")
     own = own_checkpoint(ckpt_root)  # this run's own checkpoint (a restart) wins over train.load
-    run = start_run(cfg, lambda c, w: validate_rl(validate_training(c, w, needs_data=False), w, own is not None), own)
+    run = start_run(cfg, lambda c, w: validate_rl(validate_training(c, w, needs_data=False), w, own is not None), own,
+                    command="grpo")
     cfg, ps, rl, t = run.cfg, run.ps, run.cfg.rl, run.cfg.train
     sandbox.allow_unsafe(rl.unsafe_code_sandbox)
     if "code" in rl.rewards or (rl.prompts and "accuracy" in rl.rewards):  # accuracy runs code problems' tests

@@ -36,6 +36,7 @@ class Run:
     world: int
     device: torch.device
     dtype: torch.dtype
+    lock: Optional[object] = None  # the run directory's lock (r1mega/output_dir.py), held by rank 0
 
     @property
     def is_logger(self) -> bool:
@@ -79,14 +80,22 @@ def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> Config:
     return replace(cfg, model=ModelConfig(**{k: v for k, v in saved.items() if k in known}))
 
 
-def start_run(cfg: Config, validate_fn: Callable[[Config, int], Config], own_checkpoint: Optional[str] = None) -> Run:
+def start_run(cfg: Config, validate_fn: Callable[[Config, int], Config], own_checkpoint: Optional[str] = None,
+              command: Optional[str] = None) -> Run:
     """Join torchrun's group (if launched by it), fill the model from the checkpoint if the config
-    has none, validate before any weight exists, build the rank layout, seed."""
+    has none, validate before any weight exists, build the rank layout, seed. With `command`, the
+    run directory is claimed and locked for it (every rank stops if that fails)."""
     distributed, owns_group, world = join_ranks()
     cfg = validate_fn(model_from_checkpoint(cfg, own_checkpoint), world)
     ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
+    lock = None
+    if command is not None:
+        from r1mega.output_dir import claim_on_rank0, config_hash
+
+        settings = {k: v for k, v in asdict(cfg).items() if k != "train"}  # train.steps may grow on a resume
+        lock = claim_on_rank0(cfg.train.run_dir, command, "train.run_dir", config_hash(settings))
     torch.manual_seed(cfg.seed)
-    return Run(cfg, ps, distributed, owns_group, world, default_device(), getattr(torch, cfg.train.dtype))
+    return Run(cfg, ps, distributed, owns_group, world, default_device(), getattr(torch, cfg.train.dtype), lock)
 
 
 def build_model(cfg: Config, ps: ParallelState, device: torch.device, dtype: torch.dtype) -> torch.nn.ModuleList:
@@ -120,6 +129,8 @@ def kernels_scope(kernels):
 
 
 def finish_run(run: Run) -> None:
+    if run.lock is not None:
+        run.lock.release()
     if run.distributed and run.owns_group:
         dist.destroy_process_group()
 

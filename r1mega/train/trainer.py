@@ -65,7 +65,7 @@ def train(cfg: Config, kind: str) -> dict:
     """Run (or resume) a training run. Returns {'final_loss', 'steps', 'losses', 'skipped'}."""
     ckpt_root = os.path.join(cfg.train.run_dir, "checkpoints")
     # ranks joined, the model's shapes taken from the checkpoint if the config has none, validated
-    run = start_run(cfg, validate_training, own_checkpoint(ckpt_root))
+    run = start_run(cfg, validate_training, own_checkpoint(ckpt_root), command=kind)
     cfg, ps, world, device = run.cfg, run.ps, run.world, run.device
     t = cfg.train
 
