@@ -9,6 +9,7 @@ last line is `max_abs_logit_diff=<float>`; the exit status is non-zero above tol
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import torch
@@ -84,12 +85,23 @@ def run(args: argparse.Namespace) -> int:
     rank = dist.get_rank() if distributed else 0
     dtype = getattr(torch, args.dtype)
     par = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, sp=args.sp, cp=args.cp)
+    if args.seq_length < 1:
+        raise ConfigError("--seq-length", f"must be >= 1, got {args.seq_length}")
+    for flag, v in (("--tol", args.tol), ("--grad-tol", args.grad_tol)):
+        if not (math.isfinite(v) and v > 0):
+            raise ConfigError(flag, f"must be a finite number > 0, got {v}")
+    for flag, v in (("--batch-size", args.batch_size), ("--seed", args.seed)):
+        if v < 0:
+            raise ConfigError(flag, f"must be >= 0, got {v}")
     unit = 2 * args.cp * (args.tp if args.sp else 1)
     if args.seq_length % unit:
         raise ConfigError("--seq-length", f"{args.seq_length} is not divisible by 2 x cp"
                                           f"{' x tp' if args.sp else ''} = {unit}")
     family, model_cfg = family_for_hf(args.hf_dir)
     cfg = validate(build_config(model_cfg, par), world)
+    if args.seq_length > cfg.active_model.max_position_embeddings:
+        raise ConfigError("--seq-length", f"{args.seq_length} exceeds the model's max_position_embeddings="
+                          f"{cfg.active_model.max_position_embeddings}")
     ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
     batch = args.batch_size or ps.dp
     if rank == 0:

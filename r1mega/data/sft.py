@@ -120,6 +120,15 @@ class SFTData:
             raise DataError(f"{path}: no conversations (the file is empty or has only blank lines)")
         pad = tok.eos_id if tok.eos_id is not None else 0
         self.rows, self.truncated = pack([render(c, tok) for c in convs], seq_length, pad)
+        if not any((r.labels != IGNORE).any() for r in self.rows):  # the loss would be 0 on every step
+            raise DataError(f"{path}: no assistant token falls within data.seq_length={seq_length} in any of the "
+                            f"{len(convs)} records ({self.truncated} longer than it, truncated); raise "
+                            f"data.seq_length or shorten the records")
+        if self.truncated:
+            import sys
+
+            print(f"warning: {path}: {self.truncated} of {len(convs)} records are longer than data.seq_length="
+                  f"{seq_length} and were truncated to it", file=sys.stderr, flush=True)
         self.seed = seed
         self.num_conversations = len(convs)
 
