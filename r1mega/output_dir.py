@@ -82,8 +82,8 @@ def check(path: str, command: str, key: str = "--out") -> Optional[dict]:
 def claim(path: str, command: str, key: str = "--out", cfg_hash: Optional[str] = None) -> dict:
     """Make `path` this command's output directory, or refuse (OutputError naming `key`).
 
-    New or empty: created and marked. Marked by the same command: a resume (a different config
-    hash is reported, not refused: e.g. more training steps). Anything else is refused."""
+    New or empty: created and marked (with the config hash, for the record). Marked by the same
+    command: a resume. Anything else is refused."""
     if os.path.lexists(path) and not os.path.isdir(path):
         raise OutputError(f"'{key}': {path} exists and is not a directory")
     try:
@@ -96,10 +96,7 @@ def claim(path: str, command: str, key: str = "--out", cfg_hash: Optional[str] =
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": socket.gethostname()}
         _write_exclusive(os.path.join(path, MARKER), json.dumps(marker, indent=1) + "\n", key)
         return marker
-    if cfg_hash is not None and marker.get("config_hash") not in (None, cfg_hash):
-        _warn(f"{path} was made by `r1mega {command}` with another configuration "
-              f"(hash {marker.get('config_hash')}, now {cfg_hash}); continuing in it")
-    return marker
+    return marker  # a resume; what may change on one (e.g. the model) is each command's own rule
 
 
 def _write_exclusive(file: str, text: str, key: str) -> None:
@@ -196,6 +193,13 @@ class DirLock:
             os.remove(self.file)
         except OSError:
             pass
+
+
+def release(path: str) -> None:
+    """Release this process's lock on `path`, if it holds one (e.g. when a command body raised)."""
+    lock = _HELD.get(os.path.join(path, LOCK))
+    if lock is not None:
+        lock.release()
 
 
 def release_all() -> None:

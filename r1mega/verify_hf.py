@@ -87,9 +87,10 @@ def run(args: argparse.Namespace) -> int:
     par = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, sp=args.sp, cp=args.cp)
     if args.seq_length < 1:
         raise ConfigError("--seq-length", f"must be >= 1, got {args.seq_length}")
-    for flag, v in (("--tol", args.tol), ("--grad-tol", args.grad_tol)):
-        if not (math.isfinite(v) and v > 0):
-            raise ConfigError(flag, f"must be a finite number > 0, got {v}")
+    if not (math.isfinite(args.tol) and args.tol > 0):
+        raise ConfigError("--tol", f"must be a finite number > 0, got {args.tol}")
+    if not math.isfinite(args.grad_tol):  # negative: skip the gradient comparison
+        raise ConfigError("--grad-tol", f"must be a finite number (< 0 skips gradients), got {args.grad_tol}")
     for flag, v in (("--batch-size", args.batch_size), ("--seed", args.seed)):
         if v < 0:
             raise ConfigError(flag, f"must be >= 0, got {v}")

@@ -31,6 +31,7 @@ from r1mega.config import Config, validate_rl, validate_training
 from r1mega.data.prepare import resolve_data
 from r1mega.data.prompts import check_prompts_fit, check_same_prompts, prompts_digest
 from r1mega.errors import TrainingError
+from r1mega.output_dir import release
 from r1mega.data.templates import Rendered
 from r1mega.data.tokenizer import Tokenizer, check_fits
 from r1mega.inference.generate import GenerationConfig, Rollout, generate
@@ -50,7 +51,7 @@ from r1mega.train.checkpoint import find_resume_checkpoint, read_meta, resume_fr
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.train.setup import (
-    Run, build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta, start_run,
+    Run, build_model, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta, start_run,
 )
 
 
@@ -330,10 +331,16 @@ def old_and_reference_logprobs(cfg: Config, ps: ParallelState, chunks, reference
 
 
 def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
+    try:
+        return _grpo(cfg, eval_problems, eval_every)
+    finally:
+        release(cfg.train.run_dir)  # the run directory's lock, however the run ended
+
+
+def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     ckpt_root = os.path.join(cfg.train.run_dir, "checkpoints")
     own = own_checkpoint(ckpt_root)  # this run's own checkpoint (a restart) wins over train.load
-    run = start_run(cfg, lambda c, w: validate_rl(validate_training(c, w, needs_data=False), w, own is not None), own,
-                    command="grpo")
+    run = start_run(cfg, lambda c, w: validate_rl(validate_training(c, w, needs_data=False), w, own is not None), own)
     cfg, ps, rl, t = run.cfg, run.ps, run.cfg.rl, run.cfg.train
     sandbox.allow_unsafe(rl.unsafe_code_sandbox)
     if "code" in rl.rewards or (rl.prompts and "accuracy" in rl.rewards):  # accuracy runs code problems' tests
@@ -347,6 +354,7 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
             check_same_prompts(read_meta(own), rl.prompts, own)
     # checkpoints and their architecture are checked before any weight exists
     candidates = find_resume_checkpoint(ckpt_root, t.load, asdict(cfg.active_model), t.allow_arch_change)
+    claim_run_dir(run, "grpo")  # one run per directory, only one this kind of run made
     chunks = build_model(cfg, ps, run.device, run.dtype)
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
     reference = (ReferencePolicy(build_model(cfg, ps, run.device, run.dtype), ps, rl.ref_refresh_steps)

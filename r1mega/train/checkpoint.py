@@ -536,8 +536,6 @@ def load_checkpoint(path: str, chunks: torch.nn.ModuleList, optimizer: Optional[
     A checkpoint without optimizer states leaves the optimizer fresh, starting from the loaded weights.
     Not collective: a CheckpointError here is this rank's (resume_from agrees on it across ranks)."""
     meta = read_meta(path) if meta is None else meta
-    if verify:
-        verify_manifest(path, meta)
     model_reader = PieceReader(path, "model", verify)
     for chunk in chunks:
         load_weights(chunk, model_reader)
@@ -573,4 +571,6 @@ def load_checkpoint(path: str, chunks: torch.nn.ModuleList, optimizer: Optional[
             torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch"])
         except Exception as e:  # any unpickling failure means the file is damaged
             raise CheckpointError(f"{rng_file}: unreadable ({type(e).__name__}: {e})") from None
+    if verify:  # last: each file's own checks above name a damage more precisely
+        verify_manifest(path, meta)
     return meta

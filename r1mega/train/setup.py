@@ -80,22 +80,23 @@ def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> Config:
     return replace(cfg, model=ModelConfig(**{k: v for k, v in saved.items() if k in known}))
 
 
-def start_run(cfg: Config, validate_fn: Callable[[Config, int], Config], own_checkpoint: Optional[str] = None,
-              command: Optional[str] = None) -> Run:
+def start_run(cfg: Config, validate_fn: Callable[[Config, int], Config], own_checkpoint: Optional[str] = None) -> Run:
     """Join torchrun's group (if launched by it), fill the model from the checkpoint if the config
-    has none, validate before any weight exists, build the rank layout, seed. With `command`, the
-    run directory is claimed and locked for it (every rank stops if that fails)."""
+    has none, validate before any weight exists, build the rank layout, seed."""
     distributed, owns_group, world = join_ranks()
     cfg = validate_fn(model_from_checkpoint(cfg, own_checkpoint), world)
     ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
-    lock = None
-    if command is not None:
-        from r1mega.output_dir import claim_on_rank0, config_hash
-
-        settings = {k: v for k, v in asdict(cfg).items() if k != "train"}  # train.steps may grow on a resume
-        lock = claim_on_rank0(cfg.train.run_dir, command, "train.run_dir", config_hash(settings))
     torch.manual_seed(cfg.seed)
-    return Run(cfg, ps, distributed, owns_group, world, default_device(), getattr(torch, cfg.train.dtype), lock)
+    return Run(cfg, ps, distributed, owns_group, world, default_device(), getattr(torch, cfg.train.dtype))
+
+
+def claim_run_dir(run: Run, command: str) -> None:
+    """Claim and lock train.run_dir for `command` (r1mega/output_dir.py): after the inputs are
+    checked, before its checkpoints are read or anything is written. Every rank stops if it fails."""
+    from r1mega.output_dir import claim_on_rank0, config_hash
+
+    settings = {k: v for k, v in asdict(run.cfg).items() if k != "train"}  # train.steps may grow on a resume
+    run.lock = claim_on_rank0(run.cfg.train.run_dir, command, "train.run_dir", config_hash(settings))
 
 
 def build_model(cfg: Config, ps: ParallelState, device: torch.device, dtype: torch.dtype) -> torch.nn.ModuleList:
