@@ -140,6 +140,7 @@ def test_rl_keys_are_named(override, key, words):
     ("student.head_dim=-2", "student.head_dim", "must be > 0 or null"),
     ("student.initializer_range=nan", "student.initializer_range", "must be >= 0"),
     ("train.fp8_block=1000000", "train.fp8_block", "must be in [1, 4096]"),
+    ("train.recompute=selective", "train.recompute_modules", "a dense student has none"),
 ])
 def test_model_keys_are_named(override, key, words):
     with pytest.raises(ConfigError) as e:
@@ -197,6 +198,14 @@ def test_prompt_longer_than_the_context_is_named_or_dropped_with_a_count(capsys,
     assert "dropped 1 of 2 prompts longer than the model's 256 positions" in out
     lines = [json.loads(x) for x in open(tmp_path / "out3" / "shard-00000.jsonl")]
     assert sorted({r["id"] for r in lines}) == ["short"] and len(lines) == 2
+
+
+def test_grpo_prompt_longer_than_the_context_is_named(tiny):
+    from r1mega.data.prompts import check_prompts_fit
+
+    problems = [{"where": "p.jsonl:1", "prompt": "short"}, {"where": "p.jsonl:2", "prompt": "x" * 11_999}]
+    with pytest.raises(ConfigError, match="'rl.prompts': p.jsonl:2: prompt has 11999 tokens but the model has 4096"):
+        check_prompts_fit(problems, lambda p: len(p["prompt"]), 4096)
 
 
 def test_sft_with_no_learnable_token_within_seq_length_is_refused(tiny, tmp_path):
@@ -462,6 +471,20 @@ def test_failed_save_of_any_kind_is_named(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="rank00000.safetensors failed .*File too large.*was not saved"):
         ckpt.save_checkpoint(str(tmp_path / "c"), 1, chunks, None, single_process_state(), {})
     assert not os.path.exists(tmp_path / "c" / "latest")
+
+
+def test_failed_export_write_is_named(tiny, tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    import tools.convert as convert
+
+    def full(*a, **k):
+        raise SafetensorError("Error while serializing: IoError(File too large)")
+
+    monkeypatch.setattr(convert, "save_file", full)
+    with pytest.raises(convert.ConvertError, match="model-00000.safetensors failed .*File too large.*nothing was"):
+        convert.do_export(os.path.join(tiny["ckpt"], "step_00000001"), str(tmp_path / "hf"))
+    assert not (tmp_path / "hf").exists() and os.listdir(tmp_path) == []
 
 
 # ---- pipeline --------------------------------------------------------------------------------------
