@@ -114,7 +114,8 @@ def file_sha256(path: str) -> str:
 
 
 def fit_context(records: list[dict], encoded: list[list[int]], params: SamplingParams, positions: int,
-                explicit_max_new: bool, drop_long: bool, desc: str) -> tuple[list[dict], list[list[int]]]:
+                explicit_max_new: bool, drop_long: bool, desc: str, announce: bool = True
+                ) -> tuple[list[dict], list[list[int]]]:
     """Prompts and the new-token cap within the model's positions: a prompt that leaves no room is
     named (or dropped, counted, with --drop-long-prompts); --max-new-tokens beyond what the longest
     prompt leaves is refused; left unset, it becomes what is left (at most DEFAULT_MAX_NEW)."""
@@ -126,9 +127,11 @@ def fit_context(records: list[dict], encoded: list[list[int]], params: SamplingP
                         + (f"; {len(long)} prompts are too long" if len(long) > 1 else "")
                         + "; shorten them, or pass --drop-long-prompts to skip them")
     if long:
-        print(f"{desc}: dropped {len(long)} of {len(records)} prompts longer than the model's {positions} "
-              f"positions (--drop-long-prompts)", flush=True)
-        keep = [i for i in range(len(records)) if i not in set(long)]
+        if announce:
+            print(f"{desc}: dropped {len(long)} of {len(records)} prompts longer than the model's {positions} "
+                  f"positions (--drop-long-prompts)", flush=True)
+        skipped = set(long)
+        keep = [i for i in range(len(records)) if i not in skipped]
         if not keep:
             raise DataError(f"every prompt is longer than the model's {positions} positions")
         records, encoded = [records[i] for i in keep], [encoded[i] for i in keep]
@@ -171,7 +174,8 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
     check_fits(tok, loaded.cfg.active_model.vocab_size)
     rendered_all = [render_prompt(r, template, tok) for r in records]
     records, _ = fit_context(records, [tok.encode(text) for text, _ in rendered_all], params,
-                             loaded.cfg.active_model.max_position_embeddings, explicit_max_new, drop_long, desc)
+                             loaded.cfg.active_model.max_position_embeddings, explicit_max_new, drop_long, desc,
+                             announce=ps.rank == 0)
     store, todo, error = None, None, None
     if ps.rank == 0:
         try:
