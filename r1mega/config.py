@@ -787,6 +787,7 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
          f"expected auto, emulated or te, got {t.fp8_backend!r}")
     need(t.fp8_backend != "te", "train.fp8_backend",
          "the Transformer Engine backend is not built in yet; use auto or emulated")
-    need(1 <= t.fp8_block <= 4096, "train.fp8_block", f"must be in [1, 4096] (DeepSeek-V3 uses 128), got {t.fp8_block}")
+    need(1 <= t.fp8_block <= 4096, "train.fp8_block",
+         f"must be in [1, 4096] (DeepSeek-V3 uses 128), got {t.fp8_block}")
     need(not needs_data or bool(d.paths) or d.synthetic is not None, "data.paths", "no data: give data.paths or data.synthetic")
     return cfg

@@ -12,11 +12,9 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import asdict
 
 import pytest
-import torch
 
 from r1mega.cli import main as cli_main
 from r1mega.config import ConfigError, load_config, validate_rl, validate_training

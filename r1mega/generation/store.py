@@ -5,7 +5,8 @@
     <out>/shard-00001.jsonl     "finish_reason", ["response_prefix"]} one line per sample
 
 The directory belongs to the command that made it (`r1mega/output_dir.py`: marker and lock): a
-non-empty directory it did not make is refused, so no one else's file is rewritten. Only rank 0 writes. Each round's records are appended as whole lines in one write, then flushed and
+non-empty directory it did not make is refused, so no one else's file is rewritten; shards without
+their meta.json are refused rather than "repaired" by today's settings. Only rank 0 writes. Each round's records are appended as whole lines in one write, then flushed and
 fsynced, so after a crash a shard ends at worst with a torn last line and some problems with fewer
 than k samples. Opening the store repairs that: a shard with a torn line or an incomplete problem is
 rewritten (temp file + rename) without them, and those problems count as not done. Every session

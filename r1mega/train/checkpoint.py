@@ -142,7 +142,8 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
             with open(stem + ".json", "w") as f:
                 json.dump(pieces, f)
     except (OSError, SafetensorError) as e:  # e.g. a full disk: only the unpublished directory is affected
-        raise CheckpointError(f"writing {stem}.safetensors failed ({getattr(e, 'strerror', None) or e}); step {step} was not saved and "
+        why = getattr(e, "strerror", None) or e
+        raise CheckpointError(f"writing {stem}.safetensors failed ({why}); step {step} was not saved and "
                               f"{os.path.join(root, 'latest')} still names the previous checkpoint") from None
     if ps.rank == 0:
         meta = {**meta, "step": step, "layout": {"tp": ps.tp, "pp": ps.pp, "dp": ps.dp, "ep": ps.ep, "etp": ps.etp}}

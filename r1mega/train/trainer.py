@@ -26,7 +26,9 @@ from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.moe_balance import moe_layers, update_routing_bias
 from r1mega.train.optimizer import DistributedAdamW, lr_at
-from r1mega.train.setup import build_model, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, start_run
+from r1mega.train.setup import (
+    build_model, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, start_run,
+)
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
