@@ -14,6 +14,7 @@ only rank 0 of the world holds it and every rank learns whether it succeeded (`c
 from __future__ import annotations
 
 import atexit
+import fcntl
 import hashlib
 import json
 import os
@@ -138,6 +139,18 @@ class DirLock:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_time(os.getpid()),
               "command": command, "run_id": RUN_ID, "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self.text = json.dumps(me)
+        try:
+            guard = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise OutputError(f"'{key}': {path}: cannot open the directory ({e.strerror})") from None
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX)  # contenders on this host decide one at a time (stale takeover)
+            self._acquire()
+        finally:
+            os.close(guard)  # drops the flock
+
+    def _acquire(self) -> None:
+        path, key = self.path, self.key
         for _ in range(3):
             try:
                 fd = os.open(self.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -160,6 +173,10 @@ class DirLock:
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError):
+            if _empty_and_old(self.file):  # its writer died between creating and filling it
+                _warn(f"{self.file}: taking over an empty lock left by a process that died while taking it")
+                self._set_aside()
+                return
             raise OutputError(f"'{self.key}': {self.path}: the lock {self.file} is unreadable; if no r1mega command "
                               f"runs there, remove it") from None
         here = socket.gethostname()
@@ -176,6 +193,9 @@ class DirLock:
             raise OutputError(f"'{self.key}': {self.path} is in use by `r1mega {other.get('command')}` (pid {pid} on "
                               f"{host}, since {other.get('since')}); wait for it to finish or use another "
                               f"directory. If that process is gone, remove {self.file}")
+        self._set_aside()
+
+    def _set_aside(self) -> None:
         aside = f"{self.file}.stale.{os.getpid()}"
         try:
             os.rename(self.file, aside)  # only one of several contenders wins this rename
@@ -200,6 +220,14 @@ def release(path: str) -> None:
     lock = _HELD.get(os.path.join(path, LOCK))
     if lock is not None:
         lock.release()
+
+
+def _empty_and_old(file: str, age_s: float = 5.0) -> bool:
+    try:
+        st = os.stat(file)
+    except OSError:
+        return False
+    return st.st_size == 0 and time.time() - st.st_mtime > age_s
 
 
 def release_all() -> None:
