@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from r1mega.config import Config, validate
+from r1mega.config import Config, validate, validate_sequence_split
 from r1mega.parallel.layout import attention_dims, expert_dims
 from r1mega.plan import check_sequence, check_sizes, fits, plan_for, print_plan
 
@@ -22,7 +22,8 @@ def group_summary(dims: list[tuple[str, int]], name: str, show: int = 8) -> tupl
 def dry_run(cfg: Config, world: int, gpu_mem: float = 80.0) -> int:
     check_sizes(world=world, gpu_mem=gpu_mem)
     cfg = validate(cfg, world)
-    p = cfg.parallel  # the sequence rules the real run refuses (context / sequence parallel, positions)
+    validate_sequence_split(cfg)  # as the run does: data.seq_length against 2 x cp (x tp under SP)
+    p = cfg.parallel  # and the positions the real run refuses
     check_sequence(cfg, cfg.data.seq_length, p.cp, p.tp, p.sp, "data.seq_length")
     p = cfg.parallel
     m = cfg.active_model

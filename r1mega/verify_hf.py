@@ -94,10 +94,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, v in (("--batch-size", args.batch_size), ("--seed", args.seed)):
         if v < 0:
             raise ConfigError(flag, f"must be >= 0, got {v}")
-    unit = 2 * args.cp * (args.tp if args.sp else 1)
-    if args.seq_length % unit:
-        raise ConfigError("--seq-length", f"{args.seq_length} is not divisible by 2 x cp"
-                                          f"{' x tp' if args.sp else ''} = {unit}")
+    if args.seq_length % par.sequence_divisor:
+        raise ConfigError("--seq-length", f"{args.seq_length} is not divisible by {par.sequence_divisor_text()}")
     family, model_cfg = family_for_hf(args.hf_dir)
     cfg = validate(build_config(model_cfg, par), world)
     if args.seq_length > cfg.active_model.max_position_embeddings:

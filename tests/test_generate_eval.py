@@ -111,7 +111,7 @@ def test_four_ranks_match_one_process_and_completions_score_the_same(tiny, tmp_p
                           env=_env(), capture_output=True, text=True, timeout=300)
     assert four.returncode == 0, four.stderr[-3000:]
     last = one.stdout.strip().splitlines()[-1]
-    assert last.startswith("pass@1=") and last.endswith("problems=40 samples=4") and " cons@4=" in last
+    assert last.startswith("pass@1=") and last.endswith("problems=40 samples=4 temperature=0.6 top_p=0.95") and " cons@4=" in last
     assert four.stdout.strip().splitlines()[-1] == last
     key = lambda r: (r["id"], r["sample"])  # noqa: E731
     s1 = sorted(_samples(tmp_path / "one" / "prompts" / "samples"), key=key)

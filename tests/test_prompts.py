@@ -112,8 +112,11 @@ def test_templates(tok):
         "User: What is 1 + 2?. Assistant:")
     assert stop_strings("r1_zero") == ["</answer>"] and stop_strings("chat") == [] and stop_strings("raw") == []
     assert render(p, "raw").text == "What is 1 + 2?"
-    chat = render({"prompt": None, "messages": [{"role": "user", "content": "hi"}]}, "chat", tok)
-    assert chat.text == f"{BOS}<｜User｜>hi<｜Assistant｜>{THINK_PREFIX}" and chat.response_prefix == THINK_PREFIX
+    hi = {"prompt": None, "messages": [{"role": "user", "content": "hi"}]}
+    chat = render(hi, "chat", tok)  # the model's own template, nothing added
+    assert chat.text == f"{BOS}<｜User｜>hi<｜Assistant｜>" and chat.response_prefix == ""
+    think = render(hi, "chat_think", tok)  # R1's thinking prefix, part of the response
+    assert think.text == f"{BOS}<｜User｜>hi<｜Assistant｜>{THINK_PREFIX}" and think.response_prefix == THINK_PREFIX
     with pytest.raises(ValueError, match="unknown template"):
         render(p, "alpaca")
 

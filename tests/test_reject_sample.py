@@ -63,7 +63,8 @@ def test_response_prefix_is_judged_and_trained_with_the_completion():
         def apply_chat_template(self, messages, add_generation_prompt=True):
             return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
 
-    text, prefix = render_prompt(MATH, "chat", ChatTok())
+    assert render_prompt(MATH, "chat", ChatTok()) == ("<user>What is 1/2?<assistant>", "")
+    text, prefix = render_prompt(MATH, "chat_think", ChatTok())
     assert (text, prefix) == ("<user>What is 1/2?<assistant><think>\n", "<think>\n")
     assert render_prompt(MATH, "raw") == ("What is 1/2?", "")
     sample = {**s("Half of one.</think> The answer is \\boxed{0.5}."), "response_prefix": prefix}

@@ -605,8 +605,8 @@ SOLVED = [_solved(*case) for case in [  # (solution, asserts run after it, or st
 def test_correct_programs_pass_through_the_code_reward():
     texts = [f"<think>ok</think>\n```python\n{code}```" for code, _ in SOLVED]
     samples = [{"tests": tests} for _, tests in SOLVED]
-    with code_rewards_in_parallel(texts, samples):  # the path the GRPO loop takes: one pool per batch
-        rewards = [code_reward(t, s) for t, s in zip(texts, samples)]
+    with code_rewards_in_parallel(texts, samples) as programs:  # the GRPO loop's path: one pool per batch
+        rewards = [code_reward(t, s, programs) for t, s in zip(texts, samples)]
     assert rewards == [1.0] * len(SOLVED), [(i, r) for i, r in enumerate(rewards) if r != 1.0]
     # and one wrong answer per form scores 0 (the harness does judge)
     assert code_reward("```python\ndef two_sum(nums, target):\n    return [0, 0]\n```", samples[0]) == 0.0
@@ -634,8 +634,8 @@ def _code_reward_on_rank(rank: int, world: int) -> list[float]:
     escape = "```python\nopen('/r1mega-escape-marker', 'w').write('x')\ndef f(x):\n    return x + 1\n```"
     sample = {"tests": "assert f(1) == 2"}
     texts = [good, bad, escape]
-    with code_rewards_in_parallel(texts, [sample] * 3):
-        out = [total_reward(["code"], t, sample) for t in texts]
+    with code_rewards_in_parallel(texts, [sample] * 3) as programs:
+        out = [total_reward(["code"], t, sample, programs) for t in texts]
     dist.barrier()
     return out
 

@@ -255,8 +255,8 @@ def outcome(canary):
     results = run_many(jobs, workers=2)
     texts = [_block(c) for c in GAMING.values()] * 2 + [_block("def add(a, b):\n    return a + b")] * 2
     samples = [ADD] * len(GAMING) + [CHECK] * len(GAMING) + [ADD, CHECK]
-    with code_rewards_in_parallel(texts, samples):
-        rewards = [code_reward(t, s) for t, s in zip(texts, samples)]
+    with code_rewards_in_parallel(texts, samples) as programs:
+        rewards = [code_reward(t, s, programs) for t, s in zip(texts, samples)]
     survivors = [p for p in os.listdir("/proc") if p.isdigit() and _comm(p) == "r1rt-survivor"]
     return dict(results=results, rewards=rewards, before=before, after=_snapshot(canary), survivors=survivors)
 
@@ -337,8 +337,8 @@ def test_call_path_solved_problems_pass_and_wrong_ones_fail():
         sample = {"tests": tests, **({"entry_point": entry} if entry else {})}
         texts += [_block(code), _block(code.replace("return", "return 1 or", 1))]
         samples += [sample, sample]
-    with code_rewards_in_parallel(texts, samples):
-        rewards = [code_reward(t, s) for t, s in zip(texts, samples)]
+    with code_rewards_in_parallel(texts, samples) as programs:
+        rewards = [code_reward(t, s, programs) for t, s in zip(texts, samples)]
     assert rewards[0::2] == [1.0] * len(SOLVED)
     assert rewards[1::2] == [0.0] * len(SOLVED)
 

@@ -1,9 +1,21 @@
-"""SFT from JSONL chat records in the R1 format, loss on assistant tokens only, packed.
+"""SFT from JSONL chat records, loss on assistant tokens only, packed.
 
 A record is {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}; assistant
-contents carry the reasoning as `<think> ... </think>` then the answer. Rendering follows
-DeepSeek-R1's chat template: BOS, system text, then `<｜User｜>` / `<｜Assistant｜>` turns, each
-assistant turn closed by EOS. Examples are packed first-fit into fixed-length rows; each row
+contents carry the reasoning as `<think> ... </think>` then the answer. `data.sft_template` says how
+a record becomes tokens (SFT_TEMPLATES), so a model trains in the format it is evaluated in:
+  auto   (default) the tokenizer's own chat template when it has one, else r1
+  model  the tokenizer's own chat template (what `--template chat` generates with): each assistant
+         turn is the text that rendering the conversation through that turn adds after rendering it
+         up to the generation prompt; the template's own turn end (EOS, <|im_end|>, ...) is learned
+  r1     DeepSeek-R1's chat format: BOS, system text, then `<｜User｜>` / `<｜Assistant｜>` turns, each
+         assistant turn closed by EOS (`--template r1`)
+  raw    the other turns' text as it is, each assistant turn continuing it directly, closed by EOS
+         (`--template raw`: a base model's native "Q: 3+4=" format)
+A record written by `r1mega reject-sample` also carries `prompt_ids` and `completion_ids`, the exact
+tokens the model was given and sampled, and `tokenizer`, the fingerprint of the tokenizer they are
+ids of. With that same tokenizer they are trained as they are (prompt untrained, completion and a
+closing EOS trained), whatever the template, so no token is re-encoded differently (a sampled "▁A"
+stays "▁A"); with another tokenizer (a distillation student's) the record's text is rendered. Examples are packed first-fit into fixed-length rows; each row
 carries per-document position ids and per-token document ids, which attention turns into a
 block-diagonal causal mask block by block (never an s x s tensor), so no token attends across
 documents.
@@ -11,35 +23,91 @@ documents.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 
 from r1mega.data.jsonl import DataError, iter_jsonl
 from r1mega.data.tokenizer import ASSISTANT, BOS, EOS, USER, Tokenizer
+from r1mega.errors import ConfigError
 
 IGNORE = -100
+SFT_TEMPLATES = ("auto", "model", "r1", "raw")
+
+
+def _token_ids(rec: dict, key: str, where: str) -> list[int]:
+    ids = rec[key]
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise DataError(f"{where}: '{key}' must be a list of token ids (non-negative integers)")
+    return ids
+
+
+def read_sft_jsonl(path: str) -> list[tuple[list[dict], Optional[tuple[list[int], list[int], Optional[str]]]]]:
+    """(conversation, (prompt_ids, completion_ids, tokenizer fingerprint) or None) per record,
+    validated like read_chat_jsonl."""
+    out = []
+    for where, rec in iter_jsonl(path):
+        msgs = _messages(rec, where)
+        ids = None
+        if "prompt_ids" in rec or "completion_ids" in rec:
+            if not ("prompt_ids" in rec and "completion_ids" in rec):
+                raise DataError(f"{where}: 'prompt_ids' and 'completion_ids' go together")
+            ids = (_token_ids(rec, "prompt_ids", where), _token_ids(rec, "completion_ids", where), rec.get("tokenizer"))
+            if not ids[1]:
+                raise DataError(f"{where}: 'completion_ids' is empty, nothing to learn from")
+        out.append((msgs, ids))
+    return out
 
 
 def read_chat_jsonl(path: str) -> list[list[dict]]:
     """Validated conversations; a malformed line raises DataError naming file and line."""
-    out = []
-    for where, rec in iter_jsonl(path):
-        msgs = rec.get("messages")
-        if not isinstance(msgs, list) or not msgs:
-            raise DataError(f"{where}: expected an object with a non-empty 'messages' list")
-        for k, m in enumerate(msgs):
-            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
-                    or not isinstance(m.get("content"), str):
-                raise DataError(f"{where}: messages[{k}] needs role system|user|assistant and string content")
-        if not any(m["role"] == "assistant" for m in msgs):
-            raise DataError(f"{where}: no assistant message, nothing to learn from")
-        out.append(msgs)
-    return out
+    return [msgs for msgs, _ in read_sft_jsonl(path)]
 
 
-def render(messages: list[dict], tok: Tokenizer) -> tuple[list[int], list[bool]]:
-    """Token ids and a mask that is True on the tokens the model learns (assistant turns + EOS)."""
+def _messages(rec: dict, where: str) -> list[dict]:
+    msgs = rec.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise DataError(f"{where}: expected an object with a non-empty 'messages' list")
+    for k, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
+                or not isinstance(m.get("content"), str):
+            raise DataError(f"{where}: messages[{k}] needs role system|user|assistant and string content")
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise DataError(f"{where}: no assistant message, nothing to learn from")
+    return msgs
+
+
+def resolve_template(template: str, tok: Tokenizer) -> str:
+    """The template `auto` stands for with this tokenizer; a template it cannot render is refused."""
+    if template not in SFT_TEMPLATES:
+        raise ConfigError("data.sft_template", f"expected one of {SFT_TEMPLATES}, got {template!r}")
+    has_own = bool(getattr(tok, "chat_template", None))
+    if template == "model" and not has_own:
+        raise ConfigError("data.sft_template", f"model: tokenizer {getattr(tok, 'path', tok)} has no chat_template "
+                          "(tokenizer_config.json or chat_template.jinja); use r1 or raw")
+    return ("model" if has_own else "r1") if template == "auto" else template
+
+
+def _model_template_pieces(messages: list[dict], tok: Tokenizer) -> list[tuple[str, bool]]:
+    """(text, learned) pieces of a conversation rendered by the tokenizer's own chat template."""
+    pieces, done = [], ""
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = tok.apply_chat_template(messages[:i], add_generation_prompt=True)
+        through = tok.apply_chat_template(messages[:i + 1], add_generation_prompt=False)
+        if not before.startswith(done) or not through.startswith(before):
+            raise DataError(f"data.sft_template=model: the chat template does not render this conversation as a "
+                            f"growing text (turn {i} rewrites earlier turns, e.g. drops old thoughts); "
+                            "use data.sft_template=r1 or raw")
+        pieces += [(before[len(done):], False), (through[len(before):], True)]
+        done = through
+    return pieces
+
+
+def render(messages: list[dict], tok: Tokenizer, template: str = "r1") -> tuple[list[int], list[bool]]:
+    """Token ids and a mask that is True on the tokens the model learns (assistant turns + their end)."""
     ids, learn = [], []
 
     def add(text: str, trained: bool):
@@ -47,6 +115,26 @@ def render(messages: list[dict], tok: Tokenizer) -> tuple[list[int], list[bool]]
         ids.extend(piece)
         learn.extend([trained] * len(piece))
 
+    template = resolve_template(template, tok)
+    if template == "model":
+        for text, trained in _model_template_pieces(messages, tok):
+            add(text, trained)
+        return ids, learn
+    if template == "raw":
+        if getattr(tok, "add_bos", False) and tok.bos_id is not None:
+            ids, learn = [tok.bos_id], [False]
+        context = []
+        for m in messages:
+            if m["role"] != "assistant":
+                context.append(m["content"])
+                continue
+            if context:
+                add("\n".join(context), False)
+                context = []
+            add(m["content"], True)
+            ids.append(tok.eos_id)
+            learn.append(True)
+        return ids, learn
     add(BOS, False)
     for m in messages:
         if m["role"] == "system":
@@ -57,6 +145,13 @@ def render(messages: list[dict], tok: Tokenizer) -> tuple[list[int], list[bool]]
             add(ASSISTANT, False)
             add(m["content"] + EOS, True)
     return ids, learn
+
+
+def render_sampled(prompt_ids: list[int], completion_ids: list[int], eos_id: Optional[int]) -> tuple[list[int], list[bool]]:
+    """A rejection-sampled record as the model saw and wrote it: the sampled tokens are learned as
+    they are, then EOS (when the sample did not end with it)."""
+    tail = [eos_id] if eos_id is not None and completion_ids[-1] != eos_id else []
+    return list(prompt_ids) + list(completion_ids) + tail, [False] * len(prompt_ids) + [True] * (len(completion_ids) + len(tail))
 
 
 @dataclass
@@ -114,23 +209,29 @@ def block_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
 
 
 class SFTData:
-    def __init__(self, path: str, tok: Tokenizer, seq_length: int, seed: int):
-        convs = read_chat_jsonl(path)
-        if not convs:
+    def __init__(self, path: str, tok: Tokenizer, seq_length: int, seed: int, template: str = "auto"):
+        records = read_sft_jsonl(path)
+        if not records:
             raise DataError(f"{path}: no conversations (the file is empty or has only blank lines)")
         pad = tok.eos_id if tok.eos_id is not None else 0
-        self.rows, self.truncated = pack([render(c, tok) for c in convs], seq_length, pad)
+        self.template = resolve_template(template, tok)
+        mine = tok.fingerprint() if any(ids is not None for _, ids in records) else None
+        same = [ids is not None and ids[2] == mine for _, ids in records]  # ids of this very tokenizer
+        examples = [render_sampled(ids[0], ids[1], tok.eos_id) if ok else render(c, tok, self.template)
+                    for (c, ids), ok in zip(records, same)]
+        self.sampled = sum(same)  # records trained on their sampled ids (the rest: their text)
+        self.rows, self.truncated = pack(examples, seq_length, pad)
         if not any((r.labels != IGNORE).any() for r in self.rows):  # the loss would be 0 on every step
             raise DataError(f"{path}: no assistant token falls within data.seq_length={seq_length} in any of the "
-                            f"{len(convs)} records ({self.truncated} longer than it, truncated); raise "
+                            f"{len(records)} records ({self.truncated} longer than it, truncated); raise "
                             f"data.seq_length or shorten the records")
         if self.truncated:
             import sys
 
-            print(f"warning: {path}: {self.truncated} of {len(convs)} records are longer than data.seq_length="
+            print(f"warning: {path}: {self.truncated} of {len(records)} records are longer than data.seq_length="
                   f"{seq_length} and were truncated to it", file=sys.stderr, flush=True)
         self.seed = seed
-        self.num_conversations = len(convs)
+        self.num_conversations = len(records)
 
     def _row(self, i: int) -> PackedRow:
         epoch, k = divmod(i, len(self.rows))

@@ -2,13 +2,18 @@
 
   r1_zero  DeepSeek-R1-Zero's template (DeepSeek-R1 paper, Table 1), the question in place of
            {prompt}; generation stops at EOS or after "</answer>"
-  chat     the tokenizer's own chat template (e.g. DeepSeek-R1's) with the generation prompt, then
-           the thinking prefix "<think>\\n" when the template does not already open the thought
-           (DeepSeek recommends forcing it); stops at EOS
-  raw      the question as it is; stops at EOS
+  chat        the tokenizer's own chat template with the generation prompt, nothing added: what a
+              chat model (reasoning or not) expects; stops at EOS. A template that itself ends by
+              opening the thought (DeepSeek-R1's newer ones write "<think>\\n") keeps it, as the
+              response's prefix
+  chat_think  `chat`, then R1's thinking prefix "<think>\\n" when the template does not already open
+              the thought (DeepSeek recommends forcing it for R1 models); stops at EOS
+  raw         the question as it is; stops at EOS
 
 A response is what the rewards judge: the response prefix the template already wrote for the
-model (the chat template's "<think>\\n") followed by the generated completion.
+model (the thinking prefix) followed by the generated completion. A non-reasoning model under
+`chat` writes no think tags: the judge reads its whole response (r1mega/judge/response.py) and
+takes its final answer by the fallback (the last number when there is no "A:", <answer> or \\boxed).
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ R1_ZERO = (
     "</answer>. User: {prompt}. Assistant:"
 )
 THINK_PREFIX = "<think>\n"
+CHAT_TEMPLATES = ("chat", "chat_think")  # rendered by the tokenizer's own chat template
 
 
 @dataclass
@@ -37,13 +43,13 @@ def render(problem: dict, template: str, tokenizer=None) -> Rendered:
         return Rendered(R1_ZERO.format(prompt=question_text(problem)), "")
     if template == "raw":
         return Rendered(question_text(problem), "")
-    if template == "chat":
+    if template in CHAT_TEMPLATES:
         messages = problem.get("messages") or [{"role": "user", "content": problem["prompt"]}]
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         if text.rstrip().endswith("<think>"):  # the template opened the thought itself
             return Rendered(text, text[text.rstrip().rfind("<think>"):])
-        return Rendered(text + THINK_PREFIX, THINK_PREFIX)
-    raise ValueError(f"rl.template: unknown template {template!r} (r1_zero, chat, raw)")
+        return Rendered(text + THINK_PREFIX, THINK_PREFIX) if template == "chat_think" else Rendered(text, "")
+    raise ValueError(f"rl.template: unknown template {template!r} (r1_zero, chat, chat_think, raw)")
 
 
 def stop_strings(template: str) -> list[str]:

@@ -103,6 +103,18 @@ class Tokenizer:
             return self._sp.decode(ids)
         return self._hf.decode(ids, skip_special_tokens=False)
 
+    def fingerprint(self) -> str:
+        """A short hash of the vocabulary (every token and its id): token ids written with one
+        tokenizer mean the same text under another only when their fingerprints agree."""
+        import hashlib
+
+        if self._sp is not None:
+            pieces = [self._sp.id_to_piece(i) for i in range(self.vocab_size)]
+        else:
+            vocab = self._hf.get_vocab(with_added_tokens=True)
+            pieces = sorted(vocab, key=vocab.__getitem__)
+        return hashlib.sha256("\n".join(pieces).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """Render a chat with the tokenizer's own template (transformers' sandboxed jinja renderer)."""
         if not self.chat_template:

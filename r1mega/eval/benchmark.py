@@ -6,11 +6,16 @@
 
 Benchmarks are JSONL records with `id`, `prompt` (or `messages`) and `answer` (or `tests` for
 code). k samples per problem at temperature 0.6, top-p 0.95 (the paper's setting) go through
-`r1mega generate`'s resumable store under <out>/<benchmark>/samples. Each sample's final answer
-(last \\boxed{...}, else the text after the last "A:") is checked against the reference with
-math-verify; code runs its tests in the sandbox. Per benchmark it writes <out>/<benchmark>/scored.jsonl
-(one line per sample) and summary.json; <out>/summary.md and summary.json hold the table of all.
-The last line is `pass@1=<float> cons@<k>=<float> problems=<n> samples=<k>` over all problems.
+`r1mega generate`'s resumable store under <out>/<benchmark>/samples. Every sample is judged by
+r1mega.judge, as the RL rewards and the rejection filters judge it: the final answer after the thought
+(last <answer>, else last \\boxed{...}, else --answer-fallback: by default the text after the last
+"A:", else the last number) against the reference with math-verify; code problems run the last Python
+block after the thought against their tests in the sandbox. With --samples 64 the table reports
+pass@1, pass@k and cons@64 (majority vote over the 64 answers), as DeepSeek-R1 does. Per benchmark it
+writes <out>/<benchmark>/scored.jsonl (one line per sample) and summary.json (with k, temperature and
+top-p); <out>/summary.md and summary.json hold the table of all. The last line is
+`pass@1=<float> cons@<k>=<float> problems=<n> samples=<k> temperature=<t> top_p=<p>` over all problems
+(for --completions made elsewhere, pass the --temperature and --top-p they were sampled with).
 
 --out is a new or empty directory, or one an earlier `r1mega eval` made: then each benchmark's
 samples resume (finished problems skipped) when the settings and the benchmark file are the same;
@@ -22,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 from typing import Optional
 
 from r1mega.atomic_io import write_text_atomic
@@ -30,7 +34,7 @@ from r1mega.data.jsonl import DataError, iter_jsonl
 from r1mega.errors import ConfigError
 from r1mega.eval.metrics import ProblemScore, equivalent, score_problem, summarize
 from r1mega.generation.records import read_prompt_records
-from r1mega.rl.rewards import final_answer
+from r1mega.judge import FALLBACKS, final_code, is_correct
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -42,13 +46,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/eval", help="directory for samples, scores and summaries: new or empty, "
                    "or one an earlier `r1mega eval` made (resumed); anything else is refused")
     p.add_argument("--greedy", action="store_true", help="also report greedy (temperature 0) accuracy")
+    p.add_argument("--answer-fallback", default="auto", choices=FALLBACKS,
+                   help="final answer without <answer>/\\boxed: auto (\"A:\" line, else last number), "
+                        "a_colon, last_number, none")
     add_model_args(p)
     add_sampling_args(p, samples=4)
-
-
-def _code_block(text: str) -> Optional[str]:
-    blocks = re.findall(r"```(?:python)?\n(.*?)```", text, re.DOTALL)
-    return blocks[-1].strip() if blocks else None
 
 
 def is_code(rec: dict) -> bool:
@@ -56,24 +58,29 @@ def is_code(rec: dict) -> bool:
     return rec.get("answer") is None and rec.get("tests") is not None
 
 
-def judge(rec: dict, completion: str) -> tuple[Optional[str], bool]:
-    """(final answer, correct) of one completion."""
+def judge(rec: dict, completion: str, fallback: str = "auto", programs=None) -> tuple[Optional[str], bool]:
+    """(final answer -- the program for code problems --, correct) of one completion."""
     if is_code(rec):
         from r1mega.rl.rewards import code_reward
 
-        code = _code_block(completion)
-        return code, code is not None and code_reward(completion, rec) > 0
-    answer = final_answer(completion)
-    return answer, answer is not None and equivalent(str(rec["answer"]), answer)
+        code = final_code(completion)
+        return code, code is not None and code_reward(completion, rec, programs) > 0
+    return is_correct(completion, rec["answer"], fallback)
 
 
-def score_benchmark(records: list[dict], completions: dict[str, list[str]], out_dir: Optional[str] = None
-                    ) -> tuple[dict, list[ProblemScore]]:
+def score_benchmark(records: list[dict], completions: dict[str, list[str]], out_dir: Optional[str] = None,
+                    fallback: str = "auto") -> tuple[dict, list[ProblemScore]]:
     """completions: id -> the k completions in sample order. Writes scored.jsonl when out_dir is given."""
+    programs = None
+    if any(is_code(r) for r in records):  # every program of the benchmark at once on the sandbox's pool
+        from r1mega.rl.rewards import run_programs
+
+        code = [(t, r) for r in records if is_code(r) for t in completions[r["id"]]]
+        programs = run_programs([t for t, _ in code], [r for _, r in code])
     scores, lines = [], []
     for rec in records:
         texts = completions[rec["id"]]
-        judged = [judge(rec, t) for t in texts]
+        judged = [judge(rec, t, fallback, programs) for t in texts]
         scores.append(score_problem([c for _, c in judged], [a for a, _ in judged],
                                     (lambda x, y: x == y) if is_code(rec) else equivalent))
         lines.extend(json.dumps({"id": rec["id"], "sample": i, "answer": a, "correct": c, "completion": t},
@@ -119,7 +126,7 @@ def markdown_table(rows: dict[str, dict]) -> str:
     ks = sorted({k for s in rows.values() for k in s if k.startswith("pass@") and k != "pass@1"},
                 key=lambda k: int(k[5:]))
     cons = sorted({k for s in rows.values() for k in s if k.startswith("cons@")}, key=lambda k: int(k[5:]))
-    cols = ["problems", "samples", "pass@1", *ks, *cons, "greedy", "answer_rate"]
+    cols = ["problems", "samples", "temperature", "top_p", "pass@1", *ks, *cons, "greedy", "answer_rate"]
     cols = [c for c in cols if any(c in s for s in rows.values())]
     head = "| benchmark | " + " | ".join(cols) + " |\n|" + " --- |" * (len(cols) + 1) + "\n"
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
@@ -141,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
     benchmarks = {n: read_prompt_records(p, need_answer=True) for n, p in zip(names, args.data)}
     loaded = None
     distributed = owns_group = False
+    # what the numbers were sampled with (for --completions: as the flags state, default the paper's)
+    sampling = {"temperature": args.temperature, "top_p": args.top_p}
     if args.completions:
         if len(args.data) != 1:
             raise ConfigError("--completions", "scores one benchmark: pass a single --data file")
@@ -180,9 +189,10 @@ def run(args: argparse.Namespace) -> int:
     table, everything = {}, []
     for name, recs in benchmarks.items():
         where = os.path.join(args.out, name)
-        summary, scores = score_benchmark(recs, texts[name], where)
+        summary, scores = score_benchmark(recs, texts[name], where, args.answer_fallback)
+        summary.update(sampling)
         if name in greedy_texts:
-            g, _ = score_benchmark(recs, greedy_texts[name])
+            g, _ = score_benchmark(recs, greedy_texts[name], fallback=args.answer_fallback)
             summary["greedy"] = g["pass@1"]
         write_text_atomic(os.path.join(where, "summary.json"), json.dumps(summary, indent=1) + "\n")
         write_text_atomic(os.path.join(where, "summary.md"), markdown_table({name: summary}))
@@ -190,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         everything.extend(scores)
         print(f"{name}: " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in summary.items()), flush=True)
-    total = summarize(everything)
+    total = {**summarize(everything), **sampling}
     if len(table) > 1:
         table["all"] = total
     md = markdown_table(table)
@@ -199,6 +209,6 @@ def run(args: argparse.Namespace) -> int:
     print(md, end="", flush=True)
     k = total["samples"]
     print(f"pass@1={total['pass@1']:.4f} cons@{k}={total[f'cons@{k}']:.4f} problems={total['problems']} "
-          f"samples={k}", flush=True)
+          f"samples={k} temperature={sampling['temperature']} top_p={sampling['top_p']}", flush=True)
     finish(distributed, owns_group)
     return 0

@@ -8,15 +8,16 @@
            to the cluster seen first (lowest sample index), so the vote is deterministic.
   greedy   accuracy of the temperature-0 completion
 
-Answer equivalence and correctness both go through math-verify (as the accuracy reward does), with
-an exact string match first and a whitespace/case-insensitive string match for answers it cannot
-parse (multiple-choice letters, words).
+Answer equivalence and correctness are the judge's (r1mega/judge/answers.py, the accuracy reward's
+too): an exact string match, then math-verify, then a whitespace/case-insensitive string match for
+answers it cannot parse (multiple-choice letters, words); NaN is never an answer.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Callable, Optional, Sequence
+
+from r1mega.judge.answers import equivalent
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -31,36 +32,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     for i in range(n - c + 1, n + 1):
         miss *= 1.0 - k / i
     return 1.0 - miss
-
-
-@lru_cache(maxsize=65536)
-def _parsed(answer: str):
-    from math_verify import parse
-
-    try:
-        return tuple(parse(f"${answer}$"))
-    except Exception:  # math-verify could not parse it: compared as a string only
-        return ()
-
-
-def _plain(s: str) -> str:
-    return "".join(s.split()).lower()
-
-
-@lru_cache(maxsize=65536)
-def equivalent(a: str, b: str) -> bool:
-    """Are two final answers the same (symbolically / numerically, else as normalised strings)?"""
-    if a.strip() == b.strip():
-        return True
-    pa, pb = _parsed(a), _parsed(b)
-    if pa and pb:
-        from math_verify import verify
-
-        try:
-            return bool(verify(list(pa), list(pb)))
-        except Exception:
-            return False
-    return _plain(a) == _plain(b)
 
 
 @dataclass

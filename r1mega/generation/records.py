@@ -11,8 +11,10 @@ Templates:
   r1       DeepSeek-R1's chat format, as `r1mega sft` renders it: BOS, system text, `<｜User｜>` turns,
            then `<｜Assistant｜>` for the model to continue
   r1_zero  R1-Zero's template (`r1mega.data.templates`, as GRPO poses it); stops after </answer>
-  chat     the tokenizer's own chat template with the thinking prefix "<think>\n" (as GRPO poses it);
-           that prefix belongs to the response: it is judged and trained together with the completion
+  chat        the tokenizer's own chat template with the generation prompt, nothing added (any chat
+              model, reasoning or not; as GRPO poses it)
+  chat_think  `chat` plus R1's thinking prefix "<think>\n"; that prefix belongs to the response: it is
+              judged and trained together with the completion
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from r1mega.data.prompts import read_problems
 from r1mega.data.tokenizer import ASSISTANT, BOS, EOS, USER
 from r1mega.errors import ConfigError
 
-TEMPLATES = ("raw", "r1", "r1_zero", "chat")
+TEMPLATES = ("raw", "r1", "r1_zero", "chat", "chat_think")
 
 
 def read_prompt_records(path: str, need_answer: bool = False) -> list[dict]:
@@ -36,7 +38,7 @@ def chat_messages(rec: dict) -> list[dict]:
 
 def render_prompt(rec: dict, template: str, tokenizer=None) -> tuple[str, str]:
     """(text the model continues, response prefix that text already holds: judged with the completion)."""
-    if template in ("r1_zero", "chat"):
+    if template in ("r1_zero", "chat", "chat_think"):
         from r1mega.data.templates import render
 
         r = render(rec, template, tokenizer)

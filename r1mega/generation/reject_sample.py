@@ -4,10 +4,16 @@
         [--max-tokens N --no-require-format --language en --max-paragraph-chars N]
     r1mega reject-sample --samples-from GEN_DIR --prompts P.jsonl --out DIR   # filter `r1mega generate` output
 
-Samples go through `r1mega generate`'s resumable store (<out>/samples), then the filters of
-`filters.py` in order, then per-problem dedup and a quota of `--keep`. Kept samples are written to
-<out>/sft.jsonl as {"messages": [..., {"role": "assistant", "content": completion}], "id", "sample"},
-the chat format `r1mega sft` reads (data.paths=[<out>/sft.jsonl]); <out>/report.json has the counts.
+Samples go through `r1mega generate`'s resumable store (<out>/samples, with each sample's token ids),
+then the filters of `filters.py` in order, then per-problem dedup and a quota of `--keep`. Kept
+samples are written to <out>/sft.jsonl as {"messages": [..., {"role": "assistant", "content":
+response}], "id", "sample", "prompt_ids", "completion_ids", "tokenizer"}, the chat format `r1mega sft`
+reads (data.paths=[<out>/sft.jsonl]); SFT with the same tokenizer (its `fingerprint()` equals
+"tokenizer") trains the sampled completion_ids exactly as the model wrote them (re-encoding the text
+can give other tokens: a sampled "▁A" becomes "A"); another tokenizer (a distillation student's)
+trains the text. Samples filtered
+from a store without ids (--samples-from an older run) are written as text only.
+<out>/report.json has the counts.
 Prints kept/total and the count per rejection reason; the last line is
 `kept=<n> total=<n> problems_with_kept=<n> problems=<n>`.
 
@@ -29,6 +35,7 @@ from r1mega.errors import ConfigError
 from r1mega.generation.filters import REASONS, FilterConfig, judge_sample, normalized
 from r1mega.generation.records import chat_messages, read_prompt_records
 from r1mega.generation.store import response_text
+from r1mega.judge import FALLBACKS, LANGUAGES
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -44,10 +51,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=0, help="reject completions longer than this (0: no cap)")
     p.add_argument("--no-require-format", dest="require_format", action="store_false",
                    help="do not require <think> ... </think> then an answer")
-    p.add_argument("--language", default="en", help="target language of the chain of thought (en, zh)")
+    p.add_argument("--language", default="en", choices=LANGUAGES, help="target language of the chain of thought")
     p.add_argument("--min-language-share", type=float, default=0.95)
     p.add_argument("--max-paragraph-chars", type=int, default=3000)
     p.add_argument("--allow-code-in-cot", action="store_true")
+    p.add_argument("--answer-fallback", default="auto", choices=FALLBACKS,
+                   help="final answer without <answer>/\\boxed (r1mega/judge/answers.py)")
     add_sampling_args(p, samples=16, temperature=0.6, top_p=0.95)
 
 
@@ -63,7 +72,7 @@ def filter_config(args: argparse.Namespace) -> FilterConfig:
     if args.language not in ("en", "zh"):
         raise ConfigError("--language", f"expected en or zh, got {args.language!r}")
     return FilterConfig(args.max_tokens, args.require_format, args.language, args.min_language_share,
-                        args.max_paragraph_chars, args.allow_code_in_cot)
+                        args.max_paragraph_chars, args.allow_code_in_cot, args.answer_fallback)
 
 
 def select(records: list[dict], samples: dict[str, list[dict]], cfg: FilterConfig, keep: int
@@ -85,8 +94,11 @@ def select(records: list[dict], samples: dict[str, list[dict]], cfg: FilterConfi
             seen.add(normalized(response_text(s)))
             kept += 1
             counts["kept"] += 1
-            out.append({"messages": chat_messages(rec) + [{"role": "assistant", "content": response_text(s)}],
-                        "id": rec["id"], "sample": s["sample"]})
+            row = {"messages": chat_messages(rec) + [{"role": "assistant", "content": response_text(s)}],
+                   "id": rec["id"], "sample": s["sample"]}
+            if s.get("completion_ids"):  # the tokens as sampled (SFT trains exactly these)
+                row.update(prompt_ids=s["prompt_ids"], completion_ids=s["completion_ids"], tokenizer=s.get("tokenizer"))
+            out.append(row)
     return out, counts
 
 
@@ -138,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         loaded, distributed, owns_group = open_model(args)
         sample_to_store(loaded, records, os.path.join(args.out, "samples"), params, args.template,
                         args.problems_per_round, {"prompts": args.prompts, "prompts_sha256": file_sha256(args.prompts)},
-                        desc="reject-sample", command="reject-sample",
+                        desc="reject-sample", command="reject-sample", keep_ids=True,
                         explicit_max_new=args.max_new_tokens is not None, drop_long=args.drop_long_prompts)
         if loaded.ps.rank != 0:
             finish(distributed, owns_group)

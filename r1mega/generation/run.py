@@ -25,7 +25,7 @@ import torch.distributed as dist
 from r1mega.config import ParallelConfig
 from r1mega.data.tokenizer import check_fits, load_tokenizer
 from r1mega.errors import ConfigError, DataError, R1MegaError
-from r1mega.generation.engine import SamplingParams, generate_rounds
+from r1mega.generation.sampling_rounds import SamplingParams, generate_rounds
 from r1mega.generation.model_source import LoadedModel, load_model
 from r1mega.generation.records import TEMPLATES, render_prompt, template_stops
 from r1mega.generation.store import SampleStore
@@ -165,9 +165,10 @@ def _broadcast(obj, ps):
 
 def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: SamplingParams, template: str,
                     problems_per_round: int, meta: dict, shard_records: int = 100_000,
-                    desc: str = "generate", command: str = "generate", key: str = "--out",
+                    desc: str = "generate", keep_ids: bool = False, command: str = "generate", key: str = "--out",
                     explicit_max_new: bool = True, drop_long: bool = False) -> Optional[dict]:
     """Generate the problems not yet complete in `out`. Collective. Returns stats on rank 0.
+    keep_ids: each record also holds its prompt_ids and completion_ids (what SFT trains on).
     Every rank checks the prompts against the model (same records, same verdict) before the store opens."""
     ps = loaded.ps
     tok = load_tokenizer(loaded.tokenizer, "--tokenizer")
@@ -203,6 +204,7 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
 
         bar = tqdm(total=len(records), initial=len(records) - len(todo), desc=desc, dynamic_ncols=True)
     tokens, t0 = 0, time.perf_counter()
+    vocab_hash = tok.fingerprint() if keep_ids and ps.rank == 0 else None  # which tokenizer the ids are of
     for results, stats in generate_rounds(loaded.chunks, ps, tok, problems, prompts, params,
                                           max(1, problems_per_round)):
         if results is None:
@@ -210,7 +212,9 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
         store.write([(prob["id"], [{"id": prob["id"], "sample": s.index, "completion": s.completion,
                                     "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
                                     "finish_reason": s.finish_reason,
-                                    **({"response_prefix": prefix[prob["id"]]} if prefix[prob["id"]] else {})}
+                                    **({"response_prefix": prefix[prob["id"]]} if prefix[prob["id"]] else {}),
+                                    **({"prompt_ids": s.prompt_ids, "completion_ids": s.completion_ids,
+                                        "tokenizer": vocab_hash} if keep_ids else {})}
                                    for s in samples])
                      for prob, samples in results])
         tokens += stats["completion_tokens"]

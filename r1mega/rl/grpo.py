@@ -46,9 +46,9 @@ from r1mega.rl.metrics import StepMetrics, global_values
 from r1mega.rl.prompt_source import PromptSource
 from r1mega.sandbox import isolation as sandbox
 from r1mega.rl.reference import ReferencePolicy
-from r1mega.rl.rewards import code_rewards_in_parallel, reward_terms, total_reward
+from r1mega.rl.rewards import reward_terms, run_programs, total_reward
 from r1mega.train.checkpoint import find_resume_checkpoint, read_meta, resume_from, save_checkpoint
-from r1mega.train.metrics_log import MetricsLog
+from r1mega.train.metrics_log import MetricsLog, table_due
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.train.setup import (
     Run, build_model, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta, start_run,
@@ -189,8 +189,9 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
         text = r.response_prefix + tok.decode(ids[:-1] if finished else ids)
         responses.append(text)
         truncated.append(len(ids) >= limit and not finished and not source.is_stopped(text))
-    with code_rewards_in_parallel(responses, outputs):  # every program of the batch at once
-        terms = [reward_terms(cfg.rl.rewards, text, p) for text, p in zip(responses, outputs)]
+    programs = run_programs(responses, outputs)  # every program of the batch at once
+    terms = [reward_terms(cfg.rl.rewards, text, p, programs, cfg.rl.answer_fallback)
+             for text, p in zip(responses, outputs)]
     rewards = torch.tensor([sum(t.values()) for t in terms], dtype=torch.float64, device=run.device)
     lengths = rollout.completion_mask.sum(1)
     rewards += overlong_shaping(lengths, limit, cfg.rl.overlong_buffer, cfg.rl.overlong_penalty).to(rewards)
@@ -284,15 +285,15 @@ def evaluate_accuracy(chunks, ps: ParallelState, source: PromptSource, problems:
     return both["hits"] / both["n"]
 
 
-def append_rollouts(path: str, step: int, scored: ScoredRollout, n: int) -> None:
-    """A few sample rollouts per step, for reading what the policy writes (like TRL/verl)."""
+def append_rollouts(path: str, step: int, scored: ScoredRollout, n: int) -> list[dict]:
+    """A few sample rollouts per step, for reading what the policy writes (like TRL/verl); returns them."""
+    rows = [{"step": step, "id": scored.problems[i].get("id"), "prompt": scored.rendered[i].text,
+             "completion": scored.responses[i], "reward": float(scored.rewards[i]), "rewards": scored.terms[i],
+             "answer": scored.problems[i].get("answer"), "truncated": bool(scored.truncated[i])}
+            for i in range(min(n, len(scored.responses)))]
     with open(path, "a", encoding="utf-8") as f:
-        for i in range(min(n, len(scored.responses))):
-            p = scored.problems[i]
-            f.write(json.dumps({"step": step, "id": p.get("id"), "prompt": scored.rendered[i].text,
-                                "completion": scored.responses[i], "reward": float(scored.rewards[i]),
-                                "rewards": scored.terms[i], "answer": p.get("answer"),
-                                "truncated": bool(scored.truncated[i])}, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return rows
 
 
 def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW, reference: Optional[ReferencePolicy],
@@ -381,9 +382,11 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
         position += rl.prompts_per_step * rl.minibatches
         scored = sample_rollout(run, chunks, optimizer, source, problems, where, step, index)
         if run.is_logger and rl.log_rollouts:
-            append_rollouts(rollouts_file, step + 1, scored, rl.log_rollouts)
+            shown = append_rollouts(rollouts_file, step + 1, scored, rl.log_rollouts)
+            if table_due(step, rl.minibatches, rl.log_rollouts_every):
+                log.rollout_table(step + 1, shown)
         adv, keep = advantages(cfg, scored)
-        batch = to_train_batch(scored.rollout, keep, 2 * ps.cp * (ps.tp if ps.sp else 1) if ps.cp > 1 else 1)
+        batch = to_train_batch(scored.rollout, keep, ps.cfg.sequence_divisor)
         old, ref = old_and_reference_logprobs(cfg, ps, chunks, reference, batch, kernels)
         rollout_sums = rollout_stats(cfg, scored, batch, old)
         gap_max = global_values({"gap_max": rollout_sums.pop("gap_max_local")}, ps, run.device,

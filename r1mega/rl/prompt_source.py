@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 from r1mega.config import Config
 from r1mega.data.prompts import PromptOrder, load_prompts
-from r1mega.data.templates import Rendered, render, stop_strings
+from r1mega.data.templates import CHAT_TEMPLATES, Rendered, render, stop_strings
 from r1mega.data.tokenizer import Tokenizer
 from r1mega.rl.tasks import addition_prompts, arithmetic_prompts, stops_after_answer
 
@@ -49,7 +49,7 @@ class PromptSource:
 
     def encode(self, rendered: Rendered) -> list[int]:
         ids = self.tok.encode(rendered.text)
-        if self.tok.add_bos and self.tok.bos_id is not None and self.template != "chat":
+        if self.tok.add_bos and self.tok.bos_id is not None and self.template not in CHAT_TEMPLATES:
             ids = [self.tok.bos_id] + ids  # the chat template writes its own BOS
         return ids
 

@@ -1,6 +1,8 @@
 """Run logging on rank 0: a progress bar with the step's numbers, a JSONL file, optional wandb.
 
 wandb runs offline unless WANDB_MODE says otherwise (no network is assumed); `wandb sync` uploads later.
+GRPO also logs a wandb table of sample rollouts (prompt, completion, each reward) every
+rl.log_rollouts_every steps -- the rows it appends to rollouts.jsonl.
 A resumed run first drops the records of steps after its checkpoint (they are trained again), so
 metrics.jsonl holds each step once.
 """
@@ -52,6 +54,15 @@ class MetricsLog:
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
 
+    def rollout_table(self, step: int, rollouts: list[dict]) -> None:
+        """A wandb table of sample rollouts (rows as rollouts.jsonl holds them); nothing without wandb."""
+        if self.wandb is None or not rollouts:
+            return
+        import wandb
+
+        columns, data = rollout_table_rows(rollouts)
+        self.wandb.log({"rollouts": wandb.Table(columns=columns, data=data)}, step=step)
+
     def print(self, msg: str) -> None:
         if self.enabled:
             tqdm.write(msg)
@@ -63,6 +74,24 @@ class MetricsLog:
         self.file.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+ROLLOUT_COLUMNS = ("step", "id", "prompt", "completion", "reward")
+
+
+def rollout_table_rows(rollouts: list[dict]) -> tuple[list[str], list[list]]:
+    """(columns, rows) of the rollout table: step, id, prompt, completion, total reward, one column per
+    reward term, the reference answer and whether the response was cut."""
+    terms = sorted({k for r in rollouts for k in r.get("rewards", {})})
+    columns = [*ROLLOUT_COLUMNS, *(f"reward/{k}" for k in terms), "answer", "truncated"]
+    rows = [[r.get(c) for c in ROLLOUT_COLUMNS] + [r.get("rewards", {}).get(k) for k in terms]
+            + [None if r.get("answer") is None else str(r["answer"]), bool(r.get("truncated"))] for r in rollouts]
+    return columns, rows
+
+
+def table_due(step: int, steps_done: int, every: int) -> bool:
+    """Whether steps step+1 .. step+steps_done pass a multiple of `every` (0: never)."""
+    return every > 0 and (step + steps_done) // every > step // every
 
 
 def _keep_steps_upto(path: str, last: int) -> None:

@@ -1,0 +1,21 @@
+"""The one answer judge of r1mega: the RL rewards (rl/rewards.py), `r1mega eval` (eval/benchmark.py)
+and the rejection filters (generation/filters.py) all read responses through it, so a completion
+gets one verdict everywhere.
+
+    response.py    the thought and the visible text after it
+    answers.py     the final answer (after the thought only) and answer equivalence (math-verify)
+    code_blocks.py the one code-fence extractor
+    language.py    the share of a thought's words in the target language (lexicons.py: Latin words)
+    format.py      the strict <think>...</think> answer format
+    limits.py      how much of a response is read (MAX_RESPONSE_CHARS)
+Low in the import graph: it imports nothing from rl/, eval/ or generation/.
+"""
+from r1mega.judge.answers import FALLBACKS, equivalent, final_answer, is_correct
+from r1mega.judge.code_blocks import final_code, python_blocks
+from r1mega.judge.format import well_formed
+from r1mega.judge.language import LANGUAGES, language_share
+from r1mega.judge.limits import MAX_ANSWER_CHARS, MAX_RESPONSE_CHARS
+from r1mega.judge.response import Parts, split
+
+__all__ = ["FALLBACKS", "LANGUAGES", "MAX_ANSWER_CHARS", "MAX_RESPONSE_CHARS", "Parts", "equivalent", "final_answer",
+           "final_code", "is_correct", "language_share", "python_blocks", "split", "well_formed"]

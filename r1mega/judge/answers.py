@@ -1,0 +1,169 @@
+"""The final answer of a response and whether it equals the reference (one rule for everyone).
+
+final_answer(text, fallback) reads only the visible text after the thought (response.py):
+  1. the last closed <answer>...</answer> (its last \\boxed{...} when it holds one, else its text)
+  2. else the last closed \\boxed{...} (balanced braces)
+  3. else the fallback:
+       "auto"         (the default) the rest of the line after the last "A:" (the built-in corpus's
+                      "Q: 3+4= A: 7" form); without one, the last number (a chat model's "3 + 18 = 21")
+       "a_colon"      only the "A:" rule
+       "last_number"  only the last number: optional sign, digits, optional decimals or /denominator
+       "none"         no fallback: an answer needs <answer> or \\boxed
+Unicode decimal digits (Arabic-Indic, fullwidth, ...) are read as ASCII digits.
+
+equivalent(a, b): the same string; else math-verify (symbolic / numeric: 1/2 = 0.5 = \\frac{1}{2});
+else, when either side does not parse, the same string up to whitespace and case (multiple-choice
+letters, words). A NaN answer is never correct, and an infinite one only against an infinite
+reference (issue 23 saw "A: nan" judged correct).
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from functools import lru_cache
+from typing import Optional
+
+from r1mega.judge.limits import MAX_ANSWER_CHARS
+from r1mega.judge.response import split
+
+FALLBACKS = ("auto", "a_colon", "last_number", "none")
+BOXED = "\\boxed{"
+_BRACES = re.compile(r"\\boxed\{|[{}]")
+# 1,234.5 | -7 | 0.25 | 3/4 (each alternative consumes a digit run once: linear)
+_NUMBER = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?|[-+]?\d+(?:\.\d+)?(?:/\d+)?")
+_NAN = re.compile(r"[-+]?\s*(?:nan|\\mathrm\{nan\}|\\text\{nan\})", re.IGNORECASE)
+_INF = re.compile(r"[-+]?\s*(?:inf|infinity|\\infty|∞|oo|\\infinity)", re.IGNORECASE)
+
+
+def last_boxed(text: str) -> Optional[str]:
+    """Content of the last \\boxed{...} whose braces close, in one pass over the braces."""
+    opened: list[tuple[int, bool]] = []  # (content start, is a \boxed) per open brace
+    best: tuple[int, int] = (-1, -1)
+    for m in _BRACES.finditer(text):
+        tok = m.group()
+        if tok == "}":
+            if opened:
+                start, boxed = opened.pop()
+                if boxed and start > best[0]:
+                    best = (start, m.start())
+        else:
+            opened.append((m.end(), tok != "{"))
+    return None if best[0] < 0 else text[best[0]:best[1]]
+
+
+def _tagged_answer(text: str) -> Optional[str]:
+    close = text.rfind("</answer>")
+    if close < 0:
+        return None
+    start = text.rfind("<answer>", 0, close)
+    return None if start < 0 else text[start + len("<answer>"):close]
+
+
+def _after_a_colon(text: str) -> Optional[str]:
+    at = text.rfind("A:")
+    if at < 0:
+        return None
+    line = text[at + 2:].split("\n", 1)[0].strip()
+    return line or None
+
+
+def _last_number(text: str) -> Optional[str]:
+    last = None
+    for last in _NUMBER.finditer(text):
+        pass
+    return None if last is None else last.group().replace(",", "")
+
+
+def ascii_digits(s: str) -> str:
+    """Every Unicode decimal digit as its ASCII digit (٧ and ７ are 7)."""
+    if s.isascii():
+        return s
+    return "".join(str(unicodedata.decimal(c)) if not c.isascii() and unicodedata.category(c) == "Nd" else c
+                   for c in s)
+
+
+def answer_in(visible: str, fallback: str = "auto") -> Optional[str]:
+    """The final answer in text that is already outside the thought."""
+    if fallback not in FALLBACKS:
+        raise ValueError(f"answer fallback {fallback!r}: choose from {FALLBACKS}")
+    tagged = _tagged_answer(visible)
+    if tagged is not None:
+        boxed = last_boxed(tagged)
+        found: Optional[str] = boxed if boxed is not None else tagged
+    else:
+        found = last_boxed(visible)
+        if found is None and fallback in ("auto", "a_colon"):
+            found = _after_a_colon(visible)
+        if found is None and fallback in ("auto", "last_number"):
+            found = _last_number(ascii_digits(visible))
+    if found is None:
+        return None
+    found = ascii_digits(found).strip()
+    return found or None
+
+
+def final_answer(text: str, fallback: str = "auto") -> Optional[str]:
+    """The final answer of a whole response (None: there is none)."""
+    parts = split(text)
+    return None if parts.over_cap else answer_in(parts.visible, fallback)
+
+
+@lru_cache(maxsize=65536)
+def _parsed(answer: str) -> tuple:
+    if len(answer) > MAX_ANSWER_CHARS:
+        return ()
+    from math_verify import parse
+
+    try:
+        return tuple(parse(f"${answer}$"))
+    except Exception:  # math-verify could not parse it: compared as a string only
+        return ()
+
+
+def _plain(s: str) -> str:
+    return "".join(s.split()).lower()
+
+
+def _has_nan(parsed: tuple) -> bool:
+    import sympy
+
+    return any(isinstance(x, sympy.Basic) and x.has(sympy.nan) for x in parsed)
+
+
+def _kind(s: str) -> Optional[str]:
+    if _NAN.fullmatch(s.strip()):
+        return "nan"
+    m = _INF.fullmatch(s.strip())
+    if m:
+        return "-inf" if m.group().lstrip().startswith("-") else "inf"
+    return None
+
+
+@lru_cache(maxsize=65536)
+def equivalent(a: str, b: str) -> bool:
+    """Are two final answers the same (symbolically / numerically, else as normalised strings)?"""
+    a, b = ascii_digits(a), ascii_digits(b)
+    ka, kb = _kind(a), _kind(b)
+    if "nan" in (ka, kb):
+        return False
+    if ka or kb:
+        return ka == kb
+    if a.strip() == b.strip():
+        return True
+    pa, pb = _parsed(a), _parsed(b)
+    if _has_nan(pa) or _has_nan(pb):  # 0/0 and the like
+        return False
+    if pa and pb:
+        from math_verify import verify
+
+        try:
+            return bool(verify(list(pa), list(pb)))
+        except Exception:
+            return False
+    return _plain(a) == _plain(b)
+
+
+def is_correct(text: str, reference, fallback: str = "auto") -> tuple[Optional[str], bool]:
+    """(final answer, equal to the reference) of one response."""
+    answer = final_answer(text, fallback)
+    return answer, answer is not None and equivalent(str(reference), answer)
