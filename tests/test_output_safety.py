@@ -114,7 +114,7 @@ def test_reject_sample_options_are_named(capsys, tiny, tmp_path, extra, words):
     (["plan", "--config", TINY, "--cp", "2", "--seq-length", "30"], "'--seq-length': 30 is not divisible by 4"),
     (["plan", "--config", TINY, "--seq-length", "8192"], "exceeds the model's max_position_embeddings"),
     (["pretrain", "--config", TINY, "--dry-run", "parallel.cp=2", "data.seq_length=30"],
-     "'data.seq_length': 30 is not divisible by 4"),
+     "'data.seq_length': context parallel needs seq_length 30 divisible by 2 x cp = 4"),
 ])
 def test_command_options_are_named(capsys, tmp_path, argv, words):
     assert words in named_error(capsys, argv)
