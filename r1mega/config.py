@@ -390,7 +390,7 @@ class RLConfig:
     clip_low: float = 0.2
     clip_high: float = 0.2  # > clip_low: asymmetric "clip-higher"; R1's first RL stage uses 10
     ref_refresh_steps: int = 400
-    updates_per_rollout: int = 1  # passes over each rollout's mini-batches (old log-probs kept)
+    updates_per_rollout: int = 1  # epochs over all of a rollout's mini-batches (old log-probs kept), a step each
     # loss normaliser: sequence (mean per sequence, then over sequences; DeepSeekMath), token (over all
     # tokens of the step) or constant (token sums / (sequences x max_new_tokens); Dr.GRPO)
     loss_norm: str = "sequence"
@@ -405,6 +405,20 @@ class RLConfig:
     tis: Optional[bool] = None
     tis_cap: float = 2.0
     routing_replay: bool = False
+    # the update without padding: rollout sequences packed whole into rows of pack_tokens tokens
+    # (0: the longest sequence of the minibatch), each its own document; false: left-padded rows
+    packed_update: bool = True
+    pack_tokens: int = 0
+    # DAPO dynamic sampling: draw more prompts (at most dynamic_sampling_max_draws extra rollouts'
+    # worth) until every group of the step has rewards that are not all equal
+    dynamic_sampling: bool = False
+    dynamic_sampling_max_draws: int = 4
+    entropy_coef: float = 0.0  # bonus on the token entropy of softmax(logits / T) (0: logged only)
+    # DeepSeek-V3.2's refinements: k3 weighted by pi_theta / pi_old; off-policy sequence masking
+    # (null: off); the sampler's top-p/top-k support applied to the old, current and reference policies
+    unbiased_kl: bool = False
+    opsm_delta: Optional[float] = None
+    keep_sampling_mask: bool = False
     rewards: list[str] = field(default_factory=lambda: ["accuracy", "format"])
     language: Optional[str] = None  # target language for the language-consistency reward (default en)
     # final answer when there is neither <answer> nor \boxed after the thought (r1mega/judge/answers.py)
@@ -467,6 +481,21 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False) -> "Conf
     for key in ("kl_coef", "clip_low", "clip_high", "tis_cap", "top_p"):
         need(math.isfinite(getattr(rl, key)), f"rl.{key}", f"must be a finite number, got {getattr(rl, key)}")
     need(rl.tis_cap >= 1, "rl.tis_cap", f"must be >= 1, got {rl.tis_cap}")
+    need(rl.pack_tokens >= 0, "rl.pack_tokens", f"must be >= 0 (0 = the longest sequence), got {rl.pack_tokens}")
+    need(rl.dynamic_sampling_max_draws >= 0, "rl.dynamic_sampling_max_draws",
+         f"must be >= 0, got {rl.dynamic_sampling_max_draws}")
+    need(rl.entropy_coef >= 0 and math.isfinite(rl.entropy_coef), "rl.entropy_coef",
+         f"must be a finite number >= 0, got {rl.entropy_coef}")
+    need(rl.opsm_delta is None or (rl.opsm_delta >= 0 and math.isfinite(rl.opsm_delta)), "rl.opsm_delta",
+         f"must be a finite number >= 0 (or null: off), got {rl.opsm_delta}")
+    need(not rl.keep_sampling_mask or rl.top_p < 1 or rl.top_k > 0, "rl.keep_sampling_mask",
+         "the sampler truncates nothing (rl.top_p=1, rl.top_k=0): there is no support to keep")
+    for key in ("kl_coef", "clip_low", "clip_high", "tis_cap", "overlong_penalty"):
+        need(math.isfinite(getattr(rl, key)), f"rl.{key}", f"must be finite, got {getattr(rl, key)}")
+    rows = rl.prompts_per_step // max(par.dp, 1) * rl.group_size
+    need(rl.packed_update or rows % cfg.data.micro_batch_size == 0, "data.micro_batch_size",
+         f"{cfg.data.micro_batch_size} does not divide the {rows} rows of a step on each data-parallel rank "
+         f"(prompts_per_step / dp x group_size = {rl.prompts_per_step} / {par.dp} x {rl.group_size})")
     need(len(rl.rewards) > 0, "rl.rewards", "no reward function given")
     unknown = [n for n in rl.rewards if n not in REWARDS]
     need(not unknown, "rl.rewards", f"unknown reward(s) {unknown}; choose from {sorted(REWARDS)}")

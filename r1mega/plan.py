@@ -220,7 +220,13 @@ def make_dense_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_
     return plan
 
 
-PLANNERS = {"deepseek_v3": make_plan, "dense": make_dense_plan}  # by model family
+def _dsa_plan(*args, **kw) -> Plan:
+    from r1mega.models.deepseek_v32.plan import make_dsa_plan  # V3's plan + the indexer
+
+    return make_dsa_plan(*args, **kw)
+
+
+PLANNERS = {"deepseek_v3": make_plan, "deepseek_v32": _dsa_plan, "dense": make_dense_plan}  # by model family
 
 
 def plan_for(cfg: Config, world: int, micro_batch: int, seq: int, global_batch: Optional[int] = None,

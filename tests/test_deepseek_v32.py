@@ -138,20 +138,33 @@ def test_selection_by_query_blocks_and_documents(models, monkeypatch):
     indexer = model.layers["0"].self_attn.indexer
     q, w, k = (torch.randn(16, 2, 16, 16, generator=g), torch.randn(16, 2, 16, generator=g),
                torch.randn(16, 2, 16, generator=g))
-    picks = indexer.select(q, w, k, docs.expand(2, -1), 5)
+    picks = indexer.select(q, w, k, docs.expand(2, -1), docs.expand(2, -1), 5)
     monkeypatch.setattr(indexer_mod, "SCORE_BUDGET", 1 << 24)
-    assert all(torch.equal(x, y) for x, y in zip(picks, indexer.select(q, w, k, docs.expand(2, -1), 5)))
+    assert all(torch.equal(x, y) for x, y in zip(picks, indexer.select(q, w, k, docs.expand(2, -1), docs.expand(2, -1), 5)))
     assert not picks[1][:, :4].all() and picks[1][:, 4:9].all() and not picks[1][:, 9:13].all()
     torch.testing.assert_close(whole, apart, atol=1e-5, rtol=1e-5)
 
 
 def test_cached_decode_equals_full_forward(models):
+    """Greedy decoding with the indexer's keys cached (paged cache of continuous batching, and the
+    static cache of the reference engine) equals full re-forwards; prompts + 5 tokens > top-k, so
+    decoding steps select."""
+    from r1mega.inference.generate import GenerationConfig, generate_static
+    from student_workers import build
+
     for kind in ("sparse", "yarn"):
         res = decode(models[kind][0], {}, 1)
         assert torch.equal(res["cached"], res["full"]), kind
         assert res["cached"].shape == (len(PROMPTS), 8 + 5)
         cfg = family_for_hf(models[kind][0])[1]
         assert res["values_per_token"] == cfg.kv_lora_rank + cfg.qk_rope_head_dim + cfg.index_head_dim
+        _, chunks, ps, _, _ = build(models[kind][0], {}, 1)
+        with torch.no_grad():
+            for p in chunks.parameters():
+                if p.dim() > 1:
+                    p.mul_(3)  # as decode() does
+        static = generate_static(chunks, ps, PROMPTS, GenerationConfig(max_new_tokens=5, temperature=0.0))
+        assert torch.equal(static.tokens, res["full"]), kind
 
 
 def test_parameter_count_equals_transformers(models):
@@ -318,14 +331,17 @@ def test_fp8_checkpoint_round_trips_with_its_scales(tmp_path):
 
 def test_index_loss_layouts_equal_one_process(models, data):
     """The indexer's KL loss and every gradient (the indexer's from the KL, the rest from the LM
-    loss) under TP (+SP), PP and DP equal one process, in both stages."""
+    loss) under TP (+SP), PP, CP and DP equal one process, in both stages."""
     from dsa_workers import dsa_worker, evaluate_with_index_loss
 
     ids, labels = data
     cases = [(models["sparse"][0], dict(tp=2, sp=True), "sparse"), (models["sparse"][0], dict(pp=2, microbatches=2),
                                                                        "sparse"),
              (models["yarn"][0], dict(tp=2, pp=2, microbatches=2), "sparse"),
-             (models["sparse"][0], dict(tp=2), "dense_warmup")]
+             (models["sparse"][0], dict(tp=2), "dense_warmup"),
+             # context parallel: zigzag query chunks select over the whole causal prefix
+             (models["sparse"][0], dict(cp=2), "sparse"), (models["yarn"][0], dict(cp=2, tp=2), "sparse"),
+             (models["sparse"][0], dict(cp=2), "dense_warmup")]
     per_rank = run_ranks(dsa_worker, 4, cases, ids, labels)
     for i, (path, lay, stage) in enumerate(cases):
         ref = evaluate_with_index_loss(path, {}, 1, stage, ids, labels)
@@ -356,3 +372,89 @@ def test_sparse_attention_by_recomputed_query_blocks(models, data, monkeypatch):
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-6)
     for k, g in results[0][1].items():
         assert (results[1][1][k] - g).abs().max() <= 1e-5 * g.abs().max() + 1e-7, k
+
+
+@pytest.mark.slow
+def test_671b_config_and_the_long_context_plan():
+    """The published V3.2 shapes: transformers' DeepseekV32Config defaults, our count equals its
+    (meta-device) parameter count; the planner adds the indexer; DSA's attention FLOPs per token stop
+    growing past top-k while dense MLA's grow linearly."""
+    import transformers
+
+    from r1mega.config import ParallelConfig
+    from r1mega.models.deepseek_v32.config import DSAConfig
+    from r1mega.models.deepseek_v32.params import attention_flops_per_token, count_params
+    from r1mega.models.deepseek_v32.plan import base_config, long_context_table
+    from r1mega.models.family import build_config
+    from r1mega.plan import plan_for
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    m = DSAConfig.from_hf(os.path.join(root, "configs", "model", "hf", "deepseek_v32_671b.json"))
+    d = transformers.DeepseekV32Config()
+    assert (m.index_n_heads, m.index_head_dim, m.index_topk) == (d.index_n_heads, d.index_head_dim, d.index_topk)
+    with torch.device("meta"):
+        hf = transformers.DeepseekV32ForCausalLM(d)
+    assert count_params(m)["total"] == sum(p.numel() for p in hf.parameters()) == 671_877_929_216
+    k = m.index_topk
+    assert attention_flops_per_token(m, k, sparse=False) < attention_flops_per_token(m, k, sparse=True)  # + indexer
+    rows = {r["seq"]: r for r in long_context_table(m)}
+    assert rows[131072]["attn_tflop_per_token_dense"] == pytest.approx(4 * rows[32768]["attn_tflop_per_token_dense"])
+    assert rows[131072]["attn_tflop_per_token_dsa"] < 0.25 * rows[131072]["attn_tflop_per_token_dense"]
+    par = dict(tp=8, pp=16, ep=64, etp=1, dp=8, cp=4, sp=True)
+    plans = [plan_for(build_config(x, ParallelConfig(**par)), 8 * 16 * 8 * 4, 1, 32768, 64, rollout_batch=64,
+                      rollout_len=32768) for x in (m, base_config(m))]
+    assert plans[0].counts["total"] == count_params(m)["total"]
+    assert plans[0].memory["weights"] > plans[1].memory["weights"]
+    assert plans[0].kv_cache["index_keys"] == pytest.approx(plans[0].kv_cache["mla_latent"] * 128 / 576)
+
+
+@pytest.mark.slow
+def test_verify_hf_command_on_v32(models):
+    """`r1mega verify-hf` on V3.2 (selection active at 32 tokens): TP2 x EP2, TP2+SP x PP2, CP2 x TP2."""
+    from test_students import torchrun_verify
+
+    assert torchrun_verify(4, "--hf-dir", models["sparse"][0], "--tp", "2", "--ep", "2") < 1e-4
+    assert torchrun_verify(4, "--hf-dir", models["yarn"][0], "--tp", "2", "--pp", "2", "--sp") < 1e-4
+    assert torchrun_verify(4, "--hf-dir", models["sparse"][0], "--cp", "2", "--tp", "2") < 1e-4
+
+
+def test_full_recompute_with_the_index_loss(models, data):
+    """train.recompute=full re-runs each DSA layer in backward: same gradients, the KL counted once."""
+    from r1mega.parallel.recompute import set_recompute
+
+    ids, labels = data
+    runs = []
+    for mode in ("none", "full"):
+        family, model = one_process(models["sparse"][0])
+        model.train()
+        set_recompute(model, mode)
+        attns = [m for m in model.modules() if hasattr(m, "indexer")]
+        for m in attns:
+            m.index_loss_scale = 0.5
+        model(ids, labels=labels).token_loss.sum().backward()
+        runs.append((sum(m.index_loss_sum for m in attns), family.gather_full(model, grads=True)))
+    torch.testing.assert_close(runs[1][0], runs[0][0], atol=0, rtol=1e-6)
+    for k, g in runs[0][1].items():
+        torch.testing.assert_close(runs[1][1][k], g, atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_grpo_on_v32_rollout_logprobs_equal_training(tmp_path):
+    """GRPO runs on a V3.2 model: rollouts (paged cache with the indexer's keys, top-4 per decoding
+    step) and the training forward (blockwise top-4) give the same log-probs."""
+    from dataclasses import asdict
+
+    from r1mega.config import load_config
+    from r1mega.models.deepseek_v32.config import DSAConfig
+    from r1mega.rl.grpo import grpo
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(root, "configs", "tiny", "r1_zero_demo.yaml"),
+                      [f"train.run_dir={tmp_path}/run", f"data.cache_dir={tmp_path}/data", "train.steps=2",
+                       "rl.group_size=4", "rl.prompts_per_step=4", "data.micro_batch_size=8",
+                       "data.global_batch_size=8", "data.synthetic_docs=300"])
+    cfg.model = DSAConfig(**asdict(cfg.model), index_n_heads=8, index_head_dim=16, index_topk=4)
+    grpo(cfg, eval_problems=4)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["logprob_gap_max"] < 1e-4 and r["response_len"] > 0, r

@@ -202,6 +202,7 @@ def test_fp8_runs_the_update_and_leaves_sampling_and_reference_alone(tmp_path, u
 
         def logprobs_spy(*args, **kwargs):
             seen["old"], seen["ref"] = logprobs(*args, **kwargs)
+            seen["generated"] = args[4].generated  # the batch's sampled tokens (packed rows)
             return seen["old"], seen["ref"]
 
         def sync_spy(chunks, *args, **kwargs):
@@ -233,7 +234,8 @@ def test_fp8_runs_the_update_and_leaves_sampling_and_reference_alone(tmp_path, u
     assert torch.equal(a.rollout.logprobs, b.rollout.logprobs) and torch.equal(a.rewards, b.rewards)
     assert torch.equal(base["ref"], fp8["ref"])
     # the trainer's log-probs of the sampled tokens: FP8 moves them, by FP8 error (~1% here)
-    mask = a.rollout.completion_mask[:, 1:]
+    mask = base["generated"]
+    assert torch.equal(mask, fp8["generated"])
     old, old8 = base["old"][mask], fp8["old"][mask]
     diff = (old8 - old).abs()
     assert diff.max() > 1e-4 and diff.mean() < 0.02 * old.abs().mean(), (diff.mean(), old.abs().mean())

@@ -137,3 +137,17 @@ def test_verify_hf_command_on_qwen3(students):
 
     assert torchrun_verify(4, "--hf-dir", students["tied"][0], "--tp", "2", "--pp", "2") < 1e-4
     assert torchrun_verify(2, "--hf-dir", students["untied"][0], "--tp", "2", "--sp") < 1e-4
+
+
+@pytest.mark.parametrize("name", ["qwen3_8b", "qwen3_1.7b"])
+def test_published_shapes_count_as_transformers(name):
+    """configs/model/students/qwen3_*.yaml: our count = transformers' (meta device) for the same config."""
+    import transformers
+
+    from r1mega.config import load_config, validate
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    student = validate(load_config(os.path.join(root, "configs", "model", "students", f"{name}.yaml")), 1).student
+    with torch.device("meta"):
+        hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**student.to_hf()))
+    assert count_params(student)["total"] == sum(p.numel() for p in hf.parameters())

@@ -3,19 +3,23 @@
     for each rollout (on every rank of any TP/PP/EP/DP layout):
         problems   = the next prompts_per_step x minibatches questions (this DP rank's share)
         rollout    = G samples per question, generated in inference mode on the training shards
+                     (rl.dynamic_sampling: more prompts until every group's rewards differ, DAPO)
         rewards    = rule-based rewards per output (+ DAPO overlong shaping)
         advantages = group-normalised (0 for all-equal groups; Dr.GRPO: no std)
+        rows       = each minibatch's sequences packed whole into rows (rl.packed_update; or left-padded)
         old, ref   = log-probs of the sampled tokens by the trainer (kept for every minibatch) and
                      by the reference policy (its own routing); the sampler/trainer gap is logged
+                     (rl.keep_sampling_mask: over the sampler's top-p/top-k support, kept from here on)
         (train.fp8: the trainer's forwards -- old log-probs and the update -- run in FP8; sampling
                      and the reference stay in train.dtype, as rollout engines serve bf16 weights)
-        for each of the `minibatches` blocks of whole groups (the data order is shuffled): one
-                     clipped-surrogate (+TIS) + k3-KL optimizer step on the rollout's old log-probs;
-                     the reference is refreshed every rl.ref_refresh_steps steps
+        for each of rl.updates_per_rollout epochs, for each of the `minibatches` blocks of whole
+                     groups (the data order is shuffled): one clipped-surrogate (+TIS) + KL (+entropy)
+                     optimizer step on the rollout's old log-probs; the reference is refreshed every
+                     rl.ref_refresh_steps steps
 A step is one optimizer step; checkpoints hold the policy, optimizer, the prompt position and the
 reference policy, so a restart continues where the last checkpoint was (a checkpoint taken inside a
-rollout resumes with the next rollout: choose train.save_interval as a multiple of rl.minibatches to
-lose nothing).
+rollout resumes with the next rollout: choose train.save_interval as a multiple of rl.minibatches x
+rl.updates_per_rollout to lose nothing).
 """
 from __future__ import annotations
 
@@ -35,13 +39,15 @@ from r1mega.output_dir import release
 from r1mega.data.templates import Rendered
 from r1mega.data.tokenizer import Tokenizer, check_fits
 from r1mega.inference.generate import GenerationConfig, Rollout, generate
-from r1mega.kernels.block_attention import documents_from_pad
 from r1mega.parallel.context_parallel import gather_tokens, local_tokens
 from r1mega.parallel.grad_sync import sync_grads
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.pipeline import Microbatch, forward_backward
 from r1mega.parallel.vocab_parallel import vocab_parallel_log_probs
-from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, overlong_shaping
+from r1mega.rl.dynamic_sampling import draw_until_informative
+from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, overlong_shaping, per_sequence_sum
+from r1mega.rl.policy_scores import pack_support, sampler_support, scores, support_with_targets, unpack_support
+from r1mega.rl.train_batch import TrainBatch, pack_batch, to_train_batch  # noqa: F401 (re-exported)
 from r1mega.rl.metrics import StepMetrics, global_values
 from r1mega.rl.prompt_source import PromptSource
 from r1mega.sandbox import isolation as sandbox
@@ -69,50 +75,11 @@ class ScoredRollout:
     max_new_tokens: int
 
 
-@dataclass
-class TrainBatch:
-    """Rollout sequences as next-token training rows (the generation's left-padded layout, so the
-    recorded routing lines up token for token)."""
-
-    input_ids: torch.Tensor  # [B, S]
-    targets: torch.Tensor  # [B, S]
-    mask: torch.Tensor  # [B, S] completion tokens that take part in the loss
-    position_ids: torch.Tensor
-    attn_mask: torch.Tensor  # [B, S] document ids: each left pad its own, the sequence one
-    rollout_logp: torch.Tensor  # [B, S] the sampler's log-probs
-    routing: Optional[dict]  # {layer: experts [S, B, k]} recorded while sampling
-
-    def rows(self, index: torch.Tensor) -> "TrainBatch":
-        routing = {k: v[:, index] for k, v in self.routing.items()} if self.routing else None
-        return TrainBatch(self.input_ids[index], self.targets[index], self.mask[index], self.position_ids[index],
-                          self.attn_mask[index], self.rollout_logp[index], routing)
-
-
-def to_train_batch(r: Rollout, keep: torch.Tensor, multiple: int = 1) -> TrainBatch:
-    """keep [B]: sequences that take part in the loss. multiple: rows are right-padded to a
-    multiple of it (context parallelism splits them evenly); each pad is its own document, untrained."""
-    ids, n = r.tokens, r.tokens.shape[1] - 1
-    batch = TrainBatch(ids[:, :-1], ids[:, 1:], r.completion_mask[:, 1:] & keep[:, None], r.position_ids[:, :-1],
-                       documents_from_pad(r.pad, n), r.logprobs[:, 1:],
-                       {k: v[:n] for k, v in r.routing.items()} or None)
-    extra = (-n) % multiple
-    if extra:
-        B, dev = ids.shape[0], ids.device
-        right = lambda t, fill: torch.cat([t, t.new_full((B, extra), fill)], 1)  # noqa: E731
-        tail = torch.arange(n, n + extra, device=dev)
-        batch = TrainBatch(right(batch.input_ids, 0), right(batch.targets, 0), right(batch.mask, False),
-                           torch.cat([batch.position_ids, batch.position_ids[:, -1:] + 1 + tail - n], 1),
-                           torch.cat([batch.attn_mask, (-1 - tail).expand(B, -1)], 1), right(batch.rollout_logp, 0.0),
-                           None if batch.routing is None else {
-                               k: torch.cat([v, torch.arange(v.shape[-1], device=dev).expand(extra, B, -1)])
-                               for k, v in batch.routing.items()})
-    return batch
-
-
-def microbatches(b: TrainBatch, size: int, extra: dict[str, torch.Tensor], replay: bool) -> list[Microbatch]:
-    """Split rows into microbatches of `size` (one microbatch when size does not divide them)."""
+def microbatches(b: TrainBatch, size: int, extra: dict[str, torch.Tensor], replay: bool,
+                 count: Optional[int] = None) -> list[Microbatch]:
+    """Split rows into `count` microbatches (default: rows / size, rounded up), as even as can be."""
     rows = b.input_ids.shape[0]
-    n = rows // size if size and rows % size == 0 else 1
+    n = min(count or -(-rows // max(size, 1)), rows)
     out = []
     for i in range(n):
         lo, hi = i * rows // n, (i + 1) * rows // n
@@ -120,15 +87,47 @@ def microbatches(b: TrainBatch, size: int, extra: dict[str, torch.Tensor], repla
         out.append(Microbatch(b.input_ids[lo:hi], None, b.attn_mask[lo:hi], b.position_ids[lo:hi], routing,
                               {"targets": b.targets[lo:hi], "mask": b.mask[lo:hi],
                                **{k: v[lo:hi] for k, v in extra.items()}}))
+    if b.support is not None:  # the sampler's support of each microbatch (rl.keep_sampling_mask)
+        for mb, support in zip(out, b.support):
+            mb.extra["support"] = support
     return out
 
 
-def token_logprobs(out, mb: Microbatch, ps: ParallelState, temperature: float) -> torch.Tensor:
-    """log softmax(logits / T) at the targets [b, s], in float32 like the sampler's. Under context
-    parallelism this rank scores its own tokens, then the rows are gathered whole over cp."""
+def token_scores(out, mb: Microbatch, ps: ParallelState, temperature: float, entropy: bool = False,
+                 entropy_grad: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(log softmax(logits / T) at the targets [b, s], token entropy [b, s] or None), in float32
+    like the sampler's. Under context parallelism this rank scores its own tokens, then the rows are
+    gathered whole over cp. Over the sampler's support when the microbatch carries one (or asks for
+    it with "support_rule": the old-policy pass computes and keeps it, and the shift of the sampler's
+    log-prob into its truncated distribution, in mb.extra)."""
     targets = mb.extra["targets"]
-    logp = vocab_parallel_log_probs(out.logits.float() / temperature, local_tokens(targets, ps).t(), ps).t()
-    return gather_tokens(logp, ps, targets.shape[1])
+    scaled = out.logits.float() / temperature  # [s_local, b, V/tp]
+    tgt = local_tokens(targets, ps).t()
+    keep, rule = mb.extra.get("support"), mb.extra.get("support_rule")
+    if rule is not None:
+        keep = support_with_targets(sampler_support(scaled.detach(), ps, *rule), tgt, ps)
+        mb.extra["support"] = pack_support(keep)
+    elif keep is not None:
+        keep = unpack_support(keep)
+    ent = None
+    if keep is not None or entropy_grad:
+        logp, ent = scores(scaled, tgt, ps, keep, entropy)
+    else:
+        logp = vocab_parallel_log_probs(scaled, tgt, ps)
+        if entropy:
+            with torch.no_grad():
+                ent = scores(scaled.detach(), tgt, ps, None, True)[1]
+    if rule is not None:
+        with torch.no_grad():
+            full = vocab_parallel_log_probs(scaled, tgt, ps)
+        mb.extra["mass_shift"] = gather_tokens((logp - full).detach().t(), ps, targets.shape[1])
+    return (gather_tokens(logp.t(), ps, targets.shape[1]),
+            None if ent is None else gather_tokens(ent.t(), ps, targets.shape[1]))
+
+
+def token_logprobs(out, mb: Microbatch, ps: ParallelState, temperature: float) -> torch.Tensor:
+    """log softmax(logits / T) at the targets [b, s] (see token_scores)."""
+    return token_scores(out, mb, ps, temperature)[0]
 
 
 @torch.no_grad()
@@ -139,6 +138,8 @@ def sequence_logprobs(chunks, ps: ParallelState, mbs: list[Microbatch], temperat
                            forward_only=True)
     return torch.cat([r[1] for r in res]) if res else None
 
+
+DRAW_INDEX_STRIDE = 1_000_003  # synthetic problems of extra draws never repeat a rollout's
 
 # ---- the algorithm's steps -------------------------------------------------------------------
 
@@ -162,6 +163,16 @@ def rollout_problems(cfg: Config, ps: ParallelState, source: PromptSource, posit
     share = P // ps.dp
     at = [j * P + ps.r("dp") * share + i for j in range(M) for i in range(share)]
     return [everyone[g] for g in at], at
+
+
+def shifted_problems(cfg: Config, ps: ParallelState, source: PromptSource, position: int, index: int,
+                     draw: int) -> tuple[list[dict], list[int]]:
+    """Dynamic sampling's extra draw `draw` (1, 2, ...) of rollout `index`, which started at prompt
+    `position`: the draw-th next block of questions, with its own rows of sampling noise (and its
+    own synthetic problems)."""
+    block = cfg.rl.prompts_per_step * cfg.rl.minibatches
+    problems, where = rollout_problems(cfg, ps, source, position + draw * block, index + DRAW_INDEX_STRIDE * draw)
+    return problems, [w + draw * block for w in where]
 
 
 def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: list[dict], where: list[int],
@@ -218,42 +229,100 @@ def use_tis(cfg: Config) -> bool:
     return cfg.train.dtype == "bfloat16" or cfg.train.fp8 != "none"
 
 
-def minibatch_update(run: Run, chunks, optimizer: DistributedAdamW, batch: TrainBatch, extra: dict, step: int,
-                     max_new_tokens: int, kernels=None) -> dict[str, float]:
-    """One optimizer step on one minibatch; returns its local sums (kl, clipped, loss, ...).
-    kernels: the FP8 backend (train.fp8) the forward/backward runs on, None for train.dtype."""
-    cfg, ps, rl = run.cfg, run.ps, run.cfg.rl
+def loss_count(cfg: Config, batch: TrainBatch, max_new_tokens: int) -> float:
+    """This rank's share of the loss normaliser: trained sequences, tokens, or sequences x max_new_tokens."""
+    rl = cfg.rl
     norm = "token" if rl.token_level_loss else rl.loss_norm
-    seqs = batch.input_ids.shape[0]
-    local = {"sequence": float(batch.mask.any(1).sum()), "token": float(batch.mask.sum()),
-             "constant": float(seqs * max_new_tokens)}[norm]
-    count = max(global_values({"n": local}, ps, run.device)["n"], 1.0)
-    mbs = microbatches(batch, cfg.data.micro_batch_size, extra, rl.routing_replay)
+    if norm == "token":
+        return float(batch.mask.sum())
+    if norm == "constant":
+        return float(batch.sequences * max_new_tokens)
+    n = int(batch.seq.max()) + 1 if batch.seq.numel() else 0
+    return float((per_sequence_sum(batch.mask.double(), batch.seq, max(n, 1)) > 0).sum())
+
+
+def token_extras(batch: TrainBatch, adv: torch.Tensor, old: Optional[torch.Tensor], ref: Optional[torch.Tensor]
+                 ) -> dict[str, torch.Tensor]:
+    """Per-token inputs of the loss [R, S]: advantages (each sequence's), sequence ids, sampler,
+    old and reference log-probs (zeros on stages before the last, which have none)."""
+    zeros = torch.zeros_like(batch.rollout_logp)
+    adv_tok = torch.where(batch.seq >= 0, adv.to(batch.rollout_logp)[batch.seq.clamp(min=0)], zeros)
+    return {"adv": adv_tok, "seq": batch.seq, "rollout": batch.rollout_logp, "old": zeros if old is None else old,
+            "ref": zeros if old is None else (old if ref is None else ref)}
+
+
+def policy_gradients(cfg: Config, ps: ParallelState, chunks, batch: TrainBatch, extra: dict, count: float,
+                     microbatch_count: Optional[int] = None, kernels=None) -> dict[str, torch.Tensor]:
+    """Forward and backward of the GRPO loss over one minibatch (gradients accumulate in .grad, then
+    are reduced over TP/SP/CP as every layout needs); returns this rank's local sums of the metrics.
+    count: the step's global loss normaliser."""
+    rl = cfg.rl
+    norm = "token" if rl.token_level_loss else rl.loss_norm
+    mbs = microbatches(batch, cfg.data.micro_batch_size, extra, rl.routing_replay, microbatch_count)
     tis_cap = rl.tis_cap if use_tis(cfg) else 0.0
-    sums = {k: torch.zeros((), dtype=torch.float64, device=run.device) for k in ("kl", "clipped", "tis_capped", "loss")}
+    device = batch.input_ids.device
+    sums = {k: torch.zeros((), dtype=torch.float64, device=device)
+            for k in ("kl", "clipped", "tis_capped", "loss", "entropy", "opsm_masked")}
 
     def loss_fn(out, mb):
         e = mb.extra
-        terms = grpo_loss(token_logprobs(out, mb, ps, rl.temperature), e["old"], e["ref"], e["adv"], e["mask"],
-                          rl.clip_low, rl.clip_high, rl.kl_coef, False, count,
-                          rollout_logp=e["rollout"], tis_cap=tis_cap, norm=norm)
+        logp, entropy = token_scores(out, mb, ps, rl.temperature, entropy=True, entropy_grad=rl.entropy_coef > 0)
+        terms = grpo_loss(logp, e["old"], e["ref"], e["adv"], e["mask"], rl.clip_low, rl.clip_high, rl.kl_coef,
+                          False, count, rollout_logp=e["rollout"], tis_cap=tis_cap, norm=norm, seq=e["seq"],
+                          entropy=entropy, entropy_coef=rl.entropy_coef, unbiased_kl=rl.unbiased_kl,
+                          opsm_delta=rl.opsm_delta)
         m = e["mask"]
         sums["kl"] += (terms.kl.detach() * m).sum()
         sums["clipped"] += terms.clipped.sum()
         sums["tis_capped"] += terms.tis_capped.sum()
+        sums["opsm_masked"] += terms.opsm_masked.sum()
+        sums["entropy"] += (entropy.detach() * m).sum()
         sums["loss"] += terms.loss.detach()
         return terms.loss
 
-    for _ in range(rl.updates_per_rollout):
-        with kernels_scope(kernels):
-            forward_backward(list(chunks), mbs, ps, loss_fn, schedule=cfg.train.schedule)
-        sync_grads(chunks, ps, data_parallel=False)
-        # a non-finite loss makes a non-finite gradient norm (reduced over every rank): the
-        # optimizer then leaves the weights as they are and counts the skip
-        grad_norm, skipped = optimizer.step(lr_at(step, cfg.train.steps, cfg.optim))
-        optimizer.zero_grad(chunks)
-    out = {k: float(v) / rl.updates_per_rollout for k, v in sums.items()}
+    with kernels_scope(kernels):
+        forward_backward(list(chunks), mbs, ps, loss_fn, schedule=cfg.train.schedule)
+    sync_grads(chunks, ps, data_parallel=False)
+    return sums
+
+
+def minibatch_update(run: Run, chunks, optimizer: DistributedAdamW, batch: TrainBatch, extra: dict, step: int,
+                     max_new_tokens: int, kernels=None, microbatch_count: Optional[int] = None) -> dict[str, float]:
+    """One optimizer step on one minibatch; returns its local sums (kl, clipped, loss, ...).
+    kernels: the FP8 backend (train.fp8) the forward/backward runs on, None for train.dtype."""
+    cfg, ps = run.cfg, run.ps
+    count = max(global_values({"n": loss_count(cfg, batch, max_new_tokens)}, ps, run.device)["n"], 1.0)
+    sums = policy_gradients(cfg, ps, chunks, batch, extra, count, microbatch_count, kernels)
+    # a non-finite loss makes a non-finite gradient norm (reduced over every rank): the
+    # optimizer then leaves the weights as they are and counts the skip
+    grad_norm, skipped = optimizer.step(lr_at(step, cfg.train.steps, cfg.optim))
+    optimizer.zero_grad(chunks)
+    out = {k: float(v) for k, v in sums.items()}
     return {**out, "tokens": float(batch.mask.sum()), "grad_norm": grad_norm, "skipped": float(skipped)}
+
+
+def update_batches(cfg: Config, ps: ParallelState, rollout: Rollout, keep: torch.Tensor
+                   ) -> tuple[list[TrainBatch], list[Optional[int]]]:
+    """This rank's minibatches of the rollout (its j-th block of whole groups each) as training
+    rows, packed (rl.packed_update) or padded, and each one's microbatch count (agreed over the
+    data-parallel group for packed rows, whose number depends on the lengths: every rank of an
+    expert-parallel group must run as many forwards)."""
+    rl = cfg.rl
+    multiple = ps.cfg.sequence_divisor
+    parts = torch.arange(rollout.tokens.shape[0], device=rollout.tokens.device).chunk(rl.minibatches)
+    if not rl.packed_update:
+        full = to_train_batch(rollout, keep, multiple)
+        return [full.rows(part) for part in parts], [None] * len(parts)
+    size = cfg.data.micro_batch_size
+    batches = [pack_batch(rollout, keep, part, rl.pack_tokens, multiple) for part in parts]
+    local = torch.tensor([-(-b.input_ids.shape[0] // size) for b in batches], dtype=torch.long,
+                         device=rollout.tokens.device)
+    if ps.g("dp") is not None:
+        torch.distributed.all_reduce(local, op=torch.distributed.ReduceOp.MAX, group=ps.g("dp"))
+    counts = local.tolist()
+    batches = [b if b.input_ids.shape[0] >= m else pack_batch(rollout, keep, part, rl.pack_tokens, multiple, m)
+               for b, m, part in zip(batches, counts, parts)]
+    return batches, counts
 
 
 # ---- the loop --------------------------------------------------------------------------------
@@ -316,18 +385,31 @@ def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW,
 
 
 def old_and_reference_logprobs(cfg: Config, ps: ParallelState, chunks, reference: Optional[ReferencePolicy],
-                               batch: TrainBatch, kernels=None
+                               batch: TrainBatch, kernels=None, microbatch_count: Optional[int] = None,
+                               vocab: Optional[int] = None
                                ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """The trainer's log-probs of the sampled tokens before any update (kept for every minibatch,
     replaying the rollout's experts if asked; on `kernels`, the update's FP8 backend, so the first
     update's ratio is exactly 1) and the reference's, routed by the reference itself, in train.dtype.
-    Both [B, S] on the last pipeline stage, None elsewhere (ref None without a KL term)."""
+    Both [B, S] on the last pipeline stage, None elsewhere (ref None without a KL term).
+    rl.keep_sampling_mask: the old pass recomputes the sampler's top-p/top-k support (vocab: the
+    tokenizer's) and keeps it in batch.support for the reference and the updates; the sampler's
+    log-probs are moved into its truncated distribution (batch.rollout_logp)."""
     size, rl = cfg.data.micro_batch_size, cfg.rl
+    mbs = microbatches(batch, size, {}, rl.routing_replay, microbatch_count)
+    if rl.keep_sampling_mask:
+        for mb in mbs:
+            mb.extra["support_rule"] = (rl.top_p, rl.top_k, vocab)
     with kernels_scope(kernels):
-        old = sequence_logprobs(chunks, ps, microbatches(batch, size, {}, rl.routing_replay), rl.temperature)
+        old = sequence_logprobs(chunks, ps, mbs, rl.temperature)
+    if rl.keep_sampling_mask and old is not None:
+        batch.support = [mb.extra["support"] for mb in mbs]
+        shift = torch.cat([mb.extra["mass_shift"] for mb in mbs])
+        batch.rollout_logp = torch.where(batch.generated, batch.rollout_logp + shift, batch.rollout_logp)
     ref = None
     if reference is not None:
-        ref = sequence_logprobs(reference.model, ps, microbatches(batch, size, {}, False), rl.temperature)
+        ref = sequence_logprobs(reference.model, ps, microbatches(batch, size, {}, False, microbatch_count),
+                                rl.temperature)
     return old, ref
 
 
@@ -379,33 +461,45 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     while step < t.steps:
         t0 = time.perf_counter()
         problems, where = rollout_problems(cfg, ps, source, position, index)
+        first = position
         position += rl.prompts_per_step * rl.minibatches
         scored = sample_rollout(run, chunks, optimizer, source, problems, where, step, index)
+        drawn: dict[str, float] = {}
+        if rl.dynamic_sampling:  # DAPO: more prompts until every group of the step is informative
+            draw = lambda n: sample_rollout(  # noqa: E731
+                run, chunks, optimizer, source, *shifted_problems(cfg, ps, source, first, index, n), step, index)
+            scored, drawn = draw_until_informative(scored, draw, rl.group_size, rl.dynamic_sampling_max_draws,
+                                                   ps, run.device)
+            position += int(drawn["dynamic_extra_draws"]) * rl.prompts_per_step * rl.minibatches
         if run.is_logger and rl.log_rollouts:
             shown = append_rollouts(rollouts_file, step + 1, scored, rl.log_rollouts)
-            if table_due(step, rl.minibatches, rl.log_rollouts_every):
+            if table_due(step, rl.minibatches * rl.updates_per_rollout, rl.log_rollouts_every):
                 log.rollout_table(step + 1, shown)
         adv, keep = advantages(cfg, scored)
-        batch = to_train_batch(scored.rollout, keep, ps.cfg.sequence_divisor)
-        old, ref = old_and_reference_logprobs(cfg, ps, chunks, reference, batch, kernels)
-        rollout_sums = rollout_stats(cfg, scored, batch, old)
+        batches, counts = update_batches(cfg, ps, scored.rollout, keep)
+        extras = []
+        for b, m in zip(batches, counts):
+            old, ref = old_and_reference_logprobs(cfg, ps, chunks, reference, b, kernels, m, tok.vocab_size)
+            extras.append((old, ref))
+        rollout_sums = rollout_stats(cfg, scored, batches, [o for o, _ in extras])
         gap_max = global_values({"gap_max": rollout_sums.pop("gap_max_local")}, ps, run.device,
                                 torch.distributed.ReduceOp.MAX)["gap_max"]
         rollout_vals = global_values(rollout_sums, ps, run.device)
-        zeros = torch.zeros_like(batch.rollout_logp)  # stages before the last have no log-probs
-        extra = {"adv": adv, "rollout": batch.rollout_logp, "old": zeros if old is None else old,
-                 "ref": zeros if old is None else (old if ref is None else ref)}
-        # the data order is already shuffled: minibatch j is this rank's j-th block of whole groups
-        for part in torch.arange(batch.input_ids.shape[0], device=run.device).chunk(rl.minibatches):
+        extras = [token_extras(b, adv, old, ref) for b, (old, ref) in zip(batches, extras)]
+        # epochs over all minibatches (the data order is already shuffled: minibatch j is this rank's
+        # j-th block of whole groups); each (epoch, minibatch) is one optimizer step
+        order = [j for _ in range(rl.updates_per_rollout) for j in range(len(batches))]
+        for j in order:
             if step >= t.steps:
                 break
-            sums = minibatch_update(run, chunks, optimizer, batch.rows(part), {k: v[part] for k, v in extra.items()},
-                                    step, scored.max_new_tokens, kernels)
+            sums = minibatch_update(run, chunks, optimizer, batches[j], extras[j], step, scored.max_new_tokens,
+                                    kernels, counts[j])
             step += 1
             if reference is not None and reference.due(step):
                 reference.refresh(chunks, step)
             upd = global_values({k: v for k, v in sums.items() if k not in ("grad_norm", "skipped")}, ps, run.device)
             last = step_metrics(cfg, rollout_vals, gap_max, upd, sums, optimizer, scored, step, t0)
+            last.extra.update(drawn)
             if sums["skipped"]:
                 log.print(f"step {step}: non-finite loss or gradient, update skipped ({optimizer.skipped} so far)")
             in_a_row = in_a_row + 1 if sums["skipped"] else 0  # the same on every rank (a global norm)
@@ -443,25 +537,31 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
             "final": last.as_dict() if last is not None else None}
 
 
-def rollout_stats(cfg: Config, scored: ScoredRollout, batch: TrainBatch,
-                  old: Optional[torch.Tensor]) -> dict[str, float]:
-    """Local sums over this rank's outputs (the gap ones only on the last stage, which has `old`)."""
+def rollout_stats(cfg: Config, scored: ScoredRollout, batches: list[TrainBatch],
+                  olds: list[Optional[torch.Tensor]]) -> dict[str, float]:
+    """Local sums over this rank's outputs (the gap ones only on the last stage, which has `old`).
+    The gap is measured on the tokens the update scores (packed rows leave out unkept sequences)."""
     G = cfg.rl.group_size
     out = {"n": float(len(scored.responses)), "reward": float(scored.rewards.sum()),
            "positive": float((scored.rewards > 0).sum()),
            "zero_adv": float(equal_reward_groups(scored.rewards, G).sum() * G),
            "response_tokens": float(scored.rollout.completion_mask.sum()),
            "truncated": float(scored.truncated.sum()), "gap_sum": 0.0, "gap_tokens": 0.0, "sampler_kl": 0.0,
-           "gap_max_local": 0.0}
+           "gap_max_local": 0.0,
+           # the update's token slots against the real tokens they hold (padding = slots - real)
+           "update_slots": float(sum(b.slots for b in batches)),
+           "update_real_tokens": float(sum(int((b.seq >= 0).sum()) for b in batches))}
     for name in cfg.rl.rewards:
         out[f"r/{name}"] = sum(t[name] for t in scored.terms)
-    if old is not None:
-        gen_mask = scored.rollout.completion_mask[:, 1:]
-        n = gen_mask.shape[1]  # rows may be right-padded beyond it (context parallelism)
-        d = (old[:, :n] - batch.rollout_logp[:, :n])[gen_mask].double()
+    for b, old in zip(batches, olds):
+        if old is None:
+            continue
+        d = (old - b.rollout_logp)[b.generated].double()
         if d.numel():
-            out.update(gap_sum=float(d.abs().sum()), gap_tokens=float(d.numel()),
-                       gap_max_local=float(d.abs().max()), sampler_kl=float((d.exp() - d - 1).sum()))
+            out["gap_sum"] += float(d.abs().sum())
+            out["gap_tokens"] += float(d.numel())
+            out["gap_max_local"] = max(out["gap_max_local"], float(d.abs().max()))
+            out["sampler_kl"] += float((d.exp() - d - 1).sum())
     return out
 
 
@@ -478,4 +578,6 @@ def step_metrics(cfg: Config, r: dict, gap_max: float, upd: dict, local: dict, o
         tis_capped_frac=upd["tis_capped"] / trained, loss=upd["loss"], grad_norm=local["grad_norm"],
         lr=lr_at(step - 1, cfg.train.steps, cfg.optim), skipped=bool(local["skipped"]),
         skipped_steps=optimizer.skipped, rollout_kv_cache_bytes=scored.rollout.cache_bytes,
-        step_seconds=time.perf_counter() - t0)
+        step_seconds=time.perf_counter() - t0, entropy=upd["entropy"] / trained,
+        opsm_masked_frac=upd["opsm_masked"] / trained,
+        update_padding_frac=1.0 - r["update_real_tokens"] / max(r["update_slots"], 1.0))

@@ -43,7 +43,7 @@ class StepMetrics:
     logprob_gap_mean: float
     sampler_kl: float  # k3 estimate of KL(sampler || trainer) per token
     kl: float  # k3 KL to the reference per token (this minibatch)
-    clip_frac: float  # share of tokens where the ratio clip was active
+    clip_frac: float  # share of tokens where min() took the clipped branch (verl's count)
     tis_capped_frac: float  # share of tokens whose importance weight hit rl.tis_cap
     loss: float
     grad_norm: float
@@ -52,6 +52,9 @@ class StepMetrics:
     skipped_steps: int
     rollout_kv_cache_bytes: int
     step_seconds: float
+    entropy: float = 0.0  # mean entropy of the policy's softmax(logits / T) per trained token
+    opsm_masked_frac: float = 0.0  # share of trained tokens left out by off-policy sequence masking
+    update_padding_frac: float = 0.0  # share of the update's token slots that hold no sequence token
     heldout_accuracy: Optional[float] = None
     extra: dict[str, float] = field(default_factory=dict)
 

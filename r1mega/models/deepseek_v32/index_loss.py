@@ -17,21 +17,19 @@ import torch
 import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint
 
-from r1mega.models.deepseek_v32.indexer import SCORE_BUDGET, Indexer
+from r1mega.models.deepseek_v32.indexer import SCORE_BUDGET, Indexer, causal_mask, reachable
 from r1mega.models.deepseek_v32.sparse_mla import gather_selected
 
 
-def _block_kl(lo, hi, query, latent, iq, iw, ik, sel, valid, docs, scale, tp_group):
+def _block_kl(lo, hi, query, latent, iq, iw, ik, sel, valid, docs_q, docs_k, positions, scale, tp_group):
     """Summed KL of queries lo..hi-1. query [b, s, h, R] (absorbed, detached), latent [b, s_k, R];
-    iq [b, s, H, d], iw [b, s, H], ik [b, s_k, d]; sel/valid [b, s, k] or None (dense)."""
+    iq [b, s, H, d], iw [b, s, H], ik [b, s_k, d]; sel/valid [b, s, k] or None (dense); positions as
+    Indexer.select's."""
     with torch.no_grad():
         if sel is None:
-            keys = latent[:, :hi]
-            logits = torch.einsum("bnhc,bmc->bnhm", query[:, lo:hi], keys).float() * scale
-            allowed = torch.arange(hi, device=keys.device)[None, :] <= torch.arange(lo, hi, device=keys.device)[:, None]
-            allowed = allowed[None]
-            if docs is not None:
-                allowed = allowed & (docs[:, lo:hi, None] == docs[:, None, :hi])
+            pos, m = reachable(lo, hi, positions, latent.device)
+            logits = torch.einsum("bnhc,bmc->bnhm", query[:, lo:hi], latent[:, :m]).float() * scale
+            allowed = causal_mask(pos, m, docs_q, docs_k, lo, hi)
         else:
             picked = gather_selected(latent, sel[:, lo:hi])
             logits = torch.einsum("bnhc,bnkc->bnhk", query[:, lo:hi], picked).float() * scale
@@ -41,7 +39,7 @@ def _block_kl(lo, hi, query, latent, iq, iw, ik, sel, valid, docs, scale, tp_gro
             dist.all_reduce(probs, group=tp_group)
         target = probs / probs.sum(-1, keepdim=True)
     if sel is None:
-        index = Indexer.scores(iq[:, lo:hi], iw[:, lo:hi], ik[:, :hi])
+        index = Indexer.scores(iq[:, lo:hi], iw[:, lo:hi], ik[:, :m])
     else:
         keys = gather_selected(ik, sel[:, lo:hi])  # [b, n, k, d]
         per_head = torch.einsum("bnhd,bnkd->bnhk", iq[:, lo:hi].float(), keys.float()).relu()
@@ -53,8 +51,9 @@ def _block_kl(lo, hi, query, latent, iq, iw, ik, sel, valid, docs, scale, tp_gro
 
 
 def index_kl_loss(query: torch.Tensor, latent: torch.Tensor, iq: torch.Tensor, iw: torch.Tensor, ik: torch.Tensor,
-                  sel: Optional[torch.Tensor], valid: Optional[torch.Tensor], docs: Optional[torch.Tensor],
-                  scale: float, tp_group=None) -> torch.Tensor:
+                  sel: Optional[torch.Tensor], valid: Optional[torch.Tensor], docs_q: Optional[torch.Tensor],
+                  docs_k: Optional[torch.Tensor], scale: float, tp_group=None,
+                  positions: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Sum over queries of KL(target || indexer), float32. Shapes as _block_kl."""
     b, s, h = query.shape[:3]
     width = latent.shape[1] if sel is None else sel.shape[-1]
@@ -62,6 +61,6 @@ def index_kl_loss(query: torch.Tensor, latent: torch.Tensor, iq: torch.Tensor, i
     total = iw.new_zeros(())
     for lo in range(0, s, block):
         hi = min(s, lo + block)
-        total = total + checkpoint(_block_kl, lo, hi, query, latent, iq, iw, ik, sel, valid, docs, scale,
-                                   tp_group, use_reentrant=False)
+        total = total + checkpoint(_block_kl, lo, hi, query, latent, iq, iw, ik, sel, valid, docs_q, docs_k,
+                                   positions, scale, tp_group, use_reentrant=False)
     return total

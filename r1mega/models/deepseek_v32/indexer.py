@@ -88,34 +88,57 @@ class Indexer(nn.Module):
         return torch.einsum("bnh,bnhm->bnm", w, per_head)
 
     @torch.no_grad()
-    def select(self, q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, docs: Optional[torch.Tensor],
-               topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def select(self, q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, docs_q: Optional[torch.Tensor],
+               docs_k: Optional[torch.Tensor], topk: int, positions: Optional[torch.Tensor] = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-`topk` keys of each query among those it may attend (causal, same document).
-        q [s, b, heads, d], w [s, b, heads], k [s, b, d], docs [b, s] or None; s >= topk.
+        q [s, b, heads, d], w [s, b, heads] (queries), k [s_k, b, d] (keys 0..s_k-1, s_k >= topk),
+        docs_q [b, s] / docs_k [b, s_k] or None; positions: the queries' global indices, a CPU
+        tensor (context parallelism: this rank's zigzag chunks), None for 0..s-1.
         Returns indices [b, s, topk] (long) and valid [b, s, topk] (False: a query with fewer than
         topk reachable keys got filler picks, which attention must skip)."""
         s, b = q.shape[:2]
+        s_k = k.shape[0]
         q, w, k = q.transpose(0, 1), w.transpose(0, 1), k.transpose(0, 1)
-        block = max(1, min(s, SCORE_BUDGET // max(1, b * self.heads * s)))
+        block = max(1, min(s, SCORE_BUDGET // max(1, b * self.heads * s_k)))
         idx, valid = [], []
         for lo in range(0, s, block):
             hi = min(s, lo + block)
-            m = max(hi, topk)  # keys a block can reach, at least topk so every row has topk picks
+            pos, reach = reachable(lo, hi, positions, q.device)
+            m = min(s_k, max(reach, topk))  # keys a block can reach, at least topk so every row has topk picks
             score = self.scores(q[:, lo:hi], w[:, lo:hi], k[:, :m])
-            allowed = torch.arange(m, device=q.device)[None, :] <= torch.arange(lo, hi, device=q.device)[:, None]
-            allowed = allowed[None]
-            if docs is not None:
-                allowed = allowed & (docs[:, lo:hi, None] == docs[:, None, :m])
+            allowed = causal_mask(pos, m, docs_q, docs_k, lo, hi)
             top, picks = top_keys(score.masked_fill(~allowed, float("-inf")), topk)
             idx.append(picks)
             valid.append(top > float("-inf"))
         return torch.cat(idx, 1), torch.cat(valid, 1)
 
 
+def reachable(lo: int, hi: int, positions: Optional[torch.Tensor], device) -> tuple[torch.Tensor, int]:
+    """Global indices [hi - lo] of queries lo..hi-1 (on `device`) and how many keys they reach
+    (known on the host: no device sync)."""
+    if positions is None:
+        return torch.arange(lo, hi, device=device), hi
+    pos = positions[lo:hi]
+    return pos.to(device), int(pos.max()) + 1
+
+
+def causal_mask(pos: torch.Tensor, m: int, docs_q, docs_k, lo: int, hi: int) -> torch.Tensor:
+    """bool [b or 1, hi - lo, m]: key j <= the query's position, same document."""
+    allowed = (torch.arange(m, device=pos.device)[None, :] <= pos[:, None])[None]
+    if docs_q is not None:
+        allowed = allowed & (docs_q[:, lo:hi, None] == docs_k[:, None, :m])
+    return allowed
+
+
 def top_keys(score: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, indices) of the k best keys along the last dim; equal scores go to the earlier key.
-    ReLU scores tie exactly (a key no head scores above 0 gets 0 + ...), and topk's tie order depends
-    on the row length, which differs between query blocks, full forwards and decoding steps; a
-    stable sort picks the same keys in every one of them."""
-    values, order = score.sort(dim=-1, descending=True, stable=True)
-    return values[..., :k], order[..., :k]
+    ReLU scores tie exactly (a key no head scores above 0 gets I = 0), and topk's order among ties
+    depends on the row length, which differs between query blocks, full forwards and decoding
+    steps. So each float32 score becomes an order-preserving integer, shifted left 32 bits, with
+    the (inverted) key index below: one int64 topk, O(m log k), the same picks everywhere."""
+    bits = (score.float() + 0.0).view(torch.int32).long()  # + 0.0: -0.0 ties with 0.0
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats: flip the magnitude bits
+    index = torch.arange(score.shape[-1], device=score.device, dtype=torch.long)
+    picks = ((ordered << 32) | (0xFFFFFFFF - index)).topk(k, dim=-1).indices
+    return score.gather(-1, picks), picks

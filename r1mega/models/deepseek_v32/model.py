@@ -8,7 +8,7 @@ import torch
 
 from r1mega.models.deepseek_v3.model import DecoderLayer, DeepseekV3, MTPLayer
 from r1mega.models.deepseek_v32.attention import DSAttention
-from r1mega.models.deepseek_v32.kv_cache import IndexedKVCache
+from r1mega.models.deepseek_v32.kv_cache import IndexedKVCache, paged_indexed_layout
 
 
 class DSADecoderLayer(DecoderLayer):
@@ -27,5 +27,7 @@ class DeepseekV32(DeepseekV3):
         return IndexedKVCache(self.layer_ids, batch, max_len, self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim,
                               self.cfg.index_head_dim, valid, dtype, device)
 
-    def dsa_attention(self):
-        return [m for m in self.modules() if isinstance(m, DSAttention)]
+    def paged_kv_layout(self):
+        """(features per token per layer, layer view) of the paged rollout cache: latents + indexer keys."""
+        return paged_indexed_layout(self.layer_ids, self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim,
+                                    self.cfg.index_head_dim)

@@ -18,8 +18,9 @@ GATHER_BUDGET = 1 << 26  # elements of one block's gathered latents or [b, block
 
 def gather_selected(latent: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
     """latent [b, s_k, R], sel [b, s, k] -> [b, s, k, R]."""
-    b = latent.shape[0]
-    return latent[torch.arange(b, device=latent.device)[:, None, None], sel]
+    b, s_k, width = latent.shape
+    flat = (sel + (torch.arange(b, device=sel.device) * s_k)[:, None, None]).reshape(-1)
+    return latent.reshape(b * s_k, width).index_select(0, flat).view(*sel.shape, width)
 
 
 def absorbed_queries(q_nope: torch.Tensor, q_rope: torch.Tensor, w_uk: torch.Tensor) -> torch.Tensor:

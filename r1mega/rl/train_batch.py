@@ -1,0 +1,202 @@
+"""Rollout sequences as next-token training rows, padded or packed.
+
+Padded (`to_train_batch`): the generation's own left-padded layout, one sequence per row, every row
+as long as the longest sequence of the rollout.
+
+Packed (`pack_batch`): each sequence's real tokens only (prompt from its first real token to the
+completion's last), placed whole into rows of a token budget by first-fit decreasing; every
+sequence of a row is its own document (the block attention never lets one see another), its
+position ids restart at 0, and the recorded routing of each token is moved to its packed slot.
+Unused slots at a row's end are one-token documents outside the loss. Rows are right-padded to
+`multiple` (context parallelism splits them evenly).
+
+Both carry `seq` [R, S]: each token's sequence (its row in the rollout; -1 for pad slots), so the loss can normalise and mask per sequence wherever the sequence sits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
+
+from r1mega.inference.generate import Rollout
+from r1mega.kernels.block_attention import documents_from_pad
+
+
+@dataclass
+class TrainBatch:
+    input_ids: torch.Tensor  # [R, S]
+    targets: torch.Tensor  # [R, S]
+    mask: torch.Tensor  # [R, S] completion tokens that take part in the loss
+    position_ids: torch.Tensor  # [R, S]
+    attn_mask: torch.Tensor  # [R, S] document ids
+    rollout_logp: torch.Tensor  # [R, S] the sampler's log-probs
+    routing: Optional[dict]  # {layer: experts [S, R, k]} recorded while sampling
+    seq: Optional[torch.Tensor] = None  # [R, S] each token's sequence, its row in the rollout (-1: none)
+    generated: Optional[torch.Tensor] = None  # [R, S] every sampled token (kept in the loss or not)
+    sequences: int = 0  # how many sequences the rows hold
+    support: Optional[list] = None  # per microbatch: the sampler's support (rl.keep_sampling_mask)
+
+    def rows(self, index: torch.Tensor) -> "TrainBatch":
+        routing = {k: v[:, index] for k, v in self.routing.items()} if self.routing else None
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return TrainBatch(self.input_ids[index], self.targets[index], self.mask[index], self.position_ids[index],
+                          self.attn_mask[index], self.rollout_logp[index], routing, pick(self.seq),
+                          pick(self.generated), len(index))
+
+    @property
+    def slots(self) -> int:
+        return self.input_ids.numel()
+
+
+def _right_pad(batch: TrainBatch, extra: int) -> TrainBatch:
+    """`extra` more columns per row, each its own one-token document outside the loss."""
+    if not extra:
+        return batch
+    R, n = batch.input_ids.shape
+    dev = batch.input_ids.device
+    right = lambda t, fill: None if t is None else torch.cat([t, t.new_full((R, extra), fill)], 1)  # noqa: E731
+    tail = torch.arange(n, n + extra, device=dev)
+    return TrainBatch(right(batch.input_ids, 0), right(batch.targets, 0), right(batch.mask, False),
+                      torch.cat([batch.position_ids, batch.position_ids[:, -1:] + 1 + tail - n], 1),
+                      torch.cat([batch.attn_mask, (-1 - tail).expand(R, -1)], 1), right(batch.rollout_logp, 0.0),
+                      None if batch.routing is None else {
+                          k: torch.cat([v, torch.arange(v.shape[-1], device=dev).expand(extra, R, -1)])
+                          for k, v in batch.routing.items()},
+                      right(batch.seq, -1), right(batch.generated, False), batch.sequences)
+
+
+def to_train_batch(r: Rollout, keep: torch.Tensor, multiple: int = 1) -> TrainBatch:
+    """keep [B]: sequences that take part in the loss. multiple: rows are right-padded to a
+    multiple of it (context parallelism splits them evenly); each pad is its own document, untrained."""
+    ids, n = r.tokens, r.tokens.shape[1] - 1
+    docs = documents_from_pad(r.pad, n)
+    B = ids.shape[0]
+    first, end = sequence_spans(r)
+    cols = torch.arange(n, device=ids.device)[None, :]
+    inside = (cols >= first[:, None]) & (cols < end[:, None])  # columns after the last sample hold no token
+    seq = torch.where(inside, torch.arange(B, device=ids.device)[:, None], torch.full_like(docs, -1))
+    batch = TrainBatch(ids[:, :-1], ids[:, 1:], r.completion_mask[:, 1:] & keep[:, None], r.position_ids[:, :-1],
+                       docs, r.logprobs[:, 1:], {k: v[:n] for k, v in r.routing.items()} or None, seq,
+                       r.completion_mask[:, 1:].clone(), B)
+    return _right_pad(batch, (-n) % multiple)
+
+
+def sequence_spans(r: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first, end) [B]: the training columns of each sequence in the padded layout, from its first
+    real prompt token to the input before its last sampled token (end exclusive)."""
+    n = r.tokens.shape[1]
+    cols = torch.arange(n, device=r.tokens.device)
+    last = torch.where(r.completion_mask, cols, torch.full_like(cols, -1)).max(1).values
+    end = torch.where(last >= 0, last, torch.full_like(last, n - 1))  # no sample: the prompt, untrained
+    return r.pad, torch.maximum(end, r.pad + 1)
+
+
+def first_fit_decreasing(lengths: list[int], budget: int) -> list[list[int]]:
+    """Indices of sequences grouped into rows of at most `budget` tokens (longer ones alone)."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda j: (-lengths[j], j)):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(budget - lengths[i])
+    return [sorted(r) for r in rows]
+
+
+def pack_batch(r: Rollout, keep: torch.Tensor, index: torch.Tensor, budget: int = 0, multiple: int = 1,
+               min_rows: int = 0, drop_unkept: bool = True) -> TrainBatch:
+    """The rollout's sequences `index` (rows of `r`) packed into
+    rows of `budget` tokens (0 or less than the longest sequence: the longest sequence). Sequences
+    with keep False are left out (they take no part in the loss) when drop_unkept. min_rows: empty
+    rows added up to it (every rank of an expert-parallel group must run as many microbatches)."""
+    r = rows_of(r, index)  # this minibatch's sequences only; seq ids name their rows of the whole rollout
+    keep, index = keep[index], index.tolist()
+    padded = to_train_batch(r, keep)
+    first, end = sequence_spans(r)
+    chosen = [j for j in range(len(index)) if keep[j] or not drop_unkept]
+    lengths = [int(end[j] - first[j]) for j in chosen]
+    budget = max([budget] + lengths + [1])
+    rows = [[chosen[j] for j in row] for row in first_fit_decreasing(lengths, budget)] if chosen else []
+    used = max([sum(int(end[j] - first[j]) for j in row) for row in rows] + [1])
+    S = used + (-used) % multiple
+    R = max(len(rows), min_rows, 1)
+    dev = r.tokens.device
+    src_row = torch.full((R, S), -1, dtype=torch.long)
+    src_col = torch.zeros((R, S), dtype=torch.long)
+    seq = torch.full((R, S), -1, dtype=torch.long)
+    docs = -1 - torch.arange(S).expand(R, S).clone()  # unused slots: one-token documents
+    pos = torch.zeros((R, S), dtype=torch.long)
+    for ri, row in enumerate(rows):
+        at = 0
+        for doc, j in enumerate(row):
+            lo, hi = int(first[j]), int(end[j])
+            n = hi - lo
+            src_row[ri, at:at + n] = j
+            src_col[ri, at:at + n] = torch.arange(lo, hi)
+            seq[ri, at:at + n] = index[j]
+            docs[ri, at:at + n] = doc
+            pos[ri, at:at + n] = torch.arange(n)
+            at += n
+    src_row, src_col, seq, docs, pos = (t.to(dev) for t in (src_row, src_col, seq, docs, pos))
+    used_slot = src_row >= 0
+    b_idx, c_idx = src_row.clamp(min=0), src_col
+
+    def take(t: torch.Tensor, fill) -> torch.Tensor:
+        return torch.where(used_slot, t[b_idx, c_idx], torch.full_like(t[b_idx, c_idx], fill))
+
+    routing = None
+    if padded.routing:
+        routing = {}
+        for layer, v in padded.routing.items():  # [n, B, k] -> [S, R, k]
+            moved = v[c_idx, b_idx]  # [R, S, k]
+            dummy = torch.arange(v.shape[-1], device=dev).expand_as(moved)
+            routing[layer] = torch.where(used_slot[..., None], moved, dummy).transpose(0, 1).contiguous()
+    return TrainBatch(take(padded.input_ids, 0), take(padded.targets, 0), take(padded.mask, False), pos, docs,
+                      take(padded.rollout_logp, 0.0), routing, seq, take(padded.generated, False), len(index))
+
+
+def rows_of(r: Rollout, index: torch.Tensor) -> Rollout:
+    """The rollout's rows `index` (same columns)."""
+    return replace(r, tokens=r.tokens[index], pad=r.pad[index], completion_mask=r.completion_mask[index],
+                   logprobs=r.logprobs[index], routing={k: v[:, index] for k, v in r.routing.items()})
+
+
+def merge_rollouts(parts: list[tuple[Rollout, torch.Tensor]]) -> Rollout:
+    """Rows `index` of several rollouts as one left-padded rollout (dynamic sampling draws more than
+    once): prompts left-padded to the longest prompt, completions right-padded to the longest."""
+    P = max(r.prompt_len for r, _ in parts)
+    N = max(r.tokens.shape[1] - r.prompt_len for r, _ in parts)
+    toks, pads, masks, lps, routes = [], [], [], [], []
+    for r, idx in parts:
+        left, right = P - r.prompt_len, N - (r.tokens.shape[1] - r.prompt_len)
+        grow = lambda t, fill: torch.cat([t.new_full((len(idx), left), fill), t[idx],  # noqa: E731
+                                          t.new_full((len(idx), right), fill)], 1)
+        toks.append(grow(r.tokens, 0))  # pads are one-token documents outside the loss: any id serves
+        pads.append(r.pad[idx] + left)
+        masks.append(grow(r.completion_mask, False))
+        lps.append(grow(r.logprobs, 0.0))
+        routes.append(r.routing)
+    routing = {}
+    for layer in routes[0]:
+        cols = []
+        for (r, idx), rt in zip(parts, routes):
+            v = rt[layer][:, idx]
+            k = v.shape[-1]
+            left, right = P - r.prompt_len, N - (r.tokens.shape[1] - r.prompt_len)
+            dummy = lambda n: torch.arange(k, device=v.device).expand(n, v.shape[1], k)  # noqa: E731
+            # the recorded routing may stop before the last sampled token (it needs no forward)
+            short = r.tokens.shape[1] - v.shape[0]
+            cols.append(torch.cat([dummy(left), v, dummy(right + short)]))
+        routing[layer] = torch.cat(cols, 1)
+    # the cache numbers of the draws: they ran one after another (peak: the largest; work: the sum)
+    rollouts = [r for r, _ in parts]
+    return replace(rollouts[0], tokens=torch.cat(toks), prompt_len=P, pad=torch.cat(pads),
+                   completion_mask=torch.cat(masks), logprobs=torch.cat(lps), routing=routing,
+                   cache_bytes=max(getattr(r, "cache_bytes", 0) for r in rollouts),
+                   **{k: sum(getattr(r, k) for r in rollouts) for k in ("decode_row_steps", "forwards")
+                      if hasattr(rollouts[0], k)})
