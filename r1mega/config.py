@@ -35,6 +35,10 @@ def read_hf_config(source: "str | dict") -> tuple[dict, str]:
         raise ConfigError(where, f"cannot read: {e.strerror}") from None
     except json.JSONDecodeError as e:
         raise ConfigError(where, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(where, "not UTF-8 text (JSON files are UTF-8); re-encode it") from None
+    except RecursionError:
+        raise ConfigError(where, "JSON nested too deeply to read") from None
 
 
 @dataclass
@@ -472,6 +476,10 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False) -> "Conf
     need(not (rl.token_level_loss and rl.loss_norm == "constant"), "rl.token_level_loss",
          "conflicts with rl.loss_norm=constant")
     need(rl.overlong_buffer >= 0, "rl.overlong_buffer", f"must be >= 0, got {rl.overlong_buffer}")
+    need(math.isfinite(rl.overlong_penalty) and 0 <= rl.overlong_penalty <= 1e6, "rl.overlong_penalty",
+         f"must be a finite number in [0, 1e6] (a reward subtracted), got {rl.overlong_penalty}")
+    for key in ("kl_coef", "clip_low", "clip_high", "tis_cap", "top_p"):
+        need(math.isfinite(getattr(rl, key)), f"rl.{key}", f"must be a finite number, got {getattr(rl, key)}")
     need(rl.tis_cap >= 1, "rl.tis_cap", f"must be >= 1, got {rl.tis_cap}")
     need(rl.pack_tokens >= 0, "rl.pack_tokens", f"must be >= 0 (0 = the longest sequence), got {rl.pack_tokens}")
     need(rl.dynamic_sampling_max_draws >= 0, "rl.dynamic_sampling_max_draws",
@@ -671,6 +679,13 @@ def validate_student(s: DenseConfig, par: ParallelConfig) -> None:
     need(s.arch in DENSE_ARCHS, "student.arch", f"expected one of {', '.join(DENSE_ARCHS)}, got {s.arch!r}")
     for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
         need(getattr(s, key) > 0, f"student.{key}", f"must be > 0, got {getattr(s, key)}")
+    for f in fields(s):
+        v = getattr(s, f.name)
+        if isinstance(v, int) and not isinstance(v, bool):
+            need(v <= MAX_MODEL_DIM, f"student.{f.name}", f"{v} is beyond any supported size (at most {MAX_MODEL_DIM})")
+    need(s.head_dim is None or s.head_dim > 0, "student.head_dim", f"must be > 0 or null, got {s.head_dim}")
+    _positive(s, "student", "rope_theta", "rms_norm_eps", "max_position_embeddings")
+    _at_least(s, "student", 0, "initializer_range")
     need(s.num_heads % s.num_kv_heads == 0, "student.num_kv_heads",
          f"{s.num_heads} attention heads do not split into groups of {s.num_kv_heads} KV heads")
     need(s.head_size % 2 == 0, "student.head_dim", f"rotary dimension must be even, got {s.head_size}")
@@ -827,12 +842,18 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
     unknown = [x for x in t.recompute_modules if x not in SELECTIVE_RECOMPUTE_MODULES]
     need(not unknown, "train.recompute_modules",
          f"unknown {unknown}; choose from {', '.join(SELECTIVE_RECOMPUTE_MODULES)}")
+    if cfg.student is not None and t.recompute == "selective":  # these parts exist only in DeepSeek-V3 layers
+        moe_mla = [x for x in t.recompute_modules if x in ("mla_up_proj", "moe_act", "shared_experts")]
+        need(not moe_mla, "train.recompute_modules",
+             f"{moe_mla} are parts of DeepSeek-V3 layers (MLA, MoE); a dense student has none, so they would "
+             f"recompute nothing")
     need(t.fp8 in ("none", "blockwise"), "train.fp8", f"expected none or blockwise, got {t.fp8!r}")
     need(t.fp8_backend in ("auto", "emulated", "te"), "train.fp8_backend",
          f"expected auto, emulated or te, got {t.fp8_backend!r}")
     need(t.fp8_backend != "te", "train.fp8_backend",
          "the Transformer Engine backend is not built in yet; use auto or emulated")
-    need(t.fp8_block >= 1, "train.fp8_block", f"must be >= 1, got {t.fp8_block}")
+    need(1 <= t.fp8_block <= 4096, "train.fp8_block",
+         f"must be in [1, 4096] (DeepSeek-V3 uses 128), got {t.fp8_block}")
     need(not needs_data or bool(d.paths) or d.synthetic is not None, "data.paths", "no data: give data.paths or data.synthetic")
     need(t.dsa_stage in (None, "dense_warmup", "sparse"), "train.dsa_stage",
          f"expected dense_warmup, sparse or null, got {t.dsa_stage!r}")

@@ -108,6 +108,24 @@ def read_hf_config(hf_dir: str) -> dict:
             from None
     except json.JSONDecodeError as e:
         raise ConvertError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise ConvertError(f"{path}: not UTF-8 text (JSON files are UTF-8); re-encode it") from None
+    except RecursionError:
+        raise ConvertError(f"{path}: JSON nested too deeply to read") from None
+
+
+def loadable(hf_config: dict) -> None:
+    """Refuse, before writing anything, a model that later r1mega commands would refuse to build
+    (e.g. routing groups that do not divide the experts): the import would only defer the error."""
+    from r1mega.config import Config, DenseConfig, validate
+
+    _, model_cfg = family_for_hf(hf_config)
+    cfg = Config()
+    if isinstance(model_cfg, DenseConfig):
+        cfg.student = model_cfg
+    else:
+        cfg.model = model_cfg
+    validate(cfg, 1)
 
 
 def hf_files(hf_dir: str) -> dict[str, list[str]]:
@@ -177,7 +195,11 @@ class PartWriter:
         if not self.buf:
             return
         name = f"{self.stem}{len(self.parts):05d}"
-        save_file(self.buf, os.path.join(self.out, name + ".safetensors"), metadata={"format": "pt"})
+        file = os.path.join(self.out, name + ".safetensors")
+        try:
+            save_file(self.buf, file, metadata={"format": "pt"})
+        except (OSError, SafetensorError) as e:  # a full disk, a file-size limit: named, the temp dir dropped
+            raise ConvertError(f"writing {file} failed ({e}); nothing was published") from None
         if self.pieces_json:  # r1mega checkpoint: whole tensors, no offsets
             with open(os.path.join(self.out, name + ".json"), "w") as f:
                 json.dump({k: {"shape": list(v.shape), "dim": None, "start": 0, "length": None, "crc32": crc32(v)}
@@ -243,6 +265,7 @@ def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat1
     files = hf_files(hf_dir)
     index = tensor_index(hf_dir, files)
     check(index, hf_config, hf_dir)
+    loadable(hf_config)
     tmp = _prepare_out(out, overwrite, hf_dir)
     try:
         meta = _import_into(tmp, hf_dir, hf_config, files, index, fp8, dtype, shard_bytes)

@@ -36,6 +36,7 @@ class Run:
     world: int
     device: torch.device
     dtype: torch.dtype
+    lock: Optional[object] = None  # the run directory's lock (r1mega/output_dir.py), held by rank 0
 
     @property
     def is_logger(self) -> bool:
@@ -93,6 +94,15 @@ def start_run(cfg: Config, validate_fn: Callable[[Config, int], Config], own_che
     return Run(cfg, ps, distributed, owns_group, world, default_device(), getattr(torch, cfg.train.dtype))
 
 
+def claim_run_dir(run: Run, command: str) -> None:
+    """Claim and lock train.run_dir for `command` (r1mega/output_dir.py): after the inputs are
+    checked, before its checkpoints are read or anything is written. Every rank stops if it fails."""
+    from r1mega.output_dir import claim_on_rank0, config_hash
+
+    settings = {k: v for k, v in asdict(run.cfg).items() if k != "train"}  # train.steps may grow on a resume
+    run.lock = claim_on_rank0(run.cfg.train.run_dir, command, "train.run_dir", config_hash(settings))
+
+
 def build_model(cfg: Config, ps: ParallelState, device: torch.device, dtype: torch.dtype) -> torch.nn.ModuleList:
     """This rank's model chunks, initialised layout-independently, on the device in the weight dtype."""
     try:
@@ -124,6 +134,8 @@ def kernels_scope(kernels):
 
 
 def finish_run(run: Run) -> None:
+    if run.lock is not None:
+        run.lock.release()
     if run.distributed and run.owns_group:
         dist.destroy_process_group()
 

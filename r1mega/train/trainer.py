@@ -17,6 +17,7 @@ from dataclasses import asdict, replace
 
 from r1mega.config import Config, ConfigError, validate_training
 from r1mega.errors import TrainingError
+from r1mega.output_dir import release
 from r1mega.data.prepare import resolve_data
 from r1mega.data.tokenizer import check_fits, load_tokenizer
 from r1mega.models.family import family_for
@@ -27,7 +28,9 @@ from r1mega.train.moe_balance import moe_layers, update_routing_bias
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.models.stage import IGNORE_INDEX
 from r1mega.train.dsa_stage import index_loss, prepare_stage, set_index_loss_scale
-from r1mega.train.setup import build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, start_run
+from r1mega.train.setup import (
+    build_model, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, start_run,
+)
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
@@ -65,6 +68,13 @@ def _batch(data, kind: str, first: int, size: int) -> dict:
 
 def train(cfg: Config, kind: str) -> dict:
     """Run (or resume) a training run. Returns {'final_loss', 'steps', 'losses', 'skipped'}."""
+    try:
+        return _train(cfg, kind)
+    finally:
+        release(cfg.train.run_dir)  # the run directory's lock, however the run ended
+
+
+def _train(cfg: Config, kind: str) -> dict:
     ckpt_root = os.path.join(cfg.train.run_dir, "checkpoints")
     # ranks joined, the model's shapes taken from the checkpoint if the config has none, validated
     run = start_run(cfg, validate_training, own_checkpoint(ckpt_root))
@@ -82,6 +92,7 @@ def train(cfg: Config, kind: str) -> dict:
     family, model_cfg = family_for(cfg)
     model_config = asdict(model_cfg)
     candidates = find_resume_checkpoint(ckpt_root, t.load, model_config, t.allow_arch_change)
+    claim_run_dir(run, kind)  # one run per directory, only one this kind of run made
 
     chunks = build_model(cfg, ps, device, run.dtype)
     dsa = prepare_stage(chunks, t.dsa_stage) if t.dsa_stage else []  # DeepSeek-V3.2: freezes before the optimizer
