@@ -25,8 +25,7 @@ Which language a word is in:
          as the target language when the target is written in Latin script.
 Why a lexicon and not a detector library: thoughts mix mathematics, variables and short sentences,
 on which statistical detectors guess (bench/language_detect.py: langdetect, seeded, misses 3 of 20
-short math sentences and takes ~90 ms each with its profile loading; fasttext-langdetect downloads
-its model at run time; lingua ships large models); a
+short math sentences and takes ~90 ms each with its profile loading; none is a dependency); a
 function-word count is deterministic, linear, dependency-free and decides the cases that matter (an
 English reward must not pay for French or Russian); it cannot tell apart Latin-script languages
 outside its lexicons (they count as whichever listed language they share words with, or the target).
