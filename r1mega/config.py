@@ -197,6 +197,18 @@ class ParallelConfig:
     def expert_tp(self) -> int:
         return self.tp if self.etp is None else self.etp
 
+    @property
+    def sequence_divisor(self) -> int:
+        """What every sequence length must be a multiple of: 2 x cp zigzag chunks (cp > 1), each
+        cp rank's tokens split again over tp under SP. Validation, verify-hf, the planner and
+        GRPO's row padding all ask this one rule."""
+        return (2 * self.cp if self.cp > 1 else 1) * (self.tp if self.sp and self.tp > 1 else 1)
+
+    def sequence_divisor_text(self) -> str:
+        """How sequence_divisor is made up, for error messages."""
+        parts = (["2 x cp"] if self.cp > 1 else []) + (["tp (sequence parallel)"] if self.sp and self.tp > 1 else [])
+        return f"{' x '.join(parts)} = {self.sequence_divisor}"
+
 
 @dataclass
 class DataConfig:
@@ -255,14 +267,20 @@ class TrainConfig:
     fp8_backend: str = "auto"  # auto | emulated | te (auto: Transformer Engine where built and usable)
     fp8_block: int = 128  # tile length: 1 x block for activations/gradients, block x block for weights
     fp8_pow2_scales: bool = False  # round scales down to powers of two
+    # DeepSeek-V3.2 indexer training (models/deepseek_v32/training.py): null | dense_warmup | sparse
+    dsa_stage: Optional[str] = None
+    index_loss_weight: float = 1.0  # weight of the indexer's KL loss (per target token)
+
+
+DENSE_ARCHS = ("qwen2", "qwen3", "llama")  # Hugging Face model_type of each dense student
 
 
 @dataclass
 class DenseConfig:
-    """A dense student (Qwen2/Qwen2.5, Llama 3) for R1 distillation: GQA attention + SwiGLU FFN.
+    """A dense student (Qwen2/Qwen2.5, Qwen3, Llama 3) for R1 distillation: GQA attention + SwiGLU FFN.
     A config with a `student:` section trains, generates and converts this model instead of `model:`."""
 
-    arch: str = "qwen2"  # qwen2 | llama
+    arch: str = "qwen2"  # qwen2 | qwen3 | llama
     vocab_size: int = 151936
     hidden_size: int = 1536
     intermediate_size: int = 8960
@@ -270,7 +288,7 @@ class DenseConfig:
     num_heads: int = 12
     num_kv_heads: int = 2
     head_dim: Optional[int] = None  # default hidden_size // num_heads
-    qkv_bias: bool = True  # Qwen2 has q/k/v biases, Llama none
+    qkv_bias: bool = True  # Qwen2 has q/k/v biases, Llama and Qwen3 none
     o_bias: bool = False  # Llama's attention_bias=true also gives o_proj a bias
     tie_word_embeddings: bool = False
     rope_theta: float = 1000000.0
@@ -284,6 +302,11 @@ class DenseConfig:
     def head_size(self) -> int:
         return self.head_dim or self.hidden_size // self.num_heads
 
+    @property
+    def qk_norm(self) -> bool:
+        """Qwen3 RMS-normalises each query and key head (weights of head_dim) before the rotary."""
+        return self.arch == "qwen3"
+
     @classmethod
     def from_hf(cls, source: str | dict) -> "DenseConfig":
         """Read a Hugging Face Qwen2/Qwen2.5 or Llama `config.json` (path, directory or dict)."""
@@ -296,8 +319,9 @@ class DenseConfig:
     @classmethod
     def _from_hf_dict(cls, hf: dict) -> "DenseConfig":
         arch = hf.get("model_type")
-        if arch not in ("qwen2", "llama"):
-            raise ConfigError("model_type", f"expected qwen2 or llama for a dense student, got {arch!r}")
+        if arch not in DENSE_ARCHS:
+            raise ConfigError("model_type", f"expected one of {', '.join(DENSE_ARCHS)} for a dense student, "
+                                            f"got {arch!r}")
         if hf.get("use_sliding_window"):
             raise ConfigError("use_sliding_window", "sliding-window attention is not supported for students")
         if hf.get("mlp_bias"):
@@ -317,7 +341,7 @@ class DenseConfig:
             arch=arch, vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
             intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"], num_heads=heads,
             num_kv_heads=hf.get("num_key_value_heads") or heads, head_dim=head_dim,
-            qkv_bias=True if arch == "qwen2" else bias, o_bias=arch == "llama" and bias,
+            qkv_bias=True if arch == "qwen2" else bias, o_bias=arch != "qwen2" and bias,
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)), rope_theta=float(theta),
             rope_scaling=rope, rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             max_position_embeddings=hf.get("max_position_embeddings", 32768),
@@ -327,7 +351,7 @@ class DenseConfig:
         """A transformers Qwen2/Llama config.json for this student."""
         rope = {"rope_type": "default", "rope_theta": self.rope_theta} if not self.rope_scaling else \
             {**self.rope_scaling, "rope_theta": self.rope_theta}
-        cls = {"qwen2": "Qwen2", "llama": "Llama"}[self.arch]
+        cls = {"qwen2": "Qwen2", "qwen3": "Qwen3", "llama": "Llama"}[self.arch]
         out = {"architectures": [f"{cls}ForCausalLM"], "model_type": self.arch, "vocab_size": self.vocab_size,
                "hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,
                "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
@@ -335,7 +359,7 @@ class DenseConfig:
                "tie_word_embeddings": self.tie_word_embeddings, "rope_parameters": rope,
                "rms_norm_eps": self.rms_norm_eps, "max_position_embeddings": self.max_position_embeddings,
                "hidden_act": self.hidden_act, "initializer_range": self.initializer_range}
-        if self.arch == "llama":
+        if self.arch != "qwen2":
             out["attention_bias"] = self.o_bias
         return out
 
@@ -615,7 +639,7 @@ def validate_student(s: DenseConfig, par: ParallelConfig) -> None:
     """A dense student x layout. KV heads need not divide tp: they are then replicated over TP."""
     need = _need
 
-    need(s.arch in ("qwen2", "llama"), "student.arch", f"expected qwen2 or llama, got {s.arch!r}")
+    need(s.arch in DENSE_ARCHS, "student.arch", f"expected one of {', '.join(DENSE_ARCHS)}, got {s.arch!r}")
     for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
         need(getattr(s, key) > 0, f"student.{key}", f"must be > 0, got {getattr(s, key)}")
     need(s.num_heads % s.num_kv_heads == 0, "student.num_kv_heads",
@@ -638,7 +662,8 @@ def validate_student(s: DenseConfig, par: ParallelConfig) -> None:
     if s.arch == "qwen2":
         need(s.qkv_bias and not s.o_bias, "student.qkv_bias", "Qwen2 has q/k/v biases and no o_proj bias")
     else:
-        need(s.qkv_bias == s.o_bias, "student.o_bias", "Llama's attention_bias sets q/k/v and o_proj biases together")
+        need(s.qkv_bias == s.o_bias, "student.o_bias",
+             f"{s.arch}'s attention_bias sets q/k/v and o_proj biases together")
     kind = (s.rope_scaling or {}).get("rope_type", (s.rope_scaling or {}).get("type", "default"))
     need(kind in ("default", "linear", "llama3", "yarn"), "student.rope_scaling",
          f"unsupported rope type {kind!r} (default, linear, llama3, yarn)")
@@ -699,6 +724,15 @@ def validate(cfg: Config, world_size: int) -> Config:
     return cfg
 
 
+def validate_sequence_split(cfg: Config) -> None:
+    """data.seq_length must split into the layout's context-/sequence-parallel pieces (the dry run
+    asks this too, so it never plans a length the run refuses)."""
+    par, n = cfg.parallel, cfg.data.seq_length
+    _need(n % par.sequence_divisor == 0, "data.seq_length",
+          f"{'context' if par.cp > 1 else 'sequence'} parallel needs seq_length {n} divisible by "
+          f"{par.sequence_divisor_text()}")
+
+
 def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> Config:
     """validate() plus the batch / schedule / data / optimizer rules of a training run.
     needs_data=False: GRPO, whose data are rl.prompts (see validate_rl)."""
@@ -753,14 +787,7 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
     per_step = par.dp * d.micro_batch_size
     need(d.global_batch_size % per_step == 0, "data.global_batch_size",
          f"{d.global_batch_size} is not a multiple of dp x micro_batch_size = {par.dp} x {d.micro_batch_size}")
-    if par.sp and tp > 1:
-        need(d.seq_length % tp == 0, "data.seq_length",
-             f"sequence parallel needs seq_length {d.seq_length} divisible by tp={tp}")
-    if par.cp > 1:
-        unit = 2 * par.cp * (tp if par.sp and tp > 1 else 1)
-        need(d.seq_length % unit == 0, "data.seq_length",
-             f"context parallel needs seq_length {d.seq_length} divisible by 2 x cp"
-             f"{' x tp (sequence parallel)' if unit != 2 * par.cp else ''} = {unit}")
+    validate_sequence_split(cfg)
     if t.schedule == "interleaved" and pp > 1:
         micro = d.global_batch_size // per_step
         need(micro % pp == 0, "data.global_batch_size",
@@ -778,4 +805,9 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
          "the Transformer Engine backend is not built in yet; use auto or emulated")
     need(t.fp8_block >= 1, "train.fp8_block", f"must be >= 1, got {t.fp8_block}")
     need(not needs_data or bool(d.paths) or d.synthetic is not None, "data.paths", "no data: give data.paths or data.synthetic")
+    need(t.dsa_stage in (None, "dense_warmup", "sparse"), "train.dsa_stage",
+         f"expected dense_warmup, sparse or null, got {t.dsa_stage!r}")
+    need(t.dsa_stage is None or hasattr(cfg.active_model, "index_topk"), "train.dsa_stage",
+         f"{t.dsa_stage} trains DeepSeek-V3.2's indexer; this model has none (model_type deepseek_v32)")
+    need(t.index_loss_weight >= 0, "train.index_loss_weight", f"must be >= 0, got {t.index_loss_weight}")
     return cfg

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from r1mega.config import Config, validate
+from r1mega.config import Config, validate, validate_sequence_split
 from r1mega.parallel.layout import attention_dims, expert_dims
 from r1mega.plan import check_sizes, fits, plan_for, print_plan
 
@@ -22,6 +22,7 @@ def group_summary(dims: list[tuple[str, int]], name: str, show: int = 8) -> tupl
 def dry_run(cfg: Config, world: int, gpu_mem: float = 80.0) -> int:
     check_sizes(world=world, gpu_mem=gpu_mem)
     cfg = validate(cfg, world)
+    validate_sequence_split(cfg)  # as the run does: data.seq_length against 2 x cp (x tp under SP)
     p = cfg.parallel
     m = cfg.active_model
     print(f"dry run: {world} ranks, model {m.num_layers} layers / {getattr(m, 'n_routed_experts', 0)} experts")

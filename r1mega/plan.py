@@ -193,21 +193,28 @@ def make_dense_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_
     held = layers * per_layer_held + emb / p.tp  # worst stage: its layers + embedding or head
     gbs = global_batch or micro_batch * p.dp
     micro_per_rank = max(gbs // (micro_batch * p.dp), 1)
-    tokens = micro_batch * seq
+    tokens = micro_batch * seq / p.cp  # this GPU's tokens: its zigzag chunks under context parallelism
+    lh, group = s.num_heads // p.tp, s.num_heads // s.num_kv_heads
+    kv_local = max((r * lh + lh - 1) // group - (r * lh) // group + 1 for r in range(p.tp))
     per_layer = tokens * (4 * D + D + (s.num_heads + 2 * s.num_kv_heads) * hd / p.tp * 2
                           + (D + 3 * s.intermediate_size / p.tp))
+    if p.cp > 1:  # the other cp ranks' keys and values: gathered (kv heads), then widened to the query heads
+        per_layer += micro_batch * seq * (p.cp - 1) / p.cp * 2 * hd * (kv_local + lh)
     plan = Plan(counts={k: counts[k] for k in ("total", "active", "mtp")},
-                layout={"tp": p.tp, "pp": p.pp, "ep": 1, "etp": 1, "dp": p.dp, "edp": p.dp, "world": world})
-    plan.memory = {"weights": held * weight_bytes, "grads": held * weight_bytes, "optimizer": 12 * held / p.dp,
+                layout={"tp": p.tp, "cp": p.cp, "pp": p.pp, "ep": 1, "etp": 1, "dp": p.dp, "edp": p.dp * p.cp,
+                        "world": world})
+    plan.memory = {"weights": held * weight_bytes, "grads": held * weight_bytes,
+                   "optimizer": 12 * held / (p.dp * p.cp),  # ZeRO-1 over the dp x cp replicas
                    "activations": per_layer * layers * weight_bytes * min(p.pp, micro_per_rank)
                    + tokens * s.vocab_size / p.tp * 4}
     ring = lambda n: (n - 1) / n if n > 1 else 0.0  # noqa: E731
     act = tokens * D * weight_bytes
     plan.comm = {"tp": 8 * act * ring(p.tp) * layers * micro_per_rank, "ep": 0.0,
-                 "pp": 2 * act * micro_per_rank if p.pp > 1 else 0.0, "dp": 2 * weight_bytes * held * ring(p.dp)}
+                 "pp": 2 * act * micro_per_rank if p.pp > 1 else 0.0,
+                 "dp": 2 * weight_bytes * held * ring(p.dp * p.cp),
+                 # every layer all-gathers its rotated K and V in forward, reduce-scatters them in backward
+                 "cp": 2 * tokens * 2 * kv_local * hd * weight_bytes * (p.cp - 1) * layers * micro_per_rank}
     if rollout_batch and rollout_len:  # per-head K and V of the KV heads a rank attends with
-        lh, group = s.num_heads // p.tp, s.num_heads // s.num_kv_heads
-        kv_local = max((r * lh + lh - 1) // group - (r * lh) // group + 1 for r in range(p.tp))
         n = rollout_batch * rollout_len * layers * weight_bytes / p.dp
         plan.kv_cache = {"gqa_heads": n * 2 * kv_local * hd}
     return plan
@@ -218,7 +225,11 @@ PLANNERS = {"deepseek_v3": make_plan, "dense": make_dense_plan}  # by model fami
 
 def plan_for(cfg: Config, world: int, micro_batch: int, seq: int, global_batch: Optional[int] = None,
              **kw) -> Plan:
-    """The plan of the config's model family."""
+    """The plan of the config's model family (refusing a sequence length the layout cannot split,
+    as the real run does)."""
+    if seq % cfg.parallel.sequence_divisor:
+        raise ConfigError("--seq-length", f"{seq} is not divisible by {cfg.parallel.sequence_divisor_text()}, "
+                                          "which the run refuses")
     return PLANNERS[family_for(cfg)[0].name](cfg, world, micro_batch, seq, global_batch, **kw)
 
 
@@ -238,7 +249,7 @@ def search(cfg: Config, gpus: int, gpus_per_node: int, gpu_mem: float, micro_bat
     m = cfg.model
     found = []
     pow2 = [2 ** i for i in range(0, 12)]
-    cps = [c for c in (1, 2, 4, 8, 16) if seq % (2 * c) == 0]
+    cps = [1, 2, 4, 8, 16]
     for tp, pp, ep, etp in itertools.product(pow2, pow2, pow2, [1, 2, 4, 8]):
         if tp > gpus_per_node or tp * pp > gpus or gpus % (tp * pp) or pp > m.num_layers:
             continue
@@ -248,6 +259,8 @@ def search(cfg: Config, gpus: int, gpus_per_node: int, gpu_mem: float, micro_bat
             if tp * pp * cp > gpus or gpus % (tp * pp * cp):
                 continue
             par = ParallelConfig(tp=tp, pp=pp, ep=ep, etp=etp, sp=tp > 1, cp=cp)
+            if seq % par.sequence_divisor:
+                continue
             try:
                 plan = make_plan(Config(model=m, parallel=par, train=cfg.train), gpus, micro_batch, seq, global_batch)
             except ConfigError:

@@ -84,10 +84,8 @@ def run(args: argparse.Namespace) -> int:
     rank = dist.get_rank() if distributed else 0
     dtype = getattr(torch, args.dtype)
     par = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, sp=args.sp, cp=args.cp)
-    unit = 2 * args.cp * (args.tp if args.sp else 1)
-    if args.seq_length % unit:
-        raise ConfigError("--seq-length", f"{args.seq_length} is not divisible by 2 x cp"
-                                          f"{' x tp' if args.sp else ''} = {unit}")
+    if args.seq_length % par.sequence_divisor:
+        raise ConfigError("--seq-length", f"{args.seq_length} is not divisible by {par.sequence_divisor_text()}")
     family, model_cfg = family_for_hf(args.hf_dir)
     cfg = validate(build_config(model_cfg, par), world)
     ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()

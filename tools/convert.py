@@ -318,9 +318,15 @@ def _scale_for(key: str, f, hf_dir: str, files: dict[str, list[str]]) -> torch.T
 
 # ---- export --------------------------------------------------------------------------------
 
+FP8_INDEXER = ("indexer.wq_b.weight", "indexer.wk.weight")  # DeepSeek-V3.2's indexer: FP8 but for weights_proj
+
+
 def fp8_quantizable(key: str, t: torch.Tensor) -> bool:
-    """The linears DeepSeek stores in FP8: every 2-D *_proj weight (not embeddings, head, router, norms)."""
-    return t.dim() == 2 and key.endswith("proj.weight")
+    """The linears DeepSeek stores in FP8: every 2-D *_proj weight (not embeddings, head, router, norms),
+    and V3.2's indexer query/key projections (its head weights stay in high precision)."""
+    if t.dim() != 2:
+        return False
+    return key.endswith(FP8_INDEXER) or (key.endswith("proj.weight") and not key.endswith("indexer.weights_proj.weight"))
 
 
 def _whole(reader, ckpt: str, key: str) -> torch.Tensor:

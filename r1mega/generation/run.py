@@ -20,7 +20,7 @@ import torch.distributed as dist
 from r1mega.config import ParallelConfig
 from r1mega.data.tokenizer import Tokenizer
 from r1mega.errors import ConfigError, R1MegaError
-from r1mega.generation.engine import SamplingParams, generate_rounds
+from r1mega.generation.sampling_rounds import SamplingParams, generate_rounds
 from r1mega.generation.model_source import LoadedModel, load_model
 from r1mega.generation.records import TEMPLATES, render_prompt, template_stops
 from r1mega.generation.store import SampleStore

@@ -35,6 +35,9 @@ class GenerationConfig:
     seed: int = 0
     record_routing: bool = False
     vocab_size: Optional[int] = None  # the tokenizer's, when the model's embedding is padded past it
+    max_rows: int = 0  # rows decoding at once (0: all); the rest wait in the queue and refill freed places
+    max_cache_tokens: int = 0  # soft cache budget for admitting rows (0: none)
+    block_size: int = 16  # tokens per block of the paged cache
 
 
 @dataclass
@@ -46,7 +49,10 @@ class Rollout:
     logprobs: torch.Tensor  # [B, P + N] log-prob of each generated token when it was sampled (0 elsewhere)
     routing: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> experts [P + N, B, k]
     cache_values_per_token_layer: int = 0
-    cache_bytes: int = 0
+    cache_bytes: int = 0  # the cache this rollout needed: peak blocks in use (static engine: its allocation)
+    cache_pool_bytes: int = 0  # what the paged pool allocated (it grows by a quarter when full)
+    decode_row_steps: int = 0  # rows fed to decoding forwards, summed over steps (static: all rows every step)
+    forwards: int = 0  # model forwards this rank ran (equal on every rank of an expert-parallel group)
 
     @property
     def position_ids(self) -> torch.Tensor:
@@ -85,7 +91,7 @@ def left_padded_causal_mask(pad: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    longest = max(len(p) for p in prompts)
+    longest = max((len(p) for p in prompts), default=0)
     ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long, device=device)
     pad = torch.empty(len(prompts), dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
@@ -103,12 +109,66 @@ def _mode_restored(model, was_training: bool):
         model.train(was_training)
 
 
+def _one_chunk(model):
+    if isinstance(model, torch.nn.ModuleList):
+        if len(model) != 1:
+            raise ValueError("generation runs on one model chunk per rank (train.virtual_stages=1)")
+        model = model[0]
+    return model
+
+
 @torch.no_grad()
 def generate(model, ps: ParallelState, prompts: list[list[int]], gen: GenerationConfig,
              row_offset: int = 0, microbatches: Optional[int] = None, rows: Optional[torch.Tensor] = None) -> Rollout:
-    """Sample completions for this DP rank's prompts. `model` is this rank's pipeline stage (or a
-    one-element ModuleList). row_offset: global index of the first prompt (distinct noise per row);
-    rows: each prompt's global index instead, when this rank's prompts are not contiguous."""
+    """Sample completions for this DP rank's prompts with continuous batching over a paged cache
+    (`continuous.py`). `model` is this rank's pipeline stage (or a one-element ModuleList).
+    row_offset: key of the first prompt's noise (the rest follow: distinct noise per row); rows:
+    each prompt's noise key instead (e.g. its global index, or a (problem, sample) key). The
+    result is laid out as the static engine's: left-padded prompts, completions, pads after the end.
+    microbatches: unused (one decoding batch per step; kept for callers of the static engine)."""
+    from r1mega.inference.continuous import ContinuousBatcher
+
+    model = _one_chunk(model)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    keys = (list(range(row_offset, row_offset + len(prompts))) if rows is None else [int(k) for k in rows.tolist()])
+    engine = ContinuousBatcher(model, ps, prompts, keys, gen)
+    with sequence_parallel_off(ps), _mode_restored(model, was_training):
+        engine.run()
+    pad_id = engine.pad_id
+    ids, pad = left_pad(prompts, pad_id, device)
+    B, P = ids.shape
+    N = _dp_max_int(max((len(r.out) for r in engine.rows), default=0), ps, device)
+    tokens = torch.cat([ids, torch.full((B, N), pad_id, dtype=torch.long, device=device)], 1)
+    mask = torch.zeros(B, P + N, dtype=torch.bool, device=device)
+    logprobs = torch.zeros(B, P + N, device=device)
+    for r in engine.rows:
+        n = len(r.out)
+        tokens[r.index, P:P + n] = torch.tensor(r.out, dtype=torch.long)
+        logprobs[r.index, P:P + n] = torch.tensor(r.logps)
+        mask[r.index, P:P + n] = True
+    routing = engine.routing(P, P + N - 1) if gen.record_routing else {}
+    pool = engine.pool
+    return Rollout(tokens, P, pad, mask, logprobs, routing, pool.values_per_token_per_layer(), pool.peak_bytes(),
+                   pool.pool_bytes(), engine.decode_row_steps, engine.forwards)
+
+
+def _dp_max_int(value: int, ps: ParallelState, device) -> int:
+    if ps.g("dp") is None:
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=ps.g("dp"))
+    return int(t.item())
+
+
+@torch.no_grad()
+def generate_static(model, ps: ParallelState, prompts: list[list[int]], gen: GenerationConfig,
+                    row_offset: int = 0, microbatches: Optional[int] = None,
+                    rows: Optional[torch.Tensor] = None) -> Rollout:
+    """The static engine, kept as the reference for tests and benchmarks: every row decodes until the
+    longest of the batch (across DP) ends, each row's cache preallocated for prompt + max_new_tokens,
+    each sample prefilling its prompt again. Same noise keying as `generate`."""
     if isinstance(model, torch.nn.ModuleList):
         if len(model) != 1:
             raise ValueError("generation runs on one model chunk per rank (train.virtual_stages=1)")
@@ -185,8 +245,9 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
         per_layer = [c.routing() for c in caches]
         for layer in per_layer[0]:
             routing[layer] = torch.cat([p[layer] for p in per_layer], dim=1)[:used]
+    nbytes = sum(c.nbytes() for c in caches)
     rollout = Rollout(tokens[:, :used], P, pad, mask[:, :used], logprobs[:, :used], routing,
-                      caches[0].values_per_token_per_layer(), sum(c.nbytes() for c in caches))
+                      caches[0].values_per_token_per_layer(), nbytes, nbytes, B * (step + 1), m * (step + 1))
     del caches  # the KV cache is gone before any training step
     return rollout
 

@@ -75,9 +75,10 @@ def uniform_noise(row_keys: torch.Tensor, first: int, n: int) -> torch.Tensor:
     return (_shr(z, 11).double() + 0.5) / float(1 << 53)
 
 
-def row_keys(seed: int, step: int, rows: torch.Tensor) -> torch.Tensor:
-    """One key per (seed, decode step, global row)."""
-    base = torch.tensor([seed * 1_000_003 + step], dtype=torch.int64, device=rows.device)
+def row_keys(seed: int, step, rows: torch.Tensor) -> torch.Tensor:
+    """One key per (seed, decode step, global row). step: an int, or one per row (a tensor [b]) when
+    the rows are at different positions of their completions (continuous batching)."""
+    base = torch.as_tensor(step, dtype=torch.int64, device=rows.device).reshape(-1) + seed * 1_000_003
     return _mix(_mix(base) + rows.to(torch.int64) * _signed(0xD1B54A32D192ED03))
 
 

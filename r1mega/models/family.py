@@ -7,7 +7,8 @@ Pipeline, trainer, GRPO, generation, checkpoints, conversion and the planner go 
 module and import no model package directly.
 
     deepseek_v3   DeepSeek-V3/R1 and V2(-Lite): MLA (latent KV cache), DeepSeekMoE, MTP   (`model:`)
-    dense         Qwen2/Qwen2.5, Llama 3 students: GQA (per-head KV cache), SwiGLU      (`student:`)
+    deepseek_v32  DeepSeek-V3.2: V3 + DeepSeek Sparse Attention (indexer keys cached too)   (`model:`)
+    dense         Qwen2/Qwen2.5, Qwen3, Llama 3 students: GQA (per-head KV cache), SwiGLU (`student:`)
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Any, Callable, Optional
 
 import torch.nn as nn
 
-from r1mega.config import Config, ConfigError, DenseConfig, ModelConfig
+from r1mega.config import DENSE_ARCHS, Config, ConfigError, DenseConfig, ModelConfig
 from r1mega.errors import CheckpointError
 from r1mega.parallel.layout import ParallelState
 
@@ -59,11 +60,21 @@ def _dense() -> ModelFamily:
     from r1mega.models.dense.model import DenseStudent
     from r1mega.models.weights import gather_sharded
 
-    return ModelFamily("dense", ("qwen2", "llama"), DenseConfig, DenseStudent, gather_sharded,
+    return ModelFamily("dense", DENSE_ARCHS, DenseConfig, DenseStudent, gather_sharded,
                        params.count_params, params.flops_per_token, "heads")
 
 
-_BUILDERS = {"deepseek_v3": _deepseek_v3, "dense": _dense}
+def _deepseek_v32() -> ModelFamily:
+    from r1mega.models.deepseek_v3.hf_weights import gather_full
+    from r1mega.models.deepseek_v32 import params
+    from r1mega.models.deepseek_v32.config import DSAConfig
+    from r1mega.models.deepseek_v32.model import DeepseekV32
+
+    return ModelFamily("deepseek_v32", ("deepseek_v32",), DSAConfig, DeepseekV32, gather_full,
+                       params.count_params, params.flops_per_token, "mla_latent+index_keys")
+
+
+_BUILDERS = {"deepseek_v3": _deepseek_v3, "deepseek_v32": _deepseek_v32, "dense": _dense}
 _CACHE: dict[str, ModelFamily] = {}
 
 
@@ -77,7 +88,9 @@ def family_named(name: str) -> ModelFamily:
 
 def family_of_config(model_cfg) -> ModelFamily:
     """The family of a model config object (ModelConfig or DenseConfig)."""
-    return family_named("dense" if isinstance(model_cfg, DenseConfig) else "deepseek_v3")
+    if isinstance(model_cfg, DenseConfig):
+        return family_named("dense")
+    return family_named("deepseek_v32" if hasattr(model_cfg, "index_topk") else "deepseek_v3")
 
 
 def family_for(cfg: Config) -> tuple[ModelFamily, Any]:

@@ -6,7 +6,12 @@ batch (ids, labels, positions, document ids) and keeps its rank's tokens; RoPE u
 positions. MLA's keys and values are all recomputable from the per-token latent [c_kv | k_rope]
 (kv_lora_rank + qk_rope_head_dim values: 576 at V3 size, ~71x less than per-head K/V), so that
 latent is all-gathered over cp (reduce-scattered in backward) and each rank's query chunks attend
-the gathered keys blockwise (block_attention: online log-sum-exp, no s x s tensor).
+the gathered keys blockwise (block_attention: online log-sum-exp, no s x s tensor). The dense
+students gather their rotated per-KV-head keys and values instead (2 x kv_heads x head_dim per
+token; under TP each rank gathers only the KV heads its query heads read).
+
+Both families call the same three steps: `keep_local_tokens` at the top of the stage's forward,
+`gather_sequence` on what their keys are made of, `attend_local_chunks` for the core attention.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from r1mega.kernels.block_attention import block_attention
 from r1mega.parallel.comm import gather_seq
 from r1mega.parallel.layout import ParallelState
 
@@ -48,6 +54,46 @@ class ContextParallelAttention:
     chunks: list[tuple[int, int]]
     docs: Optional[torch.Tensor] = None  # [b, s]
     docs_local: Optional[torch.Tensor] = None  # [b, s / cp]
+
+
+@dataclass
+class LocalTokens:
+    """A stage's inputs cut to this cp rank's tokens (local order); `index` their global indices."""
+
+    input_ids: torch.Tensor  # [b, s / cp]
+    labels: Optional[torch.Tensor]
+    attn_mask: ContextParallelAttention
+    position_ids: torch.Tensor  # [b, s / cp] global (or per-document) positions for RoPE
+    index: torch.Tensor  # [s / cp]
+
+
+def keep_local_tokens(input_ids: torch.Tensor, labels: Optional[torch.Tensor], attn_mask: Optional[torch.Tensor],
+                      position_ids: Optional[torch.Tensor], ps: ParallelState) -> LocalTokens:
+    """Whole rows [b, s] (every stage gets them) -> this rank's zigzag chunks. attn_mask: None
+    (causal) or document ids [b, s]; a dense [b, 1, s, s] mask is refused (it would be O(s^2))."""
+    b, s = input_ids.shape
+    local = zigzag_index(s, ps.cp, ps.r("cp"), input_ids.device)
+    if attn_mask is not None and attn_mask.dim() != 2:
+        raise ValueError("context parallel: the attention mask must be document ids [b, s], "
+                         f"got shape {list(attn_mask.shape)}")
+    mask = ContextParallelAttention(s, zigzag_chunks(s, ps.cp, ps.r("cp")), attn_mask,
+                                    None if attn_mask is None else attn_mask[:, local])
+    positions = local[None].expand(b, -1) if position_ids is None else position_ids[:, local]
+    return LocalTokens(input_ids[:, local], None if labels is None else labels[:, local], mask, positions, local)
+
+
+def attend_local_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                        mask: ContextParallelAttention) -> torch.Tensor:
+    """q [b, h, s / cp, d] this rank's queries (local order), k/v [b, h, s, d*] the whole sequence
+    (global order) -> [b, h, s / cp, dv]: each zigzag chunk attends the keys causally up to its
+    own position, within its documents."""
+    outs, at = [], 0
+    for start, end in mask.chunks:
+        n = end - start
+        docs_q = None if mask.docs is None else mask.docs_local[:, at:at + n]
+        outs.append(block_attention(q[:, :, at:at + n], k, v, scale, docs_q, mask.docs, q_start=start)[0])
+        at += n
+    return torch.cat(outs, dim=2)
 
 
 def gather_sequence(x: torch.Tensor, ps: ParallelState, seq_len: int) -> torch.Tensor:

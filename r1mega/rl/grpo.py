@@ -371,7 +371,7 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
             if table_due(step, rl.minibatches, rl.log_rollouts_every):
                 log.rollout_table(step + 1, shown)
         adv, keep = advantages(cfg, scored)
-        batch = to_train_batch(scored.rollout, keep, 2 * ps.cp * (ps.tp if ps.sp else 1) if ps.cp > 1 else 1)
+        batch = to_train_batch(scored.rollout, keep, ps.cfg.sequence_divisor)
         old, ref = old_and_reference_logprobs(cfg, ps, chunks, reference, batch, kernels)
         rollout_sums = rollout_stats(cfg, scored, batch, old)
         gap_max = global_values({"gap_max": rollout_sums.pop("gap_max_local")}, ps, run.device,

@@ -73,10 +73,14 @@ def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> Config:
         return cfg
     meta = checkpoint_meta(source)
     saved = meta.get("model_config")
-    if saved is None or meta.get("family", "deepseek_v3") != "deepseek_v3":
+    family = meta.get("family", "deepseek_v3")
+    if saved is None or family not in ("deepseek_v3", "deepseek_v32"):
         return cfg
-    known = set(ModelConfig.__dataclass_fields__)
-    return replace(cfg, model=ModelConfig(**{k: v for k, v in saved.items() if k in known}))
+    from r1mega.models.family import family_named
+
+    config_cls = family_named(family).config_cls  # ModelConfig, or V3.2's DSAConfig
+    known = set(config_cls.__dataclass_fields__)
+    return replace(cfg, model=config_cls(**{k: v for k, v in saved.items() if k in known}))
 
 
 def start_run(cfg: Config, validate_fn: Callable[[Config, int], Config], own_checkpoint: Optional[str] = None) -> Run:

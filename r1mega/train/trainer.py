@@ -25,6 +25,8 @@ from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.moe_balance import moe_layers, update_routing_bias
 from r1mega.train.optimizer import DistributedAdamW, lr_at
+from r1mega.models.stage import IGNORE_INDEX
+from r1mega.train.dsa_stage import index_loss, prepare_stage, set_index_loss_scale
 from r1mega.train.setup import build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, start_run
 
 H100_BF16_DENSE_TFLOPS = 989.0
@@ -82,6 +84,7 @@ def train(cfg: Config, kind: str) -> dict:
     candidates = find_resume_checkpoint(ckpt_root, t.load, model_config, t.allow_arch_change)
 
     chunks = build_model(cfg, ps, device, run.dtype)
+    dsa = prepare_stage(chunks, t.dsa_stage) if t.dsa_stage else []  # DeepSeek-V3.2: freezes before the optimizer
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
 
     # the run's own newest checkpoint wins over train.load, so a requeued job continues where it was
@@ -115,6 +118,9 @@ def train(cfg: Config, kind: str) -> dict:
         t0 = time.perf_counter()
         batch = {k: v.to(device) for k, v in _batch(data, kind, consumed, gbs).items()}
         lr = lr_at(step, t.steps, cfg.optim)
+        if dsa:
+            num_tokens = int((batch["labels"] != IGNORE_INDEX).sum())
+            set_index_loss_scale(dsa, t.index_loss_weight, num_tokens)
         with kernels_scope(kernels):
             res = lm_forward_backward(
                 chunks, ps, batch["input_ids"], batch["labels"], micro, t.mtp_weight,
@@ -125,7 +131,8 @@ def train(cfg: Config, kind: str) -> dict:
         else:
             grad_norm, skipped = float("nan"), True
             optimizer.skipped += 1
-        balance = update_routing_bias(chunks, ps, 0.0 if skipped else t.bias_update_rate)
+        frozen = t.dsa_stage == "dense_warmup"  # the main model, routing biases included, stays as it is
+        balance = update_routing_bias(chunks, ps, 0.0 if skipped or frozen else t.bias_update_rate)
         optimizer.zero_grad(chunks)
         consumed += gbs
         dt = time.perf_counter() - t0
@@ -135,6 +142,8 @@ def train(cfg: Config, kind: str) -> dict:
                    "tflops_per_device": flops_step / dt / world / 1e12,
                    "expert_max_load": balance["max_load_ratio"], "expert_min_load": balance["min_load_ratio"],
                    "balance_loss": balance["balance_loss"]}
+        if dsa:
+            metrics["index_loss"] = index_loss(dsa, ps, num_tokens)
         if not moe_or_mtp:  # e.g. a dense student: no MTP or expert statistics to report
             for k in ("mtp_loss", "expert_max_load", "expert_min_load", "balance_loss"):
                 metrics.pop(k)

@@ -21,7 +21,7 @@ from r1mega.config import ModelConfig
 from r1mega.kernels.block_attention import block_attention
 from r1mega.parallel.recompute import recomputed
 from r1mega.models.rope import RotaryEmbedding, softmax_scale
-from r1mega.parallel.context_parallel import ContextParallelAttention, gather_sequence
+from r1mega.parallel.context_parallel import ContextParallelAttention, attend_local_chunks, gather_sequence
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.tensor_parallel import (
     ColumnParallelLinear, ReplicatedLinear, RMSNorm, RowParallelLinear, enter_tp_region, leave_tp_region,
@@ -128,14 +128,7 @@ class MLA(nn.Module):
         building the s x s causal mask); document ids and context-parallel chunks take the
         blockwise kernel."""
         if isinstance(attn_mask, ContextParallelAttention):  # this rank's zigzag query chunks
-            outs, at = [], 0
-            for start, end in attn_mask.chunks:
-                n = end - start
-                docs_q = None if attn_mask.docs is None else attn_mask.docs_local[:, at:at + n]
-                outs.append(block_attention(q[:, :, at:at + n], k, v, self.scale, docs_q, attn_mask.docs,
-                                            q_start=start)[0])
-                at += n
-            return torch.cat(outs, dim=2)
+            return attend_local_chunks(q, k, v, self.scale, attn_mask)
         if (attn_mask is None and q.is_cuda) or (attn_mask is not None and attn_mask.dim() == 4):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
                                                   scale=self.scale)

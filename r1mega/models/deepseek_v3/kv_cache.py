@@ -81,3 +81,28 @@ class KVCache:
 
     def nbytes(self) -> int:
         return sum(c.keys.numel() * c.keys.element_size() for c in self.layers.values())
+
+
+class PagedLatentLayer:
+    """One layer of the paged latent cache (`inference/paged_cache.py`) as MLA sees it: the same
+    store / append / record_routing as `LayerCache`, over block storage [slots, kv_lora_rank + rope]."""
+
+    def __init__(self, owner, storage: list[torch.Tensor], layer: int):
+        self.owner, self.keys, self.layer = owner, storage[0], layer
+
+    def store(self, c: torch.Tensor, k_rope: torch.Tensor) -> None:
+        """c [s, b, r], k_rope [s, b, rope] into the new tokens' slots (pads into the null block)."""
+        self.keys[self.owner.write] = torch.cat([c, k_rope], -1).flatten(0, 1).to(self.keys.dtype)
+
+    def append(self, c: torch.Tensor, k_rope: torch.Tensor):
+        """store(), then (each row's cached [latent | k_rope] [b, L, r + rope], mask [b, s, L])."""
+        self.store(c, k_rope)
+        return self.keys[self.owner.slots_read()], self.owner.mask()
+
+    def record_routing(self, idx: torch.Tensor) -> None:
+        self.owner.routing[self.layer] = idx
+
+
+def paged_latent_layout(layer_ids: Iterable[int], kv_lora_rank: int, rope_dim: int):
+    """(features stored per token per layer, layer view) of MLA's paged cache."""
+    return {i: [(kv_lora_rank + rope_dim,)] for i in layer_ids}, PagedLatentLayer

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from r1mega.config import ModelConfig
-from r1mega.models.deepseek_v3.kv_cache import KVCache
+from r1mega.models.deepseek_v3.kv_cache import KVCache, paged_latent_layout
 from r1mega.models.deepseek_v3.attention import MLA
 from r1mega.models.deepseek_v3.moe import MoE
 from r1mega.models.ffn import SwiGLU
@@ -21,7 +21,7 @@ from r1mega.models.rope import RotaryEmbedding
 from r1mega.models.stage import (  # noqa: F401  (re-exported for existing callers)
     IGNORE_INDEX, StageOutput, check_sequence_parallel, place_stage, shift_left, stage_layers, token_loss,
 )
-from r1mega.parallel.context_parallel import ContextParallelAttention, zigzag_chunks, zigzag_index
+from r1mega.parallel.context_parallel import keep_local_tokens
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.tensor_parallel import (
     ColumnParallelLinear, ReplicatedLinear, RMSNorm, enter_tp_region, tag,
@@ -29,10 +29,12 @@ from r1mega.parallel.tensor_parallel import (
 from r1mega.parallel.vocab_parallel import VocabParallelEmbedding
 
 class DecoderLayer(nn.Module):
+    attention_cls = MLA  # DeepSeek-V3.2 swaps in its sparse attention (models/deepseek_v32)
+
     def __init__(self, cfg: ModelConfig, ps: ParallelState, layer_idx: int):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "stream")
-        self.self_attn = MLA(cfg, ps)
+        self.self_attn = self.attention_cls(cfg, ps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "stream")
         self.mlp = (MoE(cfg, ps) if cfg.is_moe_layer(layer_idx)
                     else SwiGLU(cfg.hidden_size, cfg.intermediate_size, ps, cfg.initializer_range))
@@ -87,6 +89,8 @@ class DeepseekV3(nn.Module):
     """Pipeline stage `stage` of `num_stages` (default: this rank's pp rank of pp). With virtual
     pipeline stages (interleaved schedule) a rank holds several, stage = chunk * pp + pp_rank."""
 
+    layer_cls, mtp_layer_cls = DecoderLayer, MTPLayer  # a variant family's blocks (models/deepseek_v32)
+
     def __init__(self, cfg: ModelConfig, ps: ParallelState, pp_layers: Optional[list[int]] = None,
                  stage: Optional[int] = None, num_stages: Optional[int] = None):
         super().__init__()
@@ -96,7 +100,7 @@ class DeepseekV3(nn.Module):
                                     cfg.max_position_embeddings, cfg.rope_interleave)
         self.embed_tokens = (VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, ps, std)
                              if self.is_first else None)
-        self.layers = nn.ModuleDict({str(i): DecoderLayer(cfg, ps, i) for i in self.layer_ids})
+        self.layers = nn.ModuleDict({str(i): self.layer_cls(cfg, ps, i) for i in self.layer_ids})
         self.norm = self.lm_head = self.mtp = self.mtp_embed = None
         if self.is_last:
             self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "stream")
@@ -104,7 +108,8 @@ class DeepseekV3(nn.Module):
             self.lm_head = ColumnParallelLinear(cfg.hidden_size, cfg.vocab_size, ps, std, high_precision=True)
             if cfg.num_mtp_layers:
                 n = cfg.num_layers
-                self.mtp = nn.ModuleDict({str(n + k): MTPLayer(cfg, ps, n + k) for k in range(cfg.num_mtp_layers)})
+                self.mtp = nn.ModuleDict({str(n + k): self.mtp_layer_cls(cfg, ps, n + k)
+                                         for k in range(cfg.num_mtp_layers)})
                 if not self.is_first:
                     # a copy of the embedding; grad_sync sums its gradient with the first stage's
                     self.mtp_embed = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, ps, std)
@@ -123,6 +128,10 @@ class DeepseekV3(nn.Module):
         """MLA latent cache for this stage's layers (generation)."""
         return KVCache(self.layer_ids, batch, max_len, self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim, valid,
                        dtype, device)
+
+    def paged_kv_layout(self):
+        """(features per token per layer, layer view) of the paged rollout cache (inference/paged_cache.py)."""
+        return paged_latent_layout(self.layer_ids, self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim)
 
     def routed_rows_per_expert(self, batch: int) -> Optional[float]:
         """Rows each local routed expert gets, on average, in a decoding step of `batch` sequences
@@ -146,20 +155,13 @@ class DeepseekV3(nn.Module):
         Under context parallelism (training and scoring, not cached decoding) the inputs are whole
         rows; this rank keeps its zigzag chunks and the outputs (hidden, logits, token losses) are
         for those tokens only, in local order."""
-        b, s = input_ids.shape
+        s = input_ids.shape[1]
         full_ids, full_labels = input_ids, labels
         local = None
         if self.ps.cp > 1 and cache is None:
-            local = zigzag_index(s, self.ps.cp, self.ps.r("cp"), input_ids.device)
-            if attn_mask is not None and attn_mask.dim() != 2:
-                raise ValueError("context parallel: the attention mask must be document ids [b, s], "
-                                 f"got shape {list(attn_mask.shape)}")
-            docs = attn_mask
-            attn_mask = ContextParallelAttention(s, zigzag_chunks(s, self.ps.cp, self.ps.r("cp")), docs,
-                                                 None if docs is None else docs[:, local])
-            position_ids = local[None].expand(b, -1) if position_ids is None else position_ids[:, local]
-            input_ids = input_ids[:, local]
-            labels = None if labels is None else labels[:, local]
+            cut = keep_local_tokens(input_ids, labels, attn_mask, position_ids, self.ps)
+            input_ids, labels, attn_mask, position_ids, local = (
+                cut.input_ids, cut.labels, cut.attn_mask, cut.position_ids, cut.index)
             routing = {k: v[local] for k, v in routing.items()} if routing else routing
         check_sequence_parallel(input_ids.shape[1], self.ps)
         positions = (position_ids.t() if position_ids is not None

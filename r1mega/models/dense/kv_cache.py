@@ -18,14 +18,19 @@ class HeadsLayerCache:
         self.k = torch.zeros(b, max_len, kv_heads, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros(b, max_len, kv_heads, head_dim, dtype=dtype, device=device)
 
-    def append(self, k: torch.Tensor, v: torch.Tensor):
-        """k, v [s, b, kv_heads, d] -> keys and values so far [b, L, kv_heads, d], valid [b, L], first new slot."""
+    def store(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v [s, b, kv_heads, d] into the new tokens' slots."""
         start, s = self.owner.length, k.shape[0]
         if start + s > self.k.shape[1]:
             raise ValueError(f"KV cache overflow: {start + s} tokens > capacity {self.k.shape[1]}")
         self.k[:, start:start + s] = k.transpose(0, 1)
         self.v[:, start:start + s] = v.transpose(0, 1)
-        end = start + s
+
+    def append(self, k: torch.Tensor, v: torch.Tensor):
+        """k, v [s, b, kv_heads, d] -> keys and values so far [b, L, kv_heads, d], valid [b, L], first new slot."""
+        self.store(k, v)
+        start = self.owner.length
+        end = start + k.shape[0]
         return self.k[:, :end], self.v[:, :end], self.owner.valid[:, :end], start
 
 
@@ -56,3 +61,26 @@ class HeadsKVCache:
 
     def nbytes(self) -> int:
         return sum(2 * c.k.numel() * c.k.element_size() for c in self.layers.values())
+
+
+class PagedHeadsLayer:
+    """One layer of the paged cache (`inference/paged_cache.py`) as grouped-query attention sees it:
+    keys and values of this rank's KV heads in block storage [slots, kv_heads, d]."""
+
+    def __init__(self, owner, storage: list[torch.Tensor], layer: int):
+        self.owner, (self.k, self.v) = owner, storage
+
+    def store(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k[self.owner.write] = k.flatten(0, 1).to(self.k.dtype)
+        self.v[self.owner.write] = v.flatten(0, 1).to(self.v.dtype)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor):
+        """store(), then keys and values so far [b, L, kv_heads, d], valid [b, L], first new slot."""
+        self.store(k, v)
+        read = self.owner.slots_read()
+        return self.k[read], self.v[read], self.owner.valid, read.shape[1] - k.shape[0]
+
+
+def paged_heads_layout(layer_ids: Iterable[int], kv_heads: int, head_dim: int):
+    """(features stored per token per layer, layer view) of the dense students' paged cache."""
+    return {i: [(kv_heads, head_dim), (kv_heads, head_dim)] for i in layer_ids}, PagedHeadsLayer

@@ -1,5 +1,6 @@
-"""A dense student (Qwen2/Qwen2.5, Llama 3) as one pipeline stage: GQA attention with rotary
-embeddings, a SwiGLU FFN, RMSNorm, optionally tied input/output embeddings.
+"""A dense student (Qwen2/Qwen2.5, Qwen3, Llama 3) as one pipeline stage: GQA attention with rotary
+embeddings (Qwen3: each query/key head RMS-normalised first), a SwiGLU FFN, RMSNorm, optionally tied
+input/output embeddings.
 
     q_proj, k_proj, v_proj column-parallel by heads, o_proj row-parallel; gate/up column-, down row-parallel
 When the KV heads do not split evenly over TP (fewer KV heads than TP ranks, or a count TP does
@@ -16,13 +17,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1mega.config import DenseConfig
-from r1mega.models.dense.kv_cache import HeadsKVCache
+from r1mega.models.dense.kv_cache import HeadsKVCache, paged_heads_layout
 from r1mega.kernels import linear
 from r1mega.kernels.block_attention import block_attention
 from r1mega.models.ffn import SwiGLU
 from r1mega.models.rope import RotaryEmbedding
 from r1mega.models.stage import StageOutput, check_sequence_parallel, place_stage, token_loss
 from r1mega.models.weights import SliceSpec, full_shape, hf_name
+from r1mega.parallel.context_parallel import (
+    ContextParallelAttention, attend_local_chunks, gather_sequence, keep_local_tokens,
+)
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.param_spec import spec_of, tag
 from r1mega.parallel.tensor_parallel import (
@@ -63,6 +67,9 @@ class GQAttention(nn.Module):
             self.k_proj = ReplicatedLinear(D, KV * hd, "region", std, bias=cfg.qkv_bias)
             self.v_proj = ReplicatedLinear(D, KV * hd, "region", std, bias=cfg.qkv_bias)
         self.o_proj = RowParallelLinear(H * hd, D, ps, std, bias=cfg.o_bias)
+        # Qwen3: one norm weight shared by every head; each TP rank's gradient covers its own heads
+        self.q_norm = RMSNorm(hd, cfg.rms_norm_eps, "region") if cfg.qk_norm else None
+        self.k_norm = RMSNorm(hd, cfg.rms_norm_eps, "region") if cfg.qk_norm else None
         self.scale = hd ** -0.5
 
     def _kv(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -71,15 +78,23 @@ class GQAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cos, sin, attn_mask=None, cache=None):
         """x [s_local, b, D] residual-stream layout -> same. attn_mask: document ids [b, s] (packing,
-        left padding; see block_attention.py) or bool [b, 1, s, s] (True = attend), causal when None; cache: this layer's slot of a `HeadsKVCache` (generation)."""
+        left padding; see block_attention.py) or bool [b, 1, s, s] (True = attend), causal when None,
+        or a ContextParallelAttention (set by the model under cp > 1: this rank's rotated K/V are
+        all-gathered over cp, reduce-scattered in backward); cache: this layer's slot of a
+        `HeadsKVCache` (generation)."""
         x = enter_tp_region(x, self.ps)
         s, b, _ = x.shape
-        q = rope.apply(self.q_proj(x).view(s, b, self.local_heads, self.head_dim), cos, sin)
-        k = rope.apply(self._kv(self.k_proj, x), cos, sin)
+        q, k = self.q_proj(x).view(s, b, self.local_heads, self.head_dim), self._kv(self.k_proj, x)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rope.apply(q, cos, sin), rope.apply(k, cos, sin)
         v = self._kv(self.v_proj, x)
+        if isinstance(attn_mask, ContextParallelAttention):  # keys and values of the whole sequence
+            kv = gather_sequence(torch.cat([k, v], -1), self.ps, attn_mask.seq_len)
+            k, v = kv.split(self.head_dim, -1)
         prompt_docs = cache.owner.prompt_documents(s) if cache is not None else None
         if prompt_docs is not None:  # the prompt: cache its keys/values, attend as training does (O(s) memory)
-            cache.append(k, v)
+            cache.store(k, v)
             attn_mask, cache = prompt_docs, None
         if cache is not None:
             k, v, valid, start = cache.append(k, v)  # [b, L, kv, d]
@@ -94,10 +109,13 @@ class GQAttention(nn.Module):
         if not self.grouped:  # uneven groups (KV heads replicated over TP): each query head its KV head
             k, v = k.index_select(1, self.kv_of_q), v.index_select(1, self.kv_of_q)
         q = q.permute(1, 2, 0, 3)  # [b, h, s, d]
-        if attn_mask is not None and attn_mask.dim() == 2:  # document ids [b, s]: no s x s mask
+        if isinstance(attn_mask, ContextParallelAttention) or (attn_mask is not None and attn_mask.dim() == 2):
             if k.shape[1] != q.shape[1]:  # query head i reads KV head i // group, as enable_gqa does
                 k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], 1) for t in (k, v))
-            out = block_attention(q, k, v, self.scale, attn_mask, attn_mask)[0]
+            if isinstance(attn_mask, ContextParallelAttention):  # this rank's zigzag query chunks
+                out = attend_local_chunks(q, k, v, self.scale, attn_mask)
+            else:  # document ids [b, s]: no s x s mask
+                out = block_attention(q, k, v, self.scale, attn_mask, attn_mask)[0]
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
                                                  scale=self.scale, enable_gqa=self.grouped)
@@ -159,6 +177,11 @@ class DenseStudent(nn.Module):
         attn = next(iter(self.layers.values())).self_attn
         return HeadsKVCache(self.layer_ids, batch, max_len, attn.kv_local, attn.head_dim, valid, dtype, device)
 
+    def paged_kv_layout(self):
+        """(features per token per layer, layer view) of the paged rollout cache (inference/paged_cache.py)."""
+        attn = next(iter(self.layers.values())).self_attn
+        return paged_heads_layout(self.layer_ids, attn.kv_local, attn.head_dim)
+
     def head(self, h: torch.Tensor) -> torch.Tensor:
         h = enter_tp_region(self.norm(h), self.ps)
         return self.lm_head(h) if self.lm_head is not None else linear(h, self.embed_tokens.weight)
@@ -167,9 +190,15 @@ class DenseStudent(nn.Module):
                 labels: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, cache=None, last_logits_only: bool = False) -> StageOutput:
         """input_ids/labels [b, s] (every stage gets them); hidden: the previous stage's output.
-        last_logits_only: logits of the last position only (sampling reads no others)."""
+        last_logits_only: logits of the last position only (sampling reads no others).
+        Under context parallelism (training and scoring, not cached decoding) the inputs are whole
+        rows; this rank keeps its zigzag chunks and the outputs (hidden, logits, token losses) are
+        for those tokens only, in local order."""
         s = input_ids.shape[1]
-        check_sequence_parallel(s, self.ps)
+        if self.ps.cp > 1 and cache is None:  # whole rows in; this rank's zigzag chunks from here on
+            cut = keep_local_tokens(input_ids, labels, attn_mask, position_ids, self.ps)
+            input_ids, labels, attn_mask, position_ids = cut.input_ids, cut.labels, cut.attn_mask, cut.position_ids
+        check_sequence_parallel(input_ids.shape[1], self.ps)
         positions = position_ids.t() if position_ids is not None else torch.arange(s, device=input_ids.device)
         cos, sin = self.rope.cos_sin(positions)
         h = self.embed_tokens(input_ids.t()) if self.is_first else hidden

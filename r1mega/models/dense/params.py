@@ -9,6 +9,7 @@ def count_params(c: DenseConfig) -> dict[str, int]:
     D, hd = c.hidden_size, c.head_size
     q, kv = c.num_heads * hd, c.num_kv_heads * hd
     attn = D * q + 2 * D * kv + q * D + ((q + 2 * kv) if c.qkv_bias else 0) + (D if c.o_bias else 0)
+    attn += 2 * hd if c.qk_norm else 0  # Qwen3's per-head q/k norm weights
     layer = attn + 3 * D * c.intermediate_size + 2 * D
     emb = c.vocab_size * D * (1 if c.tie_word_embeddings else 2)
     total = emb + c.num_layers * layer + D

@@ -1,12 +1,14 @@
 """k samples per problem on the sharded model, in rounds that every rank runs together.
 
-A round takes the next problems, expands them to problems x k rows, splits the rows evenly over
-the DP replicas (padding with copies of the last row so every replica runs the same forwards, as
-expert parallelism across DP requires) and generates with `inference.generate`. One rank per
+A round takes the next problems, expands them to problems x k rows, splits the rows over the DP
+replicas (contiguous shares; a replica with fewer or no rows joins the others' forwards with empty
+work, as expert parallelism across DP requires) and generates with `inference.generate`
+(continuous batching: the k samples of a problem share its prompt's prefill). One rank per
 replica decodes its rows; rank 0 gathers them and yields each problem with its k samples.
 
-Sampling noise is keyed by (seed, the round's first problem id, row), so the same round on any
-layout draws the same tokens (`inference/sampling.py`), whatever the DP size.
+Sampling noise is keyed by (seed, problem id, sample index, position): a sample's tokens do not
+depend on the round it falls in, so a resumed run draws exactly the samples of an uninterrupted
+one under any --problems-per-round, and any layout draws the same tokens (`inference/sampling.py`).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
+import torch
 import torch.distributed as dist
 
 from r1mega.data.tokenizer import Tokenizer
@@ -75,8 +78,9 @@ def _finish(ids: list[int], text: str, tok: Tokenizer, params: SamplingParams) -
     return text, "length"
 
 
-def round_seed(seed: int, first_id: str) -> int:
-    return (seed * 1_000_003 + zlib.crc32(first_id.encode())) % (1 << 31)
+def sample_key(problem_id: str, sample: int) -> int:
+    """The noise key of sample `sample` of a problem: its id's CRC-32 and the sample index."""
+    return (zlib.crc32(str(problem_id).encode()) << 24) + sample
 
 
 def generate_rounds(chunks, ps: ParallelState, tok: Tokenizer, problems: list[dict], prompts: list[str],
@@ -92,20 +96,16 @@ def generate_rounds(chunks, ps: ParallelState, tok: Tokenizer, problems: list[di
         t0 = time.perf_counter()
         batch = list(range(at, min(at + problems_per_round, len(problems))))
         rows = [(p, s) for p in batch for s in range(k)]
-        rows += [rows[-1]] * (-len(rows) % ps.dp)  # padding rows: generated, then dropped
-        per = len(rows) // ps.dp
-        lo = ps.r("dp") * per
-        mine = rows[lo:lo + per]
+        d = ps.r("dp")
+        mine = rows[d * len(rows) // ps.dp:(d + 1) * len(rows) // ps.dp]
         gen = GenerationConfig(params.max_new_tokens, params.temperature, params.top_p, params.top_k, tok.eos_id,
-                               stop, seed=round_seed(params.seed, problems[batch[0]]["id"]),
-                               vocab_size=tok.vocab_size)
-        rollout = generate(chunks, ps, [encoded[p] for p, _ in mine], gen, row_offset=lo)
+                               stop, seed=params.seed, vocab_size=tok.vocab_size)
+        keys = torch.tensor([sample_key(problems[p]["id"], s) for p, s in mine], dtype=torch.long)
+        rollout = generate(chunks, ps, [encoded[p] for p, _ in mine], gen, rows=keys)
         out = None
         if ps.r("tp") == 0 and ps.r("pp") == 0:
             out = []
-            for row, ((p, s), ids) in enumerate(zip(mine, rollout.completions())):
-                if lo + row >= len(batch) * k:
-                    break  # padding rows
+            for (p, s), ids in zip(mine, rollout.completions()):
                 text, reason = _finish(ids, tok.decode(ids), tok, params)
                 out.append((p, Sample(s, text, len(encoded[p]), len(ids), reason, encoded[p], list(ids))))
         parts = [None] * ps.world if ps.rank == 0 else None

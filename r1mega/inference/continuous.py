@@ -1,0 +1,291 @@
+"""Continuous batching on the training shards: the rollout engine.
+
+A queue of (prompt, sample) rows; each step the scheduler admits rows up to a row budget (and,
+softly, a cache-token budget), then runs at most two forwards:
+  decode   the live rows, one token each (their last sampled token), over the paged cache;
+  prefill  the prompts of newly admitted rows, once per distinct prompt: the G samples of a prompt
+           share its cache blocks (`paged_cache.py`) and draw their first tokens from its logits.
+A row retires at EOS, a stop or its length limit; its blocks are freed at once and its place is
+refilled the next step, so finished rows cost nothing.
+
+Every rank of an expert-parallel group must run the same forwards (the all-to-all): one small
+all-reduce per step over DP says which forwards anyone needs; a rank without rows for one joins
+with a one-token forward on the null block (never by decoding a finished row). Under PP every
+stage of a pipeline runs the same schedule (the last stage samples and broadcasts the tokens).
+
+Sampling noise is keyed by (seed, the row's key, position in its completion), so a sample's tokens
+do not depend on its slot, the step it was admitted at, the batch around it or the layout.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from r1mega.inference.paged_cache import NULL_BLOCK, BlockPool, decode_view, prefill_view
+from r1mega.inference.sampling import row_keys, sample
+from r1mega.kernels.cpu_experts import SPREAD_EXPERTS_BELOW_ROWS, experts_over_cores
+from r1mega.parallel.layout import ParallelState
+from r1mega.parallel.pipeline import recv_activation, send_activation
+
+
+@dataclass
+class _Group:
+    """One distinct prompt: prefilled once, its blocks shared by its samples."""
+    prompt: list[int]
+    waiting: int  # samples not admitted yet
+    blocks: Optional[list[int]] = None
+    logits: Optional[torch.Tensor] = None  # last-position logits (last stage), until all samples drew from them
+    routing: dict = field(default_factory=dict)  # layer -> experts [prompt tokens, k]
+
+
+@dataclass
+class _Row:
+    index: int  # output row
+    group: _Group
+    key: int  # noise key
+    slot: int = -1
+    blocks: list[int] = field(default_factory=list)
+    length: int = 0  # tokens in the cache
+    out: list[int] = field(default_factory=list)
+    logps: list[float] = field(default_factory=list)
+
+
+def _dp_max(values: list[int], ps: ParallelState) -> list[int]:
+    if ps.g("dp") is None:
+        return values
+    t = torch.tensor(values, dtype=torch.long)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=ps.g("dp"))
+    return t.tolist()
+
+
+class ContinuousBatcher:
+    def __init__(self, model, ps: ParallelState, prompts: list[list[int]], keys: list[int], gen):
+        self.model, self.ps, self.gen = model, ps, gen
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.pad_id = gen.eos_id if gen.eos_id is not None else 0
+        parts, self.layer_view = model.paged_kv_layout()
+        self.pool = BlockPool(parts, gen.block_size, self.dtype, self.device)
+        self.bs = gen.block_size
+        groups: dict[tuple, _Group] = {}
+        self.rows = []
+        for i, (p, k) in enumerate(zip(prompts, keys)):
+            if not p:
+                raise ValueError(f"generation: prompt {i} is empty")
+            g = groups.setdefault(tuple(p), _Group(list(p), 0))
+            g.waiting += 1
+            self.rows.append(_Row(i, g, int(k)))
+        self.queue = deque(self.rows)
+        self.live: list[_Row] = []
+        self.max_rows = gen.max_rows or len(self.rows)
+        self.free_slots = list(range(self.max_rows - 1, -1, -1))
+        self.table = torch.zeros(self.max_rows, 16, dtype=torch.long, device=self.device)
+        pp_ranks = ps.members.get("pp", [ps.rank])
+        self.pp_ranks = pp_ranks
+        self.prev = pp_ranks[ps.r("pp") - 1] if not model.is_first else None
+        self.nxt = pp_ranks[ps.r("pp") + 1] if not model.is_last else None
+        self.vocab = gen.vocab_size or model.vocab_size
+        self.decode_routing: dict[int, list] = {}  # layer -> [(rows, completion positions, experts [b, k])]
+        self.decode_row_steps = self.forwards = 0
+
+    # ---- scheduling ------------------------------------------------------------------------
+    def admit(self) -> list[_Row]:
+        new, tokens = [], self.pool.used * self.bs
+        budget = self.gen.max_cache_tokens
+        while self.queue and len(self.live) + len(new) < self.max_rows:
+            r = self.queue[0]
+            need = (len(r.group.prompt) if r.group.blocks is None else 0) + self.bs
+            if budget and (self.live or new) and tokens + need > budget:
+                break  # a soft budget: rows already admitted grow past it (no preemption)
+            tokens += need
+            new.append(self.queue.popleft())
+            new[-1].slot = self.free_slots.pop()
+        return new
+
+    def _set_table(self, r: _Row) -> None:
+        n = len(r.blocks)
+        if n > self.table.shape[1]:
+            grown = torch.zeros(self.table.shape[0], max(n, 2 * self.table.shape[1]), dtype=torch.long,
+                                device=self.device)
+            grown[:, :self.table.shape[1]] = self.table
+            self.table = grown
+        self.table[r.slot, :n] = torch.tensor(r.blocks, dtype=torch.long, device=self.device)
+
+    def retire(self, r: _Row) -> None:
+        self.pool.release(r.blocks)
+        r.blocks = []
+        self.free_slots.append(r.slot)
+
+    def finished(self, r: _Row, tok: int) -> bool:
+        gen = self.gen
+        if gen.eos_id is not None and tok == gen.eos_id:
+            return True
+        if gen.stop is not None and gen.stop(r.out):  # the row's own list: nothing re-built per step
+            return True
+        return len(r.out) >= gen.max_new_tokens
+
+    # ---- forwards ----------------------------------------------------------------------------
+    def _forward(self, ids, pos, view):
+        hidden = None
+        if self.prev is not None:
+            hidden = recv_activation((ids.shape[1], ids.shape[0], self.model.hidden_size), self.dtype, self.device,
+                                     self.prev)
+        out = self.model(ids, hidden=hidden, position_ids=pos, cache=view, last_logits_only=True)
+        self.forwards += 1
+        if self.nxt is not None:
+            send_activation(out.hidden, self.nxt)
+            return None
+        return out.logits[-1]
+
+    def _sample(self, logits, rows: list[_Row], steps: list[int]):
+        """Tokens and log-probs (identical on every rank of the pipeline and TP group)."""
+        n = len(rows)
+        tok = torch.zeros(n, dtype=torch.long, device=self.device)
+        lp = torch.zeros(n, device=self.device)
+        if logits is not None:
+            keys = row_keys(self.gen.seed, torch.tensor(steps, dtype=torch.long, device=self.device),
+                            torch.tensor([r.key for r in rows], dtype=torch.long, device=self.device))
+            tok, lp = sample(logits, self.ps, self.gen.temperature, self.gen.top_p, self.gen.top_k, keys, self.vocab)
+        if self.ps.pp > 1:
+            both = torch.stack([tok.double(), lp.double()])
+            dist.broadcast(both, src=self.pp_ranks[-1], group=self.ps.g("pp"))
+            tok, lp = both[0].long(), both[1].float()
+        return tok.tolist(), lp.tolist()
+
+    def empty_forward(self) -> None:
+        """Join the group's forward with no rows: one token on the null block, its result dropped."""
+        view = decode_view(self.pool, self.layer_view, torch.full((1, 1), NULL_BLOCK, device=self.device),
+                           torch.zeros(1, dtype=torch.long, device=self.device))
+        zero = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        self._forward(zero, zero, view)
+
+    def decode(self) -> None:
+        live = self.live
+        for r in live:  # a block for each row whose next token starts one
+            if r.length % self.bs == 0:
+                r.blocks.append(self.pool.alloc())
+                self._set_table(r)
+        slots = torch.tensor([r.slot for r in live], dtype=torch.long, device=self.device)
+        lengths = torch.tensor([r.length for r in live], dtype=torch.long, device=self.device)
+        view = decode_view(self.pool, self.layer_view, self.table[slots], lengths)
+        ids = torch.tensor([[r.out[-1]] for r in live], dtype=torch.long, device=self.device)
+        logits = self._forward(ids, lengths[:, None], view)
+        self.decode_row_steps += len(live)
+        if self.gen.record_routing:
+            rows = torch.tensor([r.index for r in live])
+            at = torch.tensor([len(r.out) - 1 for r in live])
+            for layer, idx in view.routing.items():
+                self.decode_routing.setdefault(layer, []).append((rows, at, idx[0]))
+        toks, lps = self._sample(logits, live, [len(r.out) for r in live])
+        still = []
+        for r, t, lp in zip(live, toks, lps):
+            r.length += 1
+            r.out.append(t)
+            r.logps.append(lp)
+            if self.finished(r, t):
+                self.retire(r)
+            else:
+                still.append(r)
+        self.live = still
+
+    def prefill(self, groups: list[_Group]) -> None:
+        from r1mega.inference.generate import left_pad
+
+        ids, pad = left_pad([g.prompt for g in groups], self.pad_id, self.device)
+        s = ids.shape[1]
+        for g in groups:
+            g.blocks = [self.pool.alloc() for _ in range(-(-len(g.prompt) // self.bs))]
+        view = prefill_view(self.pool, self.layer_view, [g.blocks for g in groups], pad, s)
+        pos = (torch.arange(s, device=self.device)[None, :] - pad[:, None]).clamp(min=0)
+        logits = self._forward(ids, pos, view)
+        for j, g in enumerate(groups):
+            if logits is not None:
+                g.logits = logits[j].clone()
+            if self.gen.record_routing:
+                g.routing = {layer: idx[int(pad[j]):, j] for layer, idx in view.routing.items()}
+
+    def start(self, new: list[_Row]) -> None:
+        """Newly admitted rows: blocks from their prompt (full ones shared, the partial last one copied),
+        then each draws its first token from its prompt's logits."""
+        src, dst = [], []
+        for r in new:
+            g, p = r.group, len(r.group.prompt)
+            g.waiting -= 1
+            if g.waiting == 0:  # the last sample takes the group's own references
+                r.blocks = g.blocks
+            else:
+                full = p // self.bs
+                r.blocks = list(g.blocks[:full])
+                self.pool.incref(r.blocks)
+                if p % self.bs:
+                    src.append(g.blocks[-1])
+                    r.blocks.append(self.pool.alloc())
+                    dst.append(r.blocks[-1])
+            r.length = p
+            self._set_table(r)
+        self.pool.copy_blocks(src, dst)
+        logits = None
+        if self.nxt is None:
+            logits = torch.stack([r.group.logits for r in new])
+        toks, lps = self._sample(logits, new, [0] * len(new))
+        for r, t, lp in zip(new, toks, lps):
+            if r.group.waiting == 0:
+                r.group.logits = None
+            r.out.append(t)
+            r.logps.append(lp)
+            if self.finished(r, t):
+                self.retire(r)
+            else:
+                self.live.append(r)
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        per_expert = getattr(self.model, "routed_rows_per_expert", lambda b: None)(min(len(self.rows), self.max_rows))
+        spread = per_expert is not None and per_expert <= SPREAD_EXPERTS_BELOW_ROWS
+        with contextlib.ExitStack() as decoding:
+            step = 0
+            while True:
+                new = self.admit()
+                groups = list({id(r.group): r.group for r in new if r.group.blocks is None}.values())
+                need_decode, need_prefill, busy = _dp_max(
+                    [int(bool(self.live)), int(bool(groups)), int(bool(self.live or new or self.queue))], self.ps)
+                if not busy:
+                    break
+                if step == 1 and spread:  # as the static engine: the prompt's forward keeps every thread
+                    decoding.enter_context(experts_over_cores(self.device))
+                if need_decode:
+                    self.decode() if self.live else self.empty_forward()
+                if need_prefill:
+                    self.prefill(groups) if groups else self.empty_forward()
+                if new:
+                    self.start(new)
+                step += 1
+
+    def routing(self, P: int, width: int) -> dict[int, torch.Tensor]:
+        """{layer: experts [width, B, k]} in the left-padded output layout; positions no forward
+        routed (pads, the last token) hold experts 0..k-1."""
+        out = {}
+        B = len(self.rows)
+        layers = set(self.decode_routing)
+        for r in self.rows:
+            layers |= set(r.group.routing)
+        for layer in sorted(layers):
+            sample_idx = (self.decode_routing[layer][0][2] if layer in self.decode_routing
+                          else next(r.group.routing[layer] for r in self.rows if layer in r.group.routing))
+            k = sample_idx.shape[-1]
+            full = torch.arange(k, dtype=sample_idx.dtype, device=sample_idx.device).expand(width, B, k).clone()
+            for r in self.rows:
+                pr = r.group.routing.get(layer)
+                if pr is not None:
+                    full[P - pr.shape[0]:P, r.index] = pr
+            if layer in self.decode_routing:
+                rows, at, idx = (torch.cat(x) for x in zip(*self.decode_routing[layer]))
+                keep = P + at < width
+                full[(P + at)[keep], rows[keep]] = idx[keep].to(full.dtype)
+            out[layer] = full
+        return out

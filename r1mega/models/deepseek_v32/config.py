@@ -1,0 +1,46 @@
+"""DeepSeek-V3.2's config: DeepSeek-V3's shapes plus the lightning indexer of DeepSeek Sparse
+Attention (DSA). Read from / written to a transformers `deepseek_v32` config.json."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from r1mega.config import ConfigError, ModelConfig
+
+
+@dataclass
+class DSAConfig(ModelConfig):
+    """Defaults of the released DeepSeek-V3.2 (transformers' DeepseekV32Config): 64 indexer heads of
+    128, each query attends to its top 2,048 tokens."""
+
+    index_n_heads: int = 64
+    index_head_dim: int = 128
+    index_topk: int = 2048
+
+    @classmethod
+    def _from_hf_dict(cls, hf: dict) -> "DSAConfig":
+        if hf.get("model_type") != "deepseek_v32":
+            raise ConfigError("model_type", f"expected deepseek_v32, got {hf.get('model_type')!r}")
+        base = ModelConfig._from_hf_dict({**hf, "model_type": "deepseek_v3"})
+        fields = {k: v for k, v in vars(base).items()}
+        return cls(**fields, index_n_heads=hf.get("index_n_heads", 64), index_head_dim=hf.get("index_head_dim", 128),
+                   index_topk=hf.get("index_topk", 2048))
+
+    def to_hf(self) -> dict:
+        out = super().to_hf()
+        out.update(architectures=["DeepseekV32ForCausalLM"], model_type="deepseek_v32",
+                   index_n_heads=self.index_n_heads, index_head_dim=self.index_head_dim, index_topk=self.index_topk)
+        out.pop("rope_interleave", None)  # V3.2's MLA is always interleaved, its indexer never
+        return out
+
+    def validate(self) -> None:
+        """The indexer's own shapes (the rest is DeepSeek-V3's validate_model)."""
+        for key in ("index_n_heads", "index_head_dim", "index_topk"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"model.{key}", f"must be an integer >= 1, got {v!r}")
+        if self.index_head_dim < self.qk_rope_head_dim or self.qk_rope_head_dim % 2:
+            raise ConfigError("model.index_head_dim", f"{self.index_head_dim} must hold the even rotary part "
+                                                      f"qk_rope_head_dim={self.qk_rope_head_dim}")
+        if not self.q_lora_rank:
+            raise ConfigError("model.q_lora_rank", "the indexer reads the query latent: DeepSeek-V3.2 needs "
+                                                   "q_lora_rank")

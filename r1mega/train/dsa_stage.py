@@ -1,0 +1,61 @@
+"""DeepSeek-V3.2's two indexer training stages (`train.dsa_stage`), applied to a built model. The
+sparse-attention layers are found by their `index_loss_scale` (models/deepseek_v32/attention.py),
+so the trainer imports no model package.
+
+    dense_warmup  dense attention; only the indexer trains (everything else frozen, routing biases
+                  kept), by its KL loss to the main attention's head-summed distribution
+    sparse        top-k sparse attention; everything trains: the LM loss the main model, the KL loss
+                  (on the selected tokens) the indexer, each kept out of the other's graph
+The KL loss is weighted by train.index_loss_weight and normalised, like the LM loss, by the
+global number of target tokens.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from r1mega.errors import ConfigError
+from r1mega.parallel.layout import ParallelState
+
+DSA_STAGES = ("dense_warmup", "sparse")
+
+
+def dsa_layers(chunks: torch.nn.Module) -> list:
+    return [m for m in chunks.modules() if hasattr(m, "index_loss_scale")]
+
+
+def prepare_stage(chunks: torch.nn.Module, stage: Optional[str]) -> list:
+    """Set attention mode and trainable tensors for `stage` (before the optimizer is built)."""
+    layers = dsa_layers(chunks)
+    if stage is None:
+        return layers
+    if stage not in DSA_STAGES:
+        raise ConfigError("train.dsa_stage", f"expected one of {', '.join(DSA_STAGES)} or null, got {stage!r}")
+    if not layers:
+        raise ConfigError("train.dsa_stage", f"{stage} needs a DeepSeek-V3.2 model (model_type deepseek_v32)")
+    for m in layers:
+        m.dense = stage == "dense_warmup"
+    if stage == "dense_warmup":
+        for name, p in chunks.named_parameters():
+            if ".indexer." not in name:
+                p.requires_grad_(False)
+    return layers
+
+
+def set_index_loss_scale(layers: list, weight: float, num_tokens: int) -> None:
+    for m in layers:
+        m.index_loss_scale = weight / max(num_tokens, 1)
+        m.index_loss_sum = None
+
+
+def index_loss(layers: list, ps: ParallelState, num_tokens: int) -> float:
+    """This step's indexer KL per target token, summed over layers (every rank gets it)."""
+    sums = [m.index_loss_sum for m in layers if m.index_loss_sum is not None]
+    device = next((s.device for s in sums), torch.device("cpu"))
+    total = torch.stack(sums).sum().reshape(1) if sums else torch.zeros(1, device=device)
+    for group in (ps.g("dp_cp"), ps.g("pp")):  # TP ranks hold the same sums
+        if group is not None:
+            dist.all_reduce(total, group=group)
+    return float(total) / max(num_tokens, 1)

@@ -1,0 +1,34 @@
+"""Spawned-rank code for the rollout engine tests (no transformers import)."""
+from __future__ import annotations
+
+import torch
+
+from r1mega.inference.generate import GenerationConfig, generate, generate_static
+from rl_workers import sharp_model
+
+# long-tailed: rows stop at a token that some samples hit early and others late or never
+LONG_TAIL_PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [3, 4, 5, 6, 7, 8, 9, 10], [40, 41, 42, 43], [7, 1, 2]]
+SAMPLES = 3
+
+
+def long_tail_config(**kw) -> GenerationConfig:
+    return GenerationConfig(max_new_tokens=24, temperature=1.0, top_p=0.95, seed=17, eos_id=2,
+                            stop=lambda ids: ids[-1] % 7 == 0, record_routing=True, block_size=4, **kw)
+
+
+def long_tail_rows():
+    """(prompt, key) of every sample: the samples of a prompt are adjacent rows, keyed by global index."""
+    prompts = [p for p in LONG_TAIL_PROMPTS for _ in range(SAMPLES)]
+    return prompts, torch.arange(len(prompts))
+
+
+def layout_samples_worker(rank: int, world: int, par: dict) -> dict:
+    """This DP rank's contiguous share of the long-tail rows, generated under `par`."""
+    chunks, ps = sharp_model(par, world)
+    prompts, keys = long_tail_rows()
+    d, n = ps.r("dp"), len(prompts)
+    lo, hi = d * n // ps.dp + (1 if d else 0), (d + 1) * n // ps.dp  # uneven shares: DP ranks run out at different steps
+    lo = min(lo, hi)
+    r = generate(chunks, ps, prompts[lo:hi], long_tail_config(), rows=keys[lo:hi])
+    return {"keys": keys[lo:hi], "completions": r.completions(), "logprobs": r.logprobs[r.completion_mask],
+            "forwards": r.forwards}

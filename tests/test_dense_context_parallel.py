@@ -1,0 +1,148 @@
+"""Context parallelism on the dense students (Qwen2 with q/k/v biases and tied embeddings, Llama 3
+with 3 KV heads and llama3 RoPE): logits, loss and every gradient equal one process, with packed
+documents and plain causal rows, alone and composed with TP (KV heads split or replicated), SP,
+PP and DP."""
+import pytest
+import torch
+
+from dense_cp_workers import dense_cp_worker, evaluate
+from r1mega.parallel.spawn import run_ranks
+from test_context_parallel import packed
+from test_students import STUDENTS, check, make_student
+from tiny_hf import batch
+
+BATCH, SEQ = 4, 32  # SEQ divisible by 2 x cp x tp; BATCH by dp x microbatches
+VOCAB = 96
+
+
+@pytest.fixture(scope="module")
+def students(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cp_students")
+    return {kind: str(root / kind) for kind in STUDENTS if make_student(kind, str(root / kind)) is not None}
+
+
+@pytest.fixture(scope="module")
+def data():
+    ids, labels = batch(VOCAB, BATCH, SEQ, seed=5)
+    docs, positions = packed(BATCH, SEQ)
+    return ids, labels, docs, positions
+
+
+@pytest.fixture(scope="module")
+def reference(students, data):
+    ids, labels, docs, positions = data
+    return {(kind, is_packed): evaluate(path, {}, 1, ids, labels, docs if is_packed else None,
+                                        positions if is_packed else None)
+            for kind, path in students.items() for is_packed in (True, False)}
+
+
+TWO_RANKS = {
+    "qwen2 CP2 packed": ("qwen2", dict(cp=2), True),
+    "qwen2 CP2 causal rows": ("qwen2", dict(cp=2), False),
+    "llama CP2 packed": ("llama", dict(cp=2), True),
+}
+FOUR_RANKS = {
+    "qwen2 CP2 x TP2+SP, 2 KV heads split": ("qwen2", dict(cp=2, tp=2, sp=True), True),
+    "llama CP2 x TP2, 3 KV heads replicated unevenly": ("llama", dict(cp=2, tp=2), True),
+    "qwen2 CP2 x PP2 (tied embedding across stages)": ("qwen2", dict(cp=2, pp=2, microbatches=2), True),
+    "llama CP2 x DP2 causal rows": ("llama", dict(cp=2, microbatches=2), False),
+}
+
+
+def _run(world: int, layouts: dict, students, data, reference):
+    ids, labels, docs, positions = data
+    cases = [(students[kind], lay, is_packed) for kind, lay, is_packed in layouts.values()]
+    per_rank = run_ranks(dense_cp_worker, world, cases, ids, labels, docs, positions)
+    for i, (name, (kind, _, is_packed)) in enumerate(layouts.items()):
+        check([r[i] for r in per_rank], reference[(kind, is_packed)], name)
+
+
+def test_packed_reference_differs_from_causal(reference):
+    """The packed layouts test something: documents change the logits."""
+    for kind in STUDENTS:
+        assert (reference[(kind, True)]["logits"] - reference[(kind, False)]["logits"]).abs().max() > 1e-2
+
+
+def test_cp2_equals_one_process(students, data, reference):
+    _run(2, TWO_RANKS, students, data, reference)
+
+
+@pytest.mark.slow
+def test_cp2_composed_with_tp_sp_pp_dp(students, data, reference):
+    _run(4, FOUR_RANKS, students, data, reference)
+
+
+def _sft_overrides(tmp_path, name: str, cp: int) -> list[str]:
+    return [f"train.run_dir={tmp_path / name}", f"data.cache_dir={tmp_path / 'data'}", "train.steps=3",
+            f"parallel.cp={cp}", "data.seq_length=64", "data.synthetic_docs=200"]
+
+
+def test_sft_run_under_cp2_equals_one_process(tmp_path):
+    """The training run users start (`r1mega sft` of a student with parallel.cp=2): loss and gradient
+    norm of every step equal one process (they were exactly 2x before the dense forward split rows)."""
+    from dense_cp_workers import sft_worker
+
+    one = sft_worker(0, 1, _sft_overrides(tmp_path, "one", 1))
+    two = run_ranks(sft_worker, 2, _sft_overrides(tmp_path, "cp2", 2))[0]
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3]
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), (a, b)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), (a, b)
+
+
+def _verify(nproc: int, *args: str) -> tuple[float, float]:
+    """(max |logit diff|, |loss diff|) of `r1mega verify-hf` under torchrun; exit status 0."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "r1mega.cli", "verify-hf", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "gradients: worst" in proc.stdout and "PASS" in proc.stdout
+    loss_diff = float(re.search(r"loss_diff=(\S+)", proc.stdout).group(1))
+    return float(re.fullmatch(r"max_abs_logit_diff=(\S+)", proc.stdout.strip().splitlines()[-1]).group(1)), loss_diff
+
+
+@pytest.mark.slow
+def test_verify_hf_cp2_on_students(students):
+    """`verify-hf --cp 2` on a student matches transformers (logits, loss, gradients): Qwen2 alone,
+    Llama with 3 KV heads composed with TP2+SP."""
+    for nproc, args in ((2, ("--hf-dir", students["qwen2"], "--cp", "2")),
+                        (4, ("--hf-dir", students["llama"], "--cp", "2", "--tp", "2", "--sp"))):
+        logit_diff, loss_diff = _verify(nproc, *args)
+        assert logit_diff < 1e-4 and loss_diff < 1e-5, (args, logit_diff, loss_diff)
+
+
+@pytest.mark.slow
+def test_grpo_step_of_a_student_under_cp2_equals_one_process(tmp_path):
+    """GRPO on a student with parallel.cp=2: every cp rank of a DP rank decodes the same rollouts in
+    full (the cached decode is not split, as for MLA; noise keyed by problem and sample), then the
+    training forward splits rows. Rewards, loss, KL and gradient norm equal one process."""
+    from rl_workers import grpo_worker
+
+    student = ["student.vocab_size=384", "student.hidden_size=32", "student.intermediate_size=64",
+               "student.num_layers=2", "student.num_heads=4", "student.num_kv_heads=2",
+               "student.tie_word_embeddings=true"]
+
+    def overrides(name: str, cp: int) -> list[str]:
+        # the language reward varies over random outputs, so advantages (and gradients) are not zero
+        return [f"train.run_dir={tmp_path / name}", f"data.cache_dir={tmp_path / 'data'}", "train.steps=2",
+                f"parallel.cp={cp}", "rl.group_size=4", "rl.prompts_per_step=4", "rl.kl_coef=0.01",
+                "rl.updates_per_rollout=2", "rl.rewards=[language]", "data.micro_batch_size=8",
+                "data.global_batch_size=8", "data.synthetic_docs=300", *student]
+
+    one = grpo_worker(0, 1, overrides("one", 1))["rows"]
+    two = run_ranks(grpo_worker, 2, overrides("cp2", 2))[0]["rows"]
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2]
+    for a, b in zip(one, two):
+        assert a["grad_norm"] > 0 and a["zero_advantage_frac"] < 1, a
+        for key in ("reward", "response_len", "zero_advantage_frac"):
+            assert b[key] == a[key], (key, a, b)
+        for key in ("loss", "kl", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (key, a, b)
+        assert b["logprob_gap_max"] < 1e-4

@@ -1,0 +1,149 @@
+"""The rollout engine (continuous batching over a paged cache, inference/continuous.py): the same
+samples as the static engine in float32, whatever the slot, admission step or batch around a row;
+the same samples on TP2 x EP2 and PP2 as in one process; cache memory that follows the tokens; a
+prompt prefilled once for its samples; `r1mega generate` resumes to the uninterrupted samples under
+any --problems-per-round."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from r1mega.inference.generate import GenerationConfig, generate, generate_static
+from r1mega.parallel.spawn import run_ranks
+from rl_workers import sharp_model
+from rollout_workers import layout_samples_worker, long_tail_config, long_tail_rows
+
+
+@pytest.fixture(scope="module")
+def model():
+    return sharp_model({}, 1)
+
+
+def _real_routing(r):
+    """[width, B] True where a forward routed a real token (prompt or fed completion token)."""
+    width = r.tokens.shape[1] - 1
+    real = torch.zeros(width, r.tokens.shape[0], dtype=torch.bool)
+    for i in range(r.tokens.shape[0]):
+        real[int(r.pad[i]):r.prompt_len + int(r.completion_mask[i].sum()) - 1, i] = True
+    return real
+
+
+@pytest.mark.parametrize("max_rows", [0, 4])  # all rows at once; four at a time, refilled as rows end
+def test_continuous_equals_static_engine_in_float32(model, max_rows):
+    chunks, ps = model
+    prompts, keys = long_tail_rows()
+    gen = long_tail_config(max_rows=max_rows)
+    new = generate(chunks, ps, prompts, gen, rows=keys)
+    old = generate_static(chunks, ps, prompts, gen, rows=keys)
+    assert torch.equal(new.tokens, old.tokens) and torch.equal(new.completion_mask, old.completion_mask)
+    torch.testing.assert_close(new.logprobs, old.logprobs, atol=1e-5, rtol=0)
+    lengths = new.completion_mask.sum(1)
+    assert lengths.min() < lengths.max() - 4, "the workload must be long-tailed"
+    real = _real_routing(old)
+    assert set(new.routing) == set(old.routing) and new.routing
+    for layer in new.routing:  # routing replay lines up token for token
+        assert new.routing[layer].shape == old.routing[layer].shape
+        assert torch.equal(new.routing[layer][real], old.routing[layer][real])
+    # finished rows cost nothing: decoding fed only live rows
+    assert new.decode_row_steps == int((lengths - 1).sum()) < old.decode_row_steps
+    greedy = GenerationConfig(max_new_tokens=6, temperature=0.0, block_size=4, max_rows=max_rows)
+    assert torch.equal(generate(chunks, ps, prompts, greedy).tokens, generate_static(chunks, ps, prompts, greedy).tokens)
+
+
+def test_a_sample_depends_on_its_key_not_its_slot_or_batch(model):
+    chunks, ps = model
+    prompts, keys = long_tail_rows()
+    whole = generate(chunks, ps, prompts, long_tail_config(), rows=keys).completions()
+    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(1))[:7]
+    part = generate(chunks, ps, [prompts[i] for i in order], long_tail_config(max_rows=2),
+                    rows=keys[order]).completions()
+    assert part == [whole[i] for i in order]
+
+
+def test_cache_follows_the_tokens_and_a_prompt_is_prefilled_once(model):
+    chunks, ps = model
+    prompt = list(range(3, 40))  # 37 tokens: 9 full blocks of 4 and a partial one
+    gen = GenerationConfig(max_new_tokens=40, temperature=1.0, seed=2, eos_id=2, block_size=4,
+                           stop=lambda ids: ids[-1] % 5 == 0)
+    shared = generate(chunks, ps, [prompt] * 8, gen)
+    static = generate_static(chunks, ps, [prompt] * 8, gen)
+    assert torch.equal(shared.tokens, static.tokens)
+    lengths = shared.completion_mask.sum(1)
+    layers = 4
+    block_bytes = 4 * layers * shared.cache_values_per_token_layer * 4  # float32
+    # at most: the prompt's blocks once, plus each sample's own blocks (its copy of the partial one and its tokens)
+    bound = (-(-37 // 4)) + sum(-(-(37 % 4 + int(n)) // 4) for n in lengths)
+    assert shared.cache_bytes <= bound * block_bytes
+    assert shared.cache_bytes < 8 * 10 * block_bytes  # less than 8 copies of the prompt alone
+    assert static.cache_bytes == 8 * (37 + 40) * layers * shared.cache_values_per_token_layer * 4
+    # one prefill forward for the 8 samples, then one decoding forward per step
+    assert shared.forwards == 1 + int(lengths.max()) - 1
+
+
+def test_tp2_ep2_and_pp2_draw_the_one_process_samples(model):
+    chunks, ps = model
+    prompts, keys = long_tail_rows()
+    one = generate(chunks, ps, prompts, long_tail_config(), rows=keys)
+    want = one.completions()
+    for par, world in ((dict(tp=2, ep=2), 4), (dict(pp=2), 2)):
+        per_rank = run_ranks(layout_samples_worker, world, par)
+        got = {}
+        for r in per_rank:
+            for k, c in zip(r["keys"].tolist(), r["completions"]):
+                assert got.setdefault(k, c) == c, (par, k)
+        assert [got[k] for k in range(len(prompts))] == want, par
+        if par.get("ep"):  # EP spans the two DP ranks: they ran the same forwards though their rows differ
+            assert len({r["forwards"] for r in per_rank}) == 1
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_resume_draws_the_uninterrupted_samples_under_any_problems_per_round(tmp_path):
+    """Issue 23: noise keyed by (seed, problem id, sample, position), not by (seed, round, row)."""
+    import json
+    from dataclasses import asdict
+
+    from r1mega.config import Config, ModelConfig
+    from r1mega.data.synthetic import pretrain_corpus
+    from r1mega.data.tokenizer import train_sentencepiece
+    from r1mega.parallel.layout import single_process_state
+    from r1mega.train.checkpoint import save_checkpoint
+    from r1mega.train.model_build import build_chunks, init_weights
+    from r1mega.train.optimizer import DistributedAdamW
+
+    tok = train_sentencepiece(pretrain_corpus(200), str(tmp_path / "tok"), 384)
+    cfg = Config(model=ModelConfig(vocab_size=384, num_layers=2, n_routed_experts=4, n_group=1))
+    ps = single_process_state()
+    chunks = build_chunks(cfg, ps)
+    init_weights(chunks, 7)
+    save_checkpoint(str(tmp_path / "ckpt"), 1, chunks, DistributedAdamW(chunks, ps, cfg.optim), ps,
+                    {"model_config": asdict(cfg.model)})
+    lines = [json.dumps({"id": f"p{i}", "prompt": f"Q: {i}+{i % 7}=", "answer": str(i + i % 7)}) + "\n"
+             for i in range(12)]
+    (tmp_path / "all.jsonl").write_text("".join(lines))
+    (tmp_path / "first.jsonl").write_text("".join(lines[:5]))  # what a run killed after 5 problems stored
+    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+
+    def run(prompts, out, per_round):
+        cmd = [sys.executable, "-m", "r1mega.cli", "generate", "--model", str(tmp_path / "ckpt"), "--tokenizer",
+               tok, "--out", str(out), "--template", "raw", "--prompts", str(tmp_path / prompts), "--samples", "3",
+               "--max-new-tokens", "12", "--temperature", "1.0", "--top-p", "1.0",
+               "--problems-per-round", str(per_round)]
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return res
+
+    def samples(out):
+        recs = [json.loads(line) for name in sorted(os.listdir(out)) if name.startswith("shard-")
+                for line in open(out / name)]
+        return sorted(recs, key=lambda r: (r["id"], r["sample"]))
+
+    run("all.jsonl", tmp_path / "ref", 4)
+    run("first.jsonl", tmp_path / "resumed", 2)
+    assert "resuming" in run("all.jsonl", tmp_path / "resumed", 5).stdout
+    ref, resumed = samples(tmp_path / "ref"), samples(tmp_path / "resumed")
+    assert len(ref) == 36 and resumed == ref
