@@ -30,6 +30,7 @@ FALLBACKS = ("auto", "a_colon", "last_number", "none")
 BOXED = "\\boxed{"
 # 1,234.5 | -7 | 0.25 | 3/4 (each alternative consumes a digit run once: linear)
 _NUMBER = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?|[-+]?\d+(?:\.\d+)?(?:/\d+)?")
+_UNICODE_DIGIT = re.compile(r"(?![0-9])\d")  # a decimal digit of another script
 _NAN = re.compile(r"[-+]?\s*(?:nan|\\mathrm\{nan\}|\\text\{nan\})", re.IGNORECASE)
 _INF = re.compile(r"[-+]?\s*(?:inf|infinity|\\infty|∞|oo|\\infinity)", re.IGNORECASE)
 
@@ -101,8 +102,7 @@ def ascii_digits(s: str) -> str:
     """Every Unicode decimal digit as its ASCII digit (٧ and ７ are 7)."""
     if s.isascii():
         return s
-    return "".join(str(unicodedata.decimal(c)) if not c.isascii() and unicodedata.category(c) == "Nd" else c
-                   for c in s)
+    return _UNICODE_DIGIT.sub(lambda m: str(unicodedata.decimal(m.group())), s)
 
 
 def answer_in(visible: str, fallback: str = "auto") -> Optional[str]:
@@ -118,7 +118,7 @@ def answer_in(visible: str, fallback: str = "auto") -> Optional[str]:
         if found is None and fallback in ("auto", "a_colon"):
             found = _after_a_colon(visible)
         if found is None and fallback in ("auto", "last_number"):
-            found = _last_number(ascii_digits(visible))
+            found = _last_number(visible)  # \d matches every script's digits; made ASCII below
     if found is None:
         return None
     found = ascii_digits(found).strip()
