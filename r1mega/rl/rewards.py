@@ -18,20 +18,17 @@ the response through r1mega.judge, the same judge as `r1mega eval` and the rejec
   code      1 if the last Python block after the thought (r1mega/judge/code_blocks.py) passes every
             test of the sample in the sandbox (r1mega/sandbox/isolation.py), else 0: `tests` as Python
             run after the code (then `check(entry_point)` when given), or a list of {input, output}
-            stdin/stdout cases. Assert tests of the shapes in r1mega/sandbox/code_tests.py are judged
-            in the trainer on the values the sandbox returns; other test code runs in the sandbox
+            stdin/stdout cases. The tests run in a judge process that never held the program's code,
+            calling its functions through plain data (r1mega/sandbox/code_tests.py)
 A response longer than r1mega.judge.MAX_RESPONSE_CHARS scores 0 on every reward.
 """
 from __future__ import annotations
 
-import functools
-import json
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
 from r1mega import judge
 from r1mega.judge.response import split
-from r1mega.sandbox import code_tests
 from r1mega.sandbox.isolation import Job, SandboxResult, run_many
 
 Programs = dict[tuple, SandboxResult]  # sandbox results by job, run ahead for a batch
@@ -66,21 +63,11 @@ def _code_jobs(text: str, sample: dict) -> Optional[list[Job]]:
         return None
     if isinstance(tests, list):  # stdin/stdout cases, judged here (outside the sandbox)
         return [Job(code, stdin=str(case["input"])) for case in tests]
-    calls = _call_tests(tests, sample.get("entry_point"))
-    if calls is not None:  # judged here on returned values: the program never sees what is expected
-        return [Job(code, calls=calls.payload())]
-    if sample.get("entry_point"):
-        tests = f"{tests}\n\ncheck({sample['entry_point']})"
-    return [Job(code, tests=tests)]
-
-
-@functools.lru_cache(maxsize=4096)  # a prompt's tests are parsed once for all its samples
-def _call_tests(tests: str, entry_point: Optional[str]) -> Optional[code_tests.CallTests]:
-    return code_tests.parse(tests, entry_point)
+    return [Job(code, tests=tests, entry_point=sample.get("entry_point"), judged=True)]  # judged apart from it
 
 
 def _key(job: Job) -> tuple:
-    return job.code, job.stdin, job.tests, json.dumps(job.calls)
+    return job.code, job.stdin, job.tests, job.entry_point
 
 
 def code_reward(text: str, sample: dict, programs: Optional[Programs] = None) -> float:
@@ -95,10 +82,7 @@ def code_reward(text: str, sample: dict, programs: Optional[Programs] = None) ->
     if isinstance(tests, list):
         return float(all(results[_key(j)].ok and results[_key(j)].stdout.split() == str(case["output"]).split()
                          for j, case in zip(jobs, tests)))
-    res = results[_key(jobs[0])]
-    if jobs[0].calls is not None:
-        return float(res.ok and _call_tests(tests, sample.get("entry_point")).judge(res.values))
-    return float(res.ok)
+    return float(results[_key(jobs[0])].ok)
 
 
 def run_programs(texts: list[str], samples: list[dict]) -> Programs:

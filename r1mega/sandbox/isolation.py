@@ -1,8 +1,9 @@
 """Run untrusted generated code (the `code` reward) in kernel-enforced isolation.
 
 Each program gets a fresh supervisor process (`sandbox_init.py`, forked by a zygote started once
-per trainer process) that puts it in new user, PID, mount, network, IPC, UTS and cgroup namespaces
-as an unprivileged uid (nobody when the trainer is root), on a root built from scratch: read-only
+per trainer process) that puts it in a memory cgroup of its own (where one can be made) and new
+user, PID, mount, network, IPC, UTS and cgroup namespaces as an unprivileged uid (nobody inside,
+a host uid of its own when the trainer is root), on a root built from scratch: read-only
 binds of the Python stdlib and of the directories of the shared libraries the interpreter loaded,
 /dev/{null,zero,random,urandom}, a size-capped private tmpfs at /tmp, and no /proc, /etc, home,
 site-packages, checkpoints or sockets of the host. It then drops every capability, sets no_new_privs and a
@@ -12,7 +13,8 @@ supervisor; or by the kernel when the supervisor dies) kills every process it st
 read here with a byte cap and a deadline; nothing waits unboundedly.
 
 Success is never the exit status: the harness prints a random per-run token as the last line of
-stdout only after the program (and its tests) ran to the end.
+stdout only after the program (and its tests) ran to the end. Judged jobs (the code reward's)
+run their tests in a separate judge process that calls the program over plain data (_judged).
 
 Where the kernel refuses the namespaces (e.g. containers whose seccomp profile blocks unshare),
 code rewards raise SandboxUnavailable naming the reason, unless the run opted in with
@@ -20,6 +22,7 @@ code rewards raise SandboxUnavailable naming the reason, unless the run opted in
 """
 from __future__ import annotations
 
+import atexit
 import base64
 import functools
 import json
@@ -34,10 +37,11 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from typing import Optional
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from typing import Iterator, Optional
 
-from r1mega.sandbox import seccomp
+from r1mega.sandbox import code_tests, seccomp
 
 INIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_init.py")
 SETUP_GRACE = 15.0  # seconds the trainer allows beyond the wall limit for start-up and teardown
@@ -53,10 +57,12 @@ class SandboxUnavailable(RuntimeError):
 class Limits:
     wall_seconds: float = 5.0
     cpu_seconds: int = 4
-    memory_bytes: int = 512 * 2 ** 20  # address space per process (no cgroup: a program holds <= processes x this)
+    memory_bytes: int = 512 * 2 ** 20  # address space per process
+    memory_total_bytes: int = 2 * 2 ** 30  # all of a program's processes (a memory cgroup; else processes drop to total / per process)
     disk_bytes: int = 16 * 2 ** 20  # the writable tmpfs at /tmp, shared by all its processes
     file_bytes: int = 4 * 2 ** 20  # one file
-    processes: int = 6  # processes + threads of the sandbox's uid, supervisor and init included
+    processes: int = 40  # tasks (processes and threads) of the program, its main one included
+    pending_signals: int = 64  # signals it may keep queued (RLIMIT_SIGPENDING)
     open_files: int = 64
     output_bytes: int = 2 ** 20  # stdout kept; more kills the program
     stderr_bytes: int = 64 * 2 ** 10  # stderr kept; more is dropped
@@ -67,20 +73,23 @@ class SandboxResult:
     ok: bool  # ran to the end (the harness's token arrived) within every limit
     reason: str  # "ok" or what stopped it
     returncode: int  # the program's exit status (negative: killed by that signal)
-    stdout: str  # without the harness's token line (and values line)
+    stdout: str  # without the harness's token line
     stderr: str
-    values: Optional[list] = None  # with Job.calls: one {"v": encoded value} or {"e": error} per expression
 
 
 @dataclass
 class Job:
     code: str
     stdin: str = ""
-    tests: Optional[str] = None  # Python run after the code in the same namespace (asserts)
+    tests: Optional[str] = None  # Python run after the code (asserts); then check(entry_point) if given
     limits: Limits = field(default_factory=Limits)
-    # instead of tests: {"setup", "exprs", "bind"} from r1mega.sandbox.code_tests; the expressions' values
-    # come back in SandboxResult.values and are judged in the trainer (the forge-proof path)
-    calls: Optional[dict] = None
+    entry_point: Optional[str] = None
+    # judged: the tests run in a separate interpreter that never held the program's code, calling
+    # its functions through plain data (r1mega.sandbox.code_tests); else in the program's namespace
+    judged: bool = False
+
+
+JUDGE_LIMITS = Limits(memory_bytes=512 * 2 ** 20, processes=4, output_bytes=4096)
 
 
 _policy = {"unsafe": False}
@@ -128,7 +137,10 @@ def run_tests(code: str, tests: str, limits: Limits = Limits()) -> SandboxResult
 
 
 def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    """Two programs per CPU: much of a program's setup waits on the kernel (namespaces, RCU), not
+    on a CPU, and a judged program is two processes that take turns."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, 2 * cpus)
 
 
 def run_many(jobs: list[Job], workers: Optional[int] = None) -> list[SandboxResult]:
@@ -137,17 +149,131 @@ def run_many(jobs: list[Job], workers: Optional[int] = None) -> list[SandboxResu
         return []
     isolate = require_isolation()
     with ThreadPoolExecutor(max_workers=min(len(jobs), workers or default_workers())) as pool:
-        return list(pool.map(lambda j: _run(j, isolate), jobs))
+        return list(pool.map(lambda j: _judged(j, isolate) if j.judged and j.tests is not None else _run(j, isolate),
+                             jobs))
+
+
+def judge(code: str, tests: str, entry_point: Optional[str] = None, limits: Limits = Limits()) -> SandboxResult:
+    """Run `code` and judge it by `tests` where it cannot change what they mean (see _judged)."""
+    return run_many([Job(code, tests=tests, limits=limits, entry_point=entry_point, judged=True)])[0]
+
+
+def _judged(job: Job, isolate: bool) -> SandboxResult:
+    """The program runs in its sandbox and serves its functions; the tests run in a second
+    interpreter (forked from the zygote, never holding the program's code), where the program's
+    names are proxies that pass plain arguments over a socket and get plain values back. Tests
+    that pass the program something not plain (a lambda, an object of their own) are rerun in
+    the program's interpreter with builtins and modules restored (weaker: see the README); only
+    the tests' own arguments can cause that, nothing the program returns."""
+    plan = code_tests.plan(job.tests, job.entry_point)
+    if isinstance(plan, str):
+        return SandboxResult(False, f"tests unusable: {plan}", -1, "", "")
+    res = _run_pair(job, plan, isolate)
+    if res is not None:
+        return res
+    restore = {"names": plan.proxies, "modules": plan.modules + plan.imported}
+    return _run(replace(job, tests=plan.script, judged=False), isolate, extra={"restore": restore})
+
+
+def _run_pair(job: Job, plan: "code_tests.Plan", isolate: bool) -> Optional[SandboxResult]:
+    with _Zygote.lease() as zygote:  # the judge shares the program's memory cgroup
+        return _run_pair_on(job, plan, isolate, zygote)
+
+
+def _run_pair_on(job: Job, plan: "code_tests.Plan", isolate: bool, zygote: _Zygote) -> Optional[SandboxResult]:
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    stop_r, stop_w = os.pipe()
+    box = {}
+
+    def program() -> None:
+        box["res"] = _run(Job(job.code, limits=job.limits), isolate, rpc=theirs.detach(), stop=stop_r, zygote=zygote)
+
+    t = threading.Thread(target=program, daemon=True)
+    t.start()
+    lim = replace(JUDGE_LIMITS, wall_seconds=job.limits.wall_seconds + 1.0, cpu_seconds=job.limits.cpu_seconds + 1)
+    verdict, err = _run_judge({"proxies": plan.proxies, "modules": plan.modules, "tests": plan.script}, lim,
+                              mine.detach(), zygote)
+    os.write(stop_w, b"x")  # the verdict is in: the program has nothing more to do
+    t.join()
+    os.close(stop_r)
+    os.close(stop_w)
+    pres = box["res"]
+    if verdict == "in-process":
+        return None
+    if verdict == "ok":
+        return SandboxResult(True, "ok", 0, pres.stdout, pres.stderr)
+    last = err.strip().splitlines()[-1] if err.strip() else verdict
+    reason = f"error: {last}" if verdict == "fail" else f"judge: {verdict}"
+    if "the program did not load" in err or pres.reason.startswith("sandbox setup failed"):
+        reason = pres.reason if not pres.ok and pres.reason != "judged" else "the program ended before the tests"
+    elif not pres.ok and pres.reason not in ("judged", "ok") and not pres.reason.startswith("error:"):
+        reason = pres.reason  # e.g. its wall-clock or memory limit stopped a call
+    return SandboxResult(False, reason, pres.returncode, pres.stdout, pres.stderr + err)
+
+
+def _run_judge(judge_job: dict, lim: Limits, rpc: int, zygote: _Zygote) -> tuple[str, str]:
+    """The tests in a judge process forked straight from the zygote (sandbox_init.judge_process);
+    (verdict, its stderr). It ends itself at the wall limit (SIGALRM); this waits a little longer."""
+    payload = json.dumps({"judge": judge_job, "limits": asdict(lim), "seccomp": _filter_b64()}).encode()
+    (job_r, job_w), (err_r, err_w), (v_r, v_w) = os.pipe(), os.pipe(), os.pipe()
+    theirs = [job_r, err_w, v_w, rpc]
+    try:
+        zygote.submit(theirs, b"judge")
+    except OSError as e:
+        for fd in (job_w, err_r, v_r):
+            os.close(fd)
+        return f"could not reach the sandbox zygote: {e}", ""
+    finally:
+        for fd in theirs:
+            os.close(fd)
+    bufs = {err_r: bytearray(), v_r: bytearray()}
+    caps = {err_r: lim.stderr_bytes, v_r: 8192}
+    sel = selectors.DefaultSelector()
+    os.set_blocking(job_w, False)
+    sel.register(job_w, selectors.EVENT_WRITE)
+    for fd in bufs:
+        sel.register(fd, selectors.EVENT_READ)
+    view, deadline = memoryview(payload), time.monotonic() + lim.wall_seconds + SETUP_GRACE
+    try:
+        while sel.get_map() and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                if key.fd == job_w:
+                    try:
+                        view = view[os.write(job_w, view[:65536]):]
+                    except BlockingIOError:
+                        continue
+                    except BrokenPipeError:
+                        view = view[:0]
+                    if not view:
+                        sel.unregister(job_w)
+                        os.close(job_w)
+                        job_w = -1
+                    continue
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fd)
+                    continue
+                bufs[key.fd] += chunk[:max(0, caps[key.fd] - len(bufs[key.fd]))]
+    finally:
+        sel.close()
+        for fd in (job_w, err_r, v_r):
+            if fd >= 0:
+                os.close(fd)
+    verdict = bytes(bufs[v_r]).decode(errors="replace") or "the judge ended without a verdict (wall-clock or CPU limit)"
+    return verdict, bytes(bufs[err_r]).decode(errors="replace")
 
 
 # ---------------------------------------------------------------- one program
 
 
 class _Zygote:
-    """The per-process forker of supervisors (sandbox_init.zygote), started on first use."""
+    """A forker of supervisors (sandbox_init.zygote), started on first use. One per program
+    running at once (leased): each lives in a memory cgroup of its own where one can be made, so
+    its forks are born in it and no program pays for a cgroup migration."""
 
     _lock = threading.Lock()
-    _current: Optional["_Zygote"] = None
+    _idle: list["_Zygote"] = []
+    _all: list["_Zygote"] = []
 
     def __init__(self):
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -160,50 +286,87 @@ class _Zygote:
             theirs.close()
         self.owner = os.getpid()
 
+    def alive(self) -> bool:
+        return self.owner == os.getpid() and self.proc.poll() is None
+
     @classmethod
-    def submit(cls, fds: list[int]) -> None:
-        for attempt in range(2):
+    @contextmanager
+    def lease(cls) -> Iterator["_Zygote"]:
+        with cls._lock:
+            z = None
+            while z is None and cls._idle:
+                c = cls._idle.pop()
+                z = c if c.alive() else None
+            if z is None:  # first use, more programs at once than before, a forked trainer, a dead zygote
+                z = _Zygote()
+                cls._all.append(z)
+        try:
+            yield z
+        finally:
             with cls._lock:
-                z = cls._current
-                if z is None or z.owner != os.getpid() or z.proc.poll() is not None:
-                    z = cls._current = _Zygote()  # first use, a forked trainer, or a dead zygote
+                if z.alive():
+                    cls._idle.append(z)
+
+    def submit(self, fds: list[int], kind: bytes = b"job") -> None:
+        socket.send_fds(self.sock, [kind], fds)
+
+
+@atexit.register
+def _stop_zygotes() -> None:
+    """Each zygote leaves when its socket closes; then its memory cgroup (named by its pid) goes."""
+    mine = [z for z in _Zygote._all if z.owner == os.getpid()]
+    for z in mine:
+        z.sock.close()
+    parent = None
+    for z in mine:
+        try:
+            z.proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            continue
+        if parent is None:
+            from r1mega.sandbox.sandbox_init import find_memory_cgroup
+
+            found = find_memory_cgroup()
+            parent = found[0] if found else ""
+        if parent:
             try:
-                socket.send_fds(z.sock, [b"job"], fds)
-                return
+                os.rmdir(f"{parent}/r1mega-zygote-{z.proc.pid}")
             except OSError:
-                if attempt:
-                    raise
-                with cls._lock:
-                    if cls._current is z:
-                        cls._current = None
+                pass
 
 
-def _run(job: Job, isolate: bool) -> SandboxResult:
+def _run(job: Job, isolate: bool, rpc: Optional[int] = None, stop: Optional[int] = None,
+         extra: Optional[dict] = None, zygote: Optional[_Zygote] = None) -> SandboxResult:
+    """One sandboxed program. rpc: a socket fd handed to it (and closed here); stop: an fd whose
+    becoming readable ends it early (the judge has its verdict); zygote: the one leased for it."""
+    if zygote is None:
+        with _Zygote.lease() as z:
+            return _run(job, isolate, rpc, stop, extra, z)
     lim = job.limits
     token = "r1mega-sandbox-done-" + secrets.token_hex(16)
     payload = json.dumps({
-        "code": job.code, "tests": job.tests, "calls": job.calls, "stdin": job.stdin, "token": token,
-        "isolate": isolate,
-        "limits": asdict(lim), "seccomp": _filter_b64(),
+        "code": job.code, "tests": _with_entry_point(job), "stdin": job.stdin, "token": token,
+        "isolate": isolate, "limits": asdict(lim), "seccomp": _filter_b64(), **(extra or {}),
     }).encode()
     (job_r, job_w), (out_r, out_w), (err_r, err_w), (st_r, st_w) = (os.pipe() for _ in range(4))
     theirs, mine = [job_r, out_w, err_w, st_w], [job_w, out_r, err_r, st_r]  # job pipe: job, then abort
     try:
-        _Zygote.submit(theirs)
+        zygote.submit(theirs + ([rpc] if rpc is not None else []))
     except OSError as e:
         for fd in mine:
             os.close(fd)
         return SandboxResult(False, f"sandbox setup failed: could not reach the sandbox zygote: {e}", -1, "", "")
     finally:
-        for fd in theirs:
+        for fd in theirs + ([rpc] if rpc is not None else []):
             os.close(fd)
-    out, err, status, killed = _exchange(mine, len(payload).to_bytes(8, "little") + payload, lim)
-    res = _result(out, err, status, killed, token, lim)
-    if job.calls is not None and res.ok:
-        from r1mega.sandbox.code_tests import values_from_stdout
+    out, err, status, killed = _exchange(mine, len(payload).to_bytes(8, "little") + payload, lim, stop)
+    return _result(out, err, status, killed, token, lim)
 
-        res.stdout, res.values = values_from_stdout(res.stdout)
-    return res
+
+def _with_entry_point(job: Job) -> Optional[str]:
+    if job.tests is None or not job.entry_point or job.judged:
+        return job.tests
+    return f"{job.tests}\n\ncheck({job.entry_point})\n"
 
 
 @functools.lru_cache(maxsize=None)
@@ -211,7 +374,7 @@ def _filter_b64() -> str:
     return base64.b64encode(seccomp.build_filter()).decode()
 
 
-def _exchange(fds: list[int], payload: bytes, lim: Limits):
+def _exchange(fds: list[int], payload: bytes, lim: Limits, stop: Optional[int] = None):
     """Feed the job, collect capped output and the supervisor's status, all before a deadline.
     Closing the job pipe is the abort: the supervisor then kills the program's namespace."""
     in_fd, out_fd, err_fd, status_fd = fds
@@ -222,6 +385,8 @@ def _exchange(fds: list[int], payload: bytes, lim: Limits):
     sel.register(in_fd, selectors.EVENT_WRITE)
     for fd in caps:
         sel.register(fd, selectors.EVENT_READ)
+    if stop is not None:
+        sel.register(stop, selectors.EVENT_READ)
     view, killed, aborted = memoryview(payload), None, False
     deadline = time.monotonic() + lim.wall_seconds + SETUP_GRACE
 
@@ -236,7 +401,7 @@ def _exchange(fds: list[int], payload: bytes, lim: Limits):
         deadline = min(deadline, time.monotonic() + 2.0)
 
     try:
-        while sel.get_map():
+        while any(key.fd != stop for key in sel.get_map().values()):
             left = deadline - time.monotonic()
             if left <= 0:
                 if aborted:  # aborted and still no EOF: stop waiting
@@ -245,6 +410,10 @@ def _exchange(fds: list[int], payload: bytes, lim: Limits):
                 continue
             for key, _ in sel.select(timeout=left):
                 fd = key.fd
+                if fd == stop:
+                    sel.unregister(fd)
+                    abort("judged")
+                    continue
                 if fd == in_fd:
                     try:
                         view = view[os.write(fd, view[:65536]):]
@@ -288,6 +457,11 @@ def _result(out: bytes, err: bytes, st: dict, killed: Optional[str], token: str,
         stdout = stdout[:-len(tail)]
     if killed == "output":
         return SandboxResult(False, f"output limit ({lim.output_bytes} bytes)", code, stdout[:lim.output_bytes], stderr)
+    if killed == "judged":
+        return SandboxResult(False, "judged", code, stdout, stderr)
+    if st.get("oom_kills") and not (finished and code == 0):
+        return SandboxResult(False, f"memory limit ({lim.memory_total_bytes // 2 ** 20} MiB over all its processes)",
+                             code, stdout, stderr)
     if killed == "timeout" or st.get("timeout") and code == -signal.SIGKILL:  # else it ended on its own just then
         return SandboxResult(False, f"wall-clock timeout after {lim.wall_seconds:g} s", code, stdout, stderr)
     if setup is None:
@@ -298,7 +472,7 @@ def _result(out: bytes, err: bytes, st: dict, killed: Optional[str], token: str,
 
 
 def _reason(code: int, err: str, cpu: float, lim: Limits) -> str:
-    if code in (-signal.SIGKILL, -signal.SIGXCPU) and cpu >= lim.cpu_seconds - 0.05:
+    if code in (-signal.SIGKILL, -signal.SIGXCPU) and cpu >= 0.8 * lim.cpu_seconds:  # the kernel's CPU clock is tick-sampled
         return f"CPU time limit ({lim.cpu_seconds} s)"
     if code == -signal.SIGXFSZ:
         return f"file size limit ({lim.file_bytes} bytes)"

@@ -9,7 +9,10 @@ Policy (a deny-list on top of the namespaces, which already withhold every capab
 reach kernel surface a solution never needs (namespaces, mounts, ptrace and cross-process memory,
 BPF, io_uring, keyrings, modules, perf, userfaultfd, clocks, swap, reboot, mount listing ...) fail
 with EPERM; so do memory that no rlimit counts (SysV shared memory, message queues and semaphores,
-memfd_create: pages that outlive every mapping, so RLIMIT_AS never sees them);
+memfd_create: pages that outlive every mapping, so RLIMIT_AS never sees them); so do kernel objects
+counted per user or host-wide that the trainer shares (Linux AIO contexts, which fill the host's
+aio-nr; inotify instances; signals queued with data by rt_sigqueueinfo/rt_tgsigqueueinfo) and
+sysinfo (the host's uptime, load and memory);
 clone() with any namespace flag fails; clone3() answers ENOSYS so libc falls back to clone();
 sockets other than AF_UNIX fail; TIOCSTI/TIOCLINUX ioctls fail; prctl(PR_SET_PDEATHSIG) fails so
 the sandbox's init cannot detach itself from its supervisor; personality() may only query. Any
@@ -54,6 +57,8 @@ _ARCHES = {  # machine -> (AUDIT_ARCH_*, syscall numbers)
         memfd_create=319, shmget=29, shmat=30, shmctl=31, shmdt=67, semget=64, semop=65, semctl=66,
         semtimedop=220, msgget=68, msgsnd=69, msgrcv=70, msgctl=71, statmount=457, listmount=458,
         open_tree_attr=467,
+        io_setup=206, io_destroy=207, io_getevents=208, io_submit=209, io_cancel=210, io_pgetevents=333,
+        inotify_init=253, inotify_init1=294, rt_sigqueueinfo=129, rt_tgsigqueueinfo=297, sysinfo=99,
         personality=135, clone=56, clone3=435, socket=41, socketpair=53, ioctl=16, prctl=157)),
     "aarch64": (0xC00000B7, dict(
         ptrace=117, process_vm_readv=270, process_vm_writev=271, pidfd_getfd=438, kcmp=272,
@@ -70,6 +75,8 @@ _ARCHES = {  # machine -> (AUDIT_ARCH_*, syscall numbers)
         memfd_create=279, shmget=194, shmctl=195, shmat=196, shmdt=197, semget=190, semctl=191,
         semtimedop=192, semop=193, msgget=186, msgctl=187, msgrcv=188, msgsnd=189, statmount=457,
         listmount=458, open_tree_attr=467,
+        io_setup=0, io_destroy=1, io_submit=2, io_cancel=3, io_getevents=4, io_pgetevents=292,
+        inotify_init1=26, rt_sigqueueinfo=138, rt_tgsigqueueinfo=240, sysinfo=179,
         personality=92, clone=220, clone3=435, socket=198, socketpair=199, ioctl=29, prctl=167)),
 }
 _ARG_CHECKED = {"personality", "clone", "clone3", "socket", "socketpair", "ioctl", "prctl"}
