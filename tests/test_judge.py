@@ -232,10 +232,11 @@ def _judge_everything(text: str) -> None:
     from r1mega.judge import final_code
     from r1mega.rl.rewards import reward_terms
 
-    rec = {"id": "p", "answer": "4"}
+    rec, code = {"id": "p", "answer": "4"}, {"id": "c", **CODE}
     reward_terms(["accuracy", "format", "language"], text, rec)
     final_code(text)
     judge(rec, text)
+    judge(code, text)  # a code problem: eval extracts the program (none here: no sandbox run)
     judge_sample(rec, {"completion": text, "finish_reason": "eos"}, FilterConfig(require_format=False))
 
 
