@@ -5,6 +5,9 @@ import math
 
 from r1mega.errors import ConfigError
 
+# no real model comes near this; a larger value is a typo that would overflow tensor sizes
+MAX_MODEL_DIM = 2 ** 31 - 1
+
 
 def need(cond: bool, key: str, msg: str) -> None:
     if not cond:

@@ -47,7 +47,10 @@ def main(argv=None) -> int:
     recipe.add_args(sub.add_parser("pipeline", help="the DeepSeek-R1 recipe stage by stage, each evaluated"))
 
     for kind in ("pretrain", "sft", "grpo"):
-        p = sub.add_parser(kind, help=f"{kind} (torchrun for several ranks)")
+        p = sub.add_parser(kind, help=f"{kind} (torchrun for several ranks)", description=(
+            f"train.run_dir is a new or empty directory, or one an earlier `r1mega {kind}` made: then the run "
+            f"resumes from its newest good checkpoint. A non-empty directory r1mega did not make, one another "
+            f"command made, or one in use by another run is refused (nothing in it is touched)."))
         p.add_argument("--config", required=True, action="append",
                        help="YAML config; repeat to layer files (later ones win), e.g. a student then a stage")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. parallel.tp=2 train.steps=50")
@@ -57,7 +60,12 @@ def main(argv=None) -> int:
 
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors (also R1MEGA_DEBUG=1)")
     args = parser.parse_args(argv)
-    return run_command(lambda: _dispatch(parser, args), debug)
+    from r1mega.output_dir import release_all
+
+    try:
+        return run_command(lambda: _dispatch(parser, args), debug)
+    finally:
+        release_all()  # the output-directory locks this command took, however it ended
 
 
 def _dispatch(parser, args) -> int:

@@ -200,6 +200,10 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False, rewards=
     need(not (rl.token_level_loss and rl.loss_norm == "constant"), "rl.token_level_loss",
          "conflicts with rl.loss_norm=constant")
     need(rl.overlong_buffer >= 0, "rl.overlong_buffer", f"must be >= 0, got {rl.overlong_buffer}")
+    need(math.isfinite(rl.overlong_penalty) and 0 <= rl.overlong_penalty <= 1e6, "rl.overlong_penalty",
+         f"must be a finite number in [0, 1e6] (a reward subtracted), got {rl.overlong_penalty}")
+    for key in ("kl_coef", "clip_low", "clip_high", "tis_cap", "top_p"):
+        need(math.isfinite(getattr(rl, key)), f"rl.{key}", f"must be a finite number, got {getattr(rl, key)}")
     need(rl.tis_cap >= 1, "rl.tis_cap", f"must be >= 1, got {rl.tis_cap}")
     need(rl.pack_tokens >= 0, "rl.pack_tokens", f"must be >= 0 (0 = the longest sequence), got {rl.pack_tokens}")
     need(rl.dynamic_sampling_max_draws >= 0, "rl.dynamic_sampling_max_draws",
@@ -456,12 +460,18 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
     unknown = [x for x in t.recompute_modules if x not in SELECTIVE_RECOMPUTE_MODULES]
     need(not unknown, "train.recompute_modules",
          f"unknown {unknown}; choose from {', '.join(SELECTIVE_RECOMPUTE_MODULES)}")
+    if cfg.student is not None and t.recompute == "selective":  # these parts exist only in DeepSeek-V3 layers
+        moe_mla = [x for x in t.recompute_modules if x in ("mla_up_proj", "moe_act", "shared_experts")]
+        need(not moe_mla, "train.recompute_modules",
+             f"{moe_mla} are parts of DeepSeek-V3 layers (MLA, MoE); a dense student has none, so they would "
+             f"recompute nothing")
     need(t.fp8 in ("none", "blockwise"), "train.fp8", f"expected none or blockwise, got {t.fp8!r}")
     need(t.fp8_backend in ("auto", "emulated", "te"), "train.fp8_backend",
          f"expected auto, emulated or te, got {t.fp8_backend!r}")
     need(t.fp8_backend != "te", "train.fp8_backend",
          "the Transformer Engine backend is not built in yet; use auto or emulated")
-    need(t.fp8_block >= 1, "train.fp8_block", f"must be >= 1, got {t.fp8_block}")
+    need(1 <= t.fp8_block <= 4096, "train.fp8_block",
+         f"must be in [1, 4096] (DeepSeek-V3 uses 128), got {t.fp8_block}")
     need(not needs_data or bool(d.paths) or d.synthetic is not None, "data.paths", "no data: give data.paths or data.synthetic")
     need(t.dsa_stage in (None, "dense_warmup", "sparse"), "train.dsa_stage",
          f"expected dense_warmup, sparse or null, got {t.dsa_stage!r}")

@@ -65,6 +65,9 @@ def plot(metrics_file: str, png: str, before: float, after: float, steps: int) -
 def run(args: argparse.Namespace) -> int:
     if args.nproc not in (1, 2, 4):
         raise ConfigError("--nproc", f"must be 1, 2 (TP2) or 4 (TP2 x EP2), got {args.nproc}")
+    for flag, v in (("--pretrain-steps", args.pretrain_steps), ("--grpo-steps", args.grpo_steps)):
+        if v < 1:
+            raise ConfigError(flag, f"must be >= 1, got {v}")
     out = os.path.abspath(args.out)
     data = [f"data.cache_dir={out}/data"]
     _run("pretrain", args.config, data + [f"train.run_dir={out}/pretrain", f"train.steps={args.pretrain_steps}",

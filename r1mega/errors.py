@@ -32,6 +32,10 @@ class CheckpointError(R1MegaError):
     """A checkpoint that cannot be read, does not match the model, or would be overwritten."""
 
 
+class OutputError(R1MegaError):
+    """An output directory a command may not write into: another's files, in use, not writable."""
+
+
 class TrainingError(R1MegaError):
     """A run that cannot go on (e.g. every step non-finite)."""
 

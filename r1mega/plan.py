@@ -190,8 +190,19 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--global-batch", type=int, default=None)
     p.add_argument("--rollout-batch", type=int, default=0, help="sequences per rollout, for the KV cache")
     p.add_argument("--rollout-len", type=int, default=0)
-    p.add_argument("--search", type=int, default=0, metavar="GPUS", help="list layouts of GPUS that fit")
+    p.add_argument("--search", type=int, default=None, metavar="GPUS", help="list layouts of GPUS that fit")
     p.add_argument("overrides", nargs="*")
+
+
+def check_sequence(cfg: Config, seq: int, cp: int, tp: int, sp: bool, key: str) -> None:
+    """What a training run refuses about its sequence length, refused by the planner too."""
+    positions = cfg.active_model.max_position_embeddings
+    if seq > positions:
+        raise ConfigError(key, f"{seq} exceeds the model's max_position_embeddings={positions}")
+    unit = 2 * cp * (tp if sp and tp > 1 else 1) if cp > 1 else (tp if sp and tp > 1 else 1)
+    if seq % unit:
+        raise ConfigError(key, f"{seq} is not divisible by {unit} (2 x cp{' x tp' if sp and tp > 1 else ''}"
+                          f"{'' if cp > 1 else ', sequence parallel'})")
 
 
 def check_sizes(**sizes: float) -> None:
@@ -203,7 +214,7 @@ def check_sizes(**sizes: float) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_sizes(gpu_mem=args.gpu_mem, gpus_per_node=args.gpus_per_node, micro_batch=args.micro_batch,
-                seq_length=args.seq_length, global_batch=args.global_batch, search=args.search or None)
+                seq_length=args.seq_length, global_batch=args.global_batch, search=args.search)
     for name in ("rollout_batch", "rollout_len"):
         if getattr(args, name) < 0:
             raise ConfigError("--" + name.replace("_", "-"), f"must be >= 0, got {getattr(args, name)}")
@@ -227,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
     cfg.parallel = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=etp, dp=args.dp, cp=args.cp,
                                   sp=args.sp or cfg.parallel.sp, pp_layers=cfg.parallel.pp_layers)
     world = args.tp * args.cp * args.pp * args.dp
+    check_sequence(cfg, args.seq_length, args.cp, args.tp, cfg.parallel.sp, "--seq-length")
     plan = plan_for(cfg, world, args.micro_batch, args.seq_length, args.global_batch,
                     rollout_batch=args.rollout_batch, rollout_len=args.rollout_len)
     print_plan(plan, args.gpu_mem)

@@ -12,10 +12,15 @@ A stage may name its own `model_config`: distillation is a pretrained dense stud
 `student:`) fine-tuned on the teacher's rejection-sampled data. A stage that cannot run in this
 checkout (a student without the dense model family) and the stages built on it are skipped with a note.
 Every stage with weights is then scored by `r1mega eval` on the held-out split (k samples, the
-config's `eval` settings). Each stage runs as its own process (torchrun for --nproc > 1) and writes
-<out>/<stage>/DONE when finished, so a rerun skips finished stages and a crashed one resumes from its
+config's `eval` settings). Each stage runs as its own process (torchrun for --nproc > 1), logs to
+<out>/logs/<stage>.txt and writes <out>/<stage>/DONE when finished, so a rerun skips finished stages and a crashed one resumes from its
 own checkpoints. At the end: a table of every stage's held-out pass@1 / cons@k (Markdown, JSON, PNG);
 the last line is `stages=<n> final_stage=<name> pass@1=<float> cons@<k>=<float>`.
+
+Every key and every stage's options (types, kinds, references, each stage's config overrides,
+validated as its command would) are checked before the first stage runs. --out is a new or empty
+directory, or one an earlier `r1mega pipeline` made (resumed); anything else, or a directory in
+use by another pipeline, is refused. The pipeline removes only what it wrote.
 """
 from __future__ import annotations
 
@@ -44,7 +49,8 @@ LAYOUT_4 = ["parallel.tp=2", "parallel.ep=2"]  # --nproc 4: TP2 x EP2 (DP2), as 
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="pipeline YAML (configs/tiny/r1_pipeline.yaml)")
-    p.add_argument("--out", default=None, help="run directory (default: the config's `out`)")
+    p.add_argument("--out", default=None, help="run directory (default: the config's `out`): new or empty, or one an "
+                   "earlier `r1mega pipeline` made (finished stages skipped); anything else is refused")
     p.add_argument("--nproc", type=int, default=1, help="ranks per stage (1, 2 = TP2, or 4 = TP2 x EP2)")
 
 
@@ -66,12 +72,36 @@ def load_pipeline(path: str) -> dict:
     for k in ("model_config", "stages"):
         if k not in cfg:
             raise ConfigError(k, "missing")
+    _typed(cfg, "model_config", str)
+    _typed(cfg, "out", str)
+    _typed(cfg, "rl_common", list, str)
+    _typed(cfg, "sft_common", list, str)
+    _typed(cfg, "eval", dict)
+    _typed(cfg, "stages", list, dict)
     for k in cfg.get("eval", {}):
         if k not in EVAL_KEYS:
             raise ConfigError(f"eval.{k}", f"unknown key; expected one of {sorted(EVAL_KEYS)}")
+    ev = cfg.get("eval", {})
+    for k in ("samples", "max_new_tokens"):
+        _typed(ev, k, int, where="eval.")
+        if k in ev and ev[k] < 1:
+            raise ConfigError(f"eval.{k}", f"must be >= 1, got {ev[k]}")
+    for k in ("temperature", "top_p"):
+        _typed(ev, k, float, where="eval.")
+    _typed(ev, "template", str, where="eval.")
+    _typed(ev, "stop", list, str, where="eval.")
+    if not cfg["stages"]:
+        raise ConfigError("stages", "no stages")
     seen: dict[str, dict] = {}
     for i, st in enumerate(cfg["stages"]):
         where = f"stages[{i}]"
+        for k, kind in (("name", str), ("kind", str), ("from", str), ("data", str), ("model_config", str),
+                        ("samples", int), ("keep", int), ("max_new_tokens", int), ("require_format", bool)):
+            _typed(st, k, kind, where=f"{where}.")
+        _typed(st, "overrides", list, str, where=f"{where}.")
+        for k in ("samples", "keep", "max_new_tokens"):
+            if k in st and st[k] < 1:
+                raise ConfigError(f"{where}.{k}", f"must be >= 1, got {st[k]}")
         for k in st:
             if k not in STAGE_KEYS:
                 raise ConfigError(f"{where}.{k}", f"unknown stage key; expected one of {sorted(STAGE_KEYS)}")
@@ -92,6 +122,24 @@ def load_pipeline(path: str) -> dict:
                 raise ConfigError(f"{where}.data", f"{st.get('data')!r} is not an earlier reject_sample stage")
         seen[st["name"]] = st
     return cfg
+
+
+def _typed(d: dict, key: str, kind: type, item: type = None, where: str = "") -> None:
+    """d[key] (when present) is a `kind` (of `item`s): a wrong type is named by its key path."""
+    if key not in d:
+        return
+    v = d[key]
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
+             dict: "a mapping"}
+    ok = isinstance(v, kind) and not (kind in (int, float) and isinstance(v, bool))
+    if kind is float:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+    if not ok:
+        raise ConfigError(f"{where}{key}", f"expected {names[kind]}, got {type(v).__name__} {v!r}"[:200])
+    if item is not None:
+        for i, x in enumerate(v):
+            if not isinstance(x, item):
+                raise ConfigError(f"{where}{key}[{i}]", f"expected {names[item]}, got {type(x).__name__} {x!r}"[:200])
 
 
 class Runner:
@@ -178,10 +226,19 @@ class Runner:
         dst = os.path.join(self.out, stage, "weights")
         if os.path.exists(os.path.join(dst, "meta.json")):
             return dst
+        from r1mega.output_dir import MARKER, read_marker
+        from r1mega.train.checkpoint import write_manifest
+
         src = resolve_checkpoint(os.path.join(self.out, stage, "run"))
         tmp = dst + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.lexists(tmp):  # a crashed earlier copy: removed only if this pipeline made it
+            marker = read_marker(tmp) if os.path.isdir(tmp) else None
+            if marker is None or marker.get("command") != "pipeline":
+                raise ConfigError("--out", f"{tmp} exists and was not made by `r1mega pipeline`; "
+                                  f"move it away (the pipeline does not remove what it did not write)")
+            shutil.rmtree(tmp)
         os.makedirs(tmp)
+        write_text_atomic(os.path.join(tmp, MARKER), json.dumps({"command": "pipeline"}))
         for name in os.listdir(src):
             if name.startswith("rank"):
                 shutil.copy2(os.path.join(src, name), tmp)
@@ -190,8 +247,43 @@ class Runner:
         meta = {k: v for k, v in meta.items() if k not in ("optimizer_step", "skipped_steps", "consumed_samples")}
         write_text_atomic(os.path.join(tmp, "meta.json"), json.dumps({**meta, "kind": "weights", "source": src, "step": 0},
                                                           indent=1))
+        write_manifest(tmp)
         os.replace(tmp, dst)
         return dst
+
+    def check_stages(self) -> None:
+        """Each stage's config, overrides and layout validated as its command will (no files written)."""
+        from r1mega.config import validate_rl, validate_training
+        from r1mega.generation.records import TEMPLATES
+
+        world = self.nproc
+        e = self.eval_cfg
+        if e["template"] not in TEMPLATES:
+            raise ConfigError("eval.template", f"expected one of {TEMPLATES}, got {e['template']!r}")
+        if not (0 <= e["temperature"] and 0 < e["top_p"] <= 1):
+            raise ConfigError("eval", f"temperature must be >= 0 and top_p in (0, 1], got {e['temperature']}, "
+                              f"{e['top_p']}")
+        if any(s == "" for s in e["stop"]):
+            raise ConfigError("eval.stop", "an empty stop string would end every sample at its first token")
+        for i, st in enumerate(self.cfg["stages"]):
+            name, kind = st["name"], st["kind"]
+            if not os.path.isfile(self.config_of(name)):
+                raise ConfigError(f"stages[{i}].model_config" if st.get("model_config") else "model_config",
+                                  f"file not found: {self.config_of(name)}")
+            if self.unavailable(name):
+                continue
+            extra = [*st.get("overrides", []), *self.layout_of(name), f"train.run_dir={self.out}/{name}/run"]
+            if kind == "grpo":
+                extra = [*self.cfg.get("rl_common", []), *extra]
+            elif kind == "sft":
+                extra = [*self.cfg.get("sft_common", []), *extra]
+            try:
+                cfg = self.run_config(name, extra)
+                cfg = validate_training(cfg, world, needs_data=kind == "pretrain")
+                if kind == "grpo":
+                    validate_rl(cfg, world, resuming=True)  # train.load is the previous stage's weights
+            except ConfigError as err:
+                raise ConfigError(f"stages[{i}] ({name}): {err.key}", str(err).split(": ", 1)[-1]) from None
 
     def unavailable(self, stage: str) -> Optional[str]:
         """Why a stage cannot run in this checkout (a dense student without the dense family), or None."""
@@ -206,7 +298,7 @@ class Runner:
         common = [f"data.cache_dir={self.out}/data", f"train.run_dir={where}/run", *self.layout_of(name)]
         if kind in ("pretrain", "grpo", "sft"):  # GRPO saves only at intervals: make its last step one
             common.append(f"train.save_interval={self.run_config(name, st.get('overrides')).train.steps}")
-        log = os.path.join(where, "log.txt")
+        log = os.path.join(self.out, "logs", f"{name}.txt")
         if kind == "pretrain":
             self.launch([kind, "--config", config, *common, *st.get("overrides", [])], log)
         elif kind == "grpo":
@@ -238,7 +330,7 @@ class Runner:
                          "--out", out, "--samples", str(e["samples"]), "--temperature", str(e["temperature"]),
                          "--top-p", str(e["top_p"]), "--max-new-tokens", str(e["max_new_tokens"]),
                          "--template", e["template"], "--greedy", "--problems-per-round", "32",
-                         *[f"--stop={s}" for s in e["stop"]]], os.path.join(out, "log.txt"))
+                         *[f"--stop={s}" for s in e["stop"]]], os.path.join(self.out, "logs", f"eval-{stage}.txt"))
         with open(summary) as f:
             return json.load(f)["heldout"]
 
@@ -282,8 +374,12 @@ def plot(rows: list[dict], k: int, png: str) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.nproc not in (1, 2, 4):
         raise ConfigError("--nproc", f"must be 1, 2 (TP2) or 4 (TP2 x EP2), got {args.nproc}")
+    from r1mega.output_dir import claim_on_rank0
+
     cfg = load_pipeline(args.config)
     runner = Runner(cfg, args.out or cfg.get("out", "runs/pipeline"), args.nproc)
+    runner.check_stages()  # every stage's options, before the first stage runs
+    claim_on_rank0(runner.out, "pipeline")  # held until the command ends
     train_prompts, held_out = runner.prompt_files()
     k = int(runner.eval_cfg["samples"])
     rows, notes, t_all = [], {}, time.perf_counter()

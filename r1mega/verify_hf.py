@@ -9,6 +9,7 @@ last line is `max_abs_logit_diff=<float>`; the exit status is non-zero above tol
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import torch
@@ -84,10 +85,22 @@ def run(args: argparse.Namespace) -> int:
     rank = dist.get_rank() if distributed else 0
     dtype = getattr(torch, args.dtype)
     par = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, sp=args.sp, cp=args.cp)
+    if args.seq_length < 1:
+        raise ConfigError("--seq-length", f"must be >= 1, got {args.seq_length}")
+    if not (math.isfinite(args.tol) and args.tol > 0):
+        raise ConfigError("--tol", f"must be a finite number > 0, got {args.tol}")
+    if not math.isfinite(args.grad_tol):  # negative: skip the gradient comparison
+        raise ConfigError("--grad-tol", f"must be a finite number (< 0 skips gradients), got {args.grad_tol}")
+    for flag, v in (("--batch-size", args.batch_size), ("--seed", args.seed)):
+        if v < 0:
+            raise ConfigError(flag, f"must be >= 0, got {v}")
     if args.seq_length % par.sequence_divisor:
         raise ConfigError("--seq-length", f"{args.seq_length} is not divisible by {par.sequence_divisor_text()}")
     family, model_cfg = family_for_hf(args.hf_dir)
     cfg = validate(build_config(model_cfg, par), world)
+    if args.seq_length > cfg.active_model.max_position_embeddings:
+        raise ConfigError("--seq-length", f"{args.seq_length} exceeds the model's max_position_embeddings="
+                          f"{cfg.active_model.max_position_embeddings}")
     ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
     batch = args.batch_size or ps.dp
     if rank == 0:

@@ -27,8 +27,8 @@ def layout_samples_worker(rank: int, world: int, par: dict) -> dict:
     chunks, ps = sharp_model(par, world)
     prompts, keys = long_tail_rows()
     d, n = ps.r("dp"), len(prompts)
-    lo, hi = d * n // ps.dp + (1 if d else 0), (d + 1) * n // ps.dp  # uneven shares: DP ranks run out at different steps
-    lo = min(lo, hi)
+    cuts = [0, n // 2 + 3, n] if ps.dp == 2 else [0, n]  # uneven shares: DP ranks run out at different steps
+    lo, hi = cuts[d], cuts[d + 1]
     r = generate(chunks, ps, prompts[lo:hi], long_tail_config(), rows=keys[lo:hi])
     return {"keys": keys[lo:hi], "completions": r.completions(), "logprobs": r.logprobs[r.completion_mask],
-            "forwards": r.forwards}
+            "forwards": r.forwards, "routing": r.routing}

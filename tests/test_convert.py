@@ -127,7 +127,7 @@ def test_fp8_keep_passes_weights_and_scales_through(tmp_path):
 
 def test_checks_before_writing(tmp_path):
     src = str(tmp_path / "hf")
-    make_hf_model("DeepseekV3").save_pretrained(src)
+    make_hf_model("DeepseekV3", n_group=2, topk_group=1).save_pretrained(src)
     sd = load_file(os.path.join(src, "model.safetensors"))
     sd["model.layers.0.self_attn.kv_b_proj.weight"] = torch.zeros(5, 8)
     del sd["model.norm.weight"]
@@ -141,7 +141,7 @@ def test_checks_before_writing(tmp_path):
     assert "unexpected tensor model.layers.0.mystery.weight" in msg
     assert not os.path.exists(tmp_path / "ck")  # nothing written
     good = str(tmp_path / "good")
-    make_hf_model("DeepseekV3").save_pretrained(good)
+    make_hf_model("DeepseekV3", n_group=2, topk_group=1).save_pretrained(good)
     os.makedirs(tmp_path / "busy")
     (tmp_path / "busy" / "keep.txt").write_text("precious")
     with pytest.raises(ConvertError, match="exists and is not empty"):
@@ -151,7 +151,7 @@ def test_checks_before_writing(tmp_path):
 
 def test_module_entry_point(tmp_path):
     src = str(tmp_path / "hf")
-    make_hf_model("DeepseekV3").save_pretrained(src)
+    make_hf_model("DeepseekV3", n_group=2, topk_group=1).save_pretrained(src)
     res = subprocess.run([sys.executable, "-m", "tools.convert", "import", "--hf-dir", src, "--out",
                           str(tmp_path / "ck")], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

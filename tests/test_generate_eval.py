@@ -187,3 +187,35 @@ def test_hf_directory_greedy_equals_transformers(tiny, tmp_path):
         if tok.eos_id in new:
             new = new[:new.index(tok.eos_id)]
         assert ours[str(i)] == tok.decode(new), (ours[str(i)], tok.decode(new))
+
+
+def test_reject_sample_keeps_the_sampled_ids_and_sft_trains_them(tiny, tmp_path):
+    """The ids a model sampled reach SFT unchanged (not the text encoded again)."""
+    from r1mega.data.sft import IGNORE, SFTData
+    from r1mega.data.tokenizer import Tokenizer
+
+    # no answers: kept on readability alone; a space ends a completion: a random model finishes some
+    prompts = tmp_path / "open.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Q: {i}+1="}) + "\n" for i in range(3)))
+    out = tmp_path / "rs"
+    cmd = [sys.executable, "-m", "r1mega.cli", "reject-sample", "--model", tiny["ckpt"], "--tokenizer", tiny["tok"],
+           "--prompts", str(prompts), "--out", str(out), "--template", "raw", "--samples", "2", "--keep", "2",
+           "--max-new-tokens", "16", "--stop", " ", "--no-require-format", "--min-language-share", "0"]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tok = Tokenizer(tiny["tok"])
+    rows = [json.loads(line) for line in open(out / "sft.jsonl")]
+    kept = [r for r in rows if r["completion_ids"]]
+    assert kept and all(r["tokenizer"] == tok.fingerprint() for r in kept)
+    for r in kept:
+        assert r["prompt_ids"] == tok.encode(r["messages"][0]["content"])
+        ids = r["completion_ids"]
+        assert tok.decode(ids[:-1] if ids[-1] == tok.eos_id else ids) == r["messages"][-1]["content"]
+    data = SFTData(str(out / "sft.jsonl"), tok, seq_length=64, seed=0, template="raw")
+    assert data.sampled == len(rows)
+    trained = sorted(row.labels[row.labels != IGNORE].tolist() for row in data.rows)
+    expected = sorted(r["completion_ids"] + ([] if r["completion_ids"][-1] == tok.eos_id else [tok.eos_id])
+                      for r in rows)
+    if len(data.rows) == len(rows):  # one conversation per packed row: compare them one by one
+        assert trained == expected
+    assert sum(len(t) for t in trained) == sum(len(e) for e in expected)

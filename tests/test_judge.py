@@ -232,10 +232,11 @@ def _judge_everything(text: str) -> None:
     from r1mega.judge import final_code
     from r1mega.rl.rewards import reward_terms
 
-    rec = {"id": "p", "answer": "4"}
+    rec, code = {"id": "p", "answer": "4"}, {"id": "c", **CODE}
     reward_terms(["accuracy", "format", "language"], text, rec)
     final_code(text)
     judge(rec, text)
+    judge(code, text)  # a code problem: eval extracts the program (none here: no sandbox run)
     judge_sample(rec, {"completion": text, "finish_reason": "eos"}, FilterConfig(require_format=False))
 
 
@@ -251,3 +252,20 @@ def test_responses_built_to_stall_the_judge_are_read_in_linear_time(shape):
     t0 = time.perf_counter()
     _judge_everything(big)
     assert time.perf_counter() - t0 < 1.0
+
+
+def test_the_judge_sits_low_in_the_import_graph():
+    """r1mega/judge imports nothing from rl/, eval/ or generation/; the filters do not import eval/."""
+    import ast
+    import glob
+
+    def imports(path):
+        tree = ast.parse(open(path).read())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+
+    for path in glob.glob(os.path.join(ROOT, "r1mega", "judge", "*.py")):
+        bad = [m for m in imports(path) if m.startswith(("r1mega.rl", "r1mega.eval", "r1mega.generation"))]
+        assert not bad, (path, bad)
+    filters = imports(os.path.join(ROOT, "r1mega", "generation", "filters.py"))
+    assert not [m for m in filters if m.startswith("r1mega.eval")] and "r1mega.judge.response" in filters

@@ -457,13 +457,8 @@ def test_deliberate_architecture_change_is_allowed_and_every_difference_listed(r
     assert len(out["losses"]) == 1 and np.isfinite(out["losses"][0])
 
 
-@pytest.mark.parametrize("meta_step", [None, 100])
+@pytest.mark.parametrize("meta_step", [None])  # an edited step fails the manifest: tests/test_output_safety.py
 def test_finished_run_says_it_is_complete(run_copy, corpus, capsys, yaml_config, meta_step):
-    if meta_step:
-        meta_path = os.path.join(ck(run_copy, 2), "meta.json")
-        meta = json.load(open(meta_path))
-        meta["step"] = meta_step
-        json.dump(meta, open(meta_path, "w"))
     before = snapshot(run_copy)
     rc = cli.main(["pretrain", "--config", yaml_config, f"train.run_dir={run_copy}"])
     out = capsys.readouterr().out

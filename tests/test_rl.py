@@ -192,7 +192,8 @@ def test_top_k_ranks_real_vocab_ids_only():
     ("rl.rollout_batch=100", "rl.rollout_batch"), ("rl.minibatches=0", "rl.minibatches"),
     ("rl.max_new_tokens_schedule=[[10,5],[5,6]]", "rl.max_new_tokens_schedule[1]"),
     ("rl.template=alpaca", "rl.template"), ("rl.loss_norm=mean", "rl.loss_norm"), ("rl.tis_cap=0.5", "rl.tis_cap"),
-    ("rl.language=tlh", "rl.language"), ("rl.prompts=[/nonexistent.jsonl]", "rl.prompts[0]"),
+    ("rl.language=tlh", "rl.language"), ("rl.answer_fallback=guess", "rl.answer_fallback"),
+    ("rl.log_rollouts_every=-1", "rl.log_rollouts_every"), ("rl.prompts=[/nonexistent.jsonl]", "rl.prompts[0]"),
     ("data.synthetic=null", "rl.prompts"),
 ])
 def test_rl_keys_are_checked_up_front(override, key):

@@ -71,31 +71,37 @@ def test_cache_follows_the_tokens_and_a_prompt_is_prefilled_once(model):
     static = generate_static(chunks, ps, [prompt] * 8, gen)
     assert torch.equal(shared.tokens, static.tokens)
     lengths = shared.completion_mask.sum(1)
-    layers = 4
-    block_bytes = 4 * layers * shared.cache_values_per_token_layer * 4  # float32
+    block, layers, fp32 = 4, 4, 4
+    block_bytes = block * layers * shared.cache_values_per_token_layer * fp32
     # at most: the prompt's blocks once, plus each sample's own blocks (its copy of the partial one and its tokens)
     bound = (-(-37 // 4)) + sum(-(-(37 % 4 + int(n)) // 4) for n in lengths)
     assert shared.cache_bytes <= bound * block_bytes
     assert shared.cache_bytes < 8 * 10 * block_bytes  # less than 8 copies of the prompt alone
-    assert static.cache_bytes == 8 * (37 + 40) * layers * shared.cache_values_per_token_layer * 4
+    assert static.cache_bytes == 8 * (37 + 40) * layers * shared.cache_values_per_token_layer * fp32
     # one prefill forward for the 8 samples, then one decoding forward per step
     assert shared.forwards == 1 + int(lengths.max()) - 1
 
 
-def test_tp2_ep2_and_pp2_draw_the_one_process_samples(model):
+@pytest.mark.parametrize("par, world", [(dict(tp=2, ep=2), 4), (dict(pp=2), 2), (dict(cp=2), 2)])
+def test_tp2_ep2_pp2_and_cp2_draw_the_one_process_samples(model, par, world):
+    """CP2: each CP rank decodes half the rows; both end with all of them."""
     chunks, ps = model
     prompts, keys = long_tail_rows()
     one = generate(chunks, ps, prompts, long_tail_config(), rows=keys)
     want = one.completions()
-    for par, world in ((dict(tp=2, ep=2), 4), (dict(pp=2), 2)):
-        per_rank = run_ranks(layout_samples_worker, world, par)
-        got = {}
+    per_rank = run_ranks(layout_samples_worker, world, par)
+    got = {}
+    for r in per_rank:
+        for k, c in zip(r["keys"].tolist(), r["completions"]):
+            assert got.setdefault(k, c) == c, (par, k)
+    assert [got[k] for k in range(len(prompts))] == want, par
+    if par.get("ep") or par.get("cp"):  # the ranks ran the same forwards though their rows differ
+        assert len({r["forwards"] for r in per_rank}) == 1
+    if par.get("cp"):
         for r in per_rank:
-            for k, c in zip(r["keys"].tolist(), r["completions"]):
-                assert got.setdefault(k, c) == c, (par, k)
-        assert [got[k] for k in range(len(prompts))] == want, par
-        if par.get("ep"):  # EP spans the two DP ranks: they ran the same forwards though their rows differ
-            assert len({r["forwards"] for r in per_rank}) == 1
+            torch.testing.assert_close(r["logprobs"], one.logprobs[one.completion_mask], atol=1e-5, rtol=0)
+            for layer, experts in one.routing.items():
+                assert torch.equal(r["routing"][layer], experts)
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -100,8 +100,18 @@ def read_hf_config(hf_dir: str) -> dict:
     try:
         return shared_read_hf_config(os.path.join(hf_dir, "config.json"))[0]
     except ConfigError as e:
-        hint = "; --hf-dir must be a Hugging Face model directory" if "cannot read" in e.message else ""
-        raise ConvertError(f"{e.key}: {e.message}{hint}") from None
+        if e.message.startswith("cannot read: "):  # a missing or unreadable file: say what --hf-dir must be
+            raise ConvertError(f"{e.key}: cannot read ({e.message[len('cannot read: '):]}); --hf-dir must be a "
+                               f"Hugging Face model directory") from None
+        raise ConvertError(f"{e.key}: {e.message}") from None
+
+
+def loadable(hf_config: dict) -> None:
+    """Refuse, before writing anything, a model that later r1mega commands would refuse to build
+    (e.g. routing groups that do not divide the experts): the import would only defer the error."""
+    from r1mega.config import build_config, validate
+
+    validate(build_config(family_for_hf(hf_config)[1]), 1)
 
 
 def hf_files(hf_dir: str) -> dict[str, list[str]]:
@@ -171,7 +181,11 @@ class PartWriter:
         if not self.buf:
             return
         name = f"{self.stem}{len(self.parts):05d}"
-        save_file(self.buf, os.path.join(self.out, name + ".safetensors"), metadata={"format": "pt"})
+        file = os.path.join(self.out, name + ".safetensors")
+        try:
+            save_file(self.buf, file, metadata={"format": "pt"})
+        except (OSError, SafetensorError) as e:  # a full disk, a file-size limit: named, the temp dir dropped
+            raise ConvertError(f"writing {file} failed ({e}); nothing was published") from None
         if self.pieces_json:  # r1mega checkpoint: whole tensors, no offsets
             with open(os.path.join(self.out, name + ".json"), "w") as f:
                 json.dump({k: {"shape": list(v.shape), "dim": None, "start": 0, "length": None, "crc32": crc32(v)}
@@ -237,6 +251,7 @@ def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat1
     files = hf_files(hf_dir)
     index = tensor_index(hf_dir, files)
     check(index, hf_config, hf_dir)
+    loadable(hf_config)
     tmp = _prepare_out(out, overwrite, hf_dir)
     try:
         meta = _import_into(tmp, hf_dir, hf_config, files, index, fp8, dtype, shard_bytes)

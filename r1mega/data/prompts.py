@@ -30,6 +30,7 @@ a checkpoint is enough to resume exactly, under any number of data-parallel rank
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from typing import Optional
@@ -50,6 +51,8 @@ def parse_problem(where: str, rec: dict, answers: bool = True, sft_chats: bool =
     prompt, messages = rec.get("prompt"), rec.get("messages")
     if prompt is None and messages is None:
         raise bad("needs 'prompt' (a string) or 'messages' (a chat)")
+    if prompt is not None and messages is not None:
+        raise bad("has both 'prompt' and 'messages'; give one (which one is the question is unclear)")
     if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
         raise bad("'prompt' must be a non-empty string")
     if messages is not None:
@@ -122,6 +125,47 @@ def load_prompts(paths: list[str]) -> list[dict]:
             raise DataError(f"{path}: prompt files are JSONL (one JSON object per line)")
         problems.extend(read_problems(path))
     return problems
+
+
+def prompts_digest(paths: list[str]) -> str:
+    """sha256 over the prompt files' contents, in order: what a GRPO checkpoint's prompt position
+    refers to (a resume with other files would continue at a meaningless position)."""
+    h = hashlib.sha256()
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
+        except OSError as e:
+            raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    return h.hexdigest()
+
+
+def check_same_prompts(meta: dict, paths: list[str], where: str) -> None:
+    """A run resumed from its own checkpoint must read the prompt files it was saved with."""
+    from r1mega.errors import ConfigError
+
+    saved = meta.get("prompts_sha256")
+    if saved is not None and paths and saved != prompts_digest(paths):
+        raise ConfigError("rl.prompts", f"{where} was saved at a position in other prompt files (their content "
+                          f"differs); resuming would continue at a meaningless position. Give the same files, or "
+                          f"start a new train.run_dir with train.load={where}")
+
+
+def check_prompts_fit(problems: list[dict], count_tokens, positions: int, what: str = "rl.prompts") -> None:
+    """Every rendered prompt must leave room in the model's positions; the first that does not is named."""
+    from r1mega.errors import ConfigError
+
+    too_long = []
+    for p in problems:
+        n = count_tokens(p)
+        if n >= positions:
+            too_long.append((p, n))
+    if too_long:
+        p, n = too_long[0]
+        raise ConfigError(what, f"{p.get('where', p.get('id'))}: prompt has {n} tokens but the model has {positions} "
+                          f"positions (max_position_embeddings)"
+                          + (f"; {len(too_long)} prompts are too long" if len(too_long) > 1 else "")
+                          + "; shorten or remove them")
 
 
 def question_text(problem: dict) -> str:

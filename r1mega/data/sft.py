@@ -221,6 +221,15 @@ class SFTData:
                     for (c, ids), ok in zip(records, same)]
         self.sampled = sum(same)  # records trained on their sampled ids (the rest: their text)
         self.rows, self.truncated = pack(examples, seq_length, pad)
+        if not any((r.labels != IGNORE).any() for r in self.rows):  # the loss would be 0 on every step
+            raise DataError(f"{path}: no assistant token falls within data.seq_length={seq_length} in any of the "
+                            f"{len(records)} records ({self.truncated} longer than it, truncated); raise "
+                            f"data.seq_length or shorten the records")
+        if self.truncated:
+            import sys
+
+            print(f"warning: {path}: {self.truncated} of {len(records)} records are longer than data.seq_length="
+                  f"{seq_length} and were truncated to it", file=sys.stderr, flush=True)
         self.seed = seed
         self.num_conversations = len(records)
 

@@ -118,7 +118,9 @@ class Tokenizer:
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """Render a chat with the tokenizer's own template (transformers' sandboxed jinja renderer)."""
         if not self.chat_template:
-            raise ValueError(f"data.tokenizer {self.path}: no chat_template in tokenizer_config.json "
+            from r1mega.errors import ConfigError
+
+            raise ConfigError("data.tokenizer", f"{self.path}: no chat_template in tokenizer_config.json "
                              "(or chat_template.jinja); use rl.template=r1_zero or raw")
         from transformers.utils.chat_template_utils import render_jinja_template
 

@@ -16,6 +16,11 @@ writes <out>/<benchmark>/scored.jsonl (one line per sample) and summary.json (wi
 top-p); <out>/summary.md and summary.json hold the table of all. The last line is
 `pass@1=<float> cons@<k>=<float> problems=<n> samples=<k> temperature=<t> top_p=<p>` over all problems
 (for --completions made elsewhere, pass the --temperature and --top-p they were sampled with).
+
+--out is a new or empty directory, or one an earlier `r1mega eval` made: then each benchmark's
+samples resume (finished problems skipped) when the settings and the benchmark file are the same;
+a benchmark file whose content changed (e.g. new answers) is refused rather than scored against
+the old samples. A directory r1mega did not make, or one in use by another command, is refused.
 """
 from __future__ import annotations
 
@@ -38,7 +43,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", required=True, help="benchmark JSONL file(s): id, prompt, answer")
     p.add_argument("--completions", default=None,
                    help="score these completions ({id, completion} per sample) instead of generating")
-    p.add_argument("--out", default="runs/eval", help="directory for samples, scores and summaries")
+    p.add_argument("--out", default="runs/eval", help="directory for samples, scores and summaries: new or empty, "
+                   "or one an earlier `r1mega eval` made (resumed); anything else is refused")
     p.add_argument("--greedy", action="store_true", help="also report greedy (temperature 0) accuracy")
     p.add_argument("--answer-fallback", default="auto", choices=FALLBACKS,
                    help="final answer without <answer>/\\boxed: auto (\"A:\" line, else last number), "
@@ -107,11 +113,11 @@ def read_completions(path: str, records: list[dict]) -> dict[str, list[str]]:
 
 
 def _store_completions(out_dir: str) -> dict[str, list[str]]:
-    from r1mega.generation.store import SampleStore, response_text
+    from r1mega.generation.store import SampleStore, read_shard, response_text
 
     by_id: dict[str, dict[int, str]] = {}
     for path in SampleStore.shard_paths(out_dir):
-        for where, r in iter_jsonl(path):
+        for r in read_shard(path)[0]:
             by_id.setdefault(str(r["id"]), {})[r["sample"]] = response_text(r)
     return {pid: [s[i] for i in sorted(s)] for pid, s in by_id.items()}
 
@@ -133,7 +139,8 @@ def benchmark_name(path: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from r1mega.generation.run import finish, open_model, sample_to_store, sampling_params
+    from r1mega.generation.run import file_sha256, finish, open_model, sample_to_store, sampling_params
+    from r1mega.output_dir import claim_on_rank0
 
     names = [benchmark_name(p) for p in args.data]
     if len(set(names)) != len(names):
@@ -150,21 +157,30 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--completions", "scores given completions: --greedy and --model generate, drop them")
         texts = {names[0]: read_completions(args.completions, benchmarks[names[0]])}
         greedy_texts = {}
+        claim_on_rank0(args.out, "eval")
     else:
         params = sampling_params(args)
+        claim_on_rank0(args.out, "eval")  # before the model loads; held until the command ends
         loaded, distributed, owns_group = open_model(args)
         texts, greedy_texts = {}, {}
-        for name, recs in benchmarks.items():
+        explicit = args.max_new_tokens is not None
+        for (name, recs), path in zip(benchmarks.items(), args.data):
             where = os.path.join(args.out, name)
+            # samples are keyed by the benchmark file's content: new answers never meet old samples
+            meta = {"prompts": name, "prompts_sha256": file_sha256(path)}
             sample_to_store(loaded, recs, os.path.join(where, "samples"), params, args.template,
-                            args.problems_per_round, {"prompts": name}, desc=f"eval {name}")
+                            args.problems_per_round, meta, desc=f"eval {name}", command="eval",
+                            explicit_max_new=explicit, drop_long=args.drop_long_prompts)
             if args.greedy:
                 greedy = sampling_params(args)
                 greedy.samples, greedy.temperature = 1, 0.0
                 sample_to_store(loaded, recs, os.path.join(where, "greedy"), greedy, args.template,
-                                args.problems_per_round, {"prompts": name}, desc=f"greedy {name}")
+                                args.problems_per_round, meta, desc=f"greedy {name}", command="eval",
+                                explicit_max_new=explicit, drop_long=args.drop_long_prompts)
             if loaded.ps.rank == 0:
                 texts[name] = _store_completions(os.path.join(where, "samples"))
+                if args.drop_long_prompts:  # the dropped problems are not scored (fit_context counted them)
+                    benchmarks[name] = [r for r in recs if r["id"] in texts[name]]
                 if args.greedy:
                     greedy_texts[name] = _store_completions(os.path.join(where, "greedy"))
         if loaded.ps.rank != 0:

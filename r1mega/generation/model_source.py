@@ -9,7 +9,6 @@ Each rank builds only its shards and reads only its slices (`load_checkpoint` / 
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -72,8 +71,9 @@ def load_model(model: str, parallel: ParallelConfig, world: int, distributed: bo
         _, model_cfg = family_for_hf(model)
         cfg = _with_model(cfg, model_cfg)
     elif config is None:  # shapes from the checkpoint itself; an explicit --config wins
-        with open(os.path.join(source, "meta.json")) as f:
-            meta = json.load(f)
+        from r1mega.train.checkpoint import read_meta
+
+        meta = read_meta(source)  # unreadable or malformed: a CheckpointError naming the file
         if not meta.get("model_config") and meta.get("hf_config") is None:
             raise ConfigError("--config", f"{source} does not record its model shapes; pass the YAML it was trained with")
         cfg = _with_model(cfg, family_from_meta(meta)[1])

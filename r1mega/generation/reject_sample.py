@@ -16,15 +16,21 @@ from a store without ids (--samples-from an older run) are written as text only.
 <out>/report.json has the counts.
 Prints kept/total and the count per rejection reason; the last line is
 `kept=<n> total=<n> problems_with_kept=<n> problems=<n>`.
+
+--out is a new or empty directory, or one an earlier `r1mega reject-sample` made: then its samples
+resume (finished problems skipped; same settings and the same prompt file required) and its own
+sft.jsonl and report.json are rewritten. A directory r1mega did not make, or one in use, is refused.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from collections import Counter
 
-from r1mega.data.jsonl import DataError, iter_jsonl
+from r1mega.atomic_io import write_text_atomic
+from r1mega.data.jsonl import DataError
 from r1mega.errors import ConfigError
 from r1mega.generation.filters import REASONS, FilterConfig, judge_sample, normalized
 from r1mega.generation.records import chat_messages, read_prompt_records
@@ -37,7 +43,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
     add_model_args(p)
     p.add_argument("--prompts", required=True, help="prompt JSONL: id, prompt or messages, answer or tests")
-    p.add_argument("--out", required=True, help="directory: samples/, sft.jsonl, report.json")
+    p.add_argument("--out", required=True, help="directory: samples/, sft.jsonl, report.json; new or empty, or one "
+                   "an earlier `r1mega reject-sample` made (resumed); anything else is refused")
     p.add_argument("--samples-from", default=None, help="filter the samples of this `r1mega generate` "
                    "directory instead of generating")
     p.add_argument("--keep", type=int, default=4, help="at most this many samples kept per problem")
@@ -54,6 +61,16 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def filter_config(args: argparse.Namespace) -> FilterConfig:
+    """The filter flags, checked."""
+    share = args.min_language_share
+    if not (math.isfinite(share) and 0 <= share <= 1):
+        raise ConfigError("--min-language-share", f"must be in [0, 1], got {share}")
+    if args.max_paragraph_chars < 1:
+        raise ConfigError("--max-paragraph-chars", f"must be >= 1, got {args.max_paragraph_chars}")
+    if args.max_tokens < 0:
+        raise ConfigError("--max-tokens", f"must be >= 0 (0: no cap), got {args.max_tokens}")
+    if args.language not in ("en", "zh"):
+        raise ConfigError("--language", f"expected en or zh, got {args.language!r}")
     return FilterConfig(args.max_tokens, args.require_format, args.language, args.min_language_share,
                         args.max_paragraph_chars, args.allow_code_in_cot, args.answer_fallback)
 
@@ -86,14 +103,16 @@ def select(records: list[dict], samples: dict[str, list[dict]], cfg: FilterConfi
 
 
 def read_samples(out_dir: str) -> dict[str, list[dict]]:
-    from r1mega.generation.store import SampleStore
+    from r1mega.generation.store import SampleStore, read_shard
 
+    if not os.path.isdir(out_dir):
+        raise DataError(f"{out_dir}: no such directory of samples (made by `r1mega generate`)")
     paths = SampleStore.shard_paths(out_dir)
     if not paths:
         raise DataError(f"{out_dir}: no shard-*.jsonl samples (made by `r1mega generate`)")
     by_id: dict[str, list[dict]] = {}
     for path in paths:
-        for where, r in iter_jsonl(path):
+        for r in read_shard(path)[0]:  # each line checked: id, sample, completion
             by_id.setdefault(str(r["id"]), []).append(r)
     return by_id
 
@@ -110,31 +129,40 @@ def _write_jsonl(path: str, rows: list[dict]) -> None:
 def run(args: argparse.Namespace) -> int:
     from r1mega.generation.run import finish, open_model, sample_to_store, sampling_params
 
+    from r1mega.generation.run import file_sha256
+    from r1mega.output_dir import claim_on_rank0
+
     if args.keep < 1:
         raise ConfigError("--keep", f"must be >= 1, got {args.keep}")
+    cfg = filter_config(args)
+    if args.samples_from and args.model:
+        raise ConfigError("--samples-from", "filters samples already made; --model would generate new ones: "
+                          "pass one of them")
     records = read_prompt_records(args.prompts)
-    os.makedirs(args.out, exist_ok=True)
-    distributed = owns_group = False
+    params = None if args.samples_from else sampling_params(args)
     if args.samples_from:
         samples = read_samples(args.samples_from)
-    else:
-        params = sampling_params(args)
+        if os.path.abspath(args.samples_from) == os.path.abspath(args.out):
+            raise ConfigError("--out", "is the --samples-from directory; write the SFT data elsewhere")
+    claim_on_rank0(args.out, "reject-sample")  # before the model loads; held until the command ends
+    distributed = owns_group = False
+    if not args.samples_from:
         loaded, distributed, owns_group = open_model(args)
         sample_to_store(loaded, records, os.path.join(args.out, "samples"), params, args.template,
-                        args.problems_per_round, {"prompts": args.prompts}, desc="reject-sample", keep_ids=True)
+                        args.problems_per_round, {"prompts": args.prompts, "prompts_sha256": file_sha256(args.prompts)},
+                        desc="reject-sample", command="reject-sample", keep_ids=True,
+                        explicit_max_new=args.max_new_tokens is not None, drop_long=args.drop_long_prompts)
         if loaded.ps.rank != 0:
             finish(distributed, owns_group)
             return 0
         samples = read_samples(os.path.join(args.out, "samples"))
-    rows, counts = select(records, samples, filter_config(args), args.keep)
+    rows, counts = select(records, samples, cfg, args.keep)
     total = sum(len(samples.get(r["id"], [])) for r in records)
     _write_jsonl(os.path.join(args.out, "sft.jsonl"), rows)
     problems_kept = len({r["id"] for r in rows})
     report = {"kept": counts["kept"], "total": total, "problems": len(records), "problems_with_kept": problems_kept,
               "rejected": {k: counts[k] for k in (*REASONS, "over_quota") if counts[k]}}
-    with open(os.path.join(args.out, "report.json.tmp"), "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(os.path.join(args.out, "report.json.tmp"), os.path.join(args.out, "report.json"))
+    write_text_atomic(os.path.join(args.out, "report.json"), json.dumps(report, indent=1))
     print(f"kept {counts['kept']}/{total} samples ({problems_kept}/{len(records)} problems) -> "
           f"{os.path.join(args.out, 'sft.jsonl')}", flush=True)
     for reason, n in report["rejected"].items():

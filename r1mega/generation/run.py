@@ -4,13 +4,18 @@
         [--temperature 0.6 --top-p 0.95 --max-new-tokens N --template r1 --stop STR]
     torchrun --nproc_per_node 4 -m r1mega.cli generate ... --tp 2 --ep 2
 
-Problems already complete in DIR are skipped (see `store.py`). A progress bar shows problems done
+--out is a new or empty directory, or one an earlier `r1mega generate` made: then the problems
+already complete in it are skipped and the rest generated (a resume; the sampling settings must be
+the same). A non-empty directory r1mega did not make, or one in use by another command, is refused
+(see `r1mega/output_dir.py` and `store.py`). A progress bar shows problems done
 and generated tokens/s; the last line is `problems=<n> samples=<n> tokens=<n> tokens_per_s=<float>`.
 The same machinery serves `r1mega eval` and `r1mega reject-sample`.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import math
 import time
 from dataclasses import asdict
 from typing import Optional
@@ -18,8 +23,8 @@ from typing import Optional
 import torch.distributed as dist
 
 from r1mega.config import ParallelConfig
-from r1mega.data.tokenizer import Tokenizer
-from r1mega.errors import ConfigError, R1MegaError
+from r1mega.data.tokenizer import check_fits, load_tokenizer
+from r1mega.errors import ConfigError, DataError, R1MegaError
 from r1mega.generation.sampling_rounds import SamplingParams, generate_rounds
 from r1mega.generation.model_source import LoadedModel, load_model
 from r1mega.generation.records import TEMPLATES, render_prompt, template_stops
@@ -48,29 +53,96 @@ def add_sampling_args(p: argparse.ArgumentParser, samples: int = 1, temperature:
     g.add_argument("--temperature", type=float, default=temperature)
     g.add_argument("--top-p", type=float, default=top_p)
     g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--max-new-tokens", type=int, default=32768)
+    g.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"cap on generated tokens (default: what the model's positions leave after the longest "
+                        f"prompt, at most {DEFAULT_MAX_NEW}); a larger value than the model allows is refused")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable); EOS always stops")
     g.add_argument("--template", default="r1", choices=TEMPLATES)
     g.add_argument("--problems-per-round", type=int, default=8,
                    help="problems generated together (x samples rows per round, split over DP)")
+    g.add_argument("--drop-long-prompts", action="store_true",
+                   help="skip prompts that do not fit the model's positions (counted) instead of refusing")
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--prompts", required=True, help="prompt JSONL: id, prompt or messages, answer/tests")
-    p.add_argument("--out", required=True, help="output directory (sharded JSONL; resumed if it exists)")
+    p.add_argument("--out", required=True, help="output directory: new or empty, or one an earlier `r1mega generate` "
+                   "made (resumed: finished problems skipped, same settings required); anything else is refused")
     p.add_argument("--shard-records", type=int, default=100_000, help="samples per output shard")
     add_sampling_args(p)
 
 
+DEFAULT_MAX_NEW = 32768
+
+
+def _need(cond: bool, flag: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(flag, msg)
+
+
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
-    """The sampling flags, checked (before any model is loaded)."""
+    """The sampling flags, checked (before any model is loaded): finite numbers in range."""
+    t, p = args.temperature, args.top_p
+    _need(math.isfinite(t) and t >= 0, "--temperature", f"must be a finite number >= 0 (0 is greedy), got {t}")
+    _need(math.isfinite(p) and 0 < p <= 1, "--top-p", f"must be in (0, 1], got {p}")
+    _need(args.top_k >= 0, "--top-k", f"must be >= 0 (0 = off), got {args.top_k}")
+    _need(args.samples >= 1, "--samples", f"must be >= 1, got {args.samples}")
+    _need(args.seed >= 0, "--seed", f"must be >= 0, got {args.seed}")
+    _need(args.problems_per_round >= 1, "--problems-per-round", f"must be >= 1, got {args.problems_per_round}")
+    if args.max_new_tokens is not None:
+        _need(args.max_new_tokens >= 1, "--max-new-tokens", f"must be >= 1, got {args.max_new_tokens}")
+    for s in args.stop:
+        _need(s != "", "--stop", "an empty stop string would end every sample at its first token")
     stops = list(args.stop) + [s for s in template_stops(args.template) if s not in args.stop]
-    params = SamplingParams(args.samples, args.temperature, args.top_p, args.top_k, args.max_new_tokens,
+    params = SamplingParams(args.samples, t, p, args.top_k, args.max_new_tokens or DEFAULT_MAX_NEW,
                             args.seed, stops)
     params.check()
     return params
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    return h.hexdigest()
+
+
+def fit_context(records: list[dict], encoded: list[list[int]], params: SamplingParams, positions: int,
+                explicit_max_new: bool, drop_long: bool, desc: str, announce: bool = True
+                ) -> tuple[list[dict], list[list[int]]]:
+    """Prompts and the new-token cap within the model's positions: a prompt that leaves no room is
+    named (or dropped, counted, with --drop-long-prompts); --max-new-tokens beyond what the longest
+    prompt leaves is refused; left unset, it becomes what is left (at most DEFAULT_MAX_NEW)."""
+    long = [i for i, ids in enumerate(encoded) if len(ids) >= positions]
+    if long and not drop_long:
+        i = long[0]
+        raise DataError(f"{records[i].get('where', 'prompt')}: prompt {records[i]['id']!r} has {len(encoded[i])} "
+                        f"tokens but the model has {positions} positions (max_position_embeddings)"
+                        + (f"; {len(long)} prompts are too long" if len(long) > 1 else "")
+                        + "; shorten them, or pass --drop-long-prompts to skip them")
+    if long:
+        if announce:
+            print(f"{desc}: dropped {len(long)} of {len(records)} prompts longer than the model's {positions} "
+                  f"positions (--drop-long-prompts)", flush=True)
+        skipped = set(long)
+        keep = [i for i in range(len(records)) if i not in skipped]
+        if not keep:
+            raise DataError(f"every prompt is longer than the model's {positions} positions")
+        records, encoded = [records[i] for i in keep], [encoded[i] for i in keep]
+    room = positions - max(len(ids) for ids in encoded)
+    if explicit_max_new:
+        _need(params.max_new_tokens <= room, "--max-new-tokens",
+              f"{params.max_new_tokens} new tokens after the longest prompt ({positions - room} tokens) exceed "
+              f"the model's {positions} positions; at most {room}")
+    else:
+        params.max_new_tokens = min(params.max_new_tokens, room)
+    return records, encoded
 
 
 def open_model(args: argparse.Namespace) -> tuple[LoadedModel, bool, bool]:
@@ -93,16 +165,23 @@ def _broadcast(obj, ps):
 
 def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: SamplingParams, template: str,
                     problems_per_round: int, meta: dict, shard_records: int = 100_000,
-                    desc: str = "generate", keep_ids: bool = False) -> Optional[dict]:
+                    desc: str = "generate", keep_ids: bool = False, command: str = "generate", key: str = "--out",
+                    explicit_max_new: bool = True, drop_long: bool = False) -> Optional[dict]:
     """Generate the problems not yet complete in `out`. Collective. Returns stats on rank 0.
-    keep_ids: each record also holds its prompt_ids and completion_ids (what SFT trains on)."""
+    keep_ids: each record also holds its prompt_ids and completion_ids (what SFT trains on).
+    Every rank checks the prompts against the model (same records, same verdict) before the store opens."""
     ps = loaded.ps
-    tok = Tokenizer(loaded.tokenizer)
+    tok = load_tokenizer(loaded.tokenizer, "--tokenizer")
+    check_fits(tok, loaded.cfg.active_model.vocab_size)
+    rendered_all = [render_prompt(r, template, tok) for r in records]
+    records, _ = fit_context(records, [tok.encode(text) for text, _ in rendered_all], params,
+                             loaded.cfg.active_model.max_position_embeddings, explicit_max_new, drop_long, desc,
+                             announce=ps.rank == 0)
     store, todo, error = None, None, None
     if ps.rank == 0:
         try:
             store = SampleStore(out, params.samples, {**meta, "template": template, "model": loaded.source,
-                                                      "sampling": asdict(params)}, shard_records)
+                                                      "sampling": asdict(params)}, shard_records, command, key)
         except R1MegaError as e:  # told to every rank, so none waits for the others forever
             error = str(e)
         else:
@@ -157,12 +236,16 @@ def finish(distributed: bool, owns_group: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from r1mega.generation.records import read_prompt_records
+    from r1mega.output_dir import check
 
     records = read_prompt_records(args.prompts)
     params = sampling_params(args)
+    _need(args.shard_records >= 1, "--shard-records", f"must be >= 1, got {args.shard_records}")
+    check(args.out, "generate")  # a foreign --out is refused before the model loads (rank 0 claims it later)
     loaded, distributed, owns_group = open_model(args)
     stats = sample_to_store(loaded, records, args.out, params, args.template,
-                            args.problems_per_round, {"prompts": args.prompts}, args.shard_records)
+                            args.problems_per_round, {"prompts": args.prompts}, args.shard_records,
+                            explicit_max_new=args.max_new_tokens is not None, drop_long=args.drop_long_prompts)
     if stats is not None:
         print(f"problems={stats['problems']} samples={stats['samples']} tokens={stats['tokens']} "
               f"tokens_per_s={stats['tokens_per_s']:.2f}", flush=True)

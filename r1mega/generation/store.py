@@ -4,7 +4,9 @@
     <out>/shard-00000.jsonl    {"id", "sample", "completion", "prompt_tokens", "completion_tokens",
     <out>/shard-00001.jsonl     "finish_reason", ["response_prefix"]} one line per sample
 
-Only rank 0 writes. Each round's records are appended as whole lines in one write, then flushed and
+The directory belongs to the command that made it (`r1mega/output_dir.py`: marker and lock): a
+non-empty directory it did not make is refused, so no one else's file is rewritten; shards without
+their meta.json are refused rather than "repaired" by today's settings. Only rank 0 writes. Each round's records are appended as whole lines in one write, then flushed and
 fsynced, so after a crash a shard ends at worst with a torn last line and some problems with fewer
 than k samples. Opening the store repairs that: a shard with a torn line or an incomplete problem is
 rewritten (temp file + rename) without them, and those problems count as not done. Every session
@@ -18,7 +20,8 @@ import os
 from typing import Iterator
 
 from r1mega.atomic_io import fsync_dir
-from r1mega.errors import ConfigError, DataError
+from r1mega.errors import ConfigError, DataError, OutputError
+from r1mega.output_dir import own_and_lock
 
 SHARD = "shard-{:05d}.jsonl"
 
@@ -28,47 +31,78 @@ def response_text(record: dict) -> str:
     return record.get("response_prefix", "") + record["completion"]
 
 
-def _read_shard(path: str) -> tuple[list[dict], bool]:
+def read_shard(path: str) -> tuple[list[dict], bool]:
     """(records, whether the file needs repair: a torn or unparsable last line)."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: unreadable ({e})") from None
     torn = lines[-1] != ""  # a complete file ends with a newline
     recs = []
     for n, line in enumerate(lines[:-1], start=1):
         if not line.strip():
             continue
         try:
-            recs.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: not valid JSON ({e.msg}) - not a crash artefact, "
-                            f"this file was edited or written by something else") from None
+            rec = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise DataError(f"{path}:{n}: not valid JSON ({getattr(e, 'msg', 'nested too deeply')}) - not a crash "
+                            f"artefact, this file was edited or written by something else") from None
+        if not (isinstance(rec, dict) and "id" in rec and isinstance(rec.get("sample"), int)
+                and isinstance(rec.get("completion"), str)):
+            raise DataError(f"{path}:{n}: expected a sample record with 'id', an integer 'sample' and a string "
+                            f"'completion' (as `r1mega generate` writes them)")
+        recs.append(rec)
     return recs, torn
 
 
 class SampleStore:
-    def __init__(self, out_dir: str, samples: int, meta: dict, shard_records: int = 100_000):
+    def __init__(self, out_dir: str, samples: int, meta: dict, shard_records: int = 100_000,
+                 command: str = "generate", key: str = "--out"):
         self.dir, self.k, self.shard_records = out_dir, samples, shard_records
-        os.makedirs(out_dir, exist_ok=True)
+        self.lock = own_and_lock(out_dir, command, key)
+        try:
+            self._open(meta, samples, key)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, meta: dict, samples: int, key: str) -> None:
+        out_dir = self.dir
         meta_file = os.path.join(out_dir, "meta.json")
         meta = {**meta, "samples": samples}
+        shards = self.shards()
         if os.path.exists(meta_file):
-            with open(meta_file) as f:
-                old = json.load(f)
+            try:
+                with open(meta_file, encoding="utf-8") as f:
+                    old = json.load(f)
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise OutputError(f"{meta_file}: unreadable ({e}); cannot tell how the samples in {out_dir} "
+                                  f"were made. Use another {key}") from None
+            if not isinstance(old, dict):
+                raise OutputError(f"{meta_file}: expected a JSON object, got {type(old).__name__}; "
+                                  f"use another {key}")
             # mixing samples of another model or other sampling settings into one set would go unseen
-            changed = {k: (old.get(k), v) for k, v in meta.items() if k in ("samples", "template", "model", "sampling")
-                       and old.get(k) != v}
+            compared = ("samples", "template", "model", "sampling") + (("prompts_sha256",) if "prompts_sha256" in old
+                                                                      else ())
+            changed = {k: (old.get(k), v) for k, v in meta.items() if k in compared and old.get(k) != v}
             if changed:
-                raise ConfigError("--out", f"{out_dir} holds samples made with different settings "
+                raise ConfigError(key, f"{out_dir} holds samples made with different settings "
                                  f"{ {k: f'{a!r} -> {b!r}' for k, (a, b) in changed.items()} }; "
-                                 f"use another --out or the same settings")
+                                 f"use another {key} or the same settings")
+        elif shards:  # samples of unknown settings: repairing them by today's k would drop them
+            raise OutputError(f"{out_dir} holds {len(shards)} shard(s) but no meta.json, so how they were "
+                              f"made is unknown; restore meta.json or use another {key}")
         else:
             tmp = meta_file + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(meta, f, indent=1)
-            os.replace(tmp, meta_file)
+            try:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    json.dump(meta, f, indent=1)
+                os.replace(tmp, meta_file)
+            except OSError as e:
+                raise OutputError(f"{meta_file}: cannot write ({e.strerror})") from None
         self.done: set[str] = set()
         self.repaired = 0  # samples dropped from unfinished problems
-        shards = self.shards()
         for path in shards:
             self._recover(path)
         nums = [int(os.path.basename(p)[6:11]) for p in shards]
@@ -84,7 +118,7 @@ class SampleStore:
         return self.shard_paths(self.dir)
 
     def _recover(self, path: str) -> None:
-        recs, torn = _read_shard(path)
+        recs, torn = read_shard(path)
         by_id: dict[str, list[dict]] = {}
         for r in recs:
             by_id.setdefault(str(r["id"]), []).append(r)
@@ -132,7 +166,8 @@ class SampleStore:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self.lock.release()
 
     def records(self) -> Iterator[dict]:
         for path in self.shards():
-            yield from _read_shard(path)[0]
+            yield from read_shard(path)[0]

@@ -9,7 +9,7 @@ A row retires at EOS, a stop or its length limit; its blocks are freed at once a
 refilled the next step, so finished rows cost nothing.
 
 Every rank of an expert-parallel group must run the same forwards (the all-to-all): one small
-all-reduce per step over DP says which forwards anyone needs; a rank without rows for one joins
+all-reduce per step over DP (x CP: rows are split over CP ranks) says which forwards anyone needs; a rank without rows for one joins
 with a one-token forward on the null block (never by decoding a finished row). Under PP every
 stage of a pipeline runs the same schedule (the last stage samples and broadcasts the tokens).
 
@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from r1mega.inference.generate import left_pad  # generate.py imports this module when called, not at import
 from r1mega.inference.paged_cache import NULL_BLOCK, BlockPool, decode_view, prefill_view
 from r1mega.inference.sampling import row_keys, sample
 from r1mega.kernels.cpu_experts import SPREAD_EXPERTS_BELOW_ROWS, experts_over_cores
@@ -55,11 +56,18 @@ class _Row:
     logps: list[float] = field(default_factory=list)
 
 
-def _dp_max(values: list[int], ps: ParallelState) -> list[int]:
-    if ps.g("dp") is None:
+def step_group(ps: ParallelState) -> str:
+    """The ranks that must run the same forwards: DP (which EP spans), and CP when the rollout rows
+    are split over CP ranks."""
+    return "dp_cp" if ps.cp > 1 else "dp"
+
+
+def _group_max(values: list[int], ps: ParallelState) -> list[int]:
+    group = ps.g(step_group(ps))
+    if group is None:
         return values
     t = torch.tensor(values, dtype=torch.long)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=ps.g("dp"))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return t.tolist()
 
 
@@ -194,8 +202,6 @@ class ContinuousBatcher:
         self.live = still
 
     def prefill(self, groups: list[_Group]) -> None:
-        from r1mega.inference.generate import left_pad
-
         ids, pad = left_pad([g.prompt for g in groups], self.pad_id, self.device)
         s = ids.shape[1]
         for g in groups:
@@ -252,7 +258,7 @@ class ContinuousBatcher:
             while True:
                 new = self.admit()
                 groups = list({id(r.group): r.group for r in new if r.group.blocks is None}.values())
-                need_decode, need_prefill, busy = _dp_max(
+                need_decode, need_prefill, busy = _group_max(
                     [int(bool(self.live)), int(bool(groups)), int(bool(self.live or new or self.queue))], self.ps)
                 if not busy:
                     break

@@ -1,12 +1,15 @@
-"""Batched generation on the training model itself, in inference mode, under any TP/PP/EP/DP layout.
+"""Generation on the training model itself, in inference mode, under any TP/PP/EP/DP layout.
 
-Same processes, same parameter shards: no copy into another engine. Prompts of different
-lengths are left-padded and decode in lockstep with per-sequence positions; each layer appends
-to the KV cache its model family builds (`stage.new_kv_cache`: MLA's latent cache with absorbed
-projections, or per-head keys and values for the dense students). Under PP the
-batch is split into microbatches that flow through the stages each step; the last stage samples
-and broadcasts the tokens to the other stages. Sequence parallelism is switched off while
-generating (one new token per sequence cannot be split); the same weights serve both modes.
+Same processes, same parameter shards: no copy into another engine. `generate` is the rollout
+engine of `continuous.py`: continuous batching over a paged cache (`paged_cache.py`; the family's
+layer view: MLA's latent with absorbed projections, or per-head keys and values for the dense
+students), a prompt prefilled once for all its samples, finished rows retired at once. Its result
+keeps the static layout (left-padded prompts, completions, pads after the end) so GRPO's update
+and routing replay line up token for token. `generate_static` is the former lockstep engine (every
+row decodes until the longest ends, caches preallocated), kept as the tests' and benchmarks'
+reference. The last pipeline stage samples and broadcasts the tokens to the other stages.
+Sequence parallelism is switched off while generating (one new token per sequence cannot be
+split); the same weights serve both modes.
 """
 from __future__ import annotations
 
@@ -116,40 +119,61 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     each prompt's noise key instead (e.g. its global index, or a (problem, sample) key). The
     result is laid out as the static engine's: left-padded prompts, completions, pads after the end.
     microbatches: unused (one decoding batch per step; kept for callers of the static engine)."""
-    from r1mega.inference.continuous import ContinuousBatcher
+    from r1mega.inference.continuous import ContinuousBatcher, step_group
 
     model = _one_chunk(model)
+    if getattr(model, "paged_kv_layout", None) is None:  # a family without a paged cache yet
+        return generate_static(model, ps, prompts, gen, row_offset, microbatches, rows)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     keys = (list(range(row_offset, row_offset + len(prompts))) if rows is None else [int(k) for k in rows.tolist()])
-    engine = ContinuousBatcher(model, ps, prompts, keys, gen)
+    # under CP every CP rank holds the whole model and the same rows: each decodes every cp-th row,
+    # then the ranks sum their disjoint parts of the result
+    mine = list(range(ps.r("cp"), len(prompts), ps.cp))
+    engine = ContinuousBatcher(model, ps, [prompts[i] for i in mine], [keys[i] for i in mine], gen)
     with sequence_parallel_off(ps), _mode_restored(model, was_training):
         engine.run()
     pad_id = engine.pad_id
     ids, pad = left_pad(prompts, pad_id, device)
     B, P = ids.shape
-    N = _dp_max_int(max((len(r.out) for r in engine.rows), default=0), ps, device)
-    tokens = torch.cat([ids, torch.full((B, N), pad_id, dtype=torch.long, device=device)], 1)
-    mask = torch.zeros(B, P + N, dtype=torch.bool, device=device)
+    N = _group_max_int(max((len(r.out) for r in engine.rows), default=0), ps, step_group(ps), device)
+    tokens = torch.zeros(B, P + N, dtype=torch.long, device=device)
+    tokens[mine] = torch.cat([ids[mine], torch.full((len(mine), N), pad_id, dtype=torch.long, device=device)], 1)
+    mask = torch.zeros(B, P + N, dtype=torch.long, device=device)
     logprobs = torch.zeros(B, P + N, device=device)
     for r in engine.rows:
-        n = len(r.out)
-        tokens[r.index, P:P + n] = torch.tensor(r.out, dtype=torch.long)
-        logprobs[r.index, P:P + n] = torch.tensor(r.logps)
-        mask[r.index, P:P + n] = True
-    routing = engine.routing(P, P + N - 1) if gen.record_routing else {}
+        n, i = len(r.out), mine[r.index]
+        tokens[i, P:P + n] = torch.tensor(r.out, dtype=torch.long)
+        logprobs[i, P:P + n] = torch.tensor(r.logps)
+        mask[i, P:P + n] = 1
+    routing = {}
+    if gen.record_routing:
+        local = engine.routing(P, P + N - 1)
+        for layer in _moe_layers(model):  # every rank the same layers, rows or not (CP sums them)
+            routing[layer] = torch.zeros(P + N - 1, B, model.cfg.num_experts_per_tok, dtype=torch.long, device=device)
+            if layer in local:
+                routing[layer][:, mine] = local[layer].long()
+    if ps.cp > 1:  # disjoint rows: the sums are the whole result, exactly
+        for t in (tokens, mask, logprobs, *routing.values()):
+            dist.all_reduce(t, group=ps.g("cp"))
+    mask = mask.bool()
     pool = engine.pool
     return Rollout(tokens, P, pad, mask, logprobs, routing, pool.values_per_token_per_layer(), pool.peak_bytes(),
                    pool.pool_bytes(), engine.decode_row_steps, engine.forwards)
 
 
-def _dp_max_int(value: int, ps: ParallelState, device) -> int:
-    if ps.g("dp") is None:
+def _group_max_int(value: int, ps: ParallelState, group: str, device) -> int:
+    if ps.g(group) is None:
         return value
     t = torch.tensor([value], dtype=torch.long, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=ps.g("dp"))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=ps.g(group))
     return int(t.item())
+
+
+def _moe_layers(model) -> list[int]:
+    is_moe = getattr(model.cfg, "is_moe_layer", None)
+    return [i for i in model.layer_ids if is_moe is not None and is_moe(i)]
 
 
 @torch.no_grad()

@@ -76,7 +76,7 @@ class BlockPool:
         d = (torch.tensor(dst, device=self.device)[:, None] * bs + offs).flatten()
         for tensors in self.storage.values():
             for t in tensors:
-                t[d] = t[s]
+                t.index_copy_(0, d, t.index_select(0, s))
 
     def used_bytes(self) -> int:
         return self.used * self.bytes_per_block

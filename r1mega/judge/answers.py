@@ -28,27 +28,41 @@ from r1mega.judge.response import split
 
 FALLBACKS = ("auto", "a_colon", "last_number", "none")
 BOXED = "\\boxed{"
-_BRACES = re.compile(r"\\boxed\{|[{}]")
 # 1,234.5 | -7 | 0.25 | 3/4 (each alternative consumes a digit run once: linear)
 _NUMBER = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?|[-+]?\d+(?:\.\d+)?(?:/\d+)?")
+_UNICODE_DIGIT = re.compile(r"(?![0-9])\d")  # a decimal digit of another script
 _NAN = re.compile(r"[-+]?\s*(?:nan|\\mathrm\{nan\}|\\text\{nan\})", re.IGNORECASE)
 _INF = re.compile(r"[-+]?\s*(?:inf|infinity|\\infty|∞|oo|\\infinity)", re.IGNORECASE)
 
 
+def _closing_brace(text: str, start: int, end: int) -> int:
+    """Index of the "}" that closes the "{" just before `start`, searching text[start:end]; -1 if none.
+    Steps from "}" to "}" and counts the "{" between them with str.count (C speed)."""
+    depth, at = 1, start
+    while True:
+        close = text.find("}", at, end)
+        if close < 0:
+            return -1
+        depth += text.count("{", at, close) - 1
+        if depth == 0:
+            return close
+        at = close + 1
+
+
 def last_boxed(text: str) -> Optional[str]:
-    """Content of the last \\boxed{...} whose braces close, in one pass over the braces."""
-    opened: list[tuple[int, bool]] = []  # (content start, is a \boxed) per open brace
-    best: tuple[int, int] = (-1, -1)
-    for m in _BRACES.finditer(text):
-        tok = m.group()
-        if tok == "}":
-            if opened:
-                start, boxed = opened.pop()
-                if boxed and start > best[0]:
-                    best = (start, m.start())
-        else:
-            opened.append((m.end(), tok != "{"))
-    return None if best[0] < 0 else text[best[0]:best[1]]
+    """Content of the last \\boxed{...} whose braces close. Linear: when the last box does not close,
+    an earlier box can only close before it (a box enclosing it would not close either), so each
+    candidate is searched up to the previous candidate and no character is read twice."""
+    end = len(text)
+    at = text.rfind(BOXED, 0, end)
+    while at >= 0:
+        start = at + len(BOXED)
+        close = _closing_brace(text, start, end)
+        if close >= 0:
+            return text[start:close]
+        end = at
+        at = text.rfind(BOXED, 0, end)
+    return None
 
 
 def _tagged_answer(text: str) -> Optional[str]:
@@ -68,18 +82,27 @@ def _after_a_colon(text: str) -> Optional[str]:
 
 
 def _last_number(text: str) -> Optional[str]:
-    last = None
-    for last in _NUMBER.finditer(text):
-        pass
-    return None if last is None else last.group().replace(",", "")
+    """The last number, searched in windows from the end (doubling), so a long text with a number
+    near its end is not scanned whole; a window never starts inside a number."""
+    size, end = 4096, len(text)
+    while True:
+        start = max(0, end - size)
+        start = len(text[:start].rstrip("0123456789.,+-"))  # back to the start of a number cut by the window
+        last = None
+        for last in _NUMBER.finditer(text, start, end):
+            pass
+        if last is not None:
+            return last.group().replace(",", "")
+        if start == 0:
+            return None
+        end, size = start, size * 2
 
 
 def ascii_digits(s: str) -> str:
     """Every Unicode decimal digit as its ASCII digit (٧ and ７ are 7)."""
     if s.isascii():
         return s
-    return "".join(str(unicodedata.decimal(c)) if not c.isascii() and unicodedata.category(c) == "Nd" else c
-                   for c in s)
+    return _UNICODE_DIGIT.sub(lambda m: str(unicodedata.decimal(m.group())), s)
 
 
 def answer_in(visible: str, fallback: str = "auto") -> Optional[str]:
@@ -95,7 +118,7 @@ def answer_in(visible: str, fallback: str = "auto") -> Optional[str]:
         if found is None and fallback in ("auto", "a_colon"):
             found = _after_a_colon(visible)
         if found is None and fallback in ("auto", "last_number"):
-            found = _last_number(ascii_digits(visible))
+            found = _last_number(visible)  # \d matches every script's digits; made ASCII below
     if found is None:
         return None
     found = ascii_digits(found).strip()

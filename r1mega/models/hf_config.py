@@ -21,6 +21,10 @@ def read_hf_config(source: "str | dict") -> tuple[dict, str]:
             raise ConfigError(where, f"cannot read: {e.strerror}") from None
         except json.JSONDecodeError as e:
             raise ConfigError(where, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(where, "not UTF-8 text (JSON files are UTF-8); re-encode it") from None
+        except RecursionError:
+            raise ConfigError(where, "JSON nested too deeply to read") from None
     if not isinstance(hf, dict):
         raise ConfigError(where, f"expected a JSON object of model settings, got {type(hf).__name__}")
     return hf, where

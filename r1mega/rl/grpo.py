@@ -33,6 +33,8 @@ import torch
 
 from r1mega.config import Config, validate_rl, validate_training
 from r1mega.data.prepare import resolve_data
+from r1mega.data.prompts import check_prompts_fit, check_same_prompts, prompts_digest
+from r1mega.output_dir import release
 from r1mega.data.templates import Rendered
 from r1mega.data.tokenizer import Tokenizer, check_fits
 from r1mega.inference.generate import GenerationConfig, Rollout, generate
@@ -50,11 +52,11 @@ from r1mega.rl.prompt_source import PromptSource
 from r1mega.sandbox import isolation as sandbox
 from r1mega.rl.reference import ReferencePolicy
 from r1mega.rl.rewards import REWARDS, reward_terms, run_programs, total_reward
-from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint
+from r1mega.train.checkpoint import find_resume_checkpoint, read_meta, resume_from, save_checkpoint
 from r1mega.train.metrics_log import MetricsLog, table_due
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.train.setup import (
-    Run, SkipGuard, build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta,
+    Run, SkipGuard, build_model, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta,
     start_run,
 )
 
@@ -412,6 +414,13 @@ def old_and_reference_logprobs(cfg: Config, ps: ParallelState, chunks, reference
 
 
 def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
+    try:
+        return _grpo(cfg, eval_problems, eval_every)
+    finally:
+        release(cfg.train.run_dir)  # the run directory's lock, however the run ended
+
+
+def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     ckpt_root = os.path.join(cfg.train.run_dir, "checkpoints")
     own = own_checkpoint(ckpt_root)  # this run's own checkpoint (a restart) wins over train.load
     run = start_run(cfg, lambda c, w: validate_rl(validate_training(c, w, needs_data=False), w, own is not None,
@@ -422,9 +431,15 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
         sandbox.require_isolation()  # refuse before any work, naming why, where it cannot be set up
     tok = _tokenizer(cfg)
     source = PromptSource(cfg, tok)
+    if source.order is not None:  # prompt files: each fits the model, and a resume reads the same files
+        check_prompts_fit(source.order.problems, lambda p: len(source.encode(source.render(p))),
+                          cfg.active_model.max_position_embeddings)
+        if own is not None:
+            check_same_prompts(read_meta(own), rl.prompts, own)
     # checkpoints and their architecture are checked before any weight exists
     arch = run.arch  # the model keys a checkpoint must match
     candidates = find_resume_checkpoint(ckpt_root, t.load, arch, t.allow_arch_change)
+    claim_run_dir(run, "grpo")  # one run per directory, only one this kind of run made
     chunks = build_model(run)
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
     reference = (ReferencePolicy(build_model(run), ps, rl.ref_refresh_steps)
@@ -498,7 +513,8 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
                 ref_dir = reference.save(ckpt_root) if reference is not None else None
                 save_checkpoint(ckpt_root, step, chunks, optimizer, ps,
                                 run_meta(run, "grpo", prompt_position=position, rollout_index=index + 1,
-                                         reference=ref_dir))
+                                         reference=ref_dir,
+                                         **({"prompts_sha256": prompts_digest(rl.prompts)} if rl.prompts else {})))
             t0 = time.perf_counter()
         index += 1
     acc1 = None

@@ -4,6 +4,8 @@
     <dir>/step_00000100/rank00003.json          for each piece: checkpoint key, full shape, dim, start, length, crc32
     <dir>/step_00000100/meta.json               step, optimizer step, data position, model config, last loss
     <dir>/step_00000100/rng.pt                  torch RNG state
+    <dir>/step_00000100/manifest.json           written last: sha256 of meta.json, rng.pt, every piece
+                                                listing and safetensors header, and one digest over all
     <dir>/latest                                name of the newest complete step directory
 
 Keys are the Hugging Face tensor names (each stage's `param_slices()`, see `r1mega.models.weights`),
@@ -16,17 +18,21 @@ Saving writes into a hidden temporary directory and publishes it by rename, then
 
 Nothing is lost, nothing is silent: every stored piece carries a CRC32 of its bytes, checked when
 it is read (train.verify_checkpoint=false skips it), and values are checked finite on save and on
-load. Resuming tries the newest checkpoint first and falls back to the previous good one with a
+load. The manifest ties the files of one save together: a meta.json edited afterwards (step,
+consumed samples, optimizer step) or rank files copied in from another step fail it, naming the
+file, and the checkpoint is treated like a damaged piece. Resuming tries the newest checkpoint first and falls back to the previous good one with a
 warning naming the bad file. An existing step directory is never overwritten (it is moved aside),
 a run whose `latest` is gone while step directories exist is refused, and a resume whose model
 config differs from the checkpoint's is refused key by key unless train.allow_arch_change lists it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import re
+import struct
 import shutil
 import sys
 import zlib
@@ -46,6 +52,7 @@ from r1mega.parallel.param_spec import spec_of
 from r1mega.train.optimizer import DistributedAdamW
 
 STATES = ("exp_avg", "exp_avg_sq")
+MANIFEST = "manifest.json"
 STEP_DIR = re.compile(r"^step_(\d+)$")
 # model keys that do not change the function a checkpoint computes (only how a fresh model is drawn)
 NON_ARCH_KEYS = ("initializer_range",)
@@ -135,18 +142,24 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
             save_file(tensors, stem + ".safetensors")
             with open(stem + ".json", "w") as f:
                 json.dump(pieces, f)
-    except OSError as e:  # e.g. a full disk: the unpublished directory is all that is affected
-        raise CheckpointError(f"writing {stem}.safetensors failed ({e.strerror}); step {step} was not saved and "
+    except (OSError, SafetensorError) as e:  # e.g. a full disk: only the unpublished directory is affected
+        why = getattr(e, "strerror", None) or e
+        raise CheckpointError(f"writing {stem}.safetensors failed ({why}); step {step} was not saved and "
                               f"{os.path.join(root, 'latest')} still names the previous checkpoint") from None
     if ps.rank == 0:
         meta = {**meta, "step": step, "layout": {"tp": ps.tp, "pp": ps.pp, "dp": ps.dp, "ep": ps.ep, "etp": ps.etp}}
         if optimizer is not None:
             meta.update(optimizer_step=optimizer.step_count, skipped_steps=optimizer.skipped)
-        torch.save({"torch": torch.get_rng_state()}, os.path.join(tmp, "rng.pt"))
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump(meta, f, indent=1)
+        meta["manifest"] = MANIFEST
+        try:
+            torch.save({"torch": torch.get_rng_state()}, os.path.join(tmp, "rng.pt"))
+            with open(os.path.join(tmp, "meta.json"), "w") as f:
+                json.dump(meta, f, indent=1)
+        except OSError as e:
+            raise CheckpointError(f"writing {tmp}/meta.json failed ({e.strerror}); step {step} was not saved") from None
     _barrier(ps)
     if ps.rank == 0:
+        write_manifest(tmp)  # last: it covers every file of this save
         for entry in os.listdir(tmp):
             with open(os.path.join(tmp, entry), "rb") as f:
                 os.fsync(f.fileno())
@@ -164,6 +177,76 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
         fsync_dir(root)
     _barrier(ps)
     return final
+
+
+def _file_digest(path: str) -> str:
+    """sha256 of a small file; of a safetensors file only its size and header (the tensors' bytes
+    are covered by each piece's CRC32, recorded in the piece listing the manifest covers)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if path.endswith(".safetensors"):
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            h.update(str(os.path.getsize(path)).encode() + head + f.read(min(n, 100_000_000)))
+        else:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _manifest_files(path: str) -> list[str]:
+    return sorted(e for e in os.listdir(path) if e in ("meta.json", "rng.pt") or STEP_FILE.match(e))
+
+
+STEP_FILE = re.compile(r"^rank\d{5}\.(json|safetensors)$")
+
+
+def _digest(files: dict) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def write_manifest(path: str) -> None:
+    """manifest.json over the checkpoint files in `path` (call once they are all written)."""
+    files = {e: _file_digest(os.path.join(path, e)) for e in _manifest_files(path)}
+    tmp = os.path.join(path, MANIFEST + ".tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump({"files": files, "digest": _digest(files)}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(path, MANIFEST))
+    except OSError as e:
+        raise CheckpointError(f"writing {os.path.join(path, MANIFEST)} failed ({e.strerror})") from None
+
+
+def verify_manifest(path: str, meta: dict) -> None:
+    """CheckpointError naming the first file that does not match the manifest written with it
+    (edited, replaced, missing, or added afterwards). Checkpoints made before manifests (meta.json
+    without 'manifest', e.g. by r1mega-convert) have none to check."""
+    file = os.path.join(path, MANIFEST)
+    if not os.path.exists(file):
+        if meta.get("manifest"):
+            raise CheckpointError(f"{file}: missing, though meta.json says the save wrote one")
+        return
+    try:
+        with open(file) as f:
+            manifest = json.load(f)
+        files, digest = manifest["files"], manifest["digest"]
+        assert isinstance(files, dict)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AssertionError) as e:
+        raise CheckpointError(f"{file}: unreadable ({type(e).__name__}); the checkpoint cannot be verified") from None
+    if _digest(files) != digest:
+        raise CheckpointError(f"{file}: its digest does not match the files it lists (edited)")
+    present = _manifest_files(path)
+    for name in sorted(set(files) | set(present)):
+        where = os.path.join(path, name)
+        if name not in files:
+            raise CheckpointError(f"{where}: not part of the save ({MANIFEST} does not list it; copied in?)")
+        if name not in present:
+            raise CheckpointError(f"{where}: missing ({MANIFEST} lists it)")
+        if _file_digest(where) != files[name]:
+            raise CheckpointError(f"{where}: differs from what was saved with this checkpoint ({MANIFEST}); "
+                                  f"edited or copied from another checkpoint")
 
 
 def _unused_name(base: str) -> str:
@@ -500,4 +583,6 @@ def load_checkpoint(path: str, chunks: torch.nn.ModuleList, optimizer: Optional[
             torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch"])
         except Exception as e:  # any unpickling failure means the file is damaged
             raise CheckpointError(f"{rng_file}: unreadable ({type(e).__name__}: {e})") from None
+    if verify:  # last: each file's own checks above name a damage more precisely
+        verify_manifest(path, meta)
     return meta

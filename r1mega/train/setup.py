@@ -40,6 +40,7 @@ class Run:
     dtype: torch.dtype
     family: ModelFamily  # of the active model, cfg.active_model
     arch: dict  # its architecture keys (training keys left out): what a checkpoint must match
+    lock: Optional[object] = None  # the run directory's lock (r1mega/output_dir.py), held by rank 0
 
     @property
     def is_logger(self) -> bool:
@@ -103,6 +104,15 @@ def start_run(cfg: Config, validate_fn: Callable[[Config, int], Config], own_che
                arch)
 
 
+def claim_run_dir(run: Run, command: str) -> None:
+    """Claim and lock train.run_dir for `command` (r1mega/output_dir.py): after the inputs are
+    checked, before its checkpoints are read or anything is written. Every rank stops if it fails."""
+    from r1mega.output_dir import claim_on_rank0, config_hash
+
+    settings = {k: v for k, v in asdict(run.cfg).items() if k != "train"}  # train.steps may grow on a resume
+    run.lock = claim_on_rank0(run.cfg.train.run_dir, command, "train.run_dir", config_hash(settings))
+
+
 def build_model(run: Run) -> torch.nn.ModuleList:
     """This rank's model chunks, initialised layout-independently, on the device in the weight dtype."""
     cfg = run.cfg
@@ -155,6 +165,8 @@ class SkipGuard:
 
 
 def finish_run(run: Run) -> None:
+    if run.lock is not None:
+        run.lock.release()
     if run.distributed and run.owns_group:
         dist.destroy_process_group()
 

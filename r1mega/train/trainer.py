@@ -16,6 +16,7 @@ from dataclasses import asdict, replace
 
 
 from r1mega.config import Config, ConfigError, validate_training
+from r1mega.output_dir import release
 from r1mega.data.prepare import resolve_data
 from r1mega.data.tokenizer import check_fits, load_tokenizer
 from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint
@@ -23,7 +24,7 @@ from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.train.setup import (
-    SkipGuard, build_model, finish_run, fp8_kernels, kernels_scope, own_checkpoint, start_run,
+    SkipGuard, build_model, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, start_run,
 )
 
 H100_BF16_DENSE_TFLOPS = 989.0
@@ -62,6 +63,13 @@ def _batch(data, kind: str, first: int, size: int) -> dict:
 
 def train(cfg: Config, kind: str) -> dict:
     """Run (or resume) a training run. Returns {'final_loss', 'steps', 'losses', 'skipped'}."""
+    try:
+        return _train(cfg, kind)
+    finally:
+        release(cfg.train.run_dir)  # the run directory's lock, however the run ended
+
+
+def _train(cfg: Config, kind: str) -> dict:
     ckpt_root = os.path.join(cfg.train.run_dir, "checkpoints")
     # ranks joined, the model's shapes taken from the checkpoint if the config has none, validated
     run = start_run(cfg, validate_training, own_checkpoint(ckpt_root))
@@ -79,6 +87,7 @@ def train(cfg: Config, kind: str) -> dict:
     family, model_cfg = run.family, cfg.active_model
     model_config, arch = asdict(model_cfg), run.arch  # saved; compared on resume
     candidates = find_resume_checkpoint(ckpt_root, t.load, arch, t.allow_arch_change)
+    claim_run_dir(run, kind)  # one run per directory, only one this kind of run made
 
     chunks = build_model(run)
     hooks = family.training  # the family's extra losses and its work around each optimizer step

@@ -5,10 +5,10 @@ The `model:` section with `model.family: dense`; `student:` is the same section 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Optional
 
-from r1mega.checks import need, pipeline_split
+from r1mega.checks import MAX_MODEL_DIM, at_least, need, pipeline_split, positive
 from r1mega.errors import ConfigError
 from r1mega.models.hf_config import read_hf_config, rope_from_hf
 
@@ -111,6 +111,13 @@ class DenseConfig:
 def validate_keys(s: DenseConfig, section: str = "model") -> None:
     """The keys alone (no layout); the layout rules below repeat nothing of these."""
     need(s.family == FAMILY, f"{section}.family", f"a dense model section names family {FAMILY}, got {s.family!r}")
+    for f in fields(s):
+        v = getattr(s, f.name)
+        if isinstance(v, int) and not isinstance(v, bool):
+            need(v <= MAX_MODEL_DIM, f"{section}.{f.name}", f"{v} is beyond any supported size (at most {MAX_MODEL_DIM})")
+    need(s.head_dim is None or s.head_dim > 0, f"{section}.head_dim", f"must be > 0 or null, got {s.head_dim}")
+    positive(s, section, "rope_theta", "rms_norm_eps", "max_position_embeddings")
+    at_least(s, section, 0, "initializer_range")
 
 
 def validate_layout(s: DenseConfig, par, section: str = "model") -> None:

@@ -1,0 +1,227 @@
+"""Rollout throughput: the continuous-batching engine vs the static engine (and transformers).
+
+    python bench/rollout_throughput.py [--workloads long_tail shared_prefix uniform] [--repeats 2]
+
+long_tail      the tiny model (configs/tiny/pretrain.yaml shapes, random weights), 8 prompts x 8
+               samples, T=1; a row stops at a length picked by its first sampled token from a
+               long-tailed table (median ~40 tokens, one bucket in 32 never stops), the way a stop
+               string ends most samples early. Run at --max-new-tokens 64 and 512: the time per
+               generated token should barely move with the cap (the static engine's grows with it).
+shared_prefix  16 samples vs 1 sample of one 4K-token prompt, 4 new tokens each, tiny model: the
+               continuous engine prefills the prompt once for all samples.
+uniform        greedy, every row the same length: the DeepSeek-V3 proxy (bench/proxy.py, 64 experts)
+               and a dense Qwen2 student, side by side with transformers' `generate` on the same
+               weights (tokens must agree in float32).
+
+Printed per run: useful (generated) tokens/s, peak cache bytes in use (continuous) vs the static
+allocation, decode row-steps, and the ratios. Timings on a shared CPU are noisy: best of --repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from r1mega.config import Config, load_config, validate  # noqa: E402
+from r1mega.inference.generate import GenerationConfig, generate, generate_static  # noqa: E402
+from r1mega.parallel.layout import single_process_state  # noqa: E402
+from r1mega.train.model_build import build_chunks, init_weights  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_model(max_positions: int = 8192):
+    cfg = load_config(os.path.join(ROOT, "configs", "tiny", "pretrain.yaml"), [])
+    cfg.model.num_mtp_layers = 0
+    cfg.model.max_position_embeddings = max_positions
+    cfg = validate(Config(model=cfg.model), 1)
+    ps = single_process_state()
+    chunks = build_chunks(cfg, ps)
+    init_weights(chunks, seed=3)
+    return chunks.eval(), ps, cfg.model.vocab_size
+
+
+def long_tail_lengths(seed: int = 0, buckets: int = 32, median: float = 40.0) -> list[int]:
+    """Target length per first-token bucket: lognormal (median 40, sigma 0.9); bucket 0 never stops."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = (median * torch.exp(0.9 * torch.randn(buckets, generator=g))).round().clamp(min=2).long().tolist()
+    lengths[0] = 1 << 30
+    return lengths
+
+
+def timed(fn, repeats: int):
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.2f}"
+
+
+def long_tail(args) -> None:
+    chunks, ps, vocab = tiny_model()
+    table = long_tail_lengths()
+    stop = lambda ids: len(ids) >= table[ids[0] % len(table)]  # noqa: E731
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, vocab, (int(n),), generator=g).tolist()
+               for n in torch.randint(8, 24, (8,), generator=g)]
+    rows = [p for p in prompts for _ in range(8)]
+    print("long_tail: tiny model, 8 prompts x 8 samples, T=1, long-tailed stops")
+    print(f"{'cap':>4} {'engine':>10} {'tokens':>7} {'mean len':>8} {'s':>7} {'tok/s':>8} {'ms/token':>9} "
+          f"{'row-steps':>10} {'cache MiB':>10}")
+    per_token = {}
+    for cap in args.caps:
+        gen = GenerationConfig(max_new_tokens=cap, temperature=1.0, seed=1, stop=stop)
+        for name, fn in (("continuous", generate), ("static", generate_static)):
+            dt, r = timed(lambda: fn(chunks, ps, rows, gen), args.repeats)
+            n = int(r.completion_mask.sum())
+            per_token[cap, name] = dt / n
+            print(f"{cap:>4} {name:>10} {n:>7} {n / len(rows):>8.1f} {dt:>7.2f} {n / dt:>8.1f} {1e3 * dt / n:>9.3f} "
+                  f"{r.decode_row_steps:>10} {mib(r.cache_bytes):>10}")
+    lo, hi = min(args.caps), max(args.caps)
+    for name in ("continuous", "static"):
+        print(f"  {name}: time per token at cap {hi} / at cap {lo} = {per_token[hi, name] / per_token[lo, name]:.2f}x")
+    print(f"  continuous vs static at cap {hi}: {per_token[hi, 'static'] / per_token[hi, 'continuous']:.2f}x "
+          "tokens/s")
+
+
+def shared_prefix(args) -> None:
+    chunks, ps, vocab = tiny_model()
+    prompt = torch.randint(3, vocab, (args.prefix_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
+    print(f"shared_prefix: tiny model, one {len(prompt)}-token prompt, {args.prefix_new} new tokens per sample, T=1")
+    print(f"{'engine':>10} {'samples':>7} {'s':>7} {'x one sample':>12} {'cache MiB':>10}")
+    for name, fn in (("continuous", generate), ("static", generate_static))[:1 if args.skip_static else 2]:
+        times = {}
+        for k in (1, args.prefix_samples):
+            gen = GenerationConfig(max_new_tokens=args.prefix_new, temperature=1.0, seed=1)
+            times[k], r = timed(lambda: fn(chunks, ps, [prompt] * k, gen), args.repeats)
+            print(f"{name:>10} {k:>7} {times[k]:>7.2f} {times[k] / times[1]:>12.2f} {mib(r.cache_bytes):>10}")
+
+
+def dense_pair(device, dtype):
+    """A Qwen2-shaped student (hidden 512, 4 layers, 8 heads / 2 KV heads) in transformers and r1mega."""
+    import transformers
+
+    from r1mega.config import DenseConfig
+    from r1mega.models.dense.model import DenseStudent
+    from r1mega.models.weights import load_hf_weights
+
+    cfg = transformers.Qwen2Config(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
+                                   num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024,
+                                   tie_word_embeddings=False)
+    torch.manual_seed(0)
+    hf = transformers.Qwen2ForCausalLM(cfg).float()
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        ours = DenseStudent(DenseConfig.from_hf(tmp), single_process_state())
+        load_hf_weights(ours, tmp)
+    return hf.to(device=device, dtype=dtype).eval(), ours.to(device=device, dtype=dtype).eval()
+
+
+def uniform(args) -> None:
+    from proxy import build_pair, hf_config  # noqa: F401
+
+    ps = single_process_state()
+    device = torch.device("cpu")
+    shape = argparse.Namespace(experts=[64], topk=6, groups=8, topk_groups=4, layers=4, dense_layers=1, shared=1,
+                               hidden=512, heads=8, ffn=1024, moe_ffn=256, vocab=8192)
+    print(f"uniform: greedy, {args.uniform_batch} prompts x {args.uniform_prompt} tokens + {args.uniform_new} new, "
+          f"float32")
+    print(f"{'model':>14} {'transformers tok/s':>19} {'static tok/s':>13} {'continuous tok/s':>17} "
+          f"{'vs transformers':>16} {'vs static':>10} {'same':>5}")
+    pairs = (("MoE proxy", lambda: build_pair(shape, 64, torch.float32, device)),
+             ("dense Qwen2", lambda: dense_pair(device, torch.float32)))
+    for label, make in pairs:
+        if label.split()[0].lower() not in args.uniform_models:
+            continue
+        hf, ours = make()
+        hf.generation_config.eos_token_id = None
+        g = torch.Generator().manual_seed(1)
+        prompts = torch.randint(0, 8192, (args.uniform_batch, args.uniform_prompt), generator=g)
+        n = args.uniform_batch * args.uniform_new
+        gen = GenerationConfig(max_new_tokens=args.uniform_new, temperature=0.0)
+        t = {}
+        for _ in range(args.repeats + 1):  # the first round warms up
+            for name in ("transformers", "static", "continuous"):
+                t0 = time.perf_counter()
+                if name == "transformers":
+                    ref = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=args.uniform_new,
+                                      min_new_tokens=args.uniform_new, do_sample=False, pad_token_id=0,
+                                      eos_token_id=None)[:, prompts.shape[1]:]
+                else:
+                    fn = generate if name == "continuous" else generate_static
+                    got = fn(ours, ps, prompts.tolist(), gen).tokens[:, prompts.shape[1]:]
+                dt = time.perf_counter() - t0
+                if _ > 0:
+                    t[name] = min(t.get(name, math.inf), dt)
+        same = int((got == ref).all(1).sum())
+        print(f"{label:>14} {n / t['transformers']:>19.1f} {n / t['static']:>13.1f} {n / t['continuous']:>17.1f} "
+              f"{t['transformers'] / t['continuous']:>16.2f} {t['static'] / t['continuous']:>10.2f} "
+              f"{same:>2}/{args.uniform_batch}")
+
+
+def r1_estimate(args) -> None:
+    """DeepSeek-R1's rollout shape on paper, with this engine's accounting (the tests check it on
+    real runs: decode feeds each row len - 1 tokens; the cache holds a prompt's full blocks once and
+    each live row's own blocks; MLA stores kv_lora_rank + rope values per token per layer)."""
+    rows, groups, prompt, bs = 512, 32, 200, args.block_size
+    g = torch.Generator().manual_seed(0)
+    lengths = (2048 * torch.exp(args.r1_sigma * torch.randn(rows, generator=g))).round().clamp(1, 8192).long()
+    per_token = (512 + 64) * 2 * 61  # bf16 latent + rope key, 61 layers
+    static_steps = rows * int(lengths.max())
+    live_steps = int((lengths - 1).sum())
+    static_cache = rows * (prompt + 8192) * per_token
+    t = torch.arange(int(lengths.max()))
+    live = lengths[None, :] > t[:, None]  # [steps, rows]
+    own = -(-(prompt % bs + t[:, None] + 1) // bs)  # each row's copy of the partial prompt block + its tokens
+    in_use = groups * (prompt // bs) + (live * own).sum(1)  # blocks in use at each step
+    peak = int(in_use.max()) * bs * per_token
+    everything = int((lengths + prompt).sum()) * per_token
+    print(f"r1_estimate: {rows} rows ({groups} prompts x {rows // groups}), {prompt}-token prompts, responses "
+          f"lognormal median 2048 sigma {args.r1_sigma} capped 8192 (mean {lengths.float().mean():.0f}, "
+          f"{int((lengths == 8192).sum())} at the cap); MLA cache {per_token} bytes/token (bf16, 61 layers)")
+    print(f"  decode row-steps: static {static_steps:,}, continuous {live_steps:,} "
+          f"({1 - live_steps / static_steps:.0%} of the static ones were for finished rows)")
+    print(f"  cache: static allocation {static_cache / 2**30:.0f} GiB; every token of every row "
+          f"{everything / 2**30:.0f} GiB; continuous peak in use {peak / 2**30:.0f} GiB (blocks of {bs}, "
+          f"prompts shared, finished rows freed)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workloads", nargs="+", default=["long_tail", "shared_prefix", "uniform"],
+                   choices=["long_tail", "shared_prefix", "uniform", "r1_estimate"])
+    p.add_argument("--caps", type=int, nargs="+", default=[64, 512], help="long_tail: max_new_tokens values")
+    p.add_argument("--prefix-tokens", type=int, default=4052)
+    p.add_argument("--prefix-samples", type=int, default=16)
+    p.add_argument("--prefix-new", type=int, default=4)
+    p.add_argument("--skip-static", action="store_true", help="shared_prefix: the continuous engine only (the static "
+                   "one prefills the prompt once per sample: minutes at 4K x 16)")
+    p.add_argument("--uniform-models", nargs="+", default=["moe", "dense"], choices=["moe", "dense"])
+    p.add_argument("--uniform-batch", type=int, default=16)
+    p.add_argument("--uniform-prompt", type=int, default=32)
+    p.add_argument("--uniform-new", type=int, default=48)
+    p.add_argument("--r1-sigma", type=float, default=1.0, help="r1_estimate: lognormal sigma of response lengths")
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=2, help="timed repeats; the best is reported")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (on a loaded machine 2 threads spin-wait on each other: 100x slower)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{torch.get_num_threads()} threads; a shared CPU: timings are noisy")
+    for w in args.workloads:
+        globals()[w](args)
+        print()
+
+
+if __name__ == "__main__":
+    main()
