@@ -23,8 +23,7 @@ def dry_run(cfg: Config, world: int, gpu_mem: float = 80.0) -> int:
     check_sizes(world=world, gpu_mem=gpu_mem)
     cfg = validate(cfg, world)
     validate_sequence_split(cfg)  # as the run does: data.seq_length against 2 x cp (x tp under SP)
-    p = cfg.parallel  # and the positions the real run refuses
-    check_sequence(cfg, cfg.data.seq_length, p.cp, p.tp, p.sp, "data.seq_length")
+    check_sequence(cfg, cfg.data.seq_length, "data.seq_length")  # and the positions the real run refuses
     p = cfg.parallel
     m = cfg.active_model
     print(f"dry run: {world} ranks, model {m.num_layers} layers / {getattr(m, 'n_routed_experts', 0)} experts")

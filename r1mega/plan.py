@@ -194,15 +194,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*")
 
 
-def check_sequence(cfg: Config, seq: int, cp: int, tp: int, sp: bool, key: str) -> None:
-    """What a training run refuses about its sequence length, refused by the planner too."""
+def check_sequence(cfg: Config, seq: int, key: str) -> None:
+    """What a training run refuses about its sequence length (the model's positions, and the
+    layout's one split rule, `ParallelConfig.sequence_divisor`), refused by the planner too."""
     positions = cfg.active_model.max_position_embeddings
     if seq > positions:
         raise ConfigError(key, f"{seq} exceeds the model's max_position_embeddings={positions}")
-    unit = 2 * cp * (tp if sp and tp > 1 else 1) if cp > 1 else (tp if sp and tp > 1 else 1)
-    if seq % unit:
-        raise ConfigError(key, f"{seq} is not divisible by {unit} (2 x cp{' x tp' if sp and tp > 1 else ''}"
-                          f"{'' if cp > 1 else ', sequence parallel'})")
+    if seq % cfg.parallel.sequence_divisor:
+        raise ConfigError(key, f"{seq} is not divisible by {cfg.parallel.sequence_divisor_text()}, which the run refuses")
 
 
 def check_sizes(**sizes: float) -> None:
@@ -238,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     cfg.parallel = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=etp, dp=args.dp, cp=args.cp,
                                   sp=args.sp or cfg.parallel.sp, pp_layers=cfg.parallel.pp_layers)
     world = args.tp * args.cp * args.pp * args.dp
-    check_sequence(cfg, args.seq_length, args.cp, args.tp, cfg.parallel.sp, "--seq-length")
+    check_sequence(cfg, args.seq_length, "--seq-length")
     plan = plan_for(cfg, world, args.micro_batch, args.seq_length, args.global_batch,
                     rollout_batch=args.rollout_batch, rollout_len=args.rollout_len)
     print_plan(plan, args.gpu_mem)

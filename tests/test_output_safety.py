@@ -111,7 +111,7 @@ def test_reject_sample_options_are_named(capsys, tiny, tmp_path, extra, words):
     (["verify-hf", "--hf-dir", ".", "--tol", "nan"], "'--tol': must be a finite number > 0"),
     (["demo", "--pretrain-steps", "0"], "'--pretrain-steps': must be >= 1"),
     (["plan", "--config", TINY, "--search", "0"], "'--search': must be > 0"),
-    (["plan", "--config", TINY, "--cp", "2", "--seq-length", "30"], "'--seq-length': 30 is not divisible by 4"),
+    (["plan", "--config", TINY, "--cp", "2", "--seq-length", "30"], "'--seq-length': 30 is not divisible by 2 x cp = 4"),
     (["plan", "--config", TINY, "--seq-length", "8192"], "exceeds the model's max_position_embeddings"),
     (["pretrain", "--config", TINY, "--dry-run", "parallel.cp=2", "data.seq_length=30"],
      "'data.seq_length': context parallel needs seq_length 30 divisible by 2 x cp = 4"),
