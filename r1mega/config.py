@@ -461,9 +461,9 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
     need(not unknown, "train.recompute_modules",
          f"unknown {unknown}; choose from {', '.join(SELECTIVE_RECOMPUTE_MODULES)}")
     if cfg.student is not None and t.recompute == "selective":  # these parts exist only in DeepSeek-V3 layers
-        moe_mla = [x for x in t.recompute_modules if x in ("mla_up_proj", "moe_act", "shared_experts")]
+        moe_mla = [x for x in t.recompute_modules if x in ("mla_up_proj", "moe_act", "shared_experts", "indexer")]
         need(not moe_mla, "train.recompute_modules",
-             f"{moe_mla} are parts of DeepSeek-V3 layers (MLA, MoE); a dense student has none, so they would "
+             f"{moe_mla} are parts of DeepSeek-V3/V3.2 layers (MLA, MoE, indexer); a dense student has none, so they would "
              f"recompute nothing")
     need(t.fp8 in ("none", "blockwise"), "train.fp8", f"expected none or blockwise, got {t.fp8!r}")
     need(t.fp8_backend in ("auto", "emulated", "te"), "train.fp8_backend",

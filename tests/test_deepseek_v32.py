@@ -418,21 +418,27 @@ def test_verify_hf_command_on_v32(models):
     assert torchrun_verify(4, "--hf-dir", models["sparse"][0], "--cp", "2", "--tp", "2") < 1e-4
 
 
-def test_full_recompute_with_the_index_loss(models, data):
-    """train.recompute=full re-runs each DSA layer in backward: same gradients, the KL counted once."""
+@pytest.mark.parametrize("mode, modules", [("full", None), ("selective", ["indexer"]),
+                                           ("selective", ["indexer", "mla_up_proj", "core_attn"])])
+def test_full_recompute_with_the_index_loss(models, data, mode, modules):
+    """train.recompute=full re-runs each DSA layer in backward, selective ["indexer"] the indexer's
+    projections: same gradients, the KL counted once."""
     from r1mega.parallel.recompute import set_recompute
 
     ids, labels = data
     runs = []
-    for mode in ("none", "full"):
+    for m_, mods in (("none", None), (mode, modules)):
         family, model = one_process(models["sparse"][0])
         model.train()
-        set_recompute(model, mode)
+        set_recompute(model, m_, *([mods] if mods else []))
         attns = [m for m in model.modules() if hasattr(m, "indexer")]
+        calls = []  # the indexer's key projection runs again in backward when it is recomputed
         for m in attns:
             m.index_loss_scale = 0.5
+            m.indexer.wk.register_forward_hook(lambda *_: calls.append(1))
         model(ids, labels=labels).token_loss.sum().backward()
-        runs.append((sum(m.index_loss_sum for m in attns), family.gather_full(model, grads=True)))
+        runs.append((sum(m.index_loss_sum for m in attns), family.gather_full(model, grads=True), len(calls)))
+    assert runs[1][2] == 2 * runs[0][2] > 0, (runs[0][2], runs[1][2])
     torch.testing.assert_close(runs[1][0], runs[0][0], atol=0, rtol=1e-6)
     for k, g in runs[0][1].items():
         torch.testing.assert_close(runs[1][1][k], g, atol=1e-6, rtol=1e-5, msg=k)

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from r1mega.kernels.block_attention import documents_from_pad
+from r1mega.inference.continuous import ContinuousBatcher, left_pad, step_group
 from r1mega.inference.sampling import row_keys, sample
 from r1mega.kernels.cpu_experts import SPREAD_EXPERTS_BELOW_ROWS, experts_over_cores
 from r1mega.parallel.layout import ParallelState, sequence_parallel_off
@@ -83,16 +84,6 @@ def left_padded_causal_mask(pad: torch.Tensor, n: int) -> torch.Tensor:
     return ((causal[None] & valid[:, None, :]) | (idx[None, :] == idx[:, None])[None]).unsqueeze(1)
 
 
-def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    longest = max((len(p) for p in prompts), default=0)
-    ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long, device=device)
-    pad = torch.empty(len(prompts), dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        ids[i, longest - len(p):] = torch.tensor(p, dtype=torch.long)
-        pad[i] = longest - len(p)
-    return ids, pad
-
-
 @contextlib.contextmanager
 def _mode_restored(model, was_training: bool):
     """Give the model its training mode back however generation ends (an exception included)."""
@@ -119,7 +110,6 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     each prompt's noise key instead (e.g. its global index, or a (problem, sample) key). The
     result is laid out as the static engine's: left-padded prompts, completions, pads after the end.
     microbatches: unused (one decoding batch per step; kept for callers of the static engine)."""
-    from r1mega.inference.continuous import ContinuousBatcher, step_group
 
     model = _one_chunk(model)
     if getattr(model, "paged_kv_layout", None) is None:  # a family without a paged cache yet

@@ -9,6 +9,8 @@
                moe_act         routed experts' SwiGLU activation and down projection
                layernorm       RMSNorm internals (float32 copies), keeping only the input
                shared_experts  the shared experts' FFN
+               indexer         DeepSeek-V3.2's lightning indexer: its keys, queries and head weights
+                               (the indexer's own projections; its scores are by blocks already)
 Recompute uses torch.utils.checkpoint without reentrancy, so gradients are identical; a module
 opts in by reading `self.recompute` (a set of these names, set by `set_recompute`).
 """
@@ -23,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from r1mega.kernels.linear import active_backend, use_backend
 
 RECOMPUTE_MODES = ("none", "selective", "full")  # train.recompute
-SELECTIVE_RECOMPUTE_MODULES = ("mla_up_proj", "core_attn", "moe_act", "layernorm", "shared_experts")
+SELECTIVE_RECOMPUTE_MODULES = ("mla_up_proj", "core_attn", "moe_act", "layernorm", "shared_experts", "indexer")
 MODES, SELECTIVE_MODULES = RECOMPUTE_MODES, SELECTIVE_RECOMPUTE_MODULES
 
 

@@ -57,7 +57,7 @@ class DSAttention(MLA):
             raise ValueError(f"DeepSeek Sparse Attention takes document ids [b, s], got a mask {list(attn_mask.shape)}")
         q_in, c, k_rope = self.project_latents(x, rope, cos, sin)
         x_all = enter_tp_region(x.detach(), self.ps)  # the indexer's input: no LM gradient flows into it
-        ik = self.indexer.keys(x_all, cos, sin)
+        ik = recomputed("indexer" in self.recompute, self.indexer.keys, x_all, cos, sin)
         prompt_docs = cache.owner.prompt_documents(x.shape[0]) if cache is not None else None
         if cache is not None and prompt_docs is None:
             out = self._decode(q_in, c, k_rope, x_all, ik, rope, cos, sin, cache)
@@ -89,7 +89,7 @@ class DSAttention(MLA):
         with_loss = self.training and self.index_loss_scale > 0 and torch.is_grad_enabled()
         sel = valid = iq = iw = None
         if sparse or with_loss:
-            iq, iw = self.indexer.queries(q_in.detach(), x_all, cos, sin)
+            iq, iw = recomputed("indexer" in self.recompute, self.indexer.queries, q_in.detach(), x_all, cos, sin)
         if sparse:
             sel, valid = self.indexer.select(iq, iw, ik, docs_q, docs_k, topk, positions)
             q_nope, q_rope = self.query_up(q_in, rope, cos, sin)
