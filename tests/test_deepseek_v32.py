@@ -374,6 +374,17 @@ def test_sparse_attention_by_recomputed_query_blocks(models, data, monkeypatch):
         assert (results[1][1][k] - g).abs().max() <= 1e-5 * g.abs().max() + 1e-7, k
 
 
+def test_671b_yaml_is_the_published_config():
+    """configs/model/deepseek_v32_671b.yaml (model.family: deepseek_v32) is the published config.json."""
+    from r1mega.config import load_config
+    from r1mega.models.deepseek_v32.config import DSAConfig
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    yaml_cfg = load_config(os.path.join(root, "configs", "model", "deepseek_v32_671b.yaml")).model
+    assert isinstance(yaml_cfg, DSAConfig)
+    assert yaml_cfg == DSAConfig.from_hf(os.path.join(root, "configs", "model", "hf", "deepseek_v32_671b.json"))
+
+
 @pytest.mark.slow
 def test_671b_config_and_the_long_context_plan():
     """The published V3.2 shapes: transformers' DeepseekV32Config defaults, our count equals its
