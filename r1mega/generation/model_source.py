@@ -84,6 +84,8 @@ def load_model(model: str, parallel: ParallelConfig, world: int, distributed: bo
             tokenizer = model
         else:
             tokenizer = resolve_data(cfg.data, "pretrain", cfg.active_model.vocab_size).tokenizer
+        if tokenizer is None and os.path.isfile(os.path.join(source, "tokenizer.json")):
+            tokenizer = source  # the tokenizer r1mega-convert import copied beside the weights
     if tokenizer is None:
         raise ConfigError("--tokenizer", "no tokenizer: pass --tokenizer, or a --config with data.tokenizer")
     chunks = build_chunks(cfg, ps)

@@ -1,0 +1,47 @@
+"""Probes of the command line as a user runs it: each a bug found by trying the commands, kept as a
+test (tiny models, in-process where the command allows)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+def _imported_qwen3(root: str) -> str:
+    """A tiny random Qwen3 (head_dim != hidden/heads, tied embeddings) saved as Hugging Face does,
+    with a tokenizer beside it, imported by r1mega-convert. Returns the checkpoint dir."""
+    import transformers
+
+    from rl_data import write_tokenizer
+    from tools.convert import do_import
+
+    hf_dir, out = os.path.join(root, "hf"), os.path.join(root, "ckpt")
+    cfg = transformers.Qwen3Config(vocab_size=640, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                   max_position_embeddings=512, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    transformers.Qwen3ForCausalLM(cfg).save_pretrained(hf_dir)
+    write_tokenizer(hf_dir)
+    do_import(hf_dir, out, dtype="float32")
+    return out
+
+
+def test_generate_from_an_imported_checkpoint_uses_the_tokenizer_beside_it(tmp_path):
+    """`r1mega-convert import` copies the tokenizer beside the weights and the stage configs use it
+    from train.load; `generate --model CKPT` must too (it said "no tokenizer")."""
+    from r1mega.cli import main
+    from rl_data import MATH, write_jsonl
+
+    ckpt = _imported_qwen3(str(tmp_path))
+    assert os.path.isfile(os.path.join(ckpt, "tokenizer.json"))
+    prompts = write_jsonl(str(tmp_path / "math.jsonl"), MATH[:2])
+    out = tmp_path / "gen"
+    rc = main(["generate", "--model", ckpt, "--prompts", prompts, "--out", str(out), "--max-new-tokens", "3",
+               "--samples", "1"])
+    assert rc in (0, None)
+    rows = [json.loads(line) for line in (out / "shard-00000.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
