@@ -335,6 +335,15 @@ class Runner:
             return json.load(f)["heldout"]
 
 
+def _stage_options(cfg: dict, st: dict) -> str:
+    """A hash of what a stage ran with: its entry and the pipeline-wide keys it inherits (not the
+    evaluation protocol or the output directory, which a rerun may change)."""
+    from r1mega.output_dir import config_hash
+
+    shared = {k: v for k, v in cfg.items() if k not in ("stages", "out", "eval")}
+    return config_hash({"stage": st, "shared": shared})
+
+
 def _config_path(path: str) -> str:
     """A model config path as given, else relative to the repository (configs/... from anywhere)."""
     if os.path.isabs(path) or os.path.exists(path):
@@ -387,9 +396,15 @@ def run(args: argparse.Namespace) -> int:
         name = st["name"]
         done = os.path.join(runner.out, name, "DONE")
         row = {"stage": name, "kind": st["kind"], "from": st.get("from")}
+        options = _stage_options(cfg, st)
         if os.path.exists(done):
             with open(done) as f:
-                row.update(json.load(f))
+                finished = json.load(f)
+            if finished.pop("options", options) != options:  # DONE files from before had none
+                raise ConfigError(f"stages.{name}", f"{done}: this stage finished earlier with other options (its "
+                                  f"entry, model_config or *_common changed); its results would be reported for "
+                                  f"options it did not run. Use another --out, or restore the stage's options")
+            row.update(finished)
             print(f"== {name}: done earlier, skipped", flush=True)
         else:
             print(f"== {name} ({st['kind']})", flush=True)
@@ -403,7 +418,7 @@ def run(args: argparse.Namespace) -> int:
                 row["note"] = note
                 print(f"   {name}: {note}", flush=True)
             else:
-                write_text_atomic(done, json.dumps({"minutes": row["minutes"]}))
+                write_text_atomic(done, json.dumps({"minutes": row["minutes"], "options": options}))
         if row.get("note"):
             notes[name] = row["note"]
         if st["kind"] in ("pretrain", "grpo", "sft") and "note" not in row:

@@ -45,3 +45,30 @@ def test_generate_from_an_imported_checkpoint_uses_the_tokenizer_beside_it(tmp_p
     assert rc in (0, None)
     rows = [json.loads(line) for line in (out / "shard-00000.jsonl").read_text().splitlines()]
     assert len(rows) == 2
+
+
+def test_pipeline_rerun_with_a_changed_finished_stage_is_refused(tmp_path, capsys):
+    """A finished stage whose options were edited was "done earlier, skipped" and its old numbers
+    reported as the new stage's: the rerun must name the stage and refuse (exit 2), changing nothing."""
+    from r1mega.cli import main
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "pipe"
+
+    def write(steps: int) -> str:
+        path = tmp_path / "pipe.yaml"
+        path.write_text(
+            f"model_config: {root}/configs/tiny/r1_zero_demo.yaml\nout: {out}\n"
+            "eval: {samples: 1, temperature: 0.6, top_p: 0.95, max_new_tokens: 2, template: raw, stop: [\"\\n\"]}\n"
+            f"stages:\n  - {{name: base, kind: pretrain, overrides: [train.steps={steps}, data.global_batch_size=4, "
+            "data.micro_batch_size=4]}\n")
+        return str(path)
+
+    assert main(["pipeline", "--config", write(2)]) in (0, None)
+    before = {p: (out / p).read_bytes() for p in ("base/DONE", "table.json")}
+    assert main(["pipeline", "--config", write(2)]) in (0, None)  # unchanged: skipped, as before
+    capsys.readouterr()
+    assert main(["pipeline", "--config", write(3)]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "base" in err, err
+    assert {p: (out / p).read_bytes() for p in before} == before
