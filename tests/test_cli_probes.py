@@ -72,3 +72,23 @@ def test_pipeline_rerun_with_a_changed_finished_stage_is_refused(tmp_path, capsy
     err = capsys.readouterr().err
     assert "error:" in err and "base" in err, err
     assert {p: (out / p).read_bytes() for p in before} == before
+
+
+def test_resume_with_train_load_of_another_model_says_so(tmp_path, capsys):
+    """A run resumes from its own checkpoint whatever train.load says (a requeued job continues);
+    a rerun whose train.load names another model (here another family) ran on silently."""
+    from r1mega.config import load_config
+    from r1mega.train.setup import model_from_checkpoint
+    from rl_data import imported_checkpoint
+
+    own = _imported_qwen3(str(tmp_path / "q"))
+    other = imported_checkpoint(str(tmp_path / "d"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(root, "configs", "stage", "r1_zero.yaml"), [f"train.load={other}"])
+    cfg, family = model_from_checkpoint(cfg, own)
+    assert family.name == "dense"  # the run's own model is resumed
+    err = capsys.readouterr().err
+    assert "warning: train.load=" in err and other in err and own in err, err
+    cfg = load_config(os.path.join(root, "configs", "stage", "r1_zero.yaml"), [f"train.load={own}"])
+    model_from_checkpoint(cfg, own)
+    assert "warning" not in capsys.readouterr().err

@@ -81,6 +81,8 @@ def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> tuple[Confi
     r1mega-convert import and the trainer record them), so a stage config runs on any imported model
     without restating it. The config's training keys (e.g. model.mtp_weight) are kept."""
     source, m = own or cfg.train.load, cfg.active_model
+    if own is not None and cfg.train.load is not None:
+        _warn_if_load_differs(own, cfg.train.load)
     meta = checkpoint_meta(source) if source is not None and _at_family_defaults(m) else None
     family = family_of_config(m)
     if meta is None:
@@ -89,6 +91,21 @@ def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> tuple[Confi
     if saved_family is family:
         saved = replace(saved, **{k: getattr(m, k) for k in family.training_keys})
     return replace(cfg, model=saved, student=None), saved_family
+
+
+def _warn_if_load_differs(own: str, load: str) -> None:
+    """A run resumes from its own checkpoint whatever train.load says; say so when train.load is
+    another model, which a user changing it on a rerun would otherwise never learn."""
+    import sys
+
+    try:
+        own_model, load_model = (family_from_meta(checkpoint_meta(p)) for p in (own, load))
+    except Exception:  # an unreadable train.load is not used on a resume; the run's own is checked later
+        return
+    if own_model != load_model:
+        print(f"warning: train.load={load} is another model ({load_model[0].name}) than this run's own checkpoint "
+              f"{own} ({own_model[0].name}); resuming the run's own: train.load only starts a new run. "
+              f"Use another train.run_dir to start from it", file=sys.stderr, flush=True)
 
 
 def start_run(cfg: Config, validate_fn: Callable[[Config, int], Config], own_checkpoint: Optional[str] = None) -> Run:
