@@ -221,17 +221,18 @@ def test_dynamic_sampling_fills_with_uninformative_groups_when_draws_run_out():
                                             torch.device("cpu"))
     assert counts == {"dynamic_extra_draws": 1.0, "dynamic_informative_groups": 1.0,
                       "dynamic_drawn_groups": 6.0, "dynamic_filled_groups": 2.0}
-    # the one informative group, and the first uninformative ones to fill up, in draw order
-    assert scored.rewards.tolist() == [1.0, 1.0, 0.0, 0.0, 3.0, 4.0]
-    assert [p["id"] for p in scored.problems] == [0, 1, 2, 3, 12, 13]
+    # slot by slot: slot 1 takes the second draw's informative group, slots 0 and 2 keep the first's
+    assert scored.rewards.tolist() == [1.0, 1.0, 3.0, 4.0, 2.0, 2.0]
+    assert [p["id"] for p in scored.problems] == [0, 1, 12, 13, 4, 5]
     ro = scored.rollout  # draw 0's rows moved right by 2 pads (prompt 2 -> 4), one column longer
-    assert ro.prompt_len == 4 and ro.tokens.shape == (6, 7) and ro.pad.tolist() == [2, 2, 2, 2, 0, 0]
-    assert torch.equal(ro.tokens[:4, 2:6], torch.arange(4)[:, None].expand(4, 4))
-    assert torch.equal(ro.tokens[4:], torch.tensor([[12] * 7, [13] * 7]))
-    assert ro.completion_mask[:4, 4:6].all() and not ro.completion_mask[:4, 6].any()
-    assert ro.completion_mask[4:, 4:].all() and not ro.completion_mask[:, :4].any()
+    first_rows = [0, 1, 4, 5]
+    assert ro.prompt_len == 4 and ro.tokens.shape == (6, 7) and ro.pad.tolist() == [2, 2, 0, 0, 2, 2]
+    assert torch.equal(ro.tokens[first_rows, 2:6], torch.tensor(first_rows)[:, None].expand(4, 4))
+    assert torch.equal(ro.tokens[2:4], torch.tensor([[12] * 7, [13] * 7]))
+    assert ro.completion_mask[first_rows, 4:6].all() and not ro.completion_mask[first_rows, 6].any()
+    assert ro.completion_mask[2:4, 4:].all() and not ro.completion_mask[:, :4].any()
     assert ro.routing[0].shape == (7, 6, 2)
-    assert (ro.routing[0][2:6, :4] == 0).all() and (ro.routing[0][:, 4:] == 10).all()
+    assert (ro.routing[0][2:6][:, first_rows] == 0).all() and (ro.routing[0][:, 2:4] == 10).all()
 
 
 def test_epochs_run_over_all_minibatches(tmp_path, monkeypatch):

@@ -1,12 +1,14 @@
 """DAPO's dynamic sampling: a group whose rewards are all equal has zero advantage and teaches
-nothing, so more prompts are drawn until the rollout holds as many informative groups as it has
-slots (each rank: its share of prompts_per_step x minibatches), at most `max_draws` extra draws.
+nothing, so more prompts are drawn until every group slot of the rollout (prompts_per_step x
+minibatches, split over DP ranks) holds an informative group, at most `max_draws` extra draws.
 
-Every rank takes the same decisions: the smallest informative count over all ranks is agreed with
-one all-reduce per draw (TP/PP/CP ranks of one model replica see the same rewards; DP ranks differ),
-so every rank generates as often (expert parallelism needs every rank in each forward). Each rank
-then keeps its first informative groups in draw order and, when the draws ran out, fills the rest
-with its first uninformative ones (zero advantage), so the step keeps its shape.
+Slot by slot: each slot keeps the first draw whose group in that slot is informative, and a slot
+that none filled keeps its first draw's group (zero advantage), so the step keeps its shape. A slot's
+problems are the same whatever the layout (draws split their rows over DP contiguously), so the
+groups trained, and their order, do not depend on the DP size; pooling a rank's surplus groups into
+another rank's slots would. Every rank takes the same decisions: "is any slot still empty" is agreed
+with one all-reduce per draw (TP/PP/CP ranks of one model replica see the same rewards; DP ranks
+differ), so every rank generates as often (expert parallelism needs every rank in each forward).
 """
 from __future__ import annotations
 
@@ -39,22 +41,27 @@ def dp_sum(value: float, ps: ParallelState, device) -> float:
     return float(t.item())
 
 
-def choose_groups(informative: list[torch.Tensor], need: int) -> list[tuple[int, int]]:
-    """(draw, group) pairs: the first `need` informative groups in draw order, then the first
-    uninformative ones while short; returned in draw order."""
-    pairs = [(d, g) for d, flags in enumerate(informative) for g in range(len(flags))]
-    good = [p for p in pairs if bool(informative[p[0]][p[1]])][:need]
-    fill = [p for p in pairs if not bool(informative[p[0]][p[1]])][:need - len(good)]
-    return sorted(good + fill)
+def choose_groups(informative: list[torch.Tensor], slots: int) -> list[tuple[int, int]]:
+    """(draw, slot) per slot, in slot order: the first draw whose group in the slot is informative,
+    else the first draw's (an uninformative filler)."""
+    chosen = []
+    for g in range(slots):
+        d = next((d for d, flags in enumerate(informative) if bool(flags[g])), 0)
+        chosen.append((d, g))
+    return chosen
 
 
 def merge_scored(draws: list, chosen: list[tuple[int, int]], group_size: int):
-    """One ScoredRollout of the chosen groups of several draws (groups stay contiguous)."""
+    """One ScoredRollout of the chosen groups of several draws, in the order given (groups stay
+    contiguous; neighbouring groups of one draw go as one part)."""
     G = group_size
-    rows = [[] for _ in draws]
+    parts: list[tuple[int, list[int]]] = []
     for d, g in chosen:
-        rows[d].extend(range(g * G, (g + 1) * G))
-    used = [(d, torch.tensor(r, dtype=torch.long)) for d, r in enumerate(rows) if r]
+        if parts and parts[-1][0] == d:
+            parts[-1][1].extend(range(g * G, (g + 1) * G))
+        else:
+            parts.append((d, list(range(g * G, (g + 1) * G))))
+    used = [(d, torch.tensor(r, dtype=torch.long)) for d, r in parts]
     pick = lambda name: [getattr(draws[d], name)[i] for d, idx in used for i in idx.tolist()]  # noqa: E731
     rollout = merge_rollouts([(draws[d].rollout, idx.to(draws[d].rollout.tokens.device)) for d, idx in used])
     return replace(draws[0], rollout=rollout, problems=pick("problems"), rendered=pick("rendered"),
@@ -67,19 +74,22 @@ def draw_until_informative(first, draw: Callable[[int], object], group_size: int
                            ps: ParallelState, device):
     """first: the rollout's ScoredRollout; draw(n): the n-th extra draw (n = 1, 2, ...). Returns the
     rollout to train on and its counts for the step metrics (global over ranks)."""
-    need = len(first.responses) // group_size
+    slots = len(first.responses) // group_size
     draws = [first]
     informative = [~equal_reward_groups(first.rewards, group_size)]
-    while len(draws) - 1 < max_draws and agreed_min(int(sum(int(f.sum()) for f in informative)), device) < need:
+    every_slot_filled = lambda: bool(torch.stack(informative).any(0).all())  # noqa: E731  (this rank's)
+    while len(draws) - 1 < max_draws and agreed_min(int(every_slot_filled()), device) == 0:
         draws.append(draw(len(draws)))
+        if len(draws[-1].responses) != len(first.responses):
+            raise ValueError(f"dynamic sampling: draw {len(draws) - 1} has {len(draws[-1].responses)} samples, "
+                             f"the rollout's slots {len(first.responses)}")
         informative.append(~equal_reward_groups(draws[-1].rewards, group_size))
-    chosen = choose_groups(informative, need)
+    chosen = choose_groups(informative, slots)
     found = sum(int(f.sum()) for f in informative)
     filled = sum(1 for d, g in chosen if not bool(informative[d][g]))
     counts = {"dynamic_extra_draws": float(len(draws) - 1),
               "dynamic_informative_groups": dp_sum(float(found), ps, device),
               "dynamic_drawn_groups": dp_sum(float(sum(len(f) for f in informative)), ps, device),
               "dynamic_filled_groups": dp_sum(float(filled), ps, device)}
-    scored = first if len(draws) == 1 and not filled and chosen == [(0, g) for g in range(need)] else \
-        merge_scored(draws, chosen, group_size)
+    scored = first if all(d == 0 for d, _ in chosen) else merge_scored(draws, chosen, group_size)
     return scored, counts
