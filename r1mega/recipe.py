@@ -170,7 +170,7 @@ class Runner:
         print("$ r1mega " + " ".join(_quote(a) for a in argv), flush=True)
         os.makedirs(os.path.dirname(log), exist_ok=True)
         with open(log, "w") as f:
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True,
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True, preexec_fn=_die_with_parent,
                                   env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
         with open(log, "a") as f:
             f.write(proc.stdout)
@@ -333,6 +333,18 @@ class Runner:
                          *[f"--stop={s}" for s in e["stop"]]], os.path.join(self.out, "logs", f"eval-{stage}.txt"))
         with open(summary) as f:
             return json.load(f)["heldout"]
+
+
+def _die_with_parent() -> None:
+    """In a stage's process before it starts: SIGTERM it when the pipeline dies (even by kill -9), so
+    no orphaned stage keeps writing <out> while a rerun takes the directory over (Linux; else no-op)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _stage_options(cfg: dict, st: dict) -> str:

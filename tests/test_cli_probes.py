@@ -92,3 +92,47 @@ def test_resume_with_train_load_of_another_model_says_so(tmp_path, capsys):
     cfg = load_config(os.path.join(root, "configs", "stage", "r1_zero.yaml"), [f"train.load={own}"])
     model_from_checkpoint(cfg, own)
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_killed_pipeline_leaves_no_stage_running(tmp_path):
+    """kill -9 of `r1mega pipeline` mid-stage left the stage's process running (parent 1), writing
+    <out> while a rerun took the directory over."""
+    import signal
+    import subprocess
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = tmp_path / "pipe.yaml"
+    cfg.write_text(f"model_config: {root}/configs/tiny/r1_zero_demo.yaml\nout: {tmp_path / 'out'}\n"
+                   "stages:\n  - {name: base, kind: pretrain, overrides: [train.steps=100000, train.log_interval=100000]}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root}
+    proc = subprocess.Popen([sys.executable, "-m", "r1mega.cli", "pipeline", "--config", str(cfg)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def children() -> list[int]:
+        kids = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == proc.pid:
+                        kids.append(int(pid))
+            except (OSError, IndexError, ValueError):
+                pass
+        return kids
+
+    deadline = time.time() + 60
+    while not (kids := children()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert kids, "the stage never started"
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    alive = kids
+    while alive and time.time() < deadline:
+        time.sleep(0.2)
+        alive = [k for k in kids if os.path.exists(f"/proc/{k}") and
+                 open(f"/proc/{k}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+    for k in alive:
+        os.kill(k, signal.SIGKILL)
+    assert not alive, f"stage processes {alive} outlived the pipeline"
