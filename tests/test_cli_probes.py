@@ -136,3 +136,26 @@ def test_a_killed_pipeline_leaves_no_stage_running(tmp_path):
     for k in alive:
         os.kill(k, signal.SIGKILL)
     assert not alive, f"stage processes {alive} outlived the pipeline"
+
+
+def test_grpo_refuses_responses_past_the_positions_before_any_rollout():
+    """rl.max_new_tokens (or a schedule value) that cannot fit after the longest prompt is named at
+    start-up (it used to run ~10 minutes of rollouts before failing)."""
+    import pytest
+
+    from r1mega.errors import ConfigError
+    from r1mega.rl.grpo import check_responses_fit
+
+    class RL:
+        max_new_tokens, max_new_tokens_schedule = 400, [[10, 100000]]
+
+    with pytest.raises(ConfigError, match=r"rl.max_new_tokens_schedule\[0\].*at most 488"):
+        check_responses_fit(RL, 24, 512, steps=11)
+    check_responses_fit(RL, 24, 512, steps=10)  # a schedule entry the run never reaches
+    RL.max_new_tokens = 600
+    with pytest.raises(ConfigError, match=r"'rl.max_new_tokens'.*at most 488"):
+        check_responses_fit(RL, 24, 512, steps=10)
+    RL.max_new_tokens_schedule = [[0, 400]]  # the schedule replaces it from the first step
+    check_responses_fit(RL, 24, 512, steps=10)
+    RL.max_new_tokens, RL.max_new_tokens_schedule = 488, [[10, 400]]
+    check_responses_fit(RL, 24, 512, steps=100)

@@ -32,6 +32,7 @@ from typing import Optional
 import torch
 
 from r1mega.config import Config, validate_rl, validate_training
+from r1mega.errors import ConfigError
 from r1mega.data.prepare import resolve_data
 from r1mega.data.prompts import check_prompts_fit, check_same_prompts, prompts_digest
 from r1mega.output_dir import release
@@ -142,6 +143,21 @@ def sequence_logprobs(chunks, ps: ParallelState, mbs: list[Microbatch], temperat
 DRAW_INDEX_STRIDE = 1_000_003  # synthetic problems of extra draws never repeat a rollout's
 
 # ---- the algorithm's steps -------------------------------------------------------------------
+
+def check_responses_fit(rl, longest_prompt: int, positions: int, steps: int) -> None:
+    """The longest prompt plus every response length the run's steps will allow (rl.max_new_tokens,
+    and rl.max_new_tokens_schedule entries reached before `steps`) must fit the model's positions;
+    the key that does not is named."""
+    limits = [(f"rl.max_new_tokens_schedule[{i}]", n) for i, (at, n) in enumerate(rl.max_new_tokens_schedule)
+              if at < steps]
+    if not any(at <= 0 for at, _ in rl.max_new_tokens_schedule):
+        limits.insert(0, ("rl.max_new_tokens", rl.max_new_tokens))
+    for key, n in limits:
+        if longest_prompt + n > positions:
+            raise ConfigError(key, f"{n} new tokens after the longest prompt ({longest_prompt} tokens) exceed the "
+                                   f"model's {positions} positions (max_position_embeddings); at most "
+                                   f"{positions - longest_prompt}")
+
 
 def max_new_tokens_at(cfg: Config, step: int) -> int:
     """rl.max_new_tokens, switched by rl.max_new_tokens_schedule ([[step, tokens], ...])."""
@@ -331,8 +347,6 @@ def _tokenizer(cfg: Config) -> Tokenizer:
     d = resolve_data(cfg.data, "pretrain", cfg.active_model.vocab_size)  # builds the synthetic corpus if asked
     path = d.tokenizer or (cfg.train.load if cfg.rl.prompts else None)
     if path is None:
-        from r1mega.config import ConfigError
-
         raise ConfigError("data.tokenizer", "GRPO needs a tokenizer: data.tokenizer=DIR or data.synthetic")
     tok = Tokenizer(path)
     check_fits(tok, cfg.active_model.vocab_size)
@@ -431,11 +445,14 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
         sandbox.require_isolation()  # refuse before any work, naming why, where it cannot be set up
     tok = _tokenizer(cfg)
     source = PromptSource(cfg, tok)
+    positions, longest = cfg.active_model.max_position_embeddings, 0
     if source.order is not None:  # prompt files: each fits the model, and a resume reads the same files
-        check_prompts_fit(source.order.problems, lambda p: len(source.encode(source.render(p))),
-                          cfg.active_model.max_position_embeddings)
+        count = lambda p: len(source.encode(source.render(p)))  # noqa: E731
+        check_prompts_fit(source.order.problems, count, positions)
+        longest = max((count(p) for p in source.order.problems), default=0)
         if own is not None:
             check_same_prompts(read_meta(own), rl.prompts, own)
+    check_responses_fit(rl, longest, positions, t.steps)  # before hours of rollouts run past the positions
     # checkpoints and their architecture are checked before any weight exists
     arch = run.arch  # the model keys a checkpoint must match
     candidates = find_resume_checkpoint(ckpt_root, t.load, arch, t.allow_arch_change)
