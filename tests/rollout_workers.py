@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from r1mega.inference.generate import GenerationConfig, generate, generate_static
+from r1mega.inference.generate import GenerationConfig, generate
 from rl_workers import sharp_model
 
 # long-tailed: rows stop at a token that some samples hit early and others late or never

@@ -3,7 +3,6 @@ with 3 KV heads and llama3 RoPE, Qwen3 with per-head q/k norms): logits, loss an
 documents and plain causal rows, alone and composed with TP (KV heads split or replicated), SP,
 PP and DP."""
 import pytest
-import torch
 
 from dense_cp_workers import dense_cp_worker, evaluate
 from r1mega.parallel.spawn import run_ranks

@@ -7,7 +7,6 @@ one process; what stays here is what a probe found wrong.
 """
 from __future__ import annotations
 
-import pytest
 
 
 def test_dynamic_sampling_trains_the_same_problems_on_one_process_and_dp2():
