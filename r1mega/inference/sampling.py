@@ -82,6 +82,42 @@ def row_keys(seed: int, step, rows: torch.Tensor) -> torch.Tensor:
     return _mix(_mix(base) + rows.to(torch.int64) * _signed(0xD1B54A32D192ED03))
 
 
+@torch.no_grad()
+def sampler_support(scaled: torch.Tensor, ps: ParallelState, top_p: float, top_k: int,
+                    vocab: Optional[int] = None) -> torch.Tensor:
+    """scaled logits [..., V/tp] (this rank's shard, already / T) -> bool [..., V/tp]: the tokens the
+    sampler may draw: real ids (not the embedding's padding past the tokenizer's `vocab`), top-k by
+    the k-th largest value, then top-p by the largest threshold whose kept mass reaches top_p. The
+    one rule for sampling and for GRPO's keep-sampling-mask (rl/policy_scores.py)."""
+    group = ps.g("tp")
+    shape = scaled.shape
+    scaled = scaled.reshape(-1, shape[-1]).float()
+    n_local = scaled.shape[-1]
+    start = ps.r("tp") * n_local
+    vocab = vocab or n_local * ps.tp
+    real = torch.arange(start, start + n_local, device=scaled.device) < vocab
+    keep = real[None, :].expand_as(scaled).clone()
+    if 0 < top_k < vocab:
+        # rank only real ids: padded ids must neither be kept nor push real ones out of the top k
+        local_top = scaled.masked_fill(~real, float("-inf")).topk(min(top_k, n_local), dim=-1).values  # [b, k']
+        everyone = all_gather_nograd(local_top.t().contiguous(), group).t() if group is not None else local_top
+        keep &= scaled >= everyone.topk(top_k, dim=-1).values[:, -1:]
+    if top_p < 1.0:
+        masked = scaled.masked_fill(~keep, float("-inf"))
+        gmax = _all_reduce(masked.max(dim=-1).values.clone(), group, dist.ReduceOp.MAX)
+        probs = (masked - gmax[:, None]).exp()
+        total = _all_reduce(probs.sum(-1), group)
+        lo = _all_reduce(masked.masked_fill(~keep, float("inf")).min(dim=-1).values.clone(), group, dist.ReduceOp.MIN)
+        hi = gmax.clone()
+        for _ in range(BISECTION_STEPS):  # largest threshold whose kept mass still reaches top_p
+            mid = (lo + hi) / 2
+            ok = _all_reduce((probs * (masked >= mid[:, None])).sum(-1), group) / total >= top_p
+            lo = torch.where(ok, mid, lo)
+            hi = torch.where(ok, hi, mid)
+        keep &= scaled >= lo[:, None]
+    return keep.view(shape)
+
+
 def sample(logits: torch.Tensor, ps: ParallelState, temperature: float, top_p: float = 1.0, top_k: int = 0,
            keys: Optional[torch.Tensor] = None, vocab_size: Optional[int] = None
            ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,28 +136,7 @@ def sample(logits: torch.Tensor, ps: ParallelState, temperature: float, top_p: f
         tokens, _ = _global_argmax(logits.masked_fill(~real, float("-inf")), start, group)
         return tokens, log_softmax_at(logits, tokens, start, group)
     scaled = logits / temperature
-    keep = real[None, :].expand_as(scaled).clone()
-    if 0 < top_k < vocab:
-        # rank only real ids: padded ids must neither be kept nor push real ones out of the top k
-        real_scores = scaled.masked_fill(~real, float("-inf"))
-        local_top = real_scores.topk(min(top_k, n_local), dim=-1).values  # [b, k']
-        everyone = all_gather_nograd(local_top.t().contiguous(), group).t() if group is not None else local_top
-        kth = everyone.topk(top_k, dim=-1).values[:, -1]
-        keep &= scaled >= kth[:, None]
-    if top_p < 1.0:
-        masked = scaled.masked_fill(~keep, float("-inf"))
-        gmax = _all_reduce(masked.max(dim=-1).values.clone(), group, dist.ReduceOp.MAX)
-        probs = (masked - gmax[:, None]).exp()
-        total = _all_reduce(probs.sum(-1), group)
-        lo = _all_reduce(masked.masked_fill(~keep, float("inf")).min(dim=-1).values.clone(), group, dist.ReduceOp.MIN)
-        hi = gmax.clone()
-        for _ in range(BISECTION_STEPS):  # largest threshold whose kept mass still reaches top_p
-            mid = (lo + hi) / 2
-            mass = _all_reduce((probs * (masked >= mid[:, None])).sum(-1), group) / total
-            ok = mass >= top_p
-            lo = torch.where(ok, mid, lo)
-            hi = torch.where(ok, hi, mid)
-        keep &= scaled >= lo[:, None]
+    keep = sampler_support(scaled, ps, top_p, top_k, vocab)
     if keys is None:
         keys = row_keys(0, 0, torch.arange(logits.shape[0], device=logits.device))
     gumbel = -torch.log(-torch.log(uniform_noise(keys, start, n_local))).to(torch.float32)

@@ -20,52 +20,9 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from r1mega.parallel.comm import all_gather_nograd, reduce_from_group
+from r1mega.inference.sampling import _all_reduce, sampler_support  # noqa: F401  (sampler_support: the sampler's own rule, re-exported)
+from r1mega.parallel.comm import reduce_from_group
 from r1mega.parallel.layout import ParallelState
-
-BISECTION_STEPS = 48  # as the sampler's top-p threshold search
-
-
-def _all_reduce(t: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    if group is not None:
-        dist.all_reduce(t, op=op, group=group)
-    return t
-
-
-@torch.no_grad()
-def sampler_support(scaled: torch.Tensor, ps: ParallelState, top_p: float, top_k: int,
-                    vocab: Optional[int] = None) -> torch.Tensor:
-    """scaled logits [..., V/tp] (this rank's shard, already / T) -> bool [..., V/tp]: the tokens the
-    sampler could draw (the rule of r1mega.inference.sampling.sample: real ids, top-k by the k-th
-    largest value, then top-p by the largest threshold whose kept mass reaches top_p)."""
-    group = ps.g("tp")
-    shape = scaled.shape
-    scaled = scaled.reshape(-1, shape[-1]).float()
-    n_local = scaled.shape[-1]
-    start = ps.r("tp") * n_local
-    vocab = vocab or n_local * ps.tp
-    real = torch.arange(start, start + n_local, device=scaled.device) < vocab
-    keep = real[None, :].expand_as(scaled).clone()
-    if 0 < top_k < vocab:
-        local_top = scaled.masked_fill(~real, float("-inf")).topk(min(top_k, n_local), dim=-1).values
-        everyone = all_gather_nograd(local_top.t().contiguous(), group).t() if group is not None else local_top
-        keep &= scaled >= everyone.topk(top_k, dim=-1).values[:, -1:]
-    if top_p < 1.0:
-        masked = scaled.masked_fill(~keep, float("-inf"))
-        gmax = _all_reduce(masked.max(dim=-1).values.clone(), group, dist.ReduceOp.MAX)
-        probs = (masked - gmax[:, None]).exp()
-        total = _all_reduce(probs.sum(-1), group)
-        lo = _all_reduce(masked.masked_fill(~keep, float("inf")).min(dim=-1).values.clone(), group,
-                         dist.ReduceOp.MIN)
-        hi = gmax.clone()
-        for _ in range(BISECTION_STEPS):
-            mid = (lo + hi) / 2
-            ok = _all_reduce((probs * (masked >= mid[:, None])).sum(-1), group) / total >= top_p
-            lo = torch.where(ok, mid, lo)
-            hi = torch.where(ok, hi, mid)
-        keep &= scaled >= lo[:, None]
-    return keep.view(shape)
-
 
 def _target_local(target: torch.Tensor, start: int, n_local: int) -> tuple[torch.Tensor, torch.Tensor]:
     local = target - start
