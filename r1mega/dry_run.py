@@ -6,7 +6,7 @@ import math
 
 from r1mega.config import Config, validate, validate_sequence_split
 from r1mega.parallel.layout import attention_dims, expert_dims
-from r1mega.plan import check_sequence, check_sizes, fits, plan_for, print_plan
+from r1mega.plan import check_positions, check_sizes, fits, plan_for, print_plan
 
 
 def group_summary(dims: list[tuple[str, int]], name: str, show: int = 8) -> tuple[int, int, list[int]]:
@@ -23,7 +23,7 @@ def dry_run(cfg: Config, world: int, gpu_mem: float = 80.0) -> int:
     check_sizes(world=world, gpu_mem=gpu_mem)
     cfg = validate(cfg, world)
     validate_sequence_split(cfg)  # as the run does: data.seq_length against 2 x cp (x tp under SP)
-    check_sequence(cfg, cfg.data.seq_length, "data.seq_length")  # and the positions the real run refuses
+    check_positions(cfg, cfg.data.seq_length, "data.seq_length")  # and the positions the real run refuses
     p = cfg.parallel
     m = cfg.active_model
     print(f"dry run: {world} ranks, model {m.num_layers} layers / {getattr(m, 'n_routed_experts', 0)} experts")

@@ -194,14 +194,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*")
 
 
-def check_sequence(cfg: Config, seq: int, key: str) -> None:
-    """What a training run refuses about its sequence length (the model's positions, and the
-    layout's one split rule, `ParallelConfig.sequence_divisor`), refused by the planner too."""
+def check_positions(cfg: Config, seq: int, key: str) -> None:
+    """A sequence longer than the model's positions, refused as the training run refuses it (the
+    layout's split rule is `ParallelConfig.sequence_divisor`, asked by plan_for and the run)."""
     positions = cfg.active_model.max_position_embeddings
     if seq > positions:
         raise ConfigError(key, f"{seq} exceeds the model's max_position_embeddings={positions}")
-    if seq % cfg.parallel.sequence_divisor:
-        raise ConfigError(key, f"{seq} is not divisible by {cfg.parallel.sequence_divisor_text()}, which the run refuses")
 
 
 def check_sizes(**sizes: float) -> None:
@@ -237,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     cfg.parallel = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=etp, dp=args.dp, cp=args.cp,
                                   sp=args.sp or cfg.parallel.sp, pp_layers=cfg.parallel.pp_layers)
     world = args.tp * args.cp * args.pp * args.dp
-    check_sequence(cfg, args.seq_length, "--seq-length")
+    check_positions(cfg, args.seq_length, "--seq-length")
     plan = plan_for(cfg, world, args.micro_batch, args.seq_length, args.global_batch,
                     rollout_batch=args.rollout_batch, rollout_len=args.rollout_len)
     print_plan(plan, args.gpu_mem)
