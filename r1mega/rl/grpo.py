@@ -447,9 +447,9 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     source = PromptSource(cfg, tok)
     positions, longest = cfg.active_model.max_position_embeddings, 0
     if source.order is not None:  # prompt files: each fits the model, and a resume reads the same files
-        count = lambda p: len(source.encode(source.render(p)))  # noqa: E731
-        check_prompts_fit(source.order.problems, count, positions)
-        longest = max((count(p) for p in source.order.problems), default=0)
+        tokens = {id(p): len(source.encode(source.render(p))) for p in source.order.problems}  # each encoded once
+        check_prompts_fit(source.order.problems, lambda p: tokens[id(p)], positions)
+        longest = max(tokens.values(), default=0)
         if own is not None:
             check_same_prompts(read_meta(own), rl.prompts, own)
     check_responses_fit(rl, longest, positions, t.steps)  # before hours of rollouts run past the positions
