@@ -42,6 +42,9 @@ class GenerationConfig:
     max_rows: int = 0  # rows decoding at once (0: all); the rest wait in the queue and refill freed places
     max_cache_tokens: int = 0  # soft cache budget for admitting rows (0: none)
     block_size: int = 16  # tokens per block of the paged cache
+    # self-speculative decoding: "mtp" drafts with the model's own MTP module (inference/speculative.py)
+    speculative: Optional[str] = None
+    draft_tokens: int = 1  # drafts verified per row and step
 
 
 @dataclass
@@ -57,6 +60,8 @@ class Rollout:
     cache_pool_bytes: int = 0  # what the paged pool allocated (it grows by a quarter when full)
     decode_row_steps: int = 0  # rows fed to decoding forwards, summed over steps (static: all rows every step)
     forwards: int = 0  # model forwards this rank ran (equal on every rank of an expert-parallel group)
+    draft_tokens: int = 0  # speculative decoding: drafts verified (this rank's rows)
+    draft_accepted: int = 0  # ... and accepted
 
     @property
     def position_ids(self) -> torch.Tensor:
@@ -121,7 +126,12 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     # under CP every CP rank holds the whole model and the same rows: each decodes every cp-th row,
     # then the ranks sum their disjoint parts of the result
     mine = list(range(ps.r("cp"), len(prompts), ps.cp))
-    engine = ContinuousBatcher(model, ps, [prompts[i] for i in mine], [keys[i] for i in mine], gen)
+    engine_cls = ContinuousBatcher
+    if gen.speculative:
+        from r1mega.inference.speculative import SpeculativeBatcher
+
+        engine_cls = SpeculativeBatcher
+    engine = engine_cls(model, ps, [prompts[i] for i in mine], [keys[i] for i in mine], gen)
     with sequence_parallel_off(ps), _mode_restored(model, was_training):
         engine.run()
     pad_id = engine.pad_id
@@ -150,7 +160,8 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     mask = mask.bool()
     pool = engine.pool
     return Rollout(tokens, P, pad, mask, logprobs, routing, pool.values_per_token_per_layer(), pool.peak_bytes(),
-                   pool.pool_bytes(), engine.decode_row_steps, engine.forwards)
+                   pool.pool_bytes(), engine.decode_row_steps, engine.forwards,
+                   getattr(engine, "drafted", 0), getattr(engine, "accepted", 0))
 
 
 def _group_max_int(value: int, ps: ParallelState, group: str, device) -> int:

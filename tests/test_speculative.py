@@ -1,0 +1,172 @@
+"""Self-speculative decoding with the MTP module as the draft (inference/speculative.py): greedy
+output is the plain greedy output token for token (1 process, TP2 x EP2, PP2); the accept/reject
+rule gives exactly the target distribution (analytically, and a goodness-of-fit test of the
+implementation); rejected positions roll back; GRPO runs with it."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+from r1mega.inference.generate import GenerationConfig, generate
+from r1mega.inference.sampling import row_keys
+from r1mega.inference.speculative import SpeculativeBatcher, verify_drafts
+from r1mega.parallel.layout import single_process_state
+from r1mega.parallel.spawn import run_ranks
+from rl_workers import sharp_model
+from rollout_workers import long_tail_config, long_tail_rows
+from speculative_workers import greedy_config, speculative_layout_worker
+
+
+@pytest.fixture(scope="module")
+def model():
+    return sharp_model({}, 1)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_greedy_speculative_equals_plain_greedy(model, k):
+    chunks, ps = model
+    prompts, keys = long_tail_rows()
+    for max_rows in (0, 4):
+        plain = generate(chunks, ps, prompts, greedy_config(max_rows=max_rows), rows=keys)
+        spec = generate(chunks, ps, prompts, greedy_config(max_rows=max_rows, speculative="mtp", draft_tokens=k),
+                        rows=keys)
+        assert torch.equal(spec.tokens, plain.tokens) and torch.equal(spec.completion_mask, plain.completion_mask)
+        torch.testing.assert_close(spec.logprobs, plain.logprobs, atol=1e-5, rtol=0)
+        for layer in plain.routing:  # routing replay records the verified tokens' experts
+            assert torch.equal(spec.routing[layer], plain.routing[layer])
+        assert spec.draft_tokens > 0
+
+
+def test_oracle_drafts_are_accepted_and_rejected_ones_roll_back(model, monkeypatch):
+    """Drafts replaced by the true greedy continuation, every third one wrong: the right ones are all
+    accepted (fewer forwards), the wrong ones rejected, and the output is still the plain output."""
+    chunks, ps = model
+    prompts, keys = long_tail_rows()
+    gen = greedy_config(max_new_tokens=24)
+    truth = generate(chunks, ps, prompts, gen, rows=keys)
+    want = truth.completions()
+    wrong = {"n": 0, "right": 0}
+    real = SpeculativeBatcher._draft
+
+    def oracle(self, live, states, ids, tokens, a, lengths, slots, t0, rowkey):
+        out = real(self, live, states, ids, tokens, a, lengths, slots, t0, rowkey)  # keeps the MTP cache work
+        for i, r in enumerate(live):
+            for j in range(self.k):
+                at = int(t0[i] + a[i]) + j + 1
+                c = want[r.index]
+                if at < len(c):
+                    bad = (at + r.index) % 3 == 0
+                    out[i, j] = (c[at] + 1) % 64 if bad else c[at]
+                    wrong["n" if bad else "right"] += 1
+        return out
+
+    monkeypatch.setattr(SpeculativeBatcher, "_draft", oracle)
+    spec = generate(chunks, ps, prompts, replace(gen, speculative="mtp", draft_tokens=3), rows=keys)
+    assert spec.completions() == want
+    torch.testing.assert_close(spec.logprobs, truth.logprobs, atol=1e-5, rtol=0)
+    for layer in truth.routing:
+        assert torch.equal(spec.routing[layer], truth.routing[layer])
+    assert wrong["n"] > 0 and wrong["right"] > 0
+    assert 0 < spec.draft_accepted < spec.draft_tokens
+    assert spec.forwards < truth.forwards  # several tokens per verification
+
+
+def _random_dists(b, k, V, seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(k + 1, V, generator=g) * 1.5
+    q_logits = logits[:k] + torch.randn(k, V, generator=g)  # a draft close to, but not, the target
+    return logits[:, None].expand(k + 1, b, V).contiguous(), q_logits
+
+
+def test_accept_reject_rule_is_exact_analytically():
+    """P(token) = sum_d q(d) min(1, p(d)/q(d)) [token = d] + P(reject) normalize(max(0, p - q)) = p."""
+    p = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05, 0.0], dtype=torch.float64)
+    for q in (torch.tensor([0.1, 0.4, 0.1, 0.1, 0.1, 0.2], dtype=torch.float64), p.flip(0), p):
+        accept = torch.where(q > 0, torch.clamp(p / q.clamp(min=1e-300), max=1.0), torch.zeros_like(q))
+        reject = 1 - (q * accept).sum()
+        residual = (p - q).clamp(min=0)
+        residual = residual / residual.sum() if residual.sum() > 0 else residual
+        torch.testing.assert_close(q * accept + reject * residual, p, atol=1e-15, rtol=0)
+
+
+@pytest.mark.parametrize("top_p, top_k", [(1.0, 0), (0.8, 5)])
+def test_sampled_tokens_have_the_target_distribution(top_p, top_k):
+    """The implementation, 40,000 rows at once: drafts drawn from q, verified; the first token and
+    (given one acceptance) the second follow the processed target distributions (chi-square)."""
+    from scipy.stats import chisquare
+
+    from r1mega.inference.speculative import draw_drafts, processed_probs
+
+    ps = single_process_state()
+    b, k, V, T = 40_000, 2, 12, 0.9
+    logits, q_logits = _random_dists(b, k, V, seed=3)
+    rows = torch.arange(b)
+    drafts, qs = [], []
+    for j in range(k):
+        keys = row_keys(7, j + 1, rows)
+        d, q = draw_drafts(q_logits[j].expand(b, V), ps, T, top_p, top_k, V, keys)
+        drafts.append(d)
+        qs.append(q)
+    drafts, q = torch.stack(drafts, 1), torch.stack(qs, 1)
+    keys = torch.stack([row_keys(7, j + 1, rows) for j in range(k + 1)], 1)
+    a, tokens, logp = verify_drafts(logits, drafts, q, torch.ones(b, dtype=torch.bool), keys, ps, T, top_p, top_k, V)
+    _, p = processed_probs(logits[:, 0], ps, T, top_p, top_k, V)  # [k+1, V]
+    assert 0.1 < (a > 0).double().mean() < 0.95  # both branches taken often
+    for j, sel in ((0, torch.ones(b, dtype=torch.bool)), (1, a >= 1)):
+        counts = torch.bincount(tokens[sel, j], minlength=V).double()
+        support = p[j] > 0
+        assert counts[~support].sum() == 0  # nothing outside the sampler's support
+        expected = p[j][support].double()
+        expected = expected / expected.sum() * counts.sum()
+        assert chisquare(counts[support], expected).pvalue > 1e-3, (j, counts, expected)
+    # log-probs are the target's (full softmax at T, as the plain sampler reports)
+    full = torch.log_softmax(logits[:, 0].double() / T, -1)
+    torch.testing.assert_close(logp[:, 0].double(), full[0][tokens[:, 0]], atol=1e-5, rtol=0)
+
+
+def test_without_drafts_a_row_draws_the_plain_sample():
+    from r1mega.inference.sampling import sample
+
+    ps = single_process_state()
+    b, k, V = 64, 2, 20
+    logits, _ = _random_dists(b, k, V, seed=5)
+    logits = logits + torch.randn(b, V)  # different rows
+    keys = torch.stack([row_keys(3, 4 + j, torch.arange(b)) for j in range(k + 1)], 1)
+    a, tokens, logp = verify_drafts(logits, torch.zeros(b, k, dtype=torch.long), torch.zeros(b, k, V),
+                                    torch.zeros(b, dtype=torch.bool), keys, ps, 1.0, 0.9, 0, V)
+    want, want_lp = sample(logits[0], ps, 1.0, 0.9, 0, keys[:, 0], V)
+    assert torch.equal(a, torch.zeros_like(a)) and torch.equal(tokens[:, 0], want)
+    torch.testing.assert_close(logp[:, 0], want_lp)
+
+
+@pytest.mark.parametrize("par, world", [(dict(tp=2, ep=2), 4), (dict(pp=2), 2)])
+def test_layouts_give_the_one_process_output(model, par, world):
+    """Greedy speculative = plain greedy; sampled speculative = the one-process speculative samples."""
+    chunks, ps = model
+    prompts, keys = long_tail_rows()
+    spec = dict(speculative="mtp", draft_tokens=2)
+    one_plain = generate(chunks, ps, prompts, greedy_config(), rows=keys).completions()
+    one_sampled = generate(chunks, ps, prompts, replace(long_tail_config(), **spec), rows=keys).completions()
+    got = {"plain": {}, "greedy": {}, "sampled": {}}
+    per_rank = run_ranks(speculative_layout_worker, world, par)
+    for r in per_rank:
+        for name in got:
+            for key, c in zip(r["keys"].tolist(), r[name]):
+                assert got[name].setdefault(key, c) == c, (par, name, key)
+    n = len(prompts)
+    assert [got["greedy"][i] for i in range(n)] == [got["plain"][i] for i in range(n)] == one_plain, par
+    assert [got["sampled"][i] for i in range(n)] == one_sampled, par
+    if par.get("ep"):  # ranks ran the same forwards though their rows differ
+        assert len({r["forwards"] for r in per_rank}) == 1 and len({r["sampled_forwards"] for r in per_rank}) == 1
+
+
+def test_a_model_without_mtp_layers_is_refused():
+    from r1mega.errors import ConfigError
+
+    chunks, ps = sharp_model({}, 1)
+    chunks[0].cfg.num_mtp_layers = 0
+    try:
+        with pytest.raises(ConfigError, match="num_mtp_layers"):
+            generate(chunks, ps, [[5, 6]], greedy_config(speculative="mtp"))
+    finally:
+        chunks[0].cfg.num_mtp_layers = 1
