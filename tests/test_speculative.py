@@ -2,6 +2,7 @@
 output is the plain greedy output token for token (1 process, TP2 x EP2, PP2); the accept/reject
 rule gives exactly the target distribution (analytically, and a goodness-of-fit test of the
 implementation); rejected positions roll back; GRPO runs with it."""
+import os
 from dataclasses import replace
 
 import pytest
@@ -170,3 +171,67 @@ def test_a_model_without_mtp_layers_is_refused():
             generate(chunks, ps, [[5, 6]], greedy_config(speculative="mtp"))
     finally:
         chunks[0].cfg.num_mtp_layers = 1
+
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+DEMO = os.path.join(CONFIGS, "tiny", "r1_zero_demo.yaml")
+
+
+@pytest.mark.parametrize("overrides, key, words", [
+    (["rl.speculative=mtp", "model.num_mtp_layers=0"], "rl.speculative", "num_mtp_layers=0"),
+    (["rl.mtp_weight=0.3", "model.num_mtp_layers=0"], "rl.mtp_weight", "num_mtp_layers=0"),
+    (["rl.speculative=eagle"], "rl.speculative", "mtp"),
+    (["rl.speculative=mtp", "rl.draft_tokens=0"], "rl.draft_tokens", ">= 1"),
+])
+def test_speculative_keys_are_checked_up_front(overrides, key, words):
+    from r1mega.config import ConfigError, load_config, validate_rl, validate_training
+
+    cfg = load_config(DEMO, overrides)
+    with pytest.raises(ConfigError, match=words) as e:
+        validate_rl(validate_training(cfg, 1, needs_data=False), 1)
+    assert e.value.key == key
+
+
+def test_a_dense_student_has_no_draft():
+    from r1mega.config import ConfigError, load_config, validate_rl, validate_training
+
+    cfg = load_config([DEMO, os.path.join(CONFIGS, "model", "students", "qwen2.5_1.5b.yaml")],
+                      ["rl.speculative=mtp"])
+    with pytest.raises(ConfigError, match="family") as e:
+        validate_rl(validate_training(cfg, 1, needs_data=False), 1)
+    assert e.value.key == "rl.speculative"
+
+
+@pytest.mark.slow
+def test_grpo_with_speculative_rollouts_matches_plain_rewards(tmp_path):
+    """The demo model after a short pretraining; 3 GRPO steps each way from it, same seed. The
+    speculative rollouts draw other samples from the same distribution: the rewards agree within
+    sampling noise; the acceptance rate and the MTP loss on the rollouts are logged."""
+    import json
+    import math
+
+    from r1mega.config import load_config
+    from r1mega.rl.grpo import grpo
+    from r1mega.train.trainer import train
+
+    data = [f"data.cache_dir={tmp_path}/data", "data.synthetic_docs=600"]
+    train(load_config(DEMO, data + [f"train.run_dir={tmp_path}/pre", "train.steps=80", "train.log_interval=80"]),
+          "pretrain")
+    rl = data + [f"train.load={tmp_path}/pre/checkpoints", "train.steps=3", "optim.lr=3e-4", "optim.min_lr=3e-4",
+                 "rl.group_size=16", "rl.prompts_per_step=8", "data.micro_batch_size=32", "data.global_batch_size=64",
+                 "train.log_interval=1"]
+    rewards = {}
+    for name, extra in (("plain", []), ("mtp", ["rl.speculative=mtp", "rl.draft_tokens=2", "rl.mtp_weight=0.3"])):
+        run = f"{tmp_path}/{name}"
+        grpo(load_config(DEMO, rl + extra + [f"train.run_dir={run}"]), eval_problems=8)
+        rows = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+        rewards[name] = [r["reward"] for r in rows]
+        if name == "mtp":
+            assert all(0 < r["draft_acceptance"] <= 1 for r in rows)
+            assert all(math.isfinite(r["mtp_loss"]) and r["mtp_loss"] > 0 for r in rows)
+        else:
+            assert "draft_acceptance" not in rows[0]
+    # 128 samples per step, rewards in [0, 1]: the means of 3 steps differ by < 4 standard errors
+    a, b = (sum(v) / len(v) for v in rewards.values())
+    sd = math.sqrt(max(a * (1 - a), b * (1 - b), 0.05) * 2 / (3 * 128))
+    assert abs(a - b) < 4 * sd, rewards
