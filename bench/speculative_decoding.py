@@ -30,9 +30,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from r1mega.data.tokenizer import Tokenizer  # noqa: E402
-from r1mega.generation.model_source import load_model  # noqa: E402
+from r1mega.generation.model_source import load_model, resolve_checkpoint  # noqa: E402
 from r1mega.inference.generate import GenerationConfig, generate  # noqa: E402
 from r1mega.parallel.config import ParallelConfig  # noqa: E402
+from r1mega.train.checkpoint import read_meta  # noqa: E402
 from rollout_throughput import long_tail_lengths, timed  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,8 +117,11 @@ def main() -> None:
         model = args.model or pretrain(args.pretrain_steps, tmp)
         data = os.path.join(os.path.dirname(os.path.abspath(model.rstrip("/"))), "data")
         overrides = [f"data.cache_dir={data if os.path.isdir(data) else os.path.join(tmp, 'data')}"]
+        layers = read_meta(resolve_checkpoint(model))["model_config"]["num_layers"]  # e.g. a deeper variant
+        overrides.append(f"model.num_layers={layers}")
         loaded = load_model(model, ParallelConfig(), 1, False, config=DEMO, overrides=overrides)
         tok = Tokenizer(loaded.tokenizer)
+        print(f"model: {model} ({layers} layers + 1 MTP layer)")
         t0 = time.perf_counter()
         if "decode" in args.workloads:
             decode(loaded.chunks, loaded.ps, tok, args)

@@ -49,8 +49,8 @@ def test_oracle_drafts_are_accepted_and_rejected_ones_roll_back(model, monkeypat
     wrong = {"n": 0, "right": 0}
     real = SpeculativeBatcher._draft
 
-    def oracle(self, live, states, ids, tokens, a, lengths, slots, t0, rowkey):
-        out = real(self, live, states, ids, tokens, a, lengths, slots, t0, rowkey)  # keeps the MTP cache work
+    def oracle(self, live, ids, tokens, a, lengths, slots, t0, rowkey):
+        out = real(self, live, ids, tokens, a, lengths, slots, t0, rowkey)  # keeps the MTP cache work
         for i, r in enumerate(live):
             for j in range(self.k):
                 at = int(t0[i] + a[i]) + j + 1

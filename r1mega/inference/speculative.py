@@ -22,14 +22,13 @@ that token is drawn from p_0 exactly as the plain sampler draws it.
 
 Log-probs returned for every token are the main model's (those of the verification forward), so
 GRPO's importance ratios mean what they did. The uniforms of acceptance, the residual draw and the
-draft draw are keyed by (seed, row key, position in the completion), like the plain sampler's, in
-separate streams: samples do not depend on the slot, the batch or the layout. Under PP the last
-stage accepts and drafts, then broadcasts the step's tokens to the other stages; under EP ranks
-without rows join every draft forward with an empty one.
+draft draw (inverse CDF: one uniform per row) are keyed by (seed, row key, position in the
+completion), like the plain sampler's, in separate streams: samples do not depend on the slot, the
+batch or the layout. Under PP the last stage accepts and drafts, then broadcasts the step's tokens to
+the other stages; under EP ranks without rows join every draft forward with an empty one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -40,6 +39,7 @@ from r1mega.inference.paged_cache import NULL_BLOCK, BlockPool, decode_view, pre
 from r1mega.inference.sampling import (
     _all_reduce, _global_argmax, _mix, _signed, log_softmax_at, row_keys, sampler_support, uniform_noise,
 )
+from r1mega.parallel.comm import all_gather_nograd
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.pipeline import recv_activation, send_activation
 from r1mega.parallel.tensor_parallel import enter_tp_region
@@ -87,8 +87,27 @@ def gumbel(keys: torch.Tensor, start: int, n: int) -> torch.Tensor:
     return -torch.log(-torch.log(uniform_noise(keys, start, n))).to(torch.float32)
 
 
-def draft_keys(keys: torch.Tensor) -> torch.Tensor:
-    return _mix(keys + _DRAFT_STREAM)
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor, ps: ParallelState) -> torch.Tensor:
+    """One draw per row from probs [b, V/tp] (a shard of normalised rows) with uniforms u [b]: the
+    first id whose cumulative probability passes u (the shards' totals put the shards in order).
+    One uniform per row instead of one per vocabulary entry (the Gumbel draw's hashing)."""
+    group, n_local = ps.g("tp"), probs.shape[-1]
+    start = ps.r("tp") * n_local
+    csum = probs.double().cumsum(-1)
+    total = csum[:, -1]
+    before = torch.zeros_like(total)
+    if group is not None:
+        totals = all_gather_nograd(total[None].contiguous(), group)  # [tp, b]
+        before = totals[:ps.r("tp")].sum(0)
+        total = totals.sum(0)
+    target = u * total - before
+    inside = (target >= 0) & (target < csum[:, -1])
+    idx = torch.searchsorted(csum, target[:, None].contiguous(), right=True)[:, 0].clamp(max=n_local - 1)
+    tokens = _all_reduce(torch.where(inside, idx + start, torch.full_like(idx, -1)), group, dist.ReduceOp.MAX)
+    missed = tokens < 0  # u * total rounded past the last id: take the most likely one
+    if bool(missed.any()):
+        tokens = torch.where(missed, _global_argmax(probs, start, group)[0], tokens)
+    return tokens
 
 
 def draw_drafts(logits: torch.Tensor, ps: ParallelState, temperature: float, top_p: float, top_k: int, vocab: int,
@@ -99,9 +118,8 @@ def draw_drafts(logits: torch.Tensor, ps: ParallelState, temperature: float, top
     real = torch.arange(start, start + logits.shape[-1], device=logits.device) < vocab
     if temperature <= 0:
         return _global_argmax(logits.float().masked_fill(~real, float("-inf")), start, ps.g("tp"))[0], None
-    masked, q = processed_probs(logits, ps, temperature, top_p, top_k, vocab)
-    tokens = _global_argmax(masked + gumbel(draft_keys(keys), start, logits.shape[-1]), start, ps.g("tp"))[0]
-    return tokens, q
+    _, q = processed_probs(logits, ps, temperature, top_p, top_k, vocab)
+    return inverse_cdf(q, uniform_noise(_mix(keys + _DRAFT_STREAM), 0, 1)[:, 0], ps), q
 
 
 def verify_drafts(logits: torch.Tensor, drafts: torch.Tensor, q: Optional[torch.Tensor], has: torch.Tensor,
@@ -156,16 +174,9 @@ def verify_drafts(logits: torch.Tensor, drafts: torch.Tensor, q: Optional[torch.
 
 # ---- the engine ----------------------------------------------------------------------------------
 
-@dataclass
-class _DraftRow:
-    blocks: list  # the MTP layer's cache blocks (last stage)
-    drafts: Optional[torch.Tensor] = None  # [k] drafted tokens (None: none yet)
-    q: Optional[torch.Tensor] = None  # [k, V/tp] their distributions (sampling; last stage)
-    h_last: Optional[torch.Tensor] = None  # [D] main hidden at the row's last cached position (last stage)
-
-
 class SpeculativeBatcher(ContinuousBatcher):
-    """The continuous batcher whose decoding step drafts with the MTP module and verifies k+1 positions."""
+    """The continuous batcher whose decoding step drafts with the MTP module and verifies k+1 positions.
+    Per-row draft state lives in buffers indexed by the row's slot (no per-row tensors to gather)."""
 
     def __init__(self, model, ps: ParallelState, prompts, keys, gen):
         super().__init__(model, ps, prompts, keys, gen)
@@ -174,17 +185,26 @@ class SpeculativeBatcher(ContinuousBatcher):
         check_draft_model(model.cfg, "speculative")
         if gen.draft_tokens < 1:
             raise ValueError(f"generation: draft_tokens must be >= 1, got {gen.draft_tokens}")
-        self.k = gen.draft_tokens
-        self.rowstate: dict[int, _DraftRow] = {}
-        self.groupstate: dict[int, tuple[list, Optional[torch.Tensor]]] = {}  # id(group) -> (MTP blocks, h_last)
+        self.k = k = gen.draft_tokens
         self.drafted = self.accepted = self.draft_forwards = 0
         self.hidden = None
+        # every stage: each slot's drafts [k] and whether they are real (a new row has none yet)
+        self.drafts = torch.zeros(self.max_rows, k, dtype=torch.long, device=self.device)
+        self.has = torch.zeros(self.max_rows, dtype=torch.bool, device=self.device)
         if model.is_last:
             self.mtp_id = min(int(i) for i in model.mtp)
             self.mtp = model.mtp[str(self.mtp_id)]
             parts, self.mtp_layer_view = model.paged_kv_layout([self.mtp_id])
             self.mtp_pool = BlockPool(parts, self.bs, self.dtype, self.device)
             self.mtp_table = torch.zeros(self.max_rows, 16, dtype=torch.long, device=self.device)
+            self.mtp_blocks: dict[int, list] = {}  # row index -> the MTP layer's cache blocks
+            self.groupstate: dict[int, tuple[list, torch.Tensor]] = {}  # id(group) -> (MTP blocks, h_last)
+            # each slot's main hidden at its last cached position [D], and its drafts' distributions
+            self.h_last = torch.zeros(self.max_rows, model.hidden_size, dtype=self.dtype, device=self.device)
+            self.q = None
+            if gen.temperature > 0:
+                n_local = model.lm_head.weight.shape[0]
+                self.q = torch.zeros(self.max_rows, k, n_local, device=self.device)
 
     # ---- blocks ------------------------------------------------------------------------------
     def _table_row(self, table: torch.Tensor, slot: int, blocks: list) -> torch.Tensor:
@@ -207,18 +227,17 @@ class SpeculativeBatcher(ContinuousBatcher):
             self._set_table(r)
 
     def _fit_mtp(self, r: _Row, tokens: int) -> None:
-        st, need = self.rowstate[r.index], -(-tokens // self.bs)
-        if len(st.blocks) > need:
-            self.mtp_pool.release(st.blocks[need:])
-            del st.blocks[need:]
-        elif len(st.blocks) < need:
-            st.blocks.extend(self.mtp_pool.alloc() for _ in range(need - len(st.blocks)))
-            self.mtp_table = self._table_row(self.mtp_table, r.slot, st.blocks)
+        blocks, need = self.mtp_blocks[r.index], -(-tokens // self.bs)
+        if len(blocks) > need:
+            self.mtp_pool.release(blocks[need:])
+            del blocks[need:]
+        elif len(blocks) < need:
+            blocks.extend(self.mtp_pool.alloc() for _ in range(need - len(blocks)))
+            self.mtp_table = self._table_row(self.mtp_table, r.slot, blocks)
 
     def retire(self, r: _Row) -> None:
-        st = self.rowstate.pop(r.index, None)
-        if st is not None and self.model.is_last:
-            self.mtp_pool.release(st.blocks)
+        if self.model.is_last and r.index in self.mtp_blocks:
+            self.mtp_pool.release(self.mtp_blocks.pop(r.index))
         super().retire(r)
 
     # ---- forwards ----------------------------------------------------------------------------
@@ -240,12 +259,15 @@ class SpeculativeBatcher(ContinuousBatcher):
 
     def _mtp_forward(self, h_prev, next_ids, pos, view):
         """The MTP layer over h_prev [s, b, D] and the embeddings of next_ids [b, s] at positions pos
-        [b, s] on its own cache -> (its output [s, b, D], its logits [s, b, V/tp])."""
+        [b, s] on its own cache -> its output [s, b, D]."""
         model = self.model
         cos, sin = model.rope.cos_sin(pos.t())
-        h = self.mtp(h_prev, model._embed(next_ids.t()), model.rope, cos, sin, None, view.layer(self.mtp_id))
         self.draft_forwards += 1
-        return h, model.lm_head(enter_tp_region(self.mtp.shared_head.norm(h), self.ps))
+        return self.mtp(h_prev, model._embed(next_ids.t()), model.rope, cos, sin, None, view.layer(self.mtp_id))
+
+    def _mtp_logits(self, h):
+        """The shared head over the MTP output h [..., D] (only the positions that draft)."""
+        return self.model.lm_head(enter_tp_region(self.mtp.shared_head.norm(h), self.ps))
 
     def _empty_mtp(self) -> None:
         view = decode_view(self.mtp_pool, self.mtp_layer_view, torch.full((1, 1), NULL_BLOCK, device=self.device),
@@ -288,14 +310,17 @@ class SpeculativeBatcher(ContinuousBatcher):
         self._mtp_forward(hidden[:-1], ids[:, 1:], pos, view)
 
     def start(self, new) -> None:
-        """Each new row gets its copy of its prompt's MTP entries (the last sample takes the group's)."""
+        """New rows have no drafts yet; each gets its copy of its prompt's MTP entries (the last sample
+        takes the group's own) and the prompt's last hidden."""
+        slots = torch.tensor([r.slot for r in new], dtype=torch.long, device=self.device)
+        self.has[slots] = False
         if self.model.is_last:
             remaining: dict[int, int] = {}
-            src, dst = [], []
+            src, dst, h_last = [], [], []
             for r in new:
                 g = r.group
                 left = remaining[id(g)] = remaining.get(id(g), g.waiting) - 1
-                blocks, h_last = self.groupstate[id(g)]
+                blocks, h = self.groupstate[id(g)]
                 if left == 0:
                     mine = blocks
                     del self.groupstate[id(g)]
@@ -303,29 +328,25 @@ class SpeculativeBatcher(ContinuousBatcher):
                     mine = [self.mtp_pool.alloc() for _ in blocks]
                     src += blocks
                     dst += mine
-                self.rowstate[r.index] = _DraftRow(mine, h_last=h_last)
+                self.mtp_blocks[r.index] = mine
+                h_last.append(h)
             self.mtp_pool.copy_blocks(src, dst)
-        else:
-            for r in new:
-                self.rowstate[r.index] = _DraftRow([])
+            self.h_last[slots] = torch.stack(h_last)
         super().start(new)
         if self.model.is_last:
             for r in new:
-                if r.index in self.rowstate:  # not retired at its first token
-                    self.mtp_table = self._table_row(self.mtp_table, r.slot, self.rowstate[r.index].blocks)
+                if r.index in self.mtp_blocks:  # not retired at its first token
+                    self.mtp_table = self._table_row(self.mtp_table, r.slot, self.mtp_blocks[r.index])
 
     # ---- the speculative step ----------------------------------------------------------------
     def decode(self) -> None:
-        live, k, gen = self.live, self.k, self.gen
+        live, k = self.live, self.k
         s, b = k + 1, len(live)
         for r in live:
             self._fit(r, r.length + s)
         slots = torch.tensor([r.slot for r in live], dtype=torch.long, device=self.device)
         lengths = torch.tensor([r.length for r in live], dtype=torch.long, device=self.device)
-        states = [self.rowstate[r.index] for r in live]
-        has = torch.tensor([st.drafts is not None for st in states], device=self.device)
-        zeros = torch.zeros(k, dtype=torch.long, device=self.device)
-        drafts = torch.stack([zeros if st.drafts is None else st.drafts for st in states])
+        has, drafts = self.has[slots], self.drafts[slots]
         ids = torch.cat([torch.tensor([[r.out[-1]] for r in live], dtype=torch.long, device=self.device), drafts], 1)
         view = decode_view(self.pool, self.layer_view, self.table[slots], lengths, s)
         pos = lengths[:, None] + torch.arange(s, device=self.device)
@@ -333,20 +354,20 @@ class SpeculativeBatcher(ContinuousBatcher):
         self.decode_row_steps += b
         t0 = torch.tensor([len(r.out) for r in live], dtype=torch.long, device=self.device)
         rowkey = torch.tensor([r.key for r in live], dtype=torch.long, device=self.device)
-        width = 1 + 2 * s + k  # a, tokens, log-probs, next drafts
-        result = torch.zeros(b, width, dtype=torch.float64, device=self.device)
+        result = torch.zeros(b, 1 + 2 * s + k, dtype=torch.float64, device=self.device)  # a, tokens, log-probs, drafts
         if logits is not None:
-            a, tokens, logp = self._accept(logits, drafts, states, has, t0, rowkey)
-            nxt = self._draft(live, states, ids, tokens, a, lengths, slots, t0, rowkey)
+            a, tokens, logp = self._accept(logits, drafts, has, slots, t0, rowkey)
+            nxt = self._draft(live, ids, tokens, a, lengths, slots, t0, rowkey)
             result = torch.cat([a[:, None].double(), tokens.double(), logp.double(), nxt.double()], 1)
         if self.ps.pp > 1:
             dist.broadcast(result, src=self.pp_ranks[-1], group=self.ps.g("pp"))
         a = result[:, 0].long()
-        tokens, logp = result[:, 1:1 + s].long(), result[:, 1 + s:1 + 2 * s].float()
-        nxt = result[:, 1 + 2 * s:].long()
+        self.drafts[slots] = result[:, 1 + 2 * s:].long()
+        self.has[slots] = True
         self.drafted += int(has.sum()) * k
         self.accepted += int(a[has].sum())
-        kept = self._commit(live, states, a, tokens.tolist(), logp.tolist(), nxt)
+        kept = self._commit(live, a.tolist(), result[:, 1:1 + s].long().tolist(),
+                            result[:, 1 + s:1 + 2 * s].float().tolist())
         if self.gen.record_routing:
             sel = torch.arange(s, device=self.device)[:, None] < kept[None, :]  # [s, b] inputs of kept tokens
             jj, bb = sel.nonzero(as_tuple=True)
@@ -355,17 +376,14 @@ class SpeculativeBatcher(ContinuousBatcher):
             for layer, idx in view.routing.items():
                 self.decode_routing.setdefault(layer, []).append((rows, at.cpu(), idx[jj, bb]))
 
-    def _accept(self, logits, drafts, states, has, t0, rowkey):
+    def _accept(self, logits, drafts, has, slots, t0, rowkey):
         k, gen = self.k, self.gen
-        q = None
-        if gen.temperature > 0:
-            empty = torch.zeros(k, logits.shape[-1], device=self.device)
-            q = torch.stack([empty if st.q is None else st.q for st in states])
         steps = t0[:, None] + torch.arange(k + 1, device=self.device)
         keys = row_keys(gen.seed, steps.reshape(-1), rowkey.repeat_interleave(k + 1)).view(-1, k + 1)
+        q = self.q[slots] if self.q is not None else None
         return verify_drafts(logits, drafts, q, has, keys, self.ps, gen.temperature, gen.top_p, gen.top_k, self.vocab)
 
-    def _draft(self, live, states, ids, tokens, a, lengths, slots, t0, rowkey) -> torch.Tensor:
+    def _draft(self, live, ids, tokens, a, lengths, slots, t0, rowkey) -> torch.Tensor:
         """The next step's drafts [b, k] (last stage): the MTP layer over positions L-1..L+k, its output
         at the last kept position L+a drafts d'_1; then k-1 more one-token steps on its own output."""
         k, gen, b = self.k, self.gen, len(live)
@@ -373,38 +391,33 @@ class SpeculativeBatcher(ContinuousBatcher):
         for r in live:
             self._fit_mtp(r, r.length + 2 * k)
         table = self.mtp_table[slots]
-        h_prev = torch.cat([torch.stack([st.h_last for st in states])[None], self.hidden], 0)  # [k+2, b, D]
+        h_prev = torch.cat([self.h_last[slots][None], self.hidden], 0)  # [k+2, b, D]
         next_ids = torch.cat([ids[:, :1], tokens], 1)  # token i+1 of each entry i = L-1..L+k
         pos = (lengths - 1)[:, None] + torch.arange(k + 2, device=self.device)
         view = decode_view(self.mtp_pool, self.mtp_layer_view, table, lengths - 1, k + 2)
-        h, logits = self._mtp_forward(h_prev, next_ids, pos, view)
-        h, logits = h[a + 1, rows], logits[a + 1, rows]  # at position L + a
-        for st, hl in zip(states, self.hidden[a, rows]):
-            st.h_last = hl.clone()
+        h = self._mtp_forward(h_prev, next_ids, pos, view)[a + 1, rows]  # at position L + a
+        logits = self._mtp_logits(h)
+        self.h_last[slots] = self.hidden[a, rows]
         kept = lengths + a + 1
-        out, qs = [], []
+        out = []
         for j in range(1, k + 1):
             if j > 1:  # entry at position kept + j - 2 reads the layer's own output and the previous draft
                 view = decode_view(self.mtp_pool, self.mtp_layer_view, table, kept + j - 2)
-                h, logits = self._mtp_forward(h[None], out[-1][:, None], (kept + j - 2)[:, None], view)
-                h, logits = h[0], logits[0]
+                h = self._mtp_forward(h[None], out[-1][:, None], (kept + j - 2)[:, None], view)[0]
+                logits = self._mtp_logits(h)
             keys = row_keys(gen.seed, t0 + a + j, rowkey)
             d, q = draw_drafts(logits, self.ps, gen.temperature, gen.top_p, gen.top_k, self.vocab, keys)
             out.append(d)
-            qs.append(q)
-        if qs[0] is not None:
-            q = torch.stack(qs, 1)
-            for st, qr in zip(states, q):
-                st.q = qr
+            if q is not None:
+                self.q[slots, j - 1] = q
         return torch.stack(out, 1)
 
-    def _commit(self, live, states, a, tokens, logp, nxt) -> torch.Tensor:
+    def _commit(self, live, a, tokens, logp) -> torch.Tensor:
         """Append each row's new tokens (up to its end), roll its cache back to them; the kept counts [b]."""
         still, kept = [], []
-        for i, (r, st) in enumerate(zip(live, states)):
-            n = 0
-            done = False
-            for t, lp in zip(tokens[i][:int(a[i]) + 1], logp[i][:int(a[i]) + 1]):
+        for r, n_new, toks, lps in zip(live, a, tokens, logp):
+            n, done = 0, False
+            for t, lp in zip(toks[:n_new + 1], lps[:n_new + 1]):
                 r.out.append(t)
                 r.logps.append(lp)
                 n += 1
@@ -416,7 +429,6 @@ class SpeculativeBatcher(ContinuousBatcher):
             if done:
                 self.retire(r)
                 continue
-            st.drafts = nxt[i].to(self.device)
             self._fit(r, r.length + self.k + 1)  # rollback: blocks past the next step's positions go
             if self.model.is_last:
                 self._fit_mtp(r, r.length + 2 * self.k)
