@@ -235,3 +235,20 @@ def test_grpo_with_speculative_rollouts_matches_plain_rewards(tmp_path):
     a, b = (sum(v) / len(v) for v in rewards.values())
     sd = math.sqrt(max(a * (1 - a), b * (1 - b), 0.05) * 2 / (3 * 128))
     assert abs(a - b) < 4 * sd, rewards
+
+
+def test_mtp_labels_stay_inside_each_packed_sequence():
+    """Packed rows hold several sequences (position ids restart at 0): the MTP loss at depth d reads
+    the label d tokens on, so a label counts only where the d tokens before it are its own sequence's,
+    and only on the loss's sampled tokens."""
+    from r1mega.models.stage import IGNORE_INDEX
+    from r1mega.parallel.pipeline import Microbatch
+    from r1mega.rl.grpo import mtp_labels
+
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 0, 1]])
+    targets = torch.arange(10, 19)[None]
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 0, 1]], dtype=torch.bool)  # second sequence: a 1-token prompt
+    mb = Microbatch(torch.zeros(1, 9, dtype=torch.long), None, None, pos, None, {"targets": targets, "mask": mask})
+    assert mtp_labels([mb], 1) == 6
+    want = torch.tensor([[IGNORE_INDEX, 11, 12, 13, IGNORE_INDEX, 15, 16, IGNORE_INDEX, 18]])
+    assert torch.equal(mb.labels, want)

@@ -159,8 +159,11 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
             dist.all_reduce(t, group=ps.g("cp"))
     mask = mask.bool()
     pool = engine.pool
-    return Rollout(tokens, P, pad, mask, logprobs, routing, pool.values_per_token_per_layer(), pool.peak_bytes(),
-                   pool.pool_bytes(), engine.decode_row_steps, engine.forwards,
+    draft_pool = getattr(engine, "mtp_pool", None)  # speculative decoding: the draft's own cache
+    draft_bytes = (draft_pool.peak_bytes(), draft_pool.pool_bytes()) if draft_pool is not None else (0, 0)
+    return Rollout(tokens, P, pad, mask, logprobs, routing, pool.values_per_token_per_layer(),
+                   pool.peak_bytes() + draft_bytes[0], pool.pool_bytes() + draft_bytes[1],
+                   engine.decode_row_steps, engine.forwards,
                    getattr(engine, "drafted", 0), getattr(engine, "accepted", 0))
 
 
