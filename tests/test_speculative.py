@@ -252,3 +252,19 @@ def test_mtp_labels_stay_inside_each_packed_sequence():
     assert mtp_labels([mb], 1) == 6
     want = torch.tensor([[IGNORE_INDEX, 11, 12, 13, IGNORE_INDEX, 15, 16, IGNORE_INDEX, 18]])
     assert torch.equal(mb.labels, want)
+
+
+def test_grpo_speculative_on_tp2_ep2_logprobs_are_the_trainers(tmp_path):
+    """The log-probs a speculative rollout returns are the main model's: the trainer's forward over the
+    same tokens (routing replayed from the verified tokens' record) agrees; the MTP loss trains."""
+    from rl_workers import grpo_worker
+
+    overrides = [f"train.run_dir={tmp_path}/run", f"data.cache_dir={tmp_path}/data", "train.steps=2",
+                 "parallel.tp=2", "parallel.ep=2", "parallel.etp=1", "rl.group_size=4", "rl.prompts_per_step=4",
+                 "rl.routing_replay=true", "rl.speculative=mtp", "rl.draft_tokens=2", "rl.mtp_weight=0.3",
+                 "data.micro_batch_size=8", "data.global_batch_size=8", "data.synthetic_docs=300"]
+    rows = run_ranks(grpo_worker, 2, overrides)[0]["rows"]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["logprob_gap_max"] < 1e-4, r
+        assert 0 <= r["draft_acceptance"] <= 1 and r["mtp_loss"] > 0
