@@ -268,3 +268,27 @@ def test_grpo_speculative_on_tp2_ep2_logprobs_are_the_trainers(tmp_path):
     for r in rows:
         assert r["logprob_gap_max"] < 1e-4, r
         assert 0 <= r["draft_acceptance"] <= 1 and r["mtp_loss"] > 0
+
+
+def test_deepseek_v32_greedy_speculative_equals_plain():
+    """DeepSeek-V3.2: the MTP layer's sparse attention keeps its indexer keys in the draft's cache too;
+    top-4 of up to 30 tokens, so verification and drafting select."""
+    from r1mega.config import Config, validate
+    from r1mega.models.family import family_named
+    from r1mega.train.model_build import build_chunks, init_weights
+
+    v32 = family_named("deepseek_v32").config_cls
+    cfg = validate(Config(model=v32(vocab_size=128, num_layers=3, num_mtp_layers=1, index_topk=4, index_n_heads=4,
+                                    index_head_dim=16)), 1)
+    ps = single_process_state()
+    chunks = build_chunks(cfg, ps)
+    init_weights(chunks, seed=5)
+    with torch.no_grad():  # peaked distributions, as sharp_model
+        for p in chunks.parameters():
+            if p.dim() > 1:
+                p.mul_(8)
+    prompts, keys = long_tail_rows()
+    plain = generate(chunks, ps, prompts, greedy_config(), rows=keys)
+    spec = generate(chunks, ps, prompts, greedy_config(speculative="mtp", draft_tokens=2), rows=keys)
+    assert torch.equal(spec.tokens, plain.tokens) and spec.draft_tokens > 0
+    torch.testing.assert_close(spec.logprobs, plain.logprobs, atol=1e-5, rtol=0)
