@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from r1mega.inference.generate import GenerationConfig, generate
+from r1mega.inference.generate import generate
 from r1mega.inference.sampling import row_keys
 from r1mega.inference.speculative import SpeculativeBatcher, verify_drafts
 from r1mega.parallel.layout import single_process_state
