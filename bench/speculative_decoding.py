@@ -111,7 +111,8 @@ def long_tail(chunks, ps, tok, args) -> None:
         for k, (dt, n, acc, r) in zip(ks, measure(chunks, ps, rows, variants(gen, args.draft_tokens), args.repeats)):
             per_token[cap, k] = dt / n
             longest = int(r.completion_mask.sum(1).max())
-            print(f"{cap:>4} {k or '-':>7} {n:>7} {longest:>7} {acc:>7.3f} {dt:>7.2f} {n / dt:>8.1f} {1e3 * dt / n:>9.3f}")
+            print(f"{cap:>4} {k or '-':>7} {n:>7} {longest:>7} {acc:>7.3f} {dt:>7.2f} {n / dt:>8.1f} "
+                  f"{1e3 * dt / n:>9.3f}")
     lo, hi = min(args.caps), max(args.caps)
     for k in ks:
         name = f"speculative k={k}" if k else "plain"

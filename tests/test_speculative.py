@@ -217,7 +217,8 @@ def test_grpo_with_speculative_rollouts_matches_plain_rewards(tmp_path):
     data = [f"data.cache_dir={tmp_path}/data", "data.synthetic_docs=600"]
     train(load_config(DEMO, data + [f"train.run_dir={tmp_path}/pre", "train.steps=80", "train.log_interval=80"]),
           "pretrain")
-    rl = data + [f"train.load={tmp_path}/pre/checkpoints/step_00000080", "train.steps=3", "optim.lr=3e-4", "optim.min_lr=3e-4",
+    rl = data + [f"train.load={tmp_path}/pre/checkpoints/step_00000080", "train.steps=3", "optim.lr=3e-4",
+                 "optim.min_lr=3e-4",
                  "rl.group_size=16", "rl.prompts_per_step=8", "data.micro_batch_size=32", "data.global_batch_size=64",
                  "train.log_interval=1"]
     rewards = {}
