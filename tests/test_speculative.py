@@ -140,9 +140,11 @@ def test_without_drafts_a_row_draws_the_plain_sample():
     torch.testing.assert_close(logp[:, 0], want_lp)
 
 
-@pytest.mark.parametrize("par, world", [(dict(tp=2, ep=2), 4), (dict(pp=2), 2)])
+@pytest.mark.parametrize("par, world", [(dict(tp=2, ep=2), 4), (dict(pp=2), 2),
+                                        pytest.param(dict(cp=2), 2, marks=pytest.mark.slow)])
 def test_layouts_give_the_one_process_output(model, par, world):
-    """Greedy speculative = plain greedy; sampled speculative = the one-process speculative samples."""
+    """Greedy speculative = plain greedy; sampled speculative = the one-process speculative samples.
+    (CP2: each CP rank decodes half the rows.)"""
     chunks, ps = model
     prompts, keys = long_tail_rows()
     spec = dict(speculative="mtp", draft_tokens=2)
@@ -157,7 +159,7 @@ def test_layouts_give_the_one_process_output(model, par, world):
     n = len(prompts)
     assert [got["greedy"][i] for i in range(n)] == [got["plain"][i] for i in range(n)] == one_plain, par
     assert [got["sampled"][i] for i in range(n)] == one_sampled, par
-    if par.get("ep"):  # ranks ran the same forwards though their rows differ
+    if par.get("ep") or par.get("cp"):  # ranks ran the same forwards though their rows differ
         assert len({r["forwards"] for r in per_rank}) == 1 and len({r["sampled_forwards"] for r in per_rank}) == 1
 
 
