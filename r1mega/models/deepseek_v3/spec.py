@@ -49,5 +49,6 @@ FAMILY = ModelFamily(
     name=NAME, hf_model_types=("deepseek_v3", "deepseek_v2"), config_cls=ModelConfig,
     validate_keys=validate_keys, validate_layout=validate_layout, stage_cls=_stage, gather_full=_gather_full,
     count_params=_count_params, plan_module=_planner, flops_per_token=_flops_per_token, kv_cache="mla_latent",
+    routed_experts=lambda m: m.n_routed_experts,
     training_keys=ModelConfig.training_keys, fp32_params=("e_score_correction_bias",), hf_optional=hf_optional,
     training=MoETraining())

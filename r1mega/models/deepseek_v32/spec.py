@@ -38,5 +38,5 @@ FAMILY = ModelFamily(
     name=NAME, hf_model_types=("deepseek_v32",), config_cls=DSAConfig,
     validate_keys=validate_keys, validate_layout=validate_layout, stage_cls=_stage, gather_full=v3.FAMILY.gather_full,
     count_params=_count_params, plan_module=_planner, flops_per_token=_flops_per_token,
-    kv_cache="mla_latent+index_keys", training_keys=DSAConfig.training_keys, fp32_params=v3.FAMILY.fp32_params,
+    kv_cache="mla_latent+index_keys", routed_experts=v3.FAMILY.routed_experts, training_keys=DSAConfig.training_keys, fp32_params=v3.FAMILY.fp32_params,
     hf_optional=v3.FAMILY.hf_optional, training=DSATraining())
