@@ -55,6 +55,11 @@ class ModelFamily:
     fp32_params: tuple[str, ...] = ()  # parameter names kept in float32 whatever the weight dtype
     # HF checkpoint tensors a model need not hold (e.g. MTP copies of the embedding), by name
     hf_optional: Callable[[str, dict], bool] = lambda key, hf_config: False
+    # (config.json, the checkpoint's tensor names) -> prefixes of expected tensors the checkpoint may
+    # lack as a whole (e.g. an MTP layer transformers saves without): the model keeps their init
+    hf_may_lack: Callable[[dict, Any], tuple[str, ...]] = lambda hf_config, present: ()
+    # the 2-D weights a family's FP8 checkpoints store in e4m3 with block scales, by name
+    hf_fp8: Callable[[str], bool] = lambda key: key.endswith("proj.weight")
     training: TrainingHooks = TrainingHooks()
     # () -> the family's share of `r1mega plan` (a module, see models/<family>/plan.py): stage_params,
     # activation_bytes, family_comm, kv_cache_bytes; imported when first asked for
