@@ -57,9 +57,9 @@ from r1mega.train.checkpoint import find_resume_checkpoint, read_meta, resume_fr
 from r1mega.train.metrics_log import MetricsLog, table_due
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.train.setup import (
-    Run, SkipGuard, build_model, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta,
-    start_run,
+    Run, SkipGuard, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta, start_run,
 )
+from r1mega.train.model_build import build_model
 
 
 # ---- the data of one rollout -----------------------------------------------------------------
@@ -197,11 +197,11 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
     questions' indices in the rollout, which key the sampling noise (layout-independent samples)."""
     cfg, ps, tok = run.cfg, run.ps, source.tok
     G = cfg.rl.group_size
+    limit = max_new_tokens_at(cfg.rl, step)
     outputs = [p for p in problems for _ in range(G)]
     rendered = [source.render(p) for p in problems]
     rendered = [r for r in rendered for _ in range(G)]
     prompt_ids = [source.encode(r) for r in rendered]
-    limit = max_new_tokens_at(cfg.rl, step)
     gen = GenerationConfig(limit, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.top_k, tok.eos_id, source.stop(),
                            seed=cfg.seed + index, record_routing=cfg.rl.routing_replay,
                            vocab_size=tok.vocab_size)
