@@ -9,8 +9,8 @@ from r1mega.errors import ConfigError
 
 
 class TrainingHooks:
-    """What a family adds to a training step: extra loss terms, the work after the optimizer
-    step, and the metrics both produce. The base class adds nothing (a plain dense model)."""
+    """What a family adds to training: its rules on the `train:` keys, extra loss terms, the work
+    after the optimizer step, and the metrics both produce. The base class adds nothing."""
 
     def validate(self, model_cfg, train, section: str) -> None:
         """The family's rules on the run's `train:` keys (raise ConfigError naming the key). The
