@@ -83,6 +83,23 @@ def test_dry_run_counts_experts_through_the_family(capsys):
     assert "model 2 layers / 8 experts" in capsys.readouterr().out
 
 
+def test_generic_code_imports_no_family_by_name():
+    """Outside r1mega/models/ (the families and their registry) no code or doc names a family's
+    module: generic code asks the protocol."""
+    hits = []
+    for top in ("r1mega", "tools"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
+            if os.path.relpath(dirpath, ROOT).split(os.sep)[:2] == ["r1mega", "models"]:
+                continue
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(dirpath, name)
+                    with open(path, encoding="utf-8") as f:
+                        hits += [f"{os.path.relpath(path, ROOT)}:{i}" for i, line in enumerate(f, 1)
+                                 if "deepseek_v3" in line]
+    assert not hits, hits
+
+
 def test_float32_rounded_settings_match_the_checkpoint():
     from r1mega.train.checkpoint import ArchitectureMismatch, check_architecture
 
