@@ -46,9 +46,9 @@ from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.pipeline import Microbatch, forward_backward
 from r1mega.parallel.vocab_parallel import vocab_parallel_log_probs
 from r1mega.rl.dynamic_sampling import draw_until_informative
-from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, overlong_shaping, per_sequence_sum
+from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, loss_count, overlong_shaping
 from r1mega.rl.policy_scores import pack_support, sampler_support, scores, support_with_targets, unpack_support
-from r1mega.rl.train_batch import TrainBatch, pack_batch, to_train_batch  # noqa: F401 (re-exported)
+from r1mega.rl.train_batch import TrainBatch, update_batches
 from r1mega.rl.metrics import StepMetrics, global_values
 from r1mega.rl.prompt_source import PromptSource
 from r1mega.sandbox import isolation as sandbox
@@ -58,9 +58,9 @@ from r1mega.train.checkpoint import find_resume_checkpoint, read_meta, resume_fr
 from r1mega.train.metrics_log import MetricsLog, table_due
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.train.setup import (
-    Run, SkipGuard, build_model, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta,
-    start_run,
+    Run, SkipGuard, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta, start_run,
 )
+from r1mega.train.model_build import build_model
 
 
 # ---- the data of one rollout -----------------------------------------------------------------
@@ -198,11 +198,11 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
     questions' indices in the rollout, which key the sampling noise (layout-independent samples)."""
     cfg, ps, tok = run.cfg, run.ps, source.tok
     G = cfg.rl.group_size
+    limit = max_new_tokens_at(cfg.rl, step)
     outputs = [p for p in problems for _ in range(G)]
     rendered = [source.render(p) for p in problems]
     rendered = [r for r in rendered for _ in range(G)]
     prompt_ids = [source.encode(r) for r in rendered]
-    limit = max_new_tokens_at(cfg.rl, step)
     gen = GenerationConfig(limit, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.top_k, tok.eos_id, source.stop(),
                            seed=cfg.seed + index, record_routing=cfg.rl.routing_replay,
                            vocab_size=tok.vocab_size, speculative=cfg.rl.speculative, draft_tokens=cfg.rl.draft_tokens)
@@ -244,17 +244,6 @@ def use_tis(rl: RLConfig, train: TrainConfig) -> bool:
     if rl.tis is not None:
         return rl.tis
     return train.dtype == "bfloat16" or train.fp8 != "none"
-
-
-def loss_count(rl: RLConfig, batch: TrainBatch, max_new_tokens: int) -> float:
-    """This rank's share of the loss normaliser: trained sequences, tokens, or sequences x max_new_tokens."""
-    norm = "token" if rl.token_level_loss else rl.loss_norm
-    if norm == "token":
-        return float(batch.mask.sum())
-    if norm == "constant":
-        return float(batch.sequences * max_new_tokens)
-    n = int(batch.seq.max()) + 1 if batch.seq.numel() else 0
-    return float((per_sequence_sum(batch.mask.double(), batch.seq, max(n, 1)) > 0).sum())
 
 
 def token_extras(batch: TrainBatch, adv: torch.Tensor, old: Optional[torch.Tensor], ref: Optional[torch.Tensor]
@@ -342,30 +331,6 @@ def minibatch_update(run: Run, chunks, optimizer: DistributedAdamW, batch: Train
     optimizer.zero_grad(chunks)
     out = {k: float(v) for k, v in sums.items()}
     return {**out, "tokens": float(batch.mask.sum()), "grad_norm": grad_norm, "skipped": float(skipped)}
-
-
-def update_batches(cfg: Config, ps: ParallelState, rollout: Rollout, keep: torch.Tensor
-                   ) -> tuple[list[TrainBatch], list[Optional[int]]]:
-    """This rank's minibatches of the rollout (its j-th block of whole groups each) as training
-    rows, packed (rl.packed_update) or padded, and each one's microbatch count (agreed over the
-    data-parallel group for packed rows, whose number depends on the lengths: every rank of an
-    expert-parallel group must run as many forwards)."""
-    rl = cfg.rl
-    multiple = ps.cfg.sequence_divisor
-    parts = torch.arange(rollout.tokens.shape[0], device=rollout.tokens.device).chunk(rl.minibatches)
-    if not rl.packed_update:
-        full = to_train_batch(rollout, keep, multiple)
-        return [full.rows(part) for part in parts], [None] * len(parts)
-    size = cfg.data.micro_batch_size
-    batches = [pack_batch(rollout, keep, part, rl.pack_tokens, multiple) for part in parts]
-    local = torch.tensor([-(-b.input_ids.shape[0] // size) for b in batches], dtype=torch.long,
-                         device=rollout.tokens.device)
-    if ps.g("dp") is not None:
-        torch.distributed.all_reduce(local, op=torch.distributed.ReduceOp.MAX, group=ps.g("dp"))
-    counts = local.tolist()
-    batches = [b if b.input_ids.shape[0] >= m else pack_batch(rollout, keep, part, rl.pack_tokens, multiple, m)
-               for b, m, part in zip(batches, counts, parts)]
-    return batches, counts
 
 
 # ---- the loop --------------------------------------------------------------------------------
