@@ -105,3 +105,108 @@ def test_block_boundaries(model, monkeypatch, k):
     oracle(monkeypatch, plain.completions(), lambda row, pos: pos % 4 == 3)
     spec = generate(chunks, ps, prompts, greedy(max_new_tokens=2 * BS + 1, speculative="mtp", draft_tokens=k))
     assert_same(plain, spec)
+
+
+# ---- the sampled distribution ---------------------------------------------------------------------
+
+def soft_model(scale: float = 3.0):
+    from r1mega.config import Config, ModelConfig, ParallelConfig, validate
+    from r1mega.parallel.layout import single_process_state
+    from r1mega.train.model_build import build_chunks, init_weights
+
+    cfg = validate(Config(model=ModelConfig(vocab_size=128, num_layers=4, num_mtp_layers=1),
+                          parallel=ParallelConfig()), 1)
+    chunks = build_chunks(cfg, single_process_state())
+    init_weights(chunks, seed=7)
+    with torch.no_grad():
+        for p in chunks.parameters():
+            if p.dim() > 1:
+                p.mul_(scale)
+    return chunks, single_process_state()
+
+
+def target_probs(logits: torch.Tensor, temperature: float, top_p: float, top_k: int) -> torch.Tensor:
+    """The sampler's distribution, written independently: softmax(logits / T) cut to the top k, then to
+    the smallest most-likely set whose mass reaches top_p, renormalised. logits [n, V] -> [n, V]."""
+    scaled = logits.double() / temperature
+    if top_k:
+        kth = scaled.topk(top_k, -1).values[:, -1:]
+        scaled = scaled.masked_fill(scaled < kth, -math.inf)
+    p = scaled.softmax(-1)
+    if top_p < 1:
+        srt, order = p.sort(-1, descending=True)
+        before = srt.cumsum(-1) - srt  # mass strictly above each token
+        keep_sorted = before < top_p
+        keep = torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
+        p = p * keep
+        p = p / p.sum(-1, keepdim=True)
+    return p
+
+
+def pit_values(chunks, ps, prompt, rollout, gen, first: int, seed: int = 0) -> tuple[torch.Tensor, int]:
+    """Randomized probability integral transform of completion tokens first.. of every row: iid
+    uniform on (0, 1) exactly when each token was drawn from the target given its prefix."""
+    from r1mega.kernels.block_attention import documents_from_pad
+
+    model = chunks[0]
+    tokens = rollout.tokens
+    B, n = tokens.shape
+    P = len(prompt)
+    with torch.no_grad():
+        pad = torch.zeros(B, dtype=torch.long)
+        pos = torch.arange(n)[None, :].expand(B, n)
+        logits = model(tokens, position_ids=pos, attn_mask=documents_from_pad(pad, n)).logits  # [n, B, V]
+    g = torch.Generator().manual_seed(seed)
+    us, outside = [], 0
+    for j in range(first, n - P):
+        pi = target_probs(logits[P - 1 + j].float(), gen.temperature, gen.top_p, gen.top_k)  # [B, V]
+        x = tokens[:, P + j]
+        order = pi.argsort(dim=-1, descending=True, stable=True)
+        rank = order.argsort(dim=-1)
+        srt = pi.gather(1, order)
+        below = srt.cumsum(-1) - srt  # mass ranked before each sorted token
+        px = pi.gather(1, x[:, None])[:, 0]
+        outside += int((px == 0).sum())
+        fx = below.gather(1, rank.gather(1, x[:, None]))[:, 0]
+        us.append(fx + torch.rand(B, generator=g, dtype=torch.float64) * px)
+    return torch.cat(us), outside
+
+
+SAMPLED = {
+    "t1": dict(temperature=1.0),
+    "cold_top_p": dict(temperature=0.6, top_p=0.8),
+    "hot_top_k_top_p": dict(temperature=1.6, top_p=0.9, top_k=12),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("draft", ["mtp", "unigram"])
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("case", list(SAMPLED))
+def test_sampled_tokens_follow_the_target(monkeypatch, case, k, draft):
+    from scipy.stats import kstest
+
+    chunks, ps = soft_model()
+    prompt, B = [5, 9, 17, 3], 1500
+    gen = GenerationConfig(max_new_tokens=7, block_size=BS, seed=3, **SAMPLED[case])
+    rows = torch.arange(B)
+    plain = generate(chunks, ps, [prompt] * B, gen, rows=rows)
+    if draft == "unigram":  # a context-free draft near the outputs' frequencies: many acceptances
+        freq = torch.bincount(plain.tokens[:, len(prompt) + 1:].reshape(-1), minlength=128).double()
+        bias = (freq + 0.5).log().float()
+        monkeypatch.setattr(SpeculativeBatcher, "_mtp_logits", lambda self, h: bias.expand(h.shape[0], -1).clone())
+    spec = generate(chunks, ps, [prompt] * B, replace(gen, speculative="mtp", draft_tokens=k), rows=rows)
+    if draft == "unigram":
+        assert spec.draft_accepted > 0.1 * spec.draft_tokens, (spec.draft_accepted, spec.draft_tokens)
+    u_plain, out_plain = pit_values(chunks, ps, prompt, plain, gen, first=2)
+    u_spec, out_spec = pit_values(chunks, ps, prompt, spec, gen, first=2)
+    assert out_plain <= 2 and out_spec <= 2  # only float-level disagreements at the top-p edge
+    assert kstest(u_plain.numpy(), "uniform").pvalue > 1e-4  # the test itself is calibrated
+    assert kstest(u_spec.numpy(), "uniform").pvalue > 1e-4, (spec.draft_accepted / spec.draft_tokens)
+    # and the 3rd-token distributions agree between the engines (two-sample, same prompt)
+    a, b = plain.tokens[:, len(prompt) + 2], spec.tokens[:, len(prompt) + 2]
+    ca, cb = torch.bincount(a, minlength=128).double(), torch.bincount(b, minlength=128).double()
+    seen = (ca + cb) > 0
+    chi2 = (((ca - cb) ** 2) / (ca + cb).clamp(min=1))[seen].sum().item()
+    from scipy.stats import chi2 as chi2_dist
+    assert chi2_dist.sf(chi2, int(seen.sum()) - 1) > 1e-3
