@@ -210,3 +210,117 @@ def test_sampled_tokens_follow_the_target(monkeypatch, case, k, draft):
     chi2 = (((ca - cb) ** 2) / (ca + cb).clamp(min=1))[seen].sum().item()
     from scipy.stats import chi2 as chi2_dist
     assert chi2_dist.sf(chi2, int(seen.sum()) - 1) > 1e-3
+
+
+# ---- bad input: named errors, exit 2, nothing on disk lost ---------------------------------------
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """Two tiny r1mega checkpoints (with and without the MTP module), a tokenizer and prompts."""
+    import json
+    from dataclasses import asdict
+
+    from r1mega.config import Config, ModelConfig
+    from r1mega.data.synthetic import pretrain_corpus
+    from r1mega.data.tokenizer import train_sentencepiece
+    from r1mega.parallel.layout import single_process_state
+    from r1mega.train.checkpoint import save_checkpoint
+    from r1mega.train.model_build import build_chunks, init_weights
+    from r1mega.train.optimizer import DistributedAdamW
+
+    root = tmp_path_factory.mktemp("spec_cli")
+    tok = train_sentencepiece(pretrain_corpus(200), str(root / "tok"), 384)
+    out = {"tok": tok, "root": root}
+    for name, mtp in (("plain", 0), ("mtp", 1)):
+        cfg = Config(model=ModelConfig(vocab_size=384, num_layers=2, n_routed_experts=4, n_group=1,
+                                       num_mtp_layers=mtp))
+        ps = single_process_state()
+        torch.manual_seed(0)
+        chunks = build_chunks(cfg, ps)
+        init_weights(chunks, 7)
+        save_checkpoint(str(root / name), 1, chunks, DistributedAdamW(chunks, ps, cfg.optim), ps,
+                        {"model_config": asdict(cfg.model)})
+        out[name] = str(root / name)
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Q: {i}+{i % 7}="}) + "\n" for i in range(4)))
+    out["prompts"] = str(prompts)
+    return out
+
+
+def _generate(ckpts, model, out, *extra):
+    from r1mega.cli import main
+
+    return main(["generate", "--model", ckpts[model], "--tokenizer", ckpts["tok"], "--prompts", ckpts["prompts"],
+                 "--out", str(out), "--template", "raw", "--max-new-tokens", "8", *extra])
+
+
+def _tree(path):
+    return {os.path.relpath(os.path.join(d, f), path): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(path) for f in files}
+
+
+@pytest.mark.parametrize("model, extra, key", [
+    ("plain", ["--speculative", "mtp"], "--speculative"),
+    ("mtp", ["--speculative", "mtp", "--draft-tokens", "0"], "--draft-tokens"),
+    ("mtp", ["--speculative", "mtp", "--draft-tokens", "-3"], "--draft-tokens"),
+    ("mtp", ["--speculative", "mtp", "--draft-tokens", "1000000000"], "--draft-tokens"),
+])
+def test_cli_bad_speculative_input(ckpts, tmp_path, capsys, model, extra, key):
+    out = tmp_path / "out"
+    assert _generate(ckpts, "mtp", out, "--temperature", "0") == 0  # an earlier store, kept whole
+    before = _tree(out)
+    capsys.readouterr()
+    assert _generate(ckpts, model, out, "--temperature", "0", *extra) == 2
+    err = capsys.readouterr().err
+    assert key in err and "Traceback" not in err, err
+    assert _tree(out) == before
+    fresh = tmp_path / "fresh"  # and into a new directory: the same named error, nothing written
+    assert _generate(ckpts, model, fresh, "--temperature", "0", *extra) == 2
+    err = capsys.readouterr().err
+    assert key in err and "Traceback" not in err, err
+    assert not fresh.exists() or not _tree(fresh)
+
+
+def test_cli_speculative_greedy_equals_plain(ckpts, tmp_path):
+    import json
+
+    def completions(out):
+        recs = []
+        for name in sorted(os.listdir(out)):
+            if name.startswith("shard-"):
+                recs += [json.loads(line) for line in open(os.path.join(out, name))]
+        return {r["id"]: r["completion"] for r in recs}
+
+    assert _generate(ckpts, "mtp", tmp_path / "a", "--temperature", "0") == 0
+    assert _generate(ckpts, "mtp", tmp_path / "b", "--temperature", "0", "--speculative", "mtp",
+                     "--draft-tokens", "3") == 0
+    assert completions(tmp_path / "a") == completions(tmp_path / "b")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(ROOT, "configs", "tiny", "r1_zero_demo.yaml")
+STUDENT = os.path.join(ROOT, "configs", "tiny", "distill_student.yaml")
+
+
+@pytest.mark.parametrize("paths, overrides, key", [
+    ([DEMO], ["rl.draft_tokens=0"], "rl.draft_tokens"),
+    ([DEMO], ["rl.speculative=mtp", "rl.draft_tokens=100000"], "rl.draft_tokens"),
+    ([DEMO], ["rl.speculative=eagle"], "rl.speculative"),
+    ([DEMO], ["rl.mtp_weight=-0.1"], "rl.mtp_weight"),
+    ([DEMO], ["rl.speculative=mtp", "model.num_mtp_layers=0"], "rl.speculative"),
+    ([DEMO, STUDENT], ["rl.speculative=mtp"], "rl.speculative"),
+    ([DEMO, STUDENT], ["rl.mtp_weight=0.3"], "rl.mtp_weight"),
+])
+def test_rl_speculative_keys_checked_up_front(paths, overrides, key):
+    from r1mega.config import ConfigError, load_config, validate_rl, validate_training
+
+    with pytest.raises(ConfigError) as e:
+        validate_rl(validate_training(load_config(paths, overrides), 1, needs_data=False), 1)
+    assert e.value.key == key, str(e.value)
+
+
+def test_engine_refuses_draft_counts_out_of_range(model):
+    chunks, ps = model
+    for k in (0, -1, 10 ** 9):
+        with pytest.raises(ValueError, match="draft_tokens"):
+            generate(chunks, ps, PROMPTS, greedy(speculative="mtp", draft_tokens=k))
