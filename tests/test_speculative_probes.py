@@ -324,3 +324,29 @@ def test_engine_refuses_draft_counts_out_of_range(model):
     for k in (0, -1, 10 ** 9):
         with pytest.raises(ValueError, match="draft_tokens"):
             generate(chunks, ps, PROMPTS, greedy(speculative="mtp", draft_tokens=k))
+
+
+# ---- layouts ------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("par, world", [(dict(tp=2, ep=2), 4), (dict(pp=2), 2)])
+def test_layouts_draw_the_one_process_speculative_samples(model, par, world):
+    from r1mega.parallel.spawn import run_ranks
+    from speculative_probe_workers import probe_configs, probe_rows, speculative_probe_worker
+
+    chunks, ps = model
+    prompts, keys = probe_rows()
+    per_rank = run_ranks(speculative_probe_worker, world, par)
+    for name, gen in probe_configs().items():
+        one = generate(chunks, ps, prompts, gen, rows=torch.tensor(keys))
+        got = {}
+        for r in per_rank:
+            comps, lps, _ = r[name]
+            for k, c, lp in zip(r["keys"], comps, lps):
+                got.setdefault(k, (c, lp))
+                assert got[k][0] == c, (name, par, k)
+        for k, c in zip(keys, one.completions()):
+            assert got[k][0] == c, (name, par, k)
+            torch.testing.assert_close(got[k][1], one.logprobs[k][one.completion_mask[k]], atol=2e-5, rtol=0)
+        if par.get("ep"):
+            assert len({r[name][2] for r in per_rank}) == 1, name  # the EP group ran the same forwards
