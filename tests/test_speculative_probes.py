@@ -350,3 +350,40 @@ def test_layouts_draw_the_one_process_speculative_samples(model, par, world):
             torch.testing.assert_close(got[k][1], one.logprobs[k][one.completion_mask[k]], atol=2e-5, rtol=0)
         if par.get("ep"):
             assert len({r[name][2] for r in per_rank}) == 1, name  # the EP group ran the same forwards
+
+
+# ---- DeepSeek-V3.2: sparse attention in the verification and in the draft's cache ----------------
+
+@pytest.mark.parametrize("draft", ["oracle", "half", "mtp"])
+def test_v32_greedy_equals_plain(tmp_path_factory, monkeypatch, draft):
+    import transformers
+
+    from r1mega.models.family import family_for_hf
+    from r1mega.models.weights import load_hf_weights
+    from r1mega.parallel.layout import single_process_state
+    from tiny_hf import BASE, add_mtp_layer, randomize
+
+    path = str(tmp_path_factory.mktemp("v32mtp") / "hf")
+    cfg = transformers.DeepseekV32Config(**BASE, n_group=2, topk_group=1, index_n_heads=16, index_head_dim=16,
+                                         index_topk=5)
+    torch.manual_seed(0)
+    hf = transformers.DeepseekV32ForCausalLM(cfg).float().eval()
+    randomize(hf, 0)
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.dim() > 1:
+                p.mul_(4)  # peaked logits: no near-ties between the one- and k+1-position forwards
+    hf.save_pretrained(path)
+    add_mtp_layer(path)
+    family, mcfg = family_for_hf(path)
+    assert mcfg.num_mtp_layers == 1
+    ps = single_process_state()
+    m = family.build_stage(mcfg, ps)
+    load_hf_weights(m, path)
+    prompts = [list(range(3, 3 + n)) for n in (1, 3, 4, 5, 9, 13)]
+    plain = generate(m, ps, prompts, greedy(max_new_tokens=14))
+    if draft != "mtp":
+        oracle(monkeypatch, plain.completions(), (lambda r, p: p % 3 == 1) if draft == "half" else (lambda r, p: False))
+    for k in (1, 3):
+        spec = generate(m, ps, prompts, greedy(max_new_tokens=14, speculative="mtp", draft_tokens=k))
+        assert_same(plain, spec)
