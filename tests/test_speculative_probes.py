@@ -68,6 +68,9 @@ CASES = {
     "refill": {"max_rows": 2},
     "tight_cache": {"max_cache_tokens": 8, "max_rows": 3},
     "top_k_1": {"temperature": 0.7, "top_k": 1},
+    "vocab_cut": {"vocab_size": 100},
+    "eos_first": {"eos_id": "first", "max_rows": 2},  # some rows end at the token drawn from the prompt
+    "one_token": {"max_new_tokens": 1},  # ids past the tokenizer's vocabulary are never drafted or drawn
 }
 
 
@@ -80,6 +83,8 @@ def test_greedy_equals_plain(model, monkeypatch, k, case, draft):
     if kw.get("eos_id") == "mid":  # an id the plain output emits mid-way in some rows
         free = generate(chunks, ps, PROMPTS, greedy()).completions()
         kw["eos_id"] = free[0][5]
+    if kw.get("eos_id") == "first":
+        kw["eos_id"] = generate(chunks, ps, PROMPTS, greedy()).completions()[0][0]
     plain = generate(chunks, ps, PROMPTS, greedy(**kw))
     if case == "top_k_1":
         plain_greedy = generate(chunks, ps, PROMPTS, greedy())
@@ -93,7 +98,7 @@ def test_greedy_equals_plain(model, monkeypatch, k, case, draft):
         torch.testing.assert_close(spec.logprobs, plain.logprobs, atol=2e-5, rtol=0)
     else:
         assert_same(plain, spec)
-    if draft == "oracle" and case != "short_budget":  # drafts past the length limit cannot match
+    if draft == "oracle" and case not in ("short_budget", "one_token", "eos_first"):  # drafts past the length limit cannot match
         assert spec.draft_accepted > 0.5 * spec.draft_tokens, (spec.draft_accepted, spec.draft_tokens)
 
 
@@ -387,3 +392,30 @@ def test_v32_greedy_equals_plain(tmp_path_factory, monkeypatch, draft):
     for k in (1, 3):
         spec = generate(m, ps, prompts, greedy(max_new_tokens=14, speculative="mtp", draft_tokens=k))
         assert_same(plain, spec)
+
+
+# ---- GRPO with speculative rollouts and the MTP loss: gap, acceptance, resume ----------------------
+
+def test_grpo_speculative_resume_equals_uninterrupted(tmp_path):
+    import json
+
+    from r1mega.config import load_config
+    from r1mega.rl.grpo import grpo
+
+    def run(run_dir, steps):
+        cfg = load_config(DEMO, [f"train.run_dir={run_dir}", f"data.cache_dir={tmp_path}/data", f"train.steps={steps}",
+                                 "train.save_interval=2", "rl.group_size=4", "rl.prompts_per_step=4",
+                                 "rl.speculative=mtp", "rl.draft_tokens=2", "rl.mtp_weight=0.3",
+                                 "data.micro_batch_size=8", "data.global_batch_size=8", "data.synthetic_docs=300",
+                                 "train.log_interval=1"])
+        grpo(cfg, eval_problems=4)
+        return [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+
+    straight = run(tmp_path / "a", 3)
+    run(tmp_path / "b", 2)
+    resumed = run(tmp_path / "b", 3)  # from the step-2 checkpoint: the MTP module's weights and moments too
+    assert [r["step"] for r in straight] == [r["step"] for r in resumed] == [1, 2, 3]
+    for a, b in zip(straight, resumed):
+        assert a["logprob_gap_max"] < 2e-6 and 0 < a["draft_acceptance"] <= 1 and a["mtp_loss"] > 0, a
+        for key in ("reward", "loss", "draft_acceptance", "mtp_loss", "response_len", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), (key, a["step"])
