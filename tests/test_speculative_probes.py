@@ -419,3 +419,59 @@ def test_grpo_speculative_resume_equals_uninterrupted(tmp_path):
         assert a["logprob_gap_max"] < 2e-6 and 0 < a["draft_acceptance"] <= 1 and a["mtp_loss"] > 0, a
         for key in ("reward", "loss", "draft_acceptance", "mtp_loss", "response_len", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), (key, a["step"])
+
+
+# ---- the draft itself: the MTP layer on its paged cache equals the training-time MTP forward -------
+
+@pytest.mark.parametrize("kw", [
+    dict(temperature=0.0),
+    dict(temperature=1.0, seed=4, max_rows=3),  # refill; samples of a prompt admitted at different steps
+    dict(temperature=0.9, top_p=0.9, seed=2, max_cache_tokens=16),
+])
+def test_first_draft_equals_the_training_mtp_forward(model, monkeypatch, kw):
+    """Greedy equality cannot see a wrong draft (it only lowers acceptance): compare every step's
+    first-draft logits with the MTP layer run over the row's final sequence without a cache."""
+    from r1mega.kernels.block_attention import documents_from_pad
+
+    chunks, ps = model
+    m = chunks[0]
+    seen = []
+    real_draft, real_logits = SpeculativeBatcher._draft, SpeculativeBatcher._mtp_logits
+
+    def _mtp_logits(self, h):
+        out = real_logits(self, h)
+        if self.probe_first is None:
+            self.probe_first = out.clone()
+        return out
+
+    def _draft(self, live, ids, tokens, a, lengths, slots, t0, rowkey):
+        self.probe_first = None
+        d = real_draft(self, live, ids, tokens, a, lengths, slots, t0, rowkey)
+        seen.extend((r.index, int(lengths[i] + a[i]), self.probe_first[i]) for i, r in enumerate(live))
+        return d
+
+    monkeypatch.setattr(SpeculativeBatcher, "_mtp_logits", _mtp_logits)
+    monkeypatch.setattr(SpeculativeBatcher, "_draft", _draft)
+    prompts = PROMPTS + [[5, 6, 7], [3, 4, 5, 6, 7, 8, 9, 10]]
+    spec = generate(chunks, ps, prompts, GenerationConfig(max_new_tokens=12, block_size=BS, speculative="mtp",
+                                                          draft_tokens=3, **kw))
+    mtp = m.mtp[str(min(int(i) for i in m.mtp))]
+    refs = {}
+    with torch.no_grad():
+        for i, (p, c) in enumerate(zip(prompts, spec.completions())):
+            ids = torch.tensor([p + c])
+            n = ids.shape[1]
+            pos = torch.arange(n)[None]
+            mask = documents_from_pad(torch.zeros(1, dtype=torch.long), n)
+            h = m(ids, position_ids=pos, attn_mask=mask, keep_hidden=True).hidden
+            nxt = torch.cat([ids[:, 1:], ids[:, :1]], 1)
+            cos, sin = m.rope.cos_sin(pos.t())
+            out = mtp(h, m._embed(nxt.t()), m.rope, cos, sin, mask)
+            refs[i] = (m.lm_head(mtp.shared_head.norm(out))[:, 0], n)
+    checked = 0
+    for row, at, logits in seen:
+        ref, n = refs[row]
+        if at + 1 < n:  # the token the entry reads was kept
+            torch.testing.assert_close(logits, ref[at], atol=1e-4, rtol=1e-4, msg=f"row {row} position {at}")
+            checked += 1
+    assert checked > 40
