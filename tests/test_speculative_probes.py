@@ -296,10 +296,16 @@ def test_cli_speculative_greedy_equals_plain(ckpts, tmp_path):
                 recs += [json.loads(line) for line in open(os.path.join(out, name))]
         return {r["id"]: r["completion"] for r in recs}
 
-    assert _generate(ckpts, "mtp", tmp_path / "a", "--temperature", "0") == 0
-    assert _generate(ckpts, "mtp", tmp_path / "b", "--temperature", "0", "--speculative", "mtp",
-                     "--draft-tokens", "3") == 0
-    assert completions(tmp_path / "a") == completions(tmp_path / "b")
+    for i, extra in enumerate([[], ["--stop", "1", "--stop", " ", "--samples", "2"]]):
+        assert _generate(ckpts, "mtp", tmp_path / f"a{i}", "--temperature", "0", *extra) == 0
+        assert _generate(ckpts, "mtp", tmp_path / f"b{i}", "--temperature", "0", "--speculative", "mtp",
+                         "--draft-tokens", "3", *extra) == 0
+        assert completions(tmp_path / f"a{i}") == completions(tmp_path / f"b{i}")
+        # the same command again resumes the finished store: nothing added, nothing lost
+        before = _tree(tmp_path / f"b{i}")
+        assert _generate(ckpts, "mtp", tmp_path / f"b{i}", "--temperature", "0", "--speculative", "mtp",
+                         "--draft-tokens", "3", *extra) == 0
+        assert _tree(tmp_path / f"b{i}") == before
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -475,3 +481,30 @@ def test_first_draft_equals_the_training_mtp_forward(model, monkeypatch, kw):
             torch.testing.assert_close(logits, ref[at], atol=1e-4, rtol=1e-4, msg=f"row {row} position {at}")
             checked += 1
     assert checked > 40
+
+
+def test_grpo_speculative_layouts_equal_one_process(tmp_path):
+    """GRPO steps with speculative rollouts, the MTP loss and routing replay: PP2 and TP2 x EP2 log
+    the one-process rewards, acceptance and MTP loss; sampler and trainer log-probs agree."""
+    import json
+
+    from r1mega.config import load_config
+    from r1mega.parallel.spawn import run_ranks
+    from r1mega.rl.grpo import grpo
+    from rl_workers import grpo_worker
+
+    def overrides(name, layout):
+        return [f"train.run_dir={tmp_path}/{name}", f"data.cache_dir={tmp_path}/data", "train.steps=2", *layout,
+                "rl.group_size=4", "rl.prompts_per_step=4", "rl.speculative=mtp", "rl.draft_tokens=3",
+                "rl.mtp_weight=0.3", "rl.routing_replay=true", "data.micro_batch_size=8",
+                "data.global_batch_size=8", "data.synthetic_docs=300", "train.log_interval=1"]
+
+    grpo(load_config(DEMO, overrides("one", [])), eval_problems=4)
+    one = [json.loads(line) for line in open(tmp_path / "one" / "metrics.jsonl")]
+    for name, layout in (("pp2", ["parallel.pp=2"]), ("tp2ep2", ["parallel.tp=2", "parallel.ep=2", "parallel.etp=1"])):
+        rows = run_ranks(grpo_worker, 2, overrides(name, layout))[0]["rows"]
+        assert [r["step"] for r in rows] == [1, 2]
+        for a, b in zip(one, rows):
+            assert b["logprob_gap_max"] < 2e-6, (name, b)
+            assert b["reward"] == a["reward"] and b["draft_acceptance"] == a["draft_acceptance"], name
+            assert b["mtp_loss"] == pytest.approx(a["mtp_loss"], rel=1e-5), name
