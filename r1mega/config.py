@@ -251,8 +251,9 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False, rewards=
     need(rl.speculative in (None, "mtp"), "rl.speculative", f"expected mtp or null, got {rl.speculative!r}")
     from r1mega.inference.speculative import MAX_DRAFT_TOKENS
 
-    need(1 <= rl.draft_tokens <= MAX_DRAFT_TOKENS, "rl.draft_tokens",
-         f"must be in 1..{MAX_DRAFT_TOKENS}, got {rl.draft_tokens}")
+    need(rl.draft_tokens >= 1, "rl.draft_tokens", f"must be >= 1, got {rl.draft_tokens}")
+    need(rl.draft_tokens <= MAX_DRAFT_TOKENS, "rl.draft_tokens",
+         f"must be <= {MAX_DRAFT_TOKENS}, got {rl.draft_tokens}")
     need(rl.mtp_weight >= 0 and math.isfinite(rl.mtp_weight), "rl.mtp_weight",
          f"must be a finite number >= 0, got {rl.mtp_weight}")
     for key, on in (("rl.speculative", rl.speculative is not None), ("rl.mtp_weight", rl.mtp_weight > 0)):

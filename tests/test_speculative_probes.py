@@ -98,7 +98,8 @@ def test_greedy_equals_plain(model, monkeypatch, k, case, draft):
         torch.testing.assert_close(spec.logprobs, plain.logprobs, atol=2e-5, rtol=0)
     else:
         assert_same(plain, spec)
-    if draft == "oracle" and case not in ("short_budget", "one_token", "eos_first"):  # drafts past the length limit cannot match
+    # drafts past the length limit cannot match
+    if draft == "oracle" and case not in ("short_budget", "one_token", "eos_first"):
         assert spec.draft_accepted > 0.5 * spec.draft_tokens, (spec.draft_accepted, spec.draft_tokens)
 
 

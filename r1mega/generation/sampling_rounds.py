@@ -58,8 +58,10 @@ class SamplingParams:
             raise ConfigError("--speculative", f"expected mtp, got {self.speculative!r}")
         from r1mega.inference.speculative import MAX_DRAFT_TOKENS
 
-        if not 1 <= self.draft_tokens <= MAX_DRAFT_TOKENS:
-            raise ConfigError("--draft-tokens", f"must be in 1..{MAX_DRAFT_TOKENS}, got {self.draft_tokens}")
+        if self.draft_tokens < 1:
+            raise ConfigError("--draft-tokens", f"must be >= 1, got {self.draft_tokens}")
+        if self.draft_tokens > MAX_DRAFT_TOKENS:
+            raise ConfigError("--draft-tokens", f"must be <= {MAX_DRAFT_TOKENS}, got {self.draft_tokens}")
 
 
 @dataclass
