@@ -509,3 +509,31 @@ def test_grpo_speculative_layouts_equal_one_process(tmp_path):
             assert b["logprob_gap_max"] < 2e-6, (name, b)
             assert b["reward"] == a["reward"] and b["draft_acceptance"] == a["draft_acceptance"], name
             assert b["mtp_loss"] == pytest.approx(a["mtp_loss"], rel=1e-5), name
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_sampled_rows_do_not_depend_on_the_batch(model, k):
+    """A row's speculative samples are keyed by (seed, row, position): the same whatever the row budget,
+    the cache budget or the rows around it."""
+    chunks, ps = model
+    prompts = PROMPTS * 2
+    gen = GenerationConfig(max_new_tokens=12, temperature=0.9, top_p=0.95, seed=8, block_size=BS, eos_id=2,
+                           speculative="mtp", draft_tokens=k)
+    keys = torch.arange(len(prompts))
+    full = generate(chunks, ps, prompts, gen, rows=keys)
+    for kw in (dict(max_rows=2), dict(max_rows=5, max_cache_tokens=20)):
+        other = generate(chunks, ps, prompts, replace(gen, **kw), rows=keys)
+        assert other.completions() == full.completions(), kw
+        torch.testing.assert_close(other.logprobs, full.logprobs, atol=2e-5, rtol=0)
+    alone = generate(chunks, ps, prompts[3:4], gen, rows=keys[3:4])
+    assert alone.completions() == full.completions()[3:4]
+
+
+def test_sixteen_drafts_on_two_token_blocks(model, monkeypatch):
+    """The largest draft count on tiny blocks: both block tables grow past their first width mid-run."""
+    chunks, ps = model
+    plain = generate(chunks, ps, PROMPTS, greedy(max_new_tokens=20, block_size=2, max_rows=4))
+    oracle(monkeypatch, plain.completions(), lambda row, pos: pos % 7 == 6)
+    spec = generate(chunks, ps, PROMPTS, greedy(max_new_tokens=20, block_size=2, max_rows=4, speculative="mtp",
+                                                draft_tokens=16))
+    assert_same(plain, spec)
