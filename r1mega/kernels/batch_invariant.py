@@ -1,0 +1,183 @@
+"""Batch-invariant kernels: each token's result is bitwise the same whatever else is in the batch.
+
+`rl.exact_rollouts` runs the sampler (prefill and decode over the paged cache) and the trainer
+(old log-probs and the update's forward) through these paths, so a sampled token's log-prob is
+bitwise the trainer's. Measured on this CPU (torch 2.13, tests/test_exact_rollouts.py):
+- fp32 GEMMs are not row-invariant (row 0 of x[:M] @ W changes between M = 1 and M >= 2, and
+  again at other M); with M padded to a multiple of ROW_TILE (16) every row's result is the same
+  for any M and any position, single-threaded, for F.linear, bmm and grouped_mm alike.
+- exp, log, cos, sin agree between torch's vector body and its scalar tail; sigmoid and silu do
+  not (fp32), so `sigmoid`/`silu` here are written with exp.
+- Attention: one formulation for every path, MLA's absorbed form (queries and the output projection
+  absorbed into the latent), over keys laid out per document at their absolute positions, cut into
+  KEY_BLOCK-sized blocks merged by online softmax in block order. Blocks after a query's own
+  position are fully masked, and merging one is an exact no-op, so a query sees the same arithmetic
+  whether it is one of a packed training row's, a prompt's or a single decoding step's.
+
+The mode is a context variable (`exact_mode`), like the kernels backend: it holds for the code
+run inside the block and nowhere else.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+ROW_TILE = 16  # GEMM rows are padded to a multiple of this
+KEY_BLOCK = 32  # keys per attention block, aligned to positions 0, 32, 64, ... of a document
+QUERY_CHUNK = 64  # query positions per recomputed chunk in training (activation memory O(chunk x keys))
+
+_EXACT: contextvars.ContextVar = contextvars.ContextVar("r1mega_exact", default=False)
+
+
+def enabled() -> bool:
+    return _EXACT.get()
+
+
+@contextlib.contextmanager
+def exact_mode(on: bool = True):
+    """Within the block, linears, expert GEMMs, activations, attention and log-probs take the
+    batch-invariant paths (when `on`)."""
+    token = _EXACT.set(bool(on))
+    try:
+        yield
+    finally:
+        _EXACT.reset(token)
+
+
+def _pad_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, int]:
+    m = x.shape[dim]
+    pad = (-m) % ROW_TILE
+    if pad:
+        shape = list(x.shape)
+        shape[dim] = pad
+        x = torch.cat([x, x.new_zeros(shape)], dim)
+    return x, m
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear with every row's result independent of how many rows come with it."""
+    flat, m = _pad_rows(x.reshape(-1, x.shape[-1]), 0)
+    return F.linear(flat, weight, bias)[:m].view(*x.shape[:-1], weight.shape[0])
+
+
+def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a [n, M, K] @ b [n, K, N] with each element independent of M and n."""
+    a, m = _pad_rows(a, 1)
+    return torch.bmm(a, b)[:, :m]
+
+
+def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, grouped) -> torch.Tensor:
+    """`grouped(rows, weight, offsets)` (the backend's grouped GEMM) with each expert's group padded to
+    a multiple of ROW_TILE rows; no host sync (the padded buffer's size is a bound known upfront)."""
+    n, E = rows.shape[0], weight.shape[0]
+    ends = offsets.long()
+    counts = torch.diff(ends, prepend=ends.new_zeros(1))
+    padded = (counts + ROW_TILE - 1) // ROW_TILE * ROW_TILE
+    padded_ends = padded.cumsum(0)
+    total = -(-n // ROW_TILE) * ROW_TILE + ROW_TILE * E
+    padded_ends[-1] = total  # the last group takes the slack (still a multiple of ROW_TILE)
+    i = torch.arange(n, device=rows.device)
+    expert = torch.searchsorted(ends, i, right=True)
+    dest = i - (ends - counts)[expert] + (padded.cumsum(0) - padded)[expert]
+    buf = rows.new_zeros(total, rows.shape[1]).index_copy(0, dest, rows)
+    return grouped(buf, weight, padded_ends.to(torch.int32)).index_select(0, dest)
+
+
+def sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """1 / (1 + exp(-x)) in float32 (torch's fp32 sigmoid rounds differently in its scalar tail)."""
+    return 1.0 / (1.0 + torch.exp(-x.float()))
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    return (x.float() * sigmoid(x)).to(x.dtype)
+
+
+# ---- attention -------------------------------------------------------------------------------------
+
+class DocumentLayout:
+    """Where each token of [s, b] activations sits when every document gets its own row, starting at
+    column 0 (its absolute positions): `index` [s * b] flat slot in [docs, width]. Built once per
+    forward from document ids [b, s] (runs of equal ids; a packed row's documents, a pad's own id)."""
+
+    def __init__(self, docs: torch.Tensor):
+        b, s = docs.shape
+        d = docs.t()  # [s, b], the activations' order
+        start = torch.ones_like(d, dtype=torch.bool)
+        start[1:] = d[1:] != d[:-1]
+        col = torch.arange(s, device=docs.device)[:, None].expand(s, b)
+        first = torch.where(start, col, torch.zeros_like(col)).cummax(0).values
+        pos = col - first
+        # document number: runs counted row by row ([b, s] order), then mapped back to [s, b]
+        run = start.t().reshape(-1).long().cumsum(0).view(b, s).t() - 1
+        self.docs = int(run.max()) + 1
+        self.width = int(pos.max()) + 1
+        self.index = (run * self.width + pos).reshape(-1)
+        self.positions = torch.arange(self.width, device=docs.device).expand(self.docs, -1)
+        self.tokens = s * b
+
+    def scatter(self, x: torch.Tensor) -> torch.Tensor:
+        """x [s * b, *f] -> [docs, width, *f] (unused slots zero)."""
+        out = x.new_zeros(self.docs * self.width, *x.shape[1:]).index_copy(0, self.index, x)
+        return out.view(self.docs, self.width, *x.shape[1:])
+
+    def gather(self, y: torch.Tensor) -> torch.Tensor:
+        """y [docs, width, *f] -> [s * b, *f]."""
+        return y.reshape(self.docs * self.width, *y.shape[2:]).index_select(0, self.index)
+
+
+def latent_attention(q: torch.Tensor, keys: torch.Tensor, q_pos: torch.Tensor, scale: float, rank: int) -> torch.Tensor:
+    """q [n, t, h, d] absorbed queries (float32) of n documents at positions q_pos [n, t]; keys
+    [n, L, d] the documents' [latent | rope key] at positions 0..L-1 -> [n, t, h, rank]: softmax over
+    keys at positions <= the query's of (q . k) * scale, times the latents. Recomputed per query
+    chunk in backward when grad is on."""
+    n, t, h, d = q.shape
+    L = keys.shape[1]
+    keys = torch.cat([keys, keys.new_zeros(n, (-L) % KEY_BLOCK, d)], 1) if L % KEY_BLOCK else keys
+    ones = keys.new_ones(n, keys.shape[1], 1)
+    values = torch.cat([keys[..., :rank], ones], -1)  # the ones column accumulates the softmax denominator
+    outs = []
+    for lo in range(0, t, QUERY_CHUNK if torch.is_grad_enabled() else t):
+        hi = min(t, lo + (QUERY_CHUNK if torch.is_grad_enabled() else t))
+        # blocks up to the chunk's last query position (later ones are exact no-ops)
+        blocks = -(-(min(int(q_pos[:, lo:hi].max()) + 1, keys.shape[1])) // KEY_BLOCK)
+        args = (q[:, lo:hi], keys[:, :blocks * KEY_BLOCK], values[:, :blocks * KEY_BLOCK], q_pos[:, lo:hi])
+        if torch.is_grad_enabled():
+            outs.append(checkpoint(_attend_chunk, *args, scale, rank, use_reentrant=False))
+        else:
+            outs.append(_attend_chunk(*args, scale, rank))
+    return torch.cat(outs, 1)
+
+
+def _attend_chunk(q, keys, values, q_pos, scale: float, rank: int) -> torch.Tensor:
+    n, t, h, d = q.shape
+    rows = q.permute(0, 2, 1, 3).reshape(n, h * t, d)  # [n, h*t, d] (heads outer)
+    pos = q_pos[:, None, :].expand(n, h, t).reshape(n, h * t, 1)
+    m = rows.new_full((n, h * t), float("-inf"))
+    acc = rows.new_zeros(n, h * t, rank + 1)
+    for lo in range(0, keys.shape[1], KEY_BLOCK):
+        kb = keys[:, lo:lo + KEY_BLOCK].contiguous()
+        s = bmm(rows, kb.transpose(1, 2)) * scale
+        allowed = torch.arange(lo, lo + KEY_BLOCK, device=q.device)[None, None, :] <= pos
+        s = s.masked_fill(~allowed, float("-inf"))
+        m_new = torch.maximum(m, s.amax(-1))
+        p = torch.exp(s - m_new[..., None])
+        acc = acc * torch.exp(m - m_new)[..., None] + bmm(p, values[:, lo:lo + KEY_BLOCK].contiguous())
+        m = m_new
+    ctx = acc[..., :rank] / acc[..., rank:]
+    return ctx.view(n, h, t, rank).permute(0, 2, 1, 3)
+
+
+def decode_layout(valid: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A decoding step's cache read, valid [b, L] (each row's tokens the last `total` slots): the
+    columns to read so that each row's tokens start at column 0 [b, L], and the positions of its s
+    new queries [b, s]."""
+    b, L = valid.shape
+    total = valid.sum(1)
+    j = torch.arange(L, device=valid.device)[None, :]
+    cols = (L - total)[:, None] + j
+    q_pos = total[:, None] - s + torch.arange(s, device=valid.device)[None, :]
+    return cols.clamp(max=L - 1), q_pos
