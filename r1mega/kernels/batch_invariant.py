@@ -5,7 +5,9 @@
 bitwise the trainer's. Measured on this CPU (torch 2.13, tests/test_exact_rollouts.py):
 - fp32 GEMMs are not row-invariant (row 0 of x[:M] @ W changes between M = 1 and M >= 2, and
   again at other M); with M padded to a multiple of ROW_TILE (16) every row's result is the same
-  for any M and any position, single-threaded, for F.linear, bmm and grouped_mm alike.
+  for any M and any position, single-threaded, for F.linear, bmm and grouped_mm alike (with two
+  threads, for M <= 128). bf16 GEMMs change with M even at multiples of 16 (K 512, M 48 vs 16);
+  calls of one fixed shape (FIXED_ROWS rows) are invariant, whatever the row's place in them.
 - exp, log, cos, sin agree between torch's vector body and its scalar tail; sigmoid and silu do
   not (fp32), so `sigmoid`/`silu` here are written with exp.
 - Attention: one formulation for every path, MLA's absorbed form (queries and the output projection
@@ -27,6 +29,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 ROW_TILE = 16  # GEMM rows are padded to a multiple of this
+FP32_ROWS = 128  # float32 linears: at most this many rows per call (larger M may split K over threads)
+FIXED_ROWS = 64  # bf16/fp16 linears and expert GEMMs: every call exactly this many rows
 KEY_BLOCK = 32  # keys per attention block, aligned to positions 0, 32, 64, ... of a document
 QUERY_CHUNK = 64  # query positions per recomputed chunk in training (activation memory O(chunk x keys))
 
@@ -59,9 +63,17 @@ def _pad_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, int]:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear with every row's result independent of how many rows come with it."""
-    flat, m = _pad_rows(x.reshape(-1, x.shape[-1]), 0)
-    return F.linear(flat, weight, bias)[:m].view(*x.shape[:-1], weight.shape[0])
+    """F.linear with every row's result independent of how many rows come with it and where it sits.
+    float32: rows padded to a multiple of ROW_TILE, at most FP32_ROWS per call; other dtypes (bf16's
+    kernels change with M even at multiples of 16): calls of exactly FIXED_ROWS rows each."""
+    flat = x.reshape(-1, x.shape[-1])
+    m = flat.shape[0]
+    step = FP32_ROWS if flat.dtype == torch.float32 else FIXED_ROWS
+    if flat.dtype == torch.float32 and m <= step:
+        return F.linear(_pad_rows(flat, 0)[0], weight, bias)[:m].view(*x.shape[:-1], weight.shape[0])
+    flat = torch.cat([flat, flat.new_zeros((-m) % step, flat.shape[1])]) if m % step else flat
+    parts = [F.linear(_pad_rows(c, 0)[0], weight, bias) for c in flat.split(step)]
+    return torch.cat(parts)[:m].view(*x.shape[:-1], weight.shape[0])
 
 
 def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -71,20 +83,27 @@ def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, grouped) -> torch.Tensor:
-    """`grouped(rows, weight, offsets)` (the backend's grouped GEMM) with each expert's group padded to
-    a multiple of ROW_TILE rows; no host sync (the padded buffer's size is a bound known upfront)."""
+    """`grouped(rows, weight, offsets)` (the backend's grouped GEMM) with each row's result independent
+    of the other rows. float32: each expert's group padded to a multiple of ROW_TILE rows. Other
+    dtypes: each group cut into groups of exactly FIXED_ROWS rows, each with its expert's weight
+    (bf16 kernels change with a group's size). Reads the group sizes on the host, as the loop does."""
     n, E = rows.shape[0], weight.shape[0]
-    ends = offsets.long()
+    tile = ROW_TILE if rows.dtype == torch.float32 else FIXED_ROWS
+    ends = offsets.long().cpu()
     counts = torch.diff(ends, prepend=ends.new_zeros(1))
-    padded = (counts + ROW_TILE - 1) // ROW_TILE * ROW_TILE
-    padded_ends = padded.cumsum(0)
-    total = -(-n // ROW_TILE) * ROW_TILE + ROW_TILE * E
-    padded_ends[-1] = total  # the last group takes the slack (still a multiple of ROW_TILE)
-    i = torch.arange(n, device=rows.device)
+    chunks = (counts + tile - 1) // tile  # per expert
+    i = torch.arange(n)
     expert = torch.searchsorted(ends, i, right=True)
-    dest = i - (ends - counts)[expert] + (padded.cumsum(0) - padded)[expert]
+    dest = (i - (ends - counts)[expert] + tile * (chunks.cumsum(0) - chunks)[expert]).to(rows.device)
+    total = int(chunks.sum()) * tile
     buf = rows.new_zeros(total, rows.shape[1]).index_copy(0, dest, rows)
-    return grouped(buf, weight, padded_ends.to(torch.int32)).index_select(0, dest)
+    if rows.dtype == torch.float32:
+        out = grouped(buf, weight, (tile * chunks.cumsum(0)).to(torch.int32).to(offsets.device))
+    else:
+        owner = torch.repeat_interleave(torch.arange(E), chunks).to(rows.device)
+        offs = tile * torch.arange(1, int(chunks.sum()) + 1, dtype=torch.int32, device=offsets.device)
+        out = grouped(buf, weight.index_select(0, owner), offs)
+    return out.index_select(0, dest)
 
 
 def sigmoid(x: torch.Tensor) -> torch.Tensor:

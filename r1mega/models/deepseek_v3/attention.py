@@ -192,7 +192,7 @@ class MLA(nn.Module):
         prompt_docs = cache.owner.prompt_documents(s) if cache is not None else None
         if cache is not None and prompt_docs is None:  # decoding: the cache read, each row from column 0
             cached, _ = cache.append(c, k_rope)  # [b, L, d]
-            cols, q_pos = batch_invariant.decode_layout(cache.owner.valid, s)
+            cols, q_pos = batch_invariant.decode_layout(cache.owner.valid[:, :cached.shape[1]], s)
             keys = cached.gather(1, cols[..., None].expand(-1, -1, d)).float()
             ctx = batch_invariant.latent_attention(query.view(s, b, h, d).transpose(0, 1), keys, q_pos,
                                                    self.scale, r).transpose(0, 1).reshape(T, h, r)
