@@ -165,3 +165,44 @@ def test_grpo_gap_is_exactly_zero_one_process(tmp_path, dtype):
                          ids=["tp2xep2", "pp2"])
 def test_grpo_gap_is_exactly_zero_under_a_layout(tmp_path, dtype, layout):
     _check(_grpo(tmp_path, dtype, layout, 2))
+
+
+def test_exact_mode_computes_the_same_model():
+    """The exact paths are another way of computing the same model: packed rows' logits and
+    gradients within float32 rounding of the default paths, and greedy decoding picks the same tokens."""
+    from r1mega.config import Config, ModelConfig, validate
+    from r1mega.inference.generate import GenerationConfig, generate
+    from r1mega.parallel.layout import single_process_state
+    from r1mega.train.model_build import build_chunks, init_weights
+
+    cfg = validate(Config(model=ModelConfig(vocab_size=128, num_layers=3, num_mtp_layers=0)), 1)
+    ps = single_process_state()
+    chunks = build_chunks(cfg, ps)
+    init_weights(chunks, seed=4)
+    model = chunks[0]
+    torch.manual_seed(0)
+    ids = torch.randint(1, 128, (2, 45))
+    docs = torch.tensor([[0] * 20 + [1] * 25, [0] * 40 + [-1, -2, -3, -4, -5]])
+    pos = torch.cat([torch.arange(20), torch.arange(25)]).expand(2, 45).clone()
+    pos[1] = torch.cat([torch.arange(40), torch.arange(40, 45)])
+
+    def run(exact: bool):
+        model.zero_grad()
+        with bi.exact_mode(exact):
+            out = model(ids, position_ids=pos, attn_mask=docs)
+            out.logits.float().logsumexp(-1).sum().backward()
+        return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    logits, grads = run(False)
+    logits_x, grads_x = run(True)
+    assert torch.allclose(logits_x, logits, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == grads_x.keys()
+    for name in grads:
+        assert torch.allclose(grads_x[name], grads[name], atol=1e-5, rtol=1e-4), name
+    prompts = [[5, 6, 7, 8, 9], [10, 11], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]]
+    gen = GenerationConfig(max_new_tokens=40, temperature=0.0, max_rows=2)
+    plain = generate(chunks, ps, prompts, gen)
+    with bi.exact_mode():
+        exact = generate(chunks, ps, prompts, gen)
+    assert torch.equal(exact.tokens, plain.tokens)
+    assert torch.allclose(exact.logprobs, plain.logprobs, atol=1e-5)
