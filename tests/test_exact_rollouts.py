@@ -206,3 +206,20 @@ def test_exact_mode_computes_the_same_model():
         exact = generate(chunks, ps, prompts, gen)
     assert torch.equal(exact.tokens, plain.tokens)
     assert torch.allclose(exact.logprobs, plain.logprobs, atol=1e-5)
+
+
+def test_recompute_reruns_in_the_forward_mode():
+    from r1mega.parallel.recompute import recomputed
+
+    seen = []
+
+    def body(t):
+        seen.append(bi.enabled())
+        return bi.silu(t) if bi.enabled() else F.silu(t)
+
+    x = torch.randn(3, 4, requires_grad=True)
+    with bi.exact_mode():
+        y = recomputed(True, body, x)
+    assert not bi.enabled()
+    y.sum().backward()  # outside the block
+    assert seen == [True, True]

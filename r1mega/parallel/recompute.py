@@ -37,11 +37,10 @@ def recomputed(enabled: bool, fn: Callable, *args):
     if enabled and torch.is_grad_enabled():
         backend, exact = active_backend(), batch_invariant.enabled()
 
-        def rerun():
-            stack = contextlib.ExitStack()
-            stack.enter_context(use_backend(backend))
-            stack.enter_context(batch_invariant.exact_mode(exact))
-            return stack
+        @contextlib.contextmanager
+        def rerun():  # the forward's kernels backend and exact mode (rl.exact_rollouts)
+            with use_backend(backend), batch_invariant.exact_mode(exact):
+                yield
         return checkpoint(fn, *args, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), rerun()))
     return fn(*args)
 
