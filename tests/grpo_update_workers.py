@@ -83,7 +83,7 @@ def update_parity_worker(rank: int, world: int, par: dict, rl_options: dict, mic
             shift = 0.3 * torch.sin(3.0 * batch.seq.double() + 1.7 * batch.position_ids.double()).float()
             old = old + torch.where(batch.seq >= 0, shift, torch.zeros_like(shift))
         extra = token_extras(batch, adv, old, ref)
-        count = max(global_values({"n": loss_count(cfg, batch, 24)}, ps, torch.device("cpu"))["n"], 1.0)
+        count = max(global_values({"n": loss_count(cfg.rl, batch, 24)}, ps, torch.device("cpu"))["n"], 1.0)
         sums = policy_gradients(cfg, ps, chunks, batch, extra, count, m)
         data_parallel_sums(chunks, ps)  # context-parallel ranks hold partial gradients until then
         out[f"{name}_sums"] = {k: float(v) for k, v in sums.items()}

@@ -12,7 +12,8 @@ peak memory stays near the largest shard, not the model. Before anything is writ
 names, shapes and dtypes are checked against the config (DeepSeek-V3/R1, V2-Lite-style, Qwen2,
 Llama); every tensor is checked finite as it streams through. Output goes to a uniquely named
 temporary directory beside --out and is renamed into place once complete; an existing --out is
-replaced only with --overwrite. Nothing the tool did not create in this run is ever removed.
+replaced only with --overwrite, and only when an earlier run of this tool wrote it (the ownership
+marker it leaves); a directory holding anyone else's files is refused, never removed.
 `import --verify` runs verify-hf's logit parity check against transformers on the new checkpoint
 (one process) before publishing it. Only safetensors are read.
 """
@@ -33,7 +34,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from r1mega.config import ConfigError
-from r1mega.errors import R1MegaError, debug_requested, run_command
+from r1mega import output_dir
+from r1mega.errors import OutputError, R1MegaError, debug_requested, run_command
 from r1mega.models.family import family_for_hf, family_from_meta
 from r1mega.models.hf_config import read_hf_config as shared_read_hf_config
 from r1mega.models.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
@@ -194,14 +196,29 @@ class PartWriter:
         self.buf, self.size = {}, 0
 
 
+_COMMAND = "r1mega-convert"
+
+
 def _check_out(out: str, overwrite: bool, source: str) -> None:
+    """--out may be new or empty; with --overwrite also a directory an earlier r1mega-convert wrote
+    (its ownership marker says so). A directory holding anything else is never replaced."""
     a, b = os.path.realpath(out), os.path.realpath(source)
     if a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep):
         raise ConvertError(f"--out {out} overlaps the input {source}; write the result somewhere else")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConvertError(f"--out {out} exists and is not a directory; choose another --out")
-    if os.path.exists(out) and os.listdir(out) and not overwrite:
+    entries = sorted(os.listdir(out)) if os.path.isdir(out) else []
+    if entries and not overwrite:
         raise ConvertError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    if entries:
+        try:
+            marker = output_dir.read_marker(out)
+        except OutputError as e:
+            raise ConvertError(str(e)) from None
+        if marker is None or not marker["command"].startswith(_COMMAND):
+            shown = ", ".join(entries[:4]) + (" ..." if len(entries) > 4 else "")
+            raise ConvertError(f"--overwrite replaces only a directory r1mega-convert wrote; {out} holds files it "
+                               f"did not write ({shown}). Move them away or choose another --out")
 
 
 def _sibling(out: str, what: str) -> str:
@@ -213,10 +230,13 @@ def _sibling(out: str, what: str) -> str:
             return path
 
 
-def _prepare_out(out: str, overwrite: bool, source: str) -> str:
+def _prepare_out(out: str, overwrite: bool, source: str, what: str) -> str:
     _check_out(out, overwrite, source)
     tmp = _sibling(out, "converting")
     os.makedirs(tmp)  # fails rather than reuse a directory this run did not make
+    marker = {"command": f"{_COMMAND} {what}", "source": os.path.abspath(source), "run_id": output_dir.RUN_ID}
+    with open(os.path.join(tmp, output_dir.MARKER), "w", encoding="utf-8") as f:
+        json.dump(marker, f, indent=1)  # lets a later --overwrite know this directory is the tool's own
     return tmp
 
 
@@ -252,7 +272,7 @@ def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat1
     index = tensor_index(hf_dir, files)
     check(index, hf_config, hf_dir)
     loadable(hf_config)
-    tmp = _prepare_out(out, overwrite, hf_dir)
+    tmp = _prepare_out(out, overwrite, hf_dir, "import")
     try:
         meta = _import_into(tmp, hf_dir, hf_config, files, index, fp8, dtype, shard_bytes)
         if verify:
@@ -363,7 +383,7 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
         with safe_open(os.path.join(ckpt, file), "pt") as f:
             with_dtypes[k] = (shapes[k][0], f.get_slice("model/" + k).get_dtype())
     check(with_dtypes, config, ckpt)
-    tmp = _prepare_out(out, overwrite, ckpt)
+    tmp = _prepare_out(out, overwrite, ckpt, "export")
     try:
         res = _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8_blocks, tokenizer_dir,
                            shard_bytes, dtype)
