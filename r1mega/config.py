@@ -144,7 +144,7 @@ class RLConfig:
     opsm_delta: Optional[float] = None
     keep_sampling_mask: bool = False
     # the sampler's log-probs bitwise the trainer's: batch-invariant kernels in rollout and training
-    # (r1mega/kernels/batch_invariant.py); DeepSeek-V3 family, plain torch kernels, tp/etp <= 2, cp 1
+    # (r1mega/kernels/batch_invariant.py); DeepSeek-V3 family, plain torch kernels, cp 1
     exact_rollouts: bool = False
     rewards: list[str] = field(default_factory=lambda: ["accuracy", "format"])
     language: Optional[str] = None  # target language for the language-consistency reward (default en)
@@ -223,9 +223,6 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False, rewards=
         need(family_of_config(cfg.active_model).name == DEFAULT_FAMILY, "rl.exact_rollouts",
              f"batch-invariant kernels exist for the {DEFAULT_FAMILY} family only")
         need(cfg.train.fp8 == "none", "rl.exact_rollouts", "needs train.fp8=none (the FP8 kernels are not batch-invariant)")
-        # two partial sums add the same in any order; more would need a fixed-order reduction
-        need(par.tp <= 2 and par.expert_tp <= 2, "rl.exact_rollouts",
-             f"needs parallel.tp <= 2 and parallel.etp <= 2, got {par.tp} and {par.expert_tp}")
         need(par.cp == 1, "rl.exact_rollouts", "needs parallel.cp=1")
         need(getattr(cfg.active_model, "scoring_func", "sigmoid") == "sigmoid", "rl.exact_rollouts",
              "needs sigmoid routing (model.scoring_func)")

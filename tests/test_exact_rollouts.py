@@ -120,7 +120,7 @@ def _cfg(extra):
 
 
 def test_config_refuses_what_is_not_batch_invariant():
-    for extra, world, word in ((["train.fp8=blockwise"], 1, "fp8"), (["parallel.tp=4"], 4, "tp"),
+    for extra, world, word in ((["train.fp8=blockwise"], 1, "fp8"), (["model.scoring_func=softmax"], 1, "sigmoid"),
                                (["parallel.cp=2"], 2, "cp")):
         cfg = _cfg(extra)
         with pytest.raises(ConfigError, match="exact_rollouts") as e:
@@ -223,3 +223,11 @@ def test_recompute_reruns_in_the_forward_mode():
     assert not bi.enabled()
     y.sum().backward()  # outside the block
     assert seen == [True, True]
+
+
+@pytest.mark.slow  # four ranks on a shared CPU
+@pytest.mark.parametrize("dtype", ["float32"])
+def test_grpo_gap_is_exactly_zero_under_tp4(tmp_path, dtype):
+    """Four TP ranks: partial sums are added in rank order (a ring all-reduce's order would depend on
+    where a value sits in the buffer)."""
+    _check(_grpo(tmp_path, dtype, ["parallel.tp=4"], 4))
