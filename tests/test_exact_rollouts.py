@@ -86,10 +86,10 @@ def test_latent_attention_same_for_a_query_alone_packed_or_in_a_chunked_backward
     n, L, h, d, r = 2, 70, 3, 12, 8
     q = torch.randn(n, L, h, d)
     keys = torch.randn(n, L, d)
-    pos = torch.arange(L).expand(n, L)
-    full = bi.latent_attention(q, keys, pos, 0.3, r)
+    full = bi.latent_attention(q, keys, None, 0.3, r)  # query j at position j
+    assert torch.equal(bi.latent_attention(q, keys, torch.arange(L).expand(n, L), 0.3, r), full)
     with torch.enable_grad():
-        chunked = bi.latent_attention(q.clone().requires_grad_(), keys, pos, 0.3, r)
+        chunked = bi.latent_attention(q.clone().requires_grad_(), keys, None, 0.3, r)
     assert torch.equal(chunked.detach(), full)
     scores = torch.einsum("nthd,nkd->nhtk", q, keys) * 0.3
     causal = torch.arange(L)[None, :] <= torch.arange(L)[:, None]

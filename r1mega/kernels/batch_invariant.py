@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -135,8 +136,6 @@ class DocumentLayout:
         self.docs = int(run.max()) + 1
         self.width = int(pos.max()) + 1
         self.index = (run * self.width + pos).reshape(-1)
-        self.positions = torch.arange(self.width, device=docs.device).expand(self.docs, -1)
-        self.tokens = s * b
 
     def scatter(self, x: torch.Tensor) -> torch.Tensor:
         """x [s * b, *f] -> [docs, width, *f] (unused slots zero)."""
@@ -148,22 +147,28 @@ class DocumentLayout:
         return y.reshape(self.docs * self.width, *y.shape[2:]).index_select(0, self.index)
 
 
-def latent_attention(q: torch.Tensor, keys: torch.Tensor, q_pos: torch.Tensor, scale: float, rank: int) -> torch.Tensor:
-    """q [n, t, h, d] absorbed queries (float32) of n documents at positions q_pos [n, t]; keys
-    [n, L, d] the documents' [latent | rope key] at positions 0..L-1 -> [n, t, h, rank]: softmax over
-    keys at positions <= the query's of (q . k) * scale, times the latents. Recomputed per query
-    chunk in backward when grad is on."""
+def latent_attention(q: torch.Tensor, keys: torch.Tensor, q_pos: Optional[torch.Tensor], scale: float,
+                     rank: int) -> torch.Tensor:
+    """q [n, t, h, d] absorbed queries (float32) of n documents; keys [n, L, d] the documents'
+    [latent | rope key] at positions 0..L-1 -> [n, t, h, rank]: softmax over keys at positions <= the
+    query's of (q . k) * scale, times the latents. q_pos [n, t]: the queries' positions (decoding), or
+    None: query j is at position j (a DocumentLayout's rows; key blocks past a chunk's last query are
+    then skipped, which is exact). Recomputed per query chunk in backward when grad is on."""
     n, t, h, d = q.shape
     L = keys.shape[1]
     keys = torch.cat([keys, keys.new_zeros(n, (-L) % KEY_BLOCK, d)], 1) if L % KEY_BLOCK else keys
     ones = keys.new_ones(n, keys.shape[1], 1)
     values = torch.cat([keys[..., :rank], ones], -1)  # the ones column accumulates the softmax denominator
+    chunk = QUERY_CHUNK if torch.is_grad_enabled() else t
     outs = []
-    for lo in range(0, t, QUERY_CHUNK if torch.is_grad_enabled() else t):
-        hi = min(t, lo + (QUERY_CHUNK if torch.is_grad_enabled() else t))
-        # blocks up to the chunk's last query position (later ones are exact no-ops)
-        blocks = -(-(min(int(q_pos[:, lo:hi].max()) + 1, keys.shape[1])) // KEY_BLOCK)
-        args = (q[:, lo:hi], keys[:, :blocks * KEY_BLOCK], values[:, :blocks * KEY_BLOCK], q_pos[:, lo:hi])
+    for lo in range(0, t, chunk):
+        hi = min(t, lo + chunk)
+        if q_pos is None:
+            pos = torch.arange(lo, hi, device=q.device).expand(n, -1)
+            width = min(-(-hi // KEY_BLOCK) * KEY_BLOCK, keys.shape[1])
+        else:
+            pos, width = q_pos[:, lo:hi], keys.shape[1]
+        args = (q[:, lo:hi], keys[:, :width], values[:, :width], pos)
         if torch.is_grad_enabled():
             outs.append(checkpoint(_attend_chunk, *args, scale, rank, use_reentrant=False))
         else:

@@ -205,7 +205,7 @@ class MLA(nn.Module):
             else:
                 layout = exact_layout(attn_mask, s, b, c.device)
             keys = layout.scatter(torch.cat([c, k_rope], -1).reshape(T, d).float())
-            ctx = layout.gather(batch_invariant.latent_attention(layout.scatter(query), keys, layout.positions,
+            ctx = layout.gather(batch_invariant.latent_attention(layout.scatter(query), keys, None,
                                                                  self.scale, r))
         out = batch_invariant.bmm(ctx.transpose(0, 1).contiguous(), w_uv_t)  # [h, T, dv]
         return out.transpose(0, 1).reshape(s, b, h * cfg.v_head_dim).to(q_in.dtype)
