@@ -79,7 +79,7 @@ def test_activations_match_torch_within_rounding():
         assert torch.equal(bi.sigmoid(x[:n]), bi.sigmoid(x)[:n])
 
 
-def test_latent_attention_same_for_a_query_alone_packed_or_in_a_chunked_backward():
+def test_latent_attention_same_for_a_query_alone_packed_or_in_a_chunked_backward(monkeypatch):
     """A document's queries: all at once (training), with grad (chunked + recomputed), and each one
     alone over a cache-shaped key read (decoding): the same bits; and equal to a dense softmax."""
     torch.manual_seed(2)
@@ -88,9 +88,16 @@ def test_latent_attention_same_for_a_query_alone_packed_or_in_a_chunked_backward
     keys = torch.randn(n, L, d)
     full = bi.latent_attention(q, keys, None, 0.3, r)  # query j at position j
     assert torch.equal(bi.latent_attention(q, keys, torch.arange(L).expand(n, L), 0.3, r), full)
-    with torch.enable_grad():
-        chunked = bi.latent_attention(q.clone().requires_grad_(), keys, None, 0.3, r)
-    assert torch.equal(chunked.detach(), full)
+    grads = []
+    for budget in (bi.SCORE_BUDGET, 0):  # scores kept whole; recomputed query chunks
+        monkeypatch.setattr(bi, "SCORE_BUDGET", budget)
+        qg = q.clone().requires_grad_()
+        with torch.enable_grad():
+            out = bi.latent_attention(qg, keys, None, 0.3, r)
+            (out * torch.linspace(-1, 1, r)).sum().backward()
+        assert torch.equal(out.detach(), full)
+        grads.append(qg.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
     scores = torch.einsum("nthd,nkd->nhtk", q, keys) * 0.3
     causal = torch.arange(L)[None, :] <= torch.arange(L)[:, None]
     dense = torch.einsum("nhtk,nkr->nthr", scores.masked_fill(~causal, float("-inf")).softmax(-1), keys[..., :r])

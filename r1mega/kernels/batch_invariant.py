@@ -31,9 +31,11 @@ from torch.utils.checkpoint import checkpoint
 
 ROW_TILE = 16  # GEMM rows are padded to a multiple of this
 FP32_ROWS = 128  # float32 linears: at most this many rows per call (larger M may split K over threads)
-FIXED_ROWS = 64  # bf16/fp16 linears and expert GEMMs: every call exactly this many rows
+FIXED_ROWS = 64  # bf16/fp16 linears: every call exactly this many rows
+EXPERT_ROWS = 32  # bf16/fp16 expert GEMMs: every expert's GEMM exactly this many rows
 KEY_BLOCK = 32  # keys per attention block, aligned to positions 0, 32, 64, ... of a document
 QUERY_CHUNK = 64  # query positions per recomputed chunk in training (activation memory O(chunk x keys))
+SCORE_BUDGET = 1 << 20  # score elements of one attention call kept for backward without recompute
 
 _EXACT: contextvars.ContextVar = contextvars.ContextVar("r1mega_exact", default=False)
 
@@ -85,26 +87,33 @@ def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, grouped) -> torch.Tensor:
     """`grouped(rows, weight, offsets)` (the backend's grouped GEMM) with each row's result independent
-    of the other rows. float32: each expert's group padded to a multiple of ROW_TILE rows. Other
-    dtypes: each group cut into groups of exactly FIXED_ROWS rows, each with its expert's weight
-    (bf16 kernels change with a group's size). Reads the group sizes on the host, as the loop does."""
-    n, E = rows.shape[0], weight.shape[0]
-    tile = ROW_TILE if rows.dtype == torch.float32 else FIXED_ROWS
+    of the other rows. float32: each expert's group padded to a multiple of ROW_TILE rows, one call.
+    Other dtypes (bf16 kernels change with a group's size): each group cut into chunks of exactly
+    EXPERT_ROWS rows, run in rounds (round r: every expert's r-th chunk, so each GEMM has that one
+    shape and the weights are read in place). Reads the group sizes on the host, as the loop does."""
+    n, k_in = rows.shape
+    tile = ROW_TILE if rows.dtype == torch.float32 else EXPERT_ROWS
     ends = offsets.long().cpu()
     counts = torch.diff(ends, prepend=ends.new_zeros(1))
     chunks = (counts + tile - 1) // tile  # per expert
+    first_chunk = chunks.cumsum(0) - chunks
     i = torch.arange(n)
     expert = torch.searchsorted(ends, i, right=True)
-    dest = (i - (ends - counts)[expert] + tile * (chunks.cumsum(0) - chunks)[expert]).to(rows.device)
-    total = int(chunks.sum()) * tile
-    buf = rows.new_zeros(total, rows.shape[1]).index_copy(0, dest, rows)
+    dest = (i - (ends - counts)[expert] + tile * first_chunk[expert]).to(rows.device)
+    total = int(chunks.sum())
+    buf = rows.new_zeros(total * tile, k_in).index_copy(0, dest, rows)
     if rows.dtype == torch.float32:
         out = grouped(buf, weight, (tile * chunks.cumsum(0)).to(torch.int32).to(offsets.device))
-    else:
-        owner = torch.repeat_interleave(torch.arange(E), chunks).to(rows.device)
-        offs = tile * torch.arange(1, int(chunks.sum()) + 1, dtype=torch.int32, device=offsets.device)
-        out = grouped(buf, weight.index_select(0, owner), offs)
-    return out.index_select(0, dest)
+        return out.index_select(0, dest)
+    per_chunk = buf.view(total, tile, k_in)
+    out = rows.new_zeros(total, tile, weight.shape[1])
+    for r in range(int(chunks.max()) if total else 0):
+        has = chunks > r
+        ids = (first_chunk + r)[has].to(rows.device)
+        offs = (tile * has.long()).cumsum(0).to(torch.int32).to(offsets.device)
+        y = grouped(per_chunk.index_select(0, ids).view(-1, k_in), weight, offs)
+        out = out.index_copy(0, ids, y.view(-1, tile, weight.shape[1]))
+    return out.view(total * tile, -1).index_select(0, dest)
 
 
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
@@ -159,7 +168,10 @@ def latent_attention(q: torch.Tensor, keys: torch.Tensor, q_pos: Optional[torch.
     keys = torch.cat([keys, keys.new_zeros(n, (-L) % KEY_BLOCK, d)], 1) if L % KEY_BLOCK else keys
     ones = keys.new_ones(n, keys.shape[1], 1)
     values = torch.cat([keys[..., :rank], ones], -1)  # the ones column accumulates the softmax denominator
-    chunk = QUERY_CHUNK if torch.is_grad_enabled() else t
+    # with grad, long documents go by recomputed query chunks (memory O(chunk x keys)); scores that fit
+    # SCORE_BUDGET are kept whole (recompute costs more than it saves there). Chunking is exact.
+    chunked = torch.is_grad_enabled() and n * h * t * keys.shape[1] > SCORE_BUDGET
+    chunk = QUERY_CHUNK if chunked else t
     outs = []
     for lo in range(0, t, chunk):
         hi = min(t, lo + chunk)
@@ -169,7 +181,7 @@ def latent_attention(q: torch.Tensor, keys: torch.Tensor, q_pos: Optional[torch.
         else:
             pos, width = q_pos[:, lo:hi], keys.shape[1]
         args = (q[:, lo:hi], keys[:, :width], values[:, :width], pos)
-        if torch.is_grad_enabled():
+        if chunked:
             outs.append(checkpoint(_attend_chunk, *args, scale, rank, use_reentrant=False))
         else:
             outs.append(_attend_chunk(*args, scale, rank))
