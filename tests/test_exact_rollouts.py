@@ -68,6 +68,15 @@ def test_expert_rows_do_not_depend_on_other_rows(dtype, k, n):
         assert torch.equal(got, ref), counts
     expect = F.linear(x0.float(), w[1].float())
     assert torch.allclose(ref.float(), expect, rtol=2e-2 if dtype == torch.bfloat16 else 1e-5, atol=2e-2)
+    # gradients: the default grouped GEMM's (the exact mode changes only how the forward is cut)
+    grads = []
+    for exact in (False, True):
+        r_, w_ = rows.clone().requires_grad_(), w.clone().requires_grad_()
+        with bi.exact_mode(exact):
+            (grouped_linear(r_, w_, offsets).float() * torch.linspace(-1, 1, n)).sum().backward()
+        grads.append((r_.grad.float(), w_.grad.float()))
+    tol = dict(rtol=2e-2, atol=5e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-4)
+    assert torch.allclose(grads[0][0], grads[1][0], **tol) and torch.allclose(grads[0][1], grads[1][1], **tol)
 
 
 def test_activations_match_torch_within_rounding():

@@ -68,15 +68,36 @@ def _pad_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, int]:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear with every row's result independent of how many rows come with it and where it sits.
     float32: rows padded to a multiple of ROW_TILE, at most FP32_ROWS per call; other dtypes (bf16's
-    kernels change with M even at multiples of 16): calls of exactly FIXED_ROWS rows each."""
+    kernels change with M even at multiples of 16): calls of exactly FIXED_ROWS rows each. Only the
+    forward needs that: backward is F.linear's own, one GEMM per gradient."""
     flat = x.reshape(-1, x.shape[-1])
+    out = _InvariantLinear.apply(flat, weight, bias)
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def _linear_rows(flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     m = flat.shape[0]
     step = FP32_ROWS if flat.dtype == torch.float32 else FIXED_ROWS
     if flat.dtype == torch.float32 and m <= step:
-        return F.linear(_pad_rows(flat, 0)[0], weight, bias)[:m].view(*x.shape[:-1], weight.shape[0])
+        return F.linear(_pad_rows(flat, 0)[0], weight, bias)[:m]
     flat = torch.cat([flat, flat.new_zeros((-m) % step, flat.shape[1])]) if m % step else flat
-    parts = [F.linear(_pad_rows(c, 0)[0], weight, bias) for c in flat.split(step)]
-    return torch.cat(parts)[:m].view(*x.shape[:-1], weight.shape[0])
+    return torch.cat([F.linear(_pad_rows(c, 0)[0], weight, bias) for c in flat.split(step)])[:m]
+
+
+class _InvariantLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _linear_rows(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        d_x = grad @ weight if ctx.needs_input_grad[0] else None
+        d_w = grad.t() @ x if ctx.needs_input_grad[1] else None
+        d_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return d_x, d_w, d_b
 
 
 def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -105,15 +126,40 @@ def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, offsets: torch.Tens
     if rows.dtype == torch.float32:
         out = grouped(buf, weight, (tile * chunks.cumsum(0)).to(torch.int32).to(offsets.device))
         return out.index_select(0, dest)
-    per_chunk = buf.view(total, tile, k_in)
-    out = rows.new_zeros(total, tile, weight.shape[1])
-    for r in range(int(chunks.max()) if total else 0):
-        has = chunks > r
-        ids = (first_chunk + r)[has].to(rows.device)
-        offs = (tile * has.long()).cumsum(0).to(torch.int32).to(offsets.device)
-        y = grouped(per_chunk.index_select(0, ids).view(-1, k_in), weight, offs)
-        out = out.index_copy(0, ids, y.view(-1, tile, weight.shape[1]))
-    return out.view(total * tile, -1).index_select(0, dest)
+    padded_offsets = (tile * chunks.cumsum(0)).to(torch.int32).to(offsets.device)
+    return _GroupedRounds.apply(buf, weight, padded_offsets, chunks, first_chunk, grouped).index_select(0, dest)
+
+
+class _GroupedRounds(torch.autograd.Function):
+    """Forward: expert GEMMs of exactly EXPERT_ROWS rows, in rounds (round r: every expert's r-th chunk).
+    Backward needs no invariance: one grouped GEMM over the padded groups, through its own autograd."""
+
+    @staticmethod
+    def forward(ctx, buf, weight, padded_offsets, chunks, first_chunk, grouped):
+        ctx.save_for_backward(buf, weight, padded_offsets)
+        ctx.grouped = grouped
+        total, tile, k_in = int(chunks.sum()), EXPERT_ROWS, buf.shape[1]
+        per_chunk = buf.view(total, tile, k_in)
+        out = buf.new_zeros(total, tile, weight.shape[1])
+        for r in range(int(chunks.max()) if total else 0):
+            has = chunks > r
+            ids = (first_chunk + r)[has].to(buf.device)
+            offs = (tile * has.long()).cumsum(0).to(torch.int32).to(padded_offsets.device)
+            out.index_copy_(0, ids, grouped(per_chunk.index_select(0, ids).view(-1, k_in), weight, offs).view(
+                -1, tile, weight.shape[1]))
+        return out.view(total * tile, -1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        buf, weight, padded_offsets = ctx.saved_tensors
+        with torch.enable_grad():
+            b = buf.detach().requires_grad_(ctx.needs_input_grad[0])
+            w = weight.detach().requires_grad_(ctx.needs_input_grad[1])
+            y = ctx.grouped(b, w, padded_offsets)
+            wanted = [t for t in (b, w) if t.requires_grad]
+            got = iter(torch.autograd.grad(y, wanted, grad)) if wanted else iter(())
+        return (next(got) if b.requires_grad else None, next(got) if w.requires_grad else None,
+                None, None, None, None)
 
 
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
