@@ -7,7 +7,9 @@ bitwise the trainer's. Measured on this CPU (torch 2.13, tests/test_exact_rollou
   again at other M); with M padded to a multiple of ROW_TILE (16) every row's result is the same
   for any M and any position, single-threaded, for F.linear, bmm and grouped_mm alike (with two
   threads, for M <= 128). bf16 GEMMs change with M even at multiples of 16 (K 512, M 48 vs 16);
-  calls of one fixed shape (FIXED_ROWS rows) are invariant, whatever the row's place in them.
+  calls of one fixed shape (FIXED_ROWS rows; EXPERT_ROWS per expert GEMM) are invariant, whatever
+  the row's place in them. Only forwards are cut so: gradients need no invariance and take one GEMM.
+- Sums over TP ranks: see parallel/comm.py's sum_in_rank_order (more than two ranks).
 - exp, log, cos, sin agree between torch's vector body and its scalar tail; sigmoid and silu do
   not (fp32), so `sigmoid`/`silu` here are written with exp.
 - Attention: one formulation for every path, MLA's absorbed form (queries and the output projection
