@@ -9,11 +9,10 @@ from r1mega.config import Config, ModelConfig, ParallelConfig, validate
 from r1mega.inference.generate import GenerationConfig, generate
 from r1mega.parallel.layout import build_parallel_state, single_process_state
 from r1mega.parallel.param_spec import spec_of
-from r1mega.rl.grpo import (
-    global_values, loss_count, old_and_reference_logprobs, policy_gradients, token_extras, update_batches,
-)
-from r1mega.rl.loss import group_advantages
+from r1mega.rl.grpo import global_values, old_and_reference_logprobs, policy_gradients, token_extras
+from r1mega.rl.loss import group_advantages, loss_count
 from r1mega.rl.reference import ReferencePolicy
+from r1mega.rl.train_batch import update_batches
 from r1mega.train.model_build import build_chunks, init_weights
 
 # prompts of different lengths; each is sampled twice (groups of 2)

@@ -74,13 +74,11 @@ def optional_tensor(key: str, hf_config: dict) -> bool:
 def check(index: dict[str, tuple[tuple[int, ...], str]], hf_config: dict, origin: str) -> None:
     """Every expected tensor present with its shape; nothing unexplained extra. Raises naming them."""
     expected = expected_tensors(hf_config)
-    n_mtp = hf_config.get("num_nextn_predict_layers", 0)
-    mtp_prefix = f"model.layers.{hf_config.get('num_hidden_layers')}."
-    has_mtp = any(k.startswith(mtp_prefix) for k in index)
+    lacking = family_for_hf(hf_config)[0].hf_may_lack(hf_config, index)  # e.g. an MTP layer: initialised
     problems = []
     for key, shape in expected.items():
-        if key.startswith(mtp_prefix) and n_mtp and not has_mtp:
-            continue  # transformers drops the MTP layer; r1mega then initialises it
+        if key.startswith(lacking):
+            continue
         if key not in index:
             problems.append(f"missing tensor {key} (expected shape {tuple(shape)})")
         elif tuple(index[key][0]) != tuple(shape):
@@ -347,15 +345,10 @@ def _scale_for(key: str, f, hf_dir: str, files: dict[str, list[str]]) -> torch.T
 
 # ---- export --------------------------------------------------------------------------------
 
-FP8_INDEXER = ("indexer.wq_b.weight", "indexer.wk.weight")  # DeepSeek-V3.2's indexer: FP8 but for weights_proj
-
-
-def fp8_quantizable(key: str, t: torch.Tensor) -> bool:
-    """The linears DeepSeek stores in FP8: every 2-D *_proj weight (not embeddings, head, router, norms),
-    and V3.2's indexer query/key projections (its head weights stay in high precision)."""
-    if t.dim() != 2:
-        return False
-    return key.endswith(FP8_INDEXER) or (key.endswith("proj.weight") and not key.endswith("indexer.weights_proj.weight"))
+def fp8_quantizable(key: str, t: torch.Tensor, family) -> bool:
+    """The linears the family's FP8 checkpoints store in e4m3 (DeepSeek's: every 2-D *_proj weight,
+    not embeddings, head, router or norms)."""
+    return t.dim() == 2 and family.hf_fp8(key)
 
 
 def _whole(reader, ckpt: str, key: str) -> torch.Tensor:
@@ -400,6 +393,7 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
     target = getattr(torch, dtype) if dtype else None
     total = sum(os.path.getsize(os.path.join(ckpt, n)) for n in os.listdir(ckpt) if n.endswith(".safetensors"))
     bar = _progress(total, len(keys), "export")
+    family = family_for_hf(config)[0]  # which linears its FP8 checkpoints store in e4m3
     for done, key in enumerate(keys, start=1):
         if key.endswith("_scale_inv"):
             continue  # written next to its weight below
@@ -415,7 +409,7 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
             t = reader.read(key, shape, None, 0, 1)  # checksum- and finiteness-checked
             if target is not None and t.is_floating_point():
                 t = t.to(target)
-        if fp8_blocks and fp8_quantizable(key, t):
+        if fp8_blocks and fp8_quantizable(key, t, family):
             q, s = quantize(t)
             writer.add(key, q)
             writer.add(scale_name(key), s)

@@ -40,15 +40,16 @@ from r1mega.data.templates import Rendered
 from r1mega.data.tokenizer import Tokenizer, check_fits
 from r1mega.inference.generate import GenerationConfig, Rollout, generate
 from r1mega.kernels import batch_invariant
+from r1mega.models.stage import IGNORE_INDEX
 from r1mega.parallel.context_parallel import gather_tokens, local_tokens
 from r1mega.parallel.grad_sync import sync_grads
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.pipeline import Microbatch, forward_backward
 from r1mega.parallel.vocab_parallel import vocab_parallel_log_probs
 from r1mega.rl.dynamic_sampling import draw_until_informative
-from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, overlong_shaping, per_sequence_sum
+from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, loss_count, overlong_shaping
 from r1mega.rl.policy_scores import pack_support, sampler_support, scores, support_with_targets, unpack_support
-from r1mega.rl.train_batch import TrainBatch, pack_batch, to_train_batch  # noqa: F401 (re-exported)
+from r1mega.rl.train_batch import TrainBatch, update_batches
 from r1mega.rl.metrics import StepMetrics, global_values
 from r1mega.rl.prompt_source import PromptSource
 from r1mega.sandbox import isolation as sandbox
@@ -58,9 +59,9 @@ from r1mega.train.checkpoint import find_resume_checkpoint, read_meta, resume_fr
 from r1mega.train.metrics_log import MetricsLog, table_due
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.train.setup import (
-    Run, SkipGuard, build_model, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta,
-    start_run,
+    Run, SkipGuard, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta, start_run,
 )
+from r1mega.train.model_build import build_model
 
 
 # ---- the data of one rollout -----------------------------------------------------------------
@@ -198,14 +199,14 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
     questions' indices in the rollout, which key the sampling noise (layout-independent samples)."""
     cfg, ps, tok = run.cfg, run.ps, source.tok
     G = cfg.rl.group_size
+    limit = max_new_tokens_at(cfg.rl, step)
     outputs = [p for p in problems for _ in range(G)]
     rendered = [source.render(p) for p in problems]
     rendered = [r for r in rendered for _ in range(G)]
     prompt_ids = [source.encode(r) for r in rendered]
-    limit = max_new_tokens_at(cfg.rl, step)
     gen = GenerationConfig(limit, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.top_k, tok.eos_id, source.stop(),
                            seed=cfg.seed + index, record_routing=cfg.rl.routing_replay,
-                           vocab_size=tok.vocab_size)
+                           vocab_size=tok.vocab_size, speculative=cfg.rl.speculative, draft_tokens=cfg.rl.draft_tokens)
     if run.device.type == "cuda":  # make room for the KV cache: optimizer states wait in host memory
         optimizer.offload()
     rows = torch.tensor([g * G + k for g in where for k in range(G)], dtype=torch.long)
@@ -244,17 +245,6 @@ def use_tis(rl: RLConfig, train: TrainConfig) -> bool:
     if rl.tis is not None:
         return rl.tis
     return train.dtype == "bfloat16" or train.fp8 != "none"
-
-
-def loss_count(rl: RLConfig, batch: TrainBatch, max_new_tokens: int) -> float:
-    """This rank's share of the loss normaliser: trained sequences, tokens, or sequences x max_new_tokens."""
-    norm = "token" if rl.token_level_loss else rl.loss_norm
-    if norm == "token":
-        return float(batch.mask.sum())
-    if norm == "constant":
-        return float(batch.sequences * max_new_tokens)
-    n = int(batch.seq.max()) + 1 if batch.seq.numel() else 0
-    return float((per_sequence_sum(batch.mask.double(), batch.seq, max(n, 1)) > 0).sum())
 
 
 def token_extras(batch: TrainBatch, adv: torch.Tensor, old: Optional[torch.Tensor], ref: Optional[torch.Tensor]
@@ -296,10 +286,37 @@ def policy_gradients(cfg: Config, ps: ParallelState, chunks, batch: TrainBatch, 
         sums["loss"] += terms.loss.detach()
         return terms.loss
 
+    if rl.mtp_weight > 0:  # the MTP module learns the policy's own rollouts (the speculative draft)
+        mtp_count = mtp_labels(mbs, cfg.active_model.num_mtp_layers)
+        mtp_count = max(global_values({"n": mtp_count}, ps, device)["n"], 1.0)
+        sums["mtp_loss"] = torch.zeros((), dtype=torch.float64, device=device)
+        policy_loss = loss_fn
+
+        def loss_fn(out, mb):
+            loss = policy_loss(out, mb)
+            if not out.mtp_token_loss:
+                return loss
+            mtp = sum(t.sum() for t in out.mtp_token_loss) / (mtp_count * len(out.mtp_token_loss))
+            sums["mtp_loss"] += mtp.detach()
+            return loss + rl.mtp_weight * mtp
+
     with kernels_scope(kernels):
         forward_backward(list(chunks), mbs, ps, loss_fn, schedule=cfg.train.schedule)
     sync_grads(chunks, ps, data_parallel=False)
     return sums
+
+
+def mtp_labels(mbs: list[Microbatch], depth: int) -> float:
+    """Give each microbatch the labels its MTP loss reads: the sampled tokens of the loss, where the
+    `depth` tokens before stay inside the same sequence (packed rows hold several; position ids
+    restart at 0 in each). Returns this rank's count of such tokens."""
+    n = 0.0
+    for mb in mbs:
+        e = mb.extra
+        inside = mb.position_ids >= depth
+        mb.labels = torch.where(e["mask"].bool() & inside, e["targets"], torch.full_like(e["targets"], IGNORE_INDEX))
+        n += float((mb.labels != IGNORE_INDEX).sum())
+    return n
 
 
 def minibatch_update(run: Run, chunks, optimizer: DistributedAdamW, batch: TrainBatch, extra: dict, step: int,
@@ -315,30 +332,6 @@ def minibatch_update(run: Run, chunks, optimizer: DistributedAdamW, batch: Train
     optimizer.zero_grad(chunks)
     out = {k: float(v) for k, v in sums.items()}
     return {**out, "tokens": float(batch.mask.sum()), "grad_norm": grad_norm, "skipped": float(skipped)}
-
-
-def update_batches(cfg: Config, ps: ParallelState, rollout: Rollout, keep: torch.Tensor
-                   ) -> tuple[list[TrainBatch], list[Optional[int]]]:
-    """This rank's minibatches of the rollout (its j-th block of whole groups each) as training
-    rows, packed (rl.packed_update) or padded, and each one's microbatch count (agreed over the
-    data-parallel group for packed rows, whose number depends on the lengths: every rank of an
-    expert-parallel group must run as many forwards)."""
-    rl = cfg.rl
-    multiple = ps.cfg.sequence_divisor
-    parts = torch.arange(rollout.tokens.shape[0], device=rollout.tokens.device).chunk(rl.minibatches)
-    if not rl.packed_update:
-        full = to_train_batch(rollout, keep, multiple)
-        return [full.rows(part) for part in parts], [None] * len(parts)
-    size = cfg.data.micro_batch_size
-    batches = [pack_batch(rollout, keep, part, rl.pack_tokens, multiple) for part in parts]
-    local = torch.tensor([-(-b.input_ids.shape[0] // size) for b in batches], dtype=torch.long,
-                         device=rollout.tokens.device)
-    if ps.g("dp") is not None:
-        torch.distributed.all_reduce(local, op=torch.distributed.ReduceOp.MAX, group=ps.g("dp"))
-    counts = local.tolist()
-    batches = [b if b.input_ids.shape[0] >= m else pack_batch(rollout, keep, part, rl.pack_tokens, multiple, m)
-               for b, m, part in zip(batches, counts, parts)]
-    return batches, counts
 
 
 # ---- the loop --------------------------------------------------------------------------------
@@ -627,6 +620,7 @@ def rollout_stats(rl: RLConfig, scored: ScoredRollout, batches: list[TrainBatch]
            "zero_adv": float(equal_reward_groups(scored.rewards, G).sum() * G),
            "response_tokens": float(scored.rollout.completion_mask.sum()),
            "truncated": float(scored.truncated.sum()), "gap_sum": 0.0, "gap_tokens": 0.0, "sampler_kl": 0.0,
+           "draft_tokens": float(scored.rollout.draft_tokens), "draft_accepted": float(scored.rollout.draft_accepted),
            "gap_max_local": 0.0,
            # the update's token slots against the real tokens they hold (padding = slots - real)
            "update_slots": float(sum(b.slots for b in batches)),
@@ -660,4 +654,6 @@ def step_metrics(cfg: Config, r: dict, gap_max: float, upd: dict, local: dict, o
         skipped_steps=optimizer.skipped, rollout_kv_cache_bytes=scored.rollout.cache_bytes,
         step_seconds=time.perf_counter() - t0, entropy=upd["entropy"] / trained,
         opsm_masked_frac=upd["opsm_masked"] / trained,
-        update_padding_frac=1.0 - r["update_real_tokens"] / max(r["update_slots"], 1.0))
+        update_padding_frac=1.0 - r["update_real_tokens"] / max(r["update_slots"], 1.0),
+        extra={**({"draft_acceptance": r["draft_accepted"] / r["draft_tokens"]} if r["draft_tokens"] else {}),
+               **({"mtp_loss": upd["mtp_loss"]} if "mtp_loss" in upd else {})})
