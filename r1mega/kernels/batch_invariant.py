@@ -149,7 +149,7 @@ class _GroupedRounds(torch.autograd.Function):
             offs = (tile * has.long()).cumsum(0).to(torch.int32).to(padded_offsets.device)
             out.index_copy_(0, ids, grouped(per_chunk.index_select(0, ids).view(-1, k_in), weight, offs).view(
                 -1, tile, weight.shape[1]))
-        return out.view(total * tile, -1)
+        return out.view(total * tile, weight.shape[1])
 
     @staticmethod
     def backward(ctx, grad):
