@@ -148,6 +148,14 @@ def test_config_refuses_what_is_not_batch_invariant():
 
 # ---- GRPO end to end ------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_speculative_exact_rollouts_gap_is_exactly_zero(tmp_path, dtype):
+    """MTP-drafted rollouts verified on the exact paths: the verification's log-probs are the trainer's bits."""
+    per_rank = _grpo(tmp_path, dtype, ["rl.speculative=mtp", "rl.draft_tokens=2"], 1)
+    _check(per_rank)
+    assert all(r["draft_acceptance"] > 0 for r in per_rank[0]["rows"])
+
+
 def _grpo(tmp_path, dtype, layout, world):
     overrides = [f"train.run_dir={tmp_path}/run", f"data.cache_dir={tmp_path}/data", "train.steps=3", *layout,
                  f"train.dtype={dtype}", "rl.exact_rollouts=true", "rl.tis=true",
