@@ -1,0 +1,28 @@
+"""Spawned-rank code for tests/test_exact_rollouts_probes.py (no transformers import)."""
+from __future__ import annotations
+
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOLATILE = ("step_seconds",)  # wall-clock fields differ between any two runs
+
+
+def _default_rows(overrides: list[str]) -> list[dict]:
+    from r1mega.config import load_config
+    from r1mega.rl.grpo import grpo
+
+    cfg = load_config(os.path.join(ROOT, "configs", "tiny", "r1_zero_demo.yaml"), overrides)
+    grpo(cfg, eval_problems=0)
+    rows = [json.loads(line) for line in open(os.path.join(cfg.train.run_dir, "metrics.jsonl"))]
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+
+
+def leak_worker(rank: int, world: int, exact_first: list[str], default: list[str]) -> dict:
+    """A default-path GRPO run, optionally after an exact-rollouts run in the same process."""
+    from r1mega.kernels import batch_invariant
+
+    if exact_first:
+        _default_rows(exact_first)
+    mode_after_exact = batch_invariant.enabled()
+    return {"mode_after_exact": mode_after_exact, "rows": _default_rows(default)}

@@ -1,0 +1,123 @@
+"""Hostile probes of rl.exact_rollouts (issue 26): settings beyond the feature's own tests, each
+asserting the sampler's log-probs are bitwise the trainer's (gap 0, first ratios and TIS weights 1)."""
+import os
+
+import pytest
+
+from exact_probe_workers import ROOT, leak_worker
+from r1mega.config import load_config, validate, validate_rl
+from r1mega.errors import ConfigError
+from r1mega.parallel.spawn import run_ranks
+from rl_workers import exact_grpo_worker
+
+ROWS9 = ["rl.group_size=3", "rl.prompts_per_step=3", "data.micro_batch_size=9", "data.global_batch_size=9"]
+
+
+def _overrides(tmp_path, extra):
+    return [f"train.run_dir={tmp_path}/run", f"data.cache_dir={tmp_path}/data", "train.steps=2",
+            "rl.exact_rollouts=true", "data.synthetic_docs=300", "rl.kl_coef=0.0", *extra]
+
+
+def _assert_exact(per_rank):
+    rows = per_rank[0]["rows"]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["logprob_gap_max"] == 0.0 and r["logprob_gap_mean"] == 0.0 and r["sampler_kl"] == 0.0, r
+        assert r["clip_frac"] == 0.0 and r["response_len"] > 0, r
+    calls = [o["calls"][0] for o in per_rank if o["calls"]]  # the loss runs on the last pipeline stage
+    for first in calls:
+        assert first["ratio"].numel() > 0 and bool((first["ratio"] == 1).all()), first["ratio"]
+        if first["tis"] is not None:
+            assert bool((first["tis"] == 1).all()), first["tis"]
+
+
+SINGLE = {
+    # responses over several 32-key attention blocks and 16-token cache blocks, 9 rows
+    "long_responses": ["rl.max_new_tokens=70", *ROWS9],
+    "long_context_130_tokens": ["data.seq_length=160", "rl.max_new_tokens=130", "rl.group_size=2",
+                                "rl.prompts_per_step=3", "data.micro_batch_size=6", "data.global_batch_size=6"],
+    "bf16_odd_rows_15": ["train.dtype=bfloat16", "rl.max_new_tokens=40", "rl.group_size=5", "rl.prompts_per_step=3",
+                         "data.micro_batch_size=15", "data.global_batch_size=15"],
+    # several documents per packed row / one document over a whole row
+    "pack_small_rows": ["rl.max_new_tokens=40", "rl.pack_tokens=48", "rl.group_size=4", "rl.prompts_per_step=3",
+                        "data.micro_batch_size=12", "data.global_batch_size=12"],
+    "bf16_pack_large_rows": ["train.dtype=bfloat16", "rl.pack_tokens=300", "rl.max_new_tokens=33", "rl.group_size=4",
+                             "rl.prompts_per_step=4", "data.micro_batch_size=16", "data.global_batch_size=16"],
+    "unpacked_update": ["rl.packed_update=false", "rl.max_new_tokens=33", *ROWS9],
+    "micro_batch_4_of_12_two_updates": ["rl.max_new_tokens=20", "rl.group_size=4", "rl.prompts_per_step=3",
+                                        "data.micro_batch_size=4", "data.global_batch_size=12",
+                                        "rl.updates_per_rollout=2"],
+    "speculative_mtp_3_drafts": ["rl.speculative=mtp", "rl.draft_tokens=3", "rl.max_new_tokens=40", *ROWS9],
+    "bf16_speculative_mtp": ["train.dtype=bfloat16", "rl.speculative=mtp", "rl.draft_tokens=2",
+                             "rl.max_new_tokens=37", *ROWS9],
+    "dynamic_sampling": ["rl.dynamic_sampling=true", "rl.max_new_tokens=20", "rl.group_size=4", "rl.prompts_per_step=3",
+                         "data.micro_batch_size=12", "data.global_batch_size=12"],
+    # hidden 40 (not a multiple of 16), plain q_proj, no dense layer, 2 shared experts, top-4
+    "odd_model_top4": ["model.hidden_size=40", "model.q_lora_rank=null", "model.first_k_dense_replace=0",
+                       "model.n_shared_experts=2", "model.num_experts_per_tok=4", "rl.max_new_tokens=35", *ROWS9],
+    "bf16_odd_model_top1_no_shared": ["train.dtype=bfloat16", "model.hidden_size=40", "model.q_lora_rank=null",
+                                      "model.n_shared_experts=0", "model.num_experts_per_tok=1", "model.topk_group=2",
+                                      "rl.max_new_tokens=35", *ROWS9],
+    "recompute_full": ["train.recompute=full", "rl.max_new_tokens=35", *ROWS9],
+    "bf16_recompute_selective": ["train.dtype=bfloat16", "train.recompute=selective", "rl.max_new_tokens=35", *ROWS9],
+    "top_p_top_k": ["rl.top_p=0.9", "rl.top_k=20", "rl.temperature=0.7", "rl.max_new_tokens=35", *ROWS9],
+    "entropy_bonus_two_minibatches": ["rl.entropy_coef=0.01", "rl.minibatches=2", "rl.max_new_tokens=35", *ROWS9],
+    "kl_unbiased_opsm": ["rl.kl_coef=0.05", "rl.unbiased_kl=true", "rl.opsm_delta=0.5", "rl.max_new_tokens=35", *ROWS9],
+    # the sampler's top-p/top-k support kept in training: the rollout log-prob is moved into the
+    # truncated distribution; that shift must not break bitwise equality
+    "keep_sampling_mask_tis": ["rl.keep_sampling_mask=true", "rl.top_p=0.8", "rl.top_k=30", "rl.tis=true",
+                               "rl.max_new_tokens=35", *ROWS9],
+    "bf16_keep_sampling_mask": ["train.dtype=bfloat16", "rl.keep_sampling_mask=true", "rl.top_p=0.8",
+                                "rl.max_new_tokens=35", *ROWS9],
+}
+
+
+@pytest.mark.parametrize("name", list(SINGLE))
+def test_exact_one_process(tmp_path, name):
+    _assert_exact([exact_grpo_worker(0, 1, _overrides(tmp_path, SINGLE[name]))])
+
+
+BASE = ["rl.max_new_tokens=37", *ROWS9]
+ROWS12 = ["rl.max_new_tokens=37", "rl.group_size=3", "rl.prompts_per_step=4",
+          "data.micro_batch_size=6", "data.global_batch_size=12"]
+LAYOUTS = {
+    "tp2": ["parallel.tp=2", *BASE],
+    "bf16_tp2_sp": ["parallel.tp=2", "parallel.sp=true", "train.dtype=bfloat16", *BASE],
+    "ep2": ["parallel.ep=2", "parallel.etp=1", *ROWS12],
+    "bf16_dp2": ["train.dtype=bfloat16", "rl.max_new_tokens=37", "rl.group_size=3", "rl.prompts_per_step=4",
+                 "data.micro_batch_size=3", "data.global_batch_size=12"],
+    "pp2_odd_model": ["parallel.pp=2", "model.hidden_size=40", "model.q_lora_rank=null", "model.n_shared_experts=2",
+                      "model.num_experts_per_tok=4", *BASE],
+    "tp2_speculative": ["parallel.tp=2", "rl.speculative=mtp", "rl.draft_tokens=2", *BASE],
+    "bf16_ep2_top1_packed": ["parallel.ep=2", "parallel.etp=1", "train.dtype=bfloat16", "model.hidden_size=40",
+                             "model.num_experts_per_tok=1", "model.topk_group=2", "model.first_k_dense_replace=0",
+                             "rl.pack_tokens=50", *ROWS12],
+    "tp2_keep_sampling_mask": ["parallel.tp=2", "rl.keep_sampling_mask=true", "rl.top_p=0.8", "rl.tis=true", *BASE],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_exact_two_ranks(tmp_path, name):
+    _assert_exact(run_ranks(exact_grpo_worker, 2, _overrides(tmp_path, LAYOUTS[name])))
+
+
+def test_mode_does_not_leak_into_a_later_default_run(tmp_path):
+    """An exact run, then a default one in the same process: the default one is bitwise the same
+    run in a fresh process (metrics, including the default path's non-zero log-prob gap)."""
+    default = [f"train.run_dir={tmp_path}/default", f"data.cache_dir={tmp_path}/data", "train.steps=2",
+               "data.synthetic_docs=300", "rl.max_new_tokens=20", "rl.kl_coef=0.01", *ROWS9]
+    exact = _overrides(tmp_path / "exact", ["rl.max_new_tokens=20", *ROWS9])
+    after = run_ranks(leak_worker, 1, exact, default)[0]
+    fresh = run_ranks(leak_worker, 1, [], [o.replace("/default", "/fresh") for o in default])[0]
+    assert after["mode_after_exact"] is False
+    assert after["rows"] == fresh["rows"]
+    assert any(r["logprob_gap_max"] > 0 for r in fresh["rows"])  # the default path really ran
+
+
+@pytest.mark.parametrize("override, world", [("train.fp8=blockwise", 1), ("parallel.cp=2", 2),
+                                             ("model.scoring_func=softmax", 1)])
+def test_refusals_name_the_key(override, world):
+    cfg = load_config(os.path.join(ROOT, "configs", "tiny", "r1_zero_demo.yaml"), ["rl.exact_rollouts=true", override])
+    with pytest.raises(ConfigError, match="rl.exact_rollouts"):
+        validate_rl(validate(cfg, world), world)
