@@ -101,8 +101,8 @@ def token_scores(out, mb: Microbatch, ps: ParallelState, temperature: float, ent
     """(log softmax(logits / T) at the targets [b, s], token entropy [b, s] or None), in float32
     like the sampler's. Under context parallelism this rank scores its own tokens, then the rows are
     gathered whole over cp. Over the sampler's support when the microbatch carries one (or asks for
-    it with "support_rule": the old-policy pass computes and keeps it, and the shift of the sampler's
-    log-prob into its truncated distribution, in mb.extra)."""
+    it with "support_rule": the old-policy pass computes and keeps it, and the full-vocabulary log-prob
+    that moves the sampler's into its truncated distribution, in mb.extra)."""
     targets = mb.extra["targets"]
     scaled = out.logits.float() / temperature  # [s_local, b, V/tp]
     tgt = local_tokens(targets, ps).t()
@@ -121,9 +121,10 @@ def token_scores(out, mb: Microbatch, ps: ParallelState, temperature: float, ent
             with torch.no_grad():
                 ent = scores(scaled.detach(), tgt, ps, None, True)[1]
     if rule is not None:
-        with torch.no_grad():
-            full = vocab_parallel_log_probs(scaled, tgt, ps)
-        mb.extra["mass_shift"] = gather_tokens((logp - full).detach().t(), ps, targets.shape[1])
+        with torch.no_grad():  # exact mode: the sampler's formula, so the rollout's log-prob equals it bitwise
+            full = (scores(scaled, tgt, ps)[0] if batch_invariant.enabled()
+                    else vocab_parallel_log_probs(scaled, tgt, ps))
+        mb.extra["full_logp"] = gather_tokens(full.detach().t(), ps, targets.shape[1])
     return (gather_tokens(logp.t(), ps, targets.shape[1]),
             None if ent is None else gather_tokens(ent.t(), ps, targets.shape[1]))
 
@@ -411,8 +412,10 @@ def old_and_reference_logprobs(cfg: Config, ps: ParallelState, chunks, reference
         old = sequence_logprobs(chunks, ps, mbs, rl.temperature)
     if rl.keep_sampling_mask and old is not None:
         batch.support = [mb.extra["support"] for mb in mbs]
-        shift = torch.cat([mb.extra["mass_shift"] for mb in mbs])
-        batch.rollout_logp = torch.where(batch.generated, batch.rollout_logp + shift, batch.rollout_logp)
+        # old + (rollout - full), not rollout + (old - full): a sampler log-prob equal to the full
+        # one lands exactly on the old log-prob (rl.exact_rollouts), where a + (b - a) may miss b
+        full = torch.cat([mb.extra["full_logp"] for mb in mbs])
+        batch.rollout_logp = torch.where(batch.generated, old + (batch.rollout_logp - full), batch.rollout_logp)
     ref = None
     if reference is not None:
         ref = sequence_logprobs(reference.model, ps, microbatches(batch, size, {}, False, microbatch_count),
