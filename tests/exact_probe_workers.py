@@ -26,3 +26,23 @@ def leak_worker(rank: int, world: int, exact_first: list[str], default: list[str
         _default_rows(exact_first)
     mode_after_exact = batch_invariant.enabled()
     return {"mode_after_exact": mode_after_exact, "rows": _default_rows(default)}
+
+
+def long_prompt_worker(rank: int, world: int, overrides: list[str]) -> dict:
+    """exact_grpo_worker with every prompt behind a filler of 0..95 tokens (set by the prompt), so
+    prompts of a step have very different lengths, many over several 32-key blocks."""
+    from r1mega.rl.prompt_source import PromptSource
+    from rl_workers import exact_grpo_worker
+
+    encode = PromptSource.encode
+
+    def padded(self, rendered):
+        ids = encode(self, rendered)
+        filler = [(7 * i + sum(ids)) % 50 + 20 for i in range((sum(ids) * 13) % 96)]
+        return ids[:1] + filler + ids[1:]
+
+    PromptSource.encode = padded
+    try:
+        return exact_grpo_worker(rank, world, overrides)
+    finally:
+        PromptSource.encode = encode

@@ -3,12 +3,15 @@ asserting the sampler's log-probs are bitwise the trainer's (gap 0, first ratios
 import os
 
 import pytest
+import torch
 
-from exact_probe_workers import ROOT, leak_worker
+from exact_probe_workers import ROOT, leak_worker, long_prompt_worker
 from r1mega.config import load_config, validate, validate_rl
 from r1mega.errors import ConfigError
+from r1mega.inference.generate import GenerationConfig, generate
+from r1mega.kernels import batch_invariant
 from r1mega.parallel.spawn import run_ranks
-from rl_workers import exact_grpo_worker
+from rl_workers import exact_grpo_worker, sharp_model
 
 ROWS9 = ["rl.group_size=3", "rl.prompts_per_step=3", "data.micro_batch_size=9", "data.global_batch_size=9"]
 
@@ -100,6 +103,46 @@ LAYOUTS = {
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_exact_two_ranks(tmp_path, name):
     _assert_exact(run_ranks(exact_grpo_worker, 2, _overrides(tmp_path, LAYOUTS[name])))
+
+
+LONG_PROMPTS = ["data.seq_length=256", "rl.max_new_tokens=40", "rl.group_size=2", "rl.prompts_per_step=6",
+                "data.micro_batch_size=12", "data.global_batch_size=12"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world, extra", [
+    (1, ["rl.pack_tokens=200"]),  # prompts of 3..100 tokens, several documents per packed row
+    (1, ["train.dtype=bfloat16", "rl.speculative=mtp", "rl.draft_tokens=2"]),
+    (2, ["parallel.tp=2", "parallel.ep=2", "parallel.etp=1", "train.dtype=bfloat16"]),
+])
+def test_exact_with_prompts_of_very_different_lengths(tmp_path, world, extra):
+    overrides = _overrides(tmp_path, [*LONG_PROMPTS, *extra])
+    _assert_exact(run_ranks(long_prompt_worker, world, overrides) if world > 1
+                  else [long_prompt_worker(0, 1, overrides)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_engine_logprobs_independent_of_batching(dtype):
+    """In the mode, a row's tokens and log-probs do not depend on the rows beside it, on how many
+    decode at once, on the cache block size or the cache budget (prompts of 2..70 tokens)."""
+    chunks, ps = sharp_model({}, 1)
+    chunks.to(dtype)
+    prompts = [[(7 * i + 3) % 120 + 1 for i in range(n)] for n in (45, 2, 70, 33, 17)]
+
+    def run(ids, rows, **kw):
+        with batch_invariant.exact_mode(True):
+            r = generate(chunks, ps, ids, GenerationConfig(max_new_tokens=40, temperature=1.0, seed=3, **kw),
+                         rows=torch.tensor(rows))
+        return [(r.tokens[i][r.completion_mask[i]], r.logprobs[i][r.completion_mask[i]]) for i in range(len(ids))]
+
+    ref = run(prompts, list(range(5)))
+    others = [run(prompts, list(range(5)), **kw) for kw in
+              ({"max_rows": 2}, {"max_rows": 1, "block_size": 4}, {"block_size": 32}, {"max_cache_tokens": 120})]
+    others += [[run([p], [i])[0] for i, p in enumerate(prompts)]]
+    for other in others:
+        for (t0, l0), (t1, l1) in zip(ref, other):
+            assert torch.equal(t0, t1) and torch.equal(l0, l1)
+    assert not batch_invariant.enabled()
 
 
 def test_mode_does_not_leak_into_a_later_default_run(tmp_path):
