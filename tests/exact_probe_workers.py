@@ -46,3 +46,17 @@ def long_prompt_worker(rank: int, world: int, overrides: list[str]) -> dict:
         return exact_grpo_worker(rank, world, overrides)
     finally:
         PromptSource.encode = encode
+
+
+def varied_reward_worker(rank: int, world: int, overrides: list[str]) -> dict:
+    """exact_grpo_worker with a reward that differs within groups (a random tiny model never answers
+    right), so the updates move the weights and step 2 samples from a changed policy."""
+    import r1mega.rl.grpo as grpo_module
+    from rl_workers import exact_grpo_worker
+
+    terms = grpo_module.reward_terms
+    grpo_module.reward_terms = lambda names, text, *args: {"accuracy": float(sum(map(ord, text)) % 3)}
+    try:
+        return exact_grpo_worker(rank, world, overrides)
+    finally:
+        grpo_module.reward_terms = terms

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from exact_probe_workers import ROOT, leak_worker, long_prompt_worker
+from exact_probe_workers import ROOT, leak_worker, long_prompt_worker, varied_reward_worker
 from r1mega.config import load_config, validate, validate_rl
 from r1mega.errors import ConfigError
 from r1mega.inference.generate import GenerationConfig, generate
@@ -28,6 +28,7 @@ def _assert_exact(per_rank):
         assert r["logprob_gap_max"] == 0.0 and r["logprob_gap_mean"] == 0.0 and r["sampler_kl"] == 0.0, r
         assert r["clip_frac"] == 0.0 and r["response_len"] > 0, r
     calls = [o["calls"][0] for o in per_rank if o["calls"]]  # the loss runs on the last pipeline stage
+    assert calls
     for first in calls:
         assert first["ratio"].numel() > 0 and bool((first["ratio"] == 1).all()), first["ratio"]
         if first["tis"] is not None:
@@ -143,6 +144,36 @@ def test_engine_logprobs_independent_of_batching(dtype):
         for (t0, l0), (t1, l1) in zip(ref, other):
             assert torch.equal(t0, t1) and torch.equal(l0, l1)
     assert not batch_invariant.enabled()
+
+
+UPDATING = ["train.steps=3", "rl.kl_coef=0.01", "rl.max_new_tokens=30", "rl.group_size=4", "rl.prompts_per_step=3",
+            "data.global_batch_size=12", "rl.updates_per_rollout=2", "optim.lr=0.01", "optim.warmup_steps=0"]
+
+
+@pytest.mark.parametrize("world, extra", [
+    (1, ["data.micro_batch_size=4"]),
+    pytest.param(2, ["data.micro_batch_size=2", "parallel.tp=2", "parallel.ep=2", "parallel.etp=1",
+                     "train.dtype=bfloat16"], marks=pytest.mark.slow),
+    pytest.param(2, ["data.micro_batch_size=4", "parallel.pp=2"], marks=pytest.mark.slow),
+])
+def test_exact_after_real_updates(tmp_path, world, extra):
+    """Rewards that differ within groups, so the weights move; a rollout serves two steps
+    (updates_per_rollout=2): the second rollout, sampled from updated weights, is still bitwise
+    the trainer's."""
+    overrides = _overrides(tmp_path, [*UPDATING, *extra])
+    per_rank = (run_ranks(varied_reward_worker, world, overrides) if world > 1
+                else [varied_reward_worker(0, 1, overrides)])
+    rows = per_rank[0]["rows"]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert r["logprob_gap_max"] == 0.0 and r["sampler_kl"] == 0.0, r
+        assert r["zero_advantage_frac"] < 1 and r["grad_norm"] > 0, r
+    for o in per_rank:  # steps 1 and 3 sample (every loss call before the update: ratio 1), step 2 reuses
+        if o["calls"]:
+            n = len(o["calls"]) // 3
+            for c in o["calls"][:n] + o["calls"][2 * n:]:
+                assert bool((c["ratio"] == 1).all()) and (c["tis"] is None or bool((c["tis"] == 1).all()))
+            assert any(bool((c["ratio"] != 1).any()) for c in o["calls"][n:2 * n])  # the weights did move
 
 
 def test_mode_does_not_leak_into_a_later_default_run(tmp_path):
