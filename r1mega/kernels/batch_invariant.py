@@ -79,8 +79,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def _linear_rows(flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     m = flat.shape[0]
-    step = FP32_ROWS if flat.dtype == torch.float32 else FIXED_ROWS
-    if flat.dtype == torch.float32 and m <= step:
+    # several intra-op threads: fp32 kernels change with M at multiples of 16 too (K >= 1024), so
+    # every call takes exactly FIXED_ROWS rows, as bf16's do
+    tiled = flat.dtype == torch.float32 and torch.get_num_threads() == 1
+    step = FP32_ROWS if tiled else FIXED_ROWS
+    if tiled and m <= step:
         return F.linear(_pad_rows(flat, 0)[0], weight, bias)[:m]
     flat = torch.cat([flat, flat.new_zeros((-m) % step, flat.shape[1])]) if m % step else flat
     return torch.cat([F.linear(_pad_rows(c, 0)[0], weight, bias) for c in flat.split(step)])[:m]

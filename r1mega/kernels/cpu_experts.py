@@ -50,8 +50,11 @@ def experts_over_cores(device: torch.device):
     """Within the block (inference on CPU with several intra-op threads), grouped GEMMs of
     `grouped_mm_over_cores` use every core; elsewhere nothing changes."""
     global _active
+    from r1mega.kernels import batch_invariant  # (linear.py imports this module)
+
     threads = torch.get_num_threads()
-    if device.type != "cpu" or threads < 2 or _active:
+    # rl.exact_rollouts: the sampler keeps the trainer's thread count (it changes fp32 GEMM bits)
+    if device.type != "cpu" or threads < 2 or _active or batch_invariant.enabled():
         yield
         return
     _workers(threads)
