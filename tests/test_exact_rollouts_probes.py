@@ -177,17 +177,22 @@ def test_exact_after_real_updates(tmp_path, world, extra):
 
 
 @pytest.mark.slow
-def test_exact_with_two_intra_op_threads(tmp_path):
-    """Two intra-op threads, a 1024-wide FFN: fp32 GEMMs change bits with M at multiples of 16 and
-    with the thread count (found: gap 9.5e-7 before the sampler kept the thread count and fp32
-    linears took fixed 64-row calls under several threads)."""
+@pytest.mark.parametrize("model", [
+    ["model.hidden_size=512", "model.intermediate_size=1024", "model.moe_intermediate_size=256",
+     "model.q_lora_rank=128", "model.kv_lora_rank=64"],  # a 1024-wide dense FFN (linears)
+    ["model.hidden_size=256", "model.intermediate_size=256", "model.moe_intermediate_size=1024",
+     "model.q_lora_rank=64", "model.kv_lora_rank=32"],  # 1024-wide experts (grouped GEMMs)
+])
+def test_exact_with_two_intra_op_threads(tmp_path, model):
+    """Two intra-op threads: fp32 GEMMs with K >= 1024 change bits with M at multiples of 16 and
+    with the thread count (found: gap 9.5e-7 before the sampler kept the trainer's thread count and
+    fp32 linears / expert GEMMs took fixed-size calls under several threads)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         out = exact_grpo_worker(0, 1, _overrides(tmp_path, [
-            "model.hidden_size=512", "model.intermediate_size=1024", "model.moe_intermediate_size=256",
-            "model.q_lora_rank=128", "model.kv_lora_rank=64", "rl.max_new_tokens=40", "rl.group_size=4",
-            "rl.prompts_per_step=4", "data.micro_batch_size=16", "data.global_batch_size=16"]))
+            *model, "rl.max_new_tokens=24", "rl.group_size=4", "rl.prompts_per_step=4",
+            "data.micro_batch_size=16", "data.global_batch_size=16"]))
     finally:
         torch.set_num_threads(threads)
     _assert_exact([out])

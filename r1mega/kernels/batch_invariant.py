@@ -118,7 +118,9 @@ def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, offsets: torch.Tens
     EXPERT_ROWS rows, run in rounds (round r: every expert's r-th chunk, so each GEMM has that one
     shape and the weights are read in place). Reads the group sizes on the host, as the loop does."""
     n, k_in = rows.shape
-    tile = ROW_TILE if rows.dtype == torch.float32 else EXPERT_ROWS
+    # several intra-op threads: fp32 GEMMs change with M at multiples of 16 too, so rounds as bf16
+    tiled = rows.dtype == torch.float32 and torch.get_num_threads() == 1
+    tile = ROW_TILE if tiled else EXPERT_ROWS
     ends = offsets.long().cpu()
     counts = torch.diff(ends, prepend=ends.new_zeros(1))
     chunks = (counts + tile - 1) // tile  # per expert
@@ -128,7 +130,7 @@ def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, offsets: torch.Tens
     dest = (i - (ends - counts)[expert] + tile * first_chunk[expert]).to(rows.device)
     total = int(chunks.sum())
     buf = rows.new_zeros(total * tile, k_in).index_copy(0, dest, rows)
-    if rows.dtype == torch.float32:
+    if tiled:
         out = grouped(buf, weight, (tile * chunks.cumsum(0)).to(torch.int32).to(offsets.device))
         return out.index_select(0, dest)
     padded_offsets = (tile * chunks.cumsum(0)).to(torch.int32).to(offsets.device)
