@@ -410,7 +410,7 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
          f"{d.seq_length} exceeds {section}.max_position_embeddings={active.max_position_embeddings}; shorten "
          f"the sequences or extend the context (rope scaling and a larger max_position_embeddings)")
     if d.synthetic is not None:
-        _one_of(d.synthetic, "data.synthetic", ("arithmetic", "addition"))
+        _one_of(d.synthetic, "data.synthetic", ("arithmetic", "addition", "sum3"))
         for name in ("paths", "tokenizer"):  # the built corpus brings its own files: yours would be ignored
             need(not getattr(d, name), f"data.{name}", f"is set together with data.synthetic={d.synthetic}, "
                  f"which builds its own corpus and tokenizer; set data.synthetic=null to use your {name}")

@@ -71,6 +71,38 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path):
     assert again.stdout.strip().splitlines()[-1] == last
 
 
+def test_sum3_task_splits_and_worked_thoughts():
+    """The pipeline's task: 700 RL and 300 held-out sums, disjoint and complete; every corpus line is a
+    well-formed thought then the answer the judge reads after </think> (the thought's last result),
+    the first step always right and the last mostly one too high; the demo's task is unchanged."""
+    from r1mega.data.synthetic import biased_sum3_corpus
+    from r1mega.judge import final_answer, well_formed
+    from r1mega.rl.tasks import addition_prompts, synthetic_prompts
+
+    train, held = synthetic_prompts("sum3", 0, 0, False), synthetic_prompts("sum3", 0, 0, True)
+    assert (len(train), len(held)) == (700, 300)
+    assert len({r["prompt"] for r in train + held}) == 1000
+    for r in held:
+        a, b, c = map(int, re.fullmatch(r"Q: (\d)\+(\d)\+(\d)=", r["prompt"]).groups())
+        assert r["answer"] == str(a + b + c)
+    drawn = synthetic_prompts("sum3", 50, 7, False)
+    assert drawn == synthetic_prompts("sum3", 50, 7, False) and {r["prompt"] for r in drawn} <= {r["prompt"] for r in train}
+    assert synthetic_prompts("addition", 0, 0, True) == addition_prompts(0, 0, heldout=True)  # 30, as `r1mega demo`
+    right = lines = 0
+    for doc in biased_sum3_corpus(300):
+        for line in doc.split("\n"):
+            m = re.fullmatch(r"Q: (\d)\+(\d)\+(\d)=( <think>(\d+)\+(\d)=(\d+), (\d+)\+(\d)=(\d+)</think> A: (\d+))", line)
+            assert m, line
+            a, b, c, response, a2, b2, ab, ab2, c2, last, answer = m.groups()
+            assert (a2, b2, ab, ab2, c2) == (a, b, str(int(a) + int(b)), ab, c) and answer == last
+            assert int(last) - (int(a) + int(b) + int(c)) in (0, 1)
+            assert well_formed(response) and final_answer(response) == answer
+            assert final_answer(response.replace(f"A: {answer}", "")) is None  # the thought's numbers are not an answer
+            right += int(last) == int(a) + int(b) + int(c)
+            lines += 1
+    assert 0.25 < right / lines < 0.35, right / lines
+
+
 def test_bad_pipeline_configs_are_named(tmp_path):
     from r1mega.recipe import load_pipeline
 
