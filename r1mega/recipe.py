@@ -359,11 +359,13 @@ def _die_with_parent() -> None:
 
 
 def _stage_options(cfg: dict, st: dict, seed: Optional[int] = None) -> str:
-    """A hash of what a stage ran with: its entry, the pipeline-wide keys it inherits and --seed (not
-    the evaluation protocol or the output directory, which a rerun may change)."""
+    """A hash of what a stage ran with: its entry, the pipeline-wide keys it inherits (the model config;
+    rl_common for GRPO, sft_common for SFT) and --seed; not the evaluation protocol or the output
+    directory, which a rerun may change, nor another kind's settings (new RL settings keep the base)."""
     from r1mega.output_dir import config_hash
 
-    shared = {k: v for k, v in cfg.items() if k not in ("stages", "out", "eval")}
+    own = {"grpo": "rl_common", "sft": "sft_common"}.get(st["kind"])
+    shared = {k: v for k, v in cfg.items() if k not in ("stages", "out", "eval", "rl_common", "sft_common") or k == own}
     if seed is not None:  # absent without --seed: runs from before the option resume as they were
         shared["--seed"] = seed
     return config_hash({"stage": st, "shared": shared})

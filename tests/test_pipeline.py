@@ -103,6 +103,23 @@ def test_sum3_task_splits_and_worked_thoughts():
     assert 0.25 < right / lines < 0.35, right / lines
 
 
+def test_stage_options_name_what_a_stage_ran_with():
+    """A finished stage is reused only for the options it ran with: its entry, the settings of its own
+    kind and --seed. New RL settings keep the pretrained base; a new seed or SFT setting does not."""
+    from r1mega.recipe import _stage_options
+
+    cfg = yaml.safe_load(open(CONFIG))
+    st = {s["name"]: s for s in cfg["stages"]}
+    other_rl = {**cfg, "rl_common": [*cfg["rl_common"], "rl.top_p=0.9"]}
+    other_sft = {**cfg, "sft_common": [*cfg["sft_common"], "optim.lr=5e-4"]}
+    for name in ("base", "student_base"):
+        assert _stage_options(other_rl, st[name]) == _stage_options(other_sft, st[name]) == _stage_options(cfg, st[name])
+    assert _stage_options(other_rl, st["r1_zero"]) != _stage_options(cfg, st["r1_zero"])
+    assert _stage_options(other_sft, st["r1_zero"]) == _stage_options(cfg, st["r1_zero"])
+    assert _stage_options(other_sft, st["distill"]) != _stage_options(cfg, st["distill"])
+    assert _stage_options(cfg, st["base"], 1) != _stage_options(cfg, st["base"], 2) != _stage_options(cfg, st["base"])
+
+
 def test_bad_pipeline_configs_are_named(tmp_path):
     from r1mega.recipe import load_pipeline
 
