@@ -358,16 +358,20 @@ def _die_with_parent() -> None:
         pass
 
 
-def _stage_options(cfg: dict, st: dict, seed: Optional[int] = None) -> str:
+def _stage_options(cfg: dict, st: dict, seed: Optional[int] = None, upstream: tuple = ()) -> str:
     """A hash of what a stage ran with: its entry, the pipeline-wide keys it inherits (the model config;
-    rl_common for GRPO, sft_common for SFT) and --seed; not the evaluation protocol or the output
-    directory, which a rerun may change, nor another kind's settings (new RL settings keep the base)."""
+    rl_common for GRPO, sft_common for SFT), --seed and the options of the stages it starts from or
+    trains on (`upstream`: a changed earlier stage makes its results stale); not the evaluation
+    protocol or the output directory, which a rerun may change, nor another kind's settings (new RL
+    settings keep the base)."""
     from r1mega.output_dir import config_hash
 
     own = {"grpo": "rl_common", "sft": "sft_common"}.get(st["kind"])
     shared = {k: v for k, v in cfg.items() if k not in ("stages", "out", "eval", "rl_common", "sft_common") or k == own}
     if seed is not None:  # absent without --seed: runs from before the option resume as they were
         shared["--seed"] = seed
+    if upstream:
+        shared["upstream"] = list(upstream)
     return config_hash({"stage": st, "shared": shared})
 
 
@@ -420,19 +424,21 @@ def run(args: argparse.Namespace) -> int:
     claim_on_rank0(runner.out, "pipeline")  # held until the command ends
     train_prompts, held_out = runner.prompt_files()
     k = int(runner.eval_cfg["samples"])
-    rows, notes, t_all = [], {}, time.perf_counter()
+    rows, notes, hashes, t_all = [], {}, {}, time.perf_counter()
     for st in cfg["stages"]:
         name = st["name"]
         done = os.path.join(runner.out, name, "DONE")
         row = {"stage": name, "kind": st["kind"], "from": st.get("from")}
-        options = _stage_options(cfg, st, args.seed)
+        options = _stage_options(cfg, st, args.seed, tuple(hashes[s] for s in (st.get("from"), st.get("data")) if s))
+        hashes[name] = options
         if os.path.exists(done):
             with open(done) as f:
                 finished = json.load(f)
             if finished.pop("options", options) != options:  # DONE files from before had none
                 raise ConfigError(f"stages.{name}", f"{done}: this stage finished earlier with other options (its "
-                                  f"entry, model_config or *_common changed); its results would be reported for "
-                                  f"options it did not run. Use another --out, or restore the stage's options")
+                                  f"entry, model_config, *_common, --seed or a stage it builds on changed); its "
+                                  f"results would be reported for options it did not run. Use another --out, or "
+                                  f"restore the stage's options")
             row.update(finished)
             print(f"== {name}: done earlier, skipped", flush=True)
         else:

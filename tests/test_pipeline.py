@@ -118,6 +118,8 @@ def test_stage_options_name_what_a_stage_ran_with():
     assert _stage_options(other_sft, st["r1_zero"]) == _stage_options(cfg, st["r1_zero"])
     assert _stage_options(other_sft, st["distill"]) != _stage_options(cfg, st["distill"])
     assert _stage_options(cfg, st["base"], 1) != _stage_options(cfg, st["base"], 2) != _stage_options(cfg, st["base"])
+    # a stage built on a changed stage is stale: its upstream's options are part of its own
+    assert _stage_options(cfg, st["rejection_data"], None, ("a",)) != _stage_options(cfg, st["rejection_data"], None, ("b",))
 
 
 def test_bad_pipeline_configs_are_named(tmp_path):
