@@ -87,7 +87,7 @@ class TrainConfig:
     fp8_backend: str = "auto"  # auto | emulated | te (auto: Transformer Engine where built and usable)
     fp8_block: int = 128  # tile length: 1 x block for activations/gradients, block x block for weights
     fp8_pow2_scales: bool = False  # round scales down to powers of two
-    # DeepSeek-V3.2 indexer training (models/deepseek_v32/training.py): null | dense_warmup | sparse
+    # the sparse-attention indexer's training stage (DeepSeek-V3.2's family): null | dense_warmup | sparse
     dsa_stage: Optional[str] = None
     index_loss_weight: float = 1.0  # weight of the indexer's KL loss (per target token)
 
@@ -154,6 +154,11 @@ class RLConfig:
     log_rollouts_every: int = 10  # steps between wandb tables of those rollouts (train.wandb; 0: none)
     # run code rewards without the isolated sandbox where it cannot be set up (only for trusted code)
     unsafe_code_sandbox: bool = False
+    # rollouts with self-speculative decoding: "mtp" (the policy's own MTP module drafts draft_tokens
+    # tokens per row and step; same distribution, inference/speculative.py); null: plain decoding
+    speculative: Optional[str] = None
+    draft_tokens: int = 1
+    mtp_weight: float = 0.0  # the MTP loss on the rollouts beside the GRPO loss (keeps the draft on-policy)
 
 
 RL_TEMPLATES = ("r1_zero", "chat", "chat_think", "raw")
@@ -243,6 +248,15 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False, rewards=
          "the chat template needs rl.prompts and a tokenizer with a chat_template")
     need(cfg.train.virtual_stages == 1, "train.virtual_stages",
          "GRPO generates on one model chunk per pipeline rank")
+    need(rl.speculative in (None, "mtp"), "rl.speculative", f"expected mtp or null, got {rl.speculative!r}")
+    need(rl.draft_tokens >= 1, "rl.draft_tokens", f"must be >= 1, got {rl.draft_tokens}")
+    need(rl.mtp_weight >= 0 and math.isfinite(rl.mtp_weight), "rl.mtp_weight",
+         f"must be a finite number >= 0, got {rl.mtp_weight}")
+    for key, on in (("rl.speculative", rl.speculative is not None), ("rl.mtp_weight", rl.mtp_weight > 0)):
+        n = getattr(cfg.active_model, "num_mtp_layers", 0)
+        need(not on or n > 0, key, f"needs the model's MTP module, but the {cfg.model_section} has none "
+             f"({cfg.model_section}.num_mtp_layers={n})" if hasattr(cfg.active_model, "num_mtp_layers") else
+             f"needs an MTP module, which the {cfg.model_section}'s family ({type(cfg.active_model).__name__}) has not")
     return cfg
 
 
@@ -460,11 +474,6 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
     unknown = [x for x in t.recompute_modules if x not in SELECTIVE_RECOMPUTE_MODULES]
     need(not unknown, "train.recompute_modules",
          f"unknown {unknown}; choose from {', '.join(SELECTIVE_RECOMPUTE_MODULES)}")
-    if cfg.student is not None and t.recompute == "selective":  # these parts exist only in DeepSeek-V3 layers
-        moe_mla = [x for x in t.recompute_modules if x in ("mla_up_proj", "moe_act", "shared_experts", "indexer")]
-        need(not moe_mla, "train.recompute_modules",
-             f"{moe_mla} are parts of DeepSeek-V3/V3.2 layers (MLA, MoE, indexer); a dense student has none, so they would "
-             f"recompute nothing")
     need(t.fp8 in ("none", "blockwise"), "train.fp8", f"expected none or blockwise, got {t.fp8!r}")
     need(t.fp8_backend in ("auto", "emulated", "te"), "train.fp8_backend",
          f"expected auto, emulated or te, got {t.fp8_backend!r}")
@@ -473,9 +482,6 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
     need(1 <= t.fp8_block <= 4096, "train.fp8_block",
          f"must be in [1, 4096] (DeepSeek-V3 uses 128), got {t.fp8_block}")
     need(not needs_data or bool(d.paths) or d.synthetic is not None, "data.paths", "no data: give data.paths or data.synthetic")
-    need(t.dsa_stage in (None, "dense_warmup", "sparse"), "train.dsa_stage",
-         f"expected dense_warmup, sparse or null, got {t.dsa_stage!r}")
-    need(t.dsa_stage is None or hasattr(cfg.active_model, "index_topk"), "train.dsa_stage",
-         f"{t.dsa_stage} trains DeepSeek-V3.2's indexer; this model has none (model_type deepseek_v32)")
     need(t.index_loss_weight >= 0, "train.index_loss_weight", f"must be >= 0, got {t.index_loss_weight}")
+    family_of_config(active).training.validate(active, t, section)  # the family's own training rules
     return cfg

@@ -182,6 +182,12 @@ class ContinuousBatcher:
         zero = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self._forward(zero, zero, view)
 
+    def empty_decode(self) -> None:  # a speculative stepper joins its draft forwards too
+        self.empty_forward()
+
+    def empty_prefill(self) -> None:
+        self.empty_forward()
+
     def decode(self) -> None:
         live = self.live
         for r in live:  # a block for each row whose next token starts one
@@ -275,9 +281,9 @@ class ContinuousBatcher:
                 if step == 1 and spread:  # as the static engine: the prompt's forward keeps every thread
                     decoding.enter_context(experts_over_cores(self.device))
                 if need_decode:
-                    self.decode() if self.live else self.empty_forward()
+                    self.decode() if self.live else self.empty_decode()
                 if need_prefill:
-                    self.prefill(groups) if groups else self.empty_forward()
+                    self.prefill(groups) if groups else self.empty_prefill()
                 if new:
                     self.start(new)
                 step += 1

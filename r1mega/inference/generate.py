@@ -42,6 +42,9 @@ class GenerationConfig:
     max_rows: int = 0  # rows decoding at once (0: all); the rest wait in the queue and refill freed places
     max_cache_tokens: int = 0  # soft cache budget for admitting rows (0: none)
     block_size: int = 16  # tokens per block of the paged cache
+    # self-speculative decoding: "mtp" drafts with the model's own MTP module (inference/speculative.py)
+    speculative: Optional[str] = None
+    draft_tokens: int = 1  # drafts verified per row and step
 
 
 @dataclass
@@ -57,6 +60,8 @@ class Rollout:
     cache_pool_bytes: int = 0  # what the paged pool allocated (it grows by a quarter when full)
     decode_row_steps: int = 0  # rows fed to decoding forwards, summed over steps (static: all rows every step)
     forwards: int = 0  # model forwards this rank ran (equal on every rank of an expert-parallel group)
+    draft_tokens: int = 0  # speculative decoding: drafts verified (this rank's rows)
+    draft_accepted: int = 0  # ... and accepted
 
     @property
     def position_ids(self) -> torch.Tensor:
@@ -111,9 +116,7 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     result is laid out as the static engine's: left-padded prompts, completions, pads after the end.
     microbatches: unused (one decoding batch per step; kept for callers of the static engine)."""
 
-    model = _one_chunk(model)
-    if getattr(model, "paged_kv_layout", None) is None:  # a family without a paged cache yet
-        return generate_static(model, ps, prompts, gen, row_offset, microbatches, rows)
+    model = _one_chunk(model)  # every family has a paged cache (ModelFamily: paged_kv_layout)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -121,7 +124,12 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     # under CP every CP rank holds the whole model and the same rows: each decodes every cp-th row,
     # then the ranks sum their disjoint parts of the result
     mine = list(range(ps.r("cp"), len(prompts), ps.cp))
-    engine = ContinuousBatcher(model, ps, [prompts[i] for i in mine], [keys[i] for i in mine], gen)
+    engine_cls = ContinuousBatcher
+    if gen.speculative:
+        from r1mega.inference.speculative import SpeculativeBatcher
+
+        engine_cls = SpeculativeBatcher
+    engine = engine_cls(model, ps, [prompts[i] for i in mine], [keys[i] for i in mine], gen)
     with sequence_parallel_off(ps), _mode_restored(model, was_training):
         engine.run()
     pad_id = engine.pad_id
@@ -149,8 +157,12 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
             dist.all_reduce(t, group=ps.g("cp"))
     mask = mask.bool()
     pool = engine.pool
-    return Rollout(tokens, P, pad, mask, logprobs, routing, pool.values_per_token_per_layer(), pool.peak_bytes(),
-                   pool.pool_bytes(), engine.decode_row_steps, engine.forwards)
+    draft_pool = getattr(engine, "mtp_pool", None)  # speculative decoding: the draft's own cache
+    draft_bytes = (draft_pool.peak_bytes(), draft_pool.pool_bytes()) if draft_pool is not None else (0, 0)
+    return Rollout(tokens, P, pad, mask, logprobs, routing, pool.values_per_token_per_layer(),
+                   pool.peak_bytes() + draft_bytes[0], pool.pool_bytes() + draft_bytes[1],
+                   engine.decode_row_steps, engine.forwards,
+                   getattr(engine, "drafted", 0), getattr(engine, "accepted", 0))
 
 
 def _group_max_int(value: int, ps: ParallelState, group: str, device) -> int:
