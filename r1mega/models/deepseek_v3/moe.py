@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1mega.models.deepseek_v3.config import ModelConfig
-from r1mega.kernels import grouped_linear
+from r1mega.kernels import batch_invariant, grouped_linear
 from r1mega.models.ffn import SwiGLU
 from r1mega.parallel.recompute import recomputed
 from r1mega.parallel.comm import all_gather_nograd, gather_dim0, reduce_from_group, split_dim0
@@ -36,6 +36,10 @@ class Router(nn.Module):
         bias = torch.zeros(cfg.n_routed_experts, dtype=torch.float32) if cfg.scoring_func == "sigmoid" else None
         self.register_buffer("e_score_correction_bias", bias)
 
+    @staticmethod
+    def _sigmoid(logits: torch.Tensor, exact: bool) -> torch.Tensor:
+        return batch_invariant.sigmoid(logits) if exact else logits.sigmoid()
+
     def _group_mask(self, choice: torch.Tensor, group_score) -> torch.Tensor:
         cfg = self.cfg
         grouped = choice.view(choice.shape[0], cfg.n_group, -1)
@@ -49,13 +53,14 @@ class Router(nn.Module):
         """x [T, D] -> (topk_idx [T, k], topk_weight [T, k] float32, scores [T, E] float32).
         forced_idx replays a recorded choice of experts; their weights still come from the scores."""
         cfg = self.cfg
-        logits = F.linear(x.float(), self.weight.float())
+        exact = batch_invariant.enabled()
+        logits = (batch_invariant.linear if exact else F.linear)(x.float(), self.weight.float())
         k = cfg.num_experts_per_tok
         if forced_idx is not None:
-            scores = logits.sigmoid() if cfg.scoring_func == "sigmoid" else logits.softmax(dim=-1)
+            scores = self._sigmoid(logits, exact) if cfg.scoring_func == "sigmoid" else logits.softmax(dim=-1)
             idx, weight = forced_idx, scores.gather(1, forced_idx)
         elif cfg.scoring_func == "sigmoid":
-            scores = logits.sigmoid()
+            scores = self._sigmoid(logits, exact)
             choice = scores.detach() + self.e_score_correction_bias
             if cfg.n_group > 1:
                 keep = self._group_mask(choice, lambda g: g.topk(2, dim=-1).values.sum(-1))
@@ -105,7 +110,8 @@ class GroupedExperts(nn.Module):
 
     def _act_down(self, gate_up: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         gate, up = gate_up.split(self.inner, dim=-1)
-        return grouped_linear(F.silu(gate) * up, self.w_down, offsets)
+        act = batch_invariant.silu if batch_invariant.enabled() else F.silu
+        return grouped_linear(act(gate) * up, self.w_down, offsets)
 
 
 class _AttachAuxLoss(torch.autograd.Function):
