@@ -122,7 +122,9 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     # then the ranks sum their disjoint parts of the result
     mine = list(range(ps.r("cp"), len(prompts), ps.cp))
     engine = ContinuousBatcher(model, ps, [prompts[i] for i in mine], [keys[i] for i in mine], gen)
-    with sequence_parallel_off(ps), _mode_restored(model, was_training):
+    # inference mode: no version counters or view tracking, ~15% of a small model's decoding step;
+    # nothing made inside leaves the engine (the rollout below is built from its lists)
+    with sequence_parallel_off(ps), _mode_restored(model, was_training), torch.inference_mode():
         engine.run()
     pad_id = engine.pad_id
     ids, pad = left_pad(prompts, pad_id, device)

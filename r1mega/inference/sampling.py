@@ -136,9 +136,11 @@ def sample(logits: torch.Tensor, ps: ParallelState, temperature: float, top_p: f
         tokens, _ = _global_argmax(logits.masked_fill(~real, float("-inf")), start, group)
         return tokens, log_softmax_at(logits, tokens, start, group)
     scaled = logits / temperature
-    keep = sampler_support(scaled, ps, top_p, top_k, vocab)
     if keys is None:
         keys = row_keys(0, 0, torch.arange(logits.shape[0], device=logits.device))
     gumbel = -torch.log(-torch.log(uniform_noise(keys, start, n_local))).to(torch.float32)
-    tokens, _ = _global_argmax((scaled + gumbel).masked_fill(~keep, float("-inf")), start, group)
+    perturbed = scaled + gumbel
+    if 0 < top_k < vocab or top_p < 1.0 or vocab < n_local * ps.tp:  # else every id is in the support
+        perturbed = perturbed.masked_fill(~sampler_support(scaled, ps, top_p, top_k, vocab), float("-inf"))
+    tokens, _ = _global_argmax(perturbed, start, group)
     return tokens, log_softmax_at(scaled, tokens, start, group)

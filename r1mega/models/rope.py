@@ -110,8 +110,11 @@ class RotaryEmbedding(torch.nn.Module):
             a, b = x[..., 0::2], x[..., 1::2]
         else:
             a, b = x.chunk(2, dim=-1)
-        # broadcasting a [s, b, 1, dim/2] factor over heads takes a slow strided path, forward and
-        # even more so backward (~15x on CPU); a materialised factor keeps every product dense
-        cos = cos.unsqueeze(2).to(x.dtype).expand(a.shape).contiguous()
-        sin = sin.unsqueeze(2).to(x.dtype).expand(a.shape).contiguous()
+        cos, sin = cos.unsqueeze(2).to(x.dtype), sin.unsqueeze(2).to(x.dtype)
+        if torch.is_grad_enabled():
+            # broadcasting a [s, b, 1, dim/2] factor over heads takes a slow strided path, forward and
+            # even more so backward (~15x on CPU); a materialised factor keeps every product dense.
+            # Without autograd (decoding a token or a few) the four extra copies cost more than they
+            # save; the products are bitwise the same either way.
+            cos, sin = cos.expand(a.shape).contiguous(), sin.expand(a.shape).contiguous()
         return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)
