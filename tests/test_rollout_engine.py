@@ -104,6 +104,34 @@ def test_tp2_ep2_pp2_and_cp2_draw_the_one_process_samples(model, par, world):
                 assert torch.equal(r["routing"][layer], experts)
 
 
+@pytest.mark.parametrize("par, world, gen_kw", [
+    (dict(pp=2), 2, dict(temperature=0.0)),  # greedy
+    (dict(pp=2), 2, dict(max_rows=4)),  # refills: the pipeline drains for each admission
+    (dict(pp=2, ep=2), 4, dict(max_rows=5)),  # DP peers with different rows join each other's forwards
+])
+def test_pp2_keeps_groups_in_flight_and_draws_the_one_process_samples(model, par, world, gen_kw):
+    """Under PP the live rows decode as pp groups in flight (stage s on group (t - s) mod pp): same
+    samples, log-probs and routing as one process, and every stage runs a forward every tick, so a
+    stage runs about (decode steps x groups) forwards, not one per step."""
+    chunks, ps = model
+    prompts, keys = long_tail_rows()
+    one = generate(chunks, ps, prompts, long_tail_config(**gen_kw), rows=keys)
+    per_rank = run_ranks(layout_samples_worker, world, par, gen_kw)
+    got, logprobs = {}, {}
+    for r in per_rank:
+        flat = iter(r["logprobs"].tolist())
+        for k, c in zip(r["keys"].tolist(), r["completions"]):
+            assert got.setdefault(k, c) == c, (par, k)
+            logprobs[k] = [next(flat) for _ in c]
+    assert [got[k] for k in range(len(prompts))] == one.completions(), (par, gen_kw)
+    want = one.logprobs[one.completion_mask].tolist()
+    torch.testing.assert_close(torch.tensor([x for k in range(len(prompts)) for x in logprobs[k]]),
+                               torch.tensor(want), atol=1e-5, rtol=0)
+    if "ep" not in par:
+        steps = int(one.completion_mask.sum(1).max())  # decoding steps of the longest row
+        assert per_rank[0]["forwards"] > steps  # two groups: more forwards than steps
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -110,20 +110,35 @@ class ContinuousBatcher:
         self.vocab = gen.vocab_size or model.vocab_size
         self.decode_routing: dict[int, list] = {}  # layer -> [(rows, completion positions, experts [b, k])]
         self.decode_row_steps = self.forwards = 0
+        self.overlap_sends, self.sent = False, None  # pipelined decoding: sends waited for a tick later
 
     # ---- scheduling ------------------------------------------------------------------------
     def admit(self) -> list[_Row]:
-        new, tokens = [], self.pool.used * self.bs
-        budget = self.gen.max_cache_tokens
-        while self.queue and len(self.live) + len(new) < self.max_rows:
-            r = self.queue[0]
-            need = (len(r.group.prompt) if r.group.blocks is None else 0) + self.bs
-            if budget and (self.live or new) and tokens + need > budget:
-                break  # a soft budget: rows already admitted grow past it (no preemption)
-            tokens += need
-            new.append(self.queue.popleft())
-            new[-1].slot = self.free_slots.pop()
+        new, tokens, counted = [], self.pool.used * self.bs, set()
+        while self._fits(self.queue[0] if self.queue else None, len(new), tokens, counted):
+            r = self.queue.popleft()
+            tokens += self._need(r, counted)
+            counted.add(id(r.group))
+            r.slot = self.free_slots.pop()
+            new.append(r)
         return new
+
+    def _need(self, r: _Row, counted: set) -> int:
+        """Cache tokens admitting r takes: its group's prompt when not prefilled yet (once per group:
+        the samples share it), and a block for its own tokens."""
+        return self.bs + (len(r.group.prompt) if r.group.blocks is None and id(r.group) not in counted else 0)
+
+    def _fits(self, r: Optional[_Row], admitted: int, tokens: int, counted: set) -> bool:
+        """Whether r can be admitted beside `admitted` rows just admitted: a free place and, under
+        max_cache_tokens, room for it (the first row always fits, so the queue never stalls)."""
+        if r is None or len(self.live) + admitted >= self.max_rows:
+            return False
+        budget = self.gen.max_cache_tokens
+        return not budget or not (self.live or admitted) or tokens + self._need(r, counted) <= budget
+
+    def _admissible(self, pending: int) -> bool:
+        """Would admit() take the queue's first row now (`pending` rows admitted, not yet started)?"""
+        return self._fits(self.queue[0] if self.queue else None, pending, self.pool.used * self.bs, set())
 
     def _set_table(self, r: _Row) -> None:
         n = len(r.blocks)
@@ -156,7 +171,7 @@ class ContinuousBatcher:
         out = self.model(ids, hidden=hidden, position_ids=pos, cache=view, last_logits_only=True)
         self.forwards += 1
         if self.nxt is not None:
-            send_activation(out.hidden, self.nxt)
+            self.sent = send_activation(out.hidden, self.nxt, wait=not self.overlap_sends)
             return None
         return out.logits[-1]
 
@@ -181,27 +196,38 @@ class ContinuousBatcher:
                            torch.zeros(1, dtype=torch.long, device=self.device))
         zero = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self._forward(zero, zero, view)
+        return None
 
     def decode(self) -> None:
-        live = self.live
-        for r in live:  # a block for each row whose next token starts one
+        """One decoding step of every live row (one token each)."""
+        self.live = self.decode_rows(self.live, self.decode_forward(self.live))
+
+    def decode_forward(self, rows: list[_Row]) -> Optional[torch.Tensor]:
+        """The decoding forward of `rows` on this stage: blocks for the tokens that start one, the
+        view, the forward (received from / sent to the neighbouring stages); the last stage's logits."""
+        for r in rows:  # a block for each row whose next token starts one
             if r.length % self.bs == 0:
                 r.blocks.append(self.pool.alloc())
                 self._set_table(r)
-        slots = torch.tensor([r.slot for r in live], dtype=torch.long, device=self.device)
-        lengths = torch.tensor([r.length for r in live], dtype=torch.long, device=self.device)
+        slots = torch.tensor([r.slot for r in rows], dtype=torch.long, device=self.device)
+        lengths = torch.tensor([r.length for r in rows], dtype=torch.long, device=self.device)
         view = decode_view(self.pool, self.layer_view, self.table[slots], lengths)
-        ids = torch.tensor([[r.out[-1]] for r in live], dtype=torch.long, device=self.device)
+        ids = torch.tensor([[r.out[-1]] for r in rows], dtype=torch.long, device=self.device)
         logits = self._forward(ids, lengths[:, None], view)
-        self.decode_row_steps += len(live)
+        self.decode_row_steps += len(rows)
         if self.gen.record_routing:
-            rows = torch.tensor([r.index for r in live])
-            at = torch.tensor([len(r.out) - 1 for r in live])
+            index = torch.tensor([r.index for r in rows])
+            at = torch.tensor([len(r.out) - 1 for r in rows])
             for layer, idx in view.routing.items():
-                self.decode_routing.setdefault(layer, []).append((rows, at, idx[0]))
-        toks, lps = self._sample(logits, live, [len(r.out) for r in live])
+                self.decode_routing.setdefault(layer, []).append((index, at, idx[0]))
+        return logits
+
+    def decode_rows(self, rows: list[_Row], logits: Optional[torch.Tensor]) -> list[_Row]:
+        """Sample the next token of `rows` (logits on the last stage; every stage learns the tokens),
+        retire the finished ones; the rows still going."""
+        toks, lps = self._sample(logits, rows, [len(r.out) for r in rows])
         still = []
-        for r, t, lp in zip(live, toks, lps):
+        for r, t, lp in zip(rows, toks, lps):
             r.length += 1
             r.out.append(t)
             r.logps.append(lp)
@@ -209,7 +235,63 @@ class ContinuousBatcher:
                 self.retire(r)
             else:
                 still.append(r)
-        self.live = still
+        return still
+
+    def decode_pipelined(self, pending: int) -> None:
+        """Decoding under PP with the pipeline full: the live rows in pp groups, stage s working on
+        group (t - s) mod pp at tick t, so every stage computes every tick instead of waiting for the
+        others (one batch per step leaves each stage idle (pp - 1) / pp of the time). The last stage
+        samples the group it finished and broadcasts the tokens; stage 0 starts that group again the
+        next tick. A group's rows change only between its sampling and its restart, so every stage
+        sees the same rows and lengths for it. Runs until rows wait to be admitted (checked from the
+        second round on; the pipeline then drains, as a prefill cannot overtake activations in flight
+        between two stages) or none are left. `pending`: rows admitted but not yet
+        started (they hold places)."""
+        m, s, last = self.ps.pp, self.ps.r("pp"), self.ps.pp - 1
+        groups: list[list[_Row]] = [self.live[g::m] for g in range(m)]
+        started: list[Optional[int]] = [None] * m  # tick at which stage 0 started each group (in flight)
+        sending = None  # this stage's last isend, waited on before the next
+        t, stopping = 0, False
+        logits = None
+        while True:
+            g0 = t % m  # the group stage 0 may start (its tokens were sampled last tick)
+            if not stopping:  # every rank of the step group decides alike
+                want, any_rows, any_live = _group_max(
+                    [int(t >= m and self._admissible(pending)), int(bool(groups[g0])), int(any(groups))], self.ps)
+                stopping = bool(want) or not any_live
+                if not stopping and any_rows:
+                    started[g0] = t
+            if stopping and all(x is None for x in started):
+                break
+            g = (t - s) % m
+            if started[g] == t - s:  # this stage's work this tick
+                if groups[g]:
+                    logits, sending = self._pipelined_forward(groups[g], sending)
+                else:  # a DP peer has rows in this group: join its forwards
+                    logits, sending = self._pipelined_forward(None, sending)
+            done = (t - last) % m
+            if started[done] == t - last:  # the last stage finished that group this tick
+                if groups[done]:
+                    groups[done] = self.decode_rows(groups[done], logits if s == last else None)
+                started[done] = None
+            t += 1
+        if sending is not None:
+            sending[0].wait()
+        self.live = [r for grp in groups for r in grp]
+
+    def _pipelined_forward(self, rows: Optional[list[_Row]], sending):
+        """One stage's forward of a group (None: an empty one, joining a DP peer's). Its send is not
+        waited for (the next stage receives it next tick), but the previous one is first: one
+        activation in flight per pair of stages. (logits on the last stage, this send)."""
+        if sending is not None:
+            sending[0].wait()
+        self.overlap_sends = True
+        try:
+            logits = self.decode_forward(rows) if rows is not None else self.empty_forward()
+        finally:
+            self.overlap_sends = False
+        sent, self.sent = self.sent, None
+        return logits, sent
 
     def prefill(self, groups: list[_Group]) -> None:
         ids, pad = left_pad([g.prompt for g in groups], self.pad_id, self.device)
@@ -274,7 +356,9 @@ class ContinuousBatcher:
                     break
                 if step == 1 and spread:  # as the static engine: the prompt's forward keeps every thread
                     decoding.enter_context(experts_over_cores(self.device))
-                if need_decode:
+                if need_decode and self.ps.pp > 1 and self.gen.pipelined_decode:
+                    self.decode_pipelined(len(new))
+                elif need_decode:
                     self.decode() if self.live else self.empty_forward()
                 if need_prefill:
                     self.prefill(groups) if groups else self.empty_forward()

@@ -42,6 +42,7 @@ class GenerationConfig:
     max_rows: int = 0  # rows decoding at once (0: all); the rest wait in the queue and refill freed places
     max_cache_tokens: int = 0  # soft cache budget for admitting rows (0: none)
     block_size: int = 16  # tokens per block of the paged cache
+    pipelined_decode: bool = True  # under PP: pp groups of rows in flight (False: one batch per step, flushed)
 
 
 @dataclass
