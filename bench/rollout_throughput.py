@@ -9,6 +9,8 @@ long_tail      the tiny model (configs/tiny/pretrain.yaml shapes, random weights
                generated token should barely move with the cap (the static engine's grows with it).
 shared_prefix  16 samples vs 1 sample of one 4K-token prompt, 4 new tokens each, tiny model: the
                continuous engine prefills the prompt once for all samples.
+layouts        the long-tail workload on TP2 x EP2 (4 ranks) and PP2 (pipelined decoding, and one
+               flushed batch per step), beside one process: same samples, time per token.
 uniform        greedy, every row the same length: the DeepSeek-V3 proxy (bench/proxy.py, 64 experts)
                and a dense Qwen2 student, side by side with transformers' `generate` on the same
                weights (tokens must agree in float32).
@@ -28,20 +30,22 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from r1mega.config import Config, load_config, validate  # noqa: E402
+from r1mega.config import Config, ParallelConfig, load_config, validate  # noqa: E402
 from r1mega.inference.generate import GenerationConfig, generate, generate_static  # noqa: E402
-from r1mega.parallel.layout import single_process_state  # noqa: E402
+from r1mega.parallel.layout import build_parallel_state, single_process_state  # noqa: E402
+from r1mega.parallel.spawn import run_ranks  # noqa: E402
 from r1mega.train.model_build import build_chunks, init_weights  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_model(max_positions: int = 8192):
+def tiny_model(max_positions: int = 8192, par: dict | None = None, world: int = 1):
+    """The tiny model, random weights (seed 3), in one process or (inside spawned ranks) under `par`."""
     cfg = load_config(os.path.join(ROOT, "configs", "tiny", "pretrain.yaml"), [])
     cfg.model.num_mtp_layers = 0
     cfg.model.max_position_embeddings = max_positions
-    cfg = validate(Config(model=cfg.model), 1)
-    ps = single_process_state()
+    cfg = validate(Config(model=cfg.model, parallel=ParallelConfig(**(par or {}))), world)
+    ps = build_parallel_state(cfg.parallel) if world > 1 else single_process_state()
     chunks = build_chunks(cfg, ps)
     init_weights(chunks, seed=3)
     return chunks.eval(), ps, cfg.model.vocab_size
@@ -70,14 +74,19 @@ def mib(n: int) -> str:
     return f"{n / 2**20:.2f}"
 
 
-def long_tail(args) -> None:
-    chunks, ps, vocab = tiny_model()
+def long_tail_rows(vocab: int):
+    """The long-tail workload: 8 prompts x 8 samples, and the stop predicate (length by first token)."""
     table = long_tail_lengths()
     stop = lambda ids: len(ids) >= table[ids[0] % len(table)]  # noqa: E731
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, vocab, (int(n),), generator=g).tolist()
                for n in torch.randint(8, 24, (8,), generator=g)]
-    rows = [p for p in prompts for _ in range(8)]
+    return [p for p in prompts for _ in range(8)], stop
+
+
+def long_tail(args) -> None:
+    chunks, ps, vocab = tiny_model()
+    rows, stop = long_tail_rows(vocab)
     print("long_tail: tiny model, 8 prompts x 8 samples, T=1, long-tailed stops")
     print(f"{'cap':>4} {'engine':>10} {'tokens':>7} {'mean len':>8} {'s':>7} {'cpu s':>7} {'tok/s':>8} "
           f"{'ms/token':>9} {'cpu ms/tok':>10} {'row-steps':>10} {'steps':>6} {'cache MiB':>10}")
@@ -97,6 +106,56 @@ def long_tail(args) -> None:
         print(f"  {name}: time per token at cap {hi} / at cap {lo} = {wall:.2f}x (CPU time: {cpu:.2f}x)")
     print(f"  continuous vs static at cap {hi}: {per_token[hi, 'static'][0] / per_token[hi, 'continuous'][0]:.2f}x "
           f"tokens/s (CPU time: {per_token[hi, 'static'][1] / per_token[hi, 'continuous'][1]:.2f}x)")
+
+
+def _layout_worker(rank: int, world: int, par: dict, caps: list[int], repeats: int, pipelined: bool, threads: int):
+    """This DP rank's contiguous share of the long-tail rows under `par`: per cap, (wall s, CPU s,
+    completions, forwards)."""
+    torch.set_num_threads(threads)
+    chunks, ps, vocab = tiny_model(par=par, world=world)
+    rows, stop = long_tail_rows(vocab)
+    lo, hi = ps.r("dp") * len(rows) // ps.dp, (ps.r("dp") + 1) * len(rows) // ps.dp
+    keys = torch.arange(len(rows))[lo:hi]
+    out = {}
+    for cap in caps:
+        gen = GenerationConfig(max_new_tokens=cap, temperature=1.0, seed=1, stop=stop, pipelined_decode=pipelined)
+        (dt, cpu), r = timed(lambda: generate(chunks, ps, rows[lo:hi], gen, rows=keys), repeats, cpu=True)
+        out[cap] = (dt, cpu, r.completions(), r.forwards)
+    return {"keys": keys, "by_cap": out}
+
+
+def layouts(args) -> None:
+    """The long-tail workload on several ranks (this machine's cores shared by all of them): the
+    same samples as one process, and the time per generated token."""
+    chunks, ps, vocab = tiny_model()
+    rows, stop = long_tail_rows(vocab)
+    print(f"layouts: the long-tail workload (8 prompts x 8 samples, T=1), tiny model, {args.threads} thread(s) a rank")
+    print(f"{'layout':>22} {'cap':>4} {'tokens':>7} {'s':>7} {'cpu s (sum)':>11} {'ms/token':>9} {'forwards':>8} "
+          f"{'same samples':>12}")
+    one = {}
+    for cap in args.caps:
+        gen = GenerationConfig(max_new_tokens=cap, temperature=1.0, seed=1, stop=stop)
+        (dt, cpu), r = timed(lambda: generate(chunks, ps, rows, gen, rows=torch.arange(len(rows))), args.repeats,
+                             cpu=True)
+        one[cap] = r.completions()
+        n = sum(map(len, one[cap]))
+        print(f"{'1 process':>22} {cap:>4} {n:>7} {dt:>7.2f} {cpu:>11.2f} {1e3 * dt / n:>9.3f} {r.forwards:>8} {'-':>12}")
+    runs = {"tp2_ep2": (dict(tp=2, ep=2), 4, True), "pp2": (dict(pp=2), 2, True),
+            "pp2_flushed": (dict(pp=2), 2, False)}
+    for name in args.layouts:
+        par, world, pipelined = runs[name]
+        per_rank = run_ranks(_layout_worker, world, par, args.caps, args.repeats, pipelined, args.threads)
+        for cap in args.caps:
+            got = {}
+            for r in per_rank:
+                got.update(zip(r["keys"].tolist(), r["by_cap"][cap][2]))
+            same = sum(got[k] == c for k, c in enumerate(one[cap]))
+            n = sum(map(len, one[cap]))
+            dt = max(r["by_cap"][cap][0] for r in per_rank)
+            cpu = sum(r["by_cap"][cap][1] for r in per_rank)
+            label = {"tp2_ep2": "TP2 x EP2 (4 ranks)", "pp2": "PP2, groups in flight", "pp2_flushed": "PP2, one batch/step"}
+            print(f"{label[name]:>22} {cap:>4} {n:>7} {dt:>7.2f} {cpu:>11.2f} {1e3 * dt / n:>9.3f} "
+                  f"{per_rank[-1]['by_cap'][cap][3]:>8} {same:>6}/{len(rows)}")
 
 
 def shared_prefix(args) -> None:
@@ -204,7 +263,9 @@ def r1_estimate(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workloads", nargs="+", default=["long_tail", "shared_prefix", "uniform"],
-                   choices=["long_tail", "shared_prefix", "uniform", "r1_estimate"])
+                   choices=["long_tail", "shared_prefix", "uniform", "r1_estimate", "layouts"])
+    p.add_argument("--layouts", nargs="+", default=["tp2_ep2", "pp2", "pp2_flushed"],
+                   choices=["tp2_ep2", "pp2", "pp2_flushed"], help="layouts workload: the layouts to run")
     p.add_argument("--caps", type=int, nargs="+", default=[64, 512], help="long_tail: max_new_tokens values")
     p.add_argument("--prefix-tokens", type=int, default=4052)
     p.add_argument("--prefix-samples", type=int, default=16)

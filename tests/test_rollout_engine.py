@@ -104,10 +104,42 @@ def test_tp2_ep2_pp2_and_cp2_draw_the_one_process_samples(model, par, world):
                 assert torch.equal(r["routing"][layer], experts)
 
 
+def test_rows_outgrowing_the_cache_budget_are_preempted_and_draw_the_same_samples(model):
+    """max_cache_tokens: the youngest rows are requeued (tokens kept) and recomputed when there is
+    room; the samples equal a run without a budget, and the cache never holds more than the budget
+    plus one block per row."""
+    chunks, ps = model
+    prompts, keys = long_tail_rows()
+    long = dict(stop=None, eos_id=None)  # every row 24 tokens: admitted rows outgrow the budget
+    loose = generate(chunks, ps, prompts, long_tail_config(**long), rows=keys)
+    budget = 48  # tokens: 12 blocks of 4
+    tight = generate(chunks, ps, prompts, long_tail_config(max_cache_tokens=budget, **long), rows=keys)
+    assert loose.preemptions == 0 and tight.preemptions > 0
+    assert tight.completions() == loose.completions()
+    torch.testing.assert_close(tight.logprobs, loose.logprobs, atol=1e-5, rtol=0)
+    real = _real_routing(loose)
+    for layer in loose.routing:  # the sampler's routing, recorded once per token
+        assert torch.equal(tight.routing[layer][real], loose.routing[layer][real])
+    block, layers, fp32 = 4, 4, 4
+    block_bytes = block * layers * loose.cache_values_per_token_layer * fp32
+    assert loose.cache_bytes > 3 * budget // 4 * block_bytes
+    assert tight.cache_bytes <= (budget // 4 + len(prompts)) * block_bytes
+
+
+def test_admission_counts_a_shared_prompt_once_per_group(model):
+    """8 samples of a 37-token prompt under a budget of 72 tokens: the prompt (prefilled once) and a
+    block per sample fit (37 + 8 x 4), so all 8 start at once: one prefill, then one forward a step."""
+    chunks, ps = model
+    gen = GenerationConfig(max_new_tokens=3, temperature=1.0, seed=2, block_size=4, max_cache_tokens=72)
+    r = generate(chunks, ps, [list(range(3, 40))] * 8, gen)
+    assert r.forwards == 3 and r.preemptions == 0 and r.completion_mask.sum() == 24
+
+
 @pytest.mark.parametrize("par, world, gen_kw", [
     (dict(pp=2), 2, dict(temperature=0.0)),  # greedy
     (dict(pp=2), 2, dict(max_rows=4)),  # refills: the pipeline drains for each admission
     (dict(pp=2, ep=2), 4, dict(max_rows=5)),  # DP peers with different rows join each other's forwards
+    (dict(pp=2), 2, dict(max_cache_tokens=48, stop=None, eos_id=None)),  # preemption: one round a segment
 ])
 def test_pp2_keeps_groups_in_flight_and_draws_the_one_process_samples(model, par, world, gen_kw):
     """Under PP the live rows decode as pp groups in flight (stage s on group (t - s) mod pp): same

@@ -64,6 +64,13 @@ class _Row:
     length: int = 0  # tokens in the cache
     out: list[int] = field(default_factory=list)
     logps: list[float] = field(default_factory=list)
+    admitted: int = -1  # admission order (the youngest row is preempted first)
+    resume: bool = False  # preempted: re-admitted by recomputing its prompt and tokens
+
+    def recompute(self) -> list[int]:
+        """What a preempted row prefills again: its prompt and every token but the last, which its
+        next decoding step feeds."""
+        return self.group.prompt + self.out[:-1]
 
 
 def step_group(ps: ParallelState) -> str:
@@ -111,22 +118,53 @@ class ContinuousBatcher:
         self.decode_routing: dict[int, list] = {}  # layer -> [(rows, completion positions, experts [b, k])]
         self.decode_row_steps = self.forwards = 0
         self.overlap_sends, self.sent = False, None  # pipelined decoding: sends waited for a tick later
+        self.admissions = self.preemptions = 0
 
     # ---- scheduling ------------------------------------------------------------------------
     def admit(self) -> list[_Row]:
-        new, tokens, counted = [], self.pool.used * self.bs, set()
+        new, tokens, counted = [], self._tokens_next_step(), set()
         while self._fits(self.queue[0] if self.queue else None, len(new), tokens, counted):
             r = self.queue.popleft()
             tokens += self._need(r, counted)
             counted.add(id(r.group))
             r.slot = self.free_slots.pop()
+            r.admitted, self.admissions = self.admissions, self.admissions + 1
             new.append(r)
         return new
 
+    def _tokens_next_step(self) -> int:
+        """Cache tokens in use once the live rows have their blocks for the next decoding step."""
+        return (self.pool.used + sum(1 for r in self.live if r.length % self.bs == 0)) * self.bs
+
     def _need(self, r: _Row, counted: set) -> int:
         """Cache tokens admitting r takes: its group's prompt when not prefilled yet (once per group:
-        the samples share it), and a block for its own tokens."""
+        the samples share it), or a preempted row's whole recomputed sequence; and a block for its
+        own tokens."""
+        if r.resume:
+            return len(r.recompute()) + self.bs
         return self.bs + (len(r.group.prompt) if r.group.blocks is None and id(r.group) not in counted else 0)
+
+    def preempt(self) -> None:
+        """Keep the cache within max_cache_tokens as rows grow: requeue the youngest live rows at the
+        front, their tokens kept and their blocks freed, until the next step's blocks fit (one row
+        always stays). A requeued row is recomputed when re-admitted (`resume`); its noise is keyed
+        by position, so it draws the same tokens it would have."""
+        budget = self.gen.max_cache_tokens
+        while budget and len(self.live) > 1 and self._tokens_next_step() > budget:
+            r = max(self.live, key=lambda x: x.admitted)
+            self.live.remove(r)
+            self.retire(r)
+            r.resume = True
+            self.queue.appendleft(r)
+            self.preemptions += 1
+
+    def resume(self, rows: list[_Row], groups: list[_Group]) -> None:
+        """Preempted rows back in: each one's recomputed sequence (prefilled as its own group) is its
+        cache; its last sampled token is the next one decoding feeds."""
+        for r, g in zip(rows, groups):
+            r.blocks, r.length, r.resume = g.blocks, len(g.prompt), False
+            self._set_table(r)
+            self.live.append(r)
 
     def _fits(self, r: Optional[_Row], admitted: int, tokens: int, counted: set) -> bool:
         """Whether r can be admitted beside `admitted` rows just admitted: a free place and, under
@@ -137,7 +175,9 @@ class ContinuousBatcher:
         return not budget or not (self.live or admitted) or tokens + self._need(r, counted) <= budget
 
     def _admissible(self, pending: int) -> bool:
-        """Would admit() take the queue's first row now (`pending` rows admitted, not yet started)?"""
+        """Would admit() take the queue's first row now (`pending` rows admitted, not yet started)?
+        Mid-segment under PP the stages' pools differ (a group's blocks come stage by stage), so the
+        answer must not hang on them: without a budget it does not, with one the segment ends anyway."""
         return self._fits(self.queue[0] if self.queue else None, pending, self.pool.used * self.bs, set())
 
     def _set_table(self, r: _Row) -> None:
@@ -256,8 +296,9 @@ class ContinuousBatcher:
         while True:
             g0 = t % m  # the group stage 0 may start (its tokens were sampled last tick)
             if not stopping:  # every rank of the step group decides alike
-                want, any_rows, any_live = _group_max(
-                    [int(t >= m and self._admissible(pending)), int(bool(groups[g0])), int(any(groups))], self.ps)
+                # under a cache budget a segment is one round: preemption decides on a drained pipeline
+                want = t >= m and (self._admissible(pending) or bool(self.gen.max_cache_tokens))
+                want, any_rows, any_live = _group_max([int(want), int(bool(groups[g0])), int(any(groups))], self.ps)
                 stopping = bool(want) or not any_live
                 if not stopping and any_rows:
                     started[g0] = t
@@ -348,22 +389,28 @@ class ContinuousBatcher:
         with contextlib.ExitStack() as decoding:
             step = 0
             while True:
+                self.preempt()
                 new = self.admit()
+                resumed = [r for r in new if r.resume]
+                new = [r for r in new if not r.resume]
                 groups = list({id(r.group): r.group for r in new if r.group.blocks is None}.values())
+                recomputed = [_Group(r.recompute(), 1) for r in resumed]
                 need_decode, need_prefill, busy = _group_max(
-                    [int(bool(self.live)), int(bool(groups)), int(bool(self.live or new or self.queue))], self.ps)
+                    [int(bool(self.live)), int(bool(groups or resumed)),
+                     int(bool(self.live or new or resumed or self.queue))], self.ps)
                 if not busy:
                     break
                 if step == 1 and spread:  # as the static engine: the prompt's forward keeps every thread
                     decoding.enter_context(experts_over_cores(self.device))
                 if need_decode and self.ps.pp > 1 and self.gen.pipelined_decode:
-                    self.decode_pipelined(len(new))
+                    self.decode_pipelined(len(new) + len(resumed))
                 elif need_decode:
                     self.decode() if self.live else self.empty_forward()
                 if need_prefill:
-                    self.prefill(groups) if groups else self.empty_forward()
+                    self.prefill(groups + recomputed) if groups or resumed else self.empty_forward()
                 if new:
                     self.start(new)
+                self.resume(resumed, recomputed)
                 step += 1
 
     def routing(self, P: int, width: int) -> dict[int, torch.Tensor]:

@@ -40,7 +40,8 @@ class GenerationConfig:
     record_routing: bool = False
     vocab_size: Optional[int] = None  # the tokenizer's, when the model's embedding is padded past it
     max_rows: int = 0  # rows decoding at once (0: all); the rest wait in the queue and refill freed places
-    max_cache_tokens: int = 0  # soft cache budget for admitting rows (0: none)
+    max_cache_tokens: int = 0  # cache budget (0: none): admission waits for room, and the youngest rows are
+    # preempted (requeued, recomputed later, tokens kept) when the live rows outgrow it
     block_size: int = 16  # tokens per block of the paged cache
     pipelined_decode: bool = True  # under PP: pp groups of rows in flight (False: one batch per step, flushed)
 
@@ -58,6 +59,7 @@ class Rollout:
     cache_pool_bytes: int = 0  # what the paged pool allocated (it grows by a quarter when full)
     decode_row_steps: int = 0  # rows fed to decoding forwards, summed over steps (static: all rows every step)
     forwards: int = 0  # model forwards this rank ran (equal on every rank of an expert-parallel group)
+    preemptions: int = 0  # rows requeued to keep the cache within GenerationConfig.max_cache_tokens
 
     @property
     def position_ids(self) -> torch.Tensor:
@@ -153,7 +155,7 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     mask = mask.bool()
     pool = engine.pool
     return Rollout(tokens, P, pad, mask, logprobs, routing, pool.values_per_token_per_layer(), pool.peak_bytes(),
-                   pool.pool_bytes(), engine.decode_row_steps, engine.forwards)
+                   pool.pool_bytes(), engine.decode_row_steps, engine.forwards, engine.preemptions)
 
 
 def _group_max_int(value: int, ps: ParallelState, group: str, device) -> int:
