@@ -9,8 +9,9 @@ long_tail      the tiny model (configs/tiny/pretrain.yaml shapes, random weights
                generated token should barely move with the cap (the static engine's grows with it).
 shared_prefix  16 samples vs 1 sample of one 4K-token prompt, 4 new tokens each, tiny model: the
                continuous engine prefills the prompt once for all samples.
-layouts        the long-tail workload on TP2 x EP2 (4 ranks) and PP2 (pipelined decoding, and one
-               flushed batch per step), beside one process: same samples, time per token.
+layouts        the long-tail workload on TP2 x EP2 (4 ranks) and PP2 (groups in flight as configured,
+               always split in two, or one flushed batch per step), beside one process: same
+               samples, time per token.
 uniform        greedy, every row the same length: the DeepSeek-V3 proxy (bench/proxy.py, 64 experts)
                and a dense Qwen2 student, side by side with transformers' `generate` on the same
                weights (tokens must agree in float32).
@@ -108,7 +109,7 @@ def long_tail(args) -> None:
           f"tokens/s (CPU time: {per_token[hi, 'static'][1] / per_token[hi, 'continuous'][1]:.2f}x)")
 
 
-def _layout_worker(rank: int, world: int, par: dict, caps: list[int], repeats: int, pipelined: bool, threads: int):
+def _layout_worker(rank: int, world: int, par: dict, caps: list[int], repeats: int, gen_kw: dict, threads: int):
     """This DP rank's contiguous share of the long-tail rows under `par`: per cap, (wall s, CPU s,
     completions, forwards)."""
     torch.set_num_threads(threads)
@@ -118,7 +119,7 @@ def _layout_worker(rank: int, world: int, par: dict, caps: list[int], repeats: i
     keys = torch.arange(len(rows))[lo:hi]
     out = {}
     for cap in caps:
-        gen = GenerationConfig(max_new_tokens=cap, temperature=1.0, seed=1, stop=stop, pipelined_decode=pipelined)
+        gen = GenerationConfig(max_new_tokens=cap, temperature=1.0, seed=1, stop=stop, **gen_kw)
         (dt, cpu), r = timed(lambda: generate(chunks, ps, rows[lo:hi], gen, rows=keys), repeats, cpu=True)
         out[cap] = (dt, cpu, r.completions(), r.forwards)
     return {"keys": keys, "by_cap": out}
@@ -140,11 +141,13 @@ def layouts(args) -> None:
         one[cap] = r.completions()
         n = sum(map(len, one[cap]))
         print(f"{'1 process':>22} {cap:>4} {n:>7} {dt:>7.2f} {cpu:>11.2f} {1e3 * dt / n:>9.3f} {r.forwards:>8} {'-':>12}")
-    runs = {"tp2_ep2": (dict(tp=2, ep=2), 4, True), "pp2": (dict(pp=2), 2, True),
-            "pp2_flushed": (dict(pp=2), 2, False)}
+    runs = {"tp2_ep2": (dict(tp=2, ep=2), 4, {}, "TP2 x EP2 (4 ranks)"),
+            "pp2": (dict(pp=2), 2, {}, "PP2, groups >= 16 rows"),
+            "pp2_split": (dict(pp=2), 2, dict(pipelined_min_rows=1), "PP2, 2 groups always"),
+            "pp2_flushed": (dict(pp=2), 2, dict(pipelined_decode=False), "PP2, one batch/step")}
     for name in args.layouts:
-        par, world, pipelined = runs[name]
-        per_rank = run_ranks(_layout_worker, world, par, args.caps, args.repeats, pipelined, args.threads)
+        par, world, gen_kw, label = runs[name]
+        per_rank = run_ranks(_layout_worker, world, par, args.caps, args.repeats, gen_kw, args.threads)
         for cap in args.caps:
             got = {}
             for r in per_rank:
@@ -153,8 +156,7 @@ def layouts(args) -> None:
             n = sum(map(len, one[cap]))
             dt = max(r["by_cap"][cap][0] for r in per_rank)
             cpu = sum(r["by_cap"][cap][1] for r in per_rank)
-            label = {"tp2_ep2": "TP2 x EP2 (4 ranks)", "pp2": "PP2, groups in flight", "pp2_flushed": "PP2, one batch/step"}
-            print(f"{label[name]:>22} {cap:>4} {n:>7} {dt:>7.2f} {cpu:>11.2f} {1e3 * dt / n:>9.3f} "
+            print(f"{label:>22} {cap:>4} {n:>7} {dt:>7.2f} {cpu:>11.2f} {1e3 * dt / n:>9.3f} "
                   f"{per_rank[-1]['by_cap'][cap][3]:>8} {same:>6}/{len(rows)}")
 
 
@@ -264,8 +266,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workloads", nargs="+", default=["long_tail", "shared_prefix", "uniform"],
                    choices=["long_tail", "shared_prefix", "uniform", "r1_estimate", "layouts"])
-    p.add_argument("--layouts", nargs="+", default=["tp2_ep2", "pp2", "pp2_flushed"],
-                   choices=["tp2_ep2", "pp2", "pp2_flushed"], help="layouts workload: the layouts to run")
+    p.add_argument("--layouts", nargs="+", default=["tp2_ep2", "pp2", "pp2_split", "pp2_flushed"],
+                   choices=["tp2_ep2", "pp2", "pp2_split", "pp2_flushed"], help="layouts workload: the layouts to run")
     p.add_argument("--caps", type=int, nargs="+", default=[64, 512], help="long_tail: max_new_tokens values")
     p.add_argument("--prefix-tokens", type=int, default=4052)
     p.add_argument("--prefix-samples", type=int, default=16)

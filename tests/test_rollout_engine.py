@@ -136,10 +136,11 @@ def test_admission_counts_a_shared_prompt_once_per_group(model):
 
 
 @pytest.mark.parametrize("par, world, gen_kw", [
-    (dict(pp=2), 2, dict(temperature=0.0)),  # greedy
-    (dict(pp=2), 2, dict(max_rows=4)),  # refills: the pipeline drains for each admission
-    (dict(pp=2, ep=2), 4, dict(max_rows=5)),  # DP peers with different rows join each other's forwards
-    (dict(pp=2), 2, dict(max_cache_tokens=48, stop=None, eos_id=None)),  # preemption: one round a segment
+    (dict(pp=2), 2, dict(temperature=0.0, pipelined_min_rows=1)),  # greedy
+    (dict(pp=2), 2, dict(max_rows=4, pipelined_min_rows=1)),  # refills: the pipeline drains for each admission
+    (dict(pp=2), 2, dict(pipelined_min_rows=4)),  # two groups, regrouped into one as rows end
+    (dict(pp=2, ep=2), 4, dict(max_rows=5, pipelined_min_rows=1)),  # DP peers with different rows join in
+    (dict(pp=2), 2, dict(max_cache_tokens=48, stop=None, eos_id=None, pipelined_min_rows=1)),  # preemption
 ])
 def test_pp2_keeps_groups_in_flight_and_draws_the_one_process_samples(model, par, world, gen_kw):
     """Under PP the live rows decode as pp groups in flight (stage s on group (t - s) mod pp): same

@@ -278,43 +278,42 @@ class ContinuousBatcher:
         return still
 
     def decode_pipelined(self, pending: int) -> None:
-        """Decoding under PP with the pipeline full: the live rows in pp groups, stage s working on
-        group (t - s) mod pp at tick t, so every stage computes every tick instead of waiting for the
-        others (one batch per step leaves each stage idle (pp - 1) / pp of the time). The last stage
-        samples the group it finished and broadcasts the tokens; stage 0 starts that group again the
-        next tick. A group's rows change only between its sampling and its restart, so every stage
-        sees the same rows and lengths for it. Runs until rows wait to be admitted (checked from the
-        second round on; the pipeline then drains, as a prefill cannot overtake activations in flight
-        between two stages) or none are left. `pending`: rows admitted but not yet
-        started (they hold places)."""
-        m, s, last = self.ps.pp, self.ps.r("pp"), self.ps.pp - 1
+        """Decoding under PP with the pipeline full: the live rows in up to pp groups (of at least
+        `pipelined_min_rows` rows), stage 0 starting an idle group every tick and stage s working at
+        tick t on the group stage 0 started at tick t - s, so the stages compute at once instead of
+        in turn (one batch per step leaves each stage idle (pp - 1) / pp of the time). The last stage
+        samples the group it finished and broadcasts the tokens; stage 0 may start it again the next
+        tick. A group's rows change only between its sampling and its restart, so every stage sees
+        the same rows and lengths for it. Runs until rows wait to be admitted (checked after the
+        first pp ticks; the pipeline then drains, as a prefill cannot overtake activations in flight
+        between two stages), the groups have shrunk below the minimum (then regrouped), or no rows
+        are left. `pending`: rows admitted but not yet started (they hold places)."""
+        pp, s, last = self.ps.pp, self.ps.r("pp"), self.ps.pp - 1
+        m = max(1, min(pp, len(self.live) // max(1, self.gen.pipelined_min_rows)))
         groups: list[list[_Row]] = [self.live[g::m] for g in range(m)]
-        started: list[Optional[int]] = [None] * m  # tick at which stage 0 started each group (in flight)
+        flight: dict[int, Optional[int]] = {}  # start tick -> group (None: an empty forward beside DP peers)
         sending = None  # this stage's last isend, waited on before the next
-        t, stopping = 0, False
-        logits = None
+        t, turn, stopping, logits = 0, 0, False, None
         while True:
-            g0 = t % m  # the group stage 0 may start (its tokens were sampled last tick)
+            idle = [g for g in (turn % m, *range(m)) if groups[g] and g not in flight.values()]
             if not stopping:  # every rank of the step group decides alike
-                # under a cache budget a segment is one round: preemption decides on a drained pipeline
-                want = t >= m and (self._admissible(pending) or bool(self.gen.max_cache_tokens))
-                want, any_rows, any_live = _group_max([int(want), int(bool(groups[g0])), int(any(groups))], self.ps)
+                live = sum(map(len, groups))
+                want = t >= pp and (self._admissible(pending) or bool(self.gen.max_cache_tokens)  # see preempt()
+                                    or (m > 1 and live < m * self.gen.pipelined_min_rows))
+                want, any_idle, any_live = _group_max([int(want), int(bool(idle)), int(live > 0)], self.ps)
                 stopping = bool(want) or not any_live
-                if not stopping and any_rows:
-                    started[g0] = t
-            if stopping and all(x is None for x in started):
+                if not stopping and any_idle:
+                    flight[t] = idle[0] if idle else None
+                    turn = (idle[0] + 1) if idle else turn
+            if stopping and not flight:
                 break
-            g = (t - s) % m
-            if started[g] == t - s:  # this stage's work this tick
-                if groups[g]:
-                    logits, sending = self._pipelined_forward(groups[g], sending)
-                else:  # a DP peer has rows in this group: join its forwards
-                    logits, sending = self._pipelined_forward(None, sending)
-            done = (t - last) % m
-            if started[done] == t - last:  # the last stage finished that group this tick
-                if groups[done]:
-                    groups[done] = self.decode_rows(groups[done], logits if s == last else None)
-                started[done] = None
+            if t - s in flight:  # this stage's work this tick
+                g = flight[t - s]
+                logits, sending = self._pipelined_forward(groups[g] if g is not None else None, sending)
+            if t - last in flight:  # the last stage finished that group this tick
+                g = flight.pop(t - last)
+                if g is not None:
+                    groups[g] = self.decode_rows(groups[g], logits if s == last else None)
             t += 1
         if sending is not None:
             sending[0].wait()

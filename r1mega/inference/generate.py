@@ -43,7 +43,11 @@ class GenerationConfig:
     max_cache_tokens: int = 0  # cache budget (0: none): admission waits for room, and the youngest rows are
     # preempted (requeued, recomputed later, tokens kept) when the live rows outgrow it
     block_size: int = 16  # tokens per block of the paged cache
-    pipelined_decode: bool = True  # under PP: pp groups of rows in flight (False: one batch per step, flushed)
+    pipelined_decode: bool = True  # under PP: up to pp groups of rows in flight (False: one batch per step)
+    # rows a group in flight holds at least: splitting rows pays where a forward's time grows with its
+    # rows (measured: the tiny model's decoding step is per-op overhead, and 2 groups of few rows cost
+    # 1.5x the CPU of one); fewer live rows decode as one group, the pipeline flushed every step
+    pipelined_min_rows: int = 16
 
 
 @dataclass
