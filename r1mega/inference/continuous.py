@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from r1mega.inference.paged_cache import NULL_BLOCK, BlockPool, decode_view, prefill_view
-from r1mega.inference.sampling import row_keys, sample
+from r1mega.inference.sampling import row_keys_host, sample
 from r1mega.kernels.cpu_experts import SPREAD_EXPERTS_BELOW_ROWS, experts_over_cores
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.pipeline import recv_activation, send_activation
@@ -221,8 +221,7 @@ class ContinuousBatcher:
         tok = torch.zeros(n, dtype=torch.long, device=self.device)
         lp = torch.zeros(n, device=self.device)
         if logits is not None:
-            keys = row_keys(self.gen.seed, torch.tensor(steps, dtype=torch.long, device=self.device),
-                            torch.tensor([r.key for r in rows], dtype=torch.long, device=self.device))
+            keys = row_keys_host(self.gen.seed, steps, [r.key for r in rows], self.device)
             tok, lp = sample(logits, self.ps, self.gen.temperature, self.gen.top_p, self.gen.top_k, keys, self.vocab)
         if self.ps.pp > 1:
             both = torch.stack([tok.double(), lp.double()])
@@ -249,11 +248,11 @@ class ContinuousBatcher:
             if r.length % self.bs == 0:
                 r.blocks.append(self.pool.alloc())
                 self._set_table(r)
-        slots = torch.tensor([r.slot for r in rows], dtype=torch.long, device=self.device)
-        lengths = torch.tensor([r.length for r in rows], dtype=torch.long, device=self.device)
-        view = decode_view(self.pool, self.layer_view, self.table[slots], lengths)
-        ids = torch.tensor([[r.out[-1]] for r in rows], dtype=torch.long, device=self.device)
-        logits = self._forward(ids, lengths[:, None], view)
+        slots, lengths, ids = torch.tensor([[r.slot, r.length, r.out[-1]] for r in rows], dtype=torch.long,
+                                           device=self.device).t()  # one host-to-tensor copy a step
+        view = decode_view(self.pool, self.layer_view, self.table[slots], lengths,
+                           longest=max(r.length for r in rows) + 1)
+        logits = self._forward(ids[:, None], lengths[:, None], view)
         self.decode_row_steps += len(rows)
         if self.gen.record_routing:
             index = torch.tensor([r.index for r in rows])

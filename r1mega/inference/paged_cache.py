@@ -148,11 +148,13 @@ def prefill_view(pool: BlockPool, layer_view, tables: list[list[int]], pad: torc
     return ForwardView(pool, layer_view, slots.t().contiguous(), None, valid, prefill=True)
 
 
-def decode_view(pool: BlockPool, layer_view, table: torch.Tensor, lengths: torch.Tensor) -> ForwardView:
-    """One new token per row at position lengths[r] (already inside its blocks, table [b, n])."""
+def decode_view(pool: BlockPool, layer_view, table: torch.Tensor, lengths: torch.Tensor,
+                longest: Optional[int] = None) -> ForwardView:
+    """One new token per row at position lengths[r] (already inside its blocks, table [b, n]).
+    longest: max(lengths) + 1 when the caller knows it on the host (spares a device sync)."""
     bs, device = pool.block_size, pool.device
     total = lengths + 1
-    L = int(total.max())
+    L = int(total.max()) if longest is None else longest
     j = torch.arange(L, device=device)[None, :] - (L - total)[:, None]  # [b, L] position within the row
     valid = j >= 0
     jc = j.clamp(min=0)

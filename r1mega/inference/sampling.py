@@ -82,6 +82,23 @@ def row_keys(seed: int, step, rows: torch.Tensor) -> torch.Tensor:
     return _mix(_mix(base) + rows.to(torch.int64) * _signed(0xD1B54A32D192ED03))
 
 
+def _mix_host(x: int) -> int:
+    """`_mix` on a uint64 held in a Python int."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def row_keys_host(seed: int, steps: list[int], rows: list[int], device=None) -> torch.Tensor:
+    """`row_keys(seed, tensor(steps), tensor(rows))`, bitwise, hashed on the host: for the few rows of
+    a decoding step two dozen int64 ops on [b] tensors cost more than the Python arithmetic."""
+    keys = []
+    for step, row in zip(steps, rows):
+        k = (_mix_host((step + seed * 1_000_003) & _M64) + row * 0xD1B54A32D192ED03) & _M64
+        keys.append(_signed(_mix_host(k)))
+    return torch.tensor(keys, dtype=torch.int64, device=device)
+
+
 @torch.no_grad()
 def sampler_support(scaled: torch.Tensor, ps: ParallelState, top_p: float, top_k: int,
                     vocab: Optional[int] = None) -> torch.Tensor:
