@@ -103,5 +103,7 @@ class RMSNorm(nn.Module):
     def _norm(self, x):
         # one fused op (bitwise the composite x * rsqrt(mean(x^2) + eps), gradients too): a decoding
         # step of a small model is mostly per-op overhead, and it runs 4 norms a layer
+        if x.dtype == torch.float32:  # (a no-op cast still costs a dispatch)
+            return self.weight * F.rms_norm(x, (x.shape[-1],), None, self.eps)
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype)
 

@@ -159,8 +159,9 @@ class MLA(nn.Module):
         # float32 throughout: the absorbed products round differently from the training path's
         # (kv_b_proj applied first) in bf16; in float32 both are close to exact, which cut the
         # sampler/trainer log-prob gap of bf16 GRPO ~60x in KL (README, bench/grpo_logprob_gap.py)
-        q_nope, q_rope, keys = q_nope.float(), q_rope.float(), keys.float()
-        w = self.kv_b_proj.weight.float().view(h, cfg.qk_nope_head_dim + cfg.v_head_dim, r)
+        q_nope, q_rope, keys = (t if t.dtype == torch.float32 else t.float() for t in (q_nope, q_rope, keys))
+        w = self.kv_b_proj.weight
+        w = (w if w.dtype == torch.float32 else w.float()).view(h, cfg.qk_nope_head_dim + cfg.v_head_dim, r)
         w_uk, w_uv = w[:, : cfg.qk_nope_head_dim], w[:, cfg.qk_nope_head_dim:]
         # q_nope [s, b, h, d] -> [h, s*b, d] @ w_uk [h, d, r] -> latent queries
         q_lat = torch.bmm(q_nope.reshape(s * b, h, -1).transpose(0, 1), w_uk)
@@ -172,4 +173,5 @@ class MLA(nn.Module):
         ctx = torch.bmm(probs, keys[..., :r]).view(b, h, s, r)  # attention-weighted latents
         # [b, h, s, r] -> [h, s*b, r] @ w_uv^T [h, r, v] -> [s, b, h, v]
         out = torch.bmm(ctx.permute(1, 2, 0, 3).reshape(h, s * b, r), w_uv.transpose(1, 2))
-        return out.view(h, s, b, cfg.v_head_dim).permute(1, 2, 0, 3).reshape(s, b, h * cfg.v_head_dim).to(dtype)
+        out = out.view(h, s, b, cfg.v_head_dim).permute(1, 2, 0, 3).reshape(s, b, h * cfg.v_head_dim)
+        return out if dtype == torch.float32 else out.to(dtype)
