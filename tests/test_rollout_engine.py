@@ -214,3 +214,26 @@ def test_resume_draws_the_uninterrupted_samples_under_any_problems_per_round(tmp
     assert "resuming" in run("all.jsonl", tmp_path / "resumed", 5).stdout
     ref, resumed = samples(tmp_path / "ref"), samples(tmp_path / "resumed")
     assert len(ref) == 36 and resumed == ref
+
+
+def test_top_p_support_that_stops_bisecting_early_equals_the_full_bisection(monkeypatch):
+    """One process stops the top-p bisection once no logit lies between its bounds; the support must
+    be the 48 rounds' exactly (ties, one token holding the mass, top-k before top-p included)."""
+    import r1mega.inference.sampling as sampling
+    from r1mega.parallel.layout import single_process_state
+
+    ps = single_process_state()
+    g = torch.Generator().manual_seed(0)
+    cases = []
+    for trial in range(400):
+        V, b = int(torch.randint(2, 400, (1,), generator=g)), int(torch.randint(1, 9, (1,), generator=g))
+        x = torch.randn(b, V, generator=g) * float(torch.rand(1, generator=g)) * 20
+        if trial % 5 == 0:
+            x = x.round()
+        if trial % 7 == 0:
+            x[:, 0] += 50
+        cases.append((x, float(torch.rand(1, generator=g)) * 0.999 + 0.0005, 0 if trial % 3 else 20))
+    early = [sampling.sampler_support(x, ps, p, k) for x, p, k in cases]
+    monkeypatch.setattr(sampling, "_bisection_settled", lambda *a: False)
+    for (x, p, k), got in zip(cases, early):
+        assert torch.equal(got, sampling.sampler_support(x, ps, p, k))
