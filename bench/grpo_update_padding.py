@@ -40,9 +40,9 @@ def r1_shape(seed: int = 0) -> None:
 
 def tiny_rollout() -> None:
     from grpo_update_workers import long_tail_rollout, model
-    from r1mega.rl.grpo import global_values, loss_count, old_and_reference_logprobs, policy_gradients, \
-        token_extras, update_batches
-    from r1mega.rl.loss import group_advantages
+    from r1mega.rl.grpo import global_values, old_and_reference_logprobs, policy_gradients, token_extras
+    from r1mega.rl.loss import group_advantages, loss_count
+    from r1mega.rl.train_batch import update_batches
 
     torch.set_num_threads(1)
     cfg, chunks, ps = model({}, 1, seed=5)
@@ -59,7 +59,7 @@ def tiny_rollout() -> None:
         t0 = time.perf_counter()
         old, _ = old_and_reference_logprobs(cfg, ps, chunks, None, b, None, m, 128)
         t1 = time.perf_counter()
-        count = max(global_values({"n": loss_count(cfg, b, 128)}, ps, torch.device("cpu"))["n"], 1.0)
+        count = max(global_values({"n": loss_count(cfg.rl, b, 128)}, ps, torch.device("cpu"))["n"], 1.0)
         policy_gradients(cfg, ps, chunks, b, token_extras(b, adv, old, None), count, m)
         t2 = time.perf_counter()
         for p in chunks.parameters():

@@ -19,7 +19,8 @@ import torch
 
 from r1mega.config import Config, ModelConfig, load_config, validate
 from r1mega.data.sft import block_causal_mask
-from r1mega.models.activation_memory import PeakLiveBytes, layer_activation_bytes
+from r1mega.models.activation_memory import PeakLiveBytes
+from r1mega.models.deepseek_v3.activation_memory import layer_activation_bytes
 from r1mega.models.deepseek_v3.model import DeepseekV3
 from r1mega.parallel.recompute import set_recompute
 from r1mega.parallel.layout import single_process_state

@@ -6,7 +6,7 @@
     r1mega sft --config configs/tiny/sft.yaml [key=value ...]
     r1mega sft --config configs/model/students/qwen2.5_1.5b.yaml --config configs/stage/distillation.yaml
         train.load=CKPT                  (one command: a student's shapes, then a stage recipe)
-    r1mega plan --config configs/model/deepseek_v3_671b.yaml --tp 2 --pp 16 --ep 64 --dp 64 --sp
+    r1mega plan --config configs/model/MODEL.yaml --tp 2 --pp 16 --ep 64 --dp 64 --sp   (the 671B models: README)
     torchrun --nproc_per_node N -m r1mega.cli verify-hf --hf-dir DIR --tp T --pp P --ep E
 
 A bad config, data file or checkpoint ends in one line `error: ...` and exit status 2; add

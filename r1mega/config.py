@@ -87,7 +87,7 @@ class TrainConfig:
     fp8_backend: str = "auto"  # auto | emulated | te (auto: Transformer Engine where built and usable)
     fp8_block: int = 128  # tile length: 1 x block for activations/gradients, block x block for weights
     fp8_pow2_scales: bool = False  # round scales down to powers of two
-    # DeepSeek-V3.2 indexer training (models/deepseek_v32/training.py): null | dense_warmup | sparse
+    # the sparse-attention indexer's training stage (DeepSeek-V3.2's family): null | dense_warmup | sparse
     dsa_stage: Optional[str] = None
     index_loss_weight: float = 1.0  # weight of the indexer's KL loss (per target token)
 
@@ -460,11 +460,6 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
     unknown = [x for x in t.recompute_modules if x not in SELECTIVE_RECOMPUTE_MODULES]
     need(not unknown, "train.recompute_modules",
          f"unknown {unknown}; choose from {', '.join(SELECTIVE_RECOMPUTE_MODULES)}")
-    if cfg.student is not None and t.recompute == "selective":  # these parts exist only in DeepSeek-V3 layers
-        moe_mla = [x for x in t.recompute_modules if x in ("mla_up_proj", "moe_act", "shared_experts", "indexer")]
-        need(not moe_mla, "train.recompute_modules",
-             f"{moe_mla} are parts of DeepSeek-V3/V3.2 layers (MLA, MoE, indexer); a dense student has none, so they would "
-             f"recompute nothing")
     need(t.fp8 in ("none", "blockwise"), "train.fp8", f"expected none or blockwise, got {t.fp8!r}")
     need(t.fp8_backend in ("auto", "emulated", "te"), "train.fp8_backend",
          f"expected auto, emulated or te, got {t.fp8_backend!r}")
@@ -473,9 +468,6 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
     need(1 <= t.fp8_block <= 4096, "train.fp8_block",
          f"must be in [1, 4096] (DeepSeek-V3 uses 128), got {t.fp8_block}")
     need(not needs_data or bool(d.paths) or d.synthetic is not None, "data.paths", "no data: give data.paths or data.synthetic")
-    need(t.dsa_stage in (None, "dense_warmup", "sparse"), "train.dsa_stage",
-         f"expected dense_warmup, sparse or null, got {t.dsa_stage!r}")
-    need(t.dsa_stage is None or hasattr(cfg.active_model, "index_topk"), "train.dsa_stage",
-         f"{t.dsa_stage} trains DeepSeek-V3.2's indexer; this model has none (model_type deepseek_v32)")
     need(t.index_loss_weight >= 0, "train.index_loss_weight", f"must be >= 0, got {t.index_loss_weight}")
+    family_of_config(active).training.validate(active, t, section)  # the family's own training rules
     return cfg

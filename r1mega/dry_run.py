@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from r1mega.config import Config, validate, validate_sequence_split
+from r1mega.models.family import family_of_config
 from r1mega.parallel.layout import attention_dims, expert_dims
 from r1mega.plan import check_positions, check_sizes, fits, plan_for, print_plan
 
@@ -26,7 +27,7 @@ def dry_run(cfg: Config, world: int, gpu_mem: float = 80.0) -> int:
     check_positions(cfg, cfg.data.seq_length, "data.seq_length")  # and the positions the real run refuses
     p = cfg.parallel
     m = cfg.active_model
-    print(f"dry run: {world} ranks, model {m.num_layers} layers / {getattr(m, 'n_routed_experts', 0)} experts")
+    print(f"dry run: {world} ranks, model {m.num_layers} layers / {family_of_config(m).routed_experts(m)} experts")
     cp = [("cp", attention_dims(p))] if p.cp > 1 else []
     for name, dims in (("tp", attention_dims(p)), *cp, ("dp", attention_dims(p)), ("pp", attention_dims(p)),
                        ("ep", expert_dims(p)), ("etp", expert_dims(p)), ("edp", expert_dims(p))):

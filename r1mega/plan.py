@@ -1,6 +1,6 @@
 """`r1mega plan`: parameters, per-GPU memory and per-step communication of a layout, on paper.
 
-    r1mega plan --config configs/model/deepseek_v3_671b.yaml --tp 2 --pp 16 --ep 64 --dp 64 \
+    r1mega plan --config configs/model/MODEL.yaml --tp 2 --pp 16 --ep 64 --dp 64 \
                 --gpus-per-node 8 --gpu-mem 80 --micro-batch 1 --seq-length 4096
 
 Nothing is allocated. Parameter counts come from `params.count_params` (checked against
@@ -9,17 +9,16 @@ instantiated models in the tests). Memory per GPU (the worst pipeline stage):
   grads        same count x grad bytes (gradients live in the parameters' dtype)
   optimizer    ZeRO-1: fp32 master + two AdamW moments = 12 bytes per parameter, / dp (experts: / edp)
   activations  per layer, per microbatch in flight (1F1B keeps up to pp on the first stage), the
-               bytes per token a layer holds for backward under `train.recompute`, *measured* by
-               running one dense and one MoE layer of the model (models/activation_memory.py),
-               times the tokens a GPU holds: micro_batch x seq / cp (/ tp under SP); plus the
-               fp32 logits of one microbatch on the last stage
-  kv cache     for rollouts: MLA caches kv_lora_rank + qk_rope_head_dim values per token and layer
-               instead of heads x (qk_head_dim + v_head_dim) for full keys and values
+               bytes per token a layer holds for backward under `train.recompute` (the family's
+               share: e.g. *measured* by running one layer of each kind), times the tokens a GPU
+               holds: micro_batch x seq / cp (/ tp under SP); plus the fp32 logits of one
+               microbatch on the last stage
+  kv cache     for rollouts: what the family's cache holds per token and layer (a latent for
+               MLA, keys and values per KV head for the dense family)
 Communication per GPU and step (bytes sent, ring algorithms): TP all-gather/reduce-scatter of
-the activations at every TP region edge, CP all-gather of the MLA latent per layer (reduce-
-scatter in backward), EP all-to-all of routed tokens (dispatch + combine, forward + backward), PP
-activations and gradients between stages, DP reduce-scatter of gradients and all-gather of
-parameters (dense ones over dp x cp).
+the activations at every TP region edge, PP activations and gradients between stages, DP
+reduce-scatter of gradients and all-gather of parameters (dense ones over dp x cp), and the
+family's own (e.g. EP all-to-all of routed tokens, the CP all-gather of the MLA latent).
 """
 from __future__ import annotations
 

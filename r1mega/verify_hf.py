@@ -117,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         report = load_hf_weights(model, args.hf_dir)
     if rank == 0 and report.kept_init:
-        _report(f"note: the checkpoint has no MTP layer; {len(report.kept_init)} MTP tensors keep their init")
+        _report(f"note: the checkpoint lacks {len(report.kept_init)} tensors the family marks optional (e.g. an MTP "
+                f"layer); they keep their init")
 
     g = torch.Generator().manual_seed(args.seed)
     ids = torch.randint(0, cfg.active_model.vocab_size, (batch, args.seq_length), generator=g).to(device)

@@ -9,11 +9,10 @@ from r1mega.config import Config, ModelConfig, ParallelConfig, validate
 from r1mega.inference.generate import GenerationConfig, generate
 from r1mega.parallel.layout import build_parallel_state, single_process_state
 from r1mega.parallel.param_spec import spec_of
-from r1mega.rl.grpo import (
-    global_values, loss_count, old_and_reference_logprobs, policy_gradients, token_extras, update_batches,
-)
-from r1mega.rl.loss import group_advantages
+from r1mega.rl.grpo import global_values, old_and_reference_logprobs, policy_gradients, token_extras
+from r1mega.rl.loss import group_advantages, loss_count
 from r1mega.rl.reference import ReferencePolicy
+from r1mega.rl.train_batch import update_batches
 from r1mega.train.model_build import build_chunks, init_weights
 
 # prompts of different lengths; each is sampled twice (groups of 2)
@@ -83,7 +82,7 @@ def update_parity_worker(rank: int, world: int, par: dict, rl_options: dict, mic
             shift = 0.3 * torch.sin(3.0 * batch.seq.double() + 1.7 * batch.position_ids.double()).float()
             old = old + torch.where(batch.seq >= 0, shift, torch.zeros_like(shift))
         extra = token_extras(batch, adv, old, ref)
-        count = max(global_values({"n": loss_count(cfg, batch, 24)}, ps, torch.device("cpu"))["n"], 1.0)
+        count = max(global_values({"n": loss_count(cfg.rl, batch, 24)}, ps, torch.device("cpu"))["n"], 1.0)
         sums = policy_gradients(cfg, ps, chunks, batch, extra, count, m)
         data_parallel_sums(chunks, ps)  # context-parallel ranks hold partial gradients until then
         out[f"{name}_sums"] = {k: float(v) for k, v in sums.items()}

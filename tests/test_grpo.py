@@ -249,5 +249,7 @@ def test_fp8_runs_the_update_and_leaves_sampling_and_reference_alone(tmp_path, u
     assert 1e-3 < rel < 0.3 and float(torch.nn.functional.cosine_similarity(g, g8, 0)) > 0.95, rel
     assert fp8["row"]["grad_norm"] == pytest.approx(base["row"]["grad_norm"], rel=0.1)
     # TIS (rollout vs trainer log-probs) is on by default once the trainer runs FP8
-    assert grpo_module.use_tis(load_config(STAGE, ["train.fp8=blockwise", "train.dtype=float32"]))
-    assert not grpo_module.use_tis(load_config(STAGE, ["train.dtype=float32"]))
+    fp8_cfg, plain_cfg = (load_config(STAGE, o) for o in (["train.fp8=blockwise", "train.dtype=float32"],
+                                                          ["train.dtype=float32"]))
+    assert grpo_module.use_tis(fp8_cfg.rl, fp8_cfg.train)
+    assert not grpo_module.use_tis(plain_cfg.rl, plain_cfg.train)

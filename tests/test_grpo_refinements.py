@@ -157,7 +157,8 @@ def test_recomputed_support_against_the_sampler_s(capsys):
     here against the support each token was sampled under (the decoding forward with its cache)."""
     from grpo_update_workers import long_tail_rollout, model
     from r1mega.parallel.layout import single_process_state
-    from r1mega.rl.grpo import microbatches, old_and_reference_logprobs, update_batches
+    from r1mega.rl.grpo import microbatches, old_and_reference_logprobs
+    from r1mega.rl.train_batch import update_batches
     from r1mega.rl.policy_scores import sampler_support, support_with_targets, unpack_support
 
     cfg, chunks, ps = model({}, 1, seed=5)

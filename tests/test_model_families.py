@@ -54,6 +54,52 @@ def test_train_aliases_set_the_family_training_keys():
     validate(load_config(os.path.join(ROOT, "configs", "tiny", "distill_student.yaml")), 1)
 
 
+@pytest.mark.parametrize("family, stage, refused", [
+    ("deepseek_v3", "sparse", "has none"),  # only DeepSeek-V3.2's family has an indexer to train
+    ("deepseek_v32", "dense_warmup", None), ("deepseek_v32", "sparse", None),
+    ("deepseek_v32", "warmup", "expected dense_warmup, sparse or null"),
+])
+def test_train_keys_a_family_owns_are_checked_by_it(family, stage, refused):
+    from r1mega.config import validate_training
+
+    cfg = load_config(None, [f"model.family={family}", "model.num_layers=2", "data.synthetic=addition",
+                             f"train.dsa_stage={stage}"])
+    if refused is None:
+        assert validate_training(cfg, 1).train.dsa_stage == stage
+        return
+    with pytest.raises(ConfigError) as e:
+        validate_training(cfg, 1)
+    assert e.value.key == "train.dsa_stage" and refused in str(e.value)
+
+
+def test_dry_run_counts_experts_through_the_family(capsys):
+    from r1mega.dry_run import dry_run
+
+    cfg = load_config(os.path.join(ROOT, "configs", "tiny", "distill_student.yaml"), ["data.seq_length=32"])
+    dry_run(cfg, 2)
+    assert f"model {cfg.active_model.num_layers} layers / 0 experts" in capsys.readouterr().out
+    cfg = load_config(None, ["model.num_layers=2", "model.n_routed_experts=8", "data.seq_length=32"])
+    dry_run(cfg, 2)
+    assert "model 2 layers / 8 experts" in capsys.readouterr().out
+
+
+def test_generic_code_imports_no_family_by_name():
+    """Outside r1mega/models/ (the families and their registry) no code or doc names a family's
+    module: generic code asks the protocol."""
+    hits = []
+    for top in ("r1mega", "tools"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
+            if os.path.relpath(dirpath, ROOT).split(os.sep)[:2] == ["r1mega", "models"]:
+                continue
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(dirpath, name)
+                    with open(path, encoding="utf-8") as f:
+                        hits += [f"{os.path.relpath(path, ROOT)}:{i}" for i, line in enumerate(f, 1)
+                                 if "deepseek_v3" in line]
+    assert not hits, hits
+
+
 def test_float32_rounded_settings_match_the_checkpoint():
     from r1mega.train.checkpoint import ArchitectureMismatch, check_architecture
 

@@ -291,6 +291,10 @@ def test_reject_sample_never_overwrites_a_users_sft_data(capsys, tiny, generated
     argv[-1] = str(fresh)
     assert cli_main(argv) == 0 and cli_main(argv) == 0
     assert json.loads((fresh / "report.json").read_text())["total"] == 8
+    assert "filters changed" not in capsys.readouterr().err
+    assert cli_main(argv + ["--keep", "1"]) == 0  # other filter options: rewritten, and said so by name
+    assert "the filters changed since the last run (keep 4 -> 1)" in capsys.readouterr().err
+    assert json.loads((fresh / "report.json").read_text())["filters"]["keep"] == 1
 
 
 def test_samples_from_lines_missing_fields_are_named(capsys, tiny, tmp_path):

@@ -160,7 +160,7 @@ def test_activation_bytes_are_measured_and_extrapolate_exactly():
     reproduces a direct measurement of the full width, for every recompute mode."""
     from dataclasses import replace
 
-    from r1mega.models.activation_memory import _layer_bytes_per_token, layer_activation_bytes
+    from r1mega.models.deepseek_v3.activation_memory import _layer_bytes_per_token, layer_activation_bytes
 
     m = replace(ModelConfig(), hidden_size=256, num_heads=16, q_lora_rank=128, kv_lora_rank=64,
                 intermediate_size=512, moe_intermediate_size=64, n_routed_experts=32, num_experts_per_tok=4)

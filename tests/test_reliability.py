@@ -537,13 +537,27 @@ def test_convert_refuses_non_finite_tensors_and_cleans_only_its_own(tmp_path, hf
         sd = {k: f.get_tensor(k) for k in f.keys()}
     sd["model.layers.0.self_attn.kv_a_proj_with_mqa.weight"][0, 0] = float("inf")
     save_file(sd, st, metadata={"format": "pt"})
-    os.makedirs(tmp_path / "ck")
-    (tmp_path / "ck" / "old.txt").write_text("keep")
+    assert _convert("import", "--hf-dir", hf_dir, "--out", str(tmp_path / "ck")) == 0  # a good earlier result
     before = snapshot(str(tmp_path))
     rc = _convert("import", "--hf-dir", str(src), "--out", str(tmp_path / "ck"), "--overwrite")
     err = capsys.readouterr().err
     assert rc == 2 and "kv_a_proj_with_mqa.weight holds NaN or Inf" in err and st in err, err
     assert snapshot(str(tmp_path)) == before and sorted(os.listdir(tmp_path)) == ["ck", "nan"]
+
+
+def test_convert_overwrite_replaces_only_its_own_output(tmp_path, hf_dir, capsys):
+    users = tmp_path / "users"
+    os.makedirs(users)
+    (users / "notes.txt").write_text("precious")
+    before = snapshot(str(tmp_path))
+    assert _convert("import", "--hf-dir", hf_dir, "--out", str(users), "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "replaces only a directory r1mega-convert wrote" in err and "notes.txt" in err, err
+    assert snapshot(str(tmp_path)) == before
+    out = tmp_path / "ck"  # its own earlier output, even with a file added since, is replaced as asked
+    assert _convert("import", "--hf-dir", hf_dir, "--out", str(out)) == 0
+    assert _convert("import", "--hf-dir", hf_dir, "--out", str(out), "--overwrite") == 0
+    assert sorted(os.listdir(tmp_path)) == ["ck", "users"]
 
 
 def test_convert_verify_catches_a_converter_mixup(tmp_path, hf_dir, capsys, monkeypatch):

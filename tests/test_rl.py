@@ -169,7 +169,7 @@ def test_max_new_tokens_schedule():
 
     cfg = Config()
     cfg.rl.max_new_tokens_schedule = [[8200, 65536]]
-    assert [max_new_tokens_at(cfg, s) for s in (0, 8199, 8200, 10399)] == [32768, 32768, 65536, 65536]
+    assert [max_new_tokens_at(cfg.rl, s) for s in (0, 8199, 8200, 10399)] == [32768, 32768, 65536, 65536]
 
 
 def test_top_k_ranks_real_vocab_ids_only():
@@ -217,8 +217,8 @@ def test_which_outputs_take_part_in_the_loss():
     cfg.rl.group_size = 2
     scored = ScoredRollout(None, [], [], [], [], torch.tensor([1.0, 0.0, 0.5, 0.5], dtype=torch.float64),
                            torch.tensor([False, True, False, False]), 8)
-    adv, keep = advantages(cfg, scored)
+    adv, keep = advantages(cfg.rl, scored)
     assert keep.tolist() == [True] * 4 and adv[2:].tolist() == [0.0, 0.0]
     cfg.rl.overlong_filter, cfg.rl.drop_equal_reward_groups = True, True
-    _, keep = advantages(cfg, scored)
+    _, keep = advantages(cfg.rl, scored)
     assert keep.tolist() == [True, False, False, False]  # DAPO: truncated out; equal-reward group out

@@ -12,7 +12,8 @@ peak memory stays near the largest shard, not the model. Before anything is writ
 names, shapes and dtypes are checked against the config (DeepSeek-V3/R1, V2-Lite-style, Qwen2,
 Llama); every tensor is checked finite as it streams through. Output goes to a uniquely named
 temporary directory beside --out and is renamed into place once complete; an existing --out is
-replaced only with --overwrite. Nothing the tool did not create in this run is ever removed.
+replaced only with --overwrite, and only when an earlier run of this tool wrote it (the ownership
+marker it leaves); a directory holding anyone else's files is refused, never removed.
 `import --verify` runs verify-hf's logit parity check against transformers on the new checkpoint
 (one process) before publishing it. Only safetensors are read.
 """
@@ -33,7 +34,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from r1mega.config import ConfigError
-from r1mega.errors import R1MegaError, debug_requested, run_command
+from r1mega import output_dir
+from r1mega.errors import OutputError, R1MegaError, debug_requested, run_command
 from r1mega.models.family import family_for_hf, family_from_meta
 from r1mega.models.hf_config import read_hf_config as shared_read_hf_config
 from r1mega.models.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
@@ -72,13 +74,11 @@ def optional_tensor(key: str, hf_config: dict) -> bool:
 def check(index: dict[str, tuple[tuple[int, ...], str]], hf_config: dict, origin: str) -> None:
     """Every expected tensor present with its shape; nothing unexplained extra. Raises naming them."""
     expected = expected_tensors(hf_config)
-    n_mtp = hf_config.get("num_nextn_predict_layers", 0)
-    mtp_prefix = f"model.layers.{hf_config.get('num_hidden_layers')}."
-    has_mtp = any(k.startswith(mtp_prefix) for k in index)
+    lacking = family_for_hf(hf_config)[0].hf_may_lack(hf_config, index)  # e.g. an MTP layer: initialised
     problems = []
     for key, shape in expected.items():
-        if key.startswith(mtp_prefix) and n_mtp and not has_mtp:
-            continue  # transformers drops the MTP layer; r1mega then initialises it
+        if key.startswith(lacking):
+            continue
         if key not in index:
             problems.append(f"missing tensor {key} (expected shape {tuple(shape)})")
         elif tuple(index[key][0]) != tuple(shape):
@@ -194,14 +194,29 @@ class PartWriter:
         self.buf, self.size = {}, 0
 
 
+_COMMAND = "r1mega-convert"
+
+
 def _check_out(out: str, overwrite: bool, source: str) -> None:
+    """--out may be new or empty; with --overwrite also a directory an earlier r1mega-convert wrote
+    (its ownership marker says so). A directory holding anything else is never replaced."""
     a, b = os.path.realpath(out), os.path.realpath(source)
     if a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep):
         raise ConvertError(f"--out {out} overlaps the input {source}; write the result somewhere else")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConvertError(f"--out {out} exists and is not a directory; choose another --out")
-    if os.path.exists(out) and os.listdir(out) and not overwrite:
+    entries = sorted(os.listdir(out)) if os.path.isdir(out) else []
+    if entries and not overwrite:
         raise ConvertError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    if entries:
+        try:
+            marker = output_dir.read_marker(out)
+        except OutputError as e:
+            raise ConvertError(str(e)) from None
+        if marker is None or not marker["command"].startswith(_COMMAND):
+            shown = ", ".join(entries[:4]) + (" ..." if len(entries) > 4 else "")
+            raise ConvertError(f"--overwrite replaces only a directory r1mega-convert wrote; {out} holds files it "
+                               f"did not write ({shown}). Move them away or choose another --out")
 
 
 def _sibling(out: str, what: str) -> str:
@@ -213,10 +228,13 @@ def _sibling(out: str, what: str) -> str:
             return path
 
 
-def _prepare_out(out: str, overwrite: bool, source: str) -> str:
+def _prepare_out(out: str, overwrite: bool, source: str, what: str) -> str:
     _check_out(out, overwrite, source)
     tmp = _sibling(out, "converting")
     os.makedirs(tmp)  # fails rather than reuse a directory this run did not make
+    marker = {"command": f"{_COMMAND} {what}", "source": os.path.abspath(source), "run_id": output_dir.RUN_ID}
+    with open(os.path.join(tmp, output_dir.MARKER), "w", encoding="utf-8") as f:
+        json.dump(marker, f, indent=1)  # lets a later --overwrite know this directory is the tool's own
     return tmp
 
 
@@ -252,7 +270,7 @@ def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat1
     index = tensor_index(hf_dir, files)
     check(index, hf_config, hf_dir)
     loadable(hf_config)
-    tmp = _prepare_out(out, overwrite, hf_dir)
+    tmp = _prepare_out(out, overwrite, hf_dir, "import")
     try:
         meta = _import_into(tmp, hf_dir, hf_config, files, index, fp8, dtype, shard_bytes)
         if verify:
@@ -327,15 +345,10 @@ def _scale_for(key: str, f, hf_dir: str, files: dict[str, list[str]]) -> torch.T
 
 # ---- export --------------------------------------------------------------------------------
 
-FP8_INDEXER = ("indexer.wq_b.weight", "indexer.wk.weight")  # DeepSeek-V3.2's indexer: FP8 but for weights_proj
-
-
-def fp8_quantizable(key: str, t: torch.Tensor) -> bool:
-    """The linears DeepSeek stores in FP8: every 2-D *_proj weight (not embeddings, head, router, norms),
-    and V3.2's indexer query/key projections (its head weights stay in high precision)."""
-    if t.dim() != 2:
-        return False
-    return key.endswith(FP8_INDEXER) or (key.endswith("proj.weight") and not key.endswith("indexer.weights_proj.weight"))
+def fp8_quantizable(key: str, t: torch.Tensor, family) -> bool:
+    """The linears the family's FP8 checkpoints store in e4m3 (DeepSeek's: every 2-D *_proj weight,
+    not embeddings, head, router or norms)."""
+    return t.dim() == 2 and family.hf_fp8(key)
 
 
 def _whole(reader, ckpt: str, key: str) -> torch.Tensor:
@@ -363,7 +376,7 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
         with safe_open(os.path.join(ckpt, file), "pt") as f:
             with_dtypes[k] = (shapes[k][0], f.get_slice("model/" + k).get_dtype())
     check(with_dtypes, config, ckpt)
-    tmp = _prepare_out(out, overwrite, ckpt)
+    tmp = _prepare_out(out, overwrite, ckpt, "export")
     try:
         res = _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8_blocks, tokenizer_dir,
                            shard_bytes, dtype)
@@ -380,6 +393,7 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
     target = getattr(torch, dtype) if dtype else None
     total = sum(os.path.getsize(os.path.join(ckpt, n)) for n in os.listdir(ckpt) if n.endswith(".safetensors"))
     bar = _progress(total, len(keys), "export")
+    family = family_for_hf(config)[0]  # which linears its FP8 checkpoints store in e4m3
     for done, key in enumerate(keys, start=1):
         if key.endswith("_scale_inv"):
             continue  # written next to its weight below
@@ -395,7 +409,7 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
             t = reader.read(key, shape, None, 0, 1)  # checksum- and finiteness-checked
             if target is not None and t.is_floating_point():
                 t = t.to(target)
-        if fp8_blocks and fp8_quantizable(key, t):
+        if fp8_blocks and fp8_quantizable(key, t, family):
             q, s = quantize(t)
             writer.add(key, q)
             writer.add(scale_name(key), s)

@@ -19,14 +19,17 @@ Prints kept/total and the count per rejection reason; the last line is
 
 --out is a new or empty directory, or one an earlier `r1mega reject-sample` made: then its samples
 resume (finished problems skipped; same settings and the same prompt file required) and its own
-sft.jsonl and report.json are rewritten. A directory r1mega did not make, or one in use, is refused.
+sft.jsonl and report.json are rewritten (a warning names filter options changed since the last run;
+report.json records them). A directory r1mega did not make, or one in use, is refused.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
+import sys
 from collections import Counter
 
 from r1mega.atomic_io import write_text_atomic
@@ -126,6 +129,20 @@ def _write_jsonl(path: str, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def _warn_if_filters_changed(report_path: str, filters: dict) -> None:
+    """A rerun with other filter options rewrites sft.jsonl from the same stored samples: say so,
+    naming what changed (the samples stay; the old selection is one rerun with the old options away)."""
+    try:
+        with open(report_path, encoding="utf-8") as f:
+            before = json.load(f).get("filters")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(before, dict) and before != filters:
+        changed = ", ".join(f"{k} {before.get(k)!r} -> {v!r}" for k, v in filters.items() if before.get(k) != v)
+        print(f"warning: {report_path}: the filters changed since the last run ({changed}); "
+              f"sft.jsonl and report.json are rewritten from the stored samples", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from r1mega.generation.run import finish, open_model, sample_to_store, sampling_params
 
@@ -161,7 +178,9 @@ def run(args: argparse.Namespace) -> int:
     _write_jsonl(os.path.join(args.out, "sft.jsonl"), rows)
     problems_kept = len({r["id"] for r in rows})
     report = {"kept": counts["kept"], "total": total, "problems": len(records), "problems_with_kept": problems_kept,
-              "rejected": {k: counts[k] for k in (*REASONS, "over_quota") if counts[k]}}
+              "rejected": {k: counts[k] for k in (*REASONS, "over_quota") if counts[k]},
+              "filters": {"keep": args.keep, **dataclasses.asdict(cfg)}}
+    _warn_if_filters_changed(os.path.join(args.out, "report.json"), report["filters"])
     write_text_atomic(os.path.join(args.out, "report.json"), json.dumps(report, indent=1))
     print(f"kept {counts['kept']}/{total} samples ({problems_kept}/{len(records)} problems) -> "
           f"{os.path.join(args.out, 'sft.jsonl')}", flush=True)

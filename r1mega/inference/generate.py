@@ -118,9 +118,7 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     result is laid out as the static engine's: left-padded prompts, completions, pads after the end.
     microbatches: unused (one decoding batch per step; kept for callers of the static engine)."""
 
-    model = _one_chunk(model)
-    if getattr(model, "paged_kv_layout", None) is None:  # a family without a paged cache yet
-        return generate_static(model, ps, prompts, gen, row_offset, microbatches, rows)
+    model = _one_chunk(model)  # every family has a paged cache (ModelFamily: paged_kv_layout)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

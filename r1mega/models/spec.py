@@ -5,10 +5,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 
+from r1mega.errors import ConfigError
+
 
 class TrainingHooks:
-    """What a family adds to a training step: extra loss terms, the work after the optimizer
-    step, and the metrics both produce. The base class adds nothing (a plain dense model)."""
+    """What a family adds to training: its rules on the `train:` keys, extra loss terms, the work
+    after the optimizer step, and the metrics both produce. The base class adds nothing."""
+
+    def validate(self, model_cfg, train, section: str) -> None:
+        """The family's rules on the run's `train:` keys (raise ConfigError naming the key). The
+        base trains no sparse-attention indexer: train.dsa_stage stays unset."""
+        if train.dsa_stage is not None:
+            raise ConfigError("train.dsa_stage", f"{train.dsa_stage} trains DeepSeek-V3.2's indexer; this model has "
+                                                 f"none (model_type deepseek_v32)")
 
     def prepare(self, chunks, train) -> None:
         """Before the optimizer is built: e.g. freeze what a training stage keeps fixed (train: TrainConfig)."""
@@ -41,10 +50,16 @@ class ModelFamily:
     count_params: Callable[[Any], dict]  # -> {"total", "active", "mtp", ...}
     flops_per_token: Callable[[Any, int], float]
     kv_cache: str  # what generation caches per token and layer
+    routed_experts: Callable[[Any], int] = lambda cfg: 0  # a config's routed experts per MoE layer (0: dense)
     training_keys: tuple[str, ...] = ()  # config keys that are training rules, not architecture
     fp32_params: tuple[str, ...] = ()  # parameter names kept in float32 whatever the weight dtype
     # HF checkpoint tensors a model need not hold (e.g. MTP copies of the embedding), by name
     hf_optional: Callable[[str, dict], bool] = lambda key, hf_config: False
+    # (config.json, the checkpoint's tensor names) -> prefixes of expected tensors the checkpoint may
+    # lack as a whole (e.g. an MTP layer transformers saves without): the model keeps their init
+    hf_may_lack: Callable[[dict, Any], tuple[str, ...]] = lambda hf_config, present: ()
+    # the 2-D weights a family's FP8 checkpoints store in e4m3 with block scales, by name
+    hf_fp8: Callable[[str], bool] = lambda key: key.endswith("proj.weight")
     training: TrainingHooks = TrainingHooks()
     # () -> the family's share of `r1mega plan` (a module, see models/<family>/plan.py): stage_params,
     # activation_bytes, family_comm, kv_cache_bytes; imported when first asked for

@@ -31,7 +31,7 @@ from typing import Optional
 
 import torch
 
-from r1mega.config import Config, validate_rl, validate_training
+from r1mega.config import Config, RLConfig, TrainConfig, validate_rl, validate_training
 from r1mega.errors import ConfigError
 from r1mega.data.prepare import resolve_data
 from r1mega.data.prompts import check_prompts_fit, check_same_prompts, prompts_digest
@@ -45,9 +45,9 @@ from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.pipeline import Microbatch, forward_backward
 from r1mega.parallel.vocab_parallel import vocab_parallel_log_probs
 from r1mega.rl.dynamic_sampling import draw_until_informative
-from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, overlong_shaping, per_sequence_sum
+from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, loss_count, overlong_shaping
 from r1mega.rl.policy_scores import pack_support, sampler_support, scores, support_with_targets, unpack_support
-from r1mega.rl.train_batch import TrainBatch, pack_batch, to_train_batch  # noqa: F401 (re-exported)
+from r1mega.rl.train_batch import TrainBatch, update_batches
 from r1mega.rl.metrics import StepMetrics, global_values
 from r1mega.rl.prompt_source import PromptSource
 from r1mega.sandbox import isolation as sandbox
@@ -57,9 +57,9 @@ from r1mega.train.checkpoint import find_resume_checkpoint, read_meta, resume_fr
 from r1mega.train.metrics_log import MetricsLog, table_due
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.train.setup import (
-    Run, SkipGuard, build_model, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta,
-    start_run,
+    Run, SkipGuard, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta, start_run,
 )
+from r1mega.train.model_build import build_model
 
 
 # ---- the data of one rollout -----------------------------------------------------------------
@@ -159,35 +159,35 @@ def check_responses_fit(rl, longest_prompt: int, positions: int, steps: int) -> 
                                    f"{positions - longest_prompt}")
 
 
-def max_new_tokens_at(cfg: Config, step: int) -> int:
+def max_new_tokens_at(rl: RLConfig, step: int) -> int:
     """rl.max_new_tokens, switched by rl.max_new_tokens_schedule ([[step, tokens], ...])."""
-    tokens = cfg.rl.max_new_tokens
-    for at, n in cfg.rl.max_new_tokens_schedule:
+    tokens = rl.max_new_tokens
+    for at, n in rl.max_new_tokens_schedule:
         if step >= at:
             tokens = n
     return tokens
 
 
-def rollout_problems(cfg: Config, ps: ParallelState, source: PromptSource, position: int,
+def rollout_problems(rl: RLConfig, ps: ParallelState, source: PromptSource, position: int,
                      index: int) -> tuple[list[dict], list[int]]:
     """This DP rank's questions of rollout `index` and their indices within the rollout. The rollout
     holds `minibatches` consecutive blocks of prompts_per_step questions (global positions from
     `position`); each DP rank takes its slice of every block, so minibatch j is the same questions
     on any layout and this rank's questions of minibatch j are its j-th contiguous share."""
-    P, M = cfg.rl.prompts_per_step, cfg.rl.minibatches
+    P, M = rl.prompts_per_step, rl.minibatches
     everyone = source.take(position, P * M, index)
     share = P // ps.dp
     at = [j * P + ps.r("dp") * share + i for j in range(M) for i in range(share)]
     return [everyone[g] for g in at], at
 
 
-def shifted_problems(cfg: Config, ps: ParallelState, source: PromptSource, position: int, index: int,
+def shifted_problems(rl: RLConfig, ps: ParallelState, source: PromptSource, position: int, index: int,
                      draw: int) -> tuple[list[dict], list[int]]:
     """Dynamic sampling's extra draw `draw` (1, 2, ...) of rollout `index`, which started at prompt
     `position`: the draw-th next block of questions, with its own rows of sampling noise (and its
     own synthetic problems)."""
-    block = cfg.rl.prompts_per_step * cfg.rl.minibatches
-    problems, where = rollout_problems(cfg, ps, source, position + draw * block, index + DRAW_INDEX_STRIDE * draw)
+    block = rl.prompts_per_step * rl.minibatches
+    problems, where = rollout_problems(rl, ps, source, position + draw * block, index + DRAW_INDEX_STRIDE * draw)
     return problems, [w + draw * block for w in where]
 
 
@@ -197,11 +197,11 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
     questions' indices in the rollout, which key the sampling noise (layout-independent samples)."""
     cfg, ps, tok = run.cfg, run.ps, source.tok
     G = cfg.rl.group_size
+    limit = max_new_tokens_at(cfg.rl, step)
     outputs = [p for p in problems for _ in range(G)]
     rendered = [source.render(p) for p in problems]
     rendered = [r for r in rendered for _ in range(G)]
     prompt_ids = [source.encode(r) for r in rendered]
-    limit = max_new_tokens_at(cfg, step)
     gen = GenerationConfig(limit, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.top_k, tok.eos_id, source.stop(),
                            seed=cfg.seed + index, record_routing=cfg.rl.routing_replay,
                            vocab_size=tok.vocab_size)
@@ -226,35 +226,23 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
                          torch.tensor(truncated, dtype=torch.bool, device=run.device), limit)
 
 
-def advantages(cfg: Config, scored: ScoredRollout) -> tuple[torch.Tensor, torch.Tensor]:
+def advantages(rl: RLConfig, scored: ScoredRollout) -> tuple[torch.Tensor, torch.Tensor]:
     """(advantages [B], keep [B]: outputs that take part in the loss)."""
-    G = cfg.rl.group_size
-    adv = group_advantages(scored.rewards, G, scale=cfg.rl.scale_rewards)
+    G = rl.group_size
+    adv = group_advantages(scored.rewards, G, scale=rl.scale_rewards)
     keep = torch.ones_like(scored.truncated)
-    if cfg.rl.drop_equal_reward_groups:
+    if rl.drop_equal_reward_groups:
         keep &= ~equal_reward_groups(scored.rewards, G).repeat_interleave(G)
-    if cfg.rl.overlong_filter:
+    if rl.overlong_filter:
         keep &= ~scored.truncated
     return adv, keep
 
 
-def use_tis(cfg: Config) -> bool:
+def use_tis(rl: RLConfig, train: TrainConfig) -> bool:
     """On by default wherever sampler and trainer compute differently: bf16, or an FP8 trainer."""
-    if cfg.rl.tis is not None:
-        return cfg.rl.tis
-    return cfg.train.dtype == "bfloat16" or cfg.train.fp8 != "none"
-
-
-def loss_count(cfg: Config, batch: TrainBatch, max_new_tokens: int) -> float:
-    """This rank's share of the loss normaliser: trained sequences, tokens, or sequences x max_new_tokens."""
-    rl = cfg.rl
-    norm = "token" if rl.token_level_loss else rl.loss_norm
-    if norm == "token":
-        return float(batch.mask.sum())
-    if norm == "constant":
-        return float(batch.sequences * max_new_tokens)
-    n = int(batch.seq.max()) + 1 if batch.seq.numel() else 0
-    return float((per_sequence_sum(batch.mask.double(), batch.seq, max(n, 1)) > 0).sum())
+    if rl.tis is not None:
+        return rl.tis
+    return train.dtype == "bfloat16" or train.fp8 != "none"
 
 
 def token_extras(batch: TrainBatch, adv: torch.Tensor, old: Optional[torch.Tensor], ref: Optional[torch.Tensor]
@@ -275,7 +263,7 @@ def policy_gradients(cfg: Config, ps: ParallelState, chunks, batch: TrainBatch, 
     rl = cfg.rl
     norm = "token" if rl.token_level_loss else rl.loss_norm
     mbs = microbatches(batch, cfg.data.micro_batch_size, extra, rl.routing_replay, microbatch_count)
-    tis_cap = rl.tis_cap if use_tis(cfg) else 0.0
+    tis_cap = rl.tis_cap if use_tis(rl, cfg.train) else 0.0
     device = batch.input_ids.device
     sums = {k: torch.zeros((), dtype=torch.float64, device=device)
             for k in ("kl", "clipped", "tis_capped", "loss", "entropy", "opsm_masked")}
@@ -307,7 +295,7 @@ def minibatch_update(run: Run, chunks, optimizer: DistributedAdamW, batch: Train
     """One optimizer step on one minibatch; returns its local sums (kl, clipped, loss, ...).
     kernels: the FP8 backend (train.fp8) the forward/backward runs on, None for train.dtype."""
     cfg, ps = run.cfg, run.ps
-    count = max(global_values({"n": loss_count(cfg, batch, max_new_tokens)}, ps, run.device)["n"], 1.0)
+    count = max(global_values({"n": loss_count(cfg.rl, batch, max_new_tokens)}, ps, run.device)["n"], 1.0)
     sums = policy_gradients(cfg, ps, chunks, batch, extra, count, microbatch_count, kernels)
     # a non-finite loss makes a non-finite gradient norm (reduced over every rank): the
     # optimizer then leaves the weights as they are and counts the skip
@@ -315,30 +303,6 @@ def minibatch_update(run: Run, chunks, optimizer: DistributedAdamW, batch: Train
     optimizer.zero_grad(chunks)
     out = {k: float(v) for k, v in sums.items()}
     return {**out, "tokens": float(batch.mask.sum()), "grad_norm": grad_norm, "skipped": float(skipped)}
-
-
-def update_batches(cfg: Config, ps: ParallelState, rollout: Rollout, keep: torch.Tensor
-                   ) -> tuple[list[TrainBatch], list[Optional[int]]]:
-    """This rank's minibatches of the rollout (its j-th block of whole groups each) as training
-    rows, packed (rl.packed_update) or padded, and each one's microbatch count (agreed over the
-    data-parallel group for packed rows, whose number depends on the lengths: every rank of an
-    expert-parallel group must run as many forwards)."""
-    rl = cfg.rl
-    multiple = ps.cfg.sequence_divisor
-    parts = torch.arange(rollout.tokens.shape[0], device=rollout.tokens.device).chunk(rl.minibatches)
-    if not rl.packed_update:
-        full = to_train_batch(rollout, keep, multiple)
-        return [full.rows(part) for part in parts], [None] * len(parts)
-    size = cfg.data.micro_batch_size
-    batches = [pack_batch(rollout, keep, part, rl.pack_tokens, multiple) for part in parts]
-    local = torch.tensor([-(-b.input_ids.shape[0] // size) for b in batches], dtype=torch.long,
-                         device=rollout.tokens.device)
-    if ps.g("dp") is not None:
-        torch.distributed.all_reduce(local, op=torch.distributed.ReduceOp.MAX, group=ps.g("dp"))
-    counts = local.tolist()
-    batches = [b if b.input_ids.shape[0] >= m else pack_batch(rollout, keep, part, rl.pack_tokens, multiple, m)
-               for b, m, part in zip(batches, counts, parts)]
-    return batches, counts
 
 
 # ---- the loop --------------------------------------------------------------------------------
@@ -434,8 +398,30 @@ def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
         release(cfg.train.run_dir)  # the run directory's lock, however the run ended
 
 
-def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
-    ckpt_root = os.path.join(cfg.train.run_dir, "checkpoints")
+@dataclass
+class Policy:
+    """What GRPO trains and samples with, built once at start-up."""
+    run: Run
+    source: PromptSource
+    chunks: torch.nn.ModuleList
+    optimizer: DistributedAdamW
+    reference: Optional[ReferencePolicy]
+    log: MetricsLog
+    kernels: object  # the FP8 backend of the trainer's forwards (train.fp8), None for train.dtype
+
+
+@dataclass
+class Progress:
+    """Where the run stands; a checkpoint keeps all three."""
+    step: int  # optimizer steps taken
+    position: int  # the next rollout's first prompt
+    index: int  # the next rollout's number (keys its sampling noise)
+
+
+def start(cfg: Config, ckpt_root: str) -> tuple[Policy, Progress]:
+    """Everything a user can get wrong checked before any weight exists (keys, the sandbox, the
+    prompts' and responses' lengths, checkpoints and their architecture), then the policy, its
+    optimizer and reference, restored from the run's own checkpoint or train.load."""
     own = own_checkpoint(ckpt_root)  # this run's own checkpoint (a restart) wins over train.load
     run = start_run(cfg, lambda c, w: validate_rl(validate_training(c, w, needs_data=False), w, own is not None,
                                                    REWARDS), own)
@@ -467,76 +453,120 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     if resumed:
         log.print(f"resumed from {resumed} at step {step} (prompt position {position})")
     kernels = fp8_kernels(t, log, f" for the policy update (rollouts and the reference in {t.dtype})")
-    rollouts_file = os.path.join(t.run_dir, "rollouts.jsonl")
-    held_out = source.held_out(eval_problems)
+    return (Policy(run, source, chunks, optimizer, reference, log, kernels),
+            Progress(step, position, index))
+
+
+def rollout(policy: Policy, at: Progress) -> tuple[ScoredRollout, dict[str, float]]:
+    """The scored rollout of `at`'s prompts (rl.dynamic_sampling: with more drawn until every group
+    is informative) and the extra draws' metrics; moves `at.position` past the prompts used."""
+    run, ps, rl, source = policy.run, policy.run.ps, policy.run.cfg.rl, policy.source
+    problems, where = rollout_problems(rl, ps, source, at.position, at.index)
+    first = at.position
+    at.position += rl.prompts_per_step * rl.minibatches
+    sample = lambda problems, where: sample_rollout(  # noqa: E731
+        run, policy.chunks, policy.optimizer, source, problems, where, at.step, at.index)
+    scored = sample(problems, where)
+    drawn: dict[str, float] = {}
+    if rl.dynamic_sampling:  # DAPO: more prompts until every group of the step is informative
+        draw = lambda n: sample(*shifted_problems(rl, ps, source, first, at.index, n))  # noqa: E731
+        scored, drawn = draw_until_informative(scored, draw, rl.group_size, rl.dynamic_sampling_max_draws,
+                                               ps, run.device)
+        at.position += int(drawn["dynamic_extra_draws"]) * rl.prompts_per_step * rl.minibatches
+    if run.is_logger and rl.log_rollouts:
+        shown = append_rollouts(os.path.join(run.cfg.train.run_dir, "rollouts.jsonl"), at.step + 1, scored,
+                                rl.log_rollouts)
+        if table_due(at.step, rl.minibatches * rl.updates_per_rollout, rl.log_rollouts_every):
+            policy.log.rollout_table(at.step + 1, shown)
+    return scored, drawn
+
+
+@dataclass
+class UpdateInputs:
+    """A rollout made ready for its optimizer steps: this rank's minibatches with their per-token
+    loss inputs, and the rollout's metrics reduced over the ranks."""
+    batches: list[TrainBatch]
+    microbatch_counts: list[Optional[int]]
+    extras: list[dict[str, torch.Tensor]]
+    rollout_vals: dict[str, float]
+    gap_max: float
+
+
+def update_inputs(policy: Policy, scored: ScoredRollout) -> UpdateInputs:
+    """Advantages, the minibatches' rows, the old and reference log-probs of every minibatch
+    (before any update), and the rollout's metrics."""
+    run, cfg, ps = policy.run, policy.run.cfg, policy.run.ps
+    adv, keep = advantages(cfg.rl, scored)
+    batches, counts = update_batches(cfg, ps, scored.rollout, keep)
+    logprobs = [old_and_reference_logprobs(cfg, ps, policy.chunks, policy.reference, b, policy.kernels, m,
+                                           policy.source.tok.vocab_size)
+                for b, m in zip(batches, counts)]
+    rollout_sums = rollout_stats(cfg.rl, scored, batches, [o for o, _ in logprobs])
+    gap_max = global_values({"gap_max": rollout_sums.pop("gap_max_local")}, ps, run.device,
+                            torch.distributed.ReduceOp.MAX)["gap_max"]
+    rollout_vals = global_values(rollout_sums, ps, run.device)
+    extras = [token_extras(b, adv, old, ref) for b, (old, ref) in zip(batches, logprobs)]
+    return UpdateInputs(batches, counts, extras, rollout_vals, gap_max)
+
+
+def save(policy: Policy, at: Progress, ckpt_root: str) -> None:
+    """A checkpoint of the policy, optimizer, reference and prompt position; a resume starts with
+    the next rollout."""
+    run, rl = policy.run, policy.run.cfg.rl
+    ref_dir = policy.reference.save(ckpt_root) if policy.reference is not None else None
+    save_checkpoint(ckpt_root, at.step, policy.chunks, policy.optimizer, run.ps,
+                    run_meta(run, "grpo", prompt_position=at.position, rollout_index=at.index + 1,
+                             reference=ref_dir,
+                             **({"prompts_sha256": prompts_digest(rl.prompts)} if rl.prompts else {})))
+
+
+def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
+    ckpt_root = os.path.join(cfg.train.run_dir, "checkpoints")
+    policy, at = start(cfg, ckpt_root)
+    run, chunks, optimizer, reference, log = policy.run, policy.chunks, policy.optimizer, policy.reference, policy.log
+    cfg, ps, rl, t = run.cfg, run.ps, run.cfg.rl, run.cfg.train
+    held_out = policy.source.held_out(eval_problems)
     history: dict[str, list] = {"accuracy": [], "reward": []}
     acc0 = None
     if held_out is not None:
-        acc0 = evaluate_accuracy(chunks, ps, source, held_out, rl.max_new_tokens)
-        history["accuracy"].append((step, acc0))
+        acc0 = evaluate_accuracy(chunks, ps, policy.source, held_out, rl.max_new_tokens)
+        history["accuracy"].append((at.step, acc0))
         log.print(f"held-out accuracy before GRPO: {acc0:.3f}")
     last: Optional[StepMetrics] = None
     guard = SkipGuard(t.max_consecutive_skips, log)  # stops after too many non-finite steps in a row
-    while step < t.steps:
+    while at.step < t.steps:
         t0 = time.perf_counter()
-        problems, where = rollout_problems(cfg, ps, source, position, index)
-        first = position
-        position += rl.prompts_per_step * rl.minibatches
-        scored = sample_rollout(run, chunks, optimizer, source, problems, where, step, index)
-        drawn: dict[str, float] = {}
-        if rl.dynamic_sampling:  # DAPO: more prompts until every group of the step is informative
-            draw = lambda n: sample_rollout(  # noqa: E731
-                run, chunks, optimizer, source, *shifted_problems(cfg, ps, source, first, index, n), step, index)
-            scored, drawn = draw_until_informative(scored, draw, rl.group_size, rl.dynamic_sampling_max_draws,
-                                                   ps, run.device)
-            position += int(drawn["dynamic_extra_draws"]) * rl.prompts_per_step * rl.minibatches
-        if run.is_logger and rl.log_rollouts:
-            shown = append_rollouts(rollouts_file, step + 1, scored, rl.log_rollouts)
-            if table_due(step, rl.minibatches * rl.updates_per_rollout, rl.log_rollouts_every):
-                log.rollout_table(step + 1, shown)
-        adv, keep = advantages(cfg, scored)
-        batches, counts = update_batches(cfg, ps, scored.rollout, keep)
-        extras = []
-        for b, m in zip(batches, counts):
-            old, ref = old_and_reference_logprobs(cfg, ps, chunks, reference, b, kernels, m, tok.vocab_size)
-            extras.append((old, ref))
-        rollout_sums = rollout_stats(cfg, scored, batches, [o for o, _ in extras])
-        gap_max = global_values({"gap_max": rollout_sums.pop("gap_max_local")}, ps, run.device,
-                                torch.distributed.ReduceOp.MAX)["gap_max"]
-        rollout_vals = global_values(rollout_sums, ps, run.device)
-        extras = [token_extras(b, adv, old, ref) for b, (old, ref) in zip(batches, extras)]
+        scored, drawn = rollout(policy, at)
+        u = update_inputs(policy, scored)
         # epochs over all minibatches (the data order is already shuffled: minibatch j is this rank's
         # j-th block of whole groups); each (epoch, minibatch) is one optimizer step
-        order = [j for _ in range(rl.updates_per_rollout) for j in range(len(batches))]
+        order = [j for _ in range(rl.updates_per_rollout) for j in range(len(u.batches))]
         for j in order:
-            if step >= t.steps:
+            if at.step >= t.steps:
                 break
-            sums = minibatch_update(run, chunks, optimizer, batches[j], extras[j], step, scored.max_new_tokens,
-                                    kernels, counts[j])
-            step += 1
+            sums = minibatch_update(run, chunks, optimizer, u.batches[j], u.extras[j], at.step, scored.max_new_tokens,
+                                    policy.kernels, u.microbatch_counts[j])
+            at.step += 1
+            step = at.step
             if reference is not None and reference.due(step):
                 reference.refresh(chunks, step)
             upd = global_values({k: v for k, v in sums.items() if k not in ("grad_norm", "skipped")}, ps, run.device)
-            last = step_metrics(cfg, rollout_vals, gap_max, upd, sums, optimizer, scored, step, t0)
+            last = step_metrics(cfg, u.rollout_vals, u.gap_max, upd, sums, optimizer, scored, step, t0)
             last.extra.update(drawn)
             guard.after_step(step, bool(sums["skipped"]), optimizer.skipped,
                              "Check the rewards and lower optim.lr, or raise the limit")
             history["reward"].append((step, last.reward))
             if held_out is not None and eval_every and step % eval_every == 0 and step < t.steps:
-                last.heldout_accuracy = evaluate_accuracy(chunks, ps, source, held_out, rl.max_new_tokens)
+                last.heldout_accuracy = evaluate_accuracy(chunks, ps, policy.source, held_out, rl.max_new_tokens)
                 history["accuracy"].append((step, last.heldout_accuracy))
             log.log(step, last.as_dict(), echo=step % t.log_interval == 0)
             if (t.save_interval and step % t.save_interval == 0) or step == t.steps:
-                ref_dir = reference.save(ckpt_root) if reference is not None else None
-                save_checkpoint(ckpt_root, step, chunks, optimizer, ps,
-                                run_meta(run, "grpo", prompt_position=position, rollout_index=index + 1,
-                                         reference=ref_dir,
-                                         **({"prompts_sha256": prompts_digest(rl.prompts)} if rl.prompts else {})))
+                save(policy, at, ckpt_root)
             t0 = time.perf_counter()
-        index += 1
+        at.index += 1
     acc1 = None
     if held_out is not None:
-        acc1 = evaluate_accuracy(chunks, ps, source, held_out, rl.max_new_tokens)
+        acc1 = evaluate_accuracy(chunks, ps, policy.source, held_out, rl.max_new_tokens)
         history["accuracy"].append((t.steps, acc1))
         log.print(f"held-out accuracy after GRPO: {acc1:.3f}")
     log.close()
@@ -550,11 +580,11 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
             "final": last.as_dict() if last is not None else None}
 
 
-def rollout_stats(cfg: Config, scored: ScoredRollout, batches: list[TrainBatch],
+def rollout_stats(rl: RLConfig, scored: ScoredRollout, batches: list[TrainBatch],
                   olds: list[Optional[torch.Tensor]]) -> dict[str, float]:
     """Local sums over this rank's outputs (the gap ones only on the last stage, which has `old`).
     The gap is measured on the tokens the update scores (packed rows leave out unkept sequences)."""
-    G = cfg.rl.group_size
+    G = rl.group_size
     out = {"n": float(len(scored.responses)), "reward": float(scored.rewards.sum()),
            "positive": float((scored.rewards > 0).sum()),
            "zero_adv": float(equal_reward_groups(scored.rewards, G).sum() * G),
@@ -564,7 +594,7 @@ def rollout_stats(cfg: Config, scored: ScoredRollout, batches: list[TrainBatch],
            # the update's token slots against the real tokens they hold (padding = slots - real)
            "update_slots": float(sum(b.slots for b in batches)),
            "update_real_tokens": float(sum(int((b.seq >= 0).sum()) for b in batches))}
-    for name in cfg.rl.rewards:
+    for name in rl.rewards:
         out[f"r/{name}"] = sum(t[name] for t in scored.terms)
     for b, old in zip(batches, olds):
         if old is None:

@@ -19,9 +19,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
+
+if TYPE_CHECKING:  # annotations only: the loss's pieces stay free of the rows' module
+    from r1mega.config import RLConfig
+    from r1mega.rl.train_batch import TrainBatch
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
@@ -133,3 +137,14 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
         loss = per_token.sum() / global_count
     clipped = (clipped_adv < unclipped) & mask.bool()  # -A clip(r) > -A r: the clipped branch was taken
     return GRPOTerms(loss, kl, clipped, ratio, capped, dropped)
+
+
+def loss_count(rl: RLConfig, batch: TrainBatch, max_new_tokens: int) -> float:
+    """This rank's share of the loss normaliser: trained sequences, tokens, or sequences x max_new_tokens."""
+    norm = "token" if rl.token_level_loss else rl.loss_norm
+    if norm == "token":
+        return float(batch.mask.sum())
+    if norm == "constant":
+        return float(batch.sequences * max_new_tokens)
+    n = int(batch.seq.max()) + 1 if batch.seq.numel() else 0
+    return float((per_sequence_sum(batch.mask.double(), batch.seq, max(n, 1)) > 0).sum())

@@ -19,8 +19,10 @@ from typing import Optional
 
 import torch
 
+from r1mega.config import Config
 from r1mega.inference.generate import Rollout
 from r1mega.kernels.block_attention import documents_from_pad
+from r1mega.parallel.layout import ParallelState
 
 
 @dataclass
@@ -200,3 +202,27 @@ def merge_rollouts(parts: list[tuple[Rollout, torch.Tensor]]) -> Rollout:
                    cache_bytes=max(getattr(r, "cache_bytes", 0) for r in rollouts),
                    **{k: sum(getattr(r, k) for r in rollouts) for k in ("decode_row_steps", "forwards")
                       if hasattr(rollouts[0], k)})
+
+
+def update_batches(cfg: Config, ps: ParallelState, rollout: Rollout, keep: torch.Tensor
+                   ) -> tuple[list[TrainBatch], list[Optional[int]]]:
+    """This rank's minibatches of the rollout (its j-th block of whole groups each) as training
+    rows, packed (rl.packed_update) or padded, and each one's microbatch count (agreed over the
+    data-parallel group for packed rows, whose number depends on the lengths: every rank of an
+    expert-parallel group must run as many forwards)."""
+    rl = cfg.rl
+    multiple = ps.cfg.sequence_divisor
+    parts = torch.arange(rollout.tokens.shape[0], device=rollout.tokens.device).chunk(rl.minibatches)
+    if not rl.packed_update:
+        full = to_train_batch(rollout, keep, multiple)
+        return [full.rows(part) for part in parts], [None] * len(parts)
+    size = cfg.data.micro_batch_size
+    batches = [pack_batch(rollout, keep, part, rl.pack_tokens, multiple) for part in parts]
+    local = torch.tensor([-(-b.input_ids.shape[0] // size) for b in batches], dtype=torch.long,
+                         device=rollout.tokens.device)
+    if ps.g("dp") is not None:
+        torch.distributed.all_reduce(local, op=torch.distributed.ReduceOp.MAX, group=ps.g("dp"))
+    counts = local.tolist()
+    batches = [b if b.input_ids.shape[0] >= m else pack_batch(rollout, keep, part, rl.pack_tokens, multiple, m)
+               for b, m, part in zip(batches, counts, parts)]
+    return batches, counts

@@ -1,5 +1,6 @@
 """Building this rank's model: the family's stage modules for each virtual pipeline chunk,
-layout-independent initial weights, and placement on the device in the weight dtype."""
+layout-independent initial weights, and placement on the device in the weight dtype (`build_model`
+does all three for a started run)."""
 from __future__ import annotations
 
 import os
@@ -14,6 +15,7 @@ from r1mega.models.family import family_for, family_of
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.param_spec import spec_of
 from r1mega.parallel.recompute import set_recompute
+from r1mega.train.setup import Run
 
 
 def host_memory_bytes() -> Optional[int]:
@@ -103,3 +105,18 @@ def init_weights(chunks: torch.nn.ModuleList, seed: int) -> None:
                 if spec.dim is not None:
                     full = full.chunk(spec.parts, dim=spec.dim)[spec.rank]
                 spec.local.copy_(full)
+
+
+def build_model(run: Run) -> torch.nn.ModuleList:
+    """This rank's model chunks, initialised layout-independently, on the device in the weight dtype."""
+    cfg = run.cfg
+    try:
+        chunks = build_stages(run.family, cfg, run.ps)
+    except (RuntimeError, MemoryError) as e:  # e.g. a model too large for this machine
+        if "alloc" not in str(e).lower() and not isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+            raise
+        raise ConfigError("model", f"this rank's share of the model does not fit in memory "
+                          f"({str(e).splitlines()[0]}); check the model sizes, or size a layout with `r1mega plan`"
+                          ) from None
+    init_weights(chunks, cfg.seed)
+    return place_as(chunks, run.device, run.dtype, run.family.fp32_params)

@@ -1,9 +1,9 @@
-"""The run setup every command shares: join ranks, validate, build the layout, build/init/place the
-model. A thin composition of the functions that do the work, so trainer, grpo and verify-hf start
-the same way and a rule changed here holds for all of them.
+"""The run setup every command shares: join ranks, validate, build the layout, claim the run
+directory (the model is built by train/model_build.py). A thin composition of the functions that do
+the work, so trainer, grpo and verify-hf start the same way and a rule changed here holds for all of them.
 
     run = start_run(cfg, validate_training)            # ranks, config checked, ParallelState, family, seed
-    chunks = build_model(run)
+    chunks = build_model(run)                          # train/model_build.py
     ... optimizer, resume (each command's own rules), loop (SkipGuard: stop on non-finite steps) ...
     finish_run(run)
 """
@@ -23,7 +23,6 @@ from r1mega.errors import TrainingError
 from r1mega.models.family import ModelFamily, family_from_meta, family_of_config
 from r1mega.kernels import use_backend
 from r1mega.kernels.fp8_backend import fp8_backend
-from r1mega.train.model_build import build_stages, init_weights, place_as
 from r1mega.parallel.layout import (
     ParallelState, build_parallel_state, default_device, join_ranks, single_process_state,
 )
@@ -128,21 +127,6 @@ def claim_run_dir(run: Run, command: str) -> None:
 
     settings = {k: v for k, v in asdict(run.cfg).items() if k != "train"}  # train.steps may grow on a resume
     run.lock = claim_on_rank0(run.cfg.train.run_dir, command, "train.run_dir", config_hash(settings))
-
-
-def build_model(run: Run) -> torch.nn.ModuleList:
-    """This rank's model chunks, initialised layout-independently, on the device in the weight dtype."""
-    cfg = run.cfg
-    try:
-        chunks = build_stages(run.family, cfg, run.ps)
-    except (RuntimeError, MemoryError) as e:  # e.g. a model too large for this machine
-        if "alloc" not in str(e).lower() and not isinstance(e, (MemoryError, torch.OutOfMemoryError)):
-            raise
-        raise ConfigError("model", f"this rank's share of the model does not fit in memory "
-                          f"({str(e).splitlines()[0]}); check the model sizes, or size a layout with `r1mega plan`"
-                          ) from None
-    init_weights(chunks, cfg.seed)
-    return place_as(chunks, run.device, run.dtype, run.family.fp32_params)
 
 
 def fp8_kernels(t: TrainConfig, log, applies_to: str = ""):

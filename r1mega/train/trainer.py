@@ -24,8 +24,9 @@ from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.train.setup import (
-    SkipGuard, build_model, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, start_run,
+    SkipGuard, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, start_run,
 )
+from r1mega.train.model_build import build_model
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
@@ -123,13 +124,13 @@ def _train(cfg: Config, kind: str) -> dict:
     for step in range(start, t.steps):
         t0 = time.perf_counter()
         batch = {k: v.to(device) for k, v in _batch(data, kind, consumed, gbs).items()}
-        lr = lr_at(step, t.steps, cfg.optim)
         hooks.before_step(chunks, t, batch["labels"])
         with kernels_scope(kernels):
             res = lm_forward_backward(
                 chunks, ps, batch["input_ids"], batch["labels"], micro,
                 attn_mask=batch.get("attn_mask"), position_ids=batch.get("position_ids"),
                 schedule=t.schedule, reduce_dp=False, **hooks.loss_weights(model_cfg))
+        lr = lr_at(step, t.steps, cfg.optim)
         if math.isfinite(res.loss):
             grad_norm, skipped = optimizer.step(lr)
         else:

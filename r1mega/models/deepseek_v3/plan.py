@@ -1,6 +1,6 @@
 """DeepSeek-V3's share of `r1mega plan` (the planner is r1mega/plan.py): what one GPU of a pipeline
 stage holds (dense and expert parameters), the activations one microbatch leaves for backward
-(measured per layer kind, models/activation_memory.py), the communication only this family does
+(measured per layer kind, activation_memory.py here), the communication only this family does
 (EP all-to-all, the CP latent all-gather) and the MLA rollout cache. Layers of a kind hold the same,
 so they are counted, not visited: any num_layers costs the same."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, fields
 from typing import Optional
 
-from r1mega.models.activation_memory import layer_activation_bytes
+from r1mega.models.deepseek_v3.activation_memory import layer_activation_bytes
 from r1mega.models.deepseek_v3.config import ModelConfig
 from r1mega.models.deepseek_v3.params import attention_params, kind_params, moe_layer_count
 from r1mega.models.stage import stage_layers

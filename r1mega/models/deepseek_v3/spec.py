@@ -45,9 +45,20 @@ def hf_optional(key: str, hf_config: dict) -> bool:
     return mtp is not None and key in (mtp + "embed_tokens.weight", mtp + "shared_head.head.weight")
 
 
+def hf_may_lack(hf_config: dict, present) -> tuple[str, ...]:
+    """The MTP layer, when config.json declares one and the checkpoint holds none of its tensors
+    (transformers saves the model without it): r1mega then initialises it."""
+    mtp = f"model.layers.{hf_config.get('num_hidden_layers')}."
+    if not hf_config.get("num_nextn_predict_layers", 0) or any(k.startswith(mtp) for k in present):
+        return ()
+    return (mtp,)
+
+
 FAMILY = ModelFamily(
     name=NAME, hf_model_types=("deepseek_v3", "deepseek_v2"), config_cls=ModelConfig,
     validate_keys=validate_keys, validate_layout=validate_layout, stage_cls=_stage, gather_full=_gather_full,
     count_params=_count_params, plan_module=_planner, flops_per_token=_flops_per_token, kv_cache="mla_latent",
+    routed_experts=lambda m: m.n_routed_experts,
     training_keys=ModelConfig.training_keys, fp32_params=("e_score_correction_bias",), hf_optional=hf_optional,
+    hf_may_lack=hf_may_lack,
     training=MoETraining())

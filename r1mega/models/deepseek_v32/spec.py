@@ -34,9 +34,18 @@ def _flops_per_token(cfg: DSAConfig, seq_length: int) -> float:
     return flops_per_token(cfg, seq_length)
 
 
+FP8_INDEXER = ("indexer.wq_b.weight", "indexer.wk.weight")  # FP8 like the *_proj weights; weights_proj is not
+
+
+def hf_fp8(key: str) -> bool:
+    """DeepSeek's FP8 linears (every *_proj weight) and the indexer's query/key projections; the
+    indexer's head weights stay in high precision."""
+    return key.endswith(FP8_INDEXER) or (key.endswith("proj.weight") and not key.endswith("indexer.weights_proj.weight"))
+
+
 FAMILY = ModelFamily(
     name=NAME, hf_model_types=("deepseek_v32",), config_cls=DSAConfig,
     validate_keys=validate_keys, validate_layout=validate_layout, stage_cls=_stage, gather_full=v3.FAMILY.gather_full,
     count_params=_count_params, plan_module=_planner, flops_per_token=_flops_per_token,
-    kv_cache="mla_latent+index_keys", training_keys=DSAConfig.training_keys, fp32_params=v3.FAMILY.fp32_params,
-    hf_optional=v3.FAMILY.hf_optional, training=DSATraining())
+    kv_cache="mla_latent+index_keys", routed_experts=v3.FAMILY.routed_experts, training_keys=DSAConfig.training_keys, fp32_params=v3.FAMILY.fp32_params,
+    hf_optional=v3.FAMILY.hf_optional, hf_may_lack=v3.FAMILY.hf_may_lack, hf_fp8=hf_fp8, training=DSATraining())

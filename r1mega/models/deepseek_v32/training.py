@@ -70,6 +70,10 @@ class DSATraining(MoETraining):
     loss weighted per target token before each step and reported after; in the dense warm-up the main
     model (routing biases included) stays as it is."""
 
+    def validate(self, model_cfg, train, section: str) -> None:
+        if train.dsa_stage not in (None, *DSA_STAGES):
+            raise ConfigError("train.dsa_stage", f"expected dense_warmup, sparse or null, got {train.dsa_stage!r}")
+
     def prepare(self, chunks, train) -> None:
         if train.dsa_stage:
             prepare_stage(chunks, train.dsa_stage)
