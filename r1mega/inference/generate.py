@@ -116,7 +116,8 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     row_offset: key of the first prompt's noise (the rest follow: distinct noise per row); rows:
     each prompt's noise key instead (e.g. its global index, or a (problem, sample) key). The
     result is laid out as the static engine's: left-padded prompts, completions, pads after the end.
-    microbatches: unused (one decoding batch per step; kept for callers of the static engine)."""
+    microbatches: unused (under PP the engine forms its own groups of rows in flight; kept for
+    callers of the static engine)."""
 
     model = _one_chunk(model)  # every family has a paged cache (ModelFamily: paged_kv_layout)
     was_training = model.training
