@@ -41,6 +41,8 @@ def _global_argmax(values: torch.Tensor, start: int, group) -> tuple[torch.Tenso
 
 def log_softmax_at(logits: torch.Tensor, tokens: torch.Tensor, start: int, group) -> torch.Tensor:
     """log softmax(logits)[token] per row, from shards."""
+    if group is None:  # the whole vocabulary here: one fused op (a decoding step is mostly per-op cost)
+        return logits.log_softmax(-1).gather(1, tokens[:, None])[:, 0]
     gmax = _all_reduce(logits.max(dim=-1).values.clone(), group, dist.ReduceOp.MAX)
     z = _all_reduce((logits - gmax[:, None]).exp().sum(-1), group)
     local = tokens - start

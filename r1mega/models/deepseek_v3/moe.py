@@ -50,7 +50,8 @@ class Router(nn.Module):
         """x [T, D] -> (topk_idx [T, k], topk_weight [T, k] float32, scores [T, E] float32).
         forced_idx replays a recorded choice of experts; their weights still come from the scores."""
         cfg = self.cfg
-        logits = F.linear(x.float(), self.weight.float())
+        f32 = lambda t: t if t.dtype == torch.float32 else t.float()  # noqa: E731  (no dispatch for a no-op cast)
+        logits = F.linear(f32(x), f32(self.weight))
         k = cfg.num_experts_per_tok
         if forced_idx is not None:
             scores = logits.sigmoid() if cfg.scoring_func == "sigmoid" else logits.softmax(dim=-1)
