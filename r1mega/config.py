@@ -154,6 +154,11 @@ class RLConfig:
     log_rollouts_every: int = 10  # steps between wandb tables of those rollouts (train.wandb; 0: none)
     # run code rewards without the isolated sandbox where it cannot be set up (only for trusted code)
     unsafe_code_sandbox: bool = False
+    # rollouts with self-speculative decoding: "mtp" (the policy's own MTP module drafts draft_tokens
+    # tokens per row and step; same distribution, inference/speculative.py); null: plain decoding
+    speculative: Optional[str] = None
+    draft_tokens: int = 1
+    mtp_weight: float = 0.0  # the MTP loss on the rollouts beside the GRPO loss (keeps the draft on-policy)
 
 
 RL_TEMPLATES = ("r1_zero", "chat", "chat_think", "raw")
@@ -243,6 +248,15 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False, rewards=
          "the chat template needs rl.prompts and a tokenizer with a chat_template")
     need(cfg.train.virtual_stages == 1, "train.virtual_stages",
          "GRPO generates on one model chunk per pipeline rank")
+    need(rl.speculative in (None, "mtp"), "rl.speculative", f"expected mtp or null, got {rl.speculative!r}")
+    need(rl.draft_tokens >= 1, "rl.draft_tokens", f"must be >= 1, got {rl.draft_tokens}")
+    need(rl.mtp_weight >= 0 and math.isfinite(rl.mtp_weight), "rl.mtp_weight",
+         f"must be a finite number >= 0, got {rl.mtp_weight}")
+    for key, on in (("rl.speculative", rl.speculative is not None), ("rl.mtp_weight", rl.mtp_weight > 0)):
+        n = getattr(cfg.active_model, "num_mtp_layers", 0)
+        need(not on or n > 0, key, f"needs the model's MTP module, but the {cfg.model_section} has none "
+             f"({cfg.model_section}.num_mtp_layers={n})" if hasattr(cfg.active_model, "num_mtp_layers") else
+             f"needs an MTP module, which the {cfg.model_section}'s family ({type(cfg.active_model).__name__}) has not")
     return cfg
 
 

@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import math
 import time
-from dataclasses import asdict
 from typing import Optional
 
 import torch.distributed as dist
@@ -61,6 +60,10 @@ def add_sampling_args(p: argparse.ArgumentParser, samples: int = 1, temperature:
     g.add_argument("--template", default="r1", choices=TEMPLATES)
     g.add_argument("--problems-per-round", type=int, default=8,
                    help="problems generated together (x samples rows per round, split over DP)")
+    g.add_argument("--speculative", default=None, choices=["mtp"],
+                   help="self-speculative decoding: the model's own MTP module drafts, the model verifies "
+                        "(same distribution; greedy output unchanged)")
+    g.add_argument("--draft-tokens", type=int, default=1, help="drafts per row and step (--speculative)")
     g.add_argument("--drop-long-prompts", action="store_true",
                    help="skip prompts that do not fit the model's positions (counted) instead of refusing")
 
@@ -97,7 +100,7 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
         _need(s != "", "--stop", "an empty stop string would end every sample at its first token")
     stops = list(args.stop) + [s for s in template_stops(args.template) if s not in args.stop]
     params = SamplingParams(args.samples, t, p, args.top_k, args.max_new_tokens or DEFAULT_MAX_NEW,
-                            args.seed, stops)
+                            args.seed, stops, args.speculative, args.draft_tokens)
     params.check()
     return params
 
@@ -173,6 +176,10 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
     ps = loaded.ps
     tok = load_tokenizer(loaded.tokenizer, "--tokenizer")
     check_fits(tok, loaded.cfg.active_model.vocab_size)
+    if params.speculative:
+        from r1mega.inference.speculative import check_draft_model
+
+        check_draft_model(loaded.cfg.active_model, "--speculative")
     rendered_all = [render_prompt(r, template, tok) for r in records]
     records, _ = fit_context(records, [tok.encode(text) for text, _ in rendered_all], params,
                              loaded.cfg.active_model.max_position_embeddings, explicit_max_new, drop_long, desc,
@@ -181,7 +188,7 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
     if ps.rank == 0:
         try:
             store = SampleStore(out, params.samples, {**meta, "template": template, "model": loaded.source,
-                                                      "sampling": asdict(params)}, shard_records, command, key)
+                                                      "sampling": params.recorded()}, shard_records, command, key)
         except R1MegaError as e:  # told to every rank, so none waits for the others forever
             error = str(e)
         else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Iterator, Optional
 
 import torch
@@ -35,6 +35,15 @@ class SamplingParams:
     max_new_tokens: int = 32768
     seed: int = 0
     stop: list[str] = field(default_factory=list)  # stop strings (EOS always stops)
+    speculative: Optional[str] = None  # "mtp": the model's MTP module drafts (inference/speculative.py)
+    draft_tokens: int = 1
+
+    def recorded(self) -> dict:
+        """What a store's meta.json keeps (the speculative keys only when set: older stores resume)."""
+        d = asdict(self)
+        if not self.speculative:
+            d.pop("speculative"), d.pop("draft_tokens")
+        return d
 
     def check(self) -> None:
         if self.samples < 1:
@@ -45,6 +54,10 @@ class SamplingParams:
             raise ConfigError("--top-p", f"must be in (0, 1], got {self.top_p}")
         if self.temperature < 0:
             raise ConfigError("--temperature", f"must be >= 0 (0 is greedy), got {self.temperature}")
+        if self.speculative not in (None, "mtp"):
+            raise ConfigError("--speculative", f"expected mtp, got {self.speculative!r}")
+        if self.draft_tokens < 1:
+            raise ConfigError("--draft-tokens", f"must be >= 1, got {self.draft_tokens}")
 
 
 @dataclass
@@ -99,7 +112,8 @@ def generate_rounds(chunks, ps: ParallelState, tok: Tokenizer, problems: list[di
         d = ps.r("dp")
         mine = rows[d * len(rows) // ps.dp:(d + 1) * len(rows) // ps.dp]
         gen = GenerationConfig(params.max_new_tokens, params.temperature, params.top_p, params.top_k, tok.eos_id,
-                               stop, seed=params.seed, vocab_size=tok.vocab_size)
+                               stop, seed=params.seed, vocab_size=tok.vocab_size, speculative=params.speculative,
+                               draft_tokens=params.draft_tokens)
         keys = torch.tensor([sample_key(problems[p]["id"], s) for p, s in mine], dtype=torch.long)
         rollout = generate(chunks, ps, [encoded[p] for p, _ in mine], gen, rows=keys)
         out = None

@@ -144,12 +144,21 @@ class ContinuousBatcher:
             return len(r.recompute()) + self.bs
         return self.bs + (len(r.group.prompt) if r.group.blocks is None and id(r.group) not in counted else 0)
 
+    def own_decoding_step(self) -> bool:
+        """Whether a subclass brings its own decoding step (speculative decoding): it then decodes one
+        batch per step, keeps per-row draft state that preemption would not rebuild, and admission
+        budgets stay soft."""
+        return type(self).decode is not ContinuousBatcher.decode
+
+    def pipelined(self) -> bool:
+        return self.ps.pp > 1 and self.gen.pipelined_decode and not self.own_decoding_step()
+
     def preempt(self) -> None:
         """Keep the cache within max_cache_tokens as rows grow: requeue the youngest live rows at the
         front, their tokens kept and their blocks freed, until the next step's blocks fit (one row
         always stays). A requeued row is recomputed when re-admitted (`resume`); its noise is keyed
         by position, so it draws the same tokens it would have."""
-        budget = self.gen.max_cache_tokens
+        budget = 0 if self.own_decoding_step() else self.gen.max_cache_tokens
         while budget and len(self.live) > 1 and self._tokens_next_step() > budget:
             r = max(self.live, key=lambda x: x.admitted)
             self.live.remove(r)
@@ -236,6 +245,12 @@ class ContinuousBatcher:
         zero = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self._forward(zero, zero, view)
         return None
+
+    def empty_decode(self) -> None:  # a speculative stepper joins its draft forwards too
+        self.empty_forward()
+
+    def empty_prefill(self) -> None:
+        self.empty_forward()
 
     def decode(self) -> None:
         """One decoding step of every live row (one token each)."""
@@ -400,12 +415,12 @@ class ContinuousBatcher:
                     break
                 if step == 1 and spread:  # as the static engine: the prompt's forward keeps every thread
                     decoding.enter_context(experts_over_cores(self.device))
-                if need_decode and self.ps.pp > 1 and self.gen.pipelined_decode:
+                if need_decode and self.pipelined():
                     self.decode_pipelined(len(new) + len(resumed))
                 elif need_decode:
-                    self.decode() if self.live else self.empty_forward()
+                    self.decode() if self.live else self.empty_decode()
                 if need_prefill:
-                    self.prefill(groups + recomputed) if groups or resumed else self.empty_forward()
+                    self.prefill(groups + recomputed) if groups or resumed else self.empty_prefill()
                 if new:
                     self.start(new)
                 self.resume(resumed, recomputed)

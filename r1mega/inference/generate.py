@@ -46,8 +46,11 @@ class GenerationConfig:
     pipelined_decode: bool = True  # under PP: up to pp groups of rows in flight (False: one batch per step)
     # rows a group in flight holds at least: splitting rows pays where a forward's time grows with its
     # rows (measured: the tiny model's decoding step is per-op overhead, and 2 groups of few rows cost
-    # 1.5x the CPU of one); fewer live rows decode as one group, the pipeline flushed every step
+    # 1.3x-2.5x the CPU of one); fewer live rows decode as one group, the pipeline flushed every step
     pipelined_min_rows: int = 16
+    # self-speculative decoding: "mtp" drafts with the model's own MTP module (inference/speculative.py)
+    speculative: Optional[str] = None
+    draft_tokens: int = 1  # drafts verified per row and step
 
 
 @dataclass
@@ -64,6 +67,8 @@ class Rollout:
     decode_row_steps: int = 0  # rows fed to decoding forwards, summed over steps (static: all rows every step)
     forwards: int = 0  # model forwards this rank ran (equal on every rank of an expert-parallel group)
     preemptions: int = 0  # rows requeued to keep the cache within GenerationConfig.max_cache_tokens
+    draft_tokens: int = 0  # speculative decoding: drafts verified (this rank's rows)
+    draft_accepted: int = 0  # ... and accepted
 
     @property
     def position_ids(self) -> torch.Tensor:
@@ -127,7 +132,12 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     # under CP every CP rank holds the whole model and the same rows: each decodes every cp-th row,
     # then the ranks sum their disjoint parts of the result
     mine = list(range(ps.r("cp"), len(prompts), ps.cp))
-    engine = ContinuousBatcher(model, ps, [prompts[i] for i in mine], [keys[i] for i in mine], gen)
+    engine_cls = ContinuousBatcher
+    if gen.speculative:
+        from r1mega.inference.speculative import SpeculativeBatcher
+
+        engine_cls = SpeculativeBatcher
+    engine = engine_cls(model, ps, [prompts[i] for i in mine], [keys[i] for i in mine], gen)
     # inference mode: no version counters or view tracking, ~15% of a small model's decoding step;
     # nothing made inside leaves the engine (the rollout below is built from its lists)
     with sequence_parallel_off(ps), _mode_restored(model, was_training), torch.inference_mode():
@@ -157,8 +167,12 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
             dist.all_reduce(t, group=ps.g("cp"))
     mask = mask.bool()
     pool = engine.pool
-    return Rollout(tokens, P, pad, mask, logprobs, routing, pool.values_per_token_per_layer(), pool.peak_bytes(),
-                   pool.pool_bytes(), engine.decode_row_steps, engine.forwards, engine.preemptions)
+    draft_pool = getattr(engine, "mtp_pool", None)  # speculative decoding: the draft's own cache
+    draft_bytes = (draft_pool.peak_bytes(), draft_pool.pool_bytes()) if draft_pool is not None else (0, 0)
+    return Rollout(tokens, P, pad, mask, logprobs, routing, pool.values_per_token_per_layer(),
+                   pool.peak_bytes() + draft_bytes[0], pool.pool_bytes() + draft_bytes[1],
+                   engine.decode_row_steps, engine.forwards, preemptions=engine.preemptions,
+                   draft_tokens=getattr(engine, "drafted", 0), draft_accepted=getattr(engine, "accepted", 0))
 
 
 def _group_max_int(value: int, ps: ParallelState, group: str, device) -> int:

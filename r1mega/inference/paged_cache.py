@@ -148,17 +148,18 @@ def prefill_view(pool: BlockPool, layer_view, tables: list[list[int]], pad: torc
     return ForwardView(pool, layer_view, slots.t().contiguous(), None, valid, prefill=True)
 
 
-def decode_view(pool: BlockPool, layer_view, table: torch.Tensor, lengths: torch.Tensor,
+def decode_view(pool: BlockPool, layer_view, table: torch.Tensor, lengths: torch.Tensor, s: int = 1,
                 longest: Optional[int] = None) -> ForwardView:
-    """One new token per row at position lengths[r] (already inside its blocks, table [b, n]).
-    longest: max(lengths) + 1 when the caller knows it on the host (spares a device sync)."""
+    """s new tokens per row at positions lengths[r]..lengths[r]+s-1 (already inside its blocks, table
+    [b, n]); s > 1: speculative decoding's verification (inference/speculative.py). longest:
+    max(lengths) + s when the caller knows it on the host (spares a device sync)."""
     bs, device = pool.block_size, pool.device
-    total = lengths + 1
+    total = lengths + s
     L = int(total.max()) if longest is None else longest
     j = torch.arange(L, device=device)[None, :] - (L - total)[:, None]  # [b, L] position within the row
     valid = j >= 0
     jc = j.clamp(min=0)
     tab = table[:, :-(-L // bs)]
     read = torch.where(valid, tab.gather(1, jc // bs) * bs + jc % bs, torch.zeros_like(jc))
-    write = read[:, -1:].t().contiguous()  # [1, b]
+    write = read[:, -s:].t().contiguous()  # [s, b]
     return ForwardView(pool, layer_view, write, read, valid, prefill=False)

@@ -39,6 +39,7 @@ from r1mega.output_dir import release
 from r1mega.data.templates import Rendered
 from r1mega.data.tokenizer import Tokenizer, check_fits
 from r1mega.inference.generate import GenerationConfig, Rollout, generate
+from r1mega.models.stage import IGNORE_INDEX
 from r1mega.parallel.context_parallel import gather_tokens, local_tokens
 from r1mega.parallel.grad_sync import sync_grads
 from r1mega.parallel.layout import ParallelState
@@ -204,7 +205,7 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
     prompt_ids = [source.encode(r) for r in rendered]
     gen = GenerationConfig(limit, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.top_k, tok.eos_id, source.stop(),
                            seed=cfg.seed + index, record_routing=cfg.rl.routing_replay,
-                           vocab_size=tok.vocab_size)
+                           vocab_size=tok.vocab_size, speculative=cfg.rl.speculative, draft_tokens=cfg.rl.draft_tokens)
     if run.device.type == "cuda":  # make room for the KV cache: optimizer states wait in host memory
         optimizer.offload()
     rows = torch.tensor([g * G + k for g in where for k in range(G)], dtype=torch.long)
@@ -284,10 +285,37 @@ def policy_gradients(cfg: Config, ps: ParallelState, chunks, batch: TrainBatch, 
         sums["loss"] += terms.loss.detach()
         return terms.loss
 
+    if rl.mtp_weight > 0:  # the MTP module learns the policy's own rollouts (the speculative draft)
+        mtp_count = mtp_labels(mbs, cfg.active_model.num_mtp_layers)
+        mtp_count = max(global_values({"n": mtp_count}, ps, device)["n"], 1.0)
+        sums["mtp_loss"] = torch.zeros((), dtype=torch.float64, device=device)
+        policy_loss = loss_fn
+
+        def loss_fn(out, mb):
+            loss = policy_loss(out, mb)
+            if not out.mtp_token_loss:
+                return loss
+            mtp = sum(t.sum() for t in out.mtp_token_loss) / (mtp_count * len(out.mtp_token_loss))
+            sums["mtp_loss"] += mtp.detach()
+            return loss + rl.mtp_weight * mtp
+
     with kernels_scope(kernels):
         forward_backward(list(chunks), mbs, ps, loss_fn, schedule=cfg.train.schedule)
     sync_grads(chunks, ps, data_parallel=False)
     return sums
+
+
+def mtp_labels(mbs: list[Microbatch], depth: int) -> float:
+    """Give each microbatch the labels its MTP loss reads: the sampled tokens of the loss, where the
+    `depth` tokens before stay inside the same sequence (packed rows hold several; position ids
+    restart at 0 in each). Returns this rank's count of such tokens."""
+    n = 0.0
+    for mb in mbs:
+        e = mb.extra
+        inside = mb.position_ids >= depth
+        mb.labels = torch.where(e["mask"].bool() & inside, e["targets"], torch.full_like(e["targets"], IGNORE_INDEX))
+        n += float((mb.labels != IGNORE_INDEX).sum())
+    return n
 
 
 def minibatch_update(run: Run, chunks, optimizer: DistributedAdamW, batch: TrainBatch, extra: dict, step: int,
@@ -590,6 +618,7 @@ def rollout_stats(rl: RLConfig, scored: ScoredRollout, batches: list[TrainBatch]
            "zero_adv": float(equal_reward_groups(scored.rewards, G).sum() * G),
            "response_tokens": float(scored.rollout.completion_mask.sum()),
            "truncated": float(scored.truncated.sum()), "gap_sum": 0.0, "gap_tokens": 0.0, "sampler_kl": 0.0,
+           "draft_tokens": float(scored.rollout.draft_tokens), "draft_accepted": float(scored.rollout.draft_accepted),
            "gap_max_local": 0.0,
            # the update's token slots against the real tokens they hold (padding = slots - real)
            "update_slots": float(sum(b.slots for b in batches)),
@@ -623,4 +652,6 @@ def step_metrics(cfg: Config, r: dict, gap_max: float, upd: dict, local: dict, o
         skipped_steps=optimizer.skipped, rollout_kv_cache_bytes=scored.rollout.cache_bytes,
         step_seconds=time.perf_counter() - t0, entropy=upd["entropy"] / trained,
         opsm_masked_frac=upd["opsm_masked"] / trained,
-        update_padding_frac=1.0 - r["update_real_tokens"] / max(r["update_slots"], 1.0))
+        update_padding_frac=1.0 - r["update_real_tokens"] / max(r["update_slots"], 1.0),
+        extra={**({"draft_acceptance": r["draft_accepted"] / r["draft_tokens"]} if r["draft_tokens"] else {}),
+               **({"mtp_loss": upd["mtp_loss"]} if "mtp_loss" in upd else {})})

@@ -80,9 +80,10 @@ class MTPLayer(DecoderLayer):
         self.eh_proj = ReplicatedLinear(2 * cfg.hidden_size, cfg.hidden_size, "stream", cfg.initializer_range)
         self.shared_head = SharedHead(cfg)
 
-    def forward(self, h_prev, emb_next, rope, cos, sin, attn_mask=None):
+    def forward(self, h_prev, emb_next, rope, cos, sin, attn_mask=None, cache=None):
+        """cache: this layer's view of its own paged cache (drafting, inference/speculative.py)."""
         x = self.eh_proj(torch.cat([self.enorm(emb_next), self.hnorm(h_prev)], dim=-1))
-        return super().forward(x, rope, cos, sin, attn_mask)
+        return super().forward(x, rope, cos, sin, attn_mask, cache)
 
 
 class DeepseekV3(nn.Module):
@@ -129,9 +130,11 @@ class DeepseekV3(nn.Module):
         return KVCache(self.layer_ids, batch, max_len, self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim, valid,
                        dtype, device)
 
-    def paged_kv_layout(self):
-        """(features per token per layer, layer view) of the paged rollout cache (inference/paged_cache.py)."""
-        return paged_latent_layout(self.layer_ids, self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim)
+    def paged_kv_layout(self, layer_ids=None):
+        """(features per token per layer, layer view) of the paged rollout cache (inference/paged_cache.py);
+        layer_ids: other layers than this stage's decoder layers (the MTP draft's own cache)."""
+        return paged_latent_layout(self.layer_ids if layer_ids is None else layer_ids, self.cfg.kv_lora_rank,
+                                   self.cfg.qk_rope_head_dim)
 
     def routed_rows_per_expert(self, batch: int) -> Optional[float]:
         """Rows each local routed expert gets, on average, in a decoding step of `batch` sequences
@@ -148,10 +151,12 @@ class DeepseekV3(nn.Module):
     def forward(self, input_ids: torch.Tensor, hidden: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, cache=None,
-                routing: Optional[dict] = None, last_logits_only: bool = False) -> StageOutput:
+                routing: Optional[dict] = None, last_logits_only: bool = False,
+                keep_hidden: bool = False) -> StageOutput:
         """input_ids/labels [b, s] (every stage gets them); hidden: the previous stage's output.
         cache: a KVCache (inference, this stage's layers); routing: {layer: experts [s, b, k]} to replay;
-        last_logits_only: logits of the last position only (sampling reads no others).
+        last_logits_only: logits of the last position only (sampling reads no others);
+        keep_hidden: the last stage also returns its final-normed hidden [s, b, D] (the MTP draft's input).
         Under context parallelism (training and scoring, not cached decoding) the inputs are whole
         rows; this rank keeps its zigzag chunks and the outputs (hidden, logits, token losses) are
         for those tokens only, in local order."""
@@ -177,7 +182,8 @@ class DeepseekV3(nn.Module):
         if not self.is_last:
             return StageOutput(hidden=h)
         h = self.norm(h)
-        out = StageOutput(logits=self.lm_head(enter_tp_region(h[-1:] if last_logits_only else h, self.ps)))
+        out = StageOutput(logits=self.lm_head(enter_tp_region(h[-1:] if last_logits_only else h, self.ps)),
+                          hidden=h if keep_hidden else None)
         if labels is not None:
             out.token_loss = token_loss(out.logits, labels, self.ps)
         if self.mtp is not None and labels is not None:

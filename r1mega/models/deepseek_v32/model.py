@@ -27,7 +27,7 @@ class DeepseekV32(DeepseekV3):
         return IndexedKVCache(self.layer_ids, batch, max_len, self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim,
                               self.cfg.index_head_dim, valid, dtype, device)
 
-    def paged_kv_layout(self):
+    def paged_kv_layout(self, layer_ids=None):
         """(features per token per layer, layer view) of the paged rollout cache: latents + indexer keys."""
-        return paged_indexed_layout(self.layer_ids, self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim,
-                                    self.cfg.index_head_dim)
+        return paged_indexed_layout(self.layer_ids if layer_ids is None else layer_ids, self.cfg.kv_lora_rank,
+                                    self.cfg.qk_rope_head_dim, self.cfg.index_head_dim)
