@@ -140,7 +140,8 @@ def layouts(args) -> None:
                              cpu=True)
         one[cap] = r.completions()
         n = sum(map(len, one[cap]))
-        print(f"{'1 process':>22} {cap:>4} {n:>7} {dt:>7.2f} {cpu:>11.2f} {1e3 * dt / n:>9.3f} {r.forwards:>8} {'-':>12}")
+        print(f"{'1 process':>22} {cap:>4} {n:>7} {dt:>7.2f} {cpu:>11.2f} {1e3 * dt / n:>9.3f} {r.forwards:>8} "
+              f"{'-':>12}")
     runs = {"tp2_ep2": (dict(tp=2, ep=2), 4, {}, "TP2 x EP2 (4 ranks)"),
             "pp2": (dict(pp=2), 2, {}, "PP2, groups >= 16 rows"),
             "pp2_split": (dict(pp=2), 2, dict(pipelined_min_rows=1), "PP2, 2 groups always"),

@@ -219,7 +219,7 @@ def test_resume_draws_the_uninterrupted_samples_under_any_problems_per_round(tmp
 def test_top_p_support_that_stops_bisecting_early_equals_the_full_bisection(monkeypatch):
     """One process stops the top-p bisection once no logit lies between its bounds; the support must
     be the 48 rounds' exactly (ties, one token holding the mass, top-k before top-p included)."""
-    import r1mega.inference.sampling as sampling
+    from r1mega.inference import sampling
     from r1mega.parallel.layout import single_process_state
 
     ps = single_process_state()
