@@ -25,6 +25,7 @@ SETTINGS = {
     "bf16, no TIS": ["train.dtype=bfloat16", "rl.tis=false"],
     "bf16, TIS cap 2": ["train.dtype=bfloat16", "rl.tis=true", "rl.tis_cap=2.0"],
     "bf16, replay, TIS": ["train.dtype=bfloat16", "rl.tis=true", "rl.routing_replay=true"],
+    "bf16, exact rollouts": ["train.dtype=bfloat16", "rl.exact_rollouts=true"],
 }
 
 

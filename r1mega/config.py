@@ -143,6 +143,9 @@ class RLConfig:
     unbiased_kl: bool = False
     opsm_delta: Optional[float] = None
     keep_sampling_mask: bool = False
+    # the sampler's log-probs bitwise the trainer's: batch-invariant kernels in rollout and training
+    # (r1mega/kernels/batch_invariant.py); DeepSeek-V3 family, plain torch kernels, cp 1
+    exact_rollouts: bool = False
     rewards: list[str] = field(default_factory=lambda: ["accuracy", "format"])
     language: Optional[str] = None  # target language for the language-consistency reward (default en)
     # final answer when there is neither <answer> nor \boxed after the thought (r1mega/judge/answers.py)
@@ -221,6 +224,13 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False, rewards=
          "the sampler truncates nothing (rl.top_p=1, rl.top_k=0): there is no support to keep")
     for key in ("kl_coef", "clip_low", "clip_high", "tis_cap", "overlong_penalty"):
         need(math.isfinite(getattr(rl, key)), f"rl.{key}", f"must be finite, got {getattr(rl, key)}")
+    if rl.exact_rollouts:
+        need(family_of_config(cfg.active_model).name == DEFAULT_FAMILY, "rl.exact_rollouts",
+             f"batch-invariant kernels exist for the {DEFAULT_FAMILY} family only")
+        need(cfg.train.fp8 == "none", "rl.exact_rollouts", "needs train.fp8=none (the FP8 kernels are not batch-invariant)")
+        need(par.cp == 1, "rl.exact_rollouts", "needs parallel.cp=1")
+        need(getattr(cfg.active_model, "scoring_func", "sigmoid") == "sigmoid", "rl.exact_rollouts",
+             "needs sigmoid routing (model.scoring_func)")
     rows = rl.prompts_per_step // max(par.dp, 1) * rl.group_size
     need(rl.packed_update or rows % cfg.data.micro_batch_size == 0, "data.micro_batch_size",
          f"{cfg.data.micro_batch_size} does not divide the {rows} rows of a step on each data-parallel rank "
@@ -249,7 +259,11 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False, rewards=
     need(cfg.train.virtual_stages == 1, "train.virtual_stages",
          "GRPO generates on one model chunk per pipeline rank")
     need(rl.speculative in (None, "mtp"), "rl.speculative", f"expected mtp or null, got {rl.speculative!r}")
+    from r1mega.inference.speculative import MAX_DRAFT_TOKENS
+
     need(rl.draft_tokens >= 1, "rl.draft_tokens", f"must be >= 1, got {rl.draft_tokens}")
+    need(rl.draft_tokens <= MAX_DRAFT_TOKENS, "rl.draft_tokens",
+         f"must be <= {MAX_DRAFT_TOKENS}, got {rl.draft_tokens}")
     need(rl.mtp_weight >= 0 and math.isfinite(rl.mtp_weight), "rl.mtp_weight",
          f"must be a finite number >= 0, got {rl.mtp_weight}")
     for key, on in (("rl.speculative", rl.speculative is not None), ("rl.mtp_weight", rl.mtp_weight > 0)):

@@ -59,3 +59,33 @@ def uneven_stop_worker(rank: int, world: int) -> dict:
     gen = GenerationConfig(max_new_tokens=5, temperature=0.0, stop=(lambda ids: True) if rank == 0 else None)
     r = generate(chunks, ps, prompts, gen)
     return {"generated": r.completion_mask.sum(1)}
+
+
+def exact_grpo_worker(rank: int, world: int, overrides: list[str]) -> dict:
+    """GRPO with rl.exact_rollouts, recording every loss call's ratio and TIS inputs (rank 0 rows)."""
+    import json
+    import os
+
+    import r1mega.rl.grpo as grpo_module
+    from r1mega.config import load_config
+
+    seen = []
+    loss = grpo_module.grpo_loss
+
+    def spy(logp, old_logp, *args, **kwargs):
+        terms = loss(logp, old_logp, *args, **kwargs)
+        mask = args[2].bool()  # (ref, adv, mask, ...)
+        rollout = kwargs.get("rollout_logp")
+        seen.append({"ratio": terms.ratio.detach()[mask],
+                     "tis": None if rollout is None else (old_logp - rollout).exp()[mask]})
+        return terms
+
+    grpo_module.grpo_loss = spy
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        cfg = load_config(os.path.join(root, "configs", "tiny", "r1_zero_demo.yaml"), overrides)
+        grpo_module.grpo(cfg, eval_problems=0)
+    finally:
+        grpo_module.grpo_loss = loss
+    rows = [json.loads(line) for line in open(os.path.join(cfg.train.run_dir, "metrics.jsonl"))] if rank == 0 else []
+    return {"rows": rows, "calls": seen}

@@ -56,8 +56,12 @@ class SamplingParams:
             raise ConfigError("--temperature", f"must be >= 0 (0 is greedy), got {self.temperature}")
         if self.speculative not in (None, "mtp"):
             raise ConfigError("--speculative", f"expected mtp, got {self.speculative!r}")
+        from r1mega.inference.speculative import MAX_DRAFT_TOKENS
+
         if self.draft_tokens < 1:
             raise ConfigError("--draft-tokens", f"must be >= 1, got {self.draft_tokens}")
+        if self.draft_tokens > MAX_DRAFT_TOKENS:
+            raise ConfigError("--draft-tokens", f"must be <= {MAX_DRAFT_TOKENS}, got {self.draft_tokens}")
 
 
 @dataclass

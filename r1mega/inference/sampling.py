@@ -15,13 +15,16 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from r1mega.parallel.comm import all_gather_nograd
+from r1mega.kernels import batch_invariant
+from r1mega.parallel.comm import all_gather_nograd, sum_in_rank_order
 from r1mega.parallel.layout import ParallelState
 
 BISECTION_STEPS = 48
 
 
 def _all_reduce(t: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    if group is not None and op == dist.ReduceOp.SUM and dist.get_world_size(group) > 2 and batch_invariant.enabled():
+        return t.copy_(sum_in_rank_order(t, group))  # in place, as all_reduce (rl.exact_rollouts)
     if group is not None:
         dist.all_reduce(t, op=op, group=group)
     return t
@@ -41,8 +44,6 @@ def _global_argmax(values: torch.Tensor, start: int, group) -> tuple[torch.Tenso
 
 def log_softmax_at(logits: torch.Tensor, tokens: torch.Tensor, start: int, group) -> torch.Tensor:
     """log softmax(logits)[token] per row, from shards."""
-    if group is None:  # the whole vocabulary here: one fused op (a decoding step is mostly per-op cost)
-        return logits.log_softmax(-1).gather(1, tokens[:, None])[:, 0]
     gmax = _all_reduce(logits.max(dim=-1).values.clone(), group, dist.ReduceOp.MAX)
     z = _all_reduce((logits - gmax[:, None]).exp().sum(-1), group)
     local = tokens - start

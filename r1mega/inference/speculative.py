@@ -45,6 +45,9 @@ from r1mega.parallel.pipeline import recv_activation, send_activation
 from r1mega.parallel.tensor_parallel import enter_tp_region
 
 SPECULATIVE_METHODS = ("mtp",)
+# drafts per row and step: acceptance compounds (k drafts all pass with probability alpha^k) while the
+# verification forward and each row's draft distributions [k, V] grow with k, so more never pays
+MAX_DRAFT_TOKENS = 16
 ACCEPT_COLUMN = -1  # the acceptance uniform's noise column: no vocabulary id uses it
 _DRAFT_STREAM = _signed(0xA0761D6478BD642F)  # the draft's noise: another stream of the same keys
 
@@ -183,8 +186,8 @@ class SpeculativeBatcher(ContinuousBatcher):
         if gen.speculative not in SPECULATIVE_METHODS:
             raise ValueError(f"generation: speculative={gen.speculative!r}; known: {', '.join(SPECULATIVE_METHODS)}")
         check_draft_model(model.cfg, "speculative")
-        if gen.draft_tokens < 1:
-            raise ValueError(f"generation: draft_tokens must be >= 1, got {gen.draft_tokens}")
+        if not 1 <= gen.draft_tokens <= MAX_DRAFT_TOKENS:
+            raise ValueError(f"generation: draft_tokens must be in 1..{MAX_DRAFT_TOKENS}, got {gen.draft_tokens}")
         self.k = k = gen.draft_tokens
         self.drafted = self.accepted = self.draft_forwards = 0
         self.hidden = None

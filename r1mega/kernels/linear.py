@@ -18,7 +18,7 @@ import contextvars
 import torch
 import torch.nn.functional as F
 
-from r1mega.kernels import cpu_experts
+from r1mega.kernels import batch_invariant, cpu_experts
 
 
 class TorchBackend:
@@ -121,8 +121,19 @@ def use_backend(backend):
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    if batch_invariant.enabled():  # rl.exact_rollouts (config validation keeps other backends out)
+        return batch_invariant.linear(x, weight, bias)
     return _ACTIVE.get().linear(x, weight, bias)
 
 
 def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    if batch_invariant.enabled():
+        return batch_invariant.grouped_linear(rows, weight, offsets, _exact_grouped)
     return _ACTIVE.get().grouped_linear(rows, weight, offsets)
+
+
+def _exact_grouped(rows: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """One grouped GEMM (no spreading over cores: each expert's GEMM must see its padded rows)."""
+    if grouped_mm_usable(rows, weight):
+        return _GroupedLinear.apply(rows, weight, offsets)
+    return grouped_linear_loop(rows, weight, offsets)

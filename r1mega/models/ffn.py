@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
+from r1mega.kernels import batch_invariant
+
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.tensor_parallel import (
     ColumnParallelLinear, RowParallelLinear, enter_tp_region, leave_tp_region,
@@ -23,4 +25,5 @@ class SwiGLU(nn.Module):
 
     def forward(self, x):
         x = enter_tp_region(x, self.ps)
-        return leave_tp_region(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)), self.ps)
+        act = batch_invariant.silu if batch_invariant.enabled() else F.silu
+        return leave_tp_region(self.down_proj(act(self.gate_proj(x)) * self.up_proj(x)), self.ps)

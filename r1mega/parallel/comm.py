@@ -10,6 +10,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from r1mega.kernels import batch_invariant
+
 Group = Optional[dist.ProcessGroup]
 
 # torch 2.13 renamed the tensor collectives (*_single); older images (e.g. 2.11) have only the old names
@@ -26,9 +28,22 @@ def _rank(group: Group) -> int:
 
 
 def _all_reduce(x: torch.Tensor, group: Group) -> torch.Tensor:
+    if _size(group) > 2 and batch_invariant.enabled():
+        return sum_in_rank_order(x, group)
     x = x.contiguous().clone()
     dist.all_reduce(x, group=group)
     return x
+
+
+def sum_in_rank_order(x: torch.Tensor, group: Group) -> torch.Tensor:
+    """Every rank's x summed as ((x_0 + x_1) + x_2) + ...: the same bits for a value wherever it sits in
+    the buffer (rl.exact_rollouts). A ring all-reduce of more than two ranks adds in an order that
+    depends on the value's chunk, i.e. on the buffer's size; two ranks' sum is the same either way."""
+    parts = all_gather_nograd(x.unsqueeze(0), group)
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + p
+    return out
 
 
 def all_gather_nograd(x: torch.Tensor, group: Group) -> torch.Tensor:
@@ -44,6 +59,8 @@ def reduce_scatter_nograd(x: torch.Tensor, group: Group) -> torch.Tensor:
     n = _size(group)
     if x.shape[0] % n:
         raise ValueError(f"reduce-scatter: dim 0 of shape {tuple(x.shape)} is not divisible by group size {n}")
+    if n > 2 and batch_invariant.enabled():
+        return sum_in_rank_order(x, group).chunk(n)[_rank(group)].contiguous()
     x = x.contiguous()
     out = x.new_empty((x.shape[0] // n,) + tuple(x.shape[1:]))
     _reduce_scatter_base(out, x, group=group)

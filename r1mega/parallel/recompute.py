@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from r1mega.kernels import batch_invariant
 from r1mega.kernels.linear import active_backend, use_backend
 
 RECOMPUTE_MODES = ("none", "selective", "full")  # train.recompute
@@ -34,9 +35,13 @@ def recomputed(enabled: bool, fn: Callable, *args):
     kernels backend of the forward: backward may run on another thread (a GPU's autograd worker),
     where the forward's `use_backend` scope does not hold."""
     if enabled and torch.is_grad_enabled():
-        backend = active_backend()
-        return checkpoint(fn, *args, use_reentrant=False,
-                          context_fn=lambda: (contextlib.nullcontext(), use_backend(backend)))
+        backend, exact = active_backend(), batch_invariant.enabled()
+
+        @contextlib.contextmanager
+        def rerun():  # the forward's kernels backend and exact mode (rl.exact_rollouts)
+            with use_backend(backend), batch_invariant.exact_mode(exact):
+                yield
+        return checkpoint(fn, *args, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), rerun()))
     return fn(*args)
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from r1mega.kernels import linear
+from r1mega.kernels import batch_invariant, linear
 from r1mega.parallel.recompute import recomputed
 from r1mega.parallel.comm import copy_to_group, gather_seq, reduce_from_group, reduce_scatter_seq
 from r1mega.parallel.layout import ParallelState
@@ -51,7 +51,9 @@ class ColumnParallelLinear(nn.Module):
         self.bias = tag(nn.Parameter(torch.zeros(out_features // ps.tp)), tp_shard_dim=0) if bias else None
 
     def forward(self, x):
-        return (F.linear if self.high_precision else linear)(x, self.weight, self.bias)
+        if self.high_precision and not batch_invariant.enabled():
+            return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class RowParallelLinear(nn.Module):

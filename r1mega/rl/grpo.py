@@ -39,6 +39,7 @@ from r1mega.output_dir import release
 from r1mega.data.templates import Rendered
 from r1mega.data.tokenizer import Tokenizer, check_fits
 from r1mega.inference.generate import GenerationConfig, Rollout, generate
+from r1mega.kernels import batch_invariant
 from r1mega.models.stage import IGNORE_INDEX
 from r1mega.parallel.context_parallel import gather_tokens, local_tokens
 from r1mega.parallel.grad_sync import sync_grads
@@ -112,7 +113,7 @@ def token_scores(out, mb: Microbatch, ps: ParallelState, temperature: float, ent
     elif keep is not None:
         keep = unpack_support(keep)
     ent = None
-    if keep is not None or entropy_grad:
+    if keep is not None or entropy_grad or batch_invariant.enabled():  # exact: the sampler's formula
         logp, ent = scores(scaled, tgt, ps, keep, entropy)
     else:
         logp = vocab_parallel_log_probs(scaled, tgt, ps)
@@ -421,7 +422,8 @@ def old_and_reference_logprobs(cfg: Config, ps: ParallelState, chunks, reference
 
 def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     try:
-        return _grpo(cfg, eval_problems, eval_every)
+        with batch_invariant.exact_mode(cfg.rl.exact_rollouts):  # rollouts and training alike
+            return _grpo(cfg, eval_problems, eval_every)
     finally:
         release(cfg.train.run_dir)  # the run directory's lock, however the run ended
 

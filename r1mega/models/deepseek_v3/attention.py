@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1mega.models.deepseek_v3.config import ModelConfig
+from r1mega.kernels import batch_invariant
 from r1mega.kernels.block_attention import block_attention
 from r1mega.parallel.recompute import recomputed
 from r1mega.models.rope import RotaryEmbedding, softmax_scale
@@ -87,6 +88,11 @@ class MLA(nn.Module):
         (set by the model under cp > 1). cache: this layer's slot of a
         `KVCache` (inference): the new tokens' latents are appended and attention reads the cache."""
         cfg = self.cfg
+        if batch_invariant.enabled() and not isinstance(attn_mask, ContextParallelAttention):
+            q_in, c, k_rope = self.project_latents(x, rope, cos, sin)
+            out = self._exact_attention(q_in, c, k_rope, rope, cos, sin, attn_mask, cache)
+            out = leave_tp_region(self.o_proj(out), self.ps)
+            return out if self.o_proj.bias is None else out + self.o_proj.bias
         prompt_docs = cache.owner.prompt_documents(x.shape[0]) if cache is not None else None
         decoding = cache is not None and prompt_docs is None
         q_in, c, k_rope = self.project_latents(x, rope, cos, sin, rotate=not decoding)
@@ -175,3 +181,48 @@ class MLA(nn.Module):
         out = torch.bmm(ctx.permute(1, 2, 0, 3).reshape(h, s * b, r), w_uv.transpose(1, 2))
         out = out.view(h, s, b, cfg.v_head_dim).permute(1, 2, 0, 3).reshape(s, b, h * cfg.v_head_dim)
         return out if dtype == torch.float32 else out.to(dtype)
+
+    def _exact_attention(self, q_in, c, k_rope, rope, cos, sin, attn_mask, cache) -> torch.Tensor:
+        """rl.exact_rollouts: the absorbed form for training, prompts and decoding alike, over keys laid
+        out per document at their absolute positions (kernels/batch_invariant.py), so a token's output
+        is bitwise the same in each. float32 inside, as the default decode."""
+        cfg, h, r = self.cfg, self.local_heads, self.cfg.kv_lora_rank
+        s, b = q_in.shape[:2]
+        T, dn = s * b, cfg.qk_nope_head_dim
+        q_nope, q_rope = self.query_up(q_in, rope, cos, sin)
+        w = self.kv_b_proj.weight.float().view(h, dn + cfg.v_head_dim, r)
+        w_uk, w_uv_t = w[:, :dn].contiguous(), w[:, dn:].transpose(1, 2).contiguous()
+        q_lat = batch_invariant.bmm(q_nope.float().reshape(T, h, dn).transpose(0, 1).contiguous(), w_uk)
+        query = torch.cat([q_lat.transpose(0, 1), q_rope.float().reshape(T, h, -1)], -1)  # [T, h, r + rope]
+        d = query.shape[-1]
+        prompt_docs = cache.owner.prompt_documents(s) if cache is not None else None
+        if cache is not None and prompt_docs is None:  # decoding: the cache read, each row from column 0
+            cached, _ = cache.append(c, k_rope)  # [b, L, d]
+            cols, q_pos = batch_invariant.decode_layout(cache.owner.valid[:, :cached.shape[1]], s)
+            keys = cached.gather(1, cols[..., None].expand(-1, -1, d)).float()
+            ctx = batch_invariant.latent_attention(query.view(s, b, h, d).transpose(0, 1), keys, q_pos,
+                                                   self.scale, r).transpose(0, 1).reshape(T, h, r)
+        else:
+            if cache is not None:
+                cache.store(c, k_rope)
+                layout = getattr(cache.owner, "exact_layout", None)
+                if layout is None:  # once per forward, shared by the layers
+                    layout = cache.owner.exact_layout = batch_invariant.DocumentLayout(prompt_docs)
+            else:
+                layout = exact_layout(attn_mask, s, b, c.device)
+            keys = layout.scatter(torch.cat([c, k_rope], -1).reshape(T, d).float())
+            ctx = layout.gather(batch_invariant.latent_attention(layout.scatter(query), keys, None,
+                                                                 self.scale, r))
+        out = batch_invariant.bmm(ctx.transpose(0, 1).contiguous(), w_uv_t)  # [h, T, dv]
+        return out.transpose(0, 1).reshape(s, b, h * cfg.v_head_dim).to(q_in.dtype)
+
+
+def exact_layout(attn_mask, s: int, b: int, device) -> "batch_invariant.DocumentLayout":
+    """The document layout of a forward's attention mask (None: one causal document per row)."""
+    if isinstance(attn_mask, batch_invariant.DocumentLayout):
+        return attn_mask
+    if attn_mask is None:
+        attn_mask = torch.zeros(b, s, dtype=torch.long, device=device)
+    if attn_mask.dim() != 2 or attn_mask.is_floating_point():
+        raise ValueError("rl.exact_rollouts: attention takes document ids [b, s], not a dense mask")
+    return batch_invariant.DocumentLayout(attn_mask)

@@ -13,7 +13,8 @@ import torch.nn as nn
 
 from r1mega.models.deepseek_v3.config import ModelConfig
 from r1mega.models.deepseek_v3.kv_cache import KVCache, paged_latent_layout
-from r1mega.models.deepseek_v3.attention import MLA
+from r1mega.kernels import batch_invariant
+from r1mega.models.deepseek_v3.attention import MLA, exact_layout
 from r1mega.models.deepseek_v3.moe import MoE
 from r1mega.models.ffn import SwiGLU
 from r1mega.parallel.recompute import recomputed
@@ -172,6 +173,8 @@ class DeepseekV3(nn.Module):
         positions = (position_ids.t() if position_ids is not None
                      else torch.arange(s, device=input_ids.device))
         cos, sin = self.rope.cos_sin(positions)
+        if batch_invariant.enabled() and cache is None and self.ps.cp == 1:  # built once, not per layer
+            attn_mask = exact_layout(attn_mask, s, input_ids.shape[0], input_ids.device)
         ids_sb = input_ids.t()
         h = self.embed_tokens(ids_sb) if self.is_first else hidden
         for name, layer in self.layers.items():

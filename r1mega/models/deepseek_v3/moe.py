@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1mega.models.deepseek_v3.config import ModelConfig
-from r1mega.kernels import active_backend, grouped_linear
+from r1mega.kernels import active_backend, batch_invariant, grouped_linear
 from r1mega.kernels.linear import TorchBackend
 from r1mega.models.ffn import SwiGLU
 from r1mega.parallel.recompute import recomputed
@@ -37,6 +37,10 @@ class Router(nn.Module):
         bias = torch.zeros(cfg.n_routed_experts, dtype=torch.float32) if cfg.scoring_func == "sigmoid" else None
         self.register_buffer("e_score_correction_bias", bias)
 
+    @staticmethod
+    def _sigmoid(logits: torch.Tensor, exact: bool) -> torch.Tensor:
+        return batch_invariant.sigmoid(logits) if exact else logits.sigmoid()
+
     def _group_mask(self, choice: torch.Tensor, group_score) -> torch.Tensor:
         cfg = self.cfg
         grouped = choice.view(choice.shape[0], cfg.n_group, -1)
@@ -50,14 +54,15 @@ class Router(nn.Module):
         """x [T, D] -> (topk_idx [T, k], topk_weight [T, k] float32, scores [T, E] float32).
         forced_idx replays a recorded choice of experts; their weights still come from the scores."""
         cfg = self.cfg
+        exact = batch_invariant.enabled()
         f32 = lambda t: t if t.dtype == torch.float32 else t.float()  # noqa: E731  (no dispatch for a no-op cast)
-        logits = F.linear(f32(x), f32(self.weight))
+        logits = (batch_invariant.linear if exact else F.linear)(f32(x), f32(self.weight))
         k = cfg.num_experts_per_tok
         if forced_idx is not None:
-            scores = logits.sigmoid() if cfg.scoring_func == "sigmoid" else logits.softmax(dim=-1)
+            scores = self._sigmoid(logits, exact) if cfg.scoring_func == "sigmoid" else logits.softmax(dim=-1)
             idx, weight = forced_idx, scores.gather(1, forced_idx)
         elif cfg.scoring_func == "sigmoid":
-            scores = logits.sigmoid()
+            scores = self._sigmoid(logits, exact)
             choice = scores.detach() + self.e_score_correction_bias
             if cfg.n_group > 1:
                 keep = self._group_mask(choice, lambda g: g.topk(2, dim=-1).values.sum(-1))
@@ -107,14 +112,15 @@ class GroupedExperts(nn.Module):
 
     def _act_down(self, gate_up: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         gate, up = gate_up.split(self.inner, dim=-1)
-        return grouped_linear(F.silu(gate) * up, self.w_down, offsets)
+        act = batch_invariant.silu if batch_invariant.enabled() else F.silu
+        return grouped_linear(act(gate) * up, self.w_down, offsets)
 
     def few_rows_usable(self, choices: int, ps: ParallelState) -> bool:
         """Inference with every expert on this rank (no EP, no expert-TP), plain torch kernels and at
         most one (token, expert) choice per local expert: `by_choice` then copies no more weight than
         a grouped GEMM reads, in a handful of ops instead of a sort, a plan and two grouped GEMMs."""
         return (not torch.is_grad_enabled() and ps.ep == 1 and ps.etp == 1 and choices <= self.num_local
-                and isinstance(active_backend(), TorchBackend))
+                and isinstance(active_backend(), TorchBackend) and not batch_invariant.enabled())
 
     def by_choice(self, x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """x [T, D], idx/weight [T, k] -> sum_j weight[t, j] * expert_{idx[t, j]}(x[t]) [T, D]: each
