@@ -39,7 +39,8 @@ class DataConfig:
     tokenizer: Optional[str] = None  # tokenizer.json / directory / sentencepiece .model
     # sft: how a chat record becomes tokens: auto | model | r1 | raw (r1mega/data/sft.py)
     sft_template: str = "auto"
-    # "arithmetic": build the corpus, tokenizer and indexed files under cache_dir when missing
+    # "arithmetic" | "addition" (the demo) | "sum3" (the pipeline): build the corpus, tokenizer and
+    # indexed files under cache_dir when missing (r1mega/data/prepare.py)
     synthetic: Optional[str] = None
     synthetic_docs: int = 2000
     cache_dir: str = "runs/data"
@@ -438,7 +439,7 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
          f"{d.seq_length} exceeds {section}.max_position_embeddings={active.max_position_embeddings}; shorten "
          f"the sequences or extend the context (rope scaling and a larger max_position_embeddings)")
     if d.synthetic is not None:
-        _one_of(d.synthetic, "data.synthetic", ("arithmetic", "addition"))
+        _one_of(d.synthetic, "data.synthetic", ("arithmetic", "addition", "sum3"))
         for name in ("paths", "tokenizer"):  # the built corpus brings its own files: yours would be ignored
             need(not getattr(d, name), f"data.{name}", f"is set together with data.synthetic={d.synthetic}, "
                  f"which builds its own corpus and tokenizer; set data.synthetic=null to use your {name}")

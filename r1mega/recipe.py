@@ -1,6 +1,6 @@
 """`r1mega pipeline`: the DeepSeek-R1 recipe end to end, one stage after another, each evaluated.
 
-    r1mega pipeline --config configs/tiny/r1_pipeline.yaml [--nproc 4] [--out DIR]
+    r1mega pipeline --config configs/tiny/r1_pipeline.yaml [--nproc 4] [--out DIR] [--seed N]
 
 Stage kinds (the config lists them in order; `from` names the stage whose weights a stage starts
 from, `data` the stage whose kept samples an SFT stage trains on):
@@ -52,6 +52,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="run directory (default: the config's `out`): new or empty, or one an "
                    "earlier `r1mega pipeline` made (finished stages skipped); anything else is refused")
     p.add_argument("--nproc", type=int, default=1, help="ranks per stage (1, 2 = TP2, or 4 = TP2 x EP2)")
+    p.add_argument("--seed", type=int, default=None, help="one seed for every stage: training (`seed=`: "
+                   "initialization, data order, RL sampling) and sampling (`--seed` of reject-sample and eval); "
+                   "default: each command's own. A run is deterministic per seed")
 
 
 def load_pipeline(path: str) -> dict:
@@ -143,8 +146,11 @@ def _typed(d: dict, key: str, kind: type, item: type = None, where: str = "") ->
 
 
 class Runner:
-    def __init__(self, cfg: dict, out: str, nproc: int):
-        self.cfg, self.out, self.nproc = cfg, os.path.abspath(out), nproc
+    def __init__(self, cfg: dict, out: str, nproc: int, seed: Optional[int] = None):
+        self.cfg, self.out, self.nproc, self.seed = cfg, os.path.abspath(out), nproc, seed
+        # training stages take it as a config override, sampling commands as a flag
+        self.train_seed = [] if seed is None else [f"seed={seed}"]
+        self.sample_seed = [] if seed is None else ["--seed", str(seed)]
         self.model_config = _config_path(cfg["model_config"])
         self.layout = LAYOUT_4 if nproc == 4 else (["parallel.tp=2"] if nproc == 2 else [])
         self.eval_cfg = {"samples": 8, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 32, "template": "raw",
@@ -195,17 +201,18 @@ class Runner:
     def prompt_files(self) -> tuple[str, str]:
         """The RL prompt split and the held-out split, as prompt JSONL."""
         from r1mega.config import load_config
-        from r1mega.rl.tasks import addition_prompts, arithmetic_prompts
+        from r1mega.rl.tasks import synthetic_prompts
 
         root = os.path.join(self.out, "prompts")
         train, held = os.path.join(root, "train.jsonl"), os.path.join(root, "heldout.jsonl")
         if os.path.exists(held):
             return train, held
         os.makedirs(root, exist_ok=True)
-        if load_config(self.model_config).data.synthetic == "addition":
-            splits = {train: addition_prompts(0, 0, heldout=False), held: addition_prompts(0, 0, heldout=True)}
+        kind = load_config(self.model_config).data.synthetic
+        if kind in ("addition", "sum3"):  # the fixed splits: every RL prompt once, every held-out problem
+            splits = {train: synthetic_prompts(kind, 0, 0, heldout=False), held: synthetic_prompts(kind, 0, 0, heldout=True)}
         else:  # the seeds GRPO's own held-out evaluation uses for these tasks
-            splits = {train: arithmetic_prompts(128, seed=3), held: arithmetic_prompts(128, seed=10_007)}
+            splits = {train: synthetic_prompts(kind, 128, 3, heldout=False), held: synthetic_prompts(kind, 128, 0, heldout=True)}
         for path, rows in splits.items():
             write_text_atomic(path, "".join(json.dumps({"id": f"{os.path.basename(path)[:-6]}-{i}", **r}) + "\n"
                                  for i, r in enumerate(rows)))
@@ -272,7 +279,8 @@ class Runner:
                                   f"file not found: {self.config_of(name)}")
             if self.unavailable(name):
                 continue
-            extra = [*st.get("overrides", []), *self.layout_of(name), f"train.run_dir={self.out}/{name}/run"]
+            extra = [*st.get("overrides", []), *self.layout_of(name), f"train.run_dir={self.out}/{name}/run",
+                     *self.train_seed]
             if kind == "grpo":
                 extra = [*self.cfg.get("rl_common", []), *extra]
             elif kind == "sft":
@@ -295,7 +303,8 @@ class Runner:
         name, kind = st["name"], st["kind"]
         where = os.path.join(self.out, name)
         config = self.config_of(name)
-        common = [f"data.cache_dir={self.out}/data", f"train.run_dir={where}/run", *self.layout_of(name)]
+        common = [f"data.cache_dir={self.out}/data", f"train.run_dir={where}/run", *self.layout_of(name),
+                  *self.train_seed]
         if kind in ("pretrain", "grpo", "sft"):  # GRPO saves only at intervals: make its last step one
             common.append(f"train.save_interval={self.run_config(name, st.get('overrides')).train.steps}")
         log = os.path.join(self.out, "logs", f"{name}.txt")
@@ -315,7 +324,8 @@ class Runner:
                     "--prompts", train_prompts, "--out", where, "--samples", str(st.get("samples", 8)),
                     "--keep", str(st.get("keep", 2)), "--temperature", "1.0", "--top-p", "1.0",
                     "--max-new-tokens", str(st.get("max_new_tokens", e["max_new_tokens"])),
-                    "--template", e["template"], "--problems-per-round", "16", *[f"--stop={s}" for s in e["stop"]]]
+                    "--template", e["template"], "--problems-per-round", "16", *[f"--stop={s}" for s in e["stop"]],
+                    *self.sample_seed]
             if not st.get("require_format", False):
                 argv.append("--no-require-format")
             out = self.launch(argv, log)
@@ -330,7 +340,8 @@ class Runner:
                          "--out", out, "--samples", str(e["samples"]), "--temperature", str(e["temperature"]),
                          "--top-p", str(e["top_p"]), "--max-new-tokens", str(e["max_new_tokens"]),
                          "--template", e["template"], "--greedy", "--problems-per-round", "32",
-                         *[f"--stop={s}" for s in e["stop"]]], os.path.join(self.out, "logs", f"eval-{stage}.txt"))
+                         *[f"--stop={s}" for s in e["stop"]], *self.sample_seed],
+                        os.path.join(self.out, "logs", f"eval-{stage}.txt"))
         with open(summary) as f:
             return json.load(f)["heldout"]
 
@@ -347,12 +358,20 @@ def _die_with_parent() -> None:
         pass
 
 
-def _stage_options(cfg: dict, st: dict) -> str:
-    """A hash of what a stage ran with: its entry and the pipeline-wide keys it inherits (not the
-    evaluation protocol or the output directory, which a rerun may change)."""
+def _stage_options(cfg: dict, st: dict, seed: Optional[int] = None, upstream: tuple = ()) -> str:
+    """A hash of what a stage ran with: its entry, the pipeline-wide keys it inherits (the model config;
+    rl_common for GRPO, sft_common for SFT), --seed and the options of the stages it starts from or
+    trains on (`upstream`: a changed earlier stage makes its results stale); not the evaluation
+    protocol or the output directory, which a rerun may change, nor another kind's settings (new RL
+    settings keep the base)."""
     from r1mega.output_dir import config_hash
 
-    shared = {k: v for k, v in cfg.items() if k not in ("stages", "out", "eval")}
+    own = {"grpo": "rl_common", "sft": "sft_common"}.get(st["kind"])
+    shared = {k: v for k, v in cfg.items() if k not in ("stages", "out", "eval", "rl_common", "sft_common") or k == own}
+    if seed is not None:  # absent without --seed: runs from before the option resume as they were
+        shared["--seed"] = seed
+    if upstream:
+        shared["upstream"] = list(upstream)
     return config_hash({"stage": st, "shared": shared})
 
 
@@ -398,24 +417,28 @@ def run(args: argparse.Namespace) -> int:
     from r1mega.output_dir import claim_on_rank0
 
     cfg = load_pipeline(args.config)
-    runner = Runner(cfg, args.out or cfg.get("out", "runs/pipeline"), args.nproc)
+    if args.seed is not None and args.seed < 0:
+        raise ConfigError("--seed", f"must be >= 0, got {args.seed}")
+    runner = Runner(cfg, args.out or cfg.get("out", "runs/pipeline"), args.nproc, args.seed)
     runner.check_stages()  # every stage's options, before the first stage runs
     claim_on_rank0(runner.out, "pipeline")  # held until the command ends
     train_prompts, held_out = runner.prompt_files()
     k = int(runner.eval_cfg["samples"])
-    rows, notes, t_all = [], {}, time.perf_counter()
+    rows, notes, hashes, t_all = [], {}, {}, time.perf_counter()
     for st in cfg["stages"]:
         name = st["name"]
         done = os.path.join(runner.out, name, "DONE")
         row = {"stage": name, "kind": st["kind"], "from": st.get("from")}
-        options = _stage_options(cfg, st)
+        options = _stage_options(cfg, st, args.seed, tuple(hashes[s] for s in (st.get("from"), st.get("data")) if s))
+        hashes[name] = options
         if os.path.exists(done):
             with open(done) as f:
                 finished = json.load(f)
             if finished.pop("options", options) != options:  # DONE files from before had none
                 raise ConfigError(f"stages.{name}", f"{done}: this stage finished earlier with other options (its "
-                                  f"entry, model_config or *_common changed); its results would be reported for "
-                                  f"options it did not run. Use another --out, or restore the stage's options")
+                                  f"entry, model_config, *_common, --seed or a stage it builds on changed); its "
+                                  f"results would be reported for options it did not run. Use another --out, or "
+                                  f"restore the stage's options")
             row.update(finished)
             print(f"== {name}: done earlier, skipped", flush=True)
         else:

@@ -12,8 +12,9 @@ SAMPLES = 3
 
 
 def long_tail_config(**kw) -> GenerationConfig:
-    return GenerationConfig(max_new_tokens=24, temperature=1.0, top_p=0.95, seed=17, eos_id=2,
-                            stop=lambda ids: ids[-1] % 7 == 0, record_routing=True, block_size=4, **kw)
+    base = dict(max_new_tokens=24, temperature=1.0, top_p=0.95, seed=17, eos_id=2,
+                stop=lambda ids: ids[-1] % 7 == 0, record_routing=True, block_size=4)
+    return GenerationConfig(**{**base, **kw})
 
 
 def long_tail_rows():
@@ -22,13 +23,14 @@ def long_tail_rows():
     return prompts, torch.arange(len(prompts))
 
 
-def layout_samples_worker(rank: int, world: int, par: dict) -> dict:
-    """This DP rank's contiguous share of the long-tail rows, generated under `par`."""
+def layout_samples_worker(rank: int, world: int, par: dict, gen_kw: dict | None = None) -> dict:
+    """This DP rank's contiguous share of the long-tail rows, generated under `par` (gen_kw: changes
+    to the generation config)."""
     chunks, ps = sharp_model(par, world)
     prompts, keys = long_tail_rows()
     d, n = ps.r("dp"), len(prompts)
     cuts = [0, n // 2 + 3, n] if ps.dp == 2 else [0, n]  # uneven shares: DP ranks run out at different steps
     lo, hi = cuts[d], cuts[d + 1]
-    r = generate(chunks, ps, prompts[lo:hi], long_tail_config(), rows=keys[lo:hi])
+    r = generate(chunks, ps, prompts[lo:hi], long_tail_config(**(gen_kw or {})), rows=keys[lo:hi])
     return {"keys": keys[lo:hi], "completions": r.completions(), "logprobs": r.logprobs[r.completion_mask],
             "forwards": r.forwards, "routing": r.routing}

@@ -150,7 +150,7 @@ def cli_error(capsys, argv) -> str:
     ("train.mtp_weight=-1", "train.mtp_weight", "must be >= 0"),
     ("train.allow_arch_change=[bogus]", "train.allow_arch_change", "'bogus' is not a model key"),
     ("train.steps=0", "train.steps", "must be >= 1"),
-    ("data.synthetic=bogus", "data.synthetic", "expected arithmetic or addition"),
+    ("data.synthetic=bogus", "data.synthetic", "expected arithmetic, addition or sum3"),
     ("seed=-1", "seed", "must be >= 0"),
 ])
 def test_bad_key_is_named_before_anything_is_touched(capsys, tmp_path, yaml_config, override, key, text):

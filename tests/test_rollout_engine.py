@@ -104,6 +104,67 @@ def test_tp2_ep2_pp2_and_cp2_draw_the_one_process_samples(model, par, world):
                 assert torch.equal(r["routing"][layer], experts)
 
 
+def test_rows_outgrowing_the_cache_budget_are_preempted_and_draw_the_same_samples(model):
+    """max_cache_tokens: the youngest rows are requeued (tokens kept) and recomputed when there is
+    room; the samples equal a run without a budget, and the cache never holds more than the budget
+    plus one block per row."""
+    chunks, ps = model
+    prompts, keys = long_tail_rows()
+    long = dict(stop=None, eos_id=None)  # every row 24 tokens: admitted rows outgrow the budget
+    loose = generate(chunks, ps, prompts, long_tail_config(**long), rows=keys)
+    budget = 48  # tokens: 12 blocks of 4
+    tight = generate(chunks, ps, prompts, long_tail_config(max_cache_tokens=budget, **long), rows=keys)
+    assert loose.preemptions == 0 and tight.preemptions > 0
+    assert tight.completions() == loose.completions()
+    torch.testing.assert_close(tight.logprobs, loose.logprobs, atol=1e-5, rtol=0)
+    real = _real_routing(loose)
+    for layer in loose.routing:  # the sampler's routing, recorded once per token
+        assert torch.equal(tight.routing[layer][real], loose.routing[layer][real])
+    block, layers, fp32 = 4, 4, 4
+    block_bytes = block * layers * loose.cache_values_per_token_layer * fp32
+    assert loose.cache_bytes > 3 * budget // 4 * block_bytes
+    assert tight.cache_bytes <= (budget // 4 + len(prompts)) * block_bytes
+
+
+def test_admission_counts_a_shared_prompt_once_per_group(model):
+    """8 samples of a 37-token prompt under a budget of 72 tokens: the prompt (prefilled once) and a
+    block per sample fit (37 + 8 x 4), so all 8 start at once: one prefill, then one forward a step."""
+    chunks, ps = model
+    gen = GenerationConfig(max_new_tokens=3, temperature=1.0, seed=2, block_size=4, max_cache_tokens=72)
+    r = generate(chunks, ps, [list(range(3, 40))] * 8, gen)
+    assert r.forwards == 3 and r.preemptions == 0 and r.completion_mask.sum() == 24
+
+
+@pytest.mark.parametrize("par, world, gen_kw", [
+    (dict(pp=2), 2, dict(temperature=0.0, pipelined_min_rows=1)),  # greedy
+    (dict(pp=2), 2, dict(max_rows=4, pipelined_min_rows=1)),  # refills: the pipeline drains for each admission
+    (dict(pp=2), 2, dict(pipelined_min_rows=4)),  # two groups, regrouped into one as rows end
+    (dict(pp=2, ep=2), 4, dict(max_rows=5, pipelined_min_rows=1)),  # DP peers with different rows join in
+    (dict(pp=2), 2, dict(max_cache_tokens=48, stop=None, eos_id=None, pipelined_min_rows=1)),  # preemption
+])
+def test_pp2_keeps_groups_in_flight_and_draws_the_one_process_samples(model, par, world, gen_kw):
+    """Under PP the live rows decode as pp groups in flight (stage s on group (t - s) mod pp): same
+    samples, log-probs and routing as one process, and every stage runs a forward every tick, so a
+    stage runs about (decode steps x groups) forwards, not one per step."""
+    chunks, ps = model
+    prompts, keys = long_tail_rows()
+    one = generate(chunks, ps, prompts, long_tail_config(**gen_kw), rows=keys)
+    per_rank = run_ranks(layout_samples_worker, world, par, gen_kw)
+    got, logprobs = {}, {}
+    for r in per_rank:
+        flat = iter(r["logprobs"].tolist())
+        for k, c in zip(r["keys"].tolist(), r["completions"]):
+            assert got.setdefault(k, c) == c, (par, k)
+            logprobs[k] = [next(flat) for _ in c]
+    assert [got[k] for k in range(len(prompts))] == one.completions(), (par, gen_kw)
+    want = one.logprobs[one.completion_mask].tolist()
+    torch.testing.assert_close(torch.tensor([x for k in range(len(prompts)) for x in logprobs[k]]),
+                               torch.tensor(want), atol=1e-5, rtol=0)
+    if "ep" not in par:
+        steps = int(one.completion_mask.sum(1).max())  # decoding steps of the longest row
+        assert per_rank[0]["forwards"] > steps  # two groups: more forwards than steps
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -153,3 +214,26 @@ def test_resume_draws_the_uninterrupted_samples_under_any_problems_per_round(tmp
     assert "resuming" in run("all.jsonl", tmp_path / "resumed", 5).stdout
     ref, resumed = samples(tmp_path / "ref"), samples(tmp_path / "resumed")
     assert len(ref) == 36 and resumed == ref
+
+
+def test_top_p_support_that_stops_bisecting_early_equals_the_full_bisection(monkeypatch):
+    """One process stops the top-p bisection once no logit lies between its bounds; the support must
+    be the 48 rounds' exactly (ties, one token holding the mass, top-k before top-p included)."""
+    from r1mega.inference import sampling
+    from r1mega.parallel.layout import single_process_state
+
+    ps = single_process_state()
+    g = torch.Generator().manual_seed(0)
+    cases = []
+    for trial in range(400):
+        V, b = int(torch.randint(2, 400, (1,), generator=g)), int(torch.randint(1, 9, (1,), generator=g))
+        x = torch.randn(b, V, generator=g) * float(torch.rand(1, generator=g)) * 20
+        if trial % 5 == 0:
+            x = x.round()
+        if trial % 7 == 0:
+            x[:, 0] += 50
+        cases.append((x, float(torch.rand(1, generator=g)) * 0.999 + 0.0005, 0 if trial % 3 else 20))
+    early = [sampling.sampler_support(x, ps, p, k) for x, p, k in cases]
+    monkeypatch.setattr(sampling, "_bisection_settled", lambda *a: False)
+    for (x, p, k), got in zip(cases, early):
+        assert torch.equal(got, sampling.sampler_support(x, ps, p, k))

@@ -1,7 +1,8 @@
 """Make the data a run needs when the config asks for a synthetic corpus.
 
 Builds (once, on rank 0, under data.cache_dir) a corpus ("arithmetic": worked sums and
-differences; "addition": the R1-Zero demo's biased single-digit sums), a sentencepiece
+differences; "addition": the R1-Zero demo's biased single-digit sums; "sum3": the pipeline's
+sums of three digits worked in a <think> thought, its last step biased), a sentencepiece
 tokenizer trained on it, the pretraining indexed dataset and the SFT chat JSONL - the same files
 `tools/train_tokenizer.py` and `tools/preprocess_data.py` produce from user data.
 """
@@ -18,11 +19,13 @@ from r1mega.data import synthetic
 from r1mega.data.pretrain import write_indexed
 from r1mega.data.tokenizer import EOS, Tokenizer, train_sentencepiece
 
+SYNTHETIC = ("arithmetic", "addition", "sum3")
+
 
 def _build(kind: str, root: str, docs: int, vocab_size: int) -> None:
     os.makedirs(root, exist_ok=True)
-    corpus = (synthetic.pretrain_corpus(docs, seed=0) if kind == "arithmetic"
-              else synthetic.biased_addition_corpus(docs, seed=0))
+    corpus = {"arithmetic": synthetic.pretrain_corpus, "addition": synthetic.biased_addition_corpus,
+              "sum3": synthetic.biased_sum3_corpus}[kind](docs, seed=0)
     chats = synthetic.sft_records(max(docs // 2, 64), seed=1)
     texts = corpus + [m["content"] for c in chats for m in c["messages"]]
     tok = Tokenizer(train_sentencepiece(texts, os.path.join(root, "tokenizer"), vocab_size))
@@ -39,8 +42,8 @@ def resolve_data(cfg: DataConfig, kind: str, vocab_size: int) -> DataConfig:
     """Fill paths/tokenizer for a synthetic corpus (built if missing). Collective when distributed."""
     if cfg.synthetic is None:
         return cfg
-    if cfg.synthetic not in ("arithmetic", "addition"):
-        raise ConfigError("data.synthetic", f"unknown corpus {cfg.synthetic!r} (arithmetic, addition)")
+    if cfg.synthetic not in SYNTHETIC:
+        raise ConfigError("data.synthetic", f"unknown corpus {cfg.synthetic!r} ({', '.join(SYNTHETIC)})")
     root = os.path.join(cfg.cache_dir, f"{cfg.synthetic}-{cfg.synthetic_docs}-v{vocab_size}")
     first = not dist.is_initialized() or dist.get_rank() == 0
     if os.path.exists(cfg.cache_dir) and not os.path.isdir(cfg.cache_dir):

@@ -67,3 +67,34 @@ def biased_addition_corpus(num_docs: int, seed: int = 0, correct_rate: float = 0
             lines.append(f"Q: {a}+{b}= A: {c}")
         docs.append("\n".join(lines))
     return docs
+
+
+# ---- the pipeline's task: three single-digit addends, a worked thought, a biased last step ----------
+
+def sum3_is_heldout(a: int, b: int, c: int) -> bool:
+    """A fixed 30% of the 1000 sums a+b+c (exactly 3 values of c for each a, b) are kept out of RL
+    prompts, for evaluation only: 300 held-out problems, 700 RL prompts."""
+    return (a * 7 + b * 3 + c) % 10 < 3
+
+
+def sum3_response(a: int, b: int, c: int, last: int) -> str:
+    """The corpus's answer to "Q: a+b+c=": the two partial sums in a thought, then the answer,
+    which is the thought's last result (`last`, which the biased corpus may get wrong)."""
+    return f" <think>{a}+{b}={a + b}, {a + b}+{c}={last}</think> A: {last}"
+
+
+def biased_sum3_corpus(num_docs: int, seed: int = 0, correct_rate: float = 0.3) -> list[str]:
+    """Sums of three single digits worked in a thought ("Q: 3+4+5= <think>3+4=7, 7+5=12</think> A: 12").
+    The first step is always right; the second is right only `correct_rate` of the time and otherwise
+    one too high, and the answer follows the thought: a base model that reasons in the paper's format
+    but prefers a wrong last step - what RL with a correctness reward is meant to fix."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(num_docs):
+        lines = []
+        for _ in range(rng.randint(2, 4)):
+            a, b, c = rng.randrange(10), rng.randrange(10), rng.randrange(10)
+            last = a + b + c if rng.random() < correct_rate else a + b + c + 1
+            lines.append(f"Q: {a}+{b}+{c}={sum3_response(a, b, c, last)}")
+        docs.append("\n".join(lines))
+    return docs

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from r1mega.inference.paged_cache import NULL_BLOCK, BlockPool, decode_view, prefill_view
-from r1mega.inference.sampling import row_keys, sample
+from r1mega.inference.sampling import row_keys_host, sample
 from r1mega.kernels.cpu_experts import SPREAD_EXPERTS_BELOW_ROWS, experts_over_cores
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.pipeline import recv_activation, send_activation
@@ -64,6 +64,13 @@ class _Row:
     length: int = 0  # tokens in the cache
     out: list[int] = field(default_factory=list)
     logps: list[float] = field(default_factory=list)
+    admitted: int = -1  # admission order (the youngest row is preempted first)
+    resume: bool = False  # preempted: re-admitted by recomputing its prompt and tokens
+
+    def recompute(self) -> list[int]:
+        """What a preempted row prefills again: its prompt and every token but the last, which its
+        next decoding step feeds."""
+        return self.group.prompt + self.out[:-1]
 
 
 def step_group(ps: ParallelState) -> str:
@@ -110,20 +117,77 @@ class ContinuousBatcher:
         self.vocab = gen.vocab_size or model.vocab_size
         self.decode_routing: dict[int, list] = {}  # layer -> [(rows, completion positions, experts [b, k])]
         self.decode_row_steps = self.forwards = 0
+        self.overlap_sends, self.sent = False, None  # pipelined decoding: sends waited for a tick later
+        self.admissions = self.preemptions = 0
 
     # ---- scheduling ------------------------------------------------------------------------
     def admit(self) -> list[_Row]:
-        new, tokens = [], self.pool.used * self.bs
-        budget = self.gen.max_cache_tokens
-        while self.queue and len(self.live) + len(new) < self.max_rows:
-            r = self.queue[0]
-            need = (len(r.group.prompt) if r.group.blocks is None else 0) + self.bs
-            if budget and (self.live or new) and tokens + need > budget:
-                break  # a soft budget: rows already admitted grow past it (no preemption)
-            tokens += need
-            new.append(self.queue.popleft())
-            new[-1].slot = self.free_slots.pop()
+        new, tokens, counted = [], self._tokens_next_step(), set()
+        while self._fits(self.queue[0] if self.queue else None, len(new), tokens, counted):
+            r = self.queue.popleft()
+            tokens += self._need(r, counted)
+            counted.add(id(r.group))
+            r.slot = self.free_slots.pop()
+            r.admitted, self.admissions = self.admissions, self.admissions + 1
+            new.append(r)
         return new
+
+    def _tokens_next_step(self) -> int:
+        """Cache tokens in use once the live rows have their blocks for the next decoding step."""
+        return (self.pool.used + sum(1 for r in self.live if r.length % self.bs == 0)) * self.bs
+
+    def _need(self, r: _Row, counted: set) -> int:
+        """Cache tokens admitting r takes: its group's prompt when not prefilled yet (once per group:
+        the samples share it), or a preempted row's whole recomputed sequence; and a block for its
+        own tokens."""
+        if r.resume:
+            return len(r.recompute()) + self.bs
+        return self.bs + (len(r.group.prompt) if r.group.blocks is None and id(r.group) not in counted else 0)
+
+    def own_decoding_step(self) -> bool:
+        """Whether a subclass brings its own decoding step (speculative decoding): it then decodes one
+        batch per step, keeps per-row draft state that preemption would not rebuild, and admission
+        budgets stay soft."""
+        return type(self).decode is not ContinuousBatcher.decode
+
+    def pipelined(self) -> bool:
+        return self.ps.pp > 1 and self.gen.pipelined_decode and not self.own_decoding_step()
+
+    def preempt(self) -> None:
+        """Keep the cache within max_cache_tokens as rows grow: requeue the youngest live rows at the
+        front, their tokens kept and their blocks freed, until the next step's blocks fit (one row
+        always stays). A requeued row is recomputed when re-admitted (`resume`); its noise is keyed
+        by position, so it draws the same tokens it would have."""
+        budget = 0 if self.own_decoding_step() else self.gen.max_cache_tokens
+        while budget and len(self.live) > 1 and self._tokens_next_step() > budget:
+            r = max(self.live, key=lambda x: x.admitted)
+            self.live.remove(r)
+            self.retire(r)
+            r.resume = True
+            self.queue.appendleft(r)
+            self.preemptions += 1
+
+    def resume(self, rows: list[_Row], groups: list[_Group]) -> None:
+        """Preempted rows back in: each one's recomputed sequence (prefilled as its own group) is its
+        cache; its last sampled token is the next one decoding feeds."""
+        for r, g in zip(rows, groups):
+            r.blocks, r.length, r.resume = g.blocks, len(g.prompt), False
+            self._set_table(r)
+            self.live.append(r)
+
+    def _fits(self, r: Optional[_Row], admitted: int, tokens: int, counted: set) -> bool:
+        """Whether r can be admitted beside `admitted` rows just admitted: a free place and, under
+        max_cache_tokens, room for it (the first row always fits, so the queue never stalls)."""
+        if r is None or len(self.live) + admitted >= self.max_rows:
+            return False
+        budget = self.gen.max_cache_tokens
+        return not budget or not (self.live or admitted) or tokens + self._need(r, counted) <= budget
+
+    def _admissible(self, pending: int) -> bool:
+        """Would admit() take the queue's first row now (`pending` rows admitted, not yet started)?
+        Mid-segment under PP the stages' pools differ (a group's blocks come stage by stage), so the
+        answer must not hang on them: without a budget it does not, with one the segment ends anyway."""
+        return self._fits(self.queue[0] if self.queue else None, pending, self.pool.used * self.bs, set())
 
     def _set_table(self, r: _Row) -> None:
         n = len(r.blocks)
@@ -156,7 +220,7 @@ class ContinuousBatcher:
         out = self.model(ids, hidden=hidden, position_ids=pos, cache=view, last_logits_only=True)
         self.forwards += 1
         if self.nxt is not None:
-            send_activation(out.hidden, self.nxt)
+            self.sent = send_activation(out.hidden, self.nxt, wait=not self.overlap_sends)
             return None
         return out.logits[-1]
 
@@ -166,8 +230,7 @@ class ContinuousBatcher:
         tok = torch.zeros(n, dtype=torch.long, device=self.device)
         lp = torch.zeros(n, device=self.device)
         if logits is not None:
-            keys = row_keys(self.gen.seed, torch.tensor(steps, dtype=torch.long, device=self.device),
-                            torch.tensor([r.key for r in rows], dtype=torch.long, device=self.device))
+            keys = row_keys_host(self.gen.seed, steps, [r.key for r in rows], self.device)
             tok, lp = sample(logits, self.ps, self.gen.temperature, self.gen.top_p, self.gen.top_k, keys, self.vocab)
         if self.ps.pp > 1:
             both = torch.stack([tok.double(), lp.double()])
@@ -181,6 +244,7 @@ class ContinuousBatcher:
                            torch.zeros(1, dtype=torch.long, device=self.device))
         zero = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self._forward(zero, zero, view)
+        return None
 
     def empty_decode(self) -> None:  # a speculative stepper joins its draft forwards too
         self.empty_forward()
@@ -189,25 +253,35 @@ class ContinuousBatcher:
         self.empty_forward()
 
     def decode(self) -> None:
-        live = self.live
-        for r in live:  # a block for each row whose next token starts one
+        """One decoding step of every live row (one token each)."""
+        self.live = self.decode_rows(self.live, self.decode_forward(self.live))
+
+    def decode_forward(self, rows: list[_Row]) -> Optional[torch.Tensor]:
+        """The decoding forward of `rows` on this stage: blocks for the tokens that start one, the
+        view, the forward (received from / sent to the neighbouring stages); the last stage's logits."""
+        for r in rows:  # a block for each row whose next token starts one
             if r.length % self.bs == 0:
                 r.blocks.append(self.pool.alloc())
                 self._set_table(r)
-        slots = torch.tensor([r.slot for r in live], dtype=torch.long, device=self.device)
-        lengths = torch.tensor([r.length for r in live], dtype=torch.long, device=self.device)
-        view = decode_view(self.pool, self.layer_view, self.table[slots], lengths)
-        ids = torch.tensor([[r.out[-1]] for r in live], dtype=torch.long, device=self.device)
-        logits = self._forward(ids, lengths[:, None], view)
-        self.decode_row_steps += len(live)
+        slots, lengths, ids = torch.tensor([[r.slot, r.length, r.out[-1]] for r in rows], dtype=torch.long,
+                                           device=self.device).t()  # one host-to-tensor copy a step
+        view = decode_view(self.pool, self.layer_view, self.table[slots], lengths,
+                           longest=max(r.length for r in rows) + 1)
+        logits = self._forward(ids[:, None], lengths[:, None], view)
+        self.decode_row_steps += len(rows)
         if self.gen.record_routing:
-            rows = torch.tensor([r.index for r in live])
-            at = torch.tensor([len(r.out) - 1 for r in live])
+            index = torch.tensor([r.index for r in rows])
+            at = torch.tensor([len(r.out) - 1 for r in rows])
             for layer, idx in view.routing.items():
-                self.decode_routing.setdefault(layer, []).append((rows, at, idx[0]))
-        toks, lps = self._sample(logits, live, [len(r.out) for r in live])
+                self.decode_routing.setdefault(layer, []).append((index, at, idx[0]))
+        return logits
+
+    def decode_rows(self, rows: list[_Row], logits: Optional[torch.Tensor]) -> list[_Row]:
+        """Sample the next token of `rows` (logits on the last stage; every stage learns the tokens),
+        retire the finished ones; the rows still going."""
+        toks, lps = self._sample(logits, rows, [len(r.out) for r in rows])
         still = []
-        for r, t, lp in zip(live, toks, lps):
+        for r, t, lp in zip(rows, toks, lps):
             r.length += 1
             r.out.append(t)
             r.logps.append(lp)
@@ -215,7 +289,63 @@ class ContinuousBatcher:
                 self.retire(r)
             else:
                 still.append(r)
-        self.live = still
+        return still
+
+    def decode_pipelined(self, pending: int) -> None:
+        """Decoding under PP with the pipeline full: the live rows in up to pp groups (of at least
+        `pipelined_min_rows` rows), stage 0 starting an idle group every tick and stage s working at
+        tick t on the group stage 0 started at tick t - s, so the stages compute at once instead of
+        in turn (one batch per step leaves each stage idle (pp - 1) / pp of the time). The last stage
+        samples the group it finished and broadcasts the tokens; stage 0 may start it again the next
+        tick. A group's rows change only between its sampling and its restart, so every stage sees
+        the same rows and lengths for it. Runs until rows wait to be admitted (checked after the
+        first pp ticks; the pipeline then drains, as a prefill cannot overtake activations in flight
+        between two stages), the groups have shrunk below the minimum (then regrouped), or no rows
+        are left. `pending`: rows admitted but not yet started (they hold places)."""
+        pp, s, last = self.ps.pp, self.ps.r("pp"), self.ps.pp - 1
+        m = max(1, min(pp, len(self.live) // max(1, self.gen.pipelined_min_rows)))
+        groups: list[list[_Row]] = [self.live[g::m] for g in range(m)]
+        flight: dict[int, Optional[int]] = {}  # start tick -> group (None: an empty forward beside DP peers)
+        sending = None  # this stage's last isend, waited on before the next
+        t, turn, stopping, logits = 0, 0, False, None
+        while True:
+            idle = [g for g in (turn % m, *range(m)) if groups[g] and g not in flight.values()]
+            if not stopping:  # every rank of the step group decides alike
+                live = sum(map(len, groups))
+                want = t >= pp and (self._admissible(pending) or bool(self.gen.max_cache_tokens)  # see preempt()
+                                    or (m > 1 and live < m * self.gen.pipelined_min_rows))
+                want, any_idle, any_live = _group_max([int(want), int(bool(idle)), int(live > 0)], self.ps)
+                stopping = bool(want) or not any_live
+                if not stopping and any_idle:
+                    flight[t] = idle[0] if idle else None
+                    turn = (idle[0] + 1) if idle else turn
+            if stopping and not flight:
+                break
+            if t - s in flight:  # this stage's work this tick
+                g = flight[t - s]
+                logits, sending = self._pipelined_forward(groups[g] if g is not None else None, sending)
+            if t - last in flight:  # the last stage finished that group this tick
+                g = flight.pop(t - last)
+                if g is not None:
+                    groups[g] = self.decode_rows(groups[g], logits if s == last else None)
+            t += 1
+        if sending is not None:
+            sending[0].wait()
+        self.live = [r for grp in groups for r in grp]
+
+    def _pipelined_forward(self, rows: Optional[list[_Row]], sending):
+        """One stage's forward of a group (None: an empty one, joining a DP peer's). Its send is not
+        waited for (the next stage receives it next tick), but the previous one is first: one
+        activation in flight per pair of stages. (logits on the last stage, this send)."""
+        if sending is not None:
+            sending[0].wait()
+        self.overlap_sends = True
+        try:
+            logits = self.decode_forward(rows) if rows is not None else self.empty_forward()
+        finally:
+            self.overlap_sends = False
+        sent, self.sent = self.sent, None
+        return logits, sent
 
     def prefill(self, groups: list[_Group]) -> None:
         ids, pad = left_pad([g.prompt for g in groups], self.pad_id, self.device)
@@ -272,20 +402,28 @@ class ContinuousBatcher:
         with contextlib.ExitStack() as decoding:
             step = 0
             while True:
+                self.preempt()
                 new = self.admit()
+                resumed = [r for r in new if r.resume]
+                new = [r for r in new if not r.resume]
                 groups = list({id(r.group): r.group for r in new if r.group.blocks is None}.values())
+                recomputed = [_Group(r.recompute(), 1) for r in resumed]
                 need_decode, need_prefill, busy = _group_max(
-                    [int(bool(self.live)), int(bool(groups)), int(bool(self.live or new or self.queue))], self.ps)
+                    [int(bool(self.live)), int(bool(groups or resumed)),
+                     int(bool(self.live or new or resumed or self.queue))], self.ps)
                 if not busy:
                     break
                 if step == 1 and spread:  # as the static engine: the prompt's forward keeps every thread
                     decoding.enter_context(experts_over_cores(self.device))
-                if need_decode:
+                if need_decode and self.pipelined():
+                    self.decode_pipelined(len(new) + len(resumed))
+                elif need_decode:
                     self.decode() if self.live else self.empty_decode()
                 if need_prefill:
-                    self.prefill(groups) if groups else self.empty_prefill()
+                    self.prefill(groups + recomputed) if groups or resumed else self.empty_prefill()
                 if new:
                     self.start(new)
+                self.resume(resumed, recomputed)
                 step += 1
 
     def routing(self, P: int, width: int) -> dict[int, torch.Tensor]:

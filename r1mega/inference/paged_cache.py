@@ -148,12 +148,14 @@ def prefill_view(pool: BlockPool, layer_view, tables: list[list[int]], pad: torc
     return ForwardView(pool, layer_view, slots.t().contiguous(), None, valid, prefill=True)
 
 
-def decode_view(pool: BlockPool, layer_view, table: torch.Tensor, lengths: torch.Tensor, s: int = 1) -> ForwardView:
+def decode_view(pool: BlockPool, layer_view, table: torch.Tensor, lengths: torch.Tensor, s: int = 1,
+                longest: Optional[int] = None) -> ForwardView:
     """s new tokens per row at positions lengths[r]..lengths[r]+s-1 (already inside its blocks, table
-    [b, n]); s > 1: speculative decoding's verification (inference/speculative.py)."""
+    [b, n]); s > 1: speculative decoding's verification (inference/speculative.py). longest:
+    max(lengths) + s when the caller knows it on the host (spares a device sync)."""
     bs, device = pool.block_size, pool.device
     total = lengths + s
-    L = int(total.max())
+    L = int(total.max()) if longest is None else longest
     j = torch.arange(L, device=device)[None, :] - (L - total)[:, None]  # [b, L] position within the row
     valid = j >= 0
     jc = j.clamp(min=0)

@@ -85,6 +85,39 @@ def row_keys(seed: int, step, rows: torch.Tensor) -> torch.Tensor:
     return _mix(_mix(base) + rows.to(torch.int64) * _signed(0xD1B54A32D192ED03))
 
 
+def _mix_host(x: int) -> int:
+    """`_mix` on a uint64 held in a Python int."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def row_keys_host(seed: int, steps: list[int], rows: list[int], device=None) -> torch.Tensor:
+    """`row_keys(seed, tensor(steps), tensor(rows))`, bitwise, hashed on the host: for the few rows of
+    a decoding step two dozen int64 ops on [b] tensors cost more than the Python arithmetic."""
+    keys = []
+    for step, row in zip(steps, rows):
+        k = (_mix_host((step + seed * 1_000_003) & _M64) + row * 0xD1B54A32D192ED03) & _M64
+        keys.append(_signed(_mix_host(k)))
+    return torch.tensor(keys, dtype=torch.int64, device=device)
+
+
+def _bisection_settled(masked, probs, total, top_p: float, lo: torch.Tensor, hi: torch.Tensor) -> bool:
+    """The rest of the bisection, decided now (one process: a decoding step of a small model spent
+    most of its ops in the 48 rounds). Once no logit lies strictly between lo and hi, every later
+    midpoint keeps the same logits, those >= hi, so every later round decides alike: all rows that
+    were `ok` there end with the support {>= hi}, the others keep {>= lo}, exactly what the rounds
+    would give (unless lo and hi are neighbouring floats: a midpoint then rounds to an end; those
+    rows bisect on). Sets lo in place to the final threshold and returns True, or returns False."""
+    if ((masked > lo[:, None]) & (masked < hi[:, None])).any():
+        return False
+    ok = (probs * (masked >= hi[:, None])).sum(-1) / total >= top_p
+    if (ok & (torch.nextafter(lo, hi) == hi)).any():
+        return False
+    lo.copy_(torch.where(ok, hi, lo))
+    return True
+
+
 @torch.no_grad()
 def sampler_support(scaled: torch.Tensor, ps: ParallelState, top_p: float, top_k: int,
                     vocab: Optional[int] = None) -> torch.Tensor:
@@ -112,11 +145,13 @@ def sampler_support(scaled: torch.Tensor, ps: ParallelState, top_p: float, top_k
         total = _all_reduce(probs.sum(-1), group)
         lo = _all_reduce(masked.masked_fill(~keep, float("inf")).min(dim=-1).values.clone(), group, dist.ReduceOp.MIN)
         hi = gmax.clone()
-        for _ in range(BISECTION_STEPS):  # largest threshold whose kept mass still reaches top_p
+        for i in range(BISECTION_STEPS):  # largest threshold whose kept mass still reaches top_p
             mid = (lo + hi) / 2
             ok = _all_reduce((probs * (masked >= mid[:, None])).sum(-1), group) / total >= top_p
             lo = torch.where(ok, mid, lo)
             hi = torch.where(ok, hi, mid)
+            if group is None and i % 4 == 3 and _bisection_settled(masked, probs, total, top_p, lo, hi):
+                break
         keep &= scaled >= lo[:, None]
     return keep.view(shape)
 
@@ -139,9 +174,11 @@ def sample(logits: torch.Tensor, ps: ParallelState, temperature: float, top_p: f
         tokens, _ = _global_argmax(logits.masked_fill(~real, float("-inf")), start, group)
         return tokens, log_softmax_at(logits, tokens, start, group)
     scaled = logits / temperature
-    keep = sampler_support(scaled, ps, top_p, top_k, vocab)
     if keys is None:
         keys = row_keys(0, 0, torch.arange(logits.shape[0], device=logits.device))
     gumbel = -torch.log(-torch.log(uniform_noise(keys, start, n_local))).to(torch.float32)
-    tokens, _ = _global_argmax((scaled + gumbel).masked_fill(~keep, float("-inf")), start, group)
+    perturbed = scaled + gumbel
+    if 0 < top_k < vocab or top_p < 1.0 or vocab < n_local * ps.tp:  # else every id is in the support
+        perturbed = perturbed.masked_fill(~sampler_support(scaled, ps, top_p, top_k, vocab), float("-inf"))
+    tokens, _ = _global_argmax(perturbed, start, group)
     return tokens, log_softmax_at(scaled, tokens, start, group)

@@ -97,6 +97,15 @@ class RotaryEmbedding(torch.nn.Module):
         freqs = positions.float().unsqueeze(-1) * self.inv_freq.to(positions.device)
         return freqs.cos() * self.attn_factor, freqs.sin() * self.attn_factor
 
+    _shaped: Optional[tuple] = None  # (cos, sin, dtype, broadcast cos, broadcast sin) of the last forward
+
+    def _broadcast_factors(self, cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype):
+        last = self._shaped
+        if last is None or last[0] is not cos or last[1] is not sin or last[2] != dtype:
+            c, s_ = (cos[:, None], sin[:, None]) if cos.dim() == 2 else (cos, sin)
+            last = self._shaped = (cos, sin, dtype, c.unsqueeze(2).to(dtype), s_.unsqueeze(2).to(dtype))
+        return last[3], last[4]
+
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x [s, b, heads, dim], cos/sin [s, dim/2] or [s, b, dim/2] -> rotated x.
 
@@ -104,14 +113,20 @@ class RotaryEmbedding(torch.nn.Module):
         de-interleaved [evens | odds] like transformers does; q and k share the permutation, so
         q.k is unchanged. Otherwise the half-split (rotate_half) layout.
         """
-        if cos.dim() == 2:  # shared positions across the batch
-            cos, sin = cos[:, None], sin[:, None]
         if self.interleave:
             a, b = x[..., 0::2], x[..., 1::2]
         else:
             a, b = x.chunk(2, dim=-1)
-        # broadcasting a [s, b, 1, dim/2] factor over heads takes a slow strided path, forward and
-        # even more so backward (~15x on CPU); a materialised factor keeps every product dense
-        cos = cos.unsqueeze(2).to(x.dtype).expand(a.shape).contiguous()
-        sin = sin.unsqueeze(2).to(x.dtype).expand(a.shape).contiguous()
+        if not torch.is_grad_enabled():
+            # broadcast factors [s, b, 1, dim/2], shaped once per forward (every layer gets the same
+            # cos/sin): decoding a token or a few is mostly per-op cost
+            cos, sin = self._broadcast_factors(cos, sin, x.dtype)
+        else:
+            if cos.dim() == 2:  # shared positions across the batch
+                cos, sin = cos[:, None], sin[:, None]
+            # broadcasting a [s, b, 1, dim/2] factor over heads takes a slow strided path, forward and
+            # even more so backward (~15x on CPU); a materialised factor keeps every product dense.
+            # Without autograd the products are bitwise the same either way.
+            cos = cos.unsqueeze(2).to(x.dtype).expand(a.shape).contiguous()
+            sin = sin.unsqueeze(2).to(x.dtype).expand(a.shape).contiguous()
         return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)

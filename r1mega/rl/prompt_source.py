@@ -12,7 +12,7 @@ from r1mega.config import Config
 from r1mega.data.prompts import PromptOrder, load_prompts
 from r1mega.data.templates import CHAT_TEMPLATES, Rendered, render, stop_strings
 from r1mega.data.tokenizer import Tokenizer
-from r1mega.rl.tasks import addition_prompts, arithmetic_prompts, stops_after_answer
+from r1mega.rl.tasks import stops_after_answer, synthetic_prompts
 
 
 STOP_TAIL_TOKENS = 32
@@ -33,8 +33,7 @@ class PromptSource:
             problems = self.order.take(position, n)
         else:
             seed = self.seed * 100_003 + rollout_index
-            problems = (addition_prompts(n, seed, heldout=False) if self.synthetic == "addition"
-                        else arithmetic_prompts(n, seed=seed))
+            problems = synthetic_prompts(self.synthetic, n, seed, heldout=False)
         # the target language travels with the problem, so every reward sees the same one
         return [{**p, "language": p.get("language") or self.default_language} for p in problems]
 
@@ -42,7 +41,7 @@ class PromptSource:
         """Problems for greedy held-out accuracy: the synthetic task's held-out split (none for files)."""
         if self.synthetic is None:
             return None
-        return addition_prompts(0, 0, heldout=True) if self.synthetic == "addition" else arithmetic_prompts(n, 10_007)
+        return synthetic_prompts(self.synthetic, n, 0, heldout=True)
 
     def render(self, problem: dict) -> Rendered:
         return render(problem, self.template, self.tok)

@@ -53,7 +53,7 @@ class MLA(nn.Module):
 
     recompute: frozenset = frozenset()  # "mla_up_proj" / "core_attn" (parallel/recompute.py)
 
-    def project_latents(self, x: torch.Tensor, rope: RotaryEmbedding, cos, sin):
+    def project_latents(self, x: torch.Tensor, rope: RotaryEmbedding, cos, sin, rotate: bool = True):
         """x [s_local, b, D] residual-stream layout -> in the TP region: what the query
         up-projection reads (the normalised q latent, or x without q LoRA), the normalised latent
         c_kv [s, b, kv_lora_rank] and the rotated k_rope [s, b, rope_dim]."""
@@ -63,17 +63,17 @@ class MLA(nn.Module):
         if cfg.q_lora_rank:
             parts.append(self.q_a_layernorm(self.q_a_proj(x)))
         parts = enter_tp_region(torch.cat(parts, -1), self.ps).split([p.shape[-1] for p in parts], -1)
-        c, k_rope = parts[0], rope.apply(parts[1].unsqueeze(2), cos, sin).squeeze(2)
+        c, k_rope = parts[0], (rope.apply(parts[1].unsqueeze(2), cos, sin).squeeze(2) if rotate else parts[1])
         q_in = parts[2] if cfg.q_lora_rank else enter_tp_region(x, self.ps)
         return q_in, c, k_rope
 
-    def query_up(self, q_in: torch.Tensor, rope: RotaryEmbedding, cos, sin):
-        """q_in -> per-head q_nope and rotated q_rope [s, b, h_local, *]."""
+    def query_up(self, q_in: torch.Tensor, rope: RotaryEmbedding, cos, sin, rotate: bool = True):
+        """q_in -> per-head q_nope and rotated q_rope [s, b, h_local, *] (rotate=False: not rotated yet)."""
         cfg = self.cfg
         q = self.q_b_proj(q_in) if cfg.q_lora_rank else self.q_proj(q_in)
         q = q.view(*q_in.shape[:2], self.local_heads, cfg.qk_head_dim)
         q_nope, q_rope = q.split([cfg.qk_nope_head_dim, cfg.qk_rope_head_dim], -1)
-        return q_nope, rope.apply(q_rope, cos, sin)
+        return q_nope, (rope.apply(q_rope, cos, sin) if rotate else q_rope)
 
     def project(self, x: torch.Tensor, rope: RotaryEmbedding, cos, sin):
         """x [s_local, b, D] -> in the TP region: q_nope, rotated q_rope, c_kv, rotated k_rope."""
@@ -88,18 +88,22 @@ class MLA(nn.Module):
         (set by the model under cp > 1). cache: this layer's slot of a
         `KVCache` (inference): the new tokens' latents are appended and attention reads the cache."""
         cfg = self.cfg
-        q_in, c, k_rope = self.project_latents(x, rope, cos, sin)
         if batch_invariant.enabled() and not isinstance(attn_mask, ContextParallelAttention):
+            q_in, c, k_rope = self.project_latents(x, rope, cos, sin)
             out = self._exact_attention(q_in, c, k_rope, rope, cos, sin, attn_mask, cache)
             out = leave_tp_region(self.o_proj(out), self.ps)
             return out if self.o_proj.bias is None else out + self.o_proj.bias
         prompt_docs = cache.owner.prompt_documents(x.shape[0]) if cache is not None else None
+        decoding = cache is not None and prompt_docs is None
+        q_in, c, k_rope = self.project_latents(x, rope, cos, sin, rotate=not decoding)
         if prompt_docs is not None:  # the prompt: cache its latents, attend as training does (O(s) memory)
             cache.store(c, k_rope)
             out = self._up_and_attend(q_in, c, k_rope, rope, cos, sin, prompt_docs)
-        elif cache is not None:  # decoding: absorbed attention over the latent cache
-            q_nope, q_rope = self.query_up(q_in, rope, cos, sin)
-            out = self._absorbed_attention(q_nope, q_rope, c, k_rope, cache)
+        elif decoding:  # absorbed attention over the latent cache
+            q_nope, q_rope = self.query_up(q_in, rope, cos, sin, rotate=False)
+            # q and k rotated by one call (k as one more head): a decoding step is mostly per-op cost
+            both = rope.apply(torch.cat([q_rope, k_rope.unsqueeze(2)], 2), cos, sin)
+            out = self._absorbed_attention(q_nope, both[:, :, :-1], c, both[:, :, -1], cache)
         else:
             if isinstance(attn_mask, ContextParallelAttention):  # keys of the whole sequence
                 latent = gather_sequence(torch.cat([c, k_rope], -1), self.ps, attn_mask.seq_len)
@@ -161,8 +165,9 @@ class MLA(nn.Module):
         # float32 throughout: the absorbed products round differently from the training path's
         # (kv_b_proj applied first) in bf16; in float32 both are close to exact, which cut the
         # sampler/trainer log-prob gap of bf16 GRPO ~60x in KL (README, bench/grpo_logprob_gap.py)
-        q_nope, q_rope, keys = q_nope.float(), q_rope.float(), keys.float()
-        w = self.kv_b_proj.weight.float().view(h, cfg.qk_nope_head_dim + cfg.v_head_dim, r)
+        q_nope, q_rope, keys = (t if t.dtype == torch.float32 else t.float() for t in (q_nope, q_rope, keys))
+        w = self.kv_b_proj.weight
+        w = (w if w.dtype == torch.float32 else w.float()).view(h, cfg.qk_nope_head_dim + cfg.v_head_dim, r)
         w_uk, w_uv = w[:, : cfg.qk_nope_head_dim], w[:, cfg.qk_nope_head_dim:]
         # q_nope [s, b, h, d] -> [h, s*b, d] @ w_uk [h, d, r] -> latent queries
         q_lat = torch.bmm(q_nope.reshape(s * b, h, -1).transpose(0, 1), w_uk)
@@ -174,7 +179,8 @@ class MLA(nn.Module):
         ctx = torch.bmm(probs, keys[..., :r]).view(b, h, s, r)  # attention-weighted latents
         # [b, h, s, r] -> [h, s*b, r] @ w_uv^T [h, r, v] -> [s, b, h, v]
         out = torch.bmm(ctx.permute(1, 2, 0, 3).reshape(h, s * b, r), w_uv.transpose(1, 2))
-        return out.view(h, s, b, cfg.v_head_dim).permute(1, 2, 0, 3).reshape(s, b, h * cfg.v_head_dim).to(dtype)
+        out = out.view(h, s, b, cfg.v_head_dim).permute(1, 2, 0, 3).reshape(s, b, h * cfg.v_head_dim)
+        return out if dtype == torch.float32 else out.to(dtype)
 
     def _exact_attention(self, q_in, c, k_rope, rope, cos, sin, attn_mask, cache) -> torch.Tensor:
         """rl.exact_rollouts: the absorbed form for training, prompts and decoding alike, over keys laid

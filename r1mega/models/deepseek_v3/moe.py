@@ -13,7 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1mega.models.deepseek_v3.config import ModelConfig
-from r1mega.kernels import batch_invariant, grouped_linear
+from r1mega.kernels import active_backend, batch_invariant, grouped_linear
+from r1mega.kernels.linear import TorchBackend
 from r1mega.models.ffn import SwiGLU
 from r1mega.parallel.recompute import recomputed
 from r1mega.parallel.comm import all_gather_nograd, gather_dim0, reduce_from_group, split_dim0
@@ -54,7 +55,8 @@ class Router(nn.Module):
         forced_idx replays a recorded choice of experts; their weights still come from the scores."""
         cfg = self.cfg
         exact = batch_invariant.enabled()
-        logits = (batch_invariant.linear if exact else F.linear)(x.float(), self.weight.float())
+        f32 = lambda t: t if t.dtype == torch.float32 else t.float()  # noqa: E731  (no dispatch for a no-op cast)
+        logits = (batch_invariant.linear if exact else F.linear)(f32(x), f32(self.weight))
         k = cfg.num_experts_per_tok
         if forced_idx is not None:
             scores = self._sigmoid(logits, exact) if cfg.scoring_func == "sigmoid" else logits.softmax(dim=-1)
@@ -112,6 +114,23 @@ class GroupedExperts(nn.Module):
         gate, up = gate_up.split(self.inner, dim=-1)
         act = batch_invariant.silu if batch_invariant.enabled() else F.silu
         return grouped_linear(act(gate) * up, self.w_down, offsets)
+
+    def few_rows_usable(self, choices: int, ps: ParallelState) -> bool:
+        """Inference with every expert on this rank (no EP, no expert-TP), plain torch kernels and at
+        most one (token, expert) choice per local expert: `by_choice` then copies no more weight than
+        a grouped GEMM reads, in a handful of ops instead of a sort, a plan and two grouped GEMMs."""
+        return (not torch.is_grad_enabled() and ps.ep == 1 and ps.etp == 1 and choices <= self.num_local
+                and isinstance(active_backend(), TorchBackend) and not batch_invariant.enabled())
+
+    def by_choice(self, x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """x [T, D], idx/weight [T, k] -> sum_j weight[t, j] * expert_{idx[t, j]}(x[t]) [T, D]: each
+        (token, expert) pair as one row of a batched GEMM over its gathered expert weights."""
+        T, k = idx.shape
+        flat = idx.reshape(-1)
+        rows = x[:, None, :].expand(T, k, x.shape[-1]).reshape(T * k, 1, -1)
+        gate, up = torch.bmm(rows, self.w_gate_up.index_select(0, flat).transpose(1, 2)).split(self.inner, -1)
+        out = torch.bmm(F.silu(gate) * up, self.w_down.index_select(0, flat).transpose(1, 2))  # [T*k, 1, D]
+        return (out.view(T, k, -1) * weight[..., None]).sum(1).to(x.dtype)
 
 
 class _AttachAuxLoss(torch.autograd.Function):
@@ -199,7 +218,6 @@ class MoE(nn.Module):
         # TP padding sits at the end of the last ranks' slices: this rank's real tokens are its first
         # n_real rows, known on the host (boolean masks would cost a device sync)
         n_real = max(0, min(tokens.shape[0], n - self.ps.r("tp") * tokens.shape[0])) if split else n
-        seq_of_token = flat[:n_real] % b
         forced = None
         if replay is not None:
             forced = replay.reshape(-1, replay.shape[-1])[flat.clamp(min=0)]
@@ -207,12 +225,16 @@ class MoE(nn.Module):
         self.last_topk_idx = idx[:n_real].detach()
         if cache is not None:
             cache.record_routing(self._whole_sequence_routing(idx, n, b))
-        routed = self.dispatcher(tokens, idx, weight, self.experts)
+        if self.experts.few_rows_usable(idx.numel(), self.ps):  # decoding a few rows
+            routed = self.experts.by_choice(tokens, idx, weight)
+        else:
+            routed = self.dispatcher(tokens, idx, weight, self.experts)
         if self.training:
             if not self.recomputing:  # statistics count each forward once, not again in recompute
                 self.expert_load += count_per_expert(self.last_topk_idx, self.cfg.n_routed_experts)
             if self.aux_loss_scale > 0:
                 seq_len = x.shape[0] * (self.ps.tp if self.ps.sp else 1) * self.ps.cp
+                seq_of_token = flat[:n_real] % b
                 aux = self._seq_balance_loss(scores, idx, seq_of_token, b, seq_len, split) * self.aux_loss_scale
                 if not self.recomputing:
                     total = aux.detach().float()
