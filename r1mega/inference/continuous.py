@@ -88,7 +88,24 @@ def _group_max(values: list[int], ps: ParallelState) -> list[int]:
     return t.tolist()
 
 
+def table_with_row(table: torch.Tensor, slot: int, blocks: list[int]) -> torch.Tensor:
+    """The block table with `slot`'s row set to `blocks` (a new, wider table when they outgrow it)."""
+    n = len(blocks)
+    if n > table.shape[1]:
+        grown = torch.zeros(table.shape[0], max(n, 2 * table.shape[1]), dtype=torch.long, device=table.device)
+        grown[:, :table.shape[1]] = table
+        table = grown
+    table[slot, :n] = torch.tensor(blocks, dtype=torch.long, device=table.device)
+    return table
+
+
 class ContinuousBatcher:
+    # One token per row and step. A subclass with its own decoding step (speculative decoding) sets
+    # this False: it then decodes one batch per step, keeps per-row draft state that preemption would
+    # not rebuild, and admission budgets stay soft.
+    one_token_steps = True
+    keeps_hidden = False  # the last stage keeps its final-normed hidden after each forward
+
     def __init__(self, model, ps: ParallelState, prompts: list[list[int]], keys: list[int], gen):
         self.model, self.ps, self.gen = model, ps, gen
         param = next(model.parameters())
@@ -144,21 +161,15 @@ class ContinuousBatcher:
             return len(r.recompute()) + self.bs
         return self.bs + (len(r.group.prompt) if r.group.blocks is None and id(r.group) not in counted else 0)
 
-    def own_decoding_step(self) -> bool:
-        """Whether a subclass brings its own decoding step (speculative decoding): it then decodes one
-        batch per step, keeps per-row draft state that preemption would not rebuild, and admission
-        budgets stay soft."""
-        return type(self).decode is not ContinuousBatcher.decode
-
     def pipelined(self) -> bool:
-        return self.ps.pp > 1 and self.gen.pipelined_decode and not self.own_decoding_step()
+        return self.ps.pp > 1 and self.gen.pipelined_decode and self.one_token_steps
 
     def preempt(self) -> None:
         """Keep the cache within max_cache_tokens as rows grow: requeue the youngest live rows at the
         front, their tokens kept and their blocks freed, until the next step's blocks fit (one row
         always stays). A requeued row is recomputed when re-admitted (`resume`); its noise is keyed
         by position, so it draws the same tokens it would have."""
-        budget = 0 if self.own_decoding_step() else self.gen.max_cache_tokens
+        budget = self.gen.max_cache_tokens if self.one_token_steps else 0
         while budget and len(self.live) > 1 and self._tokens_next_step() > budget:
             r = max(self.live, key=lambda x: x.admitted)
             self.live.remove(r)
@@ -190,13 +201,7 @@ class ContinuousBatcher:
         return self._fits(self.queue[0] if self.queue else None, pending, self.pool.used * self.bs, set())
 
     def _set_table(self, r: _Row) -> None:
-        n = len(r.blocks)
-        if n > self.table.shape[1]:
-            grown = torch.zeros(self.table.shape[0], max(n, 2 * self.table.shape[1]), dtype=torch.long,
-                                device=self.device)
-            grown[:, :self.table.shape[1]] = self.table
-            self.table = grown
-        self.table[r.slot, :n] = torch.tensor(r.blocks, dtype=torch.long, device=self.device)
+        self.table = table_with_row(self.table, r.slot, r.blocks)
 
     def retire(self, r: _Row) -> None:
         self.pool.release(r.blocks)
@@ -212,17 +217,23 @@ class ContinuousBatcher:
         return len(r.out) >= gen.max_new_tokens
 
     # ---- forwards ----------------------------------------------------------------------------
-    def _forward(self, ids, pos, view):
+    def _forward(self, ids, pos, view, all_logits: bool = False):
+        """This stage's forward (received from / sent to its neighbours); the last stage's logits of the
+        last position (all_logits: of every position [s, b, V/tp]). With `keeps_hidden` the last stage
+        keeps its final-normed hidden in self.hidden (the MTP draft's input)."""
         hidden = None
         if self.prev is not None:
             hidden = recv_activation((ids.shape[1], ids.shape[0], self.model.hidden_size), self.dtype, self.device,
                                      self.prev)
-        out = self.model(ids, hidden=hidden, position_ids=pos, cache=view, last_logits_only=True)
+        extra = {"keep_hidden": True} if self.keeps_hidden else {}  # (a family with an MTP draft)
+        out = self.model(ids, hidden=hidden, position_ids=pos, cache=view, last_logits_only=not all_logits, **extra)
         self.forwards += 1
         if self.nxt is not None:
             self.sent = send_activation(out.hidden, self.nxt, wait=not self.overlap_sends)
             return None
-        return out.logits[-1]
+        if self.keeps_hidden:
+            self.hidden = out.hidden
+        return out.logits if all_logits else out.logits[-1]
 
     def _sample(self, logits, rows: list[_Row], steps: list[int]):
         """Tokens and log-probs (identical on every rank of the pipeline and TP group)."""

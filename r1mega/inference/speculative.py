@@ -34,14 +34,13 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from r1mega.inference.continuous import ContinuousBatcher, _Row
+from r1mega.inference.continuous import ContinuousBatcher, _Row, table_with_row
 from r1mega.inference.paged_cache import NULL_BLOCK, BlockPool, decode_view, prefill_view
 from r1mega.inference.sampling import (
     _all_reduce, _global_argmax, _mix, _signed, log_softmax_at, row_keys, sampler_support, uniform_noise,
 )
 from r1mega.parallel.comm import all_gather_nograd
 from r1mega.parallel.layout import ParallelState
-from r1mega.parallel.pipeline import recv_activation, send_activation
 from r1mega.parallel.tensor_parallel import enter_tp_region
 
 SPECULATIVE_METHODS = ("mtp",)
@@ -180,6 +179,8 @@ def verify_drafts(logits: torch.Tensor, drafts: torch.Tensor, q: Optional[torch.
 class SpeculativeBatcher(ContinuousBatcher):
     """The continuous batcher whose decoding step drafts with the MTP module and verifies k+1 positions.
     Per-row draft state lives in buffers indexed by the row's slot (no per-row tensors to gather)."""
+    one_token_steps = False
+    keeps_hidden = True
 
     def __init__(self, model, ps: ParallelState, prompts, keys, gen):
         super().__init__(model, ps, prompts, keys, gen)
@@ -210,33 +211,25 @@ class SpeculativeBatcher(ContinuousBatcher):
                 self.q = torch.zeros(self.max_rows, k, n_local, device=self.device)
 
     # ---- blocks ------------------------------------------------------------------------------
-    def _table_row(self, table: torch.Tensor, slot: int, blocks: list) -> torch.Tensor:
-        n = len(blocks)
-        if n > table.shape[1]:
-            grown = torch.zeros(table.shape[0], max(n, 2 * table.shape[1]), dtype=torch.long, device=self.device)
-            grown[:, :table.shape[1]] = table
-            table = grown
-        table[slot, :n] = torch.tensor(blocks, dtype=torch.long, device=self.device)
-        return table
+    def _resize(self, pool: BlockPool, blocks: list, tokens: int) -> bool:
+        """`blocks` hold exactly `tokens` positions' worth; True when blocks were added."""
+        need = -(-tokens // self.bs)
+        if len(blocks) > need:
+            pool.release(blocks[need:])
+            del blocks[need:]
+        elif len(blocks) < need:
+            blocks.extend(pool.alloc() for _ in range(need - len(blocks)))
+            return True
+        return False
 
     def _fit(self, r: _Row, tokens: int) -> None:
         """The row's main blocks hold exactly `tokens` positions' worth (at least its cached ones)."""
-        need = -(-tokens // self.bs)
-        if len(r.blocks) > need:
-            self.pool.release(r.blocks[need:])
-            del r.blocks[need:]
-        elif len(r.blocks) < need:
-            r.blocks.extend(self.pool.alloc() for _ in range(need - len(r.blocks)))
+        if self._resize(self.pool, r.blocks, tokens):
             self._set_table(r)
 
     def _fit_mtp(self, r: _Row, tokens: int) -> None:
-        blocks, need = self.mtp_blocks[r.index], -(-tokens // self.bs)
-        if len(blocks) > need:
-            self.mtp_pool.release(blocks[need:])
-            del blocks[need:]
-        elif len(blocks) < need:
-            blocks.extend(self.mtp_pool.alloc() for _ in range(need - len(blocks)))
-            self.mtp_table = self._table_row(self.mtp_table, r.slot, blocks)
+        if self._resize(self.mtp_pool, self.mtp_blocks[r.index], tokens):
+            self.mtp_table = table_with_row(self.mtp_table, r.slot, self.mtp_blocks[r.index])
 
     def retire(self, r: _Row) -> None:
         if self.model.is_last and r.index in self.mtp_blocks:
@@ -244,22 +237,6 @@ class SpeculativeBatcher(ContinuousBatcher):
         super().retire(r)
 
     # ---- forwards ----------------------------------------------------------------------------
-    def _forward(self, ids, pos, view, all_logits: bool = False):
-        """As the plain engine's, keeping the last stage's final-normed hidden (self.hidden) and, with
-        all_logits, the logits of every position [s, b, V/tp]."""
-        hidden = None
-        if self.prev is not None:
-            hidden = recv_activation((ids.shape[1], ids.shape[0], self.model.hidden_size), self.dtype, self.device,
-                                     self.prev)
-        out = self.model(ids, hidden=hidden, position_ids=pos, cache=view, last_logits_only=not all_logits,
-                         keep_hidden=True)
-        self.forwards += 1
-        if self.nxt is not None:
-            send_activation(out.hidden, self.nxt)
-            return None
-        self.hidden = out.hidden
-        return out.logits if all_logits else out.logits[-1]
-
     def _mtp_forward(self, h_prev, next_ids, pos, view):
         """The MTP layer over h_prev [s, b, D] and the embeddings of next_ids [b, s] at positions pos
         [b, s] on its own cache -> its output [s, b, D]."""
@@ -339,7 +316,7 @@ class SpeculativeBatcher(ContinuousBatcher):
         if self.model.is_last:
             for r in new:
                 if r.index in self.mtp_blocks:  # not retired at its first token
-                    self.mtp_table = self._table_row(self.mtp_table, r.slot, self.mtp_blocks[r.index])
+                    self.mtp_table = table_with_row(self.mtp_table, r.slot, self.mtp_blocks[r.index])
 
     # ---- the speculative step ----------------------------------------------------------------
     def decode(self) -> None:
