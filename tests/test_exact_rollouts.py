@@ -48,6 +48,30 @@ def test_linear_and_bmm_rows_do_not_depend_on_the_batch(dtype, k, n):
         assert plain_differs
 
 
+@pytest.mark.parametrize("k, n", [(64, 96), (1024, 256)])
+def test_linear_rows_one_call(k, n):
+    """float32 at one thread: a probe row gives the same bits among up to 2,100 rows (one padded call up
+    to CONTIGUOUS_FP32_ROWS with a row-major weight, cut beyond) and with a transposed weight, whose
+    kernels change from M = 192 at K = 1024 (calls of at most FP32_ROWS there)."""
+    torch.manual_seed(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        w = torch.randn(n, k) * 0.05
+        for weight, sizes in ((w, (1, 17, 200, 1000, 2048, 2100)), (w.t().contiguous().t(), (1, 130, 200, 300))):
+            probe, ref = torch.randn(k), None
+            for m in sizes:
+                x = torch.randn(m, k)
+                at = int(torch.randint(0, m, ()))
+                x[at] = probe
+                with bi.exact_mode():
+                    row = linear(x, weight)[at]
+                ref = row if ref is None else ref
+                assert torch.equal(row, ref), (m, at, weight.is_contiguous())
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k, n", [(64, 32), (512, 1024)])
 def test_expert_rows_do_not_depend_on_other_rows(dtype, k, n):
@@ -81,13 +105,17 @@ def test_expert_rows_do_not_depend_on_other_rows(dtype, k, n):
     assert torch.allclose(grads[0][0], grads[1][0], **tol) and torch.allclose(grads[0][1], grads[1][1], **tol)
 
 
-def test_activations_match_torch_within_rounding():
+def test_activations_position_free():
+    """Within rounding of torch's, and a value gives the same bits at any index, whatever the length
+    (torch's fp32 sigmoid does not: its scalar tail rounds differently)."""
     x = torch.linspace(-30, 30, 1001)
     assert torch.allclose(bi.sigmoid(x), torch.sigmoid(x), atol=1e-7)
-    assert torch.allclose(bi.silu(x), F.silu(x), atol=1e-6)
-    # position-free: a value gives the same bits at any index (torch's fp32 sigmoid does not)
-    for n in (1, 5, 17, 33):
-        assert torch.equal(bi.sigmoid(x[:n]), bi.sigmoid(x)[:n])
+    assert torch.allclose(bi.silu(x), F.silu(x), rtol=1e-6, atol=1e-6)
+    for f in (bi.sigmoid, bi.silu):
+        whole = f(x)
+        for lo in (0, 1, 3, 7):
+            for n in (1, 5, 17, 33, 64, 100):
+                assert torch.equal(f(x[lo:lo + n]), whole[lo:lo + n]), (f.__name__, lo, n)
 
 
 def test_latent_attention_same_for_a_query_alone_packed_or_in_a_chunked_backward(monkeypatch):

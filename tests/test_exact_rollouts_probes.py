@@ -176,13 +176,16 @@ def test_exact_after_real_updates(tmp_path, world, extra):
             assert any(bool((c["ratio"] != 1).any()) for c in o["calls"][n:2 * n])  # the weights did move
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("model", [
+TWO_THREAD_MODELS = [
     ["model.hidden_size=512", "model.intermediate_size=1024", "model.moe_intermediate_size=256",
      "model.q_lora_rank=128", "model.kv_lora_rank=64"],  # a 1024-wide dense FFN (linears)
     ["model.hidden_size=256", "model.intermediate_size=256", "model.moe_intermediate_size=1024",
      "model.q_lora_rank=64", "model.kv_lora_rank=32"],  # 1024-wide experts (grouped GEMMs)
-])
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", TWO_THREAD_MODELS)
 def test_exact_with_two_intra_op_threads(tmp_path, model):
     """Two intra-op threads: fp32 GEMMs with K >= 1024 change bits with M at multiples of 16 and
     with the thread count (found: gap 9.5e-7 before the sampler kept the trainer's thread count and
@@ -217,3 +220,33 @@ def test_refusals_name_the_key(override, world):
     cfg = load_config(os.path.join(ROOT, "configs", "tiny", "r1_zero_demo.yaml"), ["rl.exact_rollouts=true", override])
     with pytest.raises(ConfigError, match="rl.exact_rollouts"):
         validate_rl(validate(cfg, world), world)
+
+
+@pytest.mark.slow
+def test_thread_count_changed_between_rollout_and_update_is_set_back(tmp_path, monkeypatch):
+    """Something changes the intra-op thread count after each rollout (1 -> 2): the mode sets it back
+    on entering the old log-probs, with a warning naming both counts, and the gap stays 0. Without
+    that (hold_threads a no-op) the same run's trainer takes 2-thread kernels and the gap is not 0."""
+    import r1mega.rl.grpo as grpo_module
+    rollout = grpo_module.rollout
+
+    def rollout_then_change_threads(*args, **kwargs):
+        out = rollout(*args, **kwargs)
+        torch.set_num_threads(2)
+        return out
+
+    monkeypatch.setattr(grpo_module, "rollout", rollout_then_change_threads)
+    threads = torch.get_num_threads()
+    overrides = lambda d: _overrides(tmp_path / d, [*TWO_THREAD_MODELS[0], "rl.max_new_tokens=24", *ROWS9])  # noqa: E731
+    torch.set_num_threads(1)
+    try:
+        with pytest.warns(RuntimeWarning, match="thread count changed from 1 to 2 before the old log-probs"):
+            held = exact_grpo_worker(0, 1, overrides("held"))
+        assert torch.get_num_threads() == 1
+        _assert_exact([held])
+        torch.set_num_threads(1)
+        monkeypatch.setattr(batch_invariant, "hold_threads", lambda phase: None)
+        unheld = exact_grpo_worker(0, 1, overrides("unheld"))
+    finally:
+        torch.set_num_threads(threads)
+    assert any(r["logprob_gap_max"] > 0 for r in unheld["rows"])  # the count matters: the hold is needed

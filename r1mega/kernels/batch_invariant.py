@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import warnings
 from typing import Optional
 
 import torch
@@ -32,7 +33,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 ROW_TILE = 16  # GEMM rows are padded to a multiple of this
-FP32_ROWS = 128  # float32 linears: at most this many rows per call (larger M may split K over threads)
+FP32_ROWS = 128  # float32 linears: at most this many rows per call (transposed weights change beyond)
+CONTIGUOUS_FP32_ROWS = 2048  # ... and with a row-major weight (measured invariant up to here)
 FIXED_ROWS = 64  # bf16/fp16 linears: every call exactly this many rows
 EXPERT_ROWS = 32  # bf16/fp16 expert GEMMs: every expert's GEMM exactly this many rows
 KEY_BLOCK = 32  # keys per attention block, aligned to positions 0, 32, 64, ... of a document
@@ -40,6 +42,9 @@ QUERY_CHUNK = 64  # query positions per recomputed chunk in training (activation
 SCORE_BUDGET = 1 << 20  # score elements of one attention call kept for backward without recompute
 
 _EXACT: contextvars.ContextVar = contextvars.ContextVar("r1mega_exact", default=False)
+# the intra-op thread count the mode started at (0: off): fp32 GEMMs take other kernels at another
+# count (and these paths other call shapes), so the rollout and the update must both run at it
+_THREADS: contextvars.ContextVar = contextvars.ContextVar("r1mega_exact_threads", default=0)
 
 
 def enabled() -> bool:
@@ -51,10 +56,27 @@ def exact_mode(on: bool = True):
     """Within the block, linears, expert GEMMs, activations, attention and log-probs take the
     batch-invariant paths (when `on`)."""
     token = _EXACT.set(bool(on))
+    # an inner block (activation recompute) keeps the outer block's count
+    threads = _THREADS.set((_THREADS.get() or torch.get_num_threads()) if on else 0)
     try:
         yield
     finally:
+        _THREADS.reset(threads)
         _EXACT.reset(token)
+
+
+def hold_threads(phase: str) -> None:
+    """On entering a phase (the rollout, the old log-probs, an update): if the intra-op thread count
+    is not the one the mode started at, set it back, with a warning naming both counts. A count
+    changed between the sampler and the trainer would change the bits of fp32 GEMMs (another kernel)
+    and so the log-probs; setting it back keeps the gap 0 and the user's own setting."""
+    want = _THREADS.get()
+    now = torch.get_num_threads()
+    if want and _EXACT.get() and now != want:
+        warnings.warn(f"rl.exact_rollouts: the intra-op thread count changed from {want} to {now} before the "
+                      f"{phase}; set back to {want} (the rollout and the update must run at one count for "
+                      "their log-probs to be bitwise equal)", RuntimeWarning, stacklevel=2)
+        torch.set_num_threads(want)
 
 
 def _pad_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, int]:
@@ -69,24 +91,38 @@ def _pad_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, int]:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear with every row's result independent of how many rows come with it and where it sits.
-    float32: rows padded to a multiple of ROW_TILE, at most FP32_ROWS per call; other dtypes (bf16's
-    kernels change with M even at multiples of 16): calls of exactly FIXED_ROWS rows each. Only the
-    forward needs that: backward is F.linear's own, one GEMM per gradient."""
+    float32 at one thread: rows padded to a multiple of ROW_TILE, at most FP32_ROWS per call
+    (CONTIGUOUS_FP32_ROWS for a row-major [out, in] weight, as nn.Linear keeps it); otherwise (bf16's
+    kernels, and fp32's at several threads, change with M even at multiples of 16): calls of exactly
+    FIXED_ROWS rows each. Only the forward needs that: backward is one GEMM per gradient."""
     flat = x.reshape(-1, x.shape[-1])
-    out = _InvariantLinear.apply(flat, weight, bias)
+    m = flat.shape[0]
+    if m <= _row_cap(flat, weight):  # one call: pad, GEMM, cut, through autograd's own ops
+        pad = (-m) % ROW_TILE
+        out = F.linear(F.pad(flat, (0, 0, 0, pad)) if pad else flat, weight, bias)
+        out = out[:m] if pad else out
+    elif torch.is_grad_enabled() and (flat.requires_grad or weight.requires_grad):
+        out = _InvariantLinear.apply(flat, weight, bias)
+    else:
+        out = _linear_rows(flat, weight, bias)
     return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def _row_cap(flat: torch.Tensor, weight: torch.Tensor) -> int:
+    """The most rows one invariant fp32 call may take (0: calls of FIXED_ROWS). Measured at one thread
+    (tests/test_exact_rollouts.py::test_linear_rows_one_call): a row-major weight gives every row the
+    same bits for any M that is a multiple of 16 up to 2048 (K 16..2048, N 32..8192); a transposed
+    one changes from M = 192 at K >= 1024."""
+    if flat.dtype != torch.float32 or torch.get_num_threads() != 1:
+        return 0
+    return CONTIGUOUS_FP32_ROWS if weight.is_contiguous() else FP32_ROWS
 
 
 def _linear_rows(flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     m = flat.shape[0]
-    # several intra-op threads: fp32 kernels change with M at multiples of 16 too (K >= 1024), so
-    # every call takes exactly FIXED_ROWS rows, as bf16's do
-    tiled = flat.dtype == torch.float32 and torch.get_num_threads() == 1
-    step = FP32_ROWS if tiled else FIXED_ROWS
-    if tiled and m <= step:
-        return F.linear(_pad_rows(flat, 0)[0], weight, bias)[:m]
-    flat = torch.cat([flat, flat.new_zeros((-m) % step, flat.shape[1])]) if m % step else flat
-    return torch.cat([F.linear(_pad_rows(c, 0)[0], weight, bias) for c in flat.split(step)])[:m]
+    step = _row_cap(flat, weight) or FIXED_ROWS
+    flat = F.pad(flat, (0, 0, 0, (-m) % step)) if m % step else flat
+    return torch.cat([F.linear(c, weight, bias) for c in flat.split(step)])[:m]
 
 
 class _InvariantLinear(torch.autograd.Function):
@@ -170,12 +206,15 @@ class _GroupedRounds(torch.autograd.Function):
 
 
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
-    """1 / (1 + exp(-x)) in float32 (torch's fp32 sigmoid rounds differently in its scalar tail)."""
-    return 1.0 / (1.0 + torch.exp(-x.float()))
+    """1 / (exp(-x) + 1) in float32 (torch's fp32 sigmoid rounds differently in its scalar tail)."""
+    return torch.reciprocal(torch.exp(-x.float()) + 1)
 
 
 def silu(x: torch.Tensor) -> torch.Tensor:
-    return (x.float() * sigmoid(x)).to(x.dtype)
+    """x * sigmoid(x) as h + h * tanh(h), h = x / 2, in float32: three ops, each giving a value the same
+    bits wherever it sits (tanh, like exp, has no scalar tail of its own; test_activations_position_free)."""
+    h = x.float() * 0.5
+    return torch.addcmul(h, h, torch.tanh(h)).to(x.dtype)
 
 
 # ---- attention -------------------------------------------------------------------------------------

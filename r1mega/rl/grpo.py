@@ -198,6 +198,7 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
                    step: int, index: int) -> ScoredRollout:
     """G samples per question on the training shards, then the rewards of each output. where: the
     questions' indices in the rollout, which key the sampling noise (layout-independent samples)."""
+    batch_invariant.hold_threads("rollout")  # rl.exact_rollouts: the count the run started at
     cfg, ps, tok = run.cfg, run.ps, source.tok
     G = cfg.rl.group_size
     limit = max_new_tokens_at(cfg.rl, step)
@@ -324,6 +325,7 @@ def minibatch_update(run: Run, chunks, optimizer: DistributedAdamW, batch: Train
                      max_new_tokens: int, kernels=None, microbatch_count: Optional[int] = None) -> dict[str, float]:
     """One optimizer step on one minibatch; returns its local sums (kl, clipped, loss, ...).
     kernels: the FP8 backend (train.fp8) the forward/backward runs on, None for train.dtype."""
+    batch_invariant.hold_threads("update")
     cfg, ps = run.cfg, run.ps
     count = max(global_values({"n": loss_count(cfg.rl, batch, max_new_tokens)}, ps, run.device)["n"], 1.0)
     sums = policy_gradients(cfg, ps, chunks, batch, extra, count, microbatch_count, kernels)
@@ -403,6 +405,7 @@ def old_and_reference_logprobs(cfg: Config, ps: ParallelState, chunks, reference
     rl.keep_sampling_mask: the old pass recomputes the sampler's top-p/top-k support (vocab: the
     tokenizer's) and keeps it in batch.support for the reference and the updates; the sampler's
     log-probs are moved into its truncated distribution (batch.rollout_logp)."""
+    batch_invariant.hold_threads("old log-probs")
     size, rl = cfg.data.micro_batch_size, cfg.rl
     mbs = microbatches(batch, size, {}, rl.routing_replay, microbatch_count)
     if rl.keep_sampling_mask:
