@@ -48,20 +48,21 @@ def test_linear_and_bmm_rows_do_not_depend_on_the_batch(dtype, k, n):
         assert plain_differs
 
 
-@pytest.mark.parametrize("k, n", [(64, 96), (1024, 256)])
-def test_linear_rows_one_call(k, n):
-    """float32 at one thread: a probe row gives the same bits among up to 2,100 rows (one padded call up
-    to CONTIGUOUS_FP32_ROWS with a row-major weight, cut beyond) and with a transposed weight, whose
-    kernels change from M = 192 at K = 1024 (calls of at most FP32_ROWS there)."""
+@pytest.mark.parametrize("dtype, k, n", [(torch.float32, 64, 96), (torch.float32, 1024, 256),
+                                         (torch.bfloat16, 64, 96), (torch.bfloat16, 512, 1024)])
+def test_linear_rows_one_call(dtype, k, n):
+    """One thread: a probe row gives the same bits among up to 2,100 rows, with a row-major weight (one
+    padded call up to ROW_MAJOR_ROWS in fp32 and in bf16 at K <= 256, cut beyond; 64-row calls for
+    bf16 at K 512) and with a transposed one, whose fp32 kernels change from M = 192 at K = 1024."""
     torch.manual_seed(1)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        w = torch.randn(n, k) * 0.05
-        for weight, sizes in ((w, (1, 17, 200, 1000, 2048, 2100)), (w.t().contiguous().t(), (1, 130, 200, 300))):
-            probe, ref = torch.randn(k), None
+        w = (torch.randn(n, k) * 0.05).to(dtype)
+        for weight, sizes in ((w, (1, 17, 64, 200, 1000, 2048, 2100)), (w.t().contiguous().t(), (1, 130, 200, 300))):
+            probe, ref = torch.randn(k).to(dtype), None
             for m in sizes:
-                x = torch.randn(m, k)
+                x = torch.randn(m, k).to(dtype)
                 at = int(torch.randint(0, m, ()))
                 x[at] = probe
                 with bi.exact_mode():

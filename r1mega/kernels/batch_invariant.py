@@ -34,7 +34,8 @@ from torch.utils.checkpoint import checkpoint
 
 ROW_TILE = 16  # GEMM rows are padded to a multiple of this
 FP32_ROWS = 128  # float32 linears: at most this many rows per call (transposed weights change beyond)
-CONTIGUOUS_FP32_ROWS = 2048  # ... and with a row-major weight (measured invariant up to here)
+ROW_MAJOR_ROWS = 2048  # ... with a row-major weight (measured invariant up to here)
+BF16_WIDE_K = 256  # bf16 linears with K up to this: calls of up to ROW_MAJOR_ROWS rows
 FIXED_ROWS = 64  # bf16/fp16 linears: every call exactly this many rows
 EXPERT_ROWS = 32  # bf16/fp16 expert GEMMs: every expert's GEMM exactly this many rows
 KEY_BLOCK = 32  # keys per attention block, aligned to positions 0, 32, 64, ... of a document
@@ -90,15 +91,15 @@ def _pad_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, int]:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear with every row's result independent of how many rows come with it and where it sits.
-    float32 at one thread: rows padded to a multiple of ROW_TILE, at most FP32_ROWS per call
-    (CONTIGUOUS_FP32_ROWS for a row-major [out, in] weight, as nn.Linear keeps it); otherwise (bf16's
-    kernels, and fp32's at several threads, change with M even at multiples of 16): calls of exactly
-    FIXED_ROWS rows each. Only the forward needs that: backward is one GEMM per gradient."""
+    """F.linear with every row's result independent of how many rows come with it and where it sits:
+    rows padded to a multiple of a tile, in calls of at most a cap of rows (`_row_tiles`, measured per
+    dtype, weight layout and thread count). Only the forward needs that: backward is one GEMM per
+    gradient."""
     flat = x.reshape(-1, x.shape[-1])
     m = flat.shape[0]
-    if m <= _row_cap(flat, weight):  # one call: pad, GEMM, cut, through autograd's own ops
-        pad = (-m) % ROW_TILE
+    tile, cap = _row_tiles(flat, weight)
+    if m <= cap:  # one call: pad, GEMM, cut, through autograd's own ops
+        pad = (-m) % tile
         out = F.linear(F.pad(flat, (0, 0, 0, pad)) if pad else flat, weight, bias)
         out = out[:m] if pad else out
     elif torch.is_grad_enabled() and (flat.requires_grad or weight.requires_grad):
@@ -108,19 +109,27 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
-def _row_cap(flat: torch.Tensor, weight: torch.Tensor) -> int:
-    """The most rows one invariant fp32 call may take (0: calls of FIXED_ROWS). Measured at one thread
-    (tests/test_exact_rollouts.py::test_linear_rows_one_call): a row-major weight gives every row the
-    same bits for any M that is a multiple of 16 up to 2048 (K 16..2048, N 32..8192); a transposed
-    one changes from M = 192 at K >= 1024."""
-    if flat.dtype != torch.float32 or torch.get_num_threads() != 1:
-        return 0
-    return CONTIGUOUS_FP32_ROWS if weight.is_contiguous() else FP32_ROWS
+def _row_tiles(flat: torch.Tensor, weight: torch.Tensor) -> tuple[int, int]:
+    """(tile, cap): a call's rows are padded to a multiple of `tile` and number at most `cap`. Measured
+    on this CPU at one intra-op thread (tests/test_exact_rollouts.py::test_linear_rows_one_call):
+    - float32: any multiple of 16 rows gives each row the same bits up to 2,048 rows (K 16..2048,
+      N 32..8192) with a row-major [out, in] weight, as nn.Linear keeps it; a transposed weight's
+      kernels change from 192 rows at K >= 1024, so 128 there;
+    - bfloat16: with a row-major weight and K <= 256 any multiple of 64 rows up to 2,048; otherwise
+      the kernels change with M even at multiples of 16 (K 512: from 512 rows; K 4096: from 192).
+    Anything else (several threads, where fp32 kernels change with M too; other dtypes): calls of
+    exactly FIXED_ROWS."""
+    if torch.get_num_threads() == 1:
+        if flat.dtype == torch.float32:
+            return ROW_TILE, ROW_MAJOR_ROWS if weight.is_contiguous() else FP32_ROWS
+        if flat.dtype == torch.bfloat16 and weight.is_contiguous() and flat.shape[1] <= BF16_WIDE_K:
+            return FIXED_ROWS, ROW_MAJOR_ROWS
+    return FIXED_ROWS, FIXED_ROWS
 
 
 def _linear_rows(flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     m = flat.shape[0]
-    step = _row_cap(flat, weight) or FIXED_ROWS
+    step = _row_tiles(flat, weight)[1]
     flat = F.pad(flat, (0, 0, 0, (-m) % step)) if m % step else flat
     return torch.cat([F.linear(c, weight, bias) for c in flat.split(step)])[:m]
 
