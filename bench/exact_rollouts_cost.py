@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import linecache
 import os
 import statistics
 import sys
@@ -41,7 +42,8 @@ MODELS = {
 
 class _StepClock:
     """Stands in for grpo's `time` module: its perf_counter also notes this process's CPU time, so a
-    step's CPU seconds come beside the wall seconds grpo logs (a step ends where step_metrics reads it)."""
+    step's CPU seconds come beside the wall seconds grpo logs (a step ends where grpo's source reads
+    `perf_counter() - t0`; every other read starts one)."""
 
     def __init__(self):
         self.steps: list[tuple[float, float]] = []  # (wall, cpu) per step
@@ -49,7 +51,8 @@ class _StepClock:
 
     def perf_counter(self) -> float:
         now = (time.perf_counter(), time.process_time())
-        if sys._getframe(1).f_code.co_name == "step_metrics":
+        caller = sys._getframe(1)
+        if "perf_counter() - t0" in linecache.getline(caller.f_code.co_filename, caller.f_lineno):
             self.steps.append((now[0] - self._last[0], now[1] - self._last[1]))
         else:
             self._last = now
@@ -73,6 +76,8 @@ def run(model: str, dtype: str, exact: bool, steps: int, data: str) -> tuple[lis
             rows = [json.loads(line) for line in open(os.path.join(d, "metrics.jsonl"))]
     finally:
         grpo_module.time = time
+    if len(clock.steps) != len(rows):
+        raise RuntimeError(f"timed {len(clock.steps)} steps of {len(rows)}: grpo's step timer moved")
     return clock.steps[1:], max(r["logprob_gap_max"] for r in rows)
 
 
