@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
@@ -17,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from r1mega.checks import at_least as _at_least, need as _need, one_of as _one_of, positive as _positive
 from r1mega.errors import ConfigError  # noqa: F401  (re-exported: `from r1mega.config import ConfigError`)
-from r1mega.models.family import DEFAULT_FAMILY, family_named, family_of_config
+from r1mega.models.family import DEFAULT_FAMILY, families, family_named, family_of_config
 from r1mega.parallel.config import ParallelConfig  # noqa: F401  (the parallel: section, beside its owner)
 from r1mega.parallel.recompute import RECOMPUTE_MODES, SELECTIVE_RECOMPUTE_MODULES
 
@@ -65,11 +66,6 @@ class TrainConfig:
     schedule: str = "1f1b"  # gpipe | 1f1b | interleaved
     virtual_stages: int = 1  # model chunks per pipeline rank (interleaved schedule)
     dtype: str = "float32"  # float32 | bfloat16 (weights; master weights are always float32)
-    # aliases of the model family's training keys (model.mtp_weight, model.balance_alpha,
-    # model.bias_update_rate of DeepSeek-V3); when set they win, and a family without the key ignores it
-    mtp_weight: Optional[float] = None
-    balance_alpha: Optional[float] = None
-    bias_update_rate: Optional[float] = None
     log_interval: int = 1
     run_dir: str = "runs/train"
     save_interval: int = 0  # 0: only at the end
@@ -88,9 +84,14 @@ class TrainConfig:
     fp8_backend: str = "auto"  # auto | emulated | te (auto: Transformer Engine where built and usable)
     fp8_block: int = 128  # tile length: 1 x block for activations/gradients, block x block for weights
     fp8_pow2_scales: bool = False  # round scales down to powers of two
-    # the sparse-attention indexer's training stage (DeepSeek-V3.2's family): null | dense_warmup | sparse
+    # DEPRECATED older names of model families' training keys, now in the family's `model:` section
+    # (its `training_keys`); still read: when set they win over the model's, with a warning, and a
+    # family without the key ignores a number and refuses anything else (apply_train_aliases)
+    mtp_weight: Optional[float] = None
+    balance_alpha: Optional[float] = None
+    bias_update_rate: Optional[float] = None
     dsa_stage: Optional[str] = None
-    index_loss_weight: float = 1.0  # weight of the indexer's KL loss (per target token)
+    index_loss_weight: Optional[float] = None
 
 
 @dataclass
@@ -389,22 +390,35 @@ def resolve_parallel(par: ParallelConfig, world_size: int) -> ParallelConfig:
     return out
 
 
+TRAIN_ALIASES = ("mtp_weight", "balance_alpha", "bias_update_rate", "dsa_stage", "index_loss_weight")
+
+
 def apply_train_aliases(cfg: Config) -> None:
-    """train.mtp_weight / balance_alpha / bias_update_rate, when set, are the active model's keys."""
+    """The deprecated `train.<key>` names of family training keys (TRAIN_ALIASES): when set, they are
+    the active model's keys. A family without the key ignores a number (the weight or rate of a loss
+    it does not have) and refuses anything else (a training mode of a part it lacks)."""
     m = cfg.active_model
-    for key in ("mtp_weight", "balance_alpha", "bias_update_rate"):
+    family = family_of_config(m)
+    for key in TRAIN_ALIASES:
         v = getattr(cfg.train, key)
-        if v is not None and key in family_of_config(m).training_keys:
+        if v is None:
+            continue
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        _need(not number or (math.isfinite(v) and v >= 0), f"train.{key}", f"must be >= 0, got {v}")
+        owners = [f.name for f in families() if key in f.training_keys]
+        warnings.warn(f"train.{key} is deprecated: it is a training key of the model family's section now "
+                      f"(model.{key} of {', '.join(owners)})", FutureWarning, stacklevel=3)
+        if key in family.training_keys:
             setattr(m, key, v)
+        else:
+            _need(number, f"train.{key}", f"{v!r} is a training key of {', '.join(owners)}; this model "
+                                          f"({family.name}) has none")
 
 
 def validate(cfg: Config, world_size: int) -> Config:
     """Cross-field checks of model x layout. Raises ConfigError naming the key; allocates nothing."""
     par = resolve_parallel(cfg.parallel, world_size)
     _need(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
-    for key in ("mtp_weight", "balance_alpha", "bias_update_rate"):
-        v = getattr(cfg.train, key)
-        _need(v is None or (math.isfinite(v) and v >= 0), f"train.{key}", f"must be >= 0, got {v}")
     apply_train_aliases(cfg)
     for section in ("model", "student"):
         m = getattr(cfg, section)
@@ -497,6 +511,5 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
     need(1 <= t.fp8_block <= 4096, "train.fp8_block",
          f"must be in [1, 4096] (DeepSeek-V3 uses 128), got {t.fp8_block}")
     need(not needs_data or bool(d.paths) or d.synthetic is not None, "data.paths", "no data: give data.paths or data.synthetic")
-    need(t.index_loss_weight >= 0, "train.index_loss_weight", f"must be >= 0, got {t.index_loss_weight}")
     family_of_config(active).training.validate(active, t, section)  # the family's own training rules
     return cfg

@@ -15,10 +15,10 @@ from r1mega.train.lm_step import lm_forward_backward
 def cp_evaluate(model, ps, ids, labels, docs, positions, micro: int, mtp_weight: float) -> dict:
     """Whole-row logits of this DP rank, losses, and full gradients of this stage."""
     kw = dict(attn_mask=docs, position_ids=positions)
-    fwd = lm_forward_backward(model, ps, ids, labels, micro, mtp_weight, forward_only=True, **kw)
+    fwd = lm_forward_backward(model, ps, ids, labels, micro, {"mtp_weight": mtp_weight}, forward_only=True, **kw)
     model.zero_grad(set_to_none=True)
-    step = lm_forward_backward(model, ps, ids, labels, micro, mtp_weight, **kw)
-    out = {"loss": step.loss, "mtp_loss": step.mtp_loss, "dp": ps.r("dp"), "first": ps.r("tp") == 0 and ps.r("cp") == 0}
+    step = lm_forward_backward(model, ps, ids, labels, micro, {"mtp_weight": mtp_weight}, **kw)
+    out = {"loss": step.loss, "mtp_loss": step.extra["mtp_loss"], "dp": ps.r("dp"), "first": ps.r("tp") == 0 and ps.r("cp") == 0}
     if ps.is_last_stage:
         rows = []
         for local in fwd.logits:  # [s / cp, b, V / tp] per microbatch

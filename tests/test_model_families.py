@@ -46,30 +46,37 @@ def test_no_silent_default_family():
 
 
 def test_train_aliases_set_the_family_training_keys():
-    cfg = validate(load_config(None, ["train.mtp_weight=0.1", "train.bias_update_rate=0"]), 1)
+    with pytest.warns(FutureWarning, match="train.mtp_weight is deprecated"):
+        cfg = validate(load_config(None, ["train.mtp_weight=0.1", "train.bias_update_rate=0"]), 1)
     assert cfg.model.mtp_weight == 0.1 and cfg.model.bias_update_rate == 0.0
     cfg = validate(load_config(None, ["model.mtp_weight=0.2"]), 1)
     assert cfg.model.mtp_weight == 0.2
-    # a dense model has no MTP: the alias is ignored, as distillation configs set it to 0
-    validate(load_config(os.path.join(ROOT, "configs", "tiny", "distill_student.yaml")), 1)
+    # a dense model has no MTP: a loss weight given by the older name is ignored
+    validate(load_config(os.path.join(ROOT, "configs", "tiny", "distill_student.yaml"), ["train.mtp_weight=0"]), 1)
 
 
-@pytest.mark.parametrize("family, stage, refused", [
-    ("deepseek_v3", "sparse", "has none"),  # only DeepSeek-V3.2's family has an indexer to train
-    ("deepseek_v32", "dense_warmup", None), ("deepseek_v32", "sparse", None),
-    ("deepseek_v32", "warmup", "expected dense_warmup, sparse or null"),
+@pytest.mark.parametrize("family, key, stage, refused", [
+    ("deepseek_v3", "train.dsa_stage", "sparse", "has none"),  # only DeepSeek-V3.2's family has an indexer to train
+    ("deepseek_v3", "model.dsa_stage", "sparse", "dsa_stage"),  # not a key of DeepSeek-V3's section
+    ("dense", "train.dsa_stage", "sparse", "has none"),
+    ("deepseek_v32", "model.dsa_stage", "dense_warmup", None), ("deepseek_v32", "model.dsa_stage", "sparse", None),
+    ("deepseek_v32", "train.dsa_stage", "sparse", None),  # the older name still sets the model's key
+    ("deepseek_v32", "model.dsa_stage", "warmup", "expected dense_warmup, sparse or null"),
+    ("deepseek_v32", "train.dsa_stage", "warmup", "expected dense_warmup, sparse or null"),
 ])
-def test_train_keys_a_family_owns_are_checked_by_it(family, stage, refused):
+def test_train_keys_a_family_owns_are_checked_by_it(family, key, stage, refused):
     from r1mega.config import validate_training
 
-    cfg = load_config(None, [f"model.family={family}", "model.num_layers=2", "data.synthetic=addition",
-                             f"train.dsa_stage={stage}"])
+    def checked():
+        return validate_training(load_config(None, [f"model.family={family}", "model.num_layers=2",
+                                                    "data.synthetic=addition", f"{key}={stage}"]), 1)
+
     if refused is None:
-        assert validate_training(cfg, 1).train.dsa_stage == stage
+        assert checked().model.dsa_stage == stage
         return
     with pytest.raises(ConfigError) as e:
-        validate_training(cfg, 1)
-    assert e.value.key == "train.dsa_stage" and refused in str(e.value)
+        checked()
+    assert e.value.key in (key, "model.dsa_stage") and refused in str(e.value), (e.value.key, str(e.value))
 
 
 def test_dry_run_counts_experts_through_the_family(capsys):

@@ -9,30 +9,37 @@ from r1mega.errors import ConfigError
 
 
 class TrainingHooks:
-    """What a family adds to training: its rules on the `train:` keys, extra loss terms, the work
-    after the optimizer step, and the metrics both produce. The base class adds nothing."""
+    """What a family adds to training, driven by its `model:` section's training keys (the family's
+    `training_keys`): its rules on the `train:` keys, extra loss terms, the work before and after the
+    optimizer step, and the metrics they produce. Generic code (train/lm_step.py, train/trainer.py)
+    calls these and never names a family's losses. The base class adds nothing."""
+
+    # names of the extra loss terms a step reports (StepResult.extra), each a global mean per target token
+    extra_losses: tuple[str, ...] = ()
 
     def validate(self, model_cfg, train, section: str) -> None:
-        """The family's rules on the run's `train:` keys (raise ConfigError naming the key). The
-        base trains no sparse-attention indexer: train.dsa_stage stays unset."""
-        if train.dsa_stage is not None:
-            raise ConfigError("train.dsa_stage", f"{train.dsa_stage} trains DeepSeek-V3.2's indexer; this model has "
-                                                 f"none (model_type deepseek_v32)")
+        """The family's rules on the run's `train:` keys (raise ConfigError naming the key)."""
 
-    def prepare(self, chunks, train) -> None:
-        """Before the optimizer is built: e.g. freeze what a training stage keeps fixed (train: TrainConfig)."""
+    def prepare(self, chunks, model_cfg) -> None:
+        """Before the optimizer is built: e.g. freeze what a training stage keeps fixed."""
 
-    def before_step(self, chunks, train, labels) -> None:
+    def before_step(self, chunks, model_cfg, labels) -> None:
         """Before a step's forward, with the global batch's labels [B, s]."""
 
-    def set_balance_loss(self, chunks, alpha: float, global_sequences: int) -> None:
-        """Weight of a load-balancing loss the layers add in the next forward (0: none)."""
-
     def loss_weights(self, model_cfg) -> dict[str, float]:
-        """Keyword weights of the family's extra losses for `lm_forward_backward` (e.g. MTP)."""
+        """The weights of the family's extra losses, from its training keys; passed as they are to
+        `lm_forward_backward`, which hands them back to start_forward and extra_loss (missing: 0)."""
         return {}
 
-    def after_step(self, chunks, ps, model_cfg, skipped: bool, result, train=None) -> dict[str, float]:
+    def start_forward(self, chunks, weights: dict, global_sequences: int, training: bool) -> None:
+        """Before a global batch's forward: e.g. scale a loss the layers add themselves (0 when not training)."""
+
+    def extra_loss(self, out, denom: int, weights: dict) -> "tuple[Optional[Any], dict[str, Any]]":
+        """A microbatch's extra terms from its StageOutput, per target token (denom: the global count):
+        (the weighted sum to add to its loss, or None; {each of extra_losses: the unweighted term})."""
+        return None, {}
+
+    def after_step(self, chunks, ps, model_cfg, skipped: bool, result) -> dict[str, float]:
         """Collective. Runs after every optimizer step; skipped: the step left the main model's
         weights as they were (non-finite, or frozen). Returns the family's metrics."""
         return {}

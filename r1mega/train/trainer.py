@@ -92,7 +92,7 @@ def _train(cfg: Config, kind: str) -> dict:
 
     chunks = build_model(run)
     hooks = family.training  # the family's extra losses and its work around each optimizer step
-    hooks.prepare(chunks, t)  # e.g. DeepSeek-V3.2's dense warm-up freezes all but the indexer
+    hooks.prepare(chunks, model_cfg)  # e.g. DeepSeek-V3.2's dense warm-up freezes all but the indexer
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
 
     # the run's own newest checkpoint wins over train.load, so a requeued job continues where it was
@@ -124,19 +124,19 @@ def _train(cfg: Config, kind: str) -> dict:
     for step in range(start, t.steps):
         t0 = time.perf_counter()
         batch = {k: v.to(device) for k, v in _batch(data, kind, consumed, gbs).items()}
-        hooks.before_step(chunks, t, batch["labels"])
+        hooks.before_step(chunks, model_cfg, batch["labels"])
         with kernels_scope(kernels):
             res = lm_forward_backward(
                 chunks, ps, batch["input_ids"], batch["labels"], micro,
                 attn_mask=batch.get("attn_mask"), position_ids=batch.get("position_ids"),
-                schedule=t.schedule, reduce_dp=False, **hooks.loss_weights(model_cfg))
+                schedule=t.schedule, reduce_dp=False, loss_weights=hooks.loss_weights(model_cfg))
         lr = lr_at(step, t.steps, cfg.optim)
         if math.isfinite(res.loss):
             grad_norm, skipped = optimizer.step(lr)
         else:
             grad_norm, skipped = float("nan"), True
             optimizer.skipped += 1
-        family_metrics = hooks.after_step(chunks, ps, model_cfg, skipped, res, t)
+        family_metrics = hooks.after_step(chunks, ps, model_cfg, skipped, res)
         optimizer.zero_grad(chunks)
         consumed += gbs
         dt = time.perf_counter() - t0
