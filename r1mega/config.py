@@ -18,9 +18,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from r1mega.checks import at_least as _at_least, need as _need, one_of as _one_of, positive as _positive
 from r1mega.errors import ConfigError  # noqa: F401  (re-exported: `from r1mega.config import ConfigError`)
-from r1mega.models.family import DEFAULT_FAMILY, families, family_named, family_of_config
+from r1mega.models.family import DEFAULT_FAMILY, families, family_named, family_of_config, recompute_units
 from r1mega.parallel.config import ParallelConfig  # noqa: F401  (the parallel: section, beside its owner)
-from r1mega.parallel.recompute import RECOMPUTE_MODES, SELECTIVE_RECOMPUTE_MODULES
+from r1mega.parallel.recompute import RECOMPUTE_MODES
 
 # The model sections live with their families (r1mega/models/<family>/config.py). These two names
 # stay for existing callers: the default family's section and the dense family's (`student:`).
@@ -78,7 +78,8 @@ class TrainConfig:
     # model keys allowed to differ from the checkpoint's on resume (e.g. [rope_scaling] to extend context)
     allow_arch_change: list[str] = field(default_factory=list)
     recompute: str = "none"  # none | selective | full (activation recompute, parallel/recompute.py)
-    recompute_modules: list[str] = field(default_factory=lambda: list(SELECTIVE_RECOMPUTE_MODULES))
+    # the parts selective recompute runs again; default: every part any family names (its recompute_units)
+    recompute_modules: list[str] = field(default_factory=lambda: list(recompute_units()))
     # FP8 linears (DeepSeek-V3's blockwise recipe): none | blockwise
     fp8: str = "none"
     fp8_backend: str = "auto"  # auto | emulated | te (auto: Transformer Engine where built and usable)
@@ -500,9 +501,8 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
     need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
     need(t.recompute in RECOMPUTE_MODES, "train.recompute",
          f"expected one of {', '.join(RECOMPUTE_MODES)}, got {t.recompute!r}")
-    unknown = [x for x in t.recompute_modules if x not in SELECTIVE_RECOMPUTE_MODULES]
-    need(not unknown, "train.recompute_modules",
-         f"unknown {unknown}; choose from {', '.join(SELECTIVE_RECOMPUTE_MODULES)}")
+    unknown = [x for x in t.recompute_modules if x not in recompute_units()]
+    need(not unknown, "train.recompute_modules", f"unknown {unknown}; choose from {', '.join(recompute_units())}")
     need(t.fp8 in ("none", "blockwise"), "train.fp8", f"expected none or blockwise, got {t.fp8!r}")
     need(t.fp8_backend in ("auto", "emulated", "te"), "train.fp8_backend",
          f"expected auto, emulated or te, got {t.fp8_backend!r}")

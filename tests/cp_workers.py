@@ -6,6 +6,7 @@ import torch
 from layout_workers import build
 from r1mega.config import ParallelConfig
 from r1mega.models.deepseek_v3.hf_weights import gather_full
+from r1mega.models.family import family_of
 from r1mega.parallel.recompute import set_recompute
 from r1mega.parallel.context_parallel import gather_sequence
 from r1mega.parallel.vocab_parallel import gather_vocab
@@ -40,7 +41,7 @@ def cp_layouts_worker(rank: int, world: int, hf_dir: str, layouts: list[dict], i
         recompute = lay.pop("recompute", "none")
         packed = lay.pop("packed", True)  # False: plain causal rows (pretraining)
         model, ps = build(hf_dir, ParallelConfig(**lay), world)
-        set_recompute(model, recompute)
+        set_recompute(model, recompute, family_of(model).recompute_units)
         res = cp_evaluate(model, ps, ids, labels, docs if packed else None, positions if packed else None,
                           micro, mtp_weight)
         if ps.r("dp") != 0 or ps.r("tp") != 0 or ps.r("cp") != 0:

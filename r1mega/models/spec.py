@@ -59,6 +59,8 @@ class ModelFamily:
     kv_cache: str  # what generation caches per token and layer
     routed_experts: Callable[[Any], int] = lambda cfg: 0  # a config's routed experts per MoE layer (0: dense)
     training_keys: tuple[str, ...] = ()  # config keys that are training rules, not architecture
+    # the parts of its layers selective recompute can run again (`train.recompute_modules` names them)
+    recompute_units: tuple[str, ...] = ()
     fp32_params: tuple[str, ...] = ()  # parameter names kept in float32 whatever the weight dtype
     # HF checkpoint tensors a model need not hold (e.g. MTP copies of the embedding), by name
     hf_optional: Callable[[str, dict], bool] = lambda key, hf_config: False

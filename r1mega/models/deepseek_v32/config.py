@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional
 
 from r1mega.errors import ConfigError
+from r1mega.models.deepseek_v3.config import RECOMPUTE_UNITS as V3_RECOMPUTE_UNITS
 from r1mega.models.deepseek_v3.config import TRAINING_KEYS as V3_TRAINING_KEYS, ModelConfig
 from r1mega.models.deepseek_v3.config import validate_keys as v3_validate_keys
 
@@ -14,6 +15,9 @@ DSA_STAGES = ("dense_warmup", "sparse")
 # the indexer's training stage and its KL loss weight (training.py); `train.dsa_stage` and
 # `train.index_loss_weight` are their older names
 TRAINING_KEYS = (*V3_TRAINING_KEYS, "dsa_stage", "index_loss_weight")
+# DeepSeek-V3's recompute units, and `indexer`: the lightning indexer's keys, queries and head
+# weights (its own projections; its scores go by blocks already)
+RECOMPUTE_UNITS = (*V3_RECOMPUTE_UNITS, "indexer")
 
 
 @dataclass
