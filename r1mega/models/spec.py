@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 
-from r1mega.errors import ConfigError
 
 
 class TrainingHooks:

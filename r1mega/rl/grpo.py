@@ -33,11 +33,10 @@ import torch
 
 from r1mega.config import Config, RLConfig, TrainConfig, validate_rl, validate_training
 from r1mega.errors import ConfigError
-from r1mega.data.prepare import resolve_data
+from r1mega.data.prepare import prompt_tokenizer
 from r1mega.data.prompts import check_prompts_fit, check_same_prompts, prompts_digest
 from r1mega.output_dir import release
 from r1mega.data.templates import Rendered
-from r1mega.data.tokenizer import Tokenizer, check_fits
 from r1mega.inference.generate import GenerationConfig, Rollout, generate
 from r1mega.kernels import batch_invariant
 from r1mega.models.stage import IGNORE_INDEX
@@ -337,16 +336,6 @@ def minibatch_update(run: Run, chunks, optimizer: DistributedAdamW, batch: Train
 
 # ---- the loop --------------------------------------------------------------------------------
 
-def _tokenizer(cfg: Config) -> Tokenizer:
-    d = resolve_data(cfg.data, "pretrain", cfg.active_model.vocab_size)  # builds the synthetic corpus if asked
-    path = d.tokenizer or (cfg.train.load if cfg.rl.prompts else None)
-    if path is None:
-        raise ConfigError("data.tokenizer", "GRPO needs a tokenizer: data.tokenizer=DIR or data.synthetic")
-    tok = Tokenizer(path)
-    check_fits(tok, cfg.active_model.vocab_size)
-    return tok
-
-
 @torch.no_grad()
 def evaluate_accuracy(chunks, ps: ParallelState, source: PromptSource, problems: list[dict],
                       max_new_tokens: int) -> float:
@@ -462,7 +451,7 @@ def start(cfg: Config, ckpt_root: str) -> tuple[Policy, Progress]:
     sandbox.allow_unsafe(rl.unsafe_code_sandbox)
     if "code" in rl.rewards or (rl.prompts and "accuracy" in rl.rewards):  # accuracy runs code problems' tests
         sandbox.require_isolation()  # refuse before any work, naming why, where it cannot be set up
-    tok = _tokenizer(cfg)
+    tok = prompt_tokenizer(cfg.data, cfg.active_model.vocab_size, cfg.train.load if cfg.rl.prompts else None)
     source = PromptSource(cfg, tok)
     positions, longest = cfg.active_model.max_position_embeddings, 0
     if source.order is not None:  # prompt files: each fits the model, and a resume reads the same files
