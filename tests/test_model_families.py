@@ -175,7 +175,7 @@ ALLOWED = {
     # the MTP draft (rl.speculative=mtp, rl.mtp_weight)
     "r1mega/config.py": {"mtp_weight", "balance_alpha", "dsa_stage", "index_loss_weight", "num_mtp_layers"},
     # GRPO trains the speculative draft on the rollouts (rl.mtp_weight)
-    "r1mega/rl/grpo.py": {"mtp_weight", "mtp_count", "mtp_labels", "num_mtp_layers", "mtp_token_loss", "mtp"},
+    "r1mega/rl/grpo.py": {"mtp_weight"},
     # the self-speculative decoder drafts with the model's MTP module
     "r1mega/inference/speculative.py": "mtp",
 }

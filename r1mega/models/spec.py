@@ -30,6 +30,15 @@ class TrainingHooks:
         `lm_forward_backward`, which hands them back to start_forward and extra_loss (missing: 0)."""
         return {}
 
+    def rollout_weights(self, weight: float) -> dict[str, float]:
+        """The weights of the extra losses when they learn from RL rollouts with weight `weight`
+        (rl.mtp_weight: a speculative draft kept on-policy); no balance loss there."""
+        return {}
+
+    def label_context(self, model_cfg) -> int:
+        """How many tokens before a label the extra losses read, all inside the label's sequence."""
+        return 0
+
     def start_forward(self, chunks, weights: dict, global_sequences: int, training: bool) -> None:
         """Before a global batch's forward: e.g. scale a loss the layers add themselves (0 when not training)."""
 

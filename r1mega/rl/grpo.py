@@ -39,6 +39,7 @@ from r1mega.output_dir import release
 from r1mega.data.templates import Rendered
 from r1mega.inference.generate import GenerationConfig, Rollout, generate
 from r1mega.kernels import batch_invariant
+from r1mega.models.family import family_of
 from r1mega.models.stage import IGNORE_INDEX
 from r1mega.parallel.context_parallel import gather_tokens, local_tokens
 from r1mega.parallel.grad_sync import sync_grads
@@ -49,7 +50,7 @@ from r1mega.rl.dynamic_sampling import draw_until_informative
 from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, loss_count, overlong_shaping
 from r1mega.rl.policy_scores import pack_support, sampler_support, scores, support_with_targets, unpack_support
 from r1mega.rl.train_batch import TrainBatch, update_batches
-from r1mega.rl.metrics import StepMetrics, global_values
+from r1mega.rl.metrics import LOCAL_VALUES, StepMetrics, global_values, step_metrics
 from r1mega.rl.prompt_source import PromptSource
 from r1mega.sandbox import isolation as sandbox
 from r1mega.rl.reference import ReferencePolicy
@@ -286,19 +287,20 @@ def policy_gradients(cfg: Config, ps: ParallelState, chunks, batch: TrainBatch, 
         sums["loss"] += terms.loss.detach()
         return terms.loss
 
-    if rl.mtp_weight > 0:  # the MTP module learns the policy's own rollouts (the speculative draft)
-        mtp_count = mtp_labels(mbs, cfg.active_model.num_mtp_layers)
-        mtp_count = max(global_values({"n": mtp_count}, ps, device)["n"], 1.0)
-        sums["mtp_loss"] = torch.zeros((), dtype=torch.float64, device=device)
+    if rl.mtp_weight > 0:  # the family's extra losses (the speculative draft) learn the policy's own rollouts
+        hooks = family_of(chunks[0]).training
+        weights = hooks.rollout_weights(rl.mtp_weight)
+        extra_count = extra_loss_labels(mbs, hooks.label_context(cfg.active_model))
+        extra_count = max(global_values({"n": extra_count}, ps, device)["n"], 1.0)
+        sums.update({name: torch.zeros((), dtype=torch.float64, device=device) for name in hooks.extra_losses})
         policy_loss = loss_fn
 
         def loss_fn(out, mb):
             loss = policy_loss(out, mb)
-            if not out.mtp_token_loss:
-                return loss
-            mtp = sum(t.sum() for t in out.mtp_token_loss) / (mtp_count * len(out.mtp_token_loss))
-            sums["mtp_loss"] += mtp.detach()
-            return loss + rl.mtp_weight * mtp
+            added, terms = hooks.extra_loss(out, extra_count, weights)
+            for name, term in terms.items():
+                sums[name] += term.detach()
+            return loss if added is None else loss + added
 
     with kernels_scope(kernels):
         forward_backward(list(chunks), mbs, ps, loss_fn, schedule=cfg.train.schedule)
@@ -306,14 +308,14 @@ def policy_gradients(cfg: Config, ps: ParallelState, chunks, batch: TrainBatch, 
     return sums
 
 
-def mtp_labels(mbs: list[Microbatch], depth: int) -> float:
-    """Give each microbatch the labels its MTP loss reads: the sampled tokens of the loss, where the
-    `depth` tokens before stay inside the same sequence (packed rows hold several; position ids
-    restart at 0 in each). Returns this rank's count of such tokens."""
+def extra_loss_labels(mbs: list[Microbatch], context: int) -> float:
+    """Give each microbatch the labels the family's extra losses read: the sampled tokens of the loss
+    whose `context` tokens before stay inside the same sequence (packed rows hold several; position
+    ids restart at 0 in each). Returns this rank's count of such tokens."""
     n = 0.0
     for mb in mbs:
         e = mb.extra
-        inside = mb.position_ids >= depth
+        inside = mb.position_ids >= context
         mb.labels = torch.where(e["mask"].bool() & inside, e["targets"], torch.full_like(e["targets"], IGNORE_INDEX))
         n += float((mb.labels != IGNORE_INDEX).sum())
     return n
@@ -328,10 +330,11 @@ def minibatch_update(run: Run, chunks, optimizer: DistributedAdamW, batch: Train
     sums = policy_gradients(cfg, ps, chunks, batch, extra, count, microbatch_count, kernels)
     # a non-finite loss makes a non-finite gradient norm (reduced over every rank): the
     # optimizer then leaves the weights as they are and counts the skip
-    grad_norm, skipped = optimizer.step(lr_at(step, cfg.train.steps, cfg.optim))
+    lr = lr_at(step, cfg.train.steps, cfg.optim)
+    grad_norm, skipped = optimizer.step(lr)
     optimizer.zero_grad(chunks)
     out = {k: float(v) for k, v in sums.items()}
-    return {**out, "tokens": float(batch.mask.sum()), "grad_norm": grad_norm, "skipped": float(skipped)}
+    return {**out, "tokens": float(batch.mask.sum()), "grad_norm": grad_norm, "skipped": float(skipped), "lr": lr}
 
 
 # ---- the loop --------------------------------------------------------------------------------
@@ -572,8 +575,10 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
             step = at.step
             if reference is not None and reference.due(step):
                 reference.refresh(chunks, step)
-            upd = global_values({k: v for k, v in sums.items() if k not in ("grad_norm", "skipped")}, ps, run.device)
-            last = step_metrics(cfg, u.rollout_vals, u.gap_max, upd, sums, optimizer, scored, step, t0)
+            upd = global_values({k: v for k, v in sums.items() if k not in LOCAL_VALUES}, ps, run.device)
+            last = step_metrics(rl.rewards, u.rollout_vals, u.gap_max, upd, sums, optimizer.skipped,
+                                scored.max_new_tokens, scored.rollout.cache_bytes, time.perf_counter() - t0,
+                                run.family.training.extra_losses)
             last.extra.update(drawn)
             guard.after_step(step, bool(sums["skipped"]), optimizer.skipped,
                              "Check the rewards and lower optim.lr, or raise the limit")
@@ -629,23 +634,3 @@ def rollout_stats(rl: RLConfig, scored: ScoredRollout, batches: list[TrainBatch]
             out["gap_max_local"] = max(out["gap_max_local"], float(d.abs().max()))
             out["sampler_kl"] += float((d.exp() - d - 1).sum())
     return out
-
-
-def step_metrics(cfg: Config, r: dict, gap_max: float, upd: dict, local: dict, optimizer, scored: ScoredRollout,
-                 step: int, t0: float) -> StepMetrics:
-    n, tokens = max(r["n"], 1.0), max(r["gap_tokens"], 1.0)
-    trained = max(upd["tokens"], 1.0)
-    return StepMetrics(
-        reward=r["reward"] / n, rewards={k: r[f"r/{k}"] / n for k in cfg.rl.rewards},
-        train_accuracy=r["positive"] / n, zero_advantage_frac=r["zero_adv"] / n,
-        response_len=r["response_tokens"] / n, truncated_frac=r["truncated"] / n,
-        max_new_tokens=scored.max_new_tokens, logprob_gap_max=gap_max, logprob_gap_mean=r["gap_sum"] / tokens,
-        sampler_kl=r["sampler_kl"] / tokens, kl=upd["kl"] / trained, clip_frac=upd["clipped"] / trained,
-        tis_capped_frac=upd["tis_capped"] / trained, loss=upd["loss"], grad_norm=local["grad_norm"],
-        lr=lr_at(step - 1, cfg.train.steps, cfg.optim), skipped=bool(local["skipped"]),
-        skipped_steps=optimizer.skipped, rollout_kv_cache_bytes=scored.rollout.cache_bytes,
-        step_seconds=time.perf_counter() - t0, entropy=upd["entropy"] / trained,
-        opsm_masked_frac=upd["opsm_masked"] / trained,
-        update_padding_frac=1.0 - r["update_real_tokens"] / max(r["update_slots"], 1.0),
-        extra={**({"draft_acceptance": r["draft_accepted"] / r["draft_tokens"]} if r["draft_tokens"] else {}),
-               **({"mtp_loss": upd["mtp_loss"]} if "mtp_loss" in upd else {})})

@@ -65,6 +65,12 @@ class MoETraining(TrainingHooks):
     def loss_weights(self, m) -> dict[str, float]:
         return {"mtp_weight": m.mtp_weight, "balance_alpha": m.balance_alpha}
 
+    def rollout_weights(self, weight: float) -> dict[str, float]:
+        return {"mtp_weight": weight}
+
+    def label_context(self, m) -> int:
+        return m.num_mtp_layers  # the MTP module at depth k predicts k tokens further on
+
     def start_forward(self, chunks, weights: dict, global_sequences: int, training: bool) -> None:
         set_balance_loss_scale(chunks, weights.get("balance_alpha", 0.0) if training else 0.0, global_sequences)
 
