@@ -39,7 +39,7 @@ from r1mega.output_dir import release
 from r1mega.data.templates import Rendered
 from r1mega.inference.generate import GenerationConfig, Rollout, generate
 from r1mega.kernels import batch_invariant
-from r1mega.models.family import family_of
+from r1mega.models.spec import TrainingHooks
 from r1mega.models.stage import IGNORE_INDEX
 from r1mega.parallel.context_parallel import gather_tokens, local_tokens
 from r1mega.parallel.grad_sync import sync_grads
@@ -259,10 +259,11 @@ def token_extras(batch: TrainBatch, adv: torch.Tensor, old: Optional[torch.Tenso
 
 
 def policy_gradients(cfg: Config, ps: ParallelState, chunks, batch: TrainBatch, extra: dict, count: float,
-                     microbatch_count: Optional[int] = None, kernels=None) -> dict[str, torch.Tensor]:
+                     microbatch_count: Optional[int], hooks: TrainingHooks, kernels=None) -> dict[str, torch.Tensor]:
     """Forward and backward of the GRPO loss over one minibatch (gradients accumulate in .grad, then
     are reduced over TP/SP/CP as every layout needs); returns this rank's local sums of the metrics.
-    count: the step's global loss normaliser."""
+    count: the step's global loss normaliser; hooks: the model family's training hooks (its extra
+    losses learn the rollouts when rl.mtp_weight > 0)."""
     rl = cfg.rl
     norm = "token" if rl.token_level_loss else rl.loss_norm
     mbs = microbatches(batch, cfg.data.micro_batch_size, extra, rl.routing_replay, microbatch_count)
@@ -288,7 +289,6 @@ def policy_gradients(cfg: Config, ps: ParallelState, chunks, batch: TrainBatch, 
         return terms.loss
 
     if rl.mtp_weight > 0:  # the family's extra losses (the speculative draft) learn the policy's own rollouts
-        hooks = family_of(chunks[0]).training
         weights = hooks.rollout_weights(rl.mtp_weight)
         extra_count = extra_loss_labels(mbs, hooks.label_context(cfg.active_model))
         extra_count = max(global_values({"n": extra_count}, ps, device)["n"], 1.0)
@@ -327,7 +327,7 @@ def minibatch_update(run: Run, chunks, optimizer: DistributedAdamW, batch: Train
     kernels: the FP8 backend (train.fp8) the forward/backward runs on, None for train.dtype."""
     cfg, ps = run.cfg, run.ps
     count = max(global_values({"n": loss_count(cfg.rl, batch, max_new_tokens)}, ps, run.device)["n"], 1.0)
-    sums = policy_gradients(cfg, ps, chunks, batch, extra, count, microbatch_count, kernels)
+    sums = policy_gradients(cfg, ps, chunks, batch, extra, count, microbatch_count, run.family.training, kernels)
     # a non-finite loss makes a non-finite gradient norm (reduced over every rank): the
     # optimizer then leaves the weights as they are and counts the skip
     lr = lr_at(step, cfg.train.steps, cfg.optim)
