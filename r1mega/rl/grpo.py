@@ -455,7 +455,7 @@ def start(cfg: Config, ckpt_root: str) -> tuple[Policy, Progress]:
     if "code" in rl.rewards or (rl.prompts and "accuracy" in rl.rewards):  # accuracy runs code problems' tests
         sandbox.require_isolation()  # refuse before any work, naming why, where it cannot be set up
     tok = prompt_tokenizer(cfg.data, cfg.active_model.vocab_size, cfg.train.load if cfg.rl.prompts else None)
-    source = PromptSource(cfg, tok)
+    source = PromptSource(rl, cfg.data.synthetic, cfg.seed, tok)
     positions, longest = cfg.active_model.max_position_embeddings, 0
     if source.order is not None:  # prompt files: each fits the model, and a resume reads the same files
         tokens = {id(p): len(source.encode(source.render(p))) for p in source.order.problems}  # each encoded once
