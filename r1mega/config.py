@@ -228,12 +228,10 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False, rewards=
     for key in ("kl_coef", "clip_low", "clip_high", "tis_cap", "overlong_penalty"):
         need(math.isfinite(getattr(rl, key)), f"rl.{key}", f"must be finite, got {getattr(rl, key)}")
     if rl.exact_rollouts:
-        need(family_of_config(cfg.active_model).name == DEFAULT_FAMILY, "rl.exact_rollouts",
-             f"batch-invariant kernels exist for the {DEFAULT_FAMILY} family only")
         need(cfg.train.fp8 == "none", "rl.exact_rollouts", "needs train.fp8=none (the FP8 kernels are not batch-invariant)")
         need(par.cp == 1, "rl.exact_rollouts", "needs parallel.cp=1")
-        need(getattr(cfg.active_model, "scoring_func", "sigmoid") == "sigmoid", "rl.exact_rollouts",
-             "needs sigmoid routing (model.scoring_func)")
+        refusal = family_of_config(cfg.active_model).exact_rollouts_refusal(cfg.active_model)
+        need(refusal is None, "rl.exact_rollouts", refusal or "")
     rows = rl.prompts_per_step // max(par.dp, 1) * rl.group_size
     need(rl.packed_update or rows % cfg.data.micro_batch_size == 0, "data.micro_batch_size",
          f"{cfg.data.micro_batch_size} does not divide the {rows} rows of a step on each data-parallel rank "

@@ -76,6 +76,10 @@ class ModelFamily:
     hf_may_lack: Callable[[dict, Any], tuple[str, ...]] = lambda hf_config, present: ()
     # the 2-D weights a family's FP8 checkpoints store in e4m3 with block scales, by name
     hf_fp8: Callable[[str], bool] = lambda key: key.endswith("proj.weight")
+    # why a config cannot run rl.exact_rollouts (None: it can): whether the family's layers have
+    # batch-invariant kernels (kernels/batch_invariant.py) for it
+    exact_rollouts_refusal: Callable[[Any], Optional[str]] = \
+        lambda cfg: f"the {getattr(cfg, 'family', type(cfg).__name__)} family has no batch-invariant kernels"
     training: TrainingHooks = TrainingHooks()
     # () -> the family's share of `r1mega plan` (a module, see models/<family>/plan.py): stage_params,
     # activation_bytes, family_comm, kv_cache_bytes; imported when first asked for
