@@ -267,11 +267,9 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False, rewards=
          f"must be <= {MAX_DRAFT_TOKENS}, got {rl.draft_tokens}")
     need(rl.mtp_weight >= 0 and math.isfinite(rl.mtp_weight), "rl.mtp_weight",
          f"must be a finite number >= 0, got {rl.mtp_weight}")
+    why = family_of_config(cfg.active_model).draft_refusal(cfg.active_model)
     for key, on in (("rl.speculative", rl.speculative is not None), ("rl.mtp_weight", rl.mtp_weight > 0)):
-        n = getattr(cfg.active_model, "num_mtp_layers", 0)
-        need(not on or n > 0, key, f"needs the model's MTP module, but the {cfg.model_section} has none "
-             f"({cfg.model_section}.num_mtp_layers={n})" if hasattr(cfg.active_model, "num_mtp_layers") else
-             f"needs an MTP module, which the {cfg.model_section}'s family ({type(cfg.active_model).__name__}) has not")
+        need(not on or why is None, key, f"needs the model's MTP module, but {why}")
     return cfg
 
 

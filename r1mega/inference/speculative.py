@@ -53,12 +53,11 @@ _DRAFT_STREAM = _signed(0xA0761D6478BD642F)  # the draft's noise: another stream
 def check_draft_model(model_cfg, key: str) -> None:
     """The MTP draft needs MTP layers: a clear error naming `key` (the config key or flag asking for it)."""
     from r1mega.errors import ConfigError
+    from r1mega.models.family import family_of_config
 
-    n = getattr(model_cfg, "num_mtp_layers", None)
-    if not n:
-        what = ("model.num_mtp_layers=0" if n == 0 else
-                f"the {getattr(model_cfg, 'family', type(model_cfg).__name__)} family has no MTP module")
-        raise ConfigError(key, f"speculative decoding with the MTP draft needs MTP layers, but {what}")
+    why = family_of_config(model_cfg).draft_refusal(model_cfg)
+    if why is not None:
+        raise ConfigError(key, f"speculative decoding with the MTP draft needs MTP layers, but {why}")
 
 
 # ---- the distributions and the accept/reject rule ------------------------------------------------

@@ -80,6 +80,10 @@ class ModelFamily:
     # batch-invariant kernels (kernels/batch_invariant.py) for it
     exact_rollouts_refusal: Callable[[Any], Optional[str]] = \
         lambda cfg: f"the {getattr(cfg, 'family', type(cfg).__name__)} family has no batch-invariant kernels"
+    # why a config cannot draft its own tokens for speculative decoding (None: it can): the MTP draft
+    # needs the family's MTP layers
+    draft_refusal: Callable[[Any], Optional[str]] = \
+        lambda cfg: f"the {getattr(cfg, 'family', type(cfg).__name__)} family has no MTP module"
     training: TrainingHooks = TrainingHooks()
     # () -> the family's share of `r1mega plan` (a module, see models/<family>/plan.py): stage_params,
     # activation_bytes, family_comm, kv_cache_bytes; imported when first asked for

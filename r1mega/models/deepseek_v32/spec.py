@@ -48,5 +48,5 @@ FAMILY = ModelFamily(
     validate_keys=validate_keys, validate_layout=validate_layout, stage_cls=_stage, gather_full=v3.FAMILY.gather_full,
     count_params=_count_params, plan_module=_planner, flops_per_token=_flops_per_token,
     kv_cache="mla_latent+index_keys", routed_experts=v3.FAMILY.routed_experts, training_keys=DSAConfig.training_keys, recompute_units=RECOMPUTE_UNITS,
-    fp32_params=v3.FAMILY.fp32_params,
+    fp32_params=v3.FAMILY.fp32_params, draft_refusal=v3.FAMILY.draft_refusal,
     hf_optional=v3.FAMILY.hf_optional, hf_may_lack=v3.FAMILY.hf_may_lack, hf_fp8=hf_fp8, training=DSATraining())
