@@ -290,26 +290,20 @@ def latent_attention(q: torch.Tensor, keys: torch.Tensor, q_pos: Optional[torch.
 
 
 def _attend_chunk(q, keys, values, q_pos, scale: float, rank: int) -> torch.Tensor:
-    """Every key block's scores and weighted values at once (the blocks as a bmm batch, so each block's
-    GEMMs have the one [h*t, KEY_BLOCK] shape), then the online-softmax merge in block order: block b's
-    weights exp(s - m_b) under the running max m_b, and acc_b = acc_{b-1} * exp(m_{b-1} - m_b) + pv_b."""
     n, t, h, d = q.shape
-    nb = keys.shape[1] // KEY_BLOCK
-    ht = h * t
-    rows = q.permute(0, 2, 1, 3).reshape(n, 1, ht, d).expand(n, nb, ht, d).reshape(n * nb, ht, d)
-    kb = keys.reshape(n * nb, KEY_BLOCK, d).transpose(1, 2)
-    s = (bmm(rows, kb) * scale).view(n, nb, ht, KEY_BLOCK)
-    pos = q_pos[:, None, :].expand(n, h, t).reshape(n, 1, ht, 1)
-    key_pos = torch.arange(nb * KEY_BLOCK, device=q.device).view(1, nb, 1, KEY_BLOCK)
-    s = s.masked_fill(key_pos > pos, float("-inf"))
-    m = s.amax(-1).cummax(1).values  # [n, nb, ht]: the running max after each block (block 0 has key 0)
-    p = torch.exp(s - m[..., None])
-    pv = bmm(p.view(n * nb, ht, KEY_BLOCK), values.reshape(n * nb, KEY_BLOCK, rank + 1)).view(n, nb, ht, rank + 1)
-    acc = pv[:, 0]
-    if nb > 1:
-        rescale = torch.exp(m[:, :-1] - m[:, 1:])[..., None]  # [n, nb - 1, ht, 1]
-        for b in range(1, nb):
-            acc = acc * rescale[:, b - 1] + pv[:, b]
+    rows = q.permute(0, 2, 1, 3).reshape(n, h * t, d)  # [n, h*t, d] (heads outer)
+    pos = q_pos[:, None, :].expand(n, h, t).reshape(n, h * t, 1)
+    m = rows.new_full((n, h * t), float("-inf"))
+    acc = rows.new_zeros(n, h * t, rank + 1)
+    for lo in range(0, keys.shape[1], KEY_BLOCK):
+        kb = keys[:, lo:lo + KEY_BLOCK].contiguous()
+        s = bmm(rows, kb.transpose(1, 2)) * scale
+        allowed = torch.arange(lo, lo + KEY_BLOCK, device=q.device)[None, None, :] <= pos
+        s = s.masked_fill(~allowed, float("-inf"))
+        m_new = torch.maximum(m, s.amax(-1))
+        p = torch.exp(s - m_new[..., None])
+        acc = acc * torch.exp(m - m_new)[..., None] + bmm(p, values[:, lo:lo + KEY_BLOCK].contiguous())
+        m = m_new
     ctx = acc[..., :rank] / acc[..., rank:]
     return ctx.view(n, h, t, rank).permute(0, 2, 1, 3)
 
