@@ -237,7 +237,10 @@ def test_thread_count_changed_between_rollout_and_update_is_set_back(tmp_path, m
 
     monkeypatch.setattr(grpo_module, "rollout", rollout_then_change_threads)
     threads = torch.get_num_threads()
-    overrides = lambda d: _overrides(tmp_path / d, [*TWO_THREAD_MODELS[0], "rl.max_new_tokens=24", *ROWS9])  # noqa: E731
+
+    def overrides(run: str) -> list[str]:
+        return _overrides(tmp_path / run, [*TWO_THREAD_MODELS[0], "rl.max_new_tokens=24", *ROWS9])
+
     torch.set_num_threads(1)
     try:
         with pytest.warns(RuntimeWarning, match="thread count changed from 1 to 2 before the old log-probs"):
