@@ -40,8 +40,9 @@ from r1mega.models.family import family_for_hf, family_from_meta
 from r1mega.models.hf_config import read_hf_config as shared_read_hf_config
 from r1mega.models.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
 from r1mega.train.checkpoint import PieceReader, crc32, read_meta
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                   "generation_config.json")
+# transformers 5 writes the chat template to its own file (chat_template.jinja), not tokenizer_config.json
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "tokenizer.model",
+                   "special_tokens_map.json", "generation_config.json")
 
 
 class ConvertError(R1MegaError):
@@ -268,8 +269,8 @@ def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat1
     hf_config = read_hf_config(hf_dir)
     files = hf_files(hf_dir)
     index = tensor_index(hf_dir, files)
+    loadable(hf_config)  # first: the shape check builds the model, which an unsupported setting breaks
     check(index, hf_config, hf_dir)
-    loadable(hf_config)
     tmp = _prepare_out(out, overwrite, hf_dir, "import")
     try:
         meta = _import_into(tmp, hf_dir, hf_config, files, index, fp8, dtype, shard_bytes)
