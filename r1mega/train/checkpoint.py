@@ -396,6 +396,12 @@ def check_architecture(meta: dict, model_config: dict, allowed: Iterable[str], w
     if not isinstance(stored, dict):
         return  # weights-only checkpoints of other families: shapes are still checked on load
     mine = json.loads(json.dumps(model_config))
+    if "family" in stored and "family" in mine and stored["family"] != mine["family"]:
+        # no allow_arch_change can carry weights across families: say so instead of offering it
+        raise ArchitectureMismatch(
+            f"{where} holds a {stored['family']} model, but the config builds a {mine['family']} model; drop the "
+            f"config's model section (a model left at its family's defaults takes family and shapes from "
+            f"train.load) or load a {mine['family']} checkpoint")
     allowed = set(allowed)
     diffs = [f"model.{k}: checkpoint {stored[k]!r}, config {mine[k]!r}"
              for k in sorted(mine) if k in stored and k not in NON_ARCH_KEYS and k not in allowed
