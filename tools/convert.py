@@ -40,9 +40,7 @@ from r1mega.models.family import family_for_hf, family_from_meta
 from r1mega.models.hf_config import read_hf_config as shared_read_hf_config
 from r1mega.models.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
 from r1mega.train.checkpoint import PieceReader, crc32, read_meta
-# transformers 5 writes the chat template to its own file (chat_template.jinja), not tokenizer_config.json
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "tokenizer.model",
-                   "special_tokens_map.json", "generation_config.json")
+from r1mega.data.tokenizer import TOKENIZER_FILES
 
 
 class ConvertError(R1MegaError):

@@ -550,7 +550,8 @@ def save(policy: Policy, at: Progress, ckpt_root: str) -> None:
     save_checkpoint(ckpt_root, at.step, policy.chunks, policy.optimizer, run.ps,
                     run_meta(run, "grpo", prompt_position=at.position, rollout_index=at.index + 1,
                              reference=ref_dir,
-                             **({"prompts_sha256": prompts_digest(rl.prompts)} if rl.prompts else {})))
+                             **({"prompts_sha256": prompts_digest(rl.prompts)} if rl.prompts else {})),
+                    tokenizer=policy.source.tok.path)
 
 
 def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:

@@ -44,6 +44,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from r1mega.atomic_io import fsync_dir
+from r1mega.data.tokenizer import copy_tokenizer_files
 from r1mega.errors import CheckpointError
 from r1mega.models.fp8 import dequantize, scale_name
 from r1mega.models.weights import load_weights, shard
@@ -101,10 +102,12 @@ def _writes(spec, ps: ParallelState) -> bool:
 
 
 def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer: Optional[DistributedAdamW],
-                    ps: ParallelState, meta: dict) -> str:
+                    ps: ParallelState, meta: dict, tokenizer: Optional[str] = None) -> str:
     """Collective. Returns the published step directory. Refuses (on every rank) to save non-finite
     values; an existing directory of the same step is moved aside, never overwritten. optimizer
-    None: weights only (e.g. GRPO's reference policy), from the parameters themselves."""
+    None: weights only (e.g. GRPO's reference policy), from the parameters themselves. The run's
+    tokenizer files (when it has a tokenizer.json) go along, as r1mega-convert import copies them,
+    so generate, eval and export work on the checkpoint alone."""
     name = f"step_{step:08d}"
     final, tmp = os.path.join(root, name), os.path.join(root, f".{name}.tmp")
     states = optimizer.full_states() if optimizer is not None else {}  # collective over DP groups
@@ -155,6 +158,8 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
             torch.save({"torch": torch.get_rng_state()}, os.path.join(tmp, "rng.pt"))
             with open(os.path.join(tmp, "meta.json"), "w") as f:
                 json.dump(meta, f, indent=1)
+            if tokenizer is not None:
+                copy_tokenizer_files(tokenizer, tmp)
         except OSError as e:
             raise CheckpointError(f"writing {tmp}/meta.json failed ({e.strerror}); step {step} was not saved") from None
     _barrier(ps)

@@ -32,6 +32,7 @@ H100_BF16_DENSE_TFLOPS = 989.0
 
 
 def _data(cfg: Config, kind: str):
+    """The run's data and the path of its tokenizer (None: a corpus without one), whose files each checkpoint keeps."""
     from r1mega.data.pretrain import PretrainData
     from r1mega.data.sft import SFTData
 
@@ -51,8 +52,8 @@ def _data(cfg: Config, kind: str):
         tok = load_tokenizer(d.tokenizer)
         check_fits(tok, vocab)
     if kind == "pretrain":
-        return PretrainData(d.paths, d.weights, d.seq_length, cfg.seed, vocab)
-    return SFTData(d.paths[0], tok, d.seq_length, cfg.seed, d.sft_template)
+        return PretrainData(d.paths, d.weights, d.seq_length, cfg.seed, vocab), d.tokenizer
+    return SFTData(d.paths[0], tok, d.seq_length, cfg.seed, d.sft_template), d.tokenizer
 
 
 def _batch(data, kind: str, first: int, size: int) -> dict:
@@ -84,7 +85,7 @@ def _train(cfg: Config, kind: str) -> dict:
     if ps.rank == 0 and cfg.optim.warmup_steps > t.steps:
         print(f"warning: optim.warmup_steps={cfg.optim.warmup_steps} exceeds train.steps={t.steps}: the run ends "
               f"before the learning rate reaches optim.lr={cfg.optim.lr}", file=sys.stderr, flush=True)
-    data = _data(cfg, kind)
+    data, tokenizer = _data(cfg, kind)  # the tokenizer's files go into each checkpoint
     family, model_cfg = run.family, cfg.active_model
     model_config, arch = asdict(model_cfg), run.arch  # saved; compared on resume
     candidates = find_resume_checkpoint(ckpt_root, t.load, arch, t.allow_arch_change)
@@ -155,7 +156,8 @@ def _train(cfg: Config, kind: str) -> dict:
             last_saved = save_checkpoint(ckpt_root, step + 1, chunks, optimizer, ps,
                                          {"consumed_samples": consumed, "kind": kind, "family": family.name,
                                           "model_config": model_config, "hf_config": hf_config,
-                                          "loss": res.loss if math.isfinite(res.loss) else None})
+                                          "loss": res.loss if math.isfinite(res.loss) else None},
+                                         tokenizer=tokenizer)
     log.close()
     final = losses[-1] if losses else float("nan")
     if ps.rank == 0:
