@@ -163,3 +163,17 @@ def test_a_checkpoint_of_another_family_is_refused_as_such(tmp_path, capsys):
     line = error_line(capsys)
     assert "holds a dense model" in line and "deepseek_v3" in line and "allow_arch_change" not in line
     shutil.rmtree(tmp_path / "data", ignore_errors=True)
+
+
+def test_a_named_family_is_not_overridden_by_the_checkpoint(tmp_path, capsys):
+    """`model.family=deepseek_v32` (shapes left out) over an imported Llama: the checkpoint's family
+    silently won and a dense model trained; the named family and the checkpoint's now disagree by key."""
+    hf = save_hf(str(tmp_path / "hf"), "Llama", num_attention_heads=4, num_key_value_heads=1)
+    ckpt = str(tmp_path / "ckpt")
+    assert convert(["import", "--hf-dir", hf, "--out", ckpt]) == 0
+    rc = r1mega(["sft", "--config", os.path.join(ROOT, "configs/stage/distillation.yaml"), f"train.load={ckpt}",
+                 "model.family=deepseek_v32", f"train.run_dir={tmp_path / 'run'}"])
+    assert rc == 2
+    line = error_line(capsys)
+    assert "'model.family'" in line and "deepseek_v32" in line and "dense" in line
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")

@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from r1mega.config import Config, ConfigError, TrainConfig
 from r1mega.errors import TrainingError
-from r1mega.models.family import ModelFamily, family_from_meta, family_of_config
+from r1mega.models.family import DEFAULT_FAMILY, ModelFamily, family_from_meta, family_of_config
 from r1mega.kernels import use_backend
 from r1mega.kernels.fp8_backend import fp8_backend
 from r1mega.parallel.layout import (
@@ -87,6 +87,10 @@ def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> tuple[Confi
     if meta is None:
         return cfg, family
     saved_family, saved = family_from_meta(meta)
+    if family.name != DEFAULT_FAMILY and saved_family is not family:  # named, not left to the default
+        raise ConfigError(f"{cfg.model_section}.family", f"the config names {family.name}, but {source} holds a "
+                                               f"{saved_family.name} model; leave the family out to take it from "
+                                               f"the checkpoint, or load a {family.name} checkpoint")
     if saved_family is family:
         saved = replace(saved, **{k: getattr(m, k) for k in family.training_keys})
     return replace(cfg, model=saved, student=None), saved_family
