@@ -80,6 +80,26 @@ def grad_diff(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> tu
     return worst, where
 
 
+def _same_model(ckpt: str, hf_dir: str, family, model_cfg) -> None:
+    """--ckpt must hold the model of --hf-dir (its family and architecture keys, as its meta.json
+    records them): another model whose tensors happen to fit would only show as a failed comparison."""
+    from dataclasses import asdict
+
+    from r1mega.models.family import family_from_meta
+    from r1mega.train.checkpoint import arch_differences, read_meta
+
+    meta = read_meta(ckpt)
+    if not isinstance(meta.get("model_config"), dict):
+        return  # weights only: the tensors' names and shapes are still checked on load
+    saved_family, saved = family_from_meta(meta)
+    mine = {k: v for k, v in asdict(model_cfg).items() if k not in family.training_keys}
+    diffs = ([f"model.family: checkpoint {saved_family.name!r}, config.json {family.name!r}"]
+             if saved_family is not family else arch_differences(asdict(saved), mine))
+    if diffs:
+        raise ConfigError("--ckpt", f"{ckpt} holds another model than {hf_dir}/config.json describes:\n  "
+                          + "\n  ".join(d.replace(", config ", ", config.json ") for d in diffs))
+
+
 def run(args: argparse.Namespace) -> int:
     distributed, owns_group, world = join_ranks()
     rank = dist.get_rank() if distributed else 0
@@ -113,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ckpt:
         from r1mega.train.checkpoint import PieceReader
 
+        _same_model(args.ckpt, args.hf_dir, family, cfg.active_model)
         report = load_weights(model, PieceReader(args.ckpt, "model"))
     else:
         report = load_hf_weights(model, args.hf_dir)

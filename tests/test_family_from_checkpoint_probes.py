@@ -177,3 +177,18 @@ def test_a_named_family_is_not_overridden_by_the_checkpoint(tmp_path, capsys):
     line = error_line(capsys)
     assert "'model.family'" in line and "deepseek_v32" in line and "dense" in line
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_verify_hf_names_a_checkpoint_of_another_model(tmp_path, capsys):
+    """`verify-hf --hf-dir A --ckpt B` with B imported from another model whose tensors fit A's model
+    (tied A, untied B; or B of another family holding A's tensors and more) loaded B silently and
+    reported only a failed comparison; it now names each differing key, and the same model still passes."""
+    tied = save_hf(str(tmp_path / "tied"), "Qwen2", num_attention_heads=4, num_key_value_heads=2,
+                   tie_word_embeddings=True)
+    untied = save_hf(str(tmp_path / "untied"), "Qwen2", num_attention_heads=4, num_key_value_heads=2)
+    for name in ("tied", "untied"):
+        assert convert(["import", "--hf-dir", str(tmp_path / name), "--out", str(tmp_path / f"{name}_ck")]) == 0
+    assert r1mega(["verify-hf", "--hf-dir", tied, "--ckpt", str(tmp_path / "untied_ck"), "--seq-length", "8"]) == 2
+    line = capsys.readouterr().err
+    assert "'--ckpt'" in line and "model.tie_word_embeddings: checkpoint False, config.json True" in line
+    assert r1mega(["verify-hf", "--hf-dir", untied, "--ckpt", str(tmp_path / "untied_ck"), "--seq-length", "8"]) == 0

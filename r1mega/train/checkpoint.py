@@ -395,6 +395,15 @@ def _same_setting(a, b) -> bool:
     return a == b
 
 
+def arch_differences(stored: dict, mine: dict, allowed: Iterable[str] = ()) -> list[str]:
+    """'model.KEY: checkpoint A, config B' for each architecture key of two model configs (as dicts)
+    that differs, floats to float32 precision."""
+    allowed = set(allowed)
+    return [f"model.{k}: checkpoint {stored[k]!r}, config {mine[k]!r}"
+            for k in sorted(mine) if k in stored and k not in NON_ARCH_KEYS and k not in allowed
+            and not _same_setting(stored[k], mine[k])]
+
+
 def check_architecture(meta: dict, model_config: dict, allowed: Iterable[str], where: str) -> None:
     """Compare the model config a checkpoint was saved with to this run's; name every difference."""
     stored = meta.get("model_config")
@@ -407,10 +416,7 @@ def check_architecture(meta: dict, model_config: dict, allowed: Iterable[str], w
             f"{where} holds a {stored['family']} model, but the config builds a {mine['family']} model; drop the "
             f"config's model section (a model left at its family's defaults takes family and shapes from "
             f"train.load) or load a {mine['family']} checkpoint")
-    allowed = set(allowed)
-    diffs = [f"model.{k}: checkpoint {stored[k]!r}, config {mine[k]!r}"
-             for k in sorted(mine) if k in stored and k not in NON_ARCH_KEYS and k not in allowed
-             and not _same_setting(stored[k], mine[k])]
+    diffs = arch_differences(stored, mine, allowed)
     if diffs:
         keys = ",".join(k.split(":")[0].split(".", 1)[1] for k in diffs)
         raise ArchitectureMismatch(
