@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from r1mega.config import ConfigError, ParallelConfig, build_config, validate
 from r1mega.models.family import family_for_hf
+from r1mega.models.hf_config import read_hf_config
 from r1mega.models.weights import load_hf_weights, load_weights
 from r1mega.parallel.context_parallel import gather_sequence
 from r1mega.parallel.layout import build_parallel_state, default_device, join_ranks, single_process_state
@@ -142,7 +143,13 @@ def run(args: argparse.Namespace) -> int:
                 f"layer); they keep their init")
 
     g = torch.Generator().manual_seed(args.seed)
-    ids = torch.randint(0, cfg.active_model.vocab_size, (batch, args.seq_length), generator=g).to(device)
+    ids = torch.randint(0, cfg.active_model.vocab_size, (batch, args.seq_length), generator=g)
+    pad = read_hf_config(args.hf_dir)[0].get("pad_token_id")
+    if isinstance(pad, int) and 0 <= pad < cfg.active_model.vocab_size:
+        # transformers' embedding never gives its padding row a gradient (nn.Embedding padding_idx); a pad
+        # token is never an input the loss reaches, so the random inputs leave it out
+        ids = torch.where(ids == pad, (pad + 1) % cfg.active_model.vocab_size, ids)
+    ids = ids.to(device)
     labels = torch.full_like(ids, -100)
     labels[:, :-1] = ids[:, 1:]
     with torch.no_grad():

@@ -192,3 +192,58 @@ def test_verify_hf_names_a_checkpoint_of_another_model(tmp_path, capsys):
     line = capsys.readouterr().err
     assert "'--ckpt'" in line and "model.tie_word_embeddings: checkpoint False, config.json True" in line
     assert r1mega(["verify-hf", "--hf-dir", untied, "--ckpt", str(tmp_path / "untied_ck"), "--seq-length", "8"]) == 0
+
+
+def test_export_after_training_writes_the_trained_model_s_config(tmp_path, capsys):
+    """An SFT that lengthened the rope (train.allow_arch_change) exported the import's config.json
+    (factor 8, 128 positions) beside the trained weights, a silently different model; a GRPO
+    checkpoint exported a config.json without the import's token ids. Both now export the config of
+    the model they hold, the imported file's other keys kept, and verify-hf of the export against the
+    checkpoint passes (over long inputs that include the pad token, which transformers never trains)."""
+    import yaml
+
+    hf = save_hf(str(tmp_path / "hf"), "Llama", num_attention_heads=4, num_key_value_heads=1, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32})
+    ckpt = str(tmp_path / "ckpt")
+    assert convert(["import", "--hf-dir", hf, "--out", ckpt]) == 0
+    with open(os.path.join(ckpt, "meta.json")) as f:
+        model = json.load(f)["model_config"]
+    model["rope_scaling"] = {**model["rope_scaling"], "factor": 16.0}
+    model["max_position_embeddings"] = 256
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump({"model": model}))
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"{i}+{i}="},
+                                                     {"role": "assistant", "content": str(2 * i)}]}) + "\n"
+                            for i in range(8)))
+    run = str(tmp_path / "run")
+    assert r1mega(["sft", "--config", os.path.join(ROOT, "configs/stage/distillation.yaml"), "--config",
+                   str(tmp_path / "long.yaml"), f"train.load={ckpt}", f"data.paths=[{data}]", "data.sft_template=raw",
+                   "data.seq_length=32",
+                   "data.global_batch_size=2", "train.steps=1", "train.dtype=float32", "optim.warmup_steps=0",
+                   "train.allow_arch_change=[rope_scaling,max_position_embeddings]", f"train.run_dir={run}"]) == 0
+    step = os.path.join(run, "checkpoints", "step_00000001")
+    exported = str(tmp_path / "exported")
+    assert convert(["export", "--ckpt", step, "--out", exported]) == 0
+    with open(os.path.join(hf, "config.json")) as f:
+        original = json.load(f)
+    with open(os.path.join(exported, "config.json")) as f:
+        written = json.load(f)
+    assert written["rope_parameters"]["factor"] == 16.0 and written["max_position_embeddings"] == 256
+    assert {k: written.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id", "dtype")} == \
+        {k: original[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id", "dtype")}
+    capsys.readouterr()
+    assert r1mega(["verify-hf", "--hf-dir", exported, "--ckpt", step, "--seq-length", "200"]) == 0
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"{i}+{i}=", "answer": str(2 * i)}) + "\n" for i in range(2)))
+    grpo_run = str(tmp_path / "grpo")
+    assert r1mega(["grpo", "--config", os.path.join(ROOT, "configs/stage/r1_zero.yaml"), f"train.load={ckpt}",
+                   f"rl.prompts=[{prompts}]", "rl.template=raw", "rl.group_size=2", "rl.prompts_per_step=2",
+                   "rl.minibatches=1", "rl.max_new_tokens=4", "rl.max_new_tokens_schedule=[]", "train.steps=1",
+                   "train.dtype=float32", f"train.run_dir={grpo_run}"]) == 0
+    grpo_exported = str(tmp_path / "grpo_exported")
+    assert convert(["export", "--ckpt", os.path.join(grpo_run, "checkpoints", "step_00000001"),
+                    "--out", grpo_exported]) == 0
+    with open(os.path.join(grpo_exported, "config.json")) as f:
+        assert json.load(f) == original

@@ -475,6 +475,7 @@ def start(cfg: Config, ckpt_root: str) -> tuple[Policy, Progress]:
     # checkpoints and their architecture are checked before any weight exists
     arch = run.arch  # the model keys a checkpoint must match
     candidates = find_resume_checkpoint(ckpt_root, t.load, arch, t.allow_arch_change)
+    run.hf_config = read_meta(candidates[0]).get("hf_config") if candidates else None  # travels on for the export
     claim_run_dir(run, "grpo")  # one run per directory, only one this kind of run made
     chunks = build_model(run)
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)

@@ -40,6 +40,7 @@ class Run:
     family: ModelFamily  # of the active model, cfg.active_model
     arch: dict  # its architecture keys (training keys left out): what a checkpoint must match
     lock: Optional[object] = None  # the run directory's lock (r1mega/output_dir.py), held by rank 0
+    hf_config: Optional[dict] = None  # the config.json of the imported model it started from (exports keep its keys)
 
     @property
     def is_logger(self) -> bool:
@@ -178,4 +179,5 @@ def finish_run(run: Run) -> None:
 
 def run_meta(run: Run, kind: str, **extra) -> dict:
     """What a checkpoint records about the run besides weights (read back by model_from_checkpoint)."""
-    return {"kind": kind, "family": run.family.name, "model_config": asdict(run.cfg.active_model), **extra}
+    return {"kind": kind, "family": run.family.name, "model_config": asdict(run.cfg.active_model),
+            "hf_config": run.hf_config, **extra}
