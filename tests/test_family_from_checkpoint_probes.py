@@ -247,3 +247,26 @@ def test_export_after_training_writes_the_trained_model_s_config(tmp_path, capsy
                     "--out", grpo_exported]) == 0
     with open(os.path.join(grpo_exported, "config.json")) as f:
         assert json.load(f) == original
+
+
+def test_generate_with_a_config_that_gives_no_model_takes_the_checkpoint_s(tmp_path, capsys):
+    """`generate --model CKPT --config YAML` with a YAML of data keys only (its help: "the model shapes
+    (when the checkpoint lacks them) and data.tokenizer") built DeepSeek-V3's default model over an
+    imported Qwen2 and failed on the embedding's shape; a family the YAML names must be the checkpoint's."""
+    hf = save_hf(str(tmp_path / "hf"), "Qwen2", num_attention_heads=4, num_key_value_heads=2)
+    ckpt = str(tmp_path / "ckpt")
+    assert convert(["import", "--hf-dir", hf, "--out", ckpt]) == 0
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "1+1=", "answer": "2"}) + "\n")
+    (tmp_path / "data.yaml").write_text(f"data:\n  tokenizer: {hf}\n")
+    (tmp_path / "family.yaml").write_text("model:\n  family: deepseek_v32\n")
+    args = ["--prompts", str(prompts), "--samples", "1", "--max-new-tokens", "3", "--temperature", "0"]
+    assert r1mega(["generate", "--model", ckpt, "--config", str(tmp_path / "data.yaml"),
+                   "--out", str(tmp_path / "a"), *args]) == 0
+    assert r1mega(["generate", "--model", hf, "--out", str(tmp_path / "b"), *args]) == 0
+    read = [json.loads(open(os.path.join(tmp_path, d, "shard-00000.jsonl")).readline())["completion"] for d in "ab"]
+    assert read[0] == read[1]
+    capsys.readouterr()
+    assert r1mega(["generate", "--model", ckpt, "--config", str(tmp_path / "family.yaml"), "--tokenizer", hf,
+                   "--out", str(tmp_path / "c"), *args]) == 2
+    assert "'model.family'" in error_line(capsys)

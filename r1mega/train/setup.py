@@ -20,7 +20,8 @@ import torch.distributed as dist
 
 from r1mega.config import Config, ConfigError, TrainConfig
 from r1mega.errors import TrainingError
-from r1mega.models.family import DEFAULT_FAMILY, ModelFamily, family_from_meta, family_of_config
+from r1mega.models.family import (ModelFamily, at_family_defaults, family_from_meta, family_of_config,
+                                  model_of_checkpoint)
 from r1mega.kernels import use_backend
 from r1mega.kernels.fp8_backend import fp8_backend
 from r1mega.parallel.layout import (
@@ -69,12 +70,6 @@ def checkpoint_meta(path: str) -> dict:
         return json.load(f)
 
 
-def _at_family_defaults(m) -> bool:
-    """The model config says nothing but its family: its architecture keys are the class defaults."""
-    keep = {k: getattr(m, k) for k in type(m).training_keys}
-    return replace(type(m)(), **keep) == m
-
-
 def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> tuple[Config, ModelFamily]:
     """(config, its model's family). A config that leaves its model at its family's defaults takes
     the model's family and shapes from the checkpoint it starts from (the run's own, else train.load:
@@ -83,17 +78,11 @@ def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> tuple[Confi
     source, m = own or cfg.train.load, cfg.active_model
     if own is not None and cfg.train.load is not None:
         _warn_if_load_differs(own, cfg.train.load)
-    meta = checkpoint_meta(source) if source is not None and _at_family_defaults(m) else None
+    meta = checkpoint_meta(source) if source is not None and at_family_defaults(m) else None
     family = family_of_config(m)
     if meta is None:
         return cfg, family
-    saved_family, saved = family_from_meta(meta)
-    if family.name != DEFAULT_FAMILY and saved_family is not family:  # named, not left to the default
-        raise ConfigError(f"{cfg.model_section}.family", f"the config names {family.name}, but {source} holds a "
-                                               f"{saved_family.name} model; leave the family out to take it from "
-                                               f"the checkpoint, or load a {family.name} checkpoint")
-    if saved_family is family:
-        saved = replace(saved, **{k: getattr(m, k) for k in family.training_keys})
+    saved_family, saved = model_of_checkpoint(meta, m, source, cfg.model_section)
     return replace(cfg, model=saved, student=None), saved_family
 
 
