@@ -270,3 +270,23 @@ def test_generate_with_a_config_that_gives_no_model_takes_the_checkpoint_s(tmp_p
     assert r1mega(["generate", "--model", ckpt, "--config", str(tmp_path / "family.yaml"), "--tokenizer", hf,
                    "--out", str(tmp_path / "c"), *args]) == 2
     assert "'model.family'" in error_line(capsys)
+
+
+def test_dry_run_plans_the_model_train_load_holds(tmp_path, capsys):
+    """`r1mega grpo --dry-run ... train.load=CKPT` with no model section planned DeepSeek-V3's default
+    model (2 layers / 8 experts, 139,168 parameters) for an imported Llama; it plans the Llama now,
+    its parameter count transformers'."""
+    import transformers
+
+    hf = save_hf(str(tmp_path / "hf"), "Llama", num_attention_heads=4, num_key_value_heads=1, attention_bias=True)
+    ckpt = str(tmp_path / "ckpt")
+    assert convert(["import", "--hf-dir", hf, "--out", ckpt]) == 0
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "1+1=", "answer": "2"}) + "\n")
+    capsys.readouterr()
+    assert r1mega(["grpo", "--dry-run", "--world", "2", "--config", os.path.join(ROOT, "configs/stage/r1_zero.yaml"),
+                   f"train.load={ckpt}", f"rl.prompts=[{prompts}]", "parallel.tp=2"]) == 0
+    out = capsys.readouterr().out
+    total = int(next(line for line in out.splitlines() if line.startswith("total_params=")).split("=")[1])
+    assert total == transformers.AutoModelForCausalLM.from_pretrained(hf).num_parameters()
+    assert "0 experts" in out
