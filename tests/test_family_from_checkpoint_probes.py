@@ -290,3 +290,19 @@ def test_dry_run_plans_the_model_train_load_holds(tmp_path, capsys):
     total = int(next(line for line in out.splitlines() if line.startswith("total_params=")).split("=")[1])
     assert total == transformers.AutoModelForCausalLM.from_pretrained(hf).num_parameters()
     assert "0 experts" in out
+
+
+def test_train_load_of_what_is_not_a_checkpoint_says_what_it_is(tmp_path, capsys):
+    """A stage config (model taken from train.load) given an HF directory, a run directory or a
+    checkpoints root said only "is not a checkpoint (no meta.json)"; the advice the trainer had for
+    them (import it; name a step) was never reached on that path."""
+    hf = save_hf(str(tmp_path / "hf"), "Qwen2", num_attention_heads=4, num_key_value_heads=2)
+    (tmp_path / "run" / "checkpoints" / "step_00000002").mkdir(parents=True)
+    stage = ["grpo", "--config", os.path.join(ROOT, "configs/stage/r1_zero.yaml"), "rl.prompts=[p.jsonl]",
+             f"train.run_dir={tmp_path / 'out'}"]
+    for load, said in ((hf, "r1mega-convert import --hf-dir"), (tmp_path / "run", "is a run directory"),
+                       (tmp_path / "run" / "checkpoints", "is a checkpoints directory"),
+                       (tmp_path / "nowhere", "no such checkpoint directory")):
+        assert r1mega([*stage, f"train.load={load}"]) == 2
+        line = error_line(capsys)
+        assert "'train.load'" in line and said in line, line

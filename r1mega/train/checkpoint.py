@@ -356,15 +356,26 @@ def find_resume_checkpoint(root: str, load: Optional[str] = None, model_config: 
     elif latest_checkpoint(root) is None and load:  # (refuses when `latest` is gone but steps exist)
         if not os.path.isdir(load):
             raise CheckpointError(f"train.load={load}: no such checkpoint directory")
-        if not os.path.exists(os.path.join(load, "meta.json")):  # say what it is instead, when we can tell
-            if os.path.exists(os.path.join(load, "config.json")):
-                raise CheckpointError(f"train.load={load} is a Hugging Face model directory; convert it first: "
-                                      f"r1mega-convert import --hf-dir {load} --out CKPT, then train.load=CKPT")
-            if os.path.isdir(os.path.join(load, "checkpoints")):
-                raise CheckpointError(f"train.load={load} is a run directory; give one of its checkpoints, "
-                                      f"e.g. train.load={os.path.join(load, 'checkpoints', 'step_NNNNNNNN')}")
+        what = not_a_checkpoint(load)
+        if what:
+            raise CheckpointError(f"train.load={load} {what}")
         candidates = [load]
     return _checked(candidates, model_config, allow_arch_change)
+
+
+def not_a_checkpoint(path: str) -> Optional[str]:
+    """What a directory without meta.json is instead, as advice (None when it is a checkpoint or
+    nothing recognisable)."""
+    if os.path.exists(os.path.join(path, "meta.json")):
+        return None
+    if os.path.exists(os.path.join(path, "config.json")):
+        return (f"is a Hugging Face model directory; convert it first: r1mega-convert import --hf-dir {path} "
+                f"--out CKPT, then train.load=CKPT")
+    for root in (path, os.path.join(path, "checkpoints")):
+        if os.path.exists(os.path.join(root, "latest")) or step_dirs(root):
+            return (f"is a {'checkpoints' if root == path else 'run'} directory; give one of its checkpoints, "
+                    f"e.g. train.load={os.path.join(root, 'step_NNNNNNNN')}")
+    return None
 
 
 def _checked(candidates: list[str], model_config: Optional[dict], allow_arch_change: Iterable[str]) -> list[str]:

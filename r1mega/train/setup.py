@@ -63,9 +63,13 @@ def own_checkpoint(ckpt_root: str) -> Optional[str]:
 
 
 def checkpoint_meta(path: str) -> dict:
+    from r1mega.train.checkpoint import not_a_checkpoint
+
     meta_file = os.path.join(path, "meta.json")
+    if not os.path.isdir(path):
+        raise ConfigError("train.load", f"{path}: no such checkpoint directory")
     if not os.path.exists(meta_file):
-        raise ConfigError("train.load", f"{path} is not a checkpoint (no meta.json)")
+        raise ConfigError("train.load", f"{path} {not_a_checkpoint(path) or 'is not a checkpoint (no meta.json)'}")
     with open(meta_file) as f:
         return json.load(f)
 
