@@ -6,6 +6,7 @@ routes; stop strings checked on the tail cut where the whole text would. Tiny ra
 built here (tests/rollout_engine_probe_workers.py)."""
 from __future__ import annotations
 
+import json
 import os
 import random
 
@@ -294,3 +295,36 @@ def test_layouts_draw_the_one_process_static_samples(moe_dir, moe, layout, world
             for p, k in zip(P, K):
                 want = _static_reference(stage, ps, p, k, kw)
                 assert got.get(k) == want, (ci, kw, k)
+
+
+def test_grpo_rollout_budgets_reach_the_engine_and_change_no_sample(tmp_path):
+    """`rl.rollout_max_rows` / `rl.rollout_cache_tokens` (the engine's row and cache budgets, which
+    GRPO had no way to set): the same metrics as without them but the cache peak, which falls to the
+    budget; negative values are refused by name."""
+    from r1mega.config import load_config, validate, validate_rl
+    from r1mega.errors import ConfigError
+    from rl_workers import grpo_worker
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    demo = os.path.join(root, "configs", "tiny", "r1_zero_demo.yaml")
+    for key in ("rl.rollout_max_rows", "rl.rollout_cache_tokens"):
+        with pytest.raises(ConfigError, match=key):
+            validate_rl(validate(load_config(demo, [f"{key}=-1"]), 1), 1)
+
+    def run(name, extra):
+        rows = grpo_worker(0, 1, [f"train.run_dir={tmp_path}/{name}", f"data.cache_dir={tmp_path}/data", "train.steps=2",
+                                  "rl.group_size=4", "rl.prompts_per_step=4", "rl.max_new_tokens=12", "rl.log_rollouts=16",
+                                  "data.micro_batch_size=8", "data.global_batch_size=8", "data.synthetic_docs=300",
+                                  *extra])["rows"]
+        with open(os.path.join(tmp_path, name, "rollouts.jsonl")) as f:
+            completions = [(r["step"], r["prompt"], r["completion"]) for r in map(json.loads, f)]
+        return rows, completions
+
+    free, free_text = run("free", [])
+    tight, tight_text = run("tight", ["rl.rollout_max_rows=5", "rl.rollout_cache_tokens=64"])
+    assert len(free_text) == 32 and tight_text == free_text  # every sample of both steps
+    assert len(free) == len(tight) == 2
+    for a, b in zip(free, tight):
+        assert b["rollout_kv_cache_bytes"] < a["rollout_kv_cache_bytes"]
+        for k in ("reward", "response_len", "entropy", "logprob_gap_mean", "sampler_kl", "loss"):
+            assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-6), k
