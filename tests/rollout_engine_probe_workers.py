@@ -3,12 +3,10 @@
 any layout, and the continuous engine driven with chosen prompts, keys and budgets."""
 from __future__ import annotations
 
-import os
-
 import torch
 
 from r1mega.config import ParallelConfig, build_config, validate
-from r1mega.inference.generate import GenerationConfig, generate, generate_static
+from r1mega.inference.generate import GenerationConfig, generate
 from r1mega.models.family import family_for_hf
 from r1mega.models.weights import load_hf_weights
 from r1mega.parallel.layout import build_parallel_state, single_process_state
@@ -43,7 +41,7 @@ def save_tiny(folder: str, kind: str = "DeepseekV3", seed: int = 0, **overrides)
     return folder
 
 
-def load(folder: str, ps=None, par: ParallelConfig | None = None):
+def load(folder: str, par: ParallelConfig | None = None):
     """(stage, ps) of the saved model on this rank's layout (one process without par)."""
     fam, mcfg = family_for_hf(folder)
     if par is None:
@@ -68,24 +66,6 @@ def per_key(rollout, keys) -> dict:
         m = rollout.completion_mask[i]
         res[int(k)] = (outs[i], rollout.logprobs[i][m].tolist())
     return res
-
-
-def run_layout(rank, world, folder, par_kwargs, prompts, keys, gen_kwargs, split_dp=True):
-    """Generate on a layout; each DP rank takes its contiguous share of (prompts, keys) (or the
-    shares given as lists of lists). Returns {key: (tokens, log-probs)} from the last stage's tp rank 0."""
-    par = ParallelConfig(**par_kwargs)
-    stage, ps = load(folder, par=par)
-    d = ps.r("dp")
-    if any(p and isinstance(p[0], list) for p in prompts):  # explicit per-DP-rank shares
-        mine_p, mine_k = prompts[d], keys[d]
-    else:
-        lo, hi = d * len(prompts) // ps.dp, (d + 1) * len(prompts) // ps.dp
-        mine_p, mine_k = prompts[lo:hi], keys[lo:hi]
-    gen = GenerationConfig(**gen_kwargs)
-    ro = generate(stage, ps, mine_p, gen, rows=torch.tensor(mine_k, dtype=torch.long))
-    out = per_key(ro, mine_k) if mine_p else {}
-    return {"rank": rank, "last": ps.is_last_stage, "tp0": ps.r("tp") == 0, "out": out,
-            "forwards": ro.forwards, "preemptions": ro.preemptions}
 
 
 def run_cases(rank, world, folder, par_kwargs, cases):
