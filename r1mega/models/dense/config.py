@@ -19,6 +19,7 @@ TRAINING_KEYS: tuple[str, ...] = ()
 HF_DEFAULTS = {"llama": {"max_position_embeddings": 2048},
                "qwen2": {"num_key_value_heads": 32},
                "qwen3": {"num_key_value_heads": 32, "head_dim": 128}}
+RECOMPUTE_UNITS = ("core_attn", "layernorm")  # what `train.recompute_modules` may name for a dense model
 
 
 @dataclass
