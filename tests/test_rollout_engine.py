@@ -217,8 +217,9 @@ def test_resume_draws_the_uninterrupted_samples_under_any_problems_per_round(tmp
 
 
 def test_top_p_support_that_stops_bisecting_early_equals_the_full_bisection(monkeypatch):
-    """One process stops the top-p bisection once no logit lies between its bounds; the support must
-    be the 48 rounds' exactly (ties, one token holding the mass, top-k before top-p included)."""
+    """One process stops the top-p bisection once no logit lies between its bounds, and runs it on the
+    host for a few rows; the support must be the 48 tensor rounds' exactly (ties, one token holding
+    the mass, top-k before top-p included; 1-8 rows: both paths)."""
     from r1mega.inference import sampling
     from r1mega.parallel.layout import single_process_state
 
@@ -235,5 +236,6 @@ def test_top_p_support_that_stops_bisecting_early_equals_the_full_bisection(monk
         cases.append((x, float(torch.rand(1, generator=g)) * 0.999 + 0.0005, 0 if trial % 3 else 20))
     early = [sampling.sampler_support(x, ps, p, k) for x, p, k in cases]
     monkeypatch.setattr(sampling, "_bisection_settled", lambda *a: False)
+    monkeypatch.setattr(sampling, "_bisection_on_host", lambda *a: None)
     for (x, p, k), got in zip(cases, early):
         assert torch.equal(got, sampling.sampler_support(x, ps, p, k))
