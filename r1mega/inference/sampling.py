@@ -23,7 +23,7 @@ from r1mega.parallel.comm import all_gather_nograd, sum_in_rank_order
 from r1mega.parallel.layout import ParallelState
 
 BISECTION_STEPS = 48
-FEW_ROWS_ON_HOST = 4  # top-p bisection rows run on the host (one process)
+FEW_ROWS_ON_HOST = 16  # top-p bisection rows run on the host (one process; measured faster up to ~20 rows)
 WINDOW = 8  # ... deciding them by the exact kept mass at 2 * WINDOW + 1 thresholds around the crossing
 
 
