@@ -239,3 +239,37 @@ def test_top_p_support_that_stops_bisecting_early_equals_the_full_bisection(monk
     monkeypatch.setattr(sampling, "_bisection_on_host", lambda *a: None)
     for (x, p, k), got in zip(cases, early):
         assert torch.equal(got, sampling.sampler_support(x, ps, p, k))
+
+
+def test_absorbed_attention_weights_follow_an_optimizer_step_and_a_reload(model):
+    """Decoding keeps MLA's absorbed kv_b views between steps; an in-place update (an optimizer step)
+    and a swapped tensor (a reload) must reach the next rollout: it equals one with nothing kept."""
+    chunks, ps = model
+    prompts, keys = long_tail_rows()
+    gen = long_tail_config(max_rows=3)
+    mlas = [m for m in chunks[0].layers.modules() if hasattr(m, "_absorbed_weights")]  # (not the MTP draft's)
+    weights = [m.kv_b_proj.weight for m in mlas]
+    saved = [w.detach().clone() for w in weights]
+
+    def fresh():
+        for m in mlas:
+            m.__dict__.pop("_absorbed_cache", None)
+        return generate(chunks, ps, prompts, gen, rows=keys)
+
+    try:
+        before = generate(chunks, ps, prompts, gen, rows=keys)
+        assert all(getattr(m, "_absorbed_cache", None) is not None for m in mlas)
+        with torch.no_grad():
+            for w in weights:
+                w.mul_(1.5)  # what AdamW's step does: in place
+        stepped = generate(chunks, ps, prompts, gen, rows=keys)
+        assert not torch.equal(stepped.logprobs, before.logprobs)
+        assert torch.equal(stepped.logprobs, fresh().logprobs)
+        for w in weights:  # a reload that swaps the storage
+            w.data = w.data * (2 / 3)
+        reloaded = generate(chunks, ps, prompts, gen, rows=keys)
+        assert torch.equal(reloaded.logprobs, fresh().logprobs)
+    finally:
+        with torch.no_grad():
+            for w, s in zip(weights, saved):
+                w.data = s
