@@ -273,3 +273,16 @@ def test_absorbed_attention_weights_follow_an_optimizer_step_and_a_reload(model)
         with torch.no_grad():
             for w, s in zip(weights, saved):
                 w.data = s
+
+
+def test_noise_hashed_in_numpy_equals_the_tensor_hash():
+    """On CPU the sampler's uniforms are hashed in numpy; they must be the int64 tensor formula's bits
+    (any key, negative columns too: speculative decoding's accept draw uses column -1)."""
+    from r1mega.inference import sampling
+
+    keys = torch.randint(-2**63, 2**63 - 1, (6,), dtype=torch.int64, generator=torch.Generator().manual_seed(0))
+    for first, n in ((-1, 1), (-5, 12), (0, 384), (2**40, 3)):
+        cols = torch.arange(first, first + n, dtype=torch.int64)
+        z = sampling._mix(sampling._mix(keys)[:, None] + cols[None, :] * sampling._signed(0x9E3779B97F4A7C15))
+        expected = (sampling._shr(z, 11).double() + 0.5) / float(1 << 53)
+        assert torch.equal(sampling.uniform_noise(keys, first, n), expected)

@@ -97,7 +97,7 @@ def uniform_noise(row_keys: torch.Tensor, first: int, n: int) -> torch.Tensor:
     if row_keys.device.type == "cpu":
         cols = _COLUMN_HASHES.get((first, n))
         if cols is None:
-            cols = np.arange(first, first + n, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            cols = np.arange(first, first + n, dtype=np.int64).view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
             _COLUMN_HASHES[first, n] = cols
         z = _mix_np(_mix_np(row_keys.numpy().view(np.uint64))[:, None] + cols[None, :])
         return torch.from_numpy(((z >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53))
