@@ -40,6 +40,7 @@ def r1_shape(seed: int = 0) -> None:
 
 def tiny_rollout() -> None:
     from grpo_update_workers import long_tail_rollout, model
+    from r1mega.models.family import family_of
     from r1mega.rl.grpo import global_values, old_and_reference_logprobs, policy_gradients, token_extras
     from r1mega.rl.loss import group_advantages, loss_count
     from r1mega.rl.train_batch import update_batches
@@ -60,7 +61,7 @@ def tiny_rollout() -> None:
         old, _ = old_and_reference_logprobs(cfg, ps, chunks, None, b, None, m, 128)
         t1 = time.perf_counter()
         count = max(global_values({"n": loss_count(cfg.rl, b, 128)}, ps, torch.device("cpu"))["n"], 1.0)
-        policy_gradients(cfg, ps, chunks, b, token_extras(b, adv, old, None), count, m)
+        policy_gradients(cfg, ps, chunks, b, token_extras(b, adv, old, None), count, m, family_of(chunks[0]).training)
         t2 = time.perf_counter()
         for p in chunks.parameters():
             p.grad = None

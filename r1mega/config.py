@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
@@ -17,9 +18,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from r1mega.checks import at_least as _at_least, need as _need, one_of as _one_of, positive as _positive
 from r1mega.errors import ConfigError  # noqa: F401  (re-exported: `from r1mega.config import ConfigError`)
-from r1mega.models.family import DEFAULT_FAMILY, family_named, family_of_config
+from r1mega.models.family import DEFAULT_FAMILY, families, family_named, family_of_config, recompute_units
 from r1mega.parallel.config import ParallelConfig  # noqa: F401  (the parallel: section, beside its owner)
-from r1mega.parallel.recompute import RECOMPUTE_MODES, SELECTIVE_RECOMPUTE_MODULES
+from r1mega.parallel.recompute import RECOMPUTE_MODES
 
 # The model sections live with their families (r1mega/models/<family>/config.py). These two names
 # stay for existing callers: the default family's section and the dense family's (`student:`).
@@ -65,11 +66,6 @@ class TrainConfig:
     schedule: str = "1f1b"  # gpipe | 1f1b | interleaved
     virtual_stages: int = 1  # model chunks per pipeline rank (interleaved schedule)
     dtype: str = "float32"  # float32 | bfloat16 (weights; master weights are always float32)
-    # aliases of the model family's training keys (model.mtp_weight, model.balance_alpha,
-    # model.bias_update_rate of DeepSeek-V3); when set they win, and a family without the key ignores it
-    mtp_weight: Optional[float] = None
-    balance_alpha: Optional[float] = None
-    bias_update_rate: Optional[float] = None
     log_interval: int = 1
     run_dir: str = "runs/train"
     save_interval: int = 0  # 0: only at the end
@@ -82,15 +78,21 @@ class TrainConfig:
     # model keys allowed to differ from the checkpoint's on resume (e.g. [rope_scaling] to extend context)
     allow_arch_change: list[str] = field(default_factory=list)
     recompute: str = "none"  # none | selective | full (activation recompute, parallel/recompute.py)
-    recompute_modules: list[str] = field(default_factory=lambda: list(SELECTIVE_RECOMPUTE_MODULES))
+    # the parts selective recompute runs again; default: every part any family names (its recompute_units)
+    recompute_modules: list[str] = field(default_factory=lambda: list(recompute_units()))
     # FP8 linears (DeepSeek-V3's blockwise recipe): none | blockwise
     fp8: str = "none"
     fp8_backend: str = "auto"  # auto | emulated | te (auto: Transformer Engine where built and usable)
     fp8_block: int = 128  # tile length: 1 x block for activations/gradients, block x block for weights
     fp8_pow2_scales: bool = False  # round scales down to powers of two
-    # the sparse-attention indexer's training stage (DeepSeek-V3.2's family): null | dense_warmup | sparse
+    # DEPRECATED older names of model families' training keys, now in the family's `model:` section
+    # (its `training_keys`); still read: when set they win over the model's, with a warning, and a
+    # family without the key ignores a number and refuses anything else (apply_train_aliases)
+    mtp_weight: Optional[float] = None
+    balance_alpha: Optional[float] = None
+    bias_update_rate: Optional[float] = None
     dsa_stage: Optional[str] = None
-    index_loss_weight: float = 1.0  # weight of the indexer's KL loss (per target token)
+    index_loss_weight: Optional[float] = None
 
 
 @dataclass
@@ -226,12 +228,10 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False, rewards=
     for key in ("kl_coef", "clip_low", "clip_high", "tis_cap", "overlong_penalty"):
         need(math.isfinite(getattr(rl, key)), f"rl.{key}", f"must be finite, got {getattr(rl, key)}")
     if rl.exact_rollouts:
-        need(family_of_config(cfg.active_model).name == DEFAULT_FAMILY, "rl.exact_rollouts",
-             f"batch-invariant kernels exist for the {DEFAULT_FAMILY} family only")
         need(cfg.train.fp8 == "none", "rl.exact_rollouts", "needs train.fp8=none (the FP8 kernels are not batch-invariant)")
         need(par.cp == 1, "rl.exact_rollouts", "needs parallel.cp=1")
-        need(getattr(cfg.active_model, "scoring_func", "sigmoid") == "sigmoid", "rl.exact_rollouts",
-             "needs sigmoid routing (model.scoring_func)")
+        refusal = family_of_config(cfg.active_model).exact_rollouts_refusal(cfg.active_model)
+        need(refusal is None, "rl.exact_rollouts", refusal or "")
     rows = rl.prompts_per_step // max(par.dp, 1) * rl.group_size
     need(rl.packed_update or rows % cfg.data.micro_batch_size == 0, "data.micro_batch_size",
          f"{cfg.data.micro_batch_size} does not divide the {rows} rows of a step on each data-parallel rank "
@@ -267,11 +267,9 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False, rewards=
          f"must be <= {MAX_DRAFT_TOKENS}, got {rl.draft_tokens}")
     need(rl.mtp_weight >= 0 and math.isfinite(rl.mtp_weight), "rl.mtp_weight",
          f"must be a finite number >= 0, got {rl.mtp_weight}")
+    why = family_of_config(cfg.active_model).draft_refusal(cfg.active_model)
     for key, on in (("rl.speculative", rl.speculative is not None), ("rl.mtp_weight", rl.mtp_weight > 0)):
-        n = getattr(cfg.active_model, "num_mtp_layers", 0)
-        need(not on or n > 0, key, f"needs the model's MTP module, but the {cfg.model_section} has none "
-             f"({cfg.model_section}.num_mtp_layers={n})" if hasattr(cfg.active_model, "num_mtp_layers") else
-             f"needs an MTP module, which the {cfg.model_section}'s family ({type(cfg.active_model).__name__}) has not")
+        need(not on or why is None, key, f"needs the model's MTP module, but {why}")
     return cfg
 
 
@@ -389,22 +387,35 @@ def resolve_parallel(par: ParallelConfig, world_size: int) -> ParallelConfig:
     return out
 
 
+TRAIN_ALIASES = ("mtp_weight", "balance_alpha", "bias_update_rate", "dsa_stage", "index_loss_weight")
+
+
 def apply_train_aliases(cfg: Config) -> None:
-    """train.mtp_weight / balance_alpha / bias_update_rate, when set, are the active model's keys."""
+    """The deprecated `train.<key>` names of family training keys (TRAIN_ALIASES): when set, they are
+    the active model's keys. A family without the key ignores a number (the weight or rate of a loss
+    it does not have) and refuses anything else (a training mode of a part it lacks)."""
     m = cfg.active_model
-    for key in ("mtp_weight", "balance_alpha", "bias_update_rate"):
+    family = family_of_config(m)
+    for key in TRAIN_ALIASES:
         v = getattr(cfg.train, key)
-        if v is not None and key in family_of_config(m).training_keys:
+        if v is None:
+            continue
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        _need(not number or (math.isfinite(v) and v >= 0), f"train.{key}", f"must be >= 0, got {v}")
+        owners = [f.name for f in families() if key in f.training_keys]
+        warnings.warn(f"train.{key} is deprecated: it is a training key of the model family's section now "
+                      f"(model.{key} of {', '.join(owners)})", FutureWarning, stacklevel=3)
+        if key in family.training_keys:
             setattr(m, key, v)
+        else:
+            _need(number, f"train.{key}", f"{v!r} is a training key of {', '.join(owners)}; this model "
+                                          f"({family.name}) has none")
 
 
 def validate(cfg: Config, world_size: int) -> Config:
     """Cross-field checks of model x layout. Raises ConfigError naming the key; allocates nothing."""
     par = resolve_parallel(cfg.parallel, world_size)
     _need(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
-    for key in ("mtp_weight", "balance_alpha", "bias_update_rate"):
-        v = getattr(cfg.train, key)
-        _need(v is None or (math.isfinite(v) and v >= 0), f"train.{key}", f"must be >= 0, got {v}")
     apply_train_aliases(cfg)
     for section in ("model", "student"):
         m = getattr(cfg, section)
@@ -486,9 +497,8 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
     need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
     need(t.recompute in RECOMPUTE_MODES, "train.recompute",
          f"expected one of {', '.join(RECOMPUTE_MODES)}, got {t.recompute!r}")
-    unknown = [x for x in t.recompute_modules if x not in SELECTIVE_RECOMPUTE_MODULES]
-    need(not unknown, "train.recompute_modules",
-         f"unknown {unknown}; choose from {', '.join(SELECTIVE_RECOMPUTE_MODULES)}")
+    unknown = [x for x in t.recompute_modules if x not in recompute_units()]
+    need(not unknown, "train.recompute_modules", f"unknown {unknown}; choose from {', '.join(recompute_units())}")
     need(t.fp8 in ("none", "blockwise"), "train.fp8", f"expected none or blockwise, got {t.fp8!r}")
     need(t.fp8_backend in ("auto", "emulated", "te"), "train.fp8_backend",
          f"expected auto, emulated or te, got {t.fp8_backend!r}")
@@ -497,6 +507,5 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
     need(1 <= t.fp8_block <= 4096, "train.fp8_block",
          f"must be in [1, 4096] (DeepSeek-V3 uses 128), got {t.fp8_block}")
     need(not needs_data or bool(d.paths) or d.synthetic is not None, "data.paths", "no data: give data.paths or data.synthetic")
-    need(t.index_loss_weight >= 0, "train.index_loss_weight", f"must be >= 0, got {t.index_loss_weight}")
     family_of_config(active).training.validate(active, t, section)  # the family's own training rules
     return cfg

@@ -6,6 +6,7 @@ import torch
 from layout_workers import build
 from r1mega.config import ParallelConfig
 from r1mega.models.deepseek_v3.hf_weights import gather_full
+from r1mega.models.family import family_of
 from r1mega.parallel.recompute import set_recompute
 from r1mega.parallel.context_parallel import gather_sequence
 from r1mega.parallel.vocab_parallel import gather_vocab
@@ -15,10 +16,10 @@ from r1mega.train.lm_step import lm_forward_backward
 def cp_evaluate(model, ps, ids, labels, docs, positions, micro: int, mtp_weight: float) -> dict:
     """Whole-row logits of this DP rank, losses, and full gradients of this stage."""
     kw = dict(attn_mask=docs, position_ids=positions)
-    fwd = lm_forward_backward(model, ps, ids, labels, micro, mtp_weight, forward_only=True, **kw)
+    fwd = lm_forward_backward(model, ps, ids, labels, micro, {"mtp_weight": mtp_weight}, forward_only=True, **kw)
     model.zero_grad(set_to_none=True)
-    step = lm_forward_backward(model, ps, ids, labels, micro, mtp_weight, **kw)
-    out = {"loss": step.loss, "mtp_loss": step.mtp_loss, "dp": ps.r("dp"), "first": ps.r("tp") == 0 and ps.r("cp") == 0}
+    step = lm_forward_backward(model, ps, ids, labels, micro, {"mtp_weight": mtp_weight}, **kw)
+    out = {"loss": step.loss, "mtp_loss": step.extra["mtp_loss"], "dp": ps.r("dp"), "first": ps.r("tp") == 0 and ps.r("cp") == 0}
     if ps.is_last_stage:
         rows = []
         for local in fwd.logits:  # [s / cp, b, V / tp] per microbatch
@@ -40,7 +41,7 @@ def cp_layouts_worker(rank: int, world: int, hf_dir: str, layouts: list[dict], i
         recompute = lay.pop("recompute", "none")
         packed = lay.pop("packed", True)  # False: plain causal rows (pretraining)
         model, ps = build(hf_dir, ParallelConfig(**lay), world)
-        set_recompute(model, recompute)
+        set_recompute(model, recompute, family_of(model).recompute_units)
         res = cp_evaluate(model, ps, ids, labels, docs if packed else None, positions if packed else None,
                           micro, mtp_weight)
         if ps.r("dp") != 0 or ps.r("tp") != 0 or ps.r("cp") != 0:

@@ -7,6 +7,7 @@ import torch
 
 from r1mega.config import Config, ModelConfig, ParallelConfig, validate
 from r1mega.inference.generate import GenerationConfig, generate
+from r1mega.models.family import family_of
 from r1mega.parallel.layout import build_parallel_state, single_process_state
 from r1mega.parallel.param_spec import spec_of
 from r1mega.rl.grpo import global_values, old_and_reference_logprobs, policy_gradients, token_extras
@@ -83,7 +84,7 @@ def update_parity_worker(rank: int, world: int, par: dict, rl_options: dict, mic
             old = old + torch.where(batch.seq >= 0, shift, torch.zeros_like(shift))
         extra = token_extras(batch, adv, old, ref)
         count = max(global_values({"n": loss_count(cfg.rl, batch, 24)}, ps, torch.device("cpu"))["n"], 1.0)
-        sums = policy_gradients(cfg, ps, chunks, batch, extra, count, m)
+        sums = policy_gradients(cfg, ps, chunks, batch, extra, count, m, family_of(chunks[0]).training)
         data_parallel_sums(chunks, ps)  # context-parallel ranks hold partial gradients until then
         out[f"{name}_sums"] = {k: float(v) for k, v in sums.items()}
         out[f"{name}_grads"] = {n: p.grad.clone() for n, p in chunks.named_parameters() if p.grad is not None}

@@ -21,10 +21,10 @@ def build(hf_dir: str, par: ParallelConfig, world: int):
 
 def evaluate(model, ps: ParallelState, ids, labels, num_microbatches: int, mtp_weight: float) -> dict:
     """Logits (full vocab, this DP rank's rows), losses and full gradients of this stage."""
-    fwd = lm_forward_backward(model, ps, ids, labels, num_microbatches, mtp_weight, forward_only=True)
+    fwd = lm_forward_backward(model, ps, ids, labels, num_microbatches, {"mtp_weight": mtp_weight}, forward_only=True)
     model.zero_grad(set_to_none=True)
-    step = lm_forward_backward(model, ps, ids, labels, num_microbatches, mtp_weight)
-    out = {"loss": step.loss, "mtp_loss": step.mtp_loss, "dp": ps.r("dp"), "pp": ps.r("pp"),
+    step = lm_forward_backward(model, ps, ids, labels, num_microbatches, {"mtp_weight": mtp_weight})
+    out = {"loss": step.loss, "mtp_loss": step.extra["mtp_loss"], "dp": ps.r("dp"), "pp": ps.r("pp"),
            "tp": ps.r("tp")}
     if ps.is_last_stage:
         out["logits"] = torch.cat([gather_vocab(l, ps.g("tp")).transpose(0, 1) for l in fwd.logits])

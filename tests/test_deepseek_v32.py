@@ -246,9 +246,12 @@ def test_convert_round_trip_is_bit_exact(models, tmp_path):
     assert json.load(open(tmp_path / "out" / "config.json"))["model_type"] == "deepseek_v32"
 
 
-@pytest.mark.parametrize("stage", ["dense_warmup", "sparse"])
-def test_dsa_training_stage_from_a_converted_checkpoint(stage, tmp_path):
-    """r1mega-convert import of a tiny transformers V3.2, then `train.dsa_stage`: the indexer's KL
+@pytest.mark.parametrize("stage, keys", [
+    ("dense_warmup", ["train.dsa_stage=dense_warmup"]),  # the older name of the key, still read
+    ("sparse", ["model.family=deepseek_v32", "model.dsa_stage=sparse"]),
+])
+def test_dsa_training_stage_from_a_converted_checkpoint(stage, keys, tmp_path):
+    """r1mega-convert import of a tiny transformers V3.2, then `model.dsa_stage`: the indexer's KL
     loss falls; the warm-up changes the indexer only, sparse training changes everything."""
     import transformers
 
@@ -267,7 +270,7 @@ def test_dsa_training_stage_from_a_converted_checkpoint(stage, tmp_path):
     cfg = load_config(None, [f"train.run_dir={run}", f"data.cache_dir={tmp_path / 'data'}", "data.synthetic=arithmetic",
                              "data.synthetic_docs=300", "data.seq_length=48", "data.micro_batch_size=4",
                              "data.global_batch_size=4", "train.steps=10", f"train.load={tmp_path / 'ck'}",
-                             f"train.dsa_stage={stage}", "optim.lr=0.003", "optim.min_lr=0.003", "optim.decay=constant",
+                             *keys, "optim.lr=0.003", "optim.min_lr=0.003", "optim.decay=constant",
                              "optim.weight_decay=0"])
     train(cfg, "pretrain")
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]

@@ -242,7 +242,7 @@ def test_fp8_runs_every_linear_and_keeps_embeddings_head_and_router_in_high_prec
     ids = torch.randint(0, 256, (2, 8))
     backend = Recording()
     with use_backend(backend):
-        step = lm_forward_backward(model, ps, ids, ids, 1, 0.3)
+        step = lm_forward_backward(model, ps, ids, ids, 1, {"mtp_weight": 0.3})
     assert math.isfinite(step.loss)
     for name, p in model.named_parameters():
         high_precision = name.startswith(("embed_tokens.", "lm_head.")) or name.endswith("mlp.gate.weight")

@@ -9,6 +9,7 @@ from r1mega.inference.generate import left_padded_causal_mask
 from r1mega.models.activation_memory import PeakLiveBytes, saved_bytes
 from r1mega.kernels.block_attention import block_attention, documents_from_pad
 from r1mega.models.deepseek_v3.model import DeepseekV3
+from r1mega.models.family import family_of
 from r1mega.parallel.recompute import set_recompute
 from r1mega.parallel.layout import single_process_state
 from r1mega.train.model_build import init_weights
@@ -144,7 +145,7 @@ def test_recompute_gives_identical_gradients_and_saves_measured_memory():
     docs = packed_docs(2, s, g)
     grads, held = {}, {}
     for mode in ("none", "selective", "full"):
-        set_recompute(model, mode)
+        set_recompute(model, mode, family_of(model).recompute_units)
         run = lambda: model(ids, labels=ids, attn_mask=docs).token_loss.sum()  # noqa: E731
         held[mode] = saved_bytes(run, model)
         model.zero_grad()

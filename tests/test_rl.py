@@ -102,7 +102,7 @@ def test_language_target_comes_from_the_problem_then_rl_language(tmp_path):
                                                    {"prompt": "b", "answer": "2", "language": "en"}])
     cfg = Config()
     cfg.rl.prompts, cfg.rl.language = [path], "zh"
-    langs = {p["prompt"]: p["language"] for p in PromptSource(cfg, tok=None).take(0, 2, 0)}
+    langs = {p["prompt"]: p["language"] for p in PromptSource(cfg.rl, cfg.data.synthetic, cfg.seed, tok=None).take(0, 2, 0)}
     assert langs == {"a": "zh", "b": "en"}
 
 

@@ -246,13 +246,16 @@ def test_mtp_labels_stay_inside_each_packed_sequence():
     and only on the loss's sampled tokens."""
     from r1mega.models.stage import IGNORE_INDEX
     from r1mega.parallel.pipeline import Microbatch
-    from r1mega.rl.grpo import mtp_labels
+    from r1mega.config import ModelConfig
+    from r1mega.models.family import family_named
+    from r1mega.rl.grpo import extra_loss_labels
 
     pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 0, 1]])
     targets = torch.arange(10, 19)[None]
     mask = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 0, 1]], dtype=torch.bool)  # second sequence: a 1-token prompt
     mb = Microbatch(torch.zeros(1, 9, dtype=torch.long), None, None, pos, None, {"targets": targets, "mask": mask})
-    assert mtp_labels([mb], 1) == 6
+    depth = family_named("deepseek_v3").training.label_context(ModelConfig(num_mtp_layers=1))
+    assert extra_loss_labels([mb], depth) == 6
     want = torch.tensor([[IGNORE_INDEX, 11, 12, 13, IGNORE_INDEX, 15, 16, IGNORE_INDEX, 18]])
     assert torch.equal(mb.labels, want)
 

@@ -28,8 +28,8 @@ def grads_under(rank: int, world: int, par: dict, virtual: int, schedule: str, i
     ps = build_parallel_state(cfg.parallel) if world > 1 else single_process_state()
     chunks = build_chunks(cfg, ps)
     init_weights(chunks, seed=7)
-    res = lm_forward_backward(chunks, ps, ids, labels, micro, mtp_weight=0.3, schedule=schedule)
-    out = {"loss": res.loss, "mtp_loss": res.mtp_loss, "max_in_flight": res.schedule.max_in_flight, "grads": {}}
+    res = lm_forward_backward(chunks, ps, ids, labels, micro, {"mtp_weight": 0.3}, schedule=schedule)
+    out = {"loss": res.loss, "mtp_loss": res.extra["mtp_loss"], "max_in_flight": res.schedule.max_in_flight, "grads": {}}
     for chunk in chunks:
         g = gather_full(chunk, grads=True)
         if ps.r("dp") == 0 and ps.r("tp") == 0:
@@ -48,7 +48,7 @@ def optimizer_worker(rank: int, world: int, steps: int, ids, labels) -> dict:
     init_weights(chunks, seed=3)
     opt = DistributedAdamW(chunks, ps, OptimConfig(lr=1e-2, weight_decay=0.1, clip_grad=0.5, eps=EPS))
     for _ in range(steps):
-        lm_forward_backward(chunks, ps, ids, labels, 1, mtp_weight=0.0, reduce_dp=False)
+        lm_forward_backward(chunks, ps, ids, labels, 1, {"mtp_weight": 0.0}, reduce_dp=False)
         opt.step(1e-2)
         opt.zero_grad(chunks)
     return {n: p.detach().clone() for n, p in chunks.named_parameters()}

@@ -1,4 +1,5 @@
-"""Make the data a run needs when the config asks for a synthetic corpus.
+"""The data a run reads, from its `data:` section: the training dataset and the tokenizer, and a
+synthetic corpus built first when the config asks for one.
 
 Builds (once, on rank 0, under data.cache_dir) a corpus ("arithmetic": worked sums and
 differences; "addition": the R1-Zero demo's biased single-digit sums; "sum3": the pipeline's
@@ -11,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
+from typing import Optional
 
 import torch.distributed as dist
 
 from r1mega.config import ConfigError, DataConfig
 from r1mega.data import synthetic
-from r1mega.data.pretrain import write_indexed
-from r1mega.data.tokenizer import EOS, Tokenizer, train_sentencepiece
+from r1mega.data.pretrain import PretrainData, write_indexed
+from r1mega.data.tokenizer import EOS, Tokenizer, check_fits, load_tokenizer, train_sentencepiece
 
 SYNTHETIC = ("arithmetic", "addition", "sum3")
 
@@ -60,3 +62,39 @@ def resolve_data(cfg: DataConfig, kind: str, vocab_size: int) -> DataConfig:
         dist.barrier()
     paths = [os.path.join(root, "pretrain")] if kind == "pretrain" else [os.path.join(root, "sft.jsonl")]
     return replace(cfg, paths=paths, tokenizer=os.path.join(root, "tokenizer.model"))
+
+
+def training_data(cfg: DataConfig, kind: str, vocab_size: int, seed: int, load: Optional[str] = None):
+    """The dataset of a pretrain or SFT run ("pretrain" | "sft"): `batch(first, size)` gives a global
+    batch as the model's inputs. load: the checkpoint the run starts from, whose tokenizer
+    (r1mega-convert import copies it beside the weights) serves when data.tokenizer is unset."""
+    from r1mega.data.sft import SFTData
+
+    d = resolve_data(cfg, kind, vocab_size)
+    if d.tokenizer is None and load and os.path.exists(os.path.join(load, "tokenizer.json")):
+        d = replace(d, tokenizer=load)
+    if kind == "sft" and (len(d.paths) > 1 or d.weights is not None):
+        raise ConfigError("data.paths", f"SFT reads one chat JSONL file, got {len(d.paths)} paths"
+                          + (" and data.weights" if d.weights is not None else "") + "; concatenate the files")
+    if d.tokenizer is None and kind == "sft":
+        raise ConfigError("data.tokenizer", "SFT renders chat records and needs a tokenizer")
+    if d.tokenizer is not None:
+        if not os.path.exists(d.tokenizer):
+            raise ConfigError("data.tokenizer", f"{d.tokenizer}: not found")
+        tok = load_tokenizer(d.tokenizer)
+        check_fits(tok, vocab_size)
+    if kind == "pretrain":
+        return PretrainData(d.paths, d.weights, d.seq_length, seed, vocab_size)
+    return SFTData(d.paths[0], tok, d.seq_length, seed, d.sft_template)
+
+
+def prompt_tokenizer(cfg: DataConfig, vocab_size: int, load: Optional[str]) -> Tokenizer:
+    """The tokenizer of an RL run's prompts: data.tokenizer, the synthetic corpus's, else the one in
+    `load` (the checkpoint of a run on prompt files; None for a synthetic run)."""
+    d = resolve_data(cfg, "pretrain", vocab_size)  # builds the synthetic corpus if asked
+    path = d.tokenizer or load
+    if path is None:
+        raise ConfigError("data.tokenizer", "GRPO needs a tokenizer: data.tokenizer=DIR or data.synthetic")
+    tok = Tokenizer(path)
+    check_fits(tok, vocab_size)
+    return tok

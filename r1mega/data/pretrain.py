@@ -187,7 +187,7 @@ class PretrainData:
         w = self._window_index(d, j)
         return self.streams[d].window(w * self.seq_length, self.seq_length + 1)
 
-    def batch(self, first_sample: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, first_sample: int, size: int) -> dict:
         """Global batch of samples [first, first+size): input ids and next-token labels [size, s]."""
         tokens = torch.from_numpy(np.stack([self.sample(first_sample + k) for k in range(size)]))
-        return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+        return {"input_ids": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous()}

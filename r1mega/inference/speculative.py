@@ -41,7 +41,6 @@ from r1mega.inference.sampling import (
 )
 from r1mega.parallel.comm import all_gather_nograd
 from r1mega.parallel.layout import ParallelState
-from r1mega.parallel.tensor_parallel import enter_tp_region
 
 SPECULATIVE_METHODS = ("mtp",)
 # drafts per row and step: acceptance compounds (k drafts all pass with probability alpha^k) while the
@@ -54,12 +53,11 @@ _DRAFT_STREAM = _signed(0xA0761D6478BD642F)  # the draft's noise: another stream
 def check_draft_model(model_cfg, key: str) -> None:
     """The MTP draft needs MTP layers: a clear error naming `key` (the config key or flag asking for it)."""
     from r1mega.errors import ConfigError
+    from r1mega.models.family import family_of_config
 
-    n = getattr(model_cfg, "num_mtp_layers", None)
-    if not n:
-        what = ("model.num_mtp_layers=0" if n == 0 else
-                f"the {getattr(model_cfg, 'family', type(model_cfg).__name__)} family has no MTP module")
-        raise ConfigError(key, f"speculative decoding with the MTP draft needs MTP layers, but {what}")
+    why = family_of_config(model_cfg).draft_refusal(model_cfg)
+    if why is not None:
+        raise ConfigError(key, f"speculative decoding with the MTP draft needs MTP layers, but {why}")
 
 
 # ---- the distributions and the accept/reject rule ------------------------------------------------
@@ -196,8 +194,7 @@ class SpeculativeBatcher(ContinuousBatcher):
         self.drafts = torch.zeros(self.max_rows, k, dtype=torch.long, device=self.device)
         self.has = torch.zeros(self.max_rows, dtype=torch.bool, device=self.device)
         if model.is_last:
-            self.mtp_id = min(int(i) for i in model.mtp)
-            self.mtp = model.mtp[str(self.mtp_id)]
+            self.mtp_id = model.draft_layer()
             parts, self.mtp_layer_view = model.paged_kv_layout([self.mtp_id])
             self.mtp_pool = BlockPool(parts, self.bs, self.dtype, self.device)
             self.mtp_table = torch.zeros(self.max_rows, 16, dtype=torch.long, device=self.device)
@@ -240,14 +237,12 @@ class SpeculativeBatcher(ContinuousBatcher):
     def _mtp_forward(self, h_prev, next_ids, pos, view):
         """The MTP layer over h_prev [s, b, D] and the embeddings of next_ids [b, s] at positions pos
         [b, s] on its own cache -> its output [s, b, D]."""
-        model = self.model
-        cos, sin = model.rope.cos_sin(pos.t())
         self.draft_forwards += 1
-        return self.mtp(h_prev, model._embed(next_ids.t()), model.rope, cos, sin, None, view.layer(self.mtp_id))
+        return self.model.draft_forward(h_prev, next_ids, pos, view.layer(self.mtp_id))
 
     def _mtp_logits(self, h):
         """The shared head over the MTP output h [..., D] (only the positions that draft)."""
-        return self.model.lm_head(enter_tp_region(self.mtp.shared_head.norm(h), self.ps))
+        return self.model.draft_logits(h)
 
     def _empty_mtp(self) -> None:
         view = decode_view(self.mtp_pool, self.mtp_layer_view, torch.full((1, 1), NULL_BLOCK, device=self.device),

@@ -52,6 +52,11 @@ def families() -> list[ModelFamily]:
     return list(_REGISTRY.values())
 
 
+def recompute_units() -> tuple[str, ...]:
+    """Every part some family's layers can recompute (`train.recompute_modules`), in registry order."""
+    return tuple(dict.fromkeys(u for f in _REGISTRY.values() for u in f.recompute_units))
+
+
 def family_of_config(model_cfg) -> ModelFamily:
     """The family of a model config object (its class is registered by exactly one family)."""
     for fam in _REGISTRY.values():

@@ -5,34 +5,48 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 
-from r1mega.errors import ConfigError
-
 
 class TrainingHooks:
-    """What a family adds to training: its rules on the `train:` keys, extra loss terms, the work
-    after the optimizer step, and the metrics both produce. The base class adds nothing."""
+    """What a family adds to training, driven by its `model:` section's training keys (the family's
+    `training_keys`): its rules on the `train:` keys, extra loss terms, the work before and after the
+    optimizer step, and the metrics they produce. Generic code (train/lm_step.py, train/trainer.py,
+    rl/grpo.py) calls these and never names a family's losses. The base class adds nothing."""
+
+    # names of the extra loss terms a step reports (StepResult.extra), each a global mean per target token
+    extra_losses: tuple[str, ...] = ()
 
     def validate(self, model_cfg, train, section: str) -> None:
-        """The family's rules on the run's `train:` keys (raise ConfigError naming the key). The
-        base trains no sparse-attention indexer: train.dsa_stage stays unset."""
-        if train.dsa_stage is not None:
-            raise ConfigError("train.dsa_stage", f"{train.dsa_stage} trains DeepSeek-V3.2's indexer; this model has "
-                                                 f"none (model_type deepseek_v32)")
+        """The family's rules on the run's `train:` keys (raise ConfigError naming the key)."""
 
-    def prepare(self, chunks, train) -> None:
-        """Before the optimizer is built: e.g. freeze what a training stage keeps fixed (train: TrainConfig)."""
+    def prepare(self, chunks, model_cfg) -> None:
+        """Before the optimizer is built: e.g. freeze what a training stage keeps fixed."""
 
-    def before_step(self, chunks, train, labels) -> None:
+    def before_step(self, chunks, model_cfg, labels) -> None:
         """Before a step's forward, with the global batch's labels [B, s]."""
 
-    def set_balance_loss(self, chunks, alpha: float, global_sequences: int) -> None:
-        """Weight of a load-balancing loss the layers add in the next forward (0: none)."""
-
     def loss_weights(self, model_cfg) -> dict[str, float]:
-        """Keyword weights of the family's extra losses for `lm_forward_backward` (e.g. MTP)."""
+        """The weights of the family's extra losses, from its training keys; passed as they are to
+        `lm_forward_backward`, which hands them back to start_forward and extra_loss (missing: 0)."""
         return {}
 
-    def after_step(self, chunks, ps, model_cfg, skipped: bool, result, train=None) -> dict[str, float]:
+    def rollout_weights(self, weight: float) -> dict[str, float]:
+        """The weights of the extra losses when they learn from RL rollouts with weight `weight`
+        (rl.mtp_weight: a speculative draft kept on-policy); no balance loss there."""
+        return {}
+
+    def label_context(self, model_cfg) -> int:
+        """How many tokens before a label the extra losses read, all inside the label's sequence."""
+        return 0
+
+    def start_forward(self, chunks, weights: dict, global_sequences: int, training: bool) -> None:
+        """Before a global batch's forward: e.g. scale a loss the layers add themselves (0 when not training)."""
+
+    def extra_loss(self, out, denom: int, weights: dict) -> "tuple[Optional[Any], dict[str, Any]]":
+        """A microbatch's extra terms from its StageOutput, per target token (denom: the global count):
+        (the weighted sum to add to its loss, or None; {each of extra_losses: the unweighted term})."""
+        return None, {}
+
+    def after_step(self, chunks, ps, model_cfg, skipped: bool, result) -> dict[str, float]:
         """Collective. Runs after every optimizer step; skipped: the step left the main model's
         weights as they were (non-finite, or frozen). Returns the family's metrics."""
         return {}
@@ -52,6 +66,8 @@ class ModelFamily:
     kv_cache: str  # what generation caches per token and layer
     routed_experts: Callable[[Any], int] = lambda cfg: 0  # a config's routed experts per MoE layer (0: dense)
     training_keys: tuple[str, ...] = ()  # config keys that are training rules, not architecture
+    # the parts of its layers selective recompute can run again (`train.recompute_modules` names them)
+    recompute_units: tuple[str, ...] = ()
     fp32_params: tuple[str, ...] = ()  # parameter names kept in float32 whatever the weight dtype
     # HF checkpoint tensors a model need not hold (e.g. MTP copies of the embedding), by name
     hf_optional: Callable[[str, dict], bool] = lambda key, hf_config: False
@@ -60,6 +76,14 @@ class ModelFamily:
     hf_may_lack: Callable[[dict, Any], tuple[str, ...]] = lambda hf_config, present: ()
     # the 2-D weights a family's FP8 checkpoints store in e4m3 with block scales, by name
     hf_fp8: Callable[[str], bool] = lambda key: key.endswith("proj.weight")
+    # why a config cannot run rl.exact_rollouts (None: it can): whether the family's layers have
+    # batch-invariant kernels (kernels/batch_invariant.py) for it
+    exact_rollouts_refusal: Callable[[Any], Optional[str]] = \
+        lambda cfg: f"the {getattr(cfg, 'family', type(cfg).__name__)} family has no batch-invariant kernels"
+    # why a config cannot draft its own tokens for speculative decoding (None: it can): the MTP draft
+    # needs the family's MTP layers
+    draft_refusal: Callable[[Any], Optional[str]] = \
+        lambda cfg: f"the {getattr(cfg, 'family', type(cfg).__name__)} family has no MTP module"
     training: TrainingHooks = TrainingHooks()
     # () -> the family's share of `r1mega plan` (a module, see models/<family>/plan.py): stage_params,
     # activation_bytes, family_comm, kv_cache_bytes; imported when first asked for

@@ -2,15 +2,9 @@
 
   none       every tensor autograd needs is kept from forward to backward
   full       each decoder layer keeps only its input; the layer runs again in backward
-  selective  only the listed parts (`train.recompute_modules`, Megatron's names) run again:
-               mla_up_proj     q_b/kv_b up-projections, RoPE and core attention: keeps the small
-                               latents instead of per-head q, k, v (the largest MLA tensors)
-               core_attn       the attention kernel alone
-               moe_act         routed experts' SwiGLU activation and down projection
-               layernorm       RMSNorm internals (float32 copies), keeping only the input
-               shared_experts  the shared experts' FFN
-               indexer         DeepSeek-V3.2's lightning indexer: its keys, queries and head weights
-                               (the indexer's own projections; its scores are by blocks already)
+  selective  only the listed parts (`train.recompute_modules`) run again; each model family names
+             the parts its layers can recompute (its `recompute_units`, Megatron's names where they
+             exist, e.g. `layernorm`: RMSNorm internals, keeping only the input)
 Recompute uses torch.utils.checkpoint without reentrancy, so gradients are identical; a module
 opts in by reading `self.recompute` (a set of these names, set by `set_recompute`).
 """
@@ -26,8 +20,6 @@ from r1mega.kernels import batch_invariant
 from r1mega.kernels.linear import active_backend, use_backend
 
 RECOMPUTE_MODES = ("none", "selective", "full")  # train.recompute
-SELECTIVE_RECOMPUTE_MODULES = ("mla_up_proj", "core_attn", "moe_act", "layernorm", "shared_experts", "indexer")
-MODES, SELECTIVE_MODULES = RECOMPUTE_MODES, SELECTIVE_RECOMPUTE_MODULES
 
 
 def recomputed(enabled: bool, fn: Callable, *args):
@@ -45,7 +37,7 @@ def recomputed(enabled: bool, fn: Callable, *args):
     return fn(*args)
 
 
-def recompute_set(mode: str, modules: Iterable[str] = SELECTIVE_MODULES) -> frozenset:
+def recompute_set(mode: str, modules: Iterable[str] = ()) -> frozenset:
     if mode == "none":
         return frozenset()
     if mode == "full":
@@ -53,8 +45,9 @@ def recompute_set(mode: str, modules: Iterable[str] = SELECTIVE_MODULES) -> froz
     return frozenset(modules)
 
 
-def set_recompute(model: torch.nn.Module, mode: str, modules: Iterable[str] = SELECTIVE_MODULES) -> None:
-    """Give every module that can recompute (those with a `recompute` attribute) the selection."""
+def set_recompute(model: torch.nn.Module, mode: str, modules: Iterable[str] = ()) -> None:
+    """Give every module that can recompute (those with a `recompute` attribute) the selection;
+    modules: the parts selective recompute runs again (the family's `recompute_units` name them)."""
     which = recompute_set(mode, modules)
     for m in model.modules():
         if hasattr(m, "recompute"):

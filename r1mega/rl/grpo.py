@@ -33,13 +33,13 @@ import torch
 
 from r1mega.config import Config, RLConfig, TrainConfig, validate_rl, validate_training
 from r1mega.errors import ConfigError
-from r1mega.data.prepare import resolve_data
+from r1mega.data.prepare import prompt_tokenizer
 from r1mega.data.prompts import check_prompts_fit, check_same_prompts, prompts_digest
 from r1mega.output_dir import release
 from r1mega.data.templates import Rendered
-from r1mega.data.tokenizer import Tokenizer, check_fits
 from r1mega.inference.generate import GenerationConfig, Rollout, generate
 from r1mega.kernels import batch_invariant
+from r1mega.models.spec import TrainingHooks
 from r1mega.models.stage import IGNORE_INDEX
 from r1mega.parallel.context_parallel import gather_tokens, local_tokens
 from r1mega.parallel.grad_sync import sync_grads
@@ -50,7 +50,7 @@ from r1mega.rl.dynamic_sampling import draw_until_informative
 from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, loss_count, overlong_shaping
 from r1mega.rl.policy_scores import pack_support, sampler_support, scores, support_with_targets, unpack_support
 from r1mega.rl.train_batch import TrainBatch, update_batches
-from r1mega.rl.metrics import StepMetrics, global_values
+from r1mega.rl.metrics import LOCAL_VALUES, StepMetrics, global_values, step_metrics
 from r1mega.rl.prompt_source import PromptSource
 from r1mega.sandbox import isolation as sandbox
 from r1mega.rl.reference import ReferencePolicy
@@ -259,10 +259,11 @@ def token_extras(batch: TrainBatch, adv: torch.Tensor, old: Optional[torch.Tenso
 
 
 def policy_gradients(cfg: Config, ps: ParallelState, chunks, batch: TrainBatch, extra: dict, count: float,
-                     microbatch_count: Optional[int] = None, kernels=None) -> dict[str, torch.Tensor]:
+                     microbatch_count: Optional[int], hooks: TrainingHooks, kernels=None) -> dict[str, torch.Tensor]:
     """Forward and backward of the GRPO loss over one minibatch (gradients accumulate in .grad, then
     are reduced over TP/SP/CP as every layout needs); returns this rank's local sums of the metrics.
-    count: the step's global loss normaliser."""
+    count: the step's global loss normaliser; hooks: the model family's training hooks (its extra
+    losses learn the rollouts when rl.mtp_weight > 0)."""
     rl = cfg.rl
     norm = "token" if rl.token_level_loss else rl.loss_norm
     mbs = microbatches(batch, cfg.data.micro_batch_size, extra, rl.routing_replay, microbatch_count)
@@ -287,19 +288,19 @@ def policy_gradients(cfg: Config, ps: ParallelState, chunks, batch: TrainBatch, 
         sums["loss"] += terms.loss.detach()
         return terms.loss
 
-    if rl.mtp_weight > 0:  # the MTP module learns the policy's own rollouts (the speculative draft)
-        mtp_count = mtp_labels(mbs, cfg.active_model.num_mtp_layers)
-        mtp_count = max(global_values({"n": mtp_count}, ps, device)["n"], 1.0)
-        sums["mtp_loss"] = torch.zeros((), dtype=torch.float64, device=device)
+    if rl.mtp_weight > 0:  # the family's extra losses (the speculative draft) learn the policy's own rollouts
+        weights = hooks.rollout_weights(rl.mtp_weight)
+        extra_count = extra_loss_labels(mbs, hooks.label_context(cfg.active_model))
+        extra_count = max(global_values({"n": extra_count}, ps, device)["n"], 1.0)
+        sums.update({name: torch.zeros((), dtype=torch.float64, device=device) for name in hooks.extra_losses})
         policy_loss = loss_fn
 
         def loss_fn(out, mb):
             loss = policy_loss(out, mb)
-            if not out.mtp_token_loss:
-                return loss
-            mtp = sum(t.sum() for t in out.mtp_token_loss) / (mtp_count * len(out.mtp_token_loss))
-            sums["mtp_loss"] += mtp.detach()
-            return loss + rl.mtp_weight * mtp
+            added, terms = hooks.extra_loss(out, extra_count, weights)
+            for name, term in terms.items():
+                sums[name] += term.detach()
+            return loss if added is None else loss + added
 
     with kernels_scope(kernels):
         forward_backward(list(chunks), mbs, ps, loss_fn, schedule=cfg.train.schedule)
@@ -307,14 +308,14 @@ def policy_gradients(cfg: Config, ps: ParallelState, chunks, batch: TrainBatch, 
     return sums
 
 
-def mtp_labels(mbs: list[Microbatch], depth: int) -> float:
-    """Give each microbatch the labels its MTP loss reads: the sampled tokens of the loss, where the
-    `depth` tokens before stay inside the same sequence (packed rows hold several; position ids
-    restart at 0 in each). Returns this rank's count of such tokens."""
+def extra_loss_labels(mbs: list[Microbatch], context: int) -> float:
+    """Give each microbatch the labels the family's extra losses read: the sampled tokens of the loss
+    whose `context` tokens before stay inside the same sequence (packed rows hold several; position
+    ids restart at 0 in each). Returns this rank's count of such tokens."""
     n = 0.0
     for mb in mbs:
         e = mb.extra
-        inside = mb.position_ids >= depth
+        inside = mb.position_ids >= context
         mb.labels = torch.where(e["mask"].bool() & inside, e["targets"], torch.full_like(e["targets"], IGNORE_INDEX))
         n += float((mb.labels != IGNORE_INDEX).sum())
     return n
@@ -326,26 +327,17 @@ def minibatch_update(run: Run, chunks, optimizer: DistributedAdamW, batch: Train
     kernels: the FP8 backend (train.fp8) the forward/backward runs on, None for train.dtype."""
     cfg, ps = run.cfg, run.ps
     count = max(global_values({"n": loss_count(cfg.rl, batch, max_new_tokens)}, ps, run.device)["n"], 1.0)
-    sums = policy_gradients(cfg, ps, chunks, batch, extra, count, microbatch_count, kernels)
+    sums = policy_gradients(cfg, ps, chunks, batch, extra, count, microbatch_count, run.family.training, kernels)
     # a non-finite loss makes a non-finite gradient norm (reduced over every rank): the
     # optimizer then leaves the weights as they are and counts the skip
-    grad_norm, skipped = optimizer.step(lr_at(step, cfg.train.steps, cfg.optim))
+    lr = lr_at(step, cfg.train.steps, cfg.optim)
+    grad_norm, skipped = optimizer.step(lr)
     optimizer.zero_grad(chunks)
     out = {k: float(v) for k, v in sums.items()}
-    return {**out, "tokens": float(batch.mask.sum()), "grad_norm": grad_norm, "skipped": float(skipped)}
+    return {**out, "tokens": float(batch.mask.sum()), "grad_norm": grad_norm, "skipped": float(skipped), "lr": lr}
 
 
 # ---- the loop --------------------------------------------------------------------------------
-
-def _tokenizer(cfg: Config) -> Tokenizer:
-    d = resolve_data(cfg.data, "pretrain", cfg.active_model.vocab_size)  # builds the synthetic corpus if asked
-    path = d.tokenizer or (cfg.train.load if cfg.rl.prompts else None)
-    if path is None:
-        raise ConfigError("data.tokenizer", "GRPO needs a tokenizer: data.tokenizer=DIR or data.synthetic")
-    tok = Tokenizer(path)
-    check_fits(tok, cfg.active_model.vocab_size)
-    return tok
-
 
 @torch.no_grad()
 def evaluate_accuracy(chunks, ps: ParallelState, source: PromptSource, problems: list[dict],
@@ -462,8 +454,8 @@ def start(cfg: Config, ckpt_root: str) -> tuple[Policy, Progress]:
     sandbox.allow_unsafe(rl.unsafe_code_sandbox)
     if "code" in rl.rewards or (rl.prompts and "accuracy" in rl.rewards):  # accuracy runs code problems' tests
         sandbox.require_isolation()  # refuse before any work, naming why, where it cannot be set up
-    tok = _tokenizer(cfg)
-    source = PromptSource(cfg, tok)
+    tok = prompt_tokenizer(cfg.data, cfg.active_model.vocab_size, cfg.train.load if cfg.rl.prompts else None)
+    source = PromptSource(rl, cfg.data.synthetic, cfg.seed, tok)
     positions, longest = cfg.active_model.max_position_embeddings, 0
     if source.order is not None:  # prompt files: each fits the model, and a resume reads the same files
         tokens = {id(p): len(source.encode(source.render(p))) for p in source.order.problems}  # each encoded once
@@ -583,8 +575,10 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
             step = at.step
             if reference is not None and reference.due(step):
                 reference.refresh(chunks, step)
-            upd = global_values({k: v for k, v in sums.items() if k not in ("grad_norm", "skipped")}, ps, run.device)
-            last = step_metrics(cfg, u.rollout_vals, u.gap_max, upd, sums, optimizer, scored, step, t0)
+            upd = global_values({k: v for k, v in sums.items() if k not in LOCAL_VALUES}, ps, run.device)
+            last = step_metrics(rl.rewards, u.rollout_vals, u.gap_max, upd, sums, optimizer.skipped,
+                                scored.max_new_tokens, scored.rollout.cache_bytes, time.perf_counter() - t0,
+                                run.family.training.extra_losses)
             last.extra.update(drawn)
             guard.after_step(step, bool(sums["skipped"]), optimizer.skipped,
                              "Check the rewards and lower optim.lr, or raise the limit")
@@ -640,23 +634,3 @@ def rollout_stats(rl: RLConfig, scored: ScoredRollout, batches: list[TrainBatch]
             out["gap_max_local"] = max(out["gap_max_local"], float(d.abs().max()))
             out["sampler_kl"] += float((d.exp() - d - 1).sum())
     return out
-
-
-def step_metrics(cfg: Config, r: dict, gap_max: float, upd: dict, local: dict, optimizer, scored: ScoredRollout,
-                 step: int, t0: float) -> StepMetrics:
-    n, tokens = max(r["n"], 1.0), max(r["gap_tokens"], 1.0)
-    trained = max(upd["tokens"], 1.0)
-    return StepMetrics(
-        reward=r["reward"] / n, rewards={k: r[f"r/{k}"] / n for k in cfg.rl.rewards},
-        train_accuracy=r["positive"] / n, zero_advantage_frac=r["zero_adv"] / n,
-        response_len=r["response_tokens"] / n, truncated_frac=r["truncated"] / n,
-        max_new_tokens=scored.max_new_tokens, logprob_gap_max=gap_max, logprob_gap_mean=r["gap_sum"] / tokens,
-        sampler_kl=r["sampler_kl"] / tokens, kl=upd["kl"] / trained, clip_frac=upd["clipped"] / trained,
-        tis_capped_frac=upd["tis_capped"] / trained, loss=upd["loss"], grad_norm=local["grad_norm"],
-        lr=lr_at(step - 1, cfg.train.steps, cfg.optim), skipped=bool(local["skipped"]),
-        skipped_steps=optimizer.skipped, rollout_kv_cache_bytes=scored.rollout.cache_bytes,
-        step_seconds=time.perf_counter() - t0, entropy=upd["entropy"] / trained,
-        opsm_masked_frac=upd["opsm_masked"] / trained,
-        update_padding_frac=1.0 - r["update_real_tokens"] / max(r["update_slots"], 1.0),
-        extra={**({"draft_acceptance": r["draft_accepted"] / r["draft_tokens"]} if r["draft_tokens"] else {}),
-               **({"mtp_loss": upd["mtp_loss"]} if "mtp_loss" in upd else {})})

@@ -66,3 +66,28 @@ class StepMetrics:
         if d["heldout_accuracy"] is None:
             d.pop("heldout_accuracy")
         return {**d, **self.extra}
+
+
+LOCAL_VALUES = ("grad_norm", "skipped", "lr")  # of a minibatch update's numbers: the same on every rank
+
+
+def step_metrics(reward_names: list[str], r: dict, gap_max: float, upd: dict, local: dict, skipped_steps: int,
+                 max_new_tokens: int, cache_bytes: float, seconds: float, extra_losses=()) -> StepMetrics:
+    """One step's metrics from the rollout's sums `r` (reduced over ranks), the update's `upd`
+    (reduced; with the model family's extra losses when they trained) and `local` (LOCAL_VALUES:
+    grad_norm, skipped, the learning rate used)."""
+    n, tokens = max(r["n"], 1.0), max(r["gap_tokens"], 1.0)
+    trained = max(upd["tokens"], 1.0)
+    return StepMetrics(
+        reward=r["reward"] / n, rewards={k: r[f"r/{k}"] / n for k in reward_names},
+        train_accuracy=r["positive"] / n, zero_advantage_frac=r["zero_adv"] / n,
+        response_len=r["response_tokens"] / n, truncated_frac=r["truncated"] / n,
+        max_new_tokens=max_new_tokens, logprob_gap_max=gap_max, logprob_gap_mean=r["gap_sum"] / tokens,
+        sampler_kl=r["sampler_kl"] / tokens, kl=upd["kl"] / trained, clip_frac=upd["clipped"] / trained,
+        tis_capped_frac=upd["tis_capped"] / trained, loss=upd["loss"], grad_norm=local["grad_norm"],
+        lr=local["lr"], skipped=bool(local["skipped"]), skipped_steps=skipped_steps,
+        rollout_kv_cache_bytes=cache_bytes, step_seconds=seconds, entropy=upd["entropy"] / trained,
+        opsm_masked_frac=upd["opsm_masked"] / trained,
+        update_padding_frac=1.0 - r["update_real_tokens"] / max(r["update_slots"], 1.0),
+        extra={**({"draft_acceptance": r["draft_accepted"] / r["draft_tokens"]} if r["draft_tokens"] else {}),
+               **{name: upd[name] for name in extra_losses if name in upd}})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from r1mega.config import Config
+from r1mega.config import RLConfig
 from r1mega.data.prompts import PromptOrder, load_prompts
 from r1mega.data.templates import CHAT_TEMPLATES, Rendered, render, stop_strings
 from r1mega.data.tokenizer import Tokenizer
@@ -19,12 +19,13 @@ STOP_TAIL_TOKENS = 32
 
 
 class PromptSource:
-    def __init__(self, cfg: Config, tok: Tokenizer):
-        rl = cfg.rl
-        self.tok, self.template, self.seed = tok, rl.template, cfg.seed
+    def __init__(self, rl: RLConfig, synthetic: Optional[str], seed: int, tok: Tokenizer):
+        """rl: the prompt files, template and default language; synthetic: data.synthetic (used
+        without prompt files); seed: the run's, which orders the prompts."""
+        self.tok, self.template, self.seed = tok, rl.template, seed
         self.default_language = rl.language
-        self.order = PromptOrder(load_prompts(rl.prompts), cfg.seed) if rl.prompts else None
-        self.synthetic = None if rl.prompts else cfg.data.synthetic
+        self.order = PromptOrder(load_prompts(rl.prompts), seed) if rl.prompts else None
+        self.synthetic = None if rl.prompts else synthetic
         self.stops = stop_strings(self.template) if self.order is not None else []
 
     def take(self, position: int, n: int, rollout_index: int) -> list[dict]:

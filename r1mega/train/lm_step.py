@@ -7,7 +7,7 @@ ranks and microbatches gives exactly the one-process gradient (no per-rank mean-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -22,7 +22,7 @@ from r1mega.parallel.pipeline import Microbatch, ScheduleStats, forward_backward
 @dataclass
 class StepResult:
     loss: float  # main LM loss, global mean over target tokens (valid on every rank)
-    mtp_loss: float
+    extra: dict  # the family's extra loss terms (TrainingHooks.extra_losses), unweighted, same mean
     num_tokens: int
     logits: list = field(default_factory=list)  # last stage, forward_only: [s, b, V/tp] per microbatch
     # (under context parallelism this rank's tokens [s/cp, b, V/tp]; context_parallel.gather_sequence)
@@ -43,13 +43,14 @@ def _chunks(t: Optional[torch.Tensor], n: int) -> list:
 
 
 def lm_forward_backward(model, ps: ParallelState, input_ids: torch.Tensor, labels: torch.Tensor,
-                        num_microbatches: int = 1, mtp_weight: float = 0.0, forward_only: bool = False,
-                        attn_mask: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
-                        schedule: str = "1f1b", balance_alpha: float = 0.0,
+                        num_microbatches: int = 1, loss_weights: Optional[Mapping[str, float]] = None,
+                        forward_only: bool = False, attn_mask: Optional[torch.Tensor] = None,
+                        position_ids: Optional[torch.Tensor] = None, schedule: str = "1f1b",
                         reduce_dp: bool = True) -> StepResult:
     """input_ids/labels (and the packing extras: document ids as attn_mask, position_ids): the *global*
     batch [B, s], identical on every rank (context-parallel ranks each keep their chunks).
-    `model` is a stage module or a ModuleList of virtual-stage chunks. reduce_dp=False leaves the
+    `model` is a stage module or a ModuleList of virtual-stage chunks. loss_weights: the weights of the
+    family's extra losses (its training hooks' `loss_weights`; none given: 0). reduce_dp=False leaves the
     data-parallel gradient reduction to a ZeRO optimizer."""
     ids, lab = dp_slice(input_ids, ps), dp_slice(labels, ps)
     if ids.shape[0] % num_microbatches:
@@ -60,18 +61,18 @@ def lm_forward_backward(model, ps: ParallelState, input_ids: torch.Tensor, label
         ids.chunk(num_microbatches), lab.chunk(num_microbatches),
         _chunks(dp_slice(attn_mask, ps), num_microbatches), _chunks(dp_slice(position_ids, ps), num_microbatches))]
     modules = model if isinstance(model, torch.nn.ModuleList) else torch.nn.ModuleList([model])
-    family_of(modules[0]).training.set_balance_loss(modules, 0.0 if forward_only else balance_alpha,
-                                                    input_ids.shape[0])
-    sums = torch.zeros(2, dtype=torch.float64, device=input_ids.device)
+    hooks, weights = family_of(modules[0]).training, dict(loss_weights or {})  # the family's extra losses
+    hooks.start_forward(modules, weights, input_ids.shape[0], training=not forward_only)
+    names = hooks.extra_losses
+    sums = torch.zeros(1 + len(names), dtype=torch.float64, device=input_ids.device)
 
     def loss_fn(out: StageOutput, mb: Microbatch):
         main = out.token_loss.sum() / denom
-        mtp = main.new_zeros(())
-        if out.mtp_token_loss:
-            mtp = sum(t.sum() for t in out.mtp_token_loss) / (denom * len(out.mtp_token_loss))
+        added, terms = hooks.extra_loss(out, denom, weights)
         sums[0] += float(main.detach())
-        sums[1] += float(mtp.detach())
-        total = main + mtp_weight * mtp if out.mtp_token_loss else main
+        for i, name in enumerate(names, 1):
+            sums[i] += float(terms[name].detach())
+        total = main + added if added is not None else main
         return total, out.logits.detach() if forward_only else None
 
     stats = ScheduleStats()
@@ -84,5 +85,6 @@ def lm_forward_backward(model, ps: ParallelState, input_ids: torch.Tensor, label
             dist.all_reduce(sums, group=ps.g("dp_cp"))
         if ps.pp > 1:
             dist.broadcast(sums, src=ps.members["pp"][-1], group=ps.g("pp"))
-    return StepResult(float(sums[0]), float(sums[1]), num_tokens,
+    values = sums.tolist()
+    return StepResult(values[0], dict(zip(names, values[1:])), num_tokens,
                       [r[1] for r in results] if forward_only else [], stats)

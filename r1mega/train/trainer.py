@@ -12,13 +12,12 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 
 from r1mega.config import Config, ConfigError, validate_training
 from r1mega.output_dir import release
-from r1mega.data.prepare import resolve_data
-from r1mega.data.tokenizer import check_fits, load_tokenizer
+from r1mega.data.prepare import training_data
 from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
@@ -29,37 +28,6 @@ from r1mega.train.setup import (
 from r1mega.train.model_build import build_model
 
 H100_BF16_DENSE_TFLOPS = 989.0
-
-
-def _data(cfg: Config, kind: str):
-    from r1mega.data.pretrain import PretrainData
-    from r1mega.data.sft import SFTData
-
-    vocab = cfg.active_model.vocab_size
-    d = resolve_data(cfg.data, kind, vocab)
-    load = cfg.train.load
-    if d.tokenizer is None and load and os.path.exists(os.path.join(load, "tokenizer.json")):
-        d = replace(d, tokenizer=load)  # the tokenizer r1mega-convert import copied beside the weights
-    if kind == "sft" and (len(d.paths) > 1 or d.weights is not None):
-        raise ConfigError("data.paths", f"SFT reads one chat JSONL file, got {len(d.paths)} paths"
-                          + (" and data.weights" if d.weights is not None else "") + "; concatenate the files")
-    if d.tokenizer is None and kind == "sft":
-        raise ConfigError("data.tokenizer", "SFT renders chat records and needs a tokenizer")
-    if d.tokenizer is not None:
-        if not os.path.exists(d.tokenizer):
-            raise ConfigError("data.tokenizer", f"{d.tokenizer}: not found")
-        tok = load_tokenizer(d.tokenizer)
-        check_fits(tok, vocab)
-    if kind == "pretrain":
-        return PretrainData(d.paths, d.weights, d.seq_length, cfg.seed, vocab)
-    return SFTData(d.paths[0], tok, d.seq_length, cfg.seed, d.sft_template)
-
-
-def _batch(data, kind: str, first: int, size: int) -> dict:
-    if kind == "pretrain":
-        ids, labels = data.batch(first, size)
-        return {"input_ids": ids, "labels": labels}
-    return data.batch(first, size)
 
 
 def train(cfg: Config, kind: str) -> dict:
@@ -84,7 +52,7 @@ def _train(cfg: Config, kind: str) -> dict:
     if ps.rank == 0 and cfg.optim.warmup_steps > t.steps:
         print(f"warning: optim.warmup_steps={cfg.optim.warmup_steps} exceeds train.steps={t.steps}: the run ends "
               f"before the learning rate reaches optim.lr={cfg.optim.lr}", file=sys.stderr, flush=True)
-    data = _data(cfg, kind)
+    data = training_data(cfg.data, kind, cfg.active_model.vocab_size, cfg.seed, t.load)
     family, model_cfg = run.family, cfg.active_model
     model_config, arch = asdict(model_cfg), run.arch  # saved; compared on resume
     candidates = find_resume_checkpoint(ckpt_root, t.load, arch, t.allow_arch_change)
@@ -92,7 +60,7 @@ def _train(cfg: Config, kind: str) -> dict:
 
     chunks = build_model(run)
     hooks = family.training  # the family's extra losses and its work around each optimizer step
-    hooks.prepare(chunks, t)  # e.g. DeepSeek-V3.2's dense warm-up freezes all but the indexer
+    hooks.prepare(chunks, model_cfg)  # e.g. DeepSeek-V3.2's dense warm-up freezes all but the indexer
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
 
     # the run's own newest checkpoint wins over train.load, so a requeued job continues where it was
@@ -123,20 +91,20 @@ def _train(cfg: Config, kind: str) -> dict:
     chunks.train()
     for step in range(start, t.steps):
         t0 = time.perf_counter()
-        batch = {k: v.to(device) for k, v in _batch(data, kind, consumed, gbs).items()}
-        hooks.before_step(chunks, t, batch["labels"])
+        batch = {k: v.to(device) for k, v in data.batch(consumed, gbs).items()}
+        hooks.before_step(chunks, model_cfg, batch["labels"])
         with kernels_scope(kernels):
             res = lm_forward_backward(
                 chunks, ps, batch["input_ids"], batch["labels"], micro,
                 attn_mask=batch.get("attn_mask"), position_ids=batch.get("position_ids"),
-                schedule=t.schedule, reduce_dp=False, **hooks.loss_weights(model_cfg))
+                schedule=t.schedule, reduce_dp=False, loss_weights=hooks.loss_weights(model_cfg))
         lr = lr_at(step, t.steps, cfg.optim)
         if math.isfinite(res.loss):
             grad_norm, skipped = optimizer.step(lr)
         else:
             grad_norm, skipped = float("nan"), True
             optimizer.skipped += 1
-        family_metrics = hooks.after_step(chunks, ps, model_cfg, skipped, res, t)
+        family_metrics = hooks.after_step(chunks, ps, model_cfg, skipped, res)
         optimizer.zero_grad(chunks)
         consumed += gbs
         dt = time.perf_counter() - t0

@@ -46,9 +46,9 @@ def layer_activation_bytes(m, recompute: str = "none", modules=None, tokens: int
     and read at f = 1. Tiny configs (f = 1) are measured as they are."""
     from dataclasses import replace
 
-    from r1mega.parallel.recompute import SELECTIVE_RECOMPUTE_MODULES
+    from r1mega.models.deepseek_v3.config import RECOMPUTE_UNITS
 
-    modules = list(SELECTIVE_RECOMPUTE_MODULES if modules is None else modules)
+    modules = list(RECOMPUTE_UNITS if modules is None else modules)
     moe = m.n_routed_experts > 0
 
     def widths_ok(f: int) -> bool:

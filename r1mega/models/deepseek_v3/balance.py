@@ -60,15 +60,30 @@ class MoETraining(TrainingHooks):
     """DeepSeek-V3's rules around a step: the MTP loss (weight model.mtp_weight), the sequence-wise
     balance loss (model.balance_alpha) and the aux-loss-free routing-bias update (model.bias_update_rate)."""
 
-    def set_balance_loss(self, chunks, alpha: float, global_sequences: int) -> None:
-        set_balance_loss_scale(chunks, alpha, global_sequences)
+    extra_losses = ("mtp_loss",)
 
     def loss_weights(self, m) -> dict[str, float]:
         return {"mtp_weight": m.mtp_weight, "balance_alpha": m.balance_alpha}
 
-    def after_step(self, chunks, ps, m, skipped: bool, result, train=None) -> dict[str, float]:
+    def rollout_weights(self, weight: float) -> dict[str, float]:
+        return {"mtp_weight": weight}
+
+    def label_context(self, m) -> int:
+        return m.num_mtp_layers  # the MTP module at depth k predicts k tokens further on
+
+    def start_forward(self, chunks, weights: dict, global_sequences: int, training: bool) -> None:
+        set_balance_loss_scale(chunks, weights.get("balance_alpha", 0.0) if training else 0.0, global_sequences)
+
+    def extra_loss(self, out, denom: int, weights: dict):
+        """The MTP loss: each depth's token losses per target token, averaged over the depths."""
+        if not out.mtp_token_loss:
+            return None, {"mtp_loss": out.token_loss.new_zeros(())}
+        mtp = sum(t.sum() for t in out.mtp_token_loss) / (denom * len(out.mtp_token_loss))
+        return weights.get("mtp_weight", 0.0) * mtp, {"mtp_loss": mtp}
+
+    def after_step(self, chunks, ps, m, skipped: bool, result) -> dict[str, float]:
         balance = update_routing_bias(chunks, ps, 0.0 if skipped else m.bias_update_rate)
         if not moe_layers(chunks) and m.num_mtp_layers == 0:
             return {}  # no MTP or expert statistics to report
-        return {"mtp_loss": result.mtp_loss, "expert_max_load": balance["max_load_ratio"],
+        return {"mtp_loss": result.extra["mtp_loss"], "expert_max_load": balance["max_load_ratio"],
                 "expert_min_load": balance["min_load_ratio"], "balance_loss": balance["balance_loss"]}

@@ -14,6 +14,14 @@ from r1mega.models.hf_config import read_hf_config, rope_from_hf
 
 FAMILY = "deepseek_v3"
 TRAINING_KEYS = ("mtp_weight", "balance_alpha", "bias_update_rate")
+# the parts of its layers selective recompute can run again in backward (`train.recompute_modules`):
+#   mla_up_proj     q_b/kv_b up-projections, RoPE and core attention: keeps the small latents
+#                   instead of per-head q, k, v (the largest MLA tensors)
+#   core_attn       the attention kernel alone
+#   moe_act         routed experts' SwiGLU activation and down projection
+#   layernorm       RMSNorm internals (float32 copies), keeping only the input
+#   shared_experts  the shared experts' FFN
+RECOMPUTE_UNITS = ("mla_up_proj", "core_attn", "moe_act", "layernorm", "shared_experts")
 
 
 @dataclass

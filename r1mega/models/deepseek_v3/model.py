@@ -144,6 +144,21 @@ class DeepseekV3(nn.Module):
             return None
         return batch * self.cfg.num_experts_per_tok / (self.cfg.n_routed_experts // self.ps.ep)
 
+    # ---- the MTP module as a speculative draft (inference/speculative.py), last stage only ------
+    def draft_layer(self) -> int:
+        """The layer id of the draft: the first MTP module (its own cache is laid out by paged_kv_layout)."""
+        return min(int(i) for i in self.mtp)
+
+    def draft_forward(self, h_prev: torch.Tensor, next_ids: torch.Tensor, pos: torch.Tensor, cache) -> torch.Tensor:
+        """The draft over h_prev [s, b, D] and the embeddings of next_ids [b, s] at positions pos [b, s],
+        on its cache (a layer view) -> its output [s, b, D]."""
+        cos, sin = self.rope.cos_sin(pos.t())
+        return self.mtp[str(self.draft_layer())](h_prev, self._embed(next_ids.t()), self.rope, cos, sin, None, cache)
+
+    def draft_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The shared head over the draft's output h [..., D] -> vocab-sharded logits."""
+        return self.lm_head(enter_tp_region(self.mtp[str(self.draft_layer())].shared_head.norm(h), self.ps))
+
     # ------------------------------------------------------------------------------------------
     def _embed(self, ids_sb: torch.Tensor) -> torch.Tensor:
         table = self.embed_tokens if self.embed_tokens is not None else self.mtp_embed

@@ -2,7 +2,7 @@
 Model code is imported when first used, so reading a config does not load it."""
 from __future__ import annotations
 
-from r1mega.models.deepseek_v3.config import FAMILY as NAME, ModelConfig, validate_keys, validate_layout
+from r1mega.models.deepseek_v3.config import FAMILY as NAME, RECOMPUTE_UNITS, ModelConfig, validate_keys, validate_layout
 from r1mega.models.deepseek_v3.balance import MoETraining
 from r1mega.models.spec import ModelFamily
 
@@ -54,11 +54,20 @@ def hf_may_lack(hf_config: dict, present) -> tuple[str, ...]:
     return (mtp,)
 
 
+def _exact_rollouts_refusal(m: ModelConfig):
+    return None if m.scoring_func == "sigmoid" else "needs sigmoid routing (model.scoring_func)"
+
+
+def _draft_refusal(m: ModelConfig):
+    return None if m.num_mtp_layers > 0 else "model.num_mtp_layers=0"
+
+
 FAMILY = ModelFamily(
     name=NAME, hf_model_types=("deepseek_v3", "deepseek_v2"), config_cls=ModelConfig,
     validate_keys=validate_keys, validate_layout=validate_layout, stage_cls=_stage, gather_full=_gather_full,
     count_params=_count_params, plan_module=_planner, flops_per_token=_flops_per_token, kv_cache="mla_latent",
     routed_experts=lambda m: m.n_routed_experts,
-    training_keys=ModelConfig.training_keys, fp32_params=("e_score_correction_bias",), hf_optional=hf_optional,
+    training_keys=ModelConfig.training_keys, recompute_units=RECOMPUTE_UNITS,
+    exact_rollouts_refusal=_exact_rollouts_refusal, draft_refusal=_draft_refusal, fp32_params=("e_score_correction_bias",), hf_optional=hf_optional,
     hf_may_lack=hf_may_lack,
     training=MoETraining())

@@ -3,11 +3,21 @@ Attention (DSA). Read from / written to a transformers `deepseek_v32` config.jso
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Optional
 
 from r1mega.errors import ConfigError
-from r1mega.models.deepseek_v3.config import ModelConfig, validate_keys as v3_validate_keys
+from r1mega.models.deepseek_v3.config import RECOMPUTE_UNITS as V3_RECOMPUTE_UNITS
+from r1mega.models.deepseek_v3.config import TRAINING_KEYS as V3_TRAINING_KEYS, ModelConfig
+from r1mega.models.deepseek_v3.config import validate_keys as v3_validate_keys
 
 FAMILY = "deepseek_v32"
+DSA_STAGES = ("dense_warmup", "sparse")
+# the indexer's training stage and its KL loss weight (training.py); `train.dsa_stage` and
+# `train.index_loss_weight` are their older names
+TRAINING_KEYS = (*V3_TRAINING_KEYS, "dsa_stage", "index_loss_weight")
+# DeepSeek-V3's recompute units, and `indexer`: the lightning indexer's keys, queries and head
+# weights (its own projections; its scores go by blocks already)
+RECOMPUTE_UNITS = (*V3_RECOMPUTE_UNITS, "indexer")
 
 
 @dataclass
@@ -18,7 +28,11 @@ class DSAConfig(ModelConfig):
     index_n_heads: int = 64
     index_head_dim: int = 128
     index_topk: int = 2048
+    # the indexer's training stage: null | dense_warmup | sparse (training rules, not architecture)
+    dsa_stage: Optional[str] = None
+    index_loss_weight: float = 1.0  # weight of the indexer's KL loss (per target token)
     family: str = FAMILY  # the `model.family` key; fixed for this class
+    training_keys: ClassVar[tuple[str, ...]] = TRAINING_KEYS
 
     @classmethod
     def _from_hf_dict(cls, hf: dict) -> "DSAConfig":
@@ -48,6 +62,10 @@ class DSAConfig(ModelConfig):
         if not self.q_lora_rank:
             raise ConfigError("model.q_lora_rank", "the indexer reads the query latent: DeepSeek-V3.2 needs "
                                                    "q_lora_rank")
+        if self.dsa_stage not in (None, *DSA_STAGES):
+            raise ConfigError("model.dsa_stage", f"expected dense_warmup, sparse or null, got {self.dsa_stage!r}")
+        if not self.index_loss_weight >= 0:
+            raise ConfigError("model.index_loss_weight", f"must be >= 0, got {self.index_loss_weight}")
 
 
 def validate_keys(m: DSAConfig, section: str = "model") -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from r1mega.models.deepseek_v3 import spec as v3
 from r1mega.models.deepseek_v3.config import validate_layout
-from r1mega.models.deepseek_v32.config import FAMILY as NAME, DSAConfig, validate_keys
+from r1mega.models.deepseek_v32.config import FAMILY as NAME, RECOMPUTE_UNITS, DSAConfig, validate_keys
 from r1mega.models.deepseek_v32.training import DSATraining
 from r1mega.models.spec import ModelFamily
 
@@ -47,5 +47,6 @@ FAMILY = ModelFamily(
     name=NAME, hf_model_types=("deepseek_v32",), config_cls=DSAConfig,
     validate_keys=validate_keys, validate_layout=validate_layout, stage_cls=_stage, gather_full=v3.FAMILY.gather_full,
     count_params=_count_params, plan_module=_planner, flops_per_token=_flops_per_token,
-    kv_cache="mla_latent+index_keys", routed_experts=v3.FAMILY.routed_experts, training_keys=DSAConfig.training_keys, fp32_params=v3.FAMILY.fp32_params,
+    kv_cache="mla_latent+index_keys", routed_experts=v3.FAMILY.routed_experts, training_keys=DSAConfig.training_keys, recompute_units=RECOMPUTE_UNITS,
+    fp32_params=v3.FAMILY.fp32_params, draft_refusal=v3.FAMILY.draft_refusal,
     hf_optional=v3.FAMILY.hf_optional, hf_may_lack=v3.FAMILY.hf_may_lack, hf_fp8=hf_fp8, training=DSATraining())

@@ -1,11 +1,11 @@
-"""DeepSeek-V3.2's two indexer training stages (`train.dsa_stage`), applied to a built model: the
+"""DeepSeek-V3.2's two indexer training stages (`model.dsa_stage`), applied to a built model: the
 family's training hooks (DSATraining below; the trainer sees only the protocol, models/spec.py).
 
     dense_warmup  dense attention; only the indexer trains (everything else frozen, routing biases
                   kept), by its KL loss to the main attention's head-summed distribution
     sparse        top-k sparse attention; everything trains: the LM loss the main model, the KL loss
                   (on the selected tokens) the indexer, each kept out of the other's graph
-The KL loss is weighted by train.index_loss_weight and normalised, like the LM loss, by the
+The KL loss is weighted by model.index_loss_weight and normalised, like the LM loss, by the
 global number of target tokens.
 """
 from __future__ import annotations
@@ -17,10 +17,9 @@ import torch.distributed as dist
 
 from r1mega.errors import ConfigError
 from r1mega.models.deepseek_v3.balance import MoETraining
+from r1mega.models.deepseek_v32.config import DSA_STAGES
 from r1mega.models.stage import IGNORE_INDEX
 from r1mega.parallel.layout import ParallelState
-
-DSA_STAGES = ("dense_warmup", "sparse")
 
 
 def dsa_layers(chunks: torch.nn.Module) -> list:
@@ -36,9 +35,9 @@ def prepare_stage(chunks: torch.nn.Module, stage: Optional[str]) -> list:
     if stage is None:
         return layers
     if stage not in DSA_STAGES:
-        raise ConfigError("train.dsa_stage", f"expected one of {', '.join(DSA_STAGES)} or null, got {stage!r}")
+        raise ConfigError("model.dsa_stage", f"expected one of {', '.join(DSA_STAGES)} or null, got {stage!r}")
     if not layers:
-        raise ConfigError("train.dsa_stage", f"{stage} needs a DeepSeek-V3.2 model (model_type deepseek_v32)")
+        raise ConfigError("model.dsa_stage", f"{stage} needs a DeepSeek-V3.2 model (model_type deepseek_v32)")
     for m in layers:
         m.dense = stage == "dense_warmup"
     if stage == "dense_warmup":
@@ -70,21 +69,16 @@ class DSATraining(MoETraining):
     loss weighted per target token before each step and reported after; in the dense warm-up the main
     model (routing biases included) stays as it is."""
 
-    def validate(self, model_cfg, train, section: str) -> None:
-        if train.dsa_stage not in (None, *DSA_STAGES):
-            raise ConfigError("train.dsa_stage", f"expected dense_warmup, sparse or null, got {train.dsa_stage!r}")
+    def prepare(self, chunks, m) -> None:
+        if m.dsa_stage:
+            prepare_stage(chunks, m.dsa_stage)
 
-    def prepare(self, chunks, train) -> None:
-        if train.dsa_stage:
-            prepare_stage(chunks, train.dsa_stage)
+    def before_step(self, chunks, m, labels: torch.Tensor) -> None:
+        if m.dsa_stage:
+            set_index_loss_scale(dsa_layers(chunks), m.index_loss_weight, int((labels != IGNORE_INDEX).sum()))
 
-    def before_step(self, chunks, train, labels: torch.Tensor) -> None:
-        if train.dsa_stage:
-            set_index_loss_scale(dsa_layers(chunks), train.index_loss_weight, int((labels != IGNORE_INDEX).sum()))
-
-    def after_step(self, chunks, ps, m, skipped: bool, result, train=None) -> dict[str, float]:
-        stage = train.dsa_stage if train is not None else None
-        metrics = super().after_step(chunks, ps, m, skipped or stage == "dense_warmup", result, train)
-        if stage:
+    def after_step(self, chunks, ps, m, skipped: bool, result) -> dict[str, float]:
+        metrics = super().after_step(chunks, ps, m, skipped or m.dsa_stage == "dense_warmup", result)
+        if m.dsa_stage:
             metrics["index_loss"] = index_loss(dsa_layers(chunks), ps, result.num_tokens)
         return metrics

@@ -15,6 +15,7 @@ from r1mega.models.hf_config import read_hf_config, rope_from_hf
 FAMILY = "dense"
 DENSE_ARCHS = ("qwen2", "qwen3", "llama")  # Hugging Face model_type of each dense architecture
 TRAINING_KEYS: tuple[str, ...] = ()
+RECOMPUTE_UNITS = ("core_attn", "layernorm")  # what `train.recompute_modules` may name for a dense model
 
 
 @dataclass

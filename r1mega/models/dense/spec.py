@@ -2,7 +2,9 @@
 Model code is imported when first used, so reading a config does not load it."""
 from __future__ import annotations
 
-from r1mega.models.dense.config import DENSE_ARCHS, FAMILY as NAME, DenseConfig, validate_keys, validate_layout
+from r1mega.models.dense.config import (
+    DENSE_ARCHS, FAMILY as NAME, RECOMPUTE_UNITS, DenseConfig, validate_keys, validate_layout,
+)
 from r1mega.models.dense.training import DenseTraining
 from r1mega.models.spec import ModelFamily
 
@@ -41,4 +43,4 @@ FAMILY = ModelFamily(
     name=NAME, hf_model_types=DENSE_ARCHS, config_cls=DenseConfig,
     validate_keys=validate_keys, validate_layout=validate_layout, stage_cls=_stage, gather_full=_gather_full,
     count_params=_count_params, plan_module=_planner, flops_per_token=_flops_per_token, kv_cache="heads",
-    training_keys=DenseConfig.training_keys, training=DenseTraining())
+    training_keys=DenseConfig.training_keys, recompute_units=RECOMPUTE_UNITS, training=DenseTraining())

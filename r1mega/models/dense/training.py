@@ -1,11 +1,10 @@
 """The dense family's training rules: no extra losses or post-step work (the protocol's defaults),
-and no MLA, MoE or indexer parts for selective recompute to name."""
+and only its own parts (config.RECOMPUTE_UNITS) for selective recompute to name."""
 from __future__ import annotations
 
 from r1mega.errors import ConfigError
+from r1mega.models.dense.config import RECOMPUTE_UNITS
 from r1mega.models.spec import TrainingHooks
-
-NOT_IN_DENSE_LAYERS = ("mla_up_proj", "moe_act", "shared_experts", "indexer")  # of train.recompute_modules
 
 
 class DenseTraining(TrainingHooks):
@@ -13,7 +12,7 @@ class DenseTraining(TrainingHooks):
         super().validate(model_cfg, train, section)
         # held to the `student:` section as before the rule moved here (a dense `model:` section is not yet)
         if section == "student" and train.recompute == "selective":
-            absent = [x for x in train.recompute_modules if x in NOT_IN_DENSE_LAYERS]
+            absent = [x for x in train.recompute_modules if x not in RECOMPUTE_UNITS]
             if absent:
                 raise ConfigError("train.recompute_modules",
                                   f"{absent} are parts of DeepSeek-V3/V3.2 layers (MLA, MoE, indexer); a dense student "
