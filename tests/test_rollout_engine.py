@@ -242,8 +242,9 @@ def test_top_p_support_that_stops_bisecting_early_equals_the_full_bisection(monk
 
 
 def test_absorbed_attention_weights_follow_an_optimizer_step_and_a_reload(model):
-    """Decoding keeps MLA's absorbed kv_b views between steps; an in-place update (an optimizer step)
-    and a swapped tensor (a reload) must reach the next rollout: it equals one with nothing kept."""
+    """Decoding keeps MLA's absorbed kv_b views between steps; an optimizer step (written through
+    `p.data.copy_`, as DistributedAdamW does: no version bump) and a swapped tensor (a reload) must
+    reach the next rollout: it equals one with nothing kept."""
     chunks, ps = model
     prompts, keys = long_tail_rows()
     gen = long_tail_config(max_rows=3)
@@ -261,7 +262,7 @@ def test_absorbed_attention_weights_follow_an_optimizer_step_and_a_reload(model)
         assert all(getattr(m, "_absorbed_cache", None) is not None for m in mlas)
         with torch.no_grad():
             for w in weights:
-                w.mul_(1.5)  # what AdamW's step does: in place
+                w.data.copy_(w * 1.5)  # how DistributedAdamW.write_params updates a parameter
         stepped = generate(chunks, ps, prompts, gen, rows=keys)
         assert not torch.equal(stepped.logprobs, before.logprobs)
         assert torch.equal(stepped.logprobs, fresh().logprobs)

@@ -184,18 +184,21 @@ class MLA(nn.Module):
         return out if dtype == torch.float32 else out.to(dtype)
 
     def _absorbed_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """kv_b_proj's weight as per-head float32 (W_uk [h, d_nope, r], W_uv [h, d_v, r]) views, kept
-        while the weight is the same tensor at the same version: an optimizer step (in place) bumps
-        the version and a reload swaps the tensor, so the next call rebuilds them (a float32 weight
-        gives views of it; others a float32 copy)."""
+        """kv_b_proj's weight as per-head float32 W_uk [h, d_nope, r] and W_uv [h, d_v, r]. A float32
+        weight gives views of itself, kept while it is the same storage: an optimizer step writes
+        through `p.data.copy_` (no version bump) and the views see it; a reload that swaps the storage
+        rebuilds them. Another dtype is copied to float32 every call, never kept (a kept copy would
+        miss such a step)."""
         w = self.kv_b_proj.weight
-        key = None if w.is_inference() else (w.data_ptr(), w._version, w.dtype)  # (no version: not kept)
+        cfg = self.cfg
+        shape = (self.local_heads, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank)
+        if w.dtype != torch.float32:
+            full = w.float().view(shape)
+            return full[:, :cfg.qk_nope_head_dim], full[:, cfg.qk_nope_head_dim:]
         cached = getattr(self, "_absorbed_cache", None)
-        if key is None or cached is None or cached[0] != key:
-            cfg = self.cfg
-            full = (w if w.dtype == torch.float32 else w.float()).view(
-                self.local_heads, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank)
-            cached = self._absorbed_cache = (key, full[:, :cfg.qk_nope_head_dim], full[:, cfg.qk_nope_head_dim:])
+        if cached is None or cached[0] != w.data_ptr():
+            full, dn = w.view(shape), cfg.qk_nope_head_dim
+            cached = self._absorbed_cache = (w.data_ptr(), full[:, :dn], full[:, dn:])
         return cached[1], cached[2]
 
     def _exact_attention(self, q_in, c, k_rope, rope, cos, sin, attn_mask, cache) -> torch.Tensor:
