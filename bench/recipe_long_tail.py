@@ -22,7 +22,8 @@ import time
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROMPTS = ["12+7", "45-19", "3+88", "70-26", "9+9", "61+30", "99-58", "24+47"]
+PROMPTS = [(12, "+", 7), (45, "-", 19), (3, "+", 88), (70, "-", 26), (9, "+", 9), (61, "+", 30), (99, "-", 58),
+           (24, "+", 47)]
 
 
 def pretrained(work: str) -> tuple[str, str]:
@@ -50,8 +51,9 @@ def main() -> None:
     ckpt, tok = pretrained(args.work)
     prompts = os.path.join(args.work, "prompts.jsonl")
     with open(prompts, "w") as f:
-        for i, q in enumerate(PROMPTS):
-            f.write(json.dumps({"id": f"q{i}", "prompt": f"What is {q}?", "answer": str(eval(q))}) + "\n")
+        for i, (x, op, y) in enumerate(PROMPTS):
+            answer = x + y if op == "+" else x - y
+            f.write(json.dumps({"id": f"q{i}", "prompt": f"What is {x}{op}{y}?", "answer": str(answer)}) + "\n")
 
     from r1mega.generation.records import read_prompt_records
     from r1mega.generation import run as generation_run
@@ -74,8 +76,8 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             a = cli_args(cap, out)
             c0, w0 = time.process_time(), time.perf_counter()
-            stats = generation_run.sample_to_store(loaded, records, out, sampling_params(a), a.template, a.problems_per_round,
-                                    {"prompts": prompts})
+            stats = generation_run.sample_to_store(loaded, records, out, sampling_params(a), a.template,
+                                                   a.problems_per_round, {"prompts": prompts})
             cpu, wall = time.process_time() - c0, time.perf_counter() - w0
             shutil.rmtree(out, ignore_errors=True)
             n = stats["tokens"]

@@ -25,6 +25,7 @@ from r1mega.parallel.layout import ParallelState
 BISECTION_STEPS = 48
 FEW_ROWS_ON_HOST = 16  # top-p bisection rows run on the host (one process; measured faster up to ~20 rows)
 WINDOW = 8  # ... deciding them by the exact kept mass at 2 * WINDOW + 1 thresholds around the crossing
+HOST_WINDOW_ELEMENTS = 1 << 22  # ... while those masses take at most this many elements (rows x window x vocab)
 
 
 def _all_reduce(t: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tensor:
@@ -148,8 +149,8 @@ def _bisection_settled(masked, probs, total, top_p: float, lo: torch.Tensor, hi:
 
 def _bisection_on_host(masked, probs, total, top_p: float, lo: torch.Tensor, hi: torch.Tensor
                        ) -> Optional[torch.Tensor]:
-    """The bisection's final thresholds for a few rows in one process (None: more rows, a NaN, or a
-    bracket not found: the tensor loop then runs). A round's verdict depends only on how many logits
+    """The bisection's final thresholds for a few rows in one process on CPU (None: more rows, another
+    device, a large vocabulary, a NaN, or a bracket not found: the tensor loop then runs). A round's verdict depends only on how many logits
     its midpoint keeps, and monotonically (a float sum of more non-negative terms in the same order
     is not smaller), so one count k* decides every round: those keeping >= k* logits reach top_p.
     k* comes from the loop's own expression (so its rounding) evaluated at a window of thresholds
@@ -158,7 +159,8 @@ def _bisection_on_host(masked, probs, total, top_p: float, lo: torch.Tensor, hi:
     of a rollout is a few rows decoding alone; there the rounds were a quarter of a small model's
     decoding step."""
     b, V = masked.shape
-    if b > FEW_ROWS_ON_HOST:
+    if (b > FEW_ROWS_ON_HOST or masked.device.type != "cpu"
+            or b * (2 * WINDOW + 1) * V > HOST_WINDOW_ELEMENTS):  # (measured on CPU; a small temporary)
         return None
     desc = masked.sort(-1, descending=True).values
     below = ((desc - hi[:, None]).exp().cumsum(-1) / total[:, None] < top_p).sum(-1)  # ~ kept count - 1
