@@ -306,3 +306,15 @@ def test_train_load_of_what_is_not_a_checkpoint_says_what_it_is(tmp_path, capsys
         assert r1mega([*stage, f"train.load={load}"]) == 2
         line = error_line(capsys)
         assert "'train.load'" in line and said in line, line
+
+
+def test_a_tied_deepseek_model_is_refused_by_key(tmp_path, capsys):
+    """DeepSeek-V3 with tie_word_embeddings=true (transformers saves no lm_head): the family read the
+    key but always built an untied head, so import and verify-hf failed on a 'missing' lm_head.weight,
+    and a config with the key trained an untied model; refused by name now."""
+    hf = save_hf(str(tmp_path / "hf"), "DeepseekV3", n_routed_experts=4, num_experts_per_tok=2, n_group=2,
+                 topk_group=1, tie_word_embeddings=True, **DEEPSEEK)
+    assert convert(["import", "--hf-dir", hf, "--out", str(tmp_path / "ckpt")]) == 2
+    assert "'model.tie_word_embeddings'" in error_line(capsys)
+    assert r1mega(["verify-hf", "--hf-dir", hf]) == 2
+    assert "'model.tie_word_embeddings'" in error_line(capsys)

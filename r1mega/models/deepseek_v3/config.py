@@ -207,6 +207,8 @@ def validate_keys(m: ModelConfig, section: str = "model") -> None:
     one_of(m.scoring_func, f"{section}.scoring_func", ("sigmoid", "softmax"))
     one_of(m.topk_method, f"{section}.topk_method", TOPK_METHODS)
     need(m.hidden_act == "silu", f"{section}.hidden_act", f"only silu is supported, got {m.hidden_act!r}")
+    need(not m.tie_word_embeddings, f"{section}.tie_word_embeddings",
+         "DeepSeek models have an output head of their own; tied embeddings are not supported")
     if m.rope_scaling is not None:
         for k in m.rope_scaling:
             need(k in ROPE_SCALING_KEYS, f"{section}.rope_scaling", f"unknown key {k!r} (known: {', '.join(ROPE_SCALING_KEYS)})")
