@@ -77,7 +77,9 @@ def _dispatch(parser, args) -> int:
         cfg = load_config(args.config, args.overrides)
         if args.dry_run:
             from r1mega.dry_run import dry_run
+            from r1mega.train.setup import model_from_checkpoint
 
+            cfg = model_from_checkpoint(cfg)[0]  # the model train.load holds, as the run would build it
             par = cfg.parallel
             world = args.world if args.world is not None else par.tp * par.cp * par.pp * (par.dp or 1)
             return dry_run(cfg, world, args.gpu_mem)

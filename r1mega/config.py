@@ -136,6 +136,10 @@ class RLConfig:
     # (0: the longest sequence of the minibatch), each its own document; false: left-padded rows
     packed_update: bool = True
     pack_tokens: int = 0
+    # the rollout scheduler's budgets per rank (0: none): rows decoding at once, and cache tokens (past
+    # it the youngest rows are preempted and recomputed later; the samples do not change)
+    rollout_max_rows: int = 0
+    rollout_cache_tokens: int = 0
     # DAPO dynamic sampling: draw more prompts (at most dynamic_sampling_max_draws extra rollouts'
     # worth) until every group of the step has rewards that are not all equal
     dynamic_sampling: bool = False
@@ -217,6 +221,8 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False, rewards=
         need(math.isfinite(getattr(rl, key)), f"rl.{key}", f"must be a finite number, got {getattr(rl, key)}")
     need(rl.tis_cap >= 1, "rl.tis_cap", f"must be >= 1, got {rl.tis_cap}")
     need(rl.pack_tokens >= 0, "rl.pack_tokens", f"must be >= 0 (0 = the longest sequence), got {rl.pack_tokens}")
+    for key in ("rollout_max_rows", "rollout_cache_tokens"):
+        need(getattr(rl, key) >= 0, f"rl.{key}", f"must be >= 0 (0 = no limit), got {getattr(rl, key)}")
     need(rl.dynamic_sampling_max_draws >= 0, "rl.dynamic_sampling_max_draws",
          f"must be >= 0, got {rl.dynamic_sampling_max_draws}")
     need(rl.entropy_coef >= 0 and math.isfinite(rl.entropy_coef), "rl.entropy_coef",

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from r1mega.config import ConfigError, ParallelConfig, build_config, validate
 from r1mega.models.family import family_for_hf
+from r1mega.models.hf_config import read_hf_config
 from r1mega.models.weights import load_hf_weights, load_weights
 from r1mega.parallel.context_parallel import gather_sequence
 from r1mega.parallel.layout import build_parallel_state, default_device, join_ranks, single_process_state
@@ -38,10 +39,17 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-length", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=0, help="global batch (default: dp)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tol", type=float, default=1e-4, help="max |logit diff| allowed (float32)")
-    p.add_argument("--grad-tol", type=float, default=1e-4,
-                   help="max |grad diff| / max |grad| allowed per tensor (float32); negative: skip gradients")
+    p.add_argument("--tol", type=float, default=None,
+                   help="max |logit diff| allowed (default: 1e-4 in float32, 5e-2 in bfloat16)")
+    p.add_argument("--grad-tol", type=float, default=None,
+                   help="max |grad diff| / max |grad| allowed per tensor (default: 1e-4 in float32, 5e-2 in "
+                        "bfloat16); negative: skip gradients")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+
+
+# default tolerances by weight dtype: bf16 keeps 8 bits of mantissa (a step of 2^-8 relative), so two
+# correct implementations summing in different orders differ by a few of those steps per logit
+DEFAULT_TOL = {"float32": 1e-4, "bfloat16": 5e-2}
 
 
 def _report(msg: str) -> None:
@@ -80,10 +88,32 @@ def grad_diff(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> tu
     return worst, where
 
 
+def _same_model(ckpt: str, hf_dir: str, family, model_cfg) -> None:
+    """--ckpt must hold the model of --hf-dir (its family and architecture keys, as its meta.json
+    records them): another model whose tensors happen to fit would only show as a failed comparison."""
+    from dataclasses import asdict
+
+    from r1mega.models.family import family_from_meta
+    from r1mega.train.checkpoint import arch_differences, read_meta
+
+    meta = read_meta(ckpt)
+    if not isinstance(meta.get("model_config"), dict):
+        return  # weights only: the tensors' names and shapes are still checked on load
+    saved_family, saved = family_from_meta(meta)
+    mine = {k: v for k, v in asdict(model_cfg).items() if k not in family.training_keys}
+    diffs = ([f"model.family: checkpoint {saved_family.name!r}, config.json {family.name!r}"]
+             if saved_family is not family else arch_differences(asdict(saved), mine))
+    if diffs:
+        raise ConfigError("--ckpt", f"{ckpt} holds another model than {hf_dir}/config.json describes:\n  "
+                          + "\n  ".join(d.replace(", config ", ", config.json ") for d in diffs))
+
+
 def run(args: argparse.Namespace) -> int:
     distributed, owns_group, world = join_ranks()
     rank = dist.get_rank() if distributed else 0
     dtype = getattr(torch, args.dtype)
+    args.tol = DEFAULT_TOL[args.dtype] if args.tol is None else args.tol
+    args.grad_tol = DEFAULT_TOL[args.dtype] if args.grad_tol is None else args.grad_tol
     par = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, sp=args.sp, cp=args.cp)
     if args.seq_length < 1:
         raise ConfigError("--seq-length", f"must be >= 1, got {args.seq_length}")
@@ -113,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ckpt:
         from r1mega.train.checkpoint import PieceReader
 
+        _same_model(args.ckpt, args.hf_dir, family, cfg.active_model)
         report = load_weights(model, PieceReader(args.ckpt, "model"))
     else:
         report = load_hf_weights(model, args.hf_dir)
@@ -121,7 +152,13 @@ def run(args: argparse.Namespace) -> int:
                 f"layer); they keep their init")
 
     g = torch.Generator().manual_seed(args.seed)
-    ids = torch.randint(0, cfg.active_model.vocab_size, (batch, args.seq_length), generator=g).to(device)
+    ids = torch.randint(0, cfg.active_model.vocab_size, (batch, args.seq_length), generator=g)
+    pad = read_hf_config(args.hf_dir)[0].get("pad_token_id")
+    if isinstance(pad, int) and 0 <= pad < cfg.active_model.vocab_size:
+        # transformers' embedding never gives its padding row a gradient (nn.Embedding padding_idx); a pad
+        # token is never an input the loss reaches, so the random inputs leave it out
+        ids = torch.where(ids == pad, (pad + 1) % cfg.active_model.vocab_size, ids)
+    ids = ids.to(device)
     labels = torch.full_like(ids, -100)
     labels[:, :-1] = ids[:, 1:]
     with torch.no_grad():

@@ -217,8 +217,9 @@ def test_resume_draws_the_uninterrupted_samples_under_any_problems_per_round(tmp
 
 
 def test_top_p_support_that_stops_bisecting_early_equals_the_full_bisection(monkeypatch):
-    """One process stops the top-p bisection once no logit lies between its bounds; the support must
-    be the 48 rounds' exactly (ties, one token holding the mass, top-k before top-p included)."""
+    """One process stops the top-p bisection once no logit lies between its bounds, and runs it on the
+    host for a few rows; the support must be the 48 tensor rounds' exactly (ties, one token holding
+    the mass, top-k before top-p included; 1-8 rows: both paths)."""
     from r1mega.inference import sampling
     from r1mega.parallel.layout import single_process_state
 
@@ -235,5 +236,54 @@ def test_top_p_support_that_stops_bisecting_early_equals_the_full_bisection(monk
         cases.append((x, float(torch.rand(1, generator=g)) * 0.999 + 0.0005, 0 if trial % 3 else 20))
     early = [sampling.sampler_support(x, ps, p, k) for x, p, k in cases]
     monkeypatch.setattr(sampling, "_bisection_settled", lambda *a: False)
+    monkeypatch.setattr(sampling, "_bisection_on_host", lambda *a: None)
     for (x, p, k), got in zip(cases, early):
         assert torch.equal(got, sampling.sampler_support(x, ps, p, k))
+
+
+def test_absorbed_attention_weights_follow_an_optimizer_step_and_a_reload(model):
+    """Decoding keeps MLA's absorbed kv_b views between steps; an optimizer step (written through
+    `p.data.copy_`, as DistributedAdamW does: no version bump) and a swapped tensor (a reload) must
+    reach the next rollout: it equals one with nothing kept."""
+    chunks, ps = model
+    prompts, keys = long_tail_rows()
+    gen = long_tail_config(max_rows=3)
+    mlas = [m for m in chunks[0].layers.modules() if hasattr(m, "_absorbed_weights")]  # (not the MTP draft's)
+    weights = [m.kv_b_proj.weight for m in mlas]
+    saved = [w.detach().clone() for w in weights]
+
+    def fresh():
+        for m in mlas:
+            m.__dict__.pop("_absorbed_cache", None)
+        return generate(chunks, ps, prompts, gen, rows=keys)
+
+    try:
+        before = generate(chunks, ps, prompts, gen, rows=keys)
+        assert all(getattr(m, "_absorbed_cache", None) is not None for m in mlas)
+        with torch.no_grad():
+            for w in weights:
+                w.data.copy_(w * 1.5)  # how DistributedAdamW.write_params updates a parameter
+        stepped = generate(chunks, ps, prompts, gen, rows=keys)
+        assert not torch.equal(stepped.logprobs, before.logprobs)
+        assert torch.equal(stepped.logprobs, fresh().logprobs)
+        for w in weights:  # a reload that swaps the storage
+            w.data = w.data * (2 / 3)
+        reloaded = generate(chunks, ps, prompts, gen, rows=keys)
+        assert torch.equal(reloaded.logprobs, fresh().logprobs)
+    finally:
+        with torch.no_grad():
+            for w, s in zip(weights, saved):
+                w.data = s
+
+
+def test_noise_hashed_in_numpy_equals_the_tensor_hash():
+    """On CPU the sampler's uniforms are hashed in numpy; they must be the int64 tensor formula's bits
+    (any key, negative columns too: speculative decoding's accept draw uses column -1)."""
+    from r1mega.inference import sampling
+
+    keys = torch.randint(-2**63, 2**63 - 1, (6,), dtype=torch.int64, generator=torch.Generator().manual_seed(0))
+    for first, n in ((-1, 1), (-5, 12), (0, 384), (2**40, 3)):
+        cols = torch.arange(first, first + n, dtype=torch.int64)
+        z = sampling._mix(sampling._mix(keys)[:, None] + cols[None, :] * sampling._signed(0x9E3779B97F4A7C15))
+        expected = (sampling._shr(z, 11).double() + 0.5) / float(1 << 53)
+        assert torch.equal(sampling.uniform_noise(keys, first, n), expected)

@@ -30,6 +30,14 @@ def test_exceeding_tolerance_exits_nonzero(tiny_ckpt, capsys):
     assert "FAIL" in capsys.readouterr().out
 
 
+def test_bfloat16_passes_at_its_own_default_tolerance(tiny_ckpt, capsys):
+    # both sides in bf16: a correct model differs by bf16 rounding, far above float32's 1e-4
+    assert cli.main(["verify-hf", "--hf-dir", tiny_ckpt, "--dtype", "bfloat16"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS: tolerance 0.05" in out
+    assert 1e-4 < float(re.search(r"max_abs_logit_diff=(\S+)", out).group(1)) < 5e-2
+
+
 @pytest.mark.slow
 def test_torchrun_tp2_pp2_ep2(tiny_ckpt):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=8",

@@ -25,7 +25,7 @@ import os
 import shutil
 import sys
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Optional
 
 import torch
@@ -40,8 +40,7 @@ from r1mega.models.family import family_for_hf, family_from_meta
 from r1mega.models.hf_config import read_hf_config as shared_read_hf_config
 from r1mega.models.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
 from r1mega.train.checkpoint import PieceReader, crc32, read_meta
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                   "generation_config.json")
+from r1mega.data.tokenizer import TOKENIZER_FILES
 
 
 class ConvertError(R1MegaError):
@@ -268,8 +267,8 @@ def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat1
     hf_config = read_hf_config(hf_dir)
     files = hf_files(hf_dir)
     index = tensor_index(hf_dir, files)
+    loadable(hf_config)  # first: the shape check builds the model, which an unsupported setting breaks
     check(index, hf_config, hf_dir)
-    loadable(hf_config)
     tmp = _prepare_out(out, overwrite, hf_dir, "import")
     try:
         meta = _import_into(tmp, hf_dir, hf_config, files, index, fp8, dtype, shard_bytes)
@@ -357,16 +356,37 @@ def _whole(reader, ckpt: str, key: str) -> torch.Tensor:
         return f.get_tensor("model/" + key)
 
 
+def exported_config(meta: dict) -> dict:
+    """The config.json of a checkpoint's model: the imported config.json while the model is still the
+    one it describes (it keeps what r1mega does not model: token ids, dtype, ...); the family's own
+    once training changed the architecture (train.allow_arch_change: e.g. a longer rope), with the
+    imported file's other keys carried over; the family's for a model trained from scratch."""
+    imported = meta.get("hf_config")
+    if imported is not None and not isinstance(meta.get("model_config"), dict):
+        return imported  # weights only: nothing else says what the model is
+    family, model_cfg = family_from_meta(meta)
+    written = family.config_to_hf(model_cfg)
+    if imported is None:
+        return written
+    try:
+        imported_family, imported_cfg = family_for_hf(imported)
+    except ConfigError:
+        imported_family, imported_cfg = None, None
+    if imported_family is family:
+        training = {k: getattr(model_cfg, k) for k in family.training_keys}
+        if replace(imported_cfg, **training) == model_cfg:
+            return imported
+    rope = ("rope_scaling", "rope_theta", "rope_parameters", "rope_interleave")  # spelled either way: the family's wins
+    return {**{k: v for k, v in imported.items() if k not in rope}, **written}
+
+
 def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Optional[str] = None,
               shard_bytes: int = 5 * 1024 ** 3, overwrite: bool = False, hf_config: Optional[dict] = None,
               dtype: Optional[str] = None) -> dict:
     """Checkpoint (converted, or saved by the trainer under any layout: pieces are reassembled one
     tensor at a time) -> Hugging Face directory. dtype None keeps each tensor's stored dtype."""
     meta = read_meta(ckpt)
-    config = hf_config or meta.get("hf_config")
-    if config is None:  # trained from scratch: the family writes the config
-        family, model_cfg = family_from_meta(meta)
-        config = family.config_to_hf(model_cfg)
+    config = hf_config or exported_config(meta)
     reader = PieceReader(ckpt, "model")
     keys = sorted(reader.keys())
     shapes = {k: (tuple(reader.pieces["model/" + k][0][1]["shape"]), "") for k in keys}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from typing import Optional
 
 # DeepSeek-R1's chat markers; a sentencepiece model for small runs is trained with them as symbols
@@ -19,6 +20,26 @@ def _token_text(value) -> Optional[str]:
     if isinstance(value, dict):
         return value.get("content")
     return value if isinstance(value, str) else None
+
+
+
+# a tokenizer directory's files (Hugging Face's names; transformers 5 keeps the chat template in its own
+# file): r1mega-convert and every checkpoint carry them, so a model directory is usable on its own
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "tokenizer.model",
+                   "special_tokens_map.json", "generation_config.json")
+
+
+def copy_tokenizer_files(src: str, dst: str) -> None:
+    """Copy the tokenizer files of `src` (a directory, or the tokenizer.json in one) into directory dst;
+    nothing when src is no tokenizer.json (e.g. a synthetic corpus's sentencepiece model)."""
+    folder = src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
+    if not os.path.isfile(os.path.join(folder, "tokenizer.json")) and not (os.path.isfile(src) and src.endswith(".json")):
+        return
+    if os.path.isfile(src):
+        shutil.copyfile(src, os.path.join(dst, "tokenizer.json"))
+    for name in TOKENIZER_FILES:
+        if os.path.isfile(os.path.join(folder, name)) and not os.path.exists(os.path.join(dst, name)):
+            shutil.copyfile(os.path.join(folder, name), os.path.join(dst, name))
 
 
 class Tokenizer:

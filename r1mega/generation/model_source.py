@@ -1,7 +1,7 @@
 """Load a model for generation under any TP/PP/EP/DP layout, from either source r1mega uses:
 
   an r1mega checkpoint   a step directory (has meta.json), a checkpoints root (has `latest`) or a
-                         run directory; shapes from --config, else the checkpoint's saved model config
+                         run directory; shapes from --config when it gives them, else the checkpoint's saved model config
   a Hugging Face dir     config.json + safetensors (DeepSeek-V3/R1/V2, or a Qwen2/Llama student);
                          its tokenizer.json too
 
@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from r1mega.config import Config, ConfigError, ParallelConfig, load_config, validate
-from r1mega.models.family import family_for_hf, family_from_meta
+from r1mega.models.family import at_family_defaults, family_for_hf, model_of_checkpoint
 from r1mega.parallel.layout import ParallelState, build_parallel_state, default_device, single_process_state
 
 
@@ -70,13 +70,13 @@ def load_model(model: str, parallel: ParallelConfig, world: int, distributed: bo
     if hf:
         _, model_cfg = family_for_hf(model)
         cfg = _with_model(cfg, model_cfg)
-    elif config is None:  # shapes from the checkpoint itself; an explicit --config wins
+    elif config is None or at_family_defaults(cfg.active_model):  # shapes from the checkpoint, unless --config gives them
         from r1mega.train.checkpoint import read_meta
 
         meta = read_meta(source)  # unreadable or malformed: a CheckpointError naming the file
         if not meta.get("model_config") and meta.get("hf_config") is None:
             raise ConfigError("--config", f"{source} does not record its model shapes; pass the YAML it was trained with")
-        cfg = _with_model(cfg, family_from_meta(meta)[1])
+        cfg = _with_model(cfg, model_of_checkpoint(meta, cfg.active_model, source, cfg.model_section)[1])
     cfg = validate(cfg, world)
     ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
     if tokenizer is None:

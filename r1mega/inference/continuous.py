@@ -159,7 +159,10 @@ class ContinuousBatcher:
         own tokens."""
         if r.resume:
             return len(r.recompute()) + self.bs
-        return self.bs + (len(r.group.prompt) if r.group.blocks is None and id(r.group) not in counted else 0)
+        # the prompt in whole blocks: while samples of its group still wait, the group keeps its partial
+        # last block and every admitted sample copies it (counting tokens let the cache overshoot)
+        prompt = -(-len(r.group.prompt) // self.bs) * self.bs
+        return self.bs + (prompt if r.group.blocks is None and id(r.group) not in counted else 0)
 
     def pipelined(self) -> bool:
         return self.ps.pp > 1 and self.gen.pipelined_decode and self.one_token_steps

@@ -106,12 +106,19 @@ class ForwardView:
         self.routing: dict[int, torch.Tensor] = {}  # layer -> experts [s, b, k] of this forward
         self._layer_view = layer_view
         self._mask = None
+        self._blocked = None
 
     def layer(self, i: int):
         return self._layer_view(self, self.pool.storage[i], i)
 
     def advance(self, s: int) -> None:  # lengths are the engine's: nothing to count here
         pass
+
+    def blocked(self, allowed: torch.Tensor) -> torch.Tensor:
+        """~allowed[:, None] (the attention scores' fill mask), built once per forward for its layers."""
+        if self._blocked is None or self._blocked[0] is not allowed:
+            self._blocked = (allowed, ~allowed[:, None])
+        return self._blocked[1]
 
     def prompt_documents(self, s: int):
         return documents_from_valid(self.valid) if self.prefill and s > 1 else None

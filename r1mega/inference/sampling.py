@@ -10,8 +10,11 @@ seed, whatever the TP size.
 """
 from __future__ import annotations
 
+import bisect
+import math
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -20,6 +23,9 @@ from r1mega.parallel.comm import all_gather_nograd, sum_in_rank_order
 from r1mega.parallel.layout import ParallelState
 
 BISECTION_STEPS = 48
+FEW_ROWS_ON_HOST = 16  # top-p bisection rows run on the host (one process; measured faster up to ~20 rows)
+WINDOW = 8  # ... deciding them by the exact kept mass at 2 * WINDOW + 1 thresholds around the crossing
+HOST_WINDOW_ELEMENTS = 1 << 22  # ... while those masses take at most this many elements (rows x window x vocab)
 
 
 def _all_reduce(t: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tensor:
@@ -44,6 +50,10 @@ def _global_argmax(values: torch.Tensor, start: int, group) -> tuple[torch.Tenso
 
 def log_softmax_at(logits: torch.Tensor, tokens: torch.Tensor, start: int, group) -> torch.Tensor:
     """log softmax(logits)[token] per row, from shards."""
+    if group is None:  # one shard: every token inside it (the same numbers, fewer ops)
+        gmax = logits.max(dim=-1).values
+        z = (logits - gmax[:, None]).exp().sum(-1)
+        return logits.gather(1, tokens[:, None])[:, 0] - gmax - z.log()
     gmax = _all_reduce(logits.max(dim=-1).values.clone(), group, dist.ReduceOp.MAX)
     z = _all_reduce((logits - gmax[:, None]).exp().sum(-1), group)
     local = tokens - start
@@ -71,8 +81,27 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shr(x, 31)
 
 
+def _mix_np(x: np.ndarray) -> np.ndarray:
+    """`_mix` on uint64 arrays (numpy wraps uint64 products as the int64 tensor ops do)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+_COLUMN_HASHES: dict[tuple[int, int], np.ndarray] = {}  # (first, n) -> column terms of the hash
+
+
 def uniform_noise(row_keys: torch.Tensor, first: int, n: int) -> torch.Tensor:
-    """Uniforms in (0, 1) for columns [first, first + n) of rows keyed by row_keys [b] (int64)."""
+    """Uniforms in (0, 1) for columns [first, first + n) of rows keyed by row_keys [b] (int64).
+    On CPU the same integer arithmetic runs in numpy (bitwise equal; a tenth of the ops' overhead:
+    a decoding step of few rows paid ~0.1 ms for the noise as tensor ops)."""
+    if row_keys.device.type == "cpu":
+        cols = _COLUMN_HASHES.get((first, n))
+        if cols is None:
+            cols = np.arange(first, first + n, dtype=np.int64).view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            _COLUMN_HASHES[first, n] = cols
+        z = _mix_np(_mix_np(row_keys.numpy().view(np.uint64))[:, None] + cols[None, :])
+        return torch.from_numpy(((z >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53))
     cols = torch.arange(first, first + n, dtype=torch.int64, device=row_keys.device)
     z = _mix(_mix(row_keys)[:, None] + cols[None, :] * _signed(0x9E3779B97F4A7C15))
     return (_shr(z, 11).double() + 0.5) / float(1 << 53)
@@ -118,6 +147,59 @@ def _bisection_settled(masked, probs, total, top_p: float, lo: torch.Tensor, hi:
     return True
 
 
+def _bisection_on_host(masked, probs, total, top_p: float, lo: torch.Tensor, hi: torch.Tensor
+                       ) -> Optional[torch.Tensor]:
+    """The bisection's final thresholds for a few rows in one process on CPU (None: more rows, another
+    device, a large vocabulary, a NaN, or a bracket not found: the tensor loop then runs). A round's verdict depends only on how many logits
+    its midpoint keeps, and monotonically (a float sum of more non-negative terms in the same order
+    is not smaller), so one count k* decides every round: those keeping >= k* logits reach top_p.
+    k* comes from the loop's own expression (so its rounding) evaluated at a window of thresholds
+    around where the sorted cumulative mass crosses top_p; the rounds then run on the host, each
+    midpoint in float32 as the tensor loop computes it, ending as `_bisection_settled` does. The tail
+    of a rollout is a few rows decoding alone; there the rounds were a quarter of a small model's
+    decoding step."""
+    b, V = masked.shape
+    if (b > FEW_ROWS_ON_HOST or masked.device.type != "cpu"
+            or b * (2 * WINDOW + 1) * V > HOST_WINDOW_ELEMENTS):  # (measured on CPU; a small temporary)
+        return None
+    desc = masked.sort(-1, descending=True).values
+    below = ((desc - hi[:, None]).exp().cumsum(-1) / total[:, None] < top_p).sum(-1)  # ~ kept count - 1
+    at = (below[:, None] + torch.arange(-WINDOW, WINDOW + 1, device=masked.device)).clamp(0, V - 1)
+    thresholds = desc.gather(1, at)  # [b, W] descending
+    verdicts = ((probs[:, None, :] * (masked[:, None, :] >= thresholds[:, :, None])).sum(-1)
+                / total[:, None] >= top_p).tolist()
+    ascending, thresholds, at = desc.flip(-1).tolist(), thresholds.tolist(), at.tolist()
+    los, his, f32 = lo.tolist(), hi.tolist(), np.float32
+    out = []
+    for r, vals in enumerate(ascending):
+        if vals[-1] != vals[-1] or not (math.isfinite(los[r]) and math.isfinite(his[r])):
+            return None  # NaN logits: leave them to the tensor loop
+        first = next((j for j, ok in enumerate(verdicts[r]) if ok), None)
+        if first is None or (first == 0 and at[r][0] > 0):
+            return None  # the crossing lies outside the window (rounding far off): the tensor loop
+
+        def kept(threshold: float) -> int:
+            return V - bisect.bisect_left(vals, threshold)
+
+        need = kept(thresholds[r][first])
+        a, b_ = f32(los[r]), f32(his[r])
+        for _ in range(BISECTION_STEPS):
+            mid = (a + b_) / f32(2)
+            if kept(float(mid)) >= need:
+                a = mid
+            else:
+                b_ = mid
+            between = bisect.bisect_right(vals, float(a))
+            if between == V or vals[between] >= float(b_):  # settled (see _bisection_settled)
+                if kept(float(b_)) >= need:
+                    if np.nextafter(a, b_) == b_:
+                        continue  # neighbouring floats: a midpoint rounds to an end; bisect on
+                    a = b_
+                break
+        out.append(float(a))
+    return torch.tensor(out, dtype=masked.dtype, device=masked.device)
+
+
 @torch.no_grad()
 def sampler_support(scaled: torch.Tensor, ps: ParallelState, top_p: float, top_k: int,
                     vocab: Optional[int] = None) -> torch.Tensor:
@@ -127,32 +209,43 @@ def sampler_support(scaled: torch.Tensor, ps: ParallelState, top_p: float, top_k
     one rule for sampling and for GRPO's keep-sampling-mask (rl/policy_scores.py)."""
     group = ps.g("tp")
     shape = scaled.shape
-    scaled = scaled.reshape(-1, shape[-1]).float()
+    scaled = scaled.reshape(-1, shape[-1])
+    scaled = scaled if scaled.dtype == torch.float32 else scaled.float()
     n_local = scaled.shape[-1]
     start = ps.r("tp") * n_local
     vocab = vocab or n_local * ps.tp
-    real = torch.arange(start, start + n_local, device=scaled.device) < vocab
-    keep = real[None, :].expand_as(scaled).clone()
+    # keep None: every id so far (no mask ops for a shard without padding ids: fewer ops, same support)
+    real = keep = None
+    if start + n_local > vocab:
+        real = torch.arange(start, start + n_local, device=scaled.device) < vocab
+        keep = real[None, :].expand_as(scaled).clone()
     if 0 < top_k < vocab:
         # rank only real ids: padded ids must neither be kept nor push real ones out of the top k
-        local_top = scaled.masked_fill(~real, float("-inf")).topk(min(top_k, n_local), dim=-1).values  # [b, k']
+        ranked = scaled if real is None else scaled.masked_fill(~real, float("-inf"))
+        local_top = ranked.topk(min(top_k, n_local), dim=-1).values  # [b, k']
         everyone = all_gather_nograd(local_top.t().contiguous(), group).t() if group is not None else local_top
-        keep &= scaled >= everyone.topk(top_k, dim=-1).values[:, -1:]
+        above = scaled >= everyone.topk(top_k, dim=-1).values[:, -1:]
+        keep = above if keep is None else keep & above
     if top_p < 1.0:
-        masked = scaled.masked_fill(~keep, float("-inf"))
+        masked = scaled if keep is None else scaled.masked_fill(~keep, float("-inf"))
         gmax = _all_reduce(masked.max(dim=-1).values.clone(), group, dist.ReduceOp.MAX)
         probs = (masked - gmax[:, None]).exp()
         total = _all_reduce(probs.sum(-1), group)
-        lo = _all_reduce(masked.masked_fill(~keep, float("inf")).min(dim=-1).values.clone(), group, dist.ReduceOp.MIN)
+        lowest = masked if keep is None else masked.masked_fill(~keep, float("inf"))
+        lo = _all_reduce(lowest.min(dim=-1).values.clone(), group, dist.ReduceOp.MIN)
         hi = gmax.clone()
-        for i in range(BISECTION_STEPS):  # largest threshold whose kept mass still reaches top_p
+        host = _bisection_on_host(masked, probs, total, top_p, lo, hi) if group is None else None
+        for i in range(BISECTION_STEPS if host is None else 0):  # largest threshold whose kept mass reaches top_p
             mid = (lo + hi) / 2
             ok = _all_reduce((probs * (masked >= mid[:, None])).sum(-1), group) / total >= top_p
             lo = torch.where(ok, mid, lo)
             hi = torch.where(ok, hi, mid)
             if group is None and i % 4 == 3 and _bisection_settled(masked, probs, total, top_p, lo, hi):
                 break
-        keep &= scaled >= lo[:, None]
+        above = scaled >= (lo if host is None else host)[:, None]
+        keep = above if keep is None else keep & above
+    if keep is None:
+        keep = torch.ones_like(scaled, dtype=torch.bool)
     return keep.view(shape)
 
 
@@ -163,14 +256,14 @@ def sample(logits: torch.Tensor, ps: ParallelState, temperature: float, top_p: f
     identical on every TP rank. temperature 0 is greedy. keys: per-row noise keys (`row_keys`).
     vocab_size: the tokenizer's vocabulary when smaller than the model's padded one."""
     group = ps.g("tp")
-    logits = logits.float()
+    logits = logits if logits.dtype == torch.float32 else logits.float()
     n_local = logits.shape[-1]
     start = ps.r("tp") * n_local
     vocab = vocab_size or n_local * ps.tp
     # ids past the tokenizer's vocabulary (padding rows of the embedding) are never sampled; the
     # returned log-prob is still over the whole vocabulary, as the training forward computes it
-    real = torch.arange(start, start + n_local, device=logits.device) < vocab
     if temperature <= 0:
+        real = torch.arange(start, start + n_local, device=logits.device) < vocab
         tokens, _ = _global_argmax(logits.masked_fill(~real, float("-inf")), start, group)
         return tokens, log_softmax_at(logits, tokens, start, group)
     scaled = logits / temperature

@@ -24,7 +24,7 @@ config's `model_type`, or a checkpoint's meta.json, and anything else is an erro
 """
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 from r1mega.errors import CheckpointError, ConfigError
@@ -64,6 +64,13 @@ def family_of_config(model_cfg) -> ModelFamily:
             return fam
     raise TypeError(f"{type(model_cfg).__name__} is no registered model family's config "
                     f"(known: {', '.join(sorted(_REGISTRY))})")
+
+
+def at_family_defaults(model_cfg) -> bool:
+    """The model config says nothing but its family: its architecture keys are the class defaults
+    (a checkpoint it loads then supplies family and shapes)."""
+    keep = {k: getattr(model_cfg, k) for k in type(model_cfg).training_keys}
+    return replace(type(model_cfg)(), **keep) == model_cfg
 
 
 def family_for(cfg) -> tuple[ModelFamily, Any]:
@@ -110,3 +117,18 @@ def family_from_meta(meta: dict) -> tuple[ModelFamily, Any]:
         raise CheckpointError(f"the checkpoint's meta.json model_config does not fit {fam.name}: "
                               f"unknown keys {unknown}")
     return fam, fam.config_cls(**recorded)
+
+
+def model_of_checkpoint(meta: dict, model_cfg, where: str, section: str = "model") -> tuple[ModelFamily, Any]:
+    """(family, model config) a run takes from a checkpoint's meta.json when its own model config is at
+    its family's defaults (`at_family_defaults`): the checkpoint's, keeping the config's training keys.
+    A family the config names (any but the default section's) must be the checkpoint's."""
+    family = family_of_config(model_cfg)
+    saved_family, saved = family_from_meta(meta)
+    if family.name != DEFAULT_FAMILY and saved_family is not family:  # named, not left to the default
+        raise ConfigError(f"{section}.family", f"the config names {family.name}, but {where} holds a "
+                                               f"{saved_family.name} model; leave the family out to take it from "
+                                               f"the checkpoint, or load a {family.name} checkpoint")
+    if saved_family is family:
+        saved = replace(saved, **{k: getattr(model_cfg, k) for k in family.training_keys})
+    return saved_family, saved

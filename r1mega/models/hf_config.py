@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import fields
 
 from r1mega.errors import ConfigError
 
@@ -40,3 +41,16 @@ def rope_from_hf(hf: dict, kind_key: str) -> tuple[float, "dict | None"]:
         kind = rope.get("rope_type", rope.get("type", "default"))
         rope = None if kind == "default" else {**rope, kind_key: kind}
     return float(theta), rope
+
+
+def check_value_types(cfg, where: str) -> None:
+    """Each field of a config read from config.json has its declared type (a string where a number
+    belongs would otherwise fail deep inside the model); raises naming the file and key."""
+    for f in fields(cfg):
+        v, kind = getattr(cfg, f.name), str(f.type)
+        ok = (v is None and "Optional" in kind) or (
+            isinstance(v, bool) if kind == "bool" else
+            isinstance(v, int) and not isinstance(v, bool) if kind.replace("Optional[", "").startswith("int") else
+            isinstance(v, (int, float)) and not isinstance(v, bool) if kind == "float" else True)
+        if not ok:
+            raise ConfigError(f"{where}: {f.name}", f"expected {kind}, got {v!r}")

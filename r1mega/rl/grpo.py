@@ -208,7 +208,8 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
     prompt_ids = [source.encode(r) for r in rendered]
     gen = GenerationConfig(limit, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.top_k, tok.eos_id, source.stop(),
                            seed=cfg.seed + index, record_routing=cfg.rl.routing_replay,
-                           vocab_size=tok.vocab_size, speculative=cfg.rl.speculative, draft_tokens=cfg.rl.draft_tokens)
+                           vocab_size=tok.vocab_size, speculative=cfg.rl.speculative, draft_tokens=cfg.rl.draft_tokens,
+                           max_rows=cfg.rl.rollout_max_rows, max_cache_tokens=cfg.rl.rollout_cache_tokens)
     if run.device.type == "cuda":  # make room for the KV cache: optimizer states wait in host memory
         optimizer.offload()
     rows = torch.tensor([g * G + k for g in where for k in range(G)], dtype=torch.long)
@@ -470,6 +471,7 @@ def start(cfg: Config, ckpt_root: str) -> tuple[Policy, Progress]:
     # checkpoints and their architecture are checked before any weight exists
     arch = run.arch  # the model keys a checkpoint must match
     candidates = find_resume_checkpoint(ckpt_root, t.load, arch, t.allow_arch_change)
+    run.hf_config = read_meta(candidates[0]).get("hf_config") if candidates else None  # travels on for the export
     claim_run_dir(run, "grpo")  # one run per directory, only one this kind of run made
     chunks = build_model(run)
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
@@ -545,7 +547,8 @@ def save(policy: Policy, at: Progress, ckpt_root: str) -> None:
     save_checkpoint(ckpt_root, at.step, policy.chunks, policy.optimizer, run.ps,
                     run_meta(run, "grpo", prompt_position=at.position, rollout_index=at.index + 1,
                              reference=ref_dir,
-                             **({"prompts_sha256": prompts_digest(rl.prompts)} if rl.prompts else {})))
+                             **({"prompts_sha256": prompts_digest(rl.prompts)} if rl.prompts else {})),
+                    tokenizer=policy.source.tok.path)
 
 
 def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:

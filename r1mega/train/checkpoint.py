@@ -44,6 +44,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from r1mega.atomic_io import fsync_dir
+from r1mega.data.tokenizer import copy_tokenizer_files
 from r1mega.errors import CheckpointError
 from r1mega.models.fp8 import dequantize, scale_name
 from r1mega.models.weights import load_weights, shard
@@ -101,10 +102,12 @@ def _writes(spec, ps: ParallelState) -> bool:
 
 
 def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer: Optional[DistributedAdamW],
-                    ps: ParallelState, meta: dict) -> str:
+                    ps: ParallelState, meta: dict, tokenizer: Optional[str] = None) -> str:
     """Collective. Returns the published step directory. Refuses (on every rank) to save non-finite
     values; an existing directory of the same step is moved aside, never overwritten. optimizer
-    None: weights only (e.g. GRPO's reference policy), from the parameters themselves."""
+    None: weights only (e.g. GRPO's reference policy), from the parameters themselves. The run's
+    tokenizer files (when it has a tokenizer.json) go along, as r1mega-convert import copies them,
+    so generate, eval and export work on the checkpoint alone."""
     name = f"step_{step:08d}"
     final, tmp = os.path.join(root, name), os.path.join(root, f".{name}.tmp")
     states = optimizer.full_states() if optimizer is not None else {}  # collective over DP groups
@@ -155,6 +158,8 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
             torch.save({"torch": torch.get_rng_state()}, os.path.join(tmp, "rng.pt"))
             with open(os.path.join(tmp, "meta.json"), "w") as f:
                 json.dump(meta, f, indent=1)
+            if tokenizer is not None:
+                copy_tokenizer_files(tokenizer, tmp)
         except OSError as e:
             raise CheckpointError(f"writing {tmp}/meta.json failed ({e.strerror}); step {step} was not saved") from None
     _barrier(ps)
@@ -351,15 +356,26 @@ def find_resume_checkpoint(root: str, load: Optional[str] = None, model_config: 
     elif latest_checkpoint(root) is None and load:  # (refuses when `latest` is gone but steps exist)
         if not os.path.isdir(load):
             raise CheckpointError(f"train.load={load}: no such checkpoint directory")
-        if not os.path.exists(os.path.join(load, "meta.json")):  # say what it is instead, when we can tell
-            if os.path.exists(os.path.join(load, "config.json")):
-                raise CheckpointError(f"train.load={load} is a Hugging Face model directory; convert it first: "
-                                      f"r1mega-convert import --hf-dir {load} --out CKPT, then train.load=CKPT")
-            if os.path.isdir(os.path.join(load, "checkpoints")):
-                raise CheckpointError(f"train.load={load} is a run directory; give one of its checkpoints, "
-                                      f"e.g. train.load={os.path.join(load, 'checkpoints', 'step_NNNNNNNN')}")
+        what = not_a_checkpoint(load)
+        if what:
+            raise CheckpointError(f"train.load={load} {what}")
         candidates = [load]
     return _checked(candidates, model_config, allow_arch_change)
+
+
+def not_a_checkpoint(path: str) -> Optional[str]:
+    """What a directory without meta.json is instead, as advice (None when it is a checkpoint or
+    nothing recognisable)."""
+    if os.path.exists(os.path.join(path, "meta.json")):
+        return None
+    if os.path.exists(os.path.join(path, "config.json")):
+        return (f"is a Hugging Face model directory; convert it first: r1mega-convert import --hf-dir {path} "
+                f"--out CKPT, then train.load=CKPT")
+    for root in (path, os.path.join(path, "checkpoints")):
+        if os.path.exists(os.path.join(root, "latest")) or step_dirs(root):
+            return (f"is a {'checkpoints' if root == path else 'run'} directory; give one of its checkpoints, "
+                    f"e.g. train.load={os.path.join(root, 'step_NNNNNNNN')}")
+    return None
 
 
 def _checked(candidates: list[str], model_config: Optional[dict], allow_arch_change: Iterable[str]) -> list[str]:
@@ -390,16 +406,28 @@ def _same_setting(a, b) -> bool:
     return a == b
 
 
+def arch_differences(stored: dict, mine: dict, allowed: Iterable[str] = ()) -> list[str]:
+    """'model.KEY: checkpoint A, config B' for each architecture key of two model configs (as dicts)
+    that differs, floats to float32 precision."""
+    allowed = set(allowed)
+    return [f"model.{k}: checkpoint {stored[k]!r}, config {mine[k]!r}"
+            for k in sorted(mine) if k in stored and k not in NON_ARCH_KEYS and k not in allowed
+            and not _same_setting(stored[k], mine[k])]
+
+
 def check_architecture(meta: dict, model_config: dict, allowed: Iterable[str], where: str) -> None:
     """Compare the model config a checkpoint was saved with to this run's; name every difference."""
     stored = meta.get("model_config")
     if not isinstance(stored, dict):
         return  # weights-only checkpoints of other families: shapes are still checked on load
     mine = json.loads(json.dumps(model_config))
-    allowed = set(allowed)
-    diffs = [f"model.{k}: checkpoint {stored[k]!r}, config {mine[k]!r}"
-             for k in sorted(mine) if k in stored and k not in NON_ARCH_KEYS and k not in allowed
-             and not _same_setting(stored[k], mine[k])]
+    if "family" in stored and "family" in mine and stored["family"] != mine["family"]:
+        # no allow_arch_change can carry weights across families: say so instead of offering it
+        raise ArchitectureMismatch(
+            f"{where} holds a {stored['family']} model, but the config builds a {mine['family']} model; drop the "
+            f"config's model section (a model left at its family's defaults takes family and shapes from "
+            f"train.load) or load a {mine['family']} checkpoint")
+    diffs = arch_differences(stored, mine, allowed)
     if diffs:
         keys = ",".join(k.split(":")[0].split(".", 1)[1] for k in diffs)
         raise ArchitectureMismatch(

@@ -20,7 +20,8 @@ import torch.distributed as dist
 
 from r1mega.config import Config, ConfigError, TrainConfig
 from r1mega.errors import TrainingError
-from r1mega.models.family import ModelFamily, family_from_meta, family_of_config
+from r1mega.models.family import (ModelFamily, at_family_defaults, family_from_meta, family_of_config,
+                                  model_of_checkpoint)
 from r1mega.kernels import use_backend
 from r1mega.kernels.fp8_backend import fp8_backend
 from r1mega.parallel.layout import (
@@ -40,6 +41,7 @@ class Run:
     family: ModelFamily  # of the active model, cfg.active_model
     arch: dict  # its architecture keys (training keys left out): what a checkpoint must match
     lock: Optional[object] = None  # the run directory's lock (r1mega/output_dir.py), held by rank 0
+    hf_config: Optional[dict] = None  # the config.json of the imported model it started from (exports keep its keys)
 
     @property
     def is_logger(self) -> bool:
@@ -61,17 +63,15 @@ def own_checkpoint(ckpt_root: str) -> Optional[str]:
 
 
 def checkpoint_meta(path: str) -> dict:
+    from r1mega.train.checkpoint import not_a_checkpoint
+
     meta_file = os.path.join(path, "meta.json")
+    if not os.path.isdir(path):
+        raise ConfigError("train.load", f"{path}: no such checkpoint directory")
     if not os.path.exists(meta_file):
-        raise ConfigError("train.load", f"{path} is not a checkpoint (no meta.json)")
+        raise ConfigError("train.load", f"{path} {not_a_checkpoint(path) or 'is not a checkpoint (no meta.json)'}")
     with open(meta_file) as f:
         return json.load(f)
-
-
-def _at_family_defaults(m) -> bool:
-    """The model config says nothing but its family: its architecture keys are the class defaults."""
-    keep = {k: getattr(m, k) for k in type(m).training_keys}
-    return replace(type(m)(), **keep) == m
 
 
 def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> tuple[Config, ModelFamily]:
@@ -82,13 +82,11 @@ def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> tuple[Confi
     source, m = own or cfg.train.load, cfg.active_model
     if own is not None and cfg.train.load is not None:
         _warn_if_load_differs(own, cfg.train.load)
-    meta = checkpoint_meta(source) if source is not None and _at_family_defaults(m) else None
+    meta = checkpoint_meta(source) if source is not None and at_family_defaults(m) else None
     family = family_of_config(m)
     if meta is None:
         return cfg, family
-    saved_family, saved = family_from_meta(meta)
-    if saved_family is family:
-        saved = replace(saved, **{k: getattr(m, k) for k in family.training_keys})
+    saved_family, saved = model_of_checkpoint(meta, m, source, cfg.model_section)
     return replace(cfg, model=saved, student=None), saved_family
 
 
@@ -174,4 +172,5 @@ def finish_run(run: Run) -> None:
 
 def run_meta(run: Run, kind: str, **extra) -> dict:
     """What a checkpoint records about the run besides weights (read back by model_from_checkpoint)."""
-    return {"kind": kind, "family": run.family.name, "model_config": asdict(run.cfg.active_model), **extra}
+    return {"kind": kind, "family": run.family.name, "model_config": asdict(run.cfg.active_model),
+            "hf_config": run.hf_config, **extra}

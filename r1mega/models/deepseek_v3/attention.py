@@ -62,7 +62,8 @@ class MLA(nn.Module):
         parts = [self.kv_a_layernorm(c), k_rope]
         if cfg.q_lora_rank:
             parts.append(self.q_a_layernorm(self.q_a_proj(x)))
-        parts = enter_tp_region(torch.cat(parts, -1), self.ps).split([p.shape[-1] for p in parts], -1)
+        if self.ps.g("tp") is not None:  # one region entry for the three (without TP it is the identity)
+            parts = enter_tp_region(torch.cat(parts, -1), self.ps).split([p.shape[-1] for p in parts], -1)
         c, k_rope = parts[0], (rope.apply(parts[1].unsqueeze(2), cos, sin).squeeze(2) if rotate else parts[1])
         q_in = parts[2] if cfg.q_lora_rank else enter_tp_region(x, self.ps)
         return q_in, c, k_rope
@@ -166,21 +167,39 @@ class MLA(nn.Module):
         # (kv_b_proj applied first) in bf16; in float32 both are close to exact, which cut the
         # sampler/trainer log-prob gap of bf16 GRPO ~60x in KL (README, bench/grpo_logprob_gap.py)
         q_nope, q_rope, keys = (t if t.dtype == torch.float32 else t.float() for t in (q_nope, q_rope, keys))
-        w = self.kv_b_proj.weight
-        w = (w if w.dtype == torch.float32 else w.float()).view(h, cfg.qk_nope_head_dim + cfg.v_head_dim, r)
-        w_uk, w_uv = w[:, : cfg.qk_nope_head_dim], w[:, cfg.qk_nope_head_dim:]
+        w_uk, w_uv = self._absorbed_weights()
         # q_nope [s, b, h, d] -> [h, s*b, d] @ w_uk [h, d, r] -> latent queries
         q_lat = torch.bmm(q_nope.reshape(s * b, h, -1).transpose(0, 1), w_uk)
         q_lat = q_lat.view(h, s, b, r).permute(2, 0, 1, 3)  # [b, h, s, r]
         query = torch.cat([q_lat, q_rope.permute(1, 2, 0, 3)], dim=-1).reshape(b, h * s, -1)
         scores = torch.bmm(query, keys.transpose(1, 2)).view(b, h, s, -1)  # [b, h, s, L]
-        scores = (scores * self.scale).masked_fill_(~allowed[:, None], float("-inf"))
+        # the fill mask once a forward for all layers where the cache keeps it
+        blocked = cache.owner.blocked(allowed) if hasattr(cache.owner, "blocked") else ~allowed[:, None]
+        scores = (scores * self.scale).masked_fill_(blocked, float("-inf"))
         probs = scores.softmax(-1).view(b, h * s, -1)
         ctx = torch.bmm(probs, keys[..., :r]).view(b, h, s, r)  # attention-weighted latents
         # [b, h, s, r] -> [h, s*b, r] @ w_uv^T [h, r, v] -> [s, b, h, v]
         out = torch.bmm(ctx.permute(1, 2, 0, 3).reshape(h, s * b, r), w_uv.transpose(1, 2))
         out = out.view(h, s, b, cfg.v_head_dim).permute(1, 2, 0, 3).reshape(s, b, h * cfg.v_head_dim)
         return out if dtype == torch.float32 else out.to(dtype)
+
+    def _absorbed_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv_b_proj's weight as per-head float32 W_uk [h, d_nope, r] and W_uv [h, d_v, r]. A float32
+        weight gives views of itself, kept while it is the same storage: an optimizer step writes
+        through `p.data.copy_` (no version bump) and the views see it; a reload that swaps the storage
+        rebuilds them. Another dtype is copied to float32 every call, never kept (a kept copy would
+        miss such a step)."""
+        w = self.kv_b_proj.weight
+        cfg = self.cfg
+        shape = (self.local_heads, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank)
+        if w.dtype != torch.float32:
+            full = w.float().view(shape)
+            return full[:, :cfg.qk_nope_head_dim], full[:, cfg.qk_nope_head_dim:]
+        cached = getattr(self, "_absorbed_cache", None)
+        if cached is None or cached[0] != w.data_ptr():
+            full, dn = w.view(shape), cfg.qk_nope_head_dim
+            cached = self._absorbed_cache = (w.data_ptr(), full[:, :dn], full[:, dn:])
+        return cached[1], cached[2]
 
     def _exact_attention(self, q_in, c, k_rope, rope, cos, sin, attn_mask, cache) -> torch.Tensor:
         """rl.exact_rollouts: the absorbed form for training, prompts and decoding alike, over keys laid

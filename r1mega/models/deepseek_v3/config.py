@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Optional
 
 from r1mega.checks import at_least, need, one_of, pipeline_split, positive
 from r1mega.errors import ConfigError
-from r1mega.models.hf_config import read_hf_config, rope_from_hf
+from r1mega.models.hf_config import check_value_types, read_hf_config, rope_from_hf
 
 FAMILY = "deepseek_v3"
 TRAINING_KEYS = ("mtp_weight", "balance_alpha", "bias_update_rate")
@@ -22,6 +22,16 @@ TRAINING_KEYS = ("mtp_weight", "balance_alpha", "bias_update_rate")
 #   layernorm       RMSNorm internals (float32 copies), keeping only the input
 #   shared_experts  the shared experts' FFN
 RECOMPUTE_UNITS = ("mla_up_proj", "core_attn", "moe_act", "layernorm", "shared_experts")
+
+# transformers' defaults for the keys a config.json may leave out, where r1mega's own differ: without
+# them a config lacking e.g. routed_scaling_factor or n_group built another model than transformers loads
+HF_DEFAULTS = {
+    "deepseek_v3": dict(q_lora_rank=1536, n_routed_experts=256, n_shared_experts=1, num_experts_per_tok=8,
+                        moe_intermediate_size=2048, n_group=8, topk_group=4, routed_scaling_factor=2.5,
+                        first_k_dense_replace=3),
+    "deepseek_v2": dict(q_lora_rank=1536, n_routed_experts=64, n_shared_experts=2, moe_intermediate_size=1407,
+                        max_position_embeddings=2048),
+}
 
 
 @dataclass
@@ -116,14 +126,7 @@ class ModelConfig:
             raise ConfigError(where, f"missing key {e.args[0]!r} that a DeepSeek config must have") from None
         except (TypeError, ValueError) as e:  # e.g. float("abc") for rope_theta
             raise ConfigError(where, f"a value has the wrong type ({e})") from None
-        for f in fields(cfg):  # a string where a number belongs would fail deep inside the model
-            v, kind = getattr(cfg, f.name), str(f.type)
-            ok = (v is None and "Optional" in kind) or (
-                isinstance(v, bool) if kind == "bool" else
-                isinstance(v, int) and not isinstance(v, bool) if kind.replace("Optional[", "").startswith("int") else
-                isinstance(v, (int, float)) and not isinstance(v, bool) if kind == "float" else True)
-            if not ok:
-                raise ConfigError(f"{where}: {f.name}", f"expected {kind}, got {v!r}")
+        check_value_types(cfg, where)
         return cfg
 
     @classmethod
@@ -132,6 +135,7 @@ class ModelConfig:
         if model_type not in ("deepseek_v3", "deepseek_v2"):
             raise ConfigError("model_type", f"expected deepseek_v3 or deepseek_v2, got {model_type!r}")
         is_v3 = model_type == "deepseek_v3"
+        hf = {**HF_DEFAULTS[model_type], **hf}  # a key left out means what it means to transformers
         rope_theta, rope = rope_from_hf(hf, "type")
         n_experts = hf.get("n_routed_experts") or 0
         return cls(
@@ -203,6 +207,8 @@ def validate_keys(m: ModelConfig, section: str = "model") -> None:
     one_of(m.scoring_func, f"{section}.scoring_func", ("sigmoid", "softmax"))
     one_of(m.topk_method, f"{section}.topk_method", TOPK_METHODS)
     need(m.hidden_act == "silu", f"{section}.hidden_act", f"only silu is supported, got {m.hidden_act!r}")
+    need(not m.tie_word_embeddings, f"{section}.tie_word_embeddings",
+         "DeepSeek models have an output head of their own; tied embeddings are not supported")
     if m.rope_scaling is not None:
         for k in m.rope_scaling:
             need(k in ROPE_SCALING_KEYS, f"{section}.rope_scaling", f"unknown key {k!r} (known: {', '.join(ROPE_SCALING_KEYS)})")

@@ -48,6 +48,7 @@ class KVCache:
         self.valid = valid  # [b, max_len] bool
         self.layers = {i: LayerCache(self, batch, max_len, kv_lora_rank, rope_dim, dtype, device) for i in layer_ids}
         self._mask = None  # (length, s, mask) of the current forward, shared by its layers
+        self._blocked = None
 
     def layer(self, i: int) -> LayerCache:
         return self.layers[i]
@@ -66,6 +67,12 @@ class KVCache:
 
     def advance(self, s: int) -> None:
         self.length += s
+
+    def blocked(self, allowed: torch.Tensor) -> torch.Tensor:
+        """~allowed[:, None] (the attention scores' fill mask), built once per forward for its layers."""
+        if self._blocked is None or self._blocked[0] is not allowed:
+            self._blocked = (allowed, ~allowed[:, None])
+        return self._blocked[1]
 
     def prompt_documents(self, s: int):
         """Document ids [b, s] of a first forward of s > 1 tokens (the prompt), else None: that forward
@@ -92,7 +99,8 @@ class PagedLatentLayer:
 
     def store(self, c: torch.Tensor, k_rope: torch.Tensor) -> None:
         """c [s, b, r], k_rope [s, b, rope] into the new tokens' slots (pads into the null block)."""
-        self.keys.index_copy_(0, self.owner.write, torch.cat([c, k_rope], -1).flatten(0, 1).to(self.keys.dtype))
+        new = torch.cat([c, k_rope], -1).flatten(0, 1)
+        self.keys.index_copy_(0, self.owner.write, new if new.dtype == self.keys.dtype else new.to(self.keys.dtype))
 
     def append(self, c: torch.Tensor, k_rope: torch.Tensor):
         """store(), then (each row's cached [latent | k_rope] [b, L, r + rope], mask [b, s, L])."""

@@ -41,13 +41,14 @@ class Router(nn.Module):
     def _sigmoid(logits: torch.Tensor, exact: bool) -> torch.Tensor:
         return batch_invariant.sigmoid(logits) if exact else logits.sigmoid()
 
-    def _group_mask(self, choice: torch.Tensor, group_score) -> torch.Tensor:
+    def _group_dropped(self, choice: torch.Tensor, group_score) -> torch.Tensor:
+        """bool [T, E]: experts outside each token's top groups."""
         cfg = self.cfg
         grouped = choice.view(choice.shape[0], cfg.n_group, -1)
         top_groups = group_score(grouped).topk(cfg.topk_group, dim=-1, sorted=False).indices
-        keep = torch.zeros(grouped.shape[:2], dtype=torch.bool, device=choice.device)
-        keep.scatter_(1, top_groups, True)
-        return keep.unsqueeze(-1).expand_as(grouped).reshape_as(choice)
+        drop = torch.ones(grouped.shape[:2], dtype=torch.bool, device=choice.device)
+        drop.scatter_(1, top_groups, False)
+        return drop.unsqueeze(-1).expand_as(grouped).reshape_as(choice)
 
     def forward(self, x: torch.Tensor, forced_idx: Optional[torch.Tensor] = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -63,18 +64,18 @@ class Router(nn.Module):
             idx, weight = forced_idx, scores.gather(1, forced_idx)
         elif cfg.scoring_func == "sigmoid":
             scores = self._sigmoid(logits, exact)
-            choice = scores.detach() + self.e_score_correction_bias
+            choice = (scores.detach() if scores.requires_grad else scores) + self.e_score_correction_bias
             if cfg.n_group > 1:
-                keep = self._group_mask(choice, lambda g: g.topk(2, dim=-1).values.sum(-1))
-                choice = choice.masked_fill(~keep, float("-inf"))
+                drop = self._group_dropped(choice, lambda g: g.topk(2, dim=-1).values.sum(-1))
+                choice = choice.masked_fill(drop, float("-inf"))
             idx = choice.topk(k, dim=-1, sorted=False).indices
             weight = scores.gather(1, idx)
         else:
             scores = logits.softmax(dim=-1)
             masked = scores
             if cfg.topk_method == "group_limited_greedy" and cfg.n_group > 1:
-                keep = self._group_mask(scores.detach(), lambda g: g.max(dim=-1).values)
-                masked = scores.masked_fill(~keep, 0.0)
+                drop = self._group_dropped(scores.detach(), lambda g: g.max(dim=-1).values)
+                masked = scores.masked_fill(drop, 0.0)
             weight, idx = masked.topk(k, dim=-1, sorted=False)
         if cfg.norm_topk_prob and k > 1:
             weight = weight / (weight.sum(dim=-1, keepdim=True) + 1e-20)
@@ -130,7 +131,8 @@ class GroupedExperts(nn.Module):
         rows = x[:, None, :].expand(T, k, x.shape[-1]).reshape(T * k, 1, -1)
         gate, up = torch.bmm(rows, self.w_gate_up.index_select(0, flat).transpose(1, 2)).split(self.inner, -1)
         out = torch.bmm(F.silu(gate) * up, self.w_down.index_select(0, flat).transpose(1, 2))  # [T*k, 1, D]
-        return (out.view(T, k, -1) * weight[..., None]).sum(1).to(x.dtype)
+        out = (out.view(T, k, -1) * weight[..., None]).sum(1)
+        return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 class _AttachAuxLoss(torch.autograd.Function):
@@ -205,7 +207,9 @@ class MoE(nn.Module):
         n = tokens.shape[0]
         b = x.shape[1]
         split = self.ps.tp > 1 and not self.ps.sp
-        flat = torch.arange(n, device=x.device)  # token t = (position t // b, sequence t % b)
+        # token t = (position t // b, sequence t % b); not needed by a plain inference forward
+        need_flat = split or self.ps.sp or replay is not None or self.training
+        flat = torch.arange(n, device=x.device) if need_flat else None
         if self.ps.sp:
             flat = flat + self.ps.r("tp") * n  # index in the whole sequence
         if split:  # replicated tokens: each TP rank routes its own slice (padded to divide evenly)
@@ -222,7 +226,7 @@ class MoE(nn.Module):
         if replay is not None:
             forced = replay.reshape(-1, replay.shape[-1])[flat.clamp(min=0)]
         idx, weight, scores = self.gate(tokens, forced)
-        self.last_topk_idx = idx[:n_real].detach()
+        self.last_topk_idx = idx if n_real == idx.shape[0] else idx[:n_real]  # (integer: nothing to detach)
         if cache is not None:
             cache.record_routing(self._whole_sequence_routing(idx, n, b))
         if self.experts.few_rows_usable(idx.numel(), self.ps):  # decoding a few rows

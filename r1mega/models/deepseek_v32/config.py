@@ -38,7 +38,8 @@ class DSAConfig(ModelConfig):
     def _from_hf_dict(cls, hf: dict) -> "DSAConfig":
         if hf.get("model_type") != "deepseek_v32":
             raise ConfigError("model_type", f"expected deepseek_v32, got {hf.get('model_type')!r}")
-        base = ModelConfig._from_hf_dict({**hf, "model_type": "deepseek_v3"})
+        # transformers' DeepseekV32Config defaults to 163,840 positions (V3's own: 4,096)
+        base = ModelConfig._from_hf_dict({"max_position_embeddings": 163840, **hf, "model_type": "deepseek_v3"})
         fields = {k: v for k, v in vars(base).items() if k != "family"}
         return cls(**fields, index_n_heads=hf.get("index_n_heads", 64), index_head_dim=hf.get("index_head_dim", 128),
                    index_topk=hf.get("index_topk", 2048))

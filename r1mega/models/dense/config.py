@@ -10,11 +10,15 @@ from typing import Any, ClassVar, Optional
 
 from r1mega.checks import MAX_MODEL_DIM, at_least, need, pipeline_split, positive
 from r1mega.errors import ConfigError
-from r1mega.models.hf_config import read_hf_config, rope_from_hf
+from r1mega.models.hf_config import check_value_types, read_hf_config, rope_from_hf
 
 FAMILY = "dense"
 DENSE_ARCHS = ("qwen2", "qwen3", "llama")  # Hugging Face model_type of each dense architecture
 TRAINING_KEYS: tuple[str, ...] = ()
+# transformers' defaults for the keys a config.json may leave out, where r1mega's own differ
+HF_DEFAULTS = {"llama": {"max_position_embeddings": 2048},
+               "qwen2": {"num_key_value_heads": 32},
+               "qwen3": {"num_key_value_heads": 32, "head_dim": 128}}
 RECOMPUTE_UNITS = ("core_attn", "layernorm")  # what `train.recompute_modules` may name for a dense model
 
 
@@ -61,9 +65,13 @@ class DenseConfig:
         """Read a Hugging Face Qwen2/Qwen2.5 or Llama `config.json` (path, directory or dict)."""
         source, where = read_hf_config(source)
         try:
-            return cls._from_hf_dict(dict(source))
+            cfg = cls._from_hf_dict(dict(source))
         except KeyError as e:
             raise ConfigError(where, f"missing key {e.args[0]!r} that a Qwen2/Llama config must have") from None
+        except (TypeError, ValueError) as e:  # e.g. float("abc") for rope_theta
+            raise ConfigError(where, f"a value has the wrong type ({e})") from None
+        check_value_types(cfg, where)
+        return cfg
 
     @classmethod
     def _from_hf_dict(cls, hf: dict) -> "DenseConfig":
@@ -71,6 +79,7 @@ class DenseConfig:
         if arch not in DENSE_ARCHS:
             raise ConfigError("model_type", f"expected one of {', '.join(DENSE_ARCHS)} for a dense student, "
                                             f"got {arch!r}")
+        hf = {**HF_DEFAULTS[arch], **hf}  # a key left out means what it means to transformers
         if hf.get("use_sliding_window"):
             raise ConfigError("use_sliding_window", "sliding-window attention is not supported for students")
         if hf.get("mlp_bias"):

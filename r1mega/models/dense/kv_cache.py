@@ -71,8 +71,9 @@ class PagedHeadsLayer:
         self.owner, (self.k, self.v) = owner, storage
 
     def store(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.k.index_copy_(0, self.owner.write, k.flatten(0, 1).to(self.k.dtype))
-        self.v.index_copy_(0, self.owner.write, v.flatten(0, 1).to(self.v.dtype))
+        for new, storage in ((k, self.k), (v, self.v)):
+            new = new.flatten(0, 1)
+            storage.index_copy_(0, self.owner.write, new if new.dtype == storage.dtype else new.to(storage.dtype))
 
     def append(self, k: torch.Tensor, v: torch.Tensor):
         """store(), then keys and values so far [b, L, kv_heads, d], valid [b, L], first new slot."""

@@ -87,7 +87,10 @@ class GQAttention(nn.Module):
         q, k = self.q_proj(x).view(s, b, self.local_heads, self.head_dim), self._kv(self.k_proj, x)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rope.apply(q, cos, sin), rope.apply(k, cos, sin)
+        if cache is not None and not torch.is_grad_enabled():  # q and k rotated by one call (per-op cost)
+            q, k = rope.apply(torch.cat([q, k], 2), cos, sin).split([q.shape[2], k.shape[2]], 2)
+        else:
+            q, k = rope.apply(q, cos, sin), rope.apply(k, cos, sin)
         v = self._kv(self.v_proj, x)
         if isinstance(attn_mask, ContextParallelAttention):  # keys and values of the whole sequence
             kv = gather_sequence(torch.cat([k, v], -1), self.ps, attn_mask.seq_len)
@@ -98,11 +101,7 @@ class GQAttention(nn.Module):
             attn_mask, cache = prompt_docs, None
         if cache is not None:
             k, v, valid, start = cache.append(k, v)  # [b, L, kv, d]
-            L = k.shape[1]
-            key_slot = torch.arange(L, device=x.device)[None, :]
-            query_slot = torch.arange(start, start + s, device=x.device)[:, None]
-            attn_mask = ((key_slot <= query_slot)[None] & valid[:, None, :]) | (key_slot == query_slot)[None]
-            attn_mask = attn_mask[:, None]
+            attn_mask = _decode_mask(cache.owner, valid, start, s)
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # [b, kv, L, d]
         else:
             k, v = k.permute(1, 2, 0, 3), v.permute(1, 2, 0, 3)
@@ -122,6 +121,20 @@ class GQAttention(nn.Module):
         out = out.permute(2, 0, 1, 3).reshape(s, b, self.local_heads * self.head_dim)
         out = leave_tp_region(self.o_proj(out), self.ps)
         return out if self.o_proj.bias is None else out + self.o_proj.bias
+
+
+def _decode_mask(owner, valid: torch.Tensor, start: int, s: int) -> torch.Tensor:
+    """[b, 1, s, L] True = attend for queries at slots start..start+s-1 over valid keys (causal; each
+    query sees itself). Kept on the cache's owner for the forward's other layers (same start, s, L:
+    a static cache's `valid` is fixed, a paged view lives one forward)."""
+    key = (start, s, valid.shape[1])
+    kept = getattr(owner, "_dense_decode_mask", None)
+    if kept is None or kept[0] != key:
+        key_slot = torch.arange(valid.shape[1], device=valid.device)[None, :]
+        query_slot = torch.arange(start, start + s, device=valid.device)[:, None]
+        mask = ((key_slot <= query_slot)[None] & valid[:, None, :]) | (key_slot == query_slot)[None]
+        kept = owner._dense_decode_mask = (key, mask[:, None])
+    return kept[1]
 
 
 class DenseDecoderLayer(nn.Module):
