@@ -396,12 +396,14 @@ def resolve_parallel(par: ParallelConfig, world_size: int) -> ParallelConfig:
 TRAIN_ALIASES = ("mtp_weight", "balance_alpha", "bias_update_rate", "dsa_stage", "index_loss_weight")
 
 
-def apply_train_aliases(cfg: Config) -> None:
+def apply_train_aliases(cfg: Config) -> list[str]:
     """The deprecated `train.<key>` names of family training keys (TRAIN_ALIASES): when set, they are
-    the active model's keys. A family without the key ignores a number (the weight or rate of a loss
-    it does not have) and refuses anything else (a training mode of a part it lacks)."""
+    the active model's keys (and win over them). A family without the key ignores a number (the weight
+    or rate of a loss it does not have) and refuses anything else (a training mode of a part it lacks).
+    Returns the keys set this way, so that an error in their value names the train.* key written."""
     m = cfg.active_model
     family = family_of_config(m)
+    applied = []
     for key in TRAIN_ALIASES:
         v = getattr(cfg.train, key)
         if v is None:
@@ -409,24 +411,36 @@ def apply_train_aliases(cfg: Config) -> None:
         number = isinstance(v, (int, float)) and not isinstance(v, bool)
         _need(not number or (math.isfinite(v) and v >= 0), f"train.{key}", f"must be >= 0, got {v}")
         owners = [f.name for f in families() if key in f.training_keys]
+        mine = key in family.training_keys
+        wins = f"; train.{key}={v!r} wins over {cfg.model_section}.{key}={getattr(m, key)!r}" \
+            if mine and getattr(m, key) != v else ""
         warnings.warn(f"train.{key} is deprecated: it is a training key of the model family's section now "
-                      f"(model.{key} of {', '.join(owners)})", FutureWarning, stacklevel=3)
-        if key in family.training_keys:
+                      f"(model.{key} of {', '.join(owners)}){wins}", FutureWarning, stacklevel=3)
+        if mine:
             setattr(m, key, v)
+            applied.append(key)
         else:
             _need(number, f"train.{key}", f"{v!r} is a training key of {', '.join(owners)}; this model "
                                           f"({family.name}) has none")
+    return applied
 
 
 def validate(cfg: Config, world_size: int) -> Config:
     """Cross-field checks of model x layout. Raises ConfigError naming the key; allocates nothing."""
     par = resolve_parallel(cfg.parallel, world_size)
     _need(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
-    apply_train_aliases(cfg)
+    aliased = apply_train_aliases(cfg)
     for section in ("model", "student"):
         m = getattr(cfg, section)
         if m is not None:
-            family_of_config(m).validate_keys(m, section)
+            try:
+                family_of_config(m).validate_keys(m, section)
+            except ConfigError as e:  # a value the deprecated train.* name set: name the key written
+                key = e.key.partition(".")[2]
+                if section != cfg.model_section or key not in aliased:
+                    raise
+                raise ConfigError(f"train.{key}", f"{e.message} (train.{key} is the deprecated name of "
+                                                  f"{section}.{key})") from None
     m = cfg.active_model
     family_of_config(m).validate_layout(m, par, cfg.model_section)
     cfg.parallel = par

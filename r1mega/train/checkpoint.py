@@ -598,6 +598,8 @@ def load_checkpoint(path: str, chunks: torch.nn.ModuleList, optimizer: Optional[
                 if spec.fallback is not None and any(key not in r for r in readers.values()):
                     key = spec.fallback
                 for k, reader in readers.items():
+                    if has_states and k in STATES and key not in reader and key in model_reader:
+                        continue  # frozen when saved (e.g. DeepSeek-V3.2's dense warm-up): fresh moments
                     if not has_states and key not in reader:
                         t = spec.local.detach().float().cpu()
                     else:

@@ -1,0 +1,67 @@
+"""Hostile probes of the family training hooks (extra losses, training keys in the model section,
+their deprecated train.* aliases): errors name the key the user wrote, a conflict between the two
+names says which wins, and DeepSeek-V3.2's documented warm-up -> sparse step loads."""
+import json
+import os
+import warnings
+
+import pytest
+
+from r1mega.config import load_config, validate, validate_training
+from r1mega.errors import ConfigError
+from r1mega.train.trainer import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRETRAIN = os.path.join(ROOT, "configs", "tiny", "pretrain.yaml")
+V32 = ["model.family=deepseek_v32", "model.index_n_heads=2", "model.index_head_dim=8", "model.index_topk=8"]
+
+
+def _tiny(tmp_path, name, *overrides):
+    """The tiny pretraining config, shrunk to seconds: 2 layers, 2 steps of 4 sequences of 32 tokens."""
+    return load_config(PRETRAIN, [f"train.run_dir={tmp_path / name}", f"data.cache_dir={tmp_path / 'data'}",
+                                  "data.synthetic_docs=64", "data.seq_length=32", "data.micro_batch_size=2",
+                                  "data.global_batch_size=4", "model.num_layers=2", "train.steps=2",
+                                  "optim.warmup_steps=1", *overrides])
+
+
+def _checked(overrides):
+    cfg = load_config(PRETRAIN, overrides)
+    validate(cfg, 1)
+    validate_training(cfg, 1)
+    return cfg
+
+
+def test_alias_error_names_the_key_written():
+    """train.dsa_stage=bogus (the deprecated name) is refused under train.dsa_stage, the key the user
+    wrote (it was refused as model.dsa_stage, a key the config does not contain)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        with pytest.raises(ConfigError) as e:
+            _checked([*V32, "train.dsa_stage=bogus"])
+    assert e.value.key == "train.dsa_stage", str(e.value)
+    assert "model.dsa_stage" in str(e.value)  # and says what it is an alias of
+
+
+def test_both_names_set_warns_which_wins():
+    """model.mtp_weight and train.mtp_weight both set: the train.* alias wins (README), and the warning
+    says so with both values rather than only that the name is deprecated."""
+    with pytest.warns(FutureWarning) as w:
+        cfg = _checked(["model.mtp_weight=0.2", "train.mtp_weight=0.5"])
+    assert cfg.model.mtp_weight == 0.5
+    text = " ".join(str(x.message) for x in w)
+    assert "model.mtp_weight=0.2" in text and "0.5" in text, text
+
+
+def test_dense_warmup_checkpoint_trains_sparse(tmp_path):
+    """README (DeepSeek-V3.2): `train.load=WARM model.dsa_stage=sparse` after a dense warm-up. The
+    warm-up froze all but the indexer, so its checkpoint holds no AdamW moments for those weights;
+    the sparse run must start them fresh, not call the checkpoint unusable."""
+    warm = train(_tiny(tmp_path, "warm", *V32, "model.dsa_stage=dense_warmup"), "pretrain")
+    assert warm["steps"] == 2
+    root = tmp_path / "warm" / "checkpoints"
+    step = sorted(p for p in os.listdir(root) if p.startswith("step_"))[-1]
+    out = train(_tiny(tmp_path, "sparse", *V32, "model.dsa_stage=sparse", "train.steps=3",
+                      f"train.load={root / step}"), "pretrain")
+    assert out["steps"] == 3 and len(out["losses"]) == 1
+    rows = [json.loads(x) for x in open(tmp_path / "sparse" / "metrics.jsonl")]
+    assert rows[-1]["step"] == 3 and rows[-1]["grad_norm"] > 0.01  # the whole model trains again
