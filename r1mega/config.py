@@ -527,5 +527,10 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
     need(1 <= t.fp8_block <= 4096, "train.fp8_block",
          f"must be in [1, 4096] (DeepSeek-V3 uses 128), got {t.fp8_block}")
     need(not needs_data or bool(d.paths) or d.synthetic is not None, "data.paths", "no data: give data.paths or data.synthetic")
-    family_of_config(active).training.validate(active, t, section)  # the family's own training rules
+    family = family_of_config(active)
+    family.training.validate(active, t, section)  # the family's own training rules
+    if t.recompute == "selective" and list(t.recompute_modules) != list(recompute_units()):  # a list of one's own
+        absent = [x for x in t.recompute_modules if x not in family.recompute_units]
+        need(not absent, "train.recompute_modules", f"{absent} are no parts of {family.name} layers, so they would "
+                                                    f"recompute nothing; its units: {', '.join(family.recompute_units)}")
     return cfg

@@ -24,8 +24,8 @@ def _tiny(tmp_path, name, *overrides):
                                   "optim.warmup_steps=1", *overrides])
 
 
-def _checked(overrides):
-    cfg = load_config(PRETRAIN, overrides)
+def _checked(overrides, path=PRETRAIN):
+    cfg = load_config(path, overrides)
     validate(cfg, 1)
     validate_training(cfg, 1)
     return cfg
@@ -65,3 +65,25 @@ def test_dense_warmup_checkpoint_trains_sparse(tmp_path):
     assert out["steps"] == 3 and len(out["losses"]) == 1
     rows = [json.loads(x) for x in open(tmp_path / "sparse" / "metrics.jsonl")]
     assert rows[-1]["step"] == 3 and rows[-1]["grad_norm"] > 0.01  # the whole model trains again
+
+
+@pytest.mark.parametrize("dense, unit", [
+    (False, "indexer"),  # DeepSeek-V3 has no indexer: DeepSeek-V3.2's unit
+    (True, "moe_act"),  # a dense `model:` section: no MoE
+])
+def test_recompute_unit_of_another_family_is_refused(tmp_path, dense, unit):
+    """train.recompute_modules naming a part the model's family does not have would recompute nothing:
+    refused by key, naming the family's own units (the dense `student:` section was, others were not)."""
+    path = PRETRAIN
+    if dense:  # the tiny student as a `model:` section naming its family
+        path = tmp_path / "dense.yaml"
+        text = open(os.path.join(ROOT, "configs", "tiny", "distill_student.yaml")).read()
+        path.write_text(text.replace("student:\n", "model:\n  family: dense\n"))
+    with pytest.raises(ConfigError) as e:
+        _checked(["train.recompute=selective", f"train.recompute_modules=[{unit}]"], str(path))
+    assert e.value.key == "train.recompute_modules" and unit in str(e.value), str(e.value)
+
+
+def test_recompute_units_of_the_family_and_the_default_list_pass():
+    assert _checked([*V32, "train.recompute=selective", "train.recompute_modules=[indexer,mla_up_proj]"])
+    assert _checked(["train.recompute=selective"])  # the default: every family's units
