@@ -87,3 +87,22 @@ def test_recompute_unit_of_another_family_is_refused(tmp_path, dense, unit):
 def test_recompute_units_of_the_family_and_the_default_list_pass():
     assert _checked([*V32, "train.recompute=selective", "train.recompute_modules=[indexer,mla_up_proj]"])
     assert _checked(["train.recompute=selective"])  # the default: every family's units
+
+
+def test_training_keys_come_from_the_config_not_the_checkpoint_of_another_family(tmp_path):
+    """A stage config that leaves the model to train.load (configs/stage/cold_start_sft.yaml:
+    `model: {mtp_weight: 0.1}`) loading a DeepSeek-V3.2 checkpoint saved in its dense warm-up: the run
+    trains with the config's mtp_weight, and not in the checkpoint's dsa_stage (a training mode, not
+    architecture: the SFT would silently freeze all but the indexer) nor its index_loss_weight."""
+    from r1mega.models.family import model_of_checkpoint
+    from r1mega.models.family import family_named
+
+    fam = family_named("deepseek_v32")
+    saved = fam.config_cls(num_layers=2, dsa_stage="dense_warmup", index_loss_weight=3.0, mtp_weight=0.3)
+    meta = {"family": fam.name, "model_config": __import__("dataclasses").asdict(saved)}
+    cfg = load_config(os.path.join(ROOT, "configs", "stage", "cold_start_sft.yaml"), [])
+    assert cfg.model.mtp_weight == 0.1
+    got_family, got = model_of_checkpoint(meta, cfg.active_model, "CKPT")
+    assert got_family is fam and got.num_layers == 2
+    assert got.mtp_weight == 0.1
+    assert got.dsa_stage is None and got.index_loss_weight == fam.config_cls().index_loss_weight

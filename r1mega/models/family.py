@@ -121,7 +121,8 @@ def family_from_meta(meta: dict) -> tuple[ModelFamily, Any]:
 
 def model_of_checkpoint(meta: dict, model_cfg, where: str, section: str = "model") -> tuple[ModelFamily, Any]:
     """(family, model config) a run takes from a checkpoint's meta.json when its own model config is at
-    its family's defaults (`at_family_defaults`): the checkpoint's, keeping the config's training keys.
+    its family's defaults (`at_family_defaults`): the checkpoint's, with the config's training keys
+    (those its family lacks at the saved family's defaults).
     A family the config names (any but the default section's) must be the checkpoint's."""
     family = family_of_config(model_cfg)
     saved_family, saved = family_from_meta(meta)
@@ -129,6 +130,9 @@ def model_of_checkpoint(meta: dict, model_cfg, where: str, section: str = "model
         raise ConfigError(f"{section}.family", f"the config names {family.name}, but {where} holds a "
                                                f"{saved_family.name} model; leave the family out to take it from "
                                                f"the checkpoint, or load a {family.name} checkpoint")
-    if saved_family is family:
-        saved = replace(saved, **{k: getattr(model_cfg, k) for k in family.training_keys})
+    # training keys are the run's, never the checkpoint's (e.g. a dense warm-up's dsa_stage): the config's
+    # where its family has the key, else the saved family's defaults
+    defaults = saved_family.config_cls()
+    saved = replace(saved, **{k: getattr(model_cfg if k in family.training_keys else defaults, k)
+                              for k in saved_family.training_keys})
     return saved_family, saved
