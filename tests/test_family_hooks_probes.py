@@ -106,3 +106,28 @@ def test_training_keys_come_from_the_config_not_the_checkpoint_of_another_family
     assert got_family is fam and got.num_layers == 2
     assert got.mtp_weight == 0.1
     assert got.dsa_stage is None and got.index_loss_weight == fam.config_cls().index_loss_weight
+
+
+def _train_rank(rank, world, run_dir, data_dir, overrides):
+    """A spawned rank: the tiny pretraining run; the metrics rank 0 logs."""
+    cfg = load_config(PRETRAIN, [f"train.run_dir={run_dir}", f"data.cache_dir={data_dir}", "data.synthetic_docs=64",
+                                 "data.seq_length=32", "data.micro_batch_size=2", "data.global_batch_size=4",
+                                 "train.steps=1", "optim.warmup_steps=1", "model.balance_alpha=0.05",
+                                 "model.mtp_weight=0.5", *overrides])
+    train(cfg, "pretrain")
+    return [json.loads(x) for x in open(os.path.join(run_dir, "metrics.jsonl"))] if rank == 0 else []
+
+
+@pytest.mark.slow  # two 2-rank runs and one 1-rank run, ~55 s on two shared cores
+@pytest.mark.parametrize("layout", [["parallel.pp=2"], ["parallel.ep=2"]])
+def test_balance_metrics_cover_every_stage_and_data_rank(tmp_path, layout):
+    """The logged balance_loss and expert load ratios are the whole model's over the global batch, as
+    one process logs them (rank 0 logged its own stage's layers and its own DP rank's sequences:
+    a quarter of the balance loss under PP2, half under EP2 = DP2); the losses were right already."""
+    from r1mega.parallel.spawn import run_ranks
+
+    one = _train_rank(0, 1, str(tmp_path / "one"), str(tmp_path / "data"), [])[0]
+    two = run_ranks(_train_rank, 2, str(tmp_path / "two"), str(tmp_path / "data"), layout)[0][0]
+    assert one["balance_loss"] > 0
+    for key in ("loss", "mtp_loss", "balance_loss", "expert_max_load", "expert_min_load"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key

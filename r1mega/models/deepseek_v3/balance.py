@@ -29,31 +29,41 @@ def set_balance_loss_scale(chunks, alpha: float, global_sequences: int) -> None:
 
 @torch.no_grad()
 def update_routing_bias(chunks, ps: ParallelState, rate: float) -> dict[str, float]:
-    """Apply the bias update from this step's loads; reset them. Returns load statistics.
-    All layers' loads travel in one all-reduce per group and are read on the host once."""
+    """Apply the bias update from this step's loads; reset them. Collective over the pipeline stages.
+    Returns load statistics of the whole model and global batch (every stage's layers, every DP
+    rank's sequences), as one process computes them. All layers' loads travel in one all-reduce
+    per group and are read on the host once."""
     layers = [m for _, m in moe_layers(chunks)]
-    if not layers:
+    device = next(chunks.parameters()).device
+    inf = torch.tensor(float("inf"), dtype=torch.float64, device=device)
+    top = torch.stack([inf.new_zeros(()), -inf, inf.new_zeros(())])  # max ratio, -min ratio, any MoE layer
+    aux = inf.new_zeros(())  # this rank's sequences' balance loss (replicated over TP and CP)
+    if layers:
+        loads = torch.stack([m.expert_load for m in layers])  # [layers, experts], int64 counts
+        for group in (ps.g("tp"), ps.g("dp_cp")):  # every rank counted its own tokens
+            if group is not None:
+                dist.all_reduce(loads, group=group)
+        loads = loads.double()
+        mean = loads.mean(dim=1, keepdim=True)
+        for m, load, avg in zip(layers, loads, mean):
+            if m.gate.e_score_correction_bias is not None and rate > 0:
+                bias = m.gate.e_score_correction_bias
+                bias.add_((rate * torch.sign(avg - load)).to(bias.dtype))
+            m.expert_load.zero_()
+        used = mean[:, 0] > 0
+        ratio = loads / mean.clamp(min=torch.finfo(loads.dtype).tiny)
+        top = torch.stack([torch.where(used, ratio.max(dim=1).values, 0.0).max(),
+                           -torch.where(used, ratio.min(dim=1).values, inf).min(), inf.new_ones(())])
+        aux = sum((m.aux_loss_sum.to(aux) for m in layers if m.aux_loss_sum is not None), aux)
+    if ps.g("dp") is not None:
+        dist.all_reduce(aux, group=ps.g("dp"))
+    if ps.pp > 1:  # the other stages' layers
+        dist.all_reduce(top, op=dist.ReduceOp.MAX, group=ps.g("pp"))
+        dist.all_reduce(aux, group=ps.g("pp"))
+    stats = torch.cat([top, aux[None]]).tolist()
+    if not stats[2]:
         return {"max_load_ratio": 0.0, "min_load_ratio": 0.0, "balance_loss": 0.0}
-    loads = torch.stack([m.expert_load for m in layers])  # [layers, experts], int64 counts
-    for group in (ps.g("tp"), ps.g("dp_cp")):  # every rank counted its own tokens
-        if group is not None:
-            dist.all_reduce(loads, group=group)
-    loads = loads.double()
-    mean = loads.mean(dim=1, keepdim=True)
-    for m, load, avg in zip(layers, loads, mean):
-        if m.gate.e_score_correction_bias is not None and rate > 0:
-            bias = m.gate.e_score_correction_bias
-            bias.add_((rate * torch.sign(avg - load)).to(bias.dtype))
-        m.expert_load.zero_()
-    used = mean[:, 0] > 0
-    ratio = loads / mean.clamp(min=torch.finfo(loads.dtype).tiny)
-    inf = torch.tensor(float("inf"), device=loads.device)
-    stats = torch.stack([
-        torch.where(used, ratio.max(dim=1).values, 0.0).max(),
-        torch.where(used, ratio.min(dim=1).values, inf).min(),
-        sum((m.aux_loss_sum.to(loads) for m in layers if m.aux_loss_sum is not None), loads.new_zeros(())),
-    ]).tolist()
-    return {"max_load_ratio": stats[0], "min_load_ratio": stats[1], "balance_loss": stats[2]}
+    return {"max_load_ratio": stats[0], "min_load_ratio": -stats[1], "balance_loss": stats[3]}
 
 
 class MoETraining(TrainingHooks):
