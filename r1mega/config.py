@@ -341,6 +341,20 @@ def _named_family(pieces: list[DictConfig]) -> str:
     return name
 
 
+def _drop_foreign_weights(piece: DictConfig, family) -> None:
+    """A number under `model:` that is another family's training key (a loss weight or rate, e.g. a stage
+    config's mtp_weight) is ignored by a family without it, as its deprecated train.* name is; any other
+    value (a training mode such as dsa_stage) stays, to be refused as a key the family does not have."""
+    model = piece.get("model") if "model" in piece else None
+    if not isinstance(model, DictConfig):
+        return
+    foreign = {k for f in families() for k in f.training_keys} - set(family.training_keys)
+    for key in sorted(foreign & set(model.keys())):
+        v = model[key]
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            model.pop(key)
+
+
 def load_config(path: Optional[str | list[str]] = None, overrides: Optional[list[str]] = None) -> Config:
     """YAML file(s) (optional; later files override earlier ones, e.g. a student's shapes then a stage
     recipe) + dotted overrides -> typed Config. Unknown keys and bad types raise ConfigError. The
@@ -353,8 +367,11 @@ def load_config(path: Optional[str | list[str]] = None, overrides: Optional[list
                 raise ConfigError(item, "overrides take the form key.path=value")
         if overrides:
             pieces.append(OmegaConf.from_dotlist(list(overrides)))
+        family = family_named(_named_family(pieces))
+        for piece in pieces:
+            _drop_foreign_weights(piece, family)
         schema = OmegaConf.structured(Config)
-        schema.model = OmegaConf.structured(family_named(_named_family(pieces)).config_cls)
+        schema.model = OmegaConf.structured(family.config_cls)
         if any("student" in p and p.student is not None for p in pieces):
             schema.student = OmegaConf.structured(family_named("dense").config_cls)
         merged = schema

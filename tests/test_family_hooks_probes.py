@@ -131,3 +131,17 @@ def test_balance_metrics_cover_every_stage_and_data_rank(tmp_path, layout):
     assert one["balance_loss"] > 0
     for key in ("loss", "mtp_loss", "balance_loss", "expert_max_load", "expert_min_load"):
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
+
+
+@pytest.mark.parametrize("stage", ["cold_start_sft.yaml", "rejection_sampling_sft.yaml"])
+def test_shipped_stage_config_runs_a_dense_model_section(stage):
+    """configs/stage/*_sft.yaml write `model: {mtp_weight: 0.1}` ("other families ignore it"); naming the
+    dense family (model.family=dense, README) must not be refused for that key, as train.mtp_weight
+    was not; a training mode the family lacks (model.dsa_stage) still is."""
+    path = os.path.join(ROOT, "configs", "stage", stage)
+    cfg = load_config(path, ["model.family=dense"])
+    assert type(cfg.active_model).__name__ == "DenseConfig" and not hasattr(cfg.active_model, "mtp_weight")
+    assert load_config(path, ["model.family=deepseek_v32"]).model.mtp_weight == 0.1
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["model.family=dense", "model.dsa_stage=sparse"])
+    assert e.value.key == "model.dsa_stage"
