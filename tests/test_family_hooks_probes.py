@@ -145,3 +145,18 @@ def test_shipped_stage_config_runs_a_dense_model_section(stage):
     with pytest.raises(ConfigError) as e:
         load_config(path, ["model.family=dense", "model.dsa_stage=sparse"])
     assert e.value.key == "model.dsa_stage"
+
+
+def test_requeued_sparse_run_does_not_call_its_warmup_load_another_model(tmp_path, capsys):
+    """A requeued `train.load=WARM model.dsa_stage=sparse` run resumes its own checkpoint; WARM differs
+    from it only in training keys (dsa_stage), so no warning calls train.load another model."""
+    from r1mega.train.setup import _warn_if_load_differs
+    from r1mega.models.family import family_named
+
+    fam = family_named("deepseek_v32")
+    for name, stage in (("warm", "dense_warmup"), ("own", "sparse")):
+        (tmp_path / name).mkdir()
+        meta = {"family": fam.name, "model_config": __import__("dataclasses").asdict(fam.config_cls(dsa_stage=stage))}
+        (tmp_path / name / "meta.json").write_text(json.dumps(meta))
+    _warn_if_load_differs(str(tmp_path / "own"), str(tmp_path / "warm"))
+    assert "another model" not in capsys.readouterr().err

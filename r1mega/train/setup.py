@@ -99,7 +99,8 @@ def _warn_if_load_differs(own: str, load: str) -> None:
         own_model, load_model = (family_from_meta(checkpoint_meta(p)) for p in (own, load))
     except Exception:  # an unreadable train.load is not used on a resume; the run's own is checked later
         return
-    if own_model != load_model:
+    own_arch, load_arch = ((f.name, f.architecture(m)) for f, m in (own_model, load_model))
+    if own_arch != load_arch:  # the model itself, not its training keys (e.g. a V3.2 stage's dsa_stage)
         print(f"warning: train.load={load} is another model ({load_model[0].name}) than this run's own checkpoint "
               f"{own} ({own_model[0].name}); resuming the run's own: train.load only starts a new run. "
               f"Use another train.run_dir to start from it", file=sys.stderr, flush=True)
