@@ -429,8 +429,9 @@ def apply_train_aliases(cfg: Config) -> list[str]:
         _need(not number or (math.isfinite(v) and v >= 0), f"train.{key}", f"must be >= 0, got {v}")
         owners = [f.name for f in families() if key in f.training_keys]
         mine = key in family.training_keys
-        wins = f"; train.{key}={v!r} wins over {cfg.model_section}.{key}={getattr(m, key)!r}" \
-            if mine and getattr(m, key) != v else ""
+        given = getattr(m, key) if mine else None  # a value the model section set (not its default)
+        wins = f"; train.{key}={v!r} wins over {cfg.model_section}.{key}={given!r}" \
+            if mine and given not in (v, getattr(type(m)(), key)) else ""
         warnings.warn(f"train.{key} is deprecated: it is a training key of the model family's section now "
                       f"(model.{key} of {', '.join(owners)}){wins}", FutureWarning, stacklevel=3)
         if mine:
