@@ -4,6 +4,7 @@ names says which wins, and DeepSeek-V3.2's documented warm-up -> sparse step loa
 import json
 import os
 import warnings
+from dataclasses import asdict
 
 import pytest
 
@@ -94,12 +95,11 @@ def test_training_keys_come_from_the_config_not_the_checkpoint_of_another_family
     `model: {mtp_weight: 0.1}`) loading a DeepSeek-V3.2 checkpoint saved in its dense warm-up: the run
     trains with the config's mtp_weight, and not in the checkpoint's dsa_stage (a training mode, not
     architecture: the SFT would silently freeze all but the indexer) nor its index_loss_weight."""
-    from r1mega.models.family import model_of_checkpoint
-    from r1mega.models.family import family_named
+    from r1mega.models.family import family_named, model_of_checkpoint
 
     fam = family_named("deepseek_v32")
     saved = fam.config_cls(num_layers=2, dsa_stage="dense_warmup", index_loss_weight=3.0, mtp_weight=0.3)
-    meta = {"family": fam.name, "model_config": __import__("dataclasses").asdict(saved)}
+    meta = {"family": fam.name, "model_config": asdict(saved)}
     cfg = load_config(os.path.join(ROOT, "configs", "stage", "cold_start_sft.yaml"), [])
     assert cfg.model.mtp_weight == 0.1
     got_family, got = model_of_checkpoint(meta, cfg.active_model, "CKPT")
@@ -156,7 +156,7 @@ def test_requeued_sparse_run_does_not_call_its_warmup_load_another_model(tmp_pat
     fam = family_named("deepseek_v32")
     for name, stage in (("warm", "dense_warmup"), ("own", "sparse")):
         (tmp_path / name).mkdir()
-        meta = {"family": fam.name, "model_config": __import__("dataclasses").asdict(fam.config_cls(dsa_stage=stage))}
+        meta = {"family": fam.name, "model_config": asdict(fam.config_cls(dsa_stage=stage))}
         (tmp_path / name / "meta.json").write_text(json.dumps(meta))
     _warn_if_load_differs(str(tmp_path / "own"), str(tmp_path / "warm"))
     assert "another model" not in capsys.readouterr().err
