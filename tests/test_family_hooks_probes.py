@@ -118,16 +118,20 @@ def _train_rank(rank, world, run_dir, data_dir, overrides):
     return [json.loads(x) for x in open(os.path.join(run_dir, "metrics.jsonl"))] if rank == 0 else []
 
 
-@pytest.mark.slow  # two 2-rank runs and one 1-rank run, ~55 s on two shared cores
-@pytest.mark.parametrize("layout", [["parallel.pp=2"], ["parallel.ep=2"]])
-def test_balance_metrics_cover_every_stage_and_data_rank(tmp_path, layout):
+@pytest.mark.slow  # three 2-rank runs and their 1-rank runs: 24-55 s measured on two shared cores
+@pytest.mark.parametrize("model, layout", [
+    ([], ["parallel.pp=2"]),
+    (["model.first_k_dense_replace=2"], ["parallel.pp=2"]),  # rank 0's stage has no MoE layer
+    ([], ["parallel.ep=2"]),
+])
+def test_balance_metrics_cover_every_stage_and_data_rank(tmp_path, model, layout):
     """The logged balance_loss and expert load ratios are the whole model's over the global batch, as
     one process logs them (rank 0 logged its own stage's layers and its own DP rank's sequences:
     a quarter of the balance loss under PP2, half under EP2 = DP2); the losses were right already."""
     from r1mega.parallel.spawn import run_ranks
 
-    one = _train_rank(0, 1, str(tmp_path / "one"), str(tmp_path / "data"), [])[0]
-    two = run_ranks(_train_rank, 2, str(tmp_path / "two"), str(tmp_path / "data"), layout)[0][0]
+    one = _train_rank(0, 1, str(tmp_path / "one"), str(tmp_path / "data"), model)[0]
+    two = run_ranks(_train_rank, 2, str(tmp_path / "two"), str(tmp_path / "data"), [*model, *layout])[0][0]
     assert one["balance_loss"] > 0
     for key in ("loss", "mtp_loss", "balance_loss", "expert_max_load", "expert_min_load"):
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
