@@ -433,7 +433,9 @@ def apply_train_aliases(cfg: Config) -> list[str]:
         wins = f"; train.{key}={v!r} wins over {cfg.model_section}.{key}={given!r}" \
             if mine and given not in (v, getattr(type(m)(), key)) else ""
         warnings.warn(f"train.{key} is deprecated: it is a training key of the model family's section now "
-                      f"(model.{key} of {', '.join(owners)}){wins}", FutureWarning, stacklevel=3)
+                      f"(model.{key} of {', '.join(owners)}){wins}"
+                      + ("" if mine or not number else f"; ignored: this model ({family.name}) has none"),
+                      FutureWarning, stacklevel=3)
         if mine:
             setattr(m, key, v)
             applied.append(key)
