@@ -233,6 +233,9 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False, rewards=
          "the sampler truncates nothing (rl.top_p=1, rl.top_k=0): there is no support to keep")
     for key in ("kl_coef", "clip_low", "clip_high", "tis_cap", "overlong_penalty"):
         need(math.isfinite(getattr(rl, key)), f"rl.{key}", f"must be finite, got {getattr(rl, key)}")
+    refused = family_of_config(cfg.active_model).training.rl_refusal(cfg.active_model)  # (key, why) or None
+    if refused is not None:
+        need(False, *refused)
     if rl.exact_rollouts:
         need(cfg.train.fp8 == "none", "rl.exact_rollouts", "needs train.fp8=none (the FP8 kernels are not batch-invariant)")
         need(par.cp == 1, "rl.exact_rollouts", "needs parallel.cp=1")

@@ -164,3 +164,16 @@ def test_requeued_sparse_run_does_not_call_its_warmup_load_another_model(tmp_pat
         (tmp_path / name / "meta.json").write_text(json.dumps(meta))
     _warn_if_load_differs(str(tmp_path / "own"), str(tmp_path / "warm"))
     assert "another model" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", ["dense_warmup", "sparse"])
+def test_grpo_refuses_an_indexer_training_stage_it_would_ignore(stage):
+    """GRPO runs none of DeepSeek-V3.2's indexer stages (no freezing, no KL loss): model.dsa_stage set
+    for it is refused by key, not silently ignored (it was, under train.dsa_stage too)."""
+    from r1mega.config import validate_rl
+
+    cfg = load_config(os.path.join(ROOT, "configs", "tiny", "r1_zero_demo.yaml"), [*V32, f"model.dsa_stage={stage}"])
+    with pytest.raises(ConfigError) as e:
+        validate_rl(validate(cfg, 1), 1)
+    assert e.value.key == "model.dsa_stage", str(e.value)
+    assert validate_rl(validate(load_config(os.path.join(ROOT, "configs", "tiny", "r1_zero_demo.yaml"), V32), 1), 1)

@@ -34,6 +34,10 @@ class TrainingHooks:
         (rl.mtp_weight: a speculative draft kept on-policy); no balance loss there."""
         return {}
 
+    def rl_refusal(self, model_cfg) -> "Optional[tuple[str, str]]":
+        """(key, why) when a training key is set to something GRPO does not run (None: nothing)."""
+        return None
+
     def label_context(self, model_cfg) -> int:
         """How many tokens before a label the extra losses read, all inside the label's sequence."""
         return 0

@@ -69,6 +69,12 @@ class DSATraining(MoETraining):
     loss weighted per target token before each step and reported after; in the dense warm-up the main
     model (routing biases included) stays as it is."""
 
+    def rl_refusal(self, m):
+        if m.dsa_stage is not None:  # GRPO freezes nothing and trains no indexer loss
+            return "model.dsa_stage", (f"{m.dsa_stage} is a pretraining/SFT stage of the indexer; GRPO runs "
+                                       f"neither: leave it null")
+        return None
+
     def prepare(self, chunks, m) -> None:
         if m.dsa_stage:
             prepare_stage(chunks, m.dsa_stage)
