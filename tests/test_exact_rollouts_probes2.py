@@ -62,3 +62,31 @@ def test_grpo_one_row_decoding_big_vocab_two_threads_gap_zero(tmp_path):
     assert len(rows) == 2
     for r in rows:
         assert r["logprob_gap_max"] == 0.0 and r["sampler_kl"] == 0.0 and r["clip_frac"] == 0.0, r
+
+
+@pytest.mark.slow
+def test_grpo_tp2_two_threads_lone_row_vocab_shard_gap_zero(tmp_path):
+    """TP2 under torchrun, each rank at two intra-op threads, a vocabulary shard of 65,536 (DeepSeek's
+    129,280 over TP2 is as long), one row decoding at a time. Before the fix: logprob_gap_max 9.5e-7."""
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "2",
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                          os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "r1mega.cli", "grpo", "--config", "configs/tiny/r1_zero_demo.yaml", "train.steps=2",
+           f"train.run_dir={run_dir}", "rl.exact_rollouts=true", "rl.log_rollouts=0", "train.log_interval=1",
+           "model.num_mtp_layers=0", "parallel.tp=2", "model.vocab_size=131072", "rl.max_new_tokens=16",
+           "rl.rollout_max_rows=1", "rl.group_size=4", "rl.prompts_per_step=2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    assert len(rows) == 2
+    for r in rows:
+        assert r["logprob_gap_max"] == 0.0 and r["sampler_kl"] == 0.0 and r["clip_frac"] == 0.0, r
