@@ -52,10 +52,10 @@ def log_softmax_at(logits: torch.Tensor, tokens: torch.Tensor, start: int, group
     """log softmax(logits)[token] per row, from shards."""
     if group is None:  # one shard: every token inside it (the same numbers, fewer ops)
         gmax = logits.max(dim=-1).values
-        z = (logits - gmax[:, None]).exp().sum(-1)
+        z = batch_invariant.row_sum((logits - gmax[:, None]).exp())
         return logits.gather(1, tokens[:, None])[:, 0] - gmax - z.log()
     gmax = _all_reduce(logits.max(dim=-1).values.clone(), group, dist.ReduceOp.MAX)
-    z = _all_reduce((logits - gmax[:, None]).exp().sum(-1), group)
+    z = _all_reduce(batch_invariant.row_sum((logits - gmax[:, None]).exp()), group)
     local = tokens - start
     inside = (local >= 0) & (local < logits.shape[-1])
     picked = logits.gather(1, local.clamp(0, logits.shape[-1] - 1)[:, None])[:, 0].masked_fill(~inside, 0.0)

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from r1mega.inference.sampling import _all_reduce, sampler_support  # noqa: F401  (sampler_support: the sampler's own rule, re-exported)
+from r1mega.kernels import batch_invariant
 from r1mega.parallel.comm import reduce_from_group
 from r1mega.parallel.layout import ParallelState
 
@@ -48,7 +49,7 @@ def scores(scaled: torch.Tensor, target: torch.Tensor, ps: ParallelState, keep: 
     gmax = _all_reduce(scaled.detach().max(dim=-1).values.clone(), group, dist.ReduceOp.MAX)
     shifted = scaled - gmax[..., None]
     e = shifted.exp()
-    z = reduce_from_group(e.sum(-1), group)
+    z = reduce_from_group(batch_invariant.row_sum(e), group)
     local, inside = _target_local(target, ps.r("tp") * n_local, n_local)
     picked = reduce_from_group(shifted.gather(-1, local[..., None])[..., 0].masked_fill(~inside, 0.0), group)
     logp = picked - z.log()
