@@ -81,6 +81,18 @@ def test_train_keys_a_family_owns_are_checked_by_it(family, key, stage, refused)
     assert e.value.key in (key, "model.dsa_stage") and refused in str(e.value), (e.value.key, str(e.value))
 
 
+@pytest.mark.parametrize("family", ["deepseek_v3", "deepseek_v32"])
+@pytest.mark.parametrize("key", ["mtp_weight", "balance_alpha", "bias_update_rate", "index_loss_weight"])
+@pytest.mark.parametrize("value", ["-1", "inf", "nan"])
+def test_family_training_weights_must_be_finite_and_not_negative(family, key, value):
+    if key == "index_loss_weight" and family == "deepseek_v3":
+        return  # not a key of DeepSeek-V3's section
+    with pytest.raises(ConfigError) as e:
+        validate(load_config(None, [f"model.family={family}", "model.num_layers=2", "data.synthetic=addition",
+                                    f"model.{key}={value}"]), 1)
+    assert e.value.key == f"model.{key}", e.value.key
+
+
 def test_dry_run_counts_experts_through_the_family(capsys):
     from r1mega.dry_run import dry_run
 

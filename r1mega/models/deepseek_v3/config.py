@@ -5,6 +5,7 @@ the engine but errors and the shared checks, so the run config can compose it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Optional
 
@@ -204,6 +205,10 @@ def validate_keys(m: ModelConfig, section: str = "model") -> None:
         need(m.q_lora_rank > 0, f"{section}.q_lora_rank", f"must be > 0 or null (plain q_proj), got {m.q_lora_rank}")
     need(m.qk_rope_head_dim % 2 == 0, f"{section}.qk_rope_head_dim",
           f"rotary dimension must be even, got {m.qk_rope_head_dim}")
+    for key in TRAINING_KEYS:  # loss weights and the bias step: a negative or non-finite one trains nonsense
+        v = getattr(m, key)
+        need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
+             f"{section}.{key}", f"must be a finite number >= 0, got {v!r}")
     one_of(m.scoring_func, f"{section}.scoring_func", ("sigmoid", "softmax"))
     one_of(m.topk_method, f"{section}.topk_method", TOPK_METHODS)
     need(m.hidden_act == "silu", f"{section}.hidden_act", f"only silu is supported, got {m.hidden_act!r}")

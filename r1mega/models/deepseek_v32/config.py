@@ -2,6 +2,7 @@
 Attention (DSA). Read from / written to a transformers `deepseek_v32` config.json."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
@@ -65,8 +66,8 @@ class DSAConfig(ModelConfig):
                                                    "q_lora_rank")
         if self.dsa_stage not in (None, *DSA_STAGES):
             raise ConfigError("model.dsa_stage", f"expected dense_warmup, sparse or null, got {self.dsa_stage!r}")
-        if not self.index_loss_weight >= 0:
-            raise ConfigError("model.index_loss_weight", f"must be >= 0, got {self.index_loss_weight}")
+        if not (math.isfinite(self.index_loss_weight) and self.index_loss_weight >= 0):
+            raise ConfigError("model.index_loss_weight", f"must be a finite number >= 0, got {self.index_loss_weight}")
 
 
 def validate_keys(m: DSAConfig, section: str = "model") -> None:
