@@ -39,10 +39,12 @@ def _flops_per_token(cfg: ModelConfig, seq_length: int) -> float:
 
 def hf_optional(key: str, hf_config: dict) -> bool:
     """The MTP layer's copies of the embedding and head (DeepSeek-V3 ships them; r1mega shares the
-    main model's) are present in real checkpoints but not needed."""
+    main model's) are present in real checkpoints but not needed. With `n_shared_experts: 0`
+    transformers still keeps a shared expert of width 0 and saves its empty weights."""
     n = hf_config.get("num_hidden_layers")
     mtp = f"model.layers.{n}." if n is not None else None
-    return mtp is not None and key in (mtp + "embed_tokens.weight", mtp + "shared_head.head.weight")
+    no_shared = hf_config.get("n_shared_experts", 1) in (0, None) and ".mlp.shared_experts." in key
+    return no_shared or (mtp is not None and key in (mtp + "embed_tokens.weight", mtp + "shared_head.head.weight"))
 
 
 def hf_may_lack(hf_config: dict, present) -> tuple[str, ...]:
