@@ -78,8 +78,12 @@ class Tokenizer:
             # writes it, as transformers' tokenizer encodes the text
             self.add_bos = (self._hf is not None and self.bos_id is not None
                             and self._hf.encode("", add_special_tokens=True).ids[:1] == [self.bos_id])
+        listed = self._generation_eos(path)
         if self.eos_id is None:
-            self.eos_id = self._generation_eos(path)
+            self.eos_id = listed[0] if listed else None
+        # every id that ends a completion: EOS, then generation_config.json's others (transformers stops at any)
+        self.eos_ids: tuple[int, ...] = tuple(dict.fromkeys(
+            i for i in (self.eos_id, *listed) if isinstance(i, int) and not isinstance(i, bool)))
 
     def _read_config(self, folder: str) -> None:
         cfg_file = os.path.join(folder, "tokenizer_config.json")
@@ -104,13 +108,14 @@ class Tokenizer:
                 self.chat_template = f.read()
 
     @staticmethod
-    def _generation_eos(path: str) -> Optional[int]:
+    def _generation_eos(path: str) -> list:
+        """generation_config.json's eos_token_id (one id or a list) beside the tokenizer, as a list."""
         gen = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "generation_config.json")
         if os.path.exists(gen):
             with open(gen) as f:
                 eos = json.load(f).get("eos_token_id")
-            return eos[0] if isinstance(eos, list) else eos
-        return None
+            return list(eos) if isinstance(eos, list) else [] if eos is None else [eos]
+        return []
 
     def token_id(self, token: str):
         if self._sp is not None:

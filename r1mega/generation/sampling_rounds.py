@@ -89,7 +89,7 @@ def _stop_check(tok: Tokenizer, stops: list[str]):
 
 def _finish(ids: list[int], text: str, tok: Tokenizer, params: SamplingParams) -> tuple[str, str]:
     """(completion text without EOS, finish reason)."""
-    if ids and tok.eos_id is not None and ids[-1] == tok.eos_id:
+    if ids and ids[-1] in tok.eos_ids:
         return tok.decode(ids[:-1]), "eos"
     if any(s in text for s in params.stop):
         return text, "stop"
@@ -120,7 +120,7 @@ def generate_rounds(chunks, ps: ParallelState, tok: Tokenizer, problems: list[di
         mine = rows[d * len(rows) // ps.dp:(d + 1) * len(rows) // ps.dp]
         gen = GenerationConfig(params.max_new_tokens, params.temperature, params.top_p, params.top_k, tok.eos_id,
                                stop, seed=params.seed, vocab_size=tok.vocab_size, speculative=params.speculative,
-                               draft_tokens=params.draft_tokens)
+                               draft_tokens=params.draft_tokens, eos_ids=tok.eos_ids)
         keys = torch.tensor([sample_key(problems[p]["id"], s) for p, s in mine], dtype=torch.long)
         rollout = generate(chunks, ps, [encoded[p] for p, _ in mine], gen, rows=keys)
         out = None

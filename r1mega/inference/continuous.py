@@ -213,7 +213,7 @@ class ContinuousBatcher:
 
     def finished(self, r: _Row, tok: int) -> bool:
         gen = self.gen
-        if gen.eos_id is not None and tok == gen.eos_id:
+        if (gen.eos_id is not None and tok == gen.eos_id) or tok in gen.eos_ids:
             return True
         if gen.stop is not None and gen.stop(r.out):  # the row's own list: nothing re-built per step
             return True

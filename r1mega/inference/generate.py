@@ -51,6 +51,9 @@ class GenerationConfig:
     # self-speculative decoding: "mtp" drafts with the model's own MTP module (inference/speculative.py)
     speculative: Optional[str] = None
     draft_tokens: int = 1  # drafts verified per row and step
+    # further ids that end a row as EOS does (generation_config.json's eos_token_id list: Llama 3.1 and
+    # Qwen2.5 Instruct end a turn with one, the text with another), as transformers' generate stops
+    eos_ids: tuple[int, ...] = ()
 
 
 @dataclass
@@ -257,8 +260,8 @@ def generate_static(model, ps: ParallelState, prompts: list[list[int]], gen: Gen
             tokens[:, end] = torch.where(live, new_tok, torch.full_like(new_tok, pad_id))
             logprobs[:, end] = torch.where(live, new_lp, torch.zeros_like(new_lp))
             mask[:, end] = live
-            if gen.eos_id is not None:
-                done |= live & (new_tok == gen.eos_id)
+            for eos in {gen.eos_id, *gen.eos_ids} - {None}:
+                done |= live & (new_tok == eos)
             if gen.stop is not None:
                 for b in torch.nonzero(live & ~done).flatten().tolist():
                     if gen.stop(tokens[b, P:end + 1][mask[b, P:end + 1]].tolist()):

@@ -209,7 +209,8 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
     gen = GenerationConfig(limit, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.top_k, tok.eos_id, source.stop(),
                            seed=cfg.seed + index, record_routing=cfg.rl.routing_replay,
                            vocab_size=tok.vocab_size, speculative=cfg.rl.speculative, draft_tokens=cfg.rl.draft_tokens,
-                           max_rows=cfg.rl.rollout_max_rows, max_cache_tokens=cfg.rl.rollout_cache_tokens)
+                           max_rows=cfg.rl.rollout_max_rows, max_cache_tokens=cfg.rl.rollout_cache_tokens,
+                           eos_ids=tok.eos_ids)
     if run.device.type == "cuda":  # make room for the KV cache: optimizer states wait in host memory
         optimizer.offload()
     rows = torch.tensor([g * G + k for g in where for k in range(G)], dtype=torch.long)
@@ -217,7 +218,7 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
     optimizer.reload()
     responses, truncated = [], []
     for ids, r in zip(rollout.completions(), rendered):
-        finished = bool(ids) and ids[-1] == tok.eos_id
+        finished = bool(ids) and ids[-1] in tok.eos_ids
         text = r.response_prefix + tok.decode(ids[:-1] if finished else ids)
         responses.append(text)
         truncated.append(len(ids) >= limit and not finished and not source.is_stopped(text))
@@ -348,7 +349,7 @@ def evaluate_accuracy(chunks, ps: ParallelState, source: PromptSource, problems:
     """Greedy accuracy on held-out problems (split over DP ranks)."""
     tok = source.tok
     mine = problems[ps.r("dp")::ps.dp]
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, eos_id=tok.eos_id,
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, eos_id=tok.eos_id, eos_ids=tok.eos_ids,
                            stop=source.stop(), vocab_size=tok.vocab_size)
     r = generate(chunks, ps, [source.encode(source.render(p)) for p in mine], gen)
     hits = sum(total_reward(["accuracy"], tok.decode(c), p) for c, p in zip(r.completions(), mine))
