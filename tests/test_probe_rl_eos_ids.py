@@ -103,3 +103,11 @@ def test_static_engine_ends_rows_there_too(model_dir):
     for engine in (generate, generate_static):
         ids = engine(model, ps, prompt, gen).completions()[0]
         assert ids[-1] in tok.eos_ids and ids[-1] != EOS and len(ids) < N, (engine.__name__, ids)
+
+
+def test_rejection_sft_adds_no_eos_after_another_end_token():
+    from r1mega.data.sft import render_sampled
+
+    ids, learn = render_sampled([5, 6], [7, 9], EOS, (EOS, 9))  # the sample ended with the listed 9
+    assert ids == [5, 6, 7, 9] and learn == [False, False, True, True]
+    assert render_sampled([5], [7], EOS, (EOS, 9))[0] == [5, 7, EOS]  # cut short: EOS appended as before

@@ -147,10 +147,12 @@ def render(messages: list[dict], tok: Tokenizer, template: str = "r1") -> tuple[
     return ids, learn
 
 
-def render_sampled(prompt_ids: list[int], completion_ids: list[int], eos_id: Optional[int]) -> tuple[list[int], list[bool]]:
+def render_sampled(prompt_ids: list[int], completion_ids: list[int], eos_id: Optional[int],
+                   ends: tuple[int, ...] = ()) -> tuple[list[int], list[bool]]:
     """A rejection-sampled record as the model saw and wrote it: the sampled tokens are learned as
     they are, then EOS (when the sample did not end with it)."""
-    tail = [eos_id] if eos_id is not None and completion_ids[-1] != eos_id else []
+    ended = completion_ids[-1] == eos_id or completion_ids[-1] in ends  # ends: the tokenizer's other end ids
+    tail = [eos_id] if eos_id is not None and not ended else []
     return list(prompt_ids) + list(completion_ids) + tail, [False] * len(prompt_ids) + [True] * (len(completion_ids) + len(tail))
 
 
@@ -217,7 +219,7 @@ class SFTData:
         self.template = resolve_template(template, tok)
         mine = tok.fingerprint() if any(ids is not None for _, ids in records) else None
         same = [ids is not None and ids[2] == mine for _, ids in records]  # ids of this very tokenizer
-        examples = [render_sampled(ids[0], ids[1], tok.eos_id) if ok else render(c, tok, self.template)
+        examples = [render_sampled(ids[0], ids[1], tok.eos_id, tok.eos_ids) if ok else render(c, tok, self.template)
                     for (c, ids), ok in zip(records, same)]
         self.sampled = sum(same)  # records trained on their sampled ids (the rest: their text)
         self.rows, self.truncated = pack(examples, seq_length, pad)
