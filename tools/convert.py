@@ -87,9 +87,32 @@ def check(index: dict[str, tuple[tuple[int, ...], str]], hf_config: dict, origin
             problems.append(f"unexpected tensor {key} {tuple(shape)} {dtype}")
         if dtype not in ("F32", "F16", "BF16", "F8_E4M3"):
             problems.append(f"tensor {key}: unsupported dtype {dtype}")
+    problems += _fp8_problems(index)
     if problems:
         more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
         raise ConvertError(f"{origin} does not match its config.json:\n  " + "\n  ".join(problems[:20]) + more)
+
+
+def _fp8_problems(index: dict[str, tuple[tuple[int, ...], str]]) -> list[str]:
+    """Each e4m3 tensor with its `_scale_inv` on the 128 x 128 block grid (ragged edges), and each
+    scale beside an e4m3 tensor: a scale left out would be read back as unscaled e4m3 values."""
+    problems = []
+    for key, (shape, dtype) in index.items():
+        if dtype == "F8_E4M3":
+            scale = scale_name(key)
+            grid = tuple(-(-n // BLOCK) for n in shape)
+            if len(shape) != 2:
+                problems.append(f"FP8 tensor {key} {tuple(shape)}: block scales need a 2-D weight")
+            elif scale not in index:
+                problems.append(f"FP8 tensor {key} {tuple(shape)} has no {scale} (its {BLOCK}x{BLOCK} block scales)")
+            elif tuple(index[scale][0]) != grid:
+                problems.append(f"{scale}: shape {tuple(index[scale][0])}, but FP8 tensor {key} {tuple(shape)} in "
+                                f"{BLOCK}x{BLOCK} blocks needs {grid}")
+        elif key.endswith("_scale_inv") and index.get(key[: -len("_scale_inv")], ((), ""))[1] != "F8_E4M3":
+            weight = key[: -len("_scale_inv")]
+            held = f"is {index[weight][1]}, not FP8" if weight in index else "is not in the checkpoint"
+            problems.append(f"{key}: a block scale, but {weight} {held}")
+    return problems
 
 
 # ---- reading -----------------------------------------------------------------------------------
@@ -299,7 +322,8 @@ def _import_into(tmp: str, hf_dir: str, hf_config: dict, files, index, fp8: str,
                 if t.dtype == FP8:
                     fp8_count += 1
                     if fp8 == "dequant":
-                        t = dequantize(t, _scale_for(key, f, hf_dir, files), BLOCK, target)
+                        t = dequantize(t, _scale_for(key, f, os.path.join(hf_dir, name), hf_dir, files),
+                                       BLOCK, target)
                 writer.add(f"model/{key}", t)
                 done += 1
                 bar.set_description(f"import ({done}/{len(index)} tensors)")
@@ -331,15 +355,19 @@ def _verify(hf_dir: str, ckpt: str, tol: float) -> None:
                            f"{hf_dir} by more than {tol:g} (see max_abs_logit_diff above); nothing was written")
 
 
-def _scale_for(key: str, f, hf_dir: str, files: dict[str, list[str]]) -> torch.Tensor:
+def _scale_for(key: str, f, file: str, hf_dir: str, files: dict[str, list[str]]) -> torch.Tensor:
     s = scale_name(key)
     if s in f.keys():
-        return f.get_tensor(s)
-    for name, keys in files.items():  # the scale may sit in another shard
-        if s in keys:
-            with safe_open(os.path.join(hf_dir, name), "pt") as g:
-                return g.get_tensor(s)
-    raise ConvertError(f"FP8 tensor {key} has no {s}")
+        t, where = f.get_tensor(s), file
+    else:
+        name = next((n for n, keys in files.items() if s in keys), None)  # the scale may sit in another shard
+        if name is None:
+            raise ConvertError(f"FP8 tensor {key} has no {s}")
+        where = os.path.join(hf_dir, name)
+        with safe_open(where, "pt") as g:
+            t = g.get_tensor(s)
+    _finite(t, s, where)  # a NaN/Inf scale would make every weight of its block NaN/Inf
+    return t
 
 
 # ---- export --------------------------------------------------------------------------------

@@ -106,7 +106,8 @@ class SafetensorsDir:
         if shape != tuple(full_shape):
             raise CheckpointError(f"tensor {key!r}: checkpoint shape {shape} != model shape {tuple(full_shape)}")
         if scale_name(key) in self.where:  # DeepSeek FP8: dequantise whole, then slice (block scales)
-            return shard(dequantize(sl[:], self.slice(scale_name(key))[:]), dim, rank, parts)
+            return shard(dequantize(sl[:], self.slice(scale_name(key))[:], name=f"{self.path}: tensor {key}"),
+                         dim, rank, parts)
         if dim is None or parts == 1:
             return sl[:]
         n = shape[dim] // parts

@@ -544,7 +544,8 @@ class PieceReader:
         scale = f"{self.kind}/{scale_name(key)}"
         if scale in self.pieces:  # imported with --fp8 keep: dequantise on read
             w = self._slice(found[0][0], name)[:]
-            return shard(dequantize(w, self._slice(self.pieces[scale][0][0], scale)[:]), dim, rank, parts)
+            scale_inv = self._slice(self.pieces[scale][0][0], scale)[:]
+            return shard(dequantize(w, scale_inv, name=f"{self.path}: tensor {key}"), dim, rank, parts)
         axis = dim if dim is not None else next((i["dim"] for _, i in found if i["dim"] is not None), None)
         if axis is None:  # whole tensor wanted, whole tensor stored
             return self._slice(found[0][0], name)[:]
