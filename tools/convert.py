@@ -239,6 +239,13 @@ def _check_out(out: str, overwrite: bool, source: str) -> None:
             shown = ", ".join(entries[:4]) + (" ..." if len(entries) > 4 else "")
             raise ConvertError(f"--overwrite replaces only a directory r1mega-convert wrote; {out} holds files it "
                                f"did not write ({shown}). Move them away or choose another --out")
+        written = marker.get("files")  # what that run published (older markers do not say)
+        added = [e for e in entries if isinstance(written, list) and e not in written
+                 and e not in (output_dir.MARKER, output_dir.LOCK)]
+        if added:
+            shown = ", ".join(added[:4]) + (" ..." if len(added) > 4 else "")
+            raise ConvertError(f"--overwrite would delete files r1mega-convert did not write in {out} ({shown}); "
+                               f"move them away or choose another --out")
 
 
 def _sibling(out: str, what: str) -> str:
@@ -253,22 +260,42 @@ def _sibling(out: str, what: str) -> str:
 def _prepare_out(out: str, overwrite: bool, source: str, what: str) -> str:
     _check_out(out, overwrite, source)
     tmp = _sibling(out, "converting")
-    os.makedirs(tmp)  # fails rather than reuse a directory this run did not make
-    marker = {"command": f"{_COMMAND} {what}", "source": os.path.abspath(source), "run_id": output_dir.RUN_ID}
-    with open(os.path.join(tmp, output_dir.MARKER), "w", encoding="utf-8") as f:
-        json.dump(marker, f, indent=1)  # lets a later --overwrite know this directory is the tool's own
+    try:
+        os.makedirs(tmp)  # fails rather than reuse a directory this run did not make
+    except OSError as e:
+        raise ConvertError(f"--out {out}: cannot create {tmp} beside it ({e.strerror}); choose another --out") from None
+    _write_marker(tmp, {"command": f"{_COMMAND} {what}", "source": os.path.abspath(source),
+                        "run_id": output_dir.RUN_ID})
     return tmp
 
 
-def _publish(tmp: str, out: str) -> None:
-    """Replace `out` only once the new directory is complete."""
-    if os.path.exists(out):
-        old = _sibling(out, "replaced")
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old)  # the previous --out, which --overwrite asked to replace
-    else:
-        os.rename(tmp, out)
+def _write_marker(tmp: str, marker: dict) -> None:
+    """Lets a later --overwrite know the directory (and which of its files) is the tool's own."""
+    with open(os.path.join(tmp, output_dir.MARKER), "w", encoding="utf-8") as f:
+        json.dump(marker, f, indent=1)
+
+
+def _publish(tmp: str, out: str, overwrite: bool, source: str) -> None:
+    """Replace `out` only once the new directory is complete, and only if it is still what the
+    start allowed: a directory that appeared meanwhile, or files added to it, are never replaced."""
+    marker = output_dir.read_marker(tmp)
+    _write_marker(tmp, {**marker, "files": sorted(e for e in os.listdir(tmp) if e != output_dir.MARKER)})
+    _check_out(out, overwrite, source)
+    try:
+        if os.path.isdir(out) and os.listdir(out):  # --overwrite of an earlier run's own output
+            old = _sibling(out, "replaced")
+            os.rename(out, old)
+            try:
+                os.rename(tmp, out)
+            except OSError:
+                os.rename(old, out)  # put the previous result back
+                raise
+            shutil.rmtree(old)  # the previous --out, which --overwrite asked to replace
+        else:
+            os.rename(tmp, out)  # onto an empty directory too; a non-empty one fails
+    except OSError as e:
+        raise ConvertError(f"--out {out}: could not move the finished result into place ({e.strerror}); "
+                           f"it changed while converting? Nothing was replaced") from None
 
 
 def _finite(t: torch.Tensor, key: str, where: str) -> None:
@@ -297,7 +324,7 @@ def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat1
         meta = _import_into(tmp, hf_dir, hf_config, files, index, fp8, dtype, shard_bytes)
         if verify:
             _verify(hf_dir, tmp, verify_tol)
-        _publish(tmp, out)
+        _publish(tmp, out, overwrite, hf_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # this run's own temporary directory
         raise
@@ -428,7 +455,7 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
     try:
         res = _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8_blocks, tokenizer_dir,
                            shard_bytes, dtype)
-        _publish(tmp, out)
+        _publish(tmp, out, overwrite, ckpt)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # this run's own temporary directory
         raise
