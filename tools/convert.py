@@ -35,10 +35,11 @@ from tqdm import tqdm
 
 from r1mega.config import ConfigError
 from r1mega import output_dir
-from r1mega.errors import OutputError, R1MegaError, debug_requested, run_command
+from r1mega.errors import CheckpointError, OutputError, R1MegaError, debug_requested, run_command
 from r1mega.models.family import family_for_hf, family_from_meta
 from r1mega.models.hf_config import read_hf_config as shared_read_hf_config
 from r1mega.models.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
+from r1mega.models.weights import read_index
 from r1mega.train.checkpoint import PieceReader, crc32, read_meta
 from r1mega.data.tokenizer import TOKENIZER_FILES
 
@@ -141,10 +142,9 @@ def hf_files(hf_dir: str) -> dict[str, list[str]]:
     index = os.path.join(hf_dir, "model.safetensors.index.json")
     if os.path.exists(index):
         try:
-            with open(index) as f:
-                where = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ConvertError(f"{index}: not a safetensors index (JSON with a 'weight_map')") from None
+            where = read_index(index)
+        except CheckpointError as e:
+            raise ConvertError(str(e)) from None
         files: dict[str, list[str]] = {}
         for k, v in where.items():
             files.setdefault(v, []).append(k)
