@@ -9,6 +9,7 @@ tokenizer trained on it, the pretraining indexed dataset and the SFT chat JSONL 
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import replace
@@ -40,6 +41,16 @@ def _build(kind: str, root: str, docs: int, vocab_size: int) -> None:
     open(os.path.join(root, "DONE"), "w").close()
 
 
+def _build_once(kind: str, root: str, docs: int, vocab_size: int) -> None:
+    """Build the corpus unless another run sharing data.cache_dir already has: runs on other run
+    directories may start together, and two builders would rename files under each other."""
+    os.makedirs(os.path.dirname(root), exist_ok=True)
+    with open(os.path.join(os.path.dirname(root), f".{os.path.basename(root)}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, and by the OS if this process dies
+        if not os.path.exists(os.path.join(root, "DONE")):  # the run that held the lock may have built it
+            _build(kind, root, docs, vocab_size)
+
+
 def resolve_data(cfg: DataConfig, kind: str, vocab_size: int) -> DataConfig:
     """Fill paths/tokenizer for a synthetic corpus (built if missing). Collective when distributed."""
     if cfg.synthetic is None:
@@ -52,7 +63,10 @@ def resolve_data(cfg: DataConfig, kind: str, vocab_size: int) -> DataConfig:
         raise ConfigError("data.cache_dir", f"{cfg.cache_dir} exists and is not a directory")
     if first and not os.path.exists(os.path.join(root, "DONE")):
         try:
-            _build(cfg.synthetic, root, cfg.synthetic_docs, vocab_size)
+            _build_once(cfg.synthetic, root, cfg.synthetic_docs, vocab_size)
+        except OSError as e:
+            raise ConfigError("data.cache_dir", f"cannot build the synthetic corpus in {root} ({e.strerror}: "
+                              f"{e.filename})") from None
         except RuntimeError as e:  # sentencepiece refuses a vocabulary too small for the corpus
             if "vocab" not in str(e).lower():
                 raise
