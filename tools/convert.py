@@ -40,7 +40,7 @@ from r1mega.models.family import family_for_hf, family_from_meta
 from r1mega.models.hf_config import read_hf_config as shared_read_hf_config
 from r1mega.models.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
 from r1mega.models.weights import read_index
-from r1mega.train.checkpoint import PieceReader, crc32, read_meta
+from r1mega.train.checkpoint import PieceReader, crc32, read_meta, verify_manifest
 from r1mega.data.tokenizer import TOKENIZER_FILES
 
 
@@ -441,15 +441,14 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
     """Checkpoint (converted, or saved by the trainer under any layout: pieces are reassembled one
     tensor at a time) -> Hugging Face directory. dtype None keeps each tensor's stored dtype."""
     meta = read_meta(ckpt)
+    verify_manifest(ckpt, meta)  # as a resume does: an edited meta.json or another step's rank files are refused
     config = hf_config or exported_config(meta)
     reader = PieceReader(ckpt, "model")
     keys = sorted(reader.keys())
     shapes = {k: (tuple(reader.pieces["model/" + k][0][1]["shape"]), "") for k in keys}
     with_dtypes = {}
     for k in keys:
-        file = reader.pieces["model/" + k][0][0]
-        with safe_open(os.path.join(ckpt, file), "pt") as f:
-            with_dtypes[k] = (shapes[k][0], f.get_slice("model/" + k).get_dtype())
+        with_dtypes[k] = (shapes[k][0], reader.stored_dtype(k))
     check(with_dtypes, config, ckpt)
     tmp = _prepare_out(out, overwrite, ckpt, "export")
     try:
