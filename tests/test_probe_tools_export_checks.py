@@ -72,3 +72,29 @@ def test_export_names_a_truncated_piece_file(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert str(part) in r.stderr
     assert sorted(os.listdir(tmp_path)) == ["ckpt", "src"]
+
+
+def test_tokenizer_dir_is_checked_and_not_mixed(tmp_path):
+    """--tokenizer-dir that does not exist (a typo) or holds no tokenizer: a named error, nothing written
+    (was ignored: the import's tokenizer went out instead). A tokenizer dir without a chat template gets
+    none from the checkpoint's other tokenizer (was: the import's chat_template.jinja and
+    tokenizer_config.json joined the new tokenizer.json)."""
+    hf = write_hf(tmp_path / "src", _tensors())
+    (tmp_path / "src" / "tokenizer.json").write_text('{"old": true}')
+    (tmp_path / "src" / "tokenizer_config.json").write_text('{"old": true}')
+    (tmp_path / "src" / "chat_template.jinja").write_text("old template")
+    ckpt = tmp_path / "ckpt"
+    convert.do_import(hf, str(ckpt))
+    for bad in (tmp_path / "typo", tmp_path / "src" / "model-00001-of-00002.safetensors"):
+        with pytest.raises(convert.ConvertError, match="--tokenizer-dir"):
+            convert.do_export(str(ckpt), str(tmp_path / "out"), tokenizer_dir=str(bad))
+        assert not (tmp_path / "out").exists()
+    new = tmp_path / "newtok"
+    new.mkdir()
+    (new / "tokenizer.json").write_text('{"new": true}')
+    convert.do_export(str(ckpt), str(tmp_path / "out"), tokenizer_dir=str(new))
+    assert (tmp_path / "out" / "tokenizer.json").read_text() == '{"new": true}'
+    assert not (tmp_path / "out" / "chat_template.jinja").exists()
+    assert not (tmp_path / "out" / "tokenizer_config.json").exists()
+    convert.do_export(str(ckpt), str(tmp_path / "out2"))  # without it: the checkpoint's own, complete
+    assert (tmp_path / "out2" / "chat_template.jinja").read_text() == "old template"

@@ -440,6 +440,9 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
               dtype: Optional[str] = None) -> dict:
     """Checkpoint (converted, or saved by the trainer under any layout: pieces are reassembled one
     tensor at a time) -> Hugging Face directory. dtype None keeps each tensor's stored dtype."""
+    if tokenizer_dir is not None and not any(os.path.isfile(os.path.join(tokenizer_dir, n))
+                                             for n in ("tokenizer.json", "tokenizer.model")):
+        raise ConvertError(f"--tokenizer-dir {tokenizer_dir}: no tokenizer.json or tokenizer.model there")
     meta = read_meta(ckpt)
     verify_manifest(ckpt, meta)  # as a resume does: an edited meta.json or another step's rank files are refused
     config = hf_config or exported_config(meta)
@@ -514,6 +517,8 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
     for src in (tokenizer_dir, ckpt, meta.get("source")):
         if src and os.path.isdir(src):
             for extra in TOKENIZER_FILES:
+                if tokenizer_dir and src != tokenizer_dir and extra != "generation_config.json":
+                    continue  # --tokenizer-dir's tokenizer alone: never mixed with another's files
                 if os.path.exists(os.path.join(src, extra)) and not os.path.exists(os.path.join(tmp, extra)):
                     shutil.copy(os.path.join(src, extra), tmp)
     return {"tensors": len(weight_map), "files": n}
