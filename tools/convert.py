@@ -484,8 +484,8 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
             continue
         else:
             t = reader.read(key, shape, None, 0, 1)  # checksum- and finiteness-checked
-            if target is not None and t.is_floating_point():
-                t = t.to(target)
+            if target is not None and t.is_floating_point() and key.rsplit(".", 1)[-1] not in family.fp32_params:
+                t = t.to(target)  # what the family keeps in float32 (DeepSeek's routing bias) stays so
         if fp8_blocks and fp8_quantizable(key, t, family):
             q, s = quantize(t)
             writer.add(key, q)
