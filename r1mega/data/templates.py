@@ -52,6 +52,18 @@ def render(problem: dict, template: str, tokenizer=None) -> Rendered:
     raise ValueError(f"rl.template: unknown template {template!r} (r1_zero, chat, chat_think, raw)")
 
 
+def encode_prompt(tok, text: str, template: str) -> list[int]:
+    """The ids a rendered prompt is posed as: a tokenizer whose config says add_bos_token (DeepSeek-V3's,
+    Llama 2's) starts the text with BOS, as transformers encodes it; a chat template writes its own, and
+    a text that already opens with BOS (the `r1` format) gets no second one. GRPO, generate, eval and
+    reject-sample all pose prompts through this, so a policy is sampled in the context it was trained in."""
+    ids = tok.encode(text)
+    if (getattr(tok, "add_bos", False) and tok.bos_id is not None and template not in CHAT_TEMPLATES
+            and ids[:1] != [tok.bos_id]):
+        ids = [tok.bos_id] + ids
+    return ids
+
+
 def stop_strings(template: str) -> list[str]:
     """Text after which a completion is finished (besides EOS)."""
     return ["</answer>"] if template == "r1_zero" else []

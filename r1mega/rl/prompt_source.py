@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 from r1mega.config import RLConfig
 from r1mega.data.prompts import PromptOrder, load_prompts
-from r1mega.data.templates import CHAT_TEMPLATES, Rendered, render, stop_strings
+from r1mega.data.templates import Rendered, encode_prompt, render, stop_strings
 from r1mega.data.tokenizer import Tokenizer
 from r1mega.rl.tasks import stops_after_answer, synthetic_prompts
 
@@ -48,10 +48,7 @@ class PromptSource:
         return render(problem, self.template, self.tok)
 
     def encode(self, rendered: Rendered) -> list[int]:
-        ids = self.tok.encode(rendered.text)
-        if self.tok.add_bos and self.tok.bos_id is not None and self.template not in CHAT_TEMPLATES:
-            ids = [self.tok.bos_id] + ids  # the chat template writes its own BOS
-        return ids
+        return encode_prompt(self.tok, rendered.text, self.template)
 
     def stop(self) -> Callable[[list[int]], bool]:
         """Stop predicate on a completion's ids (EOS is handled by generation itself)."""
