@@ -218,7 +218,7 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
     responses, truncated = [], []
     for ids, r in zip(rollout.completions(), rendered):
         finished = bool(ids) and ids[-1] == tok.eos_id
-        text = r.response_prefix + tok.decode(ids[:-1] if finished else ids)
+        text = r.response_prefix + source.decode(ids[:-1] if finished else ids)
         responses.append(text)
         truncated.append(len(ids) >= limit and not finished and not source.is_stopped(text))
     programs = run_programs(responses, outputs)  # every program of the batch at once
@@ -351,7 +351,7 @@ def evaluate_accuracy(chunks, ps: ParallelState, source: PromptSource, problems:
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, eos_id=tok.eos_id,
                            stop=source.stop(), vocab_size=tok.vocab_size)
     r = generate(chunks, ps, [source.encode(source.render(p)) for p in mine], gen)
-    hits = sum(total_reward(["accuracy"], tok.decode(c), p) for c, p in zip(r.completions(), mine))
+    hits = sum(total_reward(["accuracy"], source.decode(c), p) for c, p in zip(r.completions(), mine))
     device = next(chunks.parameters()).device
     both = global_values({"hits": hits, "n": float(len(mine))}, ps, device)
     return both["hits"] / both["n"]

@@ -53,6 +53,9 @@ class PromptSource:
             ids = [self.tok.bos_id] + ids  # the chat template writes its own BOS
         return ids
 
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids)
+
     def stop(self) -> Callable[[list[int]], bool]:
         """Stop predicate on a completion's ids (EOS is handled by generation itself)."""
         if self.order is None:
