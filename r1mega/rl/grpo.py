@@ -34,7 +34,7 @@ import torch
 from r1mega.config import Config, RLConfig, TrainConfig, validate_rl, validate_training
 from r1mega.errors import ConfigError
 from r1mega.data.prepare import prompt_tokenizer
-from r1mega.data.prompts import check_prompts_fit, check_same_prompts, prompts_digest
+from r1mega.data.prompts import check_same_prompts, prompts_digest
 from r1mega.output_dir import release
 from r1mega.data.templates import Rendered
 from r1mega.inference.generate import GenerationConfig, Rollout, generate
@@ -460,13 +460,10 @@ def start(cfg: Config, ckpt_root: str) -> tuple[Policy, Progress]:
         sandbox.require_isolation()  # refuse before any work, naming why, where it cannot be set up
     tok = prompt_tokenizer(cfg.data, cfg.active_model.vocab_size, cfg.train.load if cfg.rl.prompts else None)
     source = PromptSource(rl, cfg.data.synthetic, cfg.seed, tok)
-    positions, longest = cfg.active_model.max_position_embeddings, 0
-    if source.order is not None:  # prompt files: each fits the model, and a resume reads the same files
-        tokens = {id(p): len(source.encode(source.render(p))) for p in source.order.problems}  # each encoded once
-        check_prompts_fit(source.order.problems, lambda p: tokens[id(p)], positions)
-        longest = max(tokens.values(), default=0)
-        if own is not None:
-            check_same_prompts(read_meta(own), rl.prompts, own)
+    positions = cfg.active_model.max_position_embeddings
+    longest = source.longest_prompt(positions)  # prompt files: each must fit the model
+    if rl.prompts and own is not None:  # a resume reads the same prompt files
+        check_same_prompts(read_meta(own), rl.prompts, own)
     check_responses_fit(rl, longest, positions, t.steps)  # before hours of rollouts run past the positions
     # checkpoints and their architecture are checked before any weight exists
     arch = run.arch  # the model keys a checkpoint must match
