@@ -210,11 +210,9 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
                            seed=cfg.seed + index, record_routing=cfg.rl.routing_replay,
                            vocab_size=tok.vocab_size, speculative=cfg.rl.speculative, draft_tokens=cfg.rl.draft_tokens,
                            max_rows=cfg.rl.rollout_max_rows, max_cache_tokens=cfg.rl.rollout_cache_tokens)
-    if run.device.type == "cuda":  # make room for the KV cache: optimizer states wait in host memory
-        optimizer.offload()
     rows = torch.tensor([g * G + k for g in where for k in range(G)], dtype=torch.long)
-    rollout = generate(chunks, ps, prompt_ids, gen, rows=rows)
-    optimizer.reload()
+    with optimizer.offloaded(run.device.type == "cuda"):  # the KV cache takes the GPU memory the states leave
+        rollout = generate(chunks, ps, prompt_ids, gen, rows=rows)
     responses, truncated = [], []
     for ids, r in zip(rollout.completions(), rendered):
         finished = bool(ids) and ids[-1] == tok.eos_id
