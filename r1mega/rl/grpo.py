@@ -348,7 +348,8 @@ def evaluate_accuracy(chunks, ps: ParallelState, source: PromptSource, problems:
     mine = problems[ps.r("dp")::ps.dp]
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, eos_id=tok.eos_id,
                            stop=source.stop(), vocab_size=tok.vocab_size)
-    r = generate(chunks, ps, [source.encode(source.render(p)) for p in mine], gen)
+    prompts = [source.encode(source.render(p)) for p in mine]
+    r = generate(chunks, ps, prompts, gen)
     hits = sum(total_reward(["accuracy"], source.decode(c), p) for c, p in zip(r.completions(), mine))
     device = next(chunks.parameters()).device
     both = global_values({"hits": hits, "n": float(len(mine))}, ps, device)
@@ -469,9 +470,9 @@ def start(cfg: Config, ckpt_root: str) -> tuple[Policy, Progress]:
     run.hf_config = read_meta(candidates[0]).get("hf_config") if candidates else None  # travels on for the export
     claim_run_dir(run, "grpo")  # one run per directory, only one this kind of run made
     chunks = build_model(run)
+    reference_model = build_model(run) if rl.kl_coef else None  # the KL anchor: a second copy of the policy
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
-    reference = (ReferencePolicy(build_model(run), ps, rl.ref_refresh_steps)
-                 if rl.kl_coef else None)
+    reference = ReferencePolicy(reference_model, ps, rl.ref_refresh_steps) if reference_model is not None else None
     step, position, index, resumed = restore(cfg, ps, chunks, optimizer, reference, candidates, ckpt_root, arch)
 
     log = MetricsLog(t.run_dir, t.steps, step, run.is_logger, t.wandb_project if t.wandb else None, cfg)
