@@ -10,7 +10,7 @@ from typing import Callable, Optional, Protocol
 
 from r1mega.config import RLConfig
 from r1mega.data.prompts import PromptOrder, check_prompts_fit, load_prompts
-from r1mega.data.templates import CHAT_TEMPLATES, Rendered, render, stop_strings
+from r1mega.data.templates import TEMPLATES, Rendered
 from r1mega.data.tokenizer import Tokenizer
 from r1mega.rl.tasks import stops_after_answer, synthetic_prompts
 
@@ -42,9 +42,9 @@ class PromptFiles:
     """rl.prompts: the user's JSONL problems in a seeded order; a response ends at the template's stop strings."""
     stop_tail = STOP_TAIL_TOKENS  # a stop string spans a few tokens: decoding the tail is enough
 
-    def __init__(self, paths: list[str], template: str, seed: int):
+    def __init__(self, paths: list[str], stops: list[str], seed: int):
         self.order = PromptOrder(load_prompts(paths), seed)
-        self.stops = stop_strings(template)
+        self.stops = stops
 
     def take(self, position: int, n: int, rollout_index: int) -> list[dict]:
         return self.order.take(position, n)
@@ -86,9 +86,9 @@ class PromptSource:
     def __init__(self, rl: RLConfig, synthetic: Optional[str], seed: int, tok: Tokenizer):
         """rl: the prompt files, template and default language; synthetic: data.synthetic (used
         without prompt files); seed: the run's, which orders the prompts."""
-        self.tok, self.template = tok, rl.template
+        self.tok, self.template = tok, TEMPLATES[rl.template]  # a known name: validate_rl checks it first
         self.default_language = rl.language
-        self.questions: Questions = (PromptFiles(rl.prompts, rl.template, seed) if rl.prompts
+        self.questions: Questions = (PromptFiles(rl.prompts, list(self.template.stops), seed) if rl.prompts
                                      else SyntheticQuestions(synthetic, seed))
 
     def take(self, position: int, n: int, rollout_index: int) -> list[dict]:
@@ -107,11 +107,11 @@ class PromptSource:
         return self.questions.longest_prompt(lambda p: len(self.encode(self.render(p))), positions)
 
     def render(self, problem: dict) -> Rendered:
-        return render(problem, self.template, self.tok)
+        return self.template.render(problem, self.tok)
 
     def encode(self, rendered: Rendered) -> list[int]:
         ids = self.tok.encode(rendered.text)
-        if self.tok.add_bos and self.tok.bos_id is not None and self.template not in CHAT_TEMPLATES:
+        if self.tok.add_bos and self.tok.bos_id is not None and not self.template.chat:
             ids = [self.tok.bos_id] + ids  # the chat template writes its own BOS
         return ids
 
