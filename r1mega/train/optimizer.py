@@ -10,7 +10,6 @@ The AdamW update is torch.optim.AdamW's, element for element (decoupled weight d
 from __future__ import annotations
 
 import contextlib
-
 import math
 import torch
 import torch.distributed as dist
