@@ -60,6 +60,12 @@ def hf_may_lack(hf_config: dict, present) -> tuple[str, ...]:
     return tuple(mtp for mtp in _mtp_prefixes(hf_config) if not any(k.startswith(mtp) for k in present))
 
 
+def hf_fp8(key: str) -> bool:
+    """DeepSeek's FP8 linears: every attention, MLP and expert projection, the latent
+    kv_a_proj_with_mqa included; the MTP layer's eh_proj is stored in bf16 like the router."""
+    return key.endswith(("proj.weight", "kv_a_proj_with_mqa.weight")) and not key.endswith(".eh_proj.weight")
+
+
 def _exact_rollouts_refusal(m: ModelConfig):
     return None if m.scoring_func == "sigmoid" else "needs sigmoid routing (model.scoring_func)"
 
@@ -75,5 +81,5 @@ FAMILY = ModelFamily(
     routed_experts=lambda m: m.n_routed_experts,
     training_keys=ModelConfig.training_keys, recompute_units=RECOMPUTE_UNITS,
     exact_rollouts_refusal=_exact_rollouts_refusal, draft_refusal=_draft_refusal, fp32_params=("e_score_correction_bias",), hf_optional=hf_optional,
-    hf_may_lack=hf_may_lack,
+    hf_may_lack=hf_may_lack, hf_fp8=hf_fp8,
     training=MoETraining())
