@@ -86,3 +86,20 @@ def test_generate_poses_prompts_as_grpo_does(llama_dir, tmp_path, template):
     ids = torch.tensor([grpo_ids])
     ref = hf.generate(ids, max_new_tokens=4, do_sample=False, eos_token_id=1, pad_token_id=1)[0, len(grpo_ids):]
     assert samples[0]["completion_ids"] == ref.tolist()[:len(samples[0]["completion_ids"])]
+
+
+def test_generation_only_r1_format_runs_and_gets_one_bos(llama_dir, tmp_path):
+    """`--template r1` (generate's default; a format GRPO has no Template for) encodes: one BOS first."""
+    from r1mega.cli import main
+    from r1mega.data.tokenizer import Tokenizer
+
+    tok = Tokenizer(llama_dir)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "p0", "prompt": "what is 3 + 4?", "answer": "7"}) + "\n")
+    out = tmp_path / "out"
+    assert main(["reject-sample", "--model", llama_dir, "--prompts", str(prompts), "--out", str(out),
+                 "--samples", "1", "--temperature", "0", "--max-new-tokens", "4", "--keep", "1"]) == 0
+    shards = out / "samples"
+    sample = next(json.loads(line) for name in sorted(os.listdir(shards)) if name.endswith(".jsonl")
+                  for line in open(shards / name))
+    assert sample["prompt_ids"][0] == tok.bos_id and sample["prompt_ids"][1] != tok.bos_id

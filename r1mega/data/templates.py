@@ -93,7 +93,9 @@ def encode_prompt(tok, text: str, template: "str | Template") -> list[int]:
     Llama 2's) starts the text with BOS, as transformers encodes it; a chat template writes its own, and
     a text that already opens with BOS (the `r1` format) gets no second one. GRPO, generate, eval and
     reject-sample all pose prompts through this, so a policy is sampled in the context it was trained in."""
-    chat = (TEMPLATES[template] if isinstance(template, str) else template).chat
+    # a name GRPO has no Template for (generation's `r1` format, which writes its own BOS text) is not a chat
+    found = TEMPLATES.get(template) if isinstance(template, str) else template
+    chat = found is not None and found.chat
     ids = tok.encode(text)
     if getattr(tok, "add_bos", False) and tok.bos_id is not None and not chat and ids[:1] != [tok.bos_id]:
         ids = [tok.bos_id] + ids
