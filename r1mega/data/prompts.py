@@ -71,6 +71,9 @@ def parse_problem(where: str, rec: dict, answers: bool = True, sft_chats: bool =
         raise bad("needs 'answer' (math) or 'tests' (code) to be checked against")
     if answer is not None and (isinstance(answer, bool) or not isinstance(answer, (str, int, float))):
         raise bad(f"'answer' must be a string or a number, got {type(answer).__name__}")
+    if isinstance(answer, str) and not answer.strip():
+        raise bad("'answer' is empty: no response can match it (the judge scores every one 0); give the "
+                  "reference final answer, or 'tests' for code")
     if tests is not None:
         if isinstance(tests, list):
             for i, case in enumerate(tests):
