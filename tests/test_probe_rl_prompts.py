@@ -21,12 +21,26 @@ def test_empty_answer_refused_by_line(tmp_path, answer):
         read_problems(str(path))
 
 
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_non_finite_number_answer_refused_by_line(tmp_path, raw):
+    """Python's json reads NaN/Infinity (json.dumps writes a missing float so) and turns 1e400 into inf:
+    a NaN answer is never matched, and inf is not the 1e400 the file meant."""
+    from r1mega.data.prompts import read_problems
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "q", "answer": %s}\n' % raw)
+    with pytest.raises(DataError, match=r"p\.jsonl:1: 'answer' is the non-finite number"):
+        read_problems(str(path))
+
+
 def test_the_judge_never_rewards_an_empty_answer():
     """Why it is refused: whatever the response, the reward is 0."""
     from r1mega.rl.rewards import total_reward
 
-    for text in ["<think>x</think> <answer></answer>", "<think>x</think> <answer> </answer>", "A: ", ""]:
-        assert total_reward(["accuracy"], text, {"prompt": "q", "answer": ""}) == 0.0
+    for text in ["<think>x</think> <answer></answer>", "<think>x</think> <answer> </answer>", "A: ", "",
+                 "<think>x</think> <answer>nan</answer>"]:
+        for answer in ("", "nan"):
+            assert total_reward(["accuracy"], text, {"prompt": "q", "answer": answer}) == 0.0
 
 
 def test_numbers_and_padded_answers_still_read(tmp_path):

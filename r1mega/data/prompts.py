@@ -31,6 +31,7 @@ a checkpoint is enough to resume exactly, under any number of data-parallel rank
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 from typing import Optional
@@ -71,6 +72,9 @@ def parse_problem(where: str, rec: dict, answers: bool = True, sft_chats: bool =
         raise bad("needs 'answer' (math) or 'tests' (code) to be checked against")
     if answer is not None and (isinstance(answer, bool) or not isinstance(answer, (str, int, float))):
         raise bad(f"'answer' must be a string or a number, got {type(answer).__name__}")
+    if isinstance(answer, float) and not math.isfinite(answer):  # NaN, Infinity, or 1e400 read as inf
+        raise bad(f"'answer' is the non-finite number {answer!r} (NaN/Infinity, or too large for a float: "
+                  "write the answer as a string, e.g. \"\\\\infty\" or \"1e400\")")
     if isinstance(answer, str) and not answer.strip():
         raise bad("'answer' is empty: no response can match it (the judge scores every one 0); give the "
                   "reference final answer, or 'tests' for code")
