@@ -49,3 +49,16 @@ def test_numbers_and_padded_answers_still_read(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text("\n".join(json.dumps({"prompt": "q", "answer": a}) for a in (0, 2.5, " 5 ")) + "\n")
     assert [p["answer"] for p in read_problems(str(path))] == ["0", "2.5", " 5 "]
+
+
+@pytest.mark.parametrize("content", ["", "  \n"])
+def test_empty_question_in_a_chat_refused_as_an_empty_prompt_is(tmp_path, content):
+    from r1mega.data.prompts import read_problems
+
+    path = tmp_path / "p.jsonl"
+    chat = [{"role": "system", "content": ""}, {"role": "user", "content": content}]
+    path.write_text(json.dumps({"messages": chat, "answer": "5"}) + "\n")
+    with pytest.raises(DataError, match=r"p\.jsonl:1: messages\[1\]: the user's question is empty"):
+        read_problems(str(path))
+    path.write_text(json.dumps({"messages": chat[:1] + [{"role": "user", "content": "2+3?"}], "answer": "5"}) + "\n")
+    assert read_problems(str(path))[0]["messages"][1]["content"] == "2+3?"  # an empty system turn is fine

@@ -67,6 +67,8 @@ def parse_problem(where: str, rec: dict, answers: bool = True, sft_chats: bool =
         if messages[-1]["role"] != "user":
             raise bad("the last message must be the user's (the model answers it)"
                       + (", or the assistant's reply to it" if sft_chats else ""))
+        if not messages[-1]["content"].strip():  # as an empty 'prompt': no question to answer
+            raise bad(f"messages[{len(messages) - 1}]: the user's question is empty")
     answer, tests = rec.get("answer"), rec.get("tests")
     if answers and answer is None and tests is None:
         raise bad("needs 'answer' (math) or 'tests' (code) to be checked against")
