@@ -95,6 +95,11 @@ class TrainConfig:
     index_loss_weight: Optional[float] = None
 
 
+# the smallest sampling temperature besides 0 (greedy): below it logits / T outgrow float32 (inf at ~1e-38,
+# NaN log-probs) long before, and the draw is already greedy's
+MIN_TEMPERATURE = 1e-6
+
+
 @dataclass
 class RLConfig:
     """GRPO. Defaults are DeepSeek-R1-Zero's published settings (DeepSeek-R1, Nature version).
@@ -196,8 +201,9 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False, rewards=
          f"{rl.prompts_per_step} x {rl.group_size} x {rl.minibatches} = {per_rollout}")
     need(rl.prompts_per_step % par.dp == 0, "rl.prompts_per_step",
          f"{rl.prompts_per_step} questions do not split over dp={par.dp} (groups never straddle ranks)")
-    need(rl.temperature > 0 and math.isfinite(rl.temperature), "rl.temperature",
-         f"must be > 0 (log-probs are of softmax(logits / T)), got {rl.temperature}")
+    need(rl.temperature >= MIN_TEMPERATURE and math.isfinite(rl.temperature), "rl.temperature",
+         f"must be >= {MIN_TEMPERATURE:g} (log-probs are of softmax(logits / T); smaller overflows float32), "
+         f"got {rl.temperature}")
     need(0 < rl.top_p <= 1, "rl.top_p", f"must be in (0, 1], got {rl.top_p}")
     need(rl.top_k >= 0, "rl.top_k", f"must be >= 0 (0 = off), got {rl.top_k}")
     need(rl.max_new_tokens >= 1, "rl.max_new_tokens", f"must be >= 1, got {rl.max_new_tokens}")

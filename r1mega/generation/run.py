@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch.distributed as dist
 
-from r1mega.config import ParallelConfig
+from r1mega.config import MIN_TEMPERATURE, ParallelConfig
 from r1mega.data.templates import encode_prompt
 from r1mega.data.tokenizer import check_fits, load_tokenizer
 from r1mega.errors import ConfigError, DataError, R1MegaError
@@ -89,7 +89,9 @@ def _need(cond: bool, flag: str, msg: str) -> None:
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
     """The sampling flags, checked (before any model is loaded): finite numbers in range."""
     t, p = args.temperature, args.top_p
-    _need(math.isfinite(t) and t >= 0, "--temperature", f"must be a finite number >= 0 (0 is greedy), got {t}")
+    _need(math.isfinite(t) and (t == 0 or t >= MIN_TEMPERATURE), "--temperature",
+          f"must be a finite number >= 0 (0 is greedy; else >= {MIN_TEMPERATURE:g}: a smaller one overflows logits / T), "
+          f"got {t}")
     _need(math.isfinite(p) and 0 < p <= 1, "--top-p", f"must be in (0, 1], got {p}")
     _need(args.top_k >= 0, "--top-k", f"must be >= 0 (0 = off), got {args.top_k}")
     _need(args.samples >= 1, "--samples", f"must be >= 1, got {args.samples}")

@@ -20,6 +20,7 @@ from typing import Iterator, Optional
 import torch
 import torch.distributed as dist
 
+from r1mega.config import MIN_TEMPERATURE
 from r1mega.data.templates import encode_prompt
 from r1mega.data.tokenizer import Tokenizer
 from r1mega.errors import ConfigError
@@ -53,8 +54,9 @@ class SamplingParams:
             raise ConfigError("--max-new-tokens", f"must be >= 1, got {self.max_new_tokens}")
         if not 0 < self.top_p <= 1:
             raise ConfigError("--top-p", f"must be in (0, 1], got {self.top_p}")
-        if self.temperature < 0:
-            raise ConfigError("--temperature", f"must be >= 0 (0 is greedy), got {self.temperature}")
+        if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature):
+            raise ConfigError("--temperature", f"must be 0 (greedy) or >= {MIN_TEMPERATURE:g} (a smaller one "
+                                               f"overflows logits / T in float32), got {self.temperature}")
         if self.speculative not in (None, "mtp"):
             raise ConfigError("--speculative", f"expected mtp, got {self.speculative!r}")
         from r1mega.inference.speculative import MAX_DRAFT_TOKENS
