@@ -111,3 +111,19 @@ def test_rejection_sft_adds_no_eos_after_another_end_token():
     ids, learn = render_sampled([5, 6], [7, 9], EOS, (EOS, 9))  # the sample ended with the listed 9
     assert ids == [5, 6, 7, 9] and learn == [False, False, True, True]
     assert render_sampled([5], [7], EOS, (EOS, 9))[0] == [5, 7, EOS]  # cut short: EOS appended as before
+
+
+@pytest.mark.parametrize("content", ['{"eos_token_id": [1, ', '{"eos_token_id": ["</s>"]}', '{"eos_token_id": -3}'])
+def test_bad_generation_config_named(model_dir, tmp_path, content):
+    import shutil
+
+    from r1mega.data.tokenizer import load_tokenizer
+    from r1mega.errors import DataError
+
+    d = tmp_path / "tok"
+    d.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(model_dir, name), d / name)
+    (d / "generation_config.json").write_text(content)
+    with pytest.raises(DataError, match="generation_config.json"):
+        load_tokenizer(str(d))

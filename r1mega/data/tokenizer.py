@@ -112,9 +112,16 @@ class Tokenizer:
         """generation_config.json's eos_token_id (one id or a list) beside the tokenizer, as a list."""
         gen = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "generation_config.json")
         if os.path.exists(gen):
-            with open(gen) as f:
-                eos = json.load(f).get("eos_token_id")
-            return list(eos) if isinstance(eos, list) else [] if eos is None else [eos]
+            with open(gen, encoding="utf-8") as f:
+                try:
+                    cfg = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{gen}: not valid JSON ({e.msg}, line {e.lineno})") from None
+            eos = cfg.get("eos_token_id") if isinstance(cfg, dict) else None
+            eos = eos if isinstance(eos, list) else [] if eos is None else [eos]
+            if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in eos):
+                raise ValueError(f"{gen}: eos_token_id must be a token id or a list of them, got {eos!r}")
+            return eos
         return []
 
     def token_id(self, token: str):
