@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from r1mega.data.prompts import question_text
+from r1mega.errors import DataError
 
 R1_ZERO = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
@@ -71,7 +72,12 @@ class ChatTemplate:
 
     def render(self, problem: dict, tokenizer=None) -> Rendered:
         messages = problem.get("messages") or [{"role": "user", "content": problem["prompt"]}]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        try:
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        except DataError as e:
+            if "where" not in problem:
+                raise
+            raise DataError(f"{problem['where']}: {e}") from None
         if text.rstrip().endswith("<think>"):  # the template opened the thought itself
             return Rendered(text, text[text.rstrip().rfind("<think>"):])
         return Rendered(text + THINK_PREFIX, THINK_PREFIX) if self.think else Rendered(text, "")

@@ -162,9 +162,15 @@ class Tokenizer:
                              "(or chat_template.jinja); use rl.template=r1_zero or raw")
         from transformers.utils.chat_template_utils import render_jinja_template
 
-        rendered, _ = render_jinja_template([messages], chat_template=self.chat_template,
-                                            add_generation_prompt=add_generation_prompt,
-                                            **{k: v for k, v in self.special.items() if v is not None})
+        from r1mega.errors import DataError
+
+        try:
+            rendered, _ = render_jinja_template([messages], chat_template=self.chat_template,
+                                                add_generation_prompt=add_generation_prompt,
+                                                **{k: v for k, v in self.special.items() if v is not None})
+        except Exception as e:  # the template's own raise_exception (e.g. "no system role"), or its jinja errors
+            raise DataError(f"{self.path}: the tokenizer's chat template refused this chat "
+                            f"({type(e).__name__}: {e})") from None
         return rendered[0]
 
 
