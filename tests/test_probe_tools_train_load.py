@@ -42,3 +42,18 @@ def test_damaged_meta_json_in_train_load_is_named(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert str(ckpt / "meta.json") in r.stderr
     assert sorted(os.listdir(tmp_path)) == ["chats.jsonl", "ckpt"]
+
+
+@pytest.mark.parametrize("command,config", [("pretrain", "configs/tiny/pretrain.yaml"),
+                                            ("grpo", "configs/tiny/r1_zero_demo.yaml")])
+def test_a_foreign_run_dir_is_refused_before_anything_is_built(tmp_path, command, config):
+    """train.run_dir holding a user's file: refused by name, the file kept, and nothing else written
+    (before: the synthetic corpus was built under the working directory, then the run refused)."""
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    r = _cli(tmp_path, command, "--config", os.path.join(ROOT, config), f"train.run_dir={user}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "train.run_dir" in r.stderr and "notes.txt" in r.stderr
+    assert os.listdir(tmp_path) == ["mine"] and os.listdir(user) == ["notes.txt"]
+    assert (user / "notes.txt").read_text() == "keep me"

@@ -123,6 +123,14 @@ def start_run(cfg: Config, validate_fn: Callable[[Config, int], Config], own_che
                arch)
 
 
+def check_run_dir(cfg: Config, command: str) -> None:
+    """What claim_run_dir would refuse (a file; a non-empty directory `command` did not make), refused
+    before anything is built, e.g. the synthetic corpus. Writes nothing."""
+    from r1mega.output_dir import check
+
+    check(cfg.train.run_dir, command, "train.run_dir")
+
+
 def claim_run_dir(run: Run, command: str) -> None:
     """Claim and lock train.run_dir for `command` (r1mega/output_dir.py): after the inputs are
     checked, before its checkpoints are read or anything is written. Every rank stops if it fails."""
