@@ -79,12 +79,15 @@ def resolve_data(cfg: DataConfig, kind: str, vocab_size: int) -> DataConfig:
 
 
 def training_data(cfg: DataConfig, kind: str, vocab_size: int, seed: int, load: Optional[str] = None):
-    """The dataset of a pretrain or SFT run ("pretrain" | "sft"): `batch(first, size)` gives a global
-    batch as the model's inputs. load: the checkpoint the run starts from, whose tokenizer
-    (r1mega-convert import copies it beside the weights) serves when data.tokenizer is unset."""
+    """(the dataset of a pretrain or SFT run ("pretrain" | "sft"), whose `batch(first, size)` gives a
+    global batch as the model's inputs; the path of its tokenizer, None when there is none), resolved
+    once. The tokenizer: data.tokenizer, the synthetic corpus's, else the one in `load`, the checkpoint
+    the run starts from (r1mega-convert import and every checkpoint keep its files)."""
     from r1mega.data.sft import SFTData
 
-    d = replace(resolve_data(cfg, kind, vocab_size), tokenizer=tokenizer_source(cfg, kind, vocab_size, load))
+    d = resolve_data(cfg, kind, vocab_size)
+    if d.tokenizer is None and load and os.path.exists(os.path.join(load, "tokenizer.json")):
+        d = replace(d, tokenizer=load)
     if kind == "sft" and (len(d.paths) > 1 or d.weights is not None):
         raise ConfigError("data.paths", f"SFT reads one chat JSONL file, got {len(d.paths)} paths"
                           + (" and data.weights" if d.weights is not None else "") + "; concatenate the files")
@@ -96,17 +99,8 @@ def training_data(cfg: DataConfig, kind: str, vocab_size: int, seed: int, load: 
         tok = load_tokenizer(d.tokenizer)
         check_fits(tok, vocab_size)
     if kind == "pretrain":
-        return PretrainData(d.paths, d.weights, d.seq_length, seed, vocab_size)
-    return SFTData(d.paths[0], tok, d.seq_length, seed, d.sft_template)
-
-
-def tokenizer_source(cfg: DataConfig, kind: str, vocab_size: int, load: Optional[str] = None) -> Optional[str]:
-    """The path of a pretrain or SFT run's tokenizer: data.tokenizer, the synthetic corpus's, else the one
-    in `load` (r1mega-convert import and every checkpoint keep its files); None when there is none."""
-    d = resolve_data(cfg, kind, vocab_size)
-    if d.tokenizer is None and load and os.path.exists(os.path.join(load, "tokenizer.json")):
-        return load
-    return d.tokenizer
+        return PretrainData(d.paths, d.weights, d.seq_length, seed, vocab_size), d.tokenizer
+    return SFTData(d.paths[0], tok, d.seq_length, seed, d.sft_template), d.tokenizer
 
 
 def prompt_tokenizer(cfg: DataConfig, vocab_size: int, load: Optional[str]) -> Tokenizer:
