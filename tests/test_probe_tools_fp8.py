@@ -190,3 +190,13 @@ def test_keep_and_dequant_load_the_same_weights(tmp_path):
         a = keep.read(key, shape, None, 0, 1)
         b = deq.read(key, shape, None, 0, 1)
         assert torch.equal(a, b), key
+
+
+def test_another_block_size_is_refused_by_key(tmp_path):
+    """A checkpoint quantised in 64 x 64 blocks: its config says so; the 128-block reader would
+    misread the scales, so the key is named (before: only a confusing scale-shape mismatch)."""
+    config = {**CONFIG, "quantization_config": {**CONFIG["quantization_config"], "weight_block_size": [64, 64]}}
+    hf = write_hf(tmp_path / "hf", _tensors(), config)
+    with pytest.raises(convert.ConvertError, match="weight_block_size"):
+        convert.do_import(hf, str(tmp_path / "ckpt"))
+    assert not (tmp_path / "ckpt").exists()

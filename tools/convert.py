@@ -89,6 +89,11 @@ def check(index: dict[str, tuple[tuple[int, ...], str]], hf_config: dict, origin
         if dtype not in ("F32", "F16", "BF16", "F8_E4M3"):
             problems.append(f"tensor {key}: unsupported dtype {dtype}")
     problems += _fp8_problems(index)
+    quant = hf_config.get("quantization_config")
+    block = quant.get("weight_block_size") if isinstance(quant, dict) else None
+    if block is not None and list(block) != [BLOCK, BLOCK]:  # the scales would be read on the wrong grid
+        problems.append(f"config.json: quantization_config.weight_block_size {block}; r1mega reads FP8 weights in "
+                        f"{BLOCK}x{BLOCK} blocks only")
     if problems:
         more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
         raise ConvertError(f"{origin} does not match its config.json:\n  " + "\n  ".join(problems[:20]) + more)
