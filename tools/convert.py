@@ -469,6 +469,15 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
     return res
 
 
+def _copies(family, config: dict, keys: list[str]) -> list[tuple[str, str]]:
+    """(name, source) of the copies the family's format repeats (DeepSeek's MTP embedding and head)
+    that the checkpoint lacks, for the layers it holds."""
+    held = set(keys)
+    return [(name, source) for name, source in family.hf_copies(config).items()
+            if name not in held and source in held
+            and any(k.startswith(name.rsplit(".", 2)[0] + ".") for k in held)]
+
+
 def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8_blocks, tokenizer_dir,
                  shard_bytes, dtype) -> dict:
     writer = PartWriter(tmp, "model-", shard_bytes, pieces_json=False)
@@ -476,19 +485,25 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
     total = sum(os.path.getsize(os.path.join(ckpt, n)) for n in os.listdir(ckpt) if n.endswith(".safetensors"))
     bar = _progress(total, len(keys), "export")
     family = family_for_hf(config)[0]  # which linears its FP8 checkpoints store in e4m3
-    for done, key in enumerate(keys, start=1):
+    # an import goes out as it came in; a trained checkpoint holds only the tensors the copies share
+    plan = [(key, key) for key in keys] + (_copies(family, config, keys) if meta.get("kind") != "import" else [])
+    for done, (key, src) in enumerate(plan, start=1):
         if key.endswith("_scale_inv"):
             continue  # written next to its weight below
-        shape = shapes[key][0]
-        raw_fp8 = with_dtypes[key][1] == "F8_E4M3"
+        shape = shapes[src][0]
+        raw_fp8 = with_dtypes[src][1] == "F8_E4M3"
         if raw_fp8:  # an FP8 weight kept at import goes out as it came in, with its scales
-            t = _whole(reader, ckpt, key)
+            t, scale = _whole(reader, ckpt, src), _whole(reader, ckpt, scale_name(src))
+            if key != src:
+                t, scale = t.clone(), scale.clone()  # safetensors refuses tensors that share memory
             writer.add(key, t)
-            writer.add(scale_name(key), _whole(reader, ckpt, scale_name(key)))
+            writer.add(scale_name(key), scale)
             bar.update(t.numel() * t.element_size())
             continue
         else:
-            t = reader.read(key, shape, None, 0, 1)  # checksum- and finiteness-checked
+            t = reader.read(src, shape, None, 0, 1)  # checksum- and finiteness-checked
+            if key != src:
+                t = t.clone()  # a copy of its own: safetensors refuses tensors that share memory
             if target is not None and t.is_floating_point() and key.rsplit(".", 1)[-1] not in family.fp32_params:
                 t = t.to(target)  # what the family keeps in float32 (DeepSeek's routing bias) stays so
         if fp8_blocks and fp8_quantizable(key, t, family):
@@ -498,7 +513,7 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
         else:
             writer.add(key, t)
         bar.update(t.numel() * t.element_size())
-        bar.set_description(f"export ({done}/{len(keys)} tensors)")
+        bar.set_description(f"export ({done}/{len(plan)} tensors)")
     writer.flush()
     bar.close()
     n = len(writer.parts)
