@@ -40,7 +40,7 @@ from r1mega.models.family import family_for_hf, family_from_meta
 from r1mega.models.hf_config import read_hf_config as shared_read_hf_config
 from r1mega.models.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
 from r1mega.models.weights import read_index
-from r1mega.train.checkpoint import PieceReader, crc32, read_meta, verify_manifest
+from r1mega.train.checkpoint import PieceReader, crc32, not_a_checkpoint, read_meta, verify_manifest
 from r1mega.data.tokenizer import TOKENIZER_FILES
 
 
@@ -448,6 +448,9 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
     if tokenizer_dir is not None and not any(os.path.isfile(os.path.join(tokenizer_dir, n))
                                              for n in ("tokenizer.json", "tokenizer.model")):
         raise ConvertError(f"--tokenizer-dir {tokenizer_dir}: no tokenizer.json or tokenizer.model there")
+    what = not_a_checkpoint(ckpt) if os.path.isdir(ckpt) else None
+    if what:  # a run directory, a checkpoints root, an HF directory: say which checkpoint to give
+        raise ConvertError(f"--ckpt {ckpt} {what.replace('train.load=', '--ckpt ')}")
     meta = read_meta(ckpt)
     verify_manifest(ckpt, meta)  # as a resume does: an edited meta.json or another step's rank files are refused
     config = hf_config or exported_config(meta)
