@@ -200,3 +200,8 @@ def test_another_block_size_is_refused_by_key(tmp_path):
     with pytest.raises(convert.ConvertError, match="weight_block_size"):
         convert.do_import(hf, str(tmp_path / "ckpt"))
     assert not (tmp_path / "ckpt").exists()
+    from r1mega.errors import CheckpointError
+    from r1mega.models.weights import SafetensorsDir
+
+    with pytest.raises(CheckpointError, match="weight_block_size"):  # generate/verify-hf on the HF directory
+        SafetensorsDir(hf)
