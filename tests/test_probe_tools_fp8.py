@@ -205,3 +205,21 @@ def test_another_block_size_is_refused_by_key(tmp_path):
 
     with pytest.raises(CheckpointError, match="weight_block_size"):  # generate/verify-hf on the HF directory
         SafetensorsDir(hf)
+
+
+def test_verify_when_transformers_cannot_load_the_checkpoint_is_named(tmp_path, monkeypatch):
+    """`import --verify` (and verify-hf) on an FP8 checkpoint where transformers cannot load FP8 (here:
+    no accelerate) ended in transformers' ImportError traceback; now `error:` naming --hf-dir, and
+    nothing is published."""
+    import transformers
+
+    from r1mega.errors import R1MegaError
+
+    def cannot(*args, **kwargs):
+        raise ImportError("Loading an FP8 quantized model requires accelerate")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", cannot)
+    hf = write_hf(tmp_path / "hf", _tensors())
+    with pytest.raises(R1MegaError, match="--hf-dir.*ImportError: Loading an FP8"):
+        convert.do_import(hf, str(tmp_path / "ckpt"), verify=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
