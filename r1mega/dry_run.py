@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from r1mega.config import Config, validate, validate_sequence_split
+from r1mega.config import Config, validate_training
 from r1mega.models.family import family_of_config
 from r1mega.parallel.layout import attention_dims, expert_dims
 from r1mega.plan import check_positions, check_sizes, fits, plan_for, print_plan
@@ -22,8 +22,9 @@ def group_summary(dims: list[tuple[str, int]], name: str, show: int = 8) -> tupl
 
 def dry_run(cfg: Config, world: int, gpu_mem: float = 80.0) -> int:
     check_sizes(world=world, gpu_mem=gpu_mem)
-    cfg = validate(cfg, world)
-    validate_sequence_split(cfg)  # as the run does: data.seq_length against 2 x cp (x tp under SP)
+    # the run's own rules (batch split, schedule, virtual stages, optimizer; no data files read), so a
+    # plan is never printed for a launch the run refuses
+    cfg = validate_training(cfg, world, needs_data=False)
     check_positions(cfg, cfg.data.seq_length, "data.seq_length")  # and the positions the real run refuses
     p = cfg.parallel
     m = cfg.active_model

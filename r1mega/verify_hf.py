@@ -194,7 +194,12 @@ def run(args: argparse.Namespace) -> int:
             our_grads.update(g or {})
         from transformers import AutoModelForCausalLM  # only rank 0 pays for the import
 
-        hf = AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=dtype).eval()
+        try:
+            hf = AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=dtype).eval()
+        except (ImportError, OSError, ValueError, RuntimeError) as e:  # e.g. FP8 weights and no FP8 support here
+            why = (str(e).strip().splitlines() or [""])[0][:300]
+            raise ConfigError("--hf-dir", f"{args.hf_dir}: transformers cannot load it here to compare against "
+                                          f"({type(e).__name__}: {why})") from None
         ref = hf(ids.cpu()).logits.float()
         loss = F.cross_entropy(ref.flatten(0, 1), labels.cpu().flatten(), ignore_index=-100)
         ref_loss = loss.item()

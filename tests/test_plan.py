@@ -210,10 +210,12 @@ def test_absurd_num_layers_is_answered_at_once(tmp_path):
         "for argv in sys.argv[1:]:\n"
         "    print('rc', cli.main(argv.split()), flush=True)\n")
     runs = [f"plan --config {CFG('deepseek_v3_671b.yaml')} --tp 2 --pp 16 --ep 64 --dp 64 --sp {huge}",
-            f"pretrain --config {CFG('deepseek_v3_671b.yaml')} --dry-run --world 2048 {huge}",
+            f"pretrain --config {CFG('deepseek_v3_671b.yaml')} --dry-run --world 2048 {huge} "
+            f"data.global_batch_size=128",  # the dry run applies the run's batch rule: dp 64 x micro 2
             f"pretrain --config {os.path.join(ROOT, 'configs', 'tiny', 'pretrain.yaml')} {huge} "
             f"train.run_dir={tmp_path}/run data.cache_dir={tmp_path}/data",
-            f"pretrain --config {CFG('deepseek_v3_671b.yaml')} --dry-run --world 1073741824"]  # 2^30 ranks
+            f"pretrain --config {CFG('deepseek_v3_671b.yaml')} --dry-run --world 1073741824 "  # 2^30 ranks
+            f"data.global_batch_size=67108864"]  # dp 2^25 x micro 2
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     res = subprocess.run([sys.executable, "-c", script, *runs], capture_output=True, text=True, env=env,
                          timeout=120, cwd=str(tmp_path))

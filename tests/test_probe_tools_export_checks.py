@@ -98,3 +98,14 @@ def test_tokenizer_dir_is_checked_and_not_mixed(tmp_path):
     assert not (tmp_path / "out" / "tokenizer_config.json").exists()
     convert.do_export(str(ckpt), str(tmp_path / "out2"))  # without it: the checkpoint's own, complete
     assert (tmp_path / "out2" / "chat_template.jinja").read_text() == "old template"
+
+
+def test_export_of_a_run_directory_says_which_checkpoint_to_give(tmp_path):
+    """`--ckpt RUN` or `--ckpt RUN/checkpoints` said only "RUN/meta.json: missing"."""
+    (tmp_path / "run" / "checkpoints" / "step_00000002").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "latest").write_text("step_00000002")
+    for ckpt in (tmp_path / "run", tmp_path / "run" / "checkpoints"):
+        r = _cli("export", "--ckpt", str(ckpt), "--out", str(tmp_path / "hf"))
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert "--ckpt" in r.stderr and "step_NNNNNNNN" in r.stderr
+        assert not (tmp_path / "hf").exists()

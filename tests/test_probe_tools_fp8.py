@@ -190,3 +190,36 @@ def test_keep_and_dequant_load_the_same_weights(tmp_path):
         a = keep.read(key, shape, None, 0, 1)
         b = deq.read(key, shape, None, 0, 1)
         assert torch.equal(a, b), key
+
+
+def test_another_block_size_is_refused_by_key(tmp_path):
+    """A checkpoint quantised in 64 x 64 blocks: its config says so; the 128-block reader would
+    misread the scales, so the key is named (before: only a confusing scale-shape mismatch)."""
+    config = {**CONFIG, "quantization_config": {**CONFIG["quantization_config"], "weight_block_size": [64, 64]}}
+    hf = write_hf(tmp_path / "hf", _tensors(), config)
+    with pytest.raises(convert.ConvertError, match="weight_block_size"):
+        convert.do_import(hf, str(tmp_path / "ckpt"))
+    assert not (tmp_path / "ckpt").exists()
+    from r1mega.errors import CheckpointError
+    from r1mega.models.weights import SafetensorsDir
+
+    with pytest.raises(CheckpointError, match="weight_block_size"):  # generate/verify-hf on the HF directory
+        SafetensorsDir(hf)
+
+
+def test_verify_when_transformers_cannot_load_the_checkpoint_is_named(tmp_path, monkeypatch):
+    """`import --verify` (and verify-hf) on an FP8 checkpoint where transformers cannot load FP8 (here:
+    no accelerate) ended in transformers' ImportError traceback; now `error:` naming --hf-dir, and
+    nothing is published."""
+    import transformers
+
+    from r1mega.errors import R1MegaError
+
+    def cannot(*args, **kwargs):
+        raise ImportError("Loading an FP8 quantized model requires accelerate")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", cannot)
+    hf = write_hf(tmp_path / "hf", _tensors())
+    with pytest.raises(R1MegaError, match="--hf-dir.*ImportError: Loading an FP8"):
+        convert.do_import(hf, str(tmp_path / "ckpt"), verify=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]

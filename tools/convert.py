@@ -40,7 +40,7 @@ from r1mega.models.family import family_for_hf, family_from_meta
 from r1mega.models.hf_config import read_hf_config as shared_read_hf_config
 from r1mega.models.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
 from r1mega.models.weights import read_index
-from r1mega.train.checkpoint import PieceReader, crc32, read_meta, verify_manifest
+from r1mega.train.checkpoint import PieceReader, crc32, not_a_checkpoint, read_meta, verify_manifest
 from r1mega.data.tokenizer import TOKENIZER_FILES
 
 
@@ -89,6 +89,11 @@ def check(index: dict[str, tuple[tuple[int, ...], str]], hf_config: dict, origin
         if dtype not in ("F32", "F16", "BF16", "F8_E4M3"):
             problems.append(f"tensor {key}: unsupported dtype {dtype}")
     problems += _fp8_problems(index)
+    quant = hf_config.get("quantization_config")
+    block = quant.get("weight_block_size") if isinstance(quant, dict) else None
+    if block is not None and list(block) != [BLOCK, BLOCK]:  # the scales would be read on the wrong grid
+        problems.append(f"config.json: quantization_config.weight_block_size {block}; r1mega reads FP8 weights in "
+                        f"{BLOCK}x{BLOCK} blocks only")
     if problems:
         more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
         raise ConvertError(f"{origin} does not match its config.json:\n  " + "\n  ".join(problems[:20]) + more)
@@ -443,6 +448,9 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
     if tokenizer_dir is not None and not any(os.path.isfile(os.path.join(tokenizer_dir, n))
                                              for n in ("tokenizer.json", "tokenizer.model")):
         raise ConvertError(f"--tokenizer-dir {tokenizer_dir}: no tokenizer.json or tokenizer.model there")
+    what = not_a_checkpoint(ckpt) if os.path.isdir(ckpt) else None
+    if what:  # a run directory, a checkpoints root, an HF directory: say which checkpoint to give
+        raise ConvertError(f"--ckpt {ckpt} {what.replace('train.load=', '--ckpt ')}")
     meta = read_meta(ckpt)
     verify_manifest(ckpt, meta)  # as a resume does: an edited meta.json or another step's rank files are refused
     config = hf_config or exported_config(meta)
@@ -464,6 +472,15 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
     return res
 
 
+def _copies(family, config: dict, keys: list[str]) -> list[tuple[str, str]]:
+    """(name, source) of the copies the family's format repeats (DeepSeek's MTP embedding and head)
+    that the checkpoint lacks, for the layers it holds."""
+    held = set(keys)
+    return [(name, source) for name, source in family.hf_copies(config).items()
+            if name not in held and source in held
+            and any(k.startswith(name.rsplit(".", 2)[0] + ".") for k in held)]
+
+
 def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8_blocks, tokenizer_dir,
                  shard_bytes, dtype) -> dict:
     writer = PartWriter(tmp, "model-", shard_bytes, pieces_json=False)
@@ -471,19 +488,25 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
     total = sum(os.path.getsize(os.path.join(ckpt, n)) for n in os.listdir(ckpt) if n.endswith(".safetensors"))
     bar = _progress(total, len(keys), "export")
     family = family_for_hf(config)[0]  # which linears its FP8 checkpoints store in e4m3
-    for done, key in enumerate(keys, start=1):
+    # an import goes out as it came in; a trained checkpoint holds only the tensors the copies share
+    plan = [(key, key) for key in keys] + (_copies(family, config, keys) if meta.get("kind") != "import" else [])
+    for done, (key, src) in enumerate(plan, start=1):
         if key.endswith("_scale_inv"):
             continue  # written next to its weight below
-        shape = shapes[key][0]
-        raw_fp8 = with_dtypes[key][1] == "F8_E4M3"
+        shape = shapes[src][0]
+        raw_fp8 = with_dtypes[src][1] == "F8_E4M3"
         if raw_fp8:  # an FP8 weight kept at import goes out as it came in, with its scales
-            t = _whole(reader, ckpt, key)
+            t, scale = _whole(reader, ckpt, src), _whole(reader, ckpt, scale_name(src))
+            if key != src:
+                t, scale = t.clone(), scale.clone()  # safetensors refuses tensors that share memory
             writer.add(key, t)
-            writer.add(scale_name(key), _whole(reader, ckpt, scale_name(key)))
+            writer.add(scale_name(key), scale)
             bar.update(t.numel() * t.element_size())
             continue
         else:
-            t = reader.read(key, shape, None, 0, 1)  # checksum- and finiteness-checked
+            t = reader.read(src, shape, None, 0, 1)  # checksum- and finiteness-checked
+            if key != src:
+                t = t.clone()  # a copy of its own: safetensors refuses tensors that share memory
             if target is not None and t.is_floating_point() and key.rsplit(".", 1)[-1] not in family.fp32_params:
                 t = t.to(target)  # what the family keeps in float32 (DeepSeek's routing bias) stays so
         if fp8_blocks and fp8_quantizable(key, t, family):
@@ -493,7 +516,7 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
         else:
             writer.add(key, t)
         bar.update(t.numel() * t.element_size())
-        bar.set_description(f"export ({done}/{len(keys)} tensors)")
+        bar.set_description(f"export ({done}/{len(plan)} tensors)")
     writer.flush()
     bar.close()
     n = len(writer.parts)

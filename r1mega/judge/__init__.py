@@ -8,6 +8,7 @@ gets one verdict everywhere.
     language.py    the share of a thought's words in the target language (lexicons.py: Latin words)
     format.py      the strict <think>...</think> answer format
     limits.py      how much of a response is read (MAX_RESPONSE_CHARS)
+    magnitude.py   answers too large to evaluate (compared as strings only)
 Low in the import graph: it imports nothing from rl/, eval/ or generation/.
 """
 from r1mega.judge.answers import FALLBACKS, equivalent, final_answer, is_correct

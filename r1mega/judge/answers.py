@@ -14,7 +14,8 @@ Unicode decimal digits (Arabic-Indic, fullwidth, ...) are read as ASCII digits.
 equivalent(a, b): the same string; else math-verify (symbolic / numeric: 1/2 = 0.5 = \\frac{1}{2});
 else, when either side does not parse, the same string up to whitespace and case (multiple-choice
 letters, words). A NaN answer is never correct, and an infinite one only against an infinite
-reference (issue 23 saw "A: nan" judged correct).
+reference (issue 23 saw "A: nan" judged correct). A number too large to evaluate (9^{9^{9}},
+(10^8)!: magnitude.py) is compared as a string only, never handed to sympy.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from functools import lru_cache
 from typing import Optional
 
 from r1mega.judge.limits import MAX_ANSWER_CHARS
+from r1mega.judge.magnitude import too_large
 from r1mega.judge.response import split
 
 FALLBACKS = ("auto", "a_colon", "last_number", "none")
@@ -176,7 +178,7 @@ def equivalent(a: str, b: str) -> bool:
     pa, pb = _parsed(a), _parsed(b)
     if _has_nan(pa) or _has_nan(pb):  # 0/0 and the like
         return False
-    if pa and pb:
+    if pa and pb and not (too_large(pa) or too_large(pb)):  # 9^{9^{9}} would take verify's whole timeout
         from math_verify import verify
 
         try:

@@ -78,6 +78,9 @@ class ModelFamily:
     # (config.json, the checkpoint's tensor names) -> prefixes of expected tensors the checkpoint may
     # lack as a whole (e.g. an MTP layer transformers saves without): the model keeps their init
     hf_may_lack: Callable[[dict, Any], tuple[str, ...]] = lambda hf_config, present: ()
+    # config.json -> {name: source}: tensors the family's HF format repeats under another name (e.g.
+    # DeepSeek's MTP copies of the embedding and head), written from their source on export
+    hf_copies: Callable[[dict], dict[str, str]] = lambda hf_config: {}
     # the 2-D weights a family's FP8 checkpoints store in e4m3 with block scales, by name
     hf_fp8: Callable[[str], bool] = lambda key: key.endswith("proj.weight")
     # why a config cannot run rl.exact_rollouts (None: it can): whether the family's layers have

@@ -84,6 +84,22 @@ def read_index(file: str) -> dict[str, str]:
     return where
 
 
+def _check_block_size(path: str) -> None:
+    """FP8 scales are read on 128 x 128 blocks (models/fp8.py): another block size in config.json
+    would be misread, so it is named instead."""
+    from r1mega.models.fp8 import BLOCK
+
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            quant = json.load(f).get("quantization_config")
+    except (OSError, ValueError, AttributeError):
+        return  # the config's own reader names what is wrong with it
+    block = quant.get("weight_block_size") if isinstance(quant, dict) else None
+    if block is not None and list(block) != [BLOCK, BLOCK]:
+        raise CheckpointError(f"{os.path.join(path, 'config.json')}: quantization_config.weight_block_size {block}; "
+                              f"r1mega reads FP8 weights in {BLOCK}x{BLOCK} blocks only")
+
+
 class SafetensorsDir:
     """A Hugging Face checkpoint directory (sharded with an index, or single files)."""
 
@@ -101,6 +117,8 @@ class SafetensorsDir:
                 with safe_open(os.path.join(path, name), "pt") as f:
                     for k in f.keys():
                         self.where[k] = name
+        if any(k.endswith("_scale_inv") for k in self.where):
+            _check_block_size(path)
         self._open: dict[str, object] = {}
 
     def keys(self):

@@ -59,7 +59,8 @@ from r1mega.train.checkpoint import find_resume_checkpoint, read_meta, resume_fr
 from r1mega.train.metrics_log import MetricsLog, table_due
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.train.setup import (
-    Run, SkipGuard, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta, start_run,
+    Run, SkipGuard, check_run_dir, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta,
+    start_run,
 )
 from r1mega.train.model_build import build_model
 
@@ -456,6 +457,7 @@ def start(cfg: Config, ckpt_root: str) -> tuple[Policy, Progress]:
     run = start_run(cfg, lambda c, w: validate_rl(validate_training(c, w, needs_data=False), w, own is not None,
                                                    REWARDS), own)
     cfg, ps, rl, t = run.cfg, run.ps, run.cfg.rl, run.cfg.train
+    check_run_dir(cfg, "grpo")  # refused before the prompts' synthetic corpus is built
     sandbox.allow_unsafe(rl.unsafe_code_sandbox)
     if "code" in rl.rewards or (rl.prompts and "accuracy" in rl.rewards):  # accuracy runs code problems' tests
         sandbox.require_isolation()  # refuse before any work, naming why, where it cannot be set up
@@ -555,6 +557,7 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     policy, at = start(cfg, ckpt_root)
     run, chunks, optimizer, reference, log = policy.run, policy.chunks, policy.optimizer, policy.reference, policy.log
     cfg, ps, rl, t = run.cfg, run.ps, run.cfg.rl, run.cfg.train
+    check_run_dir(cfg, "grpo")  # refused before the prompts' synthetic corpus is built
     held_out = policy.source.held_out(eval_problems)
     history: dict[str, list] = {"accuracy": [], "reward": []}
     acc0 = None

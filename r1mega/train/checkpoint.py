@@ -354,13 +354,18 @@ def find_resume_checkpoint(root: str, load: Optional[str] = None, model_config: 
         newest = _step_of(named)
         candidates = [named] + [p for p in step_dirs(root) if p != named and _step_of(p) < newest]
     elif latest_checkpoint(root) is None and load:  # (refuses when `latest` is gone but steps exist)
-        if not os.path.isdir(load):
-            raise CheckpointError(f"train.load={load}: no such checkpoint directory")
-        what = not_a_checkpoint(load)
-        if what:
-            raise CheckpointError(f"train.load={load} {what}")
+        check_load(load)
         candidates = [load]
     return _checked(candidates, model_config, allow_arch_change)
+
+
+def check_load(load: str) -> None:
+    """train.load names a checkpoint directory, or a CheckpointError says what it is instead."""
+    if not os.path.isdir(load):
+        raise CheckpointError(f"train.load={load}: no such checkpoint directory")
+    what = not_a_checkpoint(load)
+    if what:
+        raise CheckpointError(f"train.load={load} {what}")
 
 
 def not_a_checkpoint(path: str) -> Optional[str]:

@@ -10,7 +10,6 @@ the work, so trainer, grpo and verify-hf start the same way and a rule changed h
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Optional
@@ -63,15 +62,14 @@ def own_checkpoint(ckpt_root: str) -> Optional[str]:
 
 
 def checkpoint_meta(path: str) -> dict:
-    from r1mega.train.checkpoint import not_a_checkpoint
+    from r1mega.train.checkpoint import not_a_checkpoint, read_meta
 
     meta_file = os.path.join(path, "meta.json")
     if not os.path.isdir(path):
         raise ConfigError("train.load", f"{path}: no such checkpoint directory")
     if not os.path.exists(meta_file):
         raise ConfigError("train.load", f"{path} {not_a_checkpoint(path) or 'is not a checkpoint (no meta.json)'}")
-    with open(meta_file) as f:
-        return json.load(f)
+    return read_meta(path)  # a damaged meta.json is a CheckpointError naming it
 
 
 def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> tuple[Config, ModelFamily]:
@@ -110,13 +108,27 @@ def start_run(cfg: Config, validate_fn: Callable[[Config, int], Config], own_che
     """Join torchrun's group (if launched by it), fill the model from the checkpoint if the config
     has none, validate before any weight exists, build the rank layout, seed."""
     distributed, owns_group, world = join_ranks()
-    cfg, family = model_from_checkpoint(cfg, own_checkpoint)
+    load = cfg.train.load if own_checkpoint is None and not at_family_defaults(cfg.active_model) else None
+    cfg, family = model_from_checkpoint(cfg, own_checkpoint)  # reads train.load when the model comes from it
+    if load is not None:  # else named only after the data is built (a synthetic corpus, on disk)
+        from r1mega.train.checkpoint import check_load, read_meta
+
+        check_load(load)
+        read_meta(load)
     cfg = validate_fn(cfg, world)
     ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
     torch.manual_seed(cfg.seed)
     arch = {k: v for k, v in asdict(cfg.active_model).items() if k not in family.training_keys}
     return Run(cfg, ps, distributed, owns_group, world, default_device(), getattr(torch, cfg.train.dtype), family,
                arch)
+
+
+def check_run_dir(cfg: Config, command: str) -> None:
+    """What claim_run_dir would refuse (a file; a non-empty directory `command` did not make), refused
+    before anything is built, e.g. the synthetic corpus. Writes nothing."""
+    from r1mega.output_dir import check
+
+    check(cfg.train.run_dir, command, "train.run_dir")
 
 
 def claim_run_dir(run: Run, command: str) -> None:

@@ -23,7 +23,7 @@ from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.train.setup import (
-    SkipGuard, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, start_run,
+    SkipGuard, check_run_dir, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, start_run,
 )
 from r1mega.train.model_build import build_model
 
@@ -49,6 +49,7 @@ def _train(cfg: Config, kind: str) -> dict:
     for key, path in (("train.run_dir", t.run_dir), ("train.run_dir", os.path.join(t.run_dir, "checkpoints"))):
         if os.path.exists(path) and not os.path.isdir(path):
             raise ConfigError(key, f"{path} exists and is not a directory")
+    check_run_dir(cfg, kind)  # refused before the data (a synthetic corpus) is built
     if ps.rank == 0 and cfg.optim.warmup_steps > t.steps:
         print(f"warning: optim.warmup_steps={cfg.optim.warmup_steps} exceeds train.steps={t.steps}: the run ends "
               f"before the learning rate reaches optim.lr={cfg.optim.lr}", file=sys.stderr, flush=True)

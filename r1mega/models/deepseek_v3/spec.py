@@ -54,6 +54,15 @@ def _mtp_prefixes(hf_config: dict) -> tuple[str, ...]:
     return tuple(f"model.layers.{n + i}." for i in range(k))
 
 
+def hf_copies(hf_config: dict) -> dict[str, str]:
+    """DeepSeek's release repeats the embedding and the head inside each MTP layer (r1mega's MTP
+    shares the main model's), where MTP loaders of that format read them."""
+    n, mtp = hf_config.get("num_hidden_layers", 0), hf_config.get("num_nextn_predict_layers", 0) or 0
+    return {name: source for i in range(mtp) for name, source in (
+        (f"model.layers.{n + i}.embed_tokens.weight", "model.embed_tokens.weight"),
+        (f"model.layers.{n + i}.shared_head.head.weight", "lm_head.weight"))}
+
+
 def hf_may_lack(hf_config: dict, present) -> tuple[str, ...]:
     """The MTP layers config.json declares of which the checkpoint holds no tensor (transformers saves
     the model without them): r1mega then initialises them."""
@@ -81,5 +90,5 @@ FAMILY = ModelFamily(
     routed_experts=lambda m: m.n_routed_experts,
     training_keys=ModelConfig.training_keys, recompute_units=RECOMPUTE_UNITS,
     exact_rollouts_refusal=_exact_rollouts_refusal, draft_refusal=_draft_refusal, fp32_params=("e_score_correction_bias",), hf_optional=hf_optional,
-    hf_may_lack=hf_may_lack, hf_fp8=hf_fp8,
+    hf_may_lack=hf_may_lack, hf_fp8=hf_fp8, hf_copies=hf_copies,
     training=MoETraining())

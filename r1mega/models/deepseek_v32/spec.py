@@ -49,4 +49,5 @@ FAMILY = ModelFamily(
     count_params=_count_params, plan_module=_planner, flops_per_token=_flops_per_token,
     kv_cache="mla_latent+index_keys", routed_experts=v3.FAMILY.routed_experts, training_keys=DSAConfig.training_keys, recompute_units=RECOMPUTE_UNITS,
     fp32_params=v3.FAMILY.fp32_params, draft_refusal=v3.FAMILY.draft_refusal,
-    hf_optional=v3.FAMILY.hf_optional, hf_may_lack=v3.FAMILY.hf_may_lack, hf_fp8=hf_fp8, training=DSATraining())
+    hf_optional=v3.FAMILY.hf_optional, hf_may_lack=v3.FAMILY.hf_may_lack, hf_fp8=hf_fp8,
+    hf_copies=v3.FAMILY.hf_copies, training=DSATraining())
