@@ -396,20 +396,54 @@ def _serve(glb: dict, rpc_fd: int) -> None:
         req = _recv(rpc_fd)
         if req is None:
             return
-        try:
-            call = json.loads(req)
-            if call["f"] not in glb:
-                raise NameError(call["f"])
-            args = [wire.decode(a) for a in call["a"]]
-            kwargs = {k: wire.decode(v) for k, v in call["k"].items()}
-            out = {"v": wire.encode(glb[call["f"]](*args, **kwargs))}
-        except BaseException as e:  # noqa: BLE001 - SystemExit too: that call failed, nothing more
-            out = {"e": _builtin_base(type(e))}
-        try:
-            text = json.dumps(out, separators=(",", ":"))
-        except BaseException as e:  # noqa: BLE001
-            text = json.dumps({"e": type(e).__name__})
-        _send(rpc_fd, text)
+        _send(rpc_fd, _answer(glb, req, rpc_fd))
+
+
+def _answer(glb: dict, req: str, rpc_fd: int) -> str:
+    """The program's answer to one call of the judge's."""
+    try:
+        call = json.loads(req)
+        if call["f"] not in glb:
+            raise NameError(call["f"])
+        stub = _call_back_stub(glb, rpc_fd)
+        args = [wire.decode(a, stub=stub) for a in call["a"]]
+        kwargs = {k: wire.decode(v, stub=stub) for k, v in call["k"].items()}
+        out = {"v": wire.encode(glb[call["f"]](*args, **kwargs))}
+    except BaseException as e:  # noqa: BLE001 - SystemExit too: that call failed, nothing more
+        out = {"e": _builtin_base(type(e))}
+    try:
+        return json.dumps(out, separators=(",", ":"))
+    except BaseException as e:  # noqa: BLE001
+        return json.dumps({"e": type(e).__name__})
+
+
+def _call_back_stub(glb: dict, rpc_fd: int):
+    """stub(index) for wire.decode: a callable of the program's process standing for the judge's
+    callable `index` (a lambda or function the tests passed). Calling it sends plain arguments
+    back to the judge, which runs its callable there, and waits for the plain result, answering
+    the judge's own calls into the program meanwhile (the tests' callable may call the program)."""
+    import builtins
+
+    def stub(index: int):
+        def call(*args, **kwargs):
+            _send(rpc_fd, json.dumps({"cb": index, "a": [wire.encode(a) for a in args],
+                                      "k": {k: wire.encode(v) for k, v in kwargs.items()}}, separators=(",", ":")))
+            while True:
+                msg = _recv(rpc_fd)
+                if msg is None:
+                    raise ConnectionError("the judge hung up")
+                reply = json.loads(msg)
+                if isinstance(reply, dict) and "f" in reply:
+                    _send(rpc_fd, _answer(glb, msg, rpc_fd))
+                    continue
+                if isinstance(reply, dict) and "v" in reply:
+                    return wire.decode(reply["v"], stub=stub)
+                cls = getattr(builtins, str(reply.get("e")), None) if isinstance(reply, dict) else None
+                if isinstance(cls, type) and issubclass(cls, Exception):
+                    raise cls("raised by the tests' callable")
+                raise RuntimeError("the tests' callable failed")
+        return call
+    return stub
 
 
 def _builtin_base(cls) -> str:
@@ -461,12 +495,14 @@ def _tests_own(value) -> bool:
 
 def _proxy(name: str, rpc_fd: int, state: dict):
     """Stands for the program's function `name` in the judge's interpreter."""
+    fns = state.setdefault("fns", [])  # the tests' callables the program holds stubs of
+
     def call(*args, **kwargs):
         if state["gone"]:
             raise ProgramGone(name)
         try:
-            req = json.dumps({"f": name, "a": [wire.encode(a) for a in args],
-                              "k": {k: wire.encode(v) for k, v in kwargs.items()}}, separators=(",", ":"))
+            req = json.dumps({"f": name, "a": [wire.encode(a, fns=fns) for a in args],
+                              "k": {k: wire.encode(v, fns=fns) for k, v in kwargs.items()}}, separators=(",", ":"))
         except wire.NotPlain as e:
             if not _tests_own(e.value):  # over a cap, a dict view ...: what the program returned may cause it
                 raise TypeError(f"an argument of {name} cannot cross to the program: {e}") from None
@@ -475,8 +511,12 @@ def _proxy(name: str, rpc_fd: int, state: dict):
         err = None
         try:
             _send(rpc_fd, req)
-            resp = _recv(rpc_fd)
-            resp = json.loads(resp) if resp is not None else None
+            while True:
+                resp = _recv(rpc_fd)
+                resp = json.loads(resp) if resp is not None else None
+                if not (isinstance(resp, dict) and "cb" in resp):
+                    break
+                _send(rpc_fd, _run_call_back(resp, fns))  # the program calls one of the tests' callables
             if isinstance(resp, dict) and "v" in resp:
                 return wire.decode(resp["v"])
             if isinstance(resp, dict) and "e" in resp:
@@ -489,6 +529,30 @@ def _proxy(name: str, rpc_fd: int, state: dict):
         raise err
     call.__name__ = call.__qualname__ = name
     return call
+
+
+def _run_call_back(req: dict, fns: list) -> str:
+    """Runs the tests' callable the program called (here, in the judge, on plain arguments) and
+    returns the reply: its plain result, or the name of the builtin exception it raised. The
+    program's exceptions raised in it (through a nested proxy) travel as that name; the judge's
+    own ProgramGone / NeedsInProcess end the tests."""
+    index = req.get("cb")
+    try:
+        if type(index) is not int or not 0 <= index < len(fns) or not isinstance(req.get("a"), list) \
+                or not isinstance(req.get("k"), dict):
+            raise ValueError("malformed call-back")
+        args = [wire.decode(a) for a in req["a"]]  # no stub maker: no callable comes from the program
+        kwargs = {str(k): wire.decode(v) for k, v in req["k"].items()}
+    except (ValueError, TypeError, RecursionError):
+        return json.dumps({"e": "TypeError"})
+    try:
+        out = {"v": wire.encode(fns[index](*args, **kwargs), fns=fns)}
+    except Exception as e:  # noqa: BLE001 - the program may catch what the tests' callable raised
+        out = {"e": _builtin_base(type(e))}
+    try:
+        return json.dumps(out, separators=(",", ":"))
+    except (ValueError, TypeError, RecursionError):
+        return json.dumps({"e": "TypeError"})
 
 
 def judge_process(job_r: int, err_w: int, verdict_w: int, rpc_fd: int) -> None:
