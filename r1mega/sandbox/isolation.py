@@ -166,19 +166,21 @@ def judge(code: str, tests: str, entry_point: Optional[str] = None, limits: Limi
 def _judged(job: Job, isolate: bool) -> SandboxResult:
     """The program runs in its sandbox and serves its functions; the tests run in a second
     interpreter (forked from the zygote, never holding the program's code), where the program's
-    names are proxies that pass plain arguments over a socket and get plain values back. Tests
-    that pass the program something not plain (a lambda, an object of their own) are rerun in
-    the program's interpreter with builtins and modules restored (weaker: see the README); only
-    the tests' own arguments can cause that, nothing the program returns."""
+    names are proxies that pass plain arguments over a socket and get plain values back (and the
+    tests' callables are called back there). Tests that pass the program an object of a class of
+    their own cannot be judged apart and fail by name: in the program's interpreter a program can
+    forge any verdict (patch the harness's builtins, read the token from its frame)."""
     plan = code_tests.plan(job.tests, job.entry_point)
     if isinstance(plan, str):
         return SandboxResult(False, f"tests unusable: {plan}", -1, "", "")
     res = _run_pair(job, plan, isolate)
     if res is not None:
         return res
-    restore = {"names": plan.proxies, "aliases": plan.aliases, "modules": plan.modules + plan.imported}
-    return _run(replace(job, tests=plan.script, judged=False, entry_point=None), isolate,  # the script has check() already
-                extra={"restore": restore})
+    return SandboxResult(False, IN_PROCESS_ONLY, -1, "", "")
+
+
+IN_PROCESS_ONLY = ("tests unusable: they pass the program an object of a class of their own, which cannot cross "
+                   "to it as plain data (judged in the program's interpreter it could forge the verdict)")
 
 
 def _run_pair(job: Job, plan: "code_tests.Plan", isolate: bool) -> Optional[SandboxResult]:

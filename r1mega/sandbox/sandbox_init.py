@@ -483,8 +483,9 @@ def _program_exception(name) -> BaseException:
 def _tests_own(value) -> bool:
     """Whether a value that cannot cross is one the tests made themselves: a function, lambda,
     class or other callable (not a method bound to a plain value), or an object of a class they
-    define. No answer of the program decodes to one of those, so only then may the tests rerun in
-    the program's interpreter (the weaker fallback); a program must never be able to choose it."""
+    define (callables cross as call-backs, so in practice the latter). No answer of the program
+    decodes to one of those, so only then is the verdict "in-process" (tests that cannot be judged
+    apart: they fail by name); anything derived from the program's answers fails as a TypeError."""
     import types
 
     if isinstance(value, (types.BuiltinMethodType, types.MethodWrapperType)):
@@ -633,37 +634,6 @@ def _judge(judge: dict, rpc_fd: int) -> str:
     return "ok" if ok and not state["gone"] else "fail"
 
 
-def _snapshot(restore: dict) -> dict:
-    """Builtins and the tests' modules as they are before the program runs."""
-    import builtins
-
-    mods = {}
-    for name in restore["modules"]:
-        try:
-            mods[name] = dict(__import__(name).__dict__)
-        except BaseException:  # noqa: BLE001 - the tests' own import will fail the same way
-            pass
-    return {"builtins": dict(builtins.__dict__), "modules": mods}
-
-
-def _restore_for_tests(restore: dict, glb: dict, snapshot: dict) -> dict:
-    """The tests' globals after the program ran: builtins and the tests' modules as they were
-    before the program (best effort: see the README), and the program's names the tests use."""
-    import types
-
-    tglb = {"__name__": "__main__", "__builtins__": dict(snapshot["builtins"])}
-    for name, attrs in snapshot["modules"].items():
-        mod = types.ModuleType(name)
-        mod.__dict__.update(attrs)
-        sys.modules[name] = mod
-        tglb[name] = mod
-    for name in restore["names"]:
-        source = restore.get("aliases", {}).get(name, name)
-        if source in glb:
-            tglb[name] = glb[source]
-    return tglb
-
-
 def run_program(job: dict, token_fd: int, rpc_fd) -> None:
     """Runs the program, then (by the job's mode) its tests here or serves its functions to a
     judge (judge_process, another process). The token goes out only
@@ -671,20 +641,18 @@ def run_program(job: dict, token_fd: int, rpc_fd) -> None:
     otherwise any exit is a failure. The token is read from its sealed memfd only at the end, so no
     Python object holds it while the program runs (a program that hunts for that fd can still
     find it: see the README)."""
-    code, tests, restore = job["code"], job.get("tests"), job.get("restore")
+    code, tests = job["code"], job.get("tests")
     stdio = tests is None and rpc_fd is None
     path = os.path.join(os.getcwd(), "solution.py")  # __file__ and argv[0] (no such file: /tmp stays empty)
     glb = {"__name__": "__main__", "__builtins__": __builtins__, "__file__": path}
     sys.argv = [path]
     ok = False
     try:
-        snapshot = _snapshot(restore) if restore is not None else None
         exec(compile(code, path, "exec"), glb)
         if rpc_fd is not None:
             _serve(glb, rpc_fd)
         elif tests is not None:
-            tglb = _restore_for_tests(restore, glb, snapshot) if restore is not None else glb
-            exec(compile(tests, "tests.py", "exec"), tglb)
+            exec(compile(tests, "tests.py", "exec"), glb)
         ok = True
     except SystemExit as e:
         ok = stdio and e.code in (None, 0)
