@@ -131,10 +131,14 @@ def final_answer(text: str, fallback: str = "auto") -> Optional[str]:
     return None if parts.over_cap else answer_in(parts.visible, fallback)
 
 
-@lru_cache(maxsize=65536)
 def _parsed(answer: str) -> tuple:
-    if len(answer) > MAX_ANSWER_CHARS:
+    if len(answer) > MAX_ANSWER_CHARS:  # compared as a string only, and never cached (see equivalent)
         return ()
+    return _parsed_short(answer)
+
+
+@lru_cache(maxsize=65536)
+def _parsed_short(answer: str) -> tuple:
     from math_verify import parse
 
     try:
@@ -162,9 +166,21 @@ def _kind(s: str) -> Optional[str]:
     return None
 
 
-@lru_cache(maxsize=65536)
 def equivalent(a: str, b: str) -> bool:
-    """Are two final answers the same (symbolically / numerically, else as normalised strings)?"""
+    """Are two final answers the same (symbolically / numerically, else as normalised strings)?
+    Only pairs of answers up to MAX_ANSWER_CHARS are cached: a cache keyed by the policy's longest
+    answers (up to MAX_RESPONSE_CHARS each) would hold gigabytes of them in the trainer."""
+    if len(a) > MAX_ANSWER_CHARS or len(b) > MAX_ANSWER_CHARS:
+        return _equivalent(a, b)
+    return _equivalent_short(a, b)
+
+
+@lru_cache(maxsize=65536)
+def _equivalent_short(a: str, b: str) -> bool:
+    return _equivalent(a, b)
+
+
+def _equivalent(a: str, b: str) -> bool:
     a, b = ascii_digits(a), ascii_digits(b)
     ka, kb = _kind(a), _kind(b)
     if "nan" in (ka, kb):
