@@ -56,3 +56,17 @@ CASES = [  # (program, tests, entry point, passes)
 def test_the_tests_callables_are_called_back_in_the_judge():
     results = run_many([Job(code, tests=tests, entry_point=ep, judged=True) for code, tests, ep, _ in CASES])
     assert [r.ok for r in results] == [want for *_, want in CASES], [r.reason for r in results]
+
+
+def test_powerful_callables_are_never_handed_to_the_program():
+    """The call-backs run in the judge, which sees the host's files: eval, open, getattr and the
+    like (or os.*) are refused even where the tests pass them; len, str, sorted, math.sqrt cross."""
+    code = "def call(f, *a):\n    return f(*a)\n"
+    refused = ["assert call(eval, '1+1') == 2", "assert call(open, '/etc/hostname') is not None",
+               "assert call(getattr, 1, 'real') == 1", "import os\nassert call(os.listdir, '/')",
+               "assert call(__import__, 'os') is not None"]
+    allowed = ["assert call(len, 'ab') == 2", "assert call(str, 3) == '3'", "import math\nassert call(math.sqrt, 4) == 2",
+               "assert call(sorted, [2, 1]) == [1, 2]"]
+    results = run_many([Job(code, tests=t, judged=True) for t in refused + allowed])
+    assert [r.ok for r in results] == [False] * len(refused) + [True] * len(allowed), [r.reason for r in results]
+    assert all("is not handed to the program" in r.reason for r in results[:len(refused)])

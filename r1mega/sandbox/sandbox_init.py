@@ -502,8 +502,10 @@ def _proxy(name: str, rpc_fd: int, state: dict):
         if state["gone"]:
             raise ProgramGone(name)
         try:
+            known = len(fns)
             req = json.dumps({"f": name, "a": [wire.encode(a, fns=fns) for a in args],
                               "k": {k: wire.encode(v, fns=fns) for k, v in kwargs.items()}}, separators=(",", ":"))
+            _refuse_powerful(fns, known)
         except wire.NotPlain as e:
             if not _tests_own(e.value):  # over a cap, a dict view ...: what the program returned may cause it
                 raise TypeError(f"an argument of {name} cannot cross to the program: {e}") from None
@@ -532,6 +534,29 @@ def _proxy(name: str, rpc_fd: int, state: dict):
     return call
 
 
+# callables that would let the program act in the judge's process (which sees the host's files) or
+# reach beyond plain data: never handed to it, whoever passes them (defence in depth; the tests are trusted)
+_POWERFUL_BUILTINS = frozenset({"eval", "exec", "compile", "open", "__import__", "getattr", "setattr", "delattr",
+                                "globals", "locals", "vars", "breakpoint", "input", "help", "exit", "quit"})
+_POWERFUL_MODULES = frozenset({"os", "posix", "sys", "subprocess", "shutil", "io", "_io", "socket", "_socket",
+                               "ctypes", "_ctypes", "importlib", "pathlib", "signal", "gc", "inspect", "pickle",
+                               "_pickle", "marshal", "code", "runpy", "tempfile", "glob", "fcntl"})
+
+
+def _refuse_powerful(fns: list, start: int) -> None:
+    """TypeError when a callable registered from `start` on is one of those above."""
+    import builtins
+
+    for f in fns[start:]:
+        name = getattr(f, "__name__", None)
+        module = (getattr(f, "__module__", None) or "").split(".")[0]
+        owner = getattr(f, "__self__", None)
+        if (isinstance(name, str) and getattr(builtins, name, None) is f and name in _POWERFUL_BUILTINS) \
+                or module in _POWERFUL_MODULES or (isinstance(owner, type(sys)) and owner.__name__ in _POWERFUL_MODULES):
+            del fns[start:]
+            raise TypeError(f"{name or f!r} is not handed to the program")
+
+
 def _run_call_back(req: dict, fns: list) -> str:
     """Runs the tests' callable the program called (here, in the judge, on plain arguments) and
     returns the reply: its plain result, or the name of the builtin exception it raised. The
@@ -547,7 +572,9 @@ def _run_call_back(req: dict, fns: list) -> str:
     except (ValueError, TypeError, RecursionError):
         return json.dumps({"e": "TypeError"})
     try:
+        known = len(fns)
         out = {"v": wire.encode(fns[index](*args, **kwargs), fns=fns)}
+        _refuse_powerful(fns, known)
     except Exception as e:  # noqa: BLE001 - the program may catch what the tests' callable raised
         out = {"e": _builtin_base(type(e))}
     try:
