@@ -58,13 +58,15 @@ def test_forgery_scores_zero(name, wrong, right, tests, entry):
     assert good.ok, (name, good)
 
 
-def test_tests_own_callables_and_objects_still_run():
-    """Tests that pass the program a lambda or their own object still run (in its interpreter)."""
+def test_tests_own_callables_still_run_and_their_objects_fail_by_name():
+    """Tests that pass the program a lambda or `len` are judged apart (call-backs into the judge);
+    ones that pass their own object cannot be, and fail by name (tests/test_probe_judge_own_objects.py)."""
     code = "def apply(g, x):\n    return g(x)\ndef area(p):\n    return p.w * p.h\n"
-    tests = ("assert apply(lambda v: v * 2, 3) == 6\nassert apply(len, 'ab') == 2\n"
-             "class P:\n    w, h = 2, 3\nassert area(P()) == 6\n")
+    tests = "assert apply(lambda v: v * 2, 3) == 6\nassert apply(len, 'ab') == 2\n"
     assert sandbox.judge(code, tests).ok
     assert not sandbox.judge(code.replace("g(x)", "g(x) + 1"), tests).ok
+    res = sandbox.judge(code, "class P:\n    w, h = 2, 3\nassert area(P()) == 6\n")
+    assert not res.ok and res.reason == sandbox.IN_PROCESS_ONLY
 
 
 def test_check_parameter_named_like_the_entry_point():

@@ -146,6 +146,10 @@ def run(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise ConfigError("--data", f"two benchmarks share a file name {names}; their outputs would collide")
     benchmarks = {n: read_prompt_records(p, need_answer=True) for n, p in zip(names, args.data)}
+    if any(is_code(r) for recs in benchmarks.values() for r in recs):  # refused before any sampling, by name
+        from r1mega.sandbox.isolation import NO_OPT_OUT_HINT, require_isolation
+
+        require_isolation(NO_OPT_OUT_HINT)
     loaded = None
     distributed = owns_group = False
     # what the numbers were sampled with (for --completions: as the flags state, default the paper's)

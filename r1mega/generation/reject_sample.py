@@ -188,6 +188,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--samples-from", "filters samples already made; --model would generate new ones: "
                           "pass one of them")
     records = read_prompt_records(args.prompts)
+    if any(r.get("answer") is None and r.get("tests") is not None for r in records):  # judged in the sandbox
+        from r1mega.sandbox.isolation import NO_OPT_OUT_HINT, require_isolation
+
+        require_isolation(NO_OPT_OUT_HINT)  # refused before any sampling, by name
     params = None if args.samples_from else sampling_params(args)
     if args.samples_from:
         samples = read_samples(args.samples_from)

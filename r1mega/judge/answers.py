@@ -34,6 +34,9 @@ BOXED = "\\boxed{"
 _NUMBER = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?|[-+]?\d+(?:\.\d+)?(?:/\d+)?")
 _UNICODE_DIGIT = re.compile(r"(?![0-9])\d")  # a decimal digit of another script
 _NAN = re.compile(r"[-+]?\s*(?:nan|\\mathrm\{nan\}|\\text\{nan\})", re.IGNORECASE)
+# 1e+20, -2.5E-3: a number in scientific notation (the form str(float) gives a JSON answer like 1e-05);
+# math-verify reads it as 1*e + 20 with Euler's e, so it is rewritten as m \times 10^{k} first
+_SCIENTIFIC = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?\d{1,3})")  # |k| < 1000: no power tower for sympy
 _INF = re.compile(r"[-+]?\s*(?:inf|infinity|\\infty|∞|oo|\\infinity)", re.IGNORECASE)
 
 
@@ -133,10 +136,14 @@ def final_answer(text: str, fallback: str = "auto") -> Optional[str]:
     return None if parts.over_cap else answer_in(parts.visible, fallback)
 
 
-@lru_cache(maxsize=65536)
 def _parsed(answer: str) -> tuple:
-    if len(answer) > MAX_ANSWER_CHARS:
+    if len(answer) > MAX_ANSWER_CHARS:  # compared as a string only, and never cached (see equivalent)
         return ()
+    return _parsed_short(answer)
+
+
+@lru_cache(maxsize=65536)
+def _parsed_short(answer: str) -> tuple:
     from math_verify import parse
 
     try:
@@ -164,10 +171,27 @@ def _kind(s: str) -> Optional[str]:
     return None
 
 
-@lru_cache(maxsize=65536)
 def equivalent(a: str, b: str) -> bool:
-    """Are two final answers the same (symbolically / numerically, else as normalised strings)?"""
-    a, b = ascii_digits(a), ascii_digits(b)
+    """Are two final answers the same (symbolically / numerically, else as normalised strings)?
+    Only pairs of answers up to MAX_ANSWER_CHARS are cached: a cache keyed by the policy's longest
+    answers (up to MAX_RESPONSE_CHARS each) would hold gigabytes of them in the trainer."""
+    if len(a) > MAX_ANSWER_CHARS or len(b) > MAX_ANSWER_CHARS:
+        return _equivalent(a, b)
+    return _equivalent_short(a, b)
+
+
+@lru_cache(maxsize=65536)
+def _equivalent_short(a: str, b: str) -> bool:
+    return _equivalent(a, b)
+
+
+def _scientific_as_latex(s: str) -> str:
+    m = _SCIENTIFIC.fullmatch(s.strip())
+    return s if m is None else f"{m.group(1)}\\times 10^{{{int(m.group(2))}}}"
+
+
+def _equivalent(a: str, b: str) -> bool:
+    a, b = _scientific_as_latex(ascii_digits(a)), _scientific_as_latex(ascii_digits(b))
     ka, kb = _kind(a), _kind(b)
     if "nan" in (ka, kb):
         return False

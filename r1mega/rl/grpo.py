@@ -55,6 +55,7 @@ from r1mega.rl.prompt_source import PromptSource
 from r1mega.sandbox import isolation as sandbox
 from r1mega.rl.reference import NoReference, Reference, ReferencePolicy
 from r1mega.rl.rewards import REWARDS, reward_terms, run_programs, total_reward
+from r1mega.rl.reward_sync import judge_once
 from r1mega.train.checkpoint import find_resume_checkpoint, read_meta, resume_from, save_checkpoint
 from r1mega.train.metrics_log import MetricsLog, table_due
 from r1mega.train.optimizer import DistributedAdamW, lr_at
@@ -221,9 +222,13 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
         text = r.response_prefix + source.decode(ids[:-1] if finished else ids)
         responses.append(text)
         truncated.append(len(ids) >= limit and not finished and not source.is_stopped(text))
-    programs = run_programs(responses, outputs)  # every program of the batch at once
-    terms = [reward_terms(cfg.rl.rewards, text, p, programs, cfg.rl.answer_fallback)
-             for text, p in zip(responses, outputs)]
+
+    def judge() -> list[dict[str, float]]:
+        programs = run_programs(responses, outputs)  # every program of the batch at once
+        return [reward_terms(cfg.rl.rewards, text, p, programs, cfg.rl.answer_fallback)
+                for text, p in zip(responses, outputs)]
+
+    terms = judge_once(ps, cfg.rl.rewards, len(responses), judge, run.device)  # one verdict per model replica
     rewards = torch.tensor([sum(t.values()) for t in terms], dtype=torch.float64, device=run.device)
     lengths = rollout.completion_mask.sum(1)
     rewards += overlong_shaping(lengths, limit, cfg.rl.overlong_buffer, cfg.rl.overlong_penalty).to(rewards)

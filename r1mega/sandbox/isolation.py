@@ -41,16 +41,20 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator, Optional
 
+from r1mega.errors import R1MegaError
 from r1mega.sandbox import code_tests, seccomp
 
 INIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_init.py")
 SETUP_GRACE = 15.0  # seconds the trainer allows beyond the wall limit for start-up and teardown
 UNSAFE_HINT = ("set rl.unsafe_code_sandbox=true to run generated code without isolation "
                "(only for code you trust: it can then read and write what the trainer's user can)")
+NO_OPT_OUT_HINT = ("this command has no way to run it without isolation: run it where user namespaces are "
+                   "allowed (README: Code-reward sandbox)")
 
 
-class SandboxUnavailable(RuntimeError):
-    """Strong isolation cannot be set up on this machine and the run did not opt out of it."""
+class SandboxUnavailable(R1MegaError, RuntimeError):
+    """Strong isolation cannot be set up on this machine and the run did not opt out of it (a user
+    error: commands print it as one `error:` line and exit 2)."""
 
 
 @dataclass
@@ -113,14 +117,15 @@ def isolation_problem() -> Optional[str]:
     return res.reason if res.reason.startswith("sandbox setup failed") else f"sandbox self-test failed: {res.reason}"
 
 
-def require_isolation() -> bool:
+def require_isolation(hint: str = UNSAFE_HINT) -> bool:
     """True where the isolated sandbox runs; else raise SandboxUnavailable with the reason, or,
-    with allow_unsafe(True), warn and return False (programs then run without isolation)."""
+    with allow_unsafe(True), warn and return False (programs then run without isolation). `hint`:
+    what the user can do (GRPO's opt-out key; NO_OPT_OUT_HINT for commands without one)."""
     problem = isolation_problem()
     if problem is None:
         return True
     if not _policy["unsafe"]:
-        raise SandboxUnavailable(f"refusing to run generated code: {problem}; {UNSAFE_HINT}")
+        raise SandboxUnavailable(f"refusing to run generated code: {problem}; {hint}")
     warnings.warn(f"rl.unsafe_code_sandbox=true: running generated code WITHOUT isolation ({problem})",
                   RuntimeWarning, stacklevel=3)
     return False
@@ -161,19 +166,21 @@ def judge(code: str, tests: str, entry_point: Optional[str] = None, limits: Limi
 def _judged(job: Job, isolate: bool) -> SandboxResult:
     """The program runs in its sandbox and serves its functions; the tests run in a second
     interpreter (forked from the zygote, never holding the program's code), where the program's
-    names are proxies that pass plain arguments over a socket and get plain values back. Tests
-    that pass the program something not plain (a lambda, an object of their own) are rerun in
-    the program's interpreter with builtins and modules restored (weaker: see the README); only
-    the tests' own arguments can cause that, nothing the program returns."""
+    names are proxies that pass plain arguments over a socket and get plain values back (and the
+    tests' callables are called back there). Tests that pass the program an object of a class of
+    their own cannot be judged apart and fail by name: in the program's interpreter a program can
+    forge any verdict (patch the harness's builtins, read the token from its frame)."""
     plan = code_tests.plan(job.tests, job.entry_point)
     if isinstance(plan, str):
         return SandboxResult(False, f"tests unusable: {plan}", -1, "", "")
     res = _run_pair(job, plan, isolate)
     if res is not None:
         return res
-    restore = {"names": plan.proxies, "aliases": plan.aliases, "modules": plan.modules + plan.imported}
-    return _run(replace(job, tests=plan.script, judged=False, entry_point=None), isolate,  # the script has check() already
-                extra={"restore": restore})
+    return SandboxResult(False, IN_PROCESS_ONLY, -1, "", "")
+
+
+IN_PROCESS_ONLY = ("tests unusable: they pass the program an object of a class of their own, which cannot cross "
+                   "to it as plain data (judged in the program's interpreter it could forge the verdict)")
 
 
 def _run_pair(job: Job, plan: "code_tests.Plan", isolate: bool) -> Optional[SandboxResult]:

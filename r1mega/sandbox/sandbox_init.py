@@ -396,20 +396,54 @@ def _serve(glb: dict, rpc_fd: int) -> None:
         req = _recv(rpc_fd)
         if req is None:
             return
-        try:
-            call = json.loads(req)
-            if call["f"] not in glb:
-                raise NameError(call["f"])
-            args = [wire.decode(a) for a in call["a"]]
-            kwargs = {k: wire.decode(v) for k, v in call["k"].items()}
-            out = {"v": wire.encode(glb[call["f"]](*args, **kwargs))}
-        except BaseException as e:  # noqa: BLE001 - SystemExit too: that call failed, nothing more
-            out = {"e": _builtin_base(type(e))}
-        try:
-            text = json.dumps(out, separators=(",", ":"))
-        except BaseException as e:  # noqa: BLE001
-            text = json.dumps({"e": type(e).__name__})
-        _send(rpc_fd, text)
+        _send(rpc_fd, _answer(glb, req, rpc_fd))
+
+
+def _answer(glb: dict, req: str, rpc_fd: int) -> str:
+    """The program's answer to one call of the judge's."""
+    try:
+        call = json.loads(req)
+        if call["f"] not in glb:
+            raise NameError(call["f"])
+        stub = _call_back_stub(glb, rpc_fd)
+        args = [wire.decode(a, stub=stub) for a in call["a"]]
+        kwargs = {k: wire.decode(v, stub=stub) for k, v in call["k"].items()}
+        out = {"v": wire.encode(glb[call["f"]](*args, **kwargs))}
+    except BaseException as e:  # noqa: BLE001 - SystemExit too: that call failed, nothing more
+        out = {"e": _builtin_base(type(e))}
+    try:
+        return json.dumps(out, separators=(",", ":"))
+    except BaseException as e:  # noqa: BLE001
+        return json.dumps({"e": type(e).__name__})
+
+
+def _call_back_stub(glb: dict, rpc_fd: int):
+    """stub(index) for wire.decode: a callable of the program's process standing for the judge's
+    callable `index` (a lambda or function the tests passed). Calling it sends plain arguments
+    back to the judge, which runs its callable there, and waits for the plain result, answering
+    the judge's own calls into the program meanwhile (the tests' callable may call the program)."""
+    import builtins
+
+    def stub(index: int):
+        def call(*args, **kwargs):
+            _send(rpc_fd, json.dumps({"cb": index, "a": [wire.encode(a) for a in args],
+                                      "k": {k: wire.encode(v) for k, v in kwargs.items()}}, separators=(",", ":")))
+            while True:
+                msg = _recv(rpc_fd)
+                if msg is None:
+                    raise ConnectionError("the judge hung up")
+                reply = json.loads(msg)
+                if isinstance(reply, dict) and "f" in reply:
+                    _send(rpc_fd, _answer(glb, msg, rpc_fd))
+                    continue
+                if isinstance(reply, dict) and "v" in reply:
+                    return wire.decode(reply["v"], stub=stub)
+                cls = getattr(builtins, str(reply.get("e")), None) if isinstance(reply, dict) else None
+                if isinstance(cls, type) and issubclass(cls, Exception):
+                    raise cls("raised by the tests' callable")
+                raise RuntimeError("the tests' callable failed")
+        return call
+    return stub
 
 
 def _builtin_base(cls) -> str:
@@ -449,8 +483,9 @@ def _program_exception(name) -> BaseException:
 def _tests_own(value) -> bool:
     """Whether a value that cannot cross is one the tests made themselves: a function, lambda,
     class or other callable (not a method bound to a plain value), or an object of a class they
-    define. No answer of the program decodes to one of those, so only then may the tests rerun in
-    the program's interpreter (the weaker fallback); a program must never be able to choose it."""
+    define (callables cross as call-backs, so in practice the latter). No answer of the program
+    decodes to one of those, so only then is the verdict "in-process" (tests that cannot be judged
+    apart: they fail by name); anything derived from the program's answers fails as a TypeError."""
     import types
 
     if isinstance(value, (types.BuiltinMethodType, types.MethodWrapperType)):
@@ -461,12 +496,16 @@ def _tests_own(value) -> bool:
 
 def _proxy(name: str, rpc_fd: int, state: dict):
     """Stands for the program's function `name` in the judge's interpreter."""
+    fns = state.setdefault("fns", [])  # the tests' callables the program holds stubs of
+
     def call(*args, **kwargs):
         if state["gone"]:
             raise ProgramGone(name)
         try:
-            req = json.dumps({"f": name, "a": [wire.encode(a) for a in args],
-                              "k": {k: wire.encode(v) for k, v in kwargs.items()}}, separators=(",", ":"))
+            known = len(fns)
+            req = json.dumps({"f": name, "a": [wire.encode(a, fns=fns) for a in args],
+                              "k": {k: wire.encode(v, fns=fns) for k, v in kwargs.items()}}, separators=(",", ":"))
+            _refuse_powerful(fns, known)
         except wire.NotPlain as e:
             if not _tests_own(e.value):  # over a cap, a dict view ...: what the program returned may cause it
                 raise TypeError(f"an argument of {name} cannot cross to the program: {e}") from None
@@ -475,8 +514,12 @@ def _proxy(name: str, rpc_fd: int, state: dict):
         err = None
         try:
             _send(rpc_fd, req)
-            resp = _recv(rpc_fd)
-            resp = json.loads(resp) if resp is not None else None
+            while True:
+                resp = _recv(rpc_fd)
+                resp = json.loads(resp) if resp is not None else None
+                if not (isinstance(resp, dict) and "cb" in resp):
+                    break
+                _send(rpc_fd, _run_call_back(resp, fns))  # the program calls one of the tests' callables
             if isinstance(resp, dict) and "v" in resp:
                 return wire.decode(resp["v"])
             if isinstance(resp, dict) and "e" in resp:
@@ -489,6 +532,55 @@ def _proxy(name: str, rpc_fd: int, state: dict):
         raise err
     call.__name__ = call.__qualname__ = name
     return call
+
+
+# callables that would let the program act in the judge's process (which sees the host's files) or
+# reach beyond plain data: never handed to it, whoever passes them (defence in depth; the tests are trusted)
+_POWERFUL_BUILTINS = frozenset({"eval", "exec", "compile", "open", "__import__", "getattr", "setattr", "delattr",
+                                "globals", "locals", "vars", "breakpoint", "input", "help", "exit", "quit"})
+_POWERFUL_MODULES = frozenset({"os", "posix", "sys", "subprocess", "shutil", "io", "_io", "socket", "_socket",
+                               "ctypes", "_ctypes", "importlib", "pathlib", "signal", "gc", "inspect", "pickle",
+                               "_pickle", "marshal", "code", "runpy", "tempfile", "glob", "fcntl"})
+
+
+def _refuse_powerful(fns: list, start: int) -> None:
+    """TypeError when a callable registered from `start` on is one of those above."""
+    import builtins
+
+    for f in fns[start:]:
+        name = getattr(f, "__name__", None)
+        module = (getattr(f, "__module__", None) or "").split(".")[0]
+        owner = getattr(f, "__self__", None)
+        if (isinstance(name, str) and getattr(builtins, name, None) is f and name in _POWERFUL_BUILTINS) \
+                or module in _POWERFUL_MODULES or (isinstance(owner, type(sys)) and owner.__name__ in _POWERFUL_MODULES):
+            del fns[start:]
+            raise TypeError(f"{name or f!r} is not handed to the program")
+
+
+def _run_call_back(req: dict, fns: list) -> str:
+    """Runs the tests' callable the program called (here, in the judge, on plain arguments) and
+    returns the reply: its plain result, or the name of the builtin exception it raised. The
+    program's exceptions raised in it (through a nested proxy) travel as that name; the judge's
+    own ProgramGone / NeedsInProcess end the tests."""
+    index = req.get("cb")
+    try:
+        if type(index) is not int or not 0 <= index < len(fns) or not isinstance(req.get("a"), list) \
+                or not isinstance(req.get("k"), dict):
+            raise ValueError("malformed call-back")
+        args = [wire.decode(a) for a in req["a"]]  # no stub maker: no callable comes from the program
+        kwargs = {str(k): wire.decode(v) for k, v in req["k"].items()}
+    except (ValueError, TypeError, RecursionError):
+        return json.dumps({"e": "TypeError"})
+    try:
+        known = len(fns)
+        out = {"v": wire.encode(fns[index](*args, **kwargs), fns=fns)}
+        _refuse_powerful(fns, known)
+    except Exception as e:  # noqa: BLE001 - the program may catch what the tests' callable raised
+        out = {"e": _builtin_base(type(e))}
+    try:
+        return json.dumps(out, separators=(",", ":"))
+    except (ValueError, TypeError, RecursionError):
+        return json.dumps({"e": "TypeError"})
 
 
 def judge_process(job_r: int, err_w: int, verdict_w: int, rpc_fd: int) -> None:
@@ -569,37 +661,6 @@ def _judge(judge: dict, rpc_fd: int) -> str:
     return "ok" if ok and not state["gone"] else "fail"
 
 
-def _snapshot(restore: dict) -> dict:
-    """Builtins and the tests' modules as they are before the program runs."""
-    import builtins
-
-    mods = {}
-    for name in restore["modules"]:
-        try:
-            mods[name] = dict(__import__(name).__dict__)
-        except BaseException:  # noqa: BLE001 - the tests' own import will fail the same way
-            pass
-    return {"builtins": dict(builtins.__dict__), "modules": mods}
-
-
-def _restore_for_tests(restore: dict, glb: dict, snapshot: dict) -> dict:
-    """The tests' globals after the program ran: builtins and the tests' modules as they were
-    before the program (best effort: see the README), and the program's names the tests use."""
-    import types
-
-    tglb = {"__name__": "__main__", "__builtins__": dict(snapshot["builtins"])}
-    for name, attrs in snapshot["modules"].items():
-        mod = types.ModuleType(name)
-        mod.__dict__.update(attrs)
-        sys.modules[name] = mod
-        tglb[name] = mod
-    for name in restore["names"]:
-        source = restore.get("aliases", {}).get(name, name)
-        if source in glb:
-            tglb[name] = glb[source]
-    return tglb
-
-
 def run_program(job: dict, token_fd: int, rpc_fd) -> None:
     """Runs the program, then (by the job's mode) its tests here or serves its functions to a
     judge (judge_process, another process). The token goes out only
@@ -607,20 +668,18 @@ def run_program(job: dict, token_fd: int, rpc_fd) -> None:
     otherwise any exit is a failure. The token is read from its sealed memfd only at the end, so no
     Python object holds it while the program runs (a program that hunts for that fd can still
     find it: see the README)."""
-    code, tests, restore = job["code"], job.get("tests"), job.get("restore")
+    code, tests = job["code"], job.get("tests")
     stdio = tests is None and rpc_fd is None
     path = os.path.join(os.getcwd(), "solution.py")  # __file__ and argv[0] (no such file: /tmp stays empty)
     glb = {"__name__": "__main__", "__builtins__": __builtins__, "__file__": path}
     sys.argv = [path]
     ok = False
     try:
-        snapshot = _snapshot(restore) if restore is not None else None
         exec(compile(code, path, "exec"), glb)
         if rpc_fd is not None:
             _serve(glb, rpc_fd)
         elif tests is not None:
-            tglb = _restore_for_tests(restore, glb, snapshot) if restore is not None else glb
-            exec(compile(tests, "tests.py", "exec"), tglb)
+            exec(compile(tests, "tests.py", "exec"), glb)
         ok = True
     except SystemExit as e:
         ok = stdio and e.code in (None, 0)

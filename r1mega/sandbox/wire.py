@@ -9,7 +9,11 @@ Subclasses of the builtin types (Counter, defaultdict, namedtuple, IntEnum, an i
 its own __eq__) are read through their base type's own C methods, so what travels is the data
 they hold, never the result of an override (__eq__, __iter__, __repr__, __sub__ ...); on the
 other side they arrive as the base type. Anything else (functions, generators, class instances)
-is refused. Both directions are capped: nesting (MAX_DEPTH), total items (MAX_ITEMS), digits of
+is refused, except that the judge's callables (the tests' lambdas, `len`) cross to the program as
+["fn", id] when encode() is given a registry: the program gets a stub whose calls come back to
+the judge, which runs the callable on plain data (decode()'s `stub`). Nothing the program sends
+is decoded with a stub maker, so no callable ever crosses from the program.
+Both directions are capped: nesting (MAX_DEPTH), total items (MAX_ITEMS), digits of
 an int (MAX_INT_DIGITS), and set/dict keys sharing a hash (MAX_SHARED_HASH), so decoding a
 hostile value costs linear time.
 """
@@ -48,8 +52,9 @@ _CONTAINERS = ((list, "l", list.copy), (tuple, "t", lambda v: tuple.__getitem__(
                (type({}.values()), "l", list))
 
 
-def encode(v, _budget=None, depth: int = 0):
-    """v as JSON-ready plain data; NotPlain for anything else."""
+def encode(v, _budget=None, depth: int = 0, fns=None):
+    """v as JSON-ready plain data; NotPlain for anything else. fns: a registry (list) of the
+    judge's callables; a callable is then added to it and crosses as ["fn", its index]."""
     budget = _budget if _budget is not None else [MAX_ITEMS]
     budget[0] -= 1
     if budget[0] < 0:
@@ -85,12 +90,15 @@ def encode(v, _budget=None, depth: int = 0):
             if len(items) >= budget[0]:
                 raise NotPlain("value too large")
             items.append(item)
-        return ["it", [encode(i, budget, depth + 1) for i in items]]
+        return ["it", [encode(i, budget, depth + 1, fns) for i in items]]
     if isinstance(v, dict):
-        return ["d", [[encode(k, budget, depth + 1), encode(i, budget, depth + 1)] for k, i in dict.items(dict.copy(v))]]
+        return ["d", [[encode(k, budget, depth + 1, fns), encode(i, budget, depth + 1, fns)] for k, i in dict.items(dict.copy(v))]]
     for typ, tag, plain in _CONTAINERS:
         if isinstance(v, typ):
-            return [tag, [encode(i, budget, depth + 1) for i in plain(v)]]
+            return [tag, [encode(i, budget, depth + 1, fns) for i in plain(v)]]
+    if fns is not None and callable(v):
+        fns.append(v)
+        return ["fn", str(len(fns) - 1)]
     raise NotPlain(f"a {t.__name__} is not plain data (int, float, complex, str, bytes, bytearray, bool, None, "
                    "list, tuple, dict, set, frozenset, Fraction, Decimal or a subclass of one)", v)
 
@@ -99,8 +107,9 @@ def dumps(v) -> str:
     return json.dumps(encode(v), separators=(",", ":"))
 
 
-def decode(x, _budget=None, depth: int = 0):
-    """The value encode() wrote; ValueError/TypeError for anything malformed or over a cap."""
+def decode(x, _budget=None, depth: int = 0, stub=None):
+    """The value encode() wrote; ValueError/TypeError for anything malformed or over a cap.
+    stub(index): the callable standing for the judge's ["fn", index] (None: refused)."""
     budget = _budget if _budget is not None else [MAX_ITEMS]
     budget[0] -= 1
     if budget[0] < 0:
@@ -138,12 +147,16 @@ def decode(x, _budget=None, depth: int = 0):
         if len(x) != 4 or any(len(p) > MAX_INT_DIGITS for p in x[1:]):
             raise ValueError("malformed range")
         return range(int(body), int(x[2]), int(x[3]))
+    if tag == "fn":
+        if stub is None or not isinstance(body, str) or not body.isdigit() or len(body) > 9:
+            raise ValueError("malformed value")
+        return stub(int(body))
     if not isinstance(body, list):
         raise ValueError("malformed container")
     if tag == "it":
-        return iter([decode(i, budget, depth + 1) for i in body])
+        return iter([decode(i, budget, depth + 1, stub) for i in body])
     if tag in ("l", "t", "s", "fs"):
-        items = [decode(i, budget, depth + 1) for i in body]
+        items = [decode(i, budget, depth + 1, stub) for i in body]
         if tag in ("s", "fs"):
             _spread_hashes(items)
         return {"l": list, "t": tuple, "s": set, "fs": frozenset}[tag](items)
@@ -152,7 +165,7 @@ def decode(x, _budget=None, depth: int = 0):
         for kv in body:
             if not isinstance(kv, list) or len(kv) != 2:
                 raise ValueError("malformed dict item")
-            pairs.append((decode(kv[0], budget, depth + 1), decode(kv[1], budget, depth + 1)))
+            pairs.append((decode(kv[0], budget, depth + 1, stub), decode(kv[1], budget, depth + 1, stub)))
         _spread_hashes([k for k, _ in pairs])
         return dict(pairs)
     raise ValueError(f"unknown value tag {tag!r}")
