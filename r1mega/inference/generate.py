@@ -159,9 +159,10 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
         mask[i, P:P + n] = 1
     routing = {}
     if gen.record_routing:
-        local = engine.routing(P, P + N - 1)
+        width = max(P + N - 1, 0)  # (no rows anywhere: nothing routed)
+        local = engine.routing(P, width)
         for layer in _moe_layers(model):  # every rank the same layers, rows or not (CP sums them)
-            routing[layer] = torch.zeros(P + N - 1, B, model.cfg.num_experts_per_tok, dtype=torch.long, device=device)
+            routing[layer] = torch.zeros(width, B, model.cfg.num_experts_per_tok, dtype=torch.long, device=device)
             if layer in local:
                 routing[layer][:, mine] = local[layer].long()
     if ps.cp > 1:  # disjoint rows: the sums are the whole result, exactly
