@@ -126,3 +126,19 @@ def test_grpo_trains_the_same_groups_on_one_process_dp2_and_tp2_ep2(tmp_path):
     assert any(r["dynamic_extra_draws"] > 0 for r in rows["one"])
     assert sum(r["dynamic_moved_groups"] for r in rows["dp2"]) > 0 and not any(r["dynamic_moved_groups"] for r in rows["one"])
     assert all(sum(1 for g in step.values() if len(set(g[1])) > 1) >= 1 for step in chosen["one"])
+
+
+def test_a_resumed_grpo_run_draws_what_an_unbroken_one_draws(tmp_path):
+    """Pools move the prompt position by the prompts they drew (saved with each checkpoint) and key
+    their rows past the rollout's: a run stopped after step 2 and resumed logs step 3 exactly as a run
+    of 3 steps does (same pools, problems, rewards and loss)."""
+    steady = ["optim.decay=constant", "optim.warmup_steps=0", "train.save_interval=1"]
+    unbroken = _grpo(tmp_path, "unbroken", 1, ["train.steps=3", *steady])[0]
+    _grpo(tmp_path, "broken", 1, ["train.steps=2", *steady])
+    resumed = _grpo(tmp_path, "broken", 1, ["train.steps=3", *steady])[0]
+    assert len(unbroken["rows"]) == 3 and [r["step"] for r in resumed["rows"]] == [1, 2, 3]
+    assert resumed["chosen"] == unbroken["chosen"][2:]  # the resumed process ran step 3 only
+    a, b = unbroken["rows"][2], resumed["rows"][2]
+    assert {k: a[k] for k in COUNTS} == {k: b[k] for k in COUNTS} and a["dynamic_extra_prompts"] > 0
+    for key in ("reward", "loss", "response_len", "grad_norm"):
+        assert a[key] == b[key], key
