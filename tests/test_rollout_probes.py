@@ -14,10 +14,8 @@ def test_dynamic_sampling_trains_the_same_problems_on_one_process_and_dp2():
     the same groups in the same order. A first version pooled each rank's own groups: one process
     kept all 3 informative groups (+ 1 filler) while DP2 kept 2 and filled 2; the pool now fills
     slots in global order and moves groups between ranks.
-    End to end (`configs/tiny/r1_zero_demo.yaml`, rl.dynamic_sampling=true
-    rl.dynamic_sampling_max_draws=2 rl.kl_coef=0.01 train.steps=2): step 2's kl is 0.000175 on one
-    process and 0.000194 under parallel.dp=2 (and tp=2,ep=2 on 4 ranks); without dynamic sampling
-    every logged number agrees."""
+    End to end on the demo config: tests/test_dynamic_sampling.py::
+    test_grpo_trains_the_same_groups_on_one_process_dp2_and_tp2_ep2."""
     from r1mega.parallel.spawn import run_ranks
     from rollout_probe_workers import dynamic_sampling_choice_worker
 

@@ -80,10 +80,13 @@ def merge_scored(draws: list, chosen: list[tuple[int, int]], group_size: int):
 
 
 def _on(scored, device):
-    """The ScoredRollout with its tensors on `device` (CPU to travel between ranks)."""
+    """The ScoredRollout with its tensors on `device` (CPU to travel between ranks); the engine's work
+    counts stay with the rank that did the work."""
     ro = scored.rollout
     ro = replace(ro, tokens=ro.tokens.to(device), pad=ro.pad.to(device), completion_mask=ro.completion_mask.to(device),
-                 logprobs=ro.logprobs.to(device), routing={k: v.to(device) for k, v in ro.routing.items()})
+                 logprobs=ro.logprobs.to(device), routing={k: v.to(device) for k, v in ro.routing.items()},
+                 **{k: 0 for k in ("decode_row_steps", "forwards", "preemptions", "prefill_tokens", "recomputed_tokens")
+                    if hasattr(ro, k)})
     return replace(scored, rollout=ro, rewards=scored.rewards.to(device), truncated=scored.truncated.to(device))
 
 
