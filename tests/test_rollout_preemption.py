@@ -98,10 +98,12 @@ def test_no_block_leaks_and_the_budget_holds(model, budget):
     assert e.worst * BS <= budget and e.pool.peak * BS <= budget, (e.worst, e.pool.peak)
 
 
-def test_exact_mode_resumed_rows_keep_bitwise_logprobs(model):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_exact_mode_resumed_rows_keep_bitwise_logprobs(model, dtype):
     """rl.exact_rollouts' batch-invariant paths: a row recomputed in chunks of several tokens a row
     writes the cache its one-token decoding steps wrote, so even log-probs stay bitwise."""
-    chunks, ps = model
+    chunks, ps = model if dtype == torch.float32 else sharp_model({}, 1)
+    chunks.to(dtype)
     with batch_invariant.exact_mode(True):
         loose = generate(chunks, ps, PROMPTS, _gen(), rows=KEYS)
         tight = generate(chunks, ps, PROMPTS, _gen(max_cache_tokens=120), rows=KEYS)
