@@ -101,12 +101,13 @@ def _grpo(tmp_path, name, world, extra):
 
 
 @pytest.mark.slow
-def test_grpo_trains_the_same_groups_on_one_process_dp2_and_tp2_ep2(tmp_path):
+def test_grpo_trains_the_same_groups_on_one_process_dp2_tp2_ep2_and_pp2_dp2(tmp_path):
     """End to end: `grpo` with rl.dynamic_sampling on the demo config, a reward informative for a
     third of the problems: every step trains the same problems with the same rewards in the same
-    slots, and logs the same counts, on one process, DP2 and TP2 x EP2 (4 ranks, DP2)."""
+    slots, and logs the same counts, on one process, DP2, TP2 x EP2 and PP2 x DP2 (4 ranks each)."""
     runs = {"one": _grpo(tmp_path, "one", 1, []), "dp2": _grpo(tmp_path, "dp2", 2, []),
-            "tp2ep2": _grpo(tmp_path, "tp2ep2", 4, ["parallel.tp=2", "parallel.ep=2", "parallel.etp=1"])}
+            "tp2ep2": _grpo(tmp_path, "tp2ep2", 4, ["parallel.tp=2", "parallel.ep=2", "parallel.etp=1"]),
+            "pp2dp2": _grpo(tmp_path, "pp2dp2", 4, ["parallel.pp=2"])}
     chosen = {}
     for name, ranks in runs.items():
         steps = [{} for _ in ranks[0]["chosen"]]
@@ -115,7 +116,8 @@ def test_grpo_trains_the_same_groups_on_one_process_dp2_and_tp2_ep2(tmp_path):
                 for slot, group in slots.items():
                     assert steps[step].setdefault(slot, group) == group, (name, step, slot)
         chosen[name] = steps
-    assert chosen["dp2"] == chosen["one"] and chosen["tp2ep2"] == chosen["one"]
+    for name in chosen:
+        assert chosen[name] == chosen["one"], name
     rows = {name: ranks[0]["rows"] for name, ranks in runs.items()}
     for name in rows:
         assert [{k: r[k] for k in COUNTS} for r in rows[name]] == [{k: r[k] for k in COUNTS} for r in rows["one"]]

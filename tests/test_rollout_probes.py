@@ -15,7 +15,7 @@ def test_dynamic_sampling_trains_the_same_problems_on_one_process_and_dp2():
     kept all 3 informative groups (+ 1 filler) while DP2 kept 2 and filled 2; the pool now fills
     slots in global order and moves groups between ranks.
     End to end on the demo config: tests/test_dynamic_sampling.py::
-    test_grpo_trains_the_same_groups_on_one_process_dp2_and_tp2_ep2."""
+    test_grpo_trains_the_same_groups_on_one_process_dp2_tp2_ep2_and_pp2_dp2."""
     from r1mega.parallel.spawn import run_ranks
     from rollout_probe_workers import dynamic_sampling_choice_worker
 
