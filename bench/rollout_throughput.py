@@ -186,16 +186,16 @@ def pp_decode(args) -> None:
     print(f"pp_decode: tiny model, {args.pp_new} new tokens a row (no stop), T=1, PP{args.pp} ({args.pp} processes, "
           f"{args.threads} thread(s) each, gloo) vs 1 process; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
           f"on {os.cpu_count()} CPUs")
-    print(f"{'rows':>5} {'layout':>26} {'tokens':>7} {'s':>7} {'cpu s (sum)':>11} {'cpu s (max rank)':>16} {'tok/s':>8} "
-          f"{'vs 1 process':>12} {'forwards':>8} {'same':>7}")
+    print(f"{'rows':>5} {'layout':>26} {'tokens':>7} {'s':>7} {'cpu s (sum)':>11} {'cpu s (max rank)':>16} "
+          f"{'tok/s':>8} {'vs 1 process':>12} {'forwards':>8} {'same':>7}")
     chunks, ps, vocab = tiny_model()
     variants = (("groups >= 16 rows (default)", {}), ("pp groups always", dict(pipelined_min_rows=1)),
                 ("one batch a step (flushed)", dict(pipelined_decode=False)))
     for rows in args.pp_rows:
         dt1, cpu1, ref, fw1 = _pp_worker(0, 1, {}, rows, args.pp_new, args.repeats, {}, args.threads)
         n = sum(map(len, ref))
-        print(f"{rows:>5} {'1 process':>26} {n:>7} {dt1:>7.2f} {cpu1:>11.2f} {cpu1:>16.2f} {n / dt1:>8.1f} {1.0:>12.2f} "
-              f"{fw1:>8} {'-':>7}")
+        print(f"{rows:>5} {'1 process':>26} {n:>7} {dt1:>7.2f} {cpu1:>11.2f} {cpu1:>16.2f} {n / dt1:>8.1f} "
+              f"{1.0:>12.2f} {fw1:>8} {'-':>7}")
         for label, kw in variants:
             per_rank = run_ranks(_pp_worker, args.pp, dict(pp=args.pp), rows, args.pp_new, args.repeats, kw,
                                  args.threads)

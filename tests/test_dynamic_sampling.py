@@ -126,7 +126,8 @@ def test_grpo_trains_the_same_groups_on_one_process_dp2_tp2_ep2_and_pp2_dp2(tmp_
             assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
     print("\ncounts per step:", [{k: r[k] for k in COUNTS + ("dynamic_moved_groups",)} for r in rows["dp2"]])
     assert any(r["dynamic_extra_draws"] > 0 for r in rows["one"])
-    assert sum(r["dynamic_moved_groups"] for r in rows["dp2"]) > 0 and not any(r["dynamic_moved_groups"] for r in rows["one"])
+    assert sum(r["dynamic_moved_groups"] for r in rows["dp2"]) > 0
+    assert not any(r["dynamic_moved_groups"] for r in rows["one"])
     assert all(sum(1 for g in step.values() if len(set(g[1])) > 1) >= 1 for step in chosen["one"])
 
 

@@ -46,7 +46,8 @@ def share(size: int, dp: int, rank: int) -> range:
     return range(size * rank // dp, size * (rank + 1) // dp)
 
 
-def pool_problems(source, position: int, where: int, index: int, size: int, mine: range) -> tuple[list[dict], list[int]]:
+def pool_problems(source, position: int, where: int, index: int, size: int,
+                  mine: range) -> tuple[list[dict], list[int]]:
     """This rank's problems of a pool of `size` prompts starting at prompt position `position`, and
     their indices in the rollout from `where` on (which key their sampling noise). index: the
     pool's own synthetic problems (PromptSource.take)."""
