@@ -133,3 +133,45 @@ def test_layouts_resume_on_kept_blocks_and_draw_the_one_process_samples(model, p
     assert any(r["recomputed"] for r in per_rank)
     if par.get("ep"):
         assert len({r["forwards"] for r in per_rank}) == 1
+
+
+def _family_stage(kind: str, folder: str):
+    """A tiny random DeepSeek-V3.2 (sparse attention: the indexer's keys cached and selected) or
+    Llama (per-head keys and values) model."""
+    import transformers
+
+    from r1mega.parallel.layout import single_process_state
+    from rollout_engine_probe_workers import load, save_tiny
+    from tiny_hf import BASE, randomize
+
+    if kind == "Llama":
+        return load(save_tiny(folder, "Llama"))
+    from r1mega.models.family import family_for_hf
+    from r1mega.models.weights import load_hf_weights
+
+    cfg = transformers.DeepseekV32Config(**BASE, n_group=2, topk_group=1, index_n_heads=16, index_head_dim=16,
+                                         index_topk=5)
+    torch.manual_seed(0)
+    hf = transformers.DeepseekV32ForCausalLM(cfg).float().eval()
+    randomize(hf, 0)
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.dim() > 1:
+                p.mul_(4)  # peaked logits: no near-ties
+    hf.save_pretrained(folder)
+    family, mcfg = family_for_hf(folder)
+    ps = single_process_state()
+    stage = family.build_stage(mcfg, ps)
+    load_hf_weights(stage, folder)
+    return stage, ps
+
+
+@pytest.mark.parametrize("kind", ["DeepseekV32", "Llama"])
+def test_other_families_recompute_on_kept_blocks(tmp_path, kind):
+    stage, ps = _family_stage(kind, str(tmp_path / "hf"))
+    loose = generate(stage, ps, PROMPTS, _gen(record_routing=False, top_p=1.0), rows=KEYS)
+    for budget in (100, 160):
+        tight = generate(stage, ps, PROMPTS, _gen(record_routing=False, top_p=1.0, max_cache_tokens=budget), rows=KEYS)
+        assert tight.preemptions > 0 and 0 < tight.recomputed_tokens <= tight.preemptions * (NEW - 1 + BS - 1)
+        assert tight.completions() == loose.completions(), (kind, budget)
+        torch.testing.assert_close(tight.logprobs, loose.logprobs, atol=2e-5, rtol=0)
