@@ -121,10 +121,11 @@ def _budget_worker(rank: int, world: int, par: dict) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("par, world", [(dict(pp=2), 2), (dict(tp=2, ep=2), 4)])
+@pytest.mark.parametrize("par, world", [(dict(pp=2), 2), (dict(tp=2, ep=2), 4), (dict(cp=2), 2)])
 def test_layouts_resume_on_kept_blocks_and_draw_the_one_process_samples(model, par, world):
-    """PP2 (stages keep the same blocks) and TP2 x EP2 (DP ranks recompute different rows: the
-    recompute forwards are agreed over the step group, empty ones where a rank has none)."""
+    """PP2 (stages keep the same blocks), TP2 x EP2 (DP ranks recompute different rows: the
+    recompute forwards are agreed over the step group, empty ones where a rank has none) and CP2
+    (each CP rank decodes, preempts and recomputes its own rows)."""
     chunks, ps = model
     one = dict(zip(KEYS.tolist(), generate(chunks, ps, PROMPTS, _gen(), rows=KEYS).completions()))
     per_rank = run_ranks(_budget_worker, world, par)
