@@ -12,6 +12,10 @@ shared_prefix  16 samples vs 1 sample of one 4K-token prompt, 4 new tokens each,
 layouts        the long-tail workload on TP2 x EP2 (4 ranks) and PP2 (groups in flight as configured,
                always split in two, or one flushed batch per step), beside one process: same
                samples, time per token.
+pp_decode      continuous decoding under pipeline parallelism: --pp ranks (1 thread each, gloo)
+               against one process, tiny model, --pp-rows rows (distinct 16-token prompts) each
+               decoding --pp-new tokens (no stop): groups in flight as configured (>= 16 rows a
+               group), always pp groups, and one flushed batch per step; tokens/s, same samples.
 uniform        greedy, every row the same length: the DeepSeek-V3 proxy (bench/proxy.py, 64 experts)
                and a dense Qwen2 student, side by side with transformers' `generate` on the same
                weights (tokens must agree in float32).
@@ -161,6 +165,49 @@ def layouts(args) -> None:
                   f"{per_rank[-1]['by_cap'][cap][3]:>8} {same:>6}/{len(rows)}")
 
 
+def _pp_rows(vocab: int, rows: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(5)
+    return torch.randint(3, vocab, (rows, 16), generator=g).tolist()
+
+
+def _pp_worker(rank: int, world: int, par: dict, rows: int, new: int, repeats: int, gen_kw: dict, threads: int):
+    """Every row decoded under `par` (one DP replica): (wall s, this rank's CPU s, completions, forwards)."""
+    torch.set_num_threads(threads)
+    chunks, ps, vocab = tiny_model(par=par, world=world)
+    gen = GenerationConfig(max_new_tokens=new, temperature=1.0, seed=1, **gen_kw)
+    prompts = _pp_rows(vocab, rows)
+    (dt, cpu), r = timed(lambda: generate(chunks, ps, prompts, gen, rows=torch.arange(rows)), repeats, cpu=True)
+    return dt, cpu, r.completions(), r.forwards
+
+
+def pp_decode(args) -> None:
+    """PP decoding throughput: one process, then args.pp stages in flight / split / flushed."""
+    load = os.getloadavg()
+    print(f"pp_decode: tiny model, {args.pp_new} new tokens a row (no stop), T=1, PP{args.pp} ({args.pp} processes, "
+          f"{args.threads} thread(s) each, gloo) vs 1 process; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+          f"on {os.cpu_count()} CPUs")
+    print(f"{'rows':>5} {'layout':>26} {'tokens':>7} {'s':>7} {'cpu s (sum)':>11} {'cpu s (max rank)':>16} "
+          f"{'tok/s':>8} {'vs 1 process':>12} {'forwards':>8} {'same':>7}")
+    chunks, ps, vocab = tiny_model()
+    variants = (("groups >= 16 rows (default)", {}), ("pp groups always", dict(pipelined_min_rows=1)),
+                ("one batch a step (flushed)", dict(pipelined_decode=False)))
+    for rows in args.pp_rows:
+        dt1, cpu1, ref, fw1 = _pp_worker(0, 1, {}, rows, args.pp_new, args.repeats, {}, args.threads)
+        n = sum(map(len, ref))
+        print(f"{rows:>5} {'1 process':>26} {n:>7} {dt1:>7.2f} {cpu1:>11.2f} {cpu1:>16.2f} {n / dt1:>8.1f} "
+              f"{1.0:>12.2f} {fw1:>8} {'-':>7}")
+        for label, kw in variants:
+            per_rank = run_ranks(_pp_worker, args.pp, dict(pp=args.pp), rows, args.pp_new, args.repeats, kw,
+                                 args.threads)
+            dt = max(r[0] for r in per_rank)
+            cpu = sum(r[1] for r in per_rank)
+            same = sum(a == b for a, b in zip(per_rank[-1][2], ref))
+            print(f"{rows:>5} {label:>26} {n:>7} {dt:>7.2f} {cpu:>11.2f} {max(r[1] for r in per_rank):>16.2f} "
+                  f"{n / dt:>8.1f} {dt1 / dt:>12.2f} {per_rank[0][3]:>8} {same:>3}/{rows}")
+    load = os.getloadavg()
+    print(f"  load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
 def shared_prefix(args) -> None:
     chunks, ps, vocab = tiny_model()
     prompt = torch.randint(3, vocab, (args.prefix_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
@@ -266,7 +313,10 @@ def r1_estimate(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workloads", nargs="+", default=["long_tail", "shared_prefix", "uniform"],
-                   choices=["long_tail", "shared_prefix", "uniform", "r1_estimate", "layouts"])
+                   choices=["long_tail", "shared_prefix", "uniform", "r1_estimate", "layouts", "pp_decode"])
+    p.add_argument("--pp", type=int, default=2, help="pp_decode: pipeline stages (one process each)")
+    p.add_argument("--pp-rows", type=int, nargs="+", default=[16, 64], help="pp_decode: rows decoding at once")
+    p.add_argument("--pp-new", type=int, default=64, help="pp_decode: new tokens a row")
     p.add_argument("--layouts", nargs="+", default=["tp2_ep2", "pp2", "pp2_split", "pp2_flushed"],
                    choices=["tp2_ep2", "pp2", "pp2_split", "pp2_flushed"], help="layouts workload: the layouts to run")
     p.add_argument("--caps", type=int, nargs="+", default=[64, 512], help="long_tail: max_new_tokens values")

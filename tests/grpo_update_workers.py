@@ -117,18 +117,19 @@ def vocab_parallel_scores_worker(rank: int, world: int) -> dict:
 
 def dynamic_sampling_worker(rank: int, world: int) -> dict:
     """DP2: rank 0's first draw already has every group informative, rank 1's has none; both must
-    draw again together (rank 1's second draw has what it needs)."""
+    draw the pool together (its informative groups, drawn by both ranks, all go to rank 1's slots)."""
     from r1mega.rl.dynamic_sampling import draw_until_informative
 
     _, _, ps = model({}, world, seed=1)
     calls = []
 
-    def draw(n):
-        calls.append(n)
-        return fake_scored([1.0, 0.0, 1.0, 0.0] if rank == 1 else [1.0, 1.0, 0.0, 0.0], offset=10 * n)
+    def draw(n, offset, size, mine):
+        calls.append((n, offset, size, list(mine)))
+        pool = [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # groups 0, 1 and 3 informative
+        return fake_scored(sum((pool[2 * e:2 * e + 2] for e in mine), []), offset=10 + 2 * mine.start)
 
     first = fake_scored([1.0, 0.0, 0.0, 1.0] if rank == 0 else [1.0, 1.0, 0.0, 0.0], offset=0)
-    scored, counts = draw_until_informative(first, draw, 2, 3, ps, torch.device("cpu"))
+    scored, counts = draw_until_informative(first, [2 * rank, 2 * rank + 1], draw, 2, 3, ps, torch.device("cpu"))
     return {"calls": calls, "counts": counts, "rewards": scored.rewards, "tokens": scored.rollout.tokens}
 
 

@@ -202,11 +202,15 @@ def test_dynamic_sampling_decisions_are_agreed_over_ranks():
     from r1mega.parallel.spawn import run_ranks
 
     r0, r1 = run_ranks(dynamic_sampling_worker, 2)
-    assert r0["calls"] == r1["calls"] == [1]  # rank 0 had enough, but draws with rank 1
+    # 2 of 4 slots empty, 2 informative of 4: a pool of ceil((2 + 1) / 0.5) = 6 prompts, 3 a rank;
+    # rank 0 had enough, but draws with rank 1
+    assert r0["calls"] == [(1, 0, 6, [0, 1, 2])] and r1["calls"] == [(1, 0, 6, [3, 4, 5])]
     for r in (r0, r1):
-        assert r["counts"] == {"dynamic_extra_draws": 1.0, "dynamic_informative_groups": 4.0,
-                               "dynamic_drawn_groups": 8.0, "dynamic_filled_groups": 0.0}
-    # rank 0 keeps its first draw; rank 1 takes the second draw's two informative groups
+        assert r["counts"] == {"dynamic_extra_draws": 1.0, "dynamic_extra_prompts": 6.0,
+                               "dynamic_informative_groups": 5.0, "dynamic_drawn_groups": 10.0,
+                               "dynamic_filled_groups": 0.0, "dynamic_moved_groups": 2.0}
+    # rank 0 keeps its first draw; rank 1 takes the pool's first two informative groups (0 and 1),
+    # both drawn by rank 0 and moved
     assert r0["rewards"].tolist() == [1.0, 0.0, 0.0, 1.0] and r1["rewards"].tolist() == [1.0, 0.0, 1.0, 0.0]
     assert r1["tokens"][:, 0].tolist() == [10, 11, 12, 13]
 
@@ -217,23 +221,30 @@ def test_dynamic_sampling_fills_with_uninformative_groups_when_draws_run_out():
     from r1mega.rl.dynamic_sampling import draw_until_informative
 
     first = fake_scored([1.0, 1.0, 0.0, 0.0, 2.0, 2.0], offset=0, prompt_len=2)
-    more = fake_scored([0.0, 0.0, 3.0, 4.0, 0.0, 0.0], offset=10, prompt_len=4, new=3)
-    scored, counts = draw_until_informative(first, lambda n: more, 2, 1, single_process_state(),
+    sizes = []
+
+    def draw(n, offset, size, mine):
+        sizes.append(size)
+        return fake_scored([0.0, 0.0, 3.0, 4.0, 0.0, 0.0][:2 * size], offset=10, prompt_len=4, new=3)
+
+    scored, counts = draw_until_informative(first, [0, 1, 2], draw, 2, 1, single_process_state(),
                                             torch.device("cpu"))
-    assert counts == {"dynamic_extra_draws": 1.0, "dynamic_informative_groups": 1.0,
-                      "dynamic_drawn_groups": 6.0, "dynamic_filled_groups": 2.0}
-    # slot by slot: slot 1 takes the second draw's informative group, slots 0 and 2 keep the first's
-    assert scored.rewards.tolist() == [1.0, 1.0, 3.0, 4.0, 2.0, 2.0]
-    assert [p["id"] for p in scored.problems] == [0, 1, 12, 13, 4, 5]
+    # nothing informative yet: the pool takes all one draw allows (3 prompts); one informative group
+    assert sizes == [3]
+    assert counts == {"dynamic_extra_draws": 1.0, "dynamic_extra_prompts": 3.0, "dynamic_informative_groups": 1.0,
+                      "dynamic_drawn_groups": 6.0, "dynamic_filled_groups": 2.0, "dynamic_moved_groups": 0.0}
+    # the first empty slot (0) takes the pool's informative group; slots 1 and 2 keep their own
+    assert scored.rewards.tolist() == [3.0, 4.0, 0.0, 0.0, 2.0, 2.0]
+    assert [p["id"] for p in scored.problems] == [12, 13, 2, 3, 4, 5]
     ro = scored.rollout  # draw 0's rows moved right by 2 pads (prompt 2 -> 4), one column longer
-    first_rows = [0, 1, 4, 5]
-    assert ro.prompt_len == 4 and ro.tokens.shape == (6, 7) and ro.pad.tolist() == [2, 2, 0, 0, 2, 2]
+    first_rows = [2, 3, 4, 5]
+    assert ro.prompt_len == 4 and ro.tokens.shape == (6, 7) and ro.pad.tolist() == [0, 0, 2, 2, 2, 2]
     assert torch.equal(ro.tokens[first_rows, 2:6], torch.tensor(first_rows)[:, None].expand(4, 4))
-    assert torch.equal(ro.tokens[2:4], torch.tensor([[12] * 7, [13] * 7]))
+    assert torch.equal(ro.tokens[0:2], torch.tensor([[12] * 7, [13] * 7]))
     assert ro.completion_mask[first_rows, 4:6].all() and not ro.completion_mask[first_rows, 6].any()
-    assert ro.completion_mask[2:4, 4:].all() and not ro.completion_mask[:, :4].any()
+    assert ro.completion_mask[0:2, 4:].all() and not ro.completion_mask[:, :4].any()
     assert ro.routing[0].shape == (7, 6, 2)
-    assert (ro.routing[0][2:6][:, first_rows] == 0).all() and (ro.routing[0][:, 2:4] == 10).all()
+    assert (ro.routing[0][2:6][:, first_rows] == 0).all() and (ro.routing[0][:, 0:2] == 10).all()
 
 
 def test_epochs_run_over_all_minibatches(tmp_path, monkeypatch):
@@ -262,7 +273,7 @@ def test_epochs_run_over_all_minibatches(tmp_path, monkeypatch):
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for r in rows:
-        assert r["dynamic_drawn_groups"] == 4 * (1 + r["dynamic_extra_draws"])
+        assert r["dynamic_drawn_groups"] == 4 + r["dynamic_extra_prompts"]
         filled = r["dynamic_filled_groups"]
         assert r["zero_advantage_frac"] == pytest.approx(filled / 4)  # only fill-ins have equal rewards
         assert 0 <= r["update_padding_frac"] < 1 and r["entropy"] > 0

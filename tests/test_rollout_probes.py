@@ -11,16 +11,16 @@ from __future__ import annotations
 
 def test_dynamic_sampling_trains_the_same_problems_on_one_process_and_dp2():
     """draw_until_informative itself, on one process and on 2 gloo DP ranks, over the same draws:
-    the same groups in the same order (slot by slot). Before the fix one process pooled all 3
-    informative groups (+ 1 filler) while DP2 kept 2 and filled 2.
-    End to end (`configs/tiny/r1_zero_demo.yaml`, rl.dynamic_sampling=true
-    rl.dynamic_sampling_max_draws=2 rl.kl_coef=0.01 train.steps=2): step 2's kl is 0.000175 on one
-    process and 0.000194 under parallel.dp=2 (and tp=2,ep=2 on 4 ranks); without dynamic sampling
-    every logged number agrees."""
+    the same groups in the same order. A first version pooled each rank's own groups: one process
+    kept all 3 informative groups (+ 1 filler) while DP2 kept 2 and filled 2; the pool now fills
+    slots in global order and moves groups between ranks.
+    End to end on the demo config: tests/test_dynamic_sampling.py::
+    test_grpo_trains_the_same_groups_on_one_process_dp2_tp2_ep2_and_pp2_dp2."""
     from r1mega.parallel.spawn import run_ranks
     from rollout_probe_workers import dynamic_sampling_choice_worker
 
     one = dynamic_sampling_choice_worker(0, 1)
     dp2 = run_ranks(dynamic_sampling_choice_worker, 2)
-    assert one == list(range(8))  # slots 2 and 3 found nothing informative in either draw: fillers
+    # slot 2 takes the pool's informative group (problem 100, 101); slot 3 keeps its filler
+    assert one == [0, 1, 2, 3, 100, 101, 6, 7]
     assert dp2[0] + dp2[1] == one

@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import os
 import time
+from dataclasses import replace
 from typing import Optional
 
 import torch.distributed as dist
@@ -24,8 +26,9 @@ import torch.distributed as dist
 from r1mega.config import MIN_TEMPERATURE, ParallelConfig
 from r1mega.data.templates import encode_prompt
 from r1mega.data.tokenizer import check_fits, load_tokenizer
-from r1mega.errors import ConfigError, DataError, R1MegaError
-from r1mega.generation.sampling_rounds import SamplingParams, generate_rounds
+from r1mega.errors import ConfigError, DataError, OutputError, R1MegaError
+from r1mega.generation.sampling_rounds import (LEGACY_NOISE_KEY, NOISE_KEY, NOISE_KEYS, SamplingParams,
+                                               generate_rounds)
 from r1mega.generation.model_source import LoadedModel, load_model
 from r1mega.generation.records import TEMPLATES, render_prompt, template_stops
 from r1mega.generation.store import SampleStore
@@ -187,11 +190,18 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
     records, _ = fit_context(records, [encode_prompt(tok, text, template) for text, _ in rendered_all], params,
                              loaded.cfg.active_model.max_position_embeddings, explicit_max_new, drop_long, desc,
                              announce=ps.rank == 0)
-    store, todo, error = None, None, None
+    store, todo, error, noise_key = None, None, None, None
     if ps.rank == 0:
         try:
             store = SampleStore(out, params.samples, {**meta, "template": template, "model": loaded.source,
-                                                      "sampling": params.recorded()}, shard_records, command, key)
+                                                      "sampling": params.recorded(), "noise_key": NOISE_KEY},
+                                shard_records, command, key)
+            # a directory drawn before the key was recorded keeps the scheme it was drawn with
+            noise_key = store.meta.get("noise_key", LEGACY_NOISE_KEY)
+            if noise_key not in NOISE_KEYS:
+                store.close()
+                raise OutputError(f"{os.path.join(out, 'meta.json')}: unknown noise_key {noise_key!r} "
+                                  f"(known: {sorted(NOISE_KEYS)}); use another {key}")
         except R1MegaError as e:  # told to every rank, so none waits for the others forever
             error = str(e)
         else:
@@ -201,9 +211,10 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
             if len(todo) < len(records):
                 print(f"{desc}: resuming, {len(records) - len(todo)} of {len(records)} problems already done",
                       flush=True)
-    todo, error = _broadcast((todo, error), ps)
+    todo, error, noise_key = _broadcast((todo, error, noise_key), ps)
     if error:
         raise R1MegaError(f"{desc}: {error}")
+    params = replace(params, noise_key=noise_key)
     problems = [records[i] for i in todo]
     rendered = [render_prompt(r, template, tok) for r in problems]
     prompts = [text for text, _ in rendered]

@@ -9,9 +9,13 @@ replica decodes its rows; rank 0 gathers them and yields each problem with its k
 Sampling noise is keyed by (seed, problem id, sample index, position): a sample's tokens do not
 depend on the round it falls in, so a resumed run draws exactly the samples of an uninterrupted
 one under any --problems-per-round, and any layout draws the same tokens (`inference/sampling.py`).
+A problem id enters the key through a 64-bit BLAKE2b digest (`NOISE_KEY`); output directories made
+before it keep the 32-bit CRC scheme they were drawn with (`SamplingParams.noise_key`, recorded in
+the store's meta.json by `generation/run.py`).
 """
 from __future__ import annotations
 
+import hashlib
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -39,10 +43,14 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)  # stop strings (EOS always stops)
     speculative: Optional[str] = None  # "mtp": the model's MTP module drafts (inference/speculative.py)
     draft_tokens: int = 1
+    # how a problem id keys the noise: set from the output store (an older store keeps its scheme), so
+    # not one of the settings `recorded` compares on a resume
+    noise_key: str = "blake2b64"
 
     def recorded(self) -> dict:
         """What a store's meta.json keeps (the speculative keys only when set: older stores resume)."""
         d = asdict(self)
+        d.pop("noise_key")
         if not self.speculative:
             d.pop("speculative"), d.pop("draft_tokens")
         return d
@@ -57,6 +65,8 @@ class SamplingParams:
         if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature):
             raise ConfigError("--temperature", f"must be 0 (greedy) or >= {MIN_TEMPERATURE:g} (a smaller one "
                                                f"overflows logits / T in float32), got {self.temperature}")
+        if self.noise_key not in NOISE_KEYS:
+            raise ConfigError("noise_key", f"expected one of {sorted(NOISE_KEYS)}, got {self.noise_key!r}")
         if self.speculative not in (None, "mtp"):
             raise ConfigError("--speculative", f"expected mtp, got {self.speculative!r}")
         from r1mega.inference.speculative import MAX_DRAFT_TOKENS
@@ -98,9 +108,31 @@ def _finish(ids: list[int], text: str, tok: Tokenizer, params: SamplingParams) -
     return text, "length"
 
 
-def sample_key(problem_id: str, sample: int) -> int:
-    """The noise key of sample `sample` of a problem: its id's CRC-32 and the sample index."""
+_M64 = (1 << 64) - 1
+
+
+def _blake2b64(problem_id: str, sample: int) -> int:
+    """The id's 64-bit BLAKE2b digest plus the sample index (mod 2^64, as a signed int64): two of 50K
+    ids land within k samples of each other with probability ~ 50K^2 k / 2^64 (1e-9 at k = 16)."""
+    h = int.from_bytes(hashlib.blake2b(str(problem_id).encode(), digest_size=8).digest(), "little")
+    k = (h + sample) & _M64
+    return k - (1 << 64) if k >> 63 else k
+
+
+def _crc32(problem_id: str, sample: int) -> int:
+    """The first scheme: the id's CRC-32 shifted past the sample index. Two of 50K ids share a CRC
+    (and so all their noise) with probability ~25%; kept for directories drawn with it."""
     return (zlib.crc32(str(problem_id).encode()) << 24) + sample
+
+
+NOISE_KEYS = {"blake2b64": _blake2b64, "crc32": _crc32}
+NOISE_KEY = "blake2b64"  # what a new output directory records
+LEGACY_NOISE_KEY = "crc32"  # a directory whose meta.json names none was drawn with this
+
+
+def sample_key(problem_id: str, sample: int, scheme: str = NOISE_KEY) -> int:
+    """The noise key of sample `sample` of a problem (an int64) under `scheme`."""
+    return NOISE_KEYS[scheme](problem_id, sample)
 
 
 def generate_rounds(chunks, ps: ParallelState, tok: Tokenizer, problems: list[dict], prompts: list[str],
@@ -123,7 +155,7 @@ def generate_rounds(chunks, ps: ParallelState, tok: Tokenizer, problems: list[di
         gen = GenerationConfig(params.max_new_tokens, params.temperature, params.top_p, params.top_k, tok.eos_id,
                                stop, seed=params.seed, vocab_size=tok.vocab_size, speculative=params.speculative,
                                draft_tokens=params.draft_tokens, eos_ids=tok.eos_ids)
-        keys = torch.tensor([sample_key(problems[p]["id"], s) for p, s in mine], dtype=torch.long)
+        keys = torch.tensor([sample_key(problems[p]["id"], s, params.noise_key) for p, s in mine], dtype=torch.long)
         rollout = generate(chunks, ps, [encoded[p] for p, _ in mine], gen, rows=keys)
         out = None
         if ps.r("tp") == 0 and ps.r("pp") == 0:

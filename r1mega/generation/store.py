@@ -1,6 +1,7 @@
 """Sharded JSONL of samples that survives a crash (kill -9) without duplicating or losing samples.
 
-    <out>/meta.json            what was generated (samples per problem, sampling parameters, model)
+    <out>/meta.json            what was generated (samples per problem, sampling parameters, model,
+                               how problem ids key the noise)
     <out>/shard-00000.jsonl    {"id", "sample", "completion", "prompt_tokens", "completion_tokens",
     <out>/shard-00001.jsonl     "finish_reason", ["response_prefix"]} one line per sample
 
@@ -90,6 +91,7 @@ class SampleStore:
                 raise ConfigError(key, f"{out_dir} holds samples made with different settings "
                                  f"{ {k: f'{a!r} -> {b!r}' for k, (a, b) in changed.items()} }; "
                                  f"use another {key} or the same settings")
+            self.meta = old  # what the directory was made with (e.g. its noise key scheme, or none)
         elif shards:  # samples of unknown settings: repairing them by today's k would drop them
             raise OutputError(f"{out_dir} holds {len(shards)} shard(s) but no meta.json, so how they were "
                               f"made is unknown; restore meta.json or use another {key}")
@@ -101,6 +103,7 @@ class SampleStore:
                 os.replace(tmp, meta_file)
             except OSError as e:
                 raise OutputError(f"{meta_file}: cannot write ({e.strerror})") from None
+            self.meta = meta
         self.done: set[str] = set()
         self.repaired = 0  # samples dropped from unfinished problems
         for path in shards:

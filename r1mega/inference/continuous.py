@@ -65,12 +65,32 @@ class _Row:
     out: list[int] = field(default_factory=list)
     logps: list[float] = field(default_factory=list)
     admitted: int = -1  # admission order (the youngest row is preempted first)
-    resume: bool = False  # preempted: re-admitted by recomputing its prompt and tokens
+    resume: bool = False  # preempted: re-admitted by recomputing what its cache lost
+    kept: list[int] = field(default_factory=list)  # preempted: its prompt's full blocks, still shared
+    start: int = 0  # re-admitted: cache positions it recomputes from (0: prefilled again)
+    tail: Optional[int] = None  # re-admitted: a block holding its prompt's last partial block, pinned
 
     def recompute(self) -> list[int]:
-        """What a preempted row prefills again: its prompt and every token but the last, which its
-        next decoding step feeds."""
+        """What a preempted row's cache must hold again: its prompt and every token but the last,
+        which its next decoding step feeds."""
         return self.group.prompt + self.out[:-1]
+
+
+# Tokens per row of one forward that recomputes a re-admitted row on top of its kept blocks: the
+# decoding attention scores [rows, heads, chunk, cached], so a long recompute takes several forwards.
+RECOMPUTE_CHUNK = 64
+
+
+def recompute_rounds(lengths: list[int], chunk: int = RECOMPUTE_CHUNK) -> list[int]:
+    """Tokens per row in each forward recomputing rows of `lengths` tokens together: every row still
+    recomputing takes the same count (min(chunk, the fewest left)), so a forward's rows are uniform
+    (the decoding view takes s tokens a row; the batch-invariant layout needs them right-aligned)."""
+    left, rounds = [n for n in lengths if n > 0], []
+    while left:
+        s = min(chunk, min(left))
+        rounds.append(s)
+        left = [n - s for n in left if n > s]
+    return rounds
 
 
 def step_group(ps: ParallelState) -> str:
@@ -136,6 +156,8 @@ class ContinuousBatcher:
         self.decode_row_steps = self.forwards = 0
         self.overlap_sends, self.sent = False, None  # pipelined decoding: sends waited for a tick later
         self.admissions = self.preemptions = 0
+        self.prefill_tokens = 0  # tokens fed to prompt prefills and to preempted rows' recomputation
+        self.recomputed_tokens = 0  # ... of which for preempted rows
 
     # ---- scheduling ------------------------------------------------------------------------
     def admit(self) -> list[_Row]:
@@ -155,10 +177,10 @@ class ContinuousBatcher:
 
     def _need(self, r: _Row, counted: set) -> int:
         """Cache tokens admitting r takes: its group's prompt when not prefilled yet (once per group:
-        the samples share it), or a preempted row's whole recomputed sequence; and a block for its
-        own tokens."""
+        the samples share it), or a preempted row's blocks past the prompt blocks it kept; and a
+        block for its own tokens."""
         if r.resume:
-            return len(r.recompute()) + self.bs
+            return (-(-len(r.recompute()) // self.bs) - len(r.kept)) * self.bs + self.bs
         # the prompt in whole blocks: while samples of its group still wait, the group keeps its partial
         # last block and every admitted sample copies it (counting tokens let the cache overshoot)
         prompt = -(-len(r.group.prompt) // self.bs) * self.bs
@@ -170,24 +192,103 @@ class ContinuousBatcher:
     def preempt(self) -> None:
         """Keep the cache within max_cache_tokens as rows grow: requeue the youngest live rows at the
         front, their tokens kept and their blocks freed, until the next step's blocks fit (one row
-        always stays). A requeued row is recomputed when re-admitted (`resume`); its noise is keyed
-        by position, so it draws the same tokens it would have."""
+        always stays). A row keeps its prompt's full blocks while another holder (its group, a
+        sibling) shares them: freeing them would free nothing. A requeued row is recomputed when
+        re-admitted (`resume`); its noise is keyed by position, so it draws the same tokens it would have."""
         budget = self.gen.max_cache_tokens if self.one_token_steps else 0
-        while budget and len(self.live) > 1 and self._tokens_next_step() > budget:
+        while budget and self._tokens_next_step() > budget:
+            if len(self.live) < 2:  # a lone row runs; prompt blocks kept for nobody else go first
+                if self._release_orphans():
+                    continue
+                break
             r = max(self.live, key=lambda x: x.admitted)
             self.live.remove(r)
+            full = len(r.group.prompt) // self.bs
+            r.kept = r.blocks[:full] if full and self.pool.refs[r.blocks[0]] > 1 else []
+            r.blocks = r.blocks[len(r.kept):]
             self.retire(r)
             r.resume = True
             self.queue.appendleft(r)
             self.preemptions += 1
 
-    def resume(self, rows: list[_Row], groups: list[_Group]) -> None:
-        """Preempted rows back in: each one's recomputed sequence (prefilled as its own group) is its
-        cache; its last sampled token is the next one decoding feeds."""
-        for r, g in zip(rows, groups):
-            r.blocks, r.length, r.resume = g.blocks, len(g.prompt), False
+    def _release_orphans(self) -> bool:
+        """Free prompt blocks that only requeued rows still keep (their siblings and group are done
+        with them): they are then prefilled again on re-admission, as if never kept. Whether any went."""
+        holders: dict[int, list[_Row]] = {}
+        for r in self.queue:
+            if r.kept:
+                holders.setdefault(r.kept[0], []).append(r)
+        freed = False
+        for block, rows in holders.items():
+            if self.pool.refs[block] == len(rows):
+                for r in rows:
+                    self.pool.release(r.kept)
+                    r.kept = []
+                freed = True
+        return freed
+
+    def plan_resume(self, r: _Row) -> None:
+        """Where a re-admitted row's recomputation starts: after its prompt when it kept the prompt's
+        full blocks and a live block still holds the prompt's partial last block (the group's own
+        while samples wait, else a live sibling's copy; pinned until copied), else after its kept
+        blocks; at 0 (a prefill of prompt and tokens) when it kept nothing of a prompt of full blocks."""
+        g, p, bs = r.group, len(r.group.prompt), self.bs
+        full = p // bs
+        r.start, r.tail = 0, None
+        if len(r.kept) < full:
+            return
+        if p % bs:
+            r.tail = (g.blocks[-1] if g.waiting > 0 and g.blocks is not None
+                      else next((s.blocks[full] for s in self.live if s.group is g), None))
+        if r.tail is not None:
+            self.pool.incref([r.tail])
+        r.start = p if r.tail is not None or not p % bs else full * bs
+
+    def resume(self, rows: list[_Row], rounds: int) -> None:
+        """Re-admitted rows that recompute on top of kept blocks (`plan_resume`, start > 0): their
+        kept blocks, a copy of the pinned partial prompt block, blocks for the rest; then `rounds`
+        forwards (agreed over the step group; empty ones when this rank has none left) feed the tokens
+        from `start` on, as decoding feeds several tokens a row (positions past the cached ones)."""
+        src, dst, seqs = [], [], []
+        for r in rows:
+            r.blocks, r.kept = list(r.kept), []
+            if r.tail is not None:
+                r.blocks.append(self.pool.alloc())
+                src.append(r.tail)
+                dst.append(r.blocks[-1])
+            seq = r.recompute()
+            r.blocks += [self.pool.alloc() for _ in range(-(-len(seq) // self.bs) - len(r.blocks))]
             self._set_table(r)
-            self.live.append(r)
+            r.length = r.start
+            seqs.append(seq)
+            self.prefill_tokens += len(seq) - r.start
+            self.recomputed_tokens += len(seq) - r.start
+        self.pool.copy_blocks(src, dst)
+        self.pool.release(src)
+        mine = recompute_rounds([len(seq) - r.start for r, seq in zip(rows, seqs)])
+        for i in range(rounds):
+            if i >= len(mine):
+                self.empty_forward()
+                continue
+            s = mine[i]
+            todo = [(r, seq) for r, seq in zip(rows, seqs) if r.length < len(seq)]
+            ids = torch.tensor([seq[r.length:r.length + s] for r, seq in todo], dtype=torch.long, device=self.device)
+            slots, lengths = torch.tensor([[r.slot, r.length] for r, _ in todo], dtype=torch.long,
+                                          device=self.device).t()
+            view = decode_view(self.pool, self.layer_view, self.table[slots], lengths, s=s,
+                               longest=max(r.length for r, _ in todo) + s)
+            self._forward(ids, lengths[:, None] + torch.arange(s, device=self.device), view)
+            for r, _ in todo:
+                r.length += s
+        for r in rows:
+            r.tail = None
+
+    def reprefilled(self, rows: list[_Row], groups: list[_Group]) -> None:
+        """Re-admitted rows prefilled again whole (start 0): each one's recomputed sequence, prefilled
+        as its own group, is its cache."""
+        for r, g in zip(rows, groups):
+            r.blocks, r.length = g.blocks, len(g.prompt)
+            self._set_table(r)
 
     def _fits(self, r: Optional[_Row], admitted: int, tokens: int, counted: set) -> bool:
         """Whether r can be admitted beside `admitted` rows just admitted: a free place and, under
@@ -363,6 +464,7 @@ class ContinuousBatcher:
 
     def prefill(self, groups: list[_Group]) -> None:
         ids, pad = left_pad([g.prompt for g in groups], self.pad_id, self.device)
+        self.prefill_tokens += sum(len(g.prompt) for g in groups)
         s = ids.shape[1]
         for g in groups:
             g.blocks = [self.pool.alloc() for _ in range(-(-len(g.prompt) // self.bs))]
@@ -420,11 +522,16 @@ class ContinuousBatcher:
                 new = self.admit()
                 resumed = [r for r in new if r.resume]
                 new = [r for r in new if not r.resume]
+                for r in resumed:
+                    self.plan_resume(r)
+                extended = [r for r in resumed if r.start]
+                resumed = [r for r in resumed if not r.start]
                 groups = list({id(r.group): r.group for r in new if r.group.blocks is None}.values())
                 recomputed = [_Group(r.recompute(), 1) for r in resumed]
-                need_decode, need_prefill, busy = _group_max(
+                need_decode, need_prefill, busy, rounds = _group_max(
                     [int(bool(self.live)), int(bool(groups or resumed)),
-                     int(bool(self.live or new or resumed or self.queue))], self.ps)
+                     int(bool(self.live or new or resumed or extended or self.queue)),
+                     len(recompute_rounds([len(r.recompute()) - r.start for r in extended]))], self.ps)
                 if not busy:
                     break
                 if step == 1 and spread:  # as the static engine: the prompt's forward keeps every thread
@@ -435,9 +542,14 @@ class ContinuousBatcher:
                     self.decode() if self.live else self.empty_decode()
                 if need_prefill:
                     self.prefill(groups + recomputed) if groups or resumed else self.empty_prefill()
+                    self.recomputed_tokens += sum(len(g.prompt) for g in recomputed)
+                self.reprefilled(resumed, recomputed)
+                self.resume(extended, rounds)  # before start(): its pinned blocks outlive the step's retirements
                 if new:
                     self.start(new)
-                self.resume(resumed, recomputed)
+                for r in resumed + extended:
+                    r.resume = False
+                    self.live.append(r)
                 step += 1
 
     def routing(self, P: int, width: int) -> dict[int, torch.Tensor]:

@@ -70,6 +70,8 @@ class Rollout:
     decode_row_steps: int = 0  # rows fed to decoding forwards, summed over steps (static: all rows every step)
     forwards: int = 0  # model forwards this rank ran (equal on every rank of an expert-parallel group)
     preemptions: int = 0  # rows requeued to keep the cache within GenerationConfig.max_cache_tokens
+    prefill_tokens: int = 0  # tokens fed to prompt prefills and to preempted rows' recomputation (this rank)
+    recomputed_tokens: int = 0  # ... of which to recompute preempted rows (on top of their prompt's kept blocks)
     draft_tokens: int = 0  # speculative decoding: drafts verified (this rank's rows)
     draft_accepted: int = 0  # ... and accepted
 
@@ -160,9 +162,10 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
         mask[i, P:P + n] = 1
     routing = {}
     if gen.record_routing:
-        local = engine.routing(P, P + N - 1)
+        width = max(P + N - 1, 0)  # (no rows anywhere: nothing routed)
+        local = engine.routing(P, width)
         for layer in _moe_layers(model):  # every rank the same layers, rows or not (CP sums them)
-            routing[layer] = torch.zeros(P + N - 1, B, model.cfg.num_experts_per_tok, dtype=torch.long, device=device)
+            routing[layer] = torch.zeros(width, B, model.cfg.num_experts_per_tok, dtype=torch.long, device=device)
             if layer in local:
                 routing[layer][:, mine] = local[layer].long()
     if ps.cp > 1:  # disjoint rows: the sums are the whole result, exactly
@@ -175,6 +178,7 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     return Rollout(tokens, P, pad, mask, logprobs, routing, pool.values_per_token_per_layer(),
                    pool.peak_bytes() + draft_bytes[0], pool.pool_bytes() + draft_bytes[1],
                    engine.decode_row_steps, engine.forwards, preemptions=engine.preemptions,
+                   prefill_tokens=engine.prefill_tokens, recomputed_tokens=engine.recomputed_tokens,
                    draft_tokens=getattr(engine, "drafted", 0), draft_accepted=getattr(engine, "accepted", 0))
 
 

@@ -1,17 +1,23 @@
 """DAPO's dynamic sampling: a group whose rewards are all equal has zero advantage and teaches
 nothing, so more prompts are drawn until every group slot of the rollout (prompts_per_step x
-minibatches, split over DP ranks) holds an informative group, at most `max_draws` extra draws.
+minibatches, split over DP ranks) holds an informative group.
 
-Slot by slot: each slot keeps the first draw whose group in that slot is informative, and a slot
-that none filled keeps its first draw's group (zero advantage), so the step keeps its shape. A slot's
-problems are the same whatever the layout (draws split their rows over DP contiguously), so the
-groups trained, and their order, do not depend on the DP size; pooling a rank's surplus groups into
-another rank's slots would. Every rank takes the same decisions: "is any slot still empty" is agreed
-with one all-reduce per draw (TP/PP/CP ranks of one model replica see the same rewards; DP ranks
-differ), so every rank generates as often (expert parallelism needs every rank in each forward).
+Pooled: after the rollout, the empty slots (uninformative groups) are counted over all ranks and a
+pool of replacement prompts is drawn at once, sized from the informative fraction observed so far
+so that one round usually fills them all (`pool_size`); its groups are split over the DP ranks in
+near-equal contiguous shares. The i-th informative group of the pools (in pool order) fills the
+i-th empty slot (in slot order): both orders are global positions, so the groups trained, and
+their order, do not depend on the layout. A group whose slot belongs to another DP rank moves
+there (point to point, between the ranks of the same TP/PP/CP coordinates). Rounds repeat while
+slots are empty, at most `max_draws` rounds and `max_draws` rollouts' worth of extra prompts; a
+slot still empty keeps its own (uninformative) group, so the step keeps its shape. Every rank
+takes the same decisions from the same all-reduced flags (one all-reduce per round, over DP: the
+other ranks of a model replica see the same rewards), so every rank generates as often
+(expert parallelism needs every rank in each forward).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Callable
 
@@ -22,33 +28,37 @@ from r1mega.parallel.layout import ParallelState
 from r1mega.rl.loss import equal_reward_groups
 from r1mega.rl.train_batch import merge_rollouts
 
-
-def agreed_min(value: int, device) -> int:
-    """The smallest value over every rank of the job."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.long, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return int(t.item())
+POOL_INDEX_STRIDE = 1_000_003  # synthetic problems of a pool round never repeat a rollout's
 
 
-def dp_sum(value: float, ps: ParallelState, device) -> float:
-    """Summed over data-parallel ranks (the other ranks of a model replica hold the same value)."""
-    if ps.g("dp") is None:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, group=ps.g("dp"))
-    return float(t.item())
+def pool_size(missing: int, found: int, drawn: int, cap: int) -> int:
+    """Prompts to draw for `missing` empty slots when `found` of the `drawn` groups so far were
+    informative: enough that the expected informative groups exceed `missing` by one standard
+    deviation (binomial, one round fills the slots ~5 times in 6), at most `cap`. Depends only on
+    global counts, never on the layout."""
+    q = max(found, 1) / max(drawn, 1)
+    want = (missing + math.sqrt(missing * (1.0 - q))) / q
+    return max(1, min(cap, math.ceil(want - 1e-9)))
 
 
-def choose_groups(informative: list[torch.Tensor], slots: int) -> list[tuple[int, int]]:
-    """(draw, slot) per slot, in slot order: the first draw whose group in the slot is informative,
-    else the first draw's (an uninformative filler)."""
-    chosen = []
-    for g in range(slots):
-        d = next((d for d, flags in enumerate(informative) if bool(flags[g])), 0)
-        chosen.append((d, g))
-    return chosen
+def share(size: int, dp: int, rank: int) -> range:
+    """DP rank `rank`'s contiguous share of a pool of `size` groups (near-equal; some may be empty)."""
+    return range(size * rank // dp, size * (rank + 1) // dp)
+
+
+def pool_problems(source, position: int, where: int, index: int, size: int,
+                  mine: range) -> tuple[list[dict], list[int]]:
+    """This rank's problems of a pool of `size` prompts starting at prompt position `position`, and
+    their indices in the rollout from `where` on (which key their sampling noise). index: the
+    pool's own synthetic problems (PromptSource.take)."""
+    everyone = source.take(position, size, index)
+    return [everyone[e] for e in mine], [where + e for e in mine]
+
+
+def _dp_sum(t: torch.Tensor, ps: ParallelState) -> torch.Tensor:
+    if ps.g("dp") is not None:
+        dist.all_reduce(t, group=ps.g("dp"))
+    return t
 
 
 def merge_scored(draws: list, chosen: list[tuple[int, int]], group_size: int):
@@ -70,26 +80,102 @@ def merge_scored(draws: list, chosen: list[tuple[int, int]], group_size: int):
                    truncated=torch.cat([draws[d].truncated[idx.to(draws[d].truncated.device)] for d, idx in used]))
 
 
-def draw_until_informative(first, draw: Callable[[int], object], group_size: int, max_draws: int,
-                           ps: ParallelState, device):
-    """first: the rollout's ScoredRollout; draw(n): the n-th extra draw (n = 1, 2, ...). Returns the
-    rollout to train on and its counts for the step metrics (global over ranks)."""
-    slots = len(first.responses) // group_size
-    draws = [first]
-    informative = [~equal_reward_groups(first.rewards, group_size)]
-    every_slot_filled = lambda: bool(torch.stack(informative).any(0).all())  # noqa: E731  (this rank's)
-    while len(draws) - 1 < max_draws and agreed_min(int(every_slot_filled()), device) == 0:
-        draws.append(draw(len(draws)))
-        if len(draws[-1].responses) != len(first.responses):
-            raise ValueError(f"dynamic sampling: draw {len(draws) - 1} has {len(draws[-1].responses)} samples, "
-                             f"the rollout's slots {len(first.responses)}")
-        informative.append(~equal_reward_groups(draws[-1].rewards, group_size))
-    chosen = choose_groups(informative, slots)
-    found = sum(int(f.sum()) for f in informative)
-    filled = sum(1 for d, g in chosen if not bool(informative[d][g]))
-    counts = {"dynamic_extra_draws": float(len(draws) - 1),
-              "dynamic_informative_groups": dp_sum(float(found), ps, device),
-              "dynamic_drawn_groups": dp_sum(float(sum(len(f) for f in informative)), ps, device),
-              "dynamic_filled_groups": dp_sum(float(filled), ps, device)}
-    scored = first if all(d == 0 for d, _ in chosen) else merge_scored(draws, chosen, group_size)
+def _on(scored, device):
+    """The ScoredRollout with its tensors on `device` (CPU to travel between ranks); the engine's work
+    counts stay with the rank that did the work."""
+    ro = scored.rollout
+    ro = replace(ro, tokens=ro.tokens.to(device), pad=ro.pad.to(device), completion_mask=ro.completion_mask.to(device),
+                 logprobs=ro.logprobs.to(device), routing={k: v.to(device) for k, v in ro.routing.items()},
+                 **{k: 0 for k in ("decode_row_steps", "forwards", "preemptions", "prefill_tokens", "recomputed_tokens")
+                    if hasattr(ro, k)})
+    return replace(scored, rollout=ro, rewards=scored.rewards.to(device), truncated=scored.truncated.to(device))
+
+
+def exchange(moves: list[tuple[int, int, object]], ps: ParallelState, device) -> dict[int, list]:
+    """moves: (from DP rank, to DP rank, payload: this rank's object when it is the sender, else None),
+    the same list on every rank. Sends each pair's payloads in one message, pairs in one global order
+    (lower DP rank first), so no two ranks wait on each other. {from rank: received payloads}."""
+    me, ranks = ps.r("dp"), ps.members.get("dp", [ps.rank])
+    received: dict[int, list] = {}
+    pairs = sorted({tuple(sorted((a, b))) for a, b, _ in moves if me in (a, b)})
+    for lo, hi in pairs:
+        for a, b in ((lo, hi), (hi, lo)):
+            batch = [p for s, t, p in moves if (s, t) == (a, b)]
+            if not batch:
+                continue
+            if me == a:
+                dist.send_object_list([[_on(p, torch.device("cpu")) for p in batch]], dst=ranks[b])
+            else:
+                got = [None]
+                dist.recv_object_list(got, src=ranks[a])
+                received.setdefault(a, []).extend(_on(p, device) for p in got[0])
+    return received
+
+
+def draw_until_informative(first, slots: list[int], draw: Callable[[int, int, int, range], object],
+                           group_size: int, max_draws: int, ps: ParallelState, device):
+    """first: this rank's ScoredRollout of its group slots, whose indices in the rollout are `slots`
+    (in order; every rank as many); draw(round, offset, size, mine): this rank's groups `mine` of
+    round's pool of `size` prompts, the pools' `offset`-th prompt onward (round = 1, 2, ...).
+    Returns the rollout to train on (this rank's slots, in order) and its counts for the step
+    metrics (global over ranks)."""
+    G, dp, me = group_size, ps.dp, ps.r("dp")
+    if len(first.responses) != len(slots) * G:
+        raise ValueError(f"dynamic sampling: {len(first.responses)} samples for {len(slots)} slots of {G}")
+    block = len(slots) * dp  # the rollout's slots over all ranks
+    # every slot's informative flag and owner (DP rank), one all-reduce
+    table = torch.zeros(2, block, dtype=torch.float64, device=device)
+    table[0, slots] = (~equal_reward_groups(first.rewards, G)).to(table)
+    table[1, slots] = float(me)
+    table = _dp_sum(table, ps).cpu()
+    owner = table[1].long().tolist()
+    empty = [s for s in range(block) if not table[0, s]]
+    found, drawn, extra, rounds = int(table[0].sum()), block, 0, 0
+    fills: dict[int, tuple[int, int]] = {}  # slot -> (round, group in its pool)
+    pools = []  # per round: (size, this rank's ScoredRollout of its share)
+    while len(fills) < len(empty) and rounds < max_draws and extra < max_draws * block:
+        size = pool_size(len(empty) - len(fills), found, drawn, max_draws * block - extra)
+        mine = share(size, dp, me)
+        scored = draw(rounds + 1, extra, size, mine)
+        if len(scored.responses) != len(mine) * G:
+            raise ValueError(f"dynamic sampling: pool {rounds + 1} gave {len(scored.responses)} samples for "
+                             f"{len(mine)} prompts of {G}")
+        flags = torch.zeros(size, dtype=torch.float64, device=device)
+        flags[mine.start:mine.stop] = (~equal_reward_groups(scored.rewards, G)).to(flags)
+        flags = _dp_sum(flags, ps).cpu().tolist()
+        for e in range(size):  # informative groups in pool order fill the empty slots in slot order
+            if flags[e] and len(fills) < len(empty):
+                fills[empty[len(fills)]] = (rounds, e)
+        pools.append((size, scored))
+        found, drawn, extra, rounds = found + int(sum(flags)), drawn + size, extra + size, rounds + 1
+
+    def source(r: int, e: int) -> tuple[int, int]:  # (DP rank that drew pool r's group e, its local index)
+        size = pools[r][0]
+        d = next(d for d in range(dp) if e in share(size, dp, d))
+        return d, e - share(size, dp, d).start
+
+    moves = []  # (from, to, payload) in the order of the receiving ranks' slots
+    for slot in sorted(fills):
+        r, e = fills[slot]
+        d, g = source(r, e)
+        if d != owner[slot]:
+            moves.append((d, owner[slot], merge_scored([pools[r][1]], [(0, g)], G) if d == me else None))
+    received = exchange(moves, ps, device) if moves else {}
+    draws, chosen, cursor = [first] + [s for _, s in pools], [], {}
+    for i, slot in enumerate(slots):
+        if slot not in fills:
+            chosen.append((0, i))
+            continue
+        d, g = source(*fills[slot])
+        if d == me:
+            chosen.append((1 + fills[slot][0], g))
+        else:  # the next group received from rank d
+            k = cursor.get(d, 0)
+            cursor[d] = k + 1
+            draws.append(received[d][k])
+            chosen.append((len(draws) - 1, 0))
+    counts = {"dynamic_extra_draws": float(rounds), "dynamic_extra_prompts": float(extra),
+              "dynamic_informative_groups": float(found), "dynamic_drawn_groups": float(drawn),
+              "dynamic_filled_groups": float(len(empty) - len(fills)), "dynamic_moved_groups": float(len(moves))}
+    scored = first if all(d == 0 for d, _ in chosen) else merge_scored(draws, chosen, G)
     return scored, counts

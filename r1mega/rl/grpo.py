@@ -46,7 +46,7 @@ from r1mega.parallel.grad_sync import sync_grads
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.pipeline import Microbatch, forward_backward
 from r1mega.parallel.vocab_parallel import vocab_parallel_log_probs
-from r1mega.rl.dynamic_sampling import draw_until_informative
+from r1mega.rl.dynamic_sampling import POOL_INDEX_STRIDE, draw_until_informative, pool_problems
 from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, loss_count, overlong_shaping
 from r1mega.rl.policy_scores import pack_support, sampler_support, scores, support_with_targets, unpack_support
 from r1mega.rl.train_batch import TrainBatch, update_batches
@@ -145,7 +145,6 @@ def sequence_logprobs(chunks, ps: ParallelState, mbs: list[Microbatch], temperat
     return torch.cat([r[1] for r in res]) if res else None
 
 
-DRAW_INDEX_STRIDE = 1_000_003  # synthetic problems of extra draws never repeat a rollout's
 
 # ---- the algorithm's steps -------------------------------------------------------------------
 
@@ -184,16 +183,6 @@ def rollout_problems(rl: RLConfig, ps: ParallelState, source: PromptSource, posi
     share = P // ps.dp
     at = [j * P + ps.r("dp") * share + i for j in range(M) for i in range(share)]
     return [everyone[g] for g in at], at
-
-
-def shifted_problems(rl: RLConfig, ps: ParallelState, source: PromptSource, position: int, index: int,
-                     draw: int) -> tuple[list[dict], list[int]]:
-    """Dynamic sampling's extra draw `draw` (1, 2, ...) of rollout `index`, which started at prompt
-    `position`: the draw-th next block of questions, with its own rows of sampling noise (and its
-    own synthetic problems)."""
-    block = rl.prompts_per_step * rl.minibatches
-    problems, where = rollout_problems(rl, ps, source, position + draw * block, index + DRAW_INDEX_STRIDE * draw)
-    return problems, [w + draw * block for w in where]
 
 
 def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: list[dict], where: list[int],
@@ -505,10 +494,12 @@ def rollout(policy: Policy, at: Progress) -> tuple[ScoredRollout, dict[str, floa
     scored = sample(problems, where)
     drawn: dict[str, float] = {}
     if rl.dynamic_sampling:  # DAPO: more prompts until every group of the step is informative
-        draw = lambda n: sample(*shifted_problems(rl, ps, source, first, at.index, n))  # noqa: E731
-        scored, drawn = draw_until_informative(scored, draw, rl.group_size, rl.dynamic_sampling_max_draws,
+        block = rl.prompts_per_step * rl.minibatches  # pools follow the rollout's prompts and rows
+        draw = lambda n, offset, size, mine: sample(*pool_problems(  # noqa: E731
+            source, first + block + offset, block + offset, at.index + POOL_INDEX_STRIDE * n, size, mine))
+        scored, drawn = draw_until_informative(scored, where, draw, rl.group_size, rl.dynamic_sampling_max_draws,
                                                ps, run.device)
-        at.position += int(drawn["dynamic_extra_draws"]) * rl.prompts_per_step * rl.minibatches
+        at.position += int(drawn["dynamic_extra_prompts"])
     if run.is_logger and rl.log_rollouts:
         shown = append_rollouts(os.path.join(run.cfg.train.run_dir, "rollouts.jsonl"), at.step + 1, scored,
                                 rl.log_rollouts)

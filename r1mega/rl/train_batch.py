@@ -196,11 +196,12 @@ def merge_rollouts(parts: list[tuple[Rollout, torch.Tensor]]) -> Rollout:
             cols.append(torch.cat([dummy(left), v, dummy(right + short)]))
         routing[layer] = torch.cat(cols, 1)
     # the cache numbers of the draws: they ran one after another (peak: the largest; work: the sum)
-    rollouts = [r for r, _ in parts]
+    rollouts = list({id(r): r for r, _ in parts}.values())  # a draw's work once, however many parts
     return replace(rollouts[0], tokens=torch.cat(toks), prompt_len=P, pad=torch.cat(pads),
                    completion_mask=torch.cat(masks), logprobs=torch.cat(lps), routing=routing,
                    cache_bytes=max(getattr(r, "cache_bytes", 0) for r in rollouts),
-                   **{k: sum(getattr(r, k) for r in rollouts) for k in ("decode_row_steps", "forwards")
+                   **{k: sum(getattr(r, k) for r in rollouts) for k in ("decode_row_steps", "forwards", "preemptions",
+                                                                   "prefill_tokens", "recomputed_tokens")
                       if hasattr(rollouts[0], k)})
 
 
