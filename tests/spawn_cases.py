@@ -1,0 +1,28 @@
+"""Several multi-rank cases in one spawn of N ranks.
+
+Spawning ranks costs seconds per rank (each re-imports torch and r1mega), often more than the case
+it runs. Cases of one world size run one after another in the same ranks and come back by name, so
+a parametrized test keeps its own assertions on its own case. A case that raises stops the spawn
+with its name in the traceback.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from r1mega.parallel.spawn import run_ranks
+
+
+def cases_worker(rank: int, world: int, cases: list[tuple[str, Callable, tuple]]) -> dict[str, Any]:
+    out = {}
+    for name, fn, args in cases:
+        try:
+            out[name] = fn(rank, world, *args)
+        except BaseException as e:
+            raise RuntimeError(f"multi-rank case {name!r} failed on rank {rank} of {world}") from e
+    return out
+
+
+def run_cases(world: int, cases: dict[str, tuple[Callable, tuple]]) -> dict[str, list[Any]]:
+    """{name: (fn, args)} -> {name: [fn(rank, world, *args) for each rank]}, all in one spawn."""
+    per_rank = run_ranks(cases_worker, world, [(name, fn, tuple(args)) for name, (fn, args) in cases.items()])
+    return {name: [r[name] for r in per_rank] for name in cases}
