@@ -1,15 +1,57 @@
-"""Several multi-rank cases in one spawn of N ranks.
+"""Multi-rank test runs: ranks forked from one prepared server, and several cases in one run.
 
-Spawning ranks costs seconds per rank (each re-imports torch and r1mega), often more than the case
-it runs. Cases of one world size run one after another in the same ranks and come back by name, so
-a parametrized test keeps its own assertions on its own case. A case that raises stops the spawn
-with its name in the traceback.
+r1mega.parallel.spawn.run_ranks spawns each rank as a new interpreter, which spends seconds importing
+torch and r1mega before its case starts, often longer than the case. run_ranks here has the same
+contract (fn(rank, world, *args) on `world` processes with a gloo group; results by rank) but forks
+the ranks from a server process that imported torch and r1mega once for the session. Each rank is
+still a new process holding only imported modules; it starts with the caller's environment, working
+directory and sys.path, as a spawned one does.
+
+run_cases runs cases of one world size one after another in the same ranks and gives each case's
+results back by name, so a parametrized test keeps its own assertions on its own case. A case that
+raises stops the run with its name in the traceback.
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
+import tempfile
 from typing import Any, Callable
 
-from r1mega.parallel.spawn import run_ranks
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from r1mega.parallel.spawn import free_port
+
+# imported once by the server; each forked rank starts with them (a missing one is skipped)
+PRELOAD = ["torch", "torch.distributed", "r1mega.config", "r1mega.parallel.layout", "r1mega.train.model_build",
+           "r1mega.train.trainer", "r1mega.train.lm_step", "r1mega.inference.generate", "r1mega.rl.grpo",
+           "r1mega.models.family", "r1mega.models.weights"]
+
+
+def _rank_entry(rank: int, env: dict, world: int, port: int, outdir: str, fn: Callable, args: tuple) -> None:
+    os.environ.clear()
+    os.environ.update(env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)  # N ranks share few cores
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        result = fn(rank, world, *args)
+        torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(fn: Callable, world: int, *args: Any) -> list[Any]:
+    """fn(rank, world, *args) on `world` processes forked from the prepared server; their results by
+    rank (tensors, numbers, strings and containers of them)."""
+    multiprocessing.set_forkserver_preload(PRELOAD)  # read when the server first starts
+    with tempfile.TemporaryDirectory() as outdir:
+        mp.start_processes(_rank_entry, args=(dict(os.environ), world, free_port(), outdir, fn, args), nprocs=world,
+                           join=True, start_method="forkserver")
+        return [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=True) for r in range(world)]
 
 
 def cases_worker(rank: int, world: int, cases: list[tuple[str, Callable, tuple]]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from r1mega.config import load_config, validate_rl, validate_training
 from r1mega.errors import ConfigError
 from r1mega.kernels import batch_invariant as bi
 from r1mega.kernels.linear import grouped_linear, linear
-from r1mega.parallel.spawn import run_ranks
+from spawn_cases import run_ranks
 from rl_workers import exact_grpo_worker
 
 DTYPES = [torch.float32, torch.bfloat16]

@@ -289,7 +289,7 @@ def test_layouts_equal_one_process_under_the_emulation(layout_checkpoint):
     from layout_workers import build, evaluate
     from r1mega.config import ParallelConfig
     from tiny_hf import batch
-    from r1mega.parallel.spawn import run_ranks
+    from spawn_cases import run_ranks
 
     ids, labels = batch(128, 4, 16, seed=3)
     recipe = BlockwiseRecipe(LAYOUT_BLOCK, pow2_scales=True)

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from r1mega.config import DenseConfig
 from r1mega.models.dense.params import count_params
 from r1mega.models.family import family_for_hf
-from r1mega.parallel.spawn import run_ranks
+from spawn_cases import run_ranks
 from student_workers import PROMPTS, decode, evaluate, students_worker
 from tiny_hf import batch, randomize
 

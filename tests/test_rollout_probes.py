@@ -17,7 +17,7 @@ def test_dynamic_sampling_trains_the_same_problems_on_one_process_and_dp2():
     rl.dynamic_sampling_max_draws=2 rl.kl_coef=0.01 train.steps=2): step 2's kl is 0.000175 on one
     process and 0.000194 under parallel.dp=2 (and tp=2,ep=2 on 4 ranks); without dynamic sampling
     every logged number agrees."""
-    from r1mega.parallel.spawn import run_ranks
+    from spawn_cases import run_ranks
     from rollout_probe_workers import dynamic_sampling_choice_worker
 
     one = dynamic_sampling_choice_worker(0, 1)

@@ -343,7 +343,7 @@ def test_engine_refuses_draft_counts_out_of_range(model):
 @pytest.mark.slow
 @pytest.mark.parametrize("par, world", [(dict(tp=2, ep=2), 4), (dict(pp=2), 2)])
 def test_layouts_draw_the_one_process_speculative_samples(model, par, world):
-    from r1mega.parallel.spawn import run_ranks
+    from spawn_cases import run_ranks
     from speculative_probe_workers import probe_configs, probe_rows, speculative_probe_worker
 
     chunks, ps = model

@@ -11,7 +11,7 @@ from r1mega.config import load_config
 from tiny_hf import batch, randomize
 from r1mega.models.dense.model import kv_heads_of_rank
 from r1mega.models.family import family_for_hf
-from r1mega.parallel.spawn import run_ranks
+from spawn_cases import run_ranks
 from student_workers import PROMPTS, decode, evaluate, students_worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

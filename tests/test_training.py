@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from r1mega.config import load_config
-from r1mega.parallel.spawn import run_ranks
+from spawn_cases import run_ranks
 from r1mega.train.checkpoint import latest_checkpoint
 from r1mega.train.trainer import train
 from train_workers import crash_during_save_worker, train_worker
