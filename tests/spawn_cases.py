@@ -27,14 +27,18 @@ from r1mega.parallel.spawn import free_port
 # imported once by the server; each forked rank starts with them (a missing one is skipped)
 PRELOAD = ["torch", "torch.distributed", "r1mega.config", "r1mega.parallel.layout", "r1mega.train.model_build",
            "r1mega.train.trainer", "r1mega.train.lm_step", "r1mega.inference.generate", "r1mega.rl.grpo",
-           "r1mega.models.family", "r1mega.models.weights"]
+           "r1mega.models.family", "r1mega.models.weights", "r1mega.cli", "r1mega.verify_hf"]
 
 
-def _rank_entry(rank: int, env: dict, world: int, port: int, outdir: str, fn: Callable, args: tuple) -> None:
+def _rank_entry(rank: int, env: dict, group: bool, world: int, port: int, outdir: str, fn: Callable,
+                args: tuple) -> None:
     os.environ.clear()
     os.environ.update(env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)  # N ranks share few cores
+    if not group:  # fn joins (and leaves) the process group itself, from the environment, as under torchrun
+        torch.save(fn(rank, world, *args), os.path.join(outdir, f"rank{rank}.pt"))
+        return
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         result = fn(rank, world, *args)
@@ -44,14 +48,38 @@ def _rank_entry(rank: int, env: dict, world: int, port: int, outdir: str, fn: Ca
         dist.destroy_process_group()
 
 
-def run_ranks(fn: Callable, world: int, *args: Any) -> list[Any]:
-    """fn(rank, world, *args) on `world` processes forked from the prepared server; their results by
-    rank (tensors, numbers, strings and containers of them)."""
+def run_ranks(fn: Callable, world: int, *args: Any, group: bool = True) -> list[Any]:
+    """fn(rank, world, *args) on `world` processes forked from the prepared server, in a gloo group
+    (group=False: none, fn starts it); their results by rank (tensors, numbers, strings and
+    containers of them)."""
     multiprocessing.set_forkserver_preload(PRELOAD)  # read when the server first starts
     with tempfile.TemporaryDirectory() as outdir:
-        mp.start_processes(_rank_entry, args=(dict(os.environ), world, free_port(), outdir, fn, args), nprocs=world,
-                           join=True, start_method="forkserver")
+        mp.start_processes(_rank_entry, args=(dict(os.environ), group, world, free_port(), outdir, fn, args),
+                           nprocs=world, join=True, start_method="forkserver")
         return [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=True) for r in range(world)]
+
+
+def _cli_rank(rank: int, world: int, argv: list[str]) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    from r1mega.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            status = main(list(argv))
+        except SystemExit as e:
+            status = e.code if isinstance(e.code, int) else 1
+    return status, out.getvalue()
+
+
+def cli_on_ranks(world: int, *argv: str) -> tuple[int, str]:
+    """`r1mega <argv>` on `world` ranks with torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR/PORT; the command joins and leaves the process group itself, as under torchrun):
+    (the worst exit status, the ranks' stdout in rank order)."""
+    results = run_ranks(_cli_rank, world, list(argv), group=False)
+    return max(status for status, _ in results), "".join(out for _, out in results)
 
 
 def cases_worker(rank: int, world: int, cases: list[tuple[str, Callable, tuple]]) -> dict[str, Any]:

@@ -235,7 +235,8 @@ def four_rank_runs(request, models, data):
     ids, labels = data
     return run_selected(request, {
         "test_layouts_equal_one_process": lambda p: (4, students_worker, (_layout_cases(models), ids, labels)),
-        "test_index_loss_layouts_equal_one_process": lambda p: (4, dsa_worker, (_index_loss_cases(models), ids, labels)),
+        "test_index_loss_layouts_equal_one_process":
+            lambda p: (4, dsa_worker, (_index_loss_cases(models), ids, labels)),
     })
 
 
@@ -447,11 +448,11 @@ def test_671b_config_and_the_long_context_plan():
 @pytest.mark.slow
 def test_verify_hf_command_on_v32(models):
     """`r1mega verify-hf` on V3.2 (selection active at 32 tokens): TP2 x EP2, TP2+SP x PP2, CP2 x TP2."""
-    from test_students import torchrun_verify
+    from test_students import verify_on_ranks
 
-    assert torchrun_verify(4, "--hf-dir", models["sparse"][0], "--tp", "2", "--ep", "2") < 1e-4
-    assert torchrun_verify(4, "--hf-dir", models["yarn"][0], "--tp", "2", "--pp", "2", "--sp") < 1e-4
-    assert torchrun_verify(4, "--hf-dir", models["sparse"][0], "--cp", "2", "--tp", "2") < 1e-4
+    assert verify_on_ranks(4, "--hf-dir", models["sparse"][0], "--tp", "2", "--ep", "2") < 1e-4
+    assert verify_on_ranks(4, "--hf-dir", models["yarn"][0], "--tp", "2", "--pp", "2", "--sp") < 1e-4
+    assert verify_on_ranks(4, "--hf-dir", models["sparse"][0], "--cp", "2", "--tp", "2") < 1e-4
 
 
 @pytest.mark.parametrize("mode, modules", [("full", None), ("selective", ["indexer"]),

@@ -122,21 +122,17 @@ def test_sft_run_under_cp2_equals_one_process(request, two_rank_runs):
 
 
 def _verify(nproc: int, *args: str) -> tuple[float, float]:
-    """(max |logit diff|, |loss diff|) of `r1mega verify-hf` under torchrun; exit status 0."""
-    import os
+    """(max |logit diff|, |loss diff|) of `r1mega verify-hf` on nproc ranks started with torchrun's
+    environment (tests/spawn_cases.py); exit status 0."""
     import re
-    import subprocess
-    import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "r1mega.cli", "verify-hf", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "gradients: worst" in proc.stdout and "PASS" in proc.stdout
-    loss_diff = float(re.search(r"loss_diff=(\S+)", proc.stdout).group(1))
-    return float(re.fullmatch(r"max_abs_logit_diff=(\S+)", proc.stdout.strip().splitlines()[-1]).group(1)), loss_diff
+    from spawn_cases import cli_on_ranks
+
+    status, out = cli_on_ranks(nproc, "verify-hf", *args)
+    assert status == 0, out[-3000:]
+    assert "gradients: worst" in out and "PASS" in out
+    loss_diff = float(re.search(r"loss_diff=(\S+)", out).group(1))
+    return float(re.fullmatch(r"max_abs_logit_diff=(\S+)", out.strip().splitlines()[-1]).group(1)), loss_diff
 
 
 @pytest.mark.slow

@@ -148,7 +148,8 @@ def multi_rank_runs(request, tmp_path_factory):
     grpo_dir = tmp_path_factory.mktemp("speculative_grpo")
     return run_selected(request, {
         "test_layouts_give_the_one_process_output": lambda p: (p["world"], speculative_layout_worker, (p["par"],)),
-        "test_grpo_speculative_on_tp2_ep2_logprobs_are_the_trainers": lambda p: (2, grpo_worker, (_grpo_overrides(grpo_dir),)),
+        "test_grpo_speculative_on_tp2_ep2_logprobs_are_the_trainers":
+            lambda p: (2, grpo_worker, (_grpo_overrides(grpo_dir),)),
     })
 
 
