@@ -81,6 +81,8 @@ def grad_diff(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> tu
     """Worst relative difference over transformers' parameters (a missing gradient counts as 1)."""
     worst, where = 0.0, "-"
     for name, g in ref.items():
+        if g.numel() == 0:  # e.g. transformers' zero-width shared expert (n_shared_experts: 0)
+            continue
         rel = 1.0 if name not in ours or ours[name].shape != g.shape else \
             float((ours[name] - g).abs().max() / g.abs().max().clamp(min=1e-12))
         if rel > worst:

@@ -35,11 +35,12 @@ from tqdm import tqdm
 
 from r1mega.config import ConfigError
 from r1mega import output_dir
-from r1mega.errors import OutputError, R1MegaError, debug_requested, run_command
+from r1mega.errors import CheckpointError, OutputError, R1MegaError, debug_requested, run_command
 from r1mega.models.family import family_for_hf, family_from_meta
 from r1mega.models.hf_config import read_hf_config as shared_read_hf_config
 from r1mega.models.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
-from r1mega.train.checkpoint import PieceReader, crc32, read_meta
+from r1mega.models.weights import read_index
+from r1mega.train.checkpoint import PieceReader, crc32, read_meta, verify_manifest
 from r1mega.data.tokenizer import TOKENIZER_FILES
 
 
@@ -87,9 +88,32 @@ def check(index: dict[str, tuple[tuple[int, ...], str]], hf_config: dict, origin
             problems.append(f"unexpected tensor {key} {tuple(shape)} {dtype}")
         if dtype not in ("F32", "F16", "BF16", "F8_E4M3"):
             problems.append(f"tensor {key}: unsupported dtype {dtype}")
+    problems += _fp8_problems(index)
     if problems:
         more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
         raise ConvertError(f"{origin} does not match its config.json:\n  " + "\n  ".join(problems[:20]) + more)
+
+
+def _fp8_problems(index: dict[str, tuple[tuple[int, ...], str]]) -> list[str]:
+    """Each e4m3 tensor with its `_scale_inv` on the 128 x 128 block grid (ragged edges), and each
+    scale beside an e4m3 tensor: a scale left out would be read back as unscaled e4m3 values."""
+    problems = []
+    for key, (shape, dtype) in index.items():
+        if dtype == "F8_E4M3":
+            scale = scale_name(key)
+            grid = tuple(-(-n // BLOCK) for n in shape)
+            if len(shape) != 2:
+                problems.append(f"FP8 tensor {key} {tuple(shape)}: block scales need a 2-D weight")
+            elif scale not in index:
+                problems.append(f"FP8 tensor {key} {tuple(shape)} has no {scale} (its {BLOCK}x{BLOCK} block scales)")
+            elif tuple(index[scale][0]) != grid:
+                problems.append(f"{scale}: shape {tuple(index[scale][0])}, but FP8 tensor {key} {tuple(shape)} in "
+                                f"{BLOCK}x{BLOCK} blocks needs {grid}")
+        elif key.endswith("_scale_inv") and index.get(key[: -len("_scale_inv")], ((), ""))[1] != "F8_E4M3":
+            weight = key[: -len("_scale_inv")]
+            held = f"is {index[weight][1]}, not FP8" if weight in index else "is not in the checkpoint"
+            problems.append(f"{key}: a block scale, but {weight} {held}")
+    return problems
 
 
 # ---- reading -----------------------------------------------------------------------------------
@@ -118,10 +142,9 @@ def hf_files(hf_dir: str) -> dict[str, list[str]]:
     index = os.path.join(hf_dir, "model.safetensors.index.json")
     if os.path.exists(index):
         try:
-            with open(index) as f:
-                where = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ConvertError(f"{index}: not a safetensors index (JSON with a 'weight_map')") from None
+            where = read_index(index)
+        except CheckpointError as e:
+            raise ConvertError(str(e)) from None
         files: dict[str, list[str]] = {}
         for k, v in where.items():
             files.setdefault(v, []).append(k)
@@ -216,6 +239,13 @@ def _check_out(out: str, overwrite: bool, source: str) -> None:
             shown = ", ".join(entries[:4]) + (" ..." if len(entries) > 4 else "")
             raise ConvertError(f"--overwrite replaces only a directory r1mega-convert wrote; {out} holds files it "
                                f"did not write ({shown}). Move them away or choose another --out")
+        written = marker.get("files")  # what that run published (older markers do not say)
+        added = [e for e in entries if isinstance(written, list) and e not in written
+                 and e not in (output_dir.MARKER, output_dir.LOCK)]
+        if added:
+            shown = ", ".join(added[:4]) + (" ..." if len(added) > 4 else "")
+            raise ConvertError(f"--overwrite would delete files r1mega-convert did not write in {out} ({shown}); "
+                               f"move them away or choose another --out")
 
 
 def _sibling(out: str, what: str) -> str:
@@ -230,22 +260,42 @@ def _sibling(out: str, what: str) -> str:
 def _prepare_out(out: str, overwrite: bool, source: str, what: str) -> str:
     _check_out(out, overwrite, source)
     tmp = _sibling(out, "converting")
-    os.makedirs(tmp)  # fails rather than reuse a directory this run did not make
-    marker = {"command": f"{_COMMAND} {what}", "source": os.path.abspath(source), "run_id": output_dir.RUN_ID}
-    with open(os.path.join(tmp, output_dir.MARKER), "w", encoding="utf-8") as f:
-        json.dump(marker, f, indent=1)  # lets a later --overwrite know this directory is the tool's own
+    try:
+        os.makedirs(tmp)  # fails rather than reuse a directory this run did not make
+    except OSError as e:
+        raise ConvertError(f"--out {out}: cannot create {tmp} beside it ({e.strerror}); choose another --out") from None
+    _write_marker(tmp, {"command": f"{_COMMAND} {what}", "source": os.path.abspath(source),
+                        "run_id": output_dir.RUN_ID})
     return tmp
 
 
-def _publish(tmp: str, out: str) -> None:
-    """Replace `out` only once the new directory is complete."""
-    if os.path.exists(out):
-        old = _sibling(out, "replaced")
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old)  # the previous --out, which --overwrite asked to replace
-    else:
-        os.rename(tmp, out)
+def _write_marker(tmp: str, marker: dict) -> None:
+    """Lets a later --overwrite know the directory (and which of its files) is the tool's own."""
+    with open(os.path.join(tmp, output_dir.MARKER), "w", encoding="utf-8") as f:
+        json.dump(marker, f, indent=1)
+
+
+def _publish(tmp: str, out: str, overwrite: bool, source: str) -> None:
+    """Replace `out` only once the new directory is complete, and only if it is still what the
+    start allowed: a directory that appeared meanwhile, or files added to it, are never replaced."""
+    marker = output_dir.read_marker(tmp)
+    _write_marker(tmp, {**marker, "files": sorted(e for e in os.listdir(tmp) if e != output_dir.MARKER)})
+    _check_out(out, overwrite, source)
+    try:
+        if os.path.isdir(out) and os.listdir(out):  # --overwrite of an earlier run's own output
+            old = _sibling(out, "replaced")
+            os.rename(out, old)
+            try:
+                os.rename(tmp, out)
+            except OSError:
+                os.rename(old, out)  # put the previous result back
+                raise
+            shutil.rmtree(old)  # the previous --out, which --overwrite asked to replace
+        else:
+            os.rename(tmp, out)  # onto an empty directory too; a non-empty one fails
+    except OSError as e:
+        raise ConvertError(f"--out {out}: could not move the finished result into place ({e.strerror}); "
+                           f"it changed while converting? Nothing was replaced") from None
 
 
 def _finite(t: torch.Tensor, key: str, where: str) -> None:
@@ -274,7 +324,7 @@ def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat1
         meta = _import_into(tmp, hf_dir, hf_config, files, index, fp8, dtype, shard_bytes)
         if verify:
             _verify(hf_dir, tmp, verify_tol)
-        _publish(tmp, out)
+        _publish(tmp, out, overwrite, hf_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # this run's own temporary directory
         raise
@@ -299,7 +349,8 @@ def _import_into(tmp: str, hf_dir: str, hf_config: dict, files, index, fp8: str,
                 if t.dtype == FP8:
                     fp8_count += 1
                     if fp8 == "dequant":
-                        t = dequantize(t, _scale_for(key, f, hf_dir, files), BLOCK, target)
+                        t = dequantize(t, _scale_for(key, f, os.path.join(hf_dir, name), hf_dir, files),
+                                       BLOCK, target)
                 writer.add(f"model/{key}", t)
                 done += 1
                 bar.set_description(f"import ({done}/{len(index)} tensors)")
@@ -331,15 +382,19 @@ def _verify(hf_dir: str, ckpt: str, tol: float) -> None:
                            f"{hf_dir} by more than {tol:g} (see max_abs_logit_diff above); nothing was written")
 
 
-def _scale_for(key: str, f, hf_dir: str, files: dict[str, list[str]]) -> torch.Tensor:
+def _scale_for(key: str, f, file: str, hf_dir: str, files: dict[str, list[str]]) -> torch.Tensor:
     s = scale_name(key)
     if s in f.keys():
-        return f.get_tensor(s)
-    for name, keys in files.items():  # the scale may sit in another shard
-        if s in keys:
-            with safe_open(os.path.join(hf_dir, name), "pt") as g:
-                return g.get_tensor(s)
-    raise ConvertError(f"FP8 tensor {key} has no {s}")
+        t, where = f.get_tensor(s), file
+    else:
+        name = next((n for n, keys in files.items() if s in keys), None)  # the scale may sit in another shard
+        if name is None:
+            raise ConvertError(f"FP8 tensor {key} has no {s}")
+        where = os.path.join(hf_dir, name)
+        with safe_open(where, "pt") as g:
+            t = g.get_tensor(s)
+    _finite(t, s, where)  # a NaN/Inf scale would make every weight of its block NaN/Inf
+    return t
 
 
 # ---- export --------------------------------------------------------------------------------
@@ -385,22 +440,24 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
               dtype: Optional[str] = None) -> dict:
     """Checkpoint (converted, or saved by the trainer under any layout: pieces are reassembled one
     tensor at a time) -> Hugging Face directory. dtype None keeps each tensor's stored dtype."""
+    if tokenizer_dir is not None and not any(os.path.isfile(os.path.join(tokenizer_dir, n))
+                                             for n in ("tokenizer.json", "tokenizer.model")):
+        raise ConvertError(f"--tokenizer-dir {tokenizer_dir}: no tokenizer.json or tokenizer.model there")
     meta = read_meta(ckpt)
+    verify_manifest(ckpt, meta)  # as a resume does: an edited meta.json or another step's rank files are refused
     config = hf_config or exported_config(meta)
     reader = PieceReader(ckpt, "model")
     keys = sorted(reader.keys())
     shapes = {k: (tuple(reader.pieces["model/" + k][0][1]["shape"]), "") for k in keys}
     with_dtypes = {}
     for k in keys:
-        file = reader.pieces["model/" + k][0][0]
-        with safe_open(os.path.join(ckpt, file), "pt") as f:
-            with_dtypes[k] = (shapes[k][0], f.get_slice("model/" + k).get_dtype())
+        with_dtypes[k] = (shapes[k][0], reader.stored_dtype(k))
     check(with_dtypes, config, ckpt)
     tmp = _prepare_out(out, overwrite, ckpt, "export")
     try:
         res = _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8_blocks, tokenizer_dir,
                            shard_bytes, dtype)
-        _publish(tmp, out)
+        _publish(tmp, out, overwrite, ckpt)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # this run's own temporary directory
         raise
@@ -427,8 +484,8 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
             continue
         else:
             t = reader.read(key, shape, None, 0, 1)  # checksum- and finiteness-checked
-            if target is not None and t.is_floating_point():
-                t = t.to(target)
+            if target is not None and t.is_floating_point() and key.rsplit(".", 1)[-1] not in family.fp32_params:
+                t = t.to(target)  # what the family keeps in float32 (DeepSeek's routing bias) stays so
         if fp8_blocks and fp8_quantizable(key, t, family):
             q, s = quantize(t)
             writer.add(key, q)
@@ -460,6 +517,8 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
     for src in (tokenizer_dir, ckpt, meta.get("source")):
         if src and os.path.isdir(src):
             for extra in TOKENIZER_FILES:
+                if tokenizer_dir and src != tokenizer_dir and extra != "generation_config.json":
+                    continue  # --tokenizer-dir's tokenizer alone: never mixed with another's files
                 if os.path.exists(os.path.join(src, extra)) and not os.path.exists(os.path.join(tmp, extra)):
                     shutil.copy(os.path.join(src, extra), tmp)
     return {"tensors": len(weight_map), "files": n}

@@ -9,6 +9,7 @@ tokenizer trained on it, the pretraining indexed dataset and the SFT chat JSONL 
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import replace
@@ -40,6 +41,16 @@ def _build(kind: str, root: str, docs: int, vocab_size: int) -> None:
     open(os.path.join(root, "DONE"), "w").close()
 
 
+def _build_once(kind: str, root: str, docs: int, vocab_size: int) -> None:
+    """Build the corpus unless another run sharing data.cache_dir already has: runs on other run
+    directories may start together, and two builders would rename files under each other."""
+    os.makedirs(os.path.dirname(root), exist_ok=True)
+    with open(os.path.join(os.path.dirname(root), f".{os.path.basename(root)}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, and by the OS if this process dies
+        if not os.path.exists(os.path.join(root, "DONE")):  # the run that held the lock may have built it
+            _build(kind, root, docs, vocab_size)
+
+
 def resolve_data(cfg: DataConfig, kind: str, vocab_size: int) -> DataConfig:
     """Fill paths/tokenizer for a synthetic corpus (built if missing). Collective when distributed."""
     if cfg.synthetic is None:
@@ -52,7 +63,10 @@ def resolve_data(cfg: DataConfig, kind: str, vocab_size: int) -> DataConfig:
         raise ConfigError("data.cache_dir", f"{cfg.cache_dir} exists and is not a directory")
     if first and not os.path.exists(os.path.join(root, "DONE")):
         try:
-            _build(cfg.synthetic, root, cfg.synthetic_docs, vocab_size)
+            _build_once(cfg.synthetic, root, cfg.synthetic_docs, vocab_size)
+        except OSError as e:
+            raise ConfigError("data.cache_dir", f"cannot build the synthetic corpus in {root} ({e.strerror}: "
+                              f"{e.filename})") from None
         except RuntimeError as e:  # sentencepiece refuses a vocabulary too small for the corpus
             if "vocab" not in str(e).lower():
                 raise
@@ -65,12 +79,15 @@ def resolve_data(cfg: DataConfig, kind: str, vocab_size: int) -> DataConfig:
 
 
 def training_data(cfg: DataConfig, kind: str, vocab_size: int, seed: int, load: Optional[str] = None):
-    """The dataset of a pretrain or SFT run ("pretrain" | "sft"): `batch(first, size)` gives a global
-    batch as the model's inputs. load: the checkpoint the run starts from, whose tokenizer
-    (r1mega-convert import copies it beside the weights) serves when data.tokenizer is unset."""
+    """(the dataset of a pretrain or SFT run ("pretrain" | "sft"), whose `batch(first, size)` gives a
+    global batch as the model's inputs; the path of its tokenizer, None when there is none), resolved
+    once. The tokenizer: data.tokenizer, the synthetic corpus's, else the one in `load`, the checkpoint
+    the run starts from (r1mega-convert import and every checkpoint keep its files)."""
     from r1mega.data.sft import SFTData
 
-    d = replace(resolve_data(cfg, kind, vocab_size), tokenizer=tokenizer_source(cfg, kind, vocab_size, load))
+    d = resolve_data(cfg, kind, vocab_size)
+    if d.tokenizer is None and load and os.path.exists(os.path.join(load, "tokenizer.json")):
+        d = replace(d, tokenizer=load)
     if kind == "sft" and (len(d.paths) > 1 or d.weights is not None):
         raise ConfigError("data.paths", f"SFT reads one chat JSONL file, got {len(d.paths)} paths"
                           + (" and data.weights" if d.weights is not None else "") + "; concatenate the files")
@@ -82,17 +99,8 @@ def training_data(cfg: DataConfig, kind: str, vocab_size: int, seed: int, load: 
         tok = load_tokenizer(d.tokenizer)
         check_fits(tok, vocab_size)
     if kind == "pretrain":
-        return PretrainData(d.paths, d.weights, d.seq_length, seed, vocab_size)
-    return SFTData(d.paths[0], tok, d.seq_length, seed, d.sft_template)
-
-
-def tokenizer_source(cfg: DataConfig, kind: str, vocab_size: int, load: Optional[str] = None) -> Optional[str]:
-    """The path of a pretrain or SFT run's tokenizer: data.tokenizer, the synthetic corpus's, else the one
-    in `load` (r1mega-convert import and every checkpoint keep its files); None when there is none."""
-    d = resolve_data(cfg, kind, vocab_size)
-    if d.tokenizer is None and load and os.path.exists(os.path.join(load, "tokenizer.json")):
-        return load
-    return d.tokenizer
+        return PretrainData(d.paths, d.weights, d.seq_length, seed, vocab_size), d.tokenizer
+    return SFTData(d.paths[0], tok, d.seq_length, seed, d.sft_template), d.tokenizer
 
 
 def prompt_tokenizer(cfg: DataConfig, vocab_size: int, load: Optional[str]) -> Tokenizer:

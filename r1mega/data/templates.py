@@ -18,6 +18,7 @@ takes its final answer by the fallback (the last number when there is no "A:", <
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from r1mega.data.prompts import question_text
 
@@ -29,7 +30,6 @@ R1_ZERO = (
     "</answer>. User: {prompt}. Assistant:"
 )
 THINK_PREFIX = "<think>\n"
-CHAT_TEMPLATES = ("chat", "chat_think")  # rendered by the tokenizer's own chat template
 
 
 @dataclass
@@ -38,23 +38,71 @@ class Rendered:
     response_prefix: str  # the part of `text` that belongs to the response (judged by the rewards)
 
 
-def render(problem: dict, template: str, tokenizer=None) -> Rendered:
-    if template == "r1_zero":
+class Template(Protocol):
+    """One `rl.template`: how a problem becomes text, and what else about it a caller must know."""
+    stops: tuple[str, ...]  # text after which a completion is finished (besides EOS)
+    chat: bool  # rendered by the tokenizer's own chat template (which writes its own BOS)
+
+    def render(self, problem: dict, tokenizer=None) -> Rendered:
+        """The text the model continues, and the response prefix that text already holds."""
+
+
+class R1ZeroTemplate:
+    stops, chat = ("</answer>",), False
+
+    def render(self, problem: dict, tokenizer=None) -> Rendered:
         return Rendered(R1_ZERO.format(prompt=question_text(problem)), "")
-    if template == "raw":
+
+
+class RawTemplate:
+    stops, chat = (), False
+
+    def render(self, problem: dict, tokenizer=None) -> Rendered:
         return Rendered(question_text(problem), "")
-    if template in CHAT_TEMPLATES:
+
+
+class ChatTemplate:
+    """The tokenizer's chat template with the generation prompt; think: force R1's thinking prefix
+    when the template does not open the thought itself (`chat_think`)."""
+    stops, chat = (), True
+
+    def __init__(self, think: bool):
+        self.think = think
+
+    def render(self, problem: dict, tokenizer=None) -> Rendered:
         messages = problem.get("messages") or [{"role": "user", "content": problem["prompt"]}]
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         if text.rstrip().endswith("<think>"):  # the template opened the thought itself
             return Rendered(text, text[text.rstrip().rfind("<think>"):])
-        return Rendered(text + THINK_PREFIX, THINK_PREFIX) if template == "chat_think" else Rendered(text, "")
-    raise ValueError(f"rl.template: unknown template {template!r} (r1_zero, chat, chat_think, raw)")
+        return Rendered(text + THINK_PREFIX, THINK_PREFIX) if self.think else Rendered(text, "")
+
+
+TEMPLATES: dict[str, Template] = {"r1_zero": R1ZeroTemplate(), "chat": ChatTemplate(think=False),
+                                  "chat_think": ChatTemplate(think=True), "raw": RawTemplate()}
+CHAT_TEMPLATES = tuple(name for name, t in TEMPLATES.items() if t.chat)
+
+
+def render(problem: dict, template: str, tokenizer=None) -> Rendered:
+    if template not in TEMPLATES:
+        raise ValueError(f"rl.template: unknown template {template!r} (r1_zero, chat, chat_think, raw)")
+    return TEMPLATES[template].render(problem, tokenizer)
+
+
+def encode_prompt(tok, text: str, template: "str | Template") -> list[int]:
+    """The ids a rendered prompt is posed as: a tokenizer whose config says add_bos_token (DeepSeek-V3's,
+    Llama 2's) starts the text with BOS, as transformers encodes it; a chat template writes its own, and
+    a text that already opens with BOS (the `r1` format) gets no second one. GRPO, generate, eval and
+    reject-sample all pose prompts through this, so a policy is sampled in the context it was trained in."""
+    chat = (TEMPLATES[template] if isinstance(template, str) else template).chat
+    ids = tok.encode(text)
+    if getattr(tok, "add_bos", False) and tok.bos_id is not None and not chat and ids[:1] != [tok.bos_id]:
+        ids = [tok.bos_id] + ids
+    return ids
 
 
 def stop_strings(template: str) -> list[str]:
     """Text after which a completion is finished (besides EOS)."""
-    return ["</answer>"] if template == "r1_zero" else []
+    return list(TEMPLATES[template].stops) if template in TEMPLATES else []
 
 
 def stops_at(stops: list[str]):

@@ -53,7 +53,7 @@ class Tokenizer:
     def __init__(self, path: str):
         self.path = path
         self.chat_template: Optional[str] = None
-        self.add_bos = False  # tokenizer_config.json's add_bos_token: prompts start with BOS
+        self.add_bos: Optional[bool] = None  # prompts start with BOS (tokenizer_config.json's add_bos_token)
         self.special: dict[str, Optional[str]] = {"eos_token": EOS, "bos_token": BOS}
         if path.endswith(".model"):
             import sentencepiece as spm
@@ -74,6 +74,10 @@ class Tokenizer:
             self._read_config(os.path.dirname(os.path.abspath(file)))
         self.eos_id = self.token_id(self.special["eos_token"]) if self.special["eos_token"] else None
         self.bos_id = self.token_id(self.special["bos_token"]) if self.special["bos_token"] else None
+        if self.add_bos is None:  # no add_bos_token key (Llama 3's): BOS if tokenizer.json's post-processor
+            # writes it, as transformers' tokenizer encodes the text
+            self.add_bos = (self._hf is not None and self.bos_id is not None
+                            and self._hf.encode("", add_special_tokens=True).ids[:1] == [self.bos_id])
         if self.eos_id is None:
             self.eos_id = self._generation_eos(path)
 
@@ -88,7 +92,8 @@ class Tokenizer:
             for key in ("eos_token", "bos_token", "pad_token"):
                 if key in cfg:
                     self.special[key] = _token_text(cfg[key])
-            self.add_bos = bool(cfg.get("add_bos_token", False))
+            if "add_bos_token" in cfg:
+                self.add_bos = bool(cfg["add_bos_token"])
             template = cfg.get("chat_template")
             if isinstance(template, list):  # named templates: take the default one
                 template = next((t.get("template") for t in template if t.get("name") == "default"), None)

@@ -120,6 +120,38 @@ def read_samples(out_dir: str) -> dict[str, list[dict]]:
     return by_id
 
 
+def check_finished(gen_dir: str, samples: dict[str, list[dict]], records: list[dict]) -> None:
+    """--samples-from must name a finished `r1mega generate` run: its lock gone (a running or killed
+    run leaves it), no torn shard, every problem it holds with all k samples. Filtering a partial
+    store would write an sft.jsonl and report that look complete."""
+    from r1mega.generation.store import SampleStore, read_shard
+    from r1mega.output_dir import LOCK
+
+    advice = "let it finish, or rerun the same `r1mega generate` command to complete it, then filter"
+    lock = os.path.join(gen_dir, LOCK)
+    if os.path.exists(lock):
+        try:
+            with open(lock, encoding="utf-8") as f:
+                who = f"pid {json.load(f)['pid']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            who = "its writer"
+        raise DataError(f"--samples-from {gen_dir}: not finished ({lock} of {who} remains: the generate run is "
+                        f"still going or was interrupted); {advice}")
+    for path in SampleStore.shard_paths(gen_dir):
+        if read_shard(path)[1]:
+            raise DataError(f"--samples-from {path}: ends in a torn line (an interrupted write); {advice}")
+    try:
+        with open(os.path.join(gen_dir, "meta.json"), encoding="utf-8") as f:
+            k = json.load(f)["samples"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"--samples-from {gen_dir}: no readable meta.json with 'samples' (not an "
+                        f"`r1mega generate` directory?)") from None
+    short = [r["id"] for r in records if 0 < len(samples.get(r["id"], [])) < k]
+    if short:
+        raise DataError(f"--samples-from {gen_dir}: {len(short)} problems have fewer than their {k} samples "
+                        f"(first: {short[0]!r}); {advice}")
+
+
 def _write_jsonl(path: str, rows: list[dict]) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -159,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
     params = None if args.samples_from else sampling_params(args)
     if args.samples_from:
         samples = read_samples(args.samples_from)
+        check_finished(args.samples_from, samples, records)
         if os.path.abspath(args.samples_from) == os.path.abspath(args.out):
             raise ConfigError("--out", "is the --samples-from directory; write the SFT data elsewhere")
     claim_on_rank0(args.out, "reject-sample")  # before the model loads; held until the command ends

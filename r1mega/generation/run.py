@@ -22,6 +22,7 @@ from typing import Optional
 import torch.distributed as dist
 
 from r1mega.config import ParallelConfig
+from r1mega.data.templates import encode_prompt
 from r1mega.data.tokenizer import check_fits, load_tokenizer
 from r1mega.errors import ConfigError, DataError, R1MegaError
 from r1mega.generation.sampling_rounds import SamplingParams, generate_rounds
@@ -181,7 +182,7 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
 
         check_draft_model(loaded.cfg.active_model, "--speculative")
     rendered_all = [render_prompt(r, template, tok) for r in records]
-    records, _ = fit_context(records, [tok.encode(text) for text, _ in rendered_all], params,
+    records, _ = fit_context(records, [encode_prompt(tok, text, template) for text, _ in rendered_all], params,
                              loaded.cfg.active_model.max_position_embeddings, explicit_max_new, drop_long, desc,
                              announce=ps.rank == 0)
     store, todo, error = None, None, None
@@ -213,7 +214,7 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
     tokens, t0 = 0, time.perf_counter()
     vocab_hash = tok.fingerprint() if keep_ids and ps.rank == 0 else None  # which tokenizer the ids are of
     for results, stats in generate_rounds(loaded.chunks, ps, tok, problems, prompts, params,
-                                          max(1, problems_per_round)):
+                                          max(1, problems_per_round), template=template):
         if results is None:
             continue
         store.write([(prob["id"], [{"id": prob["id"], "sample": s.index, "completion": s.completion,

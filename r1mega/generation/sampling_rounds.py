@@ -20,6 +20,7 @@ from typing import Iterator, Optional
 import torch
 import torch.distributed as dist
 
+from r1mega.data.templates import encode_prompt
 from r1mega.data.tokenizer import Tokenizer
 from r1mega.errors import ConfigError
 from r1mega.inference.generate import GenerationConfig, generate
@@ -101,13 +102,15 @@ def sample_key(problem_id: str, sample: int) -> int:
 
 
 def generate_rounds(chunks, ps: ParallelState, tok: Tokenizer, problems: list[dict], prompts: list[str],
-                    params: SamplingParams, problems_per_round: int
+                    params: SamplingParams, problems_per_round: int, template: Optional[str] = None
                     ) -> Iterator[tuple[Optional[list[tuple[dict, list[Sample]]]], dict]]:
     """Yields (rank 0: [(problem, its k samples)], else None; stats) per round. Collective: every
     rank passes the same problems."""
     params.check()
     k = params.samples
-    encoded = [tok.encode(p) for p in prompts]
+    # template: how the prompts were rendered, so they are posed as GRPO poses them (BOS where the
+    # tokenizer adds one); None: the texts are encoded as they are
+    encoded = [tok.encode(p) if template is None else encode_prompt(tok, p, template) for p in prompts]
     stop = _stop_check(tok, params.stop)
     for at in range(0, len(problems), problems_per_round):
         t0 = time.perf_counter()

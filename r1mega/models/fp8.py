@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from r1mega.errors import CheckpointError
+
 BLOCK = 128
 E4M3_MAX = 448.0
 FP8 = torch.float8_e4m3fn
@@ -22,11 +24,12 @@ def _expand(scale: torch.Tensor, shape: tuple[int, int], block: int) -> torch.Te
 
 
 def dequantize(w: torch.Tensor, scale_inv: torch.Tensor, block: int = BLOCK,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+               dtype: torch.dtype = torch.float32, name: str = "") -> torch.Tensor:
+    """`name` (file and tensor) prefixes the CheckpointError a scale of the wrong block grid raises."""
     rows, cols = w.shape
     want = (-(-rows // block), -(-cols // block))
     if tuple(scale_inv.shape) != want:
-        raise ValueError(f"scale_inv shape {tuple(scale_inv.shape)} != {want} for an FP8 weight {tuple(w.shape)} "
+        raise CheckpointError(f"{name + ': ' if name else ''}scale_inv shape {tuple(scale_inv.shape)} != {want} for an FP8 weight {tuple(w.shape)} "
                          f"in {block}x{block} blocks")
     return (w.float() * _expand(scale_inv.float(), (rows, cols), block)).to(dtype)
 

@@ -66,6 +66,24 @@ class TensorSource(Protocol):
              parts: int) -> torch.Tensor: ...
 
 
+def read_index(file: str) -> dict[str, str]:
+    """The weight_map of a model.safetensors.index.json (tensor name -> file name in the same
+    directory), or a CheckpointError naming the file and what is wrong with it."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            where = json.load(f)["weight_map"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{file}: not a safetensors index (JSON with a 'weight_map'): "
+                              f"{type(e).__name__}: {e}") from None
+    if not isinstance(where, dict):
+        raise CheckpointError(f"{file}: 'weight_map' must map tensor names to file names, got {type(where).__name__}")
+    for key, name in where.items():
+        if not isinstance(name, str) or not name or os.path.basename(name) != name or name in (".", ".."):
+            raise CheckpointError(f"{file}: weight_map[{key!r}] must be a file name in the same directory, "
+                                  f"got {name!r}")
+    return where
+
+
 class SafetensorsDir:
     """A Hugging Face checkpoint directory (sharded with an index, or single files)."""
 
@@ -73,8 +91,7 @@ class SafetensorsDir:
         self.path = path
         index = os.path.join(path, "model.safetensors.index.json")
         if os.path.exists(index):
-            with open(index) as f:
-                self.where = json.load(f)["weight_map"]
+            self.where = read_index(index)
         else:
             files = sorted(n for n in os.listdir(path) if n.endswith(".safetensors")) if os.path.isdir(path) else []
             if not files:
@@ -106,7 +123,8 @@ class SafetensorsDir:
         if shape != tuple(full_shape):
             raise CheckpointError(f"tensor {key!r}: checkpoint shape {shape} != model shape {tuple(full_shape)}")
         if scale_name(key) in self.where:  # DeepSeek FP8: dequantise whole, then slice (block scales)
-            return shard(dequantize(sl[:], self.slice(scale_name(key))[:]), dim, rank, parts)
+            return shard(dequantize(sl[:], self.slice(scale_name(key))[:], name=f"{self.path}: tensor {key}"),
+                         dim, rank, parts)
         if dim is None or parts == 1:
             return sl[:]
         n = shape[dim] // parts

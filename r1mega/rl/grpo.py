@@ -34,7 +34,7 @@ import torch
 from r1mega.config import Config, RLConfig, TrainConfig, validate_rl, validate_training
 from r1mega.errors import ConfigError
 from r1mega.data.prepare import prompt_tokenizer
-from r1mega.data.prompts import check_prompts_fit, check_same_prompts, prompts_digest
+from r1mega.data.prompts import check_same_prompts, prompts_digest
 from r1mega.output_dir import release
 from r1mega.data.templates import Rendered
 from r1mega.inference.generate import GenerationConfig, Rollout, generate
@@ -53,7 +53,7 @@ from r1mega.rl.train_batch import TrainBatch, update_batches
 from r1mega.rl.metrics import LOCAL_VALUES, StepMetrics, global_values, step_metrics
 from r1mega.rl.prompt_source import PromptSource
 from r1mega.sandbox import isolation as sandbox
-from r1mega.rl.reference import ReferencePolicy
+from r1mega.rl.reference import NoReference, Reference, ReferencePolicy
 from r1mega.rl.rewards import REWARDS, reward_terms, run_programs, total_reward
 from r1mega.train.checkpoint import find_resume_checkpoint, read_meta, resume_from, save_checkpoint
 from r1mega.train.metrics_log import MetricsLog, table_due
@@ -210,15 +210,13 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
                            seed=cfg.seed + index, record_routing=cfg.rl.routing_replay,
                            vocab_size=tok.vocab_size, speculative=cfg.rl.speculative, draft_tokens=cfg.rl.draft_tokens,
                            max_rows=cfg.rl.rollout_max_rows, max_cache_tokens=cfg.rl.rollout_cache_tokens)
-    if run.device.type == "cuda":  # make room for the KV cache: optimizer states wait in host memory
-        optimizer.offload()
     rows = torch.tensor([g * G + k for g in where for k in range(G)], dtype=torch.long)
-    rollout = generate(chunks, ps, prompt_ids, gen, rows=rows)
-    optimizer.reload()
+    with optimizer.offloaded(run.device.type == "cuda"):  # the KV cache takes the GPU memory the states leave
+        rollout = generate(chunks, ps, prompt_ids, gen, rows=rows)
     responses, truncated = [], []
     for ids, r in zip(rollout.completions(), rendered):
         finished = bool(ids) and ids[-1] == tok.eos_id
-        text = r.response_prefix + tok.decode(ids[:-1] if finished else ids)
+        text = r.response_prefix + source.decode(ids[:-1] if finished else ids)
         responses.append(text)
         truncated.append(len(ids) >= limit and not finished and not source.is_stopped(text))
     programs = run_programs(responses, outputs)  # every program of the batch at once
@@ -350,8 +348,9 @@ def evaluate_accuracy(chunks, ps: ParallelState, source: PromptSource, problems:
     mine = problems[ps.r("dp")::ps.dp]
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, eos_id=tok.eos_id,
                            stop=source.stop(), vocab_size=tok.vocab_size)
-    r = generate(chunks, ps, [source.encode(source.render(p)) for p in mine], gen)
-    hits = sum(total_reward(["accuracy"], tok.decode(c), p) for c, p in zip(r.completions(), mine))
+    prompts = [source.encode(source.render(p)) for p in mine]
+    r = generate(chunks, ps, prompts, gen)
+    hits = sum(total_reward(["accuracy"], source.decode(c), p) for c, p in zip(r.completions(), mine))
     device = next(chunks.parameters()).device
     both = global_values({"hits": hits, "n": float(len(mine))}, ps, device)
     return both["hits"] / both["n"]
@@ -368,7 +367,7 @@ def append_rollouts(path: str, step: int, scored: ScoredRollout, n: int) -> list
     return rows
 
 
-def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW, reference: Optional[ReferencePolicy],
+def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW, reference: Reference,
             candidates: list[str], ckpt_root: str, arch: dict) -> tuple[int, int, int, Optional[str]]:
     """Load the run's own newest good checkpoint (policy, optimizer, reference, prompt position;
     the trainer's rules: verified, older ones as fallback) or start from train.load. Returns
@@ -382,19 +381,20 @@ def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW,
         step, position, index = meta.get("step", 0), meta.get("prompt_position", 0), meta.get("rollout_index", 0)
     elif path is not None:  # a pretrained/SFT model: its optimizer moments do not carry over to RL
         optimizer.reset_from_params()
-    if reference is not None and not (own and reference.restore(ckpt_root, meta.get("reference"), step)):
+    if not (own and reference.restore(ckpt_root, meta.get("reference"), step)):
         reference.refresh(chunks, step)
     return step, position, index, path if own else None
 
 
-def old_and_reference_logprobs(cfg: Config, ps: ParallelState, chunks, reference: Optional[ReferencePolicy],
+def old_and_reference_logprobs(cfg: Config, ps: ParallelState, chunks, reference: Optional[Reference],
                                batch: TrainBatch, kernels=None, microbatch_count: Optional[int] = None,
                                vocab: Optional[int] = None
                                ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """The trainer's log-probs of the sampled tokens before any update (kept for every minibatch,
     replaying the rollout's experts if asked; on `kernels`, the update's FP8 backend, so the first
     update's ratio is exactly 1) and the reference's, routed by the reference itself, in train.dtype.
-    Both [B, S] on the last pipeline stage, None elsewhere (ref None without a KL term).
+    Both [B, S] on the last pipeline stage, None elsewhere (ref None without a KL term: reference None
+    or a NoReference).
     rl.keep_sampling_mask: the old pass recomputes the sampler's top-p/top-k support (vocab: the
     tokenizer's) and keeps it in batch.support for the reference and the updates; the sampler's
     log-probs are moved into its truncated distribution (batch.rollout_logp)."""
@@ -413,7 +413,7 @@ def old_and_reference_logprobs(cfg: Config, ps: ParallelState, chunks, reference
         full = torch.cat([mb.extra["full_logp"] for mb in mbs])
         batch.rollout_logp = torch.where(batch.generated, old + (batch.rollout_logp - full), batch.rollout_logp)
     ref = None
-    if reference is not None:
+    if reference is not None and reference.model is not None:
         ref = sequence_logprobs(reference.model, ps, microbatches(batch, size, {}, False, microbatch_count),
                                 rl.temperature)
     return old, ref
@@ -434,7 +434,7 @@ class Policy:
     source: PromptSource
     chunks: torch.nn.ModuleList
     optimizer: DistributedAdamW
-    reference: Optional[ReferencePolicy]
+    reference: Reference  # the KL anchor (a NoReference without a KL term)
     log: MetricsLog
     kernels: object  # the FP8 backend of the trainer's forwards (train.fp8), None for train.dtype
 
@@ -460,13 +460,10 @@ def start(cfg: Config, ckpt_root: str) -> tuple[Policy, Progress]:
         sandbox.require_isolation()  # refuse before any work, naming why, where it cannot be set up
     tok = prompt_tokenizer(cfg.data, cfg.active_model.vocab_size, cfg.train.load if cfg.rl.prompts else None)
     source = PromptSource(rl, cfg.data.synthetic, cfg.seed, tok)
-    positions, longest = cfg.active_model.max_position_embeddings, 0
-    if source.order is not None:  # prompt files: each fits the model, and a resume reads the same files
-        tokens = {id(p): len(source.encode(source.render(p))) for p in source.order.problems}  # each encoded once
-        check_prompts_fit(source.order.problems, lambda p: tokens[id(p)], positions)
-        longest = max(tokens.values(), default=0)
-        if own is not None:
-            check_same_prompts(read_meta(own), rl.prompts, own)
+    positions = cfg.active_model.max_position_embeddings
+    longest = source.longest_prompt(positions)  # prompt files: each must fit the model
+    if rl.prompts and own is not None:  # a resume reads the same prompt files
+        check_same_prompts(read_meta(own), rl.prompts, own)
     check_responses_fit(rl, longest, positions, t.steps)  # before hours of rollouts run past the positions
     # checkpoints and their architecture are checked before any weight exists
     arch = run.arch  # the model keys a checkpoint must match
@@ -474,9 +471,10 @@ def start(cfg: Config, ckpt_root: str) -> tuple[Policy, Progress]:
     run.hf_config = read_meta(candidates[0]).get("hf_config") if candidates else None  # travels on for the export
     claim_run_dir(run, "grpo")  # one run per directory, only one this kind of run made
     chunks = build_model(run)
+    reference_model = build_model(run) if rl.kl_coef else None  # the KL anchor: a second copy of the policy
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
-    reference = (ReferencePolicy(build_model(run), ps, rl.ref_refresh_steps)
-                 if rl.kl_coef else None)
+    reference = (ReferencePolicy(reference_model, ps, rl.ref_refresh_steps) if reference_model is not None
+                 else NoReference())
     step, position, index, resumed = restore(cfg, ps, chunks, optimizer, reference, candidates, ckpt_root, arch)
 
     log = MetricsLog(t.run_dir, t.steps, step, run.is_logger, t.wandb_project if t.wandb else None, cfg)
@@ -543,7 +541,7 @@ def save(policy: Policy, at: Progress, ckpt_root: str) -> None:
     """A checkpoint of the policy, optimizer, reference and prompt position; a resume starts with
     the next rollout."""
     run, rl = policy.run, policy.run.cfg.rl
-    ref_dir = policy.reference.save(ckpt_root) if policy.reference is not None else None
+    ref_dir = policy.reference.save(ckpt_root)
     save_checkpoint(ckpt_root, at.step, policy.chunks, policy.optimizer, run.ps,
                     run_meta(run, "grpo", prompt_position=at.position, rollout_index=at.index + 1,
                              reference=ref_dir,
@@ -579,7 +577,7 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
                                     policy.kernels, u.microbatch_counts[j])
             at.step += 1
             step = at.step
-            if reference is not None and reference.due(step):
+            if reference.due(step):
                 reference.refresh(chunks, step)
             upd = global_values({k: v for k, v in sums.items() if k not in LOCAL_VALUES}, ps, run.device)
             last = step_metrics(rl.rewards, u.rollout_vals, u.gap_max, upd, sums, optimizer.skipped,

@@ -3,12 +3,14 @@
 job keeps the anchor it had instead of resetting it to the current policy.
 
     <run_dir>/checkpoints/reference/step_00000400/   weights of the policy at the refresh step
-A policy checkpoint's meta.json names the reference directory it goes with.
+A policy checkpoint's meta.json names the reference directory it goes with. Without a KL term
+(rl.kl_coef = 0) the run holds a NoReference, so the loop keeps, refreshes and saves "its reference"
+the same way either way.
 """
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Protocol
 
 import torch
 
@@ -21,6 +23,37 @@ def copy_weights(src: torch.nn.ModuleList, dst: torch.nn.ModuleList) -> None:
     """Parameters and buffers (e.g. the routing bias), same layout on both sides."""
     for a, b in zip(src.state_dict().values(), dst.state_dict().values()):
         b.copy_(a)
+
+
+class Reference(Protocol):
+    """What GRPO does with its KL anchor: score with its model, refresh it from the policy on schedule,
+    save it beside the policy's checkpoints and restore it on resume."""
+    model: Optional[torch.nn.ModuleList]  # None: no KL term, nothing to score
+
+    def refresh(self, policy: torch.nn.ModuleList, step: int) -> None: ...
+
+    def due(self, step: int) -> bool: ...
+
+    def save(self, ckpt_root: str) -> Optional[str]: ...
+
+    def restore(self, ckpt_root: str, rel: Optional[str], step: int) -> bool: ...
+
+
+class NoReference:
+    """rl.kl_coef = 0: no model to keep, score, refresh or save."""
+    model = None
+
+    def refresh(self, policy: torch.nn.ModuleList, step: int) -> None:
+        pass
+
+    def due(self, step: int) -> bool:
+        return False
+
+    def save(self, ckpt_root: str) -> Optional[str]:
+        return None
+
+    def restore(self, ckpt_root: str, rel: Optional[str], step: int) -> bool:
+        return False
 
 
 class ReferencePolicy:

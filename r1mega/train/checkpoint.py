@@ -522,6 +522,15 @@ class PieceReader:
         except SafetensorError as e:
             raise CheckpointError(f"{where}: tensor {key!r} unreadable ({e}); truncated or corrupt") from None
 
+    def stored_dtype(self, key: str) -> str:
+        """The safetensors dtype ("F32", "BF16", "F8_E4M3", ...) of a tensor's first piece."""
+        file = self.pieces[f"{self.kind}/{key}"][0][0]
+        try:
+            return self._file(file).get_slice(f"{self.kind}/{key}").get_dtype()
+        except SafetensorError as e:
+            raise CheckpointError(f"{os.path.join(self.path, file)}: tensor {self.kind}/{key} unreadable ({e}); "
+                                  f"truncated or corrupt") from None
+
     def _finite(self, t: torch.Tensor, key: str, files) -> torch.Tensor:
         if _non_finite(t):  # always: cheap, and NaN weights are never worth training on
             names = ", ".join(sorted({os.path.join(self.path, f) for f in files}))
@@ -544,7 +553,8 @@ class PieceReader:
         scale = f"{self.kind}/{scale_name(key)}"
         if scale in self.pieces:  # imported with --fp8 keep: dequantise on read
             w = self._slice(found[0][0], name)[:]
-            return shard(dequantize(w, self._slice(self.pieces[scale][0][0], scale)[:]), dim, rank, parts)
+            scale_inv = self._slice(self.pieces[scale][0][0], scale)[:]
+            return shard(dequantize(w, scale_inv, name=f"{self.path}: tensor {key}"), dim, rank, parts)
         axis = dim if dim is not None else next((i["dim"] for _, i in found if i["dim"] is not None), None)
         if axis is None:  # whole tensor wanted, whole tensor stored
             return self._slice(found[0][0], name)[:]

@@ -9,6 +9,7 @@ The AdamW update is torch.optim.AdamW's, element for element (decoupled weight d
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import torch
 import torch.distributed as dist
@@ -165,6 +166,15 @@ class DistributedAdamW:
                 getattr(b, k).copy_(flat[b.lo:b.hi])
             b.write_params()
         self.step_count = step_count
+
+    @contextlib.contextmanager
+    def offloaded(self, offload: bool = True):
+        """The block runs with master weights and moments in host memory (when `offload`), then they go
+        back: one bracket, so a caller cannot offload and forget to reload."""
+        if offload:
+            self.offload()
+        yield
+        self.reload()
 
     def offload(self) -> None:
         """Move master weights and moments to host memory (e.g. while rollouts need the GPU)."""

@@ -17,7 +17,7 @@ from dataclasses import asdict
 
 from r1mega.config import Config, ConfigError, validate_training
 from r1mega.output_dir import release
-from r1mega.data.prepare import tokenizer_source, training_data
+from r1mega.data.prepare import training_data
 from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
@@ -52,8 +52,8 @@ def _train(cfg: Config, kind: str) -> dict:
     if ps.rank == 0 and cfg.optim.warmup_steps > t.steps:
         print(f"warning: optim.warmup_steps={cfg.optim.warmup_steps} exceeds train.steps={t.steps}: the run ends "
               f"before the learning rate reaches optim.lr={cfg.optim.lr}", file=sys.stderr, flush=True)
-    data = training_data(cfg.data, kind, cfg.active_model.vocab_size, cfg.seed, t.load)
-    tokenizer = tokenizer_source(cfg.data, kind, cfg.active_model.vocab_size, t.load)  # its files go into each checkpoint
+    # the dataset, and the tokenizer whose files go into each checkpoint
+    data, tokenizer = training_data(cfg.data, kind, cfg.active_model.vocab_size, cfg.seed, t.load)
     family, model_cfg = run.family, cfg.active_model
     model_config, arch = asdict(model_cfg), run.arch  # saved; compared on resume
     candidates = find_resume_checkpoint(ckpt_root, t.load, arch, t.allow_arch_change)

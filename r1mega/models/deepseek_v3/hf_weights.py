@@ -51,12 +51,21 @@ def local_tensors(model: nn.Module):
             yield name, buf
 
 
+def _mtp_layer_prefix(name: str, num_layers: int):
+    """The HF prefix of the MTP layer a local tensor belongs to (a checkpoint may lack that layer
+    whole: transformers saves none), None for the main model's. The embedding copy goes with the first."""
+    if name.startswith("mtp_embed."):
+        return f"model.layers.{num_layers}."
+    if name.startswith("mtp."):
+        return f"model.layers.{name.split('.')[1]}."
+    return None
+
+
 def param_slices(model) -> Iterator[SliceSpec]:
     ps = model.ps
-    mtp_prefix = f"model.layers.{model.cfg.num_layers}."
     for name, p in local_tensors(model):
         spec = spec_of(p)
-        optional = mtp_prefix if name.startswith(("mtp.", "mtp_embed.")) else None
+        optional = _mtp_layer_prefix(name, model.cfg.num_layers)
         m = _EXPERT_RE.match(name)
         if m:
             experts = model.get_submodule(name.rsplit(".", 1)[0])

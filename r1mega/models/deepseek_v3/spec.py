@@ -39,19 +39,31 @@ def _flops_per_token(cfg: ModelConfig, seq_length: int) -> float:
 
 def hf_optional(key: str, hf_config: dict) -> bool:
     """The MTP layer's copies of the embedding and head (DeepSeek-V3 ships them; r1mega shares the
-    main model's) are present in real checkpoints but not needed."""
-    n = hf_config.get("num_hidden_layers")
-    mtp = f"model.layers.{n}." if n is not None else None
-    return mtp is not None and key in (mtp + "embed_tokens.weight", mtp + "shared_head.head.weight")
+    main model's) are present in real checkpoints but not needed. With `n_shared_experts: 0`
+    transformers still keeps a shared expert of width 0 and saves its empty weights."""
+    no_shared = hf_config.get("n_shared_experts", 1) in (0, None) and ".mlp.shared_experts." in key
+    return no_shared or any(key in (mtp + "embed_tokens.weight", mtp + "shared_head.head.weight")
+                            for mtp in _mtp_prefixes(hf_config))
+
+
+def _mtp_prefixes(hf_config: dict) -> tuple[str, ...]:
+    """`model.layers.<n>.` of each MTP layer config.json declares (they follow the main layers)."""
+    n, k = hf_config.get("num_hidden_layers"), hf_config.get("num_nextn_predict_layers") or 0
+    if not isinstance(n, int) or not isinstance(k, int):
+        return ()
+    return tuple(f"model.layers.{n + i}." for i in range(k))
 
 
 def hf_may_lack(hf_config: dict, present) -> tuple[str, ...]:
-    """The MTP layer, when config.json declares one and the checkpoint holds none of its tensors
-    (transformers saves the model without it): r1mega then initialises it."""
-    mtp = f"model.layers.{hf_config.get('num_hidden_layers')}."
-    if not hf_config.get("num_nextn_predict_layers", 0) or any(k.startswith(mtp) for k in present):
-        return ()
-    return (mtp,)
+    """The MTP layers config.json declares of which the checkpoint holds no tensor (transformers saves
+    the model without them): r1mega then initialises them."""
+    return tuple(mtp for mtp in _mtp_prefixes(hf_config) if not any(k.startswith(mtp) for k in present))
+
+
+def hf_fp8(key: str) -> bool:
+    """DeepSeek's FP8 linears: every attention, MLP and expert projection, the latent
+    kv_a_proj_with_mqa included; the MTP layer's eh_proj is stored in bf16 like the router."""
+    return key.endswith(("proj.weight", "kv_a_proj_with_mqa.weight")) and not key.endswith(".eh_proj.weight")
 
 
 def _exact_rollouts_refusal(m: ModelConfig):
@@ -69,5 +81,5 @@ FAMILY = ModelFamily(
     routed_experts=lambda m: m.n_routed_experts,
     training_keys=ModelConfig.training_keys, recompute_units=RECOMPUTE_UNITS,
     exact_rollouts_refusal=_exact_rollouts_refusal, draft_refusal=_draft_refusal, fp32_params=("e_score_correction_bias",), hf_optional=hf_optional,
-    hf_may_lack=hf_may_lack,
+    hf_may_lack=hf_may_lack, hf_fp8=hf_fp8,
     training=MoETraining())

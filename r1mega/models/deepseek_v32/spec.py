@@ -38,9 +38,9 @@ FP8_INDEXER = ("indexer.wq_b.weight", "indexer.wk.weight")  # FP8 like the *_pro
 
 
 def hf_fp8(key: str) -> bool:
-    """DeepSeek's FP8 linears (every *_proj weight) and the indexer's query/key projections; the
+    """DeepSeek-V3's FP8 linears (see its hf_fp8) and the indexer's query/key projections; the
     indexer's head weights stay in high precision."""
-    return key.endswith(FP8_INDEXER) or (key.endswith("proj.weight") and not key.endswith("indexer.weights_proj.weight"))
+    return key.endswith(FP8_INDEXER) or (v3.hf_fp8(key) and not key.endswith("indexer.weights_proj.weight"))
 
 
 FAMILY = ModelFamily(
