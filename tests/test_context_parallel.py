@@ -8,7 +8,7 @@ from layout_workers import build
 from r1mega.config import ParallelConfig
 from tiny_hf import add_mtp_layer, batch
 from r1mega.parallel.context_parallel import global_order, zigzag_chunks, zigzag_index
-from r1mega.parallel.spawn import run_ranks
+from spawn_cases import run_ranks
 from test_layouts import MTP_WEIGHT, check
 from tiny_variants import make_variant
 

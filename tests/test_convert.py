@@ -164,11 +164,12 @@ def test_verify_after_import_under_tp2_pp2_ep2(tmp_path):
     make_hf_model("DeepseekV3", n_group=2, topk_group=1).save_pretrained(src)
     add_mtp_layer(src)
     do_import(src, str(tmp_path / "ck"), dtype="float32")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=8", "-m", "r1mega.cli",
-           "verify-hf", "--hf-dir", src, "--ckpt", str(tmp_path / "ck"), "--tp", "2", "--pp", "2", "--ep", "2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    last = proc.stdout.strip().splitlines()[-1]
+    from spawn_cases import cli_on_ranks  # torchrun's environment on 8 ranks (test_verify_hf.py runs torchrun)
+
+    status, out = cli_on_ranks(8, "verify-hf", "--hf-dir", src, "--ckpt", str(tmp_path / "ck"), "--tp", "2",
+                               "--pp", "2", "--ep", "2")
+    assert status == 0, out[-3000:]
+    last = out.strip().splitlines()[-1]
     assert float(re.fullmatch(r"max_abs_logit_diff=(\S+)", last).group(1)) < 1e-4
 
 

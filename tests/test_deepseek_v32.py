@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from r1mega.models.family import family_for_hf
 from r1mega.models.weights import load_hf_weights
 from r1mega.parallel.layout import single_process_state
-from r1mega.parallel.spawn import run_ranks
 from r1mega.verify_hf import hf_param_grads
 from student_workers import PROMPTS, decode, evaluate, students_worker
 from tiny_hf import BASE, batch, randomize
@@ -202,21 +201,50 @@ def test_index_loss_trains_the_indexer_only(models, data):
         assert any(grads[1.0][n].abs().max() > 0 for n in grads[1.0] if ".indexer.wq_b" in n)
 
 
-def test_layouts_equal_one_process(models, data, reference):
-    from test_students import check
+LAYOUTS = {
+    "sparse TP2+SP x DP2": ("sparse", dict(tp=2, sp=True)),
+    "sparse PP2 x DP2": ("sparse", dict(pp=3 - 1, microbatches=2)),
+    "sparse EP2 x DP2": ("sparse", dict(ep=2)),
+    "yarn TP2 x PP2": ("yarn", dict(tp=2, pp=2, microbatches=2)),
+    "yarn EP2 x TP2 (etp 1)": ("yarn", dict(tp=2, ep=2, etp=1)),
+}
+
+
+def _layout_cases(models):
+    cases = [("eval", models[k][0], lay) for k, lay in LAYOUTS.values()]
+    cases.append(("decode", models["sparse"][0], dict(tp=2, pp=2)))
+    return cases
+
+
+def _index_loss_cases(models):
+    return [(models["sparse"][0], dict(tp=2, sp=True), "sparse"), (models["sparse"][0], dict(pp=2, microbatches=2),
+                                                                      "sparse"),
+            (models["yarn"][0], dict(tp=2, pp=2, microbatches=2), "sparse"),
+            (models["sparse"][0], dict(tp=2), "dense_warmup"),
+            # context parallel: zigzag query chunks select over the whole causal prefix
+            (models["sparse"][0], dict(cp=2), "sparse"), (models["yarn"][0], dict(cp=2, tp=2), "sparse"),
+            (models["sparse"][0], dict(cp=2), "dense_warmup")]
+
+
+@pytest.fixture(scope="module")
+def four_rank_runs(request, models, data):
+    """Both four-rank tests below (those selected) in one spawn. {node name: per-rank results}."""
+    from dsa_workers import dsa_worker
+    from spawn_cases import run_selected
 
     ids, labels = data
-    layouts = {
-        "sparse TP2+SP x DP2": ("sparse", dict(tp=2, sp=True)),
-        "sparse PP2 x DP2": ("sparse", dict(pp=3 - 1, microbatches=2)),
-        "sparse EP2 x DP2": ("sparse", dict(ep=2)),
-        "yarn TP2 x PP2": ("yarn", dict(tp=2, pp=2, microbatches=2)),
-        "yarn EP2 x TP2 (etp 1)": ("yarn", dict(tp=2, ep=2, etp=1)),
-    }
-    cases = [("eval", models[k][0], lay) for k, lay in layouts.values()]
-    cases.append(("decode", models["sparse"][0], dict(tp=2, pp=2)))
-    per_rank = run_ranks(students_worker, 4, cases, ids, labels)
-    for i, (name, (kind, _)) in enumerate(layouts.items()):
+    return run_selected(request, {
+        "test_layouts_equal_one_process": lambda p: (4, students_worker, (_layout_cases(models), ids, labels)),
+        "test_index_loss_layouts_equal_one_process":
+            lambda p: (4, dsa_worker, (_index_loss_cases(models), ids, labels)),
+    })
+
+
+def test_layouts_equal_one_process(request, four_rank_runs, models, data, reference):
+    from test_students import check
+
+    per_rank = four_rank_runs[request.node.name]
+    for i, (name, (kind, _)) in enumerate(LAYOUTS.items()):
         check([r[i] for r in per_rank], reference[kind], name)
     one = decode(models["sparse"][0], {}, 1)
     for r in per_rank:
@@ -333,20 +361,14 @@ def test_fp8_checkpoint_round_trips_with_its_scales(tmp_path):
             torch.testing.assert_close(back[k], v, rtol=1e-6, atol=0)
 
 
-def test_index_loss_layouts_equal_one_process(models, data):
+def test_index_loss_layouts_equal_one_process(request, four_rank_runs, models, data):
     """The indexer's KL loss and every gradient (the indexer's from the KL, the rest from the LM
     loss) under TP (+SP), PP, CP and DP equal one process, in both stages."""
-    from dsa_workers import dsa_worker, evaluate_with_index_loss
+    from dsa_workers import evaluate_with_index_loss
 
     ids, labels = data
-    cases = [(models["sparse"][0], dict(tp=2, sp=True), "sparse"), (models["sparse"][0], dict(pp=2, microbatches=2),
-                                                                       "sparse"),
-             (models["yarn"][0], dict(tp=2, pp=2, microbatches=2), "sparse"),
-             (models["sparse"][0], dict(tp=2), "dense_warmup"),
-             # context parallel: zigzag query chunks select over the whole causal prefix
-             (models["sparse"][0], dict(cp=2), "sparse"), (models["yarn"][0], dict(cp=2, tp=2), "sparse"),
-             (models["sparse"][0], dict(cp=2), "dense_warmup")]
-    per_rank = run_ranks(dsa_worker, 4, cases, ids, labels)
+    cases = _index_loss_cases(models)
+    per_rank = four_rank_runs[request.node.name]
     for i, (path, lay, stage) in enumerate(cases):
         ref = evaluate_with_index_loss(path, {}, 1, stage, ids, labels)
         assert ref["index_loss"] > 0
@@ -426,11 +448,11 @@ def test_671b_config_and_the_long_context_plan():
 @pytest.mark.slow
 def test_verify_hf_command_on_v32(models):
     """`r1mega verify-hf` on V3.2 (selection active at 32 tokens): TP2 x EP2, TP2+SP x PP2, CP2 x TP2."""
-    from test_students import torchrun_verify
+    from test_students import verify_on_ranks
 
-    assert torchrun_verify(4, "--hf-dir", models["sparse"][0], "--tp", "2", "--ep", "2") < 1e-4
-    assert torchrun_verify(4, "--hf-dir", models["yarn"][0], "--tp", "2", "--pp", "2", "--sp") < 1e-4
-    assert torchrun_verify(4, "--hf-dir", models["sparse"][0], "--cp", "2", "--tp", "2") < 1e-4
+    assert verify_on_ranks(4, "--hf-dir", models["sparse"][0], "--tp", "2", "--ep", "2") < 1e-4
+    assert verify_on_ranks(4, "--hf-dir", models["yarn"][0], "--tp", "2", "--pp", "2", "--sp") < 1e-4
+    assert verify_on_ranks(4, "--hf-dir", models["sparse"][0], "--cp", "2", "--tp", "2") < 1e-4
 
 
 @pytest.mark.parametrize("mode, modules", [("full", None), ("selective", ["indexer"]),

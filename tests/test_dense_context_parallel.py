@@ -5,7 +5,7 @@ PP and DP."""
 import pytest
 
 from dense_cp_workers import dense_cp_worker, evaluate
-from r1mega.parallel.spawn import run_ranks
+from spawn_cases import run_ranks
 from test_context_parallel import packed
 from test_qwen3 import make_qwen3
 from test_students import STUDENTS, check, make_student
@@ -53,12 +53,40 @@ FOUR_RANKS = {
 }
 
 
-def _run(world: int, layouts: dict, students, data, reference):
+def _cases(layouts: dict, students, data) -> tuple:
     ids, labels, docs, positions = data
-    cases = [(students[kind], lay, is_packed) for kind, lay, is_packed in layouts.values()]
-    per_rank = run_ranks(dense_cp_worker, world, cases, ids, labels, docs, positions)
+    return [(students[kind], lay, is_packed) for kind, lay, is_packed in layouts.values()], ids, labels, docs, positions
+
+
+def _check(per_rank, layouts: dict, reference):
     for i, (name, (kind, _, is_packed)) in enumerate(layouts.items()):
         check([r[i] for r in per_rank], reference[(kind, is_packed)], name)
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(request, tmp_path_factory, students, data):
+    """The selected two-rank tests of this file in one spawn, after the one-process runs they compare
+    with (which build the data the ranks read). {node name: (one-process result, per-rank results)}."""
+    from dense_cp_workers import sft_worker
+    from rl_workers import grpo_worker
+    from spawn_cases import run_cases, selected_params
+
+    root = tmp_path_factory.mktemp("dense_cp_runs")
+    plans = {  # test: (its one-process run or None, its two-rank case)
+        "test_cp2_equals_one_process": lambda: (None, (dense_cp_worker, _cases(TWO_RANKS, students, data))),
+        "test_sft_run_under_cp2_equals_one_process": lambda: (
+            sft_worker(0, 1, _sft_overrides(root / "sft", "one", 1)),
+            (sft_worker, (_sft_overrides(root / "sft", "cp2", 2),))),
+        "test_grpo_step_of_a_student_under_cp2_equals_one_process": lambda: (
+            grpo_worker(0, 1, _grpo_overrides(root / "grpo", "one", 1))["rows"],
+            (grpo_worker, (_grpo_overrides(root / "grpo", "cp2", 2),))),
+    }
+    one, cases = {}, {}
+    for test, plan in plans.items():
+        for node in selected_params(request, test):
+            one[node], cases[node] = plan()
+    runs = run_cases(2, cases)
+    return {node: (one[node], runs[node]) for node in cases}
 
 
 def test_packed_reference_differs_from_causal(reference):
@@ -67,13 +95,13 @@ def test_packed_reference_differs_from_causal(reference):
         assert (reference[(kind, True)]["logits"] - reference[(kind, False)]["logits"]).abs().max() > 1e-2
 
 
-def test_cp2_equals_one_process(students, data, reference):
-    _run(2, TWO_RANKS, students, data, reference)
+def test_cp2_equals_one_process(request, two_rank_runs, reference):
+    _check(two_rank_runs[request.node.name][1], TWO_RANKS, reference)
 
 
 @pytest.mark.slow
 def test_cp2_composed_with_tp_sp_pp_dp(students, data, reference):
-    _run(4, FOUR_RANKS, students, data, reference)
+    _check(run_ranks(dense_cp_worker, 4, *_cases(FOUR_RANKS, students, data)), FOUR_RANKS, reference)
 
 
 def _sft_overrides(tmp_path, name: str, cp: int) -> list[str]:
@@ -82,13 +110,11 @@ def _sft_overrides(tmp_path, name: str, cp: int) -> list[str]:
 
 
 @pytest.mark.slow
-def test_sft_run_under_cp2_equals_one_process(tmp_path):
+def test_sft_run_under_cp2_equals_one_process(request, two_rank_runs):
     """The training run users start (`r1mega sft` of a student with parallel.cp=2): loss and gradient
     norm of every step equal one process (they were exactly 2x before the dense forward split rows)."""
-    from dense_cp_workers import sft_worker
-
-    one = sft_worker(0, 1, _sft_overrides(tmp_path, "one", 1))
-    two = run_ranks(sft_worker, 2, _sft_overrides(tmp_path, "cp2", 2))[0]
+    one, per_rank = two_rank_runs[request.node.name]
+    two = per_rank[0]
     assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3]
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), (a, b)
@@ -96,21 +122,17 @@ def test_sft_run_under_cp2_equals_one_process(tmp_path):
 
 
 def _verify(nproc: int, *args: str) -> tuple[float, float]:
-    """(max |logit diff|, |loss diff|) of `r1mega verify-hf` under torchrun; exit status 0."""
-    import os
+    """(max |logit diff|, |loss diff|) of `r1mega verify-hf` on nproc ranks started with torchrun's
+    environment (tests/spawn_cases.py); exit status 0."""
     import re
-    import subprocess
-    import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "r1mega.cli", "verify-hf", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "gradients: worst" in proc.stdout and "PASS" in proc.stdout
-    loss_diff = float(re.search(r"loss_diff=(\S+)", proc.stdout).group(1))
-    return float(re.fullmatch(r"max_abs_logit_diff=(\S+)", proc.stdout.strip().splitlines()[-1]).group(1)), loss_diff
+    from spawn_cases import cli_on_ranks
+
+    status, out = cli_on_ranks(nproc, "verify-hf", *args)
+    assert status == 0, out[-3000:]
+    assert "gradients: worst" in out and "PASS" in out
+    loss_diff = float(re.search(r"loss_diff=(\S+)", out).group(1))
+    return float(re.fullmatch(r"max_abs_logit_diff=(\S+)", out.strip().splitlines()[-1]).group(1)), loss_diff
 
 
 @pytest.mark.slow
@@ -123,26 +145,24 @@ def test_verify_hf_cp2_on_students(students):
         assert logit_diff < 1e-4 and loss_diff < 1e-5, (args, logit_diff, loss_diff)
 
 
-@pytest.mark.slow
-def test_grpo_step_of_a_student_under_cp2_equals_one_process(tmp_path):
-    """GRPO on a student with parallel.cp=2: every cp rank of a DP rank decodes the same rollouts in
-    full (the cached decode is not split, as for MLA; noise keyed by problem and sample), then the
-    training forward splits rows. Rewards, loss, KL and gradient norm equal one process."""
-    from rl_workers import grpo_worker
-
+def _grpo_overrides(tmp_path, name: str, cp: int) -> list[str]:
     student = ["student.vocab_size=384", "student.hidden_size=32", "student.intermediate_size=64",
                "student.num_layers=2", "student.num_heads=4", "student.num_kv_heads=2",
                "student.tie_word_embeddings=true"]
+    # the language reward varies over random outputs, so advantages (and gradients) are not zero
+    return [f"train.run_dir={tmp_path / name}", f"data.cache_dir={tmp_path / 'data'}", "train.steps=2",
+            f"parallel.cp={cp}", "rl.group_size=4", "rl.prompts_per_step=4", "rl.kl_coef=0.01",
+            "rl.updates_per_rollout=2", "rl.rewards=[language]", "data.micro_batch_size=8",
+            "data.global_batch_size=8", "data.synthetic_docs=300", *student]
 
-    def overrides(name: str, cp: int) -> list[str]:
-        # the language reward varies over random outputs, so advantages (and gradients) are not zero
-        return [f"train.run_dir={tmp_path / name}", f"data.cache_dir={tmp_path / 'data'}", "train.steps=2",
-                f"parallel.cp={cp}", "rl.group_size=4", "rl.prompts_per_step=4", "rl.kl_coef=0.01",
-                "rl.updates_per_rollout=2", "rl.rewards=[language]", "data.micro_batch_size=8",
-                "data.global_batch_size=8", "data.synthetic_docs=300", *student]
 
-    one = grpo_worker(0, 1, overrides("one", 1))["rows"]
-    two = run_ranks(grpo_worker, 2, overrides("cp2", 2))[0]["rows"]
+@pytest.mark.slow
+def test_grpo_step_of_a_student_under_cp2_equals_one_process(request, two_rank_runs):
+    """GRPO on a student with parallel.cp=2: every cp rank of a DP rank decodes the same rollouts in
+    full (the cached decode is not split, as for MLA; noise keyed by problem and sample), then the
+    training forward splits rows. Rewards, loss, KL and gradient norm equal one process."""
+    one, per_rank = two_rank_runs[request.node.name]
+    two = per_rank[0]["rows"]
     assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2]
     for a, b in zip(one, two):
         assert a["grad_norm"] > 0 and a["zero_advantage_frac"] < 1, a

@@ -9,7 +9,7 @@ from r1mega.config import load_config, validate_rl, validate_training
 from r1mega.errors import ConfigError
 from r1mega.kernels import batch_invariant as bi
 from r1mega.kernels.linear import grouped_linear, linear
-from r1mega.parallel.spawn import run_ranks
+from spawn_cases import run_ranks
 from rl_workers import exact_grpo_worker
 
 DTYPES = [torch.float32, torch.bfloat16]
@@ -186,14 +186,18 @@ def test_speculative_exact_rollouts_gap_is_exactly_zero(tmp_path, dtype):
 
 
 def _grpo(tmp_path, dtype, layout, world):
-    overrides = [f"train.run_dir={tmp_path}/run", f"data.cache_dir={tmp_path}/data", "train.steps=3", *layout,
-                 f"train.dtype={dtype}", "rl.exact_rollouts=true", "rl.tis=true",
-                 "rl.group_size=4", "rl.prompts_per_step=4", "rl.updates_per_rollout=1",
-                 "rl.entropy_coef=0.05",  # an update every step, whatever the rewards: step 2 samples new weights
-                 "data.micro_batch_size=8", "data.global_batch_size=8", "data.synthetic_docs=300"]
+    overrides = _overrides(tmp_path, dtype, layout)
     if world == 1:
         return [exact_grpo_worker(0, 1, overrides)]
     return run_ranks(exact_grpo_worker, world, overrides)
+
+
+def _overrides(tmp_path, dtype, layout):
+    return [f"train.run_dir={tmp_path}/run", f"data.cache_dir={tmp_path}/data", "train.steps=3", *layout,
+            f"train.dtype={dtype}", "rl.exact_rollouts=true", "rl.tis=true",
+            "rl.group_size=4", "rl.prompts_per_step=4", "rl.updates_per_rollout=1",
+            "rl.entropy_coef=0.05",  # an update every step, whatever the rewards: step 2 samples new weights
+            "data.micro_batch_size=8", "data.global_batch_size=8", "data.synthetic_docs=300"]
 
 
 def _check(per_rank):
@@ -215,11 +219,23 @@ def test_grpo_gap_is_exactly_zero_one_process(tmp_path, dtype):
     _check(_grpo(tmp_path, dtype, [], 1))
 
 
+TWO_RANK_LAYOUTS = {"tp2xep2": ["parallel.tp=2", "parallel.ep=2", "parallel.etp=1"], "pp2": ["parallel.pp=2"]}
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory):
+    """Every (layout, dtype) case below in one spawn of two ranks, each in its own run directory."""
+    from spawn_cases import run_cases
+
+    root = tmp_path_factory.mktemp("exact_two_ranks")
+    return run_cases(2, {f"{name}-{dtype}": (exact_grpo_worker, (_overrides(root / f"{name}-{dtype}", dtype, layout),))
+                         for name, layout in TWO_RANK_LAYOUTS.items() for dtype in ("float32", "bfloat16")})
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("layout", [["parallel.tp=2", "parallel.ep=2", "parallel.etp=1"], ["parallel.pp=2"]],
-                         ids=["tp2xep2", "pp2"])
-def test_grpo_gap_is_exactly_zero_under_a_layout(tmp_path, dtype, layout):
-    _check(_grpo(tmp_path, dtype, layout, 2))
+@pytest.mark.parametrize("layout", list(TWO_RANK_LAYOUTS))
+def test_grpo_gap_is_exactly_zero_under_a_layout(two_rank_runs, dtype, layout):
+    _check(two_rank_runs[f"{layout}-{dtype}"])
 
 
 def test_exact_mode_computes_the_same_model():

@@ -102,24 +102,43 @@ LAYOUTS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(LAYOUTS))
-def test_exact_two_ranks(tmp_path, name):
-    _assert_exact(run_ranks(exact_grpo_worker, 2, _overrides(tmp_path, LAYOUTS[name])))
+def test_exact_two_ranks(two_rank_runs, name):
+    _assert_exact(two_rank_runs[f"layout {name}"])
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory):
+    """Every two-rank case of this file in one spawn (each in its own run directory), by name."""
+    from spawn_cases import run_cases
+
+    root = tmp_path_factory.mktemp("exact_probes_two_ranks")
+    cases = {f"layout {name}": (exact_grpo_worker, [LAYOUTS[name]]) for name in LAYOUTS}
+    cases.update({f"long prompts {' '.join(extra)}": (long_prompt_worker, [[*LONG_PROMPTS, *extra]])
+                  for extra in LONG_PROMPTS_TWO_RANKS})
+    cases.update({f"updating {' '.join(extra)}": (varied_reward_worker, [[*UPDATING, *extra]])
+                  for extra in UPDATING_TWO_RANKS})
+    return run_cases(2, {name: (fn, (_overrides(root / f"case{i}", extra),))
+                         for i, (name, (fn, [extra])) in enumerate(cases.items())})
 
 
 LONG_PROMPTS = ["data.seq_length=256", "rl.max_new_tokens=40", "rl.group_size=2", "rl.prompts_per_step=6",
                 "data.micro_batch_size=12", "data.global_batch_size=12"]
 
 
+LONG_PROMPTS_TWO_RANKS = [["parallel.tp=2", "parallel.ep=2", "parallel.etp=1", "train.dtype=bfloat16"]]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("world, extra", [
     (1, ["rl.pack_tokens=200"]),  # prompts of 3..100 tokens, several documents per packed row
     (1, ["train.dtype=bfloat16", "rl.speculative=mtp", "rl.draft_tokens=2"]),
-    (2, ["parallel.tp=2", "parallel.ep=2", "parallel.etp=1", "train.dtype=bfloat16"]),
+    *[(2, extra) for extra in LONG_PROMPTS_TWO_RANKS],
 ])
-def test_exact_with_prompts_of_very_different_lengths(tmp_path, world, extra):
-    overrides = _overrides(tmp_path, [*LONG_PROMPTS, *extra])
-    _assert_exact(run_ranks(long_prompt_worker, world, overrides) if world > 1
-                  else [long_prompt_worker(0, 1, overrides)])
+def test_exact_with_prompts_of_very_different_lengths(tmp_path, request, world, extra):
+    if world > 1:
+        _assert_exact(request.getfixturevalue("two_rank_runs")[f"long prompts {' '.join(extra)}"])
+    else:
+        _assert_exact([long_prompt_worker(0, 1, _overrides(tmp_path, [*LONG_PROMPTS, *extra]))])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -150,19 +169,23 @@ UPDATING = ["train.steps=3", "rl.kl_coef=0.01", "rl.max_new_tokens=30", "rl.grou
             "data.global_batch_size=12", "rl.updates_per_rollout=2", "optim.lr=0.01", "optim.warmup_steps=0"]
 
 
+UPDATING_TWO_RANKS = [["data.micro_batch_size=2", "parallel.tp=2", "parallel.ep=2", "parallel.etp=1",
+                       "train.dtype=bfloat16"],
+                      ["data.micro_batch_size=4", "parallel.pp=2"]]
+
+
 @pytest.mark.parametrize("world, extra", [
     (1, ["data.micro_batch_size=4"]),
-    pytest.param(2, ["data.micro_batch_size=2", "parallel.tp=2", "parallel.ep=2", "parallel.etp=1",
-                     "train.dtype=bfloat16"], marks=pytest.mark.slow),
-    pytest.param(2, ["data.micro_batch_size=4", "parallel.pp=2"], marks=pytest.mark.slow),
+    *[pytest.param(2, extra, marks=pytest.mark.slow) for extra in UPDATING_TWO_RANKS],
 ])
-def test_exact_after_real_updates(tmp_path, world, extra):
+def test_exact_after_real_updates(tmp_path, request, world, extra):
     """Rewards that differ within groups, so the weights move; a rollout serves two steps
     (updates_per_rollout=2): the second rollout, sampled from updated weights, is still bitwise
     the trainer's."""
-    overrides = _overrides(tmp_path, [*UPDATING, *extra])
-    per_rank = (run_ranks(varied_reward_worker, world, overrides) if world > 1
-                else [varied_reward_worker(0, 1, overrides)])
+    if world > 1:
+        per_rank = request.getfixturevalue("two_rank_runs")[f"updating {' '.join(extra)}"]
+    else:
+        per_rank = [varied_reward_worker(0, 1, _overrides(tmp_path, [*UPDATING, *extra]))]
     rows = per_rank[0]["rows"]
     assert [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:

@@ -118,20 +118,33 @@ def _train_rank(rank, world, run_dir, data_dir, overrides):
     return [json.loads(x) for x in open(os.path.join(run_dir, "metrics.jsonl"))] if rank == 0 else []
 
 
+@pytest.fixture(scope="module")
+def balance_runs(request, tmp_path_factory):
+    """Each selected case below: its one-process run here (which builds the data), then every case's
+    two-rank run in one spawn on that data. {node name: (one-process row, rank 0's two-rank row)}."""
+    from spawn_cases import run_cases, selected_params
+
+    root = tmp_path_factory.mktemp("balance")
+    cases = selected_params(request, "test_balance_metrics_cover_every_stage_and_data_rank")
+    dirs = {node: root / f"case{i}" for i, node in enumerate(cases)}
+    one = {node: _train_rank(0, 1, str(dirs[node] / "one"), str(dirs[node] / "data"), p["model"])[0]
+           for node, p in cases.items()}
+    two = run_cases(2, {node: (_train_rank, (str(dirs[node] / "two"), str(dirs[node] / "data"),
+                                             [*p["model"], *p["layout"]])) for node, p in cases.items()})
+    return {node: (one[node], two[node][0][0]) for node in cases}
+
+
 @pytest.mark.slow  # three 2-rank runs and their 1-rank runs: 24-55 s measured on two shared cores
 @pytest.mark.parametrize("model, layout", [
     ([], ["parallel.pp=2"]),
     (["model.first_k_dense_replace=2"], ["parallel.pp=2"]),  # rank 0's stage has no MoE layer
     ([], ["parallel.ep=2"]),
 ])
-def test_balance_metrics_cover_every_stage_and_data_rank(tmp_path, model, layout):
+def test_balance_metrics_cover_every_stage_and_data_rank(request, balance_runs, model, layout):
     """The logged balance_loss and expert load ratios are the whole model's over the global batch, as
     one process logs them (rank 0 logged its own stage's layers and its own DP rank's sequences:
     a quarter of the balance loss under PP2, half under EP2 = DP2); the losses were right already."""
-    from r1mega.parallel.spawn import run_ranks
-
-    one = _train_rank(0, 1, str(tmp_path / "one"), str(tmp_path / "data"), model)[0]
-    two = run_ranks(_train_rank, 2, str(tmp_path / "two"), str(tmp_path / "data"), [*model, *layout])[0][0]
+    one, two = balance_runs[request.node.name]
     assert one["balance_loss"] > 0
     for key in ("loss", "mtp_loss", "balance_loss", "expert_max_load", "expert_min_load"):
         assert two[key] == pytest.approx(one[key], rel=1e-5), key

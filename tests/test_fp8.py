@@ -289,7 +289,7 @@ def test_layouts_equal_one_process_under_the_emulation(layout_checkpoint):
     from layout_workers import build, evaluate
     from r1mega.config import ParallelConfig
     from tiny_hf import batch
-    from r1mega.parallel.spawn import run_ranks
+    from spawn_cases import run_ranks
 
     ids, labels = batch(128, 4, 16, seed=3)
     recipe = BlockwiseRecipe(LAYOUT_BLOCK, pow2_scales=True)
@@ -381,20 +381,23 @@ def test_fp8_checkpoint_gives_exact_fp32_masters_whose_blocks_are_the_recipes(tm
 
 # ---- end to end ------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_tiny_pretraining_with_fp8_ends_within_one_percent(tmp_path):
+def test_tiny_pretraining_with_fp8_ends_within_one_percent(tmp_path, shipped_tiny_pretraining):
     """The tiny config exactly as shipped (80 steps; hidden 64: one ragged 128-tile per row,
-    per-tensor weight blocks), with and without FP8. Measured over seeds 1234/1/2/3: +0.24%,
-    -0.03%, +0.17%, +0.11% (README, FP8 training)."""
+    per-tensor weight blocks), with and without FP8 (the run without: the session's shared one).
+    Measured over seeds 1234/1/2/3: +0.24%, -0.03%, +0.17%, +0.11% (README, FP8 training)."""
     from r1mega.config import load_config
     from r1mega.train.trainer import train
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     final = {}
     for mode in ("none", "blockwise"):
-        cfg = load_config(os.path.join(root, "configs", "tiny", "pretrain.yaml"),
-                          [f"train.run_dir={tmp_path / mode}", f"data.cache_dir={tmp_path / 'data'}",
-                           f"train.fp8={mode}", "train.log_interval=1000"])
-        out = train(cfg, "pretrain")
+        if mode == "none":
+            out = shipped_tiny_pretraining
+        else:
+            cfg = load_config(os.path.join(root, "configs", "tiny", "pretrain.yaml"),
+                              [f"train.run_dir={tmp_path / mode}", f"data.cache_dir={tmp_path / 'data'}",
+                               f"train.fp8={mode}", "train.log_interval=1000"])
+            out = train(cfg, "pretrain")
         assert out["skipped"] == 0 and out["steps"] == 80
         final[mode] = out["final_loss"]
     assert final["none"] < 0.45 * out["losses"][0]  # it trained

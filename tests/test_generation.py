@@ -5,7 +5,7 @@ import torch
 
 from r1mega.inference.sampling import row_keys, sample, uniform_noise
 from r1mega.parallel.layout import single_process_state
-from r1mega.parallel.spawn import run_ranks
+from spawn_cases import run_ranks
 from rl_workers import generation_worker
 
 NEW = 6
@@ -21,9 +21,24 @@ def test_kv_cache_greedy_equals_full_forward_one_process(one_process):
     assert one_process["values_per_token"] == 16 + 8  # kv_lora_rank + qk_rope_head_dim, not heads x dims
 
 
-def test_layouts_generate_the_one_process_tokens(one_process):
-    layouts = [dict(tp=2), dict(ep=2), dict(pp=2), dict(tp=2, sp=True)]
-    per_rank = run_ranks(generation_worker, 2, layouts, NEW)
+LAYOUTS = [dict(tp=2), dict(ep=2), dict(pp=2), dict(tp=2, sp=True)]
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(request):
+    """Both two-rank tests of this file (those selected) in one spawn. {node name: per-rank results}."""
+    from rl_workers import uneven_stop_worker
+    from spawn_cases import run_selected
+
+    return run_selected(request, {
+        "test_layouts_generate_the_one_process_tokens": lambda p: (2, generation_worker, (LAYOUTS, NEW)),
+        "test_data_parallel_ranks_stop_together_when_experts_span_them": lambda p: (2, uneven_stop_worker, ()),
+    })
+
+
+def test_layouts_generate_the_one_process_tokens(request, two_rank_runs, one_process):
+    layouts = LAYOUTS
+    per_rank = two_rank_runs[request.node.name]
     for i, lay in enumerate(layouts):
         for r in per_rank:
             res = r[i]
@@ -63,10 +78,8 @@ def test_sampling_follows_the_distribution_and_its_filters():
     assert torch.equal(uniform_noise(keys[:2], 400, 50), u[:, 400:450])  # any slice, same numbers
 
 
-def test_data_parallel_ranks_stop_together_when_experts_span_them():
-    from rl_workers import uneven_stop_worker
-
-    r0, r1 = run_ranks(uneven_stop_worker, 2)
+def test_data_parallel_ranks_stop_together_when_experts_span_them(request, two_rank_runs):
+    r0, r1 = two_rank_runs[request.node.name]
     assert r0["generated"].tolist() == [1, 1]  # stopped after its first token
     assert r1["generated"].tolist() == [5, 5, 5]  # the other rank decoded on to the limit
 

@@ -3,8 +3,25 @@ PP2, and CP2): rollout and training log-probs agree, with and without routing re
 machinery runs."""
 import pytest
 
-from r1mega.parallel.spawn import run_ranks
 from rl_workers import grpo_worker
+
+
+@pytest.fixture(scope="module")
+def layout_runs(request, tmp_path_factory):
+    """The selected layout cases below in one spawn of two ranks, each in its own run directory."""
+    from spawn_cases import run_cases, selected_params
+
+    root = tmp_path_factory.mktemp("grpo_layouts")
+    cases = selected_params(request, "test_grpo_runs_and_logprobs_agree")
+    return run_cases(2, {node: (grpo_worker, (_layout_overrides(root / f"case{i}", p["layout"], p["replay"]),))
+                         for i, (node, p) in enumerate(cases.items())})
+
+
+def _layout_overrides(tmp_path, layout, replay):
+    return [f"train.run_dir={tmp_path}/run", f"data.cache_dir={tmp_path}/data", "train.steps=2", *layout,
+            "rl.group_size=4", "rl.prompts_per_step=4", "rl.kl_coef=0.01",
+            "rl.updates_per_rollout=2", "rl.clip_high=0.28", f"rl.routing_replay={str(replay).lower()}",
+            "data.micro_batch_size=8", "data.global_batch_size=8", "data.synthetic_docs=300"]
 
 
 @pytest.mark.parametrize("layout, replay", [
@@ -13,12 +30,8 @@ from rl_workers import grpo_worker
     (["parallel.pp=2"], True),
     pytest.param(["parallel.cp=2"], True, marks=pytest.mark.slow),  # CP training forward, rows of any length
 ])
-def test_grpo_runs_and_logprobs_agree(tmp_path, layout, replay):
-    overrides = [f"train.run_dir={tmp_path}/run", f"data.cache_dir={tmp_path}/data", "train.steps=2", *layout,
-                 "rl.group_size=4", "rl.prompts_per_step=4", "rl.kl_coef=0.01",
-                 "rl.updates_per_rollout=2", "rl.clip_high=0.28", f"rl.routing_replay={str(replay).lower()}",
-                 "data.micro_batch_size=8", "data.global_batch_size=8", "data.synthetic_docs=300"]
-    per_rank = run_ranks(grpo_worker, 2, overrides)
+def test_grpo_runs_and_logprobs_agree(request, layout_runs, layout, replay):
+    per_rank = layout_runs[request.node.name]
     rows = per_rank[0]["rows"]
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:

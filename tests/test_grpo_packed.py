@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from grpo_update_workers import update_parity_worker
-from r1mega.parallel.spawn import run_ranks
 
 ALL_OPTIONS = {"kl_coef": 0.05, "routing_replay": True, "unbiased_kl": True, "opsm_delta": 0.0,
                "entropy_coef": 0.01, "keep_sampling_mask": True, "top_p": 0.9, "top_k": 40, "tis": True}
@@ -46,10 +45,19 @@ def test_packed_update_equals_padded_one_process(options, micro):
     assert out["packed_real"] == out["padded_real"] and out["packed_slots"] < out["padded_slots"]
 
 
+@pytest.fixture(scope="module")
+def layout_runs(request):
+    """The selected layouts below in one spawn of two ranks."""
+    from spawn_cases import run_cases, selected_params
+
+    cases = selected_params(request, "test_packed_update_equals_padded_under_a_layout")
+    return run_cases(2, {node: (update_parity_worker, (p["par"], ALL_OPTIONS, 3)) for node, p in cases.items()})
+
+
 @pytest.mark.parametrize("par", [dict(tp=2, ep=2, etp=1), dict(pp=2),
                                  pytest.param(dict(cp=2), marks=pytest.mark.slow)], ids=["tp2xep2", "pp2", "cp2"])
-def test_packed_update_equals_padded_under_a_layout(par):
-    for rank_out in run_ranks(update_parity_worker, 2, par, ALL_OPTIONS, 3):
+def test_packed_update_equals_padded_under_a_layout(request, layout_runs, par):
+    for rank_out in layout_runs[request.node.name]:
         check_parity(rank_out)
 
 

@@ -130,13 +130,23 @@ def test_sampler_support_is_the_sampler_s():
         assert not (drawn & ~keep).any() and torch.equal(drawn, keep), (top_p, top_k)
 
 
-def test_vocab_parallel_scores_equal_the_whole_vocabulary():
-    from grpo_update_workers import vocab_parallel_scores_worker
+@pytest.fixture(scope="module")
+def two_rank_runs(request):
+    """Both two-rank tests of this file (those selected) in one spawn. {node name: per-rank results}."""
+    from grpo_update_workers import dynamic_sampling_worker, vocab_parallel_scores_worker
+    from spawn_cases import run_selected
+
+    return run_selected(request, {
+        "test_vocab_parallel_scores_equal_the_whole_vocabulary": lambda p: (2, vocab_parallel_scores_worker, ()),
+        "test_dynamic_sampling_decisions_are_agreed_over_ranks": lambda p: (2, dynamic_sampling_worker, ()),
+    })
+
+
+def test_vocab_parallel_scores_equal_the_whole_vocabulary(request, two_rank_runs):
     from r1mega.parallel.layout import single_process_state
-    from r1mega.parallel.spawn import run_ranks
     from r1mega.rl.policy_scores import sampler_support, scores, support_with_targets
 
-    ranks = run_ranks(vocab_parallel_scores_worker, 2)
+    ranks = two_rank_runs[request.node.name]
     ps = single_process_state()
     full = (torch.randn(6, 32, generator=torch.Generator().manual_seed(0)) * 2).requires_grad_(True)
     target = torch.tensor([0, 5, 17, 31, 16, 3])
@@ -197,11 +207,8 @@ def test_recomputed_support_against_the_sampler_s(capsys):
     assert total > 50 and differ <= 0.02 * total
 
 
-def test_dynamic_sampling_decisions_are_agreed_over_ranks():
-    from grpo_update_workers import dynamic_sampling_worker
-    from r1mega.parallel.spawn import run_ranks
-
-    r0, r1 = run_ranks(dynamic_sampling_worker, 2)
+def test_dynamic_sampling_decisions_are_agreed_over_ranks(request, two_rank_runs):
+    r0, r1 = two_rank_runs[request.node.name]
     # 2 of 4 slots empty, 2 informative of 4: a pool of ceil((2 + 1) / 0.5) = 6 prompts, 3 a rank;
     # rank 0 had enough, but draws with rank 1
     assert r0["calls"] == [(1, 0, 6, [0, 1, 2])] and r1["calls"] == [(1, 0, 6, [3, 4, 5])]

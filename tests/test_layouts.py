@@ -8,7 +8,7 @@ import torch
 from layout_workers import build, evaluate, layouts_worker
 from r1mega.config import ParallelConfig
 from tiny_hf import add_mtp_layer, batch
-from r1mega.parallel.spawn import run_ranks
+from spawn_cases import run_ranks
 from tiny_variants import make_variant
 
 MTP_WEIGHT = 0.3

@@ -4,7 +4,7 @@ import torch
 from r1mega.config import Config, ModelConfig, OptimConfig, ParallelConfig, validate
 from tiny_hf import batch
 from r1mega.parallel.layout import single_process_state
-from r1mega.parallel.spawn import run_ranks
+from spawn_cases import run_ranks
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.optimizer import decays, lr_at
 from r1mega.train.model_build import build_chunks, init_weights

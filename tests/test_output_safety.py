@@ -383,15 +383,15 @@ def lock_worker(rank: int, world: int, path: str) -> str:
 
 
 def test_under_ranks_one_claims_and_every_rank_stops_when_it_fails(tmp_path):
-    from r1mega.parallel.spawn import run_ranks
+    from spawn_cases import run_cases
 
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "mine.txt").write_text("x")
-    res = run_ranks(lock_worker, 2, str(bad))
-    assert "is not empty (mine.txt)" in res[0] and res[1].startswith("rank 0: ")
     good = tmp_path / "good"
-    assert run_ranks(lock_worker, 2, str(good)) == ["ok", "ok"]
+    res = run_cases(2, {"bad": (lock_worker, (str(bad),)), "good": (lock_worker, (str(good),))})  # one spawn, in order
+    assert "is not empty (mine.txt)" in res["bad"][0] and res["bad"][1].startswith("rank 0: ")
+    assert res["good"] == ["ok", "ok"]
     assert sorted(os.listdir(good)) == [MARKER]
 
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from r1mega.config import DenseConfig
 from r1mega.models.dense.params import count_params
 from r1mega.models.family import family_for_hf
-from r1mega.parallel.spawn import run_ranks
+from spawn_cases import run_ranks
 from student_workers import PROMPTS, decode, evaluate, students_worker
 from tiny_hf import batch, randomize
 
@@ -133,10 +133,10 @@ def test_convert_round_trip_is_bit_exact(kind, students, tmp_path):
 
 @pytest.mark.slow
 def test_verify_hf_command_on_qwen3(students):
-    from test_students import torchrun_verify
+    from test_students import verify_on_ranks
 
-    assert torchrun_verify(4, "--hf-dir", students["tied"][0], "--tp", "2", "--pp", "2") < 1e-4
-    assert torchrun_verify(2, "--hf-dir", students["untied"][0], "--tp", "2", "--sp") < 1e-4
+    assert verify_on_ranks(4, "--hf-dir", students["tied"][0], "--tp", "2", "--pp", "2") < 1e-4
+    assert verify_on_ranks(2, "--hf-dir", students["untied"][0], "--tp", "2", "--sp") < 1e-4
 
 
 @pytest.mark.parametrize("name", ["qwen3_8b", "qwen3_1.7b"])

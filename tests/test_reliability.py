@@ -628,7 +628,7 @@ def fallback_worker(rank: int, world: int, spec: dict) -> dict:
 
 @pytest.mark.slow
 def test_fallback_is_agreed_across_ranks(tmp_path, corpus):
-    from r1mega.parallel.spawn import run_ranks
+    from spawn_cases import run_ranks
 
     spec = {sec: dict(kv) for sec, kv in TINY.items()}
     spec["parallel"] = {"tp": 2}

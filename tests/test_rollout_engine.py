@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from r1mega.inference.generate import GenerationConfig, generate, generate_static
-from r1mega.parallel.spawn import run_ranks
 from rl_workers import sharp_model
 from rollout_workers import layout_samples_worker, long_tail_config, long_tail_rows
 
@@ -82,14 +81,27 @@ def test_cache_follows_the_tokens_and_a_prompt_is_prefilled_once(model):
     assert shared.forwards == 1 + int(lengths.max()) - 1
 
 
+@pytest.fixture(scope="module")
+def layout_runs(request):
+    """The selected layout cases of both tests below: one spawn per world size. {node name: per rank}."""
+    from spawn_cases import run_selected
+
+    return run_selected(request, {
+        "test_tp2_ep2_pp2_and_cp2_draw_the_one_process_samples":
+            lambda p: (p["world"], layout_samples_worker, (p["par"],)),
+        "test_pp2_keeps_groups_in_flight_and_draws_the_one_process_samples":
+            lambda p: (p["world"], layout_samples_worker, (p["par"], p["gen_kw"])),
+    })
+
+
 @pytest.mark.parametrize("par, world", [(dict(tp=2, ep=2), 4), (dict(pp=2), 2), (dict(cp=2), 2)])
-def test_tp2_ep2_pp2_and_cp2_draw_the_one_process_samples(model, par, world):
+def test_tp2_ep2_pp2_and_cp2_draw_the_one_process_samples(request, layout_runs, model, par, world):
     """CP2: each CP rank decodes half the rows; both end with all of them."""
     chunks, ps = model
     prompts, keys = long_tail_rows()
     one = generate(chunks, ps, prompts, long_tail_config(), rows=keys)
     want = one.completions()
-    per_rank = run_ranks(layout_samples_worker, world, par)
+    per_rank = layout_runs[request.node.name]
     got = {}
     for r in per_rank:
         for k, c in zip(r["keys"].tolist(), r["completions"]):
@@ -142,14 +154,14 @@ def test_admission_counts_a_shared_prompt_once_per_group(model):
     (dict(pp=2, ep=2), 4, dict(max_rows=5, pipelined_min_rows=1)),  # DP peers with different rows join in
     (dict(pp=2), 2, dict(max_cache_tokens=48, stop=None, eos_id=None, pipelined_min_rows=1)),  # preemption
 ])
-def test_pp2_keeps_groups_in_flight_and_draws_the_one_process_samples(model, par, world, gen_kw):
+def test_pp2_keeps_groups_in_flight_and_draws_the_one_process_samples(request, layout_runs, model, par, world, gen_kw):
     """Under PP the live rows decode as pp groups in flight (stage s on group (t - s) mod pp): same
     samples, log-probs and routing as one process, and every stage runs a forward every tick, so a
     stage runs about (decode steps x groups) forwards, not one per step."""
     chunks, ps = model
     prompts, keys = long_tail_rows()
     one = generate(chunks, ps, prompts, long_tail_config(**gen_kw), rows=keys)
-    per_rank = run_ranks(layout_samples_worker, world, par, gen_kw)
+    per_rank = layout_runs[request.node.name]
     got, logprobs = {}, {}
     for r in per_rank:
         flat = iter(r["logprobs"].tolist())

@@ -17,7 +17,6 @@ from r1mega.inference.continuous import ContinuousBatcher
 from r1mega.inference.generate import GenerationConfig, generate, generate_static
 from r1mega.kernels.block_attention import documents_from_pad
 from r1mega.models.deepseek_v3.moe import MoE
-from r1mega.parallel.spawn import run_ranks
 from rollout_engine_probe_workers import load, per_key, run_cases, save_tiny
 
 
@@ -277,16 +276,25 @@ def _static_reference(stage, ps, prompt, key, kw):
                            rows=torch.tensor([key])).completions()[0]
 
 
+@pytest.fixture(scope="module")
+def layout_runs(request, moe_dir):
+    """The selected layouts below, both four-rank ones in one spawn. {node name: per-rank results}."""
+    from spawn_cases import run_selected
+
+    return run_selected(request, {"test_layouts_draw_the_one_process_static_samples": lambda p: (
+        p["world"], run_cases, (moe_dir, p["layout"], _layout_cases(p["seed"], 12, p["dp"])))})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("layout,world,dp,seed", [
     (dict(pp=2), 2, 1, 0),  # groups in flight (pipelined_min_rows 1, 2), fewer rows than stages, budgets
     (dict(tp=2, ep=2, etp=1), 4, 2, 2),  # DP ranks with other rows, or none, finishing at other times
     (dict(pp=2, ep=2, etp=1), 4, 2, 1),
 ], ids=["pp2", "tp2xep2", "pp2xep2"])
-def test_layouts_draw_the_one_process_static_samples(moe_dir, moe, layout, world, dp, seed):
+def test_layouts_draw_the_one_process_static_samples(request, layout_runs, moe, layout, world, dp, seed):
     stage, ps = moe
     cases = _layout_cases(seed, 12, dp)
-    results = run_ranks(run_cases, world, moe_dir, layout, cases)
+    results = layout_runs[request.node.name]
     for ci, (shares, keys, kw) in enumerate(cases):
         got = {}
         for r in results:

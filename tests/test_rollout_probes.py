@@ -16,7 +16,7 @@ def test_dynamic_sampling_trains_the_same_problems_on_one_process_and_dp2():
     slots in global order and moves groups between ranks.
     End to end on the demo config: tests/test_dynamic_sampling.py::
     test_grpo_trains_the_same_groups_on_one_process_dp2_tp2_ep2_and_pp2_dp2."""
-    from r1mega.parallel.spawn import run_ranks
+    from spawn_cases import run_ranks
     from rollout_probe_workers import dynamic_sampling_choice_worker
 
     one = dynamic_sampling_choice_worker(0, 1)

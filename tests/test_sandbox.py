@@ -642,7 +642,7 @@ def _code_reward_on_rank(rank: int, world: int) -> list[float]:
 
 @pytest.mark.slow
 def test_code_reward_on_distributed_ranks():
-    from r1mega.parallel.spawn import run_ranks
+    from spawn_cases import run_ranks
 
     for per_rank in run_ranks(_code_reward_on_rank, 2):
         assert per_rank == [1.0, 0.0, 0.0]

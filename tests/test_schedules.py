@@ -4,7 +4,7 @@ import torch
 
 from tiny_hf import batch
 from r1mega.parallel.pipeline import interleaved_order, one_f_one_b_order
-from r1mega.parallel.spawn import run_ranks
+from spawn_cases import run_ranks
 from train_workers import grads_under, schedules_worker
 
 MICRO = 4

@@ -12,7 +12,6 @@ from r1mega.inference.generate import generate
 from r1mega.inference.sampling import row_keys
 from r1mega.inference.speculative import SpeculativeBatcher, verify_drafts
 from r1mega.parallel.layout import single_process_state
-from r1mega.parallel.spawn import run_ranks
 from rl_workers import sharp_model
 from rollout_workers import long_tail_config, long_tail_rows
 from speculative_workers import greedy_config, speculative_layout_worker
@@ -140,9 +139,23 @@ def test_without_drafts_a_row_draws_the_plain_sample():
     torch.testing.assert_close(logp[:, 0], want_lp)
 
 
+@pytest.fixture(scope="module")
+def multi_rank_runs(request, tmp_path_factory):
+    """The selected multi-rank cases of this file, one spawn per world size. {node name: per rank}."""
+    from rl_workers import grpo_worker
+    from spawn_cases import run_selected
+
+    grpo_dir = tmp_path_factory.mktemp("speculative_grpo")
+    return run_selected(request, {
+        "test_layouts_give_the_one_process_output": lambda p: (p["world"], speculative_layout_worker, (p["par"],)),
+        "test_grpo_speculative_on_tp2_ep2_logprobs_are_the_trainers":
+            lambda p: (2, grpo_worker, (_grpo_overrides(grpo_dir),)),
+    })
+
+
 @pytest.mark.parametrize("par, world", [(dict(tp=2, ep=2), 4), (dict(pp=2), 2),
                                         pytest.param(dict(cp=2), 2, marks=pytest.mark.slow)])
-def test_layouts_give_the_one_process_output(model, par, world):
+def test_layouts_give_the_one_process_output(request, multi_rank_runs, model, par, world):
     """Greedy speculative = plain greedy; sampled speculative = the one-process speculative samples.
     (CP2: each CP rank decodes half the rows.)"""
     chunks, ps = model
@@ -151,7 +164,7 @@ def test_layouts_give_the_one_process_output(model, par, world):
     one_plain = generate(chunks, ps, prompts, greedy_config(), rows=keys).completions()
     one_sampled = generate(chunks, ps, prompts, replace(long_tail_config(), **spec), rows=keys).completions()
     got = {"plain": {}, "greedy": {}, "sampled": {}}
-    per_rank = run_ranks(speculative_layout_worker, world, par)
+    per_rank = multi_rank_runs[request.node.name]
     for r in per_rank:
         for name in got:
             for key, c in zip(r["keys"].tolist(), r[name]):
@@ -260,16 +273,17 @@ def test_mtp_labels_stay_inside_each_packed_sequence():
     assert torch.equal(mb.labels, want)
 
 
-def test_grpo_speculative_on_tp2_ep2_logprobs_are_the_trainers(tmp_path):
+def _grpo_overrides(tmp_path):
+    return [f"train.run_dir={tmp_path}/run", f"data.cache_dir={tmp_path}/data", "train.steps=2",
+            "parallel.tp=2", "parallel.ep=2", "parallel.etp=1", "rl.group_size=4", "rl.prompts_per_step=4",
+            "rl.routing_replay=true", "rl.speculative=mtp", "rl.draft_tokens=2", "rl.mtp_weight=0.3",
+            "data.micro_batch_size=8", "data.global_batch_size=8", "data.synthetic_docs=300"]
+
+
+def test_grpo_speculative_on_tp2_ep2_logprobs_are_the_trainers(request, multi_rank_runs):
     """The log-probs a speculative rollout returns are the main model's: the trainer's forward over the
     same tokens (routing replayed from the verified tokens' record) agrees; the MTP loss trains."""
-    from rl_workers import grpo_worker
-
-    overrides = [f"train.run_dir={tmp_path}/run", f"data.cache_dir={tmp_path}/data", "train.steps=2",
-                 "parallel.tp=2", "parallel.ep=2", "parallel.etp=1", "rl.group_size=4", "rl.prompts_per_step=4",
-                 "rl.routing_replay=true", "rl.speculative=mtp", "rl.draft_tokens=2", "rl.mtp_weight=0.3",
-                 "data.micro_batch_size=8", "data.global_batch_size=8", "data.synthetic_docs=300"]
-    rows = run_ranks(grpo_worker, 2, overrides)[0]["rows"]
+    rows = multi_rank_runs[request.node.name][0]["rows"]
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
         assert r["logprob_gap_max"] < 1e-4, r

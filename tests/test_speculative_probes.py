@@ -343,7 +343,7 @@ def test_engine_refuses_draft_counts_out_of_range(model):
 @pytest.mark.slow
 @pytest.mark.parametrize("par, world", [(dict(tp=2, ep=2), 4), (dict(pp=2), 2)])
 def test_layouts_draw_the_one_process_speculative_samples(model, par, world):
-    from r1mega.parallel.spawn import run_ranks
+    from spawn_cases import run_ranks
     from speculative_probe_workers import probe_configs, probe_rows, speculative_probe_worker
 
     chunks, ps = model
@@ -490,9 +490,9 @@ def test_grpo_speculative_layouts_equal_one_process(tmp_path):
     import json
 
     from r1mega.config import load_config
-    from r1mega.parallel.spawn import run_ranks
     from r1mega.rl.grpo import grpo
     from rl_workers import grpo_worker
+    from spawn_cases import run_cases
 
     def overrides(name, layout):
         return [f"train.run_dir={tmp_path}/{name}", f"data.cache_dir={tmp_path}/data", "train.steps=2", *layout,
@@ -502,8 +502,10 @@ def test_grpo_speculative_layouts_equal_one_process(tmp_path):
 
     grpo(load_config(DEMO, overrides("one", [])), eval_problems=4)
     one = [json.loads(line) for line in open(tmp_path / "one" / "metrics.jsonl")]
-    for name, layout in (("pp2", ["parallel.pp=2"]), ("tp2ep2", ["parallel.tp=2", "parallel.ep=2", "parallel.etp=1"])):
-        rows = run_ranks(grpo_worker, 2, overrides(name, layout))[0]["rows"]
+    layouts = {"pp2": ["parallel.pp=2"], "tp2ep2": ["parallel.tp=2", "parallel.ep=2", "parallel.etp=1"]}
+    runs = run_cases(2, {name: (grpo_worker, (overrides(name, layout),)) for name, layout in layouts.items()})
+    for name in layouts:
+        rows = runs[name][0]["rows"]
         assert [r["step"] for r in rows] == [1, 2]
         for a, b in zip(one, rows):
             assert b["logprob_gap_max"] < 2e-6, (name, b)

@@ -11,7 +11,7 @@ from r1mega.config import load_config
 from tiny_hf import batch, randomize
 from r1mega.models.dense.model import kv_heads_of_rank
 from r1mega.models.family import family_for_hf
-from r1mega.parallel.spawn import run_ranks
+from spawn_cases import run_ranks
 from student_workers import PROMPTS, decode, evaluate, students_worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -196,32 +196,31 @@ def test_distillation_sft_lowers_the_loss_and_exports_to_transformers(tmp_path):
     assert (start - theirs).abs().max() > 1e-2  # the export carries the trained weights
 
 
-def torchrun_verify(nproc: int, *args: str) -> float:
+def verify_on_ranks(nproc: int, *args: str) -> float:
+    """`r1mega verify-hf <args>` on nproc ranks started with torchrun's environment (tests/spawn_cases.py;
+    tests/test_verify_hf.py runs the command under torchrun itself): exit status 0, the worst logit gap."""
     import re
-    import subprocess
-    import sys
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "r1mega.cli", "verify-hf", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "gradients: worst" in proc.stdout
-    return float(re.fullmatch(r"max_abs_logit_diff=(\S+)", proc.stdout.strip().splitlines()[-1]).group(1))
+    from spawn_cases import cli_on_ranks
+
+    status, out = cli_on_ranks(nproc, "verify-hf", *args)
+    assert status == 0, out[-3000:]
+    assert "gradients: worst" in out
+    return float(re.fullmatch(r"max_abs_logit_diff=(\S+)", out.strip().splitlines()[-1]).group(1))
 
 
 @pytest.mark.slow
 def test_verify_hf_command_on_students(students, tmp_path):
-    """The commands users run: Qwen2 under TP2 x PP2 (4 ranks), from the HF directory and from an
-    imported r1mega checkpoint; Llama with 3 KV heads under TP3 (3 ranks)."""
+    """The verify-hf command users run: Qwen2 under TP2 x PP2 (4 ranks), from the HF directory and from
+    an imported r1mega checkpoint; Llama with 3 KV heads under TP3 (3 ranks)."""
     from tools.convert import do_import
 
     qwen, llama = students["qwen2"][0], students["llama"][0]
-    assert torchrun_verify(4, "--hf-dir", qwen, "--tp", "2", "--pp", "2") < 1e-4
+    assert verify_on_ranks(4, "--hf-dir", qwen, "--tp", "2", "--pp", "2") < 1e-4
     do_import(qwen, str(tmp_path / "ck"), dtype="float32")
-    assert torchrun_verify(4, "--hf-dir", qwen, "--ckpt", str(tmp_path / "ck"), "--tp", "2", "--pp", "2",
+    assert verify_on_ranks(4, "--hf-dir", qwen, "--ckpt", str(tmp_path / "ck"), "--tp", "2", "--pp", "2",
                            "--sp") < 1e-4
-    assert torchrun_verify(3, "--hf-dir", llama, "--tp", "3") < 1e-4
+    assert verify_on_ranks(3, "--hf-dir", llama, "--tp", "3") < 1e-4
 
 
 @pytest.mark.slow

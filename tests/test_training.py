@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from r1mega.config import load_config
-from r1mega.parallel.spawn import run_ranks
+from spawn_cases import run_ranks
 from r1mega.train.checkpoint import latest_checkpoint
 from r1mega.train.trainer import train
 from train_workers import crash_during_save_worker, train_worker
@@ -26,8 +26,8 @@ def tiny(kind, run_dir, cache, *overrides):
     return cfg
 
 
-def test_tiny_pretraining_loss_falls(tmp_path, data_cache):
-    out = train(tiny("pretrain", tmp_path, data_cache), "pretrain")
+def test_tiny_pretraining_loss_falls(shipped_tiny_pretraining):
+    out = shipped_tiny_pretraining
     first, last = sum(out["losses"][:5]) / 5, sum(out["losses"][-5:]) / 5
     assert last < 0.5 * first, (first, last)
     assert out["skipped"] == 0
