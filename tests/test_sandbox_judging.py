@@ -391,3 +391,36 @@ def test_eval_and_reject_sample_judge_the_same_way():
     sample = {"sample": 0, "completion": forged, "finish_reason": "eos", "completion_tokens": 10}
     assert judge_sample(rec, sample, FilterConfig()) == "tests_failed"
     assert judge_sample(rec, dict(sample, completion=honest), FilterConfig()) is None
+
+
+def test_tests_are_planned_one_tree_at_a_time(monkeypatch):
+    """CPython 3.11's AST builder keeps its recursion counter process-wide: two threads building
+    trees at once can fail with "SystemError: AST constructor recursion depth mismatch" (it did, once,
+    in a full suite run). run_many plans from pool threads, so plan() must build one tree at a time."""
+    import ast
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from r1mega.sandbox import code_tests
+
+    inside, most, lock = [0], [0], threading.Lock()
+    real = ast.parse
+
+    def slow_parse(source, *args, **kwargs):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.02)  # lets another thread in, as a finaliser switching threads mid-build would
+        try:
+            return real(source, *args, **kwargs)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(ast, "parse", slow_parse)
+    tests = [f"assert add({i}, 1) == {i + 1}" for i in range(8)]  # distinct: no cached plan
+    with ThreadPoolExecutor(8) as pool:
+        plans = list(pool.map(lambda t: code_tests.plan(t, None), tests))
+    assert all(p.proxies == ["add"] for p in plans)
+    assert most[0] == 1, f"{most[0]} threads were building trees at once"

@@ -19,6 +19,7 @@ import ast
 import builtins
 import functools
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -64,6 +65,17 @@ def _bound_names(tree: ast.AST) -> tuple[set[str], set[str]]:
 
 ENTRY_ALIAS = "_r1mega_entry_point"
 
+# CPython 3.11 keeps the AST builder's recursion counter in one process-wide place: two threads
+# building trees at once (a garbage-collection finaliser can switch threads mid-build) fail with
+# "SystemError: AST constructor recursion depth mismatch" (seen in a full test run). run_many plans
+# from its pool's threads, so trees are built one at a time; a plan costs milliseconds and is cached.
+_AST_LOCK = threading.RLock()
+
+
+def _parse(source: str) -> ast.Module:
+    with _AST_LOCK:
+        return ast.parse(source)
+
 
 @functools.lru_cache(maxsize=4096)  # a prompt's tests are planned once for all its samples
 def plan(tests: str, entry_point: Optional[str] = None) -> Union[Plan, str]:
@@ -71,7 +83,7 @@ def plan(tests: str, entry_point: Optional[str] = None) -> Union[Plan, str]:
     if entry_point is not None and not entry_point.isidentifier():
         return f"entry_point {entry_point!r} is not a name"
     try:
-        tree = ast.parse(tests)
+        tree = _parse(tests)
     except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
         return f"the tests do not parse ({type(e).__name__})"
     bound, imported = _bound_names(tree)
@@ -82,7 +94,7 @@ def plan(tests: str, entry_point: Optional[str] = None) -> Union[Plan, str]:
     aliases = {ENTRY_ALIAS: entry_point} if aliased else {}
     if entry_point:
         script = f"{tests}\n\ncheck({ENTRY_ALIAS if aliased else entry_point})\n"
-        tree = ast.parse(script)
+        tree = _parse(script)
     else:
         script = tests
     used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
