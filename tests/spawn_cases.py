@@ -14,15 +14,10 @@ raises stops the run with its name in the traceback.
 from __future__ import annotations
 
 import multiprocessing
-import os
-import tempfile
 from typing import Any, Callable
 
-import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from r1mega.parallel.spawn import free_port
+from r1mega.parallel import spawn
 
 # imported once by the server; each forked rank starts with them (a missing one is skipped)
 PRELOAD = ["torch", "torch.distributed", "r1mega.config", "r1mega.parallel.layout", "r1mega.train.model_build",
@@ -30,33 +25,10 @@ PRELOAD = ["torch", "torch.distributed", "r1mega.config", "r1mega.parallel.layou
            "r1mega.models.family", "r1mega.models.weights", "r1mega.cli", "r1mega.verify_hf"]
 
 
-def _rank_entry(rank: int, env: dict, group: bool, world: int, port: int, outdir: str, fn: Callable,
-                args: tuple) -> None:
-    os.environ.clear()
-    os.environ.update(env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)  # N ranks share few cores
-    if not group:  # fn joins (and leaves) the process group itself, from the environment, as under torchrun
-        torch.save(fn(rank, world, *args), os.path.join(outdir, f"rank{rank}.pt"))
-        return
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        result = fn(rank, world, *args)
-        torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
 def run_ranks(fn: Callable, world: int, *args: Any, group: bool = True) -> list[Any]:
-    """fn(rank, world, *args) on `world` processes forked from the prepared server, in a gloo group
-    (group=False: none, fn starts it); their results by rank (tensors, numbers, strings and
-    containers of them)."""
+    """r1mega.parallel.spawn.run_ranks with ranks forked from the prepared server."""
     multiprocessing.set_forkserver_preload(PRELOAD)  # read when the server first starts
-    with tempfile.TemporaryDirectory() as outdir:
-        mp.start_processes(_rank_entry, args=(dict(os.environ), group, world, free_port(), outdir, fn, args),
-                           nprocs=world, join=True, start_method="forkserver")
-        return [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=True) for r in range(world)]
+    return spawn.run_ranks(fn, world, *args, group=group, start_method="forkserver")
 
 
 def _cli_rank(rank: int, world: int, argv: list[str]) -> tuple[int, str]:

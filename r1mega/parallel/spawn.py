@@ -21,10 +21,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank: int, world: int, port: int, outdir: str, fn: Callable, args: tuple) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+def _entry(rank: int, env: dict, group: bool, world: int, port: int, outdir: str, fn: Callable,
+           args: tuple) -> None:
+    os.environ.clear()  # the caller's environment at the call (a forkserver's child has the server's)
+    os.environ.update(env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)  # N ranks share few cores
+    if not group:  # fn joins (and leaves) the process group itself, from the environment, as under torchrun
+        torch.save(fn(rank, world, *args), os.path.join(outdir, f"rank{rank}.pt"))
+        return
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         result = fn(rank, world, *args)
@@ -34,9 +39,12 @@ def _entry(rank: int, world: int, port: int, outdir: str, fn: Callable, args: tu
         dist.destroy_process_group()
 
 
-def run_ranks(fn: Callable, world: int, *args: Any) -> list[Any]:
-    """fn(rank, world, *args) on `world` spawned processes; returns their results by rank
-    (tensors, numbers, strings and containers of them)."""
+def run_ranks(fn: Callable, world: int, *args: Any, group: bool = True, start_method: str = "spawn") -> list[Any]:
+    """fn(rank, world, *args) on `world` new processes in a gloo group (group=False: none, fn starts
+    it from the environment); returns their results by rank (tensors, numbers, strings and
+    containers of them). start_method "forkserver" forks ranks from a server that imported the
+    modules of multiprocessing.set_forkserver_preload once (the tests' fast start)."""
     with tempfile.TemporaryDirectory() as outdir:
-        mp.spawn(_entry, args=(world, free_port(), outdir, fn, args), nprocs=world, join=True)
+        mp.start_processes(_entry, args=(dict(os.environ), group, world, free_port(), outdir, fn, args),
+                           nprocs=world, join=True, start_method=start_method)
         return [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=True) for r in range(world)]
