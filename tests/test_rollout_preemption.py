@@ -139,27 +139,17 @@ def test_layouts_resume_on_kept_blocks_and_draw_the_one_process_samples(model, p
 def _family_stage(kind: str, folder: str):
     """A tiny random DeepSeek-V3.2 (sparse attention: the indexer's keys cached and selected) or
     Llama (per-head keys and values) model."""
-    import transformers
 
     from r1mega.parallel.layout import single_process_state
     from rollout_engine_probe_workers import load, save_tiny
-    from tiny_hf import BASE, randomize
+    from tiny_hf import save_peaked_v32
 
     if kind == "Llama":
         return load(save_tiny(folder, "Llama"))
     from r1mega.models.family import family_for_hf
     from r1mega.models.weights import load_hf_weights
 
-    cfg = transformers.DeepseekV32Config(**BASE, n_group=2, topk_group=1, index_n_heads=16, index_head_dim=16,
-                                         index_topk=5)
-    torch.manual_seed(0)
-    hf = transformers.DeepseekV32ForCausalLM(cfg).float().eval()
-    randomize(hf, 0)
-    with torch.no_grad():
-        for p in hf.parameters():
-            if p.dim() > 1:
-                p.mul_(4)  # peaked logits: no near-ties
-    hf.save_pretrained(folder)
+    save_peaked_v32(folder)
     family, mcfg = family_for_hf(folder)
     ps = single_process_state()
     stage = family.build_stage(mcfg, ps)

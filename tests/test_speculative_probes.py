@@ -368,24 +368,14 @@ def test_layouts_draw_the_one_process_speculative_samples(model, par, world):
 
 @pytest.mark.parametrize("draft", ["oracle", "half", "mtp"])
 def test_v32_greedy_equals_plain(tmp_path_factory, monkeypatch, draft):
-    import transformers
 
     from r1mega.models.family import family_for_hf
     from r1mega.models.weights import load_hf_weights
     from r1mega.parallel.layout import single_process_state
-    from tiny_hf import BASE, add_mtp_layer, randomize
+    from tiny_hf import add_mtp_layer, save_peaked_v32
 
     path = str(tmp_path_factory.mktemp("v32mtp") / "hf")
-    cfg = transformers.DeepseekV32Config(**BASE, n_group=2, topk_group=1, index_n_heads=16, index_head_dim=16,
-                                         index_topk=5)
-    torch.manual_seed(0)
-    hf = transformers.DeepseekV32ForCausalLM(cfg).float().eval()
-    randomize(hf, 0)
-    with torch.no_grad():
-        for p in hf.parameters():
-            if p.dim() > 1:
-                p.mul_(4)  # peaked logits: no near-ties between the one- and k+1-position forwards
-    hf.save_pretrained(path)
+    save_peaked_v32(path)  # peaked logits: no near-ties between the one- and k+1-position forwards
     add_mtp_layer(path)
     family, mcfg = family_for_hf(path)
     assert mcfg.num_mtp_layers == 1

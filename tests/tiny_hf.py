@@ -44,6 +44,23 @@ def make_hf_model(kind: str = "DeepseekV3", seed: int = 0, **overrides):
     return model
 
 
+def save_peaked_v32(path: str) -> None:
+    """A tiny DeepSeek-V3.2 (16 indexer heads, top-5 keys) saved at `path`, its matrices scaled x4:
+    peaked logits, so no near-ties turn a sample between two forwards of different shapes."""
+    import transformers
+
+    cfg = transformers.DeepseekV32Config(**BASE, n_group=2, topk_group=1, index_n_heads=16, index_head_dim=16,
+                                         index_topk=5)
+    torch.manual_seed(0)
+    hf = transformers.DeepseekV32ForCausalLM(cfg).float().eval()
+    randomize(hf, 0)
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.dim() > 1:
+                p.mul_(4)
+    hf.save_pretrained(path)
+
+
 def add_mtp_layer(hf_dir: str, seed: int = 1) -> None:
     """Append an MTP module the way the official DeepSeek-V3 checkpoint stores it: layer
     `num_hidden_layers` = a MoE decoder block + enorm, hnorm, eh_proj, shared_head, embed_tokens."""
