@@ -553,7 +553,6 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     policy, at = start(cfg, ckpt_root)
     run, chunks, optimizer, reference, log = policy.run, policy.chunks, policy.optimizer, policy.reference, policy.log
     cfg, ps, rl, t = run.cfg, run.ps, run.cfg.rl, run.cfg.train
-    check_run_dir(cfg, "grpo")  # refused before the prompts' synthetic corpus is built
     held_out = policy.source.held_out(eval_problems)
     history: dict[str, list] = {"accuracy": [], "reward": []}
     acc0 = None
