@@ -528,7 +528,8 @@ def update_inputs(policy: Policy, scored: ScoredRollout) -> UpdateInputs:
     logprobs = [old_and_reference_logprobs(cfg, ps, policy.chunks, policy.reference, b, policy.kernels, m,
                                            policy.source.tok.vocab_size)
                 for b, m in zip(batches, counts)]
-    rollout_sums = rollout_stats(cfg.rl, scored, batches, [o for o, _ in logprobs])
+    rollout_sums = {**rollout_stats(cfg.rl, scored, batches, [o for o, _ in logprobs]),
+                    **rollout_work(scored.rollout, ps, run.device)}
     gap_max = global_values({"gap_max": rollout_sums.pop("gap_max_local")}, ps, run.device,
                             torch.distributed.ReduceOp.MAX)["gap_max"]
     rollout_vals = global_values(rollout_sums, ps, run.device)
@@ -610,6 +611,20 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
             "final": last.as_dict() if last is not None else None}
 
 
+ENGINE_COUNTS = ("prefill_tokens", "recomputed_tokens", "preemptions", "decode_row_steps", "draft_tokens",
+                 "draft_accepted")
+
+
+def rollout_work(rollout, ps: ParallelState, device) -> dict[str, float]:
+    """The rollout engine's work counts of this rank's rows (prompt prefills, preempted rows'
+    recomputation, decoding row-steps, drafts), summed over CP ranks when the engine split the rows
+    over them (the DP sum follows with the other rollout numbers)."""
+    counts = torch.tensor([float(getattr(rollout, k, 0)) for k in ENGINE_COUNTS], dtype=torch.float64, device=device)
+    if ps.cp > 1:
+        torch.distributed.all_reduce(counts, group=ps.g("cp"))
+    return dict(zip(ENGINE_COUNTS, counts.tolist()))
+
+
 def rollout_stats(rl: RLConfig, scored: ScoredRollout, batches: list[TrainBatch],
                   olds: list[Optional[torch.Tensor]]) -> dict[str, float]:
     """Local sums over this rank's outputs (the gap ones only on the last stage, which has `old`).
@@ -620,7 +635,6 @@ def rollout_stats(rl: RLConfig, scored: ScoredRollout, batches: list[TrainBatch]
            "zero_adv": float(equal_reward_groups(scored.rewards, G).sum() * G),
            "response_tokens": float(scored.rollout.completion_mask.sum()),
            "truncated": float(scored.truncated.sum()), "gap_sum": 0.0, "gap_tokens": 0.0, "sampler_kl": 0.0,
-           "draft_tokens": float(scored.rollout.draft_tokens), "draft_accepted": float(scored.rollout.draft_accepted),
            "gap_max_local": 0.0,
            # the update's token slots against the real tokens they hold (padding = slots - real)
            "update_slots": float(sum(b.slots for b in batches)),

@@ -55,6 +55,13 @@ class StepMetrics:
     entropy: float = 0.0  # mean entropy of the policy's softmax(logits / T) per trained token
     opsm_masked_frac: float = 0.0  # share of trained tokens left out by off-policy sequence masking
     update_padding_frac: float = 0.0  # share of the update's token slots that hold no sequence token
+    # the rollout engine's work, summed over ranks: tokens fed to prompt prefills (one per prompt
+    # group) and of those to re-admitted preempted rows, rows requeued for the cache budget, and
+    # rows fed to decoding forwards summed over steps (finished rows cost nothing)
+    rollout_prefill_tokens: float = 0.0
+    rollout_recomputed_tokens: float = 0.0
+    rollout_preemptions: float = 0.0
+    rollout_decode_row_steps: float = 0.0
     heldout_accuracy: Optional[float] = None
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -89,5 +96,7 @@ def step_metrics(reward_names: list[str], r: dict, gap_max: float, upd: dict, lo
         rollout_kv_cache_bytes=cache_bytes, step_seconds=seconds, entropy=upd["entropy"] / trained,
         opsm_masked_frac=upd["opsm_masked"] / trained,
         update_padding_frac=1.0 - r["update_real_tokens"] / max(r["update_slots"], 1.0),
+        rollout_prefill_tokens=r["prefill_tokens"], rollout_recomputed_tokens=r["recomputed_tokens"],
+        rollout_preemptions=r["preemptions"], rollout_decode_row_steps=r["decode_row_steps"],
         extra={**({"draft_acceptance": r["draft_accepted"] / r["draft_tokens"]} if r["draft_tokens"] else {}),
                **{name: upd[name] for name in extra_losses if name in upd}})
