@@ -12,7 +12,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict
 
 
 from r1mega.config import Config, ConfigError, validate_training
@@ -23,7 +22,8 @@ from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.train.setup import (
-    SkipGuard, check_run_dir, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, start_run,
+    SkipGuard, check_run_dir, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta,
+    start_run,
 )
 from r1mega.train.model_build import build_model
 
@@ -56,7 +56,7 @@ def _train(cfg: Config, kind: str) -> dict:
     # the dataset, and the tokenizer whose files go into each checkpoint
     data, tokenizer = training_data(cfg.data, kind, cfg.active_model.vocab_size, cfg.seed, t.load)
     family, model_cfg = run.family, cfg.active_model
-    model_config, arch = asdict(model_cfg), run.arch  # saved; compared on resume
+    arch = run.arch  # compared on resume
     candidates = find_resume_checkpoint(ckpt_root, t.load, arch, t.allow_arch_change)
     claim_run_dir(run, kind)  # one run per directory, only one this kind of run made
 
@@ -69,7 +69,7 @@ def _train(cfg: Config, kind: str) -> dict:
     resume, meta = resume_from(candidates, chunks, optimizer, ps, arch, t.allow_arch_change,
                                t.verify_checkpoint)
     start, consumed = meta.get("step", 0), meta.get("consumed_samples", 0)
-    hf_config = meta.get("hf_config")  # an imported model's config.json travels on, so an export reproduces it
+    run.hf_config = meta.get("hf_config")  # an imported model's config.json travels on, so an export reproduces it
     if start >= t.steps:  # nothing left: say so rather than report an empty run
         if ps.rank == 0:
             print(f"run {t.run_dir} is complete: {resume} is at step {start} and train.steps={t.steps}. "
@@ -123,9 +123,8 @@ def _train(cfg: Config, kind: str) -> dict:
         last = step + 1 == t.steps
         if last or (t.save_interval and (step + 1) % t.save_interval == 0):
             last_saved = save_checkpoint(ckpt_root, step + 1, chunks, optimizer, ps,
-                                         {"consumed_samples": consumed, "kind": kind, "family": family.name,
-                                          "model_config": model_config, "hf_config": hf_config,
-                                          "loss": res.loss if math.isfinite(res.loss) else None},
+                                         run_meta(run, kind, consumed_samples=consumed,
+                                                  loss=res.loss if math.isfinite(res.loss) else None),
                                          tokenizer=tokenizer)
     log.close()
     final = losses[-1] if losses else float("nan")
