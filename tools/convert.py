@@ -410,12 +410,6 @@ def fp8_quantizable(key: str, t: torch.Tensor, family) -> bool:
     return t.dim() == 2 and family.hf_fp8(key)
 
 
-def _whole(reader, ckpt: str, key: str) -> torch.Tensor:
-    file = reader.pieces["model/" + key][0][0]
-    with safe_open(os.path.join(ckpt, file), "pt") as f:
-        return f.get_tensor("model/" + key)
-
-
 def exported_config(meta: dict) -> dict:
     """The config.json of a checkpoint's model: the imported config.json while the model is still the
     one it describes (it keeps what r1mega does not model: token ids, dtype, ...); the family's own
@@ -496,7 +490,7 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
         shape = shapes[src][0]
         raw_fp8 = with_dtypes[src][1] == "F8_E4M3"
         if raw_fp8:  # an FP8 weight kept at import goes out as it came in, with its scales
-            t, scale = _whole(reader, ckpt, src), _whole(reader, ckpt, scale_name(src))
+            t, scale = reader.stored(src), reader.stored(scale_name(src))  # checksum- and finiteness-checked
             if key != src:
                 t, scale = t.clone(), scale.clone()  # safetensors refuses tensors that share memory
             writer.add(key, t)

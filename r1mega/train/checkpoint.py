@@ -536,6 +536,18 @@ class PieceReader:
             raise CheckpointError(f"{os.path.join(self.path, file)}: tensor {self.kind}/{key} unreadable ({e}); "
                                   f"truncated or corrupt") from None
 
+    def stored(self, key: str) -> torch.Tensor:
+        """A tensor as stored, in its stored dtype (an FP8 weight kept at import stays e4m3, its
+        scale float32), checksum- and finiteness-checked like read(): for copying it out unchanged."""
+        name = f"{self.kind}/{key}"
+        if name not in self.pieces:
+            raise CheckpointError(f"{self.path}: tensor {key!r} ({self.kind}) is missing from the checkpoint")
+        found = self.pieces[name]
+        if len(found) != 1 or found[0][1]["dim"] is not None:  # sharded pieces: assemble with read()
+            raise CheckpointError(f"{self.path}: tensor {key!r} is stored in {len(found)} pieces; expected one whole")
+        t = self._slice(found[0][0], name)[:]
+        return self._finite(t, key, [found[0][0]])
+
     def _finite(self, t: torch.Tensor, key: str, files) -> torch.Tensor:
         if _non_finite(t):  # always: cheap, and NaN weights are never worth training on
             names = ", ".join(sorted({os.path.join(self.path, f) for f in files}))
