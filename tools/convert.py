@@ -20,6 +20,7 @@ marker it leaves); a directory holding anyone else's files is refused, never rem
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -214,7 +215,8 @@ class PartWriter:
         except (OSError, SafetensorError) as e:  # a full disk, a file-size limit: named, the temp dir dropped
             raise ConvertError(f"writing {file} failed ({e}); nothing was published") from None
         if self.pieces_json:  # r1mega checkpoint: whole tensors, no offsets
-            with open(os.path.join(self.out, name + ".json"), "w") as f:
+            with _writing(os.path.join(self.out, name + ".json")), \
+                    open(os.path.join(self.out, name + ".json"), "w") as f:
                 json.dump({k: {"shape": list(v.shape), "dim": None, "start": 0, "length": None, "crc32": crc32(v)}
                            for k, v in self.buf.items()}, f)
         self.parts.append((name + ".safetensors", list(self.buf)))
@@ -269,14 +271,19 @@ def _prepare_out(out: str, overwrite: bool, source: str, what: str) -> str:
         os.makedirs(tmp)  # fails rather than reuse a directory this run did not make
     except OSError as e:
         raise ConvertError(f"--out {out}: cannot create {tmp} beside it ({e.strerror}); choose another --out") from None
-    _write_marker(tmp, {"command": f"{_COMMAND} {what}", "source": os.path.abspath(source),
-                        "run_id": output_dir.RUN_ID})
+    try:
+        _write_marker(tmp, {"command": f"{_COMMAND} {what}", "source": os.path.abspath(source),
+                            "run_id": output_dir.RUN_ID})
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _raise_named(e, out)
     return tmp
 
 
 def _write_marker(tmp: str, marker: dict) -> None:
     """Lets a later --overwrite know the directory (and which of its files) is the tool's own."""
-    with open(os.path.join(tmp, output_dir.MARKER), "w", encoding="utf-8") as f:
+    with _writing(os.path.join(tmp, output_dir.MARKER)), \
+            open(os.path.join(tmp, output_dir.MARKER), "w", encoding="utf-8") as f:
         json.dump(marker, f, indent=1)
 
 
@@ -301,6 +308,23 @@ def _publish(tmp: str, out: str, overwrite: bool, source: str) -> None:
     except OSError as e:
         raise ConvertError(f"--out {out}: could not move the finished result into place ({e.strerror}); "
                            f"it changed while converting? Nothing was replaced") from None
+
+
+@contextlib.contextmanager
+def _writing(path: str):
+    """An OSError while writing `path` (a full disk, a file-size limit) as a ConvertError naming it."""
+    try:
+        yield
+    except OSError as e:
+        raise ConvertError(f"writing {path} failed ({e.strerror or e}); nothing was published") from None
+
+
+def _raise_named(e: BaseException, out: str):
+    """Re-raise; an OSError while writing or reading (a full disk, a file-size limit, a read-only
+    directory, a file gone) as a ConvertError naming the file, not a traceback."""
+    if isinstance(e, OSError):
+        raise ConvertError(f"{e.filename or out}: {e.strerror or e}; nothing was published to {out}") from None
+    raise e
 
 
 def _finite(t: torch.Tensor, key: str, where: str) -> None:
@@ -330,9 +354,9 @@ def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat1
         if verify:
             _verify(hf_dir, tmp, verify_tol)
         _publish(tmp, out, overwrite, hf_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)  # this run's own temporary directory
-        raise
+        _raise_named(e, out)
     return meta
 
 
@@ -366,11 +390,12 @@ def _import_into(tmp: str, hf_dir: str, hf_config: dict, files, index, fp8: str,
             "fp8": fp8 if fp8_count else None, "tensors": len(index) - (len(scales) if fp8 == "dequant" else 0)}
     family, model_cfg = family_for_hf(hf_config)
     meta["family"], meta["model_config"] = family.name, asdict(model_cfg)
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
+    with _writing(os.path.join(tmp, "meta.json")), open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     for extra in TOKENIZER_FILES:
         if os.path.exists(os.path.join(hf_dir, extra)):
-            shutil.copy(os.path.join(hf_dir, extra), tmp)
+            with _writing(os.path.join(tmp, extra)):
+                shutil.copy(os.path.join(hf_dir, extra), tmp)
     return meta
 
 
@@ -460,9 +485,9 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
         res = _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8_blocks, tokenizer_dir,
                            shard_bytes, dtype)
         _publish(tmp, out, overwrite, ckpt)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)  # this run's own temporary directory
-        raise
+        _raise_named(e, out)
     return res
 
 
@@ -521,7 +546,8 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
         renamed.append(final)
         weight_map.update({k: final for k in keys})
     total_size = sum(os.path.getsize(os.path.join(tmp, r)) for r in renamed)
-    with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+    with _writing(os.path.join(tmp, "model.safetensors.index.json")), \
+            open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": total_size}, "weight_map": weight_map}, f, indent=1)
     config = dict(config)
     if fp8_blocks:
@@ -529,7 +555,7 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
                                          "weight_block_size": [BLOCK, BLOCK]}
     elif meta.get("fp8") != "keep":
         config.pop("quantization_config", None)
-    with open(os.path.join(tmp, "config.json"), "w") as f:
+    with _writing(os.path.join(tmp, "config.json")), open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     for src in (tokenizer_dir, ckpt, meta.get("source")):
         if src and os.path.isdir(src):
@@ -537,7 +563,8 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
                 if tokenizer_dir and src != tokenizer_dir and extra != "generation_config.json":
                     continue  # --tokenizer-dir's tokenizer alone: never mixed with another's files
                 if os.path.exists(os.path.join(src, extra)) and not os.path.exists(os.path.join(tmp, extra)):
-                    shutil.copy(os.path.join(src, extra), tmp)
+                    with _writing(os.path.join(tmp, extra)):
+                        shutil.copy(os.path.join(src, extra), tmp)
     return {"tensors": len(weight_map), "files": n}
 
 
