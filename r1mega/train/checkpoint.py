@@ -43,7 +43,7 @@ import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from r1mega.atomic_io import fsync_dir
+from r1mega.atomic_io import fsync_dir, open_fresh
 from r1mega.data.tokenizer import copy_tokenizer_files
 from r1mega.errors import CheckpointError
 from r1mega.models.fp8 import dequantize, scale_name
@@ -134,6 +134,8 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
     if ps.rank == 0:
         try:
             os.makedirs(root, exist_ok=True)
+            if os.path.islink(tmp):  # our temporary name: the link goes, never what it points at
+                os.unlink(tmp)
             shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a crashed save of this very step
             os.makedirs(tmp)
         except OSError as e:  # e.g. a read-only run directory
@@ -192,7 +194,7 @@ def _publish(root: str, name: str, tmp: str, final: str) -> None:
         _warn(f"{final} existed; moved it to {aside} (delete it yourself once you no longer need it)")
     os.rename(tmp, final)
     pointer = os.path.join(root, ".latest.tmp")
-    with open(pointer, "w") as f:
+    with open_fresh(pointer) as f:  # a symlink planted at the temporary name is not written through
         f.write(name)
         f.flush()
         os.fsync(f.fileno())
@@ -231,7 +233,7 @@ def write_manifest(path: str) -> None:
     files = {e: _file_digest(os.path.join(path, e)) for e in _manifest_files(path)}
     tmp = os.path.join(path, MANIFEST + ".tmp")
     try:
-        with open(tmp, "w") as f:
+        with open_fresh(tmp) as f:
             json.dump({"files": files, "digest": _digest(files)}, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
