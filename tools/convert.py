@@ -255,6 +255,17 @@ def _check_out(out: str, overwrite: bool, source: str) -> None:
                                f"move them away or choose another --out")
 
 
+def _resolved(out: str) -> str:
+    """--out as a symlink to a directory means that directory (its result replaces the target and
+    the link keeps pointing at it; renaming onto the link itself fails or replaces the link)."""
+    if not os.path.islink(out):
+        return out
+    target = os.path.realpath(out)
+    if not os.path.isdir(target):
+        raise ConvertError(f"--out {out} is a symlink to {target}, which is not a directory; give a directory")
+    return target
+
+
 def _sibling(out: str, what: str) -> str:
     """A name beside `out` that nothing uses: this run's own, so it may remove it later."""
     out = os.path.normpath(out)
@@ -302,7 +313,11 @@ def _publish(tmp: str, out: str, overwrite: bool, source: str) -> None:
             except OSError:
                 os.rename(old, out)  # put the previous result back
                 raise
-            shutil.rmtree(old)  # the previous --out, which --overwrite asked to replace
+            try:
+                shutil.rmtree(old)  # the previous --out, which --overwrite asked to replace
+            except OSError as e:  # the new result is in place: say what is left, not that nothing was replaced
+                output_dir._warn(f"{out} was replaced, but removing its previous contents at {old} failed "
+                                 f"({e.strerror or e}); delete it yourself")
         else:
             os.rename(tmp, out)  # onto an empty directory too; a non-empty one fails
     except OSError as e:
@@ -343,6 +358,7 @@ def _progress(total_bytes: int, total_tensors: int, what: str) -> tqdm:
 def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat16",
               shard_bytes: int = 5 * 1024 ** 3, overwrite: bool = False, verify: bool = False,
               verify_tol: float = 1e-4) -> dict:
+    out = _resolved(out)
     hf_config = read_hf_config(hf_dir)
     files = hf_files(hf_dir)
     index = tensor_index(hf_dir, files)
@@ -467,6 +483,7 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
     if tokenizer_dir is not None and not any(os.path.isfile(os.path.join(tokenizer_dir, n))
                                              for n in ("tokenizer.json", "tokenizer.model")):
         raise ConvertError(f"--tokenizer-dir {tokenizer_dir}: no tokenizer.json or tokenizer.model there")
+    out = _resolved(out)
     what = not_a_checkpoint(ckpt) if os.path.isdir(ckpt) else None
     if what:  # a run directory, a checkpoints root, an HF directory: say which checkpoint to give
         raise ConvertError(f"--ckpt {ckpt} {what.replace('train.load=', '--ckpt ')}")
