@@ -5,10 +5,20 @@ from __future__ import annotations
 import os
 
 
+def open_fresh(path: str, mode: str = "w", **kwargs):
+    """Open a temporary file name of ours for writing as a new file. A leftover there (a crashed
+    write, or a symlink someone planted) is unlinked first: only the name goes, never what a
+    symlink points at, which open(path, "w") would truncate and write through."""
+    if os.path.islink(path) or os.path.isfile(path):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    return os.fdopen(fd, mode, **kwargs)
+
+
 def write_text_atomic(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open_fresh(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
 

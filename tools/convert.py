@@ -20,9 +20,12 @@ marker it leaves); a directory holding anyone else's files is refused, never rem
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 import uuid
 from dataclasses import asdict, replace
@@ -214,7 +217,8 @@ class PartWriter:
         except (OSError, SafetensorError) as e:  # a full disk, a file-size limit: named, the temp dir dropped
             raise ConvertError(f"writing {file} failed ({e}); nothing was published") from None
         if self.pieces_json:  # r1mega checkpoint: whole tensors, no offsets
-            with open(os.path.join(self.out, name + ".json"), "w") as f:
+            with _writing(os.path.join(self.out, name + ".json")), \
+                    open(os.path.join(self.out, name + ".json"), "w") as f:
                 json.dump({k: {"shape": list(v.shape), "dim": None, "start": 0, "length": None, "crc32": crc32(v)}
                            for k, v in self.buf.items()}, f)
         self.parts.append((name + ".safetensors", list(self.buf)))
@@ -253,6 +257,17 @@ def _check_out(out: str, overwrite: bool, source: str) -> None:
                                f"move them away or choose another --out")
 
 
+def _resolved(out: str) -> str:
+    """--out as a symlink to a directory means that directory (its result replaces the target and
+    the link keeps pointing at it; renaming onto the link itself fails or replaces the link)."""
+    if not os.path.islink(out):
+        return out
+    target = os.path.realpath(out)
+    if not os.path.isdir(target):
+        raise ConvertError(f"--out {out} is a symlink to {target}, which is not a directory; give a directory")
+    return target
+
+
 def _sibling(out: str, what: str) -> str:
     """A name beside `out` that nothing uses: this run's own, so it may remove it later."""
     out = os.path.normpath(out)
@@ -262,21 +277,87 @@ def _sibling(out: str, what: str) -> str:
             return path
 
 
+_OURS = re.compile(r"^(part\d{5}\.(json|safetensors)|model-\d{5}(-of-\d{5})?\.safetensors|meta\.json|config\.json"
+                   r"|model\.safetensors\.index\.json)$")
+
+
+def _owner_gone(marker: Optional[dict]) -> bool:
+    """The r1mega-convert process a marker names ran on this host and is no longer running."""
+    if not marker or not marker.get("command", "").startswith(_COMMAND) or not isinstance(marker.get("pid"), int):
+        return False  # not provably a run of this tool (older markers name no process)
+    if marker.get("host") != socket.gethostname() or marker["pid"] == os.getpid():
+        return False
+    pid = marker["pid"]
+    return not output_dir._alive(pid) or output_dir._start_time(pid) != marker.get("start")
+
+
+def _marker(path: str) -> Optional[dict]:
+    try:
+        return output_dir.read_marker(path)
+    except OutputError:
+        return None
+
+
+def _only_ours(path: str) -> bool:
+    """Every entry is a name this tool writes (nobody added a file of their own)."""
+    return all(_OURS.match(e) or e in TOKENIZER_FILES or e in (output_dir.MARKER, output_dir.LOCK)
+               for e in os.listdir(path))
+
+
+def _recover_interrupted(out: str) -> None:
+    """Clean up after runs on this --out that were killed: each one's temporary directory (whose
+    marker names a process of this host that is gone, and which holds only the tool's files) is
+    removed; when one died after moving the previous result aside and before moving its own in,
+    the previous result is put back at --out first. A previous result moved aside by a run that
+    published and died while deleting it is removed. A live run's directories are left alone."""
+    out = os.path.normpath(out)
+    parent, base = os.path.dirname(out) or ".", os.path.basename(out)
+    left = re.compile(rf"^\.{re.escape(base)}\.(converting|replaced)-([0-9a-f]{{12}})$")
+    try:
+        found = {(m.group(1), m.group(2)): os.path.join(parent, e) for e in os.listdir(parent)
+                 if (m := left.match(e)) and os.path.isdir(os.path.join(parent, e))
+                 and not os.path.islink(os.path.join(parent, e))}
+    except OSError:
+        return
+    for (kind, rid), path in sorted(found.items()):
+        if kind != "converting" or not _owner_gone(_marker(path)) or not _only_ours(path):
+            continue
+        aside = found.pop(("replaced", rid), None)
+        if aside is not None and not os.path.lexists(out):
+            os.rename(aside, out)
+            output_dir._warn(f"{out}: put back the previous result, which an interrupted r1mega-convert had "
+                             f"moved aside to {aside}")
+        shutil.rmtree(path)
+        output_dir._warn(f"removed {path}, the temporary directory of an interrupted r1mega-convert")
+    published = _marker(out) if os.path.isdir(out) else None
+    for (kind, rid), path in found.items():
+        if kind == "replaced" and published and published.get("tmp_id") == rid and _owner_gone(published):
+            shutil.rmtree(path)  # --overwrite's previous result; its run published the new one and died deleting it
+            output_dir._warn(f"removed {path}, the result {out} held before an interrupted --overwrite")
+
+
 def _prepare_out(out: str, overwrite: bool, source: str, what: str) -> str:
+    _recover_interrupted(out)  # first: a previous result put back is then judged like any --out
     _check_out(out, overwrite, source)
     tmp = _sibling(out, "converting")
     try:
         os.makedirs(tmp)  # fails rather than reuse a directory this run did not make
     except OSError as e:
         raise ConvertError(f"--out {out}: cannot create {tmp} beside it ({e.strerror}); choose another --out") from None
-    _write_marker(tmp, {"command": f"{_COMMAND} {what}", "source": os.path.abspath(source),
-                        "run_id": output_dir.RUN_ID})
+    try:  # who is converting (a rerun removes it once this process is gone) and under which id
+        _write_marker(tmp, {"command": f"{_COMMAND} {what}", "source": os.path.abspath(source),
+                            "run_id": output_dir.RUN_ID, "pid": os.getpid(), "host": socket.gethostname(),
+                            "start": output_dir._start_time(os.getpid()), "tmp_id": tmp.rsplit("-", 1)[1]})
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _raise_named(e, out)
     return tmp
 
 
 def _write_marker(tmp: str, marker: dict) -> None:
     """Lets a later --overwrite know the directory (and which of its files) is the tool's own."""
-    with open(os.path.join(tmp, output_dir.MARKER), "w", encoding="utf-8") as f:
+    with _writing(os.path.join(tmp, output_dir.MARKER)), \
+            open(os.path.join(tmp, output_dir.MARKER), "w", encoding="utf-8") as f:
         json.dump(marker, f, indent=1)
 
 
@@ -288,19 +369,42 @@ def _publish(tmp: str, out: str, overwrite: bool, source: str) -> None:
     _check_out(out, overwrite, source)
     try:
         if os.path.isdir(out) and os.listdir(out):  # --overwrite of an earlier run's own output
-            old = _sibling(out, "replaced")
+            old = tmp.replace(".converting-", ".replaced-")  # the same id: a rerun can tell whose it is
+            if os.path.lexists(old):
+                old = _sibling(out, "replaced")
             os.rename(out, old)
             try:
                 os.rename(tmp, out)
             except OSError:
                 os.rename(old, out)  # put the previous result back
                 raise
-            shutil.rmtree(old)  # the previous --out, which --overwrite asked to replace
+            try:
+                shutil.rmtree(old)  # the previous --out, which --overwrite asked to replace
+            except OSError as e:  # the new result is in place: say what is left, not that nothing was replaced
+                output_dir._warn(f"{out} was replaced, but removing its previous contents at {old} failed "
+                                 f"({e.strerror or e}); delete it yourself")
         else:
             os.rename(tmp, out)  # onto an empty directory too; a non-empty one fails
     except OSError as e:
         raise ConvertError(f"--out {out}: could not move the finished result into place ({e.strerror}); "
                            f"it changed while converting? Nothing was replaced") from None
+
+
+@contextlib.contextmanager
+def _writing(path: str):
+    """An OSError while writing `path` (a full disk, a file-size limit) as a ConvertError naming it."""
+    try:
+        yield
+    except OSError as e:
+        raise ConvertError(f"writing {path} failed ({e.strerror or e}); nothing was published") from None
+
+
+def _raise_named(e: BaseException, out: str):
+    """Re-raise; an OSError while writing or reading (a full disk, a file-size limit, a read-only
+    directory, a file gone) as a ConvertError naming the file, not a traceback."""
+    if isinstance(e, OSError):
+        raise ConvertError(f"{e.filename or out}: {e.strerror or e}; nothing was published to {out}") from None
+    raise e
 
 
 def _finite(t: torch.Tensor, key: str, where: str) -> None:
@@ -319,6 +423,7 @@ def _progress(total_bytes: int, total_tensors: int, what: str) -> tqdm:
 def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat16",
               shard_bytes: int = 5 * 1024 ** 3, overwrite: bool = False, verify: bool = False,
               verify_tol: float = 1e-4) -> dict:
+    out = _resolved(out)
     hf_config = read_hf_config(hf_dir)
     files = hf_files(hf_dir)
     index = tensor_index(hf_dir, files)
@@ -330,9 +435,9 @@ def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat1
         if verify:
             _verify(hf_dir, tmp, verify_tol)
         _publish(tmp, out, overwrite, hf_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)  # this run's own temporary directory
-        raise
+        _raise_named(e, out)
     return meta
 
 
@@ -366,11 +471,12 @@ def _import_into(tmp: str, hf_dir: str, hf_config: dict, files, index, fp8: str,
             "fp8": fp8 if fp8_count else None, "tensors": len(index) - (len(scales) if fp8 == "dequant" else 0)}
     family, model_cfg = family_for_hf(hf_config)
     meta["family"], meta["model_config"] = family.name, asdict(model_cfg)
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
+    with _writing(os.path.join(tmp, "meta.json")), open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     for extra in TOKENIZER_FILES:
         if os.path.exists(os.path.join(hf_dir, extra)):
-            shutil.copy(os.path.join(hf_dir, extra), tmp)
+            with _writing(os.path.join(tmp, extra)):
+                shutil.copy(os.path.join(hf_dir, extra), tmp)
     return meta
 
 
@@ -410,12 +516,6 @@ def fp8_quantizable(key: str, t: torch.Tensor, family) -> bool:
     return t.dim() == 2 and family.hf_fp8(key)
 
 
-def _whole(reader, ckpt: str, key: str) -> torch.Tensor:
-    file = reader.pieces["model/" + key][0][0]
-    with safe_open(os.path.join(ckpt, file), "pt") as f:
-        return f.get_tensor("model/" + key)
-
-
 def exported_config(meta: dict) -> dict:
     """The config.json of a checkpoint's model: the imported config.json while the model is still the
     one it describes (it keeps what r1mega does not model: token ids, dtype, ...); the family's own
@@ -448,6 +548,7 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
     if tokenizer_dir is not None and not any(os.path.isfile(os.path.join(tokenizer_dir, n))
                                              for n in ("tokenizer.json", "tokenizer.model")):
         raise ConvertError(f"--tokenizer-dir {tokenizer_dir}: no tokenizer.json or tokenizer.model there")
+    out = _resolved(out)
     what = not_a_checkpoint(ckpt) if os.path.isdir(ckpt) else None
     if what:  # a run directory, a checkpoints root, an HF directory: say which checkpoint to give
         raise ConvertError(f"--ckpt {ckpt} {what.replace('train.load=', '--ckpt ')}")
@@ -466,9 +567,9 @@ def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Opti
         res = _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8_blocks, tokenizer_dir,
                            shard_bytes, dtype)
         _publish(tmp, out, overwrite, ckpt)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)  # this run's own temporary directory
-        raise
+        _raise_named(e, out)
     return res
 
 
@@ -496,7 +597,7 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
         shape = shapes[src][0]
         raw_fp8 = with_dtypes[src][1] == "F8_E4M3"
         if raw_fp8:  # an FP8 weight kept at import goes out as it came in, with its scales
-            t, scale = _whole(reader, ckpt, src), _whole(reader, ckpt, scale_name(src))
+            t, scale = reader.stored(src), reader.stored(scale_name(src))  # checksum- and finiteness-checked
             if key != src:
                 t, scale = t.clone(), scale.clone()  # safetensors refuses tensors that share memory
             writer.add(key, t)
@@ -527,7 +628,8 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
         renamed.append(final)
         weight_map.update({k: final for k in keys})
     total_size = sum(os.path.getsize(os.path.join(tmp, r)) for r in renamed)
-    with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+    with _writing(os.path.join(tmp, "model.safetensors.index.json")), \
+            open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": total_size}, "weight_map": weight_map}, f, indent=1)
     config = dict(config)
     if fp8_blocks:
@@ -535,7 +637,7 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
                                          "weight_block_size": [BLOCK, BLOCK]}
     elif meta.get("fp8") != "keep":
         config.pop("quantization_config", None)
-    with open(os.path.join(tmp, "config.json"), "w") as f:
+    with _writing(os.path.join(tmp, "config.json")), open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     for src in (tokenizer_dir, ckpt, meta.get("source")):
         if src and os.path.isdir(src):
@@ -543,7 +645,8 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
                 if tokenizer_dir and src != tokenizer_dir and extra != "generation_config.json":
                     continue  # --tokenizer-dir's tokenizer alone: never mixed with another's files
                 if os.path.exists(os.path.join(src, extra)) and not os.path.exists(os.path.join(tmp, extra)):
-                    shutil.copy(os.path.join(src, extra), tmp)
+                    with _writing(os.path.join(tmp, extra)):
+                        shutil.copy(os.path.join(src, extra), tmp)
     return {"tensors": len(weight_map), "files": n}
 
 

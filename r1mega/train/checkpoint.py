@@ -43,7 +43,7 @@ import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from r1mega.atomic_io import fsync_dir
+from r1mega.atomic_io import fsync_dir, open_fresh
 from r1mega.data.tokenizer import copy_tokenizer_files
 from r1mega.errors import CheckpointError
 from r1mega.models.fp8 import dequantize, scale_name
@@ -84,11 +84,6 @@ def _gather_errors(ps: ParallelState, error: Optional[str]) -> list[str]:
     out: list = [None] * ps.world
     dist.all_gather_object(out, error)
     return [e for e in out if e]
-
-
-def _barrier(ps: ParallelState) -> None:
-    if ps.world > 1:
-        dist.barrier()
 
 
 def _writes(spec, ps: ParallelState) -> bool:
@@ -134,11 +129,18 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
     if errors:
         raise CheckpointError(f"refusing to save step {step} to {root}: non-finite values in " + "; ".join(errors)
                               + ". The previous checkpoint stays the latest.")
+    not_saved = f"step {step} was not saved and {os.path.join(root, 'latest')} still names the previous checkpoint"
+    error = None
     if ps.rank == 0:
-        os.makedirs(root, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a crashed save of this very step
-        os.makedirs(tmp)
-    _barrier(ps)
+        try:
+            os.makedirs(root, exist_ok=True)
+            if os.path.islink(tmp):  # our temporary name: the link goes, never what it points at
+                os.unlink(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a crashed save of this very step
+            os.makedirs(tmp)
+        except OSError as e:  # e.g. a read-only run directory
+            error = f"cannot create {tmp} ({e.strerror})"
+    _raise_any(ps, error, not_saved)
     stem = os.path.join(tmp, f"rank{ps.rank:05d}")
     try:
         if tensors:
@@ -146,10 +148,8 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
             with open(stem + ".json", "w") as f:
                 json.dump(pieces, f)
     except (OSError, SafetensorError) as e:  # e.g. a full disk: only the unpublished directory is affected
-        why = getattr(e, "strerror", None) or e
-        raise CheckpointError(f"writing {stem}.safetensors failed ({why}); step {step} was not saved and "
-                              f"{os.path.join(root, 'latest')} still names the previous checkpoint") from None
-    if ps.rank == 0:
+        error = f"writing {stem}.safetensors failed ({getattr(e, 'strerror', None) or e})"
+    if ps.rank == 0 and error is None:
         meta = {**meta, "step": step, "layout": {"tp": ps.tp, "pp": ps.pp, "dp": ps.dp, "ep": ps.ep, "etp": ps.etp}}
         if optimizer is not None:
             meta.update(optimizer_step=optimizer.step_count, skipped_steps=optimizer.skipped)
@@ -161,27 +161,45 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
             if tokenizer is not None:
                 copy_tokenizer_files(tokenizer, tmp)
         except OSError as e:
-            raise CheckpointError(f"writing {tmp}/meta.json failed ({e.strerror}); step {step} was not saved") from None
-    _barrier(ps)
+            error = f"writing {tmp}/meta.json failed ({e.strerror})"
+    _raise_any(ps, error, not_saved)
     if ps.rank == 0:
-        write_manifest(tmp)  # last: it covers every file of this save
-        for entry in os.listdir(tmp):
-            with open(os.path.join(tmp, entry), "rb") as f:
-                os.fsync(f.fileno())
-        if os.path.exists(final):  # e.g. a corrupt checkpoint this run fell back from: keep it aside
-            aside = _unused_name(final + ".replaced")
-            os.rename(final, aside)
-            _warn(f"{final} existed; moved it to {aside} (delete it yourself once you no longer need it)")
-        os.rename(tmp, final)
-        pointer = os.path.join(root, ".latest.tmp")
-        with open(pointer, "w") as f:
-            f.write(name)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(pointer, os.path.join(root, "latest"))
-        fsync_dir(root)
-    _barrier(ps)
+        try:
+            _publish(root, name, tmp, final)
+        except OSError as e:
+            error = f"publishing {final} failed ({e.strerror}: {e.filename})"
+        except CheckpointError as e:
+            error = str(e)
+    _raise_any(ps, error, f"step {step} may not be the latest ({os.path.join(root, 'latest')} says which is)")
     return final
+
+
+def _raise_any(ps: ParallelState, error: Optional[str], consequence: str) -> None:
+    """Collective: every rank raises the same CheckpointError when any rank failed (none waits
+    for a rank that has left), else returns once all got here."""
+    errors = _gather_errors(ps, f"rank {ps.rank}: {error}" if error and ps.world > 1 else error)
+    if errors:
+        raise CheckpointError("; ".join(errors) + f"; {consequence}")
+
+
+def _publish(root: str, name: str, tmp: str, final: str) -> None:
+    """Rank 0: the manifest, fsync, then rename the finished directory into place and point `latest` at it."""
+    write_manifest(tmp)  # last: it covers every file of this save
+    for entry in os.listdir(tmp):
+        with open(os.path.join(tmp, entry), "rb") as f:
+            os.fsync(f.fileno())
+    if os.path.exists(final):  # e.g. a corrupt checkpoint this run fell back from: keep it aside
+        aside = _unused_name(final + ".replaced")
+        os.rename(final, aside)
+        _warn(f"{final} existed; moved it to {aside} (delete it yourself once you no longer need it)")
+    os.rename(tmp, final)
+    pointer = os.path.join(root, ".latest.tmp")
+    with open_fresh(pointer) as f:  # a symlink planted at the temporary name is not written through
+        f.write(name)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(pointer, os.path.join(root, "latest"))
+    fsync_dir(root)
 
 
 def _file_digest(path: str) -> str:
@@ -215,7 +233,7 @@ def write_manifest(path: str) -> None:
     files = {e: _file_digest(os.path.join(path, e)) for e in _manifest_files(path)}
     tmp = os.path.join(path, MANIFEST + ".tmp")
     try:
-        with open(tmp, "w") as f:
+        with open_fresh(tmp) as f:
             json.dump({"files": files, "digest": _digest(files)}, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
@@ -535,6 +553,18 @@ class PieceReader:
         except SafetensorError as e:
             raise CheckpointError(f"{os.path.join(self.path, file)}: tensor {self.kind}/{key} unreadable ({e}); "
                                   f"truncated or corrupt") from None
+
+    def stored(self, key: str) -> torch.Tensor:
+        """A tensor as stored, in its stored dtype (an FP8 weight kept at import stays e4m3, its
+        scale float32), checksum- and finiteness-checked like read(): for copying it out unchanged."""
+        name = f"{self.kind}/{key}"
+        if name not in self.pieces:
+            raise CheckpointError(f"{self.path}: tensor {key!r} ({self.kind}) is missing from the checkpoint")
+        found = self.pieces[name]
+        if len(found) != 1 or found[0][1]["dim"] is not None:  # sharded pieces: assemble with read()
+            raise CheckpointError(f"{self.path}: tensor {key!r} is stored in {len(found)} pieces; expected one whole")
+        t = self._slice(found[0][0], name)[:]
+        return self._finite(t, key, [found[0][0]])
 
     def _finite(self, t: torch.Tensor, key: str, files) -> torch.Tensor:
         if _non_finite(t):  # always: cheap, and NaN weights are never worth training on
