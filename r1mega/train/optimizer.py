@@ -72,8 +72,17 @@ class _Bucket:
         return flat
 
     def mask(self, flags: list[bool]) -> torch.Tensor:
-        return self._flat([torch.full(p.shape, float(f), device=p.device) for p, f in zip(self.params, flags)])[
-            self.lo:self.hi]
+        """bool [shard]: each element of this rank's shard takes its parameter's flag. Built at the
+        shard's size: a slice of a whole-bucket tensor would keep the whole bucket's storage alive on
+        every rank (a mask per element of every local parameter, whatever the DP size)."""
+        out = torch.zeros(self.shard, dtype=torch.bool, device=self.params[0].device if self.params else None)
+        at = 0
+        for p, flag in zip(self.params, flags):
+            lo, hi = max(at, self.lo), min(at + p.numel(), self.hi)
+            if flag and lo < hi:
+                out[lo - self.lo:hi - self.lo] = True
+            at += p.numel()
+        return out
 
     def reduce_scatter_grads(self) -> torch.Tensor:
         flat = self._flat([p.grad for p in self.params])
