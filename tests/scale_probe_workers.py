@@ -25,3 +25,37 @@ def optimizer_storage(rank: int, world: int):
         out.append({"numel": b.numel, "shard": b.shard,
                     "bytes": {k: t.untyped_storage().nbytes() for k, t in held.items()}})
     return out
+
+
+def checkpoint_state_gather(rank: int, world: int, window: int):
+    """full_states (what a checkpoint save reads) with optimizer.GATHER_WINDOW = window: the largest
+    tensor any of its collectives produced, whether this rank got states, and whether they equal the
+    whole bucket gathered at once."""
+    from r1mega.train import optimizer as zero
+
+    ps = build_parallel_state(ParallelConfig(dp=world))
+    opt = DistributedAdamW(small_moe(ps), ps, OptimConfig())
+    for b in opt.buckets:  # distinct values per element and rank, so any misplaced piece shows
+        for i, k in enumerate(("master", "exp_avg", "exp_avg_sq")):
+            getattr(b, k).copy_(torch.randn(b.shard) + 10 * i + 100 * rank)
+    gathered = []
+    plain = zero.all_gather_nograd
+
+    def recording(x, group):
+        out = plain(x, group)
+        gathered.append(out.numel())
+        return out
+
+    zero.GATHER_WINDOW, zero.all_gather_nograd = window, recording
+    try:
+        states = opt.full_states()
+    finally:
+        zero.all_gather_nograd = plain
+    equal = True
+    for b in opt.buckets:
+        whole = {k: b.gather_full(getattr(b, k)) for k in ("master", "exp_avg", "exp_avg_sq")}
+        if b.rank == 0:
+            equal &= all(torch.equal(states[n][k], whole[k][i]) for i, n in enumerate(b.names) for k in whole)
+    return {"largest_gather": max(gathered), "bucket_numel": max(b.numel for b in opt.buckets),
+            "names": len(states), "equal": equal, "writer": [b.rank == 0 for b in opt.buckets]}
+
