@@ -59,3 +59,13 @@ def checkpoint_state_gather(rank: int, world: int, window: int):
     return {"largest_gather": max(gathered), "bucket_numel": max(b.numel for b in opt.buckets),
             "names": len(states), "equal": equal, "writer": [b.rank == 0 for b in opt.buckets]}
 
+
+def rollout_cache_peak(rank: int, world: int, cp: int, prompts: list[list[int]], new_tokens: int):
+    """Peak bytes of this rank's paged rollout cache: a tiny float32 DeepSeek-V3 (2 layers) under CP `cp`
+    generating `new_tokens` after each prompt (no EOS: every row runs to the end)."""
+    from r1mega.inference.generate import GenerationConfig, generate
+
+    ps = build_parallel_state(ParallelConfig(cp=cp, dp=world // cp))
+    torch.manual_seed(0)
+    model = DeepseekV3(ModelConfig(num_layers=2, max_position_embeddings=4096), ps)
+    return generate(model, ps, prompts, GenerationConfig(max_new_tokens=new_tokens, block_size=16)).cache_bytes
