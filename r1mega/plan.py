@@ -97,7 +97,9 @@ def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch:
     plan.comm["dp"] = 2 * weight_bytes * (dense * ring(p.dp * p.cp) + expert * ring(edp))
     plan.comm.update(extra)
     if rollout_batch and rollout_len:
-        plan.kv_cache = fam_plan.kv_cache_bytes(m, p, rollout_batch * rollout_len, weight_bytes)
+        # the rollout's sequences are split over DP ranks, and a DP rank's over its CP ranks, each
+        # decoding its rows whole (inference/generate.py): one GPU caches 1 / (dp x cp) of the tokens
+        plan.kv_cache = fam_plan.kv_cache_bytes(m, p, rollout_batch * rollout_len / (p.dp * p.cp), weight_bytes)
     return plan
 
 

@@ -25,6 +25,11 @@ def stage_layers(num_layers: int, pp: int, stage: int, pp_layers: Optional[list[
     return range(start, start + counts[stage])
 
 
+def most_stage_layers(num_layers: int, pp: int, pp_layers: Optional[list[int]] = None) -> int:
+    """Decoder layers of the pipeline stage holding the most (what a per-layer size costs its GPU)."""
+    return max(len(stage_layers(num_layers, pp, stage, pp_layers)) for stage in range(pp))
+
+
 def place_stage(module, cfg, ps: ParallelState, pp_layers: Optional[list[int]], stage: Optional[int],
                 num_stages: Optional[int]) -> None:
     """Set where a family's stage module sits in the pipeline: cfg/ps, stage (default: this rank's pp

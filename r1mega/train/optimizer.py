@@ -9,7 +9,9 @@ The AdamW update is torch.optim.AdamW's, element for element (decoupled weight d
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
 import math
 import torch
 import torch.distributed as dist
@@ -18,6 +20,11 @@ from r1mega.config import ConfigError, OptimConfig
 from r1mega.parallel.comm import all_gather_nograd, reduce_scatter_nograd
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.param_spec import spec_of
+
+STATE_NAMES = ("master", "exp_avg", "exp_avg_sq")
+# elements of one bucket state gathered at once over its group (all ranks' pieces together) when a
+# checkpoint is saved: the device transient of a save, whatever the model's size
+GATHER_WINDOW = 1 << 26
 
 
 def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
@@ -72,8 +79,17 @@ class _Bucket:
         return flat
 
     def mask(self, flags: list[bool]) -> torch.Tensor:
-        return self._flat([torch.full(p.shape, float(f), device=p.device) for p, f in zip(self.params, flags)])[
-            self.lo:self.hi]
+        """bool [shard]: each element of this rank's shard takes its parameter's flag. Built at the
+        shard's size: a slice of a whole-bucket tensor would keep the whole bucket's storage alive on
+        every rank (a mask per element of every local parameter, whatever the DP size)."""
+        out = torch.zeros(self.shard, dtype=torch.bool, device=self.params[0].device if self.params else None)
+        at = 0
+        for p, flag in zip(self.params, flags):
+            lo, hi = max(at, self.lo), min(at + p.numel(), self.hi)
+            if flag and lo < hi:
+                out[lo - self.lo:hi - self.lo] = True
+            at += p.numel()
+        return out
 
     def reduce_scatter_grads(self) -> torch.Tensor:
         flat = self._flat([p.grad for p in self.params])
@@ -146,14 +162,37 @@ class DistributedAdamW:
     # ---- checkpoint support: per-parameter states, independent of the DP sharding -------------
     @torch.no_grad()
     def full_states(self) -> dict[str, dict[str, torch.Tensor]]:
-        """{param name: {master, exp_avg, exp_avg_sq}} in local (TP/EP-sharded) shapes. Collective."""
+        """{param name: {master, exp_avg, exp_avg_sq}} in local (TP/EP-sharded) shapes, float32 in host
+        memory, on the first rank of each bucket's group: the rank that writes those pieces of a
+        checkpoint (the others get no entry for that bucket). Collective. The shards are gathered
+        GATHER_WINDOW elements at a time and copied out to the host, so no rank's device ever holds
+        a whole bucket's states (12 bytes per local parameter: what ZeRO-1 shards over DP)."""
         out: dict[str, dict[str, torch.Tensor]] = {}
         for b in self.buckets:
             if not b.numel:
                 continue
-            parts = {k: b.gather_full(getattr(b, k)) for k in ("master", "exp_avg", "exp_avg_sq")}
-            for i, name in enumerate(b.names):
-                out[name] = {k: v[i].clone() for k, v in parts.items()}
+            writer = b.rank == 0
+            held = {n: {k: torch.empty(p.shape, dtype=torch.float32) for k in STATE_NAMES}
+                    for n, p in zip(b.names, b.params)} if writer else {}
+            starts = list(itertools.accumulate((p.numel() for p in b.params), initial=0))
+            window = max(1, GATHER_WINDOW // b.size)
+            for k in STATE_NAMES:
+                shard = getattr(b, k)
+                for w in range(0, b.shard, window):
+                    piece = shard[w:w + window]
+                    got = all_gather_nograd(piece, b.group) if b.group is not None else piece
+                    if not writer:
+                        continue
+                    got = got.view(b.size, -1).cpu()
+                    for r in range(b.size):  # rank r's piece: flat elements [r * shard + w, ... + len)
+                        lo = r * b.shard + w
+                        hi = lo + got.shape[1]
+                        i = bisect.bisect_right(starts, lo) - 1
+                        while i < len(b.params) and starts[i] < hi:
+                            a, e = max(starts[i], lo), min(starts[i + 1], hi)
+                            held[b.names[i]][k].view(-1)[a - starts[i]:e - starts[i]].copy_(got[r, a - lo:e - lo])
+                            i += 1
+            out.update(held)
         return out
 
     @torch.no_grad()

@@ -13,7 +13,7 @@ from typing import Optional
 from r1mega.models.deepseek_v3.activation_memory import layer_activation_bytes
 from r1mega.models.deepseek_v3.config import ModelConfig
 from r1mega.models.deepseek_v3.params import attention_params, kind_params, moe_layer_count
-from r1mega.models.stage import stage_layers
+from r1mega.models.stage import most_stage_layers, stage_layers
 
 
 def stage_layer_kinds(m: ModelConfig, p, stage: int) -> tuple[range, int]:
@@ -94,9 +94,10 @@ def family_comm(m: ModelConfig, p, stage: int, tokens: float, micro_per_rank: in
             "cp": 2 * latent * (p.cp - 1) * len(layers) * micro_per_rank}
 
 
-def kv_cache_bytes(m: ModelConfig, p, tokens: int, weight_bytes: int) -> dict[str, float]:
-    """Rollout KV cache per GPU for `tokens` (sequences x length): MLA's shared latent (replicated
-    over TP) beside what full per-head keys and values (split by heads) would take."""
-    n = tokens * (m.num_layers / p.pp) * weight_bytes / p.dp
+def kv_cache_bytes(m: ModelConfig, p, tokens: float, weight_bytes: int) -> dict[str, float]:
+    """Rollout KV cache of a GPU caching `tokens` (its rows x length) for its stage's layers (the
+    stage holding the most): MLA's shared latent (replicated over TP) beside what full per-head keys
+    and values (split by heads) would take."""
+    n = tokens * most_stage_layers(m.num_layers, p.pp, p.pp_layers) * weight_bytes
     return {"mla_latent": n * (m.kv_lora_rank + m.qk_rope_head_dim),
             "full_heads": n * m.num_heads * (m.qk_head_dim + m.v_head_dim) / p.tp}

@@ -18,6 +18,7 @@ from typing import Optional
 from r1mega.models.deepseek_v3 import plan as v3
 from r1mega.models.deepseek_v3.config import ModelConfig
 from r1mega.models.deepseek_v32.params import attention_flops_per_token, count_params, indexer_params
+from r1mega.models.stage import most_stage_layers
 
 GiB = 1024 ** 3
 
@@ -62,10 +63,10 @@ def family_comm(m, p, stage: int, tokens: float, micro_per_rank: int, weight_byt
     return v3.family_comm(base_config(m), p, stage, tokens, micro_per_rank, weight_bytes)
 
 
-def kv_cache_bytes(m, p, tokens: int, weight_bytes: int) -> dict[str, float]:
+def kv_cache_bytes(m, p, tokens: float, weight_bytes: int) -> dict[str, float]:
     """V3's latent cache plus the indexer's key per token and layer."""
     out = v3.kv_cache_bytes(base_config(m), p, tokens, weight_bytes)
-    out["index_keys"] = tokens * (m.num_layers / p.pp) * weight_bytes / p.dp * m.index_head_dim
+    out["index_keys"] = tokens * most_stage_layers(m.num_layers, p.pp, p.pp_layers) * weight_bytes * m.index_head_dim
     return out
 
 

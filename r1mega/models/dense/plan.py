@@ -7,7 +7,7 @@ from typing import Optional
 
 from r1mega.models.dense.config import DenseConfig
 from r1mega.models.dense.params import count_params
-from r1mega.models.stage import stage_layers
+from r1mega.models.stage import most_stage_layers, stage_layers
 
 
 def _per_layer_held(s: DenseConfig, p) -> float:
@@ -55,8 +55,9 @@ def family_comm(s: DenseConfig, p, stage: int, tokens: float, micro_per_rank: in
             * micro_per_rank}
 
 
-def kv_cache_bytes(s: DenseConfig, p, tokens: int, weight_bytes: int) -> dict[str, float]:
-    """Per-head K and V of the KV heads a rank attends with (GQA)."""
+def kv_cache_bytes(s: DenseConfig, p, tokens: float, weight_bytes: int) -> dict[str, float]:
+    """Per-head K and V of the KV heads a rank attends with (GQA), for a GPU caching `tokens` (its
+    rows x length) for its stage's layers (the stage holding the most)."""
     kv_local = _kv_heads_local(s, p)[1]
-    layers = -(-s.num_layers // p.pp)
-    return {"gqa_heads": tokens * layers * weight_bytes / p.dp * 2 * kv_local * s.head_size}
+    layers = most_stage_layers(s.num_layers, p.pp, p.pp_layers)
+    return {"gqa_heads": tokens * layers * weight_bytes * 2 * kv_local * s.head_size}
