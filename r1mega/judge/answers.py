@@ -9,7 +9,10 @@ final_answer(text, fallback) reads only the visible text after the thought (resp
        "a_colon"      only the "A:" rule
        "last_number"  only the last number: optional sign, digits, optional decimals or /denominator
        "none"         no fallback: an answer needs <answer> or \\boxed
-Unicode decimal digits (Arabic-Indic, fullwidth, ...) are read as ASCII digits.
+Characters that show as ASCII ones are read as them first (plain_characters): Unicode decimal digits
+(Arabic-Indic, fullwidth, ...), fullwidth punctuation (３／４ is 3/4), minus signs (−, ﹣, ➖) and
+Unicode spaces; invisible ones (zero-width space, direction marks, soft hyphen, BOM) are dropped,
+so an answer means what it shows (math-verify stopped at or skipped them: 1<ZWSP>2 was 1).
 
 equivalent(a, b): the same string; else math-verify (symbolic / numeric: 1/2 = 0.5 = \\frac{1}{2});
 else, when either side does not parse, the same string up to whitespace and case (multiple-choice
@@ -32,11 +35,22 @@ FALLBACKS = ("auto", "a_colon", "last_number", "none")
 BOXED = "\\boxed{"
 # 1,234.5 | -7 | 0.25 | 3/4 (each alternative consumes a digit run once: linear)
 _NUMBER = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?|[-+]?\d+(?:\.\d+)?(?:/\d+)?")
+_DIGIT = re.compile(r"\d")  # any script's
 _UNICODE_DIGIT = re.compile(r"(?![0-9])\d")  # a decimal digit of another script
 _NAN = re.compile(r"[-+]?\s*(?:nan|\\mathrm\{nan\}|\\text\{nan\})", re.IGNORECASE)
 # 1e+20, -2.5E-3: a number in scientific notation (the form str(float) gives a JSON answer like 1e-05);
 # math-verify reads it as 1*e + 20 with Euler's e, so it is rewritten as m \times 10^{k} first
 _SCIENTIFIC = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?\d{1,3})")  # |k| < 1000: no power tower for sympy
+# invisible format characters (Unicode Cf: soft hyphen, zero-width and direction marks, word joiner, BOM)
+_INVISIBLE = re.compile("[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff]")
+# characters shown as an ASCII one: fullwidth forms (U+FF01-FF5E are ASCII 0x21-0x7E), minus signs, spaces
+_AS_ASCII = {**{0xFF01 + i: 0x21 + i for i in range(0x5E)}, **dict.fromkeys(map(ord, "\u2212\ufe63\u2796"), "-"),
+             **dict.fromkeys(map(ord, "\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
+                                      "\u200a\u202f\u205f\u3000"), " ")}
+_SHOWN_AS_ASCII = re.compile("[" + "".join(map(chr, _AS_ASCII)) + "]")
+# what a number of _NUMBER may be made of before plain_characters (a window must not start inside one)
+_IN_NUMBERS = ("0123456789.,+-\u2212\ufe63\u2796\u00ad\u200b\u200c\u200d\u200e\u200f\u2060\ufeff"
+               + "".join(chr(0xFF10 + i) for i in range(10)) + "\uff0b\uff0c\uff0d\uff0e")
 _INF = re.compile(r"[-+]?\s*(?:inf|infinity|\\infty|∞|oo|\\infinity)", re.IGNORECASE)
 
 
@@ -88,14 +102,16 @@ def _after_a_colon(text: str) -> Optional[str]:
 
 def _last_number(text: str) -> Optional[str]:
     """The last number, searched in windows from the end (doubling), so a long text with a number
-    near its end is not scanned whole; a window never starts inside a number."""
+    near its end is not scanned whole; a window never starts inside a number, and is read as it shows
+    (plain_characters: "−5" is -5, "1<ZWSP>2" is 12)."""
     size, end = 4096, len(text)
     while True:
         start = max(0, end - size)
-        start = len(text[:start].rstrip("0123456789.,+-"))  # back to the start of a number cut by the window
+        start = len(text[:start].rstrip(_IN_NUMBERS))  # back to the start of a number cut by the window
         last = None
-        for last in _NUMBER.finditer(text, start, end):
-            pass
+        if _DIGIT.search(text, start, end):  # else no number here; so only the window holding one is translated
+            for last in _NUMBER.finditer(plain_characters(text[start:end])):
+                pass
         if last is not None:
             return last.group().replace(",", "")
         if start == 0:
@@ -108,6 +124,18 @@ def ascii_digits(s: str) -> str:
     if s.isascii():
         return s
     return _UNICODE_DIGIT.sub(lambda m: str(unicodedata.decimal(m.group())), s)
+
+
+def plain_characters(s: str) -> str:
+    """The text as it shows: invisible characters dropped, and digits, fullwidth forms, minus signs and
+    spaces that show as ASCII ones made ASCII. Linear, and free for ASCII text (the translation runs only
+    when such a character is there)."""
+    if s.isascii():
+        return s
+    s = _INVISIBLE.sub("", s)
+    if _SHOWN_AS_ASCII.search(s):
+        s = s.translate(_AS_ASCII)
+    return ascii_digits(s)
 
 
 def answer_in(visible: str, fallback: str = "auto") -> Optional[str]:
@@ -123,10 +151,10 @@ def answer_in(visible: str, fallback: str = "auto") -> Optional[str]:
         if found is None and fallback in ("auto", "a_colon"):
             found = _after_a_colon(visible)
         if found is None and fallback in ("auto", "last_number"):
-            found = _last_number(visible)  # \d matches every script's digits; made ASCII below
+            found = _last_number(visible)
     if found is None:
         return None
-    found = ascii_digits(found).strip()
+    found = plain_characters(found).strip()
     return found or None
 
 
@@ -191,7 +219,7 @@ def _scientific_as_latex(s: str) -> str:
 
 
 def _equivalent(a: str, b: str) -> bool:
-    a, b = _scientific_as_latex(ascii_digits(a)), _scientific_as_latex(ascii_digits(b))
+    a, b = _scientific_as_latex(plain_characters(a)), _scientific_as_latex(plain_characters(b))
     ka, kb = _kind(a), _kind(b)
     if "nan" in (ka, kb):
         return False
