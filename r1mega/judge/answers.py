@@ -13,6 +13,9 @@ Characters that show as ASCII ones are read as them first (plain_characters): Un
 (Arabic-Indic, fullwidth, ...), fullwidth punctuation (３／４ is 3/4), minus signs (−, ﹣, ➖) and
 Unicode spaces; invisible ones (zero-width space, direction marks, soft hyphen, BOM) are dropped,
 so an answer means what it shows (math-verify stopped at or skipped them: 1<ZWSP>2 was 1).
+Digits grouped in threes by a thin space or the like (1\\,000, 1~000, 1 000, a no-break space: LaTeX
+renders them as one number) are one number (math-verify read 1\\,000 as 1 x 000 and 12\\,500 as 512); the
+last-number rule does not join groups parted by a plain space ("day 5 100 people" ends in 100).
 
 equivalent(a, b): the same string; else math-verify (symbolic / numeric: 1/2 = 0.5 = \\frac{1}{2});
 else, when either side does not parse, the same string up to whitespace and case (multiple-choice
@@ -51,6 +54,14 @@ _SHOWN_AS_ASCII = re.compile("[" + "".join(map(chr, _AS_ASCII)) + "]")
 # what a number of _NUMBER may be made of before plain_characters (a window must not start inside one)
 _IN_NUMBERS = ("0123456789.,+-\u2212\ufe63\u2796\u00ad\u200b\u200c\u200d\u200e\u200f\u2060\ufeff"
                + "".join(chr(0xFF10 + i) for i in range(10)) + "\uff0b\uff0c\uff0d\uff0e")
+# digits grouped in threes after a first group of 1-3 (1\,000; 12 345 678), not continuing a number, an
+# exponent or a name; the separators LaTeX and typesetting use: \, \; \: \<space> \thinspace ~ and spaces
+# (at most three between two groups: no long run is scanned again from each digit)
+_GROUP_SEP = r"(?:\\[,;: ]|\\thinspace(?![A-Za-z])|~|[\u00a0\u2000-\u200a\u202f\u205f\u3000{}]){{1,3}}"
+_FIRST_GROUP = r"\d(?<![\w.^]\d)\d{0,2}"  # a digit first, so the regex engine skips to digits
+_GROUPED = re.compile(_FIRST_GROUP + "(?:" + _GROUP_SEP.format(" \t") + r"\d{3})+(?!\d)")
+_GROUPED_IN_PROSE = re.compile(_FIRST_GROUP + "(?:" + _GROUP_SEP.format("") + r"\d{3})+(?!\d)")
+_NOT_DIGIT = re.compile(r"\D+")
 _INF = re.compile(r"[-+]?\s*(?:inf|infinity|\\infty|∞|oo|\\infinity)", re.IGNORECASE)
 
 
@@ -110,7 +121,7 @@ def _last_number(text: str) -> Optional[str]:
         start = len(text[:start].rstrip(_IN_NUMBERS))  # back to the start of a number cut by the window
         last = None
         if _DIGIT.search(text, start, end):  # else no number here; so only the window holding one is translated
-            for last in _NUMBER.finditer(plain_characters(text[start:end])):
+            for last in _NUMBER.finditer(plain_characters(ungrouped(text[start:end], prose=True))):
                 pass
         if last is not None:
             return last.group().replace(",", "")
@@ -136,6 +147,13 @@ def plain_characters(s: str) -> str:
     if _SHOWN_AS_ASCII.search(s):
         s = s.translate(_AS_ASCII)
     return ascii_digits(s)
+
+
+def ungrouped(s: str, prose: bool = False) -> str:
+    """Digits grouped in threes (1\\,000) as one number (1000); prose: not across a plain space."""
+    if not _DIGIT.search(s):
+        return s
+    return (_GROUPED_IN_PROSE if prose else _GROUPED).sub(lambda m: _NOT_DIGIT.sub("", m.group()), s)
 
 
 def answer_in(visible: str, fallback: str = "auto") -> Optional[str]:
@@ -219,7 +237,10 @@ def _scientific_as_latex(s: str) -> str:
 
 
 def _equivalent(a: str, b: str) -> bool:
-    a, b = _scientific_as_latex(plain_characters(a)), _scientific_as_latex(plain_characters(b))
+    a, b = plain_characters(a), plain_characters(b)
+    if max(len(a), len(b)) <= MAX_ANSWER_CHARS:  # longer ones are compared as strings only, both as written
+        a, b = ungrouped(a), ungrouped(b)
+    a, b = _scientific_as_latex(a), _scientific_as_latex(b)
     ka, kb = _kind(a), _kind(b)
     if "nan" in (ka, kb):
         return False
