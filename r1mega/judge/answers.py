@@ -9,10 +9,9 @@ final_answer(text, fallback) reads only the visible text after the thought (resp
        "a_colon"      only the "A:" rule
        "last_number"  only the last number: optional sign, digits, optional decimals or /denominator
        "none"         no fallback: an answer needs <answer> or \\boxed
-Characters that show as ASCII ones are read as them first (plain_characters): Unicode decimal digits
-(Arabic-Indic, fullwidth, ...), fullwidth punctuation (３／４ is 3/4), minus signs (−, ﹣, ➖) and
-Unicode spaces; invisible ones (zero-width space, direction marks, soft hyphen, BOM) are dropped,
-so an answer means what it shows (math-verify stopped at or skipped them: 1<ZWSP>2 was 1).
+An answer is read as it shows (characters.py): other scripts' digits, fullwidth forms (３／４ is 3/4),
+minus signs (−, ﹣, ➖) and spaces as ASCII, invisible characters dropped (math-verify stopped at or
+skipped them: 1<ZWSP>2 was 1).
 Digits grouped in threes by a thin space or the like (1\\,000, 1~000, 1 000, a no-break space: LaTeX
 renders them as one number) are one number (math-verify read 1\\,000 as 1 x 000 and 12\\,500 as 512); the
 last-number rule does not join groups parted by a plain space ("day 5 100 people" ends in 100).
@@ -26,10 +25,10 @@ reference (issue 23 saw "A: nan" judged correct). A number too large to evaluate
 from __future__ import annotations
 
 import re
-import unicodedata
 from functools import lru_cache
 from typing import Optional
 
+from r1mega.judge.characters import plain_characters
 from r1mega.judge.limits import MAX_ANSWER_CHARS
 from r1mega.judge.magnitude import too_large
 from r1mega.judge.response import split
@@ -39,18 +38,10 @@ BOXED = "\\boxed{"
 # 1,234.5 | -7 | 0.25 | 3/4 (each alternative consumes a digit run once: linear)
 _NUMBER = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?|[-+]?\d+(?:\.\d+)?(?:/\d+)?")
 _DIGIT = re.compile(r"\d")  # any script's
-_UNICODE_DIGIT = re.compile(r"(?![0-9])\d")  # a decimal digit of another script
 _NAN = re.compile(r"[-+]?\s*(?:nan|\\mathrm\{nan\}|\\text\{nan\})", re.IGNORECASE)
 # 1e+20, -2.5E-3: a number in scientific notation (the form str(float) gives a JSON answer like 1e-05);
 # math-verify reads it as 1*e + 20 with Euler's e, so it is rewritten as m \times 10^{k} first
 _SCIENTIFIC = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?\d{1,3})")  # |k| < 1000: no power tower for sympy
-# invisible format characters (Unicode Cf: soft hyphen, zero-width and direction marks, word joiner, BOM)
-_INVISIBLE = re.compile("[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff]")
-# characters shown as an ASCII one: fullwidth forms (U+FF01-FF5E are ASCII 0x21-0x7E), minus signs, spaces
-_AS_ASCII = {**{0xFF01 + i: 0x21 + i for i in range(0x5E)}, **dict.fromkeys(map(ord, "\u2212\ufe63\u2796"), "-"),
-             **dict.fromkeys(map(ord, "\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
-                                      "\u200a\u202f\u205f\u3000"), " ")}
-_SHOWN_AS_ASCII = re.compile("[" + "".join(map(chr, _AS_ASCII)) + "]")
 # what a number of _NUMBER may be made of before plain_characters (a window must not start inside one)
 _IN_NUMBERS = ("0123456789.,+-\u2212\ufe63\u2796\u00ad\u200b\u200c\u200d\u200e\u200f\u2060\ufeff"
                + "".join(chr(0xFF10 + i) for i in range(10)) + "\uff0b\uff0c\uff0d\uff0e")
@@ -128,25 +119,6 @@ def _last_number(text: str) -> Optional[str]:
         if start == 0:
             return None
         end, size = start, size * 2
-
-
-def ascii_digits(s: str) -> str:
-    """Every Unicode decimal digit as its ASCII digit (٧ and ７ are 7)."""
-    if s.isascii():
-        return s
-    return _UNICODE_DIGIT.sub(lambda m: str(unicodedata.decimal(m.group())), s)
-
-
-def plain_characters(s: str) -> str:
-    """The text as it shows: invisible characters dropped, and digits, fullwidth forms, minus signs and
-    spaces that show as ASCII ones made ASCII. Linear, and free for ASCII text (the translation runs only
-    when such a character is there)."""
-    if s.isascii():
-        return s
-    s = _INVISIBLE.sub("", s)
-    if _SHOWN_AS_ASCII.search(s):
-        s = s.translate(_AS_ASCII)
-    return ascii_digits(s)
 
 
 def ungrouped(s: str, prose: bool = False) -> str:
