@@ -3,6 +3,7 @@ reader sees (answers.py compares answers so, format.py asks for a thought and an
 
     plain_characters  other scripts' digits (٧, ７), fullwidth forms (U+FF01-FF5E: ３／４ is 3/4), minus
                       signs (−, ﹣, ➖) and Unicode spaces as ASCII; invisible characters dropped
+    without_invisible the text without its invisible characters (language.py counts words so)
     shows_something   whether any character shows (not whitespace, not invisible)
 Invisible: Unicode format characters (soft hyphen, zero-width space/joiners, direction marks, word
 joiner, invisible operators, BOM) and the blank letters that render as nothing (Braille blank, Hangul
@@ -32,12 +33,17 @@ def ascii_digits(s: str) -> str:
     return _UNICODE_DIGIT.sub(lambda m: str(unicodedata.decimal(m.group())), s)
 
 
+def without_invisible(s: str) -> str:
+    """The text without its invisible characters (a word cut by a zero-width space is one word)."""
+    return s if s.isascii() else _INVISIBLE.sub("", s)
+
+
 def plain_characters(s: str) -> str:
     """The text as it shows, in ASCII where a character shows as an ASCII one (the translation runs
     only when such a character is there)."""
     if s.isascii():
         return s
-    s = _INVISIBLE.sub("", s)
+    s = without_invisible(s)
     if _SHOWN_AS_ASCII.search(s):
         s = s.translate(_AS_ASCII)
     return ascii_digits(s)
