@@ -2,7 +2,7 @@
 
 final_answer(text, fallback) reads only the visible text after the thought (response.py):
   1. the last closed <answer>...</answer> (its last \\boxed{...} when it holds one, else its text)
-  2. else the last closed \\boxed{...} (balanced braces)
+  2. else the last closed \\boxed{...} (balanced braces; \\boxed {...} too)
   3. else the fallback:
        "auto"         (the default) the rest of the line after the last "A:" (the built-in corpus's
                       "Q: 3+4= A: 7" form); without one, the last number (a chat model's "3 + 18 = 21")
@@ -34,7 +34,8 @@ from r1mega.judge.magnitude import too_large
 from r1mega.judge.response import split
 
 FALLBACKS = ("auto", "a_colon", "last_number", "none")
-BOXED = "\\boxed{"
+BOXED = "\\boxed"
+_BOX_BRACE = re.compile(r"\s*\{")
 # 1,234.5 | -7 | 0.25 | 3/4 (each alternative consumes a digit run once: linear)
 _NUMBER = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?|[-+]?\d+(?:\.\d+)?(?:/\d+)?")
 _DIGIT = re.compile(r"\d")  # any script's
@@ -71,16 +72,19 @@ def _closing_brace(text: str, start: int, end: int) -> int:
 
 
 def last_boxed(text: str) -> Optional[str]:
-    """Content of the last \\boxed{...} whose braces close. Linear: when the last box does not close,
-    an earlier box can only close before it (a box enclosing it would not close either), so each
-    candidate is searched up to the previous candidate and no character is read twice."""
+    """Content of the last \\boxed{...} whose braces close (whitespace may come before the brace, as LaTeX
+    allows: \\boxed {x}). Linear: when the last box does not close, an earlier box can only close before
+    it (a box enclosing it would not close either), so each candidate is searched up to the previous
+    candidate and no character is read twice."""
     end = len(text)
     at = text.rfind(BOXED, 0, end)
     while at >= 0:
-        start = at + len(BOXED)
-        close = _closing_brace(text, start, end)
-        if close >= 0:
-            return text[start:close]
+        brace = _BOX_BRACE.match(text, at + len(BOXED), end)  # \\boxedx is another command
+        if brace:
+            start = brace.end()
+            close = _closing_brace(text, start, end)
+            if close >= 0:
+                return text[start:close]
         end = at
         at = text.rfind(BOXED, 0, end)
     return None
