@@ -2,14 +2,19 @@
 
 final_answer(text, fallback) reads only the visible text after the thought (response.py):
   1. the last closed <answer>...</answer> (its last \\boxed{...} when it holds one, else its text)
-  2. else the last closed \\boxed{...} (balanced braces)
+  2. else the last closed \\boxed{...} (balanced braces; \\boxed {...} too)
   3. else the fallback:
        "auto"         (the default) the rest of the line after the last "A:" (the built-in corpus's
                       "Q: 3+4= A: 7" form); without one, the last number (a chat model's "3 + 18 = 21")
        "a_colon"      only the "A:" rule
        "last_number"  only the last number: optional sign, digits, optional decimals or /denominator
        "none"         no fallback: an answer needs <answer> or \\boxed
-Unicode decimal digits (Arabic-Indic, fullwidth, ...) are read as ASCII digits.
+An answer is read as it shows (characters.py): other scripts' digits, fullwidth forms (３／４ is 3/4),
+minus signs (−, ﹣, ➖) and spaces as ASCII, invisible characters dropped (math-verify stopped at or
+skipped them: 1<ZWSP>2 was 1).
+Digits grouped in threes by a thin space or the like (1\\,000, 1~000, 1 000, a no-break space: LaTeX
+renders them as one number) are one number (math-verify read 1\\,000 as 1 x 000 and 12\\,500 as 512); the
+last-number rule does not join groups parted by a plain space ("day 5 100 people" ends in 100).
 
 equivalent(a, b): the same string; else math-verify (symbolic / numeric: 1/2 = 0.5 = \\frac{1}{2});
 else, when either side does not parse, the same string up to whitespace and case (multiple-choice
@@ -20,23 +25,35 @@ reference (issue 23 saw "A: nan" judged correct). A number too large to evaluate
 from __future__ import annotations
 
 import re
-import unicodedata
 from functools import lru_cache
 from typing import Optional
 
+from r1mega.judge.characters import plain_characters
 from r1mega.judge.limits import MAX_ANSWER_CHARS
 from r1mega.judge.magnitude import too_large
 from r1mega.judge.response import split
 
 FALLBACKS = ("auto", "a_colon", "last_number", "none")
-BOXED = "\\boxed{"
+BOXED = "\\boxed"
+_BOX_BRACE = re.compile(r"\s*\{")
 # 1,234.5 | -7 | 0.25 | 3/4 (each alternative consumes a digit run once: linear)
 _NUMBER = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?|[-+]?\d+(?:\.\d+)?(?:/\d+)?")
-_UNICODE_DIGIT = re.compile(r"(?![0-9])\d")  # a decimal digit of another script
+_DIGIT = re.compile(r"\d")  # any script's
 _NAN = re.compile(r"[-+]?\s*(?:nan|\\mathrm\{nan\}|\\text\{nan\})", re.IGNORECASE)
 # 1e+20, -2.5E-3: a number in scientific notation (the form str(float) gives a JSON answer like 1e-05);
 # math-verify reads it as 1*e + 20 with Euler's e, so it is rewritten as m \times 10^{k} first
 _SCIENTIFIC = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?\d{1,3})")  # |k| < 1000: no power tower for sympy
+# what a number of _NUMBER may be made of before plain_characters (a window must not start inside one)
+_IN_NUMBERS = ("0123456789.,+-\u2212\ufe63\u2796\u00ad\u200b\u200c\u200d\u200e\u200f\u2060\ufeff"
+               + "".join(chr(0xFF10 + i) for i in range(10)) + "\uff0b\uff0c\uff0d\uff0e")
+# digits grouped in threes after a first group of 1-3 (1\,000; 12 345 678), not continuing a number, an
+# exponent or a name; the separators LaTeX and typesetting use: \, \; \: \<space> \thinspace ~ and spaces
+# (at most three between two groups: no long run is scanned again from each digit)
+_GROUP_SEP = r"(?:\\[,;: ]|\\thinspace(?![A-Za-z])|~|[\u00a0\u2000-\u200a\u202f\u205f\u3000{}]){{1,3}}"
+_FIRST_GROUP = r"\d(?<![\w.^]\d)\d{0,2}"  # a digit first, so the regex engine skips to digits
+_GROUPED = re.compile(_FIRST_GROUP + "(?:" + _GROUP_SEP.format(" \t") + r"\d{3})+(?!\d)")
+_GROUPED_IN_PROSE = re.compile(_FIRST_GROUP + "(?:" + _GROUP_SEP.format("") + r"\d{3})+(?!\d)")
+_NOT_DIGIT = re.compile(r"\D+")
 _INF = re.compile(r"[-+]?\s*(?:inf|infinity|\\infty|∞|oo|\\infinity)", re.IGNORECASE)
 
 
@@ -55,16 +72,19 @@ def _closing_brace(text: str, start: int, end: int) -> int:
 
 
 def last_boxed(text: str) -> Optional[str]:
-    """Content of the last \\boxed{...} whose braces close. Linear: when the last box does not close,
-    an earlier box can only close before it (a box enclosing it would not close either), so each
-    candidate is searched up to the previous candidate and no character is read twice."""
+    """Content of the last \\boxed{...} whose braces close (whitespace may come before the brace, as LaTeX
+    allows: \\boxed {x}). Linear: when the last box does not close, an earlier box can only close before
+    it (a box enclosing it would not close either), so each candidate is searched up to the previous
+    candidate and no character is read twice."""
     end = len(text)
     at = text.rfind(BOXED, 0, end)
     while at >= 0:
-        start = at + len(BOXED)
-        close = _closing_brace(text, start, end)
-        if close >= 0:
-            return text[start:close]
+        brace = _BOX_BRACE.match(text, at + len(BOXED), end)  # \\boxedx is another command
+        if brace:
+            start = brace.end()
+            close = _closing_brace(text, start, end)
+            if close >= 0:
+                return text[start:close]
         end = at
         at = text.rfind(BOXED, 0, end)
     return None
@@ -88,14 +108,16 @@ def _after_a_colon(text: str) -> Optional[str]:
 
 def _last_number(text: str) -> Optional[str]:
     """The last number, searched in windows from the end (doubling), so a long text with a number
-    near its end is not scanned whole; a window never starts inside a number."""
+    near its end is not scanned whole; a window never starts inside a number, and is read as it shows
+    (plain_characters: "−5" is -5, "1<ZWSP>2" is 12)."""
     size, end = 4096, len(text)
     while True:
         start = max(0, end - size)
-        start = len(text[:start].rstrip("0123456789.,+-"))  # back to the start of a number cut by the window
+        start = len(text[:start].rstrip(_IN_NUMBERS))  # back to the start of a number cut by the window
         last = None
-        for last in _NUMBER.finditer(text, start, end):
-            pass
+        if _DIGIT.search(text, start, end):  # else no number here; so only the window holding one is translated
+            for last in _NUMBER.finditer(plain_characters(ungrouped(text[start:end], prose=True))):
+                pass
         if last is not None:
             return last.group().replace(",", "")
         if start == 0:
@@ -103,11 +125,11 @@ def _last_number(text: str) -> Optional[str]:
         end, size = start, size * 2
 
 
-def ascii_digits(s: str) -> str:
-    """Every Unicode decimal digit as its ASCII digit (٧ and ７ are 7)."""
-    if s.isascii():
+def ungrouped(s: str, prose: bool = False) -> str:
+    """Digits grouped in threes (1\\,000) as one number (1000); prose: not across a plain space."""
+    if not _DIGIT.search(s):
         return s
-    return _UNICODE_DIGIT.sub(lambda m: str(unicodedata.decimal(m.group())), s)
+    return (_GROUPED_IN_PROSE if prose else _GROUPED).sub(lambda m: _NOT_DIGIT.sub("", m.group()), s)
 
 
 def answer_in(visible: str, fallback: str = "auto") -> Optional[str]:
@@ -123,10 +145,10 @@ def answer_in(visible: str, fallback: str = "auto") -> Optional[str]:
         if found is None and fallback in ("auto", "a_colon"):
             found = _after_a_colon(visible)
         if found is None and fallback in ("auto", "last_number"):
-            found = _last_number(visible)  # \d matches every script's digits; made ASCII below
+            found = _last_number(visible)
     if found is None:
         return None
-    found = ascii_digits(found).strip()
+    found = plain_characters(found).strip()
     return found or None
 
 
@@ -191,7 +213,10 @@ def _scientific_as_latex(s: str) -> str:
 
 
 def _equivalent(a: str, b: str) -> bool:
-    a, b = _scientific_as_latex(ascii_digits(a)), _scientific_as_latex(ascii_digits(b))
+    a, b = plain_characters(a), plain_characters(b)
+    if max(len(a), len(b)) <= MAX_ANSWER_CHARS:  # longer ones are compared as strings only, both as written
+        a, b = ungrouped(a), ungrouped(b)
+    a, b = _scientific_as_latex(a), _scientific_as_latex(b)
     ka, kb = _kind(a), _kind(b)
     if "nan" in (ka, kb):
         return False

@@ -8,10 +8,12 @@ Words, by script (each counted by one character-class scan over the text):
   Latin, Cyrillic, Greek, Arabic, Hebrew, Devanagari, Hangul: runs of letters of that script
   kana, Han (CJK ideographs): one word per character (the languages write no spaces)
   other letters (Thai, ...): a word in no target language
-Neutral (not words at all): digits in any script, punctuation, mathematical symbols, LaTeX commands
-(\\frac, \\sqrt, ...), function names (sin, log, gcd, ...) and single Latin or Greek letters
-(variables: x, n, π). So a thought of pure mathematics ("3+4=7", "x^2 = 4") has no words:
-language_share is None, which the reward scores as consistent (1.0) and the filter keeps.
+Characters that show nothing (zero-width space, soft hyphen, ...: characters.py) are dropped first,
+so they cannot cut a word into fragments no lexicon knows. Neutral (not words at all): digits in any
+script, punctuation, mathematical symbols, LaTeX commands (\\frac, \\sqrt, ...), function names
+(sin, log, gcd, ...) and single Latin or Greek letters (variables: x, n, π). So a thought of pure
+mathematics ("3+4=7", "x^2 = 4") has no words: language_share is None, which the reward scores as
+consistent (1.0) and the filter keeps.
 
 Which language a word is in:
   Cyrillic -> ru (also uk, bg, sr: the script is the language here), Greek -> el, Arabic -> ar (fa,
@@ -36,6 +38,7 @@ import re
 from collections import Counter
 from typing import Optional
 
+from r1mega.judge.characters import without_invisible
 from r1mega.judge.lexicons import LATIN_LANGUAGES, LATIN_LEXICON, MATH_WORDS
 
 KANA_FOR_JAPANESE = 0.1
@@ -81,7 +84,7 @@ def _winner(score: Counter) -> Optional[str]:
 def word_languages(text: str, target: str) -> Counter:
     """Words of the text per language ('other' for letters of no listed language)."""
     target = canonical(target)
-    text = _LATEX.sub(" ", text)
+    text = _LATEX.sub(" ", without_invisible(text))  # a zero-width space inside a word does not split it
     counts: Counter = Counter()
     for script, rx in _RUNS.items():
         if script != "greek":

@@ -16,16 +16,18 @@ the response through r1mega.judge, the same judge as `r1mega eval` and the rejec
             reward, r1mega/judge/language.py); a thought without words (pure mathematics) scores 1;
             the target is the sample's `language`, else rl.language, else en
   code      1 if the last Python block after the thought (r1mega/judge/code_blocks.py) passes every
-            test of the sample in the sandbox (r1mega/sandbox/isolation.py), else 0: `tests` as Python
-            run after the code (then `check(entry_point)` when given), or a list of {input, output}
-            stdin/stdout cases. The tests run in a judge process that never held the program's code,
-            calling its functions through plain data (r1mega/sandbox/code_tests.py)
+            test of the sample in the sandbox (r1mega/sandbox/isolation.py), else 0:
+            `tests` as Python run after the code (then `check(entry_point)` when given),
+            or a list of {input, output} stdin/stdout cases (once one case fails, the
+            program's other cases are not run on). The tests run in a judge process that
+            never held the program's code, calling its functions through plain data
+            (r1mega/sandbox/code_tests.py)
 A response longer than r1mega.judge.MAX_RESPONSE_CHARS scores 0 on every reward.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 from r1mega import judge
 from r1mega.judge.response import split
@@ -57,39 +59,54 @@ def language_reward(text: str, sample: dict, programs: Optional[Programs] = None
     return 1.0 if share is None else share
 
 
-def _code_jobs(text: str, sample: dict) -> Optional[list[Job]]:
+class _Case(NamedTuple):
+    key: tuple  # what the sandbox result is kept under in Programs
+    job: Job
+    expected: Optional[str]  # the stdout a stdin/stdout case must print (None: tests judged apart)
+
+
+def _code_jobs(text: str, sample: dict) -> Optional[list[_Case]]:
     tests, code = sample.get("tests"), judge.final_code(text)  # the answer's program, not the thought's
     if tests is None or code is None:
         return None
     if isinstance(tests, list):  # stdin/stdout cases, judged here (outside the sandbox)
-        return [Job(code, stdin=str(case["input"])) for case in tests]
-    return [Job(code, tests=tests, entry_point=sample.get("entry_point"), judged=True)]  # judged apart from it
+        return [_Case(("stdio", code, str(c["input"]), str(c["output"])), Job(code, stdin=str(c["input"])),
+                      str(c["output"])) for c in tests]
+    entry = sample.get("entry_point")
+    return [_Case(("tests", code, tests, entry), Job(code, tests=tests, entry_point=entry, judged=True), None)]  # judged apart
 
 
-def _key(job: Job) -> tuple:
-    return job.code, job.stdin, job.tests, job.entry_point
+def _passes(res: SandboxResult, expected: Optional[str]) -> bool:
+    return res.ok and (expected is None or res.stdout.split() == expected.split())
+
+
+def _run_cases(programs: list[list[_Case]]) -> Programs:
+    """The cases of several programs at once; a program's cases pass only together, so once one of
+    them fails its others are not run on (run_many's groups): a looping program costs one case's limits."""
+    unique: dict[tuple, tuple[_Case, set]] = {}
+    for cases in programs:
+        group = tuple(c.key for c in cases)
+        for c in cases:
+            unique.setdefault(c.key, (c, set()))[1].add(group)
+    todo = list(unique.values())
+    results = run_many([c.job for c, _ in todo], groups=[g for _, g in todo],
+                       passed=lambda i, res: _passes(res, todo[i][0].expected))
+    return {c.key: res for (c, _), res in zip(todo, results)}
 
 
 def code_reward(text: str, sample: dict, programs: Optional[Programs] = None) -> float:
-    jobs = _code_jobs(text, sample)
-    if jobs is None:
+    cases = _code_jobs(text, sample)
+    if cases is None:
         return 0.0
     programs = programs or {}
-    missing = [j for j in jobs if _key(j) not in programs]
-    results = dict(zip(map(_key, missing), run_many(missing)))
-    results.update({_key(j): programs[_key(j)] for j in jobs if _key(j) in programs})
-    tests = sample["tests"]
-    if isinstance(tests, list):
-        return float(all(results[_key(j)].ok and results[_key(j)].stdout.split() == str(case["output"]).split()
-                         for j, case in zip(jobs, tests)))
-    return float(results[_key(jobs[0])].ok)
+    results = {**_run_cases([[c for c in cases if c.key not in programs]]), **programs}
+    return float(all(_passes(results[c.key], c.expected) for c in cases))
 
 
 def run_programs(texts: list[str], samples: list[dict]) -> Programs:
     """Every program of a batch at once on the sandbox's worker pool; pass the result as `programs`
     to the rewards of that batch so none runs again one by one."""
-    jobs = {_key(j): j for t, s in zip(texts, samples) for j in (_code_jobs(t, s) or [])}
-    return dict(zip(jobs, run_many(list(jobs.values()))))
+    return _run_cases([cases for t, s in zip(texts, samples) if (cases := _code_jobs(t, s))])
 
 
 @contextmanager

@@ -148,14 +148,67 @@ def default_workers() -> int:
     return max(1, 2 * cpus)
 
 
-def run_many(jobs: list[Job], workers: Optional[int] = None) -> list[SandboxResult]:
-    """Run jobs concurrently (one sandbox each; threads only wait on pipes), results in order."""
+def run_many(jobs: list[Job], workers: Optional[int] = None, groups: Optional[list] = None,
+             passed=None) -> list[SandboxResult]:
+    """Run jobs concurrently (one sandbox each; threads only wait on pipes), results in order.
+
+    groups: per job, the groups (hashable ids) it belongs to, e.g. the stdin/stdout cases of one program,
+    which pass only together. Once a job fails -- passed(index, result) is False; default: not
+    result.ok -- its groups have failed: their jobs not yet started are not run and those running are
+    stopped (a job shared with a group still alive runs on), each with the reason NOT_RUN. So a program
+    that loops costs one case's limits, not every case's."""
     if not jobs:
         return []
     isolate = require_isolation()
+    one = (lambda i: _one(jobs[i], isolate)) if groups is None else _grouped(jobs, isolate, groups, passed)
     with ThreadPoolExecutor(max_workers=min(len(jobs), workers or default_workers())) as pool:
-        return list(pool.map(lambda j: _judged(j, isolate) if j.judged and j.tests is not None else _run(j, isolate),
-                             jobs))
+        return list(pool.map(one, range(len(jobs))))
+
+
+NOT_RUN = "not run to the end: another case of this program failed"
+
+
+def _one(job: Job, isolate: bool, stop: Optional[int] = None) -> SandboxResult:
+    if job.judged and job.tests is not None:
+        return _judged(job, isolate)
+    return _run(job, isolate, stop=stop)
+
+
+def _grouped(jobs: list[Job], isolate: bool, groups: list, passed):
+    """run_many's job runner when jobs come in groups that fail together (see run_many)."""
+    passed = passed or (lambda i, res: res.ok)
+    lock, failed, stops = threading.Lock(), set(), {}  # stops: group -> write ends of its running jobs' stop pipes
+    of = [frozenset(g) for g in groups]
+
+    def dead(i: int) -> bool:
+        return bool(of[i]) and of[i] <= failed
+
+    def one(i: int) -> SandboxResult:
+        with lock:
+            if dead(i):
+                return SandboxResult(False, NOT_RUN, -1, "", "")
+            stop_r, stop_w = os.pipe()
+            for g in of[i]:
+                stops.setdefault(g, {})[stop_w] = i
+        try:
+            res = _one(jobs[i], isolate, stop=stop_r)
+        finally:
+            with lock:
+                for g in of[i]:
+                    stops[g].pop(stop_w, None)
+                os.close(stop_w)
+            os.close(stop_r)
+        if res.reason == "judged":  # stopped through its stop pipe
+            return replace(res, reason=NOT_RUN)
+        if not passed(i, res):
+            with lock:
+                failed.update(of[i])
+                for g in of[i]:
+                    for w, j in stops.get(g, {}).items():
+                        if dead(j):
+                            os.write(w, b"x")
+        return res
+    return one
 
 
 def judge(code: str, tests: str, entry_point: Optional[str] = None, limits: Limits = Limits()) -> SandboxResult:
