@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -49,6 +50,10 @@ def test_sft_from_a_pretraining_checkpoint_starts_at_step_zero(pretrained):
     r = _run("sft", "sft.yaml", *shared, f"train.run_dir={run_dir}", f"train.load={ckpt}", "train.steps=3",
              "optim.warmup_steps=2")
     assert "is complete" not in r.stdout and "final_loss=" in r.stdout, r.stdout[-1000:]
+    # what the steps amount to, for setting the recipe's 2 epochs
+    m = re.search(r"sft: \d+ conversations in (\d+) packed rows of 96 tokens; train.steps=3 x 8 rows = ([\d.]+) "
+                  r"epochs", r.stdout)
+    assert m and float(m.group(2)) == round(3 * 8 / int(m.group(1)), 2), r.stdout[-1000:]
     steps = _steps(run_dir)
     assert [s["step"] for s in steps] == [1, 2, 3]
     with open(os.path.join(run_dir, "checkpoints", "step_00000003", "meta.json")) as f:

@@ -57,6 +57,10 @@ def _train(cfg: Config, kind: str) -> dict:
               f"before the learning rate reaches optim.lr={cfg.optim.lr}", file=sys.stderr, flush=True)
     # the dataset, and the tokenizer whose files go into each checkpoint
     data, tokenizer = training_data(cfg.data, kind, cfg.active_model.vocab_size, cfg.seed, t.load)
+    if kind == "sft" and ps.rank == 0:  # what train.steps amounts to (the recipe's SFT stages run 2 epochs)
+        print(f"sft: {data.num_conversations} conversations in {len(data.rows)} packed rows of "
+              f"{cfg.data.seq_length} tokens; train.steps={t.steps} x {cfg.data.global_batch_size} rows = "
+              f"{t.steps * cfg.data.global_batch_size / len(data.rows):.2f} epochs", flush=True)
     family, model_cfg = run.family, cfg.active_model
     model_config, arch = asdict(model_cfg), run.arch  # saved; compared on resume
     candidates = find_resume_checkpoint(ckpt_root, t.load, arch, t.allow_arch_change)
