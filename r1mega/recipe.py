@@ -12,7 +12,8 @@ A stage may name its own `model_config`: distillation is a pretrained dense stud
 `student:`) fine-tuned on the teacher's rejection-sampled data. A stage that cannot run in this
 checkout (a student without the dense model family) and the stages built on it are skipped with a note.
 Every stage with weights is then scored by `r1mega eval` on the held-out split (k samples, the
-config's `eval` settings). Each stage runs as its own process (torchrun for --nproc > 1), logs to
+config's `eval` settings) into <out>/eval/<protocol>/<stage>, one directory per evaluation protocol
+(a rerun with other `eval` settings evaluates the finished stages anew). Each stage runs as its own process (torchrun for --nproc > 1), logs to
 <out>/logs/<stage>.txt and writes <out>/<stage>/DONE when finished, so a rerun skips finished stages and a crashed one resumes from its
 own checkpoints. At the end: a table of every stage's held-out pass@1 / cons@k (Markdown, JSON, PNG);
 the last line is `stages=<n> final_stage=<name> pass@1=<float> cons@<k>=<float>`.
@@ -331,9 +332,19 @@ class Runner:
             out = self.launch(argv, log)
             print("\n".join(out.strip().splitlines()[-6:]), flush=True)
 
+    def eval_dir(self, stage: str) -> str:
+        """<out>/eval/<protocol>/<stage>: a rerun may change the `eval:` settings (finished stages stay
+        valid), and each protocol's numbers come from samples drawn under it; earlier ones stay."""
+        from r1mega.output_dir import config_hash
+
+        e = self.eval_cfg  # 1 and 1.0 are one temperature
+        protocol = config_hash({"eval": {**e, "temperature": float(e["temperature"]), "top_p": float(e["top_p"])},
+                                "seed": self.seed})
+        return os.path.join(self.out, "eval", protocol, stage)
+
     def evaluate(self, stage: str, held_out: str) -> dict:
         e = self.eval_cfg
-        out = os.path.join(self.out, "eval", stage)
+        out = self.eval_dir(stage)
         summary = os.path.join(out, "summary.json")
         if not os.path.exists(summary):
             self.launch(["eval", "--model", self.weights(stage), *self.model_args(stage), "--data", held_out,
@@ -395,7 +406,7 @@ def table(rows: list[dict], k: int) -> str:
         f"{fmt(r.get(f'pass@{k}'))} | {fmt(r.get('greedy'))} | {fmt(r.get('minutes'))} |\n" for r in rows)
 
 
-def plot(rows: list[dict], k: int, png: str) -> None:
+def plot(rows: list[dict], k: int, png: str, eval_cfg: dict) -> None:
     from r1mega.plotting import saved_figure
 
     scored = [r for r in rows if r.get("pass@1") is not None]
@@ -407,7 +418,7 @@ def plot(rows: list[dict], k: int, png: str) -> None:
         ax.set_xticks(list(xs), [r["stage"] for r in scored], rotation=20, ha="right")
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("held-out accuracy")
-        ax.set_title(f"r1mega pipeline: DeepSeek-R1 stages on a tiny MoE (k={k}, T=0.6, top-p 0.95)")
+        ax.set_title(f"r1mega pipeline: DeepSeek-R1 stages on a tiny MoE (k={k}, T={eval_cfg['temperature']}, top-p {eval_cfg['top_p']})")
         ax.legend()
 
 
@@ -466,7 +477,7 @@ def run(args: argparse.Namespace) -> int:
     write_text_atomic(os.path.join(runner.out, "table.md"), md)
     write_text_atomic(os.path.join(runner.out, "table.json"), json.dumps(rows, indent=1))
     png = os.path.join(runner.out, "stages.png")
-    plot(rows, k, png)
+    plot(rows, k, png, runner.eval_cfg)
     print(md, end="")
     for r in rows:
         if r.get("note"):

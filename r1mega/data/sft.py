@@ -6,7 +6,9 @@ a record becomes tokens (SFT_TEMPLATES), so a model trains in the format it is e
   auto   (default) the tokenizer's own chat template when it has one, else r1
   model  the tokenizer's own chat template (what `--template chat` generates with): each assistant
          turn is the text that rendering the conversation through that turn adds after rendering it
-         up to the generation prompt; the template's own turn end (EOS, <|im_end|>, ...) is learned
+         up to the generation prompt; the template's own turn end (EOS, <|im_end|>, ...) is learned;
+         a template that does not render a reply whole (spacing aside: DeepSeek-R1's drops the
+         thought) is refused
   r1     DeepSeek-R1's chat format: BOS, system text, then `<｜User｜>` / `<｜Assistant｜>` turns, each
          assistant turn closed by EOS (`--template r1`)
   raw    the other turns' text as it is, each assistant turn continuing it directly, closed by EOS
@@ -101,7 +103,14 @@ def _model_template_pieces(messages: list[dict], tok: Tokenizer) -> list[tuple[s
             raise DataError(f"data.sft_template=model: the chat template does not render this conversation as a "
                             f"growing text (turn {i} rewrites earlier turns, e.g. drops old thoughts); "
                             "use data.sft_template=r1 or raw")
-        pieces += [(before[len(done):], False), (through[len(before):], True)]
+        reply = through[len(before):]
+        if "".join(m["content"].split()) not in "".join(reply.split()):
+            # e.g. DeepSeek-R1's template keeps only what follows </think>: the thought would never be learned
+            raise DataError(f"data.sft_template=model: the chat template does not render assistant turn {i} whole "
+                            f"(it renders {reply[:80]!r} for {m['content'][:80]!r}; DeepSeek-R1's template drops "
+                            f"the thought before </think>), so SFT would not learn what it drops; use "
+                            f"data.sft_template=r1 or raw")
+        pieces += [(before[len(done):], False), (reply, True)]
         done = through
     return pieces
 
@@ -219,8 +228,13 @@ class SFTData:
         self.template = resolve_template(template, tok)
         mine = tok.fingerprint() if any(ids is not None for _, ids in records) else None
         same = [ids is not None and ids[2] == mine for _, ids in records]  # ids of this very tokenizer
-        examples = [render_sampled(ids[0], ids[1], tok.eos_id, tok.eos_ids) if ok else render(c, tok, self.template)
-                    for (c, ids), ok in zip(records, same)]
+        examples = []
+        for n, ((c, ids), ok) in enumerate(zip(records, same), start=1):
+            try:
+                examples.append(render_sampled(ids[0], ids[1], tok.eos_id, tok.eos_ids) if ok
+                                else render(c, tok, self.template))
+            except DataError as e:  # a template's refusal, named by the record it met
+                raise DataError(f"{path}: record {n}: {e}") from None
         self.sampled = sum(same)  # records trained on their sampled ids (the rest: their text)
         self.rows, self.truncated = pack(examples, seq_length, pad)
         if not any((r.labels != IGNORE).any() for r in self.rows):  # the loss would be 0 on every step

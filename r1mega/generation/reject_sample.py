@@ -122,8 +122,9 @@ def read_samples(out_dir: str) -> dict[str, list[dict]]:
 
 def check_finished(gen_dir: str, samples: dict[str, list[dict]], records: list[dict]) -> None:
     """--samples-from must name a finished `r1mega generate` run: its lock gone (a running or killed
-    run leaves it), no torn shard, every problem it holds with all k samples. Filtering a partial
-    store would write an sft.jsonl and report that look complete."""
+    run leaves it), no torn shard, every prompt of --prompts with all k samples (or recorded in its
+    meta.json as dropped for its length). Filtering a partial store would write an sft.jsonl and
+    report that look complete."""
     from r1mega.generation.store import SampleStore, read_shard
     from r1mega.output_dir import LOCK
 
@@ -142,7 +143,9 @@ def check_finished(gen_dir: str, samples: dict[str, list[dict]], records: list[d
             raise DataError(f"--samples-from {path}: ends in a torn line (an interrupted write); {advice}")
     try:
         with open(os.path.join(gen_dir, "meta.json"), encoding="utf-8") as f:
-            k = json.load(f)["samples"]
+            meta = json.load(f)
+        k = meta["samples"]
+        dropped = {str(i) for i in meta.get("dropped_long_prompts", [])}
     except (OSError, ValueError, KeyError, TypeError):
         raise DataError(f"--samples-from {gen_dir}: no readable meta.json with 'samples' (not an "
                         f"`r1mega generate` directory?)") from None
@@ -150,6 +153,13 @@ def check_finished(gen_dir: str, samples: dict[str, list[dict]], records: list[d
     if short:
         raise DataError(f"--samples-from {gen_dir}: {len(short)} problems have fewer than their {k} samples "
                         f"(first: {short[0]!r}); {advice}")
+    # a run stopped by Ctrl-C or an exception releases its lock and leaves whole problems only: the
+    # prompts it never reached are the sign (those it dropped for their length are recorded)
+    missing = [r["id"] for r in records if r["id"] not in samples and r["id"] not in dropped]
+    if missing:
+        raise DataError(f"--samples-from {gen_dir}: {len(missing)} of {len(records)} prompts of --prompts have no "
+                        f"samples there (first: {missing[0]!r}): the generate run stopped before them or was made "
+                        f"from other prompts; {advice}")
 
 
 def _write_jsonl(path: str, rows: list[dict]) -> None:

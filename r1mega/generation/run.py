@@ -187,14 +187,19 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
 
         check_draft_model(loaded.cfg.active_model, "--speculative")
     rendered_all = [render_prompt(r, template, tok) for r in records]
+    given = records
     records, _ = fit_context(records, [encode_prompt(tok, text, template) for text, _ in rendered_all], params,
                              loaded.cfg.active_model.max_position_embeddings, explicit_max_new, drop_long, desc,
                              announce=ps.rank == 0)
+    kept = {r["id"] for r in records}
+    # what --drop-long-prompts skipped, so a reader of the store tells a dropped prompt from an unfinished one
+    dropped = [r["id"] for r in given if r["id"] not in kept]
     store, todo, error, noise_key = None, None, None, None
     if ps.rank == 0:
         try:
             store = SampleStore(out, params.samples, {**meta, "template": template, "model": loaded.source,
-                                                      "sampling": params.recorded(), "noise_key": NOISE_KEY},
+                                                      "sampling": params.recorded(), "noise_key": NOISE_KEY,
+                                                      "dropped_long_prompts": dropped},
                                 shard_records, command, key)
             # a directory drawn before the key was recorded keeps the scheme it was drawn with
             noise_key = store.meta.get("noise_key", LEGACY_NOISE_KEY)

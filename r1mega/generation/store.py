@@ -1,7 +1,7 @@
 """Sharded JSONL of samples that survives a crash (kill -9) without duplicating or losing samples.
 
     <out>/meta.json            what was generated (samples per problem, sampling parameters, model,
-                               how problem ids key the noise)
+                               how problem ids key the noise; the prompts dropped for their length)
     <out>/shard-00000.jsonl    {"id", "sample", "completion", "prompt_tokens", "completion_tokens",
     <out>/shard-00001.jsonl     "finish_reason", ["response_prefix"]} one line per sample
 
@@ -25,6 +25,9 @@ from r1mega.errors import ConfigError, DataError, OutputError
 from r1mega.output_dir import own_and_lock
 
 SHARD = "shard-{:05d}.jsonl"
+# meta.json keys that describe this session rather than how samples are drawn: brought up to date on
+# a resume (a prompt appended to the file may be dropped for its length too)
+NOTES = ("dropped_long_prompts",)
 
 
 def response_text(record: dict) -> str:
@@ -92,17 +95,15 @@ class SampleStore:
                                  f"{ {k: f'{a!r} -> {b!r}' for k, (a, b) in changed.items()} }; "
                                  f"use another {key} or the same settings")
             self.meta = old  # what the directory was made with (e.g. its noise key scheme, or none)
+            notes = {k: meta[k] for k in NOTES if k in meta and old.get(k) != meta[k]}
+            if notes:
+                self.meta = {**old, **notes}
+                self._write_meta(meta_file, self.meta)
         elif shards:  # samples of unknown settings: repairing them by today's k would drop them
             raise OutputError(f"{out_dir} holds {len(shards)} shard(s) but no meta.json, so how they were "
                               f"made is unknown; restore meta.json or use another {key}")
         else:
-            tmp = meta_file + ".tmp"
-            try:
-                with open(tmp, "w", encoding="utf-8") as f:
-                    json.dump(meta, f, indent=1)
-                os.replace(tmp, meta_file)
-            except OSError as e:
-                raise OutputError(f"{meta_file}: cannot write ({e.strerror})") from None
+            self._write_meta(meta_file, meta)
             self.meta = meta
         self.done: set[str] = set()
         self.repaired = 0  # samples dropped from unfinished problems
@@ -112,6 +113,16 @@ class SampleStore:
         self._next = max(nums, default=-1) + 1
         self._file = None
         self._lines = 0
+
+    @staticmethod
+    def _write_meta(meta_file: str, meta: dict) -> None:
+        tmp = meta_file + ".tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=1)
+            os.replace(tmp, meta_file)
+        except OSError as e:
+            raise OutputError(f"{meta_file}: cannot write ({e.strerror})") from None
 
     @staticmethod
     def shard_paths(out_dir: str) -> list[str]:

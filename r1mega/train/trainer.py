@@ -4,7 +4,9 @@
                    -> pipeline-scheduled forward/backward of the microbatches (lm_step)
                    -> ZeRO-1 AdamW step (skipped on a NaN/Inf gradient) -> routing-bias update
                    -> log, and checkpoint at intervals and at the end
-A run resumes from the newest checkpoint in <run_dir>/checkpoints (or train.load) by itself.
+A run resumes from the newest checkpoint in <run_dir>/checkpoints (or train.load) by itself; a
+train.load made by another kind of run (SFT of a pretrained, RL or imported model) gives only its
+weights: the run starts at step 0 with fresh optimizer moments.
 """
 from __future__ import annotations
 
@@ -55,6 +57,10 @@ def _train(cfg: Config, kind: str) -> dict:
               f"before the learning rate reaches optim.lr={cfg.optim.lr}", file=sys.stderr, flush=True)
     # the dataset, and the tokenizer whose files go into each checkpoint
     data, tokenizer = training_data(cfg.data, kind, cfg.active_model.vocab_size, cfg.seed, t.load)
+    if kind == "sft" and ps.rank == 0:  # what train.steps amounts to (the recipe's SFT stages run 2 epochs)
+        print(f"sft: {data.num_conversations} conversations in {len(data.rows)} packed rows of "
+              f"{cfg.data.seq_length} tokens; train.steps={t.steps} x {cfg.data.global_batch_size} rows = "
+              f"{t.steps * cfg.data.global_batch_size / len(data.rows):.2f} epochs", flush=True)
     family, model_cfg = run.family, cfg.active_model
     arch = run.arch  # compared on resume
     candidates = find_resume_checkpoint(ckpt_root, t.load, arch, t.allow_arch_change)
@@ -68,6 +74,18 @@ def _train(cfg: Config, kind: str) -> dict:
     # the run's own newest checkpoint wins over train.load, so a requeued job continues where it was
     resume, meta = resume_from(candidates, chunks, optimizer, ps, arch, t.allow_arch_change,
                                t.verify_checkpoint)
+    own = resume is not None and os.path.abspath(os.path.dirname(os.path.normpath(resume))) == os.path.abspath(ckpt_root)
+    if resume is not None and not own and meta.get("kind") != kind:
+        # train.load made by another kind of run (a pretrained model for SFT, an RL or imported one): its
+        # weights start this run at step 0, as GRPO starts; its step, data position and moments were its own
+        optimizer.reset_from_params()
+        optimizer.skipped = 0
+        meta = {k: v for k, v in meta.items() if k not in ("step", "consumed_samples", "optimizer_step",
+                                                           "skipped_steps")}
+        if ps.rank == 0:
+            print(f"starting at step 0 from the weights of {resume} (a {meta.get('kind', 'unknown')} checkpoint; "
+                  f"fresh optimizer moments)", flush=True)
+        resume = None
     start, consumed = meta.get("step", 0), meta.get("consumed_samples", 0)
     run.hf_config = meta.get("hf_config")  # an imported model's config.json travels on, so an export reproduces it
     if start >= t.steps:  # nothing left: say so rather than report an empty run
