@@ -75,6 +75,10 @@ class Rollout:
     draft_tokens: int = 0  # speculative decoding: drafts verified (this rank's rows)
     draft_accepted: int = 0  # ... and accepted
 
+    # the engine's work counts above: rollouts drawn one after another (dynamic sampling) add them up
+    WORK_COUNTS = ("decode_row_steps", "forwards", "preemptions", "prefill_tokens", "recomputed_tokens",
+                   "draft_tokens", "draft_accepted")
+
     @property
     def position_ids(self) -> torch.Tensor:
         n = self.tokens.shape[1]

@@ -26,7 +26,8 @@ import torch.distributed as dist
 
 from r1mega.parallel.layout import ParallelState
 from r1mega.rl.loss import equal_reward_groups
-from r1mega.rl.train_batch import merge_rollouts
+from r1mega.inference.generate import Rollout
+from r1mega.rl.train_batch import merge_rollouts, work_of
 
 POOL_INDEX_STRIDE = 1_000_003  # synthetic problems of a pool round never repeat a rollout's
 
@@ -86,8 +87,7 @@ def _on(scored, device):
     ro = scored.rollout
     ro = replace(ro, tokens=ro.tokens.to(device), pad=ro.pad.to(device), completion_mask=ro.completion_mask.to(device),
                  logprobs=ro.logprobs.to(device), routing={k: v.to(device) for k, v in ro.routing.items()},
-                 **{k: 0 for k in ("decode_row_steps", "forwards", "preemptions", "prefill_tokens", "recomputed_tokens")
-                    if hasattr(ro, k)})
+                 **{k: 0 for k in Rollout.WORK_COUNTS})
     return replace(scored, rollout=ro, rewards=scored.rewards.to(device), truncated=scored.truncated.to(device))
 
 
@@ -178,4 +178,7 @@ def draw_until_informative(first, slots: list[int], draw: Callable[[int, int, in
               "dynamic_informative_groups": float(found), "dynamic_drawn_groups": float(drawn),
               "dynamic_filled_groups": float(len(empty) - len(fills)), "dynamic_moved_groups": float(len(moves))}
     scored = first if all(d == 0 for d, _ in chosen) else merge_scored(draws, chosen, G)
-    return scored, counts
+    # the step's cache and work numbers are every draw this rank ran, each once (received groups bring
+    # none), whichever groups were chosen: a merge alone counts only the draws it takes groups from
+    own = work_of([first.rollout] + [s.rollout for _, s in pools])
+    return replace(scored, rollout=replace(scored.rollout, **own)), counts

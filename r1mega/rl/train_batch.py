@@ -199,10 +199,15 @@ def merge_rollouts(parts: list[tuple[Rollout, torch.Tensor]]) -> Rollout:
     rollouts = list({id(r): r for r, _ in parts}.values())  # a draw's work once, however many parts
     return replace(rollouts[0], tokens=torch.cat(toks), prompt_len=P, pad=torch.cat(pads),
                    completion_mask=torch.cat(masks), logprobs=torch.cat(lps), routing=routing,
-                   cache_bytes=max(getattr(r, "cache_bytes", 0) for r in rollouts),
-                   **{k: sum(getattr(r, k) for r in rollouts) for k in ("decode_row_steps", "forwards", "preemptions",
-                                                                   "prefill_tokens", "recomputed_tokens")
-                      if hasattr(rollouts[0], k)})
+                   **work_of(rollouts))
+
+
+def work_of(rollouts: list[Rollout]) -> dict:
+    """The cache and work numbers of rollouts drawn one after another: peaks the largest, work counts
+    (speculative drafts among them) the sum."""
+    return {"cache_bytes": max(r.cache_bytes for r in rollouts),
+            "cache_pool_bytes": max(r.cache_pool_bytes for r in rollouts),
+            **{k: sum(getattr(r, k) for r in rollouts) for k in Rollout.WORK_COUNTS}}
 
 
 def update_batches(cfg: Config, ps: ParallelState, rollout: Rollout, keep: torch.Tensor
