@@ -123,6 +123,8 @@ class ModelConfig:
         source, where = read_hf_config(source)
         try:
             cfg = cls._from_hf_dict(dict(source))
+        except ConfigError as e:  # a key refused by name (ConfigError is a ValueError: not a wrong type)
+            raise ConfigError(f"{where}: {e.key}", e.message) from None
         except KeyError as e:
             raise ConfigError(where, f"missing key {e.args[0]!r} that a DeepSeek config must have") from None
         except (TypeError, ValueError) as e:  # e.g. float("abc") for rope_theta
@@ -136,6 +138,8 @@ class ModelConfig:
         if model_type not in ("deepseek_v3", "deepseek_v2"):
             raise ConfigError("model_type", f"expected deepseek_v3 or deepseek_v2, got {model_type!r}")
         is_v3 = model_type == "deepseek_v3"
+        if not is_v3 and hf.get("mlp_bias"):  # transformers' V2 MLPs (dense and shared experts) then have biases
+            raise ConfigError("mlp_bias", "MLP biases are not supported for DeepSeek models (r1mega's MLPs have none)")
         hf = {**HF_DEFAULTS[model_type], **hf}  # a key left out means what it means to transformers
         rope_theta, rope = rope_from_hf(hf, "type")
         n_experts = hf.get("n_routed_experts") or 0

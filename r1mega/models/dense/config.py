@@ -66,6 +66,8 @@ class DenseConfig:
         source, where = read_hf_config(source)
         try:
             cfg = cls._from_hf_dict(dict(source))
+        except ConfigError as e:  # a key refused by name (ConfigError is a ValueError: not a wrong type)
+            raise ConfigError(f"{where}: {e.key}", e.message) from None
         except KeyError as e:
             raise ConfigError(where, f"missing key {e.args[0]!r} that a Qwen2/Llama config must have") from None
         except (TypeError, ValueError) as e:  # e.g. float("abc") for rope_theta
