@@ -11,7 +11,7 @@ final_answer(text, fallback) reads only the visible text after the thought (resp
        "none"         no fallback: an answer needs <answer> or \\boxed
 An answer is read as it shows (characters.py): other scripts' digits, fullwidth forms (３／４ is 3/4),
 minus signs (−, ﹣, ➖) and spaces as ASCII, invisible characters dropped (math-verify stopped at or
-skipped them: 1<ZWSP>2 was 1).
+skipped them: 1<ZWSP>2 was 1); √2, x², 2¹⁰, 2½ are compared as the LaTeX they show.
 Digits grouped in threes by a thin space or the like (1\\,000, 1~000, 1 000, a no-break space: LaTeX
 renders them as one number) are one number (math-verify read 1\\,000 as 1 x 000 and 12\\,500 as 512); the
 last-number rule does not join groups parted by a plain space ("day 5 100 people" ends in 100).
@@ -28,7 +28,7 @@ import re
 from functools import lru_cache
 from typing import Optional
 
-from r1mega.judge.characters import plain_characters
+from r1mega.judge.characters import latex_signs, plain_characters
 from r1mega.judge.limits import MAX_ANSWER_CHARS
 from r1mega.judge.magnitude import too_large
 from r1mega.judge.response import split
@@ -240,7 +240,7 @@ def _scientific_as_latex(s: str) -> str:
 def _equivalent(a: str, b: str) -> bool:
     a, b = plain_characters(a), plain_characters(b)
     if max(len(a), len(b)) <= MAX_ANSWER_CHARS:  # longer ones are compared as strings only, both as written
-        a, b = ungrouped(a), ungrouped(b)
+        a, b = latex_signs(ungrouped(a)), latex_signs(ungrouped(b))
     a, b = _scientific_as_latex(a), _scientific_as_latex(b)
     ka, kb = _kind(a), _kind(b)
     if "nan" in (ka, kb):
