@@ -11,7 +11,7 @@ final_answer(text, fallback) reads only the visible text after the thought (resp
        "none"         no fallback: an answer needs <answer> or \\boxed
 An answer is read as it shows (characters.py): other scripts' digits, fullwidth forms (３／４ is 3/4),
 minus signs (−, ﹣, ➖) and spaces as ASCII, invisible characters dropped (math-verify stopped at or
-skipped them: 1<ZWSP>2 was 1).
+skipped them: 1<ZWSP>2 was 1); √2, x², 2¹⁰, 2½ are compared as the LaTeX they show.
 Digits grouped in threes by a thin space or the like (1\\,000, 1~000, 1 000, a no-break space: LaTeX
 renders them as one number) are one number (math-verify read 1\\,000 as 1 x 000 and 12\\,500 as 512); the
 last-number rule does not join groups parted by a plain space ("day 5 100 people" ends in 100).
@@ -28,7 +28,7 @@ import re
 from functools import lru_cache
 from typing import Optional
 
-from r1mega.judge.characters import plain_characters
+from r1mega.judge.characters import latex_signs, plain_characters
 from r1mega.judge.limits import MAX_ANSWER_CHARS
 from r1mega.judge.magnitude import too_large
 from r1mega.judge.response import split
@@ -59,16 +59,41 @@ _INF = re.compile(r"[-+]?\s*(?:inf|infinity|\\infty|∞|oo|\\infinity)", re.IGNO
 
 def _closing_brace(text: str, start: int, end: int) -> int:
     """Index of the "}" that closes the "{" just before `start`, searching text[start:end]; -1 if none.
-    Steps from "}" to "}" and counts the "{" between them with str.count (C speed)."""
+    Steps from "}" to "}" and counts the "{" between them with str.count (C speed). A brace after an
+    odd run of backslashes (\\{, \\}) is text, not grouping: \\left\\{ ... \\right. does not keep a box open."""
     depth, at = 1, start
     while True:
         close = text.find("}", at, end)
         if close < 0:
             return -1
-        depth += text.count("{", at, close) - 1
-        if depth == 0:
-            return close
+        depth += _grouping(text, at, close, "{")
+        if not _escaped(text, close):
+            depth -= 1
+            if depth == 0:
+                return close
         at = close + 1
+
+
+_MAX_ESCAPES = 16  # a longer run of backslashes before a brace is read as this long (LaTeX has no use for one)
+
+
+def _grouping(text: str, lo: int, hi: int, brace: str) -> int:
+    """How many of text[lo:hi]'s `brace` are not escaped (not after an odd run of backslashes; text[lo - 1]
+    is no backslash). A brace after r backslashes is in the count of k backslashes + brace for every
+    k <= r, so the alternating sum of those counts keeps exactly the ones after an even run."""
+    n, sign, pattern = text.count(brace, lo, hi), -1, "\\" + brace
+    while len(pattern) <= _MAX_ESCAPES + 1 and text.find(pattern, lo, hi) >= 0:
+        n += sign * text.count(pattern, lo, hi)
+        sign, pattern = -sign, "\\" + pattern
+    return n
+
+
+def _escaped(text: str, at: int) -> bool:
+    """Whether text[at] follows an odd run of backslashes."""
+    run = 0
+    while run < _MAX_ESCAPES and at > run and text[at - run - 1] == "\\":
+        run += 1
+    return run % 2 == 1
 
 
 def last_boxed(text: str) -> Optional[str]:
@@ -215,7 +240,7 @@ def _scientific_as_latex(s: str) -> str:
 def _equivalent(a: str, b: str) -> bool:
     a, b = plain_characters(a), plain_characters(b)
     if max(len(a), len(b)) <= MAX_ANSWER_CHARS:  # longer ones are compared as strings only, both as written
-        a, b = ungrouped(a), ungrouped(b)
+        a, b = latex_signs(ungrouped(a)), latex_signs(ungrouped(b))
     a, b = _scientific_as_latex(a), _scientific_as_latex(b)
     ka, kb = _kind(a), _kind(b)
     if "nan" in (ka, kb):

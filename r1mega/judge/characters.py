@@ -3,6 +3,7 @@ reader sees (answers.py compares answers so, format.py asks for a thought and an
 
     plain_characters  other scripts' digits (٧, ７), fullwidth forms (U+FF01-FF5E: ３／４ is 3/4), minus
                       signs (−, ﹣, ➖) and Unicode spaces as ASCII; invisible characters dropped
+    latex_signs       the square root, superscripts and vulgar fractions as LaTeX (√2, x², 2¹⁰, 2½, 1⁄3)
     without_invisible the text without its invisible characters (language.py counts words so)
     shows_something   whether any character shows (not whitespace, not invisible)
 Invisible: Unicode format characters (soft hyphen, zero-width space/joiners, direction marks, word
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from fractions import Fraction
 
 _INVISIBLE_CHARS = ("\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e"
                     "\u2060-\u2064\u2066-\u206f\u2800\u3164\ufeff\uffa0")
@@ -24,6 +26,13 @@ _AS_ASCII = {**{0xFF01 + i: 0x21 + i for i in range(0x5E)}, **dict.fromkeys(map(
                                       "\u200a\u202f\u205f\u3000"), " ")}
 _SHOWN_AS_ASCII = re.compile("[" + "".join(map(chr, _AS_ASCII)) + "]")
 _UNICODE_DIGIT = re.compile(r"(?![0-9])\d")  # a decimal digit of another script
+_SUPERSCRIPTS = dict(zip("\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079\u207a\u207b", "0123456789+-"))
+_VULGAR = "\u00bc\u00bd\u00be\u2150-\u215e"  # ¼ ½ ¾ ⅐ ... ⅞
+_VULGAR_LATEX = {c: "\\frac{%d}{%d}" % Fraction(unicodedata.numeric(c)).limit_denominator(10).as_integer_ratio()
+                 for c in "\u00bc\u00bd\u00be" + "".join(map(chr, range(0x2150, 0x215F)))}
+# √ before a number, a letter or a parenthesised group (bounded: no rescan of a long unclosed one); a run
+# of superscripts; a vulgar fraction; ⁄
+_MATH_SIGNS = re.compile("√(\\d+(?:\\.\\d+)?|[A-Za-z]|\\([^()]{0,200}\\))?|[" + "".join(_SUPERSCRIPTS) + "]+|[" + _VULGAR + "]|\u2044")
 
 
 def ascii_digits(s: str) -> str:
@@ -47,6 +56,24 @@ def plain_characters(s: str) -> str:
     if _SHOWN_AS_ASCII.search(s):
         s = s.translate(_AS_ASCII)
     return ascii_digits(s)
+
+
+def latex_signs(s: str) -> str:
+    """The square root, superscripts and vulgar fractions as the LaTeX they show (√2 -> \\sqrt{2}, x² ->
+    x^{2}, 2½ -> 2\\frac{1}{2}, 1⁄3 -> 1/3). A Python step per sign: callers keep it to short answers."""
+    return _MATH_SIGNS.sub(_as_latex, s) if not s.isascii() and _MATH_SIGNS.search(s) else s
+
+
+def _as_latex(m: re.Match) -> str:
+    sign = m.group()
+    if sign[0] == "√":
+        arg = m.group(1)
+        return "\\sqrt" if arg is None else f"\\sqrt{{{arg[1:-1] if arg[0] == '(' else arg}}}"
+    if sign[0] in _SUPERSCRIPTS:
+        return "^{" + "".join(_SUPERSCRIPTS[c] for c in sign) + "}"
+    if sign == "\u2044":  # FRACTION SLASH
+        return "/"
+    return _VULGAR_LATEX[sign]
 
 
 def shows_something(s: str) -> bool:
