@@ -33,4 +33,4 @@ def layout_samples_worker(rank: int, world: int, par: dict, gen_kw: dict | None 
     lo, hi = cuts[d], cuts[d + 1]
     r = generate(chunks, ps, prompts[lo:hi], long_tail_config(**(gen_kw or {})), rows=keys[lo:hi])
     return {"keys": keys[lo:hi], "completions": r.completions(), "logprobs": r.logprobs[r.completion_mask],
-            "forwards": r.forwards, "routing": r.routing}
+            "forwards": r.forwards, "routing": r.routing, "prefill_tokens": r.prefill_tokens}

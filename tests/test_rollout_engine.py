@@ -96,7 +96,7 @@ def layout_runs(request):
 
 @pytest.mark.parametrize("par, world", [(dict(tp=2, ep=2), 4), (dict(pp=2), 2), (dict(cp=2), 2)])
 def test_tp2_ep2_pp2_and_cp2_draw_the_one_process_samples(request, layout_runs, model, par, world):
-    """CP2: each CP rank decodes half the rows; both end with all of them."""
+    """CP2: each CP rank decodes a contiguous half of the rows; both end with all of them."""
     chunks, ps = model
     prompts, keys = long_tail_rows()
     one = generate(chunks, ps, prompts, long_tail_config(), rows=keys)
@@ -110,6 +110,10 @@ def test_tp2_ep2_pp2_and_cp2_draw_the_one_process_samples(request, layout_runs, 
     if par.get("ep") or par.get("cp"):  # the ranks ran the same forwards though their rows differ
         assert len({r["forwards"] for r in per_rank}) == 1
     if par.get("cp"):
+        # each CP rank decodes a contiguous share of the rows, so a prompt's samples (adjacent rows)
+        # are prefilled once on one rank, or once on each of two where the share boundary cuts a group
+        longest = max(len(p) for p in prompts)
+        assert sum(r["prefill_tokens"] for r in per_rank) <= one.prefill_tokens + (par["cp"] - 1) * longest
         for r in per_rank:
             torch.testing.assert_close(r["logprobs"], one.logprobs[one.completion_mask], atol=1e-5, rtol=0)
             for layer, experts in one.routing.items():

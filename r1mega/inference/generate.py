@@ -122,6 +122,13 @@ def _one_chunk(model):
     return model
 
 
+def cp_share(n: int, cp: int, rank: int) -> list[int]:
+    """CP rank `rank`'s contiguous, near-equal share of n rows (the first n % cp ranks one more)."""
+    per, extra = divmod(n, cp)
+    start = rank * per + min(rank, extra)
+    return list(range(start, start + per + (rank < extra)))
+
+
 @torch.no_grad()
 def generate(model, ps: ParallelState, prompts: list[list[int]], gen: GenerationConfig,
              row_offset: int = 0, microbatches: Optional[int] = None, rows: Optional[torch.Tensor] = None) -> Rollout:
@@ -138,9 +145,11 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     model.eval()
     device = next(model.parameters()).device
     keys = (list(range(row_offset, row_offset + len(prompts))) if rows is None else [int(k) for k in rows.tolist()])
-    # under CP every CP rank holds the whole model and the same rows: each decodes every cp-th row,
-    # then the ranks sum their disjoint parts of the result
-    mine = list(range(ps.r("cp"), len(prompts), ps.cp))
+    # under CP every CP rank holds the whole model and the same rows: each decodes a contiguous
+    # share of them (a prompt's samples, which callers list together, stay on one or two ranks, so
+    # its prefill is shared there rather than repeated on every CP rank), then the ranks sum their
+    # disjoint parts of the result
+    mine = cp_share(len(prompts), ps.cp, ps.r("cp"))
     engine_cls = ContinuousBatcher
     if gen.speculative:
         from r1mega.inference.speculative import SpeculativeBatcher
