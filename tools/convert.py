@@ -23,7 +23,9 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 import uuid
 from dataclasses import asdict, replace
@@ -275,16 +277,81 @@ def _sibling(out: str, what: str) -> str:
             return path
 
 
+_OURS = re.compile(r"^(part\d{5}\.(json|safetensors)|model-\d{5}(-of-\d{5})?\.safetensors|meta\.json|config\.json"
+                   r"|model\.safetensors\.index\.json)$")
+
+
+def _owner_gone(marker: Optional[dict]) -> bool:
+    """The r1mega-convert process a marker names ran on this host and is no longer running."""
+    if not marker or not marker.get("command", "").startswith(_COMMAND) or not isinstance(marker.get("pid"), int):
+        return False  # not provably a run of this tool (older markers name no process)
+    if marker.get("host") != socket.gethostname() or marker["pid"] == os.getpid():
+        return False
+    pid = marker["pid"]
+    return not output_dir._alive(pid) or output_dir._start_time(pid) != marker.get("start")
+
+
+def _marker(path: str) -> Optional[dict]:
+    try:
+        return output_dir.read_marker(path)
+    except OutputError:
+        return None
+
+
+def _only_ours(path: str) -> bool:
+    """Every entry is a name this tool writes (nobody added a file of their own)."""
+    return all(_OURS.match(e) or e in TOKENIZER_FILES or e in (output_dir.MARKER, output_dir.LOCK)
+               for e in os.listdir(path))
+
+
+def _recover_interrupted(out: str) -> None:
+    """Clean up after runs on this --out that were killed: each one's temporary directory (whose
+    marker names a process of this host that is gone, and which holds only the tool's files) is
+    removed; when one died after moving the previous result aside and before moving its own in,
+    the previous result is put back at --out first. A previous result moved aside by a run that
+    published and died while deleting it is removed. A live run's directories are left alone."""
+    out = os.path.normpath(out)
+    parent, base = os.path.dirname(out) or ".", os.path.basename(out)
+    left = re.compile(rf"^\.{re.escape(base)}\.(converting|replaced)-([0-9a-f]{{12}})$")
+    try:
+        found = {(m.group(1), m.group(2)): os.path.join(parent, e) for e in os.listdir(parent)
+                 if (m := left.match(e)) and os.path.isdir(os.path.join(parent, e))
+                 and not os.path.islink(os.path.join(parent, e))}
+    except OSError:
+        return
+    try:
+        for (kind, rid), path in sorted(found.items()):
+            if kind != "converting" or not _owner_gone(_marker(path)) or not _only_ours(path):
+                continue
+            aside = found.pop(("replaced", rid), None)
+            if aside is not None and not os.path.lexists(out):
+                os.rename(aside, out)
+                output_dir._warn(f"{out}: put back the previous result, which an interrupted r1mega-convert had "
+                                 f"moved aside to {aside}")
+            shutil.rmtree(path)
+            output_dir._warn(f"removed {path}, the temporary directory of an interrupted r1mega-convert")
+        published = _marker(out) if os.path.isdir(out) else None
+        for (kind, rid), path in found.items():
+            if kind == "replaced" and published and published.get("tmp_id") == rid and _owner_gone(published):
+                shutil.rmtree(path)  # --overwrite's previous result; its run published the new one and died deleting it
+                output_dir._warn(f"removed {path}, the result {out} held before an interrupted --overwrite")
+    except OSError as e:  # e.g. a read-only directory: the conversion itself says what it cannot do
+        output_dir._warn(f"could not clean up after an interrupted r1mega-convert beside {out} "
+                         f"({e.strerror or e}: {e.filename}); left as it is")
+
+
 def _prepare_out(out: str, overwrite: bool, source: str, what: str) -> str:
+    _recover_interrupted(out)  # first: a previous result put back is then judged like any --out
     _check_out(out, overwrite, source)
     tmp = _sibling(out, "converting")
     try:
         os.makedirs(tmp)  # fails rather than reuse a directory this run did not make
     except OSError as e:
         raise ConvertError(f"--out {out}: cannot create {tmp} beside it ({e.strerror}); choose another --out") from None
-    try:
+    try:  # who is converting (a rerun removes it once this process is gone) and under which id
         _write_marker(tmp, {"command": f"{_COMMAND} {what}", "source": os.path.abspath(source),
-                            "run_id": output_dir.RUN_ID})
+                            "run_id": output_dir.RUN_ID, "pid": os.getpid(), "host": socket.gethostname(),
+                            "start": output_dir._start_time(os.getpid()), "tmp_id": tmp.rsplit("-", 1)[1]})
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         _raise_named(e, out)
@@ -306,7 +373,9 @@ def _publish(tmp: str, out: str, overwrite: bool, source: str) -> None:
     _check_out(out, overwrite, source)
     try:
         if os.path.isdir(out) and os.listdir(out):  # --overwrite of an earlier run's own output
-            old = _sibling(out, "replaced")
+            old = tmp.replace(".converting-", ".replaced-")  # the same id: a rerun can tell whose it is
+            if os.path.lexists(old):
+                old = _sibling(out, "replaced")
             os.rename(out, old)
             try:
                 os.rename(tmp, out)
