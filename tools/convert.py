@@ -14,6 +14,8 @@ Llama); every tensor is checked finite as it streams through. Output goes to a u
 temporary directory beside --out and is renamed into place once complete; an existing --out is
 replaced only with --overwrite, and only when an earlier run of this tool wrote it (the ownership
 marker it leaves); a directory holding anyone else's files is refused, never removed.
+A run killed midway leaves its temporary directory; the next run on that --out removes it (once
+its process is gone) and puts back a previous result it had moved aside.
 `import --verify` runs verify-hf's logit parity check against transformers on the new checkpoint
 (one process) before publishing it. Only safetensors are read.
 """
