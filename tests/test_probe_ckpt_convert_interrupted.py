@@ -116,3 +116,18 @@ def test_a_live_runs_and_foreign_directories_are_left_alone(tmp_path, hf):
     finally:
         live.kill()
         live.wait()
+
+
+def test_leftovers_that_cannot_be_removed_are_named_not_a_traceback(tmp_path, hf, monkeypatch, capsys):
+    """A dead run's directory in a parent that refuses removal (read-only): a warning, then the
+    conversion's own answer (was: the recovery's PermissionError traceback)."""
+    out = tmp_path / "ckpt"
+    _run_killed("publish", hf, out)
+
+    def refuse(path, *a, **k):
+        raise PermissionError(1, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(convert.shutil, "rmtree", refuse)
+    convert.do_import(hf, str(out))
+    assert "could not clean up after an interrupted r1mega-convert" in capsys.readouterr().err
+    assert (out / "meta.json").exists()

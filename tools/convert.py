@@ -14,6 +14,8 @@ Llama); every tensor is checked finite as it streams through. Output goes to a u
 temporary directory beside --out and is renamed into place once complete; an existing --out is
 replaced only with --overwrite, and only when an earlier run of this tool wrote it (the ownership
 marker it leaves); a directory holding anyone else's files is refused, never removed.
+A run killed midway leaves its temporary directory; the next run on that --out removes it (once
+its process is gone) and puts back a previous result it had moved aside.
 `import --verify` runs verify-hf's logit parity check against transformers on the new checkpoint
 (one process) before publishing it. Only safetensors are read.
 """
@@ -319,21 +321,25 @@ def _recover_interrupted(out: str) -> None:
                  and not os.path.islink(os.path.join(parent, e))}
     except OSError:
         return
-    for (kind, rid), path in sorted(found.items()):
-        if kind != "converting" or not _owner_gone(_marker(path)) or not _only_ours(path):
-            continue
-        aside = found.pop(("replaced", rid), None)
-        if aside is not None and not os.path.lexists(out):
-            os.rename(aside, out)
-            output_dir._warn(f"{out}: put back the previous result, which an interrupted r1mega-convert had "
-                             f"moved aside to {aside}")
-        shutil.rmtree(path)
-        output_dir._warn(f"removed {path}, the temporary directory of an interrupted r1mega-convert")
-    published = _marker(out) if os.path.isdir(out) else None
-    for (kind, rid), path in found.items():
-        if kind == "replaced" and published and published.get("tmp_id") == rid and _owner_gone(published):
-            shutil.rmtree(path)  # --overwrite's previous result; its run published the new one and died deleting it
-            output_dir._warn(f"removed {path}, the result {out} held before an interrupted --overwrite")
+    try:
+        for (kind, rid), path in sorted(found.items()):
+            if kind != "converting" or not _owner_gone(_marker(path)) or not _only_ours(path):
+                continue
+            aside = found.pop(("replaced", rid), None)
+            if aside is not None and not os.path.lexists(out):
+                os.rename(aside, out)
+                output_dir._warn(f"{out}: put back the previous result, which an interrupted r1mega-convert had "
+                                 f"moved aside to {aside}")
+            shutil.rmtree(path)
+            output_dir._warn(f"removed {path}, the temporary directory of an interrupted r1mega-convert")
+        published = _marker(out) if os.path.isdir(out) else None
+        for (kind, rid), path in found.items():
+            if kind == "replaced" and published and published.get("tmp_id") == rid and _owner_gone(published):
+                shutil.rmtree(path)  # --overwrite's previous result; its run published the new one and died deleting it
+                output_dir._warn(f"removed {path}, the result {out} held before an interrupted --overwrite")
+    except OSError as e:  # e.g. a read-only directory: the conversion itself says what it cannot do
+        output_dir._warn(f"could not clean up after an interrupted r1mega-convert beside {out} "
+                         f"({e.strerror or e}: {e.filename}); left as it is")
 
 
 def _prepare_out(out: str, overwrite: bool, source: str, what: str) -> str:
