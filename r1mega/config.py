@@ -457,7 +457,8 @@ def apply_train_aliases(cfg: Config) -> list[str]:
 def validate(cfg: Config, world_size: int) -> Config:
     """Cross-field checks of model x layout. Raises ConfigError naming the key; allocates nothing."""
     par = resolve_parallel(cfg.parallel, world_size)
-    _need(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
+    _need(isinstance(cfg.seed, int) and 0 <= cfg.seed < 2 ** 64, "seed",
+          f"must be >= 0 and < 2^64 (torch's generators take 64-bit seeds), got {cfg.seed}")
     aliased = apply_train_aliases(cfg)
     for section in ("model", "student"):
         m = getattr(cfg, section)

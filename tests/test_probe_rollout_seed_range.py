@@ -47,3 +47,24 @@ def test_large_seeds_sample_alike_in_every_engine(model, seed):
     # (the keys still depend on the seed)
     other = generate(chunks, ps, prompts, GenerationConfig(**{**gen.__dict__, "seed": seed + 1}))
     assert not torch.equal(plain.tokens, other.tokens)
+
+
+def test_the_config_seed_is_bounded_by_name_and_initialises_at_any_value():
+    """`seed` seeds torch's 64-bit generators (and each weight's: seed x 1,000,003 + a name hash):
+    `r1mega grpo ... seed=20000000000000` died in the weight initialisation with 'ValueError: Overflow
+    when unpacking long long', seed=2^64 in torch.manual_seed; now every seed below 2^64 initialises
+    and a larger one is refused by key."""
+    from r1mega.config import Config, ConfigError, ModelConfig, validate
+    from r1mega.parallel.layout import single_process_state
+    from r1mega.train.model_build import build_chunks, init_weights
+
+    with pytest.raises(ConfigError, match="'seed'"):
+        validate(Config(seed=2 ** 64), 1)
+    cfg = validate(Config(model=ModelConfig(vocab_size=64, num_layers=2)), 1)
+    firsts = []
+    for seed in (0, 20_000_000_000_000, 2 ** 64 - 1):
+        validate(Config(seed=seed), 1)
+        chunks = build_chunks(cfg, single_process_state())
+        init_weights(chunks, seed)
+        firsts.append(next(chunks.parameters()).detach().clone())
+    assert not torch.equal(firsts[0], firsts[1]) and not torch.equal(firsts[1], firsts[2])

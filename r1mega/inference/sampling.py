@@ -112,7 +112,8 @@ def row_keys(seed: int, step, rows: torch.Tensor) -> torch.Tensor:
     the rows are at different positions of their completions (continuous batching)."""
     # the seed's term mod 2^64 as an int64 (the host hash's arithmetic): seed x 1,000,003 passes int64
     # from seed ~1.8e13 on, and a Python int that large does not convert to a tensor
-    base = torch.as_tensor(step, dtype=torch.int64, device=rows.device).reshape(-1) + _signed(seed * 1_000_003 & _M64)
+    base = (torch.as_tensor(step, dtype=torch.int64, device=rows.device).reshape(-1)
+            + _signed(seed * 1_000_003 & _M64))
     return _mix(_mix(base) + rows.to(torch.int64) * _signed(0xD1B54A32D192ED03))
 
 

@@ -24,9 +24,9 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from r1mega.inference.generate import Rollout
 from r1mega.parallel.layout import ParallelState
 from r1mega.rl.loss import equal_reward_groups
-from r1mega.inference.generate import Rollout
 from r1mega.rl.train_batch import merge_rollouts, work_of
 
 POOL_INDEX_STRIDE = 1_000_003  # synthetic problems of a pool round never repeat a rollout's

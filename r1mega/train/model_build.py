@@ -100,7 +100,8 @@ def init_weights(chunks: torch.nn.ModuleList, seed: int) -> None:
             else:
                 # a tied copy (the last stage's embedding under PP) starts equal to its source
                 key = pspec.copy_of or spec.key
-                g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
+                # mod 2^64: a generator takes a 64-bit seed (seed x 1,000,003 passes it from ~1.8e13 on)
+                g = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(key.encode())) % 2 ** 64)
                 full = torch.randn(spec.full_shape, generator=g) * std
                 if spec.dim is not None:
                     full = full.chunk(spec.parts, dim=spec.dim)[spec.rank]
