@@ -51,10 +51,12 @@ class Plan:
 
 
 def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch: Optional[int] = None,
-              weight_bytes: int = 2, rollout_batch: int = 0, rollout_len: int = 0) -> Plan:
+              weight_bytes: int = 2, rollout_batch: int = 0, rollout_len: int = 0,
+              rollout_cap: Optional[float] = None) -> Plan:
     """The plan of a config's model on a layout, for any family: the family says what a GPU of each
     stage holds and what one microbatch leaves for backward (`family.planner`); the rest is the same
-    for every model (ZeRO-1 optimizer, microbatches in flight under 1F1B, fp32 logits, TP/PP/DP traffic)."""
+    for every model (ZeRO-1 optimizer, microbatches in flight under 1F1B, fp32 logits, TP/PP/DP traffic).
+    rollout_cap: the most tokens one GPU's rollout cache holds at once (the rollout scheduler's budgets)."""
     cfg = validate(cfg, world)
     family, m = family_for(cfg)
     p, t, fam_plan = cfg.parallel, cfg.train, family.planner
@@ -99,7 +101,9 @@ def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch:
     if rollout_batch and rollout_len:
         # the rollout's sequences are split over DP ranks, and a DP rank's over its CP ranks, each
         # decoding its rows whole (inference/generate.py): one GPU caches 1 / (dp x cp) of the tokens
-        plan.kv_cache = fam_plan.kv_cache_bytes(m, p, rollout_batch * rollout_len / (p.dp * p.cp), weight_bytes)
+        tokens = rollout_batch * rollout_len / (p.dp * p.cp)
+        plan.kv_cache = fam_plan.kv_cache_bytes(m, p, tokens if rollout_cap is None else min(tokens, rollout_cap),
+                                                weight_bytes)
     return plan
 
 
@@ -121,6 +125,23 @@ def fits(plan: Plan, gpu_mem_gib: float) -> Optional[str]:
     parts = ", ".join(f"{k} {v / GiB:.1f} GiB" for k, v in sorted(plan.memory.items(), key=lambda kv: -kv[1]))
     return (f"does not fit: stage {plan.stage} needs {total / GiB:.1f} GiB per GPU, {(total - budget) / GiB:.1f} GiB "
             f"over the {gpu_mem_gib:g} GiB of a GPU ({parts})")
+
+
+def rollout_memory(plan: Plan) -> float:
+    """Bytes per GPU while rolling out: the weights and the cache (gradients are freed and GRPO moves the
+    optimizer states to host memory for the rollout: rl/grpo.py)."""
+    return plan.memory["weights"] + sum(v for k, v in plan.kv_cache.items() if k != "full_heads")
+
+
+def rollout_fits(plan: Plan, gpu_mem_gib: float) -> Optional[str]:
+    """None if the rollout's weights and cache fit a GPU, else by how much they do not."""
+    total, budget = rollout_memory(plan), gpu_mem_gib * GiB
+    if total <= budget:
+        return None
+    return (f"the rollout does not fit: weights {plan.memory['weights'] / GiB:.1f} GiB + KV cache "
+            f"{(total - plan.memory['weights']) / GiB:.1f} GiB = {total / GiB:.1f} GiB per GPU, over the "
+            f"{gpu_mem_gib:g} GiB of a GPU; set rl.rollout_cache_tokens (the cache tokens per rank; rows past it "
+            f"wait or are recomputed) or spread the rows over more dp x cp ranks")
 
 
 def search(cfg: Config, gpus: int, gpus_per_node: int, gpu_mem: float, micro_batch: int, seq: int,
@@ -240,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_for(cfg, world, args.micro_batch, args.seq_length, args.global_batch,
                     rollout_batch=args.rollout_batch, rollout_len=args.rollout_len)
     print_plan(plan, args.gpu_mem)
-    overflow = fits(plan, args.gpu_mem)
+    overflow = fits(plan, args.gpu_mem) or (rollout_fits(plan, args.gpu_mem) if plan.kv_cache else None)
     if overflow:
         print(f"REFUSED: {overflow}", file=sys.stderr)
         return 1
