@@ -43,7 +43,7 @@ def dry_run(cfg: Config, world: int, gpu_mem: float = 80.0, command: str = "pret
     check_sizes(world=world, gpu_mem=gpu_mem)
     # the run's own rules (batch split, schedule, virtual stages, optimizer; no data files read), so a
     # plan is never printed for a launch the run refuses
-    cfg = validate_training(cfg, world, needs_data=False)
+    cfg = validate_training(cfg, world, needs_data=False, rollouts=command == "grpo")
     check_positions(cfg, cfg.data.seq_length, "data.seq_length")  # and the positions the real run refuses
     p = cfg.parallel
     m = cfg.active_model
