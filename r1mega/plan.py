@@ -17,7 +17,7 @@ instantiated models in the tests). Memory per GPU (the worst pipeline stage):
                MLA, keys and values per KV head for the dense family)
 Communication per GPU and step (bytes sent, ring algorithms): TP all-gather/reduce-scatter of
 the activations at every TP region edge, PP activations and gradients between stages, DP
-reduce-scatter of gradients and all-gather of parameters (dense ones over dp x cp), and the
+reduce-scatter of gradients and all-gather of parameters in float32 (dense ones over dp x cp), and the
 family's own (e.g. EP all-to-all of routed tokens, the CP all-gather of the MLA latent).
 """
 from __future__ import annotations
@@ -96,7 +96,9 @@ def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch:
     plan.comm["ep"] = extra.pop("ep", 0.0)
     local_tokens = tokens / (p.tp if p.sp and p.tp > 1 else 1)
     plan.comm["pp"] = (2 * local_tokens * D * weight_bytes * micro_per_rank) if p.pp > 1 else 0.0
-    plan.comm["dp"] = 2 * weight_bytes * (dense * ring(p.dp * p.cp) + expert * ring(edp))
+    # ZeRO-1 reduce-scatters gradients and all-gathers parameters in its float32 buckets (train/optimizer.py),
+    # whatever the weights' type
+    plan.comm["dp"] = 2 * 4 * (dense * ring(p.dp * p.cp) + expert * ring(edp))
     plan.comm.update(extra)
     if rollout_batch and rollout_len:
         # the rollout's sequences are split over DP ranks, and a DP rank's over its CP ranks, each
