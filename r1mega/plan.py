@@ -78,8 +78,9 @@ def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch:
             "optimizer": 12 * (dense / (p.dp * p.cp) + expert / edp),
             "activations": acts * in_flight,
         }
-        if stage == p.pp - 1:  # fp32 logits of one microbatch for the loss
-            mem["activations"] += micro_batch * seq / p.cp * m.vocab_size / p.tp * 4
+        if stage == p.pp - 1:  # each loss head's fp32 log-probs of one microbatch: the main one and each MTP module's
+            heads = 1 + getattr(m, "num_mtp_layers", 0)
+            mem["activations"] += heads * micro_batch * seq / p.cp * m.vocab_size / p.tp * 4
         if worst is None or sum(mem.values()) > sum(worst[1].values()):
             worst = (stage, mem, dense, expert)
     plan.stage, plan.memory, plan.recompute = worst[0], worst[1], t.recompute
