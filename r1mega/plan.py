@@ -72,11 +72,14 @@ def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch:
         in_flight = min(p.pp - stage, micro_per_rank)
         acts = fam_plan.activation_bytes(m, p, stage, micro_batch, seq, weight_bytes, t.recompute,
                                          t.recompute_modules)
+        # a backward re-running a layer (full recompute) holds its activations for one microbatch at a time
+        transient = getattr(fam_plan, "recompute_transient_bytes", lambda *a: 0.0)(
+            m, p, stage, micro_batch, seq, weight_bytes, t.recompute, t.recompute_modules)
         mem = {
             "weights": (dense + expert) * weight_bytes,
             "grads": (dense + expert) * weight_bytes,
             "optimizer": 12 * (dense / (p.dp * p.cp) + expert / edp),
-            "activations": acts * in_flight,
+            "activations": acts * in_flight + transient,
         }
         if stage == p.pp - 1:  # each loss head's fp32 log-probs of one microbatch: the main one and each MTP module's
             heads = 1 + getattr(m, "num_mtp_layers", 0)
