@@ -82,7 +82,7 @@ def _dispatch(parser, args) -> int:
             cfg = model_from_checkpoint(cfg)[0]  # the model train.load holds, as the run would build it
             par = cfg.parallel
             world = args.world if args.world is not None else par.tp * par.cp * par.pp * (par.dp or 1)
-            return dry_run(cfg, world, args.gpu_mem)
+            return dry_run(cfg, world, args.gpu_mem, args.command)
         if args.command == "grpo":
             from r1mega.rl.grpo import grpo
 

@@ -486,9 +486,12 @@ def validate_sequence_split(cfg: Config) -> None:
           f"{par.sequence_divisor_text()}")
 
 
-def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> Config:
+def validate_training(cfg: Config, world_size: int, needs_data: bool = True, rollouts: bool = False) -> Config:
     """validate() plus the batch / schedule / data / optimizer rules of a training run.
-    needs_data=False: GRPO, whose data are rl.prompts (see validate_rl)."""
+    needs_data=False: GRPO, whose data are rl.prompts (see validate_rl).
+    rollouts=True: GRPO, whose rows are its rollouts (prompt + response, padded to split over the layout
+    by GRPO itself): data.seq_length and data.global_batch_size are not its shapes, so their rules
+    (split over cp x tp, dp x micro batch, the interleaved schedule's microbatches) are not its rules."""
     cfg = validate(cfg, world_size)
     par, d, t, o = cfg.parallel, cfg.data, cfg.train, cfg.optim
     pp = par.pp
@@ -496,7 +499,7 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
 
     _at_least(d, "data", 1, "seq_length", "micro_batch_size", "global_batch_size", "synthetic_docs")
     active, section = cfg.active_model, cfg.model_section
-    need(d.seq_length <= active.max_position_embeddings, "data.seq_length",
+    need(rollouts or d.seq_length <= active.max_position_embeddings, "data.seq_length",
          f"{d.seq_length} exceeds {section}.max_position_embeddings={active.max_position_embeddings}; shorten "
          f"the sequences or extend the context (rope scaling and a larger max_position_embeddings)")
     if d.synthetic is not None:
@@ -537,10 +540,11 @@ def validate_training(cfg: Config, world_size: int, needs_data: bool = True) -> 
              f"{cfg.active_model.num_layers} layers cannot fill pp x virtual_stages = {pp * t.virtual_stages} stages")
     need(t.dtype in ("float32", "bfloat16"), "train.dtype", f"expected float32 or bfloat16, got {t.dtype!r}")
     per_step = par.dp * d.micro_batch_size
-    need(d.global_batch_size % per_step == 0, "data.global_batch_size",
+    need(rollouts or d.global_batch_size % per_step == 0, "data.global_batch_size",
          f"{d.global_batch_size} is not a multiple of dp x micro_batch_size = {par.dp} x {d.micro_batch_size}")
-    validate_sequence_split(cfg)
-    if t.schedule == "interleaved" and pp > 1:
+    if not rollouts:
+        validate_sequence_split(cfg)
+    if t.schedule == "interleaved" and pp > 1 and not rollouts:
         micro = d.global_batch_size // per_step
         need(micro % pp == 0, "data.global_batch_size",
              f"the interleaved schedule needs microbatches per DP rank ({micro}) divisible by pp={pp}")

@@ -7,7 +7,7 @@ import math
 from r1mega.config import Config, validate_training
 from r1mega.models.family import family_of_config
 from r1mega.parallel.layout import attention_dims, expert_dims
-from r1mega.plan import check_positions, check_sizes, fits, plan_for, print_plan
+from r1mega.plan import check_positions, check_sizes, fits, plan_for, print_plan, rollout_fits
 
 
 def group_summary(dims: list[tuple[str, int]], name: str, show: int = 8) -> tuple[int, int, list[int]]:
@@ -20,11 +20,30 @@ def group_summary(dims: list[tuple[str, int]], name: str, show: int = 8) -> tupl
     return math.prod(s for _, s in dims) // size, size, [k * stride for k in range(min(size, show))]
 
 
-def dry_run(cfg: Config, world: int, gpu_mem: float = 80.0) -> int:
+def grpo_shapes(cfg: Config) -> dict:
+    """What a GRPO step runs, in the planner's terms: update rows as long as the longest response the run's
+    steps allow (rl.max_new_tokens, its schedule; rl.pack_tokens when longer; prompts add their own tokens,
+    unknown before they are read), prompts_per_step x group_size sequences per optimizer step, and a rollout
+    of that times rl.minibatches sequences, each GPU's cache capped by the rollout scheduler's budgets."""
+    rl, par = cfg.rl, cfg.parallel
+    responses = [n for at, n in rl.max_new_tokens_schedule if at < cfg.train.steps]
+    if not any(at <= 0 for at, _ in rl.max_new_tokens_schedule):
+        responses.append(rl.max_new_tokens)
+    response = max(responses)
+    seq = max(response, rl.pack_tokens if rl.packed_update else 0)
+    seq += (-seq) % par.sequence_divisor  # rows are padded to split over cp (x tp under SP), as GRPO pads them
+    caps = [rl.rollout_max_rows * response] if rl.rollout_max_rows else []
+    caps += [rl.rollout_cache_tokens] if rl.rollout_cache_tokens else []
+    per_step = rl.prompts_per_step * rl.group_size
+    return {"response": response, "seq": seq, "global_batch": per_step, "rollout_batch": per_step * rl.minibatches,
+            "rollout_cap": min(caps) if caps else None}
+
+
+def dry_run(cfg: Config, world: int, gpu_mem: float = 80.0, command: str = "pretrain") -> int:
     check_sizes(world=world, gpu_mem=gpu_mem)
     # the run's own rules (batch split, schedule, virtual stages, optimizer; no data files read), so a
     # plan is never printed for a launch the run refuses
-    cfg = validate_training(cfg, world, needs_data=False)
+    cfg = validate_training(cfg, world, needs_data=False, rollouts=command == "grpo")
     check_positions(cfg, cfg.data.seq_length, "data.seq_length")  # and the positions the real run refuses
     p = cfg.parallel
     m = cfg.active_model
@@ -34,8 +53,16 @@ def dry_run(cfg: Config, world: int, gpu_mem: float = 80.0) -> int:
                        ("ep", expert_dims(p)), ("etp", expert_dims(p)), ("edp", expert_dims(p))):
         count, size, first = group_summary(dims, name)
         print(f"  {name:<4} {count:>5} groups of {size:>4}; rank 0's: {first}" + (" ..." if size > 8 else ""))
-    plan = plan_for(cfg, world, cfg.data.micro_batch_size, cfg.data.seq_length, cfg.data.global_batch_size)
+    if command == "grpo":  # GRPO trains on its rollouts: data.seq_length and data.global_batch_size are not its shapes
+        g = grpo_shapes(cfg)
+        check_positions(cfg, g["response"], "rl.max_new_tokens")
+        print(f"GRPO step: {g['global_batch']} sequences per optimizer step in rows of {g['seq']} tokens (the longest "
+              f"response; prompts add theirs), a rollout of {g['rollout_batch']} sequences")
+        plan = plan_for(cfg, world, cfg.data.micro_batch_size, g["seq"], g["global_batch"],
+                        rollout_batch=g["rollout_batch"], rollout_len=g["response"], rollout_cap=g["rollout_cap"])
+    else:
+        plan = plan_for(cfg, world, cfg.data.micro_batch_size, cfg.data.seq_length, cfg.data.global_batch_size)
     print_plan(plan, gpu_mem)
-    overflow = fits(plan, gpu_mem)
+    overflow = fits(plan, gpu_mem) or (rollout_fits(plan, gpu_mem) if plan.kv_cache else None)
     print(overflow or f"fits in {gpu_mem:g} GiB per GPU")
     return 1 if overflow else 0

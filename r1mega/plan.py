@@ -17,7 +17,7 @@ instantiated models in the tests). Memory per GPU (the worst pipeline stage):
                MLA, keys and values per KV head for the dense family)
 Communication per GPU and step (bytes sent, ring algorithms): TP all-gather/reduce-scatter of
 the activations at every TP region edge, PP activations and gradients between stages, DP
-reduce-scatter of gradients and all-gather of parameters (dense ones over dp x cp), and the
+reduce-scatter of gradients and all-gather of parameters in float32 (dense ones over dp x cp), and the
 family's own (e.g. EP all-to-all of routed tokens, the CP all-gather of the MLA latent).
 """
 from __future__ import annotations
@@ -51,10 +51,12 @@ class Plan:
 
 
 def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch: Optional[int] = None,
-              weight_bytes: int = 2, rollout_batch: int = 0, rollout_len: int = 0) -> Plan:
+              weight_bytes: int = 2, rollout_batch: int = 0, rollout_len: int = 0,
+              rollout_cap: Optional[float] = None) -> Plan:
     """The plan of a config's model on a layout, for any family: the family says what a GPU of each
     stage holds and what one microbatch leaves for backward (`family.planner`); the rest is the same
-    for every model (ZeRO-1 optimizer, microbatches in flight under 1F1B, fp32 logits, TP/PP/DP traffic)."""
+    for every model (ZeRO-1 optimizer, microbatches in flight under 1F1B, fp32 logits, TP/PP/DP traffic).
+    rollout_cap: the most tokens one GPU's rollout cache holds at once (the rollout scheduler's budgets)."""
     cfg = validate(cfg, world)
     family, m = family_for(cfg)
     p, t, fam_plan = cfg.parallel, cfg.train, family.planner
@@ -70,14 +72,18 @@ def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch:
         in_flight = min(p.pp - stage, micro_per_rank)
         acts = fam_plan.activation_bytes(m, p, stage, micro_batch, seq, weight_bytes, t.recompute,
                                          t.recompute_modules)
+        # a backward re-running a layer (full recompute) holds its activations for one microbatch at a time
+        transient = getattr(fam_plan, "recompute_transient_bytes", lambda *a: 0.0)(
+            m, p, stage, micro_batch, seq, weight_bytes, t.recompute, t.recompute_modules)
         mem = {
             "weights": (dense + expert) * weight_bytes,
             "grads": (dense + expert) * weight_bytes,
             "optimizer": 12 * (dense / (p.dp * p.cp) + expert / edp),
-            "activations": acts * in_flight,
+            "activations": acts * in_flight + transient,
         }
-        if stage == p.pp - 1:  # fp32 logits of one microbatch for the loss
-            mem["activations"] += micro_batch * seq / p.cp * m.vocab_size / p.tp * 4
+        if stage == p.pp - 1:  # each loss head's fp32 log-probs of one microbatch: the main one and each MTP module's
+            heads = 1 + getattr(m, "num_mtp_layers", 0)
+            mem["activations"] += heads * micro_batch * seq / p.cp * m.vocab_size / p.tp * 4
         if worst is None or sum(mem.values()) > sum(worst[1].values()):
             worst = (stage, mem, dense, expert)
     plan.stage, plan.memory, plan.recompute = worst[0], worst[1], t.recompute
@@ -94,12 +100,16 @@ def make_plan(cfg: Config, world: int, micro_batch: int, seq: int, global_batch:
     plan.comm["ep"] = extra.pop("ep", 0.0)
     local_tokens = tokens / (p.tp if p.sp and p.tp > 1 else 1)
     plan.comm["pp"] = (2 * local_tokens * D * weight_bytes * micro_per_rank) if p.pp > 1 else 0.0
-    plan.comm["dp"] = 2 * weight_bytes * (dense * ring(p.dp * p.cp) + expert * ring(edp))
+    # ZeRO-1 reduce-scatters gradients and all-gathers parameters in its float32 buckets (train/optimizer.py),
+    # whatever the weights' type
+    plan.comm["dp"] = 2 * 4 * (dense * ring(p.dp * p.cp) + expert * ring(edp))
     plan.comm.update(extra)
     if rollout_batch and rollout_len:
         # the rollout's sequences are split over DP ranks, and a DP rank's over its CP ranks, each
         # decoding its rows whole (inference/generate.py): one GPU caches 1 / (dp x cp) of the tokens
-        plan.kv_cache = fam_plan.kv_cache_bytes(m, p, rollout_batch * rollout_len / (p.dp * p.cp), weight_bytes)
+        tokens = rollout_batch * rollout_len / (p.dp * p.cp)
+        plan.kv_cache = fam_plan.kv_cache_bytes(m, p, tokens if rollout_cap is None else min(tokens, rollout_cap),
+                                                weight_bytes)
     return plan
 
 
@@ -121,6 +131,23 @@ def fits(plan: Plan, gpu_mem_gib: float) -> Optional[str]:
     parts = ", ".join(f"{k} {v / GiB:.1f} GiB" for k, v in sorted(plan.memory.items(), key=lambda kv: -kv[1]))
     return (f"does not fit: stage {plan.stage} needs {total / GiB:.1f} GiB per GPU, {(total - budget) / GiB:.1f} GiB "
             f"over the {gpu_mem_gib:g} GiB of a GPU ({parts})")
+
+
+def rollout_memory(plan: Plan) -> float:
+    """Bytes per GPU while rolling out: the weights and the cache (gradients are freed and GRPO moves the
+    optimizer states to host memory for the rollout: rl/grpo.py)."""
+    return plan.memory["weights"] + sum(v for k, v in plan.kv_cache.items() if k != "full_heads")
+
+
+def rollout_fits(plan: Plan, gpu_mem_gib: float) -> Optional[str]:
+    """None if the rollout's weights and cache fit a GPU, else by how much they do not."""
+    total, budget = rollout_memory(plan), gpu_mem_gib * GiB
+    if total <= budget:
+        return None
+    return (f"the rollout does not fit: weights {plan.memory['weights'] / GiB:.1f} GiB + KV cache "
+            f"{(total - plan.memory['weights']) / GiB:.1f} GiB = {total / GiB:.1f} GiB per GPU, over the "
+            f"{gpu_mem_gib:g} GiB of a GPU; set rl.rollout_cache_tokens (the cache tokens per rank; rows past it "
+            f"wait or are recomputed) or spread the rows over more dp x cp ranks")
 
 
 def search(cfg: Config, gpus: int, gpus_per_node: int, gpu_mem: float, micro_batch: int, seq: int,
@@ -240,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_for(cfg, world, args.micro_batch, args.seq_length, args.global_batch,
                     rollout_batch=args.rollout_batch, rollout_len=args.rollout_len)
     print_plan(plan, args.gpu_mem)
-    overflow = fits(plan, args.gpu_mem)
+    overflow = fits(plan, args.gpu_mem) or (rollout_fits(plan, args.gpu_mem) if plan.kv_cache else None)
     if overflow:
         print(f"REFUSED: {overflow}", file=sys.stderr)
         return 1

@@ -288,7 +288,7 @@ class Runner:
                 extra = [*self.cfg.get("sft_common", []), *extra]
             try:
                 cfg = self.run_config(name, extra)
-                cfg = validate_training(cfg, world, needs_data=kind == "pretrain")
+                cfg = validate_training(cfg, world, needs_data=kind == "pretrain", rollouts=kind == "grpo")
                 if kind == "grpo":
                     validate_rl(cfg, world, resuming=True)  # train.load is the previous stage's weights
             except ConfigError as err:

@@ -69,3 +69,35 @@ def rollout_cache_peak(rank: int, world: int, cp: int, prompts: list[list[int]],
     torch.manual_seed(0)
     model = DeepseekV3(ModelConfig(num_layers=2, max_position_embeddings=4096), ps)
     return generate(model, ps, prompts, GenerationConfig(max_new_tokens=new_tokens, block_size=16)).cache_bytes
+
+
+def optimizer_step_traffic(rank: int, world: int):
+    """Bytes this rank's ZeRO-1 step hands to its collectives (reduce-scatter inputs, all-gather outputs),
+    DP `world`, after a backward of a tiny MoE."""
+    from r1mega.train import optimizer as zero
+
+    ps = build_parallel_state(ParallelConfig(dp=world))
+    torch.manual_seed(0)
+    chunks = small_moe(ps)
+    opt = DistributedAdamW(chunks, ps, OptimConfig())
+    ids = torch.randint(0, 200, (2, 16))
+    out = chunks[0](ids, labels=ids)
+    out.token_loss.sum().backward()
+    sizes = []
+    plain_rs, plain_ag = zero.reduce_scatter_nograd, zero.all_gather_nograd
+
+    def rs(x, group):
+        sizes.append(x.numel() * x.element_size())
+        return plain_rs(x, group)
+
+    def ag(x, group):
+        out = plain_ag(x, group)
+        sizes.append(out.numel() * out.element_size())
+        return out
+
+    zero.reduce_scatter_nograd, zero.all_gather_nograd = rs, ag
+    try:
+        opt.step(1e-3)
+    finally:
+        zero.reduce_scatter_nograd, zero.all_gather_nograd = plain_rs, plain_ag
+    return sum(sizes)

@@ -552,9 +552,9 @@ class ContinuousBatcher:
                     self.live.append(r)
                 step += 1
 
-    def routing(self, P: int, width: int) -> dict[int, torch.Tensor]:
-        """{layer: experts [width, B, k]} in the left-padded output layout; positions no forward
-        routed (pads, the last token) hold experts 0..k-1."""
+    def routing(self, P: int, width: int, dtype: torch.dtype = torch.long) -> dict[int, torch.Tensor]:
+        """{layer: experts [width, B, k]} (of `dtype`) in the left-padded output layout; positions no
+        forward routed (pads, the last token) hold experts 0..k-1."""
         out = {}
         B = len(self.rows)
         layers = set(self.decode_routing)
@@ -564,7 +564,7 @@ class ContinuousBatcher:
             sample_idx = (self.decode_routing[layer][0][2] if layer in self.decode_routing
                           else next(r.group.routing[layer] for r in self.rows if layer in r.group.routing))
             k = sample_idx.shape[-1]
-            full = torch.arange(k, dtype=sample_idx.dtype, device=sample_idx.device).expand(width, B, k).clone()
+            full = torch.arange(k, dtype=dtype, device=sample_idx.device).expand(width, B, k).clone()
             for r in self.rows:
                 pr = r.group.routing.get(layer)
                 if pr is not None:

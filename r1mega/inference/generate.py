@@ -176,11 +176,12 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
     routing = {}
     if gen.record_routing:
         width = max(P + N - 1, 0)  # (no rows anywhere: nothing routed)
-        local = engine.routing(P, width)
+        dtype = routing_dtype(getattr(model.cfg, "n_routed_experts", 0))
+        local = engine.routing(P, width, dtype)
         for layer in _moe_layers(model):  # every rank the same layers, rows or not (CP sums them)
-            routing[layer] = torch.zeros(width, B, model.cfg.num_experts_per_tok, dtype=torch.long, device=device)
+            routing[layer] = torch.zeros(width, B, model.cfg.num_experts_per_tok, dtype=dtype, device=device)
             if layer in local:
-                routing[layer][:, mine] = local[layer].long()
+                routing[layer][:, mine] = local[layer]
     if ps.cp > 1:  # disjoint rows: the sums are the whole result, exactly
         for t in (tokens, mask, logprobs, *routing.values()):
             dist.all_reduce(t, group=ps.g("cp"))
@@ -193,6 +194,15 @@ def generate(model, ps: ParallelState, prompts: list[list[int]], gen: Generation
                    engine.decode_row_steps, engine.forwards, preemptions=engine.preemptions,
                    prefill_tokens=engine.prefill_tokens, recomputed_tokens=engine.recomputed_tokens,
                    draft_tokens=getattr(engine, "drafted", 0), draft_accepted=getattr(engine, "accepted", 0))
+
+
+def routing_dtype(num_experts: int) -> torch.dtype:
+    """The type of a rollout's recorded experts: the smallest integer type that holds an expert id and
+    that collectives carry (NCCL has no int16). The record is [positions, rows, k] per MoE layer, padded
+    to the longest row; at DeepSeek-V3's 256 experts, uint8 takes 1/8 of int64's bytes (R1's 64K-token
+    rows: 68 GB of int64 per GPU of a 4-layer stage for 4,096 rows of a DP rank). The MoE layer takes
+    them back as int64, a microbatch at a time, when it replays them."""
+    return torch.uint8 if num_experts <= 256 else torch.int32
 
 
 def _group_max_int(value: int, ps: ParallelState, group: str, device) -> int:
@@ -290,7 +300,8 @@ def generate_static(model, ps: ParallelState, prompts: list[list[int]], gen: Gen
     if gen.record_routing:
         per_layer = [c.routing() for c in caches]
         for layer in per_layer[0]:
-            routing[layer] = torch.cat([p[layer] for p in per_layer], dim=1)[:used]
+            routing[layer] = torch.cat([p[layer] for p in per_layer], dim=1)[:used].to(
+                routing_dtype(getattr(model.cfg, "n_routed_experts", 0)))
     nbytes = sum(c.nbytes() for c in caches)
     rollout = Rollout(tokens[:, :used], P, pad, mask[:, :used], logprobs[:, :used], routing,
                       caches[0].values_per_token_per_layer(), nbytes, nbytes, B * (step + 1), m * (step + 1))

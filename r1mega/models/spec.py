@@ -93,7 +93,7 @@ class ModelFamily:
         lambda cfg: f"the {getattr(cfg, 'family', type(cfg).__name__)} family has no MTP module"
     training: TrainingHooks = TrainingHooks()
     # () -> the family's share of `r1mega plan` (a module, see models/<family>/plan.py): stage_params,
-    # activation_bytes, family_comm, kv_cache_bytes; imported when first asked for
+    # activation_bytes, family_comm, kv_cache_bytes, optionally recompute_transient_bytes; imported when first asked for
     plan_module: Callable[[], Any] = lambda: None
 
     @property

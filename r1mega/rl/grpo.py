@@ -448,7 +448,7 @@ def start(cfg: Config, ckpt_root: str) -> tuple[Policy, Progress]:
     prompts' and responses' lengths, checkpoints and their architecture), then the policy, its
     optimizer and reference, restored from the run's own checkpoint or train.load."""
     own = own_checkpoint(ckpt_root)  # this run's own checkpoint (a restart) wins over train.load
-    run = start_run(cfg, lambda c, w: validate_rl(validate_training(c, w, needs_data=False), w, own is not None,
+    run = start_run(cfg, lambda c, w: validate_rl(validate_training(c, w, needs_data=False, rollouts=True), w, own is not None,
                                                    REWARDS), own)
     cfg, ps, rl, t = run.cfg, run.ps, run.cfg.rl, run.cfg.train
     check_run_dir(cfg, "grpo")  # refused before the prompts' synthetic corpus is built

@@ -61,12 +61,29 @@ def scores(scaled: torch.Tensor, target: torch.Tensor, ps: ParallelState, keep: 
     return logp, z.log() - mean
 
 
+_BITS = 1 << torch.arange(8, dtype=torch.uint8)  # bit j of a packed byte: entry 8i + j
+
+
 def pack_support(keep: torch.Tensor) -> tuple[torch.Size, torch.Tensor]:
-    """A support as (shape, flat indices of its kept entries): memory follows the support's size."""
-    return keep.shape, keep.flatten().nonzero().flatten()
+    """A support as (shape, payload), the smaller of two forms: the flat indices of its kept entries
+    (int32, or int64 past 2^31 entries; 4 bytes per kept entry: small for the narrow supports of a
+    confident policy) or a bitmask (uint8, one bit per vocab-shard entry: a wide support, e.g. top-p
+    0.95 of a high-entropy policy, costs numel / 8 bytes, where int64 indices cost 8 bytes per kept
+    entry, twice the token's float32 logits, kept for the whole rollout). The payload's dtype tells
+    the form."""
+    flat = keep.flatten()
+    count, n = int(flat.sum()), flat.numel()
+    if 4 * count <= -(-n // 8):
+        return keep.shape, flat.nonzero().flatten().to(torch.int32 if n < 2 ** 31 else torch.int64)
+    padded = torch.zeros(-(-n // 8) * 8, dtype=torch.uint8, device=flat.device)
+    padded[:n] = flat
+    return keep.shape, (padded.view(-1, 8) * _BITS.to(flat.device)).sum(-1, dtype=torch.uint8)
 
 
 def unpack_support(packed: tuple[torch.Size, torch.Tensor]) -> torch.Tensor:
-    shape, idx = packed
-    out = torch.zeros(shape.numel(), dtype=torch.bool, device=idx.device)
-    return out.index_fill_(0, idx, True).view(shape)
+    shape, payload = packed
+    if payload.dtype == torch.uint8:  # a bitmask
+        bits = (payload[:, None] & _BITS.to(payload.device)) != 0
+        return bits.flatten()[:shape.numel()].view(shape)
+    out = torch.zeros(shape.numel(), dtype=torch.bool, device=payload.device)
+    return out.index_fill_(0, payload.long(), True).view(shape)

@@ -63,7 +63,7 @@ def _right_pad(batch: TrainBatch, extra: int) -> TrainBatch:
                       torch.cat([batch.position_ids, batch.position_ids[:, -1:] + 1 + tail - n], 1),
                       torch.cat([batch.attn_mask, (-1 - tail).expand(R, -1)], 1), right(batch.rollout_logp, 0.0),
                       None if batch.routing is None else {
-                          k: torch.cat([v, torch.arange(v.shape[-1], device=dev).expand(extra, R, -1)])
+                          k: torch.cat([v, torch.arange(v.shape[-1], device=dev, dtype=v.dtype).expand(extra, R, -1)])
                           for k, v in batch.routing.items()},
                       right(batch.seq, -1), right(batch.generated, False), batch.sequences)
 
@@ -156,7 +156,7 @@ def pack_batch(r: Rollout, keep: torch.Tensor, index: torch.Tensor, budget: int 
         routing = {}
         for layer, v in padded.routing.items():  # [n, B, k] -> [S, R, k]
             moved = v[c_idx, b_idx]  # [R, S, k]
-            dummy = torch.arange(v.shape[-1], device=dev).expand_as(moved)
+            dummy = torch.arange(v.shape[-1], device=dev, dtype=moved.dtype).expand_as(moved)  # the record's type
             routing[layer] = torch.where(used_slot[..., None], moved, dummy).transpose(0, 1).contiguous()
     return TrainBatch(take(padded.input_ids, 0), take(padded.targets, 0), take(padded.mask, False), pos, docs,
                       take(padded.rollout_logp, 0.0), routing, seq, take(padded.generated, False), len(index))
@@ -190,7 +190,7 @@ def merge_rollouts(parts: list[tuple[Rollout, torch.Tensor]]) -> Rollout:
             v = rt[layer][:, idx]
             k = v.shape[-1]
             left, right = P - r.prompt_len, N - (r.tokens.shape[1] - r.prompt_len)
-            dummy = lambda n: torch.arange(k, device=v.device).expand(n, v.shape[1], k)  # noqa: E731
+            dummy = lambda n: torch.arange(k, device=v.device, dtype=v.dtype).expand(n, v.shape[1], k)  # noqa: E731
             # the recorded routing may stop before the last sampled token (it needs no forward)
             short = r.tokens.shape[1] - v.shape[0]
             cols.append(torch.cat([dummy(left), v, dummy(right + short)]))

@@ -224,7 +224,7 @@ class MoE(nn.Module):
         n_real = max(0, min(tokens.shape[0], n - self.ps.r("tp") * tokens.shape[0])) if split else n
         forced = None
         if replay is not None:
-            forced = replay.reshape(-1, replay.shape[-1])[flat.clamp(min=0)]
+            forced = replay.reshape(-1, replay.shape[-1])[flat.clamp(min=0)].long()  # recorded as uint8 / int32
         idx, weight, scores = self.gate(tokens, forced)
         self.last_topk_idx = idx if n_real == idx.shape[0] else idx[:n_real]  # (integer: nothing to detach)
         if cache is not None:

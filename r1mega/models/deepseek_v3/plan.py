@@ -65,10 +65,26 @@ def activation_bytes(m: ModelConfig, p, stage: int, mb: int, seq: int, act_bytes
         width = (m.kv_lora_rank + m.qk_rope_head_dim) if up_recomputed else \
             m.num_heads / p.tp * (m.qk_head_dim + m.v_head_dim) + m.kv_lora_rank + m.qk_rope_head_dim
         total += others * width * 4 * n_layers
-    if recompute == "full" and kinds:  # backward re-runs one layer at a time: its activations, once
-        worst = max(kinds, key=lambda k: _measured(m, "none", None)[k])
-        total += _measured(m, "none", None)[worst] * tokens
     return total * act_bytes / 4  # measured in float32
+
+
+def recompute_transient_bytes(m: ModelConfig, p, stage: int, mb: int, seq: int, act_bytes: int, recompute: str,
+                              recompute_modules: Optional[list[str]]) -> float:
+    """What full recompute adds while a backward re-runs a layer: that layer's activations (the stage's
+    largest kind, and under cp the other ranks' keys), for one microbatch at a time, not per microbatch
+    in flight. 0 in the other modes (their activations are held per microbatch, activation_bytes)."""
+    layers, mtp = stage_layer_kinds(m, p, stage)
+    moe = moe_layer_count(m, layers) + (mtp if m.n_routed_experts else 0)
+    kinds = [k for k, n in (("dense", len(layers) + mtp - moe), ("moe", moe)) if n]
+    if recompute != "full" or not kinds:
+        return 0.0
+    none = _measured(m, "none", None)
+    tokens = mb * seq / p.cp / (p.tp if p.sp and p.tp > 1 else 1)
+    total = max(none[k] for k in kinds) * tokens
+    if p.cp > 1:
+        width = m.num_heads / p.tp * (m.qk_head_dim + m.v_head_dim) + m.kv_lora_rank + m.qk_rope_head_dim
+        total += mb * seq * (p.cp - 1) / p.cp * width * 4
+    return total * act_bytes / 4
 
 
 @functools.lru_cache(maxsize=32)

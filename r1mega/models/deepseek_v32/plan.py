@@ -50,12 +50,20 @@ def stage_params(m, p, stage: int) -> tuple[float, float]:
 def activation_bytes(m, p, stage: int, mb: int, seq: int, act_bytes: int, recompute: str,
                      recompute_modules: Optional[list[str]]) -> float:
     """V3's activations of one microbatch, plus the DSA tensors each layer keeps past top-k tokens
-    (under full recompute one layer's at a time)."""
+    (none under full recompute: recompute_transient_bytes)."""
     out = v3.activation_bytes(base_config(m), p, stage, mb, seq, act_bytes, recompute, recompute_modules)
-    if seq > m.index_topk:
+    if seq > m.index_topk and recompute != "full":
         layers, mtp = v3.stage_layer_kinds(m, p, stage)
-        held = 1 if recompute == "full" else len(layers) + mtp
-        out += mb * seq / p.cp * held * dsa_activation_bytes_per_token_layer(m, act_bytes)
+        out += mb * seq / p.cp * (len(layers) + mtp) * dsa_activation_bytes_per_token_layer(m, act_bytes)
+    return out
+
+
+def recompute_transient_bytes(m, p, stage: int, mb: int, seq: int, act_bytes: int, recompute: str,
+                              recompute_modules: Optional[list[str]]) -> float:
+    """V3's, plus the DSA tensors of the layer being recomputed."""
+    out = v3.recompute_transient_bytes(base_config(m), p, stage, mb, seq, act_bytes, recompute, recompute_modules)
+    if out and seq > m.index_topk:
+        out += mb * seq / p.cp * dsa_activation_bytes_per_token_layer(m, act_bytes)
     return out
 
 
