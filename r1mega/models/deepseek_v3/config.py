@@ -141,6 +141,13 @@ class ModelConfig:
         if not is_v3 and hf.get("mlp_bias"):  # transformers' V2 MLPs (dense and shared experts) then have biases
             raise ConfigError("mlp_bias", "MLP biases are not supported for DeepSeek models (r1mega's MLPs have none)")
         hf = {**HF_DEFAULTS[model_type], **hf}  # a key left out means what it means to transformers
+        # transformers' routers score one way whatever scoring_func says; another would build a model
+        # other than the one these weights were trained as and transformers loads
+        scoring = "sigmoid" if is_v3 else "softmax"
+        if hf.get("scoring_func", scoring) != scoring:
+            raise ConfigError("scoring_func", f"{hf['scoring_func']!r}: the {'DeepSeek-V3/V3.2' if is_v3 else 'DeepSeek-V2'} "
+                                              f"router scores experts with {scoring} (transformers ignores this key); "
+                                              f"set it to {scoring!r} or leave it out")
         rope_theta, rope = rope_from_hf(hf, "type")
         n_experts = hf.get("n_routed_experts") or 0
         return cls(
@@ -160,7 +167,7 @@ class ModelConfig:
             num_experts_per_tok=hf.get("num_experts_per_tok") or 0,
             n_group=hf.get("n_group") or 1,
             topk_group=hf.get("topk_group") or 1,
-            scoring_func=hf.get("scoring_func", "sigmoid" if is_v3 else "softmax"),
+            scoring_func=scoring,
             topk_method=hf.get("topk_method", "noaux_tc" if is_v3 else "greedy"),
             # transformers' V2 router never renormalises; keep parity with it
             norm_topk_prob=bool(hf.get("norm_topk_prob", is_v3)) if is_v3 else False,
