@@ -140,6 +140,9 @@ class ModelConfig:
         is_v3 = model_type == "deepseek_v3"
         if not is_v3 and hf.get("mlp_bias"):  # transformers' V2 MLPs (dense and shared experts) then have biases
             raise ConfigError("mlp_bias", "MLP biases are not supported for DeepSeek models (r1mega's MLPs have none)")
+        if not is_v3 and hf.get("rope_interleave", True) is not True:  # V3's key; V2 always rotates pairs
+            raise ConfigError("rope_interleave", f"{hf['rope_interleave']!r}: DeepSeek-V2 rotates interleaved pairs "
+                                                 f"(transformers ignores this key); set it to true or leave it out")
         hf = {**HF_DEFAULTS[model_type], **hf}  # a key left out means what it means to transformers
         # transformers' routers score one way whatever scoring_func says; another would build a model
         # other than the one these weights were trained as and transformers loads
