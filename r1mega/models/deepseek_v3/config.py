@@ -144,6 +144,10 @@ class ModelConfig:
             raise ConfigError("rope_interleave", f"{hf['rope_interleave']!r}: DeepSeek-V2 rotates interleaved pairs "
                                                  f"(transformers ignores this key); set it to true or leave it out")
         hf = {**HF_DEFAULTS[model_type], **hf}  # a key left out means what it means to transformers
+        if hf.get("moe_layer_freq", 1) != 1:  # transformers: routed experts in every layer from first_k_dense_replace
+            raise ConfigError("moe_layer_freq", f"{hf['moe_layer_freq']!r}: transformers' DeepSeek models put routed "
+                                                f"experts in every layer from first_k_dense_replace on (they ignore "
+                                                f"this key); set it to 1 or leave it out")
         # transformers' routers score one way whatever scoring_func says; another would build a model
         # other than the one these weights were trained as and transformers loads
         scoring = "sigmoid" if is_v3 else "softmax"
@@ -176,7 +180,7 @@ class ModelConfig:
             norm_topk_prob=bool(hf.get("norm_topk_prob", is_v3)) if is_v3 else False,
             routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)),
             first_k_dense_replace=hf.get("first_k_dense_replace", 0),
-            moe_layer_freq=hf.get("moe_layer_freq", 1),
+            moe_layer_freq=1,
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             rope_theta=float(rope_theta),
             rope_scaling=rope,
