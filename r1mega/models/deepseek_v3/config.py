@@ -241,9 +241,9 @@ def validate_keys(m: ModelConfig, section: str = "model") -> None:
             orig = m.rope_scaling.get("original_max_position_embeddings")
             need(isinstance(orig, int) and orig > 0, f"{section}.rope_scaling.original_max_position_embeddings",
                   f"yarn needs a positive integer, got {orig!r}")
-            factor = m.rope_scaling.get("factor")
-            need(factor is None or (isinstance(factor, (int, float)) and factor > 0), f"{section}.rope_scaling.factor",
-                  f"must be > 0, got {factor!r}")
+            factor = m.rope_scaling.get("factor")  # the softmax scale reads it too; transformers requires it
+            need(isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor > 0,
+                 f"{section}.rope_scaling.factor", f"yarn needs a number > 0, got {factor!r}")
     if m.n_routed_experts > 0:
         need(m.moe_intermediate_size > 0, f"{section}.moe_intermediate_size",
               f"must be > 0 for a model with routed experts, got {m.moe_intermediate_size}")
