@@ -46,7 +46,8 @@ class DSAConfig(ModelConfig):
             if not isinstance(types, list) or len(types) != n or types[dense:] != ["sparse"] * (len(types) - dense):
                 raise ConfigError("mlp_layer_types", f"{types!r}: r1mega builds {n} layers as 'dense' ones, then "
                                                      f"'sparse' (MoE) ones; any other order is not supported")
-            hf = {**hf, "first_k_dense_replace": dense}
+            if dense != min(hf.get("first_k_dense_replace", 3), n):  # 3: transformers' default
+                hf = {**hf, "first_k_dense_replace": dense}
         # transformers' DeepseekV32Config defaults to 163,840 positions (V3's own: 4,096)
         base = ModelConfig._from_hf_dict({"max_position_embeddings": 163840, **hf, "model_type": "deepseek_v3"})
         fields = {k: v for k, v in vars(base).items() if k != "family"}
