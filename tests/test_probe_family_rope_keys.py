@@ -1,7 +1,7 @@
-"""A dense model's rope scaling without a key its kind needs (linear without factor, Llama 3 without
-high_freq_factor, YaRN without original_max_position_embeddings): transformers refuses such a rope,
-r1mega built the model and ended in a KeyError traceback from the rotary. Refused by key now, before
-anything is built."""
+"""A dense model's rope scaling without a key its kind needs (linear or YaRN without factor, Llama 3
+without low/high_freq_factor; a missing original length defaults as in transformers, see
+test_probe_family_rope_precedence.py): transformers refuses such a rope, r1mega built the model and
+ended in a KeyError traceback from the rotary. Refused by key now, before anything is built."""
 import json
 
 import pytest
@@ -19,10 +19,8 @@ YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 
 @pytest.mark.parametrize("arch, rope, missing", [
     ("llama", {"rope_type": "linear"}, "factor"),
     ("qwen2", {**LLAMA3, "high_freq_factor": None}, "high_freq_factor"),
-    ("qwen3", {k: v for k, v in LLAMA3.items() if k != "original_max_position_embeddings"},
-     "original_max_position_embeddings"),
-    ("llama", {k: v for k, v in YARN.items() if k != "original_max_position_embeddings"},
-     "original_max_position_embeddings"),
+    ("qwen3", {k: v for k, v in LLAMA3.items() if k != "low_freq_factor"}, "low_freq_factor"),
+    ("llama", {k: v for k, v in YARN.items() if k != "factor"}, "factor"),
     ("qwen2", {**YARN, "factor": "4"}, "factor"),
 ])
 def test_rope_missing_a_key_its_kind_needs_is_refused_by_key(tmp_path, arch, rope, missing):
