@@ -143,6 +143,9 @@ class ModelConfig:
         if not is_v3 and hf.get("rope_interleave", True) is not True:  # V3's key; V2 always rotates pairs
             raise ConfigError("rope_interleave", f"{hf['rope_interleave']!r}: DeepSeek-V2 rotates interleaved pairs "
                                                  f"(transformers ignores this key); set it to true or leave it out")
+        if not is_v3 and hf.get("topk_method", "greedy") not in ("greedy", "group_limited_greedy"):
+            raise ConfigError("topk_method", f"{hf['topk_method']!r}: DeepSeek-V2 routes by greedy or "
+                                             f"group_limited_greedy (transformers runs no other)")
         hf = {**HF_DEFAULTS[model_type], **hf}  # a key left out means what it means to transformers
         if hf.get("moe_layer_freq", 1) != 1:  # transformers: routed experts in every layer from first_k_dense_replace
             raise ConfigError("moe_layer_freq", f"{hf['moe_layer_freq']!r}: transformers' DeepSeek models put routed "
