@@ -243,7 +243,10 @@ def run(args: argparse.Namespace) -> int:
     for name in ("rollout_batch", "rollout_len"):
         if getattr(args, name) < 0:
             raise ConfigError("--" + name.replace("_", "-"), f"must be >= 0, got {getattr(args, name)}")
-    cfg = load_config(args.config, args.overrides)
+    from r1mega.train.setup import model_from_checkpoint
+
+    # the model train.load holds when the config leaves it out, as the run (and --dry-run) would build it
+    cfg = model_from_checkpoint(load_config(args.config, args.overrides))[0]
     if args.recompute is not None:
         cfg.train.recompute = args.recompute
     if args.search:

@@ -195,7 +195,9 @@ def run(args: argparse.Namespace) -> int:
         from transformers import AutoModelForCausalLM  # only rank 0 pays for the import
 
         try:
-            hf = AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=dtype).eval()
+            # transformers' per-expert loop: its default grouped_mm refuses rows that are not 16-byte
+            # aligned (e.g. hidden 33 in float32), which r1mega runs; dense models have no experts to set
+            hf = AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=dtype, experts_implementation="eager").eval()
         except (ImportError, OSError, ValueError, RuntimeError) as e:  # e.g. FP8 weights and no FP8 support here
             why = (str(e).strip().splitlines() or [""])[0][:300]
             raise ConfigError("--hf-dir", f"{args.hf_dir}: transformers cannot load it here to compare against "

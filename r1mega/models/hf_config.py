@@ -35,11 +35,16 @@ def rope_from_hf(hf: dict, kind_key: str) -> tuple[float, "dict | None"]:
     """(rope_theta, rope scaling dict or None) from either spelling transformers writes
     (`rope_scaling` + `rope_theta`, or 5.x's `rope_parameters`); the kind is stored under `kind_key`."""
     rope = hf.get("rope_scaling") or hf.get("rope_parameters")
-    theta = hf.get("rope_theta", (rope or {}).get("rope_theta", 10000.0))
+    # as transformers 5 standardises them: the dict's own theta wins over a top-level one
+    theta = (rope or {}).get("rope_theta", hf.get("rope_theta", 10000.0))
     if rope is not None:
         rope = {k: v for k, v in rope.items() if k != "rope_theta"}
         kind = rope.get("rope_type", rope.get("type", "default"))
         rope = None if kind == "default" else {**rope, kind_key: kind}
+        if kind in ("llama3", "yarn", "longrope") and hf.get("max_position_embeddings") is not None:
+            # the pretraining length the scaling reads: the dict's, else max_position_embeddings (transformers';
+            # a top-level original_max_position_embeddings does not count for these models)
+            rope.setdefault("original_max_position_embeddings", hf["max_position_embeddings"])
     return float(theta), rope
 
 

@@ -140,7 +140,24 @@ class ModelConfig:
         is_v3 = model_type == "deepseek_v3"
         if not is_v3 and hf.get("mlp_bias"):  # transformers' V2 MLPs (dense and shared experts) then have biases
             raise ConfigError("mlp_bias", "MLP biases are not supported for DeepSeek models (r1mega's MLPs have none)")
+        if not is_v3 and hf.get("rope_interleave", True) is not True:  # V3's key; V2 always rotates pairs
+            raise ConfigError("rope_interleave", f"{hf['rope_interleave']!r}: DeepSeek-V2 rotates interleaved pairs "
+                                                 f"(transformers ignores this key); set it to true or leave it out")
+        if not is_v3 and hf.get("topk_method", "greedy") not in ("greedy", "group_limited_greedy"):
+            raise ConfigError("topk_method", f"{hf['topk_method']!r}: DeepSeek-V2 routes by greedy or "
+                                             f"group_limited_greedy (transformers runs no other)")
         hf = {**HF_DEFAULTS[model_type], **hf}  # a key left out means what it means to transformers
+        if hf.get("moe_layer_freq", 1) != 1:  # transformers: routed experts in every layer from first_k_dense_replace
+            raise ConfigError("moe_layer_freq", f"{hf['moe_layer_freq']!r}: transformers' DeepSeek models put routed "
+                                                f"experts in every layer from first_k_dense_replace on (they ignore "
+                                                f"this key); set it to 1 or leave it out")
+        # transformers' routers score one way whatever scoring_func says; another would build a model
+        # other than the one these weights were trained as and transformers loads
+        scoring = "sigmoid" if is_v3 else "softmax"
+        if hf.get("scoring_func", scoring) != scoring:
+            raise ConfigError("scoring_func", f"{hf['scoring_func']!r}: the {'DeepSeek-V3/V3.2' if is_v3 else 'DeepSeek-V2'} "
+                                              f"router scores experts with {scoring} (transformers ignores this key); "
+                                              f"set it to {scoring!r} or leave it out")
         rope_theta, rope = rope_from_hf(hf, "type")
         n_experts = hf.get("n_routed_experts") or 0
         return cls(
@@ -160,13 +177,13 @@ class ModelConfig:
             num_experts_per_tok=hf.get("num_experts_per_tok") or 0,
             n_group=hf.get("n_group") or 1,
             topk_group=hf.get("topk_group") or 1,
-            scoring_func=hf.get("scoring_func", "sigmoid" if is_v3 else "softmax"),
+            scoring_func=scoring,
             topk_method=hf.get("topk_method", "noaux_tc" if is_v3 else "greedy"),
             # transformers' V2 router never renormalises; keep parity with it
             norm_topk_prob=bool(hf.get("norm_topk_prob", is_v3)) if is_v3 else False,
             routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)),
             first_k_dense_replace=hf.get("first_k_dense_replace", 0),
-            moe_layer_freq=hf.get("moe_layer_freq", 1),
+            moe_layer_freq=1,
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             rope_theta=float(rope_theta),
             rope_scaling=rope,
@@ -227,9 +244,9 @@ def validate_keys(m: ModelConfig, section: str = "model") -> None:
             orig = m.rope_scaling.get("original_max_position_embeddings")
             need(isinstance(orig, int) and orig > 0, f"{section}.rope_scaling.original_max_position_embeddings",
                   f"yarn needs a positive integer, got {orig!r}")
-            factor = m.rope_scaling.get("factor")
-            need(factor is None or (isinstance(factor, (int, float)) and factor > 0), f"{section}.rope_scaling.factor",
-                  f"must be > 0, got {factor!r}")
+            factor = m.rope_scaling.get("factor")  # the softmax scale reads it too; transformers requires it
+            need(isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor > 0,
+                 f"{section}.rope_scaling.factor", f"yarn needs a number > 0, got {factor!r}")
     if m.n_routed_experts > 0:
         need(m.moe_intermediate_size > 0, f"{section}.moe_intermediate_size",
               f"must be > 0 for a model with routed experts, got {m.moe_intermediate_size}")

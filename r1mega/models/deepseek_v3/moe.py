@@ -77,7 +77,7 @@ class Router(nn.Module):
                 drop = self._group_dropped(scores.detach(), lambda g: g.max(dim=-1).values)
                 masked = scores.masked_fill(drop, 0.0)
             weight, idx = masked.topk(k, dim=-1, sorted=False)
-        if cfg.norm_topk_prob and k > 1:
+        if cfg.norm_topk_prob:  # at k = 1 too, as transformers: a lone expert gets weight 1
             weight = weight / (weight.sum(dim=-1, keepdim=True) + 1e-20)
         return idx, weight * cfg.routed_scaling_factor, scores
 

@@ -39,6 +39,15 @@ class DSAConfig(ModelConfig):
     def _from_hf_dict(cls, hf: dict) -> "DSAConfig":
         if hf.get("model_type") != "deepseek_v32":
             raise ConfigError("model_type", f"expected deepseek_v32, got {hf.get('model_type')!r}")
+        types = hf.get("mlp_layer_types")
+        if types is not None:  # transformers builds each layer's MLP by it, whatever first_k_dense_replace says
+            n = hf.get("num_hidden_layers")
+            dense = next((i for i, t in enumerate(types) if t != "dense"), len(types)) if isinstance(types, list) else -1
+            if not isinstance(types, list) or len(types) != n or types[dense:] != ["sparse"] * (len(types) - dense):
+                raise ConfigError("mlp_layer_types", f"{types!r}: r1mega builds {n} layers as 'dense' ones, then "
+                                                     f"'sparse' (MoE) ones; any other order is not supported")
+            if dense != min(hf.get("first_k_dense_replace", 3), n):  # 3: transformers' default
+                hf = {**hf, "first_k_dense_replace": dense}
         # transformers' DeepseekV32Config defaults to 163,840 positions (V3's own: 4,096)
         base = ModelConfig._from_hf_dict({"max_position_embeddings": 163840, **hf, "model_type": "deepseek_v3"})
         fields = {k: v for k, v in vars(base).items() if k != "family"}

@@ -19,7 +19,11 @@ TRAINING_KEYS: tuple[str, ...] = ()
 HF_DEFAULTS = {"llama": {"max_position_embeddings": 2048},
                "qwen2": {"num_key_value_heads": 32},
                "qwen3": {"num_key_value_heads": 32, "head_dim": 128}}
-RECOMPUTE_UNITS = ("core_attn", "layernorm")  # what `train.recompute_modules` may name for a dense model
+RECOMPUTE_UNITS = ("core_attn", "layernorm")
+# the keys each rope scaling of models/rope.py reads (transformers refuses a rope lacking one too)
+ROPE_REQUIRED_KEYS = {"linear": ("factor",),
+                      "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+                      "yarn": ("factor", "original_max_position_embeddings")}  # what `train.recompute_modules` may name for a dense model
 
 
 @dataclass
@@ -158,4 +162,8 @@ def validate_layout(s: DenseConfig, par, section: str = "model") -> None:
     kind = (s.rope_scaling or {}).get("rope_type", (s.rope_scaling or {}).get("type", "default"))
     need(kind in ("default", "linear", "llama3", "yarn"), f"{section}.rope_scaling",
          f"unsupported rope type {kind!r} (default, linear, llama3, yarn)")
+    for key in ROPE_REQUIRED_KEYS.get(kind, ()):
+        v = s.rope_scaling.get(key)
+        need(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, f"{section}.rope_scaling.{key}",
+             f"{kind} rope scaling needs a number > 0, got {v!r}")
 
