@@ -3,7 +3,8 @@
     <out>/meta.json            what was generated (samples per problem, sampling parameters, model,
                                how problem ids key the noise; the prompts dropped for their length)
     <out>/shard-00000.jsonl    {"id", "sample", "completion", "prompt_tokens", "completion_tokens",
-    <out>/shard-00001.jsonl     "finish_reason", ["response_prefix"]} one line per sample
+    <out>/shard-00001.jsonl     "finish_reason", "prompt_digest", ["response_prefix"]} one line per sample
+                               (prompt_digest: of the prompt tokens; a resume refuses a changed prompt)
 
 The directory belongs to the command that made it (`r1mega/output_dir.py`: marker and lock): a
 non-empty directory it did not make is refused, so no one else's file is rewritten; shards without
@@ -106,6 +107,7 @@ class SampleStore:
             self._write_meta(meta_file, meta)
             self.meta = meta
         self.done: set[str] = set()
+        self.prompt_digests: dict[str, str] = {}  # id -> digest of the prompt tokens (stores that record it)
         self.repaired = 0  # samples dropped from unfinished problems
         for path in shards:
             self._recover(path)
@@ -146,6 +148,7 @@ class SampleStore:
                 raise DataError(f"{path}: problem {pid!r} has duplicate samples {sorted(r['sample'] for r in rs)}")
         self.done |= complete
         keep = [r for r in recs if str(r["id"]) in complete]
+        self.prompt_digests.update((str(r["id"]), r["prompt_digest"]) for r in keep if "prompt_digest" in r)
         if torn or len(keep) != len(recs):
             self.repaired += len(recs) - len(keep)
             tmp = path + ".tmp"
