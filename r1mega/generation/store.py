@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from typing import Iterator
 
 from r1mega.atomic_io import fsync_dir
@@ -26,6 +27,7 @@ from r1mega.errors import ConfigError, DataError, OutputError
 from r1mega.output_dir import own_and_lock
 
 SHARD = "shard-{:05d}.jsonl"
+SHARD_NAME = re.compile(r"shard-(\d{5,})\.jsonl")
 # meta.json keys that describe this session rather than how samples are drawn: brought up to date on
 # a resume (a prompt appended to the file may be dropped for its length too)
 NOTES = ("dropped_long_prompts",)
@@ -111,7 +113,7 @@ class SampleStore:
         self.repaired = 0  # samples dropped from unfinished problems
         for path in shards:
             self._recover(path)
-        nums = [int(os.path.basename(p)[6:11]) for p in shards]
+        nums = [_shard_number(p) for p in shards]
         self._next = max(nums, default=-1) + 1
         self._file = None
         self._lines = 0
@@ -128,7 +130,9 @@ class SampleStore:
 
     @staticmethod
     def shard_paths(out_dir: str) -> list[str]:
-        return sorted(glob.glob(os.path.join(out_dir, "shard-[0-9][0-9][0-9][0-9][0-9].jsonl")))
+        """Every shard, in the order written (SHARD's 5 digits grow past shard-99999)."""
+        paths = [p for p in glob.glob(os.path.join(out_dir, "shard-*.jsonl")) if SHARD_NAME.fullmatch(os.path.basename(p))]
+        return sorted(paths, key=_shard_number)
 
     def shards(self) -> list[str]:
         return self.shard_paths(self.dir)
@@ -188,3 +192,7 @@ class SampleStore:
     def records(self) -> Iterator[dict]:
         for path in self.shards():
             yield from read_shard(path)[0]
+
+
+def _shard_number(path: str) -> int:
+    return int(SHARD_NAME.fullmatch(os.path.basename(path)).group(1))
