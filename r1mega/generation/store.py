@@ -131,7 +131,8 @@ class SampleStore:
     @staticmethod
     def shard_paths(out_dir: str) -> list[str]:
         """Every shard, in the order written (SHARD's 5 digits grow past shard-99999)."""
-        paths = [p for p in glob.glob(os.path.join(out_dir, "shard-*.jsonl")) if SHARD_NAME.fullmatch(os.path.basename(p))]
+        paths = [p for p in glob.glob(os.path.join(out_dir, "shard-*.jsonl"))
+                 if SHARD_NAME.fullmatch(os.path.basename(p))]
         return sorted(paths, key=_shard_number)
 
     def shards(self) -> list[str]:

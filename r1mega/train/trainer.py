@@ -74,7 +74,8 @@ def _train(cfg: Config, kind: str) -> dict:
     # the run's own newest checkpoint wins over train.load, so a requeued job continues where it was
     resume, meta = resume_from(candidates, chunks, optimizer, ps, arch, t.allow_arch_change,
                                t.verify_checkpoint)
-    own = resume is not None and os.path.abspath(os.path.dirname(os.path.normpath(resume))) == os.path.abspath(ckpt_root)
+    own = (resume is not None
+           and os.path.abspath(os.path.dirname(os.path.normpath(resume))) == os.path.abspath(ckpt_root))
     if resume is not None and not own and meta.get("kind") != kind:
         # train.load made by another kind of run (a pretrained model for SFT, an RL or imported one): its
         # weights start this run at step 0, as GRPO starts; its step, data position and moments were its own
