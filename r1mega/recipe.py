@@ -13,9 +13,9 @@ A stage may name its own `model_config`: distillation is a pretrained dense stud
 checkout (a student without the dense model family) and the stages built on it are skipped with a note.
 Every stage with weights is then scored by `r1mega eval` on the held-out split (k samples, the
 config's `eval` settings) into <out>/eval/<protocol>/<stage>, one directory per evaluation protocol
-(a rerun with other `eval` settings evaluates the finished stages anew). Each stage runs as its own process (torchrun for --nproc > 1), logs to
-<out>/logs/<stage>.txt and writes <out>/<stage>/DONE when finished, so a rerun skips finished stages and a crashed one resumes from its
-own checkpoints. At the end: a table of every stage's held-out pass@1 / cons@k (Markdown, JSON, PNG);
+(a rerun with other `eval` settings evaluates the finished stages anew). Each stage runs as its own
+process (torchrun for --nproc > 1), logs to <out>/logs/<stage>.txt and writes <out>/<stage>/DONE when
+finished, so a rerun skips finished stages and a crashed one resumes from its own checkpoints. At the end: a table of every stage's held-out pass@1 / cons@k (Markdown, JSON, PNG);
 the last line is `stages=<n> final_stage=<name> pass@1=<float> cons@<k>=<float>`.
 
 Every key and every stage's options (types, kinds, references, each stage's config overrides,
@@ -418,7 +418,8 @@ def plot(rows: list[dict], k: int, png: str, eval_cfg: dict) -> None:
         ax.set_xticks(list(xs), [r["stage"] for r in scored], rotation=20, ha="right")
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("held-out accuracy")
-        ax.set_title(f"r1mega pipeline: DeepSeek-R1 stages on a tiny MoE (k={k}, T={eval_cfg['temperature']}, top-p {eval_cfg['top_p']})")
+        ax.set_title(f"r1mega pipeline: DeepSeek-R1 stages on a tiny MoE (k={k}, T={eval_cfg['temperature']}, "
+                     f"top-p {eval_cfg['top_p']})")
         ax.legend()
 
 

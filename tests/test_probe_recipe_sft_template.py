@@ -27,7 +27,8 @@ KEEPS = TURNS.replace("CONTENT", "")
 RESPACED = TURNS.replace("CONTENT", "{% if '</think>' in content %}{% set content = '<think>\\n' + "
                          "content.split('</think>')[0].split('<think>')[-1].strip() + '\\n</think>\\n\\n' + "
                          "content.split('</think>')[-1].lstrip() %}{% endif %}")
-CHAT = [{"role": "user", "content": "Q: 3+4+5="}, {"role": "assistant", "content": "<think>3+4=7, 7+5=12</think> A: 12"}]
+CHAT = [{"role": "user", "content": "Q: 3+4+5="},
+        {"role": "assistant", "content": "<think>3+4=7, 7+5=12</think> A: 12"}]
 
 
 def _tokenizer(path, template: str):
@@ -43,7 +44,8 @@ def _tokenizer(path, template: str):
         vocab_size=300, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     t.save(os.path.join(path, "tokenizer.json"))
     with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
-        json.dump({"bos_token": SPECIAL[0], "eos_token": SPECIAL[1], "add_bos_token": True, "chat_template": template}, f)
+        json.dump({"bos_token": SPECIAL[0], "eos_token": SPECIAL[1], "add_bos_token": True,
+                   "chat_template": template}, f)
     return load_tokenizer(str(path), "data.tokenizer")
 
 
@@ -72,5 +74,6 @@ def test_templates_that_keep_the_reply_train_it(tmp_path):
 def test_a_two_turn_chat_whose_last_reply_is_whole_trains(tmp_path):
     """Only what is trained is checked: every assistant turn, each rendered through its own end."""
     keeps = _tokenizer(tmp_path / "keeps", KEEPS)
-    chat = CHAT + [{"role": "user", "content": "Q: 1+1+1="}, {"role": "assistant", "content": "<think>1+1=2, 2+1=3</think> A: 3"}]
+    chat = CHAT + [{"role": "user", "content": "Q: 1+1+1="},
+                   {"role": "assistant", "content": "<think>1+1=2, 2+1=3</think> A: 3"}]
     assert _learned(keeps, chat) == CHAT[1]["content"] + SPECIAL[1] + chat[3]["content"] + SPECIAL[1]

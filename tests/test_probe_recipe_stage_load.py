@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "tiny")
@@ -68,3 +69,19 @@ def test_pretraining_continued_from_its_checkpoint_keeps_its_step(pretrained):
     run_dir = os.path.join(root, "more")
     _run("pretrain", "pretrain.yaml", *shared, f"train.run_dir={run_dir}", f"train.load={ckpt}", "train.steps=5")
     assert [s["step"] for s in _steps(run_dir)] == [5]
+
+
+def test_a_bf16_sft_keeps_the_loaded_fp32_master_weights(pretrained):
+    """Fresh moments only: the fp32 masters are the checkpoint's, not the bf16 parameters' rounding
+    (with lr 0 and no routing-bias update the saved masters equal the loaded ones bit for bit)."""
+    from safetensors.torch import load_file
+
+    root, shared, ckpt = pretrained
+    run_dir = os.path.join(root, "bf16")
+    _run("sft", "sft.yaml", *shared, f"train.run_dir={run_dir}", f"train.load={ckpt}", "train.steps=1",
+         "train.dtype=bfloat16", "optim.lr=0", "optim.min_lr=0", "optim.warmup_steps=0", "model.bias_update_rate=0")
+    before = load_file(os.path.join(ckpt, "rank00000.safetensors"))
+    after = load_file(os.path.join(run_dir, "checkpoints", "step_00000001", "rank00000.safetensors"))
+    masters = [k for k in before if k.startswith("model/")]
+    assert masters and all(torch.equal(before[k], after[k]) for k in masters), \
+        [k for k in masters if not torch.equal(before[k], after[k])][:5]

@@ -37,6 +37,9 @@ from r1mega.generation.records import read_prompt_records
 from r1mega.judge import FALLBACKS, final_code, is_correct
 
 
+TOTAL = "all"  # the summary table's row over every benchmark (with more than one)
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
     from r1mega.generation.run import add_model_args, add_sampling_args
 
@@ -145,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
     names = [benchmark_name(p) for p in args.data]
     if len(set(names)) != len(names):
         raise ConfigError("--data", f"two benchmarks share a file name {names}; their outputs would collide")
+    if len(names) > 1 and TOTAL in names:  # the table's row over all benchmarks would replace its row
+        raise ConfigError("--data", f"{args.data[names.index(TOTAL)]}: a benchmark named {TOTAL!r} collides with the "
+                          f"table's total row over all benchmarks; rename the file")
     benchmarks = {n: read_prompt_records(p, need_answer=True) for n, p in zip(names, args.data)}
     if any(is_code(r) for recs in benchmarks.values() for r in recs):  # refused before any sampling, by name
         from r1mega.sandbox.isolation import NO_OPT_OUT_HINT, require_isolation
@@ -206,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
                                      for k, v in summary.items()), flush=True)
     total = {**summarize(everything), **sampling}
     if len(table) > 1:
-        table["all"] = total
+        table[TOTAL] = total
     md = markdown_table(table)
     write_text_atomic(os.path.join(args.out, "summary.md"), md)
     write_text_atomic(os.path.join(args.out, "summary.json"), json.dumps(table, indent=1) + "\n")

@@ -122,6 +122,11 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def prompt_digest(ids: list[int]) -> str:
+    """A short digest of the prompt tokens a problem's samples are drawn from (what a resume compares)."""
+    return hashlib.blake2b(",".join(map(str, ids)).encode(), digest_size=8).hexdigest()
+
+
 def fit_context(records: list[dict], encoded: list[list[int]], params: SamplingParams, positions: int,
                 explicit_max_new: bool, drop_long: bool, desc: str, announce: bool = True
                 ) -> tuple[list[dict], list[list[int]]]:
@@ -188,9 +193,10 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
         check_draft_model(loaded.cfg.active_model, "--speculative")
     rendered_all = [render_prompt(r, template, tok) for r in records]
     given = records
-    records, _ = fit_context(records, [encode_prompt(tok, text, template) for text, _ in rendered_all], params,
-                             loaded.cfg.active_model.max_position_embeddings, explicit_max_new, drop_long, desc,
-                             announce=ps.rank == 0)
+    records, encoded = fit_context(records, [encode_prompt(tok, text, template) for text, _ in rendered_all],
+                                   params, loaded.cfg.active_model.max_position_embeddings, explicit_max_new,
+                                   drop_long, desc, announce=ps.rank == 0)
+    digests = {r["id"]: prompt_digest(ids) for r, ids in zip(records, encoded)}
     kept = {r["id"] for r in records}
     # what --drop-long-prompts skipped, so a reader of the store tells a dropped prompt from an unfinished one
     dropped = [r["id"] for r in given if r["id"] not in kept]
@@ -210,12 +216,23 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
         except R1MegaError as e:  # told to every rank, so none waits for the others forever
             error = str(e)
         else:
-            todo = [i for i, r in enumerate(records) if r["id"] not in store.done]
-            if store.repaired:
-                print(f"{desc}: dropped {store.repaired} samples of unfinished problems (crash recovery)", flush=True)
-            if len(todo) < len(records):
-                print(f"{desc}: resuming, {len(records) - len(todo)} of {len(records)} problems already done",
-                      flush=True)
+            # a finished problem keeps its samples only while its prompt is the one they were drawn from
+            changed = [r for r in records if r["id"] in store.done
+                       and store.prompt_digests.get(r["id"], digests[r["id"]]) != digests[r["id"]]]
+            if changed:
+                store.close()
+                r = changed[0]
+                error = (f"{r.get('where', r['id'])}: the prompt of {r['id']!r} changed since {out} sampled it"
+                         + (f" ({len(changed)} prompts changed)" if len(changed) > 1 else "")
+                         + f"; its samples are of the old text. Use another {key}, or restore the prompt")
+            else:
+                todo = [i for i, r in enumerate(records) if r["id"] not in store.done]
+                if store.repaired:
+                    print(f"{desc}: dropped {store.repaired} samples of unfinished problems (crash recovery)",
+                          flush=True)
+                if len(todo) < len(records):
+                    print(f"{desc}: resuming, {len(records) - len(todo)} of {len(records)} problems already done",
+                          flush=True)
     todo, error, noise_key = _broadcast((todo, error, noise_key), ps)
     if error:
         raise R1MegaError(f"{desc}: {error}")
@@ -237,7 +254,7 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
             continue
         store.write([(prob["id"], [{"id": prob["id"], "sample": s.index, "completion": s.completion,
                                     "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
-                                    "finish_reason": s.finish_reason,
+                                    "finish_reason": s.finish_reason, "prompt_digest": digests[prob["id"]],
                                     **({"response_prefix": prefix[prob["id"]]} if prefix[prob["id"]] else {}),
                                     **({"prompt_ids": s.prompt_ids, "completion_ids": s.completion_ids,
                                         "tokenizer": vocab_hash} if keep_ids else {})}

@@ -3,7 +3,8 @@
     <out>/meta.json            what was generated (samples per problem, sampling parameters, model,
                                how problem ids key the noise; the prompts dropped for their length)
     <out>/shard-00000.jsonl    {"id", "sample", "completion", "prompt_tokens", "completion_tokens",
-    <out>/shard-00001.jsonl     "finish_reason", ["response_prefix"]} one line per sample
+    <out>/shard-00001.jsonl     "finish_reason", "prompt_digest", ["response_prefix"]} one line per sample
+                               (prompt_digest: of the prompt tokens; a resume refuses a changed prompt)
 
 The directory belongs to the command that made it (`r1mega/output_dir.py`: marker and lock): a
 non-empty directory it did not make is refused, so no one else's file is rewritten; shards without
@@ -18,6 +19,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from typing import Iterator
 
 from r1mega.atomic_io import fsync_dir
@@ -25,6 +27,7 @@ from r1mega.errors import ConfigError, DataError, OutputError
 from r1mega.output_dir import own_and_lock
 
 SHARD = "shard-{:05d}.jsonl"
+SHARD_NAME = re.compile(r"shard-(\d{5,})\.jsonl")
 # meta.json keys that describe this session rather than how samples are drawn: brought up to date on
 # a resume (a prompt appended to the file may be dropped for its length too)
 NOTES = ("dropped_long_prompts",)
@@ -106,10 +109,11 @@ class SampleStore:
             self._write_meta(meta_file, meta)
             self.meta = meta
         self.done: set[str] = set()
+        self.prompt_digests: dict[str, str] = {}  # id -> digest of the prompt tokens (stores that record it)
         self.repaired = 0  # samples dropped from unfinished problems
         for path in shards:
             self._recover(path)
-        nums = [int(os.path.basename(p)[6:11]) for p in shards]
+        nums = [_shard_number(p) for p in shards]
         self._next = max(nums, default=-1) + 1
         self._file = None
         self._lines = 0
@@ -126,7 +130,10 @@ class SampleStore:
 
     @staticmethod
     def shard_paths(out_dir: str) -> list[str]:
-        return sorted(glob.glob(os.path.join(out_dir, "shard-[0-9][0-9][0-9][0-9][0-9].jsonl")))
+        """Every shard, in the order written (SHARD's 5 digits grow past shard-99999)."""
+        paths = [p for p in glob.glob(os.path.join(out_dir, "shard-*.jsonl"))
+                 if SHARD_NAME.fullmatch(os.path.basename(p))]
+        return sorted(paths, key=_shard_number)
 
     def shards(self) -> list[str]:
         return self.shard_paths(self.dir)
@@ -146,6 +153,7 @@ class SampleStore:
                 raise DataError(f"{path}: problem {pid!r} has duplicate samples {sorted(r['sample'] for r in rs)}")
         self.done |= complete
         keep = [r for r in recs if str(r["id"]) in complete]
+        self.prompt_digests.update((str(r["id"]), r["prompt_digest"]) for r in keep if "prompt_digest" in r)
         if torn or len(keep) != len(recs):
             self.repaired += len(recs) - len(keep)
             tmp = path + ".tmp"
@@ -185,3 +193,7 @@ class SampleStore:
     def records(self) -> Iterator[dict]:
         for path in self.shards():
             yield from read_shard(path)[0]
+
+
+def _shard_number(path: str) -> int:
+    return int(SHARD_NAME.fullmatch(os.path.basename(path)).group(1))

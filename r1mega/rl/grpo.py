@@ -376,7 +376,7 @@ def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW,
     if own:
         step, position, index = meta.get("step", 0), meta.get("prompt_position", 0), meta.get("rollout_index", 0)
     elif path is not None:  # a pretrained/SFT model: its optimizer moments do not carry over to RL
-        optimizer.reset_from_params()
+        optimizer.fresh_moments()  # its fp32 masters do (the parameters may be their bf16 copies)
     if not (own and reference.restore(ckpt_root, meta.get("reference"), step)):
         reference.refresh(chunks, step)
     return step, position, index, path if own else None

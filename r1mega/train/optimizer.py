@@ -245,6 +245,16 @@ class DistributedAdamW:
                 b.exp_avg_sq.zero_()
         self.step_count = 0
 
+    def fresh_moments(self) -> None:
+        """Zero moments and step count, the loaded fp32 master weights kept (a run starting from a model
+        another kind of run trained; its parameters may be bf16 copies of the masters)."""
+        for b in self.buckets:
+            if b.numel:
+                b.exp_avg.zero_()
+                b.exp_avg_sq.zero_()
+        self.step_count = 0
+        self.skipped = 0
+
     def zero_grad(self, chunks: torch.nn.Module) -> None:
         for p in chunks.parameters():
             p.grad = None

@@ -74,12 +74,12 @@ def _train(cfg: Config, kind: str) -> dict:
     # the run's own newest checkpoint wins over train.load, so a requeued job continues where it was
     resume, meta = resume_from(candidates, chunks, optimizer, ps, arch, t.allow_arch_change,
                                t.verify_checkpoint)
-    own = resume is not None and os.path.abspath(os.path.dirname(os.path.normpath(resume))) == os.path.abspath(ckpt_root)
+    own = (resume is not None
+           and os.path.abspath(os.path.dirname(os.path.normpath(resume))) == os.path.abspath(ckpt_root))
     if resume is not None and not own and meta.get("kind") != kind:
         # train.load made by another kind of run (a pretrained model for SFT, an RL or imported one): its
         # weights start this run at step 0, as GRPO starts; its step, data position and moments were its own
-        optimizer.reset_from_params()
-        optimizer.skipped = 0
+        optimizer.fresh_moments()
         meta = {k: v for k, v in meta.items() if k not in ("step", "consumed_samples", "optimizer_step",
                                                            "skipped_steps")}
         if ps.rank == 0:

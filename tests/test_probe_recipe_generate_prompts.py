@@ -1,0 +1,80 @@
+"""`r1mega generate` rerun on a prompt file whose text changed. Problems are done by id, so a rerun
+after fixing a prompt (same id, new text) skipped it and kept the samples of the old text: the
+directory no longer equalled an unbroken run on the file, silently. Each sample now records a digest
+of the prompt tokens it was drawn from; a finished problem whose prompt changed is refused by id and
+file:line. Prompts appended to the file are still generated on a rerun (the store grows)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    import torch
+
+    from r1mega.config import Config, ModelConfig
+    from r1mega.data.synthetic import pretrain_corpus
+    from r1mega.data.tokenizer import train_sentencepiece
+    from r1mega.parallel.layout import single_process_state
+    from r1mega.train.checkpoint import save_checkpoint
+    from r1mega.train.model_build import build_chunks, init_weights
+    from r1mega.train.optimizer import DistributedAdamW
+
+    root = tmp_path_factory.mktemp("gen_prompts")
+    tok = train_sentencepiece(pretrain_corpus(200), str(root / "tok"), 384)
+    cfg = Config(model=ModelConfig(vocab_size=384, num_layers=1, n_routed_experts=4, n_group=1,
+                                   first_k_dense_replace=1, num_mtp_layers=0))
+    ps = single_process_state()
+    torch.manual_seed(0)
+    chunks = build_chunks(cfg, ps)
+    init_weights(chunks, 3)
+    save_checkpoint(str(root / "ckpt"), 1, chunks, DistributedAdamW(chunks, ps, cfg.optim), ps,
+                    {"model_config": asdict(cfg.model)})
+    return {"ckpt": str(root / "ckpt"), "tok": tok}
+
+
+def _prompts(path, texts):
+    path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": t}) + "\n" for i, t in enumerate(texts)))
+
+
+def _generate(tiny, prompts, out):
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    env.pop("R1MEGA_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "r1mega.cli", "generate", "--model", tiny["ckpt"], "--tokenizer",
+                           tiny["tok"], "--prompts", str(prompts), "--out", str(out), "--template", "raw",
+                           "--samples", "2", "--max-new-tokens", "4", "--temperature", "1.0"],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_a_finished_problem_whose_prompt_changed_is_refused(tiny, tmp_path):
+    prompts, out = tmp_path / "p.jsonl", tmp_path / "gen"
+    _prompts(prompts, ["Q: 1+2=", "Q: 3+4="])
+    assert _generate(tiny, prompts, out).returncode == 0
+    before = sorted(os.listdir(out))
+    shard = (out / "shard-00000.jsonl").read_text()
+    _prompts(prompts, ["Q: 1+2=", "Q: 30+4="])  # p1 fixed after it was sampled
+    r = _generate(tiny, prompts, out)
+    assert r.returncode == 2, r.stdout[-1000:] + r.stderr[-1000:]
+    assert "error:" in r.stderr and "'p1'" in r.stderr and f"{prompts}:2" in r.stderr, r.stderr
+    assert sorted(os.listdir(out)) == before and (out / "shard-00000.jsonl").read_text() == shard
+
+
+def test_prompts_appended_to_the_file_are_generated(tiny, tmp_path):
+    prompts, out = tmp_path / "p.jsonl", tmp_path / "gen"
+    _prompts(prompts, ["Q: 1+2="])
+    assert _generate(tiny, prompts, out).returncode == 0
+    _prompts(prompts, ["Q: 1+2=", "Q: 5+6="])
+    r = _generate(tiny, prompts, out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "1 of 2 problems already done" in r.stdout
+    ids = [json.loads(line)["id"] for name in sorted(os.listdir(out)) if name.startswith("shard-")
+           for line in (out / name).read_text().splitlines()]
+    assert sorted(ids) == ["p0", "p0", "p1", "p1"]
