@@ -55,7 +55,10 @@ def dry_run(cfg: Config, world: int, gpu_mem: float = 80.0, command: str = "pret
         print(f"  {name:<4} {count:>5} groups of {size:>4}; rank 0's: {first}" + (" ..." if size > 8 else ""))
     if command == "grpo":  # GRPO trains on its rollouts: data.seq_length and data.global_batch_size are not its shapes
         g = grpo_shapes(cfg)
-        check_positions(cfg, g["response"], "rl.max_new_tokens")
+        from r1mega.rl.grpo import check_responses_fit
+
+        # the run's own rule, naming the key (rl.max_new_tokens or the schedule entry) that does not fit
+        check_responses_fit(cfg.rl, 0, cfg.active_model.max_position_embeddings, cfg.train.steps)
         print(f"GRPO step: {g['global_batch']} sequences per optimizer step in rows of {g['seq']} tokens (the longest "
               f"response; prompts add theirs), a rollout of {g['rollout_batch']} sequences")
         plan = plan_for(cfg, world, cfg.data.micro_batch_size, g["seq"], g["global_batch"],

@@ -285,7 +285,9 @@ def test_dry_run_plans_the_model_train_load_holds(tmp_path, capsys):
     prompts.write_text(json.dumps({"prompt": "1+1=", "answer": "2"}) + "\n")
     capsys.readouterr()
     assert r1mega(["grpo", "--dry-run", "--world", "2", "--config", os.path.join(ROOT, "configs/stage/r1_zero.yaml"),
-                   f"train.load={ckpt}", f"rl.prompts=[{prompts}]", "parallel.tp=2"]) == 0
+                   f"train.load={ckpt}", f"rl.prompts=[{prompts}]", "parallel.tp=2",
+                   # responses that fit the tiny model's 128 positions (the run refuses the stage's 32K / 64K)
+                   "rl.max_new_tokens=64", "rl.max_new_tokens_schedule=[]"]) == 0
     out = capsys.readouterr().out
     total = int(next(line for line in out.splitlines() if line.startswith("total_params=")).split("=")[1])
     assert total == transformers.AutoModelForCausalLM.from_pretrained(hf).num_parameters()
