@@ -26,10 +26,9 @@ def grpo_shapes(cfg: Config) -> dict:
     unknown before they are read), prompts_per_step x group_size sequences per optimizer step, and a rollout
     of that times rl.minibatches sequences, each GPU's cache capped by the rollout scheduler's budgets."""
     rl, par = cfg.rl, cfg.parallel
-    responses = [n for at, n in rl.max_new_tokens_schedule if at < cfg.train.steps]
-    if not any(at <= 0 for at, _ in rl.max_new_tokens_schedule):
-        responses.append(rl.max_new_tokens)
-    response = max(responses)
+    from r1mega.rl.grpo import response_limits
+
+    response = max(n for _, n in response_limits(rl, cfg.train.steps))
     seq = max(response, rl.pack_tokens if rl.packed_update else 0)
     seq += (-seq) % par.sequence_divisor  # rows are padded to split over cp (x tp under SP), as GRPO pads them
     caps = [rl.rollout_max_rows * response] if rl.rollout_max_rows else []

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 2
@@ -32,13 +30,10 @@ def _generate_dir(path, done: list[str], dropped=None):
 
 
 def _reject(tmp_path, gen):
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": "1+1=", "answer": "2"}) + "\n" for i in range(4)))
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.pop("R1MEGA_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "r1mega.cli", "reject-sample", "--samples-from", str(gen),
-                           "--prompts", str(prompts), "--out", str(tmp_path / "sft"), "--keep", "1"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    """`r1mega reject-sample --samples-from GEN` over prompts p0..p3 (the reject-from probes' runner)."""
+    from test_probe_tools_reject_from import _run
+
+    return _run(tmp_path, gen)
 
 
 def test_an_interrupted_generate_without_its_lock_is_not_filtered(tmp_path):

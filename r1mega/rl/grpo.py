@@ -56,7 +56,7 @@ from r1mega.sandbox import isolation as sandbox
 from r1mega.rl.reference import NoReference, Reference, ReferencePolicy
 from r1mega.rl.rewards import REWARDS, reward_terms, run_programs, total_reward
 from r1mega.rl.reward_sync import judge_once
-from r1mega.train.checkpoint import find_resume_checkpoint, read_meta, resume_from, save_checkpoint
+from r1mega.train.checkpoint import find_resume_checkpoint, in_run, read_meta, resume_from, save_checkpoint
 from r1mega.train.metrics_log import MetricsLog, table_due
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.train.setup import (
@@ -152,15 +152,21 @@ def check_responses_fit(rl, longest_prompt: int, positions: int, steps: int) -> 
     """The longest prompt plus every response length the run's steps will allow (rl.max_new_tokens,
     and rl.max_new_tokens_schedule entries reached before `steps`) must fit the model's positions;
     the key that does not is named."""
-    limits = [(f"rl.max_new_tokens_schedule[{i}]", n) for i, (at, n) in enumerate(rl.max_new_tokens_schedule)
-              if at < steps]
-    if not any(at <= 0 for at, _ in rl.max_new_tokens_schedule):
-        limits.insert(0, ("rl.max_new_tokens", rl.max_new_tokens))
-    for key, n in limits:
+    for key, n in response_limits(rl, steps):
         if longest_prompt + n > positions:
             raise ConfigError(key, f"{n} new tokens after the longest prompt ({longest_prompt} tokens) exceed the "
                                    f"model's {positions} positions (max_position_embeddings); at most "
                                    f"{positions - longest_prompt}")
+
+
+def response_limits(rl, steps: int) -> list[tuple[str, int]]:
+    """(key, response length) of every length a run of `steps` steps reaches: rl.max_new_tokens
+    unless a schedule entry replaces it from step 0, and each entry reached before `steps`."""
+    limits = [(f"rl.max_new_tokens_schedule[{i}]", n) for i, (at, n) in enumerate(rl.max_new_tokens_schedule)
+              if at < steps]
+    if not any(at <= 0 for at, _ in rl.max_new_tokens_schedule):
+        limits.insert(0, ("rl.max_new_tokens", rl.max_new_tokens))
+    return limits
 
 
 def max_new_tokens_at(rl: RLConfig, step: int) -> int:
@@ -371,7 +377,7 @@ def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW,
     t = cfg.train
     path, meta = resume_from(candidates, chunks, optimizer, ps, arch, t.allow_arch_change,
                              t.verify_checkpoint)
-    own = path is not None and os.path.abspath(os.path.dirname(os.path.normpath(path))) == os.path.abspath(ckpt_root)
+    own = in_run(path, ckpt_root)
     step, position, index = 0, 0, 0
     if own:
         step, position, index = meta.get("step", 0), meta.get("prompt_position", 0), meta.get("rollout_index", 0)
@@ -611,18 +617,15 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
             "final": last.as_dict() if last is not None else None}
 
 
-ENGINE_COUNTS = ("prefill_tokens", "recomputed_tokens", "preemptions", "decode_row_steps", "draft_tokens",
-                 "draft_accepted")
-
-
 def rollout_work(rollout, ps: ParallelState, device) -> dict[str, float]:
     """The rollout engine's work counts of this rank's rows (prompt prefills, preempted rows'
     recomputation, decoding row-steps, drafts), summed over CP ranks when the engine split the rows
     over them (the DP sum follows with the other rollout numbers)."""
-    counts = torch.tensor([float(getattr(rollout, k, 0)) for k in ENGINE_COUNTS], dtype=torch.float64, device=device)
+    counts = torch.tensor([float(getattr(rollout, k)) for k in Rollout.WORK_COUNTS], dtype=torch.float64,
+                          device=device)
     if ps.cp > 1:
         torch.distributed.all_reduce(counts, group=ps.g("cp"))
-    return dict(zip(ENGINE_COUNTS, counts.tolist()))
+    return dict(zip(Rollout.WORK_COUNTS, counts.tolist()))
 
 
 def rollout_stats(rl: RLConfig, scored: ScoredRollout, batches: list[TrainBatch],

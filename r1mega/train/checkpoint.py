@@ -350,6 +350,11 @@ def latest_checkpoint(root: str) -> Optional[str]:
     return path
 
 
+def in_run(path: Optional[str], ckpt_root: str) -> bool:
+    """Whether checkpoint `path` is one of this run's own (in its checkpoints root), not train.load."""
+    return path is not None and os.path.abspath(os.path.dirname(os.path.normpath(path))) == os.path.abspath(ckpt_root)
+
+
 def find_resume_checkpoint(root: str, load: Optional[str] = None, model_config: Optional[dict] = None,
                            allow_arch_change: Iterable[str] = ()) -> list[str]:
     """Checkpoints to resume from, best first: the run's own (`latest`'s target, then the older

@@ -19,7 +19,7 @@ import time
 from r1mega.config import Config, ConfigError, validate_training
 from r1mega.output_dir import release
 from r1mega.data.prepare import training_data
-from r1mega.train.checkpoint import find_resume_checkpoint, resume_from, save_checkpoint
+from r1mega.train.checkpoint import find_resume_checkpoint, in_run, resume_from, save_checkpoint
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, lr_at
@@ -74,9 +74,7 @@ def _train(cfg: Config, kind: str) -> dict:
     # the run's own newest checkpoint wins over train.load, so a requeued job continues where it was
     resume, meta = resume_from(candidates, chunks, optimizer, ps, arch, t.allow_arch_change,
                                t.verify_checkpoint)
-    own = (resume is not None
-           and os.path.abspath(os.path.dirname(os.path.normpath(resume))) == os.path.abspath(ckpt_root))
-    if resume is not None and not own and meta.get("kind") != kind:
+    if resume is not None and not in_run(resume, ckpt_root) and meta.get("kind") != kind:
         # train.load made by another kind of run (a pretrained model for SFT, an RL or imported one): its
         # weights start this run at step 0, as GRPO starts; its step, data position and moments were its own
         optimizer.fresh_moments()
