@@ -181,3 +181,37 @@ def test_checkpoint_meta_without_a_model_is_a_named_error():
         family_from_meta({"family": "deepseek_v3"})
     with pytest.raises(CheckpointError, match="model_config does not fit deepseek_v3"):
         family_from_meta({"family": "deepseek_v3", "model_config": {"hidden_size": 64, "no_such_key": 1}})
+
+
+def test_import_writes_a_manifest_that_names_an_edited_file(tmp_path):
+    """An imported checkpoint is covered by manifest.json as a training save is: an edited meta.json
+    or a part file copied in from another import is refused by name (the parts' CRCs alone do not
+    tie meta.json and the listings to the save)."""
+    from r1mega.train.checkpoint import CheckpointError, read_meta, verify_manifest
+
+    src = str(tmp_path / "hf")
+    tiny_dense("llama", src)
+    for name in ("a", "b"):
+        assert convert_main(["import", "--hf-dir", src, "--out", str(tmp_path / name), "--dtype", "float32",
+                             "--shard-size", "0.00002"]) == 0
+    ck = str(tmp_path / "a")
+    manifest = json.load(open(os.path.join(ck, "manifest.json")))
+    assert {"meta.json", "part00000.safetensors", "part00000.json"} <= set(manifest["files"])
+    verify_manifest(ck, read_meta(ck))  # untouched: accepted
+    meta = json.load(open(os.path.join(ck, "meta.json")))
+    meta["model_config"]["rms_norm_eps"] = 1e-3
+    with open(os.path.join(ck, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(CheckpointError, match="meta.json: differs"):
+        verify_manifest(ck, read_meta(ck))
+    with pytest.raises(CheckpointError, match="meta.json: differs"):
+        do_export(ck, str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out")
+    # a part copied in from another model's import: refused by the manifest too
+    tiny_dense("qwen2", str(tmp_path / "hf2"))
+    assert convert_main(["import", "--hf-dir", str(tmp_path / "hf2"), "--out", str(tmp_path / "c"),
+                         "--shard-size", "0.00002"]) == 0
+    b, c = str(tmp_path / "b"), str(tmp_path / "c")
+    os.replace(os.path.join(c, "part00001.safetensors"), os.path.join(b, "part00001.safetensors"))
+    with pytest.raises(CheckpointError, match="part00001.safetensors: differs"):
+        verify_manifest(b, read_meta(b))

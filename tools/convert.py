@@ -45,7 +45,8 @@ from r1mega.models.family import family_for_hf, family_from_meta
 from r1mega.models.hf_config import read_hf_config as shared_read_hf_config
 from r1mega.models.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
 from r1mega.models.weights import read_index
-from r1mega.train.checkpoint import PieceReader, crc32, not_a_checkpoint, read_meta, verify_manifest
+from r1mega.train.checkpoint import (MANIFEST, PieceReader, crc32, not_a_checkpoint, read_meta, verify_manifest,
+                                     write_manifest)
 from r1mega.data.tokenizer import TOKENIZER_FILES
 
 
@@ -280,7 +281,7 @@ def _sibling(out: str, what: str) -> str:
 
 
 _OURS = re.compile(r"^(part\d{5}\.(json|safetensors)|model-\d{5}(-of-\d{5})?\.safetensors|meta\.json|config\.json"
-                   r"|model\.safetensors\.index\.json)$")
+                   r"|model\.safetensors\.index\.json|manifest\.json(\.tmp)?)$")
 
 
 def _owner_gone(marker: Optional[dict]) -> bool:
@@ -477,8 +478,10 @@ def _import_into(tmp: str, hf_dir: str, hf_config: dict, files, index, fp8: str,
             "fp8": fp8 if fp8_count else None, "tensors": len(index) - (len(scales) if fp8 == "dequant" else 0)}
     family, model_cfg = family_for_hf(hf_config)
     meta["family"], meta["model_config"] = family.name, asdict(model_cfg)
+    meta["manifest"] = MANIFEST  # an edited meta.json or a part swapped in later is refused by name
     with _writing(os.path.join(tmp, "meta.json")), open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
+    write_manifest(tmp)
     for extra in TOKENIZER_FILES:
         if os.path.exists(os.path.join(hf_dir, extra)):
             with _writing(os.path.join(tmp, extra)):

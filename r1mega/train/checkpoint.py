@@ -221,7 +221,8 @@ def _manifest_files(path: str) -> list[str]:
     return sorted(e for e in os.listdir(path) if e in ("meta.json", "rng.pt") or STEP_FILE.match(e))
 
 
-STEP_FILE = re.compile(r"^rank\d{5}\.(json|safetensors)$")
+# a save's rank files; an import's (r1mega-convert) part files
+STEP_FILE = re.compile(r"^(rank|part)\d{5}\.(json|safetensors)$")
 
 
 def _digest(files: dict) -> str:
@@ -245,7 +246,7 @@ def write_manifest(path: str) -> None:
 def verify_manifest(path: str, meta: dict) -> None:
     """CheckpointError naming the first file that does not match the manifest written with it
     (edited, replaced, missing, or added afterwards). Checkpoints made before manifests (meta.json
-    without 'manifest', e.g. by r1mega-convert) have none to check."""
+    without 'manifest', e.g. by r1mega-convert before it wrote one) have none to check."""
     file = os.path.join(path, MANIFEST)
     if not os.path.exists(file):
         if meta.get("manifest"):
