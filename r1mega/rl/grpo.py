@@ -47,15 +47,14 @@ from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.pipeline import Microbatch, forward_backward
 from r1mega.parallel.vocab_parallel import vocab_parallel_log_probs
 from r1mega.rl.dynamic_sampling import POOL_INDEX_STRIDE, draw_until_informative, pool_problems
-from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, loss_count, overlong_shaping
+from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, loss_count
 from r1mega.rl.policy_scores import pack_support, sampler_support, scores, support_with_targets, unpack_support
 from r1mega.rl.train_batch import TrainBatch, update_batches
 from r1mega.rl.metrics import LOCAL_VALUES, StepMetrics, global_values, step_metrics
 from r1mega.rl.prompt_source import PromptSource
 from r1mega.sandbox import isolation as sandbox
 from r1mega.rl.reference import NoReference, Reference, ReferencePolicy
-from r1mega.rl.rewards import REWARDS, reward_terms, run_programs, total_reward
-from r1mega.rl.reward_sync import judge_once
+from r1mega.rl.rewards import REWARDS, judge_once, overlong_shaping, reward_terms, run_programs, total_reward
 from r1mega.train.checkpoint import find_resume_checkpoint, in_run, read_meta, resume_from, save_checkpoint
 from r1mega.train.metrics_log import MetricsLog, table_due
 from r1mega.train.optimizer import DistributedAdamW, lr_at
