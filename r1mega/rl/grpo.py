@@ -59,7 +59,7 @@ from r1mega.train.checkpoint import find_resume_checkpoint, in_run, read_meta, r
 from r1mega.train.metrics_log import MetricsLog, table_due
 from r1mega.train.optimizer import DistributedAdamW, lr_at
 from r1mega.train.setup import (
-    Run, SkipGuard, check_run_dir, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta,
+    Run, SkipGuard, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta,
     start_run,
 )
 from r1mega.train.model_build import build_model
@@ -453,10 +453,9 @@ def start(cfg: Config, ckpt_root: str) -> tuple[Policy, Progress]:
     prompts' and responses' lengths, checkpoints and their architecture), then the policy, its
     optimizer and reference, restored from the run's own checkpoint or train.load."""
     own = own_checkpoint(ckpt_root)  # this run's own checkpoint (a restart) wins over train.load
-    run = start_run(cfg, lambda c, w: validate_rl(validate_training(c, w, needs_data=False, rollouts=True), w, own is not None,
-                                                   REWARDS), own)
-    cfg, ps, rl, t = run.cfg, run.ps, run.cfg.rl, run.cfg.train
-    check_run_dir(cfg, "grpo")  # refused before the prompts' synthetic corpus is built
+    run = start_run(cfg, "grpo", lambda c, w: validate_rl(validate_training(c, w, needs_data=False, rollouts=True), w,
+                                                           own is not None, REWARDS), own)
+    cfg, ps, rl, t = run.cfg, run.ps, run.cfg.rl, run.cfg.train  # train.run_dir checked before the prompts' corpus
     sandbox.allow_unsafe(rl.unsafe_code_sandbox)
     if "code" in rl.rewards or (rl.prompts and "accuracy" in rl.rewards):  # accuracy runs code problems' tests
         sandbox.require_isolation()  # refuse before any work, naming why, where it cannot be set up

@@ -2,7 +2,7 @@
 directory (the model is built by train/model_build.py). A thin composition of the functions that do
 the work, so trainer, grpo and verify-hf start the same way and a rule changed here holds for all of them.
 
-    run = start_run(cfg, validate_training)            # ranks, config checked, ParallelState, family, seed
+    run = start_run(cfg, kind, validate_training)      # ranks, config checked, ParallelState, family, seed, run dir checked
     chunks = build_model(run)                          # train/model_build.py
     ... optimizer, resume (each command's own rules), loop (SkipGuard: stop on non-finite steps) ...
     finish_run(run)
@@ -104,9 +104,15 @@ def _warn_if_load_differs(own: str, load: str) -> None:
               f"Use another train.run_dir to start from it", file=sys.stderr, flush=True)
 
 
-def start_run(cfg: Config, validate_fn: Callable[[Config, int], Config], own_checkpoint: Optional[str] = None) -> Run:
+def start_run(cfg: Config, command: str, validate_fn: Callable[[Config, int], Config],
+              own_checkpoint: Optional[str] = None) -> Run:
     """Join torchrun's group (if launched by it), fill the model from the checkpoint if the config
-    has none, validate before any weight exists, build the rank layout, seed."""
+    has none, validate before any weight exists, build the rank layout, seed; then refuse a
+    train.run_dir that `command` may not write into (what claim_run_dir would refuse: a file; a
+    non-empty directory `command` did not make), before anything is built, e.g. a synthetic corpus.
+    Writes nothing."""
+    from r1mega.output_dir import check
+
     distributed, owns_group, world = join_ranks()
     load = cfg.train.load if own_checkpoint is None and not at_family_defaults(cfg.active_model) else None
     cfg, family = model_from_checkpoint(cfg, own_checkpoint)  # reads train.load when the model comes from it
@@ -119,16 +125,13 @@ def start_run(cfg: Config, validate_fn: Callable[[Config, int], Config], own_che
     ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
     torch.manual_seed(cfg.seed)
     arch = {k: v for k, v in asdict(cfg.active_model).items() if k not in family.training_keys}
+    run_dir = cfg.train.run_dir
+    for path in (run_dir, os.path.join(run_dir, "checkpoints")):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ConfigError("train.run_dir", f"{path} exists and is not a directory")
+    check(run_dir, command, "train.run_dir")
     return Run(cfg, ps, distributed, owns_group, world, default_device(), getattr(torch, cfg.train.dtype), family,
                arch)
-
-
-def check_run_dir(cfg: Config, command: str) -> None:
-    """What claim_run_dir would refuse (a file; a non-empty directory `command` did not make), refused
-    before anything is built, e.g. the synthetic corpus. Writes nothing."""
-    from r1mega.output_dir import check
-
-    check(cfg.train.run_dir, command, "train.run_dir")
 
 
 def claim_run_dir(run: Run, command: str) -> None:
