@@ -45,7 +45,7 @@ from safetensors.torch import save_file
 
 from r1mega.atomic_io import fsync_dir, open_fresh
 from r1mega.data.tokenizer import copy_tokenizer_files
-from r1mega.errors import CheckpointError
+from r1mega.errors import CheckpointError, ConfigError
 from r1mega.models.fp8 import dequantize, scale_name
 from r1mega.models.weights import load_weights, shard
 from r1mega.parallel.layout import ParallelState
@@ -389,6 +389,16 @@ def check_load(load: str) -> None:
     what = not_a_checkpoint(load)
     if what:
         raise CheckpointError(f"train.load={load} {what}")
+
+
+def checkpoint_meta(path: str) -> dict:
+    """The meta.json of the checkpoint a run starts from (train.load), or a ConfigError naming
+    train.load that says what the directory is instead."""
+    if not os.path.isdir(path):
+        raise ConfigError("train.load", f"{path}: no such checkpoint directory")
+    if not os.path.exists(os.path.join(path, "meta.json")):
+        raise ConfigError("train.load", f"{path} {not_a_checkpoint(path) or 'is not a checkpoint (no meta.json)'}")
+    return read_meta(path)  # a damaged meta.json is a CheckpointError naming it
 
 
 def not_a_checkpoint(path: str) -> Optional[str]:

@@ -61,17 +61,6 @@ def own_checkpoint(ckpt_root: str) -> Optional[str]:
     return None
 
 
-def checkpoint_meta(path: str) -> dict:
-    from r1mega.train.checkpoint import not_a_checkpoint, read_meta
-
-    meta_file = os.path.join(path, "meta.json")
-    if not os.path.isdir(path):
-        raise ConfigError("train.load", f"{path}: no such checkpoint directory")
-    if not os.path.exists(meta_file):
-        raise ConfigError("train.load", f"{path} {not_a_checkpoint(path) or 'is not a checkpoint (no meta.json)'}")
-    return read_meta(path)  # a damaged meta.json is a CheckpointError naming it
-
-
 def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> tuple[Config, ModelFamily]:
     """(config, its model's family). A config that leaves its model at its family's defaults takes
     the model's family and shapes from the checkpoint it starts from (the run's own, else train.load:
@@ -80,6 +69,8 @@ def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> tuple[Confi
     source, m = own or cfg.train.load, cfg.active_model
     if own is not None and cfg.train.load is not None:
         _warn_if_load_differs(own, cfg.train.load)
+    from r1mega.train.checkpoint import checkpoint_meta
+
     meta = checkpoint_meta(source) if source is not None and at_family_defaults(m) else None
     family = family_of_config(m)
     if meta is None:
@@ -92,6 +83,8 @@ def _warn_if_load_differs(own: str, load: str) -> None:
     """A run resumes from its own checkpoint whatever train.load says; say so when train.load is
     another model, which a user changing it on a rerun would otherwise never learn."""
     import sys
+
+    from r1mega.train.checkpoint import checkpoint_meta
 
     try:
         own_model, load_model = (family_from_meta(checkpoint_meta(p)) for p in (own, load))
@@ -114,8 +107,10 @@ def start_run(cfg: Config, command: str, validate_fn: Callable[[Config, int], Co
     from r1mega.output_dir import check
 
     distributed, owns_group, world = join_ranks()
-    load = cfg.train.load if own_checkpoint is None and not at_family_defaults(cfg.active_model) else None
+    configured, load = cfg.active_model, cfg.train.load
     cfg, family = model_from_checkpoint(cfg, own_checkpoint)  # reads train.load when the model comes from it
+    if own_checkpoint is not None or at_family_defaults(configured):
+        load = None  # read above, or not used (a resume)
     if load is not None:  # else named only after the data is built (a synthetic corpus, on disk)
         from r1mega.train.checkpoint import check_load, read_meta
 
