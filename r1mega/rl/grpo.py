@@ -55,11 +55,12 @@ from r1mega.rl.prompt_source import PromptSource
 from r1mega.sandbox import isolation as sandbox
 from r1mega.rl.reference import NoReference, Reference, ReferencePolicy
 from r1mega.rl.rewards import REWARDS, judge_once, overlong_shaping, reward_terms, run_programs, total_reward
-from r1mega.train.checkpoint import find_resume_checkpoint, in_run, read_meta, resume_from, save_checkpoint
+from r1mega.train.checkpoint import (find_resume_checkpoint, in_run, read_meta, resume_from, run_meta,
+                                     save_checkpoint)
 from r1mega.train.metrics_log import MetricsLog, table_due
-from r1mega.train.optimizer import DistributedAdamW, lr_at
+from r1mega.train.optimizer import DistributedAdamW, SkipGuard, lr_at
 from r1mega.train.setup import (
-    Run, SkipGuard, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta,
+    Run, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint,
     start_run,
 )
 from r1mega.train.model_build import build_model

@@ -36,6 +36,7 @@ import struct
 import shutil
 import sys
 import zlib
+from dataclasses import asdict
 from typing import Iterable, Optional
 
 import torch
@@ -94,6 +95,13 @@ def _writes(spec, ps: ParallelState) -> bool:
     if p.is_expert:
         return ps.r("edp") == 0
     return ps.r("dp_cp") == 0 and (p.tp_shard_dim is not None or ps.r("tp") == 0)
+
+
+def run_meta(run, kind: str, **extra) -> dict:
+    """What a checkpoint records about the run (a train/setup.py Run) besides weights: the meta.json
+    that model_from_checkpoint and the resume rules read back."""
+    return {"kind": kind, "family": run.family.name, "model_config": asdict(run.cfg.active_model),
+            "hf_config": run.hf_config, **extra}
 
 
 def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer: Optional[DistributedAdamW],

@@ -4,7 +4,7 @@ the work, so trainer, grpo and verify-hf start the same way and a rule changed h
 
     run = start_run(cfg, kind, validate_training)      # ranks, config checked, ParallelState, family, seed, run dir checked
     chunks = build_model(run)                          # train/model_build.py
-    ... optimizer, resume (each command's own rules), loop (SkipGuard: stop on non-finite steps) ...
+    ... optimizer, resume (each command's own rules), loop ...
     finish_run(run)
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 
 from r1mega.config import Config, ConfigError, TrainConfig
-from r1mega.errors import TrainingError
 from r1mega.models.family import (ModelFamily, at_family_defaults, family_from_meta, family_of_config,
                                   model_of_checkpoint)
 from r1mega.kernels import use_backend
@@ -154,34 +153,9 @@ def kernels_scope(kernels):
     return use_backend(kernels) if kernels is not None else contextlib.nullcontext()
 
 
-class SkipGuard:
-    """A step whose loss or gradient is NaN/Inf leaves the weights as they were (the optimizer skips
-    it) and is announced; after train.max_consecutive_skips of them in a row the run stops rather
-    than save a broken model."""
-
-    def __init__(self, limit: int, log):
-        self.limit, self.log, self.in_a_row = limit, log, 0
-
-    def after_step(self, step: int, skipped: bool, skipped_so_far: int, advice: str) -> None:
-        """`step`: the 1-based step just taken. The skip decision is the same on every rank (a
-        global norm), so every rank stops together. advice: what the user can do, for the error."""
-        if skipped:
-            self.log.print(f"step {step}: non-finite loss or gradient, update skipped ({skipped_so_far} so far)")
-        self.in_a_row = self.in_a_row + 1 if skipped else 0
-        if self.limit and self.in_a_row >= self.limit:
-            self.log.close()
-            raise TrainingError(f"steps {step + 1 - self.in_a_row}..{step} all had a non-finite loss or gradient "
-                                f"(train.max_consecutive_skips={self.limit}); stopped without saving. {advice}")
-
 
 def finish_run(run: Run) -> None:
     if run.lock is not None:
         run.lock.release()
     if run.distributed and run.owns_group:
         dist.destroy_process_group()
-
-
-def run_meta(run: Run, kind: str, **extra) -> dict:
-    """What a checkpoint records about the run besides weights (read back by model_from_checkpoint)."""
-    return {"kind": kind, "family": run.family.name, "model_config": asdict(run.cfg.active_model),
-            "hf_config": run.hf_config, **extra}
