@@ -23,7 +23,6 @@ rl.updates_per_rollout to lose nothing).
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -57,7 +56,7 @@ from r1mega.rl.reference import NoReference, Reference, ReferencePolicy
 from r1mega.rl.rewards import REWARDS, judge_once, overlong_shaping, reward_terms, run_programs, total_reward
 from r1mega.train.checkpoint import (find_resume_checkpoint, in_run, read_meta, resume_from, run_meta,
                                      save_checkpoint)
-from r1mega.train.metrics_log import MetricsLog, table_due
+from r1mega.train.metrics_log import MetricsLog, append_rollouts, table_due
 from r1mega.train.optimizer import DistributedAdamW, SkipGuard, lr_at
 from r1mega.train.setup import (
     Run, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint,
@@ -358,17 +357,6 @@ def evaluate_accuracy(chunks, ps: ParallelState, source: PromptSource, problems:
     return both["hits"] / both["n"]
 
 
-def append_rollouts(path: str, step: int, scored: ScoredRollout, n: int) -> list[dict]:
-    """A few sample rollouts per step, for reading what the policy writes (like TRL/verl); returns them."""
-    rows = [{"step": step, "id": scored.problems[i].get("id"), "prompt": scored.rendered[i].text,
-             "completion": scored.responses[i], "reward": float(scored.rewards[i]), "rewards": scored.terms[i],
-             "answer": scored.problems[i].get("answer"), "truncated": bool(scored.truncated[i])}
-            for i in range(min(n, len(scored.responses)))]
-    with open(path, "a", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    return rows
-
-
 def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW, reference: Reference,
             candidates: list[str], ckpt_root: str, arch: dict) -> tuple[int, int, int, Optional[str]]:
     """Load the run's own newest good checkpoint (policy, optimizer, reference, prompt position;
@@ -584,13 +572,13 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
             step = at.step
             if reference.due(step):
                 reference.refresh(chunks, step)
+            guard.after_step(step, bool(sums["skipped"]), optimizer.skipped,
+                             "Check the rewards and lower optim.lr, or raise the limit")
             upd = global_values({k: v for k, v in sums.items() if k not in LOCAL_VALUES}, ps, run.device)
             last = step_metrics(rl.rewards, u.rollout_vals, u.gap_max, upd, sums, optimizer.skipped,
                                 scored.max_new_tokens, scored.rollout.cache_bytes, time.perf_counter() - t0,
                                 run.family.training.extra_losses)
             last.extra.update(drawn)
-            guard.after_step(step, bool(sums["skipped"]), optimizer.skipped,
-                             "Check the rewards and lower optim.lr, or raise the limit")
             history["reward"].append((step, last.reward))
             if held_out is not None and eval_every and step % eval_every == 0 and step < t.steps:
                 last.heldout_accuracy = evaluate_accuracy(chunks, ps, policy.source, held_out, rl.max_new_tokens)
