@@ -38,6 +38,7 @@ from r1mega.output_dir import release
 from r1mega.data.templates import Rendered
 from r1mega.inference.generate import GenerationConfig, Rollout, generate
 from r1mega.kernels import batch_invariant
+from r1mega.kernels.fp8_backend import fp8_kernels, kernels_scope
 from r1mega.models.spec import TrainingHooks
 from r1mega.models.stage import IGNORE_INDEX
 from r1mega.parallel.context_parallel import gather_tokens, local_tokens
@@ -59,7 +60,7 @@ from r1mega.train.checkpoint import (find_resume_checkpoint, in_run, read_meta, 
 from r1mega.train.metrics_log import MetricsLog, append_rollouts, table_due
 from r1mega.train.optimizer import DistributedAdamW, SkipGuard, lr_at
 from r1mega.train.setup import (
-    Run, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint,
+    Run, claim_run_dir, finish_run, own_checkpoint,
     start_run,
 )
 from r1mega.train.model_build import build_model

@@ -9,7 +9,6 @@ the work, so trainer, grpo and verify-hf start the same way and a rule changed h
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Optional
@@ -17,11 +16,9 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from r1mega.config import Config, ConfigError, TrainConfig
+from r1mega.config import Config, ConfigError
 from r1mega.models.family import (ModelFamily, at_family_defaults, family_from_meta, family_of_config,
                                   model_of_checkpoint)
-from r1mega.kernels import use_backend
-from r1mega.kernels.fp8_backend import fp8_backend
 from r1mega.parallel.layout import (
     ParallelState, build_parallel_state, default_device, join_ranks, single_process_state,
 )
@@ -135,23 +132,6 @@ def claim_run_dir(run: Run, command: str) -> None:
 
     settings = {k: v for k, v in asdict(run.cfg).items() if k != "train"}  # train.steps may grow on a resume
     run.lock = claim_on_rank0(run.cfg.train.run_dir, command, "train.run_dir", config_hash(settings))
-
-
-def fp8_kernels(t: TrainConfig, log, applies_to: str = ""):
-    """The kernels backend for train.fp8 (None for train.fp8=none), announced once in the run's log.
-    FP8 covers the GEMMs of the linears and routed experts; the head, router, norms and attention
-    core stay in train.dtype. applies_to: what of the run it covers, when not all of it."""
-    kernels = fp8_backend(t.fp8, t.fp8_backend, t.fp8_block, t.fp8_pow2_scales)
-    if kernels is not None:
-        log.print(f"FP8 {t.fp8} (block {t.fp8_block}{', power-of-2 scales' if t.fp8_pow2_scales else ''}) "
-                  f"through the {kernels.name} backend{applies_to}")
-    return kernels
-
-
-def kernels_scope(kernels):
-    """Run a block on `kernels` (from fp8_kernels), or on the default kernels when it is None."""
-    return use_backend(kernels) if kernels is not None else contextlib.nullcontext()
-
 
 
 def finish_run(run: Run) -> None:

@@ -20,11 +20,12 @@ from r1mega.config import Config, validate_training
 from r1mega.output_dir import release
 from r1mega.data.prepare import training_data
 from r1mega.train.checkpoint import find_resume_checkpoint, in_run, resume_from, run_meta, save_checkpoint
+from r1mega.kernels.fp8_backend import fp8_kernels, kernels_scope
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, SkipGuard, lr_at
 from r1mega.train.setup import (
-    claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint,
+    claim_run_dir, finish_run, own_checkpoint,
     start_run,
 )
 from r1mega.train.model_build import build_model
