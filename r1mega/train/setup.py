@@ -2,7 +2,7 @@
 directory (the model is built by train/model_build.py). A thin composition of the functions that do
 the work, so trainer, grpo and verify-hf start the same way and a rule changed here holds for all of them.
 
-    run = start_run(cfg, kind, validate_training)      # ranks, config checked, ParallelState, family, seed, run dir checked
+    run = start_run(cfg, kind, validate_training)      # ranks, config checked, layout, family, seed, run dir
     chunks = build_model(run)                          # train/model_build.py
     ... optimizer, resume (each command's own rules), loop ...
     finish_run(run)
