@@ -3,7 +3,7 @@ import torch
 
 from r1mega.parallel.config import ParallelConfig
 from r1mega.parallel.layout import build_parallel_state
-from r1mega.rl.reward_sync import judge_once
+from r1mega.rl.rewards import judge_once
 
 
 def judge_with_rank_dependent_verdicts(rank: int, world: int, tp: int, cp: int, pp: int):

@@ -156,7 +156,7 @@ def test_truncated_importance_sampling_by_hand():
 
 
 def test_overlong_shaping_by_hand():
-    from r1mega.rl.loss import overlong_shaping
+    from r1mega.rl.rewards import overlong_shaping
 
     lengths = torch.tensor([10, 12, 14, 16])
     torch.testing.assert_close(overlong_shaping(lengths, 16, 4, 1.0), torch.tensor([0.0, 0.0, -0.5, -1.0]))

@@ -18,12 +18,14 @@ it on), so `auto` resolves to the emulation everywhere. It would join `BACKENDS`
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from r1mega.kernels import use_backend
 from r1mega.kernels.fp8_blockwise import BlockwiseRecipe, fake_quantize, fake_quantize_segments
 
 FP8_MODES = ("none", "blockwise")
@@ -166,3 +168,20 @@ def fp8_backend(mode: str, choice: str = "auto", block: int = 128, pow2_scales: 
     if mode != "blockwise":
         raise ValueError(f"train.fp8={mode!r}: expected one of {FP8_MODES}")
     return BACKENDS[resolve_backend_name(choice)](BlockwiseRecipe(block, pow2_scales))
+
+
+def fp8_kernels(t, log, applies_to: str = ""):
+    """The backend for a run's train.fp8 settings (t: its `train:` section; None for train.fp8=none),
+    announced once in the run's log. FP8 covers the GEMMs of the linears and routed experts; the
+    head, router, norms and attention core stay in train.dtype. applies_to: what of the run it
+    covers, when not all of it."""
+    kernels = fp8_backend(t.fp8, t.fp8_backend, t.fp8_block, t.fp8_pow2_scales)
+    if kernels is not None:
+        log.print(f"FP8 {t.fp8} (block {t.fp8_block}{', power-of-2 scales' if t.fp8_pow2_scales else ''}) "
+                  f"through the {kernels.name} backend{applies_to}")
+    return kernels
+
+
+def kernels_scope(kernels):
+    """Run a block on `kernels` (from fp8_kernels), or on the default kernels when it is None."""
+    return use_backend(kernels) if kernels is not None else contextlib.nullcontext()

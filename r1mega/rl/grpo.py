@@ -23,7 +23,6 @@ rl.updates_per_rollout to lose nothing).
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from r1mega.output_dir import release
 from r1mega.data.templates import Rendered
 from r1mega.inference.generate import GenerationConfig, Rollout, generate
 from r1mega.kernels import batch_invariant
+from r1mega.kernels.fp8_backend import fp8_kernels, kernels_scope
 from r1mega.models.spec import TrainingHooks
 from r1mega.models.stage import IGNORE_INDEX
 from r1mega.parallel.context_parallel import gather_tokens, local_tokens
@@ -47,20 +47,20 @@ from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.pipeline import Microbatch, forward_backward
 from r1mega.parallel.vocab_parallel import vocab_parallel_log_probs
 from r1mega.rl.dynamic_sampling import POOL_INDEX_STRIDE, draw_until_informative, pool_problems
-from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, loss_count, overlong_shaping
+from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, loss_count
 from r1mega.rl.policy_scores import pack_support, sampler_support, scores, support_with_targets, unpack_support
 from r1mega.rl.train_batch import TrainBatch, update_batches
 from r1mega.rl.metrics import LOCAL_VALUES, StepMetrics, global_values, step_metrics
 from r1mega.rl.prompt_source import PromptSource
 from r1mega.sandbox import isolation as sandbox
 from r1mega.rl.reference import NoReference, Reference, ReferencePolicy
-from r1mega.rl.rewards import REWARDS, reward_terms, run_programs, total_reward
-from r1mega.rl.reward_sync import judge_once
-from r1mega.train.checkpoint import find_resume_checkpoint, in_run, read_meta, resume_from, save_checkpoint
-from r1mega.train.metrics_log import MetricsLog, table_due
-from r1mega.train.optimizer import DistributedAdamW, lr_at
+from r1mega.rl.rewards import REWARDS, judge_once, overlong_shaping, reward_terms, run_programs, total_reward
+from r1mega.train.checkpoint import (find_resume_checkpoint, in_run, read_meta, resume_from, run_meta,
+                                     save_checkpoint)
+from r1mega.train.metrics_log import MetricsLog, append_rollouts, table_due
+from r1mega.train.optimizer import DistributedAdamW, SkipGuard, lr_at
 from r1mega.train.setup import (
-    Run, SkipGuard, check_run_dir, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta,
+    Run, claim_run_dir, finish_run, own_checkpoint,
     start_run,
 )
 from r1mega.train.model_build import build_model
@@ -358,17 +358,6 @@ def evaluate_accuracy(chunks, ps: ParallelState, source: PromptSource, problems:
     return both["hits"] / both["n"]
 
 
-def append_rollouts(path: str, step: int, scored: ScoredRollout, n: int) -> list[dict]:
-    """A few sample rollouts per step, for reading what the policy writes (like TRL/verl); returns them."""
-    rows = [{"step": step, "id": scored.problems[i].get("id"), "prompt": scored.rendered[i].text,
-             "completion": scored.responses[i], "reward": float(scored.rewards[i]), "rewards": scored.terms[i],
-             "answer": scored.problems[i].get("answer"), "truncated": bool(scored.truncated[i])}
-            for i in range(min(n, len(scored.responses)))]
-    with open(path, "a", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    return rows
-
-
 def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW, reference: Reference,
             candidates: list[str], ckpt_root: str, arch: dict) -> tuple[int, int, int, Optional[str]]:
     """Load the run's own newest good checkpoint (policy, optimizer, reference, prompt position;
@@ -454,10 +443,9 @@ def start(cfg: Config, ckpt_root: str) -> tuple[Policy, Progress]:
     prompts' and responses' lengths, checkpoints and their architecture), then the policy, its
     optimizer and reference, restored from the run's own checkpoint or train.load."""
     own = own_checkpoint(ckpt_root)  # this run's own checkpoint (a restart) wins over train.load
-    run = start_run(cfg, lambda c, w: validate_rl(validate_training(c, w, needs_data=False, rollouts=True), w, own is not None,
-                                                   REWARDS), own)
-    cfg, ps, rl, t = run.cfg, run.ps, run.cfg.rl, run.cfg.train
-    check_run_dir(cfg, "grpo")  # refused before the prompts' synthetic corpus is built
+    run = start_run(cfg, "grpo", lambda c, w: validate_rl(validate_training(c, w, needs_data=False, rollouts=True), w,
+                                                           own is not None, REWARDS), own)
+    cfg, ps, rl, t = run.cfg, run.ps, run.cfg.rl, run.cfg.train  # train.run_dir checked before the prompts' corpus
     sandbox.allow_unsafe(rl.unsafe_code_sandbox)
     if "code" in rl.rewards or (rl.prompts and "accuracy" in rl.rewards):  # accuracy runs code problems' tests
         sandbox.require_isolation()  # refuse before any work, naming why, where it cannot be set up
@@ -585,13 +573,13 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
             step = at.step
             if reference.due(step):
                 reference.refresh(chunks, step)
+            guard.after_step(step, bool(sums["skipped"]), optimizer.skipped,
+                             "Check the rewards and lower optim.lr, or raise the limit")
             upd = global_values({k: v for k, v in sums.items() if k not in LOCAL_VALUES}, ps, run.device)
             last = step_metrics(rl.rewards, u.rollout_vals, u.gap_max, upd, sums, optimizer.skipped,
                                 scored.max_new_tokens, scored.rollout.cache_bytes, time.perf_counter() - t0,
                                 run.family.training.extra_losses)
             last.extra.update(drawn)
-            guard.after_step(step, bool(sums["skipped"]), optimizer.skipped,
-                             "Check the rewards and lower optim.lr, or raise the limit")
             history["reward"].append((step, last.reward))
             if held_out is not None and eval_every and step % eval_every == 0 and step < t.steps:
                 last.heldout_accuracy = evaluate_accuracy(chunks, ps, policy.source, held_out, rl.max_new_tokens)

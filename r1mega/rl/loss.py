@@ -41,14 +41,6 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
     return centred.masked_fill(equal, 0.0).float().view(-1)
 
 
-def overlong_shaping(lengths: torch.Tensor, max_new_tokens: int, buffer: int, penalty: float) -> torch.Tensor:
-    """DAPO's soft overlong punishment: 0 up to max - buffer tokens, then falling linearly to
-    -penalty at max_new_tokens."""
-    if buffer <= 0:
-        return torch.zeros_like(lengths, dtype=torch.float32)
-    over = (lengths.float() - (max_new_tokens - buffer)).clamp(min=0)
-    return -penalty * (over / buffer).clamp(max=1.0)
-
 
 def equal_reward_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """[n_groups] True where every output of the group got the same reward (zero advantage)."""

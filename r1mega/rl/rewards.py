@@ -23,14 +23,20 @@ the response through r1mega.judge, the same judge as `r1mega eval` and the rejec
             never held the program's code, calling its functions through plain data
             (r1mega/sandbox/code_tests.py)
 A response longer than r1mega.judge.MAX_RESPONSE_CHARS scores 0 on every reward.
+GRPO adds DAPO's overlong shaping (overlong_shaping) to that sum, and judges a rollout once
+per model replica.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 from typing import Callable, Iterator, NamedTuple, Optional
 
+import torch
+import torch.distributed as dist
+
 from r1mega import judge
 from r1mega.judge.response import split
+from r1mega.parallel.layout import ParallelState
 from r1mega.sandbox.isolation import Job, SandboxResult, run_many
 
 Programs = dict[tuple, SandboxResult]  # sandbox results by job, run ahead for a batch
@@ -133,3 +139,41 @@ def reward_terms(names: list[str], text: str, sample: dict, programs: Optional[P
 def total_reward(names: list[str], text: str, sample: dict, programs: Optional[Programs] = None,
                  fallback: str = "auto") -> float:
     return sum(reward_terms(names, text, sample, programs, fallback).values())
+
+
+def overlong_shaping(lengths: torch.Tensor, max_new_tokens: int, buffer: int, penalty: float) -> torch.Tensor:
+    """DAPO's soft overlong punishment: 0 up to max - buffer tokens, then falling linearly to
+    -penalty at max_new_tokens."""
+    if buffer <= 0:
+        return torch.zeros_like(lengths, dtype=torch.float32)
+    over = (lengths.float() - (max_new_tokens - buffer)).clamp(min=0)
+    return -penalty * (over / buffer).clamp(max=1.0)
+
+
+# ---- judged once per model replica -------------------------------------------------------------
+# The ranks of one DP slice (its TP, CP and PP ranks) hold the same responses, but judging them is
+# not a pure function of the text: sandboxed programs race the wall clock and each process has its
+# own hash seed (`print(*{"a", "b"})` prints in another order per run), and math-verify's timeouts
+# are wall-clock. Each rank judging for itself could give the shards of one model different rewards,
+# hence different advantages and gradients. So the slice's first rank (tp = cp = pp = 0) judges, and
+# the others receive its reward table; they run no programs at all (the sandbox load is not
+# multiplied by tp x cp x pp either).
+
+SLICE_GROUPS = ("pp", "cp", "tp")  # the broadcast order that carries the first rank's table to all
+
+
+def judge_once(ps: ParallelState, names: list[str], n: int, judge: Callable[[], list[dict[str, float]]],
+               device: torch.device) -> list[dict[str, float]]:
+    """judge() -> one {reward name: value} per response, run on the slice's first rank only; every
+    rank of the slice returns that rank's values."""
+    names = list(dict.fromkeys(names))
+    if all(ps.r(g) == 0 for g in SLICE_GROUPS):
+        terms = judge()
+        table = torch.tensor([[float(t[k]) for k in names] for t in terms], dtype=torch.float64,
+                             device=device).reshape(n, len(names))
+    else:
+        table = torch.zeros(n, len(names), dtype=torch.float64, device=device)
+    for g in SLICE_GROUPS:  # along pp from stage 0 (tp = cp = 0), then cp, then tp: each source already holds it
+        if ps.g(g) is not None:
+            dist.broadcast(table, src=ps.members[g][0], group=ps.g(g))
+    return [dict(zip(names, row)) for row in table.tolist()]

@@ -36,6 +36,7 @@ import struct
 import shutil
 import sys
 import zlib
+from dataclasses import asdict
 from typing import Iterable, Optional
 
 import torch
@@ -45,7 +46,7 @@ from safetensors.torch import save_file
 
 from r1mega.atomic_io import fsync_dir, open_fresh
 from r1mega.data.tokenizer import copy_tokenizer_files
-from r1mega.errors import CheckpointError
+from r1mega.errors import CheckpointError, ConfigError
 from r1mega.models.fp8 import dequantize, scale_name
 from r1mega.models.weights import load_weights, shard
 from r1mega.parallel.layout import ParallelState
@@ -94,6 +95,13 @@ def _writes(spec, ps: ParallelState) -> bool:
     if p.is_expert:
         return ps.r("edp") == 0
     return ps.r("dp_cp") == 0 and (p.tp_shard_dim is not None or ps.r("tp") == 0)
+
+
+def run_meta(run, kind: str, **extra) -> dict:
+    """What a checkpoint records about the run (a train/setup.py Run) besides weights: the meta.json
+    that model_from_checkpoint and the resume rules read back."""
+    return {"kind": kind, "family": run.family.name, "model_config": asdict(run.cfg.active_model),
+            "hf_config": run.hf_config, **extra}
 
 
 def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer: Optional[DistributedAdamW],
@@ -390,6 +398,16 @@ def check_load(load: str) -> None:
     what = not_a_checkpoint(load)
     if what:
         raise CheckpointError(f"train.load={load} {what}")
+
+
+def checkpoint_meta(path: str) -> dict:
+    """The meta.json of the checkpoint a run starts from (train.load), or a ConfigError naming
+    train.load that says what the directory is instead."""
+    if not os.path.isdir(path):
+        raise ConfigError("train.load", f"{path}: no such checkpoint directory")
+    if not os.path.exists(os.path.join(path, "meta.json")):
+        raise ConfigError("train.load", f"{path} {not_a_checkpoint(path) or 'is not a checkpoint (no meta.json)'}")
+    return read_meta(path)  # a damaged meta.json is a CheckpointError naming it
 
 
 def not_a_checkpoint(path: str) -> Optional[str]:

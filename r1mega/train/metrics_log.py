@@ -79,6 +79,18 @@ class MetricsLog:
 ROLLOUT_COLUMNS = ("step", "id", "prompt", "completion", "reward")
 
 
+def append_rollouts(path: str, step: int, scored, n: int) -> list[dict]:
+    """A few sample rollouts of GRPO's step (scored: its ScoredRollout) appended to `path`, for reading
+    what the policy writes (like TRL/verl); returns them, the rows of the rollout table."""
+    rows = [{"step": step, "id": scored.problems[i].get("id"), "prompt": scored.rendered[i].text,
+             "completion": scored.responses[i], "reward": float(scored.rewards[i]), "rewards": scored.terms[i],
+             "answer": scored.problems[i].get("answer"), "truncated": bool(scored.truncated[i])}
+            for i in range(min(n, len(scored.responses)))]
+    with open(path, "a", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return rows
+
+
 def rollout_table_rows(rollouts: list[dict]) -> tuple[list[str], list[list]]:
     """(columns, rows) of the rollout table: step, id, prompt, completion, total reward, one column per
     reward term, the reference answer and whether the response was cut."""

@@ -5,7 +5,8 @@ experts, sharded over expert-data-parallel ranks. Each bucket is one flat fp32 s
 owns a contiguous 1/n of it (fp32 master weights + AdamW moments). A step is:
     reduce-scatter grads over the bucket's group -> global grad norm (each element counted once
     across the world) -> NaN/Inf check -> clip -> AdamW on the owned shard -> all-gather params.
-The AdamW update is torch.optim.AdamW's, element for element (decoupled weight decay).
+The AdamW update is torch.optim.AdamW's, element for element (decoupled weight decay). A step
+with a NaN/Inf gradient is skipped; SkipGuard stops a run after too many of them in a row.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from r1mega.config import ConfigError, OptimConfig
+from r1mega.errors import TrainingError
 from r1mega.parallel.comm import all_gather_nograd, reduce_scatter_nograd
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.param_spec import spec_of
@@ -258,3 +260,23 @@ class DistributedAdamW:
     def zero_grad(self, chunks: torch.nn.Module) -> None:
         for p in chunks.parameters():
             p.grad = None
+
+
+class SkipGuard:
+    """A step whose loss or gradient is NaN/Inf leaves the weights as they were (the optimizer skips
+    it) and is announced; after train.max_consecutive_skips of them in a row the run stops rather
+    than save a broken model."""
+
+    def __init__(self, limit: int, log):
+        self.limit, self.log, self.in_a_row = limit, log, 0
+
+    def after_step(self, step: int, skipped: bool, skipped_so_far: int, advice: str) -> None:
+        """`step`: the 1-based step just taken. The skip decision is the same on every rank (a
+        global norm), so every rank stops together. advice: what the user can do, for the error."""
+        if skipped:
+            self.log.print(f"step {step}: non-finite loss or gradient, update skipped ({skipped_so_far} so far)")
+        self.in_a_row = self.in_a_row + 1 if skipped else 0
+        if self.limit and self.in_a_row >= self.limit:
+            self.log.close()
+            raise TrainingError(f"steps {step + 1 - self.in_a_row}..{step} all had a non-finite loss or gradient "
+                                f"(train.max_consecutive_skips={self.limit}); stopped without saving. {advice}")

@@ -2,14 +2,13 @@
 directory (the model is built by train/model_build.py). A thin composition of the functions that do
 the work, so trainer, grpo and verify-hf start the same way and a rule changed here holds for all of them.
 
-    run = start_run(cfg, validate_training)            # ranks, config checked, ParallelState, family, seed
+    run = start_run(cfg, kind, validate_training)      # ranks, config checked, layout, family, seed, run dir
     chunks = build_model(run)                          # train/model_build.py
-    ... optimizer, resume (each command's own rules), loop (SkipGuard: stop on non-finite steps) ...
+    ... optimizer, resume (each command's own rules), loop ...
     finish_run(run)
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Optional
@@ -17,12 +16,9 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from r1mega.config import Config, ConfigError, TrainConfig
-from r1mega.errors import TrainingError
+from r1mega.config import Config, ConfigError
 from r1mega.models.family import (ModelFamily, at_family_defaults, family_from_meta, family_of_config,
                                   model_of_checkpoint)
-from r1mega.kernels import use_backend
-from r1mega.kernels.fp8_backend import fp8_backend
 from r1mega.parallel.layout import (
     ParallelState, build_parallel_state, default_device, join_ranks, single_process_state,
 )
@@ -61,17 +57,6 @@ def own_checkpoint(ckpt_root: str) -> Optional[str]:
     return None
 
 
-def checkpoint_meta(path: str) -> dict:
-    from r1mega.train.checkpoint import not_a_checkpoint, read_meta
-
-    meta_file = os.path.join(path, "meta.json")
-    if not os.path.isdir(path):
-        raise ConfigError("train.load", f"{path}: no such checkpoint directory")
-    if not os.path.exists(meta_file):
-        raise ConfigError("train.load", f"{path} {not_a_checkpoint(path) or 'is not a checkpoint (no meta.json)'}")
-    return read_meta(path)  # a damaged meta.json is a CheckpointError naming it
-
-
 def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> tuple[Config, ModelFamily]:
     """(config, its model's family). A config that leaves its model at its family's defaults takes
     the model's family and shapes from the checkpoint it starts from (the run's own, else train.load:
@@ -80,6 +65,8 @@ def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> tuple[Confi
     source, m = own or cfg.train.load, cfg.active_model
     if own is not None and cfg.train.load is not None:
         _warn_if_load_differs(own, cfg.train.load)
+    from r1mega.train.checkpoint import checkpoint_meta
+
     meta = checkpoint_meta(source) if source is not None and at_family_defaults(m) else None
     family = family_of_config(m)
     if meta is None:
@@ -93,6 +80,8 @@ def _warn_if_load_differs(own: str, load: str) -> None:
     another model, which a user changing it on a rerun would otherwise never learn."""
     import sys
 
+    from r1mega.train.checkpoint import checkpoint_meta
+
     try:
         own_model, load_model = (family_from_meta(checkpoint_meta(p)) for p in (own, load))
     except Exception:  # an unreadable train.load is not used on a resume; the run's own is checked later
@@ -104,12 +93,20 @@ def _warn_if_load_differs(own: str, load: str) -> None:
               f"Use another train.run_dir to start from it", file=sys.stderr, flush=True)
 
 
-def start_run(cfg: Config, validate_fn: Callable[[Config, int], Config], own_checkpoint: Optional[str] = None) -> Run:
+def start_run(cfg: Config, command: str, validate_fn: Callable[[Config, int], Config],
+              own_checkpoint: Optional[str] = None) -> Run:
     """Join torchrun's group (if launched by it), fill the model from the checkpoint if the config
-    has none, validate before any weight exists, build the rank layout, seed."""
+    has none, validate before any weight exists, build the rank layout, seed; then refuse a
+    train.run_dir that `command` may not write into (what claim_run_dir would refuse: a file; a
+    non-empty directory `command` did not make), before anything is built, e.g. a synthetic corpus.
+    Writes nothing."""
+    from r1mega.output_dir import check
+
     distributed, owns_group, world = join_ranks()
-    load = cfg.train.load if own_checkpoint is None and not at_family_defaults(cfg.active_model) else None
+    configured, load = cfg.active_model, cfg.train.load
     cfg, family = model_from_checkpoint(cfg, own_checkpoint)  # reads train.load when the model comes from it
+    if own_checkpoint is not None or at_family_defaults(configured):
+        load = None  # read above, or not used (a resume)
     if load is not None:  # else named only after the data is built (a synthetic corpus, on disk)
         from r1mega.train.checkpoint import check_load, read_meta
 
@@ -119,16 +116,13 @@ def start_run(cfg: Config, validate_fn: Callable[[Config, int], Config], own_che
     ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
     torch.manual_seed(cfg.seed)
     arch = {k: v for k, v in asdict(cfg.active_model).items() if k not in family.training_keys}
+    run_dir = cfg.train.run_dir
+    for path in (run_dir, os.path.join(run_dir, "checkpoints")):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ConfigError("train.run_dir", f"{path} exists and is not a directory")
+    check(run_dir, command, "train.run_dir")
     return Run(cfg, ps, distributed, owns_group, world, default_device(), getattr(torch, cfg.train.dtype), family,
                arch)
-
-
-def check_run_dir(cfg: Config, command: str) -> None:
-    """What claim_run_dir would refuse (a file; a non-empty directory `command` did not make), refused
-    before anything is built, e.g. the synthetic corpus. Writes nothing."""
-    from r1mega.output_dir import check
-
-    check(cfg.train.run_dir, command, "train.run_dir")
 
 
 def claim_run_dir(run: Run, command: str) -> None:
@@ -140,50 +134,8 @@ def claim_run_dir(run: Run, command: str) -> None:
     run.lock = claim_on_rank0(run.cfg.train.run_dir, command, "train.run_dir", config_hash(settings))
 
 
-def fp8_kernels(t: TrainConfig, log, applies_to: str = ""):
-    """The kernels backend for train.fp8 (None for train.fp8=none), announced once in the run's log.
-    FP8 covers the GEMMs of the linears and routed experts; the head, router, norms and attention
-    core stay in train.dtype. applies_to: what of the run it covers, when not all of it."""
-    kernels = fp8_backend(t.fp8, t.fp8_backend, t.fp8_block, t.fp8_pow2_scales)
-    if kernels is not None:
-        log.print(f"FP8 {t.fp8} (block {t.fp8_block}{', power-of-2 scales' if t.fp8_pow2_scales else ''}) "
-                  f"through the {kernels.name} backend{applies_to}")
-    return kernels
-
-
-def kernels_scope(kernels):
-    """Run a block on `kernels` (from fp8_kernels), or on the default kernels when it is None."""
-    return use_backend(kernels) if kernels is not None else contextlib.nullcontext()
-
-
-class SkipGuard:
-    """A step whose loss or gradient is NaN/Inf leaves the weights as they were (the optimizer skips
-    it) and is announced; after train.max_consecutive_skips of them in a row the run stops rather
-    than save a broken model."""
-
-    def __init__(self, limit: int, log):
-        self.limit, self.log, self.in_a_row = limit, log, 0
-
-    def after_step(self, step: int, skipped: bool, skipped_so_far: int, advice: str) -> None:
-        """`step`: the 1-based step just taken. The skip decision is the same on every rank (a
-        global norm), so every rank stops together. advice: what the user can do, for the error."""
-        if skipped:
-            self.log.print(f"step {step}: non-finite loss or gradient, update skipped ({skipped_so_far} so far)")
-        self.in_a_row = self.in_a_row + 1 if skipped else 0
-        if self.limit and self.in_a_row >= self.limit:
-            self.log.close()
-            raise TrainingError(f"steps {step + 1 - self.in_a_row}..{step} all had a non-finite loss or gradient "
-                                f"(train.max_consecutive_skips={self.limit}); stopped without saving. {advice}")
-
-
 def finish_run(run: Run) -> None:
     if run.lock is not None:
         run.lock.release()
     if run.distributed and run.owns_group:
         dist.destroy_process_group()
-
-
-def run_meta(run: Run, kind: str, **extra) -> dict:
-    """What a checkpoint records about the run besides weights (read back by model_from_checkpoint)."""
-    return {"kind": kind, "family": run.family.name, "model_config": asdict(run.cfg.active_model),
-            "hf_config": run.hf_config, **extra}

@@ -16,15 +16,16 @@ import sys
 import time
 
 
-from r1mega.config import Config, ConfigError, validate_training
+from r1mega.config import Config, validate_training
 from r1mega.output_dir import release
 from r1mega.data.prepare import training_data
-from r1mega.train.checkpoint import find_resume_checkpoint, in_run, resume_from, save_checkpoint
+from r1mega.train.checkpoint import find_resume_checkpoint, in_run, resume_from, run_meta, save_checkpoint
+from r1mega.kernels.fp8_backend import fp8_kernels, kernels_scope
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
-from r1mega.train.optimizer import DistributedAdamW, lr_at
+from r1mega.train.optimizer import DistributedAdamW, SkipGuard, lr_at
 from r1mega.train.setup import (
-    SkipGuard, check_run_dir, claim_run_dir, finish_run, fp8_kernels, kernels_scope, own_checkpoint, run_meta,
+    claim_run_dir, finish_run, own_checkpoint,
     start_run,
 )
 from r1mega.train.model_build import build_model
@@ -43,15 +44,12 @@ def train(cfg: Config, kind: str) -> dict:
 def _train(cfg: Config, kind: str) -> dict:
     ckpt_root = os.path.join(cfg.train.run_dir, "checkpoints")
     # ranks joined, the model's shapes taken from the checkpoint if the config has none, validated
-    run = start_run(cfg, validate_training, own_checkpoint(ckpt_root))
+    # (and train.run_dir refused before the data, a synthetic corpus, is built)
+    run = start_run(cfg, kind, validate_training, own_checkpoint(ckpt_root))
     cfg, ps, world, device = run.cfg, run.ps, run.world, run.device
     t = cfg.train
 
     # everything a user can get wrong is checked before any weight exists: data, checkpoints, arch
-    for key, path in (("train.run_dir", t.run_dir), ("train.run_dir", os.path.join(t.run_dir, "checkpoints"))):
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise ConfigError(key, f"{path} exists and is not a directory")
-    check_run_dir(cfg, kind)  # refused before the data (a synthetic corpus) is built
     if ps.rank == 0 and cfg.optim.warmup_steps > t.steps:
         print(f"warning: optim.warmup_steps={cfg.optim.warmup_steps} exceeds train.steps={t.steps}: the run ends "
               f"before the learning rate reaches optim.lr={cfg.optim.lr}", file=sys.stderr, flush=True)
