@@ -42,3 +42,10 @@ def test_tolerances_grow_one_digit_per_factor_of_ten_below_a_hundredth():
     assert tolerances(6.626e-34, 1.0) == (FLOAT_ROUNDING + 32, NUMERIC_PRECISION + 32)
     assert tolerances(1e-320) == (FLOAT_ROUNDING + 306, NUMERIC_PRECISION + 306)  # below a double's normal range
     assert equivalent("10^{-5000}", "10^{-5000}") and not equivalent("10^{-5000}", "10^{-300}")
+
+
+def test_a_number_beyond_a_doubles_range_sets_no_scale():
+    assert tolerances(float("inf"), None) == (FLOAT_ROUNDING, NUMERIC_PRECISION)
+    for reference in ("0", "\\emptyset", "5"):  # 1e400 reached math.log10 as inf: OverflowError out of the reward
+        assert accuracy_reward("<think>big</think> \\boxed{1e400}", {"answer": reference}) == 0.0
+    assert equivalent("10^{400}", "1e400")

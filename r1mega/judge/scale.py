@@ -47,7 +47,8 @@ def _values(e, depth: int = 0) -> Iterator:
 
 
 def _magnitude(e) -> Optional[float]:
-    """|e| as a float (a nonzero value below a double's normal range as _TINIEST); None for zero or unknown."""
+    """|e| as a float (a nonzero value below a double's normal range as _TINIEST); None for zero, for a value
+    beyond a double's range (it sets no small scale) or one that is not a number."""
     import sympy
 
     value = sympy.N(e.doit(), 8)
@@ -56,7 +57,8 @@ def _magnitude(e) -> Optional[float]:
     size = abs(value)
     if not isinstance(size, sympy.Number) or size.is_zero or not size.is_finite:
         return None
-    return max(float(size), _TINIEST)
+    as_float = float(size)
+    return max(as_float, _TINIEST) if math.isfinite(as_float) else None
 
 
 def smallest_magnitude(parsed: tuple) -> Optional[float]:
@@ -77,7 +79,7 @@ def smallest_magnitude(parsed: tuple) -> Optional[float]:
 
 def tolerances(*magnitudes: Optional[float]) -> tuple[int, int]:
     """(float_rounding, numeric_precision) for math-verify's verify() at the smallest of the scales."""
-    known = [m for m in magnitudes if m is not None]
+    known = [m for m in magnitudes if m is not None and math.isfinite(m)]
     if not known:
         return FLOAT_ROUNDING, NUMERIC_PRECISION
     extra = max(0, -math.floor(math.log10(max(min(known), _TINIEST))) - _UNCHANGED_FROM)
