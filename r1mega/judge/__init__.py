@@ -10,6 +10,8 @@ gets one verdict everywhere.
     format.py      the strict <think>...</think> answer format
     limits.py      how much of a response is read (MAX_RESPONSE_CHARS)
     magnitude.py   answers too large to evaluate (compared as strings only)
+    scale.py       the tolerances of a numeric comparison, at the answers' own scale
+    assignments.py named values (a=1, b=2) against bare ones ((1, 2)): in the names' order
 Low in the import graph: it imports nothing from rl/, eval/ or generation/.
 """
 from r1mega.judge.answers import FALLBACKS, equivalent, final_answer, is_correct

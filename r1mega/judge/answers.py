@@ -19,8 +19,11 @@ last-number rule does not join groups parted by a plain space ("day 5 100 people
 equivalent(a, b): the same string; else math-verify (symbolic / numeric: 1/2 = 0.5 = \\frac{1}{2});
 else, when either side does not parse, the same string up to whitespace and case (multiple-choice
 letters, words). A NaN answer is never correct, and an infinite one only against an infinite
-reference (issue 23 saw "A: nan" judged correct). A number too large to evaluate (9^{9^{9}},
-(10^8)!: magnitude.py) is compared as a string only, never handed to sympy.
+reference (issue 23 saw "A: nan" judged correct). Numbers below 0.01 are compared at their own
+scale (scale.py: math-verify's absolute tolerances judged 0.0 equal to 6.626\\times 10^{-34}). Values
+named on one side (a=1, b=2) and bare on the other are compared in the names' order (assignments.py:
+math-verify matched (2, 1) and \\{2, 1\\} with a=1, b=2). A number
+too large to evaluate (9^{9^{9}}, (10^8)!: magnitude.py) is compared as a string only, never handed to sympy.
 """
 from __future__ import annotations
 
@@ -28,9 +31,11 @@ import re
 from functools import lru_cache
 from typing import Optional
 
+from r1mega.judge.assignments import named_against_bare
 from r1mega.judge.characters import latex_signs, plain_characters
 from r1mega.judge.limits import MAX_ANSWER_CHARS
 from r1mega.judge.magnitude import too_large
+from r1mega.judge.scale import smallest_magnitude, tolerances
 from r1mega.judge.response import split
 
 FALLBACKS = ("auto", "a_colon", "last_number", "none")
@@ -199,6 +204,12 @@ def _parsed_short(answer: str) -> tuple:
         return ()
 
 
+@lru_cache(maxsize=65536)
+def _scale(answer: str) -> Optional[float]:
+    """The smallest nonzero magnitude a short answer holds (scale.py), once per answer."""
+    return smallest_magnitude(_parsed_short(answer))
+
+
 def _plain(s: str) -> str:
     return "".join(s.split()).lower()
 
@@ -255,8 +266,14 @@ def _equivalent(a: str, b: str) -> bool:
     if pa and pb and not (too_large(pa) or too_large(pb)):  # 9^{9^{9}} would take verify's whole timeout
         from math_verify import verify
 
+        rounding, precision = tolerances(_scale(a), _scale(b))  # math-verify's are absolute: 0.0 = 10^{-34}
+        pair = named_against_bare(pa, pb)  # math-verify matched (3, 2, 1) with a=1, b=2, c=3
+        if pair is not None:
+            if not pair:
+                return False
+            pa, pb = pair[:1], pair[1:]
         try:
-            return bool(verify(list(pa), list(pb)))
+            return bool(verify(list(pa), list(pb), float_rounding=rounding, numeric_precision=precision))
         except Exception:
             return False
     return _plain(a) == _plain(b)
