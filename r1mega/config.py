@@ -254,6 +254,12 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False, rewards=
     need(len(rl.rewards) > 0, "rl.rewards", "no reward function given")
     unknown = [n for n in rl.rewards if rewards is not None and n not in rewards]
     need(not unknown, "rl.rewards", f"unknown reward(s) {unknown}; choose from {sorted(rewards or ())}")
+    need(len(set(rl.rewards)) == len(rl.rewards), "rl.rewards", f"lists a reward twice: {rl.rewards}")
+    # accuracy scores a problem that has tests by running them (the code reward): both would pay a
+    # passing program twice and a problem with an answer no more
+    need(not {"accuracy", "code"} <= set(rl.rewards), "rl.rewards",
+         "lists both accuracy and code; accuracy already scores a problem with tests by running them, "
+         "so a passing program would be paid twice: keep accuracy (answers and tests) or code (tests only)")
     from r1mega.judge import FALLBACKS, LANGUAGES
 
     need(rl.language in (None, *LANGUAGES), "rl.language", f"expected one of {LANGUAGES}, got {rl.language!r}")

@@ -195,6 +195,7 @@ def test_top_k_ranks_real_vocab_ids_only():
     ("rl.language=tlh", "rl.language"), ("rl.answer_fallback=guess", "rl.answer_fallback"),
     ("rl.log_rollouts_every=-1", "rl.log_rollouts_every"), ("rl.prompts=[/nonexistent.jsonl]", "rl.prompts[0]"),
     ("data.synthetic=null", "rl.prompts"),
+    ("rl.rewards=[accuracy,format,code]", "rl.rewards"), ("rl.rewards=[format,format]", "rl.rewards"),
 ])
 def test_rl_keys_are_checked_up_front(override, key):
     import os

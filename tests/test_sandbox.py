@@ -672,7 +672,7 @@ def test_grpo_with_a_code_reward_refuses_at_start_up(monkeypatch, tmp_path):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(sandbox.__file__)))
     cfg = load_config(os.path.join(os.path.dirname(root), "configs", "tiny", "r1_zero_demo.yaml"),
-                      [f"train.run_dir={tmp_path}/run", "rl.rewards=[accuracy,code]"])
+                      [f"train.run_dir={tmp_path}/run", "rl.rewards=[code]"])
     monkeypatch.setattr(sandbox, "isolation_problem", lambda: "user namespaces are disabled (test)")
     with pytest.raises(sandbox.SandboxUnavailable, match="user namespaces are disabled"):
         grpo(cfg)
