@@ -242,3 +242,24 @@ def test_pp2_preempts_inside_pipelined_segments_and_speculative_rows_hold_the_bu
 def test_speculative_rows_hold_the_budget_on_tp2(model):
     chunks, ps = model
     _budget_layouts(chunks, ps, [(dict(tp=2), dict(SPEC, max_cache_tokens=48))])
+
+
+def test_grpo_refuses_a_cache_budget_below_one_row_at_start():
+    """rl.rollout_cache_tokens below what a row of the longest prompt needs at a response length the run
+    reaches is named at start-up, before the model is built (the engine would refuse it at the first
+    rollout); the least it takes is accepted."""
+    from r1mega.errors import ConfigError
+    from r1mega.rl.grpo import check_cache_budget
+
+    class RL:
+        rollout_cache_tokens, max_new_tokens, max_new_tokens_schedule = 64, 40, [[10, 100]]
+        speculative, draft_tokens = None, 2
+
+    check_cache_budget(RL, 24, steps=10)  # 24 + 39 tokens: 4 blocks of 16
+    with pytest.raises(ConfigError, match=r"rl.rollout_cache_tokens.*\(rl.max_new_tokens_schedule\[0\]\) take 128"):
+        check_cache_budget(RL, 24, steps=11)  # 24 + 98 cached and 1 fed: 8 blocks
+    RL.speculative = "mtp"  # + 2 draft positions: a 5th block
+    with pytest.raises(ConfigError, match=r"\(rl.max_new_tokens\) with 2 draft positions take 80"):
+        check_cache_budget(RL, 24, steps=10)
+    RL.rollout_cache_tokens = 0  # no limit
+    check_cache_budget(RL, 24, steps=11)
