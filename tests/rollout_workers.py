@@ -34,3 +34,42 @@ def layout_samples_worker(rank: int, world: int, par: dict, gen_kw: dict | None 
     r = generate(chunks, ps, prompts[lo:hi], long_tail_config(**(gen_kw or {})), rows=keys[lo:hi])
     return {"keys": keys[lo:hi], "completions": r.completions(), "logprobs": r.logprobs[r.completion_mask],
             "forwards": r.forwards, "routing": r.routing, "prefill_tokens": r.prefill_tokens}
+
+
+def budgeted_rollout(chunks, ps, gen: GenerationConfig) -> dict:
+    """The long-tail rows under `gen` (a cache budget), with what the engine saw: its pool's peak in
+    tokens (each stage's main cache; speculative: the draft layer's is apart), preemptions, and how
+    often a pipelined segment began (under PP) against the rows it admitted."""
+    from r1mega.inference.continuous import ContinuousBatcher
+
+    engines = []
+    real_run, real_pipelined = ContinuousBatcher.run, ContinuousBatcher.decode_pipelined
+
+    def run(self):
+        engines.append(self)
+        self.segments = 0
+        real_run(self)
+
+    def decode_pipelined(self, pending):
+        self.segments += 1
+        real_pipelined(self, pending)
+
+    ContinuousBatcher.run, ContinuousBatcher.decode_pipelined = run, decode_pipelined
+    try:
+        prompts, keys = long_tail_rows()
+        r = generate(chunks, ps, prompts, gen, rows=keys)
+    finally:
+        ContinuousBatcher.run, ContinuousBatcher.decode_pipelined = real_run, real_pipelined
+    e = engines[0]
+    return {"completions": r.completions(), "logprobs": r.logprobs[r.completion_mask], "routing": r.routing,
+            "peak": e.pool.peak * e.bs, "preemptions": r.preemptions, "segments": e.segments,
+            "admissions": e.admissions, "accepted": r.draft_accepted, "blocks_left": e.pool.used}
+
+
+def budget_layouts_worker(rank: int, world: int, cases: list) -> list[dict]:
+    """Each (layout, generation config changes) of `cases` on these ranks: `budgeted_rollout`."""
+    out = []
+    for par, gen_kw in cases:
+        chunks, ps = sharp_model(par, world)
+        out.append(budgeted_rollout(chunks, ps, long_tail_config(**gen_kw)))
+    return out

@@ -13,7 +13,7 @@ import random
 import pytest
 import torch
 
-from r1mega.inference.continuous import ContinuousBatcher
+from r1mega.inference.continuous import ContinuousBatcher, row_need_tokens
 from r1mega.inference.generate import GenerationConfig, generate, generate_static
 from r1mega.kernels.block_attention import documents_from_pad
 from r1mega.models.deepseek_v3.moe import MoE
@@ -38,6 +38,11 @@ def _prompts(lengths, seed=1):
 # 1 token, block-size multiples and +-1, longer than two blocks; 3 samples each
 EDGE = [p for p in _prompts([1, 5, 15, 16, 17, 32, 40]) for _ in range(3)]
 KEYS = list(range(100, 100 + len(EDGE)))
+
+
+def least_budget(prompts, max_new_tokens: int, block_size: int = 16) -> int:
+    """The smallest max_cache_tokens the engine takes for these prompts (the most preemption)."""
+    return max(row_need_tokens(len(p), max_new_tokens, block_size) for p in prompts)
 
 
 def _run(stage, ps, prompts, keys, **kw):
@@ -66,16 +71,17 @@ def test_cache_budget_holds_when_a_prompt_s_samples_are_admitted_over_several_st
         assert ro.preemptions == 0
 
 
-def test_cache_budget_holds_whenever_two_rows_hold_blocks(moe):
-    """Random prompts, groups, budgets and block sizes: while more than one row holds blocks, the
-    blocks in use stay within max_cache_tokens (only a lone row may exceed it)."""
+def test_cache_budget_holds_at_every_step(moe):
+    """Random prompts, groups, budgets and block sizes: the blocks in use stay within max_cache_tokens
+    at every step, a lone row included; a budget below what one row can need is refused up front,
+    naming the key (and refuses only budgets near that need: a row's last step holds its prompt and
+    tokens)."""
     stage, ps = moe
-    worst = []
+    worst, refused = [], 0
 
     class Watched(ContinuousBatcher):
         def _check(self):
-            if sum(1 for r in self.rows if r.blocks) > 1:
-                worst.append(self.pool.used * self.bs / self.gen.max_cache_tokens)
+            worst.append(self.pool.used * self.bs / self.gen.max_cache_tokens)
 
         def decode_forward(self, rows):
             out = super().decode_forward(rows)
@@ -92,21 +98,31 @@ def test_cache_budget_holds_whenever_two_rows_hold_blocks(moe):
         P = [p for p in prompts for _ in range(rng.choice([1, 2, 3]))]
         gen = GenerationConfig(max_new_tokens=rng.choice([5, 20]), seed=case, max_cache_tokens=rng.choice([40, 64, 100, 150]),
                                block_size=rng.choice([4, 16]))
-        e = Watched(stage, ps, P, list(range(len(P))), gen)
+        try:
+            e = Watched(stage, ps, P, list(range(len(P))), gen)
+        except ValueError as err:
+            assert "max_cache_tokens" in str(err) and "rl.rollout_cache_tokens" in str(err)
+            bs = gen.block_size
+            assert any(gen.max_cache_tokens < (-(-(len(p) + gen.max_new_tokens) // bs) + 1) * bs for p in P)
+            refused += 1
+            continue
         with torch.inference_mode():
             e.run()
         assert e.pool.used == 0  # every block back
-    assert worst and max(worst) <= 1.0, max(worst)
+    assert 0 < refused < 20 and worst and max(worst) <= 1.0, (refused, max(worst))
 
 
 def test_samples_do_not_depend_on_slot_batch_budget_or_block_size(moe):
     stage, ps = moe
     kw = dict(max_new_tokens=20, seed=3, top_p=0.9)
     base = _run(stage, ps, EDGE, KEYS, **kw)
-    for extra in (dict(max_rows=1), dict(max_rows=5), dict(max_cache_tokens=1), dict(max_cache_tokens=48),
+    least = least_budget(EDGE, 20)
+    with pytest.raises(ValueError, match="max_cache_tokens"):  # below one row's need: refused up front
+        generate(stage, ps, EDGE, GenerationConfig(**kw, max_cache_tokens=least - 16), rows=torch.tensor(KEYS))
+    for extra in (dict(max_rows=1), dict(max_rows=5), dict(max_cache_tokens=least), dict(max_cache_tokens=least + 16),
                   dict(max_cache_tokens=100, block_size=4), dict(block_size=1), dict(block_size=7)):
         got = generate(stage, ps, EDGE, GenerationConfig(**kw, **extra), rows=torch.tensor(KEYS))
-        if extra.get("max_cache_tokens", 0) > 1:
+        if extra.get("max_cache_tokens", 0):
             assert got.preemptions > 0, extra  # rows sharing prefix blocks with live siblings were preempted
         _same_tokens(base, per_key(got, KEYS))
     order = list(reversed(range(len(EDGE))))
@@ -162,7 +178,7 @@ def _teacher_routing(stage, ro):
             for name, layer in stage.layers.items() if isinstance(layer.mlp, MoE)}
 
 
-@pytest.mark.parametrize("extra", [dict(), dict(max_rows=2), dict(max_cache_tokens=48)], ids=str)
+@pytest.mark.parametrize("extra", [dict(), dict(max_rows=2), dict(max_cache_tokens=least_budget(EDGE, 20))], ids=str)
 def test_routing_replay_is_what_a_teacher_forced_forward_routes(moe, extra):
     stage, ps = moe
     gen = GenerationConfig(seed=3, record_routing=True, max_new_tokens=20,
@@ -195,7 +211,8 @@ def test_dense_students_through_the_same_engine(tmp_path, kind):
     base = _run(stage, ps, EDGE, KEYS, **kw)
     st = generate_static(stage, ps, EDGE, GenerationConfig(**kw), rows=torch.tensor(KEYS))
     _same_tokens(base, per_key(st, KEYS))
-    ro = generate(stage, ps, EDGE, GenerationConfig(**kw, max_cache_tokens=40, block_size=4), rows=torch.tensor(KEYS))
+    ro = generate(stage, ps, EDGE, GenerationConfig(**kw, max_cache_tokens=least_budget(EDGE, 16, 4), block_size=4),
+                  rows=torch.tensor(KEYS))
     assert ro.preemptions > 0
     _same_tokens(base, per_key(ro, KEYS))
 

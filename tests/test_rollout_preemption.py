@@ -1,15 +1,18 @@
 """Preemption under a cache budget (inference/continuous.py): a preempted row whose prompt blocks its
 group still shares keeps them, and on re-admission recomputes only its own generated tokens (and at
 most its prompt's partial last block) on top of them, never the whole prompt again. Same samples as
-a run without a budget, fewer prefilled tokens, every block back, the budget held."""
+a run without a budget, fewer prefilled tokens, every block back, the budget held. Speculative rows
+are preempted too (their drafts drawn again), pipelined PP segments preempt without draining, and
+a budget below one row's need is refused up front."""
 import pytest
 import torch
 
-from r1mega.inference.continuous import ContinuousBatcher, recompute_rounds
+from r1mega.inference.continuous import ContinuousBatcher, recompute_rounds, row_need_tokens
 from r1mega.inference.generate import GenerationConfig, generate
 from r1mega.kernels import batch_invariant
 from r1mega.parallel.spawn import run_ranks
 from rl_workers import sharp_model
+from rollout_workers import budget_layouts_worker, budgeted_rollout, long_tail_config, long_tail_rows
 
 BS, NEW = 4, 14
 # two prompt groups of 6 samples: 37 tokens (9 full blocks and a partial one) and 32 (8 full blocks)
@@ -166,3 +169,97 @@ def test_other_families_recompute_on_kept_blocks(tmp_path, kind):
         assert tight.preemptions > 0 and 0 < tight.recomputed_tokens <= tight.preemptions * (NEW - 1 + BS - 1)
         assert tight.completions() == loose.completions(), (kind, budget)
         torch.testing.assert_close(tight.logprobs, loose.logprobs, atol=2e-5, rtol=0)
+
+
+# ---- speculative rows and pipelined PP segments under a hard budget ------------------------------
+
+LONG = dict(stop=None, eos_id=None)  # every long-tail row runs its 24 tokens: rows outgrow the budget
+SPEC = dict(speculative="mtp", draft_tokens=2, **LONG)
+
+
+def _same_rollout(got: dict, want: dict, what) -> None:
+    assert got["completions"] == want["completions"], what
+    torch.testing.assert_close(got["logprobs"], want["logprobs"], atol=2e-5, rtol=0)
+    assert got["routing"] and set(got["routing"]) <= set(want["routing"])  # (a PP stage: its own layers)
+    for layer in got["routing"]:  # routing replay: each kept token's routing, as without the budget
+        assert torch.equal(got["routing"][layer], want["routing"][layer]), (what, layer)
+
+
+@pytest.mark.parametrize("k, temperature", [(1, 1.0), (3, 1.0), (2, 0.0)])
+def test_speculative_rows_are_preempted_within_the_budget_and_draw_the_same_samples(model, k, temperature):
+    """Speculative decoding under max_cache_tokens: the budget counts each step's k draft positions
+    and holds at its peak; rows outgrowing it are requeued and prefilled again, and one preempted with
+    drafts draws the same drafts again, so tokens, log-probs, routing and even the accepted-draft count
+    equal the unbudgeted run's."""
+    chunks, ps = model
+    kw = dict(SPEC, draft_tokens=k, temperature=temperature)
+    loose = budgeted_rollout(chunks, ps, long_tail_config(**kw))
+    least = max(row_need_tokens(len(p), 24, 4, k + 1) for p in long_tail_rows()[0])
+    for budget in (least, 2 * least):
+        tight = budgeted_rollout(chunks, ps, long_tail_config(max_cache_tokens=budget, **kw))
+        assert loose["preemptions"] == 0 and tight["preemptions"] > 0, budget
+        assert tight["peak"] <= budget < loose["peak"], (tight["peak"], budget, loose["peak"])
+        _same_rollout(tight, loose, budget)
+        assert tight["accepted"] == loose["accepted"] and tight["blocks_left"] == 0
+
+
+def test_a_budget_below_one_rows_need_is_refused_before_any_forward(model):
+    from r1mega.inference.speculative import SpeculativeBatcher
+
+    chunks, ps = model
+    prompts, keys = long_tail_rows()
+    # an 8-token prompt + 24 tokens: its last step caches 30 and feeds 1 (+ 3 drafts), in blocks of 4
+    for engine, kw, least in ((ContinuousBatcher, LONG, 32), (SpeculativeBatcher, dict(SPEC, draft_tokens=3), 36)):
+        with pytest.raises(ValueError, match=r"max_cache_tokens \(GRPO: rl.rollout_cache_tokens\) = %d is below the "
+                                             r"%d cache tokens" % (least - 4, least)):
+            generate(chunks, ps, prompts, long_tail_config(max_cache_tokens=least - 4, **kw), rows=keys)
+        engine(chunks[0], ps, prompts, keys.tolist(), long_tail_config(max_cache_tokens=least, **kw))  # taken
+
+
+def _budget_layouts(chunks, ps, cases):
+    per_rank = run_ranks(budget_layouts_worker, 2, cases)
+    for i, (par, kw) in enumerate(cases):
+        one = budgeted_rollout(chunks, ps, long_tail_config(**{**kw, "max_cache_tokens": 0}))
+        for rank, got in enumerate(r[i] for r in per_rank):
+            what = (par, kw.get("speculative"), rank)
+            assert got["preemptions"] > 0 and got["peak"] <= kw["max_cache_tokens"] < one["peak"], (what, got["peak"])
+            _same_rollout(got, one, what)
+            if "pipelined_min_rows" in kw:  # drains to admit (or re-admit) rows only, not every round
+                assert got["segments"] <= got["admissions"], (what, got["segments"], got["admissions"])
+
+
+def test_pp2_preempts_inside_pipelined_segments_and_speculative_rows_hold_the_budget(model):
+    """PP2 with groups in flight: rows outgrowing the budget are preempted between a group's sampling
+    and its restart, so the pipeline drains only to admit rows (it used to drain every round), and
+    each stage's cache stays within the budget; speculative rows likewise. Samples, log-probs and
+    routing equal the one-process unbudgeted run's."""
+    chunks, ps = model
+    _budget_layouts(chunks, ps, [(dict(pp=2), dict(LONG, max_cache_tokens=48, pipelined_min_rows=1)),
+                                 (dict(pp=2), dict(SPEC, max_cache_tokens=48))])
+
+
+@pytest.mark.slow
+def test_speculative_rows_hold_the_budget_on_tp2(model):
+    chunks, ps = model
+    _budget_layouts(chunks, ps, [(dict(tp=2), dict(SPEC, max_cache_tokens=48))])
+
+
+def test_grpo_refuses_a_cache_budget_below_one_row_at_start():
+    """rl.rollout_cache_tokens below what a row of the longest prompt needs at a response length the run
+    reaches is named at start-up, before the model is built (the engine would refuse it at the first
+    rollout); the least it takes is accepted."""
+    from r1mega.errors import ConfigError
+    from r1mega.rl.grpo import check_cache_budget
+
+    class RL:
+        rollout_cache_tokens, max_new_tokens, max_new_tokens_schedule = 64, 40, [[10, 100]]
+        speculative, draft_tokens = None, 2
+
+    check_cache_budget(RL, 24, steps=10)  # 24 + 39 tokens: 4 blocks of 16
+    with pytest.raises(ConfigError, match=r"rl.rollout_cache_tokens.*\(rl.max_new_tokens_schedule\[0\]\) take 128"):
+        check_cache_budget(RL, 24, steps=11)  # 24 + 98 cached and 1 fed: 8 blocks
+    RL.speculative = "mtp"  # + 2 draft positions: a 5th block
+    with pytest.raises(ConfigError, match=r"\(rl.max_new_tokens\) with 2 draft positions take 80"):
+        check_cache_budget(RL, 24, steps=10)
+    RL.rollout_cache_tokens = 0  # no limit
+    check_cache_budget(RL, 24, steps=11)

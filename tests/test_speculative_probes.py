@@ -14,6 +14,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from r1mega.inference.continuous import row_need_tokens  # noqa: E402
 from r1mega.inference.generate import GenerationConfig, generate  # noqa: E402
 from r1mega.inference.speculative import SpeculativeBatcher  # noqa: E402
 from rl_workers import sharp_model  # noqa: E402
@@ -26,6 +27,11 @@ PROMPTS = [[5, 6, 7], [10, 11, 12, 13], [3, 4, 5, 6, 7], [40], [7, 1, 2, 9, 9, 9
 def model():
     torch.manual_seed(0)
     return sharp_model({}, 1)
+
+
+def least_budget(prompts, max_new_tokens: int, k: int) -> int:
+    """The smallest max_cache_tokens the engine takes with k drafts (the most preemption)."""
+    return max(row_need_tokens(len(p), max_new_tokens, BS, k + 1) for p in prompts)
 
 
 def greedy(**kw) -> GenerationConfig:
@@ -66,7 +72,7 @@ CASES = {
     "stop": {"stop": lambda ids: len(ids) >= 2 and (ids[-1] + ids[-2]) % 5 == 0},
     "short_budget": {"max_new_tokens": 3},
     "refill": {"max_rows": 2},
-    "tight_cache": {"max_cache_tokens": 8, "max_rows": 3},
+    "tight_cache": {"max_cache_tokens": "least", "max_rows": 3},  # the least budget the drafts allow
     "top_k_1": {"temperature": 0.7, "top_k": 1},
     "vocab_cut": {"vocab_size": 100},
     "eos_first": {"eos_id": "first", "max_rows": 2},  # some rows end at the token drawn from the prompt
@@ -85,6 +91,8 @@ def test_greedy_equals_plain(model, monkeypatch, k, case, draft):
         kw["eos_id"] = free[0][5]
     if kw.get("eos_id") == "first":
         kw["eos_id"] = generate(chunks, ps, PROMPTS, greedy()).completions()[0][0]
+    if kw.get("max_cache_tokens") == "least":
+        kw["max_cache_tokens"] = least_budget(PROMPTS, greedy(**kw).max_new_tokens, k)
     plain = generate(chunks, ps, PROMPTS, greedy(**kw))
     if case == "top_k_1":
         plain_greedy = generate(chunks, ps, PROMPTS, greedy())
@@ -98,6 +106,8 @@ def test_greedy_equals_plain(model, monkeypatch, k, case, draft):
         torch.testing.assert_close(spec.logprobs, plain.logprobs, atol=2e-5, rtol=0)
     else:
         assert_same(plain, spec)
+    if case == "tight_cache":  # speculative rows preempted too (their drafts drawn again on re-admission)
+        assert spec.preemptions > 0
     # drafts past the length limit cannot match
     if draft == "oracle" and case not in ("short_budget", "one_token", "eos_first"):
         assert spec.draft_accepted > 0.5 * spec.draft_tokens, (spec.draft_accepted, spec.draft_tokens)
@@ -423,7 +433,7 @@ def test_grpo_speculative_resume_equals_uninterrupted(tmp_path):
 @pytest.mark.parametrize("kw", [
     dict(temperature=0.0),
     dict(temperature=1.0, seed=4, max_rows=3),  # refill; samples of a prompt admitted at different steps
-    dict(temperature=0.9, top_p=0.9, seed=2, max_cache_tokens=16),
+    dict(temperature=0.9, top_p=0.9, seed=2, max_cache_tokens="least"),
 ])
 def test_first_draft_equals_the_training_mtp_forward(model, monkeypatch, kw):
     """Greedy equality cannot see a wrong draft (it only lowers acceptance): compare every step's
@@ -450,6 +460,8 @@ def test_first_draft_equals_the_training_mtp_forward(model, monkeypatch, kw):
     monkeypatch.setattr(SpeculativeBatcher, "_mtp_logits", _mtp_logits)
     monkeypatch.setattr(SpeculativeBatcher, "_draft", _draft)
     prompts = PROMPTS + [[5, 6, 7], [3, 4, 5, 6, 7, 8, 9, 10]]
+    if kw.get("max_cache_tokens") == "least":
+        kw = dict(kw, max_cache_tokens=least_budget(prompts, 12, 3))
     spec = generate(chunks, ps, prompts, GenerationConfig(max_new_tokens=12, block_size=BS, speculative="mtp",
                                                           draft_tokens=3, **kw))
     mtp = m.mtp[str(min(int(i) for i in m.mtp))]
@@ -513,9 +525,10 @@ def test_sampled_rows_do_not_depend_on_the_batch(model, k):
                            speculative="mtp", draft_tokens=k)
     keys = torch.arange(len(prompts))
     full = generate(chunks, ps, prompts, gen, rows=keys)
-    for kw in (dict(max_rows=2), dict(max_rows=5, max_cache_tokens=20)):
+    for kw in (dict(max_rows=2), dict(max_rows=5, max_cache_tokens=least_budget(prompts, 12, k))):
         other = generate(chunks, ps, prompts, replace(gen, **kw), rows=keys)
         assert other.completions() == full.completions(), kw
+        assert other.preemptions > 0 or "max_cache_tokens" not in kw
         torch.testing.assert_close(other.logprobs, full.logprobs, atol=2e-5, rtol=0)
     alone = generate(chunks, ps, prompts[3:4], gen, rows=keys[3:4])
     assert alone.completions() == full.completions()[3:4]

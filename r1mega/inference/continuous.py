@@ -93,6 +93,18 @@ def recompute_rounds(lengths: list[int], chunk: int = RECOMPUTE_CHUNK) -> list[i
     return rounds
 
 
+def row_need_tokens(prompt_len: int, max_new_tokens: int, block_size: int, step_positions: int = 1) -> int:
+    """The most cache tokens one row of this prompt can take in the engine's accounting (the least
+    max_cache_tokens that admits it): its last decoding step's blocks (prompt and every token but the
+    last cached, `step_positions` more written), or at admission its prompt in whole blocks (kept for
+    its waiting samples) and its own first step's blocks."""
+    bs, s, p = block_size, step_positions, prompt_len
+    blocks = -(-p // bs) + -(-(p + s) // bs) - p // bs
+    if max_new_tokens >= 2:  # tokens to decode after the first (which the prompt's logits draw)
+        blocks = max(blocks, -(-(p + max_new_tokens - 2 + s) // bs))
+    return blocks * bs
+
+
 def step_group(ps: ParallelState) -> str:
     """The ranks that must run the same forwards: DP (which EP spans), and CP when the rollout rows
     are split over CP ranks."""
@@ -121,10 +133,11 @@ def table_with_row(table: torch.Tensor, slot: int, blocks: list[int]) -> torch.T
 
 class ContinuousBatcher:
     # One token per row and step. A subclass with its own decoding step (speculative decoding) sets
-    # this False: it then decodes one batch per step, keeps per-row draft state that preemption would
-    # not rebuild, and admission budgets stay soft.
+    # this False: it then decodes one batch per step (no groups in flight under PP).
     one_token_steps = True
     keeps_hidden = False  # the last stage keeps its final-normed hidden after each forward
+    step_positions = 1  # cache positions a row's decoding step writes (speculative: the k drafts too)
+    keeps_prompt_blocks = True  # a preempted row keeps its prompt's shared blocks (recomputes on top)
 
     def __init__(self, model, ps: ParallelState, prompts: list[list[int]], keys: list[int], gen):
         self.model, self.ps, self.gen = model, ps, gen
@@ -158,10 +171,30 @@ class ContinuousBatcher:
         self.admissions = self.preemptions = 0
         self.prefill_tokens = 0  # tokens fed to prompt prefills and to preempted rows' recomputation
         self.recomputed_tokens = 0  # ... of which for preempted rows
+        self.reserved = 0  # cache tokens admitted rows not started yet will take (see decode_pipelined)
+        if gen.max_cache_tokens:
+            self._check_budget()
+
+    def _check_budget(self) -> None:
+        """A budget below what one row can need would stall or overrun it: refused before any forward
+        (the need agreed over the step group, so that every rank raises)."""
+        need = max(((row_need_tokens(n, self.gen.max_new_tokens, self.bs, self.step_positions), n)
+                    for n in {len(r.group.prompt) for r in self.rows}), default=(0, 0))
+        need = _group_max(list(need), self.ps)
+        if self.gen.max_cache_tokens < need[0]:
+            extra = f" + {self.step_positions - 1} draft positions" if self.step_positions > 1 else ""
+            raise ValueError(
+                f"generation: max_cache_tokens (GRPO: rl.rollout_cache_tokens) = {self.gen.max_cache_tokens} is "
+                f"below the {need[0]} cache tokens one row can need (a {need[1]}-token prompt + max_new_tokens "
+                f"{self.gen.max_new_tokens}{extra}, in blocks of {self.bs}); raise it, or 0 for no limit")
 
     # ---- scheduling ------------------------------------------------------------------------
     def admit(self) -> list[_Row]:
         new, tokens, counted = [], self._tokens_next_step(), set()
+        budget = self.gen.max_cache_tokens
+        if budget and not self.live and self.queue and tokens + self._need(self.queue[0], counted) > budget:
+            self._release_orphans()  # nothing runs: prompt blocks held for waiting rows make room first
+            tokens = self._tokens_next_step()
         while self._fits(self.queue[0] if self.queue else None, len(new), tokens, counted):
             r = self.queue.popleft()
             tokens += self._need(r, counted)
@@ -169,56 +202,76 @@ class ContinuousBatcher:
             r.slot = self.free_slots.pop()
             r.admitted, self.admissions = self.admissions, self.admissions + 1
             new.append(r)
+        self.reserved = tokens - self._tokens_next_step() if new else 0
         return new
 
-    def _tokens_next_step(self) -> int:
-        """Cache tokens in use once the live rows have their blocks for the next decoding step."""
-        return (self.pool.used + sum(1 for r in self.live if r.length % self.bs == 0)) * self.bs
+    def _tokens_next_step(self, rows: Optional[list[_Row]] = None) -> int:
+        """Cache tokens in use once the live rows (or `rows`) have their blocks for their next decoding
+        step (its `step_positions`). The same on every pipeline stage, even mid-segment where a stage
+        has already allocated a group's next blocks and another not yet."""
+        s, bs = self.step_positions, self.bs
+        rows = self.live if rows is None else rows
+        return (self.pool.used + sum(max(0, -(-(r.length + s) // bs) - len(r.blocks)) for r in rows)) * bs
 
     def _need(self, r: _Row, counted: set) -> int:
         """Cache tokens admitting r takes: its group's prompt when not prefilled yet (once per group:
         the samples share it), or a preempted row's blocks past the prompt blocks it kept; and a
         block for its own tokens."""
-        if r.resume:
-            return (-(-len(r.recompute()) // self.bs) - len(r.kept)) * self.bs + self.bs
+        bs, s = self.bs, self.step_positions
+        if r.resume:  # its recomputed tokens and its next step's, past the prompt blocks it kept
+            return (-(-(len(r.recompute()) + s) // bs) - len(r.kept)) * bs
         # the prompt in whole blocks: while samples of its group still wait, the group keeps its partial
         # last block and every admitted sample copies it (counting tokens let the cache overshoot)
-        prompt = -(-len(r.group.prompt) // self.bs) * self.bs
-        return self.bs + (prompt if r.group.blocks is None and id(r.group) not in counted else 0)
+        p = len(r.group.prompt)
+        own = (-(-(p + s) // bs) - p // bs) * bs  # its first step's blocks past the shared ones
+        return own + (-(-p // bs) * bs if r.group.blocks is None and id(r.group) not in counted else 0)
 
     def pipelined(self) -> bool:
         return self.ps.pp > 1 and self.gen.pipelined_decode and self.one_token_steps
 
     def preempt(self) -> None:
         """Keep the cache within max_cache_tokens as rows grow: requeue the youngest live rows at the
-        front, their tokens kept and their blocks freed, until the next step's blocks fit (one row
-        always stays). A row keeps its prompt's full blocks while another holder (its group, a
-        sibling) shares them: freeing them would free nothing. A requeued row is recomputed when
-        re-admitted (`resume`); its noise is keyed by position, so it draws the same tokens it would have."""
-        budget = self.gen.max_cache_tokens if self.one_token_steps else 0
+        front, their tokens kept and their blocks freed, until the next step's blocks fit. A lone row
+        left over the budget first frees prompt blocks held for rows that wait (`_check_budget` makes
+        sure one row alone fits). A requeued row is recomputed when re-admitted (`resume`); its noise
+        is keyed by position, so it draws the same tokens it would have."""
+        budget = self.gen.max_cache_tokens
         while budget and self._tokens_next_step() > budget:
-            if len(self.live) < 2:  # a lone row runs; prompt blocks kept for nobody else go first
+            if len(self.live) < 2:
                 if self._release_orphans():
                     continue
                 break
             r = max(self.live, key=lambda x: x.admitted)
             self.live.remove(r)
-            full = len(r.group.prompt) // self.bs
-            r.kept = r.blocks[:full] if full and self.pool.refs[r.blocks[0]] > 1 else []
-            r.blocks = r.blocks[len(r.kept):]
-            self.retire(r)
-            r.resume = True
-            self.queue.appendleft(r)
-            self.preemptions += 1
+            self.requeue(r)
+
+    def requeue(self, r: _Row) -> None:
+        """Preempt a row that no forward in flight uses: its blocks freed, at the front of the queue. It
+        keeps its prompt's full blocks while another holder (its group, a sibling) shares them: freeing
+        them would free nothing (`keeps_prompt_blocks`; else it is prefilled again whole)."""
+        full = len(r.group.prompt) // self.bs
+        shared = self.keeps_prompt_blocks and full and self.pool.refs[r.blocks[0]] > 1
+        r.kept = r.blocks[:full] if shared else []
+        r.blocks = r.blocks[len(r.kept):]
+        self.retire(r)
+        r.resume = True
+        self.queue.appendleft(r)
+        self.preemptions += 1
 
     def _release_orphans(self) -> bool:
-        """Free prompt blocks that only requeued rows still keep (their siblings and group are done
-        with them): they are then prefilled again on re-admission, as if never kept. Whether any went."""
+        """Free prompt blocks held for rows that wait: a group's own references (its waiting samples then
+        prefill it again; live samples keep the full blocks they share), and blocks only requeued rows
+        keep (they are then prefilled again on re-admission, as if never kept). Whether any went."""
+        freed = False
+        for g in {id(r.group): r.group for r in self.queue}.values():
+            if g.blocks is not None and g.waiting > 0:
+                self.pool.release(g.blocks)
+                self.drop_group(g)
+                freed = True
         holders: dict[int, list[_Row]] = {}
         for r in self.queue:
             if r.kept:
                 holders.setdefault(r.kept[0], []).append(r)
-        freed = False
         for block, rows in holders.items():
             if self.pool.refs[block] == len(rows):
                 for r in rows:
@@ -226,6 +279,10 @@ class ContinuousBatcher:
                     r.kept = []
                 freed = True
         return freed
+
+    def drop_group(self, g: _Group) -> None:
+        """A group's prompt cache released (its blocks were): prefilled again when a sample is admitted."""
+        g.blocks, g.logits = None, None
 
     def plan_resume(self, r: _Row) -> None:
         """Where a re-admitted row's recomputation starts: after its prompt when it kept the prompt's
@@ -283,9 +340,9 @@ class ContinuousBatcher:
         for r in rows:
             r.tail = None
 
-    def reprefilled(self, rows: list[_Row], groups: list[_Group]) -> None:
+    def reprefilled(self, rows: list[_Row], groups: list[_Group], redraft: int = 0) -> None:
         """Re-admitted rows prefilled again whole (start 0): each one's recomputed sequence, prefilled
-        as its own group, is its cache."""
+        as its own group, is its cache. (redraft: see `redrafts`.)"""
         for r, g in zip(rows, groups):
             r.blocks, r.length = g.blocks, len(g.prompt)
             self._set_table(r)
@@ -299,10 +356,34 @@ class ContinuousBatcher:
         return not budget or not (self.live or admitted) or tokens + self._need(r, counted) <= budget
 
     def _admissible(self, pending: int) -> bool:
-        """Would admit() take the queue's first row now (`pending` rows admitted, not yet started)?
-        Mid-segment under PP the stages' pools differ (a group's blocks come stage by stage), so the
-        answer must not hang on them: without a budget it does not, with one the segment ends anyway."""
-        return self._fits(self.queue[0] if self.queue else None, pending, self.pool.used * self.bs, set())
+        """Would admit() take the queue's first row now (`pending` rows admitted, not yet started, and
+        `reserved` for them)? Mid-segment under PP the stages' pools differ (a group's blocks come stage
+        by stage): the tokens counted are those once every live row has its next blocks, the same on
+        every stage."""
+        return self._fits(self.queue[0] if self.queue else None, pending, self._tokens_next_step() + self.reserved,
+                          set())
+
+    def redrafts(self, resumed: list[_Row]) -> int:
+        """Forwards re-admitted rows need beyond their recomputation (speculative decoding: their drafts),
+        agreed over the step group."""
+        return 0
+
+    def _preempt_idle(self, groups: list[list[_Row]], busy) -> bool:
+        """Mid-segment under PP, after a group's sampling: keep the cache (with the blocks reserved for
+        rows admitted but not started) within max_cache_tokens by requeuing the youngest rows of the
+        groups no stage is working on (`busy`: those in flight). Their blocks are freed at the same
+        sampling on every stage, and `_tokens_next_step` is the same on every stage, so the stages
+        choose alike. False when that is not enough (the segment then ends and `preempt` decides)."""
+        budget = self.gen.max_cache_tokens
+        while budget and self._tokens_next_step() + self.reserved > budget:
+            idle = [(r, grp) for i, grp in enumerate(groups) if i not in busy for r in grp]
+            if not idle or len(self.live) < 2:
+                return False
+            r, grp = max(idle, key=lambda x: x[0].admitted)
+            grp.remove(r)
+            self.live.remove(r)
+            self.requeue(r)
+        return True
 
     def _set_table(self, r: _Row) -> None:
         self.table = table_with_row(self.table, r.slot, r.blocks)
@@ -413,22 +494,24 @@ class ContinuousBatcher:
         in turn (one batch per step leaves each stage idle (pp - 1) / pp of the time). The last stage
         samples the group it finished and broadcasts the tokens; stage 0 may start it again the next
         tick. A group's rows change only between its sampling and its restart, so every stage sees
-        the same rows and lengths for it. Runs until rows wait to be admitted (checked after the
-        first pp ticks; the pipeline then drains, as a prefill cannot overtake activations in flight
-        between two stages), the groups have shrunk below the minimum (then regrouped), or no rows
-        are left. `pending`: rows admitted but not yet started (they hold places)."""
+        the same rows and lengths for it. Under max_cache_tokens rows outgrowing the budget are
+        preempted between a group's sampling and its restart (`_preempt_idle`), the pipeline kept
+        full. Runs until rows wait to be admitted (checked after the first pp ticks; the pipeline then
+        drains, as a prefill cannot overtake activations in flight between two stages), the groups
+        have shrunk below the minimum (then regrouped), the idle rows cannot make room, or no rows are
+        left. `pending`: rows admitted but not yet started (they hold places and `reserved` tokens)."""
         pp, s, last = self.ps.pp, self.ps.r("pp"), self.ps.pp - 1
         m = max(1, min(pp, len(self.live) // max(1, self.gen.pipelined_min_rows)))
         groups: list[list[_Row]] = [self.live[g::m] for g in range(m)]
         flight: dict[int, Optional[int]] = {}  # start tick -> group (None: an empty forward beside DP peers)
         sending = None  # this stage's last isend, waited on before the next
-        t, turn, stopping, logits = 0, 0, False, None
+        t, turn, stopping, logits, over = 0, 0, False, None, False
         while True:
             idle = [g for g in (turn % m, *range(m)) if groups[g] and g not in flight.values()]
             if not stopping:  # every rank of the step group decides alike
                 live = sum(map(len, groups))
-                want = t >= pp and (self._admissible(pending) or bool(self.gen.max_cache_tokens)  # see preempt()
-                                    or (m > 1 and live < m * self.gen.pipelined_min_rows))
+                want = over or (t >= pp and (self._admissible(pending)
+                                             or (m > 1 and live < m * self.gen.pipelined_min_rows)))
                 want, any_idle, any_live = _group_max([int(want), int(bool(idle)), int(live > 0)], self.ps)
                 stopping = bool(want) or not any_live
                 if not stopping and any_idle:
@@ -443,6 +526,8 @@ class ContinuousBatcher:
                 g = flight.pop(t - last)
                 if g is not None:
                     groups[g] = self.decode_rows(groups[g], logits if s == last else None)
+                    self.live = [r for grp in groups for r in grp]  # places freed count at once
+                    over = over or not self._preempt_idle(groups, set(flight.values()))
             t += 1
         if sending is not None:
             sending[0].wait()
@@ -528,10 +613,11 @@ class ContinuousBatcher:
                 resumed = [r for r in resumed if not r.start]
                 groups = list({id(r.group): r.group for r in new if r.group.blocks is None}.values())
                 recomputed = [_Group(r.recompute(), 1) for r in resumed]
-                need_decode, need_prefill, busy, rounds = _group_max(
+                need_decode, need_prefill, busy, rounds, redraft = _group_max(
                     [int(bool(self.live)), int(bool(groups or resumed)),
                      int(bool(self.live or new or resumed or extended or self.queue)),
-                     len(recompute_rounds([len(r.recompute()) - r.start for r in extended]))], self.ps)
+                     len(recompute_rounds([len(r.recompute()) - r.start for r in extended])),
+                     self.redrafts(resumed)], self.ps)
                 if not busy:
                     break
                 if step == 1 and spread:  # as the static engine: the prompt's forward keeps every thread
@@ -543,7 +629,7 @@ class ContinuousBatcher:
                 if need_prefill:
                     self.prefill(groups + recomputed) if groups or resumed else self.empty_prefill()
                     self.recomputed_tokens += sum(len(g.prompt) for g in recomputed)
-                self.reprefilled(resumed, recomputed)
+                self.reprefilled(resumed, recomputed, redraft)
                 self.resume(extended, rounds)  # before start(): its pinned blocks outlive the step's retirements
                 if new:
                     self.start(new)

@@ -40,8 +40,9 @@ class GenerationConfig:
     record_routing: bool = False
     vocab_size: Optional[int] = None  # the tokenizer's, when the model's embedding is padded past it
     max_rows: int = 0  # rows decoding at once (0: all); the rest wait in the queue and refill freed places
-    max_cache_tokens: int = 0  # cache budget (0: none): admission waits for room, and the youngest rows are
-    # preempted (requeued, recomputed later, tokens kept) when the live rows outgrow it
+    max_cache_tokens: int = 0  # cache budget per stage (0: none), held at every step: admission waits for room,
+    # and the youngest rows are preempted (requeued, recomputed later, tokens kept) when the live rows outgrow
+    # it; below what one row can need (continuous.row_need_tokens) it is refused before any forward
     block_size: int = 16  # tokens per block of the paged cache
     pipelined_decode: bool = True  # under PP: up to pp groups of rows in flight (False: one batch per step)
     # rows a group in flight holds at least: splitting rows pays where a forward's time grows with its

@@ -179,15 +179,19 @@ class SpeculativeBatcher(ContinuousBatcher):
     Per-row draft state lives in buffers indexed by the row's slot (no per-row tensors to gather)."""
     one_token_steps = False
     keeps_hidden = True
+    # a preempted row is prefilled again whole: the same forward rebuilds its draft layer's cache
+    keeps_prompt_blocks = False
 
     def __init__(self, model, ps: ParallelState, prompts, keys, gen):
-        super().__init__(model, ps, prompts, keys, gen)
         if gen.speculative not in SPECULATIVE_METHODS:
             raise ValueError(f"generation: speculative={gen.speculative!r}; known: {', '.join(SPECULATIVE_METHODS)}")
         check_draft_model(model.cfg, "speculative")
         if not 1 <= gen.draft_tokens <= MAX_DRAFT_TOKENS:
             raise ValueError(f"generation: draft_tokens must be in 1..{MAX_DRAFT_TOKENS}, got {gen.draft_tokens}")
         self.k = k = gen.draft_tokens
+        self.step_positions = k + 1  # a step verifies x0 and k drafts: the budget counts their positions
+        super().__init__(model, ps, prompts, keys, gen)
+        self.had_drafts: dict[int, bool] = {}  # preempted row index -> whether it had drafts to verify
         self.drafted = self.accepted = self.draft_forwards = 0
         self.hidden = None
         # every stage: each slot's drafts [k] and whether they are real (a new row has none yet)
@@ -232,6 +236,72 @@ class SpeculativeBatcher(ContinuousBatcher):
         if self.model.is_last and r.index in self.mtp_blocks:
             self.mtp_pool.release(self.mtp_blocks.pop(r.index))
         super().retire(r)
+
+    # ---- preemption --------------------------------------------------------------------------
+    def requeue(self, r: _Row) -> None:
+        """A preempted row remembers whether it had drafts: re-admitted, it gets the same ones back."""
+        self.had_drafts[r.index] = bool(self.has[r.slot])
+        super().requeue(r)
+
+    def drop_group(self, g) -> None:
+        if self.model.is_last and id(g) in self.groupstate:
+            self.mtp_pool.release(self.groupstate.pop(id(g))[0])
+        super().drop_group(g)
+
+    def plan_resume(self, r: _Row) -> None:  # kept nothing: its recomputed sequence is prefilled again
+        r.start, r.tail = 0, None
+
+    def redrafts(self, resumed: list[_Row]) -> int:
+        return int(any(self.had_drafts.get(r.index, False) for r in resumed))
+
+    def reprefilled(self, rows, groups, redraft: int = 0) -> None:
+        """Re-admitted rows, prefilled again (main model and draft layer over their recomputed tokens):
+        each takes its sequence's draft cache and last hidden; one that had drafts when preempted draws
+        them again as its last step did (the draft layer at its last cached position, reading the token
+        it feeds next, then the chain; noise keyed by position), so its next verification accepts what
+        it would have. redraft: whether any rank of the step group draws (the others join emptily)."""
+        super().reprefilled(rows, groups)
+        if rows:
+            slots = torch.tensor([r.slot for r in rows], dtype=torch.long, device=self.device)
+            had = [self.had_drafts.pop(r.index, False) for r in rows]
+            self.has[slots] = torch.tensor(had, dtype=torch.bool, device=self.device)
+            if self.model.is_last:
+                h_last = []
+                for r, g in zip(rows, groups):
+                    blocks, h = self.groupstate.pop(id(g))
+                    self.mtp_blocks[r.index] = blocks
+                    self.mtp_table = table_with_row(self.mtp_table, r.slot, blocks)
+                    h_last.append(h)
+                self.h_last[slots] = torch.stack(h_last)
+            rows = [r for r, h in zip(rows, had) if h]
+        if redraft:
+            self._redraft(rows)
+
+    def _redraft(self, rows: list[_Row]) -> None:
+        """Drafts [k] of rows whose cache holds L tokens and whose next fed token is out[-1] (last stage;
+        broadcast to the other stages): the draft layer's entry at L-1 (h_last, out[-1]) drafts d'_1,
+        its chain the rest; k draft forwards, empty ones where this rank has no rows."""
+        if not rows:
+            if self.model.is_last:
+                for _ in range(self.k):
+                    self._empty_mtp()
+            return
+        slots = torch.tensor([r.slot for r in rows], dtype=torch.long, device=self.device)
+        drafts = torch.zeros(len(rows), self.k, dtype=torch.long, device=self.device)
+        if self.model.is_last:
+            for r in rows:
+                self._fit_mtp(r, r.length + 2 * self.k)
+            lengths = torch.tensor([r.length for r in rows], dtype=torch.long, device=self.device)
+            table = self.mtp_table[slots]
+            view = decode_view(self.mtp_pool, self.mtp_layer_view, table, lengths - 1)
+            x0 = torch.tensor([[r.out[-1]] for r in rows], dtype=torch.long, device=self.device)
+            h = self._mtp_forward(self.h_last[slots][None], x0, (lengths - 1)[:, None], view)[0]
+            t_last = torch.tensor([len(r.out) - 1 for r in rows], dtype=torch.long, device=self.device)
+            rowkey = torch.tensor([r.key for r in rows], dtype=torch.long, device=self.device)
+            drafts = self._draft_chain(h, table, lengths, slots, t_last, rowkey)
+        if self.ps.pp > 1:
+            dist.broadcast(drafts, src=self.pp_ranks[-1], group=self.ps.g("pp"))
+        self.drafts[slots] = drafts
 
     # ---- forwards ----------------------------------------------------------------------------
     def _mtp_forward(self, h_prev, next_ids, pos, view):
@@ -361,7 +431,7 @@ class SpeculativeBatcher(ContinuousBatcher):
     def _draft(self, live, ids, tokens, a, lengths, slots, t0, rowkey) -> torch.Tensor:
         """The next step's drafts [b, k] (last stage): the MTP layer over positions L-1..L+k, its output
         at the last kept position L+a drafts d'_1; then k-1 more one-token steps on its own output."""
-        k, gen, b = self.k, self.gen, len(live)
+        k, b = self.k, len(live)
         rows = torch.arange(b, device=self.device)
         for r in live:
             self._fit_mtp(r, r.length + 2 * k)
@@ -371,16 +441,22 @@ class SpeculativeBatcher(ContinuousBatcher):
         pos = (lengths - 1)[:, None] + torch.arange(k + 2, device=self.device)
         view = decode_view(self.mtp_pool, self.mtp_layer_view, table, lengths - 1, k + 2)
         h = self._mtp_forward(h_prev, next_ids, pos, view)[a + 1, rows]  # at position L + a
-        logits = self._mtp_logits(h)
         self.h_last[slots] = self.hidden[a, rows]
-        kept = lengths + a + 1
+        return self._draft_chain(h, table, lengths + a + 1, slots, t0 + a, rowkey)
+
+    def _draft_chain(self, h, table, kept, slots, t_last, rowkey) -> torch.Tensor:
+        """Drafts [b, k] from the draft layer's output h [b, D] at each row's last cached position
+        (kept - 1; t_last: the completion index of the token fed next): d'_1 from h, then k-1 one-token
+        steps on the layer's own output and the previous draft; their distributions kept in self.q."""
+        gen = self.gen
+        logits = self._mtp_logits(h)
         out = []
-        for j in range(1, k + 1):
+        for j in range(1, self.k + 1):
             if j > 1:  # entry at position kept + j - 2 reads the layer's own output and the previous draft
                 view = decode_view(self.mtp_pool, self.mtp_layer_view, table, kept + j - 2)
                 h = self._mtp_forward(h[None], out[-1][:, None], (kept + j - 2)[:, None], view)[0]
                 logits = self._mtp_logits(h)
-            keys = row_keys(gen.seed, t0 + a + j, rowkey)
+            keys = row_keys(gen.seed, t_last + j, rowkey)
             d, q = draw_drafts(logits, self.ps, gen.temperature, gen.top_p, gen.top_k, self.vocab, keys)
             out.append(d)
             if q is not None:
@@ -404,7 +480,12 @@ class SpeculativeBatcher(ContinuousBatcher):
             if done:
                 self.retire(r)
                 continue
-            self._fit(r, r.length + self.k + 1)  # rollback: blocks past the next step's positions go
+            # rollback: blocks past the next step's positions go (the next step allocates what it
+            # needs past them, after preemption has made room for it: the budget holds mid-step)
+            del_from = -(-(r.length + self.k + 1) // self.bs)
+            if len(r.blocks) > del_from:
+                self.pool.release(r.blocks[del_from:])
+                del r.blocks[del_from:]
             if self.model.is_last:
                 self._fit_mtp(r, r.length + 2 * self.k)
             still.append(r)

@@ -159,6 +159,25 @@ def check_responses_fit(rl, longest_prompt: int, positions: int, steps: int) -> 
                                    f"{positions - longest_prompt}")
 
 
+def check_cache_budget(rl, longest_prompt: int, steps: int) -> None:
+    """rl.rollout_cache_tokens must hold one row of the longest prompt at every response length the run
+    reaches (the engine refuses it at the rollout otherwise, after the model is built): named at start."""
+    from r1mega.inference.continuous import row_need_tokens
+
+    if not rl.rollout_cache_tokens:
+        return
+    positions = 1 + (rl.draft_tokens if rl.speculative else 0)  # a speculative step writes its drafts too
+    block = GenerationConfig().block_size
+    for key, n in response_limits(rl, steps):
+        need = row_need_tokens(longest_prompt, n, block, positions)
+        if rl.rollout_cache_tokens < need:
+            raise ConfigError("rl.rollout_cache_tokens",
+                              f"{rl.rollout_cache_tokens} cache tokens cannot hold one row: the longest prompt "
+                              f"({longest_prompt} tokens) and {n} new tokens ({key})"
+                              + (f" with {rl.draft_tokens} draft positions" if rl.speculative else "")
+                              + f" take {need} in blocks of {block}; set at least that, or 0 for no limit")
+
+
 def response_limits(rl, steps: int) -> list[tuple[str, int]]:
     """(key, response length) of every length a run of `steps` steps reaches: rl.max_new_tokens
     unless a schedule entry replaces it from step 0, and each entry reached before `steps`."""
@@ -456,6 +475,7 @@ def start(cfg: Config, ckpt_root: str) -> tuple[Policy, Progress]:
     if rl.prompts and own is not None:  # a resume reads the same prompt files
         check_same_prompts(read_meta(own), rl.prompts, own)
     check_responses_fit(rl, longest, positions, t.steps)  # before hours of rollouts run past the positions
+    check_cache_budget(rl, longest, t.steps)
     # checkpoints and their architecture are checked before any weight exists
     arch = run.arch  # the model keys a checkpoint must match
     candidates = find_resume_checkpoint(ckpt_root, t.load, arch, t.allow_arch_change)
