@@ -72,8 +72,8 @@ def filter_config(args: argparse.Namespace) -> FilterConfig:
         raise ConfigError("--max-paragraph-chars", f"must be >= 1, got {args.max_paragraph_chars}")
     if args.max_tokens < 0:
         raise ConfigError("--max-tokens", f"must be >= 0 (0: no cap), got {args.max_tokens}")
-    if args.language not in ("en", "zh"):
-        raise ConfigError("--language", f"expected en or zh, got {args.language!r}")
+    if args.language not in LANGUAGES:
+        raise ConfigError("--language", f"expected one of {LANGUAGES}, got {args.language!r}")
     return FilterConfig(args.max_tokens, args.require_format, args.language, args.min_language_share,
                         args.max_paragraph_chars, args.allow_code_in_cot, args.answer_fallback)
 
