@@ -32,7 +32,7 @@ import os
 import sys
 from collections import Counter
 
-from r1mega.atomic_io import write_text_atomic
+from r1mega.atomic_io import discard, open_fresh, write_error, write_text_atomic
 from r1mega.data.jsonl import DataError
 from r1mega.errors import ConfigError
 from r1mega.generation.filters import REASONS, FilterConfig, judge_sample, normalized
@@ -164,11 +164,15 @@ def check_finished(gen_dir: str, samples: dict[str, list[dict]], records: list[d
 
 def _write_jsonl(path: str, rows: list[dict]) -> None:
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open_fresh(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # e.g. a full disk: the previous sft.jsonl, if any, stays whole
+        discard(tmp)
+        raise write_error(path, e) from None
 
 
 def _warn_if_filters_changed(report_path: str, filters: dict) -> None:

@@ -248,24 +248,27 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
         bar = tqdm(total=len(records), initial=len(records) - len(todo), desc=desc, dynamic_ncols=True)
     tokens, t0 = 0, time.perf_counter()
     vocab_hash = tok.fingerprint() if keep_ids and ps.rank == 0 else None  # which tokenizer the ids are of
-    for results, stats in generate_rounds(loaded.chunks, ps, tok, problems, prompts, params,
-                                          max(1, problems_per_round), template=template):
-        if results is None:
-            continue
-        store.write([(prob["id"], [{"id": prob["id"], "sample": s.index, "completion": s.completion,
-                                    "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
-                                    "finish_reason": s.finish_reason, "prompt_digest": digests[prob["id"]],
-                                    **({"response_prefix": prefix[prob["id"]]} if prefix[prob["id"]] else {}),
-                                    **({"prompt_ids": s.prompt_ids, "completion_ids": s.completion_ids,
-                                        "tokenizer": vocab_hash} if keep_ids else {})}
-                                   for s in samples])
-                     for prob, samples in results])
-        tokens += stats["completion_tokens"]
-        bar.update(len(results))
-        bar.set_postfix({"tok/s": f"{tokens / (time.perf_counter() - t0):.1f}"})
+    try:
+        for results, stats in generate_rounds(loaded.chunks, ps, tok, problems, prompts, params,
+                                              max(1, problems_per_round), template=template):
+            if results is None:
+                continue
+            store.write([(prob["id"], [{"id": prob["id"], "sample": s.index, "completion": s.completion,
+                                        "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
+                                        "finish_reason": s.finish_reason, "prompt_digest": digests[prob["id"]],
+                                        **({"response_prefix": prefix[prob["id"]]} if prefix[prob["id"]] else {}),
+                                        **({"prompt_ids": s.prompt_ids, "completion_ids": s.completion_ids,
+                                            "tokenizer": vocab_hash} if keep_ids else {})}
+                                       for s in samples])
+                         for prob, samples in results])
+            tokens += stats["completion_tokens"]
+            bar.update(len(results))
+            bar.set_postfix({"tok/s": f"{tokens / (time.perf_counter() - t0):.1f}"})
+    finally:  # the bar ends before any error is printed, so the error is the last line
+        if bar is not None:
+            bar.close()
     if ps.rank != 0:
         return None
-    bar.close()
     store.close()
     dt = time.perf_counter() - t0
     return {"problems": len(records), "generated_problems": len(todo), "samples": params.samples,
