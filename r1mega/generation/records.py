@@ -30,6 +30,16 @@ def read_prompt_records(path: str, need_answer: bool = False) -> list[dict]:
     return read_problems(path, answers=need_answer, sft_chats=True, keyed=True)
 
 
+def question_digest(rec: dict) -> str:
+    """A short digest of what a record asks (its prompt or chat, before any template): samples keep it,
+    so samples filtered against a prompt file are known to answer that file's questions."""
+    import hashlib
+    import json
+
+    text = json.dumps(chat_messages(rec), ensure_ascii=False, sort_keys=True)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
 def chat_messages(rec: dict) -> list[dict]:
     if isinstance(rec.get("prompt"), str):
         return [{"role": "user", "content": rec["prompt"]}]

@@ -36,7 +36,7 @@ from r1mega.atomic_io import discard, open_fresh, write_error, write_text_atomic
 from r1mega.data.jsonl import DataError
 from r1mega.errors import ConfigError
 from r1mega.generation.filters import REASONS, FilterConfig, judge_sample, normalized
-from r1mega.generation.records import chat_messages, read_prompt_records
+from r1mega.generation.records import chat_messages, question_digest, read_prompt_records
 from r1mega.generation.store import response_text
 from r1mega.judge import FALLBACKS, LANGUAGES
 
@@ -149,6 +149,15 @@ def check_finished(gen_dir: str, samples: dict[str, list[dict]], records: list[d
     except (OSError, ValueError, KeyError, TypeError):
         raise DataError(f"--samples-from {gen_dir}: no readable meta.json with 'samples' (not an "
                         f"`r1mega generate` directory?)") from None
+    # ids are line numbers unless given: another file's questions must not meet these samples
+    other = [r for r in records if samples.get(r["id"]) and samples[r["id"]][0].get("question_digest")
+             not in (None, question_digest(r))]
+    if other:
+        r = other[0]
+        raise DataError(f"{r['where']}: problem {r['id']!r} asks another question than the one its samples in "
+                        f"--samples-from {gen_dir} answer" + (f" ({len(other)} problems differ)" if len(other) > 1
+                                                              else "")
+                        + "; pass the prompt file that generate run sampled")
     short = [r["id"] for r in records if 0 < len(samples.get(r["id"], [])) < k]
     if short:
         raise DataError(f"--samples-from {gen_dir}: {len(short)} problems have fewer than their {k} samples "

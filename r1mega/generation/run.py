@@ -30,7 +30,7 @@ from r1mega.errors import ConfigError, DataError, OutputError, R1MegaError
 from r1mega.generation.sampling_rounds import (LEGACY_NOISE_KEY, NOISE_KEY, NOISE_KEYS, SamplingParams,
                                                generate_rounds)
 from r1mega.generation.model_source import LoadedModel, load_model
-from r1mega.generation.records import TEMPLATES, render_prompt, template_stops
+from r1mega.generation.records import TEMPLATES, question_digest, render_prompt, template_stops
 from r1mega.generation.store import SampleStore
 from r1mega.parallel.layout import join_ranks
 
@@ -197,6 +197,7 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
                                    params, loaded.cfg.active_model.max_position_embeddings, explicit_max_new,
                                    drop_long, desc, announce=ps.rank == 0)
     digests = {r["id"]: prompt_digest(ids) for r, ids in zip(records, encoded)}
+    questions = {r["id"]: question_digest(r) for r in records}
     kept = {r["id"] for r in records}
     # what --drop-long-prompts skipped, so a reader of the store tells a dropped prompt from an unfinished one
     dropped = [r["id"] for r in given if r["id"] not in kept]
@@ -256,6 +257,7 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
             store.write([(prob["id"], [{"id": prob["id"], "sample": s.index, "completion": s.completion,
                                         "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
                                         "finish_reason": s.finish_reason, "prompt_digest": digests[prob["id"]],
+                                        "question_digest": questions[prob["id"]],
                                         **({"response_prefix": prefix[prob["id"]]} if prefix[prob["id"]] else {}),
                                         **({"prompt_ids": s.prompt_ids, "completion_ids": s.completion_ids,
                                             "tokenizer": vocab_hash} if keep_ids else {})}

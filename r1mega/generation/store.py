@@ -3,8 +3,10 @@
     <out>/meta.json            what was generated (samples per problem, sampling parameters, model,
                                how problem ids key the noise; the prompts dropped for their length)
     <out>/shard-00000.jsonl    {"id", "sample", "completion", "prompt_tokens", "completion_tokens",
-    <out>/shard-00001.jsonl     "finish_reason", "prompt_digest", ["response_prefix"]} one line per sample
-                               (prompt_digest: of the prompt tokens; a resume refuses a changed prompt)
+    <out>/shard-00001.jsonl     "finish_reason", "prompt_digest", "question_digest", ["response_prefix"]}
+                               one line per sample (prompt_digest: of the prompt tokens, a resume refuses a
+                               changed prompt; question_digest: of the record's question before any
+                               template, `reject-sample --samples-from` refuses another file's question)
 
 The directory belongs to the command that made it (`r1mega/output_dir.py`: marker and lock): a
 non-empty directory it did not make is refused, so no one else's file is rewritten; shards without
