@@ -226,6 +226,10 @@ class SFTData:
             raise DataError(f"{path}: no conversations (the file is empty or has only blank lines)")
         pad = tok.eos_id if tok.eos_id is not None else 0
         self.template = resolve_template(template, tok)
+        if self.template == "raw" and tok.eos_id is None:  # raw closes every reply with the EOS token
+            raise ConfigError("data.sft_template", f"raw closes each assistant reply with the end-of-sequence token, "
+                              f"but tokenizer {tok.path} has none (eos_token in tokenizer_config.json, or "
+                              f"generation_config.json's eos_token_id); name it there, or use r1 or model")
         mine = tok.fingerprint() if any(ids is not None for _, ids in records) else None
         same = [ids is not None and ids[2] == mine for _, ids in records]  # ids of this very tokenizer
         examples = []
