@@ -27,6 +27,7 @@ class LoadedModel:
     cfg: Config
     tokenizer: str  # path
     source: str  # what was loaded (a step directory or an HF dir)
+    dtype: str = "float32"  # what it computes in (bfloat16 draws other samples than float32)
 
 
 def _with_model(cfg: Config, model_cfg) -> Config:
@@ -99,4 +100,4 @@ def load_model(model: str, parallel: ParallelConfig, world: int, distributed: bo
 
         load_checkpoint(source, chunks, None, ps)
     chunks.eval()
-    return LoadedModel(chunks, ps, cfg, tokenizer, source)
+    return LoadedModel(chunks, ps, cfg, tokenizer, source, dtype)

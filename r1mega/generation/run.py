@@ -205,6 +205,7 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
     if ps.rank == 0:
         try:
             store = SampleStore(out, params.samples, {**meta, "template": template, "model": loaded.source,
+                                                      "dtype": loaded.dtype,
                                                       "sampling": params.recorded(), "noise_key": NOISE_KEY,
                                                       "dropped_long_prompts": dropped},
                                 shard_records, command, key)

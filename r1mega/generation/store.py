@@ -92,8 +92,9 @@ class SampleStore:
                 raise OutputError(f"{meta_file}: expected a JSON object, got {type(old).__name__}; "
                                   f"use another {key}")
             # mixing samples of another model or other sampling settings into one set would go unseen
-            compared = ("samples", "template", "model", "sampling") + (("prompts_sha256",) if "prompts_sha256" in old
-                                                                      else ())
+            # (keys a store made before they were recorded lacks are not compared)
+            compared = ("samples", "template", "model", "sampling") + tuple(k for k in ("prompts_sha256", "dtype")
+                                                                            if k in old)
             changed = {k: (old.get(k), v) for k, v in meta.items() if k in compared and old.get(k) != v}
             if changed:
                 raise ConfigError(key, f"{out_dir} holds samples made with different settings "
