@@ -1,6 +1,7 @@
 """Sharded JSONL of samples that survives a crash (kill -9) without duplicating or losing samples.
 
-    <out>/meta.json            what was generated (samples per problem, sampling parameters, model,
+    <out>/meta.json            what was generated (samples per problem, sampling parameters, model (its
+                               path and a digest of its weights), dtype,
                                how problem ids key the noise; the prompts dropped for their length)
     <out>/shard-00000.jsonl    {"id", "sample", "completion", "prompt_tokens", "completion_tokens",
     <out>/shard-00001.jsonl     "finish_reason", "prompt_digest", "question_digest", ["response_prefix"]}
@@ -93,7 +94,7 @@ class SampleStore:
                                   f"use another {key}")
             # mixing samples of another model or other sampling settings into one set would go unseen
             # (keys a store made before they were recorded lacks are not compared)
-            compared = ("samples", "template", "model", "sampling") + tuple(k for k in ("prompts_sha256", "dtype")
+            compared = ("samples", "template", "model", "sampling") + tuple(k for k in ("prompts_sha256", "dtype", "weights")
                                                                             if k in old)
             changed = {k: (old.get(k), v) for k, v in meta.items() if k in compared and old.get(k) != v}
             if changed:
