@@ -264,6 +264,9 @@ class SFTData:
                   f"{seq_length} and were truncated to it", file=sys.stderr, flush=True)
         self.seed = seed
         self.num_conversations = len(records)
+        from r1mega.data.prompts import prompts_digest
+
+        self.digest = prompts_digest([path])  # what a checkpoint's data position refers to
 
     def _row(self, i: int) -> PackedRow:
         epoch, k = divmod(i, len(self.rows))
