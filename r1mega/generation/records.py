@@ -51,7 +51,15 @@ def render_prompt(rec: dict, template: str, tokenizer=None) -> tuple[str, str]:
     if template in ("r1_zero", "chat", "chat_think"):
         from r1mega.data.templates import render
 
-        r = render(rec, template, tokenizer)
+        try:
+            r = render(rec, template, tokenizer)
+        except ConfigError as e:
+            if e.key != "data.tokenizer" or getattr(tokenizer, "chat_template", None):
+                raise
+            # the generation commands' own flags, not GRPO's keys (rl.template)
+            raise ConfigError("--template", f"{template} poses prompts with the tokenizer's chat template, but "
+                              f"{tokenizer.path} has no chat_template (tokenizer_config.json or chat_template.jinja); use "
+                              f"--template r1, r1_zero or raw, or --tokenizer with a chat template") from None
         return r.text, r.response_prefix
     return apply_template(rec, template), ""
 
