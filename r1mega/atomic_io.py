@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from r1mega.errors import OutputError
+
 
 def open_fresh(path: str, mode: str = "w", **kwargs):
     """Open a temporary file name of ours for writing as a new file. A leftover there (a crashed
@@ -15,12 +17,33 @@ def open_fresh(path: str, mode: str = "w", **kwargs):
     return os.fdopen(fd, mode, **kwargs)
 
 
+def write_error(path: str, e: OSError) -> OutputError:
+    """An OSError while writing `path` (a full disk, a file-size limit, a read-only mount) as the
+    user error it is, naming the file."""
+    return OutputError(f"{path}: cannot write ({e.strerror or e}); free space or raise the file-size limit, "
+                       f"then rerun")
+
+
 def write_text_atomic(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    """`text` at `path`, whole or not at all (the old file stays when the write fails)."""
     tmp = path + ".tmp"
-    with open_fresh(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open_fresh(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        discard(tmp)
+        raise write_error(path, e) from None
+
+
+def discard(tmp: str) -> None:
+    """Remove a temporary file of ours after a failed write (its name only; nothing if gone)."""
+    try:
+        if os.path.islink(tmp) or os.path.isfile(tmp):
+            os.unlink(tmp)
+    except OSError:
+        pass
 
 
 def fsync_dir(path: str) -> None:

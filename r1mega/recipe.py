@@ -294,6 +294,16 @@ class Runner:
             except ConfigError as err:
                 raise ConfigError(f"stages[{i}] ({name}): {err.key}", str(err).split(": ", 1)[-1]) from None
 
+    def config_digest(self, stage: str) -> str:
+        """A hash of what the stage's model config file says (not its comments or spacing): an edited
+        file makes the stage's earlier results stale though its path, the option, did not change."""
+        import dataclasses
+
+        from r1mega.config import load_config
+        from r1mega.output_dir import config_hash
+
+        return config_hash(dataclasses.asdict(load_config(self.config_of(stage))))
+
     def unavailable(self, stage: str) -> Optional[str]:
         """Why a stage cannot run in this checkout (a dense student without the dense family), or None."""
         if self.run_config(stage).student is not None and importlib.util.find_spec("r1mega.models.dense") is None:
@@ -443,6 +453,7 @@ def run(args: argparse.Namespace) -> int:
         row = {"stage": name, "kind": st["kind"], "from": st.get("from")}
         options = _stage_options(cfg, st, args.seed, tuple(hashes[s] for s in (st.get("from"), st.get("data")) if s))
         hashes[name] = options
+        config = runner.config_digest(name)
         if os.path.exists(done):
             with open(done) as f:
                 finished = json.load(f)
@@ -451,6 +462,10 @@ def run(args: argparse.Namespace) -> int:
                                   f"entry, model_config, *_common, --seed or a stage it builds on changed); its "
                                   f"results would be reported for options it did not run. Use another --out, or "
                                   f"restore the stage's options")
+            if finished.pop("model_config_hash", config) != config:  # recorded since; older DONE files lack it
+                raise ConfigError(f"stages.{name}", f"{done}: this stage finished earlier with another content of "
+                                  f"{runner.config_of(name)} (the file was edited since); its results would be "
+                                  f"reported for a config it did not run. Use another --out, or restore the file")
             row.update(finished)
             print(f"== {name}: done earlier, skipped", flush=True)
         else:
@@ -465,7 +480,8 @@ def run(args: argparse.Namespace) -> int:
                 row["note"] = note
                 print(f"   {name}: {note}", flush=True)
             else:
-                write_text_atomic(done, json.dumps({"minutes": row["minutes"], "options": options}))
+                write_text_atomic(done, json.dumps({"minutes": row["minutes"], "options": options,
+                                                    "model_config_hash": config}))
         if row.get("note"):
             notes[name] = row["note"]
         if st["kind"] in ("pretrain", "grpo", "sft") and "note" not in row:

@@ -37,7 +37,7 @@ def test_records_of_every_kind_load(tmp_path):
     ({"prompt": "q", "tests": [{"input": "1"}]}, "tests[0] must be"),
     ({"prompt": "q", "tests": [{"input": "1", "output": "2"}], "entry_point": "f"}, "'entry_point' goes with"),
     ({"prompt": "q", "tests": "assert True", "entry_point": "not valid"}, "'entry_point' must be a Python identifier"),
-    ({"prompt": "q", "answer": "1", "language": "fr"}, "'language' must be one of"),
+    ({"prompt": "q", "answer": "1", "language": "xx"}, "'language' must be one of"),
 ])
 def test_bad_records_are_named_by_file_and_line(tmp_path, record, message):
     from r1mega.generation.records import read_prompt_records

@@ -8,8 +8,10 @@ from typing import Iterator, Optional
 from r1mega.errors import DataError  # noqa: F401  (re-exported)
 
 
-def iter_jsonl(path: str) -> Iterator[tuple[str, dict]]:
-    """Yields (where, record) with where = 'path:line'; blank lines are allowed."""
+def iter_jsonl(path: str, unique_keys: bool = True) -> Iterator[tuple[str, dict]]:
+    """Yields (where, record) with where = 'path:line'; blank lines are allowed. unique_keys: an
+    object naming a key twice is refused (JSON keeps the last silently: {"answer": "5", ...,
+    "answer": "6"} is a merge gone wrong, not an answer); off for bulk text corpora (speed)."""
     try:
         f = open(path, "rb")
     except OSError as e:
@@ -24,7 +26,7 @@ def iter_jsonl(path: str) -> Iterator[tuple[str, dict]]:
                                 f"re-encode the file as UTF-8") from None
             if not line.strip():
                 continue
-            rec = loads_json(line, where)
+            rec = loads_json(line, where, unique_keys)
             if not isinstance(rec, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
             yield where, rec
@@ -33,11 +35,27 @@ def iter_jsonl(path: str) -> Iterator[tuple[str, dict]]:
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def loads_json(text: str, where: str):
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_object(pairs: list) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
+
+
+def loads_json(text: str, where: str, unique_keys: bool = False):
     """json.loads with every failure a DataError naming `where`: syntax, nesting too deep for the
-    parser, and strings holding a lone UTF-16 surrogate (no text encoding can write them)."""
+    parser, strings holding a lone UTF-16 surrogate (no text encoding can write them) and, with
+    unique_keys, an object that names a key twice."""
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, object_pairs_hook=_unique_object) if unique_keys else json.loads(text)
+    except _DuplicateKey as e:
+        raise DataError(f"{where}: key {e.args[0]!r} appears twice in one object; JSON would keep the last "
+                        f"silently, so which value is meant is unclear: keep one") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
     except RecursionError:
@@ -61,7 +79,7 @@ def loads_json(text: str, where: str):
 
 
 def iter_texts(path: str, key: str = "text", limit: Optional[int] = None) -> Iterator[str]:
-    for n, (where, rec) in enumerate(iter_jsonl(path)):
+    for n, (where, rec) in enumerate(iter_jsonl(path, unique_keys=False)):
         if limit is not None and n >= limit:
             return
         if not isinstance(rec.get(key), str):

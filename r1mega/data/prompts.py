@@ -14,7 +14,8 @@ Record format, one JSON object per line (blank lines are skipped):
   answer       str or number: the reference final answer (math-verify decides equivalence)
   tests        str of Python run after the generated code, or a list of {"input", "output"} cases
   entry_point  optional str: the function `check(entry_point)` is called with (with `tests` as str)
-  language     optional "en" | "zh": target language of the chain of thought
+  language     optional target language of the chain of thought: one of r1mega.judge.LANGUAGES
+               (en, zh, fr, de, ru, ja, ...)
   id           optional str/int; default "<file>:<line>"
 
 Every record needs `prompt` or `messages`, and `answer` or `tests`; a bad record raises DataError
@@ -37,9 +38,9 @@ import random
 from typing import Optional
 
 from r1mega.data.jsonl import DataError, iter_jsonl
+from r1mega.judge.language import LANGUAGES  # the targets the language reward and filter can judge
 
 ROLES = ("system", "user", "assistant")
-LANGUAGES = ("en", "zh")
 
 
 def parse_problem(where: str, rec: dict, answers: bool = True, sft_chats: bool = False) -> dict:

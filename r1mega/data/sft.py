@@ -48,6 +48,11 @@ def _token_ids(rec: dict, key: str, where: str) -> list[int]:
 def read_sft_jsonl(path: str) -> list[tuple[list[dict], Optional[tuple[list[int], list[int], Optional[str]]]]]:
     """(conversation, (prompt_ids, completion_ids, tokenizer fingerprint) or None) per record,
     validated like read_chat_jsonl."""
+    return [(msgs, ids) for _, msgs, ids in _sft_records(path)]
+
+
+def _sft_records(path: str) -> list[tuple[str, list[dict], Optional[tuple[list[int], list[int], Optional[str]]]]]:
+    """read_sft_jsonl's records, each with where it is (file:line)."""
     out = []
     for where, rec in iter_jsonl(path):
         msgs = _messages(rec, where)
@@ -58,7 +63,7 @@ def read_sft_jsonl(path: str) -> list[tuple[list[dict], Optional[tuple[list[int]
             ids = (_token_ids(rec, "prompt_ids", where), _token_ids(rec, "completion_ids", where), rec.get("tokenizer"))
             if not ids[1]:
                 raise DataError(f"{where}: 'completion_ids' is empty, nothing to learn from")
-        out.append((msgs, ids))
+        out.append((where, msgs, ids))
     return out
 
 
@@ -221,15 +226,26 @@ def block_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
 
 class SFTData:
     def __init__(self, path: str, tok: Tokenizer, seq_length: int, seed: int, template: str = "auto"):
-        records = read_sft_jsonl(path)
+        wheres, records = [], []
+        for where, msgs, ids in _sft_records(path):
+            wheres.append(where)
+            records.append((msgs, ids))
         if not records:
             raise DataError(f"{path}: no conversations (the file is empty or has only blank lines)")
         pad = tok.eos_id if tok.eos_id is not None else 0
         self.template = resolve_template(template, tok)
         mine = tok.fingerprint() if any(ids is not None for _, ids in records) else None
         same = [ids is not None and ids[2] == mine for _, ids in records]  # ids of this very tokenizer
+        if self.template == "raw" and tok.eos_id is None and not all(same):  # raw ends each reply with EOS
+            raise ConfigError("data.sft_template", f"raw closes each assistant reply with the end-of-sequence token, "
+                              f"but tokenizer {tok.path} has none (eos_token in tokenizer_config.json, or "
+                              f"generation_config.json's eos_token_id); name it there, or use r1 or model")
         examples = []
         for n, ((c, ids), ok) in enumerate(zip(records, same), start=1):
+            if ok and max(ids[0] + ids[1]) >= tok.vocab_size:  # past the embedding: an index error mid-step
+                raise DataError(f"{wheres[n - 1]}: token id {max(ids[0] + ids[1])} in 'prompt_ids'/'completion_ids' "
+                                f"is outside the tokenizer's {tok.vocab_size} tokens (ids 0..{tok.vocab_size - 1}); "
+                                f"the record was edited or written for another vocabulary")
             try:
                 examples.append(render_sampled(ids[0], ids[1], tok.eos_id, tok.eos_ids) if ok
                                 else render(c, tok, self.template))
@@ -248,6 +264,9 @@ class SFTData:
                   f"{seq_length} and were truncated to it", file=sys.stderr, flush=True)
         self.seed = seed
         self.num_conversations = len(records)
+        from r1mega.data.prompts import prompts_digest
+
+        self.digest = prompts_digest([path])  # what a checkpoint's data position refers to
 
     def _row(self, i: int) -> PackedRow:
         epoch, k = divmod(i, len(self.rows))

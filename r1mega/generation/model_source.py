@@ -27,6 +27,7 @@ class LoadedModel:
     cfg: Config
     tokenizer: str  # path
     source: str  # what was loaded (a step directory or an HF dir)
+    dtype: str = "float32"  # what it computes in (bfloat16 draws other samples than float32)
 
 
 def _with_model(cfg: Config, model_cfg) -> Config:
@@ -38,6 +39,40 @@ def _with_model(cfg: Config, model_cfg) -> Config:
 def is_hf_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "config.json")) and any(
         f.endswith(".safetensors") for f in os.listdir(path))
+
+
+def weights_digest(source: str) -> str:
+    """What identifies the weights in `source` (a step directory or an HF directory) beyond its path,
+    cheaply: every JSON file's bytes (a checkpoint's meta.json and piece listings carry the tensors'
+    CRC32s), each safetensors file's size and header, and, where no listing vouches for the tensor
+    bytes (an HF directory), its modification time. A model retrained or re-exported at the same
+    path gets another digest, so samples drawn from the old one are not resumed as if of the new."""
+    import hashlib
+    import json
+    import struct
+
+    listed = any(n.startswith("rank") and n.endswith(".json") for n in os.listdir(source))
+    parts = {}
+    for name in sorted(os.listdir(source)):
+        path = os.path.join(source, name)
+        if not os.path.isfile(path) or not name.endswith((".json", ".safetensors")) or name == "manifest.json":
+            continue
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                if name.endswith(".safetensors"):
+                    st = os.fstat(f.fileno())
+                    head = f.read(8)
+                    n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+                    h.update(f"{st.st_size} {'' if listed else st.st_mtime_ns}".encode() + head
+                             + f.read(min(n, 100_000_000)))
+                else:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+        except OSError as e:
+            raise ConfigError("--model", f"{path}: cannot read ({e.strerror})") from None
+        parts[name] = h.hexdigest()
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -99,4 +134,4 @@ def load_model(model: str, parallel: ParallelConfig, world: int, distributed: bo
 
         load_checkpoint(source, chunks, None, ps)
     chunks.eval()
-    return LoadedModel(chunks, ps, cfg, tokenizer, source)
+    return LoadedModel(chunks, ps, cfg, tokenizer, source, dtype)

@@ -30,6 +30,16 @@ def read_prompt_records(path: str, need_answer: bool = False) -> list[dict]:
     return read_problems(path, answers=need_answer, sft_chats=True, keyed=True)
 
 
+def question_digest(rec: dict) -> str:
+    """A short digest of what a record asks (its prompt or chat, before any template): samples keep it,
+    so samples filtered against a prompt file are known to answer that file's questions."""
+    import hashlib
+    import json
+
+    text = json.dumps(chat_messages(rec), ensure_ascii=False, sort_keys=True)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
 def chat_messages(rec: dict) -> list[dict]:
     if isinstance(rec.get("prompt"), str):
         return [{"role": "user", "content": rec["prompt"]}]
@@ -41,7 +51,15 @@ def render_prompt(rec: dict, template: str, tokenizer=None) -> tuple[str, str]:
     if template in ("r1_zero", "chat", "chat_think"):
         from r1mega.data.templates import render
 
-        r = render(rec, template, tokenizer)
+        try:
+            r = render(rec, template, tokenizer)
+        except ConfigError as e:
+            if e.key != "data.tokenizer" or getattr(tokenizer, "chat_template", None):
+                raise
+            # the generation commands' own flags, not GRPO's keys (rl.template)
+            raise ConfigError("--template", f"{template} poses prompts with the tokenizer's chat template, but "
+                              f"{tokenizer.path} has no chat_template (tokenizer_config.json or chat_template.jinja); use "
+                              f"--template r1, r1_zero or raw, or --tokenizer with a chat template") from None
         return r.text, r.response_prefix
     return apply_template(rec, template), ""
 

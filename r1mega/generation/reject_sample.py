@@ -32,11 +32,11 @@ import os
 import sys
 from collections import Counter
 
-from r1mega.atomic_io import write_text_atomic
+from r1mega.atomic_io import discard, open_fresh, write_error, write_text_atomic
 from r1mega.data.jsonl import DataError
 from r1mega.errors import ConfigError
 from r1mega.generation.filters import REASONS, FilterConfig, judge_sample, normalized
-from r1mega.generation.records import chat_messages, read_prompt_records
+from r1mega.generation.records import chat_messages, question_digest, read_prompt_records
 from r1mega.generation.store import response_text
 from r1mega.judge import FALLBACKS, LANGUAGES
 
@@ -72,8 +72,8 @@ def filter_config(args: argparse.Namespace) -> FilterConfig:
         raise ConfigError("--max-paragraph-chars", f"must be >= 1, got {args.max_paragraph_chars}")
     if args.max_tokens < 0:
         raise ConfigError("--max-tokens", f"must be >= 0 (0: no cap), got {args.max_tokens}")
-    if args.language not in ("en", "zh"):
-        raise ConfigError("--language", f"expected en or zh, got {args.language!r}")
+    if args.language not in LANGUAGES:
+        raise ConfigError("--language", f"expected one of {LANGUAGES}, got {args.language!r}")
     return FilterConfig(args.max_tokens, args.require_format, args.language, args.min_language_share,
                         args.max_paragraph_chars, args.allow_code_in_cot, args.answer_fallback)
 
@@ -149,6 +149,15 @@ def check_finished(gen_dir: str, samples: dict[str, list[dict]], records: list[d
     except (OSError, ValueError, KeyError, TypeError):
         raise DataError(f"--samples-from {gen_dir}: no readable meta.json with 'samples' (not an "
                         f"`r1mega generate` directory?)") from None
+    # ids are line numbers unless given: another file's questions must not meet these samples
+    other = [r for r in records if samples.get(r["id"]) and samples[r["id"]][0].get("question_digest")
+             not in (None, question_digest(r))]
+    if other:
+        r = other[0]
+        raise DataError(f"{r['where']}: problem {r['id']!r} asks another question than the one its samples in "
+                        f"--samples-from {gen_dir} answer" + (f" ({len(other)} problems differ)" if len(other) > 1
+                                                              else "")
+                        + "; pass the prompt file that generate run sampled")
     short = [r["id"] for r in records if 0 < len(samples.get(r["id"], [])) < k]
     if short:
         raise DataError(f"--samples-from {gen_dir}: {len(short)} problems have fewer than their {k} samples "
@@ -164,11 +173,15 @@ def check_finished(gen_dir: str, samples: dict[str, list[dict]], records: list[d
 
 def _write_jsonl(path: str, rows: list[dict]) -> None:
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open_fresh(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # e.g. a full disk: the previous sft.jsonl, if any, stays whole
+        discard(tmp)
+        raise write_error(path, e) from None
 
 
 def _warn_if_filters_changed(report_path: str, filters: dict) -> None:

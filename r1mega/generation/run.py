@@ -29,8 +29,8 @@ from r1mega.data.tokenizer import check_fits, load_tokenizer
 from r1mega.errors import ConfigError, DataError, OutputError, R1MegaError
 from r1mega.generation.sampling_rounds import (LEGACY_NOISE_KEY, NOISE_KEY, NOISE_KEYS, SamplingParams,
                                                generate_rounds)
-from r1mega.generation.model_source import LoadedModel, load_model
-from r1mega.generation.records import TEMPLATES, render_prompt, template_stops
+from r1mega.generation.model_source import LoadedModel, load_model, weights_digest
+from r1mega.generation.records import TEMPLATES, question_digest, render_prompt, template_stops
 from r1mega.generation.store import SampleStore
 from r1mega.parallel.layout import join_ranks
 
@@ -197,6 +197,7 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
                                    params, loaded.cfg.active_model.max_position_embeddings, explicit_max_new,
                                    drop_long, desc, announce=ps.rank == 0)
     digests = {r["id"]: prompt_digest(ids) for r, ids in zip(records, encoded)}
+    questions = {r["id"]: question_digest(r) for r in records}
     kept = {r["id"] for r in records}
     # what --drop-long-prompts skipped, so a reader of the store tells a dropped prompt from an unfinished one
     dropped = [r["id"] for r in given if r["id"] not in kept]
@@ -204,6 +205,7 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
     if ps.rank == 0:
         try:
             store = SampleStore(out, params.samples, {**meta, "template": template, "model": loaded.source,
+                                                      "dtype": loaded.dtype, "weights": weights_digest(loaded.source),
                                                       "sampling": params.recorded(), "noise_key": NOISE_KEY,
                                                       "dropped_long_prompts": dropped},
                                 shard_records, command, key)
@@ -248,24 +250,28 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
         bar = tqdm(total=len(records), initial=len(records) - len(todo), desc=desc, dynamic_ncols=True)
     tokens, t0 = 0, time.perf_counter()
     vocab_hash = tok.fingerprint() if keep_ids and ps.rank == 0 else None  # which tokenizer the ids are of
-    for results, stats in generate_rounds(loaded.chunks, ps, tok, problems, prompts, params,
-                                          max(1, problems_per_round), template=template):
-        if results is None:
-            continue
-        store.write([(prob["id"], [{"id": prob["id"], "sample": s.index, "completion": s.completion,
-                                    "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
-                                    "finish_reason": s.finish_reason, "prompt_digest": digests[prob["id"]],
-                                    **({"response_prefix": prefix[prob["id"]]} if prefix[prob["id"]] else {}),
-                                    **({"prompt_ids": s.prompt_ids, "completion_ids": s.completion_ids,
-                                        "tokenizer": vocab_hash} if keep_ids else {})}
-                                   for s in samples])
-                     for prob, samples in results])
-        tokens += stats["completion_tokens"]
-        bar.update(len(results))
-        bar.set_postfix({"tok/s": f"{tokens / (time.perf_counter() - t0):.1f}"})
+    try:
+        for results, stats in generate_rounds(loaded.chunks, ps, tok, problems, prompts, params,
+                                              max(1, problems_per_round), template=template):
+            if results is None:
+                continue
+            store.write([(prob["id"], [{"id": prob["id"], "sample": s.index, "completion": s.completion,
+                                        "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
+                                        "finish_reason": s.finish_reason, "prompt_digest": digests[prob["id"]],
+                                        "question_digest": questions[prob["id"]],
+                                        **({"response_prefix": prefix[prob["id"]]} if prefix[prob["id"]] else {}),
+                                        **({"prompt_ids": s.prompt_ids, "completion_ids": s.completion_ids,
+                                            "tokenizer": vocab_hash} if keep_ids else {})}
+                                       for s in samples])
+                         for prob, samples in results])
+            tokens += stats["completion_tokens"]
+            bar.update(len(results))
+            bar.set_postfix({"tok/s": f"{tokens / (time.perf_counter() - t0):.1f}"})
+    finally:  # the bar ends before any error is printed, so the error is the last line
+        if bar is not None:
+            bar.close()
     if ps.rank != 0:
         return None
-    bar.close()
     store.close()
     dt = time.perf_counter() - t0
     return {"problems": len(records), "generated_problems": len(todo), "samples": params.samples,

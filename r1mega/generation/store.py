@@ -1,10 +1,13 @@
 """Sharded JSONL of samples that survives a crash (kill -9) without duplicating or losing samples.
 
-    <out>/meta.json            what was generated (samples per problem, sampling parameters, model,
+    <out>/meta.json            what was generated (samples per problem, sampling parameters, model (its
+                               path and a digest of its weights), dtype,
                                how problem ids key the noise; the prompts dropped for their length)
     <out>/shard-00000.jsonl    {"id", "sample", "completion", "prompt_tokens", "completion_tokens",
-    <out>/shard-00001.jsonl     "finish_reason", "prompt_digest", ["response_prefix"]} one line per sample
-                               (prompt_digest: of the prompt tokens; a resume refuses a changed prompt)
+    <out>/shard-00001.jsonl     "finish_reason", "prompt_digest", "question_digest", ["response_prefix"]}
+                               one line per sample (prompt_digest: of the prompt tokens, a resume refuses a
+                               changed prompt; question_digest: of the record's question before any
+                               template, `reject-sample --samples-from` refuses another file's question)
 
 The directory belongs to the command that made it (`r1mega/output_dir.py`: marker and lock): a
 non-empty directory it did not make is refused, so no one else's file is rewritten; shards without
@@ -22,7 +25,7 @@ import os
 import re
 from typing import Iterator
 
-from r1mega.atomic_io import fsync_dir
+from r1mega.atomic_io import discard, fsync_dir, open_fresh, write_error, write_text_atomic
 from r1mega.errors import ConfigError, DataError, OutputError
 from r1mega.output_dir import own_and_lock
 
@@ -90,8 +93,9 @@ class SampleStore:
                 raise OutputError(f"{meta_file}: expected a JSON object, got {type(old).__name__}; "
                                   f"use another {key}")
             # mixing samples of another model or other sampling settings into one set would go unseen
-            compared = ("samples", "template", "model", "sampling") + (("prompts_sha256",) if "prompts_sha256" in old
-                                                                      else ())
+            # (keys a store made before they were recorded lacks are not compared)
+            compared = ("samples", "template", "model", "sampling") + tuple(k for k in ("prompts_sha256", "dtype", "weights")
+                                                                            if k in old)
             changed = {k: (old.get(k), v) for k, v in meta.items() if k in compared and old.get(k) != v}
             if changed:
                 raise ConfigError(key, f"{out_dir} holds samples made with different settings "
@@ -116,17 +120,12 @@ class SampleStore:
         nums = [_shard_number(p) for p in shards]
         self._next = max(nums, default=-1) + 1
         self._file = None
+        self._path = ""
         self._lines = 0
 
     @staticmethod
     def _write_meta(meta_file: str, meta: dict) -> None:
-        tmp = meta_file + ".tmp"
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(meta, f, indent=1)
-            os.replace(tmp, meta_file)
-        except OSError as e:
-            raise OutputError(f"{meta_file}: cannot write ({e.strerror})") from None
+        write_text_atomic(meta_file, json.dumps(meta, indent=1))
 
     @staticmethod
     def shard_paths(out_dir: str) -> list[str]:
@@ -157,12 +156,16 @@ class SampleStore:
         if torn or len(keep) != len(recs):
             self.repaired += len(recs) - len(keep)
             tmp = path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in keep)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            fsync_dir(self.dir)
+            try:
+                with open_fresh(tmp, "w", encoding="utf-8") as f:
+                    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in keep)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+                fsync_dir(self.dir)
+            except OSError as e:  # the shard stays as it was: the next open repairs it again
+                discard(tmp)
+                raise write_error(path, e) from None
 
     def write(self, problems: list[tuple[str, list[dict]]]) -> None:
         """Append the records of finished problems (each with all k samples) durably."""
@@ -171,22 +174,43 @@ class SampleStore:
             if len(recs) != self.k:
                 raise ValueError(f"problem {pid!r}: {len(recs)} samples, expected {self.k}")
             lines.extend(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
-        if self._file is None or self._lines >= self.shard_records:
-            if self._file is not None:
-                self._file.close()
-            self._file = open(os.path.join(self.dir, SHARD.format(self._next)), "a", encoding="utf-8")
-            self._next += 1
-            self._lines = 0
-            fsync_dir(self.dir)
-        self._file.write("".join(lines))
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            if self._file is None or self._lines >= self.shard_records:
+                if self._file is not None:
+                    self._file.close()
+                    self._file = None
+                self._path = os.path.join(self.dir, SHARD.format(self._next))
+                self._file = open(self._path, "a", encoding="utf-8")
+                self._next += 1
+                self._lines = 0
+                fsync_dir(self.dir)
+            self._file.write("".join(lines))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as e:  # e.g. a full disk: at worst a torn last line, which the next open repairs
+            self._abandon()
+            raise write_error(self._path, e) from None
         self._lines += len(lines)
         self.done |= {pid for pid, _ in problems}
 
+    def _abandon(self) -> None:
+        """Drop the shard being written after a failed write (its unwritten buffer too) and the lock."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass  # the buffer that could not be written; the file keeps what reached it
+            self._file = None
+        self.lock.release()
+
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as e:
+                self._file = None
+                self.lock.release()
+                raise write_error(self._path, e) from None
             self._file = None
         self.lock.release()
 

@@ -41,6 +41,16 @@ def train(cfg: Config, kind: str) -> dict:
         release(cfg.train.run_dir)  # the run directory's lock, however the run ended
 
 
+def check_same_sft_data(meta: dict, digest: str, where: str) -> None:
+    """An SFT run resumed from its own checkpoint reads the data file it was saved with: the saved
+    position (consumed rows) means nothing in another file, and the run would not be the one resumed."""
+    saved = meta.get("data_sha256")  # checkpoints from before it was recorded have none
+    if saved is not None and saved != digest:
+        raise ConfigError("data.paths", f"{where} was saved at a position in other SFT data (the file's content "
+                          f"differs); resuming would continue at a meaningless position. Give the same file, or "
+                          f"start a new train.run_dir with train.load={where}")
+
+
 def _train(cfg: Config, kind: str) -> dict:
     ckpt_root = os.path.join(cfg.train.run_dir, "checkpoints")
     # ranks joined, the model's shapes taken from the checkpoint if the config has none, validated
@@ -82,6 +92,8 @@ def _train(cfg: Config, kind: str) -> dict:
             print(f"starting at step 0 from the weights of {resume} (a {meta.get('kind', 'unknown')} checkpoint; "
                   f"fresh optimizer moments)", flush=True)
         resume = None
+    if resume is not None and kind == "sft" and in_run(resume, ckpt_root):  # a resume reads the same data
+        check_same_sft_data(meta, data.digest, resume)
     start, consumed = meta.get("step", 0), meta.get("consumed_samples", 0)
     run.hf_config = meta.get("hf_config")  # an imported model's config.json travels on, so an export reproduces it
     if start >= t.steps:  # nothing left: say so rather than report an empty run
@@ -138,6 +150,7 @@ def _train(cfg: Config, kind: str) -> dict:
         if last or (t.save_interval and (step + 1) % t.save_interval == 0):
             last_saved = save_checkpoint(ckpt_root, step + 1, chunks, optimizer, ps,
                                          run_meta(run, kind, consumed_samples=consumed,
+                                                  **({"data_sha256": data.digest} if kind == "sft" else {}),
                                                   loss=res.loss if math.isfinite(res.loss) else None),
                                          tokenizer=tokenizer)
     log.close()
