@@ -619,7 +619,12 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
             if key != src:
                 t = t.clone()  # a copy of its own: safetensors refuses tensors that share memory
             if target is not None and t.is_floating_point() and key.rsplit(".", 1)[-1] not in family.fp32_params:
-                t = t.to(target)  # what the family keeps in float32 (DeepSeek's routing bias) stays so
+                cast = t.to(target)  # what the family keeps in float32 (DeepSeek's routing bias) stays so
+                if not bool(torch.isfinite(cast).all()):  # finite before: values past the new dtype's range
+                    raise ConvertError(f"--dtype {dtype}: tensor {key} holds values beyond {dtype}'s range (largest "
+                                       f"|value| {t.abs().max().item():g}, at most {torch.finfo(target).max:g}); "
+                                       f"export in a wider dtype (bfloat16 or float32); nothing was written")
+                t = cast
         if fp8_blocks and fp8_quantizable(key, t, family):
             q, s = quantize(t)
             writer.add(key, q)
