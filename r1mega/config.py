@@ -6,6 +6,7 @@ parallel layout, so a bad launch fails before any weight is allocated.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import warnings
@@ -370,6 +371,21 @@ def _drop_foreign_weights(piece: DictConfig, family) -> None:
             model.pop(key)
 
 
+def _other_familys_key(key: str, family) -> str:
+    """For an unknown `model.<key>` that another family has (a V3.2 checkpoint's `model.dsa_stage` with no
+    `model.family`): which families have it and how to name one; else nothing."""
+    section, _, name = key.partition(".")
+    if section != "model" or not name or "." in name:
+        return ""
+    owners = [f.name for f in families() if f.name != family.name and name in
+              {x.name for x in dataclasses.fields(f.config_cls)}]
+    if not owners:
+        return ""
+    return (f"; it is a key of family {' / '.join(owners)}, while this model: section is {family.name}'s"
+            f"{' (the default)' if family.name == DEFAULT_FAMILY else ''}: name the family too, e.g. "
+            f"model.family={owners[0]}")
+
+
 def load_config(path: Optional[str | list[str]] = None, overrides: Optional[list[str]] = None) -> Config:
     """YAML file(s) (optional; later files override earlier ones, e.g. a student's shapes then a stage
     recipe) + dotted overrides -> typed Config. Unknown keys and bad types raise ConfigError. The
@@ -395,7 +411,7 @@ def load_config(path: Optional[str | list[str]] = None, overrides: Optional[list
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
-        raise ConfigError(str(key), str(e).splitlines()[0]) from None
+        raise ConfigError(str(key), str(e).splitlines()[0] + _other_familys_key(str(key), family)) from None
     assert isinstance(cfg, Config)
     return cfg
 

@@ -44,7 +44,7 @@ from r1mega.errors import CheckpointError, OutputError, R1MegaError, debug_reque
 from r1mega.models.family import family_for_hf, family_from_meta
 from r1mega.models.hf_config import read_hf_config as shared_read_hf_config
 from r1mega.models.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
-from r1mega.models.weights import read_index
+from r1mega.models.weights import SafetensorsDir, check_tied_head, read_index
 from r1mega.train.checkpoint import (MANIFEST, PieceReader, crc32, not_a_checkpoint, read_meta, verify_manifest,
                                      write_manifest)
 from r1mega.data.tokenizer import TOKENIZER_FILES
@@ -436,6 +436,10 @@ def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat1
     index = tensor_index(hf_dir, files)
     loadable(hf_config)  # first: the shape check builds the model, which an unsupported setting breaks
     check(index, hf_config, hf_dir)
+    try:
+        check_tied_head(SafetensorsDir(hf_dir), bool(hf_config.get("tie_word_embeddings", False)))
+    except CheckpointError as e:
+        raise ConvertError(str(e)) from None
     tmp = _prepare_out(out, overwrite, hf_dir, "import")
     try:
         meta = _import_into(tmp, hf_dir, hf_config, files, index, fp8, dtype, shard_bytes)
@@ -618,7 +622,12 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
             if key != src:
                 t = t.clone()  # a copy of its own: safetensors refuses tensors that share memory
             if target is not None and t.is_floating_point() and key.rsplit(".", 1)[-1] not in family.fp32_params:
-                t = t.to(target)  # what the family keeps in float32 (DeepSeek's routing bias) stays so
+                cast = t.to(target)  # what the family keeps in float32 (DeepSeek's routing bias) stays so
+                if not bool(torch.isfinite(cast).all()):  # finite before: values past the new dtype's range
+                    raise ConvertError(f"--dtype {dtype}: tensor {key} holds values beyond {dtype}'s range (largest "
+                                       f"|value| {t.abs().max().item():g}, at most {torch.finfo(target).max:g}); "
+                                       f"export in a wider dtype (bfloat16 or float32); nothing was written")
+                t = cast
         if fp8_blocks and fp8_quantizable(key, t, family):
             q, s = quantize(t)
             writer.add(key, q)

@@ -109,18 +109,27 @@ class Tokenizer:
 
     @staticmethod
     def _generation_eos(path: str) -> list:
-        """generation_config.json's eos_token_id (one id or a list) beside the tokenizer, as a list."""
-        gen = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "generation_config.json")
-        if os.path.exists(gen):
-            with open(gen, encoding="utf-8") as f:
+        """generation_config.json's eos_token_id (one id or a list) beside the tokenizer, as a list. Without
+        that file transformers' generate takes the model config's eos_token_id (GenerationConfig.from_model_config):
+        config.json's in a Hugging Face directory, the imported config.json (meta.json's hf_config) in an r1mega
+        checkpoint."""
+        folder = path if os.path.isdir(path) else os.path.dirname(path)
+        for name, inner in (("generation_config.json", None), ("config.json", None), ("meta.json", "hf_config")):
+            file = os.path.join(folder, name)
+            if not os.path.exists(file):
+                continue
+            with open(file, encoding="utf-8") as f:
                 try:
                     cfg = json.load(f)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{gen}: not valid JSON ({e.msg}, line {e.lineno})") from None
+                    raise ValueError(f"{file}: not valid JSON ({e.msg}, line {e.lineno})") from None
+            if inner is not None:
+                cfg = cfg.get(inner) if isinstance(cfg, dict) else None
             eos = cfg.get("eos_token_id") if isinstance(cfg, dict) else None
             eos = eos if isinstance(eos, list) else [] if eos is None else [eos]
             if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in eos):
-                raise ValueError(f"{gen}: eos_token_id must be a token id or a list of them, got {eos!r}")
+                raise ValueError(f"{file}: {inner + '.' if inner else ''}eos_token_id must be a token id or a list "
+                                 f"of them, got {eos!r}")
             return eos
         return []
 

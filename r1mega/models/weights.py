@@ -185,7 +185,37 @@ def load_weights(model: nn.Module, source: TensorSource, prefix: str = "") -> Lo
 
 
 def load_hf_weights(model: nn.Module, hf_dir: str) -> LoadReport:
-    return load_weights(model, SafetensorsDir(hf_dir))
+    source = SafetensorsDir(hf_dir)
+    try:
+        with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
+            tied = json.load(f).get("tie_word_embeddings", False)
+    except (OSError, ValueError, AttributeError):
+        tied = False  # the config's own reader names what is wrong with it
+    check_tied_head(source, tied)
+    return load_weights(model, source)
+
+
+def check_tied_head(source: SafetensorsDir, tied: bool, rows_per_read: int = 4096) -> None:
+    """A tied model whose checkpoint also stores `lm_head.weight` with other values than the embedding:
+    transformers then leaves the two untied (a head of its own) while r1mega's tied model reads the
+    embedding as its head, so the two would be different models; refused, saying how to choose.
+    Compared a block of rows at a time (no second vocab-sized copy)."""
+    head, emb = "lm_head.weight", "model.embed_tokens.weight"
+    if not tied or head not in source or emb not in source:
+        return
+    h, e = source.slice(head), source.slice(emb)
+    fix = (f"set tie_word_embeddings to false in {os.path.join(source.path, 'config.json')} to use the stored "
+           f"head (as transformers does), or remove {head} from the checkpoint to tie the head to the embedding")
+    if tuple(h.get_shape()) != tuple(e.get_shape()):
+        raise CheckpointError(f"{source.path}: tie_word_embeddings is true but {head} {tuple(h.get_shape())} and "
+                              f"{emb} {tuple(e.get_shape())} differ in shape; {fix}")
+    rows = h.get_shape()[0]
+    for start in range(0, rows, rows_per_read):
+        a, b = h[start:start + rows_per_read], e[start:start + rows_per_read]
+        if not torch.equal(a.float(), b.float()):
+            raise CheckpointError(f"{source.path}: tie_word_embeddings is true but the stored {head} differs from "
+                                  f"{emb} (from row {start}); transformers then keeps the two untied, so r1mega's "
+                                  f"tied model would not be the model transformers loads; {fix}")
 
 
 def gather(t: torch.Tensor, dim: int, group) -> torch.Tensor:

@@ -16,7 +16,7 @@ import sys
 import time
 
 
-from r1mega.config import Config, validate_training
+from r1mega.config import Config, ConfigError, validate_training
 from r1mega.output_dir import release
 from r1mega.data.prepare import training_data
 from r1mega.train.checkpoint import find_resume_checkpoint, in_run, resume_from, run_meta, save_checkpoint

@@ -86,8 +86,7 @@ class DenseConfig:
             raise ConfigError("model_type", f"expected one of {', '.join(DENSE_ARCHS)} for a dense student, "
                                             f"got {arch!r}")
         hf = {**HF_DEFAULTS[arch], **hf}  # a key left out means what it means to transformers
-        if hf.get("use_sliding_window"):
-            raise ConfigError("use_sliding_window", "sliding-window attention is not supported for students")
+        _check_full_attention(arch, hf)
         if hf.get("mlp_bias"):
             raise ConfigError("mlp_bias", "MLP biases are not supported for students")
         theta, rope = rope_from_hf(hf, "rope_type")
@@ -122,6 +121,25 @@ class DenseConfig:
             out["attention_bias"] = self.o_bias
         return out
 
+
+
+def _check_full_attention(arch: str, hf: dict) -> None:
+    """Refuse a config.json whose attention slides in some layer, as transformers reads it: Llama has no
+    window; Qwen2/Qwen3 slide only with `use_sliding_window` and a `sliding_window`, and only in the layers
+    `layer_types` names `sliding_attention` (by default those from `max_window_layers` on, transformers'
+    default 28). A window as long as every position never drops a key: full attention too."""
+    if arch == "llama" or not hf.get("use_sliding_window") or hf.get("sliding_window") is None:
+        return
+    n, window = hf["num_hidden_layers"], hf["sliding_window"]
+    types = hf.get("layer_types")
+    if types is None:
+        first = hf.get("max_window_layers", 28)
+        types = ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
+    sliding = [i for i, t in enumerate(types) if t == "sliding_attention"]
+    if sliding and window < hf.get("max_position_embeddings", 32768):
+        raise ConfigError("use_sliding_window", f"layers {sliding} attend within a sliding window of {window} tokens "
+                                                f"(layer_types / max_window_layers); sliding-window attention is not "
+                                                f"supported for dense models")
 
 
 def validate_keys(s: DenseConfig, section: str = "model") -> None:
