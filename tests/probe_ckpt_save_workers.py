@@ -1,4 +1,4 @@
-"""Runs inside spawned ranks for tests/test_probe_ckpt_save_errors.py (kept free of transformers)."""
+"""Runs inside spawned ranks for tests/test_ckpt_save_errors.py (kept free of transformers)."""
 from __future__ import annotations
 
 import resource

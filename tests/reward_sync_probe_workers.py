@@ -1,4 +1,4 @@
-"""Rank workers of tests/test_probe_judge_reward_sync.py (module-level so spawn can pickle them)."""
+"""Rank workers of tests/test_judge_reward_sync.py (module-level so spawn can pickle them)."""
 import torch
 
 from r1mega.parallel.config import ParallelConfig

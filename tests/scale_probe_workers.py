@@ -1,4 +1,4 @@
-"""Rank workers of the tests/test_probe_scale_*.py files (module-level so spawned ranks can load them)."""
+"""Rank workers of the tests/test_scale_*.py files (module-level so spawned ranks can load them)."""
 import torch
 
 from r1mega.config import OptimConfig

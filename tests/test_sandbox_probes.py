@@ -60,7 +60,7 @@ def test_forgery_scores_zero(name, wrong, right, tests, entry):
 
 def test_tests_own_callables_still_run_and_their_objects_fail_by_name():
     """Tests that pass the program a lambda or `len` are judged apart (call-backs into the judge);
-    ones that pass their own object cannot be, and fail by name (tests/test_probe_judge_own_objects.py)."""
+    ones that pass their own object cannot be, and fail by name (tests/test_judge_own_objects.py)."""
     code = "def apply(g, x):\n    return g(x)\ndef area(p):\n    return p.w * p.h\n"
     tests = "assert apply(lambda v: v * 2, 3) == 6\nassert apply(len, 'ab') == 2\n"
     assert sandbox.judge(code, tests).ok

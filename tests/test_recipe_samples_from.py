@@ -31,7 +31,7 @@ def _generate_dir(path, done: list[str], dropped=None):
 
 def _reject(tmp_path, gen):
     """`r1mega reject-sample --samples-from GEN` over prompts p0..p3 (the reject-from probes' runner)."""
-    from test_probe_tools_reject_from import _run
+    from test_tools_reject_from import _run
 
     return _run(tmp_path, gen)
 

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from test_probe_tools_fp8 import _tensors, read_hf, write_hf
+from test_tools_fp8 import _tensors, read_hf, write_hf
 from tools import convert
 
 

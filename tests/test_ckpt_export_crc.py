@@ -11,7 +11,7 @@ import struct
 import pytest
 
 from r1mega.errors import CheckpointError
-from test_probe_tools_fp8 import SCALED, _tensors, write_hf
+from test_tools_fp8 import SCALED, _tensors, write_hf
 from tools import convert
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from r1mega.errors import CheckpointError
 from r1mega.models.weights import SafetensorsDir
-from test_probe_tools_convert_out import _cli
-from test_probe_tools_fp8 import _tensors, write_hf
+from test_tools_convert_out import _cli
+from test_tools_fp8 import _tensors, write_hf
 
 BAD_MAPS = {
     "a list": [],

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from test_probe_tools_convert_out import _cli
-from test_probe_tools_fp8 import _tensors, write_hf
+from test_tools_convert_out import _cli
+from test_tools_fp8 import _tensors, write_hf
 from tools import convert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,6 +1,6 @@
 """A dense model's rope scaling without a key its kind needs (linear or YaRN without factor, Llama 3
 without low/high_freq_factor; a missing original length defaults as in transformers, see
-test_probe_family_rope_precedence.py): transformers refuses such a rope, r1mega built the model and
+test_family_rope_precedence.py): transformers refuses such a rope, r1mega built the model and
 ended in a KeyError traceback from the rotary. Refused by key now, before anything is built."""
 import json
 

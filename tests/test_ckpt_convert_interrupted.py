@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from r1mega import output_dir
-from test_probe_tools_fp8 import _tensors, write_hf
+from test_tools_fp8 import _tensors, write_hf
 from tools import convert
 
 

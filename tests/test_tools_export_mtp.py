@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_probe_tools_export_checks import run_dir  # noqa: F401  (a real trainer checkpoint, MTP layer included)
-from test_probe_tools_fp8 import _tensors, read_hf, write_hf
+from test_tools_export_checks import run_dir  # noqa: F401  (a real trainer checkpoint, MTP layer included)
+from test_tools_fp8 import _tensors, read_hf, write_hf
 from tools import convert
 
 MTP = "model.layers.2."  # the fixture's CONFIG: 2 layers, 1 MTP layer
