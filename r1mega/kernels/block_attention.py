@@ -112,6 +112,15 @@ def documents_from_valid(valid: torch.Tensor) -> torch.Tensor:
     return torch.where(valid, torch.zeros((), dtype=torch.long, device=valid.device), -1 - idx[None, :])
 
 
+def prompt_attention(docs: torch.Tensor) -> Optional[torch.Tensor]:
+    """The mask a prompt's forward attends with, given its document ids: None (plain causal, which
+    the models run through SDPA's fused kernel) when no row is padded, else the ids (this kernel).
+    Measured on CPU, one thread, 1 x 3,000-token prompt: the Qwen2 proxy student's prefill ran at
+    0.48x (fp32) / 0.35x (bf16) of transformers through this kernel (the O(s^2) part); through SDPA
+    it is at par or better. Padded rows keep this kernel: a pad must not be attended."""
+    return None if not bool((docs < 0).any()) else docs
+
+
 def prompt_documents(valid: torch.Tensor, length: int, s: int) -> Optional[torch.Tensor]:
     """Shared by the KV caches of every family: document ids of a cache's first multi-token forward, else None."""
     return documents_from_valid(valid[:, :s]) if length == 0 and s > 1 else None

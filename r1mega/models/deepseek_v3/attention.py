@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from r1mega.models.deepseek_v3.config import ModelConfig
 from r1mega.kernels import batch_invariant
-from r1mega.kernels.block_attention import block_attention
+from r1mega.kernels.block_attention import block_attention, prompt_attention
 from r1mega.parallel.recompute import recomputed
 from r1mega.models.rope import RotaryEmbedding, softmax_scale
 from r1mega.parallel.context_parallel import ContextParallelAttention, attend_local_chunks, gather_sequence
@@ -99,7 +99,7 @@ class MLA(nn.Module):
         q_in, c, k_rope = self.project_latents(x, rope, cos, sin, rotate=not decoding)
         if prompt_docs is not None:  # the prompt: cache its latents, attend as training does (O(s) memory)
             cache.store(c, k_rope)
-            out = self._up_and_attend(q_in, c, k_rope, rope, cos, sin, prompt_docs)
+            out = self._up_and_attend(q_in, c, k_rope, rope, cos, sin, prompt_attention(prompt_docs))
         elif decoding:  # absorbed attention over the latent cache
             q_nope, q_rope = self.query_up(q_in, rope, cos, sin, rotate=False)
             # q and k rotated by one call (k as one more head): a decoding step is mostly per-op cost

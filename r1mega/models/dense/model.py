@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from r1mega.models.dense.config import DenseConfig
 from r1mega.models.dense.kv_cache import HeadsKVCache, paged_heads_layout
 from r1mega.kernels import linear
-from r1mega.kernels.block_attention import block_attention
+from r1mega.kernels.block_attention import block_attention, prompt_attention
 from r1mega.models.ffn import SwiGLU
 from r1mega.models.rope import RotaryEmbedding
 from r1mega.models.stage import StageOutput, check_sequence_parallel, place_stage, token_loss
@@ -98,7 +98,7 @@ class GQAttention(nn.Module):
         prompt_docs = cache.owner.prompt_documents(s) if cache is not None else None
         if prompt_docs is not None:  # the prompt: cache its keys/values, attend as training does (O(s) memory)
             cache.store(k, v)
-            attn_mask, cache = prompt_docs, None
+            attn_mask, cache = prompt_attention(prompt_docs), None
         if cache is not None:
             k, v, valid, start = cache.append(k, v)  # [b, L, kv, d]
             attn_mask = _decode_mask(cache.owner, valid, start, s)
