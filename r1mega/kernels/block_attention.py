@@ -117,8 +117,11 @@ def prompt_attention(docs: torch.Tensor) -> Optional[torch.Tensor]:
     the models run through SDPA's fused kernel) when no row is padded, else the ids (this kernel).
     Measured on CPU, one thread, 1 x 3,000-token prompt: the Qwen2 proxy student's prefill ran at
     0.48x (fp32) / 0.35x (bf16) of transformers through this kernel (the O(s^2) part); through SDPA
-    it is at par or better. Padded rows keep this kernel: a pad must not be attended."""
-    return None if not bool((docs < 0).any()) else docs
+    it is at par or better. Padded rows keep this kernel: a pad must not be attended, and so does
+    rl.exact_rollouts: its prompt must attend bitwise as the trainer's forward of the same rows does."""
+    from r1mega.kernels import batch_invariant  # (imports nothing of this module)
+
+    return docs if batch_invariant.enabled() or bool((docs < 0).any()) else None
 
 
 def prompt_documents(valid: torch.Tensor, length: int, s: int) -> Optional[torch.Tensor]:
