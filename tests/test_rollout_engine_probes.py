@@ -281,6 +281,9 @@ def _layout_cases(seed: int, n: int, dp: int):
                   temperature=rng.choice([0.0, 1.0]), top_p=rng.choice([1.0, 0.85]), max_rows=rng.choice([0, 0, 2, 5]),
                   max_cache_tokens=rng.choice([0, 0, 30, 80]), block_size=rng.choice([4, 16]),
                   pipelined_min_rows=rng.choice([1, 2, 16]), pipelined_decode=rng.choice([True, True, False]))
+        if kw["max_cache_tokens"]:  # a budget below one row's need is refused up front (tested above)
+            kw["max_cache_tokens"] = max(kw["max_cache_tokens"],
+                                         least_budget(prompts, kw["max_new_tokens"], kw["block_size"]))
         cases.append((shares, keys, kw))
     return cases
 
