@@ -2,6 +2,7 @@
 a rename (atomic on POSIX), and a directory fsync where a crash must not lose the rename."""
 from __future__ import annotations
 
+import json
 import os
 
 from r1mega.errors import OutputError
@@ -24,17 +25,28 @@ def write_error(path: str, e: OSError) -> OutputError:
                        f"then rerun")
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    """`text` at `path`, whole or not at all (the old file stays when the write fails)."""
+def write_text_atomic(path: str, text: str, durable: bool = False) -> None:
+    """`text` at `path`, whole or not at all (the old file stays when the write fails). durable: the
+    file and the rename are fsynced, so a crash right after cannot lose or tear it."""
     tmp = path + ".tmp"
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open_fresh(tmp, "w", encoding="utf-8") as f:
             f.write(text)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
+        if durable:
+            fsync_dir(os.path.dirname(path) or ".")
     except OSError as e:
         discard(tmp)
         raise write_error(path, e) from None
+
+
+def write_jsonl_atomic(path: str, rows) -> None:
+    """One JSON object per line at `path`, durably, whole or not at all."""
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), durable=True)
 
 
 def discard(tmp: str) -> None:

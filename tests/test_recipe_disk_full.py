@@ -55,12 +55,11 @@ def test_summaries_and_sft_data_on_a_full_disk_keep_the_old_file(tmp_path):
     (tmp_path / "sft.jsonl").write_text(old)
     r = _limited(f"""
         import sys
-        from r1mega.atomic_io import write_text_atomic
+        from r1mega.atomic_io import write_jsonl_atomic, write_text_atomic
         from r1mega.errors import R1MegaError
-        from r1mega.generation.reject_sample import _write_jsonl
 
         for name, write in (("summary.json", lambda p: write_text_atomic(p, "y" * 10000)),
-                            ("sft.jsonl", lambda p: _write_jsonl(p, [{{"messages": "z" * 10000}}]))):
+                            ("sft.jsonl", lambda p: write_jsonl_atomic(p, [{{"messages": "z" * 10000}}]))):
             try:
                 write({str(tmp_path)!r} + "/" + name)
             except R1MegaError as e:

@@ -32,7 +32,7 @@ import os
 import sys
 from collections import Counter
 
-from r1mega.atomic_io import discard, open_fresh, write_error, write_text_atomic
+from r1mega.atomic_io import write_jsonl_atomic, write_text_atomic
 from r1mega.data.jsonl import DataError
 from r1mega.errors import ConfigError
 from r1mega.generation.filters import REASONS, FilterConfig, judge_sample, normalized
@@ -171,19 +171,6 @@ def check_finished(gen_dir: str, samples: dict[str, list[dict]], records: list[d
                         f"from other prompts; {advice}")
 
 
-def _write_jsonl(path: str, rows: list[dict]) -> None:
-    tmp = path + ".tmp"
-    try:
-        with open_fresh(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:  # e.g. a full disk: the previous sft.jsonl, if any, stays whole
-        discard(tmp)
-        raise write_error(path, e) from None
-
-
 def _warn_if_filters_changed(report_path: str, filters: dict) -> None:
     """A rerun with other filter options rewrites sft.jsonl from the same stored samples: say so,
     naming what changed (the samples stay; the old selection is one rerun with the old options away)."""
@@ -235,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
         samples = read_samples(os.path.join(args.out, "samples"))
     rows, counts = select(records, samples, cfg, args.keep)
     total = sum(len(samples.get(r["id"], [])) for r in records)
-    _write_jsonl(os.path.join(args.out, "sft.jsonl"), rows)
+    write_jsonl_atomic(os.path.join(args.out, "sft.jsonl"), rows)
     problems_kept = len({r["id"] for r in rows})
     report = {"kept": counts["kept"], "total": total, "problems": len(records), "problems_with_kept": problems_kept,
               "rejected": {k: counts[k] for k in (*REASONS, "over_quota") if counts[k]},

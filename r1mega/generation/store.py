@@ -25,7 +25,7 @@ import os
 import re
 from typing import Iterator
 
-from r1mega.atomic_io import discard, fsync_dir, open_fresh, write_error, write_text_atomic
+from r1mega.atomic_io import fsync_dir, write_error, write_jsonl_atomic, write_text_atomic
 from r1mega.errors import ConfigError, DataError, OutputError
 from r1mega.output_dir import own_and_lock
 
@@ -155,17 +155,7 @@ class SampleStore:
         self.prompt_digests.update((str(r["id"]), r["prompt_digest"]) for r in keep if "prompt_digest" in r)
         if torn or len(keep) != len(recs):
             self.repaired += len(recs) - len(keep)
-            tmp = path + ".tmp"
-            try:
-                with open_fresh(tmp, "w", encoding="utf-8") as f:
-                    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in keep)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-                fsync_dir(self.dir)
-            except OSError as e:  # the shard stays as it was: the next open repairs it again
-                discard(tmp)
-                raise write_error(path, e) from None
+            write_jsonl_atomic(path, keep)  # on failure the shard stays as it was: the next open repairs it
 
     def write(self, problems: list[tuple[str, list[dict]]]) -> None:
         """Append the records of finished problems (each with all k samples) durably."""

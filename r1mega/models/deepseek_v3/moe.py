@@ -131,7 +131,7 @@ class GroupedExperts(nn.Module):
             return False
         if not isinstance(active_backend(), TorchBackend) or batch_invariant.enabled():
             return False
-        expert_bytes = (self.w_gate_up[0].numel() + self.w_down[0].numel()) * self.w_gate_up.element_size()
+        expert_bytes = (self.w_gate_up.numel() + self.w_down.numel()) // self.num_local * self.w_gate_up.element_size()
         return choices * expert_bytes <= BY_CHOICE_MAX_BYTES
 
     def by_choice(self, x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
