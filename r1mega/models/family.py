@@ -18,6 +18,8 @@ one line in `_REGISTRY`.
     deepseek_v3   DeepSeek-V3/R1 and V2(-Lite): MLA (latent KV cache), DeepSeekMoE, MTP
     deepseek_v32  DeepSeek-V3.2: V3 + DeepSeek Sparse Attention (indexer keys cached too)
     dense         Qwen2/Qwen2.5, Qwen3, Llama 3: GQA (per-head KV cache), SwiGLU  (`student:` is its older section name)
+    qwen3_moe     Qwen3-MoE (Qwen3-30B-A3B, Qwen3-235B-A22B): the dense family's Qwen3 attention and
+                  per-head KV cache, DeepSeek's routed experts (softmax top-k, EP); a load-balancing loss
 
 There is no default here: a family is named by a config's section (`model.family`), an HF
 config's `model_type`, or a checkpoint's meta.json, and anything else is an error.
@@ -32,12 +34,14 @@ from r1mega.models.deepseek_v3 import spec as deepseek_v3
 from r1mega.models.deepseek_v32 import spec as deepseek_v32
 from r1mega.models.dense import spec as dense
 from r1mega.models.hf_config import read_hf_config
+from r1mega.models.qwen3_moe import spec as qwen3_moe
 from r1mega.models.spec import ModelFamily, TrainingHooks  # noqa: F401  (the protocol, re-exported)
 
 _REGISTRY: dict[str, ModelFamily] = {f.name: f for f in (
     deepseek_v3.FAMILY,
     deepseek_v32.FAMILY,
     dense.FAMILY,
+    qwen3_moe.FAMILY,
 )}
 DEFAULT_FAMILY = deepseek_v3.FAMILY.name  # what a run config's `model:` section is when it names none
 

@@ -1,0 +1,139 @@
+"""Qwen3-MoE as one pipeline stage: the dense family's Qwen3 attention (GQA, per-head q/k RMSNorm,
+rotary; KV heads replicated over TP when TP does not divide them) and DeepSeek's routed experts
+(softmax router, grouped GEMMs, EP all-to-all dispatch), built from the config's views of itself
+(`attention_view`, `moe_view`). Dense-MLP layers (mlp_only_layers, decoder_sparse_step) are SwiGLU.
+Tied embeddings as the dense family: under PP the last stage holds a copy of the embedding as its head.
+
+Names follow the Hugging Face checkpoint (`model.` prefix aside); the stacked experts are mapped to
+HF's per-expert tensors by DeepSeek's `hf_weights.param_slices`:
+  `layers.<L>.mlp.gate.weight`               the router [E, D]
+  `layers.<L>.mlp.experts.w_gate_up[e]`      `...mlp.experts.<E0+e>.gate_proj.weight` | `up_proj.weight`
+  `layers.<L>.mlp.experts.w_down[e]`         `...mlp.experts.<E0+e>.down_proj.weight`
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from r1mega.kernels import linear
+from r1mega.models.deepseek_v3.hf_weights import gather_full as gather_moe, param_slices as moe_param_slices
+from r1mega.models.deepseek_v3.model import DecoderLayer
+from r1mega.models.deepseek_v3.moe import MoE
+from r1mega.models.dense.model import GQAttention
+from r1mega.models.ffn import SwiGLU
+from r1mega.models.qwen3_moe.config import Qwen3MoeConfig
+from r1mega.models.qwen3_moe.kv_cache import RoutedHeadsKVCache, paged_routed_heads_layout
+from r1mega.models.rope import RotaryEmbedding
+from r1mega.models.stage import StageOutput, check_sequence_parallel, place_stage, token_loss
+from r1mega.parallel.context_parallel import keep_local_tokens
+from r1mega.parallel.layout import ParallelState
+from r1mega.parallel.param_spec import tag
+from r1mega.parallel.tensor_parallel import ColumnParallelLinear, RMSNorm, enter_tp_region
+from r1mega.parallel.vocab_parallel import VocabParallelEmbedding
+
+EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
+
+
+class Qwen3MoeDecoderLayer(DecoderLayer):
+    """DeepSeek's decoder layer (its forward: full-layer recompute, the MoE's routing record and
+    replay) with Qwen3's attention and Qwen3-MoE's experts."""
+
+    def __init__(self, cfg: Qwen3MoeConfig, ps: ParallelState, layer_idx: int):
+        nn.Module.__init__(self)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "stream")
+        self.self_attn = GQAttention(cfg.attention_view(), ps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "stream")
+        self.mlp = (MoE(cfg.moe_view(), ps) if cfg.is_moe_layer(layer_idx)
+                    else SwiGLU(cfg.hidden_size, cfg.intermediate_size, ps, cfg.initializer_range))
+
+
+class Qwen3Moe(nn.Module):
+    """Pipeline stage `stage` of `num_stages` (default: this rank's pp rank of pp); with virtual
+    stages stage = chunk * pp + pp_rank."""
+
+    def __init__(self, cfg: Qwen3MoeConfig, ps: ParallelState, pp_layers: Optional[list[int]] = None,
+                 stage: Optional[int] = None, num_stages: Optional[int] = None):
+        super().__init__()
+        place_stage(self, cfg, ps, pp_layers, stage, num_stages)
+        std, tied = cfg.initializer_range, cfg.tie_word_embeddings
+        self.rope = RotaryEmbedding(cfg.head_size, cfg.rope_theta, cfg.rope_scaling, cfg.max_position_embeddings,
+                                    interleave=False)
+        self.embed_tokens = (VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, ps, std)
+                             if self.is_first else None)
+        self.layers = nn.ModuleDict({str(i): Qwen3MoeDecoderLayer(cfg, ps, i) for i in self.layer_ids})
+        self.norm = self.lm_head = None
+        if self.is_last:
+            self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "stream")
+            if not (tied and self.is_first):  # one stage with tied embeddings: the head is the embedding
+                self.lm_head = ColumnParallelLinear(cfg.hidden_size, cfg.vocab_size, ps, std)
+                if tied:
+                    tag(self.lm_head.weight, tied_embedding=True, copy_of=EMBED)
+        if tied and self.is_first and self.num_stages > 1:
+            tag(self.embed_tokens.weight, tied_embedding=True)
+
+    def param_slices(self):
+        """Checkpoint slices of this stage's tensors (`r1mega.models.weights.SliceSpec`); a tied head
+        is the embedding's tensor (transformers saves no lm_head.weight for a tied model)."""
+        for spec in moe_param_slices(self):
+            yield spec if spec.fallback is None else replace(spec, key=spec.fallback, fallback=None)
+
+    def gather_full(self, grads: bool = False) -> dict:
+        """Full checkpoint-named tensors (or gradients) of this stage. Collective over TP / EP / etp."""
+        out = gather_moe(self, grads)
+        if self.cfg.tie_word_embeddings and HEAD in out:  # the last stage's copy of the embedding
+            head = out.pop(HEAD)
+            out.setdefault(EMBED, head)
+        return out
+
+    def new_kv_cache(self, batch: int, max_len: int, valid: torch.Tensor, dtype: torch.dtype,
+                     device: torch.device) -> RoutedHeadsKVCache:
+        attn = next(iter(self.layers.values())).self_attn
+        return RoutedHeadsKVCache(self.layer_ids, batch, max_len, attn.kv_local, attn.head_dim, valid, dtype, device)
+
+    def paged_kv_layout(self):
+        """(features per token per layer, layer view) of the paged rollout cache (inference/paged_cache.py)."""
+        attn = next(iter(self.layers.values())).self_attn
+        return paged_routed_heads_layout(self.layer_ids, attn.kv_local, attn.head_dim)
+
+    def routed_rows_per_expert(self, batch: int) -> Optional[float]:
+        """Rows each local expert gets, on average, in a decoding step of `batch` sequences (None without
+        MoE layers on this stage); generation uses it to pick the CPU expert path."""
+        if not any(self.cfg.is_moe_layer(i) for i in self.layer_ids):
+            return None
+        return batch * self.cfg.num_experts_per_tok / (self.cfg.num_experts // self.ps.ep)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        h = enter_tp_region(self.norm(h), self.ps)
+        return self.lm_head(h) if self.lm_head is not None else linear(h, self.embed_tokens.weight)
+
+    def forward(self, input_ids: torch.Tensor, hidden: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.Tensor] = None, cache=None, routing: Optional[dict] = None,
+                last_logits_only: bool = False) -> StageOutput:
+        """input_ids/labels [b, s] (every stage gets them); hidden: the previous stage's output;
+        cache: a RoutedHeadsKVCache or paged view (generation); routing: {layer: experts [s, b, k]}
+        to replay. Under context parallelism (not cached decoding) the inputs are whole rows and the
+        outputs this rank's zigzag chunks, in local order."""
+        s = input_ids.shape[1]
+        if self.ps.cp > 1 and cache is None:
+            cut = keep_local_tokens(input_ids, labels, attn_mask, position_ids, self.ps)
+            input_ids, labels, attn_mask, position_ids = cut.input_ids, cut.labels, cut.attn_mask, cut.position_ids
+            routing = {k: v[cut.index] for k, v in routing.items()} if routing else routing
+        check_sequence_parallel(input_ids.shape[1], self.ps)
+        positions = position_ids.t() if position_ids is not None else torch.arange(s, device=input_ids.device)
+        cos, sin = self.rope.cos_sin(positions)
+        h = self.embed_tokens(input_ids.t()) if self.is_first else hidden
+        for name, layer in self.layers.items():
+            h = layer(h, self.rope, cos, sin, attn_mask, cache.layer(int(name)) if cache is not None else None,
+                      routing.get(int(name)) if routing else None)
+        if cache is not None:
+            cache.advance(s)
+        if not self.is_last:
+            return StageOutput(hidden=h)
+        out = StageOutput(logits=self.head(h[-1:] if last_logits_only else h))
+        if labels is not None:
+            out.token_loss = token_loss(out.logits, labels, self.ps)
+        return out
