@@ -15,9 +15,7 @@ leaves out those its attention_mask marks). Nothing is added to GRPO's loss (as 
 """
 from __future__ import annotations
 
-from r1mega.errors import ConfigError
 from r1mega.models.deepseek_v3.balance import moe_layers, set_balance_loss_scale, update_routing_bias
-from r1mega.models.qwen3_moe.config import RECOMPUTE_UNITS
 from r1mega.models.spec import TrainingHooks
 
 
@@ -27,13 +25,6 @@ def aux_weight(m) -> float:
 
 
 class Qwen3MoeTraining(TrainingHooks):
-    def validate(self, model_cfg, train, section: str) -> None:
-        if train.recompute == "selective":
-            absent = [x for x in train.recompute_modules if x not in RECOMPUTE_UNITS]
-            if absent:
-                raise ConfigError("train.recompute_modules",
-                                  f"{absent} are not parts of Qwen3-MoE layers (they have {', '.join(RECOMPUTE_UNITS)})")
-
     def loss_weights(self, m) -> dict[str, float]:
         # DeepSeek's layers add sum over rows of (their sequence-wise loss) x the scale; x top-k gives
         # transformers' form of each row, / the MoE layers their mean
