@@ -1,12 +1,13 @@
 """Qwen3-MoE's share of `r1mega plan` (the planner is r1mega/plan.py): what one GPU of a stage holds
 (attention and dense MLPs split over TP as the dense family's, routed experts over EP x expert-TP),
-the activations of one microbatch, the EP all-to-all and the per-head rollout KV cache (the dense
+the activations of one microbatch (measured per layer kind), the EP all-to-all and the per-head rollout KV cache (the dense
 family's GQA cache). Layers of a kind hold the same, so they are counted, not visited."""
 from __future__ import annotations
 
 from typing import Optional
 
 from r1mega.models.dense import plan as dense_plan
+from r1mega.models.qwen3_moe.activation_memory import measured
 from r1mega.models.qwen3_moe.config import Qwen3MoeConfig
 from r1mega.models.stage import stage_layers
 
@@ -38,21 +39,20 @@ def stage_params(m: Qwen3MoeConfig, p, stage: int) -> tuple[float, float]:
 
 def activation_bytes(m: Qwen3MoeConfig, p, stage: int, mb: int, seq: int, act_bytes: int, recompute: str,
                      recompute_modules: Optional[list[str]]) -> float:
-    """The dense family's activations (attention, dense MLP) for dense-MLP layers; a MoE layer holds
-    the attention's share plus, per token, its router scores, top-k rows of D in and out and of the
-    expert's gate/up/act (no recompute modelled)."""
+    """Activations the stage's layers hold for one microbatch on one GPU, from measured bytes per token
+    of each layer kind (activation_memory.py) plus the layer input kept in every mode; tokens split
+    by cp, and by tp only under SP (conservatively unsplit otherwise, as DeepSeek-V3's plan); under cp
+    the other ranks' gathered keys and values as the dense family's."""
     layers = stage_layers(m.num_layers, p.pp, stage, p.pp_layers)
     moe = _moe_count(m, layers)
-    view = m.attention_view()
-    per_dense = dense_plan.activation_bytes(view, p, stage, mb, seq, act_bytes, recompute, recompute_modules) \
-        / max(len(layers), 1)
-    tokens = mb * seq / p.cp
-    mlp = tokens * (m.hidden_size + 3 * m.intermediate_size / p.tp) * act_bytes
-    k = m.num_experts_per_tok
-    # routed tokens are split over TP (sequence-sharded under SP, sliced without)
-    routed = tokens / p.tp * (2 * m.num_experts + k * (2 * m.hidden_size + 3 * m.moe_intermediate_size / p.expert_tp))
-    routed *= act_bytes
-    return len(layers) * per_dense + moe * (routed - mlp)
+    kinds = {k: n for k, n in (("dense", len(layers) - moe), ("moe", moe)) if n}
+    per_kind = measured(m, recompute, recompute_modules)
+    tokens = mb * seq / p.cp / (p.tp if p.sp and p.tp > 1 else 1)
+    total = sum(n * (per_kind[k] + 4 * m.hidden_size) for k, n in kinds.items()) * tokens * act_bytes / 4
+    if p.cp > 1 and recompute != "full":
+        lh, kv_local = dense_plan._kv_heads_local(m.attention_view(), p)
+        total += mb * seq * (p.cp - 1) / p.cp * 2 * m.head_size * (kv_local + lh) * len(layers) * act_bytes
+    return total
 
 
 def family_comm(m: Qwen3MoeConfig, p, stage: int, tokens: float, micro_per_rank: int, weight_bytes: int) -> dict:
