@@ -14,10 +14,12 @@ VARIANTS = {
                               mlp_only_layers=[0], decoder_sparse_step=1, norm_topk_prob=True,
                               tie_word_embeddings=False),
     # sparse every second layer (1, 3); raw top-k probabilities; tied; 3 KV heads (replicated at TP2),
-    # attention biases
+    # attention biases, YaRN
     "step2_raw_tied": dict(num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=3, head_dim=8,
                            decoder_sparse_step=2, norm_topk_prob=False, attention_bias=True,
-                           tie_word_embeddings=True),
+                           tie_word_embeddings=True,
+                           rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                            "original_max_position_embeddings": 8}),
 }
 
 
