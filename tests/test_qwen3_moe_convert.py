@@ -1,6 +1,7 @@
 """Qwen3-MoE checkpoints: `r1mega-convert import` then `export` gives back transformers' files bit for
 bit (per-expert tensors, tied or untied head); verify-hf on TP2 x EP2; and from an imported checkpoint
-alone (no model section) a GRPO step runs with the R1-Zero stage config and `generate` loads its result."""
+alone (no model section) a GRPO step runs with the R1-Zero stage config (experts replayed from the
+rollouts) and `generate` loads its result."""
 import json
 import os
 import subprocess
@@ -63,7 +64,7 @@ def test_grpo_and_generate_from_an_imported_checkpoint_alone(tmp_path):
               f"train.load={ckpt}", f"rl.prompts=[{prompts}]", f"train.run_dir={tmp_path / 'run'}",
               "train.steps=1", "train.dtype=float32", "rl.group_size=2", "rl.prompts_per_step=2",
               "rl.minibatches=1", "rl.max_new_tokens=4", "rl.max_new_tokens_schedule=[]",
-              "data.micro_batch_size=4", "data.global_batch_size=4", "train.save_interval=0")
+              "data.micro_batch_size=4", "data.global_batch_size=4", "train.save_interval=0", "rl.routing_replay=true")
     assert res.returncode == 0, res.stderr[-3000:]
     step = tmp_path / "run" / "checkpoints" / "step_00000001"
     family, model_cfg = family_from_meta(json.loads((step / "meta.json").read_text()))
