@@ -1,6 +1,6 @@
-"""Qwen3-MoE under TP2, EP2, PP2, TP2 x EP2 and PP2 x EP2 (spawned gloo ranks, DP filling the rest)
-equals one process: loss, logits, every gradient; cached greedy decoding equals full re-forwards on
-one process and under TP2 x EP2."""
+"""Qwen3-MoE under TP2, EP2, PP2, TP2+SP x EP2, PP2 x EP2, TP2 x EP2 with expert-TP 1 and an
+interleaved PP2 (spawned gloo ranks, DP filling the rest) equals one process: loss, logits, every
+gradient; cached greedy decoding equals full re-forwards on one process and under TP2 x EP2."""
 import pytest
 import torch
 
@@ -16,6 +16,8 @@ LAYOUTS = {
     "PP2 x DP2 (tied embedding across stages)": ("step2_raw_tied", dict(pp=2, microbatches=2)),
     "TP2+SP x EP2": ("only0_norm_untied", dict(tp=2, sp=True, ep=2)),
     "PP2 x EP2": ("only0_norm_untied", dict(pp=2, ep=2, microbatches=2)),
+    "TP2 x EP2, expert-TP 1": ("only0_norm_untied", dict(tp=2, ep=2, etp=1)),
+    "PP2 interleaved v2 x DP2 (tied)": ("step2_raw_tied", dict(pp=2, schedule="interleaved", virtual=2, microbatches=2)),
 }
 
 
