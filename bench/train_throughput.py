@@ -59,11 +59,11 @@ def main() -> None:
             ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=g).to(device)
             labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], 1)
 
-            def run_hf():
+            def run_hf(hf=hf):
                 hf.zero_grad(set_to_none=True)
                 return hf_step(hf, ids, labels)
 
-            def run_ours():
+            def run_ours(ours=ours):
                 ours.zero_grad(set_to_none=True)
                 return lm_forward_backward(ours, ps, ids, labels).loss
 
