@@ -22,7 +22,8 @@ from r1mega import cli
 from r1mega.config import load_config
 from r1mega.data.pretrain import write_indexed
 from r1mega.errors import CheckpointError, ConfigError, TrainingError
-from r1mega.train.checkpoint import ArchitectureMismatch, crc32
+from r1mega.models.weights import crc32
+from r1mega.train.checkpoint import ArchitectureMismatch
 from r1mega.train.trainer import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
