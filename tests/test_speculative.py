@@ -261,7 +261,7 @@ def test_mtp_labels_stay_inside_each_packed_sequence():
     from r1mega.parallel.pipeline import Microbatch
     from r1mega.config import ModelConfig
     from r1mega.models.family import family_named
-    from r1mega.rl.grpo import extra_loss_labels
+    from r1mega.rl.update import extra_loss_labels
 
     pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 0, 1]])
     targets = torch.arange(10, 19)[None]
