@@ -14,7 +14,7 @@ from r1mega.rl.update import global_values, old_and_reference_logprobs, policy_g
 from r1mega.rl.update import group_advantages, loss_count
 from r1mega.rl.reference import ReferencePolicy
 from r1mega.rl.train_batch import update_batches
-from r1mega.train.model_build import build_chunks, init_weights
+from r1mega.train.setup import build_chunks, init_weights
 
 # prompts of different lengths; each is sampled twice (groups of 2)
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [40, 41, 42, 43],

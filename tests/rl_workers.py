@@ -6,7 +6,7 @@ import torch
 from r1mega.config import Config, ModelConfig, ParallelConfig, validate
 from r1mega.inference.generate import GenerationConfig, generate, greedy_by_full_forward
 from r1mega.parallel.layout import build_parallel_state, single_process_state
-from r1mega.train.model_build import build_chunks, init_weights
+from r1mega.train.setup import build_chunks, init_weights
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [3, 4, 5, 6, 7, 8, 9, 10], [40, 41, 42, 43]]
 

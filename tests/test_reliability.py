@@ -474,7 +474,7 @@ def test_save_refuses_non_finite_weights(tmp_path):
     from r1mega.parallel.layout import single_process_state
     from r1mega.train.checkpoint import save_checkpoint
     from r1mega.train.optimizer import DistributedAdamW
-    from r1mega.train.model_build import build_chunks, init_weights
+    from r1mega.train.setup import build_chunks, init_weights
 
     cfg = validate(Config(model=ModelConfig(**TINY["model"])), 1)
     ps = single_process_state()

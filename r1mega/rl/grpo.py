@@ -51,11 +51,7 @@ from r1mega.train.checkpoint import (find_resume_checkpoint, in_run, read_meta, 
                                      save_checkpoint)
 from r1mega.train.metrics_log import MetricsLog, append_rollouts, table_due
 from r1mega.train.optimizer import DistributedAdamW, SkipGuard
-from r1mega.train.setup import (
-    Run, claim_run_dir, finish_run, own_checkpoint,
-    start_run,
-)
-from r1mega.train.model_build import build_model
+from r1mega.train.setup import Run, build_model, claim_run_dir, finish_run, own_checkpoint, start_run
 
 
 @torch.no_grad()
