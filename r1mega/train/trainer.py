@@ -70,9 +70,8 @@ def _train(cfg: Config, kind: str) -> dict:
     claim_run_dir(run, kind)  # one run per directory, only one this kind of run made
 
     chunks = build_model(run)
-    # the family's training hooks (its extra losses, its work around each optimizer step) prepare the
-    # model first: e.g. DeepSeek-V3.2's dense warm-up freezes all but the indexer
-    run.family.training.prepare(chunks, cfg.active_model)
+    hooks = run.family.training  # the family's extra losses and its work around each optimizer step
+    hooks.prepare(chunks, cfg.active_model)  # e.g. DeepSeek-V3.2's dense warm-up freezes all but the indexer
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
 
     # the run's own newest checkpoint wins over train.load, so a requeued job continues where it was
