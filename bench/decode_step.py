@@ -32,7 +32,7 @@ def dense_model():
     from r1mega.config import Config, ParallelConfig, validate
     from r1mega.models.dense.config import DenseConfig
     from r1mega.parallel.layout import single_process_state
-    from r1mega.train.model_build import build_chunks, init_weights
+    from r1mega.train.setup import build_chunks, init_weights
 
     model = DenseConfig(arch="qwen2", vocab_size=384, hidden_size=64, intermediate_size=128, num_layers=4,
                         num_heads=4, num_kv_heads=2, max_position_embeddings=8192)

@@ -68,7 +68,7 @@ def side_by_side(args) -> None:
 
 def self_check(args) -> None:
     from r1mega.parallel.pipeline import Microbatch
-    from r1mega.rl.grpo import sequence_logprobs
+    from r1mega.rl.policy_scores import sequence_logprobs
     from r1mega.rl.train_batch import to_train_batch
 
     device = setup(args)

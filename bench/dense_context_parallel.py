@@ -23,7 +23,7 @@ from r1mega.config import build_config
 from r1mega.parallel.layout import build_parallel_state, single_process_state
 from r1mega.parallel.spawn import run_ranks
 from r1mega.train.lm_step import lm_forward_backward
-from r1mega.train.model_build import build_chunks, init_weights
+from r1mega.train.setup import build_chunks, init_weights
 
 MiB = 2 ** 20
 

@@ -41,8 +41,8 @@ def r1_shape(seed: int = 0) -> None:
 def tiny_rollout() -> None:
     from grpo_update_workers import long_tail_rollout, model
     from r1mega.models.family import family_of
-    from r1mega.rl.grpo import global_values, old_and_reference_logprobs, policy_gradients, token_extras
-    from r1mega.rl.loss import group_advantages, loss_count
+    from r1mega.rl.update import global_values, old_and_reference_logprobs, policy_gradients, token_extras
+    from r1mega.rl.update import group_advantages, loss_count
     from r1mega.rl.train_batch import update_batches
 
     torch.set_num_threads(1)

@@ -24,7 +24,7 @@ from r1mega.models.deepseek_v3.activation_memory import layer_activation_bytes
 from r1mega.models.deepseek_v3.model import DeepseekV3
 from r1mega.parallel.recompute import set_recompute
 from r1mega.parallel.layout import single_process_state
-from r1mega.train.model_build import init_weights
+from r1mega.train.setup import init_weights
 
 MiB = 2 ** 20
 

@@ -39,7 +39,7 @@ from r1mega.config import Config, ParallelConfig, load_config, validate  # noqa:
 from r1mega.inference.generate import GenerationConfig, generate, generate_static  # noqa: E402
 from r1mega.parallel.layout import build_parallel_state, single_process_state  # noqa: E402
 from r1mega.parallel.spawn import run_ranks  # noqa: E402
-from r1mega.train.model_build import build_chunks, init_weights  # noqa: E402
+from r1mega.train.setup import build_chunks, init_weights  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

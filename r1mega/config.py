@@ -165,7 +165,7 @@ class RLConfig:
     answer_fallback: str = "auto"  # auto ("A:" line, else last number) | a_colon | last_number | none
     # prompt datasets: JSONL files, one problem per line (see r1mega/data/prompts.py); empty: data.synthetic
     prompts: list[str] = field(default_factory=list)
-    template: str = "raw"  # r1_zero | chat | chat_think | raw (r1mega/data/templates.py)
+    template: str = "raw"  # r1_zero | chat | chat_think | raw (r1mega/data/prompts.py)
     log_rollouts: int = 4  # sample rollouts appended to <run_dir>/rollouts.jsonl per step
     log_rollouts_every: int = 10  # steps between wandb tables of those rollouts (train.wandb; 0: none)
     # run code rewards without the isolated sandbox where it cannot be set up (only for trusted code)

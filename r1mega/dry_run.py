@@ -26,7 +26,7 @@ def grpo_shapes(cfg: Config) -> dict:
     unknown before they are read), prompts_per_step x group_size sequences per optimizer step, and a rollout
     of that times rl.minibatches sequences, each GPU's cache capped by the rollout scheduler's budgets."""
     rl, par = cfg.rl, cfg.parallel
-    from r1mega.rl.grpo import response_limits
+    from r1mega.rl.rollout import response_limits
 
     response = max(n for _, n in response_limits(rl, cfg.train.steps))
     seq = max(response, rl.pack_tokens if rl.packed_update else 0)
@@ -54,7 +54,7 @@ def dry_run(cfg: Config, world: int, gpu_mem: float = 80.0, command: str = "pret
         print(f"  {name:<4} {count:>5} groups of {size:>4}; rank 0's: {first}" + (" ..." if size > 8 else ""))
     if command == "grpo":  # GRPO trains on its rollouts: data.seq_length and data.global_batch_size are not its shapes
         g = grpo_shapes(cfg)
-        from r1mega.rl.grpo import check_responses_fit
+        from r1mega.rl.rollout import check_responses_fit
 
         # the run's own rule, naming the key (rl.max_new_tokens or the schedule entry) that does not fit
         check_responses_fit(cfg.rl, 0, cfg.active_model.max_position_embeddings, cfg.train.steps)

@@ -202,7 +202,7 @@ class Runner:
     def prompt_files(self) -> tuple[str, str]:
         """The RL prompt split and the held-out split, as prompt JSONL."""
         from r1mega.config import load_config
-        from r1mega.rl.tasks import synthetic_prompts
+        from r1mega.data.synthetic import synthetic_prompts
 
         root = os.path.join(self.out, "prompts")
         train, held = os.path.join(root, "train.jsonl"), os.path.join(root, "heldout.jsonl")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from r1mega.config import ConfigError, ParallelConfig, build_config, validate
 from r1mega.models.family import family_for_hf
 from r1mega.models.hf_config import read_hf_config
-from r1mega.models.weights import load_hf_weights, load_weights
+from r1mega.models.weights import PieceReader, load_hf_weights, load_weights
 from r1mega.parallel.context_parallel import gather_sequence
 from r1mega.parallel.layout import build_parallel_state, default_device, join_ranks, single_process_state
 from r1mega.parallel.vocab_parallel import gather_vocab
@@ -143,8 +143,6 @@ def run(args: argparse.Namespace) -> int:
     device = default_device()
     model = family.build_stage(cfg.active_model, ps, cfg.parallel.pp_layers).to(device=device, dtype=dtype)
     if args.ckpt:
-        from r1mega.train.checkpoint import PieceReader
-
         _same_model(args.ckpt, args.hf_dir, family, cfg.active_model)
         report = load_weights(model, PieceReader(args.ckpt, "model"))
     else:

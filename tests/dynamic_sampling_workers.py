@@ -15,7 +15,7 @@ def fake_groups(positions: list[int], seed: int, q: float, G: int, prompt_len: i
     """A ScoredRollout of one group per prompt position: every token and problem id names the
     position; rewards (1, 0, 0, ...) where the position is informative, else all 0."""
     from r1mega.inference.generate import Rollout
-    from r1mega.rl.grpo import ScoredRollout
+    from r1mega.rl.rollout import ScoredRollout
 
     B, new = len(positions) * G, 2
     rows = [p for p in positions for _ in range(G)]
@@ -35,7 +35,7 @@ def pooled_worker(rank: int, world: int, seed: int, q: float, P: int, M: int, G:
     rollout_problems splits them), dynamic sampling over the fake workload: {slot: problem id},
     the counts, and the groups' tokens/routing (each names its problem)."""
     from grpo_update_workers import model
-    from r1mega.rl.dynamic_sampling import draw_until_informative
+    from r1mega.rl.rollout import draw_until_informative
 
     _, _, ps = model({}, world, seed=1)
     share = P // ps.dp
@@ -69,6 +69,7 @@ def grpo_dynamic_worker(rank: int, world: int, overrides: list[str]) -> dict:
     import zlib
 
     import r1mega.rl.grpo as grpo_module
+    import r1mega.rl.rollout as rollout_module
     from r1mega.config import load_config
 
     def reward(names, text, problem, *args):
@@ -76,7 +77,7 @@ def grpo_dynamic_worker(rank: int, world: int, overrides: list[str]) -> dict:
         return {"accuracy": float(sum(map(ord, text)) % 2) if lucky else 0.0}
 
     chosen = []
-    real_draw, real_reward = grpo_module.draw_until_informative, grpo_module.reward_terms
+    real_draw, real_reward = grpo_module.draw_until_informative, rollout_module.reward_terms
 
     def spy(first, slots, draw, G, *args):
         scored, counts = real_draw(first, slots, draw, G, *args)
@@ -84,12 +85,12 @@ def grpo_dynamic_worker(rank: int, world: int, overrides: list[str]) -> dict:
                        for i, s in enumerate(slots)})
         return scored, counts
 
-    grpo_module.draw_until_informative, grpo_module.reward_terms = spy, reward
+    grpo_module.draw_until_informative, rollout_module.reward_terms = spy, reward
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         cfg = load_config(os.path.join(root, "configs", "tiny", "r1_zero_demo.yaml"), overrides)
         grpo_module.grpo(cfg, eval_problems=4)
     finally:
-        grpo_module.draw_until_informative, grpo_module.reward_terms = real_draw, real_reward
+        grpo_module.draw_until_informative, rollout_module.reward_terms = real_draw, real_reward
     rows = [json.loads(line) for line in open(os.path.join(cfg.train.run_dir, "metrics.jsonl"))] if rank == 0 else []
     return {"chosen": chosen, "rows": rows}

@@ -31,7 +31,7 @@ def leak_worker(rank: int, world: int, exact_first: list[str], default: list[str
 def long_prompt_worker(rank: int, world: int, overrides: list[str]) -> dict:
     """exact_grpo_worker with every prompt behind a filler of 0..95 tokens (set by the prompt), so
     prompts of a step have very different lengths, many over several 32-key blocks."""
-    from r1mega.rl.prompt_source import PromptSource
+    from r1mega.data.prompts import PromptSource
     from rl_workers import exact_grpo_worker
 
     encode = PromptSource.encode
@@ -51,12 +51,12 @@ def long_prompt_worker(rank: int, world: int, overrides: list[str]) -> dict:
 def varied_reward_worker(rank: int, world: int, overrides: list[str]) -> dict:
     """exact_grpo_worker with a reward that differs within groups (a random tiny model never answers
     right), so the updates move the weights and step 2 samples from a changed policy."""
-    import r1mega.rl.grpo as grpo_module
+    import r1mega.rl.rollout as rollout_module
     from rl_workers import exact_grpo_worker
 
-    terms = grpo_module.reward_terms
-    grpo_module.reward_terms = lambda names, text, *args: {"accuracy": float(sum(map(ord, text)) % 3)}
+    terms = rollout_module.reward_terms  # what sample_rollout judges each output with
+    rollout_module.reward_terms = lambda names, text, *args: {"accuracy": float(sum(map(ord, text)) % 3)}
     try:
         return exact_grpo_worker(rank, world, overrides)
     finally:
-        grpo_module.reward_terms = terms
+        rollout_module.reward_terms = terms

@@ -10,11 +10,11 @@ from r1mega.inference.generate import GenerationConfig, generate
 from r1mega.models.family import family_of
 from r1mega.parallel.layout import build_parallel_state, single_process_state
 from r1mega.parallel.param_spec import spec_of
-from r1mega.rl.grpo import global_values, old_and_reference_logprobs, policy_gradients, token_extras
-from r1mega.rl.loss import group_advantages, loss_count
+from r1mega.rl.update import global_values, old_and_reference_logprobs, policy_gradients, token_extras
+from r1mega.rl.update import group_advantages, loss_count
 from r1mega.rl.reference import ReferencePolicy
 from r1mega.rl.train_batch import update_batches
-from r1mega.train.model_build import build_chunks, init_weights
+from r1mega.train.setup import build_chunks, init_weights
 
 # prompts of different lengths; each is sampled twice (groups of 2)
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [40, 41, 42, 43],
@@ -118,7 +118,7 @@ def vocab_parallel_scores_worker(rank: int, world: int) -> dict:
 def dynamic_sampling_worker(rank: int, world: int) -> dict:
     """DP2: rank 0's first draw already has every group informative, rank 1's has none; both must
     draw the pool together (its informative groups, drawn by both ranks, all go to rank 1's slots)."""
-    from r1mega.rl.dynamic_sampling import draw_until_informative
+    from r1mega.rl.rollout import draw_until_informative
 
     _, _, ps = model({}, world, seed=1)
     calls = []
@@ -136,7 +136,7 @@ def dynamic_sampling_worker(rank: int, world: int) -> dict:
 def fake_scored(rewards: list[float], offset: int, prompt_len: int = 3, new: int = 2):
     """A ScoredRollout of len(rewards) sequences whose tokens name the sequence (offset + row)."""
     from r1mega.inference.generate import Rollout
-    from r1mega.rl.grpo import ScoredRollout
+    from r1mega.rl.rollout import ScoredRollout
 
     B = len(rewards)
     tokens = torch.tensor([[offset + b] * (prompt_len + new) for b in range(B)])

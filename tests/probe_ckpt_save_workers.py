@@ -7,7 +7,7 @@ from r1mega.config import Config, ParallelConfig, validate
 from r1mega.errors import CheckpointError
 from r1mega.parallel.layout import build_parallel_state
 from r1mega.train.checkpoint import save_checkpoint
-from r1mega.train.model_build import build_chunks
+from r1mega.train.setup import build_chunks
 
 
 def save_with_one_rank_full(rank: int, world: int, root: str, full_rank: int) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 
-from r1mega.data.templates import R1_ZERO
+from r1mega.data.prompts import R1_ZERO
 from r1mega.data.tokenizer import ASSISTANT, BOS, EOS, USER
 
 SPECIAL = [BOS, EOS, USER, ASSISTANT, "<think>", "</think>", "<answer>", "</answer>"]

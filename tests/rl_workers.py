@@ -6,7 +6,7 @@ import torch
 from r1mega.config import Config, ModelConfig, ParallelConfig, validate
 from r1mega.inference.generate import GenerationConfig, generate, greedy_by_full_forward
 from r1mega.parallel.layout import build_parallel_state, single_process_state
-from r1mega.train.model_build import build_chunks, init_weights
+from r1mega.train.setup import build_chunks, init_weights
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [3, 4, 5, 6, 7, 8, 9, 10], [40, 41, 42, 43]]
 
@@ -67,10 +67,11 @@ def exact_grpo_worker(rank: int, world: int, overrides: list[str]) -> dict:
     import os
 
     import r1mega.rl.grpo as grpo_module
+    import r1mega.rl.update as update_module  # policy_gradients calls grpo_loss there
     from r1mega.config import load_config
 
     seen = []
-    loss = grpo_module.grpo_loss
+    loss = update_module.grpo_loss
 
     def spy(logp, old_logp, *args, **kwargs):
         terms = loss(logp, old_logp, *args, **kwargs)
@@ -80,12 +81,12 @@ def exact_grpo_worker(rank: int, world: int, overrides: list[str]) -> dict:
                      "tis": None if rollout is None else (old_logp - rollout).exp()[mask]})
         return terms
 
-    grpo_module.grpo_loss = spy
+    update_module.grpo_loss = spy
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         cfg = load_config(os.path.join(root, "configs", "tiny", "r1_zero_demo.yaml"), overrides)
         grpo_module.grpo(cfg, eval_problems=0)
     finally:
-        grpo_module.grpo_loss = loss
+        update_module.grpo_loss = loss
     rows = [json.loads(line) for line in open(os.path.join(cfg.train.run_dir, "metrics.jsonl"))] if rank == 0 else []
     return {"rows": rows, "calls": seen}

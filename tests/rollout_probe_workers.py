@@ -15,7 +15,7 @@ DRAW_REWARDS = [[1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
 def dynamic_sampling_choice_worker(rank: int, world: int) -> list[int]:
     """The problem ids this rank trains on (each draw's rows split contiguously over DP, as
     `rollout_problems` does with minibatches=1); problem ids are global: 100 x draw + row."""
-    from r1mega.rl.dynamic_sampling import draw_until_informative
+    from r1mega.rl.rollout import draw_until_informative
 
     _, _, ps = model({}, world, seed=1)
     share = len(DRAW_REWARDS[0]) // ps.dp

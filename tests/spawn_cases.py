@@ -20,7 +20,7 @@ from typing import Any, Callable
 from r1mega.parallel import spawn
 
 # imported once by the server; each forked rank starts with them (a missing one is skipped)
-PRELOAD = ["torch", "torch.distributed", "r1mega.config", "r1mega.parallel.layout", "r1mega.train.model_build",
+PRELOAD = ["torch", "torch.distributed", "r1mega.config", "r1mega.parallel.layout", "r1mega.train.setup",
            "r1mega.train.trainer", "r1mega.train.lm_step", "r1mega.inference.generate", "r1mega.rl.grpo",
            "r1mega.models.family", "r1mega.models.weights", "r1mega.cli", "r1mega.verify_hf"]
 

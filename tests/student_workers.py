@@ -11,7 +11,7 @@ from r1mega.models.weights import load_hf_weights
 from r1mega.parallel.layout import build_parallel_state, single_process_state
 from r1mega.parallel.vocab_parallel import gather_vocab
 from r1mega.train.lm_step import lm_forward_backward
-from r1mega.train.model_build import build_chunks
+from r1mega.train.setup import build_chunks
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [3, 4, 5, 6, 7, 8, 9, 10], [40, 41, 42, 43]]
 NEW_TOKENS = 5

@@ -12,7 +12,7 @@ import r1mega.train.checkpoint as ckpt
 from r1mega.config import Config
 from r1mega.errors import CheckpointError
 from r1mega.parallel.layout import single_process_state
-from r1mega.train.model_build import build_chunks
+from r1mega.train.setup import build_chunks
 from spawn_cases import run_ranks
 
 

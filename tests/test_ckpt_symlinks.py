@@ -13,7 +13,7 @@ import r1mega.train.checkpoint as ckpt
 from r1mega.atomic_io import write_text_atomic
 from r1mega.config import Config
 from r1mega.parallel.layout import single_process_state
-from r1mega.train.model_build import build_chunks
+from r1mega.train.setup import build_chunks
 
 
 @pytest.fixture(scope="module")

@@ -144,7 +144,7 @@ def test_grpo_refuses_responses_past_the_positions_before_any_rollout():
     import pytest
 
     from r1mega.errors import ConfigError
-    from r1mega.rl.grpo import check_responses_fit
+    from r1mega.rl.rollout import check_responses_fit
 
     class RL:
         max_new_tokens, max_new_tokens_schedule = 400, [[10, 100000]]

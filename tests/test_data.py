@@ -15,7 +15,7 @@ from r1mega.data.sft import IGNORE, SFTData, block_causal_mask, pack, read_chat_
 from r1mega.data.tokenizer import Tokenizer, train_sentencepiece
 from r1mega.models.deepseek_v3.model import DeepseekV3
 from r1mega.parallel.layout import single_process_state
-from r1mega.train.model_build import init_weights
+from r1mega.train.setup import init_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,11 +1,11 @@
-"""DAPO dynamic sampling, pooled (r1mega/rl/dynamic_sampling.py): replacement prompts drawn as a
+"""DAPO dynamic sampling, pooled (r1mega/rl/rollout.py): replacement prompts drawn as a
 pool sized from the observed informative fraction; the first informative groups in global pool
 order fill the empty slots in slot order, whatever the layout (groups move between DP ranks)."""
 import pytest
 
 from dynamic_sampling_workers import is_informative, pooled_worker
 from r1mega.parallel.spawn import run_ranks
-from r1mega.rl.dynamic_sampling import pool_size, share
+from r1mega.rl.rollout import pool_size, share
 
 
 def expected_slots(seed, q, block, extra):

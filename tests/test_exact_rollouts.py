@@ -245,7 +245,7 @@ def test_exact_mode_computes_the_same_model():
     from r1mega.config import Config, ModelConfig, validate
     from r1mega.inference.generate import GenerationConfig, generate
     from r1mega.parallel.layout import single_process_state
-    from r1mega.train.model_build import build_chunks, init_weights
+    from r1mega.train.setup import build_chunks, init_weights
 
     cfg = validate(Config(model=ModelConfig(vocab_size=128, num_layers=3, num_mtp_layers=0)), 1)
     ps = single_process_state()

@@ -343,7 +343,7 @@ def test_fp8_checkpoint_gives_exact_fp32_masters_whose_blocks_are_the_recipes(tm
     from r1mega.parallel.layout import single_process_state
     from r1mega.train.checkpoint import load_checkpoint
     from r1mega.train.optimizer import DistributedAdamW
-    from r1mega.train.model_build import build_chunks, place
+    from r1mega.train.setup import build_chunks, place
     from tools.convert import do_import
 
     src = str(tmp_path / "hf")  # hidden 160, widths 200 / 136 / 132: ragged 128-blocks everywhere

@@ -25,7 +25,7 @@ def tiny(tmp_path_factory):
     from r1mega.parallel.layout import single_process_state
     from r1mega.train.checkpoint import save_checkpoint
     from r1mega.train.optimizer import DistributedAdamW
-    from r1mega.train.model_build import build_chunks, init_weights
+    from r1mega.train.setup import build_chunks, init_weights
 
     root = tmp_path_factory.mktemp("tiny")
     tok = train_sentencepiece(pretrain_corpus(200), str(root / "tok"), 384)

@@ -49,7 +49,7 @@ import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
-from r1mega.data.templates import R1_ZERO  # noqa: E402
+from r1mega.data.prompts import R1_ZERO  # noqa: E402
 from rl_data import CODE, MATH, imported_checkpoint, write_jsonl  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,15 +129,16 @@ def test_stage_configs_name_what_is_missing(tmp_path, user_data, capsys):
 
 def test_reference_is_scored_with_its_own_routing(tmp_path, user_data, monkeypatch):
     import r1mega.rl.grpo as grpo_module
+    import r1mega.rl.update as update_module
     from r1mega.config import load_config
 
-    real, seen = grpo_module.sequence_logprobs, []
+    real, seen = update_module.sequence_logprobs, []
 
     def spy(chunks, ps, mbs, temperature):
         seen.append(all(mb.routing is not None for mb in mbs))
         return real(chunks, ps, mbs, temperature)
 
-    monkeypatch.setattr(grpo_module, "sequence_logprobs", spy)
+    monkeypatch.setattr(update_module, "sequence_logprobs", spy)
     cfg = load_config(STAGE, [f"train.load={user_data['ckpt']}", f"rl.prompts=[{user_data['math']}]",
                               f"train.run_dir={tmp_path}/run", "train.dtype=float32", "rl.group_size=2",
                               "rl.prompts_per_step=1", "rl.minibatches=1", "rl.max_new_tokens=4", "train.steps=1",
@@ -169,9 +170,10 @@ def test_a_non_finite_loss_skips_the_update(tmp_path, user_data, monkeypatch):
     import torch
 
     import r1mega.rl.grpo as grpo_module
+    import r1mega.rl.update as update_module
     from r1mega.config import load_config
 
-    real, calls = grpo_module.grpo_loss, []
+    real, calls = update_module.grpo_loss, []
 
     def poisoned(*args, **kwargs):
         terms = real(*args, **kwargs)
@@ -180,7 +182,7 @@ def test_a_non_finite_loss_skips_the_update(tmp_path, user_data, monkeypatch):
             terms.loss = terms.loss * float("nan")
         return terms
 
-    monkeypatch.setattr(grpo_module, "grpo_loss", poisoned)
+    monkeypatch.setattr(update_module, "grpo_loss", poisoned)
     run = str(tmp_path / "run")
     cfg = load_config(STAGE, [f"train.load={user_data['ckpt']}", f"rl.prompts=[{user_data['math']}]",
                               "rl.rewards=[accuracy,format,language]", f"train.run_dir={run}", "train.dtype=float32",
@@ -202,9 +204,10 @@ def test_fp8_runs_the_update_and_leaves_sampling_and_reference_alone(tmp_path, u
     import torch
 
     import r1mega.rl.grpo as grpo_module
+    import r1mega.rl.update as update_module
     from r1mega.config import load_config
 
-    sample, logprobs, sync = grpo_module.sample_rollout, grpo_module.old_and_reference_logprobs, grpo_module.sync_grads
+    sample, logprobs, sync = grpo_module.sample_rollout, update_module.old_and_reference_logprobs, update_module.sync_grads
 
     def one_step(fp8: str) -> dict:
         seen: dict = {"grads": []}
@@ -223,8 +226,8 @@ def test_fp8_runs_the_update_and_leaves_sampling_and_reference_alone(tmp_path, u
             seen["grads"].append(torch.cat([p.grad.flatten() for p in chunks.parameters() if p.grad is not None]))
 
         monkeypatch.setattr(grpo_module, "sample_rollout", sample_spy)
-        monkeypatch.setattr(grpo_module, "old_and_reference_logprobs", logprobs_spy)
-        monkeypatch.setattr(grpo_module, "sync_grads", sync_spy)
+        monkeypatch.setattr(update_module, "old_and_reference_logprobs", logprobs_spy)
+        monkeypatch.setattr(update_module, "sync_grads", sync_spy)
         run = str(tmp_path / fp8)
         cfg = load_config(STAGE, [f"train.load={user_data['ckpt']}", f"rl.prompts=[{user_data['math']}]",
                                   "rl.rewards=[accuracy,format,language]", f"train.run_dir={run}",
@@ -264,5 +267,5 @@ def test_fp8_runs_the_update_and_leaves_sampling_and_reference_alone(tmp_path, u
     # TIS (rollout vs trainer log-probs) is on by default once the trainer runs FP8
     fp8_cfg, plain_cfg = (load_config(STAGE, o) for o in (["train.fp8=blockwise", "train.dtype=float32"],
                                                           ["train.dtype=float32"]))
-    assert grpo_module.use_tis(fp8_cfg.rl, fp8_cfg.train)
-    assert not grpo_module.use_tis(plain_cfg.rl, plain_cfg.train)
+    assert update_module.use_tis(fp8_cfg.rl, fp8_cfg.train)
+    assert not update_module.use_tis(plain_cfg.rl, plain_cfg.train)

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from r1mega.rl.loss import grpo_loss, k3_kl
+from r1mega.rl.update import grpo_loss, k3_kl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "tiny", "r1_zero_demo.yaml")
@@ -167,7 +167,8 @@ def test_recomputed_support_against_the_sampler_s(capsys):
     here against the support each token was sampled under (the decoding forward with its cache)."""
     from grpo_update_workers import long_tail_rollout, model
     from r1mega.parallel.layout import single_process_state
-    from r1mega.rl.grpo import microbatches, old_and_reference_logprobs
+    from r1mega.rl.update import old_and_reference_logprobs
+    from r1mega.rl.train_batch import microbatches
     from r1mega.rl.train_batch import update_batches
     from r1mega.rl.policy_scores import sampler_support, support_with_targets, unpack_support
 
@@ -225,7 +226,7 @@ def test_dynamic_sampling_decisions_are_agreed_over_ranks(request, two_rank_runs
 def test_dynamic_sampling_fills_with_uninformative_groups_when_draws_run_out():
     from grpo_update_workers import fake_scored
     from r1mega.parallel.layout import single_process_state
-    from r1mega.rl.dynamic_sampling import draw_until_informative
+    from r1mega.rl.rollout import draw_until_informative
 
     first = fake_scored([1.0, 1.0, 0.0, 0.0, 2.0, 2.0], offset=0, prompt_len=2)
     sizes = []

@@ -12,7 +12,7 @@ from r1mega.models.deepseek_v3.model import DeepseekV3
 from r1mega.models.family import family_of
 from r1mega.parallel.recompute import set_recompute
 from r1mega.parallel.layout import single_process_state
-from r1mega.train.model_build import init_weights
+from r1mega.train.setup import init_weights
 
 
 def tiny_model(seed=1, **model):

@@ -193,7 +193,7 @@ ALLOWED = {
     # the MTP draft (rl.speculative=mtp, rl.mtp_weight)
     "r1mega/config.py": {"mtp_weight", "balance_alpha", "dsa_stage", "index_loss_weight"},
     # GRPO trains the speculative draft on the rollouts (rl.mtp_weight)
-    "r1mega/rl/grpo.py": {"mtp_weight"},
+    "r1mega/rl/update.py": {"mtp_weight"},
     # the self-speculative decoder drafts with the model's MTP module
     "r1mega/inference/speculative.py": "mtp",
 }

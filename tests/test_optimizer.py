@@ -7,7 +7,7 @@ from r1mega.parallel.layout import single_process_state
 from spawn_cases import run_ranks
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.optimizer import decays, lr_at
-from r1mega.train.model_build import build_chunks, init_weights
+from r1mega.train.setup import build_chunks, init_weights
 from train_workers import EPS, optimizer_worker
 
 STEPS = 4

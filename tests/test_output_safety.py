@@ -52,7 +52,7 @@ def tiny(tmp_path_factory):
     from r1mega.data.tokenizer import train_sentencepiece
     from r1mega.parallel.layout import single_process_state
     from r1mega.train.checkpoint import save_checkpoint
-    from r1mega.train.model_build import build_chunks, init_weights
+    from r1mega.train.setup import build_chunks, init_weights
 
     root = tmp_path_factory.mktemp("tiny")
     tok = train_sentencepiece(pretrain_corpus(200), str(root / "tok"), 384)
@@ -463,7 +463,7 @@ def test_failed_save_of_any_kind_is_named(tmp_path, monkeypatch):
     from r1mega.config import Config
     from r1mega.errors import CheckpointError
     from r1mega.parallel.layout import single_process_state
-    from r1mega.train.model_build import build_chunks
+    from r1mega.train.setup import build_chunks
 
     def full(*a, **k):
         raise SafetensorError("Error while serializing: IoError(File too large)")

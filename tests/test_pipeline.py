@@ -75,7 +75,7 @@ def test_sum3_task_splits_and_worked_thoughts():
     the first step always right and the last mostly one too high; the demo's task is unchanged."""
     from r1mega.data.synthetic import biased_sum3_corpus
     from r1mega.judge import final_answer, well_formed
-    from r1mega.rl.tasks import addition_prompts, synthetic_prompts
+    from r1mega.data.synthetic import addition_prompts, synthetic_prompts
 
     train, held = synthetic_prompts("sum3", 0, 0, False), synthetic_prompts("sum3", 0, 0, True)
     assert (len(train), len(held)) == (700, 300)

@@ -15,7 +15,7 @@ from r1mega.models.deepseek_v3.model import DeepseekV3
 from r1mega.models.dense import model as dense
 from r1mega.models.dense.model import DenseStudent
 from r1mega.parallel.layout import single_process_state
-from r1mega.train.model_build import init_weights
+from r1mega.train.setup import init_weights
 
 
 class _Shapes(TorchDispatchMode):

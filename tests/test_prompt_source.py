@@ -5,11 +5,11 @@ import pytest
 
 from r1mega.config import Config, ConfigError
 from r1mega.data.synthetic import pretrain_corpus
-from r1mega.data.templates import CHAT_TEMPLATES, R1_ZERO, TEMPLATES, render, stop_strings
+from r1mega.data.prompts import (CHAT_TEMPLATES, PromptFiles, PromptSource, R1_ZERO, STOP_TAIL_TOKENS,
+                                 SyntheticQuestions, TEMPLATES, render, stop_strings)
 from r1mega.data.tokenizer import Tokenizer, train_sentencepiece
-from r1mega.rl.prompt_source import STOP_TAIL_TOKENS, PromptFiles, PromptSource, SyntheticQuestions
 from r1mega.rl.reference import NoReference
-from r1mega.rl.tasks import stops_after_answer, synthetic_prompts
+from r1mega.data.synthetic import stops_after_answer, synthetic_prompts
 from rl_data import write_jsonl
 
 

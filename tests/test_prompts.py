@@ -6,8 +6,7 @@ import pytest
 
 from r1mega.config import ConfigError
 from r1mega.data.jsonl import DataError
-from r1mega.data.prompts import PromptOrder, load_prompts
-from r1mega.data.templates import R1_ZERO, THINK_PREFIX, render, stop_strings
+from r1mega.data.prompts import PromptOrder, R1_ZERO, THINK_PREFIX, load_prompts, render, stop_strings
 from r1mega.data.tokenizer import BOS, EOS, Tokenizer, check_fits
 from rl_data import CODE, MATH, write_jsonl, write_tokenizer
 

@@ -22,7 +22,8 @@ from r1mega import cli
 from r1mega.config import load_config
 from r1mega.data.pretrain import write_indexed
 from r1mega.errors import CheckpointError, ConfigError, TrainingError
-from r1mega.train.checkpoint import ArchitectureMismatch, crc32
+from r1mega.models.weights import crc32
+from r1mega.train.checkpoint import ArchitectureMismatch
 from r1mega.train.trainer import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -473,7 +474,7 @@ def test_save_refuses_non_finite_weights(tmp_path):
     from r1mega.parallel.layout import single_process_state
     from r1mega.train.checkpoint import save_checkpoint
     from r1mega.train.optimizer import DistributedAdamW
-    from r1mega.train.model_build import build_chunks, init_weights
+    from r1mega.train.setup import build_chunks, init_weights
 
     cfg = validate(Config(model=ModelConfig(**TINY["model"])), 1)
     ps = single_process_state()

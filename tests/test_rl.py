@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, k3_kl
+from r1mega.rl.rewards import equal_reward_groups
+from r1mega.rl.update import group_advantages, grpo_loss, k3_kl
 from r1mega.rl.rewards import accuracy_reward, final_answer, format_reward, language_reward, total_reward
 
 
@@ -92,7 +93,7 @@ def test_strict_format_reward(text, ok):
 
 def test_language_target_comes_from_the_problem_then_rl_language(tmp_path):
     from r1mega.config import Config
-    from r1mega.rl.prompt_source import PromptSource
+    from r1mega.data.prompts import PromptSource
     from rl_data import write_jsonl
 
     zh = "<think>一 二 three</think> <answer>1</answer>"
@@ -165,7 +166,7 @@ def test_overlong_shaping_by_hand():
 
 def test_max_new_tokens_schedule():
     from r1mega.config import Config
-    from r1mega.rl.grpo import max_new_tokens_at
+    from r1mega.rl.rollout import max_new_tokens_at
 
     cfg = Config()
     cfg.rl.max_new_tokens_schedule = [[8200, 65536]]
@@ -212,7 +213,8 @@ def test_rl_keys_are_checked_up_front(override, key):
 
 def test_which_outputs_take_part_in_the_loss():
     from r1mega.config import Config
-    from r1mega.rl.grpo import ScoredRollout, advantages
+    from r1mega.rl.update import advantages
+    from r1mega.rl.rollout import ScoredRollout
 
     cfg = Config()
     cfg.rl.group_size = 2

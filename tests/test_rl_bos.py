@@ -1,6 +1,6 @@
 """Hostile probe: a tokenizer that starts a text with BOS: tokenizer_config.json says `add_bos_token: true`
 (DeepSeek-V3's, Llama 2's), or says nothing and tokenizer.json's post-processor writes it (Llama 3's,
-which transformers follows). GRPO poses `raw`/`r1_zero` prompts as BOS + text (rl/prompt_source.py), as transformers'
+which transformers follows). GRPO poses `raw`/`r1_zero` prompts as BOS + text (data/prompts.py), as transformers'
 tokenizer encodes them; `r1mega generate`/`eval`/`reject-sample` must sample from the same context
 (they dropped the BOS: a model RL-trained with it was evaluated and rejection-sampled without it,
 and the rejection SFT data carried prompt ids the policy never saw)."""
@@ -51,7 +51,7 @@ def llama_dir(tmp_path_factory, request):
 
 def _grpo_prompt_ids(tok, problem: dict, template: str) -> list[int]:
     from r1mega.config import RLConfig
-    from r1mega.rl.prompt_source import PromptSource
+    from r1mega.data.prompts import PromptSource
 
     source = PromptSource(RLConfig(template=template), "sums", 0, tok)
     return source.encode(source.render(problem))

@@ -62,7 +62,7 @@ def test_generate_names_the_prompt_line(model_dir, tmp_path, capsys):
 
 def test_grpo_prompt_source_names_the_prompt_line(model_dir, tmp_path):
     from r1mega.data.prompts import read_problems
-    from r1mega.data.templates import render
+    from r1mega.data.prompts import render
     from r1mega.data.tokenizer import Tokenizer
     from r1mega.errors import DataError
 

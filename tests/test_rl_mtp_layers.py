@@ -29,7 +29,7 @@ def hf_dir(tmp_path_factory):
 
 
 def _tensor(ckpt: str, key: str, shape) -> torch.Tensor:
-    from r1mega.train.checkpoint import PieceReader
+    from r1mega.models.weights import PieceReader
 
     return PieceReader(ckpt, "model").read(key, tuple(shape), None, 0, 1)
 

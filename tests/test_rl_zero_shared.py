@@ -37,7 +37,7 @@ def _saved_shared(hf_dir: str) -> list[tuple[str, list[int]]]:
 def test_import_takes_transformers_zero_sized_shared_experts(no_shared_dir, tmp_path):
     from tools.convert import do_import
     from r1mega.models.weights import load_weights
-    from r1mega.train.checkpoint import PieceReader
+    from r1mega.models.weights import PieceReader
 
     saved = _saved_shared(no_shared_dir)
     assert saved and all(0 in shape for _, shape in saved)  # the premise: transformers writes empty tensors

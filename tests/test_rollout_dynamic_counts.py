@@ -7,8 +7,8 @@ import torch
 
 from r1mega.inference.generate import Rollout
 from r1mega.parallel.layout import single_process_state
-from r1mega.rl.dynamic_sampling import draw_until_informative
-from r1mega.rl.grpo import ScoredRollout
+from r1mega.rl.rollout import draw_until_informative
+from r1mega.rl.rollout import ScoredRollout
 
 G = 2
 COUNTS = ("draft_tokens", "draft_accepted", "decode_row_steps", "forwards", "preemptions", "prefill_tokens",

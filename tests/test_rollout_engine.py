@@ -195,7 +195,7 @@ def test_resume_draws_the_uninterrupted_samples_under_any_problems_per_round(tmp
     from r1mega.data.tokenizer import train_sentencepiece
     from r1mega.parallel.layout import single_process_state
     from r1mega.train.checkpoint import save_checkpoint
-    from r1mega.train.model_build import build_chunks, init_weights
+    from r1mega.train.setup import build_chunks, init_weights
     from r1mega.train.optimizer import DistributedAdamW
 
     tok = train_sentencepiece(pretrain_corpus(200), str(tmp_path / "tok"), 384)

@@ -249,7 +249,7 @@ def test_grpo_refuses_a_cache_budget_below_one_row_at_start():
     reaches is named at start-up, before the model is built (the engine would refuse it at the first
     rollout); the least it takes is accepted."""
     from r1mega.errors import ConfigError
-    from r1mega.rl.grpo import check_cache_budget
+    from r1mega.rl.rollout import check_cache_budget
 
     class RL:
         rollout_cache_tokens, max_new_tokens, max_new_tokens_schedule = 64, 40, [[10, 100]]

@@ -56,7 +56,7 @@ def test_the_config_seed_is_bounded_by_name_and_initialises_at_any_value():
     and a larger one is refused by key."""
     from r1mega.config import Config, ConfigError, ModelConfig, validate
     from r1mega.parallel.layout import single_process_state
-    from r1mega.train.model_build import build_chunks, init_weights
+    from r1mega.train.setup import build_chunks, init_weights
 
     with pytest.raises(ConfigError, match="'seed'"):
         validate(Config(seed=2 ** 64), 1)

@@ -261,7 +261,7 @@ def test_mtp_labels_stay_inside_each_packed_sequence():
     from r1mega.parallel.pipeline import Microbatch
     from r1mega.config import ModelConfig
     from r1mega.models.family import family_named
-    from r1mega.rl.grpo import extra_loss_labels
+    from r1mega.rl.update import extra_loss_labels
 
     pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 0, 1]])
     targets = torch.arange(10, 19)[None]
@@ -295,7 +295,7 @@ def test_deepseek_v32_greedy_speculative_equals_plain():
     top-4 of up to 30 tokens, so verification and drafting select."""
     from r1mega.config import Config, validate
     from r1mega.models.family import family_named
-    from r1mega.train.model_build import build_chunks, init_weights
+    from r1mega.train.setup import build_chunks, init_weights
 
     v32 = family_named("deepseek_v32").config_cls
     cfg = validate(Config(model=v32(vocab_size=128, num_layers=3, num_mtp_layers=1, index_topk=4, index_n_heads=4,

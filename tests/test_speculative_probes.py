@@ -128,7 +128,7 @@ def test_block_boundaries(model, monkeypatch, k):
 def soft_model(scale: float = 3.0):
     from r1mega.config import Config, ModelConfig, ParallelConfig, validate
     from r1mega.parallel.layout import single_process_state
-    from r1mega.train.model_build import build_chunks, init_weights
+    from r1mega.train.setup import build_chunks, init_weights
 
     cfg = validate(Config(model=ModelConfig(vocab_size=128, num_layers=4, num_mtp_layers=1),
                           parallel=ParallelConfig()), 1)
@@ -241,7 +241,7 @@ def ckpts(tmp_path_factory):
     from r1mega.data.tokenizer import train_sentencepiece
     from r1mega.parallel.layout import single_process_state
     from r1mega.train.checkpoint import save_checkpoint
-    from r1mega.train.model_build import build_chunks, init_weights
+    from r1mega.train.setup import build_chunks, init_weights
     from r1mega.train.optimizer import DistributedAdamW
 
     root = tmp_path_factory.mktemp("spec_cli")

@@ -163,7 +163,7 @@ def test_distillation_sft_lowers_the_loss_and_exports_to_transformers(tmp_path):
 
     from r1mega.models.weights import load_weights
     from r1mega.parallel.layout import single_process_state
-    from r1mega.train.checkpoint import PieceReader
+    from r1mega.models.weights import PieceReader
     from r1mega.train.trainer import train
     from tools.convert import do_export, do_import
 

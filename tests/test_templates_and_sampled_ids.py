@@ -75,7 +75,7 @@ def test_sft_trains_exactly_the_sampled_ids(tokenizers, kind, tmp_path):
 
 
 def test_chat_is_the_models_own_template_and_chat_think_adds_the_thought(tokenizers):
-    from r1mega.data.templates import render as render_prompt
+    from r1mega.data.prompts import render as render_prompt
     from r1mega.rl.rewards import accuracy_reward
 
     tok = tokenizers["bpe"][0]

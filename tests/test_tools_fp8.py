@@ -179,7 +179,7 @@ def test_a_scale_without_an_fp8_weight_is_refused(tmp_path):
 def test_keep_and_dequant_load_the_same_weights(tmp_path):
     """The trainer's reader dequantises a kept FP8 checkpoint to exactly what an import with
     `--fp8 dequant --dtype float32` stored (ragged edge blocks included)."""
-    from r1mega.train.checkpoint import PieceReader
+    from r1mega.models.weights import PieceReader
 
     hf = write_hf(tmp_path / "hf", _tensors())
     convert.do_import(hf, str(tmp_path / "keep"), fp8="keep")

@@ -9,7 +9,7 @@ from r1mega.models.deepseek_v3.hf_weights import gather_full
 from r1mega.parallel.layout import build_parallel_state, single_process_state
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.optimizer import DistributedAdamW
-from r1mega.train.model_build import build_chunks, init_weights
+from r1mega.train.setup import build_chunks, init_weights
 from r1mega.train.trainer import train
 
 # large enough that Adam's m / (sqrt(v) + eps) does not magnify float noise of near-zero gradients

@@ -44,9 +44,8 @@ from r1mega.errors import CheckpointError, OutputError, R1MegaError, debug_reque
 from r1mega.models.family import family_for_hf, family_from_meta
 from r1mega.models.hf_config import read_hf_config as shared_read_hf_config
 from r1mega.models.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
-from r1mega.models.weights import SafetensorsDir, check_tied_head, read_index
-from r1mega.train.checkpoint import (MANIFEST, PieceReader, crc32, not_a_checkpoint, read_meta, verify_manifest,
-                                     write_manifest)
+from r1mega.models.weights import PieceReader, SafetensorsDir, check_tied_head, crc32, read_index
+from r1mega.train.checkpoint import MANIFEST, not_a_checkpoint, read_meta, verify_manifest, write_manifest
 from r1mega.data.tokenizer import TOKENIZER_FILES
 
 

@@ -1,4 +1,7 @@
-"""Prompt datasets for RL, evaluation and generation: JSONL files of problems, read by one reader.
+"""Prompts: the problem records of JSONL files, how a problem becomes the text the policy
+continues (its template), and GRPO's source of questions.
+
+Problem files (RL, evaluation and generation), read by one reader.
 
 Record format, one JSON object per line (blank lines are skipped):
 
@@ -28,6 +31,29 @@ output store (strings, the line number by default, unique in the file).
 `PromptOrder` serves them in a deterministic order: each epoch is a fresh shuffle seeded by
 (seed, epoch), so the problems of global position p are a pure function of (seed, p): saving p in
 a checkpoint is enough to resume exactly, under any number of data-parallel ranks.
+
+Templates (`rl.template`): how a problem becomes the text the policy continues, and where generation stops.
+
+  r1_zero  DeepSeek-R1-Zero's template (DeepSeek-R1 paper, Table 1), the question in place of
+           {prompt}; generation stops at EOS or after "</answer>"
+  chat        the tokenizer's own chat template with the generation prompt, nothing added: what a
+              chat model (reasoning or not) expects; stops at EOS. A template that itself ends by
+              opening the thought (DeepSeek-R1's newer ones write "<think>\\n") keeps it, as the
+              response's prefix
+  chat_think  `chat`, then R1's thinking prefix "<think>\\n" when the template does not already open
+              the thought (DeepSeek recommends forcing it for R1 models); stops at EOS
+  raw         the question as it is; stops at EOS
+
+A response is what the rewards judge: the response prefix the template already wrote for the
+model (the thinking prefix) followed by the generated completion. A non-reasoning model under
+`chat` writes no think tags: the judge reads its whole response (r1mega/judge/response.py) and
+takes its final answer by the fallback (the last number when there is no "A:", <answer> or \\boxed).
+
+GRPO's questions (`PromptSource`): the user's prompt files (`rl.prompts`, rendered by `rl.template`)
+or the built-in synthetic sums (`data.synthetic`), as token ids with a stop rule.
+
+Both are addressed by a global position (questions drawn so far), saved in the checkpoint: the
+questions of a rollout are a pure function of (seed, position), whatever the DP size.
 """
 from __future__ import annotations
 
@@ -35,10 +61,15 @@ import hashlib
 import math
 import os
 import random
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol
 
+from r1mega.config import RLConfig
 from r1mega.data.jsonl import DataError, iter_jsonl
+from r1mega.data.synthetic import stops_after_answer, synthetic_prompts
+from r1mega.data.tokenizer import Tokenizer
 from r1mega.judge.language import LANGUAGES  # the targets the language reward and filter can judge
+
 
 ROLES = ("system", "user", "assistant")
 
@@ -211,3 +242,213 @@ class PromptOrder:
         for p in range(position, position + n):
             out.append(self.problems[self.order(p // size)[p % size]])
         return out
+
+# ---- templates -------------------------------------------------------------------------------
+
+R1_ZERO = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with "
+    "the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> "
+    "</answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here "
+    "</answer>. User: {prompt}. Assistant:"
+)
+THINK_PREFIX = "<think>\n"
+
+
+@dataclass
+class Rendered:
+    text: str  # what the model is conditioned on
+    response_prefix: str  # the part of `text` that belongs to the response (judged by the rewards)
+
+
+class Template(Protocol):
+    """One `rl.template`: how a problem becomes text, and what else about it a caller must know."""
+    stops: tuple[str, ...]  # text after which a completion is finished (besides EOS)
+    chat: bool  # rendered by the tokenizer's own chat template (which writes its own BOS)
+
+    def render(self, problem: dict, tokenizer=None) -> Rendered:
+        """The text the model continues, and the response prefix that text already holds."""
+
+
+class R1ZeroTemplate:
+    stops, chat = ("</answer>",), False
+
+    def render(self, problem: dict, tokenizer=None) -> Rendered:
+        return Rendered(R1_ZERO.format(prompt=question_text(problem)), "")
+
+
+class RawTemplate:
+    stops, chat = (), False
+
+    def render(self, problem: dict, tokenizer=None) -> Rendered:
+        return Rendered(question_text(problem), "")
+
+
+class ChatTemplate:
+    """The tokenizer's chat template with the generation prompt; think: force R1's thinking prefix
+    when the template does not open the thought itself (`chat_think`)."""
+    stops, chat = (), True
+
+    def __init__(self, think: bool):
+        self.think = think
+
+    def render(self, problem: dict, tokenizer=None) -> Rendered:
+        messages = problem.get("messages") or [{"role": "user", "content": problem["prompt"]}]
+        try:
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        except DataError as e:
+            if "where" not in problem:
+                raise
+            raise DataError(f"{problem['where']}: {e}") from None
+        if text.rstrip().endswith("<think>"):  # the template opened the thought itself
+            return Rendered(text, text[text.rstrip().rfind("<think>"):])
+        return Rendered(text + THINK_PREFIX, THINK_PREFIX) if self.think else Rendered(text, "")
+
+
+TEMPLATES: dict[str, Template] = {"r1_zero": R1ZeroTemplate(), "chat": ChatTemplate(think=False),
+                                  "chat_think": ChatTemplate(think=True), "raw": RawTemplate()}
+CHAT_TEMPLATES = tuple(name for name, t in TEMPLATES.items() if t.chat)
+
+
+def render(problem: dict, template: str, tokenizer=None) -> Rendered:
+    if template not in TEMPLATES:
+        raise ValueError(f"rl.template: unknown template {template!r} (r1_zero, chat, chat_think, raw)")
+    return TEMPLATES[template].render(problem, tokenizer)
+
+
+def encode_prompt(tok, text: str, template: "str | Template") -> list[int]:
+    """The ids a rendered prompt is posed as: a tokenizer whose config says add_bos_token (DeepSeek-V3's,
+    Llama 2's) starts the text with BOS, as transformers encodes it; a chat template writes its own, and
+    a text that already opens with BOS (the `r1` format) gets no second one. GRPO, generate, eval and
+    reject-sample all pose prompts through this, so a policy is sampled in the context it was trained in."""
+    # a name GRPO has no Template for (generation's `r1` format, which writes its own BOS text) is not a chat
+    found = TEMPLATES.get(template) if isinstance(template, str) else template
+    chat = found is not None and found.chat
+    ids = tok.encode(text)
+    if getattr(tok, "add_bos", False) and tok.bos_id is not None and not chat and ids[:1] != [tok.bos_id]:
+        ids = [tok.bos_id] + ids
+    return ids
+
+
+def stop_strings(template: str) -> list[str]:
+    """Text after which a completion is finished (besides EOS)."""
+    return list(TEMPLATES[template].stops) if template in TEMPLATES else []
+
+
+def stops_at(stops: list[str]):
+    """A GenerationConfig.stop predicate for decoded completion text, or None without stop strings."""
+    if not stops:
+        return None
+    return lambda text: any(s in text for s in stops)
+
+# ---- GRPO's questions ------------------------------------------------------------------------
+
+STOP_TAIL_TOKENS = 32
+
+
+class Questions(Protocol):
+    """The one difference between prompt files and synthetic sums: which questions, and when a
+    response to them is finished. PromptSource holds one and does the rest (language, template,
+    tokens) the same way for both."""
+    stop_tail: Optional[int]  # a completion's last tokens the stop rule needs to read (None: all of it)
+
+    def take(self, position: int, n: int, rollout_index: int) -> list[dict]:
+        """n questions from global position `position` (rollout_index keys drawn ones)."""
+
+    def held_out(self, n: int) -> Optional[list[dict]]:
+        """Questions for greedy held-out accuracy, None where there is no held-out split."""
+
+    def longest_prompt(self, count_tokens: Callable[[dict], int], positions: int) -> int:
+        """The longest prompt in tokens, after checking that each leaves room in the model's `positions`
+        (the first that does not is named); 0 for drawn questions, short by construction."""
+
+    def is_stopped(self, text: str) -> bool:
+        """A response (decoded) that has said all it should (EOS is handled by generation itself)."""
+
+
+class PromptFiles:
+    """rl.prompts: the user's JSONL problems in a seeded order; a response ends at the template's stop strings."""
+    stop_tail = STOP_TAIL_TOKENS  # a stop string spans a few tokens: decoding the tail is enough
+
+    def __init__(self, paths: list[str], stops: list[str], seed: int):
+        self.order = PromptOrder(load_prompts(paths), seed)
+        self.stops = stops
+
+    def take(self, position: int, n: int, rollout_index: int) -> list[dict]:
+        return self.order.take(position, n)
+
+    def held_out(self, n: int) -> Optional[list[dict]]:
+        return None
+
+    def longest_prompt(self, count_tokens: Callable[[dict], int], positions: int) -> int:
+        tokens = {id(p): count_tokens(p) for p in self.order.problems}  # each encoded once
+        check_prompts_fit(self.order.problems, lambda p: tokens[id(p)], positions)
+        return max(tokens.values(), default=0)
+
+    def is_stopped(self, text: str) -> bool:
+        return any(s in text for s in self.stops)
+
+
+class SyntheticQuestions:
+    """data.synthetic: fresh sums for every rollout, seeded by (run seed, rollout); a response ends
+    after its answer line, as the corpus writes it."""
+    stop_tail = None
+
+    def __init__(self, kind: Optional[str], seed: int):
+        self.kind, self.seed = kind, seed
+
+    def take(self, position: int, n: int, rollout_index: int) -> list[dict]:
+        return synthetic_prompts(self.kind, n, self.seed * 100_003 + rollout_index, heldout=False)
+
+    def held_out(self, n: int) -> Optional[list[dict]]:
+        return synthetic_prompts(self.kind, n, 0, heldout=True)
+
+    def longest_prompt(self, count_tokens: Callable[[dict], int], positions: int) -> int:
+        return 0
+
+    def is_stopped(self, text: str) -> bool:
+        return stops_after_answer(text)
+
+
+class PromptSource:
+    def __init__(self, rl: RLConfig, synthetic: Optional[str], seed: int, tok: Tokenizer):
+        """rl: the prompt files, template and default language; synthetic: data.synthetic (used
+        without prompt files); seed: the run's, which orders the prompts."""
+        self.tok, self.template = tok, TEMPLATES[rl.template]  # a known name: validate_rl checks it first
+        self.default_language = rl.language
+        self.questions: Questions = (PromptFiles(rl.prompts, list(self.template.stops), seed) if rl.prompts
+                                     else SyntheticQuestions(synthetic, seed))
+
+    def take(self, position: int, n: int, rollout_index: int) -> list[dict]:
+        """n problems from global position `position` (files), or n fresh synthetic ones."""
+        problems = self.questions.take(position, n, rollout_index)
+        # the target language travels with the problem, so every reward sees the same one
+        return [{**p, "language": p.get("language") or self.default_language} for p in problems]
+
+    def held_out(self, n: int) -> Optional[list[dict]]:
+        """Problems for greedy held-out accuracy: the synthetic task's held-out split (none for files)."""
+        return self.questions.held_out(n)
+
+    def longest_prompt(self, positions: int) -> int:
+        """The longest rendered prompt in tokens (0 for synthetic questions); prompt files are checked
+        against the model's `positions` first, so a run never starts on a prompt it cannot hold."""
+        return self.questions.longest_prompt(lambda p: len(self.encode(self.render(p))), positions)
+
+    def render(self, problem: dict) -> Rendered:
+        return self.template.render(problem, self.tok)
+
+    def encode(self, rendered: Rendered) -> list[int]:
+        return encode_prompt(self.tok, rendered.text, self.template)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids)
+
+    def stop(self) -> Callable[[list[int]], bool]:
+        """Stop predicate on a completion's ids (EOS is handled by generation itself)."""
+        questions, tail = self.questions, self.questions.stop_tail
+        if tail is None:
+            return lambda ids: questions.is_stopped(self.tok.decode(ids))
+        return lambda ids: questions.is_stopped(self.tok.decode(ids[-tail:]))
+
+    def is_stopped(self, text: str) -> bool:
+        return self.questions.is_stopped(text)

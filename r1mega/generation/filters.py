@@ -26,7 +26,7 @@ from typing import Optional
 from r1mega import judge
 from r1mega.generation.store import response_text
 from r1mega.judge.code_blocks import has_fence
-from r1mega.judge.response import split
+from r1mega.judge.response import split_thought
 from r1mega.rl.rewards import code_reward
 
 REASONS = ("truncated", "too_long", "format", "wrong", "tests_failed", "language_mixing", "long_paragraph",
@@ -46,7 +46,7 @@ class FilterConfig:
 
 def chain_of_thought(text: str) -> tuple[str, bool]:
     """(the reasoning before </think>, True) or (the whole text, False) without think tags."""
-    parts = split(text)
+    parts = split_thought(text)
     return parts.reasoning_text(text), parts.tagged
 
 

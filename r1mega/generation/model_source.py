@@ -93,7 +93,7 @@ def load_model(model: str, parallel: ParallelConfig, world: int, distributed: bo
                tokenizer: Optional[str] = None, dtype: str = "float32") -> LoadedModel:
     """Collective when distributed: builds the layout's groups, then this rank's weights."""
     from r1mega.data.prepare import resolve_data
-    from r1mega.train.model_build import build_chunks, place
+    from r1mega.train.setup import build_chunks, place
 
     if not os.path.exists(model):
         raise ConfigError("--model", f"{model}: no such file or directory")

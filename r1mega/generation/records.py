@@ -10,7 +10,7 @@ Templates:
   raw      the prompt text as it is (base models; the tiny runs' "Q: 3+4=" format)
   r1       DeepSeek-R1's chat format, as `r1mega sft` renders it: BOS, system text, `<｜User｜>` turns,
            then `<｜Assistant｜>` for the model to continue
-  r1_zero  R1-Zero's template (`r1mega.data.templates`, as GRPO poses it); stops after </answer>
+  r1_zero  R1-Zero's template (`r1mega.data.prompts`, as GRPO poses it); stops after </answer>
   chat        the tokenizer's own chat template with the generation prompt, nothing added (any chat
               model, reasoning or not; as GRPO poses it)
   chat_think  `chat` plus R1's thinking prefix "<think>\n"; that prefix belongs to the response: it is
@@ -49,7 +49,7 @@ def chat_messages(rec: dict) -> list[dict]:
 def render_prompt(rec: dict, template: str, tokenizer=None) -> tuple[str, str]:
     """(text the model continues, response prefix that text already holds: judged with the completion)."""
     if template in ("r1_zero", "chat", "chat_think"):
-        from r1mega.data.templates import render
+        from r1mega.data.prompts import render
 
         try:
             r = render(rec, template, tokenizer)
@@ -65,7 +65,7 @@ def render_prompt(rec: dict, template: str, tokenizer=None) -> tuple[str, str]:
 
 
 def template_stops(template: str) -> list[str]:
-    from r1mega.data.templates import stop_strings
+    from r1mega.data.prompts import stop_strings
 
     return stop_strings(template)
 

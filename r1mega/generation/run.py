@@ -24,7 +24,7 @@ from typing import Optional
 import torch.distributed as dist
 
 from r1mega.config import MIN_TEMPERATURE, ParallelConfig
-from r1mega.data.templates import encode_prompt
+from r1mega.data.prompts import encode_prompt
 from r1mega.data.tokenizer import check_fits, load_tokenizer
 from r1mega.errors import ConfigError, DataError, OutputError, R1MegaError
 from r1mega.generation.sampling_rounds import (LEGACY_NOISE_KEY, NOISE_KEY, NOISE_KEYS, SamplingParams,

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from r1mega.config import MIN_TEMPERATURE
-from r1mega.data.templates import encode_prompt
+from r1mega.data.prompts import encode_prompt
 from r1mega.data.tokenizer import Tokenizer
 from r1mega.errors import ConfigError
 from r1mega.inference.generate import GenerationConfig, generate

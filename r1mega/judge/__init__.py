@@ -19,7 +19,7 @@ from r1mega.judge.code_blocks import final_code, python_blocks
 from r1mega.judge.format import well_formed
 from r1mega.judge.language import LANGUAGES, language_share
 from r1mega.judge.limits import MAX_ANSWER_CHARS, MAX_RESPONSE_CHARS
-from r1mega.judge.response import Parts, split
+from r1mega.judge.response import Parts, split_thought
 
 __all__ = ["FALLBACKS", "LANGUAGES", "MAX_ANSWER_CHARS", "MAX_RESPONSE_CHARS", "Parts", "equivalent", "final_answer",
-           "final_code", "is_correct", "language_share", "python_blocks", "split", "well_formed"]
+           "final_code", "is_correct", "language_share", "python_blocks", "split_thought", "well_formed"]

@@ -36,7 +36,7 @@ from r1mega.judge.characters import latex_signs, plain_characters
 from r1mega.judge.limits import MAX_ANSWER_CHARS
 from r1mega.judge.magnitude import too_large
 from r1mega.judge.scale import smallest_magnitude, tolerances
-from r1mega.judge.response import split
+from r1mega.judge.response import split_thought
 
 FALLBACKS = ("auto", "a_colon", "last_number", "none")
 BOXED = "\\boxed"
@@ -184,7 +184,7 @@ def answer_in(visible: str, fallback: str = "auto") -> Optional[str]:
 
 def final_answer(text: str, fallback: str = "auto") -> Optional[str]:
     """The final answer of a whole response (None: there is none)."""
-    parts = split(text)
+    parts = split_thought(text)
     return None if parts.over_cap else answer_in(parts.visible, fallback)
 
 

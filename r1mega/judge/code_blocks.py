@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from r1mega.judge.response import split
+from r1mega.judge.response import split_thought
 
 PYTHON_TAGS = frozenset({"", "py", "python", "python3"})
 FENCE = "```"
@@ -63,7 +63,7 @@ def python_blocks(text: str) -> list[str]:
 
 def final_code(text: str) -> Optional[str]:
     """The last Python block after the thought (the program a code problem is judged on)."""
-    parts = split(text)
+    parts = split_thought(text)
     blocks = [] if parts.over_cap else python_blocks(parts.visible)
     return blocks[-1] if blocks else None
 

@@ -34,7 +34,8 @@ def _untagged(s: str) -> str:
     return s.replace(OPEN, " ").replace(CLOSE, " ")
 
 
-def split(text: str) -> Parts:
+def split_thought(text: str) -> Parts:
+    """The response's thought and the visible text after it (see the module docstring)."""
     if len(text) > MAX_RESPONSE_CHARS:
         return Parts(None, "", False, over_cap=True)
     close = text.rfind(CLOSE)

@@ -10,7 +10,7 @@ class TrainingHooks:
     """What a family adds to training, driven by its `model:` section's training keys (the family's
     `training_keys`): its rules on the `train:` keys, extra loss terms, the work before and after the
     optimizer step, and the metrics they produce. Generic code (train/lm_step.py, train/trainer.py,
-    rl/grpo.py) calls these and never names a family's losses. The base class adds nothing."""
+    rl/update.py) calls these and never names a family's losses. The base class adds nothing."""
 
     # names of the extra loss terms a step reports (StepResult.extra), each a global mean per target token
     extra_losses: tuple[str, ...] = ()

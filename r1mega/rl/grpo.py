@@ -16,6 +16,9 @@
                      groups (the data order is shuffled): one clipped-surrogate (+TIS) + KL (+entropy)
                      optimizer step on the rollout's old log-probs; the reference is refreshed every
                      rl.ref_refresh_steps steps
+The rollout phase (questions, samples, rewards, DAPO's extra draws) is rl/rollout.py; the update
+phase (advantages, old and reference log-probs, the loss, one optimizer step per minibatch, the step's
+numbers) rl/update.py. Here: start-up, the loop, held-out accuracy and checkpoints.
 A step is one optimizer step; checkpoints hold the policy, optimizer, the prompt position and the
 reference policy, so a restart continues where the last checkpoint was (a checkpoint taken inside a
 rollout resumes with the next rollout: choose train.save_interval as a multiple of rl.minibatches x
@@ -30,336 +33,26 @@ from typing import Optional
 
 import torch
 
-from r1mega.config import Config, RLConfig, TrainConfig, validate_rl, validate_training
-from r1mega.errors import ConfigError
+from r1mega.config import Config, validate_rl, validate_training
 from r1mega.data.prepare import prompt_tokenizer
-from r1mega.data.prompts import check_same_prompts, prompts_digest
+from r1mega.data.prompts import PromptSource, check_same_prompts, prompts_digest
 from r1mega.output_dir import release
-from r1mega.data.templates import Rendered
-from r1mega.inference.generate import GenerationConfig, Rollout, generate
+from r1mega.inference.generate import GenerationConfig, generate
 from r1mega.kernels import batch_invariant
-from r1mega.kernels.fp8_backend import fp8_kernels, kernels_scope
-from r1mega.models.spec import TrainingHooks
-from r1mega.models.stage import IGNORE_INDEX
-from r1mega.parallel.context_parallel import gather_tokens, local_tokens
-from r1mega.parallel.grad_sync import sync_grads
+from r1mega.kernels.fp8_backend import fp8_kernels
 from r1mega.parallel.layout import ParallelState
-from r1mega.parallel.pipeline import Microbatch, forward_backward
-from r1mega.parallel.vocab_parallel import vocab_parallel_log_probs
-from r1mega.rl.dynamic_sampling import POOL_INDEX_STRIDE, draw_until_informative, pool_problems
-from r1mega.rl.loss import equal_reward_groups, group_advantages, grpo_loss, loss_count
-from r1mega.rl.policy_scores import pack_support, sampler_support, scores, support_with_targets, unpack_support
-from r1mega.rl.train_batch import TrainBatch, update_batches
-from r1mega.rl.metrics import LOCAL_VALUES, StepMetrics, global_values, step_metrics
-from r1mega.rl.prompt_source import PromptSource
+from r1mega.rl.rollout import (POOL_INDEX_STRIDE, ScoredRollout, check_cache_budget, check_responses_fit,
+                               draw_until_informative, pool_problems, rollout_problems, sample_rollout)
+from r1mega.rl.update import LOCAL_VALUES, StepMetrics, global_values, minibatch_update, step_metrics, update_inputs
 from r1mega.sandbox import isolation as sandbox
 from r1mega.rl.reference import NoReference, Reference, ReferencePolicy
-from r1mega.rl.rewards import REWARDS, judge_once, overlong_shaping, reward_terms, run_programs, total_reward
+from r1mega.rl.rewards import REWARDS, total_reward
 from r1mega.train.checkpoint import (find_resume_checkpoint, in_run, read_meta, resume_from, run_meta,
                                      save_checkpoint)
 from r1mega.train.metrics_log import MetricsLog, append_rollouts, table_due
-from r1mega.train.optimizer import DistributedAdamW, SkipGuard, lr_at
-from r1mega.train.setup import (
-    Run, claim_run_dir, finish_run, own_checkpoint,
-    start_run,
-)
-from r1mega.train.model_build import build_model
+from r1mega.train.optimizer import DistributedAdamW, SkipGuard
+from r1mega.train.setup import Run, build_model, claim_run_dir, finish_run, own_checkpoint, start_run
 
-
-# ---- the data of one rollout -----------------------------------------------------------------
-
-@dataclass
-class ScoredRollout:
-    rollout: Rollout
-    problems: list[dict]  # one per output (each question repeated G times, groups contiguous)
-    rendered: list[Rendered]
-    responses: list[str]  # what the rewards judged: the template's response prefix + the completion
-    terms: list[dict[str, float]]  # each reward function's value per output
-    rewards: torch.Tensor  # [B] total, after overlong shaping
-    truncated: torch.Tensor  # [B] bool: cut at max_new_tokens
-    max_new_tokens: int
-
-
-def microbatches(b: TrainBatch, size: int, extra: dict[str, torch.Tensor], replay: bool,
-                 count: Optional[int] = None) -> list[Microbatch]:
-    """Split rows into `count` microbatches (default: rows / size, rounded up), as even as can be."""
-    rows = b.input_ids.shape[0]
-    n = min(count or -(-rows // max(size, 1)), rows)
-    out = []
-    for i in range(n):
-        lo, hi = i * rows // n, (i + 1) * rows // n
-        routing = {k: v[:, lo:hi] for k, v in b.routing.items()} if replay and b.routing else None
-        out.append(Microbatch(b.input_ids[lo:hi], None, b.attn_mask[lo:hi], b.position_ids[lo:hi], routing,
-                              {"targets": b.targets[lo:hi], "mask": b.mask[lo:hi],
-                               **{k: v[lo:hi] for k, v in extra.items()}}))
-    if b.support is not None:  # the sampler's support of each microbatch (rl.keep_sampling_mask)
-        for mb, support in zip(out, b.support):
-            mb.extra["support"] = support
-    return out
-
-
-def token_scores(out, mb: Microbatch, ps: ParallelState, temperature: float, entropy: bool = False,
-                 entropy_grad: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """(log softmax(logits / T) at the targets [b, s], token entropy [b, s] or None), in float32
-    like the sampler's. Under context parallelism this rank scores its own tokens, then the rows are
-    gathered whole over cp. Over the sampler's support when the microbatch carries one (or asks for
-    it with "support_rule": the old-policy pass computes and keeps it, and the full-vocabulary log-prob
-    that moves the sampler's into its truncated distribution, in mb.extra)."""
-    targets = mb.extra["targets"]
-    scaled = out.logits.float() / temperature  # [s_local, b, V/tp]
-    tgt = local_tokens(targets, ps).t()
-    keep, rule = mb.extra.get("support"), mb.extra.get("support_rule")
-    if rule is not None:
-        keep = support_with_targets(sampler_support(scaled.detach(), ps, *rule), tgt, ps)
-        mb.extra["support"] = pack_support(keep)
-    elif keep is not None:
-        keep = unpack_support(keep)
-    ent = None
-    if keep is not None or entropy_grad or batch_invariant.enabled():  # exact: the sampler's formula
-        logp, ent = scores(scaled, tgt, ps, keep, entropy)
-    else:
-        logp = vocab_parallel_log_probs(scaled, tgt, ps)
-        if entropy:
-            with torch.no_grad():
-                ent = scores(scaled.detach(), tgt, ps, None, True)[1]
-    if rule is not None:
-        with torch.no_grad():  # exact mode: the sampler's formula, so the rollout's log-prob equals it bitwise
-            full = (scores(scaled, tgt, ps)[0] if batch_invariant.enabled()
-                    else vocab_parallel_log_probs(scaled, tgt, ps))
-        mb.extra["full_logp"] = gather_tokens(full.detach().t(), ps, targets.shape[1])
-    return (gather_tokens(logp.t(), ps, targets.shape[1]),
-            None if ent is None else gather_tokens(ent.t(), ps, targets.shape[1]))
-
-
-def token_logprobs(out, mb: Microbatch, ps: ParallelState, temperature: float) -> torch.Tensor:
-    """log softmax(logits / T) at the targets [b, s] (see token_scores)."""
-    return token_scores(out, mb, ps, temperature)[0]
-
-
-@torch.no_grad()
-def sequence_logprobs(chunks, ps: ParallelState, mbs: list[Microbatch], temperature: float) -> Optional[torch.Tensor]:
-    """Log-probs of the targets under the model [B, S] (last pipeline stage; None elsewhere)."""
-    res = forward_backward(list(chunks), mbs, ps,
-                           lambda out, mb: (out.logits.new_zeros(()), token_logprobs(out, mb, ps, temperature)),
-                           forward_only=True)
-    return torch.cat([r[1] for r in res]) if res else None
-
-
-
-# ---- the algorithm's steps -------------------------------------------------------------------
-
-def check_responses_fit(rl, longest_prompt: int, positions: int, steps: int) -> None:
-    """The longest prompt plus every response length the run's steps will allow (rl.max_new_tokens,
-    and rl.max_new_tokens_schedule entries reached before `steps`) must fit the model's positions;
-    the key that does not is named."""
-    for key, n in response_limits(rl, steps):
-        if longest_prompt + n > positions:
-            raise ConfigError(key, f"{n} new tokens after the longest prompt ({longest_prompt} tokens) exceed the "
-                                   f"model's {positions} positions (max_position_embeddings); at most "
-                                   f"{positions - longest_prompt}")
-
-
-def check_cache_budget(rl, longest_prompt: int, steps: int) -> None:
-    """rl.rollout_cache_tokens must hold one row of the longest prompt at every response length the run
-    reaches (the engine refuses it at the rollout otherwise, after the model is built): named at start."""
-    from r1mega.inference.continuous import row_need_tokens
-
-    if not rl.rollout_cache_tokens:
-        return
-    positions = 1 + (rl.draft_tokens if rl.speculative else 0)  # a speculative step writes its drafts too
-    block = GenerationConfig().block_size
-    for key, n in response_limits(rl, steps):
-        need = row_need_tokens(longest_prompt, n, block, positions)
-        if rl.rollout_cache_tokens < need:
-            raise ConfigError("rl.rollout_cache_tokens",
-                              f"{rl.rollout_cache_tokens} cache tokens cannot hold one row: the longest prompt "
-                              f"({longest_prompt} tokens) and {n} new tokens ({key})"
-                              + (f" with {rl.draft_tokens} draft positions" if rl.speculative else "")
-                              + f" take {need} in blocks of {block}; set at least that, or 0 for no limit")
-
-
-def response_limits(rl, steps: int) -> list[tuple[str, int]]:
-    """(key, response length) of every length a run of `steps` steps reaches: rl.max_new_tokens
-    unless a schedule entry replaces it from step 0, and each entry reached before `steps`."""
-    limits = [(f"rl.max_new_tokens_schedule[{i}]", n) for i, (at, n) in enumerate(rl.max_new_tokens_schedule)
-              if at < steps]
-    if not any(at <= 0 for at, _ in rl.max_new_tokens_schedule):
-        limits.insert(0, ("rl.max_new_tokens", rl.max_new_tokens))
-    return limits
-
-
-def max_new_tokens_at(rl: RLConfig, step: int) -> int:
-    """rl.max_new_tokens, switched by rl.max_new_tokens_schedule ([[step, tokens], ...])."""
-    tokens = rl.max_new_tokens
-    for at, n in rl.max_new_tokens_schedule:
-        if step >= at:
-            tokens = n
-    return tokens
-
-
-def rollout_problems(rl: RLConfig, ps: ParallelState, source: PromptSource, position: int,
-                     index: int) -> tuple[list[dict], list[int]]:
-    """This DP rank's questions of rollout `index` and their indices within the rollout. The rollout
-    holds `minibatches` consecutive blocks of prompts_per_step questions (global positions from
-    `position`); each DP rank takes its slice of every block, so minibatch j is the same questions
-    on any layout and this rank's questions of minibatch j are its j-th contiguous share."""
-    P, M = rl.prompts_per_step, rl.minibatches
-    everyone = source.take(position, P * M, index)
-    share = P // ps.dp
-    at = [j * P + ps.r("dp") * share + i for j in range(M) for i in range(share)]
-    return [everyone[g] for g in at], at
-
-
-def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: list[dict], where: list[int],
-                   step: int, index: int) -> ScoredRollout:
-    """G samples per question on the training shards, then the rewards of each output. where: the
-    questions' indices in the rollout, which key the sampling noise (layout-independent samples)."""
-    batch_invariant.hold_threads("rollout")  # rl.exact_rollouts: the count the run started at
-    cfg, ps, tok = run.cfg, run.ps, source.tok
-    G = cfg.rl.group_size
-    limit = max_new_tokens_at(cfg.rl, step)
-    outputs = [p for p in problems for _ in range(G)]
-    rendered = [source.render(p) for p in problems]
-    rendered = [r for r in rendered for _ in range(G)]
-    prompt_ids = [source.encode(r) for r in rendered]
-    gen = GenerationConfig(limit, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.top_k, tok.eos_id, source.stop(),
-                           seed=cfg.seed + index, record_routing=cfg.rl.routing_replay,
-                           vocab_size=tok.vocab_size, speculative=cfg.rl.speculative, draft_tokens=cfg.rl.draft_tokens,
-                           max_rows=cfg.rl.rollout_max_rows, max_cache_tokens=cfg.rl.rollout_cache_tokens,
-                           eos_ids=tok.eos_ids)
-    rows = torch.tensor([g * G + k for g in where for k in range(G)], dtype=torch.long)
-    with optimizer.offloaded(run.device.type == "cuda"):  # the KV cache takes the GPU memory the states leave
-        rollout = generate(chunks, ps, prompt_ids, gen, rows=rows)
-    responses, truncated = [], []
-    for ids, r in zip(rollout.completions(), rendered):
-        finished = bool(ids) and ids[-1] in tok.eos_ids
-        text = r.response_prefix + source.decode(ids[:-1] if finished else ids)
-        responses.append(text)
-        truncated.append(len(ids) >= limit and not finished and not source.is_stopped(text))
-
-    def judge() -> list[dict[str, float]]:
-        programs = run_programs(responses, outputs)  # every program of the batch at once
-        return [reward_terms(cfg.rl.rewards, text, p, programs, cfg.rl.answer_fallback)
-                for text, p in zip(responses, outputs)]
-
-    terms = judge_once(ps, cfg.rl.rewards, len(responses), judge, run.device)  # one verdict per model replica
-    rewards = torch.tensor([sum(t.values()) for t in terms], dtype=torch.float64, device=run.device)
-    lengths = rollout.completion_mask.sum(1)
-    rewards += overlong_shaping(lengths, limit, cfg.rl.overlong_buffer, cfg.rl.overlong_penalty).to(rewards)
-    return ScoredRollout(rollout, outputs, rendered, responses, terms, rewards,
-                         torch.tensor(truncated, dtype=torch.bool, device=run.device), limit)
-
-
-def advantages(rl: RLConfig, scored: ScoredRollout) -> tuple[torch.Tensor, torch.Tensor]:
-    """(advantages [B], keep [B]: outputs that take part in the loss)."""
-    G = rl.group_size
-    adv = group_advantages(scored.rewards, G, scale=rl.scale_rewards)
-    keep = torch.ones_like(scored.truncated)
-    if rl.drop_equal_reward_groups:
-        keep &= ~equal_reward_groups(scored.rewards, G).repeat_interleave(G)
-    if rl.overlong_filter:
-        keep &= ~scored.truncated
-    return adv, keep
-
-
-def use_tis(rl: RLConfig, train: TrainConfig) -> bool:
-    """On by default wherever sampler and trainer compute differently: bf16, or an FP8 trainer."""
-    if rl.tis is not None:
-        return rl.tis
-    return train.dtype == "bfloat16" or train.fp8 != "none"
-
-
-def token_extras(batch: TrainBatch, adv: torch.Tensor, old: Optional[torch.Tensor], ref: Optional[torch.Tensor]
-                 ) -> dict[str, torch.Tensor]:
-    """Per-token inputs of the loss [R, S]: advantages (each sequence's), sequence ids, sampler,
-    old and reference log-probs (zeros on stages before the last, which have none)."""
-    zeros = torch.zeros_like(batch.rollout_logp)
-    adv_tok = torch.where(batch.seq >= 0, adv.to(batch.rollout_logp)[batch.seq.clamp(min=0)], zeros)
-    return {"adv": adv_tok, "seq": batch.seq, "rollout": batch.rollout_logp, "old": zeros if old is None else old,
-            "ref": zeros if old is None else (old if ref is None else ref)}
-
-
-def policy_gradients(cfg: Config, ps: ParallelState, chunks, batch: TrainBatch, extra: dict, count: float,
-                     microbatch_count: Optional[int], hooks: TrainingHooks, kernels=None) -> dict[str, torch.Tensor]:
-    """Forward and backward of the GRPO loss over one minibatch (gradients accumulate in .grad, then
-    are reduced over TP/SP/CP as every layout needs); returns this rank's local sums of the metrics.
-    count: the step's global loss normaliser; hooks: the model family's training hooks (its extra
-    losses learn the rollouts when rl.mtp_weight > 0)."""
-    rl = cfg.rl
-    norm = "token" if rl.token_level_loss else rl.loss_norm
-    mbs = microbatches(batch, cfg.data.micro_batch_size, extra, rl.routing_replay, microbatch_count)
-    tis_cap = rl.tis_cap if use_tis(rl, cfg.train) else 0.0
-    device = batch.input_ids.device
-    sums = {k: torch.zeros((), dtype=torch.float64, device=device)
-            for k in ("kl", "clipped", "tis_capped", "loss", "entropy", "opsm_masked")}
-
-    def loss_fn(out, mb):
-        e = mb.extra
-        logp, entropy = token_scores(out, mb, ps, rl.temperature, entropy=True, entropy_grad=rl.entropy_coef > 0)
-        terms = grpo_loss(logp, e["old"], e["ref"], e["adv"], e["mask"], rl.clip_low, rl.clip_high, rl.kl_coef,
-                          False, count, rollout_logp=e["rollout"], tis_cap=tis_cap, norm=norm, seq=e["seq"],
-                          entropy=entropy, entropy_coef=rl.entropy_coef, unbiased_kl=rl.unbiased_kl,
-                          opsm_delta=rl.opsm_delta)
-        m = e["mask"]
-        sums["kl"] += (terms.kl.detach() * m).sum()
-        sums["clipped"] += terms.clipped.sum()
-        sums["tis_capped"] += terms.tis_capped.sum()
-        sums["opsm_masked"] += terms.opsm_masked.sum()
-        sums["entropy"] += (entropy.detach() * m).sum()
-        sums["loss"] += terms.loss.detach()
-        return terms.loss
-
-    if rl.mtp_weight > 0:  # the family's extra losses (the speculative draft) learn the policy's own rollouts
-        weights = hooks.rollout_weights(rl.mtp_weight)
-        extra_count = extra_loss_labels(mbs, hooks.label_context(cfg.active_model))
-        extra_count = max(global_values({"n": extra_count}, ps, device)["n"], 1.0)
-        sums.update({name: torch.zeros((), dtype=torch.float64, device=device) for name in hooks.extra_losses})
-        policy_loss = loss_fn
-
-        def loss_fn(out, mb):
-            loss = policy_loss(out, mb)
-            added, terms = hooks.extra_loss(out, extra_count, weights)
-            for name, term in terms.items():
-                sums[name] += term.detach()
-            return loss if added is None else loss + added
-
-    with kernels_scope(kernels):
-        forward_backward(list(chunks), mbs, ps, loss_fn, schedule=cfg.train.schedule)
-    sync_grads(chunks, ps, data_parallel=False)
-    return sums
-
-
-def extra_loss_labels(mbs: list[Microbatch], context: int) -> float:
-    """Give each microbatch the labels the family's extra losses read: the sampled tokens of the loss
-    whose `context` tokens before stay inside the same sequence (packed rows hold several; position
-    ids restart at 0 in each). Returns this rank's count of such tokens."""
-    n = 0.0
-    for mb in mbs:
-        e = mb.extra
-        inside = mb.position_ids >= context
-        mb.labels = torch.where(e["mask"].bool() & inside, e["targets"], torch.full_like(e["targets"], IGNORE_INDEX))
-        n += float((mb.labels != IGNORE_INDEX).sum())
-    return n
-
-
-def minibatch_update(run: Run, chunks, optimizer: DistributedAdamW, batch: TrainBatch, extra: dict, step: int,
-                     max_new_tokens: int, kernels=None, microbatch_count: Optional[int] = None) -> dict[str, float]:
-    """One optimizer step on one minibatch; returns its local sums (kl, clipped, loss, ...).
-    kernels: the FP8 backend (train.fp8) the forward/backward runs on, None for train.dtype."""
-    batch_invariant.hold_threads("update")
-    cfg, ps = run.cfg, run.ps
-    count = max(global_values({"n": loss_count(cfg.rl, batch, max_new_tokens)}, ps, run.device)["n"], 1.0)
-    sums = policy_gradients(cfg, ps, chunks, batch, extra, count, microbatch_count, run.family.training, kernels)
-    # a non-finite loss makes a non-finite gradient norm (reduced over every rank): the
-    # optimizer then leaves the weights as they are and counts the skip
-    lr = lr_at(step, cfg.train.steps, cfg.optim)
-    grad_norm, skipped = optimizer.step(lr)
-    optimizer.zero_grad(chunks)
-    out = {k: float(v) for k, v in sums.items()}
-    return {**out, "tokens": float(batch.mask.sum()), "grad_norm": grad_norm, "skipped": float(skipped), "lr": lr}
-
-
-# ---- the loop --------------------------------------------------------------------------------
 
 @torch.no_grad()
 def evaluate_accuracy(chunks, ps: ParallelState, source: PromptSource, problems: list[dict],
@@ -394,39 +87,6 @@ def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW,
     if not (own and reference.restore(ckpt_root, meta.get("reference"), step)):
         reference.refresh(chunks, step)
     return step, position, index, path if own else None
-
-
-def old_and_reference_logprobs(cfg: Config, ps: ParallelState, chunks, reference: Optional[Reference],
-                               batch: TrainBatch, kernels=None, microbatch_count: Optional[int] = None,
-                               vocab: Optional[int] = None
-                               ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """The trainer's log-probs of the sampled tokens before any update (kept for every minibatch,
-    replaying the rollout's experts if asked; on `kernels`, the update's FP8 backend, so the first
-    update's ratio is exactly 1) and the reference's, routed by the reference itself, in train.dtype.
-    Both [B, S] on the last pipeline stage, None elsewhere (ref None without a KL term: reference None
-    or a NoReference).
-    rl.keep_sampling_mask: the old pass recomputes the sampler's top-p/top-k support (vocab: the
-    tokenizer's) and keeps it in batch.support for the reference and the updates; the sampler's
-    log-probs are moved into its truncated distribution (batch.rollout_logp)."""
-    batch_invariant.hold_threads("old log-probs")
-    size, rl = cfg.data.micro_batch_size, cfg.rl
-    mbs = microbatches(batch, size, {}, rl.routing_replay, microbatch_count)
-    if rl.keep_sampling_mask:
-        for mb in mbs:
-            mb.extra["support_rule"] = (rl.top_p, rl.top_k, vocab)
-    with kernels_scope(kernels):
-        old = sequence_logprobs(chunks, ps, mbs, rl.temperature)
-    if rl.keep_sampling_mask and old is not None:
-        batch.support = [mb.extra["support"] for mb in mbs]
-        # old + (rollout - full), not rollout + (old - full): a sampler log-prob equal to the full
-        # one lands exactly on the old log-prob (rl.exact_rollouts), where a + (b - a) may miss b
-        full = torch.cat([mb.extra["full_logp"] for mb in mbs])
-        batch.rollout_logp = torch.where(batch.generated, old + (batch.rollout_logp - full), batch.rollout_logp)
-    ref = None
-    if reference is not None and reference.model is not None:
-        ref = sequence_logprobs(reference.model, ps, microbatches(batch, size, {}, False, microbatch_count),
-                                rl.temperature)
-    return old, ref
 
 
 def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
@@ -522,35 +182,6 @@ def rollout(policy: Policy, at: Progress) -> tuple[ScoredRollout, dict[str, floa
     return scored, drawn
 
 
-@dataclass
-class UpdateInputs:
-    """A rollout made ready for its optimizer steps: this rank's minibatches with their per-token
-    loss inputs, and the rollout's metrics reduced over the ranks."""
-    batches: list[TrainBatch]
-    microbatch_counts: list[Optional[int]]
-    extras: list[dict[str, torch.Tensor]]
-    rollout_vals: dict[str, float]
-    gap_max: float
-
-
-def update_inputs(policy: Policy, scored: ScoredRollout) -> UpdateInputs:
-    """Advantages, the minibatches' rows, the old and reference log-probs of every minibatch
-    (before any update), and the rollout's metrics."""
-    run, cfg, ps = policy.run, policy.run.cfg, policy.run.ps
-    adv, keep = advantages(cfg.rl, scored)
-    batches, counts = update_batches(cfg, ps, scored.rollout, keep)
-    logprobs = [old_and_reference_logprobs(cfg, ps, policy.chunks, policy.reference, b, policy.kernels, m,
-                                           policy.source.tok.vocab_size)
-                for b, m in zip(batches, counts)]
-    rollout_sums = {**rollout_stats(cfg.rl, scored, batches, [o for o, _ in logprobs]),
-                    **rollout_work(scored.rollout, ps, run.device)}
-    gap_max = global_values({"gap_max": rollout_sums.pop("gap_max_local")}, ps, run.device,
-                            torch.distributed.ReduceOp.MAX)["gap_max"]
-    rollout_vals = global_values(rollout_sums, ps, run.device)
-    extras = [token_extras(b, adv, old, ref) for b, (old, ref) in zip(batches, logprobs)]
-    return UpdateInputs(batches, counts, extras, rollout_vals, gap_max)
-
-
 def save(policy: Policy, at: Progress, ckpt_root: str) -> None:
     """A checkpoint of the policy, optimizer, reference and prompt position; a resume starts with
     the next rollout."""
@@ -580,7 +211,7 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     while at.step < t.steps:
         t0 = time.perf_counter()
         scored, drawn = rollout(policy, at)
-        u = update_inputs(policy, scored)
+        u = update_inputs(run, chunks, reference, policy.kernels, policy.source.tok.vocab_size, scored)
         # epochs over all minibatches (the data order is already shuffled: minibatch j is this rank's
         # j-th block of whole groups); each (epoch, minibatch) is one optimizer step
         order = [j for _ in range(rl.updates_per_rollout) for j in range(len(u.batches))]
@@ -625,40 +256,3 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
             "final": last.as_dict() if last is not None else None}
 
 
-def rollout_work(rollout, ps: ParallelState, device) -> dict[str, float]:
-    """The rollout engine's work counts of this rank's rows (prompt prefills, preempted rows'
-    recomputation, decoding row-steps, drafts), summed over CP ranks when the engine split the rows
-    over them (the DP sum follows with the other rollout numbers)."""
-    counts = torch.tensor([float(getattr(rollout, k)) for k in Rollout.WORK_COUNTS], dtype=torch.float64,
-                          device=device)
-    if ps.cp > 1:
-        torch.distributed.all_reduce(counts, group=ps.g("cp"))
-    return dict(zip(Rollout.WORK_COUNTS, counts.tolist()))
-
-
-def rollout_stats(rl: RLConfig, scored: ScoredRollout, batches: list[TrainBatch],
-                  olds: list[Optional[torch.Tensor]]) -> dict[str, float]:
-    """Local sums over this rank's outputs (the gap ones only on the last stage, which has `old`).
-    The gap is measured on the tokens the update scores (packed rows leave out unkept sequences)."""
-    G = rl.group_size
-    out = {"n": float(len(scored.responses)), "reward": float(scored.rewards.sum()),
-           "positive": float((scored.rewards > 0).sum()),
-           "zero_adv": float(equal_reward_groups(scored.rewards, G).sum() * G),
-           "response_tokens": float(scored.rollout.completion_mask.sum()),
-           "truncated": float(scored.truncated.sum()), "gap_sum": 0.0, "gap_tokens": 0.0, "sampler_kl": 0.0,
-           "gap_max_local": 0.0,
-           # the update's token slots against the real tokens they hold (padding = slots - real)
-           "update_slots": float(sum(b.slots for b in batches)),
-           "update_real_tokens": float(sum(int((b.seq >= 0).sum()) for b in batches))}
-    for name in rl.rewards:
-        out[f"r/{name}"] = sum(t[name] for t in scored.terms)
-    for b, old in zip(batches, olds):
-        if old is None:
-            continue
-        d = (old - b.rollout_logp)[b.generated].double()
-        if d.numel():
-            out["gap_sum"] += float(d.abs().sum())
-            out["gap_tokens"] += float(d.numel())
-            out["gap_max_local"] = max(out["gap_max_local"], float(d.abs().max()))
-            out["sampler_kl"] += float((d.exp() - d - 1).sum())
-    return out

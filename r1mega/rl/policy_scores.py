@@ -1,7 +1,9 @@
 """Per-token scores of the sampled tokens from vocab-sharded logits: log-probs, the policy's
 entropy, and the sampler's top-p/top-k support (DeepSeek-V3.2's keep-sampling-mask), all computed
 from each TP rank's vocab shard with a few all-reduces of one value per token: no rank ever holds
-the full vocabulary of a token.
+the full vocabulary of a token. `token_scores` gives them for a microbatch's model output (under
+context parallelism, this rank's tokens, then the rows gathered whole); `sequence_logprobs` for a
+forward-only pass over microbatches.
 
 Keep-sampling-mask. The sampler drew each token from softmax(logits / T) truncated to a top-p/top-k
 support; with rl.keep_sampling_mask the old, current and reference policies are renormalised over
@@ -20,10 +22,13 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from r1mega.inference.sampling import _all_reduce, sampler_support  # noqa: F401  (sampler_support: the sampler's own rule, re-exported)
+from r1mega.inference.sampling import _all_reduce, sampler_support
 from r1mega.kernels import batch_invariant
 from r1mega.parallel.comm import reduce_from_group
+from r1mega.parallel.context_parallel import gather_tokens, local_tokens
 from r1mega.parallel.layout import ParallelState
+from r1mega.parallel.pipeline import Microbatch, forward_backward
+from r1mega.parallel.vocab_parallel import vocab_parallel_log_probs
 
 def _target_local(target: torch.Tensor, start: int, n_local: int) -> tuple[torch.Tensor, torch.Tensor]:
     local = target - start
@@ -87,3 +92,52 @@ def unpack_support(packed: tuple[torch.Size, torch.Tensor]) -> torch.Tensor:
         return bits.flatten()[:shape.numel()].view(shape)
     out = torch.zeros(shape.numel(), dtype=torch.bool, device=payload.device)
     return out.index_fill_(0, payload.long(), True).view(shape)
+
+
+# ---- a microbatch's scores, on the model's output ------------------------------------------------
+
+def token_scores(out, mb: Microbatch, ps: ParallelState, temperature: float, entropy: bool = False,
+                 entropy_grad: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(log softmax(logits / T) at the targets [b, s], token entropy [b, s] or None), in float32
+    like the sampler's. Under context parallelism this rank scores its own tokens, then the rows are
+    gathered whole over cp. Over the sampler's support when the microbatch carries one (or asks for
+    it with "support_rule": the old-policy pass computes and keeps it, and the full-vocabulary log-prob
+    that moves the sampler's into its truncated distribution, in mb.extra)."""
+    targets = mb.extra["targets"]
+    scaled = out.logits.float() / temperature  # [s_local, b, V/tp]
+    tgt = local_tokens(targets, ps).t()
+    keep, rule = mb.extra.get("support"), mb.extra.get("support_rule")
+    if rule is not None:
+        keep = support_with_targets(sampler_support(scaled.detach(), ps, *rule), tgt, ps)
+        mb.extra["support"] = pack_support(keep)
+    elif keep is not None:
+        keep = unpack_support(keep)
+    ent = None
+    if keep is not None or entropy_grad or batch_invariant.enabled():  # exact: the sampler's formula
+        logp, ent = scores(scaled, tgt, ps, keep, entropy)
+    else:
+        logp = vocab_parallel_log_probs(scaled, tgt, ps)
+        if entropy:
+            with torch.no_grad():
+                ent = scores(scaled.detach(), tgt, ps, None, True)[1]
+    if rule is not None:
+        with torch.no_grad():  # exact mode: the sampler's formula, so the rollout's log-prob equals it bitwise
+            full = (scores(scaled, tgt, ps)[0] if batch_invariant.enabled()
+                    else vocab_parallel_log_probs(scaled, tgt, ps))
+        mb.extra["full_logp"] = gather_tokens(full.detach().t(), ps, targets.shape[1])
+    return (gather_tokens(logp.t(), ps, targets.shape[1]),
+            None if ent is None else gather_tokens(ent.t(), ps, targets.shape[1]))
+
+
+def token_logprobs(out, mb: Microbatch, ps: ParallelState, temperature: float) -> torch.Tensor:
+    """log softmax(logits / T) at the targets [b, s] (see token_scores)."""
+    return token_scores(out, mb, ps, temperature)[0]
+
+
+@torch.no_grad()
+def sequence_logprobs(chunks, ps: ParallelState, mbs: list[Microbatch], temperature: float) -> Optional[torch.Tensor]:
+    """Log-probs of the targets under the model [B, S] (last pipeline stage; None elsewhere)."""
+    res = forward_backward(list(chunks), mbs, ps,
+                           lambda out, mb: (out.logits.new_zeros(()), token_logprobs(out, mb, ps, temperature)),
+                           forward_only=True)
+    return torch.cat([r[1] for r in res]) if res else None

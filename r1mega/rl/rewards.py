@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from r1mega import judge
-from r1mega.judge.response import split
+from r1mega.judge.response import split_thought
 from r1mega.parallel.layout import ParallelState
 from r1mega.sandbox.isolation import Job, SandboxResult, run_many
 
@@ -58,7 +58,7 @@ def format_reward(text: str, sample: dict, programs: Optional[Programs] = None) 
 
 def language_reward(text: str, sample: dict, programs: Optional[Programs] = None) -> float:
     """Share of words of the chain of thought written in the target language (1 without words)."""
-    parts = split(text)
+    parts = split_thought(text)
     if parts.over_cap:
         return 0.0
     share = judge.language_share(parts.reasoning_text(text), sample.get("language") or "en")
@@ -177,3 +177,9 @@ def judge_once(ps: ParallelState, names: list[str], n: int, judge: Callable[[], 
         if ps.g(g) is not None:
             dist.broadcast(table, src=ps.members[g][0], group=ps.g(g))
     return [dict(zip(names, row)) for row in table.tolist()]
+
+
+def equal_reward_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[n_groups] True where every output of the group got the same reward (zero advantage)."""
+    r = rewards.view(-1, group_size)
+    return (r == r[:, :1]).all(dim=1)

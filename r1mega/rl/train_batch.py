@@ -23,6 +23,7 @@ from r1mega.config import Config
 from r1mega.inference.generate import Rollout
 from r1mega.kernels.block_attention import documents_from_pad
 from r1mega.parallel.layout import ParallelState
+from r1mega.parallel.pipeline import Microbatch
 
 
 @dataclass
@@ -232,3 +233,21 @@ def update_batches(cfg: Config, ps: ParallelState, rollout: Rollout, keep: torch
     batches = [b if b.input_ids.shape[0] >= m else pack_batch(rollout, keep, part, rl.pack_tokens, multiple, m)
                for b, m, part in zip(batches, counts, parts)]
     return batches, counts
+
+
+def microbatches(b: TrainBatch, size: int, extra: dict[str, torch.Tensor], replay: bool,
+                 count: Optional[int] = None) -> list[Microbatch]:
+    """Split rows into `count` microbatches (default: rows / size, rounded up), as even as can be."""
+    rows = b.input_ids.shape[0]
+    n = min(count or -(-rows // max(size, 1)), rows)
+    out = []
+    for i in range(n):
+        lo, hi = i * rows // n, (i + 1) * rows // n
+        routing = {k: v[:, lo:hi] for k, v in b.routing.items()} if replay and b.routing else None
+        out.append(Microbatch(b.input_ids[lo:hi], None, b.attn_mask[lo:hi], b.position_ids[lo:hi], routing,
+                              {"targets": b.targets[lo:hi], "mask": b.mask[lo:hi],
+                               **{k: v[lo:hi] for k, v in extra.items()}}))
+    if b.support is not None:  # the sampler's support of each microbatch (rl.keep_sampling_mask)
+        for mb, support in zip(out, b.support):
+            mb.extra["support"] = support
+    return out

@@ -35,20 +35,18 @@ import re
 import struct
 import shutil
 import sys
-import zlib
 from dataclasses import asdict
 from typing import Iterable, Optional
 
 import torch
 import torch.distributed as dist
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from r1mega.atomic_io import fsync_dir, open_fresh
 from r1mega.data.tokenizer import copy_tokenizer_files
 from r1mega.errors import CheckpointError, ConfigError
-from r1mega.models.fp8 import dequantize, scale_name
-from r1mega.models.weights import load_weights, shard
+from r1mega.models.weights import PieceReader, crc32, load_weights, non_finite
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.param_spec import spec_of
 from r1mega.train.optimizer import DistributedAdamW
@@ -62,16 +60,6 @@ NON_ARCH_KEYS = ("initializer_range",)
 
 class ArchitectureMismatch(CheckpointError):
     """The checkpoint was trained with another model config; falling back would not help."""
-
-
-def crc32(t: torch.Tensor) -> int:
-    """CRC32 of a tensor's raw bytes (what safetensors stores), any dtype."""
-    raw = t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
-    return zlib.crc32(raw)
-
-
-def _non_finite(t: torch.Tensor) -> bool:
-    return t.is_floating_point() and t.dtype.itemsize > 1 and not bool(torch.isfinite(t).all())
 
 
 def _warn(msg: str) -> None:
@@ -131,7 +119,7 @@ def save_checkpoint(root: str, step: int, chunks: torch.nn.ModuleList, optimizer
                 key = f"{kind}/{spec.key}"
                 tensors[key] = t.detach().float().contiguous().cpu()
                 pieces[key] = {**info, "crc32": crc32(tensors[key])}
-    bad = [k for k, t in tensors.items() if _non_finite(t)]
+    bad = [k for k, t in tensors.items() if non_finite(t)]
     errors = _gather_errors(ps, f"rank {ps.rank}: {', '.join(bad[:5])}" + (" ..." if len(bad) > 5 else "")
                             if bad else None)
     if errors:
@@ -509,133 +497,6 @@ def resume_from(candidates: list[str], chunks: torch.nn.ModuleList, optimizer: O
                   + ("falling back to the previous one" if path != candidates[-1] else "no older one left"))
     raise CheckpointError(f"no usable checkpoint among {', '.join(candidates)} (see the warnings above); "
                           f"repair or move them aside, or set train.load to a good one")
-
-
-class PieceReader:
-    """Assembles any slice of a checkpoint tensor from the pieces that ranks wrote. Every result is
-    checked finite and, with `verify`, each piece read is checked (once) against its recorded CRC32;
-    an unreadable file, a mismatch or NaN/Inf is a CheckpointError naming the file and tensor."""
-
-    def __init__(self, path: str, kind: str = "model", verify: bool = True):
-        self.path, self.kind, self.verify = path, kind, verify
-        self.pieces: dict[str, list[tuple[str, dict]]] = {}
-        if not os.path.isdir(path):
-            raise CheckpointError(f"{path}: no such checkpoint directory")
-        entries = sorted(os.listdir(path))
-        for entry in entries:
-            # a piece listing sits beside its safetensors file (tokenizer files etc. may sit there too)
-            if entry.endswith(".json") and entry[:-5] + ".safetensors" in entries:
-                file = os.path.join(path, entry)
-                try:
-                    with open(file) as f:
-                        listing = json.load(f)
-                    for key, info in listing.items():
-                        if not {"shape", "dim", "start", "length"} <= set(info):
-                            raise KeyError(key)
-                        self.pieces.setdefault(key, []).append((entry[:-5] + ".safetensors", info))
-                except json.JSONDecodeError as e:
-                    raise CheckpointError(f"{file}: not valid JSON ({e.msg} at line {e.lineno})") from None
-                except (AttributeError, KeyError, TypeError):
-                    raise CheckpointError(f"{file}: not a piece listing (key -> shape, dim, start, length)") from None
-        self._open: dict[str, object] = {}
-        self._verified: set[tuple[str, str]] = set()
-
-    def keys(self):
-        return [k.split("/", 1)[1] for k in self.pieces if k.startswith(self.kind + "/")]
-
-    def __contains__(self, key: str) -> bool:
-        return f"{self.kind}/{key}" in self.pieces
-
-    def _file(self, file: str):
-        if file not in self._open:
-            try:
-                self._open[file] = safe_open(os.path.join(self.path, file), "pt")
-            except (SafetensorError, OSError) as e:
-                raise CheckpointError(f"{os.path.join(self.path, file)}: unreadable ({e}); "
-                                      f"truncated or corrupt") from None
-        return self._open[file]
-
-    def _slice(self, file: str, key: str):
-        where = os.path.join(self.path, file)
-        info = next((i for f, i in self.pieces.get(key, []) if f == file), {})
-        try:
-            if self.verify and "crc32" in info and (file, key) not in self._verified:
-                whole = self._file(file).get_tensor(key)
-                if crc32(whole) != info["crc32"]:
-                    raise CheckpointError(f"{where}: tensor {key!r} fails its checksum (crc32 {crc32(whole):08x}, "
-                                          f"recorded {info['crc32']:08x}); the file is corrupt")
-                self._verified.add((file, key))
-            return self._file(file).get_slice(key)
-        except SafetensorError as e:
-            raise CheckpointError(f"{where}: tensor {key!r} unreadable ({e}); truncated or corrupt") from None
-
-    def stored_dtype(self, key: str) -> str:
-        """The safetensors dtype ("F32", "BF16", "F8_E4M3", ...) of a tensor's first piece."""
-        file = self.pieces[f"{self.kind}/{key}"][0][0]
-        try:
-            return self._file(file).get_slice(f"{self.kind}/{key}").get_dtype()
-        except SafetensorError as e:
-            raise CheckpointError(f"{os.path.join(self.path, file)}: tensor {self.kind}/{key} unreadable ({e}); "
-                                  f"truncated or corrupt") from None
-
-    def stored(self, key: str) -> torch.Tensor:
-        """A tensor as stored, in its stored dtype (an FP8 weight kept at import stays e4m3, its
-        scale float32), checksum- and finiteness-checked like read(): for copying it out unchanged."""
-        name = f"{self.kind}/{key}"
-        if name not in self.pieces:
-            raise CheckpointError(f"{self.path}: tensor {key!r} ({self.kind}) is missing from the checkpoint")
-        found = self.pieces[name]
-        if len(found) != 1 or found[0][1]["dim"] is not None:  # sharded pieces: assemble with read()
-            raise CheckpointError(f"{self.path}: tensor {key!r} is stored in {len(found)} pieces; expected one whole")
-        t = self._slice(found[0][0], name)[:]
-        return self._finite(t, key, [found[0][0]])
-
-    def _finite(self, t: torch.Tensor, key: str, files) -> torch.Tensor:
-        if _non_finite(t):  # always: cheap, and NaN weights are never worth training on
-            names = ", ".join(sorted({os.path.join(self.path, f) for f in files}))
-            raise CheckpointError(f"{names}: tensor {self.kind}/{key} holds NaN or Inf")
-        return t
-
-    def read(self, key, full_shape, dim, rank, parts) -> torch.Tensor:
-        t = self._read(key, full_shape, dim, rank, parts)
-        return self._finite(t, key, [f for f, _ in self.pieces[f"{self.kind}/{key}"]])
-
-    def _read(self, key, full_shape, dim, rank, parts) -> torch.Tensor:
-        name = f"{self.kind}/{key}"
-        if name not in self.pieces:
-            raise CheckpointError(f"{self.path}: tensor {key!r} ({self.kind}) is missing from the checkpoint")
-        found = self.pieces[name]
-        shape = tuple(found[0][1]["shape"])
-        if shape != tuple(full_shape):
-            raise CheckpointError(f"{self.path}: tensor {key!r}: checkpoint shape {shape} != model shape "
-                                  f"{tuple(full_shape)}")
-        scale = f"{self.kind}/{scale_name(key)}"
-        if scale in self.pieces:  # imported with --fp8 keep: dequantise on read
-            w = self._slice(found[0][0], name)[:]
-            scale_inv = self._slice(self.pieces[scale][0][0], scale)[:]
-            return shard(dequantize(w, scale_inv, name=f"{self.path}: tensor {key}"), dim, rank, parts)
-        axis = dim if dim is not None else next((i["dim"] for _, i in found if i["dim"] is not None), None)
-        if axis is None:  # whole tensor wanted, whole tensor stored
-            return self._slice(found[0][0], name)[:]
-        n = shape[axis] // parts if dim is not None else shape[axis]
-        lo, hi = (rank * n, rank * n + n) if dim is not None else (0, n)
-        out_shape = list(shape)
-        out_shape[axis] = hi - lo
-        out = torch.empty(out_shape)
-        filled = 0
-        for file, info in found:
-            p_lo = info["start"] if info["dim"] is not None else 0
-            p_hi = p_lo + info["length"] if info["dim"] is not None else shape[axis]
-            a, b = max(lo, p_lo), min(hi, p_hi)
-            if a >= b:
-                continue
-            index = [slice(None)] * len(shape)
-            index[axis] = slice(a - p_lo, b - p_lo)
-            out.narrow(axis, a - lo, b - a).copy_(self._slice(file, name)[tuple(index)])
-            filled += b - a
-        if filled != hi - lo:
-            raise CheckpointError(f"{self.path}: pieces of {key!r} cover {filled} of {hi - lo} rows along dim {axis}")
-        return out
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+from typing import Optional
 
 
 from r1mega.config import Config, ConfigError, validate_training
@@ -24,11 +25,7 @@ from r1mega.kernels.fp8_backend import fp8_kernels, kernels_scope
 from r1mega.train.lm_step import lm_forward_backward
 from r1mega.train.metrics_log import MetricsLog
 from r1mega.train.optimizer import DistributedAdamW, SkipGuard, lr_at
-from r1mega.train.setup import (
-    claim_run_dir, finish_run, own_checkpoint,
-    start_run,
-)
-from r1mega.train.model_build import build_model
+from r1mega.train.setup import Run, build_model, claim_run_dir, finish_run, own_checkpoint, start_run
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
@@ -56,8 +53,7 @@ def _train(cfg: Config, kind: str) -> dict:
     # ranks joined, the model's shapes taken from the checkpoint if the config has none, validated
     # (and train.run_dir refused before the data, a synthetic corpus, is built)
     run = start_run(cfg, kind, validate_training, own_checkpoint(ckpt_root))
-    cfg, ps, world, device = run.cfg, run.ps, run.world, run.device
-    t = cfg.train
+    cfg, ps, t = run.cfg, run.ps, run.cfg.train
 
     # everything a user can get wrong is checked before any weight exists: data, checkpoints, arch
     if ps.rank == 0 and cfg.optim.warmup_steps > t.steps:
@@ -69,14 +65,13 @@ def _train(cfg: Config, kind: str) -> dict:
         print(f"sft: {data.num_conversations} conversations in {len(data.rows)} packed rows of "
               f"{cfg.data.seq_length} tokens; train.steps={t.steps} x {cfg.data.global_batch_size} rows = "
               f"{t.steps * cfg.data.global_batch_size / len(data.rows):.2f} epochs", flush=True)
-    family, model_cfg = run.family, cfg.active_model
     arch = run.arch  # compared on resume
     candidates = find_resume_checkpoint(ckpt_root, t.load, arch, t.allow_arch_change)
     claim_run_dir(run, kind)  # one run per directory, only one this kind of run made
 
     chunks = build_model(run)
-    hooks = family.training  # the family's extra losses and its work around each optimizer step
-    hooks.prepare(chunks, model_cfg)  # e.g. DeepSeek-V3.2's dense warm-up freezes all but the indexer
+    hooks = run.family.training  # the family's extra losses and its work around each optimizer step
+    hooks.prepare(chunks, cfg.active_model)  # e.g. DeepSeek-V3.2's dense warm-up freezes all but the indexer
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
 
     # the run's own newest checkpoint wins over train.load, so a requeued job continues where it was
@@ -94,16 +89,28 @@ def _train(cfg: Config, kind: str) -> dict:
         resume = None
     if resume is not None and kind == "sft" and in_run(resume, ckpt_root):  # a resume reads the same data
         check_same_sft_data(meta, data.digest, resume)
-    start, consumed = meta.get("step", 0), meta.get("consumed_samples", 0)
     run.hf_config = meta.get("hf_config")  # an imported model's config.json travels on, so an export reproduces it
+    start = meta.get("step", 0)
     if start >= t.steps:  # nothing left: say so rather than report an empty run
         if ps.rank == 0:
             print(f"run {t.run_dir} is complete: {resume} is at step {start} and train.steps={t.steps}. "
                   f"To train further, raise train.steps (e.g. train.steps={start + t.steps}); "
                   f"to start afresh, choose another train.run_dir.", flush=True)
-        finish_run(run)
-        return {"final_loss": meta.get("loss"), "steps": start, "losses": [], "skipped": optimizer.skipped,
-                "complete": True}
+        result = {"final_loss": meta.get("loss"), "steps": start, "losses": [], "skipped": optimizer.skipped,
+                  "complete": True}
+    else:
+        result = _steps(run, kind, chunks, optimizer, data, tokenizer, meta, resume, ckpt_root)
+    finish_run(run)
+    return result
+
+
+def _steps(run: Run, kind: str, chunks, optimizer: DistributedAdamW, data, tokenizer: Optional[str], meta: dict,
+           resume: Optional[str], ckpt_root: str) -> dict:
+    """The steps from the one `meta` records (0 for a fresh run) to train.steps, logged, checkpointed
+    at intervals and at the end. resume: the checkpoint the run continues (None for a fresh one)."""
+    cfg, ps, world, device = run.cfg, run.ps, run.world, run.device
+    t, family, model_cfg, hooks = cfg.train, run.family, cfg.active_model, run.family.training
+    start, consumed = meta.get("step", 0), meta.get("consumed_samples", 0)
     log = MetricsLog(t.run_dir, t.steps, start, ps.rank == 0, t.wandb_project if t.wandb else None, cfg)
     if resume:
         log.print(f"resumed from {resume} at step {start} (saved under layout {meta.get('layout', 'n/a')})")
@@ -157,6 +164,4 @@ def _train(cfg: Config, kind: str) -> dict:
     final = losses[-1] if losses else float("nan")
     if ps.rank == 0:
         print(f"final_loss={final:.6f} steps={t.steps}", flush=True)
-    result = {"final_loss": final, "steps": t.steps, "losses": losses, "skipped": optimizer.skipped}
-    finish_run(run)
-    return result
+    return {"final_loss": final, "steps": t.steps, "losses": losses, "skipped": optimizer.skipped}

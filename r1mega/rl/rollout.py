@@ -1,6 +1,11 @@
-"""DAPO's dynamic sampling: a group whose rewards are all equal has zero advantage and teaches
-nothing, so more prompts are drawn until every group slot of the rollout (prompts_per_step x
-minibatches, split over DP ranks) holds an informative group.
+"""GRPO's rollout phase: this DP rank's questions of a rollout, G samples of each generated in
+inference mode on the training shards, and the rewards of each output (`sample_rollout`); the
+lengths a run's responses reach checked against the model's positions and the rollout cache at
+start-up; the engine's work counts.
+
+DAPO's dynamic sampling (rl.dynamic_sampling, `draw_until_informative`): a group whose rewards are
+all equal has zero advantage and teaches nothing, so more prompts are drawn until every group slot of
+the rollout (prompts_per_step x minibatches, split over DP ranks) holds an informative group.
 
 Pooled: after the rollout, the empty slots (uninformative groups) are counted over all ranks and a
 pool of replacement prompts is drawn at once, sized from the informative fraction observed so far
@@ -18,16 +23,141 @@ other ranks of a model replica see the same rewards), so every rank generates as
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 import torch.distributed as dist
 
-from r1mega.inference.generate import Rollout
+from r1mega.config import RLConfig
+from r1mega.data.prompts import PromptSource, Rendered
+from r1mega.errors import ConfigError
+from r1mega.inference.generate import GenerationConfig, Rollout, generate
+from r1mega.kernels import batch_invariant
 from r1mega.parallel.layout import ParallelState
-from r1mega.rl.loss import equal_reward_groups
+from r1mega.rl.rewards import equal_reward_groups
+from r1mega.rl.rewards import judge_once, overlong_shaping, reward_terms, run_programs
 from r1mega.rl.train_batch import merge_rollouts, work_of
+from r1mega.train.setup import Run
+
+
+# ---- the rollout of one step's questions -------------------------------------------------------
+
+@dataclass
+class ScoredRollout:
+    rollout: Rollout
+    problems: list[dict]  # one per output (each question repeated G times, groups contiguous)
+    rendered: list[Rendered]
+    responses: list[str]  # what the rewards judged: the template's response prefix + the completion
+    terms: list[dict[str, float]]  # each reward function's value per output
+    rewards: torch.Tensor  # [B] total, after overlong shaping
+    truncated: torch.Tensor  # [B] bool: cut at max_new_tokens
+    max_new_tokens: int
+
+
+def check_responses_fit(rl, longest_prompt: int, positions: int, steps: int) -> None:
+    """The longest prompt plus every response length the run's steps will allow (rl.max_new_tokens,
+    and rl.max_new_tokens_schedule entries reached before `steps`) must fit the model's positions;
+    the key that does not is named."""
+    for key, n in response_limits(rl, steps):
+        if longest_prompt + n > positions:
+            raise ConfigError(key, f"{n} new tokens after the longest prompt ({longest_prompt} tokens) exceed the "
+                                   f"model's {positions} positions (max_position_embeddings); at most "
+                                   f"{positions - longest_prompt}")
+
+
+def check_cache_budget(rl, longest_prompt: int, steps: int) -> None:
+    """rl.rollout_cache_tokens must hold one row of the longest prompt at every response length the run
+    reaches (the engine refuses it at the rollout otherwise, after the model is built): named at start."""
+    from r1mega.inference.continuous import row_need_tokens
+
+    if not rl.rollout_cache_tokens:
+        return
+    positions = 1 + (rl.draft_tokens if rl.speculative else 0)  # a speculative step writes its drafts too
+    block = GenerationConfig().block_size
+    for key, n in response_limits(rl, steps):
+        need = row_need_tokens(longest_prompt, n, block, positions)
+        if rl.rollout_cache_tokens < need:
+            raise ConfigError("rl.rollout_cache_tokens",
+                              f"{rl.rollout_cache_tokens} cache tokens cannot hold one row: the longest prompt "
+                              f"({longest_prompt} tokens) and {n} new tokens ({key})"
+                              + (f" with {rl.draft_tokens} draft positions" if rl.speculative else "")
+                              + f" take {need} in blocks of {block}; set at least that, or 0 for no limit")
+
+
+def response_limits(rl, steps: int) -> list[tuple[str, int]]:
+    """(key, response length) of every length a run of `steps` steps reaches: rl.max_new_tokens
+    unless a schedule entry replaces it from step 0, and each entry reached before `steps`."""
+    limits = [(f"rl.max_new_tokens_schedule[{i}]", n) for i, (at, n) in enumerate(rl.max_new_tokens_schedule)
+              if at < steps]
+    if not any(at <= 0 for at, _ in rl.max_new_tokens_schedule):
+        limits.insert(0, ("rl.max_new_tokens", rl.max_new_tokens))
+    return limits
+
+
+def max_new_tokens_at(rl: RLConfig, step: int) -> int:
+    """rl.max_new_tokens, switched by rl.max_new_tokens_schedule ([[step, tokens], ...])."""
+    tokens = rl.max_new_tokens
+    for at, n in rl.max_new_tokens_schedule:
+        if step >= at:
+            tokens = n
+    return tokens
+
+
+def rollout_problems(rl: RLConfig, ps: ParallelState, source: PromptSource, position: int,
+                     index: int) -> tuple[list[dict], list[int]]:
+    """This DP rank's questions of rollout `index` and their indices within the rollout. The rollout
+    holds `minibatches` consecutive blocks of prompts_per_step questions (global positions from
+    `position`); each DP rank takes its slice of every block, so minibatch j is the same questions
+    on any layout and this rank's questions of minibatch j are its j-th contiguous share."""
+    P, M = rl.prompts_per_step, rl.minibatches
+    everyone = source.take(position, P * M, index)
+    share = P // ps.dp
+    at = [j * P + ps.r("dp") * share + i for j in range(M) for i in range(share)]
+    return [everyone[g] for g in at], at
+
+
+def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: list[dict], where: list[int],
+                   step: int, index: int) -> ScoredRollout:
+    """G samples per question on the training shards, then the rewards of each output. where: the
+    questions' indices in the rollout, which key the sampling noise (layout-independent samples)."""
+    batch_invariant.hold_threads("rollout")  # rl.exact_rollouts: the count the run started at
+    cfg, ps, tok = run.cfg, run.ps, source.tok
+    G = cfg.rl.group_size
+    limit = max_new_tokens_at(cfg.rl, step)
+    outputs = [p for p in problems for _ in range(G)]
+    rendered = [source.render(p) for p in problems]
+    rendered = [r for r in rendered for _ in range(G)]
+    prompt_ids = [source.encode(r) for r in rendered]
+    gen = GenerationConfig(limit, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.top_k, tok.eos_id, source.stop(),
+                           seed=cfg.seed + index, record_routing=cfg.rl.routing_replay,
+                           vocab_size=tok.vocab_size, speculative=cfg.rl.speculative, draft_tokens=cfg.rl.draft_tokens,
+                           max_rows=cfg.rl.rollout_max_rows, max_cache_tokens=cfg.rl.rollout_cache_tokens,
+                           eos_ids=tok.eos_ids)
+    rows = torch.tensor([g * G + k for g in where for k in range(G)], dtype=torch.long)
+    with optimizer.offloaded(run.device.type == "cuda"):  # the KV cache takes the GPU memory the states leave
+        rollout = generate(chunks, ps, prompt_ids, gen, rows=rows)
+    responses, truncated = [], []
+    for ids, r in zip(rollout.completions(), rendered):
+        finished = bool(ids) and ids[-1] in tok.eos_ids
+        text = r.response_prefix + source.decode(ids[:-1] if finished else ids)
+        responses.append(text)
+        truncated.append(len(ids) >= limit and not finished and not source.is_stopped(text))
+
+    def judge() -> list[dict[str, float]]:
+        programs = run_programs(responses, outputs)  # every program of the batch at once
+        return [reward_terms(cfg.rl.rewards, text, p, programs, cfg.rl.answer_fallback)
+                for text, p in zip(responses, outputs)]
+
+    terms = judge_once(ps, cfg.rl.rewards, len(responses), judge, run.device)  # one verdict per model replica
+    rewards = torch.tensor([sum(t.values()) for t in terms], dtype=torch.float64, device=run.device)
+    lengths = rollout.completion_mask.sum(1)
+    rewards += overlong_shaping(lengths, limit, cfg.rl.overlong_buffer, cfg.rl.overlong_penalty).to(rewards)
+    return ScoredRollout(rollout, outputs, rendered, responses, terms, rewards,
+                         torch.tensor(truncated, dtype=torch.bool, device=run.device), limit)
+
+
+# ---- DAPO's dynamic sampling -----------------------------------------------------------------
 
 POOL_INDEX_STRIDE = 1_000_003  # synthetic problems of a pool round never repeat a rollout's
 
