@@ -47,3 +47,22 @@ def test_a_checkpoint_without_mtp_layer_loads_the_same_draft_in_every_process(tm
     out_b = generate(b.chunks, b.ps, prompts, gen).completions()
     assert out_a == out_b
 
+
+def test_last_pipeline_stage_reads_its_embedding_copy_when_the_mtp_layer_is_absent(tmp_path):
+    """Under PP the last stage holds a copy of the embedding for the MTP layer (stored with the MTP
+    layer in DeepSeek's own checkpoints). Without that layer in the checkpoint the copy kept its init:
+    PP drafted (and GRPO's MTP loss trained) on a random embedding, unlike one process."""
+    from safetensors.torch import load_file
+
+    from r1mega.models.family import family_for_hf
+    from r1mega.models.weights import load_hf_weights
+    from r1mega.parallel.layout import single_process_state
+
+    _tiny_v3(tmp_path)
+    family, cfg = family_for_hf(str(tmp_path))
+    last = family.build_stage(cfg, single_process_state(), stage=1, num_stages=2)  # PP2's last stage
+    assert last.mtp_embed is not None
+    report = load_hf_weights(last, str(tmp_path))
+    embedding = load_file(str(tmp_path / "model.safetensors"))["model.embed_tokens.weight"]
+    assert torch.equal(last.mtp_embed.weight, embedding)
+    assert not any(name.startswith("mtp_embed") for name in report.kept_init)
