@@ -51,7 +51,8 @@ def test_a_checkpoint_without_mtp_layer_loads_the_same_draft_in_every_process(tm
 def test_last_pipeline_stage_reads_its_embedding_copy_when_the_mtp_layer_is_absent(tmp_path):
     """Under PP the last stage holds a copy of the embedding for the MTP layer (stored with the MTP
     layer in DeepSeek's own checkpoints). Without that layer in the checkpoint the copy kept its init:
-    PP drafted (and GRPO's MTP loss trained) on a random embedding, unlike one process."""
+    generation under PP drafted on a random embedding, unlike one process (GRPO's optimizer load happened
+    to overwrite it from the master weights)."""
     from safetensors.torch import load_file
 
     from r1mega.models.family import family_for_hf
