@@ -28,6 +28,7 @@ class LoadedModel:
     tokenizer: str  # path
     source: str  # what was loaded (a step directory or an HF dir)
     dtype: str = "float32"  # what it computes in (bfloat16 draws other samples than float32)
+    kept_init: tuple[str, ...] = ()  # tensors the checkpoint lacks, at the seeded init (e.g. an MTP layer)
 
 
 def _with_model(cfg: Config, model_cfg) -> Config:
@@ -93,7 +94,7 @@ def load_model(model: str, parallel: ParallelConfig, world: int, distributed: bo
                tokenizer: Optional[str] = None, dtype: str = "float32") -> LoadedModel:
     """Collective when distributed: builds the layout's groups, then this rank's weights."""
     from r1mega.data.prepare import resolve_data
-    from r1mega.train.setup import build_chunks, place
+    from r1mega.train.setup import build_chunks, init_weights, place
 
     if not os.path.exists(model):
         raise ConfigError("--model", f"{model}: no such file or directory")
@@ -125,13 +126,17 @@ def load_model(model: str, parallel: ParallelConfig, world: int, distributed: bo
         raise ConfigError("--tokenizer", "no tokenizer: pass --tokenizer, or a --config with data.tokenizer")
     chunks = build_chunks(cfg, ps)
     place(chunks, default_device(), getattr(torch, dtype))
+    kept: list[str] = []  # tensors the checkpoint lacks (transformers saves DeepSeek without its MTP layer)
     if hf:
         from r1mega.models.weights import load_hf_weights
 
-        load_hf_weights(chunks[0], model)
+        kept = load_hf_weights(chunks[0], model).kept_init
     else:
         from r1mega.train.checkpoint import load_checkpoint
 
-        load_checkpoint(source, chunks, None, ps)
+        load_checkpoint(source, chunks, None, ps, kept_init=kept)
+    if kept:  # seeded and layout-independent as training's init (not the process's RNG): the same
+        # speculative draft, so the same samples, in every process, layout and resumed run
+        init_weights(chunks, cfg.seed, only=set(kept))
     chunks.eval()
-    return LoadedModel(chunks, ps, cfg, tokenizer, source, dtype)
+    return LoadedModel(chunks, ps, cfg, tokenizer, source, dtype, tuple(kept))

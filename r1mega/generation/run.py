@@ -191,6 +191,11 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
         from r1mega.inference.speculative import check_draft_model
 
         check_draft_model(loaded.cfg.active_model, "--speculative")
+        if loaded.kept_init and ps.rank == 0:  # the draft may be one of them: samples stay exact, drafts poor
+            print(f"{desc}: note: {loaded.source} lacks {len(loaded.kept_init)} tensors (e.g. "
+                  f"{loaded.kept_init[0]}; transformers saves DeepSeek without its MTP layer); they start from the "
+                  f"seeded init, so --speculative drafts with an untrained layer and few drafts are accepted",
+                  flush=True)
     rendered_all = [render_prompt(r, template, tok) for r in records]
     given = records
     records, encoded = fit_context(records, [encode_prompt(tok, text, template) for text, _ in rendered_all],

@@ -312,7 +312,9 @@ def load_weights(model: nn.Module, source: TensorSource, prefix: str = "") -> Lo
             want = prefix + spec.optional_prefix
             if want not in present:
                 present[want] = any(k.startswith(want) for k in source.keys())
-            if not present[want]:
+            # a tied copy stored with the optional part (DeepSeek's MTP embedding under PP) reads its source
+            copied = spec.fallback is not None and prefix + spec.fallback in source
+            if not present[want] and not copied:
                 if spec.local_name not in report.kept_init:
                     report.kept_init.append(spec.local_name)
                 continue

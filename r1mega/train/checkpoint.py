@@ -501,14 +501,18 @@ def resume_from(candidates: list[str], chunks: torch.nn.ModuleList, optimizer: O
 
 @torch.no_grad()
 def load_checkpoint(path: str, chunks: torch.nn.ModuleList, optimizer: Optional[DistributedAdamW],
-                    ps: ParallelState, verify: bool = True, meta: Optional[dict] = None) -> dict:
+                    ps: ParallelState, verify: bool = True, meta: Optional[dict] = None,
+                    kept_init: Optional[list[str]] = None) -> dict:
     """Load weights (and optimizer states, RNG) saved under any layout. Returns the meta dict.
     A checkpoint without optimizer states leaves the optimizer fresh, starting from the loaded weights.
+    kept_init: a list given gets the local names of the tensors the checkpoint lacked (kept at init).
     Not collective: a CheckpointError here is this rank's (resume_from agrees on it across ranks)."""
     meta = read_meta(path) if meta is None else meta
     model_reader = PieceReader(path, "model", verify)
     for chunk in chunks:
-        load_weights(chunk, model_reader)
+        report = load_weights(chunk, model_reader)
+        if kept_init is not None:
+            kept_init += report.kept_init
     if optimizer is not None:
         # fp32 master weights come from "model/" (dequantised exactly where the checkpoint holds
         # FP8 blocks), never from the possibly bf16 parameters. A converted checkpoint has no

@@ -218,13 +218,16 @@ def _first_stage(chunks: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def init_weights(chunks: torch.nn.ModuleList, seed: int) -> None:
+def init_weights(chunks: torch.nn.ModuleList, seed: int, only: Optional[set[str]] = None) -> None:
     """Layout-independent initialisation: each tensor is drawn whole from a generator seeded by
     (seed, its checkpoint name), then sliced, so every layout starts from the same model. What a
-    tensor starts as (normal, ones, zeros) is its parameter spec's `init`."""
+    tensor starts as (normal, ones, zeros) is its parameter spec's `init`. only: the local names of
+    the tensors to initialise (those a loaded checkpoint lacked), None for all."""
     std = chunks[0].cfg.initializer_range
     for chunk in chunks:
         for spec in chunk.param_slices():
+            if only is not None and spec.local_name not in only:
+                continue
             pspec = spec_of(spec.param)
             kind = pspec.init_kind(spec.local)
             if kind == "ones":
