@@ -15,6 +15,7 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from r1mega.atomic_io import open_fresh
 from r1mega.errors import ConfigError
 
 
@@ -28,6 +29,8 @@ class MetricsLog:
         os.makedirs(run_dir, exist_ok=True)
         path = os.path.join(run_dir, "metrics.jsonl")
         _keep_steps_upto(path, start_step)
+        # GRPO's sample rollouts, appended per step like the metrics: a resume redraws steps past start_step
+        _keep_steps_upto(os.path.join(run_dir, "rollouts.jsonl"), start_step)
         self.file = open(path, "a")
         self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, desc="train")
         if wandb_project:
@@ -125,7 +128,7 @@ def _keep_steps_upto(path: str, last: int) -> None:
                 dropped += 1
     if dropped:
         tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
+        with open_fresh(tmp, "wb") as f:  # a symlink planted at the temporary name is not written through
             f.writelines(kept)
             f.flush()
             os.fsync(f.fileno())
