@@ -383,15 +383,22 @@ def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW,
     the trainer's rules: verified, older ones as fallback) or start from train.load. Returns
     (step, prompt position, rollout index, the checkpoint resumed from or None)."""
     t = cfg.train
+    restored: list[str] = []  # the candidate whose reference copy loaded (a damaged one makes it fall back)
+
+    def load_reference(path: str, meta: dict) -> None:
+        if in_run(path, ckpt_root) and reference.restore(ckpt_root, meta.get("reference"), meta.get("step", 0),
+                                                         t.verify_checkpoint):
+            restored.append(path)
+
     path, meta = resume_from(candidates, chunks, optimizer, ps, arch, t.allow_arch_change,
-                             t.verify_checkpoint)
+                             t.verify_checkpoint, also=load_reference)
     own = in_run(path, ckpt_root)
     step, position, index = 0, 0, 0
     if own:
         step, position, index = meta.get("step", 0), meta.get("prompt_position", 0), meta.get("rollout_index", 0)
     elif path is not None:  # a pretrained/SFT model: its optimizer moments do not carry over to RL
         optimizer.fresh_moments()  # its fp32 masters do (the parameters may be their bf16 copies)
-    if not (own and reference.restore(ckpt_root, meta.get("reference"), step)):
+    if path is None or path not in restored:
         reference.refresh(chunks, step)
     return step, position, index, path if own else None
 

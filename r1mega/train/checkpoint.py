@@ -37,7 +37,7 @@ import shutil
 import sys
 import zlib
 from dataclasses import asdict
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.distributed as dist
@@ -485,9 +485,12 @@ def check_architecture(meta: dict, model_config: dict, allowed: Iterable[str], w
 
 def resume_from(candidates: list[str], chunks: torch.nn.ModuleList, optimizer: Optional[DistributedAdamW],
                 ps: ParallelState, model_config: dict, allow_arch_change: Iterable[str] = (),
-                verify: bool = True) -> tuple[Optional[str], dict]:
+                verify: bool = True, also: Optional[Callable[[str, dict], None]] = None
+                ) -> tuple[Optional[str], dict]:
     """Collective. Load the first candidate every rank reads cleanly; warn about each bad one
     (naming its file) and fall back to the next. Returns (path, meta), or (None, {}) for none.
+    also(path, meta): what else a candidate must load (e.g. GRPO's reference copy); its
+    CheckpointError makes the candidate bad too.
     A model-config mismatch is an error at once: an older checkpoint of the same run has it too."""
     if not candidates:
         return None, {}
@@ -497,6 +500,8 @@ def resume_from(candidates: list[str], chunks: torch.nn.ModuleList, optimizer: O
             meta = read_meta(path)
             check_architecture(meta, model_config, allow_arch_change, path)
             load_checkpoint(path, chunks, optimizer, ps, verify=verify, meta=meta)
+            if also is not None:
+                also(path, meta)
         except ArchitectureMismatch:
             raise
         except CheckpointError as e:
