@@ -17,8 +17,8 @@ Saving writes into a hidden temporary directory and publishes it by rename, then
 `latest` by atomic replace: a crash at any point leaves the previous checkpoint loadable.
 
 Nothing is lost, nothing is silent: every stored piece carries a CRC32 of its bytes, checked when
-it is read (train.verify_checkpoint=false skips it), and values are checked finite on save and on
-load. The manifest ties the files of one save together: a meta.json edited afterwards (step,
+it is read (train.verify_checkpoint=false skips it, not the manifest), and values are checked finite
+on save and on load. The manifest ties the files of one save together: a meta.json edited afterwards (step,
 consumed samples, optimizer step) or rank files copied in from another step fail it, naming the
 file, and the checkpoint is treated like a damaged piece. Resuming tries the newest checkpoint first and falls back to the previous good one with a
 warning naming the bad file. An existing step directory is never overwritten (it is moved aside),
@@ -687,6 +687,8 @@ def load_checkpoint(path: str, chunks: torch.nn.ModuleList, optimizer: Optional[
             torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch"])
         except Exception as e:  # any unpickling failure means the file is damaged
             raise CheckpointError(f"{rng_file}: unreadable ({type(e).__name__}: {e})") from None
-    if verify:  # last: each file's own checks above name a damage more precisely
-        verify_manifest(path, meta)
+    # last: each file's own checks above name a damage more precisely. Also without `verify`: the
+    # manifest hashes no tensor bytes (meta.json, rng.pt, listings, headers), and an edited meta.json
+    # would otherwise resume at the edited step or data position
+    verify_manifest(path, meta)
     return meta
