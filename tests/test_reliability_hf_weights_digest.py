@@ -74,3 +74,16 @@ def test_a_directory_made_with_time_digests_still_resumes(tmp_path):
     assert store_weights_digest(a, str(out)) == weights_digest(a, legacy=True) != weights_digest(a)
     (out / "meta.json").write_text(json.dumps({"weights": "0123456789abcdef"}))  # other weights: the store refuses
     assert store_weights_digest(a, str(out)) == weights_digest(a)
+
+
+def test_an_imports_parts_are_vouched_for_by_their_listings(tmp_path):
+    # r1mega-convert import writes partNNNNN.safetensors + .json (with CRC32s): a touch keeps the digest
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    t = {"model/w": torch.randn(8, 8)}
+    save_file(t, str(ck / "part00000.safetensors"))
+    (ck / "part00000.json").write_text(json.dumps({"model/w": {"shape": [8, 8], "crc32": 1}}))
+    (ck / "meta.json").write_text(json.dumps({"step": 0}))
+    before = weights_digest(str(ck))
+    os.utime(ck / "part00000.safetensors", (1e9, 1e9))
+    assert weights_digest(str(ck)) == before
