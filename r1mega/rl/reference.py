@@ -13,6 +13,7 @@ import os
 from typing import Optional, Protocol
 
 import torch
+import torch.distributed as dist
 
 from r1mega.errors import CheckpointError
 from r1mega.parallel.layout import ParallelState
@@ -75,9 +76,15 @@ class ReferencePolicy:
     def save(self, ckpt_root: str) -> str:
         """Collective. Written once per refresh; returns its directory relative to ckpt_root."""
         rel = os.path.join("reference", f"step_{self.since_step:08d}")
-        if rel in self.damaged or not os.path.exists(os.path.join(ckpt_root, rel, "meta.json")):
+        again = rel in self.damaged or not os.path.exists(os.path.join(ckpt_root, rel, "meta.json"))
+        if self.ps.world > 1:  # a damaged piece is found only by the ranks that read it: all save, or none
+            flags: list = [None] * self.ps.world
+            dist.all_gather_object(flags, again)
+            again = any(flags)
+        if again:
             save_checkpoint(os.path.join(ckpt_root, "reference"), self.since_step, self.model, None, self.ps,
                             {"kind": "grpo-reference"})
+            self.damaged.discard(rel)  # saved whole now
         return rel
 
     def restore(self, ckpt_root: str, rel: Optional[str], step: int, verify: bool = True) -> bool:
