@@ -15,8 +15,10 @@ import os
 import sys
 import time
 
+import torch.distributed as dist
 
 from r1mega.config import Config, ConfigError, validate_training
+from r1mega.errors import DataError
 from r1mega.output_dir import release
 from r1mega.data.prepare import training_data
 from r1mega.train.checkpoint import find_resume_checkpoint, in_run, resume_from, run_meta, save_checkpoint
@@ -80,6 +82,26 @@ def check_same_data(meta: dict, data, seq_length: int, where: str) -> None:
                                   f"on ({old.get('prefix')}.{ext}: size, header or sampled content); " + how)
 
 
+def _on_rank0(ps, fn):
+    """fn() on rank 0 only (its value there, None elsewhere): a user error it raises is raised on
+    every rank, so none waits for rank 0 in a collective."""
+    value, error = None, None
+    if ps.rank == 0:
+        try:
+            value = fn()
+        except ConfigError as e:
+            error = ("config", e.key, e.message)
+        except DataError as e:
+            error = ("data", str(e))
+    if ps.world > 1:
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise ConfigError(*error[1:]) if error[0] == "config" else DataError(error[1])
+    return value
+
+
 def _train(cfg: Config, kind: str) -> dict:
     ckpt_root = os.path.join(cfg.train.run_dir, "checkpoints")
     # ranks joined, the model's shapes taken from the checkpoint if the config has none, validated
@@ -122,7 +144,7 @@ def _train(cfg: Config, kind: str) -> dict:
                   f"fresh optimizer moments)", flush=True)
         resume = None
     if resume is not None and in_run(resume, ckpt_root) and not t.allow_data_change:  # a resume reads the same data
-        check_same_data(meta, data, cfg.data.seq_length, resume)
+        _on_rank0(ps, lambda: check_same_data(meta, data, cfg.data.seq_length, resume))
     start, consumed = meta.get("step", 0), meta.get("consumed_samples", 0)
     run.hf_config = meta.get("hf_config")  # an imported model's config.json travels on, so an export reproduces it
     if start >= t.steps:  # nothing left: say so rather than report an empty run
@@ -144,8 +166,9 @@ def _train(cfg: Config, kind: str) -> dict:
     peak = t.peak_tflops or (H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
     kernels = fp8_kernels(t, log)  # None unless train.fp8
     losses: list[float] = []
-    # what a resume checks it reads again (check_same_data)
-    data_record = {"data_sha256": data.digest} if kind == "sft" else {"data_files": data.fingerprints()}
+    # what a resume checks it reads again (check_same_data); read on rank 0, which writes meta.json
+    data_record = ({"data_sha256": data.digest} if kind == "sft" else
+                   {"data_files": _on_rank0(ps, data.fingerprints)})
     guard, last_saved = SkipGuard(t.max_consecutive_skips, log), resume  # newest checkpoint on disk
     chunks.train()
     for step in range(start, t.steps):
