@@ -591,6 +591,9 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
         # epochs over all minibatches (the data order is already shuffled: minibatch j is this rank's
         # j-th block of whole groups); each (epoch, minibatch) is one optimizer step
         order = [j for _ in range(rl.updates_per_rollout) for j in range(len(u.batches))]
+        # a checkpoint falls due within the rollout and is saved at its end: a resume starts with the
+        # next rollout, so one saved mid-rollout would skip the rollout's remaining minibatches
+        save_due = False
         for j in order:
             if at.step >= t.steps:
                 break
@@ -612,9 +615,10 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
                 last.heldout_accuracy = evaluate_accuracy(chunks, ps, policy.source, held_out, rl.max_new_tokens)
                 history["accuracy"].append((step, last.heldout_accuracy))
             log.log(step, last.as_dict(), echo=step % t.log_interval == 0)
-            if (t.save_interval and step % t.save_interval == 0) or step == t.steps:
-                save(policy, at, ckpt_root)
+            save_due = save_due or bool(t.save_interval and step % t.save_interval == 0) or step == t.steps
             t0 = time.perf_counter()
+        if save_due:
+            save(policy, at, ckpt_root)
         at.index += 1
     acc1 = None
     if held_out is not None:
