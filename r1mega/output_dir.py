@@ -107,8 +107,22 @@ def _write_exclusive(file: str, text: str, key: str) -> None:
         return  # another process claimed it at the same moment: the lock decides who writes
     except OSError as e:
         raise OutputError(f"{key}: cannot write {file} ({e.strerror})") from None
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
+    _fill(fd, file, text, key)
+
+
+def _fill(fd: int, file: str, text: str, key: str) -> None:
+    """Write `text` into the file this process just created; when that fails (a full disk, a
+    file-size limit) the file goes again, so no empty marker or lock is left to refuse a rerun."""
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        try:
+            os.unlink(file)
+        except OSError:
+            pass
+        raise OutputError(f"'{key}': cannot write {file} ({e.strerror or e}); free space or raise the file-size "
+                          f"limit, then rerun") from None
 
 
 def _start_time(pid: int) -> Optional[str]:
@@ -159,8 +173,7 @@ class DirLock:
                 continue
             except OSError as e:
                 raise OutputError(f"'{key}': {path}: cannot create the lock {self.file} ({e.strerror})") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(self.text)
+            _fill(fd, self.file, self.text, key)
             _HELD[self.file] = self
             return
         raise OutputError(f"'{key}': {path}: could not take the lock {self.file}; another command is starting there")

@@ -181,6 +181,17 @@ class PretrainData:
         perm = np.random.default_rng([self.seed, d, epoch]).permutation(self.windows[d])
         return int(perm[k])
 
+    def fingerprints(self) -> list[dict]:
+        """Per data.paths prefix, a digest of its .idx and .bin (sizes, headers, sampled content;
+        r1mega/file_digest.py): what a checkpoint's data position refers to."""
+        from r1mega.file_digest import sampled_digest
+
+        try:
+            return [{"prefix": s.prefix, "idx": sampled_digest(s.prefix + ".idx"), "bin": sampled_digest(s.prefix + ".bin")}
+                    for s in self.streams]
+        except OSError as e:
+            raise DataError(f"{e.filename}: cannot read ({e.strerror})") from None
+
     def sample(self, i: int) -> np.ndarray:
         self._assign(i)
         d, j = self._choice[i]

@@ -42,26 +42,36 @@ def is_hf_dir(path: str) -> bool:
         f.endswith(".safetensors") for f in os.listdir(path))
 
 
-def weights_digest(source: str) -> str:
+def weights_digest(source: str, legacy: bool = False) -> str:
     """What identifies the weights in `source` (a step directory or an HF directory) beyond its path,
     cheaply: every JSON file's bytes (a checkpoint's meta.json and piece listings carry the tensors'
-    CRC32s), each safetensors file's size and header, and, where no listing vouches for the tensor
-    bytes (an HF directory), its modification time. A model retrained or re-exported at the same
-    path gets another digest, so samples drawn from the old one are not resumed as if of the new."""
+    CRC32s), each safetensors file's size and header, and, where no listing beside it vouches for
+    its tensor bytes (an HF directory), sampled content (r1mega/file_digest.py: each tensor's ends
+    and chunks spread over the file). A model retrained or re-exported at the same path gets another
+    digest, so samples drawn from the old one are not resumed as if of the new; a `touch` or a copy
+    keeps it. legacy: the digest of output directories made before, which took an unlisted
+    safetensors file's modification time instead of its content."""
     import hashlib
     import json
     import struct
 
-    listed = any(n.startswith("rank") and n.endswith(".json") for n in os.listdir(source))
+    from r1mega.file_digest import safetensors_digest
+
+    names = set(os.listdir(source))
+    listed_any = any(n.startswith("rank") and n.endswith(".json") for n in names)
     parts = {}
-    for name in sorted(os.listdir(source)):
+    for name in sorted(names):
         path = os.path.join(source, name)
         if not os.path.isfile(path) or not name.endswith((".json", ".safetensors")) or name == "manifest.json":
             continue
+        # a checkpoint's listing beside it carries its tensors' CRC32s (and is hashed whole)
+        listed = listed_any if legacy else name[:-len(".safetensors")] + ".json" in names
         h = hashlib.sha256()
         try:
             with open(path, "rb") as f:
-                if name.endswith(".safetensors"):
+                if name.endswith(".safetensors") and not (listed or legacy):
+                    h.update(safetensors_digest(path).encode())
+                elif name.endswith(".safetensors"):
                     st = os.fstat(f.fileno())
                     head = f.read(8)
                     n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
@@ -74,6 +84,20 @@ def weights_digest(source: str) -> str:
             raise ConfigError("--model", f"{path}: cannot read ({e.strerror})") from None
         parts[name] = h.hexdigest()
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def store_weights_digest(source: str, out: str) -> str:
+    """weights_digest(source) as the output directory `out` records it: a directory made before
+    content digests keeps its time-based one while the weights (and their times) are unchanged."""
+    import json
+
+    new = weights_digest(source)
+    try:
+        with open(os.path.join(out, "meta.json"), encoding="utf-8") as f:
+            old = json.load(f).get("weights")
+    except (OSError, ValueError, AttributeError):
+        return new  # none yet, or the store names what is wrong with it
+    return old if old not in (None, new) and old == weights_digest(source, legacy=True) else new
 
 
 def resolve_checkpoint(path: str) -> str:

@@ -29,7 +29,7 @@ from r1mega.data.tokenizer import check_fits, load_tokenizer
 from r1mega.errors import ConfigError, DataError, OutputError, R1MegaError
 from r1mega.generation.sampling_rounds import (LEGACY_NOISE_KEY, NOISE_KEY, NOISE_KEYS, SamplingParams,
                                                generate_rounds)
-from r1mega.generation.model_source import LoadedModel, load_model, weights_digest
+from r1mega.generation.model_source import LoadedModel, load_model, store_weights_digest
 from r1mega.generation.records import TEMPLATES, question_digest, render_prompt, template_stops
 from r1mega.generation.store import SampleStore
 from r1mega.parallel.layout import join_ranks
@@ -210,7 +210,7 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
     if ps.rank == 0:
         try:
             store = SampleStore(out, params.samples, {**meta, "template": template, "model": loaded.source,
-                                                      "dtype": loaded.dtype, "weights": weights_digest(loaded.source),
+                                                      "dtype": loaded.dtype, "weights": store_weights_digest(loaded.source, out),
                                                       "sampling": params.recorded(), "noise_key": NOISE_KEY,
                                                       "dropped_long_prompts": dropped},
                                 shard_records, command, key)

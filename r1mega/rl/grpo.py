@@ -76,15 +76,22 @@ def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW,
     the trainer's rules: verified, older ones as fallback) or start from train.load. Returns
     (step, prompt position, rollout index, the checkpoint resumed from or None)."""
     t = cfg.train
+    restored: list[str] = []  # the candidate whose reference copy loaded (a damaged one makes it fall back)
+
+    def load_reference(path: str, meta: dict) -> None:
+        if in_run(path, ckpt_root) and reference.restore(ckpt_root, meta.get("reference"), meta.get("step", 0),
+                                                         t.verify_checkpoint):
+            restored.append(path)
+
     path, meta = resume_from(candidates, chunks, optimizer, ps, arch, t.allow_arch_change,
-                             t.verify_checkpoint)
+                             t.verify_checkpoint, also=load_reference)
     own = in_run(path, ckpt_root)
     step, position, index = 0, 0, 0
     if own:
         step, position, index = meta.get("step", 0), meta.get("prompt_position", 0), meta.get("rollout_index", 0)
     elif path is not None:  # a pretrained/SFT model: its optimizer moments do not carry over to RL
         optimizer.fresh_moments()  # its fp32 masters do (the parameters may be their bf16 copies)
-    if not (own and reference.restore(ckpt_root, meta.get("reference"), step)):
+    if path is None or path not in restored:
         reference.refresh(chunks, step)
     return step, position, index, path if own else None
 
@@ -215,6 +222,9 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
         # epochs over all minibatches (the data order is already shuffled: minibatch j is this rank's
         # j-th block of whole groups); each (epoch, minibatch) is one optimizer step
         order = [j for _ in range(rl.updates_per_rollout) for j in range(len(u.batches))]
+        # a checkpoint falls due within the rollout and is saved at its end: a resume starts with the
+        # next rollout, so one saved mid-rollout would skip the rollout's remaining minibatches
+        save_due = False
         for j in order:
             if at.step >= t.steps:
                 break
@@ -236,9 +246,10 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
                 last.heldout_accuracy = evaluate_accuracy(chunks, ps, policy.source, held_out, rl.max_new_tokens)
                 history["accuracy"].append((step, last.heldout_accuracy))
             log.log(step, last.as_dict(), echo=step % t.log_interval == 0)
-            if (t.save_interval and step % t.save_interval == 0) or step == t.steps:
-                save(policy, at, ckpt_root)
+            save_due = save_due or bool(t.save_interval and step % t.save_interval == 0) or step == t.steps
             t0 = time.perf_counter()
+        if save_due:
+            save(policy, at, ckpt_root)
         at.index += 1
     acc1 = None
     if held_out is not None:

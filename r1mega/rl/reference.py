@@ -13,7 +13,9 @@ import os
 from typing import Optional, Protocol
 
 import torch
+import torch.distributed as dist
 
+from r1mega.errors import CheckpointError
 from r1mega.parallel.layout import ParallelState
 from r1mega.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -36,7 +38,7 @@ class Reference(Protocol):
 
     def save(self, ckpt_root: str) -> Optional[str]: ...
 
-    def restore(self, ckpt_root: str, rel: Optional[str], step: int) -> bool: ...
+    def restore(self, ckpt_root: str, rel: Optional[str], step: int, verify: bool = True) -> bool: ...
 
 
 class NoReference:
@@ -52,7 +54,7 @@ class NoReference:
     def save(self, ckpt_root: str) -> Optional[str]:
         return None
 
-    def restore(self, ckpt_root: str, rel: Optional[str], step: int) -> bool:
+    def restore(self, ckpt_root: str, rel: Optional[str], step: int, verify: bool = True) -> bool:
         return False
 
 
@@ -61,6 +63,7 @@ class ReferencePolicy:
         self.model, self.ps, self.refresh_steps = model, ps, refresh_steps
         self.model.eval()
         self.since_step = 0  # the policy step the reference is a copy of
+        self.damaged: set[str] = set()  # saved copies found damaged on resume: saved again, not trusted
 
     def refresh(self, policy: torch.nn.ModuleList, step: int) -> None:
         copy_weights(policy, self.model)
@@ -73,18 +76,30 @@ class ReferencePolicy:
     def save(self, ckpt_root: str) -> str:
         """Collective. Written once per refresh; returns its directory relative to ckpt_root."""
         rel = os.path.join("reference", f"step_{self.since_step:08d}")
-        if not os.path.exists(os.path.join(ckpt_root, rel, "meta.json")):
+        again = rel in self.damaged or not os.path.exists(os.path.join(ckpt_root, rel, "meta.json"))
+        if self.ps.world > 1:  # a damaged piece is found only by the ranks that read it: all save, or none
+            flags: list = [None] * self.ps.world
+            dist.all_gather_object(flags, again)
+            again = any(flags)
+        if again:
             save_checkpoint(os.path.join(ckpt_root, "reference"), self.since_step, self.model, None, self.ps,
                             {"kind": "grpo-reference"})
+            self.damaged.discard(rel)  # saved whole now
         return rel
 
-    def restore(self, ckpt_root: str, rel: Optional[str], step: int) -> bool:
-        """Load the saved reference; False when the checkpoint has none (then the caller copies)."""
+    def restore(self, ckpt_root: str, rel: Optional[str], step: int, verify: bool = True) -> bool:
+        """Load the saved reference; False when the checkpoint has none (then the caller copies). A
+        damaged copy is a CheckpointError (the resume falls back) and is saved again when due."""
         if not rel:
             return False
         path = os.path.join(ckpt_root, rel)
         rng = torch.get_rng_state()
-        load_checkpoint(path, self.model, None, self.ps)
-        torch.set_rng_state(rng)  # the policy checkpoint's RNG is the one that counts
+        try:
+            load_checkpoint(path, self.model, None, self.ps, verify=verify)
+        except CheckpointError:
+            self.damaged.add(rel)
+            raise
+        finally:
+            torch.set_rng_state(rng)  # the policy checkpoint's RNG is the one that counts
         self.since_step = int(os.path.basename(rel).split("_")[-1]) if rel else step
         return True

@@ -17,8 +17,8 @@ Saving writes into a hidden temporary directory and publishes it by rename, then
 `latest` by atomic replace: a crash at any point leaves the previous checkpoint loadable.
 
 Nothing is lost, nothing is silent: every stored piece carries a CRC32 of its bytes, checked when
-it is read (train.verify_checkpoint=false skips it), and values are checked finite on save and on
-load. The manifest ties the files of one save together: a meta.json edited afterwards (step,
+it is read (train.verify_checkpoint=false skips it, not the manifest), and values are checked finite
+on save and on load. The manifest ties the files of one save together: a meta.json edited afterwards (step,
 consumed samples, optimizer step) or rank files copied in from another step fail it, naming the
 file, and the checkpoint is treated like a damaged piece. Resuming tries the newest checkpoint first and falls back to the previous good one with a
 warning naming the bad file. An existing step directory is never overwritten (it is moved aside),
@@ -36,7 +36,7 @@ import struct
 import shutil
 import sys
 from dataclasses import asdict
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.distributed as dist
@@ -473,9 +473,12 @@ def check_architecture(meta: dict, model_config: dict, allowed: Iterable[str], w
 
 def resume_from(candidates: list[str], chunks: torch.nn.ModuleList, optimizer: Optional[DistributedAdamW],
                 ps: ParallelState, model_config: dict, allow_arch_change: Iterable[str] = (),
-                verify: bool = True) -> tuple[Optional[str], dict]:
+                verify: bool = True, also: Optional[Callable[[str, dict], None]] = None
+                ) -> tuple[Optional[str], dict]:
     """Collective. Load the first candidate every rank reads cleanly; warn about each bad one
     (naming its file) and fall back to the next. Returns (path, meta), or (None, {}) for none.
+    also(path, meta): what else a candidate must load (e.g. GRPO's reference copy); its
+    CheckpointError makes the candidate bad too.
     A model-config mismatch is an error at once: an older checkpoint of the same run has it too."""
     if not candidates:
         return None, {}
@@ -485,6 +488,8 @@ def resume_from(candidates: list[str], chunks: torch.nn.ModuleList, optimizer: O
             meta = read_meta(path)
             check_architecture(meta, model_config, allow_arch_change, path)
             load_checkpoint(path, chunks, optimizer, ps, verify=verify, meta=meta)
+            if also is not None:
+                also(path, meta)
         except ArchitectureMismatch:
             raise
         except CheckpointError as e:
@@ -547,6 +552,8 @@ def load_checkpoint(path: str, chunks: torch.nn.ModuleList, optimizer: Optional[
             torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch"])
         except Exception as e:  # any unpickling failure means the file is damaged
             raise CheckpointError(f"{rng_file}: unreadable ({type(e).__name__}: {e})") from None
-    if verify:  # last: each file's own checks above name a damage more precisely
-        verify_manifest(path, meta)
+    # last: each file's own checks above name a damage more precisely. Also without `verify`: the
+    # manifest hashes no tensor bytes (meta.json, rng.pt, listings, headers), and an edited meta.json
+    # would otherwise resume at the edited step or data position
+    verify_manifest(path, meta)
     return meta

@@ -15,6 +15,7 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from r1mega.atomic_io import discard, open_fresh, write_error
 from r1mega.errors import ConfigError
 
 
@@ -28,6 +29,8 @@ class MetricsLog:
         os.makedirs(run_dir, exist_ok=True)
         path = os.path.join(run_dir, "metrics.jsonl")
         _keep_steps_upto(path, start_step)
+        # GRPO's sample rollouts, appended per step like the metrics: a resume redraws steps past start_step
+        _keep_steps_upto(os.path.join(run_dir, "rollouts.jsonl"), start_step)
         self.file = open(path, "a")
         self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, desc="train")
         if wandb_project:
@@ -43,8 +46,11 @@ class MetricsLog:
         """Record a step; `echo` also prints it as a line above the bar."""
         if not self.enabled:
             return
-        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+            self.file.flush()
+        except OSError as e:  # a full disk: the checkpoints are whole, a rerun resumes (and drops a torn line)
+            raise write_error(self.file.name, e) from None
         short = {k: metrics[k] for k in ("loss", "lr", "grad_norm", "tok/s", "mfu") if k in metrics}
         self.bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in short.items()})
         self.bar.update(1)
@@ -86,8 +92,11 @@ def append_rollouts(path: str, step: int, scored, n: int) -> list[dict]:
              "completion": scored.responses[i], "reward": float(scored.rewards[i]), "rewards": scored.terms[i],
              "answer": scored.problems[i].get("answer"), "truncated": bool(scored.truncated[i])}
             for i in range(min(n, len(scored.responses)))]
-    with open(path, "a", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    except OSError as e:
+        raise write_error(path, e) from None
     return rows
 
 
@@ -125,8 +134,12 @@ def _keep_steps_upto(path: str, last: int) -> None:
                 dropped += 1
     if dropped:
         tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.writelines(kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open_fresh(tmp, "wb") as f:  # a symlink planted at the temporary name is not written through
+                f.writelines(kept)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:  # the old file stays whole
+            discard(tmp)
+            raise write_error(path, e) from None

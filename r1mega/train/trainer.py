@@ -16,8 +16,10 @@ import sys
 import time
 from typing import Optional
 
+import torch.distributed as dist
 
 from r1mega.config import Config, ConfigError, validate_training
+from r1mega.errors import DataError
 from r1mega.output_dir import release
 from r1mega.data.prepare import training_data
 from r1mega.train.checkpoint import find_resume_checkpoint, in_run, resume_from, run_meta, save_checkpoint
@@ -44,8 +46,57 @@ def check_same_sft_data(meta: dict, digest: str, where: str) -> None:
     saved = meta.get("data_sha256")  # checkpoints from before it was recorded have none
     if saved is not None and saved != digest:
         raise ConfigError("data.paths", f"{where} was saved at a position in other SFT data (the file's content "
-                          f"differs); resuming would continue at a meaningless position. Give the same file, or "
-                          f"start a new train.run_dir with train.load={where}")
+                          f"differs); resuming would continue at a meaningless position. Give the same file, "
+                          f"set train.allow_data_change=true to continue on it deliberately, or start a new "
+                          f"train.run_dir with train.load={where}")
+
+
+def check_same_data(meta: dict, data, seq_length: int, where: str) -> None:
+    """A run resumed from its own checkpoint reads the samples it was saved among: the same files
+    (pretraining: each .bin/.idx by size, header and sampled content) cut at the same seq_length.
+    Checkpoints from before these were recorded have nothing to compare."""
+    how = (f"resuming would continue at step {meta.get('step')}'s position in other samples. Give the same data, "
+           f"set train.allow_data_change=true to continue on it deliberately, or start a new train.run_dir with "
+           f"train.load={where}")
+    saved_len = meta.get("data_seq_length")
+    if saved_len is not None and saved_len != seq_length:
+        raise ConfigError("data.seq_length", f"{where} was saved at data.seq_length={saved_len}, not {seq_length}; "
+                          + how)
+    if hasattr(data, "digest"):
+        check_same_sft_data(meta, data.digest, where)
+        return
+    saved = meta.get("data_files")
+    if saved is None:
+        return
+    mine = data.fingerprints()
+    if len(saved) != len(mine):
+        raise ConfigError("data.paths", f"{where} was saved on {len(saved)} data files, this run gives {len(mine)}; "
+                          + how)
+    for old, new in zip(saved, mine):
+        for ext in ("idx", "bin"):
+            if old.get(ext) != new[ext]:
+                raise ConfigError("data.paths", f"{new['prefix']}.{ext} differs from the file {where} was trained "
+                                  f"on ({old.get('prefix')}.{ext}: size, header or sampled content); " + how)
+
+
+def _on_rank0(ps, fn):
+    """fn() on rank 0 only (its value there, None elsewhere): a user error it raises is raised on
+    every rank, so none waits for rank 0 in a collective."""
+    value, error = None, None
+    if ps.rank == 0:
+        try:
+            value = fn()
+        except ConfigError as e:
+            error = ("config", e.key, e.message)
+        except DataError as e:
+            error = ("data", str(e))
+    if ps.world > 1:
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise ConfigError(*error[1:]) if error[0] == "config" else DataError(error[1])
+    return value
 
 
 def _train(cfg: Config, kind: str) -> dict:
@@ -87,8 +138,8 @@ def _train(cfg: Config, kind: str) -> dict:
             print(f"starting at step 0 from the weights of {resume} (a {meta.get('kind', 'unknown')} checkpoint; "
                   f"fresh optimizer moments)", flush=True)
         resume = None
-    if resume is not None and kind == "sft" and in_run(resume, ckpt_root):  # a resume reads the same data
-        check_same_sft_data(meta, data.digest, resume)
+    if resume is not None and in_run(resume, ckpt_root) and not t.allow_data_change:  # a resume reads the same data
+        _on_rank0(ps, lambda: check_same_data(meta, data, cfg.data.seq_length, resume))
     run.hf_config = meta.get("hf_config")  # an imported model's config.json travels on, so an export reproduces it
     start = meta.get("step", 0)
     if start >= t.steps:  # nothing left: say so rather than report an empty run
@@ -122,6 +173,9 @@ def _steps(run: Run, kind: str, chunks, optimizer: DistributedAdamW, data, token
     peak = t.peak_tflops or (H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
     kernels = fp8_kernels(t, log)  # None unless train.fp8
     losses: list[float] = []
+    # what a resume checks it reads again (check_same_data); read on rank 0, which writes meta.json
+    data_record = ({"data_sha256": data.digest} if kind == "sft" else
+                   {"data_files": _on_rank0(ps, data.fingerprints)})
     guard, last_saved = SkipGuard(t.max_consecutive_skips, log), resume  # newest checkpoint on disk
     chunks.train()
     for step in range(start, t.steps):
@@ -157,7 +211,7 @@ def _steps(run: Run, kind: str, chunks, optimizer: DistributedAdamW, data, token
         if last or (t.save_interval and (step + 1) % t.save_interval == 0):
             last_saved = save_checkpoint(ckpt_root, step + 1, chunks, optimizer, ps,
                                          run_meta(run, kind, consumed_samples=consumed,
-                                                  **({"data_sha256": data.digest} if kind == "sft" else {}),
+                                                  data_seq_length=cfg.data.seq_length, **data_record,
                                                   loss=res.loss if math.isfinite(res.loss) else None),
                                          tokenizer=tokenizer)
     log.close()

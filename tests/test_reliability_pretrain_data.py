@@ -1,0 +1,40 @@
+"""A pretraining run resumed on changed .bin/.idx files (or another data.seq_length) is refused by
+file and key: the saved position (consumed samples) means nothing in other data, and the run that
+continued silently would not be the one that was resumed."""
+import pytest
+
+from r1mega.errors import ConfigError
+from tiny_pretrain import corpus, pretrain as run
+
+
+@pytest.fixture
+def started(tmp_path):
+    (tmp_path / "d").mkdir()
+    corpus(tmp_path / "d" / "c", seed=0)
+    run(tmp_path, 2)
+    return tmp_path
+
+
+def test_same_data_resumes(started):
+    assert run(started, 3)["steps"] == 3
+
+
+def test_changed_tokens_of_equal_sizes_are_refused_by_file(started):
+    before = {p: p.stat().st_size for p in (started / "d").iterdir()}
+    corpus(started / "d" / "c", seed=1)  # same document lengths: same sizes, same .idx, other tokens
+    assert {p: p.stat().st_size for p in (started / "d").iterdir()} == before
+    with pytest.raises(ConfigError) as e:
+        run(started, 3)
+    assert "data.paths" in str(e.value) and "c.bin" in str(e.value) and "train.allow_data_change" in str(e.value)
+
+
+def test_a_longer_corpus_is_refused_and_the_override_continues(started):
+    corpus(started / "d" / "c", seed=0, docs=50)  # documents appended: the saved windows moved
+    with pytest.raises(ConfigError, match="data.paths"):
+        run(started, 3)
+    assert run(started, 3, "train.allow_data_change=true")["steps"] == 3
+
+
+def test_another_seq_length_is_refused_by_key(started):
+    with pytest.raises(ConfigError, match="data.seq_length"):
+        run(started, 3, "data.seq_length=4")
