@@ -195,6 +195,9 @@ class MLA(nn.Module):
         if w.dtype != torch.float32:
             full = w.float().view(shape)
             return full[:, :cfg.qk_nope_head_dim], full[:, cfg.qk_nope_head_dim:]
+        if torch.compiler.is_compiling():  # views are free in a graph (data_ptr would break it)
+            full = w.view(shape)
+            return full[:, :cfg.qk_nope_head_dim], full[:, cfg.qk_nope_head_dim:]
         cached = getattr(self, "_absorbed_cache", None)
         if cached is None or cached[0] != w.data_ptr():
             full, dn = w.view(shape), cfg.qk_nope_head_dim
