@@ -56,8 +56,10 @@ def _real_routing(r):
     return real
 
 
-GREEDY = GenerationConfig(max_new_tokens=40, temperature=0.0, record_routing=True, block_size=4)
-# sampled, long-tailed (a stop ends rows at different steps, so 3, 2 and 1 live rows all decode)
+# stops end the rows at different steps (greedy after 7, 18 and 24 tokens; sampled 9, 13 and 21), so
+# steps of 3, 2 and 1 live rows all decode
+GREEDY = GenerationConfig(max_new_tokens=40, temperature=0.0, record_routing=True, block_size=4,
+                          stop=lambda ids: len(ids) > 6 and ids[-1] % 6 == 0)
 SAMPLED = GenerationConfig(max_new_tokens=40, temperature=1.0, top_p=0.9, seed=3, record_routing=True,
                            block_size=4, stop=lambda ids: len(ids) > 6 and ids[-1] % 9 == 0)
 
@@ -74,7 +76,7 @@ def test_compiled_step_equals_eager(model, compiled_steps, gen):
     # every decoding step ran compiled (3 rows <= COMPILED_MAX_ROWS), at several row counts
     assert len(compiled_steps) == int(lengths.max()) - 1 and {1, 3} <= set(compiled_steps)
     # one graph for one row, one for more (torch specialises size 1): not one per step, although the
-    # cached length grew by 40 and the block pool (16 blocks of 4 at first) grew
+    # cached length grew by 20 and the rows came and went
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before <= 2
     assert torch.equal(fast.tokens, eager.tokens) and torch.equal(fast.completion_mask, eager.completion_mask)
     torch.testing.assert_close(fast.logprobs, eager.logprobs, atol=2e-5, rtol=0)
@@ -82,8 +84,7 @@ def test_compiled_step_equals_eager(model, compiled_steps, gen):
     real = _real_routing(eager)
     assert set(fast.routing) == set(eager.routing) == {1}
     assert torch.equal(fast.routing[1][real], eager.routing[1][real])
-    if gen is SAMPLED:
-        assert lengths.min() < lengths.max() - 4, "the workload must be long-tailed"
+    assert lengths.min() < lengths.max() - 10, "the workload must be long-tailed"
 
 
 def test_exact_rollouts_keep_the_eager_step(model, compiled_steps):
