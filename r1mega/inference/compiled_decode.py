@@ -49,6 +49,9 @@ def compiled_step():
         # symbol, and the step recompile once they part. Process-wide (a patch around each call cost
         # ~50 us a step); it only makes graphs assume less
         torch.fx.experimental._config.use_duck_shape = False
+        # floats (norm eps, softmax scale, temperature) as constants: as symbols each took a Python
+        # guard a call (~100 of them, ~0.3 ms a step)
+        torch._dynamo.config.specialize_float = True
         _compiled = torch.compile(_step, dynamic=True)
     return _compiled
 
