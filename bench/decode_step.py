@@ -43,12 +43,12 @@ def dense_model():
     return chunks.eval(), ps, 384
 
 
-def engine(chunks, ps, vocab: int, rows: int, steps: int):
+def engine(chunks, ps, vocab: int, rows: int, steps: int, compiled: bool = False):
     """An engine with `rows` live rows (16-token prompts, first tokens drawn), ready to decode."""
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, vocab, (16,), generator=g).tolist() for _ in range(rows)]
     gen = GenerationConfig(max_new_tokens=10 * steps, temperature=1.0, top_p=0.95, seed=1,
-                           stop=lambda ids: False)
+                           stop=lambda ids: False, compile_decode=compiled)
     e = ContinuousBatcher(chunks[0], ps, prompts, list(range(rows)), gen)
     new = e.admit()
     e.prefill(list({id(r.group): r.group for r in new}.values()))
@@ -93,12 +93,13 @@ def count_ops(chunks, ps, vocab) -> None:
         print(f"  {mod:>24}: {n:>4}   " + ", ".join(f"{op} {c}" for op, c in top))
 
 
-def step_ms(chunks, ps, vocab, rows: int, steps: int, repeats: int) -> tuple[float, float]:
+def step_ms(chunks, ps, vocab, rows: int, steps: int, repeats: int, compiled: bool = False
+            ) -> tuple[float, float]:
     best_cpu = best_wall = float("inf")
     with sequence_parallel_off(ps), torch.inference_mode():
         for _ in range(repeats):
-            e = engine(chunks, ps, vocab, rows, steps)
-            e.decode()  # warm
+            e = engine(chunks, ps, vocab, rows, steps, compiled)
+            e.decode()  # warm (and, compiled, the first call compiles)
             c0, w0 = time.process_time(), time.perf_counter()
             for _ in range(steps):
                 e.decode()
@@ -114,14 +115,24 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ops", action="store_true")
     p.add_argument("--family", default="moe", choices=["moe", "dense"])
+    p.add_argument("--compile", action="store_true",
+                   help="also time the compiled step (GenerationConfig.compile_decode; rows up to "
+                        "compiled_decode.COMPILED_MAX_ROWS), eager and compiled interleaved; prints compile time")
     args = p.parse_args()
     torch.set_num_threads(1)
     chunks, ps, vocab = tiny_model() if args.family == "moe" else dense_model()
     if args.ops:
         count_ops(chunks, ps, vocab)
     for rows in args.rows:
-        cpu, wall = step_ms(chunks, ps, vocab, rows, args.steps, args.repeats)
-        print(f"{args.family} decoding step, {rows} live rows: {cpu:.3f} ms CPU, {wall:.3f} ms wall")
+        for compiled in ([False, True] if args.compile else [False]):
+            if compiled:
+                w0 = time.perf_counter()
+                step_ms(chunks, ps, vocab, rows, 2, 1, True)  # compiles (or finds its graph cached)
+                print(f"  first compiled steps at {rows} rows: {time.perf_counter() - w0:.1f} s (compiling included)")
+            cpu, wall = step_ms(chunks, ps, vocab, rows, args.steps, args.repeats, compiled)
+            kind = "compiled" if compiled else "eager"
+            print(f"{args.family} decoding step, {rows} live rows, {kind}: {cpu:.3f} ms CPU, {wall:.3f} ms wall",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -161,6 +161,9 @@ class RLConfig:
     # the sampler's log-probs bitwise the trainer's: batch-invariant kernels in rollout and training
     # (r1mega/kernels/batch_invariant.py); DeepSeek-V3 family, plain torch kernels, cp 1
     exact_rollouts: bool = False
+    # rollout decoding steps of few rows (the long tail) as one compiled graph (torch.compile; one
+    # process only, else eager): samples equal the eager step's within float rounding, not bitwise
+    compile_decode: bool = False
     rewards: list[str] = field(default_factory=lambda: ["accuracy", "format"])
     language: Optional[str] = None  # target language for the language-consistency reward (default en)
     # final answer when there is neither <answer> nor \boxed after the thought (r1mega/judge/answers.py)
@@ -250,6 +253,8 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False, rewards=
         need(par.cp == 1, "rl.exact_rollouts", "needs parallel.cp=1")
         refusal = family_of_config(cfg.active_model).exact_rollouts_refusal(cfg.active_model)
         need(refusal is None, "rl.exact_rollouts", refusal or "")
+        need(not rl.compile_decode, "rl.compile_decode",
+             "cannot be on with rl.exact_rollouts (its rollouts take the bitwise batch-invariant eager step)")
     rows = rl.prompts_per_step // max(par.dp, 1) * rl.group_size
     need(rl.packed_update or rows % cfg.data.micro_batch_size == 0, "data.micro_batch_size",
          f"{cfg.data.micro_batch_size} does not divide the {rows} rows of a step on each data-parallel rank "

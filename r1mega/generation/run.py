@@ -68,6 +68,10 @@ def add_sampling_args(p: argparse.ArgumentParser, samples: int = 1, temperature:
                    help="self-speculative decoding: the model's own MTP module drafts, the model verifies "
                         "(same distribution; greedy output unchanged)")
     g.add_argument("--draft-tokens", type=int, default=1, help="drafts per row and step (--speculative)")
+    g.add_argument("--compile-decode", action="store_true",
+                   help="decoding steps of few rows (a long tail) as one compiled graph (torch.compile; one "
+                        "process; compiles once, minutes on a small CPU, then cached): samples equal the eager "
+                        "step's within float rounding, not bitwise")
     g.add_argument("--drop-long-prompts", action="store_true",
                    help="skip prompts that do not fit the model's positions (counted) instead of refusing")
 
@@ -106,7 +110,7 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
         _need(s != "", "--stop", "an empty stop string would end every sample at its first token")
     stops = list(args.stop) + [s for s in template_stops(args.template) if s not in args.stop]
     params = SamplingParams(args.samples, t, p, args.top_k, args.max_new_tokens or DEFAULT_MAX_NEW,
-                            args.seed, stops, args.speculative, args.draft_tokens)
+                            args.seed, stops, args.speculative, args.draft_tokens, args.compile_decode)
     params.check()
     return params
 

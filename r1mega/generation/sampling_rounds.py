@@ -43,6 +43,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)  # stop strings (EOS always stops)
     speculative: Optional[str] = None  # "mtp": the model's MTP module drafts (inference/speculative.py)
     draft_tokens: int = 1
+    compile_decode: bool = False  # few-row decoding steps compiled (GenerationConfig.compile_decode)
     # how a problem id keys the noise: set from the output store (an older store keeps its scheme), so
     # not one of the settings `recorded` compares on a resume
     noise_key: str = "blake2b64"
@@ -53,6 +54,8 @@ class SamplingParams:
         d.pop("noise_key")
         if not self.speculative:
             d.pop("speculative"), d.pop("draft_tokens")
+        if not self.compile_decode:  # (kept when on: its samples are not bitwise the eager step's)
+            d.pop("compile_decode")
         return d
 
     def check(self) -> None:
@@ -154,7 +157,8 @@ def generate_rounds(chunks, ps: ParallelState, tok: Tokenizer, problems: list[di
         mine = rows[d * len(rows) // ps.dp:(d + 1) * len(rows) // ps.dp]
         gen = GenerationConfig(params.max_new_tokens, params.temperature, params.top_p, params.top_k, tok.eos_id,
                                stop, seed=params.seed, vocab_size=tok.vocab_size, speculative=params.speculative,
-                               draft_tokens=params.draft_tokens, eos_ids=tok.eos_ids)
+                               draft_tokens=params.draft_tokens, eos_ids=tok.eos_ids,
+                               compile_decode=params.compile_decode)
         keys = torch.tensor([sample_key(problems[p]["id"], s, params.noise_key) for p, s in mine], dtype=torch.long)
         rollout = generate(chunks, ps, [encoded[p] for p, _ in mine], gen, rows=keys)
         out = None

@@ -27,7 +27,8 @@ import torch
 import torch.distributed as dist
 
 from r1mega.inference.paged_cache import NULL_BLOCK, BlockPool, decode_view, prefill_view
-from r1mega.inference.sampling import row_keys_host, sample
+from r1mega.inference import compiled_decode
+from r1mega.inference.sampling import gumbel_noise, row_keys_host, sample
 from r1mega.kernels.cpu_experts import SPREAD_EXPERTS_BELOW_ROWS, experts_over_cores
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.pipeline import recv_activation, send_activation
@@ -172,6 +173,9 @@ class ContinuousBatcher:
         self.prefill_tokens = 0  # tokens fed to prompt prefills and to preempted rows' recomputation
         self.recomputed_tokens = 0  # ... of which for preempted rows
         self.reserved = 0  # cache tokens admitted rows not started yet will take (see decode_pipelined)
+        # few-row decoding steps as one compiled graph (inference/compiled_decode.py), where it can run
+        self.compiled = (compiled_decode.compiled_step() if gen.compile_decode
+                         and compiled_decode.usable(model, ps, self.one_token_steps) else None)
         if gen.max_cache_tokens:
             self._check_budget()
 
@@ -450,11 +454,13 @@ class ContinuousBatcher:
 
     def decode(self) -> None:
         """One decoding step of every live row (one token each)."""
-        self.live = self.decode_rows(self.live, self.decode_forward(self.live))
+        if self.compiled is not None and len(self.live) <= compiled_decode.COMPILED_MAX_ROWS:
+            self.live = self.decode_compiled(self.live)
+        else:
+            self.live = self.decode_rows(self.live, self.decode_forward(self.live))
 
-    def decode_forward(self, rows: list[_Row]) -> Optional[torch.Tensor]:
-        """The decoding forward of `rows` on this stage: blocks for the tokens that start one, the
-        view, the forward (received from / sent to the neighbouring stages); the last stage's logits."""
+    def _decode_inputs(self, rows: list[_Row]):
+        """Blocks for the tokens that start one, then (view, ids [b, 1], positions [b, 1]) of `rows`."""
         for r in rows:  # a block for each row whose next token starts one
             if r.length % self.bs == 0:
                 r.blocks.append(self.pool.alloc())
@@ -463,19 +469,54 @@ class ContinuousBatcher:
                                            device=self.device).t()  # one host-to-tensor copy a step
         view = decode_view(self.pool, self.layer_view, self.table[slots], lengths,
                            longest=max(r.length for r in rows) + 1)
-        logits = self._forward(ids[:, None], lengths[:, None], view)
+        return view, ids[:, None], lengths[:, None]
+
+    def _decoded(self, rows: list[_Row], view) -> None:
+        """Count a decoding forward of `rows`; keep the experts it routed them to."""
         self.decode_row_steps += len(rows)
         if self.gen.record_routing:
             index = torch.tensor([r.index for r in rows])
             at = torch.tensor([len(r.out) - 1 for r in rows])
             for layer, idx in view.routing.items():
                 self.decode_routing.setdefault(layer, []).append((index, at, idx[0]))
+
+    def decode_forward(self, rows: list[_Row]) -> Optional[torch.Tensor]:
+        """The decoding forward of `rows` on this stage: blocks for the tokens that start one, the
+        view, the forward (received from / sent to the neighbouring stages); the last stage's logits."""
+        return self._forward_decoded(rows, *self._decode_inputs(rows))
+
+    def decode_compiled(self, rows: list[_Row]) -> list[_Row]:
+        """decode_rows(rows, decode_forward(rows)) with the forward and the sampler as one compiled
+        graph (one process, `GenerationConfig.compile_decode`); the rows still going."""
+        view, ids, pos = self._decode_inputs(rows)
+        gen = self.gen
+        noise = None
+        if gen.temperature > 0:
+            keys = row_keys_host(gen.seed, [len(r.out) for r in rows], [r.key for r in rows], self.device)
+            noise = gumbel_noise(keys, 0, self.model.vocab_size)
+        try:
+            tok, lp = self.compiled(self.model, self.ps, ids, pos, view, noise, gen.temperature, gen.top_p,
+                                    gen.top_k, self.vocab)
+        except torch._dynamo.exc.BackendCompilerFailed as e:  # before the graph ran: nothing written yet
+            compiled_decode.log.warning("compile_decode: compiling failed, decoding eagerly (%s)", e)
+            self.compiled = None
+            return self.decode_rows(rows, self._forward_decoded(rows, view, ids, pos))
+        self.forwards += 1
+        self._decoded(rows, view)
+        return self.advance_rows(rows, tok.tolist(), lp.tolist())
+
+    def _forward_decoded(self, rows: list[_Row], view, ids, pos) -> Optional[torch.Tensor]:
+        logits = self._forward(ids, pos, view)
+        self._decoded(rows, view)
         return logits
 
     def decode_rows(self, rows: list[_Row], logits: Optional[torch.Tensor]) -> list[_Row]:
         """Sample the next token of `rows` (logits on the last stage; every stage learns the tokens),
         retire the finished ones; the rows still going."""
-        toks, lps = self._sample(logits, rows, [len(r.out) for r in rows])
+        return self.advance_rows(rows, *self._sample(logits, rows, [len(r.out) for r in rows]))
+
+    def advance_rows(self, rows: list[_Row], toks: list[int], lps: list[float]) -> list[_Row]:
+        """Append each row's sampled token, retire the finished rows; the rows still going."""
         still = []
         for r, t, lp in zip(rows, toks, lps):
             r.length += 1

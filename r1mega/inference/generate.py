@@ -55,6 +55,10 @@ class GenerationConfig:
     # further ids that end a row as EOS does (generation_config.json's eos_token_id list: Llama 3.1 and
     # Qwen2.5 Instruct end a turn with one, the text with another), as transformers' generate stops
     eos_ids: tuple[int, ...] = ()
+    # few-row decoding steps (the long tail) as one compiled graph: forward and sampler fused by
+    # torch.compile (inference/compiled_decode.py); one process, not under rl.exact_rollouts (there
+    # and where it cannot run the eager step is taken). Float-tolerance equal, not bitwise, to eager
+    compile_decode: bool = False
 
 
 @dataclass

@@ -107,6 +107,11 @@ def uniform_noise(row_keys: torch.Tensor, first: int, n: int) -> torch.Tensor:
     return (_shr(z, 11).double() + 0.5) / float(1 << 53)
 
 
+def gumbel_noise(row_keys: torch.Tensor, first: int, n: int) -> torch.Tensor:
+    """float32 Gumbel noise -log(-log(u)) for columns [first, first + n) of rows keyed by row_keys."""
+    return -torch.log(-torch.log(uniform_noise(row_keys, first, n))).to(torch.float32)
+
+
 def row_keys(seed: int, step, rows: torch.Tensor) -> torch.Tensor:
     """One key per (seed, decode step, global row). step: an int, or one per row (a tensor [b]) when
     the rows are at different positions of their completions (continuous batching)."""
@@ -237,13 +242,15 @@ def sampler_support(scaled: torch.Tensor, ps: ParallelState, top_p: float, top_k
         lowest = masked if keep is None else masked.masked_fill(~keep, float("inf"))
         lo = _all_reduce(lowest.min(dim=-1).values.clone(), group, dist.ReduceOp.MIN)
         hi = gmax.clone()
-        host = _bisection_on_host(masked, probs, total, top_p, lo, hi) if group is None else None
+        # (a compiled step runs the plain rounds: fused in its graph, where host decisions would break it)
+        shortcut = group is None and not torch.compiler.is_compiling()
+        host = _bisection_on_host(masked, probs, total, top_p, lo, hi) if shortcut else None
         for i in range(BISECTION_STEPS if host is None else 0):  # largest threshold whose kept mass reaches top_p
             mid = (lo + hi) / 2
             ok = _all_reduce((probs * (masked >= mid[:, None])).sum(-1), group) / total >= top_p
             lo = torch.where(ok, mid, lo)
             hi = torch.where(ok, hi, mid)
-            if group is None and i % 4 == 3 and _bisection_settled(masked, probs, total, top_p, lo, hi):
+            if shortcut and i % 4 == 3 and _bisection_settled(masked, probs, total, top_p, lo, hi):
                 break
         above = scaled >= (lo if host is None else host)[:, None]
         keep = above if keep is None else keep & above
@@ -253,11 +260,12 @@ def sampler_support(scaled: torch.Tensor, ps: ParallelState, top_p: float, top_k
 
 
 def sample(logits: torch.Tensor, ps: ParallelState, temperature: float, top_p: float = 1.0, top_k: int = 0,
-           keys: Optional[torch.Tensor] = None, vocab_size: Optional[int] = None
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+           keys: Optional[torch.Tensor] = None, vocab_size: Optional[int] = None,
+           gumbel: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [b, V/tp] (this rank's shard) -> (tokens [b], log-probs [b] under softmax(logits / T)),
     identical on every TP rank. temperature 0 is greedy. keys: per-row noise keys (`row_keys`).
-    vocab_size: the tokenizer's vocabulary when smaller than the model's padded one."""
+    vocab_size: the tokenizer's vocabulary when smaller than the model's padded one. gumbel: this
+    shard's noise `gumbel_noise(keys, ...)`, drawn already (a compiled step takes it as an input)."""
     group = ps.g("tp")
     logits = logits if logits.dtype == torch.float32 else logits.float()
     n_local = logits.shape[-1]
@@ -270,9 +278,10 @@ def sample(logits: torch.Tensor, ps: ParallelState, temperature: float, top_p: f
         tokens, _ = _global_argmax(logits.masked_fill(~real, float("-inf")), start, group)
         return tokens, log_softmax_at(logits, tokens, start, group)
     scaled = logits / temperature
-    if keys is None:
-        keys = row_keys(0, 0, torch.arange(logits.shape[0], device=logits.device))
-    gumbel = -torch.log(-torch.log(uniform_noise(keys, start, n_local))).to(torch.float32)
+    if gumbel is None:
+        if keys is None:
+            keys = row_keys(0, 0, torch.arange(logits.shape[0], device=logits.device))
+        gumbel = gumbel_noise(keys, start, n_local)
     perturbed = scaled + gumbel
     if 0 < top_k < vocab or top_p < 1.0 or vocab < n_local * ps.tp:  # else every id is in the support
         perturbed = perturbed.masked_fill(~sampler_support(scaled, ps, top_p, top_k, vocab), float("-inf"))

@@ -37,7 +37,7 @@ import torch.distributed as dist
 from r1mega.inference.continuous import ContinuousBatcher, _Row, table_with_row
 from r1mega.inference.paged_cache import NULL_BLOCK, BlockPool, decode_view, prefill_view
 from r1mega.inference.sampling import (
-    _all_reduce, _global_argmax, _mix, _signed, log_softmax_at, row_keys, sampler_support, uniform_noise,
+    _all_reduce, _global_argmax, _mix, _signed, gumbel_noise, log_softmax_at, row_keys, sampler_support, uniform_noise,
 )
 from r1mega.parallel.comm import all_gather_nograd
 from r1mega.parallel.layout import ParallelState
@@ -81,10 +81,6 @@ def prob_at(probs: torch.Tensor, tokens: torch.Tensor, start: int, group) -> tor
     inside = (local >= 0) & (local < probs.shape[-1])
     picked = probs.gather(1, local.clamp(0, probs.shape[-1] - 1)[:, None])[:, 0].masked_fill(~inside, 0.0)
     return _all_reduce(picked, group)
-
-
-def gumbel(keys: torch.Tensor, start: int, n: int) -> torch.Tensor:
-    return -torch.log(-torch.log(uniform_noise(keys, start, n))).to(torch.float32)
 
 
 def inverse_cdf(probs: torch.Tensor, u: torch.Tensor, ps: ParallelState) -> torch.Tensor:
@@ -164,7 +160,7 @@ def verify_drafts(logits: torch.Tensor, drafts: torch.Tensor, q: Optional[torch.
         residual = rejected & (total > 0)  # total is 0 only when p = q, which never rejects
         score = torch.where(residual[:, None], w.log(), score)
     key_a = keys[rows, a]
-    drawn = _global_argmax(score + gumbel(key_a, start, n_local), start, group)[0]
+    drawn = _global_argmax(score + gumbel_noise(key_a, start, n_local), start, group)[0]
     tokens = torch.cat([drafts, drafts[:, :1]], 1) if k else drafts.new_zeros(b, 1)
     tokens[rows, a] = drawn
     logp = log_softmax_at((logits.float() / temperature).reshape(s * b, n_local), tokens.t().reshape(-1), start,

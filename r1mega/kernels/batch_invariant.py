@@ -49,6 +49,8 @@ _THREADS: contextvars.ContextVar = contextvars.ContextVar("r1mega_exact_threads"
 
 
 def enabled() -> bool:
+    if torch.compiler.is_compiling():  # only the compiled decoding step traces, never in this mode
+        return False  # (inference/compiled_decode.py refuses it first; a ContextVar breaks a graph)
     return _EXACT.get()
 
 

@@ -103,10 +103,13 @@ def grouped_linear_loop(rows: torch.Tensor, weight: torch.Tensor, offsets: torch
     return torch.cat(outs) if outs else rows.new_zeros(0, weight.shape[1])
 
 
-_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("r1mega_kernels", default=TorchBackend())
+_TORCH_BACKEND = TorchBackend()
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("r1mega_kernels", default=_TORCH_BACKEND)
 
 
 def active_backend():
+    if torch.compiler.is_compiling():  # the compiled decoding step runs only on the plain kernels
+        return _TORCH_BACKEND  # (inference/compiled_decode.py checks; a ContextVar breaks a graph)
     return _ACTIVE.get()
 
 
@@ -123,13 +126,13 @@ def use_backend(backend):
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     if batch_invariant.enabled():  # rl.exact_rollouts (config validation keeps other backends out)
         return batch_invariant.linear(x, weight, bias)
-    return _ACTIVE.get().linear(x, weight, bias)
+    return active_backend().linear(x, weight, bias)
 
 
 def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     if batch_invariant.enabled():
         return batch_invariant.grouped_linear(rows, weight, offsets, _exact_grouped)
-    return _ACTIVE.get().grouped_linear(rows, weight, offsets)
+    return active_backend().grouped_linear(rows, weight, offsets)
 
 
 def _exact_grouped(rows: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:

@@ -100,10 +100,13 @@ class RotaryEmbedding(torch.nn.Module):
     _shaped: Optional[tuple] = None  # (cos, sin, dtype, broadcast cos, broadcast sin) of the last forward
 
     def _broadcast_factors(self, cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype):
-        last = self._shaped
+        compiling = torch.compiler.is_compiling()  # a graph shares them itself (state kept here is guarded on)
+        last = None if compiling else self._shaped
         if last is None or last[0] is not cos or last[1] is not sin or last[2] != dtype:
             c, s_ = (cos[:, None], sin[:, None]) if cos.dim() == 2 else (cos, sin)
-            last = self._shaped = (cos, sin, dtype, c.unsqueeze(2).to(dtype), s_.unsqueeze(2).to(dtype))
+            last = (cos, sin, dtype, c.unsqueeze(2).to(dtype), s_.unsqueeze(2).to(dtype))
+            if not compiling:
+                self._shaped = last
         return last[3], last[4]
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

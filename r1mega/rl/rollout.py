@@ -133,7 +133,7 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
                            seed=cfg.seed + index, record_routing=cfg.rl.routing_replay,
                            vocab_size=tok.vocab_size, speculative=cfg.rl.speculative, draft_tokens=cfg.rl.draft_tokens,
                            max_rows=cfg.rl.rollout_max_rows, max_cache_tokens=cfg.rl.rollout_cache_tokens,
-                           eos_ids=tok.eos_ids)
+                           eos_ids=tok.eos_ids, compile_decode=cfg.rl.compile_decode)
     rows = torch.tensor([g * G + k for g in where for k in range(G)], dtype=torch.long)
     with optimizer.offloaded(run.device.type == "cuda"):  # the KV cache takes the GPU memory the states leave
         rollout = generate(chunks, ps, prompt_ids, gen, rows=rows)

@@ -192,8 +192,8 @@ class MLA(nn.Module):
         w = self.kv_b_proj.weight
         cfg = self.cfg
         shape = (self.local_heads, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank)
-        if w.dtype != torch.float32:
-            full = w.float().view(shape)
+        if w.dtype != torch.float32 or torch.compiler.is_compiling():  # (in a graph views are free and
+            full = w.float().view(shape)  # data_ptr would break it)
             return full[:, :cfg.qk_nope_head_dim], full[:, cfg.qk_nope_head_dim:]
         cached = getattr(self, "_absorbed_cache", None)
         if cached is None or cached[0] != w.data_ptr():

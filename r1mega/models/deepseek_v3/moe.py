@@ -127,7 +127,11 @@ class GroupedExperts(nn.Module):
         """Inference with every expert on this rank (no EP, no expert-TP), plain torch kernels, at
         most one (token, expert) choice per local expert, and gathered weights small enough to copy:
         `by_choice` then runs a handful of ops instead of a sort, a plan and two grouped GEMMs."""
-        if torch.is_grad_enabled() or ps.ep != 1 or ps.etp != 1 or choices > self.num_local:
+        if torch.is_grad_enabled() or ps.ep != 1 or ps.etp != 1:
+            return False
+        # a compiled decoding step takes it at any count its bytes allow: the dispatcher's sort and
+        # per-expert splits have data-dependent shapes, which would break its graph
+        if choices > self.num_local and not torch.compiler.is_compiling():
             return False
         if not isinstance(active_backend(), TorchBackend) or batch_invariant.enabled():
             return False

@@ -1,0 +1,77 @@
+"""A compiled decoding step for the rollout engine's few-row steps (`GenerationConfig.compile_decode`).
+
+The tail of a long-tailed rollout is a few rows decoding alone for hundreds of steps, and such a
+step of a small model is almost all fixed per-op cost (~530 aten ops and the Python around them,
+README "Rollout engine"). Here the model's decoding forward and the sampler run as one graph
+(torch.compile, inductor: fused C++ kernels on CPU, one call a step); the engine's bookkeeping, the
+cache view and the noise stay outside. Shapes are dynamic (rows, cached length, pool size), so the
+step compiles once for one row and once for more (torch specialises size 1), not per step.
+
+Not bitwise the eager step: the fused kernels sum in another order, and the sampler's top-p runs
+its 48 bisection rounds in the graph (eager decides few rows on the host). Tokens match eager's on
+greedy workloads and log-probs within float tolerance (tests/test_decode_compiled.py); sampled
+tokens may differ where a logit change of ~1e-6 flips a draw. Hence it is off under
+`rl.exact_rollouts` (batch-invariant kernels; the engine takes the eager step) and only in one
+process (no collectives in the graph), on the plain torch kernels.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+
+from r1mega.inference.sampling import sample
+from r1mega.kernels import active_backend, batch_invariant
+from r1mega.kernels.linear import TorchBackend
+
+log = logging.getLogger(__name__)
+
+# Rows up to which a step runs compiled (more take the eager step, where per-row work outweighs the
+# fixed per-op cost). In the graph the MoE layers run each (row, expert) choice as one row of a
+# batched GEMM over gathered expert weights (`GroupedExperts.by_choice`, within its byte budget).
+COMPILED_MAX_ROWS = 64
+
+
+def _step(model, ps, ids, pos, view, gumbel, temperature: float, top_p: float, top_k: int, vocab: int):
+    logits = model(ids, position_ids=pos, cache=view, last_logits_only=True).logits[-1]
+    return sample(logits, ps, temperature, top_p, top_k, vocab_size=vocab, gumbel=gumbel)
+
+
+_compiled = None
+
+
+def compiled_step():
+    """The compiled `_step` (built once per process: torch.compile caches its graphs on the code)."""
+    global _compiled
+    if _compiled is None:
+        # sizes equal by chance (a pool of 16 blocks, a 16-token prompt) would otherwise share one
+        # symbol, and the step recompile once they part. Process-wide (a patch around each call cost
+        # ~50 us a step); it only makes graphs assume less
+        torch.fx.experimental._config.use_duck_shape = False
+        # floats (norm eps, softmax scale, temperature) as constants: as symbols each took a Python
+        # guard a call (~100 of them, ~0.3 ms a step)
+        torch._dynamo.config.specialize_float = True
+        _compiled = torch.compile(_step, dynamic=True)
+    return _compiled
+
+
+def refusal(model, ps, one_token_steps: bool) -> Optional[str]:
+    """Why a rollout cannot take the compiled step (None: it can)."""
+    if ps.world > 1:
+        return "it runs in one process only (no collectives in the compiled graph)"
+    if batch_invariant.enabled():
+        return "rl.exact_rollouts keeps the batch-invariant eager step"
+    if not isinstance(active_backend(), TorchBackend):
+        return "it runs on the plain torch kernels only"
+    if not one_token_steps or not getattr(model, "is_last", True):
+        return "speculative decoding keeps its own step"
+    return None
+
+
+def usable(model, ps, one_token_steps: bool) -> bool:
+    """Whether the compiled step can run; says why not once (a log line), then runs eager."""
+    why = refusal(model, ps, one_token_steps)
+    if why is not None:
+        log.info("compile_decode: eager decoding steps (%s)", why)
+    return why is None

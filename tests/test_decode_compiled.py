@@ -1,0 +1,108 @@
+"""The compiled decoding step (GenerationConfig.compile_decode, inference/compiled_decode.py): few-row
+steps run the model's decoding forward and the sampler as one torch.compile graph, and give the
+eager step's tokens (greedy and sampled workloads), its log-probs within float rounding and the same
+routing record; the graphs do not recompile per step as rows and the cache grow; rl.exact_rollouts
+and multi-process layouts keep the eager step."""
+import dataclasses
+
+import pytest
+import torch
+
+from r1mega.config import Config, ModelConfig, ParallelConfig, load_config, validate, validate_rl, validate_training
+from r1mega.errors import ConfigError
+from r1mega.inference import compiled_decode
+from r1mega.inference.continuous import ContinuousBatcher
+from r1mega.inference.generate import GenerationConfig, generate
+from r1mega.kernels import batch_invariant
+from r1mega.parallel.layout import ParallelState, single_process_state
+from r1mega.train.setup import build_chunks, init_weights
+
+PROMPTS = [[5, 9, 17, 3, 44, 21], [7, 7, 30, 2, 11], [60, 1, 13, 90, 25, 8, 4]]
+
+
+@pytest.fixture(scope="module")
+def model():
+    """Two layers (dense, then MoE: the graph covers both kinds, and compiles in less time than four)."""
+    cfg = validate(Config(model=ModelConfig(vocab_size=128, num_layers=2, num_mtp_layers=0),
+                          parallel=ParallelConfig()), 1)
+    ps = single_process_state()
+    chunks = build_chunks(cfg, ps)
+    init_weights(chunks, seed=5)
+    with torch.no_grad():  # larger weights: peaked distributions, no near-ties in greedy decoding
+        for p in chunks.parameters():
+            if p.dim() > 1:
+                p.mul_(8)
+    return chunks.eval(), ps
+
+
+@pytest.fixture
+def compiled_steps(monkeypatch):
+    """Counts decoding steps taken by the compiled graph."""
+    calls = []
+    original = ContinuousBatcher.decode_compiled
+
+    def counting(self, rows):
+        calls.append(len(rows))
+        return original(self, rows)
+    monkeypatch.setattr(ContinuousBatcher, "decode_compiled", counting)
+    return calls
+
+
+def _real_routing(r):
+    width = r.tokens.shape[1] - 1
+    real = torch.zeros(width, r.tokens.shape[0], dtype=torch.bool)
+    for i in range(r.tokens.shape[0]):
+        real[int(r.pad[i]):r.prompt_len + int(r.completion_mask[i].sum()) - 1, i] = True
+    return real
+
+
+# stops end the rows at different steps (greedy after 7, 18 and 24 tokens; sampled 9, 13 and 21), so
+# steps of 3, 2 and 1 live rows all decode
+GREEDY = GenerationConfig(max_new_tokens=40, temperature=0.0, record_routing=True, block_size=4,
+                          stop=lambda ids: len(ids) > 6 and ids[-1] % 6 == 0)
+SAMPLED = GenerationConfig(max_new_tokens=40, temperature=1.0, top_p=0.9, seed=3, record_routing=True,
+                           block_size=4, stop=lambda ids: len(ids) > 6 and ids[-1] % 9 == 0)
+
+
+# greedy is the slow-marked case: each configuration compiles its own graphs (~1 min each on 2 cores)
+@pytest.mark.parametrize("gen", [pytest.param(GREEDY, marks=pytest.mark.slow), SAMPLED], ids=["greedy", "sampled"])
+def test_compiled_step_equals_eager(model, compiled_steps, gen):
+    chunks, ps = model
+    keys = torch.arange(len(PROMPTS))
+    eager = generate(chunks, ps, PROMPTS, gen, rows=keys)
+    assert not compiled_steps
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    fast = generate(chunks, ps, PROMPTS, dataclasses.replace(gen, compile_decode=True), rows=keys)
+    lengths = eager.completion_mask.sum(1)
+    # every decoding step ran compiled (3 rows <= COMPILED_MAX_ROWS), at several row counts
+    assert len(compiled_steps) == int(lengths.max()) - 1 and {1, 3} <= set(compiled_steps)
+    # one graph for one row, one for more (torch specialises size 1): not one per step, although the
+    # cached length grew by 20 and the rows came and went
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before <= 2
+    assert torch.equal(fast.tokens, eager.tokens) and torch.equal(fast.completion_mask, eager.completion_mask)
+    torch.testing.assert_close(fast.logprobs, eager.logprobs, atol=2e-5, rtol=0)
+    assert (fast.logprobs[fast.completion_mask] < -1e-3).any()  # the log-probs compared are not all ~0
+    real = _real_routing(eager)
+    assert set(fast.routing) == set(eager.routing) == {1}
+    assert torch.equal(fast.routing[1][real], eager.routing[1][real])
+    assert lengths.min() < lengths.max() - 10, "the workload must be long-tailed"
+
+
+def test_exact_rollouts_keep_the_eager_step(model, compiled_steps):
+    chunks, ps = model
+    with batch_invariant.exact_mode():
+        eager = generate(chunks, ps, PROMPTS, SAMPLED)
+        asked = generate(chunks, ps, PROMPTS, dataclasses.replace(SAMPLED, compile_decode=True))
+    assert not compiled_steps
+    assert torch.equal(asked.tokens, eager.tokens) and torch.equal(asked.logprobs, eager.logprobs)
+
+
+def test_refused_where_it_cannot_run(model):
+    chunks, ps = model
+    two = ParallelState(cfg=ParallelConfig(tp=2), world=2)
+    assert "one process" in compiled_decode.refusal(chunks[0], two, True)
+    assert "speculative" in compiled_decode.refusal(chunks[0], ps, False)
+    assert compiled_decode.refusal(chunks[0], ps, True) is None
+    cfg = load_config("configs/tiny/r1_zero_demo.yaml", ["rl.exact_rollouts=true", "rl.compile_decode=true"])
+    with pytest.raises(ConfigError, match="rl.compile_decode"):
+        validate_rl(validate_training(cfg, 1, needs_data=False), 1)
