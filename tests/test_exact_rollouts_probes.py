@@ -10,7 +10,7 @@ from r1mega.config import load_config, validate, validate_rl
 from r1mega.errors import ConfigError
 from r1mega.inference.generate import GenerationConfig, generate
 from r1mega.kernels import batch_invariant
-from r1mega.parallel.spawn import run_ranks
+from spawn_cases import run_ranks  # ranks forked from the session's prepared server
 from rl_workers import exact_grpo_worker, sharp_model
 
 ROWS9 = ["rl.group_size=3", "rl.prompts_per_step=3", "data.micro_batch_size=9", "data.global_batch_size=9"]
