@@ -18,10 +18,15 @@ from typing import Callable, Optional
 def run_main(main: Callable, args, cwd: Optional[str] = None) -> subprocess.CompletedProcess:
     """main(args) with stdout/stderr captured and the working directory `cwd`, its exit status as the
     interpreter makes it (`sys.exit(main())`: None is 0, a SystemExit message is printed and 1).
-    R1MEGA_DEBUG is unset meanwhile (tracebacks only where a test passes --debug), as the tests'
-    subprocesses had it; an exception main lets out propagates (a subprocess would print a traceback)."""
+    R1MEGA_DEBUG is unset and torch runs one intra-op thread meanwhile, as in the tests' subprocesses
+    (OMP_NUM_THREADS=1: the same floats whatever the caller's thread count); an exception main lets out
+    propagates (a subprocess would print a traceback)."""
+    import torch
+
     out, err = io.StringIO(), io.StringIO()
     debug = os.environ.pop("R1MEGA_DEBUG", None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -33,6 +38,7 @@ def run_main(main: Callable, args, cwd: Optional[str] = None) -> subprocess.Comp
                     code = 1
         code = 0 if code is None else code
     finally:
+        torch.set_num_threads(threads)
         if debug is not None:
             os.environ["R1MEGA_DEBUG"] = debug
     return subprocess.CompletedProcess([str(a) for a in args], code, out.getvalue(), err.getvalue())
