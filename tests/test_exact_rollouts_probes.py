@@ -78,7 +78,9 @@ SINGLE = {
 
 @pytest.mark.parametrize("name", list(SINGLE))
 def test_exact_one_process(tmp_path, name):
-    _assert_exact([exact_grpo_worker(0, 1, _overrides(tmp_path, SINGLE[name]))])
+    out = exact_grpo_worker(0, 1, _overrides(tmp_path, SINGLE[name]))
+    _assert_exact([out])
+    assert out["accuracy_before"] is None  # eval_problems=0 scored no held-out sums (it scored all 30 before)
 
 
 BASE = ["rl.max_new_tokens=37", *ROWS9]
