@@ -89,7 +89,7 @@ def grpo_dynamic_worker(rank: int, world: int, overrides: list[str]) -> dict:
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         cfg = load_config(os.path.join(root, "configs", "tiny", "r1_zero_demo.yaml"), overrides)
-        grpo_module.grpo(cfg, eval_problems=4)
+        grpo_module.grpo(cfg, eval_problems=0)
     finally:
         grpo_module.draw_until_informative, rollout_module.reward_terms = real_draw, real_reward
     rows = [json.loads(line) for line in open(os.path.join(cfg.train.run_dir, "metrics.jsonl"))] if rank == 0 else []

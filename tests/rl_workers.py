@@ -85,8 +85,8 @@ def exact_grpo_worker(rank: int, world: int, overrides: list[str]) -> dict:
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         cfg = load_config(os.path.join(root, "configs", "tiny", "r1_zero_demo.yaml"), overrides)
-        grpo_module.grpo(cfg, eval_problems=0)
+        out = grpo_module.grpo(cfg, eval_problems=0)  # no held-out scoring: the probes read the steps only
     finally:
         update_module.grpo_loss = loss
     rows = [json.loads(line) for line in open(os.path.join(cfg.train.run_dir, "metrics.jsonl"))] if rank == 0 else []
-    return {"rows": rows, "calls": seen}
+    return {"rows": rows, "calls": seen, "accuracy_before": out["accuracy_before"]}

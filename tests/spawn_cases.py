@@ -22,7 +22,10 @@ from r1mega.parallel import spawn
 # imported once by the server; each forked rank starts with them (a missing one is skipped)
 PRELOAD = ["torch", "torch.distributed", "r1mega.config", "r1mega.parallel.layout", "r1mega.train.setup",
            "r1mega.train.trainer", "r1mega.train.lm_step", "r1mega.inference.generate", "r1mega.rl.grpo",
-           "r1mega.models.family", "r1mega.models.weights", "r1mega.cli", "r1mega.verify_hf"]
+           "r1mega.models.family", "r1mega.models.weights", "r1mega.cli", "r1mega.verify_hf",
+           # megatron-core's indexed dataset: every rank that reads or builds a tiny corpus imports it
+           # (seconds each: megatron.core pulls torch._dynamo in); the server imports it once
+           "megatron.core.datasets.indexed_dataset"]
 
 
 def run_ranks(fn: Callable, world: int, *args: Any, group: bool = True) -> list[Any]:

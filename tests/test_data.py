@@ -50,7 +50,11 @@ def test_preprocess_tool_and_bad_line(tmp_path, tok):
     assert tok.decode(stream.window(0, stream.num_tokens)).startswith("Q: 1+2= A: 3")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "fine"}) + "\n" + '{"text": "broken\n')
-    res = run("--input", str(bad), "--tokenizer", tok.path, "--output-prefix", str(tmp_path / "d"))
+    # the bad line through the tool's main() in this process (the run above starts the script)
+    from cli_in_process import run_main
+    from tools import preprocess_data
+
+    res = run_main(preprocess_data.main, ["--input", bad, "--tokenizer", tok.path, "--output-prefix", tmp_path / "d"])
     assert res.returncode == 2 and f"{bad}:2: not valid JSON" in res.stderr
 
 

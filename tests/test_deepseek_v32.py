@@ -496,7 +496,7 @@ def test_grpo_on_v32_rollout_logprobs_equal_training(tmp_path):
                        "rl.group_size=4", "rl.prompts_per_step=4", "data.micro_batch_size=8",
                        "data.global_batch_size=8", "data.synthetic_docs=300"])
     cfg.model = DSAConfig(**asdict(cfg.model), index_n_heads=8, index_head_dim=16, index_topk=4)
-    grpo(cfg, eval_problems=4)
+    grpo(cfg, eval_problems=0)
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:

@@ -4,7 +4,7 @@ order fill the empty slots in slot order, whatever the layout (groups move betwe
 import pytest
 
 from dynamic_sampling_workers import is_informative, pooled_worker
-from r1mega.parallel.spawn import run_ranks
+from spawn_cases import run_ranks  # ranks forked from the session's prepared server
 from r1mega.rl.rollout import pool_size, share
 
 

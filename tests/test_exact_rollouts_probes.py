@@ -10,7 +10,7 @@ from r1mega.config import load_config, validate, validate_rl
 from r1mega.errors import ConfigError
 from r1mega.inference.generate import GenerationConfig, generate
 from r1mega.kernels import batch_invariant
-from r1mega.parallel.spawn import run_ranks
+from spawn_cases import run_ranks  # ranks forked from the session's prepared server
 from rl_workers import exact_grpo_worker, sharp_model
 
 ROWS9 = ["rl.group_size=3", "rl.prompts_per_step=3", "data.micro_batch_size=9", "data.global_batch_size=9"]
@@ -78,7 +78,9 @@ SINGLE = {
 
 @pytest.mark.parametrize("name", list(SINGLE))
 def test_exact_one_process(tmp_path, name):
-    _assert_exact([exact_grpo_worker(0, 1, _overrides(tmp_path, SINGLE[name]))])
+    out = exact_grpo_worker(0, 1, _overrides(tmp_path, SINGLE[name]))
+    _assert_exact([out])
+    assert out["accuracy_before"] is None  # eval_problems=0 scored no held-out sums (it scored all 30 before)
 
 
 BASE = ["rl.max_new_tokens=37", *ROWS9]

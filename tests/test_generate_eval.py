@@ -54,6 +54,15 @@ def _env():
     return {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
 
 
+def _in_process(tiny, kind, out, *extra):
+    """The one-process command's main() in this process (no interpreter start); the killed run, the
+    four-rank eval and reject-sample below start the command as a user does."""
+    from cli_in_process import run_main
+    from r1mega.cli import main
+
+    return run_main(main, _cmd(tiny, kind, out, *extra)[3:])
+
+
 def _samples(out):
     recs = []
     for name in sorted(os.listdir(out)):
@@ -67,7 +76,7 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(tiny, tmp_path):
     args = ["--prompts", tiny["prompts"], "--samples", "3", "--max-new-tokens", "24", "--problems-per-round", "1",
             "--temperature", "1.0", "--top-p", "1.0"]
     ref = tmp_path / "ref"
-    subprocess.run(_cmd(tiny, "generate", ref, *args), env=_env(), check=True, capture_output=True, timeout=300)
+    assert _in_process(tiny, "generate", ref, *args).returncode == 0
     out = tmp_path / "crashed"
     proc = subprocess.Popen(_cmd(tiny, "generate", out, *args), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -83,7 +92,7 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(tiny, tmp_path):
     assert 15 <= len(before) < 120
     with open(shard, "a") as f:  # what a crash in the middle of a write leaves
         f.write('{"id": "p39", "sample": 0, "compl')
-    res = subprocess.run(_cmd(tiny, "generate", out, *args), env=_env(), capture_output=True, text=True, timeout=300)
+    res = _in_process(tiny, "generate", out, *args)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "resuming" in res.stdout
     after = _samples(out)
@@ -104,8 +113,7 @@ def test_four_ranks_match_one_process_and_completions_score_the_same(tiny, tmp_p
     from r1mega.generation.records import read_prompt_records
 
     args = ["--data", tiny["prompts"], "--samples", "4", "--max-new-tokens", "6", "--problems-per-round", "16"]
-    one = subprocess.run(_cmd(tiny, "eval", tmp_path / "one", *args), env=_env(), capture_output=True, text=True,
-                         timeout=300)
+    one = _in_process(tiny, "eval", tmp_path / "one", *args)
     assert one.returncode == 0, one.stderr[-2000:]
     four = subprocess.run(_cmd(tiny, "eval", tmp_path / "four", *args, "--tp", "2", "--ep", "2", nproc=4),
                           env=_env(), capture_output=True, text=True, timeout=300)
@@ -120,9 +128,10 @@ def test_four_ranks_match_one_process_and_completions_score_the_same(tiny, tmp_p
     # the same completions, handed over as a file, score the same
     comp = tmp_path / "completions.jsonl"
     comp.write_text("".join(json.dumps({"id": r["id"], "completion": r["completion"]}) + "\n" for r in s1))
-    scored = subprocess.run([sys.executable, "-m", "r1mega.cli", "eval", "--data", tiny["prompts"], "--completions",
-                             str(comp), "--out", str(tmp_path / "ext")], env=_env(), capture_output=True, text=True,
-                            timeout=300)
+    from cli_in_process import run_main
+    from r1mega.cli import main
+
+    scored = run_main(main, ["eval", "--data", tiny["prompts"], "--completions", comp, "--out", tmp_path / "ext"])
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert scored.stdout.strip().splitlines()[-1] == last
     summary = json.loads((tmp_path / "one" / "prompts" / "summary.json").read_text())

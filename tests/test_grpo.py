@@ -65,15 +65,21 @@ def user_data(tmp_path_factory):
 
 def grpo_cli(run_dir, data, prompts, rewards, nproc=1, extra=()):
     """The stage config as written, given a model, prompts and small sizes."""
-    args = ["-m", "r1mega.cli", "grpo", "--config", STAGE, f"train.load={data['ckpt']}",
+    args = ["grpo", "--config", STAGE, f"train.load={data['ckpt']}",
             f"rl.prompts=[{data[prompts]}]", f"rl.rewards=[{rewards}]", f"train.run_dir={run_dir}",
             "train.dtype=float32", "rl.group_size=4", "rl.prompts_per_step=2", "rl.minibatches=2",
             "rl.max_new_tokens=8", "data.micro_batch_size=4", "data.global_batch_size=8", "train.steps=2",
             "optim.lr=1e-2", "optim.min_lr=1e-2", "rl.kl_coef=0.01", "rl.language=en", *extra]
-    cmd = [sys.executable, *args] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    if nproc == 1:  # main() in this process; the layouts below start the command under torchrun
+        from cli_in_process import run_main
+        from r1mega.cli import main
+
+        res = run_main(main, args, cwd=ROOT)
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "r1mega.cli", *args]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     samples = [json.loads(line) for line in open(os.path.join(run_dir, "rollouts.jsonl"))]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -121,9 +119,10 @@ def test_rewards_eval_and_filters_agree_on_a_table_of_tricky_completions(tmp_pat
     data, comp, out = tmp_path / "data.jsonl", tmp_path / "completions.jsonl", tmp_path / "eval"
     data.write_text("".join(json.dumps(r) + "\n" for r in recs))
     comp.write_text("".join(json.dumps({"id": r["id"], "completion": t}) + "\n" for r, t in zip(recs, texts)))
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "r1mega.cli", "eval", "--data", str(data), "--completions", str(comp),
-                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    from cli_in_process import run_main  # its main() in this process; test_generate_eval.py starts the command
+    from r1mega.cli import main
+
+    done = run_main(main, ["eval", "--data", data, "--completions", comp, "--out", out])
     assert done.returncode == 0, done.stderr[-3000:]
     by_eval = {json.loads(line)["id"]: json.loads(line)["correct"]
                for line in (out / "data" / "scored.jsonl").read_text().splitlines()}

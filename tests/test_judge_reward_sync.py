@@ -6,7 +6,7 @@ different rewards. Now the replica's first rank judges and the others receive it
 no programs)."""
 import torch
 
-from r1mega.parallel.spawn import run_ranks
+from spawn_cases import run_ranks  # ranks forked from the session's prepared server
 from tests.reward_sync_probe_workers import judge_with_rank_dependent_verdicts
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 import tokenize
 
@@ -16,10 +15,6 @@ from r1mega.config import ConfigError, load_config, validate
 from r1mega.models.family import family_for, family_for_hf, family_from_meta
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
 
 
 def test_model_section_names_its_family():
@@ -160,23 +155,27 @@ def test_dense_hf_model_runs_grpo_and_generates_from_the_checkpoint_alone(tmp_pa
         json.dump(hf, f)
     write_tokenizer(hf_dir)
     prompts = write_jsonl(str(tmp_path / "math.jsonl"), MATH)
-    run = lambda *args: subprocess.run([sys.executable, *args], env=_env(), cwd=ROOT, capture_output=True,  # noqa: E731
-                                       text=True, timeout=600)
-    res = run("-m", "tools.convert", "import", "--hf-dir", hf_dir, "--out", ckpt, "--dtype", "float32")
+    # each command's main() in this process, as its user-facing steps (test_convert.py, test_grpo.py and
+    # test_generate_eval.py start the commands themselves)
+    from cli_in_process import run_main
+    from r1mega import cli
+    from tools import convert
+
+    res = run_main(convert.main, ["import", "--hf-dir", hf_dir, "--out", ckpt, "--dtype", "float32"], cwd=ROOT)
     assert res.returncode == 0, res.stderr
-    res = run("-m", "r1mega.cli", "grpo", "--config", os.path.join(ROOT, "configs", "stage", "r1_zero.yaml"),
-              f"train.load={ckpt}", f"rl.prompts=[{prompts}]", f"train.run_dir={tmp_path / 'run'}",
-              "train.steps=1", "train.dtype=float32", "rl.group_size=2", "rl.prompts_per_step=2",
-              "rl.minibatches=1", "rl.max_new_tokens=4", "rl.max_new_tokens_schedule=[]",
-              "data.micro_batch_size=4", "data.global_batch_size=4", "train.save_interval=0")
+    res = run_main(cli.main, ["grpo", "--config", os.path.join(ROOT, "configs", "stage", "r1_zero.yaml"),
+                              f"train.load={ckpt}", f"rl.prompts=[{prompts}]", f"train.run_dir={tmp_path / 'run'}",
+                              "train.steps=1", "train.dtype=float32", "rl.group_size=2", "rl.prompts_per_step=2",
+                              "rl.minibatches=1", "rl.max_new_tokens=4", "rl.max_new_tokens_schedule=[]",
+                              "data.micro_batch_size=4", "data.global_batch_size=4", "train.save_interval=0"], cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     step = tmp_path / "run" / "checkpoints" / "step_00000001"
     meta = json.loads((step / "meta.json").read_text())
     family, model_cfg = family_from_meta(meta)
     assert family.name == "dense" and model_cfg.vocab_size == 640 and model_cfg.arch == "llama"
     out = tmp_path / "gen"
-    res = run("-m", "r1mega.cli", "generate", "--model", str(step), "--tokenizer", hf_dir, "--prompts", prompts,
-              "--out", str(out), "--max-new-tokens", "4", "--samples", "1")
+    res = run_main(cli.main, ["generate", "--model", str(step), "--tokenizer", hf_dir, "--prompts", prompts,
+                              "--out", str(out), "--max-new-tokens", "4", "--samples", "1"], cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = [json.loads(line) for name in sorted(os.listdir(out)) if name.startswith("shard-")
             for line in (out / name).read_text().splitlines()]

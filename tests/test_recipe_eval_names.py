@@ -5,11 +5,9 @@ by name before anything is loaded."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from cli_in_process import run_main
+from r1mega.cli import main
 
 
 def _eval(tmp_path, *names):
@@ -18,11 +16,7 @@ def _eval(tmp_path, *names):
         p = tmp_path / f"{name}.jsonl"
         p.write_text(json.dumps({"id": "a", "prompt": "1+1=", "answer": "2"}) + "\n")
         paths.append(str(p))
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    env.pop("R1MEGA_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "r1mega.cli", "eval", "--data", *paths, "--model",
-                           str(tmp_path / "no_model"), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, env=env, timeout=120)
+    return run_main(main, ["eval", "--data", *paths, "--model", tmp_path / "no_model", "--out", tmp_path / "out"])
 
 
 def test_a_benchmark_named_like_the_total_row_is_refused(tmp_path):

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from dataclasses import asdict
 
 import pytest
+
+from cli_in_process import run_main
+from r1mega.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,12 +47,9 @@ def _prompts(path, texts):
 
 
 def _generate(tiny, prompts, out):
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    env.pop("R1MEGA_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "r1mega.cli", "generate", "--model", tiny["ckpt"], "--tokenizer",
-                           tiny["tok"], "--prompts", str(prompts), "--out", str(out), "--template", "raw",
-                           "--samples", "2", "--max-new-tokens", "4", "--temperature", "1.0"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    return run_main(main, ["generate", "--model", tiny["ckpt"], "--tokenizer", tiny["tok"], "--prompts", prompts,
+                           "--out", out, "--template", "raw", "--samples", "2", "--max-new-tokens", "4",
+                           "--temperature", "1.0"])  # `r1mega generate ...` in this process
 
 
 def test_a_finished_problem_whose_prompt_changed_is_refused(tiny, tmp_path):

@@ -7,21 +7,19 @@ from __future__ import annotations
 
 import glob
 import os
-import subprocess
-import sys
 
 import torch
 from safetensors.torch import load_file
+
+from cli_in_process import run_main
+from r1mega.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "tiny", "r1_pipeline_model.yaml")
 
 
 def _run(kind: str, *overrides: str) -> None:
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    env.pop("R1MEGA_DEBUG", None)
-    r = subprocess.run([sys.executable, "-m", "r1mega.cli", kind, "--config", CONFIG, *overrides],
-                       capture_output=True, text=True, env=env, timeout=600)
+    r = run_main(main, [kind, "--config", CONFIG, *overrides])  # `r1mega KIND ...` in this process
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
 
 

@@ -14,20 +14,19 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 import torch
+
+from cli_in_process import run_main
+from r1mega.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "tiny")
 
 
 def _run(kind: str, config: str, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    env.pop("R1MEGA_DEBUG", None)
-    r = subprocess.run([sys.executable, "-m", "r1mega.cli", kind, "--config", os.path.join(CONFIGS, config),
-                        *overrides], capture_output=True, text=True, env=env, timeout=600)
+    r = run_main(main, [kind, "--config", os.path.join(CONFIGS, config), *overrides])  # `r1mega KIND ...` here
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return r
 

@@ -4,8 +4,6 @@ the same samples on TP2 x EP2 and PP2 as in one process; cache memory that follo
 prompt prefilled once for its samples; `r1mega generate` resumes to the uninterrupted samples under
 any --problems-per-round."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -209,14 +207,13 @@ def test_resume_draws_the_uninterrupted_samples_under_any_problems_per_round(tmp
              for i in range(12)]
     (tmp_path / "all.jsonl").write_text("".join(lines))
     (tmp_path / "first.jsonl").write_text("".join(lines[:5]))  # what a run killed after 5 problems stored
-    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+    from cli_in_process import run_main  # `r1mega generate` in this process (test_generate_eval.py starts it)
+    from r1mega.cli import main
 
     def run(prompts, out, per_round):
-        cmd = [sys.executable, "-m", "r1mega.cli", "generate", "--model", str(tmp_path / "ckpt"), "--tokenizer",
-               tok, "--out", str(out), "--template", "raw", "--prompts", str(tmp_path / prompts), "--samples", "3",
-               "--max-new-tokens", "12", "--temperature", "1.0", "--top-p", "1.0",
-               "--problems-per-round", str(per_round)]
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        res = run_main(main, ["generate", "--model", tmp_path / "ckpt", "--tokenizer", tok, "--out", out, "--template",
+                              "raw", "--prompts", tmp_path / prompts, "--samples", "3", "--max-new-tokens", "12",
+                              "--temperature", "1.0", "--top-p", "1.0", "--problems-per-round", per_round])
         assert res.returncode == 0, res.stderr[-2000:]
         return res
 

@@ -10,7 +10,7 @@ import torch
 from r1mega.inference.continuous import ContinuousBatcher, recompute_rounds, row_need_tokens
 from r1mega.inference.generate import GenerationConfig, generate
 from r1mega.kernels import batch_invariant
-from r1mega.parallel.spawn import run_ranks
+from spawn_cases import run_ranks  # ranks forked from the session's prepared server
 from rl_workers import sharp_model
 from rollout_workers import budget_layouts_worker, budgeted_rollout, long_tail_config, long_tail_rows
 

@@ -4,8 +4,6 @@ are its rollouts), by the pretraining rules: R1-Zero (configs/stage/r1_zero.yaml
 over 2 x cp x tp = 64, and a data.global_batch_size that is no multiple of dp x micro_batch_size refused
 any GRPO run. GRPO's shapes come from rl.* (and `grpo --dry-run` plans them)."""
 import os
-import subprocess
-import sys
 
 from r1mega.config import ConfigError, load_config, validate_training
 
@@ -35,11 +33,13 @@ def test_r1_zero_on_the_readme_layout_passes_the_dry_run_validation(capsys):
 
 
 def test_a_grpo_run_ignores_the_pretraining_batch_keys(tmp_path):
-    cmd = [sys.executable, "-m", "r1mega.cli", "grpo", "--config", os.path.join(ROOT, "configs/tiny/r1_zero_demo.yaml"),
-           "train.steps=1", f"train.run_dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'data'}",
-           "data.synthetic_docs=300", "rl.prompts_per_step=2", "rl.group_size=2", "data.micro_batch_size=2",
-           "data.global_batch_size=3", "data.seq_length=5"]  # neither is a shape of GRPO's
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    argv = ["grpo", "--config", os.path.join(ROOT, "configs/tiny/r1_zero_demo.yaml"),
+            "train.steps=1", f"train.run_dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'data'}",
+            "data.synthetic_docs=300", "rl.prompts_per_step=2", "rl.group_size=2", "data.micro_batch_size=2",
+            "data.global_batch_size=3", "data.seq_length=5"]  # neither is a shape of GRPO's
+    from cli_in_process import run_main  # `r1mega grpo ...` in this process (test_grpo.py starts the command)
+    from r1mega.cli import main
+
+    done = run_main(main, argv, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "steps=1" in done.stdout

@@ -239,7 +239,7 @@ def test_grpo_with_speculative_rollouts_matches_plain_rewards(tmp_path):
     rewards = {}
     for name, extra in (("plain", []), ("mtp", ["rl.speculative=mtp", "rl.draft_tokens=2", "rl.mtp_weight=0.3"])):
         run = f"{tmp_path}/{name}"
-        grpo(load_config(DEMO, rl + extra + [f"train.run_dir={run}"]), eval_problems=8)
+        grpo(load_config(DEMO, rl + extra + [f"train.run_dir={run}"]), eval_problems=0)
         rows = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
         rewards[name] = [r["reward"] for r in rows]
         if name == "mtp":

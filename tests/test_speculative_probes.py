@@ -415,7 +415,7 @@ def test_grpo_speculative_resume_equals_uninterrupted(tmp_path):
                                  "rl.speculative=mtp", "rl.draft_tokens=2", "rl.mtp_weight=0.3",
                                  "data.micro_batch_size=8", "data.global_batch_size=8", "data.synthetic_docs=300",
                                  "train.log_interval=1"])
-        grpo(cfg, eval_problems=4)
+        grpo(cfg, eval_problems=0)
         return [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
 
     straight = run(tmp_path / "a", 3)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -111,10 +110,11 @@ def test_eval_summary_states_k_temperature_top_p_and_cons_at_64(tmp_path):
     # p0: 40 of 64 say 4 (the vote is right); p1: 20 say 4, 44 say 5 (the vote is wrong)
     lines = [("p0", "4" if s < 40 else "5") for s in range(64)] + [("p1", "4" if s < 20 else "5") for s in range(64)]
     comp.write_text("".join(json.dumps({"id": i, "completion": f"<think>t</think> {a}"}) + "\n" for i, a in lines))
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "r1mega.cli", "eval", "--data", str(data), "--completions", str(comp),
-                          "--out", str(tmp_path / "ev"), "--temperature", "0.6", "--top-p", "0.95"],
-                         env=env, capture_output=True, text=True, timeout=300)
+    from cli_in_process import run_main  # `r1mega eval ...` in this process (its summary, not the interpreter)
+    from r1mega.cli import main
+
+    out = run_main(main, ["eval", "--data", data, "--completions", comp, "--out", tmp_path / "ev", "--temperature", "0.6",
+                          "--top-p", "0.95"])
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == (
         "pass@1=0.4688 cons@64=0.5000 problems=2 samples=64 temperature=0.6 top_p=0.95")

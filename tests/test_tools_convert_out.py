@@ -3,11 +3,10 @@ named errors (exit 2, no traceback), and nothing half-done is left behind."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
+from cli_in_process import run_main
 from test_tools_fp8 import _tensors, write_hf
 from tools import convert
 
@@ -20,10 +19,7 @@ def hf(tmp_path_factory):
 
 
 def _cli(*args):
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.pop("R1MEGA_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "tools.convert", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=120)
+    return run_main(convert.main, args, cwd=ROOT)  # `r1mega-convert ARGS` in this process
 
 
 def test_out_under_a_file_is_a_named_error(tmp_path, hf):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
+from cli_in_process import run_main
+from r1mega.cli import main
 from test_tools_convert_out import _cli
 from test_tools_fp8 import _tensors, write_hf
 from tools import convert
@@ -21,12 +21,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_dir(tmp_path_factory):
     """A 2-step tiny pretraining run saving at both steps (a real trainer checkpoint, with its manifest)."""
     root = tmp_path_factory.mktemp("run")
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "r1mega.cli", "pretrain", "--config",
-                        os.path.join(ROOT, "configs/tiny/pretrain.yaml"), "train.steps=2", "train.save_interval=1",
-                        f"train.run_dir={root / 'run'}", f"data.cache_dir={root / 'data'}", "data.synthetic_docs=200",
-                        "model.num_layers=2"],
-                       capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    r = run_main(main, ["pretrain", "--config", os.path.join(ROOT, "configs/tiny/pretrain.yaml"), "train.steps=2",
+                        "train.save_interval=1", f"train.run_dir={root / 'run'}", f"data.cache_dir={root / 'data'}",
+                        "data.synthetic_docs=200", "model.num_layers=2"], cwd=root)  # the trainer, in this process
     assert r.returncode == 0, r.stderr[-2000:]
     return root / "run" / "checkpoints"
 

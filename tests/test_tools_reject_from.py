@@ -10,6 +10,9 @@ import sys
 
 import pytest
 
+from cli_in_process import run_main
+from r1mega.cli import main
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 2
 
@@ -40,11 +43,9 @@ def _generate_dir(path, done: list[str], partial: str = "", torn: bool = False, 
 def _run(tmp_path, gen):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": "1+1=", "answer": "2"}) + "\n" for i in range(4)))
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.pop("R1MEGA_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "r1mega.cli", "reject-sample", "--samples-from", str(gen),
-                           "--prompts", str(prompts), "--out", str(tmp_path / "sft"), "--keep", "1"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    # `r1mega reject-sample ...` in this process (what it refuses and writes, not the interpreter)
+    return run_main(main, ["reject-sample", "--samples-from", gen, "--prompts", prompts, "--out", tmp_path / "sft",
+                           "--keep", "1"])
 
 
 def _dead_pid() -> int:
@@ -55,12 +56,14 @@ def _dead_pid() -> int:
 
 @pytest.mark.parametrize("state", ["killed (lock left, later problems missing)", "running (lock held)",
                                    "torn last line", "a problem short of its samples"])
-def test_an_unfinished_generate_run_is_not_filtered(tmp_path, state):
+def test_an_unfinished_generate_run_is_not_filtered(tmp_path, request, state):
     if state.startswith("killed"):
         gen = _generate_dir(tmp_path / "gen", ["p0", "p1"], lock_pid=_dead_pid())
         named = ".r1mega.lock"
-    elif state.startswith("running"):
-        gen = _generate_dir(tmp_path / "gen", ["p0", "p1"], lock_pid=os.getpid())
+    elif state.startswith("running"):  # another live process holds the lock (the command runs in this one)
+        holder = subprocess.Popen(["sleep", "300"])
+        request.addfinalizer(lambda: (holder.kill(), holder.wait()))
+        gen = _generate_dir(tmp_path / "gen", ["p0", "p1"], lock_pid=holder.pid)
         named = ".r1mega.lock"
     elif state == "torn last line":
         gen = _generate_dir(tmp_path / "gen", ["p0", "p1", "p2"], partial="p3", torn=True)

@@ -3,19 +3,17 @@ synthetic corpus included), and a damaged meta.json in it is named, never a trac
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
+
+from cli_in_process import run_main
+from r1mega.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cli(cwd, *args):
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
-    env.pop("R1MEGA_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "r1mega.cli", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=300)
+    return run_main(main, args, cwd=cwd)  # `r1mega ARGS` in this process (the refusals, not the interpreter)
 
 
 @pytest.mark.parametrize("command,config", [("pretrain", "configs/tiny/pretrain.yaml"),

@@ -97,6 +97,8 @@ def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW,
 
 
 def grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
+    """eval_problems: held-out problems scored greedily before and after (the built-in sums: their whole
+    fixed split); 0 scores none (accuracy_before/after None)."""
     try:
         with batch_invariant.exact_mode(cfg.rl.exact_rollouts):  # rollouts and training alike
             return _grpo(cfg, eval_problems, eval_every)
@@ -206,7 +208,7 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     policy, at = start(cfg, ckpt_root)
     run, chunks, optimizer, reference, log = policy.run, policy.chunks, policy.optimizer, policy.reference, policy.log
     cfg, ps, rl, t = run.cfg, run.ps, run.cfg.rl, run.cfg.train
-    held_out = policy.source.held_out(eval_problems)
+    held_out = policy.source.held_out(eval_problems) if eval_problems > 0 else None
     history: dict[str, list] = {"accuracy": [], "reward": []}
     acc0 = None
     if held_out is not None:
