@@ -164,7 +164,7 @@ class DenseStudent(nn.Module):
                                     interleave=False)
         self.embed_tokens = (VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, ps, std)
                              if self.is_first else None)
-        self.layers = nn.ModuleDict({str(i): DenseDecoderLayer(cfg, ps) for i in self.layer_ids})
+        self.layers = nn.ModuleDict({str(i): self.decoder_layer(cfg, ps, i) for i in self.layer_ids})
         self.norm = self.lm_head = None
         if self.is_last:
             self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "stream")
@@ -174,6 +174,11 @@ class DenseStudent(nn.Module):
                     tag(self.lm_head.weight, tied_embedding=True, copy_of="model.embed_tokens.weight")
         if tied and self.is_first and self.num_stages > 1:
             tag(self.embed_tokens.weight, tied_embedding=True)
+
+    @staticmethod
+    def decoder_layer(cfg, ps: ParallelState, layer_idx: int) -> nn.Module:
+        """Layer `layer_idx` (a family built on this stage, e.g. Qwen3-MoE, builds its own)."""
+        return DenseDecoderLayer(cfg, ps)
 
     def param_slices(self):
         """Checkpoint slices of this stage's tensors (`r1mega.models.weights.SliceSpec`)."""

@@ -18,21 +18,17 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from r1mega.kernels import linear
 from r1mega.models.deepseek_v3.hf_weights import gather_full as gather_moe, param_slices as moe_param_slices
 from r1mega.models.deepseek_v3.model import DecoderLayer
 from r1mega.models.deepseek_v3.moe import MoE
-from r1mega.models.dense.model import GQAttention
+from r1mega.models.dense.model import DenseStudent, GQAttention
 from r1mega.models.ffn import SwiGLU
 from r1mega.models.qwen3_moe.config import Qwen3MoeConfig
 from r1mega.models.qwen3_moe.kv_cache import RoutedHeadsKVCache, paged_routed_heads_layout
-from r1mega.models.rope import RotaryEmbedding
-from r1mega.models.stage import StageOutput, check_sequence_parallel, place_stage, token_loss
+from r1mega.models.stage import StageOutput, check_sequence_parallel, token_loss
 from r1mega.parallel.context_parallel import keep_local_tokens
 from r1mega.parallel.layout import ParallelState
-from r1mega.parallel.param_spec import tag
-from r1mega.parallel.tensor_parallel import ColumnParallelLinear, RMSNorm, enter_tp_region
-from r1mega.parallel.vocab_parallel import VocabParallelEmbedding
+from r1mega.parallel.tensor_parallel import RMSNorm
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 
@@ -50,29 +46,13 @@ class Qwen3MoeDecoderLayer(DecoderLayer):
                     else SwiGLU(cfg.hidden_size, cfg.intermediate_size, ps, cfg.initializer_range))
 
 
-class Qwen3Moe(nn.Module):
-    """Pipeline stage `stage` of `num_stages` (default: this rank's pp rank of pp); with virtual
-    stages stage = chunk * pp + pp_rank."""
+class Qwen3Moe(DenseStudent):
+    """Pipeline stage `stage` of `num_stages`: the dense family's stage (embedding, rotary, norm, tied
+    or untied head) with Qwen3-MoE's layers, checkpoint names, routed KV cache and routing replay."""
 
-    def __init__(self, cfg: Qwen3MoeConfig, ps: ParallelState, pp_layers: Optional[list[int]] = None,
-                 stage: Optional[int] = None, num_stages: Optional[int] = None):
-        super().__init__()
-        place_stage(self, cfg, ps, pp_layers, stage, num_stages)
-        std, tied = cfg.initializer_range, cfg.tie_word_embeddings
-        self.rope = RotaryEmbedding(cfg.head_size, cfg.rope_theta, cfg.rope_scaling, cfg.max_position_embeddings,
-                                    interleave=False)
-        self.embed_tokens = (VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, ps, std)
-                             if self.is_first else None)
-        self.layers = nn.ModuleDict({str(i): Qwen3MoeDecoderLayer(cfg, ps, i) for i in self.layer_ids})
-        self.norm = self.lm_head = None
-        if self.is_last:
-            self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "stream")
-            if not (tied and self.is_first):  # one stage with tied embeddings: the head is the embedding
-                self.lm_head = ColumnParallelLinear(cfg.hidden_size, cfg.vocab_size, ps, std)
-                if tied:
-                    tag(self.lm_head.weight, tied_embedding=True, copy_of=EMBED)
-        if tied and self.is_first and self.num_stages > 1:
-            tag(self.embed_tokens.weight, tied_embedding=True)
+    @staticmethod
+    def decoder_layer(cfg: Qwen3MoeConfig, ps: ParallelState, layer_idx: int) -> nn.Module:
+        return Qwen3MoeDecoderLayer(cfg, ps, layer_idx)
 
     def param_slices(self):
         """Checkpoint slices of this stage's tensors (`r1mega.models.weights.SliceSpec`); a tied head
@@ -104,10 +84,6 @@ class Qwen3Moe(nn.Module):
         if not any(self.cfg.is_moe_layer(i) for i in self.layer_ids):
             return None
         return batch * self.cfg.num_experts_per_tok / (self.cfg.num_experts // self.ps.ep)
-
-    def head(self, h: torch.Tensor) -> torch.Tensor:
-        h = enter_tp_region(self.norm(h), self.ps)
-        return self.lm_head(h) if self.lm_head is not None else linear(h, self.embed_tokens.weight)
 
     def forward(self, input_ids: torch.Tensor, hidden: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
