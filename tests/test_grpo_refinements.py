@@ -20,7 +20,7 @@ def test_clip_fraction_counts_only_the_clipped_branch():
     old = torch.zeros(1, 5)
     adv = torch.tensor([[1.0, -1.0, -1.0, 1.0, 1.0]])
     seq = torch.zeros(1, 5, dtype=torch.long)
-    t = grpo_loss(logp, old, old, adv, torch.ones(1, 5, dtype=torch.bool), 0.2, 0.2, 0.0, True, 5.0, seq=seq)
+    t = grpo_loss(logp, old, old, adv, torch.ones(1, 5, dtype=torch.bool), 0.2, 0.2, 0.0, "token", 5.0, seq=seq)
     assert t.clipped.tolist() == [[True, False, True, False, False]]
     # surrogates: 1.2, -1.5, -0.8, 0.5, 1.1
     assert t.loss.item() == pytest.approx(-(1.2 - 1.5 - 0.8 + 0.5 + 1.1) / 5, rel=1e-6)
@@ -40,7 +40,7 @@ def test_unbiased_kl_by_hand_with_its_gradient():
     ref = torch.tensor([[math.log(0.3), math.log(0.3)]])
     mask = torch.ones(1, 2, dtype=torch.bool)
     beta = 0.5
-    t = grpo_loss(logp, old, ref, torch.zeros(1), mask, 0.2, 0.2, beta, True, 2.0, unbiased_kl=True)
+    t = grpo_loss(logp, old, ref, torch.zeros(1), mask, 0.2, 0.2, beta, "token", 2.0, unbiased_kl=True)
     rho = [0.5 / 0.4, 0.2 / 0.25]
     r = [0.3 / 0.5, 0.3 / 0.2]
     k3 = [x - math.log(x) - 1 for x in r]
@@ -51,7 +51,7 @@ def test_unbiased_kl_by_hand_with_its_gradient():
     want = [beta * (p * k + p * (1 - x)) / 2 for p, k, x in zip(rho, k3, r)]
     assert logp.grad[0].tolist() == pytest.approx(want, rel=1e-5)
     # off: plain k3
-    plain = grpo_loss(logp.detach(), old, ref, torch.zeros(1), mask, 0.2, 0.2, beta, True, 2.0)
+    plain = grpo_loss(logp.detach(), old, ref, torch.zeros(1), mask, 0.2, 0.2, beta, "token", 2.0)
     assert plain.kl[0].tolist() == pytest.approx(k3, rel=1e-6)
 
 
@@ -65,13 +65,13 @@ def test_off_policy_sequence_masking_by_hand():
     seq = torch.tensor([[0, 0, 1, 1, 2, 2, -1]])
     adv = torch.tensor([[-1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 0.0]])
     mask = seq >= 0
-    t = grpo_loss(logp, old, old, adv, mask, 10.0, 10.0, 0.0, False, 3.0, seq=seq, opsm_delta=0.1)
+    t = grpo_loss(logp, old, old, adv, mask, 10.0, 10.0, 0.0, "sequence", 3.0, seq=seq, opsm_delta=0.1)
     assert t.opsm_masked.tolist() == [[True, True, False, False, False, False, False]]
     ratio = lambda d: math.exp(-d)  # noqa: E731
     s1 = -(-ratio(0.05) - ratio(0.05)) / 2
     s2 = -(ratio(0.4) + ratio(0.4)) / 2
     assert t.loss.item() == pytest.approx((0 + s1 + s2) / 3, rel=1e-6)
-    off = grpo_loss(logp, old, old, adv, mask, 10.0, 10.0, 0.0, False, 3.0, seq=seq)
+    off = grpo_loss(logp, old, old, adv, mask, 10.0, 10.0, 0.0, "sequence", 3.0, seq=seq)
     s0 = -(-ratio(0.3) - ratio(0.1)) / 2
     assert off.loss.item() == pytest.approx((s0 + s1 + s2) / 3, rel=1e-6)
 
@@ -88,7 +88,7 @@ def test_entropy_bonus_by_hand():
     # the bonus lowers the loss by coef x entropy (token norm, one token)
     mask = torch.ones(1, 1, dtype=torch.bool)
     z = logp.detach()[:, None]
-    t = grpo_loss(z, z, z, torch.zeros(1), mask, 0.2, 0.2, 0.0, True, 1.0, entropy=ent[:, None], entropy_coef=0.1)
+    t = grpo_loss(z, z, z, torch.zeros(1), mask, 0.2, 0.2, 0.0, "token", 1.0, entropy=ent[:, None], entropy_coef=0.1)
     assert t.loss.item() == pytest.approx(-0.1 * ent.item(), rel=1e-6)
     t.loss.backward()
     want = torch.autograd.grad(-0.1 * -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(),

@@ -33,7 +33,7 @@ def test_clipped_surrogate_with_kl_by_hand():
     mask = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)
     adv = torch.tensor([1.0, -1.0])
     beta = 0.1
-    t = grpo_loss(logp, old, ref, adv, mask, clip_low=0.2, clip_high=0.2, kl_coef=beta, token_level=False,
+    t = grpo_loss(logp, old, ref, adv, mask, clip_low=0.2, clip_high=0.2, kl_coef=beta, norm="sequence",
                   global_count=2)
     # seq 1: ratios 1.25 (clipped to 1.2 since A>0) and 1.0; kl: 0, exp(log(.2/.3)) - log(.2/.3) - 1
     kl12 = 0.2 / 0.3 - math.log(0.2 / 0.3) - 1
@@ -44,10 +44,10 @@ def test_clipped_surrogate_with_kl_by_hand():
     # verl's clip fraction: only where min() took the clipped branch (seq 2's ratio is out of range,
     # but the unclipped -2 is the smaller one)
     assert t.clipped.tolist() == [[True, False], [False, False]]
-    tok = grpo_loss(logp, old, ref, adv, mask, 0.2, 0.2, beta, token_level=True, global_count=3)
+    tok = grpo_loss(logp, old, ref, adv, mask, 0.2, 0.2, beta, norm="token", global_count=3)
     assert tok.loss.item() == pytest.approx((-1.2 - (1.0 - beta * kl12) + 2.0) / 3, rel=1e-6)
     # clip-higher: a wider upper bound lets the positive ratio through
-    hi = grpo_loss(logp, old, ref, adv, mask, 0.2, 0.28, 0.0, False, 2)
+    hi = grpo_loss(logp, old, ref, adv, mask, 0.2, 0.28, 0.0, "sequence", 2)
     assert hi.loss.item() == pytest.approx((-(1.25 + 1.0) / 2 + 2.0) / 2, rel=1e-6)
 
 
@@ -138,8 +138,8 @@ def test_dr_grpo_advantages_and_constant_normaliser():
     torch.testing.assert_close(adv, torch.tensor([0.75, -0.25, -0.25, -0.25]))
     logp = torch.log(torch.tensor([[0.5, 0.5, 0.5], [0.2, 0.2, 0.2]]))
     mask = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.bool)
-    t = grpo_loss(logp, logp, logp, torch.tensor([1.0, -1.0]), mask, 0.2, 0.2, 0.0, False,
-                  global_count=2 * 8, norm="constant")  # 2 sequences x max_new_tokens 8
+    t = grpo_loss(logp, logp, logp, torch.tensor([1.0, -1.0]), mask, 0.2, 0.2, 0.0, "constant",
+                  global_count=2 * 8)  # 2 sequences x max_new_tokens 8
     assert t.loss.item() == pytest.approx(-(3 * 1.0 - 1.0) / 16)  # token sums, not per-sequence means
 
 
@@ -147,12 +147,12 @@ def test_truncated_importance_sampling_by_hand():
     logp = torch.tensor([[math.log(0.5), math.log(0.4)]])
     rollout = torch.tensor([[math.log(0.1), math.log(0.5)]])  # sampler: 0.1 and 0.5; trainer: 0.5 and 0.4
     mask = torch.ones(1, 2, dtype=torch.bool)
-    t = grpo_loss(logp, logp, logp, torch.tensor([1.0]), mask, 0.2, 0.2, 0.0, True, 2.0,
+    t = grpo_loss(logp, logp, logp, torch.tensor([1.0]), mask, 0.2, 0.2, 0.0, "token", 2.0,
                   rollout_logp=rollout, tis_cap=2.0)
     # weights min(0.5 / 0.1, 2) = 2 (capped) and 0.4 / 0.5 = 0.8; ratio 1
     assert t.loss.item() == pytest.approx(-(2.0 + 0.8) / 2)
     assert t.tis_capped.tolist() == [[True, False]]
-    off = grpo_loss(logp, logp, logp, torch.tensor([1.0]), mask, 0.2, 0.2, 0.0, True, 2.0)
+    off = grpo_loss(logp, logp, logp, torch.tensor([1.0]), mask, 0.2, 0.2, 0.0, "token", 2.0)
     assert off.loss.item() == pytest.approx(-1.0)
 
 

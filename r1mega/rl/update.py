@@ -91,19 +91,20 @@ class GRPOTerms:
 
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, advantages: torch.Tensor,
-              mask: torch.Tensor, clip_low: float, clip_high: float, kl_coef: float, token_level: bool,
+              mask: torch.Tensor, clip_low: float, clip_high: float, kl_coef: float, norm: str,
               global_count: float, rollout_logp: Optional[torch.Tensor] = None, tis_cap: float = 0.0,
-              norm: Optional[str] = None, seq: Optional[torch.Tensor] = None, entropy: Optional[torch.Tensor] = None,
+              seq: Optional[torch.Tensor] = None, entropy: Optional[torch.Tensor] = None,
               entropy_coef: float = 0.0, unbiased_kl: bool = False, opsm_delta: Optional[float] = None) -> GRPOTerms:
     """logp/old_logp/ref_logp/mask [b, s] on completion tokens. advantages: [b] (one sequence per
     row) or per token [b, s] with seq [b, s] naming each token's sequence (-1: none), as packed rows
-    hold several sequences. global_count: number of sequences (sequence), tokens (token), or
-    sequences x max_new_tokens (constant) in the whole step, over all DP ranks.
+    hold several sequences. norm: "sequence" (a sequence's tokens averaged, DeepSeekMath), "token"
+    or "constant" (tokens summed, DAPO / Dr.GRPO), divided by global_count: the number of sequences
+    (sequence), tokens (token), or sequences x max_new_tokens (constant) in the whole step, over all
+    DP ranks.
     rollout_logp + tis_cap > 0: truncated importance sampling. entropy [b, s] (differentiable) with
     entropy_coef: an entropy bonus. unbiased_kl: k3 weighted by pi_theta / pi_old (DeepSeek-V3.2).
     opsm_delta: a sequence with A < 0 whose mean log(pi_old / pi_theta) over its tokens exceeds it
     takes no part in the surrogate (V3.2's off-policy sequence masking; its KL term stays)."""
-    norm = norm or ("token" if token_level else "sequence")
     b, s = logp.shape
     if advantages.dim() == 1:
         advantages = advantages[:, None].expand(b, s)
@@ -147,9 +148,14 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     return GRPOTerms(loss, kl, clipped, ratio, capped, dropped)
 
 
+def loss_norm(rl: RLConfig) -> str:
+    """grpo_loss's normalisation: rl.loss_norm, "token" under rl.token_level_loss."""
+    return "token" if rl.token_level_loss else rl.loss_norm
+
+
 def loss_count(rl: RLConfig, batch: TrainBatch, max_new_tokens: int) -> float:
     """This rank's share of the loss normaliser: trained sequences, tokens, or sequences x max_new_tokens."""
-    norm = "token" if rl.token_level_loss else rl.loss_norm
+    norm = loss_norm(rl)
     if norm == "token":
         return float(batch.mask.sum())
     if norm == "constant":
@@ -196,7 +202,7 @@ def policy_gradients(cfg: Config, ps: ParallelState, chunks, batch: TrainBatch, 
     count: the step's global loss normaliser; hooks: the model family's training hooks (its extra
     losses learn the rollouts when rl.mtp_weight > 0)."""
     rl = cfg.rl
-    norm = "token" if rl.token_level_loss else rl.loss_norm
+    norm = loss_norm(rl)
     mbs = microbatches(batch, cfg.data.micro_batch_size, extra, rl.routing_replay, microbatch_count)
     tis_cap = rl.tis_cap if use_tis(rl, cfg.train) else 0.0
     device = batch.input_ids.device
@@ -207,7 +213,7 @@ def policy_gradients(cfg: Config, ps: ParallelState, chunks, batch: TrainBatch, 
         e = mb.extra
         logp, entropy = token_scores(out, mb, ps, rl.temperature, entropy=True, entropy_grad=rl.entropy_coef > 0)
         terms = grpo_loss(logp, e["old"], e["ref"], e["adv"], e["mask"], rl.clip_low, rl.clip_high, rl.kl_coef,
-                          False, count, rollout_logp=e["rollout"], tis_cap=tis_cap, norm=norm, seq=e["seq"],
+                          norm, count, rollout_logp=e["rollout"], tis_cap=tis_cap, seq=e["seq"],
                           entropy=entropy, entropy_coef=rl.entropy_coef, unbiased_kl=rl.unbiased_kl,
                           opsm_delta=rl.opsm_delta)
         m = e["mask"]
