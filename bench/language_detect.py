@@ -35,7 +35,9 @@ CASES = [  # (text, its language)
 lex_ok = ld_ok = 0
 t_lex = t_ld = 0.0
 for text, lang in CASES:
-    t0 = time.perf_counter(); c = word_languages(text, "en"); t_lex += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    c = word_languages(text, "en")
+    t_lex += time.perf_counter() - t0
     lex = c.most_common(1)[0][0] if c else None
     t0 = time.perf_counter()
     try:

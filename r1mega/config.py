@@ -78,7 +78,8 @@ class TrainConfig:
     verify_checkpoint: bool = True  # check each loaded piece's CRC32 against the checkpoint's record
     # model keys allowed to differ from the checkpoint's on resume (e.g. [rope_scaling] to extend context)
     allow_arch_change: list[str] = field(default_factory=list)
-    # resume from the run's own checkpoint on other data files or data.seq_length (refused by default)
+    # resume from the run's own checkpoint on other data files, data.seq_length or GRPO rl.prompts files
+    # (refused by default)
     allow_data_change: bool = False
     recompute: str = "none"  # none | selective | full (activation recompute, parallel/recompute.py)
     # the parts selective recompute runs again; default: every part any family names (its recompute_units)

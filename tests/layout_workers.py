@@ -27,7 +27,7 @@ def evaluate(model, ps: ParallelState, ids, labels, num_microbatches: int, mtp_w
     out = {"loss": step.loss, "mtp_loss": step.extra["mtp_loss"], "dp": ps.r("dp"), "pp": ps.r("pp"),
            "tp": ps.r("tp")}
     if ps.is_last_stage:
-        out["logits"] = torch.cat([gather_vocab(l, ps.g("tp")).transpose(0, 1) for l in fwd.logits])
+        out["logits"] = torch.cat([gather_vocab(part, ps.g("tp")).transpose(0, 1) for part in fwd.logits])
     out["grads"] = gather_full(model, grads=True)
     return out
 

@@ -40,7 +40,7 @@ def evaluate(hf_dir: str, lay: dict, world: int, ids, labels) -> dict:
     step = lm_forward_backward(chunks, ps, ids, labels, micro, schedule=schedule)
     out = {"loss": step.loss, "dp": ps.r("dp")}
     if fwd.logits:
-        out["logits"] = torch.cat([gather_vocab(l, ps.g("tp")).transpose(0, 1) for l in fwd.logits])
+        out["logits"] = torch.cat([gather_vocab(part, ps.g("tp")).transpose(0, 1) for part in fwd.logits])
     grads = {}
     for chunk in chunks:
         grads.update(family.gather_full(chunk, grads=True))

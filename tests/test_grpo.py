@@ -116,6 +116,25 @@ def test_r1_zero_on_user_math_prompts_one_process_with_resume(tmp_path, user_dat
     assert {s["step"] for s in samples} == {1, 3}
 
 
+def test_resume_on_other_prompt_files_is_refused_unless_allowed(tmp_path, user_data, capsys):
+    """The saved prompt position means nothing in other files: refused by key, as pretraining and SFT
+    refuse other data, and continued deliberately with train.allow_data_change=true."""
+    run = str(tmp_path / "run")
+    grpo_cli(run, user_data, "math", "accuracy", extra=["train.steps=1", "train.save_interval=1"])
+    other = dict(user_data, math=write_jsonl(str(tmp_path / "other.jsonl"), MATH[::-1]))
+    from cli_in_process import run_main
+    from r1mega.cli import main
+
+    args = ["grpo", "--config", STAGE, f"train.load={user_data['ckpt']}", f"rl.prompts=[{other['math']}]",
+            "rl.rewards=[accuracy]", f"train.run_dir={run}", "train.dtype=float32", "rl.group_size=4",
+            "rl.prompts_per_step=2", "rl.minibatches=2", "rl.max_new_tokens=8", "data.micro_batch_size=4",
+            "data.global_batch_size=8", "train.steps=2"]
+    res = run_main(main, args, cwd=ROOT)
+    assert res.returncode == 2 and "'rl.prompts'" in res.stderr and "train.allow_data_change=true" in res.stderr
+    rows, _ = grpo_cli(run, other, "math", "accuracy", extra=["train.steps=2", "train.allow_data_change=true"])
+    assert [r["step"] for r in rows] == [1, 2]  # step 1 from the first run, step 2 resumed on the other files
+
+
 def test_stage_configs_name_what_is_missing(tmp_path, user_data, capsys):
     from r1mega.cli import main
 

@@ -38,7 +38,7 @@ def test_counts_equal_the_instantiated_models(name):
 def test_671b_matches_the_published_totals(capsys):
     assert cli.main(["plan", "--config", CFG("deepseek_v3_671b.yaml"), "--tp", "2", "--pp", "16",
                      "--ep", "64", "--dp", "64", "--sp", "--seq-length", "4096"]) == 0
-    lines = dict(l.split("=") for l in capsys.readouterr().out.splitlines() if "_params=" in l)
+    lines = dict(line.split("=") for line in capsys.readouterr().out.splitlines() if "_params=" in line)
     total, active, mtp = (int(lines[k]) for k in ("total_params", "active_params", "mtp_params"))
     assert abs(total - 671e9) / 671e9 < 0.005
     assert abs(active - 37e9) / 37e9 < 0.05  # "37B activated" in the paper; 37.55B by count

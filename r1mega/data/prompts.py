@@ -188,8 +188,9 @@ def check_same_prompts(meta: dict, paths: list[str], where: str) -> None:
     saved = meta.get("prompts_sha256")
     if saved is not None and paths and saved != prompts_digest(paths):
         raise ConfigError("rl.prompts", f"{where} was saved at a position in other prompt files (their content "
-                          f"differs); resuming would continue at a meaningless position. Give the same files, or "
-                          f"start a new train.run_dir with train.load={where}")
+                          f"differs); resuming would continue at a meaningless position. Give the same files, set "
+                          f"train.allow_data_change=true to continue on them deliberately, or start a new "
+                          f"train.run_dir with train.load={where}")
 
 
 def check_prompts_fit(problems: list[dict], count_tokens, positions: int, what: str = "rl.prompts") -> None:

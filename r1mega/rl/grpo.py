@@ -141,7 +141,7 @@ def start(cfg: Config, ckpt_root: str) -> tuple[Policy, Progress]:
     source = PromptSource(rl, cfg.data.synthetic, cfg.seed, tok)
     positions = cfg.active_model.max_position_embeddings
     longest = source.longest_prompt(positions)  # prompt files: each must fit the model
-    if rl.prompts and own is not None:  # a resume reads the same prompt files
+    if rl.prompts and own is not None and not t.allow_data_change:  # a resume reads the same prompt files
         check_same_prompts(read_meta(own), rl.prompts, own)
     check_responses_fit(rl, longest, positions, t.steps)  # before hours of rollouts run past the positions
     check_cache_budget(rl, longest, t.steps)

@@ -26,7 +26,7 @@ def stage_params(m: Qwen3MoeConfig, p, stage: int) -> tuple[float, float]:
     layers = stage_layers(m.num_layers, p.pp, stage, p.pp_layers)
     moe = _moe_count(m, layers)
     # the dense family's per-layer share holds an MLP of intermediate_size; MoE layers swap it for a router
-    per_layer = dense_plan._per_layer_held(view, p)
+    per_layer = dense_plan.layer_params_held(view, p)
     mlp = 3 * D * m.intermediate_size / p.tp
     dense = len(layers) * per_layer - moe * (mlp - m.num_experts * D)
     if stage == 0:
@@ -50,7 +50,7 @@ def activation_bytes(m: Qwen3MoeConfig, p, stage: int, mb: int, seq: int, act_by
     tokens = mb * seq / p.cp / (p.tp if p.sp and p.tp > 1 else 1)
     total = sum(n * (per_kind[k] + 4 * m.hidden_size) for k, n in kinds.items()) * tokens * act_bytes / 4
     if p.cp > 1 and recompute != "full":
-        lh, kv_local = dense_plan._kv_heads_local(m.attention_view(), p)
+        lh, kv_local = dense_plan.kv_heads_local(m.attention_view(), p)
         total += mb * seq * (p.cp - 1) / p.cp * 2 * m.head_size * (kv_local + lh) * len(layers) * act_bytes
     return total
 
