@@ -29,6 +29,7 @@ per model replica.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
@@ -128,12 +129,13 @@ REWARDS: dict[str, Callable[..., float]] = {
 
 def reward_terms(names: list[str], text: str, sample: dict, programs: Optional[Programs] = None,
                  fallback: str = "auto") -> dict[str, float]:
-    """Each named reward of one response (the step's reward is their sum)."""
+    """Each named reward of one response (the step's reward is their sum); fallback: how the
+    accuracy reward reads an answer without tags or a box (rl.answer_fallback)."""
     unknown = [n for n in names if n not in REWARDS]
     if unknown:
         raise ValueError(f"rl.rewards: unknown reward(s) {unknown}; choose from {sorted(REWARDS)}")
-    return {n: float(accuracy_reward(text, sample, programs, fallback) if n == "accuracy"
-                     else REWARDS[n](text, sample, programs)) for n in names}
+    rewards = {**REWARDS, "accuracy": partial(accuracy_reward, fallback=fallback)}
+    return {n: float(rewards[n](text, sample, programs)) for n in names}
 
 
 def total_reward(names: list[str], text: str, sample: dict, programs: Optional[Programs] = None,
