@@ -11,7 +11,7 @@ checkpoint and differ only in three places:
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -61,21 +61,32 @@ def _mtp_layer_prefix(name: str, num_layers: int):
     return None
 
 
+def expert_slices(model, name: str, p: torch.Tensor, optional: Optional[str] = None) -> Optional[list[SliceSpec]]:
+    """The checkpoint slices of a stacked expert weight (`...mlp.experts.w_gate_up` or `w_down`): one
+    per local expert and HF projection; None for any other tensor. Qwen3-MoE's experts are these too."""
+    m = _EXPERT_RE.match(name)
+    if m is None:
+        return None
+    ps, spec = model.ps, spec_of(p)
+    experts = model.get_submodule(name.rsplit(".", 1)[0])
+    dim = spec.etp_shard_dim - 1  # of the per-expert 2-D weight
+    out = []
+    for proj, part in _expert_parts(p, EXPERT_PROJ[m.group(2)], spec.etp_shard_dim):
+        full = full_shape(p[part].shape[1:], dim, ps.etp)
+        for e in range(p.shape[0]):
+            key = f"{hf_name(m.group(1))}.{experts.first_expert + e}.{proj}.weight"
+            out.append(SliceSpec(name, p, (e, *part[1:]), key, full, dim, ps.r("etp"), ps.etp, "etp", None, optional))
+    return out
+
+
 def param_slices(model) -> Iterator[SliceSpec]:
     ps = model.ps
     for name, p in local_tensors(model):
         spec = spec_of(p)
         optional = _mtp_layer_prefix(name, model.cfg.num_layers)
-        m = _EXPERT_RE.match(name)
-        if m:
-            experts = model.get_submodule(name.rsplit(".", 1)[0])
-            dim = spec.etp_shard_dim - 1  # of the per-expert 2-D weight
-            for proj, part in _expert_parts(p, EXPERT_PROJ[m.group(2)], spec.etp_shard_dim):
-                full = full_shape(p[part].shape[1:], dim, ps.etp)
-                for e in range(p.shape[0]):
-                    key = f"{hf_name(m.group(1))}.{experts.first_expert + e}.{proj}.weight"
-                    yield SliceSpec(name, p, (e, *part[1:]), key, full, dim, ps.r("etp"), ps.etp, "etp", None,
-                                    optional)
+        experts = expert_slices(model, name, p, optional)
+        if experts is not None:
+            yield from experts
             continue
         if name.startswith("mtp_embed."):  # the official checkpoint keeps a copy with the MTP layer
             key = f"model.layers.{model.cfg.num_layers}.embed_tokens.weight"

@@ -181,14 +181,26 @@ class DenseStudent(nn.Module):
         return DenseDecoderLayer(cfg, ps)
 
     def param_slices(self):
-        """Checkpoint slices of this stage's tensors (`r1mega.models.weights.SliceSpec`)."""
+        """Checkpoint slices of this stage's tensors (`r1mega.models.weights.SliceSpec`); a tied copy
+        is its source's tensor (transformers saves no lm_head.weight for a tied model), a stacked
+        tensor is sliced by `stacked_slices`."""
         ps = self.ps
         for name, p in self.named_parameters():
+            stacked = self.stacked_slices(name, p)
+            if stacked is not None:
+                yield from stacked
+                continue
             spec = spec_of(p)
             key = spec.copy_of or hf_name(name)
             dim = spec.tp_shard_dim
             parts = ps.tp if dim is not None else 1
             yield SliceSpec(name, p, None, key, full_shape(p.shape, dim, parts), dim, ps.r("tp"), parts, "tp")
+
+    def stacked_slices(self, name: str, p: torch.Tensor) -> Optional[list[SliceSpec]]:
+        """The checkpoint slices of a tensor that stacks several checkpoint tensors (a family built on
+        this stage with routed experts, e.g. Qwen3-MoE, slices its own); None for a plain one, as
+        every tensor of the dense family is."""
+        return None
 
     def new_kv_cache(self, batch: int, max_len: int, valid: torch.Tensor, dtype: torch.dtype,
                      device: torch.device) -> HeadsKVCache:

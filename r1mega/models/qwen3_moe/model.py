@@ -5,20 +5,19 @@ rotary; KV heads replicated over TP when TP does not divide them) and DeepSeek's
 Tied embeddings as the dense family: under PP the last stage holds a copy of the embedding as its head.
 
 Names follow the Hugging Face checkpoint (`model.` prefix aside); the stacked experts are mapped to
-HF's per-expert tensors by DeepSeek's `hf_weights.param_slices`:
+HF's per-expert tensors by DeepSeek's `hf_weights.expert_slices`:
   `layers.<L>.mlp.gate.weight`               the router [E, D]
   `layers.<L>.mlp.experts.w_gate_up[e]`      `...mlp.experts.<E0+e>.gate_proj.weight` | `up_proj.weight`
   `layers.<L>.mlp.experts.w_down[e]`         `...mlp.experts.<E0+e>.down_proj.weight`
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from r1mega.models.deepseek_v3.hf_weights import gather_full as gather_moe, param_slices as moe_param_slices
+from r1mega.models.deepseek_v3.hf_weights import expert_slices, gather_full as gather_moe
 from r1mega.models.deepseek_v3.model import DecoderLayer
 from r1mega.models.deepseek_v3.moe import MoE
 from r1mega.models.dense.model import DenseStudent, GQAttention
@@ -26,6 +25,7 @@ from r1mega.models.ffn import SwiGLU
 from r1mega.models.qwen3_moe.config import Qwen3MoeConfig
 from r1mega.models.qwen3_moe.kv_cache import RoutedHeadsKVCache, paged_routed_heads_layout
 from r1mega.models.stage import StageOutput, check_sequence_parallel, token_loss
+from r1mega.models.weights import SliceSpec
 from r1mega.parallel.context_parallel import keep_local_tokens
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.tensor_parallel import RMSNorm
@@ -54,11 +54,9 @@ class Qwen3Moe(DenseStudent):
     def decoder_layer(cfg: Qwen3MoeConfig, ps: ParallelState, layer_idx: int) -> nn.Module:
         return Qwen3MoeDecoderLayer(cfg, ps, layer_idx)
 
-    def param_slices(self):
-        """Checkpoint slices of this stage's tensors (`r1mega.models.weights.SliceSpec`); a tied head
-        is the embedding's tensor (transformers saves no lm_head.weight for a tied model)."""
-        for spec in moe_param_slices(self):
-            yield spec if spec.fallback is None else replace(spec, key=spec.fallback, fallback=None)
+    def stacked_slices(self, name: str, p: torch.Tensor) -> Optional[list[SliceSpec]]:
+        """The routed experts' stacked weights: one slice per expert and HF projection, as DeepSeek's."""
+        return expert_slices(self, name, p)
 
     def gather_full(self, grads: bool = False) -> dict:
         """Full checkpoint-named tensors (or gradients) of this stage. Collective over TP / EP / etp."""
