@@ -19,21 +19,13 @@ import torch
 import torch.distributed as dist
 
 from r1mega.kernels import batch_invariant
-from r1mega.parallel.comm import all_gather_nograd, sum_in_rank_order
+from r1mega.parallel.comm import all_gather_nograd, all_reduce_values
 from r1mega.parallel.layout import ParallelState
 
 BISECTION_STEPS = 48
 FEW_ROWS_ON_HOST = 16  # top-p bisection rows run on the host (one process; measured faster up to ~20 rows)
 WINDOW = 8  # ... deciding them by the exact kept mass at 2 * WINDOW + 1 thresholds around the crossing
 HOST_WINDOW_ELEMENTS = 1 << 22  # ... while those masses take at most this many elements (rows x window x vocab)
-
-
-def _all_reduce(t: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    if group is not None and op == dist.ReduceOp.SUM and dist.get_world_size(group) > 2 and batch_invariant.enabled():
-        return t.copy_(sum_in_rank_order(t, group))  # in place, as all_reduce (rl.exact_rollouts)
-    if group is not None:
-        dist.all_reduce(t, op=op, group=group)
-    return t
 
 
 def _global_argmax(values: torch.Tensor, start: int, group) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,12 +46,12 @@ def log_softmax_at(logits: torch.Tensor, tokens: torch.Tensor, start: int, group
         gmax = logits.max(dim=-1).values
         z = batch_invariant.row_sum((logits - gmax[:, None]).exp())
         return logits.gather(1, tokens[:, None])[:, 0] - gmax - z.log()
-    gmax = _all_reduce(logits.max(dim=-1).values.clone(), group, dist.ReduceOp.MAX)
-    z = _all_reduce(batch_invariant.row_sum((logits - gmax[:, None]).exp()), group)
+    gmax = all_reduce_values(logits.max(dim=-1).values.clone(), group, dist.ReduceOp.MAX)
+    z = all_reduce_values(batch_invariant.row_sum((logits - gmax[:, None]).exp()), group)
     local = tokens - start
     inside = (local >= 0) & (local < logits.shape[-1])
     picked = logits.gather(1, local.clamp(0, logits.shape[-1] - 1)[:, None])[:, 0].masked_fill(~inside, 0.0)
-    picked = _all_reduce(picked, group)
+    picked = all_reduce_values(picked, group)
     return picked - gmax - z.log()
 
 
@@ -236,18 +228,18 @@ def sampler_support(scaled: torch.Tensor, ps: ParallelState, top_p: float, top_k
         keep = above if keep is None else keep & above
     if top_p < 1.0:
         masked = scaled if keep is None else scaled.masked_fill(~keep, float("-inf"))
-        gmax = _all_reduce(masked.max(dim=-1).values.clone(), group, dist.ReduceOp.MAX)
+        gmax = all_reduce_values(masked.max(dim=-1).values.clone(), group, dist.ReduceOp.MAX)
         probs = (masked - gmax[:, None]).exp()
-        total = _all_reduce(probs.sum(-1), group)
+        total = all_reduce_values(probs.sum(-1), group)
         lowest = masked if keep is None else masked.masked_fill(~keep, float("inf"))
-        lo = _all_reduce(lowest.min(dim=-1).values.clone(), group, dist.ReduceOp.MIN)
+        lo = all_reduce_values(lowest.min(dim=-1).values.clone(), group, dist.ReduceOp.MIN)
         hi = gmax.clone()
         # (a compiled step runs the plain rounds: fused in its graph, where host decisions would break it)
         shortcut = group is None and not torch.compiler.is_compiling()
         host = _bisection_on_host(masked, probs, total, top_p, lo, hi) if shortcut else None
         for i in range(BISECTION_STEPS if host is None else 0):  # largest threshold whose kept mass reaches top_p
             mid = (lo + hi) / 2
-            ok = _all_reduce((probs * (masked >= mid[:, None])).sum(-1), group) / total >= top_p
+            ok = all_reduce_values((probs * (masked >= mid[:, None])).sum(-1), group) / total >= top_p
             lo = torch.where(ok, mid, lo)
             hi = torch.where(ok, hi, mid)
             if shortcut and i % 4 == 3 and _bisection_settled(masked, probs, total, top_p, lo, hi):

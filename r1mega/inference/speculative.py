@@ -37,9 +37,9 @@ import torch.distributed as dist
 from r1mega.inference.continuous import ContinuousBatcher, _Row, table_with_row
 from r1mega.inference.paged_cache import NULL_BLOCK, BlockPool, decode_view, prefill_view
 from r1mega.inference.sampling import (
-    _all_reduce, _global_argmax, _mix, _signed, gumbel_noise, log_softmax_at, row_keys, sampler_support, uniform_noise,
+    _global_argmax, _mix, _signed, gumbel_noise, log_softmax_at, row_keys, sampler_support, uniform_noise,
 )
-from r1mega.parallel.comm import all_gather_nograd
+from r1mega.parallel.comm import all_gather_nograd, all_reduce_values
 from r1mega.parallel.layout import ParallelState
 
 SPECULATIVE_METHODS = ("mtp",)
@@ -70,9 +70,9 @@ def processed_probs(logits: torch.Tensor, ps: ParallelState, temperature: float,
     keep = sampler_support(scaled, ps, top_p, top_k, vocab)
     masked = scaled.masked_fill(~keep, float("-inf"))
     group = ps.g("tp")
-    gmax = _all_reduce(masked.max(dim=-1).values.clone(), group, dist.ReduceOp.MAX)
+    gmax = all_reduce_values(masked.max(dim=-1).values.clone(), group, dist.ReduceOp.MAX)
     e = (masked - gmax[:, None]).exp()
-    return masked, e / _all_reduce(e.sum(-1), group)[:, None]
+    return masked, e / all_reduce_values(e.sum(-1), group)[:, None]
 
 
 def prob_at(probs: torch.Tensor, tokens: torch.Tensor, start: int, group) -> torch.Tensor:
@@ -80,7 +80,7 @@ def prob_at(probs: torch.Tensor, tokens: torch.Tensor, start: int, group) -> tor
     local = tokens - start
     inside = (local >= 0) & (local < probs.shape[-1])
     picked = probs.gather(1, local.clamp(0, probs.shape[-1] - 1)[:, None])[:, 0].masked_fill(~inside, 0.0)
-    return _all_reduce(picked, group)
+    return all_reduce_values(picked, group)
 
 
 def inverse_cdf(probs: torch.Tensor, u: torch.Tensor, ps: ParallelState) -> torch.Tensor:
@@ -99,7 +99,7 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor, ps: ParallelState) -> torc
     target = u * total - before
     inside = (target >= 0) & (target < csum[:, -1])
     idx = torch.searchsorted(csum, target[:, None].contiguous(), right=True)[:, 0].clamp(max=n_local - 1)
-    tokens = _all_reduce(torch.where(inside, idx + start, torch.full_like(idx, -1)), group, dist.ReduceOp.MAX)
+    tokens = all_reduce_values(torch.where(inside, idx + start, torch.full_like(idx, -1)), group, dist.ReduceOp.MAX)
     missed = tokens < 0  # u * total rounded past the last id: take the most likely one
     if bool(missed.any()):
         tokens = torch.where(missed, _global_argmax(probs, start, group)[0], tokens)
@@ -156,7 +156,7 @@ def verify_drafts(logits: torch.Tensor, drafts: torch.Tensor, q: Optional[torch.
     if bool(rejected.any()):
         qa = q[rows, a.clamp(max=k - 1)]
         w = (p[a, rows] - qa).clamp(min=0)
-        total = _all_reduce(w.sum(-1), group)
+        total = all_reduce_values(w.sum(-1), group)
         residual = rejected & (total > 0)  # total is 0 only when p = q, which never rejects
         score = torch.where(residual[:, None], w.log(), score)
     key_a = keys[rows, a]

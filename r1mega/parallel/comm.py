@@ -35,6 +35,16 @@ def _all_reduce(x: torch.Tensor, group: Group) -> torch.Tensor:
     return x
 
 
+def all_reduce_values(t: torch.Tensor, group: Group, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """All-reduce t in place (not differentiable) and return it; no group: t as it is. A sum over more
+    than two ranks adds in rank order under rl.exact_rollouts (sum_in_rank_order)."""
+    if group is not None and op == dist.ReduceOp.SUM and dist.get_world_size(group) > 2 and batch_invariant.enabled():
+        return t.copy_(sum_in_rank_order(t, group))
+    if group is not None:
+        dist.all_reduce(t, op=op, group=group)
+    return t
+
+
 def sum_in_rank_order(x: torch.Tensor, group: Group) -> torch.Tensor:
     """Every rank's x summed as ((x_0 + x_1) + x_2) + ...: the same bits for a value wherever it sits in
     the buffer (rl.exact_rollouts). A ring all-reduce of more than two ranks adds in an order that

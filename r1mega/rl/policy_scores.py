@@ -22,9 +22,9 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from r1mega.inference.sampling import _all_reduce, sampler_support
+from r1mega.inference.sampling import sampler_support
 from r1mega.kernels import batch_invariant
-from r1mega.parallel.comm import reduce_from_group
+from r1mega.parallel.comm import all_reduce_values, reduce_from_group
 from r1mega.parallel.context_parallel import gather_tokens, local_tokens
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.pipeline import Microbatch, forward_backward
@@ -51,7 +51,7 @@ def scores(scaled: torch.Tensor, target: torch.Tensor, ps: ParallelState, keep: 
     n_local = scaled.shape[-1]
     if keep is not None:
         scaled = scaled.masked_fill(~keep, float("-inf"))
-    gmax = _all_reduce(scaled.detach().max(dim=-1).values.clone(), group, dist.ReduceOp.MAX)
+    gmax = all_reduce_values(scaled.detach().max(dim=-1).values.clone(), group, dist.ReduceOp.MAX)
     shifted = scaled - gmax[..., None]
     e = shifted.exp()
     z = reduce_from_group(batch_invariant.row_sum(e), group)
