@@ -42,11 +42,12 @@ from r1mega.kernels import batch_invariant
 from r1mega.kernels.fp8_backend import fp8_kernels
 from r1mega.parallel.layout import ParallelState
 from r1mega.rl.rollout import (POOL_INDEX_STRIDE, ScoredRollout, check_cache_budget, check_responses_fit,
-                               draw_until_informative, pool_problems, rollout_problems, sample_rollout)
+                               draw_until_informative, pool_problems, response_text, rollout_problems,
+                               sample_rollout)
 from r1mega.rl.update import LOCAL_VALUES, StepMetrics, global_values, minibatch_update, step_metrics, update_inputs
 from r1mega.sandbox import isolation as sandbox
 from r1mega.rl.reference import NoReference, Reference, ReferencePolicy
-from r1mega.rl.rewards import REWARDS, total_reward
+from r1mega.rl.rewards import REWARDS, judge_batch
 from r1mega.train.checkpoint import (find_resume_checkpoint, in_run, read_meta, resume_from, run_meta,
                                      save_checkpoint)
 from r1mega.train.metrics_log import MetricsLog, append_rollouts, table_due
@@ -56,16 +57,18 @@ from r1mega.train.setup import Run, build_model, claim_run_dir, finish_run, own_
 
 @torch.no_grad()
 def evaluate_accuracy(chunks, ps: ParallelState, source: PromptSource, problems: list[dict],
-                      max_new_tokens: int) -> float:
-    """Greedy accuracy on held-out problems (split over DP ranks)."""
+                      max_new_tokens: int, fallback: str) -> float:
+    """Greedy accuracy on held-out problems (split over DP ranks), judged as the rollout's samples
+    are: the response with its template prefix, once per model replica, the run's answer fallback."""
     tok = source.tok
     mine = problems[ps.r("dp")::ps.dp]
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, eos_id=tok.eos_id, eos_ids=tok.eos_ids,
                            stop=source.stop(), vocab_size=tok.vocab_size)
-    prompts = [source.encode(source.render(p)) for p in mine]
-    r = generate(chunks, ps, prompts, gen)
-    hits = sum(total_reward(["accuracy"], source.decode(c), p) for c, p in zip(r.completions(), mine))
+    rendered = [source.render(p) for p in mine]
+    r = generate(chunks, ps, [source.encode(x) for x in rendered], gen)
+    texts = [response_text(source, x, ids) for x, ids in zip(rendered, r.completions())]
     device = next(chunks.parameters()).device
+    hits = sum(t["accuracy"] for t in judge_batch(ps, ["accuracy"], texts, mine, fallback, device))
     both = global_values({"hits": hits, "n": float(len(mine))}, ps, device)
     return both["hits"] / both["n"]
 
@@ -212,7 +215,7 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     history: dict[str, list] = {"accuracy": [], "reward": []}
     acc0 = None
     if held_out is not None:
-        acc0 = evaluate_accuracy(chunks, ps, policy.source, held_out, rl.max_new_tokens)
+        acc0 = evaluate_accuracy(chunks, ps, policy.source, held_out, rl.max_new_tokens, rl.answer_fallback)
         history["accuracy"].append((at.step, acc0))
         log.print(f"held-out accuracy before GRPO: {acc0:.3f}")
     last: Optional[StepMetrics] = None
@@ -245,7 +248,7 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
             last.extra.update(drawn)
             history["reward"].append((step, last.reward))
             if held_out is not None and eval_every and step % eval_every == 0 and step < t.steps:
-                last.heldout_accuracy = evaluate_accuracy(chunks, ps, policy.source, held_out, rl.max_new_tokens)
+                last.heldout_accuracy = evaluate_accuracy(chunks, ps, policy.source, held_out, rl.max_new_tokens, rl.answer_fallback)
                 history["accuracy"].append((step, last.heldout_accuracy))
             log.log(step, last.as_dict(), echo=step % t.log_interval == 0)
             save_due = save_due or bool(t.save_interval and step % t.save_interval == 0) or step == t.steps
@@ -255,7 +258,7 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
         at.index += 1
     acc1 = None
     if held_out is not None:
-        acc1 = evaluate_accuracy(chunks, ps, policy.source, held_out, rl.max_new_tokens)
+        acc1 = evaluate_accuracy(chunks, ps, policy.source, held_out, rl.max_new_tokens, rl.answer_fallback)
         history["accuracy"].append((t.steps, acc1))
         log.print(f"held-out accuracy after GRPO: {acc1:.3f}")
     log.close()

@@ -181,6 +181,17 @@ def judge_once(ps: ParallelState, names: list[str], n: int, judge: Callable[[], 
     return [dict(zip(names, row)) for row in table.tolist()]
 
 
+def judge_batch(ps: ParallelState, names: list[str], texts: list[str], problems: list[dict], fallback: str,
+                device: torch.device) -> list[dict[str, float]]:
+    """Each response's rewards, judged once per model replica with every program of the batch run
+    together: what the rollout and the held-out evaluation both score with."""
+    def judge() -> list[dict[str, float]]:
+        programs = run_programs(texts, problems)
+        return [reward_terms(names, t, p, programs, fallback) for t, p in zip(texts, problems)]
+
+    return judge_once(ps, names, len(texts), judge, device)
+
+
 def equal_reward_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """[n_groups] True where every output of the group got the same reward (zero advantage)."""
     r = rewards.view(-1, group_size)

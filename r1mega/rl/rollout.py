@@ -36,7 +36,7 @@ from r1mega.inference.generate import GenerationConfig, Rollout, generate
 from r1mega.kernels import batch_invariant
 from r1mega.parallel.layout import ParallelState
 from r1mega.rl.rewards import equal_reward_groups
-from r1mega.rl.rewards import judge_once, overlong_shaping, reward_terms, run_programs
+from r1mega.rl.rewards import judge_batch, overlong_shaping
 from r1mega.rl.train_batch import merge_rollouts, work_of
 from r1mega.train.setup import Run
 
@@ -117,6 +117,13 @@ def rollout_problems(rl: RLConfig, ps: ParallelState, source: PromptSource, posi
     return [everyone[g] for g in at], at
 
 
+def response_text(source: PromptSource, rendered: Rendered, ids: list[int]) -> str:
+    """What the rewards judge of one sample: the response part of the rendered prompt (a template's
+    opening tag) and the completion without its end-of-sequence token."""
+    finished = bool(ids) and ids[-1] in source.tok.eos_ids
+    return rendered.response_prefix + source.decode(ids[:-1] if finished else ids)
+
+
 def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: list[dict], where: list[int],
                    step: int, index: int) -> ScoredRollout:
     """G samples per question on the training shards, then the rewards of each output. where: the
@@ -139,17 +146,12 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
         rollout = generate(chunks, ps, prompt_ids, gen, rows=rows)
     responses, truncated = [], []
     for ids, r in zip(rollout.completions(), rendered):
-        finished = bool(ids) and ids[-1] in tok.eos_ids
-        text = r.response_prefix + source.decode(ids[:-1] if finished else ids)
+        text = response_text(source, r, ids)
         responses.append(text)
+        finished = bool(ids) and ids[-1] in tok.eos_ids
         truncated.append(len(ids) >= limit and not finished and not source.is_stopped(text))
-
-    def judge() -> list[dict[str, float]]:
-        programs = run_programs(responses, outputs)  # every program of the batch at once
-        return [reward_terms(cfg.rl.rewards, text, p, programs, cfg.rl.answer_fallback)
-                for text, p in zip(responses, outputs)]
-
-    terms = judge_once(ps, cfg.rl.rewards, len(responses), judge, run.device)  # one verdict per model replica
+    # one verdict per model replica, every program of the batch at once
+    terms = judge_batch(ps, cfg.rl.rewards, responses, outputs, cfg.rl.answer_fallback, run.device)
     rewards = torch.tensor([sum(t.values()) for t in terms], dtype=torch.float64, device=run.device)
     lengths = rollout.completion_mask.sum(1)
     rewards += overlong_shaping(lengths, limit, cfg.rl.overlong_buffer, cfg.rl.overlong_penalty).to(rewards)
