@@ -44,7 +44,7 @@ from r1mega.errors import CheckpointError, OutputError, R1MegaError, debug_reque
 from r1mega.models.family import family_for_hf, family_from_meta
 from r1mega.models.hf_config import read_hf_config as shared_read_hf_config
 from r1mega.models.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
-from r1mega.models.weights import PieceReader, SafetensorsDir, check_tied_head, crc32, read_index
+from r1mega.models.weights import PieceReader, SafetensorsDir, check_tied_head, crc32, hf_weight_files, read_index
 from r1mega.train.checkpoint import MANIFEST, not_a_checkpoint, read_meta, verify_manifest, write_manifest
 from r1mega.data.tokenizer import TOKENIZER_FILES
 
@@ -148,9 +148,9 @@ def loadable(hf_config: dict) -> None:
 
 
 def hf_files(hf_dir: str) -> dict[str, list[str]]:
-    """file -> keys (from the index when there is one)."""
-    index = os.path.join(hf_dir, "model.safetensors.index.json")
-    if os.path.exists(index):
+    """file -> keys (from the index when there is one), the files transformers reads (hf_weight_files)."""
+    index, names = hf_weight_files(hf_dir)
+    if index is not None:
         try:
             where = read_index(index)
         except CheckpointError as e:
@@ -159,7 +159,6 @@ def hf_files(hf_dir: str) -> dict[str, list[str]]:
         for k, v in where.items():
             files.setdefault(v, []).append(k)
         return files
-    names = sorted(n for n in os.listdir(hf_dir) if n.endswith(".safetensors"))
     if not names:
         raise ConvertError(f"{hf_dir}: no *.safetensors files (only safetensors checkpoints are read)")
     out, seen = {}, {}

@@ -87,6 +87,21 @@ def read_index(file: str) -> dict[str, str]:
     return where
 
 
+SINGLE_FILE, INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
+
+
+def hf_weight_files(path: str) -> tuple[Optional[str], list[str]]:
+    """(index file or None, safetensors file names) of a Hugging Face directory, as transformers picks
+    them: model.safetensors alone when it is there (an index beside it is stale: save_pretrained
+    unsharded over a sharded save leaves the old index), else the index, else every *.safetensors file."""
+    if os.path.isfile(os.path.join(path, SINGLE_FILE)):
+        return None, [SINGLE_FILE]
+    index = os.path.join(path, INDEX_FILE)
+    if os.path.exists(index):
+        return index, []
+    return None, sorted(n for n in os.listdir(path) if n.endswith(".safetensors")) if os.path.isdir(path) else []
+
+
 def _check_block_size(path: str) -> None:
     """FP8 scales are read on 128 x 128 blocks (models/fp8.py): another block size in config.json
     would be misread, so it is named instead."""
@@ -108,11 +123,10 @@ class SafetensorsDir:
 
     def __init__(self, path: str):
         self.path = path
-        index = os.path.join(path, "model.safetensors.index.json")
-        if os.path.exists(index):
+        index, files = hf_weight_files(path)
+        if index is not None:
             self.where = read_index(index)
         else:
-            files = sorted(n for n in os.listdir(path) if n.endswith(".safetensors")) if os.path.isdir(path) else []
             if not files:
                 raise CheckpointError(f"{path}: no *.safetensors files and no model.safetensors.index.json")
             self.where = {}
