@@ -62,3 +62,13 @@ def test_generate_stops_at_the_models_eos_ids_with_a_tokenizer_from_elsewhere(mo
         assert ref[-1] in model.generation_config.eos_token_id and len(ref) < 8
         assert recs[key]["finish_reason"] == "eos", recs[key]
         assert recs[key]["completion_tokens"] == len(ref)
+
+
+def test_grpo_prompt_tokenizer_takes_the_checkpoints_eos_ids(model_and_tokenizer):
+    from r1mega.config import DataConfig
+    from r1mega.data.prepare import prompt_tokenizer
+
+    model, model_dir, _, tok_dir = model_and_tokenizer
+    tok = prompt_tokenizer(DataConfig(tokenizer=str(tok_dir)), VOCAB, str(model_dir))
+    assert set(tok.eos_ids) == set(model.generation_config.eos_token_id) and tok.eos_id == 1
+    assert prompt_tokenizer(DataConfig(tokenizer=str(tok_dir)), VOCAB, None).eos_ids == (1,)
