@@ -88,6 +88,13 @@ def read_index(file: str) -> dict[str, str]:
 
 
 SINGLE_FILE, INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
+EMBEDDING, HEAD = "model.embed_tokens.weight", "lm_head.weight"
+
+
+def tied_names(keys) -> tuple[Optional[str], Optional[str]]:
+    """(embedding, head) names when a tied model's checkpoint stores the head but not the embedding
+    (transformers fills the tied embedding from the head), else (None, None)."""
+    return (EMBEDDING, HEAD) if EMBEDDING not in keys and HEAD in keys else (None, None)
 
 
 def hf_weight_files(path: str) -> tuple[Optional[str], list[str]]:
@@ -137,6 +144,15 @@ class SafetensorsDir:
         if any(k.endswith("_scale_inv") for k in self.where):
             _check_block_size(path)
         self._open: dict[str, object] = {}
+        self.alias: dict[str, str] = {}  # a key read as another stored tensor (tie_embedding_to_head)
+
+    def tie_embedding_to_head(self) -> None:
+        """A tied model stored with its head alone (no embedding): transformers loads the head's values
+        into the tied embedding, so the embedding reads the stored head."""
+        emb, head = tied_names(self.where)
+        if emb is not None:
+            self.alias[emb] = head
+            self.where[emb] = self.where[head]
 
     def keys(self):
         return self.where.keys()
@@ -150,7 +166,7 @@ class SafetensorsDir:
         name = self.where[key]
         if name not in self._open:
             self._open[name] = safe_open(os.path.join(self.path, name), "pt")
-        return self._open[name].get_slice(key)
+        return self._open[name].get_slice(self.alias.get(key, key))
 
     def read(self, key, full_shape, dim, rank, parts) -> torch.Tensor:
         sl = self.slice(key)
@@ -348,6 +364,8 @@ def load_hf_weights(model: nn.Module, hf_dir: str) -> LoadReport:
     except (OSError, ValueError, AttributeError):
         tied = False  # the config's own reader names what is wrong with it
     check_tied_head(source, tied)
+    if tied:
+        source.tie_embedding_to_head()
     return load_weights(model, source)
 
 
