@@ -44,7 +44,8 @@ from r1mega.errors import CheckpointError, OutputError, R1MegaError, debug_reque
 from r1mega.models.family import family_for_hf, family_from_meta
 from r1mega.models.hf_config import read_hf_config as shared_read_hf_config
 from r1mega.models.fp8 import BLOCK, FP8, dequantize, quantize, scale_name
-from r1mega.models.weights import PieceReader, SafetensorsDir, check_tied_head, crc32, read_index
+from r1mega.models.weights import (PieceReader, SafetensorsDir, check_tied_head, crc32, hf_weight_files, read_index,
+                                   tied_names)
 from r1mega.train.checkpoint import MANIFEST, not_a_checkpoint, read_meta, verify_manifest, write_manifest
 from r1mega.data.tokenizer import TOKENIZER_FILES
 
@@ -148,9 +149,9 @@ def loadable(hf_config: dict) -> None:
 
 
 def hf_files(hf_dir: str) -> dict[str, list[str]]:
-    """file -> keys (from the index when there is one)."""
-    index = os.path.join(hf_dir, "model.safetensors.index.json")
-    if os.path.exists(index):
+    """file -> keys (from the index when there is one), the files transformers reads (hf_weight_files)."""
+    index, names = hf_weight_files(hf_dir)
+    if index is not None:
         try:
             where = read_index(index)
         except CheckpointError as e:
@@ -159,7 +160,6 @@ def hf_files(hf_dir: str) -> dict[str, list[str]]:
         for k, v in where.items():
             files.setdefault(v, []).append(k)
         return files
-    names = sorted(n for n in os.listdir(hf_dir) if n.endswith(".safetensors"))
     if not names:
         raise ConvertError(f"{hf_dir}: no *.safetensors files (only safetensors checkpoints are read)")
     out, seen = {}, {}
@@ -433,6 +433,9 @@ def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat1
     hf_config = read_hf_config(hf_dir)
     files = hf_files(hf_dir)
     index = tensor_index(hf_dir, files)
+    emb, head = tied_names(index) if hf_config.get("tie_word_embeddings") else (None, None)
+    if emb is not None:  # a tied model stored with its head alone: the embedding is the head (transformers)
+        index[emb] = index[head]
     loadable(hf_config)  # first: the shape check builds the model, which an unsupported setting breaks
     check(index, hf_config, hf_dir)
     try:
@@ -441,7 +444,7 @@ def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat1
         raise ConvertError(str(e)) from None
     tmp = _prepare_out(out, overwrite, hf_dir, "import")
     try:
-        meta = _import_into(tmp, hf_dir, hf_config, files, index, fp8, dtype, shard_bytes)
+        meta = _import_into(tmp, hf_dir, hf_config, files, index, fp8, dtype, shard_bytes, {head: emb} if emb else {})
         if verify:
             _verify(hf_dir, tmp, verify_tol)
         _publish(tmp, out, overwrite, hf_dir)
@@ -452,7 +455,8 @@ def do_import(hf_dir: str, out: str, fp8: str = "dequant", dtype: str = "bfloat1
 
 
 def _import_into(tmp: str, hf_dir: str, hf_config: dict, files, index, fp8: str, dtype: str,
-                 shard_bytes: int) -> dict:
+                 shard_bytes: int, copies: "dict[str, str] | None" = None) -> dict:
+    """copies: stored key -> another name it is also written under (a tied embedding stored as the head)."""
     writer = PartWriter(tmp, "part", shard_bytes, pieces_json=True)
     target = getattr(torch, dtype)
     total = sum(os.path.getsize(os.path.join(hf_dir, n)) for n in files)
@@ -472,6 +476,8 @@ def _import_into(tmp: str, hf_dir: str, hf_config: dict, files, index, fp8: str,
                         t = dequantize(t, _scale_for(key, f, os.path.join(hf_dir, name), hf_dir, files),
                                        BLOCK, target)
                 writer.add(f"model/{key}", t)
+                if key in (copies or {}):
+                    writer.add(f"model/{copies[key]}", t.clone())
                 done += 1
                 bar.set_description(f"import ({done}/{len(index)} tensors)")
         bar.update(os.path.getsize(os.path.join(hf_dir, name)))

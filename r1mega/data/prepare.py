@@ -111,5 +111,10 @@ def prompt_tokenizer(cfg: DataConfig, vocab_size: int, load: Optional[str]) -> T
     if path is None:
         raise ConfigError("data.tokenizer", "GRPO needs a tokenizer: data.tokenizer=DIR or data.synthetic")
     tok = Tokenizer(path)
+    if load is not None and path != load:  # the model's own EOS ids end rollouts too (transformers' generate)
+        try:
+            tok.add_model_eos(load)
+        except ValueError as e:
+            raise ConfigError("train.load", str(e)) from None
     check_fits(tok, vocab_size)
     return tok

@@ -85,6 +85,14 @@ class Tokenizer:
         self.eos_ids: tuple[int, ...] = tuple(dict.fromkeys(
             i for i in (self.eos_id, *listed) if isinstance(i, int) and not isinstance(i, bool)))
 
+    def add_model_eos(self, model_dir: str) -> None:
+        """Also stop at the ids the model's own generation_config.json / config.json / meta.json list
+        (transformers' generate reads the model's, wherever its tokenizer came from)."""
+        listed = self._generation_eos(model_dir) if os.path.isdir(model_dir) else []
+        self.eos_ids = tuple(dict.fromkeys((*self.eos_ids, *listed)))
+        if self.eos_id is None and self.eos_ids:
+            self.eos_id = self.eos_ids[0]
+
     def _read_config(self, folder: str) -> None:
         cfg_file = os.path.join(folder, "tokenizer_config.json")
         if os.path.exists(cfg_file):

@@ -190,6 +190,10 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
     Every rank checks the prompts against the model (same records, same verdict) before the store opens."""
     ps = loaded.ps
     tok = load_tokenizer(loaded.tokenizer, "--tokenizer")
+    try:
+        tok.add_model_eos(loaded.source)  # a --tokenizer from elsewhere has not the model's generation_config.json
+    except ValueError as e:
+        raise ConfigError("--model", str(e)) from None
     check_fits(tok, loaded.cfg.active_model.vocab_size)
     if params.speculative:
         from r1mega.inference.speculative import check_draft_model

@@ -48,6 +48,12 @@ def rope_from_hf(hf: dict, kind_key: str) -> tuple[float, "dict | None"]:
     return float(theta), rope
 
 
+def hidden_act_from_hf(hf: dict) -> str:
+    """config.json's hidden_act; "swish" is SiLU to transformers (ACT2FN), r1mega's "silu"."""
+    act = hf.get("hidden_act", "silu")
+    return "silu" if act == "swish" else act
+
+
 def check_value_types(cfg, where: str) -> None:
     """Each field of a config read from config.json has its declared type (a string where a number
     belongs would otherwise fail deep inside the model); raises naming the file and key."""

@@ -87,6 +87,28 @@ def read_index(file: str) -> dict[str, str]:
     return where
 
 
+SINGLE_FILE, INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
+EMBEDDING, HEAD = "model.embed_tokens.weight", "lm_head.weight"
+
+
+def tied_names(keys) -> tuple[Optional[str], Optional[str]]:
+    """(embedding, head) names when a tied model's checkpoint stores the head but not the embedding
+    (transformers fills the tied embedding from the head), else (None, None)."""
+    return (EMBEDDING, HEAD) if EMBEDDING not in keys and HEAD in keys else (None, None)
+
+
+def hf_weight_files(path: str) -> tuple[Optional[str], list[str]]:
+    """(index file or None, safetensors file names) of a Hugging Face directory, as transformers picks
+    them: model.safetensors alone when it is there (an index beside it is stale: save_pretrained
+    unsharded over a sharded save leaves the old index), else the index, else every *.safetensors file."""
+    if os.path.isfile(os.path.join(path, SINGLE_FILE)):
+        return None, [SINGLE_FILE]
+    index = os.path.join(path, INDEX_FILE)
+    if os.path.exists(index):
+        return index, []
+    return None, sorted(n for n in os.listdir(path) if n.endswith(".safetensors")) if os.path.isdir(path) else []
+
+
 def _check_block_size(path: str) -> None:
     """FP8 scales are read on 128 x 128 blocks (models/fp8.py): another block size in config.json
     would be misread, so it is named instead."""
@@ -108,11 +130,10 @@ class SafetensorsDir:
 
     def __init__(self, path: str):
         self.path = path
-        index = os.path.join(path, "model.safetensors.index.json")
-        if os.path.exists(index):
+        index, files = hf_weight_files(path)
+        if index is not None:
             self.where = read_index(index)
         else:
-            files = sorted(n for n in os.listdir(path) if n.endswith(".safetensors")) if os.path.isdir(path) else []
             if not files:
                 raise CheckpointError(f"{path}: no *.safetensors files and no model.safetensors.index.json")
             self.where = {}
@@ -123,6 +144,15 @@ class SafetensorsDir:
         if any(k.endswith("_scale_inv") for k in self.where):
             _check_block_size(path)
         self._open: dict[str, object] = {}
+        self.alias: dict[str, str] = {}  # a key read as another stored tensor (tie_embedding_to_head)
+
+    def tie_embedding_to_head(self) -> None:
+        """A tied model stored with its head alone (no embedding): transformers loads the head's values
+        into the tied embedding, so the embedding reads the stored head."""
+        emb, head = tied_names(self.where)
+        if emb is not None:
+            self.alias[emb] = head
+            self.where[emb] = self.where[head]
 
     def keys(self):
         return self.where.keys()
@@ -136,7 +166,7 @@ class SafetensorsDir:
         name = self.where[key]
         if name not in self._open:
             self._open[name] = safe_open(os.path.join(self.path, name), "pt")
-        return self._open[name].get_slice(key)
+        return self._open[name].get_slice(self.alias.get(key, key))
 
     def read(self, key, full_shape, dim, rank, parts) -> torch.Tensor:
         sl = self.slice(key)
@@ -334,6 +364,8 @@ def load_hf_weights(model: nn.Module, hf_dir: str) -> LoadReport:
     except (OSError, ValueError, AttributeError):
         tied = False  # the config's own reader names what is wrong with it
     check_tied_head(source, tied)
+    if tied:
+        source.tie_embedding_to_head()
     return load_weights(model, source)
 
 

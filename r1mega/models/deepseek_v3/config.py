@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Optional
 
 from r1mega.checks import at_least, need, one_of, pipeline_split, positive
 from r1mega.errors import ConfigError
-from r1mega.models.hf_config import check_value_types, read_hf_config, rope_from_hf
+from r1mega.models.hf_config import check_value_types, hidden_act_from_hf, read_hf_config, rope_from_hf
 
 FAMILY = "deepseek_v3"
 TRAINING_KEYS = ("mtp_weight", "balance_alpha", "bias_update_rate")
@@ -192,7 +192,7 @@ class ModelConfig:
             attention_bias=hf.get("attention_bias", False),
             num_mtp_layers=hf.get("num_nextn_predict_layers", 0),
             tie_word_embeddings=hf.get("tie_word_embeddings", False),
-            hidden_act=hf.get("hidden_act", "silu"),
+            hidden_act=hidden_act_from_hf(hf),
             initializer_range=hf.get("initializer_range", 0.02),
         )
 

@@ -39,6 +39,10 @@ class DSAConfig(ModelConfig):
     def _from_hf_dict(cls, hf: dict) -> "DSAConfig":
         if hf.get("model_type") != "deepseek_v32":
             raise ConfigError("model_type", f"expected deepseek_v32, got {hf.get('model_type')!r}")
+        if hf.get("rope_interleave", True) is not True:  # V3's key; transformers' V3.2 MLA always rotates pairs
+            raise ConfigError("rope_interleave", f"{hf['rope_interleave']!r}: DeepSeek-V3.2's attention rotates "
+                                                 f"interleaved pairs (transformers ignores this key); set it to true "
+                                                 f"or leave it out")
         types = hf.get("mlp_layer_types")
         if types is not None:  # transformers builds each layer's MLP by it, whatever first_k_dense_replace says
             n = hf.get("num_hidden_layers")
@@ -70,6 +74,9 @@ class DSAConfig(ModelConfig):
         if self.index_head_dim < self.qk_rope_head_dim or self.qk_rope_head_dim % 2:
             raise ConfigError("model.index_head_dim", f"{self.index_head_dim} must hold the even rotary part "
                                                       f"qk_rope_head_dim={self.qk_rope_head_dim}")
+        if not self.rope_interleave:  # config.json has no key for it: an export would rotate pairs
+            raise ConfigError("model.rope_interleave", "DeepSeek-V3.2's attention rotates interleaved pairs; "
+                                                       "set it to true")
         if not self.q_lora_rank:
             raise ConfigError("model.q_lora_rank", "the indexer reads the query latent: DeepSeek-V3.2 needs "
                                                    "q_lora_rank")

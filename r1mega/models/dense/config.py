@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Optional
 
 from r1mega.checks import MAX_MODEL_DIM, at_least, need, pipeline_split, positive
 from r1mega.errors import ConfigError
-from r1mega.models.hf_config import check_value_types, read_hf_config, rope_from_hf
+from r1mega.models.hf_config import check_value_types, hidden_act_from_hf, read_hf_config, rope_from_hf
 
 FAMILY = "dense"
 DENSE_ARCHS = ("qwen2", "qwen3", "llama")  # Hugging Face model_type of each dense architecture
@@ -103,7 +103,7 @@ class DenseConfig:
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)), rope_theta=float(theta),
             rope_scaling=rope, rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             max_position_embeddings=hf.get("max_position_embeddings", 32768),
-            hidden_act=hf.get("hidden_act", "silu"), initializer_range=hf.get("initializer_range", 0.02))
+            hidden_act=hidden_act_from_hf(hf), initializer_range=hf.get("initializer_range", 0.02))
 
     def to_hf(self) -> dict:
         """A transformers Qwen2/Llama config.json for this student."""

@@ -19,7 +19,7 @@ from r1mega.checks import MAX_MODEL_DIM, at_least, need, positive
 from r1mega.errors import ConfigError
 from r1mega.models.deepseek_v3.config import ModelConfig as DeepseekConfig
 from r1mega.models.dense import config as dense
-from r1mega.models.hf_config import check_value_types, read_hf_config, rope_from_hf
+from r1mega.models.hf_config import check_value_types, hidden_act_from_hf, read_hf_config, rope_from_hf
 
 FAMILY = "qwen3_moe"
 HF_MODEL_TYPE = "qwen3_moe"
@@ -165,7 +165,7 @@ class Qwen3MoeConfig:
             decoder_sparse_step=hf["decoder_sparse_step"], mlp_only_layers=sorted(set(only)),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)), rope_theta=float(theta),
             rope_scaling=rope, rms_norm_eps=hf["rms_norm_eps"], max_position_embeddings=hf["max_position_embeddings"],
-            hidden_act=hf.get("hidden_act", "silu"), initializer_range=hf.get("initializer_range", 0.02),
+            hidden_act=hidden_act_from_hf(hf), initializer_range=hf.get("initializer_range", 0.02),
             router_aux_loss_coef=float(hf["router_aux_loss_coef"]),
             output_router_logits=bool(hf["output_router_logits"]))
 
