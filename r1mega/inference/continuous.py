@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from r1mega.inference.paged_cache import NULL_BLOCK, BlockPool, decode_view, prefill_view
 from r1mega.inference import compiled_decode
-from r1mega.inference.sampling import row_key_ints, row_keys_host, sample
+from r1mega.inference.sampling import gumbel_noise, row_keys_host, sample
 from r1mega.kernels.cpu_experts import SPREAD_EXPERTS_BELOW_ROWS, experts_over_cores
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.pipeline import recv_activation, send_activation
@@ -497,14 +497,15 @@ class ContinuousBatcher:
         graph (one process, `GenerationConfig.compile_decode`); the rows still going."""
         self._step_blocks(rows)
         gen = self.gen
-        keys = (row_key_ints(gen.seed, [len(r.out) for r in rows], [r.key for r in rows]) if gen.temperature > 0
-                else [0] * len(rows))
-        # one host-to-tensor copy of the step's integers; the graph builds the view and the noise
-        packed = torch.tensor([[r.slot, r.length, r.out[-1], k] for r, k in zip(rows, keys)], dtype=torch.long,
-                              device=self.device)
+        noise = None
+        if gen.temperature > 0:
+            keys = row_keys_host(gen.seed, [len(r.out) for r in rows], [r.key for r in rows], self.device)
+            noise = gumbel_noise(keys, 0, self.model.vocab_size)
+        # one host-to-tensor copy of the step's integers; the graph builds the cache view from them
+        packed = torch.tensor([[r.slot, r.length, r.out[-1]] for r in rows], dtype=torch.long, device=self.device)
         try:
             tok, lp, routing = self.compiled(self.model, self.ps, self.pool, self.layer_view, packed, self.table,
-                                             max(r.length for r in rows) + 1, gen.temperature, gen.top_p,
+                                             max(r.length for r in rows) + 1, noise, gen.temperature, gen.top_p,
                                              gen.top_k, self.vocab)
         except torch._dynamo.exc.BackendCompilerFailed as e:  # before the graph ran: nothing written yet
             compiled_decode.log.warning("compile_decode: compiling failed, decoding eagerly (%s)", e)

@@ -102,11 +102,6 @@ def uniform_noise(row_keys: torch.Tensor, first: int, n: int) -> torch.Tensor:
             _COLUMN_HASHES[first, n] = cols
         z = _mix_np(_mix_np(row_keys.numpy().view(np.uint64))[:, None] + cols[None, :])
         return torch.from_numpy(((z >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53))
-    return _uniform_ops(row_keys, first, n)
-
-
-def _uniform_ops(row_keys: torch.Tensor, first: int, n: int) -> torch.Tensor:
-    """`uniform_noise` as tensor ops (any device; traceable into a compiled graph)."""
     cols = torch.arange(first, first + n, dtype=torch.int64, device=row_keys.device)
     z = _mix(_mix(row_keys)[:, None] + cols[None, :] * _signed(0x9E3779B97F4A7C15))
     return (_shr(z, 11).double() + 0.5) / float(1 << 53)
@@ -115,13 +110,6 @@ def _uniform_ops(row_keys: torch.Tensor, first: int, n: int) -> torch.Tensor:
 def gumbel_noise(row_keys: torch.Tensor, first: int, n: int) -> torch.Tensor:
     """float32 Gumbel noise -log(-log(u)) for columns [first, first + n) of rows keyed by row_keys."""
     return -torch.log(-torch.log(uniform_noise(row_keys, first, n))).to(torch.float32)
-
-
-def gumbel_noise_ops(row_keys: torch.Tensor, first: int, n: int) -> torch.Tensor:
-    """`gumbel_noise` as tensor ops only: what a compiled decoding step draws inside its graph (the
-    integer hash is exact there; the two float64 logs may round apart from eager's by an ulp, which
-    the float32 result keeps only at a rounding boundary, tests/test_decode_compiled.py)."""
-    return -torch.log(-torch.log(_uniform_ops(row_keys, first, n))).to(torch.float32)
 
 
 def row_keys(seed: int, step, rows: torch.Tensor) -> torch.Tensor:
@@ -144,16 +132,11 @@ def _mix_host(x: int) -> int:
 def row_keys_host(seed: int, steps: list[int], rows: list[int], device=None) -> torch.Tensor:
     """`row_keys(seed, tensor(steps), tensor(rows))`, bitwise, hashed on the host: for the few rows of
     a decoding step two dozen int64 ops on [b] tensors cost more than the Python arithmetic."""
-    return torch.tensor(row_key_ints(seed, steps, rows), dtype=torch.int64, device=device)
-
-
-def row_key_ints(seed: int, steps: list[int], rows: list[int]) -> list[int]:
-    """`row_keys_host` as Python ints (int64 values)."""
     keys = []
     for step, row in zip(steps, rows):
         k = (_mix_host((step + seed * 1_000_003) & _M64) + row * 0xD1B54A32D192ED03) & _M64
         keys.append(_signed(_mix_host(k)))
-    return keys
+    return torch.tensor(keys, dtype=torch.int64, device=device)
 
 
 def _bisection_settled(masked, probs, total, top_p: float, lo: torch.Tensor, hi: torch.Tensor) -> bool:
