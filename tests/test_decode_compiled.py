@@ -106,3 +106,4 @@ def test_refused_where_it_cannot_run(model):
     cfg = load_config("configs/tiny/r1_zero_demo.yaml", ["rl.exact_rollouts=true", "rl.compile_decode=true"])
     with pytest.raises(ConfigError, match="rl.compile_decode"):
         validate_rl(validate_training(cfg, 1, needs_data=False), 1)
+

@@ -3,8 +3,9 @@
 The tail of a long-tailed rollout is a few rows decoding alone for hundreds of steps, and such a
 step of a small model is almost all fixed per-op cost (~530 aten ops and the Python around them,
 README "Rollout engine"). Here the model's decoding forward and the sampler run as one graph
-(torch.compile, inductor: fused C++ kernels on CPU, one call a step); the engine's bookkeeping, the
-cache view and the noise stay outside. Shapes are dynamic (rows, cached length, pool size), so the
+(torch.compile, inductor: fused C++ kernels on CPU, one call a step); the engine's bookkeeping and the
+noise stay outside; the cache view (block-table gather) is built in the graph. (The noise drawn in
+the graph, fused into the sampler's kernel, crashed inductor's 1-row kernel on the tiny model.) Shapes are dynamic (rows, cached length, pool size), so the
 step compiles once for one row and once for more (torch specialises size 1), not per step.
 
 Not bitwise the eager step: the fused kernels sum in another order, and the sampler's top-p runs
@@ -21,6 +22,7 @@ from typing import Optional
 
 import torch
 
+from r1mega.inference.paged_cache import decode_view
 from r1mega.inference.sampling import sample
 from r1mega.kernels import active_backend, batch_invariant
 from r1mega.kernels.linear import TorchBackend
@@ -33,9 +35,17 @@ log = logging.getLogger(__name__)
 COMPILED_MAX_ROWS = 64
 
 
-def _step(model, ps, ids, pos, view, gumbel, temperature: float, top_p: float, top_k: int, vocab: int):
-    logits = model(ids, position_ids=pos, cache=view, last_logits_only=True).logits[-1]
-    return sample(logits, ps, temperature, top_p, top_k, vocab_size=vocab, gumbel=gumbel)
+def _step(model, ps, pool, layer_view, packed, table, longest: int, gumbel, temperature: float, top_p: float,
+          top_k: int, vocab: int):
+    """packed [b, 3] int64: each row's (slot, cached length, last token); table: the engine's block
+    table; longest: max(length) + 1; gumbel: the rows' noise (None when greedy). The cache view is built
+    in the graph (as eager ops it was ~12 small ops a step). (tokens [b], log-probs [b], routing
+    {layer: experts})."""
+    slots, lengths, ids = packed.unbind(1)
+    view = decode_view(pool, layer_view, table[slots], lengths, longest=longest)
+    logits = model(ids[:, None], position_ids=lengths[:, None], cache=view, last_logits_only=True).logits[-1]
+    tok, lp = sample(logits, ps, temperature, top_p, top_k, vocab_size=vocab, gumbel=gumbel)
+    return tok, lp, view.routing
 
 
 _compiled = None

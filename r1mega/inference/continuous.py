@@ -461,23 +461,30 @@ class ContinuousBatcher:
 
     def _decode_inputs(self, rows: list[_Row]):
         """Blocks for the tokens that start one, then (view, ids [b, 1], positions [b, 1]) of `rows`."""
+        self._step_blocks(rows)
+        return self._view_inputs(rows)
+
+    def _step_blocks(self, rows: list[_Row]) -> None:
         for r in rows:  # a block for each row whose next token starts one
             if r.length % self.bs == 0:
                 r.blocks.append(self.pool.alloc())
                 self._set_table(r)
+
+    def _view_inputs(self, rows: list[_Row]):
         slots, lengths, ids = torch.tensor([[r.slot, r.length, r.out[-1]] for r in rows], dtype=torch.long,
                                            device=self.device).t()  # one host-to-tensor copy a step
         view = decode_view(self.pool, self.layer_view, self.table[slots], lengths,
                            longest=max(r.length for r in rows) + 1)
         return view, ids[:, None], lengths[:, None]
 
-    def _decoded(self, rows: list[_Row], view) -> None:
-        """Count a decoding forward of `rows`; keep the experts it routed them to."""
+    def _decoded(self, rows: list[_Row], routing: dict) -> None:
+        """Count a decoding forward of `rows`; keep the experts it routed them to (`routing`: the
+        view's record)."""
         self.decode_row_steps += len(rows)
         if self.gen.record_routing:
             index = torch.tensor([r.index for r in rows])
             at = torch.tensor([len(r.out) - 1 for r in rows])
-            for layer, idx in view.routing.items():
+            for layer, idx in routing.items():
                 self.decode_routing.setdefault(layer, []).append((index, at, idx[0]))
 
     def decode_forward(self, rows: list[_Row]) -> Optional[torch.Tensor]:
@@ -488,26 +495,29 @@ class ContinuousBatcher:
     def decode_compiled(self, rows: list[_Row]) -> list[_Row]:
         """decode_rows(rows, decode_forward(rows)) with the forward and the sampler as one compiled
         graph (one process, `GenerationConfig.compile_decode`); the rows still going."""
-        view, ids, pos = self._decode_inputs(rows)
+        self._step_blocks(rows)
         gen = self.gen
         noise = None
         if gen.temperature > 0:
             keys = row_keys_host(gen.seed, [len(r.out) for r in rows], [r.key for r in rows], self.device)
             noise = gumbel_noise(keys, 0, self.model.vocab_size)
+        # one host-to-tensor copy of the step's integers; the graph builds the cache view from them
+        packed = torch.tensor([[r.slot, r.length, r.out[-1]] for r in rows], dtype=torch.long, device=self.device)
         try:
-            tok, lp = self.compiled(self.model, self.ps, ids, pos, view, noise, gen.temperature, gen.top_p,
-                                    gen.top_k, self.vocab)
+            tok, lp, routing = self.compiled(self.model, self.ps, self.pool, self.layer_view, packed, self.table,
+                                             max(r.length for r in rows) + 1, noise, gen.temperature, gen.top_p,
+                                             gen.top_k, self.vocab)
         except torch._dynamo.exc.BackendCompilerFailed as e:  # before the graph ran: nothing written yet
             compiled_decode.log.warning("compile_decode: compiling failed, decoding eagerly (%s)", e)
             self.compiled = None
-            return self.decode_rows(rows, self._forward_decoded(rows, view, ids, pos))
+            return self.decode_rows(rows, self._forward_decoded(rows, *self._view_inputs(rows)))
         self.forwards += 1
-        self._decoded(rows, view)
+        self._decoded(rows, routing)
         return self.advance_rows(rows, tok.tolist(), lp.tolist())
 
     def _forward_decoded(self, rows: list[_Row], view, ids, pos) -> Optional[torch.Tensor]:
         logits = self._forward(ids, pos, view)
-        self._decoded(rows, view)
+        self._decoded(rows, view.routing)
         return logits
 
     def decode_rows(self, rows: list[_Row], logits: Optional[torch.Tensor]) -> list[_Row]:
