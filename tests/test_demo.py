@@ -1,16 +1,21 @@
 """The built-in demo, run as a new user runs it: held-out accuracy clearly rises under GRPO."""
 import os
 import re
-import subprocess
 import sys
 
 import pytest
 
 
+def _demo_command(root):
+    return [sys.executable, "-m", "r1mega.cli", "demo", "--out", str(root / "demo")], \
+        {**os.environ, "OMP_NUM_THREADS": "1"}, None
+
+
 @pytest.mark.slow
-def test_demo_accuracy_rises(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "r1mega.cli", "demo", "--out", str(tmp_path / "demo")],
-                          capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+@pytest.mark.background_command(make=_demo_command)  # runs beside the other tests (tests/background_runs.py)
+def test_demo_accuracy_rises(background_run):
+    tmp_path = background_run.root
+    proc = background_run.wait(timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
     m = re.fullmatch(r"accuracy_before=(\S+) accuracy_after=(\S+)", last)

@@ -6,7 +6,6 @@ task's splits and thoughts, the stage-options rule and bad pipeline configs are 
 import json
 import os
 import re
-import subprocess
 import sys
 
 import pytest
@@ -18,13 +17,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "tiny", "r1_pipeline.yaml")
 
 
+def _pipeline_command(root):
+    # the shipped config as the README measures it (its seed-1 row); about 5 CPU minutes
+    cmd = [sys.executable, "-m", "r1mega.cli", "pipeline", "--config", CONFIG, "--out", str(root / "run"), "--seed", "1"]
+    return cmd, {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}, REPO
+
+
 @pytest.mark.slow
-def test_pipeline_shows_each_stage_effect_and_resumes(tmp_path):
-    out = tmp_path / "run"
-    # the shipped config as the README measures it (its seed-1 row); about 10 min on a loaded 2-core machine
-    cmd = [sys.executable, "-m", "r1mega.cli", "pipeline", "--config", CONFIG, "--out", str(out), "--seed", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3000, env=env, cwd=REPO)
+@pytest.mark.background_command(make=_pipeline_command)  # runs beside the other tests (tests/background_runs.py)
+def test_pipeline_shows_each_stage_effect_and_resumes(background_run):
+    out = background_run.root / "run"
+    proc = background_run.wait(timeout=3000)
+    cmd = proc.args
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"stages=10 final_stage=(\w+) pass@1=(\S+) cons@8=(\S+)", last), last
@@ -62,8 +66,12 @@ def test_pipeline_shows_each_stage_effect_and_resumes(tmp_path):
             assert rec["completion_ids"]
     assert (out / "stages.png").stat().st_size > 10_000
     assert (out / "table.md").read_text().startswith("| stage |")
-    # a rerun skips every stage and reports the same numbers
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    # a rerun skips every stage and reports the same numbers (main() in this process: it starts no
+    # stage, and the first run above is the command as a user starts it)
+    from cli_in_process import run_main
+    from r1mega.cli import main
+
+    again = run_main(main, cmd[cmd.index("pipeline"):], cwd=REPO)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done earlier, skipped") == sum("note" not in r for r in rows.values())
     assert again.stdout.strip().splitlines()[-1] == last
