@@ -1,6 +1,8 @@
 """The torch backend's grouped expert GEMM (F.grouped_mm) equals the per-expert loop: outputs and
 gradients of rows and weights, fp32 and bf16, with empty experts, no rows at all, and shapes
 grouped_mm cannot take (which must fall back to the loop)."""
+import os
+
 import pytest
 import torch
 
@@ -127,12 +129,84 @@ def test_experts_over_cores_is_bitwise_one_grouped_mm(dtype):
         torch.set_num_threads(threads)
 
 
-def test_generation_with_experts_over_cores_gives_the_same_tokens_and_logprobs():
+def test_spreading_is_left_to_the_blas_where_it_threads_small_gemms(monkeypatch):
+    """MKL on an Intel CPU splits decode-sized GEMMs over its threads: the engines keep every thread for
+    the whole step there and spread the experts elsewhere; SPREAD overrides the guess."""
+    from r1mega.kernels import cpu_experts
+
+    cpu = torch.device("cpu")
+    for vendor, mkl, threads_small in (("GenuineIntel", True, True), ("AuthenticAMD", True, False),
+                                       ("GenuineIntel", False, False), ("", True, False)):
+        monkeypatch.setattr(cpu_experts, "cpu_vendor", lambda v=vendor: v)
+        monkeypatch.setattr(torch.backends.mkl, "is_available", lambda m=mkl: m)
+        cpu_experts.blas_threads_small_gemms.cache_clear()
+        assert cpu_experts.blas_threads_small_gemms() is threads_small, (vendor, mkl)
+        assert cpu_experts.spreading_pays(cpu) is not threads_small
+        for forced in (True, False):
+            monkeypatch.setattr(cpu_experts, "SPREAD", forced)
+            assert cpu_experts.spreading_pays(cpu) is forced
+            assert not cpu_experts.spreading_pays(torch.device("cuda"))
+        monkeypatch.setattr(cpu_experts, "SPREAD", None)
+    monkeypatch.undo()
+    cpu_experts.blas_threads_small_gemms.cache_clear()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            want = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("vendor_id")), "")
+        assert cpu_experts.cpu_vendor() == want
+
+
+def _spread_test_model():
     from r1mega.config import ModelConfig
-    from r1mega.inference.generate import GenerationConfig, generate
     from r1mega.models.deepseek_v3.model import DeepseekV3
     from r1mega.parallel.layout import single_process_state
 
+    torch.manual_seed(0)
+    # 32 experts, top-2, 4 sequences: 0.25 rows per expert, below SPREAD_EXPERTS_BELOW_ROWS
+    model = DeepseekV3(ModelConfig(num_layers=2, n_routed_experts=32, num_experts_per_tok=2, n_group=1,
+                                   topk_group=1, num_mtp_layers=0), single_process_state())
+    assert model.routed_rows_per_expert(4) <= 2
+    return model
+
+
+@pytest.mark.parametrize("spread", [True, False])
+def test_decoding_threads_follow_the_spreading_choice(monkeypatch, spread):
+    """Spreading: decoding steps on one intra-op thread with the workers; not spreading: every step on
+    every thread. Either way float32 gives the one-thread run's tokens (log-probs within rounding:
+    multi-threaded GEMMs may round differently)."""
+    from r1mega.inference.generate import GenerationConfig, generate, generate_static
+    from r1mega.kernels import cpu_experts
+    from r1mega.parallel.layout import single_process_state
+
+    monkeypatch.setattr(cpu_experts, "SPREAD", spread)
+    model, ps = _spread_test_model(), single_process_state()
+    prompts = [torch.randint(0, 256, (n,)).tolist() for n in (5, 3, 7, 4)]
+    gen = GenerationConfig(max_new_tokens=4, temperature=1.0, seed=3)
+    seen = []
+    model.register_forward_pre_hook(lambda *_: seen.append((torch.get_num_threads(), cpu_experts._active)))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        plain = generate(model, ps, prompts, gen)
+        torch.set_num_threads(2)
+        for engine in (generate, generate_static):
+            seen.clear()
+            got = engine(model, ps, prompts, gen)
+            assert seen == [(2, 0)] + [(1, 2) if spread else (2, 0)] * 3, (engine.__name__, seen)
+            assert torch.get_num_threads() == 2 and cpu_experts._active == 0
+            assert torch.equal(plain.tokens, got.tokens), engine.__name__
+            torch.testing.assert_close(plain.logprobs, got.logprobs, atol=1e-5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_generation_with_experts_over_cores_gives_the_same_tokens_and_logprobs(monkeypatch):
+    from r1mega.config import ModelConfig
+    from r1mega.inference.generate import GenerationConfig, generate
+    from r1mega.kernels import cpu_experts
+    from r1mega.models.deepseek_v3.model import DeepseekV3
+    from r1mega.parallel.layout import single_process_state
+
+    monkeypatch.setattr(cpu_experts, "SPREAD", True)  # on any CPU
     torch.manual_seed(0)
     ps = single_process_state()
     # 32 experts, top-2, 4 sequences: 0.25 rows per expert, the spread path

@@ -2,7 +2,7 @@
 
 On CPU `F.grouped_mm` runs one GEMM per expert, one after another, and a decoding step gives each
 expert a handful of rows: GEMMs that small run on one core whatever the intra-op thread count
-(measured: equal times with 1 and 2 threads in fp32), so the other cores idle while the hit
+(measured on an AMD EPYC: equal times with 1 and 2 threads in fp32), so the other cores idle while the hit
 experts' weights stream through one. Inside `experts_over_cores()` the engine runs with one
 intra-op thread, and each grouped GEMM is cut into one contiguous run of experts per core (about
 equal weight reads each); the calling thread takes the first run and a pool of single-threaded
@@ -11,10 +11,14 @@ the same rows, so results are bitwise those of one grouped_mm run single-threade
 BLAS may round differently). Why one intra-op thread meanwhile: an OpenMP team's threads keep
 spinning after each parallel op, and beside extra workers they take the cores away (measured:
 both engines 2x slower).
+
+Where the BLAS itself splits such small GEMMs over its threads, spreading the experts gains nothing
+and costs the rest of the step its other cores: MKL on an Intel CPU does (`spreading_pays`).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,6 +31,9 @@ import torch.nn.functional as F
 # (6 rows): bf16 1.01x with it, 1.16x without (one intra-op thread slows the rest of the step more
 # than spreading the experts gains).
 SPREAD_EXPERTS_BELOW_ROWS = 2.0
+
+# None: spread where it pays (`spreading_pays`); True / False: always / never (tests, other CPUs)
+SPREAD: bool | None = None
 
 # one pool per worker count, never shut down: a generate call in another thread may still be
 # submitting to a pool when this one enters with a different thread count
@@ -43,6 +50,36 @@ def _workers(n: int) -> ThreadPoolExecutor:
             _pools[n] = ThreadPoolExecutor(n, thread_name_prefix="r1mega-experts",
                                            initializer=torch.set_num_threads, initargs=(1,))
         return _pools[n]
+
+
+def cpu_vendor() -> str:
+    """/proc/cpuinfo's vendor_id ("GenuineIntel", "AuthenticAMD"), "" where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+@functools.lru_cache(maxsize=None)
+def blas_threads_small_gemms() -> bool:
+    """Whether the CPU BLAS splits a decoding step's GEMMs (a few rows x 512 x 256) over its intra-op
+    threads. MKL on an Intel CPU does, fp32 (MKL) and bf16 (oneDNN) alike: on a 2-core Xeon each of
+    the two threads ran about half of such a GEMM's CPU time, and r1mega's decode with the experts
+    spread (the rest of the step on one thread) ran at 0.74x-0.98x of transformers' (every op on both
+    threads; 64 experts, fp32). On an AMD EPYC the same GEMMs took as long on 2 threads as on 1, and
+    there the spreading gave 1.45x of transformers against ~1.2x without."""
+    return torch.backends.mkl.is_available() and cpu_vendor() == "GenuineIntel"
+
+
+def spreading_pays(device: torch.device) -> bool:
+    """Whether a decoding step should run inside `experts_over_cores` (SPREAD overrides the guess)."""
+    if device.type != "cpu":
+        return False
+    return SPREAD if SPREAD is not None else not blas_threads_small_gemms()
 
 
 @contextlib.contextmanager
