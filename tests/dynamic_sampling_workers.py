@@ -69,7 +69,7 @@ def grpo_dynamic_worker(rank: int, world: int, overrides: list[str]) -> dict:
     import zlib
 
     import r1mega.rl.grpo as grpo_module
-    import r1mega.rl.rollout as rollout_module
+    import r1mega.rl.rewards as rewards_module
     from r1mega.config import load_config
 
     def reward(names, text, problem, *args):
@@ -77,7 +77,7 @@ def grpo_dynamic_worker(rank: int, world: int, overrides: list[str]) -> dict:
         return {"accuracy": float(sum(map(ord, text)) % 2) if lucky else 0.0}
 
     chosen = []
-    real_draw, real_reward = grpo_module.draw_until_informative, rollout_module.reward_terms
+    real_draw, real_reward = grpo_module.draw_until_informative, rewards_module.reward_terms
 
     def spy(first, slots, draw, G, *args):
         scored, counts = real_draw(first, slots, draw, G, *args)
@@ -85,12 +85,12 @@ def grpo_dynamic_worker(rank: int, world: int, overrides: list[str]) -> dict:
                        for i, s in enumerate(slots)})
         return scored, counts
 
-    grpo_module.draw_until_informative, rollout_module.reward_terms = spy, reward
+    grpo_module.draw_until_informative, rewards_module.reward_terms = spy, reward
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         cfg = load_config(os.path.join(root, "configs", "tiny", "r1_zero_demo.yaml"), overrides)
         grpo_module.grpo(cfg, eval_problems=0)
     finally:
-        grpo_module.draw_until_informative, rollout_module.reward_terms = real_draw, real_reward
+        grpo_module.draw_until_informative, rewards_module.reward_terms = real_draw, real_reward
     rows = [json.loads(line) for line in open(os.path.join(cfg.train.run_dir, "metrics.jsonl"))] if rank == 0 else []
     return {"chosen": chosen, "rows": rows}

@@ -51,12 +51,12 @@ def long_prompt_worker(rank: int, world: int, overrides: list[str]) -> dict:
 def varied_reward_worker(rank: int, world: int, overrides: list[str]) -> dict:
     """exact_grpo_worker with a reward that differs within groups (a random tiny model never answers
     right), so the updates move the weights and step 2 samples from a changed policy."""
-    import r1mega.rl.rollout as rollout_module
+    import r1mega.rl.rewards as rewards_module
     from rl_workers import exact_grpo_worker
 
-    terms = rollout_module.reward_terms  # what sample_rollout judges each output with
-    rollout_module.reward_terms = lambda names, text, *args: {"accuracy": float(sum(map(ord, text)) % 3)}
+    terms = rewards_module.reward_terms  # what the rollout's judge_batch judges each output with
+    rewards_module.reward_terms = lambda names, text, *args: {"accuracy": float(sum(map(ord, text)) % 3)}
     try:
         return exact_grpo_worker(rank, world, overrides)
     finally:
-        rollout_module.reward_terms = terms
+        rewards_module.reward_terms = terms
