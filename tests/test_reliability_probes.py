@@ -240,10 +240,12 @@ def hf_dir(tmp_path_factory):
 
 
 def test_convert_probes(capsys, hf_dir, tmp_path):
-    # the same tensor in two un-indexed shards: which one is meant is unknown, so refuse
+    # the same tensor in two un-indexed shards: which one is meant is unknown, so refuse (a
+    # model.safetensors would be read alone, as transformers reads it: the shards here have other names)
     dup = tmp_path / "dup"
     shutil.copytree(hf_dir, dup)
-    emb = load_file(dup / "model.safetensors")["model.embed_tokens.weight"]
+    (dup / "model.safetensors").rename(dup / "main.safetensors")
+    emb = load_file(dup / "main.safetensors")["model.embed_tokens.weight"]
     save_file({"model.embed_tokens.weight": torch.zeros_like(emb)}, dup / "extra.safetensors")
     # a config.json that is not an object, and one with a string where a number belongs
     as_list, as_str = tmp_path / "as_list", tmp_path / "as_str"
@@ -254,7 +256,7 @@ def test_convert_probes(capsys, hf_dir, tmp_path):
     (as_str / "config.json").write_text(json.dumps({**config, "hidden_size": "64"}))
     before = snapshot(tmp_path)
     cases = [
-        (dup, [], "model.embed_tokens.weight is stored in both extra.safetensors and model.safetensors"),
+        (dup, [], "model.embed_tokens.weight is stored in both extra.safetensors and main.safetensors"),
         (as_list, [], "expected a JSON object of model settings, got list"),
         (as_str, [], "hidden_size': expected int, got '64'"),
         (hf_dir, ["--shard-size", "nan"], "--shard-size must be a positive number of GiB, got nan"),
