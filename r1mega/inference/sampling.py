@@ -40,10 +40,11 @@ def _global_argmax(values: torch.Tensor, start: int, group) -> tuple[torch.Tenso
     return chosen[:, 1].long(), chosen[:, 0]
 
 
-def log_softmax_at(logits: torch.Tensor, tokens: torch.Tensor, start: int, group) -> torch.Tensor:
-    """log softmax(logits)[token] per row, from shards."""
+def log_softmax_at(logits: torch.Tensor, tokens: torch.Tensor, start: int, group,
+                   gmax: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """log softmax(logits)[token] per row, from shards. gmax: the rows' maxima, known already (one shard)."""
     if group is None:  # one shard: every token inside it (the same numbers, fewer ops)
-        gmax = logits.max(dim=-1).values
+        gmax = logits.max(dim=-1).values if gmax is None else gmax
         z = batch_invariant.row_sum((logits - gmax[:, None]).exp())
         return logits.gather(1, tokens[:, None])[:, 0] - gmax - z.log()
     gmax = all_reduce_values(logits.max(dim=-1).values.clone(), group, dist.ReduceOp.MAX)
@@ -266,6 +267,9 @@ def sample(logits: torch.Tensor, ps: ParallelState, temperature: float, top_p: f
     # ids past the tokenizer's vocabulary (padding rows of the embedding) are never sampled; the
     # returned log-prob is still over the whole vocabulary, as the training forward computes it
     if temperature <= 0:
+        if start + n_local <= vocab:  # every id real: no mask, and the argmax's maxima are the softmax's
+            tokens, best = _global_argmax(logits, start, group)
+            return tokens, log_softmax_at(logits, tokens, start, group, best if group is None else None)
         real = torch.arange(start, start + n_local, device=logits.device) < vocab
         tokens, _ = _global_argmax(logits.masked_fill(~real, float("-inf")), start, group)
         return tokens, log_softmax_at(logits, tokens, start, group)
