@@ -470,9 +470,12 @@ class ContinuousBatcher:
                 r.blocks.append(self.pool.alloc())
                 self._set_table(r)
 
+    def _step_ints(self, rows: list[_Row]) -> torch.Tensor:
+        """[b, 3] int64: each row's (slot, cached length, last token), one host-to-tensor copy a step."""
+        return torch.tensor([[r.slot, r.length, r.out[-1]] for r in rows], dtype=torch.long, device=self.device)
+
     def _view_inputs(self, rows: list[_Row]):
-        slots, lengths, ids = torch.tensor([[r.slot, r.length, r.out[-1]] for r in rows], dtype=torch.long,
-                                           device=self.device).t()  # one host-to-tensor copy a step
+        slots, lengths, ids = self._step_ints(rows).t()
         view = decode_view(self.pool, self.layer_view, self.table[slots], lengths,
                            longest=max(r.length for r in rows) + 1)
         return view, ids[:, None], lengths[:, None]
@@ -501,8 +504,7 @@ class ContinuousBatcher:
         if gen.temperature > 0:
             keys = row_keys_host(gen.seed, [len(r.out) for r in rows], [r.key for r in rows], self.device)
             noise = gumbel_noise(keys, 0, self.model.vocab_size)
-        # one host-to-tensor copy of the step's integers; the graph builds the cache view from them
-        packed = torch.tensor([[r.slot, r.length, r.out[-1]] for r in rows], dtype=torch.long, device=self.device)
+        packed = self._step_ints(rows)  # the graph builds the cache view from them
         try:
             tok, lp, routing = self.compiled(self.model, self.ps, self.pool, self.layer_view, packed, self.table,
                                              max(r.length for r in rows) + 1, noise, gen.temperature, gen.top_p,

@@ -117,11 +117,14 @@ def rollout_problems(rl: RLConfig, ps: ParallelState, source: PromptSource, posi
     return [everyone[g] for g in at], at
 
 
+def ended_by_eos(source: PromptSource, ids: list[int]) -> bool:
+    return bool(ids) and ids[-1] in source.tok.eos_ids
+
+
 def response_text(source: PromptSource, rendered: Rendered, ids: list[int]) -> str:
     """What the rewards judge of one sample: the response part of the rendered prompt (a template's
     opening tag) and the completion without its end-of-sequence token."""
-    finished = bool(ids) and ids[-1] in source.tok.eos_ids
-    return rendered.response_prefix + source.decode(ids[:-1] if finished else ids)
+    return rendered.response_prefix + source.decode(ids[:-1] if ended_by_eos(source, ids) else ids)
 
 
 def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: list[dict], where: list[int],
@@ -148,8 +151,7 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
     for ids, r in zip(rollout.completions(), rendered):
         text = response_text(source, r, ids)
         responses.append(text)
-        finished = bool(ids) and ids[-1] in tok.eos_ids
-        truncated.append(len(ids) >= limit and not finished and not source.is_stopped(text))
+        truncated.append(len(ids) >= limit and not ended_by_eos(source, ids) and not source.is_stopped(text))
     # one verdict per model replica, every program of the batch at once
     terms = judge_batch(ps, cfg.rl.rewards, responses, outputs, cfg.rl.answer_fallback, run.device)
     rewards = torch.tensor([sum(t.values()) for t in terms], dtype=torch.float64, device=run.device)
