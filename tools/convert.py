@@ -490,11 +490,11 @@ def _import_into(tmp: str, hf_dir: str, hf_config: dict, files, index, fp8: str,
     meta["manifest"] = MANIFEST  # an edited meta.json or a part swapped in later is refused by name
     with _writing(os.path.join(tmp, "meta.json")), open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
-    write_manifest(tmp)
     for extra in TOKENIZER_FILES:
         if os.path.exists(os.path.join(hf_dir, extra)):
             with _writing(os.path.join(tmp, extra)):
                 shutil.copy(os.path.join(hf_dir, extra), tmp)
+    write_manifest(tmp)  # last: it covers the tokenizer files too
     return meta
 
 

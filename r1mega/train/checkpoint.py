@@ -4,8 +4,10 @@
     <dir>/step_00000100/rank00003.json          for each piece: checkpoint key, full shape, dim, start, length, crc32
     <dir>/step_00000100/meta.json               step, optimizer step, data position, model config, last loss
     <dir>/step_00000100/rng.pt                  torch RNG state
-    <dir>/step_00000100/manifest.json           written last: sha256 of meta.json, rng.pt, every piece
-                                                listing and safetensors header, and one digest over all
+    <dir>/step_00000100/tokenizer.json, ...     the run's tokenizer files (when it has an HF tokenizer)
+    <dir>/step_00000100/manifest.json           written last: sha256 of meta.json, rng.pt, the tokenizer
+                                                files, every piece listing and safetensors header, and one
+                                                digest over all
     <dir>/latest                                name of the newest complete step directory
 
 Keys are the Hugging Face tensor names (each stage's `param_slices()`, see `r1mega.models.weights`),
@@ -44,7 +46,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from r1mega.atomic_io import fsync_dir, open_fresh
-from r1mega.data.tokenizer import copy_tokenizer_files
+from r1mega.data.tokenizer import TOKENIZER_FILES, copy_tokenizer_files
 from r1mega.errors import CheckpointError, ConfigError
 from r1mega.models.weights import PieceReader, crc32, load_weights, non_finite
 from r1mega.parallel.layout import ParallelState
@@ -213,8 +215,16 @@ def _file_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def _manifest_files(path: str) -> list[str]:
-    return sorted(e for e in os.listdir(path) if e in ("meta.json", "rng.pt") or STEP_FILE.match(e))
+def _manifest_files(path: str, tokenizer: bool = True) -> list[str]:
+    """The files a manifest covers; `tokenizer`: with the tokenizer files (manifests before
+    TOKENIZER_COVERED did not list them, so a checkpoint saved then is checked without them)."""
+    return sorted(e for e in os.listdir(path) if e in ("meta.json", "rng.pt") or STEP_FILE.match(e)
+                  or (tokenizer and e in TOKENIZER_FILES))
+
+
+# manifest key of a save that lists its tokenizer files (generation reads the tokenizer beside the
+# weights, so an edited tokenizer.json or chat template would change what a checkpoint's prompts are)
+TOKENIZER_COVERED = "tokenizer_files"
 
 
 # a save's rank files; an import's (r1mega-convert) part files
@@ -231,7 +241,7 @@ def write_manifest(path: str) -> None:
     tmp = os.path.join(path, MANIFEST + ".tmp")
     try:
         with open_fresh(tmp) as f:
-            json.dump({"files": files, "digest": _digest(files)}, f, indent=1)
+            json.dump({"files": files, "digest": _digest(files), TOKENIZER_COVERED: True}, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, os.path.join(path, MANIFEST))
@@ -257,16 +267,18 @@ def verify_manifest(path: str, meta: dict) -> None:
         raise CheckpointError(f"{file}: unreadable ({type(e).__name__}); the checkpoint cannot be verified") from None
     if _digest(files) != digest:
         raise CheckpointError(f"{file}: its digest does not match the files it lists (edited)")
-    present = _manifest_files(path)
+    present = _manifest_files(path, tokenizer=bool(manifest.get(TOKENIZER_COVERED)))
     for name in sorted(set(files) | set(present)):
         where = os.path.join(path, name)
+        other = "; to sample with another tokenizer, pass it (--tokenizer, data.tokenizer)" \
+            if name in TOKENIZER_FILES else ""
         if name not in files:
-            raise CheckpointError(f"{where}: not part of the save ({MANIFEST} does not list it; copied in?)")
+            raise CheckpointError(f"{where}: not part of the save ({MANIFEST} does not list it; copied in?){other}")
         if name not in present:
             raise CheckpointError(f"{where}: missing ({MANIFEST} lists it)")
         if _file_digest(where) != files[name]:
             raise CheckpointError(f"{where}: differs from what was saved with this checkpoint ({MANIFEST}); "
-                                  f"edited or copied from another checkpoint")
+                                  f"edited or copied from another checkpoint{other}")
 
 
 def _unused_name(base: str) -> str:
