@@ -80,13 +80,6 @@ def check_same_sft_data(meta: dict, digest: str, where: str) -> None:
                           f"train.run_dir with train.load={where}")
 
 
-def data_record(ps, kind: str, data) -> dict:
-    """What a resume checks it reads again (check_same_data), saved with every checkpoint: the SFT
-    file's digest, or each pretraining .bin/.idx by size, header and sampled content (read on rank 0,
-    which writes meta.json; None elsewhere)."""
-    return {"data_sha256": data.digest} if kind == "sft" else {"data_files": _on_rank0(ps, data.fingerprints)}
-
-
 def check_same_data(meta: dict, record: dict, seq_length: int, where: str) -> None:
     """A run resumed from its own checkpoint reads the samples it was saved among: the same files
     (`record`, this run's data_record) cut at the same seq_length. Checkpoints from before these were
@@ -135,6 +128,13 @@ def _on_rank0(ps, fn):
     return value
 
 
+def data_record(ps, kind: str, data) -> dict:
+    """What a resume checks it reads again (check_same_data), saved with every checkpoint: the SFT
+    file's digest, or each pretraining .bin/.idx by size, header and sampled content (read on rank 0,
+    which writes meta.json; None elsewhere)."""
+    return {"data_sha256": data.digest} if kind == "sft" else {"data_files": _on_rank0(ps, data.fingerprints)}
+
+
 def _train(cfg: Config, kind: str) -> dict:
     ckpt_root = os.path.join(cfg.train.run_dir, "checkpoints")
     # ranks joined, the model's shapes taken from the checkpoint if the config has none, validated
@@ -174,7 +174,7 @@ def _train(cfg: Config, kind: str) -> dict:
             print(f"starting at step 0 from the weights of {resume} (a {meta.get('kind', 'unknown')} checkpoint; "
                   f"fresh optimizer moments)", flush=True)
         resume = None
-    record = data_record(ps, kind, data)
+    record = data_record(ps, kind, data)  # read once: checked here, saved with each checkpoint
     if resume is not None and in_run(resume, ckpt_root) and not t.allow_data_change:  # a resume reads the same data
         _on_rank0(ps, lambda: check_same_data(meta, record, cfg.data.seq_length, resume))
     run.hf_config = meta.get("hf_config")  # an imported model's config.json travels on, so an export reproduces it
