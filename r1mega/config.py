@@ -42,7 +42,7 @@ class DataConfig:
     # sft: how a chat record becomes tokens: auto | model | r1 | raw (r1mega/data/sft.py)
     sft_template: str = "auto"
     # "arithmetic" | "addition" (the demo) | "sum3" (the pipeline): build the corpus, tokenizer and
-    # indexed files under cache_dir when missing (r1mega/data/prepare.py)
+    # indexed files under cache_dir when missing (r1mega/data/synthetic.py)
     synthetic: Optional[str] = None
     synthetic_docs: int = 2000
     cache_dir: str = "runs/data"

@@ -220,10 +220,10 @@ class Runner:
         return train, held
 
     def tokenizer(self, stage: str) -> str:
-        from r1mega.data.prepare import resolve_data
+        from r1mega.data.synthetic import resolve_tokenizer
 
         cfg = self.run_config(stage)
-        return resolve_data(cfg.data, "pretrain", cfg.active_model.vocab_size).tokenizer
+        return resolve_tokenizer(cfg.data, cfg.active_model.vocab_size)
 
     # ---- stages --------------------------------------------------------------------------------
     def weights(self, stage: str) -> str:

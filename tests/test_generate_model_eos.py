@@ -66,7 +66,7 @@ def test_generate_stops_at_the_models_eos_ids_with_a_tokenizer_from_elsewhere(mo
 
 def test_grpo_prompt_tokenizer_takes_the_checkpoints_eos_ids(model_and_tokenizer):
     from r1mega.config import DataConfig
-    from r1mega.data.prepare import prompt_tokenizer
+    from r1mega.data.prompts import prompt_tokenizer
 
     model, model_dir, _, tok_dir = model_and_tokenizer
     tok = prompt_tokenizer(DataConfig(tokenizer=str(tok_dir)), VOCAB, str(model_dir))

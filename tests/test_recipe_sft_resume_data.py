@@ -22,7 +22,7 @@ def test_an_sft_resume_on_other_data_is_refused(tmp_path, capsys):
     _chats(a, "+")
     _chats(b, "*")
     from r1mega.config import load_config
-    from r1mega.data.prepare import resolve_data
+    from r1mega.data.synthetic import resolve_data
 
     config = os.path.join(ROOT, "configs", "tiny", "sft.yaml")
     cfg = load_config(config, [f"data.cache_dir={tmp_path / 'data'}"])

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     from r1mega.config import load_config
-    from r1mega.data.prepare import resolve_data
+    from r1mega.data.synthetic import resolve_data
 
     root = tmp_path_factory.mktemp("sampled_ids")
     cfg = load_config(os.path.join(ROOT, "configs", "tiny", "sft.yaml"), [f"data.cache_dir={root}"])

@@ -9,11 +9,11 @@ import time
 import pytest
 
 from r1mega.config import ConfigError, DataConfig
-from r1mega.data import prepare
+from r1mega.data import synthetic
 
 
 def _resolve(cache: str, barrier, counts: str, errors) -> None:
-    real = prepare._build
+    real = synthetic._build
 
     def slow_build(*args):
         with open(counts, "a") as f:
@@ -21,10 +21,10 @@ def _resolve(cache: str, barrier, counts: str, errors) -> None:
         time.sleep(1.0)  # the other runs reach their DONE check meanwhile
         return real(*args)
 
-    prepare._build = slow_build
+    synthetic._build = slow_build
     barrier.wait()
     try:
-        prepare.resolve_data(DataConfig(synthetic="addition", synthetic_docs=64, cache_dir=cache), "pretrain", 384)
+        synthetic.resolve_data(DataConfig(synthetic="addition", synthetic_docs=64, cache_dir=cache), "pretrain", 384)
     except BaseException as e:  # noqa: BLE001 - reported to the parent
         errors.put(f"{type(e).__name__}: {e}")
 
@@ -57,6 +57,32 @@ def test_cache_dir_under_a_file_is_named(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("mine")
     with pytest.raises(ConfigError, match="data.cache_dir"):
-        prepare.resolve_data(DataConfig(synthetic="addition", synthetic_docs=64, cache_dir=str(blocker / "cache")),
+        synthetic.resolve_data(DataConfig(synthetic="addition", synthetic_docs=64, cache_dir=str(blocker / "cache")),
                              "pretrain", 384)
     assert blocker.read_text() == "mine"
+
+
+def test_a_tokenizer_only_run_builds_the_tokenizer_alone_and_the_corpus_reuses_it(tmp_path):
+    """GRPO's prompts and generation read only the corpus's tokenizer: they build it alone; a later
+    pretraining run completes the corpus around that very tokenizer, whose pieces are those a full
+    build trains (sentencepiece on one thread is deterministic; the .model also records the path it
+    was trained under), so the corpus is the same bytes."""
+    cfg = DataConfig(synthetic="addition", synthetic_docs=64, cache_dir=str(tmp_path / "a"))
+    root = tmp_path / "a" / "addition-64-v384"
+    path = synthetic.resolve_tokenizer(cfg, 384)
+    assert path == str(root / "tokenizer.model")
+    assert sorted(os.listdir(root)) == ["tokenizer.model", "tokenizer.vocab"]
+    alone = (root / "tokenizer.model").read_bytes()
+    d = synthetic.resolve_data(cfg, "pretrain", 384)
+    assert d.tokenizer == path and d.paths == [str(root / "pretrain")]
+    assert sorted(os.listdir(root)) == ["DONE", "pretrain.bin", "pretrain.idx", "sft.jsonl", "tokenizer.model",
+                                        "tokenizer.vocab"]
+    assert (root / "tokenizer.model").read_bytes() == alone
+    full = DataConfig(synthetic="addition", synthetic_docs=64, cache_dir=str(tmp_path / "b"))
+    synthetic.resolve_data(full, "pretrain", 384)
+    other = tmp_path / "b" / "addition-64-v384"
+    for name in ("tokenizer.vocab", "pretrain.bin", "pretrain.idx", "sft.jsonl"):
+        assert (other / name).read_bytes() == (root / name).read_bytes()
+    assert synthetic.resolve_tokenizer(full, 384) == str(other / "tokenizer.model")  # built: nothing to do
+    assert synthetic.resolve_tokenizer(DataConfig(tokenizer="tok.json"), 384) == "tok.json"
+    assert synthetic.resolve_tokenizer(DataConfig(), 384) is None

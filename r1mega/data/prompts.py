@@ -50,7 +50,8 @@ model (the thinking prefix) followed by the generated completion. A non-reasonin
 takes its final answer by the fallback (the last number when there is no "A:", <answer> or \\boxed).
 
 GRPO's questions (`PromptSource`): the user's prompt files (`rl.prompts`, rendered by `rl.template`)
-or the built-in synthetic sums (`data.synthetic`), as token ids with a stop rule.
+or the built-in synthetic sums (`data.synthetic`), as token ids with a stop rule, in the tokenizer
+`prompt_tokenizer` gives it.
 
 Both are addressed by a global position (questions drawn so far), saved in the checkpoint: the
 questions of a rollout are a pure function of (seed, position), whatever the DP size.
@@ -64,10 +65,10 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
 
-from r1mega.config import RLConfig
+from r1mega.config import DataConfig, RLConfig
 from r1mega.data.jsonl import DataError, iter_jsonl
-from r1mega.data.synthetic import stops_after_answer, synthetic_prompts
-from r1mega.data.tokenizer import Tokenizer
+from r1mega.data.synthetic import resolve_tokenizer, stops_after_answer, synthetic_prompts
+from r1mega.data.tokenizer import Tokenizer, check_fits
 from r1mega.judge.language import LANGUAGES  # the targets the language reward and filter can judge
 
 
@@ -409,6 +410,24 @@ class SyntheticQuestions:
 
     def is_stopped(self, text: str) -> bool:
         return stops_after_answer(text)
+
+
+def prompt_tokenizer(cfg: DataConfig, vocab_size: int, load: Optional[str]) -> Tokenizer:
+    """The tokenizer of an RL run's prompts: data.tokenizer, the synthetic corpus's, else the one in
+    `load` (the checkpoint of a run on prompt files; None for a synthetic run)."""
+    from r1mega.errors import ConfigError
+
+    path = resolve_tokenizer(cfg, vocab_size) or load  # builds the synthetic corpus's tokenizer if asked
+    if path is None:
+        raise ConfigError("data.tokenizer", "GRPO needs a tokenizer: data.tokenizer=DIR or data.synthetic")
+    tok = Tokenizer(path)
+    if load is not None and path != load:  # the model's own EOS ids end rollouts too (transformers' generate)
+        try:
+            tok.add_model_eos(load)
+        except ValueError as e:
+            raise ConfigError("train.load", str(e)) from None
+    check_fits(tok, vocab_size)
+    return tok
 
 
 class PromptSource:

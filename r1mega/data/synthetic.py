@@ -3,10 +3,29 @@
 Used by the tiny pretraining/SFT configs (their corpora are made here, nothing downloaded) and
 by the R1-Zero demo (the answer is checkable by a rule); the same tasks posed as prompts with
 their answers (`synthetic_prompts`) are GRPO's synthetic questions and the recipe's evaluation.
+
+`data.synthetic` names a task's corpus ("arithmetic": worked sums and differences; "addition": the
+R1-Zero demo's biased single-digit sums; "sum3": the pipeline's sums of three digits worked in a
+<think> thought, its last step biased). It is built once, on rank 0, under data.cache_dir: a
+sentencepiece tokenizer trained on it, the pretraining indexed dataset and the SFT chat JSONL - the
+same files `tools/train_tokenizer.py` and `tools/preprocess_data.py` produce from user data. A run
+that needs only the tokenizer (GRPO's prompts, generation) builds the tokenizer alone.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import os
 import random
+from dataclasses import replace
+from typing import Optional
+
+import torch.distributed as dist
+
+from r1mega.config import ConfigError, DataConfig
+from r1mega.data.pretrain import write_indexed
+from r1mega.data.tokenizer import EOS, Tokenizer, train_sentencepiece
 
 
 def arithmetic_problem(rng: random.Random, max_digits: int = 2) -> tuple[str, str, str]:
@@ -148,3 +167,108 @@ def synthetic_prompts(kind: str, n: int, seed: int, heldout: bool) -> list[dict]
 
 
 TASKS = {"arithmetic": arithmetic_prompts}
+
+
+# ---- the corpus on disk (data.synthetic), under data.cache_dir ---------------------------------
+
+SYNTHETIC = ("arithmetic", "addition", "sum3")
+
+
+def _texts(kind: str, docs: int) -> tuple[list[str], list[dict]]:
+    """(the task's pretraining documents, the SFT chat records)."""
+    corpus = {"arithmetic": pretrain_corpus, "addition": biased_addition_corpus,
+              "sum3": biased_sum3_corpus}[kind](docs, seed=0)
+    return corpus, sft_records(max(docs // 2, 64), seed=1)
+
+
+def _tokenizer(root: str, corpus: list[str], chats: list[dict], vocab_size: int) -> Tokenizer:
+    """The corpus's tokenizer: the one under `root` (train_sentencepiece writes its .model last, so one
+    that exists is whole; a tokenizer-only build leaves it), else trained on the corpus's texts."""
+    path = os.path.join(root, "tokenizer.model")
+    if not os.path.exists(path):
+        texts = corpus + [m["content"] for c in chats for m in c["messages"]]
+        path = train_sentencepiece(texts, os.path.join(root, "tokenizer"), vocab_size)
+    return Tokenizer(path)
+
+
+def _build(kind: str, root: str, docs: int, vocab_size: int) -> None:
+    os.makedirs(root, exist_ok=True)
+    corpus, chats = _texts(kind, docs)
+    tok = _tokenizer(root, corpus, chats, vocab_size)
+    write_indexed(os.path.join(root, "pretrain"), (tok.encode(d + EOS) for d in corpus), tok.vocab_size)
+    tmp = os.path.join(root, "sft.jsonl.tmp")
+    with open(tmp, "w") as f:
+        for c in chats:
+            f.write(json.dumps(c) + "\n")
+    os.replace(tmp, os.path.join(root, "sft.jsonl"))
+    open(os.path.join(root, "DONE"), "w").close()
+
+
+def _build_tokenizer(kind: str, root: str, docs: int, vocab_size: int) -> None:
+    os.makedirs(root, exist_ok=True)
+    corpus, chats = _texts(kind, docs)
+    _tokenizer(root, corpus, chats, vocab_size)
+
+
+def _corpus_dir(cfg: DataConfig, vocab_size: int) -> str:
+    if cfg.synthetic not in SYNTHETIC:
+        raise ConfigError("data.synthetic", f"unknown corpus {cfg.synthetic!r} ({', '.join(SYNTHETIC)})")
+    if os.path.exists(cfg.cache_dir) and not os.path.isdir(cfg.cache_dir):
+        raise ConfigError("data.cache_dir", f"{cfg.cache_dir} exists and is not a directory")
+    return os.path.join(cfg.cache_dir, f"{cfg.synthetic}-{cfg.synthetic_docs}-v{vocab_size}")
+
+
+def _builds_here() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+@contextlib.contextmanager
+def _building(cfg: DataConfig, root: str, vocab_size: int):
+    """Hold the corpus's lock while building it: runs on other run directories sharing data.cache_dir
+    may start together, and two builders would rename files under each other. A build that fails is
+    named by its key."""
+    try:
+        os.makedirs(os.path.dirname(root), exist_ok=True)
+        with open(os.path.join(os.path.dirname(root), f".{os.path.basename(root)}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, and by the OS if this process dies
+            yield
+    except OSError as e:
+        raise ConfigError("data.cache_dir", f"cannot build the synthetic corpus in {root} ({e.strerror}: "
+                          f"{e.filename})") from None
+    except RuntimeError as e:  # sentencepiece refuses a vocabulary too small for the corpus
+        if "vocab" not in str(e).lower():
+            raise
+        raise ConfigError("model.vocab_size", f"{vocab_size} is too small for the synthetic {cfg.synthetic} "
+                          f"corpus's tokenizer ({str(e).splitlines()[0][-120:]})") from None
+
+
+def resolve_data(cfg: DataConfig, kind: str, vocab_size: int) -> DataConfig:
+    """Fill paths/tokenizer for a synthetic corpus (built if missing). Collective when distributed."""
+    if cfg.synthetic is None:
+        return cfg
+    root = _corpus_dir(cfg, vocab_size)
+    if _builds_here() and not os.path.exists(os.path.join(root, "DONE")):
+        with _building(cfg, root, vocab_size):
+            if not os.path.exists(os.path.join(root, "DONE")):  # the run that held the lock may have built it
+                _build(cfg.synthetic, root, cfg.synthetic_docs, vocab_size)
+    if dist.is_initialized():
+        dist.barrier()
+    paths = [os.path.join(root, "pretrain")] if kind == "pretrain" else [os.path.join(root, "sft.jsonl")]
+    return replace(cfg, paths=paths, tokenizer=os.path.join(root, "tokenizer.model"))
+
+
+def resolve_tokenizer(cfg: DataConfig, vocab_size: int) -> Optional[str]:
+    """The tokenizer `data:` names: data.tokenizer, or the synthetic corpus's (its tokenizer alone built
+    if missing: a run that reads no corpus needs no more); None when neither. Collective when
+    distributed."""
+    if cfg.synthetic is None:
+        return cfg.tokenizer
+    root = _corpus_dir(cfg, vocab_size)
+    path = os.path.join(root, "tokenizer.model")
+    if _builds_here() and not os.path.exists(path):
+        with _building(cfg, root, vocab_size):
+            if not os.path.exists(path):
+                _build_tokenizer(cfg.synthetic, root, cfg.synthetic_docs, vocab_size)
+    if dist.is_initialized():
+        dist.barrier()
+    return path

@@ -117,7 +117,7 @@ def load_model(model: str, parallel: ParallelConfig, world: int, distributed: bo
                config: Optional[str] = None, overrides: Optional[list[str]] = None,
                tokenizer: Optional[str] = None, dtype: str = "float32") -> LoadedModel:
     """Collective when distributed: builds the layout's groups, then this rank's weights."""
-    from r1mega.data.prepare import resolve_data
+    from r1mega.data.synthetic import resolve_tokenizer
     from r1mega.train.setup import build_chunks, init_weights, place
 
     if not os.path.exists(model):
@@ -143,7 +143,7 @@ def load_model(model: str, parallel: ParallelConfig, world: int, distributed: bo
         if hf and os.path.isfile(os.path.join(model, "tokenizer.json")):
             tokenizer = model
         else:
-            tokenizer = resolve_data(cfg.data, "pretrain", cfg.active_model.vocab_size).tokenizer
+            tokenizer = resolve_tokenizer(cfg.data, cfg.active_model.vocab_size)
         if tokenizer is None and os.path.isfile(os.path.join(source, "tokenizer.json")):
             tokenizer = source  # the tokenizer r1mega-convert import copied beside the weights
     if tokenizer is None:

@@ -34,8 +34,7 @@ from typing import Optional
 import torch
 
 from r1mega.config import Config, validate_rl, validate_training
-from r1mega.data.prepare import prompt_tokenizer
-from r1mega.data.prompts import PromptSource, check_same_prompts, prompts_digest
+from r1mega.data.prompts import PromptSource, check_same_prompts, prompt_tokenizer, prompts_digest
 from r1mega.output_dir import release
 from r1mega.inference.generate import GenerationConfig, generate
 from r1mega.kernels import batch_invariant

@@ -1,4 +1,5 @@
-"""`r1mega pretrain` / `r1mega sft`: the training loop, on any layout, launched by torchrun.
+"""`r1mega pretrain` / `r1mega sft`: the training loop, on any layout, launched by torchrun; its data
+(`training_data`: the dataset and tokenizer of the `data:` section) and the data a resume must read again.
 
     for each step: global batch (a pure function of the sample position)
                    -> pipeline-scheduled forward/backward of the microbatches (lm_step)
@@ -14,14 +15,17 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Optional
 
 import torch.distributed as dist
 
-from r1mega.config import Config, ConfigError, validate_training
+from r1mega.config import Config, ConfigError, DataConfig, validate_training
+from r1mega.data.pretrain import PretrainData
+from r1mega.data.synthetic import resolve_data
+from r1mega.data.tokenizer import check_fits, load_tokenizer
 from r1mega.errors import DataError
 from r1mega.output_dir import release
-from r1mega.data.prepare import training_data
 from r1mega.train.checkpoint import find_resume_checkpoint, in_run, resume_from, run_meta, save_checkpoint
 from r1mega.kernels.fp8_backend import fp8_kernels, kernels_scope
 from r1mega.train.lm_step import lm_forward_backward
@@ -40,6 +44,31 @@ def train(cfg: Config, kind: str) -> dict:
         release(cfg.train.run_dir)  # the run directory's lock, however the run ended
 
 
+def training_data(cfg: DataConfig, kind: str, vocab_size: int, seed: int, load: Optional[str] = None):
+    """(the dataset of a pretrain or SFT run ("pretrain" | "sft"), whose `batch(first, size)` gives a
+    global batch as the model's inputs; the path of its tokenizer, None when there is none), resolved
+    once. The tokenizer: data.tokenizer, the synthetic corpus's, else the one in `load`, the checkpoint
+    the run starts from (r1mega-convert import and every checkpoint keep its files)."""
+    from r1mega.data.sft import SFTData
+
+    d = resolve_data(cfg, kind, vocab_size)
+    if d.tokenizer is None and load and os.path.exists(os.path.join(load, "tokenizer.json")):
+        d = replace(d, tokenizer=load)
+    if kind == "sft" and (len(d.paths) > 1 or d.weights is not None):
+        raise ConfigError("data.paths", f"SFT reads one chat JSONL file, got {len(d.paths)} paths"
+                          + (" and data.weights" if d.weights is not None else "") + "; concatenate the files")
+    if d.tokenizer is None and kind == "sft":
+        raise ConfigError("data.tokenizer", "SFT renders chat records and needs a tokenizer")
+    if d.tokenizer is not None:
+        if not os.path.exists(d.tokenizer):
+            raise ConfigError("data.tokenizer", f"{d.tokenizer}: not found")
+        tok = load_tokenizer(d.tokenizer)
+        check_fits(tok, vocab_size)
+    if kind == "pretrain":
+        return PretrainData(d.paths, d.weights, d.seq_length, seed, vocab_size), d.tokenizer
+    return SFTData(d.paths[0], tok, d.seq_length, seed, d.sft_template), d.tokenizer
+
+
 def check_same_sft_data(meta: dict, digest: str, where: str) -> None:
     """An SFT run resumed from its own checkpoint reads the data file it was saved with: the saved
     position (consumed rows) means nothing in another file, and the run would not be the one resumed."""
@@ -51,10 +80,10 @@ def check_same_sft_data(meta: dict, digest: str, where: str) -> None:
                           f"train.run_dir with train.load={where}")
 
 
-def check_same_data(meta: dict, data, seq_length: int, where: str) -> None:
+def check_same_data(meta: dict, record: dict, seq_length: int, where: str) -> None:
     """A run resumed from its own checkpoint reads the samples it was saved among: the same files
-    (pretraining: each .bin/.idx by size, header and sampled content) cut at the same seq_length.
-    Checkpoints from before these were recorded have nothing to compare."""
+    (`record`, this run's data_record) cut at the same seq_length. Checkpoints from before these were
+    recorded have nothing to compare."""
     how = (f"resuming would continue at step {meta.get('step')}'s position in other samples. Give the same data, "
            f"set train.allow_data_change=true to continue on it deliberately, or start a new train.run_dir with "
            f"train.load={where}")
@@ -62,13 +91,13 @@ def check_same_data(meta: dict, data, seq_length: int, where: str) -> None:
     if saved_len is not None and saved_len != seq_length:
         raise ConfigError("data.seq_length", f"{where} was saved at data.seq_length={saved_len}, not {seq_length}; "
                           + how)
-    if hasattr(data, "digest"):
-        check_same_sft_data(meta, data.digest, where)
+    if "data_sha256" in record:
+        check_same_sft_data(meta, record["data_sha256"], where)
         return
     saved = meta.get("data_files")
     if saved is None:
         return
-    mine = data.fingerprints()
+    mine = record["data_files"]
     if len(saved) != len(mine):
         raise ConfigError("data.paths", f"{where} was saved on {len(saved)} data files, this run gives {len(mine)}; "
                           + how)
@@ -97,6 +126,13 @@ def _on_rank0(ps, fn):
     if error:
         raise ConfigError(*error[1:]) if error[0] == "config" else DataError(error[1])
     return value
+
+
+def data_record(ps, kind: str, data) -> dict:
+    """What a resume checks it reads again (check_same_data), saved with every checkpoint: the SFT
+    file's digest, or each pretraining .bin/.idx by size, header and sampled content (read on rank 0,
+    which writes meta.json; None elsewhere)."""
+    return {"data_sha256": data.digest} if kind == "sft" else {"data_files": _on_rank0(ps, data.fingerprints)}
 
 
 def _train(cfg: Config, kind: str) -> dict:
@@ -138,8 +174,9 @@ def _train(cfg: Config, kind: str) -> dict:
             print(f"starting at step 0 from the weights of {resume} (a {meta.get('kind', 'unknown')} checkpoint; "
                   f"fresh optimizer moments)", flush=True)
         resume = None
+    record = data_record(ps, kind, data)  # read once: checked here, saved with each checkpoint
     if resume is not None and in_run(resume, ckpt_root) and not t.allow_data_change:  # a resume reads the same data
-        _on_rank0(ps, lambda: check_same_data(meta, data, cfg.data.seq_length, resume))
+        _on_rank0(ps, lambda: check_same_data(meta, record, cfg.data.seq_length, resume))
     run.hf_config = meta.get("hf_config")  # an imported model's config.json travels on, so an export reproduces it
     start = meta.get("step", 0)
     if start >= t.steps:  # nothing left: say so rather than report an empty run
@@ -150,15 +187,16 @@ def _train(cfg: Config, kind: str) -> dict:
         result = {"final_loss": meta.get("loss"), "steps": start, "losses": [], "skipped": optimizer.skipped,
                   "complete": True}
     else:
-        result = _steps(run, kind, chunks, optimizer, data, tokenizer, meta, resume, ckpt_root)
+        result = _steps(run, kind, chunks, optimizer, data, record, tokenizer, meta, resume, ckpt_root)
     finish_run(run)
     return result
 
 
-def _steps(run: Run, kind: str, chunks, optimizer: DistributedAdamW, data, tokenizer: Optional[str], meta: dict,
-           resume: Optional[str], ckpt_root: str) -> dict:
+def _steps(run: Run, kind: str, chunks, optimizer: DistributedAdamW, data, record: dict, tokenizer: Optional[str],
+           meta: dict, resume: Optional[str], ckpt_root: str) -> dict:
     """The steps from the one `meta` records (0 for a fresh run) to train.steps, logged, checkpointed
-    at intervals and at the end. resume: the checkpoint the run continues (None for a fresh one)."""
+    at intervals and at the end (each checkpoint with the data's `record`). resume: the checkpoint the
+    run continues (None for a fresh one)."""
     cfg, ps, world, device = run.cfg, run.ps, run.world, run.device
     t, family, model_cfg, hooks = cfg.train, run.family, cfg.active_model, run.family.training
     start, consumed = meta.get("step", 0), meta.get("consumed_samples", 0)
@@ -173,9 +211,6 @@ def _steps(run: Run, kind: str, chunks, optimizer: DistributedAdamW, data, token
     peak = t.peak_tflops or (H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
     kernels = fp8_kernels(t, log)  # None unless train.fp8
     losses: list[float] = []
-    # what a resume checks it reads again (check_same_data); read on rank 0, which writes meta.json
-    data_record = ({"data_sha256": data.digest} if kind == "sft" else
-                   {"data_files": _on_rank0(ps, data.fingerprints)})
     guard, last_saved = SkipGuard(t.max_consecutive_skips, log), resume  # newest checkpoint on disk
     chunks.train()
     for step in range(start, t.steps):
@@ -211,7 +246,7 @@ def _steps(run: Run, kind: str, chunks, optimizer: DistributedAdamW, data, token
         if last or (t.save_interval and (step + 1) % t.save_interval == 0):
             last_saved = save_checkpoint(ckpt_root, step + 1, chunks, optimizer, ps,
                                          run_meta(run, kind, consumed_samples=consumed,
-                                                  data_seq_length=cfg.data.seq_length, **data_record,
+                                                  data_seq_length=cfg.data.seq_length, **record,
                                                   loss=res.loss if math.isfinite(res.loss) else None),
                                          tokenizer=tokenizer)
     log.close()
