@@ -434,8 +434,8 @@ def resolve_parallel(par: ParallelConfig, world_size: int) -> ParallelConfig:
     if par.etp is not None and par.etp < 1:
         raise ConfigError("parallel.etp", f"must be >= 1, got {par.etp}")
     mp = par.tp * par.cp * par.pp
-    names, sizes = ("tp x pp", f"{par.tp} x {par.pp}") if par.cp == 1 else \
-        ("tp x cp x pp", f"{par.tp} x {par.cp} x {par.pp}")
+    names, sizes = (("tp x pp", f"{par.tp} x {par.pp}") if par.cp == 1
+                    else ("tp x cp x pp", f"{par.tp} x {par.cp} x {par.pp}"))
     if par.dp is None:
         if world_size % mp:
             raise ConfigError("parallel", f"world size {world_size} is not divisible by {names} = {sizes}")
@@ -469,8 +469,8 @@ def apply_train_aliases(cfg: Config) -> list[str]:
         owners = [f.name for f in families() if key in f.training_keys]
         mine = key in family.training_keys
         given = getattr(m, key) if mine else None  # a value the model section set (not its default)
-        wins = f"; train.{key}={v!r} wins over {cfg.model_section}.{key}={given!r}" \
-            if mine and given not in (v, getattr(type(m)(), key)) else ""
+        wins = (f"; train.{key}={v!r} wins over {cfg.model_section}.{key}={given!r}"
+                if mine and given not in (v, getattr(type(m)(), key)) else "")
         warnings.warn(f"train.{key} is deprecated: it is a training key of the model family's section now "
                       f"(model.{key} of {', '.join(owners)}){wins}"
                       + ("" if mine or not number else f"; ignored: this model ({family.name}) has none"),

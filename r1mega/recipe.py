@@ -408,8 +408,8 @@ def _quote(a: str) -> str:
 
 
 def table(rows: list[dict], k: int) -> str:
-    head = f"| stage | kind | from | held-out pass@1 | cons@{k} | pass@{k} | greedy | minutes |\n" \
-           "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    head = (f"| stage | kind | from | held-out pass@1 | cons@{k} | pass@{k} | greedy | minutes |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- |\n")
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("-" if v is None else str(v))  # noqa: E731
     return head + "".join(
         f"| {r['stage']} | {r['kind']} | {r.get('from') or '-'} | {fmt(r.get('pass@1'))} | {fmt(r.get(f'cons@{k}'))} | "

@@ -92,8 +92,8 @@ def grad_diff(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> tu
     for name, g in ref.items():
         if g.numel() == 0:  # e.g. transformers' zero-width shared expert (n_shared_experts: 0)
             continue
-        rel = 1.0 if name not in ours or ours[name].shape != g.shape else \
-            float((ours[name] - g).abs().max() / g.abs().max().clamp(min=max(floor, 1e-12)))
+        rel = (1.0 if name not in ours or ours[name].shape != g.shape
+               else float((ours[name] - g).abs().max() / g.abs().max().clamp(min=max(floor, 1e-12))))
         if rel > worst:
             worst, where = rel, name
     return worst, where

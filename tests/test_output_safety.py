@@ -445,12 +445,13 @@ def test_checkpoint_failing_its_manifest_falls_back(capsys, base_run, tmp_path, 
 
 
 def test_grpo_resume_with_other_prompt_files_is_refused(tmp_path):
-    from r1mega.data.prompts import check_same_prompts, prompts_digest
+    from r1mega.data.jsonl import jsonl_digest
+    from r1mega.data.prompts import check_same_prompts
 
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     a.write_text('{"prompt": "x", "answer": "1"}\n')
     b.write_text('{"prompt": "y", "answer": "2"}\n')
-    meta = {"prompts_sha256": prompts_digest([str(a)])}
+    meta = {"prompts_sha256": jsonl_digest([str(a)])}
     check_same_prompts(meta, [str(a)], "CKPT")
     with pytest.raises(ConfigError, match="'rl.prompts': CKPT was saved at a position in other prompt files"):
         check_same_prompts(meta, [str(b)], "CKPT")

@@ -219,8 +219,10 @@ class PartWriter:
         except (OSError, SafetensorError) as e:  # a full disk, a file-size limit: named, the temp dir dropped
             raise ConvertError(f"writing {file} failed ({e}); nothing was published") from None
         if self.pieces_json:  # r1mega checkpoint: whole tensors, no offsets
-            with _writing(os.path.join(self.out, name + ".json")), \
-                    open(os.path.join(self.out, name + ".json"), "w") as f:
+            with (
+                _writing(os.path.join(self.out, name + ".json")),
+                open(os.path.join(self.out, name + ".json"), "w") as f,
+            ):
                 json.dump({k: {"shape": list(v.shape), "dim": None, "start": 0, "length": None, "crc32": crc32(v)}
                            for k, v in self.buf.items()}, f)
         self.parts.append((name + ".safetensors", list(self.buf)))
@@ -362,8 +364,10 @@ def _prepare_out(out: str, overwrite: bool, source: str, what: str) -> str:
 
 def _write_marker(tmp: str, marker: dict) -> None:
     """Lets a later --overwrite know the directory (and which of its files) is the tool's own."""
-    with _writing(os.path.join(tmp, output_dir.MARKER)), \
-            open(os.path.join(tmp, output_dir.MARKER), "w", encoding="utf-8") as f:
+    with (
+        _writing(os.path.join(tmp, output_dir.MARKER)),
+        open(os.path.join(tmp, output_dir.MARKER), "w", encoding="utf-8") as f,
+    ):
         json.dump(marker, f, indent=1)
 
 
@@ -651,8 +655,10 @@ def _export_into(tmp, ckpt, meta, config, reader, keys, shapes, with_dtypes, fp8
         renamed.append(final)
         weight_map.update({k: final for k in keys})
     total_size = sum(os.path.getsize(os.path.join(tmp, r)) for r in renamed)
-    with _writing(os.path.join(tmp, "model.safetensors.index.json")), \
-            open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+    with (
+        _writing(os.path.join(tmp, "model.safetensors.index.json")),
+        open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f,
+    ):
         json.dump({"metadata": {"total_size": total_size}, "weight_map": weight_map}, f, indent=1)
     config = dict(config)
     if fp8_blocks:

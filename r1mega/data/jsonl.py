@@ -1,6 +1,8 @@
-"""JSONL reading that reports a malformed line by file and line number, never skipping it."""
+"""JSONL data files: read so that a malformed line is reported by file and line number, never skipped;
+their content digest (what a checkpoint's position in them refers to)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Iterator, Optional
@@ -85,3 +87,16 @@ def iter_texts(path: str, key: str = "text", limit: Optional[int] = None) -> Ite
         if not isinstance(rec.get(key), str):
             raise DataError(f"{where}: field {key!r} is missing or not a string")
         yield rec[key]
+
+
+def jsonl_digest(paths: list[str]) -> str:
+    """sha256 over the data files' contents, in order: what a checkpoint's position in GRPO's prompt
+    files or an SFT file refers to (a resume on other files would continue at a meaningless position)."""
+    h = hashlib.sha256()
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
+        except OSError as e:
+            raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    return h.hexdigest()

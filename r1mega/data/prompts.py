@@ -58,7 +58,6 @@ questions of a rollout are a pure function of (seed, position), whatever the DP 
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import random
@@ -66,7 +65,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
 
 from r1mega.config import DataConfig, RLConfig
-from r1mega.data.jsonl import DataError, iter_jsonl
+from r1mega.data.jsonl import DataError, iter_jsonl, jsonl_digest
 from r1mega.data.synthetic import resolve_tokenizer, stops_after_answer, synthetic_prompts
 from r1mega.data.tokenizer import Tokenizer, check_fits
 from r1mega.judge.language import LANGUAGES  # the targets the language reward and filter can judge
@@ -169,25 +168,12 @@ def load_prompts(paths: list[str]) -> list[dict]:
     return problems
 
 
-def prompts_digest(paths: list[str]) -> str:
-    """sha256 over the prompt files' contents, in order: what a GRPO checkpoint's prompt position
-    refers to (a resume with other files would continue at a meaningless position)."""
-    h = hashlib.sha256()
-    for path in paths:
-        try:
-            with open(path, "rb") as f:
-                h.update(hashlib.sha256(f.read()).digest())
-        except OSError as e:
-            raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    return h.hexdigest()
-
-
 def check_same_prompts(meta: dict, paths: list[str], where: str) -> None:
     """A run resumed from its own checkpoint must read the prompt files it was saved with."""
     from r1mega.errors import ConfigError
 
     saved = meta.get("prompts_sha256")
-    if saved is not None and paths and saved != prompts_digest(paths):
+    if saved is not None and paths and saved != jsonl_digest(paths):
         raise ConfigError("rl.prompts", f"{where} was saved at a position in other prompt files (their content "
                           f"differs); resuming would continue at a meaningless position. Give the same files, set "
                           f"train.allow_data_change=true to continue on them deliberately, or start a new "

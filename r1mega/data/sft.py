@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from r1mega.data.jsonl import DataError, iter_jsonl
+from r1mega.data.jsonl import DataError, iter_jsonl, jsonl_digest
 from r1mega.data.tokenizer import ASSISTANT, BOS, EOS, USER, Tokenizer
 from r1mega.errors import ConfigError
 
@@ -77,8 +77,8 @@ def _messages(rec: dict, where: str) -> list[dict]:
     if not isinstance(msgs, list) or not msgs:
         raise DataError(f"{where}: expected an object with a non-empty 'messages' list")
     for k, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
-                or not isinstance(m.get("content"), str):
+        if (not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant")
+                or not isinstance(m.get("content"), str)):
             raise DataError(f"{where}: messages[{k}] needs role system|user|assistant and string content")
     if not any(m["role"] == "assistant" for m in msgs):
         raise DataError(f"{where}: no assistant message, nothing to learn from")
@@ -264,9 +264,7 @@ class SFTData:
                   f"{seq_length} and were truncated to it", file=sys.stderr, flush=True)
         self.seed = seed
         self.num_conversations = len(records)
-        from r1mega.data.prompts import prompts_digest
-
-        self.digest = prompts_digest([path])  # what a checkpoint's data position refers to
+        self.digest = jsonl_digest([path])  # what a checkpoint's data position refers to
 
     def _row(self, i: int) -> PackedRow:
         epoch, k = divmod(i, len(self.rows))

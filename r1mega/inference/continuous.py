@@ -28,21 +28,11 @@ import torch.distributed as dist
 
 from r1mega.inference.paged_cache import NULL_BLOCK, BlockPool, decode_view, prefill_view
 from r1mega.inference import compiled_decode
+from r1mega.kernels.block_attention import left_pad
 from r1mega.inference.sampling import gumbel_noise, row_keys_host, sample
 from r1mega.kernels.cpu_experts import SPREAD_EXPERTS_BELOW_ROWS, experts_over_cores, spreading_pays
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.pipeline import recv_activation, send_activation
-
-
-def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists as rows of one tensor, left-padded with pad_id; and each row's pad length."""
-    longest = max((len(p) for p in prompts), default=0)
-    ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long, device=device)
-    pad = torch.empty(len(prompts), dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        ids[i, longest - len(p):] = torch.tensor(p, dtype=torch.long)
-        pad[i] = longest - len(p)
-    return ids, pad
 
 
 @dataclass

@@ -20,8 +20,8 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from r1mega.kernels.block_attention import documents_from_pad
-from r1mega.inference.continuous import ContinuousBatcher, left_pad, step_group
+from r1mega.kernels.block_attention import documents_from_pad, left_pad
+from r1mega.inference.continuous import ContinuousBatcher, step_group
 from r1mega.inference.sampling import row_keys, sample
 from r1mega.kernels.cpu_experts import SPREAD_EXPERTS_BELOW_ROWS, experts_over_cores, spreading_pays
 from r1mega.parallel.layout import ParallelState, sequence_parallel_off

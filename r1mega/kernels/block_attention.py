@@ -99,6 +99,19 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     return _BlockAttention.apply(q, k, v, docs_q, docs_k, scale, q_start, block)
 
 
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists as rows of one tensor, left-padded with pad_id; and each row's pad length (the
+    layout `documents_from_pad` gives its documents: both generation engines prefill and lay out
+    rollouts this way)."""
+    longest = max((len(p) for p in prompts), default=0)
+    ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long, device=device)
+    pad = torch.empty(len(prompts), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, longest - len(p):] = torch.tensor(p, dtype=torch.long)
+        pad[i] = longest - len(p)
+    return ids, pad
+
+
 def documents_from_pad(pad: torch.Tensor, n: int) -> torch.Tensor:
     """Left-padded rows (pad [b] leading pad tokens) -> document ids [b, n]: real tokens share id 0,
     each pad token its own negative id so it attends only to itself."""

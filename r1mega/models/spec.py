@@ -85,12 +85,12 @@ class ModelFamily:
     hf_fp8: Callable[[str], bool] = lambda key: key.endswith("proj.weight")
     # why a config cannot run rl.exact_rollouts (None: it can): whether the family's layers have
     # batch-invariant kernels (kernels/batch_invariant.py) for it
-    exact_rollouts_refusal: Callable[[Any], Optional[str]] = \
-        lambda cfg: f"the {getattr(cfg, 'family', type(cfg).__name__)} family has no batch-invariant kernels"
+    exact_rollouts_refusal: Callable[[Any], Optional[str]] = (
+        lambda cfg: f"the {getattr(cfg, 'family', type(cfg).__name__)} family has no batch-invariant kernels")
     # why a config cannot draft its own tokens for speculative decoding (None: it can): the MTP draft
     # needs the family's MTP layers
-    draft_refusal: Callable[[Any], Optional[str]] = \
-        lambda cfg: f"the {getattr(cfg, 'family', type(cfg).__name__)} family has no MTP module"
+    draft_refusal: Callable[[Any], Optional[str]] = (
+        lambda cfg: f"the {getattr(cfg, 'family', type(cfg).__name__)} family has no MTP module")
     training: TrainingHooks = TrainingHooks()
     # () -> the family's share of `r1mega plan` (a module, see models/<family>/plan.py): stage_params,
     # activation_bytes, family_comm, kv_cache_bytes, optionally recompute_transient_bytes; imported when first asked for

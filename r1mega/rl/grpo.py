@@ -34,7 +34,8 @@ from typing import Optional
 import torch
 
 from r1mega.config import Config, validate_rl, validate_training
-from r1mega.data.prompts import PromptSource, check_same_prompts, prompt_tokenizer, prompts_digest
+from r1mega.data.jsonl import jsonl_digest
+from r1mega.data.prompts import PromptSource, check_same_prompts, prompt_tokenizer
 from r1mega.output_dir import release
 from r1mega.inference.generate import GenerationConfig, generate
 from r1mega.kernels import batch_invariant
@@ -201,7 +202,7 @@ def save(policy: Policy, at: Progress, ckpt_root: str) -> None:
     save_checkpoint(ckpt_root, at.step, policy.chunks, policy.optimizer, run.ps,
                     run_meta(run, "grpo", prompt_position=at.position, rollout_index=at.index + 1,
                              reference=ref_dir,
-                             **({"prompts_sha256": prompts_digest(rl.prompts)} if rl.prompts else {})),
+                             **({"prompts_sha256": jsonl_digest(rl.prompts)} if rl.prompts else {})),
                     tokenizer=policy.source.tok.path)
 
 

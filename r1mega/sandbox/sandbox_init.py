@@ -551,8 +551,8 @@ def _refuse_powerful(fns: list, start: int) -> None:
         name = getattr(f, "__name__", None)
         module = (getattr(f, "__module__", None) or "").split(".")[0]
         owner = getattr(f, "__self__", None)
-        if (isinstance(name, str) and getattr(builtins, name, None) is f and name in _POWERFUL_BUILTINS) \
-                or module in _POWERFUL_MODULES or (isinstance(owner, type(sys)) and owner.__name__ in _POWERFUL_MODULES):
+        if ((isinstance(name, str) and getattr(builtins, name, None) is f and name in _POWERFUL_BUILTINS)
+                or module in _POWERFUL_MODULES or (isinstance(owner, type(sys)) and owner.__name__ in _POWERFUL_MODULES)):
             del fns[start:]
             raise TypeError(f"{name or f!r} is not handed to the program")
 
@@ -564,8 +564,8 @@ def _run_call_back(req: dict, fns: list) -> str:
     own ProgramGone / NeedsInProcess end the tests."""
     index = req.get("cb")
     try:
-        if type(index) is not int or not 0 <= index < len(fns) or not isinstance(req.get("a"), list) \
-                or not isinstance(req.get("k"), dict):
+        if (type(index) is not int or not 0 <= index < len(fns) or not isinstance(req.get("a"), list)
+                or not isinstance(req.get("k"), dict)):
             raise ValueError("malformed call-back")
         args = [wire.decode(a) for a in req["a"]]  # no stub maker: no callable comes from the program
         kwargs = {str(k): wire.decode(v) for k, v in req["k"].items()}

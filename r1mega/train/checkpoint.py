@@ -270,8 +270,8 @@ def verify_manifest(path: str, meta: dict) -> None:
     present = _manifest_files(path, tokenizer=bool(manifest.get(TOKENIZER_COVERED)))
     for name in sorted(set(files) | set(present)):
         where = os.path.join(path, name)
-        other = "; to sample with another tokenizer, pass it (--tokenizer, data.tokenizer)" \
-            if name in TOKENIZER_FILES else ""
+        other = ("; to sample with another tokenizer, pass it (--tokenizer, data.tokenizer)"
+                 if name in TOKENIZER_FILES else "")
         if name not in files:
             raise CheckpointError(f"{where}: not part of the save ({MANIFEST} does not list it; copied in?){other}")
         if name not in present:

@@ -97,8 +97,8 @@ class ModelConfig:
     def to_hf(self) -> dict:
         """A transformers DeepseekV3 config.json for this model."""
         m = self
-        rope = {"rope_type": "default", "rope_theta": m.rope_theta} if not m.rope_scaling else \
-            {**m.rope_scaling, "rope_type": m.rope_scaling.get("type", "yarn"), "rope_theta": m.rope_theta}
+        rope = ({"rope_type": "default", "rope_theta": m.rope_theta} if not m.rope_scaling else
+                {**m.rope_scaling, "rope_type": m.rope_scaling.get("type", "yarn"), "rope_theta": m.rope_theta})
         return {
             "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "vocab_size": m.vocab_size,
             "hidden_size": m.hidden_size, "intermediate_size": m.intermediate_size,

@@ -9,8 +9,8 @@ from r1mega.models.deepseek_v3.config import ModelConfig
 
 def attention_params(c: ModelConfig) -> int:
     D, H = c.hidden_size, c.num_heads
-    q = (D * c.q_lora_rank + c.q_lora_rank + c.q_lora_rank * H * c.qk_head_dim) if c.q_lora_rank \
-        else D * H * c.qk_head_dim
+    q = ((D * c.q_lora_rank + c.q_lora_rank + c.q_lora_rank * H * c.qk_head_dim) if c.q_lora_rank
+         else D * H * c.qk_head_dim)
     kv = D * (c.kv_lora_rank + c.qk_rope_head_dim) + c.kv_lora_rank + c.kv_lora_rank * H * (c.qk_nope_head_dim + c.v_head_dim)
     o = H * c.v_head_dim * D
     bias = (c.q_lora_rank or 0) + c.kv_lora_rank + c.qk_rope_head_dim + D if c.attention_bias else 0

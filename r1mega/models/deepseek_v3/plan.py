@@ -62,8 +62,8 @@ def activation_bytes(m: ModelConfig, p, stage: int, mb: int, seq: int, act_bytes
         # or only the latent when the up-projections are recomputed.
         others = mb * seq * (p.cp - 1) / p.cp
         up_recomputed = recompute == "selective" and "mla_up_proj" in (recompute_modules or ["mla_up_proj"])
-        width = (m.kv_lora_rank + m.qk_rope_head_dim) if up_recomputed else \
-            m.num_heads / p.tp * (m.qk_head_dim + m.v_head_dim) + m.kv_lora_rank + m.qk_rope_head_dim
+        width = ((m.kv_lora_rank + m.qk_rope_head_dim) if up_recomputed else
+                 m.num_heads / p.tp * (m.qk_head_dim + m.v_head_dim) + m.kv_lora_rank + m.qk_rope_head_dim)
         total += others * width * 4 * n_layers
     return total * act_bytes / 4  # measured in float32
 

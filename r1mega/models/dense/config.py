@@ -107,8 +107,8 @@ class DenseConfig:
 
     def to_hf(self) -> dict:
         """A transformers Qwen2/Llama config.json for this student."""
-        rope = {"rope_type": "default", "rope_theta": self.rope_theta} if not self.rope_scaling else \
-            {**self.rope_scaling, "rope_theta": self.rope_theta}
+        rope = ({"rope_type": "default", "rope_theta": self.rope_theta} if not self.rope_scaling else
+                {**self.rope_scaling, "rope_theta": self.rope_theta})
         cls = {"qwen2": "Qwen2", "qwen3": "Qwen3", "llama": "Llama"}[self.arch]
         out = {"architectures": [f"{cls}ForCausalLM"], "model_type": self.arch, "vocab_size": self.vocab_size,
                "hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,

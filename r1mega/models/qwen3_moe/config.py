@@ -105,8 +105,8 @@ class Qwen3MoeConfig:
 
     def to_hf(self) -> dict:
         """A transformers Qwen3MoeConfig config.json for this model."""
-        rope = {"rope_type": "default", "rope_theta": self.rope_theta} if not self.rope_scaling else \
-            {**self.rope_scaling, "rope_theta": self.rope_theta}
+        rope = ({"rope_type": "default", "rope_theta": self.rope_theta} if not self.rope_scaling else
+                {**self.rope_scaling, "rope_theta": self.rope_theta})
         return {"architectures": ["Qwen3MoeForCausalLM"], "model_type": HF_MODEL_TYPE, "vocab_size": self.vocab_size,
                 "hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,
                 "moe_intermediate_size": self.moe_intermediate_size, "num_hidden_layers": self.num_layers,
