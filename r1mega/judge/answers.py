@@ -28,6 +28,7 @@ too large to evaluate (9^{9^{9}}, (10^8)!: magnitude.py) is compared as a string
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from functools import lru_cache
 from typing import Optional
 
@@ -48,6 +49,11 @@ _NAN = re.compile(r"[-+]?\s*(?:nan|\\mathrm\{nan\}|\\text\{nan\})", re.IGNORECAS
 # 1e+20, -2.5E-3: a number in scientific notation (the form str(float) gives a JSON answer like 1e-05);
 # math-verify reads it as 1*e + 20 with Euler's e, so it is rewritten as m \times 10^{k} first
 _SCIENTIFIC = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?\d{1,3})")  # |k| < 1000: no power tower for sympy
+# 6.02 \times 10^{10}, 6.02\cdot 10^{10}: the same number as LaTeX writes it
+_TIMES_TEN = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+))\s*(?:\\times|\\cdot|\*|×|·)\s*10\^(?:\{\s*([-+]?\d{1,3})\s*\}|(\d))")
+# up to 10^{300} a scientific number is written out in full (at most ~300 digits; math-verify reads a
+# decimal mantissa as a binary float, so 6.02 x 10^{10} was 60199999999.999996, not 60200000000)
+_WRITTEN_OUT = 300
 # what a number of _NUMBER may be made of before plain_characters (a window must not start inside one)
 _IN_NUMBERS = ("0123456789.,+-\u2212\ufe63\u2796\u00ad\u200b\u200c\u200d\u200e\u200f\u2060\ufeff"
                + "".join(chr(0xFF10 + i) for i in range(10)) + "\uff0b\uff0c\uff0d\uff0e")
@@ -244,8 +250,15 @@ def _equivalent_short(a: str, b: str) -> bool:
 
 
 def _scientific_as_latex(s: str) -> str:
-    m = _SCIENTIFIC.fullmatch(s.strip())
-    return s if m is None else f"{m.group(1)}\\times 10^{{{int(m.group(2))}}}"
+    """A number in scientific notation (1e+20, 6.02\\times 10^{10}) as math-verify reads it right: written out
+    exactly (60200000000) for 0 <= k <= _WRITTEN_OUT, else as m \\times 10^{k}."""
+    m = _SCIENTIFIC.fullmatch(s.strip()) or _TIMES_TEN.fullmatch(s.strip())
+    if m is None:
+        return s
+    mantissa, k = m.group(1), int(m.group(2) or m.group(3))
+    if 0 <= k <= _WRITTEN_OUT:
+        return format(Decimal(mantissa).scaleb(k), "f")
+    return f"{mantissa}\\times 10^{{{k}}}"
 
 
 def _equivalent(a: str, b: str) -> bool:
