@@ -33,7 +33,7 @@ from functools import lru_cache
 from typing import Optional
 
 from r1mega.judge.assignments import named_against_bare
-from r1mega.judge.characters import latex_signs, plain_characters
+from r1mega.judge.characters import INVISIBLE_CHARS, latex_signs, plain_characters
 from r1mega.judge.limits import MAX_ANSWER_CHARS
 from r1mega.judge.magnitude import too_large
 from r1mega.judge.scale import smallest_magnitude, tolerances
@@ -54,9 +54,10 @@ _TIMES_TEN = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+))\s*(?:\\times|\\cdot|\*|Ã—|Â
 # up to 10^{300} a scientific number is written out in full (at most ~300 digits; math-verify reads a
 # decimal mantissa as a binary float, so 6.02 x 10^{10} was 60199999999.999996, not 60200000000)
 _WRITTEN_OUT = 300
-# what a number of _NUMBER may be made of before plain_characters (a window must not start inside one)
-_IN_NUMBERS = ("0123456789.,+-\u2212\ufe63\u2796\u00ad\u200b\u200c\u200d\u200e\u200f\u2060\ufeff"
-               + "".join(chr(0xFF10 + i) for i in range(10)) + "\uff0b\uff0c\uff0d\uff0e")
+# what a number of _NUMBER or a digit group of _GROUPED_IN_PROSE may be made of before plain_characters (any
+# script's digits, signs, fractions, group separators down to \thinspace's letters, invisible characters,
+# fullwidth forms): a window must not start inside one; matched on the reversed text before the window
+_IN_NUMBERS = re.compile(r"[\d\s.,+\-/~{}\\;:thinspace\u2212\ufe63\u2796\uff01-\uff5e" + INVISIBLE_CHARS + "]*")
 # digits grouped in threes after a first group of 1-3 (1\,000; 12 345 678), not continuing a number, an
 # exponent or a name; the separators LaTeX and typesetting use: \, \; \: \<space> \thinspace ~ and spaces
 # (at most three between two groups: no long run is scanned again from each digit)
@@ -149,7 +150,9 @@ def _last_number(text: str) -> Optional[str]:
     size, end = 4096, len(text)
     while True:
         start = max(0, end - size)
-        start = len(text[:start].rstrip(_IN_NUMBERS))  # back to the start of a number cut by the window
+        if start > 0:  # back to the start of a number cut by the window, and the character before it,
+            # which decides whether the digits continue a name (x12\,345: no first group)
+            start = max(0, start - _IN_NUMBERS.match(text[start - 1::-1]).end() - 1)
         last = None
         if _DIGIT.search(text, start, end):  # else no number here; so only the window holding one is translated
             for last in _NUMBER.finditer(plain_characters(ungrouped(text[start:end], prose=True))):
