@@ -48,9 +48,10 @@ _DIGIT = re.compile(r"\d")  # any script's
 _NAN = re.compile(r"[-+]?\s*(?:nan|\\mathrm\{nan\}|\\text\{nan\})", re.IGNORECASE)
 # 1e+20, -2.5E-3: a number in scientific notation (the form str(float) gives a JSON answer like 1e-05);
 # math-verify reads it as 1*e + 20 with Euler's e, so it is rewritten as m \times 10^{k} first
-_SCIENTIFIC = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?\d{1,3})")  # |k| < 1000: no power tower for sympy
+# (a mantissa's digit run splits one way: \d+\.?\d* tried every split of a long run before failing)
+_SCIENTIFIC = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))[eE]([-+]?\d{1,3})")  # |k| < 1000: no power tower for sympy
 # 6.02 \times 10^{10}, 6.02\cdot 10^{10}: the same number as LaTeX writes it
-_TIMES_TEN = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+))\s*(?:\\times|\\cdot|\*|×|·)\s*10\^(?:\{\s*([-+]?\d{1,3})\s*\}|(\d))")
+_TIMES_TEN = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?:\\times|\\cdot|\*|×|·)\s*10\^(?:\{\s*([-+]?\d{1,3})\s*\}|(\d))")
 # up to 10^{300} a scientific number is written out in full (at most ~300 digits; math-verify reads a
 # decimal mantissa as a binary float, so 6.02 x 10^{10} was 60199999999.999996, not 60200000000)
 _WRITTEN_OUT = 300
@@ -267,8 +268,7 @@ def _scientific_as_latex(s: str) -> str:
 def _equivalent(a: str, b: str) -> bool:
     a, b = plain_characters(a), plain_characters(b)
     if max(len(a), len(b)) <= MAX_ANSWER_CHARS:  # longer ones are compared as strings only, both as written
-        a, b = latex_signs(ungrouped(a)), latex_signs(ungrouped(b))
-    a, b = _scientific_as_latex(a), _scientific_as_latex(b)
+        a, b = _scientific_as_latex(latex_signs(ungrouped(a))), _scientific_as_latex(latex_signs(ungrouped(b)))
     ka, kb = _kind(a), _kind(b)
     if "nan" in (ka, kb):
         return False
