@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from r1mega.judge import MAX_RESPONSE_CHARS, equivalent, final_answer, language_share, python_blocks
+from r1mega.judge import MAX_RESPONSE_CHARS, equivalent, final_answer, is_correct, language_share, python_blocks
 from r1mega.judge.code_blocks import fenced_blocks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -282,3 +282,16 @@ def test_the_judge_sits_low_in_the_import_graph():
         assert not bad, (path, bad)
     filters = imports(os.path.join(ROOT, "r1mega", "generation", "filters.py"))
     assert not [m for m in filters if m.startswith("r1mega.eval")] and "r1mega.judge.response" in filters
+
+
+@pytest.mark.parametrize("shown", ["\\[ {} \\]", "\\[{}\\]", "\\[\n{}\n\\]", "\\( {} \\)", "$${}$$",
+                                   "\\begin{{equation}} {} \\end{{equation}}", "\\begin{{equation*}}{}\\end{{equation*}}"])
+def test_an_answer_set_in_display_math_is_the_math_it_shows(shown):
+    """The judge parses an answer wrapped in $...$, inside which \\[ ... \\] does not parse: `<answer>\\[ \\frac{1}{2}
+    \\]</answer>` and `\\[5\\]` scored 0 against 1/2 and 5 (`\\[ 5 \\]` scored 1 by a fallback that read the digit)."""
+    for value, right, wrong in (("\\frac{1}{2}", "0.5", "\\frac{1}{3}"), ("5", "5", "6"), ("x = 5", "5", "6")):
+        text = "<think>t</think> <answer>" + shown.format(value) + "</answer>"
+        assert is_correct(text, right)[1] and not is_correct(text, wrong)[1], text
+        assert equivalent(shown.format(right), value) and not equivalent(shown.format(wrong), value)  # as a reference
+    hedge = "<think>t</think> <answer>" + shown.format("5") + " or " + shown.format("6") + "</answer>"
+    assert is_correct(hedge, "5")[1] + is_correct(hedge, "6")[1] <= 1

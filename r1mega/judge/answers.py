@@ -253,6 +253,23 @@ def _equivalent_short(a: str, b: str) -> bool:
     return _equivalent(a, b)
 
 
+# display and inline math around a whole answer (<answer>\\[ \\frac{1}{2} \\]</answer>): _parsed wraps an answer
+# in $...$, inside which these delimiters do not parse, so the math they hold scored 0
+_MATH_DELIMITERS = (("\\[", "\\]"), ("\\(", "\\)"), ("$$", "$$"), ("\\begin{equation}", "\\end{equation}"),
+                    ("\\begin{equation*}", "\\end{equation*}"), ("\\begin{displaymath}", "\\end{displaymath}"))
+
+
+def _unwrapped(s: str) -> str:
+    """The math inside delimiters that enclose the whole answer (not `\\[5\\] or \\[6\\]`: two blocks)."""
+    t = s.strip()
+    for opening, closing in _MATH_DELIMITERS:
+        if t.startswith(opening) and t.endswith(closing) and len(t) >= len(opening) + len(closing):
+            inner = t[len(opening):len(t) - len(closing)]
+            if opening not in inner and closing not in inner:
+                return inner.strip()
+    return s
+
+
 def _scientific_as_latex(s: str) -> str:
     """A number in scientific notation (1e+20, 6.02\\times 10^{10}) as math-verify reads it right: written out
     exactly (60200000000) for 0 <= k <= _WRITTEN_OUT, else as m \\times 10^{k}."""
@@ -268,7 +285,8 @@ def _scientific_as_latex(s: str) -> str:
 def _equivalent(a: str, b: str) -> bool:
     a, b = plain_characters(a), plain_characters(b)
     if max(len(a), len(b)) <= MAX_ANSWER_CHARS:  # longer ones are compared as strings only, both as written
-        a, b = _scientific_as_latex(latex_signs(ungrouped(a))), _scientific_as_latex(latex_signs(ungrouped(b)))
+        a, b = (_scientific_as_latex(latex_signs(ungrouped(_unwrapped(a)))),
+                _scientific_as_latex(latex_signs(ungrouped(_unwrapped(b)))))
     ka, kb = _kind(a), _kind(b)
     if "nan" in (ka, kb):
         return False
