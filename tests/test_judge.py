@@ -285,10 +285,12 @@ def test_the_judge_sits_low_in_the_import_graph():
 
 
 @pytest.mark.parametrize("shown", ["\\[ {} \\]", "\\[{}\\]", "\\[\n{}\n\\]", "\\( {} \\)", "$${}$$",
-                                   "\\begin{{equation}} {} \\end{{equation}}", "\\begin{{equation*}}{}\\end{{equation*}}"])
+                                   "\\begin{{equation}} {} \\end{{equation}}", "\\begin{{equation*}}{}\\end{{equation*}}",
+                                   "**{}**", "`{}`", "**\\( {} \\)**"])
 def test_an_answer_set_in_display_math_is_the_math_it_shows(shown):
     """The judge parses an answer wrapped in $...$, inside which \\[ ... \\] does not parse: `<answer>\\[ \\frac{1}{2}
-    \\]</answer>` and `\\[5\\]` scored 0 against 1/2 and 5 (`\\[ 5 \\]` scored 1 by a fallback that read the digit)."""
+    \\]</answer>` and `\\[5\\]` scored 0 against 1/2 and 5 (`\\[ 5 \\]` scored 1 by a fallback that read the digit);
+    so did a chat model's markdown emphasis, `<answer>**5**</answer>`."""
     for value, right, wrong in (("\\frac{1}{2}", "0.5", "\\frac{1}{3}"), ("5", "5", "6"), ("x = 5", "5", "6")):
         text = "<think>t</think> <answer>" + shown.format(value) + "</answer>"
         assert is_correct(text, right)[1] and not is_correct(text, wrong)[1], text

@@ -256,18 +256,22 @@ def _equivalent_short(a: str, b: str) -> bool:
 # display and inline math around a whole answer (<answer>\\[ \\frac{1}{2} \\]</answer>): _parsed wraps an answer
 # in $...$, inside which these delimiters do not parse, so the math they hold scored 0
 _MATH_DELIMITERS = (("\\[", "\\]"), ("\\(", "\\)"), ("$$", "$$"), ("\\begin{equation}", "\\end{equation}"),
-                    ("\\begin{equation*}", "\\end{equation*}"), ("\\begin{displaymath}", "\\end{displaymath}"))
+                    ("\\begin{equation*}", "\\end{equation*}"), ("\\begin{displaymath}", "\\end{displaymath}"),
+                    ("**", "**"), ("`", "`"))  # and a chat model's markdown emphasis (<answer>**5**</answer>)
 
 
 def _unwrapped(s: str) -> str:
-    """The math inside delimiters that enclose the whole answer (not `\\[5\\] or \\[6\\]`: two blocks)."""
+    """The math inside delimiters that enclose the whole answer (not `\\[5\\] or \\[6\\]`: two blocks), layer by layer."""
     t = s.strip()
-    for opening, closing in _MATH_DELIMITERS:
-        if t.startswith(opening) and t.endswith(closing) and len(t) >= len(opening) + len(closing):
-            inner = t[len(opening):len(t) - len(closing)]
-            if opening not in inner and closing not in inner:
-                return inner.strip()
-    return s
+    while True:
+        for opening, closing in _MATH_DELIMITERS:
+            if t.startswith(opening) and t.endswith(closing) and len(t) >= len(opening) + len(closing):
+                inner = t[len(opening):len(t) - len(closing)]
+                if opening not in inner and closing not in inner:
+                    t = inner.strip()
+                    break
+        else:
+            return t if t != s.strip() else s
 
 
 def _scientific_as_latex(s: str) -> str:
