@@ -59,7 +59,13 @@ def main(argv=None) -> int:
         p.add_argument("--gpu-mem", type=float, default=80.0, help="GiB per GPU, for --dry-run")
 
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors (also R1MEGA_DEBUG=1)")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse hands a positional list only its first run: key=value overrides written after an option
+    # (`--dry-run a=1`) come back unparsed; they are overrides too, read in the order written
+    if extra and (getattr(args, "overrides", None) is None or any(x.startswith("-") for x in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     from r1mega.output_dir import release_all
 
     try:

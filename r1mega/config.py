@@ -383,8 +383,8 @@ def _other_familys_key(key: str, family) -> str:
     """For an unknown `model.<key>` that another family has (a V3.2 checkpoint's `model.dsa_stage` with no
     `model.family`): which families have it and how to name one; else nothing."""
     section, _, name = key.partition(".")
-    if section != "model" or not name or "." in name:
-        return ""
+    if section != "model" or not name or "." in name or name in {x.name for x in dataclasses.fields(family.config_cls)}:
+        return ""  # not a model key, or the section's own (a bad value: OmegaConf's message says so)
     owners = [f.name for f in families() if f.name != family.name and name in
               {x.name for x in dataclasses.fields(f.config_cls)}]
     if not owners:

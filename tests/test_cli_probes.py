@@ -159,3 +159,22 @@ def test_grpo_refuses_responses_past_the_positions_before_any_rollout():
     check_responses_fit(RL, 24, 512, steps=10)
     RL.max_new_tokens, RL.max_new_tokens_schedule = 488, [[10, 400]]
     check_responses_fit(RL, 24, 512, steps=100)
+
+
+def test_overrides_on_both_sides_of_an_option_are_all_read():
+    """`r1mega grpo --config C train.steps=1 --dry-run model.num_layers=3`: argparse gives a positional list
+    only its first run, so the override after the option ended in "unrecognized arguments"; every run of
+    key=value overrides is read now, in the order written (a later one wins)."""
+    from cli_in_process import run_main
+    from r1mega.cli import main
+
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny",
+                          "r1_zero_demo.yaml")
+    before = run_main(main, ["grpo", "--config", config, "model.num_layers=2", "model.num_layers=3", "--dry-run"])
+    split = run_main(main, ["grpo", "--config", config, "model.num_layers=2", "--dry-run", "model.num_layers=3"])
+    assert before.returncode == split.returncode == 0, split.stderr
+    assert split.stdout == before.stdout and "model 3 layers" in split.stdout, split.stdout[:500]
+    bad = run_main(main, ["grpo", "--config", config, "--dry-run", "model.hidden_size=abc"])
+    assert bad.returncode == 2 and "'model.hidden_size'" in bad.stderr, bad.stderr
+    flag = run_main(main, ["grpo", "--config", config, "--dry-run", "x=1", "--bogus"])
+    assert flag.returncode == 2 and "--bogus" in flag.stderr, flag.stderr

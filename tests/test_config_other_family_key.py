@@ -29,3 +29,14 @@ def test_an_unknown_key_of_no_family_is_named_as_before():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["model.bogus=1"])
     assert e.value.key == "model.bogus" and "family" not in e.value.message
+
+
+def test_a_bad_value_of_the_sections_own_key_blames_the_value_not_the_family():
+    # `model.hidden_size=abc` said hidden_size "is a key of family deepseek_v32 / dense / qwen3_moe, while this
+    # model: section is deepseek_v3's" and suggested model.family=deepseek_v32: deepseek_v3 has the key too
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["model.hidden_size=abc"])
+    assert e.value.key == "model.hidden_size" and "'abc'" in e.value.message and "family" not in e.value.message
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["model.family=dense", "model.num_layers=x"])
+    assert e.value.key == "model.num_layers" and "family" not in e.value.message

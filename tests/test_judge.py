@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from r1mega.judge import MAX_RESPONSE_CHARS, equivalent, final_answer, language_share, python_blocks
+from r1mega.judge import MAX_RESPONSE_CHARS, equivalent, final_answer, is_correct, language_share, python_blocks
 from r1mega.judge.code_blocks import fenced_blocks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -253,6 +253,20 @@ def test_responses_built_to_stall_the_judge_are_read_in_linear_time(shape):
     assert time.perf_counter() - t0 < 1.0
 
 
+@pytest.mark.parametrize("answer", ["1" * 20000, "-" + "1" * 20000, "1." + "1" * 20000, "." + "1" * 20000,
+                                    "1" * 20000 + "e5", "1" * 20000 + "\\times 10^{5}"],
+                         ids=["digits", "negative", "decimal", "point", "e-notation", "times-ten"])
+def test_long_numbers_are_judged_in_linear_time(answer):
+    """A 20,000-digit answer took 8 s per comparison (quadratic: the scientific-notation rewrite's regex split the
+    digit run every way before failing); a response of 10^6 digits would have stalled a GRPO step for hours."""
+    _judge_everything("<think>x</think> " + answer[:100])
+    for text in (f"<think>x</think> \\boxed{{{answer}}}", f"<think>x</think> <answer>{answer}</answer>",
+                 f"<think>x</think> {answer}"):
+        t0 = time.perf_counter()
+        _judge_everything(text)
+        assert time.perf_counter() - t0 < 1.0  # measured 0.0x s after the fix
+
+
 def test_the_judge_sits_low_in_the_import_graph():
     """r1mega/judge imports nothing from rl/, eval/ or generation/; the filters do not import eval/."""
     import ast
@@ -268,3 +282,18 @@ def test_the_judge_sits_low_in_the_import_graph():
         assert not bad, (path, bad)
     filters = imports(os.path.join(ROOT, "r1mega", "generation", "filters.py"))
     assert not [m for m in filters if m.startswith("r1mega.eval")] and "r1mega.judge.response" in filters
+
+
+@pytest.mark.parametrize("shown", ["\\[ {} \\]", "\\[{}\\]", "\\[\n{}\n\\]", "\\( {} \\)", "$${}$$",
+                                   "\\begin{{equation}} {} \\end{{equation}}", "\\begin{{equation*}}{}\\end{{equation*}}",
+                                   "**{}**", "`{}`", "**\\( {} \\)**"])
+def test_an_answer_set_in_display_math_is_the_math_it_shows(shown):
+    """The judge parses an answer wrapped in $...$, inside which \\[ ... \\] does not parse: `<answer>\\[ \\frac{1}{2}
+    \\]</answer>` and `\\[5\\]` scored 0 against 1/2 and 5 (`\\[ 5 \\]` scored 1 by a fallback that read the digit);
+    so did a chat model's markdown emphasis, `<answer>**5**</answer>`."""
+    for value, right, wrong in (("\\frac{1}{2}", "0.5", "\\frac{1}{3}"), ("5", "5", "6"), ("x = 5", "5", "6")):
+        text = "<think>t</think> <answer>" + shown.format(value) + "</answer>"
+        assert is_correct(text, right)[1] and not is_correct(text, wrong)[1], text
+        assert equivalent(shown.format(right), value) and not equivalent(shown.format(wrong), value)  # as a reference
+    hedge = "<think>t</think> <answer>" + shown.format("5") + " or " + shown.format("6") + "</answer>"
+    assert is_correct(hedge, "5")[1] + is_correct(hedge, "6")[1] <= 1

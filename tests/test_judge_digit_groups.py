@@ -47,3 +47,22 @@ def test_what_is_not_a_group_stays_apart():
     assert not equivalent("12", "1\\,2") and not equivalent("10000", "1\\,0000")  # groups of three only
     assert equivalent("\\{100, 200\\}", "\\{100, 200\\}") and not equivalent("100200", "\\{100, 200\\}")
     assert equivalent("[1000, 2000]", "[1\\,000, 2\\,000]")
+
+
+# The last-number rule reads a long response in windows from its end (4096 characters, then doubling). A
+# window that began inside a grouped number (12\,345), a run of other scripts' digits (١٢٣٤٥) or just after
+# the name a number continues (x12\,345) read a part of it: the same answer scored 1 against 345 and 0 against
+# 12345 when about 4,093 characters followed it, and right everywhere else.
+@pytest.mark.parametrize("number, read", [
+    ("12\\,345", "12345"),
+    ("12\u2009345", "12345"),
+    ("12~345", "12345"),
+    ("\u0661\u0662\u0663\u0664\u0665", "12345"),  # Arabic-Indic
+    ("\u0967\u0968\u0969\u096a\u096b", "12345"),  # Devanagari
+    ("x12\\,345", "345"),  # a name's digits are not a number's first group
+])
+def test_the_last_number_is_read_alike_wherever_it_sits(number, read):
+    for tail in range(4080, 4110):
+        text = "<think>t</think> so " + number + " z" + "z" * tail
+        assert final_answer(text, "last_number") == read, tail
+        assert is_correct(text, read, "last_number")[1] and not is_correct(text, "5", "last_number")[1], tail

@@ -76,3 +76,77 @@ def test_prompts_appended_to_the_file_are_generated(tiny, tmp_path):
     ids = [json.loads(line)["id"] for name in sorted(os.listdir(out)) if name.startswith("shard-")
            for line in (out / name).read_text().splitlines()]
     assert sorted(ids) == ["p0", "p0", "p1", "p1"]
+
+
+# Without --max-new-tokens the cap is what the model's positions leave after the longest prompt (a 32K-position
+# student: 32768 - longest). A rerun after the prompt file changed its longest prompt computed another cap and
+# was refused as "different settings" although the flags were the same: removing the long prompt, or appending
+# a short one, ended the resume. The rerun now keeps the cap its samples were drawn with while every prompt
+# still fits under it, and otherwise says which prompt leaves too little room.
+@pytest.fixture(scope="module")
+def short_context(tmp_path_factory):
+    import torch
+
+    from r1mega.config import Config, ModelConfig
+    from r1mega.data.synthetic import pretrain_corpus
+    from r1mega.data.tokenizer import train_sentencepiece
+    from r1mega.parallel.layout import single_process_state
+    from r1mega.train.checkpoint import save_checkpoint
+    from r1mega.train.setup import build_chunks, init_weights
+    from r1mega.train.optimizer import DistributedAdamW
+
+    root = tmp_path_factory.mktemp("gen_short_context")
+    tok = train_sentencepiece(pretrain_corpus(200), str(root / "tok"), 384)
+    cfg = Config(model=ModelConfig(vocab_size=384, num_layers=1, n_routed_experts=4, n_group=1, first_k_dense_replace=1,
+                                   num_mtp_layers=0, max_position_embeddings=32))
+    ps = single_process_state()
+    torch.manual_seed(0)
+    chunks = build_chunks(cfg, ps)
+    init_weights(chunks, 3)
+    save_checkpoint(str(root / "ckpt"), 1, chunks, DistributedAdamW(chunks, ps, cfg.optim), ps,
+                    {"model_config": asdict(cfg.model)})
+    return {"ckpt": str(root / "ckpt"), "tok": tok}
+
+
+def _generate_default_cap(tiny, prompts, out):
+    return run_main(main, ["generate", "--model", tiny["ckpt"], "--tokenizer", tiny["tok"], "--prompts", prompts,
+                           "--out", out, "--template", "raw", "--samples", "1", "--temperature", "0"])
+
+
+def _cap(out) -> int:
+    return json.loads((out / "meta.json").read_text())["sampling"]["max_new_tokens"]
+
+
+LONG = "Q: 12+34+56+78+90+12+34="
+
+
+def test_a_rerun_without_max_new_tokens_keeps_the_cap_its_samples_were_drawn_with(short_context, tmp_path):
+    prompts, out = tmp_path / "p.jsonl", tmp_path / "gen"
+    _records(prompts, [("a", LONG), ("b", "Q: 1+2=")])
+    assert _generate_default_cap(short_context, prompts, out).returncode == 0
+    cap = _cap(out)
+    _records(prompts, [("b", "Q: 1+2="), ("c", "Q: 5+6=")])  # the long one removed, a short one added
+    r = _generate_default_cap(short_context, prompts, out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "1 of 2 problems already done" in r.stdout and _cap(out) == cap
+    done = [json.loads(line) for name in sorted(os.listdir(out)) if name.startswith("shard-")
+            for line in (out / name).read_text().splitlines()]
+    assert sorted(d["id"] for d in done) == ["a", "b", "c"]
+
+
+def _records(path, pairs):
+    path.write_text("".join(json.dumps({"id": i, "prompt": t}) + "\n" for i, t in pairs))
+
+
+def test_a_rerun_whose_new_prompt_leaves_less_room_names_it(short_context, tmp_path):
+    prompts, out = tmp_path / "p.jsonl", tmp_path / "gen"
+    _prompts(prompts, ["Q: 1+2="])
+    assert _generate_default_cap(short_context, prompts, out).returncode == 0
+    cap = _cap(out)
+    before = (out / "shard-00000.jsonl").read_text()
+    _prompts(prompts, ["Q: 1+2=", LONG])
+    r = _generate_default_cap(short_context, prompts, out)
+    assert r.returncode == 2
+    assert "error:" in r.stderr and "'p1'" in r.stderr and f"{cap} new tokens" in r.stderr, r.stderr
+    assert "--max-new-tokens" in r.stderr and "different settings" not in r.stderr, r.stderr
+    assert (out / "shard-00000.jsonl").read_text() == before

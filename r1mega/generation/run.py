@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import os
 import time
@@ -163,6 +164,29 @@ def fit_context(records: list[dict], encoded: list[list[int]], params: SamplingP
     return records, encoded
 
 
+def resumed_cap(out: str, records: list[dict], encoded: list[list[int]], params: SamplingParams, positions: int) -> None:
+    """Without --max-new-tokens the cap is what the longest prompt leaves, so it moves with the prompt file: a
+    rerun into `out` keeps the cap its samples were drawn with while every prompt fits under it (one set of
+    samples, one setting), and otherwise names the prompt that leaves too little room."""
+    try:
+        with open(os.path.join(out, "meta.json"), encoding="utf-8") as f:
+            old = json.load(f)["sampling"]["max_new_tokens"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # a new directory, or one the store refuses by name
+    if not isinstance(old, int) or isinstance(old, bool) or old == params.max_new_tokens:
+        return
+    longest = max(range(len(encoded)), key=lambda i: len(encoded[i]))
+    room = positions - len(encoded[longest])
+    if old <= room:
+        params.max_new_tokens = old
+        return
+    r = records[longest]
+    raise ConfigError("--max-new-tokens", f"{r.get('where', 'prompt')}: prompt {r['id']!r} ({len(encoded[longest])} "
+                      f"tokens) leaves {room} of the model's {positions} positions, fewer than the {old} new tokens "
+                      f"{out}'s samples were drawn with (unset, the cap is what the longest prompt leaves); use "
+                      f"another --out, or shorten that prompt")
+
+
 def open_model(args: argparse.Namespace) -> tuple[LoadedModel, bool, bool]:
     if not args.model:
         raise ConfigError("--model", "required to generate (`r1mega eval --completions C.jsonl` scores existing ones)")
@@ -217,6 +241,8 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
     store, todo, error, noise_key = None, None, None, None
     if ps.rank == 0:
         try:
+            if not explicit_max_new:
+                resumed_cap(out, records, encoded, params, loaded.cfg.active_model.max_position_embeddings)
             store = SampleStore(out, params.samples, {**meta, "template": template, "model": loaded.source,
                                                       "dtype": loaded.dtype, "weights": store_weights_digest(loaded.source, out),
                                                       "sampling": params.recorded(), "noise_key": NOISE_KEY,
@@ -248,10 +274,10 @@ def sample_to_store(loaded: LoadedModel, records: list[dict], out: str, params: 
                 if len(todo) < len(records):
                     print(f"{desc}: resuming, {len(records) - len(todo)} of {len(records)} problems already done",
                           flush=True)
-    todo, error, noise_key = _broadcast((todo, error, noise_key), ps)
+    todo, error, noise_key, cap = _broadcast((todo, error, noise_key, params.max_new_tokens), ps)
     if error:
         raise R1MegaError(f"{desc}: {error}")
-    params = replace(params, noise_key=noise_key)
+    params = replace(params, noise_key=noise_key, max_new_tokens=cap)
     problems = [records[i] for i in todo]
     rendered = [render_prompt(r, template, tok) for r in problems]
     prompts = [text for text, _ in rendered]

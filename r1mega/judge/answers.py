@@ -28,11 +28,12 @@ too large to evaluate (9^{9^{9}}, (10^8)!: magnitude.py) is compared as a string
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from functools import lru_cache
 from typing import Optional
 
 from r1mega.judge.assignments import named_against_bare
-from r1mega.judge.characters import latex_signs, plain_characters
+from r1mega.judge.characters import INVISIBLE_CHARS, latex_signs, plain_characters
 from r1mega.judge.limits import MAX_ANSWER_CHARS
 from r1mega.judge.magnitude import too_large
 from r1mega.judge.scale import smallest_magnitude, tolerances
@@ -47,10 +48,17 @@ _DIGIT = re.compile(r"\d")  # any script's
 _NAN = re.compile(r"[-+]?\s*(?:nan|\\mathrm\{nan\}|\\text\{nan\})", re.IGNORECASE)
 # 1e+20, -2.5E-3: a number in scientific notation (the form str(float) gives a JSON answer like 1e-05);
 # math-verify reads it as 1*e + 20 with Euler's e, so it is rewritten as m \times 10^{k} first
-_SCIENTIFIC = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?\d{1,3})")  # |k| < 1000: no power tower for sympy
-# what a number of _NUMBER may be made of before plain_characters (a window must not start inside one)
-_IN_NUMBERS = ("0123456789.,+-\u2212\ufe63\u2796\u00ad\u200b\u200c\u200d\u200e\u200f\u2060\ufeff"
-               + "".join(chr(0xFF10 + i) for i in range(10)) + "\uff0b\uff0c\uff0d\uff0e")
+# (a mantissa's digit run splits one way: \d+\.?\d* tried every split of a long run before failing)
+_SCIENTIFIC = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))[eE]([-+]?\d{1,3})")  # |k| < 1000: no power tower for sympy
+# 6.02 \times 10^{10}, 6.02\cdot 10^{10}: the same number as LaTeX writes it
+_TIMES_TEN = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?:\\times|\\cdot|\*|×|·)\s*10\^(?:\{\s*([-+]?\d{1,3})\s*\}|(\d))")
+# up to 10^{300} a scientific number is written out in full (at most ~300 digits; math-verify reads a
+# decimal mantissa as a binary float, so 6.02 x 10^{10} was 60199999999.999996, not 60200000000)
+_WRITTEN_OUT = 300
+# what a number of _NUMBER or a digit group of _GROUPED_IN_PROSE may be made of before plain_characters (any
+# script's digits, signs, fractions, group separators down to \thinspace's letters, invisible characters,
+# fullwidth forms): a window must not start inside one; matched on the reversed text before the window
+_IN_NUMBERS = re.compile(r"[\d\s.,+\-/~{}\\;:thinspace\u2212\ufe63\u2796\uff01-\uff5e" + INVISIBLE_CHARS + "]*")
 # digits grouped in threes after a first group of 1-3 (1\,000; 12 345 678), not continuing a number, an
 # exponent or a name; the separators LaTeX and typesetting use: \, \; \: \<space> \thinspace ~ and spaces
 # (at most three between two groups: no long run is scanned again from each digit)
@@ -143,7 +151,9 @@ def _last_number(text: str) -> Optional[str]:
     size, end = 4096, len(text)
     while True:
         start = max(0, end - size)
-        start = len(text[:start].rstrip(_IN_NUMBERS))  # back to the start of a number cut by the window
+        if start > 0:  # back to the start of a number cut by the window, and the character before it,
+            # which decides whether the digits continue a name (x12\,345: no first group)
+            start = max(0, start - _IN_NUMBERS.match(text[start - 1::-1]).end() - 1)
         last = None
         if _DIGIT.search(text, start, end):  # else no number here; so only the window holding one is translated
             for last in _NUMBER.finditer(plain_characters(ungrouped(text[start:end], prose=True))):
@@ -243,16 +253,44 @@ def _equivalent_short(a: str, b: str) -> bool:
     return _equivalent(a, b)
 
 
+# display and inline math around a whole answer (<answer>\\[ \\frac{1}{2} \\]</answer>): _parsed wraps an answer
+# in $...$, inside which these delimiters do not parse, so the math they hold scored 0
+_MATH_DELIMITERS = (("\\[", "\\]"), ("\\(", "\\)"), ("$$", "$$"), ("\\begin{equation}", "\\end{equation}"),
+                    ("\\begin{equation*}", "\\end{equation*}"), ("\\begin{displaymath}", "\\end{displaymath}"),
+                    ("**", "**"), ("`", "`"))  # and a chat model's markdown emphasis (<answer>**5**</answer>)
+
+
+def _unwrapped(s: str) -> str:
+    """The math inside delimiters that enclose the whole answer (not `\\[5\\] or \\[6\\]`: two blocks), layer by layer."""
+    t = s.strip()
+    while True:
+        for opening, closing in _MATH_DELIMITERS:
+            if t.startswith(opening) and t.endswith(closing) and len(t) >= len(opening) + len(closing):
+                inner = t[len(opening):len(t) - len(closing)]
+                if opening not in inner and closing not in inner:
+                    t = inner.strip()
+                    break
+        else:
+            return t if t != s.strip() else s
+
+
 def _scientific_as_latex(s: str) -> str:
-    m = _SCIENTIFIC.fullmatch(s.strip())
-    return s if m is None else f"{m.group(1)}\\times 10^{{{int(m.group(2))}}}"
+    """A number in scientific notation (1e+20, 6.02\\times 10^{10}) as math-verify reads it right: written out
+    exactly (60200000000) for 0 <= k <= _WRITTEN_OUT, else as m \\times 10^{k}."""
+    m = _SCIENTIFIC.fullmatch(s.strip()) or _TIMES_TEN.fullmatch(s.strip())
+    if m is None:
+        return s
+    mantissa, k = m.group(1), int(m.group(2) or m.group(3))
+    if 0 <= k <= _WRITTEN_OUT:
+        return format(Decimal(mantissa).scaleb(k), "f")
+    return f"{mantissa}\\times 10^{{{k}}}"
 
 
 def _equivalent(a: str, b: str) -> bool:
     a, b = plain_characters(a), plain_characters(b)
     if max(len(a), len(b)) <= MAX_ANSWER_CHARS:  # longer ones are compared as strings only, both as written
-        a, b = latex_signs(ungrouped(a)), latex_signs(ungrouped(b))
-    a, b = _scientific_as_latex(a), _scientific_as_latex(b)
+        a, b = (_scientific_as_latex(latex_signs(ungrouped(_unwrapped(a)))),
+                _scientific_as_latex(latex_signs(ungrouped(_unwrapped(b)))))
     ka, kb = _kind(a), _kind(b)
     if "nan" in (ka, kb):
         return False
