@@ -221,6 +221,10 @@ def test_answers_and_equivalence():
     assert final_answer("no number here") is None
     assert final_answer("A: 7\nthen 8", fallback="a_colon") == "7"
     assert final_answer("A: 7\nthen 8", fallback="last_number") == "8"
+    # "A:" ends other words too: only one that starts a word gives the answer
+    assert final_answer("A: 7\nthe AREA: 9", fallback="a_colon") == "7"
+    assert final_answer("DATA: 12", fallback="a_colon") is None
+    assert final_answer("Q: 3+4=\nA:7 (AREA: 2)", fallback="a_colon") == "7 (AREA: 2)"
     assert final_answer("ends with 8", fallback="none") is None
     assert equivalent("1/2", "0.5") and not equivalent("nan", "nan") and equivalent("٧", "7")
 

@@ -137,7 +137,10 @@ def _tagged_answer(text: str) -> Optional[str]:
 
 
 def _after_a_colon(text: str) -> Optional[str]:
+    """The rest of the line after the last "A:" that starts a word ("DATA: 12" and "AREA:" are no answer)."""
     at = text.rfind("A:")
+    while at > 0 and text[at - 1].isalnum():
+        at = text.rfind("A:", 0, at)
     if at < 0:
         return None
     line = text[at + 2:].split("\n", 1)[0].strip()
