@@ -107,3 +107,22 @@ def test_refused_where_it_cannot_run(model):
     with pytest.raises(ConfigError, match="rl.compile_decode"):
         validate_rl(validate_training(cfg, 1, needs_data=False), 1)
 
+
+
+def test_graphs_outlast_a_growing_table_and_row_counts(model, compiled_steps):
+    """Eight rows decoding past the block table's first 16 blocks: the table grows under inference
+    mode (the engine is built outside it) and the steps go from 8 rows through 2-4 to 1, yet the
+    step runs on at most two graphs (it compiled seven on the issue's recipe: the table's kind, its
+    sliced width and the MoE few-rows test each split a graph) and gives eager's tokens."""
+    chunks, ps = model
+    prompts = [[5 + i, 9, 17, 3 + i, 44, 21 + i][: 5 + i % 2] for i in range(8)]
+    gen = dataclasses.replace(SAMPLED, max_new_tokens=80, stop=lambda ids: len(ids) > 60 and ids[-1] % 5 == 0)
+    keys = torch.arange(len(prompts))
+    eager = generate(chunks, ps, prompts, gen, rows=keys)
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    fast = generate(chunks, ps, prompts, dataclasses.replace(gen, compile_decode=True), rows=keys)
+    lengths = eager.completion_mask.sum(1)
+    assert int(lengths.max()) + 6 > 16 * gen.block_size  # the longest row outgrew the first table
+    assert {1, 8} <= set(compiled_steps) and set(compiled_steps) & {2, 3, 4}
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before <= 2
+    assert torch.equal(fast.tokens, eager.tokens) and torch.equal(fast.completion_mask, eager.completion_mask)

@@ -115,7 +115,10 @@ def table_with_row(table: torch.Tensor, slot: int, blocks: list[int]) -> torch.T
     """The block table with `slot`'s row set to `blocks` (a new, wider table when they outgrow it)."""
     n = len(blocks)
     if n > table.shape[1]:
-        grown = torch.zeros(table.shape[0], max(n, 2 * table.shape[1]), dtype=torch.long, device=table.device)
+        # a table made under inference mode grows into one made likewise (the engine is built
+        # outside it): the compiled step's graphs guard on the kind and would be compiled again
+        with torch.inference_mode(table.is_inference()):
+            grown = torch.zeros(table.shape[0], max(n, 2 * table.shape[1]), dtype=torch.long, device=table.device)
         grown[:, :table.shape[1]] = table
         table = grown
     table[slot, :n] = torch.tensor(blocks, dtype=torch.long, device=table.device)

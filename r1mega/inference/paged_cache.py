@@ -166,7 +166,8 @@ def decode_view(pool: BlockPool, layer_view, table: torch.Tensor, lengths: torch
     j = torch.arange(L, device=device)[None, :] - (L - total)[:, None]  # [b, L] position within the row
     valid = j >= 0
     jc = j.clamp(min=0)
-    tab = table[:, :-(-L // bs)]
-    read = torch.where(valid, tab.gather(1, jc // bs) * bs + jc % bs, torch.zeros_like(jc))
+    # the table's first ceil(L / bs) columns are all the gather reads; not sliced to them: in the
+    # compiled step the slice made graphs specialise on its width (1, or the whole table)
+    read = torch.where(valid, table.gather(1, jc // bs) * bs + jc % bs, torch.zeros_like(jc))
     write = read[:, -s:].t().contiguous()  # [s, b]
     return ForwardView(pool, layer_view, write, read, valid, prefill=False)

@@ -130,8 +130,9 @@ class GroupedExperts(nn.Module):
         if torch.is_grad_enabled() or ps.ep != 1 or ps.etp != 1:
             return False
         # a compiled decoding step takes it at any count its bytes allow: the dispatcher's sort and
-        # per-expert splits have data-dependent shapes, which would break its graph
-        if choices > self.num_local and not torch.compiler.is_compiling():
+        # per-expert splits have data-dependent shapes, which would break its graph (tested first:
+        # comparing the symbolic count split the step's graph at 5 rows)
+        if not torch.compiler.is_compiling() and choices > self.num_local:
             return False
         if not isinstance(active_backend(), TorchBackend) or batch_invariant.enabled():
             return False
