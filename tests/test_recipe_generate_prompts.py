@@ -17,8 +17,8 @@ from r1mega.cli import main
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def _checkpoint(root, **model) -> dict:
+    """A 1-layer MoE checkpoint (random weights) and a sentencepiece tokenizer of the corpus, under root."""
     import torch
 
     from r1mega.config import Config, ModelConfig
@@ -29,10 +29,9 @@ def tiny(tmp_path_factory):
     from r1mega.train.setup import build_chunks, init_weights
     from r1mega.train.optimizer import DistributedAdamW
 
-    root = tmp_path_factory.mktemp("gen_prompts")
     tok = train_sentencepiece(pretrain_corpus(200), str(root / "tok"), 384)
     cfg = Config(model=ModelConfig(vocab_size=384, num_layers=1, n_routed_experts=4, n_group=1,
-                                   first_k_dense_replace=1, num_mtp_layers=0))
+                                   first_k_dense_replace=1, num_mtp_layers=0, **model))
     ps = single_process_state()
     torch.manual_seed(0)
     chunks = build_chunks(cfg, ps)
@@ -40,6 +39,11 @@ def tiny(tmp_path_factory):
     save_checkpoint(str(root / "ckpt"), 1, chunks, DistributedAdamW(chunks, ps, cfg.optim), ps,
                     {"model_config": asdict(cfg.model)})
     return {"ckpt": str(root / "ckpt"), "tok": tok}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return _checkpoint(tmp_path_factory.mktemp("gen_prompts"))
 
 
 def _prompts(path, texts):
@@ -85,27 +89,7 @@ def test_prompts_appended_to_the_file_are_generated(tiny, tmp_path):
 # still fits under it, and otherwise says which prompt leaves too little room.
 @pytest.fixture(scope="module")
 def short_context(tmp_path_factory):
-    import torch
-
-    from r1mega.config import Config, ModelConfig
-    from r1mega.data.synthetic import pretrain_corpus
-    from r1mega.data.tokenizer import train_sentencepiece
-    from r1mega.parallel.layout import single_process_state
-    from r1mega.train.checkpoint import save_checkpoint
-    from r1mega.train.setup import build_chunks, init_weights
-    from r1mega.train.optimizer import DistributedAdamW
-
-    root = tmp_path_factory.mktemp("gen_short_context")
-    tok = train_sentencepiece(pretrain_corpus(200), str(root / "tok"), 384)
-    cfg = Config(model=ModelConfig(vocab_size=384, num_layers=1, n_routed_experts=4, n_group=1, first_k_dense_replace=1,
-                                   num_mtp_layers=0, max_position_embeddings=32))
-    ps = single_process_state()
-    torch.manual_seed(0)
-    chunks = build_chunks(cfg, ps)
-    init_weights(chunks, 3)
-    save_checkpoint(str(root / "ckpt"), 1, chunks, DistributedAdamW(chunks, ps, cfg.optim), ps,
-                    {"model_config": asdict(cfg.model)})
-    return {"ckpt": str(root / "ckpt"), "tok": tok}
+    return _checkpoint(tmp_path_factory.mktemp("gen_short_context"), max_position_embeddings=32)
 
 
 def _generate_default_cap(tiny, prompts, out):
