@@ -86,3 +86,36 @@ def test_a_tokenizer_only_run_builds_the_tokenizer_alone_and_the_corpus_reuses_i
     assert synthetic.resolve_tokenizer(full, 384) == str(other / "tokenizer.model")  # built: nothing to do
     assert synthetic.resolve_tokenizer(DataConfig(tokenizer="tok.json"), 384) == "tok.json"
     assert synthetic.resolve_tokenizer(DataConfig(), 384) is None
+
+
+def test_a_damaged_corpus_tokenizer_is_named_and_kept(tmp_path):
+    """A tokenizer.model in the cache that cannot be loaded (truncated on disk) is named with what to
+    do, by the tokenizer-only and the full build alike, and left as it was. Before: the full build,
+    which now reuses a tokenizer-only build's tokenizer, died in sentencepiece with a traceback."""
+    from r1mega.errors import DataError
+
+    cfg = DataConfig(synthetic="addition", synthetic_docs=64, cache_dir=str(tmp_path / "a"))
+    model = tmp_path / "a" / "addition-64-v384" / "tokenizer.model"
+    synthetic.resolve_tokenizer(cfg, 384)
+    damaged = model.read_bytes()[:100]
+    model.write_bytes(damaged)
+    for resolve in (lambda: synthetic.resolve_data(cfg, "pretrain", 384), lambda: synthetic.resolve_tokenizer(cfg, 384)):
+        with pytest.raises(DataError, match=f"{model}.*remove it"):
+            resolve()
+        assert model.read_bytes() == damaged
+    assert not (model.parent / "DONE").exists()
+
+
+def test_a_built_corpus_without_its_tokenizer_is_completed(tmp_path):
+    """Removing a damaged tokenizer.model (what its error says to do) from a built corpus: the next
+    pretraining run trains it again (the same pieces), as the tokenizer-only runs already did. Before:
+    'data.tokenizer: ...tokenizer.model: not found' until the whole corpus was removed."""
+    cfg = DataConfig(synthetic="addition", synthetic_docs=64, cache_dir=str(tmp_path / "a"))
+    d = synthetic.resolve_data(cfg, "pretrain", 384)
+    vocab = (tmp_path / "a" / "addition-64-v384" / "tokenizer.vocab").read_bytes()
+    corpus = (tmp_path / "a" / "addition-64-v384" / "pretrain.bin").read_bytes()
+    os.remove(d.tokenizer)
+    assert synthetic.resolve_data(cfg, "pretrain", 384) == d
+    assert os.path.getsize(d.tokenizer) > 1000
+    assert (tmp_path / "a" / "addition-64-v384" / "tokenizer.vocab").read_bytes() == vocab
+    assert (tmp_path / "a" / "addition-64-v384" / "pretrain.bin").read_bytes() == corpus
