@@ -67,7 +67,7 @@ from typing import Callable, Optional, Protocol
 from r1mega.config import DataConfig, RLConfig
 from r1mega.data.jsonl import DataError, iter_jsonl, jsonl_digest
 from r1mega.data.synthetic import resolve_tokenizer, stops_after_answer, synthetic_prompts
-from r1mega.data.tokenizer import Tokenizer, check_fits
+from r1mega.data.tokenizer import Tokenizer, check_fits, load_tokenizer
 from r1mega.judge.language import LANGUAGES  # the targets the language reward and filter can judge
 
 
@@ -406,7 +406,10 @@ def prompt_tokenizer(cfg: DataConfig, vocab_size: int, load: Optional[str]) -> T
     path = resolve_tokenizer(cfg, vocab_size) or load  # builds the synthetic corpus's tokenizer if asked
     if path is None:
         raise ConfigError("data.tokenizer", "GRPO needs a tokenizer: data.tokenizer=DIR or data.synthetic")
-    tok = Tokenizer(path)
+    what = "train.load" if path == load else "data.tokenizer"
+    if not os.path.exists(path):
+        raise ConfigError(what, f"{path}: not found")
+    tok = load_tokenizer(path, what)  # a damaged file named, as pretraining and SFT name it
     if load is not None and path != load:  # the model's own EOS ids end rollouts too (transformers' generate)
         try:
             tok.add_model_eos(load)
