@@ -81,3 +81,18 @@ def test_a_manifest_from_before_tokenizer_coverage_still_verifies(imported):
     (ckpt / MANIFEST).write_text(json.dumps({"files": files, "digest": _digest(files)}))
     with pytest.raises(CheckpointError, match="meta.json: not part of the save"):
         verify_manifest(str(ckpt), meta)
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "meta.json"])
+def test_verify_hf_refuses_a_checkpoint_its_manifest_does_not_match(imported, capsys, name):
+    """`verify-hf --ckpt` read the weights without the manifest: an import whose meta.json or tokenizer
+    file was edited passed the parity check that generate, export and a resume then refuse."""
+    ckpt, _ = imported
+    args = ["verify-hf", "--hf-dir", str(ckpt.parent / "hf"), "--ckpt", str(ckpt), "--seq-length", "8"]
+    assert cli.main(args) == 0
+    doc = json.loads((ckpt / name).read_text())
+    doc["edited"] = 1
+    (ckpt / name).write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert cli.main(args) != 0
+    assert f"error: {ckpt / name}: differs from what was saved" in capsys.readouterr().err
