@@ -96,3 +96,22 @@ def test_verify_hf_refuses_a_checkpoint_its_manifest_does_not_match(imported, ca
     capsys.readouterr()
     assert cli.main(args) != 0
     assert f"error: {ckpt / name}: differs from what was saved" in capsys.readouterr().err
+
+
+def test_the_advice_for_a_changed_tokenizer_file_is_one_that_works(imported, tmp_path, capsys):
+    """The refusal said 'to sample with another tokenizer, pass it (--tokenizer, ...)', but passing it
+    is refused the same (the checkpoint is still not as saved): it now says to restore the checkpoint's
+    file (or remove the copied-in one) and pass the other tokenizer instead."""
+    ckpt, prompts = imported
+    (ckpt / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    capsys.readouterr()
+    assert cli.main(["generate", "--model", str(ckpt), "--tokenizer", str(tmp_path / "tok"), "--prompts", str(prompts),
+                     "--out", str(tmp_path / "out"), "--template", "raw", "--max-new-tokens", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "not part of the save" in err and "remove it" in err and "--tokenizer" in err
+    (ckpt / "chat_template.jinja").unlink()
+    (ckpt / "tokenizer_config.json").write_text("{}")
+    assert cli.main(["generate", "--model", str(ckpt), "--prompts", str(prompts), "--out", str(tmp_path / "out2"),
+                     "--template", "raw", "--max-new-tokens", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "differs from what was saved" in err and "restore it" in err and "--tokenizer" in err
