@@ -115,3 +115,14 @@ def test_the_advice_for_a_changed_tokenizer_file_is_one_that_works(imported, tmp
                      "--template", "raw", "--max-new-tokens", "4"]) == 2
     err = capsys.readouterr().err
     assert "differs from what was saved" in err and "restore it" in err and "--tokenizer" in err
+
+
+
+def test_generate_names_a_removed_tokenizer_json(imported, tmp_path, capsys):
+    """tokenizer.json removed from beside an import's weights: generate named no file ('no tokenizer:
+    pass --tokenizer'), and passing one was then refused for the missing file; the file is named first."""
+    ckpt, prompts = imported
+    (ckpt / "tokenizer.json").unlink()
+    capsys.readouterr()
+    assert _generate(ckpt, prompts, tmp_path / "out") == 2
+    assert f"error: {ckpt / 'tokenizer.json'}: missing ({MANIFEST} lists it)" in capsys.readouterr().err
