@@ -117,6 +117,21 @@ def test_the_advice_for_a_changed_tokenizer_file_is_one_that_works(imported, tmp
     assert "differs from what was saved" in err and "restore it" in err and "--tokenizer" in err
 
 
+@pytest.mark.parametrize("name", ["tokenizer.json", "generation_config.json"])
+def test_a_tokenizer_file_that_cannot_be_read_is_named(imported, tmp_path, capsys, name):
+    """A listed tokenizer file the manifest check cannot read (here a directory in its place, as an I/O
+    error would): a CheckpointError naming it, which a resume falls back from. Before: IsADirectoryError,
+    a traceback out of every loader."""
+    ckpt, prompts = imported
+    (ckpt / name).unlink()
+    (ckpt / name).mkdir()
+    meta = json.loads((ckpt / "meta.json").read_text())
+    with pytest.raises(CheckpointError, match=f"{ckpt / name}: unreadable"):
+        verify_manifest(str(ckpt), meta)
+    capsys.readouterr()
+    assert _generate(ckpt, prompts, tmp_path / "out") == 2
+    assert f"error: {ckpt / name}: unreadable" in capsys.readouterr().err
+
 
 def test_generate_names_a_removed_tokenizer_json(imported, tmp_path, capsys):
     """tokenizer.json removed from beside an import's weights: generate named no file ('no tokenizer:

@@ -278,7 +278,11 @@ def verify_manifest(path: str, meta: dict) -> None:
                                   + other.format("; remove it"))
         if name not in present:
             raise CheckpointError(f"{where}: missing ({MANIFEST} lists it)")
-        if _file_digest(where) != files[name]:
+        try:
+            digest = _file_digest(where)
+        except OSError as e:  # a directory in its place, an I/O error: damage like any other, named
+            raise CheckpointError(f"{where}: unreadable ({e.strerror})") from None
+        if digest != files[name]:
             raise CheckpointError(f"{where}: differs from what was saved with this checkpoint ({MANIFEST}); "
                                   f"edited or copied from another checkpoint" + other.format("; restore it"))
 
