@@ -82,7 +82,7 @@ def check_same_sft_data(meta: dict, digest: str, where: str) -> None:
 
 def check_same_data(meta: dict, record: dict, seq_length: int, where: str) -> None:
     """A run resumed from its own checkpoint reads the samples it was saved among: the same files
-    (`record`, this run's data_record) cut at the same seq_length. Checkpoints from before these were
+    (`record`, this run's data_record) in the same blend, cut at the same seq_length. Checkpoints from before these were
     recorded have nothing to compare."""
     how = (f"resuming would continue at step {meta.get('step')}'s position in other samples. Give the same data, "
            f"set train.allow_data_change=true to continue on it deliberately, or start a new train.run_dir with "
@@ -106,6 +106,11 @@ def check_same_data(meta: dict, record: dict, seq_length: int, where: str) -> No
             if old.get(ext) != new[ext]:
                 raise ConfigError("data.paths", f"{new['prefix']}.{ext} differs from the file {where} was trained "
                                   f"on ({old.get('prefix')}.{ext}: size, header or sampled content); " + how)
+    blend = meta.get("data_weights")  # which file each sample position reads (normalised)
+    if blend is not None and not all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(blend, record["data_weights"])):
+        raise ConfigError("data.weights", f"{where} was saved blending its data files as "
+                          f"{[round(w, 6) for w in blend]}, this run as {[round(w, 6) for w in record['data_weights']]}; "
+                          + how)
 
 
 def _on_rank0(ps, fn):
@@ -131,8 +136,10 @@ def _on_rank0(ps, fn):
 def data_record(ps, kind: str, data) -> dict:
     """What a resume checks it reads again (check_same_data), saved with every checkpoint: the SFT
     file's digest, or each pretraining .bin/.idx by size, header and sampled content (read on rank 0,
-    which writes meta.json; None elsewhere)."""
-    return {"data_sha256": data.digest} if kind == "sft" else {"data_files": _on_rank0(ps, data.fingerprints)}
+    which writes meta.json; None elsewhere) and their blend (data.weights, normalised)."""
+    if kind == "sft":
+        return {"data_sha256": data.digest}
+    return {"data_files": _on_rank0(ps, data.fingerprints), "data_weights": [float(w) for w in data.weights]}
 
 
 def _train(cfg: Config, kind: str) -> dict:
