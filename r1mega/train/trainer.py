@@ -82,8 +82,8 @@ def check_same_sft_data(meta: dict, digest: str, where: str) -> None:
 
 def check_same_data(meta: dict, record: dict, seq_length: int, where: str) -> None:
     """A run resumed from its own checkpoint reads the samples it was saved among: the same files
-    (`record`, this run's data_record) in the same blend, cut at the same seq_length. Checkpoints from before these were
-    recorded have nothing to compare."""
+    (`record`, this run's data_record) in the same blend, cut at the same seq_length. Checkpoints from
+    before these were recorded have nothing to compare."""
     how = (f"resuming would continue at step {meta.get('step')}'s position in other samples. Give the same data, "
            f"set train.allow_data_change=true to continue on it deliberately, or start a new train.run_dir with "
            f"train.load={where}")
