@@ -93,6 +93,14 @@ def check_same_data(meta: dict, record: dict, seq_length: int, where: str) -> No
                           + how)
     if "data_sha256" in record:
         check_same_sft_data(meta, record["data_sha256"], where)
+        # the same file packs into other rows under another template or tokenizer
+        saved_template = meta.get("data_sft_template")
+        if saved_template is not None and saved_template != record["data_sft_template"]:
+            raise ConfigError("data.sft_template", f"{where} was saved on rows rendered with data.sft_template="
+                              f"{saved_template}, this run renders {record['data_sft_template']}; " + how)
+        if meta.get("data_rows") not in (None, record["data_rows"]):
+            raise ConfigError("data.tokenizer", f"{where} was saved on other rows of this file: the tokenizer "
+                              f"(its vocabulary, chat template or end-of-sequence token) differs; " + how)
         return
     saved = meta.get("data_files")
     if saved is None:
@@ -135,10 +143,11 @@ def _on_rank0(ps, fn):
 
 def data_record(ps, kind: str, data) -> dict:
     """What a resume checks it reads again (check_same_data), saved with every checkpoint: the SFT
-    file's digest, or each pretraining .bin/.idx by size, header and sampled content (read on rank 0,
-    which writes meta.json; None elsewhere) and their blend (data.weights, normalised)."""
+    file's digest, its resolved template and a digest of the rows it packs into, or each pretraining
+    .bin/.idx by size, header and sampled content (read on rank 0, which writes meta.json; None
+    elsewhere) and their blend (data.weights, normalised)."""
     if kind == "sft":
-        return {"data_sha256": data.digest}
+        return {"data_sha256": data.digest, "data_sft_template": data.template, "data_rows": data.rows_digest}
     return {"data_files": _on_rank0(ps, data.fingerprints), "data_weights": [float(w) for w in data.weights]}
 
 
