@@ -119,3 +119,34 @@ def test_a_built_corpus_without_its_tokenizer_is_completed(tmp_path):
     assert os.path.getsize(d.tokenizer) > 1000
     assert (tmp_path / "a" / "addition-64-v384" / "tokenizer.vocab").read_bytes() == vocab
     assert (tmp_path / "a" / "addition-64-v384" / "pretrain.bin").read_bytes() == corpus
+
+
+def _resolve_on_rank(rank: int, world: int, cache: str, which: str) -> str:
+    from r1mega.errors import R1MegaError
+
+    cfg = DataConfig(synthetic="addition", synthetic_docs=64, cache_dir=cache)
+    try:
+        if which == "tokenizer":
+            synthetic.resolve_tokenizer(cfg, 384)
+        else:
+            synthetic.resolve_data(cfg, "pretrain", 384)
+    except R1MegaError as e:
+        return f"{type(e).__name__}: {e}"
+    except Exception as e:  # noqa: BLE001 - what a rank that is not told gets
+        return f"not told: {type(e).__name__}"
+    return "built"
+
+
+@pytest.mark.parametrize("which", ["tokenizer", "corpus"])
+def test_a_failed_build_is_reported_by_every_rank(tmp_path, which):
+    """Rank 0 builds; a build it cannot do (a file where the corpus directory goes; a damaged tokenizer)
+    left the other ranks at the barrier, to die of gloo's 'Connection closed by peer' (a traceback under
+    torchrun) or wait out its timeout. Every rank now raises the same named error."""
+    from spawn_cases import run_ranks
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "addition-64-v384").write_text("mine")
+    results = run_ranks(_resolve_on_rank, 2, str(cache), which)
+    assert all(r.startswith("ConfigError: config error at 'data.cache_dir'") for r in results), results
+    assert (cache / "addition-64-v384").read_text() == "mine"

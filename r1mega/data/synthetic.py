@@ -232,8 +232,23 @@ def _corpus_dir(cfg: DataConfig, vocab_size: int) -> str:
     return os.path.join(cfg.cache_dir, f"{cfg.synthetic}-{cfg.synthetic_docs}-v{vocab_size}")
 
 
-def _builds_here() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+def _on_builder(build) -> None:
+    """build() on rank 0, the one that builds; then every rank goes on, or raises the user error rank 0
+    met (none is left at a barrier rank 0 never reaches). Collective when distributed."""
+    error = None
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        try:
+            build()
+        except ConfigError as e:
+            error = ("config", e.key, e.message)
+        except DataError as e:
+            error = ("data", str(e))
+    if dist.is_initialized():
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise ConfigError(*error[1:]) if error[0] == "config" else DataError(error[1])
 
 
 @contextlib.contextmanager
@@ -267,12 +282,14 @@ def resolve_data(cfg: DataConfig, kind: str, vocab_size: int) -> DataConfig:
     if cfg.synthetic is None:
         return cfg
     root = _corpus_dir(cfg, vocab_size)
-    if _builds_here() and not _complete(root):
-        with _building(cfg, root, vocab_size):
-            if not _complete(root):  # the run that held the lock may have built it
-                _build(cfg.synthetic, root, cfg.synthetic_docs, vocab_size)
-    if dist.is_initialized():
-        dist.barrier()
+
+    def build() -> None:
+        if not _complete(root):
+            with _building(cfg, root, vocab_size):
+                if not _complete(root):  # the run that held the lock may have built it
+                    _build(cfg.synthetic, root, cfg.synthetic_docs, vocab_size)
+
+    _on_builder(build)
     paths = [os.path.join(root, "pretrain")] if kind == "pretrain" else [os.path.join(root, "sft.jsonl")]
     return replace(cfg, paths=paths, tokenizer=os.path.join(root, "tokenizer.model"))
 
@@ -285,10 +302,12 @@ def resolve_tokenizer(cfg: DataConfig, vocab_size: int) -> Optional[str]:
         return cfg.tokenizer
     root = _corpus_dir(cfg, vocab_size)
     path = os.path.join(root, "tokenizer.model")
-    if _builds_here() and _existing_tokenizer(path) is None:
-        with _building(cfg, root, vocab_size):
-            if not os.path.exists(path):
-                _build_tokenizer(cfg.synthetic, root, cfg.synthetic_docs, vocab_size)
-    if dist.is_initialized():
-        dist.barrier()
+
+    def build() -> None:
+        if _existing_tokenizer(path) is None:
+            with _building(cfg, root, vocab_size):
+                if not os.path.exists(path):
+                    _build_tokenizer(cfg.synthetic, root, cfg.synthetic_docs, vocab_size)
+
+    _on_builder(build)
     return path
