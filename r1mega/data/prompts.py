@@ -180,6 +180,19 @@ def check_same_prompts(meta: dict, paths: list[str], where: str) -> None:
                           f"train.run_dir with train.load={where}")
 
 
+def check_same_tokenizer(meta: dict, tok: Tokenizer, where: str) -> None:
+    """A run resumed from its own checkpoint encodes its prompts with the tokenizer it was saved with:
+    the policy's token ids mean nothing under another vocabulary (e.g. another data.synthetic_docs)."""
+    from r1mega.errors import ConfigError
+
+    saved = meta.get("tokenizer_fingerprint")  # checkpoints from before it was recorded have none
+    if saved is not None and saved != tok.fingerprint():
+        raise ConfigError("data.tokenizer", f"{where} was trained with another tokenizer (vocabulary fingerprint "
+                          f"{saved}, this run's {tok.path} is {tok.fingerprint()}); its token ids would be read as "
+                          f"other text. Give the same tokenizer, set train.allow_data_change=true to continue "
+                          f"deliberately, or start a new train.run_dir with train.load={where}")
+
+
 def check_prompts_fit(problems: list[dict], count_tokens, positions: int, what: str = "rl.prompts") -> None:
     """Every rendered prompt must leave room in the model's positions; the first that does not is named."""
     from r1mega.errors import ConfigError
