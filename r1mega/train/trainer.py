@@ -82,11 +82,14 @@ def check_same_sft_data(meta: dict, digest: str, where: str) -> None:
 
 def check_same_data(meta: dict, record: dict, seq_length: int, where: str) -> None:
     """A run resumed from its own checkpoint reads the samples it was saved among: the same files
-    (`record`, this run's data_record) in the same blend, cut at the same seq_length. Checkpoints from
-    before these were recorded have nothing to compare."""
+    (`record`, this run's data_record) in the same blend and order, cut at the same seq_length.
+    Checkpoints from before these were recorded have nothing to compare."""
     how = (f"resuming would continue at step {meta.get('step')}'s position in other samples. Give the same data, "
            f"set train.allow_data_change=true to continue on it deliberately, or start a new train.run_dir with "
            f"train.load={where}")
+    saved_seed = meta.get("data_seed")  # it orders the samples: another reads others at the saved position
+    if saved_seed is not None and saved_seed != record["data_seed"]:
+        raise ConfigError("seed", f"{where} was saved at seed={saved_seed}, not {record['data_seed']}; " + how)
     saved_len = meta.get("data_seq_length")
     if saved_len is not None and saved_len != seq_length:
         raise ConfigError("data.seq_length", f"{where} was saved at data.seq_length={saved_len}, not {seq_length}; "
@@ -142,13 +145,15 @@ def _on_rank0(ps, fn):
 
 
 def data_record(ps, kind: str, data) -> dict:
-    """What a resume checks it reads again (check_same_data), saved with every checkpoint: the SFT
-    file's digest, its resolved template and a digest of the rows it packs into, or each pretraining
-    .bin/.idx by size, header and sampled content (read on rank 0, which writes meta.json; None
-    elsewhere) and their blend (data.weights, normalised)."""
+    """What a resume checks it reads again (check_same_data), saved with every checkpoint: the seed that
+    orders the samples, and the SFT file's digest, its resolved template and a digest of the rows it
+    packs into, or each pretraining .bin/.idx by size, header and sampled content (read on rank 0, which
+    writes meta.json; None elsewhere) and their blend (data.weights, normalised)."""
     if kind == "sft":
-        return {"data_sha256": data.digest, "data_sft_template": data.template, "data_rows": data.rows_digest}
-    return {"data_files": _on_rank0(ps, data.fingerprints), "data_weights": [float(w) for w in data.weights]}
+        return {"data_seed": data.seed, "data_sha256": data.digest, "data_sft_template": data.template,
+                "data_rows": data.rows_digest}
+    return {"data_seed": data.seed, "data_files": _on_rank0(ps, data.fingerprints),
+            "data_weights": [float(w) for w in data.weights]}
 
 
 def _train(cfg: Config, kind: str) -> dict:
