@@ -296,7 +296,7 @@ def test_fp8_runs_the_update_and_leaves_sampling_and_reference_alone(tmp_path, u
     assert not update_module.use_tis(plain_cfg.rl, plain_cfg.train)
 
 
-def test_resume_with_another_tokenizer_is_refused_unless_allowed(tmp_path, capsys):
+def test_resume_with_another_tokenizer_or_seed_is_refused_unless_allowed(tmp_path, capsys):
     """The synthetic corpus's tokenizer depends on data.synthetic_docs (another corpus directory): a
     resume under another one encoded the prompts with other ids ('3' is another token) for a policy
     trained on the first, silently. Each checkpoint records the tokenizer's fingerprint; another is
@@ -317,3 +317,7 @@ def test_resume_with_another_tokenizer_is_refused_unless_allowed(tmp_path, capsy
     assert "step_00000002" not in os.listdir(tmp_path / "run" / "checkpoints")  # nothing trained on it
     assert main([*base, "data.synthetic_docs=300", "train.steps=2"]) == 0  # the same tokenizer resumes
     assert main([*base, "data.synthetic_docs=2000", "train.steps=3", "train.allow_data_change=true"]) == 0
+    # the seed orders the prompts (files) or draws them (synthetic) by position: another is refused too
+    capsys.readouterr()
+    assert main([*base, "data.synthetic_docs=2000", "train.steps=4", "seed=5"]) == 2
+    assert "error: config error at 'seed':" in capsys.readouterr().err

@@ -193,6 +193,18 @@ def check_same_tokenizer(meta: dict, tok: Tokenizer, where: str) -> None:
                           f"deliberately, or start a new train.run_dir with train.load={where}")
 
 
+def check_same_seed(meta: dict, seed: int, where: str) -> None:
+    """A run resumed from its own checkpoint takes its prompts by position in the order (files) or the
+    draws (synthetic) its seed makes: under another seed the saved position means other prompts."""
+    from r1mega.errors import ConfigError
+
+    saved = meta.get("data_seed")  # checkpoints from before it was recorded have none
+    if saved is not None and saved != seed:
+        raise ConfigError("seed", f"{where} was saved at seed={saved}, not {seed}; resuming would continue at its "
+                          f"prompt position in other prompts. Give the same seed, set train.allow_data_change=true "
+                          f"to continue deliberately, or start a new train.run_dir with train.load={where}")
+
+
 def check_prompts_fit(problems: list[dict], count_tokens, positions: int, what: str = "rl.prompts") -> None:
     """Every rendered prompt must leave room in the model's positions; the first that does not is named."""
     from r1mega.errors import ConfigError
