@@ -152,6 +152,9 @@ def run(args: argparse.Namespace) -> int:
     device = default_device()
     model = family.build_stage(cfg.active_model, ps, cfg.parallel.pp_layers).to(device=device, dtype=dtype)
     if args.ckpt:
+        from r1mega.train.checkpoint import read_meta, verify_manifest
+
+        verify_manifest(args.ckpt, read_meta(args.ckpt))  # as every loader does: an edited file is named
         _same_model(args.ckpt, args.hf_dir, family, cfg.active_model)
         report = load_weights(model, PieceReader(args.ckpt, "model"))
     else:

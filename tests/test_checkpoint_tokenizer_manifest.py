@@ -81,3 +81,63 @@ def test_a_manifest_from_before_tokenizer_coverage_still_verifies(imported):
     (ckpt / MANIFEST).write_text(json.dumps({"files": files, "digest": _digest(files)}))
     with pytest.raises(CheckpointError, match="meta.json: not part of the save"):
         verify_manifest(str(ckpt), meta)
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "meta.json"])
+def test_verify_hf_refuses_a_checkpoint_its_manifest_does_not_match(imported, capsys, name):
+    """`verify-hf --ckpt` read the weights without the manifest: an import whose meta.json or tokenizer
+    file was edited passed the parity check that generate, export and a resume then refuse."""
+    ckpt, _ = imported
+    args = ["verify-hf", "--hf-dir", str(ckpt.parent / "hf"), "--ckpt", str(ckpt), "--seq-length", "8"]
+    assert cli.main(args) == 0
+    doc = json.loads((ckpt / name).read_text())
+    doc["edited"] = 1
+    (ckpt / name).write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert cli.main(args) != 0
+    assert f"error: {ckpt / name}: differs from what was saved" in capsys.readouterr().err
+
+
+def test_the_advice_for_a_changed_tokenizer_file_is_one_that_works(imported, tmp_path, capsys):
+    """The refusal said 'to sample with another tokenizer, pass it (--tokenizer, ...)', but passing it
+    is refused the same (the checkpoint is still not as saved): it now says to restore the checkpoint's
+    file (or remove the copied-in one) and pass the other tokenizer instead."""
+    ckpt, prompts = imported
+    (ckpt / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    capsys.readouterr()
+    assert cli.main(["generate", "--model", str(ckpt), "--tokenizer", str(tmp_path / "tok"), "--prompts", str(prompts),
+                     "--out", str(tmp_path / "out"), "--template", "raw", "--max-new-tokens", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "not part of the save" in err and "remove it" in err and "--tokenizer" in err
+    (ckpt / "chat_template.jinja").unlink()
+    (ckpt / "tokenizer_config.json").write_text("{}")
+    assert cli.main(["generate", "--model", str(ckpt), "--prompts", str(prompts), "--out", str(tmp_path / "out2"),
+                     "--template", "raw", "--max-new-tokens", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "differs from what was saved" in err and "restore it" in err and "--tokenizer" in err
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "generation_config.json"])
+def test_a_tokenizer_file_that_cannot_be_read_is_named(imported, tmp_path, capsys, name):
+    """A listed tokenizer file the manifest check cannot read (here a directory in its place, as an I/O
+    error would): a CheckpointError naming it, which a resume falls back from. Before: IsADirectoryError,
+    a traceback out of every loader."""
+    ckpt, prompts = imported
+    (ckpt / name).unlink()
+    (ckpt / name).mkdir()
+    meta = json.loads((ckpt / "meta.json").read_text())
+    with pytest.raises(CheckpointError, match=f"{ckpt / name}: unreadable"):
+        verify_manifest(str(ckpt), meta)
+    capsys.readouterr()
+    assert _generate(ckpt, prompts, tmp_path / "out") == 2
+    assert f"error: {ckpt / name}: unreadable" in capsys.readouterr().err
+
+
+def test_generate_names_a_removed_tokenizer_json(imported, tmp_path, capsys):
+    """tokenizer.json removed from beside an import's weights: generate named no file ('no tokenizer:
+    pass --tokenizer'), and passing one was then refused for the missing file; the file is named first."""
+    ckpt, prompts = imported
+    (ckpt / "tokenizer.json").unlink()
+    capsys.readouterr()
+    assert _generate(ckpt, prompts, tmp_path / "out") == 2
+    assert f"error: {ckpt / 'tokenizer.json'}: missing ({MANIFEST} lists it)" in capsys.readouterr().err

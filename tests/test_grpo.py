@@ -294,3 +294,30 @@ def test_fp8_runs_the_update_and_leaves_sampling_and_reference_alone(tmp_path, u
                                                           ["train.dtype=float32"]))
     assert update_module.use_tis(fp8_cfg.rl, fp8_cfg.train)
     assert not update_module.use_tis(plain_cfg.rl, plain_cfg.train)
+
+
+def test_resume_with_another_tokenizer_or_seed_is_refused_unless_allowed(tmp_path, capsys):
+    """The synthetic corpus's tokenizer depends on data.synthetic_docs (another corpus directory): a
+    resume under another one encoded the prompts with other ids ('3' is another token) for a policy
+    trained on the first, silently. Each checkpoint records the tokenizer's fingerprint; another is
+    refused by key, and train.allow_data_change continues."""
+    import os
+
+    from r1mega.cli import main
+
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny",
+                          "r1_zero_demo.yaml")
+    base = ["grpo", "--config", config, f"data.cache_dir={tmp_path / 'data'}", f"train.run_dir={tmp_path / 'run'}",
+            "rl.prompts_per_step=2", "rl.group_size=2", "rl.max_new_tokens=4", "train.save_interval=1"]
+    assert main([*base, "data.synthetic_docs=300", "train.steps=1"]) == 0
+    capsys.readouterr()
+    assert main([*base, "data.synthetic_docs=2000", "train.steps=2"]) == 2
+    err = capsys.readouterr().err
+    assert "error: config error at 'data.tokenizer':" in err and "train.allow_data_change=true" in err
+    assert "step_00000002" not in os.listdir(tmp_path / "run" / "checkpoints")  # nothing trained on it
+    assert main([*base, "data.synthetic_docs=300", "train.steps=2"]) == 0  # the same tokenizer resumes
+    assert main([*base, "data.synthetic_docs=2000", "train.steps=3", "train.allow_data_change=true"]) == 0
+    # the seed orders the prompts (files) or draws them (synthetic) by position: another is refused too
+    capsys.readouterr()
+    assert main([*base, "data.synthetic_docs=2000", "train.steps=4", "seed=5"]) == 2
+    assert "error: config error at 'seed':" in capsys.readouterr().err

@@ -135,3 +135,18 @@ def test_tokenizer_directory_with_config(tmp_path, tok):
     shutil.copy(f"{tok.path}/tokenizer.json", bare)  # no tokenizer_config.json: no chat template
     with pytest.raises(ValueError, match="no chat_template"):
         render({"prompt": "q"}, "chat", Tokenizer(str(bare)))
+
+
+@pytest.mark.parametrize("content", [None, b"not a sentencepiece model", b'{"model": '])
+def test_grpo_prompt_tokenizer_missing_or_damaged_is_named(tmp_path, content):
+    """GRPO's data.tokenizer that is missing or cannot be loaded: a named error (exit 2), as pretraining
+    and SFT give. Before: sentencepiece's RuntimeError or tokenizers' bare Exception, a traceback."""
+    from r1mega.config import DataConfig
+    from r1mega.data.prompts import prompt_tokenizer
+
+    path = tmp_path / ("tokenizer.json" if content and content.startswith(b"{") else "tok.model")
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises((ConfigError, DataError), match=f"data.tokenizer.*{path}"):
+        prompt_tokenizer(DataConfig(tokenizer=str(path)), 384, None)
+    assert content is None or path.read_bytes() == content

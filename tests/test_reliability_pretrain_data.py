@@ -38,3 +38,27 @@ def test_a_longer_corpus_is_refused_and_the_override_continues(started):
 def test_another_seq_length_is_refused_by_key(started):
     with pytest.raises(ConfigError, match="data.seq_length"):
         run(started, 3, "data.seq_length=4")
+
+
+def test_another_blend_of_the_same_files_is_refused_by_key(tmp_path):
+    """data.weights decides which file each sample position reads: resumed under another blend, the run
+    went on silently at the saved position in other samples (the files matched). Refused by key now; the
+    same proportions written otherwise ([2, 2] for [1, 1]) are the same samples and resume."""
+    (tmp_path / "d").mkdir()
+    corpus(tmp_path / "d" / "c", seed=0)
+    corpus(tmp_path / "d" / "c2", seed=1)
+    both = f"data.paths=[{tmp_path / 'd' / 'c'},{tmp_path / 'd' / 'c2'}]"
+    run(tmp_path, 2, both, "data.weights=[1,1]")
+    with pytest.raises(ConfigError, match="data.weights.*train.allow_data_change"):
+        run(tmp_path, 3, both, "data.weights=[1,3]")
+    assert run(tmp_path, 3, both, "data.weights=[2,2]")["steps"] == 3
+    assert run(tmp_path, 4, both, "data.weights=[1,3]", "train.allow_data_change=true")["steps"] == 4
+
+
+def test_another_seed_is_refused_by_key(started):
+    """The seed orders the samples (each file's windows are a seeded permutation): resumed under another
+    one, the run went on at the saved position in other samples (loss 5.573 for an unbroken 5.571 in the
+    tiny config). Refused by key; train.allow_data_change continues."""
+    with pytest.raises(ConfigError, match="'seed'.*train.allow_data_change"):
+        run(started, 3, "seed=7")
+    assert run(started, 3, "seed=7", "train.allow_data_change=true")["steps"] == 3

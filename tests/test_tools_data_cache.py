@@ -86,3 +86,67 @@ def test_a_tokenizer_only_run_builds_the_tokenizer_alone_and_the_corpus_reuses_i
     assert synthetic.resolve_tokenizer(full, 384) == str(other / "tokenizer.model")  # built: nothing to do
     assert synthetic.resolve_tokenizer(DataConfig(tokenizer="tok.json"), 384) == "tok.json"
     assert synthetic.resolve_tokenizer(DataConfig(), 384) is None
+
+
+def test_a_damaged_corpus_tokenizer_is_named_and_kept(tmp_path):
+    """A tokenizer.model in the cache that cannot be loaded (truncated on disk) is named with what to
+    do, by the tokenizer-only and the full build alike, and left as it was. Before: the full build,
+    which now reuses a tokenizer-only build's tokenizer, died in sentencepiece with a traceback."""
+    from r1mega.errors import DataError
+
+    cfg = DataConfig(synthetic="addition", synthetic_docs=64, cache_dir=str(tmp_path / "a"))
+    model = tmp_path / "a" / "addition-64-v384" / "tokenizer.model"
+    synthetic.resolve_tokenizer(cfg, 384)
+    damaged = model.read_bytes()[:100]
+    model.write_bytes(damaged)
+    for resolve in (lambda: synthetic.resolve_data(cfg, "pretrain", 384), lambda: synthetic.resolve_tokenizer(cfg, 384)):
+        with pytest.raises(DataError, match=f"{model}.*remove it"):
+            resolve()
+        assert model.read_bytes() == damaged
+    assert not (model.parent / "DONE").exists()
+
+
+def test_a_built_corpus_without_its_tokenizer_is_completed(tmp_path):
+    """Removing a damaged tokenizer.model (what its error says to do) from a built corpus: the next
+    pretraining run trains it again (the same pieces), as the tokenizer-only runs already did. Before:
+    'data.tokenizer: ...tokenizer.model: not found' until the whole corpus was removed."""
+    cfg = DataConfig(synthetic="addition", synthetic_docs=64, cache_dir=str(tmp_path / "a"))
+    d = synthetic.resolve_data(cfg, "pretrain", 384)
+    vocab = (tmp_path / "a" / "addition-64-v384" / "tokenizer.vocab").read_bytes()
+    corpus = (tmp_path / "a" / "addition-64-v384" / "pretrain.bin").read_bytes()
+    os.remove(d.tokenizer)
+    assert synthetic.resolve_data(cfg, "pretrain", 384) == d
+    assert os.path.getsize(d.tokenizer) > 1000
+    assert (tmp_path / "a" / "addition-64-v384" / "tokenizer.vocab").read_bytes() == vocab
+    assert (tmp_path / "a" / "addition-64-v384" / "pretrain.bin").read_bytes() == corpus
+
+
+def _resolve_on_rank(rank: int, world: int, cache: str, which: str) -> str:
+    from r1mega.errors import R1MegaError
+
+    cfg = DataConfig(synthetic="addition", synthetic_docs=64, cache_dir=cache)
+    try:
+        if which == "tokenizer":
+            synthetic.resolve_tokenizer(cfg, 384)
+        else:
+            synthetic.resolve_data(cfg, "pretrain", 384)
+    except R1MegaError as e:
+        return f"{type(e).__name__}: {e}"
+    except Exception as e:  # noqa: BLE001 - what a rank that is not told gets
+        return f"not told: {type(e).__name__}"
+    return "built"
+
+
+@pytest.mark.parametrize("which", ["tokenizer", "corpus"])
+def test_a_failed_build_is_reported_by_every_rank(tmp_path, which):
+    """Rank 0 builds; a build it cannot do (a file where the corpus directory goes; a damaged tokenizer)
+    left the other ranks at the barrier, to die of gloo's 'Connection closed by peer' (a traceback under
+    torchrun) or wait out its timeout. Every rank now raises the same named error."""
+    from spawn_cases import run_ranks
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "addition-64-v384").write_text("mine")
+    results = run_ranks(_resolve_on_rank, 2, str(cache), which)
+    assert all(r.startswith("ConfigError: config error at 'data.cache_dir'") for r in results), results
+    assert (cache / "addition-64-v384").read_text() == "mine"

@@ -67,7 +67,7 @@ from typing import Callable, Optional, Protocol
 from r1mega.config import DataConfig, RLConfig
 from r1mega.data.jsonl import DataError, iter_jsonl, jsonl_digest
 from r1mega.data.synthetic import resolve_tokenizer, stops_after_answer, synthetic_prompts
-from r1mega.data.tokenizer import Tokenizer, check_fits
+from r1mega.data.tokenizer import Tokenizer, check_fits, load_tokenizer
 from r1mega.judge.language import LANGUAGES  # the targets the language reward and filter can judge
 
 
@@ -178,6 +178,31 @@ def check_same_prompts(meta: dict, paths: list[str], where: str) -> None:
                           f"differs); resuming would continue at a meaningless position. Give the same files, set "
                           f"train.allow_data_change=true to continue on them deliberately, or start a new "
                           f"train.run_dir with train.load={where}")
+
+
+def check_same_tokenizer(meta: dict, tok: Tokenizer, where: str) -> None:
+    """A run resumed from its own checkpoint encodes its prompts with the tokenizer it was saved with:
+    the policy's token ids mean nothing under another vocabulary (e.g. another data.synthetic_docs)."""
+    from r1mega.errors import ConfigError
+
+    saved = meta.get("tokenizer_fingerprint")  # checkpoints from before it was recorded have none
+    if saved is not None and saved != tok.fingerprint():
+        raise ConfigError("data.tokenizer", f"{where} was trained with another tokenizer (vocabulary fingerprint "
+                          f"{saved}, this run's {tok.path} is {tok.fingerprint()}); its token ids would be read as "
+                          f"other text. Give the same tokenizer, set train.allow_data_change=true to continue "
+                          f"deliberately, or start a new train.run_dir with train.load={where}")
+
+
+def check_same_seed(meta: dict, seed: int, where: str) -> None:
+    """A run resumed from its own checkpoint takes its prompts by position in the order (files) or the
+    draws (synthetic) its seed makes: under another seed the saved position means other prompts."""
+    from r1mega.errors import ConfigError
+
+    saved = meta.get("data_seed")  # checkpoints from before it was recorded have none
+    if saved is not None and saved != seed:
+        raise ConfigError("seed", f"{where} was saved at seed={saved}, not {seed}; resuming would continue at its "
+                          f"prompt position in other prompts. Give the same seed, set train.allow_data_change=true "
+                          f"to continue deliberately, or start a new train.run_dir with train.load={where}")
 
 
 def check_prompts_fit(problems: list[dict], count_tokens, positions: int, what: str = "rl.prompts") -> None:
@@ -406,7 +431,10 @@ def prompt_tokenizer(cfg: DataConfig, vocab_size: int, load: Optional[str]) -> T
     path = resolve_tokenizer(cfg, vocab_size) or load  # builds the synthetic corpus's tokenizer if asked
     if path is None:
         raise ConfigError("data.tokenizer", "GRPO needs a tokenizer: data.tokenizer=DIR or data.synthetic")
-    tok = Tokenizer(path)
+    what = "train.load" if path == load else "data.tokenizer"
+    if not os.path.exists(path):
+        raise ConfigError(what, f"{path}: not found")
+    tok = load_tokenizer(path, what)  # a damaged file named, as pretraining and SFT name it
     if load is not None and path != load:  # the model's own EOS ids end rollouts too (transformers' generate)
         try:
             tok.add_model_eos(load)

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from r1mega.config import ConfigError, DataConfig
 from r1mega.data.pretrain import write_indexed
 from r1mega.data.tokenizer import EOS, Tokenizer, train_sentencepiece
+from r1mega.errors import DataError
 
 
 def arithmetic_problem(rng: random.Random, max_digits: int = 2) -> tuple[str, str, str]:
@@ -181,14 +182,27 @@ def _texts(kind: str, docs: int) -> tuple[list[str], list[dict]]:
     return corpus, sft_records(max(docs // 2, 64), seed=1)
 
 
-def _tokenizer(root: str, corpus: list[str], chats: list[dict], vocab_size: int) -> Tokenizer:
-    """The corpus's tokenizer: the one under `root` (train_sentencepiece writes its .model last, so one
-    that exists is whole; a tokenizer-only build leaves it), else trained on the corpus's texts."""
-    path = os.path.join(root, "tokenizer.model")
+def _existing_tokenizer(path: str) -> Optional[Tokenizer]:
+    """The corpus's tokenizer.model if there is one (train_sentencepiece writes its .model last, so one
+    that exists was whole when written); one damaged since is named and left for the user to remove."""
     if not os.path.exists(path):
+        return None
+    try:
+        return Tokenizer(path)
+    except Exception as e:  # noqa: BLE001 - sentencepiece raises bare RuntimeErrors on bad files
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"data.cache_dir: the synthetic corpus's tokenizer {path} cannot be loaded ({msg}); "
+                        f"remove it and the next run trains it again (the same pieces, from the same texts)") from None
+
+
+def _tokenizer(root: str, corpus: list[str], chats: list[dict], vocab_size: int) -> Tokenizer:
+    """The corpus's tokenizer: the one under `root` (a tokenizer-only build leaves it), else trained on
+    the corpus's texts."""
+    tok = _existing_tokenizer(os.path.join(root, "tokenizer.model"))
+    if tok is None:
         texts = corpus + [m["content"] for c in chats for m in c["messages"]]
-        path = train_sentencepiece(texts, os.path.join(root, "tokenizer"), vocab_size)
-    return Tokenizer(path)
+        tok = Tokenizer(train_sentencepiece(texts, os.path.join(root, "tokenizer"), vocab_size))
+    return tok
 
 
 def _build(kind: str, root: str, docs: int, vocab_size: int) -> None:
@@ -218,8 +232,23 @@ def _corpus_dir(cfg: DataConfig, vocab_size: int) -> str:
     return os.path.join(cfg.cache_dir, f"{cfg.synthetic}-{cfg.synthetic_docs}-v{vocab_size}")
 
 
-def _builds_here() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+def _on_builder(build) -> None:
+    """build() on rank 0, the one that builds; then every rank goes on, or raises the user error rank 0
+    met (none is left at a barrier rank 0 never reaches). Collective when distributed."""
+    error = None
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        try:
+            build()
+        except ConfigError as e:
+            error = ("config", e.key, e.message)
+        except DataError as e:
+            error = ("data", str(e))
+    if dist.is_initialized():
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise ConfigError(*error[1:]) if error[0] == "config" else DataError(error[1])
 
 
 @contextlib.contextmanager
@@ -242,17 +271,25 @@ def _building(cfg: DataConfig, root: str, vocab_size: int):
                           f"corpus's tokenizer ({str(e).splitlines()[0][-120:]})") from None
 
 
+def _complete(root: str) -> bool:
+    """Built (DONE written last) with a tokenizer that loads: one removed since (a damaged one is named
+    with that advice) is trained again, the corpus rewritten around it byte for byte."""
+    return os.path.exists(os.path.join(root, "DONE")) and _existing_tokenizer(os.path.join(root, "tokenizer.model")) is not None
+
+
 def resolve_data(cfg: DataConfig, kind: str, vocab_size: int) -> DataConfig:
     """Fill paths/tokenizer for a synthetic corpus (built if missing). Collective when distributed."""
     if cfg.synthetic is None:
         return cfg
     root = _corpus_dir(cfg, vocab_size)
-    if _builds_here() and not os.path.exists(os.path.join(root, "DONE")):
-        with _building(cfg, root, vocab_size):
-            if not os.path.exists(os.path.join(root, "DONE")):  # the run that held the lock may have built it
-                _build(cfg.synthetic, root, cfg.synthetic_docs, vocab_size)
-    if dist.is_initialized():
-        dist.barrier()
+
+    def build() -> None:
+        if not _complete(root):
+            with _building(cfg, root, vocab_size):
+                if not _complete(root):  # the run that held the lock may have built it
+                    _build(cfg.synthetic, root, cfg.synthetic_docs, vocab_size)
+
+    _on_builder(build)
     paths = [os.path.join(root, "pretrain")] if kind == "pretrain" else [os.path.join(root, "sft.jsonl")]
     return replace(cfg, paths=paths, tokenizer=os.path.join(root, "tokenizer.model"))
 
@@ -265,10 +302,12 @@ def resolve_tokenizer(cfg: DataConfig, vocab_size: int) -> Optional[str]:
         return cfg.tokenizer
     root = _corpus_dir(cfg, vocab_size)
     path = os.path.join(root, "tokenizer.model")
-    if _builds_here() and not os.path.exists(path):
-        with _building(cfg, root, vocab_size):
-            if not os.path.exists(path):
-                _build_tokenizer(cfg.synthetic, root, cfg.synthetic_docs, vocab_size)
-    if dist.is_initialized():
-        dist.barrier()
+
+    def build() -> None:
+        if _existing_tokenizer(path) is None:
+            with _building(cfg, root, vocab_size):
+                if not os.path.exists(path):
+                    _build_tokenizer(cfg.synthetic, root, cfg.synthetic_docs, vocab_size)
+
+    _on_builder(build)
     return path

@@ -147,6 +147,10 @@ def load_model(model: str, parallel: ParallelConfig, world: int, distributed: bo
         if tokenizer is None and os.path.isfile(os.path.join(source, "tokenizer.json")):
             tokenizer = source  # the tokenizer r1mega-convert import copied beside the weights
     if tokenizer is None:
+        if not hf:  # a tokenizer file removed from beside the weights is named, not taken for none saved
+            from r1mega.train.checkpoint import read_meta, verify_manifest
+
+            verify_manifest(source, read_meta(source))
         raise ConfigError("--tokenizer", "no tokenizer: pass --tokenizer, or a --config with data.tokenizer")
     chunks = build_chunks(cfg, ps)
     place(chunks, default_device(), getattr(torch, dtype))

@@ -35,7 +35,8 @@ import torch
 
 from r1mega.config import Config, validate_rl, validate_training
 from r1mega.data.jsonl import jsonl_digest
-from r1mega.data.prompts import PromptSource, check_same_prompts, prompt_tokenizer
+from r1mega.data.prompts import (PromptSource, check_same_prompts, check_same_seed, check_same_tokenizer,
+                                 prompt_tokenizer)
 from r1mega.output_dir import release
 from r1mega.inference.generate import GenerationConfig, generate
 from r1mega.kernels import batch_invariant
@@ -144,8 +145,12 @@ def start(cfg: Config, ckpt_root: str) -> tuple[Policy, Progress]:
     source = PromptSource(rl, cfg.data.synthetic, cfg.seed, tok)
     positions = cfg.active_model.max_position_embeddings
     longest = source.longest_prompt(positions)  # prompt files: each must fit the model
-    if rl.prompts and own is not None and not t.allow_data_change:  # a resume reads the same prompt files
-        check_same_prompts(read_meta(own), rl.prompts, own)
+    if own is not None and not t.allow_data_change:  # a resume reads the same prompts, in order, encoded alike
+        saved = read_meta(own)
+        if rl.prompts:
+            check_same_prompts(saved, rl.prompts, own)
+        check_same_tokenizer(saved, tok, own)
+        check_same_seed(saved, cfg.seed, own)
     check_responses_fit(rl, longest, positions, t.steps)  # before hours of rollouts run past the positions
     check_cache_budget(rl, longest, t.steps)
     # checkpoints and their architecture are checked before any weight exists
@@ -201,7 +206,8 @@ def save(policy: Policy, at: Progress, ckpt_root: str) -> None:
     ref_dir = policy.reference.save(ckpt_root)
     save_checkpoint(ckpt_root, at.step, policy.chunks, policy.optimizer, run.ps,
                     run_meta(run, "grpo", prompt_position=at.position, rollout_index=at.index + 1,
-                             reference=ref_dir,
+                             reference=ref_dir, tokenizer_fingerprint=policy.source.tok.fingerprint(),
+                             data_seed=run.cfg.seed,
                              **({"prompts_sha256": jsonl_digest(rl.prompts)} if rl.prompts else {})),
                     tokenizer=policy.source.tok.path)
 

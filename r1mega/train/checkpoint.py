@@ -270,15 +270,21 @@ def verify_manifest(path: str, meta: dict) -> None:
     present = _manifest_files(path, tokenizer=bool(manifest.get(TOKENIZER_COVERED)))
     for name in sorted(set(files) | set(present)):
         where = os.path.join(path, name)
-        other = ("; to sample with another tokenizer, pass it (--tokenizer, data.tokenizer)"
-                 if name in TOKENIZER_FILES else "")
+        # the checkpoint stays refused while the file differs, whatever tokenizer is passed: say both steps
+        other = ("{}; to sample with another tokenizer, leave the checkpoint as saved and pass it (--tokenizer, "
+                 "data.tokenizer)" if name in TOKENIZER_FILES else "")
         if name not in files:
-            raise CheckpointError(f"{where}: not part of the save ({MANIFEST} does not list it; copied in?){other}")
+            raise CheckpointError(f"{where}: not part of the save ({MANIFEST} does not list it; copied in?)"
+                                  + other.format("; remove it"))
         if name not in present:
             raise CheckpointError(f"{where}: missing ({MANIFEST} lists it)")
-        if _file_digest(where) != files[name]:
+        try:
+            digest = _file_digest(where)
+        except OSError as e:  # a directory in its place, an I/O error: damage like any other, named
+            raise CheckpointError(f"{where}: unreadable ({e.strerror})") from None
+        if digest != files[name]:
             raise CheckpointError(f"{where}: differs from what was saved with this checkpoint ({MANIFEST}); "
-                                  f"edited or copied from another checkpoint{other}")
+                                  f"edited or copied from another checkpoint" + other.format("; restore it"))
 
 
 def _unused_name(base: str) -> str:

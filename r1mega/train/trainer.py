@@ -82,17 +82,28 @@ def check_same_sft_data(meta: dict, digest: str, where: str) -> None:
 
 def check_same_data(meta: dict, record: dict, seq_length: int, where: str) -> None:
     """A run resumed from its own checkpoint reads the samples it was saved among: the same files
-    (`record`, this run's data_record) cut at the same seq_length. Checkpoints from before these were
-    recorded have nothing to compare."""
+    (`record`, this run's data_record) in the same blend and order, cut at the same seq_length.
+    Checkpoints from before these were recorded have nothing to compare."""
     how = (f"resuming would continue at step {meta.get('step')}'s position in other samples. Give the same data, "
            f"set train.allow_data_change=true to continue on it deliberately, or start a new train.run_dir with "
            f"train.load={where}")
+    saved_seed = meta.get("data_seed")  # it orders the samples: another reads others at the saved position
+    if saved_seed is not None and saved_seed != record["data_seed"]:
+        raise ConfigError("seed", f"{where} was saved at seed={saved_seed}, not {record['data_seed']}; " + how)
     saved_len = meta.get("data_seq_length")
     if saved_len is not None and saved_len != seq_length:
         raise ConfigError("data.seq_length", f"{where} was saved at data.seq_length={saved_len}, not {seq_length}; "
                           + how)
     if "data_sha256" in record:
         check_same_sft_data(meta, record["data_sha256"], where)
+        # the same file packs into other rows under another template or tokenizer
+        saved_template = meta.get("data_sft_template")
+        if saved_template is not None and saved_template != record["data_sft_template"]:
+            raise ConfigError("data.sft_template", f"{where} was saved on rows rendered with data.sft_template="
+                              f"{saved_template}, this run renders {record['data_sft_template']}; " + how)
+        if meta.get("data_rows") not in (None, record["data_rows"]):
+            raise ConfigError("data.tokenizer", f"{where} was saved on other rows of this file: the tokenizer "
+                              f"(its vocabulary, chat template or end-of-sequence token) differs; " + how)
         return
     saved = meta.get("data_files")
     if saved is None:
@@ -106,6 +117,11 @@ def check_same_data(meta: dict, record: dict, seq_length: int, where: str) -> No
             if old.get(ext) != new[ext]:
                 raise ConfigError("data.paths", f"{new['prefix']}.{ext} differs from the file {where} was trained "
                                   f"on ({old.get('prefix')}.{ext}: size, header or sampled content); " + how)
+    blend = meta.get("data_weights")  # which file each sample position reads (normalised)
+    if blend is not None and not all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(blend, record["data_weights"])):
+        raise ConfigError("data.weights", f"{where} was saved blending its data files as "
+                          f"{[round(w, 6) for w in blend]}, this run as {[round(w, 6) for w in record['data_weights']]}; "
+                          + how)
 
 
 def _on_rank0(ps, fn):
@@ -129,10 +145,15 @@ def _on_rank0(ps, fn):
 
 
 def data_record(ps, kind: str, data) -> dict:
-    """What a resume checks it reads again (check_same_data), saved with every checkpoint: the SFT
-    file's digest, or each pretraining .bin/.idx by size, header and sampled content (read on rank 0,
-    which writes meta.json; None elsewhere)."""
-    return {"data_sha256": data.digest} if kind == "sft" else {"data_files": _on_rank0(ps, data.fingerprints)}
+    """What a resume checks it reads again (check_same_data), saved with every checkpoint: the seed that
+    orders the samples, and the SFT file's digest, its resolved template and a digest of the rows it
+    packs into, or each pretraining .bin/.idx by size, header and sampled content (read on rank 0, which
+    writes meta.json; None elsewhere) and their blend (data.weights, normalised)."""
+    if kind == "sft":
+        return {"data_seed": data.seed, "data_sha256": data.digest, "data_sft_template": data.template,
+                "data_rows": data.rows_digest}
+    return {"data_seed": data.seed, "data_files": _on_rank0(ps, data.fingerprints),
+            "data_weights": [float(w) for w in data.weights]}
 
 
 def _train(cfg: Config, kind: str) -> dict:
