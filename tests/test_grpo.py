@@ -133,6 +133,13 @@ def test_resume_on_other_prompt_files_is_refused_unless_allowed(tmp_path, user_d
     assert res.returncode == 2 and "'rl.prompts'" in res.stderr and "train.allow_data_change=true" in res.stderr
     rows, _ = grpo_cli(run, other, "math", "accuracy", extra=["train.steps=2", "train.allow_data_change=true"])
     assert [r["step"] for r in rows] == [1, 2]  # step 1 from the first run, step 2 resumed on the other files
+    # the newest checkpoint (saved on the other files) damaged: the resume falls back to step 1, saved on
+    # the first files, and is refused for them as a resume from step 1 would be
+    piece = os.path.join(run, "checkpoints", "step_00000002", "rank00000.safetensors")
+    with open(piece, "r+b") as f:
+        f.truncate(os.path.getsize(piece) - 4)
+    res = run_main(main, [*args[:4], f"rl.prompts=[{other['math']}]", *args[5:-1], "train.steps=3"], cwd=ROOT)
+    assert res.returncode == 2 and "'rl.prompts'" in res.stderr and "step_00000001" in res.stderr, res.stderr[-2000:]
 
 
 def test_stage_configs_name_what_is_missing(tmp_path, user_data, capsys):

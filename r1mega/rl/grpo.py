@@ -145,12 +145,16 @@ def start(cfg: Config, ckpt_root: str) -> tuple[Policy, Progress]:
     source = PromptSource(rl, cfg.data.synthetic, cfg.seed, tok)
     positions = cfg.active_model.max_position_embeddings
     longest = source.longest_prompt(positions)  # prompt files: each must fit the model
-    if own is not None and not t.allow_data_change:  # a resume reads the same prompts, in order, encoded alike
-        saved = read_meta(own)
-        if rl.prompts:
-            check_same_prompts(saved, rl.prompts, own)
-        check_same_tokenizer(saved, tok, own)
-        check_same_seed(saved, cfg.seed, own)
+    def check_same_data(where: str) -> None:  # a resume reads the same prompts, in order, encoded alike
+        if not t.allow_data_change:
+            saved = read_meta(where)
+            if rl.prompts:
+                check_same_prompts(saved, rl.prompts, where)
+            check_same_tokenizer(saved, tok, where)
+            check_same_seed(saved, cfg.seed, where)
+
+    if own is not None:  # checked before any weight exists
+        check_same_data(own)
     check_responses_fit(rl, longest, positions, t.steps)  # before hours of rollouts run past the positions
     check_cache_budget(rl, longest, t.steps)
     # checkpoints and their architecture are checked before any weight exists
@@ -164,6 +168,8 @@ def start(cfg: Config, ckpt_root: str) -> tuple[Policy, Progress]:
     reference = (ReferencePolicy(reference_model, ps, rl.ref_refresh_steps) if reference_model is not None
                  else NoReference())
     step, position, index, resumed = restore(cfg, ps, chunks, optimizer, reference, candidates, ckpt_root, arch)
+    if resumed is not None and resumed != own:  # fell back from a damaged newest checkpoint to an older one
+        check_same_data(resumed)
 
     log = MetricsLog(t.run_dir, t.steps, step, run.is_logger, t.wandb_project if t.wandb else None, cfg)
     if resumed:
