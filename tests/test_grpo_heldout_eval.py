@@ -1,5 +1,7 @@
 """GRPO's held-out accuracy judges its greedy answers as the rollout judges samples: with the run's
 rl.answer_fallback (it used "auto" whatever the key said) and once per model replica (judge_batch)."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -43,6 +45,7 @@ def test_heldout_accuracy_reads_answers_with_the_runs_fallback(tok, monkeypatch,
 
     monkeypatch.setattr(grpo_module, "generate", fake_generate)
     chunks = torch.nn.Linear(1, 1)  # only its device is read
-    acc = grpo_module.evaluate_accuracy(chunks, single_process_state(), source, problems, 8, fallback)
+    rl = dataclasses.replace(cfg.rl, max_new_tokens=8, answer_fallback=fallback)
+    acc = grpo_module.evaluate_accuracy(chunks, single_process_state(), source, problems, rl)
     assert acc == expected
     assert seen["prompts"] == [source.encode(source.render(p)) for p in problems]

@@ -168,6 +168,11 @@ def load_prompts(paths: list[str]) -> list[dict]:
     return problems
 
 
+def _resume_advice(same: str, where: str) -> str:
+    return (f"Give the same {same}, set train.allow_data_change=true to continue deliberately, or start a new "
+            f"train.run_dir with train.load={where}")
+
+
 def check_same_prompts(meta: dict, paths: list[str], where: str) -> None:
     """A run resumed from its own checkpoint must read the prompt files it was saved with."""
     from r1mega.errors import ConfigError
@@ -175,9 +180,7 @@ def check_same_prompts(meta: dict, paths: list[str], where: str) -> None:
     saved = meta.get("prompts_sha256")
     if saved is not None and paths and saved != jsonl_digest(paths):
         raise ConfigError("rl.prompts", f"{where} was saved at a position in other prompt files (their content "
-                          f"differs); resuming would continue at a meaningless position. Give the same files, set "
-                          f"train.allow_data_change=true to continue on them deliberately, or start a new "
-                          f"train.run_dir with train.load={where}")
+                          f"differs); resuming would continue at a meaningless position. " + _resume_advice("files", where))
 
 
 def check_same_tokenizer(meta: dict, tok: Tokenizer, where: str) -> None:
@@ -189,8 +192,7 @@ def check_same_tokenizer(meta: dict, tok: Tokenizer, where: str) -> None:
     if saved is not None and saved != tok.fingerprint():
         raise ConfigError("data.tokenizer", f"{where} was trained with another tokenizer (vocabulary fingerprint "
                           f"{saved}, this run's {tok.path} is {tok.fingerprint()}); its token ids would be read as "
-                          f"other text. Give the same tokenizer, set train.allow_data_change=true to continue "
-                          f"deliberately, or start a new train.run_dir with train.load={where}")
+                          f"other text. " + _resume_advice("tokenizer", where))
 
 
 def check_same_seed(meta: dict, seed: int, where: str) -> None:
@@ -201,8 +203,7 @@ def check_same_seed(meta: dict, seed: int, where: str) -> None:
     saved = meta.get("data_seed")  # checkpoints from before it was recorded have none
     if saved is not None and saved != seed:
         raise ConfigError("seed", f"{where} was saved at seed={saved}, not {seed}; resuming would continue at its "
-                          f"prompt position in other prompts. Give the same seed, set train.allow_data_change=true "
-                          f"to continue deliberately, or start a new train.run_dir with train.load={where}")
+                          f"prompt position in other prompts. " + _resume_advice("seed", where))
 
 
 def check_prompts_fit(problems: list[dict], count_tokens, positions: int, what: str = "rl.prompts") -> None:

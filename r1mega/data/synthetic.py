@@ -167,9 +167,6 @@ def synthetic_prompts(kind: str, n: int, seed: int, heldout: bool) -> list[dict]
     return arithmetic_prompts(n, 10_007 if heldout else seed)
 
 
-TASKS = {"arithmetic": arithmetic_prompts}
-
-
 # ---- the corpus on disk (data.synthetic), under data.cache_dir ---------------------------------
 
 SYNTHETIC = ("arithmetic", "addition", "sum3")
@@ -205,10 +202,15 @@ def _tokenizer(root: str, corpus: list[str], chats: list[dict], vocab_size: int)
     return tok
 
 
-def _build(kind: str, root: str, docs: int, vocab_size: int) -> None:
+def _build_tokenizer(kind: str, root: str, docs: int, vocab_size: int) -> tuple[Tokenizer, list[str], list[dict]]:
+    """The corpus's tokenizer (trained unless there), and the texts the rest of the corpus is made of."""
     os.makedirs(root, exist_ok=True)
     corpus, chats = _texts(kind, docs)
-    tok = _tokenizer(root, corpus, chats, vocab_size)
+    return _tokenizer(root, corpus, chats, vocab_size), corpus, chats
+
+
+def _build(kind: str, root: str, docs: int, vocab_size: int) -> None:
+    tok, corpus, chats = _build_tokenizer(kind, root, docs, vocab_size)
     write_indexed(os.path.join(root, "pretrain"), (tok.encode(d + EOS) for d in corpus), tok.vocab_size)
     tmp = os.path.join(root, "sft.jsonl.tmp")
     with open(tmp, "w") as f:
@@ -216,12 +218,6 @@ def _build(kind: str, root: str, docs: int, vocab_size: int) -> None:
             f.write(json.dumps(c) + "\n")
     os.replace(tmp, os.path.join(root, "sft.jsonl"))
     open(os.path.join(root, "DONE"), "w").close()
-
-
-def _build_tokenizer(kind: str, root: str, docs: int, vocab_size: int) -> None:
-    os.makedirs(root, exist_ok=True)
-    corpus, chats = _texts(kind, docs)
-    _tokenizer(root, corpus, chats, vocab_size)
 
 
 def _corpus_dir(cfg: DataConfig, vocab_size: int) -> str:

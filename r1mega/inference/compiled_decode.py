@@ -5,8 +5,9 @@ step of a small model is almost all fixed per-op cost (~530 aten ops and the Pyt
 README "Rollout engine"). Here the model's decoding forward and the sampler run as one graph
 (torch.compile, inductor: fused C++ kernels on CPU, one call a step); the engine's bookkeeping and the
 noise stay outside; the cache view (block-table gather) is built in the graph. (The noise drawn in
-the graph, fused into the sampler's kernel, crashed inductor's 1-row kernel on the tiny model.) Shapes are dynamic (rows, cached length, pool size), so the
-step compiles once for one row and once for more (torch specialises size 1), not per step.
+the graph, fused into the sampler's kernel, crashed inductor's 1-row kernel on the tiny model.)
+Shapes are dynamic (rows, cached length, pool size), so the step compiles once for one row and once
+for more (torch specialises size 1), not per step.
 
 Not bitwise the eager step: the fused kernels sum in another order, and the sampler's top-p runs
 its 48 bisection rounds in the graph (eager decides few rows on the host). Tokens match eager's on

@@ -30,7 +30,7 @@ from r1mega.inference.paged_cache import NULL_BLOCK, BlockPool, decode_view, pre
 from r1mega.inference import compiled_decode
 from r1mega.kernels.block_attention import left_pad
 from r1mega.inference.sampling import gumbel_noise, row_keys_host, sample
-from r1mega.kernels.cpu_experts import SPREAD_EXPERTS_BELOW_ROWS, experts_over_cores, spreading_pays
+from r1mega.kernels.cpu_experts import decoding_spreads, experts_over_cores
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.pipeline import recv_activation, send_activation
 
@@ -644,8 +644,7 @@ class ContinuousBatcher:
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> None:
-        per_expert = getattr(self.model, "routed_rows_per_expert", lambda b: None)(min(len(self.rows), self.max_rows))
-        spread = per_expert is not None and per_expert <= SPREAD_EXPERTS_BELOW_ROWS and spreading_pays(self.device)
+        spread = decoding_spreads(self.model, min(len(self.rows), self.max_rows), self.device)
         with contextlib.ExitStack() as decoding:
             step = 0
             while True:

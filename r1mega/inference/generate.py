@@ -23,7 +23,7 @@ import torch.distributed as dist
 from r1mega.kernels.block_attention import documents_from_pad, left_pad
 from r1mega.inference.continuous import ContinuousBatcher, step_group
 from r1mega.inference.sampling import row_keys, sample
-from r1mega.kernels.cpu_experts import SPREAD_EXPERTS_BELOW_ROWS, experts_over_cores, spreading_pays
+from r1mega.kernels.cpu_experts import decoding_spreads, experts_over_cores
 from r1mega.parallel.layout import ParallelState, sequence_parallel_off
 from r1mega.parallel.pipeline import recv_activation, send_activation
 
@@ -260,8 +260,7 @@ def generate_static(model, ps: ParallelState, prompts: list[list[int]], gen: Gen
     # few rows per routed expert (GEMV-like expert GEMMs): on a multi-core CPU spread the experts over
     # the cores (kernels/cpu_experts.py) from the first decoding step on; the prompt's forward keeps
     # every intra-op thread (with one, a 512-token prompt's prefill ran 1.65x slower)
-    per_expert = getattr(model, "routed_rows_per_expert", lambda b: None)(B)
-    spread = per_expert is not None and per_expert <= SPREAD_EXPERTS_BELOW_ROWS and spreading_pays(device)
+    spread = decoding_spreads(model, B, device)
     with sequence_parallel_off(ps), _mode_restored(model, was_training), contextlib.ExitStack() as decoding:
         for step in range(gen.max_new_tokens):
             if step == 1 and spread:

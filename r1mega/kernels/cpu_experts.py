@@ -82,6 +82,13 @@ def spreading_pays(device: torch.device) -> bool:
     return SPREAD if SPREAD is not None else not blas_threads_small_gemms()
 
 
+def decoding_spreads(model, rows: int, device: torch.device) -> bool:
+    """Whether decoding `rows` rows of `model` should run inside `experts_over_cores`: a model with
+    routed experts giving each local expert few rows a step (GEMV-like), where spreading pays."""
+    per_expert = getattr(model, "routed_rows_per_expert", lambda b: None)(rows)
+    return per_expert is not None and per_expert <= SPREAD_EXPERTS_BELOW_ROWS and spreading_pays(device)
+
+
 @contextlib.contextmanager
 def experts_over_cores(device: torch.device):
     """Within the block (inference on CPU with several intra-op threads), grouped GEMMs of

@@ -33,7 +33,7 @@ from typing import Optional
 
 import torch
 
-from r1mega.config import Config, validate_rl, validate_training
+from r1mega.config import Config, RLConfig, validate_rl, validate_training
 from r1mega.data.jsonl import jsonl_digest
 from r1mega.data.prompts import (PromptSource, check_same_prompts, check_same_seed, check_same_tokenizer,
                                  prompt_tokenizer)
@@ -57,19 +57,19 @@ from r1mega.train.setup import Run, build_model, claim_run_dir, finish_run, own_
 
 
 @torch.no_grad()
-def evaluate_accuracy(chunks, ps: ParallelState, source: PromptSource, problems: list[dict],
-                      max_new_tokens: int, fallback: str) -> float:
-    """Greedy accuracy on held-out problems (split over DP ranks), judged as the rollout's samples
-    are: the response with its template prefix, once per model replica, the run's answer fallback."""
+def evaluate_accuracy(chunks, ps: ParallelState, source: PromptSource, problems: list[dict], rl: RLConfig) -> float:
+    """Greedy accuracy on held-out problems (split over DP ranks, rl.max_new_tokens each), judged as the
+    rollout's samples are: the response with its template prefix, once per model replica, the run's
+    rl.answer_fallback."""
     tok = source.tok
     mine = problems[ps.r("dp")::ps.dp]
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, eos_id=tok.eos_id, eos_ids=tok.eos_ids,
+    gen = GenerationConfig(max_new_tokens=rl.max_new_tokens, temperature=0.0, eos_id=tok.eos_id, eos_ids=tok.eos_ids,
                            stop=source.stop(), vocab_size=tok.vocab_size)
     rendered = [source.render(p) for p in mine]
     r = generate(chunks, ps, [source.encode(x) for x in rendered], gen)
     texts = [response_text(source, x, ids) for x, ids in zip(rendered, r.completions())]
     device = next(chunks.parameters()).device
-    hits = sum(t["accuracy"] for t in judge_batch(ps, ["accuracy"], texts, mine, fallback, device))
+    hits = sum(t["accuracy"] for t in judge_batch(ps, ["accuracy"], texts, mine, rl.answer_fallback, device))
     both = global_values({"hits": hits, "n": float(len(mine))}, ps, device)
     return both["hits"] / both["n"]
 
@@ -227,7 +227,7 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     history: dict[str, list] = {"accuracy": [], "reward": []}
     acc0 = None
     if held_out is not None:
-        acc0 = evaluate_accuracy(chunks, ps, policy.source, held_out, rl.max_new_tokens, rl.answer_fallback)
+        acc0 = evaluate_accuracy(chunks, ps, policy.source, held_out, rl)
         history["accuracy"].append((at.step, acc0))
         log.print(f"held-out accuracy before GRPO: {acc0:.3f}")
     last: Optional[StepMetrics] = None
@@ -260,7 +260,7 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
             last.extra.update(drawn)
             history["reward"].append((step, last.reward))
             if held_out is not None and eval_every and step % eval_every == 0 and step < t.steps:
-                last.heldout_accuracy = evaluate_accuracy(chunks, ps, policy.source, held_out, rl.max_new_tokens, rl.answer_fallback)
+                last.heldout_accuracy = evaluate_accuracy(chunks, ps, policy.source, held_out, rl)
                 history["accuracy"].append((step, last.heldout_accuracy))
             log.log(step, last.as_dict(), echo=step % t.log_interval == 0)
             save_due = save_due or bool(t.save_interval and step % t.save_interval == 0) or step == t.steps
@@ -270,7 +270,7 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
         at.index += 1
     acc1 = None
     if held_out is not None:
-        acc1 = evaluate_accuracy(chunks, ps, policy.source, held_out, rl.max_new_tokens, rl.answer_fallback)
+        acc1 = evaluate_accuracy(chunks, ps, policy.source, held_out, rl)
         history["accuracy"].append((t.steps, acc1))
         log.print(f"held-out accuracy after GRPO: {acc1:.3f}")
     log.close()

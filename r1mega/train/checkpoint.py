@@ -270,12 +270,9 @@ def verify_manifest(path: str, meta: dict) -> None:
     present = _manifest_files(path, tokenizer=bool(manifest.get(TOKENIZER_COVERED)))
     for name in sorted(set(files) | set(present)):
         where = os.path.join(path, name)
-        # the checkpoint stays refused while the file differs, whatever tokenizer is passed: say both steps
-        other = ("{}; to sample with another tokenizer, leave the checkpoint as saved and pass it (--tokenizer, "
-                 "data.tokenizer)" if name in TOKENIZER_FILES else "")
         if name not in files:
             raise CheckpointError(f"{where}: not part of the save ({MANIFEST} does not list it; copied in?)"
-                                  + other.format("; remove it"))
+                                  + _tokenizer_advice(name, "remove it"))
         if name not in present:
             raise CheckpointError(f"{where}: missing ({MANIFEST} lists it)")
         try:
@@ -284,7 +281,15 @@ def verify_manifest(path: str, meta: dict) -> None:
             raise CheckpointError(f"{where}: unreadable ({e.strerror})") from None
         if digest != files[name]:
             raise CheckpointError(f"{where}: differs from what was saved with this checkpoint ({MANIFEST}); "
-                                  f"edited or copied from another checkpoint" + other.format("; restore it"))
+                                  f"edited or copied from another checkpoint" + _tokenizer_advice(name, "restore it"))
+
+
+def _tokenizer_advice(name: str, fix: str) -> str:
+    """For a tokenizer file: the checkpoint stays refused while it differs, whatever tokenizer is
+    passed, so say both steps; nothing for other files."""
+    if name not in TOKENIZER_FILES:
+        return ""
+    return f"; {fix}, and to sample with another tokenizer pass it (--tokenizer, data.tokenizer)"
 
 
 def _unused_name(base: str) -> str:

@@ -69,15 +69,21 @@ def training_data(cfg: DataConfig, kind: str, vocab_size: int, seed: int, load: 
     return SFTData(d.paths[0], tok, d.seq_length, seed, d.sft_template), d.tokenizer
 
 
-def check_same_sft_data(meta: dict, digest: str, where: str) -> None:
-    """An SFT run resumed from its own checkpoint reads the data file it was saved with: the saved
-    position (consumed rows) means nothing in another file, and the run would not be the one resumed."""
-    saved = meta.get("data_sha256")  # checkpoints from before it was recorded have none
-    if saved is not None and saved != digest:
+def check_same_sft_data(meta: dict, record: dict, where: str, how: str) -> None:
+    """An SFT run resumed from its own checkpoint reads the data file it was saved with, packed into the
+    same rows: the saved position (consumed rows) means nothing in another file, or in the same file
+    rendered by another template or tokenizer. Checkpoints from before each was recorded have none."""
+    saved = meta.get("data_sha256")
+    if saved is not None and saved != record["data_sha256"]:
         raise ConfigError("data.paths", f"{where} was saved at a position in other SFT data (the file's content "
-                          f"differs); resuming would continue at a meaningless position. Give the same file, "
-                          f"set train.allow_data_change=true to continue on it deliberately, or start a new "
-                          f"train.run_dir with train.load={where}")
+                          f"differs); " + how)
+    saved_template = meta.get("data_sft_template")
+    if saved_template is not None and saved_template != record["data_sft_template"]:
+        raise ConfigError("data.sft_template", f"{where} was saved on rows rendered with data.sft_template="
+                          f"{saved_template}, this run renders {record['data_sft_template']}; " + how)
+    if meta.get("data_rows") not in (None, record["data_rows"]):
+        raise ConfigError("data.tokenizer", f"{where} was saved on other rows of this file: the tokenizer "
+                          f"(its vocabulary, chat template or end-of-sequence token) differs; " + how)
 
 
 def check_same_data(meta: dict, record: dict, seq_length: int, where: str) -> None:
@@ -95,15 +101,7 @@ def check_same_data(meta: dict, record: dict, seq_length: int, where: str) -> No
         raise ConfigError("data.seq_length", f"{where} was saved at data.seq_length={saved_len}, not {seq_length}; "
                           + how)
     if "data_sha256" in record:
-        check_same_sft_data(meta, record["data_sha256"], where)
-        # the same file packs into other rows under another template or tokenizer
-        saved_template = meta.get("data_sft_template")
-        if saved_template is not None and saved_template != record["data_sft_template"]:
-            raise ConfigError("data.sft_template", f"{where} was saved on rows rendered with data.sft_template="
-                              f"{saved_template}, this run renders {record['data_sft_template']}; " + how)
-        if meta.get("data_rows") not in (None, record["data_rows"]):
-            raise ConfigError("data.tokenizer", f"{where} was saved on other rows of this file: the tokenizer "
-                              f"(its vocabulary, chat template or end-of-sequence token) differs; " + how)
+        check_same_sft_data(meta, record, where, how)
         return
     saved = meta.get("data_files")
     if saved is None:
