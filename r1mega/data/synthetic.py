@@ -202,15 +202,10 @@ def _tokenizer(root: str, corpus: list[str], chats: list[dict], vocab_size: int)
     return tok
 
 
-def _build_tokenizer(kind: str, root: str, docs: int, vocab_size: int) -> tuple[Tokenizer, list[str], list[dict]]:
-    """The corpus's tokenizer (trained unless there), and the texts the rest of the corpus is made of."""
+def _build(kind: str, root: str, docs: int, vocab_size: int) -> None:
     os.makedirs(root, exist_ok=True)
     corpus, chats = _texts(kind, docs)
-    return _tokenizer(root, corpus, chats, vocab_size), corpus, chats
-
-
-def _build(kind: str, root: str, docs: int, vocab_size: int) -> None:
-    tok, corpus, chats = _build_tokenizer(kind, root, docs, vocab_size)
+    tok = _tokenizer(root, corpus, chats, vocab_size)
     write_indexed(os.path.join(root, "pretrain"), (tok.encode(d + EOS) for d in corpus), tok.vocab_size)
     tmp = os.path.join(root, "sft.jsonl.tmp")
     with open(tmp, "w") as f:
@@ -218,6 +213,11 @@ def _build(kind: str, root: str, docs: int, vocab_size: int) -> None:
             f.write(json.dumps(c) + "\n")
     os.replace(tmp, os.path.join(root, "sft.jsonl"))
     open(os.path.join(root, "DONE"), "w").close()
+
+
+def _build_tokenizer(kind: str, root: str, docs: int, vocab_size: int) -> None:
+    os.makedirs(root, exist_ok=True)
+    _tokenizer(root, *_texts(kind, docs), vocab_size)
 
 
 def _corpus_dir(cfg: DataConfig, vocab_size: int) -> str:
