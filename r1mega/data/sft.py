@@ -31,11 +31,10 @@ import numpy as np
 import torch
 
 from r1mega.data.jsonl import DataError, iter_jsonl, jsonl_digest
-from r1mega.data.tokenizer import ASSISTANT, BOS, EOS, USER, Tokenizer
+from r1mega.data.tokenizer import Tokenizer, render, render_sampled, resolve_template
 from r1mega.errors import ConfigError
 
 IGNORE = -100
-SFT_TEMPLATES = ("auto", "model", "r1", "raw")
 
 
 def _token_ids(rec: dict, key: str, where: str) -> list[int]:
@@ -48,13 +47,15 @@ def _token_ids(rec: dict, key: str, where: str) -> list[int]:
 def read_sft_jsonl(path: str) -> list[tuple[list[dict], Optional[tuple[list[int], list[int], Optional[str]]]]]:
     """(conversation, (prompt_ids, completion_ids, tokenizer fingerprint) or None) per record,
     validated like read_chat_jsonl."""
-    return [(msgs, ids) for _, msgs, ids in _sft_records(path)]
+    return [(msgs, ids) for _, msgs, ids in _sft_records(path)[0]]
 
 
-def _sft_records(path: str) -> list[tuple[str, list[dict], Optional[tuple[list[int], list[int], Optional[str]]]]]:
-    """read_sft_jsonl's records, each with where it is (file:line)."""
+def _sft_records(path: str) -> tuple[list[tuple[str, list[dict], Optional[tuple[list[int], list[int], Optional[str]]]]], str]:
+    """read_sft_jsonl's records, each with where it is (file:line), and the file's digest (what a
+    checkpoint's position in it refers to)."""
+    lines, digest = list(iter_jsonl(path)), jsonl_digest([path])
     out = []
-    for where, rec in iter_jsonl(path):
+    for where, rec in lines:
         msgs = _messages(rec, where)
         ids = None
         if "prompt_ids" in rec or "completion_ids" in rec:
@@ -64,7 +65,7 @@ def _sft_records(path: str) -> list[tuple[str, list[dict], Optional[tuple[list[i
             if not ids[1]:
                 raise DataError(f"{where}: 'completion_ids' is empty, nothing to learn from")
         out.append((where, msgs, ids))
-    return out
+    return out, digest
 
 
 def read_chat_jsonl(path: str) -> list[list[dict]]:
@@ -83,91 +84,6 @@ def _messages(rec: dict, where: str) -> list[dict]:
     if not any(m["role"] == "assistant" for m in msgs):
         raise DataError(f"{where}: no assistant message, nothing to learn from")
     return msgs
-
-
-def resolve_template(template: str, tok: Tokenizer) -> str:
-    """The template `auto` stands for with this tokenizer; a template it cannot render is refused."""
-    if template not in SFT_TEMPLATES:
-        raise ConfigError("data.sft_template", f"expected one of {SFT_TEMPLATES}, got {template!r}")
-    has_own = bool(getattr(tok, "chat_template", None))
-    if template == "model" and not has_own:
-        raise ConfigError("data.sft_template", f"model: tokenizer {getattr(tok, 'path', tok)} has no chat_template "
-                          "(tokenizer_config.json or chat_template.jinja); use r1 or raw")
-    return ("model" if has_own else "r1") if template == "auto" else template
-
-
-def _model_template_pieces(messages: list[dict], tok: Tokenizer) -> list[tuple[str, bool]]:
-    """(text, learned) pieces of a conversation rendered by the tokenizer's own chat template."""
-    pieces, done = [], ""
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        before = tok.apply_chat_template(messages[:i], add_generation_prompt=True)
-        through = tok.apply_chat_template(messages[:i + 1], add_generation_prompt=False)
-        if not before.startswith(done) or not through.startswith(before):
-            raise DataError(f"data.sft_template=model: the chat template does not render this conversation as a "
-                            f"growing text (turn {i} rewrites earlier turns, e.g. drops old thoughts); "
-                            "use data.sft_template=r1 or raw")
-        reply = through[len(before):]
-        if "".join(m["content"].split()) not in "".join(reply.split()):
-            # e.g. DeepSeek-R1's template keeps only what follows </think>: the thought would never be learned
-            raise DataError(f"data.sft_template=model: the chat template does not render assistant turn {i} whole "
-                            f"(it renders {reply[:80]!r} for {m['content'][:80]!r}; DeepSeek-R1's template drops "
-                            f"the thought before </think>), so SFT would not learn what it drops; use "
-                            f"data.sft_template=r1 or raw")
-        pieces += [(before[len(done):], False), (reply, True)]
-        done = through
-    return pieces
-
-
-def render(messages: list[dict], tok: Tokenizer, template: str = "r1") -> tuple[list[int], list[bool]]:
-    """Token ids and a mask that is True on the tokens the model learns (assistant turns + their end)."""
-    ids, learn = [], []
-
-    def add(text: str, trained: bool):
-        piece = tok.encode(text)
-        ids.extend(piece)
-        learn.extend([trained] * len(piece))
-
-    template = resolve_template(template, tok)
-    if template == "model":
-        for text, trained in _model_template_pieces(messages, tok):
-            add(text, trained)
-        return ids, learn
-    if template == "raw":
-        if getattr(tok, "add_bos", False) and tok.bos_id is not None:
-            ids, learn = [tok.bos_id], [False]
-        context = []
-        for m in messages:
-            if m["role"] != "assistant":
-                context.append(m["content"])
-                continue
-            if context:
-                add("\n".join(context), False)
-                context = []
-            add(m["content"], True)
-            ids.append(tok.eos_id)
-            learn.append(True)
-        return ids, learn
-    add(BOS, False)
-    for m in messages:
-        if m["role"] == "system":
-            add(m["content"], False)
-        elif m["role"] == "user":
-            add(USER + m["content"], False)
-        else:
-            add(ASSISTANT, False)
-            add(m["content"] + EOS, True)
-    return ids, learn
-
-
-def render_sampled(prompt_ids: list[int], completion_ids: list[int], eos_id: Optional[int],
-                   ends: tuple[int, ...] = ()) -> tuple[list[int], list[bool]]:
-    """A rejection-sampled record as the model saw and wrote it: the sampled tokens are learned as
-    they are, then EOS (when the sample did not end with it)."""
-    ended = completion_ids[-1] == eos_id or completion_ids[-1] in ends  # ends: the tokenizer's other end ids
-    tail = [eos_id] if eos_id is not None and not ended else []
-    return list(prompt_ids) + list(completion_ids) + tail, [False] * len(prompt_ids) + [True] * (len(completion_ids) + len(tail))
 
 
 @dataclass
@@ -237,10 +153,8 @@ def rows_digest(rows: list) -> str:
 
 class SFTData:
     def __init__(self, path: str, tok: Tokenizer, seq_length: int, seed: int, template: str = "auto"):
-        wheres, records = [], []
-        for where, msgs, ids in _sft_records(path):
-            wheres.append(where)
-            records.append((msgs, ids))
+        read, self.digest = _sft_records(path)  # the digest: what a checkpoint's data position refers to
+        wheres, records = [where for where, _, _ in read], [(msgs, ids) for _, msgs, ids in read]
         if not records:
             raise DataError(f"{path}: no conversations (the file is empty or has only blank lines)")
         pad = tok.eos_id if tok.eos_id is not None else 0
@@ -275,7 +189,6 @@ class SFTData:
                   f"{seq_length} and were truncated to it", file=sys.stderr, flush=True)
         self.seed = seed
         self.num_conversations = len(records)
-        self.digest = jsonl_digest([path])  # what a checkpoint's data position refers to
         self.rows_digest = rows_digest(self.rows)  # and what the file packs into, through tok and template
 
     def _row(self, i: int) -> PackedRow:

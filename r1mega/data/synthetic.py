@@ -217,7 +217,8 @@ def _build(kind: str, root: str, docs: int, vocab_size: int) -> None:
 
 def _build_tokenizer(kind: str, root: str, docs: int, vocab_size: int) -> None:
     os.makedirs(root, exist_ok=True)
-    _tokenizer(root, *_texts(kind, docs), vocab_size)
+    corpus, chats = _texts(kind, docs)
+    _tokenizer(root, corpus, chats, vocab_size)
 
 
 def _corpus_dir(cfg: DataConfig, vocab_size: int) -> str:

@@ -1,4 +1,5 @@
-"""Tokenizers: Hugging Face `tokenizer.json` (DeepSeek's own) or a sentencepiece model (small runs)."""
+"""Tokenizers: Hugging Face `tokenizer.json` (DeepSeek's own) or a sentencepiece model (small runs), and how a
+conversation becomes their tokens under `data.sft_template` (render, render_sampled)."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,8 @@ import os
 import re
 import shutil
 from typing import Optional
+
+from r1mega.errors import ConfigError, DataError, R1MegaError
 
 # DeepSeek-R1's chat markers; a sentencepiece model for small runs is trained with them as symbols
 BOS = "<｜begin▁of▁sentence｜>"
@@ -173,13 +176,9 @@ class Tokenizer:
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """Render a chat with the tokenizer's own template (transformers' sandboxed jinja renderer)."""
         if not self.chat_template:
-            from r1mega.errors import ConfigError
-
             raise ConfigError("data.tokenizer", f"{self.path}: no chat_template in tokenizer_config.json "
                              "(or chat_template.jinja); use rl.template=r1_zero or raw")
         from transformers.utils.chat_template_utils import render_jinja_template
-
-        from r1mega.errors import DataError
 
         try:
             rendered, _ = render_jinja_template([messages], chat_template=self.chat_template,
@@ -191,11 +190,99 @@ class Tokenizer:
         return rendered[0]
 
 
+# How a conversation becomes tokens (`data.sft_template`, see data/sft.py): the template's text pieces
+# encoded one by one, each marked learned or not, so the learned span is exact in tokens
+SFT_TEMPLATES = ("auto", "model", "r1", "raw")
+
+
+def resolve_template(template: str, tok: Tokenizer) -> str:
+    """The template `auto` stands for with this tokenizer; a template it cannot render is refused."""
+    if template not in SFT_TEMPLATES:
+        raise ConfigError("data.sft_template", f"expected one of {SFT_TEMPLATES}, got {template!r}")
+    has_own = bool(getattr(tok, "chat_template", None))
+    if template == "model" and not has_own:
+        raise ConfigError("data.sft_template", f"model: tokenizer {getattr(tok, 'path', tok)} has no chat_template "
+                          "(tokenizer_config.json or chat_template.jinja); use r1 or raw")
+    return ("model" if has_own else "r1") if template == "auto" else template
+
+
+def _model_template_pieces(messages: list[dict], tok: Tokenizer) -> list[tuple[str, bool]]:
+    """(text, learned) pieces of a conversation rendered by the tokenizer's own chat template."""
+    pieces, done = [], ""
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = tok.apply_chat_template(messages[:i], add_generation_prompt=True)
+        through = tok.apply_chat_template(messages[:i + 1], add_generation_prompt=False)
+        if not before.startswith(done) or not through.startswith(before):
+            raise DataError(f"data.sft_template=model: the chat template does not render this conversation as a "
+                            f"growing text (turn {i} rewrites earlier turns, e.g. drops old thoughts); "
+                            "use data.sft_template=r1 or raw")
+        reply = through[len(before):]
+        if "".join(m["content"].split()) not in "".join(reply.split()):
+            # e.g. DeepSeek-R1's template keeps only what follows </think>: the thought would never be learned
+            raise DataError(f"data.sft_template=model: the chat template does not render assistant turn {i} whole "
+                            f"(it renders {reply[:80]!r} for {m['content'][:80]!r}; DeepSeek-R1's template drops "
+                            f"the thought before </think>), so SFT would not learn what it drops; use "
+                            f"data.sft_template=r1 or raw")
+        pieces += [(before[len(done):], False), (reply, True)]
+        done = through
+    return pieces
+
+
+def render(messages: list[dict], tok: Tokenizer, template: str = "r1") -> tuple[list[int], list[bool]]:
+    """Token ids and a mask that is True on the tokens the model learns (assistant turns + their end)."""
+    ids, learn = [], []
+
+    def add(text: str, trained: bool):
+        piece = tok.encode(text)
+        ids.extend(piece)
+        learn.extend([trained] * len(piece))
+
+    template = resolve_template(template, tok)
+    if template == "model":
+        for text, trained in _model_template_pieces(messages, tok):
+            add(text, trained)
+        return ids, learn
+    if template == "raw":
+        if getattr(tok, "add_bos", False) and tok.bos_id is not None:
+            ids, learn = [tok.bos_id], [False]
+        context = []
+        for m in messages:
+            if m["role"] != "assistant":
+                context.append(m["content"])
+                continue
+            if context:
+                add("\n".join(context), False)
+                context = []
+            add(m["content"], True)
+            ids.append(tok.eos_id)
+            learn.append(True)
+        return ids, learn
+    add(BOS, False)
+    for m in messages:
+        if m["role"] == "system":
+            add(m["content"], False)
+        elif m["role"] == "user":
+            add(USER + m["content"], False)
+        else:
+            add(ASSISTANT, False)
+            add(m["content"] + EOS, True)
+    return ids, learn
+
+
+def render_sampled(prompt_ids: list[int], completion_ids: list[int], eos_id: Optional[int],
+                   ends: tuple[int, ...] = ()) -> tuple[list[int], list[bool]]:
+    """A rejection-sampled record as the model saw and wrote it: the sampled tokens are learned as
+    they are, then EOS (when the sample did not end with it)."""
+    ended = completion_ids[-1] == eos_id or completion_ids[-1] in ends  # ends: the tokenizer's other end ids
+    tail = [eos_id] if eos_id is not None and not ended else []
+    return list(prompt_ids) + list(completion_ids) + tail, [False] * len(prompt_ids) + [True] * (len(completion_ids) + len(tail))
+
+
 def check_fits(tok: Tokenizer, model_vocab: int) -> None:
     """A token id past the embedding would index out of range: refuse before any weight exists."""
     if tok.vocab_size > model_vocab:
-        from r1mega.config import ConfigError
-
         raise ConfigError("data.tokenizer", f"{tok.path} has {tok.vocab_size} tokens but the model's embedding "
                           f"has model.vocab_size={model_vocab} rows")
 
@@ -238,8 +325,6 @@ def _train_spm(spm, texts: list[str], prefix: str, vocab_size: int) -> None:
 
 def load_tokenizer(path: str, what: str = "data.tokenizer") -> Tokenizer:
     """Tokenizer(path), with a missing, corrupt or foreign file reported as a DataError naming it."""
-    from r1mega.errors import DataError, R1MegaError
-
     try:
         return Tokenizer(path)
     except R1MegaError:
