@@ -10,6 +10,8 @@ seed, whatever the TP size.
 """
 from __future__ import annotations
 
+import bisect
+import math
 from typing import Optional
 
 import numpy as np
@@ -25,7 +27,7 @@ FEW_ROWS_ON_HOST = 16  # top-p bisection rows run on the host (one process; meas
 MANY_TOKENS = 4096  # ... and any number of rows of a vocabulary this large (48 rounds over [b, V] cost more)
 PREFIX = 256  # ... from the largest logits, sorted (more, 8x at a time, when the crossing lies further down)
 MARGIN = 16  # ... holding this many past where the float cumsum crosses top_p (the exact verdicts decide)
-SPARSE_NOISE = 8  # the noise is drawn for the support alone when it holds under 1/8 of the ids
+SPARSE_NOISE = 8  # the noise of such a vocabulary is drawn for the support alone when it holds < 1/8 of it
 
 
 def _global_argmax(values: torch.Tensor, start: int, group) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,6 +112,8 @@ def uniform_noise(row_keys: torch.Tensor, first: int, n: int) -> torch.Tensor:
     On CPU the same integer arithmetic runs in numpy (bitwise equal; a tenth of the ops' overhead:
     a decoding step of few rows paid ~0.1 ms for the noise as tensor ops)."""
     if row_keys.device.type == "cpu":
+        if row_keys.shape[0] * n <= _CHUNK_ELEMENTS:
+            return torch.from_numpy(next(_uniform_chunks(row_keys, first, n))[1])
         out = np.empty((row_keys.shape[0], n), dtype=np.float64)
         for lo, u in _uniform_chunks(row_keys, first, n):
             out[:, lo:lo + u.shape[1]] = u
@@ -129,21 +133,21 @@ def uniform_noise_at(row_keys: torch.Tensor, rows: torch.Tensor, cols: torch.Ten
 
 
 def _gumbel(u: torch.Tensor) -> torch.Tensor:
-    """float32 -log(-log(u)) of a float64 tensor it may overwrite, on a flat buffer of whole vector
-    lanes, so that a number's bits do not depend on where it sits (the whole noise or a support's few
-    numbers alone)."""
+    """float32 -log(-log(u)) of float64 u, on a flat buffer of whole vector lanes, so that a number's
+    bits do not depend on where it sits (the whole noise or a support's few numbers alone)."""
     flat = u.reshape(-1)
     pad = -flat.numel() % _LANES
     if pad:
         flat = torch.cat([flat, flat.new_full((pad,), 0.5)])
-    return flat.log_().neg_().log_().neg_()[:u.numel()].to(torch.float32).view(u.shape)
+    return (-torch.log(-torch.log(flat)))[:u.numel()].to(torch.float32).view(u.shape)
 
 
 def gumbel_noise(row_keys: torch.Tensor, first: int, n: int) -> torch.Tensor:
     """float32 Gumbel noise -log(-log(u)) for columns [first, first + n) of rows keyed by row_keys
-    (on CPU a column block at a time, in cache: 16 rows of a 152K vocabulary 46 -> ~25 ms)."""
-    if row_keys.device.type != "cpu":
-        return _gumbel(uniform_noise(row_keys, first, n))
+    (on CPU a large one a column block at a time, in cache: 16 rows of 152K ids 46 -> ~25 ms)."""
+    if row_keys.device.type != "cpu" or row_keys.shape[0] * n <= _CHUNK_ELEMENTS:
+        u = uniform_noise(row_keys, first, n)
+        return _gumbel(u) if u.numel() % _LANES else (-torch.log(-torch.log(u))).to(torch.float32)
     out = torch.empty((row_keys.shape[0], n), dtype=torch.float32)
     for lo, u in _uniform_chunks(row_keys, first, n):
         out[:, lo:lo + u.shape[1]] = _gumbel(torch.from_numpy(u))
@@ -199,21 +203,19 @@ def _bisection_settled(masked, probs, total, top_p: float, lo: torch.Tensor, hi:
 
 
 def _host_prefix(masked: torch.Tensor, hi: torch.Tensor, total: torch.Tensor, top_p: float
-                 ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(the rows' K largest logits, descending; where their cumulative mass, as a float cumsum
     estimates it, crosses top_p), for the smallest K of 256, 2048, ... that holds every row's crossing
     and a window past it (a real LM's top-p set is a small part of its vocabulary: sorting all of a
-    152K vocabulary cost 180 ms for 16 rows). None when NaN logits make the order meaningless."""
+    152K vocabulary cost 180 ms for 16 rows). NaN logits sort first (the caller refuses them)."""
     V = masked.shape[-1]
-    k = min(V, PREFIX)
+    k = V if V <= 4 * PREFIX else PREFIX  # (a small vocabulary sorts whole: faster than its top-k)
     while True:
         top = masked.topk(k, dim=-1).values if k < V else masked.sort(-1, descending=True).values
-        if torch.isnan(top[:, 0]).any():
-            return None
         below = ((top - hi[:, None]).exp().cumsum(-1) / total[:, None] < top_p).sum(-1)  # ~ kept count - 1
         if k == V or int(below.max()) + MARGIN < k:
             return top, below.clamp(max=k - 1)
-        k = min(V, k * 8)
+        k = V if k * 16 >= V else k * 8  # (near the whole vocabulary a sort costs less than a top-k)
 
 
 def _bisection_on_host(masked, probs, total, top_p: float, lo: torch.Tensor, hi: torch.Tensor
@@ -232,41 +234,39 @@ def _bisection_on_host(masked, probs, total, top_p: float, lo: torch.Tensor, hi:
     b, V = masked.shape
     if masked.device.type != "cpu" or (b > FEW_ROWS_ON_HOST and V < MANY_TOKENS):  # (measured on CPU)
         return None
-    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-        return None
-    found = _host_prefix(masked, hi, total, top_p)
-    if found is None:
-        return None
-    top, below = found
+    top, below = _host_prefix(masked, hi, total, top_p)
     K = top.shape[-1]
 
-    def reaches(pos: torch.Tensor) -> torch.Tensor:  # the loop's verdict at the threshold top[pos] (pos -1: none)
-        kept_mass = (probs * (masked >= top.gather(1, pos.clamp(0, K - 1)[:, None]))).sum(-1)
-        return (kept_mass / total >= top_p) & (pos >= 0)
+    def reaches(pos: torch.Tensor) -> torch.Tensor:
+        """The loop's verdicts at the thresholds top[pos] (pos [b, m]; -1: above every logit, none)."""
+        thresholds = top.gather(1, pos.clamp(0, K - 1))
+        kept_mass = (probs[:, None, :] * (masked[:, None, :] >= thresholds[:, :, None])).sum(-1)
+        return (kept_mass / total[:, None] >= top_p) & (pos >= 0)
 
     # the first sorted position whose threshold reaches top_p: the cumsum's guess, checked against the
-    # next larger value (the guess's ties included); otherwise searched over the prefix in step
-    greater = (top > top.gather(1, below[:, None])).sum(-1) - 1  # the last position of a larger value
-    guessed = reaches(below) & ~reaches(greater)
+    # next larger logit (the guess's ties included) in one pass; else searched over the prefix in step
+    greater = (top > top.gather(1, below[:, None])).sum(-1) - 1  # the last position of a larger logit
+    verdicts = reaches(torch.stack([below, greater], dim=1))
+    guessed = verdicts[:, 0] & ~verdicts[:, 1]
     first = below
     if not guessed.all():
         low, high = torch.full((b,), -1), torch.full((b,), K - 1)
-        if not (reaches(high) | guessed).all():
+        if not (reaches(high[:, None])[:, 0] | guessed).all():
             return None  # the prefix's last threshold does not reach top_p: the tensor loop
         while bool((high - low > 1).any()):
             mid = (low + high) // 2
-            ok = reaches(mid)
+            ok = reaches(mid[:, None])[:, 0]
             high, low = torch.where(ok, mid, high), torch.where(ok, low, mid)
         first = torch.where(guessed, below, high)
-    thresholds = top.gather(1, first[:, None])[:, 0].numpy()
-    ascending = top.flip(-1).numpy()  # a copy, contiguous
-    los, his, f32 = lo.numpy(), hi.numpy(), np.float32
+    thresholds = top.gather(1, first[:, None])[:, 0].tolist()
+    ascending, los, his, f32 = top.flip(-1).tolist(), lo.tolist(), hi.tolist(), np.float32
     out = []
-    for r in range(b):
-        vals = ascending[r]
+    for r, vals in enumerate(ascending):  # Python floats and bisect: a few us a round, numpy's calls more
+        if vals[-1] != vals[-1] or not (math.isfinite(los[r]) and math.isfinite(his[r])):
+            return None  # NaN logits: leave them to the tensor loop
 
-        def kept(threshold) -> int:  # K for any threshold at or below the prefix's last logit: >= k*
-            return K - int(np.searchsorted(vals, threshold, "left"))
+        def kept(threshold: float) -> int:  # K for any threshold at or below the prefix's last logit: >= k*
+            return K - bisect.bisect_left(vals, threshold)
 
         need = kept(thresholds[r])
         if need >= K and K < V:
@@ -274,19 +274,19 @@ def _bisection_on_host(masked, probs, total, top_p: float, lo: torch.Tensor, hi:
         a, b_ = f32(los[r]), f32(his[r])
         for _ in range(BISECTION_STEPS):
             mid = (a + b_) / f32(2)
-            if kept(mid) >= need:
+            if kept(float(mid)) >= need:
                 a = mid
             else:
                 b_ = mid
-            between = int(np.searchsorted(vals, a, "right"))
-            if between == K or vals[between] >= b_:  # settled (see _bisection_settled)
-                if kept(b_) >= need:
+            between = bisect.bisect_right(vals, float(a))
+            if between == K or vals[between] >= float(b_):  # settled (see _bisection_settled)
+                if kept(float(b_)) >= need:
                     if np.nextafter(a, b_) == b_:
                         continue  # neighbouring floats: a midpoint rounds to an end; bisect on
                     a = b_
                 break
-        out.append(a)
-    return torch.tensor(np.array(out, dtype=np.float32), dtype=masked.dtype, device=masked.device)
+        out.append(float(a))
+    return torch.tensor(out, dtype=masked.dtype, device=masked.device)
 
 
 @torch.no_grad()
@@ -367,7 +367,8 @@ def sample(logits: torch.Tensor, ps: ParallelState, temperature: float, top_p: f
     support = None
     if 0 < top_k < vocab or top_p < 1.0 or vocab < n_local * ps.tp:  # else every id is in the support
         support = sampler_support(scaled, ps, top_p, top_k, vocab)
-    if gumbel is None and support is not None and int(support.sum()) * SPARSE_NOISE < support.numel():
+    if (gumbel is None and support is not None and n_local >= MANY_TOKENS
+            and int(support.sum()) * SPARSE_NOISE < support.numel()):
         # noise for the support alone (the same numbers): a top-p set is a few hundred of a real
         # vocabulary's 150K ids, and hashing every id was most of a sampled step
         rows, cols = support.nonzero(as_tuple=True)
