@@ -168,6 +168,21 @@ def test_store_repairs_a_torn_tail_and_refuses_other_settings(tmp_path):
         SampleStore(str(tmp_path), 3, meta)
 
 
+def test_store_compares_stop_strings_as_a_set(tmp_path):
+    """The same --stop strings in another order (or one given twice) stop the same samples: a resume
+    with them continues; another set is refused."""
+    from r1mega.errors import ConfigError
+    from r1mega.generation.store import SampleStore
+
+    meta = lambda *stop: {"template": "raw", "model": "/m", "sampling": {"temperature": 0.6, "stop": list(stop)}}  # noqa: E731
+    SampleStore(str(tmp_path), 1, meta("</answer>", "\n\n")).close()
+    SampleStore(str(tmp_path), 1, meta("\n\n", "</answer>")).close()
+    SampleStore(str(tmp_path), 1, meta("\n\n", "</answer>", "\n\n")).close()
+    with pytest.raises(ConfigError, match="different settings"):
+        SampleStore(str(tmp_path), 1, meta("</answer>"))
+    assert json.loads((tmp_path / "meta.json").read_text())["sampling"]["stop"] == ["</answer>", "\n\n"]
+
+
 def test_hf_directory_greedy_equals_transformers(tiny, tmp_path):
     """A Hugging Face directory loads as a model source; greedy completions equal transformers'."""
     import torch
