@@ -183,6 +183,29 @@ def test_store_compares_stop_strings_as_a_set(tmp_path):
     assert json.loads((tmp_path / "meta.json").read_text())["sampling"]["stop"] == ["</answer>", "\n\n"]
 
 
+def test_a_stop_string_ending_inside_a_token_ends_the_written_text_with_it():
+    """A completion stopped by a string that ends inside its last token ("9" in "19x"): the written text
+    ends with the stop string (as vLLM's does), the earliest of them whatever their order; the ids stay as
+    sampled; EOS and length endings keep their whole text."""
+    from r1mega.generation.sampling_rounds import SamplingParams, Sample, _finish
+
+    class Tok:
+        pieces = {1: "A: ", 2: "19x", 3: " Q", 4: "</s>"}
+        eos_ids = {4}
+
+        def decode(self, ids):
+            return "".join(self.pieces[i] for i in ids)
+
+    tok = Tok()
+    ids = [1, 2]
+    params = SamplingParams(stop=["x", "9"])
+    text, reason = _finish(ids, tok.decode(ids), tok, params)
+    assert (text, reason) == ("A: 19", "stop")
+    assert Sample(0, text, 3, len(ids), reason, [7], ids).completion_ids == [1, 2]
+    assert _finish([1, 2, 4], tok.decode([1, 2, 4]), tok, params) == ("A: 19x", "eos")
+    assert _finish([1, 3], tok.decode([1, 3]), tok, params) == ("A:  Q", "length")
+
+
 def test_hf_directory_greedy_equals_transformers(tiny, tmp_path):
     """A Hugging Face directory loads as a model source; greedy completions equal transformers'."""
     import torch
@@ -215,6 +238,7 @@ def test_hf_directory_greedy_equals_transformers(tiny, tmp_path):
 
 def test_reject_sample_keeps_the_sampled_ids_and_sft_trains_them(tiny, tmp_path):
     """The ids a model sampled reach SFT unchanged (not the text encoded again)."""
+    from r1mega.data.prompts import cut_after_stop
     from r1mega.data.sft import IGNORE, SFTData
     from r1mega.data.tokenizer import Tokenizer
 
@@ -234,7 +258,9 @@ def test_reject_sample_keeps_the_sampled_ids_and_sft_trains_them(tiny, tmp_path)
     for r in kept:
         assert r["prompt_ids"] == tok.encode(r["messages"][0]["content"])
         ids = r["completion_ids"]
-        assert tok.decode(ids[:-1] if ids[-1] == tok.eos_id else ids) == r["messages"][-1]["content"]
+        text = tok.decode(ids[:-1] if ids[-1] == tok.eos_id else ids)
+        # the stop string " " can end inside the last token: the text ends with it, the ids keep the token
+        assert r["messages"][-1]["content"] == (text if ids[-1] == tok.eos_id else cut_after_stop(text, [" "]))
     data = SFTData(str(out / "sft.jsonl"), tok, seq_length=64, seed=0, template="raw")
     assert data.sampled == len(rows)
     trained = sorted(row.labels[row.labels != IGNORE].tolist() for row in data.rows)

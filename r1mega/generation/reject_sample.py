@@ -11,7 +11,8 @@ response}], "id", "sample", "prompt_ids", "completion_ids", "tokenizer"}, the ch
 reads (data.paths=[<out>/sft.jsonl]); SFT with the same tokenizer (its `fingerprint()` equals
 "tokenizer") trains the sampled completion_ids exactly as the model wrote them (re-encoding the text
 can give other tokens: a sampled "▁A" becomes "A"); another tokenizer (a distillation student's)
-trains the text. Samples filtered
+trains the text. A stop string can end inside the last sampled token: the text ends with the stop
+string (as vLLM's does), the ids keep the whole token as sampled. Samples filtered
 from a store without ids (--samples-from an older run) are written as text only.
 <out>/report.json has the counts.
 Prints kept/total and the count per rejection reason; the last line is
