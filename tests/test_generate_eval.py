@@ -131,11 +131,18 @@ def test_four_ranks_match_one_process_and_completions_score_the_same(tiny, tmp_p
     from cli_in_process import run_main
     from r1mega.cli import main
 
-    scored = run_main(main, ["eval", "--data", tiny["prompts"], "--completions", comp, "--out", tmp_path / "ext"])
+    scored = run_main(main, ["eval", "--data", tiny["prompts"], "--completions", comp, "--out", tmp_path / "ext",
+                             "--temperature", "0.6", "--top-p", "0.95"])  # what they were sampled with
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert scored.stdout.strip().splitlines()[-1] == last
     summary = json.loads((tmp_path / "one" / "prompts" / "summary.json").read_text())
     assert summary == json.loads((tmp_path / "ext" / "prompts" / "summary.json").read_text())
+    # not stated: the same numbers, and no sampling setting claimed (none was used here)
+    unstated = run_main(main, ["eval", "--data", tiny["prompts"], "--completions", comp, "--out", tmp_path / "ext2"])
+    assert unstated.returncode == 0, unstated.stderr[-2000:]
+    assert unstated.stdout.strip().splitlines()[-1] == last[:last.index(" temperature=")]
+    plain = json.loads((tmp_path / "ext2" / "prompts" / "summary.json").read_text())
+    assert plain == {k: v for k, v in summary.items() if k not in ("temperature", "top_p")}
     assert (tmp_path / "one" / "summary.md").read_text().startswith("| benchmark |")
     # a problem with a different number of completions is named
     comp.write_text(comp.read_text() + json.dumps({"id": "p3", "completion": "A: 6"}) + "\n")
