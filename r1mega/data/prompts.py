@@ -66,7 +66,7 @@ from typing import Callable, Optional, Protocol
 
 from r1mega.config import DataConfig, RLConfig
 from r1mega.data.jsonl import DataError, iter_jsonl, jsonl_digest
-from r1mega.data.synthetic import resolve_tokenizer, stops_after_answer, synthetic_prompts
+from r1mega.data.synthetic import every_prompt, resolve_tokenizer, stops_after_answer, synthetic_prompts
 from r1mega.data.tokenizer import Tokenizer, check_fits, load_tokenizer
 from r1mega.judge.language import LANGUAGES  # the targets the language reward and filter can judge
 
@@ -433,7 +433,7 @@ class SyntheticQuestions:
         return synthetic_prompts(self.kind, n, 0, heldout=True)
 
     def longest_prompt(self, count_tokens: Callable[[dict], int], positions: int) -> int:
-        return 0
+        return max(count_tokens(p) for p in every_prompt(self.kind))  # any of them may be drawn
 
     def is_stopped(self, text: str) -> bool:
         return stops_after_answer(text)
