@@ -75,9 +75,11 @@ def run(args: argparse.Namespace) -> int:
     ckpt = f"{out}/pretrain/checkpoints/step_{args.pretrain_steps:08d}"
     grpo_dir = f"{out}/grpo"
     # RL settings of the demo: 16 samples x 8 prompts per step, constant lr 3e-4, no KL (as R1-Zero's
-    # rule-based setting allows), microbatches of 32 sequences
+    # rule-based setting allows), microbatches of 32 sequences, the routing biases kept as pretraining left
+    # them (as configs/stage/r1_zero.yaml keeps them)
     rl = ["optim.lr=3e-4", "optim.min_lr=3e-4", "optim.decay=constant", "optim.warmup_steps=0",
-          "rl.group_size=16", "rl.prompts_per_step=8", "data.micro_batch_size=32", "data.global_batch_size=64"]
+          "rl.group_size=16", "rl.prompts_per_step=8", "data.micro_batch_size=32", "data.global_batch_size=64",
+          "model.bias_update_rate=0"]
     if importlib.util.find_spec("wandb") is not None:  # offline unless WANDB_MODE says otherwise
         rl.append("train.wandb=true")
     text = _run("grpo", args.config, data + rl + [f"train.run_dir={grpo_dir}", f"train.load={ckpt}",

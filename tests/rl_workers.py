@@ -90,3 +90,43 @@ def exact_grpo_worker(rank: int, world: int, overrides: list[str]) -> dict:
         update_module.grpo_loss = loss
     rows = [json.loads(line) for line in open(os.path.join(cfg.train.run_dir, "metrics.jsonl"))] if rank == 0 else []
     return {"rows": rows, "calls": seen, "accuracy_before": out["accuracy_before"]}
+
+
+def grpo_bias_worker(rank: int, world: int, overrides: list[str], poison_step: int = 0) -> dict:
+    """GRPO on the demo config, recording before each update's forward the MoE layers' routing biases
+    and after it the expert loads it counted (this rank's); poison_step: that step's loss is NaN."""
+    import json
+    import os
+
+    import r1mega.rl.grpo as grpo_module
+    import r1mega.rl.update as update_module
+    from r1mega.config import load_config
+    from r1mega.models.deepseek_v3.balance import moe_layers
+
+    seen: dict = {"biases": [], "loads": [], "slots": []}
+    gradients, loss = update_module.policy_gradients, update_module.grpo_loss
+
+    def gradients_spy(cfg, ps, chunks, batch, *args, **kwargs):
+        seen["chunks"] = chunks
+        seen["biases"].append({n: m.gate.e_score_correction_bias.clone() for n, m in moe_layers(chunks)})
+        sums = gradients(cfg, ps, chunks, batch, *args, **kwargs)
+        seen["loads"].append({n: m.expert_load.clone() for n, m in moe_layers(chunks)})
+        seen["slots"].append(batch.slots)
+        return sums
+
+    def loss_spy(*args, **kwargs):
+        terms = loss(*args, **kwargs)
+        if len(seen["loads"]) + 1 == poison_step:
+            terms.loss = terms.loss * float("nan")
+        return terms
+
+    update_module.policy_gradients, update_module.grpo_loss = gradients_spy, loss_spy
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        cfg = load_config(os.path.join(root, "configs", "tiny", "r1_zero_demo.yaml"), overrides)
+        grpo_module.grpo(cfg, eval_problems=0)
+    finally:
+        update_module.policy_gradients, update_module.grpo_loss = gradients, loss
+    rows = [json.loads(line) for line in open(os.path.join(cfg.train.run_dir, "metrics.jsonl"))] if rank == 0 else []
+    final = {n: m.gate.e_score_correction_bias.clone() for n, m in moe_layers(seen["chunks"])}
+    return {"rows": rows, "biases": seen["biases"] + [final], "loads": seen["loads"], "slots": seen["slots"]}

@@ -131,11 +131,18 @@ def test_four_ranks_match_one_process_and_completions_score_the_same(tiny, tmp_p
     from cli_in_process import run_main
     from r1mega.cli import main
 
-    scored = run_main(main, ["eval", "--data", tiny["prompts"], "--completions", comp, "--out", tmp_path / "ext"])
+    scored = run_main(main, ["eval", "--data", tiny["prompts"], "--completions", comp, "--out", tmp_path / "ext",
+                             "--temperature", "0.6", "--top-p", "0.95"])  # what they were sampled with
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert scored.stdout.strip().splitlines()[-1] == last
     summary = json.loads((tmp_path / "one" / "prompts" / "summary.json").read_text())
     assert summary == json.loads((tmp_path / "ext" / "prompts" / "summary.json").read_text())
+    # not stated: the same numbers, and no sampling setting claimed (none was used here)
+    unstated = run_main(main, ["eval", "--data", tiny["prompts"], "--completions", comp, "--out", tmp_path / "ext2"])
+    assert unstated.returncode == 0, unstated.stderr[-2000:]
+    assert unstated.stdout.strip().splitlines()[-1] == last[:last.index(" temperature=")]
+    plain = json.loads((tmp_path / "ext2" / "prompts" / "summary.json").read_text())
+    assert plain == {k: v for k, v in summary.items() if k not in ("temperature", "top_p")}
     assert (tmp_path / "one" / "summary.md").read_text().startswith("| benchmark |")
     # a problem with a different number of completions is named
     comp.write_text(comp.read_text() + json.dumps({"id": "p3", "completion": "A: 6"}) + "\n")
@@ -166,6 +173,44 @@ def test_store_repairs_a_torn_tail_and_refuses_other_settings(tmp_path):
         SampleStore(str(tmp_path), 2, {**meta, "sampling": {"temperature": 1.0}})
     with pytest.raises(ConfigError, match="different settings"):
         SampleStore(str(tmp_path), 3, meta)
+
+
+def test_store_compares_stop_strings_as_a_set(tmp_path):
+    """The same --stop strings in another order (or one given twice) stop the same samples: a resume
+    with them continues; another set is refused."""
+    from r1mega.errors import ConfigError
+    from r1mega.generation.store import SampleStore
+
+    meta = lambda *stop: {"template": "raw", "model": "/m", "sampling": {"temperature": 0.6, "stop": list(stop)}}  # noqa: E731
+    SampleStore(str(tmp_path), 1, meta("</answer>", "\n\n")).close()
+    SampleStore(str(tmp_path), 1, meta("\n\n", "</answer>")).close()
+    SampleStore(str(tmp_path), 1, meta("\n\n", "</answer>", "\n\n")).close()
+    with pytest.raises(ConfigError, match="different settings"):
+        SampleStore(str(tmp_path), 1, meta("</answer>"))
+    assert json.loads((tmp_path / "meta.json").read_text())["sampling"]["stop"] == ["</answer>", "\n\n"]
+
+
+def test_a_stop_string_ending_inside_a_token_ends_the_written_text_with_it():
+    """A completion stopped by a string that ends inside its last token ("9" in "19x"): the written text
+    ends with the stop string (as vLLM's does), the earliest of them whatever their order; the ids stay as
+    sampled; EOS and length endings keep their whole text."""
+    from r1mega.generation.sampling_rounds import SamplingParams, Sample, _finish
+
+    class Tok:
+        pieces = {1: "A: ", 2: "19x", 3: " Q", 4: "</s>"}
+        eos_ids = {4}
+
+        def decode(self, ids):
+            return "".join(self.pieces[i] for i in ids)
+
+    tok = Tok()
+    ids = [1, 2]
+    params = SamplingParams(stop=["x", "9"])
+    text, reason = _finish(ids, tok.decode(ids), tok, params)
+    assert (text, reason) == ("A: 19", "stop")
+    assert Sample(0, text, 3, len(ids), reason, [7], ids).completion_ids == [1, 2]
+    assert _finish([1, 2, 4], tok.decode([1, 2, 4]), tok, params) == ("A: 19x", "eos")
+    assert _finish([1, 3], tok.decode([1, 3]), tok, params) == ("A:  Q", "length")
 
 
 def test_hf_directory_greedy_equals_transformers(tiny, tmp_path):
@@ -200,6 +245,7 @@ def test_hf_directory_greedy_equals_transformers(tiny, tmp_path):
 
 def test_reject_sample_keeps_the_sampled_ids_and_sft_trains_them(tiny, tmp_path):
     """The ids a model sampled reach SFT unchanged (not the text encoded again)."""
+    from r1mega.data.prompts import cut_after_stop
     from r1mega.data.sft import IGNORE, SFTData
     from r1mega.data.tokenizer import Tokenizer
 
@@ -219,7 +265,9 @@ def test_reject_sample_keeps_the_sampled_ids_and_sft_trains_them(tiny, tmp_path)
     for r in kept:
         assert r["prompt_ids"] == tok.encode(r["messages"][0]["content"])
         ids = r["completion_ids"]
-        assert tok.decode(ids[:-1] if ids[-1] == tok.eos_id else ids) == r["messages"][-1]["content"]
+        text = tok.decode(ids[:-1] if ids[-1] == tok.eos_id else ids)
+        # the stop string " " can end inside the last token: the text ends with it, the ids keep the token
+        assert r["messages"][-1]["content"] == (text if ids[-1] == tok.eos_id else cut_after_stop(text, [" "]))
     data = SFTData(str(out / "sft.jsonl"), tok, seq_length=64, seed=0, template="raw")
     assert data.sampled == len(rows)
     trained = sorted(row.labels[row.labels != IGNORE].tolist() for row in data.rows)

@@ -48,7 +48,10 @@ def test_prompts_the_generate_run_dropped_for_length_are_not_missing(tmp_path):
     gen = _generate_dir(tmp_path / "gen", ["p0", "p1", "p3"], dropped=["p2"])
     r = _reject(tmp_path, gen)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "kept=3 total=6 problems_with_kept=3 problems=4" in r.stdout
+    # the dropped prompt was never sampled: not a problem with nothing kept, counted apart
+    assert "kept=3 total=6 problems_with_kept=3 problems=3 dropped_long_prompts=1" in r.stdout
+    report = json.loads((tmp_path / "sft" / "report.json").read_text())
+    assert (report["problems"], report["problems_with_kept"], report["dropped_long_prompts"]) == (3, 3, 1)
 
 
 def test_a_finished_generate_directory_is_filtered(tmp_path):

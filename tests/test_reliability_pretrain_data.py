@@ -35,6 +35,28 @@ def test_a_longer_corpus_is_refused_and_the_override_continues(started):
     assert run(started, 3, "train.allow_data_change=true")["steps"] == 3
 
 
+def test_a_train_load_of_another_run_checks_the_data_as_its_own_resume(started):
+    """train.load of another pretraining run's checkpoint continues at its step and data position, as the
+    run's own resume does: on the same data it continues; on other data it went on silently at the saved
+    position, now refused by file (train.allow_data_change continues deliberately)."""
+    from r1mega.config import load_config
+    from r1mega.train.trainer import train
+    from tiny_pretrain import TINY
+
+    ckpt = started / "run" / "checkpoints" / "step_00000002"
+
+    def fork(name, *extra):
+        return train(load_config(None, TINY + [f"data.paths=[{started / 'd' / 'c'}]", f"train.run_dir={started / name}",
+                                               "train.steps=3", f"train.load={ckpt}", *extra]), "pretrain")
+
+    assert len(fork("same")["losses"]) == 1  # steps 2 -> 3
+    corpus(started / "d" / "c", seed=1)  # same sizes, other tokens
+    with pytest.raises(ConfigError) as e:
+        fork("other")
+    assert "data.paths" in str(e.value) and str(ckpt) in str(e.value) and "train.allow_data_change" in str(e.value)
+    assert len(fork("deliberate", "train.allow_data_change=true")["losses"]) == 1
+
+
 def test_another_seq_length_is_refused_by_key(started):
     with pytest.raises(ConfigError, match="data.seq_length"):
         run(started, 3, "data.seq_length=4")

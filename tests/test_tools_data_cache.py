@@ -150,3 +150,37 @@ def test_a_failed_build_is_reported_by_every_rank(tmp_path, which):
     results = run_ranks(_resolve_on_rank, 2, str(cache), which)
     assert all(r.startswith("ConfigError: config error at 'data.cache_dir'") for r in results), results
     assert (cache / "addition-64-v384").read_text() == "mine"
+
+
+def test_a_build_killed_while_training_the_tokenizer_leaves_no_temporaries_for_long(tmp_path):
+    """kill -9 while the corpus's tokenizer trains: its temporary files stay (no `finally` runs); the next
+    build removes those of dead processes, only the names it writes, and builds the corpus."""
+    import signal
+    import subprocess
+    import sys
+
+    cache = str(tmp_path / "cache")
+    killed = ("import os, signal\n"
+              "from r1mega.config import DataConfig\n"
+              "from r1mega.data import synthetic, tokenizer\n"
+              "real = tokenizer._train_spm\n"
+              "def train(*args):\n"
+              "    real(*args)\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)  # the files are written, not yet renamed\n"
+              "tokenizer._train_spm = train\n"
+              f"synthetic.resolve_data(DataConfig(synthetic='addition', synthetic_docs=64, cache_dir={cache!r}), "
+              "'pretrain', 384)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child = subprocess.Popen([sys.executable, "-c", killed], env={**os.environ, "PYTHONPATH": root})
+    assert child.wait(timeout=120) == -signal.SIGKILL
+    corpus = synthetic._corpus_dir(DataConfig(synthetic="addition", synthetic_docs=64, cache_dir=cache), 384)
+    dead = {f".tokenizer.tmp-{child.pid}.model", f".tokenizer.tmp-{child.pid}.vocab"}
+    assert set(os.listdir(corpus)) >= dead and "DONE" not in os.listdir(corpus)
+    kept = {f".tokenizer.tmp-{os.getppid()}.model",  # a live process's (this one's parent)
+            f".tokenizer.tmp-{child.pid}.model.bak", f".other.tmp-{child.pid}.model", "notes.tmp-1"}  # not its names
+    for name in kept:
+        with open(os.path.join(corpus, name), "w") as f:
+            f.write("x")
+    synthetic.resolve_data(DataConfig(synthetic="addition", synthetic_docs=64, cache_dir=cache), "pretrain", 384)
+    left = set(os.listdir(corpus))
+    assert not left & dead and left >= kept | {"DONE", "tokenizer.model", "tokenizer.vocab"}

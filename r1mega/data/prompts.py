@@ -66,7 +66,7 @@ from typing import Callable, Optional, Protocol
 
 from r1mega.config import DataConfig, RLConfig
 from r1mega.data.jsonl import DataError, iter_jsonl, jsonl_digest
-from r1mega.data.synthetic import resolve_tokenizer, stops_after_answer, synthetic_prompts
+from r1mega.data.synthetic import every_prompt, resolve_tokenizer, stops_after_answer, synthetic_prompts
 from r1mega.data.tokenizer import Tokenizer, check_fits, load_tokenizer
 from r1mega.judge.language import LANGUAGES  # the targets the language reward and filter can judge
 
@@ -349,6 +349,15 @@ def stop_strings(template: str) -> list[str]:
     return list(TEMPLATES[template].stops) if template in TEMPLATES else []
 
 
+def cut_after_stop(text: str, stops: list[str]) -> str:
+    """A stopped completion's text: up to the end of its earliest stop string (all of it when none is
+    in it). A stop string can end inside the completion's last token; the sampled ids keep that whole
+    token (SFT and RL train on them as sampled), the text ends with the stop string, as vLLM's output
+    text does with include_stop_str_in_output (its token ids also keep the whole token)."""
+    ends = [at + len(s) for s in stops for at in (text.find(s),) if at >= 0]
+    return text[:min(ends)] if ends else text
+
+
 def stops_at(stops: list[str]):
     """A GenerationConfig.stop predicate for decoded completion text, or None without stop strings."""
     if not stops:
@@ -379,6 +388,9 @@ class Questions(Protocol):
     def is_stopped(self, text: str) -> bool:
         """A response (decoded) that has said all it should (EOS is handled by generation itself)."""
 
+    def finished(self, text: str) -> str:
+        """A stopped response's text as judged and logged: what follows the stop in its last token left out."""
+
 
 class PromptFiles:
     """rl.prompts: the user's JSONL problems in a seeded order; a response ends at the template's stop strings."""
@@ -402,6 +414,9 @@ class PromptFiles:
     def is_stopped(self, text: str) -> bool:
         return any(s in text for s in self.stops)
 
+    def finished(self, text: str) -> str:
+        return cut_after_stop(text, self.stops)
+
 
 class SyntheticQuestions:
     """data.synthetic: fresh sums for every rollout, seeded by (run seed, rollout); a response ends
@@ -418,10 +433,13 @@ class SyntheticQuestions:
         return synthetic_prompts(self.kind, n, 0, heldout=True)
 
     def longest_prompt(self, count_tokens: Callable[[dict], int], positions: int) -> int:
-        return 0
+        return max(count_tokens(p) for p in every_prompt(self.kind))  # any of them may be drawn
 
     def is_stopped(self, text: str) -> bool:
         return stops_after_answer(text)
+
+    def finished(self, text: str) -> str:
+        return text  # the answer line's end is a rule, not a stop string: a sum's reward reads its answer alone
 
 
 def prompt_tokenizer(cfg: DataConfig, vocab_size: int, load: Optional[str]) -> Tokenizer:
@@ -487,3 +505,6 @@ class PromptSource:
 
     def is_stopped(self, text: str) -> bool:
         return self.questions.is_stopped(text)
+
+    def finished(self, text: str) -> str:
+        return self.questions.finished(text)

@@ -157,6 +157,18 @@ def sum3_prompts(n: int, seed: int, heldout: bool) -> list[dict]:
     return [{"prompt": f"Q: {a}+{b}+{c}=", "answer": str(a + b + c)} for a, b, c in triples]
 
 
+def every_prompt(kind: Optional[str]) -> list[dict]:
+    """Every question a built-in task can pose, both splits (100, 1,000, or 15,050 arithmetic questions:
+    cheap to encode), so GRPO checks its longest against the model's positions before drawing any."""
+    if kind == "addition":
+        return addition_prompts(0, 0, False) + addition_prompts(0, 0, True)
+    if kind == "sum3":
+        return sum3_prompts(0, 0, False) + sum3_prompts(0, 0, True)
+    operands = range(10 ** 2)  # arithmetic_prompts' max_digits
+    return [{"prompt": f"Q: {a}{op}{b}= ", "answer": ""} for a in operands for b in operands for op in "+-"
+            if op == "+" or a >= b]
+
+
 def synthetic_prompts(kind: str, n: int, seed: int, heldout: bool) -> list[dict]:
     """Problems of a built-in corpus (`data.synthetic`): n RL prompts drawn with `seed`, or its
     held-out split (the whole split for the fixed tasks, n seeded problems for "arithmetic")."""

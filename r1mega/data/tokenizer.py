@@ -295,7 +295,8 @@ def train_sentencepiece(texts, prefix: str, vocab_size: int) -> str:
     texts = list(texts)
     # train under a temporary name beside the target, then rename: an existing tokenizer is
     # replaced only by a complete one, never left half-written by a crash or a refusal
-    tmp = os.path.join(os.path.dirname(os.path.abspath(prefix)), f".{os.path.basename(prefix)}.tmp-{os.getpid()}")
+    tmp = _temporary(prefix, os.getpid())
+    _remove_dead_temporaries(prefix)
     try:
         try:
             _train_spm(spm, texts, tmp, vocab_size)
@@ -312,6 +313,37 @@ def train_sentencepiece(texts, prefix: str, vocab_size: int) -> str:
             if os.path.exists(tmp + ext):
                 os.remove(tmp + ext)  # this call's own temporary files
     return prefix + ".model"
+
+
+def _temporary(prefix: str, pid: int) -> str:
+    """The temporary name process `pid` trains `prefix` under (sentencepiece adds .model and .vocab)."""
+    return os.path.join(os.path.dirname(os.path.abspath(prefix)), f".{os.path.basename(prefix)}.tmp-{pid}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, only whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process, or no pid this system has
+        return True
+    return True
+
+
+def _remove_dead_temporaries(prefix: str) -> None:
+    """A training killed outright (kill -9, OOM) ran no `finally`: its temporary files stay beside the
+    target. Remove those whose process is dead: only this function's own names (.<name>.tmp-<pid>.model
+    and .vocab, regular files), never another file; a live process's (or a reused pid's) are left."""
+    directory, name = os.path.split(os.path.abspath(prefix))
+    own = re.compile(rf"\.{re.escape(name)}\.tmp-(\d+)\.(?:model|vocab)")
+    for entry in os.listdir(directory):
+        found = own.fullmatch(entry)
+        path = os.path.join(directory, entry)
+        if found and not _alive(int(found.group(1))) and os.path.isfile(path) and not os.path.islink(path):
+            try:
+                os.remove(path)
+            except FileNotFoundError:  # another build removed it first
+                pass
 
 
 def _train_spm(spm, texts: list[str], prefix: str, vocab_size: int) -> None:

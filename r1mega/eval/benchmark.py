@@ -15,7 +15,8 @@ pass@1, pass@k and cons@64 (majority vote over the 64 answers), as DeepSeek-R1 d
 writes <out>/<benchmark>/scored.jsonl (one line per sample) and summary.json (with k, temperature and
 top-p); <out>/summary.md and summary.json hold the table of all. The last line is
 `pass@1=<float> cons@<k>=<float> problems=<n> samples=<k> temperature=<t> top_p=<p>` over all problems
-(for --completions made elsewhere, pass the --temperature and --top-p they were sampled with).
+(for --completions made elsewhere, pass the --temperature and --top-p they were sampled with: without
+them the summaries and the last line name no sampling setting).
 
 --out is a new or empty directory, or one an earlier `r1mega eval` made: then each benchmark's
 samples resume (finished problems skipped) when the settings and the benchmark file are the same;
@@ -38,6 +39,7 @@ from r1mega.judge import FALLBACKS, final_code, is_correct
 
 
 TOTAL = "all"  # the summary table's row over every benchmark (with more than one)
+PAPER_SAMPLING = {"temperature": 0.6, "top_p": 0.95}  # DeepSeek-R1's evaluation setting
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -54,6 +56,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "a_colon, last_number, none")
     add_model_args(p)
     add_sampling_args(p, samples=4)
+    # unset: the paper's setting when sampling here; with --completions what they were sampled with is
+    # unknown unless stated, and the summaries say nothing rather than a default nobody sampled at
+    p.set_defaults(temperature=None, top_p=None)
 
 
 def is_code(rec: dict) -> bool:
@@ -158,8 +163,12 @@ def run(args: argparse.Namespace) -> int:
         require_isolation(NO_OPT_OUT_HINT)
     loaded = None
     distributed = owns_group = False
-    # what the numbers were sampled with (for --completions: as the flags state, default the paper's)
-    sampling = {"temperature": args.temperature, "top_p": args.top_p}
+    if not args.completions:  # sampled here: unset flags take the paper's setting
+        for key, value in PAPER_SAMPLING.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+    # what the numbers were sampled with (for --completions: only what the flags state)
+    sampling = {k: getattr(args, k) for k in PAPER_SAMPLING if getattr(args, k) is not None}
     if args.completions:
         if len(args.data) != 1:
             raise ConfigError("--completions", "scores one benchmark: pass a single --data file")
@@ -219,6 +228,6 @@ def run(args: argparse.Namespace) -> int:
     print(md, end="", flush=True)
     k = total["samples"]
     print(f"pass@1={total['pass@1']:.4f} cons@{k}={total[f'cons@{k}']:.4f} problems={total['problems']} "
-          f"samples={k} temperature={sampling['temperature']} top_p={sampling['top_p']}", flush=True)
+          f"samples={k}" + "".join(f" {key}={v}" for key, v in sampling.items()), flush=True)
     finish(distributed, owns_group)
     return 0

@@ -11,11 +11,13 @@ response}], "id", "sample", "prompt_ids", "completion_ids", "tokenizer"}, the ch
 reads (data.paths=[<out>/sft.jsonl]); SFT with the same tokenizer (its `fingerprint()` equals
 "tokenizer") trains the sampled completion_ids exactly as the model wrote them (re-encoding the text
 can give other tokens: a sampled "▁A" becomes "A"); another tokenizer (a distillation student's)
-trains the text. Samples filtered
+trains the text. A stop string can end inside the last sampled token: the text ends with the stop
+string (as vLLM's does), the ids keep the whole token as sampled. Samples filtered
 from a store without ids (--samples-from an older run) are written as text only.
 <out>/report.json has the counts.
 Prints kept/total and the count per rejection reason; the last line is
-`kept=<n> total=<n> problems_with_kept=<n> problems=<n>`.
+`kept=<n> total=<n> problems_with_kept=<n> problems=<n>` (the problems sampled), then
+` dropped_long_prompts=<n>` when --drop-long-prompts skipped some (never sampled, in no other count).
 
 --out is a new or empty directory, or one an earlier `r1mega reject-sample` made: then its samples
 resume (finished problems skipped; same settings and the same prompt file required) and its own
@@ -120,6 +122,15 @@ def read_samples(out_dir: str) -> dict[str, list[dict]]:
     return by_id
 
 
+def dropped_prompts(gen_dir: str) -> set[str]:
+    """The ids of the prompts a generate run into `gen_dir` dropped for their length (its meta.json)."""
+    try:
+        with open(os.path.join(gen_dir, "meta.json"), encoding="utf-8") as f:
+            return {str(i) for i in json.load(f).get("dropped_long_prompts", [])}
+    except (OSError, ValueError, AttributeError, TypeError):  # check_finished names a bad --samples-from
+        return set()
+
+
 def check_finished(gen_dir: str, samples: dict[str, list[dict]], records: list[dict]) -> None:
     """--samples-from must name a finished `r1mega generate` run: its lock gone (a running or killed
     run leaves it), no torn shard, every prompt of --prompts with all k samples (or recorded in its
@@ -220,11 +231,15 @@ def run(args: argparse.Namespace) -> int:
             finish(distributed, owns_group)
             return 0
         samples = read_samples(os.path.join(args.out, "samples"))
+    # prompts --drop-long-prompts skipped were never sampled: counted apart, not as problems with none kept
+    dropped = dropped_prompts(args.samples_from or os.path.join(args.out, "samples"))
+    records = [r for r in records if r["id"] not in dropped]
     rows, counts = select(records, samples, cfg, args.keep)
     total = sum(len(samples.get(r["id"], [])) for r in records)
     write_jsonl_atomic(os.path.join(args.out, "sft.jsonl"), rows)
     problems_kept = len({r["id"] for r in rows})
     report = {"kept": counts["kept"], "total": total, "problems": len(records), "problems_with_kept": problems_kept,
+              **({"dropped_long_prompts": len(dropped)} if dropped else {}),
               "rejected": {k: counts[k] for k in (*REASONS, "over_quota") if counts[k]},
               "filters": {"keep": args.keep, **dataclasses.asdict(cfg)}}
     _warn_if_filters_changed(os.path.join(args.out, "report.json"), report["filters"])
@@ -233,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
           f"{os.path.join(args.out, 'sft.jsonl')}", flush=True)
     for reason, n in report["rejected"].items():
         print(f"  rejected {reason}: {n}", flush=True)
-    print(f"kept={counts['kept']} total={total} problems_with_kept={problems_kept} problems={len(records)}",
-          flush=True)
+    print(f"kept={counts['kept']} total={total} problems_with_kept={problems_kept} problems={len(records)}"
+          + (f" dropped_long_prompts={len(dropped)}" if dropped else ""), flush=True)
     finish(distributed, owns_group)
     return 0

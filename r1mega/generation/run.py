@@ -109,7 +109,7 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
         _need(args.max_new_tokens >= 1, "--max-new-tokens", f"must be >= 1, got {args.max_new_tokens}")
     for s in args.stop:
         _need(s != "", "--stop", "an empty stop string would end every sample at its first token")
-    stops = list(args.stop) + [s for s in template_stops(args.template) if s not in args.stop]
+    stops = list(dict.fromkeys([*args.stop, *template_stops(args.template)]))  # each once, in the order given
     params = SamplingParams(args.samples, t, p, args.top_k, args.max_new_tokens or DEFAULT_MAX_NEW,
                             args.seed, stops, args.speculative, args.draft_tokens, args.compile_decode)
     params.check()

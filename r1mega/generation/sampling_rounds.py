@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from r1mega.config import MIN_TEMPERATURE
-from r1mega.data.prompts import encode_prompt
+from r1mega.data.prompts import cut_after_stop, encode_prompt
 from r1mega.data.tokenizer import Tokenizer
 from r1mega.errors import ConfigError
 from r1mega.inference.generate import GenerationConfig, generate
@@ -83,7 +83,7 @@ class SamplingParams:
 @dataclass
 class Sample:
     index: int
-    completion: str
+    completion: str  # a stopped one ends with its stop string (its last token may go further: completion_ids)
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # eos | stop (a stop string) | length
@@ -103,11 +103,12 @@ def _stop_check(tok: Tokenizer, stops: list[str]):
 
 
 def _finish(ids: list[int], text: str, tok: Tokenizer, params: SamplingParams) -> tuple[str, str]:
-    """(completion text without EOS, finish reason)."""
+    """(completion text without EOS, or up to the end of its stop string; finish reason). The ids stay
+    as sampled: a stop string that ends inside the last token leaves the token's rest in them only."""
     if ids and ids[-1] in tok.eos_ids:
         return tok.decode(ids[:-1]), "eos"
     if any(s in text for s in params.stop):
-        return text, "stop"
+        return cut_after_stop(text, params.stop), "stop"
     return text, "length"
 
 

@@ -66,6 +66,15 @@ def read_shard(path: str) -> tuple[list[dict], bool]:
     return recs, torn
 
 
+def _as_compared(key: str, value):
+    """A setting as a resume compares it: stop strings are a set (any of them ends a sample, whatever
+    their order), so the same ones given in another order, or one given twice, are the same setting."""
+    stop = value.get("stop") if key == "sampling" and isinstance(value, dict) else None
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return {**value, "stop": sorted(set(stop))}
+    return value
+
+
 class SampleStore:
     def __init__(self, out_dir: str, samples: int, meta: dict, shard_records: int = 100_000,
                  command: str = "generate", key: str = "--out"):
@@ -96,7 +105,8 @@ class SampleStore:
             # (keys a store made before they were recorded lacks are not compared)
             compared = ("samples", "template", "model", "sampling") + tuple(k for k in ("prompts_sha256", "dtype", "weights")
                                                                             if k in old)
-            changed = {k: (old.get(k), v) for k, v in meta.items() if k in compared and old.get(k) != v}
+            changed = {k: (old.get(k), v) for k, v in meta.items()
+                       if k in compared and _as_compared(k, old.get(k)) != _as_compared(k, v)}
             if changed:
                 raise ConfigError(key, f"{out_dir} holds samples made with different settings "
                                  f"{ {k: f'{a!r} -> {b!r}' for k, (a, b) in changed.items()} }; "

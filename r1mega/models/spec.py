@@ -22,7 +22,10 @@ class TrainingHooks:
         """Before the optimizer is built: e.g. freeze what a training stage keeps fixed."""
 
     def before_step(self, chunks, model_cfg, labels) -> None:
-        """Before a step's forward, with the global batch's labels [B, s]."""
+        """Before a step's forward, with the global batch's labels [B, s] (GRPO: this rank's minibatch's
+        trained tokens, IGNORE_INDEX elsewhere; a stage that needs the global count is refused in RL,
+        rl_refusal). Forwards outside a step (GRPO's old log-probs) run before it: it starts the step's
+        statistics afresh."""
 
     def loss_weights(self, model_cfg) -> dict[str, float]:
         """The weights of the family's extra losses, from its training keys; passed as they are to
@@ -51,8 +54,10 @@ class TrainingHooks:
         return None, {}
 
     def after_step(self, chunks, ps, model_cfg, skipped: bool, result) -> dict[str, float]:
-        """Collective. Runs after every optimizer step; skipped: the step left the main model's
-        weights as they were (non-finite, or frozen). Returns the family's metrics."""
+        """Collective. Runs after every optimizer step, the trainer's and GRPO's alike; skipped: the step
+        left the main model's weights as they were (non-finite, or frozen). result: the step's
+        StepResult (train/lm_step.py); GRPO gives its loss, its trained tokens and, in `extra`, the
+        extra losses only when rl.mtp_weight trains them. Returns the family's metrics."""
         return {}
 
 

@@ -51,6 +51,7 @@ from r1mega.rl.reference import NoReference, Reference, ReferencePolicy
 from r1mega.rl.rewards import REWARDS, judge_batch
 from r1mega.train.checkpoint import (find_resume_checkpoint, in_run, read_meta, resume_from, run_meta,
                                      save_checkpoint)
+from r1mega.train.lm_step import StepResult
 from r1mega.train.metrics_log import MetricsLog, append_rollouts, table_due
 from r1mega.train.optimizer import DistributedAdamW, SkipGuard
 from r1mega.train.setup import Run, build_model, claim_run_dir, finish_run, own_checkpoint, start_run
@@ -223,6 +224,7 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
     policy, at = start(cfg, ckpt_root)
     run, chunks, optimizer, reference, log = policy.run, policy.chunks, policy.optimizer, policy.reference, policy.log
     cfg, ps, rl, t = run.cfg, run.ps, run.cfg.rl, run.cfg.train
+    hooks, model_cfg = run.family.training, cfg.active_model
     held_out = policy.source.held_out(eval_problems) if eval_problems > 0 else None
     history: dict[str, list] = {"accuracy": [], "reward": []}
     acc0 = None
@@ -245,19 +247,27 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
         for j in order:
             if at.step >= t.steps:
                 break
+            # the family's work around each optimizer step, as the trainer runs it (DeepSeek-V3's routing-bias
+            # update at model.bias_update_rate): its statistics count the update's forward only, which under
+            # rl.routing_replay runs the rollout's recorded routing, so the biases move by the loads the
+            # sampler's routing put on the experts; a skipped step leaves them as they are
+            hooks.before_step(chunks, model_cfg, u.batches[j].labels)
             sums = minibatch_update(run, chunks, optimizer, u.batches[j], u.extras[j], at.step, scored.max_new_tokens,
                                     policy.kernels, u.microbatch_counts[j])
+            upd = global_values({k: v for k, v in sums.items() if k not in LOCAL_VALUES}, ps, run.device)
+            family = hooks.after_step(chunks, ps, model_cfg, bool(sums["skipped"]),
+                                      StepResult(upd["loss"], {k: upd[k] for k in hooks.extra_losses if k in upd},
+                                                 int(upd["tokens"])))
             at.step += 1
             step = at.step
-            if reference.due(step):
+            if reference.due(step):  # a copy of the whole step: weights and routing biases
                 reference.refresh(chunks, step)
             guard.after_step(step, bool(sums["skipped"]), optimizer.skipped,
                              "Check the rewards and lower optim.lr, or raise the limit")
-            upd = global_values({k: v for k, v in sums.items() if k not in LOCAL_VALUES}, ps, run.device)
             last = step_metrics(rl.rewards, u.rollout_vals, u.gap_max, upd, sums, optimizer.skipped,
                                 scored.max_new_tokens, scored.rollout.cache_bytes, time.perf_counter() - t0,
-                                run.family.training.extra_losses)
-            last.extra.update(drawn)
+                                hooks.extra_losses)
+            last.extra.update({**family, **drawn})
             history["reward"].append((step, last.reward))
             if held_out is not None and eval_every and step % eval_every == 0 and step < t.steps:
                 last.heldout_accuracy = evaluate_accuracy(chunks, ps, policy.source, held_out, rl)

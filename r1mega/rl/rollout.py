@@ -123,8 +123,11 @@ def ended_by_eos(source: PromptSource, ids: list[int]) -> bool:
 
 def response_text(source: PromptSource, rendered: Rendered, ids: list[int]) -> str:
     """What the rewards judge of one sample: the response part of the rendered prompt (a template's
-    opening tag) and the completion without its end-of-sequence token."""
-    return rendered.response_prefix + source.decode(ids[:-1] if ended_by_eos(source, ids) else ids)
+    opening tag) and the completion without its end-of-sequence token, or up to the end of its stop
+    string (the ids the update trains keep the whole last token)."""
+    if ended_by_eos(source, ids):
+        return rendered.response_prefix + source.decode(ids[:-1])
+    return rendered.response_prefix + source.finished(source.decode(ids))
 
 
 def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: list[dict], where: list[int],

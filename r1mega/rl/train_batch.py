@@ -22,6 +22,7 @@ import torch
 from r1mega.config import Config
 from r1mega.inference.generate import Rollout
 from r1mega.kernels.block_attention import documents_from_pad
+from r1mega.models.stage import IGNORE_INDEX
 from r1mega.parallel.layout import ParallelState
 from r1mega.parallel.pipeline import Microbatch
 
@@ -50,6 +51,11 @@ class TrainBatch:
     @property
     def slots(self) -> int:
         return self.input_ids.numel()
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """The trained tokens as a trainer's labels [R, S] (IGNORE_INDEX elsewhere)."""
+        return torch.where(self.mask.bool(), self.targets, torch.full_like(self.targets, IGNORE_INDEX))
 
 
 def _right_pad(batch: TrainBatch, extra: int) -> TrainBatch:

@@ -87,12 +87,12 @@ def check_same_sft_data(meta: dict, record: dict, where: str, how: str) -> None:
 
 
 def check_same_data(meta: dict, record: dict, seq_length: int, where: str) -> None:
-    """A run resumed from its own checkpoint reads the samples it was saved among: the same files
+    """A run resumed from a checkpoint of its kind (its own, or another run's through train.load: both
+    continue at the saved step and data position) reads the samples it was saved among: the same files
     (`record`, this run's data_record) in the same blend and order, cut at the same seq_length.
     Checkpoints from before these were recorded have nothing to compare."""
     how = (f"resuming would continue at step {meta.get('step')}'s position in other samples. Give the same data, "
-           f"set train.allow_data_change=true to continue on it deliberately, or start a new train.run_dir with "
-           f"train.load={where}")
+           f"or set train.allow_data_change=true to continue on it deliberately")
     saved_seed = meta.get("data_seed")  # it orders the samples: another reads others at the saved position
     if saved_seed is not None and saved_seed != record["data_seed"]:
         raise ConfigError("seed", f"{where} was saved at seed={saved_seed}, not {record['data_seed']}; " + how)
@@ -194,7 +194,9 @@ def _train(cfg: Config, kind: str) -> dict:
                   f"fresh optimizer moments)", flush=True)
         resume = None
     record = data_record(ps, kind, data)  # read once: checked here, saved with each checkpoint
-    if resume is not None and in_run(resume, ckpt_root) and not t.allow_data_change:  # a resume reads the same data
+    # a resume reads the same data: the run's own checkpoint, or a train.load of this kind, which continues at
+    # its step and data position as well (another run's, e.g. a run forked into a new directory)
+    if resume is not None and not t.allow_data_change:
         _on_rank0(ps, lambda: check_same_data(meta, record, cfg.data.seq_length, resume))
     run.hf_config = meta.get("hf_config")  # an imported model's config.json travels on, so an export reproduces it
     start = meta.get("step", 0)

@@ -21,6 +21,13 @@ def moe_layers(chunks) -> list:
     return [(name, m) for name, m in chunks.named_modules() if isinstance(m, MoE)]
 
 
+def start_counting(chunks) -> None:
+    """Zero the expert loads before a step's forward: a step's bias update counts that step's tokens
+    only, not those of forwards run in training mode outside a step (GRPO's old log-probs)."""
+    for _, m in moe_layers(chunks):
+        m.expert_load.zero_()
+
+
 def set_balance_loss_scale(chunks, alpha: float, global_sequences: int) -> None:
     for _, m in moe_layers(chunks):
         m.aux_loss_scale = alpha / max(global_sequences, 1)
@@ -81,6 +88,9 @@ class MoETraining(TrainingHooks):
     def label_context(self, m) -> int:
         return m.num_mtp_layers  # the MTP module at depth k predicts k tokens further on
 
+    def before_step(self, chunks, m, labels) -> None:
+        start_counting(chunks)
+
     def start_forward(self, chunks, weights: dict, global_sequences: int, training: bool) -> None:
         set_balance_loss_scale(chunks, weights.get("balance_alpha", 0.0) if training else 0.0, global_sequences)
 
@@ -95,5 +105,7 @@ class MoETraining(TrainingHooks):
         balance = update_routing_bias(chunks, ps, 0.0 if skipped else m.bias_update_rate)
         if not moe_layers(chunks) and m.num_mtp_layers == 0:
             return {}  # no MTP or expert statistics to report
-        return {"mtp_loss": result.extra["mtp_loss"], "expert_max_load": balance["max_load_ratio"],
-                "expert_min_load": balance["min_load_ratio"], "balance_loss": balance["balance_loss"]}
+        # GRPO reports the MTP loss with its own numbers, only when rl.mtp_weight trains it
+        mtp = {"mtp_loss": result.extra["mtp_loss"]} if "mtp_loss" in result.extra else {}
+        return {**mtp, "expert_max_load": balance["max_load_ratio"], "expert_min_load": balance["min_load_ratio"],
+                "balance_loss": balance["balance_loss"]}

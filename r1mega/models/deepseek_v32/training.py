@@ -80,6 +80,7 @@ class DSATraining(MoETraining):
             prepare_stage(chunks, m.dsa_stage)
 
     def before_step(self, chunks, m, labels: torch.Tensor) -> None:
+        super().before_step(chunks, m, labels)
         if m.dsa_stage:
             set_index_loss_scale(dsa_layers(chunks), m.index_loss_weight, int((labels != IGNORE_INDEX).sum()))
 

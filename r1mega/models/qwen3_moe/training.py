@@ -15,7 +15,7 @@ leaves out those its attention_mask marks). Nothing is added to GRPO's loss (as 
 """
 from __future__ import annotations
 
-from r1mega.models.deepseek_v3.balance import moe_layers, set_balance_loss_scale, update_routing_bias
+from r1mega.models.deepseek_v3.balance import moe_layers, set_balance_loss_scale, start_counting, update_routing_bias
 from r1mega.models.spec import TrainingHooks
 
 
@@ -30,6 +30,9 @@ class Qwen3MoeTraining(TrainingHooks):
         # transformers' form of each row, / the MoE layers their mean
         layers = max(m.moe_layers(), 1)
         return {"balance_alpha": aux_weight(m) * m.num_experts_per_tok / layers}
+
+    def before_step(self, chunks, m, labels) -> None:
+        start_counting(chunks)
 
     def start_forward(self, chunks, weights: dict, global_sequences: int, training: bool) -> None:
         set_balance_loss_scale(chunks, weights.get("balance_alpha", 0.0) if training else 0.0, global_sequences)
