@@ -1,5 +1,6 @@
 """Top-p sampling with a real vocabulary (tens of thousands of tokens, many rows): one process finds
 the support on the host from the largest logits alone; it must be the 48 tensor rounds' exactly."""
+import pytest
 import torch
 
 from r1mega.inference import sampling
@@ -27,8 +28,10 @@ def _cases():
     return cases
 
 
-def test_large_vocab_top_p_support_on_the_host_equals_the_tensor_rounds(monkeypatch):
+@pytest.mark.parametrize("one_pass", [sampling.ONE_PASS_ELEMENTS, 0])  # 0: one threshold at a time
+def test_large_vocab_top_p_support_on_the_host_equals_the_tensor_rounds(monkeypatch, one_pass):
     ps = single_process_state()
+    monkeypatch.setattr(sampling, "ONE_PASS_ELEMENTS", one_pass)
     cases = _cases()
     used = []
     real = sampling._bisection_on_host

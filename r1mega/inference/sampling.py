@@ -27,6 +27,7 @@ FEW_ROWS_ON_HOST = 16  # top-p bisection rows run on the host (one process; meas
 MANY_TOKENS = 4096  # ... and any number of rows of a vocabulary this large (48 rounds over [b, V] cost more)
 PREFIX = 256  # ... from the largest logits, sorted (more, 8x at a time, when the crossing lies further down)
 MARGIN = 16  # ... holding this many past where the float cumsum crosses top_p (the exact verdicts decide)
+ONE_PASS_ELEMENTS = 1 << 22  # ... evaluating several thresholds in one [b, m, V] pass up to this size
 SPARSE_NOISE = 8  # the noise of such a vocabulary is drawn for the support alone when it holds < 1/8 of it
 
 
@@ -240,7 +241,10 @@ def _bisection_on_host(masked, probs, total, top_p: float, lo: torch.Tensor, hi:
     def reaches(pos: torch.Tensor) -> torch.Tensor:
         """The loop's verdicts at the thresholds top[pos] (pos [b, m]; -1: above every logit, none)."""
         thresholds = top.gather(1, pos.clamp(0, K - 1))
-        kept_mass = (probs[:, None, :] * (masked[:, None, :] >= thresholds[:, :, None])).sum(-1)
+        if pos.numel() * V <= ONE_PASS_ELEMENTS:  # all at once: fewer ops
+            kept_mass = (probs[:, None, :] * (masked[:, None, :] >= thresholds[:, :, None])).sum(-1)
+        else:  # one threshold at a time: no temporary larger than the loop's own [b, V]
+            kept_mass = torch.stack([(probs * (masked >= t[:, None])).sum(-1) for t in thresholds.unbind(1)], 1)
         return (kept_mass / total[:, None] >= top_p) & (pos >= 0)
 
     # the first sorted position whose threshold reaches top_p: the cumsum's guess, checked against the
