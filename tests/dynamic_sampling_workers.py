@@ -65,19 +65,18 @@ def grpo_dynamic_worker(rank: int, world: int, overrides: list[str]) -> dict:
     problems only (which ones depends on the problem, so on no layout): per step, this rank's
     {slot: (prompt, rewards)} as dynamic sampling chose them; rank 0's metrics."""
     import json
-    import os
     import zlib
 
     import r1mega.rl.grpo as grpo_module
     import r1mega.rl.rewards as rewards_module
-    from r1mega.config import load_config
+    from rl_workers import demo_grpo
 
     def reward(names, text, problem, *args):
         lucky = zlib.crc32(json.dumps(problem, sort_keys=True).encode()) % 3 == 0
         return {"accuracy": float(sum(map(ord, text)) % 2) if lucky else 0.0}
 
     chosen = []
-    real_draw, real_reward = grpo_module.draw_until_informative, rewards_module.reward_terms
+    real_draw = grpo_module.draw_until_informative
 
     def spy(first, slots, draw, G, *args):
         scored, counts = real_draw(first, slots, draw, G, *args)
@@ -85,12 +84,6 @@ def grpo_dynamic_worker(rank: int, world: int, overrides: list[str]) -> dict:
                        for i, s in enumerate(slots)})
         return scored, counts
 
-    grpo_module.draw_until_informative, rewards_module.reward_terms = spy, reward
-    try:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        cfg = load_config(os.path.join(root, "configs", "tiny", "r1_zero_demo.yaml"), overrides)
-        grpo_module.grpo(cfg, eval_problems=0)
-    finally:
-        grpo_module.draw_until_informative, rewards_module.reward_terms = real_draw, real_reward
-    rows = [json.loads(line) for line in open(os.path.join(cfg.train.run_dir, "metrics.jsonl"))] if rank == 0 else []
+    _, rows = demo_grpo(rank, overrides, ((grpo_module, "draw_until_informative", spy),
+                                          (rewards_module, "reward_terms", reward)))
     return {"chosen": chosen, "rows": rows}

@@ -37,17 +37,31 @@ def generation_worker(rank: int, world: int, layouts: list[dict], new_tokens: in
     return out
 
 
-def grpo_worker(rank: int, world: int, overrides: list[str]) -> dict:
+def demo_grpo(rank: int, overrides: list[str], patches: tuple = (), eval_problems: int = 0) -> tuple[dict, list]:
+    """GRPO on the demo config with `patches` ((module, attribute, replacement), ...) in place while it
+    runs: (grpo's result, rank 0's metrics rows)."""
     import json
     import os
 
+    import r1mega.rl.grpo as grpo_module
     from r1mega.config import load_config
-    from r1mega.rl.grpo import grpo
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cfg = load_config(os.path.join(root, "configs", "tiny", "r1_zero_demo.yaml"), overrides)
-    out = grpo(cfg, eval_problems=8)
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
+    for module, name, value in patches:
+        setattr(module, name, value)
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        cfg = load_config(os.path.join(root, "configs", "tiny", "r1_zero_demo.yaml"), overrides)
+        out = grpo_module.grpo(cfg, eval_problems=eval_problems)
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
     rows = [json.loads(line) for line in open(os.path.join(cfg.train.run_dir, "metrics.jsonl"))] if rank == 0 else []
+    return out, rows
+
+
+def grpo_worker(rank: int, world: int, overrides: list[str]) -> dict:
+    out, rows = demo_grpo(rank, overrides, eval_problems=8)
     return {"before": out["accuracy_before"], "after": out["accuracy_after"], "rows": rows}
 
 
@@ -63,12 +77,8 @@ def uneven_stop_worker(rank: int, world: int) -> dict:
 
 def exact_grpo_worker(rank: int, world: int, overrides: list[str]) -> dict:
     """GRPO with rl.exact_rollouts, recording every loss call's ratio and TIS inputs (rank 0 rows)."""
-    import json
-    import os
 
-    import r1mega.rl.grpo as grpo_module
     import r1mega.rl.update as update_module  # policy_gradients calls grpo_loss there
-    from r1mega.config import load_config
 
     seen = []
     loss = update_module.grpo_loss
@@ -81,26 +91,15 @@ def exact_grpo_worker(rank: int, world: int, overrides: list[str]) -> dict:
                      "tis": None if rollout is None else (old_logp - rollout).exp()[mask]})
         return terms
 
-    update_module.grpo_loss = spy
-    try:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        cfg = load_config(os.path.join(root, "configs", "tiny", "r1_zero_demo.yaml"), overrides)
-        out = grpo_module.grpo(cfg, eval_problems=0)  # no held-out scoring: the probes read the steps only
-    finally:
-        update_module.grpo_loss = loss
-    rows = [json.loads(line) for line in open(os.path.join(cfg.train.run_dir, "metrics.jsonl"))] if rank == 0 else []
+    out, rows = demo_grpo(rank, overrides, ((update_module, "grpo_loss", spy),))  # the probes read the steps only
     return {"rows": rows, "calls": seen, "accuracy_before": out["accuracy_before"]}
 
 
 def grpo_bias_worker(rank: int, world: int, overrides: list[str], poison_step: int = 0) -> dict:
     """GRPO on the demo config, recording before each update's forward the MoE layers' routing biases
     and after it the expert loads it counted (this rank's); poison_step: that step's loss is NaN."""
-    import json
-    import os
 
-    import r1mega.rl.grpo as grpo_module
     import r1mega.rl.update as update_module
-    from r1mega.config import load_config
     from r1mega.models.deepseek_v3.balance import moe_layers
 
     seen: dict = {"biases": [], "loads": [], "slots": []}
@@ -120,13 +119,7 @@ def grpo_bias_worker(rank: int, world: int, overrides: list[str], poison_step: i
             terms.loss = terms.loss * float("nan")
         return terms
 
-    update_module.policy_gradients, update_module.grpo_loss = gradients_spy, loss_spy
-    try:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        cfg = load_config(os.path.join(root, "configs", "tiny", "r1_zero_demo.yaml"), overrides)
-        grpo_module.grpo(cfg, eval_problems=0)
-    finally:
-        update_module.policy_gradients, update_module.grpo_loss = gradients, loss
-    rows = [json.loads(line) for line in open(os.path.join(cfg.train.run_dir, "metrics.jsonl"))] if rank == 0 else []
+    _, rows = demo_grpo(rank, overrides, ((update_module, "policy_gradients", gradients_spy),
+                                          (update_module, "grpo_loss", loss_spy)))
     final = {n: m.gate.e_score_correction_bias.clone() for n, m in moe_layers(seen["chunks"])}
     return {"rows": rows, "biases": seen["biases"] + [final], "loads": seen["loads"], "slots": seen["slots"]}
