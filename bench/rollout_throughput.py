@@ -221,7 +221,7 @@ def shared_prefix(args) -> None:
             print(f"{name:>10} {k:>7} {times[k]:>7.2f} {times[k] / times[1]:>12.2f} {mib(r.cache_bytes):>10}")
 
 
-def dense_pair(device, dtype):
+def dense_pair(device, dtype, vocab: int = 8192):
     """A Qwen2-shaped student (hidden 512, 4 layers, 8 heads / 2 KV heads) in transformers and r1mega."""
     import transformers
 
@@ -229,7 +229,7 @@ def dense_pair(device, dtype):
     from r1mega.models.dense.model import DenseStudent
     from r1mega.models.weights import load_hf_weights
 
-    cfg = transformers.Qwen2Config(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
+    cfg = transformers.Qwen2Config(vocab_size=vocab, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
                                    num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024,
                                    tie_word_embeddings=False)
     torch.manual_seed(0)
@@ -247,30 +247,35 @@ def uniform(args) -> None:
     ps = single_process_state()
     device = torch.device("cpu")
     shape = argparse.Namespace(experts=[64], topk=6, groups=8, topk_groups=4, layers=4, dense_layers=1, shared=1,
-                               hidden=512, heads=8, ffn=1024, moe_ffn=256, vocab=8192)
-    print(f"uniform: greedy, {args.uniform_batch} prompts x {args.uniform_prompt} tokens + {args.uniform_new} new, "
-          f"float32")
+                               hidden=512, heads=8, ffn=1024, moe_ffn=256, vocab=args.uniform_vocab)
+    sampled = args.uniform_temperature > 0
+    how = f"T={args.uniform_temperature} top-p={args.uniform_top_p}" if sampled else "greedy"
+    print(f"uniform: {how}, {args.uniform_batch} prompts x {args.uniform_prompt} tokens + {args.uniform_new} new, "
+          f"vocabulary {args.uniform_vocab}, float32" + (" (sampled: 'same' compares nothing)" if sampled else ""))
     print(f"{'model':>14} {'transformers tok/s':>19} {'static tok/s':>13} {'continuous tok/s':>17} "
           f"{'vs transformers':>16} {'vs static':>10} {'same':>5}   CPU tok/s transformers / continuous (ratio)")
     pairs = (("MoE proxy", lambda: build_pair(shape, 64, torch.float32, device)),
-             ("dense Qwen2", lambda: dense_pair(device, torch.float32)))
+             ("dense Qwen2", lambda: dense_pair(device, torch.float32, args.uniform_vocab)))
     for label, make in pairs:
         if label.split()[0].lower() not in args.uniform_models:
             continue
         hf, ours = make()
         hf.generation_config.eos_token_id = None
         g = torch.Generator().manual_seed(1)
-        prompts = torch.randint(0, 8192, (args.uniform_batch, args.uniform_prompt), generator=g)
+        prompts = torch.randint(0, args.uniform_vocab, (args.uniform_batch, args.uniform_prompt), generator=g)
         n = args.uniform_batch * args.uniform_new
-        gen = GenerationConfig(max_new_tokens=args.uniform_new, temperature=0.0)
+        gen = GenerationConfig(max_new_tokens=args.uniform_new, temperature=args.uniform_temperature,
+                               top_p=args.uniform_top_p, seed=1)
+        how_hf = (dict(do_sample=True, temperature=args.uniform_temperature, top_p=args.uniform_top_p, top_k=0)
+                  if sampled else dict(do_sample=False))
         t, cpu = {}, {}  # best wall and best CPU (this process's: steadier on a shared machine) seconds
         for _ in range(args.repeats + 1):  # the first round warms up
             for name in ("transformers", "static", "continuous"):
                 t0, c0 = time.perf_counter(), time.process_time()
                 if name == "transformers":
                     ref = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=args.uniform_new,
-                                      min_new_tokens=args.uniform_new, do_sample=False, pad_token_id=0,
-                                      eos_token_id=None)[:, prompts.shape[1]:]
+                                      min_new_tokens=args.uniform_new, pad_token_id=0, eos_token_id=None,
+                                      **how_hf)[:, prompts.shape[1]:]
                 else:
                     fn = generate if name == "continuous" else generate_static
                     got = fn(ours, ps, prompts.tolist(), gen).tokens[:, prompts.shape[1]:]
@@ -331,6 +336,9 @@ def main() -> None:
     p.add_argument("--uniform-batch", type=int, default=16)
     p.add_argument("--uniform-prompt", type=int, default=32)
     p.add_argument("--uniform-new", type=int, default=48)
+    p.add_argument("--uniform-vocab", type=int, default=8192, help="uniform: vocabulary (151936: Qwen's)")
+    p.add_argument("--uniform-temperature", type=float, default=0.0, help="uniform: 0 greedy, else sampled")
+    p.add_argument("--uniform-top-p", type=float, default=1.0)
     p.add_argument("--r1-sigma", type=float, default=1.0, help="r1_estimate: lognormal sigma of response lengths")
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=2, help="timed repeats; the best is reported")

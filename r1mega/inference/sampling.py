@@ -27,6 +27,7 @@ FEW_ROWS_ON_HOST = 16  # top-p bisection rows run on the host (one process; meas
 MANY_TOKENS = 4096  # ... and any number of rows of a vocabulary this large (48 rounds over [b, V] cost more)
 PREFIX = 256  # ... from the largest logits, sorted (more, 8x at a time, when the crossing lies further down)
 MARGIN = 16  # ... holding this many past where the float cumsum crosses top_p (the exact verdicts decide)
+HOST_LIST = 8192  # ... as Python lists up to this many logits a row (numpy arrays past it)
 ONE_PASS_ELEMENTS = 1 << 22  # ... evaluating several thresholds in one [b, m, V] pass up to this size
 SPARSE_NOISE = 8  # the noise of such a vocabulary is drawn for the support alone when it holds < 1/8 of it
 
@@ -213,10 +214,21 @@ def _host_prefix(masked: torch.Tensor, hi: torch.Tensor, total: torch.Tensor, to
     k = V if V <= 4 * PREFIX else PREFIX  # (a small vocabulary sorts whole: faster than its top-k)
     while True:
         top = masked.topk(k, dim=-1).values if k < V else masked.sort(-1, descending=True).values
-        below = ((top - hi[:, None]).exp().cumsum(-1) / total[:, None] < top_p).sum(-1)  # ~ kept count - 1
+        mass = (top - hi[:, None]).exp().cumsum(-1) / total[:, None]
+        below = (mass < top_p).sum(-1)  # ~ kept count - 1
         if k == V or int(below.max()) + MARGIN < k:
             return top, below.clamp(max=k - 1)
-        k = V if k * 16 >= V else k * 8  # (near the whole vocabulary a sort costs less than a top-k)
+        # at least 8x, and at least twice what the prefix's mass per logit says the rest needs (the mass
+        # per logit only falls further down); near the whole vocabulary a sort costs less than a top-k
+        # (a flat distribution, e.g. a freshly initialised model's, keeps most of it)
+        k = max(8 * k, int(2 * k * top_p / max(float(mass[:, -1].min()), 1e-12)))
+        k = V if k * 8 >= V else k
+
+
+def _searcher(vals: np.ndarray, side: str):
+    """bisect's search on a float32 array, the key as a float32 (a Python float made numpy convert
+    the whole array to float64 at every call)."""
+    return lambda _, x: np.searchsorted(vals, np.float32(x), side=side)
 
 
 def _bisection_on_host(masked, probs, total, top_p: float, lo: torch.Tensor, hi: torch.Tensor
@@ -263,14 +275,19 @@ def _bisection_on_host(masked, probs, total, top_p: float, lo: torch.Tensor, hi:
             high, low = torch.where(ok, mid, high), torch.where(ok, low, mid)
         first = torch.where(guessed, below, high)
     thresholds = top.gather(1, first[:, None])[:, 0].tolist()
-    ascending, los, his, f32 = top.flip(-1).tolist(), lo.tolist(), hi.tolist(), np.float32
+    # Python floats and bisect: a few us a round, numpy's calls more; but a long prefix (a flat
+    # distribution: the whole vocabulary) is searched in place by numpy, not copied out to Python
+    ascending = top.flip(-1).tolist() if K <= HOST_LIST else top.flip(-1).numpy()
+    los, his, f32 = lo.tolist(), hi.tolist(), np.float32
     out = []
-    for r, vals in enumerate(ascending):  # Python floats and bisect: a few us a round, numpy's calls more
+    for r, vals in enumerate(ascending):
         if vals[-1] != vals[-1] or not (math.isfinite(los[r]) and math.isfinite(his[r])):
             return None  # NaN logits: leave them to the tensor loop
+        search_left, search_right = ((bisect.bisect_left, bisect.bisect_right) if K <= HOST_LIST else
+                                     (_searcher(vals, "left"), _searcher(vals, "right")))
 
         def kept(threshold: float) -> int:  # K for any threshold at or below the prefix's last logit: >= k*
-            return K - bisect.bisect_left(vals, threshold)
+            return K - int(search_left(vals, threshold))
 
         need = kept(thresholds[r])
         if need >= K and K < V:
@@ -282,7 +299,7 @@ def _bisection_on_host(masked, probs, total, top_p: float, lo: torch.Tensor, hi:
                 a = mid
             else:
                 b_ = mid
-            between = bisect.bisect_right(vals, float(a))
+            between = int(search_right(vals, float(a)))
             if between == K or vals[between] >= float(b_):  # settled (see _bisection_settled)
                 if kept(float(b_)) >= need:
                     if np.nextafter(a, b_) == b_:
