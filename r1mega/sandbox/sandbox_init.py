@@ -36,7 +36,7 @@ MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME, MS_STRICTATIME = 1024, 2048, 1 << 21, 1 << 24
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_SET_NAME = 1, 24, 38, 47, 15
-PR_CAP_AMBIENT_CLEAR_ALL, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 4, 22, 2
+PR_CAP_AMBIENT_CLEAR_ALL, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, PR_SET_CHILD_SUBREAPER = 4, 22, 2, 36
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429  # the same on x86_64 and aarch64
 OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC, MOVE_MOUNT_F_EMPTY_PATH, AT_FDCWD = 1, 0o2000000, 4, -100
@@ -759,7 +759,7 @@ def supervise(status_fd: int, rpc_fd=None) -> None:
         status.flush()
 
     job = json.loads(_read_exactly(0, int.from_bytes(_read_exactly(0, 8), "little")))
-    workdir, cgroup, ooms = None, ZYGOTE_CGROUP, 0
+    workdir, cgroup, ooms, dedicated = None, ZYGOTE_CGROUP, 0, False
     try:
         if cgroup is not None:  # before this process gives up root
             _oom_score(0)  # what it starts may be picked again (the zygote may not)
@@ -774,7 +774,9 @@ def supervise(status_fd: int, rpc_fd=None) -> None:
             own = own_id()
             if os.geteuid() == 0:
                 os.chown(workdir, own, own)
+            dedicated = os.geteuid() == 0 and own == SANDBOX_ID_BASE + os.getpid()
             drop_to(own)
+            _check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(child subreaper)")
         lim = job["limits"]
         if cgroup is None:  # no memory cgroup: processes x address space must bound the total
             lim["processes"] = max(1, min(int(lim["processes"]), int(lim["memory_total_bytes"]) // int(lim["memory_bytes"])))
@@ -812,12 +814,61 @@ def supervise(status_fd: int, rpc_fd=None) -> None:
         except ProcessLookupError:
             pass
     _, st, usage = os.wait4(pid, 0)
+    if not job["isolate"]:
+        end_leftovers(dedicated)
     if workdir:
         import shutil
 
         shutil.rmtree(workdir, ignore_errors=True)
     report(setup="ok", timeout=timed_out, aborted=aborted, exit=os.waitstatus_to_exitcode(st),
            cpu=usage.ru_utime + usage.ru_stime, oom_kills=_oom_kills(cgroup) - ooms)
+
+
+def _children() -> list[int]:
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:  # a kernel without CONFIG_PROC_CHILDREN: every process's parent
+        pass
+    kids = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                if int(f.read().rpartition(")")[2].split()[1]) == me:
+                    kids.append(int(name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return kids
+
+
+def end_leftovers(dedicated: bool, budget: float = 5.0) -> None:
+    """The unsafe mode's stand-in for a PID namespace, after the program's first process ended:
+    this supervisor is the program's child subreaper, so whatever it left running (setsid,
+    double forks) has become a child of this process; kill and reap them all. As root, on the
+    sandbox's own uid, kill(-1) ends every process of that uid at once, a forking one included
+    (a fork under way with a fatal signal pending fails); as another user, the children are
+    killed one by one until none is left (bounded by `budget` seconds)."""
+    deadline = time.monotonic() + budget
+    while True:
+        if dedicated:
+            try:
+                os.kill(-1, signal.SIGKILL)  # all of this uid's processes but this one
+            except ProcessLookupError:
+                pass
+        for pid in _children():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            return
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.002)
 
 
 # ---------------------------------------------------------------- one memory cap for all of a program's processes
