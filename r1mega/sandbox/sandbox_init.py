@@ -920,6 +920,7 @@ def join_memory_cgroup() -> tuple:
     time. (path, dir fd); the trainer removes it after the zygote exits."""
     parent, version = MEMORY_CGROUP
     path = f"{parent}/r1mega-zygote-{os.getpid()}"
+    sweep_stale_cgroups(parent)
     os.mkdir(path)
     try:
         dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -930,6 +931,34 @@ def join_memory_cgroup() -> tuple:
         os.rmdir(path)
         raise
     return path, dfd, version
+
+
+def sweep_stale_cgroups(parent: str) -> None:
+    """Remove the cgroups that zygotes of killed trainers left behind (no atexit ran): each is
+    named by its zygote's pid, so one whose pid is gone -- or is this process's, which no live
+    zygote can hold -- is stale. A stale one named by a reused pid also stopped that zygote from
+    joining a cgroup at all (mkdir: exists), silently dropping the memory cap. rmdir refuses a
+    cgroup that still holds a process; a pid that is alive (perhaps reused) is left for later."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        kind, _, pid = name.rpartition("-")
+        if kind not in ("r1mega-zygote", "r1mega-probe") or not pid.isdigit():
+            continue
+        if int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                continue
+            except ProcessLookupError:
+                pass
+            except OSError:
+                continue
+        try:
+            os.rmdir(f"{parent}/{name}")
+        except OSError:
+            pass
 
 
 def _oom_score(adj: int) -> None:
