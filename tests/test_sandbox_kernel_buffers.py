@@ -1,0 +1,72 @@
+"""Probe: kernel buffers that no rlimit counts. A program raised its sockets' send buffers to twice
+the host's net.core.wmem_max (4 MiB here: 8 MiB each) and filled them: one process queued 470 MiB
+in 30 socket pairs, whatever its address-space cap. With a memory cgroup that is charged to the
+program; without one (an unprivileged trainer: 4 processes of 512 MiB is the promise) four
+processes held ~1.9 GiB more. Pipes grown with F_SETPIPE_SZ (1 MiB each) likewise. Now the
+seccomp filter ignores SO_SNDBUF/SO_RCVBUF (the call succeeds, the default size stays) and
+refuses F_SETPIPE_SZ, so a socket holds at most the host's default and a pipe 64 KiB."""
+import pytest
+
+from r1mega.sandbox.isolation import Limits, isolation_problem, run_code
+
+pytestmark = pytest.mark.skipif(isolation_problem() is not None, reason=f"no isolated sandbox: {isolation_problem()}")
+
+PAIRS = 20
+
+
+def _wmem_default() -> int:
+    with open("/proc/sys/net/core/wmem_default") as f:
+        return int(f.read())
+
+
+SOCKETS = f"""
+import socket
+held, pairs = 0, []
+for _ in range({PAIRS}):
+    a, b = socket.socketpair()
+    for s in (a, b):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 30)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 30)
+        s.setblocking(False)
+        try:
+            while True:
+                held += s.send(b"x" * 65536)
+        except BlockingIOError:
+            pass
+    pairs.append((a, b))
+print(held)
+"""
+
+
+def test_sockets_hold_no_more_than_the_default_send_buffer():
+    res = run_code(SOCKETS, limits=Limits(wall_seconds=20, cpu_seconds=10))
+    assert res.ok, res.reason + res.stderr[-500:]
+    held = int(res.stdout)
+    # a socket may pass its send buffer by one message (up to half of it) before it blocks
+    assert 0 < held <= 2 * PAIRS * 2 * _wmem_default(), f"{held >> 20} MiB queued in {2 * PAIRS} sockets"
+
+
+PIPES = f"""
+import fcntl, os
+held, pipes = 0, []
+for _ in range({PAIRS}):
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ
+    except OSError:
+        pass
+    os.set_blocking(w, False)
+    try:
+        while True:
+            held += os.write(w, b"x" * 65536)
+    except BlockingIOError:
+        pass
+    pipes.append((r, w))
+print(held)
+"""
+
+
+def test_pipes_hold_no_more_than_their_default_size():
+    res = run_code(PIPES, limits=Limits(wall_seconds=20, cpu_seconds=10))
+    assert res.ok, res.reason + res.stderr[-500:]
+    assert int(res.stdout) <= PAIRS * 65536, f"{int(res.stdout) >> 20} MiB held in {PAIRS} pipes"
