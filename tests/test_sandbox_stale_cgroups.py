@@ -1,6 +1,6 @@
 """Probe: a trainer killed before its atexit (SIGKILL, OOM, preemption) left each zygote's memory
-cgroup behind (`r1mega-zygote-<pid>`; 34 of them on this machine, which also kept their parents
-from being removed), and a later zygote that got one of those pids back could not create its own
+cgroup behind (`r1mega-zygote-<pid>`; 47 on this machine, each also keeping its parent from
+being removed), and a later zygote that got one of those pids back could not create its own
 (mkdir: exists) and silently ran without the memory cap. A zygote now removes the stale ones
 (empty, their pid gone or its own) before joining."""
 import os
