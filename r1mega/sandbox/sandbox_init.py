@@ -114,7 +114,10 @@ def enter_sandbox(disk_bytes: int) -> None:
         shown = open_sources(detached=False)
     _check(libc.sethostname(b"sandbox", 7), "sethostname")  # not the host's name
     for path, depth in SOCKET_QUEUES.items():  # this network namespace's own settings
-        _write(path, str(depth))
+        try:
+            _write(path, str(depth))
+        except OSError:  # /proc/sys read-only (Docker): the memory cgroup, where there is one, still counts them
+            pass
     build_root(uid, gid, disk_bytes, *shown)
 
 
