@@ -128,3 +128,29 @@ def test_datagrams_queue_no_deeper_than_the_sandbox_allows():
     res = run_code(DATAGRAMS, limits=Limits(wall_seconds=20, cpu_seconds=10))
     assert res.ok, res.reason + res.stderr[-500:]
     assert 0 < int(res.stdout) <= 5 * 150000, f"{int(res.stdout) >> 10} KiB queued at one receiver"
+
+
+READ_ONLY_PROC_SYS = """
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x20000) == 0  # a mount namespace of this process's own, as Docker has
+assert libc.mount(None, b"/", None, ctypes.c_ulong((1 << 14) | (1 << 18)), None) == 0
+assert libc.mount(b"/proc/sys", b"/proc/sys", None, ctypes.c_ulong(4096 | (1 << 14)), None) == 0
+assert libc.mount(None, b"/proc/sys", None, ctypes.c_ulong(32 | 4096 | 1), None) == 0  # read-only
+from r1mega.sandbox.isolation import isolation_problem, run_code
+print(isolation_problem(), run_code("print(6 * 7)").stdout.strip())
+"""
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root to make a mount namespace")
+def test_the_sandbox_still_starts_where_proc_sys_is_read_only():
+    """Docker mounts /proc/sys read-only: the queue depths cannot be set there, and the sandbox
+    must run all the same (the memory cgroup, where there is one, counts those queues)."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", READ_ONLY_PROC_SYS], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": root})
+    assert out.stdout.split() == ["None", "42"], out.stdout + out.stderr[-1000:]
