@@ -277,6 +277,7 @@ def build_root(uid: int, gid: int, disk_bytes: int, sources: dict, devices: dict
         open(f"{root}/dev/{d}", "w").close()
         _bind_ro(fd, f"{root}/dev/{d}", device=True, detached=detached)
         os.close(fd)
+    os.symlink("/tmp", root + "/dev/shm")  # POSIX semaphores (multiprocessing's locks, Pool) live there, within /tmp's cap
     os.mkdir(root + "/tmp")
     _mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
            f"size={int(disk_bytes)},nr_inodes=1024,mode=0700,uid={uid},gid={gid}")
