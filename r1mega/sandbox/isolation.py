@@ -379,22 +379,21 @@ class _Zygote:
 
 @atexit.register
 def _stop_zygotes() -> None:
-    """Each zygote leaves when its socket closes; then its memory cgroup (named by its pid) goes."""
+    """Each zygote leaves when its socket closes; then its memory and CPU cgroups (named by its pid) go."""
     mine = [z for z in _Zygote._all if z.owner == os.getpid()]
     for z in mine:
         z.sock.close()
-    parent = None
+    parents = None
     for z in mine:
         try:
             z.proc.wait(timeout=2.0)
         except subprocess.TimeoutExpired:
             continue
-        if parent is None:
-            from r1mega.sandbox.sandbox_init import find_memory_cgroup
+        if parents is None:
+            from r1mega.sandbox.sandbox_init import find_cgroup
 
-            found = find_memory_cgroup()
-            parent = found[0] if found else ""
-        if parent:
+            parents = {found[0] for found in map(find_cgroup, ("memory", "cpu")) if found}
+        for parent in parents:
             try:
                 os.rmdir(f"{parent}/r1mega-zygote-{z.proc.pid}")
             except OSError:

@@ -885,9 +885,16 @@ def end_leftovers(dedicated: bool, budget: float = 5.0) -> None:
 # ---------------------------------------------------------------- one memory cap for all of a program's processes
 
 
+CGROUP_KNOBS = {"memory": ("memory.max", "memory.limit_in_bytes"), "cpu": ("cpu.weight", "cpu.shares")}
+
+
 def find_memory_cgroup():
-    """(directory, version) where this process may create memory cgroups (v2 with the memory
-    controller delegated to children, or v1's memory hierarchy), probed once; None where neither."""
+    return find_cgroup("memory")
+
+
+def find_cgroup(controller: str):
+    """(directory, version) where this process may create cgroups with `controller` (v2 with it
+    delegated to children, or v1's hierarchy of it), probed once; None where neither."""
     try:
         with open("/proc/self/cgroup") as f:
             groups = [line.rstrip("\n").split(":", 2) for line in f]
@@ -903,17 +910,17 @@ def find_memory_cgroup():
             rel = path[len(root):] if root != "/" and path.startswith(root) else path
             if controllers == "" and fstype == "cgroup2":
                 found.append((point + rel, 2))
-            elif "memory" in controllers.split(",") and fstype == "cgroup" and "memory" in opts:
+            elif controller in controllers.split(",") and fstype == "cgroup" and controller in opts:
                 found.append((point + rel, 1))
     for d, version in found:
         try:
             if version == 2:
                 with open(f"{d}/cgroup.subtree_control") as f:
-                    if "memory" not in f.read().split():
+                    if controller not in f.read().split():
                         continue
             probe = f"{d}/r1mega-probe-{os.getpid()}"
             os.mkdir(probe)
-            usable = os.path.exists(f"{probe}/{'memory.max' if version == 2 else 'memory.limit_in_bytes'}")
+            usable = os.path.exists(f"{probe}/{CGROUP_KNOBS[controller][2 - version]}")
             os.rmdir(probe)
         except OSError:
             continue
@@ -942,6 +949,25 @@ def join_memory_cgroup() -> tuple:
         os.rmdir(path)
         raise
     return path, dfd, version
+
+
+def join_cpu_cgroup() -> None:
+    """The zygote moves into a CPU cgroup of its own (v1's cpu hierarchy; under v2 the memory
+    cgroup above has the cpu controller wherever its parent hands it down): all of a program's
+    tasks then weigh like one task, against the trainer's and other programs' (its 40 busy
+    tasks took ~20/21 of a container's CPU before; the kernel's per-session autogroups, which
+    would group them, apply only in the root cgroup). The trainer removes it after the zygote exits."""
+    found = find_cgroup("cpu")
+    if found is None or found[1] != 1:
+        return
+    path = f"{found[0]}/r1mega-zygote-{os.getpid()}"
+    sweep_stale_cgroups(found[0])
+    os.mkdir(path)
+    try:
+        _write(f"{path}/cgroup.procs", str(os.getpid()))
+    except BaseException:
+        os.rmdir(path)
+        raise
 
 
 def sweep_stale_cgroups(parent: str) -> None:
@@ -1039,6 +1065,10 @@ def zygote(control_fd: int) -> None:
         except OSError:
             ZYGOTE_CGROUP = None
         _oom_score(-1000)  # the kernel's OOM killer picks the program, never this (where allowed)
+    try:
+        join_cpu_cgroup()
+    except OSError:
+        pass
     import gc
 
     gc.freeze()  # what the zygote holds is never scanned again: its forks keep sharing those pages
