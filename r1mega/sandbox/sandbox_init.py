@@ -861,6 +861,7 @@ def end_leftovers(dedicated: bool, budget: float = 5.0) -> None:
     (a fork under way with a fatal signal pending fails); as another user, the children are
     killed one by one until none is left (bounded by `budget` seconds)."""
     deadline = time.monotonic() + budget
+    dedicated = dedicated and 0 not in os.getresuid()  # as root, kill(-1) would end every process of the host
     while True:
         if dedicated:
             try:
