@@ -414,7 +414,7 @@ def test_escapes_are_contained(host):
     assert "unshare -1 1" in setns and "abstract ok" not in setns and "raw socket" not in setns
     assert "attach" in r["ptrace_and_process_memory"].stdout and " 0 0\n" not in r["ptrace_and_process_memory"].stdout
     devs = r["dev_access"].stdout
-    assert sorted(ast.literal_eval(devs.splitlines()[0])) == ["null", "random", "urandom", "zero"]
+    assert sorted(ast.literal_eval(devs.splitlines()[0])) == ["null", "random", "shm", "urandom", "zero"]  # shm: -> /tmp
     assert "opened" not in devs
     sig = r["signals_to_parent_and_host"].stdout
     assert f"{host['ppid']} [Errno 3]" in sig and f"{host['victim']} [Errno 3]" in sig, sig  # no such process

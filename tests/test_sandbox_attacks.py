@@ -48,7 +48,7 @@ ATTACKS = {
             except OSError:
                 pass
         for p in ('/sys/kernel', '/proc/1/environ', '/dev/mem', '/dev/kmsg', '/etc/passwd', '/dev/shm', '/run'):
-            if os.path.exists(p):
+            if os.path.exists(p) and not (p == '/dev/shm' and os.path.realpath(p) == '/tmp'):  # the program's own /tmp
                 print('PWNED visible', p)
         print(sorted(os.listdir('/dev')))
         """,

@@ -97,10 +97,15 @@ def plan(tests: str, entry_point: Optional[str] = None) -> Union[Plan, str]:
         tree = _parse(script)
     else:
         script = tests
-    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    loads = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)]
+    used = {n.id for n in loads}
     free = used - bound - {"__name__", "__file__", "__builtins__"}
     free = {n for n in free if not hasattr(builtins, n)}  # a builtin name is the builtin (a program's `def abs` never is)
-    modules = sorted(n for n in free if n in sys.stdlib_module_names and n != entry_point)
+    # a stdlib name used only as `name.attr` is a module the tests did not import; one they call or
+    # pass on (`heapq(xs)`) is the program's function of that name
+    bases = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    bare = {n.id for n in loads if id(n) not in bases}
+    modules = sorted(n for n in free if n in sys.stdlib_module_names and n != entry_point and n not in bare)
     proxies = sorted(free - set(modules))
     if not proxies:  # e.g. only comments, or `def check(c): pass` without an entry point: any program would pass
         return "they use no name of the program, so they check nothing of it"

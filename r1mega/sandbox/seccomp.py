@@ -14,8 +14,9 @@ counted per user or host-wide that the trainer shares (Linux AIO contexts, which
 aio-nr; inotify instances; signals queued with data by rt_sigqueueinfo/rt_tgsigqueueinfo) and
 sysinfo (the host's uptime, load and memory);
 clone() with any namespace flag fails; clone3() answers ENOSYS so libc falls back to clone();
-sockets other than AF_UNIX fail; TIOCSTI/TIOCLINUX ioctls fail; prctl(PR_SET_PDEATHSIG) fails so
-the sandbox's init cannot detach itself from its supervisor; personality() may only query. Any
+sockets other than AF_UNIX fail; setting a socket's buffer sizes does nothing (and succeeds) and
+F_SETPIPE_SZ fails, so socket and pipe buffers, which no rlimit counts, stay at their defaults;
+TIOCSTI/TIOCLINUX ioctls fail; prctl(PR_SET_PDEATHSIG) fails so the sandbox's init cannot detach itself from its supervisor; personality() may only query. Any
 other architecture (x32, i386 via int 0x80) kills the process.
 """
 from __future__ import annotations
@@ -59,7 +60,8 @@ _ARCHES = {  # machine -> (AUDIT_ARCH_*, syscall numbers)
         open_tree_attr=467,
         io_setup=206, io_destroy=207, io_getevents=208, io_submit=209, io_cancel=210, io_pgetevents=333,
         inotify_init=253, inotify_init1=294, rt_sigqueueinfo=129, rt_tgsigqueueinfo=297, sysinfo=99,
-        personality=135, clone=56, clone3=435, socket=41, socketpair=53, ioctl=16, prctl=157)),
+        personality=135, clone=56, clone3=435, socket=41, socketpair=53, ioctl=16, prctl=157,
+        setsockopt=54, fcntl=72)),
     "aarch64": (0xC00000B7, dict(
         ptrace=117, process_vm_readv=270, process_vm_writev=271, pidfd_getfd=438, kcmp=272,
         mount=40, umount2=39, pivot_root=41, chroot=51, setns=268, unshare=97, move_mount=429,
@@ -77,9 +79,10 @@ _ARCHES = {  # machine -> (AUDIT_ARCH_*, syscall numbers)
         listmount=458, open_tree_attr=467,
         io_setup=0, io_destroy=1, io_submit=2, io_cancel=3, io_getevents=4, io_pgetevents=292,
         inotify_init1=26, rt_sigqueueinfo=138, rt_tgsigqueueinfo=240, sysinfo=179,
-        personality=92, clone=220, clone3=435, socket=198, socketpair=199, ioctl=29, prctl=167)),
+        personality=92, clone=220, clone3=435, socket=198, socketpair=199, ioctl=29, prctl=167,
+        setsockopt=208, fcntl=25)),
 }
-_ARG_CHECKED = {"personality", "clone", "clone3", "socket", "socketpair", "ioctl", "prctl"}
+_ARG_CHECKED = {"personality", "clone", "clone3", "socket", "socketpair", "ioctl", "prctl", "setsockopt", "fcntl"}
 
 CLONE_NS_FLAGS = (0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000
                   | 0x40000000 | 0x00000080)  # NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET|NEWTIME
@@ -87,6 +90,9 @@ AF_UNIX = 1
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
 PR_SET_PDEATHSIG = 1
 PER_QUERY = 0xFFFFFFFF
+SOL_SOCKET = 1
+SOCKET_BUFFER_SIZES = (7, 8, 32, 33)  # SO_SNDBUF, SO_RCVBUF, SO_SNDBUFFORCE, SO_RCVBUFFORCE
+F_SETPIPE_SZ = 1031
 X32_SYSCALL_BIT = 0x40000000
 
 
@@ -134,5 +140,12 @@ def build_filter(machine: str | None = None) -> bytes:
     on("ioctl", [load(1), _ins(_JEQ_K, TIOCSTI, 1, 0), _ins(_JEQ_K, TIOCLINUX, 0, 1), eperm, allow])
     on("prctl", [load(0), _ins(_JEQ_K, PR_SET_PDEATHSIG, 0, 1), eperm, allow])
     on("personality", [load(0), _ins(_JEQ_K, PER_QUERY, 1, 0), _ins(_JEQ_K, 0, 0, 1), allow, eperm])
+    # socket buffer sizes: the call succeeds and changes nothing (errno 0 skips it), so a socket
+    # keeps the host's default send buffer; buffers past it held memory outside every rlimit
+    n = len(SOCKET_BUFFER_SIZES)
+    on("setsockopt", [load(1), _ins(_JEQ_K, SOL_SOCKET, 0, n + 2), load(2)]
+       + [_ins(_JEQ_K, opt, n - 1 - i, 0) for i, opt in enumerate(SOCKET_BUFFER_SIZES[:-1])]
+       + [_ins(_JEQ_K, SOCKET_BUFFER_SIZES[-1], 0, 1), _deny(0), allow])
+    on("fcntl", [load(1), _ins(_JEQ_K, F_SETPIPE_SZ, 0, 1), eperm, allow])
     prog.append(allow)
     return b"".join(prog)
