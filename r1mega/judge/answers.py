@@ -32,7 +32,9 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Optional
 
+from r1mega.judge import choices, equations, hedges, percent
 from r1mega.judge.assignments import named_against_bare
+from r1mega.judge.budget import OverBudget, bounded
 from r1mega.judge.characters import INVISIBLE_CHARS, latex_signs, plain_characters
 from r1mega.judge.limits import MAX_ANSWER_CHARS
 from r1mega.judge.magnitude import too_large
@@ -70,7 +72,7 @@ _NOT_DIGIT = re.compile(r"\D+")
 _INF = re.compile(r"[-+]?\s*(?:inf|infinity|\\infty|∞|oo|\\infinity)", re.IGNORECASE)
 
 
-def _closing_brace(text: str, start: int, end: int) -> int:
+def closing_brace(text: str, start: int, end: int) -> int:
     """Index of the "}" that closes the "{" just before `start`, searching text[start:end]; -1 if none.
     Steps from "}" to "}" and counts the "{" between them with str.count (C speed). A brace after an
     odd run of backslashes (\\{, \\}) is text, not grouping: \\left\\{ ... \\right. does not keep a box open."""
@@ -120,7 +122,7 @@ def last_boxed(text: str) -> Optional[str]:
         brace = _BOX_BRACE.match(text, at + len(BOXED), end)  # \\boxedx is another command
         if brace:
             start = brace.end()
-            close = _closing_brace(text, start, end)
+            close = closing_brace(text, start, end)
             if close >= 0:
                 return text[start:close]
         end = at
@@ -144,6 +146,8 @@ def _after_a_colon(text: str) -> Optional[str]:
     if at < 0:
         return None
     line = text[at + 2:].split("\n", 1)[0].strip()
+    if hedges.negated_around(line, 0, 0):  # "A: not 5", "A: 5 or 6"
+        return None
     return line or None
 
 
@@ -157,12 +161,13 @@ def _last_number(text: str) -> Optional[str]:
         if start > 0:  # back to the start of a number cut by the window, and the character before it,
             # which decides whether the digits continue a name (x12\,345: no first group)
             start = max(0, start - _IN_NUMBERS.match(text[start - 1::-1]).end() - 1)
-        last = None
+        last, window = None, ""
         if _DIGIT.search(text, start, end):  # else no number here; so only the window holding one is translated
-            for last in _NUMBER.finditer(plain_characters(ungrouped(text[start:end], prose=True))):
+            window = plain_characters(ungrouped(text[start:end], prose=True))
+            for last in _NUMBER.finditer(window):
                 pass
-        if last is not None:
-            return last.group().replace(",", "")
+        if last is not None:  # "not 5", "5 is wrong", "5 or 6": no answer (hedges.py)
+            return None if hedges.negated_around(window, last.start(), last.end()) else last.group().replace(",", "")
         if start == 0:
             return None
         end, size = start, size * 2
@@ -185,14 +190,48 @@ def answer_in(visible: str, fallback: str = "auto") -> Optional[str]:
         found: Optional[str] = boxed if boxed is not None else tagged
     else:
         found = last_boxed(visible)
+    if found is not None:
+        found = _agreed(visible, found)
+    elif tagged is None:
         if found is None and fallback in ("auto", "a_colon"):
             found = _after_a_colon(visible)
         if found is None and fallback in ("auto", "last_number"):
             found = _last_number(visible)
     if found is None:
         return None
+    if hedges.reordered(found):  # "\u202e12" shows as 21; 5 U+0338 is 5 struck through
+        return None
     found = plain_characters(found).strip()
     return found or None
+
+
+def _whole_box(s: str) -> str:
+    """\\boxed{\\boxed{5}} is 5: a box that is the whole answer, layer by layer."""
+    t = s.strip()
+    while t.startswith(hedges.BOXES) and t.endswith("}"):
+        inner = hedges.boxes(t)
+        if not inner or len(inner) != 1 or t[t.index("{") + 1:-1] != inner[0]:
+            break
+        t = inner[0].strip()
+    return t if t != s.strip() else s
+
+
+def _agreed(visible: str, found: str) -> Optional[str]:
+    """The final answer when every answer after the thought (each box, each tagged answer without a
+    box) says the same (equivalent), else None: a hedge (hedges.py)."""
+    boxed, tags = hedges.boxes(visible), hedges.tagged(visible)
+    if boxed is None or tags is None:
+        return None
+    found = _whole_box(found)
+    said = {_plain(found)}
+    for other in boxed + [t for t in tags if not hedges.boxes(t)]:
+        other = _whole_box(other)
+        if _plain(other) in said:
+            continue
+        if len(said) >= 4 or not equivalent(found, other):
+            return None
+        said.add(_plain(other))
+    return found
 
 
 def final_answer(text: str, fallback: str = "auto") -> Optional[str]:
@@ -209,10 +248,12 @@ def _parsed(answer: str) -> tuple:
 
 @lru_cache(maxsize=65536)
 def _parsed_short(answer: str) -> tuple:
-    from math_verify import parse
+    from math_verify import LatexExtractionConfig, parse
 
-    try:
-        return tuple(parse(f"${answer}$"))
+    try:  # the answer as one LaTeX expression, or nothing: math-verify's other extractors (plain
+        # expressions, its fallback to the first match) read a part of what they could not parse whole
+        # ("5 \\vee 6" was 6, "\\neg 5" was 5)
+        return tuple(parse(f"${answer}$", extraction_config=[LatexExtractionConfig()], fallback_mode="no_fallback"))
     except Exception:  # math-verify could not parse it: compared as a string only
         return ()
 
@@ -247,13 +288,25 @@ def equivalent(a: str, b: str) -> bool:
     Only pairs of answers up to MAX_ANSWER_CHARS are cached: a cache keyed by the policy's longest
     answers (up to MAX_RESPONSE_CHARS each) would hold gigabytes of them in the trainer."""
     if len(a) > MAX_ANSWER_CHARS or len(b) > MAX_ANSWER_CHARS:
-        return _equivalent(a, b)
+        return _bounded(a, b)
     return _equivalent_short(a, b)
 
 
 @lru_cache(maxsize=65536)
 def _equivalent_short(a: str, b: str) -> bool:
-    return _equivalent(a, b)
+    return _bounded(a, b)
+
+
+def _bounded(a: str, b: str) -> bool:
+    """_equivalent under budget.py's CPU-time bound: a comparison that spends it is "not equal"."""
+    import math_verify  # noqa: F401 -- imported (0.5 s, once) before the budget starts: never cut halfway
+    import sympy  # noqa: F401
+
+    try:
+        with bounded():
+            return _equivalent(a, b)
+    except OverBudget:
+        return False
 
 
 # display and inline math around a whole answer (<answer>\\[ \\frac{1}{2} \\]</answer>): _parsed wraps an answer
@@ -301,7 +354,15 @@ def _equivalent(a: str, b: str) -> bool:
         return ka == kb
     if a.strip() == b.strip():
         return True
+    pct_a, pct_b = percent.split(a), percent.split(b)
+    if pct_a or pct_b:  # percent.py: 50\\% is 50 (the sign left off) or 0.5 (its value), never both at once
+        return percent.equal(pct_a or (a, False), pct_b or (b, False), _equivalent)
+    if hedges.lossy(a, b) or hedges.lossy(b, a):  # hedges.py: "5 \\approx 6", "5 \\quad 6", "\\not= 5"
+        return " ".join(a.lower().split()) == " ".join(b.lower().split())
     pa, pb = _parsed(a), _parsed(b)
+    if equations.false_chain(pa) or equations.false_chain(pb):  # "6 = 5" against 5
+        return False
+    pa, pb = equations.solved_for_name(pa), equations.solved_for_name(pb)  # "5 = x" as "x = 5"
     if _has_nan(pa) or _has_nan(pb):  # 0/0 and the like
         return False
     if pa and pb and not (too_large(pa) or too_large(pb)):  # 9^{9^{9}} would take verify's whole timeout
@@ -321,6 +382,16 @@ def _equivalent(a: str, b: str) -> bool:
 
 
 def is_correct(text: str, reference, fallback: str = "auto") -> tuple[Optional[str], bool]:
-    """(final answer, equal to the reference) of one response."""
-    answer = final_answer(text, fallback)
-    return answer, answer is not None and equivalent(str(reference), answer)
+    """(final answer, equal to the reference) of one response. A reference that is one option letter
+    is matched by an answer naming that option and no other (choices.py)."""
+    letter = choices.reference_letter(str(reference))
+    if letter is None:
+        answer = final_answer(text, fallback)
+        return answer, answer is not None and equivalent(str(reference), answer)
+    answer = final_answer(text, "none")
+    if answer is None and fallback != "none":
+        parts = split_thought(text)
+        found = None if parts.over_cap else choices.fallback_text(parts.visible)
+        if found is not None and not hedges.negated_around(found, 0, 0) and not hedges.reordered(found):
+            answer = plain_characters(found)
+    return answer, answer is not None and choices.letters_named(answer) == {letter}

@@ -1,0 +1,44 @@
+"""A CPU-time bound on comparing one pair of answers (issue: sympy bombs that stall a GRPO step).
+
+math-verify bounds parsing and verifying by 5 s each of wall-clock time (signal.alarm, whole seconds):
+a policy writing \\prod_{i=1}^{10^9} i, a 400-deep (((5))) or (x+1)^{10000} cost 4-5 s per sample.
+magnitude.py screens numbers too large to build; this is the backstop for everything else: a
+comparison that spends more than SECONDS of the process's CPU time (ITIMER_VIRTUAL: a timer of its
+own, untouched by math-verify's SIGALRM, and counting CPU, not wall-clock time, so a loaded machine
+does not turn a right answer wrong) is abandoned as "not equal". Only the main thread can take
+signals; elsewhere the comparison runs unbounded but for math-verify's own timeouts.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+SECONDS = 0.3  # a benchmark answer takes milliseconds; a bomb is cut here
+_REPEAT = 0.05  # the timer fires again while something swallows the first signal
+
+
+class OverBudget(BaseException):
+    """Raised inside math-verify/sympy when the budget is spent (a BaseException: their
+    `except Exception` handlers must not swallow it)."""
+
+
+def _raise(signum, frame):
+    raise OverBudget
+
+
+@contextmanager
+def bounded(seconds: float = SECONDS) -> Iterator[None]:
+    """Run the body under a CPU-time budget; OverBudget when it is spent (main thread only; nested
+    calls run under the outer budget)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getitimer(signal.ITIMER_VIRTUAL)[0]:
+        yield
+        return
+    previous = signal.signal(signal.SIGVTALRM, _raise)
+    signal.setitimer(signal.ITIMER_VIRTUAL, seconds, _REPEAT)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0, 0)
+        signal.signal(signal.SIGVTALRM, previous)
