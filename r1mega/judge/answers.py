@@ -297,11 +297,15 @@ def _equivalent_short(a: str, b: str) -> bool:
     return _bounded(a, b)
 
 
+_warm = False
+
+
 def _bounded(a: str, b: str) -> bool:
     """_equivalent under budget.py's CPU-time bound: a comparison that spends it is "not equal"."""
-    import math_verify  # noqa: F401 -- imported (0.5 s, once) before the budget starts: never cut halfway
-    import sympy  # noqa: F401
-
+    global _warm
+    if not _warm:  # the imports (0.5 s) and the parser's first build, once, before any budget starts:
+        _warm = True  # never cut halfway, never charged to the first answer judged
+        _equivalent("\\frac{x}{2}", "0.5x")
     try:
         with bounded():
             return _equivalent(a, b)

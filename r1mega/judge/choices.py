@@ -1,8 +1,8 @@
 """Multiple-choice answers: a reference that is one option letter (A-J; "(B)", "\\text{(B)}" too) is
 matched by a response that names that option and no other.
 
-An answer names an option as "(B)", "B)", "B.", "B:" (the option's value may follow: "(B) 12",
-"**B.** 12", "\\textbf{(B)} 12"), or as the bare letter. Naming two options ("(A) or (B)", "(A) (B)")
+An answer names an option as "(B)", "B)", "B.", "B:", "option B" (the option's value may follow:
+"(B) 12", "**B.** 12", "\\textbf{(B)} 12"), or as the bare letter. Naming two options ("(A) or (B)", "(A) (B)")
 is a hedge and never matches; an answer naming none ("12", the chosen option's value, or "B, C") does
 not match either: without the options the judge cannot tell which letter a value stands for.
 Without a boxed or tagged answer the fallback reads the text after the last "answer is"/"answer:"/"A:",
@@ -19,7 +19,8 @@ LETTERS = "A-J"
 _WRAPPERS = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mathit|emph|mbox|operatorname)\s*\{|[{}*$]|\\[()\[\]]")
 _REFERENCE = re.compile(rf"\s*\(?\s*([{LETTERS}])\s*\)?\s*\.?\s*")
 _IN_PARENS = re.compile(rf"\(\s*([{LETTERS}a-j])\s*\)")
-_MARKED = re.compile(rf"(?:^|(?<=\s))([{LETTERS}])\s*[.):](?=\s|$)")
+_MARKED = re.compile(rf"(?:^|(?<=[\s(\[]))([{LETTERS}])\s*[.):](?=\s|$)")
+_NAMED = re.compile(rf"\b(?:option|choice)\s+([{LETTERS}])\b", re.IGNORECASE)  # "Option B"
 _ALONE = re.compile(rf"\s*([{LETTERS}a-j])\s*")
 _ANSWER_IS = re.compile(r"(?:answer\s*(?:is|:)|\bA:)", re.IGNORECASE)
 _MAX_CHARS = 400  # an option and its value; a longer answer names no option
@@ -45,7 +46,8 @@ def letters_named(answer: str) -> set[str]:
     alone = _ALONE.fullmatch(s)
     if alone:
         return {alone.group(1).upper()}
-    return {m.group(1).upper() for m in _IN_PARENS.finditer(s)} | {m.group(1) for m in _MARKED.finditer(s)}
+    return ({m.group(1).upper() for m in _IN_PARENS.finditer(s)} | {m.group(1) for m in _MARKED.finditer(s)}
+            | {m.group(1) for m in _NAMED.finditer(s)})
 
 
 def fallback_text(visible: str) -> Optional[str]:

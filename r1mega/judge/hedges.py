@@ -7,7 +7,8 @@ answer, or not equal) what a human grader would not credit:
                      than MAX_ANSWERS of them is no answer (and bounds the work)
   lossy answers      math-verify's LaTeX parser drops what it does not know and keeps a part: "5 \\approx 6"
                      read 5; "5 \\quad 6" and "5 \\, 6" read 11 (a mixed number); "\\phantom{6}5" read 11;
-                     a box inside the answer; a negated value ("\\not= 5", "\\neg 5") -- such an answer is
+                     a box inside the answer; a negated value ("\\not= 5", "\\neg 5"); a hedge in \\text{}
+                     ("5 \\text{ or 6}" read 5); a LaTeX comment ("5 % 6", shown as 5) -- such an answer is
                      compared as a string only (LOSSY; see unreadable)
   reordered text     bidirectional controls (U+202A-202E, U+2066-2069, U+200E/F, U+061C) show "12" as
                      "21"; combining marks over a digit or a sign (5 U+0338: 5 struck through) -- no answer
@@ -31,11 +32,12 @@ _LOSSY = re.compile(r"\\(?:approx|thickapprox|not|neg|lnot|ne|neq|nleq|ngeq|phan
                     r"bcancel|xcancel|sout|color|textcolor|boxed|fbox|framebox|llap|rlap|clap|mathllap|mathrlap)(?![A-Za-z])")
 _SYNONYMS = {"\\neq": "\\ne", "\\lnot": "\\neg", "\\fbox": "\\boxed"}
 # two numbers with only spacing (or dots) between them: the parser adds them (5 \quad 6 = 11)
-_SPACED_NUMBERS = re.compile(r"\d(?:\s|~|\\[,;:! ]|\\q?quad(?![A-Za-z])|\\[lc]?dots(?![A-Za-z])|\\hspace\{[^{}]*\})+[-+]?\.?\d")
+_SPACED_NUMBERS = re.compile(r"(?<![\w^.\\])\d+(?:\.\d+)?(?:\s|~|\\[,;:! ]|\\q?quad(?![A-Za-z])|\\[lc]?dots(?![A-Za-z])|\\hspace\{[^{}]*\})+[-+]?\.?\d")
 # words in \text{} that make an answer say two things, or the opposite ("5 \text{ or 6}" was read 5)
 _TEXT = re.compile(r"\\(?:text|textrm|textbf|textit|mathrm|mbox|hbox|operatorname|emph)\s*\{([^{}]*)\}")
 _HEDGE_WORDS = re.compile(r"\b(?:or|and|not|nor|no|maybe|perhaps|possibly|either|but|except|unless|otherwise|else|"
                           r"wrong|incorrect|false|approximately|about|roughly|around)\b", re.IGNORECASE)
+_COMMENT = re.compile(r"(?<!\\)%(?!\s*$)")  # LaTeX's comment sign, unless it ends the answer (a percent)
 _LIST_BEFORE = re.compile(r"\d\s*[,;]\s*$")  # "x = 1, 2, 3, 4, 5": the last of a list
 _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")  # embeddings, overrides, isolates
 _BIDI_MARK = re.compile("[\u061c\u200e\u200f]")  # direction marks: reorder only between characters
@@ -113,6 +115,8 @@ def lossy(answer: str, other: str) -> bool:
     if any(_SYNONYMS.get(m.group(), m.group()) not in said for m in _LOSSY.finditer(answer)):
         return True
     if _SPACED_NUMBERS.search(answer) and not _SPACED_NUMBERS.search(other):
+        return True
+    if _COMMENT.search(answer) and not _COMMENT.search(other):  # "5 % 6" shows as 5 and was read 5 x 6 / 100
         return True
     for m in _TEXT.finditer(answer):  # words the parser drops as a unit: "5 \text{ or 6}", "\text{not } 5"
         words = m.group(1)
