@@ -6,7 +6,7 @@ magnitude.py screens numbers too large to build; this is the backstop for everyt
 comparison that spends more than SECONDS of the process's CPU time, user and system (ITIMER_PROF: a
 timer of its own, untouched by math-verify's SIGALRM, and counting CPU, not wall-clock time, so a
 loaded machine does not turn a right answer wrong) is abandoned as "not equal". The slowest right
-answers measured take ~0.19 s (\sin^2 x + \cos^2 x against 1; (x+1)^5 expanded: 0.14 s). Only the
+answers measured take ~0.19 s (\\sin^2 x + \\cos^2 x against 1; (x+1)^5 expanded: 0.14 s). Only the
 main thread can take signals; elsewhere the comparison runs unbounded but for math-verify's timeouts.
 """
 from __future__ import annotations

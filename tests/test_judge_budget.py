@@ -1,0 +1,49 @@
+"""Each comparison runs under a CPU-time budget (r1mega/judge/budget.py). Answers that sympy cannot
+finish took math-verify's wall-clock timeouts, 1-6 s of CPU per sample: \\prod_{i=1}^{10^9} i 6 s, a
+400-deep (((5))) 2.7 s, (x+1)^{10000} 2.2 s, an integral to 10^{10} 1 s. Each now stops within 0.5 s of
+CPU time (user + system), scores 0, and leaves no timer or handler behind."""
+import signal
+import threading
+import time
+
+import pytest
+
+from r1mega.judge import budget, equivalent, is_correct
+
+BOMBS = ["\\prod_{i=1}^{10^9} i", "(" * 400 + "5" + ")" * 400, "(x+1)^{10000}", "\\int_0^{10^{10}} e^{-x^2} dx",
+         "\\sum_{k=1}^{10^{12}} k", "x" * 999]
+
+
+@pytest.mark.parametrize("bomb", BOMBS)
+def test_a_bomb_is_cut_within_half_a_second_of_cpu(bomb):
+    is_correct("<think>t</think> \\boxed{1}", "1")  # imports and the parser's first build, outside any budget
+    handler = signal.getsignal(signal.SIGPROF)
+    start = time.process_time()
+    assert is_correct("<think>t</think> \\boxed{" + bomb + "}", "5") == (bomb, False)
+    assert time.process_time() - start < 0.5
+    assert signal.getitimer(signal.ITIMER_PROF) == (0.0, 0.0) and signal.getsignal(signal.SIGPROF) is handler
+
+
+def test_the_slowest_right_answers_stay_right():
+    for a, b in [("\\sin^2 x + \\cos^2 x", "1"), ("(x+1)^5", "x^5+5x^4+10x^3+10x^2+5x+1"),
+                 ("\\sin(\\pi/3)", "\\frac{\\sqrt{3}}{2}"), ("\\cos(3x)", "4\\cos^3 x - 3 \\cos x")]:
+        assert equivalent(b, a), (a, b)
+
+
+def test_spending_the_budget_raises_past_swallowing_handlers():
+    with pytest.raises(budget.OverBudget):
+        with budget.bounded(0.05):
+            while True:
+                try:
+                    sum(range(10_000))
+                except Exception:  # what math-verify and sympy do: not enough to hide the overrun
+                    pass
+    assert signal.getitimer(signal.ITIMER_PROF) == (0.0, 0.0)
+
+
+def test_outside_the_main_thread_the_judge_runs_unbounded():
+    out = []
+    t = threading.Thread(target=lambda: out.append(budget.bounded(0.01).__enter__() is None))
+    t.start()
+    t.join()
+    assert out == [True] and signal.getitimer(signal.ITIMER_PROF) == (0.0, 0.0)
