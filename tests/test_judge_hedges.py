@@ -29,7 +29,8 @@ def box(s: str) -> str:
     (box("\\neg 5"), "5"), (box("\\ne 5"), "5"), (box("\\not 5"), "5"), (box("\\not= 5"), "5"), (box("5 \\to 6"), "6"),
     (box("\\text{not } 5"), "5"), (box("5 \\implies 6"), "6"), (box("5 % 6"), "0.3"), (box("\\cancel{6} 5"), "5"),
     # false equations between numbers
-    (box("6 = 5"), "5"), (box("1 = 2 = 3 = 4 = 5"), "5"), (box("x = 5 = 6"), "5"),
+    (box("\\sqrt{2} \\approx 1.5"), "\\sqrt{2}"), (box("\\sqrt{2} \\approx 1.5"), "1.5"), (box("5 \\approx 5.4"), "5"),
+    (box("5 \\text{ or } 6"), "5"), (box("6 = 5"), "5"), (box("1 = 2 = 3 = 4 = 5"), "5"), (box("x = 5 = 6"), "5"),
     # characters that change what shows: an override shows "12" as "21"; 5 with a combining long solidus
     (box("\u202e12"), "12"), (box("\u200f1\u200f2"), "12"), (box("5\u0338"), "5"), (box("5\u0336"), "5"), (box("5\u20e0"), "5"),
 ])
@@ -43,6 +44,8 @@ def test_hedges_and_lossy_answers_score_zero(response, reference):
     (box("5 \\text{ cm}"), "5"), (box("\\text{5}"), "5"), (box("1\\,000"), "1000"), (box("\\log_2 8"), "3"),
     (box("2 \\frac{1}{2}"), "2.5"), (box("\\approx 5"), "\\approx 5"), (box("x \\neq 5"), "x \\ne 5"),
     (box("\u200f12"), "12"), (box("caf\u00e9"), "caf\u00e9"), (box("5 \\pm 1"), "5 \\pm 1"),
+    (box("\\sqrt{2} \\approx 1.414"), "\\sqrt{2}"), (box("\\sqrt{2} \\approx 1.414"), "1.414"), (box("\\pi \\approx 3.14"), "\\pi"),
+    (box("5 \\text{ or } 6"), "5, 6"), (box("x = 5 \\text{ or } x = 6"), "5, 6"), (box("5."), "5"),
 ])
 def test_the_same_answers_written_plainly_stay_right(response, reference):
     assert accuracy_reward(response, {"answer": reference}) == 1.0

@@ -351,6 +351,7 @@ def _equivalent(a: str, b: str) -> bool:
     if max(len(a), len(b)) <= MAX_ANSWER_CHARS:  # longer ones are compared as strings only, both as written
         a, b = (_scientific_as_latex(latex_signs(ungrouped(_unwrapped(a)))),
                 _scientific_as_latex(latex_signs(ungrouped(_unwrapped(b)))))
+    a, b = _END_OF_SENTENCE.sub("", a), _END_OF_SENTENCE.sub("", b)  # "\\boxed{5.}": the period ends a sentence
     ka, kb = _kind(a), _kind(b)
     if "nan" in (ka, kb):
         return False
@@ -361,6 +362,10 @@ def _equivalent(a: str, b: str) -> bool:
     pct_a, pct_b = percent.split(a), percent.split(b)
     if pct_a or pct_b:  # percent.py: 50\\% is 50 (the sign left off) or 0.5 (its value), never both at once
         return percent.equal(pct_a or (a, False), pct_b or (b, False), _equivalent)
+    for x, y in ((a, b), (b, a)):
+        sides = _approximation(x, y)
+        if sides is not None:  # "\\sqrt{2} \\approx 1.414": that holds, so either side is the answer
+            return any(_equivalent(side, y) for side in sides)
     if hedges.lossy(a, b) or hedges.lossy(b, a):  # hedges.py: "5 \\approx 6", "5 \\quad 6", "\\not= 5"
         return " ".join(a.lower().split()) == " ".join(b.lower().split())
     pa, pb = _parsed(a), _parsed(b)
@@ -383,6 +388,32 @@ def _equivalent(a: str, b: str) -> bool:
         except Exception:
             return False
     return _plain(a) == _plain(b)
+
+
+_END_OF_SENTENCE = re.compile(r"(?<=[\w}])\.\s*$")
+_DECIMAL = re.compile(r"\s*[-+]?\d*\.(\d+)\s*")
+
+
+def _approximation(s: str, other: str) -> Optional[tuple[str, str]]:
+    """(exact, decimal) of an answer "exact \\approx decimal" whose decimal is the exact value rounded
+    or cut to its places (\\sqrt{2} \\approx 1.414 or 1.41, not 1.5), when `other` is no approximation
+    itself; None otherwise ("5 \\approx 6", a decimal that does not hold: then hedges.py compares the
+    answer as a string)."""
+    if s.count("\\approx") != 1 or "\\approx" in other:
+        return None
+    exact, decimal = (t.strip() for t in s.split("\\approx"))
+    m = _DECIMAL.fullmatch(decimal)
+    parsed = _parsed(exact) if m and exact else ()
+    if not parsed or too_large(parsed):
+        return None
+    try:
+        value = complex(parsed[0].evalf(30))
+    except (TypeError, ValueError, AttributeError, ArithmeticError):
+        return None
+    unit, d = 10.0 ** -len(m.group(1)), float(decimal)
+    gap = value.real - d  # rounded: within half the last place; cut: short of the value by less than one
+    held = abs(gap) <= unit / 2 * (1 + 1e-9) or 0 <= (gap if d >= 0 else -gap) < unit
+    return (exact, decimal) if held and abs(value.imag) <= 1e-12 * max(1.0, abs(value.real)) else None
 
 
 def is_correct(text: str, reference, fallback: str = "auto") -> tuple[Optional[str], bool]:

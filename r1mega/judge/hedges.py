@@ -37,6 +37,7 @@ _SPACED_NUMBERS = re.compile(r"(?<![\w^.\\])\d+(?:\.\d+)?(?:\s|~|\\[,;:! ]|\\q?q
 _TEXT = re.compile(r"\\(?:text|textrm|textbf|textit|mathrm|mbox|hbox|operatorname|emph)\s*\{([^{}]*)\}")
 _HEDGE_WORDS = re.compile(r"\b(?:or|and|not|nor|no|maybe|perhaps|possibly|either|but|except|unless|otherwise|else|"
                           r"wrong|incorrect|false|approximately|about|roughly|around)\b", re.IGNORECASE)
+_CONNECTIVES = ("or", "and", ",", "")
 _COMMENT = re.compile(r"(?<!\\)%(?!\s*$)")  # LaTeX's comment sign, unless it ends the answer (a percent)
 _LIST_BEFORE = re.compile(r"\d\s*[,;]\s*$")  # "x = 1, 2, 3, 4, 5": the last of a list
 _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")  # embeddings, overrides, isolates
@@ -120,6 +121,8 @@ def lossy(answer: str, other: str) -> bool:
         return True
     for m in _TEXT.finditer(answer):  # words the parser drops as a unit: "5 \text{ or 6}", "\text{not } 5"
         words = m.group(1)
+        if words.strip().lower() in _CONNECTIVES:  # 5 \\text{ or } 6: math-verify reads the set {5, 6}
+            continue
         if m.group() not in other and (_HEDGE_WORDS.search(words) or (any(c.isdigit() for c in words)
                                                                       and answer.strip() != m.group())):
             return True
