@@ -26,6 +26,7 @@ def test_the_option_named_is_the_answer(response, reference):
     T + "\\boxed{(B) or (C)}", T + "\\boxed{\\text{(B) or (C)}}", T + "The answer is (B) 12 or (C) 13",
     T + "\\boxed{B. 12 (C. 13)}", T + "\\boxed{12}", T + "\\boxed{C}", T + "The answer is not (B).",
     T + "(A), (B), (C) are the options", T + "\\boxed{B} \\boxed{C}", "<think>\\boxed{B}</think> I am not sure",
+    T + "\\boxed{\\phantom{(B)}}", T + "\\boxed{\\not (B)}", T + "\\boxed{\\cancel{(B)}}", T + "\\boxed{\u202e(B)}",
 ])
 def test_two_options_or_none_score_zero(response):
     assert accuracy_reward(response, {"answer": "B"}) == 0.0

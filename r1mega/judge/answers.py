@@ -34,7 +34,7 @@ from typing import Optional
 
 from r1mega.judge import choices, equations, hedges, percent
 from r1mega.judge.assignments import named_against_bare
-from r1mega.judge.budget import OverBudget, bounded
+from r1mega.judge import budget
 from r1mega.judge.characters import INVISIBLE_CHARS, latex_signs, plain_characters
 from r1mega.judge.limits import MAX_ANSWER_CHARS
 from r1mega.judge.magnitude import too_large
@@ -235,9 +235,17 @@ def _agreed(visible: str, found: str) -> Optional[str]:
 
 
 def final_answer(text: str, fallback: str = "auto") -> Optional[str]:
-    """The final answer of a whole response (None: there is none)."""
+    """The final answer of a whole response (None: there is none, or its answers took the whole
+    budget to compare with each other)."""
     parts = split_thought(text)
-    return None if parts.over_cap else answer_in(parts.visible, fallback)
+    if parts.over_cap:
+        return None
+    _warm_up()
+    try:
+        with budget.bounded(budget.RESPONSE_SECONDS):
+            return answer_in(parts.visible, fallback)
+    except budget.OverBudget:
+        return None
 
 
 def _parsed(answer: str) -> tuple:
@@ -300,16 +308,25 @@ def _equivalent_short(a: str, b: str) -> bool:
 _warm = False
 
 
-def _bounded(a: str, b: str) -> bool:
-    """_equivalent under budget.py's CPU-time bound: a comparison that spends it is "not equal"."""
+def _warm_up() -> None:
+    """The imports (0.5 s) and the parser's first build, once, before any budget starts: never cut
+    halfway, never charged to the first answer judged."""
     global _warm
-    if not _warm:  # the imports (0.5 s) and the parser's first build, once, before any budget starts:
-        _warm = True  # never cut halfway, never charged to the first answer judged
+    if not _warm:
+        _warm = True
         _equivalent("\\frac{x}{2}", "0.5x")
+
+
+def _bounded(a: str, b: str) -> bool:
+    """_equivalent under budget.py's CPU-time bound: a comparison that spends it is "not equal". Inside
+    a response's budget (is_correct) the overrun ends the whole judgement instead (and nothing is cached)."""
+    _warm_up()
+    if budget.active():
+        return _equivalent(a, b)
     try:
-        with bounded():
+        with budget.bounded():
             return _equivalent(a, b)
-    except OverBudget:
+    except budget.OverBudget:
         return False
 
 
@@ -418,15 +435,27 @@ def _approximation(s: str, other: str) -> Optional[tuple[str, str]]:
 
 def is_correct(text: str, reference, fallback: str = "auto") -> tuple[Optional[str], bool]:
     """(final answer, equal to the reference) of one response. A reference that is one option letter
-    is matched by an answer naming that option and no other (choices.py)."""
-    letter = choices.reference_letter(str(reference))
+    is matched by an answer naming that option and no other (choices.py). The whole judgement runs
+    under one CPU-time budget (budget.py): several slow answers in one response cost it once."""
+    _warm_up()
+    found: list = []
+    try:
+        with budget.bounded(budget.RESPONSE_SECONDS):
+            return _is_correct(text, str(reference), fallback, found)
+    except budget.OverBudget:
+        return (found[0] if found else None), False
+
+
+def _is_correct(text: str, reference: str, fallback: str, found: list) -> tuple[Optional[str], bool]:
+    letter = choices.reference_letter(reference)
     if letter is None:
         answer = final_answer(text, fallback)
-        return answer, answer is not None and equivalent(str(reference), answer)
+        found.append(answer)
+        return answer, answer is not None and equivalent(reference, answer)
     answer = final_answer(text, "none")
     if answer is None and fallback != "none":
         parts = split_thought(text)
-        found = None if parts.over_cap else choices.fallback_text(parts.visible)
-        if found is not None and not hedges.negated_around(found, 0, 0) and not hedges.reordered(found):
-            answer = plain_characters(found)
+        line = None if parts.over_cap else choices.fallback_text(parts.visible)
+        if line is not None and not hedges.negated_around(line, 0, 0) and not hedges.reordered(line):
+            answer = plain_characters(line)
     return answer, answer is not None and choices.letters_named(answer) == {letter}

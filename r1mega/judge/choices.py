@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from typing import Optional
 
+from r1mega.judge import hedges
+
 LETTERS = "A-J"
 # formatting that wraps an option: \text{(B)}, \textbf{B.}, **B**, $B$
 _WRAPPERS = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mathit|emph|mbox|operatorname)\s*\{|[{}*$]|\\[()\[\]]")
@@ -40,7 +42,7 @@ def reference_letter(reference: str) -> Optional[str]:
 
 def letters_named(answer: str) -> set[str]:
     """The option letters an answer names (upper case); an empty set when it names none."""
-    if len(answer) > _MAX_CHARS:
+    if len(answer) > _MAX_CHARS or hedges.lossy(answer, ""):  # \\phantom{(B)}, \\not (B), \\cancel{(A)}: hidden or struck
         return set()
     s = _stripped(answer)
     alone = _ALONE.fullmatch(s)
