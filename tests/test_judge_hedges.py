@@ -63,6 +63,7 @@ def test_fallbacks_refuse_a_negated_or_hedged_number(response, fallback):
 
 def test_fallbacks_still_read_a_plain_final_number():
     assert is_correct("3 + 2 = 5", "5", "last_number") == ("5", True)
+    assert is_correct("There is no remainder, so the answer is 5", "5", "auto") == ("5", True)
     assert is_correct("Q: 2+3= A: 5", "5", "a_colon") == ("5", True)
     assert is_correct("So there are 5 apples.", "5", "auto") == ("5", True)
 

@@ -29,8 +29,16 @@ def test_other_numbers_are_not(reference, answer):
 
 @pytest.mark.parametrize("response", [
     "\\boxed{50 \\text{ or } 0.5}", "\\boxed{0.5 \\text{ or } 50\\%}", "\\boxed{50} and \\boxed{0.5}",
-    "\\boxed{50, 0.5}", "<answer>50</answer> \\boxed{0.5}",
+    "\\boxed{50, 0.5}", "<answer>50</answer> \\boxed{0.5}", "\\boxed{0.5} and \\boxed{50\\%}",
+    "\\boxed{50} and \\boxed{50\\%}",
 ])
 def test_one_response_cannot_claim_both_readings(response):
-    for reference in ("50\\%", "50", "0.5"):
+    for reference in ("50\\%", "50", "0.5") if "0.5} and" not in response else ("50",):
         assert accuracy_reward(T + response, {"answer": reference}) == 0.0
+
+
+def test_two_forms_of_one_value_are_right_only_where_both_are():
+    both = T + "\\boxed{0.5} and \\boxed{50\\%}"  # 0.5 = 50%: the same value, but 0.5 is not fifty
+    assert [accuracy_reward(both, {"answer": r}) for r in ("0.5", "50\\%", "\\frac{1}{2}", "50")] == [1, 1, 1, 0]
+    swapped = T + "\\boxed{50\\%} and \\boxed{0.5}"
+    assert [accuracy_reward(swapped, {"answer": r}) for r in ("0.5", "50\\%", "\\frac{1}{2}", "50")] == [1, 1, 1, 0]

@@ -182,6 +182,11 @@ def ungrouped(s: str, prose: bool = False) -> str:
 
 def answer_in(visible: str, fallback: str = "auto") -> Optional[str]:
     """The final answer in text that is already outside the thought."""
+    return _answer_forms(visible, fallback)[0]
+
+
+def _answer_forms(visible: str, fallback: str) -> tuple[Optional[str], list[str]]:
+    """(the final answer, the other forms the response writes it in: "\\frac{8}{2}" beside "4")."""
     if fallback not in FALLBACKS:
         raise ValueError(f"answer fallback {fallback!r}: choose from {FALLBACKS}")
     tagged = _tagged_answer(visible)
@@ -190,19 +195,18 @@ def answer_in(visible: str, fallback: str = "auto") -> Optional[str]:
         found: Optional[str] = boxed if boxed is not None else tagged
     else:
         found = last_boxed(visible)
+    forms: list[str] = []
     if found is not None:
-        found = _agreed(visible, found)
+        found = _agreed(visible, found, forms)
     elif tagged is None:
         if found is None and fallback in ("auto", "a_colon"):
             found = _after_a_colon(visible)
         if found is None and fallback in ("auto", "last_number"):
             found = _last_number(visible)
-    if found is None:
-        return None
-    if hedges.reordered(found):  # "\u202e12" shows as 21; 5 U+0338 is 5 struck through
-        return None
+    if found is None or hedges.reordered(found):  # "\u202e12" shows as 21; 5 U+0338 is 5 struck through
+        return None, []
     found = plain_characters(found).strip()
-    return found or None
+    return (found or None), [plain_characters(f).strip() for f in forms]
 
 
 def _whole_box(s: str) -> str:
@@ -216,9 +220,9 @@ def _whole_box(s: str) -> str:
     return t if t != s.strip() else s
 
 
-def _agreed(visible: str, found: str) -> Optional[str]:
+def _agreed(visible: str, found: str, forms: list) -> Optional[str]:
     """The final answer when every answer after the thought (each box, each tagged answer without a
-    box) says the same (equivalent), else None: a hedge (hedges.py)."""
+    box) says the same (equivalent), else None: a hedge (hedges.py). Its other forms go to `forms`."""
     boxed, tags = hedges.boxes(visible), hedges.tagged(visible)
     if boxed is None or tags is None:
         return None
@@ -228,24 +232,39 @@ def _agreed(visible: str, found: str) -> Optional[str]:
         other = _whole_box(other)
         if _plain(other) in said:
             continue
-        if len(said) >= 4 or not equivalent(found, other):
+        if len(said) >= 4 or not _same_value(found, other):
             return None
         said.add(_plain(other))
+        forms.append(other)
     return found
+
+
+def _same_value(a: str, b: str) -> bool:
+    """Two answers of one response: equivalent, and a percent only by its value (50\\% and 0.5; not 50\\%
+    and 50, which would let one response claim both of percent.py's readings)."""
+    pa, pb = percent.split(a), percent.split(b)
+    if bool(pa) != bool(pb):
+        (x, _), y = (pa, b) if pa else (pb, a)
+        return equivalent(f"\\frac{{{x}}}{{100}}", y)
+    return equivalent(a, b)
 
 
 def final_answer(text: str, fallback: str = "auto") -> Optional[str]:
     """The final answer of a whole response (None: there is none, or its answers took the whole
     budget to compare with each other)."""
+    return _final_forms(text, fallback)[0]
+
+
+def _final_forms(text: str, fallback: str) -> tuple[Optional[str], list[str]]:
     parts = split_thought(text)
     if parts.over_cap:
-        return None
+        return None, []
     _warm_up()
     try:
         with budget.bounded(budget.RESPONSE_SECONDS):
-            return answer_in(parts.visible, fallback)
+            return _answer_forms(parts.visible, fallback)
     except budget.OverBudget:
-        return None
+        return None, []
 
 
 def _parsed(answer: str) -> tuple:
@@ -448,10 +467,10 @@ def is_correct(text: str, reference, fallback: str = "auto") -> tuple[Optional[s
 
 def _is_correct(text: str, reference: str, fallback: str, found: list) -> tuple[Optional[str], bool]:
     letter = choices.reference_letter(reference)
-    if letter is None:
-        answer = final_answer(text, fallback)
+    if letter is None:  # every form the response gives must be right ("0.5" beside "50\\%": not for 50)
+        answer, forms = _final_forms(text, fallback)
         found.append(answer)
-        return answer, answer is not None and equivalent(reference, answer)
+        return answer, answer is not None and all(equivalent(reference, a) for a in [answer] + forms)
     answer = final_answer(text, "none")
     if answer is None and fallback != "none":
         parts = split_thought(text)

@@ -132,7 +132,7 @@ def lossy(answer: str, other: str) -> bool:
 def negated_around(text: str, start: int, end: int) -> bool:
     """Does the text around a fallback's number (text[start:end]) negate or hedge it: "not 5", "5 is
     wrong", "5 or 6", "5? No"? Read on the 40 characters before it and its sentence after it."""
-    before = text[max(0, start - 40):start]
-    before = before[max(before.rfind("."), before.rfind("\n")) + 1:]
+    before = text[max(0, start - 24):start]  # the clause before it: "not 5", "either 4 or 5", "≠ 5"
+    before = before[max(before.rfind(c) for c in ".,;:\n") + 1:] if not _LIST_BEFORE.search(before) else before
     after = re.split(r"[.\n]", text[end:end + 80], maxsplit=1)[0] if not text[end:end + 1] == "?" else text[end:end + 80]
     return bool(_NEGATION.search(before) or _NEGATION.search(after) or _LIST_BEFORE.search(before))
