@@ -3,7 +3,9 @@
 final_answer(text, fallback) reads only the visible text after the thought (response.py):
   1. the last closed <answer>...</answer> (its last \\boxed{...} when it holds one, else its text)
   2. else the last closed \\boxed{...} (balanced braces; \\boxed {...} too)
-  3. else the fallback:
+     every box and every tagged answer after the thought must agree (hedges.py: "\\boxed{5} ...
+     \\boxed{6}" is no answer), and every form the response writes its answer in must be right
+  3. else the fallback (refused when the number is negated or hedged: "not 5", "5 or 6"):
        "auto"         (the default) the rest of the line after the last "A:" (the built-in corpus's
                       "Q: 3+4= A: 7" form); without one, the last number (a chat model's "3 + 18 = 21")
        "a_colon"      only the "A:" rule
@@ -24,6 +26,11 @@ scale (scale.py: math-verify's absolute tolerances judged 0.0 equal to 6.626\\ti
 named on one side (a=1, b=2) and bare on the other are compared in the names' order (assignments.py:
 math-verify matched (2, 1) and \\{2, 1\\} with a=1, b=2). A number
 too large to evaluate (9^{9^{9}}, (10^8)!: magnitude.py) is compared as a string only, never handed to sympy.
+The answer is parsed whole as LaTeX or not at all (math-verify's other extractors read a part: "5 \\vee 6"
+was 6); what the parser would misread is compared as a string (hedges.py: "5 \\approx 6", "5 \\quad 6",
+"\\not= 5", "5 \\text{ or 6}"); an equation between numbers must hold (equations.py: "6 = 5"); a percent
+is its number or its value (percent.py); an option letter is matched by the option an answer names
+(choices.py); each response is judged within a CPU-time budget (budget.py).
 """
 from __future__ import annotations
 
@@ -32,9 +39,8 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Optional
 
-from r1mega.judge import choices, equations, hedges, percent
+from r1mega.judge import budget, choices, equations, hedges, percent
 from r1mega.judge.assignments import named_against_bare
-from r1mega.judge import budget
 from r1mega.judge.characters import INVISIBLE_CHARS, latex_signs, plain_characters
 from r1mega.judge.limits import MAX_ANSWER_CHARS
 from r1mega.judge.magnitude import too_large
