@@ -39,7 +39,7 @@ def test_hedges_and_lossy_answers_score_zero(response, reference):
 
 
 @pytest.mark.parametrize("response, reference", [
-    (T + "\\boxed{4} so \\boxed{\\frac{8}{2}}", "4"), (T + "<answer>\\boxed{4}</answer>", "4"), (box("\\boxed{4}"), "4"),
+    (T + "\\boxed{4} so \\boxed{\\frac{8}{2}}", "4"), (T + "I put it in \\boxed{} so \\boxed{4}", "4"), (T + "<answer>\\boxed{4}</answer>", "4"), (box("\\boxed{4}"), "4"),
     (box("\\frac{10}{2} = 5"), "5"), (box("2 + 3 = 5"), "5"), (box("x = 5"), "5"), (box("5 = x"), "5"),
     (box("5 \\text{ cm}"), "5"), (box("\\text{5}"), "5"), (box("1\\,000"), "1000"), (box("\\log_2 8"), "3"),
     (box("2 \\frac{1}{2}"), "2.5"), (box("\\approx 5"), "\\approx 5"), (box("x \\neq 5"), "x \\ne 5"),

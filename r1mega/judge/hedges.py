@@ -97,6 +97,13 @@ def tagged(text: str) -> Optional[list[str]]:
         at = close + len("</answer>")
 
 
+def shows(answer: str) -> bool:
+    """Does the answer show anything (not only spaces or invisible characters)?"""
+    from r1mega.judge.characters import shows_something
+
+    return shows_something(answer)
+
+
 def reordered(answer: str) -> bool:
     """Does the answer hold characters that change how it shows: bidirectional controls, or a combining
     mark on something other than a letter (NFC first: an accented letter is one letter)?"""
