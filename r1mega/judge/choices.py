@@ -64,3 +64,10 @@ def fallback_text(visible: str) -> Optional[str]:
         lines = [ln for ln in visible[-4 * _MAX_CHARS:].split("\n") if ln.strip()]
         line = lines[-1] if lines else ""
     return line.strip() or None
+
+
+def same_option(a: str, b: str) -> bool:
+    """Two answers to a multiple-choice problem vote together when they name the same one option
+    ("(B) 12" and "B"); an answer naming none or several votes alone."""
+    la = letters_named(a)
+    return len(la) == 1 and la == letters_named(b)
