@@ -31,6 +31,7 @@ def box(s: str) -> str:
     # false equations between numbers
     (box("\\sqrt{2} \\approx 1.5"), "\\sqrt{2}"), (box("\\sqrt{2} \\approx 1.5"), "1.5"), (box("5 \\approx 5.4"), "5"),
     (box("5 \\text{ or } 6"), "5"), (box("6 = 5"), "5"), (box("1 = 2 = 3 = 4 = 5"), "5"), (box("x = 5 = 6"), "5"),
+    (box("5 = x = 6"), "6"), (box("5 \\textnormal{ or 6}"), "5"), (box("5 \\textsf{ or 6}"), "5"),
     # characters that change what shows: an override shows "12" as "21"; 5 with a combining long solidus
     (box("\u202e12"), "12"), (box("\u200f1\u200f2"), "12"), (box("5\u0338"), "5"), (box("5\u0336"), "5"), (box("5\u20e0"), "5"),
 ])
@@ -40,7 +41,8 @@ def test_hedges_and_lossy_answers_score_zero(response, reference):
 
 @pytest.mark.parametrize("response, reference", [
     (T + "\\boxed{4} so \\boxed{\\frac{8}{2}}", "4"), (T + "I put it in \\boxed{} so \\boxed{4}", "4"), (T + "<answer>\\boxed{4}</answer>", "4"), (box("\\boxed{4}"), "4"),
-    (box("\\frac{10}{2} = 5"), "5"), (box("2 + 3 = 5"), "5"), (box("x = 5"), "5"), (box("5 = x"), "5"),
+    (box("\\frac{10}{2} = 5"), "5"), (box("2 + 3 = 5"), "5"), (box("x = 2 + 3 = 5"), "5"), (box("y = x = 5"), "5"),
+    (box("x = 5"), "5"), (box("5 = x"), "5"),
     (box("5 \\text{ cm}"), "5"), (box("\\text{5}"), "5"), (box("1\\,000"), "1000"), (box("\\log_2 8"), "3"),
     (box("2 \\frac{1}{2}"), "2.5"), (box("\\approx 5"), "\\approx 5"), (box("x \\neq 5"), "x \\ne 5"),
     (box("\u200f12"), "12"), (box("caf\u00e9"), "caf\u00e9"), (box("5 \\pm 1"), "5 \\pm 1"),

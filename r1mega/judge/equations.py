@@ -1,7 +1,7 @@
 """Equations in an answer: a chain of numbers must hold, and "5 = x" names x like "x = 5".
 
 math-verify compares an equation against a plain reference by its last right-hand side, so "6 = 5",
-"1 = 2 = 3 = 4 = 5" and "5 \\approx 6"-like chains matched 5 (a hedge, or a false statement a human
+"1 = 2 = 3 = 4 = 5" and "5 = x = 6" matched 5 or 6 (a hedge, or a false statement a human
 grader does not credit); "\\frac{10}{2} = 5" is true and stays right.
 """
 from __future__ import annotations
@@ -27,13 +27,16 @@ def _holds(lhs, rhs) -> bool:
 
 
 def false_chain(parsed: tuple) -> bool:
-    """Does the parsed answer state an equation between numbers (no unknowns) that does not hold?"""
+    """Does the parsed answer equate numbers (sides without unknowns, anywhere in a chain) that differ?"""
     import sympy
 
     for e in parsed[:1]:
         if isinstance(e, sympy.Basic):
-            for r in _relations(e):
-                if not (r.lhs.free_symbols or r.rhs.free_symbols) and not _holds(r.lhs, r.rhs):
+            rels = _relations(e)
+            chained = all(a.rhs == b.lhs for a, b in zip(rels, rels[1:]))  # a = b = c, not x = 1, y = 2
+            for group in ([[t for r in rels for t in (r.lhs, r.rhs)]] if chained else [[r.lhs, r.rhs] for r in rels]):
+                numbers = [t for t in group if not t.free_symbols]
+                if any(not _holds(numbers[0], t) for t in numbers[1:]):  # "5 = x = 6" too: x cannot be both
                     return True
     return False
 

@@ -34,7 +34,7 @@ _SYNONYMS = {"\\neq": "\\ne", "\\lnot": "\\neg", "\\fbox": "\\boxed"}
 # two numbers with only spacing (or dots) between them: the parser adds them (5 \quad 6 = 11)
 _SPACED_NUMBERS = re.compile(r"(?<![\w^.\\])\d+(?:\.\d+)?(?:\s|~|\\[,;:! ]|\\q?quad(?![A-Za-z])|\\[lc]?dots(?![A-Za-z])|\\hspace\{[^{}]*\})+[-+]?\.?\d")
 # words in \text{} that make an answer say two things, or the opposite ("5 \text{ or 6}" was read 5)
-_TEXT = re.compile(r"\\(?:text|textrm|textbf|textit|mathrm|mbox|hbox|operatorname|emph)\s*\{([^{}]*)\}")
+_TEXT = re.compile(r"\\(?:text[a-z]*|math[a-z]*|[mh]box|operatorname\*?|emph)\s*\{([^{}]*)\}")
 _HEDGE_WORDS = re.compile(r"\b(?:or|and|not|nor|no|maybe|perhaps|possibly|either|but|except|unless|otherwise|else|"
                           r"wrong|incorrect|false|approximately|about|roughly|around)\b", re.IGNORECASE)
 _CONNECTIVES = ("or", "and", ",", "")
