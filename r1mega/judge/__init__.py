@@ -16,6 +16,7 @@ gets one verdict everywhere.
     equations.py   equations between numbers must hold; "5 = x" names x
     percent.py     a percent sign: one rule on either side
     choices.py     multiple-choice references: the option a response names
+    units.py       units written on both sides must agree (5 cm is not 5 km)
     budget.py      a CPU-time bound per response (sympy bombs)
 Low in the import graph: it imports nothing from rl/, eval/ or generation/.
 """

@@ -39,7 +39,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Optional
 
-from r1mega.judge import budget, choices, equations, hedges, percent
+from r1mega.judge import budget, choices, equations, hedges, percent, units
 from r1mega.judge.assignments import named_against_bare
 from r1mega.judge.characters import INVISIBLE_CHARS, latex_signs, plain_characters
 from r1mega.judge.limits import MAX_ANSWER_CHARS
@@ -408,6 +408,8 @@ def _equivalent(a: str, b: str) -> bool:
         sides = _approximation(x, y)
         if sides is not None:  # "\\sqrt{2} \\approx 1.414": that holds, so either side is the answer
             return any(_equivalent(side, y) for side in sides)
+    if units.different(a, b):  # units.py: 5 \\text{ cm} is not 5 \\text{ km}
+        return False
     if hedges.lossy(a, b) or hedges.lossy(b, a):  # hedges.py: "5 \\approx 6", "5 \\quad 6", "\\not= 5"
         return " ".join(a.lower().split()) == " ".join(b.lower().split())
     pa, pb = _parsed(a), _parsed(b)
