@@ -20,7 +20,7 @@ _SYNONYMS = {
     "rad": "radian", "dollar": "usd", "cent": "", "mph": "", "kmh": "km/h", "mps": "m/s",
 }
 _CANON = {w: unit for unit, words in _SYNONYMS.items() for w in [unit] + words.split()}
-_TEXT_UNIT = re.compile(r"(?<=[\d}])\s*(?:\\[,;: !]|~|\s)*\\(?:text[a-z]*|mathrm|mbox|operatorname)\s*\{\s*([A-Za-z][A-Za-z/ .]*?)\s*\}"
+_TEXT_UNIT = re.compile(r"(?<=[\d}])(?:\\[,;: !]|~|\s)*\\(?:text[a-z]*|mathrm|mbox|operatorname)\s*\{\s*([A-Za-z][A-Za-z/ .]*?)\s*\}"
                         r"\s*(?:\^\s*\{?\s*(\d)\s*\}?)?\s*$")
 _WORD_UNIT = re.compile(r"(?<=\d)\s+([A-Za-z]{2,12})(?:\s*\^\s*\{?\s*(\d)\s*\}?)?\s*$")
 
