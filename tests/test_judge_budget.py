@@ -85,3 +85,18 @@ def test_other_threads_cpu_time_is_not_the_judges():
         stop.set()
         for t in busy:
             t.join()
+
+
+def test_a_forked_child_judges_under_its_own_watchdog():
+    import multiprocessing
+
+    is_correct("<think>t</think> \\boxed{(x+1)^{10000}}", "5")  # the parent's watchdog thread is running
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        assert pool.apply(_judge_a_bomb_timed) < 0.5
+
+
+def _judge_a_bomb_timed() -> float:
+    start = time.thread_time()
+    assert is_correct("<think>t</think> \\boxed{(x+1)^{10001}}", "5")[1] is False
+    return time.thread_time() - start

@@ -16,6 +16,7 @@ CPU clock, the comparison runs unbounded but for math-verify's own timeouts.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -54,6 +55,14 @@ class _Watchdog:
 
 
 _dog = _Watchdog()
+
+
+def _after_fork() -> None:  # a forked child has no watchdog thread, and maybe a lock held at the fork
+    global _dog
+    _dog = _Watchdog()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def active() -> bool:
