@@ -56,7 +56,7 @@ def test_the_same_answers_written_plainly_stay_right(response, reference):
 @pytest.mark.parametrize("response, fallback", [
     ("The answer is not 5.", "auto"), ("5 is wrong", "last_number"), ("The answer is 5? No.", "auto"),
     ("The answer is 6 or 5", "auto"), ("x = 1, 2, 3, 4, 5", "last_number"), ("Q: 2+3= A: not 5", "a_colon"),
-    ("Q: 2+3= A: 6 or 5", "auto"),
+    ("Q: 2+3= A: 6 or 5", "auto"), ("Answer: 6\nAnswer: 5", "auto"), ("The answer is 6. The final answer is 5.", "last_number"),
 ])
 def test_fallbacks_refuse_a_negated_or_hedged_number(response, fallback):
     assert final_answer(response, fallback) is None
@@ -68,6 +68,7 @@ def test_fallbacks_still_read_a_plain_final_number():
     assert is_correct("There is no remainder, so the answer is 5", "5", "auto") == ("5", True)
     assert is_correct("Q: 2+3= A: 5", "5", "a_colon") == ("5", True)
     assert is_correct("So there are 5 apples.", "5", "auto") == ("5", True)
+    assert is_correct("The answer is 5.\nFinal answer: 5", "5", "auto") == ("5", True)
 
 
 def test_more_boxes_than_any_answer_needs_is_no_answer():

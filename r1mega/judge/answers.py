@@ -209,6 +209,8 @@ def _answer_forms(visible: str, fallback: str) -> tuple[Optional[str], list[str]
             found = _after_a_colon(visible)
         if found is None and fallback in ("auto", "last_number"):
             found = _last_number(visible)
+        if found is not None and hedges.stated_twice(visible):  # "Answer: 5 ... Answer: 6"
+            found = None
     if found is None or hedges.reordered(found):  # "\u202e12" shows as 21; 5 U+0338 is 5 struck through
         return None, []
     found = plain_characters(found).strip()

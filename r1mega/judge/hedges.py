@@ -14,7 +14,8 @@ answer, or not equal) what a human grader would not credit:
                      "21"; combining marks over a digit or a sign (5 U+0338: 5 struck through) -- no answer
   false equations    "6 = 5" or "1 = 2 = 5" against 5 (math-verify compared the last side only): a chain whose
                      sides are all numbers must hold (equations.py)
-  negated fallbacks  the last-number and "A:" fallbacks refuse "not 5", "5 is wrong", "5 or 6"
+  negated fallbacks  the last-number and "A:" fallbacks refuse "not 5", "5 is wrong", "5 or 6", the last
+                     of a list, and two numbers stated as the answer ("Answer: 5 ... Answer: 6")
 """
 from __future__ import annotations
 
@@ -143,3 +144,13 @@ def negated_around(text: str, start: int, end: int) -> bool:
     before = before[max(before.rfind(c) for c in ".,;:\n") + 1:] if not _LIST_BEFORE.search(before) else before
     after = re.split(r"[.\n]", text[end:end + 80], maxsplit=1)[0] if not text[end:end + 1] == "?" else text[end:end + 80]
     return bool(_NEGATION.search(before) or _NEGATION.search(after) or _LIST_BEFORE.search(before))
+
+
+_STATED = re.compile(r"\b(?:final\s+)?answer\s*(?:is|:|=)\s*\$?\s*([-+]?\d[\d,]*(?:\.\d+)?(?:/\d+)?)", re.IGNORECASE)
+
+
+def stated_twice(text: str) -> bool:
+    """Does a response without a box or tags state two different numbers as its answer ("Answer: 5 ...
+    Answer: 6")? The fallback would read the last; a grader reads a hedge."""
+    said = {m.group(1).replace(",", "") for m in _STATED.finditer(text[-1 << 16:])}
+    return len(said) > 1
