@@ -76,3 +76,13 @@ def test_k_equals_one():
     # with one sample the vote is that sample's answer
     assert score_problem([True], ["1/2"]).cons and not score_problem([False], [None]).cons
     assert cons_correct(["1/2"], "0.5") and not cons_correct([None], "0.5")
+
+
+def test_a_multiple_choice_vote_counts_options_not_spellings():
+    from r1mega.eval.benchmark import score_benchmark
+
+    texts = ["<think>t</think> \\boxed{" + a + "}" for a in ("(B) 12", "B", "C", "C", "\\text{(B)}")]
+    summary, scores = score_benchmark([{"id": "p", "answer": "B"}], {"p": texts})
+    assert (scores[0].correct, scores[0].cons) == (3, True)  # B three times outvotes C twice
+    summary, scores = score_benchmark([{"id": "p", "answer": "C"}], {"p": texts})
+    assert (scores[0].correct, scores[0].cons) == (2, False)

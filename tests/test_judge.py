@@ -27,8 +27,9 @@ TABLE = [
     # answer tags, boxed, several answers: the last <answer>, else the last \boxed
     (f"{T} <answer>4</answer>", "4", True, True),
     (f"{T} " + r"\boxed{4}", "4", True, True),
-    (f"{T}<answer>3</answer><answer>4</answer>", "4", True, False),
-    (f"{T} " + r"\boxed{3} then \boxed{4}", "4", True, True),
+    (f"{T}<answer>3</answer><answer>4</answer>", "4", False, False),  # two answers: a hedge (hedges.py)
+    (f"{T} " + r"\boxed{3} then \boxed{4}", "4", False, True),
+    (f"{T} " + r"\boxed{4} so \boxed{\frac{8}{2}}", "4", True, True),  # the same answer twice
     (f"{T} " + r"<answer>\boxed{4}</answer>", "4", True, True),
     (f"{T} " + r"\boxed{4} <answer>3</answer>", "4", False, True),
     (f"{T}" + r"<answer>\boxed{\boxed{4}}</answer>", "4", True, True),

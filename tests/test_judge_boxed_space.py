@@ -22,8 +22,11 @@ def test_a_space_before_the_brace_is_still_a_box(box, right, wrong, fallback):
 
 def test_other_commands_are_not_boxes():
     assert final_answer("<think>t</think> \\boxedtext{5} 6", "none") is None
-    assert final_answer("<think>t</think> \\boxed {5} \\boxed 6", "none") == "5"  # no brace: not a box
-    assert final_answer("<think>t</think> \\boxed{5} then \\boxed {6}", "none") == "6"  # the last box wins
+    assert final_answer("<think>t</think> \\boxed {5} \\boxed.", "none") == "5"  # nothing boxed
+    # two boxes that differ are a hedge (hedges.py), \\boxed 6 too (LaTeX boxes the one token after it)
+    assert final_answer("<think>t</think> \\boxed {5} \\boxed 6", "none") is None
+    assert final_answer("<think>t</think> \\boxed{5} then \\boxed {6}", "none") is None
+    assert final_answer("<think>t</think> \\boxed{6} then \\boxed {6}", "none") == "6"
 
 
 def test_many_unclosed_spaced_boxes_are_read_once():

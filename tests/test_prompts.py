@@ -37,6 +37,8 @@ def test_records_of_every_kind_load(tmp_path):
     ({"prompt": "q", "tests": [{"input": "1", "output": "2"}], "entry_point": "f"}, "'entry_point' goes with"),
     ({"prompt": "q", "tests": "assert True", "entry_point": "not valid"}, "'entry_point' must be a Python identifier"),
     ({"prompt": "q", "answer": "1", "language": "xx"}, "'language' must be one of"),
+    ({"prompt": "q", "answer": "1", "tests": "assert f() == 1"}, "has both 'answer' and 'tests'"),
+    ({"prompt": "q", "answer": 0, "tests": [{"input": "", "output": "0"}]}, "has both 'answer' and 'tests'"),
 ])
 def test_bad_records_are_named_by_file_and_line(tmp_path, record, message):
     from r1mega.generation.records import read_prompt_records

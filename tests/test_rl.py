@@ -70,7 +70,8 @@ def test_answer_extraction_prefers_the_final_answer_tag_then_boxed_outside_the_t
     assert accuracy_reward("<answer>4</answer>", gold) == 1.0
     assert accuracy_reward(r"<think>so \boxed{4}</think> I give up", gold) == 0.0  # boxed only inside the thought
     assert accuracy_reward(r"<think>maybe \boxed{5}</think> so \boxed{4}", gold) == 1.0
-    assert accuracy_reward("<answer>3</answer> <answer>4</answer>", gold) == 1.0  # the final one
+    assert accuracy_reward("<answer>3</answer> <answer>4</answer>", gold) == 0.0  # two answers: a hedge
+    assert accuracy_reward("<answer>4</answer> <answer>4</answer>", gold) == 1.0
     assert accuracy_reward(r"<answer>\boxed{\frac{8}{2}}</answer>", gold) == 1.0
     assert final_answer(r"\boxed{1} then \boxed{2") == "1"  # an unclosed box does not hide an earlier one
 

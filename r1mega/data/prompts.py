@@ -21,8 +21,9 @@ Record format, one JSON object per line (blank lines are skipped):
                (en, zh, fr, de, ru, ja, ...)
   id           optional str/int; default "<file>:<line>"
 
-Every record needs `prompt` or `messages`, and `answer` or `tests`; a bad record raises DataError
-naming file:line. `load_prompts` (RL) returns plain dicts (the rewards read them) with every key
+Every record needs `prompt` or `messages`, and `answer` or `tests` (not both: the accuracy reward,
+`r1mega eval` and the rejection filters judged such a record by its answer alone, its tests unread); a
+bad record raises DataError naming file:line. `load_prompts` (RL) returns plain dicts (the rewards read them) with every key
 present. `read_problems` is the reader under it, with what generation needs as options: records
 without answers (`r1mega generate` on any prompts), a chat ending in the assistant's reply (an SFT
 record: the reply is dropped, the model answers the user turn before it), and ids that key an
@@ -104,6 +105,9 @@ def parse_problem(where: str, rec: dict, answers: bool = True, sft_chats: bool =
     answer, tests = rec.get("answer"), rec.get("tests")
     if answers and answer is None and tests is None:
         raise bad("needs 'answer' (math) or 'tests' (code) to be checked against")
+    if answer is not None and tests is not None:  # the rewards, eval and the filters would read one and drop the other
+        raise bad("has both 'answer' and 'tests': a problem is judged by one of them (keep 'answer' for a "
+                  "final answer, 'tests' for a program)")
     if answer is not None and (isinstance(answer, bool) or not isinstance(answer, (str, int, float))):
         raise bad(f"'answer' must be a string or a number, got {type(answer).__name__}")
     if isinstance(answer, float) and not math.isfinite(answer):  # NaN, Infinity, or 1e400 read as inf

@@ -35,7 +35,7 @@ from r1mega.data.jsonl import DataError, iter_jsonl
 from r1mega.errors import ConfigError
 from r1mega.eval.metrics import ProblemScore, equivalent, score_problem, summarize
 from r1mega.generation.records import read_prompt_records
-from r1mega.judge import FALLBACKS, final_code, is_correct
+from r1mega.judge import FALLBACKS, choices, final_code, is_correct
 
 
 TOTAL = "all"  # the summary table's row over every benchmark (with more than one)
@@ -89,8 +89,9 @@ def score_benchmark(records: list[dict], completions: dict[str, list[str]], out_
     for rec in records:
         texts = completions[rec["id"]]
         judged = [judge(rec, t, fallback, programs) for t in texts]
-        scores.append(score_problem([c for _, c in judged], [a for a, _ in judged],
-                                    (lambda x, y: x == y) if is_code(rec) else equivalent))
+        same = ((lambda x, y: x == y) if is_code(rec) else choices.same_option
+                if choices.reference_letter(str(rec["answer"])) is not None else equivalent)  # "(B) 12" votes with "B"
+        scores.append(score_problem([c for _, c in judged], [a for a, _ in judged], same))
         lines.extend(json.dumps({"id": rec["id"], "sample": i, "answer": a, "correct": c, "completion": t},
                                 ensure_ascii=False) + "\n" for i, ((a, c), t) in enumerate(zip(judged, texts)))
     if out_dir is not None:

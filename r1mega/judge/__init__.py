@@ -12,6 +12,12 @@ gets one verdict everywhere.
     magnitude.py   answers too large to evaluate (compared as strings only)
     scale.py       the tolerances of a numeric comparison, at the answers' own scale
     assignments.py named values (a=1, b=2) against bare ones ((1, 2)): in the names' order
+    hedges.py      answers that disagree or say less than they seem (never credited)
+    equations.py   equations between numbers must hold; "5 = x" names x
+    percent.py     a percent sign: one rule on either side
+    choices.py     multiple-choice references: the option a response names
+    units.py       units written on both sides must agree (5 cm is not 5 km)
+    budget.py      a CPU-time bound per response (sympy bombs)
 Low in the import graph: it imports nothing from rl/, eval/ or generation/.
 """
 from r1mega.judge.answers import FALLBACKS, equivalent, final_answer, is_correct

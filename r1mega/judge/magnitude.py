@@ -1,5 +1,5 @@
-"""Answers too large to evaluate (9^{9^{9}}, (10^8)!, 2^{-10^{10}}): an upper bound on the number of
-decimal digits of every exact number a parsed expression holds, from its tree alone.
+"""Answers too large to evaluate (9^{9^{9}}, (10^8)!, 2^{-10^{10}}, \\prod_{i=1}^{10^9} i): an upper bound
+on the number of decimal digits of every exact number a parsed expression holds, from its tree alone.
 
 math-verify hands such an answer to sympy, which spends its whole timeout (5 s, signal-based) building
 the integer; a policy writing them would stall every GRPO step by seconds per sample. No benchmark
@@ -36,6 +36,9 @@ def _digits(e) -> float:
         return _times(_ten_to(n), max(n, 1.0))
     if isinstance(e, (sympy.binomial, sympy.exp)):  # C(n, k) < 2^n; e^x
         return _times(_ten_to(max(_digits(a) for a in e.args)), 0.4343)
+    if isinstance(e, sympy.Product):  # up to 10^n factors, each up to the bound: \prod_{i=1}^{10^9} i is (10^9)!
+        n = max(max(_digits(lim[1]), _digits(lim[2])) for lim in e.limits)
+        return _times(_ten_to(n), max(_digits(e.function), n, 1.0))
     if isinstance(e, sympy.Add):
         return max(_digits(a) for a in e.args) + 1.0
     return sum(_digits(a) for a in e.args)  # products, and functions that cannot grow faster
