@@ -1,6 +1,6 @@
 """Each comparison runs under a CPU-time budget (r1mega/judge/budget.py). Answers that sympy cannot
 finish took math-verify's wall-clock timeouts, 1-6 s of CPU per sample: \\prod_{i=1}^{10^9} i 6 s, a
-400-deep (((5))) 2.7 s, (x+1)^{10000} 2.2 s, an integral to 10^{10} 1 s. Each now stops within 0.5 s of
+400-deep (((5))) 2.7 s, (x+1)^{10000} 2.2 s, an integral to 10^{10} 1 s. Each now stops within its budget of
 CPU time (user + system), scores 0, and leaves no timer or handler behind."""
 import gc
 import signal
@@ -15,16 +15,18 @@ from r1mega.judge import budget, equivalent, is_correct
 BOMBS = ["\\prod_{i=1}^{10^9} i", "(" * 400 + "5" + ")" * 400, "(x+1)^{10000}", "\\int_0^{10^{10}} e^{-x^2} dx",
          "\\sum_{k=1}^{10^{12}} k", "x" * 999]
 
+CUT = budget.RESPONSE_SECONDS + 0.5  # CPU seconds a bomb may cost: the budget, then the way out
+
 
 @pytest.mark.parametrize("bomb", BOMBS)
-def test_a_bomb_is_cut_within_half_a_second_of_cpu(bomb):
+def test_a_bomb_is_cut_within_its_budget_of_cpu(bomb):
     is_correct("<think>t</think> \\boxed{1}", "1")  # imports and the parser's first build, outside any budget
     handler = signal.getsignal(signal.SIGPROF)
     gc.collect()  # the earlier tests' garbage is not this judgement's time
     start = time.process_time()
     assert is_correct("<think>t</think> \\boxed{" + bomb + "}", "5")[1] is False
     spent = time.process_time() - start
-    assert spent < 0.5, spent
+    assert spent < CUT, spent
     assert not budget.active() and signal.getsignal(signal.SIGPROF) is handler
 
 
@@ -34,7 +36,7 @@ def test_several_slow_answers_in_one_response_cost_one_budget():
     gc.collect()
     start = time.process_time()
     assert is_correct("<think>t</think> " + slow, "5") == (None, False)
-    assert time.process_time() - start < 0.5
+    assert time.process_time() - start < CUT
 
 
 def test_the_slowest_right_answers_stay_right():
@@ -93,7 +95,7 @@ def test_a_forked_child_judges_under_its_own_watchdog():
     is_correct("<think>t</think> \\boxed{(x+1)^{10000}}", "5")  # the parent's watchdog thread is running
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(1) as pool:
-        assert pool.apply(_judge_a_bomb_timed) < 0.5
+        assert pool.apply(_judge_a_bomb_timed) < CUT
 
 
 def _judge_a_bomb_timed() -> float:

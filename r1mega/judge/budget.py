@@ -23,8 +23,11 @@ import time
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-SECONDS = 0.3  # one comparison: a benchmark answer takes milliseconds; a bomb is cut here
-RESPONSE_SECONDS = 0.35  # one response's whole judgement (its answers agreeing, then the reference)
+# one comparison: a benchmark answer takes milliseconds, the slowest right ones measured ~0.19 s; 5x that,
+# so that a slower core does not turn a right answer wrong (a wrong 0 reward teaches the policy); a bomb
+# is cut here (math-verify's own limits let it run 2-6 s)
+SECONDS = 1.0
+RESPONSE_SECONDS = 1.2  # one response's whole judgement (its answers agreeing, then the reference)
 TICK = 0.005  # how often the watchdog reads the judging thread's clock
 REPEAT = 0.05  # the signal comes again while something swallows the first exception
 _SIGNAL = signal.SIGPROF
