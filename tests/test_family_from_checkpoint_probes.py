@@ -320,3 +320,39 @@ def test_a_tied_deepseek_model_is_refused_by_key(tmp_path, capsys):
     assert "'model.tie_word_embeddings'" in error_line(capsys)
     assert r1mega(["verify-hf", "--hf-dir", hf]) == 2
     assert "'model.tie_word_embeddings'" in error_line(capsys)
+
+
+def test_a_model_section_of_its_own_over_another_model_is_refused_before_anything_else(tmp_path, capsys):
+    """One model key given (`model.max_position_embeddings=1024`, to lengthen an imported Llama) makes the
+    config's model DeepSeek-V3's defaults with that key. GRPO and SFT then said the checkpoint's tokenizer
+    had more tokens than `model.vocab_size=256`, pretraining that 256 was too small for its corpus, `plan`
+    and `--dry-run` sized the DeepSeek model without a word, and `generate --config` failed on the
+    embedding's shape: each now names the checkpoint's model first, as its load would."""
+    hf = save_hf(str(tmp_path / "hf"), "Llama", num_attention_heads=4, num_key_value_heads=1)
+    ckpt = str(tmp_path / "ckpt")
+    assert convert(["import", "--hf-dir", hf, "--out", ckpt]) == 0
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "1+1=", "answer": "2"}) + "\n")
+    (tmp_path / "sft.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "1+1="},
+                                                                 {"role": "assistant", "content": "2"}]}) + "\n")
+    (tmp_path / "demo.yaml").write_text("model:\n  max_position_embeddings: 1024\n")
+    longer = [f"train.load={ckpt}", "model.max_position_embeddings=1024", f"train.run_dir={tmp_path / 'run'}"]
+    stage = lambda name: os.path.join(ROOT, "configs", "stage", name)  # noqa: E731
+    for argv in (["grpo", "--config", stage("r1_zero.yaml"), f"rl.prompts=[{prompts}]", *longer],
+                 ["grpo", "--dry-run", "--config", stage("r1_zero.yaml"), f"rl.prompts=[{prompts}]", *longer],
+                 ["sft", "--config", stage("cold_start_sft.yaml"), f"data.paths=[{tmp_path / 'sft.jsonl'}]",
+                  "data.seq_length=64", *longer],
+                 ["pretrain", "--config", os.path.join(ROOT, "configs", "tiny", "pretrain.yaml"),
+                  f"data.cache_dir={tmp_path / 'data'}", "model.vocab_size=384", *longer],
+                 ["plan", "--config", stage("r1_zero.yaml"), "--seq-length", "64", *longer[:2]],
+                 ["generate", "--model", ckpt, "--config", str(tmp_path / "demo.yaml"), "--prompts", str(prompts),
+                  "--out", str(tmp_path / "gen"), "--max-new-tokens", "2"]):
+        capsys.readouterr()
+        assert r1mega(argv) == 2, argv
+        line = error_line(capsys)
+        assert "holds a dense model, but the config builds a deepseek_v3 model" in line, (argv[0], line)
+        assert "drop the config's model section" in line
+    assert not os.path.exists(tmp_path / "run") and not os.path.exists(tmp_path / "data")
+    # without the model section the checkpoint's model is planned
+    capsys.readouterr()
+    assert r1mega(["plan", "--config", stage("r1_zero.yaml"), "--seq-length", "64", f"train.load={ckpt}"]) == 0
