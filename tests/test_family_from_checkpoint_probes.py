@@ -356,3 +356,58 @@ def test_a_model_section_of_its_own_over_another_model_is_refused_before_anythin
     # without the model section the checkpoint's model is planned
     capsys.readouterr()
     assert r1mega(["plan", "--config", stage("r1_zero.yaml"), "--seq-length", "64", f"train.load={ckpt}"]) == 0
+
+
+def test_a_deepseek_rope_spelled_as_deepseek_ships_it_survives_an_export_after_training(tmp_path, capsys):
+    """DeepSeek's config.json spells the rope kind `"type": "yarn"` (transformers 4). After a longer rope
+    (train.allow_arch_change) the export writes transformers 5's `rope_parameters`, which name the kind
+    `rope_type` too; read back, that rope had one key more than the checkpoint's, so `verify-hf --ckpt`
+    refused the export as "another model", as did a run from the re-import under the trained model's
+    config. The kind spelled either way is one setting now."""
+    import yaml
+
+    hf = save_hf(str(tmp_path / "hf"), "DeepseekV3", n_routed_experts=4, num_experts_per_tok=2, n_group=2,
+                 topk_group=1, **DEEPSEEK)
+    yarn = {"beta_fast": 32, "beta_slow": 1, "factor": 4, "mscale": 1.0, "mscale_all_dim": 1.0,
+            "original_max_position_embeddings": 32, "type": "yarn"}
+    edit_config(hf, rope_parameters=KeyError, rope_scaling=yarn, rope_theta=10000)
+    ckpt = str(tmp_path / "ckpt")
+    assert convert(["import", "--hf-dir", hf, "--out", ckpt]) == 0
+    with open(os.path.join(ckpt, "meta.json")) as f:
+        model = json.load(f)["model_config"]
+    assert model["rope_scaling"]["type"] == "yarn" and "rope_type" not in model["rope_scaling"]
+    model["rope_scaling"] = {**model["rope_scaling"], "factor": 8.0}
+    model["max_position_embeddings"] = 256
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump({"model": model}))
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"{i}+{i}="},
+                                                     {"role": "assistant", "content": str(2 * i)}]}) + "\n"
+                            for i in range(4)))
+    run = str(tmp_path / "run")
+    assert r1mega(["sft", "--config", os.path.join(ROOT, "configs/stage/distillation.yaml"), "--config",
+                   str(tmp_path / "long.yaml"), f"train.load={ckpt}", f"data.paths=[{data}]", "data.sft_template=raw",
+                   "data.seq_length=32", "data.global_batch_size=2", "train.steps=1", "train.dtype=float32",
+                   "optim.warmup_steps=0", "train.allow_arch_change=[rope_scaling,max_position_embeddings]",
+                   f"train.run_dir={run}"]) == 0
+    step = os.path.join(run, "checkpoints", "step_00000001")
+    exported = str(tmp_path / "exported")
+    assert convert(["export", "--ckpt", step, "--out", exported]) == 0
+    with open(os.path.join(exported, "config.json")) as f:
+        assert json.load(f)["rope_parameters"]["factor"] == 8.0
+    capsys.readouterr()
+    assert r1mega(["verify-hf", "--hf-dir", exported, "--ckpt", step, "--seq-length", "40"]) == 0, capsys.readouterr()
+    assert "PASS" in capsys.readouterr().out
+    # a new run from the re-imported export under the trained model's config
+    again = str(tmp_path / "again")
+    assert convert(["import", "--hf-dir", exported, "--out", again]) == 0
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "1+1=", "answer": "2"}) + "\n")
+    assert r1mega(["grpo", "--dry-run", "--config", os.path.join(ROOT, "configs/stage/r1_zero.yaml"), "--config",
+                   str(tmp_path / "long.yaml"), f"train.load={again}", f"rl.prompts=[{prompts}]",
+                   "rl.max_new_tokens=64", "rl.max_new_tokens_schedule=[]"]) == 0
+    # a real difference of the rope is still named
+    capsys.readouterr()
+    assert r1mega(["grpo", "--dry-run", "--config", os.path.join(ROOT, "configs/stage/r1_zero.yaml"), "--config",
+                   str(tmp_path / "long.yaml"), f"train.load={ckpt}", f"rl.prompts=[{prompts}]",
+                   "rl.max_new_tokens=64", "rl.max_new_tokens_schedule=[]"]) == 2
+    assert "model.rope_scaling" in capsys.readouterr().err
