@@ -363,7 +363,8 @@ def test_a_deepseek_rope_spelled_as_deepseek_ships_it_survives_an_export_after_t
     (train.allow_arch_change) the export writes transformers 5's `rope_parameters`, which name the kind
     `rope_type` too; read back, that rope had one key more than the checkpoint's, so `verify-hf --ckpt`
     refused the export as "another model", as did a run from the re-import under the trained model's
-    config. The kind spelled either way is one setting now."""
+    config. The kind spelled either way is one setting now, and the export writes the rope in the spelling
+    of the file imported (it wrote only `rope_parameters`, which older readers ignore)."""
     import yaml
 
     hf = save_hf(str(tmp_path / "hf"), "DeepseekV3", n_routed_experts=4, num_experts_per_tok=2, n_group=2,
@@ -393,7 +394,10 @@ def test_a_deepseek_rope_spelled_as_deepseek_ships_it_survives_an_export_after_t
     exported = str(tmp_path / "exported")
     assert convert(["export", "--ckpt", step, "--out", exported]) == 0
     with open(os.path.join(exported, "config.json")) as f:
-        assert json.load(f)["rope_parameters"]["factor"] == 8.0
+        written = json.load(f)
+    # in the imported file's spelling: what reads only those keys would run the default rope (theta 10000)
+    assert written["rope_scaling"]["factor"] == 8.0 and written["rope_theta"] == 10000
+    assert "rope_parameters" not in written and written["max_position_embeddings"] == 256
     capsys.readouterr()
     assert r1mega(["verify-hf", "--hf-dir", exported, "--ckpt", step, "--seq-length", "40"]) == 0, capsys.readouterr()
     assert "PASS" in capsys.readouterr().out
