@@ -415,3 +415,32 @@ def test_a_deepseek_rope_spelled_as_deepseek_ships_it_survives_an_export_after_t
                    str(tmp_path / "long.yaml"), f"train.load={ckpt}", f"rl.prompts=[{prompts}]",
                    "rl.max_new_tokens=64", "rl.max_new_tokens_schedule=[]"]) == 2
     assert "model.rope_scaling" in capsys.readouterr().err
+
+
+def test_a_rerun_naming_the_same_model_spelled_otherwise_does_not_warn(tmp_path, capsys):
+    """A resumed run warns when train.load names another model than its own checkpoint; the same DeepSeek
+    model imported from its own config.json (rope kind `type`, transformers 4) and from a transformers 5
+    copy (`rope_type`) compared unequal, a warning that it was another model."""
+    from r1mega.config import load_config
+    from r1mega.train.setup import model_from_checkpoint
+
+    new = save_hf(str(tmp_path / "new"), "DeepseekV3", n_routed_experts=4, num_experts_per_tok=2, n_group=2,
+                  topk_group=1, rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
+                                                 "original_max_position_embeddings": 32}, **DEEPSEEK)
+    old = str(tmp_path / "old")
+    shutil.copytree(new, old)
+    edit_config(old, rope_parameters=KeyError, rope_theta=10000.0,
+                rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32})
+    for name in ("new", "old"):
+        assert convert(["import", "--hf-dir", str(tmp_path / name), "--out", str(tmp_path / f"{name}_ck")]) == 0
+    capsys.readouterr()
+    stage = os.path.join(ROOT, "configs", "stage", "r1_zero.yaml")
+    model_from_checkpoint(load_config(stage, [f"train.load={tmp_path / 'new_ck'}"]), str(tmp_path / "old_ck"))
+    assert "warning" not in capsys.readouterr().err
+    shutil.copytree(old, str(tmp_path / "other"))  # a real difference still warns
+    edit_config(str(tmp_path / "other"), rope_scaling={"type": "yarn", "factor": 8.0,
+                                                       "original_max_position_embeddings": 32})
+    assert convert(["import", "--hf-dir", str(tmp_path / "other"), "--out", str(tmp_path / "other_ck")]) == 0
+    capsys.readouterr()
+    model_from_checkpoint(load_config(stage, [f"train.load={tmp_path / 'other_ck'}"]), str(tmp_path / "old_ck"))
+    assert "warning: train.load=" in capsys.readouterr().err

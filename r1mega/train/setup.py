@@ -106,14 +106,15 @@ def _warn_if_load_differs(own: str, load: str) -> None:
     another model, which a user changing it on a rerun would otherwise never learn."""
     import sys
 
-    from r1mega.train.checkpoint import checkpoint_meta
+    from r1mega.train.checkpoint import arch_differences, checkpoint_meta
 
     try:
         own_model, load_model = (family_from_meta(checkpoint_meta(p)) for p in (own, load))
     except Exception:  # an unreadable train.load is not used on a resume; the run's own is checked later
         return
-    own_arch, load_arch = ((f.name, f.architecture(m)) for f, m in (own_model, load_model))
-    if own_arch != load_arch:  # the model itself, not its training keys (e.g. a V3.2 stage's dsa_stage)
+    # the model itself, not its training keys (e.g. a V3.2 stage's dsa_stage), compared as a resume compares it
+    own_arch, load_arch = (f.architecture(m) for f, m in (own_model, load_model))
+    if own_model[0] is not load_model[0] or arch_differences(own_arch, load_arch):
         print(f"warning: train.load={load} is another model ({load_model[0].name}) than this run's own checkpoint "
               f"{own} ({own_model[0].name}); resuming the run's own: train.load only starts a new run. "
               f"Use another train.run_dir to start from it", file=sys.stderr, flush=True)
