@@ -350,6 +350,11 @@ def _load_yaml(path: str) -> DictConfig:
         raise ConfigError("--config", f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError("--config", f"{path}: expected a mapping of sections (model:, data:, ...)")
+    if "model_type" in loaded:  # a model's own config.json: its keys would each be refused as unknown
+        raise ConfigError("--config", f"{path} is a Hugging Face config.json, not an r1mega config; import the model "
+                                      f"(r1mega-convert import --hf-dir DIR --out CKPT) and give train.load=CKPT: a "
+                                      f"config without a model section takes family and shapes from it (e.g. --config "
+                                      f"configs/stage/r1_zero.yaml train.load=CKPT)")
     return loaded
 
 

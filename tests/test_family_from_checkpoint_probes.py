@@ -320,3 +320,127 @@ def test_a_tied_deepseek_model_is_refused_by_key(tmp_path, capsys):
     assert "'model.tie_word_embeddings'" in error_line(capsys)
     assert r1mega(["verify-hf", "--hf-dir", hf]) == 2
     assert "'model.tie_word_embeddings'" in error_line(capsys)
+
+
+def test_a_model_section_of_its_own_over_another_model_is_refused_before_anything_else(tmp_path, capsys):
+    """One model key given (`model.max_position_embeddings=1024`, to lengthen an imported Llama) makes the
+    config's model DeepSeek-V3's defaults with that key. GRPO and SFT then said the checkpoint's tokenizer
+    had more tokens than `model.vocab_size=256`, pretraining that 256 was too small for its corpus, `plan`
+    and `--dry-run` sized the DeepSeek model without a word, and `generate --config` failed on the
+    embedding's shape: each now names the checkpoint's model first, as its load would."""
+    hf = save_hf(str(tmp_path / "hf"), "Llama", num_attention_heads=4, num_key_value_heads=1)
+    ckpt = str(tmp_path / "ckpt")
+    assert convert(["import", "--hf-dir", hf, "--out", ckpt]) == 0
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "1+1=", "answer": "2"}) + "\n")
+    (tmp_path / "sft.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "1+1="},
+                                                                 {"role": "assistant", "content": "2"}]}) + "\n")
+    (tmp_path / "demo.yaml").write_text("model:\n  max_position_embeddings: 1024\n")
+    longer = [f"train.load={ckpt}", "model.max_position_embeddings=1024", f"train.run_dir={tmp_path / 'run'}"]
+    stage = lambda name: os.path.join(ROOT, "configs", "stage", name)  # noqa: E731
+    for argv in (["grpo", "--config", stage("r1_zero.yaml"), f"rl.prompts=[{prompts}]", *longer],
+                 ["grpo", "--dry-run", "--config", stage("r1_zero.yaml"), f"rl.prompts=[{prompts}]", *longer],
+                 ["sft", "--config", stage("cold_start_sft.yaml"), f"data.paths=[{tmp_path / 'sft.jsonl'}]",
+                  "data.seq_length=64", *longer],
+                 ["pretrain", "--config", os.path.join(ROOT, "configs", "tiny", "pretrain.yaml"),
+                  f"data.cache_dir={tmp_path / 'data'}", "model.vocab_size=384", *longer],
+                 ["plan", "--config", stage("r1_zero.yaml"), "--seq-length", "64", *longer[:2]],
+                 ["generate", "--model", ckpt, "--config", str(tmp_path / "demo.yaml"), "--prompts", str(prompts),
+                  "--out", str(tmp_path / "gen"), "--max-new-tokens", "2"]):
+        capsys.readouterr()
+        assert r1mega(argv) == 2, argv
+        line = error_line(capsys)
+        assert "holds a dense model, but the config builds a deepseek_v3 model" in line, (argv[0], line)
+        assert "drop the config's model section" in line
+    assert not os.path.exists(tmp_path / "run") and not os.path.exists(tmp_path / "data")
+    # without the model section the checkpoint's model is planned
+    capsys.readouterr()
+    assert r1mega(["plan", "--config", stage("r1_zero.yaml"), "--seq-length", "64", f"train.load={ckpt}"]) == 0
+
+
+def test_a_deepseek_rope_spelled_as_deepseek_ships_it_survives_an_export_after_training(tmp_path, capsys):
+    """DeepSeek's config.json spells the rope kind `"type": "yarn"` (transformers 4). After a longer rope
+    (train.allow_arch_change) the export writes transformers 5's `rope_parameters`, which name the kind
+    `rope_type` too; read back, that rope had one key more than the checkpoint's, so `verify-hf --ckpt`
+    refused the export as "another model", as did a run from the re-import under the trained model's
+    config. The kind spelled either way is one setting now, and the export writes the rope in the spelling
+    of the file imported (it wrote only `rope_parameters`, which older readers ignore)."""
+    import yaml
+
+    hf = save_hf(str(tmp_path / "hf"), "DeepseekV3", n_routed_experts=4, num_experts_per_tok=2, n_group=2,
+                 topk_group=1, **DEEPSEEK)
+    yarn = {"beta_fast": 32, "beta_slow": 1, "factor": 4, "mscale": 1.0, "mscale_all_dim": 1.0,
+            "original_max_position_embeddings": 32, "type": "yarn"}
+    edit_config(hf, rope_parameters=KeyError, rope_scaling=yarn, rope_theta=10000)
+    ckpt = str(tmp_path / "ckpt")
+    assert convert(["import", "--hf-dir", hf, "--out", ckpt]) == 0
+    with open(os.path.join(ckpt, "meta.json")) as f:
+        model = json.load(f)["model_config"]
+    assert model["rope_scaling"]["type"] == "yarn" and "rope_type" not in model["rope_scaling"]
+    model["rope_scaling"] = {**model["rope_scaling"], "factor": 8.0}
+    model["max_position_embeddings"] = 256
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump({"model": model}))
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"{i}+{i}="},
+                                                     {"role": "assistant", "content": str(2 * i)}]}) + "\n"
+                            for i in range(4)))
+    run = str(tmp_path / "run")
+    assert r1mega(["sft", "--config", os.path.join(ROOT, "configs/stage/distillation.yaml"), "--config",
+                   str(tmp_path / "long.yaml"), f"train.load={ckpt}", f"data.paths=[{data}]", "data.sft_template=raw",
+                   "data.seq_length=32", "data.global_batch_size=2", "train.steps=1", "train.dtype=float32",
+                   "optim.warmup_steps=0", "train.allow_arch_change=[rope_scaling,max_position_embeddings]",
+                   f"train.run_dir={run}"]) == 0
+    step = os.path.join(run, "checkpoints", "step_00000001")
+    exported = str(tmp_path / "exported")
+    assert convert(["export", "--ckpt", step, "--out", exported]) == 0
+    with open(os.path.join(exported, "config.json")) as f:
+        written = json.load(f)
+    # in the imported file's spelling: what reads only those keys would run the default rope (theta 10000)
+    assert written["rope_scaling"]["factor"] == 8.0 and written["rope_theta"] == 10000
+    assert "rope_parameters" not in written and written["max_position_embeddings"] == 256
+    capsys.readouterr()
+    assert r1mega(["verify-hf", "--hf-dir", exported, "--ckpt", step, "--seq-length", "40"]) == 0, capsys.readouterr()
+    assert "PASS" in capsys.readouterr().out
+    # a new run from the re-imported export under the trained model's config
+    again = str(tmp_path / "again")
+    assert convert(["import", "--hf-dir", exported, "--out", again]) == 0
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "1+1=", "answer": "2"}) + "\n")
+    assert r1mega(["grpo", "--dry-run", "--config", os.path.join(ROOT, "configs/stage/r1_zero.yaml"), "--config",
+                   str(tmp_path / "long.yaml"), f"train.load={again}", f"rl.prompts=[{prompts}]",
+                   "rl.max_new_tokens=64", "rl.max_new_tokens_schedule=[]"]) == 0
+    # a real difference of the rope is still named
+    capsys.readouterr()
+    assert r1mega(["grpo", "--dry-run", "--config", os.path.join(ROOT, "configs/stage/r1_zero.yaml"), "--config",
+                   str(tmp_path / "long.yaml"), f"train.load={ckpt}", f"rl.prompts=[{prompts}]",
+                   "rl.max_new_tokens=64", "rl.max_new_tokens_schedule=[]"]) == 2
+    assert "model.rope_scaling" in capsys.readouterr().err
+
+
+def test_a_rerun_naming_the_same_model_spelled_otherwise_does_not_warn(tmp_path, capsys):
+    """A resumed run warns when train.load names another model than its own checkpoint; the same DeepSeek
+    model imported from its own config.json (rope kind `type`, transformers 4) and from a transformers 5
+    copy (`rope_type`) compared unequal, a warning that it was another model."""
+    from r1mega.config import load_config
+    from r1mega.train.setup import model_from_checkpoint
+
+    new = save_hf(str(tmp_path / "new"), "DeepseekV3", n_routed_experts=4, num_experts_per_tok=2, n_group=2,
+                  topk_group=1, rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
+                                                 "original_max_position_embeddings": 32}, **DEEPSEEK)
+    old = str(tmp_path / "old")
+    shutil.copytree(new, old)
+    edit_config(old, rope_parameters=KeyError, rope_theta=10000.0,
+                rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32})
+    for name in ("new", "old"):
+        assert convert(["import", "--hf-dir", str(tmp_path / name), "--out", str(tmp_path / f"{name}_ck")]) == 0
+    capsys.readouterr()
+    stage = os.path.join(ROOT, "configs", "stage", "r1_zero.yaml")
+    model_from_checkpoint(load_config(stage, [f"train.load={tmp_path / 'new_ck'}"]), str(tmp_path / "old_ck"))
+    assert "warning" not in capsys.readouterr().err
+    shutil.copytree(old, str(tmp_path / "other"))  # a real difference still warns
+    edit_config(str(tmp_path / "other"), rope_scaling={"type": "yarn", "factor": 8.0,
+                                                       "original_max_position_embeddings": 32})
+    assert convert(["import", "--hf-dir", str(tmp_path / "other"), "--out", str(tmp_path / "other_ck")]) == 0
+    capsys.readouterr()
+    model_from_checkpoint(load_config(stage, [f"train.load={tmp_path / 'other_ck'}"]), str(tmp_path / "old_ck"))
+    assert "warning: train.load=" in capsys.readouterr().err

@@ -24,3 +24,19 @@ def test_plan_takes_the_model_train_load_holds(tmp_path, capsys):
     assert plan(["--config", str(run), "--seq-length", "64"]) == 0
     total = int(re.search(r"total_params=(\d+)", capsys.readouterr().out).group(1))
     assert total == sum(p.numel() for p in hf.parameters())
+
+
+def test_plan_of_a_hugging_face_config_json_says_how_to_plan_it(tmp_path, capsys):
+    """`r1mega plan --config DIR/config.json` (a model's own config, as a user would try first) said
+    "config error at 'architectures': Key 'architectures' not in 'Config'"; it now says what the file is
+    and how to plan that model."""
+    cfg = transformers.Qwen3Config(vocab_size=96, hidden_size=36, intermediate_size=72, num_hidden_layers=2,
+                                   num_attention_heads=6, num_key_value_heads=2, head_dim=10, max_position_embeddings=128)
+    cfg.save_pretrained(tmp_path)
+    capsys.readouterr()
+    from r1mega.cli import main
+
+    assert main(["plan", "--config", str(tmp_path / "config.json"), "--seq-length", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "'--config'" in err and "is a Hugging Face config.json" in err and "r1mega-convert import" in err, err
+    assert "architectures" not in err

@@ -153,10 +153,18 @@ def test_stage_configs_name_what_is_missing(tmp_path, user_data, capsys):
         assert main(["grpo", "--config", config, *run, f"rl.prompts=[{user_data['math']}]"]) == 2
         assert "'train.load'" in capsys.readouterr().err
     # a tokenizer with more ids than the model's embedding rows is refused by name before any weight
-    assert main(["grpo", "--config", STAGE, f"train.run_dir={tmp_path}/big", f"train.load={user_data['ckpt']}",
-                 f"rl.prompts=[{user_data['math']}]", "model.vocab_size=384", "rl.max_new_tokens=4"]) == 2
+    # (the checkpoint's own model with fewer rows: a model section of another is named as such first)
+    with open(os.path.join(user_data["ckpt"], "meta.json")) as f:
+        model = json.load(f)["model_config"]
+    small = tmp_path / "small.yaml"
+    small.write_text(json.dumps({"model": {**model, "vocab_size": 384}}))
+    stage = ["grpo", "--config", STAGE, "--config", str(small), f"train.run_dir={tmp_path}/big",
+             f"train.load={user_data['ckpt']}", f"rl.prompts=[{user_data['math']}]", "rl.max_new_tokens=4"]
+    assert main([*stage, "train.allow_arch_change=[vocab_size]"]) == 2
     err = capsys.readouterr().err
     assert "'data.tokenizer'" in err and "model.vocab_size=384" in err
+    assert main(stage) == 2
+    assert "model.vocab_size: checkpoint 640, config 384" in capsys.readouterr().err
 
 
 def test_reference_is_scored_with_its_own_routing(tmp_path, user_data, monkeypatch):

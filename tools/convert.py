@@ -559,7 +559,14 @@ def exported_config(meta: dict) -> dict:
         if replace(imported_cfg, **training) == model_cfg:
             return imported
     rope = ("rope_scaling", "rope_theta", "rope_parameters", "rope_interleave")  # spelled either way: the family's wins
-    return {**{k: v for k, v in imported.items() if k not in rope}, **written}
+    merged = {**{k: v for k, v in imported.items() if k not in rope}, **written}
+    if "rope_parameters" not in imported and {"rope_scaling", "rope_theta"} & imported.keys():
+        # spelled as the imported file did (transformers 4's keys, DeepSeek's own config.json): what reads only
+        # those (older transformers, serving engines) would otherwise run the default rope without a word
+        params = dict(merged.pop("rope_parameters"))
+        merged["rope_theta"] = params.pop("rope_theta")
+        merged["rope_scaling"] = None if params.get("rope_type", params.get("type")) == "default" else params
+    return merged
 
 
 def do_export(ckpt: str, out: str, fp8_blocks: bool = False, tokenizer_dir: Optional[str] = None,

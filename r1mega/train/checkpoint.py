@@ -464,13 +464,24 @@ def _same_setting(a, b) -> bool:
     return a == b
 
 
+def _rope_kind_once(value):
+    """A rope scaling with its kind under one name: transformers 4 spells it `type` (DeepSeek's own
+    config.json files), 5 `rope_type`, and an export of a model imported with one writes both; either
+    way it is one setting (read as transformers reads it: rope_type first)."""
+    if not isinstance(value, dict) or not {"type", "rope_type"} & value.keys():
+        return value
+    kind = value.get("rope_type", value.get("type"))
+    return {**{k: v for k, v in value.items() if k not in ("type", "rope_type")}, "rope_type": kind}
+
+
 def arch_differences(stored: dict, mine: dict, allowed: Iterable[str] = ()) -> list[str]:
     """'model.KEY: checkpoint A, config B' for each architecture key of two model configs (as dicts)
     that differs, floats to float32 precision."""
     allowed = set(allowed)
     return [f"model.{k}: checkpoint {stored[k]!r}, config {mine[k]!r}"
             for k in sorted(mine) if k in stored and k not in NON_ARCH_KEYS and k not in allowed
-            and not _same_setting(stored[k], mine[k])]
+            and not _same_setting(_rope_kind_once(stored[k]) if k == "rope_scaling" else stored[k],
+                                  _rope_kind_once(mine[k]) if k == "rope_scaling" else mine[k])]
 
 
 def check_architecture(meta: dict, model_config: dict, allowed: Iterable[str], where: str) -> None:

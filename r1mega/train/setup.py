@@ -77,9 +77,28 @@ def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> tuple[Confi
     meta = checkpoint_meta(source) if source is not None and at_family_defaults(m) else None
     family = family_of_config(m)
     if meta is None:
+        if source is not None:
+            check_config_model(cfg, source, family)
         return cfg, family
     saved_family, saved = model_of_checkpoint(meta, m, source, cfg.model_section)
     return replace(cfg, model=saved, student=None), saved_family
+
+
+def check_config_model(cfg: Config, source: str, family: ModelFamily) -> None:
+    """A config with a model section of its own, starting from a checkpoint: a checkpoint holding another
+    model (family or shapes, outside train.allow_arch_change) is refused now, by key, as its load would
+    refuse it later: before the tokenizer, prompts and positions are checked against a model the run never
+    builds, and before a plan or dry run sizes it. A checkpoint without a readable meta.json is left to the
+    loaders (a damaged one of the run's own falls back)."""
+    from r1mega.train.checkpoint import CheckpointError, check_architecture, read_meta
+
+    if not os.path.isfile(os.path.join(source, "meta.json")):
+        return
+    try:
+        meta = read_meta(source)
+    except CheckpointError:
+        return
+    check_architecture(meta, family.architecture(cfg.active_model), cfg.train.allow_arch_change, source)
 
 
 def _warn_if_load_differs(own: str, load: str) -> None:
@@ -87,14 +106,15 @@ def _warn_if_load_differs(own: str, load: str) -> None:
     another model, which a user changing it on a rerun would otherwise never learn."""
     import sys
 
-    from r1mega.train.checkpoint import checkpoint_meta
+    from r1mega.train.checkpoint import arch_differences, checkpoint_meta
 
     try:
         own_model, load_model = (family_from_meta(checkpoint_meta(p)) for p in (own, load))
     except Exception:  # an unreadable train.load is not used on a resume; the run's own is checked later
         return
-    own_arch, load_arch = ((f.name, f.architecture(m)) for f, m in (own_model, load_model))
-    if own_arch != load_arch:  # the model itself, not its training keys (e.g. a V3.2 stage's dsa_stage)
+    # the model itself, not its training keys (e.g. a V3.2 stage's dsa_stage), compared as a resume compares it
+    own_arch, load_arch = (f.architecture(m) for f, m in (own_model, load_model))
+    if own_model[0] is not load_model[0] or arch_differences(own_arch, load_arch):
         print(f"warning: train.load={load} is another model ({load_model[0].name}) than this run's own checkpoint "
               f"{own} ({own_model[0].name}); resuming the run's own: train.load only starts a new run. "
               f"Use another train.run_dir to start from it", file=sys.stderr, flush=True)
