@@ -29,6 +29,7 @@ PREFIX = 256  # ... from the largest logits, sorted (more, 8x at a time, when th
 MARGIN = 16  # ... holding this many past where the float cumsum crosses top_p (the exact verdicts decide)
 HOST_LIST = 8192  # ... as Python lists up to this many logits a row (numpy arrays past it)
 ONE_PASS_ELEMENTS = 1 << 22  # ... evaluating several thresholds in one [b, m, V] pass up to this size
+WIDE = 1024.0  # a row's logits spanning more than this from the top: the bisection starts at the lowest with mass
 SPARSE_NOISE = 8  # the noise of such a vocabulary is drawn for the support alone when it holds < 1/8 of it
 
 
@@ -216,7 +217,10 @@ def _host_prefix(masked: torch.Tensor, hi: torch.Tensor, total: torch.Tensor, to
         top = masked.topk(k, dim=-1).values if k < V else masked.sort(-1, descending=True).values
         mass = (top - hi[:, None]).exp().cumsum(-1) / total[:, None]
         below = (mass < top_p).sum(-1)  # ~ kept count - 1
-        if k == V or int(below.max()) + MARGIN < k:
+        # ... and the crossing's tie group ends inside the prefix (quantised logits, bf16's: a threshold
+        # tied with the prefix's last logit may keep ties past it, and the tensor loop would run)
+        if k == V or (int(below.max()) + MARGIN < k
+                      and bool((top[:, -1] < top.gather(1, below.clamp(max=k - 1)[:, None])[:, 0]).all())):
             return top, below.clamp(max=k - 1)
         # at least 8x, and at least twice what the prefix's mass per logit says the rest needs (the mass
         # per logit only falls further down); near the whole vocabulary a sort costs less than a top-k
@@ -253,7 +257,9 @@ def _bisection_on_host(masked, probs, total, top_p: float, lo: torch.Tensor, hi:
     def reaches(pos: torch.Tensor) -> torch.Tensor:
         """The loop's verdicts at the thresholds top[pos] (pos [b, m]; -1: above every logit, none)."""
         thresholds = top.gather(1, pos.clamp(0, K - 1))
-        if pos.numel() * V <= ONE_PASS_ELEMENTS:  # all at once: fewer ops
+        # all at once: fewer ops; but not for one row with several threads: the loop's [1, V] sum then
+        # splits the row among the threads (one output) where a [1, m, V] sum adds each row serially
+        if pos.numel() * V <= ONE_PASS_ELEMENTS and (b > 1 or torch.get_num_threads() == 1):
             kept_mass = (probs[:, None, :] * (masked[:, None, :] >= thresholds[:, :, None])).sum(-1)
         else:  # one threshold at a time: no temporary larger than the loop's own [b, V]
             kept_mass = torch.stack([(probs * (masked >= t[:, None])).sum(-1) for t in thresholds.unbind(1)], 1)
@@ -278,36 +284,47 @@ def _bisection_on_host(masked, probs, total, top_p: float, lo: torch.Tensor, hi:
     # Python floats and bisect: a few us a round, numpy's calls more; but a long prefix (a flat
     # distribution: the whole vocabulary) is searched in place by numpy, not copied out to Python
     ascending = top.flip(-1).tolist() if K <= HOST_LIST else top.flip(-1).numpy()
-    los, his, f32 = lo.tolist(), hi.tolist(), np.float32
+    los, his = lo.tolist(), hi.tolist()
     out = []
-    for r, vals in enumerate(ascending):
-        if vals[-1] != vals[-1] or not (math.isfinite(los[r]) and math.isfinite(his[r])):
-            return None  # NaN logits: leave them to the tensor loop
-        search_left, search_right = ((bisect.bisect_left, bisect.bisect_right) if K <= HOST_LIST else
-                                     (_searcher(vals, "left"), _searcher(vals, "right")))
-
-        def kept(threshold: float) -> int:  # K for any threshold at or below the prefix's last logit: >= k*
-            return K - int(search_left(vals, threshold))
-
-        need = kept(thresholds[r])
-        if need >= K and K < V:
-            return None  # the prefix may not hold every logit the threshold keeps
-        a, b_ = f32(los[r]), f32(his[r])
-        for _ in range(BISECTION_STEPS):
-            mid = (a + b_) / f32(2)
-            if kept(float(mid)) >= need:
-                a = mid
-            else:
-                b_ = mid
-            between = int(search_right(vals, float(a)))
-            if between == K or vals[between] >= float(b_):  # settled (see _bisection_settled)
-                if kept(float(b_)) >= need:
-                    if np.nextafter(a, b_) == b_:
-                        continue  # neighbouring floats: a midpoint rounds to an end; bisect on
-                    a = b_
-                break
-        out.append(float(a))
+    with np.errstate(over="ignore"):  # logits near float32's max: a midpoint is inf, as the tensor loop's
+        for r, vals in enumerate(ascending):
+            threshold = _host_rounds(vals, K, V, thresholds[r], los[r], his[r])
+            if threshold is None:
+                return None
+            out.append(threshold)
     return torch.tensor(out, dtype=masked.dtype, device=masked.device)
+
+
+def _host_rounds(vals, K: int, V: int, threshold: float, lo: float, hi: float) -> Optional[float]:
+    """`_bisection_on_host`'s rounds for one row: vals its K largest logits ascending, threshold the
+    lowest kept one (None: a NaN, an infinite end, or a threshold that may keep ties past the prefix)."""
+    if vals[-1] != vals[-1] or not (math.isfinite(lo) and math.isfinite(hi)):
+        return None  # NaN logits: leave them to the tensor loop
+    search_left, search_right = ((bisect.bisect_left, bisect.bisect_right) if K <= HOST_LIST else
+                                 (_searcher(vals, "left"), _searcher(vals, "right")))
+
+    def kept(t: float) -> int:  # K for any threshold at or below the prefix's last logit: >= k*
+        return K - int(search_left(vals, t))
+
+    need = kept(threshold)
+    if need >= K and K < V:
+        return None  # the prefix may not hold every logit the threshold keeps
+    f32 = np.float32
+    a, b_ = f32(lo), f32(hi)
+    for _ in range(BISECTION_STEPS):
+        mid = (a + b_) / f32(2)
+        if kept(float(mid)) >= need:
+            a = mid
+        else:
+            b_ = mid
+        between = int(search_right(vals, float(a)))
+        if between == K or vals[between] >= float(b_):  # settled (see _bisection_settled)
+            if kept(float(b_)) >= need:
+                if np.nextafter(a, b_) == b_:
+                    continue  # neighbouring floats: a midpoint rounds to an end; bisect on
+                a = b_
+            break
+    return float(a)
 
 
 @torch.no_grad()
@@ -342,7 +359,15 @@ def sampler_support(scaled: torch.Tensor, ps: ParallelState, top_p: float, top_k
         probs = (masked - gmax[:, None]).exp()
         total = all_reduce_values(probs.sum(-1), group)
         lowest = masked if keep is None else masked.masked_fill(~keep, float("inf"))
-        lo = all_reduce_values(lowest.min(dim=-1).values.clone(), group, dist.ReduceOp.MIN)
+        lo = lowest.min(dim=-1).values
+        # a masked logit (-inf, a dtype's min, -1e9; or -inf kept by a top-k wider than the finite logits)
+        # has no mass and must not start the bisection: from -inf every midpoint is -inf, from -3e38 48
+        # halvings stop 1e24 short; either way top-p kept every id. Far below the largest logit (exp
+        # underflows past -104), the bisection starts at the lowest logit with mass instead
+        wide = lo < gmax - WIDE
+        if torch.compiler.is_compiling() or bool(wide.any()):
+            lo = torch.where(wide, masked.masked_fill(probs == 0, float("inf")).min(dim=-1).values, lo)
+        lo = all_reduce_values(lo.clone(), group, dist.ReduceOp.MIN)
         hi = gmax.clone()
         # (a compiled step runs the plain rounds: fused in its graph, where host decisions would break it)
         shortcut = group is None and not torch.compiler.is_compiling()
