@@ -28,7 +28,7 @@ MANY_TOKENS = 4096  # ... and any number of rows of a vocabulary this large (48 
 PREFIX = 256  # ... from the largest logits, sorted (more, 8x at a time, when the crossing lies further down)
 MARGIN = 16  # ... holding this many past where the float cumsum crosses top_p (the exact verdicts decide)
 HOST_LIST = 8192  # ... as Python lists up to this many logits a row (numpy arrays past it)
-ONE_PASS_ELEMENTS = 1 << 22  # ... evaluating several thresholds in one [b, m, V] pass up to this size
+ONE_PASS_ELEMENTS = 1 << 18  # ... its verdicts a block of rows at a time, [rows, m, V] up to this size (in cache)
 WIDE = 1024.0  # a row's logits spanning more than this from the top: the bisection starts at the lowest with mass
 SPARSE_NOISE = 8  # the noise of such a vocabulary is drawn for the support alone when it holds < 1/8 of it
 
@@ -257,12 +257,15 @@ def _bisection_on_host(masked, probs, total, top_p: float, lo: torch.Tensor, hi:
     def reaches(pos: torch.Tensor) -> torch.Tensor:
         """The loop's verdicts at the thresholds top[pos] (pos [b, m]; -1: above every logit, none)."""
         thresholds = top.gather(1, pos.clamp(0, K - 1))
-        # all at once: fewer ops; but not for one row with several threads: the loop's [1, V] sum then
-        # splits the row among the threads (one output) where a [1, m, V] sum adds each row serially
-        if pos.numel() * V <= ONE_PASS_ELEMENTS and (b > 1 or torch.get_num_threads() == 1):
-            kept_mass = (probs[:, None, :] * (masked[:, None, :] >= thresholds[:, :, None])).sum(-1)
-        else:  # one threshold at a time: no temporary larger than the loop's own [b, V]
+        if torch.get_num_threads() > 1:  # the loop's own [b, V] sums, one parallel op a threshold (a [1, V]
+            # sum splits its row among the threads, a [1, m, V] one does not; small ops pay thread syncs)
             kept_mass = torch.stack([(probs * (masked >= t[:, None])).sum(-1) for t in thresholds.unbind(1)], 1)
+        else:  # every row summed alone, as in the loop's [b, V] sum: all thresholds at once, a block of
+            # rows at a time, its temporaries in cache (a [b, V] product per threshold page-faulted)
+            rows = max(2, ONE_PASS_ELEMENTS // (pos.shape[1] * V))
+            edges = list(range(0, b, rows))[:max(1, -(-(b - 1) // rows))] + [b]  # (no last block of one row)
+            kept_mass = torch.cat([(probs[i:j, None, :] * (masked[i:j, None, :] >= thresholds[i:j, :, None])).sum(-1)
+                                   for i, j in zip(edges, edges[1:])])
         return (kept_mass / total[:, None] >= top_p) & (pos >= 0)
 
     # the first sorted position whose threshold reaches top_p: the cumsum's guess, checked against the
