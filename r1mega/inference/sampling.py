@@ -254,19 +254,22 @@ def _bisection_on_host(masked, probs, total, top_p: float, lo: torch.Tensor, hi:
     top, below = _host_prefix(masked, hi, total, top_p)
     K = top.shape[-1]
 
-    def reaches(pos: torch.Tensor) -> torch.Tensor:
-        """The loop's verdicts at the thresholds top[pos] (pos [b, m]; -1: above every logit, none)."""
-        thresholds = top.gather(1, pos.clamp(0, K - 1))
+    def reaches(pos: torch.Tensor, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The loop's verdicts at the thresholds top[pos] (pos [b, m]; -1: above every logit, none),
+        for the given rows alone (one thread: a row's sum is serial whatever rows come with it)."""
+        p_, m_, t_, s_ = (probs, masked, top, total) if rows is None else (probs[rows], masked[rows], top[rows], total[rows])
+        thresholds = t_.gather(1, pos.clamp(0, K - 1))
+        n = pos.shape[0]
         if torch.get_num_threads() > 1:  # the loop's own [b, V] sums, one parallel op a threshold (a [1, V]
             # sum splits its row among the threads, a [1, m, V] one does not; small ops pay thread syncs)
-            kept_mass = torch.stack([(probs * (masked >= t[:, None])).sum(-1) for t in thresholds.unbind(1)], 1)
+            kept_mass = torch.stack([(p_ * (m_ >= t[:, None])).sum(-1) for t in thresholds.unbind(1)], 1)
         else:  # every row summed alone, as in the loop's [b, V] sum: all thresholds at once, a block of
             # rows at a time, its temporaries in cache (a [b, V] product per threshold page-faulted)
-            rows = max(2, ONE_PASS_ELEMENTS // (pos.shape[1] * V))
-            edges = list(range(0, b, rows))[:max(1, -(-(b - 1) // rows))] + [b]  # (no last block of one row)
-            kept_mass = torch.cat([(probs[i:j, None, :] * (masked[i:j, None, :] >= thresholds[i:j, :, None])).sum(-1)
+            step = max(2, ONE_PASS_ELEMENTS // (pos.shape[1] * V))
+            edges = list(range(0, n, step))[:max(1, -(-(n - 1) // step))] + [n]  # (no last block of one row)
+            kept_mass = torch.cat([(p_[i:j, None, :] * (m_[i:j, None, :] >= thresholds[i:j, :, None])).sum(-1)
                                    for i, j in zip(edges, edges[1:])])
-        return (kept_mass / total[:, None] >= top_p) & (pos >= 0)
+        return (kept_mass / s_[:, None] >= top_p) & (pos >= 0)
 
     # the first sorted position whose threshold reaches top_p: the cumsum's guess, checked against the
     # next larger logit (the guess's ties included) in one pass; else searched over the prefix in step
@@ -275,14 +278,20 @@ def _bisection_on_host(masked, probs, total, top_p: float, lo: torch.Tensor, hi:
     guessed = verdicts[:, 0] & ~verdicts[:, 1]
     first = below
     if not guessed.all():
-        low, high = torch.full((b,), -1), torch.full((b,), K - 1)
-        if not (reaches(high[:, None])[:, 0] | guessed).all():
+        # the rows guessed wrong alone in one thread (a flat row's float cumsum may drift: one row of 16
+        # searched ~14 passes over all 16); under several threads all rows (a one-row sum would split)
+        rows = (~guessed).nonzero()[:, 0] if torch.get_num_threads() == 1 else None
+        n = b if rows is None else rows.numel()
+        low, high = torch.full((n,), -1), torch.full((n,), K - 1)
+        settled = guessed if rows is None else guessed[rows]
+        if not (reaches(high[:, None], rows)[:, 0] | settled).all():
             return None  # the prefix's last threshold does not reach top_p: the tensor loop
         while bool((high - low > 1).any()):
             mid = (low + high) // 2
-            ok = reaches(mid[:, None])[:, 0]
+            ok = reaches(mid[:, None], rows)[:, 0]
             high, low = torch.where(ok, mid, high), torch.where(ok, low, mid)
-        first = torch.where(guessed, below, high)
+        found = torch.where(settled, below if rows is None else below[rows], high)
+        first = found if rows is None else below.index_put((rows,), found)
     thresholds = top.gather(1, first[:, None])[:, 0].tolist()
     # Python floats and bisect: a few us a round, numpy's calls more; but a long prefix (a flat
     # distribution: the whole vocabulary) is searched in place by numpy, not copied out to Python
