@@ -266,9 +266,12 @@ def _bisection_on_host(masked, probs, total, top_p: float, lo: torch.Tensor, hi:
         else:  # every row summed alone, as in the loop's [b, V] sum: all thresholds at once, a block of
             # rows at a time, its temporaries in cache (a [b, V] product per threshold page-faulted)
             step = max(2, ONE_PASS_ELEMENTS // (pos.shape[1] * V))
-            edges = list(range(0, n, step))[:max(1, -(-(n - 1) // step))] + [n]  # (no last block of one row)
-            kept_mass = torch.cat([(p_[i:j, None, :] * (m_[i:j, None, :] >= thresholds[i:j, :, None])).sum(-1)
-                                   for i, j in zip(edges, edges[1:])])
+            if n <= step:
+                kept_mass = (p_[:, None, :] * (m_[:, None, :] >= thresholds[:, :, None])).sum(-1)
+            else:
+                edges = list(range(0, n, step))[:-(-(n - 1) // step)] + [n]  # (no last block of one row)
+                kept_mass = torch.cat([(p_[i:j, None, :] * (m_[i:j, None, :] >= thresholds[i:j, :, None])).sum(-1)
+                                       for i, j in zip(edges, edges[1:])])
         return (kept_mass / s_[:, None] >= top_p) & (pos >= 0)
 
     # the first sorted position whose threshold reaches top_p: the cumsum's guess, checked against the
