@@ -116,3 +116,26 @@ def test_one_row_under_several_threads_equals_the_tensor_rounds(monkeypatch):
             assert used and torch.equal(got, sampling.sampler_support(x, PS, p, 0)), p
     finally:
         torch.set_num_threads(threads)
+
+
+def _tp_support(rank: int, world: int, x: torch.Tensor, p: float, k: int) -> torch.Tensor:
+    from r1mega.parallel.layout import ParallelConfig, build_parallel_state
+    ps = build_parallel_state(ParallelConfig(tp=world, pp=1, ep=1, etp=1, dp=1))
+    n = x.shape[-1] // world
+    return sampling.sampler_support(x[:, rank * n:(rank + 1) * n].contiguous(), ps, p, k)
+
+
+def test_masked_rows_under_tp_keep_the_one_process_support():
+    # masked ids on one shard (wide: the bisection starts at the lowest logit with mass), and on the
+    # other a logit 500 below the top (no mass either, but not masked): every rank, and one process,
+    # must start alike
+    from spawn_cases import run_ranks
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 8192, generator=g) * 3
+    x[0, :4096:3] = float("-inf")
+    x[1, :4096:2] = -1e30
+    x[1, 5000] = x[1].max() - 500
+    x[2, 100] = float("-inf")
+    for p, k in ((0.9, 0), (0.5, 40)):
+        shards = run_ranks(_tp_support, 2, x, p, k)
+        assert torch.equal(torch.cat(shards, -1), sampling.sampler_support(x, PS, p, k)), (p, k)

@@ -374,15 +374,16 @@ def sampler_support(scaled: torch.Tensor, ps: ParallelState, top_p: float, top_k
         probs = (masked - gmax[:, None]).exp()
         total = all_reduce_values(probs.sum(-1), group)
         lowest = masked if keep is None else masked.masked_fill(~keep, float("inf"))
-        lo = lowest.min(dim=-1).values
+        lo = all_reduce_values(lowest.min(dim=-1).values.clone(), group, dist.ReduceOp.MIN)
         # a masked logit (-inf, a dtype's min, -1e9; or -inf kept by a top-k wider than the finite logits)
         # has no mass and must not start the bisection: from -inf every midpoint is -inf, from -3e38 48
         # halvings stop 1e24 short; either way top-p kept every id. Far below the largest logit (exp
-        # underflows past -104), the bisection starts at the lowest logit with mass instead
+        # underflows past -104), the bisection starts at the lowest logit with mass instead (decided on
+        # the reduced lo: the same on every rank, and the same as one process)
         wide = lo < gmax - WIDE
         if torch.compiler.is_compiling() or bool(wide.any()):
-            lo = torch.where(wide, masked.masked_fill(probs == 0, float("inf")).min(dim=-1).values, lo)
-        lo = all_reduce_values(lo.clone(), group, dist.ReduceOp.MIN)
+            with_mass = masked.masked_fill(probs == 0, float("inf")).min(dim=-1).values
+            lo = torch.where(wide, all_reduce_values(with_mass, group, dist.ReduceOp.MIN), lo)
         hi = gmax.clone()
         # (a compiled step runs the plain rounds: fused in its graph, where host decisions would break it)
         shortcut = group is None and not torch.compiler.is_compiling()
