@@ -28,7 +28,7 @@ def _cases():
     return cases
 
 
-@pytest.mark.parametrize("one_pass", [sampling.ONE_PASS_ELEMENTS, 0])  # 0: one threshold at a time
+@pytest.mark.parametrize("one_pass", [sampling.ONE_PASS_ELEMENTS, 0])  # 0: two rows at a time
 def test_large_vocab_top_p_support_on_the_host_equals_the_tensor_rounds(monkeypatch, one_pass):
     ps = single_process_state()
     monkeypatch.setattr(sampling, "ONE_PASS_ELEMENTS", one_pass)

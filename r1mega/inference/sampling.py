@@ -28,7 +28,8 @@ MANY_TOKENS = 4096  # ... and any number of rows of a vocabulary this large (48 
 PREFIX = 256  # ... from the largest logits, sorted (more, 8x at a time, when the crossing lies further down)
 MARGIN = 16  # ... holding this many past where the float cumsum crosses top_p (the exact verdicts decide)
 HOST_LIST = 8192  # ... as Python lists up to this many logits a row (numpy arrays past it)
-ONE_PASS_ELEMENTS = 1 << 22  # ... evaluating several thresholds in one [b, m, V] pass up to this size
+ONE_PASS_ELEMENTS = 1 << 18  # ... its verdicts a block of rows at a time, [rows, m, V] up to this size (in cache)
+WIDE = 1024.0  # a row's logits spanning more than this from the top: the bisection starts at the lowest with mass
 SPARSE_NOISE = 8  # the noise of such a vocabulary is drawn for the support alone when it holds < 1/8 of it
 
 
@@ -216,7 +217,10 @@ def _host_prefix(masked: torch.Tensor, hi: torch.Tensor, total: torch.Tensor, to
         top = masked.topk(k, dim=-1).values if k < V else masked.sort(-1, descending=True).values
         mass = (top - hi[:, None]).exp().cumsum(-1) / total[:, None]
         below = (mass < top_p).sum(-1)  # ~ kept count - 1
-        if k == V or int(below.max()) + MARGIN < k:
+        # ... and the crossing's tie group ends inside the prefix (quantised logits, bf16's: a threshold
+        # tied with the prefix's last logit may keep ties past it, and the tensor loop would run)
+        if k == V or (int(below.max()) + MARGIN < k
+                      and bool((top[:, -1] < top.gather(1, below.clamp(max=k - 1)[:, None])[:, 0]).all())):
             return top, below.clamp(max=k - 1)
         # at least 8x, and at least twice what the prefix's mass per logit says the rest needs (the mass
         # per logit only falls further down); near the whole vocabulary a sort costs less than a top-k
@@ -250,14 +254,25 @@ def _bisection_on_host(masked, probs, total, top_p: float, lo: torch.Tensor, hi:
     top, below = _host_prefix(masked, hi, total, top_p)
     K = top.shape[-1]
 
-    def reaches(pos: torch.Tensor) -> torch.Tensor:
-        """The loop's verdicts at the thresholds top[pos] (pos [b, m]; -1: above every logit, none)."""
-        thresholds = top.gather(1, pos.clamp(0, K - 1))
-        if pos.numel() * V <= ONE_PASS_ELEMENTS:  # all at once: fewer ops
-            kept_mass = (probs[:, None, :] * (masked[:, None, :] >= thresholds[:, :, None])).sum(-1)
-        else:  # one threshold at a time: no temporary larger than the loop's own [b, V]
-            kept_mass = torch.stack([(probs * (masked >= t[:, None])).sum(-1) for t in thresholds.unbind(1)], 1)
-        return (kept_mass / total[:, None] >= top_p) & (pos >= 0)
+    def reaches(pos: torch.Tensor, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The loop's verdicts at the thresholds top[pos] (pos [b, m]; -1: above every logit, none),
+        for the given rows alone (one thread: a row's sum is serial whatever rows come with it)."""
+        p_, m_, t_, s_ = (probs, masked, top, total) if rows is None else (probs[rows], masked[rows], top[rows], total[rows])
+        thresholds = t_.gather(1, pos.clamp(0, K - 1))
+        n = pos.shape[0]
+        if torch.get_num_threads() > 1:  # the loop's own [b, V] sums, one parallel op a threshold (a [1, V]
+            # sum splits its row among the threads, a [1, m, V] one does not; small ops pay thread syncs)
+            kept_mass = torch.stack([(p_ * (m_ >= t[:, None])).sum(-1) for t in thresholds.unbind(1)], 1)
+        else:  # every row summed alone, as in the loop's [b, V] sum: all thresholds at once, a block of
+            # rows at a time, its temporaries in cache (a [b, V] product per threshold page-faulted)
+            step = max(2, ONE_PASS_ELEMENTS // (pos.shape[1] * V))
+            if n <= step:
+                kept_mass = (p_[:, None, :] * (m_[:, None, :] >= thresholds[:, :, None])).sum(-1)
+            else:
+                edges = list(range(0, n, step))[:-(-(n - 1) // step)] + [n]  # (no last block of one row)
+                kept_mass = torch.cat([(p_[i:j, None, :] * (m_[i:j, None, :] >= thresholds[i:j, :, None])).sum(-1)
+                                       for i, j in zip(edges, edges[1:])])
+        return (kept_mass / s_[:, None] >= top_p) & (pos >= 0)
 
     # the first sorted position whose threshold reaches top_p: the cumsum's guess, checked against the
     # next larger logit (the guess's ties included) in one pass; else searched over the prefix in step
@@ -266,48 +281,65 @@ def _bisection_on_host(masked, probs, total, top_p: float, lo: torch.Tensor, hi:
     guessed = verdicts[:, 0] & ~verdicts[:, 1]
     first = below
     if not guessed.all():
-        low, high = torch.full((b,), -1), torch.full((b,), K - 1)
-        if not (reaches(high[:, None])[:, 0] | guessed).all():
+        # the rows guessed wrong alone in one thread (a flat row's float cumsum may drift: one row of 16
+        # searched ~14 passes over all 16); under several threads all rows (a one-row sum would split)
+        rows = (~guessed).nonzero()[:, 0] if torch.get_num_threads() == 1 else None
+        n = b if rows is None else rows.numel()
+        low, high = torch.full((n,), -1), torch.full((n,), K - 1)
+        settled = guessed if rows is None else guessed[rows]
+        if not (reaches(high[:, None], rows)[:, 0] | settled).all():
             return None  # the prefix's last threshold does not reach top_p: the tensor loop
         while bool((high - low > 1).any()):
             mid = (low + high) // 2
-            ok = reaches(mid[:, None])[:, 0]
+            ok = reaches(mid[:, None], rows)[:, 0]
             high, low = torch.where(ok, mid, high), torch.where(ok, low, mid)
-        first = torch.where(guessed, below, high)
+        found = torch.where(settled, below if rows is None else below[rows], high)
+        first = found if rows is None else below.index_put((rows,), found)
     thresholds = top.gather(1, first[:, None])[:, 0].tolist()
     # Python floats and bisect: a few us a round, numpy's calls more; but a long prefix (a flat
     # distribution: the whole vocabulary) is searched in place by numpy, not copied out to Python
     ascending = top.flip(-1).tolist() if K <= HOST_LIST else top.flip(-1).numpy()
-    los, his, f32 = lo.tolist(), hi.tolist(), np.float32
+    los, his = lo.tolist(), hi.tolist()
     out = []
-    for r, vals in enumerate(ascending):
-        if vals[-1] != vals[-1] or not (math.isfinite(los[r]) and math.isfinite(his[r])):
-            return None  # NaN logits: leave them to the tensor loop
-        search_left, search_right = ((bisect.bisect_left, bisect.bisect_right) if K <= HOST_LIST else
-                                     (_searcher(vals, "left"), _searcher(vals, "right")))
-
-        def kept(threshold: float) -> int:  # K for any threshold at or below the prefix's last logit: >= k*
-            return K - int(search_left(vals, threshold))
-
-        need = kept(thresholds[r])
-        if need >= K and K < V:
-            return None  # the prefix may not hold every logit the threshold keeps
-        a, b_ = f32(los[r]), f32(his[r])
-        for _ in range(BISECTION_STEPS):
-            mid = (a + b_) / f32(2)
-            if kept(float(mid)) >= need:
-                a = mid
-            else:
-                b_ = mid
-            between = int(search_right(vals, float(a)))
-            if between == K or vals[between] >= float(b_):  # settled (see _bisection_settled)
-                if kept(float(b_)) >= need:
-                    if np.nextafter(a, b_) == b_:
-                        continue  # neighbouring floats: a midpoint rounds to an end; bisect on
-                    a = b_
-                break
-        out.append(float(a))
+    with np.errstate(over="ignore"):  # logits near float32's max: a midpoint is inf, as the tensor loop's
+        for r, vals in enumerate(ascending):
+            threshold = _host_rounds(vals, K, V, thresholds[r], los[r], his[r])
+            if threshold is None:
+                return None
+            out.append(threshold)
     return torch.tensor(out, dtype=masked.dtype, device=masked.device)
+
+
+def _host_rounds(vals, K: int, V: int, threshold: float, lo: float, hi: float) -> Optional[float]:
+    """`_bisection_on_host`'s rounds for one row: vals its K largest logits ascending, threshold the
+    lowest kept one (None: a NaN, an infinite end, or a threshold that may keep ties past the prefix)."""
+    if vals[-1] != vals[-1] or not (math.isfinite(lo) and math.isfinite(hi)):
+        return None  # NaN logits: leave them to the tensor loop
+    search_left, search_right = ((bisect.bisect_left, bisect.bisect_right) if K <= HOST_LIST else
+                                 (_searcher(vals, "left"), _searcher(vals, "right")))
+
+    def kept(t: float) -> int:  # K for any threshold at or below the prefix's last logit: >= k*
+        return K - int(search_left(vals, t))
+
+    need = kept(threshold)
+    if need >= K and K < V:
+        return None  # the prefix may not hold every logit the threshold keeps
+    f32 = np.float32
+    a, b_ = f32(lo), f32(hi)
+    for _ in range(BISECTION_STEPS):
+        mid = (a + b_) / f32(2)
+        if kept(float(mid)) >= need:
+            a = mid
+        else:
+            b_ = mid
+        between = int(search_right(vals, float(a)))
+        if between == K or vals[between] >= float(b_):  # settled (see _bisection_settled)
+            if kept(float(b_)) >= need:
+                if np.nextafter(a, b_) == b_:
+                    continue  # neighbouring floats: a midpoint rounds to an end; bisect on
+                a = b_
+            break
+    return float(a)
 
 
 @torch.no_grad()
@@ -343,6 +375,15 @@ def sampler_support(scaled: torch.Tensor, ps: ParallelState, top_p: float, top_k
         total = all_reduce_values(probs.sum(-1), group)
         lowest = masked if keep is None else masked.masked_fill(~keep, float("inf"))
         lo = all_reduce_values(lowest.min(dim=-1).values.clone(), group, dist.ReduceOp.MIN)
+        # a masked logit (-inf, a dtype's min, -1e9; or -inf kept by a top-k wider than the finite logits)
+        # has no mass and must not start the bisection: from -inf every midpoint is -inf, from -3e38 48
+        # halvings stop 1e24 short; either way top-p kept every id. Far below the largest logit (exp
+        # underflows past -104), the bisection starts at the lowest logit with mass instead (decided on
+        # the reduced lo: the same on every rank, and the same as one process)
+        wide = lo < gmax - WIDE
+        if torch.compiler.is_compiling() or bool(wide.any()):
+            with_mass = masked.masked_fill(probs == 0, float("inf")).min(dim=-1).values
+            lo = torch.where(wide, all_reduce_values(with_mass, group, dist.ReduceOp.MIN), lo)
         hi = gmax.clone()
         # (a compiled step runs the plain rounds: fused in its graph, where host decisions would break it)
         shortcut = group is None and not torch.compiler.is_compiling()
