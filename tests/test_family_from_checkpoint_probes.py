@@ -194,34 +194,46 @@ def test_verify_hf_names_a_checkpoint_of_another_model(tmp_path, capsys):
     assert r1mega(["verify-hf", "--hf-dir", untied, "--ckpt", str(tmp_path / "untied_ck"), "--seq-length", "8"]) == 0
 
 
+def _sft_with_a_longer_rope(tmp_path, hf: str, factor: float, rows: int, kind_key: str = "") -> tuple[str, str]:
+    """Import `hf`, then one SFT step of its model with the rope's factor raised to `factor` and 256
+    positions (train.allow_arch_change; the config in tmp_path/long.yaml); the run directory.
+    kind_key: the key the imported rope names its kind by, and only that one (asserted)."""
+    import yaml
+
+    ckpt = str(tmp_path / "ckpt")
+    assert convert(["import", "--hf-dir", hf, "--out", ckpt]) == 0
+    with open(os.path.join(ckpt, "meta.json")) as f:
+        model = json.load(f)["model_config"]
+    if kind_key:
+        other = {"type": "rope_type", "rope_type": "type"}[kind_key]
+        assert model["rope_scaling"][kind_key] == "yarn" and other not in model["rope_scaling"]
+    model["rope_scaling"] = {**model["rope_scaling"], "factor": factor}
+    model["max_position_embeddings"] = 256
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump({"model": model}))
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"{i}+{i}="},
+                                                     {"role": "assistant", "content": str(2 * i)}]}) + "\n"
+                            for i in range(rows)))
+    run = str(tmp_path / "run")
+    assert r1mega(["sft", "--config", os.path.join(ROOT, "configs/stage/distillation.yaml"), "--config",
+                   str(tmp_path / "long.yaml"), f"train.load={ckpt}", f"data.paths=[{data}]", "data.sft_template=raw",
+                   "data.seq_length=32", "data.global_batch_size=2", "train.steps=1", "train.dtype=float32",
+                   "optim.warmup_steps=0", "train.allow_arch_change=[rope_scaling,max_position_embeddings]",
+                   f"train.run_dir={run}"]) == 0
+    return ckpt, run
+
+
 def test_export_after_training_writes_the_trained_model_s_config(tmp_path, capsys):
     """An SFT that lengthened the rope (train.allow_arch_change) exported the import's config.json
     (factor 8, 128 positions) beside the trained weights, a silently different model; a GRPO
     checkpoint exported a config.json without the import's token ids. Both now export the config of
     the model they hold, the imported file's other keys kept, and verify-hf of the export against the
     checkpoint passes (over long inputs that include the pad token, which transformers never trains)."""
-    import yaml
 
     hf = save_hf(str(tmp_path / "hf"), "Llama", num_attention_heads=4, num_key_value_heads=1, rope_scaling={
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 32})
-    ckpt = str(tmp_path / "ckpt")
-    assert convert(["import", "--hf-dir", hf, "--out", ckpt]) == 0
-    with open(os.path.join(ckpt, "meta.json")) as f:
-        model = json.load(f)["model_config"]
-    model["rope_scaling"] = {**model["rope_scaling"], "factor": 16.0}
-    model["max_position_embeddings"] = 256
-    (tmp_path / "long.yaml").write_text(yaml.safe_dump({"model": model}))
-    data = tmp_path / "sft.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"{i}+{i}="},
-                                                     {"role": "assistant", "content": str(2 * i)}]}) + "\n"
-                            for i in range(8)))
-    run = str(tmp_path / "run")
-    assert r1mega(["sft", "--config", os.path.join(ROOT, "configs/stage/distillation.yaml"), "--config",
-                   str(tmp_path / "long.yaml"), f"train.load={ckpt}", f"data.paths=[{data}]", "data.sft_template=raw",
-                   "data.seq_length=32",
-                   "data.global_batch_size=2", "train.steps=1", "train.dtype=float32", "optim.warmup_steps=0",
-                   "train.allow_arch_change=[rope_scaling,max_position_embeddings]", f"train.run_dir={run}"]) == 0
+    ckpt, run = _sft_with_a_longer_rope(tmp_path, hf, 16.0, 8)
     step = os.path.join(run, "checkpoints", "step_00000001")
     exported = str(tmp_path / "exported")
     assert convert(["export", "--ckpt", step, "--out", exported]) == 0
@@ -365,31 +377,13 @@ def test_a_deepseek_rope_spelled_as_deepseek_ships_it_survives_an_export_after_t
     refused the export as "another model", as did a run from the re-import under the trained model's
     config. The kind spelled either way is one setting now, and the export writes the rope in the spelling
     of the file imported (it wrote only `rope_parameters`, which older readers ignore)."""
-    import yaml
 
     hf = save_hf(str(tmp_path / "hf"), "DeepseekV3", n_routed_experts=4, num_experts_per_tok=2, n_group=2,
                  topk_group=1, **DEEPSEEK)
     yarn = {"beta_fast": 32, "beta_slow": 1, "factor": 4, "mscale": 1.0, "mscale_all_dim": 1.0,
             "original_max_position_embeddings": 32, "type": "yarn"}
     edit_config(hf, rope_parameters=KeyError, rope_scaling=yarn, rope_theta=10000)
-    ckpt = str(tmp_path / "ckpt")
-    assert convert(["import", "--hf-dir", hf, "--out", ckpt]) == 0
-    with open(os.path.join(ckpt, "meta.json")) as f:
-        model = json.load(f)["model_config"]
-    assert model["rope_scaling"]["type"] == "yarn" and "rope_type" not in model["rope_scaling"]
-    model["rope_scaling"] = {**model["rope_scaling"], "factor": 8.0}
-    model["max_position_embeddings"] = 256
-    (tmp_path / "long.yaml").write_text(yaml.safe_dump({"model": model}))
-    data = tmp_path / "sft.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"{i}+{i}="},
-                                                     {"role": "assistant", "content": str(2 * i)}]}) + "\n"
-                            for i in range(4)))
-    run = str(tmp_path / "run")
-    assert r1mega(["sft", "--config", os.path.join(ROOT, "configs/stage/distillation.yaml"), "--config",
-                   str(tmp_path / "long.yaml"), f"train.load={ckpt}", f"data.paths=[{data}]", "data.sft_template=raw",
-                   "data.seq_length=32", "data.global_batch_size=2", "train.steps=1", "train.dtype=float32",
-                   "optim.warmup_steps=0", "train.allow_arch_change=[rope_scaling,max_position_embeddings]",
-                   f"train.run_dir={run}"]) == 0
+    ckpt, run = _sft_with_a_longer_rope(tmp_path, hf, 8.0, 4, kind_key="type")
     step = os.path.join(run, "checkpoints", "step_00000001")
     exported = str(tmp_path / "exported")
     assert convert(["export", "--ckpt", step, "--out", exported]) == 0
