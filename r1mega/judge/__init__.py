@@ -4,6 +4,7 @@ gets one verdict everywhere.
 
     response.py    the thought and the visible text after it
     answers.py     the final answer (after the thought only) and answer equivalence (math-verify)
+    braces.py      LaTeX brace matching (escaped braces are text)
     characters.py  text as it shows (lookalike and invisible characters)
     code_blocks.py the one code-fence extractor
     language.py    the share of a thought's words in the target language (lexicons.py: Latin words)

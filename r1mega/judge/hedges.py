@@ -23,6 +23,8 @@ import re
 import unicodedata
 from typing import Optional
 
+from r1mega.judge.braces import closing_brace
+
 MAX_ANSWERS = 16
 BOXES = ("\\boxed", "\\fbox")
 _BOX_BRACE = re.compile(r"\s*\{")
@@ -48,8 +50,6 @@ _NEGATION = re.compile(r"(?:\b(?:not|no|never|isn't|isnt|wrong|incorrect|false|n
 
 
 def _closing(text: str, start: int) -> int:
-    from r1mega.judge.answers import closing_brace
-
     return closing_brace(text, start, len(text))
 
 
