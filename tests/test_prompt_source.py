@@ -92,7 +92,6 @@ def test_a_stop_string_ending_inside_a_token_ends_the_judged_text_with_it(tmp_pa
     """The rewards judge (and rollouts.jsonl shows) a stopped response up to the end of its earliest stop
     string, as vLLM's text ends; the sampled ids, which the update trains, keep the whole last token."""
     from r1mega.data.prompts import Rendered
-    from r1mega.rl.rollout import response_text
 
     cfg = Config()
     cfg.rl.prompts = [write_jsonl(str(tmp_path / "p.jsonl"), [{"prompt": "1+2", "answer": "3"}])]
@@ -104,13 +103,13 @@ def test_a_stop_string_ending_inside_a_token_ends_the_judged_text_with_it(tmp_pa
     assert whole.endswith("answer") and whole.count("answ") == 1
     source.questions = PromptFiles(cfg.rl.prompts, ["wer", "answ"], 0)  # "answ" ends first, whatever the order
     assert source.stop()(ids)
-    assert response_text(source, Rendered("Q", "<think>"), ids) == "<think>" + whole[:-len("er")]
+    assert source.response_text(Rendered("Q", "<think>"), ids) == "<think>" + whole[:-len("er")]
     assert ids == sampled
     source.questions = PromptFiles(cfg.rl.prompts, ["zz"], 0)  # no stop string in it: the whole text
-    assert response_text(source, Rendered("Q", ""), ids) == whole
+    assert source.response_text(Rendered("Q", ""), ids) == whole
     ended = ids + [tok.eos_id]  # ended by EOS: the text without it, whole
     source.questions = PromptFiles(cfg.rl.prompts, ["answ"], 0)
-    assert response_text(source, Rendered("Q", ""), ended) == whole
+    assert source.response_text(Rendered("Q", ""), ended) == whole
 
 
 def test_templates_answer_as_their_names_did(tok):

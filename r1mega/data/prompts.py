@@ -512,3 +512,11 @@ class PromptSource:
 
     def finished(self, text: str) -> str:
         return self.questions.finished(text)
+
+    def response_text(self, rendered: Rendered, ids: list[int]) -> str:
+        """What the rewards judge of one sample: the response part of the rendered prompt (a template's
+        opening tag) and the completion without its end-of-sequence token, or up to the end of its stop
+        string (the ids the update trains keep the whole last token)."""
+        if ids and ids[-1] in self.tok.eos_ids:
+            return rendered.response_prefix + self.decode(ids[:-1])
+        return rendered.response_prefix + self.finished(self.decode(ids))

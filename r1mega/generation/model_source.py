@@ -139,9 +139,10 @@ def load_model(model: str, parallel: ParallelConfig, world: int, distributed: bo
         cfg = _with_model(cfg, model_of_checkpoint(meta, cfg.active_model, source, cfg.model_section)[1])
     else:  # the --config's own model: refused by key, before it is built, if the checkpoint holds another
         from r1mega.models.family import family_of_config
-        from r1mega.train.setup import check_config_model
+        from r1mega.train.checkpoint import check_saved_model
 
-        check_config_model(cfg, source, family_of_config(cfg.active_model))
+        check_saved_model(source, family_of_config(cfg.active_model).architecture(cfg.active_model),
+                          cfg.train.allow_arch_change)
     cfg = validate(cfg, world)
     ps = build_parallel_state(cfg.parallel) if distributed else single_process_state()
     if tokenizer is None:

@@ -43,7 +43,7 @@ from r1mega.kernels import batch_invariant
 from r1mega.kernels.fp8_backend import fp8_kernels
 from r1mega.parallel.layout import ParallelState
 from r1mega.rl.rollout import (POOL_INDEX_STRIDE, ScoredRollout, check_cache_budget, check_responses_fit,
-                               draw_until_informative, pool_problems, response_text, rollout_problems,
+                               draw_until_informative, pool_problems, rollout_problems,
                                sample_rollout)
 from r1mega.rl.update import LOCAL_VALUES, StepMetrics, global_values, minibatch_update, step_metrics, update_inputs
 from r1mega.sandbox import isolation as sandbox
@@ -68,7 +68,7 @@ def evaluate_accuracy(chunks, ps: ParallelState, source: PromptSource, problems:
                            stop=source.stop(), vocab_size=tok.vocab_size)
     rendered = [source.render(p) for p in mine]
     r = generate(chunks, ps, [source.encode(x) for x in rendered], gen)
-    texts = [response_text(source, x, ids) for x, ids in zip(rendered, r.completions())]
+    texts = [source.response_text(x, ids) for x, ids in zip(rendered, r.completions())]
     device = next(chunks.parameters()).device
     hits = sum(t["accuracy"] for t in judge_batch(ps, ["accuracy"], texts, mine, rl.answer_fallback, device))
     both = global_values({"hits": hits, "n": float(len(mine))}, ps, device)
@@ -254,16 +254,16 @@ def _grpo(cfg: Config, eval_problems: int = 128, eval_every: int = 0) -> dict:
             hooks.before_step(chunks, model_cfg, u.batches[j].labels)
             sums = minibatch_update(run, chunks, optimizer, u.batches[j], u.extras[j], at.step, scored.max_new_tokens,
                                     policy.kernels, u.microbatch_counts[j])
+            at.step += 1
+            step = at.step
+            guard.after_step(step, bool(sums["skipped"]), optimizer.skipped,
+                             "Check the rewards and lower optim.lr, or raise the limit")
             upd = global_values({k: v for k, v in sums.items() if k not in LOCAL_VALUES}, ps, run.device)
             family = hooks.after_step(chunks, ps, model_cfg, bool(sums["skipped"]),
                                       StepResult(upd["loss"], {k: upd[k] for k in hooks.extra_losses if k in upd},
                                                  int(upd["tokens"])))
-            at.step += 1
-            step = at.step
             if reference.due(step):  # a copy of the whole step: weights and routing biases
                 reference.refresh(chunks, step)
-            guard.after_step(step, bool(sums["skipped"]), optimizer.skipped,
-                             "Check the rewards and lower optim.lr, or raise the limit")
             last = step_metrics(rl.rewards, u.rollout_vals, u.gap_max, upd, sums, optimizer.skipped,
                                 scored.max_new_tokens, scored.rollout.cache_bytes, time.perf_counter() - t0,
                                 hooks.extra_losses)

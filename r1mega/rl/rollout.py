@@ -121,15 +121,6 @@ def ended_by_eos(source: PromptSource, ids: list[int]) -> bool:
     return bool(ids) and ids[-1] in source.tok.eos_ids
 
 
-def response_text(source: PromptSource, rendered: Rendered, ids: list[int]) -> str:
-    """What the rewards judge of one sample: the response part of the rendered prompt (a template's
-    opening tag) and the completion without its end-of-sequence token, or up to the end of its stop
-    string (the ids the update trains keep the whole last token)."""
-    if ended_by_eos(source, ids):
-        return rendered.response_prefix + source.decode(ids[:-1])
-    return rendered.response_prefix + source.finished(source.decode(ids))
-
-
 def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: list[dict], where: list[int],
                    step: int, index: int) -> ScoredRollout:
     """G samples per question on the training shards, then the rewards of each output. where: the
@@ -152,7 +143,7 @@ def sample_rollout(run: Run, chunks, optimizer, source: PromptSource, problems: 
         rollout = generate(chunks, ps, prompt_ids, gen, rows=rows)
     responses, truncated = [], []
     for ids, r in zip(rollout.completions(), rendered):
-        text = response_text(source, r, ids)
+        text = source.response_text(r, ids)
         responses.append(text)
         truncated.append(len(ids) >= limit and not ended_by_eos(source, ids) and not source.is_stopped(text))
     # one verdict per model replica, every program of the batch at once

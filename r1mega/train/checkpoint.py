@@ -484,6 +484,18 @@ def arch_differences(stored: dict, mine: dict, allowed: Iterable[str] = ()) -> l
                                   _rope_kind_once(mine[k]) if k == "rope_scaling" else mine[k])]
 
 
+def check_saved_model(path: str, model_config: dict, allowed: Iterable[str]) -> None:
+    """check_architecture against the checkpoint at `path`, when its meta.json reads (one without a
+    readable meta.json is left to the loaders: a damaged one of the run's own falls back)."""
+    if not os.path.isfile(os.path.join(path, "meta.json")):
+        return
+    try:
+        meta = read_meta(path)
+    except CheckpointError:
+        return
+    check_architecture(meta, model_config, allowed, path)
+
+
 def check_architecture(meta: dict, model_config: dict, allowed: Iterable[str], where: str) -> None:
     """Compare the model config a checkpoint was saved with to this run's; name every difference."""
     stored = meta.get("model_config")

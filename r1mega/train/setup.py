@@ -72,33 +72,21 @@ def model_from_checkpoint(cfg: Config, own: Optional[str] = None) -> tuple[Confi
     source, m = own or cfg.train.load, cfg.active_model
     if own is not None and cfg.train.load is not None:
         _warn_if_load_differs(own, cfg.train.load)
-    from r1mega.train.checkpoint import checkpoint_meta
+    from r1mega.train.checkpoint import check_saved_model, checkpoint_meta
 
-    meta = checkpoint_meta(source) if source is not None and at_family_defaults(m) else None
-    family = family_of_config(m)
+    family, defaults = family_of_config(m), at_family_defaults(m)
+    if source is not None and not defaults:
+        # a model section of its own: a checkpoint holding another model (family or shapes, outside
+        # train.allow_arch_change) is refused now, by key, as its load would refuse it later: before the
+        # tokenizer, prompts and positions are checked against a model the run never builds, and before a
+        # plan or dry run sizes it
+        check_saved_model(source, family.architecture(m), cfg.train.allow_arch_change)
+        return cfg, family
+    meta = checkpoint_meta(source) if source is not None else None
     if meta is None:
-        if source is not None:
-            check_config_model(cfg, source, family)
         return cfg, family
     saved_family, saved = model_of_checkpoint(meta, m, source, cfg.model_section)
     return replace(cfg, model=saved, student=None), saved_family
-
-
-def check_config_model(cfg: Config, source: str, family: ModelFamily) -> None:
-    """A config with a model section of its own, starting from a checkpoint: a checkpoint holding another
-    model (family or shapes, outside train.allow_arch_change) is refused now, by key, as its load would
-    refuse it later: before the tokenizer, prompts and positions are checked against a model the run never
-    builds, and before a plan or dry run sizes it. A checkpoint without a readable meta.json is left to the
-    loaders (a damaged one of the run's own falls back)."""
-    from r1mega.train.checkpoint import CheckpointError, check_architecture, read_meta
-
-    if not os.path.isfile(os.path.join(source, "meta.json")):
-        return
-    try:
-        meta = read_meta(source)
-    except CheckpointError:
-        return
-    check_architecture(meta, family.architecture(cfg.active_model), cfg.train.allow_arch_change, source)
 
 
 def _warn_if_load_differs(own: str, load: str) -> None:
