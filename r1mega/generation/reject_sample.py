@@ -122,11 +122,16 @@ def read_samples(out_dir: str) -> dict[str, list[dict]]:
     return by_id
 
 
+def _dropped_ids(meta: dict) -> set[str]:
+    """The ids of the prompts a generate run dropped for their length, from its meta.json."""
+    return {str(i) for i in meta.get("dropped_long_prompts", [])}
+
+
 def dropped_prompts(gen_dir: str) -> set[str]:
-    """The ids of the prompts a generate run into `gen_dir` dropped for their length (its meta.json)."""
+    """`_dropped_ids` of the generate run into `gen_dir` (none when its meta.json does not read)."""
     try:
         with open(os.path.join(gen_dir, "meta.json"), encoding="utf-8") as f:
-            return {str(i) for i in json.load(f).get("dropped_long_prompts", [])}
+            return _dropped_ids(json.load(f))
     except (OSError, ValueError, AttributeError, TypeError):  # check_finished names a bad --samples-from
         return set()
 
@@ -156,7 +161,7 @@ def check_finished(gen_dir: str, samples: dict[str, list[dict]], records: list[d
         with open(os.path.join(gen_dir, "meta.json"), encoding="utf-8") as f:
             meta = json.load(f)
         k = meta["samples"]
-        dropped = {str(i) for i in meta.get("dropped_long_prompts", [])}
+        dropped = _dropped_ids(meta)
     except (OSError, ValueError, KeyError, TypeError):
         raise DataError(f"--samples-from {gen_dir}: no readable meta.json with 'samples' (not an "
                         f"`r1mega generate` directory?)") from None
