@@ -138,10 +138,10 @@ def uniform_noise_at(row_keys: torch.Tensor, rows: torch.Tensor, cols: torch.Ten
 def _gumbel(u: torch.Tensor) -> torch.Tensor:
     """float32 -log(-log(u)) of float64 u, on a flat buffer of whole vector lanes, so that a number's
     bits do not depend on where it sits (the whole noise or a support's few numbers alone)."""
-    flat = u.reshape(-1)
-    pad = -flat.numel() % _LANES
-    if pad:
-        flat = torch.cat([flat, flat.new_full((pad,), 0.5)])
+    pad = -u.numel() % _LANES
+    if not pad:  # a contiguous tensor of whole lanes already (no reshapes: the few-row step's noise)
+        return (-torch.log(-torch.log(u))).to(torch.float32)
+    flat = torch.cat([u.reshape(-1), u.new_full((pad,), 0.5)])
     return (-torch.log(-torch.log(flat)))[:u.numel()].to(torch.float32).view(u.shape)
 
 
@@ -149,8 +149,7 @@ def gumbel_noise(row_keys: torch.Tensor, first: int, n: int) -> torch.Tensor:
     """float32 Gumbel noise -log(-log(u)) for columns [first, first + n) of rows keyed by row_keys
     (on CPU a large one a column block at a time, in cache: 16 rows of 152K ids 46 -> ~25 ms)."""
     if row_keys.device.type != "cpu" or row_keys.shape[0] * n <= _CHUNK_ELEMENTS:
-        u = uniform_noise(row_keys, first, n)
-        return _gumbel(u) if u.numel() % _LANES else (-torch.log(-torch.log(u))).to(torch.float32)
+        return _gumbel(uniform_noise(row_keys, first, n))
     out = torch.empty((row_keys.shape[0], n), dtype=torch.float32)
     for lo, u in _uniform_chunks(row_keys, first, n):
         out[:, lo:lo + u.shape[1]] = _gumbel(torch.from_numpy(u))
