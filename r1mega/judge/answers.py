@@ -41,7 +41,7 @@ from typing import Optional
 
 from r1mega.judge import budget, choices, equations, hedges, percent, units
 from r1mega.judge.assignments import named_against_bare
-from r1mega.judge.braces import closing_brace
+from r1mega.judge.braces import BOX_BRACE, closing_brace
 from r1mega.judge.characters import INVISIBLE_CHARS, latex_signs, plain_characters
 from r1mega.judge.limits import MAX_ANSWER_CHARS
 from r1mega.judge.magnitude import too_large
@@ -50,7 +50,7 @@ from r1mega.judge.response import split_thought
 
 FALLBACKS = ("auto", "a_colon", "last_number", "none")
 BOXED = "\\boxed"
-_BOX_BRACE = re.compile(r"\s*\{")
+
 # 1,234.5 | -7 | 0.25 | 3/4 (each alternative consumes a digit run once: linear)
 _NUMBER = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?|[-+]?\d+(?:\.\d+)?(?:/\d+)?")
 _DIGIT = re.compile(r"\d")  # any script's
@@ -87,7 +87,7 @@ def last_boxed(text: str) -> Optional[str]:
     end = len(text)
     at = text.rfind(BOXED, 0, end)
     while at >= 0:
-        brace = _BOX_BRACE.match(text, at + len(BOXED), end)  # \\boxedx is another command
+        brace = BOX_BRACE.match(text, at + len(BOXED), end)  # \\boxedx is another command
         if brace:
             start = brace.end()
             close = closing_brace(text, start, end)

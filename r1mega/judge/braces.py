@@ -1,6 +1,11 @@
 """LaTeX brace matching in linear time: a brace after an odd run of backslashes (\\{, \\}) is text,
-not grouping (answers.py reads boxes with it, hedges.py the one token a \\boxed without braces takes)."""
+not grouping; and where a box's brace opens (answers.py reads the last box with them, hedges.py every box)."""
 from __future__ import annotations
+
+import re
+
+# a box's opening brace: whitespace may come first, as LaTeX allows (\boxed {x})
+BOX_BRACE = re.compile(r"\s*\{")
 
 
 def closing_brace(text: str, start: int, end: int) -> int:

@@ -23,11 +23,11 @@ import re
 import unicodedata
 from typing import Optional
 
-from r1mega.judge.braces import closing_brace
+from r1mega.judge.braces import BOX_BRACE, closing_brace
 
 MAX_ANSWERS = 16
 BOXES = ("\\boxed", "\\fbox")
-_BOX_BRACE = re.compile(r"\s*\{")
+
 _BOX_TOKEN = re.compile(r"\s+([0-9A-Za-z])")
 # commands math-verify's LaTeX parser drops (keeping what is around them), that change what an answer
 # says (approximately, not, struck out, hidden), and a box inside the answer
@@ -68,7 +68,7 @@ def boxes(text: str) -> Optional[list[str]]:
     for at, n in sorted(starts):
         if at < covered:
             continue
-        brace = _BOX_BRACE.match(text, at + n)  # \\boxedx is another command
+        brace = BOX_BRACE.match(text, at + n)  # \\boxedx is another command
         if not brace:
             token = _BOX_TOKEN.match(text, at + n)  # \\boxed 6: LaTeX boxes the one token
             if token:
