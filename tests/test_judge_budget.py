@@ -95,10 +95,12 @@ def test_a_forked_child_judges_under_its_own_watchdog():
     is_correct("<think>t</think> \\boxed{(x+1)^{10000}}", "5")  # the parent's watchdog thread is running
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(1) as pool:
-        assert pool.apply(_judge_a_bomb_timed) < CUT
+        assert pool.apply(_judge_a_bomb_timed) < 0.3 + 0.5  # the child's budget, then the way out
 
 
 def _judge_a_bomb_timed() -> float:
+    # a small budget in this child alone: its cut stands well apart from the bomb's uncut 2+ s
+    budget.SECONDS, budget.RESPONSE_SECONDS = 0.25, 0.3
     start = time.thread_time()
     assert is_correct("<think>t</think> \\boxed{(x+1)^{10001}}", "5")[1] is False
     return time.thread_time() - start
