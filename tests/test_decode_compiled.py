@@ -126,3 +126,33 @@ def test_graphs_outlast_a_growing_table_and_row_counts(model, compiled_steps):
     assert {1, 8} <= set(compiled_steps) and set(compiled_steps) & {2, 3, 4}
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before <= 2
     assert torch.equal(fast.tokens, eager.tokens) and torch.equal(fast.completion_mask, eager.completion_mask)
+
+
+@pytest.mark.parametrize("vocab", [384, 200, 9000])
+def test_noise_drawn_ahead_is_the_noise_of_each_position(vocab):
+    """The compiled step draws a row's noise several positions at a time (one position when the
+    vocabulary is large): at every position, whatever rows share the step and whenever a row retired
+    or was drawn for, a row's noise is `gumbel_noise` of its own key and position, bit for bit."""
+    from types import SimpleNamespace
+
+    from r1mega.inference.continuous import _Row
+    from r1mega.inference.sampling import gumbel_noise, row_keys_host
+
+    seed = 11
+    engine = SimpleNamespace(gen=SimpleNamespace(seed=seed), model=SimpleNamespace(vocab_size=vocab),
+                             device=torch.device("cpu"))
+    rows = [_Row(i, None, key) for i, key in enumerate([3, -7, 2 ** 40, 5])]
+    for r, start in zip(rows, [0, 5, 30, 2]):
+        r.out = [1] * start
+    live = list(rows)
+    for step in range(40):
+        if step == 9:  # a row leaves, another comes back after a gap (as a preempted one does)
+            live.remove(rows[1])
+        if step == 20:
+            rows[1].out += [1] * 7
+            live.append(rows[1])
+        noise = ContinuousBatcher._step_noise(engine, live)
+        want = gumbel_noise(row_keys_host(seed, [len(r.out) for r in live], [r.key for r in live]), 0, vocab)
+        assert torch.equal(noise, want), step
+        for r in live:
+            r.out.append(1)
