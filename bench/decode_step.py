@@ -1,12 +1,14 @@
 """The rollout engine's decoding step on the tiny model: CPU ms per step at 1 and 64 live rows, and
 (--ops) the top-level torch ops a 1-row step runs, counted per module.
 
-    python bench/decode_step.py [--rows 1 64] [--steps 100] [--repeats 3] [--ops] [--family moe|dense]
+    python bench/decode_step.py [--rows 1 64] [--prompt-len 16] [--steps 100] [--repeats 3] [--ops]
+                                [--family moe|dense]
 
 A step here is `ContinuousBatcher.decode()`: block bookkeeping, the view, the forward, sampling
 (T=1, top-p 0.95) and the stop checks, as in a rollout. Best of --repeats runs of --steps steps;
 1 thread. The tail of a long-tailed rollout is few rows decoding alone, so the 1-row step is what
-the time per token at a large --max-new-tokens pays.
+the time per token at a large --max-new-tokens pays. --prompt-len: each row's cached tokens at the
+start (a long tail's rows have hundreds).
 """
 from __future__ import annotations
 
@@ -43,10 +45,10 @@ def dense_model():
     return chunks.eval(), ps, 384
 
 
-def engine(chunks, ps, vocab: int, rows: int, steps: int, compiled: bool = False):
-    """An engine with `rows` live rows (16-token prompts, first tokens drawn), ready to decode."""
+def engine(chunks, ps, vocab: int, rows: int, steps: int, compiled: bool = False, prompt_len: int = 16):
+    """An engine with `rows` live rows (prompts of `prompt_len` tokens, first tokens drawn), ready to decode."""
     g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(3, vocab, (16,), generator=g).tolist() for _ in range(rows)]
+    prompts = [torch.randint(3, vocab, (prompt_len,), generator=g).tolist() for _ in range(rows)]
     gen = GenerationConfig(max_new_tokens=10 * steps, temperature=1.0, top_p=0.95, seed=1,
                            stop=lambda ids: False, compile_decode=compiled)
     e = ContinuousBatcher(chunks[0], ps, prompts, list(range(rows)), gen)
@@ -93,12 +95,12 @@ def count_ops(chunks, ps, vocab) -> None:
         print(f"  {mod:>24}: {n:>4}   " + ", ".join(f"{op} {c}" for op, c in top))
 
 
-def step_ms(chunks, ps, vocab, rows: int, steps: int, repeats: int, compiled: bool = False
-            ) -> tuple[float, float]:
+def step_ms(chunks, ps, vocab, rows: int, steps: int, repeats: int, compiled: bool = False,
+            prompt_len: int = 16) -> tuple[float, float]:
     best_cpu = best_wall = float("inf")
     with sequence_parallel_off(ps), torch.inference_mode():
         for _ in range(repeats):
-            e = engine(chunks, ps, vocab, rows, steps, compiled)
+            e = engine(chunks, ps, vocab, rows, steps, compiled, prompt_len)
             e.decode()  # warm (and, compiled, the first call compiles)
             c0, w0 = time.process_time(), time.perf_counter()
             for _ in range(steps):
@@ -111,6 +113,7 @@ def step_ms(chunks, ps, vocab, rows: int, steps: int, repeats: int, compiled: bo
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ops", action="store_true")
@@ -129,9 +132,10 @@ def main() -> None:
                 w0 = time.perf_counter()
                 step_ms(chunks, ps, vocab, rows, 2, 1, True)  # compiles (or finds its graph cached)
                 print(f"  first compiled steps at {rows} rows: {time.perf_counter() - w0:.1f} s (compiling included)")
-            cpu, wall = step_ms(chunks, ps, vocab, rows, args.steps, args.repeats, compiled)
+            cpu, wall = step_ms(chunks, ps, vocab, rows, args.steps, args.repeats, compiled, args.prompt_len)
             kind = "compiled" if compiled else "eager"
-            print(f"{args.family} decoding step, {rows} live rows, {kind}: {cpu:.3f} ms CPU, {wall:.3f} ms wall",
+            print(f"{args.family} decoding step, {rows} live rows of {args.prompt_len}+ tokens, {kind}: "
+                  f"{cpu:.3f} ms CPU, {wall:.3f} ms wall",
                   flush=True)
 
 
