@@ -39,7 +39,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Optional
 
-from r1mega.judge import budget, choices, equations, hedges, percent, units
+from r1mega.judge import budget, choices, equations, hedges, intervals, percent, units
 from r1mega.judge.assignments import named_against_bare
 from r1mega.judge.braces import BOX_BRACE, closing_brace
 from r1mega.judge.characters import INVISIBLE_CHARS, latex_signs, plain_characters
@@ -382,6 +382,7 @@ def _equivalent(a: str, b: str) -> bool:
     if equations.false_chain(pa) or equations.false_chain(pb):  # "6 = 5" against 5
         return False
     pa, pb = equations.solved_for_name(pa), equations.solved_for_name(pb)  # "5 = x" as "x = 5"
+    pa, pb = intervals.conditions_as_sets(pa, pb)  # "x > 5" against "(5, \\infty)": its solutions
     if _has_nan(pa) or _has_nan(pb):  # 0/0 and the like
         return False
     if pa and pb and not (too_large(pa) or too_large(pb)):  # 9^{9^{9}} would take verify's whole timeout
