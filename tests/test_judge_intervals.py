@@ -1,7 +1,10 @@
-"""An answer's condition on one unknown against a reference interval (judge/intervals.py): math-verify
-read `x > 5` as (5, \\infty) only on the reference's side, so `\\boxed{x > 5}` scored 0 against
-`(5, \\infty)`. A condition is now its solution set where the other side is an interval; nothing else
-changes (hedges with \\lor stay refused, wrong sets stay wrong, numbers are not sets)."""
+"""An answer's solved condition on one unknown against a reference interval (judge/intervals.py):
+math-verify read `x > 5` as (5, \\infty) only on the reference's side, so `\\boxed{x > 5}` scored 0
+against `(5, \\infty)`. A solved condition (the unknown alone against constants) is now the set it
+names where the other side is an interval. Nothing is solved: the question's own inequality boxed back
+scores 0, as do wrong sets, \\ne, two unknowns, numbers and huge bounds (fast)."""
+import time
+
 import pytest
 
 from r1mega.judge.answers import is_correct
@@ -10,7 +13,9 @@ RIGHT = [
     ("(5, \\infty)", "\\boxed{x > 5}"),
     ("(5, \\infty)", "\\boxed{5 < x}"),
     ("[2, 3]", "\\boxed{2 \\le x \\le 3}"),
-    ("[-1, 1]", "\\boxed{x^2 \\le 1}"),
+    ("[\\sqrt{2}, \\infty)", "\\boxed{x \\ge \\sqrt{2}}"),
+    ("(-3, 3)", "\\boxed{-3 < x < 3}"),
+    ("(-\\infty, \\infty)", "\\boxed{-\\infty < x < \\infty}"),
     ("(-\\infty, 4]", "The answer is \\boxed{t \\leq 4}."),
     ("x > 5", "\\boxed{(5, \\infty)}"),  # held before: the reference's side
 ]
@@ -24,8 +29,18 @@ WRONG = [
     ("(5, \\infty)", "\\boxed{x \\ne 5}"),
     ("(5, \\infty)", "\\boxed{x > 5, y > 2}"),  # two unknowns
     ("5", "\\boxed{x > 5}"),  # a number is not a set
-    ("(5, \\infty)", "\\boxed{x^{97} - 3x^{45} + x^{7} - 1 > 0}"),  # within the judge's CPU budget
+    ("(5, \\infty)", "\\boxed{i > 5}"),  # the imaginary unit, not an unknown
+    # unsolved: the question's inequality boxed back is not its answer (and sympy's solving simplified
+    # points out of the domain: x/x >= 1 is not all reals)
+    ("(2, 3)", "\\boxed{x^2 - 5x + 6 < 0}"),
+    ("[-1, 1]", "\\boxed{x^2 \\le 1}"),
+    ("(5, \\infty)", "\\boxed{3x - 7 > 8}"),
+    ("(-\\infty, \\infty)", "\\boxed{\\frac{x-5}{x-5} > 0}"),
+    ("(-1, 3)", "\\boxed{|x-1| < 2}"),
 ]
+
+HUGE = ["\\boxed{x > 10^{10^{10}}}", "\\boxed{x^{9^{9^{9}}} > 5}", "\\boxed{\\frac{x}{10^{10^{9}}} > 1}",
+        "\\boxed{x > 2^{2^{30}}}"]
 
 
 @pytest.mark.parametrize("reference,response", RIGHT)
@@ -36,3 +51,11 @@ def test_a_condition_equal_to_the_reference_interval_scores(reference, response)
 @pytest.mark.parametrize("reference,response", WRONG)
 def test_other_sets_and_non_sets_do_not(reference, response):
     assert not is_correct(response, reference)[1]
+
+
+@pytest.mark.parametrize("response", HUGE)
+def test_huge_bounds_are_screened_before_any_set_is_built(response):
+    """sympy evaluating 10^{10^{10}} inside its C code is not interrupted by the judge's CPU budget."""
+    start = time.process_time()
+    assert not is_correct(response, "(5, \\infty)")[1]
+    assert time.process_time() - start < 1.0

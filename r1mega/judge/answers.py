@@ -382,12 +382,12 @@ def _equivalent(a: str, b: str) -> bool:
     if equations.false_chain(pa) or equations.false_chain(pb):  # "6 = 5" against 5
         return False
     pa, pb = equations.solved_for_name(pa), equations.solved_for_name(pb)  # "5 = x" as "x = 5"
-    pa, pb = intervals.conditions_as_sets(pa, pb)  # "x > 5" against "(5, \\infty)": its solutions
     if _has_nan(pa) or _has_nan(pb):  # 0/0 and the like
         return False
     if pa and pb and not (too_large(pa) or too_large(pb)):  # 9^{9^{9}} would take verify's whole timeout
         from math_verify import verify
 
+        pa, pb = intervals.conditions_as_sets(pa, pb)  # "x > 5" against "(5, \\infty)": the set it names
         rounding, precision = tolerances(_scale(a), _scale(b))  # math-verify's are absolute: 0.0 = 10^{-34}
         pair = named_against_bare(pa, pb)  # math-verify matched (3, 2, 1) with a=1, b=2, c=3
         if pair is not None:

@@ -1,13 +1,18 @@
-"""Conditions on one unknown against intervals: "x > 5" is the set (5, \\infty).
+"""Solved conditions on one unknown against intervals: "x > 5" is the set (5, \\infty).
 
 math-verify reads a reference inequality as the interval it describes when the answer is an interval,
 but not the other way round: `\\boxed{x > 5}` scored 0 against the reference `(5, \\infty)` while
 `\\boxed{(5, \\infty)}` scored 1 against `x > 5`, and `2 \\le x \\le 3` scored 0 against `[2, 3]`. When one
-side is an interval (or a union of them) and the other a condition on a single unknown (<, <=, >, >=,
-joined by and / or), the condition is compared as the set of its real solutions. Anything else is left
-to math-verify as it was: `x \\ne 5`, equations, two unknowns, conditions against numbers.
+side is an interval (or a union of them) and the other a *solved* condition, the unknown alone against
+a real constant (<, <=, >, >=, chains, and / or of such), the condition is compared as the set it
+names, built from its bounds. Nothing is solved: an unsolved condition (`x^2 - 5x + 6 < 0`, the
+question's own inequality boxed back, or `\\frac{x-5}{x-5} > 0`, whose simplification loses a point)
+stays what math-verify makes of it, not equal to an interval. Neither are `x \\ne 5`, equations, two
+unknowns, `i` (the imaginary unit) or conditions against numbers.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 
 def _is_interval_set(e) -> bool:
@@ -17,40 +22,56 @@ def _is_interval_set(e) -> bool:
         isinstance(part, sympy.Interval) for part in (e.args if isinstance(e, sympy.Union) else (e,)))
 
 
-def _is_condition(e) -> bool:
-    """An inequality in one unknown, or an and / or of such (all in the same unknown)."""
+def _bound_set(e, x):
+    """{x : e} for e the unknown x alone against a real constant, or an and / or of such; else None."""
     import sympy
-    from sympy.core.relational import Relational
 
-    def inequalities(x) -> list:
-        if isinstance(x, (sympy.And, sympy.Or)):
-            parts = [inequalities(a) for a in x.args]
-            return [] if any(not p for p in parts) else [r for p in parts for r in p]
-        if isinstance(x, Relational) and not isinstance(x, (sympy.Eq, sympy.Ne)):
-            return [x]
-        return []
+    if isinstance(e, (sympy.And, sympy.Or)):
+        parts = [_bound_set(a, x) for a in e.args]
+        if any(p is None for p in parts):
+            return None
+        return sympy.Intersection(*parts) if isinstance(e, sympy.And) else sympy.Union(*parts)
+    below = {sympy.StrictLessThan: True, sympy.LessThan: True, sympy.StrictGreaterThan: False,
+             sympy.GreaterThan: False}.get(type(e))  # x < c, x <= c: x lies below c
+    if below is None:
+        return None
+    strict = isinstance(e, (sympy.StrictLessThan, sympy.StrictGreaterThan))
+    if e.lhs == x and not e.rhs.free_symbols:
+        c = e.rhs
+    elif e.rhs == x and not e.lhs.free_symbols:
+        c, below = e.lhs, not below
+    else:
+        return None
+    if c.is_extended_real is not True:
+        return None
+    return (sympy.Interval(-sympy.oo, c, right_open=strict) if below
+            else sympy.Interval(c, sympy.oo, left_open=strict))
 
-    return bool(inequalities(e)) and len(e.free_symbols) == 1
 
+def _solved_set(e) -> Optional[object]:
+    import sympy
 
-def _solutions(e):
-    """The real solutions of condition e as a set, or None (sympy could not say)."""
+    if not isinstance(e, sympy.Basic) or len(e.free_symbols) != 1:
+        return None
+    (x,) = e.free_symbols
+    if not isinstance(x, sympy.Symbol) or x.name == "i":
+        return None
     try:
-        return e.as_set()
-    except Exception:  # sympy's solvers raise many kinds (NotImplementedError, TypeError, ...)
+        return _bound_set(e, x)
+    except (TypeError, ValueError):  # an endpoint sympy cannot order
         return None
 
 
 def conditions_as_sets(pa: tuple, pb: tuple) -> tuple[tuple, tuple]:
-    """(pa, pb), math-verify's parses of two answers, with a condition on one unknown replaced by its
-    solution set where the other answer is an interval or a union of intervals."""
+    """(pa, pb), math-verify's parses of two answers (screened for size by the caller), with a solved
+    condition on one unknown replaced by the set it names where the other answer is an interval or a
+    union of intervals."""
     if not pa or not pb:
         return pa, pb
-    a, b = pa[0], pb[0]
-    if _is_interval_set(a) and _is_condition(b):
-        s = _solutions(b)
+    if _is_interval_set(pa[0]):
+        s = _solved_set(pb[0])
         return (pa, (s,) + pb[1:]) if s is not None else (pa, pb)
-    if _is_interval_set(b) and _is_condition(a):
-        s = _solutions(a)
+    if _is_interval_set(pb[0]):
+        s = _solved_set(pa[0])
         return ((s,) + pa[1:], pb) if s is not None else (pa, pb)
     return pa, pb
