@@ -523,7 +523,9 @@ class ContinuousBatcher:
         gen, vocab = self.gen, self.model.vocab_size
         ahead = max(1, min(NOISE_AHEAD, NOISE_AHEAD_ELEMENTS // vocab))
         stale = [r for r in rows if r.noise is None or not 0 <= len(r.out) - r.noise_at < r.noise.shape[0]]
-        per_call = max(1, NOISE_CALL_ELEMENTS // (ahead * vocab))  # rows a draw: its temporaries stay in cache
+        # rows a draw: ahead, its temporaries stay in cache; one position each, all at once (a large
+        # vocabulary's noise is hashed a cache-sized block at a time inside)
+        per_call = max(1, NOISE_CALL_ELEMENTS // (ahead * vocab)) if ahead > 1 else max(1, len(stale))
         for i in range(0, len(stale), per_call):
             some = stale[i:i + per_call]
             keys = row_keys_host(gen.seed, [len(r.out) + j for r in some for j in range(ahead)],
