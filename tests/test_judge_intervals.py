@@ -18,6 +18,8 @@ RIGHT = [
     ("(-\\infty, \\infty)", "\\boxed{-\\infty < x < \\infty}"),
     ("(-\\infty, 4]", "The answer is \\boxed{t \\leq 4}."),
     ("x > 5", "\\boxed{(5, \\infty)}"),  # held before: the reference's side
+    ("(-\\infty, 1) \\cup (2, \\infty)", "\\boxed{x < 1 \\text{ or } x > 2}"),
+    ("(-\\infty, 1) \\cup (2, \\infty)", "\\boxed{x<1 or x>2}"),
 ]
 
 WRONG = [
@@ -30,6 +32,11 @@ WRONG = [
     ("(5, \\infty)", "\\boxed{x > 5, y > 2}"),  # two unknowns
     ("5", "\\boxed{x > 5}"),  # a number is not a set
     ("(5, \\infty)", "\\boxed{i > 5}"),  # the imaginary unit, not an unknown
+    # math-verify parses "or", "and" and a comma between conditions alike: only "or" is a union
+    ("(-\\infty, 1) \\cup (2, \\infty)", "\\boxed{x < 1, x > 2}"),
+    ("(-\\infty, \\infty)", "\\boxed{x > 0 \\text{ and } x < 1}"),
+    ("(-\\infty, \\infty)", "\\boxed{x > 0, x < 1}"),
+    ("(-\\infty, 1) \\cup (2, \\infty)", "\\boxed{x < 1 \\text{ or } x > 3}"),
     # unsolved: the question's inequality boxed back is not its answer (and sympy's solving simplified
     # points out of the domain: x/x >= 1 is not all reals)
     ("(2, 3)", "\\boxed{x^2 - 5x + 6 < 0}"),

@@ -387,7 +387,7 @@ def _equivalent(a: str, b: str) -> bool:
     if pa and pb and not (too_large(pa) or too_large(pb)):  # 9^{9^{9}} would take verify's whole timeout
         from math_verify import verify
 
-        pa, pb = intervals.conditions_as_sets(pa, pb)  # "x > 5" against "(5, \\infty)": the set it names
+        pa, pb = intervals.conditions_as_sets(pa, pb, a, b)  # "x > 5" against "(5, \\infty)": the set it names
         rounding, precision = tolerances(_scale(a), _scale(b))  # math-verify's are absolute: 0.0 = 10^{-34}
         pair = named_against_bare(pa, pb)  # math-verify matched (3, 2, 1) with a=1, b=2, c=3
         if pair is not None:

@@ -4,15 +4,21 @@ math-verify reads a reference inequality as the interval it describes when the a
 but not the other way round: `\\boxed{x > 5}` scored 0 against the reference `(5, \\infty)` while
 `\\boxed{(5, \\infty)}` scored 1 against `x > 5`, and `2 \\le x \\le 3` scored 0 against `[2, 3]`. When one
 side is an interval (or a union of them) and the other a *solved* condition, the unknown alone against
-a real constant (<, <=, >, >=, chains, and / or of such), the condition is compared as the set it
-names, built from its bounds. Nothing is solved: an unsolved condition (`x^2 - 5x + 6 < 0`, the
+a real constant (<, <=, >, >=, chains, and / or of such; "x < 1 or x > 2" written in words), the
+condition is compared as the set it names, built from its bounds. Nothing is solved: an unsolved condition (`x^2 - 5x + 6 < 0`, the
 question's own inequality boxed back, or `\\frac{x-5}{x-5} > 0`, whose simplification loses a point)
 stays what math-verify makes of it, not equal to an interval. Neither are `x \\ne 5`, equations, two
 unknowns, `i` (the imaginary unit) or conditions against numbers.
 """
 from __future__ import annotations
 
+import re
 from typing import Optional
+
+# math-verify parses "x < 1 or x > 2", "x < 1 and x > 0" and "x < 1, x > 2" alike, as a set of two
+# conditions: only an answer that says "or" (and neither "and" nor a comma) is read as their union
+_OR = re.compile(r"(?<![A-Za-z\\])or(?![A-Za-z])")
+_AND_OR_COMMA = re.compile(r"(?<![A-Za-z\\])and(?![A-Za-z])|,")
 
 
 def _is_interval_set(e) -> bool:
@@ -48,7 +54,7 @@ def _bound_set(e, x):
             else sympy.Interval(c, sympy.oo, left_open=strict))
 
 
-def _solved_set(e) -> Optional[object]:
+def _solved_set(e, text: str) -> Optional[object]:
     import sympy
 
     if not isinstance(e, sympy.Basic) or len(e.free_symbols) != 1:
@@ -56,22 +62,26 @@ def _solved_set(e) -> Optional[object]:
     (x,) = e.free_symbols
     if not isinstance(x, sympy.Symbol) or x.name == "i":
         return None
+    if isinstance(e, sympy.FiniteSet):  # "x < 1 or x > 2" (see _OR)
+        if not (_OR.search(text) and not _AND_OR_COMMA.search(text)) or len(e.args) < 2:
+            return None
+        e = sympy.Or(*e.args)
     try:
         return _bound_set(e, x)
     except (TypeError, ValueError):  # an endpoint sympy cannot order
         return None
 
 
-def conditions_as_sets(pa: tuple, pb: tuple) -> tuple[tuple, tuple]:
-    """(pa, pb), math-verify's parses of two answers (screened for size by the caller), with a solved
-    condition on one unknown replaced by the set it names where the other answer is an interval or a
-    union of intervals."""
+def conditions_as_sets(pa: tuple, pb: tuple, a: str, b: str) -> tuple[tuple, tuple]:
+    """(pa, pb), math-verify's parses of answers a and b (screened for size by the caller), with a
+    solved condition on one unknown replaced by the set it names where the other answer is an interval
+    or a union of intervals."""
     if not pa or not pb:
         return pa, pb
     if _is_interval_set(pa[0]):
-        s = _solved_set(pb[0])
+        s = _solved_set(pb[0], b)
         return (pa, (s,) + pb[1:]) if s is not None else (pa, pb)
     if _is_interval_set(pb[0]):
-        s = _solved_set(pa[0])
+        s = _solved_set(pa[0], a)
         return ((s,) + pa[1:], pb) if s is not None else (pa, pb)
     return pa, pb
