@@ -73,7 +73,6 @@ class _Row:
 # NOISE_AHEAD_ELEMENTS numbers a row (a real vocabulary's noise is mostly per-number work: one at a time)
 NOISE_AHEAD = 16
 NOISE_AHEAD_ELEMENTS = 1 << 13
-NOISE_CALL_ELEMENTS = 1 << 15
 
 # Tokens per row of one forward that recomputes a re-admitted row on top of its kept blocks: the
 # decoding attention scores [rows, heads, chunk, cached], so a long recompute takes several forwards.
@@ -523,14 +522,10 @@ class ContinuousBatcher:
         gen, vocab = self.gen, self.model.vocab_size
         ahead = max(1, min(NOISE_AHEAD, NOISE_AHEAD_ELEMENTS // vocab))
         stale = [r for r in rows if r.noise is None or not 0 <= len(r.out) - r.noise_at < r.noise.shape[0]]
-        # rows a draw: ahead, its temporaries stay in cache; one position each, all at once (a large
-        # vocabulary's noise is hashed a cache-sized block at a time inside)
-        per_call = max(1, NOISE_CALL_ELEMENTS // (ahead * vocab)) if ahead > 1 else max(1, len(stale))
-        for i in range(0, len(stale), per_call):
-            some = stale[i:i + per_call]
-            keys = row_keys_host(gen.seed, [len(r.out) + j for r in some for j in range(ahead)],
-                                 [r.key for r in some for _ in range(ahead)], self.device)
-            for r, noise in zip(some, gumbel_noise(keys, 0, vocab).view(len(some), ahead, vocab)):
+        if stale:  # one draw (gumbel_noise hashes a large one a cache-sized block at a time)
+            keys = row_keys_host(gen.seed, [len(r.out) + j for r in stale for j in range(ahead)],
+                                 [r.key for r in stale for _ in range(ahead)], self.device)
+            for r, noise in zip(stale, gumbel_noise(keys, 0, vocab).view(len(stale), ahead, vocab)):
                 r.noise, r.noise_at = noise, len(r.out)
         return torch.stack([r.noise[len(r.out) - r.noise_at] for r in rows])
 

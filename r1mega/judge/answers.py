@@ -50,7 +50,6 @@ from r1mega.judge.response import split_thought
 
 FALLBACKS = ("auto", "a_colon", "last_number", "none")
 BOXED = "\\boxed"
-
 # 1,234.5 | -7 | 0.25 | 3/4 (each alternative consumes a digit run once: linear)
 _NUMBER = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?|[-+]?\d+(?:\.\d+)?(?:/\d+)?")
 _DIGIT = re.compile(r"\d")  # any script's

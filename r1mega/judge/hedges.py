@@ -27,7 +27,6 @@ from r1mega.judge.braces import BOX_BRACE, closing_brace
 
 MAX_ANSWERS = 16
 BOXES = ("\\boxed", "\\fbox")
-
 _BOX_TOKEN = re.compile(r"\s+([0-9A-Za-z])")
 # commands math-verify's LaTeX parser drops (keeping what is around them), that change what an answer
 # says (approximately, not, struck out, hidden), and a box inside the answer
