@@ -37,6 +37,12 @@ WRONG = [
     ("(-\\infty, \\infty)", "\\boxed{x > 0 \\text{ and } x < 1}"),
     ("(-\\infty, \\infty)", "\\boxed{x > 0, x < 1}"),
     ("(-\\infty, 1) \\cup (2, \\infty)", "\\boxed{x < 1 \\text{ or } x > 3}"),
+    # words math-verify drops may qualify the unknown
+    ("(-\\infty, 1) \\cup (2, \\infty)", "\\boxed{x < 1 \\text{ or } x > 2 \\text{ (integers only)}}"),
+    ("(2, \\infty)", "\\boxed{x > 2 \\text{ for integers}}"),
+    # a semicolon beside "or" gave math-verify's set a part that is no condition (it raised)
+    ("(-\\infty, 1) \\cup (2, \\infty)", "\\boxed{x<1 \\text{ or } x>2 ; x>3}"),
+    ("(-\\infty, \\infty)", "\\boxed{x>1 ; x<3 \\text{ or } x>10}"),
     # unsolved: the question's inequality boxed back is not its answer (and sympy's solving simplified
     # points out of the domain: x/x >= 1 is not all reals)
     ("(2, 3)", "\\boxed{x^2 - 5x + 6 < 0}"),

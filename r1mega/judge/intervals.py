@@ -19,6 +19,9 @@ from typing import Optional
 # conditions: only an answer that says "or" (and neither "and" nor a comma) is read as their union
 _OR = re.compile(r"(?<![A-Za-z\\])or(?![A-Za-z])")
 _AND_OR_COMMA = re.compile(r"(?<![A-Za-z\\])and(?![A-Za-z])|,")
+# words math-verify drops (in \text{}, or bare) may qualify the unknown ("x > 2 \text{ for integers}"):
+# an answer with any word but "or" is not read as an interval (LaTeX commands are not words)
+_WORD = re.compile(r"\\[A-Za-z]+|[A-Za-z]{2,}")
 
 
 def _is_interval_set(e) -> bool:
@@ -62,13 +65,14 @@ def _solved_set(e, text: str) -> Optional[object]:
     (x,) = e.free_symbols
     if not isinstance(x, sympy.Symbol) or x.name == "i":
         return None
+    if any(not w.startswith("\\") and w.lower() != "or" for w in _WORD.findall(text)):
+        return None
     if isinstance(e, sympy.FiniteSet):  # "x < 1 or x > 2" (see _OR)
         if not (_OR.search(text) and not _AND_OR_COMMA.search(text)) or len(e.args) < 2:
             return None
-        e = sympy.Or(*e.args)
     try:
-        return _bound_set(e, x)
-    except (TypeError, ValueError):  # an endpoint sympy cannot order
+        return _bound_set(sympy.Or(*e.args) if isinstance(e, sympy.FiniteSet) else e, x)
+    except (TypeError, ValueError):  # an endpoint sympy cannot order; a part that is no condition
         return None
 
 
