@@ -95,7 +95,9 @@ def test_a_forked_child_judges_under_its_own_watchdog():
     is_correct("<think>t</think> \\boxed{(x+1)^{10000}}", "5")  # the parent's watchdog thread is running
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(1) as pool:
-        assert pool.apply(_judge_a_bomb_timed) < 0.3 + 0.5  # the child's budget, then the way out
+        # the child's budget, then the way out (a C-level sympy call finishes before the cut lands): measured
+        # 0.74 s alone, 1.06 s once in a full suite run; uncut the bomb takes ~5 s
+        assert pool.apply(_judge_a_bomb_timed) < 0.3 + 1.5
 
 
 def _judge_a_bomb_timed() -> float:
