@@ -128,6 +128,42 @@ def test_graphs_outlast_a_growing_table_and_row_counts(model, compiled_steps):
     assert torch.equal(fast.tokens, eager.tokens) and torch.equal(fast.completion_mask, eager.completion_mask)
 
 
+@pytest.mark.slow  # a second model compiles its own graphs (~1 min)
+def test_graphs_follow_their_own_model_and_its_weights(model, compiled_steps):
+    """The compiled steps skip dynamo's guards on the model (its modules, parameters and the functions
+    it inlines: ~1,300 checks a call) and are keyed by the model object instead: a second model of the
+    same kind but another shape (three layers) gets its own graphs and gives its own eager tokens, and
+    weights changed in place (an optimizer step between GRPO rollouts) are read by the graphs already
+    compiled."""
+    chunks, ps = model
+    cfg = validate(Config(model=ModelConfig(vocab_size=128, num_layers=3, num_mtp_layers=0),
+                          parallel=ParallelConfig()), 1)
+    other = build_chunks(cfg, ps)
+    init_weights(other, seed=6)
+    with torch.no_grad():
+        for p in other.parameters():
+            if p.dim() > 1:
+                p.mul_(8)
+    other.eval()
+    keys = torch.arange(len(PROMPTS))
+    fast = dataclasses.replace(SAMPLED, compile_decode=True)
+    first = generate(chunks, ps, PROMPTS, fast, rows=keys)
+    for step in range(2):
+        if step == 1:  # an update in place: same tensors, new values
+            with torch.no_grad():
+                for p in other.parameters():
+                    p.mul_(1.0 + 0.5 * torch.rand_like(p))
+        eager = generate(other, ps, PROMPTS, SAMPLED, rows=keys)
+        before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        compiled = generate(other, ps, PROMPTS, fast, rows=keys)
+        if step == 1:
+            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == before  # no new graph
+        assert torch.equal(compiled.tokens, eager.tokens), step
+        torch.testing.assert_close(compiled.logprobs, eager.logprobs, atol=2e-5, rtol=0)
+        assert not torch.equal(compiled.tokens, first.tokens)
+    assert compiled_steps
+
+
 @pytest.mark.parametrize("vocab", [384, 200, 9000])
 def test_noise_drawn_ahead_is_the_noise_of_each_position(vocab):
     """The compiled step draws a row's noise several positions at a time (one position when the

@@ -7,7 +7,8 @@ README "Rollout engine"). Here the model's decoding forward and the sampler run 
 noise stay outside; the cache view (block-table gather) is built in the graph. (The noise drawn in
 the graph, fused into the sampler's kernel, crashed inductor's 1-row kernel on the tiny model.)
 Shapes are dynamic (rows, cached length, pool size), so the step compiles once for one row and once
-for more (torch specialises size 1), not per step.
+for more (torch specialises size 1), not per step; and once per model object, whose ~1,300 guards
+dynamo then need not check on every call (`compiled_step`, `_guards_kept`).
 
 Not bitwise the eager step: the fused kernels sum in another order, and the sampler's top-p runs
 its 48 bisection rounds in the graph (eager decides few rows on the host). Tokens match eager's on
@@ -19,6 +20,9 @@ process (no collectives in the graph), on the plain torch kernels.
 from __future__ import annotations
 
 import logging
+import re
+import types
+import weakref
 from typing import Optional
 
 import torch
@@ -51,13 +55,37 @@ def _step(model, ps, pool, layer_view, packed, table, longest: int, gumbel, temp
     return tok, lp, view.routing, view.read
 
 
-_compiled = None
+def _guards_kept(entries) -> list[bool]:
+    """torch.compile's guard_filter_fn: which of dynamo's guards a compiled step checks on each call.
+    Dropped: the ~1,300 on the model's modules and parameters (its structure, each tensor's dtype and
+    shape) and the identities of the modules and functions the graph inlined. Checking them cost ~60 us
+    a call (a 1-row step of the tiny model 0.43 -> 0.37 ms, bench/decode_step.py), and what they guard
+    is fixed by `compiled_step`'s key instead: a graph serves one model object in one mode, reading
+    its parameters at each call (an update in place is seen; a model re-shaped in place is not
+    supported). Kept: the shapes' guards (a graph is valid for a range of rows, lengths and pool sizes:
+    outside it dynamo compiles another), grad/inference mode, the module constants the graph read,
+    and every guard on the other arguments (the pool's and noise's dtypes, the sampling settings)."""
+    keep = []
+    for e in entries:  # e.name: "model._modules['layers']...", "dict(type(model).__dict__)[...]", "packed"
+        model_side = not {"model", "ps"}.isdisjoint(re.findall(r"\w+", re.split(r"[.\[]", e.name, maxsplit=1)[0]))
+        constant = e.is_global and e.guard_type in ("EQUALS_MATCH", "CONSTANT_MATCH")
+        keep.append(e.guard_type in ("SHAPE_ENV", "GLOBAL_STATE") or constant or not (model_side or e.is_global))
+    return keep
 
 
-def compiled_step():
-    """The compiled `_step` (built once per process: torch.compile caches its graphs on the code)."""
-    global _compiled
-    if _compiled is None:
+# model -> {(ps, one row, training): the compiled step}; weak: a graph does not keep its model alive
+_compiled: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def compiled_step(model, ps, one_row: bool):
+    """The compiled `_step` for this model object, layout and mode, and for one row or more (torch
+    specialises size 1, and with the dropped guards the two must not share a cache). Each is its own
+    copy of `_step`'s code: dynamo keeps its graphs on the code object, so a copy's graphs are only
+    ever called with what its key says (compiling a second copy of the same model structure reuses
+    inductor's cached kernels)."""
+    steps = _compiled.setdefault(model, {})
+    key = (id(ps), one_row, model.training)
+    if key not in steps:
         # sizes equal by chance (a pool of 16 blocks, a 16-token prompt) would otherwise share one
         # symbol, and the step recompile once they part. Process-wide (a patch around each call cost
         # ~50 us a step); it only makes graphs assume less
@@ -65,11 +93,18 @@ def compiled_step():
         # floats (norm eps, softmax scale, temperature) as constants: as symbols each took a Python
         # guard a call (~100 of them, ~0.3 ms a step)
         torch._dynamo.config.specialize_float = True
+        code = _step.__code__.replace()  # a new code object: its own dynamo cache
+        fn = types.FunctionType(code, _step.__globals__, _step.__name__, _step.__defaults__)
         # inductor's C++ wrapper: the graph's buffers, views and extern GEMM calls made in C++, not a
         # Python function of ~180 tensor reinterprets and ~160 allocations a call (bench/decode_step.py:
         # a 1-row step 0.81 -> 0.64 ms CPU, 64 rows 2.7 -> 2.3). Scoped to this graph's compile
-        _compiled = torch.compile(_step, dynamic=True, options={"cpp_wrapper": True})
-    return _compiled
+        options = {"cpp_wrapper": True, "guard_filter_fn": _guards_kept}
+        if one_row:  # its GEMVs as fused multiply-sums, not library calls (~3 us each; 1 row of the tiny
+            # model: 0.37 -> 0.30 ms a call). Inductor's pass takes only a first dimension of 1 on CPU,
+            # and only weights up to 2048 x 2048 (a real model's GEMVs stay library calls)
+            options["post_grad_fusion_options"] = {"decompose_mm_pass": {}}
+        steps[key] = (ps, torch.compile(fn, dynamic=True, options=options))
+    return steps[key][1]  # (ps held with it: its id stays its own)
 
 
 def refusal(model, ps, one_token_steps: bool) -> Optional[str]:

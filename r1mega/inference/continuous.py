@@ -174,8 +174,7 @@ class ContinuousBatcher:
         self.recomputed_tokens = 0  # ... of which for preempted rows
         self.reserved = 0  # cache tokens admitted rows not started yet will take (see decode_pipelined)
         # few-row decoding steps as one compiled graph (inference/compiled_decode.py), where it can run
-        self.compiled = (compiled_decode.compiled_step() if gen.compile_decode
-                         and compiled_decode.usable(model, ps, self.one_token_steps) else None)
+        self.compiled = gen.compile_decode and compiled_decode.usable(model, ps, self.one_token_steps)
         if gen.max_cache_tokens:
             self._check_budget()
 
@@ -454,7 +453,7 @@ class ContinuousBatcher:
 
     def decode(self) -> None:
         """One decoding step of every live row (one token each)."""
-        if self.compiled is not None and len(self.live) <= compiled_decode.COMPILED_MAX_ROWS:
+        if self.compiled and len(self.live) <= compiled_decode.COMPILED_MAX_ROWS:
             self.live = self.decode_compiled(self.live)
         else:
             self.live = self.decode_rows(self.live, self.decode_forward(self.live))
@@ -503,12 +502,13 @@ class ContinuousBatcher:
         noise = self._step_noise(rows) if gen.temperature > 0 else None
         packed = self._step_ints(rows)  # the graph builds the cache view from them
         try:
-            tok, lp, routing, _slots = self.compiled(self.model, self.ps, self.pool, self.layer_view, packed,
-                                                     self.table, max(r.length for r in rows) + 1, noise,
-                                                     gen.temperature, gen.top_p, gen.top_k, self.vocab)
+            step = compiled_decode.compiled_step(self.model, self.ps, len(rows) == 1)
+            tok, lp, routing, _slots = step(self.model, self.ps, self.pool, self.layer_view, packed, self.table,
+                                            max(r.length for r in rows) + 1, noise, gen.temperature, gen.top_p,
+                                            gen.top_k, self.vocab)
         except torch._dynamo.exc.BackendCompilerFailed as e:  # before the graph ran: nothing written yet
             compiled_decode.log.warning("compile_decode: compiling failed, decoding eagerly (%s)", e)
-            self.compiled = None
+            self.compiled = False
             return self.decode_rows(rows, self._forward_decoded(rows, *self._view_inputs(rows)))
         self.forwards += 1
         self._decoded(rows, routing)
