@@ -2,7 +2,8 @@
 math-verify read `x > 5` as (5, \\infty) only on the reference's side, so `\\boxed{x > 5}` scored 0
 against `(5, \\infty)`. A solved condition (the unknown alone against constants) is now the set it
 names where the other side is an interval. Nothing is solved: the question's own inequality boxed back
-scores 0, as do wrong sets, \\ne, two unknowns, numbers and huge bounds (fast)."""
+scores 0, as do wrong sets, \\ne, two unknowns, numbers and huge bounds (fast). Intervals in ISO
+notation (`]5, +\\infty[`, `[2, 3[`), which math-verify did not parse, are the intervals they name."""
 import time
 
 import pytest
@@ -20,6 +21,15 @@ RIGHT = [
     ("x > 5", "\\boxed{(5, \\infty)}"),  # held before: the reference's side
     ("(-\\infty, 1) \\cup (2, \\infty)", "\\boxed{x < 1 \\text{ or } x > 2}"),
     ("(-\\infty, 1) \\cup (2, \\infty)", "\\boxed{x<1 or x>2}"),
+    # ISO notation: a reversed bracket is an open end
+    ("(5, \\infty)", "\\boxed{]5, +\\infty[}"),
+    ("[2, 3)", "\\boxed{[2, 3[}"),
+    ("(-\\infty, 4]", "\\boxed{\\left]-\\infty, 4\\right]}"),
+    ("(1, 2) \\cup (3, 4)", "\\boxed{]1, 2[ \\cup ]3, 4[}"),
+    ("(1.5, 3)", "\\boxed{]1,5 ; 3[}"),  # ";" between the endpoints: the comma is a decimal comma
+    ("(0, \\frac{1}{2})", "\\boxed{x \\in ]0, \\frac{1}{2}[}"),
+    ("]5, +\\infty[", "\\boxed{(5, \\infty)}"),  # a reference in ISO notation
+    ("]5, +\\infty[", "\\boxed{x > 5}"),
 ]
 
 WRONG = [
@@ -50,6 +60,13 @@ WRONG = [
     ("(5, \\infty)", "\\boxed{3x - 7 > 8}"),
     ("(-\\infty, \\infty)", "\\boxed{\\frac{x-5}{x-5} > 0}"),
     ("(-1, 3)", "\\boxed{|x-1| < 2}"),
+    # ISO notation read by its brackets, not loosely
+    ("[5, \\infty)", "\\boxed{]5, +\\infty[}"),
+    ("(2, 3)", "\\boxed{]2, 3]}"),
+    ("(2, 3)", "\\boxed{[2, 3[}"),
+    ("(1, 3)", "\\boxed{]1, 2, 3[}"),  # three numbers: no interval
+    ("(1, 2.3)", "\\boxed{]1, 2, 3[}"),
+    ("(5, \\infty)", "\\boxed{]5, +\\infty[ \\cup ]0, 1[}"),
 ]
 
 HUGE = ["\\boxed{x > 10^{10^{10}}}", "\\boxed{x^{9^{9^{9}}} > 5}", "\\boxed{\\frac{x}{10^{10^{9}}} > 1}",

@@ -356,6 +356,7 @@ def _equivalent(a: str, b: str) -> bool:
     if max(len(a), len(b)) <= MAX_ANSWER_CHARS:  # longer ones are compared as strings only, both as written
         a, b = (_scientific_as_latex(latex_signs(ungrouped(_unwrapped(a)))),
                 _scientific_as_latex(latex_signs(ungrouped(_unwrapped(b)))))
+        a, b = intervals.iso_notation(a), intervals.iso_notation(b)  # "]5, +\\infty[" is (5, +\\infty)
     a, b = _END_OF_SENTENCE.sub("", a), _END_OF_SENTENCE.sub("", b)  # "\\boxed{5.}": the period ends a sentence
     ka, kb = _kind(a), _kind(b)
     if "nan" in (ka, kb):

@@ -9,6 +9,10 @@ condition is compared as the set it names, built from its bounds. Nothing is sol
 question's own inequality boxed back, or `\\frac{x-5}{x-5} > 0`, whose simplification loses a point)
 stays what math-verify makes of it, not equal to an interval. Neither are `x \\ne 5`, equations, two
 unknowns, `i` (the imaginary unit) or conditions against numbers.
+
+Intervals in ISO 31-11 notation, the usual one in French and much of European teaching (`]5, +\\infty[`
+for (5, \\infty), `[2, 3[` for [2, 3)), which math-verify does not parse at all, are rewritten with
+parentheses first (`iso_notation`).
 """
 from __future__ import annotations
 
@@ -22,6 +26,36 @@ _AND_OR_COMMA = re.compile(r"(?<![A-Za-z\\])and(?![A-Za-z])|,")
 # words math-verify drops (in \text{}, or bare) may qualify the unknown ("x > 2 \text{ for integers}"):
 # an answer with any word but "or" is not read as an interval (LaTeX commands are not words)
 _WORD = re.compile(r"\\[A-Za-z]+|[A-Za-z]{2,}")
+
+
+# one interval in ISO 31-11 notation: a reversed bracket is an open end ("]a, b[" is (a, b)); endpoints
+# without brackets or parentheses; "," or ";" between them (";" where "," is the decimal comma: "]1,5 ; 3[")
+_ISO_INTERVAL = re.compile(r"(?:\\left\s*)?([\[\]])\s*([^\[\]();]+?)\s*([,;])\s*([^\[\]();]+?)\s*(?:\\right\s*)?([\[\]])")
+_MEMBER = re.compile(r"\s*([A-Za-z])\s*\\in\s*")  # "x \in ]5, +\infty[": kept as written
+_DECIMAL_COMMA = re.compile(r"(?<=\d),(?=\d)")
+_LATEX_DECIMAL_COMMA = re.compile(r"(?<=\d)\{,\}(?=\d)")  # "1{,}5": a decimal comma whatever the separator
+
+
+def iso_notation(s: str) -> str:
+    """An answer that is an interval, or a union of them (\\cup), with at least one written in ISO
+    notation (a reversed bracket for an open end), with parentheses for its open ends; any other answer
+    as it was. A bare comma inside an endpoint is a decimal comma only when ";" separates the endpoints
+    ("]1, 2, 3[" is no interval)."""
+    member = _MEMBER.match(s)
+    head, body = (s[:member.end()], s[member.end():]) if member else ("", s)
+    pieces, iso = [], False
+    for part in re.split(r"\\cup|\u222a", _LATEX_DECIMAL_COMMA.sub(".", body)):
+        m = _ISO_INTERVAL.fullmatch(part.strip())
+        if m is None:
+            return s
+        left, lo, sep, hi, right = m.groups()
+        if sep == ";":
+            lo, hi = _DECIMAL_COMMA.sub(".", lo), _DECIMAL_COMMA.sub(".", hi)
+        if "," in lo or "," in hi:
+            return s
+        iso = iso or left == "]" or right == "["
+        pieces.append(f"{'(' if left == ']' else '['}{lo}, {hi}{')' if right == '[' else ']'}")
+    return head + " \\cup ".join(pieces) if iso else s
 
 
 def _is_interval_set(e) -> bool:
