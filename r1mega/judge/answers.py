@@ -356,7 +356,6 @@ def _equivalent(a: str, b: str) -> bool:
     if max(len(a), len(b)) <= MAX_ANSWER_CHARS:  # longer ones are compared as strings only, both as written
         a, b = (_scientific_as_latex(latex_signs(ungrouped(_unwrapped(a)))),
                 _scientific_as_latex(latex_signs(ungrouped(_unwrapped(b)))))
-        a, b = intervals.iso_notation(a), intervals.iso_notation(b)  # "]5, +\\infty[" is (5, +\\infty)
     a, b = _END_OF_SENTENCE.sub("", a), _END_OF_SENTENCE.sub("", b)  # "\\boxed{5.}": the period ends a sentence
     ka, kb = _kind(a), _kind(b)
     if "nan" in (ka, kb):
@@ -378,6 +377,7 @@ def _equivalent(a: str, b: str) -> bool:
         return False
     if hedges.lossy(a, b) or hedges.lossy(b, a):  # hedges.py: "5 \\approx 6", "5 \\quad 6", "\\not= 5"
         return " ".join(a.lower().split()) == " ".join(b.lower().split())
+    a, b = intervals.iso_against_intervals(a, b, _parsed)  # "]5, +\\infty[" against (5, \\infty)
     pa, pb = _parsed(a), _parsed(b)
     if equations.false_chain(pa) or equations.false_chain(pb):  # "6 = 5" against 5
         return False

@@ -28,34 +28,65 @@ _AND_OR_COMMA = re.compile(r"(?<![A-Za-z\\])and(?![A-Za-z])|,")
 _WORD = re.compile(r"\\[A-Za-z]+|[A-Za-z]{2,}")
 
 
-# one interval in ISO 31-11 notation: a reversed bracket is an open end ("]a, b[" is (a, b)); endpoints
-# without brackets or parentheses; "," or ";" between them (";" where "," is the decimal comma: "]1,5 ; 3[")
-_ISO_INTERVAL = re.compile(r"(?:\\left\s*)?([\[\]])\s*([^\[\]();]+?)\s*([,;])\s*([^\[\]();]+?)\s*(?:\\right\s*)?([\[\]])")
 _MEMBER = re.compile(r"\s*([A-Za-z])\s*\\in\s*")  # "x \in ]5, +\infty[": kept as written
-_DECIMAL_COMMA = re.compile(r"(?<=\d),(?=\d)")
-_LATEX_DECIMAL_COMMA = re.compile(r"(?<=\d)\{,\}(?=\d)")  # "1{,}5": a decimal comma whatever the separator
+# a decimal comma ("1,5") only where ";" separates the endpoints and the comma is no thousands group
+_DECIMAL_COMMA = re.compile(r"(?<=\d),(?=\d(?!\d\d(?:\D|$)))")
+_NOT_ENDPOINT = re.compile(r"[\[\]();]")
+
+
+def _iso_interval(part: str) -> Optional[tuple[bool, str]]:
+    """(written in ISO notation, the interval with parentheses) of one bracketed interval, or None.
+    Plain string operations: a regular expression backtracked for seconds on long blank runs."""
+    t = part.strip()
+    if t.startswith("\\left"):
+        t = t[len("\\left"):].lstrip()
+    if len(t) < 2 or t[0] not in "[]" or t[-1] not in "[]":
+        return None
+    left, right, body = t[0], t[-1], t[1:-1].rstrip()
+    if body.endswith("\\right"):
+        body = body[:-len("\\right")]
+    sep = ";" if body.count(";") == 1 else ","
+    if body.count(sep) != 1:
+        return None
+    lo, hi = (x.strip() for x in body.split(sep))
+    if sep == ";":
+        lo, hi = _DECIMAL_COMMA.sub(".", lo), _DECIMAL_COMMA.sub(".", hi)
+    if not lo or not hi or "," in lo or "," in hi or _NOT_ENDPOINT.search(lo + hi) or "\\right" in lo + hi:
+        return None
+    return left == "]" or right == "[", f"{'(' if left == ']' else '['}{lo}, {hi}{')' if right == '[' else ']'}"
 
 
 def iso_notation(s: str) -> str:
     """An answer that is an interval, or a union of them (\\cup), with at least one written in ISO
     notation (a reversed bracket for an open end), with parentheses for its open ends; any other answer
     as it was. A bare comma inside an endpoint is a decimal comma only when ";" separates the endpoints
-    ("]1, 2, 3[" is no interval)."""
+    ("]1, 2, 3[" is no interval). The caller uses it only against an interval: "(1, 3)" is also a pair,
+    and math-verify matched it with {1, 3}."""
     member = _MEMBER.match(s)
     head, body = (s[:member.end()], s[member.end():]) if member else ("", s)
     pieces, iso = [], False
-    for part in re.split(r"\\cup|\u222a", _LATEX_DECIMAL_COMMA.sub(".", body)):
-        m = _ISO_INTERVAL.fullmatch(part.strip())
-        if m is None:
+    for part in re.split(r"\\cup|\u222a", body):
+        got = _iso_interval(part)
+        if got is None:
             return s
-        left, lo, sep, hi, right = m.groups()
-        if sep == ";":
-            lo, hi = _DECIMAL_COMMA.sub(".", lo), _DECIMAL_COMMA.sub(".", hi)
-        if "," in lo or "," in hi:
-            return s
-        iso = iso or left == "]" or right == "["
-        pieces.append(f"{'(' if left == ']' else '['}{lo}, {hi}{')' if right == '[' else ']'}")
+        iso = iso or got[0]
+        pieces.append(got[1])
     return head + " \\cup ".join(pieces) if iso else s
+
+
+def iso_against_intervals(a: str, b: str, parse) -> tuple[str, str]:
+    """(a, b) with an answer in ISO notation rewritten where the other one is an interval or a union of
+    them (or ISO notation too); `parse`: the caller's math-verify parse."""
+    ia, ib = iso_notation(a), iso_notation(b)
+    if ia != a and ib != b:
+        return ia, ib
+    if ia != a:
+        other = parse(b)
+        return (ia, b) if other and _is_interval_set(other[0]) else (a, b)
+    if ib != b:
+        other = parse(a)
+        return (a, ib) if other and _is_interval_set(other[0]) else (a, b)
+    return a, b
 
 
 def _is_interval_set(e) -> bool:
