@@ -83,7 +83,9 @@ def compiled_step(model, ps, one_row: bool):
     copy of `_step`'s code: dynamo keeps its graphs on the code object, so a copy's graphs are only
     ever called with what its key says (compiling a second copy of the same model structure reuses
     inductor's cached kernels)."""
-    steps = _compiled.setdefault(model, {})
+    steps = _compiled.get(model)  # (called every step: setdefault built a weakref and a dict each time)
+    if steps is None:
+        steps = _compiled[model] = {}
     key = (id(ps), one_row, model.training)
     if key not in steps:
         # sizes equal by chance (a pool of 16 blocks, a 16-token prompt) would otherwise share one

@@ -78,15 +78,13 @@ def iso_against_intervals(a: str, b: str, parse) -> tuple[str, str]:
     """(a, b) with an answer in ISO notation rewritten where the other one is an interval or a union of
     them (or ISO notation too); `parse`: the caller's math-verify parse."""
     ia, ib = iso_notation(a), iso_notation(b)
-    if ia != a and ib != b:
+    if (ia != a) == (ib != b):  # both in ISO notation, or neither
         return ia, ib
-    if ia != a:
-        other = parse(b)
-        return (ia, b) if other and _is_interval_set(other[0]) else (a, b)
-    if ib != b:
-        other = parse(a)
-        return (a, ib) if other and _is_interval_set(other[0]) else (a, b)
-    return a, b
+    iso, other = (ia, b) if ia != a else (ib, a)
+    parsed = parse(other)
+    if not (parsed and _is_interval_set(parsed[0])):
+        return a, b
+    return (iso, b) if ia != a else (a, iso)
 
 
 def _is_interval_set(e) -> bool:
