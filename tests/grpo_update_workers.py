@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from r1mega.config import Config, ModelConfig, ParallelConfig, validate
+from r1mega.models.deepseek_v3.balance import moe_layers, start_counting
 from r1mega.inference.generate import GenerationConfig, generate
 from r1mega.models.family import family_of
 from r1mega.parallel.layout import build_parallel_state, single_process_state
@@ -53,6 +54,16 @@ def data_parallel_sums(chunks, ps) -> None:
             torch.distributed.all_reduce(p.grad, group=group)
 
 
+def expert_loads(chunks, ps) -> torch.Tensor:
+    """The step's expert loads [MoE layers, experts] as the routing-bias update reads them (summed over
+    the ranks that split the tokens)."""
+    loads = torch.stack([m.expert_load.clone() for _, m in moe_layers(chunks)])
+    for group in (ps.g("tp"), ps.g("dp_cp")):
+        if group is not None:
+            torch.distributed.all_reduce(loads, group=group)
+    return loads
+
+
 def update_parity_worker(rank: int, world: int, par: dict, rl_options: dict, micro: int) -> dict:
     torch.manual_seed(0)
     cfg, chunks, ps = model(par, world, seed=5)
@@ -84,7 +95,9 @@ def update_parity_worker(rank: int, world: int, par: dict, rl_options: dict, mic
             old = old + torch.where(batch.seq >= 0, shift, torch.zeros_like(shift))
         extra = token_extras(batch, adv, old, ref)
         count = max(global_values({"n": loss_count(cfg.rl, batch, 24)}, ps, torch.device("cpu"))["n"], 1.0)
+        start_counting(chunks)  # (the old log-probs' forward ran in training mode too)
         sums = policy_gradients(cfg, ps, chunks, batch, extra, count, m, family_of(chunks[0]).training)
+        out[f"{name}_loads"] = expert_loads(chunks, ps)
         data_parallel_sums(chunks, ps)  # context-parallel ranks hold partial gradients until then
         out[f"{name}_sums"] = {k: float(v) for k, v in sums.items()}
         out[f"{name}_grads"] = {n: p.grad.clone() for n, p in chunks.named_parameters() if p.grad is not None}

@@ -20,6 +20,10 @@ def check_parity(out: dict) -> None:
     sa, sb = out["padded_sums"], out["packed_sums"]
     for k in sa:
         assert sb[k] == pytest.approx(sa[k], rel=1e-4, abs=1e-6), k
+    # the routing-bias update's expert loads: the trained sequences' tokens, not the pad slots or the
+    # unkept sequence the padded rows also hold (they moved DeepSeek-V3's biases by the layout)
+    assert out["padded_loads"].sum() > 0 and torch.equal(out["padded_loads"], out["packed_loads"]), (
+        out["padded_loads"], out["packed_loads"])
     assert out["padded_grads"].keys() == out["packed_grads"].keys() and out["padded_grads"]
     for name, g in out["padded_grads"].items():
         h = out["packed_grads"][name]

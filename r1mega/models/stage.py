@@ -51,6 +51,24 @@ class StageOutput:
     mtp_token_loss: list[torch.Tensor] = field(default_factory=list)  # per MTP depth, [b, s]
 
 
+def load_counted(counted: Optional[torch.Tensor], attn_mask, k: int = 0) -> Optional[torch.Tensor]:
+    """bool [b, s]: the tokens whose expert choices a training step counts as load (the aux-loss-free
+    routing-bias update and the load metrics), so that the loads do not depend on how a batch was
+    padded or packed. `counted`: the batch's own choice (GRPO: the tokens of the sequences it trains
+    on); else, with document ids, every token but the pad slots (negative ids: left padding, packing's
+    unused slots, SFT's trailing padding); None: every token. For an MTP module at depth k only
+    positions whose token k ahead is counted and in the same document: elsewhere its input holds the
+    next document's, or a pad's, token, which the layout decides."""
+    ids = torch.is_tensor(attn_mask) and attn_mask.dim() == 2 and not attn_mask.is_floating_point()
+    docs = attn_mask if ids else None  # (not a dense bool mask [b, 1, s, s])
+    if counted is None and docs is not None:
+        counted = docs >= 0
+    if counted is None or k == 0:
+        return counted
+    ahead = shift_left(counted, k, False)
+    return counted & ahead & (shift_left(docs, k, 0) == docs) if docs is not None else counted & ahead
+
+
 def shift_left(t: torch.Tensor, k: int, fill: int) -> torch.Tensor:
     """t[:, i] <- t[:, i + k], the last k columns filled."""
     if k == 0:

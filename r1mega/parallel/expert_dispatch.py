@@ -11,7 +11,7 @@ see the same tokens (all-gather in) and sum their partial outputs (reduce-scatte
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -20,11 +20,13 @@ from r1mega.parallel.comm import all_gather_nograd, all_gather_sizes, all_to_all
 from r1mega.parallel.layout import ParallelState
 
 
-def count_per_expert(topk_idx: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """Choices per expert (int64 [num_experts]). bincount sizes its output from the data's max,
-    which makes the host wait for the device; a fixed-size scatter-add does not."""
+def count_per_expert(topk_idx: torch.Tensor, num_experts: int, counted: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Choices per expert (int64 [num_experts]) of the tokens [T, k] (counted: bool [T], those to count;
+    None: all). bincount sizes its output from the data's max, which makes the host wait for the
+    device; a fixed-size scatter-add does not (nor a weight in place of a boolean index)."""
     flat = topk_idx.reshape(-1)
-    return torch.zeros(num_experts, dtype=torch.long, device=flat.device).index_add_(0, flat, torch.ones_like(flat))
+    ones = torch.ones_like(flat) if counted is None else counted[:, None].expand(topk_idx.shape).reshape(-1).long()
+    return torch.zeros(num_experts, dtype=torch.long, device=flat.device).index_add_(0, flat, ones)
 
 
 @dataclass

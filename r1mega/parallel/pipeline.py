@@ -28,6 +28,7 @@ class Microbatch:
     position_ids: Optional[torch.Tensor] = None  # [b, s]
     routing: Optional[dict] = None  # {layer: experts [s, b, k]} to replay (RL)
     extra: Optional[dict] = None  # per-sequence data the loss needs (RL: targets, advantages, ...)
+    counted: Optional[torch.Tensor] = None  # [b, s] tokens whose experts count as load (`stage.load_counted`)
 
     def stage_inputs(self) -> dict:
         """Keyword arguments of a stage call (`r1mega.models.stage`), beside input_ids and hidden;
@@ -35,6 +36,8 @@ class Microbatch:
         out = {"labels": self.labels, "attn_mask": self.attn_mask, "position_ids": self.position_ids}
         if self.routing is not None:
             out["routing"] = self.routing
+        if self.counted is not None:
+            out["counted"] = self.counted
         return out
 
 

@@ -40,13 +40,16 @@ class TrainBatch:
     generated: Optional[torch.Tensor] = None  # [R, S] every sampled token (kept in the loss or not)
     sequences: int = 0  # how many sequences the rows hold
     support: Optional[list] = None  # per microbatch: the sampler's support (rl.keep_sampling_mask)
+    # [R, S] the tokens of the sequences the loss trains on: what the routing-bias update counts as expert
+    # load, the same tokens whether rows are padded or packed (the padded rows also hold unkept sequences)
+    counted: Optional[torch.Tensor] = None
 
     def rows(self, index: torch.Tensor) -> "TrainBatch":
         routing = {k: v[:, index] for k, v in self.routing.items()} if self.routing else None
         pick = lambda t: None if t is None else t[index]  # noqa: E731
         return TrainBatch(self.input_ids[index], self.targets[index], self.mask[index], self.position_ids[index],
                           self.attn_mask[index], self.rollout_logp[index], routing, pick(self.seq),
-                          pick(self.generated), len(index))
+                          pick(self.generated), len(index), counted=pick(self.counted))
 
     @property
     def slots(self) -> int:
@@ -72,7 +75,8 @@ def _right_pad(batch: TrainBatch, extra: int) -> TrainBatch:
                       None if batch.routing is None else {
                           k: torch.cat([v, torch.arange(v.shape[-1], device=dev, dtype=v.dtype).expand(extra, R, -1)])
                           for k, v in batch.routing.items()},
-                      right(batch.seq, -1), right(batch.generated, False), batch.sequences)
+                      right(batch.seq, -1), right(batch.generated, False), batch.sequences,
+                      counted=right(batch.counted, False))
 
 
 def to_train_batch(r: Rollout, keep: torch.Tensor, multiple: int = 1) -> TrainBatch:
@@ -87,7 +91,7 @@ def to_train_batch(r: Rollout, keep: torch.Tensor, multiple: int = 1) -> TrainBa
     seq = torch.where(inside, torch.arange(B, device=ids.device)[:, None], torch.full_like(docs, -1))
     batch = TrainBatch(ids[:, :-1], ids[:, 1:], r.completion_mask[:, 1:] & keep[:, None], r.position_ids[:, :-1],
                        docs, r.logprobs[:, 1:], {k: v[:n] for k, v in r.routing.items()} or None, seq,
-                       r.completion_mask[:, 1:].clone(), B)
+                       r.completion_mask[:, 1:].clone(), B, counted=inside & keep[:, None])
     return _right_pad(batch, (-n) % multiple)
 
 
@@ -166,7 +170,8 @@ def pack_batch(r: Rollout, keep: torch.Tensor, index: torch.Tensor, budget: int 
             dummy = torch.arange(v.shape[-1], device=dev, dtype=moved.dtype).expand_as(moved)  # the record's type
             routing[layer] = torch.where(used_slot[..., None], moved, dummy).transpose(0, 1).contiguous()
     return TrainBatch(take(padded.input_ids, 0), take(padded.targets, 0), take(padded.mask, False), pos, docs,
-                      take(padded.rollout_logp, 0.0), routing, seq, take(padded.generated, False), len(index))
+                      take(padded.rollout_logp, 0.0), routing, seq, take(padded.generated, False), len(index),
+                      counted=take(padded.counted, False))
 
 
 def rows_of(r: Rollout, index: torch.Tensor) -> Rollout:
@@ -252,7 +257,8 @@ def microbatches(b: TrainBatch, size: int, extra: dict[str, torch.Tensor], repla
         routing = {k: v[:, lo:hi] for k, v in b.routing.items()} if replay and b.routing else None
         out.append(Microbatch(b.input_ids[lo:hi], None, b.attn_mask[lo:hi], b.position_ids[lo:hi], routing,
                               {"targets": b.targets[lo:hi], "mask": b.mask[lo:hi],
-                               **{k: v[lo:hi] for k, v in extra.items()}}))
+                               **{k: v[lo:hi] for k, v in extra.items()}},
+                              None if b.counted is None else b.counted[lo:hi]))
     if b.support is not None:  # the sampler's support of each microbatch (rl.keep_sampling_mask)
         for mb, support in zip(out, b.support):
             mb.extra["support"] = support

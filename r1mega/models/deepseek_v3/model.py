@@ -20,7 +20,8 @@ from r1mega.models.ffn import SwiGLU
 from r1mega.parallel.recompute import recomputed
 from r1mega.models.rope import RotaryEmbedding
 from r1mega.models.stage import (  # noqa: F401  (re-exported for existing callers)
-    IGNORE_INDEX, StageOutput, check_sequence_parallel, place_stage, shift_left, stage_layers, token_loss,
+    IGNORE_INDEX, StageOutput, check_sequence_parallel, load_counted, place_stage, shift_left, stage_layers,
+    token_loss,
 )
 from r1mega.parallel.context_parallel import keep_local_tokens
 from r1mega.parallel.layout import ParallelState
@@ -42,9 +43,10 @@ class DecoderLayer(nn.Module):
 
     recompute: frozenset = frozenset()  # "full": keep only the layer input (parallel/recompute.py)
 
-    def forward(self, h, rope, cos, sin, attn_mask=None, cache=None, replay=None):
+    def forward(self, h, rope, cos, sin, attn_mask=None, cache=None, replay=None, counted=None):
+        """counted: bool [b, s], the tokens the MoE counts as expert load (`stage.load_counted`)."""
         if "full" not in self.recompute or cache is not None:
-            return self._forward(h, rope, cos, sin, attn_mask, cache, replay)
+            return self._forward(h, rope, cos, sin, attn_mask, cache, replay, counted)
         runs = []
 
         def body(h_, cos_, sin_):
@@ -52,16 +54,16 @@ class DecoderLayer(nn.Module):
                 self.mlp.recomputing = bool(runs)
             runs.append(1)
             try:
-                return self._forward(h_, rope, cos_, sin_, attn_mask, None, replay)
+                return self._forward(h_, rope, cos_, sin_, attn_mask, None, replay, counted)
             finally:
                 if isinstance(self.mlp, MoE):
                     self.mlp.recomputing = False
         return recomputed(True, body, h, cos, sin)
 
-    def _forward(self, h, rope, cos, sin, attn_mask, cache, replay):
+    def _forward(self, h, rope, cos, sin, attn_mask, cache, replay, counted):
         h = h + self.self_attn(self.input_layernorm(h), rope, cos, sin, attn_mask, cache)
         m = self.post_attention_layernorm(h)
-        return h + (self.mlp(m, cache, replay) if isinstance(self.mlp, MoE) else self.mlp(m))
+        return h + (self.mlp(m, cache, replay, counted) if isinstance(self.mlp, MoE) else self.mlp(m))
 
 
 class SharedHead(nn.Module):
@@ -81,10 +83,10 @@ class MTPLayer(DecoderLayer):
         self.eh_proj = ReplicatedLinear(2 * cfg.hidden_size, cfg.hidden_size, "stream", cfg.initializer_range)
         self.shared_head = SharedHead(cfg)
 
-    def forward(self, h_prev, emb_next, rope, cos, sin, attn_mask=None, cache=None):
+    def forward(self, h_prev, emb_next, rope, cos, sin, attn_mask=None, cache=None, counted=None):
         """cache: this layer's view of its own paged cache (drafting, inference/speculative.py)."""
         x = self.eh_proj(torch.cat([self.enorm(emb_next), self.hnorm(h_prev)], dim=-1))
-        return super().forward(x, rope, cos, sin, attn_mask, cache)
+        return super().forward(x, rope, cos, sin, attn_mask, cache, None, counted)
 
 
 class DeepseekV3(nn.Module):
@@ -164,20 +166,28 @@ class DeepseekV3(nn.Module):
         table = self.embed_tokens if self.embed_tokens is not None else self.mtp_embed
         return table(ids_sb)
 
+    def _load_counted(self, counted, full_mask, local, k: int = 0) -> Optional[torch.Tensor]:
+        """This rank's tokens [b, s_local] whose experts count as load at MTP depth k (0: the main
+        layers; None: all): only in training, built on whole rows (a depth looks k tokens ahead), then
+        cut to this rank's CP chunks."""
+        c = load_counted(counted, full_mask, k) if self.training else None
+        return c if c is None or local is None else c[:, local]
+
     def forward(self, input_ids: torch.Tensor, hidden: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, cache=None,
                 routing: Optional[dict] = None, last_logits_only: bool = False,
-                keep_hidden: bool = False) -> StageOutput:
+                keep_hidden: bool = False, counted: Optional[torch.Tensor] = None) -> StageOutput:
         """input_ids/labels [b, s] (every stage gets them); hidden: the previous stage's output.
         cache: a KVCache (inference, this stage's layers); routing: {layer: experts [s, b, k]} to replay;
+        counted: bool [b, s], the tokens whose experts count as load in training (`stage.load_counted`);
         last_logits_only: logits of the last position only (sampling reads no others);
         keep_hidden: the last stage also returns its final-normed hidden [s, b, D] (the MTP draft's input).
         Under context parallelism (training and scoring, not cached decoding) the inputs are whole
         rows; this rank keeps its zigzag chunks and the outputs (hidden, logits, token losses) are
         for those tokens only, in local order."""
         s = input_ids.shape[1]
-        full_ids, full_labels = input_ids, labels
+        full_ids, full_labels, full_mask = input_ids, labels, attn_mask
         local = None
         if self.ps.cp > 1 and cache is None:
             cut = keep_local_tokens(input_ids, labels, attn_mask, position_ids, self.ps)
@@ -192,9 +202,10 @@ class DeepseekV3(nn.Module):
             attn_mask = exact_layout(attn_mask, s, input_ids.shape[0], input_ids.device)
         ids_sb = input_ids.t()
         h = self.embed_tokens(ids_sb) if self.is_first else hidden
+        loads = self._load_counted(counted, full_mask, local)
         for name, layer in self.layers.items():
             h = layer(h, self.rope, cos, sin, attn_mask, cache.layer(int(name)) if cache is not None else None,
-                      routing.get(int(name)) if routing else None)
+                      routing.get(int(name)) if routing else None, loads)
         if cache is not None:
             cache.advance(s)
         if not self.is_last:
@@ -210,7 +221,8 @@ class DeepseekV3(nn.Module):
                 next_ids, next_labels = shift_left(full_ids, k, 0), shift_left(full_labels, k, IGNORE_INDEX)
                 if local is not None:
                     next_ids, next_labels = next_ids[:, local], next_labels[:, local]
-                h = layer(h, self._embed(next_ids.t()), self.rope, cos, sin, attn_mask)
+                h = layer(h, self._embed(next_ids.t()), self.rope, cos, sin, attn_mask, None,
+                          self._load_counted(counted, full_mask, local, k))
                 logits = self.lm_head(enter_tp_region(layer.shared_head.norm(h), self.ps))
                 out.mtp_token_loss.append(token_loss(logits, next_labels, self.ps))
         return out

@@ -216,9 +216,12 @@ class MoE(nn.Module):
         f = hits.detach() * E / (K * seq_len)
         return (f * psum / seq_len).sum()
 
-    def forward(self, x: torch.Tensor, cache=None, replay: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache=None, replay: Optional[torch.Tensor] = None,
+                counted: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x [s_local, b, D]. cache: a KVCache slot that records the experts chosen per token
-        (rollout); replay: recorded experts [s, b, k] to reuse instead of choosing (routing replay)."""
+        (rollout); replay: recorded experts [s, b, k] to reuse instead of choosing (routing replay);
+        counted: bool [b, s], the tokens whose choices count as expert load in training (None: all;
+        `stage.load_counted`)."""
         tokens = x.reshape(-1, x.shape[-1])
         n = tokens.shape[0]
         b = x.shape[1]
@@ -251,7 +254,8 @@ class MoE(nn.Module):
             routed = self.dispatcher(tokens, idx, weight, self.experts)
         if self.training:
             if not self.recomputing:  # statistics count each forward once, not again in recompute
-                self.expert_load += count_per_expert(self.last_topk_idx, self.cfg.n_routed_experts)
+                mine = None if counted is None else counted.t().reshape(-1)[flat[:n_real]]  # this rank's tokens
+                self.expert_load += count_per_expert(self.last_topk_idx, self.cfg.n_routed_experts, mine)
             if self.aux_loss_scale > 0:
                 seq_len = x.shape[0] * (self.ps.tp if self.ps.sp else 1) * self.ps.cp
                 seq_of_token = flat[:n_real] % b

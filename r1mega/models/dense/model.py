@@ -218,9 +218,11 @@ class DenseStudent(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, hidden: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
-                position_ids: Optional[torch.Tensor] = None, cache=None, last_logits_only: bool = False) -> StageOutput:
+                position_ids: Optional[torch.Tensor] = None, cache=None, last_logits_only: bool = False,
+                counted: Optional[torch.Tensor] = None) -> StageOutput:
         """input_ids/labels [b, s] (every stage gets them); hidden: the previous stage's output.
-        last_logits_only: logits of the last position only (sampling reads no others).
+        last_logits_only: logits of the last position only (sampling reads no others). counted: the
+        tokens an MoE counts as expert load (`stage.load_counted`); a dense model has none to count.
         Under context parallelism (training and scoring, not cached decoding) the inputs are whole
         rows; this rank keeps its zigzag chunks and the outputs (hidden, logits, token losses) are
         for those tokens only, in local order."""

@@ -24,7 +24,7 @@ from r1mega.models.dense.model import DenseStudent, GQAttention
 from r1mega.models.ffn import SwiGLU
 from r1mega.models.qwen3_moe.config import Qwen3MoeConfig
 from r1mega.models.qwen3_moe.kv_cache import RoutedHeadsKVCache, paged_routed_heads_layout
-from r1mega.models.stage import StageOutput, check_sequence_parallel, token_loss
+from r1mega.models.stage import StageOutput, check_sequence_parallel, load_counted, token_loss
 from r1mega.models.weights import SliceSpec
 from r1mega.parallel.context_parallel import keep_local_tokens
 from r1mega.parallel.layout import ParallelState
@@ -86,23 +86,26 @@ class Qwen3Moe(DenseStudent):
     def forward(self, input_ids: torch.Tensor, hidden: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, cache=None, routing: Optional[dict] = None,
-                last_logits_only: bool = False) -> StageOutput:
+                last_logits_only: bool = False, counted: Optional[torch.Tensor] = None) -> StageOutput:
         """input_ids/labels [b, s] (every stage gets them); hidden: the previous stage's output;
         cache: a RoutedHeadsKVCache or paged view (generation); routing: {layer: experts [s, b, k]}
-        to replay. Under context parallelism (not cached decoding) the inputs are whole rows and the
+        to replay; counted: bool [b, s], the tokens whose experts count as load in training
+        (`stage.load_counted`). Under context parallelism (not cached decoding) the inputs are whole rows and the
         outputs this rank's zigzag chunks, in local order."""
         s = input_ids.shape[1]
+        loads = load_counted(counted, attn_mask) if self.training else None
         if self.ps.cp > 1 and cache is None:
             cut = keep_local_tokens(input_ids, labels, attn_mask, position_ids, self.ps)
             input_ids, labels, attn_mask, position_ids = cut.input_ids, cut.labels, cut.attn_mask, cut.position_ids
             routing = {k: v[cut.index] for k, v in routing.items()} if routing else routing
+            loads = loads if loads is None else loads[:, cut.index]
         check_sequence_parallel(input_ids.shape[1], self.ps)
         positions = position_ids.t() if position_ids is not None else torch.arange(s, device=input_ids.device)
         cos, sin = self.rope.cos_sin(positions)
         h = self.embed_tokens(input_ids.t()) if self.is_first else hidden
         for name, layer in self.layers.items():
             h = layer(h, self.rope, cos, sin, attn_mask, cache.layer(int(name)) if cache is not None else None,
-                      routing.get(int(name)) if routing else None)
+                      routing.get(int(name)) if routing else None, loads)
         if cache is not None:
             cache.advance(s)
         if not self.is_last:
