@@ -203,6 +203,8 @@ def test_a_stop_string_ending_inside_a_token_ends_the_written_text_with_it():
         def decode(self, ids):
             return "".join(self.pieces[i] for i in ids)
 
+        decode_continuation = decode  # (no word-start spaces to keep)
+
     tok = Tok()
     ids = [1, 2]
     params = SamplingParams(stop=["x", "9"])
@@ -237,10 +239,12 @@ def test_hf_directory_greedy_equals_transformers(tiny, tmp_path):
                 logits = hf(ids).logits[0, -1]
                 logits[tok.vocab_size:] = float("-inf")
                 ids = torch.cat([ids, logits.argmax().view(1, 1)], dim=1)
-        new = ids[0, len(tok.encode(t)):].tolist()
+        prompt, new = tok.encode(t), ids[0, len(tok.encode(t)):].tolist()
         if tok.eos_id in new:
             new = new[:new.index(tok.eos_id)]
-        assert ours[str(i)] == tok.decode(new), (ours[str(i)], tok.decode(new))
+        # the completion as it reads after the prompt (a first token that starts a word keeps its space)
+        full, head = tok.decode(prompt + new), tok.decode(prompt)
+        assert full.startswith(head) and ours[str(i)] == full[len(head):], (ours[str(i)], full, head)
 
 
 def test_reject_sample_keeps_the_sampled_ids_and_sft_trains_them(tiny, tmp_path):
@@ -265,7 +269,7 @@ def test_reject_sample_keeps_the_sampled_ids_and_sft_trains_them(tiny, tmp_path)
     for r in kept:
         assert r["prompt_ids"] == tok.encode(r["messages"][0]["content"])
         ids = r["completion_ids"]
-        text = tok.decode(ids[:-1] if ids[-1] == tok.eos_id else ids)
+        text = tok.decode_continuation(ids[:-1] if ids[-1] == tok.eos_id else ids)  # as it follows the prompt
         # the stop string " " can end inside the last token: the text ends with it, the ids keep the token
         assert r["messages"][-1]["content"] == (text if ids[-1] == tok.eos_id else cut_after_stop(text, [" "]))
     data = SFTData(str(out / "sft.jsonl"), tok, seq_length=64, seed=0, template="raw")
@@ -276,3 +280,30 @@ def test_reject_sample_keeps_the_sampled_ids_and_sft_trains_them(tiny, tmp_path)
     if len(data.rows) == len(rows):  # one conversation per packed row: compare them one by one
         assert trained == expected
     assert sum(len(t) for t in trained) == sum(len(e) for e in expected)
+
+
+def test_a_completion_reads_as_it_follows_the_prompt(tiny, tmp_path, capsys):
+    """A SentencePiece completion whose first token starts a word (`▁minus`) reads ` minus`, as after its
+    prompt: the stop string " minus" ends it at that token, and the written text keeps the space. Decoded
+    on its own it read `minus` (the stop missed, the text not what followed the prompt)."""
+    from r1mega.cli import main
+    from r1mega.data.tokenizer import Tokenizer
+    from r1mega.generation.sampling_rounds import SamplingParams, _finish, _stop_check
+
+    tok = Tokenizer(tiny["tok"])
+    for text in ("Q: 7-3= 7 minus 3", "A: 12 plus 30 is 42", "Q: 5+5="):
+        ids = tok.encode(text)
+        for j in range(1, len(ids)):
+            whole, head = tok.decode(ids), tok.decode(ids[:j])
+            if whole.startswith(head):
+                assert tok.decode_continuation(ids[j:]) == whole[len(head):], (text, j)
+    prompt, completion = tok.encode("7"), tok.encode("7 minus 3")[1:]
+    assert tok.decode(prompt + completion) == "7 minus 3" and tok.decode(completion[:1]).strip() == "minus"
+    hit = _stop_check(tok, [" minus"])
+    assert hit(completion[:1]) and not hit(tok.encode("7 3")[1:])
+    assert _finish(completion[:1], tok.decode_continuation(completion[:1]), tok,
+                   SamplingParams(stop=[" minus"])) == (" minus", "stop")
+    # --seed as the config's seed: below 2^64 (a larger one would be the same seed mod 2^64)
+    assert main(["generate", "--model", tiny["ckpt"], "--tokenizer", tiny["tok"], "--prompts", tiny["prompts"],
+                 "--out", str(tmp_path / "out"), "--seed", str(2 ** 64)]) == 2
+    assert "--seed" in capsys.readouterr().err and not (tmp_path / "out").exists()

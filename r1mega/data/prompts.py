@@ -498,14 +498,15 @@ class PromptSource:
         return encode_prompt(self.tok, rendered.text, self.template)
 
     def decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids)
+        """A completion's text as it follows the prompt (a first token that starts a word keeps its space)."""
+        return self.tok.decode_continuation(ids)
 
     def stop(self) -> Callable[[list[int]], bool]:
         """Stop predicate on a completion's ids (EOS is handled by generation itself)."""
         questions, tail = self.questions, self.questions.stop_tail
         if tail is None:
-            return lambda ids: questions.is_stopped(self.tok.decode(ids))
-        return lambda ids: questions.is_stopped(self.tok.decode(ids[-tail:]))
+            return lambda ids: questions.is_stopped(self.decode(ids))
+        return lambda ids: questions.is_stopped(self.decode(ids[-tail:]))
 
     def is_stopped(self, text: str) -> bool:
         return self.questions.is_stopped(text)

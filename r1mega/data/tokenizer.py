@@ -161,6 +161,30 @@ class Tokenizer:
             return self._sp.decode(ids)
         return self._hf.decode(ids, skip_special_tokens=False)
 
+    def decode_continuation(self, ids) -> str:
+        """The text `ids` add after earlier text (a completion after its prompt, a completion's last
+        tokens after its first): decoded behind an anchor token whose text is then cut off. A text
+        decoded on its own loses the space of a first token that starts a word (SentencePiece, and
+        Metaspace tokenizers), so a completion's `▁minus` read as `minus`: a stop string ` minus` was
+        missed and the stored text was not what followed the prompt (vLLM decodes in context too)."""
+        ids = [int(i) for i in ids]
+        anchor = self._anchor()
+        if anchor is None or not ids:
+            return self.decode(ids)
+        head, both = anchor[1], self.decode([anchor[0]] + ids)
+        return both[len(head):] if both.startswith(head) else self.decode(ids)
+
+    def _anchor(self) -> Optional[tuple[int, str]]:
+        """(id, text) of a plain one-letter token to decode behind (None: the vocabulary has none)."""
+        if not hasattr(self, "_anchor_token"):
+            self._anchor_token = None
+            for letter in "aeionrstxz0123456789":
+                i = self.token_id(letter)
+                if i is not None and self.decode([i]) == letter:
+                    self._anchor_token = (i, letter)
+                    break
+        return self._anchor_token
+
     def fingerprint(self) -> str:
         """A short hash of the vocabulary (every token and its id): token ids written with one
         tokenizer mean the same text under another only when their fingerprints agree."""

@@ -103,7 +103,8 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
     _need(math.isfinite(p) and 0 < p <= 1, "--top-p", f"must be in (0, 1], got {p}")
     _need(args.top_k >= 0, "--top-k", f"must be >= 0 (0 = off), got {args.top_k}")
     _need(args.samples >= 1, "--samples", f"must be >= 1, got {args.samples}")
-    _need(args.seed >= 0, "--seed", f"must be >= 0, got {args.seed}")
+    _need(0 <= args.seed < 2 ** 64, "--seed", f"must be >= 0 and < 2^64 (a larger one is the same seed mod 2^64), "
+          f"got {args.seed}")
     _need(args.problems_per_round >= 1, "--problems-per-round", f"must be >= 1, got {args.problems_per_round}")
     if args.max_new_tokens is not None:
         _need(args.max_new_tokens >= 1, "--max-new-tokens", f"must be >= 1, got {args.max_new_tokens}")

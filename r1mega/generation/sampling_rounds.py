@@ -97,7 +97,7 @@ def _stop_check(tok: Tokenizer, stops: list[str]):
     tail = max(32, 4 * max(len(s) for s in stops))  # decode only the end: a stop string fits in it
 
     def hit(ids: list[int]) -> bool:
-        text = tok.decode(ids[-tail:])
+        text = tok.decode_continuation(ids[-tail:])  # as it reads after what came before
         return any(s in text for s in stops)
     return hit
 
@@ -106,7 +106,7 @@ def _finish(ids: list[int], text: str, tok: Tokenizer, params: SamplingParams) -
     """(completion text without EOS, or up to the end of its stop string; finish reason). The ids stay
     as sampled: a stop string that ends inside the last token leaves the token's rest in them only."""
     if ids and ids[-1] in tok.eos_ids:
-        return tok.decode(ids[:-1]), "eos"
+        return tok.decode_continuation(ids[:-1]), "eos"
     if any(s in text for s in params.stop):
         return cut_after_stop(text, params.stop), "stop"
     return text, "length"
@@ -166,7 +166,7 @@ def generate_rounds(chunks, ps: ParallelState, tok: Tokenizer, problems: list[di
         if ps.r("tp") == 0 and ps.r("pp") == 0:
             out = []
             for (p, s), ids in zip(mine, rollout.completions()):
-                text, reason = _finish(ids, tok.decode(ids), tok, params)
+                text, reason = _finish(ids, tok.decode_continuation(ids), tok, params)  # the text after the prompt
                 out.append((p, Sample(s, text, len(encoded[p]), len(ids), reason, encoded[p], list(ids))))
         parts = [None] * ps.world if ps.rank == 0 else None
         if ps.world > 1:
