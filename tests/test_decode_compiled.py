@@ -192,3 +192,26 @@ def test_noise_drawn_ahead_is_the_noise_of_each_position(vocab):
         assert torch.equal(noise, want), step
         for r in live:
             r.out.append(1)
+
+
+def test_a_failed_compile_is_not_tried_again(model, monkeypatch):
+    """A compile that fails (no working C++ compiler, say) falls back to the eager step, and later
+    rollouts of the process decode eagerly at once instead of failing to compile every round."""
+    chunks, ps = model
+    tries = []
+
+    def broken(model_, ps_, one_row):
+        def step(*args):
+            tries.append(one_row)
+            raise torch._dynamo.exc.BackendCompilerFailed(broken, RuntimeError("no C++ compiler"), None)
+        return step
+
+    monkeypatch.setattr(compiled_decode, "_failed", None)
+    monkeypatch.setattr(compiled_decode, "compiled_step", broken)
+    gen = GenerationConfig(max_new_tokens=6, temperature=0.0, seed=1)
+    with torch.inference_mode():
+        eager = generate(chunks, ps, PROMPTS, gen).tokens
+        first = generate(chunks, ps, PROMPTS, dataclasses.replace(gen, compile_decode=True)).tokens
+        second = generate(chunks, ps, PROMPTS, dataclasses.replace(gen, compile_decode=True)).tokens
+    assert torch.equal(first, eager) and torch.equal(second, eager)
+    assert len(tries) == 1 and "no C++ compiler" in compiled_decode._failed

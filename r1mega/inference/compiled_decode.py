@@ -109,8 +109,23 @@ def compiled_step(model, ps, one_row: bool):
     return steps[key][1]  # (ps held with it: its id stays its own)
 
 
+# why compiling failed in this process (a missing or broken C++ compiler): later rollouts decode
+# eagerly at once instead of paying a failed compile each
+_failed: Optional[str] = None
+
+
+def compile_failed(error: Exception) -> None:
+    """Record that compiling a step failed; this and every later rollout of the process runs eager."""
+    global _failed
+    cause = getattr(error, "inner_exception", None) or error  # (dynamo's wrapper says only which backend)
+    _failed = f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0]}"[:300]
+    log.warning("compile_decode: compiling failed, decoding eagerly from now on (%s)", _failed)
+
+
 def refusal(model, ps, one_token_steps: bool) -> Optional[str]:
     """Why a rollout cannot take the compiled step (None: it can)."""
+    if _failed is not None:
+        return f"compiling failed earlier in this process ({_failed})"
     if ps.world > 1:
         return "it runs in one process only (no collectives in the compiled graph)"
     if batch_invariant.enabled():

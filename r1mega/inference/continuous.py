@@ -507,7 +507,7 @@ class ContinuousBatcher:
                                             max(r.length for r in rows) + 1, noise, gen.temperature, gen.top_p,
                                             gen.top_k, self.vocab)
         except torch._dynamo.exc.BackendCompilerFailed as e:  # before the graph ran: nothing written yet
-            compiled_decode.log.warning("compile_decode: compiling failed, decoding eagerly (%s)", e)
+            compiled_decode.compile_failed(e)
             self.compiled = False
             return self.decode_rows(rows, self._forward_decoded(rows, *self._view_inputs(rows)))
         self.forwards += 1
