@@ -72,3 +72,29 @@ def test_load_counted_by_hand():
     # (and at depth 1 the position before an uncounted one: its input would be that token)
     assert torch.equal(load_counted(mine, docs, 1), mtp & torch.tensor([[1] * 7, [1, 1, 1, 0, 0, 0, 0]]).bool())
     assert torch.equal(load_counted(mine, docs), mine)
+
+
+def test_balance_loss_of_a_row_ignores_its_padding():
+    """DeepSeek-V3's sequence-wise balance loss (model.balance_alpha) over a padded row: its T is the
+    row's real tokens, so more padding changes neither the loss nor any gradient (it counted the pad
+    slots as tokens of the sequence before)."""
+    cfg = validate(Config(model=ModelConfig(vocab_size=128, num_layers=3, num_mtp_layers=1)), 1)
+    chunks = build_chunks(cfg, single_process_state())
+    init_weights(chunks, seed=4)
+    chunks.train()
+    out = []
+    for width in (10, 23):
+        ids = torch.tensor([doc + [0] * (width - len(doc)) for doc in DOCS])
+        docs = torch.tensor([[0] * len(doc) + list(range(-1, -1 - width + len(doc), -1)) for doc in DOCS])
+        for p in chunks.parameters():
+            p.grad = None
+        labels = torch.where(docs >= 0, torch.roll(ids, -1, 1), torch.full_like(ids, IGNORE_INDEX))
+        labels[torch.arange(len(DOCS)), torch.tensor([len(d) - 1 for d in DOCS])] = IGNORE_INDEX
+        step = lm_forward_backward(chunks, single_process_state(), ids, labels, 1,
+                                   {"mtp_weight": 0.3, "balance_alpha": 0.5}, attn_mask=docs)
+        aux = sum(float(m.aux_loss_sum) for _, m in moe_layers(chunks))
+        out.append((step.loss, aux, {n: p.grad.clone() for n, p in chunks.named_parameters() if p.grad is not None}))
+    (loss_a, aux_a, grads_a), (loss_b, aux_b, grads_b) = out
+    assert aux_a > 0 and abs(aux_a - aux_b) < 1e-6 * aux_a and abs(loss_a - loss_b) < 1e-6
+    for name, g in grads_a.items():
+        torch.testing.assert_close(grads_b[name], g, atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")

@@ -196,25 +196,37 @@ class MoE(nn.Module):
         self.last_topk_idx: Optional[torch.Tensor] = None  # this rank's routing (real tokens)
         self.recomputing = False  # set while a full-layer recompute re-runs this forward
 
-    def _seq_balance_loss(self, scores, idx, seq_of_token, num_seqs: int, seq_len: int, split: bool):
+    def _seq_balance_loss(self, scores, idx, seq_of_token, num_seqs: int, seq_len: int, split: bool,
+                          counted: Optional[torch.Tensor] = None):
         """DeepSeek-V3's sequence-wise balance loss: sum_i f_i P_i per sequence, summed over sequences.
-        Only the first len(seq_of_token) rows of scores/idx are real tokens (the rest is TP padding)."""
+        Only the first len(seq_of_token) rows of scores/idx are real tokens (the rest is TP padding).
+        counted: bool [len(seq_of_token)], the tokens that belong to a sequence (None: all; pad slots
+        are not, `stage.load_counted`): a sequence's T is its counted tokens, not its padded length."""
         E, K = self.cfg.n_routed_experts, self.cfg.num_experts_per_tok
         n_real = seq_of_token.shape[0]
         seq, scores, idx = seq_of_token, scores[:n_real], idx[:n_real]
         probs = scores / scores.sum(-1, keepdim=True)
-        psum = torch.zeros(num_seqs, E, dtype=probs.dtype, device=probs.device).index_add(0, seq, probs)
-        # hits[seq, e] += 1 per choice; flat indices instead of one_hot, which checks its range on the host
-        hits = torch.zeros(num_seqs * E, dtype=probs.dtype, device=probs.device).index_add_(
-            0, (seq.unsqueeze(1) * E + idx).reshape(-1), probs.new_ones(idx.numel())).view(num_seqs, E)
+        w = None if counted is None else counted.to(probs.dtype)
+        psum = torch.zeros(num_seqs, E, dtype=probs.dtype, device=probs.device).index_add(
+            0, seq, probs if w is None else probs * w[:, None])
+        # hits[seq, e] += 1 per choice, and (with `counted`) a last column of tokens per sequence; flat
+        # indices instead of one_hot, which checks its range on the host
+        width = E if w is None else E + 1
+        at = seq.unsqueeze(1) * width + idx
+        ones = probs.new_ones(idx.numel()) if w is None else w[:, None].expand(idx.shape).reshape(-1)
+        if w is not None:
+            at, ones = torch.cat([at.reshape(-1), seq * width + E]), torch.cat([ones, w])
+        hits = torch.zeros(num_seqs * width, dtype=probs.dtype, device=probs.device).index_add_(
+            0, at.reshape(-1), ones).view(num_seqs, width)
         if split or self.ps.sp:  # each TP rank saw part of every sequence
             hits = reduce_from_group(hits, self.ps.g("tp"))
             psum = reduce_from_group(psum, self.ps.g("tp"))
         if self.ps.cp > 1:  # and each CP rank its zigzag chunks
             hits = reduce_from_group(hits, self.ps.g("cp"))
             psum = reduce_from_group(psum, self.ps.g("cp"))
-        f = hits.detach() * E / (K * seq_len)
-        return (f * psum / seq_len).sum()
+        length = seq_len if w is None else hits[:, E:].detach().clamp(min=1)  # [num_seqs, 1]
+        f = hits[:, :E].detach() * E / (K * length)
+        return (f * psum / length).sum()
 
     def forward(self, x: torch.Tensor, cache=None, replay: Optional[torch.Tensor] = None,
                 counted: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -253,13 +265,13 @@ class MoE(nn.Module):
         else:
             routed = self.dispatcher(tokens, idx, weight, self.experts)
         if self.training:
+            mine = None if counted is None else counted.t().reshape(-1)[flat[:n_real]]  # this rank's tokens
             if not self.recomputing:  # statistics count each forward once, not again in recompute
-                mine = None if counted is None else counted.t().reshape(-1)[flat[:n_real]]  # this rank's tokens
                 self.expert_load += count_per_expert(self.last_topk_idx, self.cfg.n_routed_experts, mine)
             if self.aux_loss_scale > 0:
                 seq_len = x.shape[0] * (self.ps.tp if self.ps.sp else 1) * self.ps.cp
                 seq_of_token = flat[:n_real] % b
-                aux = self._seq_balance_loss(scores, idx, seq_of_token, b, seq_len, split) * self.aux_loss_scale
+                aux = self._seq_balance_loss(scores, idx, seq_of_token, b, seq_len, split, mine) * self.aux_loss_scale
                 if not self.recomputing:
                     total = aux.detach().float()
                     self.aux_loss_sum = total if self.aux_loss_sum is None else self.aux_loss_sum + total

@@ -10,8 +10,9 @@ sequence-wise balance loss x top-k, which DeepSeek's MoE layers already compute 
     coef x mean over MoE layers l and rows b of  E x sum_e f_e(l, b) P_e(l, b)
 so it is the same for every layout, microbatching and DP split. With one MoE layer and one row it is
 transformers' value exactly; otherwise the two differ by the cross terms between layers and rows
-(tests/test_qwen3_moe_aux_loss.py checks both). Padding positions count as tokens (transformers
-leaves out those its attention_mask marks). Nothing is added to GRPO's loss (as DeepSeek's family).
+(tests/test_qwen3_moe_aux_loss.py checks both). Pad slots (negative document ids) are left out, as
+transformers leaves out what its attention_mask marks (`stage.load_counted`). Nothing is added to GRPO's
+loss (as DeepSeek's family).
 """
 from __future__ import annotations
 
