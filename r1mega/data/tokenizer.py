@@ -45,6 +45,12 @@ def copy_tokenizer_files(src: str, dst: str) -> None:
             shutil.copyfile(os.path.join(folder, name), os.path.join(dst, name))
 
 
+# decode_continuation's anchor: candidate words (one token each in most vocabularies), and texts whose every
+# split it must read as the whole text reads (spaces, digits, punctuation, a tag, a word split inside)
+ANCHOR_WORDS = ("the", "a", "is", "and", "x", "1", "0", "of", "in", "to")
+ANCHOR_PROBES = ("the minus 5", "Answer: 42 </answer> is it", "x = 1, y = 22.5; done.", "unbelievably long words")
+
+
 class Tokenizer:
     """Encode/decode with `tokenizers` (HF tokenizer.json) or sentencepiece (.model).
 
@@ -171,19 +177,45 @@ class Tokenizer:
         anchor = self._anchor()
         if anchor is None or not ids:
             return self.decode(ids)
-        head, both = anchor[1], self.decode([anchor[0]] + ids)
-        return both[len(head):] if both.startswith(head) else self.decode(ids)
+        return self._behind(anchor, ids)
+
+    def _behind(self, anchor: tuple[int, str], ids: list[int]) -> str:
+        both = self.decode([anchor[0]] + ids)
+        return both[len(anchor[1]):] if both.startswith(anchor[1]) else self.decode(ids)
 
     def _anchor(self) -> Optional[tuple[int, str]]:
-        """(id, text) of a plain one-letter token to decode behind (None: the vocabulary has none)."""
+        """(id, text) of the token to decode behind: the first one-token word of ANCHOR_WORDS that reads
+        every split of the ANCHOR_PROBES texts as it reads in context (a word-final token for decoders
+        that join pieces by an end-of-word suffix, a `▁word` where a vocabulary has no bare letters).
+        None (decoded on their own, as before) when none does."""
         if not hasattr(self, "_anchor_token"):
             self._anchor_token = None
-            for letter in "aeionrstxz0123456789":
-                i = self.token_id(letter)
-                if i is not None and self.decode([i]) == letter:
-                    self._anchor_token = (i, letter)
+            # (only probes the vocabulary spells back: unknown tokens read the same behind any anchor)
+            probes = [ids for ids, t in ((self.encode(t), t) for t in ANCHOR_PROBES) if self.decode(ids).strip() == t]
+            for word, i in self._anchor_candidates():
+                anchor = (i, self.decode([i]))
+                if all(self._behind(anchor, ids[j:]) == self.decode(ids)[len(self.decode(ids[:j])):]
+                       for ids in probes for j in range(1, len(ids))
+                       if self.decode(ids).startswith(self.decode(ids[:j]))):
+                    self._anchor_token = anchor
                     break
         return self._anchor_token
+
+    def _anchor_candidates(self):
+        """(word, token) pairs to try as anchors: the vocabulary's end-of-word suffixed piece for the word
+        first (a bare piece glues onto what follows where a decoder joins pieces by that suffix), then
+        its word-start marked ones, its own encoding when that is one token, the bare piece; only tokens
+        that read as the word (not an unknown-token stand-in) and do not end a sequence."""
+        def one_token(word: str) -> Optional[int]:
+            encoded = self.encode(word)
+            return encoded[0] if len(encoded) == 1 else None
+        kinds = (lambda w: self.token_id(w + "</w>"), lambda w: self.token_id("\u2581" + w),  # (▁)
+                 lambda w: self.token_id("\u0120" + w), one_token, self.token_id)  # (Ġ)
+        for kind in kinds:  # each kind for every word before the next kind
+            for word in ANCHOR_WORDS:
+                i = kind(word)
+                if i is not None and i not in self.eos_ids and self.decode([i]).strip() == word:
+                    yield word, i
 
     def fingerprint(self) -> str:
         """A short hash of the vocabulary (every token and its id): token ids written with one
