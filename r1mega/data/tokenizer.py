@@ -190,13 +190,18 @@ class Tokenizer:
         None (decoded on their own, as before) when none does."""
         if not hasattr(self, "_anchor_token"):
             self._anchor_token = None
-            # (only probes the vocabulary spells back: unknown tokens read the same behind any anchor)
-            probes = [ids for ids, t in ((self.encode(t), t) for t in ANCHOR_PROBES) if self.decode(ids).strip() == t]
+            # (completion, its text in context) of every split of the probes the vocabulary spells back
+            # (unknown tokens read the same behind any anchor)
+            cases = []
+            for text in ANCHOR_PROBES:
+                ids = self.encode(text)
+                whole = self.decode(ids)
+                if whole.strip() == text:
+                    heads = (self.decode(ids[:j]) for j in range(1, len(ids)))
+                    cases += [(ids[j:], whole[len(h):]) for j, h in enumerate(heads, 1) if whole.startswith(h)]
             for word, i in self._anchor_candidates():
                 anchor = (i, self.decode([i]))
-                if all(self._behind(anchor, ids[j:]) == self.decode(ids)[len(self.decode(ids[:j])):]
-                       for ids in probes for j in range(1, len(ids))
-                       if self.decode(ids).startswith(self.decode(ids[:j]))):
+                if all(self._behind(anchor, ids) == expected for ids, expected in cases):
                     self._anchor_token = anchor
                     break
         return self._anchor_token

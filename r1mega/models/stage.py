@@ -69,6 +69,15 @@ def load_counted(counted: Optional[torch.Tensor], attn_mask, k: int = 0) -> Opti
     return counted & ahead & (shift_left(docs, k, 0) == docs) if docs is not None else counted & ahead
 
 
+def stage_load_counted(stage, counted: Optional[torch.Tensor], attn_mask, local: Optional[torch.Tensor] = None,
+                       k: int = 0) -> Optional[torch.Tensor]:
+    """`load_counted` for one stage forward: only in training (None otherwise), built on whole rows
+    (attn_mask before the CP cut: an MTP depth looks k tokens ahead), then cut to this rank's CP chunks
+    (`local`: keep_local_tokens' index)."""
+    c = load_counted(counted, attn_mask, k) if stage.training else None
+    return c if c is None or local is None else c[:, local]
+
+
 def shift_left(t: torch.Tensor, k: int, fill: int) -> torch.Tensor:
     """t[:, i] <- t[:, i + k], the last k columns filled."""
     if k == 0:

@@ -20,7 +20,7 @@ from r1mega.models.ffn import SwiGLU
 from r1mega.parallel.recompute import recomputed
 from r1mega.models.rope import RotaryEmbedding
 from r1mega.models.stage import (  # noqa: F401  (re-exported for existing callers)
-    IGNORE_INDEX, StageOutput, check_sequence_parallel, load_counted, place_stage, shift_left, stage_layers,
+    IGNORE_INDEX, StageOutput, check_sequence_parallel, place_stage, shift_left, stage_layers, stage_load_counted,
     token_loss,
 )
 from r1mega.parallel.context_parallel import keep_local_tokens
@@ -166,13 +166,6 @@ class DeepseekV3(nn.Module):
         table = self.embed_tokens if self.embed_tokens is not None else self.mtp_embed
         return table(ids_sb)
 
-    def _load_counted(self, counted, full_mask, local, k: int = 0) -> Optional[torch.Tensor]:
-        """This rank's tokens [b, s_local] whose experts count as load at MTP depth k (0: the main
-        layers; None: all): only in training, built on whole rows (a depth looks k tokens ahead), then
-        cut to this rank's CP chunks."""
-        c = load_counted(counted, full_mask, k) if self.training else None
-        return c if c is None or local is None else c[:, local]
-
     def forward(self, input_ids: torch.Tensor, hidden: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, cache=None,
@@ -202,7 +195,7 @@ class DeepseekV3(nn.Module):
             attn_mask = exact_layout(attn_mask, s, input_ids.shape[0], input_ids.device)
         ids_sb = input_ids.t()
         h = self.embed_tokens(ids_sb) if self.is_first else hidden
-        loads = self._load_counted(counted, full_mask, local)
+        loads = stage_load_counted(self, counted, full_mask, local)
         for name, layer in self.layers.items():
             h = layer(h, self.rope, cos, sin, attn_mask, cache.layer(int(name)) if cache is not None else None,
                       routing.get(int(name)) if routing else None, loads)
@@ -222,7 +215,7 @@ class DeepseekV3(nn.Module):
                 if local is not None:
                     next_ids, next_labels = next_ids[:, local], next_labels[:, local]
                 h = layer(h, self._embed(next_ids.t()), self.rope, cos, sin, attn_mask, None,
-                          self._load_counted(counted, full_mask, local, k))
+                          stage_load_counted(self, counted, full_mask, local, k))
                 logits = self.lm_head(enter_tp_region(layer.shared_head.norm(h), self.ps))
                 out.mtp_token_loss.append(token_loss(logits, next_labels, self.ps))
         return out

@@ -196,7 +196,7 @@ class MoE(nn.Module):
         self.last_topk_idx: Optional[torch.Tensor] = None  # this rank's routing (real tokens)
         self.recomputing = False  # set while a full-layer recompute re-runs this forward
 
-    def _seq_balance_loss(self, scores, idx, seq_of_token, num_seqs: int, seq_len: int, split: bool,
+    def _seq_balance_loss(self, scores, idx, seq_of_token, num_seqs: int, split: bool,
                           counted: Optional[torch.Tensor] = None):
         """DeepSeek-V3's sequence-wise balance loss: sum_i f_i P_i per sequence, summed over sequences.
         Only the first len(seq_of_token) rows of scores/idx are real tokens (the rest is TP padding).
@@ -206,25 +206,21 @@ class MoE(nn.Module):
         n_real = seq_of_token.shape[0]
         seq, scores, idx = seq_of_token, scores[:n_real], idx[:n_real]
         probs = scores / scores.sum(-1, keepdim=True)
-        w = None if counted is None else counted.to(probs.dtype)
-        psum = torch.zeros(num_seqs, E, dtype=probs.dtype, device=probs.device).index_add(
-            0, seq, probs if w is None else probs * w[:, None])
-        # hits[seq, e] += 1 per choice, and (with `counted`) a last column of tokens per sequence; flat
-        # indices instead of one_hot, which checks its range on the host
-        width = E if w is None else E + 1
-        at = seq.unsqueeze(1) * width + idx
-        ones = probs.new_ones(idx.numel()) if w is None else w[:, None].expand(idx.shape).reshape(-1)
-        if w is not None:
-            at, ones = torch.cat([at.reshape(-1), seq * width + E]), torch.cat([ones, w])
-        hits = torch.zeros(num_seqs * width, dtype=probs.dtype, device=probs.device).index_add_(
-            0, at.reshape(-1), ones).view(num_seqs, width)
+        w = probs.new_ones(n_real) if counted is None else counted.to(probs.dtype)
+        psum = torch.zeros(num_seqs, E, dtype=probs.dtype, device=probs.device).index_add(0, seq, probs * w[:, None])
+        # hits[seq, e] += 1 per counted choice, and a last column of counted tokens per sequence (its T, summed
+        # over the ranks with the hits); flat indices instead of one_hot, which checks its range on the host
+        at = torch.cat([(seq.unsqueeze(1) * (E + 1) + idx).reshape(-1), seq * (E + 1) + E])
+        ones = torch.cat([w[:, None].expand(idx.shape).reshape(-1), w])
+        hits = torch.zeros(num_seqs * (E + 1), dtype=probs.dtype, device=probs.device).index_add_(
+            0, at, ones).view(num_seqs, E + 1)
         if split or self.ps.sp:  # each TP rank saw part of every sequence
             hits = reduce_from_group(hits, self.ps.g("tp"))
             psum = reduce_from_group(psum, self.ps.g("tp"))
         if self.ps.cp > 1:  # and each CP rank its zigzag chunks
             hits = reduce_from_group(hits, self.ps.g("cp"))
             psum = reduce_from_group(psum, self.ps.g("cp"))
-        length = seq_len if w is None else hits[:, E:].detach().clamp(min=1)  # [num_seqs, 1]
+        length = hits[:, E:].detach().clamp(min=1)  # [num_seqs, 1]
         f = hits[:, :E].detach() * E / (K * length)
         return (f * psum / length).sum()
 
@@ -269,9 +265,8 @@ class MoE(nn.Module):
             if not self.recomputing:  # statistics count each forward once, not again in recompute
                 self.expert_load += count_per_expert(self.last_topk_idx, self.cfg.n_routed_experts, mine)
             if self.aux_loss_scale > 0:
-                seq_len = x.shape[0] * (self.ps.tp if self.ps.sp else 1) * self.ps.cp
                 seq_of_token = flat[:n_real] % b
-                aux = self._seq_balance_loss(scores, idx, seq_of_token, b, seq_len, split, mine) * self.aux_loss_scale
+                aux = self._seq_balance_loss(scores, idx, seq_of_token, b, split, mine) * self.aux_loss_scale
                 if not self.recomputing:
                     total = aux.detach().float()
                     self.aux_loss_sum = total if self.aux_loss_sum is None else self.aux_loss_sum + total

@@ -24,7 +24,7 @@ from r1mega.models.dense.model import DenseStudent, GQAttention
 from r1mega.models.ffn import SwiGLU
 from r1mega.models.qwen3_moe.config import Qwen3MoeConfig
 from r1mega.models.qwen3_moe.kv_cache import RoutedHeadsKVCache, paged_routed_heads_layout
-from r1mega.models.stage import StageOutput, check_sequence_parallel, load_counted, token_loss
+from r1mega.models.stage import StageOutput, check_sequence_parallel, stage_load_counted, token_loss
 from r1mega.models.weights import SliceSpec
 from r1mega.parallel.context_parallel import keep_local_tokens
 from r1mega.parallel.layout import ParallelState
@@ -93,12 +93,13 @@ class Qwen3Moe(DenseStudent):
         (`stage.load_counted`). Under context parallelism (not cached decoding) the inputs are whole rows and the
         outputs this rank's zigzag chunks, in local order."""
         s = input_ids.shape[1]
-        loads = load_counted(counted, attn_mask) if self.training else None
+        full_mask, local = attn_mask, None
         if self.ps.cp > 1 and cache is None:
             cut = keep_local_tokens(input_ids, labels, attn_mask, position_ids, self.ps)
             input_ids, labels, attn_mask, position_ids = cut.input_ids, cut.labels, cut.attn_mask, cut.position_ids
             routing = {k: v[cut.index] for k, v in routing.items()} if routing else routing
-            loads = loads if loads is None else loads[:, cut.index]
+            local = cut.index
+        loads = stage_load_counted(self, counted, full_mask, local)
         check_sequence_parallel(input_ids.shape[1], self.ps)
         positions = position_ids.t() if position_ids is not None else torch.arange(s, device=input_ids.device)
         cos, sin = self.rope.cos_sin(positions)
