@@ -59,6 +59,16 @@ def test_a_sample_depends_on_its_key_not_its_slot_or_batch(model):
     assert part == [whole[i] for i in order]
 
 
+@pytest.mark.parametrize("kw", [dict(max_new_tokens=0), dict(block_size=0), dict(draft_tokens=0),
+                                dict(max_rows=-1), dict(max_cache_tokens=-5), dict(max_new_tokens=2.5)])
+def test_a_generation_config_that_cannot_run_is_refused_by_name(model, kw):
+    """max_new_tokens=0 drew one token a row anyway (the first comes from the prompt's logits)."""
+    with pytest.raises(ValueError, match=f"GenerationConfig.{next(iter(kw))} must be"):
+        GenerationConfig(**kw)
+    with pytest.raises(ValueError, match="no prompts"):
+        generate_static(*model, [], GenerationConfig())
+
+
 def test_cache_follows_the_tokens_and_a_prompt_is_prefilled_once(model):
     chunks, ps = model
     prompt = list(range(3, 40))  # 37 tokens: 9 full blocks of 4 and a partial one

@@ -101,6 +101,22 @@ def test_no_block_leaks_and_the_budget_holds(model, budget):
     assert e.worst * BS <= budget and e.pool.peak * BS <= budget, (e.worst, e.pool.peak)
 
 
+def test_a_resumed_row_does_not_hide_its_groups_prefill_from_the_budget(model):
+    """12 samples of a 7-token prompt, 5 places, a budget of 36 tokens: a preempted row is re-admitted
+    on its kept block beside new samples of its group whose prompt blocks were released (prefilled
+    again). The resumed row's admission must not count that prefill as done: it did (40 > 36)."""
+    chunks, ps = model
+    prompts, keys = [list(range(3, 10))] * 12, list(range(12))
+    gen = _gen(max_new_tokens=30, max_cache_tokens=36, max_rows=5, seed=0)
+    e = Watched(chunks[0], ps, prompts, keys, gen)
+    with torch.inference_mode():
+        e.run()
+    assert e.preemptions > 0 and e.worst * BS <= 36 and e.pool.peak * BS <= 36, (e.worst, e.pool.peak)
+    assert e.pool.used == 0
+    loose = generate(chunks, ps, prompts, _gen(max_new_tokens=30, seed=0), rows=torch.tensor(keys))
+    assert [r.out for r in e.rows] == loose.completions()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_exact_mode_resumed_rows_keep_bitwise_logprobs(model, dtype):
     """rl.exact_rollouts' batch-invariant paths: a row recomputed in chunks of several tokens a row

@@ -201,7 +201,8 @@ class ContinuousBatcher:
         while self._fits(self.queue[0] if self.queue else None, len(new), tokens, counted):
             r = self.queue.popleft()
             tokens += self._need(r, counted)
-            counted.add(id(r.group))
+            if not r.resume:  # a re-admitted row never prefills its group: its new siblings still count it
+                counted.add(id(r.group))
             r.slot = self.free_slots.pop()
             r.admitted, self.admissions = self.admissions, self.admissions + 1
             new.append(r)

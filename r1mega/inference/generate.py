@@ -14,6 +14,7 @@ split); the same weights serve both modes.
 from __future__ import annotations
 
 import contextlib
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -59,6 +60,14 @@ class GenerationConfig:
     # torch.compile (inference/compiled_decode.py); one process, not under rl.exact_rollouts (there
     # and where it cannot run the eager step is taken). Float-tolerance equal, not bitwise, to eager
     compile_decode: bool = False
+
+    def __post_init__(self):
+        # a row draws its first token before any length check: 0 new tokens would silently give 1
+        for name, least in (("max_new_tokens", 1), ("block_size", 1), ("draft_tokens", 1), ("max_rows", 0),
+                            ("max_cache_tokens", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
+                raise ValueError(f"GenerationConfig.{name} must be an integer >= {least}, got {value!r}")
 
 
 @dataclass
@@ -230,6 +239,8 @@ def generate_static(model, ps: ParallelState, prompts: list[list[int]], gen: Gen
     """The static engine, kept as the reference for tests and benchmarks: every row decodes until the
     longest of the batch (across DP) ends, each row's cache preallocated for prompt + max_new_tokens,
     each sample prefilling its prompt again. Same noise keying as `generate`."""
+    if not prompts:
+        raise ValueError("generate_static: no prompts")
     if isinstance(model, torch.nn.ModuleList):
         if len(model) != 1:
             raise ValueError("generation runs on one model chunk per rank (train.virtual_stages=1)")
