@@ -1,7 +1,8 @@
 """How a config.json's rope keys combine, as transformers 5 standardises them: the rope dict's own
 `rope_theta` wins over a top-level one (r1mega took the top-level: logit diff 0.027), and a Llama 3 /
-YaRN scaling without `original_max_position_embeddings` takes max_position_embeddings (a top-level key
-of that name does not count for these models; r1mega ended in a KeyError traceback)."""
+YaRN scaling without `original_max_position_embeddings` takes max_position_embeddings (r1mega ended in a
+KeyError traceback), and a top-level key of that name wins over the dict's once transformers builds the
+model (its AutoConfig alone shows the dict's value; r1mega read that: logit diffs 0.08-0.8)."""
 import json
 
 import pytest
@@ -27,9 +28,11 @@ def _save(tmp_path, arch: str, **extra) -> str:
 
 
 def _rope(path: str) -> tuple[float, dict]:
-    hf = transformers.AutoConfig.from_pretrained(path).rope_parameters
+    """(ours, transformers') (theta, rope dict): transformers' as its model reads them once built (a
+    config's rope keys are standardised again at model construction)."""
+    hf = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.from_pretrained(path)).config
     ours = family_for_hf(path)[1]
-    return (ours.rope_theta, ours.rope_scaling), (hf["rope_theta"], hf)
+    return (ours.rope_theta, ours.rope_scaling), (hf.rope_parameters["rope_theta"], hf.rope_parameters)
 
 
 def test_the_rope_dicts_own_theta_wins(tmp_path):
@@ -50,7 +53,7 @@ def test_original_positions_default_to_max_position_embeddings(tmp_path, rope):
     assert verify_hf(["--hf-dir", path, "--seq-length", "16"]) == 0
 
 
-@pytest.mark.parametrize("in_dict, expected", [(64, 64), (None, 256)])
+@pytest.mark.parametrize("in_dict, expected", [(64, 32), (None, 32)])
 def test_a_top_level_original_positions_key_counts_as_transformers_counts_it(tmp_path, in_dict, expected):
     rope = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}
     if in_dict is not None:
@@ -58,3 +61,31 @@ def test_a_top_level_original_positions_key_counts_as_transformers_counts_it(tmp
     path = _save(tmp_path, "llama", original_max_position_embeddings=32, rope_parameters=rope)
     (_, scaling), (_, hf) = _rope(path)
     assert scaling["original_max_position_embeddings"] == hf["original_max_position_embeddings"] == expected
+
+
+def _deepseek_v3(tmp_path, **extra) -> str:
+    from tests.tiny_hf import make_hf_model
+
+    rope = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "mscale": 1.0,
+            "mscale_all_dim": 1.0, "rope_theta": 10000.0}
+    make_hf_model(qk_rope_head_dim=16, n_group=2, topk_group=1, rope_parameters=rope).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, **extra}))
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("arch, rope", [
+    ("llama", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
+    ("qwen2", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 128}),
+    ("deepseek_v3", None)])
+def test_a_top_level_original_positions_key_gives_transformers_logits(tmp_path, arch, rope):
+    """Built as transformers builds it, the model reads the top-level key (logit diffs 0.08-0.8 before)."""
+    if arch == "deepseek_v3":
+        path = _deepseek_v3(tmp_path, original_max_position_embeddings=16)
+    else:
+        path = _save(tmp_path, arch, original_max_position_embeddings=16,
+                     rope_parameters={**rope, "rope_theta": 10000.0})
+    (_, scaling), (_, hf) = _rope(path)
+    assert scaling["original_max_position_embeddings"] == hf["original_max_position_embeddings"] == 16
+    assert verify_hf(["--hf-dir", path, "--seq-length", "48"]) == 0

@@ -41,10 +41,14 @@ def rope_from_hf(hf: dict, kind_key: str) -> tuple[float, "dict | None"]:
         rope = {k: v for k, v in rope.items() if k != "rope_theta"}
         kind = rope.get("rope_type", rope.get("type", "default"))
         rope = None if kind == "default" else {**rope, kind_key: kind}
-        if kind in ("llama3", "yarn", "longrope") and hf.get("max_position_embeddings") is not None:
-            # the pretraining length the scaling reads: the dict's, else max_position_embeddings (transformers';
-            # a top-level original_max_position_embeddings does not count for these models)
-            rope.setdefault("original_max_position_embeddings", hf["max_position_embeddings"])
+        if kind in ("llama3", "yarn", "longrope"):
+            # the pretraining length the scaling reads, as transformers' model standardises it when it is
+            # built: a top-level original_max_position_embeddings (Phi-3's placement) over the dict's, else
+            # max_position_embeddings. (AutoConfig alone shows the dict's: the model re-reads the key)
+            if hf.get("original_max_position_embeddings") is not None:
+                rope["original_max_position_embeddings"] = hf["original_max_position_embeddings"]
+            elif hf.get("max_position_embeddings") is not None:
+                rope.setdefault("original_max_position_embeddings", hf["max_position_embeddings"])
     return float(theta), rope
 
 
