@@ -22,8 +22,8 @@ def settings(tmp_path, name, steps):
             "rl.ref_refresh_steps=4", "data.synthetic_docs=300"]
 
 
-def run(tmp_path, name, steps):
-    grpo(load_config(CONFIG, settings(tmp_path, name, steps)), eval_problems=0)
+def run(tmp_path, name, steps, *extra):
+    grpo(load_config(CONFIG, settings(tmp_path, name, steps) + list(extra)), eval_problems=0)
     rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if not any(t in k for t in TIMES)} for r in rows]
 
@@ -74,3 +74,36 @@ def test_a_reference_piece_only_one_rank_reads_does_not_hang_the_save(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "rank 1:" in r.stderr and "experts.7.down_proj" in r.stderr
     assert "step_00000004.replaced" in os.listdir(tmp_path / "b" / "checkpoints" / "reference")
+
+
+def test_a_damaged_step0_reference_is_rebuilt_from_the_start_and_the_run_continues_exactly(tmp_path, capfd):
+    """Before the first refresh every checkpoint shares the step-0 anchor: one damaged byte in it made
+    them all unusable ("no usable checkpoint"). The anchor is the starting weights: rebuilt."""
+    unbroken = run(tmp_path, "a", 4)
+    run(tmp_path, "b", 2)
+    ref = tmp_path / "b" / "checkpoints" / "reference" / "step_00000000" / "rank00000.safetensors"
+    flip(ref)
+    capfd.readouterr()
+    assert run(tmp_path, "b", 4) == unbroken
+    err = capfd.readouterr().err
+    assert "step_00000000 is unusable" in err and "rebuilding the step-0 reference" in err
+
+
+def _roll_back(root, to: int) -> None:
+    """The run's checkpoints after step `to` moved out of the way, `latest` naming step `to`."""
+    for d in os.listdir(root):
+        if d.startswith("step_") and int(d.split("_")[1]) > to:
+            os.rename(root / d, root / f"old-{d}")
+    (root / "latest").write_text(f"step_{to:08d}")
+
+
+def test_a_refresh_redone_after_a_rollback_is_saved_over_the_abandoned_attempts_copy(tmp_path):
+    """A run rolled back past a refresh and taken on with other settings refreshes its reference again;
+    the copy the abandoned attempt saved under the same step must not stand for it on a later resume."""
+    run(tmp_path, "b", 4)  # refreshes and saves reference/step_00000004
+    ckpt = tmp_path / "b" / "checkpoints"
+    _roll_back(ckpt, 2)
+    second = {r["step"]: r for r in run(tmp_path, "b", 6, "optim.lr=0.03")}  # its own step-4 refresh
+    _roll_back(ckpt, 4)
+    resumed = {r["step"]: r for r in run(tmp_path, "b", 6, "optim.lr=0.03")}
+    assert resumed[5] == second[5] and resumed[6] == second[6]

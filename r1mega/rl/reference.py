@@ -18,6 +18,7 @@ import torch.distributed as dist
 from r1mega.errors import CheckpointError
 from r1mega.parallel.layout import ParallelState
 from r1mega.train.checkpoint import load_checkpoint, save_checkpoint
+from r1mega.train.setup import init_weights
 
 
 @torch.no_grad()
@@ -64,10 +65,32 @@ class ReferencePolicy:
         self.model.eval()
         self.since_step = 0  # the policy step the reference is a copy of
         self.damaged: set[str] = set()  # saved copies found damaged on resume: saved again, not trusted
+        # copied from this process's policy since its last save: a copy of that step already on disk may
+        # be an abandoned attempt's (a run rolled back past a refresh and taken on with other settings)
+        self.unsaved = False
 
     def refresh(self, policy: torch.nn.ModuleList, step: int) -> None:
         copy_weights(policy, self.model)
         self.since_step = step
+        self.unsaved = True
+
+    @torch.no_grad()
+    def rebuild_start(self, load: Optional[str], seed: int, verify: bool = True) -> None:
+        """The step-0 anchor again from where the policy started (its saved copy was damaged): train.load's
+        weights, else the seeded initialisation (build_model's; the routing biases start at zero). Saved
+        again at the next checkpoint."""
+        if load:
+            rng = torch.get_rng_state()
+            try:
+                load_checkpoint(load, self.model, None, self.ps, verify=verify)
+            finally:
+                torch.set_rng_state(rng)  # the policy checkpoint's RNG is the one that counts
+        else:
+            init_weights(self.model, seed)
+            for name, b in self.model.named_buffers():
+                if name.endswith("e_score_correction_bias"):
+                    b.zero_()
+        self.since_step, self.unsaved = 0, True
 
     def due(self, step: int) -> bool:
         """After optimizer step `step` (1-based), is it time to copy the policy?"""
@@ -76,7 +99,8 @@ class ReferencePolicy:
     def save(self, ckpt_root: str) -> str:
         """Collective. Written once per refresh; returns its directory relative to ckpt_root."""
         rel = os.path.join("reference", f"step_{self.since_step:08d}")
-        again = rel in self.damaged or not os.path.exists(os.path.join(ckpt_root, rel, "meta.json"))
+        again = (self.unsaved or rel in self.damaged
+                 or not os.path.exists(os.path.join(ckpt_root, rel, "meta.json")))
         if self.ps.world > 1:  # a damaged piece is found only by the ranks that read it: all save, or none
             flags: list = [None] * self.ps.world
             dist.all_gather_object(flags, again)
@@ -85,6 +109,7 @@ class ReferencePolicy:
             save_checkpoint(os.path.join(ckpt_root, "reference"), self.since_step, self.model, None, self.ps,
                             {"kind": "grpo-reference"})
             self.damaged.discard(rel)  # saved whole now
+        self.unsaved = False
         return rel
 
     def restore(self, ckpt_root: str, rel: Optional[str], step: int, verify: bool = True) -> bool:
@@ -102,4 +127,9 @@ class ReferencePolicy:
         finally:
             torch.set_rng_state(rng)  # the policy checkpoint's RNG is the one that counts
         self.since_step = int(os.path.basename(rel).split("_")[-1]) if rel else step
+        self.unsaved = False
         return True
+
+    def start_anchor(self, rel: Optional[str]) -> bool:
+        """Whether `rel` names the step-0 anchor (the policy's starting weights, which can be rebuilt)."""
+        return bool(rel) and os.path.basename(rel) == "step_00000000"
