@@ -235,9 +235,12 @@ class Runner:
         if os.path.exists(os.path.join(dst, "meta.json")):
             return dst
         from r1mega.output_dir import MARKER, read_marker
-        from r1mega.train.checkpoint import write_manifest
+        from r1mega.train.checkpoint import read_meta, verify_manifest, write_manifest
 
         src = resolve_checkpoint(os.path.join(self.out, stage, "run"))
+        # the files copied are the ones the stage saved: the fresh manifest written below would
+        # otherwise vouch for rank files swapped in or a meta.json edited since
+        verify_manifest(src, read_meta(src))
         tmp = dst + ".tmp"
         if os.path.lexists(tmp):  # a crashed earlier copy: removed only if this pipeline made it
             marker = read_marker(tmp) if os.path.isdir(tmp) else None
