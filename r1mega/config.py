@@ -228,6 +228,13 @@ def validate_rl(cfg: "Config", world_size: int, resuming: bool = False, rewards=
     need(not (rl.token_level_loss and rl.loss_norm == "constant"), "rl.token_level_loss",
          "conflicts with rl.loss_norm=constant")
     need(rl.overlong_buffer >= 0, "rl.overlong_buffer", f"must be >= 0, got {rl.overlong_buffer}")
+    # the penalty starts overlong_buffer tokens before the budget: past the whole budget it would punish
+    # every response, an empty one too (DAPO's reward manager asserts the same)
+    budgets = [("rl.max_new_tokens", rl.max_new_tokens)] + [
+        (f"rl.max_new_tokens_schedule[{i}]", entry[1]) for i, entry in enumerate(rl.max_new_tokens_schedule)]
+    for where, budget in budgets:
+        need(rl.overlong_buffer <= budget, "rl.overlong_buffer",
+             f"{rl.overlong_buffer} is longer than the response budget {where} = {budget}")
     need(math.isfinite(rl.overlong_penalty) and 0 <= rl.overlong_penalty <= 1e6, "rl.overlong_penalty",
          f"must be a finite number in [0, 1e6] (a reward subtracted), got {rl.overlong_penalty}")
     for key in ("kl_coef", "clip_low", "clip_high", "tis_cap", "top_p"):
@@ -399,6 +406,30 @@ def _other_familys_key(key: str, family) -> str:
             f"model.family={owners[0]}")
 
 
+# a student given by overrides alone must say at least this much of its shape: without it a stray
+# `student.x=...` made the run train a default-shaped dense student (vocab 151,936, hidden 1,536)
+STUDENT_SHAPE_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads")
+
+
+def _check_active_section(files: list, overrides: list[str]) -> None:
+    """Overrides of the section the run does not train are refused by key: `model.*` beside a student
+    (never read), and a student made by overrides alone that leaves its shape at the defaults."""
+    keys = [item.split("=", 1)[0].strip() for item in overrides]
+    given = {k.split(".", 1)[1].split(".")[0] for k in keys if k.startswith("student.")}
+    in_files = any("student" in p and p.student is not None for p in files)
+    if not (in_files or given):
+        return
+    for k in keys:
+        if k.startswith("model."):
+            raise ConfigError(k, "this run trains its `student:` (a dense student), which does not read `model.*` "
+                                 f"keys; set student.{k.split('.', 1)[1]} instead")
+    missing = [k for k in STUDENT_SHAPE_KEYS if k not in given]
+    if not in_files and missing:
+        raise ConfigError(f"student.{missing[0]}", f"`student.*` overrides make this run train a dense student "
+                          f"instead of `model:`, but leave its shape at the defaults: give student."
+                          f"{', student.'.join(missing)} too, or start from a student config (configs/model/students/)")
+
+
 def load_config(path: Optional[str | list[str]] = None, overrides: Optional[list[str]] = None) -> Config:
     """YAML file(s) (optional; later files override earlier ones, e.g. a student's shapes then a stage
     recipe) + dotted overrides -> typed Config. Unknown keys and bad types raise ConfigError. The
@@ -411,6 +442,7 @@ def load_config(path: Optional[str | list[str]] = None, overrides: Optional[list
                 raise ConfigError(item, "overrides take the form key.path=value")
         if overrides:
             pieces.append(OmegaConf.from_dotlist(list(overrides)))
+        _check_active_section(pieces[:len(paths)], overrides or [])
         family = family_named(_named_family(pieces))
         for piece in pieces:
             _drop_foreign_weights(piece, family)

@@ -123,3 +123,22 @@ def test_rank_layout_matches_megatron_core(tp, pp, ep, etp, dp, cp):
         assert rank_groups(attention_dims(par), name) == dense.get_ranks(name if name != "cp-dp" else "dp-cp")
     for ours, theirs in (("etp", "tp"), ("ep", "ep"), ("edp", "dp"), ("pp", "pp")):
         assert rank_groups(expert_dims(par), ours) == expert.get_ranks(theirs)
+
+@pytest.mark.parametrize("config, overrides, key", [
+    # model.* beside a student: never read (a distillation run trained the same student as without them)
+    ("distill_student.yaml", ["model.num_layers=3", "model.hidden_size=128"], "model.num_layers"),
+    # one stray student key turned an MoE SFT run into a default-shaped dense student (vocab 151,936)
+    ("sft.yaml", ["student.num_layers=3"], "student.vocab_size"),
+])
+def test_overrides_of_the_section_the_run_does_not_train_are_refused(config, overrides, key):
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny", config)
+    with pytest.raises(ConfigError) as e:
+        load_config(path, overrides)
+    assert e.value.key == key
+
+
+def test_a_student_given_by_its_shape_in_overrides_is_still_taken():
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny", "sft.yaml")
+    cfg = load_config(path, ["student.vocab_size=384", "student.hidden_size=32", "student.num_layers=2",
+                             "student.num_heads=4"])
+    assert cfg.model_section == "student" and cfg.active_model.num_layers == 2

@@ -198,6 +198,8 @@ def test_top_k_ranks_real_vocab_ids_only():
     ("rl.log_rollouts_every=-1", "rl.log_rollouts_every"), ("rl.prompts=[/nonexistent.jsonl]", "rl.prompts[0]"),
     ("data.synthetic=null", "rl.prompts"),
     ("rl.rewards=[accuracy,format,code]", "rl.rewards"), ("rl.rewards=[format,format]", "rl.rewards"),
+    # a soft overlong buffer longer than the budget punished every response, an empty one too
+    ("rl.overlong_buffer=100000", "rl.overlong_buffer"),
 ])
 def test_rl_keys_are_checked_up_front(override, key):
     import os

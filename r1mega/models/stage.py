@@ -51,6 +51,21 @@ class StageOutput:
     mtp_token_loss: list[torch.Tensor] = field(default_factory=list)  # per MTP depth, [b, s]
 
 
+def _document_ids(attn_mask) -> Optional[torch.Tensor]:
+    """attn_mask when it holds document ids [b, s] (not a dense bool mask [b, 1, s, s], not None)."""
+    ids = torch.is_tensor(attn_mask) and attn_mask.dim() == 2 and not attn_mask.is_floating_point()
+    return attn_mask if ids else None
+
+
+def mtp_labels(labels: torch.Tensor, attn_mask, k: int) -> torch.Tensor:
+    """An MTP module's labels at depth k: position i, given token i + k, predicts labels[i + k]; ignored
+    where token i + k is in another document than position i (packing: the next document's, whose
+    tokens position i must not learn from; a row of its own has none there)."""
+    out = shift_left(labels, k, IGNORE_INDEX)
+    docs = _document_ids(attn_mask)
+    return out if docs is None else out.masked_fill(shift_left(docs, k, 0) != docs, IGNORE_INDEX)
+
+
 def load_counted(counted: Optional[torch.Tensor], attn_mask, k: int = 0) -> Optional[torch.Tensor]:
     """bool [b, s]: the tokens whose expert choices a training step counts as load (the aux-loss-free
     routing-bias update and the load metrics), so that the loads do not depend on how a batch was
@@ -59,8 +74,7 @@ def load_counted(counted: Optional[torch.Tensor], attn_mask, k: int = 0) -> Opti
     unused slots, SFT's trailing padding); None: every token. For an MTP module at depth k only
     positions whose token k ahead is counted and in the same document: elsewhere its input holds the
     next document's, or a pad's, token, which the layout decides."""
-    ids = torch.is_tensor(attn_mask) and attn_mask.dim() == 2 and not attn_mask.is_floating_point()
-    docs = attn_mask if ids else None  # (not a dense bool mask [b, 1, s, s])
+    docs = _document_ids(attn_mask)
     if counted is None and docs is not None:
         counted = docs >= 0
     if counted is None or k == 0:

@@ -20,7 +20,8 @@ from r1mega.models.ffn import SwiGLU
 from r1mega.parallel.recompute import recomputed
 from r1mega.models.rope import RotaryEmbedding
 from r1mega.models.stage import (  # noqa: F401  (re-exported for existing callers)
-    IGNORE_INDEX, StageOutput, check_sequence_parallel, place_stage, shift_left, stage_layers, stage_load_counted,
+    IGNORE_INDEX, StageOutput, check_sequence_parallel, mtp_labels, place_stage, shift_left, stage_layers,
+    stage_load_counted,
     token_loss,
 )
 from r1mega.parallel.context_parallel import keep_local_tokens
@@ -211,7 +212,7 @@ class DeepseekV3(nn.Module):
         if self.mtp is not None and labels is not None:
             for k, layer in enumerate(self.mtp.values(), start=1):
                 # shift the whole rows, then keep this rank's tokens (t_{i+k} may live on another)
-                next_ids, next_labels = shift_left(full_ids, k, 0), shift_left(full_labels, k, IGNORE_INDEX)
+                next_ids, next_labels = shift_left(full_ids, k, 0), mtp_labels(full_labels, full_mask, k)
                 if local is not None:
                     next_ids, next_labels = next_ids[:, local], next_labels[:, local]
                 h = layer(h, self._embed(next_ids.t()), self.rope, cos, sin, attn_mask, None,
