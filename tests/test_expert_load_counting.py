@@ -16,9 +16,8 @@ from r1mega.train.setup import build_chunks, init_weights
 DOCS = [[5, 9, 14, 3, 7, 22], [40, 41, 2, 8], [60, 61, 62, 63, 64, 65, 66]]
 
 
-def loads_of(chunks, ids, docs) -> torch.Tensor:
-    """Every MoE layer's counted expert choices of one training forward-backward over rows [b, s]
-    with document ids (labels: next token within each document)."""
+def labels_and_positions(ids, docs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [b, s] with document ids: labels (the next token within each document) and positions."""
     same = torch.zeros_like(docs, dtype=torch.bool)
     same[:, :-1] = (docs[:, 1:] == docs[:, :-1]) & (docs[:, :-1] >= 0)
     labels = torch.where(same, torch.roll(ids, -1, 1), torch.full_like(ids, IGNORE_INDEX))
@@ -26,6 +25,13 @@ def loads_of(chunks, ids, docs) -> torch.Tensor:
     for r in range(ids.shape[0]):
         for j in range(1, ids.shape[1]):
             pos[r, j] = pos[r, j - 1] + 1 if docs[r, j] == docs[r, j - 1] else 0
+    return labels, pos
+
+
+def loads_of(chunks, ids, docs) -> torch.Tensor:
+    """Every MoE layer's counted expert choices of one training forward-backward over rows [b, s]
+    with document ids."""
+    labels, pos = labels_and_positions(ids, docs)
     start_counting(chunks)
     lm_forward_backward(chunks, single_process_state(), ids, labels, 1, {"mtp_weight": 0.3}, attn_mask=docs,
                         position_ids=pos)
@@ -112,13 +118,7 @@ def test_mtp_loss_of_packed_documents_equals_each_in_its_own_row():
     chunks.eval()
 
     def mtp_losses(ids, docs):
-        same = torch.zeros_like(docs, dtype=torch.bool)
-        same[:, :-1] = (docs[:, 1:] == docs[:, :-1]) & (docs[:, :-1] >= 0)
-        labels = torch.where(same, torch.roll(ids, -1, 1), torch.full_like(ids, IGNORE_INDEX))
-        pos = torch.zeros_like(ids)
-        for r in range(ids.shape[0]):
-            for j in range(1, ids.shape[1]):
-                pos[r, j] = pos[r, j - 1] + 1 if docs[r, j] == docs[r, j - 1] else 0
+        labels, pos = labels_and_positions(ids, docs)
         with torch.no_grad():
             out = chunks[0](ids, labels=labels, attn_mask=docs, position_ids=pos)
         return [(loss.sum(), int((mtp_labels(labels, docs, k) != IGNORE_INDEX).sum()))
