@@ -92,7 +92,7 @@ def test_greedy_equals_plain(model, monkeypatch, k, case, draft):
     if kw.get("eos_id") == "first":
         kw["eos_id"] = generate(chunks, ps, PROMPTS, greedy()).completions()[0][0]
     if kw.get("max_cache_tokens") == "least":
-        kw["max_cache_tokens"] = least_budget(PROMPTS, greedy(**kw).max_new_tokens, k)
+        kw["max_cache_tokens"] = least_budget(PROMPTS, greedy(**{**kw, "max_cache_tokens": 0}).max_new_tokens, k)
     plain = generate(chunks, ps, PROMPTS, greedy(**kw))
     if case == "top_k_1":
         plain_greedy = generate(chunks, ps, PROMPTS, greedy())
