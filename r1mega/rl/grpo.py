@@ -27,7 +27,6 @@ rl.updates_per_rollout to lose nothing).
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -36,7 +35,6 @@ import torch
 
 from r1mega.config import Config, RLConfig, validate_rl, validate_training
 from r1mega.data.jsonl import jsonl_digest
-from r1mega.errors import CheckpointError
 from r1mega.data.prompts import (PromptSource, check_same_prompts, check_same_seed, check_same_tokenizer,
                                  prompt_tokenizer)
 from r1mega.output_dir import release
@@ -86,21 +84,8 @@ def restore(cfg: Config, ps: ParallelState, chunks, optimizer: DistributedAdamW,
     restored: list[str] = []  # the candidate whose reference copy loaded (a damaged one makes it fall back)
 
     def load_reference(path: str, meta: dict) -> None:
-        if not in_run(path, ckpt_root):
-            return
-        rel = meta.get("reference")
-        try:
-            loaded = reference.restore(ckpt_root, rel, meta.get("step", 0), t.verify_checkpoint)
-        except CheckpointError as e:
-            if not isinstance(reference, ReferencePolicy) or not reference.start_anchor(rel):
-                raise
-            # the step-0 anchor is the starting weights: rebuilt, instead of failing every checkpoint
-            # that shares it (all of them before the first refresh)
-            print(f"warning: {f'rank {ps.rank}: ' if ps.world > 1 else ''}GRPO reference {os.path.join(ckpt_root, rel)} is unusable ({e}); rebuilding the "
-                  f"step-0 reference from {t.load or f'the initialisation (seed {cfg.seed})'}", file=sys.stderr, flush=True)
-            reference.rebuild_start(t.load, cfg.seed, t.verify_checkpoint)
-            loaded = True
-        if loaded:
+        if in_run(path, ckpt_root) and reference.restore(ckpt_root, meta.get("reference"), meta.get("step", 0),
+                                                         t.verify_checkpoint):
             restored.append(path)
 
     path, meta = resume_from(candidates, chunks, optimizer, ps, arch, t.allow_arch_change,
@@ -181,7 +166,8 @@ def start(cfg: Config, ckpt_root: str) -> tuple[Policy, Progress]:
     chunks = build_model(run)
     reference_model = build_model(run) if rl.kl_coef else None  # the KL anchor: a second copy of the policy
     optimizer = DistributedAdamW(chunks, ps, cfg.optim)
-    reference = (ReferencePolicy(reference_model, ps, rl.ref_refresh_steps) if reference_model is not None
+    reference = (ReferencePolicy(reference_model, ps, rl.ref_refresh_steps, t.load, cfg.seed)
+                 if reference_model is not None
                  else NoReference())
     step, position, index, resumed = restore(cfg, ps, chunks, optimizer, reference, candidates, ckpt_root, arch)
     if resumed is not None and resumed != own:  # fell back from a damaged newest checkpoint to an older one

@@ -10,6 +10,7 @@ the same way either way.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Optional, Protocol
 
 import torch
@@ -60,13 +61,14 @@ class NoReference:
 
 
 class ReferencePolicy:
-    def __init__(self, model: torch.nn.ModuleList, ps: ParallelState, refresh_steps: int):
+    def __init__(self, model: torch.nn.ModuleList, ps: ParallelState, refresh_steps: int,
+                 start_load: Optional[str] = None, seed: int = 0):
         self.model, self.ps, self.refresh_steps = model, ps, refresh_steps
         self.model.eval()
+        self.start_load, self.seed = start_load, seed  # where the policy started: the step-0 anchor's weights
         self.since_step = 0  # the policy step the reference is a copy of
-        self.damaged: set[str] = set()  # saved copies found damaged on resume: saved again, not trusted
-        # copied from this process's policy since its last save: a copy of that step already on disk may
-        # be an abandoned attempt's (a run rolled back past a refresh and taken on with other settings)
+        # not read from disk since it was last copied (a refresh, a rebuilt anchor): saved at the next
+        # checkpoint even when a copy of that step is on disk (an abandoned attempt's, or a damaged one)
         self.unsaved = False
 
     def refresh(self, policy: torch.nn.ModuleList, step: int) -> None:
@@ -75,22 +77,16 @@ class ReferencePolicy:
         self.unsaved = True
 
     @torch.no_grad()
-    def rebuild_start(self, load: Optional[str], seed: int, verify: bool = True) -> None:
-        """The step-0 anchor again from where the policy started (its saved copy was damaged): train.load's
-        weights, else the seeded initialisation (build_model's; the routing biases start at zero). Saved
-        again at the next checkpoint."""
-        if load:
-            rng = torch.get_rng_state()
-            try:
-                load_checkpoint(load, self.model, None, self.ps, verify=verify)
-            finally:
-                torch.set_rng_state(rng)  # the policy checkpoint's RNG is the one that counts
+    def _rebuild_start(self, verify: bool) -> None:
+        """The step-0 anchor from where the policy started: train.load's weights, else the seeded
+        initialisation (build_model's; the routing biases start at zero)."""
+        if self.start_load:
+            load_checkpoint(self.start_load, self.model, None, self.ps, verify=verify)
         else:
-            init_weights(self.model, seed)
+            init_weights(self.model, self.seed)
             for name, b in self.model.named_buffers():
                 if name.endswith("e_score_correction_bias"):
                     b.zero_()
-        self.since_step, self.unsaved = 0, True
 
     def due(self, step: int) -> bool:
         """After optimizer step `step` (1-based), is it time to copy the policy?"""
@@ -99,8 +95,7 @@ class ReferencePolicy:
     def save(self, ckpt_root: str) -> str:
         """Collective. Written once per refresh; returns its directory relative to ckpt_root."""
         rel = os.path.join("reference", f"step_{self.since_step:08d}")
-        again = (self.unsaved or rel in self.damaged
-                 or not os.path.exists(os.path.join(ckpt_root, rel, "meta.json")))
+        again = self.unsaved or not os.path.exists(os.path.join(ckpt_root, rel, "meta.json"))
         if self.ps.world > 1:  # a damaged piece is found only by the ranks that read it: all save, or none
             flags: list = [None] * self.ps.world
             dist.all_gather_object(flags, again)
@@ -108,28 +103,30 @@ class ReferencePolicy:
         if again:
             save_checkpoint(os.path.join(ckpt_root, "reference"), self.since_step, self.model, None, self.ps,
                             {"kind": "grpo-reference"})
-            self.damaged.discard(rel)  # saved whole now
         self.unsaved = False
         return rel
 
     def restore(self, ckpt_root: str, rel: Optional[str], step: int, verify: bool = True) -> bool:
         """Load the saved reference; False when the checkpoint has none (then the caller copies). A
-        damaged copy is a CheckpointError (the resume falls back) and is saved again when due."""
+        damaged copy is a CheckpointError (the resume falls back to an older checkpoint), except the
+        step-0 anchor's, which every checkpoint before the first refresh shares: it is the starting
+        weights, rebuilt (with a warning) rather than failing them all."""
         if not rel:
             return False
         path = os.path.join(ckpt_root, rel)
         rng = torch.get_rng_state()
         try:
             load_checkpoint(path, self.model, None, self.ps, verify=verify)
-        except CheckpointError:
-            self.damaged.add(rel)
-            raise
+            self.unsaved = False
+        except CheckpointError as e:
+            if os.path.basename(rel) != "step_00000000":
+                raise
+            print(f"warning: {f'rank {self.ps.rank}: ' if self.ps.world > 1 else ''}GRPO reference {path} is "
+                  f"unusable ({e}); rebuilding the step-0 reference from "
+                  f"{self.start_load or f'the initialisation (seed {self.seed})'}", file=sys.stderr, flush=True)
+            self._rebuild_start(verify)
+            self.unsaved = True
         finally:
             torch.set_rng_state(rng)  # the policy checkpoint's RNG is the one that counts
-        self.since_step = int(os.path.basename(rel).split("_")[-1]) if rel else step
-        self.unsaved = False
+        self.since_step = int(os.path.basename(rel).split("_")[-1])
         return True
-
-    def start_anchor(self, rel: Optional[str]) -> bool:
-        """Whether `rel` names the step-0 anchor (the policy's starting weights, which can be rebuilt)."""
-        return bool(rel) and os.path.basename(rel) == "step_00000000"
